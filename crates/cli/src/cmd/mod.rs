@@ -1,0 +1,4 @@
+//! One module per subcommand.
+
+pub mod iptables;
+pub mod kube_inject;

@@ -1,0 +1,1 @@
+//! Access log and Istio metrics, recorded off the hot path.
