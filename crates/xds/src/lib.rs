@@ -1,1 +1,40 @@
-//! placeholder
+//! The wire contract between the control plane and the proxies.
+//!
+//! This crate holds the resources a proxy consumes, at the level of the mesh rather than Envoy's
+//! listener/cluster model (see `shared/DESIGN.md`, "Control plane ↔ proxy"):
+//!
+//! - [`Workload`]: one pod (or VM) with its addresses, identity, labels and ports;
+//! - [`Service`]: a hostname with VIPs, ports (and their protocols) and endpoints;
+//! - [`HttpRoutes`]: HTTP routing for a host (translated from VirtualService);
+//! - [`TrafficPolicy`]: per-host client policy (translated from DestinationRule);
+//! - [`Authorization`]: peer and request authorization (PeerAuthentication + AuthorizationPolicy).
+//!
+//! Today they arrive in a [`ProxyResources`] bundle read from a local file (YAML or JSON, camelCase
+//! field names like Istio's and ztunnel's YAML); the Delta-ADS transport will later carry the same
+//! types. [`ProxyResources::parse`] checks everything and reports each problem with its path
+//! (`services[2].ports[0].port: must be 1..65535`), so a bad push or file is rejected whole and the
+//! previous version stays in force.
+//!
+//! Pure: no I/O beyond [`ProxyResources::load`], which reads one file.
+
+#![forbid(unsafe_code)]
+
+mod authorization;
+mod policy;
+mod resources;
+mod routes;
+mod service;
+mod validate;
+mod workload;
+
+pub use authorization::{
+    Action, Authorization, AuthorizationRule, MtlsMode, PeerAuthentication, RequestMatch,
+};
+pub use policy::{ConnectionPool, HttpPool, OutlierDetection, TcpPool, TrafficPolicy};
+pub use resources::{LoadError, NodeRef, ProxyResources};
+pub use routes::{
+    HttpRoute, HttpRouteMatch, HttpRoutes, RetryPolicy, RouteDestination, StringMatch,
+};
+pub use service::{Endpoint, LbPolicy, Service, ServicePort};
+pub use validate::{ValidationError, ValidationErrors};
+pub use workload::{Protocol, TlsMode, Workload, WorkloadPort};

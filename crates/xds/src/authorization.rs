@@ -1,0 +1,122 @@
+//! `Authorization`: PeerAuthentication and AuthorizationPolicy for the workloads they select.
+//!
+//! Carried and validated now; enforced on the inbound path together with mTLS (issue 4).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::validate::ValidationErrors;
+
+/// PeerAuthentication mTLS mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MtlsMode {
+    /// Accept mTLS and plaintext (Istio's default).
+    #[default]
+    Permissive,
+    /// mTLS only.
+    Strict,
+    /// Plaintext only.
+    Disable,
+}
+
+/// PeerAuthentication: which mTLS mode the selected workloads accept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerAuthentication {
+    /// Workload-wide mode.
+    #[serde(default)]
+    pub mode: MtlsMode,
+    /// Per-port overrides.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub port_level_mtls: BTreeMap<u16, MtlsMode>,
+}
+
+/// What a policy does when a rule matches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Action {
+    /// Allow matching requests (others are denied once any ALLOW policy exists).
+    #[default]
+    Allow,
+    /// Deny matching requests.
+    Deny,
+}
+
+/// Request attributes a rule matches on; each set list must contain the value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestMatch {
+    /// Source SPIFFE principals (`cluster.local/ns/default/sa/sleep`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub principals: Vec<String>,
+    /// Source namespaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// HTTP methods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Paths (exact, or prefix when ending in `*`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// Destination ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
+}
+
+/// One rule: matches when any of `from` and any of `to` match (empty lists match all).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthorizationRule {
+    /// Source conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<RequestMatch>,
+    /// Operation conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<RequestMatch>,
+}
+
+/// Authorization for the workloads a selector picks in a namespace (the root namespace's
+/// policies apply mesh-wide).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Authorization {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Workload label selector; empty selects every workload of the namespace.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
+    /// mTLS mode, when this carries a PeerAuthentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_authentication: Option<PeerAuthentication>,
+    /// Action of the rules.
+    #[serde(default)]
+    pub action: Action,
+    /// Rules; for ALLOW an empty list allows nothing, for DENY it denies nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<AuthorizationRule>,
+}
+
+impl Authorization {
+    pub(crate) fn validate(&self, path: &str, errs: &mut ValidationErrors) {
+        if self.name.is_empty() {
+            errs.push(format!("{path}.name"), "must not be empty");
+        }
+        if self.namespace.is_empty() {
+            errs.push(format!("{path}.namespace"), "must not be empty");
+        }
+        for (i, r) in self.rules.iter().enumerate() {
+            for (j, m) in r.to.iter().enumerate() {
+                if m.ports.contains(&0) {
+                    errs.push(
+                        format!("{path}.rules[{i}].to[{j}].ports"),
+                        "must be 1..65535",
+                    );
+                }
+            }
+        }
+    }
+}
