@@ -1,0 +1,230 @@
+//! The subset of Istio's `MeshConfig` and `ProxyConfig` that injection needs.
+//!
+//! `MeshConfig` is what Istio keeps in the ConfigMap `istio` (key `mesh`) of `istio-system`;
+//! `ProxyConfig` is its `defaultConfig`, which a pod overrides with the annotation
+//! `proxy.istio.io/config`. Both are large protos in Istio. We type only the fields we act on
+//! and keep every field the user wrote, so the proxy receives the whole of it in `PROXY_CONFIG`.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::error::ConfigError;
+use crate::validate::InterceptionMode;
+
+/// Istio's default trust domain.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
+/// A `ProxyConfig` as written by the user: only the fields that were set.
+///
+/// Fields are merged the way Istio merges protos: a later config replaces scalars and lists and
+/// merges maps key by key.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProxyConfig {
+    raw: Map<String, Value>,
+    /// `discoveryAddress`: where the proxy finds the control plane.
+    pub discovery_address: Option<String>,
+    /// `statusPort`: the proxy's status server (15020 when unset).
+    pub status_port: Option<u16>,
+    /// `interceptionMode` (REDIRECT when unset).
+    pub interception_mode: Option<InterceptionMode>,
+    /// `concurrency`: worker threads of the proxy.
+    pub concurrency: Option<u32>,
+    /// `proxyMetadata`: extra environment of the proxy and init containers.
+    pub proxy_metadata: BTreeMap<String, String>,
+}
+
+impl ProxyConfig {
+    /// Parses a ProxyConfig from YAML or JSON (the form of the `proxy.istio.io/config`
+    /// annotation). Empty text is the empty config.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        let value: Value =
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::yaml("ProxyConfig", e))?;
+        Self::from_value(value)
+    }
+
+    /// Builds a ProxyConfig from a parsed value, checking the types of the fields we use.
+    pub fn from_value(value: Value) -> Result<Self, ConfigError> {
+        let raw = match value {
+            Value::Object(map) => map,
+            Value::Null => Map::new(),
+            other => {
+                return Err(ConfigError::field(
+                    "",
+                    format!("expected a mapping, found {other}"),
+                ));
+            }
+        };
+        Ok(ProxyConfig {
+            discovery_address: typed_field(&raw, "discoveryAddress")?,
+            status_port: typed_field(&raw, "statusPort")?,
+            interception_mode: typed_field(&raw, "interceptionMode")?,
+            concurrency: typed_field(&raw, "concurrency")?,
+            proxy_metadata: typed_field(&raw, "proxyMetadata")?.unwrap_or_default(),
+            raw,
+        })
+    }
+
+    /// This config with `over` merged on top of it.
+    pub fn merged_with(&self, over: &ProxyConfig) -> ProxyConfig {
+        let mut raw = self.raw.clone();
+        merge_maps(&mut raw, &over.raw);
+        // Both inputs were checked, and merging keeps each field's type.
+        Self::from_value(Value::Object(raw)).unwrap_or_else(|_| over.clone())
+    }
+
+    /// Sets one field (as if the user had written it).
+    pub fn set(&mut self, field: &str, value: Value) -> Result<(), ConfigError> {
+        let mut raw = self.raw.clone();
+        raw.insert(field.to_string(), value);
+        *self = Self::from_value(Value::Object(raw))?;
+        Ok(())
+    }
+
+    /// Whether no field is set.
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+
+    /// The config as compact JSON with sorted keys, as the proxy reads it from `PROXY_CONFIG`.
+    pub fn to_json(&self) -> String {
+        Value::Object(self.raw.clone()).to_string()
+    }
+}
+
+fn typed_field<T: DeserializeOwned>(
+    raw: &Map<String, Value>,
+    name: &str,
+) -> Result<Option<T>, ConfigError> {
+    match raw.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => serde_json::from_value(v.clone())
+            .map(Some)
+            .map_err(|e| ConfigError::field(name, format!("{v} is not valid: {e}"))),
+    }
+}
+
+fn merge_maps(base: &mut Map<String, Value>, over: &Map<String, Value>) {
+    for (k, v) in over {
+        match (base.get_mut(k), v) {
+            (Some(Value::Object(b)), Value::Object(o)) => merge_maps(b, o),
+            _ => {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+/// The mesh-wide settings injection reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeshConfig {
+    /// `trustDomain` (default `cluster.local`): the SPIFFE trust domain.
+    pub trust_domain: String,
+    /// `defaultConfig`: the ProxyConfig of every proxy, before per-pod overrides.
+    pub default_config: ProxyConfig,
+    /// `enablePrometheusMerge` (default true): point Prometheus at the proxy's merged metrics.
+    pub enable_prometheus_merge: bool,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
+            default_config: ProxyConfig::default(),
+            enable_prometheus_merge: true,
+        }
+    }
+}
+
+impl MeshConfig {
+    /// Parses a MeshConfig from YAML: either the MeshConfig itself (the `mesh` key of the
+    /// ConfigMap `istio`) or that whole ConfigMap. Fields we do not use are accepted and ignored.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let value: Value =
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::yaml("MeshConfig", e))?;
+        if value.get("kind").and_then(Value::as_str) == Some("ConfigMap") {
+            let mesh = value
+                .pointer("/data/mesh")
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    ConfigError::field("data.mesh", "missing: the ConfigMap has no MeshConfig")
+                })?;
+            return Self::from_yaml(mesh).map_err(|e| e.nested("data.mesh"));
+        }
+        Self::from_value(value)
+    }
+
+    /// Builds a MeshConfig from a parsed value.
+    pub fn from_value(value: Value) -> Result<Self, ConfigError> {
+        let map = match value {
+            Value::Object(map) => map,
+            Value::Null => Map::new(),
+            other => {
+                return Err(ConfigError::field(
+                    "",
+                    format!("expected a mapping, found {other}"),
+                ));
+            }
+        };
+        let defaults = MeshConfig::default();
+        let default_config = match map.get("defaultConfig") {
+            Some(v) => ProxyConfig::from_value(v.clone()).map_err(|e| e.nested("defaultConfig"))?,
+            None => ProxyConfig::default(),
+        };
+        Ok(MeshConfig {
+            trust_domain: typed_field::<String>(&map, "trustDomain")?
+                .filter(|t| !t.is_empty())
+                .unwrap_or(defaults.trust_domain),
+            default_config,
+            enable_prometheus_merge: typed_field(&map, "enablePrometheusMerge")?
+                .unwrap_or(defaults.enable_prometheus_merge),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_config_merge_and_types() {
+        let mesh = ProxyConfig::from_yaml("concurrency: 2\nproxyMetadata: {A: a}").unwrap();
+        let pod = ProxyConfig::from_yaml(r#"{"proxyMetadata":{"B":"b"},"concurrency":4}"#).unwrap();
+        let merged = mesh.merged_with(&pod);
+        assert_eq!(merged.concurrency, Some(4));
+        assert_eq!(merged.proxy_metadata.len(), 2);
+        assert_eq!(
+            merged.to_json(),
+            r#"{"concurrency":4,"proxyMetadata":{"A":"a","B":"b"}}"#
+        );
+        let err = ProxyConfig::from_yaml("statusPort: abc").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("statusPort: \"abc\" is not valid"),
+            "{err}"
+        );
+        assert!(ProxyConfig::from_yaml("interceptionMode: FOO").is_err());
+        assert!(ProxyConfig::from_yaml("[1]").is_err());
+    }
+
+    #[test]
+    fn mesh_config_from_configmap() {
+        let cm = "kind: ConfigMap\ndata:\n  mesh: |\n    trustDomain: example.org\n    defaultConfig:\n      discoveryAddress: cp:15012\n";
+        let mesh = MeshConfig::from_yaml(cm).unwrap();
+        assert_eq!(mesh.trust_domain, "example.org");
+        assert_eq!(
+            mesh.default_config.discovery_address.as_deref(),
+            Some("cp:15012")
+        );
+        assert!(mesh.enable_prometheus_merge);
+        let err = MeshConfig::from_yaml("defaultConfig:\n  concurrency: x\n").unwrap_err();
+        assert!(
+            err.to_string().starts_with("defaultConfig.concurrency:"),
+            "{err}"
+        );
+    }
+}
