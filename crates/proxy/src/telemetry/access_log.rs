@@ -1,0 +1,848 @@
+//! Access log: Istio's JSON and TEXT formats, written by one background thread.
+//!
+//! A format is compiled once from Envoy's command operators (`%START_TIME%`, `%REQ(:METHOD)%`,
+//! `%RESPONSE_FLAGS%`...). Istio's defaults are just two such formats: [`DEFAULT_TEXT_FORMAT`]
+//! (Istio's `EnvoyTextLogFormat`) and the 24-key JSON object of Istio's `EnvoyJSONLogFormatIstio`;
+//! MeshConfig's `accessLogFormat` goes through the same compiler.
+//!
+//! # JSON: key order and value types
+//!
+//! Istio configures Envoy with `log_format.json_format` (a `SubstitutionFormatString`), which in
+//! Envoy 1.2x renders values *typed*: `%BYTES_RECEIVED%`, `%BYTES_SENT%`, `%DURATION%` and
+//! `%RESPONSE_CODE%` are JSON numbers, an unavailable value is `null` (not `"-"`), header values
+//! are strings (so `upstream_service_time`, taken from the `x-envoy-upstream-service-time`
+//! response header, is the string `"2"`), and `%RESPONSE_FLAGS%` is `"-"` when empty because
+//! Envoy's formatter itself returns `-` for "no flags". `protocol` is `"-"` on TCP, and
+//! `response_code` is `0` there. That is what [`JsonValues::Typed`] (the default) prints.
+//! Istio 1.5 (the seed's blog post) used the legacy untyped `json_format`, where every value is
+//! a string and an empty one is `"-"`; [`JsonValues::Strings`] reproduces it for users who
+//! parse logs that way.
+//!
+//! Keys are printed in lexicographic order. Envoy builds the object from a protobuf `Struct`,
+//! whose map Envoy has serialised with sorted keys (the seed's `jq .` output shows exactly that
+//! order) and which Envoy ≥ 1.30 sorts on request (`json_format_options.sort_properties`);
+//! sorting is the only order that is both Istio-compatible and stable across releases.
+//!
+//! `start_time` is RFC 3339 UTC with milliseconds (`2020-03-07T12:00:58.425Z`), as Envoy's
+//! default `%START_TIME%`.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderValue;
+use prometheus_client::metrics::counter::Counter;
+
+use super::flags::ResponseFlags;
+use super::record::{RequestRecord, TcpRecord};
+use super::{AccessLogOptions, AccessLogSink, TelemetryError};
+
+/// Istio's default TEXT format (`EnvoyTextLogFormat` in `pilot/pkg/model/telemetry_logging.go`).
+pub const DEFAULT_TEXT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% \
+%PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \
+\"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% \
+%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \
+\"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% \
+%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% \
+%REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
+
+/// Istio's default JSON keys and their operators (`EnvoyJSONLogFormatIstio`), 24 entries.
+pub const DEFAULT_JSON_FIELDS: [(&str, &str); 24] = [
+    ("start_time", "%START_TIME%"),
+    ("route_name", "%ROUTE_NAME%"),
+    ("method", "%REQ(:METHOD)%"),
+    ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
+    ("protocol", "%PROTOCOL%"),
+    ("response_code", "%RESPONSE_CODE%"),
+    ("response_flags", "%RESPONSE_FLAGS%"),
+    ("response_code_details", "%RESPONSE_CODE_DETAILS%"),
+    (
+        "connection_termination_details",
+        "%CONNECTION_TERMINATION_DETAILS%",
+    ),
+    ("bytes_received", "%BYTES_RECEIVED%"),
+    ("bytes_sent", "%BYTES_SENT%"),
+    ("duration", "%DURATION%"),
+    (
+        "upstream_service_time",
+        "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    ),
+    ("x_forwarded_for", "%REQ(X-FORWARDED-FOR)%"),
+    ("user_agent", "%REQ(USER-AGENT)%"),
+    ("request_id", "%REQ(X-REQUEST-ID)%"),
+    ("authority", "%REQ(:AUTHORITY)%"),
+    ("upstream_host", "%UPSTREAM_HOST%"),
+    ("upstream_cluster", "%UPSTREAM_CLUSTER_RAW%"),
+    ("upstream_local_address", "%UPSTREAM_LOCAL_ADDRESS%"),
+    ("downstream_local_address", "%DOWNSTREAM_LOCAL_ADDRESS%"),
+    ("downstream_remote_address", "%DOWNSTREAM_REMOTE_ADDRESS%"),
+    ("requested_server_name", "%REQUESTED_SERVER_NAME%"),
+    (
+        "upstream_transport_failure_reason",
+        "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+    ),
+];
+
+/// MeshConfig `accessLogEncoding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessLogEncoding {
+    /// One JSON object per line.
+    Json,
+    /// Envoy's text format (Istio's default encoding).
+    #[default]
+    Text,
+}
+
+impl std::str::FromStr for AccessLogEncoding {
+    type Err = FormatError;
+    /// `JSON` or `TEXT`, as MeshConfig spells them (case-insensitive).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_uppercase().as_str() {
+            "JSON" => Ok(AccessLogEncoding::Json),
+            "TEXT" | "" => Ok(AccessLogEncoding::Text),
+            _ => Err(FormatError(format!(
+                "accessLogEncoding {s:?}: expected JSON or TEXT"
+            ))),
+        }
+    }
+}
+
+/// How JSON values are typed. See the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JsonValues {
+    /// Istio with Envoy 1.2x: numbers for counts and durations, `null` when unavailable.
+    #[default]
+    Typed,
+    /// Istio ≤ 1.8 (the seed): every value a string, `"-"` when unavailable.
+    Strings,
+}
+
+/// An access-log format that does not compile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FormatError(pub String);
+
+/// One record on its way to the writer thread.
+#[derive(Debug)]
+pub(crate) enum Entry {
+    Http(RequestRecord),
+    Tcp(TcpRecord),
+}
+
+/// A compiled access-log format.
+#[derive(Debug, Clone)]
+pub struct Format {
+    kind: Kind,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Text(Vec<Piece>),
+    Json {
+        fields: Vec<(String, JsonField)>,
+        values: JsonValues,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum JsonField {
+    Template(Vec<Piece>),
+    /// A non-string value in a custom JSON format, printed as given.
+    Literal(String),
+}
+
+#[derive(Debug, Clone)]
+enum Piece {
+    Lit(String),
+    Op(Op, Option<usize>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Op {
+    StartTime(Option<String>),
+    Protocol,
+    ResponseCode,
+    ResponseFlags,
+    ResponseCodeDetails,
+    ConnectionTerminationDetails,
+    UpstreamTransportFailureReason,
+    BytesReceived,
+    BytesSent,
+    Duration,
+    UpstreamHost,
+    UpstreamCluster,
+    UpstreamLocalAddress,
+    DownstreamLocalAddress,
+    DownstreamLocalAddressWithoutPort,
+    DownstreamLocalPort,
+    DownstreamRemoteAddress,
+    DownstreamRemoteAddressWithoutPort,
+    RequestedServerName,
+    RouteName,
+    GrpcStatus,
+    /// `%REQ(A?B)%`: the first present header; only the headers the record carries.
+    Req(Vec<String>),
+    /// `%RESP(X)%`: only `x-envoy-upstream-service-time` is known.
+    Resp(Vec<String>),
+    /// An operator we do not record: prints as unavailable.
+    Unavailable,
+}
+
+impl Op {
+    /// Envoy renders these as numbers in typed JSON.
+    fn is_numeric(&self) -> bool {
+        matches!(
+            self,
+            Op::ResponseCode | Op::BytesReceived | Op::BytesSent | Op::Duration
+        )
+    }
+}
+
+impl Format {
+    /// Istio's default format for `encoding`.
+    pub fn istio_default(encoding: AccessLogEncoding, values: JsonValues) -> Format {
+        match encoding {
+            AccessLogEncoding::Text => {
+                Format::text(DEFAULT_TEXT_FORMAT).expect("default TEXT format compiles")
+            }
+            AccessLogEncoding::Json => {
+                let mut fields: Vec<(String, JsonField)> = DEFAULT_JSON_FIELDS
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            (*k).to_owned(),
+                            JsonField::Template(compile(v).expect("default JSON format compiles")),
+                        )
+                    })
+                    .collect();
+                fields.sort_by(|a, b| a.0.cmp(&b.0));
+                Format {
+                    kind: Kind::Json { fields, values },
+                }
+            }
+        }
+    }
+
+    /// MeshConfig semantics: `format` (if non-empty) for `encoding`, else Istio's default.
+    pub fn from_mesh_config(
+        encoding: AccessLogEncoding,
+        format: Option<&str>,
+        values: JsonValues,
+    ) -> Result<Format, FormatError> {
+        match format.map(str::trim) {
+            None | Some("") => Ok(Format::istio_default(encoding, values)),
+            Some(f) => match encoding {
+                AccessLogEncoding::Text => {
+                    // Envoy adds no newline; Istio's custom formats usually end with one. Ensure it.
+                    let mut f = format.unwrap_or_default().to_owned();
+                    if !f.ends_with('\n') {
+                        f.push('\n');
+                    }
+                    Format::text(&f)
+                }
+                AccessLogEncoding::Json => Format::json(f, values),
+            },
+        }
+    }
+
+    /// A TEXT format from an Envoy format string.
+    pub fn text(format: &str) -> Result<Format, FormatError> {
+        Ok(Format {
+            kind: Kind::Text(compile(format)?),
+        })
+    }
+
+    /// A JSON format from a JSON object of key → Envoy format string.
+    pub fn json(object: &str, values: JsonValues) -> Result<Format, FormatError> {
+        let parsed: serde_json::Value = serde_json::from_str(object)
+            .map_err(|e| FormatError(format!("JSON access-log format: {e}")))?;
+        let serde_json::Value::Object(map) = parsed else {
+            return Err(FormatError(
+                "JSON access-log format must be an object of key to format".into(),
+            ));
+        };
+        if map.is_empty() {
+            return Ok(Format::istio_default(AccessLogEncoding::Json, values));
+        }
+        // serde_json's map is sorted by key: the same order as the default.
+        let mut fields = Vec::with_capacity(map.len());
+        for (k, v) in map {
+            let field = match v {
+                serde_json::Value::String(s) => JsonField::Template(
+                    compile(&s).map_err(|e| FormatError(format!("key {k:?}: {}", e.0)))?,
+                ),
+                other => JsonField::Literal(other.to_string()),
+            };
+            fields.push((k, field));
+        }
+        Ok(Format {
+            kind: Kind::Json { fields, values },
+        })
+    }
+
+    /// Appends one line (with its trailing newline) for `entry` to `out`.
+    pub(crate) fn write(&self, entry: &Entry, out: &mut String) {
+        match &self.kind {
+            Kind::Text(pieces) => {
+                for p in pieces {
+                    match p {
+                        Piece::Lit(s) => out.push_str(s),
+                        Piece::Op(op, max) => write_text(out, eval(op, entry), *max),
+                    }
+                }
+            }
+            Kind::Json { fields, values } => {
+                out.push('{');
+                for (i, (key, field)) in fields.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    json_string(out, key);
+                    out.push(':');
+                    match field {
+                        JsonField::Literal(l) => out.push_str(l),
+                        JsonField::Template(pieces) => {
+                            write_json_value(out, pieces, entry, *values)
+                        }
+                    }
+                }
+                out.push_str("}\n");
+            }
+        }
+    }
+
+    /// One line for a request, as a `String` (for tests and debugging).
+    pub fn format_request(&self, record: &RequestRecord) -> String {
+        let mut s = String::new();
+        self.write(&Entry::Http(record.clone()), &mut s);
+        s
+    }
+
+    /// One line for a TCP connection, as a `String`.
+    pub fn format_tcp(&self, record: &TcpRecord) -> String {
+        let mut s = String::new();
+        self.write(&Entry::Tcp(record.clone()), &mut s);
+        s
+    }
+}
+
+/// Compiles an Envoy format string into literal and operator pieces.
+fn compile(format: &str) -> Result<Vec<Piece>, FormatError> {
+    let mut pieces = Vec::new();
+    let mut lit = String::new();
+    let mut rest = format;
+    while let Some(start) = rest.find('%') {
+        lit.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        // `%%` is not special in Envoy, but an operator must start with an upper-case letter.
+        let Some(op_len) = operator_len(after) else {
+            lit.push('%');
+            rest = after;
+            continue;
+        };
+        let (op, max) = parse_operator(&after[..op_len])?;
+        if !lit.is_empty() {
+            pieces.push(Piece::Lit(std::mem::take(&mut lit)));
+        }
+        pieces.push(Piece::Op(op, max));
+        rest = &after[op_len + 1..];
+    }
+    lit.push_str(rest);
+    if !lit.is_empty() {
+        pieces.push(Piece::Lit(lit));
+    }
+    Ok(pieces)
+}
+
+/// Length of the operator text after an opening `%`, up to (not including) its closing `%`.
+fn operator_len(s: &str) -> Option<usize> {
+    if !s.starts_with(|c: char| c.is_ascii_uppercase()) {
+        return None;
+    }
+    let bytes = s.as_bytes();
+    let mut depth = 0usize;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'(' => depth += 1,
+            b')' => depth = depth.saturating_sub(1),
+            b'%' if depth == 0 => return Some(i),
+            b'\n' => return None,
+            _ => {}
+        }
+    }
+    None
+}
+
+fn parse_operator(text: &str) -> Result<(Op, Option<usize>), FormatError> {
+    // NAME, NAME(ARG), NAME(ARG):LEN
+    let (head, max) = match text.rfind(')') {
+        Some(close) => {
+            let tail = &text[close + 1..];
+            let max = match tail.strip_prefix(':') {
+                Some(n) => Some(
+                    n.parse::<usize>()
+                        .map_err(|_| FormatError(format!("%{text}%: bad length")))?,
+                ),
+                None if tail.is_empty() => None,
+                None => return Err(FormatError(format!("%{text}%: unexpected {tail:?}"))),
+            };
+            (&text[..=close], max)
+        }
+        None => (text, None),
+    };
+    let (name, arg) = match head.find('(') {
+        Some(open) if head.ends_with(')') => (&head[..open], Some(&head[open + 1..head.len() - 1])),
+        Some(_) => return Err(FormatError(format!("%{text}%: unbalanced parenthesis"))),
+        None => (head, None),
+    };
+    let headers = |arg: Option<&str>| -> Result<Vec<String>, FormatError> {
+        let arg = arg
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| FormatError(format!("%{text}%: needs a header name")))?;
+        Ok(arg
+            .split('?')
+            .map(|h| h.trim().to_ascii_lowercase())
+            .collect())
+    };
+    let op = match name {
+        "START_TIME" => Op::StartTime(arg.filter(|a| !a.is_empty()).map(str::to_owned)),
+        "PROTOCOL" => Op::Protocol,
+        "RESPONSE_CODE" => Op::ResponseCode,
+        "RESPONSE_FLAGS" => Op::ResponseFlags,
+        "RESPONSE_CODE_DETAILS" => Op::ResponseCodeDetails,
+        "CONNECTION_TERMINATION_DETAILS" => Op::ConnectionTerminationDetails,
+        "UPSTREAM_TRANSPORT_FAILURE_REASON" => Op::UpstreamTransportFailureReason,
+        "BYTES_RECEIVED" => Op::BytesReceived,
+        "BYTES_SENT" => Op::BytesSent,
+        "DURATION" => Op::Duration,
+        "UPSTREAM_HOST" | "UPSTREAM_REMOTE_ADDRESS" => Op::UpstreamHost,
+        "UPSTREAM_CLUSTER" | "UPSTREAM_CLUSTER_RAW" => Op::UpstreamCluster,
+        "UPSTREAM_LOCAL_ADDRESS" => Op::UpstreamLocalAddress,
+        "DOWNSTREAM_LOCAL_ADDRESS" => Op::DownstreamLocalAddress,
+        "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Op::DownstreamLocalAddressWithoutPort,
+        "DOWNSTREAM_LOCAL_PORT" => Op::DownstreamLocalPort,
+        "DOWNSTREAM_REMOTE_ADDRESS" | "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => {
+            Op::DownstreamRemoteAddress
+        }
+        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT"
+        | "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => Op::DownstreamRemoteAddressWithoutPort,
+        "REQUESTED_SERVER_NAME" => Op::RequestedServerName,
+        "ROUTE_NAME" => Op::RouteName,
+        "GRPC_STATUS" | "GRPC_STATUS_NUMBER" => Op::GrpcStatus,
+        "REQ" | "REQUEST_HEADER" => Op::Req(headers(arg)?),
+        "RESP" | "RESPONSE_HEADER" => Op::Resp(headers(arg)?),
+        // Known Envoy operators we do not track: accepted, printed as unavailable.
+        "TRAILER"
+        | "RESPONSE_TRAILER"
+        | "DYNAMIC_METADATA"
+        | "FILTER_STATE"
+        | "UPSTREAM_FILTER_STATE"
+        | "CLUSTER_METADATA"
+        | "UPSTREAM_METADATA"
+        | "HOSTNAME"
+        | "ENVIRONMENT"
+        | "REQUEST_DURATION"
+        | "RESPONSE_DURATION"
+        | "RESPONSE_TX_DURATION"
+        | "REQUEST_TX_DURATION"
+        | "UPSTREAM_PROTOCOL"
+        | "VIRTUAL_CLUSTER_NAME"
+        | "DOWNSTREAM_PEER_URI_SAN"
+        | "DOWNSTREAM_LOCAL_URI_SAN"
+        | "DOWNSTREAM_TLS_VERSION"
+        | "DOWNSTREAM_TLS_CIPHER"
+        | "CONNECTION_ID"
+        | "UPSTREAM_REQUEST_ATTEMPT_COUNT"
+        | "REQ_WITHOUT_QUERY"
+        | "TRACE_ID" => Op::Unavailable,
+        other => return Err(FormatError(format!("unknown command operator %{other}%"))),
+    };
+    Ok((op, max))
+}
+
+/// An operator's value for one record.
+enum Val<'a> {
+    None,
+    Str(Cow<'a, str>),
+    Num(u64),
+    Flags(ResponseFlags),
+    Time(SystemTime, Option<&'a str>),
+    Addr(SocketAddr),
+}
+
+fn header(v: &Option<HeaderValue>) -> Val<'_> {
+    match v {
+        Some(v) => Val::Str(String::from_utf8_lossy(v.as_bytes())),
+        None => Val::None,
+    }
+}
+
+fn opt_str<S: AsRef<str>>(v: &Option<S>) -> Val<'_> {
+    match v {
+        Some(s) => Val::Str(Cow::Borrowed(s.as_ref())),
+        None => Val::None,
+    }
+}
+
+fn opt_addr(v: &Option<SocketAddr>) -> Val<'static> {
+    v.map(Val::Addr).unwrap_or(Val::None)
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+fn eval<'a>(op: &'a Op, entry: &'a Entry) -> Val<'a> {
+    match entry {
+        Entry::Http(r) => eval_http(op, r),
+        Entry::Tcp(t) => eval_tcp(op, t),
+    }
+}
+
+fn eval_http<'a>(op: &'a Op, r: &'a RequestRecord) -> Val<'a> {
+    match op {
+        Op::StartTime(f) => Val::Time(r.start_time, f.as_deref()),
+        Op::Protocol => match r.protocol {
+            Some(v) => Val::Str(Cow::Borrowed(protocol_name(v))),
+            None => Val::Str(Cow::Borrowed("-")),
+        },
+        Op::ResponseCode => Val::Num(u64::from(r.response_code)),
+        Op::ResponseFlags => Val::Flags(r.response_flags),
+        Op::ResponseCodeDetails => opt_str(&r.response_code_details),
+        Op::ConnectionTerminationDetails => opt_str(&r.connection_termination_details),
+        Op::UpstreamTransportFailureReason => opt_str(&r.upstream_transport_failure_reason),
+        Op::BytesReceived => Val::Num(r.bytes_received),
+        Op::BytesSent => Val::Num(r.bytes_sent),
+        Op::Duration => Val::Num(millis(r.duration)),
+        Op::UpstreamHost => opt_addr(&r.upstream_host),
+        Op::UpstreamCluster => opt_str(&r.upstream_cluster),
+        Op::UpstreamLocalAddress => opt_addr(&r.upstream_local_address),
+        Op::DownstreamLocalAddress => opt_addr(&r.downstream_local_address),
+        Op::DownstreamLocalAddressWithoutPort => ip_only(r.downstream_local_address),
+        Op::DownstreamLocalPort => r
+            .downstream_local_address
+            .map(|a| Val::Num(u64::from(a.port())))
+            .unwrap_or(Val::None),
+        Op::DownstreamRemoteAddress => opt_addr(&r.downstream_remote_address),
+        Op::DownstreamRemoteAddressWithoutPort => ip_only(r.downstream_remote_address),
+        Op::RequestedServerName => opt_str(&r.requested_server_name),
+        Op::RouteName => opt_str(&r.route_name),
+        Op::GrpcStatus => r
+            .grpc_status
+            .map(|s| Val::Num(u64::from(s)))
+            .unwrap_or(Val::None),
+        Op::Req(names) => names
+            .iter()
+            .map(|n| request_header(r, n))
+            .find(|v| !matches!(v, Val::None))
+            .unwrap_or(Val::None),
+        Op::Resp(names) => {
+            if names.iter().any(|n| n == "x-envoy-upstream-service-time") {
+                r.upstream_service_time
+                    .map(|d| Val::Str(Cow::Owned(millis(d).to_string())))
+                    .unwrap_or(Val::None)
+            } else {
+                Val::None
+            }
+        }
+        Op::Unavailable => Val::None,
+    }
+}
+
+fn request_header<'a>(r: &'a RequestRecord, name: &str) -> Val<'a> {
+    match name {
+        ":method" => r
+            .method
+            .as_ref()
+            .map(|m| Val::Str(Cow::Borrowed(m.as_str())))
+            .unwrap_or(Val::None),
+        ":path" | "x-envoy-original-path" => r
+            .path
+            .as_ref()
+            .map(|p| Val::Str(Cow::Borrowed(p.as_str())))
+            .unwrap_or(Val::None),
+        ":authority" | "host" => header(&r.authority),
+        "user-agent" => header(&r.user_agent),
+        "x-request-id" => header(&r.request_id),
+        "x-forwarded-for" => header(&r.x_forwarded_for),
+        _ => Val::None,
+    }
+}
+
+fn eval_tcp<'a>(op: &'a Op, t: &'a TcpRecord) -> Val<'a> {
+    match op {
+        Op::StartTime(f) => Val::Time(t.start_time, f.as_deref()),
+        Op::Protocol => Val::Str(Cow::Borrowed("-")),
+        Op::ResponseCode => Val::Num(0),
+        Op::ResponseFlags => Val::Flags(t.response_flags),
+        Op::ConnectionTerminationDetails => opt_str(&t.connection_termination_details),
+        Op::UpstreamTransportFailureReason => opt_str(&t.upstream_transport_failure_reason),
+        Op::BytesReceived => Val::Num(t.bytes_received),
+        Op::BytesSent => Val::Num(t.bytes_sent),
+        Op::Duration => Val::Num(millis(t.duration)),
+        Op::UpstreamHost => opt_addr(&t.upstream_host),
+        Op::UpstreamCluster => opt_str(&t.upstream_cluster),
+        Op::UpstreamLocalAddress => opt_addr(&t.upstream_local_address),
+        Op::DownstreamLocalAddress => opt_addr(&t.downstream_local_address),
+        Op::DownstreamLocalAddressWithoutPort => ip_only(t.downstream_local_address),
+        Op::DownstreamLocalPort => t
+            .downstream_local_address
+            .map(|a| Val::Num(u64::from(a.port())))
+            .unwrap_or(Val::None),
+        Op::DownstreamRemoteAddress => opt_addr(&t.downstream_remote_address),
+        Op::DownstreamRemoteAddressWithoutPort => ip_only(t.downstream_remote_address),
+        Op::RequestedServerName => opt_str(&t.requested_server_name),
+        Op::RouteName => opt_str(&t.route_name),
+        Op::ResponseCodeDetails | Op::GrpcStatus | Op::Req(_) | Op::Resp(_) | Op::Unavailable => {
+            Val::None
+        }
+    }
+}
+
+fn ip_only(a: Option<SocketAddr>) -> Val<'static> {
+    a.map(|a| Val::Str(Cow::Owned(a.ip().to_string())))
+        .unwrap_or(Val::None)
+}
+
+/// Envoy's names: `HTTP/1.0`, `HTTP/1.1`, `HTTP/2`, `HTTP/3`.
+pub fn protocol_name(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "-",
+    }
+}
+
+/// Writes `v` as TEXT: `-` when unavailable or empty, truncated to `max` characters.
+fn write_text(out: &mut String, v: Val<'_>, max: Option<usize>) {
+    let start = out.len();
+    match v {
+        Val::None => out.push('-'),
+        Val::Str(s) if s.is_empty() => out.push('-'),
+        Val::Str(s) => out.push_str(&s),
+        Val::Num(n) => {
+            let _ = write!(out, "{n}");
+        }
+        Val::Flags(f) => {
+            let _ = f.write_to(out);
+        }
+        Val::Time(t, f) => write_time(out, t, f),
+        Val::Addr(a) => {
+            let _ = write!(out, "{a}");
+        }
+    }
+    if let Some(max) = max {
+        truncate_chars(out, start, max);
+    }
+}
+
+fn truncate_chars(out: &mut String, start: usize, max: usize) {
+    if let Some((idx, _)) = out[start..].char_indices().nth(max) {
+        out.truncate(start + idx);
+    }
+}
+
+fn write_json_value(out: &mut String, pieces: &[Piece], entry: &Entry, values: JsonValues) {
+    // A lone operator keeps its type; anything else is a string, as Envoy does.
+    if let [Piece::Op(op, max)] = pieces {
+        let v = eval(op, entry);
+        match (values, v) {
+            (JsonValues::Typed, Val::None) => out.push_str("null"),
+            (JsonValues::Typed, Val::Num(n)) if op.is_numeric() => {
+                let _ = write!(out, "{n}");
+            }
+            (_, v) => {
+                let mut s = String::new();
+                write_text(&mut s, v, *max);
+                json_string(out, &s);
+            }
+        }
+        return;
+    }
+    let mut s = String::new();
+    for p in pieces {
+        match p {
+            Piece::Lit(l) => s.push_str(l),
+            Piece::Op(op, max) => write_text(&mut s, eval(op, entry), *max),
+        }
+    }
+    json_string(out, &s);
+}
+
+/// Appends `s` as a JSON string literal.
+fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// `%START_TIME%`: RFC 3339 UTC with milliseconds; `%START_TIME(fmt)%`: a strftime subset
+/// (`%Y %m %d %H %M %S %s %z %f %3f %6f %9f %%`).
+fn write_time(out: &mut String, t: SystemTime, format: Option<&str>) {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let dt = time::OffsetDateTime::UNIX_EPOCH + since;
+    let Some(format) = format else {
+        let _ = write!(
+            out,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            dt.year(),
+            u8::from(dt.month()),
+            dt.day(),
+            dt.hour(),
+            dt.minute(),
+            dt.second(),
+            dt.millisecond()
+        );
+        return;
+    };
+    let mut chars = format.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let mut digits = None;
+        if let Some(d) = chars.peek().and_then(|c| c.to_digit(10)) {
+            digits = Some(d as usize);
+            chars.next();
+        }
+        let _ = match chars.next() {
+            Some('Y') => write!(out, "{:04}", dt.year()),
+            Some('m') => write!(out, "{:02}", u8::from(dt.month())),
+            Some('d') => write!(out, "{:02}", dt.day()),
+            Some('H') => write!(out, "{:02}", dt.hour()),
+            Some('M') => write!(out, "{:02}", dt.minute()),
+            Some('S') => write!(out, "{:02}", dt.second()),
+            Some('s') => write!(out, "{}", since.as_secs()),
+            Some('z') => write!(out, "+0000"),
+            Some('f') => {
+                let n = digits.unwrap_or(9).clamp(1, 9);
+                let nanos = format!("{:09}", since.subsec_nanos());
+                write!(out, "{}", &nanos[..n])
+            }
+            Some('%') => write!(out, "%"),
+            Some(other) => write!(out, "%{other}"),
+            None => write!(out, "%"),
+        };
+    }
+}
+
+enum Msg {
+    Entry(Entry),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The data path's end of the access log: a bounded queue to the writer thread.
+pub(crate) struct AccessLogger {
+    tx: SyncSender<Msg>,
+    dropped: Counter,
+}
+
+impl AccessLogger {
+    /// Compiles the format, opens the sink and starts the writer thread.
+    pub(crate) fn start(
+        opts: AccessLogOptions,
+        dropped: Counter,
+    ) -> Result<AccessLogger, TelemetryError> {
+        let format =
+            Format::from_mesh_config(opts.encoding, opts.format.as_deref(), opts.json_values)?;
+        let sink: Box<dyn Write + Send> = match opts.sink {
+            AccessLogSink::Stdout => Box::new(std::io::stdout()),
+            AccessLogSink::File(path) => {
+                let file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|source| TelemetryError::File {
+                        path: path.clone(),
+                        source,
+                    })?;
+                Box::new(file)
+            }
+            AccessLogSink::Writer(w) => w,
+        };
+        let (tx, rx) = sync_channel(opts.queue_capacity.max(1));
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || writer_loop(rx, format, sink))
+            .map_err(TelemetryError::Thread)?;
+        Ok(AccessLogger { tx, dropped })
+    }
+
+    /// Queues a record; drops and counts it if the queue is full. Never blocks.
+    pub(crate) fn push(&self, entry: Entry) {
+        match self.tx.try_send(Msg::Entry(entry)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.inc();
+            }
+        }
+    }
+
+    /// Asks the writer to confirm once everything queued so far is written and flushed.
+    pub(crate) fn request_flush(&self) -> tokio::sync::oneshot::Receiver<()> {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        let tx = self.tx.clone();
+        // The queue may be full; wait for room on a blocking thread, never on the caller's.
+        std::thread::spawn(move || {
+            let _ = tx.send(Msg::Flush(done));
+        });
+        rx
+    }
+}
+
+/// Bytes of formatted lines gathered before one write.
+const BATCH_BYTES: usize = 64 * 1024;
+
+fn writer_loop(rx: Receiver<Msg>, format: Format, mut sink: Box<dyn Write + Send>) {
+    let mut buf = String::with_capacity(BATCH_BYTES + 4096);
+    let mut waiters = Vec::new();
+    let mut failed = false;
+    // Ends when every sender (every Telemetry clone) is gone and the queue is empty.
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Entry(e) => format.write(&e, &mut buf),
+                Msg::Flush(done) => waiters.push(done),
+            }
+            if buf.len() < BATCH_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !buf.is_empty() {
+            let result = sink.write_all(buf.as_bytes()).and_then(|()| sink.flush());
+            match result {
+                Err(e) if !failed => {
+                    failed = true;
+                    tracing::warn!("access log: write failed, lines are being lost: {e}");
+                }
+                Ok(()) => failed = false,
+                Err(_) => {}
+            }
+            buf.clear();
+        }
+        for w in waiters.drain(..) {
+            let _ = w.send(());
+        }
+    }
+}
