@@ -1,1 +1,33 @@
-//! placeholder
+//! Traffic capture for the sidecar: the iptables rules istio-iptables installs in a pod, for the
+//! same settings, as iptables-restore text; and installing and removing them.
+//!
+//! - [`config`]: the settings (istio-iptables' flags) as typed values.
+//! - [`rules`]: the rules for a config and their restore text. Pure, so `--dry-run` and the tests
+//!   see exactly what would be loaded.
+//! - [`restore`]: [`apply`] and [`cleanup`], which run `iptables-restore --noflush` (and
+//!   `ip6tables-restore`) in the calling thread's network namespace.
+//! - [`host`]: what the rules need from the namespace: IPv6 addresses, DNS servers, the proxy
+//!   user, CAP_NET_ADMIN.
+//!
+//! ```
+//! let config = netfilter::Config {
+//!     inbound_ports: "*".parse().unwrap(),
+//!     outbound_ranges: "*".parse().unwrap(),
+//!     ..netfilter::Config::default()
+//! };
+//! let text = netfilter::render(&config).unwrap().to_string();
+//! assert!(text.contains("-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001"));
+//! ```
+
+#![deny(unsafe_code)]
+
+pub mod config;
+mod error;
+pub mod host;
+pub mod restore;
+pub mod rules;
+
+pub use config::{Config, ParseError};
+pub use error::Error;
+pub use restore::{Applied, Cleaned, apply, cleanup};
+pub use rules::{Family, Rendered, RestoreScript, render};
