@@ -1,1 +1,312 @@
-//! Admin server on 127.0.0.1:15000.
+//! Admin server on 127.0.0.1:15000, the endpoints of Envoy's admin API that Istio users and
+//! `istioctl proxy-config` / `ama proxy-config` rely on.
+//!
+//! - `GET /config_dump`: the proxy's config as JSON (from [`AdminSource::config_dump`]).
+//! - `GET /clusters`: clusters and endpoints as text (from [`AdminSource::clusters`]).
+//! - `GET /stats`: metrics as `name: value` lines (`?filter=<substring>`, `?format=prometheus`).
+//! - `GET /stats/prometheus`: metrics in Prometheus text format.
+//! - `GET /logging`: the active log level; `POST /logging?level=debug` (or `?paths=a:debug,b:info`
+//!   or `?<logger>=<level>`) changes it through [`LogLevelControl`], as Envoy does.
+//! - `GET /ready`: `LIVE` (200) once ready, else `PRE_INITIALIZING` (503), like Envoy.
+//! - `GET /server_info`: state and uptime as JSON.
+//! - `POST /quitquitquit`: shut down.
+//! - `GET /`: the list of endpoints.
+//!
+//! The server only ever binds loopback (the caller's choice of listener), reads no request body,
+//! and shares the accept loop, timeouts and size limits of [`crate::status::serve_http`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::status::{Body, Readiness, prometheus_response, response, serve_http, text};
+use crate::telemetry::Telemetry;
+
+/// What the traffic side exposes to the admin server.
+pub trait AdminSource: Send + Sync {
+    /// The current configuration as JSON, for `/config_dump`.
+    fn config_dump(&self) -> serde_json::Value;
+    /// Clusters and their endpoints, for `/clusters` (Envoy's text layout).
+    fn clusters(&self) -> String;
+}
+
+/// A handle on the process's log filter (e.g. over a `tracing_subscriber::reload::Handle`).
+pub trait LogLevelControl: Send + Sync {
+    /// The active filter, e.g. `info` or `info,proxy::inbound=debug`.
+    fn current(&self) -> String;
+    /// Replaces the filter. `spec` is `level` or `target=level,...`, levels being
+    /// `trace|debug|info|warn|error|off`. Returns a message for the user on failure.
+    fn set(&self, spec: &str) -> Result<(), String>;
+}
+
+/// Everything the admin server needs.
+pub struct AdminInputs {
+    /// Config and clusters.
+    pub source: Arc<dyn AdminSource>,
+    /// Metrics for `/stats`.
+    pub telemetry: Telemetry,
+    /// Readiness for `/ready`.
+    pub readiness: Readiness,
+    /// Log level control for `/logging`; without it `/logging` only reports.
+    pub log_level: Option<Arc<dyn LogLevelControl>>,
+    /// The server stops when cancelled; `POST /quitquitquit` cancels it.
+    pub shutdown: CancellationToken,
+    /// When the proxy started, for `/server_info`.
+    pub started: Instant,
+}
+
+impl std::fmt::Debug for AdminInputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminInputs")
+            .field("readiness", &self.readiness)
+            .finish_non_exhaustive()
+    }
+}
+
+const ENDPOINTS: &str = "admin commands are:
+  /: this list
+  /clusters: upstream cluster status
+  /config_dump: dump current configuration (JSON)
+  /logging: query/change logging levels (POST ?level=<level> or ?paths=<logger>:<level>,...)
+  /quitquitquit: exit the server (POST)
+  /ready: print server state, return 200 if LIVE, otherwise 503
+  /server_info: print server version/status information
+  /stats: print server stats (?filter=<substring>, ?format=prometheus)
+  /stats/prometheus: print server stats in prometheus format
+";
+
+/// Serves the admin API on `listener` until `inputs.shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, inputs: Arc<AdminInputs>) {
+    let shutdown = inputs.shutdown.clone();
+    serve_http(listener, shutdown, move |req, peer| {
+        let inputs = inputs.clone();
+        async move { route(&inputs, req, peer) }
+    })
+    .await;
+}
+
+fn route(inputs: &AdminInputs, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+    let query = req.uri().query().unwrap_or("");
+    let post = req.method() == Method::POST;
+    match req.uri().path() {
+        "/" => text(StatusCode::OK, ENDPOINTS),
+        "/config_dump" => {
+            let dump = inputs.source.config_dump();
+            match serde_json::to_vec_pretty(&dump) {
+                Ok(body) => response(StatusCode::OK, "application/json", body),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("config_dump: {e}\n"),
+                ),
+            }
+        }
+        "/clusters" => text(StatusCode::OK, &inputs.source.clusters()),
+        "/stats/prometheus" => prometheus_response(&inputs.telemetry),
+        "/stats" => stats(&inputs.telemetry, query),
+        "/logging" => logging(inputs, query, post),
+        "/ready" => {
+            if inputs.readiness.is_ready() {
+                text(StatusCode::OK, "LIVE\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "PRE_INITIALIZING\n")
+            }
+        }
+        "/server_info" => {
+            let info = serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "state": if inputs.readiness.is_ready() { "LIVE" } else { "PRE_INITIALIZING" },
+                "uptime_current_epoch": format!("{}s", inputs.started.elapsed().as_secs()),
+            });
+            response(
+                StatusCode::OK,
+                "application/json",
+                Bytes::from(info.to_string()),
+            )
+        }
+        "/quitquitquit" => {
+            if !post {
+                return text(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "This endpoint requires POST\n",
+                );
+            }
+            tracing::info!("admin /quitquitquit: shutting down");
+            inputs.shutdown.cancel();
+            text(StatusCode::OK, "OK\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, &format!("invalid path. {ENDPOINTS}")),
+    }
+}
+
+/// Query parameters as (name, value) pairs, percent-decoded.
+fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter(|p| !p.is_empty()).map(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        (percent_decode(k), percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn stats(telemetry: &Telemetry, query: &str) -> Response<Body> {
+    let mut filter = None;
+    let mut prometheus = false;
+    for (k, v) in query_pairs(query) {
+        match k.as_str() {
+            "filter" => filter = Some(v),
+            "format" if v == "prometheus" => prometheus = true,
+            _ => {}
+        }
+    }
+    if prometheus {
+        return prometheus_response(telemetry);
+    }
+    let all = telemetry.encode_envoy_stats();
+    let body = match filter {
+        Some(f) => all
+            .lines()
+            .filter(|l| l.contains(&f))
+            .flat_map(|l| [l, "\n"])
+            .collect(),
+        None => all,
+    };
+    text(StatusCode::OK, &body)
+}
+
+/// Envoy's level names mapped to tracing's.
+fn level(name: &str) -> Option<&'static str> {
+    Some(match name.to_ascii_lowercase().as_str() {
+        "trace" => "trace",
+        "debug" => "debug",
+        "info" => "info",
+        "warning" | "warn" => "warn",
+        "error" | "critical" => "error",
+        "off" => "off",
+        _ => return None,
+    })
+}
+
+fn logging(inputs: &AdminInputs, query: &str, post: bool) -> Response<Body> {
+    let current = || match &inputs.log_level {
+        Some(c) => format!("active loggers:\n  {}\n", c.current()),
+        None => "active loggers:\n  (log level control not available)\n".to_owned(),
+    };
+    if query.is_empty() {
+        return text(StatusCode::OK, &current());
+    }
+    if !post {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "This endpoint requires POST\n",
+        );
+    }
+    let mut spec = Vec::new();
+    for (k, v) in query_pairs(query) {
+        match k.as_str() {
+            "level" => match level(&v) {
+                Some(l) => spec.push(l.to_owned()),
+                None => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        &format!("unknown logger level {v:?}\n"),
+                    );
+                }
+            },
+            "paths" => {
+                for p in v.split(',').filter(|p| !p.is_empty()) {
+                    let Some((target, lv)) = p.split_once(':') else {
+                        return text(
+                            StatusCode::BAD_REQUEST,
+                            &format!("paths: {p:?} is not <logger>:<level>\n"),
+                        );
+                    };
+                    let Some(l) = level(lv) else {
+                        return text(
+                            StatusCode::BAD_REQUEST,
+                            &format!("unknown logger level {lv:?}\n"),
+                        );
+                    };
+                    spec.push(format!("{target}={l}"));
+                }
+            }
+            target => match level(&v) {
+                Some(l) => spec.push(format!("{target}={l}")),
+                None => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        &format!("unknown logger level {v:?} for {target}\n"),
+                    );
+                }
+            },
+        }
+    }
+    let Some(control) = &inputs.log_level else {
+        return text(
+            StatusCode::NOT_IMPLEMENTED,
+            "log level control not available\n",
+        );
+    };
+    match control.set(&spec.join(",")) {
+        Ok(()) => text(StatusCode::OK, &current()),
+        Err(e) => text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_queries() {
+        let pairs: Vec<_> = query_pairs("level=debug&paths=a%3Adebug,b:info&x").collect();
+        assert_eq!(
+            pairs,
+            vec![
+                ("level".into(), "debug".into()),
+                ("paths".into(), "a:debug,b:info".into()),
+                ("x".into(), "".into())
+            ]
+        );
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_decode("a+b%20c"), "a b c");
+    }
+
+    #[test]
+    fn levels() {
+        assert_eq!(level("warning"), Some("warn"));
+        assert_eq!(level("critical"), Some("error"));
+        assert_eq!(level("DEBUG"), Some("debug"));
+        assert_eq!(level("loud"), None);
+    }
+}
