@@ -846,3 +846,230 @@ fn writer_loop(rx: Receiver<Msg>, format: Format, mut sink: Box<dyn Write + Send
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::telemetry::record::{MetricLabels, Reporter};
+
+    /// The seed's outbound request (ubuntu → httpbin-service), as our record.
+    fn seed_record() -> RequestRecord {
+        let start = UNIX_EPOCH + Duration::from_millis(1_583_582_458_425); // 2020-03-07T12:00:58.425Z
+        let mut r = RequestRecord::new(start, Arc::new(MetricLabels::unknown(Reporter::Source)));
+        r.route_name = Some("default".into());
+        r.method = Some(http::Method::GET);
+        r.path = Some(http::uri::PathAndQuery::from_static("/headers"));
+        r.protocol = Some(http::Version::HTTP_11);
+        r.response_code = 200;
+        r.response_code_details = Some("via_upstream".into());
+        r.bytes_received = 0;
+        r.bytes_sent = 521;
+        r.duration = Duration::from_millis(2);
+        r.upstream_service_time = Some(Duration::from_millis(2));
+        r.user_agent = Some(HeaderValue::from_static("curl/7.58.0"));
+        r.request_id = Some(HeaderValue::from_static(
+            "a93e2afa-cc27-4bb7-897c-5282c754d382",
+        ));
+        r.authority = Some(HeaderValue::from_static("httpbin-service"));
+        r.upstream_host = Some("172.17.0.8:80".parse().unwrap());
+        r.upstream_cluster = Some("outbound|80||httpbin-service.default.svc.cluster.local".into());
+        r.upstream_local_address = Some("172.17.0.9:43422".parse().unwrap());
+        r.downstream_local_address = Some("10.109.118.31:80".parse().unwrap());
+        r.downstream_remote_address = Some("172.17.0.9:52178".parse().unwrap());
+        r
+    }
+
+    fn keys(line: &str) -> Vec<String> {
+        // serde_json's map is sorted; read the order from the text instead.
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let mut found: Vec<(usize, String)> = v
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| (line.find(&format!("\"{k}\":")).unwrap(), k.clone()))
+            .collect();
+        found.sort();
+        found.into_iter().map(|(_, k)| k).collect()
+    }
+
+    #[test]
+    fn json_typed_has_istio_24_keys_sorted_with_types() {
+        let f = Format::istio_default(AccessLogEncoding::Json, JsonValues::Typed);
+        let line = f.format_request(&seed_record());
+        assert!(line.ends_with("}\n") && !line[..line.len() - 1].contains('\n'));
+        let k = keys(&line);
+        assert_eq!(k.len(), 24);
+        let mut sorted = k.clone();
+        sorted.sort();
+        assert_eq!(k, sorted, "keys in lexicographic order");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let expect = serde_json::json!({
+            "authority": "httpbin-service",
+            "bytes_received": 0,
+            "bytes_sent": 521,
+            "connection_termination_details": null,
+            "downstream_local_address": "10.109.118.31:80",
+            "downstream_remote_address": "172.17.0.9:52178",
+            "duration": 2,
+            "method": "GET",
+            "path": "/headers",
+            "protocol": "HTTP/1.1",
+            "request_id": "a93e2afa-cc27-4bb7-897c-5282c754d382",
+            "requested_server_name": null,
+            "response_code": 200,
+            "response_code_details": "via_upstream",
+            "response_flags": "-",
+            "route_name": "default",
+            "start_time": "2020-03-07T12:00:58.425Z",
+            "upstream_cluster": "outbound|80||httpbin-service.default.svc.cluster.local",
+            "upstream_host": "172.17.0.8:80",
+            "upstream_local_address": "172.17.0.9:43422",
+            "upstream_service_time": "2",
+            "upstream_transport_failure_reason": null,
+            "user_agent": "curl/7.58.0",
+            "x_forwarded_for": null
+        });
+        assert_eq!(v, expect);
+    }
+
+    #[test]
+    fn json_strings_matches_the_seed() {
+        let f = Format::istio_default(AccessLogEncoding::Json, JsonValues::Strings);
+        let v: serde_json::Value = serde_json::from_str(&f.format_request(&seed_record())).unwrap();
+        let obj = v.as_object().unwrap();
+        assert!(obj.values().all(|v| v.is_string()));
+        assert_eq!(v["bytes_sent"], "521");
+        assert_eq!(v["response_code"], "200");
+        assert_eq!(v["x_forwarded_for"], "-");
+        assert_eq!(v["requested_server_name"], "-");
+        assert_eq!(v["upstream_transport_failure_reason"], "-");
+        assert_eq!(v["start_time"], "2020-03-07T12:00:58.425Z");
+    }
+
+    #[test]
+    fn json_inbound_with_sni_and_flags() {
+        let mut r = seed_record();
+        r.requested_server_name =
+            Some("outbound_.80_._.httpbin-service.default.svc.cluster.local".into());
+        r.upstream_cluster = Some("inbound|80||".into());
+        r.response_code = 503;
+        r.response_flags = ResponseFlags::UPSTREAM_CONNECTION_FAILURE
+            | ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED;
+        r.upstream_transport_failure_reason = Some("delayed connect error: 111".into());
+        r.x_forwarded_for = Some(HeaderValue::from_static("10.0.0.1"));
+        r.user_agent = Some(HeaderValue::from_static("evil \"agent\"\t\\"));
+        let f = Format::istio_default(AccessLogEncoding::Json, JsonValues::Typed);
+        let v: serde_json::Value = serde_json::from_str(&f.format_request(&r)).unwrap();
+        assert_eq!(
+            v["requested_server_name"],
+            "outbound_.80_._.httpbin-service.default.svc.cluster.local"
+        );
+        assert_eq!(v["upstream_cluster"], "inbound|80||");
+        assert_eq!(v["response_code"], 503);
+        assert_eq!(v["response_flags"], "UF,URX");
+        assert_eq!(
+            v["upstream_transport_failure_reason"],
+            "delayed connect error: 111"
+        );
+        assert_eq!(v["x_forwarded_for"], "10.0.0.1");
+        assert_eq!(v["user_agent"], "evil \"agent\"\t\\");
+    }
+
+    #[test]
+    fn json_tcp_connection() {
+        let mut t = TcpRecord::new(UNIX_EPOCH + Duration::from_millis(1_583_582_458_425));
+        t.bytes_received = 12;
+        t.bytes_sent = 34;
+        t.duration = Duration::from_millis(1500);
+        t.upstream_cluster = Some("PassthroughCluster".into());
+        t.upstream_host = Some("1.2.3.4:443".parse().unwrap());
+        let f = Format::istio_default(AccessLogEncoding::Json, JsonValues::Typed);
+        let v: serde_json::Value = serde_json::from_str(&f.format_tcp(&t)).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), 24);
+        assert_eq!(v["method"], serde_json::Value::Null);
+        assert_eq!(v["path"], serde_json::Value::Null);
+        assert_eq!(v["protocol"], "-");
+        assert_eq!(v["response_code"], 0);
+        assert_eq!(v["bytes_received"], 12);
+        assert_eq!(v["duration"], 1500);
+        assert_eq!(v["upstream_cluster"], "PassthroughCluster");
+    }
+
+    #[test]
+    fn text_default_matches_istio() {
+        let f = Format::istio_default(AccessLogEncoding::Text, JsonValues::Typed);
+        let line = f.format_request(&seed_record());
+        assert_eq!(
+            line,
+            "[2020-03-07T12:00:58.425Z] \"GET /headers HTTP/1.1\" 200 - via_upstream - \"-\" 0 521 2 2 \"-\" \
+\"curl/7.58.0\" \"a93e2afa-cc27-4bb7-897c-5282c754d382\" \"httpbin-service\" \"172.17.0.8:80\" \
+outbound|80||httpbin-service.default.svc.cluster.local 172.17.0.9:43422 10.109.118.31:80 172.17.0.9:52178 - default\n"
+        );
+        let mut t = TcpRecord::new(UNIX_EPOCH);
+        t.upstream_cluster = Some("PassthroughCluster".into());
+        t.response_flags = ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
+        assert_eq!(
+            f.format_tcp(&t),
+            "[1970-01-01T00:00:00.000Z] \"- - -\" 0 UF - - \"-\" 0 0 0 - \"-\" \"-\" \"-\" \"-\" \"-\" PassthroughCluster - - - - -\n"
+        );
+    }
+
+    #[test]
+    fn custom_text_format() {
+        let f = Format::from_mesh_config(
+            AccessLogEncoding::Text,
+            Some("%START_TIME(%s.%3f)% %REQ(:METHOD)% %REQ(USER-AGENT):4% %RESPONSE_CODE% 100% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %REQ(X-UNKNOWN)%"),
+            JsonValues::Typed,
+        )
+        .unwrap();
+        assert_eq!(
+            f.format_request(&seed_record()),
+            "1583582458.425 GET curl 200 100% 172.17.0.9 -\n"
+        );
+        assert!(
+            Format::text("%BOGUS%")
+                .unwrap_err()
+                .0
+                .contains("unknown command operator")
+        );
+        assert!(Format::text("%REQ()%").is_err());
+    }
+
+    #[test]
+    fn custom_json_format() {
+        let f = Format::from_mesh_config(
+            AccessLogEncoding::Json,
+            Some(r#"{"code":"%RESPONSE_CODE%","ua":"%REQ(USER-AGENT)%","mix":"%RESPONSE_CODE%/%DURATION%","n":1,"none":"%REQ(X-NOPE)%"}"#),
+            JsonValues::Typed,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&f.format_request(&seed_record())).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"code":200,"ua":"curl/7.58.0","mix":"200/2","n":1,"none":null})
+        );
+        assert!(
+            Format::from_mesh_config(AccessLogEncoding::Json, Some("[]"), JsonValues::Typed)
+                .is_err()
+        );
+        assert!(
+            Format::from_mesh_config(AccessLogEncoding::Json, Some("{"), JsonValues::Typed)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn encoding_names() {
+        assert_eq!(
+            "JSON".parse::<AccessLogEncoding>().unwrap(),
+            AccessLogEncoding::Json
+        );
+        assert_eq!(
+            "text".parse::<AccessLogEncoding>().unwrap(),
+            AccessLogEncoding::Text
+        );
+        assert!("XML".parse::<AccessLogEncoding>().is_err());
+    }
+}
