@@ -1,1 +1,35 @@
-//! placeholder
+//! Sidecar injection: what `istioctl kube-inject` and Istio's injection webhook do, for Ama.
+//!
+//! - [`inject_stream`] takes a YAML stream (what `kubectl apply -f` reads) and returns it with
+//!   the sidecar added to every workload: Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet,
+//!   ReplicationController, Job, CronJob and the items of a List. Other documents pass through
+//!   byte for byte. A bad document is reported with its index, kind/name and field, and left
+//!   out; the others are still injected.
+//! - [`inject_pod_template`] injects one pod template (`{metadata, spec}`), for the admission
+//!   webhook.
+//!
+//! The added objects follow Istio's default injection template: an `istio-init` init container
+//! (`ama iptables …` with `istio-iptables`' flags) and an `istio-proxy` container
+//! (`ama proxy sidecar …`) with Istio's environment, probes, ports, security context and
+//! volumes, the `sidecar.istio.io/status` annotation and the canonical-service labels. App probes
+//! are rewritten to go through the proxy's status port ([`probes`]).
+//!
+//! Pure: no I/O. Settings come in an [`InjectConfig`] (MeshConfig + Istio values, see the `api`
+//! crate).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod config;
+mod error;
+mod pod;
+pub mod probes;
+pub mod sidecar;
+mod stream;
+mod workload;
+
+pub use config::InjectConfig;
+pub use error::{FieldError, InjectError, Location, Warning};
+pub use pod::{Outcome, PROMETHEUS_ANNOTATIONS_ENV, SkipReason, inject_pod_template};
+pub use stream::{RawDocument, StreamOutput, inject_stream, split_documents, to_yaml};
+pub use workload::{WorkloadMeta, template_path};

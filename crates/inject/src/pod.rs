@@ -1,0 +1,566 @@
+//! Injection of one pod template: the function the stream and the admission webhook share.
+//!
+//! A pod template is `{metadata, spec}`: a Pod object or the `template` of a workload. Its
+//! labels and annotations are read and checked first ([`api::SidecarOverrides`]); a pod that
+//! opts out, uses the host network or is already injected is left alone; otherwise the sidecar
+//! settings are merged (values < mesh config < annotations) and the containers, volumes,
+//! labels and annotations are added.
+
+use std::collections::BTreeMap;
+
+use api::{ProxyConfig, SidecarOverrides, annotation as ann, label};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::config::InjectConfig;
+use crate::error::FieldError;
+use crate::probes::{KUBE_APP_PROBERS_ENV, rewrite_app_probes};
+use crate::sidecar::{
+    INIT_CONTAINER_NAME, PROXY_CONTAINER_NAME, Sidecar, env_field, env_value, pod_ports_json,
+};
+use crate::workload::WorkloadMeta;
+
+/// Namespaces Istio never injects into.
+const IGNORED_NAMESPACES: [&str; 2] = ["kube-system", "kube-public"];
+
+/// Name of the proxy's environment variable holding the app's own Prometheus annotations.
+pub const PROMETHEUS_ANNOTATIONS_ENV: &str = "ISTIO_PROMETHEUS_ANNOTATIONS";
+
+/// What happened to a pod template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The sidecar was added.
+    Injected,
+    /// Left unchanged, and why.
+    Skipped(SkipReason),
+}
+
+/// Why a pod template was left unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// `sidecar.istio.io/inject: "false"` (label or annotation).
+    Disabled,
+    /// `hostNetwork: true`: capturing traffic would capture the node's.
+    HostNetwork,
+    /// It already has a sidecar (`sidecar.istio.io/status` or an `istio-proxy` container).
+    AlreadyInjected,
+    /// Its namespace is one Istio never injects (`kube-system`, `kube-public`).
+    IgnoredNamespace,
+}
+
+impl SkipReason {
+    /// A sentence for the user, or `None` when the skip was asked for and needs no warning.
+    pub fn warning(self) -> Option<&'static str> {
+        match self {
+            SkipReason::Disabled => None,
+            SkipReason::HostNetwork => {
+                Some("not injected: the pod uses the host network (hostNetwork: true)")
+            }
+            SkipReason::AlreadyInjected => Some("not injected: the pod already has a sidecar"),
+            SkipReason::IgnoredNamespace => {
+                Some("not injected: pods in kube-system and kube-public are never injected")
+            }
+        }
+    }
+}
+
+/// The `sidecar.istio.io/status` annotation: what injection added, so it can be recognised and
+/// removed. Field order is Istio's.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Status<'a> {
+    init_containers: Vec<&'a str>,
+    containers: Vec<&'a str>,
+    volumes: Vec<&'a str>,
+    image_pull_secrets: Option<Vec<&'a str>>,
+    revision: &'a str,
+}
+
+/// Injects the sidecar into `template` (`{metadata, spec}` of a pod) owned by `workload`.
+///
+/// Errors name fields relative to the template (`metadata.annotations["…"]`); every error found
+/// is returned, and the template is unchanged when there is one.
+pub fn inject_pod_template(
+    template: &mut Value,
+    workload: &WorkloadMeta,
+    config: &InjectConfig,
+) -> Result<Outcome, Vec<FieldError>> {
+    let Value::Object(template_map) = template else {
+        return Err(vec![FieldError::new(
+            "",
+            "must be a mapping with metadata and spec",
+        )]);
+    };
+    let (labels, annotations) = read_metadata(template_map)?;
+    let overrides = SidecarOverrides::parse(&labels, &annotations).map_err(|errors| {
+        errors
+            .into_iter()
+            .map(|e| {
+                FieldError::new(
+                    format!("metadata.{}[\"{}\"]", e.field.as_str(), e.key),
+                    e.message,
+                )
+            })
+            .collect::<Vec<_>>()
+    })?;
+    let Some(Value::Object(spec)) = template_map.get("spec") else {
+        return Err(vec![FieldError::new(
+            "spec",
+            "missing: a pod template needs a spec",
+        )]);
+    };
+    let containers = app_containers(spec)?;
+
+    if overrides.inject == Some(false) {
+        return Ok(Outcome::Skipped(SkipReason::Disabled));
+    }
+    if spec.get("hostNetwork") == Some(&Value::Bool(true)) {
+        return Ok(Outcome::Skipped(SkipReason::HostNetwork));
+    }
+    if overrides.already_injected || has_container(spec, PROXY_CONTAINER_NAME) {
+        return Ok(Outcome::Skipped(SkipReason::AlreadyInjected));
+    }
+    let namespace = template_map
+        .get("metadata")
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+        .unwrap_or(&workload.namespace);
+    if IGNORED_NAMESPACES.contains(&namespace) {
+        return Ok(Outcome::Skipped(SkipReason::IgnoredNamespace));
+    }
+
+    // Work on a copy so that an error leaves the template as it was.
+    let mut spec = spec.clone();
+    let app_names: Vec<String> = containers.iter().map(|(name, _)| name.clone()).collect();
+    let app_refs: Vec<&Map<String, Value>> = containers.iter().map(|(_, c)| c).collect();
+    let proxy_config = match &overrides.proxy_config {
+        Some(pod) => config.mesh.default_config.merged_with(pod),
+        None => config.mesh.default_config.clone(),
+    };
+    let mut sidecar = settings(config, &overrides, &proxy_config);
+    sidecar.env = proxy_env(
+        config,
+        &overrides,
+        proxy_config,
+        workload,
+        &sidecar,
+        &app_names,
+        &app_refs,
+    );
+
+    let rewrite = overrides.rewrite_app_http_probers.unwrap_or(
+        config
+            .values
+            .sidecar_injector_webhook
+            .rewrite_app_http_probe,
+    );
+    if rewrite && sidecar.status_port != 0 {
+        let probers = rewrite_app_probes(&mut spec, sidecar.status_port).map_err(|errors| {
+            errors
+                .into_iter()
+                .map(|e| e.under("spec"))
+                .collect::<Vec<_>>()
+        })?;
+        if !probers.is_empty() {
+            let json = serde_json::to_string(&probers).unwrap_or_default();
+            sidecar.env.push(env_value(KUBE_APP_PROBERS_ENV, json));
+        }
+    }
+
+    let mut annotations = annotations;
+    let merge = overrides
+        .merge_metrics
+        .unwrap_or(config.mesh.enable_prometheus_merge);
+    if merge && sidecar.status_port != 0 {
+        if let Some(env) = merge_prometheus(&mut annotations, sidecar.status_port) {
+            sidecar.env.push(env);
+        }
+    }
+
+    // Containers: istio-init runs first, istio-proxy comes last so kubectl defaults to the app.
+    let init = sidecar.init_container();
+    if let Some(init) = &init {
+        let list = array(&mut spec, "initContainers");
+        list.insert(0, init.clone());
+    }
+    array(&mut spec, "containers").push(sidecar.proxy_container());
+    let volumes = sidecar.volumes();
+    let volume_names: Vec<String> = volumes
+        .iter()
+        .filter_map(|v| v.get("name").and_then(Value::as_str).map(str::to_string))
+        .collect();
+    array(&mut spec, "volumes").extend(volumes);
+    let secrets = &config.values.global.image_pull_secrets;
+    if !secrets.is_empty() {
+        let list = array(&mut spec, "imagePullSecrets");
+        for secret in secrets {
+            if !list
+                .iter()
+                .any(|s| s.get("name").and_then(Value::as_str) == Some(secret))
+            {
+                list.push(json!({ "name": secret }));
+            }
+        }
+    }
+
+    let mut labels = labels;
+    add_labels(&mut labels, workload);
+    let status = Status {
+        init_containers: init
+            .as_ref()
+            .map(|_| INIT_CONTAINER_NAME)
+            .into_iter()
+            .collect(),
+        containers: vec![PROXY_CONTAINER_NAME],
+        volumes: volume_names.iter().map(String::as_str).collect(),
+        image_pull_secrets: (!secrets.is_empty())
+            .then(|| secrets.iter().map(String::as_str).collect()),
+        revision: config.revision(),
+    };
+    if let Some(first_app) = app_names.first() {
+        for key in [
+            ann::KUBECTL_DEFAULT_CONTAINER,
+            ann::KUBECTL_DEFAULT_LOGS_CONTAINER,
+        ] {
+            annotations
+                .entry(key.to_string())
+                .or_insert_with(|| first_app.clone());
+        }
+    }
+    annotations.insert(ann::ISTIO_REV.to_string(), config.revision().to_string());
+    annotations.insert(
+        ann::SIDECAR_STATUS.to_string(),
+        serde_json::to_string(&status).unwrap_or_default(),
+    );
+
+    let metadata = template_map.entry("metadata").or_insert_with(|| json!({}));
+    if let Value::Object(metadata) = metadata {
+        metadata.insert("labels".into(), string_map(labels));
+        metadata.insert("annotations".into(), string_map(annotations));
+    }
+    template_map.insert("spec".into(), Value::Object(spec));
+    Ok(Outcome::Injected)
+}
+
+/// Labels and annotations as string maps; a non-string value is an error, as Kubernetes has it.
+fn read_metadata(
+    template: &Map<String, Value>,
+) -> Result<(BTreeMap<String, String>, BTreeMap<String, String>), Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let mut read = |field: &str| {
+        let mut out = BTreeMap::new();
+        match template.get("metadata").and_then(|m| m.get(field)) {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(map)) => {
+                for (k, v) in map {
+                    match v {
+                        Value::String(s) => {
+                            out.insert(k.clone(), s.clone());
+                        }
+                        other => errors.push(FieldError::new(
+                            format!("metadata.{field}[\"{k}\"]"),
+                            format!("{other} is not a string (quote it)"),
+                        )),
+                    }
+                }
+            }
+            Some(_) => errors.push(FieldError::new(
+                format!("metadata.{field}"),
+                "must be a mapping",
+            )),
+        }
+        out
+    };
+    let labels = read("labels");
+    let annotations = read("annotations");
+    if errors.is_empty() {
+        Ok((labels, annotations))
+    } else {
+        Err(errors)
+    }
+}
+
+/// The app containers (all but a proxy) with their names; each must be a named mapping.
+fn app_containers(
+    spec: &Map<String, Value>,
+) -> Result<Vec<(String, Map<String, Value>)>, Vec<FieldError>> {
+    let Some(Value::Array(list)) = spec.get("containers") else {
+        return Err(vec![FieldError::new(
+            "spec.containers",
+            "missing: a pod needs at least one container",
+        )]);
+    };
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for (i, c) in list.iter().enumerate() {
+        match c
+            .as_object()
+            .and_then(|m| Some((m.get("name")?.as_str()?.to_string(), m)))
+        {
+            Some((name, _)) if name == PROXY_CONTAINER_NAME => {}
+            Some((name, map)) => out.push((name, map.clone())),
+            None => errors.push(FieldError::new(
+                format!("spec.containers[{i}]"),
+                "must be a mapping with a name",
+            )),
+        }
+    }
+    if list.is_empty() {
+        errors.push(FieldError::new(
+            "spec.containers",
+            "a pod needs at least one container",
+        ));
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+fn has_container(spec: &Map<String, Value>, name: &str) -> bool {
+    ["containers", "initContainers"].iter().any(|list| {
+        spec.get(*list).and_then(Value::as_array).is_some_and(|l| {
+            l.iter()
+                .any(|c| c.get("name").and_then(Value::as_str) == Some(name))
+        })
+    })
+}
+
+/// The array at `key`, created when absent (or not an array).
+fn array<'a>(spec: &'a mut Map<String, Value>, key: &str) -> &'a mut Vec<Value> {
+    let entry = spec.entry(key).or_insert_with(|| json!([]));
+    if !entry.is_array() {
+        *entry = json!([]);
+    }
+    match entry {
+        Value::Array(list) => list,
+        _ => unreachable!("just made an array"),
+    }
+}
+
+fn string_map(map: BTreeMap<String, String>) -> Value {
+    Value::Object(
+        map.into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect(),
+    )
+}
+
+/// Merges values, mesh config and annotations into the settings of this pod's sidecar.
+fn settings(config: &InjectConfig, o: &SidecarOverrides, proxy_config: &ProxyConfig) -> Sidecar {
+    let values = &config.values;
+    let proxy = &values.global.proxy;
+    let resources = if o.sets_resources() {
+        let pick = |cpu: &Option<String>, memory: &Option<String>| {
+            let mut m = Map::new();
+            if let Some(cpu) = cpu {
+                m.insert("cpu".into(), json!(cpu));
+            }
+            if let Some(memory) = memory {
+                m.insert("memory".into(), json!(memory));
+            }
+            m
+        };
+        resources(
+            pick(&o.proxy_cpu, &o.proxy_memory),
+            pick(&o.proxy_cpu_limit, &o.proxy_memory_limit),
+        )
+    } else {
+        let to_map =
+            |m: &BTreeMap<String, String>| m.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        resources(
+            to_map(&proxy.resources.requests),
+            to_map(&proxy.resources.limits),
+        )
+    };
+    let or = |annotation: &Option<String>, default: &str| {
+        annotation.clone().unwrap_or_else(|| default.to_string())
+    };
+    Sidecar {
+        image: or(&o.proxy_image, &values.proxy_image()),
+        image_pull_policy: values.global.image_pull_policy.clone(),
+        interception_mode: o
+            .interception_mode
+            .or(proxy_config.interception_mode)
+            .unwrap_or_default(),
+        status_port: o
+            .status_port
+            .or(proxy_config.status_port)
+            .unwrap_or(proxy.status_port),
+        include_ip_ranges: o
+            .include_outbound_ip_ranges
+            .as_ref()
+            .map_or_else(|| proxy.include_ip_ranges.clone(), ToString::to_string),
+        exclude_ip_ranges: o
+            .exclude_outbound_ip_ranges
+            .as_ref()
+            .map_or_else(|| proxy.exclude_ip_ranges.clone(), ToString::to_string),
+        include_inbound_ports: o
+            .include_inbound_ports
+            .as_ref()
+            .map_or_else(|| proxy.include_inbound_ports.clone(), ToString::to_string),
+        exclude_inbound_ports: o
+            .exclude_inbound_ports
+            .as_ref()
+            .map_or_else(|| proxy.exclude_inbound_ports.clone(), ToString::to_string),
+        include_outbound_ports: o
+            .include_outbound_ports
+            .as_ref()
+            .map_or_else(|| proxy.include_outbound_ports.clone(), ToString::to_string),
+        exclude_outbound_ports: o
+            .exclude_outbound_ports
+            .as_ref()
+            .map_or_else(|| proxy.exclude_outbound_ports.clone(), ToString::to_string),
+        resources,
+        cluster_domain: proxy.cluster_domain.clone(),
+        log_level: or(&o.log_level, &proxy.log_level),
+        component_log_level: or(&o.component_log_level, &proxy.component_log_level),
+        agent_log_level: or(&o.agent_log_level, &values.global.logging.level),
+        privileged: proxy.privileged,
+        readiness: (
+            proxy.readiness_initial_delay_seconds,
+            proxy.readiness_period_seconds,
+            proxy.readiness_failure_threshold,
+        ),
+        token_audience: values.global.sds.token.aud.clone(),
+        env: Vec::new(),
+        proxy_metadata: proxy_config.proxy_metadata.clone(),
+    }
+}
+
+fn resources(requests: Map<String, Value>, limits: Map<String, Value>) -> Value {
+    let mut r = Map::new();
+    if !limits.is_empty() {
+        r.insert("limits".into(), Value::Object(limits));
+    }
+    if !requests.is_empty() {
+        r.insert("requests".into(), Value::Object(requests));
+    }
+    Value::Object(r)
+}
+
+/// The proxy's environment, in the order of Istio's template.
+fn proxy_env(
+    config: &InjectConfig,
+    o: &SidecarOverrides,
+    mut proxy_config: ProxyConfig,
+    workload: &WorkloadMeta,
+    sidecar: &Sidecar,
+    app_names: &[String],
+    app_containers: &[&Map<String, Value>],
+) -> Vec<Value> {
+    // PROXY_CONFIG carries what the user set (mesh defaultConfig, then the annotation), plus
+    // what injection decided that the proxy cannot know otherwise.
+    if let Some(port) = o.status_port {
+        // A number always fits `statusPort`.
+        let _ = proxy_config.set("statusPort", json!(port));
+    }
+    if proxy_config.discovery_address.is_none() && config.revision() != "default" {
+        let _ = proxy_config.set("discoveryAddress", json!(config.values.istiod_address()));
+    }
+
+    let mut env = vec![
+        env_value("CA_ADDR", config.values.ca_address()),
+        env_field("POD_NAME", "metadata.name"),
+        env_field("POD_NAMESPACE", "metadata.namespace"),
+        env_field("INSTANCE_IP", "status.podIP"),
+        env_field("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        env_field("HOST_IP", "status.hostIP"),
+        env_value("PROXY_CONFIG", format!("{}\n", proxy_config.to_json())),
+        env_value("ISTIO_META_POD_PORTS", pod_ports_json(app_containers)),
+        env_value("ISTIO_META_APP_CONTAINERS", app_names.join(",")),
+        env_value("ISTIO_META_CLUSTER_ID", config.cluster_id()),
+        env_value(
+            "ISTIO_META_INTERCEPTION_MODE",
+            sidecar.interception_mode.as_str(),
+        ),
+    ];
+    if !workload.name.is_empty() {
+        env.push(env_value("ISTIO_META_WORKLOAD_NAME", workload.name.clone()));
+    }
+    if let Some(owner) = workload.owner_uri() {
+        env.push(env_value("ISTIO_META_OWNER", owner));
+    }
+    env.push(env_value("ISTIO_META_MESH_ID", config.mesh_id()));
+    env.push(env_value("TRUST_DOMAIN", config.trust_domain()));
+    for (k, v) in &sidecar.proxy_metadata {
+        env.push(env_value(k, v.clone()));
+    }
+    env
+}
+
+/// Security and telemetry labels, keeping any the user set.
+fn add_labels(labels: &mut BTreeMap<String, String>, workload: &WorkloadMeta) {
+    labels
+        .entry(label::TLS_MODE.to_string())
+        .or_insert_with(|| "istio".to_string());
+    let first = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| labels.get(*k).filter(|v| !v.is_empty()).cloned())
+    };
+    let name = first(&[
+        label::CANONICAL_NAME,
+        label::APP_KUBERNETES_NAME,
+        label::APP,
+    ])
+    .or_else(|| (!workload.name.is_empty()).then(|| workload.name.clone()));
+    let revision = first(&[
+        label::CANONICAL_REVISION,
+        label::APP_KUBERNETES_VERSION,
+        label::VERSION,
+    ])
+    .unwrap_or_else(|| "latest".to_string());
+    if let Some(name) = name {
+        labels.insert(label::CANONICAL_NAME.to_string(), name);
+    }
+    labels.insert(label::CANONICAL_REVISION.to_string(), revision);
+}
+
+/// Points Prometheus at the proxy's merged metrics on the status port, as Istio does, unless
+/// the pod turned scraping off. The app's own scrape settings go to the proxy (which scrapes
+/// the app and merges) in `ISTIO_PROMETHEUS_ANNOTATIONS`.
+fn merge_prometheus(annotations: &mut BTreeMap<String, String>, status_port: u16) -> Option<Value> {
+    if annotations
+        .get(ann::PROMETHEUS_SCRAPE)
+        .is_some_and(|s| s.eq_ignore_ascii_case("false"))
+    {
+        return None;
+    }
+    let port = status_port.to_string();
+    if annotations.get(ann::PROMETHEUS_PORT) == Some(&port) {
+        return None;
+    }
+    #[derive(Serialize)]
+    struct Scrape<'a> {
+        scrape: &'a str,
+        port: &'a str,
+        path: &'a str,
+    }
+    let get = |k: &str| annotations.get(k).map(String::as_str).unwrap_or_default();
+    let had_any = [
+        ann::PROMETHEUS_SCRAPE,
+        ann::PROMETHEUS_PORT,
+        ann::PROMETHEUS_PATH,
+    ]
+    .iter()
+    .any(|k| annotations.contains_key(*k));
+    let env = had_any.then(|| {
+        let scrape = Scrape {
+            scrape: get(ann::PROMETHEUS_SCRAPE),
+            port: get(ann::PROMETHEUS_PORT),
+            path: get(ann::PROMETHEUS_PATH),
+        };
+        env_value(
+            PROMETHEUS_ANNOTATIONS_ENV,
+            serde_json::to_string(&scrape).unwrap_or_default(),
+        )
+    });
+    annotations.insert(ann::PROMETHEUS_SCRAPE.to_string(), "true".to_string());
+    annotations.insert(ann::PROMETHEUS_PORT.to_string(), port);
+    annotations.insert(
+        ann::PROMETHEUS_PATH.to_string(),
+        "/stats/prometheus".to_string(),
+    );
+    env
+}
