@@ -244,7 +244,7 @@ fn logging(inputs: &AdminInputs, query: &str, post: bool) -> Response<Body> {
             },
             "paths" => {
                 for p in v.split(',').filter(|p| !p.is_empty()) {
-                    let Some((target, lv)) = p.split_once(':') else {
+                    let Some((target, lv)) = p.rsplit_once(':') else {
                         return text(
                             StatusCode::BAD_REQUEST,
                             &format!("paths: {p:?} is not <logger>:<level>\n"),
