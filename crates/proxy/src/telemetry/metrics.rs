@@ -88,51 +88,51 @@ impl Metrics {
         live.set(1);
 
         // prometheus-client appends `_total` to counters itself.
-        registry.register("istio_requests", "Total requests.", requests.clone());
+        registry.register("istio_requests", "Total requests", requests.clone());
         registry.register(
             "istio_request_duration_milliseconds",
-            "Request duration in milliseconds.",
+            "Request duration in milliseconds",
             duration.clone(),
         );
         registry.register(
             "istio_request_bytes",
-            "Request body sizes in bytes.",
+            "Request body sizes in bytes",
             request_bytes.clone(),
         );
         registry.register(
             "istio_response_bytes",
-            "Response body sizes in bytes.",
+            "Response body sizes in bytes",
             response_bytes.clone(),
         );
         registry.register(
             "istio_tcp_sent_bytes",
-            "Bytes sent during a TCP connection.",
+            "Bytes sent during a TCP connection",
             tcp_sent.clone(),
         );
         registry.register(
             "istio_tcp_received_bytes",
-            "Bytes received during a TCP connection.",
+            "Bytes received during a TCP connection",
             tcp_received.clone(),
         );
         registry.register(
             "istio_tcp_connections_opened",
-            "TCP connections opened.",
+            "TCP connections opened",
             tcp_opened.clone(),
         );
         registry.register(
             "istio_tcp_connections_closed",
-            "TCP connections closed.",
+            "TCP connections closed",
             tcp_closed.clone(),
         );
         registry.register(
             "ama_access_log_dropped",
-            "Access-log lines dropped because the writer queue was full.",
+            "Access-log lines dropped because the writer queue was full",
             access_log_dropped.clone(),
         );
-        registry.register("envoy_server_live", "1 while the proxy is running.", live);
+        registry.register("envoy_server_live", "1 while the proxy is running", live);
         registry.register(
             "envoy_server_uptime",
-            "Seconds since the proxy started.",
+            "Seconds since the proxy started",
             uptime.clone(),
         );
 
