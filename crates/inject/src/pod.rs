@@ -190,16 +190,16 @@ pub fn inject_pod_template(
         .filter_map(|v| v.get("name").and_then(Value::as_str).map(str::to_string))
         .collect();
     array(&mut spec, "volumes").extend(volumes);
-    let secrets = &config.values.global.image_pull_secrets;
-    if !secrets.is_empty() {
+    // Only the secrets the pod did not list already are added (and recorded as added).
+    let mut added_secrets: Vec<&str> = Vec::new();
+    for secret in &config.values.global.image_pull_secrets {
         let list = array(&mut spec, "imagePullSecrets");
-        for secret in secrets {
-            if !list
-                .iter()
-                .any(|s| s.get("name").and_then(Value::as_str) == Some(secret))
-            {
-                list.push(json!({ "name": secret }));
-            }
+        if !list
+            .iter()
+            .any(|s| s.get("name").and_then(Value::as_str) == Some(secret))
+        {
+            list.push(json!({ "name": secret }));
+            added_secrets.push(secret);
         }
     }
 
@@ -213,8 +213,7 @@ pub fn inject_pod_template(
             .collect(),
         containers: vec![PROXY_CONTAINER_NAME],
         volumes: volume_names.iter().map(String::as_str).collect(),
-        image_pull_secrets: (!secrets.is_empty())
-            .then(|| secrets.iter().map(String::as_str).collect()),
+        image_pull_secrets: (!added_secrets.is_empty()).then_some(added_secrets),
         revision: config.revision(),
     };
     if let Some(first_app) = app_names.first() {

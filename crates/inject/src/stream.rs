@@ -144,7 +144,7 @@ fn inject_document(
         let mut any = false;
         let mut errors = Vec::new();
         for (i, item) in items.iter_mut().enumerate() {
-            match inject_object(item, config, &mut notes) {
+            match inject_object(item, Some(i), config, &mut notes) {
                 Ok(done) => any |= done,
                 Err(e) => errors.extend(e.into_iter().map(|e| e.under(&format!("items[{i}]")))),
             }
@@ -154,7 +154,7 @@ fn inject_document(
         }
         any
     } else {
-        inject_object(&mut object, config, &mut notes)?
+        inject_object(&mut object, None, config, &mut notes)?
     };
     warnings.extend(notes.into_iter().map(|message| Warning {
         location: location.clone(),
@@ -176,9 +176,11 @@ fn inject_document(
     })
 }
 
-/// Injects one object (not a List) if its kind has a pod template. Returns whether it changed.
+/// Injects one object (not a List; `item` is its index when it is in one) if its kind has a
+/// pod template. Returns whether it changed.
 fn inject_object(
     object: &mut Value,
+    item: Option<usize>,
     config: &InjectConfig,
     notes: &mut Vec<String>,
 ) -> Result<bool, Vec<FieldError>> {
@@ -215,17 +217,10 @@ fn inject_object(
         Outcome::Injected => Ok(true),
         Outcome::Skipped(reason) => {
             if let Some(warning) = reason.warning() {
-                let at = if prefix.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({prefix})")
-                };
-                let name = if kind == meta.kind {
-                    String::new()
-                } else {
-                    format!("{} ", meta.display())
-                };
-                notes.push(format!("{name}{warning}{at}"));
+                notes.push(match item {
+                    Some(i) => format!("items[{i}] ({}): {warning}", meta.display()),
+                    None => warning.to_string(),
+                });
             }
             Ok(false)
         }
