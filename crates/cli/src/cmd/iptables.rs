@@ -22,8 +22,9 @@ pub struct Args {
 }
 
 /// Flags of istio-iptables. A flag not given falls back to its environment variable, then to
-/// istio-iptables' default.
+/// istio-iptables' default. As with istio-iptables, a flag given twice takes the last value.
 #[derive(Debug, clap::Args)]
+#[command(args_override_self = true)]
 pub struct Flags {
     /// Port to which all outbound TCP traffic is redirected.
     #[arg(
