@@ -729,10 +729,10 @@ async fn http_get(
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        if !headers.contains_key(HOST) {
-            if let Ok(v) = HeaderValue::from_str(&target.to_string()) {
-                headers.insert(HOST, v);
-            }
+        if !headers.contains_key(HOST)
+            && let Ok(v) = HeaderValue::from_str(&target.to_string())
+        {
+            headers.insert(HOST, v);
         }
         headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         let mut req = Request::get(path)

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
-use http_body_util::{Full, StreamBody};
+use http_body_util::StreamBody;
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use proxy::status::{
@@ -307,7 +307,10 @@ async fn readiness_drain_and_quit() {
 #[tokio::test]
 async fn readiness_and_prometheus_ports() {
     let telemetry = Telemetry::without_access_log();
-    telemetry.request(RequestRecord::new(SystemTime::now(), Arc::new(MetricLabels::unknown(Reporter::Source))));
+    telemetry.request(RequestRecord::new(
+        SystemTime::now(),
+        Arc::new(MetricLabels::unknown(Reporter::Source)),
+    ));
     let readiness = Readiness::new();
     let shutdown = CancellationToken::new();
     let mut inputs = StatusInputs::new(telemetry, readiness.clone(), shutdown.clone());
