@@ -223,7 +223,8 @@ impl std::fmt::Debug for Telemetry {
 /// An open TCP connection's metric handles: byte counters are plain atomic adds.
 ///
 /// Closing (or dropping) counts `istio_tcp_connections_closed_total`; [`TcpConnection::close`]
-/// also writes the access-log line.
+/// also writes the access-log line. Opened and byte counters carry `response_flags="-"` (resolved
+/// once at open); the closed counter carries the connection's final flags (`UF`, `UO`...).
 pub struct TcpConnection {
     telemetry: Telemetry,
     labels: Arc<MetricLabels>,
