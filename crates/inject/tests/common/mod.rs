@@ -1,4 +1,5 @@
 //! Shared by the golden and validation tests: the list of golden cases and how to run one.
+#![allow(dead_code)] // each test binary uses part of it
 
 use std::fs;
 use std::path::{Path, PathBuf};
