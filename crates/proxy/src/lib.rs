@@ -1,9 +1,183 @@
 //! The data plane: `ama proxy sidecar`.
 //!
+//! A sidecar carries HTTP/1.1, HTTP/2, gRPC and opaque TCP between pods exactly where Envoy sits
+//! in Istio: the outbound listener (15001, [`outbound`]) takes what the app sends, the inbound
+//! listener (15006, [`inbound`]) what other pods send to it. Each accepted connection goes through
+//! [`listener`]: original destination ([`orig_dst`]), protocol detection ([`detect`]), then the
+//! HTTP proxy ([`http`], with [`route`], [`balance`], [`pool`], [`headers`]) or an opaque copy
+//! ([`tcp`]). Resources come from [`config`] and swap atomically; [`drain`] stops it gracefully.
+//!
 //! Module ownership while the crate is being built: `telemetry/` (access log, metrics),
 //! `admin.rs` (127.0.0.1:15000) and `status.rs` (15020, 15021, 15090) form the observability side;
 //! everything else is the traffic side.
+//!
+//! ```no_run
+//! # async fn f() -> std::io::Result<()> {
+//! use std::sync::Arc;
+//! use proxy::{Proxy, ProxyInputs, config::{ConfigStore, ProxyConfig}, orig_dst::SoOriginalDst};
+//! let cfg = Arc::new(ProxyConfig::default());
+//! let store = Arc::new(ConfigStore::new(Default::default(), cfg.clone()));
+//! let pi = ProxyInputs::new(cfg, store, proxy::telemetry::Telemetry::without_access_log());
+//! let proxy = Proxy::new(pi, Arc::new(SoOriginalDst)).await?;
+//! proxy.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
+//! # Ok(()) }
+//! ```
 
+#![forbid(unsafe_code)]
+
+pub mod addr;
 pub mod admin;
+pub mod balance;
+pub mod body;
+pub mod config;
+pub mod detect;
+pub mod drain;
+pub mod headers;
+pub mod http;
+pub mod inbound;
+pub mod listener;
+pub mod orig_dst;
+pub mod outbound;
+pub mod pool;
+pub mod route;
 pub mod status;
+pub mod tcp;
 pub mod telemetry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::balance::LoadTracker;
+use crate::config::{ConfigStore, ProxyConfig};
+use crate::drain::{DrainTrigger, DrainWatcher};
+use crate::listener::Listener;
+use crate::orig_dst::OrigDstResolver;
+use crate::pool::{Pool, PoolConfig};
+use crate::telemetry::Telemetry;
+
+/// Everything a listener, a connection and a request need, in one bundle.
+#[derive(Debug)]
+pub struct ProxyInputs {
+    /// Process-wide settings.
+    pub cfg: Arc<ProxyConfig>,
+    /// Current resources.
+    pub store: Arc<ConfigStore>,
+    /// Access log and metrics.
+    pub telemetry: Telemetry,
+    /// Upstream connections.
+    pub pool: Pool,
+    /// Requests in flight per endpoint and cluster.
+    pub load: LoadTracker,
+}
+
+impl ProxyInputs {
+    /// Bundles the inputs, with a fresh pool and load tracker.
+    pub fn new(
+        cfg: Arc<ProxyConfig>,
+        store: Arc<ConfigStore>,
+        telemetry: Telemetry,
+    ) -> Arc<ProxyInputs> {
+        let pool = Pool::new(PoolConfig {
+            connect_timeout: cfg.connect_timeout,
+            idle_timeout: cfg.pool_idle_timeout,
+            max_idle_per_key: cfg.pool_max_idle_per_endpoint,
+        });
+        Arc::new(ProxyInputs {
+            cfg,
+            store,
+            telemetry,
+            pool,
+            load: LoadTracker::default(),
+        })
+    }
+}
+
+/// A sidecar with its capture listeners bound, ready to [`run`](Proxy::run).
+#[derive(Debug)]
+pub struct Proxy {
+    pi: Arc<ProxyInputs>,
+    outbound: Listener,
+    inbound: Listener,
+    config_file: Option<PathBuf>,
+    drain: (DrainTrigger, DrainWatcher),
+}
+
+impl Proxy {
+    /// Binds the outbound and inbound listeners; `orig_dst` finds where captured connections
+    /// were going (`SoOriginalDst` in a pod, a mock in tests).
+    pub async fn new(
+        pi: Arc<ProxyInputs>,
+        orig_dst: Arc<dyn OrigDstResolver>,
+    ) -> std::io::Result<Proxy> {
+        let outbound = outbound::bind(pi.clone(), orig_dst.clone()).await?;
+        let inbound = inbound::bind(pi.clone(), orig_dst).await?;
+        Ok(Proxy {
+            pi,
+            outbound,
+            inbound,
+            config_file: None,
+            drain: drain::channel(),
+        })
+    }
+
+    /// Reloads resources from `path` when it changes (every `reload_interval`).
+    pub fn watch_config(mut self, path: PathBuf) -> Proxy {
+        self.config_file = Some(path);
+        self
+    }
+
+    /// The bound outbound address.
+    pub fn outbound_addr(&self) -> SocketAddr {
+        self.outbound.local_addr().get()
+    }
+
+    /// The bound inbound address.
+    pub fn inbound_addr(&self) -> SocketAddr {
+        self.inbound.local_addr().get()
+    }
+
+    /// The inputs bundle (for the admin and status servers).
+    pub fn inputs(&self) -> &Arc<ProxyInputs> {
+        &self.pi
+    }
+
+    /// A watcher that learns when this proxy starts draining (for servers that run beside it).
+    pub fn drain_watcher(&self) -> DrainWatcher {
+        self.drain.1.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains: stops accepting, lets in-flight requests
+    /// finish for up to `drain_duration`, flushes the access log and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Proxy {
+            pi,
+            outbound,
+            inbound,
+            config_file,
+            drain: (trigger, watcher),
+        } = self;
+        tokio::spawn(outbound.run(watcher.clone()));
+        tokio::spawn(inbound.run(watcher.clone()));
+        if let Some(path) = config_file {
+            tokio::spawn(config::watch_file(
+                path,
+                pi.store.clone(),
+                pi.cfg.reload_interval,
+                watcher.clone(),
+            ));
+        }
+        drop(watcher);
+        shutdown.await;
+        tracing::info!(drain_duration = ?pi.cfg.drain_duration, "draining");
+        if tokio::time::timeout(pi.cfg.drain_duration, trigger.drain())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain time over with connections still open; closing them");
+        }
+        pi.telemetry.flush(Duration::from_secs(1)).await;
+    }
+}

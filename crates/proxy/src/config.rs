@@ -1,0 +1,441 @@
+//! The proxy's settings and its resources.
+//!
+//! [`ProxyConfig`] holds what is fixed for the life of the process (ports, timeouts, header
+//! limits). The resources (workloads, services, routes, policies) live in a [`ConfigStore`]: an
+//! `ArcSwap` of an indexed [`Snapshot`]. A request loads the snapshot once and finishes on it, so
+//! a swap never disturbs what is in flight. [`watch_file`] reloads `--config FILE` when it
+//! changes; a file that does not parse or validate is logged and the previous snapshot stays.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use xds::{HttpRoutes, LbPolicy, ProxyResources, Service, ServicePort, TrafficPolicy, Workload};
+
+use crate::drain::DrainWatcher;
+
+/// Process-wide settings of a sidecar (Istio's injected args and our own flags).
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Outbound capture listener (Istio: 15001).
+    pub outbound_addr: SocketAddr,
+    /// Inbound capture listener (Istio: 15006).
+    pub inbound_addr: SocketAddr,
+    /// Source address for connections to the local app: 127.0.0.6 (Istio's default; the capture
+    /// rules let it through) or 127.0.0.1 (then the app is dialled on 127.0.0.1).
+    pub inbound_bind: IpAddr,
+    /// How long to wait for a client's first bytes before treating it as opaque TCP.
+    pub protocol_detection_timeout: Duration,
+    /// Most time to receive a request's headers (bounds memory held by slow clients).
+    pub header_read_timeout: Duration,
+    /// Largest request header block, in bytes (Envoy's default: 60 KiB); beyond it, 431.
+    pub max_request_headers: usize,
+    /// Upstream connect timeout (Istio's default: 10 s).
+    pub connect_timeout: Duration,
+    /// Idle upstream connections are closed after this long.
+    pub pool_idle_timeout: Duration,
+    /// Idle upstream HTTP/1 connections kept per endpoint.
+    pub pool_max_idle_per_endpoint: usize,
+    /// How long in-flight work may take to finish after a drain starts.
+    pub drain_duration: Duration,
+    /// `server` response header (Envoy: `envoy`); `None` leaves the app's.
+    pub server_header: Option<HeaderValue>,
+    /// Trace sampling for new traces, in percent (Istio's default: 1).
+    pub trace_sampling: f64,
+    /// Retries on connect failure for outbound requests (Istio's default policy: 2).
+    pub outbound_retries: u32,
+    /// How often `--config` is checked for changes.
+    pub reload_interval: Duration,
+    /// The proxy's pod name (`POD_NAME`), when not in the resources' `self`.
+    pub pod_name: Option<String>,
+    /// The proxy's namespace (`POD_NAMESPACE`).
+    pub pod_namespace: Option<String>,
+    /// The proxy's pod IP (`INSTANCE_IP`).
+    pub instance_ip: Option<IpAddr>,
+    /// Cluster id for metric labels (`ISTIO_META_CLUSTER_ID`, default `Kubernetes`).
+    pub cluster_id: String,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            outbound_addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 15001)),
+            inbound_addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 15006)),
+            inbound_bind: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)),
+            protocol_detection_timeout: Duration::from_millis(100),
+            header_read_timeout: Duration::from_secs(10),
+            max_request_headers: 60 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            pool_idle_timeout: Duration::from_secs(60),
+            pool_max_idle_per_endpoint: 64,
+            drain_duration: Duration::from_secs(5),
+            server_header: Some(HeaderValue::from_static("envoy")),
+            trace_sampling: 1.0,
+            outbound_retries: 2,
+            reload_interval: Duration::from_secs(1),
+            pod_name: None,
+            pod_namespace: None,
+            instance_ip: None,
+            cluster_id: "Kubernetes".to_string(),
+        }
+    }
+}
+
+/// A workload as metric labels see it, built once per snapshot.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// Owning workload name.
+    pub workload: Arc<str>,
+    /// Namespace.
+    pub namespace: Arc<str>,
+    /// SPIFFE identity.
+    pub principal: Arc<str>,
+    /// `app` label.
+    pub app: Arc<str>,
+    /// `version` label.
+    pub version: Arc<str>,
+    /// Canonical service.
+    pub canonical_service: Arc<str>,
+    /// Canonical revision.
+    pub canonical_revision: Arc<str>,
+    /// Cluster id.
+    pub cluster: Arc<str>,
+    /// Whether its sidecar is part of the mesh (tlsMode istio).
+    pub in_mesh: bool,
+}
+
+impl PeerInfo {
+    /// Every field `unknown`.
+    pub fn unknown() -> PeerInfo {
+        let u: Arc<str> = Arc::from("unknown");
+        PeerInfo {
+            workload: u.clone(),
+            namespace: u.clone(),
+            principal: u.clone(),
+            app: u.clone(),
+            version: u.clone(),
+            canonical_service: u.clone(),
+            canonical_revision: u.clone(),
+            cluster: u,
+            in_mesh: false,
+        }
+    }
+
+    fn from_workload(w: &Workload, cluster: &str) -> PeerInfo {
+        let label = |k: &str| Arc::from(w.labels.get(k).map(String::as_str).unwrap_or("unknown"));
+        PeerInfo {
+            workload: Arc::from(w.workload_name()),
+            namespace: Arc::from(w.namespace.as_str()),
+            principal: Arc::from(w.spiffe_identity()),
+            app: label("app"),
+            version: label("version"),
+            canonical_service: Arc::from(w.canonical_name()),
+            canonical_revision: Arc::from(w.canonical_revision()),
+            cluster: Arc::from(w.cluster_id.as_deref().unwrap_or(cluster)),
+            in_mesh: w.tls_mode == xds::TlsMode::Istio,
+        }
+    }
+}
+
+/// A service with what the data path needs precomputed.
+#[derive(Debug)]
+pub struct ServiceEntry {
+    /// The service as configured.
+    pub service: Service,
+    /// Load-balancing policy after the TrafficPolicy override.
+    pub lb_policy: LbPolicy,
+    /// The host's TrafficPolicy, if any.
+    pub policy: Option<Arc<TrafficPolicy>>,
+    /// Hostname, shared.
+    pub hostname: Arc<str>,
+    /// Short name, shared.
+    pub name: Arc<str>,
+    /// Namespace, shared.
+    pub namespace: Arc<str>,
+}
+
+impl ServiceEntry {
+    /// `outbound|<port>||<hostname>`.
+    pub fn cluster_name(&self, port: &ServicePort) -> Arc<str> {
+        Arc::from(format!("outbound|{}||{}", port.port, self.hostname))
+    }
+}
+
+/// An indexed, immutable view of one version of the resources.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases with every accepted load.
+    pub version: u64,
+    /// The resources as loaded (for config dumps).
+    pub resources: Arc<ProxyResources>,
+    /// The proxy's own workload, if found.
+    pub me: Option<Arc<Workload>>,
+    /// The proxy's own labels.
+    pub me_info: Arc<PeerInfo>,
+    by_vip: HashMap<(IpAddr, u16), Arc<ServiceEntry>>,
+    by_host: HashMap<String, Arc<ServiceEntry>>,
+    workloads_by_ip: HashMap<IpAddr, Arc<PeerInfo>>,
+    workloads_by_uid: HashMap<String, Arc<PeerInfo>>,
+    routes_by_host: HashMap<String, Arc<HttpRoutes>>,
+    inbound_by_port: HashMap<u16, Arc<ServiceEntry>>,
+}
+
+impl Snapshot {
+    /// Indexes `resources`; `cfg` supplies the proxy's identity when the resources do not.
+    pub fn build(resources: ProxyResources, cfg: &ProxyConfig, version: u64) -> Snapshot {
+        let node = resources.node.clone().unwrap_or_default();
+        let name = node.name.clone().or_else(|| cfg.pod_name.clone());
+        let namespace = node.namespace.clone().or_else(|| cfg.pod_namespace.clone());
+        let mut addrs = node.addresses.clone();
+        addrs.extend(cfg.instance_ip);
+        let me = resources
+            .workloads
+            .iter()
+            .find(|w| node.uid.as_deref() == Some(w.uid.as_str()))
+            .or_else(|| {
+                resources.workloads.iter().find(|w| {
+                    Some(w.name.as_str()) == name.as_deref()
+                        && Some(w.namespace.as_str()) == namespace.as_deref()
+                })
+            })
+            .or_else(|| {
+                resources
+                    .workloads
+                    .iter()
+                    .find(|w| w.addresses.iter().any(|a| addrs.contains(a)))
+            })
+            .cloned()
+            .map(Arc::new);
+        let me_info = match &me {
+            Some(w) => PeerInfo::from_workload(w, &cfg.cluster_id),
+            None => {
+                let mut p = PeerInfo::unknown();
+                if let Some(n) = &name {
+                    // Istio derives the workload name from the pod name (deployment-rs-pod).
+                    let parts: Vec<&str> = n.rsplitn(3, '-').collect();
+                    let wl = if parts.len() == 3 {
+                        parts[2]
+                    } else {
+                        n.as_str()
+                    };
+                    p.workload = Arc::from(wl);
+                    p.canonical_service = Arc::from(wl);
+                    p.canonical_revision = Arc::from("latest");
+                }
+                if let Some(ns) = &namespace {
+                    p.namespace = Arc::from(ns.as_str());
+                    p.principal = Arc::from(format!("spiffe://cluster.local/ns/{ns}/sa/default"));
+                }
+                p.cluster = Arc::from(cfg.cluster_id.as_str());
+                p
+            }
+        };
+        let mut self_addrs: Vec<IpAddr> = addrs;
+        if let Some(w) = &me {
+            self_addrs.extend(w.addresses.iter().copied());
+        }
+
+        let policies: HashMap<&str, Arc<TrafficPolicy>> = resources
+            .traffic_policies
+            .iter()
+            .map(|p| (p.host.as_str(), Arc::new(p.clone())))
+            .collect();
+        let mut by_vip = HashMap::new();
+        let mut by_host = HashMap::new();
+        let mut inbound_by_port = HashMap::new();
+        for s in &resources.services {
+            let policy = policies.get(s.hostname.as_str()).cloned();
+            let entry = Arc::new(ServiceEntry {
+                lb_policy: policy
+                    .as_ref()
+                    .and_then(|p| p.load_balancer)
+                    .unwrap_or(s.lb_policy),
+                policy,
+                hostname: Arc::from(s.hostname.as_str()),
+                name: Arc::from(s.name.as_str()),
+                namespace: Arc::from(s.namespace.as_str()),
+                service: s.clone(),
+            });
+            for vip in &s.vips {
+                for p in &s.ports {
+                    by_vip.insert((*vip, p.port), entry.clone());
+                }
+            }
+            by_host.insert(s.hostname.clone(), entry.clone());
+            by_host.insert(format!("{}.{}", s.name, s.namespace), entry.clone());
+            by_host.insert(format!("{}.{}.svc", s.name, s.namespace), entry.clone());
+            if namespace.as_deref() == Some(s.namespace.as_str()) {
+                by_host.insert(s.name.clone(), entry.clone());
+            }
+            for ep in &s.endpoints {
+                let mine = self_addrs.contains(&ep.address)
+                    || (me.is_some()
+                        && ep.workload_uid.as_deref() == me.as_ref().map(|w| w.uid.as_str()));
+                if mine {
+                    for p in &s.ports {
+                        inbound_by_port
+                            .entry(s.endpoint_port(ep, p))
+                            .or_insert_with(|| entry.clone());
+                    }
+                }
+            }
+        }
+        let mut workloads_by_ip = HashMap::new();
+        let mut workloads_by_uid = HashMap::new();
+        for w in &resources.workloads {
+            let info = Arc::new(PeerInfo::from_workload(w, &cfg.cluster_id));
+            for a in &w.addresses {
+                workloads_by_ip.insert(*a, info.clone());
+            }
+            workloads_by_uid.insert(w.uid.clone(), info);
+        }
+        let mut routes_by_host = HashMap::new();
+        for r in &resources.http_routes {
+            let r = Arc::new(r.clone());
+            for h in &r.hosts {
+                routes_by_host.insert(h.clone(), r.clone());
+            }
+        }
+        Snapshot {
+            version,
+            resources: Arc::new(resources),
+            me,
+            me_info: Arc::new(me_info),
+            by_vip,
+            by_host,
+            workloads_by_ip,
+            workloads_by_uid,
+            routes_by_host,
+            inbound_by_port,
+        }
+    }
+
+    /// The service whose VIP and port are `addr`.
+    pub fn service_by_vip(&self, addr: SocketAddr) -> Option<&Arc<ServiceEntry>> {
+        self.by_vip.get(&(addr.ip(), addr.port()))
+    }
+
+    /// The service named by an HTTP authority (`httpbin-service`, `httpbin-service.default`,
+    /// the FQDN; a `:port` suffix is ignored).
+    pub fn service_by_host(&self, authority: &str) -> Option<&Arc<ServiceEntry>> {
+        let host = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => authority,
+        };
+        self.by_host.get(host)
+    }
+
+    /// The labels of the workload at `ip`, if known.
+    pub fn peer_by_ip(&self, ip: IpAddr) -> Option<&Arc<PeerInfo>> {
+        self.workloads_by_ip.get(&ip)
+    }
+
+    /// The labels of the workload with `uid`, if known.
+    pub fn peer_by_uid(&self, uid: &str) -> Option<&Arc<PeerInfo>> {
+        self.workloads_by_uid.get(uid)
+    }
+
+    /// HTTP routes for a service hostname.
+    pub fn routes_for(&self, hostname: &str) -> Option<&Arc<HttpRoutes>> {
+        self.routes_by_host.get(hostname)
+    }
+
+    /// The service this proxy's workload serves on target `port`, for inbound labels.
+    pub fn inbound_service(&self, port: u16) -> Option<&Arc<ServiceEntry>> {
+        self.inbound_by_port.get(&port)
+    }
+
+    /// The declared protocol of inbound `port` (from the own workload, else its service).
+    pub fn inbound_protocol(&self, port: u16) -> xds::Protocol {
+        if let Some(w) = &self.me {
+            let p = w.port_protocol(port);
+            if p != xds::Protocol::Unknown {
+                return p;
+            }
+        }
+        self.inbound_service(port)
+            .and_then(|e| {
+                e.service
+                    .ports
+                    .iter()
+                    .find(|p| p.target_port.unwrap_or(p.port) == port)
+                    .map(ServicePort::effective_protocol)
+            })
+            .unwrap_or(xds::Protocol::Unknown)
+    }
+}
+
+/// The current snapshot, swapped atomically on reload.
+#[derive(Debug)]
+pub struct ConfigStore {
+    current: ArcSwap<Snapshot>,
+    next_version: AtomicU64,
+    cfg: Arc<ProxyConfig>,
+}
+
+impl ConfigStore {
+    /// A store holding `resources` as version 1.
+    pub fn new(resources: ProxyResources, cfg: Arc<ProxyConfig>) -> ConfigStore {
+        let snap = Snapshot::build(resources, &cfg, 1);
+        ConfigStore {
+            current: ArcSwap::from_pointee(snap),
+            next_version: AtomicU64::new(2),
+            cfg,
+        }
+    }
+
+    /// The snapshot in force; hold it for the whole request.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Replaces the resources (already validated) with a new version.
+    pub fn replace(&self, resources: ProxyResources) -> u64 {
+        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
+        self.current
+            .store(Arc::new(Snapshot::build(resources, &self.cfg, version)));
+        version
+    }
+}
+
+/// Polls `path` every `cfg.reload_interval` and swaps in its resources when the file's content
+/// changes. A bad file is logged and ignored; the previous snapshot stays in force. Stops when a
+/// drain starts.
+pub async fn watch_file(
+    path: PathBuf,
+    store: Arc<ConfigStore>,
+    interval: Duration,
+    drain: DrainWatcher,
+) {
+    let mut last = tokio::fs::read(&path).await.ok();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = drain.signaled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(content) = tokio::fs::read(&path).await else {
+            continue;
+        };
+        if last.as_deref() == Some(content.as_slice()) {
+            continue;
+        }
+        last = Some(content.clone());
+        let text = String::from_utf8_lossy(&content);
+        match ProxyResources::parse(&text) {
+            Ok(res) => {
+                let v = store.replace(res);
+                tracing::info!(file = %path.display(), version = v, "config reloaded");
+            }
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "config rejected; keeping the previous version");
+            }
+        }
+    }
+}

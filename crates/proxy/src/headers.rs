@@ -1,0 +1,381 @@
+//! Request and response headers a sidecar adds, continues or removes, as Envoy does in Istio:
+//! `x-request-id`, B3 and W3C trace context, `x-forwarded-proto`, `x-envoy-attempt-count`,
+//! `x-envoy-upstream-service-time`, `server`, hop-by-hop headers, and `x-envoy-*` headers from
+//! outside the mesh.
+
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// `x-request-id`.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `x-b3-traceid`.
+pub static X_B3_TRACEID: HeaderName = HeaderName::from_static("x-b3-traceid");
+/// `x-b3-spanid`.
+pub static X_B3_SPANID: HeaderName = HeaderName::from_static("x-b3-spanid");
+/// `x-b3-parentspanid`.
+pub static X_B3_PARENTSPANID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+/// `x-b3-sampled`.
+pub static X_B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+/// `traceparent` (W3C trace context).
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// `x-forwarded-proto`.
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `x-envoy-attempt-count`.
+pub static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
+/// `x-envoy-upstream-service-time`.
+pub static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-service-time");
+/// `x-forwarded-for`.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Returns the request's `x-request-id`, setting a new UUIDv4 when it has none (or an empty one).
+pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID)
+        && !v.is_empty()
+    {
+        return v.clone();
+    }
+    let mut buf = uuid::Uuid::encode_buffer();
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    let v = HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("-"));
+    headers.insert(X_REQUEST_ID.clone(), v.clone());
+    v
+}
+
+/// A span of a distributed trace, as carried by B3 and W3C headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    /// 128-bit trace id.
+    pub trace_id: u128,
+    /// This hop's span id.
+    pub span_id: u64,
+    /// The caller's span id, if the trace was continued.
+    pub parent_span_id: Option<u64>,
+    /// Sampling decision.
+    pub sampled: bool,
+}
+
+fn parse_hex_u128(s: &str) -> Option<u128> {
+    // B3 trace ids may be 64-bit (16 hex) or 128-bit (32 hex).
+    if (s.len() == 16 || s.len() == 32) && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        u128::from_str_radix(s, 16).ok().filter(|v| *v != 0)
+    } else {
+        None
+    }
+}
+
+fn parse_hex_u64(s: &str) -> Option<u64> {
+    if s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        u64::from_str_radix(s, 16).ok().filter(|v| *v != 0)
+    } else {
+        None
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+/// The caller's span, from B3 multi-headers, the single `b3` header, or W3C `traceparent`.
+fn incoming_span(headers: &HeaderMap) -> Option<(u128, u64, Option<bool>)> {
+    if let (Some(t), Some(s)) = (
+        header_str(headers, &X_B3_TRACEID).and_then(parse_hex_u128),
+        header_str(headers, &X_B3_SPANID).and_then(parse_hex_u64),
+    ) {
+        let sampled = header_str(headers, &X_B3_SAMPLED).map(|v| v == "1" || v == "true");
+        return Some((t, s, sampled));
+    }
+    if let Some(tp) = header_str(headers, &TRACEPARENT) {
+        let parts: Vec<&str> = tp.split('-').collect();
+        if parts.len() == 4
+            && parts[0] == "00"
+            && parts[1].len() == 32
+            && let (Some(t), Some(s), Ok(flags)) = (
+                parse_hex_u128(parts[1]),
+                parse_hex_u64(parts[2]),
+                u8::from_str_radix(parts[3], 16),
+            )
+        {
+            return Some((t, s, Some(flags & 1 == 1)));
+        }
+    }
+    None
+}
+
+/// Continues the caller's trace with a new child span, or starts a trace (sampled with
+/// probability `sampling_percent`), and writes both B3 and W3C headers for the next hop.
+///
+/// A new trace's root span id is the low 64 bits of its trace id, as Envoy's Zipkin tracer does
+/// (in the seed, `x-b3-parentspanid` equals the second half of `x-b3-traceid`).
+pub fn continue_trace(headers: &mut HeaderMap, sampling_percent: f64) -> TraceContext {
+    let ctx = match incoming_span(headers) {
+        Some((trace_id, parent, sampled)) => TraceContext {
+            trace_id,
+            span_id: nonzero_u64(),
+            parent_span_id: Some(parent),
+            sampled: sampled.unwrap_or_else(|| sample(sampling_percent)),
+        },
+        None => {
+            let trace_id = ((nonzero_u64() as u128) << 64) | nonzero_u64() as u128;
+            TraceContext {
+                trace_id,
+                span_id: trace_id as u64,
+                parent_span_id: None,
+                sampled: sample(sampling_percent),
+            }
+        }
+    };
+    write_trace(headers, &ctx);
+    ctx
+}
+
+fn nonzero_u64() -> u64 {
+    loop {
+        let v: u64 = rand::random();
+        if v != 0 {
+            return v;
+        }
+    }
+}
+
+fn sample(percent: f64) -> bool {
+    percent >= 100.0 || (percent > 0.0 && rand::random::<f64>() * 100.0 < percent)
+}
+
+fn hex_value(s: String) -> HeaderValue {
+    // Hex digits and '-' only: always a valid header value.
+    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+fn write_trace(headers: &mut HeaderMap, ctx: &TraceContext) {
+    headers.insert(
+        X_B3_TRACEID.clone(),
+        hex_value(format!("{:032x}", ctx.trace_id)),
+    );
+    headers.insert(
+        X_B3_SPANID.clone(),
+        hex_value(format!("{:016x}", ctx.span_id)),
+    );
+    match ctx.parent_span_id {
+        Some(p) => {
+            headers.insert(X_B3_PARENTSPANID.clone(), hex_value(format!("{p:016x}")));
+        }
+        None => {
+            headers.remove(&X_B3_PARENTSPANID);
+        }
+    }
+    headers.insert(
+        X_B3_SAMPLED.clone(),
+        HeaderValue::from_static(if ctx.sampled { "1" } else { "0" }),
+    );
+    headers.remove(HeaderName::from_static("b3"));
+    let flags = if ctx.sampled { "01" } else { "00" };
+    headers.insert(
+        TRACEPARENT.clone(),
+        hex_value(format!(
+            "00-{:032x}-{:016x}-{flags}",
+            ctx.trace_id, ctx.span_id
+        )),
+    );
+}
+
+/// Hop-by-hop headers that never cross a proxy (RFC 9110 §7.6.1), plus HTTP/2-forbidden ones.
+const HOP_BY_HOP: &[HeaderName] = &[
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, and those the `Connection` header names. With `keep_upgrade`
+/// (a websocket handshake), `Connection: upgrade` and `Upgrade` pass. `te: trailers` passes,
+/// since gRPC needs it end to end.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    for n in HOP_BY_HOP {
+        if keep_upgrade && (n == header::UPGRADE || n == header::CONNECTION) {
+            continue;
+        }
+        headers.remove(n);
+    }
+    headers.remove(HeaderName::from_static("keep-alive"));
+    headers.remove(HeaderName::from_static("proxy-connection"));
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// True for an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade: ...`), e.g. websocket.
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes `x-envoy-*` request headers: they steer Envoy (timeouts, retries, internal marks) and
+/// are only trusted from inside the mesh.
+pub fn strip_envoy_headers(headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("x-envoy-"))
+        .cloned()
+        .collect();
+    for n in names {
+        headers.remove(n);
+    }
+}
+
+/// Sets `x-forwarded-proto` to the downstream scheme when the client did not say.
+pub fn set_forwarded_proto(headers: &mut HeaderMap, scheme: &'static str) {
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
+    }
+}
+
+/// Sets `x-envoy-attempt-count` (1 for the first try).
+pub fn set_attempt_count(headers: &mut HeaderMap, attempt: u32) {
+    headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
+}
+
+/// Response headers: `x-envoy-upstream-service-time` in whole milliseconds, and `server` when
+/// configured (`overwrite`: replace the app's, as the outbound side does; else only when absent).
+pub fn decorate_response(
+    headers: &mut HeaderMap,
+    service_time: Duration,
+    server: Option<&HeaderValue>,
+    overwrite: bool,
+) {
+    headers.insert(
+        X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
+        HeaderValue::from(service_time.as_millis() as u64),
+    );
+    if let Some(server) = server
+        && (overwrite || !headers.contains_key(header::SERVER))
+    {
+        headers.insert(header::SERVER, server.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_id_is_kept_or_made() {
+        let mut h = HeaderMap::new();
+        let id = ensure_request_id(&mut h);
+        assert_eq!(id.len(), 36);
+        assert!(uuid::Uuid::parse_str(id.to_str().expect("ascii")).is_ok());
+        assert_eq!(ensure_request_id(&mut h), id);
+    }
+
+    #[test]
+    fn new_trace_root_span_is_low_half_of_trace_id() {
+        let mut h = HeaderMap::new();
+        let ctx = continue_trace(&mut h, 0.0);
+        let trace = h[&X_B3_TRACEID].to_str().expect("ascii").to_owned();
+        assert_eq!(trace.len(), 32);
+        assert_eq!(&trace[16..], h[&X_B3_SPANID].to_str().expect("ascii"));
+        assert!(!h.contains_key(&X_B3_PARENTSPANID));
+        assert_eq!(h[&X_B3_SAMPLED], "0");
+        assert_eq!(
+            h[&TRACEPARENT].to_str().expect("ascii"),
+            format!("00-{trace}-{}-00", &trace[16..])
+        );
+        assert!(!ctx.sampled);
+    }
+
+    #[test]
+    fn continues_b3_and_w3c() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            &X_B3_TRACEID,
+            HeaderValue::from_static("3a3e0cd03f1ded4e361390f32cd55bdc"),
+        );
+        h.insert(&X_B3_SPANID, HeaderValue::from_static("361390f32cd55bdc"));
+        h.insert(&X_B3_SAMPLED, HeaderValue::from_static("1"));
+        let ctx = continue_trace(&mut h, 0.0);
+        assert_eq!(h[&X_B3_TRACEID], "3a3e0cd03f1ded4e361390f32cd55bdc");
+        assert_eq!(h[&X_B3_PARENTSPANID], "361390f32cd55bdc");
+        assert_ne!(h[&X_B3_SPANID], "361390f32cd55bdc");
+        assert!(ctx.sampled);
+
+        let mut w = HeaderMap::new();
+        w.insert(
+            &TRACEPARENT,
+            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        );
+        continue_trace(&mut w, 0.0);
+        assert_eq!(w[&X_B3_TRACEID], "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(w[&X_B3_PARENTSPANID], "b7ad6b7169203331");
+        assert_eq!(w[&X_B3_SAMPLED], "1");
+    }
+
+    #[test]
+    fn strips_hop_by_hop_but_keeps_te_trailers_and_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-foo"),
+        );
+        h.insert("x-foo", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(
+            !h.contains_key("x-foo")
+                && !h.contains_key(header::CONNECTION)
+                && !h.contains_key("keep-alive")
+        );
+        assert_eq!(h[header::TE], "trailers");
+
+        let mut u = HeaderMap::new();
+        u.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        u.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade_request(&u));
+        strip_hop_by_hop(&mut u, true);
+        assert_eq!(u[header::UPGRADE], "websocket");
+        assert_eq!(u[header::CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn strips_envoy_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("x-envoy-retry-on", HeaderValue::from_static("5xx"));
+        h.insert("x-envoy-internal", HeaderValue::from_static("true"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        strip_envoy_headers(&mut h);
+        assert_eq!(h.len(), 1);
+    }
+}

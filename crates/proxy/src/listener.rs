@@ -1,0 +1,208 @@
+//! Accepting captured connections: original destination, protocol detection, then the HTTP proxy
+//! or an opaque TCP copy. Shared by [`crate::outbound`] and [`crate::inbound`], which say which
+//! side they are and how to find the target.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::ProxyInputs;
+use crate::addr::{ClientAddr, EndpointAddr, ListenAddr};
+use crate::detect::{self, Detected, Rewind};
+use crate::drain::DrainWatcher;
+use crate::http::{self, ConnCtx, Direction, labels_for};
+use crate::orig_dst::OrigDstResolver;
+use crate::pool;
+use crate::route::{self, Target};
+use crate::tcp::{ByteCounts, copy_bidirectional};
+use crate::telemetry::{ResponseFlags, TcpRecord};
+
+/// A bound capture listener.
+pub struct Listener {
+    direction: Direction,
+    listener: TcpListener,
+    local: ListenAddr,
+    orig_dst: Arc<dyn OrigDstResolver>,
+    pi: Arc<ProxyInputs>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("direction", &self.direction)
+            .field("local", &self.local)
+            .finish()
+    }
+}
+
+impl Listener {
+    /// Binds `addr` for `direction`.
+    pub async fn bind(
+        direction: Direction,
+        addr: SocketAddr,
+        orig_dst: Arc<dyn OrigDstResolver>,
+        pi: Arc<ProxyInputs>,
+    ) -> std::io::Result<Listener> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = ListenAddr(listener.local_addr()?);
+        Ok(Listener {
+            direction,
+            listener,
+            local,
+            orig_dst,
+            pi,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> ListenAddr {
+        self.local
+    }
+
+    /// Accepts until a drain starts; each connection runs on its own task and holds a drain
+    /// watcher until it ends.
+    pub async fn run(self, drain: DrainWatcher) {
+        loop {
+            let accepted = tokio::select! {
+                _ = drain.signaled() => return,
+                a = self.listener.accept() => a,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, listener = %self.local, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let client = ClientAddr(peer);
+            let orig_dst = match self.orig_dst.orig_dst(&stream, client) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, client = %client, "no original destination; closing");
+                    continue;
+                }
+            };
+            if self.direction == Direction::Outbound && orig_dst.get() == self.local.get() {
+                // Connected to the capture port itself, not redirected: forwarding would loop.
+                tracing::debug!(client = %client, "direct connection to the outbound listener; closing");
+                continue;
+            }
+            let ctx = Arc::new(ConnCtx {
+                direction: self.direction,
+                client,
+                orig_dst,
+                sni: None,
+                pi: self.pi.clone(),
+            });
+            tokio::spawn(handle_connection(ctx, stream, drain.clone()));
+        }
+    }
+}
+
+/// Detects the protocol of one accepted connection and proxies it.
+async fn handle_connection(ctx: Arc<ConnCtx>, mut stream: TcpStream, drain: DrainWatcher) {
+    let start = SystemTime::now();
+    let t0 = Instant::now();
+    let snap = ctx.pi.store.load();
+    let declared_opaque = match ctx.direction {
+        Direction::Outbound => snap
+            .service_by_vip(ctx.orig_dst.get())
+            .and_then(|e| e.service.port(ctx.orig_dst.get().port()))
+            .is_some_and(|p| p.effective_protocol().is_opaque()),
+        Direction::Inbound => snap.inbound_protocol(ctx.orig_dst.get().port()).is_opaque(),
+    };
+    let (detected, prefix) = if declared_opaque {
+        (Detected::Opaque, bytes::Bytes::new())
+    } else {
+        match detect::detect(&mut stream, ctx.pi.cfg.protocol_detection_timeout).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(error = %e, client = %ctx.client, "connection failed during detection");
+                return;
+            }
+        }
+    };
+    let io = Rewind::new(prefix, stream);
+    match detected {
+        Detected::Http1 => http::serve(ctx, io, false, drain).await,
+        Detected::Http2 => http::serve(ctx, io, true, drain).await,
+        Detected::Tls | Detected::Opaque => {
+            let target = match ctx.direction {
+                Direction::Outbound => route::outbound_tcp(&snap, &ctx.pi, ctx.orig_dst),
+                Direction::Inbound => route::inbound(&snap, &ctx.pi, ctx.orig_dst),
+            };
+            forward_tcp(&ctx, io, &target, start, t0, &drain).await;
+        }
+    }
+}
+
+/// Proxies an opaque connection to one endpoint of `target`, then logs it.
+async fn forward_tcp<D>(
+    ctx: &ConnCtx,
+    downstream: D,
+    target: &Target,
+    start: SystemTime,
+    t0: Instant,
+    drain: &DrainWatcher,
+) where
+    D: AsyncRead + AsyncWrite + Unpin,
+{
+    let snap = ctx.pi.store.load();
+    let mut rec = TcpRecord::new(start);
+    rec.upstream_cluster = Some(target.cluster.clone());
+    rec.downstream_local_address = Some(ctx.orig_dst.get());
+    rec.downstream_remote_address = Some(ctx.client.get());
+    rec.requested_server_name = ctx.sni.clone();
+    let Some(ep) = ctx
+        .pi
+        .load
+        .pick(target.lb_policy, &target.cluster, &target.endpoints, &[])
+    else {
+        rec.response_flags = ResponseFlags::NO_HEALTHY_UPSTREAM;
+        rec.duration = t0.elapsed();
+        ctx.pi.telemetry.tcp_log(rec);
+        return;
+    };
+    rec.upstream_host = Some(ep);
+    let labels = Arc::new(labels_for(ctx, &snap, Some(target), target.peer_of(ep)));
+    let _in_flight = ctx.pi.load.start(ep);
+    let (upstream, local) =
+        match pool::connect(EndpointAddr(ep), target.bind, ctx.pi.cfg.connect_timeout).await {
+            Ok(c) => c,
+            Err(e) => {
+                rec.response_flags = ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
+                rec.upstream_transport_failure_reason = Some(e.to_string());
+                rec.duration = t0.elapsed();
+                ctx.pi.telemetry.tcp_log(rec);
+                return;
+            }
+        };
+    rec.upstream_local_address = Some(local);
+    let conn = ctx.pi.telemetry.tcp_open(&labels);
+    let counts = Arc::new(ByteCounts::default());
+    let copy = copy_bidirectional(downstream, upstream, counts.clone());
+    let result = tokio::select! {
+        r = copy => r,
+        // Opaque streams have no graceful end: give them the drain time, then cut.
+        _ = async {
+            drain.signaled().await;
+            tokio::time::sleep(ctx.pi.cfg.drain_duration).await;
+        } => Ok(()),
+    };
+    let (sent, received) = counts.get();
+    if let Err(e) = result {
+        rec.connection_termination_details = Some(e.to_string().into());
+    }
+    conn.sent(sent);
+    conn.received(received);
+    rec.bytes_received = sent;
+    rec.bytes_sent = received;
+    rec.duration = t0.elapsed();
+    conn.close(rec);
+}

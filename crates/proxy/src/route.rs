@@ -1,0 +1,260 @@
+//! Where a connection or request goes: the cluster, its endpoints and the policy to reach them.
+//!
+//! Outbound, the original destination names a service by VIP:port (HTTP also by `Host`); its
+//! HTTP routes, if any, pick the route (first match; none matches → `NR`) and the destination
+//! service; anything unknown is passed through to where it was going (`PassthroughCluster`).
+//! Inbound, everything goes to the local app on the original port (`inbound|<port>||`).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderMap;
+use xds::{HttpRouteMatch, LbPolicy, RouteDestination, ServicePort};
+
+use crate::ProxyInputs;
+use crate::addr::OrigDstAddr;
+use crate::config::{PeerInfo, ServiceEntry, Snapshot};
+
+/// A resolved upstream.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Envoy cluster name (`outbound|80||httpbin.default.svc.cluster.local`).
+    pub cluster: Arc<str>,
+    /// Endpoint addresses to choose from (empty: `UH`).
+    pub endpoints: Vec<SocketAddr>,
+    /// The workload of each endpoint, when known (parallel to `endpoints`).
+    pub peers: Vec<Option<Arc<PeerInfo>>>,
+    /// How to choose.
+    pub lb_policy: LbPolicy,
+    /// Source address to dial from.
+    pub bind: Option<IpAddr>,
+    /// Upstream speaks HTTP/2 (port declared HTTP2/GRPC).
+    pub http2: bool,
+    /// Opaque TCP without detection (port declared TCP/TLS).
+    pub opaque: bool,
+    /// Route timeout (`UT` when it fires).
+    pub timeout: Option<Duration>,
+    /// Retries on connect failure.
+    pub retries: u32,
+    /// Circuit breaker: most requests in flight to the cluster.
+    pub max_requests: Option<u32>,
+    /// Route name for the log.
+    pub route_name: Option<Arc<str>>,
+    /// The destination workload for labels, when there is one (inbound: ourselves).
+    pub peer: Option<Arc<PeerInfo>>,
+    /// `destination_service`.
+    pub service_host: Arc<str>,
+    /// `destination_service_name`.
+    pub service_name: Arc<str>,
+    /// `destination_service_namespace`.
+    pub service_namespace: Arc<str>,
+}
+
+impl Target {
+    /// The workload behind endpoint `addr`, if known.
+    pub fn peer_of(&self, addr: SocketAddr) -> Option<Arc<PeerInfo>> {
+        let i = self.endpoints.iter().position(|a| *a == addr)?;
+        self.peers.get(i).cloned().flatten()
+    }
+}
+
+/// Why no upstream could be chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteError {
+    /// Routes exist for the host but none matches (404 `NR`).
+    NoRoute,
+}
+
+fn unknown() -> Arc<str> {
+    Arc::from("unknown")
+}
+
+/// Outbound to an address no service claims: straight to where the app was going.
+pub fn passthrough(orig_dst: OrigDstAddr, host: Option<&str>) -> Target {
+    Target {
+        cluster: Arc::from("PassthroughCluster"),
+        endpoints: vec![orig_dst.get()],
+        peers: vec![None],
+        lb_policy: LbPolicy::RoundRobin,
+        bind: None,
+        http2: false,
+        opaque: false,
+        timeout: None,
+        retries: 0,
+        max_requests: None,
+        route_name: Some(Arc::from("allow_any")),
+        peer: None,
+        service_host: Arc::from(
+            host.map(strip_port)
+                .unwrap_or(&orig_dst.get().ip().to_string()),
+        ),
+        service_name: Arc::from("PassthroughCluster"),
+        service_namespace: unknown(),
+    }
+}
+
+fn strip_port(authority: &str) -> &str {
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    }
+}
+
+fn cluster_target(
+    snap: &Snapshot,
+    pi: &ProxyInputs,
+    entry: &ServiceEntry,
+    sp: &ServicePort,
+) -> Target {
+    let svc = &entry.service;
+    let mut endpoints = Vec::with_capacity(svc.endpoints.len());
+    let mut peers = Vec::with_capacity(svc.endpoints.len());
+    for ep in &svc.endpoints {
+        endpoints.push(SocketAddr::new(ep.address, svc.endpoint_port(ep, sp)));
+        let peer = ep
+            .workload_uid
+            .as_deref()
+            .and_then(|u| snap.peer_by_uid(u))
+            .or_else(|| snap.peer_by_ip(ep.address))
+            .cloned();
+        peers.push(peer);
+    }
+    let proto = sp.effective_protocol();
+    Target {
+        cluster: entry.cluster_name(sp),
+        endpoints,
+        peers,
+        lb_policy: entry.lb_policy,
+        bind: None,
+        http2: proto.is_http2(),
+        opaque: proto.is_opaque(),
+        timeout: None,
+        retries: pi.cfg.outbound_retries,
+        max_requests: entry
+            .policy
+            .as_ref()
+            .and_then(|p| p.connection_pool.http.max_requests),
+        route_name: Some(Arc::from("default")),
+        peer: None,
+        service_host: entry.hostname.clone(),
+        service_name: entry.name.clone(),
+        service_namespace: entry.namespace.clone(),
+    }
+}
+
+/// Outbound opaque TCP (or TLS): the service at the original destination, else passthrough.
+pub fn outbound_tcp(snap: &Snapshot, pi: &ProxyInputs, orig_dst: OrigDstAddr) -> Target {
+    match snap.service_by_vip(orig_dst.get()) {
+        Some(entry) => match entry.service.port(orig_dst.get().port()) {
+            Some(sp) => cluster_target(snap, pi, entry, sp),
+            None => passthrough(orig_dst, None),
+        },
+        None => passthrough(orig_dst, None),
+    }
+}
+
+fn matches(m: &HttpRouteMatch, path: &str, headers: &HeaderMap) -> bool {
+    m.uri.as_ref().is_none_or(|u| u.matches(path))
+        && m.headers.iter().all(|(name, sm)| {
+            headers
+                .get(name.as_str())
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| sm.matches(v))
+        })
+}
+
+fn pick_weighted(dests: &[RouteDestination]) -> Option<&RouteDestination> {
+    let total: u32 = dests.iter().map(|d| d.weight).sum();
+    if total == 0 {
+        return dests.first();
+    }
+    let mut n = rand::random_range(0..total);
+    for d in dests {
+        if n < d.weight {
+            return Some(d);
+        }
+        n -= d.weight;
+    }
+    dests.last()
+}
+
+/// Outbound HTTP: by VIP, else by `Host` on the same port; then HTTP routes, if any.
+pub fn outbound_http(
+    snap: &Snapshot,
+    pi: &ProxyInputs,
+    orig_dst: OrigDstAddr,
+    authority: Option<&str>,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<Target, RouteError> {
+    let port = orig_dst.get().port();
+    let entry = snap.service_by_vip(orig_dst.get()).or_else(|| {
+        authority
+            .and_then(|a| snap.service_by_host(a))
+            .filter(|e| e.service.port(port).is_some())
+    });
+    let Some(mut entry) = entry else {
+        return Ok(passthrough(orig_dst, authority));
+    };
+    let mut port = port;
+    let mut timeout = None;
+    let mut retries = None;
+    let mut route_name = None;
+    if let Some(routes) = snap.routes_for(&entry.service.hostname) {
+        let route = routes
+            .http
+            .iter()
+            .find(|r| r.matches.is_empty() || r.matches.iter().any(|m| matches(m, path, headers)))
+            .ok_or(RouteError::NoRoute)?;
+        timeout = route.timeout_ms.map(Duration::from_millis);
+        retries = route.retries.as_ref().map(|r| r.attempts);
+        route_name = route.name.as_deref().map(Arc::from);
+        if let Some(dest) = pick_weighted(&route.route) {
+            entry = snap
+                .service_by_host(&dest.host)
+                .ok_or(RouteError::NoRoute)?;
+            port = dest.port.unwrap_or(port);
+        }
+    }
+    let sp = entry.service.port(port).ok_or(RouteError::NoRoute)?;
+    let mut t = cluster_target(snap, pi, entry, sp);
+    t.timeout = timeout;
+    if let Some(r) = retries {
+        t.retries = r;
+    }
+    if route_name.is_some() {
+        t.route_name = route_name;
+    }
+    Ok(t)
+}
+
+/// Inbound: the local app on the original port, dialled from `inbound_bind`.
+pub fn inbound(snap: &Snapshot, pi: &ProxyInputs, orig_dst: OrigDstAddr) -> Target {
+    let port = orig_dst.get().port();
+    let loopback = pi.cfg.inbound_bind == IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let dst = if loopback {
+        SocketAddr::new(pi.cfg.inbound_bind, port)
+    } else {
+        orig_dst.get()
+    };
+    let svc = snap.inbound_service(port);
+    let proto = snap.inbound_protocol(port);
+    Target {
+        cluster: Arc::from(format!("inbound|{port}||")),
+        endpoints: vec![dst],
+        peers: vec![Some(snap.me_info.clone())],
+        lb_policy: LbPolicy::RoundRobin,
+        bind: Some(pi.cfg.inbound_bind),
+        http2: proto.is_http2(),
+        opaque: proto.is_opaque(),
+        timeout: None,
+        retries: 0,
+        max_requests: None,
+        route_name: Some(Arc::from("default")),
+        peer: Some(snap.me_info.clone()),
+        service_host: svc.map(|e| e.hostname.clone()).unwrap_or_else(unknown),
+        service_name: svc.map(|e| e.name.clone()).unwrap_or_else(unknown),
+        service_namespace: svc.map(|e| e.namespace.clone()).unwrap_or_else(unknown),
+    }
+}
