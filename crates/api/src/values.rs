@@ -337,13 +337,13 @@ impl Values {
         ] {
             CidrList::parse(v).map_err(|m| ConfigError::field(field(name), m))?;
         }
-        if let Some(policy) = &self.global.image_pull_policy {
-            if !matches!(policy.as_str(), "Always" | "IfNotPresent" | "Never" | "") {
-                return Err(ConfigError::field(
-                    "global.imagePullPolicy",
-                    format!("\"{policy}\" is not Always, IfNotPresent or Never"),
-                ));
-            }
+        if let Some(policy) = &self.global.image_pull_policy
+            && !matches!(policy.as_str(), "Always" | "IfNotPresent" | "Never" | "")
+        {
+            return Err(ConfigError::field(
+                "global.imagePullPolicy",
+                format!("\"{policy}\" is not Always, IfNotPresent or Never"),
+            ));
         }
         Ok(())
     }

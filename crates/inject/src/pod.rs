@@ -171,10 +171,11 @@ pub fn inject_pod_template(
     let merge = overrides
         .merge_metrics
         .unwrap_or(config.mesh.enable_prometheus_merge);
-    if merge && sidecar.status_port != 0 {
-        if let Some(env) = merge_prometheus(&mut annotations, sidecar.status_port) {
-            sidecar.env.push(env);
-        }
+    if merge
+        && sidecar.status_port != 0
+        && let Some(env) = merge_prometheus(&mut annotations, sidecar.status_port)
+    {
+        sidecar.env.push(env);
     }
 
     // Containers: istio-init runs first, istio-proxy comes last so kubectl defaults to the app.
@@ -241,10 +242,14 @@ pub fn inject_pod_template(
     Ok(Outcome::Injected)
 }
 
+/// Labels or annotations.
+type StringMap = BTreeMap<String, String>;
+
+/// A container's name and its object.
+type NamedContainer = (String, Map<String, Value>);
+
 /// Labels and annotations as string maps; a non-string value is an error, as Kubernetes has it.
-fn read_metadata(
-    template: &Map<String, Value>,
-) -> Result<(BTreeMap<String, String>, BTreeMap<String, String>), Vec<FieldError>> {
+fn read_metadata(template: &Map<String, Value>) -> Result<(StringMap, StringMap), Vec<FieldError>> {
     let mut errors = Vec::new();
     let mut read = |field: &str| {
         let mut out = BTreeMap::new();
@@ -280,9 +285,7 @@ fn read_metadata(
 }
 
 /// The app containers (all but a proxy) with their names; each must be a named mapping.
-fn app_containers(
-    spec: &Map<String, Value>,
-) -> Result<Vec<(String, Map<String, Value>)>, Vec<FieldError>> {
+fn app_containers(spec: &Map<String, Value>) -> Result<Vec<NamedContainer>, Vec<FieldError>> {
     let Some(Value::Array(list)) = spec.get("containers") else {
         return Err(vec![FieldError::new(
             "spec.containers",
