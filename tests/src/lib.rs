@@ -181,6 +181,16 @@ impl Netns {
             .expect("spawn ip netns exec")
     }
 
+    /// Gives processes started with [`Netns::cmd`] their own `/etc/hosts` (`ip netns exec`
+    /// bind-mounts `/etc/netns/<name>/hosts` over `/etc/hosts`), so names such as
+    /// `httpbin-service` resolve as cluster DNS would. Removed with the namespace.
+    pub fn set_hosts(&self, hosts: &str) {
+        let dir = Path::new("/etc/netns").join(&self.name);
+        fs::create_dir_all(&dir).expect("create /etc/netns/<ns>");
+        fs::write(dir.join("hosts"), format!("127.0.0.1 localhost\n{hosts}"))
+            .expect("write /etc/netns/<ns>/hosts");
+    }
+
     /// True when something accepts TCP connections on `addr:port` as seen from this namespace.
     pub fn connects(&self, addr: &str, port: u16) -> bool {
         self.try_sh(&format!("exec 3<>/dev/tcp/{addr}/{port}"))
@@ -214,6 +224,7 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+        let _ = fs::remove_dir_all(Path::new("/etc/netns").join(&self.name));
     }
 }
 
