@@ -13,10 +13,11 @@
 //! are strings (so `upstream_service_time`, taken from the `x-envoy-upstream-service-time`
 //! response header, is the string `"2"`), and `%RESPONSE_FLAGS%` is `"-"` when empty because
 //! Envoy's formatter itself returns `-` for "no flags". `protocol` is `"-"` on TCP, and
-//! `response_code` is `0` there. That is what [`JsonValues::Typed`] (the default) prints.
-//! Istio 1.5 (the seed's blog post) used the legacy untyped `json_format`, where every value is
-//! a string and an empty one is `"-"`; [`JsonValues::Strings`] reproduces it for users who
-//! parse logs that way.
+//! `response_code` is `0` there. That is what [`JsonValues::Typed`] prints.
+//! Istio 1.5 (the seed's blog post, our reference scenario) used the untyped `json_format`, where
+//! every value is a string and an empty one is `"-"`. [`JsonValues::Strings`] reproduces it and is
+//! the default: the seed's log lines are the contract users compare against, field by field, and
+//! a string-typed line is what their log pipelines built on that output parse.
 //!
 //! Keys are printed in lexicographic order. Envoy builds the object from a protobuf `Struct`,
 //! whose map Envoy has serialised with sorted keys (the seed's `jq .` output shows exactly that
@@ -115,9 +116,9 @@ impl std::str::FromStr for AccessLogEncoding {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum JsonValues {
     /// Istio with Envoy 1.2x: numbers for counts and durations, `null` when unavailable.
-    #[default]
     Typed,
     /// Istio ≤ 1.8 (the seed): every value a string, `"-"` when unavailable.
+    #[default]
     Strings,
 }
 

@@ -82,7 +82,7 @@ impl AccessLogOptions {
         AccessLogOptions {
             encoding,
             format: None,
-            json_values: JsonValues::Typed,
+            json_values: JsonValues::default(),
             sink,
             queue_capacity: 4096,
         }
