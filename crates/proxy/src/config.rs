@@ -403,8 +403,8 @@ impl ConfigStore {
     }
 }
 
-/// Polls `path` every `cfg.reload_interval` and swaps in its resources when the file's content
-/// changes. A bad file is logged and ignored; the previous snapshot stays in force. Stops when a
+/// Polls `path` every `interval` and swaps in its resources when the file's content changes
+/// (and has stayed the same for one more interval). A bad file is logged and ignored; the previous snapshot stays in force. Stops when a
 /// drain starts.
 pub async fn watch_file(
     path: PathBuf,
@@ -412,7 +412,10 @@ pub async fn watch_file(
     interval: Duration,
     drain: DrainWatcher,
 ) {
-    let mut last = tokio::fs::read(&path).await.ok();
+    let mut applied = tokio::fs::read(&path).await.ok();
+    // A change is applied once two reads in a row agree, so a file caught half-written is not
+    // taken for a (truncated but valid) config.
+    let mut pending: Option<Vec<u8>> = None;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -423,10 +426,16 @@ pub async fn watch_file(
         let Ok(content) = tokio::fs::read(&path).await else {
             continue;
         };
-        if last.as_deref() == Some(content.as_slice()) {
+        if applied.as_deref() == Some(content.as_slice()) {
+            pending = None;
             continue;
         }
-        last = Some(content.clone());
+        if pending.as_deref() != Some(content.as_slice()) {
+            pending = Some(content);
+            continue;
+        }
+        pending = None;
+        applied = Some(content.clone());
         let text = String::from_utf8_lossy(&content);
         match ProxyResources::parse(&text) {
             Ok(res) => {
