@@ -1,0 +1,1036 @@
+#!/usr/bin/env python3
+"""Ama's first data-plane benchmark: direct vs ama vs Envoy, plain HTTP, the seed's topology.
+
+    client pod (oha) → client sidecar → server sidecar → app (nginx, 1024-byte body at /1k)
+
+Every arm gets its own client and server network namespaces on one bridged LAN (the bridge lives in
+a namespace of its own, so the host has no route into it). All arms are built first, then measured
+interleaved (direct, ama, envoy, direct, ama, envoy, ...), so slow drifts of the machine hit every
+arm alike. Run as root with Python 3.11, stdlib only:
+
+    python3 bench/run.py [--duration 30] [--repeats 3] [--rate 1000] [--quick] [--arms direct,envoy]
+
+Writes bench/RESULTS.md (bench/out/quick/RESULTS.md with --quick) and the raw data of every run
+under bench/out/<UTC time>/. bench/README.md says what is measured and why.
+
+Whatever happens (an exception, Ctrl-C, SIGTERM), every process and namespace made here is removed
+before exit. A SIGKILLed run leaves `amabench-<pid>-*` namespaces behind; the next run removes those
+whose pid is gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import string
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+NCPU = os.cpu_count() or 1
+
+PREFIX = "amabench"
+GATEWAY = "10.244.0.1"
+VIP = "10.96.0.10"  # the Service's cluster IP; pods route it to the bridge like any address
+PROXY_UID = 1337
+# Istio's default capture arguments (istio-init of an injected pod).
+ISTIO_IPTABLES_ARGS = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT",
+                       "-i", "*", "-x", "", "-b", "*", "-d", "15090,15021,15020"]
+# What pilot-agent passes to Envoy in an Istio sidecar, minus --disable-hot-restart (each instance
+# gets its own --base-id instead) and the xDS bootstrap.
+ENVOY_ISTIO_FLAGS = ["--drain-time-s", "45", "--drain-strategy", "immediate",
+                     "--local-address-ip-version", "v4", "--file-flush-interval-msec", "1000",
+                     "--log-level", "warning", "--component-log-level", "misc:error"]
+BODY_SIZE = 1024
+ARMS = ("direct", "ama", "envoy")
+
+
+class BenchError(Exception):
+    """A failure that ends the run, with what is needed to understand it."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run(argv: list[str], check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    """Runs a command to completion; raises BenchError with its output when it fails."""
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
+    except subprocess.TimeoutExpired as e:
+        raise BenchError(f"{shlex.join(argv)} timed out after {timeout}s") from e
+    if check and p.returncode != 0:
+        raise BenchError(f"{shlex.join(argv)} failed ({p.returncode}):\n{p.stdout}{p.stderr}")
+    return p
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError as e:
+        return f"({path}: {e})"
+    return "\n".join(text[-lines:]) if text else "(empty)"
+
+
+def proc_ticks(pid: int) -> int | None:
+    """utime + stime of a process (all its threads), in clock ticks; None when it is gone."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    f = data[data.rindex(")") + 2:].split()
+    return int(f[11]) + int(f[12])
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS, VmHWM, RssAnon, RssFile (kB) and Threads of a process."""
+    out: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, val = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "Threads"):
+                out[key] = int(val.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies over all CPUs, from /proc/stat."""
+    f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    total = sum(f[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
+    return total - f[3] - f[4], total
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def count_and_truncate(path: Path) -> tuple[int, list[str]]:
+    """Lines in an access log and its last two lines, then empties it (its writer appends, so the
+    next line goes to the start of the emptied file)."""
+    n, last = 0, collections.deque(maxlen=2)
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                n += 1
+                last.append(line)
+        os.truncate(path, 0)
+    except OSError:
+        pass
+    return n, [x.decode(errors="replace").rstrip() for x in last]
+
+
+# ---------------------------------------------------------------------------------------------
+# Everything this run creates, and its removal
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    stdout: Path
+    stderr: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def logs(self) -> str:
+        return (f"--- {self.name} (pid {self.pid}, exit {self.popen.poll()}) stderr:\n{tail(self.stderr)}\n"
+                f"--- {self.name} stdout:\n{tail(self.stdout, 10)}")
+
+
+class World:
+    """Owns the namespaces and processes of this run; close() removes them all."""
+
+    def __init__(self, run_dir: Path):
+        self.tag = f"{PREFIX}-{os.getpid()}"
+        self.run_dir = run_dir
+        self.namespaces: list[str] = []
+        self.procs: list[Proc] = []
+        self.closed = False
+
+    def netns(self, name: str) -> str:
+        ns = f"{self.tag}-{name}"
+        run(["ip", "netns", "add", ns])
+        self.namespaces.append(ns)
+        self.sh(ns, "ip link set lo up")
+        return ns
+
+    def sh(self, ns: str, script: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run(["ip", "netns", "exec", ns, "bash", "-ec", script], check=check)
+
+    def spawn(self, name: str, ns: str, argv: list[str], env: dict[str, str] | None = None,
+              as_proxy: bool = False, stdout: Path | None = None) -> Proc:
+        """Starts argv inside ns in a session of its own (so Ctrl-C reaches only us), as uid/gid
+        1337 when as_proxy. `ip netns exec` and `setpriv` exec, so the pid is the program's."""
+        out = stdout or self.run_dir / f"{name}.out"
+        err = self.run_dir / f"{name}.err"
+        full = ["ip", "netns", "exec", ns]
+        if as_proxy:
+            full += ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups"]
+        full += argv
+        with open(out, "ab") as o, open(err, "ab") as e:
+            if as_proxy:
+                os.chown(out, PROXY_UID, PROXY_UID)  # so the proxy can reopen /dev/stdout
+            p = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=o, stderr=e,
+                                 start_new_session=True, env=env)
+        proc = Proc(name, p, out, err)
+        self.procs.append(proc)
+        (self.run_dir / "commands.txt").open("a").write(f"{name}: {shlex.join(full)}\n")
+        return proc
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for p in reversed(self.procs):
+            if p.alive():
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.time() + 3
+        for p in self.procs:
+            try:
+                p.popen.wait(max(0.05, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.popen.wait(5)
+        for ns in reversed(self.namespaces):
+            kill_namespace(ns)
+
+
+def kill_namespace(ns: str) -> None:
+    """Kills whatever still runs in ns, then deletes it (and with it its veths and rules)."""
+    out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+    for pid in out.stdout.split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def remove_stale_namespaces() -> None:
+    """Deletes namespaces of earlier runs of this script that died without cleaning up."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        name = line.split()[0] if line.split() else ""
+        m = re.fullmatch(rf"{PREFIX}-(\d+)-.*", name)
+        if m and not Path(f"/proc/{m.group(1)}").exists():
+            log(f"removing stale namespace {name}")
+            kill_namespace(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Topology
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Pod:
+    ns: str
+    ip: str
+
+
+class Lan:
+    """A bridge in a namespace of its own and pods joined to it by veth pairs (10.244.0.0/24)."""
+
+    def __init__(self, world: World):
+        self.world = world
+        self.bridge = world.netns("lan")
+        world.sh(self.bridge, f"ip link add br0 type bridge && ip addr add {GATEWAY}/24 dev br0 "
+                              "&& ip link set br0 up")
+        self.next_host = 2
+
+    def pod(self, name: str) -> Pod:
+        ns = self.world.netns(name)
+        host = self.next_host
+        self.next_host += 1
+        ip = f"10.244.0.{host}"
+        peer = f"ab{os.getpid() % 100000}-{host}"
+        self.world.sh(ns, f"""
+            ip link add eth0 type veth peer name {peer} netns {self.bridge}
+            ip addr add {ip}/24 dev eth0
+            ip link set eth0 up
+            ip route add default via {GATEWAY}""")
+        self.world.sh(self.bridge, f"ip link set {peer} master br0 && ip link set {peer} up")
+        return Pod(ns, ip)
+
+
+@dataclass
+class Arm:
+    name: str
+    client: Pod
+    server: Pod
+    url: str
+    app: Proc | None = None
+    proxies: dict[str, Proc] = field(default_factory=dict)  # "client"/"server" → process
+    access_logs: dict[str, Path] = field(default_factory=dict)
+
+    def app_pids(self) -> list[int]:
+        return [self.app.pid] + children(self.app.pid) if self.app else []
+
+    def logs(self) -> str:
+        parts = [p.logs() for p in self.proxies.values()]
+        if self.app:
+            parts.append(self.app.logs())
+        return "\n".join(parts)
+
+
+def start_app(world: World, arm: Arm) -> None:
+    d = world.run_dir / f"{arm.name}-app"
+    (d / "www").mkdir(parents=True)
+    for t in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (d / "tmp" / t).mkdir(parents=True)
+    (d / "www" / "1k").write_bytes(b"x" * (BODY_SIZE - 1) + b"\n")
+    for p in [d, d / "www", d / "www" / "1k"]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    conf = d / "nginx.conf"
+    conf.write_text(string.Template((BENCH / "nginx.conf").read_text()).substitute(DIR=str(d)))
+    arm.app = world.spawn(f"{arm.name}-nginx", arm.server.ns,
+                          ["nginx", "-c", str(conf), "-e", str(d / "nginx-error.log"), "-g", "daemon off;"])
+
+
+def install_capture(world: World, ama: Path, pod: Pod) -> None:
+    run(["ip", "netns", "exec", pod.ns, str(ama), "iptables", *ISTIO_IPTABLES_ARGS])
+
+
+def start_envoys(world: World, arm: Arm, envoy: Path, base_id: int) -> None:
+    for i, role in enumerate(("client", "server")):
+        cfg = world.run_dir / f"envoy-{role}.yaml"
+        access = world.run_dir / f"envoy-{role}.access.log"
+        cfg.write_text(string.Template((BENCH / "envoy" / f"{role}.yaml").read_text()).substitute(
+            CLIENT_IP=arm.client.ip, SERVER_IP=arm.server.ip, VIP=VIP, ACCESS_LOG="/dev/stdout"))
+        cfg.chmod(0o644)
+        pod = arm.client if role == "client" else arm.server
+        arm.proxies[role] = world.spawn(
+            f"envoy-{role}", pod.ns,
+            [str(envoy), "-c", str(cfg), "--concurrency", "2", "--base-id", str(base_id + i),
+             *ENVOY_ISTIO_FLAGS],
+            as_proxy=True, stdout=access)
+        arm.access_logs[role] = access
+
+
+def ama_resources(arm: Arm, me: str) -> dict:
+    """The sidecar's xds::ProxyResources: the two workloads and the Service (VIP → server pod).
+    tlsMode disabled: this benchmark is plain HTTP between the sidecars."""
+    def workload(name: str, app: str, ip: str, ports: list[dict]) -> dict:
+        return {"uid": f"Kubernetes//Pod/default/{name}", "name": name, "namespace": "default",
+                "addresses": [ip], "serviceAccount": app, "labels": {"app": app, "version": "v1"},
+                "ports": ports, "tlsMode": "disabled"}
+    sleep = workload("sleep-bench", "sleep", arm.client.ip, [])
+    httpbin = workload("httpbin-bench", "httpbin", arm.server.ip, [{"name": "http", "port": 80}])
+    node = sleep if me == "client" else httpbin
+    return {
+        "self": {"uid": node["uid"], "name": node["name"], "namespace": "default",
+                 "addresses": node["addresses"]},
+        "workloads": [sleep, httpbin],
+        "services": [{
+            "hostname": "httpbin.default.svc.cluster.local", "name": "httpbin",
+            "namespace": "default", "vips": [VIP],
+            "ports": [{"name": "http", "port": 80, "targetPort": 80}],
+            "endpoints": [{"address": arm.server.ip, "workloadUid": httpbin["uid"],
+                           "tlsMode": "disabled"}],
+        }],
+    }
+
+
+def ama_sidecar_help(ama: Path) -> str:
+    p = run([str(ama), "proxy", "sidecar", "--help"], check=False)
+    if p.returncode != 0:
+        raise BenchError(f"{ama} has no `proxy sidecar` yet ({p.stderr.strip().splitlines()[-1:]}); "
+                         "run with --arms direct,envoy, or build a newer ama (--build)")
+    return p.stdout
+
+
+def start_amas(world: World, arm: Arm, ama: Path) -> None:
+    help_text = ama_sidecar_help(ama)
+    for role in ("client", "server"):
+        pod = arm.client if role == "client" else arm.server
+        cfg = world.run_dir / f"ama-{role}.json"
+        cfg.write_text(json.dumps(ama_resources(arm, role), indent=2))
+        cfg.chmod(0o644)
+        access = world.run_dir / f"ama-{role}.access.log"
+        argv = [str(ama), "proxy", "sidecar", "--config", str(cfg), "--concurrency", "2"]
+        env = dict(os.environ, POD_NAME=f"{'sleep' if role == 'client' else 'httpbin'}-bench",
+                   POD_NAMESPACE="default", INSTANCE_IP=pod.ip, RUST_LOG="warn")
+        # The JSON access log to stdout, as MeshConfig accessLogFile: /dev/stdout +
+        # accessLogEncoding: JSON give it in the seed; the flag names follow `--help`.
+        if "--access-log-file" in help_text:
+            argv += ["--access-log-file", "/dev/stdout"]
+        if "--access-log-encoding" in help_text:
+            argv += ["--access-log-encoding", "JSON"]
+        env.update(ACCESS_LOG_FILE="/dev/stdout", ACCESS_LOG_ENCODING="JSON")
+        arm.proxies[role] = world.spawn(f"ama-{role}", pod.ns, argv, env=env, as_proxy=True,
+                                        stdout=access)
+        arm.access_logs[role] = access
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks
+# ---------------------------------------------------------------------------------------------
+
+def curl(pod: Pod, url: str, verbose: bool = False) -> subprocess.CompletedProcess:
+    argv = ["ip", "netns", "exec", pod.ns, "curl", "-sS", "--max-time", "2", "-o", "/dev/null",
+            "-w", "%{http_code} %{size_download}"]
+    if verbose:
+        argv += ["-D", "-"]
+    return run(argv + [url], check=False, timeout=10)
+
+
+def check_arm(world: World, arm: Arm, oha: Path) -> dict:
+    """Fails (with the arm's logs) unless the arm answers 200 with the 1k body, through both
+    proxies when it has them."""
+    def fail(why: str) -> BenchError:
+        return BenchError(f"arm {arm.name} is broken: {why}\n{arm.logs()}\n"
+                          f"--- capture rules:\n" + "\n".join(
+                              world.sh(p.ns, "iptables-save -t nat", check=False).stdout
+                              for p in (arm.client, arm.server)))
+
+    deadline = time.time() + 30
+    last = ""
+    while True:
+        for p in [arm.app, *arm.proxies.values()]:
+            if p and not p.alive():
+                raise fail(f"{p.name} exited")
+        r = curl(arm.client, arm.url)
+        last = (r.stdout + r.stderr).strip()
+        if r.stdout.startswith("200 "):
+            break
+        if time.time() > deadline:
+            raise fail(f"no 200 from {arm.url} within 30 s (last: {last!r})")
+        time.sleep(0.2)
+    if r.stdout.split()[1] != str(BODY_SIZE):
+        raise fail(f"body of {r.stdout.split()[1]} bytes, not {BODY_SIZE}")
+    headers = curl(arm.client, arm.url, verbose=True).stdout
+    for f in arm.access_logs.values():
+        count_and_truncate(f)
+    n = 200
+    out = run(["ip", "netns", "exec", arm.client.ns, str(oha), "--no-tui", "--output-format", "json",
+               "-n", str(n), "-c", "4", arm.url], timeout=60)
+    res = json.loads(out.stdout)
+    codes = res.get("statusCodeDistribution", {})
+    if codes != {"200": n} or res["summary"]["totalData"] != n * BODY_SIZE:
+        raise fail(f"oha -n {n}: status codes {codes}, errors {res.get('errorDistribution')}, "
+                   f"{res['summary']['totalData']} bytes")
+    time.sleep(1.5)  # access logs flush about every second
+    logged = {}
+    for role, f in arm.access_logs.items():
+        lines, last_lines = count_and_truncate(f)
+        logged[role] = {"lines": lines, "last": last_lines}
+        if lines < n:
+            raise fail(f"{role} proxy logged {lines} access-log lines for {n} requests")
+        try:
+            rec = json.loads(last_lines[-1])
+        except (ValueError, IndexError):
+            raise fail(f"{role} proxy's access log is not JSON: {last_lines!r}")
+        if str(rec.get("response_code")) != "200":
+            raise fail(f"{role} proxy logged {rec}")
+    via = ""
+    if logged:
+        c, srv = (json.loads(logged[r]["last"][-1]) for r in ("client", "server"))
+        via = (f"; logged {logged['client']['lines']}/{logged['server']['lines']} lines (client/server), "
+               f"client → {c.get('upstream_host')} ({c.get('upstream_cluster')}), server → "
+               f"{srv.get('upstream_host')} from {srv.get('upstream_local_address')}")
+        if not str(srv.get("upstream_local_address", "127.0.0.6")).startswith("127.0.0.6"):
+            raise fail(f"server proxy dialled the app from {srv.get('upstream_local_address')}, "
+                       "not 127.0.0.6")
+    log(f"  {arm.name}: 200 with {BODY_SIZE} bytes from {arm.url}{via}")
+    return {"headers": headers, "access_log": logged}
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurement
+# ---------------------------------------------------------------------------------------------
+
+class ProcScanner(threading.Thread):
+    """Samples the CPU time of every process on the machine every half second, so that CPU used by
+    processes that are not part of the benchmark (a colleague's cargo build) is seen and counted.
+    A process born during the run counts with all its CPU time; one that lives less than half a
+    second may be missed (it then shows up as unattributed)."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.stop_ev = threading.Event()
+        self.first: dict[int, int] = {}
+        self.last: dict[int, int] = {}
+        self.info: dict[int, tuple[str, int]] = {}  # pid → (comm, ppid)
+        self.scan(initial=True)
+
+    def scan(self, initial: bool = False) -> None:
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            pid = int(d)
+            try:
+                data = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            f = data[data.rindex(")") + 2:].split()
+            ticks = int(f[11]) + int(f[12])
+            if pid not in self.first:
+                self.first[pid] = ticks if initial else 0
+                self.info[pid] = (data[data.index("(") + 1:data.rindex(")")], int(f[1]))
+            self.last[pid] = ticks
+
+    def run(self) -> None:
+        while not self.stop_ev.wait(0.5):
+            self.scan()
+
+    def finish(self) -> None:
+        self.stop_ev.set()
+        self.join()
+        self.scan()
+
+    def usage(self, ours: set[int]) -> dict:
+        """CPU seconds of processes outside `ours`: kernel threads apart, the rest by name."""
+        kernel, foreign = 0.0, {}
+        for pid, first in self.first.items():
+            if pid in ours:
+                continue
+            d = (self.last[pid] - first) / CLK_TCK
+            if d <= 0:
+                continue
+            comm, ppid = self.info[pid]
+            if pid == 2 or ppid == 2:
+                kernel += d
+            else:
+                foreign[comm] = foreign.get(comm, 0.0) + d
+        return {"kernel_threads_s": round(kernel, 2),
+                "foreign_s": round(sum(foreign.values()), 2),
+                "foreign_top": {k: round(v, 2) for k, v in
+                                sorted(foreign.items(), key=lambda kv: -kv[1])[:5] if v >= 0.05}}
+
+
+def namespace_pids(world: World) -> set[int]:
+    pids: set[int] = set()
+    for ns in world.namespaces:
+        out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout
+        pids.update(int(p) for p in out.split())
+    return pids
+
+
+def oha_argv(oha: Path, url: str, kind: str, args) -> list[str]:
+    duration = args.duration if kind == "fixed" else args.max_duration
+    argv = [str(oha), "--no-tui", "--output-format", "json", "-c", str(args.connections),
+            "-z", f"{duration}s"]
+    if kind == "fixed":
+        argv += ["-q", str(args.rate), "--latency-correction"]
+    return argv + [url]
+
+
+def measure(world: World, arms: dict[str, Arm], arm: Arm, kind: str, label: str, oha: Path,
+            args, out_dir: Path) -> dict:
+    """One load run against `arm`; CPU of every process of every arm, memory of the proxies."""
+    tracked: dict[str, list[int]] = {}
+    for a in arms.values():
+        for role, p in a.proxies.items():
+            tracked[f"{a.name}.{role}_proxy"] = [p.pid]
+        tracked[f"{a.name}.app"] = a.app_pids()
+    mem_before = {f"{a.name}.{r}_proxy": proc_status(p.pid) for a in arms.values()
+                  for r, p in a.proxies.items()}
+    for f in arm.access_logs.values():
+        count_and_truncate(f)
+    ours = namespace_pids(world) | {os.getpid()}
+    scanner = ProcScanner()
+    t_before = {k: sum(proc_ticks(p) or 0 for p in v) for k, v in tracked.items()}
+    busy0, total0 = machine_jiffies()
+    scanner.start()
+    argv = ["ip", "netns", "exec", arm.client.ns] + oha_argv(oha, arm.url, kind, args)
+    json_path = out_dir / f"{label}.oha.json"
+    t0 = time.time()
+    with open(json_path, "wb") as o, open(out_dir / f"{label}.oha.err", "wb") as e:
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=o, stderr=e,
+                             start_new_session=True)
+        duration = args.duration if kind == "fixed" else args.max_duration
+        timer = threading.Timer(duration + 60, lambda: os.killpg(p.pid, signal.SIGKILL))
+        timer.start()
+        try:
+            _, status, rusage = os.wait4(p.pid, 0)
+        finally:
+            timer.cancel()
+        p.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.time() - t0
+    busy1, total1 = machine_jiffies()
+    t_after = {k: sum(proc_ticks(p) or 0 for p in v) for k, v in tracked.items()}
+    scanner.finish()
+    if p.returncode != 0:
+        raise BenchError(f"{label}: oha exited {p.returncode}: {tail(out_dir / f'{label}.oha.err')}")
+    res = json.loads(json_path.read_text())
+    time.sleep(max(args.settle, 1.5 if arm.access_logs else 0))  # Envoy flushes logs every 1 s
+    mem_after = {k: proc_status(v[0]) for k, v in tracked.items() if k.endswith("_proxy")}
+    dead = [pr.name for a in arms.values() for pr in [a.app, *a.proxies.values()]
+            if pr and not pr.alive()]
+    if dead:
+        raise BenchError(f"{label}: {', '.join(dead)} died during the run\n"
+                         + "\n".join(a.logs() for a in arms.values()))
+    logged = {r: count_and_truncate(f) for r, f in arm.access_logs.items()}
+
+    cpu = {k: round((t_after[k] - t_before[k]) / CLK_TCK, 2) for k in tracked}
+    oha_cpu = rusage.ru_utime + rusage.ru_stime
+    busy_s = (busy1 - busy0) / CLK_TCK
+    busy_pct = 100.0 * (busy1 - busy0) / max(1, total1 - total0)
+    others = scanner.usage(ours | {p.pid})
+    attributed = sum(cpu.values()) + oha_cpu + others["foreign_s"] + others["kernel_threads_s"]
+    s = res["summary"]
+    lat = res.get("latencyPercentiles", {})
+    codes = res.get("statusCodeDistribution", {})
+    errs = dict(res.get("errorDistribution", {}))
+    aborted = sum(v for k, v in errs.items() if "deadline" in k)
+    errors = sum(v for k, v in errs.items() if "deadline" not in k) + \
+        sum(v for k, v in codes.items() if k != "200")
+    ok = codes.get("200", 0)
+    ms = lambda v: None if v is None else round(v * 1000, 3)  # noqa: E731
+    rec = {
+        "label": label, "arm": arm.name, "kind": kind, "wall_s": round(wall, 2),
+        "rps": round(s.get("requestsPerSec") or 0, 1), "requests": ok + errors, "ok": ok,
+        "errors": errors, "aborted_at_deadline": aborted, "error_kinds": errs,
+        "status_codes": codes,
+        "p50": ms(lat.get("p50")), "p90": ms(lat.get("p90")), "p99": ms(lat.get("p99")),
+        "p99.9": ms(lat.get("p99.9")), "max": ms(s.get("slowest")), "mean": ms(s.get("average")),
+        "cpu_s": cpu, "oha_cpu_s": round(oha_cpu, 2),
+        "machine_busy_pct": round(busy_pct, 1), "machine_busy_s": round(busy_s, 2),
+        **others,
+        "harness_cpu_note": "the harness (this script) is in neither column",
+        "unattributed_s": round(busy_s - attributed, 2),
+        "mem_before": {k: v for k, v in mem_before.items() if k.startswith(arm.name + ".")},
+        "mem_after": {k: v for k, v in mem_after.items() if k.startswith(arm.name + ".")},
+        "access_log_lines": {r: v[0] for r, v in logged.items()},
+        "access_log_sample": {r: v[1][-1:] for r, v in logged.items()},
+        "loadavg_after": loadavg(),
+    }
+    noise_limit = max(0.5, args.noise * NCPU * wall)
+    rec["noisy"] = others["foreign_s"] > noise_limit
+    return rec
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+def med(values: list[float], fmt: str = "{:.3f}") -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "–"
+    m = statistics.median(vals)
+    if len(vals) == 1:
+        return fmt.format(m)
+    return f"{fmt.format(m)} ({fmt.format(min(vals))}–{fmt.format(max(vals))})"
+
+
+def signed(v: float, fmt: str = "{:+.3f}") -> str:
+    return fmt.format(v)
+
+
+def accepted(runs: list[dict], arm: str, kind: str) -> list[dict]:
+    return [r for r in runs if r["arm"] == arm and r["kind"] == kind and not r.get("discarded")]
+
+
+def proxy_cpu(r: dict, role: str) -> float:
+    return r["cpu_s"].get(f"{r['arm']}.{role}_proxy", 0.0)
+
+
+def vcpu_per_krps(cpu_s: float, r: dict) -> float:
+    return cpu_s / r["wall_s"] / (r["rps"] / 1000) if r["rps"] else 0.0
+
+
+def report(meta: dict, runs: list[dict], arms: list[str], args) -> str:
+    L: list[str] = []
+    w = L.append
+    w("# Benchmark: direct vs ama vs Envoy, plain HTTP (issue 3)")
+    w("")
+    w("Topology per arm: client pod (oha) → client sidecar → server sidecar → nginx (1024-byte "
+      "body at /1k), each pod a network namespace on one bridged LAN; see bench/README.md.")
+    w("")
+    w(f"- date: {meta['date']}")
+    w(f"- machine: {meta['nproc']} × {meta['cpu_model']}, {meta['mem_total']}, kernel {meta['kernel']}")
+    w(f"- load average: before {meta['load_before']}, after {meta['load_after']}"
+      + (f" — **machine not quiet at start** ({meta['load_before'].split()[0]} > 0.5): "
+         "treat as a first look, rerun on a quiet machine" if meta["noisy_start"] else ""))
+    w(f"- git: {meta['git']}")
+    for k, v in meta["versions"].items():
+        w(f"- {k}: {v}")
+    w(f"- command: `{meta['command']}`")
+    w(f"- fixed rate: `oha -c {args.connections} -q {args.rate} --latency-correction "
+      f"-z {args.duration}s`; max rate: `oha -c {args.connections} -z {args.max_duration}s`; "
+      f"{args.repeats} repeat(s), arms interleaved ({', '.join(arms)}); both proxies of a mesh arm "
+      "`--concurrency 2`, uid 1337, JSON access log to stdout (a file)")
+    w("- every cell: median (min–max) over repeats; latencies in ms, from oha's latency-corrected "
+      "histogram")
+    discarded = [r for r in runs if r.get("discarded")]
+    if discarded:
+        w(f"- {len(discarded)} run(s) discarded and rerun because other processes on the machine "
+          "used CPU during them: " + ", ".join(f"{r['label']} ({r['foreign_top']})" for r in discarded))
+    noisy = [r for r in runs if r.get("noisy") and not r.get("discarded")]
+    if noisy:
+        w(f"- **kept although noisy** (retries exhausted): " + ", ".join(
+            f"{r['label']} (foreign {r['foreign_s']} s: {r['foreign_top']})" for r in noisy))
+    w("")
+
+    fixed = {a: accepted(runs, a, "fixed") for a in arms}
+    w(f"## Fixed rate: {args.rate} rps, {args.connections} connections, {args.duration} s")
+    w("")
+    w("| metric | " + " | ".join(arms) + " |")
+    w("|---|" + "---|" * len(arms))
+    for key, name in [("p50", "p50 (ms)"), ("p90", "p90 (ms)"), ("p99", "p99 (ms)"),
+                      ("p99.9", "p99.9 (ms)"), ("max", "max (ms)"), ("mean", "mean (ms)")]:
+        w(f"| {name} | " + " | ".join(med([r[key] for r in fixed[a]]) for a in arms) + " |")
+    w("| achieved rps | " + " | ".join(med([r["rps"] for r in fixed[a]], "{:.1f}") for a in arms) + " |")
+    w("| errors | " + " | ".join(", ".join(str(r["errors"]) for r in fixed[a]) for a in arms) + " |")
+    w("| requests | " + " | ".join(", ".join(str(r["requests"]) for r in fixed[a]) for a in arms) + " |")
+    w("")
+
+    mesh = [a for a in arms if a != "direct"]
+    if "direct" in arms and mesh:
+        w("### Added latency over direct")
+        w("")
+        w("median(arm) − median(direct); in brackets the range over the interleaved rounds "
+          "(arm − direct of the same round).")
+        w("")
+        w("| metric | " + " | ".join(mesh) + " |")
+        w("|---|" + "---|" * len(mesh))
+        for key in ("p50", "p90", "p99", "p99.9", "mean"):
+            cells = []
+            for a in mesh:
+                d = [r[key] for r in fixed["direct"]]
+                m = [r[key] for r in fixed[a]]
+                if not d or not m:
+                    cells.append("–")
+                    continue
+                pairs = [x[key] - y[key] for x, y in zip(fixed[a], fixed["direct"])]
+                cells.append(f"{signed(statistics.median(m) - statistics.median(d))} "
+                             f"({signed(min(pairs))} – {signed(max(pairs))})")
+            w(f"| {key} (ms) | " + " | ".join(cells) + " |")
+        w("")
+
+    if mesh:
+        w(f"### CPU at {args.rate} rps")
+        w("")
+        w("CPU seconds of each proxy process during the run (utime+stime from /proc/PID/stat), and "
+          "the same as vCPU per 1000 rps and µs of CPU per request.")
+        w("")
+        w("| metric | " + " | ".join(mesh) + " |")
+        w("|---|" + "---|" * len(mesh))
+        for role in ("client", "server"):
+            w(f"| {role} proxy CPU s | " + " | ".join(
+                med([proxy_cpu(r, role) for r in fixed[a]], "{:.2f}") for a in mesh) + " |")
+        w("| both proxies CPU s | " + " | ".join(
+            med([proxy_cpu(r, "client") + proxy_cpu(r, "server") for r in fixed[a]], "{:.2f}")
+            for a in mesh) + " |")
+        for role in ("client", "server"):
+            w(f"| {role} proxy vCPU per 1000 rps | " + " | ".join(
+                med([vcpu_per_krps(proxy_cpu(r, role), r) for r in fixed[a]]) for a in mesh) + " |")
+        w("| both proxies vCPU per 1000 rps | " + " | ".join(
+            med([vcpu_per_krps(proxy_cpu(r, "client") + proxy_cpu(r, "server"), r) for r in fixed[a]])
+            for a in mesh) + " |")
+        w("| both proxies µs CPU per request | " + " | ".join(
+            med([1e6 * (proxy_cpu(r, "client") + proxy_cpu(r, "server")) / max(1, r["requests"])
+                 for r in fixed[a]], "{:.0f}") for a in mesh) + " |")
+        w("| nginx CPU s | " + " | ".join(
+            med([r["cpu_s"].get(f"{a}.app", 0) for r in fixed[a]], "{:.2f}") for a in mesh) + " |")
+        w("")
+        w("### Memory of the proxies (kB, /proc/PID/status)")
+        w("")
+        w("Idle before load: before the first measured run of the arm (after the readiness check "
+          "and warm-up); after load: 1 s after each run ends (max over runs).")
+        w("")
+        w("| proxy | VmRSS idle before | VmRSS after load | VmHWM | RssAnon after load |")
+        w("|---|---|---|---|---|")
+        for a in mesh:
+            all_runs = [r for r in runs if r["arm"] == a and not r.get("discarded")]
+            for role in ("client", "server"):
+                k = f"{a}.{role}_proxy"
+                before = [r["mem_before"].get(k, {}).get("VmRSS") for r in all_runs]
+                after = [r["mem_after"].get(k, {}) for r in all_runs]
+                mx = lambda key: max((m.get(key, 0) for m in after), default=0)  # noqa: E731
+                w(f"| {a} {role} | {before[0] if before else '–'} | {mx('VmRSS')} | {mx('VmHWM')} | "
+                  f"{mx('RssAnon')} |")
+        w("")
+
+    maxr = {a: accepted(runs, a, "max") for a in arms}
+    if any(maxr.values()):
+        w(f"## Max rate: {args.connections} connections, no rate limit, {args.max_duration} s")
+        w("")
+        w("| metric | " + " | ".join(arms) + " |")
+        w("|---|" + "---|" * len(arms))
+        w("| rps | " + " | ".join(med([r["rps"] for r in maxr[a]], "{:.0f}") for a in arms) + " |")
+        for key in ("p50", "p99"):
+            w(f"| {key} (ms) | " + " | ".join(med([r[key] for r in maxr[a]]) for a in arms) + " |")
+        w("| errors | " + " | ".join(", ".join(str(r["errors"]) for r in maxr[a]) for a in arms) + " |")
+        w("| both proxies µs CPU per request | " + " | ".join(
+            "–" if a == "direct" else med([1e6 * (proxy_cpu(r, "client") + proxy_cpu(r, "server"))
+                                           / max(1, r["requests"]) for r in maxr[a]], "{:.0f}")
+            for a in arms) + " |")
+        w("| machine busy % (of all cores) | " + " | ".join(
+            med([r["machine_busy_pct"] for r in maxr[a]], "{:.0f}") for a in arms) + " |")
+        w("")
+
+    w("## Every run")
+    w("")
+    w("CPU columns in seconds over the run. `client`/`server`: the measured arm's proxies; `idle "
+      "proxies`: the other arms' proxies (they stay up); `foreign`: processes outside the benchmark "
+      "(sampled every 0.5 s); `unattributed`: machine busy time minus everything named (softirq "
+      "charged to no process, the harness, short-lived processes).")
+    w("")
+    w("| run | rps | requests | errors | p50 | p90 | p99 | p99.9 | max | client CPU | server CPU | "
+      "idle proxies CPU | nginx CPU | oha CPU | busy % | foreign | kernel thr. | unattributed | "
+      "access-log lines c/s | load |")
+    w("|" + "---|" * 20)
+    for r in runs:
+        a = r["arm"]
+        idle = sum(v for k, v in r["cpu_s"].items() if k.endswith("_proxy") and not k.startswith(a + "."))
+        mark = " (DISCARDED: noisy)" if r.get("discarded") else (" (noisy)" if r.get("noisy") else "")
+        logs = r["access_log_lines"]
+        w(f"| {r['label']}{mark} | {r['rps']} | {r['requests']} | {r['errors']}"
+          f"{'+' + str(r['aborted_at_deadline']) + ' aborted' if r['aborted_at_deadline'] else ''} | "
+          f"{r['p50']} | {r['p90']} | {r['p99']} | {r['p99.9']} | {r['max']} | "
+          f"{proxy_cpu(r, 'client') if a != 'direct' else '–'} | "
+          f"{proxy_cpu(r, 'server') if a != 'direct' else '–'} | {idle:.2f} | "
+          f"{r['cpu_s'].get(a + '.app', 0)} | {r['oha_cpu_s']} | {r['machine_busy_pct']} | "
+          f"{r['foreign_s']} | {r['kernel_threads_s']} | {r['unattributed_s']} | "
+          f"{'/'.join(str(logs.get(x, '–')) for x in ('client', 'server')) if logs else '–'} | "
+          f"{r['loadavg_after'].split()[0]} |")
+    w("")
+    w("Reference, other session (shared/reference/envoy-baseline, Envoy pair with mTLS on loopback, "
+      "same load): +0.56 ms p50, +0.77 ms p90, +1.45 ms p99 over direct; about 0.25 vCPU per "
+      "1000 rps per proxy; 70 MB RSS; the pair saturates near 7,400 rps. Compare arms only within "
+      "one run.")
+    w("")
+    return "\n".join(L)
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+def version(argv: list[str]) -> str:
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    except OSError as e:
+        return f"unavailable ({e})"
+    text = (p.stdout + p.stderr).strip().splitlines()
+    return text[0].strip() if text else "?"
+
+
+def metadata(args, ama: Path, envoy: Path, oha: Path) -> dict:
+    cpu_model = next((l.split(":", 1)[1].strip() for l in
+                      Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), "?")
+    mem = next((l.split(":", 1)[1].strip() for l in Path("/proc/meminfo").read_text().splitlines()
+                if l.startswith("MemTotal")), "?")
+    head = run(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"], check=False).stdout.strip()
+    dirty = run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "crates", "Cargo.lock"],
+                check=False).stdout.strip()
+    ama_v = version([str(ama), "--version"])
+    if ama.exists():
+        ama_v += f" ({ama}, built {time.strftime('%Y-%m-%d %H:%M', time.localtime(ama.stat().st_mtime))})"
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": NCPU, "cpu_model": cpu_model, "mem_total": mem, "kernel": os.uname().release,
+        "git": head + (" (crates/ has uncommitted changes)" if dirty else ""),
+        "versions": {"ama": ama_v, "envoy": version([str(envoy), "--version"]).split("version:")[-1].strip(),
+                     "nginx": version(["nginx", "-v"]), "oha": version([str(oha), "--version"])},
+        "command": shlex.join(["python3", "bench/run.py", *sys.argv[1:]]),
+    }
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=30, help="seconds of each fixed-rate run")
+    ap.add_argument("--max-duration", type=int, default=15, help="seconds of each max-rate run")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
+    ap.add_argument("--rate", type=int, default=1000, help="requests per second of the fixed-rate runs")
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--no-max", action="store_true", help="skip the max-rate runs")
+    ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of direct,ama,envoy")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 3 s runs, 1 repeat, results in bench/out/quick/RESULTS.md")
+    ap.add_argument("--warmup", type=int, default=5, help="seconds of load per arm before measuring")
+    ap.add_argument("--settle", type=float, default=1.0, help="seconds after a run before reading RSS")
+    ap.add_argument("--pause", type=float, default=2.0, help="seconds of idle between runs")
+    ap.add_argument("--noise", type=float, default=0.02,
+                    help="a run is noisy when foreign processes used more than this share of the "
+                         "machine's CPU during it")
+    ap.add_argument("--retries", type=int, default=2, help="reruns of a noisy run")
+    ap.add_argument("--ama", type=Path, default=ROOT / "target" / "bench" / "release" / "ama")
+    ap.add_argument("--build", action="store_true",
+                    help="build ama first: CARGO_TARGET_DIR=target/bench cargo build --release -p cli")
+    ap.add_argument("--envoy", type=Path,
+                    default=ROOT / ".venv/lib/python3.11/site-packages/envoy/_bin/envoy")
+    ap.add_argument("--oha", type=Path, default=Path(shutil.which("oha") or Path.home() / ".cargo/bin/oha"))
+    ap.add_argument("--results", type=Path, help="where to write the Markdown report")
+    args = ap.parse_args()
+    if args.quick:
+        args.duration, args.max_duration, args.repeats, args.warmup = 3, 3, 1, 1
+        args.pause, args.retries = 0.5, 0
+    args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    bad = [a for a in args.arms if a not in ARMS]
+    if bad or not args.arms:
+        ap.error(f"unknown arm(s) {bad}; choose from {', '.join(ARMS)}")
+    if args.results is None:
+        args.results = BENCH / "out" / "quick" / "RESULTS.md" if args.quick else BENCH / "RESULTS.md"
+    return args
+
+
+def raise_interrupt(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main() -> int:
+    args = parse_args()
+    if os.geteuid() != 0:
+        print("bench/run.py needs root (network namespaces, iptables, setpriv)", file=sys.stderr)
+        return 2
+    if args.build:
+        log("building ama (release, CARGO_TARGET_DIR=target/bench)")
+        subprocess.run(["cargo", "build", "--release", "-p", "cli"], cwd=ROOT, check=True,
+                       env=dict(os.environ, CARGO_TARGET_DIR=str(ROOT / "target" / "bench")))
+    needs_ama = any(a in args.arms for a in ("ama", "envoy"))  # ama iptables serves both
+    for tool, path in [("oha", args.oha), ("envoy", args.envoy), ("ama", args.ama)]:
+        if tool == "envoy" and "envoy" not in args.arms or tool == "ama" and not needs_ama:
+            continue
+        if not path.exists():
+            hint = " (build it: --build)" if tool == "ama" else ""
+            print(f"{tool} not found at {path}{hint}", file=sys.stderr)
+            return 2
+    if "ama" in args.arms:
+        try:
+            ama_sidecar_help(args.ama)  # fail now, not after building everything
+        except BenchError as e:
+            print(e, file=sys.stderr)
+            return 2
+
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, raise_interrupt)
+    remove_stale_namespaces()
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out_dir = BENCH / "out" / (f"quick-{stamp}" if args.quick else stamp)
+    out_dir.mkdir(parents=True)
+    run_dir = Path(f"/tmp/{PREFIX}-{os.getpid()}")
+    run_dir.mkdir(mode=0o755)
+    load_before = loadavg()
+    meta = metadata(args, args.ama, args.envoy, args.oha)
+    meta.update(load_before=load_before, noisy_start=float(load_before.split()[0]) > 0.5)
+    if meta["noisy_start"]:
+        log(f"warning: load average {load_before}: the machine is not quiet; numbers will be noted so")
+    world = World(run_dir)
+    runs: list[dict] = []
+    status = 1
+    try:
+        lan = Lan(world)
+        arms: dict[str, Arm] = {}
+        for name in args.arms:
+            client, server = lan.pod(f"{name}-c"), lan.pod(f"{name}-s")
+            url = f"http://{server.ip}/1k" if name == "direct" else f"http://{VIP}/1k"
+            arms[name] = Arm(name, client, server, url)
+        for i, arm in enumerate(arms.values()):
+            start_app(world, arm)
+            if arm.name == "direct":
+                continue
+            install_capture(world, args.ama, arm.client)
+            install_capture(world, args.ama, arm.server)
+            if arm.name == "envoy":
+                start_envoys(world, arm, args.envoy, base_id=(os.getpid() % 10000) * 10 + 2 * i)
+            else:
+                start_amas(world, arm, args.ama)
+        log("checking every arm")
+        checks = {name: check_arm(world, arm, args.oha) for name, arm in arms.items()}
+        (out_dir / "checks.json").write_text(json.dumps(checks, indent=2))
+        if args.warmup:
+            log(f"warm-up: {args.warmup} s per arm at {args.rate} rps")
+            for arm in arms.values():
+                run(["ip", "netns", "exec", arm.client.ns, str(args.oha), "--no-tui", "--output-format",
+                     "quiet", "-c", str(args.connections), "-q", str(args.rate), "-z",
+                     f"{args.warmup}s", arm.url], timeout=args.warmup + 60)
+                for f in arm.access_logs.values():
+                    count_and_truncate(f)
+
+        kinds = ["fixed"] + ([] if args.no_max else ["max"])
+        for kind in kinds:
+            for rep in range(1, args.repeats + 1):
+                for name, arm in arms.items():
+                    for attempt in range(args.retries + 1):
+                        label = f"{kind}-{name}-{rep}" + (f"-retry{attempt}" if attempt else "")
+                        time.sleep(args.pause)
+                        rec = measure(world, arms, arm, kind, label, args.oha, args, out_dir)
+                        rec["round"] = rep
+                        runs.append(rec)
+                        log(f"{label}: {rec['rps']} rps, p50 {rec['p50']} p90 {rec['p90']} p99 "
+                            f"{rec['p99']} ms, errors {rec['errors']}, proxies CPU "
+                            f"{proxy_cpu(rec, 'client') + proxy_cpu(rec, 'server'):.2f} s, foreign "
+                            f"{rec['foreign_s']} s{' (noisy)' if rec['noisy'] else ''}")
+                        if rec["errors"]:
+                            log(f"  {label}: errors {rec['error_kinds']} status {rec['status_codes']}")
+                        if not rec["noisy"] or attempt == args.retries:
+                            break
+                        rec["discarded"] = True
+                        log(f"  {label}: other processes used {rec['foreign_s']} s of CPU "
+                            f"({rec['foreign_top']}); discarded, running it again")
+        status = 0
+    except KeyboardInterrupt as e:
+        log(f"interrupted ({e}); cleaning up")
+        status = 130
+    except BenchError as e:
+        log(f"FAILED: {e}")
+        status = 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            world.close()
+        finally:
+            for f in run_dir.glob("*"):
+                if f.is_file() and not f.name.endswith(".access.log"):
+                    shutil.copy(f, out_dir / f.name)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+    meta["load_after"] = loadavg()
+    (out_dir / "results.json").write_text(json.dumps(
+        {"meta": meta, "args": {k: str(v) for k, v in vars(args).items()}, "runs": runs}, indent=2))
+    if runs:
+        text = report(meta, runs, args.arms, args)
+        if status != 0:
+            text = f"**INCOMPLETE RUN (exit {status})**\n\n" + text
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(text)
+        log(f"wrote {args.results} and {out_dir}/")
+    else:
+        log(f"no run completed; logs in {out_dir}/")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
