@@ -58,6 +58,11 @@ impl LoadTracker {
         map.entry(addr).or_default().clone()
     }
 
+    /// Requests in flight to `addr` now.
+    pub fn active(&self, addr: SocketAddr) -> u64 {
+        self.load_of(addr)
+    }
+
     fn load_of(&self, addr: SocketAddr) -> u64 {
         let map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
         map.get(&addr)

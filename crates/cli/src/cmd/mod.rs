@@ -2,3 +2,4 @@
 
 pub mod iptables;
 pub mod kube_inject;
+pub mod proxy;

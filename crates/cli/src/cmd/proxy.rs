@@ -1,0 +1,321 @@
+//! `ama proxy sidecar`: the istio-proxy container's process (pilot-agent + Envoy in Istio).
+//!
+//! Accepts the arguments Istio's injection template passes (`--domain`, `--proxyLogLevel`,
+//! `--concurrency`, `--drainDuration`, ...), explicitly, plus ours (`--config`, `--inbound-bind`,
+//! port overrides). Runs a tokio runtime with `--concurrency` worker threads and hands over to
+//! `proxy::sidecar::run`; SIGTERM drains and exits 0.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use proxy::admin::LogLevelControl;
+use proxy::config::ProxyConfig;
+use proxy::sidecar::SidecarOptions;
+use proxy::telemetry::{
+    AccessLogEncoding, AccessLogOptions, AccessLogSink, Telemetry, TelemetryOptions,
+};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(clap::Subcommand)]
+enum Mode {
+    /// Run as a pod's sidecar (the `istio-proxy` container).
+    Sidecar(Box<SidecarArgs>),
+}
+
+/// A Go-style duration (`45s`, `100ms`, `1m30s`, `2h`).
+#[derive(Clone, Copy, Debug)]
+struct GoDuration(Duration);
+
+impl FromStr for GoDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("invalid duration {s:?} (expected e.g. 45s, 100ms, 1m30s)");
+        if s == "0" {
+            return Ok(GoDuration(Duration::ZERO));
+        }
+        let mut total = Duration::ZERO;
+        let mut rest = s;
+        while !rest.is_empty() {
+            let n_end = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .ok_or_else(bad)?;
+            let n: f64 = rest[..n_end].parse().map_err(|_| bad())?;
+            rest = &rest[n_end..];
+            let u_end = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let unit = match &rest[..u_end] {
+                "ns" => 1e-9,
+                "us" | "µs" => 1e-6,
+                "ms" => 1e-3,
+                "s" => 1.0,
+                "m" => 60.0,
+                "h" => 3600.0,
+                _ => return Err(bad()),
+            };
+            total += Duration::from_secs_f64(n * unit);
+            rest = &rest[u_end..];
+        }
+        Ok(GoDuration(total))
+    }
+}
+
+#[derive(clap::Args)]
+struct SidecarArgs {
+    /// Resources (workloads, services, routes, policies) as YAML or JSON; reloaded on change.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Source address of connections to the app: 127.0.0.6 (dial the pod IP) or 127.0.0.1.
+    #[arg(long, default_value = "127.0.0.6")]
+    inbound_bind: IpAddr,
+    /// Outbound capture port.
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    /// Inbound capture port.
+    #[arg(long, default_value_t = 15006)]
+    inbound_port: u16,
+    /// Admin port (on 127.0.0.1); Istio's `--proxyAdminPort` is the same.
+    #[arg(long, alias = "proxyAdminPort", default_value_t = 15000)]
+    admin_port: u16,
+    /// Status port (health, app probes, merged metrics); Istio's `--statusPort` is the same.
+    #[arg(long, alias = "statusPort", default_value_t = 15020)]
+    status_port: u16,
+    /// Readiness port.
+    #[arg(long, default_value_t = 15021)]
+    readiness_port: u16,
+    /// Prometheus port.
+    #[arg(long, default_value_t = 15090)]
+    prometheus_port: u16,
+    /// Access log file (MeshConfig `accessLogFile`, e.g. /dev/stdout); empty: off.
+    #[arg(long, env = "AMA_ACCESS_LOG_FILE", default_value = "")]
+    access_log_file: String,
+    /// Access log encoding (MeshConfig `accessLogEncoding`): JSON or TEXT.
+    #[arg(long, env = "AMA_ACCESS_LOG_ENCODING", default_value = "TEXT")]
+    access_log_encoding: String,
+    /// How long to wait for a client's first bytes before treating it as opaque TCP.
+    #[arg(long, default_value = "100ms")]
+    protocol_detection_timeout: GoDuration,
+
+    // Istio's injected arguments.
+    /// Worker threads.
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+    /// Time in-flight requests get to finish after SIGTERM.
+    #[arg(long = "drainDuration", default_value = "5s")]
+    drain_duration: GoDuration,
+    /// Upstream connect timeout.
+    #[arg(long = "connectTimeout", default_value = "10s")]
+    connect_timeout: GoDuration,
+    /// Proxy log level: trace, debug, info, warning, error, critical, off.
+    #[arg(long = "proxyLogLevel", default_value = "warning")]
+    proxy_log_level: String,
+    /// Per-component levels (`misc:error,upstream:debug`); accepted, components map to modules later.
+    #[arg(long = "proxyComponentLogLevel")]
+    proxy_component_log_level: Option<String>,
+    /// Agent log level (`default:info`).
+    #[arg(long = "log_output_level")]
+    log_output_level: Option<String>,
+    /// Logs as JSON.
+    #[arg(long = "log_as_json")]
+    log_as_json: bool,
+    /// DNS domain (`default.svc.cluster.local`); accepted.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Accepted for compatibility; unused.
+    #[arg(long = "serviceCluster", hide = true)]
+    service_cluster: Option<String>,
+    /// Accepted for compatibility; unused.
+    #[arg(long = "parentShutdownDuration", hide = true)]
+    parent_shutdown_duration: Option<String>,
+    /// Accepted for compatibility; unused (the control plane issue connects to it).
+    #[arg(long = "discoveryAddress", hide = true)]
+    discovery_address: Option<String>,
+    /// Accepted for compatibility; unused.
+    #[arg(long = "controlPlaneAuthPolicy", hide = true)]
+    control_plane_auth_policy: Option<String>,
+    /// Accepted for compatibility; unused.
+    #[arg(long = "configPath", hide = true)]
+    config_path: Option<String>,
+    /// Accepted for compatibility; unused.
+    #[arg(long = "binaryPath", hide = true)]
+    binary_path: Option<String>,
+    /// Accepted for compatibility; unused.
+    #[arg(long = "trust-domain", hide = true)]
+    trust_domain: Option<String>,
+    /// Accepted for compatibility; unused.
+    #[arg(long = "templateFile", hide = true)]
+    template_file: Option<String>,
+    /// Accepted for compatibility; unused.
+    #[arg(long = "outlierLogPath", hide = true)]
+    outlier_log_path: Option<String>,
+    /// Accepted for compatibility; unused.
+    #[arg(long = "stsPort", hide = true)]
+    sts_port: Option<String>,
+    /// Accepted for compatibility; unused.
+    #[arg(long = "dnsRefreshRate", hide = true)]
+    dns_refresh_rate: Option<String>,
+    /// Accepted for compatibility; unused.
+    #[arg(long = "zipkinAddress", hide = true)]
+    zipkin_address: Option<String>,
+    /// Accepted for compatibility; unused.
+    #[arg(long = "serviceNode", hide = true)]
+    service_node: Option<String>,
+    /// Accepted for compatibility; unused.
+    #[arg(long = "meshConfig", hide = true)]
+    mesh_config: Option<String>,
+    /// Any other argument a newer Istio template passes: logged and ignored.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    unknown: Vec<String>,
+}
+
+/// Istio/Envoy level names to tracing's.
+fn level(l: &str) -> &str {
+    match l {
+        "warning" => "warn",
+        "critical" => "error",
+        other => other,
+    }
+}
+
+/// `/logging` on the admin port changes the filter through this.
+struct ReloadLevel(tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>);
+
+impl LogLevelControl for ReloadLevel {
+    fn current(&self) -> String {
+        self.0.with_current(|f| f.to_string()).unwrap_or_default()
+    }
+    fn set(&self, spec: &str) -> Result<(), String> {
+        let spec: Vec<String> = spec
+            .split(',')
+            .map(|part| match part.rsplit_once('=') {
+                Some((target, l)) => format!("{target}={}", level(l)),
+                None => level(part).to_string(),
+            })
+            .collect();
+        let filter = EnvFilter::try_new(spec.join(",")).map_err(|e| e.to_string())?;
+        self.0.reload(filter).map_err(|e| e.to_string())
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.mode {
+        Mode::Sidecar(a) => sidecar(*a),
+    }
+}
+
+fn sidecar(a: SidecarArgs) -> anyhow::Result<ExitCode> {
+    let filter = EnvFilter::try_new(level(&a.proxy_log_level)).context("--proxyLogLevel")?;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    if a.log_as_json {
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt.json())
+            .try_init()
+            .ok();
+    } else {
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt)
+            .try_init()
+            .ok();
+    }
+    if !a.unknown.is_empty() {
+        tracing::warn!(args = ?a.unknown, "ignoring unknown arguments");
+    }
+
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let cfg = ProxyConfig {
+        outbound_addr: SocketAddr::from(([0, 0, 0, 0], a.outbound_port)),
+        inbound_addr: SocketAddr::from(([0, 0, 0, 0], a.inbound_port)),
+        inbound_bind: a.inbound_bind,
+        protocol_detection_timeout: a.protocol_detection_timeout.0,
+        connect_timeout: a.connect_timeout.0,
+        drain_duration: a.drain_duration.0,
+        pod_name: env("POD_NAME"),
+        pod_namespace: env("POD_NAMESPACE"),
+        instance_ip: env("INSTANCE_IP").and_then(|ip| ip.parse().ok()),
+        cluster_id: env("ISTIO_META_CLUSTER_ID").unwrap_or_else(|| "Kubernetes".to_string()),
+        ..ProxyConfig::default()
+    };
+    let opts = SidecarOptions {
+        admin_addr: SocketAddr::from(([127, 0, 0, 1], a.admin_port)),
+        status_addr: SocketAddr::from(([0, 0, 0, 0], a.status_port)),
+        readiness_addr: SocketAddr::from(([0, 0, 0, 0], a.readiness_port)),
+        prometheus_addr: SocketAddr::from(([0, 0, 0, 0], a.prometheus_port)),
+        config_file: a.config,
+    };
+    let access_log = if a.access_log_file.is_empty() {
+        None
+    } else {
+        let encoding: AccessLogEncoding = a
+            .access_log_encoding
+            .parse()
+            .context("--access-log-encoding")?;
+        Some(AccessLogOptions::new(
+            encoding,
+            AccessLogSink::from_mesh_config(&a.access_log_file),
+        ))
+    };
+    let telemetry = Telemetry::new(TelemetryOptions { access_log }).context("access log")?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(a.concurrency.max(1))
+        .thread_name("ama-proxy")
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            }
+        };
+        let level: Arc<dyn LogLevelControl> = Arc::new(ReloadLevel(handle));
+        proxy::sidecar::run(cfg, opts, telemetry, Some(level), shutdown).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(
+            "45s".parse::<GoDuration>().map(|d| d.0),
+            Ok(Duration::from_secs(45))
+        );
+        assert_eq!(
+            "1m30s".parse::<GoDuration>().map(|d| d.0),
+            Ok(Duration::from_secs(90))
+        );
+        assert_eq!(
+            "100ms".parse::<GoDuration>().map(|d| d.0),
+            Ok(Duration::from_millis(100))
+        );
+        assert!("45".parse::<GoDuration>().is_err());
+        assert!("s".parse::<GoDuration>().is_err());
+    }
+}
