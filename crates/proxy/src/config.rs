@@ -157,12 +157,29 @@ pub struct ServiceEntry {
     pub name: Arc<str>,
     /// Namespace, shared.
     pub namespace: Arc<str>,
+    /// One cluster per service port.
+    pub clusters: Vec<(u16, ClusterEntry)>,
+}
+
+/// One port of a service as a cluster, built once per snapshot so requests allocate nothing to
+/// find their endpoints.
+#[derive(Debug)]
+pub struct ClusterEntry {
+    /// `outbound|<port>||<hostname>`.
+    pub name: Arc<str>,
+    /// The endpoints' addresses for this port.
+    pub endpoints: Arc<[SocketAddr]>,
+    /// The workload behind each endpoint, when known (parallel to `endpoints`).
+    pub peers: Arc<[Option<Arc<PeerInfo>>]>,
 }
 
 impl ServiceEntry {
-    /// `outbound|<port>||<hostname>`.
-    pub fn cluster_name(&self, port: &ServicePort) -> Arc<str> {
-        Arc::from(format!("outbound|{}||{}", port.port, self.hostname))
+    /// The cluster of service port `port`, if the service has that port.
+    pub fn cluster(&self, port: u16) -> Option<&ClusterEntry> {
+        self.clusters
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, c)| c)
     }
 }
 
@@ -240,6 +257,15 @@ impl Snapshot {
             self_addrs.extend(w.addresses.iter().copied());
         }
 
+        let mut workloads_by_ip = HashMap::new();
+        let mut workloads_by_uid = HashMap::new();
+        for w in &resources.workloads {
+            let info = Arc::new(PeerInfo::from_workload(w, &cfg.cluster_id));
+            for a in &w.addresses {
+                workloads_by_ip.insert(*a, info.clone());
+            }
+            workloads_by_uid.insert(w.uid.clone(), info);
+        }
         let policies: HashMap<&str, Arc<TrafficPolicy>> = resources
             .traffic_policies
             .iter()
@@ -250,7 +276,39 @@ impl Snapshot {
         let mut inbound_by_port = HashMap::new();
         for s in &resources.services {
             let policy = policies.get(s.hostname.as_str()).cloned();
+            let clusters = s
+                .ports
+                .iter()
+                .map(|sp| {
+                    let endpoints: Vec<SocketAddr> = s
+                        .endpoints
+                        .iter()
+                        .map(|ep| SocketAddr::new(ep.address, s.endpoint_port(ep, sp)))
+                        .collect();
+                    let peers: Vec<Option<Arc<PeerInfo>>> = s
+                        .endpoints
+                        .iter()
+                        .map(|ep| {
+                            ep.workload_uid
+                                .as_deref()
+                                .and_then(|u| workloads_by_uid.get(u))
+                                .or_else(|| workloads_by_ip.get(&ep.address))
+                                .cloned()
+                        })
+                        .collect();
+                    let name = Arc::from(format!("outbound|{}||{}", sp.port, s.hostname));
+                    (
+                        sp.port,
+                        ClusterEntry {
+                            name,
+                            endpoints: endpoints.into(),
+                            peers: peers.into(),
+                        },
+                    )
+                })
+                .collect();
             let entry = Arc::new(ServiceEntry {
+                clusters,
                 lb_policy: policy
                     .as_ref()
                     .and_then(|p| p.load_balancer)
@@ -284,15 +342,6 @@ impl Snapshot {
                     }
                 }
             }
-        }
-        let mut workloads_by_ip = HashMap::new();
-        let mut workloads_by_uid = HashMap::new();
-        for w in &resources.workloads {
-            let info = Arc::new(PeerInfo::from_workload(w, &cfg.cluster_id));
-            for a in &w.addresses {
-                workloads_by_ip.insert(*a, info.clone());
-            }
-            workloads_by_uid.insert(w.uid.clone(), info);
         }
         let mut routes_by_host = HashMap::new();
         for r in &resources.http_routes {

@@ -22,9 +22,9 @@ pub struct Target {
     /// Envoy cluster name (`outbound|80||httpbin.default.svc.cluster.local`).
     pub cluster: Arc<str>,
     /// Endpoint addresses to choose from (empty: `UH`).
-    pub endpoints: Vec<SocketAddr>,
+    pub endpoints: Arc<[SocketAddr]>,
     /// The workload of each endpoint, when known (parallel to `endpoints`).
-    pub peers: Vec<Option<Arc<PeerInfo>>>,
+    pub peers: Arc<[Option<Arc<PeerInfo>>]>,
     /// How to choose.
     pub lb_policy: LbPolicy,
     /// Source address to dial from.
@@ -74,8 +74,8 @@ fn unknown() -> Arc<str> {
 pub fn passthrough(orig_dst: OrigDstAddr, host: Option<&str>) -> Target {
     Target {
         cluster: Arc::from("PassthroughCluster"),
-        endpoints: vec![orig_dst.get()],
-        peers: vec![None],
+        endpoints: Arc::from([orig_dst.get()]),
+        peers: Arc::from([None]),
         lb_policy: LbPolicy::RoundRobin,
         bind: None,
         http2: false,
@@ -101,30 +101,13 @@ fn strip_port(authority: &str) -> &str {
     }
 }
 
-fn cluster_target(
-    snap: &Snapshot,
-    pi: &ProxyInputs,
-    entry: &ServiceEntry,
-    sp: &ServicePort,
-) -> Target {
-    let svc = &entry.service;
-    let mut endpoints = Vec::with_capacity(svc.endpoints.len());
-    let mut peers = Vec::with_capacity(svc.endpoints.len());
-    for ep in &svc.endpoints {
-        endpoints.push(SocketAddr::new(ep.address, svc.endpoint_port(ep, sp)));
-        let peer = ep
-            .workload_uid
-            .as_deref()
-            .and_then(|u| snap.peer_by_uid(u))
-            .or_else(|| snap.peer_by_ip(ep.address))
-            .cloned();
-        peers.push(peer);
-    }
+fn cluster_target(pi: &ProxyInputs, entry: &ServiceEntry, sp: &ServicePort) -> Option<Target> {
+    let cluster = entry.cluster(sp.port)?;
     let proto = sp.effective_protocol();
-    Target {
-        cluster: entry.cluster_name(sp),
-        endpoints,
-        peers,
+    Some(Target {
+        cluster: cluster.name.clone(),
+        endpoints: cluster.endpoints.clone(),
+        peers: cluster.peers.clone(),
         lb_policy: entry.lb_policy,
         bind: None,
         http2: proto.is_http2(),
@@ -140,16 +123,17 @@ fn cluster_target(
         service_host: entry.hostname.clone(),
         service_name: entry.name.clone(),
         service_namespace: entry.namespace.clone(),
-    }
+    })
 }
 
 /// Outbound opaque TCP (or TLS): the service at the original destination, else passthrough.
 pub fn outbound_tcp(snap: &Snapshot, pi: &ProxyInputs, orig_dst: OrigDstAddr) -> Target {
     match snap.service_by_vip(orig_dst.get()) {
-        Some(entry) => match entry.service.port(orig_dst.get().port()) {
-            Some(sp) => cluster_target(snap, pi, entry, sp),
-            None => passthrough(orig_dst, None),
-        },
+        Some(entry) => entry
+            .service
+            .port(orig_dst.get().port())
+            .and_then(|sp| cluster_target(pi, entry, sp))
+            .unwrap_or_else(|| passthrough(orig_dst, None)),
         None => passthrough(orig_dst, None),
     }
 }
@@ -218,7 +202,7 @@ pub fn outbound_http(
         }
     }
     let sp = entry.service.port(port).ok_or(RouteError::NoRoute)?;
-    let mut t = cluster_target(snap, pi, entry, sp);
+    let mut t = cluster_target(pi, entry, sp).ok_or(RouteError::NoRoute)?;
     t.timeout = timeout;
     if let Some(r) = retries {
         t.retries = r;
@@ -242,8 +226,8 @@ pub fn inbound(snap: &Snapshot, pi: &ProxyInputs, orig_dst: OrigDstAddr) -> Targ
     let proto = snap.inbound_protocol(port);
     Target {
         cluster: Arc::from(format!("inbound|{port}||")),
-        endpoints: vec![dst],
-        peers: vec![Some(snap.me_info.clone())],
+        endpoints: Arc::from([dst]),
+        peers: Arc::from([Some(snap.me_info.clone())]),
         lb_policy: LbPolicy::RoundRobin,
         bind: Some(pi.cfg.inbound_bind),
         http2: proto.is_http2(),
