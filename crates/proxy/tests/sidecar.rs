@@ -284,6 +284,15 @@ async fn grpc_streaming_and_trailers_pass_intact() {
     assert_eq!(line["response_code"], "200");
     assert_eq!(line["bytes_received"], "16");
     assert_eq!(line["bytes_sent"], "16");
+    let metrics = client.telemetry.encode_prometheus();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_requests_total{")
+                && l.contains(r#"request_protocol="grpc""#)
+                && l.contains(r#"grpc_response_status="0""#)),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -822,4 +831,48 @@ async fn sigterm_drain_finishes_in_flight_and_stops_accepting() {
         .expect("handle")
         .await
         .expect("run returned");
+}
+
+#[tokio::test]
+async fn istio_metrics_carry_both_peers() {
+    let Seed {
+        client,
+        server,
+        app: _app,
+    } = seed().await;
+    let (resp, _) = client.get(vip(), "httpbin-service", "/headers").await;
+    assert_eq!(resp.status(), 200);
+    client.log_lines(1).await;
+    server.log_lines(1).await;
+    let src = client.telemetry.encode_prometheus();
+    let line = src
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{"))
+        .unwrap_or_else(|| panic!("no istio_requests_total in:\n{src}"));
+    for want in [
+        r#"reporter="source""#,
+        r#"source_workload="ubuntu-deployment""#,
+        r#"destination_workload="httpbin-deployment""#,
+        r#"destination_app="httpbin""#,
+        r#"destination_version="v1""#,
+        r#"destination_service="httpbin-service.default.svc.cluster.local""#,
+        r#"destination_service_name="httpbin-service""#,
+        r#"response_code="200""#,
+        r#"request_protocol="http""#,
+    ] {
+        assert!(line.contains(want), "{want} not in {line}");
+    }
+    let dst = server.telemetry.encode_prometheus();
+    let line = dst
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{"))
+        .unwrap_or_else(|| panic!("no istio_requests_total in:\n{dst}"));
+    for want in [
+        r#"reporter="destination""#,
+        r#"source_app="ubuntu""#,
+        r#"destination_workload="httpbin-deployment""#,
+        r#"connection_security_policy="none""#,
+    ] {
+        assert!(line.contains(want), "{want} not in {line}");
+    }
 }

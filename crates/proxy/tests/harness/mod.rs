@@ -511,6 +511,7 @@ workloads:
 - uid: ubuntu-uid
   name: ubuntu-deployment-cc86cc647-vsvbh
   namespace: default
+  workloadName: ubuntu-deployment
   addresses: [127.0.0.1]
   labels: {{app: ubuntu}}
 - uid: httpbin-uid
@@ -554,6 +555,7 @@ workloads:
 - uid: ubuntu-uid
   name: ubuntu-deployment-cc86cc647-vsvbh
   namespace: default
+  workloadName: ubuntu-deployment
   addresses: [127.0.0.1]
   labels: {app: ubuntu}
 "#
