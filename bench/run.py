@@ -765,21 +765,32 @@ def report(meta: dict, runs: list[dict], arms: list[str], args) -> str:
         w("")
         w("### Memory of the proxies (kB, /proc/PID/status)")
         w("")
-        w("Idle before load: before the first measured run of the arm (after the readiness check "
-          "and warm-up); after load: 1 s after each run ends (max over runs).")
+        w("At start: after start-up and the 200-request readiness check, before any load; idle: "
+          "before the first measured run (after the warm-up); after load: 1 s after a run ends, "
+          "the largest over the fixed-rate runs, then over the max-rate runs.")
         w("")
-        w("| proxy | VmRSS idle before | VmRSS after load | VmHWM | RssAnon after load |")
-        w("|---|---|---|---|---|")
+        w("| proxy | VmRSS at start | VmRSS idle | VmRSS after fixed rate | VmRSS after max rate | "
+          "VmHWM | RssAnon after fixed rate | Threads |")
+        w("|---|---|---|---|---|---|---|---|")
         for a in mesh:
-            all_runs = [r for r in runs if r["arm"] == a and not r.get("discarded")]
             for role in ("client", "server"):
                 k = f"{a}.{role}_proxy"
-                before = [r["mem_before"].get(k, {}).get("VmRSS") for r in all_runs]
-                after = [r["mem_after"].get(k, {}) for r in all_runs]
-                mx = lambda key: max((m.get(key, 0) for m in after), default=0)  # noqa: E731
-                w(f"| {a} {role} | {before[0] if before else '–'} | {mx('VmRSS')} | {mx('VmHWM')} | "
-                  f"{mx('RssAnon')} |")
+                start = meta.get("startup_mem", {}).get(k, {})
+                f_runs = accepted(runs, a, "fixed")
+                m_runs = accepted(runs, a, "max")
+                mx = lambda rs, key: max((r["mem_after"].get(k, {}).get(key, 0) for r in rs),  # noqa: E731
+                                         default="–")
+                idle = f_runs[0]["mem_before"].get(k, {}).get("VmRSS", "–") if f_runs else "–"
+                w(f"| {a} {role} | {start.get('VmRSS', '–')} | {idle} | {mx(f_runs, 'VmRSS')} | "
+                  f"{mx(m_runs, 'VmRSS')} | {mx(f_runs + m_runs, 'VmHWM')} | "
+                  f"{mx(f_runs, 'RssAnon')} | {start.get('Threads', '–')} |")
         w("")
+        if "direct" in arms:
+            w("Idle cost: CPU seconds the mesh arms' proxies used while the direct arm was measured "
+              "(no traffic through them), client + server, per run: " + "; ".join(
+                  f"{a} " + ", ".join(f"{sum(v for k, v in r['cpu_s'].items() if k.startswith(a + '.') and k.endswith('_proxy')):.2f}"
+                                      for r in fixed["direct"]) for a in mesh) + ".")
+            w("")
 
     maxr = {a: accepted(runs, a, "max") for a in arms}
     if any(maxr.values()):
@@ -969,6 +980,10 @@ def main() -> int:
                 start_amas(world, arm, args.ama)
         log("checking every arm")
         checks = {name: check_arm(world, arm, args.oha) for name, arm in arms.items()}
+        time.sleep(1)
+        startup_mem = {f"{a.name}.{r}_proxy": proc_status(p.pid) for a in arms.values()
+                       for r, p in a.proxies.items()}
+        meta["startup_mem"] = startup_mem
         (out_dir / "checks.json").write_text(json.dumps(checks, indent=2))
         if args.warmup:
             log(f"warm-up: {args.warmup} s per arm at {args.rate} rps")
