@@ -536,6 +536,20 @@ class ProcScanner(threading.Thread):
                                 sorted(foreign.items(), key=lambda kv: -kv[1])[:5] if v >= 0.05}}
 
 
+def wait_quiet(args) -> float:
+    """Waits (up to --quiet-wait s) for two seconds in which the machine is less than --quiet-busy %
+    busy, so that a run does not start in the middle of someone's build. Returns the seconds
+    waited."""
+    t0 = time.time()
+    while time.time() - t0 < args.quiet_wait:
+        b0, t0j = machine_jiffies()
+        time.sleep(2)
+        b1, t1j = machine_jiffies()
+        if 100.0 * (b1 - b0) / max(1, t1j - t0j) < args.quiet_busy:
+            break
+    return round(time.time() - t0, 1)
+
+
 def namespace_pids(world: World) -> set[int]:
     pids: set[int] = set()
     for ns in world.namespaces:
@@ -679,8 +693,10 @@ def report(meta: dict, runs: list[dict], arms: list[str], args) -> str:
     w(f"- date: {meta['date']}")
     w(f"- machine: {meta['nproc']} × {meta['cpu_model']}, {meta['mem_total']}, kernel {meta['kernel']}")
     w(f"- load average: before {meta['load_before']}, after {meta['load_after']}"
-      + (f" — **machine not quiet at start** ({meta['load_before'].split()[0]} > 0.5): "
-         "treat as a first look, rerun on a quiet machine" if meta["noisy_start"] else ""))
+      + (f" — **the machine was not quiet at start** ({meta['load_before'].split()[0]} > 0.5: "
+         "other work was running); each run waited for a quiet moment and runs during which other "
+         "processes used CPU were rerun (see below and the `foreign` column)"
+         if meta["noisy_start"] else ""))
     w(f"- git: {meta['git']}")
     for k, v in meta["versions"].items():
         w(f"- {k}: {v}")
@@ -732,8 +748,8 @@ def report(meta: dict, runs: list[dict], arms: list[str], args) -> str:
                     cells.append("–")
                     continue
                 pairs = [x[key] - y[key] for x, y in zip(fixed[a], fixed["direct"])]
-                cells.append(f"{signed(statistics.median(m) - statistics.median(d))} "
-                             f"({signed(min(pairs))} – {signed(max(pairs))})")
+                spread = f" ({signed(min(pairs))} – {signed(max(pairs))})" if len(pairs) > 1 else ""
+                cells.append(f"{signed(statistics.median(m) - statistics.median(d))}{spread}")
             w(f"| {key} (ms) | " + " | ".join(cells) + " |")
         w("")
 
@@ -860,8 +876,9 @@ def version(argv: list[str]) -> str:
 def metadata(args, ama: Path, envoy: Path, oha: Path) -> dict:
     cpu_model = next((l.split(":", 1)[1].strip() for l in
                       Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), "?")
-    mem = next((l.split(":", 1)[1].strip() for l in Path("/proc/meminfo").read_text().splitlines()
-                if l.startswith("MemTotal")), "?")
+    mem_kb = next((int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines()
+                   if l.startswith("MemTotal")), 0)
+    mem = f"{mem_kb / 1024 / 1024:.1f} GiB RAM"
     head = run(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"], check=False).stdout.strip()
     dirty = run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "crates", "Cargo.lock"],
                 check=False).stdout.strip()
@@ -897,6 +914,10 @@ def parse_args() -> argparse.Namespace:
                     help="a run is noisy when foreign processes used more than this share of the "
                          "machine's CPU during it")
     ap.add_argument("--retries", type=int, default=2, help="reruns of a noisy run")
+    ap.add_argument("--quiet-wait", type=float, default=120,
+                    help="before each run, wait up to this many seconds for two quiet seconds")
+    ap.add_argument("--quiet-busy", type=float, default=10,
+                    help="the machine is quiet when less than this %% busy")
     ap.add_argument("--ama", type=Path, default=ROOT / "target" / "bench" / "release" / "ama")
     ap.add_argument("--build", action="store_true",
                     help="build ama first: CARGO_TARGET_DIR=target/bench cargo build --release -p cli")
@@ -907,7 +928,7 @@ def parse_args() -> argparse.Namespace:
     args = ap.parse_args()
     if args.quick:
         args.duration, args.max_duration, args.repeats, args.warmup = 3, 3, 1, 1
-        args.pause, args.retries = 0.5, 0
+        args.pause, args.retries, args.quiet_wait = 0.5, 0, 0
     args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     bad = [a for a in args.arms if a not in ARMS]
     if bad or not args.arms:
@@ -1001,8 +1022,12 @@ def main() -> int:
                     for attempt in range(args.retries + 1):
                         label = f"{kind}-{name}-{rep}" + (f"-retry{attempt}" if attempt else "")
                         time.sleep(args.pause)
+                        waited = wait_quiet(args)
+                        if waited >= args.quiet_wait > 0:
+                            log(f"  the machine stayed busy for {waited} s; measuring anyway")
                         rec = measure(world, arms, arm, kind, label, args.oha, args, out_dir)
                         rec["round"] = rep
+                        rec["waited_for_quiet_s"] = waited
                         runs.append(rec)
                         log(f"{label}: {rec['rps']} rps, p50 {rec['p50']} p90 {rec['p90']} p99 "
                             f"{rec['p99']} ms, errors {rec['errors']}, proxies CPU "
