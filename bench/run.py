@@ -925,10 +925,13 @@ def parse_args() -> argparse.Namespace:
                     default=ROOT / ".venv/lib/python3.11/site-packages/envoy/_bin/envoy")
     ap.add_argument("--oha", type=Path, default=Path(shutil.which("oha") or Path.home() / ".cargo/bin/oha"))
     ap.add_argument("--results", type=Path, help="where to write the Markdown report")
+    quick = dict(duration=3, max_duration=3, repeats=1, warmup=1, pause=0.5, retries=0, quiet_wait=0)
+    explicit = {a.lstrip("-").split("=")[0].replace("-", "_") for a in sys.argv[1:] if a.startswith("--")}
     args = ap.parse_args()
-    if args.quick:
-        args.duration, args.max_duration, args.repeats, args.warmup = 3, 3, 1, 1
-        args.pause, args.retries, args.quiet_wait = 0.5, 0, 0
+    if args.quick:  # quick defaults, unless given on the command line
+        for k, v in quick.items():
+            if k not in explicit:
+                setattr(args, k, v)
     args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     bad = [a for a in args.arms if a not in ARMS]
     if bad or not args.arms:
