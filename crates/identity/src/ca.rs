@@ -413,7 +413,13 @@ impl CertificateAuthority {
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial());
         params.not_before = now - CLOCK_SKEW;
-        params.not_after = (now + ttl.min(self.max_ttl)).min(self.signing_not_after);
+        // Saturate instead of overflowing: a TTL from the network or a huge cap ends at the CA.
+        params.not_after = time::Duration::try_from(ttl.min(self.max_ttl))
+            .ok()
+            .and_then(|lifetime| now.checked_add(lifetime))
+            .map_or(self.signing_not_after, |end| {
+                end.min(self.signing_not_after)
+            });
         let leaf = params
             .signed_by(public_key, &self.issuer)
             .map_err(|source| Error::Generate {

@@ -21,6 +21,47 @@
 //!
 //! One crypto provider only: aws-lc-rs, named explicitly in every config this crate builds, so
 //! the process-wide default provider is never consulted.
+//!
+//! # Example
+//!
+//! Two sidecars under one mesh root, an mTLS handshake between them, and the XFCC header the
+//! inbound side adds:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use identity::tls::{client_config, outbound_server_name, peer_identity, server_config};
+//! use identity::{AppProtocol, CertificateAuthority, ExpectedPeer, IdentityManager};
+//! use identity::{LocalCaProvider, RotationOptions, SpiffeId};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let ca = Arc::new(CertificateAuthority::generate("cluster.local")?);
+//! let sidecar = |sa: &str| {
+//!     let id = SpiffeId::new("cluster.local", "default", sa).unwrap();
+//!     let provider = Arc::new(LocalCaProvider::new(ca.clone(), id.clone()));
+//!     IdentityManager::new(id, provider, RotationOptions::default())
+//! };
+//! let (httpbin, sleep) = (sidecar("httpbin").await?, sidecar("sleep").await?);
+//! let _rotation = httpbin.spawn_rotation(); // renews at half life from now on
+//!
+//! let server = server_config(&httpbin)?;
+//! let client = client_config(&sleep, ExpectedPeer::exactly(httpbin.id().clone()),
+//!     AppProtocol::Http2.client_alpn())?;
+//! let sni = outbound_server_name(8000, "", "httpbin.default.svc.cluster.local")?;
+//!
+//! let (a, b) = tokio::io::duplex(16 * 1024);
+//! let (inbound, outbound) = tokio::join!(
+//!     tokio_rustls::TlsAcceptor::from(server).accept(a),
+//!     tokio_rustls::TlsConnector::from(client).connect(sni, b),
+//! );
+//! let (inbound, _outbound) = (inbound?, outbound?);
+//! let peer = peer_identity(inbound.get_ref().1)?;
+//! assert_eq!(peer.id.to_string(), "spiffe://cluster.local/ns/default/sa/sleep");
+//! assert!(peer.xfcc(httpbin.id()).starts_with(
+//!     "By=spiffe://cluster.local/ns/default/sa/httpbin;Hash="));
+//! # Ok(())
+//! # }
+//! ```
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -192,6 +192,8 @@ impl WorkloadCertificate {
             .duration_since(self.received_at)
             .unwrap_or_default();
         let factor = 0.5 * (1.0 + jitter.clamp(0.0, 1.0) * draw.clamp(-1.0, 1.0));
+        // NaN from a misconfigured jitter must not panic in `mul_f64`: plain half life then.
+        let factor = if factor.is_finite() { factor } else { 0.5 };
         self.received_at + lifetime.mul_f64(factor)
     }
 }

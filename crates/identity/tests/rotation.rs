@@ -209,4 +209,10 @@ async fn renewal_time_is_half_life_with_bounded_jitter() {
     assert_eq!(at(-1.0), life.mul_f64(0.45));
     assert_eq!(at(1.0), life.mul_f64(0.55));
     assert_eq!(at(7.0), life.mul_f64(0.55), "draw is clamped");
+    assert_eq!(
+        cert.renewal_time(f64::NAN, 0.3)
+            .duration_since(start)
+            .unwrap(),
+        life / 2
+    );
 }

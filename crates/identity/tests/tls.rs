@@ -75,6 +75,39 @@ async fn mtls_handshake_shows_both_peers() {
 }
 
 #[tokio::test]
+async fn handshake_over_loopback_tcp() {
+    let ca = mesh_ca();
+    let httpbin = manager(&ca, sa("httpbin")).await;
+    let sleep = manager(&ca, sa("sleep")).await;
+    let (server, client) = configs(&httpbin, &sleep, ExpectedPeer::exactly(sa("httpbin")));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let inbound = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = tokio_rustls::TlsAcceptor::from(server)
+            .accept(tcp)
+            .await
+            .unwrap();
+        let peer = peer_identity(tls.get_ref().1).unwrap();
+        let mut buf = [0u8; 4];
+        tls.read_exact(&mut buf).await.unwrap();
+        tls.write_all(peer.id.to_string().as_bytes()).await.unwrap();
+        tls.shutdown().await.unwrap();
+    });
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = identity::tls::outbound_server_name(80, "", HTTPBIN_FQDN).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(client)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"who?").await.unwrap();
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer).await.unwrap();
+    assert_eq!(answer, "spiffe://cluster.local/ns/default/sa/sleep");
+    inbound.await.unwrap();
+}
+
+#[tokio::test]
 async fn any_in_mesh_accepts_every_mesh_server_and_alpn_follows_the_client() {
     let ca = mesh_ca();
     let httpbin = manager(&ca, sa("httpbin")).await;
