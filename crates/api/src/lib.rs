@@ -9,6 +9,11 @@
 //! - [`inject_config`]: one file with both (an injector ConfigMap or an IstioOperator).
 //! - [`overrides`]: a pod's sidecar annotations, parsed and checked.
 //! - [`validate`]: the value languages: port and CIDR lists, quantities, booleans, modes.
+//! - [`objects`]: typed, validated objects from a YAML stream ([`objects::parse_stream`]): the
+//!   Istio config of [`networking`] and [`security`], and the Kubernetes objects of [`k8s`] the
+//!   registries read. [`check`] holds the checks they share, [`Duration`] Istio's durations.
+//! - [`yaml`]: splitting a YAML stream into documents and writing objects back, shared with
+//!   `kube-inject`.
 //!
 //! This crate is pure: it parses text it is given and never reads files or the network.
 //! Errors name the field and quote the value (`global.proxy.excludeInboundPorts: "abc" is not a
@@ -18,14 +23,22 @@
 #![warn(missing_docs)]
 
 pub mod annotation;
+pub mod check;
+mod duration;
 mod error;
 pub mod inject_config;
+pub mod k8s;
 pub mod label;
 pub mod mesh;
+pub mod networking;
+pub mod objects;
 pub mod overrides;
+pub mod security;
 pub mod validate;
 pub mod values;
+pub mod yaml;
 
+pub use duration::Duration;
 pub use error::ConfigError;
 pub use inject_config::InjectConfigFile;
 pub use mesh::{MeshConfig, ProxyConfig};

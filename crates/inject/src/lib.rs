@@ -31,5 +31,6 @@ mod workload;
 pub use config::InjectConfig;
 pub use error::{FieldError, InjectError, Location, Warning};
 pub use pod::{Outcome, PROMETHEUS_ANNOTATIONS_ENV, SkipReason, inject_pod_template};
-pub use stream::{RawDocument, StreamOutput, inject_stream, split_documents, to_yaml};
+pub use api::yaml::{RawDocument, split_documents, to_yaml};
+pub use stream::{StreamOutput, inject_stream};
 pub use workload::{WorkloadMeta, template_path};
