@@ -7,6 +7,9 @@
 //!   out; the others are still injected.
 //! - [`inject_pod_template`] injects one pod template (`{metadata, spec}`), for the admission
 //!   webhook.
+//! - [`webhook::review`] answers an `admission.k8s.io/v1` AdmissionReview with a JSON Patch, and
+//!   [`injection_required`] is its selection logic (namespace labels, opt-outs), shared with
+//!   `ama up`.
 //!
 //! The added objects follow Istio's default injection template: an `istio-init` init container
 //! (`ama iptables …` with `istio-iptables`' flags) and an `istio-proxy` container
@@ -26,11 +29,13 @@ mod pod;
 pub mod probes;
 pub mod sidecar;
 mod stream;
+pub mod webhook;
 mod workload;
 
+pub use api::yaml::{RawDocument, split_documents, to_yaml};
 pub use config::InjectConfig;
 pub use error::{FieldError, InjectError, Location, Warning};
 pub use pod::{Outcome, PROMETHEUS_ANNOTATIONS_ENV, SkipReason, inject_pod_template};
-pub use api::yaml::{RawDocument, split_documents, to_yaml};
 pub use stream::{StreamOutput, inject_stream};
+pub use webhook::{injection_required, review};
 pub use workload::{WorkloadMeta, template_path};

@@ -20,8 +20,13 @@ use crate::sidecar::{
 };
 use crate::workload::WorkloadMeta;
 
-/// Namespaces Istio never injects into.
-const IGNORED_NAMESPACES: [&str; 2] = ["kube-system", "kube-public"];
+/// Namespaces Istio never injects into (its `IgnoredNamespaces`).
+pub const IGNORED_NAMESPACES: [&str; 4] = [
+    "kube-system",
+    "kube-public",
+    "kube-node-lease",
+    "local-path-storage",
+];
 
 /// Name of the proxy's environment variable holding the app's own Prometheus annotations.
 pub const PROMETHEUS_ANNOTATIONS_ENV: &str = "ISTIO_PROMETHEUS_ANNOTATIONS";
@@ -44,8 +49,16 @@ pub enum SkipReason {
     HostNetwork,
     /// It already has a sidecar (`sidecar.istio.io/status` or an `istio-proxy` container).
     AlreadyInjected,
-    /// Its namespace is one Istio never injects (`kube-system`, `kube-public`).
+    /// Its namespace is one Istio never injects ([`IGNORED_NAMESPACES`]).
     IgnoredNamespace,
+    /// Its namespace is the control plane's (`istio-system`): the webhook and `ama up` leave
+    /// the control plane alone.
+    ControlPlaneNamespace,
+    /// Neither its namespace (`istio-injection=enabled`, `istio.io/rev`) nor the pod (label
+    /// `sidecar.istio.io/inject: "true"`) asks for injection.
+    NotSelected,
+    /// The namespace or the pod names another control-plane revision (`istio.io/rev`).
+    OtherRevision,
 }
 
 impl SkipReason {
@@ -57,8 +70,19 @@ impl SkipReason {
                 Some("not injected: the pod uses the host network (hostNetwork: true)")
             }
             SkipReason::AlreadyInjected => Some("not injected: the pod already has a sidecar"),
-            SkipReason::IgnoredNamespace => {
-                Some("not injected: pods in kube-system and kube-public are never injected")
+            SkipReason::IgnoredNamespace => Some(
+                "not injected: pods in kube-system, kube-public, kube-node-lease and \
+                 local-path-storage are never injected",
+            ),
+            SkipReason::ControlPlaneNamespace => {
+                Some("not injected: the pod is in the control plane's namespace")
+            }
+            SkipReason::NotSelected => Some(
+                "not injected: neither the namespace (istio-injection=enabled, istio.io/rev) nor \
+                 the pod (label sidecar.istio.io/inject=true) asks for it",
+            ),
+            SkipReason::OtherRevision => {
+                Some("not injected: the pod belongs to another control-plane revision")
             }
         }
     }
