@@ -9,17 +9,21 @@
 //! - [`TrafficPolicy`]: per-host client policy (translated from DestinationRule);
 //! - [`Authorization`]: peer and request authorization (PeerAuthentication + AuthorizationPolicy).
 //!
-//! Today they arrive in a [`ProxyResources`] bundle read from a local file (YAML or JSON, camelCase
-//! field names like Istio's and ztunnel's YAML); the Delta-ADS transport will later carry the same
-//! types. [`ProxyResources::parse`] checks everything and reports each problem with its path
+//! They arrive in a [`ProxyResources`] bundle, read from a local file (YAML or JSON, camelCase
+//! field names like Istio's and ztunnel's YAML) or pushed by the control plane over Delta ADS
+//! ([`ads`], the same types as JSON in `Any`); [`ca`] is Istio's certificate service.
+//! [`ProxyResources::parse`] checks everything and reports each problem with its path
 //! (`services[2].ports[0].port: must be 1..65535`), so a bad push or file is rejected whole and the
 //! previous version stays in force.
 //!
-//! Pure: no I/O beyond [`ProxyResources::load`], which reads one file.
+//! The resource types are pure (no I/O beyond [`ProxyResources::load`], which reads one file);
+//! [`ads`] and [`ca`] are the network side.
 
 #![forbid(unsafe_code)]
 
+pub mod ads;
 mod authorization;
+pub mod ca;
 mod policy;
 mod resources;
 mod routes;
