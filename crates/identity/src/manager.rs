@@ -270,6 +270,43 @@ impl IdentityManager {
         }))
     }
 
+    /// A manager holding `first`, a certificate obtained elsewhere (Istio's file-mounted
+    /// `/etc/certs`), under `first`'s id. Renewal goes through `provider` only if
+    /// [`Self::spawn_rotation`] runs; a source that renews by itself hands its certificates over
+    /// with [`Self::install`].
+    pub fn from_certificate(
+        first: WorkloadCertificate,
+        provider: Arc<dyn CertificateProvider>,
+        options: RotationOptions,
+    ) -> Arc<Self> {
+        let first = Arc::new(first);
+        let (updates, _) = watch::channel(first.clone());
+        Arc::new(IdentityManager {
+            id: first.id().clone(),
+            provider,
+            options,
+            current: ArcSwap::new(first),
+            updates,
+            renewing: Mutex::new(()),
+        })
+    }
+
+    /// Puts `next` in force, as a rotation would: new handshakes use it, established connections
+    /// keep theirs. It must carry this manager's id.
+    pub fn install(&self, next: WorkloadCertificate) -> Result<Arc<WorkloadCertificate>, Error> {
+        if next.id() != &self.id {
+            return Err(Error::WrongIdentity {
+                expected: Box::new(self.id.clone()),
+                presented: Box::new(next.id().clone()),
+            });
+        }
+        let next = Arc::new(next);
+        self.current.store(next.clone());
+        self.updates.send_replace(next.clone());
+        tracing::info!(id = %self.id, serial = %next.serial_hex(), "workload certificate installed");
+        Ok(next)
+    }
+
     /// The workload's id.
     pub fn id(&self) -> &SpiffeId {
         &self.id

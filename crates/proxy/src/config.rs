@@ -171,6 +171,9 @@ pub struct ClusterEntry {
     pub endpoints: Arc<[SocketAddr]>,
     /// The workload behind each endpoint, when known (parallel to `endpoints`).
     pub peers: Arc<[Option<Arc<PeerInfo>>]>,
+    /// How to reach each endpoint with Istio mTLS; `None` for plaintext (parallel to
+    /// `endpoints`).
+    pub tls: Arc<[Option<Arc<crate::tls::PeerTls>>]>,
 }
 
 impl ServiceEntry {
@@ -296,6 +299,20 @@ impl Snapshot {
                                 .cloned()
                         })
                         .collect();
+                    let tls: Vec<_> = s
+                        .endpoints
+                        .iter()
+                        .zip(&peers)
+                        .map(|(ep, peer)| {
+                            crate::tls::PeerTls::for_endpoint(
+                                sp.port,
+                                "",
+                                &s.hostname,
+                                ep,
+                                peer.as_deref(),
+                            )
+                        })
+                        .collect();
                     let name = Arc::from(format!("outbound|{}||{}", sp.port, s.hostname));
                     (
                         sp.port,
@@ -303,6 +320,7 @@ impl Snapshot {
                             name,
                             endpoints: endpoints.into(),
                             peers: peers.into(),
+                            tls: tls.into(),
                         },
                     )
                 })

@@ -1,7 +1,7 @@
 //! Request and response headers a sidecar adds, continues or removes, as Envoy does in Istio:
 //! `x-request-id`, B3 and W3C trace context, `x-forwarded-proto`, `x-envoy-attempt-count`,
-//! `x-envoy-upstream-service-time`, `server`, hop-by-hop headers, and `x-envoy-*` headers from
-//! outside the mesh.
+//! `x-envoy-upstream-service-time`, `server`, hop-by-hop headers, `x-envoy-*` headers from
+//! outside the mesh, and `x-forwarded-client-cert` (XFCC) for mTLS peers.
 
 use std::time::Duration;
 
@@ -28,6 +28,8 @@ pub static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-envoy-upstream-service-time");
 /// `x-forwarded-for`.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `x-forwarded-client-cert`.
+pub static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// Returns the request's `x-request-id`, setting a new UUIDv4 when it has none (or an empty one).
 pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
@@ -263,6 +265,32 @@ pub fn set_forwarded_proto(headers: &mut HeaderMap, scheme: &'static str) {
     }
 }
 
+/// `x-forwarded-client-cert` as Envoy's `APPEND_FORWARD`, Istio's inbound setting: over mTLS,
+/// `element` (`By=…;Hash=…;Subject="";URI=…`) is appended to what the client sent, comma
+/// separated; without mTLS (`None`) the header is removed, since nobody vouches for it. The
+/// outbound side passes `None` as well: Envoy's default `SANITIZE` drops what the app sent.
+pub fn forward_client_cert(headers: &mut HeaderMap, element: Option<&HeaderValue>) {
+    let Some(element) = element else {
+        headers.remove(&X_FORWARDED_CLIENT_CERT);
+        return;
+    };
+    let mut sent = headers.get_all(&X_FORWARDED_CLIENT_CERT).iter().peekable();
+    if sent.peek().is_none() {
+        headers.insert(X_FORWARDED_CLIENT_CERT.clone(), element.clone());
+        return;
+    }
+    let mut joined = Vec::with_capacity(256);
+    for v in sent {
+        joined.extend_from_slice(v.as_bytes());
+        joined.push(b',');
+    }
+    joined.extend_from_slice(element.as_bytes());
+    // Both parts are valid header values and a comma is too, so this cannot fail.
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(X_FORWARDED_CLIENT_CERT.clone(), v);
+    }
+}
+
 /// Sets `x-envoy-attempt-count` (1 for the first try).
 pub fn set_attempt_count(headers: &mut HeaderMap, attempt: u32) {
     headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
@@ -290,6 +318,29 @@ pub fn decorate_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xfcc_append_forward() {
+        let element = HeaderValue::from_static("By=a;Hash=00;Subject=\"\";URI=b");
+        let mut h = HeaderMap::new();
+        forward_client_cert(&mut h, Some(&element));
+        assert_eq!(h[&X_FORWARDED_CLIENT_CERT], element);
+        let mut h = HeaderMap::new();
+        h.append(
+            &X_FORWARDED_CLIENT_CERT,
+            HeaderValue::from_static("By=x;URI=y"),
+        );
+        h.append(&X_FORWARDED_CLIENT_CERT, HeaderValue::from_static("By=z"));
+        forward_client_cert(&mut h, Some(&element));
+        assert_eq!(
+            h.get_all(&X_FORWARDED_CLIENT_CERT)
+                .iter()
+                .collect::<Vec<_>>(),
+            vec![r#"By=x;URI=y,By=z,By=a;Hash=00;Subject="";URI=b"#]
+        );
+        forward_client_cert(&mut h, None);
+        assert!(!h.contains_key(&X_FORWARDED_CLIENT_CERT));
+    }
 
     #[test]
     fn request_id_is_kept_or_made() {

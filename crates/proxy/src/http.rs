@@ -37,6 +37,7 @@ use crate::tcp::{ByteCounts, copy_bidirectional};
 use crate::telemetry::{
     MetricLabels, RequestProtocol, RequestRecord, ResponseFlags, SecurityPolicy, Telemetry,
 };
+use crate::tls::MeshPeer;
 
 /// Which side of the pod a connection came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,8 +57,10 @@ pub struct ConnCtx {
     pub client: ClientAddr,
     /// Where the client meant to go.
     pub orig_dst: OrigDstAddr,
-    /// TLS SNI, once TLS is terminated here (issue 4); `None` prints `-`.
+    /// TLS SNI, when mTLS was terminated here; `None` prints `-`.
     pub sni: Option<Arc<str>>,
+    /// The mTLS client, when mTLS was terminated here: principal and XFCC element.
+    pub peer: Option<MeshPeer>,
     /// Everything the proxy has.
     pub pi: Arc<ProxyInputs>,
 }
@@ -176,6 +179,14 @@ pub fn labels_for(
         Direction::Outbound => SecurityPolicy::Unknown,
         Direction::Inbound => SecurityPolicy::None,
     };
+    if let Some(peer) = &ctx.peer {
+        // Proven by the handshake: these win over what the addresses suggest.
+        l.source_principal = peer.principal.clone();
+        if let Some(tls) = &ctx.pi.tls {
+            l.destination_principal = tls.own_principal().clone();
+        }
+        l.connection_security_policy = SecurityPolicy::MutualTls;
+    }
     l
 }
 
@@ -479,9 +490,10 @@ async fn handle(
             headers::strip_envoy_headers(h);
         }
     }
+    headers::forward_client_cert(h, ctx.peer.as_ref().map(|p| &p.xfcc));
     let request_id = headers::ensure_request_id(h);
     headers::continue_trace(h, ctx.pi.cfg.trace_sampling);
-    headers::set_forwarded_proto(h, "http");
+    headers::set_forwarded_proto(h, if ctx.peer.is_some() { "https" } else { "http" });
 
     let mut log = Log {
         rec: None,
@@ -622,6 +634,7 @@ async fn handle(
                 endpoint: EndpointAddr(ep),
                 bind: target.bind,
                 http2: upstream_h2,
+                tls: ctx.pi.tls.as_ref().and_then(|_| target.tls_of(ep)),
             };
             let _in_flight = ctx.pi.load.start(ep);
             match ctx.pi.pool.send(key, upstream_req, upgrade).await {
@@ -662,9 +675,7 @@ async fn handle(
             if let Some((ep, err)) = failure {
                 let rec = log.rec();
                 rec.upstream_host = Some(ep);
-                if let PoolError::Connect(io) = &err {
-                    rec.upstream_transport_failure_reason = Some(io.to_string());
-                }
+                rec.upstream_transport_failure_reason = err.transport_failure_reason();
             }
             return Ok(reply.respond(&ctx, log));
         }
@@ -680,7 +691,11 @@ async fn handle(
         rec.upstream_local_address = Some(exchange.local_addr);
         rec.upstream_service_time = Some(service_time);
         if ctx.direction == Direction::Outbound {
-            rec.labels = Arc::new(labels_for(&ctx, &snap, Some(&target), target.peer_of(ep)));
+            let mut labels = labels_for(&ctx, &snap, Some(&target), target.peer_of(ep));
+            if let Some(server) = &exchange.peer {
+                labels.destination_principal = server.clone();
+            }
+            rec.labels = Arc::new(labels);
         }
     }
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;

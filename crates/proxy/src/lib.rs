@@ -27,6 +27,7 @@
 
 pub mod addr;
 pub mod admin;
+pub mod authn;
 pub mod balance;
 pub mod body;
 pub mod config;
@@ -45,6 +46,7 @@ pub mod sidecar;
 pub mod status;
 pub mod tcp;
 pub mod telemetry;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -52,6 +54,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::authn::PeerAuthn;
 use crate::balance::LoadTracker;
 use crate::config::{ConfigStore, ProxyConfig};
 use crate::drain::{DrainTrigger, DrainWatcher};
@@ -59,6 +62,7 @@ use crate::listener::Listener;
 use crate::orig_dst::OrigDstResolver;
 use crate::pool::{Pool, PoolConfig};
 use crate::telemetry::Telemetry;
+use crate::tls::MeshTls;
 
 /// Everything a listener, a connection and a request need, in one bundle.
 #[derive(Debug)]
@@ -73,26 +77,45 @@ pub struct ProxyInputs {
     pub pool: Pool,
     /// Requests in flight per endpoint and cluster.
     pub load: LoadTracker,
+    /// Our workload identity for mTLS; `None`: plaintext only (auto mTLS off).
+    pub tls: Option<Arc<MeshTls>>,
+    /// PeerAuthentication, resolved per snapshot.
+    pub peer_authn: PeerAuthn,
 }
 
 impl ProxyInputs {
-    /// Bundles the inputs, with a fresh pool and load tracker.
+    /// Bundles the inputs, with a fresh pool and load tracker, and no identity (plaintext).
     pub fn new(
         cfg: Arc<ProxyConfig>,
         store: Arc<ConfigStore>,
         telemetry: Telemetry,
     ) -> Arc<ProxyInputs> {
-        let pool = Pool::new(PoolConfig {
-            connect_timeout: cfg.connect_timeout,
-            idle_timeout: cfg.pool_idle_timeout,
-            max_idle_per_key: cfg.pool_max_idle_per_endpoint,
-        });
+        Self::with_tls(cfg, store, telemetry, None)
+    }
+
+    /// Bundles the inputs with the workload identity `tls` (mTLS to and from mesh peers).
+    pub fn with_tls(
+        cfg: Arc<ProxyConfig>,
+        store: Arc<ConfigStore>,
+        telemetry: Telemetry,
+        tls: Option<Arc<MeshTls>>,
+    ) -> Arc<ProxyInputs> {
+        let pool = Pool::with_tls(
+            PoolConfig {
+                connect_timeout: cfg.connect_timeout,
+                idle_timeout: cfg.pool_idle_timeout,
+                max_idle_per_key: cfg.pool_max_idle_per_endpoint,
+            },
+            tls.clone(),
+        );
         Arc::new(ProxyInputs {
             cfg,
             store,
             telemetry,
             pool,
             load: LoadTracker::default(),
+            tls,
+            peer_authn: PeerAuthn::default(),
         })
     }
 }

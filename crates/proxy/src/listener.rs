@@ -1,6 +1,7 @@
 //! Accepting captured connections: original destination, protocol detection, then the HTTP proxy
 //! or an opaque TCP copy. Shared by [`crate::outbound`] and [`crate::inbound`], which say which
-//! side they are and how to find the target.
+//! side they are and how to find the target; the inbound side first decides on mTLS
+//! ([`crate::inbound::handle`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,10 +16,11 @@ use crate::detect::{self, Detected, Rewind};
 use crate::drain::DrainWatcher;
 use crate::http::{self, ConnCtx, Direction, labels_for};
 use crate::orig_dst::OrigDstResolver;
-use crate::pool;
+use crate::pool::{self, PoolError, UpstreamTls};
 use crate::route::{self, Target};
 use crate::tcp::{ByteCounts, copy_bidirectional};
 use crate::telemetry::{ResponseFlags, TcpRecord};
+use crate::tls::{HandshakeError, tls_error_in};
 
 /// A bound capture listener.
 pub struct Listener {
@@ -98,6 +100,7 @@ impl Listener {
                 client,
                 orig_dst,
                 sni: None,
+                peer: None,
                 pi: self.pi.clone(),
             });
             tokio::spawn(handle_connection(ctx, stream, drain.clone()));
@@ -107,16 +110,16 @@ impl Listener {
 
 /// Detects the protocol of one accepted connection and proxies it.
 async fn handle_connection(ctx: Arc<ConnCtx>, mut stream: TcpStream, drain: DrainWatcher) {
+    if ctx.direction == Direction::Inbound {
+        return crate::inbound::handle(ctx, stream, drain).await;
+    }
     let start = SystemTime::now();
     let t0 = Instant::now();
     let snap = ctx.pi.store.load();
-    let declared_opaque = match ctx.direction {
-        Direction::Outbound => snap
-            .service_by_vip(ctx.orig_dst.get())
-            .and_then(|e| e.service.port(ctx.orig_dst.get().port()))
-            .is_some_and(|p| p.effective_protocol().is_opaque()),
-        Direction::Inbound => snap.inbound_protocol(ctx.orig_dst.get().port()).is_opaque(),
-    };
+    let declared_opaque = snap
+        .service_by_vip(ctx.orig_dst.get())
+        .and_then(|e| e.service.port(ctx.orig_dst.get().port()))
+        .is_some_and(|p| p.effective_protocol().is_opaque());
     let (detected, prefix) = if declared_opaque {
         (Detected::Opaque, bytes::Bytes::new())
     } else {
@@ -129,10 +132,27 @@ async fn handle_connection(ctx: Arc<ConnCtx>, mut stream: TcpStream, drain: Drai
         }
     };
     let io = Rewind::new(prefix, stream);
+    proxy_detected(ctx, io, detected, start, t0, drain).await;
+}
+
+/// Hands a connection whose protocol is known to the HTTP proxy or the opaque copy. `io` is
+/// the client's stream from its first byte (plaintext, or the inside of terminated mTLS);
+/// `start` and `t0` are when it was accepted.
+pub(crate) async fn proxy_detected<I>(
+    ctx: Arc<ConnCtx>,
+    io: I,
+    detected: Detected,
+    start: SystemTime,
+    t0: Instant,
+    drain: DrainWatcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     match detected {
         Detected::Http1 => http::serve(ctx, io, false, drain).await,
         Detected::Http2 => http::serve(ctx, io, true, drain).await,
         Detected::Tls | Detected::Opaque => {
+            let snap = ctx.pi.store.load();
             let target = match ctx.direction {
                 Direction::Outbound => route::outbound_tcp(&snap, &ctx.pi, ctx.orig_dst),
                 Direction::Inbound => route::inbound(&snap, &ctx.pi, ctx.orig_dst),
@@ -170,20 +190,36 @@ async fn forward_tcp<D>(
         return;
     };
     rec.upstream_host = Some(ep);
-    let labels = Arc::new(labels_for(ctx, &snap, Some(target), target.peer_of(ep)));
+    let mut labels = labels_for(ctx, &snap, Some(target), target.peer_of(ep));
     let _in_flight = ctx.pi.load.start(ep);
-    let (upstream, local) =
-        match pool::connect(EndpointAddr(ep), target.bind, ctx.pi.cfg.connect_timeout).await {
-            Ok(c) => c,
-            Err(e) => {
-                rec.response_flags = ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
-                rec.upstream_transport_failure_reason = Some(e.to_string());
-                rec.duration = t0.elapsed();
-                ctx.pi.telemetry.tcp_log(rec);
-                return;
-            }
-        };
-    rec.upstream_local_address = Some(local);
+    let peer_tls = ctx.pi.tls.as_ref().and_then(|_| target.tls_of(ep));
+    let tls = match (&ctx.pi.tls, &peer_tls) {
+        (Some(mesh), Some(peer)) => Some(UpstreamTls {
+            mesh,
+            peer,
+            protocol: identity::AppProtocol::Tcp,
+        }),
+        _ => None,
+    };
+    let timeout = ctx.pi.cfg.connect_timeout;
+    let (upstream, info) = match pool::connect(EndpointAddr(ep), target.bind, timeout, tls).await {
+        Ok(c) => c,
+        Err(e) => {
+            rec.response_flags = ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
+            rec.upstream_transport_failure_reason = Some(
+                e.transport_failure_reason()
+                    .unwrap_or_else(|| e.to_string()),
+            );
+            rec.duration = t0.elapsed();
+            ctx.pi.telemetry.tcp_log(rec);
+            return;
+        }
+    };
+    rec.upstream_local_address = Some(info.local);
+    if let Some(server) = &info.peer {
+        labels.destination_principal = server.clone();
+    }
+    let labels = Arc::new(labels);
     let conn = ctx.pi.telemetry.tcp_open(&labels);
     let counts = Arc::new(ByteCounts::default());
     let copy = copy_bidirectional(downstream, upstream, counts.clone());
@@ -197,7 +233,16 @@ async fn forward_tcp<D>(
     };
     let (sent, received) = counts.get();
     if let Err(e) = result {
-        rec.connection_termination_details = Some(e.to_string().into());
+        match tls_error_in(&e) {
+            // In TLS 1.3 a server that refuses our certificate says so on our first read.
+            Some(t) if info.peer.is_some() && received == 0 => {
+                rec.response_flags = ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
+                let refused = HandshakeError::Io(std::io::Error::other(t.clone()));
+                rec.upstream_transport_failure_reason =
+                    PoolError::Tls(refused).transport_failure_reason();
+            }
+            _ => rec.connection_termination_details = Some(e.to_string().into()),
+        }
     }
     conn.sent(sent);
     conn.received(received);

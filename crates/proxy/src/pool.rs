@@ -1,26 +1,33 @@
 //! Upstream connections: dialling, and pools of keep-alive HTTP/1 and multiplexed HTTP/2
 //! connections per endpoint.
 //!
-//! [`connect`] is the one place an upstream connection is made, for HTTP and opaque TCP alike;
-//! mTLS (issue 4) plugs in here. HTTP/1 connections go back to an idle list once their response
-//! is fully read (bounded per endpoint, closed after the idle timeout); an HTTP/2 connection is
-//! shared by all requests to its endpoint. A request that finds a pooled connection closed under
-//! it, before a byte was written, is sent again on a fresh one. No lock is held across I/O.
+//! [`connect`] is the one place an upstream connection is made, for HTTP and opaque TCP alike,
+//! plaintext or Istio mTLS ([`crate::tls`]): the pool key carries the endpoint's [`PeerTls`], so
+//! plaintext and mTLS connections (or mTLS connections expecting different identities) never
+//! share a slot. HTTP/1 connections go back to an idle list once their response is fully read
+//! (bounded per endpoint, closed after the idle timeout); an HTTP/2 connection is shared by all
+//! requests to its endpoint. A request that finds a pooled connection closed under it, before a
+//! byte was written, is sent again on a fresh one. No lock is held across I/O.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use identity::AppProtocol;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::addr::EndpointAddr;
 use crate::body::ProxyBody;
+use crate::tls::{HandshakeError, MeshTls, PeerTls, tls_error_in};
 
 /// Why an upstream exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +41,10 @@ pub enum PoolError {
     /// The HTTP handshake on a new connection failed: `UF`.
     #[error("protocol handshake failed: {0}")]
     Handshake(#[source] hyper::Error),
+    /// The mTLS handshake failed, or the server refused our certificate on the first exchange:
+    /// `UF`, with `upstream_transport_failure_reason`.
+    #[error("{0}")]
+    Tls(#[source] HandshakeError),
     /// The request was sent but no response came back (reset, closed): `UC`/`UR`.
     #[error("upstream reset: {0}")]
     Reset(#[source] hyper::Error),
@@ -44,14 +55,150 @@ impl PoolError {
     pub fn is_connect_failure(&self) -> bool {
         matches!(
             self,
-            PoolError::Connect(_) | PoolError::ConnectTimeout | PoolError::Handshake(_)
+            PoolError::Connect(_)
+                | PoolError::ConnectTimeout
+                | PoolError::Handshake(_)
+                | PoolError::Tls(_)
         )
+    }
+
+    /// `upstream_transport_failure_reason`, for failures below HTTP.
+    pub fn transport_failure_reason(&self) -> Option<String> {
+        match self {
+            PoolError::Connect(io) => Some(io.to_string()),
+            PoolError::Tls(e) => Some(e.failure_reason()),
+            _ => None,
+        }
+    }
+
+    /// An exchange on a fresh mTLS connection failed: a TLS alert means the server refused the
+    /// handshake (in TLS 1.3 the client learns that only on its first read), so it is a
+    /// connect failure; anything else is a reset.
+    fn on_fresh(error: hyper::Error, tls: bool) -> PoolError {
+        match tls_error_in(&error) {
+            Some(t) if tls => PoolError::Tls(HandshakeError::Io(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                t.clone(),
+            ))),
+            _ => PoolError::Reset(error),
+        }
     }
 }
 
-/// Dials `endpoint`, from `bind` when given (127.0.0.6 for the inbound path), with a timeout.
-/// Returns the stream and its local address.
+/// An upstream connection: plain TCP, or TCP inside Istio mTLS.
+#[derive(Debug)]
+pub enum UpstreamIo {
+    /// Plaintext.
+    Plain(TcpStream),
+    /// mTLS (boxed: the TLS state is a few KiB).
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, data),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Plain(s) => s.is_write_vectored(),
+            UpstreamIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// What is known about an upstream connection once it is up.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// Its local address (`upstream_local_address`).
+    pub local: SocketAddr,
+    /// The server's verified SPIFFE id, over mTLS (`destination_principal`).
+    pub peer: Option<Arc<str>>,
+}
+
+/// How to secure a new upstream connection: Istio mTLS with `peer`, speaking `protocol` inside.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamTls<'a> {
+    /// Our identity.
+    pub mesh: &'a MeshTls,
+    /// The endpoint's SNI and expected identity.
+    pub peer: &'a PeerTls,
+    /// What goes inside (selects the ALPN).
+    pub protocol: AppProtocol,
+}
+
+/// Dials `endpoint`, from `bind` when given (127.0.0.6 for the inbound path), within `timeout`,
+/// then runs the mTLS handshake when `tls` says so (within [`crate::tls::HANDSHAKE_TIMEOUT`]).
 pub async fn connect(
+    endpoint: EndpointAddr,
+    bind: Option<IpAddr>,
+    timeout: Duration,
+    tls: Option<UpstreamTls<'_>>,
+) -> Result<(UpstreamIo, ConnInfo), PoolError> {
+    let (stream, local) = connect_tcp(endpoint, bind, timeout).await?;
+    match tls {
+        None => Ok((UpstreamIo::Plain(stream), ConnInfo { local, peer: None })),
+        Some(t) => {
+            let (stream, peer) = t
+                .mesh
+                .connect(stream, t.peer, t.protocol)
+                .await
+                .map_err(PoolError::Tls)?;
+            let info = ConnInfo {
+                local,
+                peer: Some(peer),
+            };
+            Ok((UpstreamIo::Tls(Box::new(stream)), info))
+        }
+    }
+}
+
+async fn connect_tcp(
     endpoint: EndpointAddr,
     bind: Option<IpAddr>,
     timeout: Duration,
@@ -80,7 +227,7 @@ pub async fn connect(
 }
 
 /// Identifies a set of interchangeable upstream connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     /// The endpoint.
     pub endpoint: EndpointAddr,
@@ -88,6 +235,8 @@ pub struct PoolKey {
     pub bind: Option<IpAddr>,
     /// HTTP/2 (multiplexed) rather than HTTP/1.
     pub http2: bool,
+    /// Istio mTLS to this endpoint (`None`: plaintext). Cloning the key clones an `Arc`.
+    pub tls: Option<Arc<PeerTls>>,
 }
 
 /// A failed exchange; `request` is handed back when it was never written, so it can be retried.
@@ -122,6 +271,8 @@ pub struct Exchange {
     pub response: Response<Incoming>,
     /// The local address of the upstream connection (`upstream_local_address`).
     pub local_addr: SocketAddr,
+    /// The server's verified SPIFFE id, when the connection is mTLS.
+    pub peer: Option<Arc<str>>,
 }
 
 /// Pool settings.
@@ -137,18 +288,19 @@ pub struct PoolConfig {
 
 struct Idle {
     tx: http1::SendRequest<ProxyBody>,
-    local: SocketAddr,
+    info: ConnInfo,
     since: Instant,
 }
 
 #[derive(Clone)]
 struct Shared {
     tx: http2::SendRequest<ProxyBody>,
-    local: SocketAddr,
+    info: ConnInfo,
 }
 
 struct Inner {
     cfg: PoolConfig,
+    tls: Option<Arc<MeshTls>>,
     idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
     h2: Mutex<HashMap<PoolKey, Shared>>,
 }
@@ -171,11 +323,17 @@ impl std::fmt::Debug for Pool {
 const MAX_KEYS: usize = 4096;
 
 impl Pool {
-    /// An empty pool.
+    /// An empty pool without an identity: every connection is plaintext.
     pub fn new(cfg: PoolConfig) -> Pool {
+        Pool::with_tls(cfg, None)
+    }
+
+    /// An empty pool that dials keys with [`PoolKey::tls`] over mTLS as `tls`.
+    pub fn with_tls(cfg: PoolConfig, tls: Option<Arc<MeshTls>>) -> Pool {
         Pool {
             inner: Arc::new(Inner {
                 cfg,
+                tls,
                 idle: Mutex::default(),
                 h2: Mutex::default(),
             }),
@@ -208,6 +366,28 @@ impl Pool {
         }
     }
 
+    /// Dials a new connection for `key`, speaking `protocol` inside mTLS when the key says so.
+    async fn dial(
+        &self,
+        key: &PoolKey,
+        protocol: AppProtocol,
+    ) -> Result<(UpstreamIo, ConnInfo), PoolError> {
+        let tls = match (&key.tls, &self.inner.tls) {
+            (None, _) => None,
+            (Some(peer), Some(mesh)) => Some(UpstreamTls {
+                mesh,
+                peer,
+                protocol,
+            }),
+            (Some(_), None) => {
+                return Err(PoolError::Tls(HandshakeError::Io(io::Error::other(
+                    "mTLS requested but the proxy has no identity",
+                ))));
+            }
+        };
+        connect(key.endpoint, key.bind, self.inner.cfg.connect_timeout, tls).await
+    }
+
     fn checkout_h1(&self, key: &PoolKey) -> Option<Idle> {
         let mut map = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = map.get_mut(key)?;
@@ -228,13 +408,15 @@ impl Pool {
         while let Some(mut idle) = self.checkout_h1(&key) {
             match idle.tx.try_send_request(req).await {
                 Ok(response) => {
-                    if !upgrade {
-                        self.recycle_h1(key, idle.tx, idle.local);
-                    }
-                    return Ok(Exchange {
+                    let exchange = Exchange {
                         response,
-                        local_addr: idle.local,
-                    });
+                        local_addr: idle.info.local,
+                        peer: idle.info.peer.clone(),
+                    };
+                    if !upgrade {
+                        self.recycle_h1(key, idle.tx, idle.info);
+                    }
+                    return Ok(exchange);
                 }
                 Err(mut e) => match e.take_message() {
                     // Closed under us before anything was written: try the next one.
@@ -243,11 +425,10 @@ impl Pool {
                 },
             }
         }
-        let (stream, local) =
-            match connect(key.endpoint, key.bind, self.inner.cfg.connect_timeout).await {
-                Ok(c) => c,
-                Err(e) => return Err(SendError::unsent(e, req)),
-            };
+        let (stream, info) = match self.dial(&key, AppProtocol::Http1).await {
+            Ok(c) => c,
+            Err(e) => return Err(SendError::unsent(e, req)),
+        };
         let (mut tx, conn) = match http1::Builder::new().handshake(TokioIo::new(stream)).await {
             Ok(h) => h,
             Err(e) => return Err(SendError::unsent(PoolError::Handshake(e), req)),
@@ -257,21 +438,24 @@ impl Pool {
                 tracing::debug!(error = %e, "upstream http/1 connection ended");
             }
         });
+        let tls = key.tls.is_some();
         let response = tx
             .send_request(req)
             .await
-            .map_err(|e| SendError::sent(PoolError::Reset(e)))?;
-        if !upgrade {
-            self.recycle_h1(key, tx, local);
-        }
-        Ok(Exchange {
+            .map_err(|e| SendError::sent(PoolError::on_fresh(e, tls)))?;
+        let exchange = Exchange {
             response,
-            local_addr: local,
-        })
+            local_addr: info.local,
+            peer: info.peer.clone(),
+        };
+        if !upgrade {
+            self.recycle_h1(key, tx, info);
+        }
+        Ok(exchange)
     }
 
     /// Puts an HTTP/1 connection back once its current response has been read to the end.
-    fn recycle_h1(&self, key: PoolKey, mut tx: http1::SendRequest<ProxyBody>, local: SocketAddr) {
+    fn recycle_h1(&self, key: PoolKey, mut tx: http1::SendRequest<ProxyBody>, info: ConnInfo) {
         let pool = self.clone();
         tokio::spawn(async move {
             if tx.ready().await.is_err() {
@@ -289,7 +473,7 @@ impl Pool {
             if list.len() < pool.inner.cfg.max_idle_per_key {
                 list.push(Idle {
                     tx,
-                    local,
+                    info,
                     since: Instant::now(),
                 });
             }
@@ -319,7 +503,8 @@ impl Pool {
                     Ok(response) => {
                         return Ok(Exchange {
                             response,
-                            local_addr: shared.local,
+                            local_addr: shared.info.local,
+                            peer: shared.info.peer,
                         });
                     }
                     Err(mut e) => match e.take_message() {
@@ -333,11 +518,10 @@ impl Pool {
                 map.remove(&key);
             }
         }
-        let (stream, local) =
-            match connect(key.endpoint, key.bind, self.inner.cfg.connect_timeout).await {
-                Ok(c) => c,
-                Err(e) => return Err(SendError::unsent(e, req)),
-            };
+        let (stream, info) = match self.dial(&key, AppProtocol::Http2).await {
+            Ok(c) => c,
+            Err(e) => return Err(SendError::unsent(e, req)),
+        };
         let handshake = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
@@ -352,7 +536,8 @@ impl Pool {
                 tracing::debug!(error = %e, "upstream http/2 connection ended");
             }
         });
-        let mut shared = Shared { tx, local };
+        let tls = key.tls.is_some();
+        let mut shared = Shared { tx, info };
         {
             let mut map = self.inner.h2.lock().unwrap_or_else(|e| e.into_inner());
             if map.len() >= MAX_KEYS {
@@ -361,16 +546,21 @@ impl Pool {
             map.insert(key, shared.clone());
         }
         if let Err(e) = shared.tx.ready().await {
-            return Err(SendError::unsent(PoolError::Handshake(e), req));
+            let error = match PoolError::on_fresh(e, tls) {
+                PoolError::Reset(e) => PoolError::Handshake(e),
+                tls_error => tls_error,
+            };
+            return Err(SendError::unsent(error, req));
         }
         let response = shared
             .tx
             .send_request(req)
             .await
-            .map_err(|e| SendError::sent(PoolError::Reset(e)))?;
+            .map_err(|e| SendError::sent(PoolError::on_fresh(e, tls)))?;
         Ok(Exchange {
             response,
-            local_addr: local,
+            local_addr: shared.info.local,
+            peer: shared.info.peer,
         })
     }
 }

@@ -15,6 +15,7 @@ use xds::{HttpRouteMatch, LbPolicy, RouteDestination, ServicePort};
 use crate::ProxyInputs;
 use crate::addr::OrigDstAddr;
 use crate::config::{PeerInfo, ServiceEntry, Snapshot};
+use crate::tls::PeerTls;
 
 /// A resolved upstream.
 #[derive(Debug, Clone)]
@@ -25,6 +26,8 @@ pub struct Target {
     pub endpoints: Arc<[SocketAddr]>,
     /// The workload of each endpoint, when known (parallel to `endpoints`).
     pub peers: Arc<[Option<Arc<PeerInfo>>]>,
+    /// Istio mTLS settings of each endpoint, `None` for plaintext (parallel to `endpoints`).
+    pub tls: Arc<[Option<Arc<PeerTls>>]>,
     /// How to choose.
     pub lb_policy: LbPolicy,
     /// Source address to dial from.
@@ -57,6 +60,12 @@ impl Target {
         let i = self.endpoints.iter().position(|a| *a == addr)?;
         self.peers.get(i).cloned().flatten()
     }
+
+    /// How to reach endpoint `addr` with mTLS, or `None` for plaintext.
+    pub fn tls_of(&self, addr: SocketAddr) -> Option<Arc<PeerTls>> {
+        let i = self.endpoints.iter().position(|a| *a == addr)?;
+        self.tls.get(i).cloned().flatten()
+    }
 }
 
 /// Why no upstream could be chosen.
@@ -76,6 +85,7 @@ pub fn passthrough(orig_dst: OrigDstAddr, host: Option<&str>) -> Target {
         cluster: Arc::from("PassthroughCluster"),
         endpoints: Arc::from([orig_dst.get()]),
         peers: Arc::from([None]),
+        tls: Arc::from([None]),
         lb_policy: LbPolicy::RoundRobin,
         bind: None,
         http2: false,
@@ -108,6 +118,7 @@ fn cluster_target(pi: &ProxyInputs, entry: &ServiceEntry, sp: &ServicePort) -> O
         cluster: cluster.name.clone(),
         endpoints: cluster.endpoints.clone(),
         peers: cluster.peers.clone(),
+        tls: cluster.tls.clone(),
         lb_policy: entry.lb_policy,
         bind: None,
         http2: proto.is_http2(),
@@ -228,6 +239,7 @@ pub fn inbound(snap: &Snapshot, pi: &ProxyInputs, orig_dst: OrigDstAddr) -> Targ
         cluster: Arc::from(format!("inbound|{port}||")),
         endpoints: Arc::from([dst]),
         peers: Arc::from([Some(snap.me_info.clone())]),
+        tls: Arc::from([None]),
         lb_policy: LbPolicy::RoundRobin,
         bind: Some(pi.cfg.inbound_bind),
         http2: proto.is_http2(),

@@ -12,8 +12,11 @@ use crate::validate::ValidationErrors;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum MtlsMode {
-    /// Accept mTLS and plaintext (Istio's default).
+    /// Inherit from the parent: port → workload → namespace → mesh; PERMISSIVE when nothing
+    /// sets a mode (Istio's `UNSET`).
     #[default]
+    Unset,
+    /// Accept mTLS and plaintext (Istio's default).
     Permissive,
     /// mTLS only.
     Strict,
@@ -25,10 +28,10 @@ pub enum MtlsMode {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PeerAuthentication {
-    /// Workload-wide mode.
+    /// Workload-wide mode; `UNSET` inherits the namespace's (then the mesh's).
     #[serde(default)]
     pub mode: MtlsMode,
-    /// Per-port overrides.
+    /// Per-port overrides, by the workload's (container) port; `UNSET` inherits `mode`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub port_level_mtls: BTreeMap<u16, MtlsMode>,
 }
