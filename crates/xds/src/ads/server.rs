@@ -90,6 +90,12 @@ pub struct TypeStatus {
     pub pending: bool,
     /// Resources of this type the proxy holds as of the last ACK.
     pub resources: usize,
+    /// Responses sent on this stream.
+    pub pushes: u64,
+    /// Resources (changed or added) sent on this stream, over all responses.
+    pub resources_sent: u64,
+    /// Removals sent on this stream, over all responses.
+    pub removals_sent: u64,
 }
 
 /// One connected proxy.
@@ -197,54 +203,78 @@ impl AggregatedDiscoveryService for AdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let peer = request.remote_addr();
-        let mut inbound = request.into_inner();
-        let first = tokio::time::timeout(
-            self.shared.options.first_request_timeout,
-            inbound.message(),
-        )
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
+        // The response starts at once: a client may wait for its headers before sending the
+        // first request. Errors in that request end the stream with their status.
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            match accept(&shared, peer, inbound, tx.clone()).await {
+                Ok((stream, first, inbound, snapshots)) => {
+                    stream.run(first, inbound, snapshots).await
+                }
+                Err(status) => {
+                    tracing::debug!(?peer, %status, "ADS stream refused");
+                    let _ = tx.send(Err(status)).await;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+type Accepted = (
+    ProxyStream,
+    DeltaDiscoveryRequest,
+    Streaming<DeltaDiscoveryRequest>,
+    watch::Receiver<Arc<ProxyResources>>,
+);
+
+/// Reads the first request, asks the source for the node's snapshots and registers the stream.
+async fn accept(
+    shared: &Arc<Shared>,
+    peer: Option<SocketAddr>,
+    mut inbound: Streaming<DeltaDiscoveryRequest>,
+    out: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+) -> Result<Accepted, Status> {
+    let first = tokio::time::timeout(shared.options.first_request_timeout, inbound.message())
         .await
         .map_err(|_| Status::deadline_exceeded("no request on the new stream"))??
         .ok_or_else(|| Status::cancelled("stream closed before its first request"))?;
-        let node = first
-            .node
-            .clone()
-            .ok_or_else(|| Status::invalid_argument("the first request must carry the node"))?;
-        if node.id.is_empty() {
-            return Err(Status::invalid_argument("the node has no id"));
-        }
-        let snapshots = self.shared.source.watch(&node)?;
-        let connection = self.shared.next_connection.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut proxies = self
-                .shared
-                .proxies
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            proxies.insert(
-                connection,
-                ProxyStatus {
-                    connection,
-                    node_id: node.id.clone(),
-                    peer,
-                    connected_at: SystemTime::now(),
-                    types: BTreeMap::new(),
-                },
-            );
-        }
-        tracing::info!(proxy = %node.id, connection, ?peer, "ADS stream opened");
-        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
-        let stream = ProxyStream {
-            connection,
-            node_id: node.id,
-            shared: self.shared.clone(),
-            out: tx,
-            snapshot: EncodedSnapshot::default(),
-            types: BTreeMap::new(),
-            nonces: 0,
-        };
-        tokio::spawn(stream.run(first, inbound, snapshots));
-        Ok(Response::new(ReceiverStream::new(rx)))
+    let node = first
+        .node
+        .clone()
+        .ok_or_else(|| Status::invalid_argument("the first request must carry the node"))?;
+    if node.id.is_empty() {
+        return Err(Status::invalid_argument("the node has no id"));
     }
+    let snapshots = shared.source.watch(&node)?;
+    let connection = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+    shared
+        .proxies
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(
+            connection,
+            ProxyStatus {
+                connection,
+                node_id: node.id.clone(),
+                peer,
+                connected_at: SystemTime::now(),
+                types: BTreeMap::new(),
+            },
+        );
+    tracing::info!(proxy = %node.id, connection, ?peer, "ADS stream opened");
+    let stream = ProxyStream {
+        connection,
+        node_id: node.id,
+        shared: shared.clone(),
+        out,
+        snapshot: EncodedSnapshot::default(),
+        types: BTreeMap::new(),
+        nonces: 0,
+    };
+    Ok((stream, first, inbound, snapshots))
 }
 
 /// A response sent and not yet ACKed or NACKed.
@@ -511,10 +541,14 @@ impl ProxyStream {
                 nonce,
                 ..DeltaDiscoveryResponse::default()
             };
+            let (sent, removals) = (response.resources.len(), response.removed_resources.len());
             self.shared.update(self.connection, |p| {
                 let t = p.types.entry(ty).or_default();
                 t.sent = Some(version);
                 t.pending = true;
+                t.pushes += 1;
+                t.resources_sent += sent as u64;
+                t.removals_sent += removals as u64;
             });
             self.out.send(Ok(response)).await.map_err(|_| Stop::Gone)?;
         }
