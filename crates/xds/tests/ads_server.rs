@@ -7,7 +7,9 @@ mod ads_common;
 use std::collections::{BTreeMap, HashMap};
 
 use ads_common::{RawStream, ServerProcess, Source, mesh, names, node, versions};
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+};
 use xds::ads::ResourceType;
 use xds::ads::codec::{AnyResource, version_of};
 
@@ -85,7 +87,9 @@ async fn a_change_pushes_only_the_changed_resource_and_a_removal_its_name() {
     ack_all(&s, &rs).await;
 
     let mut next = mesh(3);
-    next.workloads[1].labels.insert("version".into(), "v2".into());
+    next.workloads[1]
+        .labels
+        .insert("version".into(), "v2".into());
     source.set(None, next.clone());
     let r = s.next().await;
     assert_eq!(r.type_url, ResourceType::Workload.type_url());
@@ -150,7 +154,9 @@ async fn a_nack_is_recorded_and_the_rejected_resource_is_sent_again_with_the_nex
 
     // The next change carries the new resource and the one the proxy still lacks.
     let mut next = bad;
-    next.workloads[1].labels.insert("version".into(), "v2".into());
+    next.workloads[1]
+        .labels
+        .insert("version".into(), "v2".into());
     source.set(None, next);
     let r = s.next().await;
     assert_eq!(names(&r), ["w1", "w2"]);
@@ -246,13 +252,7 @@ async fn a_reconnecting_proxy_gets_only_what_differs_from_its_initial_versions()
 async fn explicit_names_get_only_those_and_unsubscribe_drops_them() {
     let source = Source::fixed(mesh(3));
     let server = ServerProcess::start(source.clone());
-    let mut s = RawStream::open(
-        server.addr,
-        node("pod-1", 1),
-        &[],
-        &BTreeMap::new(),
-    )
-    .await;
+    let mut s = RawStream::open(server.addr, node("pod-1", 1), &[], &BTreeMap::new()).await;
     s.send(DeltaDiscoveryRequest {
         node: Some(node("pod-1", 1)),
         type_url: ResourceType::Workload.type_url().to_string(),
@@ -308,7 +308,12 @@ async fn status_lists_connected_proxies_and_forgets_closed_streams() {
     server
         .wait_status(&b.id, |p| p.types.values().all(|t| t.acked.is_some()))
         .await;
-    let ids: Vec<String> = server.server.status().into_iter().map(|p| p.node_id).collect();
+    let ids: Vec<String> = server
+        .server
+        .status()
+        .into_iter()
+        .map(|p| p.node_id)
+        .collect();
     assert_eq!(ids, [a.id.clone(), b.id.clone()]);
     drop(sa);
     for _ in 0..500 {
@@ -317,7 +322,12 @@ async fn status_lists_connected_proxies_and_forgets_closed_streams() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    let ids: Vec<String> = server.server.status().into_iter().map(|p| p.node_id).collect();
+    let ids: Vec<String> = server
+        .server
+        .status()
+        .into_iter()
+        .map(|p| p.node_id)
+        .collect();
     assert_eq!(ids, [b.id]);
 }
 

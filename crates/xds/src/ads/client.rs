@@ -238,8 +238,8 @@ impl AdsClient {
             Ok(c) => c,
             Err(e) => return e.into(),
         };
-        let mut grpc =
-            AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE_SIZE);
+        let mut grpc = AggregatedDiscoveryServiceClient::new(channel)
+            .max_decoding_message_size(MAX_RESPONSE_SIZE);
         let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
         for (i, ty) in ResourceType::ALL.into_iter().enumerate() {
             let initial_resource_versions = self
@@ -263,7 +263,10 @@ impl AdsClient {
                 return ClientError::Closed;
             }
         }
-        let mut inbound = match grpc.delta_aggregated_resources(ReceiverStream::new(rx)).await {
+        let mut inbound = match grpc
+            .delta_aggregated_resources(ReceiverStream::new(rx))
+            .await
+        {
             Ok(r) => r.into_inner(),
             Err(status) => return status.into(),
         };
@@ -299,7 +302,11 @@ impl AdsClient {
                         if let Some(ty) = ResourceType::from_type_url(&response.type_url) {
                             unanswered.remove(&ty);
                         }
-                        replies.push(self.reject(&response.type_url, response.nonce, e.to_string()));
+                        replies.push(self.reject(
+                            &response.type_url,
+                            response.nonce,
+                            e.to_string(),
+                        ));
                     }
                 }
             }
@@ -317,7 +324,11 @@ impl AdsClient {
 
     /// Applies `updates` together: ACKs them all if `apply` accepts the result, else NACKs them
     /// all and keeps the previous resources.
-    fn apply_updates<F>(&mut self, updates: Vec<Update>, apply: &mut F) -> Vec<DeltaDiscoveryRequest>
+    fn apply_updates<F>(
+        &mut self,
+        updates: Vec<Update>,
+        apply: &mut F,
+    ) -> Vec<DeltaDiscoveryRequest>
     where
         F: FnMut(ProxyResources) -> Result<(), String> + Send,
     {

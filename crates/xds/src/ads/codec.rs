@@ -310,7 +310,9 @@ impl EncodedSnapshot {
             };
             let map = snap.types.entry(ty).or_default();
             if map.contains_key(&name) {
-                problems.push(format!("{ty} {name:?}: duplicate name; the first one is sent"));
+                problems.push(format!(
+                    "{ty} {name:?}: duplicate name; the first one is sent"
+                ));
                 continue;
             }
             map.insert(name, encoded);
@@ -442,7 +444,10 @@ authorizations:
             value: b"{\"uid\": 3}".to_vec(),
         };
         let err = AnyResource::decode(ResourceType::Workload, "w1", &any).expect_err("bad");
-        assert!(err.to_string().starts_with("Workload \"w1\": invalid type"), "{err}");
+        assert!(
+            err.to_string().starts_with("Workload \"w1\": invalid type"),
+            "{err}"
+        );
         let err = AnyResource::decode(ResourceType::Service, "w1", &any).expect_err("bad");
         assert!(err.to_string().contains("body has type"), "{err}");
         let (snap, _) = EncodedSnapshot::encode(&sample());

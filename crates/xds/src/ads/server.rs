@@ -359,7 +359,9 @@ impl ProxyStream {
         if let Stop::SourceClosed = stop {
             let _ = self
                 .out
-                .send(Err(Status::unavailable("the control plane dropped this proxy")))
+                .send(Err(Status::unavailable(
+                    "the control plane dropped this proxy",
+                )))
                 .await;
         }
         self.shared

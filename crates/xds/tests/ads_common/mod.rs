@@ -176,12 +176,8 @@ impl Drop for ServerProcess {
 
 /// A sidecar's node for pod `pod` in `default`.
 pub fn node(pod: &str, ip: u8) -> Node {
-    ProxyId::sidecar(
-        std::net::IpAddr::from([10, 0, 0, ip]),
-        pod,
-        "default",
-    )
-    .to_node(&BTreeMap::new())
+    ProxyId::sidecar(std::net::IpAddr::from([10, 0, 0, ip]), pod, "default")
+        .to_node(&BTreeMap::new())
 }
 
 /// A Delta stream driven by hand, for protocol-level checks.
