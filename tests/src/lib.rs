@@ -10,6 +10,8 @@
 //! default route through the bridge. Pod addresses are `10.244.0.0/24`; Service VIPs live in
 //! `10.96.0.0/16` and exist only as routes inside the pods.
 
+pub mod kubernetes_validate;
+
 use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};

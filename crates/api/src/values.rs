@@ -6,11 +6,12 @@
 //! `ama` binary, so the defaults are `global.hub: docker.io/ama`, `global.proxy.image: proxy` and
 //! `global.tag:` this crate's version, giving `docker.io/ama/proxy:<version>`. As in Istio, an
 //! image that contains `/` is taken as a full reference and `hub`/`tag` are not applied.
-//! Unknown fields are accepted and ignored: a real Istio values file has hundreds.
+//! Unknown fields are accepted and ignored: a real Istio values file has hundreds. The values
+//! serialise back under the same names (the `values` key `ama manifest generate` writes).
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::ConfigError;
 use crate::validate::{CidrList, PortList, parse_quantity};
@@ -23,7 +24,7 @@ pub const DEFAULT_PROXY_IMAGE: &str = "proxy";
 pub const DEFAULT_TAG: &str = env!("CARGO_PKG_VERSION");
 
 /// Istio values used by injection.
-#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
 #[serde(default, rename_all = "camelCase")]
 pub struct Values {
     /// `global.*`
@@ -36,7 +37,7 @@ pub struct Values {
 }
 
 /// `global.*`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct Global {
     /// Registry of the proxy image.
@@ -46,6 +47,7 @@ pub struct Global {
     #[serde(deserialize_with = "scalar_string")]
     pub tag: String,
     /// `imagePullPolicy` of the injected containers (unset: Kubernetes' default).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<String>,
     /// Secrets added to the pod's `imagePullSecrets`.
     pub image_pull_secrets: Vec<String>,
@@ -88,7 +90,7 @@ impl Default for Global {
 }
 
 /// `global.multiCluster.*`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct MultiCluster {
     /// Cluster id given to proxies.
@@ -104,7 +106,7 @@ impl Default for MultiCluster {
 }
 
 /// `global.logging.*`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Logging {
     /// Agent log levels, `scope:level,…`.
@@ -120,7 +122,7 @@ impl Default for Logging {
 }
 
 /// `global.sds.*`
-#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
 #[serde(default)]
 pub struct Sds {
     /// `token.*`
@@ -128,7 +130,7 @@ pub struct Sds {
 }
 
 /// `global.sds.token.*`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct SdsToken {
     /// Audience of the service-account token the proxy presents to the CA.
@@ -144,7 +146,7 @@ impl Default for SdsToken {
 }
 
 /// `global.proxy.*`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct Proxy {
     /// Image name (joined with hub and tag) or full reference (contains `/`).
@@ -207,7 +209,7 @@ impl Default for Proxy {
 }
 
 /// Container resources: quantities by resource name.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Resources {
     /// `requests`
@@ -234,7 +236,7 @@ impl Default for Resources {
 }
 
 /// `sidecarInjectorWebhook.*`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct SidecarInjectorWebhook {
     /// Rewrite app probes to go through the proxy's status port (default true).

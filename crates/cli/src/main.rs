@@ -21,6 +21,8 @@ enum Command {
     KubeInject(cmd::kube_inject::Args),
     /// Install the traffic-capture rules of a pod (like `istio-iptables`).
     Iptables(cmd::iptables::Args),
+    /// Print the install manifests: CRDs, control plane, webhook (like `istioctl manifest`).
+    Manifest(cmd::manifest::Args),
     /// Run the data plane (`ama proxy sidecar`: the istio-proxy container).
     Proxy(cmd::proxy::Args),
 }
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::KubeInject(args) => cmd::kube_inject::run(args),
         Command::Iptables(args) => cmd::iptables::run(args),
+        Command::Manifest(args) => cmd::manifest::run(args),
         Command::Proxy(args) => cmd::proxy::run(args),
     };
     match result {

@@ -2,4 +2,5 @@
 
 pub mod iptables;
 pub mod kube_inject;
+pub mod manifest;
 pub mod proxy;
