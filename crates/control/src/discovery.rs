@@ -1,0 +1,402 @@
+//! The discovery server: what `ama discovery` runs.
+//!
+//! - Delta ADS over plaintext gRPC (Istio's 15010; 15012 with TLS and the CA comes later),
+//!   served by [`xds::ads::AdsServer`] from the [`Pusher`]'s snapshots.
+//! - The monitoring port (Istio's 15014), HTTP/1:
+//!   - `GET /ready`: 200 once the config directory was read and a model built, else 503;
+//!   - `GET /debug/syncz`: JSON, each connected proxy with, per resource type, the versions sent,
+//!     ACKed and NACKed (with the proxy's reason), from [`xds::ads::AdsServer::status`];
+//!   - `GET /debug/config_errors`: JSON, the documents of the config directory left out, and
+//!     what the model could not use;
+//!   - `GET /metrics`: Prometheus text (push times, pushes, connected proxies).
+//!
+//! [`Discovery::start`] reads the directory and builds the first model before it listens, so
+//! the first proxy gets a full config. [`Discovery::shutdown`] stops accepting, ends the proxies'
+//! streams (they keep their config and reconnect elsewhere) and waits for the tasks.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::registry::Registry;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use xds::ads::{AdsServer, ProxyStatus};
+
+use crate::push::{PushOptions, Pusher};
+use crate::registry::ConfigStore;
+use crate::registry::file::{FileRegistry, POLL_INTERVAL, RegistryError};
+
+/// Istio's plaintext xDS port.
+pub const GRPC_PORT: u16 = 15010;
+/// Istio's monitoring port.
+pub const MONITORING_PORT: u16 = 15014;
+/// How long [`Discovery::shutdown`] waits for connections to close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long a monitoring client may take to send its request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct DiscoveryOptions {
+    /// The directory of YAML (file registry).
+    pub config_dir: PathBuf,
+    /// Where Delta ADS listens (`0.0.0.0:15010`).
+    pub grpc_addr: SocketAddr,
+    /// Where `/ready`, `/debug/syncz` and `/metrics` listen (`0.0.0.0:15014`).
+    pub monitoring_addr: SocketAddr,
+    /// How often the directory is polled.
+    pub poll_interval: Duration,
+    /// Debounce of pushes.
+    pub push: PushOptions,
+}
+
+impl DiscoveryOptions {
+    /// Istio's ports on all interfaces, default polling and debounce.
+    pub fn new(config_dir: impl Into<PathBuf>) -> DiscoveryOptions {
+        DiscoveryOptions {
+            config_dir: config_dir.into(),
+            grpc_addr: SocketAddr::from(([0, 0, 0, 0], GRPC_PORT)),
+            monitoring_addr: SocketAddr::from(([0, 0, 0, 0], MONITORING_PORT)),
+            poll_interval: POLL_INTERVAL,
+            push: PushOptions::default(),
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// The config directory cannot be used.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A port could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which server.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A startup task failed.
+    #[error("startup: {0}")]
+    Startup(String),
+}
+
+/// A running discovery server.
+#[derive(Debug)]
+pub struct Discovery {
+    grpc_addr: SocketAddr,
+    monitoring_addr: SocketAddr,
+    pusher: Arc<Pusher>,
+    registry: Arc<FileRegistry>,
+    ads: AdsServer,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// What the monitoring server reads.
+struct Monitoring {
+    pusher: Arc<Pusher>,
+    registry: Arc<FileRegistry>,
+    ads: AdsServer,
+    metrics: Registry,
+}
+
+impl Discovery {
+    /// Reads the config directory, builds the first model, and starts serving.
+    pub async fn start(options: DiscoveryOptions) -> Result<Discovery, DiscoveryError> {
+        let (store, mut changes) = ConfigStore::new();
+        let registry = Arc::new(FileRegistry::new(&options.config_dir, Arc::clone(&store))?);
+        let mut metrics = Registry::default();
+        let pusher = Arc::new(Pusher::new(store, options.push, &mut metrics));
+        let (report, changes) = {
+            let registry = Arc::clone(&registry);
+            let pusher = Arc::clone(&pusher);
+            tokio::task::spawn_blocking(move || {
+                let report = registry.scan();
+                // The first push carries the first scan: its queued changes are spent.
+                while changes.try_recv().is_ok() {}
+                pusher.push(None, report.changed.len());
+                (report, changes)
+            })
+            .await
+            .map_err(|e| DiscoveryError::Startup(e.to_string()))?
+        };
+        tracing::info!(
+            "config {}: {} files read, {} documents left out",
+            options.config_dir.display(),
+            report.changed.len(),
+            report.errors.len()
+        );
+
+        let bind = |what, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| DiscoveryError::Bind { what, addr, source })
+        };
+        let grpc = bind("gRPC", options.grpc_addr).await?;
+        let monitoring = bind("monitoring", options.monitoring_addr).await?;
+        let local = |l: &TcpListener, what, addr| {
+            l.local_addr()
+                .map_err(|source| DiscoveryError::Bind { what, addr, source })
+        };
+        let grpc_addr = local(&grpc, "gRPC", options.grpc_addr)?;
+        let monitoring_addr = local(&monitoring, "monitoring", options.monitoring_addr)?;
+
+        let shutdown = CancellationToken::new();
+        let ads = AdsServer::new(Arc::clone(&pusher) as Arc<dyn xds::ads::SnapshotSource>);
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(
+            Arc::clone(&registry).run(options.poll_interval, shutdown.clone()),
+        ));
+        tasks.push(tokio::spawn(
+            Arc::clone(&pusher).run(changes, shutdown.clone()),
+        ));
+        {
+            let service = ads.service();
+            let stop = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                let incoming = tonic::transport::server::TcpIncoming::from(grpc);
+                let result = tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                    .await;
+                if let Err(e) = result {
+                    tracing::error!("gRPC server: {e}");
+                }
+            }));
+        }
+        let state = Arc::new(Monitoring {
+            pusher: Arc::clone(&pusher),
+            registry: Arc::clone(&registry),
+            ads: ads.clone(),
+            metrics,
+        });
+        tasks.push(tokio::spawn(serve_monitoring(
+            monitoring,
+            state,
+            shutdown.clone(),
+        )));
+        tracing::info!("discovery: Delta ADS on {grpc_addr}, monitoring on {monitoring_addr}");
+        Ok(Discovery {
+            grpc_addr,
+            monitoring_addr,
+            pusher,
+            registry,
+            ads,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Where Delta ADS listens.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Where the monitoring server listens.
+    pub fn monitoring_addr(&self) -> SocketAddr {
+        self.monitoring_addr
+    }
+
+    /// The pusher (model, push stats).
+    pub fn pusher(&self) -> &Arc<Pusher> {
+        &self.pusher
+    }
+
+    /// The file registry (for `apply`).
+    pub fn registry(&self) -> &Arc<FileRegistry> {
+        &self.registry
+    }
+
+    /// The ADS server (connected proxies).
+    pub fn ads(&self) -> &AdsServer {
+        &self.ads
+    }
+
+    /// A token that stops the server when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops: no new connections, proxies' streams end, tasks are awaited (those still running
+    /// after a grace period are aborted).
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.pusher.close();
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        for mut task in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+        tracing::info!("discovery stopped");
+    }
+}
+
+async fn serve_monitoring(listener: TcpListener, state: Arc<Monitoring>, stop: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("monitoring accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let state = Arc::clone(&state);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(handle(&state, &req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+            }
+        });
+    }
+}
+
+fn handle(state: &Monitoring, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/ready" => {
+            if state.pusher.ready() {
+                reply(StatusCode::OK, "text/plain", "ready\n".into())
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready\n".into(),
+                )
+            }
+        }
+        "/debug/syncz" => json_reply(&syncz(&state.ads.status())),
+        "/debug/config_errors" => {
+            let model = state.pusher.model();
+            json_reply(&json!({
+                "documents": state.registry.errors().iter().map(|e| json!({
+                    "file": e.source_name,
+                    "doc": e.doc,
+                    "line": e.line,
+                    "object": e.object,
+                    "field": e.field,
+                    "message": e.message,
+                })).collect::<Vec<_>>(),
+                "model": model.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            }))
+        }
+        "/metrics" | "/stats/prometheus" => {
+            let mut text = String::new();
+            match prometheus_client::encoding::text::encode(&mut text, &state.metrics) {
+                Ok(()) => reply(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    text,
+                ),
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("encoding metrics: {e}\n"),
+                ),
+            }
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: /ready, /debug/syncz, /debug/config_errors, /metrics\n".into(),
+        ),
+    }
+}
+
+/// `/debug/syncz`: one entry per connected proxy.
+pub fn syncz(status: &[ProxyStatus]) -> Value {
+    let seconds = |t: SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default()
+    };
+    Value::Array(
+        status
+            .iter()
+            .map(|p| {
+                let types: serde_json::Map<String, Value> = p
+                    .types
+                    .iter()
+                    .map(|(ty, s)| {
+                        (
+                            ty.name().to_string(),
+                            json!({
+                                "sent": s.sent,
+                                "acked": s.acked,
+                                "nacked": s.nacked.as_ref().map(|n| json!({
+                                    "version": n.version,
+                                    "nonce": n.nonce,
+                                    "error": n.error,
+                                    "at": seconds(n.at),
+                                })),
+                                "pending": s.pending,
+                                "resources": s.resources,
+                                "pushes": s.pushes,
+                                "resourcesSent": s.resources_sent,
+                                "removalsSent": s.removals_sent,
+                            }),
+                        )
+                    })
+                    .collect();
+                json!({
+                    "proxy": p.node_id,
+                    "connection": p.connection,
+                    "peer": p.peer.map(|a| a.to_string()),
+                    "connectedAt": seconds(p.connected_at),
+                    "types": types,
+                })
+            })
+            .collect(),
+    )
+}
+
+fn json_reply(value: &Value) -> Response<Full<Bytes>> {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("\"{e}\""));
+    text.push('\n');
+    reply(StatusCode::OK, "application/json", text)
+}
+
+fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, v);
+    }
+    response
+}

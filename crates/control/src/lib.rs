@@ -1,0 +1,46 @@
+//! Ama's control plane: what `ama discovery` runs (Istio's istiod, pilot-discovery part).
+//!
+//! Config flows one way through the modules, each named for its step:
+//!
+//! ```text
+//! registry::file ─┐                       (later: registry::kube, kube-rs watchers)
+//!                 ├─► registry::ConfigStore ─► push (debounce 100 ms quiet / 1 s max)
+//! ama apply -f  ──┘                                │
+//!                                                  ▼
+//!                       model::Model::build  (objects → namespaces, workloads, services,
+//!                                             routes, policies, authorizations)
+//!                                                  │
+//!                                                  ▼
+//!                       translate::proxy_resources (per proxy: its `self`, what it may see)
+//!                                                  │
+//!                                                  ▼
+//!                       per-proxy `watch` channels ─► xds Delta ADS server ─► proxies
+//! ```
+//!
+//! - [`registry`]: the objects of every source, by source ([`registry::ConfigStore`]); the file
+//!   registry ([`registry::file`]) watches a directory of the YAML a user would `kubectl apply`.
+//! - [`model`]: the mesh as the proxies need it, built from all objects at once.
+//! - [`translate`]: the resources one proxy receives.
+//! - [`push`]: debounced recomputation and publication, with push-time metrics; the
+//!   [`push::SnapshotSource`] the ADS server reads.
+//! - [`discovery`]: the server itself: Delta ADS on gRPC, `/ready`, `/debug/syncz` and `/metrics`
+//!   on the monitoring port.
+//!
+//! Threads: everything runs on the caller's tokio runtime. Model builds run on the blocking pool
+//! (they are CPU work, proportional to the mesh); no lock is held across an `.await`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod discovery;
+pub mod model;
+pub mod push;
+pub mod registry;
+pub mod translate;
+
+pub use discovery::{Discovery, DiscoveryError, DiscoveryOptions};
+pub use model::{Model, Warning};
+pub use push::{PushOptions, PushStats, Pusher};
+pub use registry::ConfigStore;
+pub use registry::file::FileRegistry;
+pub use translate::{ProxyKey, proxy_resources};

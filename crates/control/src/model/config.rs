@@ -1,0 +1,653 @@
+//! Istio config → the `xds` resources: VirtualService → [`xds::HttpRoutes`], DestinationRule
+//! → [`xds::TrafficPolicy`], PeerAuthentication and AuthorizationPolicy → [`xds::Authorization`].
+//!
+//! The `xds` types carry a subset of Istio's API. What they cannot carry is left out with a
+//! [`super::Warning`] naming the field, and always on the safe side:
+//!
+//! - VirtualService: only routes bound to the mesh (`gateways` empty or with `mesh`). Carried:
+//!   `http[].name`, `match[].uri` and `match[].headers` (exact, prefix), `route[]` (host, port,
+//!   subset, weight), `timeout`, `retries` (attempts, perTryTimeout, retryOn). A match with
+//!   anything else (regex, method, port, sourceLabels, queryParams …) is dropped, and a route
+//!   whose every match was dropped is dropped, so no route matches more than written. Routes
+//!   with `redirect`, `directResponse` or `delegate` are dropped; `rewrite`, `fault`, `mirror`,
+//!   `corsPolicy` and `headers` are ignored. `tls` and `tcp` routes are ignored.
+//! - DestinationRule: `loadBalancer.simple`, `connectionPool.tcp.{maxConnections,
+//!   connectTimeout}`, `connectionPool.http.{http2MaxRequests, maxRequestsPerConnection,
+//!   idleTimeout}`, `outlierDetection.{consecutive5xxErrors, interval, baseEjectionTime,
+//!   maxEjectionPercent}`, `workloadSelector` and `exportTo`. Ignored: subsets, port-level
+//!   settings, `tls`, consistent hashing, locality settings and the other pool fields.
+//! - PeerAuthentication: modes are resolved here, since the wire has no `UNSET`: a port's
+//!   `UNSET` takes the policy's mode, a workload policy's takes its namespace policy's, a
+//!   namespace policy's takes the mesh policy's (root namespace, no selector), which defaults to
+//!   `PERMISSIVE`. One namespace-wide (or mesh-wide) policy per namespace is used, the first by
+//!   name (Istio takes the oldest), the others are reported. The proxy applies the most
+//!   specific one: a selector match, then its namespace's, then the mesh's. These entries are
+//!   named `converted_peer_authentication_<name>` (ztunnel's name) and carry no rules: the
+//!   proxy reads only their `peerAuthentication`.
+//! - AuthorizationPolicy: `ALLOW` and `DENY` with `selector`, `from.source.{principals,
+//!   namespaces}`, `to.operation.{methods, paths, ports}`. Any other condition (`not…`,
+//!   `ipBlocks`, `requestPrincipals`, `hosts`, `when` …) cannot be checked: an ALLOW rule with one
+//!   is dropped (it allows nothing), a DENY rule keeps its other conditions (it denies more).
+//!   `AUDIT` and `CUSTOM` policies, and policies with `targetRef`, are left out.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use api::networking::destination_rule::{self, SimpleLb};
+use api::networking::virtual_service::{HttpMatchRequest, HttpRoute};
+use api::networking::{DestinationRule, StringMatch, VirtualService};
+use api::objects::{IstioConfig, Object};
+use api::security::authorization_policy::{self as ap, AuthorizationPolicy};
+use api::security::peer_authentication::{MtlsMode, PeerAuthentication};
+
+use super::{ExportTo, ROOT_NAMESPACE, Scoped, Warnings, service_hostname};
+
+/// What the Istio config gives.
+#[derive(Debug, Default)]
+pub(crate) struct ConfigOut {
+    pub http_routes: Vec<Scoped<xds::HttpRoutes>>,
+    pub traffic_policies: Vec<Scoped<xds::TrafficPolicy>>,
+    pub authorizations: Vec<xds::Authorization>,
+}
+
+/// Name prefix of the entries carrying a PeerAuthentication (ztunnel's).
+pub const PEER_AUTHENTICATION_PREFIX: &str = "converted_peer_authentication_";
+
+pub(crate) fn build(
+    objects: &[&Object],
+    services: &[Scoped<xds::Service>],
+    warnings: &mut Warnings,
+) -> ConfigOut {
+    let hosts: Vec<&str> = services
+        .iter()
+        .map(|s| s.resource.hostname.as_str())
+        .collect();
+    let mut out = ConfigOut::default();
+    let mut peer_authentications = Vec::new();
+    for o in objects {
+        let object = o.display();
+        let mut w = |message: String| warnings.add(object.clone(), message);
+        match o {
+            Object::VirtualService(vs) => {
+                if let Some(r) = virtual_service(vs, &hosts, &mut w) {
+                    out.http_routes.push(r);
+                }
+            }
+            Object::DestinationRule(dr) => out
+                .traffic_policies
+                .extend(destination_rule(dr, &hosts, &mut w)),
+            Object::PeerAuthentication(pa) => peer_authentications.push(pa),
+            Object::AuthorizationPolicy(policy) => {
+                if let Some(a) = authorization_policy(policy, &mut w) {
+                    out.authorizations.push(a);
+                }
+            }
+            Object::Gateway(_) | Object::Sidecar(_) | Object::ServiceEntry(_) => {
+                w(format!("{} is not used by sidecars yet", o.kind()))
+            }
+            _ => {}
+        }
+    }
+    out.authorizations
+        .extend(peer_authentication(&peer_authentications, warnings));
+    out.http_routes
+        .sort_by(|a, b| a.resource.name.cmp(&b.resource.name));
+    out.traffic_policies
+        .sort_by(|a, b| a.resource.name.cmp(&b.resource.name));
+    out.authorizations
+        .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    out
+}
+
+/// Hosts as written → service hostnames: a short name is in the object's namespace, `*` and
+/// `*.suffix` stand for the known services they match, others are taken as they are.
+pub fn resolve_host(host: &str, namespace: &str, known: &[&str]) -> Vec<String> {
+    let host = host.to_ascii_lowercase();
+    if host == "*" {
+        return known.iter().map(|h| h.to_string()).collect();
+    }
+    if let Some(suffix) = host.strip_prefix('*') {
+        return known
+            .iter()
+            .filter(|h| h.ends_with(suffix))
+            .map(|h| h.to_string())
+            .collect();
+    }
+    if host.contains('.') {
+        vec![host]
+    } else {
+        vec![service_hostname(&host, namespace)]
+    }
+}
+
+fn millis(d: Option<api::Duration>) -> Option<u64> {
+    d.map(|d| {
+        u64::try_from(d.get().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    })
+}
+
+fn positive_u32(v: Option<i64>) -> Option<u32> {
+    v.filter(|v| *v > 0)
+        .map(|v| u32::try_from(v).unwrap_or(u32::MAX))
+}
+
+fn virtual_service(
+    vs: &IstioConfig<VirtualService>,
+    known: &[&str],
+    w: &mut impl FnMut(String),
+) -> Option<Scoped<xds::HttpRoutes>> {
+    let spec = &vs.spec;
+    let ns = &vs.metadata.namespace;
+    if !spec.gateways.is_empty() && !spec.gateways.iter().any(|g| g == "mesh") {
+        return None; // for gateways only
+    }
+    if !spec.tls.is_empty() || !spec.tcp.is_empty() {
+        w("spec.tls and spec.tcp routes are not supported yet: ignored".into());
+    }
+    let hosts: BTreeSet<String> = spec
+        .hosts
+        .iter()
+        .flat_map(|h| resolve_host(h, ns, known))
+        .collect();
+    if hosts.is_empty() {
+        w("spec.hosts: no known service matches: ignored".into());
+        return None;
+    }
+    if spec.http.is_empty() {
+        return None;
+    }
+    let mut http = Vec::new();
+    for (i, route) in spec.http.iter().enumerate() {
+        if let Some(r) = http_route(route, &format!("spec.http[{i}]"), ns, known, w) {
+            http.push(r);
+        }
+    }
+    Some(Scoped {
+        namespace: ns.clone(),
+        export_to: ExportTo::parse(spec.export_to.iter().map(String::as_str), ns),
+        workload_selector: None,
+        resource: xds::HttpRoutes {
+            name: format!("{ns}/{}", vs.metadata.name),
+            hosts: hosts.into_iter().collect(),
+            http,
+        },
+    })
+}
+
+fn http_route(
+    route: &HttpRoute,
+    at: &str,
+    ns: &str,
+    known: &[&str],
+    w: &mut impl FnMut(String),
+) -> Option<xds::HttpRoute> {
+    for (field, set) in [
+        ("redirect", route.redirect.is_some()),
+        ("directResponse", route.direct_response.is_some()),
+        ("delegate", route.delegate.is_some()),
+    ] {
+        if set {
+            w(format!("{at}.{field} is not supported yet: route dropped"));
+            return None;
+        }
+    }
+    for (field, set) in [
+        ("rewrite", route.rewrite.is_some()),
+        ("fault", route.fault.is_some()),
+        (
+            "mirror",
+            route.mirror.is_some() || !route.mirrors.is_empty(),
+        ),
+        ("corsPolicy", route.cors_policy.is_some()),
+        ("headers", route.headers.is_some()),
+    ] {
+        if set {
+            w(format!("{at}.{field} is not supported yet: ignored"));
+        }
+    }
+    let mut matches = Vec::new();
+    for (j, m) in route.r#match.iter().enumerate() {
+        match route_match(m) {
+            Ok(m) => matches.push(m),
+            Err(field) => w(format!(
+                "{at}.match[{j}].{field} is not supported yet: this match is dropped"
+            )),
+        }
+    }
+    if !route.r#match.is_empty() && matches.is_empty() {
+        w(format!("{at}: no match is usable: route dropped"));
+        return None;
+    }
+    let single = route.route.len() == 1;
+    let destinations = route
+        .route
+        .iter()
+        .filter_map(|d| {
+            let host = resolve_host(&d.destination.host, ns, known)
+                .into_iter()
+                .next()?;
+            Some(xds::RouteDestination {
+                host,
+                port: d
+                    .destination
+                    .port
+                    .as_ref()
+                    .and_then(|p| u16::try_from(p.number).ok()),
+                subset: (!d.destination.subset.is_empty()).then(|| d.destination.subset.clone()),
+                weight: match d.weight {
+                    Some(w) => u32::try_from(w.clamp(0, 100)).unwrap_or(0),
+                    None if single => 100,
+                    None => 0,
+                },
+            })
+        })
+        .collect();
+    let retries = route.retries.as_ref().map(|r| xds::RetryPolicy {
+        attempts: u32::try_from(r.attempts.max(0)).unwrap_or(u32::MAX),
+        per_try_timeout_ms: millis(r.per_try_timeout),
+        retry_on: (!r.retry_on.is_empty()).then(|| r.retry_on.clone()),
+    });
+    Some(xds::HttpRoute {
+        name: (!route.name.is_empty()).then(|| route.name.clone()),
+        matches,
+        route: destinations,
+        timeout_ms: millis(route.timeout).filter(|ms| *ms > 0),
+        retries,
+    })
+}
+
+/// A match the proxy can evaluate, or the first field it cannot.
+fn route_match(m: &HttpMatchRequest) -> Result<xds::HttpRouteMatch, &'static str> {
+    fn string(s: &StringMatch) -> Option<xds::StringMatch> {
+        match (&s.exact, &s.prefix) {
+            (Some(e), _) => Some(xds::StringMatch::Exact(e.clone())),
+            (None, Some(p)) => Some(xds::StringMatch::Prefix(p.clone())),
+            _ => None,
+        }
+    }
+    let unsupported = [
+        ("scheme", m.scheme.is_some()),
+        ("method", m.method.is_some()),
+        ("authority", m.authority.is_some()),
+        ("port", m.port != 0),
+        ("sourceLabels", !m.source_labels.is_empty()),
+        ("gateways", !m.gateways.is_empty()),
+        ("queryParams", !m.query_params.is_empty()),
+        ("ignoreUriCase", m.ignore_uri_case),
+        ("withoutHeaders", !m.without_headers.is_empty()),
+        ("sourceNamespace", !m.source_namespace.is_empty()),
+    ];
+    if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
+        return Err(field);
+    }
+    let uri = match &m.uri {
+        Some(u) => Some(string(u).ok_or("uri.regex")?),
+        None => None,
+    };
+    let mut headers = BTreeMap::new();
+    for (name, v) in &m.headers {
+        headers.insert(name.to_ascii_lowercase(), string(v).ok_or("headers.regex")?);
+    }
+    Ok(xds::HttpRouteMatch { uri, headers })
+}
+
+fn destination_rule(
+    dr: &IstioConfig<DestinationRule>,
+    known: &[&str],
+    w: &mut impl FnMut(String),
+) -> Vec<Scoped<xds::TrafficPolicy>> {
+    let spec = &dr.spec;
+    let ns = &dr.metadata.namespace;
+    let name = format!("{ns}/{}", dr.metadata.name);
+    if !spec.subsets.is_empty() {
+        w("spec.subsets are not supported yet: ignored".into());
+    }
+    let base = traffic_policy(spec.traffic_policy.as_ref(), w);
+    let hosts = resolve_host(&spec.host, ns, known);
+    if hosts.is_empty() {
+        w(format!(
+            "spec.host: no known service matches \"{}\": ignored",
+            spec.host
+        ));
+    }
+    let wildcard = spec.host.contains('*');
+    let export_to = ExportTo::parse(spec.export_to.iter().map(String::as_str), ns);
+    let workload_selector = spec
+        .workload_selector
+        .as_ref()
+        .map(|s| s.match_labels.clone());
+    hosts
+        .into_iter()
+        .map(|host| Scoped {
+            namespace: ns.clone(),
+            export_to: export_to.clone(),
+            workload_selector: workload_selector.clone(),
+            resource: xds::TrafficPolicy {
+                // Unique per host: one rule for `*.ns.svc.cluster.local` gives one per service.
+                name: if wildcard {
+                    format!("{name}@{host}")
+                } else {
+                    name.clone()
+                },
+                host,
+                ..base.clone()
+            },
+        })
+        .collect()
+}
+
+fn traffic_policy(
+    p: Option<&destination_rule::TrafficPolicy>,
+    w: &mut impl FnMut(String),
+) -> xds::TrafficPolicy {
+    let mut out = xds::TrafficPolicy::default();
+    let Some(p) = p else { return out };
+    let at = "spec.trafficPolicy";
+    for (field, set) in [
+        ("tls", p.tls.is_some()),
+        ("portLevelSettings", !p.port_level_settings.is_empty()),
+        ("tunnel", p.tunnel.is_some()),
+        ("proxyProtocol", p.proxy_protocol.is_some()),
+    ] {
+        if set {
+            w(format!("{at}.{field} is not supported yet: ignored"));
+        }
+    }
+    if let Some(lb) = &p.load_balancer {
+        out.load_balancer = match lb.simple {
+            Some(SimpleLb::RoundRobin) => Some(xds::LbPolicy::RoundRobin),
+            Some(SimpleLb::Random) => Some(xds::LbPolicy::Random),
+            Some(SimpleLb::LeastRequest | SimpleLb::LeastConn) => Some(xds::LbPolicy::LeastRequest),
+            Some(SimpleLb::Passthrough) => {
+                w(format!(
+                    "{at}.loadBalancer.simple: PASSTHROUGH is not supported: ignored"
+                ));
+                None
+            }
+            Some(SimpleLb::Unspecified) | None => None,
+        };
+        for (field, set) in [
+            ("consistentHash", lb.consistent_hash.is_some()),
+            ("localityLbSetting", lb.locality_lb_setting.is_some()),
+            (
+                "warmup",
+                lb.warmup.is_some() || lb.warmup_duration_secs.is_some(),
+            ),
+        ] {
+            if set {
+                w(format!(
+                    "{at}.loadBalancer.{field} is not supported yet: ignored"
+                ));
+            }
+        }
+    }
+    if let Some(pool) = &p.connection_pool {
+        if let Some(tcp) = &pool.tcp {
+            out.connection_pool.tcp.max_connections = positive_u32(tcp.max_connections);
+            out.connection_pool.tcp.connect_timeout_ms = millis(tcp.connect_timeout);
+            if tcp.tcp_keepalive.is_some()
+                || tcp.max_connection_duration.is_some()
+                || tcp.idle_timeout.is_some()
+            {
+                w(format!(
+                    "{at}.connectionPool.tcp: only maxConnections and connectTimeout are \
+                     supported: the rest is ignored"
+                ));
+            }
+        }
+        if let Some(http) = &pool.http {
+            out.connection_pool.http.max_requests = positive_u32(http.http2_max_requests);
+            out.connection_pool.http.max_requests_per_connection =
+                positive_u32(http.max_requests_per_connection);
+            out.connection_pool.http.idle_timeout_ms = millis(http.idle_timeout);
+            if http.http1_max_pending_requests.is_some()
+                || http.max_retries.is_some()
+                || http.h2_upgrade_policy.is_some()
+                || http.use_client_protocol.is_some()
+                || http.max_concurrent_streams.is_some()
+            {
+                w(format!(
+                    "{at}.connectionPool.http: only http2MaxRequests, maxRequestsPerConnection \
+                     and idleTimeout are supported: the rest is ignored"
+                ));
+            }
+        }
+    }
+    if let Some(o) = &p.outlier_detection {
+        if o.consecutive_5xx_errors.is_none()
+            && (o.consecutive_gateway_errors.is_some() || o.consecutive_errors.is_some())
+        {
+            w(format!(
+                "{at}.outlierDetection: only consecutive5xxErrors is supported: gateway errors \
+                 are ignored"
+            ));
+        }
+        out.outlier_detection = Some(xds::OutlierDetection {
+            consecutive_5xx_errors: o
+                .consecutive_5xx_errors
+                .map(|v| u32::try_from(v.max(0)).unwrap_or(u32::MAX)),
+            interval_ms: millis(o.interval),
+            base_ejection_time_ms: millis(o.base_ejection_time),
+            max_ejection_percent: o
+                .max_ejection_percent
+                .map(|v| u32::try_from(v.clamp(0, 100)).unwrap_or(100)),
+        });
+    }
+    out
+}
+
+fn mode(m: Option<&api::security::peer_authentication::MutualTls>) -> Option<xds::MtlsMode> {
+    match m.and_then(|m| m.mode) {
+        Some(MtlsMode::Strict) => Some(xds::MtlsMode::Strict),
+        Some(MtlsMode::Permissive) => Some(xds::MtlsMode::Permissive),
+        Some(MtlsMode::Disable) => Some(xds::MtlsMode::Disable),
+        Some(MtlsMode::Unset) | None => None,
+    }
+}
+
+fn has_selector(pa: &IstioConfig<PeerAuthentication>) -> bool {
+    pa.spec
+        .selector
+        .as_ref()
+        .is_some_and(|s| !s.match_labels.is_empty())
+}
+
+/// PeerAuthentications with their modes resolved (see the module docs).
+fn peer_authentication(
+    all: &[&IstioConfig<PeerAuthentication>],
+    warnings: &mut Warnings,
+) -> Vec<xds::Authorization> {
+    let mut sorted: Vec<_> = all.to_vec();
+    sorted.sort_by(|a, b| {
+        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
+    });
+    let display = |pa: &IstioConfig<PeerAuthentication>| {
+        format!(
+            "PeerAuthentication {}/{}",
+            pa.metadata.namespace, pa.metadata.name
+        )
+    };
+    // One namespace-wide policy per namespace (the root's is the mesh's).
+    let mut wide: BTreeMap<&str, &IstioConfig<PeerAuthentication>> = BTreeMap::new();
+    for pa in sorted.iter().filter(|pa| !has_selector(pa)) {
+        match wide.get(pa.metadata.namespace.as_str()) {
+            Some(first) => warnings.add(
+                display(pa),
+                format!(
+                    "{} is the namespace's policy (first by name): this one is ignored",
+                    display(first)
+                ),
+            ),
+            None => {
+                wide.insert(&pa.metadata.namespace, pa);
+            }
+        }
+    }
+    let mesh_mode = wide
+        .get(ROOT_NAMESPACE)
+        .and_then(|pa| mode(pa.spec.mtls.as_ref()))
+        .unwrap_or(xds::MtlsMode::Permissive);
+    let namespace_mode = |ns: &str| {
+        wide.get(ns)
+            .and_then(|pa| mode(pa.spec.mtls.as_ref()))
+            .unwrap_or(mesh_mode)
+    };
+    let mut out = Vec::new();
+    for pa in sorted {
+        let ns = pa.metadata.namespace.as_str();
+        let selected = has_selector(pa);
+        if !selected && !wide.get(ns).is_some_and(|w| std::ptr::eq(*w, pa)) {
+            continue;
+        }
+        let parent = if !selected && ns == ROOT_NAMESPACE {
+            xds::MtlsMode::Permissive
+        } else if !selected {
+            mesh_mode
+        } else {
+            namespace_mode(ns)
+        };
+        let own = mode(pa.spec.mtls.as_ref()).unwrap_or(parent);
+        let port_level_mtls = pa
+            .spec
+            .port_level_mtls
+            .iter()
+            .filter_map(|(port, m)| {
+                Some((u16::try_from(*port).ok()?, mode(Some(m)).unwrap_or(own)))
+            })
+            .collect();
+        out.push(xds::Authorization {
+            name: format!("{PEER_AUTHENTICATION_PREFIX}{}", pa.metadata.name),
+            namespace: ns.to_string(),
+            selector: pa
+                .spec
+                .selector
+                .as_ref()
+                .map(|s| s.match_labels.clone())
+                .unwrap_or_default(),
+            peer_authentication: Some(xds::PeerAuthentication {
+                mode: own,
+                port_level_mtls,
+            }),
+            action: xds::Action::Allow,
+            rules: Vec::new(),
+        });
+    }
+    out
+}
+
+fn authorization_policy(
+    policy: &IstioConfig<AuthorizationPolicy>,
+    w: &mut impl FnMut(String),
+) -> Option<xds::Authorization> {
+    let spec = &policy.spec;
+    let action = match spec.action.unwrap_or(ap::Action::Allow) {
+        ap::Action::Allow => xds::Action::Allow,
+        ap::Action::Deny => xds::Action::Deny,
+        ap::Action::Audit | ap::Action::Custom => {
+            w("spec.action: AUDIT and CUSTOM are not supported yet: policy ignored".into());
+            return None;
+        }
+    };
+    if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
+        w("spec.targetRef applies to waypoints and gateways, not sidecars: policy ignored".into());
+        return None;
+    }
+    let deny = action == xds::Action::Deny;
+    let mut rules = Vec::new();
+    for (i, rule) in spec.rules.iter().enumerate() {
+        let at = format!("spec.rules[{i}]");
+        let mut unsupported = Vec::new();
+        let from = rule
+            .from
+            .iter()
+            .enumerate()
+            .filter_map(|(j, f)| {
+                let s = f.source.as_ref()?;
+                for (field, set) in [
+                    ("notPrincipals", !s.not_principals.is_empty()),
+                    ("requestPrincipals", !s.request_principals.is_empty()),
+                    ("notRequestPrincipals", !s.not_request_principals.is_empty()),
+                    ("notNamespaces", !s.not_namespaces.is_empty()),
+                    ("ipBlocks", !s.ip_blocks.is_empty()),
+                    ("notIpBlocks", !s.not_ip_blocks.is_empty()),
+                    ("remoteIpBlocks", !s.remote_ip_blocks.is_empty()),
+                    ("notRemoteIpBlocks", !s.not_remote_ip_blocks.is_empty()),
+                ] {
+                    if set {
+                        unsupported.push(format!("{at}.from[{j}].source.{field}"));
+                    }
+                }
+                Some(xds::RequestMatch {
+                    principals: s.principals.clone(),
+                    namespaces: s.namespaces.clone(),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        let to = rule
+            .to
+            .iter()
+            .enumerate()
+            .filter_map(|(j, t)| {
+                let o = t.operation.as_ref()?;
+                for (field, set) in [
+                    ("hosts", !o.hosts.is_empty()),
+                    ("notHosts", !o.not_hosts.is_empty()),
+                    ("notPorts", !o.not_ports.is_empty()),
+                    ("notMethods", !o.not_methods.is_empty()),
+                    ("notPaths", !o.not_paths.is_empty()),
+                    (
+                        "paths (suffix match)",
+                        o.paths.iter().any(|p| p.starts_with('*')),
+                    ),
+                ] {
+                    if set {
+                        unsupported.push(format!("{at}.to[{j}].operation.{field}"));
+                    }
+                }
+                Some(xds::RequestMatch {
+                    methods: o.methods.clone(),
+                    paths: o
+                        .paths
+                        .iter()
+                        .filter(|p| !p.starts_with('*'))
+                        .cloned()
+                        .collect(),
+                    ports: o.ports.iter().filter_map(|p| p.parse().ok()).collect(),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        if !rule.when.is_empty() {
+            unsupported.push(format!("{at}.when"));
+        }
+        if !unsupported.is_empty() {
+            let fields = unsupported.join(", ");
+            if deny {
+                w(format!(
+                    "{fields}: not supported yet: the DENY rule is applied without them (it \
+                     denies more)"
+                ));
+            } else {
+                w(format!(
+                    "{fields}: not supported yet: the ALLOW rule is dropped (it allows nothing)"
+                ));
+                continue;
+            }
+        }
+        rules.push(xds::AuthorizationRule { from, to });
+    }
+    Some(xds::Authorization {
+        name: policy.metadata.name.clone(),
+        namespace: policy.metadata.namespace.clone(),
+        selector: spec
+            .selector
+            .as_ref()
+            .map(|s| s.match_labels.clone())
+            .unwrap_or_default(),
+        peer_authentication: None,
+        action,
+        rules,
+    })
+}

@@ -1,0 +1,230 @@
+//! The mesh model: every registry object folded into what proxies consume, once per push.
+//!
+//! [`Model::build`] takes all objects of all registries (deduplicated by
+//! [`crate::registry::ConfigStore`]) and produces:
+//!
+//! - namespaces and their labels (a namespace named by an object but never declared has none);
+//! - [`xds::Workload`]s, one per pod with an address ([`workloads`]): Pods with `status.podIP` or
+//!   the annotation `local.ama.dev/address`, and one per replica of a Deployment, ReplicaSet,
+//!   StatefulSet or DaemonSet annotated `local.ama.dev/addresses`;
+//! - [`xds::Service`]s with VIPs and endpoints ([`services`], [`vip`]);
+//! - [`xds::HttpRoutes`], [`xds::TrafficPolicy`] and [`xds::Authorization`] from the Istio
+//!   config ([`config`]), each with its visibility (`exportTo`).
+//!
+//! Building never fails: what cannot be used is left out with a [`Warning`] naming the object,
+//! so one bad object does not stop the mesh. The model is pure data; the only state carried
+//! from one build to the next is the [`vip::VipAllocator`], so a Service keeps its VIP.
+
+pub mod config;
+pub mod services;
+pub mod vip;
+pub mod workloads;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use api::objects::{ConfigMap, Object};
+
+pub use vip::VipAllocator;
+
+/// The DNS suffix of services (`<name>.<namespace>.svc.cluster.local`).
+pub const DOMAIN_SUFFIX: &str = "cluster.local";
+/// Istio's root namespace: its PeerAuthentications and AuthorizationPolicies apply mesh-wide,
+/// and it holds the ConfigMap `istio` with the MeshConfig.
+pub const ROOT_NAMESPACE: &str = "istio-system";
+/// The cluster id of every workload (Istio's default, `Kubernetes`).
+pub const CLUSTER_ID: &str = "Kubernetes";
+/// Service annotation restricting the namespaces that see it (`.`, `*`, or names).
+pub const EXPORT_TO_ANNOTATION: &str = "networking.istio.io/exportTo";
+
+/// Labels (or a selector's `matchLabels`).
+pub type Labels = BTreeMap<String, String>;
+
+/// Something in the config that was left out or only partly used.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Warning {
+    /// `Kind namespace/name` of the object.
+    pub object: String,
+    /// What was left out, and why.
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.object, self.message)
+    }
+}
+
+/// Collects warnings during a build.
+#[derive(Debug, Default)]
+pub(crate) struct Warnings(BTreeSet<Warning>);
+
+impl Warnings {
+    pub(crate) fn add(&mut self, object: impl Into<String>, message: impl Into<String>) {
+        self.0.insert(Warning {
+            object: object.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Which namespaces see a Service, VirtualService or DestinationRule (Istio's `exportTo`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportTo {
+    /// Every namespace (`*`, or unset).
+    All,
+    /// Only these (`.` is resolved to the object's own namespace; `~` gives none).
+    Namespaces(BTreeSet<String>),
+}
+
+impl ExportTo {
+    /// Reads an `exportTo` list of an object in `namespace`. Unknown entries are namespace names.
+    pub fn parse<'a>(values: impl IntoIterator<Item = &'a str>, namespace: &str) -> ExportTo {
+        let mut set = BTreeSet::new();
+        let mut any = false;
+        for v in values {
+            any = true;
+            match v.trim() {
+                "*" => return ExportTo::All,
+                "." => {
+                    set.insert(namespace.to_string());
+                }
+                "~" | "" => {}
+                ns => {
+                    set.insert(ns.to_string());
+                }
+            }
+        }
+        if any {
+            ExportTo::Namespaces(set)
+        } else {
+            ExportTo::All
+        }
+    }
+
+    /// Whether a proxy in `namespace` sees the object.
+    pub fn visible_to(&self, namespace: &str) -> bool {
+        match self {
+            ExportTo::All => true,
+            ExportTo::Namespaces(set) => set.contains(namespace),
+        }
+    }
+}
+
+/// A resource with the scope it applies in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scoped<T> {
+    /// Namespace of the object it came from.
+    pub namespace: String,
+    /// Which namespaces see it.
+    pub export_to: ExportTo,
+    /// For a DestinationRule with `workloadSelector`: the labels of the proxies it applies to.
+    pub workload_selector: Option<Labels>,
+    /// The resource.
+    pub resource: T,
+}
+
+/// The mesh, as proxies need it. Lists are sorted (by uid, hostname or name) so that two
+/// builds from the same objects are equal and pushes carry only real changes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Model {
+    /// Namespaces and their labels.
+    pub namespaces: BTreeMap<String, Labels>,
+    /// The SPIFFE trust domain (MeshConfig `trustDomain`).
+    pub trust_domain: String,
+    /// Workloads, by uid.
+    pub workloads: Vec<xds::Workload>,
+    /// Services, by hostname.
+    pub services: Vec<Scoped<xds::Service>>,
+    /// HTTP routes (VirtualServices bound to the mesh), by name.
+    pub http_routes: Vec<Scoped<xds::HttpRoutes>>,
+    /// Traffic policies (DestinationRules), by name.
+    pub traffic_policies: Vec<Scoped<xds::TrafficPolicy>>,
+    /// PeerAuthentications and AuthorizationPolicies, by namespace and name.
+    pub authorizations: Vec<xds::Authorization>,
+    /// What was left out.
+    pub warnings: Vec<Warning>,
+}
+
+impl Model {
+    /// Builds the model from every object. `vips` assigns (and remembers) the VIPs of Services
+    /// that have no `clusterIP`.
+    pub fn build<'a>(
+        objects: impl IntoIterator<Item = &'a Object>,
+        vips: &mut VipAllocator,
+    ) -> Model {
+        let mut warnings = Warnings::default();
+        let objects: Vec<&Object> = objects.into_iter().collect();
+        let mut namespaces: BTreeMap<String, Labels> = BTreeMap::new();
+        let mut mesh = None;
+        for o in &objects {
+            match o {
+                Object::Namespace(ns) => {
+                    namespaces.insert(ns.metadata.name.clone(), ns.metadata.labels.clone());
+                }
+                Object::ConfigMap(ConfigMap {
+                    metadata,
+                    mesh_config: Some(m),
+                    ..
+                }) if metadata.namespace == ROOT_NAMESPACE => mesh = Some(m.clone()),
+                Object::Other(other) => warnings.add(
+                    o.display(),
+                    format!("{} is not used by the mesh", other.api_version),
+                ),
+                _ => {
+                    let ns = &o.metadata().namespace;
+                    if !ns.is_empty() && !namespaces.contains_key(ns) {
+                        namespaces.insert(ns.clone(), Labels::new());
+                    }
+                }
+            }
+        }
+        let inject_config = inject::InjectConfig {
+            mesh: mesh.unwrap_or_default(),
+            ..Default::default()
+        };
+        let trust_domain = inject_config.trust_domain().to_string();
+        let workloads = workloads::build(&objects, &namespaces, &inject_config, &mut warnings);
+        let services = services::build(&objects, &workloads, vips, &mut warnings);
+        let config = config::build(&objects, &services, &mut warnings);
+        Model {
+            namespaces,
+            trust_domain,
+            workloads,
+            services,
+            http_routes: config.http_routes,
+            traffic_policies: config.traffic_policies,
+            authorizations: config.authorizations,
+            warnings: warnings.0.into_iter().collect(),
+        }
+    }
+
+    /// The workload with this uid.
+    pub fn workload(&self, uid: &str) -> Option<&xds::Workload> {
+        self.workloads
+            .binary_search_by(|w| w.uid.as_str().cmp(uid))
+            .ok()
+            .map(|i| &self.workloads[i])
+    }
+
+    /// The service with this hostname.
+    pub fn service(&self, hostname: &str) -> Option<&xds::Service> {
+        self.services
+            .iter()
+            .map(|s| &s.resource)
+            .find(|s| s.hostname == hostname)
+    }
+}
+
+/// `<name>.<namespace>.svc.cluster.local`.
+pub fn service_hostname(name: &str, namespace: &str) -> String {
+    format!("{name}.{namespace}.svc.{DOMAIN_SUFFIX}")
+}
+
+/// Whether `labels` carry every label of `selector` (an empty selector selects all).
+pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,332 @@
+//! The file registry: a directory of the YAML a user would `kubectl apply`, watched.
+//!
+//! Every `*.yaml`, `*.yml` and `*.json` file under the directory (recursively; names starting
+//! with `.` are skipped, as editors' temporary files are) is a YAML stream parsed with
+//! [`api::objects::parse_stream`]. The directory is polled (every 500 ms by default) and a file
+//! is re-read when its content hash changes, which is robust on every file system, for editors
+//! that write in place or rename, and for ConfigMap mounts.
+//!
+//! - A malformed document is reported once (`file:doc N: Kind ns/name: field: message`) and
+//!   left out; the file's other documents still apply.
+//! - A file whose documents are all malformed keeps the objects it had before (an editor's
+//!   half-written save does not take the mesh down); a new file like that adds nothing. Other
+//!   files are never affected.
+//! - Deleting a file removes its objects.
+//!
+//! [`FileRegistry::apply`] is `ama apply -f`: it checks a stream and writes its good documents
+//! into the directory (`applied/<kind>-<namespace>-<name>.yaml`, one file per object, so
+//! applying again replaces), then rescans at once.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use api::objects::{ObjectError, parse_stream};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use super::ConfigStore;
+
+/// How often the directory is polled by default.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Sub-directory that [`FileRegistry::apply`] writes to.
+pub const APPLIED_DIR: &str = "applied";
+
+/// Why the registry could not read or write its directory.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The config directory is missing or not a directory.
+    #[error("config directory {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// What went wrong.
+        source: io::Error,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: io::Error,
+    },
+    /// Nothing in the input could be applied.
+    #[error("nothing applied: {}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid {
+        /// Every problem found.
+        errors: Vec<ObjectError>,
+    },
+}
+
+/// What one scan found.
+#[derive(Debug, Default, Clone)]
+pub struct ScanReport {
+    /// Files read again because their content changed (relative names).
+    pub changed: Vec<String>,
+    /// Files that went away.
+    pub removed: Vec<String>,
+    /// Problems in the changed files (already logged).
+    pub errors: Vec<ObjectError>,
+    /// Files that could not be read (already logged); their objects are kept.
+    pub unreadable: Vec<String>,
+}
+
+/// The input of [`FileRegistry::apply`].
+#[derive(Debug, Clone)]
+pub enum ApplySource {
+    /// A file to read.
+    Path(PathBuf),
+    /// Text (`-f -`), with a name for messages.
+    Text {
+        /// Name in messages (`<stdin>`).
+        name: String,
+        /// The YAML stream.
+        text: String,
+    },
+}
+
+/// What [`FileRegistry::apply`] did.
+#[derive(Debug, Clone, Default)]
+pub struct ApplyReport {
+    /// `Kind namespace/name` of every object written.
+    pub applied: Vec<String>,
+    /// Documents left out.
+    pub errors: Vec<ObjectError>,
+}
+
+#[derive(Debug)]
+struct FileState {
+    hash: [u8; 32],
+    errors: Vec<ObjectError>,
+}
+
+/// Watches a directory and keeps its objects in a [`ConfigStore`].
+#[derive(Debug)]
+pub struct FileRegistry {
+    dir: PathBuf,
+    store: Arc<ConfigStore>,
+    files: Mutex<BTreeMap<String, FileState>>,
+}
+
+impl FileRegistry {
+    /// A registry of `dir` (which must be a directory) writing into `store`. Nothing is read
+    /// until [`FileRegistry::scan`] or [`FileRegistry::run`].
+    pub fn new(dir: impl Into<PathBuf>, store: Arc<ConfigStore>) -> Result<Self, RegistryError> {
+        let dir = dir.into();
+        let meta = fs::metadata(&dir).map_err(|source| RegistryError::Dir {
+            path: dir.clone(),
+            source,
+        })?;
+        if !meta.is_dir() {
+            return Err(RegistryError::Dir {
+                path: dir,
+                source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+            });
+        }
+        Ok(FileRegistry {
+            dir,
+            store,
+            files: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// The watched directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The problems of the documents currently in the directory.
+    pub fn errors(&self) -> Vec<ObjectError> {
+        self.files
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .flat_map(|f| f.errors.iter().cloned())
+            .collect()
+    }
+
+    /// Reads the files that changed since the last scan and updates the store. Blocking (file
+    /// I/O): call it from a blocking context.
+    pub fn scan(&self) -> ScanReport {
+        let mut report = ScanReport::default();
+        let mut found = BTreeMap::new();
+        if let Err(e) = list(&self.dir, &self.dir, &mut found) {
+            tracing::warn!("config directory {}: {e}", self.dir.display());
+            return report; // keep everything as it was
+        }
+        let mut files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
+        let gone: Vec<String> = files
+            .keys()
+            .filter(|k| !found.contains_key(*k))
+            .cloned()
+            .collect();
+        for name in gone {
+            files.remove(&name);
+            self.store.remove(&name);
+            tracing::info!("{name}: removed");
+            report.removed.push(name);
+        }
+        for (name, path) in found {
+            let text = match fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // raced a delete
+                Err(e) => {
+                    tracing::warn!("{name}: cannot read: {e}; its objects are kept");
+                    report.unreadable.push(name);
+                    continue;
+                }
+            };
+            let hash: [u8; 32] = Sha256::digest(&text).into();
+            if files.get(&name).is_some_and(|f| f.hash == hash) {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&text);
+            let (objects, errors) = parse_stream(&text, &name);
+            for e in &errors {
+                tracing::warn!("{e}");
+            }
+            let all_bad = objects.is_empty() && !errors.is_empty();
+            if all_bad && let Some(kept) = self.store.get(&name) {
+                if !kept.is_empty() {
+                    tracing::warn!(
+                        "{name}: no document is valid: keeping its previous {} objects",
+                        kept.len()
+                    );
+                }
+            } else {
+                tracing::info!("{name}: {} objects", objects.len());
+                self.store.replace(&name, objects);
+            }
+            report.errors.extend(errors.iter().cloned());
+            files.insert(name.clone(), FileState { hash, errors });
+            report.changed.push(name);
+        }
+        report
+    }
+
+    /// Scans every `interval` until `shutdown`. The first scan happens at once.
+    pub async fn run(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let this = Arc::clone(&self);
+            if let Err(e) = tokio::task::spawn_blocking(move || this.scan()).await {
+                tracing::error!("config directory scan failed: {e}");
+            }
+        }
+    }
+
+    /// `ama apply -f`: checks the stream and writes each good document into
+    /// `<dir>/applied/`, then rescans. Fails only when no document could be applied or a file
+    /// could not be written. Blocking (file I/O).
+    pub fn apply(&self, source: ApplySource) -> Result<ApplyReport, RegistryError> {
+        let (name, text) = match source {
+            ApplySource::Path(path) => {
+                let text = fs::read_to_string(&path).map_err(|source| RegistryError::File {
+                    path: path.clone(),
+                    source,
+                })?;
+                (path.display().to_string(), text)
+            }
+            ApplySource::Text { name, text } => (name, text),
+        };
+        let mut report = ApplyReport::default();
+        let out_dir = self.dir.join(APPLIED_DIR);
+        for doc in api::yaml::split_documents(&text) {
+            let (objects, errors) = parse_stream(doc.text, &name);
+            // Errors name document 1 of the one-document stream: renumber to the input's.
+            report.errors.extend(errors.into_iter().map(|mut e| {
+                e.doc = doc.index;
+                e.line += doc.line.saturating_sub(1);
+                e
+            }));
+            let Some(first) = objects.first() else {
+                continue;
+            };
+            let m = first.metadata();
+            let file = format!(
+                "{}-{}-{}.yaml",
+                first.kind().to_ascii_lowercase(),
+                if m.namespace.is_empty() {
+                    "cluster"
+                } else {
+                    &m.namespace
+                },
+                m.name
+            );
+            fs::create_dir_all(&out_dir).map_err(|source| RegistryError::File {
+                path: out_dir.clone(),
+                source,
+            })?;
+            let path = out_dir.join(&file);
+            write_atomically(&path, doc.text).map_err(|source| RegistryError::File {
+                path: path.clone(),
+                source,
+            })?;
+            report.applied.extend(objects.iter().map(|o| o.display()));
+        }
+        if report.applied.is_empty() && !report.errors.is_empty() {
+            return Err(RegistryError::Invalid {
+                errors: report.errors,
+            });
+        }
+        self.scan();
+        Ok(report)
+    }
+}
+
+/// Writes through a temporary file and a rename, so a scan never sees half a file.
+fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("apply")
+    ));
+    fs::write(&tmp, text)?;
+    fs::rename(&tmp, path)
+}
+
+/// Collects the config files under `dir`, by name relative to `root` (`/`-separated).
+fn list(root: &Path, dir: &Path, out: &mut BTreeMap<String, PathBuf>) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
+        if file_name.starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        // Follows symlinks; a dangling one is skipped.
+        let Ok(meta) = fs::metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Err(e) = list(root, &path, out) {
+                tracing::warn!("{}: {e}", path.display());
+            }
+        } else if meta.is_file()
+            && [".yaml", ".yml", ".json"]
+                .iter()
+                .any(|ext| file_name.ends_with(ext))
+        {
+            let name = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            out.insert(name, path);
+        }
+    }
+    Ok(())
+}
