@@ -210,7 +210,10 @@ mod tests {
     #[test]
     fn mesh_then_namespace_then_workload_then_port() {
         let mesh = pa("istio-system", &[], MtlsMode::Strict, &[]);
-        assert_eq!(resolve(&[mesh.clone()]).mode(80), InboundMode::Strict);
+        assert_eq!(
+            resolve(std::slice::from_ref(&mesh)).mode(80),
+            InboundMode::Strict
+        );
         let ns = pa("default", &[], MtlsMode::Permissive, &[]);
         assert_eq!(
             resolve(&[mesh.clone(), ns.clone()]).mode(80),

@@ -322,6 +322,7 @@ pub struct SidecarBuilder {
     resources: String,
     inbound_to: Option<SocketAddr>,
     config_file: Option<PathBuf>,
+    identity: Option<Arc<identity::IdentityManager>>,
 }
 
 impl Sidecar {
@@ -339,6 +340,7 @@ impl Sidecar {
             resources: resources_yaml.to_string(),
             inbound_to: None,
             config_file: None,
+            identity: None,
         }
     }
 
@@ -389,6 +391,12 @@ impl SidecarBuilder {
         self
     }
 
+    /// Gives the sidecar a workload identity: mTLS to and from mesh peers (see [`Mesh`]).
+    pub fn identity(mut self, manager: Arc<identity::IdentityManager>) -> Self {
+        self.identity = Some(manager);
+        self
+    }
+
     /// Watch this file for resources (the YAML given to `builder` is ignored).
     pub fn config_file(mut self, path: PathBuf) -> Self {
         self.config_file = Some(path);
@@ -407,7 +415,10 @@ impl SidecarBuilder {
         .expect("telemetry");
         let cfg = Arc::new(self.cfg);
         let store = Arc::new(ConfigStore::new(resources, cfg.clone()));
-        let pi = ProxyInputs::new(cfg, store.clone(), telemetry.clone());
+        let tls = self
+            .identity
+            .map(|m| proxy::tls::MeshTls::new(m).expect("mesh TLS config"));
+        let pi = ProxyInputs::with_tls(cfg, store.clone(), telemetry.clone(), tls);
         let orig_dst = Arc::new(StaticOrigDst::new(self.inbound_to));
         let mut proxy = Proxy::new(pi, orig_dst.clone()).await.expect("proxy binds");
         if let Some(p) = self.config_file {
@@ -560,4 +571,39 @@ workloads:
   labels: {app: ubuntu}
 "#
     .to_string()
+}
+
+/// An in-test mesh CA that hands out workload identities.
+pub struct Mesh {
+    pub ca: Arc<identity::CertificateAuthority>,
+}
+
+impl Mesh {
+    /// A fresh self-signed root for `cluster.local`.
+    pub fn new() -> Mesh {
+        Mesh {
+            ca: Arc::new(
+                identity::CertificateAuthority::generate("cluster.local").expect("mesh CA"),
+            ),
+        }
+    }
+
+    /// A workload identity `spiffe://cluster.local/ns/<ns>/sa/<sa>` signed by this CA.
+    pub async fn identity(&self, ns: &str, sa: &str) -> Arc<identity::IdentityManager> {
+        let id = identity::SpiffeId::new("cluster.local", ns, sa).expect("spiffe id");
+        let provider = Arc::new(identity::LocalCaProvider::new(self.ca.clone(), id.clone()));
+        identity::IdentityManager::new(id, provider, identity::RotationOptions::default())
+            .await
+            .expect("workload certificate")
+    }
+}
+
+/// The value of the first sample of metric `name` whose labels contain all of `labels`
+/// (`key="value"` strings), in Prometheus text; `None` when no sample matches.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
