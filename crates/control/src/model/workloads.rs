@@ -298,12 +298,25 @@ fn workload(
 }
 
 /// `istio` when the pod has a sidecar or would get one: the `security.istio.io/tlsMode` label
-/// when set, else the injection webhook's decision for this namespace.
+/// when set, else an `istio-proxy` container or `sidecar.istio.io/status` (injected by
+/// `kube-inject`), else the injection webhook's decision for this namespace.
 fn tls_mode(pod: &PodInput<'_>, ns_labels: Option<&Labels>, config: &InjectConfig) -> TlsMode {
     match pod.labels.get(label::TLS_MODE).map(String::as_str) {
         Some("istio") => return TlsMode::Istio,
         Some(_) => return TlsMode::Disabled,
         None => {}
+    }
+    let has_sidecar = pod
+        .annotations
+        .contains_key(api::annotation::SIDECAR_STATUS)
+        || pod
+            .spec
+            .containers
+            .iter()
+            .chain(&pod.spec.init_containers)
+            .any(|c| c.name == inject::sidecar::PROXY_CONTAINER_NAME);
+    if has_sidecar {
+        return TlsMode::Istio;
     }
     let empty = Labels::new();
     // Without a Namespace object the namespace has no labels: its selection is the pods' own.
