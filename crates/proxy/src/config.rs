@@ -461,6 +461,15 @@ impl ConfigStore {
         self.current.load_full()
     }
 
+    /// Checks `resources` and, when valid, swaps them in as a new version; otherwise the
+    /// snapshot in force stays. The one way in for resources from `--config` and from the
+    /// control plane, so both are held to the same rules (a push that fails them is NACKed with
+    /// the message).
+    pub fn apply(&self, resources: ProxyResources) -> Result<u64, xds::ValidationErrors> {
+        resources.validate()?;
+        Ok(self.replace(resources))
+    }
+
     /// Replaces the resources (already validated) with a new version.
     pub fn replace(&self, resources: ProxyResources) -> u64 {
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
@@ -504,9 +513,11 @@ pub async fn watch_file(
         pending = None;
         applied = Some(content.clone());
         let text = String::from_utf8_lossy(&content);
-        match ProxyResources::parse(&text) {
-            Ok(res) => {
-                let v = store.replace(res);
+        let applied = ProxyResources::parse(&text)
+            .map_err(|e| e.to_string())
+            .and_then(|res| store.apply(res).map_err(|e| e.to_string()));
+        match applied {
+            Ok(v) => {
                 tracing::info!(file = %path.display(), version = v, "config reloaded");
             }
             Err(e) => {

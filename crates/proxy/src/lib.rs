@@ -47,6 +47,7 @@ pub mod status;
 pub mod tcp;
 pub mod telemetry;
 pub mod tls;
+pub mod xds_client;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -34,8 +34,12 @@ pub struct SidecarOptions {
     pub readiness_addr: SocketAddr,
     /// Envoy-style prometheus (15090).
     pub prometheus_addr: SocketAddr,
-    /// Resources file, reloaded on change; none means an empty mesh (everything passes through).
+    /// Resources file, reloaded on change; none means an empty mesh (everything passes through)
+    /// or, with `discovery_address`, resources from the control plane.
     pub config_file: Option<PathBuf>,
+    /// The control plane (`host:port`, Istio's `--discoveryAddress`), used when there is no
+    /// `config_file`; the sidecar is ready once its first config is in force.
+    pub discovery_address: Option<String>,
 }
 
 impl Default for SidecarOptions {
@@ -46,6 +50,7 @@ impl Default for SidecarOptions {
             readiness_addr: SocketAddr::from(([0, 0, 0, 0], 15021)),
             prometheus_addr: SocketAddr::from(([0, 0, 0, 0], 15090)),
             config_file: None,
+            discovery_address: None,
         }
     }
 }
@@ -66,6 +71,9 @@ pub enum SidecarError {
         /// The error.
         source: std::io::Error,
     },
+    /// The discovery address is not usable.
+    #[error(transparent)]
+    Discovery(#[from] xds::ads::ClientError),
     /// `ISTIO_KUBE_APP_PROBERS` or `ISTIO_PROMETHEUS_ANNOTATIONS` is invalid.
     #[error("{0}")]
     Status(String),
@@ -88,6 +96,15 @@ pub async fn run(
     let resources = match &opts.config_file {
         Some(p) => xds::ProxyResources::load(p)?,
         None => xds::ProxyResources::default(),
+    };
+    // `--config FILE` wins over the control plane, as it does today.
+    let discovery = match (&opts.config_file, &opts.discovery_address) {
+        (None, Some(address)) => Some(crate::xds_client::client(
+            address,
+            &cfg,
+            &crate::xds_client::metadata_from_env(std::env::vars()),
+        )?),
+        _ => None,
     };
     let cfg = Arc::new(cfg);
     let store = Arc::new(ConfigStore::new(resources, cfg.clone()));
@@ -143,9 +160,23 @@ pub async fn run(
         outbound = %proxy.outbound_addr(),
         inbound = %proxy.inbound_addr(),
         admin = %opts.admin_addr,
-        "sidecar ready"
+        "sidecar started"
     );
-    readiness.set_ready(true);
+    match discovery {
+        Some(client) => {
+            let ready = readiness.clone();
+            tokio::spawn(crate::xds_client::run(
+                client,
+                pi.store.clone(),
+                move || {
+                    tracing::info!("first config from the control plane in force; ready");
+                    ready.set_ready(true);
+                },
+                proxy.drain_watcher(),
+            ));
+        }
+        None => readiness.set_ready(true),
+    }
 
     let stop_quit = quit.clone();
     let ready = readiness.clone();

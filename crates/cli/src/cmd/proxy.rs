@@ -2,8 +2,9 @@
 //!
 //! Accepts the arguments Istio's injection template passes (`--domain`, `--proxyLogLevel`,
 //! `--concurrency`, `--drainDuration`, ...), explicitly, plus ours (`--config`, `--inbound-bind`,
-//! port overrides). Runs a tokio runtime with `--concurrency` worker threads and hands over to
-//! `proxy::sidecar::run`; SIGTERM drains and exits 0.
+//! port overrides). Resources come from `--config FILE`, else from the control plane at
+//! `--discoveryAddress` (Delta ADS). Runs a tokio runtime with `--concurrency` worker threads and
+//! hands over to `proxy::sidecar::run`; SIGTERM drains and exits 0.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -76,6 +77,7 @@ impl FromStr for GoDuration {
 #[derive(clap::Args)]
 struct SidecarArgs {
     /// Resources (workloads, services, routes, policies) as YAML or JSON; reloaded on change.
+    /// Wins over --discoveryAddress.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Source address of connections to the app: 127.0.0.6 (dial the pod IP) or 127.0.0.1.
@@ -140,8 +142,8 @@ struct SidecarArgs {
     /// Accepted for compatibility; unused.
     #[arg(long = "parentShutdownDuration", hide = true)]
     parent_shutdown_duration: Option<String>,
-    /// Accepted for compatibility; unused (the control plane issue connects to it).
-    #[arg(long = "discoveryAddress", hide = true)]
+    /// Control plane address (`host:port`): resources arrive over Delta ADS (when no --config).
+    #[arg(long = "discoveryAddress")]
     discovery_address: Option<String>,
     /// Accepted for compatibility; unused.
     #[arg(long = "controlPlaneAuthPolicy", hide = true)]
@@ -260,6 +262,7 @@ fn sidecar(a: SidecarArgs) -> anyhow::Result<ExitCode> {
         readiness_addr: SocketAddr::from(([0, 0, 0, 0], a.readiness_port)),
         prometheus_addr: SocketAddr::from(([0, 0, 0, 0], a.prometheus_port)),
         config_file: a.config,
+        discovery_address: a.discovery_address,
     };
     let access_log = if a.access_log_file.is_empty() {
         None

@@ -41,3 +41,5 @@ pub use server::{AdsServer, Nack, ProxyStatus, SnapshotSource, TypeStatus};
 
 /// The xDS `Node` type (envoy-types), as a [`SnapshotSource`] receives it.
 pub use envoy_types::pb::envoy::config::core::v3::Node;
+/// The gRPC status a [`SnapshotSource`] refuses a proxy with.
+pub use tonic::Status;

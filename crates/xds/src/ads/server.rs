@@ -168,6 +168,17 @@ impl AdsServer {
             .max_encoding_message_size(usize::MAX)
     }
 
+    /// Serves ADS alone on `listener` (plain HTTP/2) until the future is dropped or fails. A
+    /// control plane that serves more (the CA, TLS on 15012) adds [`AdsServer::service`] to its
+    /// own `tonic::transport::Server` instead. Dropping the future stops accepting; open streams
+    /// end when their connections do.
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> Result<(), tonic::transport::Error> {
+        tonic::transport::Server::builder()
+            .add_service(self.service())
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await
+    }
+
     /// Connected proxies, in connection order.
     pub fn status(&self) -> Vec<ProxyStatus> {
         let proxies = self
