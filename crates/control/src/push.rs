@@ -266,13 +266,13 @@ impl Pusher {
             build,
             convergence,
         };
+        let since = convergence
+            .map(|c| format!("; {:.1} ms since the first change", c.as_secs_f64() * 1e3))
+            .unwrap_or_default();
         tracing::info!(
-            "push {} proxies in {:.1} ms ({} changed; {} changes; {:.1} ms since the first change)",
+            "push {} proxies in {:.1} ms ({changed} changed, {changes} changes{since})",
             entries.len(),
             build.as_secs_f64() * 1e3,
-            changed,
-            changes,
-            convergence.unwrap_or_default().as_secs_f64() * 1e3,
         );
         self.last.send_replace(Some(stats.clone()));
         stats

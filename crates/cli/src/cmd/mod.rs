@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod discovery;
 pub mod iptables;
 pub mod kube_inject;
 pub mod manifest;
