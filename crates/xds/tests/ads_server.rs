@@ -70,6 +70,9 @@ async fn initial_sync_sends_every_type_once_even_when_empty() {
         .wait_status(&n.id, |p| p.types.values().all(|t| t.acked.is_some()))
         .await;
     assert_eq!(st.types[&ResourceType::Workload].resources, 3);
+    for t in st.types.values() {
+        assert_eq!(t.latest, t.acked, "in sync");
+    }
     assert_eq!(
         st.types[&ResourceType::Workload].acked,
         Some(rs[&ResourceType::Workload].system_version_info.clone())
@@ -149,6 +152,10 @@ async fn a_nack_is_recorded_and_the_rejected_resource_is_sent_again_with_the_nex
         Some(rs[&ResourceType::Workload].system_version_info.clone())
     );
     assert!(!t.pending);
+    assert_ne!(
+        t.latest, t.acked,
+        "out of sync while the proxy rejects the latest"
+    );
     // No retry of the same thing on its own.
     s.quiet().await;
 
@@ -353,4 +360,43 @@ async fn a_stream_without_a_node_is_refused() {
     let err = stream.message().await.expect_err("refused");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("node"), "{err}");
+}
+
+#[tokio::test]
+async fn a_proxy_that_stops_reading_does_not_hold_up_the_others() {
+    let source = Source::fixed(mesh(2));
+    let server = ServerProcess::start(source.clone());
+    // This one subscribes and then neither reads nor ACKs.
+    let _stuck = RawStream::open(server.addr, node("stuck", 1), &ALL, &BTreeMap::new()).await;
+    let mut ok = RawStream::open(server.addr, node("ok", 2), &ALL, &BTreeMap::new()).await;
+    let rs = one_each(&mut ok, &ALL).await;
+    ack_all(&ok, &rs).await;
+    for i in 0..50 {
+        let mut next = mesh(2);
+        next.workloads[0].labels.insert("i".into(), i.to_string());
+        // Big enough that the stuck stream's HTTP/2 window fills up.
+        next.workloads[1]
+            .labels
+            .insert("pad".into(), "x".repeat(16 * 1024) + &i.to_string());
+        source.set(None, next.clone());
+        let r = ok.next().await;
+        assert_eq!(r.type_url, ResourceType::Workload.type_url());
+        let w1 = r
+            .resources
+            .iter()
+            .find(|x| x.name == "w1")
+            .and_then(|x| x.resource.as_ref())
+            .expect("w1 changed");
+        assert_eq!(
+            AnyResource::decode(ResourceType::Workload, "w1", w1).expect("decodes"),
+            AnyResource::Workload(next.workloads[0].clone())
+        );
+        ok.ack(&r).await;
+    }
+    let stuck = node("stuck", 1).id;
+    let st = server
+        .wait_status(&stuck, |p| p.types.len() == ALL.len())
+        .await;
+    assert!(st.types.values().all(|t| t.pending && t.acked.is_none()));
+    assert!(st.types.values().all(|t| t.pushes == 1), "{st:#?}");
 }

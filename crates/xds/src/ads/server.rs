@@ -80,6 +80,9 @@ pub struct Nack {
 /// One resource type of one proxy stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TypeStatus {
+    /// Version of the set the proxy should have: the latest snapshot, as subscribed. The proxy is
+    /// in sync when `acked` equals it.
+    pub latest: Option<String>,
     /// Version of the proxy's set of this type after the last response sent.
     pub sent: Option<String>,
     /// Version last ACKed.
@@ -388,12 +391,34 @@ impl ProxyStream {
         for p in problems {
             tracing::warn!(proxy = %self.node_id, problem = %p, "resource not sent");
         }
+        let mut changed = Vec::new();
         for (ty, st) in &mut self.types {
             if snap.get(*ty) != self.snapshot.get(*ty) {
                 st.dirty = true;
+                changed.push(*ty);
             }
         }
         self.snapshot = snap;
+        for ty in changed {
+            self.refresh_latest(ty);
+        }
+    }
+
+    /// Records the version of what the proxy should have of `ty`.
+    fn refresh_latest(&self, ty: ResourceType) {
+        let Some(st) = self.types.get(&ty) else {
+            return;
+        };
+        let empty = BTreeMap::new();
+        let want = self.snapshot.get(ty).unwrap_or(&empty);
+        let latest = set_version(
+            want.iter()
+                .filter(|(n, _)| st.wants(n))
+                .map(|(n, e)| (n, &e.version)),
+        );
+        self.shared.update(self.connection, |p| {
+            p.types.entry(ty).or_default().latest = Some(latest);
+        });
     }
 
     fn on_request(&mut self, req: DeltaDiscoveryRequest) {
@@ -485,6 +510,9 @@ impl ProxyStream {
             } = &mut *st;
             has.retain(|n, _| *wildcard || names.contains(n));
             st.dirty = true;
+        }
+        if st.dirty {
+            self.refresh_latest(ty);
         }
     }
 
