@@ -36,6 +36,7 @@ pub mod drain;
 pub mod dump;
 pub mod headers;
 pub mod http;
+pub mod identity_source;
 pub mod inbound;
 pub mod listener;
 pub mod orig_dst;

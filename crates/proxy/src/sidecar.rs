@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{AdminInputs, LogLevelControl};
 use crate::config::{ConfigStore, ProxyConfig};
 use crate::dump::TrafficAdmin;
+use crate::identity_source::{IdentitySource, IdentitySourceError};
 use crate::orig_dst::SoOriginalDst;
 use crate::status::{AppMetrics, KubeAppProbers, Readiness, StatusInputs};
 use crate::telemetry::Telemetry;
@@ -34,6 +35,8 @@ pub struct SidecarOptions {
     pub readiness_addr: SocketAddr,
     /// Envoy-style prometheus (15090).
     pub prometheus_addr: SocketAddr,
+    /// Where the workload certificate comes from; none: plaintext only.
+    pub identity: IdentitySource,
     /// Resources file, reloaded on change; none means an empty mesh (everything passes through)
     /// or, with `discovery_address`, resources from the control plane.
     pub config_file: Option<PathBuf>,
@@ -49,6 +52,7 @@ impl Default for SidecarOptions {
             status_addr: SocketAddr::from(([0, 0, 0, 0], 15020)),
             readiness_addr: SocketAddr::from(([0, 0, 0, 0], 15021)),
             prometheus_addr: SocketAddr::from(([0, 0, 0, 0], 15090)),
+            identity: IdentitySource::None,
             config_file: None,
             discovery_address: None,
         }
@@ -74,6 +78,9 @@ pub enum SidecarError {
     /// The discovery address is not usable.
     #[error(transparent)]
     Discovery(#[from] xds::ads::ClientError),
+    /// No workload certificate could be had from the configured source.
+    #[error("workload identity: {0}")]
+    Identity(#[from] IdentitySourceError),
     /// `ISTIO_KUBE_APP_PROBERS` or `ISTIO_PROMETHEUS_ANNOTATIONS` is invalid.
     #[error("{0}")]
     Status(String),
@@ -108,7 +115,8 @@ pub async fn run(
     };
     let cfg = Arc::new(cfg);
     let store = Arc::new(ConfigStore::new(resources, cfg.clone()));
-    let pi = ProxyInputs::new(cfg.clone(), store, telemetry.clone());
+    let tls = crate::identity_source::start(&opts.identity).await?;
+    let pi = ProxyInputs::with_tls(cfg.clone(), store, telemetry.clone(), tls);
     let mut proxy = Proxy::new(pi.clone(), Arc::new(SoOriginalDst))
         .await
         .map_err(|source| SidecarError::Bind {

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use proxy::admin::LogLevelControl;
 use proxy::config::ProxyConfig;
+use proxy::identity_source::{IdentityFlags, IdentitySource};
 use proxy::sidecar::SidecarOptions;
 use proxy::telemetry::{
     AccessLogEncoding, AccessLogOptions, AccessLogSink, Telemetry, TelemetryOptions,
@@ -154,9 +155,22 @@ struct SidecarArgs {
     /// Accepted for compatibility; unused.
     #[arg(long = "binaryPath", hide = true)]
     binary_path: Option<String>,
-    /// Accepted for compatibility; unused.
-    #[arg(long = "trust-domain", hide = true)]
+    /// Trust domain of the SPIFFE id asked of the CA (`cluster.local`).
+    #[arg(long = "trust-domain")]
     trust_domain: Option<String>,
+    /// Workload certificates in Istio's file-mounted layout (`cert-chain.pem`, `key.pem`,
+    /// `root-cert.pem`), re-read on change. Default: /etc/certs when it holds them.
+    #[arg(long, env = "AMA_CERT_DIR", value_name = "DIR")]
+    cert_dir: Option<PathBuf>,
+    /// The control plane's CA (`IstioCertificateService`, TLS), `host:port`.
+    #[arg(long, env = "CA_ADDR", value_name = "HOST:PORT")]
+    ca_addr: Option<String>,
+    /// Root certificate that the CA's serving certificate chains to.
+    #[arg(long, value_name = "FILE", default_value = proxy::identity_source::ISTIO_CA_ROOT_FILE)]
+    ca_root_file: PathBuf,
+    /// Service-account token sent to the CA (`Authorization: Bearer`).
+    #[arg(long, value_name = "FILE", default_value = proxy::identity_source::ISTIO_TOKEN_FILE)]
+    token_file: PathBuf,
     /// Accepted for compatibility; unused.
     #[arg(long = "templateFile", hide = true)]
     template_file: Option<String>,
@@ -263,6 +277,17 @@ fn sidecar(a: SidecarArgs) -> anyhow::Result<ExitCode> {
         prometheus_addr: SocketAddr::from(([0, 0, 0, 0], a.prometheus_port)),
         config_file: a.config,
         discovery_address: a.discovery_address,
+        identity: IdentitySource::resolve(IdentityFlags {
+            cert_dir: a.cert_dir,
+            ca_addr: a.ca_addr,
+            ca_root_file: Some(a.ca_root_file),
+            token_file: Some(a.token_file),
+            trust_domain: a.trust_domain,
+            namespace: env("POD_NAMESPACE"),
+            service_account: env("SERVICE_ACCOUNT"),
+            cluster_id: cfg.cluster_id.clone(),
+        })
+        .context("workload identity")?,
     };
     let access_log = if a.access_log_file.is_empty() {
         None
