@@ -175,7 +175,10 @@ impl AdsServer {
     /// control plane that serves more (the CA, TLS on 15012) adds [`AdsServer::service`] to its
     /// own `tonic::transport::Server` instead. Dropping the future stops accepting; open streams
     /// end when their connections do.
-    pub async fn serve(self, listener: tokio::net::TcpListener) -> Result<(), tonic::transport::Error> {
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+    ) -> Result<(), tonic::transport::Error> {
         tonic::transport::Server::builder()
             .add_service(self.service())
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
