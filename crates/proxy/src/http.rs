@@ -483,9 +483,11 @@ async fn handle(
     let h = req.headers_mut();
     headers::strip_hop_by_hop(h, upgrade);
     if ctx.direction == Direction::Inbound {
-        let trusted = snap
-            .peer_by_ip(ctx.client.get().ip())
-            .is_some_and(|p| p.in_mesh);
+        // A verified mTLS peer is in the mesh; otherwise the address has to say so.
+        let trusted = ctx.peer.is_some()
+            || snap
+                .peer_by_ip(ctx.client.get().ip())
+                .is_some_and(|p| p.in_mesh);
         if !trusted {
             headers::strip_envoy_headers(h);
         }

@@ -5,7 +5,10 @@
 //! listener (15006, [`inbound`]) what other pods send to it. Each accepted connection goes through
 //! [`listener`]: original destination ([`orig_dst`]), protocol detection ([`detect`]), then the
 //! HTTP proxy ([`http`], with [`route`], [`balance`], [`pool`], [`headers`]) or an opaque copy
-//! ([`tcp`]). Resources come from [`config`] and swap atomically; [`drain`] stops it gracefully.
+//! ([`tcp`]). Between sidecars the connection is Istio mTLS ([`tls`]: auto mTLS outbound,
+//! termination by ALPN inbound under [`authn`]'s PeerAuthentication), with the workload
+//! certificate from [`identity_source`]. Resources come from [`config`] and swap atomically;
+//! [`drain`] stops it gracefully.
 //!
 //! Module ownership while the crate is being built: `telemetry/` (access log, metrics),
 //! `admin.rs` (127.0.0.1:15000) and `status.rs` (15020, 15021, 15090) form the observability side;

@@ -63,7 +63,8 @@ const MAX_CLIENT_CONFIGS: usize = 1024;
 /// Which SPIFFE id an endpoint's sidecar must present.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ServerIdentity {
-    /// Unknown: any id under the mesh roots (what Istio does without service accounts).
+    /// Unknown: any id under the mesh roots and in our trust domain (what Istio does without
+    /// service accounts).
     AnyInMesh,
     /// This id exactly (the endpoint's identity, or its workload's service account).
     Exactly(SpiffeId),
@@ -149,6 +150,14 @@ pub enum HandshakeError {
     /// The handshake finished but the peer's identity could not be read.
     #[error("TLS peer: {0}")]
     Peer(#[source] identity::Error),
+    /// Any mesh id was acceptable, but the peer's is from another trust domain.
+    #[error("peer is {peer}, outside trust domain {trust_domain}")]
+    ForeignTrustDomain {
+        /// What the peer presented.
+        peer: Box<SpiffeId>,
+        /// Ours.
+        trust_domain: String,
+    },
 }
 
 impl HandshakeError {
@@ -338,6 +347,13 @@ impl MeshTls {
             Ok(r) => r.map_err(HandshakeError::Io)?,
         };
         let server = itls::peer_identity(stream.get_ref().1).map_err(HandshakeError::Peer)?;
+        let ours = self.manager.id().trust_domain();
+        if peer.identity == ServerIdentity::AnyInMesh && server.id.trust_domain() != ours {
+            return Err(HandshakeError::ForeignTrustDomain {
+                peer: Box::new(server.id),
+                trust_domain: ours.to_string(),
+            });
+        }
         Ok((stream, Arc::from(server.id.to_string())))
     }
 
