@@ -224,11 +224,16 @@ impl Pusher {
         for w in model.warnings.iter().filter(|w| !old.contains(w)) {
             tracing::warn!("{w}");
         }
+        // Most no-op changes (a comment, a bad document) give the same model: compare once
+        // rather than once per proxy.
+        let unchanged = same_resources(&model, &previous);
         let model = Arc::new(model);
         self.model.store(Arc::clone(&model));
 
         // Publish outside the lock: translation is per proxy and may take a while.
-        let entries: Vec<(ProxyKey, watch::Sender<Arc<ProxyResources>>)> = {
+        let entries: Vec<(ProxyKey, watch::Sender<Arc<ProxyResources>>)> = if unchanged {
+            Vec::new()
+        } else {
             let proxies = self.proxies.lock().unwrap_or_else(PoisonError::into_inner);
             proxies
                 .values()
@@ -271,7 +276,7 @@ impl Pusher {
             .unwrap_or_default();
         tracing::info!(
             "push {} proxies in {:.1} ms ({changed} changed, {changes} changes{since})",
-            entries.len(),
+            proxies,
             build.as_secs_f64() * 1e3,
         );
         self.last.send_replace(Some(stats.clone()));
@@ -323,6 +328,15 @@ impl Pusher {
         tracing::debug!(node = node_id, "proxy subscribed");
         Ok(rx)
     }
+}
+
+/// Whether two models give every proxy the same resources (warnings aside).
+fn same_resources(a: &Model, b: &Model) -> bool {
+    a.workloads == b.workloads
+        && a.services == b.services
+        && a.http_routes == b.http_routes
+        && a.traffic_policies == b.traffic_policies
+        && a.authorizations == b.authorizations
 }
 
 impl SnapshotSource for Pusher {
