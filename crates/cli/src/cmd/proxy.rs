@@ -144,6 +144,7 @@ struct SidecarArgs {
     #[arg(long = "parentShutdownDuration", hide = true)]
     parent_shutdown_duration: Option<String>,
     /// Control plane address (`host:port`): resources arrive over Delta ADS (when no --config).
+    /// Default: `discoveryAddress` of the `PROXY_CONFIG` environment variable.
     #[arg(long = "discoveryAddress")]
     discovery_address: Option<String>,
     /// Accepted for compatibility; unused.
@@ -257,6 +258,15 @@ fn sidecar(a: SidecarArgs) -> anyhow::Result<ExitCode> {
     }
 
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    // Istio's injection passes the control plane in `PROXY_CONFIG` (ProxyConfig as JSON); the
+    // flag, when given, wins.
+    let discovery_address = match a.discovery_address {
+        Some(d) => Some(d),
+        None => api::ProxyConfig::from_yaml(&env("PROXY_CONFIG").unwrap_or_default())
+            .context("PROXY_CONFIG")?
+            .discovery_address
+            .filter(|d| !d.is_empty()),
+    };
     let cfg = ProxyConfig {
         outbound_addr: SocketAddr::from(([0, 0, 0, 0], a.outbound_port)),
         inbound_addr: SocketAddr::from(([0, 0, 0, 0], a.inbound_port)),
@@ -276,7 +286,7 @@ fn sidecar(a: SidecarArgs) -> anyhow::Result<ExitCode> {
         readiness_addr: SocketAddr::from(([0, 0, 0, 0], a.readiness_port)),
         prometheus_addr: SocketAddr::from(([0, 0, 0, 0], a.prometheus_port)),
         config_file: a.config,
-        discovery_address: a.discovery_address,
+        discovery_address,
         identity: IdentitySource::resolve(IdentityFlags {
             cert_dir: a.cert_dir,
             ca_addr: a.ca_addr,
