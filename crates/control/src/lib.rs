@@ -21,8 +21,8 @@
 //!   registry ([`registry::file`]) watches a directory of the YAML a user would `kubectl apply`.
 //! - [`model`]: the mesh as the proxies need it, built from all objects at once.
 //! - [`translate`]: the resources one proxy receives.
-//! - [`push`]: debounced recomputation and publication, with push-time metrics; the
-//!   [`push::SnapshotSource`] the ADS server reads.
+//! - [`push`]: debounced recomputation and publication, with push-time metrics; it is the
+//!   [`xds::ads::SnapshotSource`] the ADS server reads.
 //! - [`discovery`]: the server itself: Delta ADS on gRPC, `/ready`, `/debug/syncz` and `/metrics`
 //!   on the monitoring port.
 //!
