@@ -52,12 +52,12 @@ pub const ISTIO_CA_ROOT_FILE: &str = "/var/run/secrets/istio/root-cert.pem";
 #[derive(Debug, thiserror::Error)]
 pub enum IdentitySourceError {
     /// A file could not be read.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: io::Error,
+        /// The I/O error (shown in the message, so not a `source`).
+        error: io::Error,
     },
     /// A file holds no usable PEM of the kind expected. Never quotes key material.
     #[error("{}: {reason}", path.display())]
@@ -81,9 +81,9 @@ pub enum IdentitySourceError {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, IdentitySourceError> {
-    std::fs::read(path).map_err(|source| IdentitySourceError::Read {
+    std::fs::read(path).map_err(|error| IdentitySourceError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 

@@ -79,7 +79,7 @@ pub enum SidecarError {
     #[error(transparent)]
     Discovery(#[from] xds::ads::ClientError),
     /// No workload certificate could be had from the configured source.
-    #[error("workload identity: {0}")]
+    #[error(transparent)]
     Identity(#[from] IdentitySourceError),
     /// `ISTIO_KUBE_APP_PROBERS` or `ISTIO_PROMETHEUS_ANNOTATIONS` is invalid.
     #[error("{0}")]
