@@ -93,9 +93,13 @@ impl Drop for ControlPlane {
     }
 }
 
-/// The mesh with `httpbin-service` served by `app` (dialled directly: no server sidecar).
+/// The mesh with `httpbin-service` served by `app` (dialled directly: no server sidecar), with
+/// its lists in resource-name order, as the discovery client rebuilds them.
 fn mesh_to(app: &App) -> ProxyResources {
-    ProxyResources::parse(&httpbin_yaml(&[app.addr], "ROUND_ROBIN", "")).expect("valid")
+    let mut res =
+        ProxyResources::parse(&httpbin_yaml(&[app.addr], "ROUND_ROBIN", "")).expect("valid");
+    res.workloads.sort_by(|a, b| a.uid.cmp(&b.uid));
+    res
 }
 
 /// Same, but with a port the validation refuses.
@@ -176,6 +180,8 @@ async fn the_sidecar_follows_the_control_plane_and_survives_its_loss() {
     push.send_replace(Arc::new(mesh_to(&v1)));
     wait_answer(&sidecar, "v1").await;
     assert!(ready.load(Ordering::SeqCst));
+    // The whole config, not just the type that changed since the rejected first push.
+    assert_eq!(*sidecar.store.load().resources, mesh_to(&v1));
     push.send_replace(Arc::new(mesh_to(&v2)));
     wait_answer(&sidecar, "v2").await;
     let acked = wait_for(&cp, &node_id, |t| t.acked.is_some() && !t.pending).await;

@@ -175,6 +175,33 @@ async fn a_rejected_push_is_nacked_and_the_previous_config_stays() {
 }
 
 #[tokio::test]
+async fn a_rejected_first_sync_is_applied_whole_once_fixed() {
+    let mut bad = mesh(2);
+    bad.workloads[0]
+        .labels
+        .insert("reject".into(), "yes".into());
+    let source = Source::fixed(bad);
+    let server = ServerProcess::start(source.clone());
+    let mut c = Running::start(server.addr, "pod-1", 1);
+    c.wait_status(|s| s.rejected >= 1).await;
+    c.quiet().await;
+    // Only a workload changes; every other type comes again with it, and the first config is
+    // whole.
+    source.set(None, mesh(2));
+    assert_eq!(c.next().await, mesh(2));
+    let st = c.wait_status(|s| s.applied == 1).await;
+    assert_eq!(st.rejected, ResourceType::ALL.len() as u64);
+    let id = node("pod-1", 1).id;
+    server
+        .wait_status(&id, |p| {
+            p.types
+                .values()
+                .all(|t| t.acked.is_some() && t.latest == t.acked)
+        })
+        .await;
+}
+
+#[tokio::test]
 async fn after_a_server_restart_the_client_resumes_with_its_versions_and_gets_the_difference() {
     let source = Source::fixed(mesh(3));
     let server = ServerProcess::start(source);

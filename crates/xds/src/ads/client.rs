@@ -312,7 +312,13 @@ impl AdsClient {
             }
             if unanswered.is_empty() && !waiting.is_empty() {
                 let updates = std::mem::take(&mut waiting);
-                replies.extend(self.apply_updates(updates, apply));
+                let (acks, accepted) = self.apply_updates(updates, apply);
+                replies.extend(acks);
+                if !accepted && !self.applied_once {
+                    // The first config was rejected whole: the server resends every type with
+                    // its next change, and the first config is again applied whole.
+                    unanswered = ResourceType::ALL.into_iter().collect();
+                }
             }
             for r in replies {
                 if tx.send(r).await.is_err() {
@@ -323,12 +329,12 @@ impl AdsClient {
     }
 
     /// Applies `updates` together: ACKs them all if `apply` accepts the result, else NACKs them
-    /// all and keeps the previous resources.
+    /// all and keeps the previous resources. Also says whether they were accepted.
     fn apply_updates<F>(
         &mut self,
         updates: Vec<Update>,
         apply: &mut F,
-    ) -> Vec<DeltaDiscoveryRequest>
+    ) -> (Vec<DeltaDiscoveryRequest>, bool)
     where
         F: FnMut(ProxyResources) -> Result<(), String> + Send,
     {
@@ -353,7 +359,7 @@ impl AdsClient {
                     self.applied_once = true;
                     self.status.send_modify(|s| s.applied += 1);
                 }
-                updates
+                let acks = updates
                     .into_iter()
                     .map(|u| {
                         let held = self.resources.entry(u.ty).or_default();
@@ -363,14 +369,16 @@ impl AdsClient {
                         held.extend(u.changed);
                         ack(u.ty.type_url(), u.nonce, None)
                     })
-                    .collect()
+                    .collect();
+                (acks, true)
             }
             Err(e) => {
                 tracing::warn!(node = %self.node.id, error = %e, "config rejected (NACK); keeping the previous one");
-                updates
+                let nacks = updates
                     .into_iter()
                     .map(|u| self.reject(u.ty.type_url(), u.nonce, e.clone()))
-                    .collect()
+                    .collect();
+                (nacks, false)
             }
         }
     }

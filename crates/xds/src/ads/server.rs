@@ -12,7 +12,8 @@
 //!   control). Changes that arrive meanwhile are coalesced: after the ACK the proxy gets the
 //!   difference to the latest snapshot, never the intermediate ones;
 //! - a NACK is logged with the proxy id and its `error_detail`, kept for [`AdsServer::status`],
-//!   and what was rejected counts as not delivered: the next change resends it with the new one;
+//!   and what was rejected counts as not delivered: the next change (of any type) resends it
+//!   with the new one, so a proxy that rejected its first sync gets every type again;
 //! - [`AdsServer::status`] lists connected proxies with, per type, the versions last sent, ACKed
 //!   and NACKed (`proxy-status`).
 //!
@@ -312,6 +313,9 @@ struct TypeState {
     in_flight: Option<InFlight>,
     /// The first response for this type is still due (sent even when empty).
     initial: bool,
+    /// The last response was NACKed: the next change of any type resends what the proxy lacks,
+    /// even if that is nothing, so a proxy that rejected its first sync gets every type again.
+    rejected: bool,
     /// The snapshot or the subscription changed since the last diff.
     dirty: bool,
 }
@@ -396,7 +400,7 @@ impl ProxyStream {
         }
         let mut changed = Vec::new();
         for (ty, st) in &mut self.types {
-            if snap.get(*ty) != self.snapshot.get(*ty) {
+            if st.rejected || snap.get(*ty) != self.snapshot.get(*ty) {
                 st.dirty = true;
                 changed.push(*ty);
             }
@@ -467,6 +471,7 @@ impl ProxyStream {
                         );
                         // The proxy kept what it had: the rejected resources count as not
                         // delivered, so the next change sends them again with the new ones.
+                        st.rejected = true;
                         for (name, prev) in flight.previous {
                             match prev {
                                 Some(v) => st.has.insert(name, v),
@@ -550,10 +555,11 @@ impl ProxyStream {
                 .filter(|n| !(st.wants(n) && want.contains_key(*n)))
                 .cloned()
                 .collect();
-            if resources.is_empty() && removed.is_empty() && !st.initial {
+            if resources.is_empty() && removed.is_empty() && !st.initial && !st.rejected {
                 continue;
             }
             st.initial = false;
+            st.rejected = false;
             for name in &removed {
                 let prev = st.has.remove(name);
                 previous.push((name.clone(), prev));
