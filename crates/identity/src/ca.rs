@@ -379,10 +379,62 @@ impl CertificateAuthority {
         self.issue(&public_key, id, ttl)
     }
 
+    /// Issues a serving certificate for the control plane itself (istiod's
+    /// `istiod.istio-system.svc`, on 15012 and 15017): a fresh P-256 key and a leaf whose SANs
+    /// are `dns_names` and `ip_addresses` (no SPIFFE id), otherwise shaped like a workload leaf.
+    /// Clients verify it against [`Self::roots`] by host name, as gRPC and the API server do.
+    ///
+    /// Costs one key generation and one signature.
+    pub fn issue_server_certificate(
+        &self,
+        dns_names: &[String],
+        ip_addresses: &[std::net::IpAddr],
+        ttl: Duration,
+    ) -> Result<(CertChain, crate::PrivateKey), Error> {
+        if dns_names.is_empty() && ip_addresses.is_empty() {
+            return Err(Error::certificate(
+                "serving certificate",
+                "needs at least one DNS name or IP address",
+            ));
+        }
+        if ttl.is_zero() {
+            return Err(Error::ZeroTtl);
+        }
+        let mut sans = Vec::with_capacity(dns_names.len() + ip_addresses.len());
+        for name in dns_names {
+            let dns = rcgen::string::Ia5String::try_from(name.as_str()).map_err(|source| {
+                Error::Generate {
+                    what: "serving certificate DNS name",
+                    source,
+                }
+            })?;
+            sans.push(SanType::DnsName(dns));
+        }
+        sans.extend(ip_addresses.iter().map(|ip| SanType::IpAddress(*ip)));
+        let key = crate::PrivateKey::generate_p256()?;
+        let chain = self.issue_with_sans(&key.key_pair()?, sans, ttl)?;
+        Ok((chain, key))
+    }
+
     fn issue(
         &self,
         public_key: &impl rcgen::PublicKeyData,
         id: &SpiffeId,
+        ttl: Duration,
+    ) -> Result<CertChain, Error> {
+        let uri = rcgen::string::Ia5String::try_from(id.to_string()).map_err(|source| {
+            Error::Generate {
+                what: "leaf subjectAltName",
+                source,
+            }
+        })?;
+        self.issue_with_sans(public_key, vec![SanType::URI(uri)], ttl)
+    }
+
+    fn issue_with_sans(
+        &self,
+        public_key: &impl rcgen::PublicKeyData,
+        sans: Vec<SanType>,
         ttl: Duration,
     ) -> Result<CertChain, Error> {
         let now = OffsetDateTime::now_utc();
@@ -392,15 +444,9 @@ impl CertificateAuthority {
                 "the CA's signing certificate has expired",
             ));
         }
-        let uri = rcgen::string::Ia5String::try_from(id.to_string()).map_err(|source| {
-            Error::Generate {
-                what: "leaf subjectAltName",
-                source,
-            }
-        })?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names = vec![SanType::URI(uri)];
+        params.subject_alt_names = sans;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
