@@ -1,0 +1,139 @@
+//! Errors of the local runtime. Each says what failed and what to do next, for a person at a
+//! terminal: the CLI prints them as they are.
+
+use std::io;
+use std::path::PathBuf;
+
+use api::objects::ObjectError;
+
+/// What went wrong in `ama up` or one of the commands that talk to a running mesh.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file or directory could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The directory given to `ama up` holds no YAML.
+    #[error(
+        "{dir}: no YAML files (*.yaml, *.yml, *.json): give the directory of the objects you \
+         would `kubectl apply`, such as examples/seed"
+    )]
+    NoManifests {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// Documents of the input are malformed; nothing was started or applied.
+    #[error("{} document(s) cannot be used; fix them and run again:\n  {}", errors.len(), errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    Objects {
+        /// Every problem, with file, document and field.
+        errors: Vec<ObjectError>,
+    },
+    /// A pod cannot run locally as written.
+    #[error("{object}: {message}")]
+    Pod {
+        /// `Kind namespace/name` of the object the pod comes from.
+        object: String,
+        /// What is missing, and how to add it.
+        message: String,
+    },
+    /// A system command failed.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// A system command could not be started.
+    #[error(
+        "cannot run `{program}` ({source}); is it installed? (`ama up` needs iproute2 `ip` and util-linux `setpriv`)"
+    )]
+    Spawn {
+        /// The program.
+        program: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// `ama up` was started for a mesh that runs already.
+    #[error(
+        "mesh \"{cluster}\" is already running (ama up, pid {pid}): stop it with `ama down{flag}` \
+         or start another with `ama up --name OTHER DIR`",
+        flag = name_flag(cluster)
+    )]
+    AlreadyRunning {
+        /// The mesh's name.
+        cluster: String,
+        /// The pid of its `ama up`.
+        pid: u32,
+    },
+    /// No mesh of that name is running.
+    #[error("no mesh \"{cluster}\" is running (no {}); start one with `ama up DIR`", path.display())]
+    NotRunning {
+        /// The mesh's name.
+        cluster: String,
+        /// The state file looked for.
+        path: PathBuf,
+    },
+    /// No such pod.
+    #[error("pod \"{name}\" not found; `ama get pods` lists them")]
+    NoPod {
+        /// The name asked for.
+        name: String,
+    },
+    /// No such container in the pod.
+    #[error("container \"{container}\" is not in pod {pod}; choose one of: {}", choices.join(", "))]
+    NoContainer {
+        /// The pod.
+        pod: String,
+        /// The container asked for.
+        container: String,
+        /// The pod's containers.
+        choices: Vec<String>,
+    },
+    /// The state file of a mesh is unreadable.
+    #[error("{}: {message}; if no `ama up` runs, remove the directory and start again", path.display())]
+    State {
+        /// The state file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// No address is left in a pool.
+    #[error("no free address left in {pool}: stop some pods (lower replicas) and try again")]
+    AddressesExhausted {
+        /// The pool (`10.244.0.0/16`).
+        pool: &'static str,
+    },
+    /// Not root.
+    #[error(
+        "ama up needs root: it creates network namespaces, veth pairs and capture rules. Run it \
+         with sudo (the rootless mode through a user namespace is not done yet)"
+    )]
+    NeedsRoot,
+    /// A mesh name that cannot name namespaces and directories.
+    #[error("mesh name \"{0}\": use 1 to 20 lowercase letters, digits and '-'")]
+    BadName(String),
+}
+
+impl Error {
+    /// An [`Error::Io`] for `path`.
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { path, source }
+    }
+}
+
+/// ` --name NAME` unless the mesh has the default name.
+fn name_flag(cluster: &str) -> String {
+    if cluster == crate::state::DEFAULT_CLUSTER {
+        String::new()
+    } else {
+        format!(" --name {cluster}")
+    }
+}

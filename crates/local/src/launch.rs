@@ -1,0 +1,665 @@
+//! What runs in one pod, decided from its group's template as the API server and kubelet would:
+//!
+//! 1. Injection, by the webhook's own rules ([`inject::injection_required`] with the namespace's
+//!    labels): an injected pod gets the `istio-init` and `istio-proxy` containers of
+//!    [`inject::inject_pod_template`], exactly what `ama kube-inject` writes. A pod that is
+//!    already injected (the output of `kube-inject`) runs its own. Others run without either,
+//!    so without capture rules, like a pod without injection in a cluster.
+//! 2. Each container becomes a process: `istio-init` and `istio-proxy` run this `ama` binary
+//!    with the injected arguments; an app container runs the annotation
+//!    `local.ama.dev/command.<container>` or, for the first container, `local.ama.dev/command`
+//!    (on the pod template or its owner; run by `sh -c`), else its `command` and `args` when the
+//!    program exists on this machine (`sleep infinity`).
+//! 3. Environment: literal values and the downward API (`metadata.name`, `status.podIP`, …);
+//!    `$(VAR)` in commands and arguments is expanded as kubelet does. The user is the
+//!    container's (or the pod's) `securityContext.runAsUser`/`runAsGroup`: 1337 for the proxy.
+//! 4. Readiness: the container's `readinessProbe` (`httpGet` or `tcpSocket`; an injected pod's
+//!    app probes go through the proxy's status port, as in a cluster), else running is ready.
+//!    Probes run every second from the start (`initialDelaySeconds` is not waited for).
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use inject::SkipReason;
+use inject::sidecar::{BINARY, INIT_CONTAINER_NAME, PROXY_CONTAINER_NAME};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::Error;
+use crate::manifests::{Labels, MeshSettings};
+use crate::plan::{PodGroup, string_map};
+
+/// Annotation: the command of the pod's first app container on this machine.
+pub const COMMAND_ANNOTATION: &str = "local.ama.dev/command";
+/// Annotation read by the control plane's file registry: the pod's address.
+pub const ADDRESS_ANNOTATION: &str = "local.ama.dev/address";
+
+/// Everything a new pod is made from.
+#[derive(Debug, Clone, Copy)]
+pub struct LaunchInputs<'a> {
+    /// Its group (owner and template).
+    pub group: &'a PodGroup,
+    /// Its name.
+    pub pod_name: &'a str,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// The labels of its namespace.
+    pub namespace_labels: &'a Labels,
+    /// Mesh-wide settings (injection, access log).
+    pub mesh: &'a MeshSettings,
+    /// The `ama` binary that runs `istio-init`, `istio-proxy` and the samples.
+    pub ama: &'a Path,
+    /// The node's address (`status.hostIP`): the bridge.
+    pub host_ip: Ipv4Addr,
+    /// The node's name (`spec.nodeName`).
+    pub node_name: &'a str,
+}
+
+/// What a container is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// An init container: runs to completion before the others start.
+    Init,
+    /// The `istio-proxy` sidecar.
+    Sidecar,
+    /// An app container.
+    App,
+}
+
+/// How readiness of a container is checked, inside the pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Probe {
+    /// `GET http://127.0.0.1:<port><path>` answers 2xx or 3xx.
+    Http {
+        /// Port.
+        port: u16,
+        /// Path and query.
+        path: String,
+    },
+    /// `127.0.0.1:<port>` accepts connections.
+    Tcp {
+        /// Port.
+        port: u16,
+    },
+    /// Ready while running.
+    None,
+}
+
+/// One container's process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRun {
+    /// The container's name.
+    pub name: String,
+    /// What it is for.
+    pub role: Role,
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Environment (on top of `PATH`, `HOME` and `HOSTNAME`).
+    pub env: Vec<(String, String)>,
+    /// Uid and gid, when not root.
+    pub user: Option<(u32, u32)>,
+    /// Readiness check.
+    pub probe: Probe,
+}
+
+/// What runs in one pod.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// The pod as the API server would hold it (injected, with its address annotation): what
+    /// the control plane is told, and what `ama get pods -o yaml` prints.
+    pub pod: Value,
+    /// Why it has no sidecar, when it has none.
+    pub skipped: Option<SkipReason>,
+    /// Init containers, in order (`istio-init` among them when injected).
+    pub init: Vec<ContainerRun>,
+    /// The other containers (`istio-proxy` among them when injected).
+    pub containers: Vec<ContainerRun>,
+}
+
+impl Launch {
+    /// Whether the pod has a sidecar.
+    pub fn injected(&self) -> bool {
+        self.containers.iter().any(|c| c.role == Role::Sidecar)
+    }
+}
+
+/// Decides what runs in a new pod.
+pub fn launch(inputs: LaunchInputs<'_>) -> Result<Launch, Error> {
+    let group = inputs.group;
+    let object = || group.display();
+    let namespace = group.owner.namespace.as_str();
+    let mut labels = group.pod_labels(inputs.pod_name);
+    let template_annotations = string_map(group.template.pointer("/metadata/annotations"));
+    let spec = group.template.get("spec").cloned().unwrap_or(json!({}));
+    let mut template = json!({
+        "metadata": {
+            "name": inputs.pod_name,
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": template_annotations,
+        },
+        "spec": spec,
+    });
+    let config = &inputs.mesh.inject;
+    let decision =
+        inject::injection_required(namespace, Some(inputs.namespace_labels), &template, config);
+    let skipped = match decision {
+        Ok(()) => {
+            inject::inject_pod_template(&mut template, &group.owner, config).map_err(|errors| {
+                Error::Pod {
+                    object: object(),
+                    message: format!(
+                        "cannot inject the sidecar: {}",
+                        errors
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                }
+            })?;
+            None
+        }
+        Err(SkipReason::AlreadyInjected) => None,
+        Err(reason) => Some(reason),
+    };
+    // Injection may have added labels (security.istio.io/tlsMode, canonical names).
+    labels = string_map(template.pointer("/metadata/labels"));
+    let mut annotations = string_map(template.pointer("/metadata/annotations"));
+    annotations.insert(ADDRESS_ANNOTATION.into(), inputs.ip.to_string());
+    let mut spec = template.get("spec").cloned().unwrap_or(json!({}));
+    if let Value::Object(s) = &mut spec {
+        s.insert("nodeName".into(), json!(inputs.node_name));
+    }
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": inputs.pod_name,
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": annotations,
+        },
+        "spec": spec,
+    });
+
+    let facts = PodFacts {
+        pod: &pod,
+        ip: inputs.ip,
+        host_ip: inputs.host_ip,
+    };
+    let mut owner_annotations = group.owner_annotations.clone();
+    owner_annotations.extend(template_annotations_of(&pod));
+    let list = |field: &str| -> Vec<Value> {
+        pod.pointer(&format!("/spec/{field}"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut first_app = true;
+    let mut runs = |containers: Vec<Value>, init: bool| -> Result<Vec<ContainerRun>, Error> {
+        containers
+            .iter()
+            .map(|c| {
+                let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
+                let role = match (init, name) {
+                    (true, INIT_CONTAINER_NAME) => Role::Init,
+                    (false, PROXY_CONTAINER_NAME) => Role::Sidecar,
+                    (true, _) => Role::Init,
+                    (false, _) => Role::App,
+                };
+                let is_first_app = role == Role::App && first_app;
+                if role == Role::App {
+                    first_app = false;
+                }
+                container_run(
+                    c,
+                    role,
+                    is_first_app,
+                    &owner_annotations,
+                    &facts,
+                    inputs.ama,
+                )
+                .map_err(|message| Error::Pod {
+                    object: object(),
+                    message: format!("container \"{name}\": {message}"),
+                })
+            })
+            .collect()
+    };
+    let init = runs(list("initContainers"), true)?;
+    let containers = runs(list("containers"), false)?;
+    Ok(Launch {
+        pod,
+        skipped,
+        init,
+        containers,
+    })
+}
+
+fn template_annotations_of(pod: &Value) -> Labels {
+    string_map(pod.pointer("/metadata/annotations"))
+}
+
+/// What the downward API reads.
+struct PodFacts<'a> {
+    pod: &'a Value,
+    ip: Ipv4Addr,
+    host_ip: Ipv4Addr,
+}
+
+impl PodFacts<'_> {
+    /// The value of a `fieldRef.fieldPath`, when it is one kubelet knows.
+    fn field(&self, path: &str) -> Option<String> {
+        let text = |p: &str| {
+            self.pod
+                .pointer(p)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        let indexed = |prefix: &str, map: &str| -> Option<Option<String>> {
+            let key = path
+                .strip_prefix(prefix)?
+                .strip_prefix("['")?
+                .strip_suffix("']")?;
+            Some(
+                self.pod
+                    .pointer(&format!("/metadata/{map}"))
+                    .and_then(|m| m.get(key))
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            )
+        };
+        if let Some(v) = indexed("metadata.labels", "labels") {
+            return v;
+        }
+        if let Some(v) = indexed("metadata.annotations", "annotations") {
+            return v;
+        }
+        match path {
+            "metadata.name" => text("/metadata/name"),
+            "metadata.namespace" => text("/metadata/namespace"),
+            "metadata.uid" => Some(format!(
+                "{}-{}",
+                text("/metadata/namespace").unwrap_or_default(),
+                text("/metadata/name").unwrap_or_default()
+            )),
+            "status.podIP" | "status.podIPs" => Some(self.ip.to_string()),
+            "status.hostIP" | "status.hostIPs" => Some(self.host_ip.to_string()),
+            "spec.serviceAccountName" => Some(
+                text("/spec/serviceAccountName")
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "default".into()),
+            ),
+            "spec.nodeName" => text("/spec/nodeName"),
+            _ => None,
+        }
+    }
+}
+
+/// The process of one container; errors are sentences about that container.
+fn container_run(
+    c: &Value,
+    role: Role,
+    first_app: bool,
+    annotations: &Labels,
+    facts: &PodFacts<'_>,
+    ama: &Path,
+) -> Result<ContainerRun, String> {
+    let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
+    let strings = |field: &str| -> Vec<String> {
+        c.get(field)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let env = environment(c, facts);
+    let command = strings("command");
+    let args = strings("args");
+    let expand_all =
+        |list: Vec<String>| -> Vec<String> { list.into_iter().map(|s| expand(&s, &env)).collect() };
+    let local = annotations
+        .get(&format!("{COMMAND_ANNOTATION}.{name}"))
+        .or_else(|| {
+            first_app
+                .then(|| annotations.get(COMMAND_ANNOTATION))
+                .flatten()
+        });
+    let argv = match (role, local) {
+        (Role::App | Role::Init, Some(line)) => vec![
+            "/bin/sh".to_string(),
+            "-c".to_string(),
+            format!("exec {line}"),
+        ],
+        _ if command.first().map(String::as_str) == Some(BINARY) => {
+            let mut argv = vec![ama.display().to_string()];
+            argv.extend(expand_all(command[1..].to_vec()));
+            argv.extend(expand_all(args));
+            argv
+        }
+        _ if !command.is_empty() => {
+            let mut argv = expand_all(command);
+            if find_program(&argv[0], ama).is_none() {
+                return Err(format!(
+                    "its command \"{}\" is not on this machine: add the annotation \
+                     {COMMAND_ANNOTATION}{}: \"<command>\" to the pod template",
+                    argv[0],
+                    if first_app {
+                        String::new()
+                    } else {
+                        format!(".{name}")
+                    }
+                ));
+            }
+            argv.extend(expand_all(args));
+            argv
+        }
+        _ => {
+            let image = c.get("image").and_then(Value::as_str).unwrap_or("<none>");
+            return Err(format!(
+                "image {image} cannot run without a container runtime: add the annotation \
+                 {COMMAND_ANNOTATION}{}: \"<command>\" to the pod template (for example \
+                 \"ama sample httpbin --port 80\")",
+                if first_app {
+                    String::new()
+                } else {
+                    format!(".{name}")
+                }
+            ));
+        }
+    };
+    Ok(ContainerRun {
+        name: name.to_string(),
+        role,
+        argv,
+        env,
+        user: run_as(c, facts.pod),
+        probe: probe(c),
+    })
+}
+
+/// A container's environment: literal values and the downward API, `$(VAR)` expanded against
+/// the variables before it.
+fn environment(c: &Value, facts: &PodFacts<'_>) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    for e in c.get("env").and_then(Value::as_array).into_iter().flatten() {
+        let Some(name) = e.get("name").and_then(Value::as_str) else {
+            continue;
+        };
+        let value = if let Some(v) = e.get("value").and_then(Value::as_str) {
+            Some(expand(v, &env))
+        } else if let Some(path) = e
+            .pointer("/valueFrom/fieldRef/fieldPath")
+            .and_then(Value::as_str)
+        {
+            facts.field(path)
+        } else {
+            None
+        };
+        if let Some(value) = value {
+            env.retain(|(k, _)| k != name);
+            env.push((name.to_string(), value));
+        }
+    }
+    env
+}
+
+/// Kubernetes' `$(VAR)` expansion: known variables are replaced, `$$` is a `$`, anything else
+/// is left as written.
+pub fn expand(text: &str, env: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(inner) = after.strip_prefix('(')
+            && let Some(end) = inner.find(')')
+            && let Some((_, v)) = env.iter().rev().find(|(k, _)| *k == inner[..end])
+        {
+            out.push_str(v);
+            rest = &inner[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `securityContext.runAsUser`/`runAsGroup` of the container, else of the pod; None for root.
+fn run_as(c: &Value, pod: &Value) -> Option<(u32, u32)> {
+    let id = |field: &str| -> Option<u32> {
+        c.pointer(&format!("/securityContext/{field}"))
+            .or_else(|| pod.pointer(&format!("/spec/securityContext/{field}")))
+            .and_then(Value::as_u64)
+            .and_then(|v| u32::try_from(v).ok())
+    };
+    let uid = id("runAsUser")?;
+    if uid == 0 {
+        return None;
+    }
+    Some((uid, id("runAsGroup").unwrap_or(uid)))
+}
+
+/// The readiness probe of a container.
+fn probe(c: &Value) -> Probe {
+    let Some(p) = c.get("readinessProbe") else {
+        return Probe::None;
+    };
+    let port = |field: &Value| -> Option<u16> {
+        match field {
+            Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+            Value::String(name) => c
+                .get("ports")
+                .and_then(Value::as_array)?
+                .iter()
+                .find(|p| p.get("name").and_then(Value::as_str) == Some(name))?
+                .get("containerPort")?
+                .as_u64()
+                .and_then(|n| u16::try_from(n).ok()),
+            _ => None,
+        }
+    };
+    if let Some(get) = p.get("httpGet")
+        && let Some(port) = get.get("port").and_then(port)
+    {
+        let path = get.get("path").and_then(Value::as_str).unwrap_or("/");
+        return Probe::Http {
+            port,
+            path: path.to_string(),
+        };
+    }
+    if let Some(port) = p.pointer("/tcpSocket/port").and_then(port) {
+        return Probe::Tcp { port };
+    }
+    Probe::None
+}
+
+/// `program` as a path: itself when it has a '/', else found on `PATH` (after `ama`'s own
+/// directory, where the apps find `ama`).
+pub fn find_program(program: &str, ama: &Path) -> Option<PathBuf> {
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return p.exists().then_some(p);
+    }
+    search_path(ama)
+        .into_iter()
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// The `PATH` of app processes: `ama`'s directory first, then this process's `PATH`.
+pub fn search_path(ama: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = ama.parent().map(Path::to_path_buf).into_iter().collect();
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    dirs.extend(std::env::split_paths(&path));
+    dirs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifests::{Manifests, parse};
+    use crate::plan::pod_groups;
+
+    const SEED: &str = "
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: httpbin-deployment, labels: {app: httpbin}}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: httpbin}}
+  template:
+    metadata:
+      labels: {app: httpbin}
+      annotations: {local.ama.dev/command: ama sample httpbin --port 80}
+    spec:
+      containers:
+      - name: httpbin
+        image: kennethreitz/httpbin:latest
+        ports: [{containerPort: 80}]
+        env: [{name: ME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}, {name: GREETING, value: hi-$(ME)}]
+        readinessProbe: {httpGet: {path: /status/200, port: 80}}
+";
+
+    fn launch_in(ns_labels: &Labels, yaml: &str) -> Result<Launch, Error> {
+        let mut m = Manifests::default();
+        m.merge(parse(yaml, "t.yaml").unwrap());
+        let (groups, _) = pod_groups(&m);
+        launch(LaunchInputs {
+            group: &groups[0],
+            pod_name: "httpbin-deployment-abc-xyz12",
+            ip: Ipv4Addr::new(10, 244, 0, 2),
+            namespace_labels: ns_labels,
+            mesh: &MeshSettings::default(),
+            ama: Path::new("/opt/ama/bin/ama"),
+            host_ip: Ipv4Addr::new(10, 244, 0, 1),
+            node_name: "local",
+        })
+    }
+
+    #[test]
+    fn injected_pod_runs_istio_init_the_proxy_as_1337_and_the_app() {
+        let labels = Labels::from([("istio-injection".into(), "enabled".into())]);
+        let l = launch_in(&labels, SEED).unwrap();
+        assert!(l.injected());
+        assert_eq!(l.skipped, None);
+        let init = &l.init[0];
+        assert_eq!(init.name, "istio-init");
+        assert_eq!(init.argv[..2], ["/opt/ama/bin/ama", "iptables"]);
+        assert_eq!(init.user, None);
+        let proxy = l
+            .containers
+            .iter()
+            .find(|c| c.role == Role::Sidecar)
+            .unwrap();
+        assert_eq!(proxy.argv[1..3], ["proxy", "sidecar"]);
+        assert!(
+            proxy
+                .argv
+                .contains(&"default.svc.cluster.local".to_string()),
+            "{:?}",
+            proxy.argv
+        );
+        assert_eq!(proxy.user, Some((1337, 1337)));
+        let env = |k: &str| {
+            proxy
+                .env
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(env("POD_NAME"), Some("httpbin-deployment-abc-xyz12"));
+        assert_eq!(env("INSTANCE_IP"), Some("10.244.0.2"));
+        assert_eq!(env("SERVICE_ACCOUNT"), Some("default"));
+        assert_eq!(
+            proxy.probe,
+            Probe::Http {
+                port: 15021,
+                path: "/healthz/ready".into()
+            }
+        );
+        let app = l.containers.iter().find(|c| c.role == Role::App).unwrap();
+        assert_eq!(
+            app.argv,
+            ["/bin/sh", "-c", "exec ama sample httpbin --port 80"]
+        );
+        assert!(
+            app.env
+                .contains(&("GREETING".into(), "hi-httpbin-deployment-abc-xyz12".into()))
+        );
+        // The app's probe goes through the proxy's status port, as Istio rewrites it.
+        assert!(
+            matches!(&app.probe, Probe::Http { port: 15020, path } if path.starts_with("/app-health/httpbin/")),
+            "{:?}",
+            app.probe
+        );
+        assert_eq!(
+            l.pod["metadata"]["annotations"][ADDRESS_ANNOTATION],
+            "10.244.0.2"
+        );
+        assert_eq!(
+            l.pod["metadata"]["labels"]["security.istio.io/tlsMode"],
+            "istio"
+        );
+    }
+
+    #[test]
+    fn namespace_without_the_label_gets_no_sidecar_and_no_init() {
+        let l = launch_in(&Labels::new(), SEED).unwrap();
+        assert!(!l.injected());
+        assert_eq!(l.skipped, Some(SkipReason::NotSelected));
+        assert!(l.init.is_empty());
+        assert_eq!(l.containers.len(), 1);
+        assert_eq!(
+            l.containers[0].probe,
+            Probe::Http {
+                port: 80,
+                path: "/status/200".into()
+            }
+        );
+    }
+
+    #[test]
+    fn an_image_without_local_command_says_what_to_add() {
+        let yaml = SEED.replace(
+            "annotations: {local.ama.dev/command: ama sample httpbin --port 80}",
+            "annotations: {}",
+        );
+        let err = launch_in(&Labels::new(), &yaml).unwrap_err().to_string();
+        assert!(
+            err.contains("Deployment default/httpbin-deployment"),
+            "{err}"
+        );
+        assert!(err.contains("local.ama.dev/command"), "{err}");
+        let yaml = yaml.replace(
+            "image: kennethreitz/httpbin:latest",
+            "image: ubuntu\n        command: [sleep, infinity]",
+        );
+        let l = launch_in(&Labels::new(), &yaml).unwrap();
+        assert!(
+            l.containers[0].argv[0].ends_with("sleep"),
+            "{:?}",
+            l.containers[0].argv
+        );
+        assert_eq!(l.containers[0].argv[1], "infinity");
+    }
+
+    #[test]
+    fn expansion() {
+        let env = vec![("A".to_string(), "x".to_string())];
+        assert_eq!(expand("$(A).svc", &env), "x.svc");
+        assert_eq!(expand("$$(A) $(B) $", &env), "$(A) $(B) $");
+    }
+}

@@ -1,0 +1,54 @@
+//! The local runtime: what `ama up DIR` runs. The mesh on one machine, with no Kubernetes.
+//!
+//! `ama up` reads the YAML a user would `kubectl apply` and plays the parts of the API server,
+//! the scheduler, kubelet, kube-proxy and cluster DNS, just enough for the mesh to run as it does
+//! in a cluster:
+//!
+//! ```text
+//!  DIR/*.yaml ─► manifests ─► plan (pod groups: Deployments, StatefulSets, Pods …)
+//!                                │ per replica: name, address, injection decision
+//!                                ▼
+//!                             launch (the injected pod: istio-init args, istio-proxy args/env,
+//!                                │     app commands from `local.ama.dev/command`)
+//!                                ▼
+//!  runtime ─► lan (bridge namespace, 10.244.0.0/16) ─► netns per pod (eth0, hosts file)
+//!         ─► `ama iptables …` ─► `ama proxy sidecar …` as 1337 ─► the app's process
+//!         ─► mesh: registry objects in <state>/config (for `ama discovery`), or per-pod
+//!                  resource files (`--config`), one switch: [`mesh::XdsMode`]
+//!         ─► state (<state>/state.json): what `ama get/exec/logs/apply/down` read
+//! ```
+//!
+//! - [`manifests`]: the objects of a directory or of `ama apply -f`, typed and raw.
+//! - [`plan`]: the pods the objects ask for; [`launch`]: what runs in one pod.
+//! - [`naming`] and [`ipam`]: pod names as Kubernetes makes them, pod addresses.
+//! - [`netns`]: network namespaces and the LAN, each owned by a guard.
+//! - [`process`]: processes in a pod, their logs, signals; [`probe`]: readiness checks run
+//!   inside a pod's namespace.
+//! - [`mesh`]: what the control plane and the proxies are told (registry objects, VIPs, hosts).
+//! - [`state`]: the state directory shared by the `ama` invocations of one mesh.
+//! - [`runtime`]: `ama up`'s loop (start, supervise, reconcile on `ama apply`, tear down) and
+//!   `ama down`.
+//! - [`table`]: kubectl-style output of pods and services.
+//! - [`sample`]: the built-in apps (`ama sample httpbin`, `ama sample sleep`).
+//!
+//! Root only for now: namespaces, veths and capture rules need `CAP_SYS_ADMIN`/`CAP_NET_ADMIN`;
+//! without root [`runtime::up`] says so ([`Error::NeedsRoot`]).
+
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod ipam;
+pub mod launch;
+pub mod manifests;
+pub mod mesh;
+pub mod naming;
+pub mod netns;
+pub mod plan;
+pub mod probe;
+pub mod process;
+pub mod runtime;
+pub mod sample;
+pub mod state;
+pub mod table;
+
+pub use error::Error;

@@ -1,0 +1,334 @@
+//! The objects a mesh is made of: the YAML of `ama up DIR` and of every `ama apply -f`, each
+//! document kept twice, typed ([`api::objects::Object`], checked field by field) and raw (the
+//! JSON a Kubernetes API server would store), because a pod must run with fields the typed
+//! model does not carry (`securityContext`, probes) and the objects handed to the control plane
+//! are written back as the user wrote them.
+//!
+//! Documents are identified as `kubectl` identifies them: kind, namespace, name. A later one
+//! replaces an earlier one (a file applied later wins), as `kubectl apply` does.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use api::objects::{Object, ObjectError, parse_stream};
+use api::yaml::split_documents;
+use serde_json::Value;
+
+use crate::Error;
+
+/// Labels or annotations.
+pub type Labels = BTreeMap<String, String>;
+
+/// One object, typed and raw.
+#[derive(Debug, Clone)]
+pub struct Document {
+    /// Where it came from (`DIR/httpbin.yaml`).
+    pub source: String,
+    /// The JSON of the object, with `metadata.namespace` filled in for namespaced kinds.
+    pub raw: Value,
+    /// The checked object.
+    pub object: Object,
+}
+
+impl Document {
+    /// `(kind, namespace, name)`: what identifies the object.
+    pub fn key(&self) -> (String, String, String) {
+        let m = self.object.metadata();
+        (
+            self.object.kind().to_string(),
+            m.namespace.clone(),
+            m.name.clone(),
+        )
+    }
+
+    /// The object as `kubectl apply` prints it: `deployment.apps/httpbin-deployment`.
+    pub fn resource_name(&self) -> String {
+        let group = self
+            .raw
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .and_then(|v| v.rsplit_once('/'))
+            .map(|(group, _)| group)
+            .unwrap_or("");
+        let kind = self.object.kind().to_ascii_lowercase();
+        let name = &self.object.metadata().name;
+        if group.is_empty() {
+            format!("{kind}/{name}")
+        } else {
+            format!("{kind}.{group}/{name}")
+        }
+    }
+}
+
+/// The objects of a mesh, in the order they were given; one per key.
+#[derive(Debug, Clone, Default)]
+pub struct Manifests {
+    /// The documents.
+    pub docs: Vec<Document>,
+}
+
+impl Manifests {
+    /// Reads every `*.yaml`, `*.yml` and `*.json` file under `dir` (recursively, in name order,
+    /// skipping names that start with '.'). Any malformed document fails the whole read, with
+    /// every problem listed.
+    pub fn read_dir(dir: &Path) -> Result<Manifests, Error> {
+        let mut files = Vec::new();
+        collect_files(dir, &mut files)?;
+        if files.is_empty() {
+            return Err(Error::NoManifests {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let mut manifests = Manifests::default();
+        let mut errors = Vec::new();
+        for file in files {
+            let text = fs::read_to_string(&file).map_err(Error::io(&file))?;
+            match parse(&text, &file.display().to_string()) {
+                Ok(docs) => manifests.merge(docs),
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(manifests)
+        } else {
+            Err(Error::Objects { errors })
+        }
+    }
+
+    /// Adds `docs`, each replacing an earlier document with the same key.
+    pub fn merge(&mut self, docs: Vec<Document>) {
+        for doc in docs {
+            let key = doc.key();
+            match self.docs.iter_mut().find(|d| d.key() == key) {
+                Some(old) => *old = doc,
+                None => self.docs.push(doc),
+            }
+        }
+    }
+
+    /// The labels of every namespace: declared ones with their labels; `default` and every
+    /// namespace an object names, without labels, as an API server would have them.
+    pub fn namespaces(&self) -> BTreeMap<String, Labels> {
+        let mut out = BTreeMap::from([("default".to_string(), Labels::new())]);
+        for d in &self.docs {
+            match &d.object {
+                Object::Namespace(ns) => {
+                    out.insert(ns.metadata.name.clone(), ns.metadata.labels.clone());
+                }
+                o => {
+                    let ns = &o.metadata().namespace;
+                    if !ns.is_empty() {
+                        out.entry(ns.clone()).or_default();
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The mesh-wide settings: the ConfigMap `istio` in `istio-system`, key `mesh`.
+    pub fn mesh(&self) -> MeshSettings {
+        let mut settings = MeshSettings::default();
+        for d in &self.docs {
+            let Object::ConfigMap(cm) = &d.object else {
+                continue;
+            };
+            if cm.metadata.namespace != control::model::ROOT_NAMESPACE
+                || cm.metadata.name != api::objects::MESH_CONFIG_MAP
+            {
+                continue;
+            }
+            if let Some(mesh) = &cm.mesh_config {
+                settings.inject.mesh = mesh.clone();
+            }
+            // The access log settings are not in api::MeshConfig yet: read them from the text.
+            if let Some(text) = cm.data.get("mesh")
+                && let Ok(value) = serde_saphyr::from_str::<Value>(text)
+            {
+                let field = |k: &str| value.get(k).and_then(Value::as_str).map(str::to_string);
+                settings.access_log_file = field("accessLogFile").unwrap_or_default();
+                settings.access_log_encoding =
+                    field("accessLogEncoding").unwrap_or_else(|| "TEXT".to_string());
+            }
+        }
+        settings
+    }
+}
+
+/// Mesh-wide settings that decide how pods are injected and what their proxies log.
+#[derive(Debug, Clone)]
+pub struct MeshSettings {
+    /// MeshConfig and values, as the injector has them.
+    pub inject: inject::InjectConfig,
+    /// MeshConfig `accessLogFile` (`/dev/stdout`; empty: no access log).
+    pub access_log_file: String,
+    /// MeshConfig `accessLogEncoding` (`JSON` or `TEXT`).
+    pub access_log_encoding: String,
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        MeshSettings {
+            inject: inject::InjectConfig::default(),
+            access_log_file: String::new(),
+            access_log_encoding: "TEXT".to_string(),
+        }
+    }
+}
+
+/// Parses a YAML stream into documents. All problems are returned at once, with file, document
+/// and field; `Ok` means every document is usable.
+pub fn parse(text: &str, source: &str) -> Result<Vec<Document>, Vec<ObjectError>> {
+    let (_, errors) = parse_stream(text, source);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let mut docs = Vec::new();
+    for doc in split_documents(text) {
+        // parse_stream accepted every document: each is a mapping (or a List of them).
+        let Ok(value) = serde_saphyr::from_str::<Value>(doc.text) else {
+            continue;
+        };
+        let items = match value.get("kind").and_then(Value::as_str) {
+            Some("List") => value
+                .get("items")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+            _ => vec![value],
+        };
+        for mut raw in items {
+            strip_nulls(&mut raw);
+            let (objects, _) = parse_stream(&raw.to_string(), source);
+            let Some(object) = objects.into_iter().next() else {
+                continue;
+            };
+            let namespace = object.metadata().namespace.clone();
+            if !namespace.is_empty()
+                && let Some(Value::Object(m)) = raw.get_mut("metadata")
+            {
+                m.insert("namespace".into(), Value::String(namespace));
+            }
+            docs.push(Document {
+                source: source.to_string(),
+                raw,
+                object,
+            });
+        }
+    }
+    Ok(docs)
+}
+
+fn strip_nulls(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(strip_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Error> {
+    let meta = fs::metadata(dir).map_err(Error::io(dir))?;
+    if meta.is_file() {
+        out.push(dir.to_path_buf());
+        return Ok(());
+    }
+    let mut entries: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(Error::io(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for path in entries {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with('.') {
+            continue;
+        }
+        if path.is_dir() {
+            collect_files(&path, out)?;
+        } else if [".yaml", ".yml", ".json"].iter().any(|e| name.ends_with(e)) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = "
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: default
+  labels:
+    istio-injection: enabled
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: httpbin-deployment
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: httpbin}}
+  template:
+    metadata: {labels: {app: httpbin}}
+    spec:
+      containers:
+      - name: httpbin
+        image: kennethreitz/httpbin:latest
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    accessLogFile: /dev/stdout
+    accessLogEncoding: JSON
+";
+
+    #[test]
+    fn typed_and_raw_with_namespace_filled_in() {
+        let docs = parse(SEED, "seed.yaml").unwrap();
+        assert_eq!(docs.len(), 3);
+        assert_eq!(docs[1].raw["metadata"]["namespace"], "default");
+        assert_eq!(
+            docs[1].resource_name(),
+            "deployment.apps/httpbin-deployment"
+        );
+        assert_eq!(docs[0].resource_name(), "namespace/default");
+        let mut m = Manifests::default();
+        m.merge(docs);
+        assert_eq!(m.namespaces()["default"]["istio-injection"], "enabled");
+        let mesh = m.mesh();
+        assert_eq!(mesh.access_log_file, "/dev/stdout");
+        assert_eq!(mesh.access_log_encoding, "JSON");
+    }
+
+    #[test]
+    fn later_documents_replace_earlier_ones() {
+        let mut m = Manifests::default();
+        m.merge(parse(SEED, "a.yaml").unwrap());
+        let again = SEED.replace("replicas: 2", "replicas: 3");
+        m.merge(parse(&again, "b.yaml").unwrap());
+        assert_eq!(m.docs.len(), 3);
+        assert_eq!(m.docs[1].raw["spec"]["replicas"], 3);
+        assert_eq!(m.docs[1].source, "b.yaml");
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let bad = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 99999}]}\n---\n: :\n";
+        let errors = parse(bad, "bad.yaml").unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].to_string().starts_with("bad.yaml:doc 1"),
+            "{}",
+            errors[0]
+        );
+    }
+}

@@ -1,0 +1,363 @@
+//! What the control plane and the proxies are told about the mesh.
+//!
+//! - The registry objects: the user's Namespaces, Services, ConfigMaps and Istio config, and
+//!   one Pod per running replica with its address in `local.ama.dev/address` (the annotation
+//!   the control plane's file registry reads), written to `<state>/config/objects.json`. Pods
+//!   are given one by one (not as their Deployment) so their names are the ones `ama get pods`
+//!   shows, which the proxies present in their node ids.
+//! - VIPs: assigned by the control plane's [`VipAllocator`] and then written into the
+//!   Services as `clusterIP`, so `ama discovery` (reading the same files) cannot disagree.
+//! - The proxies' resources: over Delta ADS from `ama discovery`, or from a file per pod
+//!   computed here with the control plane's own [`control::proxy_resources`]. One switch,
+//!   [`XdsMode`], decides; [`sidecar_source_args`] is the only place that differs.
+//! - Cluster DNS: each pod's hosts file ([`hosts_file`]).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+
+use api::objects::{Object, parse_stream};
+use control::model::VipAllocator;
+use control::{Model, ProxyKey};
+use serde_json::{Value, json};
+
+use crate::Error;
+use crate::ipam::GATEWAY;
+use crate::manifests::Manifests;
+use crate::state::{PodRecord, ServiceRecord, write_atomic};
+
+/// The control plane's plaintext xDS port (Istio's).
+pub const DISCOVERY_PORT: u16 = control::discovery::GRPC_PORT;
+/// The control plane's monitoring port (Istio's), `/ready`.
+pub const MONITORING_PORT: u16 = control::discovery::MONITORING_PORT;
+/// The registry file in the config directory.
+pub const OBJECTS_FILE: &str = "objects.json";
+/// The resources file in a pod's directory (file mode).
+pub const RESOURCES_FILE: &str = "resources.json";
+
+/// Where the sidecars get their resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdsMode {
+    /// A file per pod, written by `ama up` (the proxies reload it on change).
+    Files,
+    /// `ama discovery` on the bridge (10.244.0.1:15010), Delta ADS.
+    Discovery,
+}
+
+impl XdsMode {
+    /// `files` or `discovery`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XdsMode::Files => "files",
+            XdsMode::Discovery => "discovery",
+        }
+    }
+}
+
+/// The arguments that tell a sidecar where its resources come from.
+pub fn sidecar_source_args(mode: XdsMode, pod_dir: &Path) -> Vec<String> {
+    match mode {
+        XdsMode::Files => vec![
+            "--config".into(),
+            pod_dir.join(RESOURCES_FILE).display().to_string(),
+        ],
+        XdsMode::Discovery => vec![
+            "--discoveryAddress".into(),
+            format!("{GATEWAY}:{DISCOVERY_PORT}"),
+        ],
+    }
+}
+
+/// The arguments of `ama discovery` for a mesh whose config directory is `config_dir`.
+pub fn discovery_args(config_dir: &Path) -> Vec<String> {
+    vec![
+        "discovery".into(),
+        "--registry".into(),
+        "files".into(),
+        "--config-dir".into(),
+        config_dir.display().to_string(),
+        // All interfaces of the bridge's namespace: the bridge, and loopback for readiness.
+        "--grpc-addr".into(),
+        format!("0.0.0.0:{DISCOVERY_PORT}"),
+        "--monitoring-addr".into(),
+        format!("0.0.0.0:{MONITORING_PORT}"),
+    ]
+}
+
+/// The mesh as the control plane sees it, and the objects it was built from.
+#[derive(Debug, Clone)]
+pub struct MeshView {
+    /// The registry objects (Services with their `clusterIP`).
+    pub objects: Vec<Value>,
+    /// The model built from them.
+    pub model: Model,
+}
+
+/// Builds the registry objects and the model: the user's objects that are not workloads, and
+/// `pods`. Services without a `clusterIP` get one from `vips` (kept across calls).
+pub fn view(manifests: &Manifests, pods: &[&Value], vips: &mut VipAllocator) -> MeshView {
+    let mut objects: Vec<Value> = manifests
+        .docs
+        .iter()
+        .filter(|d| !matches!(d.object, Object::Workload(_) | Object::Pod(_)))
+        .map(|d| d.raw.clone())
+        .collect();
+    objects.extend(pods.iter().map(|p| (*p).clone()));
+    let model = build_model(&objects, vips);
+    // Declare the assigned VIPs, so that every reader of the files gets the same ones.
+    for o in &mut objects {
+        if o.get("kind").and_then(Value::as_str) != Some("Service") {
+            continue;
+        }
+        let name = o
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let ns = o
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let has_ip = o
+            .pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty());
+        let vip = model
+            .services
+            .iter()
+            .map(|s| &s.resource)
+            .find(|s| s.name == name && s.namespace == ns)
+            .and_then(|s| s.vips.first().copied());
+        if let (false, Some(vip), Some(Value::Object(spec))) = (has_ip, vip, o.get_mut("spec")) {
+            spec.insert("clusterIP".into(), json!(vip.to_string()));
+        }
+    }
+    MeshView { objects, model }
+}
+
+fn build_model(objects: &[Value], vips: &mut VipAllocator) -> Model {
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
+    let (parsed, errors) = parse_stream(&list.to_string(), "ama up");
+    for e in errors {
+        tracing::warn!("{e}");
+    }
+    Model::build(&parsed, vips)
+}
+
+impl MeshView {
+    /// Writes the registry objects into the control plane's config directory.
+    pub fn write_config(&self, config_dir: &Path) -> Result<(), Error> {
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": self.objects});
+        let text = serde_json::to_string_pretty(&list).unwrap_or_default();
+        write_atomic(&config_dir.join(OBJECTS_FILE), text.as_bytes())
+    }
+
+    /// The resources of the proxy of `pod`, as the control plane would send them.
+    pub fn resources(&self, pod: &PodRecord) -> xds::ProxyResources {
+        control::proxy_resources(
+            &self.model,
+            &ProxyKey {
+                ip: IpAddr::V4(pod.ip),
+                pod_name: pod.name.clone(),
+                namespace: pod.namespace.clone(),
+            },
+        )
+    }
+
+    /// Writes the resources file of `pod` (file mode).
+    pub fn write_resources(&self, pod: &PodRecord, pod_dir: &Path) -> Result<(), Error> {
+        let text = serde_json::to_string_pretty(&self.resources(pod)).unwrap_or_default();
+        write_atomic(&pod_dir.join(RESOURCES_FILE), text.as_bytes())
+    }
+
+    /// The Services, for `ama get services` and the hosts files. `previous` keeps their
+    /// creation times.
+    pub fn services(&self, previous: &[ServiceRecord], now: u64) -> Vec<ServiceRecord> {
+        let mut out: Vec<ServiceRecord> = self
+            .objects
+            .iter()
+            .filter(|o| o.get("kind").and_then(Value::as_str) == Some("Service"))
+            .map(|o| {
+                let text = |p: &str| {
+                    o.pointer(p)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                let (name, namespace) = (text("/metadata/name"), text("/metadata/namespace"));
+                let ports = o
+                    .pointer("/spec/ports")
+                    .and_then(Value::as_array)
+                    .map(|ports| {
+                        ports
+                            .iter()
+                            .map(|p| {
+                                let port = p.get("port").and_then(Value::as_u64).unwrap_or(0);
+                                let proto =
+                                    p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+                                match p.get("nodePort").and_then(Value::as_u64) {
+                                    Some(node) => format!("{port}:{node}/{proto}"),
+                                    None => format!("{port}/{proto}"),
+                                }
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let created_at = previous
+                    .iter()
+                    .find(|s| s.name == name && s.namespace == namespace)
+                    .map_or(now, |s| s.created_at);
+                ServiceRecord {
+                    cluster_ip: text("/spec/clusterIP").parse::<Ipv4Addr>().ok(),
+                    service_type: Some(text("/spec/type"))
+                        .filter(|t| !t.is_empty())
+                        .unwrap_or_else(|| "ClusterIP".into()),
+                    name,
+                    namespace,
+                    ports,
+                    created_at,
+                    object: o.clone(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        out
+    }
+}
+
+/// The hosts file of a pod: itself, and every Service as cluster DNS answers for it
+/// (`<name>.<ns>.svc.cluster.local`, `<name>.<ns>.svc`, `<name>.<ns>`, and `<name>` for the
+/// Services of the pod's own namespace, as its DNS search path would).
+pub fn hosts_file(
+    pod_name: &str,
+    pod_namespace: &str,
+    pod_ip: Ipv4Addr,
+    services: &[ServiceRecord],
+) -> String {
+    let mut out = format!(
+        "# Written by ama up: this pod and the mesh's Services (cluster DNS).\n\
+         127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{pod_ip}\t{pod_name}\n"
+    );
+    let mut by_ip: BTreeMap<(bool, String, String), (Ipv4Addr, Vec<String>)> = BTreeMap::new();
+    for s in services {
+        let Some(ip) = s.cluster_ip else { continue };
+        let (n, ns) = (&s.name, &s.namespace);
+        let mut names = vec![
+            format!("{n}.{ns}.svc.{}", control::model::DOMAIN_SUFFIX),
+            format!("{n}.{ns}.svc"),
+            format!("{n}.{ns}"),
+        ];
+        let own = ns == pod_namespace;
+        if own {
+            names.insert(0, n.clone());
+        }
+        by_ip.insert((!own, ns.clone(), n.clone()), (ip, names));
+    }
+    for (ip, names) in by_ip.into_values() {
+        out.push_str(&format!("{ip}\t{}\n", names.join(" ")));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifests::parse;
+
+    const OBJECTS: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: default, labels: {istio-injection: enabled}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: httpbin-deployment}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  template:
+    metadata: {labels: {app: httpbin}}
+    spec: {containers: [{name: httpbin, image: httpbin}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: httpbin-service}
+spec:
+  selector: {app: httpbin}
+  ports: [{name: http, port: 80, targetPort: 80}]
+";
+
+    fn pod(name: &str, app: &str, ip: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": app},
+                "annotations": {"local.ama.dev/address": ip}},
+            "spec": {"containers": [{"name": app, "ports": [{"containerPort": 80}]}]}})
+    }
+
+    #[test]
+    fn vips_are_declared_and_pods_become_endpoints() {
+        let mut m = Manifests::default();
+        m.merge(parse(OBJECTS, "seed.yaml").unwrap());
+        let pods = [
+            pod("httpbin-a", "httpbin", "10.244.0.2"),
+            pod("ubuntu-a", "ubuntu", "10.244.0.3"),
+        ];
+        let mut vips = VipAllocator::new();
+        let view = view(&m, &pods.iter().collect::<Vec<_>>(), &mut vips);
+        // The Deployment itself is not given to the control plane: its pods are.
+        assert!(view.objects.iter().all(|o| o["kind"] != "Deployment"));
+        let services = view.services(&[], 5);
+        assert_eq!(services.len(), 1);
+        let vip = services[0].cluster_ip.expect("a VIP");
+        assert!(vip.octets()[..2] == [10, 96], "{vip}");
+        assert_eq!(services[0].ports, ["80/TCP"]);
+        let svc = view
+            .model
+            .service("httpbin-service.default.svc.cluster.local")
+            .unwrap();
+        assert_eq!(svc.endpoints.len(), 1);
+        // The same objects give the same VIP to a fresh reader (ama discovery).
+        let again = build_model(&view.objects, &mut VipAllocator::new());
+        assert_eq!(again.service(&svc.hostname).unwrap().vips, svc.vips);
+
+        let record = PodRecord {
+            name: "ubuntu-a".into(),
+            namespace: "default".into(),
+            ip: Ipv4Addr::new(10, 244, 0, 3),
+            netns: String::new(),
+            group: String::new(),
+            template_hash: String::new(),
+            created_at: 0,
+            sidecar: true,
+            terminating: false,
+            init: vec![],
+            containers: vec![],
+            object: Value::Null,
+        };
+        let r = view.resources(&record);
+        assert_eq!(r.node.unwrap().name.as_deref(), Some("ubuntu-a"));
+        assert_eq!(r.services.len(), 1);
+
+        let hosts = hosts_file("ubuntu-a", "default", record.ip, &services);
+        assert!(
+            hosts.contains(&format!(
+                "{vip}\thttpbin-service httpbin-service.default.svc.cluster.local"
+            )),
+            "{hosts}"
+        );
+        assert!(hosts.contains("10.244.0.3\tubuntu-a\n"), "{hosts}");
+        let other = hosts_file("x", "other", record.ip, &services);
+        assert!(other.contains(&format!("{vip}\thttpbin-service.default.svc.cluster.local httpbin-service.default.svc httpbin-service.default\n")), "{other}");
+    }
+
+    #[test]
+    fn sidecar_source_is_one_switch() {
+        let dir = Path::new("/run/ama/x/pods/p");
+        assert_eq!(
+            sidecar_source_args(XdsMode::Files, dir),
+            ["--config", "/run/ama/x/pods/p/resources.json"]
+        );
+        assert_eq!(
+            sidecar_source_args(XdsMode::Discovery, dir),
+            ["--discoveryAddress", "10.244.0.1:15010"]
+        );
+    }
+}

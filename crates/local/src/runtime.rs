@@ -1,0 +1,1007 @@
+//! `ama up`'s loop and the commands that act on a running mesh (`ama apply`, `ama down`).
+//!
+//! [`up`] checks everything it can before touching the system (the YAML, a local command for
+//! every container), then creates the LAN and, per pod, its namespace and address, and writes
+//! what the control plane and the proxies read. Then it supervises, twice a second:
+//!
+//! - a pod's init containers run one after the other (`istio-init` is `ama iptables …`), then
+//!   its containers start together (the sidecar as uid 1337);
+//! - a process that exits is restarted with a doubling back-off (1 s … 30 s), counted in
+//!   RESTARTS and shown as `CrashLoopBackOff` meanwhile, as kubelet does;
+//! - readiness probes run inside the pod's namespace; the state file is rewritten.
+//!
+//! SIGHUP (sent by `ama apply`) re-reads `<state>/applied/` and reconciles: new objects start
+//! pods, a changed template replaces its pods, replicas scale, Services and Istio config reach
+//! the proxies (through the control plane's files, or the resource files they reload).
+//! SIGINT/SIGTERM (Ctrl-C, `ama down`) stop every process (SIGTERM, then SIGKILL after a
+//! grace period) and delete every namespace, hosts file and the state directory.
+//!
+//! Everything created is owned: namespaces by [`Netns`] guards inside the [`Mesh`], so an
+//! error or a panic on the way out still removes them; [`cleanup`] removes what a killed
+//! `ama up` left, from its state file and the namespaces' names.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use control::model::VipAllocator;
+use nix::sys::signal::Signal;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::Error;
+use crate::ipam::{GATEWAY, PodAddresses};
+use crate::launch::{ContainerRun, Launch, LaunchInputs, Role, launch};
+use crate::manifests::{self, Manifests};
+use crate::mesh::{self, MeshView, XdsMode};
+use crate::naming;
+use crate::netns::{self, Lan, Netns};
+use crate::plan::{PodGroup, pod_groups};
+use crate::probe;
+use crate::process;
+use crate::state::{
+    ContainerRecord, ContainerState, PodRecord, ServiceRecord, State, StateDir, alive, now,
+};
+
+/// How often the loop runs.
+const TICK: Duration = Duration::from_millis(500);
+/// How long processes get between SIGTERM and SIGKILL.
+const GRACE: Duration = Duration::from_secs(6);
+/// The longest restart back-off.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long `ama down` waits for `ama up` to finish.
+const DOWN_TIMEOUT: Duration = Duration::from_secs(40);
+/// How long `ama apply` waits for `ama up` to take a change.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What `ama up` is asked to run.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// The directory (or file) of YAML.
+    pub dir: PathBuf,
+    /// The mesh's name.
+    pub cluster: String,
+    /// Where the sidecars get their resources.
+    pub xds: XdsMode,
+    /// This `ama` binary.
+    pub ama: PathBuf,
+}
+
+/// What happens, for the CLI to show.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// The objects were read: how many pods and services will run.
+    Planned {
+        /// Pods.
+        pods: usize,
+        /// Services.
+        services: usize,
+    },
+    /// A pod's namespace and address exist; its processes start next.
+    PodCreated(&'a PodRecord),
+    /// Every container of a pod is ready (again).
+    PodReady(&'a PodRecord),
+    /// A container exited.
+    ContainerExited {
+        /// The pod.
+        pod: &'a PodRecord,
+        /// The container.
+        container: &'a str,
+        /// Its exit code (128 + signal).
+        code: i32,
+    },
+    /// A pod is being removed (scale down, new template).
+    PodDeleted(&'a str),
+    /// Something the user should know.
+    Note(&'a str),
+    /// All pods ready for the first time (or again after a change).
+    Ready(&'a State),
+    /// `ama apply`'s objects were taken.
+    Applied(usize),
+    /// Stopping everything.
+    Stopping,
+    /// Everything is gone.
+    Stopped,
+}
+
+/// Receives [`Event`]s.
+pub trait Observer {
+    /// Called for every event, in order.
+    fn event(&mut self, event: Event<'_>);
+}
+
+/// Runs the mesh of `opts.dir` until SIGINT or SIGTERM, then removes all of it.
+pub async fn up(opts: UpOptions, observer: &mut dyn Observer) -> Result<(), Error> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::NeedsRoot);
+    }
+    let dir = StateDir::new(&opts.cluster)?;
+    if dir.root().exists() {
+        match dir.load() {
+            Ok(s) if alive(s.pid) && s.pid != std::process::id() => {
+                return Err(Error::AlreadyRunning {
+                    cluster: opts.cluster.clone(),
+                    pid: s.pid,
+                });
+            }
+            Ok(s) => {
+                cleanup(&dir, Some(&s));
+                observer.event(Event::Note(
+                    "removed what a previous `ama up` of this mesh left behind",
+                ));
+            }
+            Err(_) => cleanup(&dir, None),
+        }
+    }
+    let base = Manifests::read_dir(&opts.dir)?;
+    preflight(&base, &opts)?;
+    // Signals are taken before anything is created, so a Ctrl-C during start-up cleans up.
+    let mut signals = Signals::new()?;
+    dir.create()?;
+    let mut mesh = Mesh::new(opts, dir, base)?;
+    let result = mesh.run(observer, &mut signals).await;
+    observer.event(Event::Stopping);
+    mesh.shutdown();
+    observer.event(Event::Stopped);
+    result
+}
+
+/// Checks that every pod can run here before anything is created.
+fn preflight(manifests: &Manifests, opts: &UpOptions) -> Result<(), Error> {
+    let (groups, _) = pod_groups(manifests);
+    let namespaces = manifests.namespaces();
+    let mesh = manifests.mesh();
+    let empty = manifests::Labels::new();
+    for group in &groups {
+        launch(LaunchInputs {
+            group,
+            pod_name: &group.owner.name,
+            ip: GATEWAY,
+            namespace_labels: namespaces.get(&group.owner.namespace).unwrap_or(&empty),
+            mesh: &mesh,
+            ama: &opts.ama,
+            host_ip: GATEWAY,
+            node_name: "local",
+        })?;
+    }
+    Ok(())
+}
+
+/// The signals `ama up` acts on.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+/// What a signal asks for.
+enum Asked {
+    Stop,
+    Reload,
+}
+
+impl Signals {
+    fn new() -> Result<Signals, Error> {
+        let take = |kind: SignalKind| {
+            signal(kind).map_err(|source| Error::Io {
+                path: PathBuf::from("<signal handler>"),
+                source,
+            })
+        };
+        Ok(Signals {
+            interrupt: take(SignalKind::interrupt())?,
+            terminate: take(SignalKind::terminate())?,
+            hangup: take(SignalKind::hangup())?,
+        })
+    }
+
+    async fn next(&mut self) -> Asked {
+        tokio::select! {
+            _ = self.interrupt.recv() => Asked::Stop,
+            _ = self.terminate.recv() => Asked::Stop,
+            _ = self.hangup.recv() => Asked::Reload,
+        }
+    }
+}
+
+/// One pod while it lives.
+struct PodRuntime {
+    record: PodRecord,
+    runs: Vec<ContainerRun>,
+    init_runs: Vec<ContainerRun>,
+    children: HashMap<String, Child>,
+    retry_at: HashMap<String, Instant>,
+    stop_deadline: Option<Instant>,
+    was_ready: bool,
+    /// Declared last: dropped after the processes were dealt with.
+    netns: Netns,
+}
+
+/// A running mesh. Field order is drop order: pods (their namespaces) before the LAN.
+struct Mesh {
+    opts: UpOptions,
+    dir: StateDir,
+    base: Manifests,
+    manifests: Manifests,
+    pods: Vec<PodRuntime>,
+    discovery: Option<Child>,
+    lan: Lan,
+    pool: PodAddresses,
+    vips: VipAllocator,
+    services: Vec<ServiceRecord>,
+    view: Option<MeshView>,
+    notes: Vec<String>,
+    applied: usize,
+    started_at: u64,
+    node: String,
+    rng: StdRng,
+    all_ready: bool,
+}
+
+impl Mesh {
+    fn new(opts: UpOptions, dir: StateDir, base: Manifests) -> Result<Mesh, Error> {
+        let lan = Lan::create(&naming::lan_netns(&opts.cluster))?;
+        let node = fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        Ok(Mesh {
+            manifests: base.clone(),
+            base,
+            opts,
+            dir,
+            pods: Vec::new(),
+            discovery: None,
+            lan,
+            pool: PodAddresses::new([]),
+            vips: VipAllocator::new(),
+            services: Vec::new(),
+            view: None,
+            notes: Vec::new(),
+            applied: 0,
+            started_at: now(),
+            node,
+            rng: StdRng::from_os_rng(),
+            all_ready: false,
+        })
+    }
+
+    async fn run(
+        &mut self,
+        observer: &mut dyn Observer,
+        signals: &mut Signals,
+    ) -> Result<(), Error> {
+        if self.opts.xds == XdsMode::Discovery {
+            self.publish()?;
+            self.start_discovery(observer, signals).await?;
+        }
+        self.reconcile(observer)?;
+        loop {
+            self.supervise(observer)?;
+            self.probe(observer).await;
+            self.save()?;
+            tokio::select! {
+                asked = signals.next() => match asked {
+                    Asked::Stop => return Ok(()),
+                    Asked::Reload => {
+                        let n = self.reload(observer);
+                        self.reconcile(observer)?;
+                        observer.event(Event::Applied(n));
+                    }
+                },
+                _ = tokio::time::sleep(TICK) => {}
+            }
+        }
+    }
+
+    /// Starts `ama discovery` on the bridge and waits for `/ready`.
+    async fn start_discovery(
+        &mut self,
+        observer: &mut dyn Observer,
+        signals: &mut Signals,
+    ) -> Result<(), Error> {
+        let run = ContainerRun {
+            name: "discovery".into(),
+            role: Role::App,
+            argv: std::iter::once(self.opts.ama.display().to_string())
+                .chain(mesh::discovery_args(&self.dir.config_dir()))
+                .collect(),
+            env: vec![],
+            user: None,
+            probe: crate::launch::Probe::Http {
+                port: mesh::MONITORING_PORT,
+                path: "/ready".into(),
+            },
+        };
+        let log = self.dir.root().join("discovery.log");
+        let child = process::spawn(
+            self.lan.netns().name(),
+            &run,
+            &log,
+            "istiod",
+            &self.opts.ama,
+        )?;
+        self.discovery = Some(child);
+        observer.event(Event::Note("starting ama discovery on 10.244.0.1:15010"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let netns = self.lan.netns().name().to_string();
+            let p = run.probe.clone();
+            let ready = tokio::task::spawn_blocking(move || {
+                probe::in_netns(&netns, move || probe::check(&p))
+            })
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(false);
+            if ready {
+                return Ok(());
+            }
+            if let Some(c) = self.discovery.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                return Err(Error::Command {
+                    command: run.argv.join(" "),
+                    status: status.to_string(),
+                    stderr: tail(&log, 20),
+                });
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Command {
+                    command: run.argv.join(" "),
+                    status: "not ready after 30s".into(),
+                    stderr: tail(&log, 20),
+                });
+            }
+            tokio::select! {
+                asked = signals.next() => if let Asked::Stop = asked { return Ok(()) },
+                _ = tokio::time::sleep(TICK) => {}
+            }
+        }
+    }
+
+    /// Merges what `ama apply` wrote over the objects of DIR. Returns how many files there are.
+    fn reload(&mut self, observer: &mut dyn Observer) -> usize {
+        let mut files: Vec<PathBuf> = fs::read_dir(self.dir.applied_dir())
+            .map(|e| e.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.sort();
+        let mut manifests = self.base.clone();
+        for file in &files {
+            let text = fs::read_to_string(file).unwrap_or_default();
+            match manifests::parse(&text, &file.display().to_string()) {
+                Ok(docs) => manifests.merge(docs),
+                Err(errors) => {
+                    for e in errors {
+                        let note = format!("ignored: {e}");
+                        observer.event(Event::Note(&note));
+                    }
+                }
+            }
+        }
+        self.manifests = manifests;
+        self.applied = files.len();
+        files.len()
+    }
+
+    /// Makes the running pods match the objects.
+    fn reconcile(&mut self, observer: &mut dyn Observer) -> Result<(), Error> {
+        let (groups, notes) = pod_groups(&self.manifests);
+        self.notes = notes;
+        for n in &self.notes {
+            observer.event(Event::Note(n));
+        }
+        let wanted: usize = groups.iter().map(|g| g.replicas as usize).sum();
+        let services = self
+            .manifests
+            .docs
+            .iter()
+            .filter(|d| d.object.kind() == "Service")
+            .count();
+        observer.event(Event::Planned {
+            pods: wanted,
+            services,
+        });
+        // Pods of groups that are gone, or of an older template: removed.
+        for pod in &mut self.pods {
+            let current = groups.iter().any(|g| {
+                g.key() == pod.record.group && g.template_hash == pod.record.template_hash
+            });
+            if !current && !pod.record.terminating {
+                begin_stop(pod);
+                observer.event(Event::PodDeleted(&pod.record.name));
+            }
+        }
+        let namespaces = self.manifests.namespaces();
+        let mesh_settings = self.manifests.mesh();
+        let mut created = Vec::new();
+        for group in &groups {
+            let live: Vec<usize> = self
+                .pods
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| !p.record.terminating && p.record.group == group.key())
+                .map(|(i, _)| i)
+                .collect();
+            let want = group.replicas as usize;
+            // Scale down: the newest go first.
+            for &i in live.iter().skip(want).rev() {
+                begin_stop(&mut self.pods[i]);
+                observer.event(Event::PodDeleted(&self.pods[i].record.name));
+            }
+            let mut ordinal = 0u32;
+            for _ in live.len()..want {
+                let name = loop {
+                    let name = group.pod_name(ordinal, &mut self.rng);
+                    ordinal += 1;
+                    if !self.pods.iter().any(|p| p.record.name == name) {
+                        break name;
+                    }
+                };
+                let empty = manifests::Labels::new();
+                let ns_labels = namespaces.get(&group.owner.namespace).unwrap_or(&empty);
+                let pod = self.create_pod(group, &name, ns_labels, &mesh_settings)?;
+                self.pods.push(pod);
+                created.push(self.pods.len() - 1);
+            }
+        }
+        self.publish()?;
+        for i in created {
+            observer.event(Event::PodCreated(&self.pods[i].record));
+        }
+        self.all_ready = false;
+        self.save()
+    }
+
+    /// Creates a pod's namespace, address and records; its processes start in `supervise`.
+    fn create_pod(
+        &mut self,
+        group: &PodGroup,
+        name: &str,
+        ns_labels: &manifests::Labels,
+        settings: &manifests::MeshSettings,
+    ) -> Result<PodRuntime, Error> {
+        let ip = self.pool.allocate()?;
+        let l: Launch = launch(LaunchInputs {
+            group,
+            pod_name: name,
+            ip,
+            namespace_labels: ns_labels,
+            mesh: settings,
+            ama: &self.opts.ama,
+            host_ip: GATEWAY,
+            node_name: &self.node,
+        })?;
+        let namespace = group.owner.namespace.clone();
+        let netns = Netns::create(&naming::pod_netns(&self.opts.cluster, &namespace, name))?;
+        self.lan.attach(&netns, ip)?;
+        let pod_dir = self.dir.pod_dir(name);
+        fs::create_dir_all(&pod_dir).map_err(Error::io(&pod_dir))?;
+        let sidecar = l.injected();
+        let mut runs = l.containers.clone();
+        for run in runs.iter_mut().filter(|r| r.role == Role::Sidecar) {
+            run.argv
+                .extend(mesh::sidecar_source_args(self.opts.xds, &pod_dir));
+            if !settings.access_log_file.is_empty() {
+                run.env.push((
+                    "AMA_ACCESS_LOG_FILE".into(),
+                    settings.access_log_file.clone(),
+                ));
+                run.env.push((
+                    "AMA_ACCESS_LOG_ENCODING".into(),
+                    settings.access_log_encoding.clone(),
+                ));
+            }
+        }
+        let record_of = |run: &ContainerRun, reason: &str| ContainerRecord {
+            name: run.name.clone(),
+            role: run.role,
+            pid: None,
+            log: pod_dir.join(format!("{}.log", run.name)),
+            ready: false,
+            restarts: 0,
+            state: ContainerState::Waiting {
+                reason: reason.into(),
+            },
+            user: run.user,
+            env: run.env.clone(),
+            probe: run.probe.clone(),
+        };
+        let init_reason = if l.init.is_empty() {
+            "ContainerCreating"
+        } else {
+            "PodInitializing"
+        };
+        let record = PodRecord {
+            name: name.to_string(),
+            namespace,
+            ip,
+            netns: netns.name().to_string(),
+            group: group.key(),
+            template_hash: group.template_hash.clone(),
+            created_at: now(),
+            sidecar,
+            terminating: false,
+            init: l
+                .init
+                .iter()
+                .map(|r| record_of(r, "PodInitializing"))
+                .collect(),
+            containers: runs.iter().map(|r| record_of(r, init_reason)).collect(),
+            object: l.pod.clone(),
+        };
+        Ok(PodRuntime {
+            record,
+            runs,
+            init_runs: l.init,
+            children: HashMap::new(),
+            retry_at: HashMap::new(),
+            stop_deadline: None,
+            was_ready: false,
+            netns,
+        })
+    }
+
+    /// Writes what the control plane, the proxies and the pods' resolvers read.
+    fn publish(&mut self) -> Result<(), Error> {
+        let objects: Vec<&Value> = self
+            .pods
+            .iter()
+            .filter(|p| !p.record.terminating)
+            .map(|p| &p.record.object)
+            .collect();
+        let view = mesh::view(&self.manifests, &objects, &mut self.vips);
+        view.write_config(&self.dir.config_dir())?;
+        self.services = view.services(&self.services, now());
+        for pod in &self.pods {
+            if self.opts.xds == XdsMode::Files && pod.record.sidecar {
+                view.write_resources(&pod.record, &self.dir.pod_dir(&pod.record.name))?;
+            }
+            pod.netns.set_hosts(&mesh::hosts_file(
+                &pod.record.name,
+                &pod.record.namespace,
+                pod.record.ip,
+                &self.services,
+            ))?;
+        }
+        self.view = Some(view);
+        Ok(())
+    }
+
+    /// Reaps exited processes, starts and restarts processes, finishes pod removals.
+    fn supervise(&mut self, observer: &mut dyn Observer) -> Result<(), Error> {
+        let now_i = Instant::now();
+        let mut removed = Vec::new();
+        for (i, pod) in self.pods.iter_mut().enumerate() {
+            // Exits.
+            let names: Vec<String> = pod.children.keys().cloned().collect();
+            for name in names {
+                let exited = pod
+                    .children
+                    .get_mut(&name)
+                    .and_then(|c| c.try_wait().ok().flatten());
+                let Some(status) = exited else { continue };
+                pod.children.remove(&name);
+                let code = exit_code(status);
+                let record = record_mut(&mut pod.record, &name);
+                record.pid = None;
+                record.ready = false;
+                let is_init = record.role == Role::Init;
+                record.state = ContainerState::Terminated {
+                    exit_code: code,
+                    reason: if code == 0 { "Completed" } else { "Error" }.into(),
+                };
+                if pod.record.terminating {
+                    continue;
+                }
+                if !(is_init && code == 0) {
+                    let record = record_mut(&mut pod.record, &name);
+                    let backoff =
+                        Duration::from_secs(1u64 << record.restarts.min(5)).min(MAX_BACKOFF);
+                    pod.retry_at.insert(name.clone(), now_i + backoff);
+                    observer.event(Event::ContainerExited {
+                        pod: &pod.record,
+                        container: &name,
+                        code,
+                    });
+                }
+            }
+            if pod.record.terminating {
+                let done = pod.children.is_empty() || pod.stop_deadline.is_some_and(|d| now_i >= d);
+                if done {
+                    for c in pod.children.values() {
+                        process::signal_group(c.id(), Signal::SIGKILL);
+                    }
+                    for c in pod.children.values_mut() {
+                        let _ = c.wait();
+                    }
+                    removed.push(i);
+                }
+                continue;
+            }
+            // Init containers, one at a time.
+            let next_init =
+                pod.record.init.iter().position(|c| {
+                    !matches!(c.state, ContainerState::Terminated { exit_code: 0, .. })
+                });
+            let to_start: Vec<ContainerRun> = match next_init {
+                Some(n) => vec![pod.init_runs[n].clone()],
+                None => pod.runs.clone(),
+            };
+            for run in to_start {
+                if pod.children.contains_key(&run.name) {
+                    continue;
+                }
+                if pod.retry_at.get(&run.name).is_some_and(|t| now_i < *t) {
+                    let record = record_mut(&mut pod.record, &run.name);
+                    if record.role != Role::Init || record.restarts > 0 {
+                        record.state = ContainerState::Waiting {
+                            reason: "CrashLoopBackOff".into(),
+                        };
+                    }
+                    continue;
+                }
+                let restarted = pod.retry_at.remove(&run.name).is_some();
+                let log = record_mut(&mut pod.record, &run.name).log.clone();
+                let child = process::spawn(
+                    &pod.record.netns,
+                    &run,
+                    &log,
+                    &pod.record.name,
+                    &self.opts.ama,
+                );
+                let record = record_mut(&mut pod.record, &run.name);
+                if restarted {
+                    record.restarts += 1;
+                }
+                match child {
+                    Ok(child) => {
+                        record.pid = Some(child.id());
+                        record.state = ContainerState::Running { started_at: now() };
+                        pod.children.insert(run.name.clone(), child);
+                    }
+                    Err(e) => {
+                        record.state = ContainerState::Waiting {
+                            reason: "RunContainerError".into(),
+                        };
+                        pod.retry_at.insert(run.name.clone(), now_i + MAX_BACKOFF);
+                        let note = format!("pod {}: container {}: {e}", pod.record.name, run.name);
+                        observer.event(Event::Note(&note));
+                    }
+                }
+            }
+            // After the last init container, the containers wait for their start.
+            if next_init.is_none() {
+                for c in &mut pod.record.containers {
+                    if matches!(&c.state, ContainerState::Waiting { reason } if reason == "PodInitializing")
+                    {
+                        c.state = ContainerState::Waiting {
+                            reason: "ContainerCreating".into(),
+                        };
+                    }
+                }
+            }
+        }
+        if !removed.is_empty() {
+            for i in removed.into_iter().rev() {
+                let pod = self.pods.remove(i);
+                self.pool.release(pod.record.ip);
+                let _ = fs::remove_dir_all(self.dir.pod_dir(&pod.record.name));
+                // Dropping the pod deletes its namespace.
+            }
+            self.publish()?;
+        }
+        Ok(())
+    }
+
+    /// Runs the readiness probes of every running container, one thread per pod.
+    async fn probe(&mut self, observer: &mut dyn Observer) {
+        let mut tasks = Vec::new();
+        for (i, pod) in self.pods.iter().enumerate() {
+            if pod.record.terminating {
+                continue;
+            }
+            let checks: Vec<(usize, crate::launch::Probe)> = pod
+                .record
+                .containers
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| matches!(c.state, ContainerState::Running { .. }))
+                .map(|(j, c)| (j, c.probe.clone()))
+                .collect();
+            let netns = pod.record.netns.clone();
+            tasks.push((
+                i,
+                tokio::task::spawn_blocking(move || {
+                    probe::in_netns(&netns, move || {
+                        checks
+                            .into_iter()
+                            .map(|(j, p)| (j, probe::check(&p)))
+                            .collect::<Vec<_>>()
+                    })
+                }),
+            ));
+        }
+        for (i, task) in tasks {
+            let results = task.await.ok().and_then(Result::ok).unwrap_or_default();
+            let pod = &mut self.pods[i];
+            for c in &mut pod.record.containers {
+                c.ready = false;
+            }
+            for (j, ok) in results {
+                pod.record.containers[j].ready = ok;
+            }
+            let ready = pod.record.is_ready();
+            if ready && !pod.was_ready {
+                observer.event(Event::PodReady(&pod.record));
+            }
+            pod.was_ready = ready;
+        }
+        let all = !self.pods.is_empty()
+            && self
+                .pods
+                .iter()
+                .all(|p| p.record.terminating || p.record.is_ready());
+        if all && !self.all_ready {
+            self.all_ready = true;
+            let state = self.state();
+            observer.event(Event::Ready(&state));
+        }
+    }
+
+    /// The state as `ama get` reads it.
+    fn state(&self) -> State {
+        let objects = self
+            .manifests
+            .docs
+            .iter()
+            .map(|d| (object_key(d), content_hash(&d.raw)))
+            .collect();
+        State {
+            cluster: self.opts.cluster.clone(),
+            pid: std::process::id(),
+            started_at: self.started_at,
+            xds: self.opts.xds.as_str().into(),
+            lan_netns: self.lan.netns().name().into(),
+            pods: self.pods.iter().map(|p| p.record.clone()).collect(),
+            services: self.services.clone(),
+            objects,
+            notes: self.notes.clone(),
+            stopping: false,
+            applied: self.applied,
+        }
+    }
+
+    fn save(&self) -> Result<(), Error> {
+        self.dir.save(&self.state())
+    }
+
+    /// Stops every process and removes every namespace and the state directory.
+    fn shutdown(mut self) {
+        let mut state = self.state();
+        state.stopping = true;
+        let _ = self.dir.save(&state);
+        let mut children: Vec<Child> = self
+            .pods
+            .iter_mut()
+            .flat_map(|p| p.children.drain().map(|(_, c)| c))
+            .collect();
+        process::stop_all(&mut children, GRACE);
+        if let Some(mut d) = self.discovery.take() {
+            process::stop_all(std::slice::from_mut(&mut d), GRACE);
+        }
+        let dir = self.dir.clone();
+        let cluster = self.opts.cluster.clone();
+        drop(self);
+        sweep(&cluster);
+        if let Err(e) = dir.remove() {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+fn begin_stop(pod: &mut PodRuntime) {
+    pod.record.terminating = true;
+    pod.stop_deadline = Some(Instant::now() + GRACE);
+    for c in pod.children.values() {
+        process::signal_group(c.id(), Signal::SIGTERM);
+    }
+}
+
+fn record_mut<'a>(pod: &'a mut PodRecord, name: &str) -> &'a mut ContainerRecord {
+    let idx = pod.containers.iter().position(|c| c.name == name);
+    match idx {
+        Some(i) => &mut pod.containers[i],
+        None => {
+            let i = pod.init.iter().position(|c| c.name == name).unwrap_or(0);
+            &mut pod.init[i]
+        }
+    }
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(-1)
+}
+
+/// The last `n` lines of a log.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// `namespace/kind.group/name`: how the state names an applied object.
+fn object_key(d: &manifests::Document) -> String {
+    format!("{}/{}", d.object.metadata().namespace, d.resource_name())
+}
+
+fn content_hash(raw: &Value) -> String {
+    let digest = Sha256::digest(raw.to_string().as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Removes every namespace of mesh `cluster` (what a killed `ama up` may have left).
+fn sweep(cluster: &str) -> usize {
+    let prefix = naming::netns_prefix(cluster);
+    let leftovers: Vec<String> = netns::list()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    for n in &leftovers {
+        netns::remove(n);
+    }
+    leftovers.len()
+}
+
+/// Removes what a mesh left behind: its processes (everything in its namespaces), the
+/// namespaces, their `/etc/netns` directories and the state directory.
+pub fn cleanup(dir: &StateDir, state: Option<&State>) {
+    if let Some(state) = state {
+        for pod in &state.pods {
+            netns::remove(&pod.netns);
+        }
+        if !state.lan_netns.is_empty() {
+            netns::remove(&state.lan_netns);
+        }
+    }
+    sweep(dir.cluster());
+    if let Err(e) = dir.remove() {
+        tracing::warn!("{e}");
+    }
+}
+
+/// What `ama down` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Down {
+    /// `ama up` stopped the mesh (it had this many pods).
+    Stopped {
+        /// Pods.
+        pods: usize,
+    },
+    /// `ama up` was gone; its leftovers were removed.
+    CleanedUp {
+        /// Pods.
+        pods: usize,
+    },
+}
+
+/// Stops mesh `dir`: asks its `ama up` (SIGTERM) and waits for it; removes the leftovers of
+/// one that is gone.
+pub fn down(dir: &StateDir) -> Result<Down, Error> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::NeedsRoot);
+    }
+    let state = match dir.load() {
+        Ok(s) => s,
+        Err(Error::NotRunning { cluster, path }) => {
+            if sweep(dir.cluster()) > 0 {
+                return Ok(Down::CleanedUp { pods: 0 });
+            }
+            return Err(Error::NotRunning { cluster, path });
+        }
+        Err(e) => {
+            cleanup(dir, None);
+            tracing::warn!("{e}");
+            return Ok(Down::CleanedUp { pods: 0 });
+        }
+    };
+    let pods = state.pods.len();
+    if alive(state.pid) {
+        if let Ok(pid) = i32::try_from(state.pid) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + DOWN_TIMEOUT;
+        while Instant::now() < deadline && alive(state.pid) && dir.root().exists() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if !dir.root().exists() {
+            return Ok(Down::Stopped { pods });
+        }
+    }
+    cleanup(dir, Some(&state));
+    Ok(Down::CleanedUp { pods })
+}
+
+/// What `ama apply` did to one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// `deployment.apps/httpbin-deployment`.
+    pub resource: String,
+    /// `created`, `configured` or `unchanged`.
+    pub verb: &'static str,
+}
+
+/// `ama apply`: checks `text`, hands it to the running `ama up` and waits until it took it.
+pub fn apply(dir: &StateDir, text: &str, source: &str) -> Result<Vec<Applied>, Error> {
+    let docs = manifests::parse(text, source).map_err(|errors| Error::Objects { errors })?;
+    let state = dir.load()?;
+    if !alive(state.pid) {
+        return Err(Error::NotRunning {
+            cluster: dir.cluster().to_string(),
+            path: dir.state_file(),
+        });
+    }
+    let out: Vec<Applied> = docs
+        .iter()
+        .map(|d| Applied {
+            resource: d.resource_name(),
+            verb: match state.objects.get(&object_key(d)) {
+                None => "created",
+                Some(h) if *h == content_hash(&d.raw) => "unchanged",
+                Some(_) => "configured",
+            },
+        })
+        .collect();
+    let applied_dir = dir.applied_dir();
+    let count = fs::read_dir(&applied_dir)
+        .map_err(Error::io(&applied_dir))?
+        .count();
+    let items: Vec<&Value> = docs.iter().map(|d| &d.raw).collect();
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+    let file = applied_dir.join(format!("{:05}.json", count + 1));
+    crate::state::write_atomic(&file, list.to_string().as_bytes())?;
+    if let Ok(pid) = i32::try_from(state.pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGHUP);
+    }
+    let deadline = Instant::now() + APPLY_TIMEOUT;
+    while Instant::now() < deadline {
+        if dir.load().is_ok_and(|s| s.applied > count) {
+            return Ok(out);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(Error::State {
+        path: dir.state_file(),
+        message: format!(
+            "ama up (pid {}) did not take the change within {}s; see its output",
+            state.pid,
+            APPLY_TIMEOUT.as_secs()
+        ),
+    })
+}
+
+/// The command `ama exec POD [-c CONTAINER] -- ARGV…` runs: in the pod's namespace (and its
+/// hosts file), as the container's user, with its environment.
+pub fn exec_command(
+    state: &State,
+    pod: &str,
+    container: Option<&str>,
+    argv: &[String],
+    ama: &Path,
+) -> Result<std::process::Command, Error> {
+    let pod = state.pod(pod)?;
+    let c = pod.container(container)?;
+    Ok(process::command(
+        &pod.netns, argv, c.user, &c.env, &pod.name, ama,
+    ))
+}

@@ -1,0 +1,566 @@
+//! The state directory of a mesh: how separate `ama` invocations find the mesh `ama up` runs.
+//!
+//! `/run/ama/<mesh>` as root, else `$XDG_RUNTIME_DIR/ama/<mesh>` (`/tmp/ama-<uid>/<mesh>`
+//! without it). Only `ama up` writes `state.json`, atomically (write and rename), so a reader
+//! never sees half a file; `ama apply` writes into `applied/` and tells `ama up` with SIGHUP.
+//!
+//! ```text
+//! <state>/state.json            the pod table, services, the pid of `ama up`
+//! <state>/config/               the objects `ama discovery` reads (file registry)
+//! <state>/applied/NNNN.yaml     what `ama apply -f` gave, in order
+//! <state>/pods/<pod>/           per pod: <container>.log, resources.json (file mode)
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::Error;
+use crate::launch::{Probe, Role};
+use crate::naming::valid_cluster_name;
+
+/// The name of a mesh when none is given.
+pub const DEFAULT_CLUSTER: &str = "ama";
+/// The state file, in the state directory.
+const STATE_FILE: &str = "state.json";
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The directory of one mesh.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    cluster: String,
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// The directory of mesh `cluster` for this user.
+    pub fn new(cluster: &str) -> Result<StateDir, Error> {
+        let base = if nix::unistd::geteuid().is_root() {
+            PathBuf::from("/run/ama")
+        } else if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+            PathBuf::from(dir).join("ama")
+        } else {
+            std::env::temp_dir().join(format!("ama-{}", nix::unistd::geteuid()))
+        };
+        StateDir::at(&base, cluster)
+    }
+
+    /// The directory of mesh `cluster` under `base`.
+    pub fn at(base: &Path, cluster: &str) -> Result<StateDir, Error> {
+        if !valid_cluster_name(cluster) {
+            return Err(Error::BadName(cluster.to_string()));
+        }
+        Ok(StateDir {
+            cluster: cluster.to_string(),
+            root: base.join(cluster),
+        })
+    }
+
+    /// The mesh's name.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `state.json`.
+    pub fn state_file(&self) -> PathBuf {
+        self.root.join(STATE_FILE)
+    }
+
+    /// The file registry's directory.
+    pub fn config_dir(&self) -> PathBuf {
+        self.root.join("config")
+    }
+
+    /// Where `ama apply` writes.
+    pub fn applied_dir(&self) -> PathBuf {
+        self.root.join("applied")
+    }
+
+    /// The directory of one pod.
+    pub fn pod_dir(&self, pod: &str) -> PathBuf {
+        self.root.join("pods").join(pod)
+    }
+
+    /// Creates the directory tree (readable by the proxies' uid 1337).
+    pub fn create(&self) -> Result<(), Error> {
+        for dir in [
+            self.root.clone(),
+            self.config_dir(),
+            self.applied_dir(),
+            self.root.join("pods"),
+        ] {
+            fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+            set_mode(&dir, 0o755)?;
+        }
+        Ok(())
+    }
+
+    /// Whether a state file exists.
+    pub fn exists(&self) -> bool {
+        self.state_file().exists()
+    }
+
+    /// Reads the state file; [`Error::NotRunning`] when there is none.
+    pub fn load(&self) -> Result<State, Error> {
+        let path = self.state_file();
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotRunning {
+                    cluster: self.cluster.clone(),
+                    path,
+                });
+            }
+            Err(source) => return Err(Error::Io { path, source }),
+        };
+        serde_json::from_str(&text).map_err(|e| Error::State {
+            path,
+            message: e.to_string(),
+        })
+    }
+
+    /// Writes the state file atomically.
+    pub fn save(&self, state: &State) -> Result<(), Error> {
+        let text = serde_json::to_string_pretty(state).map_err(|e| Error::State {
+            path: self.state_file(),
+            message: e.to_string(),
+        })?;
+        write_atomic(&self.state_file(), text.as_bytes())
+    }
+
+    /// Removes the whole directory.
+    pub fn remove(&self) -> Result<(), Error> {
+        match fs::remove_dir_all(&self.root) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(Error::Io {
+                path: self.root.clone(),
+                source,
+            }),
+        }
+    }
+}
+
+/// Writes `path` through a temporary file and a rename, readable by all (the proxies read
+/// their resources as uid 1337).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    fs::write(&tmp, bytes).map_err(Error::io(&tmp))?;
+    set_mode(&tmp, 0o644)?;
+    fs::rename(&tmp, path).map_err(Error::io(path))
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(Error::io(path))
+}
+
+/// Whether process `pid` exists.
+pub fn alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // Signal 0 checks existence and permission without sending anything.
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) => true,
+        Err(e) => e == nix::errno::Errno::EPERM,
+    }
+}
+
+/// Everything about a running mesh.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    /// The mesh's name.
+    pub cluster: String,
+    /// The pid of `ama up`.
+    pub pid: u32,
+    /// When it started (seconds since the epoch).
+    pub started_at: u64,
+    /// Where the proxies get their resources (`files` or `discovery`).
+    pub xds: String,
+    /// The namespace of the bridge.
+    pub lan_netns: String,
+    /// Pods, in start order.
+    pub pods: Vec<PodRecord>,
+    /// Services, by namespace and name.
+    pub services: Vec<ServiceRecord>,
+    /// The objects applied: `kind.group/name` in namespace → a hash of their content (for
+    /// `ama apply`'s created / configured / unchanged).
+    pub objects: BTreeMap<String, String>,
+    /// Things the user should know (objects not run, pods that could not start).
+    pub notes: Vec<String>,
+    /// Set when the mesh is being stopped.
+    pub stopping: bool,
+    /// How many `ama apply` files `ama up` has taken.
+    #[serde(default)]
+    pub applied: usize,
+}
+
+impl State {
+    /// The pod named `name`, in any namespace (names are unique across the mesh here), or the
+    /// first pod whose name starts with `name` when that is unambiguous.
+    pub fn pod(&self, name: &str) -> Result<&PodRecord, Error> {
+        if let Some(p) = self.pods.iter().find(|p| p.name == name) {
+            return Ok(p);
+        }
+        let mut prefixed = self.pods.iter().filter(|p| p.name.starts_with(name));
+        match (prefixed.next(), prefixed.next()) {
+            (Some(p), None) => Ok(p),
+            _ => Err(Error::NoPod {
+                name: name.to_string(),
+            }),
+        }
+    }
+}
+
+/// One pod.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodRecord {
+    /// Its name.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Its network namespace (`ip netns exec <netns>`).
+    pub netns: String,
+    /// The group it belongs to (`Deployment/default/httpbin-deployment`).
+    pub group: String,
+    /// Its `pod-template-hash`.
+    pub template_hash: String,
+    /// When it was created.
+    pub created_at: u64,
+    /// Whether it has a sidecar.
+    pub sidecar: bool,
+    /// Being deleted.
+    pub terminating: bool,
+    /// Init containers, in order.
+    pub init: Vec<ContainerRecord>,
+    /// Containers.
+    pub containers: Vec<ContainerRecord>,
+    /// The pod object (what the control plane is told).
+    pub object: Value,
+}
+
+impl PodRecord {
+    /// `ready/total` containers.
+    pub fn ready(&self) -> (usize, usize) {
+        let ready = self.containers.iter().filter(|c| c.ready).count();
+        (ready, self.containers.len())
+    }
+
+    /// kubectl's STATUS column.
+    pub fn status(&self) -> String {
+        if self.terminating {
+            return "Terminating".into();
+        }
+        let done = self
+            .init
+            .iter()
+            .filter(|c| matches!(c.state, ContainerState::Terminated { exit_code: 0, .. }))
+            .count();
+        if done < self.init.len() {
+            if let Some(reason) = self.init.iter().find_map(ContainerState::reason_of) {
+                return format!("Init:{reason}");
+            }
+            return format!("Init:{done}/{}", self.init.len());
+        }
+        if let Some(reason) = self.containers.iter().find_map(ContainerState::reason_of) {
+            return reason;
+        }
+        if self
+            .containers
+            .iter()
+            .all(|c| matches!(c.state, ContainerState::Running { .. }))
+        {
+            "Running".into()
+        } else {
+            "Pending".into()
+        }
+    }
+
+    /// Restarts of all containers.
+    pub fn restarts(&self) -> u32 {
+        self.containers.iter().map(|c| c.restarts).sum()
+    }
+
+    /// Whether every container is ready.
+    pub fn is_ready(&self) -> bool {
+        let (ready, total) = self.ready();
+        ready == total && !self.terminating
+    }
+
+    /// The container named `name`, else the first app container when `name` is None.
+    pub fn container(&self, name: Option<&str>) -> Result<&ContainerRecord, Error> {
+        let found = match name {
+            Some(n) => self
+                .containers
+                .iter()
+                .chain(&self.init)
+                .find(|c| c.name == n),
+            None => self
+                .containers
+                .iter()
+                .find(|c| c.role == Role::App)
+                .or(self.containers.first()),
+        };
+        found.ok_or_else(|| Error::NoContainer {
+            pod: self.name.clone(),
+            container: name.unwrap_or_default().to_string(),
+            choices: self
+                .containers
+                .iter()
+                .chain(&self.init)
+                .map(|c| c.name.clone())
+                .collect(),
+        })
+    }
+}
+
+/// One container's process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerRecord {
+    /// Its name.
+    pub name: String,
+    /// What it is for.
+    pub role: Role,
+    /// The pid of its process (the leader of its process group) while it runs.
+    pub pid: Option<u32>,
+    /// Its log (stdout and stderr).
+    pub log: PathBuf,
+    /// Readiness.
+    pub ready: bool,
+    /// How often it was restarted.
+    pub restarts: u32,
+    /// Where it is in its life.
+    pub state: ContainerState,
+    /// Its uid and gid when not root (`ama exec -c` runs as them).
+    pub user: Option<(u32, u32)>,
+    /// Its environment (`ama exec` gives it to the command).
+    pub env: Vec<(String, String)>,
+    /// Its readiness check.
+    pub probe: Probe,
+}
+
+/// A container's state, as in a Pod's `containerStatuses`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ContainerState {
+    /// Not running yet, or waiting to be restarted.
+    Waiting {
+        /// `PodInitializing`, `ContainerCreating`, `CrashLoopBackOff`, `Error` …
+        reason: String,
+    },
+    /// Running since.
+    Running {
+        /// Seconds since the epoch.
+        started_at: u64,
+    },
+    /// Exited.
+    Terminated {
+        /// Its exit code (128 + signal when killed).
+        exit_code: i32,
+        /// `Completed` or `Error`.
+        reason: String,
+    },
+}
+
+impl ContainerState {
+    /// A reason worth showing in STATUS (not the ordinary start-up ones).
+    fn reason_of(c: &ContainerRecord) -> Option<String> {
+        match &c.state {
+            ContainerState::Waiting { reason }
+                if reason != "PodInitializing" && reason != "ContainerCreating" =>
+            {
+                Some(reason.clone())
+            }
+            ContainerState::Terminated { exit_code, reason }
+                if *exit_code != 0 && c.role != Role::Init =>
+            {
+                Some(reason.clone())
+            }
+            ContainerState::Terminated { exit_code, .. } if *exit_code != 0 => {
+                Some("Error".to_string())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// One Service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceRecord {
+    /// Its name.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// `ClusterIP`, `NodePort`, `LoadBalancer`, `ExternalName`.
+    pub service_type: String,
+    /// Its VIP (`None` for a headless Service).
+    pub cluster_ip: Option<Ipv4Addr>,
+    /// `80/TCP`, …
+    pub ports: Vec<String>,
+    /// When it was created.
+    pub created_at: u64,
+    /// The Service object (with its `clusterIP`).
+    pub object: Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pretty_assertions::assert_eq;
+
+    fn container(name: &str, role: Role, state: ContainerState, ready: bool) -> ContainerRecord {
+        ContainerRecord {
+            name: name.into(),
+            role,
+            pid: Some(42),
+            log: PathBuf::from(format!("/tmp/{name}.log")),
+            ready,
+            restarts: 0,
+            state,
+            user: (role == Role::Sidecar).then_some((1337, 1337)),
+            env: vec![("POD_NAME".into(), "p".into())],
+            probe: Probe::Tcp { port: 80 },
+        }
+    }
+
+    fn pod() -> PodRecord {
+        PodRecord {
+            name: "httpbin-deployment-9bfd96975-px5lv".into(),
+            namespace: "default".into(),
+            ip: Ipv4Addr::new(10, 244, 0, 2),
+            netns: "ama-ama-default-httpbin".into(),
+            group: "Deployment/default/httpbin-deployment".into(),
+            template_hash: "9bfd96975".into(),
+            created_at: 1,
+            sidecar: true,
+            terminating: false,
+            init: vec![container(
+                "istio-init",
+                Role::Init,
+                ContainerState::Terminated {
+                    exit_code: 0,
+                    reason: "Completed".into(),
+                },
+                false,
+            )],
+            containers: vec![
+                container(
+                    "httpbin",
+                    Role::App,
+                    ContainerState::Running { started_at: 2 },
+                    true,
+                ),
+                container(
+                    "istio-proxy",
+                    Role::Sidecar,
+                    ContainerState::Running { started_at: 2 },
+                    true,
+                ),
+            ],
+            object: serde_json::json!({"kind": "Pod"}),
+        }
+    }
+
+    #[test]
+    fn round_trip_through_the_state_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::at(dir.path(), "t1").unwrap();
+        sd.create().unwrap();
+        assert!(matches!(sd.load(), Err(Error::NotRunning { .. })));
+        let state = State {
+            cluster: "t1".into(),
+            pid: 7,
+            started_at: 3,
+            xds: "files".into(),
+            lan_netns: "ama-t1-lan".into(),
+            pods: vec![pod()],
+            services: vec![ServiceRecord {
+                name: "httpbin-service".into(),
+                namespace: "default".into(),
+                service_type: "ClusterIP".into(),
+                cluster_ip: Some(Ipv4Addr::new(10, 96, 0, 10)),
+                ports: vec!["80/TCP".into()],
+                created_at: 3,
+                object: serde_json::json!({}),
+            }],
+            objects: BTreeMap::from([("deployment.apps/x".into(), "h".into())]),
+            ..State::default()
+        };
+        sd.save(&state).unwrap();
+        assert_eq!(sd.load().unwrap(), state);
+        std::fs::write(sd.state_file(), "{").unwrap();
+        assert!(matches!(sd.load(), Err(Error::State { .. })));
+        sd.remove().unwrap();
+        assert!(!sd.root().exists());
+    }
+
+    #[test]
+    fn status_and_ready_columns() {
+        let mut p = pod();
+        assert_eq!(p.ready(), (2, 2));
+        assert_eq!(p.status(), "Running");
+        p.init[0].state = ContainerState::Running { started_at: 1 };
+        assert_eq!(p.status(), "Init:0/1");
+        p.init[0].state = ContainerState::Terminated {
+            exit_code: 0,
+            reason: "Completed".into(),
+        };
+        p.containers[0].state = ContainerState::Waiting {
+            reason: "CrashLoopBackOff".into(),
+        };
+        p.containers[0].ready = false;
+        assert_eq!(p.status(), "CrashLoopBackOff");
+        assert_eq!(p.ready(), (1, 2));
+        assert_eq!(p.container(None).unwrap().name, "httpbin");
+        assert_eq!(
+            p.container(Some("istio-proxy")).unwrap().user,
+            Some((1337, 1337))
+        );
+        let err = p.container(Some("nope")).unwrap_err().to_string();
+        assert!(err.contains("httpbin, istio-proxy, istio-init"), "{err}");
+    }
+
+    #[test]
+    fn pods_by_name_or_unambiguous_prefix() {
+        let state = State {
+            pods: vec![pod()],
+            ..State::default()
+        };
+        assert!(state.pod("httpbin-deployment-9bfd96975-px5lv").is_ok());
+        assert!(state.pod("httpbin").is_ok());
+        assert!(matches!(state.pod("ubuntu"), Err(Error::NoPod { .. })));
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        assert!(matches!(
+            StateDir::at(Path::new("/tmp"), "../x"),
+            Err(Error::BadName(_))
+        ));
+    }
+}
