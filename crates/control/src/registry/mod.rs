@@ -7,6 +7,7 @@
 //! push reads the store as it is then, so nothing is lost.
 
 pub mod file;
+pub mod kube;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -1,0 +1,170 @@
+//! API-server objects → [`api::objects::Object`], with the same parser and the same error
+//! messages as the file registry.
+//!
+//! Every kind is watched as a [`DynamicObject`] (a JSON map), so one object the mesh cannot
+//! read never breaks the deserialisation of a whole list or watch stream: it is parsed here,
+//! alone, and a problem becomes an [`ObjectError`] naming its field
+//! (`VirtualService default/reviews: spec.http[0].route[1].weight: must be 0..100`).
+//!
+//! Items of a list carry no `apiVersion`/`kind` for built-in types, so both come from the
+//! [`ApiResource`] that was watched. `metadata.managedFields` is dropped before parsing: it is
+//! the largest part of most objects and the mesh never reads it.
+
+use ::kube::api::DynamicObject;
+use ::kube::discovery::ApiResource;
+use api::objects::{Object, ObjectError, parse_stream};
+use serde_json::Value;
+
+/// Pod phases after which a pod runs no more: its address may already belong to another pod.
+const TERMINAL_PHASES: [&str; 2] = ["Succeeded", "Failed"];
+
+/// What became of one object.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Converted {
+    /// The mesh reads it.
+    Object(Object),
+    /// It exists but the mesh must not see it (a pod that has finished).
+    Skipped,
+    /// It is malformed; the problems name its fields.
+    Invalid(Vec<ObjectError>),
+}
+
+/// Converts one watched object of resource `resource`. `source_name` names the registry source
+/// in errors (`kubernetes/VirtualService`).
+pub fn convert(resource: &ApiResource, object: DynamicObject, source_name: &str) -> Converted {
+    let mut value = match serde_json::to_value(object) {
+        Ok(v) => v,
+        Err(e) => return Converted::Invalid(vec![whole(source_name, e.to_string())]),
+    };
+    let Some(map) = value.as_object_mut() else {
+        return Converted::Invalid(vec![whole(source_name, "not a JSON object".into())]);
+    };
+    map.insert("apiVersion".into(), Value::String(resource.api_version.clone()));
+    map.insert("kind".into(), Value::String(resource.kind.clone()));
+    if let Some(Value::Object(meta)) = map.get_mut("metadata") {
+        meta.remove("managedFields");
+    }
+    if resource.kind == "Pod"
+        && resource.group.is_empty()
+        && value
+            .pointer("/status/phase")
+            .and_then(Value::as_str)
+            .is_some_and(|phase| TERMINAL_PHASES.contains(&phase))
+    {
+        return Converted::Skipped;
+    }
+    convert_value(&value, source_name)
+}
+
+/// Parses one object given as JSON (with `apiVersion` and `kind`) through
+/// [`api::objects::parse_stream`]: JSON is YAML, so the checks and messages are the file
+/// registry's, without a second parser to keep in step.
+pub fn convert_value(value: &Value, source_name: &str) -> Converted {
+    let text = match serde_json::to_string(value) {
+        Ok(t) => t,
+        Err(e) => return Converted::Invalid(vec![whole(source_name, e.to_string())]),
+    };
+    let (mut objects, errors) = parse_stream(&text, source_name);
+    if !errors.is_empty() {
+        return Converted::Invalid(errors);
+    }
+    match (objects.pop(), objects.is_empty()) {
+        (Some(object), true) => Converted::Object(object),
+        // A `List` object inside a watch stream: not something the API server sends.
+        _ => Converted::Invalid(vec![whole(
+            source_name,
+            "expected one object".to_string(),
+        )]),
+    }
+}
+
+fn whole(source_name: &str, message: String) -> ObjectError {
+    ObjectError {
+        source_name: source_name.to_string(),
+        doc: 1,
+        line: 1,
+        object: None,
+        field: String::new(),
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::kube::core::GroupVersionKind;
+    use serde_json::json;
+
+    fn resource(group: &str, version: &str, kind: &str) -> ApiResource {
+        ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind))
+    }
+
+    fn dynamic(value: Value) -> DynamicObject {
+        serde_json::from_value(value).expect("dynamic object")
+    }
+
+    #[test]
+    fn list_item_without_type_meta_gets_the_resource_kind() {
+        let pod = dynamic(json!({
+            "metadata": {"name": "p", "namespace": "ns", "managedFields": [{"manager": "kubelet"}]},
+            "spec": {"containers": [{"name": "app", "image": "x"}]},
+            "status": {"phase": "Running", "podIP": "10.244.0.7"},
+        }));
+        let Converted::Object(Object::Pod(pod)) = convert(&resource("", "v1", "Pod"), pod, "k")
+        else {
+            panic!("not a pod");
+        };
+        assert_eq!(pod.status.pod_ip.as_deref(), Some("10.244.0.7"));
+        assert_eq!(pod.metadata.namespace, "ns");
+    }
+
+    #[test]
+    fn finished_pods_are_skipped() {
+        let pod = dynamic(json!({
+            "metadata": {"name": "job-x", "namespace": "ns"},
+            "spec": {"containers": [{"name": "app"}]},
+            "status": {"phase": "Succeeded", "podIP": "10.244.0.8"},
+        }));
+        assert_eq!(
+            convert(&resource("", "v1", "Pod"), pod, "k"),
+            Converted::Skipped
+        );
+    }
+
+    #[test]
+    fn field_path_of_a_bad_crd() {
+        let vs = dynamic(json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": {"name": "bad", "namespace": "default"},
+            "spec": {"hosts": ["a"], "http": [{"route": [{"destination": {"host": "a"}, "weight": 300}]}]},
+        }));
+        let r = resource("networking.istio.io", "v1", "VirtualService");
+        let Converted::Invalid(errors) = convert(&r, vs, "kubernetes/VirtualService") else {
+            panic!("accepted");
+        };
+        assert_eq!(errors.len(), 1);
+        assert_eq!(
+            errors[0].object.as_deref(),
+            Some("VirtualService default/bad")
+        );
+        assert_eq!(errors[0].field, "spec.http[0].route[0].weight");
+        assert_eq!(errors[0].source_name, "kubernetes/VirtualService");
+    }
+
+    #[test]
+    fn strings_that_look_like_yaml_scalars_stay_strings() {
+        // JSON is read as YAML: quoted scalars must not turn into booleans or numbers.
+        let ns = dynamic(json!({
+            "metadata": {"name": "on", "labels": {"istio-injection": "enabled", "x": "yes", "n": "010"}},
+        }));
+        let Converted::Object(Object::Namespace(ns)) =
+            convert(&resource("", "v1", "Namespace"), ns, "k")
+        else {
+            panic!("not a namespace");
+        };
+        assert_eq!(ns.metadata.name, "on");
+        assert_eq!(ns.metadata.labels["x"], "yes");
+        assert_eq!(ns.metadata.labels["n"], "010");
+    }
+}
