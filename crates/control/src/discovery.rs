@@ -1,7 +1,9 @@
 //! The discovery server: what `ama discovery` runs.
 //!
-//! - Delta ADS over plaintext gRPC (Istio's 15010; 15012 with TLS and the CA comes later),
-//!   served by [`xds::ads::AdsServer`] from the [`Pusher`]'s snapshots.
+//! - Delta ADS over plaintext gRPC (Istio's 15010), served by [`xds::ads::AdsServer`] from the
+//!   [`Pusher`]'s snapshots;
+//! - with [`DiscoveryOptions::security`]: the mesh CA, ADS and `IstioCertificateService` over TLS
+//!   on 15012, and the injection webhook on 15017 ([`crate::security`]).
 //! - The monitoring port (Istio's 15014), HTTP/1:
 //!   - `GET /ready`: 200 once the config directory was read and a model built, else 503;
 //!   - `GET /debug/syncz`: JSON, each connected proxy with, per resource type, the versions sent,
@@ -35,6 +37,7 @@ use xds::ads::{AdsServer, ProxyStatus};
 use crate::push::{PushOptions, Pusher};
 use crate::registry::ConfigStore;
 use crate::registry::file::{FileRegistry, POLL_INTERVAL, RegistryError};
+use crate::security::{self, Security, SecurityError, SecurityOptions};
 
 /// Istio's plaintext xDS port.
 pub const GRPC_PORT: u16 = 15010;
@@ -58,6 +61,8 @@ pub struct DiscoveryOptions {
     pub poll_interval: Duration,
     /// Debounce of pushes.
     pub push: PushOptions,
+    /// The CA, the secure gRPC port and the webhook; `None`: plaintext ADS only.
+    pub security: Option<SecurityOptions>,
 }
 
 impl DiscoveryOptions {
@@ -69,6 +74,7 @@ impl DiscoveryOptions {
             monitoring_addr: SocketAddr::from(([0, 0, 0, 0], MONITORING_PORT)),
             poll_interval: POLL_INTERVAL,
             push: PushOptions::default(),
+            security: None,
         }
     }
 }
@@ -92,6 +98,9 @@ pub enum DiscoveryError {
     /// A startup task failed.
     #[error("startup: {0}")]
     Startup(String),
+    /// The CA, the secure gRPC port or the webhook could not start.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
 }
 
 /// A running discovery server.
@@ -102,6 +111,7 @@ pub struct Discovery {
     pusher: Arc<Pusher>,
     registry: Arc<FileRegistry>,
     ads: AdsServer,
+    security: Option<Security>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -178,6 +188,15 @@ impl Discovery {
                 }
             }));
         }
+        let security = match &options.security {
+            Some(security) => {
+                let mut started =
+                    security::start(security, &ads, &pusher, &mut metrics, &shutdown).await?;
+                tasks.append(&mut started.tasks);
+                Some(started)
+            }
+            None => None,
+        };
         let state = Arc::new(Monitoring {
             pusher: Arc::clone(&pusher),
             registry: Arc::clone(&registry),
@@ -196,6 +215,7 @@ impl Discovery {
             pusher,
             registry,
             ads,
+            security,
             shutdown,
             tasks,
         })
@@ -224,6 +244,11 @@ impl Discovery {
     /// The ADS server (connected proxies).
     pub fn ads(&self) -> &AdsServer {
         &self.ads
+    }
+
+    /// The CA, the secure gRPC port and the webhook, when started.
+    pub fn security(&self) -> Option<&Security> {
+        self.security.as_ref()
     }
 
     /// A token that stops the server when cancelled.

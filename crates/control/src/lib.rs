@@ -26,21 +26,44 @@
 //! - [`discovery`]: the server itself: Delta ADS on gRPC, `/ready`, `/debug/syncz` and `/metrics`
 //!   on the monitoring port.
 //!
+//! Security (Istio's istiod CA and injector), started by [`discovery`] through [`security`]:
+//!
+//! ```text
+//!  bearer token ─► tokens::TokenAuthenticator ─► Caller (ns, sa) ─► ca_server ─► signed chain
+//!                  (tokens::FileTokens | token_review::KubeTokens)      (identity's CA)
+//!  15012 TLS (tls): secure_grpc = ADS (token required) + IstioCertificateService
+//!  15017 TLS (tls): webhook_server /inject ─► inject::webhook::review
+//! ```
+//!
+//! - [`tokens`]: bearer tokens, the authenticator trait, file-mode per-workload tokens;
+//! - [`token_review`]: Kubernetes TokenReview;
+//! - [`ca_server`]: the mesh root and `IstioCertificateService/CreateCertificate`;
+//! - [`tls`]: the istiod serving certificate and the TLS accept loop;
+//! - [`secure_grpc`]: the 15012 server; [`webhook_server`]: the 15017 server.
+//!
 //! Threads: everything runs on the caller's tokio runtime. Model builds run on the blocking pool
 //! (they are CPU work, proportional to the mesh); no lock is held across an `.await`.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod ca_server;
 pub mod discovery;
 pub mod model;
 pub mod push;
 pub mod registry;
+pub mod secure_grpc;
+pub mod security;
+pub mod tls;
+pub mod token_review;
+pub mod tokens;
 pub mod translate;
+pub mod webhook_server;
 
 pub use discovery::{Discovery, DiscoveryError, DiscoveryOptions};
 pub use model::{Model, Warning};
 pub use push::{PushOptions, PushStats, Pusher};
 pub use registry::ConfigStore;
 pub use registry::file::FileRegistry;
+pub use security::{Authentication, Security, SecurityOptions};
 pub use translate::{ProxyKey, proxy_resources};
