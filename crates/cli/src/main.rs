@@ -27,6 +27,20 @@ enum Command {
     Manifest(cmd::manifest::Args),
     /// Run the data plane (`ama proxy sidecar`: the istio-proxy container).
     Proxy(cmd::proxy::Args),
+    /// Run the mesh of a directory of YAML on this machine, no Kubernetes (foreground).
+    Up(cmd::up::Args),
+    /// Stop the local mesh `ama up` runs, and remove everything it made.
+    Down(cmd::down::Args),
+    /// List the local mesh's pods or services, as kubectl does.
+    Get(cmd::get::Args),
+    /// Run a command in a pod of the local mesh (like `kubectl exec`).
+    Exec(cmd::exec::Args),
+    /// Print a container's log in the local mesh (like `kubectl logs`).
+    Logs(cmd::logs::Args),
+    /// Add or change objects of the running local mesh (like `kubectl apply`).
+    Apply(cmd::apply::Args),
+    /// Built-in apps for local meshes: `httpbin`, `sleep`.
+    Sample(cmd::sample::Args),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +51,13 @@ fn main() -> ExitCode {
         Command::Iptables(args) => cmd::iptables::run(args),
         Command::Manifest(args) => cmd::manifest::run(args),
         Command::Proxy(args) => cmd::proxy::run(args),
+        Command::Up(args) => cmd::up::run(args),
+        Command::Down(args) => cmd::down::run(args),
+        Command::Get(args) => cmd::get::run(args),
+        Command::Exec(args) => cmd::exec::run(args),
+        Command::Logs(args) => cmd::logs::run(args),
+        Command::Apply(args) => cmd::apply::run(args),
+        Command::Sample(args) => cmd::sample::run(args),
     };
     match result {
         Ok(code) => code,

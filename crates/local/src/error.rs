@@ -116,6 +116,14 @@ pub enum Error {
          with sudo (the rootless mode through a user namespace is not done yet)"
     )]
     NeedsRoot,
+    /// A certificate could not be made.
+    #[error("workload certificate for {id}: {source}")]
+    Certificate {
+        /// The SPIFFE id.
+        id: String,
+        /// Why.
+        source: identity::Error,
+    },
     /// A mesh name that cannot name namespaces and directories.
     #[error("mesh name \"{0}\": use 1 to 20 lowercase letters, digits and '-'")]
     BadName(String),

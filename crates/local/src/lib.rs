@@ -24,6 +24,7 @@
 //! - [`netns`]: network namespaces and the LAN, each owned by a guard.
 //! - [`process`]: processes in a pod, their logs, signals; [`probe`]: readiness checks run
 //!   inside a pod's namespace.
+//! - [`certs`]: the mesh's CA and each pod's workload certificate (mTLS between sidecars).
 //! - [`mesh`]: what the control plane and the proxies are told (registry objects, VIPs, hosts).
 //! - [`state`]: the state directory shared by the `ama` invocations of one mesh.
 //! - [`runtime`]: `ama up`'s loop (start, supervise, reconcile on `ama apply`, tear down) and
@@ -36,6 +37,7 @@
 
 #![warn(missing_docs)]
 
+pub mod certs;
 pub mod error;
 pub mod ipam;
 pub mod launch;

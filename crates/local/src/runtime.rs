@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::Error;
+use crate::certs::{self, MeshCa};
 use crate::ipam::{GATEWAY, PodAddresses};
 use crate::launch::{ContainerRun, Launch, LaunchInputs, Role, launch};
 use crate::manifests::{self, Manifests};
@@ -218,6 +219,8 @@ struct PodRuntime {
     retry_at: HashMap<String, Instant>,
     stop_deadline: Option<Instant>,
     was_ready: bool,
+    /// When its workload certificate was issued (pods with a sidecar).
+    certs_at: Option<Instant>,
     /// Declared last: dropped after the processes were dealt with.
     netns: Netns,
 }
@@ -241,6 +244,7 @@ struct Mesh {
     node: String,
     rng: StdRng,
     all_ready: bool,
+    ca: MeshCa,
 }
 
 impl Mesh {
@@ -251,7 +255,9 @@ impl Mesh {
             .ok()
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "localhost".into());
+        let ca = MeshCa::generate(base.mesh().inject.trust_domain())?;
         Ok(Mesh {
+            ca,
             manifests: base.clone(),
             base,
             opts,
@@ -485,9 +491,18 @@ impl Mesh {
         fs::create_dir_all(&pod_dir).map_err(Error::io(&pod_dir))?;
         let sidecar = l.injected();
         let mut runs = l.containers.clone();
+        let cert_dir = pod_dir.join("certs");
+        let mut certs_at = None;
         for run in runs.iter_mut().filter(|r| r.role == Role::Sidecar) {
             run.argv
                 .extend(mesh::sidecar_source_args(self.opts.xds, &pod_dir));
+            // The identity comes from files this mesh's CA issues, not from istiod's CA.
+            self.ca
+                .issue(&cert_dir, &namespace, &service_account(&l.pod), run.user)?;
+            certs_at = Some(Instant::now());
+            run.env.retain(|(k, _)| k != "CA_ADDR");
+            run.env
+                .push(("AMA_CERT_DIR".into(), cert_dir.display().to_string()));
             if !settings.access_log_file.is_empty() {
                 run.env.push((
                     "AMA_ACCESS_LOG_FILE".into(),
@@ -544,6 +559,7 @@ impl Mesh {
             retry_at: HashMap::new(),
             stop_deadline: None,
             was_ready: false,
+            certs_at,
             netns,
         })
     }
@@ -611,6 +627,24 @@ impl Mesh {
                         code,
                     });
                 }
+            }
+            if let Some(at) = pod.certs_at
+                && !pod.record.terminating
+                && now_i.duration_since(at) >= certs::RENEW_AFTER
+            {
+                let owner = pod
+                    .runs
+                    .iter()
+                    .find(|r| r.role == Role::Sidecar)
+                    .and_then(|r| r.user);
+                let dir = self.dir.pod_dir(&pod.record.name).join("certs");
+                self.ca.issue(
+                    &dir,
+                    &pod.record.namespace,
+                    &service_account(&pod.record.object),
+                    owner,
+                )?;
+                pod.certs_at = Some(now_i);
             }
             if pod.record.terminating {
                 let done = pod.children.is_empty() || pod.stop_deadline.is_some_and(|d| now_i >= d);
@@ -804,6 +838,15 @@ impl Mesh {
             tracing::warn!("{e}");
         }
     }
+}
+
+/// The pod's service account (`default` when unset).
+fn service_account(pod: &Value) -> String {
+    pod.pointer("/spec/serviceAccountName")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default")
+        .to_string()
 }
 
 fn begin_stop(pod: &mut PodRuntime) {

@@ -1,7 +1,15 @@
 //! One module per subcommand.
 
+pub mod apply;
 pub mod discovery;
+pub mod down;
+pub mod exec;
+pub mod get;
 pub mod iptables;
 pub mod kube_inject;
+pub mod local;
+pub mod logs;
 pub mod manifest;
 pub mod proxy;
+pub mod sample;
+pub mod up;

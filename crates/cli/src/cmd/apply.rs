@@ -1,0 +1,42 @@
+//! `ama apply -f FILE`: adds or changes objects of the running local mesh (Deployments,
+//! Services, Istio config …), like `kubectl apply`. The file is checked first (nothing is
+//! applied if a document is malformed); `ama up` takes it at once: new pods start, changed
+//! templates replace their pods, config reaches the proxies.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use super::local::MeshName;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// File to apply; `-` reads standard input. Repeat to apply several, in order.
+    #[arg(short = 'f', long = "filename", value_name = "FILE", required = true)]
+    pub filenames: Vec<PathBuf>,
+    #[command(flatten)]
+    pub mesh: MeshName,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let dir = args.mesh.dir()?;
+    for file in &args.filenames {
+        let (text, name) = if file.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading standard input")?;
+            (text, "<stdin>".to_string())
+        } else {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            (text, file.display().to_string())
+        };
+        for applied in local::runtime::apply(&dir, &text, &name)? {
+            println!("{} {}", applied.resource, applied.verb);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,255 @@
+//! `ama up DIR`: the mesh of DIR's YAML on this machine, in the foreground (like
+//! `docker compose up`): a line per pod as it starts and becomes ready, a progress line on a
+//! terminal, then how to reach it. Ctrl-C (or `ama down` from another shell) stops all of it.
+
+use std::collections::BTreeSet;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use local::mesh::XdsMode;
+use local::runtime::{Event, Observer, UpOptions};
+use local::state::State;
+
+use super::local::{MeshName, ama_binary};
+
+/// Where the sidecars get their resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Xds {
+    /// A file per pod written by `ama up` from the control plane's model (reloaded on change).
+    Files,
+    /// `ama discovery` with the file registry, over Delta ADS on 10.244.0.1:15010.
+    Discovery,
+}
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Each container runs the command of the pod-template annotation local.ama.dev/command (the first
+container; local.ama.dev/command.<container> for others), else its own command when that program
+exists here (`sleep infinity`). Namespaces labelled istio-injection=enabled get the sidecar, as
+with Istio's webhook. Needs root.")]
+pub struct Args {
+    /// Directory (or file) of the YAML you would `kubectl apply`: Namespaces, Deployments,
+    /// Services, Istio config, the ConfigMap istio (MeshConfig).
+    pub dir: PathBuf,
+    #[command(flatten)]
+    pub mesh: MeshName,
+    /// Where the sidecars get their resources.
+    #[arg(long, value_enum, default_value = "files")]
+    pub xds: Xds,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AMA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init()
+        .ok();
+    let opts = UpOptions {
+        dir: args.dir.clone(),
+        cluster: args.mesh.name.clone(),
+        xds: match args.xds {
+            Xds::Files => XdsMode::Files,
+            Xds::Discovery => XdsMode::Discovery,
+        },
+        ama: ama_binary()?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let mut printer = Printer::new(&args);
+    runtime.block_on(local::runtime::up(opts, &mut printer))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints events for a person.
+struct Printer {
+    mesh: String,
+    dir: String,
+    xds: &'static str,
+    tty: bool,
+    planned: Option<usize>,
+    created: BTreeSet<String>,
+    ready: BTreeSet<String>,
+    progress_shown: bool,
+}
+
+impl Printer {
+    fn new(args: &Args) -> Printer {
+        Printer {
+            mesh: args.mesh.name.clone(),
+            dir: args.dir.display().to_string(),
+            xds: match args.xds {
+                Xds::Files => "resource files written by ama up",
+                Xds::Discovery => "ama discovery (Delta ADS)",
+            },
+            tty: std::io::stdout().is_terminal(),
+            planned: None,
+            created: BTreeSet::new(),
+            ready: BTreeSet::new(),
+            progress_shown: false,
+        }
+    }
+
+    fn line(&mut self, text: &str) {
+        let mut out = std::io::stdout().lock();
+        if self.progress_shown {
+            let _ = write!(out, "\r\x1b[2K");
+            self.progress_shown = false;
+        }
+        let _ = writeln!(out, "{text}");
+        let _ = out.flush();
+    }
+
+    /// The progress line (terminals only), rewritten in place.
+    fn progress(&mut self) {
+        if !self.tty {
+            return;
+        }
+        let total = self.planned.unwrap_or(self.created.len());
+        let ready = self.ready.len();
+        if ready >= total {
+            return;
+        }
+        let waiting: Vec<&String> = self.created.difference(&self.ready).take(2).collect();
+        let mut out = std::io::stdout().lock();
+        let _ = write!(
+            out,
+            "\r\x1b[2K  {ready}/{total} pods ready; waiting for {}…",
+            waiting
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let _ = out.flush();
+        self.progress_shown = true;
+    }
+
+    fn hints(&self, state: &State) -> String {
+        let flag = if self.mesh == local::state::DEFAULT_CLUSTER {
+            String::new()
+        } else {
+            format!(" --name {}", self.mesh)
+        };
+        let mut out = format!(
+            "Mesh \"{}\" is up. Try:\n  ama get pods -o wide{flag}\n",
+            self.mesh
+        );
+        // A client: a pod with a sidecar that no Service selects; a server: a Service.
+        let selected = |pod: &local::state::PodRecord| {
+            state.services.iter().any(|s| {
+                let sel = s
+                    .object
+                    .pointer("/spec/selector")
+                    .and_then(|v| v.as_object());
+                let labels = pod
+                    .object
+                    .pointer("/metadata/labels")
+                    .and_then(|v| v.as_object());
+                match (sel, labels) {
+                    (Some(sel), Some(labels)) if !sel.is_empty() => {
+                        sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+                    }
+                    _ => false,
+                }
+            })
+        };
+        let client = state.pods.iter().find(|p| p.sidecar && !selected(p));
+        if let (Some(client), Some(svc)) = (client, state.services.first()) {
+            let port = svc
+                .object
+                .pointer("/spec/ports/0/port")
+                .and_then(|p| p.as_u64())
+                .filter(|p| *p != 80)
+                .map(|p| format!(":{p}"))
+                .unwrap_or_default();
+            let host = if svc.namespace == client.namespace {
+                svc.name.clone()
+            } else {
+                format!("{}.{}", svc.name, svc.namespace)
+            };
+            out.push_str(&format!(
+                "  ama exec {}{flag} -- curl -sv http://{host}{port}/headers\n",
+                client.name
+            ));
+        }
+        if let Some(server) = state.pods.iter().find(|p| p.sidecar && selected(p)) {
+            out.push_str(&format!(
+                "  ama logs {} -c istio-proxy -f{flag}\n",
+                server.name
+            ));
+        }
+        out.push_str(&format!("  ama down{flag}   (or Ctrl-C here)"));
+        out
+    }
+}
+
+impl Observer for Printer {
+    fn event(&mut self, event: Event<'_>) {
+        match event {
+            Event::Planned { pods, services } => {
+                if self.planned.is_none() {
+                    let text = format!(
+                        "Starting mesh \"{}\" from {}: {pods} pod(s), {services} service(s); proxies get their resources from {}",
+                        self.mesh, self.dir, self.xds
+                    );
+                    self.line(&text);
+                }
+                self.planned = Some(pods);
+            }
+            Event::PodCreated(p) => {
+                self.created.insert(p.name.clone());
+                let sidecar = if p.sidecar {
+                    "with sidecar"
+                } else {
+                    "no sidecar"
+                };
+                let text = format!(
+                    "pod/{} created   {}   {}   {sidecar}",
+                    p.name, p.namespace, p.ip
+                );
+                self.line(&text);
+                self.progress();
+            }
+            Event::PodReady(p) => {
+                self.ready.insert(p.name.clone());
+                let (r, t) = p.ready();
+                let text = format!("pod/{} ready   {r}/{t}   Running", p.name);
+                self.line(&text);
+                self.progress();
+            }
+            Event::ContainerExited {
+                pod,
+                container,
+                code,
+            } => {
+                self.ready.remove(&pod.name);
+                let text = format!(
+                    "pod/{}: container {container} exited with code {code}; restarting (ama logs {} -c {container})",
+                    pod.name, pod.name
+                );
+                self.line(&text);
+            }
+            Event::PodDeleted(name) => {
+                self.created.remove(name);
+                self.ready.remove(name);
+                self.line(&format!("pod/{name} deleted"));
+            }
+            Event::Note(n) => self.line(&format!("note: {n}")),
+            Event::Ready(state) => {
+                let text = self.hints(state);
+                self.line(&text);
+            }
+            Event::Applied(n) => self.line(&format!("applied: {n} file(s) from ama apply")),
+            Event::Stopping => self.line("Stopping: processes, namespaces, hosts files…"),
+            Event::Stopped => self.line("Stopped; nothing is left behind."),
+        }
+    }
+}
