@@ -45,6 +45,18 @@ pub const MAX_CSR_LEN: usize = 64 * 1024;
 /// layout: `ca-cert.pem`, `ca-key.pem`, `root-cert.pem`, `cert-chain.pem`).
 pub const SELF_SIGNED_DIR: &str = "ca";
 
+/// Where istiod finds a plug-in root (the `cacerts` Secret, mounted).
+pub const ISTIO_CACERTS_DIR: &str = "/etc/cacerts";
+
+/// [`ISTIO_CACERTS_DIR`] when it holds a CA key, as istiod decides between a plug-in and a
+/// self-signed root.
+pub fn istio_cacerts() -> Option<PathBuf> {
+    let dir = Path::new(ISTIO_CACERTS_DIR);
+    dir.join(identity::ca::CA_KEY_FILE)
+        .exists()
+        .then(|| dir.to_path_buf())
+}
+
 /// Where the mesh root comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RootSource {

@@ -2,13 +2,21 @@
 //!
 //! Wiring only: parses the flags, sets up logging on stderr, runs [`control::Discovery`] on a
 //! tokio runtime until SIGTERM or SIGINT, then stops it cleanly (exit 0).
+//!
+//! Besides plaintext ADS (15010) it runs istiod's security servers: the mesh CA and ADS over TLS
+//! (15012) and the injection webhook (15017). The CA root is `--cacerts` (Istio's plug-in
+//! layout; `/etc/cacerts` when it holds one, as istiod mounts the `cacerts` Secret) or a
+//! self-signed root persisted in `<state-dir>/ca`; its PEM is written to
+//! `<state-dir>/root-cert.pem`. The webhook injects with the MeshConfig and values files Istio
+//! mounts (`/etc/istio/config/mesh`, `/var/lib/istio/inject/values`) when they exist.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use control::{Discovery, DiscoveryOptions};
+use api::{MeshConfig, Values};
+use control::{Authentication, Discovery, DiscoveryOptions, SecurityOptions};
 use tracing_subscriber::EnvFilter;
 
 /// Where the config comes from.
@@ -36,6 +44,44 @@ pub struct Args {
     /// Monitoring address (`/ready`, `/debug/syncz`, `/metrics`), `host:port` or `:port`.
     #[arg(long = "monitoring-addr", alias = "monitoringAddr", default_value = ":15014", value_parser = parse_addr)]
     monitoring_addr: SocketAddr,
+    /// ADS and the CA over TLS, `host:port` or `:port`; `off`: no CA, no TLS port, no webhook.
+    #[arg(long = "secure-grpc-addr", alias = "secureGRPCAddr", default_value = "0.0.0.0:15012", value_parser = parse_optional_addr)]
+    secure_grpc_addr: MaybeAddr,
+    /// The injection webhook (HTTPS `/inject`), `host:port` or `:port`; `off`: none.
+    #[arg(long = "webhook-addr", default_value = "0.0.0.0:15017", value_parser = parse_optional_addr)]
+    webhook_addr: MaybeAddr,
+    /// The CA's signing certificate and key in Istio's plug-in layout (`ca-cert.pem`,
+    /// `ca-key.pem`, `root-cert.pem`, `cert-chain.pem`). Default: `/etc/cacerts` when it holds a
+    /// key, else a self-signed root kept in `<state-dir>/ca`.
+    #[arg(long, value_name = "DIR")]
+    cacerts: Option<PathBuf>,
+    /// The control plane's files: `root-cert.pem`, `ca/` (self-signed root), `tokens/` (file-mode
+    /// workload tokens). Default: the parent of `--config-dir`, else /var/lib/ama.
+    #[arg(long = "state-dir", value_name = "DIR", env = "AMA_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// SPIFFE trust domain of workload certificates. Default: the MeshConfig's `trustDomain`
+    /// (`cluster.local`).
+    #[arg(long = "trust-domain")]
+    trust_domain: Option<String>,
+    /// The longest workload certificate issued; longer requests are shortened (`24h`, `90m`).
+    #[arg(long = "workload-cert-ttl", default_value = "24h", value_parser = parse_duration)]
+    workload_cert_ttl: std::time::Duration,
+    /// Extra names (DNS or IP) of the serving certificate on 15012 and 15017, besides
+    /// `istiod.istio-system.svc` and `$ISTIOD_SERVICE`. Repeatable.
+    #[arg(long = "dns-name", value_name = "NAME")]
+    dns_names: Vec<String>,
+    /// The control plane's Service name, also put in the serving certificate (Istio's env).
+    #[arg(long = "istiod-service", env = "ISTIOD_SERVICE", hide = true)]
+    istiod_service: Option<String>,
+    /// Require a bearer token for ADS on the secure port, as Istio's `XDS_AUTH`.
+    #[arg(long = "xds-auth", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    xds_auth: bool,
+    /// The MeshConfig the webhook injects with (read when it exists).
+    #[arg(long = "meshConfig", default_value = "/etc/istio/config/mesh", value_name = "FILE")]
+    mesh_config: PathBuf,
+    /// The injector values the webhook injects with (read when it exists).
+    #[arg(long = "injectValues", default_value = "/var/lib/istio/inject/values", value_name = "FILE")]
+    inject_values: PathBuf,
     /// Log level, or a tracing filter (`info,control=debug`).
     #[arg(long = "log-level", default_value = "info", env = "AMA_LOG")]
     log_level: String,
@@ -56,6 +102,84 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("\"{text}\" is not an address (host:port or :port)"))
 }
 
+/// An address, or `None` for a server that is not started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MaybeAddr(Option<SocketAddr>);
+
+/// An address, or `off` (or nothing) for a server that is not started.
+fn parse_optional_addr(text: &str) -> Result<MaybeAddr, String> {
+    match text.trim() {
+        "" | "off" => Ok(MaybeAddr(None)),
+        text => parse_addr(text).map(|a| MaybeAddr(Some(a))),
+    }
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let d = text.parse::<api::Duration>()?.get();
+    if d.is_zero() {
+        return Err("must be longer than zero".to_string());
+    }
+    Ok(d)
+}
+
+/// The security servers' options from the flags, or `None` with `--secure-grpc-addr off`.
+fn security_options(args: &Args) -> anyhow::Result<Option<SecurityOptions>> {
+    let MaybeAddr(Some(secure_grpc_addr)) = args.secure_grpc_addr else {
+        return Ok(None);
+    };
+    let state_dir = match (&args.state_dir, &args.config_dir) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(config)) => match config.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        },
+        (None, None) => PathBuf::from("/var/lib/ama"),
+    };
+    let mut inject = inject::InjectConfig::default();
+    if let Some(text) = read_if_exists(&args.mesh_config)? {
+        inject.mesh = MeshConfig::from_yaml(&text)
+            .with_context(|| format!("{}", args.mesh_config.display()))?;
+    }
+    if let Some(text) = read_if_exists(&args.inject_values)? {
+        inject.values = Values::from_yaml(&text)
+            .with_context(|| format!("{}", args.inject_values.display()))?;
+    }
+    let cacerts = args
+        .cacerts
+        .clone()
+        .or_else(control::ca_server::istio_cacerts);
+    let mut options = SecurityOptions::new(state_dir);
+    options.secure_grpc_addr = secure_grpc_addr;
+    options.webhook_addr = args.webhook_addr.0;
+    options.cacerts = cacerts;
+    options.trust_domain = args
+        .trust_domain
+        .clone()
+        .unwrap_or_else(|| inject.trust_domain().to_string());
+    options.ca.max_ttl = args.workload_cert_ttl;
+    options.ca.default_ttl = options.ca.default_ttl.min(args.workload_cert_ttl);
+    options.dns_names = args
+        .istiod_service
+        .iter()
+        .chain(&args.dns_names)
+        .cloned()
+        .collect();
+    options.authentication = match args.registry {
+        RegistryKind::Files => Authentication::Files,
+    };
+    options.xds_auth = args.xds_auth;
+    options.inject = inject;
+    Ok(Some(options))
+}
+
+fn read_if_exists(path: &Path) -> anyhow::Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let filter = EnvFilter::try_new(&args.log_level).context("--log-level")?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -70,6 +194,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     init.map_err(|e| anyhow::anyhow!("logging: {e}"))?;
 
+    let security = security_options(&args)?;
     let RegistryKind::Files = args.registry;
     let config_dir = args
         .config_dir
@@ -77,6 +202,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut options = DiscoveryOptions::new(config_dir);
     options.grpc_addr = args.grpc_addr;
     options.monitoring_addr = args.monitoring_addr;
+    options.security = security;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .thread_name("ama-discovery")
@@ -114,5 +240,20 @@ mod tests {
         );
         assert!(parse_addr(":x").is_err());
         assert!(parse_addr("localhost").is_err());
+        assert_eq!(parse_optional_addr("off"), Ok(MaybeAddr(None)));
+        assert_eq!(
+            parse_optional_addr(":15012"),
+            Ok(MaybeAddr(Some(SocketAddr::from(([0, 0, 0, 0], 15012)))))
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("24h"),
+            Ok(std::time::Duration::from_secs(86_400))
+        );
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("-1h").is_err());
     }
 }
