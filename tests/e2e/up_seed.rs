@@ -85,16 +85,20 @@ impl Mesh {
     }
 
     fn wait_ready(&self, want: usize) -> Vec<Value> {
-        wait_for(&format!("{want} pods ready"), Duration::from_secs(90), || {
-            let pods = self.pods();
-            let ready = pods.len() == want
-                && pods.iter().all(|p| {
-                    p["status"]["containerStatuses"]
-                        .as_array()
-                        .is_some_and(|cs| cs.iter().all(|c| c["ready"] == true))
-                });
-            ready.then_some(pods)
-        })
+        wait_for(
+            &format!("{want} pods ready"),
+            Duration::from_secs(90),
+            || {
+                let pods = self.pods();
+                let ready = pods.len() == want
+                    && pods.iter().all(|p| {
+                        p["status"]["containerStatuses"]
+                            .as_array()
+                            .is_some_and(|cs| cs.iter().all(|c| c["ready"] == true))
+                    });
+                ready.then_some(pods)
+            },
+        )
     }
 }
 
@@ -106,13 +110,20 @@ impl Drop for Mesh {
 }
 
 fn name(pod: &Value) -> String {
-    pod["metadata"]["name"].as_str().unwrap_or_default().to_string()
+    pod["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn containers(pod: &Value, list: &str) -> Vec<String> {
     pod["spec"][list]
         .as_array()
-        .map(|cs| cs.iter().map(|c| c["name"].as_str().unwrap_or_default().to_string()).collect())
+        .map(|cs| {
+            cs.iter()
+                .map(|c| c["name"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -155,34 +166,69 @@ fn seed_under_ama_up() {
 
     // 2 httpbin, 1 ubuntu, 1 legacy: all ready.
     let pods = mesh.wait_ready(4);
-    let by_prefix = |p: &str| -> Vec<&Value> { pods.iter().filter(|x| name(x).starts_with(p)).collect() };
+    let by_prefix =
+        |p: &str| -> Vec<&Value> { pods.iter().filter(|x| name(x).starts_with(p)).collect() };
     let ubuntu = name(by_prefix("ubuntu-deployment-")[0]);
-    let httpbins: Vec<String> = by_prefix("httpbin-deployment-").iter().map(|p| name(p)).collect();
+    let httpbins: Vec<String> = by_prefix("httpbin-deployment-")
+        .iter()
+        .map(|p| name(p))
+        .collect();
     assert_eq!(httpbins.len(), 2);
-    for p in by_prefix("httpbin-deployment-").iter().chain(&by_prefix("ubuntu-deployment-")) {
+    for p in by_prefix("httpbin-deployment-")
+        .iter()
+        .chain(&by_prefix("ubuntu-deployment-"))
+    {
         assert_eq!(containers(p, "initContainers"), ["istio-init"], "{p}");
-        assert!(containers(p, "containers").contains(&"istio-proxy".to_string()), "{p}");
+        assert!(
+            containers(p, "containers").contains(&"istio-proxy".to_string()),
+            "{p}"
+        );
         // Kubernetes' shape: <deployment>-<pod-template-hash>-<5 characters>.
-        let hash = p["metadata"]["labels"]["pod-template-hash"].as_str().unwrap();
+        let hash = p["metadata"]["labels"]["pod-template-hash"]
+            .as_str()
+            .unwrap();
         assert!(name(p).contains(&format!("-{hash}-")), "{p}");
     }
     let legacy = by_prefix("legacy-app-")[0];
     assert_eq!(legacy["metadata"]["namespace"], "legacy");
-    assert_eq!(containers(legacy, "containers"), ["legacy-app"], "no sidecar: {legacy}");
-    assert!(containers(legacy, "initContainers").is_empty(), "no istio-init: {legacy}");
+    assert_eq!(
+        containers(legacy, "containers"),
+        ["legacy-app"],
+        "no sidecar: {legacy}"
+    );
+    assert!(
+        containers(legacy, "initContainers").is_empty(),
+        "no istio-init: {legacy}"
+    );
     let rules = mesh.ok(&["exec", &name(legacy), "--", "iptables-save", "-t", "nat"]);
-    assert!(!rules.contains("ISTIO"), "no capture rules without a sidecar:\n{rules}");
+    assert!(
+        !rules.contains("ISTIO"),
+        "no capture rules without a sidecar:\n{rules}"
+    );
 
     // kubectl's tables.
     let table = mesh.ok(&["get", "pods"]);
     assert!(table.starts_with("NAME "), "{table}");
     assert!(table.contains("2/2     Running   0"), "{table}");
     let services = mesh.ok(&["get", "services"]);
-    assert!(services.starts_with("NAME              TYPE        CLUSTER-IP"), "{services}");
-    assert!(services.contains("httpbin-service   ClusterIP   10.96."), "{services}");
+    assert!(
+        services.starts_with("NAME              TYPE        CLUSTER-IP"),
+        "{services}"
+    );
+    assert!(
+        services.contains("httpbin-service   ClusterIP   10.96."),
+        "{services}"
+    );
 
     // The article's request, from the ubuntu pod, through both sidecars.
-    let out = mesh.ama(&["exec", &ubuntu, "--", "curl", "-sv", "http://httpbin-service/headers"]);
+    let out = mesh.ama(&[
+        "exec",
+        &ubuntu,
+        "--",
+        "curl",
+        "-sv",
+        "http://httpbin-service/headers",
+    ]);
     let exchange = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "{exchange}");
     assert!(exchange.contains("< HTTP/1.1 200 OK"), "{exchange}");
@@ -190,20 +236,37 @@ fn seed_under_ama_up() {
     let seen: Value = serde_json::from_slice(&out.stdout).expect("httpbin answers JSON");
     eprintln!("{exchange}{}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(seen["headers"]["Host"], "httpbin-service", "{seen}");
-    let xfcc = seen["headers"]["X-Forwarded-Client-Cert"].as_str().unwrap_or_default();
-    assert!(xfcc.contains("URI=spiffe://cluster.local/ns/default/sa/default"), "{seen}");
-    assert!(seen["headers"].get("X-Request-Id").is_none(), "hidden without show_env: {seen}");
+    let xfcc = seen["headers"]["X-Forwarded-Client-Cert"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        xfcc.contains("URI=spiffe://cluster.local/ns/default/sa/default"),
+        "{seen}"
+    );
+    assert!(
+        seen["headers"].get("X-Request-Id").is_none(),
+        "hidden without show_env: {seen}"
+    );
 
     // The server side logged it, as JSON, in istio-proxy's log.
-    let logged = wait_for("the server sidecar's access-log line", Duration::from_secs(10), || {
-        httpbins.iter().find_map(|p| {
-            let log = mesh.ok(&["logs", p, "-c", "istio-proxy"]);
-            log.lines()
-                .filter(|l| l.starts_with('{'))
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .find(|l| l["path"] == "/headers" && l["upstream_cluster"].as_str().is_some_and(|c| c.starts_with("inbound|80|")))
-        })
-    });
+    let logged = wait_for(
+        "the server sidecar's access-log line",
+        Duration::from_secs(10),
+        || {
+            httpbins.iter().find_map(|p| {
+                let log = mesh.ok(&["logs", p, "-c", "istio-proxy"]);
+                log.lines()
+                    .filter(|l| l.starts_with('{'))
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .find(|l| {
+                        l["path"] == "/headers"
+                            && l["upstream_cluster"]
+                                .as_str()
+                                .is_some_and(|c| c.starts_with("inbound|80|"))
+                    })
+            })
+        },
+    );
     assert_eq!(logged["response_code"], "200", "{logged}");
 
     // A change while it runs: a new Service reaches the proxies and the hosts files.
@@ -214,16 +277,31 @@ fn seed_under_ama_up() {
     let applied = mesh.ok(&["apply", "-f", change.to_str().unwrap()]);
     assert_eq!(applied.trim(), "service/httpbin-alias unchanged");
     wait_for("httpbin-alias to answer", Duration::from_secs(20), || {
-        let out = mesh.ama(&["exec", &ubuntu, "--", "curl", "-sf", "http://httpbin-alias/headers"]);
+        let out = mesh.ama(&[
+            "exec",
+            &ubuntu,
+            "--",
+            "curl",
+            "-sf",
+            "http://httpbin-alias/headers",
+        ]);
         out.status.success().then_some(())
     });
     // Scale httpbin to 3.
-    let scaled = std::fs::read_to_string(dir.join("httpbin.yaml")).unwrap().replace("replicas: 2", "replicas: 3");
+    let scaled = std::fs::read_to_string(dir.join("httpbin.yaml"))
+        .unwrap()
+        .replace("replicas: 2", "replicas: 3");
     let scaled_file = scratch.path().join("scaled.yaml");
     std::fs::write(&scaled_file, scaled).unwrap();
     let applied = mesh.ok(&["apply", "-f", scaled_file.to_str().unwrap()]);
-    assert!(applied.contains("deployment.apps/httpbin-deployment configured"), "{applied}");
-    assert!(applied.contains("service/httpbin-service unchanged"), "{applied}");
+    assert!(
+        applied.contains("deployment.apps/httpbin-deployment configured"),
+        "{applied}"
+    );
+    assert!(
+        applied.contains("service/httpbin-service unchanged"),
+        "{applied}"
+    );
     mesh.wait_ready(5);
 
     // Everything ama up started, to check it is gone after ama down.
@@ -247,14 +325,28 @@ fn seed_under_ama_up() {
     assert!(down.contains("stopped"), "{down}");
     let mut up = mesh.up.take().unwrap();
     let status = up.signal_and_wait(0, Duration::from_secs(10));
-    assert!(status.is_some_and(|s| s.success()), "ama up exits 0 after ama down:\n{}", up.out());
-    assert!(up.out().contains("Stopped; nothing is left behind."), "{}", up.out());
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "ama up exits 0 after ama down:\n{}",
+        up.out()
+    );
+    assert!(
+        up.out().contains("Stopped; nothing is left behind."),
+        "{}",
+        up.out()
+    );
     assert_eq!(netns_of(&mesh_name), Vec::<String>::new());
     for ns in &namespaces {
-        assert!(!Path::new("/etc/netns").join(ns).exists(), "/etc/netns/{ns} is left");
+        assert!(
+            !Path::new("/etc/netns").join(ns).exists(),
+            "/etc/netns/{ns} is left"
+        );
     }
     // SAFETY: kill(2) with signal 0 only checks whether the pid exists.
-    let alive: Vec<&i32> = pids.iter().filter(|p| unsafe { libc::kill(**p, 0) } == 0).collect();
+    let alive: Vec<&i32> = pids
+        .iter()
+        .filter(|p| unsafe { libc::kill(**p, 0) } == 0)
+        .collect();
     assert!(alive.is_empty(), "processes left: {alive:?}");
     assert!(!Path::new(&format!("/run/ama/{mesh_name}")).exists());
 }

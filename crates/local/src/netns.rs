@@ -72,10 +72,10 @@ pub fn remove(name: &str) {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
-    if Path::new("/run/netns").join(name).exists() {
-        if let Err(e) = run("ip", &["netns", "del", name]) {
-            tracing::warn!(netns = name, "{e}");
-        }
+    if Path::new("/run/netns").join(name).exists()
+        && let Err(e) = run("ip", &["netns", "del", name])
+    {
+        tracing::warn!(netns = name, "{e}");
     }
     let _ = fs::remove_dir_all(Path::new("/etc/netns").join(name));
 }
