@@ -35,12 +35,12 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use ::kube::Client;
 use ::kube::api::{Api, DynamicObject};
 use ::kube::core::GroupVersionKind;
 use ::kube::discovery::ApiResource;
-use ::kube::runtime::watcher::{self, Event};
 use ::kube::runtime::WatchStreamExt;
-use ::kube::Client;
+use ::kube::runtime::watcher::{self, Event};
 use api::objects::{Object, ObjectError};
 use futures_util::StreamExt;
 use tokio::sync::{Notify, watch};
@@ -153,13 +153,48 @@ pub const KINDS: &[Kind] = &[
         scope: Scope::All,
     },
     core("ConfigMap", "configmaps", Scope::MeshConfig),
-    istio(NETWORKING, &api::networking::VERSIONS, "VirtualService", "virtualservices"),
-    istio(NETWORKING, &api::networking::VERSIONS, "DestinationRule", "destinationrules"),
-    istio(NETWORKING, &api::networking::VERSIONS, "Gateway", "gateways"),
-    istio(NETWORKING, &api::networking::VERSIONS, "ServiceEntry", "serviceentries"),
-    istio(NETWORKING, &api::networking::VERSIONS, "Sidecar", "sidecars"),
-    istio(SECURITY, &api::security::VERSIONS, "PeerAuthentication", "peerauthentications"),
-    istio(SECURITY, &api::security::VERSIONS, "AuthorizationPolicy", "authorizationpolicies"),
+    istio(
+        NETWORKING,
+        &api::networking::VERSIONS,
+        "VirtualService",
+        "virtualservices",
+    ),
+    istio(
+        NETWORKING,
+        &api::networking::VERSIONS,
+        "DestinationRule",
+        "destinationrules",
+    ),
+    istio(
+        NETWORKING,
+        &api::networking::VERSIONS,
+        "Gateway",
+        "gateways",
+    ),
+    istio(
+        NETWORKING,
+        &api::networking::VERSIONS,
+        "ServiceEntry",
+        "serviceentries",
+    ),
+    istio(
+        NETWORKING,
+        &api::networking::VERSIONS,
+        "Sidecar",
+        "sidecars",
+    ),
+    istio(
+        SECURITY,
+        &api::security::VERSIONS,
+        "PeerAuthentication",
+        "peerauthentications",
+    ),
+    istio(
+        SECURITY,
+        &api::security::VERSIONS,
+        "AuthorizationPolicy",
+        "authorizationpolicies",
+    ),
 ];
 
 const fn core(kind: &'static str, plural: &'static str, scope: Scope) -> Kind {
@@ -352,17 +387,21 @@ impl Drop for KubeRegistry {
     }
 }
 
+/// An object's namespace (empty when cluster-scoped) and name.
+type Key = (String, String);
+/// Objects of one kind.
+type Objects = BTreeMap<Key, Object>;
+/// Problems of the malformed objects of one kind.
+type Errors = BTreeMap<Key, Vec<ObjectError>>;
+
 /// The objects of one kind, and a re-list in progress.
 struct KindState {
     kind: Kind,
     source: String,
-    objects: BTreeMap<(String, String), Object>,
-    errors: BTreeMap<(String, String), Vec<ObjectError>>,
+    objects: Objects,
+    errors: Errors,
     /// Objects and errors of a re-list, until `InitDone`.
-    relist: Option<(
-        BTreeMap<(String, String), Object>,
-        BTreeMap<(String, String), Vec<ObjectError>>,
-    )>,
+    relist: Option<(Objects, Errors)>,
     dirty: bool,
 }
 
@@ -387,7 +426,12 @@ impl KindState {
         }
     }
 
-    fn handle(&mut self, event: Event<DynamicObject>, resource: &ApiResource, shared: &Shared) -> Step {
+    fn handle(
+        &mut self,
+        event: Event<DynamicObject>,
+        resource: &ApiResource,
+        shared: &Shared,
+    ) -> Step {
         match event {
             Event::Init => {
                 self.relist = Some(Default::default());
@@ -423,11 +467,21 @@ impl KindState {
         }
     }
 
-    fn apply(&mut self, object: DynamicObject, resource: &ApiResource, shared: &Shared, init: bool) {
+    fn apply(
+        &mut self,
+        object: DynamicObject,
+        resource: &ApiResource,
+        shared: &Shared,
+        init: bool,
+    ) {
         let key = key(&object);
         if self.kind.kind == "Namespace"
             && let Some(root) = &shared.root
-            && object.data.pointer("/status/phase").and_then(|v| v.as_str()) != Some("Terminating")
+            && object
+                .data
+                .pointer("/status/phase")
+                .and_then(|v| v.as_str())
+                != Some("Terminating")
         {
             root.request(&key.1);
         }
@@ -488,7 +542,7 @@ impl KindState {
     }
 }
 
-fn key(object: &DynamicObject) -> (String, String) {
+fn key(object: &DynamicObject) -> Key {
     (
         object.metadata.namespace.clone().unwrap_or_default(),
         object.metadata.name.clone().unwrap_or_default(),

@@ -20,6 +20,7 @@ const TERMINAL_PHASES: [&str; 2] = ["Succeeded", "Failed"];
 
 /// What became of one object.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // short-lived: moved into the kind's map at once
 pub enum Converted {
     /// The mesh reads it.
     Object(Object),
@@ -39,7 +40,10 @@ pub fn convert(resource: &ApiResource, object: DynamicObject, source_name: &str)
     let Some(map) = value.as_object_mut() else {
         return Converted::Invalid(vec![whole(source_name, "not a JSON object".into())]);
     };
-    map.insert("apiVersion".into(), Value::String(resource.api_version.clone()));
+    map.insert(
+        "apiVersion".into(),
+        Value::String(resource.api_version.clone()),
+    );
     map.insert("kind".into(), Value::String(resource.kind.clone()));
     if let Some(Value::Object(meta)) = map.get_mut("metadata") {
         meta.remove("managedFields");
@@ -71,10 +75,7 @@ pub fn convert_value(value: &Value, source_name: &str) -> Converted {
     match (objects.pop(), objects.is_empty()) {
         (Some(object), true) => Converted::Object(object),
         // A `List` object inside a watch stream: not something the API server sends.
-        _ => Converted::Invalid(vec![whole(
-            source_name,
-            "expected one object".to_string(),
-        )]),
+        _ => Converted::Invalid(vec![whole(source_name, "expected one object".to_string())]),
     }
 }
 

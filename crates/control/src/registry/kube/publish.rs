@@ -156,8 +156,8 @@ pub async fn patch_webhook_ca_bundle(
 /// (merged by name, so the other fields of each webhook are kept).
 pub fn ca_bundle_patch(names: &[&str], ca_pem: &str) -> Value {
     // ByteString serialises as the API server expects a []byte: base64.
-    let bundle = serde_json::to_value(ByteString(ca_pem.as_bytes().to_vec()))
-        .unwrap_or(Value::Null);
+    let bundle =
+        serde_json::to_value(ByteString(ca_pem.as_bytes().to_vec())).unwrap_or(Value::Null);
     json!({
         "webhooks": names.iter().map(|name| json!({
             "name": name,
