@@ -147,18 +147,33 @@ fn netns_of(mesh: &str) -> Vec<String> {
         .collect()
 }
 
+/// The default: `ama discovery` serves the proxies over Delta ADS.
 #[test]
 fn seed_under_ama_up() {
-    if !root_or_skip("seed_under_ama_up") {
-        return;
+    if root_or_skip("seed_under_ama_up") {
+        seed("d", &[]);
     }
+}
+
+/// No control-plane process: `ama up` writes each proxy's resources (`--config`).
+#[test]
+fn seed_under_ama_up_with_resource_files() {
+    if root_or_skip("seed_under_ama_up_with_resource_files") {
+        seed("f", &["--xds", "files"]);
+    }
+}
+
+fn seed(tag: &str, flags: &[&str]) {
     let scratch = Scratch::new("up");
     let dir = scratch.path().join("seed");
     std::fs::create_dir_all(&dir).unwrap();
     copy_seed(&dir);
-    let mesh_name = format!("e2e{}", std::process::id() % 100_000);
+    let mesh_name = format!("e2e{tag}{}", std::process::id() % 100_000);
     let mut cmd = Command::new(ama());
-    cmd.args(["up"]).arg(&dir).args(["--name", &mesh_name]);
+    cmd.args(["up"])
+        .arg(&dir)
+        .args(["--name", &mesh_name])
+        .args(flags);
     let mut mesh = Mesh {
         name: mesh_name.clone(),
         up: Some(Proc::spawn("ama-up", scratch.path(), cmd)),

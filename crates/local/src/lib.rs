@@ -13,8 +13,9 @@
 //!                                ▼
 //!  runtime ─► lan (bridge namespace, 10.244.0.0/16) ─► netns per pod (eth0, hosts file)
 //!         ─► `ama iptables …` ─► `ama proxy sidecar …` as 1337 ─► the app's process
-//!         ─► mesh: registry objects in <state>/config (for `ama discovery`), or per-pod
-//!                  resource files (`--config`), one switch: [`mesh::XdsMode`]
+//!         ─► mesh: registry objects in <state>/config for `ama discovery` (default, Delta
+//!                  ADS on 10.244.0.1:15010), or per-pod resource files (`--config`, no
+//!                  control-plane process); one switch: [`mesh::XdsMode`]
 //!         ─► state (<state>/state.json): what `ama get/exec/logs/apply/down` read
 //! ```
 //!

@@ -17,10 +17,12 @@ use super::local::{MeshName, ama_binary};
 /// Where the sidecars get their resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Xds {
-    /// A file per pod written by `ama up` from the control plane's model (reloaded on change).
-    Files,
-    /// `ama discovery` with the file registry, over Delta ADS on 10.244.0.1:15010.
+    /// `ama discovery` with the file registry, over Delta ADS on 10.244.0.1:15010 (as in a
+    /// cluster).
     Discovery,
+    /// No control plane process: a file per pod written by `ama up` from the control plane's
+    /// own model (`--config`, reloaded on change).
+    Files,
 }
 
 #[derive(clap::Args, Debug)]
@@ -36,7 +38,7 @@ pub struct Args {
     #[command(flatten)]
     pub mesh: MeshName,
     /// Where the sidecars get their resources.
-    #[arg(long, value_enum, default_value = "files")]
+    #[arg(long, value_enum, default_value = "discovery")]
     pub xds: Xds,
 }
 
