@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the control plane: registries, config push over Delta ADS (like `pilot-discovery`).
-    Discovery(cmd::discovery::Args),
+    Discovery(Box<cmd::discovery::Args>),
     /// Inject the istio-proxy sidecar into Kubernetes workloads (like `istioctl kube-inject`).
     KubeInject(cmd::kube_inject::Args),
     /// Install the traffic-capture rules of a pod (like `istio-iptables`).
@@ -46,7 +46,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Discovery(args) => cmd::discovery::run(args),
+        Command::Discovery(args) => cmd::discovery::run(*args),
         Command::KubeInject(args) => cmd::kube_inject::run(args),
         Command::Iptables(args) => cmd::iptables::run(args),
         Command::Manifest(args) => cmd::manifest::run(args),

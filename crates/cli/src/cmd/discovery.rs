@@ -24,6 +24,9 @@ use tracing_subscriber::EnvFilter;
 pub enum RegistryKind {
     /// A directory of the YAML a user would `kubectl apply`, watched (`--config-dir`).
     Files,
+    /// The Kubernetes API server: in-cluster config in a pod, else `KUBECONFIG` (or
+    /// `~/.kube/config`). Publishes `istio-ca-root-cert` in every namespace.
+    Kubernetes,
 }
 
 #[derive(clap::Args)]
@@ -77,10 +80,18 @@ pub struct Args {
     #[arg(long = "xds-auth", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     xds_auth: bool,
     /// The MeshConfig the webhook injects with (read when it exists).
-    #[arg(long = "meshConfig", default_value = "/etc/istio/config/mesh", value_name = "FILE")]
+    #[arg(
+        long = "meshConfig",
+        default_value = "/etc/istio/config/mesh",
+        value_name = "FILE"
+    )]
     mesh_config: PathBuf,
     /// The injector values the webhook injects with (read when it exists).
-    #[arg(long = "injectValues", default_value = "/var/lib/istio/inject/values", value_name = "FILE")]
+    #[arg(
+        long = "injectValues",
+        default_value = "/var/lib/istio/inject/values",
+        value_name = "FILE"
+    )]
     inject_values: PathBuf,
     /// Log level, or a tracing filter (`info,control=debug`).
     #[arg(long = "log-level", default_value = "info", env = "AMA_LOG")]
@@ -166,6 +177,7 @@ fn security_options(args: &Args) -> anyhow::Result<Option<SecurityOptions>> {
         .collect();
     options.authentication = match args.registry {
         RegistryKind::Files => Authentication::Files,
+        RegistryKind::Kubernetes => Authentication::Kubernetes,
     };
     options.xds_auth = args.xds_auth;
     options.inject = inject;
@@ -195,10 +207,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     init.map_err(|e| anyhow::anyhow!("logging: {e}"))?;
 
     let security = security_options(&args)?;
-    let RegistryKind::Files = args.registry;
-    let config_dir = args
-        .config_dir
-        .context("--config-dir is required with --registry files")?;
+    let config_dir = match args.registry {
+        RegistryKind::Files => args
+            .config_dir
+            .context("--config-dir is required with --registry files")?,
+        RegistryKind::Kubernetes => PathBuf::new(), // not read
+    };
     let mut options = DiscoveryOptions::new(config_dir);
     options.grpc_addr = args.grpc_addr;
     options.monitoring_addr = args.monitoring_addr;
@@ -212,6 +226,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
+        if args.registry == RegistryKind::Kubernetes {
+            let client = control::registry::kube::connect().await?;
+            options.kubernetes = Some(control::registry::kube::KubeSource {
+                client,
+                options: Default::default(),
+            });
+        }
         let discovery = Discovery::start(options).await?;
         let stop = discovery.shutdown_token();
         tokio::select! {
