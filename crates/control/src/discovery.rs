@@ -12,8 +12,12 @@
 //!     what the model could not use;
 //!   - `GET /metrics`: Prometheus text (push times, pushes, connected proxies).
 //!
-//! [`Discovery::start`] reads the directory and builds the first model before it listens, so
-//! the first proxy gets a full config. [`Discovery::shutdown`] stops accepting, ends the proxies'
+//! The registry is the file registry on [`DiscoveryOptions::config_dir`], or with
+//! [`DiscoveryOptions::kubernetes`] the API server ([`crate::registry::kube`]: watches, the root
+//! certificate in every namespace, the injection webhook's `caBundle`).
+//!
+//! [`Discovery::start`] reads the directory (or lists the cluster) and builds the first model
+//! before it listens, so the first proxy gets a full config. [`Discovery::shutdown`] stops accepting, ends the proxies'
 //! streams (they keep their config and reconnect elsewhere) and waits for the tasks.
 
 use std::convert::Infallible;
@@ -37,6 +41,7 @@ use xds::ads::{AdsServer, ProxyStatus};
 use crate::push::{PushOptions, Pusher};
 use crate::registry::ConfigStore;
 use crate::registry::file::{FileRegistry, POLL_INTERVAL, RegistryError};
+use crate::registry::kube::{KubeRegistry, KubeSource};
 use crate::security::{self, Security, SecurityError, SecurityOptions};
 
 /// Istio's plaintext xDS port.
@@ -63,6 +68,8 @@ pub struct DiscoveryOptions {
     pub push: PushOptions,
     /// The CA, the secure gRPC port and the webhook; `None`: plaintext ADS only.
     pub security: Option<SecurityOptions>,
+    /// Kubernetes mode: the API server is the registry (`config_dir` is not read).
+    pub kubernetes: Option<KubeSource>,
 }
 
 impl DiscoveryOptions {
@@ -75,6 +82,7 @@ impl DiscoveryOptions {
             poll_interval: POLL_INTERVAL,
             push: PushOptions::default(),
             security: None,
+            kubernetes: None,
         }
     }
 }
@@ -109,7 +117,8 @@ pub struct Discovery {
     grpc_addr: SocketAddr,
     monitoring_addr: SocketAddr,
     pusher: Arc<Pusher>,
-    registry: Arc<FileRegistry>,
+    registry: Option<Arc<FileRegistry>>,
+    kube: Option<Arc<KubeRegistry>>,
     ads: AdsServer,
     security: Option<Security>,
     shutdown: CancellationToken,
@@ -119,7 +128,8 @@ pub struct Discovery {
 /// What the monitoring server reads.
 struct Monitoring {
     pusher: Arc<Pusher>,
-    registry: Arc<FileRegistry>,
+    registry: Option<Arc<FileRegistry>>,
+    kube: Option<Arc<KubeRegistry>>,
     ads: AdsServer,
     metrics: Registry,
 }
@@ -128,28 +138,44 @@ impl Discovery {
     /// Reads the config directory, builds the first model, and starts serving.
     pub async fn start(options: DiscoveryOptions) -> Result<Discovery, DiscoveryError> {
         let (store, mut changes) = ConfigStore::new();
-        let registry = Arc::new(FileRegistry::new(&options.config_dir, Arc::clone(&store))?);
         let mut metrics = Registry::default();
-        let pusher = Arc::new(Pusher::new(store, options.push, &mut metrics));
-        let (report, changes) = {
-            let registry = Arc::clone(&registry);
+        let pusher = Arc::new(Pusher::new(Arc::clone(&store), options.push, &mut metrics));
+        let (registry, kube) = match &options.kubernetes {
+            None => {
+                let registry = Arc::new(FileRegistry::new(&options.config_dir, store)?);
+                (Some(registry), None)
+            }
+            Some(source) => {
+                let kube = KubeRegistry::start_synced(source.clone(), store).await;
+                (None, Some(Arc::new(kube)))
+            }
+        };
+        let changes = {
+            let registry = registry.clone();
             let pusher = Arc::clone(&pusher);
+            let config_dir = options.config_dir.clone();
             tokio::task::spawn_blocking(move || {
-                let report = registry.scan();
-                // The first push carries the first scan: its queued changes are spent.
-                while changes.try_recv().is_ok() {}
-                pusher.push(None, report.changed.len());
-                (report, changes)
+                let read = registry.map(|registry| {
+                    let report = registry.scan();
+                    tracing::info!(
+                        "config {}: {} files read, {} documents left out",
+                        config_dir.display(),
+                        report.changed.len(),
+                        report.errors.len()
+                    );
+                    report.changed.len()
+                });
+                // The first push carries the first scan (or lists): its queued changes are spent.
+                let mut spent = 0;
+                while changes.try_recv().is_ok() {
+                    spent += 1;
+                }
+                pusher.push(None, read.unwrap_or(spent));
+                changes
             })
             .await
             .map_err(|e| DiscoveryError::Startup(e.to_string()))?
         };
-        tracing::info!(
-            "config {}: {} files read, {} documents left out",
-            options.config_dir.display(),
-            report.changed.len(),
-            report.errors.len()
-        );
 
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
@@ -168,9 +194,11 @@ impl Discovery {
         let shutdown = CancellationToken::new();
         let ads = AdsServer::new(Arc::clone(&pusher) as Arc<dyn xds::ads::SnapshotSource>);
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(
-            Arc::clone(&registry).run(options.poll_interval, shutdown.clone()),
-        ));
+        if let Some(registry) = &registry {
+            tasks.push(tokio::spawn(
+                Arc::clone(registry).run(options.poll_interval, shutdown.clone()),
+            ));
+        }
         tasks.push(tokio::spawn(
             Arc::clone(&pusher).run(changes, shutdown.clone()),
         ));
@@ -197,9 +225,13 @@ impl Discovery {
             }
             None => None,
         };
+        if let (Some(kube), Some(security)) = (&kube, &security) {
+            publish_to_cluster(kube, security);
+        }
         let state = Arc::new(Monitoring {
             pusher: Arc::clone(&pusher),
-            registry: Arc::clone(&registry),
+            registry: registry.clone(),
+            kube: kube.clone(),
             ads: ads.clone(),
             metrics,
         });
@@ -214,6 +246,7 @@ impl Discovery {
             monitoring_addr,
             pusher,
             registry,
+            kube,
             ads,
             security,
             shutdown,
@@ -236,9 +269,14 @@ impl Discovery {
         &self.pusher
     }
 
-    /// The file registry (for `apply`).
-    pub fn registry(&self) -> &Arc<FileRegistry> {
-        &self.registry
+    /// The file registry (for `apply`); `None` in Kubernetes mode.
+    pub fn registry(&self) -> Option<&Arc<FileRegistry>> {
+        self.registry.as_ref()
+    }
+
+    /// The Kubernetes registry, in Kubernetes mode.
+    pub fn kube_registry(&self) -> Option<&Arc<KubeRegistry>> {
+        self.kube.as_ref()
     }
 
     /// The ADS server (connected proxies).
@@ -261,6 +299,9 @@ impl Discovery {
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         self.pusher.close();
+        if let Some(kube) = &self.kube {
+            kube.shutdown().await;
+        }
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         for mut task in self.tasks {
             if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
@@ -328,7 +369,7 @@ fn handle(state: &Monitoring, req: &Request<Incoming>) -> Response<Full<Bytes>> 
         "/debug/config_errors" => {
             let model = state.pusher.model();
             json_reply(&json!({
-                "documents": state.registry.errors().iter().map(|e| json!({
+                "documents": config_errors(state).iter().map(|e| json!({
                     "file": e.source_name,
                     "doc": e.doc,
                     "line": e.line,
@@ -359,6 +400,34 @@ fn handle(state: &Monitoring, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             "text/plain",
             "not found: /ready, /debug/syncz, /debug/config_errors, /metrics\n".into(),
         ),
+    }
+}
+
+/// The objects left out by the registry: documents of the config directory, or objects of the
+/// cluster.
+fn config_errors(state: &Monitoring) -> Vec<api::objects::ObjectError> {
+    let files = state.registry.iter().flat_map(|r| r.errors());
+    files
+        .chain(state.kube.iter().flat_map(|k| k.errors()))
+        .collect()
+}
+
+/// Kubernetes mode: the mesh root as `istio-ca-root-cert` in every namespace, and as the
+/// injection webhook's `caBundle` when the webhook is served (both in the background, retried).
+fn publish_to_cluster(kube: &KubeRegistry, security: &Security) {
+    let root = match std::fs::read_to_string(&security.root_cert_file) {
+        Ok(pem) => pem,
+        Err(e) => {
+            tracing::error!(
+                "{}: {e}: the root certificate is not published to the cluster",
+                security.root_cert_file.display()
+            );
+            return;
+        }
+    };
+    kube.publish_root_cert(root.clone());
+    if security.webhook_addr.is_some() {
+        kube.patch_webhook_ca_bundle(crate::registry::kube::injection_webhook_config_name(), root);
     }
 }
 

@@ -32,7 +32,7 @@ pub mod publish;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use ::kube::Client;
@@ -62,8 +62,10 @@ pub const SOURCE_PREFIX: &str = "kubernetes";
 pub const FLUSH_DELAY: Duration = Duration::from_millis(50);
 /// How long [`connect`] waits for the API server to answer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest wait between two attempts to publish the root certificate in a namespace.
-const PUBLISH_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long [`KubeRegistry::start_synced`] waits for the first lists before serving what it has.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait between two attempts to write to the API server (root ConfigMaps, caBundle).
+const WRITE_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Why the API server could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -140,9 +142,12 @@ pub struct Kind {
 const NETWORKING: &str = api::networking::GROUP;
 const SECURITY: &str = api::security::GROUP;
 
+/// Namespaces (the root certificate follows them).
+pub const NAMESPACE: Kind = core("Namespace", "namespaces", Scope::All);
+
 /// Everything the registry watches.
 pub const KINDS: &[Kind] = &[
-    core("Namespace", "namespaces", Scope::All),
+    NAMESPACE,
     core("Service", "services", Scope::All),
     core("Pod", "pods", Scope::All),
     Kind {
@@ -261,6 +266,23 @@ impl Default for KubeOptions {
     }
 }
 
+/// Kubernetes mode of the discovery server: the API server and what to watch.
+#[derive(Clone)]
+pub struct KubeSource {
+    /// The client (from [`connect`]).
+    pub client: Client,
+    /// What to watch.
+    pub options: KubeOptions,
+}
+
+impl std::fmt::Debug for KubeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeSource")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What the watch tasks share.
 struct Shared {
     client: Client,
@@ -272,7 +294,8 @@ struct Shared {
     versions: Mutex<BTreeMap<&'static str, String>>,
     /// Kinds that have been listed once (or found not served).
     synced: watch::Sender<BTreeSet<&'static str>>,
-    root: Option<Arc<RootPublisher>>,
+    /// Set once the root certificate is known ([`KubeRegistry::publish_root_cert`]).
+    root: OnceLock<Arc<RootPublisher>>,
     shutdown: CancellationToken,
 }
 
@@ -296,10 +319,7 @@ impl KubeRegistry {
     /// Returns at once; [`KubeRegistry::wait_synced`] waits for the first lists.
     pub fn start(client: Client, store: Arc<ConfigStore>, options: KubeOptions) -> KubeRegistry {
         let shutdown = CancellationToken::new();
-        let root = options
-            .root_cert
-            .clone()
-            .map(|pem| Arc::new(RootPublisher::new(client.clone(), pem)));
+        let root_cert = options.root_cert.clone();
         let shared = Arc::new(Shared {
             client,
             store,
@@ -307,22 +327,98 @@ impl KubeRegistry {
             errors: Mutex::new(BTreeMap::new()),
             versions: Mutex::new(BTreeMap::new()),
             synced: watch::Sender::new(BTreeSet::new()),
-            root: root.clone(),
-            shutdown: shutdown.clone(),
+            root: OnceLock::new(),
+            shutdown,
         });
-        let mut tasks: Vec<JoinHandle<()>> = shared
+        let tasks: Vec<JoinHandle<()>> = shared
             .options
             .kinds
             .iter()
             .map(|kind| tokio::spawn(watch_kind(*kind, Arc::clone(&shared))))
             .collect();
-        if let Some(root) = root {
-            tasks.push(tokio::spawn(root.run(shutdown)));
-        }
-        KubeRegistry {
+        let registry = KubeRegistry {
             shared,
             tasks: Mutex::new(tasks),
+        };
+        if let Some(pem) = root_cert {
+            registry.publish_root_cert(pem);
         }
+        registry
+    }
+
+    /// [`KubeRegistry::start`], then waits for the first lists (at most [`SYNC_TIMEOUT`]: past
+    /// that the control plane serves what it has, and the rest follows as it arrives).
+    pub async fn start_synced(source: KubeSource, store: Arc<ConfigStore>) -> KubeRegistry {
+        let registry = KubeRegistry::start(source.client, store, source.options);
+        if tokio::time::timeout(SYNC_TIMEOUT, registry.wait_synced())
+            .await
+            .is_err()
+        {
+            let synced = registry.shared.synced.borrow().clone();
+            let missing: Vec<&str> = registry
+                .shared
+                .options
+                .kinds
+                .iter()
+                .map(|k| k.kind)
+                .filter(|k| !synced.contains(k))
+                .collect();
+            tracing::warn!(
+                "Kubernetes: not listed after {} s: {}; serving without them until they are",
+                SYNC_TIMEOUT.as_secs(),
+                missing.join(", ")
+            );
+        }
+        registry
+    }
+
+    /// Publishes `root_pem` as ConfigMap `istio-ca-root-cert` in every namespace, now and as
+    /// namespaces appear (once per namespace; the first call wins).
+    pub fn publish_root_cert(&self, root_pem: String) {
+        let publisher = Arc::new(RootPublisher::new(self.shared.client.clone(), root_pem));
+        if self.shared.root.set(Arc::clone(&publisher)).is_err() {
+            return;
+        }
+        // Namespaces already listed; those still in a kind's batch are requested at its flush.
+        if let Some(namespaces) = self.shared.store.get(&NAMESPACE.source()) {
+            for ns in namespaces.iter() {
+                publisher.request(&ns.metadata().name);
+            }
+        }
+        let task = tokio::spawn(publisher.run(self.shared.shutdown.clone()));
+        self.tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(task);
+    }
+
+    /// Sets the injection webhook's `caBundle` to `ca_pem` in the background, retrying with
+    /// backoff until it succeeds (the MutatingWebhookConfiguration may be installed after the
+    /// control plane starts).
+    pub fn patch_webhook_ca_bundle(&self, name: String, ca_pem: String) {
+        let client = self.shared.client.clone();
+        let shutdown = self.shared.shutdown.clone();
+        let task = tokio::spawn(async move {
+            let mut failures: u32 = 0;
+            loop {
+                let result = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = patch_webhook_ca_bundle(&client, &name, &ca_pem) => r,
+                };
+                let Err(e) = result else { return };
+                failures = failures.saturating_add(1);
+                let delay = backoff(failures);
+                tracing::warn!("{e}; retrying in {} s", delay.as_secs_f32());
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        });
+        self.tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(task);
     }
 
     /// Whether every kind has been listed once (a CRD that is not installed counts).
@@ -402,6 +498,8 @@ struct KindState {
     errors: Errors,
     /// Objects and errors of a re-list, until `InitDone`.
     relist: Option<(Objects, Errors)>,
+    /// Namespaces being deleted (Namespace kind only): no root certificate for them.
+    terminating: HashSet<String>,
     dirty: bool,
 }
 
@@ -422,6 +520,7 @@ impl KindState {
             objects: BTreeMap::new(),
             errors: BTreeMap::new(),
             relist: None,
+            terminating: HashSet::new(),
             dirty: false,
         }
     }
@@ -438,7 +537,7 @@ impl KindState {
                 Step::Pending
             }
             Event::InitApply(object) => {
-                self.apply(object, resource, shared, true);
+                self.apply(object, resource, true);
                 Step::Pending
             }
             Event::InitDone => {
@@ -450,15 +549,16 @@ impl KindState {
                 Step::Listed
             }
             Event::Apply(object) => {
-                self.apply(object, resource, shared, false);
+                self.apply(object, resource, false);
                 Step::Pending
             }
             Event::Delete(object) => {
                 let key = key(&object);
-                if self.kind.kind == "Namespace"
-                    && let Some(root) = &shared.root
-                {
-                    root.forget(&key.1);
+                if self.kind == NAMESPACE {
+                    self.terminating.remove(&key.1);
+                    if let Some(root) = shared.root.get() {
+                        root.forget(&key.1);
+                    }
                 }
                 self.dirty |= self.objects.remove(&key).is_some();
                 self.dirty |= self.errors.remove(&key).is_some();
@@ -467,23 +567,18 @@ impl KindState {
         }
     }
 
-    fn apply(
-        &mut self,
-        object: DynamicObject,
-        resource: &ApiResource,
-        shared: &Shared,
-        init: bool,
-    ) {
+    fn apply(&mut self, object: DynamicObject, resource: &ApiResource, init: bool) {
         let key = key(&object);
-        if self.kind.kind == "Namespace"
-            && let Some(root) = &shared.root
-            && object
+        if self.kind == NAMESPACE {
+            let phase = object
                 .data
                 .pointer("/status/phase")
-                .and_then(|v| v.as_str())
-                != Some("Terminating")
-        {
-            root.request(&key.1);
+                .and_then(|v| v.as_str());
+            if phase == Some("Terminating") {
+                self.terminating.insert(key.1.clone());
+            } else {
+                self.terminating.remove(&key.1);
+            }
         }
         let converted = convert(resource, object, &self.source);
         let previous_errors = self.errors.get(&key).cloned();
@@ -529,6 +624,15 @@ impl KindState {
             return;
         }
         self.dirty = false;
+        if self.kind == NAMESPACE
+            && let Some(root) = shared.root.get()
+        {
+            for (_, name) in self.objects.keys() {
+                if !self.terminating.contains(name) {
+                    root.request(name);
+                }
+            }
+        }
         shared
             .store
             .replace(&self.source, self.objects.values().cloned().collect());
@@ -732,6 +836,13 @@ fn describe_watch(e: &watcher::Error) -> String {
     }
 }
 
+/// 1 s, 2 s, 4 s … up to [`WRITE_BACKOFF_MAX`] after `failures` failures in a row.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(500)
+        .saturating_mul(2u32.saturating_pow(failures.min(6)))
+        .min(WRITE_BACKOFF_MAX)
+}
+
 /// Publishes the root certificate to namespaces as they are seen, one at a time, retrying
 /// failures with backoff. Its queue is a set of namespace names: bounded by the namespaces of
 /// the cluster, and a namespace is queued once however many events name it.
@@ -812,9 +923,7 @@ impl RootPublisher {
                     }
                     Err(e) => {
                         failures = failures.saturating_add(1);
-                        let delay = Duration::from_millis(500)
-                            .saturating_mul(2u32.saturating_pow(failures.min(6)))
-                            .min(PUBLISH_BACKOFF_MAX);
+                        let delay = backoff(failures);
                         tracing::warn!("{e}; retrying in {} ms", delay.as_millis());
                         self.pending
                             .lock()
