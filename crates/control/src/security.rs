@@ -167,8 +167,8 @@ pub struct Security {
     pub file_tokens: Option<Arc<FileTokens>>,
     /// The serving certificate of 15012 and 15017.
     pub serving: Arc<ServingCertificate>,
-    /// The servers' tasks.
-    pub tasks: Vec<JoinHandle<()>>,
+    /// The servers' tasks (awaited by [`crate::Discovery::shutdown`]).
+    pub(crate) tasks: Vec<JoinHandle<()>>,
 }
 
 /// Loads the CA, writes the root, binds 15012 (and 15017) and starts serving.
@@ -297,11 +297,11 @@ pub async fn start(
         ),
     }
     tracing::info!(
-        "secure gRPC (ADS{} + CA, TLS) on {secure_grpc_addr}{}",
+        "secure gRPC over TLS on {secure_grpc_addr}: ADS ({}) and IstioCertificateService{}",
         if options.xds_auth {
-            ", token required"
+            "bearer token required"
         } else {
-            ""
+            "no token required"
         },
         webhook_addr
             .map(|a| format!(
