@@ -5,9 +5,9 @@
 mod mock;
 
 use control::registry::kube::publish::{
-    DEFAULT_WEBHOOK_CONFIG_NAME, ca_bundle_patch, root_config_map,
+    DEFAULT_WEBHOOK_CONFIG_NAME, Published, ca_bundle_patch, root_config_map,
 };
-use control::registry::kube::{KubeError, patch_webhook_ca_bundle, publish_root};
+use control::registry::kube::{KubeError, patch_webhook_ca_bundle, publish_root, publish_root_to};
 use http::{Method, StatusCode};
 use mock::{ApiServer, Reply, fixture};
 use serde_json::{Value, json};
@@ -17,7 +17,7 @@ const WEBHOOK_PATH: &str =
     "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/istio-sidecar-injector";
 
 #[tokio::test]
-async fn root_cert_is_applied_in_every_namespace_but_kubernetes_own() {
+async fn root_cert_is_created_or_replaced_in_every_namespace_but_kubernetes_own() {
     let api = ApiServer::new();
     api.expect(
         Method::GET,
@@ -25,8 +25,28 @@ async fn root_cert_is_applied_in_every_namespace_but_kubernetes_own() {
         false,
         Reply::file("namespaces.list.json"),
     );
-    api.handle(Method::PATCH, "/api/v1/namespaces/", |seen| {
-        Reply::Json(StatusCode::OK, seen.body.to_string())
+    // default: an older root is there (409 on create, read, replaced); istio-system: created.
+    api.expect(
+        Method::POST,
+        "/api/v1/namespaces/default/configmaps",
+        false,
+        Reply::Json(StatusCode::CONFLICT, fixture("status.409.configmap.json")),
+    );
+    api.expect(
+        Method::GET,
+        "/api/v1/namespaces/default/configmaps/istio-ca-root-cert",
+        false,
+        Reply::file("configmap.root.stale.json"),
+    );
+    api.handle(Method::PUT, "/api/v1/namespaces/default/", |seen| {
+        let mut replaced = seen.body.clone();
+        replaced["metadata"]["resourceVersion"] = json!("1902");
+        Reply::Json(StatusCode::OK, replaced.to_string())
+    });
+    api.handle(Method::POST, "/api/v1/namespaces/istio-system/", |seen| {
+        let mut created = seen.body.clone();
+        created["metadata"]["resourceVersion"] = json!("1903");
+        Reply::Json(StatusCode::CREATED, created.to_string())
     });
     let written = publish_root(&api.client(), ROOT_PEM)
         .await
@@ -34,35 +54,77 @@ async fn root_cert_is_applied_in_every_namespace_but_kubernetes_own() {
     assert_eq!(written, ["default", "istio-system"]);
 
     let log = api.log();
-    assert_eq!(log.len(), 3, "{:#?}", api.summary());
-    assert_eq!(log[0].method, Method::GET);
-    for (seen, ns) in log[1..].iter().zip(["default", "istio-system"]) {
-        assert_eq!(seen.method, Method::PATCH);
-        assert_eq!(
-            seen.path,
-            format!("/api/v1/namespaces/{ns}/configmaps/istio-ca-root-cert")
-        );
-        assert_eq!(
-            seen.content_type.as_deref(),
-            Some("application/apply-patch+yaml")
-        );
-        assert_eq!(seen.query["fieldManager"], "ama-discovery");
-        assert_eq!(seen.query["force"], "true");
-        assert_eq!(
-            seen.body,
-            json!({
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {
-                    "name": "istio-ca-root-cert",
-                    "namespace": ns,
-                    "labels": {"istio.io/config": "true"},
-                },
-                "data": {"root-cert.pem": ROOT_PEM},
-            })
-        );
-        assert_eq!(seen.body, root_config_map(ns, ROOT_PEM));
-    }
+    let calls: Vec<(Method, &str)> = log
+        .iter()
+        .map(|s| (s.method.clone(), s.path.as_str()))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            (Method::GET, "/api/v1/namespaces"),
+            (Method::POST, "/api/v1/namespaces/default/configmaps"),
+            (
+                Method::GET,
+                "/api/v1/namespaces/default/configmaps/istio-ca-root-cert"
+            ),
+            (
+                Method::PUT,
+                "/api/v1/namespaces/default/configmaps/istio-ca-root-cert"
+            ),
+            (Method::POST, "/api/v1/namespaces/istio-system/configmaps"),
+        ]
+    );
+    let created = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "istio-ca-root-cert",
+            "namespace": "istio-system",
+            "labels": {"istio.io/config": "true"},
+        },
+        "data": {"root-cert.pem": ROOT_PEM},
+    });
+    assert_eq!(log[4].body, created);
+    assert_eq!(
+        serde_json::to_value(root_config_map("istio-system", ROOT_PEM)).expect("json"),
+        created
+    );
+    assert_eq!(log[4].query["fieldManager"], "ama-discovery");
+    // The replacement keeps what was read (uid, resourceVersion for optimistic concurrency)
+    // and carries the new root.
+    let put = &log[3].body;
+    assert_eq!(put["metadata"]["resourceVersion"], "1377");
+    assert_eq!(
+        put["metadata"]["uid"],
+        "6a7b8c9d-0e1f-4a2b-9c3d-4e5f6a7b8c9d"
+    );
+    assert_eq!(put["data"]["root-cert.pem"], ROOT_PEM);
+    assert_eq!(put["metadata"]["labels"]["istio.io/config"], "true");
+}
+
+#[tokio::test]
+async fn root_cert_already_in_place_is_not_written() {
+    let api = ApiServer::new();
+    api.expect(
+        Method::POST,
+        "/api/v1/namespaces/default/configmaps",
+        false,
+        Reply::Json(StatusCode::CONFLICT, fixture("status.409.configmap.json")),
+    );
+    let mut current: Value =
+        serde_json::from_str(&fixture("configmap.root.stale.json")).expect("json");
+    current["data"]["root-cert.pem"] = json!(ROOT_PEM);
+    api.expect(
+        Method::GET,
+        "/api/v1/namespaces/default/configmaps/istio-ca-root-cert",
+        false,
+        Reply::Json(StatusCode::OK, current.to_string()),
+    );
+    let published = publish_root_to(&api.client(), "default", ROOT_PEM)
+        .await
+        .expect("checked");
+    assert_eq!(published, Published::Unchanged);
+    assert_eq!(api.log().len(), 2, "{:#?}", api.summary());
 }
 
 #[tokio::test]

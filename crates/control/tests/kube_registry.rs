@@ -49,7 +49,7 @@ fn model(store: &ConfigStore) -> Model {
 
 /// The cluster of the recordings: the seed's httpbin and sleep in `default`, PeerAuthentication
 /// served only at v1beta1, no Gateway/DestinationRule/ServiceEntry/Sidecar/AuthorizationPolicy
-/// CRDs; ConfigMap PATCHes echo the applied object.
+/// CRDs; ConfigMap creations succeed (201, the object echoed).
 fn cluster() -> Arc<ApiServer> {
     let api = ApiServer::new();
     api.list_watch(
@@ -85,11 +85,12 @@ fn cluster() -> Arc<ApiServer> {
         "peerauthentications.v1beta1.list.json",
         None,
     );
-    api.handle(Method::PATCH, "/api/v1/namespaces/", |seen| {
-        let mut applied = seen.body.clone();
-        applied["metadata"]["resourceVersion"] = json!("1900");
-        applied["metadata"]["uid"] = json!("5f6a7b8c-9d0e-4f1a-8b2c-3d4e5f6a7b8c");
-        Reply::Json(StatusCode::OK, applied.to_string())
+    api.handle(Method::POST, "/api/v1/namespaces/", |seen| {
+        let mut created = seen.body.clone();
+        created["metadata"]["resourceVersion"] = json!("1900");
+        created["metadata"]["uid"] = json!("5f6a7b8c-9d0e-4f1a-8b2c-3d4e5f6a7b8c");
+        created["metadata"]["creationTimestamp"] = json!("2026-11-25T10:02:12Z");
+        Reply::Json(StatusCode::CREATED, created.to_string())
     });
     api
 }
@@ -275,41 +276,37 @@ async fn cluster_objects_reach_the_store_and_the_proxies() {
             .any(|w| w.name == "sleep-6c8b7f5d9-k4m2n")
     );
 
-    // The root certificate, applied in every namespace but Kubernetes' own, bookinfo included
+    // The root certificate, created in every namespace but Kubernetes' own, bookinfo included
     // as soon as it appeared.
     api.wait_for("istio-ca-root-cert in 3 namespaces", |log| {
-        log.iter().filter(|s| s.method == Method::PATCH).count() >= 3
+        log.iter().filter(|s| s.method == Method::POST).count() >= 3
     })
     .await;
     let log = api.log();
-    let mut patched: Vec<&str> = log
+    let mut created: Vec<&str> = log
         .iter()
-        .filter(|s| s.method == Method::PATCH)
+        .filter(|s| s.method == Method::POST)
         .map(|s| {
-            assert_eq!(
-                s.content_type.as_deref(),
-                Some("application/apply-patch+yaml")
-            );
+            assert_eq!(s.content_type.as_deref(), Some("application/json"));
             assert_eq!(s.query["fieldManager"], "ama-discovery");
-            assert_eq!(s.query["force"], "true");
             let ns = s.body["metadata"]["namespace"].as_str().expect("namespace");
+            assert_eq!(s.path, format!("/api/v1/namespaces/{ns}/configmaps"));
             assert_eq!(
-                s.path,
-                format!("/api/v1/namespaces/{ns}/configmaps/istio-ca-root-cert")
+                s.body,
+                serde_json::to_value(root_config_map(ns, ROOT_PEM)).expect("json")
             );
-            assert_eq!(s.body, root_config_map(ns, ROOT_PEM));
             ns
         })
         .collect();
-    patched.sort();
-    assert_eq!(patched, ["bookinfo", "default", "istio-system"]);
+    created.sort();
+    assert_eq!(created, ["bookinfo", "default", "istio-system"]);
 
     assert_requests(&log);
     registry.shutdown().await;
 }
 
 /// What kube-rs asked: a paged list then a watch from its resourceVersion for each served kind;
-/// v1, v1beta1 then v1alpha3 for a CRD that is not installed; nothing but GET and the PATCHes.
+/// v1, v1beta1 then v1alpha3 for a CRD that is not installed; nothing but GET and the POSTs.
 fn assert_requests(log: &[Seen]) {
     for s in log.iter().filter(|s| s.method == Method::GET) {
         if s.is_watch() {
@@ -346,7 +343,7 @@ fn assert_requests(log: &[Seen]) {
     assert_eq!(watched.len(), 7, "{watched:?}");
     assert!(
         log.iter()
-            .all(|s| s.method == Method::GET || s.method == Method::PATCH)
+            .all(|s| s.method == Method::GET || s.method == Method::POST)
     );
 }
 

@@ -914,7 +914,7 @@ impl RootPublisher {
                     r = publish_root_to(&self.client, &namespace, &self.pem) => r,
                 };
                 match result {
-                    Ok(()) => {
+                    Ok(_) => {
                         failures = 0;
                         self.done
                             .lock()

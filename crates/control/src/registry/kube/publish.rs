@@ -3,14 +3,17 @@
 //!
 //! - ConfigMap `istio-ca-root-cert` (key `root-cert.pem`, label `istio.io/config: "true"`), as
 //!   istiod's namespace controller publishes it: proxies mount it to verify the control plane.
-//!   Written with server-side apply (field manager [`FIELD_MANAGER`], forced), so one request
-//!   creates or updates it and a second replica writing the same content changes nothing.
+//!   Create, then on `409 AlreadyExists` read and replace (with the read `resourceVersion`, so
+//!   a concurrent writer makes us read again) only when the content differs: the verbs of
+//!   Istio's ClusterRole (`create`, `get`, `update`), which `ama manifest generate` grants too.
 //!   Kubernetes' own namespaces ([`SKIPPED_NAMESPACES`]) and terminating ones are left alone.
 //! - The `caBundle` of each webhook of the MutatingWebhookConfiguration
 //!   (`INJECTION_WEBHOOK_CONFIG_NAME`, default `istio-sidecar-injector`), patched by name
 //!   (strategic merge on `webhooks`) only when it differs.
 
-use ::kube::api::{Api, Patch, PatchParams};
+use std::collections::BTreeMap;
+
+use ::kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use ::kube::{Client, ResourceExt};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -25,7 +28,7 @@ pub const ROOT_CERT_CONFIG_MAP: &str = "istio-ca-root-cert";
 pub const ROOT_CERT_KEY: &str = "root-cert.pem";
 /// Label Istio puts on the config maps it owns.
 pub const CONFIG_LABEL: &str = "istio.io/config";
-/// Server-side apply field manager of everything the control plane writes.
+/// Field manager of everything the control plane writes.
 pub const FIELD_MANAGER: &str = "ama-discovery";
 /// Environment variable naming the injection webhook configuration (Istio's).
 pub const WEBHOOK_CONFIG_NAME_ENV: &str = "INJECTION_WEBHOOK_CONFIG_NAME";
@@ -78,40 +81,112 @@ pub async fn publish_root(client: &Client, root_pem: &str) -> Result<Vec<String>
     Ok(written)
 }
 
-/// Writes `istio-ca-root-cert` into `namespace` (server-side apply: creates or updates).
+/// What [`publish_root_to`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// The ConfigMap was created.
+    Created,
+    /// It existed with other content and was replaced.
+    Updated,
+    /// It already held the root.
+    Unchanged,
+}
+
+/// Replace attempts when another writer keeps changing the ConfigMap between read and write.
+const REPLACE_ATTEMPTS: usize = 3;
+
+/// Writes `istio-ca-root-cert` into `namespace`: create, else read and replace when it differs.
 pub async fn publish_root_to(
     client: &Client,
     namespace: &str,
     root_pem: &str,
-) -> Result<(), KubeError> {
-    let body = root_config_map(namespace, root_pem);
-    Api::<ConfigMap>::namespaced(client.clone(), namespace)
-        .patch(
-            ROOT_CERT_CONFIG_MAP,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
+) -> Result<Published, KubeError> {
+    let api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
+    let what = |verb: &str| format!("{verb} ConfigMap {namespace}/{ROOT_CERT_CONFIG_MAP}");
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..PostParams::default()
+    };
+    match api
+        .create(&params, &root_config_map(namespace, root_pem))
         .await
-        .map_err(|error| KubeError::Api {
-            what: format!("applying ConfigMap {namespace}/{ROOT_CERT_CONFIG_MAP}"),
-            error,
-        })?;
-    tracing::debug!(namespace, "{ROOT_CERT_CONFIG_MAP} published");
-    Ok(())
+    {
+        Ok(_) => {
+            tracing::debug!(namespace, "{ROOT_CERT_CONFIG_MAP} created");
+            return Ok(Published::Created);
+        }
+        Err(::kube::Error::Api(s)) if s.code == 409 => {}
+        Err(error) => {
+            return Err(KubeError::Api {
+                what: what("creating"),
+                error,
+            });
+        }
+    }
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut current = api
+            .get(ROOT_CERT_CONFIG_MAP)
+            .await
+            .map_err(|error| KubeError::Api {
+                what: what("reading"),
+                error,
+            })?;
+        let labelled = current
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(CONFIG_LABEL))
+            .is_some_and(|v| v == "true");
+        let current_pem = current.data.as_ref().and_then(|d| d.get(ROOT_CERT_KEY));
+        if labelled && current_pem.map(String::as_str) == Some(root_pem) {
+            return Ok(Published::Unchanged);
+        }
+        current
+            .data
+            .get_or_insert_default()
+            .insert(ROOT_CERT_KEY.to_string(), root_pem.to_string());
+        current
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert(CONFIG_LABEL.to_string(), "true".to_string());
+        match api.replace(ROOT_CERT_CONFIG_MAP, &params, &current).await {
+            Ok(_) => {
+                tracing::info!(namespace, "{ROOT_CERT_CONFIG_MAP} updated");
+                return Ok(Published::Updated);
+            }
+            // Changed since we read it: read again.
+            Err(::kube::Error::Api(s)) if s.code == 409 && attempt < REPLACE_ATTEMPTS => {}
+            Err(error) => {
+                return Err(KubeError::Api {
+                    what: what("replacing"),
+                    error,
+                });
+            }
+        }
+    }
 }
 
-/// The applied configuration of the root ConfigMap in `namespace`.
-pub fn root_config_map(namespace: &str, root_pem: &str) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": ROOT_CERT_CONFIG_MAP,
-            "namespace": namespace,
-            "labels": { CONFIG_LABEL: "true" },
+/// The root ConfigMap of `namespace`, as created.
+pub fn root_config_map(namespace: &str, root_pem: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(ROOT_CERT_CONFIG_MAP.to_string()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(BTreeMap::from([(
+                CONFIG_LABEL.to_string(),
+                "true".to_string(),
+            )])),
+            ..ObjectMeta::default()
         },
-        "data": { ROOT_CERT_KEY: root_pem },
-    })
+        data: Some(BTreeMap::from([(
+            ROOT_CERT_KEY.to_string(),
+            root_pem.to_string(),
+        )])),
+        ..ConfigMap::default()
+    }
 }
 
 /// Sets the `caBundle` of every webhook of the MutatingWebhookConfiguration `name` to
