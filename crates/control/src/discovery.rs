@@ -218,8 +218,15 @@ impl Discovery {
         }
         let security = match &options.security {
             Some(security) => {
-                let mut started =
-                    security::start(security, &ads, &pusher, &mut metrics, &shutdown).await?;
+                let mut started = security::start(
+                    security,
+                    options.kubernetes.as_ref().map(|k| &k.client),
+                    &ads,
+                    &pusher,
+                    &mut metrics,
+                    &shutdown,
+                )
+                .await?;
                 tasks.append(&mut started.tasks);
                 Some(started)
             }

@@ -38,6 +38,7 @@
 //! - [`tokens`]: bearer tokens, the authenticator trait, file-mode per-workload tokens;
 //! - [`token_review`]: Kubernetes TokenReview;
 //! - [`ca_server`]: the mesh root and `IstioCertificateService/CreateCertificate`;
+//!   [`ca_secret`]: the self-signed root kept in `istio-ca-secret` (Kubernetes mode);
 //! - [`tls`]: the istiod serving certificate and the TLS accept loop;
 //! - [`secure_grpc`]: the 15012 server; [`webhook_server`]: the 15017 server.
 //!
@@ -47,6 +48,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod ca_secret;
 pub mod ca_server;
 pub mod discovery;
 pub mod model;

@@ -2,8 +2,9 @@
 //! [`crate::DiscoveryOptions::security`] is set (`ama discovery` always sets it):
 //!
 //! - the mesh CA ([`crate::ca_server::load_ca`]): Istio's plug-in `cacerts` directory, or a
-//!   self-signed root persisted in `<state>/ca/`; its root PEM written to
-//!   `<state>/root-cert.pem` for sidecars, `ama up` and the webhook's `caBundle`;
+//!   self-signed root persisted in `<state>/ca/` (in Kubernetes mode kept in the Secret
+//!   `istio-ca-secret`, [`crate::ca_secret`], so replicas and restarts share it); its root PEM
+//!   written to `<state>/root-cert.pem` for sidecars, `ama up` and the webhook's `caBundle`;
 //! - the authenticator of callers' tokens ([`Authentication`]): file-mode tokens in
 //!   `<state>/tokens/` ([`crate::tokens::FileTokens`]), or Kubernetes TokenReview
 //!   ([`crate::token_review`]);
@@ -32,10 +33,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use xds::ads::AdsServer;
 
+use crate::ca_secret::{self, CaSecretError};
 use crate::ca_server::{CaLoadError, CaServer, CaServerOptions, RootSource, load_ca};
 use crate::push::Pusher;
 use crate::tls::{ServingCertificate, ServingNames, TlsError, server_config};
-use crate::token_review::{ApiServerReviewer, ISTIO_CA_AUDIENCE, KubeTokens, ReviewerError};
+use crate::token_review::{ISTIO_CA_AUDIENCE, KubeReviewer, KubeTokens};
 use crate::tokens::{FileTokens, TokenAuthenticator, TokenError};
 use crate::webhook_server::{self, Webhook};
 use crate::{secure_grpc, tls};
@@ -52,8 +54,8 @@ pub enum Authentication {
     /// `ama up`).
     #[default]
     Files,
-    /// The pod's projected service-account token, checked by TokenReview against the API
-    /// server the control plane runs under (in-cluster config).
+    /// The pod's projected service-account token, checked by TokenReview with the Kubernetes
+    /// registry's client ([`crate::DiscoveryOptions::kubernetes`]).
     Kubernetes,
     /// Any other authenticator (tests, embedding).
     Custom(Arc<dyn TokenAuthenticator>),
@@ -82,6 +84,8 @@ pub struct SecurityOptions {
     pub cacerts: Option<PathBuf>,
     /// The SPIFFE trust domain of issued certificates.
     pub trust_domain: String,
+    /// The control plane's namespace: where the Kubernetes mode keeps `istio-ca-secret`.
+    pub ca_namespace: String,
     /// Lifetimes of workload certificates.
     pub ca: CaServerOptions,
     /// Names for the serving certificate besides `istiod.istio-system.svc` (DNS names or IP
@@ -108,6 +112,7 @@ impl SecurityOptions {
             state_dir: state_dir.into(),
             cacerts: None,
             trust_domain: api::mesh::DEFAULT_TRUST_DOMAIN.to_string(),
+            ca_namespace: crate::model::ROOT_NAMESPACE.to_string(),
             ca: CaServerOptions::default(),
             dns_names: Vec::new(),
             authentication: Authentication::Files,
@@ -126,9 +131,14 @@ pub enum SecurityError {
     /// The token directory could not be used.
     #[error("workload tokens: {0}")]
     Tokens(#[from] TokenError),
-    /// TokenReview could not be set up.
-    #[error("Kubernetes token authentication: {0}")]
-    Reviewer(#[from] ReviewerError),
+    /// The root's Secret could not be read or created.
+    #[error(transparent)]
+    CaSecret(#[from] CaSecretError),
+    /// Kubernetes authentication without a Kubernetes client.
+    #[error(
+        "Kubernetes token authentication needs the Kubernetes registry (--registry kubernetes)"
+    )]
+    NoKubernetes,
     /// The serving certificate could not be made.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -171,9 +181,11 @@ pub struct Security {
     pub(crate) tasks: Vec<JoinHandle<()>>,
 }
 
-/// Loads the CA, writes the root, binds 15012 (and 15017) and starts serving.
+/// Loads the CA (from `istio-ca-secret` first when `kube` is given and no plug-in root is),
+/// writes the root, binds 15012 (and 15017) and starts serving.
 pub async fn start(
     options: &SecurityOptions,
+    kube: Option<&kube::Client>,
     ads: &AdsServer,
     pusher: &Arc<Pusher>,
     metrics: &mut Registry,
@@ -186,6 +198,9 @@ pub async fn start(
     fs::create_dir_all(&options.state_dir).map_err(io(&options.state_dir))?;
 
     let source = RootSource::new(options.cacerts.clone(), &options.state_dir);
+    if let (RootSource::SelfSigned(dir), Some(client)) = (&source, kube) {
+        ca_secret::sync_root(client, &options.ca_namespace, dir, &options.trust_domain).await?;
+    }
     let ca = {
         let (source, trust_domain, max_ttl) = (
             source.clone(),
@@ -214,7 +229,8 @@ pub async fn start(
                 )
             }
             Authentication::Kubernetes => {
-                let reviewer = Arc::new(ApiServerReviewer::in_cluster()?);
+                let client = kube.ok_or(SecurityError::NoKubernetes)?;
+                let reviewer = Arc::new(KubeReviewer::new(client.clone()));
                 let kube = KubeTokens::new(reviewer, vec![ISTIO_CA_AUDIENCE.to_string()]);
                 (Arc::new(kube) as Arc<dyn TokenAuthenticator>, None)
             }

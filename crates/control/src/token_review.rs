@@ -7,26 +7,20 @@
 //! `authentication.kubernetes.io/pod-name` extra when the API server reports it). Anything else
 //! (unauthenticated, another kind of user, no audience in common) is rejected.
 //!
-//! [`TokenReviewer`] is the seam: [`ApiServerReviewer`] POSTs a TokenReview to the API server
-//! over HTTPS (`/apis/authentication.k8s.io/v1/tokenreviews`, authenticated by the control
-//! plane's own service-account token and verifying the API server against the cluster CA);
-//! tests give a canned one. When the Kubernetes registry arrives with kube-rs, a reviewer over
-//! its client replaces [`ApiServerReviewer`] without touching the rest.
+//! [`TokenReviewer`] is the seam: [`KubeReviewer`] creates the TokenReview
+//! (`POST /apis/authentication.k8s.io/v1/tokenreviews`) with the control plane's kube-rs client,
+//! the one its Kubernetes registry watches with; unit tests give a canned reviewer.
 //!
-//! I/O: one HTTPS request per review (a fresh connection; a cache and a pooled client come with
-//! kube-rs). Neither the reviewed token nor the control plane's own is ever logged.
+//! I/O: one API request per review (no cache yet: istiod caches reviews briefly; add one here if
+//! the API server's load shows it). The reviewed token is never logged.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, Limited};
-use rustls::ClientConfig;
-use rustls_pki_types::ServerName;
-use rustls_pki_types::pem::PemObject as _;
-use serde_json::{Value, json};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use kube::Api;
+use kube::api::PostParams;
 
 use crate::tokens::{AuthError, BearerToken, BoxFuture, Caller, TokenAuthenticator};
 
@@ -34,12 +28,8 @@ use crate::tokens::{AuthError, BearerToken, BoxFuture, Caller, TokenAuthenticato
 pub const ISTIO_CA_AUDIENCE: &str = "istio-ca";
 /// The TokenReview endpoint.
 pub const TOKEN_REVIEW_PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
-/// Where a pod finds its own service-account token and the cluster CA.
-pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// How long one review may take.
 const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
-/// The largest TokenReview response read.
-const MAX_RESPONSE: usize = 1024 * 1024;
 /// The user-name prefix of service accounts.
 const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 /// The TokenReview `user.extra` key holding the pod a bound token was issued for.
@@ -58,34 +48,6 @@ pub struct TokenReviewStatus {
     pub audiences: Vec<String>,
     /// `error`, when the API server gave one.
     pub error: Option<String>,
-}
-
-impl TokenReviewStatus {
-    /// Reads the `status` of a TokenReview response.
-    pub fn from_review(review: &Value) -> TokenReviewStatus {
-        let status = &review["status"];
-        let strings = |v: &Value| -> Vec<String> {
-            v.as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|s| s.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        TokenReviewStatus {
-            authenticated: status["authenticated"].as_bool().unwrap_or(false),
-            username: status["user"]["username"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            pod_name: strings(&status["user"]["extra"][POD_NAME_EXTRA])
-                .into_iter()
-                .next(),
-            audiences: strings(&status["audiences"]),
-            error: status["error"].as_str().map(str::to_string),
-        }
-    }
 }
 
 /// Asks someone (the API server) whether a token is valid for `audiences`.
@@ -162,200 +124,75 @@ impl TokenAuthenticator for KubeTokens {
     }
 }
 
-/// Why an [`ApiServerReviewer`] could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum ReviewerError {
-    /// The API server address is not an `https://host[:port]` URL.
-    #[error("API server {url:?}: {reason}")]
-    Url {
-        /// The address.
-        url: String,
-        /// Why.
-        reason: String,
-    },
-    /// The cluster CA could not be read.
-    #[error("cluster CA {}: {reason}", path.display())]
-    Ca {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
+/// Reviews tokens with the API server's TokenReview, over the control plane's kube-rs client
+/// (in-cluster service account or `KUBECONFIG`; RBAC: `create` on `tokenreviews`).
+#[derive(Clone)]
+pub struct KubeReviewer {
+    client: kube::Client,
 }
 
-/// Reviews tokens with a plain HTTPS POST to the API server.
-pub struct ApiServerReviewer {
-    authority: String,
-    server_name: ServerName<'static>,
-    tls: tokio_rustls::TlsConnector,
-    credential: PathBuf,
-}
-
-impl ApiServerReviewer {
-    /// A reviewer for the API server at `url` (`https://host[:port]`), verified against the
-    /// PEM roots `ca_pem`, authenticating with the token in `credential_file` (re-read at every
-    /// review: projected tokens rotate).
-    pub fn new(
-        url: &str,
-        ca_pem: &[u8],
-        ca_name: &Path,
-        credential_file: PathBuf,
-    ) -> Result<ApiServerReviewer, ReviewerError> {
-        let url_err = |reason: &str| ReviewerError::Url {
-            url: url.to_string(),
-            reason: reason.to_string(),
-        };
-        let uri: http::Uri = url.parse().map_err(|_| url_err("not a URL"))?;
-        if uri.scheme_str() != Some("https") {
-            return Err(url_err("must be https://"));
-        }
-        let host = uri.host().ok_or_else(|| url_err("no host"))?;
-        let port = uri.port_u16().unwrap_or(443);
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        let server_name = ServerName::try_from(bare.to_string())
-            .map_err(|_| url_err("the host is not a valid server name"))?;
-        let authority = if bare.contains(':') {
-            format!("[{bare}]:{port}")
-        } else {
-            format!("{bare}:{port}")
-        };
-        let ca_err = |reason: String| ReviewerError::Ca {
-            path: ca_name.to_path_buf(),
-            reason,
-        };
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem) {
-            let cert = cert.map_err(|e| ca_err(e.to_string()))?;
-            roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
-        }
-        if roots.is_empty() {
-            return Err(ca_err("no certificate".to_string()));
-        }
-        let mut config = ClientConfig::builder_with_provider(identity::tls::crypto_provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ca_err(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(ApiServerReviewer {
-            authority,
-            server_name,
-            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
-            credential: credential_file,
-        })
-    }
-
-    /// The reviewer a pod uses: `KUBERNETES_SERVICE_HOST`/`_PORT`, the cluster CA and its own
-    /// token from [`SERVICE_ACCOUNT_DIR`].
-    pub fn in_cluster() -> Result<ApiServerReviewer, ReviewerError> {
-        let host = std::env::var("KUBERNETES_SERVICE_HOST").map_err(|_| ReviewerError::Url {
-            url: String::new(),
-            reason: "KUBERNETES_SERVICE_HOST is not set (not in a pod?)".to_string(),
-        })?;
-        let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
-        let host = if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host
-        };
-        let dir = Path::new(SERVICE_ACCOUNT_DIR);
-        let ca_path = dir.join("ca.crt");
-        let ca = std::fs::read(&ca_path).map_err(|e| ReviewerError::Ca {
-            path: ca_path.clone(),
-            reason: e.to_string(),
-        })?;
-        Self::new(
-            &format!("https://{host}:{port}"),
-            &ca,
-            &ca_path,
-            dir.join("token"),
-        )
-    }
-
-    async fn post(&self, body: Vec<u8>) -> Result<(http::StatusCode, Bytes), String> {
-        let credential = tokio::fs::read_to_string(&self.credential)
-            .await
-            .map_err(|e| format!("own token {}: {e}", self.credential.display()))?;
-        let tcp = tokio::net::TcpStream::connect(&self.authority)
-            .await
-            .map_err(|e| format!("connecting to {}: {e}", self.authority))?;
-        let _ = tcp.set_nodelay(true);
-        let tls = self
-            .tls
-            .connect(self.server_name.clone(), tcp)
-            .await
-            .map_err(|e| format!("TLS with {}: {e}", self.authority))?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .map_err(|e| format!("HTTP with {}: {e}", self.authority))?;
-        let connection = tokio::spawn(connection);
-        let request = http::Request::post(TOKEN_REVIEW_PATH)
-            .header(http::header::HOST, self.authority.as_str())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::ACCEPT, "application/json")
-            .header(
-                http::header::AUTHORIZATION,
-                format!("Bearer {}", credential.trim()),
-            )
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|_| "the control plane's own token is not a header value".to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("TokenReview request: {e}"))?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_RESPONSE)
-            .collect()
-            .await
-            .map_err(|e| format!("TokenReview response: {e}"))?
-            .to_bytes();
-        connection.abort();
-        Ok((status, body))
+impl KubeReviewer {
+    /// A reviewer over `client`.
+    pub fn new(client: kube::Client) -> KubeReviewer {
+        KubeReviewer { client }
     }
 }
 
-impl fmt::Debug for ApiServerReviewer {
+impl fmt::Debug for KubeReviewer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ApiServerReviewer")
-            .field("authority", &self.authority)
-            .field("credential", &self.credential)
-            .finish_non_exhaustive()
+        f.debug_struct("KubeReviewer").finish_non_exhaustive()
     }
 }
 
-impl TokenReviewer for ApiServerReviewer {
+impl TokenReviewer for KubeReviewer {
     fn review<'a>(
         &'a self,
         token: &'a BearerToken,
         audiences: &'a [String],
     ) -> BoxFuture<'a, Result<TokenReviewStatus, AuthError>> {
         Box::pin(async move {
-            let request = json!({
-                "apiVersion": "authentication.k8s.io/v1",
-                "kind": "TokenReview",
-                "spec": {"token": token.expose(), "audiences": audiences},
-            });
-            let body = serde_json::to_vec(&request)
-                .map_err(|e| AuthError::Unavailable(format!("TokenReview request: {e}")))?;
-            let (status, body) = tokio::time::timeout(REVIEW_TIMEOUT, self.post(body))
-                .await
-                .map_err(|_| AuthError::Unavailable("TokenReview timed out".to_string()))?
-                .map_err(AuthError::Unavailable)?;
-            let review: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            if !status.is_success() {
-                let message = review["message"].as_str().unwrap_or("no message");
-                return Err(AuthError::Unavailable(format!(
-                    "TokenReview: API server answered {status}: {message}"
-                )));
-            }
-            if review["kind"] != "TokenReview" {
-                return Err(AuthError::Unavailable(
-                    "TokenReview: the API server's answer is not a TokenReview".to_string(),
-                ));
-            }
-            Ok(TokenReviewStatus::from_review(&review))
+            let review = TokenReview {
+                spec: TokenReviewSpec {
+                    token: Some(token.expose().to_string()),
+                    audiences: Some(audiences.to_vec()),
+                },
+                ..Default::default()
+            };
+            let api: Api<TokenReview> = Api::all(self.client.clone());
+            let answer =
+                tokio::time::timeout(REVIEW_TIMEOUT, api.create(&PostParams::default(), &review))
+                    .await
+                    .map_err(|_| AuthError::Unavailable("TokenReview timed out".to_string()))?
+                    .map_err(|error| {
+                        AuthError::Unavailable(match error {
+                            kube::Error::Api(status) => format!(
+                                "TokenReview: API server answered {}: {}",
+                                status.code, status.message
+                            ),
+                            other => format!("TokenReview: {other}"),
+                        })
+                    })?;
+            Ok(answer
+                .status
+                .map(|s| TokenReviewStatus::from(&s))
+                .unwrap_or_default())
         })
+    }
+}
+
+impl From<&k8s_openapi::api::authentication::v1::TokenReviewStatus> for TokenReviewStatus {
+    fn from(status: &k8s_openapi::api::authentication::v1::TokenReviewStatus) -> Self {
+        let user = status.user.as_ref();
+        TokenReviewStatus {
+            authenticated: status.authenticated.unwrap_or(false),
+            username: user.and_then(|u| u.username.clone()).unwrap_or_default(),
+            pod_name: user
+                .and_then(|u| u.extra.as_ref())
+                .and_then(|extra| extra.get(POD_NAME_EXTRA))
+                .and_then(|values| values.first().cloned()),
+            audiences: status.audiences.clone().unwrap_or_default(),
+            error: status.error.clone(),
+        }
     }
 }
 

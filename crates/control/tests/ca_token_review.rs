@@ -1,28 +1,29 @@
-//! Kubernetes-mode authentication without a cluster: [`ApiServerReviewer`] POSTs TokenReviews to
-//! an in-test HTTPS "API server" that answers with recorded responses
-//! (`tests/ca_fixtures/tokenreview-*.json`), and the CA on 15012 signs for the service account
-//! the review names.
+//! Kubernetes mode without a cluster: the control plane's kube-rs client, configured by a
+//! kubeconfig, talks to an in-test HTTPS "API server" that answers with recorded responses
+//! (`tests/ca_fixtures/*.json`).
 //!
-//! - the request is what the API server expects: `POST /apis/authentication.k8s.io/v1/
-//!   tokenreviews`, the control plane's own token as bearer, the reviewed token and the
-//!   `istio-ca` audience in the spec;
-//! - authenticated → `system:serviceaccount:default:httpbin` → the pod name from `extra`;
-//!   expired → rejected with the API server's reason; 403 or unreachable → `Unavailable`;
-//! - end to end: a sidecar's projected token gets a certificate for its service account.
+//! - TokenReview ([`KubeReviewer`]): the request is what the API server expects (`POST
+//!   /apis/authentication.k8s.io/v1/tokenreviews`, the control plane's own credentials, the
+//!   reviewed token and the `istio-ca` audience); authenticated →
+//!   `system:serviceaccount:default:httpbin` and the pod name from `extra`; expired → rejected
+//!   with the API server's reason; 403 or an unverifiable API server → `Unavailable`;
+//! - end to end: a sidecar's projected token gets a certificate for its service account on 15012;
+//! - the self-signed root is created once in Secret `istio-ca-secret` and read by every other
+//!   replica ([`control::ca_secret::sync_root`]).
 
 mod ca_support;
 
 use std::fs;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use ca_support::{TlsDialer, published_root, start};
 use control::Authentication;
 use control::token_review::{
-    ApiServerReviewer, ISTIO_CA_AUDIENCE, KubeTokens, TOKEN_REVIEW_PATH, TokenReviewer,
+    ISTIO_CA_AUDIENCE, KubeReviewer, KubeTokens, TOKEN_REVIEW_PATH, TokenReviewer,
 };
 use control::tokens::{AuthError, BearerToken, TokenAuthenticator};
 use http_body_util::{BodyExt as _, Full};
@@ -49,9 +50,40 @@ fn fixture(name: &str) -> Bytes {
     Bytes::from(fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
 }
 
-/// An HTTPS API server on loopback answering TokenReviews by the reviewed token: `good` →
-/// authenticated, `expired` → not, anything else → 403 Forbidden. Returns its address, its CA
-/// (PEM) and what it saw.
+const SECRETS: &str = "/api/v1/namespaces/istio-system/secrets";
+
+/// The fake API server's answer to one request. TokenReviews by the reviewed token: `good` →
+/// authenticated, `expired` → not, anything else → 403. Secrets: one `istio-ca-secret`, 404
+/// until created, 409 when created twice.
+fn answer(method: &str, path: &str, body: &Value, secret: &Mutex<Option<Value>>) -> (u16, Bytes) {
+    let mut secret = secret.lock().expect("lock");
+    let json = |v: &Value| Bytes::from(serde_json::to_vec(v).expect("JSON"));
+    let status = |code: u16, reason: &str| {
+        json(
+            &serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": format!("{reason} (fake API server)"), "reason": reason, "code": code}),
+        )
+    };
+    match (method, path) {
+        ("POST", TOKEN_REVIEW_PATH) => match body["spec"]["token"].as_str() {
+            Some("good") => (201, fixture("tokenreview-authenticated.json")),
+            Some("expired") => (201, fixture("tokenreview-expired.json")),
+            _ => (403, fixture("tokenreview-forbidden.json")),
+        },
+        ("GET", p) if p == format!("{SECRETS}/istio-ca-secret") => match &*secret {
+            Some(s) => (200, json(s)),
+            None => (404, status(404, "NotFound")),
+        },
+        ("POST", SECRETS) if secret.is_some() => (409, status(409, "AlreadyExists")),
+        ("POST", SECRETS) => {
+            *secret = Some(body.clone());
+            (201, json(body))
+        }
+        _ => (404, status(404, "NotFound")),
+    }
+}
+
+/// The fake API server on loopback. Returns its address, its CA (PEM) and what it saw.
 async fn api_server() -> (SocketAddr, String, mpsc::UnboundedReceiver<Seen>) {
     let ca = CertificateAuthority::generate("cluster.local").expect("CA");
     let (chain, key) = ca
@@ -61,19 +93,19 @@ async fn api_server() -> (SocketAddr, String, mpsc::UnboundedReceiver<Seen>) {
             Duration::from_secs(3600),
         )
         .expect("serving cert");
-    let mut config = rustls::ServerConfig::builder_with_provider(identity::tls::crypto_provider())
+    let config = rustls::ServerConfig::builder_with_provider(identity::tls::crypto_provider())
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_no_client_auth()
         .with_single_cert(chain.tls_chain(), key.to_der())
         .expect("cert");
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, seen) = mpsc::unbounded_channel();
+    let secret = Arc::new(Mutex::new(None));
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
@@ -82,11 +114,11 @@ async fn api_server() -> (SocketAddr, String, mpsc::UnboundedReceiver<Seen>) {
             let Ok(tls) = acceptor.accept(tcp).await else {
                 continue;
             };
-            let tx = tx.clone();
+            let (tx, secret) = (tx.clone(), Arc::clone(&secret));
             tokio::spawn(async move {
                 let service =
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let tx = tx.clone();
+                        let (tx, secret) = (tx.clone(), Arc::clone(&secret));
                         async move {
                             let header = |name: &str| {
                                 req.headers()
@@ -95,17 +127,13 @@ async fn api_server() -> (SocketAddr, String, mpsc::UnboundedReceiver<Seen>) {
                                     .unwrap_or_default()
                                     .to_string()
                             };
-                            let (method, path) =
-                                (req.method().to_string(), req.uri().path().to_string());
-                            let (authorization, content_type) =
-                                (header("authorization"), header("content-type"));
+                            let method = req.method().to_string();
+                            let path = req.uri().path().to_string();
+                            let authorization = header("authorization");
+                            let content_type = header("content-type");
                             let body = req.into_body().collect().await.expect("body").to_bytes();
                             let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                            let (status, answer) = match body["spec"]["token"].as_str() {
-                                Some("good") => (201, fixture("tokenreview-authenticated.json")),
-                                Some("expired") => (201, fixture("tokenreview-expired.json")),
-                                _ => (403, fixture("tokenreview-forbidden.json")),
-                            };
+                            let (status, answer) = answer(&method, &path, &body, &secret);
                             let _ = tx.send(Seen {
                                 method,
                                 path,
@@ -116,35 +144,50 @@ async fn api_server() -> (SocketAddr, String, mpsc::UnboundedReceiver<Seen>) {
                             let mut response = http::Response::new(Full::new(answer));
                             *response.status_mut() =
                                 http::StatusCode::from_u16(status).expect("status");
+                            response.headers_mut().insert(
+                                "content-type",
+                                http::HeaderValue::from_static("application/json"),
+                            );
                             Ok::<_, std::convert::Infallible>(response)
                         }
                     });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
             });
         }
     });
     (addr, ca.roots_pem(), seen)
 }
 
-fn reviewer(addr: SocketAddr, ca_pem: &str, dir: &Path) -> ApiServerReviewer {
-    let own_token = dir.join("token");
-    fs::write(&own_token, "control-plane-sa-token\n").expect("own token");
-    ApiServerReviewer::new(
-        &format!("https://{addr}"),
-        ca_pem.as_bytes(),
-        Path::new("ca.crt"),
-        own_token,
+/// The control plane's client, from a kubeconfig naming the fake API server, its CA and a token.
+async fn client(addr: SocketAddr, ca_pem: &str, dir: &Path) -> kube::Client {
+    let ca_file = dir.join("ca.crt");
+    fs::write(&ca_file, ca_pem).expect("CA file");
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: test\n\
+         clusters:\n- name: test\n  cluster:\n    server: https://{addr}\n    certificate-authority: {}\n\
+         users:\n- name: test\n  user:\n    token: control-plane-sa-token\n\
+         contexts:\n- name: test\n  context: {{cluster: test, user: test}}\n",
+        ca_file.display()
+    );
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&kubeconfig).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
     )
-    .expect("reviewer")
+    .await
+    .expect("config");
+    kube::Client::try_from(config).expect("client")
 }
 
 #[tokio::test]
 async fn token_review_over_https() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (addr, ca_pem, mut seen) = api_server().await;
-    let reviewer = Arc::new(reviewer(addr, &ca_pem, dir.path()));
+    let reviewer = Arc::new(KubeReviewer::new(client(addr, &ca_pem, dir.path()).await));
     let kube = KubeTokens::new(reviewer.clone(), vec![ISTIO_CA_AUDIENCE.to_string()]);
 
     let caller = kube
@@ -187,28 +230,13 @@ async fn token_review_over_https() {
 
     // An API server we cannot verify is not asked.
     let stranger = CertificateAuthority::generate("cluster.local").expect("CA");
-    let untrusted = ApiServerReviewer::new(
-        &format!("https://{addr}"),
-        stranger.roots_pem().as_bytes(),
-        Path::new("ca.crt"),
-        dir.path().join("token"),
-    )
-    .expect("reviewer");
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let untrusted = KubeReviewer::new(client(addr, &stranger.roots_pem(), other_dir.path()).await);
     let err = untrusted
         .review(&BearerToken::new("good"), &[])
         .await
         .expect_err("untrusted API server");
     assert!(matches!(err, AuthError::Unavailable(_)), "{err:?}");
-
-    assert!(
-        ApiServerReviewer::new(
-            "http://x",
-            ca_pem.as_bytes(),
-            Path::new("ca"),
-            dir.path().join("t")
-        )
-        .is_err()
-    );
 }
 
 #[tokio::test]
@@ -216,7 +244,7 @@ async fn the_ca_signs_for_the_reviewed_service_account() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (addr, ca_pem, _seen) = api_server().await;
     let kube = KubeTokens::new(
-        Arc::new(reviewer(addr, &ca_pem, dir.path())),
+        Arc::new(KubeReviewer::new(client(addr, &ca_pem, dir.path()).await)),
         vec![ISTIO_CA_AUDIENCE.to_string()],
     );
     let state = tempfile::tempdir().expect("tempdir");
@@ -272,4 +300,49 @@ async fn the_ca_signs_for_the_reviewed_service_account() {
         .expect_err("403");
     assert_eq!(err.code(), tonic::Code::Unavailable);
     discovery.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_self_signed_root_is_kept_in_istio_ca_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (addr, ca_pem, mut seen) = api_server().await;
+    let client = client(addr, &ca_pem, dir.path()).await;
+    let (first, second) = (dir.path().join("replica-1"), dir.path().join("replica-2"));
+
+    // The first replica finds no Secret, generates the root and stores it.
+    control::ca_secret::sync_root(&client, "istio-system", &first, "cluster.local")
+        .await
+        .expect("created");
+    let created = loop {
+        let request = seen.recv().await.expect("requests");
+        if request.method == "POST" {
+            break request;
+        }
+    };
+    assert_eq!(created.body["metadata"]["name"], "istio-ca-secret");
+    assert_eq!(created.body["type"], "istio.io/ca-root");
+    assert!(created.body["data"]["ca-key.pem"].is_string());
+
+    // The second reads it: both sign under one root.
+    control::ca_secret::sync_root(&client, "istio-system", &second, "cluster.local")
+        .await
+        .expect("read");
+    let max = control::ca_server::DEFAULT_MAX_WORKLOAD_TTL;
+    let load = |dir: &Path| {
+        control::ca_server::load_ca(
+            &control::ca_server::RootSource::SelfSigned(dir.to_path_buf()),
+            "cluster.local",
+            max,
+        )
+        .expect("loads")
+    };
+    let (a, b) = (load(&first), load(&second));
+    assert_eq!(a.roots(), b.roots());
+    assert!(b.is_self_signed());
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = fs::metadata(second.join("ca-key.pem"))
+        .expect("key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
 }

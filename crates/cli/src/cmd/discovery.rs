@@ -59,13 +59,18 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     cacerts: Option<PathBuf>,
     /// The control plane's files: `root-cert.pem`, `ca/` (self-signed root), `tokens/` (file-mode
-    /// workload tokens). Default: the parent of `--config-dir`, else /var/lib/ama.
+    /// workload tokens). Default: the parent of `--config-dir`; /var/run/secrets/istiod with
+    /// `--registry kubernetes`; else /var/lib/ama.
     #[arg(long = "state-dir", value_name = "DIR", env = "AMA_STATE_DIR")]
     state_dir: Option<PathBuf>,
     /// SPIFFE trust domain of workload certificates. Default: the MeshConfig's `trustDomain`
     /// (`cluster.local`).
     #[arg(long = "trust-domain")]
     trust_domain: Option<String>,
+    /// The control plane's namespace (`$POD_NAMESPACE`): in Kubernetes mode, where the
+    /// self-signed root is kept (Secret `istio-ca-secret`).
+    #[arg(long = "ca-namespace", env = "POD_NAMESPACE", default_value = "istio-system")]
+    ca_namespace: String,
     /// The longest workload certificate issued; longer requests are shortened (`24h`, `90m`).
     #[arg(long = "workload-cert-ttl", default_value = "24h", value_parser = parse_duration)]
     workload_cert_ttl: std::time::Duration,
@@ -144,6 +149,10 @@ fn security_options(args: &Args) -> anyhow::Result<Option<SecurityOptions>> {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
             _ => PathBuf::from("."),
         },
+        // In the istiod pod only this is writable (the manifest mounts it, memory-backed).
+        (None, None) if args.registry == RegistryKind::Kubernetes => {
+            PathBuf::from("/var/run/secrets/istiod")
+        }
         (None, None) => PathBuf::from("/var/lib/ama"),
     };
     let mut inject = inject::InjectConfig::default();
@@ -167,6 +176,7 @@ fn security_options(args: &Args) -> anyhow::Result<Option<SecurityOptions>> {
         .trust_domain
         .clone()
         .unwrap_or_else(|| inject.trust_domain().to_string());
+    options.ca_namespace = args.ca_namespace.clone();
     options.ca.max_ttl = args.workload_cert_ttl;
     options.ca.default_ttl = options.ca.default_ttl.min(args.workload_cert_ttl);
     options.dns_names = args
