@@ -14,12 +14,13 @@
 //! One file per pod, written by [`FileTokens::issue`] (idempotent: an existing token is kept):
 //!
 //! ```text
-//! <state>/tokens/                          mode 0700
+//! <state>/tokens/                          directories mode 0711 (no listing; a known path opens)
 //! <state>/tokens/<namespace>/<sa>/<pod>    mode 0600: 64 hex characters (256 random bits) + "\n"
 //! ```
 //!
-//! `ama up` hands a sidecar its file as `--token-file` (the proxy sends it as its bearer token);
-//! deleting the file ([`FileTokens::revoke`]) revokes it. Names are DNS-1123 subdomains, so a
+//! `ama up` hands a sidecar its file as `--token-file` (the proxy sends it as its bearer token),
+//! after giving the file to the sidecar's user ([`WorkloadToken::give_to`], uid 1337); deleting
+//! the file ([`FileTokens::revoke`]) revokes it. Names are DNS-1123 subdomains, so a
 //! path can never leave the directory. The directory is read at start and re-read (at most every
 //! [`RESCAN_INTERVAL`]) when an unknown token arrives, so tokens another process issued into the
 //! same directory are found.
@@ -220,6 +221,12 @@ impl WorkloadToken {
     pub fn token(&self) -> &BearerToken {
         &self.token
     }
+
+    /// Makes the sidecar's user (`uid`:`gid`, Istio's 1337) the owner of the token file, so it
+    /// can read it (mode stays 0600). Needs the privilege to chown (root).
+    pub fn give_to(&self, uid: u32, gid: u32) -> Result<(), TokenError> {
+        std::os::unix::fs::chown(&self.path, Some(uid), Some(gid)).map_err(io_error(&self.path))
+    }
 }
 
 impl fmt::Debug for WorkloadToken {
@@ -242,7 +249,7 @@ pub struct FileTokens {
 }
 
 impl FileTokens {
-    /// Opens (creating, mode 0700) `<state_dir>/tokens` and reads the tokens in it.
+    /// Opens (creating, mode 0711) `<state_dir>/tokens` and reads the tokens in it.
     pub fn open(state_dir: &Path) -> Result<FileTokens, TokenError> {
         let dir = state_dir.join(TOKENS_DIR);
         create_private_dir(&dir)?;
@@ -467,11 +474,12 @@ fn scan(dir: &Path) -> Result<HashMap<TokenDigest, Caller>, TokenError> {
     Ok(index)
 }
 
+/// Token directories: others may pass through to a file they were given, not list the names.
 fn create_private_dir(dir: &Path) -> Result<(), TokenError> {
     use std::os::unix::fs::DirBuilderExt as _;
     fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
+        .mode(0o711)
         .create(dir)
         .map_err(io_error(dir))
 }
@@ -529,7 +537,13 @@ mod tests {
             .unwrap()
             .permissions()
             .mode();
-        assert_eq!(mode & 0o777, 0o700);
+        assert_eq!(mode & 0o777, 0o711);
+
+        {
+            use std::os::unix::fs::MetadataExt as _;
+            let meta = fs::metadata(issued.path()).unwrap();
+            issued.give_to(meta.uid(), meta.gid()).unwrap();
+        }
 
         // Idempotent: the same pod keeps its token.
         let again = tokens.issue("default", "httpbin", "httpbin-0").unwrap();
