@@ -82,8 +82,9 @@ pub struct SecurityOptions {
     pub state_dir: PathBuf,
     /// `--cacerts DIR` (Istio's plug-in layout); `None`: self-signed root in `<state>/ca`.
     pub cacerts: Option<PathBuf>,
-    /// The SPIFFE trust domain of issued certificates.
-    pub trust_domain: String,
+    /// The SPIFFE trust domain of issued certificates; `None`: the mesh's (MeshConfig
+    /// `trustDomain` as the registry has it, `cluster.local` by default).
+    pub trust_domain: Option<String>,
     /// The control plane's namespace: where the Kubernetes mode keeps `istio-ca-secret`.
     pub ca_namespace: String,
     /// Lifetimes of workload certificates.
@@ -111,7 +112,7 @@ impl SecurityOptions {
             ))),
             state_dir: state_dir.into(),
             cacerts: None,
-            trust_domain: api::mesh::DEFAULT_TRUST_DOMAIN.to_string(),
+            trust_domain: None,
             ca_namespace: crate::model::ROOT_NAMESPACE.to_string(),
             ca: CaServerOptions::default(),
             dns_names: Vec::new(),
@@ -196,17 +197,21 @@ pub async fn start(
         move |source| SecurityError::Io { path, source }
     };
     fs::create_dir_all(&options.state_dir).map_err(io(&options.state_dir))?;
+    let trust_domain = match &options.trust_domain {
+        Some(td) => td.clone(),
+        None => match pusher.model().trust_domain.as_str() {
+            "" => api::mesh::DEFAULT_TRUST_DOMAIN.to_string(),
+            td => td.to_string(),
+        },
+    };
 
     let source = RootSource::new(options.cacerts.clone(), &options.state_dir);
     if let (RootSource::SelfSigned(dir), Some(client)) = (&source, kube) {
-        ca_secret::sync_root(client, &options.ca_namespace, dir, &options.trust_domain).await?;
+        ca_secret::sync_root(client, &options.ca_namespace, dir, &trust_domain).await?;
     }
     let ca = {
-        let (source, trust_domain, max_ttl) = (
-            source.clone(),
-            options.trust_domain.clone(),
-            options.ca.max_ttl,
-        );
+        let (source, trust_domain, max_ttl) =
+            (source.clone(), trust_domain.clone(), options.ca.max_ttl);
         // Key generation and the CA's self-check are CPU work; file reads block.
         tokio::task::spawn_blocking(move || load_ca(&source, &trust_domain, max_ttl))
             .await

@@ -383,3 +383,41 @@ async fn clients_verify_the_server_against_the_root() {
         .expect("still serving");
     discovery.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_trust_domain_follows_the_mesh_config() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let config = state.path().join("config");
+    std::fs::create_dir_all(&config).expect("config dir");
+    std::fs::write(
+        config.join("mesh.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\n\
+         data:\n  mesh: |\n    trustDomain: example.org\n",
+    )
+    .expect("write");
+    let discovery = start(state.path(), |_| {}).await;
+    let security = discovery.security().expect("security");
+    assert_eq!(security.ca.trust_domain(), "example.org");
+    let token = security
+        .file_tokens
+        .as_ref()
+        .expect("file mode")
+        .issue("shop", "httpbin", "httpbin-0")
+        .expect("issue");
+    let channel = TlsDialer::new(
+        security.secure_grpc_addr,
+        &published_root(&discovery),
+        &[b"h2"],
+    )
+    .channel()
+    .await
+    .expect("TLS");
+    let id = SpiffeId::new("example.org", "shop", "httpbin").expect("id");
+    let csr = CsrAndKey::generate(&id).expect("csr");
+    let bearer = format!("Bearer {}", token.token().expose());
+    let response = create(&channel, Some(&bearer), &csr.csr_pem, 3600)
+        .await
+        .expect("signed");
+    accept(response, &id, csr.key);
+    discovery.shutdown().await;
+}

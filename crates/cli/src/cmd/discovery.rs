@@ -64,7 +64,7 @@ pub struct Args {
     #[arg(long = "state-dir", value_name = "DIR", env = "AMA_STATE_DIR")]
     state_dir: Option<PathBuf>,
     /// SPIFFE trust domain of workload certificates. Default: the MeshConfig's `trustDomain`
-    /// (`cluster.local`).
+    /// (`--meshConfig`, else the registry's `istio` ConfigMap; `cluster.local`).
     #[arg(long = "trust-domain")]
     trust_domain: Option<String>,
     /// The control plane's namespace (`$POD_NAMESPACE`): in Kubernetes mode, where the
@@ -156,9 +156,11 @@ fn security_options(args: &Args) -> anyhow::Result<Option<SecurityOptions>> {
         (None, None) => PathBuf::from("/var/lib/ama"),
     };
     let mut inject = inject::InjectConfig::default();
+    let mut mesh_trust_domain = None;
     if let Some(text) = read_if_exists(&args.mesh_config)? {
         inject.mesh = MeshConfig::from_yaml(&text)
             .with_context(|| format!("{}", args.mesh_config.display()))?;
+        mesh_trust_domain = Some(inject.mesh.trust_domain.clone());
     }
     if let Some(text) = read_if_exists(&args.inject_values)? {
         inject.values = Values::from_yaml(&text)
@@ -172,10 +174,8 @@ fn security_options(args: &Args) -> anyhow::Result<Option<SecurityOptions>> {
     options.secure_grpc_addr = secure_grpc_addr;
     options.webhook_addr = args.webhook_addr.0;
     options.cacerts = cacerts;
-    options.trust_domain = args
-        .trust_domain
-        .clone()
-        .unwrap_or_else(|| inject.trust_domain().to_string());
+    // Else the mesh's: the mounted MeshConfig's, or the registry's `istio` ConfigMap.
+    options.trust_domain = args.trust_domain.clone().or(mesh_trust_domain);
     options.ca_namespace = args.ca_namespace.clone();
     options.ca.max_ttl = args.workload_cert_ttl;
     options.ca.default_ttl = options.ca.default_ttl.min(args.workload_cert_ttl);
