@@ -69,7 +69,11 @@ pub struct Args {
     trust_domain: Option<String>,
     /// The control plane's namespace (`$POD_NAMESPACE`): in Kubernetes mode, where the
     /// self-signed root is kept (Secret `istio-ca-secret`).
-    #[arg(long = "ca-namespace", env = "POD_NAMESPACE", default_value = "istio-system")]
+    #[arg(
+        long = "ca-namespace",
+        env = "POD_NAMESPACE",
+        default_value = "istio-system"
+    )]
     ca_namespace: String,
     /// The longest workload certificate issued; longer requests are shortened (`24h`, `90m`).
     #[arg(long = "workload-cert-ttl", default_value = "24h", value_parser = parse_duration)]
