@@ -126,7 +126,7 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
     }
 }
 
-/// A scratch directory removed on drop.
+/// A scratch directory for logs and files, removed on drop when the test passes.
 pub struct Scratch(PathBuf);
 
 impl Scratch {
@@ -143,7 +143,12 @@ impl Scratch {
 }
 
 impl Drop for Scratch {
+    /// Removes the directory, unless the test is failing: then its logs stay for a person to read.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("logs kept in {} (the test failed)", self.0.display());
+            return;
+        }
         let _ = fs::remove_dir_all(&self.0);
     }
 }

@@ -34,6 +34,11 @@ pub trait AdminSource: Send + Sync {
     fn config_dump(&self) -> serde_json::Value;
     /// Clusters and their endpoints, for `/clusters` (Envoy's text layout).
     fn clusters(&self) -> String;
+    /// The workload certificates in use, for `/certs` (Envoy's JSON layout:
+    /// `{"certificates": [{"ca_cert": [...], "cert_chain": [...]}]}`). Default: none.
+    fn certs(&self) -> serde_json::Value {
+        serde_json::json!({ "certificates": [] })
+    }
 }
 
 /// A handle on the process's log filter (e.g. over a `tracing_subscriber::reload::Handle`).
@@ -71,6 +76,7 @@ impl std::fmt::Debug for AdminInputs {
 
 const ENDPOINTS: &str = "admin commands are:
   /: this list
+  /certs: print certs on machine (JSON)
   /clusters: upstream cluster status
   /config_dump: dump current configuration (JSON)
   /logging: query/change logging levels (POST ?level=<level> or ?paths=<logger>:<level>,...)
@@ -91,22 +97,22 @@ pub async fn serve(listener: TcpListener, inputs: Arc<AdminInputs>) {
     .await;
 }
 
+/// A pretty-printed JSON response; `what` names the endpoint in the error text.
+fn json(value: &serde_json::Value, what: &str) -> Response<Body> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => response(StatusCode::OK, "application/json", body),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{what}: {e}\n")),
+    }
+}
+
 fn route(inputs: &AdminInputs, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
     let query = req.uri().query().unwrap_or("");
     let post = req.method() == Method::POST;
     match req.uri().path() {
         "/" => text(StatusCode::OK, ENDPOINTS),
-        "/config_dump" => {
-            let dump = inputs.source.config_dump();
-            match serde_json::to_vec_pretty(&dump) {
-                Ok(body) => response(StatusCode::OK, "application/json", body),
-                Err(e) => text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &format!("config_dump: {e}\n"),
-                ),
-            }
-        }
+        "/config_dump" => json(&inputs.source.config_dump(), "config_dump"),
         "/clusters" => text(StatusCode::OK, &inputs.source.clusters()),
+        "/certs" => json(&inputs.source.certs(), "certs"),
         "/stats/prometheus" => prometheus_response(&inputs.telemetry),
         "/stats" => stats(&inputs.telemetry, query),
         "/logging" => logging(inputs, query, post),

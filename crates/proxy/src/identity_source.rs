@@ -446,7 +446,7 @@ impl CertificateProvider for CaProvider {
                     request.metadata_mut().insert("authorization", value);
                 }
                 Err(e) => {
-                    tracing::debug!(file = %self.token_file.display(), error = %e, "no token for the CA; asking without one");
+                    tracing::warn!(file = %self.token_file.display(), error = %e, "cannot read the token for the CA; asking without one");
                 }
             }
             request
