@@ -710,7 +710,8 @@ def report(meta: dict, runs: list[dict], arms: list[str], args) -> str:
     discarded = [r for r in runs if r.get("discarded")]
     if discarded:
         w(f"- {len(discarded)} run(s) discarded and rerun because other processes on the machine "
-          "used CPU during them: " + ", ".join(f"{r['label']} ({r['foreign_top']})" for r in discarded))
+          "used CPU during them (foreign CPU s in brackets; what it was in results.json): "
+          + ", ".join(f"{r['label']} ({r['foreign_s']})" for r in discarded))
     noisy = [r for r in runs if r.get("noisy") and not r.get("discarded")]
     if noisy:
         w(f"- **kept although noisy** (retries exhausted): " + ", ".join(
@@ -718,6 +719,36 @@ def report(meta: dict, runs: list[dict], arms: list[str], args) -> str:
     w("")
 
     fixed = {a: accepted(runs, a, "fixed") for a in arms}
+    maxr = {a: accepted(runs, a, "max") for a in arms}
+    mesh = [a for a in arms if a != "direct"]
+    short = []
+    for a in mesh:
+        if not fixed[a]:
+            continue
+        f = fixed[a]
+        both = statistics.median(vcpu_per_krps(proxy_cpu(r, "client") + proxy_cpu(r, "server"), r) for r in f)
+        rss = max((r["mem_after"].get(f"{a}.{role}_proxy", {}).get("VmRSS", 0) for r in f
+                   for role in ("client", "server")), default=0)
+        line = f"- **{a}**: "
+        if fixed.get("direct"):
+            d = {k: statistics.median(r[k] for r in fixed["direct"]) for k in ("p50", "p90", "p99")}
+            line += ", ".join(f"{signed(statistics.median(r[k] for r in f) - d[k])} ms {k}"
+                              for k in ("p50", "p90", "p99")) + " over direct; "
+        line += (f"both proxies {both:.3f} vCPU per 1000 rps; RSS up to {rss / 1024:.1f} MB per proxy "
+                 f"after the fixed-rate runs")
+        if maxr.get(a):
+            line += f"; max {statistics.median(r['rps'] for r in maxr[a]):.0f} rps"
+        short.append(line + ".")
+    if short:
+        w("## In short (medians)")
+        w("")
+        L.extend(short)
+        if maxr.get("direct"):
+            w(f"- direct: max {statistics.median(r['rps'] for r in maxr['direct']):.0f} rps.")
+        if noisy:
+            w(f"- {len(noisy)} of the runs behind these medians were disturbed by other processes "
+              "(listed above); their tails (p99, p99.9, max) are not to be trusted.")
+        w("")
     w(f"## Fixed rate: {args.rate} rps, {args.connections} connections, {args.duration} s")
     w("")
     w("| metric | " + " | ".join(arms) + " |")
@@ -730,7 +761,6 @@ def report(meta: dict, runs: list[dict], arms: list[str], args) -> str:
     w("| requests | " + " | ".join(", ".join(str(r["requests"]) for r in fixed[a]) for a in arms) + " |")
     w("")
 
-    mesh = [a for a in arms if a != "direct"]
     if "direct" in arms and mesh:
         w("### Added latency over direct")
         w("")
@@ -808,7 +838,6 @@ def report(meta: dict, runs: list[dict], arms: list[str], args) -> str:
                                       for r in fixed["direct"]) for a in mesh) + ".")
             w("")
 
-    maxr = {a: accepted(runs, a, "max") for a in arms}
     if any(maxr.values()):
         w(f"## Max rate: {args.connections} connections, no rate limit, {args.max_duration} s")
         w("")
@@ -925,6 +954,8 @@ def parse_args() -> argparse.Namespace:
                     default=ROOT / ".venv/lib/python3.11/site-packages/envoy/_bin/envoy")
     ap.add_argument("--oha", type=Path, default=Path(shutil.which("oha") or Path.home() / ".cargo/bin/oha"))
     ap.add_argument("--results", type=Path, help="where to write the Markdown report")
+    ap.add_argument("--render", type=Path, metavar="RESULTS_JSON",
+                    help="only rewrite the report from a results.json of an earlier run")
     quick = dict(duration=3, max_duration=3, repeats=1, warmup=1, pause=0.5, retries=0, quiet_wait=0)
     explicit = {a.lstrip("-").split("=")[0].replace("-", "_") for a in sys.argv[1:] if a.startswith("--")}
     args = ap.parse_args()
@@ -945,8 +976,22 @@ def raise_interrupt(signum, _frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def render(args) -> int:
+    """Rewrites the Markdown report from an earlier run's results.json."""
+    data = json.loads(args.render.read_text())
+    saved = data["args"]
+    for k in ("rate", "connections", "duration", "max_duration", "repeats"):
+        setattr(args, k, int(saved[k]))
+    arms = [a for a in ARMS if f"'{a}'" in saved["arms"]]
+    args.results.write_text(report(data["meta"], data["runs"], arms, args))
+    log(f"wrote {args.results} from {args.render}")
+    return 0
+
+
 def main() -> int:
     args = parse_args()
+    if args.render:
+        return render(args)
     if os.geteuid() != 0:
         print("bench/run.py needs root (network namespaces, iptables, setpriv)", file=sys.stderr)
         return 2
