@@ -155,7 +155,8 @@ fn seed_under_ama_up() {
     }
 }
 
-/// No control-plane process: `ama up` writes each proxy's resources (`--config`).
+/// No control-plane process: `ama up` writes each proxy's resources (`--config`); no CA, so
+/// the sidecars talk plaintext.
 #[test]
 fn seed_under_ama_up_with_resource_files() {
     if root_or_skip("seed_under_ama_up_with_resource_files") {
@@ -251,13 +252,16 @@ fn seed(tag: &str, flags: &[&str]) {
     let seen: Value = serde_json::from_slice(&out.stdout).expect("httpbin answers JSON");
     eprintln!("{exchange}{}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(seen["headers"]["Host"], "httpbin-service", "{seen}");
-    let xfcc = seen["headers"]["X-Forwarded-Client-Cert"]
-        .as_str()
-        .unwrap_or_default();
-    assert!(
-        xfcc.contains("URI=spiffe://cluster.local/ns/default/sa/default"),
-        "{seen}"
-    );
+    // Certificates come from ama discovery's CA; the file mode has none (plaintext).
+    let xfcc = seen["headers"]["X-Forwarded-Client-Cert"].as_str();
+    if flags.is_empty() {
+        assert!(
+            xfcc.is_some_and(|x| x.contains("URI=spiffe://cluster.local/ns/default/sa/default")),
+            "{seen}"
+        );
+    } else {
+        assert_eq!(xfcc, None, "no CA, no mTLS: {seen}");
+    }
     assert!(
         seen["headers"].get("X-Request-Id").is_none(),
         "hidden without show_env: {seen}"

@@ -116,14 +116,9 @@ pub enum Error {
          with sudo (the rootless mode through a user namespace is not done yet)"
     )]
     NeedsRoot,
-    /// A certificate could not be made.
-    #[error("workload certificate for {id}: {source}")]
-    Certificate {
-        /// The SPIFFE id.
-        id: String,
-        /// Why.
-        source: identity::Error,
-    },
+    /// A sidecar's token for the control plane's CA could not be issued.
+    #[error("workload token: {0}")]
+    Token(#[from] control::tokens::TokenError),
     /// A mesh name that cannot name namespaces and directories.
     #[error("mesh name \"{0}\": use 1 to 20 lowercase letters, digits and '-'")]
     BadName(String),
@@ -134,6 +129,11 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, source }
+    }
+
+    /// An [`Error::Token`].
+    pub fn token(source: control::tokens::TokenError) -> Error {
+        Error::Token(source)
     }
 }
 

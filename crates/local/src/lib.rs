@@ -14,8 +14,9 @@
 //!  runtime ─► lan (bridge namespace, 10.244.0.0/16) ─► netns per pod (eth0, hosts file)
 //!         ─► `ama iptables …` ─► `ama proxy sidecar …` as 1337 ─► the app's process
 //!         ─► mesh: registry objects in <state>/config for `ama discovery` (default, Delta
-//!                  ADS on 10.244.0.1:15010), or per-pod resource files (`--config`, no
-//!                  control-plane process); one switch: [`mesh::XdsMode`]
+//!                  ADS on 10.244.0.1:15010, the CA on 15012: each sidecar's token in
+//!                  <state>/tokens), or per-pod resource files (`--config`, no control-plane
+//!                  process, no CA); one switch: [`mesh::XdsMode`]
 //!         ─► state (<state>/state.json): what `ama get/exec/logs/apply/down` read
 //! ```
 //!
@@ -25,7 +26,6 @@
 //! - [`netns`]: network namespaces and the LAN, each owned by a guard.
 //! - [`process`]: processes in a pod, their logs, signals; [`probe`]: readiness checks run
 //!   inside a pod's namespace.
-//! - [`certs`]: the mesh's CA and each pod's workload certificate (mTLS between sidecars).
 //! - [`mesh`]: what the control plane and the proxies are told (registry objects, VIPs, hosts).
 //! - [`state`]: the state directory shared by the `ama` invocations of one mesh.
 //! - [`runtime`]: `ama up`'s loop (start, supervise, reconcile on `ama apply`, tear down) and
@@ -38,7 +38,6 @@
 
 #![warn(missing_docs)]
 
-pub mod certs;
 pub mod error;
 pub mod ipam;
 pub mod launch;

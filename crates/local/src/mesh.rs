@@ -10,6 +10,10 @@
 //! - The proxies' resources: over Delta ADS from `ama discovery`, or from a file per pod
 //!   computed here with the control plane's own [`control::proxy_resources`]. One switch,
 //!   [`XdsMode`], decides; [`sidecar_source_args`] is the only place that differs.
+//! - Certificates: from `ama discovery`'s CA (15012), each sidecar authenticated by the token
+//!   `ama up` issues it in the control plane's state directory
+//!   ([`control::tokens::FileTokens`]). The file mode has no control plane, hence no CA:
+//!   its sidecars talk plaintext.
 //! - Cluster DNS: each pod's hosts file ([`hosts_file`]).
 
 use std::collections::BTreeMap;
@@ -28,6 +32,10 @@ use crate::state::{PodRecord, ServiceRecord, write_atomic};
 
 /// The control plane's plaintext xDS port (Istio's).
 pub const DISCOVERY_PORT: u16 = control::discovery::GRPC_PORT;
+/// The control plane's TLS port (Istio's): ADS and the CA.
+pub const SECURE_PORT: u16 = control::security::SECURE_GRPC_PORT;
+/// The mesh root `ama discovery` writes into its state directory.
+pub const ROOT_CERT_FILE: &str = control::security::ROOT_CERT_FILE;
 /// The control plane's monitoring port (Istio's), `/ready`.
 pub const MONITORING_PORT: u16 = control::discovery::MONITORING_PORT;
 /// The registry file in the config directory.
@@ -54,33 +62,74 @@ impl XdsMode {
     }
 }
 
-/// The arguments that tell a sidecar where its resources come from.
-pub fn sidecar_source_args(mode: XdsMode, pod_dir: &Path) -> Vec<String> {
-    match mode {
-        XdsMode::Files => vec![
+/// Where a sidecar gets its resources and, from the control plane, its certificate.
+#[derive(Debug, Clone, Copy)]
+pub enum SidecarSource<'a> {
+    /// The resources file in the pod's directory; no control plane, so no CA: the sidecars
+    /// talk plaintext (auto mTLS finds no certificate).
+    Files {
+        /// The pod's directory.
+        pod_dir: &'a Path,
+    },
+    /// `ama discovery` on the bridge: Delta ADS on 15010, the CA on 15012 (TLS, verified
+    /// against the root it writes into its state directory), authenticated by the pod's token.
+    Discovery {
+        /// `ama discovery`'s state directory (`root-cert.pem`, `tokens/`).
+        state_dir: &'a Path,
+        /// The pod's token file ([`control::tokens::FileTokens::issue`]).
+        token_file: &'a Path,
+    },
+}
+
+/// The arguments that tell a sidecar where its resources (and certificate) come from.
+pub fn sidecar_source_args(source: SidecarSource<'_>) -> Vec<String> {
+    match source {
+        SidecarSource::Files { pod_dir } => vec![
             "--config".into(),
             pod_dir.join(RESOURCES_FILE).display().to_string(),
         ],
-        XdsMode::Discovery => vec![
+        SidecarSource::Discovery {
+            state_dir,
+            token_file,
+        } => vec![
             "--discoveryAddress".into(),
             format!("{GATEWAY}:{DISCOVERY_PORT}"),
+            "--ca-addr".into(),
+            format!("{GATEWAY}:{SECURE_PORT}"),
+            "--ca-root-file".into(),
+            state_dir.join(ROOT_CERT_FILE).display().to_string(),
+            "--token-file".into(),
+            token_file.display().to_string(),
         ],
     }
 }
 
-/// The arguments of `ama discovery` for a mesh whose config directory is `config_dir`.
-pub fn discovery_args(config_dir: &Path) -> Vec<String> {
+/// The arguments of `ama discovery` for a mesh whose state directory is `state_dir` (the file
+/// registry reads `<state>/config`; the CA keeps its root and the pods' tokens in `<state>`).
+pub fn discovery_args(state_dir: &Path, config_dir: &Path, trust_domain: &str) -> Vec<String> {
     vec![
         "discovery".into(),
         "--registry".into(),
         "files".into(),
         "--config-dir".into(),
         config_dir.display().to_string(),
+        "--state-dir".into(),
+        state_dir.display().to_string(),
         // All interfaces of the bridge's namespace: the bridge, and loopback for readiness.
         "--grpc-addr".into(),
         format!("0.0.0.0:{DISCOVERY_PORT}"),
+        "--secure-grpc-addr".into(),
+        format!("0.0.0.0:{SECURE_PORT}"),
         "--monitoring-addr".into(),
         format!("0.0.0.0:{MONITORING_PORT}"),
+        // Pods are injected by `ama up` itself, with the webhook's rules.
+        "--webhook-addr".into(),
+        "off".into(),
+        // The sidecars dial the CA by the bridge's address: its serving certificate names it.
+        "--dns-name".into(),
+        GATEWAY.to_string(),
+        "--trust-domain".into(),
+        trust_domain.to_string(),
     ]
 }
 
@@ -350,14 +399,38 @@ spec:
 
     #[test]
     fn sidecar_source_is_one_switch() {
-        let dir = Path::new("/run/ama/x/pods/p");
+        let pod_dir = Path::new("/run/ama/x/pods/p");
         assert_eq!(
-            sidecar_source_args(XdsMode::Files, dir),
+            sidecar_source_args(SidecarSource::Files { pod_dir }),
             ["--config", "/run/ama/x/pods/p/resources.json"]
         );
         assert_eq!(
-            sidecar_source_args(XdsMode::Discovery, dir),
-            ["--discoveryAddress", "10.244.0.1:15010"]
+            sidecar_source_args(SidecarSource::Discovery {
+                state_dir: Path::new("/run/ama/x"),
+                token_file: Path::new("/run/ama/x/tokens/default/default/p"),
+            }),
+            [
+                "--discoveryAddress",
+                "10.244.0.1:15010",
+                "--ca-addr",
+                "10.244.0.1:15012",
+                "--ca-root-file",
+                "/run/ama/x/root-cert.pem",
+                "--token-file",
+                "/run/ama/x/tokens/default/default/p"
+            ]
         );
+        let args = discovery_args(
+            Path::new("/run/ama/x"),
+            Path::new("/run/ama/x/config"),
+            "cluster.local",
+        );
+        let after = |flag: &str| {
+            let i = args.iter().position(|a| a == flag).unwrap();
+            args[i + 1].as_str()
+        };
+        assert_eq!(after("--state-dir"), "/run/ama/x");
+        assert_eq!(after("--secure-grpc-addr"), "0.0.0.0:15012");
+        assert_eq!(after("--dns-name"), "10.244.0.1");
     }
 }

@@ -27,6 +27,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use control::model::VipAllocator;
+use control::tokens::FileTokens;
 use nix::sys::signal::Signal;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -35,11 +36,10 @@ use sha2::{Digest, Sha256};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::Error;
-use crate::certs::{self, MeshCa};
 use crate::ipam::{GATEWAY, PodAddresses};
 use crate::launch::{ContainerRun, Launch, LaunchInputs, Role, launch};
 use crate::manifests::{self, Manifests};
-use crate::mesh::{self, MeshView, XdsMode};
+use crate::mesh::{self, MeshView, SidecarSource, XdsMode};
 use crate::naming;
 use crate::netns::{self, Lan, Netns};
 use crate::plan::{PodGroup, pod_groups};
@@ -219,8 +219,6 @@ struct PodRuntime {
     retry_at: HashMap<String, Instant>,
     stop_deadline: Option<Instant>,
     was_ready: bool,
-    /// When its workload certificate was issued (pods with a sidecar).
-    certs_at: Option<Instant>,
     /// Declared last: dropped after the processes were dealt with.
     netns: Netns,
 }
@@ -244,7 +242,8 @@ struct Mesh {
     node: String,
     rng: StdRng,
     all_ready: bool,
-    ca: MeshCa,
+    /// The sidecars' tokens for `ama discovery`'s CA (discovery mode).
+    tokens: Option<FileTokens>,
 }
 
 impl Mesh {
@@ -255,9 +254,13 @@ impl Mesh {
             .ok()
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "localhost".into());
-        let ca = MeshCa::generate(base.mesh().inject.trust_domain())?;
+        // The control plane reads the tokens from the same directory (file-mode authentication).
+        let tokens = match opts.xds {
+            XdsMode::Discovery => Some(FileTokens::open(dir.root()).map_err(Error::token)?),
+            XdsMode::Files => None,
+        };
         Ok(Mesh {
-            ca,
+            tokens,
             manifests: base.clone(),
             base,
             opts,
@@ -316,7 +319,11 @@ impl Mesh {
             name: "discovery".into(),
             role: Role::App,
             argv: std::iter::once(self.opts.ama.display().to_string())
-                .chain(mesh::discovery_args(&self.dir.config_dir()))
+                .chain(mesh::discovery_args(
+                    self.dir.root(),
+                    &self.dir.config_dir(),
+                    self.manifests.mesh().inject.trust_domain(),
+                ))
                 .collect(),
             env: vec![],
             user: None,
@@ -334,7 +341,9 @@ impl Mesh {
             &self.opts.ama,
         )?;
         self.discovery = Some(child);
-        observer.event(Event::Note("starting ama discovery on 10.244.0.1:15010"));
+        observer.event(Event::Note(
+            "starting ama discovery on 10.244.0.1 (ADS 15010, CA 15012)",
+        ));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let netns = self.lan.netns().name().to_string();
@@ -346,7 +355,8 @@ impl Mesh {
             .ok()
             .and_then(Result::ok)
             .unwrap_or(false);
-            if ready {
+            // The sidecars verify the CA against the root it writes.
+            if ready && self.dir.root().join(mesh::ROOT_CERT_FILE).is_file() {
                 return Ok(());
             }
             if let Some(c) = self.discovery.as_mut()
@@ -491,18 +501,26 @@ impl Mesh {
         fs::create_dir_all(&pod_dir).map_err(Error::io(&pod_dir))?;
         let sidecar = l.injected();
         let mut runs = l.containers.clone();
-        let cert_dir = pod_dir.join("certs");
-        let mut certs_at = None;
         for run in runs.iter_mut().filter(|r| r.role == Role::Sidecar) {
-            run.argv
-                .extend(mesh::sidecar_source_args(self.opts.xds, &pod_dir));
-            // The identity comes from files this mesh's CA issues, not from istiod's CA.
-            self.ca
-                .issue(&cert_dir, &namespace, &service_account(&l.pod), run.user)?;
-            certs_at = Some(Instant::now());
+            let source_args = match &self.tokens {
+                Some(tokens) => {
+                    // As kubelet mounts a projected token: readable by the sidecar's user only.
+                    let token = tokens
+                        .issue(&namespace, &service_account(&l.pod), name)
+                        .map_err(Error::token)?;
+                    if let Some((uid, gid)) = run.user {
+                        token.give_to(uid, gid).map_err(Error::token)?;
+                    }
+                    mesh::sidecar_source_args(SidecarSource::Discovery {
+                        state_dir: self.dir.root(),
+                        token_file: token.path(),
+                    })
+                }
+                None => mesh::sidecar_source_args(SidecarSource::Files { pod_dir: &pod_dir }),
+            };
+            run.argv.extend(source_args);
+            // The CA is the bridge's `ama discovery` (`--ca-addr`), not istiod's Service name.
             run.env.retain(|(k, _)| k != "CA_ADDR");
-            run.env
-                .push(("AMA_CERT_DIR".into(), cert_dir.display().to_string()));
             if !settings.access_log_file.is_empty() {
                 run.env.push((
                     "AMA_ACCESS_LOG_FILE".into(),
@@ -559,7 +577,6 @@ impl Mesh {
             retry_at: HashMap::new(),
             stop_deadline: None,
             was_ready: false,
-            certs_at,
             netns,
         })
     }
@@ -627,24 +644,6 @@ impl Mesh {
                         code,
                     });
                 }
-            }
-            if let Some(at) = pod.certs_at
-                && !pod.record.terminating
-                && now_i.duration_since(at) >= certs::RENEW_AFTER
-            {
-                let owner = pod
-                    .runs
-                    .iter()
-                    .find(|r| r.role == Role::Sidecar)
-                    .and_then(|r| r.user);
-                let dir = self.dir.pod_dir(&pod.record.name).join("certs");
-                self.ca.issue(
-                    &dir,
-                    &pod.record.namespace,
-                    &service_account(&pod.record.object),
-                    owner,
-                )?;
-                pod.certs_at = Some(now_i);
             }
             if pod.record.terminating {
                 let done = pod.children.is_empty() || pod.stop_deadline.is_some_and(|d| now_i >= d);
@@ -726,6 +725,15 @@ impl Mesh {
             for i in removed.into_iter().rev() {
                 let pod = self.pods.remove(i);
                 self.pool.release(pod.record.ip);
+                if let Some(tokens) = &self.tokens
+                    && let Err(e) = tokens.revoke(
+                        &pod.record.namespace,
+                        &service_account(&pod.record.object),
+                        &pod.record.name,
+                    )
+                {
+                    tracing::warn!(pod = pod.record.name, "{e}");
+                }
                 let _ = fs::remove_dir_all(self.dir.pod_dir(&pod.record.name));
                 // Dropping the pod deletes its namespace.
             }

@@ -17,11 +17,11 @@ use super::local::{MeshName, ama_binary};
 /// Where the sidecars get their resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Xds {
-    /// `ama discovery` with the file registry, over Delta ADS on 10.244.0.1:15010 (as in a
-    /// cluster).
+    /// `ama discovery` with the file registry, over Delta ADS on 10.244.0.1:15010, and its CA
+    /// on 15012 for the sidecars' certificates (as in a cluster).
     Discovery,
     /// No control plane process: a file per pod written by `ama up` from the control plane's
-    /// own model (`--config`, reloaded on change).
+    /// own model (`--config`, reloaded on change). No CA either: sidecars talk plaintext.
     Files,
 }
 
@@ -88,8 +88,8 @@ impl Printer {
             mesh: args.mesh.name.clone(),
             dir: args.dir.display().to_string(),
             xds: match args.xds {
-                Xds::Files => "resource files written by ama up",
-                Xds::Discovery => "ama discovery (Delta ADS)",
+                Xds::Files => "resource files written by ama up (no CA: plaintext)",
+                Xds::Discovery => "ama discovery (Delta ADS; certificates from its CA)",
             },
             tty: std::io::stdout().is_terminal(),
             planned: None,
