@@ -216,10 +216,11 @@ async fn renewal_time_is_half_life_with_bounded_jitter() {
     near(at(-1.0), life.mul_f64(0.45));
     near(at(1.0), life.mul_f64(0.55));
     near(at(7.0), life.mul_f64(0.55)); // draw is clamped
-    assert_eq!(
+    // A NaN jitter falls back to the plain half life.
+    near(
         cert.renewal_time(f64::NAN, 0.3)
             .duration_since(start)
             .unwrap(),
-        life / 2
+        life / 2,
     );
 }
