@@ -17,7 +17,8 @@
 //!    the host's own iptables rules as they were.
 //!
 //! [`seed_under_ama_up_with_resource_files`] runs the no-control-plane mode through the same
-//! helpers (plaintext: that mode has no CA).
+//! helpers (plaintext: that mode has no CA). [`up_without_root_refuses_at_once`]: as nobody,
+//! `ama up` refuses in one sentence and makes nothing (the rootless mode is not implemented).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -792,4 +793,38 @@ fn seed_under_ama_up_with_resource_files() {
         "no CA, no mTLS: {seen}"
     );
     mesh.down_leaves_nothing();
+}
+
+/// Without root: `ama up` refuses at once, in one message that says to use sudo and what a
+/// rootless mode would need here, and makes nothing (run as nobody through `setpriv`).
+#[test]
+fn up_without_root_refuses_at_once() {
+    if !root_or_skip("up_without_root_refuses_at_once") {
+        return;
+    }
+    let scratch = Scratch::new("up");
+    let dir = seed_dir(&scratch);
+    let mesh = format!("e2en{}", std::process::id() % 100_000);
+    let started = Instant::now();
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(ama())
+        .arg("up")
+        .arg(&dir)
+        .args(["--name", &mesh])
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .expect("run setpriv");
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{err}");
+    assert!(!out.status.success(), "{out:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        err.starts_with("error: ama up needs root") && err.contains("run it with sudo"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one message: {err}");
+    assert_eq!(netns_of(&mesh), Vec::<String>::new());
+    assert!(!Path::new(&format!("/tmp/ama-65534/{mesh}")).exists());
 }

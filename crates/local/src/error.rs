@@ -112,10 +112,16 @@ pub enum Error {
     },
     /// Not root.
     #[error(
-        "ama up needs root: it creates network namespaces, veth pairs and capture rules. Run it \
-         with sudo (the rootless mode through a user namespace is not done yet)"
+        "{verb} needs root (network namespaces, veth pairs, capture rules): run it with sudo. \
+         Without root, through a user namespace, is not implemented yet{}",
+        rootless_needs(missing)
     )]
-    NeedsRoot,
+    NeedsRoot {
+        /// `ama up`, `ama down`.
+        verb: &'static str,
+        /// What a rootless mode would need and this machine lacks ([`crate::rootless::missing`]).
+        missing: Vec<String>,
+    },
     /// A sidecar's token for the control plane's CA could not be issued.
     #[error("workload token: {0}")]
     Token(#[from] control::tokens::TokenError),
@@ -135,6 +141,22 @@ impl Error {
     pub fn token(source: control::tokens::TokenError) -> Error {
         Error::Token(source)
     }
+
+    /// An [`Error::NeedsRoot`] for `verb`, with what this machine lacks for a rootless mode.
+    pub fn needs_root(verb: &'static str) -> Error {
+        Error::NeedsRoot {
+            verb,
+            missing: crate::rootless::missing(),
+        }
+    }
+}
+
+/// The tail of [`Error::NeedsRoot`]: what this machine lacks for a rootless mode.
+fn rootless_needs(missing: &[String]) -> String {
+    if missing.is_empty() {
+        return ".".into();
+    }
+    format!("; it will also need {}.", missing.join(", "))
 }
 
 /// ` --name NAME` unless the mesh has the default name.

@@ -34,7 +34,8 @@
 //! - [`sample`]: the built-in apps (`ama sample httpbin`, `ama sample sleep`).
 //!
 //! Root only for now: namespaces, veths and capture rules need `CAP_SYS_ADMIN`/`CAP_NET_ADMIN`;
-//! without root [`runtime::up`] says so ([`Error::NeedsRoot`]).
+//! without root [`runtime::up`] refuses at once ([`Error::NeedsRoot`]), naming what a rootless
+//! mode through a user namespace would need and this machine lacks ([`rootless`]).
 
 #![warn(missing_docs)]
 
@@ -48,6 +49,7 @@ pub mod netns;
 pub mod plan;
 pub mod probe;
 pub mod process;
+pub mod rootless;
 pub mod runtime;
 pub mod sample;
 pub mod state;

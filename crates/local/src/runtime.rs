@@ -118,8 +118,9 @@ pub trait Observer {
 
 /// Runs the mesh of `opts.dir` until SIGINT or SIGTERM, then removes all of it.
 pub async fn up(opts: UpOptions, observer: &mut dyn Observer) -> Result<(), Error> {
+    // Before anything else: no file, namespace or process is made for nothing.
     if !nix::unistd::geteuid().is_root() {
-        return Err(Error::NeedsRoot);
+        return Err(Error::needs_root("ama up"));
     }
     let dir = StateDir::new(&opts.cluster)?;
     if dir.root().exists() {
@@ -950,7 +951,7 @@ pub enum Down {
 /// one that is gone.
 pub fn down(dir: &StateDir) -> Result<Down, Error> {
     if !nix::unistd::geteuid().is_root() {
-        return Err(Error::NeedsRoot);
+        return Err(Error::needs_root("ama down"));
     }
     let state = match dir.load() {
         Ok(s) => s,
