@@ -110,17 +110,20 @@ pub enum Error {
         /// The pool (`10.244.0.0/16`).
         pool: &'static str,
     },
-    /// Not root.
+    /// Neither root nor what a rootless mesh takes.
     #[error(
-        "{verb} needs root (network namespaces, veth pairs, capture rules): run it with sudo. \
-         Without root, through a user namespace, is not implemented yet{}",
-        rootless_needs(missing)
+        "{verb} needs root, or a user namespace that maps uid 1337 (the sidecar's), and this \
+         machine lacks {}: run it with sudo, or `apt-get install uidmap` and give {user} \
+         subordinate ids (usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user})",
+        missing.join(" and ")
     )]
     NeedsRoot {
         /// `ama up`, `ama down`.
         verb: &'static str,
-        /// What a rootless mode would need and this machine lacks ([`crate::rootless::missing`]).
+        /// What a rootless mesh needs and this machine lacks ([`crate::rootless::missing`]).
         missing: Vec<String>,
+        /// This user.
+        user: String,
     },
     /// A sidecar's token for the control plane's CA could not be issued.
     #[error("workload token: {0}")]
@@ -142,21 +145,18 @@ impl Error {
         Error::Token(source)
     }
 
-    /// An [`Error::NeedsRoot`] for `verb`, with what this machine lacks for a rootless mode.
+    /// An [`Error::NeedsRoot`] for `verb`, with what this machine lacks for a rootless mesh.
     pub fn needs_root(verb: &'static str) -> Error {
+        let mut missing = crate::rootless::missing();
+        if missing.is_empty() {
+            missing.push("a usable subordinate id range".into());
+        }
         Error::NeedsRoot {
             verb,
-            missing: crate::rootless::missing(),
+            missing,
+            user: crate::rootless::user_name(),
         }
     }
-}
-
-/// The tail of [`Error::NeedsRoot`]: what this machine lacks for a rootless mode.
-fn rootless_needs(missing: &[String]) -> String {
-    if missing.is_empty() {
-        return ".".into();
-    }
-    format!("; it will also need {}.", missing.join(", "))
 }
 
 /// ` --name NAME` unless the mesh has the default name.

@@ -33,9 +33,9 @@
 //! - [`table`]: kubectl-style output of pods and services.
 //! - [`sample`]: the built-in apps (`ama sample httpbin`, `ama sample sleep`).
 //!
-//! Root only for now: namespaces, veths and capture rules need `CAP_SYS_ADMIN`/`CAP_NET_ADMIN`;
-//! without root [`runtime::up`] refuses at once ([`Error::NeedsRoot`]), naming what a rootless
-//! mode through a user namespace would need and this machine lacks ([`rootless`]).
+//! As root it runs in the host's namespaces (`/run/netns`, `/etc/netns`); as another user it
+//! runs itself again inside a user namespace that maps uid 1337 too ([`rootless`]), or refuses at
+//! once ([`Error::NeedsRoot`]) naming what this machine lacks for that.
 
 #![warn(missing_docs)]
 

@@ -1,30 +1,59 @@
-//! What `ama up` without root would need from this machine, so the refusal can say exactly
-//! what is missing.
+//! `ama up` without root, through a user namespace.
 //!
-//! The rootless mode (not implemented yet) re-executes `ama up` inside
-//! `unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET)`. Our own uid alone maps to root there,
-//! which is enough for namespaces, veths and iptables, but not for the capture rules: they tell
-//! the sidecar's traffic from the app's by its owner, uid 1337 (`ama iptables -u 1337`), and an
-//! unprivileged process can map only its own uid. Mapping 1337 too takes the setuid helpers
-//! `newuidmap`/`newgidmap` (Debian package `uidmap`) and a range of at least 1338 ids for the
-//! user in `/etc/subuid` and `/etc/subgid`. Without them every process in the pods would be the
-//! same mapped root, the sidecar's own connections would be captured again, and the mesh would
-//! loop; so the mode requires them rather than degrading.
+//! As a user other than root, `ama up` ([`reexec_up`]) runs itself again inside new user, mount,
+//! network and PID namespaces (`clone(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET |
+//! CLONE_NEWPID)`), after `newuidmap`/`newgidmap` (Debian package `uidmap`) mapped the user's
+//! own uid and gid to 0 and up to 65536 of its subordinate ids (`/etc/subuid`, `/etc/subgid`) to
+//! 1, 2, …: the capture rules tell the sidecar's traffic from the app's by its owner, uid 1337
+//! (`ama iptables -u 1337`), so uid 1337 must exist there, and an unprivileged process alone can
+//! map only its own uid. Without the helpers or a range every process of the pods would be the
+//! same mapped root, the sidecar's own connections would be captured again and the mesh would
+//! loop; so the mode requires them ([`missing`]) rather than degrading.
+//!
+//! Inside ([`inside`], [`prepare`]), the process is root of its user namespace and the init of
+//! its PID namespace, and runs the mesh as root does, with three changes made first: mounts are
+//! private; `/proc` is the PID namespace's; `/run/netns` and `/etc/netns` (where `ip netns`
+//! keeps namespaces and hosts files) are private tmpfs mounts. Where one of those directories
+//! does not exist (its parent belongs to the real root), the parent itself is replaced by a
+//! tmpfs into which each of its entries is bound back, so it looks the same plus the new
+//! directory. `iptables-nft` works there with the namespace's `CAP_NET_ADMIN`.
+//!
+//! The state directory stays outside (`$XDG_RUNTIME_DIR/ama/<mesh>` when others may traverse
+//! it, since uid 1337 reads its token there, else `/tmp/ama-<uid>/<mesh>`), and records the
+//! init's pid as the host sees it ([`host_pid`]) with `rootless: true`: `ama get` and `ama logs`
+//! read files; `ama apply` and `ama down` signal that pid; `ama exec` enters the namespaces with
+//! `nsenter -U -m -n -p -t <pid> --preserve-credentials` ([`enter_args`]). When the init exits,
+//! the kernel kills everything else in its PID namespace and the namespaces vanish with their
+//! last process: nothing is left but the state directory, which `ama up` removes on its way out
+//! and `ama down` removes after a killed one.
 
+use std::ffi::CString;
 use std::fs;
-use std::path::Path;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
 
-/// The number of subordinate ids a user needs: 1 .. 1337 inside, besides root.
-const IDS_NEEDED: u64 = 1338;
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use crate::Error;
+use crate::state::StateDir;
+
+/// The state directory's base, given to the `ama up` inside the namespaces.
+const STATE_ENV: &str = "AMA_ROOTLESS_STATE";
+/// The subordinate ids a user needs: 1 ..= 1337 inside, besides root.
+const IDS_NEEDED: u64 = 1337;
+/// The most subordinate ids mapped.
+const IDS_MAPPED: u64 = 65536;
 
 /// What a rootless `ama up` needs and this machine lacks, as phrases; empty when all is there.
 pub fn missing() -> Vec<String> {
-    let uid = nix::unistd::getuid();
-    let user = nix::unistd::User::from_uid(uid)
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .unwrap_or_else(|| uid.to_string());
+    let user = user_name();
     let mut out = Vec::new();
     if !user_namespaces_allowed() {
         out.push(
@@ -35,25 +64,37 @@ pub fn missing() -> Vec<String> {
     }
     let helpers: Vec<&str> = ["newuidmap", "newgidmap"]
         .into_iter()
-        .filter(|h| !on_path(h))
+        .filter(|h| helper(h).is_none())
         .collect();
     if !helpers.is_empty() {
-        out.push(format!("{} (package uidmap)", helpers.join(" and ")));
+        out.push(helpers.join(" and "));
     }
     let files: Vec<&str> = ["/etc/subuid", "/etc/subgid"]
         .into_iter()
-        .filter(|f| {
-            let text = fs::read_to_string(f).unwrap_or_default();
-            !has_range(&text, &user, &uid.to_string())
-        })
+        .filter(|f| subordinate(f).is_none())
         .collect();
     if !files.is_empty() {
         out.push(format!(
-            "{IDS_NEEDED}+ ids for {user} in {} (usermod --add-subuids/--add-subgids)",
+            "{IDS_NEEDED} subordinate ids for {user} in {}",
             files.join(" and ")
         ));
     }
     out
+}
+
+/// Whether this process runs as root (of the host, or of the user namespace it is in).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// This user's name (its uid when it has none).
+pub fn user_name() -> String {
+    let uid = nix::unistd::getuid();
+    nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string())
 }
 
 fn user_namespaces_allowed() -> bool {
@@ -66,23 +107,341 @@ fn user_namespaces_allowed() -> bool {
         && read("/proc/sys/kernel/unprivileged_userns_clone").is_none_or(|n| n != 0)
 }
 
-fn on_path(program: &str) -> bool {
+/// The setuid helper `program`: on `PATH`, else in /usr/bin.
+fn helper(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-        .unwrap_or(false)
-        || Path::new("/usr/bin").join(program).is_file()
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/bin")])
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
 }
 
-/// Whether `text` (the `/etc/subuid` format, `name:start:count`) gives `user` (by name or uid)
-/// enough ids.
-fn has_range(text: &str, user: &str, uid: &str) -> bool {
-    text.lines().any(|line| {
+/// This user's first range in `file` (`/etc/subuid` or `/etc/subgid`) with enough ids.
+fn subordinate(file: &str) -> Option<(u64, u64)> {
+    let text = fs::read_to_string(file).ok()?;
+    range(
+        &text,
+        &user_name(),
+        &nix::unistd::getuid().as_raw().to_string(),
+    )
+}
+
+/// The first range of `user` (by name or uid) in `text` (`name:start:count` lines) with at
+/// least [`IDS_NEEDED`] ids.
+fn range(text: &str, user: &str, uid: &str) -> Option<(u64, u64)> {
+    text.lines().find_map(|line| {
         let mut f = line.trim().split(':');
-        let (Some(who), Some(_start), Some(count)) = (f.next(), f.next(), f.next()) else {
-            return false;
+        let (Some(who), Some(start), Some(count)) = (f.next(), f.next(), f.next()) else {
+            return None;
         };
-        (who == user || who == uid) && count.parse::<u64>().is_ok_and(|c| c >= IDS_NEEDED)
+        let (start, count) = (start.parse().ok()?, count.parse::<u64>().ok()?);
+        ((who == user || who == uid) && count >= IDS_NEEDED).then_some((start, count))
     })
+}
+
+/// An [`Error::Io`] for `path` from an errno.
+fn sys(path: impl Into<PathBuf>) -> impl FnOnce(Errno) -> Error {
+    let path = path.into();
+    move |e| Error::io(path)(std::io::Error::from(e))
+}
+
+/// Runs this `ama up` again inside new user, mount, network and PID namespaces, the user's
+/// uid and gid mapped to 0 and its subordinate ids to 1 …, and waits for it: SIGINT, SIGTERM
+/// and SIGHUP are passed on. Returns its exit code (128 + signal when killed). Refuses at once,
+/// making nothing, when this machine lacks what it takes ([`missing`]) or `dir`'s mesh runs.
+///
+/// Call it before any thread is started: the child of `clone(2)` only waits and execs.
+pub fn reexec_up(dir: &StateDir) -> Result<i32, Error> {
+    if !missing().is_empty() {
+        return Err(Error::needs_root("ama up"));
+    }
+    let (Some(uids), Some(gids)) = (subordinate("/etc/subuid"), subordinate("/etc/subgid")) else {
+        return Err(Error::needs_root("ama up"));
+    };
+    if dir.root().exists() {
+        match dir.load() {
+            Ok(s) if crate::state::alive(s.pid) => {
+                return Err(Error::AlreadyRunning {
+                    cluster: dir.cluster().to_string(),
+                    pid: s.pid,
+                });
+            }
+            Ok(s) => crate::runtime::cleanup(dir, Some(&s)),
+            Err(_) => crate::runtime::cleanup(dir, None),
+        }
+    }
+    let base = dir.root().parent().unwrap_or(Path::new("/")).to_path_buf();
+    make_base(&base)?;
+
+    // Everything the child needs, made before the clone: it only reads a pipe and execs.
+    let exe = std::env::current_exe().map_err(Error::io("/proc/self/exe"))?;
+    let cstr = |s: &[u8]| CString::new(s).unwrap_or_default();
+    let exe_c = cstr(exe.as_os_str().as_bytes());
+    let argv: Vec<CString> = std::env::args_os().map(|a| cstr(a.as_bytes())).collect();
+    let mut env: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| k != STATE_ENV)
+        .map(|(k, v)| {
+            let mut kv = k;
+            kv.push("=");
+            kv.push(v);
+            cstr(kv.as_bytes())
+        })
+        .collect();
+    env.push(cstr(format!("{STATE_ENV}={}", base.display()).as_bytes()));
+    let argv_p: Vec<*const libc::c_char> = argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let env_p: Vec<*const libc::c_char> = env
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let (go_r, go_w) = nix::unistd::pipe().map_err(sys("pipe"))?;
+    use std::os::fd::AsRawFd;
+    let (r, w) = (go_r.as_raw_fd(), go_w.as_raw_fd());
+
+    let mut forwarded = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGCHLD,
+    ] {
+        forwarded.add(s);
+    }
+    forwarded.thread_block().map_err(sys("sigprocmask"))?;
+    let mut stack = vec![0u8; 256 * 1024];
+    let child = Box::new(move || -> isize {
+        // SAFETY: async-signal-safe calls only, on buffers made before the clone.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            libc::close(w);
+            let mut byte = 0u8;
+            if libc::read(r, (&raw mut byte).cast(), 1) != 1 {
+                return 1;
+            }
+            libc::close(r);
+            libc::execve(exe_c.as_ptr(), argv_p.as_ptr(), env_p.as_ptr());
+        }
+        127
+    });
+    let flags = CloneFlags::CLONE_NEWUSER
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWNET
+        | CloneFlags::CLONE_NEWPID;
+    // SAFETY: the child runs `child` above (no allocation, no lock) until it execs.
+    let pid = unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) };
+    let pid = match pid {
+        Ok(pid) => pid,
+        Err(e) => {
+            let _ = forwarded.thread_unblock();
+            return Err(sys(
+                "clone(CLONE_NEWUSER|CLONE_NEWNS|CLONE_NEWNET|CLONE_NEWPID)",
+            )(e));
+        }
+    };
+    drop(go_r);
+    let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
+    let mapped = write_map("newuidmap", pid, uid.as_raw(), uids)
+        .and_then(|()| write_map("newgidmap", pid, gid.as_raw(), gids));
+    if let Err(e) = mapped {
+        let _ = kill(pid, Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+        let _ = forwarded.thread_unblock();
+        return Err(e);
+    }
+    // Go.
+    let _ = nix::unistd::write(&go_w, &[1]);
+    drop(go_w);
+    let code = loop {
+        match forwarded.wait() {
+            Ok(Signal::SIGCHLD) | Err(_) => match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => break code,
+                Ok(WaitStatus::Signaled(_, s, _)) => break 128 + s as i32,
+                Ok(_) => {}
+                Err(_) => break 1,
+            },
+            Ok(s) => {
+                let _ = kill(pid, s);
+            }
+        }
+    };
+    let _ = forwarded.thread_unblock();
+    // A killed init leaves its state file: nothing else of it exists any more.
+    if dir.load().is_ok_and(|s| s.pid == pid.as_raw() as u32) {
+        let _ = dir.remove();
+    }
+    Ok(code)
+}
+
+/// Creates the state directories' base, refusing one another user owns (`/tmp` is shared).
+fn make_base(base: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    fs::create_dir_all(base).map_err(Error::io(base))?;
+    let meta = fs::symlink_metadata(base).map_err(Error::io(base))?;
+    if !meta.is_dir() || meta.uid() != nix::unistd::getuid().as_raw() {
+        return Err(Error::State {
+            path: base.to_path_buf(),
+            message: "not a directory of this user's".into(),
+        });
+    }
+    // The sidecar's uid reads its token under it.
+    fs::set_permissions(base, fs::Permissions::from_mode(0o755)).map_err(Error::io(base))
+}
+
+/// `newuidmap PID 0 <own> 1 1 <start> <count>` (or newgidmap).
+fn write_map(program: &str, pid: Pid, own: u32, (start, count): (u64, u64)) -> Result<(), Error> {
+    let path = helper(program).unwrap_or_else(|| PathBuf::from(program));
+    let count = count.min(IDS_MAPPED);
+    let args = [
+        pid.to_string(),
+        "0".into(),
+        own.to_string(),
+        "1".into(),
+        "1".into(),
+        start.to_string(),
+        count.to_string(),
+    ];
+    let out = Command::new(&path)
+        .args(&args)
+        .output()
+        .map_err(|source| Error::Spawn {
+            program: program.into(),
+            source,
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(Error::Command {
+        command: format!("{program} {}", args.join(" ")),
+        status: out.status.to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    })
+}
+
+/// Whether this process is the `ama up` [`reexec_up`] started inside the namespaces.
+pub fn inside() -> bool {
+    static INSIDE: OnceLock<bool> = OnceLock::new();
+    *INSIDE.get_or_init(|| std::env::var_os(STATE_ENV).is_some() && in_user_namespace())
+}
+
+/// Whether this process is in a user namespace other than the initial one.
+fn in_user_namespace() -> bool {
+    fs::read_to_string("/proc/self/uid_map")
+        .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
+}
+
+/// The state directories' base outside, when [`inside`].
+pub fn state_base() -> Option<PathBuf> {
+    inside()
+        .then(|| std::env::var_os(STATE_ENV).map(PathBuf::from))
+        .flatten()
+}
+
+static HOST_PID: OnceLock<u32> = OnceLock::new();
+
+/// This process's pid as the host sees it (outside the PID namespace, once [`prepare`] ran).
+pub fn host_pid() -> u32 {
+    HOST_PID.get().copied().unwrap_or_else(std::process::id)
+}
+
+/// Inside the namespaces, before anything else: private mounts, the PID namespace's `/proc`,
+/// private `/run/netns` and `/etc/netns`; remembers the pid the host sees.
+pub fn prepare() -> Result<(), Error> {
+    let status = fs::read_to_string("/proc/self/status").map_err(Error::io("/proc/self/status"))?;
+    let pid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(std::process::id);
+    let _ = HOST_PID.set(pid);
+    let none = None::<&str>;
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none).map_err(sys("/"))?;
+    mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        none,
+    )
+    .map_err(sys("/proc"))?;
+    let base = state_base().unwrap_or_else(std::env::temp_dir);
+    for parent in ["/run", "/etc"] {
+        let dir = Path::new(parent).join("netns");
+        if !dir.is_dir() {
+            graft(Path::new(parent), &base.join(format!(".graft-{pid}")))?;
+            fs::create_dir(&dir).map_err(Error::io(&dir))?;
+        }
+        mount(
+            Some("tmpfs"),
+            &dir,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=755"),
+        )
+        .map_err(sys(&dir))?;
+    }
+    Ok(())
+}
+
+/// Replaces directory `parent` by a tmpfs holding the same entries (bound back, symlinks
+/// copied), so a new entry can be made in it. `staging` is a scratch directory of ours.
+fn graft(parent: &Path, staging: &Path) -> Result<(), Error> {
+    let none = None::<&str>;
+    fs::create_dir_all(staging).map_err(Error::io(staging))?;
+    let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
+    mount(Some(parent), staging, none, bind, none).map_err(sys(staging))?;
+    mount(
+        Some("tmpfs"),
+        parent,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=755"),
+    )
+    .map_err(sys(parent))?;
+    for entry in fs::read_dir(staging).map_err(Error::io(staging))? {
+        let entry = entry.map_err(Error::io(staging))?;
+        let (from, to) = (entry.path(), parent.join(entry.file_name()));
+        let kind = entry.file_type().map_err(Error::io(&from))?;
+        if kind.is_symlink() {
+            let target = fs::read_link(&from).map_err(Error::io(&from))?;
+            std::os::unix::fs::symlink(target, &to).map_err(Error::io(&to))?;
+            continue;
+        }
+        if kind.is_dir() {
+            fs::create_dir(&to).map_err(Error::io(&to))?;
+        } else {
+            fs::File::create(&to).map_err(Error::io(&to))?;
+        }
+        mount(Some(&from), &to, none, bind, none).map_err(sys(&to))?;
+    }
+    umount2(staging, MntFlags::MNT_DETACH).map_err(sys(staging))?;
+    let _ = fs::remove_dir(staging);
+    Ok(())
+}
+
+/// The `nsenter` arguments that put a command into the namespaces of init `pid` (user first,
+/// then mount, network, PID), as the root of the user namespace.
+pub fn enter_args(pid: u32) -> Vec<String> {
+    [
+        "-U",
+        "-m",
+        "-n",
+        "-p",
+        "-t",
+        &pid.to_string(),
+        "--preserve-credentials",
+        "--",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 #[cfg(test)]
@@ -91,10 +450,28 @@ mod tests {
 
     #[test]
     fn subuid_ranges() {
-        let text = "alice:100000:65536\n1001:200000:100\n";
-        assert!(has_range(text, "alice", "1000"));
-        assert!(!has_range(text, "bob", "1001"), "too few ids");
-        assert!(!has_range(text, "carol", "1002"));
-        assert!(!has_range("garbage", "alice", "1000"));
+        let text = "alice:100000:65536\n1001:200000:100\n1002:300000:1337\n";
+        assert_eq!(range(text, "alice", "1000"), Some((100000, 65536)));
+        assert_eq!(range(text, "bob", "1001"), None, "too few ids");
+        assert_eq!(range(text, "carol", "1002"), Some((300000, 1337)));
+        assert_eq!(range(text, "dave", "1003"), None);
+        assert_eq!(range("garbage", "alice", "1000"), None);
+    }
+
+    #[test]
+    fn enter_args_put_the_user_namespace_first() {
+        assert_eq!(
+            enter_args(42),
+            [
+                "-U",
+                "-m",
+                "-n",
+                "-p",
+                "-t",
+                "42",
+                "--preserve-credentials",
+                "--"
+            ]
+        );
     }
 }

@@ -125,7 +125,7 @@ pub async fn up(opts: UpOptions, observer: &mut dyn Observer) -> Result<(), Erro
     let dir = StateDir::new(&opts.cluster)?;
     if dir.root().exists() {
         match dir.load() {
-            Ok(s) if alive(s.pid) && s.pid != std::process::id() => {
+            Ok(s) if alive(s.pid) && s.pid != crate::rootless::host_pid() => {
                 return Err(Error::AlreadyRunning {
                     cluster: opts.cluster.clone(),
                     pid: s.pid,
@@ -808,7 +808,8 @@ impl Mesh {
             .collect();
         State {
             cluster: self.opts.cluster.clone(),
-            pid: std::process::id(),
+            pid: crate::rootless::host_pid(),
+            rootless: crate::rootless::inside(),
             started_at: self.started_at,
             xds: self.opts.xds.as_str().into(),
             lan_netns: self.lan.netns().name().into(),
@@ -918,6 +919,18 @@ fn sweep(cluster: &str) -> usize {
 /// Removes what a mesh left behind: its processes (everything in its namespaces), the
 /// namespaces, their `/etc/netns` directories and the state directory.
 pub fn cleanup(dir: &StateDir, state: Option<&State>) {
+    if !nix::unistd::geteuid().is_root() || state.is_some_and(|s| s.rootless) {
+        // A rootless mesh: its namespaces die with the init of its PID namespace.
+        if let Some(pid) = state.filter(|s| s.rootless && alive(s.pid)).map(|s| s.pid)
+            && let Ok(pid) = i32::try_from(pid)
+        {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        if let Err(e) = dir.remove() {
+            tracing::warn!("{e}");
+        }
+        return;
+    }
     if let Some(state) = state {
         for pod in &state.pods {
             netns::remove(&pod.netns);
@@ -950,13 +963,12 @@ pub enum Down {
 /// Stops mesh `dir`: asks its `ama up` (SIGTERM) and waits for it; removes the leftovers of
 /// one that is gone.
 pub fn down(dir: &StateDir) -> Result<Down, Error> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err(Error::needs_root("ama down"));
-    }
+    let root = nix::unistd::geteuid().is_root();
     let state = match dir.load() {
+        Ok(s) if !root && !s.rootless => return Err(Error::needs_root("ama down")),
         Ok(s) => s,
         Err(Error::NotRunning { cluster, path }) => {
-            if sweep(dir.cluster()) > 0 {
+            if root && sweep(dir.cluster()) > 0 {
                 return Ok(Down::CleanedUp { pods: 0 });
             }
             return Err(Error::NotRunning { cluster, path });
@@ -1053,7 +1065,18 @@ pub fn exec_command(
 ) -> Result<std::process::Command, Error> {
     let pod = state.pod(pod)?;
     let c = pod.container(container)?;
-    Ok(process::command(
-        &pod.netns, argv, c.user, &c.env, &pod.name, ama,
-    ))
+    let mut cmd = process::command(&pod.netns, argv, c.user, &c.env, &pod.name, ama);
+    if state.rootless && !nix::unistd::geteuid().is_root() {
+        // From outside: into the mesh's user, mount (its /run/netns), network and PID
+        // namespaces first.
+        let mut enter = std::process::Command::new("nsenter");
+        enter
+            .args(crate::rootless::enter_args(state.pid))
+            .arg(cmd.get_program())
+            .args(cmd.get_args())
+            .env_clear()
+            .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))));
+        cmd = enter;
+    }
+    Ok(cmd)
 }

@@ -1,7 +1,7 @@
 //! The state directory of a mesh: how separate `ama` invocations find the mesh `ama up` runs.
 //!
-//! `/run/ama/<mesh>` as root, else `$XDG_RUNTIME_DIR/ama/<mesh>` (`/tmp/ama-<uid>/<mesh>`
-//! without it). Only `ama up` writes `state.json`, atomically (write and rename), so a reader
+//! `/run/ama/<mesh>` as root, else `$XDG_RUNTIME_DIR/ama/<mesh>` when every user may traverse
+//! it, else `/tmp/ama-<uid>/<mesh>`. Only `ama up` writes `state.json`, atomically (write and rename), so a reader
 //! never sees half a file; `ama apply` writes into `applied/` and tells `ama up` with SIGHUP.
 //!
 //! ```text
@@ -47,12 +47,18 @@ pub struct StateDir {
 impl StateDir {
     /// The directory of mesh `cluster` for this user.
     pub fn new(cluster: &str) -> Result<StateDir, Error> {
+        if let Some(base) = crate::rootless::state_base() {
+            return StateDir::at(&base, cluster);
+        }
         let base = if nix::unistd::geteuid().is_root() {
             PathBuf::from("/run/ama")
-        } else if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        } else if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR")
+            .filter(|d| !d.is_empty())
+            .filter(|d| searchable_by_all(Path::new(d)))
+        {
             PathBuf::from(dir).join("ama")
         } else {
-            std::env::temp_dir().join(format!("ama-{}", nix::unistd::geteuid()))
+            PathBuf::from(format!("/tmp/ama-{}", nix::unistd::geteuid()))
         };
         StateDir::at(&base, cluster)
     }
@@ -173,6 +179,14 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), Error> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(Error::io(path))
 }
 
+/// Whether every user may traverse `dir`: a rootless mesh's sidecars (uid 1337 inside, a
+/// subordinate id outside) read their tokens under it, and `$XDG_RUNTIME_DIR` is often 0700.
+fn searchable_by_all(dir: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    dir.ancestors()
+        .all(|d| fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+}
+
 /// Whether process `pid` exists.
 pub fn alive(pid: u32) -> bool {
     let Ok(pid) = i32::try_from(pid) else {
@@ -191,8 +205,12 @@ pub fn alive(pid: u32) -> bool {
 pub struct State {
     /// The mesh's name.
     pub cluster: String,
-    /// The pid of `ama up`.
+    /// The pid of `ama up` (as the host sees it: the init of its PID namespace when rootless).
     pub pid: u32,
+    /// Started without root, inside a user namespace ([`crate::rootless`]): other commands
+    /// enter it with `nsenter -t <pid>`.
+    #[serde(default)]
+    pub rootless: bool,
     /// When it started (seconds since the epoch).
     pub started_at: u64,
     /// Where the proxies get their resources (`files` or `discovery`).

@@ -30,7 +30,8 @@ pub enum Xds {
 Each container runs the command of the pod-template annotation local.ama.dev/command (the first
 container; local.ama.dev/command.<container> for others), else its own command when that program
 exists here (`sleep infinity`). Namespaces labelled istio-injection=enabled get the sidecar, as
-with Istio's webhook. Needs root.")]
+with Istio's webhook. Runs as root, or as another user inside a user namespace where newuidmap
+and newgidmap (package uidmap) and subordinate ids (/etc/subuid, /etc/subgid) exist.")]
 pub struct Args {
     /// Directory (or file) of the YAML you would `kubectl apply`: Namespaces, Deployments,
     /// Services, Istio config, the ConfigMap istio (MeshConfig).
@@ -51,6 +52,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .try_init()
         .ok();
+    if local::rootless::inside() {
+        // Root of the user namespace `reexec_up` made: its own mounts first.
+        local::rootless::prepare()?;
+    } else if !local::rootless::is_root() {
+        // Before any thread: the same command again, inside a user namespace.
+        let code = local::rootless::reexec_up(&args.mesh.dir()?)?;
+        return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+    }
     let opts = UpOptions {
         dir: args.dir.clone(),
         cluster: args.mesh.name.clone(),
