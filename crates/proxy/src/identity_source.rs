@@ -19,21 +19,19 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use identity::manager::BoxFuture;
 use identity::{
     CertChain, CertificateProvider, IdentityManager, PrivateKey, RotationOptions, SpiffeId,
     WorkloadCertificate,
 };
-use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
-use tokio::net::TcpStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use xds::ca::{IstioCertificateRequest, IstioCertificateServiceClient};
+
+use crate::control_plane::{SecureConnector, TokenError, bearer};
 
 /// Istio's workload certificate chain file: the leaf, then intermediates.
 pub const CERT_CHAIN_FILE: &str = "cert-chain.pem";
@@ -355,37 +353,23 @@ pub struct CaProvider {
 }
 
 impl CaProvider {
-    /// Prepares the channel to `opts.addr`: TLS 1.2+ with the roots of `opts.root_file`, the
-    /// address's host as the server name, ALPN `h2`. Nothing is dialled yet.
+    /// Prepares the channel to `opts.addr` over the control plane's secure connection
+    /// ([`crate::control_plane`]: TLS 1.3 with the roots of `opts.root_file`, the address's host
+    /// as the server name, ALPN `h2`). The root file is checked now; nothing is dialled yet.
     pub fn new(opts: &CaOptions) -> Result<CaProvider, IdentitySourceError> {
         let ca_err = |reason: String| IdentitySourceError::Ca {
             addr: opts.addr.clone(),
             reason,
         };
-        let mut roots = RootCertStore::empty();
-        for root in certificates(&opts.root_file, &read(&opts.root_file)?)? {
-            roots
-                .add(root)
-                .map_err(|e| ca_err(format!("{}: {e}", opts.root_file.display())))?;
-        }
-        let mut config = ClientConfig::builder_with_provider(identity::tls::crypto_provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ca_err(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let host = host_of(&opts.addr).ok_or_else(|| ca_err("expected host:port".into()))?;
-        let server_name = ServerName::try_from(host.to_string())
-            .map_err(|e| ca_err(format!("server name {host:?}: {e}")))?;
-        let endpoint = Endpoint::from_shared(format!("https://{}", opts.addr))
-            .map_err(|e| ca_err(e.to_string()))?
-            .connect_timeout(Duration::from_secs(10))
+        // Fail fast on a missing or empty root; the connector re-reads it at every connection.
+        certificates(&opts.root_file, &read(&opts.root_file)?)?;
+        crate::control_plane::read_roots(&opts.root_file).map_err(ca_err)?;
+        let connector = SecureConnector::new(&opts.addr, &opts.root_file).map_err(ca_err)?;
+        let endpoint = connector
+            .endpoint()
+            .map_err(ca_err)?
             .timeout(Duration::from_secs(30));
-        let channel = endpoint.connect_with_connector_lazy(CaConnector {
-            addr: Arc::from(opts.addr.as_str()),
-            server_name,
-            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
-        });
+        let channel = endpoint.connect_with_connector_lazy(connector);
         let cluster_id = opts.cluster_id.parse().map_err(|_| {
             ca_err(format!(
                 "cluster id {:?} is not a header value",
@@ -438,16 +422,14 @@ impl CertificateProvider for CaProvider {
                 validity_duration: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
                 metadata: None,
             });
-            match tokio::fs::read_to_string(&self.token_file).await {
-                Ok(token) => {
-                    let value = format!("Bearer {}", token.trim())
-                        .parse()
-                        .map_err(|_| provider_error("the token is not a header value"))?;
+            match bearer(&self.token_file).await {
+                Ok(value) => {
                     request.metadata_mut().insert("authorization", value);
                 }
-                Err(e) => {
-                    tracing::warn!(file = %self.token_file.display(), error = %e, "cannot read the token for the CA; asking without one");
+                Err(e @ TokenError::Read { .. }) => {
+                    tracing::warn!(error = %e, "no token for the CA; asking without one");
                 }
+                Err(e) => return Err(provider_error(&e.to_string())),
             }
             request
                 .metadata_mut()
@@ -471,60 +453,4 @@ impl CertificateProvider for CaProvider {
 
 fn provider_error(reason: &str) -> identity::Error {
     identity::Error::Provider(reason.to_string())
-}
-
-/// `host` of `host:port` or `[v6]:port`.
-fn host_of(addr: &str) -> Option<&str> {
-    let (host, port) = addr.rsplit_once(':')?;
-    port.parse::<u16>().ok()?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    (!host.is_empty()).then_some(host)
-}
-
-/// Dials the CA and runs the TLS handshake for tonic.
-#[derive(Clone)]
-struct CaConnector {
-    addr: Arc<str>,
-    server_name: ServerName<'static>,
-    tls: tokio_rustls::TlsConnector,
-}
-
-impl tonic::codegen::Service<Uri> for CaConnector {
-    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
-    type Error = io::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, io::Error>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let tcp = TcpStream::connect(&*this.addr).await?;
-            let _ = tcp.set_nodelay(true);
-            let tls = this.tls.connect(this.server_name, tcp).await?;
-            Ok(TokioIo::new(tls))
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_of_addresses() {
-        assert_eq!(
-            host_of("istiod.istio-system.svc:15012"),
-            Some("istiod.istio-system.svc")
-        );
-        assert_eq!(host_of("[::1]:15012"), Some("::1"));
-        assert_eq!(host_of("127.0.0.1:15012"), Some("127.0.0.1"));
-        assert_eq!(host_of("istiod"), None);
-        assert_eq!(host_of(":15012"), None);
-    }
 }

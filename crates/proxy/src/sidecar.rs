@@ -40,9 +40,9 @@ pub struct SidecarOptions {
     /// Resources file, reloaded on change; none means an empty mesh (everything passes through)
     /// or, with `discovery_address`, resources from the control plane.
     pub config_file: Option<PathBuf>,
-    /// The control plane (`host:port`, Istio's `--discoveryAddress`), used when there is no
-    /// `config_file`; the sidecar is ready once its first config is in force.
-    pub discovery_address: Option<String>,
+    /// The control plane (Istio's `--discoveryAddress`, with TLS and a token to 15012), used
+    /// when there is no `config_file`; the sidecar is ready once its first config is in force.
+    pub discovery: Option<crate::xds_client::DiscoveryOptions>,
 }
 
 impl Default for SidecarOptions {
@@ -54,7 +54,7 @@ impl Default for SidecarOptions {
             prometheus_addr: SocketAddr::from(([0, 0, 0, 0], 15090)),
             identity: IdentitySource::None,
             config_file: None,
-            discovery_address: None,
+            discovery: None,
         }
     }
 }
@@ -105,9 +105,9 @@ pub async fn run(
         None => xds::ProxyResources::default(),
     };
     // `--config FILE` wins over the control plane, as it does today.
-    let discovery = match (&opts.config_file, &opts.discovery_address) {
-        (None, Some(address)) => Some(crate::xds_client::client(
-            address,
+    let discovery = match (&opts.config_file, &opts.discovery) {
+        (None, Some(discovery)) => Some(crate::xds_client::client_for(
+            discovery,
             &cfg,
             &crate::xds_client::metadata_from_env(std::env::vars()),
         )?),

@@ -21,6 +21,7 @@ use proxy::sidecar::SidecarOptions;
 use proxy::telemetry::{
     AccessLogEncoding, AccessLogOptions, AccessLogSink, Telemetry, TelemetryOptions,
 };
+use proxy::xds_client::{DiscoveryOptions, XdsTls};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -147,6 +148,10 @@ struct SidecarArgs {
     /// Default: `discoveryAddress` of the `PROXY_CONFIG` environment variable.
     #[arg(long = "discoveryAddress")]
     discovery_address: Option<String>,
+    /// TLS to the discovery address (verified against --ca-root-file, with the token of
+    /// --token-file): auto (when the port is 15012, as Istio's agent), on, or off.
+    #[arg(long, value_name = "auto|on|off", default_value = "auto")]
+    xds_tls: XdsTls,
     /// Accepted for compatibility; unused.
     #[arg(long = "controlPlaneAuthPolicy", hide = true)]
     control_plane_auth_policy: Option<String>,
@@ -166,10 +171,12 @@ struct SidecarArgs {
     /// The control plane's CA (`IstioCertificateService`, TLS), `host:port`.
     #[arg(long, env = "CA_ADDR", value_name = "HOST:PORT")]
     ca_addr: Option<String>,
-    /// Root certificate that the CA's serving certificate chains to.
+    /// Root certificate that the control plane's serving certificate (CA and ADS on 15012)
+    /// chains to.
     #[arg(long, value_name = "FILE", default_value = proxy::identity_source::ISTIO_CA_ROOT_FILE)]
     ca_root_file: PathBuf,
-    /// Service-account token sent to the CA (`Authorization: Bearer`).
+    /// Service-account token sent to the CA and to ADS on 15012 (`Authorization: Bearer`),
+    /// re-read at every use.
     #[arg(long, value_name = "FILE", default_value = proxy::identity_source::ISTIO_TOKEN_FILE)]
     token_file: PathBuf,
     /// Accepted for compatibility; unused.
@@ -286,7 +293,12 @@ fn sidecar(a: SidecarArgs) -> anyhow::Result<ExitCode> {
         readiness_addr: SocketAddr::from(([0, 0, 0, 0], a.readiness_port)),
         prometheus_addr: SocketAddr::from(([0, 0, 0, 0], a.prometheus_port)),
         config_file: a.config,
-        discovery_address,
+        discovery: discovery_address.map(|address| DiscoveryOptions {
+            address,
+            tls: a.xds_tls,
+            root_file: a.ca_root_file.clone(),
+            token_file: a.token_file.clone(),
+        }),
         identity: IdentitySource::resolve(IdentityFlags {
             cert_dir: a.cert_dir,
             ca_addr: a.ca_addr,

@@ -13,8 +13,9 @@
 //! so the server sends only what changed meanwhile.
 //!
 //! How to reach the server is the caller's: [`Connect`] is implemented for a plain
-//! `tonic::transport::Endpoint` (HTTP/2 without TLS); a TLS connection to 15012 implements it
-//! with `Endpoint::connect_with_connector` and a rustls connector.
+//! `tonic::transport::Endpoint` (HTTP/2 without TLS, Istio's 15010); the sidecar's connection to
+//! 15012 implements it with TLS and a bearer token ([`Connect::metadata`], asked again at every
+//! connection so a rotated token is picked up).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -31,6 +32,7 @@ use futures_util::FutureExt;
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Endpoint};
 
 use super::codec::{AnyResource, DecodeError, ResourceType, assemble};
@@ -40,10 +42,26 @@ use crate::ProxyResources;
 pub type ChannelFuture =
     Pin<Box<dyn Future<Output = Result<Channel, tonic::transport::Error>> + Send>>;
 
+/// A future that yields the metadata of a new stream.
+pub type MetadataFuture = Pin<Box<dyn Future<Output = Result<MetadataMap, ClientError>> + Send>>;
+
 /// Opens a channel to the discovery server, once per connection attempt.
 pub trait Connect: Send + Sync + 'static {
     /// Connects.
     fn connect(&self) -> ChannelFuture;
+
+    /// The metadata sent with each new stream (e.g. `authorization: Bearer <token>`), asked for
+    /// once per connection attempt, before connecting. An error ends the attempt (logged, then
+    /// retried with backoff). Default: none.
+    fn metadata(&self) -> MetadataFuture {
+        Box::pin(async { Ok(MetadataMap::new()) })
+    }
+
+    /// What to check when the server refuses the stream's credentials (`Unauthenticated`,
+    /// `PermissionDenied`), for the log line. Default: none.
+    fn credentials_hint(&self) -> Option<String> {
+        None
+    }
 }
 
 impl Connect for Endpoint {
@@ -64,15 +82,33 @@ pub enum ClientError {
         /// What is wrong with it.
         message: String,
     },
-    /// Could not connect.
-    #[error("connecting: {0}")]
+    /// Could not connect (TCP, TLS); the message carries the whole chain of causes.
+    #[error("connecting: {}", chain(.0))]
     Connect(#[from] tonic::transport::Error),
+    /// The credentials for the stream could not be had (e.g. the token file is unreadable).
+    #[error("credentials: {0}")]
+    Credentials(String),
     /// The server answered with an error status.
-    #[error("stream: {0}")]
+    #[error("stream: {:?}: {}", .0.code(), .0.message())]
     Rpc(#[from] tonic::Status),
     /// The server ended the stream.
     #[error("the server closed the stream")]
     Closed,
+}
+
+/// `error: its cause: its cause...` (tonic's transport errors say little at the top).
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// A plain HTTP/2 endpoint for Istio's `--discoveryAddress host:port` (or a full `http://` URI),
@@ -136,8 +172,10 @@ pub struct ClientStatus {
     pub rejected: u64,
     /// The reason of the last NACK.
     pub last_rejection: Option<String>,
-    /// Why the last stream ended.
+    /// Why the last stream ended (or the last connection attempt failed).
     pub last_disconnect: Option<String>,
+    /// Streams ended and connection attempts failed, in all.
+    pub disconnects: u64,
 }
 
 /// Largest response accepted: a first sync carries the whole mesh a proxy sees.
@@ -216,10 +254,20 @@ impl AdsClient {
         loop {
             let mut progressed = false;
             let err = self.session(&mut apply, &mut progressed).await;
-            tracing::warn!(node = %self.node.id, error = %err, "discovery stream ended; keeping the last config");
+            let refused = matches!(&err, ClientError::Rpc(s)
+                if matches!(s.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied));
+            match self.connect.credentials_hint().filter(|_| refused) {
+                Some(hint) => {
+                    tracing::warn!(node = %self.node.id, error = %err, check = %hint, "the control plane refused this proxy's credentials; keeping the last config, retrying")
+                }
+                None => {
+                    tracing::warn!(node = %self.node.id, error = %err, "discovery stream ended; keeping the last config, retrying")
+                }
+            }
             self.status.send_modify(|s| {
                 s.connected = false;
                 s.last_disconnect = Some(err.to_string());
+                s.disconnects += 1;
             });
             if progressed {
                 delay = self.backoff.initial;
@@ -234,6 +282,10 @@ impl AdsClient {
     where
         F: FnMut(ProxyResources) -> Result<(), String> + Send,
     {
+        let metadata = match self.connect.metadata().await {
+            Ok(m) => m,
+            Err(e) => return e,
+        };
         let channel = match self.connect.connect().await {
             Ok(c) => c,
             Err(e) => return e.into(),
@@ -263,10 +315,9 @@ impl AdsClient {
                 return ClientError::Closed;
             }
         }
-        let mut inbound = match grpc
-            .delta_aggregated_resources(ReceiverStream::new(rx))
-            .await
-        {
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        *request.metadata_mut() = metadata;
+        let mut inbound = match grpc.delta_aggregated_resources(request).await {
             Ok(r) => r.into_inner(),
             Err(status) => return status.into(),
         };
