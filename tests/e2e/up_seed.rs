@@ -17,8 +17,9 @@
 //!    the host's own iptables rules as they were.
 //!
 //! [`seed_under_ama_up_with_resource_files`] runs the no-control-plane mode through the same
-//! helpers (plaintext: that mode has no CA). [`up_without_root_refuses_at_once`]: as nobody,
-//! `ama up` refuses in one sentence and makes nothing (the rootless mode is not implemented).
+//! helpers (plaintext: that mode has no CA). [`up_without_root_refuses_at_once`]: as nobody (no
+//! subordinate ids), `ama up` refuses in one sentence and makes nothing (`up_rootless.rs` runs
+//! the seed as a user that has them).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

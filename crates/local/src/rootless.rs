@@ -376,8 +376,7 @@ pub fn prepare() -> Result<(), Error> {
     for parent in ["/run", "/etc"] {
         let dir = Path::new(parent).join("netns");
         if !dir.is_dir() {
-            graft(Path::new(parent), &base.join(format!(".graft-{pid}")))?;
-            fs::create_dir(&dir).map_err(Error::io(&dir))?;
+            graft(Path::new(parent), "netns", &base.join(format!(".graft-{pid}")))?;
         }
         mount(
             Some("tmpfs"),
@@ -392,8 +391,8 @@ pub fn prepare() -> Result<(), Error> {
 }
 
 /// Replaces directory `parent` by a tmpfs holding the same entries (bound back, symlinks
-/// copied), so a new entry can be made in it. `staging` is a scratch directory of ours.
-fn graft(parent: &Path, staging: &Path) -> Result<(), Error> {
+/// copied) but for a new, empty directory `name`. `staging` is a scratch directory of ours.
+fn graft(parent: &Path, name: &str, staging: &Path) -> Result<(), Error> {
     let none = None::<&str>;
     fs::create_dir_all(staging).map_err(Error::io(staging))?;
     let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
@@ -408,6 +407,9 @@ fn graft(parent: &Path, staging: &Path) -> Result<(), Error> {
     .map_err(sys(parent))?;
     for entry in fs::read_dir(staging).map_err(Error::io(staging))? {
         let entry = entry.map_err(Error::io(staging))?;
+        if entry.file_name() == name {
+            continue;
+        }
         let (from, to) = (entry.path(), parent.join(entry.file_name()));
         let kind = entry.file_type().map_err(Error::io(&from))?;
         if kind.is_symlink() {
@@ -424,7 +426,8 @@ fn graft(parent: &Path, staging: &Path) -> Result<(), Error> {
     }
     umount2(staging, MntFlags::MNT_DETACH).map_err(sys(staging))?;
     let _ = fs::remove_dir(staging);
-    Ok(())
+    let dir = parent.join(name);
+    fs::create_dir(&dir).map_err(Error::io(&dir))
 }
 
 /// The `nsenter` arguments that put a command into the namespaces of init `pid` (user first,
