@@ -376,7 +376,11 @@ pub fn prepare() -> Result<(), Error> {
     for parent in ["/run", "/etc"] {
         let dir = Path::new(parent).join("netns");
         if !dir.is_dir() {
-            graft(Path::new(parent), "netns", &base.join(format!(".graft-{pid}")))?;
+            graft(
+                Path::new(parent),
+                "netns",
+                &base.join(format!(".graft-{pid}")),
+            )?;
         }
         mount(
             Some("tmpfs"),
