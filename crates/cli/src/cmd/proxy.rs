@@ -3,7 +3,7 @@
 //! Accepts the arguments Istio's injection template passes (`--domain`, `--proxyLogLevel`,
 //! `--concurrency`, `--drainDuration`, ...), explicitly, plus ours (`--config`, `--inbound-bind`,
 //! port overrides). Resources come from `--config FILE`, else from the control plane at
-//! `--discoveryAddress` (Delta ADS). Runs a tokio runtime with `--concurrency` worker threads and
+//! `--discoveryAddress` (Delta ADS; to 15012 over TLS with the pod's token, as Istio's agent). Runs a tokio runtime with `--concurrency` worker threads and
 //! hands over to `proxy::sidecar::run`; SIGTERM drains and exits 0.
 
 use std::net::{IpAddr, SocketAddr};

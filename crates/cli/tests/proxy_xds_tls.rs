@@ -1,0 +1,150 @@
+//! The injected-in-Kubernetes path through the real binaries: `ama discovery` (file registry,
+//! file-mode tokens, its own root) listening on 15012 of a loopback address, and `ama proxy
+//! sidecar` told nothing but Istio's `PROXY_CONFIG={"discoveryAddress":"<host>:15012"}`, the mesh
+//! root file and the pod's token file (what injection mounts at /var/run/secrets/istio and
+//! /var/run/secrets/tokens). The sidecar connects over TLS with its token because the port is
+//! 15012, gets its config and reports ready. Needs no privilege.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use e2e::{Proc, Scratch, wait_for};
+
+const AMA: &str = env!("CARGO_BIN_EXE_ama");
+
+const MESH: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: default
+  labels: {istio-injection: enabled}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: httpbin-service
+  namespace: default
+spec:
+  selector: {app: httpbin}
+  ports:
+  - {name: http, port: 80, targetPort: 80}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: httpbin
+  namespace: default
+  labels: {app: httpbin}
+  annotations: {local.ama.dev/address: "10.244.0.3"}
+spec:
+  containers:
+  - {name: httpbin, image: "kennethreitz/httpbin", ports: [{containerPort: 80}]}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: ubuntu
+  namespace: default
+  labels: {app: ubuntu}
+  annotations: {local.ama.dev/address: "10.244.0.5"}
+spec:
+  containers:
+  - {name: ubuntu, image: "ubuntu:latest", command: [sleep, infinity]}
+"#;
+
+/// `GET path` over HTTP/1.0: the status and the body.
+fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// A port free on loopback now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+#[test]
+fn a_sidecar_with_only_proxy_config_gets_its_config_over_tls() {
+    let scratch = Scratch::new("xds-tls");
+    let dir = scratch.path();
+    let state = dir.join("state");
+    let config = dir.join("config");
+    std::fs::create_dir_all(&config).expect("config dir");
+    std::fs::write(config.join("mesh.yaml"), MESH).expect("write");
+    let token = control::tokens::FileTokens::open(&state)
+        .expect("tokens")
+        .issue("default", "default", "ubuntu")
+        .expect("token")
+        .path()
+        .to_path_buf();
+
+    // Istio's ports on a loopback address of this test's own.
+    let ip = Ipv4Addr::new(127, 78, (std::process::id() % 250) as u8 + 1, 12);
+    let mut discovery = Command::new(AMA);
+    discovery
+        .args(["discovery", "--registry", "files", "--webhook-addr", "off"])
+        .arg("--config-dir")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--grpc-addr", &format!("{ip}:15010")])
+        .args(["--secure-grpc-addr", &format!("{ip}:15012")])
+        .args(["--monitoring-addr", &format!("{ip}:15014")]);
+    let mut discovery = Proc::spawn("discovery", dir, discovery);
+    wait_for("discovery to be ready", Duration::from_secs(30), || {
+        discovery.assert_running();
+        (get(SocketAddr::from((ip, 15014)), "/ready")?.0 == 200).then_some(())
+    });
+
+    let (admin, readiness) = (free_port(), free_port());
+    let mut sidecar = Command::new(AMA);
+    sidecar
+        .args(["proxy", "sidecar", "--proxyLogLevel", "info"])
+        .arg("--ca-root-file")
+        .arg(state.join("root-cert.pem"))
+        .arg("--token-file")
+        .arg(&token)
+        .args(["--outbound-port", &free_port().to_string()])
+        .args(["--inbound-port", &free_port().to_string()])
+        .args(["--admin-port", &admin.to_string()])
+        .args(["--status-port", &free_port().to_string()])
+        .args(["--readiness-port", &readiness.to_string()])
+        .args(["--prometheus-port", &free_port().to_string()])
+        .env(
+            "PROXY_CONFIG",
+            format!(r#"{{"discoveryAddress":"{ip}:15012"}}"#),
+        )
+        .env("POD_NAME", "ubuntu")
+        .env("POD_NAMESPACE", "default")
+        .env("INSTANCE_IP", "10.244.0.5");
+    let mut sidecar = Proc::spawn("sidecar", dir, sidecar);
+    wait_for("the sidecar to be ready", Duration::from_secs(30), || {
+        sidecar.assert_running();
+        let (status, _) = get(
+            SocketAddr::from(([127, 0, 0, 1], readiness)),
+            "/healthz/ready",
+        )?;
+        (status == 200).then_some(())
+    });
+    let (_, dump) =
+        get(SocketAddr::from(([127, 0, 0, 1], admin)), "/config_dump").expect("config_dump");
+    assert!(
+        dump.contains("httpbin-service.default.svc.cluster.local"),
+        "{dump}"
+    );
+    let log = sidecar.err();
+    assert!(log.contains("discovery over TLS with a token"), "{log}");
+    assert!(!log.contains(std::fs::read_to_string(&token).expect("token").trim()));
+    discovery.assert_running();
+}
