@@ -1,7 +1,7 @@
 //! The control plane end to end, in network namespaces, with the real httpbin: `ama discovery`
 //! reads a directory of the YAML a user would `kubectl apply` (file registry), pushes resources
-//! over Delta ADS and signs the sidecars' certificates (`CreateCertificate` on 15012, per-workload
-//! tokens); the sidecars talk mutual TLS.
+//! over Delta ADS and signs the sidecars' certificates, both on 15012 as in a cluster (TLS
+//! verified against the mesh root, per-workload bearer tokens); the sidecars talk mutual TLS.
 //!
 //! Checks, in order:
 //! - httpbin sees `X-Forwarded-Client-Cert` with both SPIFFE ids (server `By=`, client `URI=`);
@@ -221,7 +221,7 @@ fn sidecar(pod: &Pod, name: &str, sa: &str, istiod: &Discovery, dir: &Path) -> P
     cmd.args(["--reuid", "1337", "--regid", "1337", "--clear-groups"])
         .arg(ama())
         .args(["proxy", "sidecar", "--domain", "default.svc.cluster.local"])
-        .args(["--discoveryAddress", &format!("{istiod_ip}:15010")])
+        .args(["--discoveryAddress", &format!("{istiod_ip}:15012")])
         .args(["--ca-addr", &format!("{istiod_ip}:15012")])
         .arg("--ca-root-file")
         .arg(istiod.state_dir.join("root-cert.pem"))
