@@ -93,7 +93,7 @@ pub fn sidecar_source_args(source: SidecarSource<'_>) -> Vec<String> {
             token_file,
         } => vec![
             "--discoveryAddress".into(),
-            format!("{GATEWAY}:{DISCOVERY_PORT}"),
+            format!("{GATEWAY}:{SECURE_PORT}"),
             "--ca-addr".into(),
             format!("{GATEWAY}:{SECURE_PORT}"),
             "--ca-root-file".into(),
@@ -411,7 +411,7 @@ spec:
             }),
             [
                 "--discoveryAddress",
-                "10.244.0.1:15010",
+                "10.244.0.1:15012",
                 "--ca-addr",
                 "10.244.0.1:15012",
                 "--ca-root-file",
