@@ -14,7 +14,7 @@
 //!  runtime ─► lan (bridge namespace, 10.244.0.0/16) ─► netns per pod (eth0, hosts file)
 //!         ─► `ama iptables …` ─► `ama proxy sidecar …` as 1337 ─► the app's process
 //!         ─► mesh: registry objects in <state>/config for `ama discovery` (default, Delta
-//!                  ADS on 10.244.0.1:15010, the CA on 15012: each sidecar's token in
+//!                  ADS and the CA on 10.244.0.1:15012 over TLS: each sidecar's token in
 //!                  <state>/tokens), or per-pod resource files (`--config`, no control-plane
 //!                  process, no CA); one switch: [`mesh::XdsMode`]
 //!         ─► state (<state>/state.json): what `ama get/exec/logs/apply/down` read

@@ -71,8 +71,8 @@ pub enum SidecarSource<'a> {
         /// The pod's directory.
         pod_dir: &'a Path,
     },
-    /// `ama discovery` on the bridge: Delta ADS on 15010, the CA on 15012 (TLS, verified
-    /// against the root it writes into its state directory), authenticated by the pod's token.
+    /// `ama discovery` on the bridge: Delta ADS and the CA on 15012 (TLS, verified against the
+    /// root it writes into its state directory), authenticated by the pod's token.
     Discovery {
         /// `ama discovery`'s state directory (`root-cert.pem`, `tokens/`).
         state_dir: &'a Path,

@@ -343,7 +343,7 @@ impl Mesh {
         )?;
         self.discovery = Some(child);
         observer.event(Event::Note(
-            "starting ama discovery on 10.244.0.1 (ADS 15010, CA 15012)",
+            "starting ama discovery on 10.244.0.1 (ADS and CA on 15012)",
         ));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

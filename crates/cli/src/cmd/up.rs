@@ -17,8 +17,8 @@ use super::local::{MeshName, ama_binary};
 /// Where the sidecars get their resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Xds {
-    /// `ama discovery` with the file registry, over Delta ADS on 10.244.0.1:15010, and its CA
-    /// on 15012 for the sidecars' certificates (as in a cluster).
+    /// `ama discovery` with the file registry: Delta ADS and its CA on 10.244.0.1:15012 over
+    /// TLS, authenticated by each sidecar's token (as in a cluster).
     Discovery,
     /// No control plane process: a file per pod written by `ama up` from the control plane's
     /// own model (`--config`, reloaded on change). No CA either: sidecars talk plaintext.
