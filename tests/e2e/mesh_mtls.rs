@@ -20,29 +20,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use e2e::sidecar::{HTTPBIN_FQDN, HTTPBIN_VIP, start_httpbin, start_sidecar};
 use e2e::{Lan, Pod, Proc, Scratch, ama, root_or_skip, run, venv_tool, wait_for};
 use serde_json::Value;
 
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
-const FQDN: &str = "httpbin-service.default.svc.cluster.local";
-const CAPTURE: [&str; 16] = [
-    "-p",
-    "15001",
-    "-z",
-    "15006",
-    "-u",
-    "1337",
-    "-m",
-    "REDIRECT",
-    "-i",
-    "*",
-    "-x",
-    "",
-    "-b",
-    "*",
-    "-d",
-    "15090,15021,15020",
-];
+const VIP: Ipv4Addr = HTTPBIN_VIP;
+const FQDN: &str = HTTPBIN_FQDN;
 
 /// The objects of the mesh, as a user would `kubectl apply` them; addresses come from the
 /// `local.ama.dev/address(es)` annotations, as in `ama up`.
@@ -204,60 +187,23 @@ fn token(state: &Path, pod_dir: &Path, ns: &str, sa: &str, pod: &str) -> PathBuf
     mounted
 }
 
-/// Installs the capture rules and starts the sidecar of `pod`, configured and certified by
-/// discovery.
+/// Starts the sidecar of `pod`, configured over Delta ADS and certified by discovery's CA, both
+/// on 15012 over TLS with the pod's token.
 fn sidecar(pod: &Pod, name: &str, sa: &str, istiod: &Discovery, dir: &Path) -> Proc {
-    let out = pod
-        .ns
-        .cmd(ama())
-        .arg("iptables")
-        .args(CAPTURE)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "ama iptables in {name}: {out:?}");
     let token = token(&istiod.state_dir, dir, "default", sa, name);
-    let istiod_ip = istiod.pod.ip;
-    let mut cmd = pod.ns.cmd("setpriv");
-    cmd.args(["--reuid", "1337", "--regid", "1337", "--clear-groups"])
-        .arg(ama())
-        .args(["proxy", "sidecar", "--domain", "default.svc.cluster.local"])
-        .args(["--discoveryAddress", &format!("{istiod_ip}:15012")])
-        .args(["--ca-addr", &format!("{istiod_ip}:15012")])
-        .arg("--ca-root-file")
-        .arg(istiod.state_dir.join("root-cert.pem"))
-        .arg("--token-file")
-        .arg(&token)
-        .args([
-            "--access-log-file",
-            "/dev/stdout",
-            "--access-log-encoding",
-            "JSON",
-        ])
-        .env("POD_NAME", name)
-        .env("POD_NAMESPACE", "default")
-        .env("INSTANCE_IP", pod.ip.to_string())
-        .env("SERVICE_ACCOUNT", sa);
-    let proc = Proc::spawn(&format!("{name}-istio-proxy"), dir, cmd);
-    wait_for(
-        &format!("{name}'s sidecar to be ready"),
-        Duration::from_secs(60),
-        || {
-            pod.ns
-                .try_sh("curl -sf -o /dev/null http://127.0.0.1:15021/healthz/ready")
-                .status
-                .success()
-                .then_some(())
-        },
-    );
-    proc
-}
-
-fn httpbin(pod: &Pod, name: &str, gunicorn: &Path, dir: &Path) -> Proc {
-    let mut cmd = pod.ns.cmd(gunicorn);
-    cmd.args(["-b", "0.0.0.0:80", "-w", "2", "httpbin:app"]);
-    let app = Proc::spawn(name, dir, cmd);
-    pod.ns.wait_port("127.0.0.1", 80);
-    app
+    let istiod_addr = format!("{}:15012", istiod.pod.ip);
+    let root = istiod.state_dir.join("root-cert.pem");
+    let source: [&std::ffi::OsStr; 8] = [
+        "--discoveryAddress".as_ref(),
+        istiod_addr.as_ref(),
+        "--ca-addr".as_ref(),
+        istiod_addr.as_ref(),
+        "--ca-root-file".as_ref(),
+        root.as_os_str(),
+        "--token-file".as_ref(),
+        token.as_os_str(),
+    ];
+    start_sidecar(pod, name, sa, &source, dir)
 }
 
 /// The XFCC header httpbin saw on one request from the ubuntu pod.
@@ -375,8 +321,8 @@ fn discovery_pushes_config_and_certificates_and_mtls_holds() {
     istiod.start();
 
     let _apps = [
-        httpbin(&httpbin0, "httpbin-0", &gunicorn, dir),
-        httpbin(&httpbin1, "httpbin-1", &gunicorn, dir),
+        start_httpbin(&httpbin0, "httpbin-0", &gunicorn, dir),
+        start_httpbin(&httpbin1, "httpbin-1", &gunicorn, dir),
     ];
     let _servers = [
         sidecar(&httpbin0, "httpbin-0", "httpbin", &istiod, dir),

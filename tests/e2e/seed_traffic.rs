@@ -14,30 +14,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use e2e::{Lan, Pod, Proc, Scratch, ama, root_or_skip, venv_tool, wait_for};
+use e2e::sidecar::{HTTPBIN_FQDN, HTTPBIN_VIP, start_httpbin, start_sidecar};
+use e2e::{Lan, Pod, Proc, Scratch, root_or_skip, venv_tool, wait_for};
 use serde_json::Value;
 
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
-const FQDN: &str = "httpbin-service.default.svc.cluster.local";
-/// Istio's default capture arguments, as `ama kube-inject` writes them into istio-init.
-const CAPTURE: [&str; 16] = [
-    "-p",
-    "15001",
-    "-z",
-    "15006",
-    "-u",
-    "1337",
-    "-m",
-    "REDIRECT",
-    "-i",
-    "*",
-    "-x",
-    "",
-    "-b",
-    "*",
-    "-d",
-    "15090,15021,15020",
-];
+const VIP: Ipv4Addr = HTTPBIN_VIP;
+const FQDN: &str = HTTPBIN_FQDN;
 
 /// Istio's 24 access-log fields.
 const FIELDS: [&str; 24] = [
@@ -105,70 +87,6 @@ fn resources(client: &Pod, httpbins: &[&Pod]) -> String {
         }],
     })
     .to_string()
-}
-
-/// Installs the capture rules and starts the sidecar of `pod` as uid 1337.
-fn sidecar(pod: &Pod, name: &str, config: &Path, dir: &Path) -> Proc {
-    let out = pod
-        .ns
-        .cmd(ama())
-        .arg("iptables")
-        .args(CAPTURE)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ama iptables in {name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut cmd = pod.ns.cmd("setpriv");
-    cmd.args(["--reuid", "1337", "--regid", "1337", "--clear-groups"])
-        .arg(ama())
-        .args(["proxy", "sidecar", "--domain", "default.svc.cluster.local"])
-        .args(["--concurrency", "2"])
-        .args([
-            "--access-log-file",
-            "/dev/stdout",
-            "--access-log-encoding",
-            "JSON",
-        ])
-        .arg("--config")
-        .arg(config)
-        .env("POD_NAME", name)
-        .env("POD_NAMESPACE", "default")
-        .env("INSTANCE_IP", pod.ip.to_string())
-        .env("SERVICE_ACCOUNT", "default")
-        .env("RUST_LOG", "info");
-    let proc = Proc::spawn(&format!("{name}-istio-proxy"), dir, cmd);
-    wait_for(
-        &format!("{name}'s sidecar to be ready"),
-        Duration::from_secs(30),
-        || {
-            let ready = pod
-                .ns
-                .try_sh("curl -sf -o /dev/null http://127.0.0.1:15021/healthz/ready");
-            ready.status.success().then_some(())
-        },
-    );
-    proc
-}
-
-/// Starts the real httpbin on :80 in `pod`.
-fn httpbin(pod: &Pod, name: &str, gunicorn: &Path, dir: &Path) -> Proc {
-    let mut cmd = pod.ns.cmd(gunicorn);
-    cmd.args([
-        "-b",
-        "0.0.0.0:80",
-        "-w",
-        "2",
-        "--access-logfile",
-        "-",
-        "httpbin:app",
-    ]);
-    let app = Proc::spawn(name, dir, cmd);
-    // The app's own port is reachable in its namespace before any capture is installed.
-    pod.ns.wait_port("127.0.0.1", 80);
-    app
 }
 
 /// The JSON access-log lines a sidecar has written so far.
@@ -261,16 +179,17 @@ fn curl_to_httpbin_through_two_sidecars() {
 
     let config = dir.join("resources.json");
     std::fs::write(&config, resources(&ubuntu, &[&httpbin0, &httpbin1])).unwrap();
+    let source = [std::ffi::OsStr::new("--config"), config.as_os_str()];
 
     let _apps = [
-        httpbin(&httpbin0, "httpbin-0", &gunicorn, dir),
-        httpbin(&httpbin1, "httpbin-1", &gunicorn, dir),
+        start_httpbin(&httpbin0, "httpbin-0", &gunicorn, dir),
+        start_httpbin(&httpbin1, "httpbin-1", &gunicorn, dir),
     ];
     let servers = [
-        sidecar(&httpbin0, "httpbin-0", &config, dir),
-        sidecar(&httpbin1, "httpbin-1", &config, dir),
+        start_sidecar(&httpbin0, "httpbin-0", "default", &source, dir),
+        start_sidecar(&httpbin1, "httpbin-1", "default", &source, dir),
     ];
-    let mut client = sidecar(&ubuntu, "ubuntu-0", &config, dir);
+    let mut client = start_sidecar(&ubuntu, "ubuntu-0", "default", &source, dir);
 
     // The article's request, verbatim.
     // The article's request, verbatim: curl prints the exchange on stderr, the body on stdout.

@@ -11,6 +11,7 @@
 //! `10.96.0.0/16` and exist only as routes inside the pods.
 
 pub mod kubernetes_validate;
+pub mod sidecar;
 
 use std::fs;
 use std::net::Ipv4Addr;
