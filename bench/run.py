@@ -57,6 +57,12 @@ ENVOY_ISTIO_FLAGS = ["--drain-time-s", "45", "--drain-strategy", "immediate",
                      "--log-level", "warning", "--component-log-level", "misc:error"]
 BODY_SIZE = 1024
 ARMS = ("direct", "ama", "envoy")
+# --tls: the identities of the two pods and the SNI the client sidecar sends for the Service's
+# port 80 (Istio's outbound cluster name with `|` → `_`); the server sidecar of each mesh arm must
+# log it as requested_server_name.
+SPIFFE = {"client": "spiffe://cluster.local/ns/default/sa/sleep",
+          "server": "spiffe://cluster.local/ns/default/sa/httpbin"}
+TLS_SNI = "outbound_.80_._.httpbin.default.svc.cluster.local"
 
 
 class BenchError(Exception):
@@ -328,12 +334,58 @@ def install_capture(world: World, ama: Path, pod: Pod) -> None:
     run(["ip", "netns", "exec", pod.ns, str(ama), "iptables", *ISTIO_IPTABLES_ARGS])
 
 
-def start_envoys(world: World, arm: Arm, envoy: Path, base_id: int) -> None:
+def make_certs(out_dir: Path) -> Path:
+    """--tls: a test CA and ECDSA P-256 leaves for the two pods' SPIFFE ids, as Istio's CA issues
+    them (empty subject, the URI SAN only and critical), in Istio's /etc/certs layout under
+    out_dir/certs/{client,server}/ (cert-chain.pem, key.pem, root-cert.pem). Returns out_dir/certs."""
+    d = out_dir / "certs"
+    d.mkdir()
+    script = ["set -e", f"cd {shlex.quote(str(d))}",
+              "openssl ecparam -name prime256v1 -genkey -noout -out ca.key",
+              "openssl req -x509 -new -key ca.key -subj /O=cluster.local -days 2 -out ca.crt "
+              "-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign"]
+    for role, spiffe in SPIFFE.items():
+        script += [
+            f"mkdir {role}",
+            # PKCS#8 ("PRIVATE KEY"): ama 8f5a20d refuses a SEC1 ("EC PRIVATE KEY") key.pem.
+            f"openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out {role}/key.pem",
+            f"openssl req -new -key {role}/key.pem -subj / -out {role}.csr",
+            f"printf '%s\\n' 'basicConstraints=critical,CA:FALSE' "
+            f"'keyUsage=critical,digitalSignature,keyEncipherment' "
+            f"'extendedKeyUsage=serverAuth,clientAuth' 'subjectAltName=critical,URI:{spiffe}' > {role}.ext",
+            f"openssl x509 -req -in {role}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 "
+            f"-extfile {role}.ext -out {role}/cert-chain.pem",
+            f"cp ca.crt {role}/root-cert.pem",
+            f"openssl verify -CAfile ca.crt {role}/cert-chain.pem",
+        ]
+    run(["bash", "-c", "\n".join(script)])
+    for role, spiffe in SPIFFE.items():
+        text = run(["openssl", "x509", "-in", str(d / role / "cert-chain.pem"), "-noout", "-text"]).stdout
+        if spiffe not in text:
+            raise BenchError(f"the {role} certificate has no URI SAN {spiffe}:\n{text}")
+    return d
+
+
+def proxy_cert_dir(world: World, certs: Path, proxy: str, role: str) -> Path:
+    """A copy of one pod's certificates (role: client or server) readable by the proxy's uid
+    (1337) only, as a mounted secret would be."""
+    d = world.run_dir / f"certs-{proxy}"
+    shutil.copytree(certs / role, d)
+    for f in [d, *d.iterdir()]:
+        os.chown(f, PROXY_UID, PROXY_UID)
+        f.chmod(0o700 if f.is_dir() else 0o600)
+    return d
+
+
+def start_envoys(world: World, arm: Arm, envoy: Path, base_id: int, certs: Path | None) -> None:
     for i, role in enumerate(("client", "server")):
         cfg = world.run_dir / f"envoy-{role}.yaml"
         access = world.run_dir / f"envoy-{role}.access.log"
-        cfg.write_text(string.Template((BENCH / "envoy" / f"{role}.yaml").read_text()).substitute(
-            CLIENT_IP=arm.client.ip, SERVER_IP=arm.server.ip, VIP=VIP, ACCESS_LOG="/dev/stdout"))
+        template = f"{role}-tls.yaml" if certs else f"{role}.yaml"
+        cert_dir = proxy_cert_dir(world, certs, f"envoy-{role}", role) if certs else ""
+        cfg.write_text(string.Template((BENCH / "envoy" / template).read_text()).substitute(
+            CLIENT_IP=arm.client.ip, SERVER_IP=arm.server.ip, VIP=VIP, ACCESS_LOG="/dev/stdout",
+            CERT_DIR=cert_dir))
         cfg.chmod(0o644)
         pod = arm.client if role == "client" else arm.server
         arm.proxies[role] = world.spawn(
@@ -344,13 +396,16 @@ def start_envoys(world: World, arm: Arm, envoy: Path, base_id: int) -> None:
         arm.access_logs[role] = access
 
 
-def ama_resources(arm: Arm, me: str) -> dict:
+def ama_resources(arm: Arm, me: str, tls: bool) -> dict:
     """The sidecar's xds::ProxyResources: the two workloads and the Service (VIP → server pod).
-    tlsMode disabled: this benchmark is plain HTTP between the sidecars."""
+    tlsMode disabled for plain HTTP between the sidecars; with --tls `istio` and the server's
+    SPIFFE id on the endpoint, so that the client sidecar's auto mTLS takes it."""
+    mode = "istio" if tls else "disabled"
+
     def workload(name: str, app: str, ip: str, ports: list[dict]) -> dict:
         return {"uid": f"Kubernetes//Pod/default/{name}", "name": name, "namespace": "default",
                 "addresses": [ip], "serviceAccount": app, "labels": {"app": app, "version": "v1"},
-                "ports": ports, "tlsMode": "disabled"}
+                "ports": ports, "tlsMode": mode}
     sleep = workload("sleep-bench", "sleep", arm.client.ip, [])
     httpbin = workload("httpbin-bench", "httpbin", arm.server.ip, [{"name": "http", "port": 80}])
     node = sleep if me == "client" else httpbin
@@ -362,8 +417,8 @@ def ama_resources(arm: Arm, me: str) -> dict:
             "hostname": "httpbin.default.svc.cluster.local", "name": "httpbin",
             "namespace": "default", "vips": [VIP],
             "ports": [{"name": "http", "port": 80, "targetPort": 80}],
-            "endpoints": [{"address": arm.server.ip, "workloadUid": httpbin["uid"],
-                           "tlsMode": "disabled"}],
+            "endpoints": [{"address": arm.server.ip, "workloadUid": httpbin["uid"], "tlsMode": mode,
+                           **({"identity": SPIFFE["server"]} if tls else {})}],
         }],
     }
 
@@ -376,15 +431,17 @@ def ama_sidecar_help(ama: Path) -> str:
     return p.stdout
 
 
-def start_amas(world: World, arm: Arm, ama: Path) -> None:
+def start_amas(world: World, arm: Arm, ama: Path, certs: Path | None) -> None:
     help_text = ama_sidecar_help(ama)
     for role in ("client", "server"):
         pod = arm.client if role == "client" else arm.server
         cfg = world.run_dir / f"ama-{role}.json"
-        cfg.write_text(json.dumps(ama_resources(arm, role), indent=2))
+        cfg.write_text(json.dumps(ama_resources(arm, role, certs is not None), indent=2))
         cfg.chmod(0o644)
         access = world.run_dir / f"ama-{role}.access.log"
         argv = [str(ama), "proxy", "sidecar", "--config", str(cfg), "--concurrency", "2"]
+        if certs:
+            argv += ["--cert-dir", str(proxy_cert_dir(world, certs, f"ama-{role}", role))]
         if "--proxyLogLevel" in help_text:
             argv += ["--proxyLogLevel", "warning"]
         env = dict(os.environ, POD_NAME=f"{'sleep' if role == 'client' else 'httpbin'}-bench",
@@ -412,9 +469,10 @@ def curl(pod: Pod, url: str, verbose: bool = False) -> subprocess.CompletedProce
     return run(argv + [url], check=False, timeout=10)
 
 
-def check_arm(world: World, arm: Arm, oha: Path) -> dict:
+def check_arm(world: World, arm: Arm, oha: Path, tls: bool = False) -> dict:
     """Fails (with the arm's logs) unless the arm answers 200 with the 1k body, through both
-    proxies when it has them."""
+    proxies when it has them, and with tls unless the server proxy logged the outbound SNI (the
+    connection between the sidecars was Istio mTLS; nginx cannot tell)."""
     def fail(why: str) -> BenchError:
         return BenchError(f"arm {arm.name} is broken: {why}\n{arm.logs()}\n"
                           f"--- capture rules:\n" + "\n".join(
@@ -460,12 +518,20 @@ def check_arm(world: World, arm: Arm, oha: Path) -> dict:
             raise fail(f"{role} proxy's access log is not JSON: {last_lines!r}")
         if str(rec.get("response_code")) != "200":
             raise fail(f"{role} proxy logged {rec}")
+        if tls and role == "server":
+            for line in last_lines:
+                sni = json.loads(line).get("requested_server_name")
+                if sni != TLS_SNI:
+                    raise fail(f"--tls: the server proxy logged requested_server_name {sni!r}, not "
+                               f"{TLS_SNI!r}: the sidecars did not talk mTLS ({line})")
     via = ""
     if logged:
         c, srv = (json.loads(logged[r]["last"][-1]) for r in ("client", "server"))
         via = (f"; logged {logged['client']['lines']}/{logged['server']['lines']} lines (client/server), "
                f"client → {c.get('upstream_host')} ({c.get('upstream_cluster')}), server → "
                f"{srv.get('upstream_host')} from {srv.get('upstream_local_address')}")
+        if tls:
+            via += f", mTLS (server proxy saw SNI {srv.get('requested_server_name')})"
         if not str(srv.get("upstream_local_address", "127.0.0.6")).startswith("127.0.0.6"):
             raise fail(f"server proxy dialled the app from {srv.get('upstream_local_address')}, "
                        "not 127.0.0.6")
@@ -692,7 +758,10 @@ def vcpu_per_krps(cpu_s: float, r: dict) -> float:
 def report(meta: dict, runs: list[dict], arms: list[str], args) -> str:
     L: list[str] = []
     w = L.append
-    w("# Benchmark: direct vs ama vs Envoy, plain HTTP (issue 3)")
+    if meta.get("tls"):
+        w("# Benchmark: direct vs ama vs Envoy, Istio mTLS between the sidecars (issue 6)")
+    else:
+        w("# Benchmark: direct vs ama vs Envoy, plain HTTP (issue 3)")
     w("")
     w("Topology per arm: client pod (oha) → client sidecar → server sidecar → nginx (1024-byte "
       "body at /1k), each pod a network namespace on one bridged LAN; see bench/README.md.")
@@ -708,6 +777,13 @@ def report(meta: dict, runs: list[dict], arms: list[str], args) -> str:
     for k, v in meta["versions"].items():
         w(f"- {k}: {v}")
     w(f"- command: `{meta['command']}`")
+    if meta.get("tls"):
+        w(f"- mTLS: both mesh arms with the same test CA and ECDSA P-256 leaves ({SPIFFE['client']}, "
+          f"{SPIFFE['server']}; empty subject, URI SAN only), SNI `{TLS_SNI}`, ALPN istio-http/1.1, "
+          "client certificate required and SAN-checked; Envoy as in shared/reference/envoy-baseline "
+          "(bench/envoy/*-tls.yaml, XFCC APPEND_FORWARD), ama `--cert-dir` with auto mTLS "
+          "(endpoint tlsMode istio); checked before measuring: each server proxy logged "
+          "requested_server_name = the SNI")
     w(f"- fixed rate: `oha -c {args.connections} -q {args.rate} --latency-correction "
       f"-z {args.duration}s`; max rate: `oha -c {args.connections} -z {args.max_duration}s`; "
       f"{args.repeats} repeat(s), arms interleaved ({', '.join(arms)}); both proxies of a mesh arm "
@@ -946,6 +1022,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--no-max", action="store_true", help="skip the max-rate runs")
     ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of direct,ama,envoy")
+    ap.add_argument("--tls", action="store_true",
+                    help="Istio mTLS between the sidecars of both mesh arms (same test certificates, "
+                         "made with openssl into the run's out dir); default plain HTTP")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 3 s runs, 1 repeat, results in bench/out/quick/RESULTS.md")
     ap.add_argument("--warmup", type=int, default=5, help="seconds of load per arm before measuring")
@@ -1036,13 +1115,15 @@ def main() -> int:
     run_dir.mkdir(mode=0o755)
     load_before = loadavg()
     meta = metadata(args, args.ama, args.envoy, args.oha)
-    meta.update(load_before=load_before, noisy_start=float(load_before.split()[0]) > 0.5)
+    meta.update(load_before=load_before, noisy_start=float(load_before.split()[0]) > 0.5,
+                tls=args.tls)
     if meta["noisy_start"]:
         log(f"warning: load average {load_before}: the machine is not quiet; numbers will be noted so")
     world = World(run_dir)
     runs: list[dict] = []
     status = 1
     try:
+        certs = make_certs(out_dir) if args.tls and needs_ama else None
         lan = Lan(world)
         arms: dict[str, Arm] = {}
         for name in args.arms:
@@ -1056,11 +1137,12 @@ def main() -> int:
             install_capture(world, args.ama, arm.client)
             install_capture(world, args.ama, arm.server)
             if arm.name == "envoy":
-                start_envoys(world, arm, args.envoy, base_id=(os.getpid() % 10000) * 10 + 2 * i)
+                start_envoys(world, arm, args.envoy, base_id=(os.getpid() % 10000) * 10 + 2 * i,
+                             certs=certs)
             else:
-                start_amas(world, arm, args.ama)
+                start_amas(world, arm, args.ama, certs)
         log("checking every arm")
-        checks = {name: check_arm(world, arm, args.oha) for name, arm in arms.items()}
+        checks = {name: check_arm(world, arm, args.oha, args.tls) for name, arm in arms.items()}
         time.sleep(1)
         startup_mem = {f"{a.name}.{r}_proxy": proc_status(p.pid) for a in arms.values()
                        for r, p in a.proxies.items()}
