@@ -107,6 +107,33 @@ fn a_sidecar_with_only_proxy_config_gets_its_config_over_tls() {
         (get(SocketAddr::from((ip, 15014)), "/ready")?.0 == 200).then_some(())
     });
 
+    // Ports are picked free and then bound by the sidecar, so a parallel test can take one in
+    // between: a start that fails on a taken port is retried with new ports.
+    let (sidecar, admin) = (0..5)
+        .find_map(|attempt| start_sidecar(dir, &state, &token, ip, attempt))
+        .expect("the sidecar starts on free ports within 5 attempts");
+    let (_, dump) =
+        get(SocketAddr::from(([127, 0, 0, 1], admin)), "/config_dump").expect("config_dump");
+    assert!(
+        dump.contains("httpbin-service.default.svc.cluster.local"),
+        "{dump}"
+    );
+    let log = sidecar.err();
+    assert!(log.contains("discovery over TLS with a token"), "{log}");
+    assert!(!log.contains(std::fs::read_to_string(&token).expect("token").trim()));
+    discovery.assert_running();
+}
+
+/// Starts `ama proxy sidecar` told only Istio's `PROXY_CONFIG`, the root and the token, on free
+/// loopback ports, and waits until it is ready. Returns it with its admin port, or None when a
+/// port was taken meanwhile (the caller retries).
+fn start_sidecar(
+    dir: &std::path::Path,
+    state: &std::path::Path,
+    token: &std::path::Path,
+    ip: Ipv4Addr,
+    attempt: u32,
+) -> Option<(Proc, u16)> {
     let (admin, readiness) = (free_port(), free_port());
     let mut sidecar = Command::new(AMA);
     sidecar
@@ -114,7 +141,7 @@ fn a_sidecar_with_only_proxy_config_gets_its_config_over_tls() {
         .arg("--ca-root-file")
         .arg(state.join("root-cert.pem"))
         .arg("--token-file")
-        .arg(&token)
+        .arg(token)
         .args(["--outbound-port", &free_port().to_string()])
         .args(["--inbound-port", &free_port().to_string()])
         .args(["--admin-port", &admin.to_string()])
@@ -128,23 +155,24 @@ fn a_sidecar_with_only_proxy_config_gets_its_config_over_tls() {
         .env("POD_NAME", "ubuntu")
         .env("POD_NAMESPACE", "default")
         .env("INSTANCE_IP", "10.244.0.5");
-    let mut sidecar = Proc::spawn("sidecar", dir, sidecar);
-    wait_for("the sidecar to be ready", Duration::from_secs(30), || {
-        sidecar.assert_running();
+    let mut sidecar = Proc::spawn(&format!("sidecar-{attempt}"), dir, sidecar);
+    let ready = wait_for("the sidecar to be ready", Duration::from_secs(30), || {
+        if sidecar.has_exited() {
+            return Some(false);
+        }
         let (status, _) = get(
             SocketAddr::from(([127, 0, 0, 1], readiness)),
             "/healthz/ready",
         )?;
-        (status == 200).then_some(())
+        (status == 200).then_some(true)
     });
-    let (_, dump) =
-        get(SocketAddr::from(([127, 0, 0, 1], admin)), "/config_dump").expect("config_dump");
-    assert!(
-        dump.contains("httpbin-service.default.svc.cluster.local"),
-        "{dump}"
-    );
+    if ready {
+        return Some((sidecar, admin));
+    }
     let log = sidecar.err();
-    assert!(log.contains("discovery over TLS with a token"), "{log}");
-    assert!(!log.contains(std::fs::read_to_string(&token).expect("token").trim()));
-    discovery.assert_running();
+    assert!(
+        log.contains("Address already in use"),
+        "the sidecar exited:\n{log}"
+    );
+    None
 }
