@@ -24,7 +24,10 @@ use xds::ProxyResources;
 use xds::ads::{AdsClient, ProxyId};
 
 #[derive(Parser, Debug)]
-#[command(name = "ama-xds-sim", about = "Control-plane scale simulation against `ama discovery`")]
+#[command(
+    name = "ama-xds-sim",
+    about = "Control-plane scale simulation against `ama discovery`"
+)]
 struct Args {
     /// The `ama` binary to run `ama discovery` with.
     #[arg(long, default_value = "target/bench/release/ama")]
@@ -342,7 +345,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 synced[j] = true;
                 synced_count += 1;
                 if synced_count % 1000 == 0 {
-                    eprintln!("{synced_count}/{n} synced after {:?}", connect_started.elapsed());
+                    eprintln!(
+                        "{synced_count}/{n} synced after {:?}",
+                        connect_started.elapsed()
+                    );
                 }
             }
             Ok(Some(_)) => {}
@@ -423,7 +429,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         convergence_before,
         histogram(monitoring, "pilot_proxy_convergence_time").await,
     );
-    let push_mean = mean_between(push_before, histogram(monitoring, "pilot_xds_push_time").await);
+    let push_mean = mean_between(
+        push_before,
+        histogram(monitoring, "pilot_xds_push_time").await,
+    );
     stop.store(true, Ordering::Relaxed);
     let cpu_changes = end.cpu - cpu_changes_start;
     let changes_wall = changes_started.elapsed();
