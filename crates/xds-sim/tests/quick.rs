@@ -39,6 +39,9 @@ fn quick_run_reaches_every_proxy() {
     assert_eq!(result["changes_complete"], true, "{result}");
     assert_eq!(result["changes"], 3);
     assert_eq!(result["per_proxy_ms"]["count"], 3 * 50, "{result}");
-    assert_eq!(result["all_proxies_ms"]["samples"].as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        result["all_proxies_ms"]["samples"].as_array().map(Vec::len),
+        Some(3)
+    );
     assert!(out.path().join("n50-m20.md").exists());
 }
