@@ -14,45 +14,11 @@ use e2e::{Proc, Scratch, wait_for};
 
 const AMA: &str = env!("CARGO_BIN_EXE_ama");
 
-const MESH: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: default
-  labels: {istio-injection: enabled}
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: httpbin-service
-  namespace: default
-spec:
-  selector: {app: httpbin}
-  ports:
-  - {name: http, port: 80, targetPort: 80}
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: httpbin
-  namespace: default
-  labels: {app: httpbin}
-  annotations: {local.ama.dev/address: "10.244.0.3"}
-spec:
-  containers:
-  - {name: httpbin, image: "kennethreitz/httpbin", ports: [{containerPort: 80}]}
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: ubuntu
-  namespace: default
-  labels: {app: ubuntu}
-  annotations: {local.ama.dev/address: "10.244.0.5"}
-spec:
-  containers:
-  - {name: ubuntu, image: "ubuntu:latest", command: [sleep, infinity]}
-"#;
+/// The mesh both discovery-over-TLS tests serve (one fixture, shared with the other test).
+const MESH: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tests/fixtures/xds-tls-mesh.yaml"
+));
 
 /// `GET path` over HTTP/1.0: the status and the body.
 fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {

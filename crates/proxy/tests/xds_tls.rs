@@ -28,45 +28,11 @@ use xds::ads::{AdsClient, Backoff, ClientStatus};
 const WAIT: Duration = Duration::from_secs(15);
 const HTTPBIN: &str = "httpbin-service.default.svc.cluster.local";
 
-const MESH: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: default
-  labels: {istio-injection: enabled}
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: httpbin-service
-  namespace: default
-spec:
-  selector: {app: httpbin}
-  ports:
-  - {name: http, port: 80, targetPort: 80}
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: httpbin
-  namespace: default
-  labels: {app: httpbin}
-  annotations: {local.ama.dev/address: "10.244.0.3"}
-spec:
-  containers:
-  - {name: httpbin, image: "kennethreitz/httpbin", ports: [{containerPort: 80}]}
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: ubuntu
-  namespace: default
-  labels: {app: ubuntu}
-  annotations: {local.ama.dev/address: "10.244.0.5"}
-spec:
-  containers:
-  - {name: ubuntu, image: "ubuntu:latest", command: [sleep, infinity]}
-"#;
+/// The mesh both discovery-over-TLS tests serve (one fixture, shared with the other test).
+const MESH: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tests/fixtures/xds-tls-mesh.yaml"
+));
 
 /// Every log line of the process, for the checks on what an operator would read.
 fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
