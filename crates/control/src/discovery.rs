@@ -207,7 +207,10 @@ impl Discovery {
             let stop = shutdown.clone();
             tasks.push(tokio::spawn(async move {
                 let incoming = tonic::transport::server::TcpIncoming::from(grpc);
+                // HTTP/2 pings find dead proxies, so their streams (and what they pin) go.
                 let result = tonic::transport::Server::builder()
+                    .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+                    .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
                     .add_service(service)
                     .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                     .await;

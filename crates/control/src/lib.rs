@@ -11,10 +11,11 @@
 //!                                             routes, policies, authorizations)
 //!                                                  │
 //!                                                  ▼
-//!                       translate::proxy_resources (per proxy: its `self`, what it may see)
-//!                                                  │
+//!                       translate::shared_resources (per namespace + selector DRs: what
+//!                                                  │  it may see), node_ref (per proxy: `self`)
 //!                                                  ▼
-//!                       per-proxy `watch` channels ─► xds Delta ADS server ─► proxies
+//!                       encoded views, shared (xds::ads::view) ─► per-proxy `watch` channels
+//!                                                  ─► xds Delta ADS server ─► proxies
 //! ```
 //!
 //! - [`registry`]: the objects of every source, by source ([`registry::ConfigStore`]); the file
@@ -68,4 +69,4 @@ pub use push::{PushOptions, PushStats, Pusher};
 pub use registry::ConfigStore;
 pub use registry::file::FileRegistry;
 pub use security::{Authentication, Security, SecurityOptions};
-pub use translate::{ProxyKey, proxy_resources};
+pub use translate::{ProxyKey, SharedResources, ViewKey, proxy_resources};

@@ -3,13 +3,20 @@
 //! Changes arrive on the [`crate::registry::ConfigStore`]'s bounded queue. [`Pusher::run`]
 //! waits until the changes stop for [`PushOptions::quiet`] (100 ms), or until
 //! [`PushOptions::max_delay`] (1 s) has passed since the first pending one, then rebuilds the
-//! [`Model`] from every object and recomputes the resources of each proxy. A proxy's `watch`
-//! channel is written only when its resources differ, so a change that does not concern a
-//! proxy does not wake its stream; the ADS server then sends only the resources that changed.
+//! [`Model`] from every object and publishes each proxy's [`Snapshot`].
+//!
+//! Compute once, share everywhere: per push, the workloads are one view for every proxy; the
+//! services, routes, policies and authorizations are one view per [`ViewKey`] (namespace, plus
+//! the selector DestinationRules that select the proxy), computed for the first proxy with that
+//! key; only the node resource is the proxy's own. Every resource is encoded once, and not again
+//! while it does not change ([`Encoder`]); a view whose resources did not change stays the same
+//! `Arc`, so a proxy's `watch` is written only when something it sees changed (pointer
+//! comparisons), and the ADS server sends only the resources that changed. Memory is the model,
+//! one encoding per resource and a few pointers per proxy, not a copy of the mesh per proxy.
 //!
 //! [`Pusher`] is the [`SnapshotSource`] of [`xds::ads::AdsServer`]: a connecting proxy gets a
-//! `watch` of its resources, computed from the current model. Proxies whose streams are all gone
-//! are forgotten at the next push.
+//! `watch` of its snapshot, from the current views. Proxies whose streams are all gone are
+//! forgotten at the next push.
 //!
 //! Push times are recorded: `pilot_proxy_convergence_time` (seconds from the first change of a
 //! push to its publication, Istio's name) and `pilot_xds_push_time` (building and publishing),
@@ -27,12 +34,13 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use xds::ProxyResources;
-use xds::ads::{Node, ProxyId, SnapshotSource};
+use xds::NodeRef;
+use xds::ads::codec::AnyResource;
+use xds::ads::{Encoder, Node, ProxyId, ResourceType, Snapshot, SnapshotSource, TypeView};
 
 use crate::model::{Model, VipAllocator, Warning};
 use crate::registry::{Change, ConfigStore};
-use crate::translate::{ProxyKey, proxy_resources};
+use crate::translate::{ProxyKey, ViewKey, WorkloadIndex, node_ref, shared_resources, view_key};
 
 /// When pushes happen.
 #[derive(Debug, Clone, Copy)]
@@ -71,7 +79,153 @@ pub struct PushStats {
 
 struct ProxyEntry {
     key: ProxyKey,
-    tx: watch::Sender<Arc<ProxyResources>>,
+    /// Its node resource and that resource's view, reused while the node does not change.
+    node: NodeRef,
+    node_view: Arc<TypeView>,
+    tx: watch::Sender<Snapshot>,
+}
+
+/// What the last push published: reused by the next push and by proxies connecting meanwhile.
+#[derive(Default)]
+struct Published {
+    model: Arc<Model>,
+    index: WorkloadIndex,
+    encoder: Encoder,
+    workloads: Arc<TypeView>,
+    /// Services, routes and authorizations depend on the namespace alone.
+    namespaces: HashMap<String, NamespaceViews>,
+    /// Policies also on the selector DestinationRules that select the proxy.
+    policies: HashMap<ViewKey, Arc<TypeView>>,
+}
+
+/// The views every proxy of one namespace shares.
+#[derive(Clone)]
+struct NamespaceViews {
+    services: Arc<TypeView>,
+    http_routes: Arc<TypeView>,
+    authorizations: Arc<TypeView>,
+}
+
+/// The views of the last push, for reuse and deltas.
+#[derive(Default)]
+struct PreviousViews {
+    namespaces: HashMap<String, NamespaceViews>,
+    policies: HashMap<ViewKey, Arc<TypeView>>,
+}
+
+impl Published {
+    /// The views of `key`, computed on first use in this push.
+    fn views(
+        &mut self,
+        key: &ViewKey,
+        previous: &PreviousViews,
+    ) -> (NamespaceViews, Arc<TypeView>) {
+        let ns = self.namespaces.get(&key.namespace);
+        if let (Some(ns), Some(p)) = (ns, self.policies.get(key)) {
+            return (ns.clone(), Arc::clone(p));
+        }
+        let model = Arc::clone(&self.model);
+        let res = shared_resources(&model, key);
+        let ns_name = key.namespace.as_str();
+        let mut view = |resources: Vec<AnyResource>, old: Option<&Arc<TypeView>>| {
+            encode_view(&mut self.encoder, ns_name, resources, old)
+        };
+        let policies = view(
+            res.traffic_policies
+                .into_iter()
+                .map(AnyResource::TrafficPolicy)
+                .collect(),
+            previous.policies.get(key),
+        );
+        let ns = match self.namespaces.get(&key.namespace) {
+            Some(ns) => ns.clone(),
+            None => {
+                let old = previous.namespaces.get(&key.namespace);
+                let mut view = |resources: Vec<AnyResource>, old: Option<&Arc<TypeView>>| {
+                    encode_view(&mut self.encoder, ns_name, resources, old)
+                };
+                let ns = NamespaceViews {
+                    services: view(
+                        res.services.into_iter().map(AnyResource::Service).collect(),
+                        old.map(|o| &o.services),
+                    ),
+                    http_routes: view(
+                        res.http_routes
+                            .into_iter()
+                            .map(AnyResource::HttpRoutes)
+                            .collect(),
+                        old.map(|o| &o.http_routes),
+                    ),
+                    authorizations: view(
+                        res.authorizations
+                            .into_iter()
+                            .map(AnyResource::Authorization)
+                            .collect(),
+                        old.map(|o| &o.authorizations),
+                    ),
+                };
+                self.namespaces.insert(key.namespace.clone(), ns.clone());
+                ns
+            }
+        };
+        self.policies.insert(key.clone(), Arc::clone(&policies));
+        (ns, policies)
+    }
+
+    /// The snapshot of the proxy `key` (its node resource and view in `node`, updated).
+    fn snapshot(
+        &mut self,
+        key: &ProxyKey,
+        node: &mut (NodeRef, Arc<TypeView>),
+        previous: &PreviousViews,
+    ) -> Snapshot {
+        let model = Arc::clone(&self.model);
+        let me = self.index.find(&model, key);
+        let (ns, policies) = self.views(&view_key(&model, key, me), previous);
+        let current = node_ref(key, me);
+        if current != node.0 {
+            node.1 = node_view(&current, Some(&node.1));
+            node.0 = current;
+        }
+        Snapshot::new(|ty| match ty {
+            ResourceType::Workload => Arc::clone(&self.workloads),
+            ResourceType::Service => Arc::clone(&ns.services),
+            ResourceType::TrafficPolicy => Arc::clone(&policies),
+            ResourceType::HttpRoutes => Arc::clone(&ns.http_routes),
+            ResourceType::Authorization => Arc::clone(&ns.authorizations),
+            ResourceType::Node => Arc::clone(&node.1),
+        })
+    }
+}
+
+/// The view of `resources` for the proxies of namespace `ns` that had `old`; what cannot travel
+/// is logged.
+fn encode_view(
+    encoder: &mut Encoder,
+    ns: &str,
+    resources: Vec<AnyResource>,
+    old: Option<&Arc<TypeView>>,
+) -> Arc<TypeView> {
+    let (view, problems) = encoder.view(resources, old);
+    for p in problems {
+        tracing::warn!(namespace = %ns, problem = %p, "resource not sent");
+    }
+    view
+}
+
+/// The view of a proxy's own node resource (its own: never shared, so not kept in the encoder).
+fn node_view(node: &NodeRef, previous: Option<&Arc<TypeView>>) -> Arc<TypeView> {
+    let mut entries = std::collections::BTreeMap::new();
+    match AnyResource::Node(node.clone()).encode() {
+        Ok(encoded) => {
+            entries.insert(
+                Arc::from(xds::ads::codec::NODE_RESOURCE_NAME),
+                Arc::new(encoded),
+            );
+        }
+        Err(e) => tracing::warn!(?node, error = %e, "node resource not sent"),
+    }
+    TypeView::build(entries, previous)
 }
 
 #[derive(Clone)]
@@ -118,6 +272,8 @@ pub struct Pusher {
     options: PushOptions,
     vips: Mutex<VipAllocator>,
     model: ArcSwap<Model>,
+    /// Locked for a whole push, and before `proxies` when both are.
+    published: Mutex<Published>,
     proxies: Mutex<HashMap<String, ProxyEntry>>,
     seq: AtomicU64,
     last: watch::Sender<Option<PushStats>>,
@@ -142,6 +298,7 @@ impl Pusher {
             options,
             vips: Mutex::new(VipAllocator::new()),
             model: ArcSwap::from_pointee(Model::default()),
+            published: Mutex::new(Published::default()),
             proxies: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
             last: watch::Sender::new(None),
@@ -210,6 +367,12 @@ impl Pusher {
     /// context for a large mesh.
     pub fn push(&self, since: Option<Instant>, changes: usize) -> PushStats {
         let started = Instant::now();
+        // Held for the whole push: a proxy that connects meanwhile waits, then gets this push's
+        // views, so it can neither miss the push nor get an older model after it.
+        let mut published = self
+            .published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let snapshot = self.store.snapshot();
         let (objects, duplicates) = snapshot.objects();
         let mut model = {
@@ -230,29 +393,41 @@ impl Pusher {
         let model = Arc::new(model);
         self.model.store(Arc::clone(&model));
 
-        // Publish outside the lock: translation is per proxy and may take a while.
-        let entries: Vec<(ProxyKey, watch::Sender<Arc<ProxyResources>>)> = if unchanged {
-            Vec::new()
-        } else {
-            let proxies = self.proxies.lock().unwrap_or_else(PoisonError::into_inner);
-            proxies
-                .values()
-                .map(|e| (e.key.clone(), e.tx.clone()))
-                .collect()
-        };
         let mut changed = 0;
-        for (key, tx) in &entries {
-            let resources = proxy_resources(&model, key);
-            let modified = tx.send_if_modified(|current| {
-                if **current == resources {
-                    false
-                } else {
-                    *current = Arc::new(resources);
-                    true
-                }
-            });
-            changed += usize::from(modified);
+        if !unchanged {
+            let published = &mut *published;
+            published.model = Arc::clone(&model);
+            published.encoder.begin_push();
+            let previous_views = PreviousViews {
+                namespaces: std::mem::take(&mut published.namespaces),
+                policies: std::mem::take(&mut published.policies),
+            };
+            let (workloads, problems) = published.encoder.view(
+                model.workloads.iter().cloned().map(AnyResource::Workload),
+                Some(&published.workloads),
+            );
+            for p in problems {
+                tracing::warn!(problem = %p, "resource not sent");
+            }
+            published.workloads = workloads;
+            published.index = WorkloadIndex::new(&model);
+            let mut proxies = self.proxies.lock().unwrap_or_else(PoisonError::into_inner);
+            for e in proxies.values_mut() {
+                let mut node = (e.node.clone(), Arc::clone(&e.node_view));
+                let snap = published.snapshot(&e.key, &mut node, &previous_views);
+                (e.node, e.node_view) = node;
+                let modified = e.tx.send_if_modified(|current| {
+                    if current.same(&snap) {
+                        false
+                    } else {
+                        *current = snap;
+                        true
+                    }
+                });
+                changed += usize::from(modified);
+            }
         }
+        drop(published);
         let proxies = self.forget_gone();
 
         let build = started.elapsed();
@@ -303,25 +478,34 @@ impl Pusher {
         n
     }
 
-    /// The resources of a proxy, following the pushes. Another stream of the same node shares
+    /// The snapshot of a proxy, following the pushes. Another stream of the same node shares
     /// the channel.
-    pub fn watch_proxy(
-        &self,
-        node_id: &str,
-    ) -> Result<watch::Receiver<Arc<ProxyResources>>, tonic::Status> {
+    pub fn watch_proxy(&self, node_id: &str) -> Result<watch::Receiver<Snapshot>, tonic::Status> {
         let id: ProxyId = node_id.parse().map_err(|e: xds::ads::node::ProxyIdError| {
             tonic::Status::invalid_argument(e.to_string())
         })?;
         let key = ProxyKey::from(&id);
-        // The model is read under the lock: a push stores its model before it collects the
-        // proxies, so a proxy added meanwhile either sees the new model or is collected.
+        // Lock order as in a push: published, then proxies.
+        let mut published = self
+            .published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut proxies = self.proxies.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(e) = proxies.get(node_id) {
             return Ok(e.tx.subscribe());
         }
-        let resources = proxy_resources(&self.model.load(), &key);
-        let (tx, rx) = watch::channel(Arc::new(resources));
-        proxies.insert(node_id.to_string(), ProxyEntry { key, tx });
+        let mut node = (NodeRef::default(), Arc::new(TypeView::default()));
+        let snap = published.snapshot(&key, &mut node, &PreviousViews::default());
+        let (tx, rx) = watch::channel(snap);
+        proxies.insert(
+            node_id.to_string(),
+            ProxyEntry {
+                key,
+                node: node.0,
+                node_view: node.1,
+                tx,
+            },
+        );
         self.metrics
             .proxies
             .set(i64::try_from(proxies.len()).unwrap_or(i64::MAX));
@@ -340,7 +524,10 @@ fn same_resources(a: &Model, b: &Model) -> bool {
 }
 
 impl SnapshotSource for Pusher {
-    fn watch(&self, node: &Node) -> Result<watch::Receiver<Arc<ProxyResources>>, tonic::Status> {
-        self.watch_proxy(&node.id)
+    fn watch_snapshots(
+        &self,
+        node: &Node,
+    ) -> Result<Option<watch::Receiver<Snapshot>>, tonic::Status> {
+        self.watch_proxy(&node.id).map(Some)
     }
 }

@@ -12,9 +12,13 @@
 //!   `workloadSelector` applies only to the proxies it selects;
 //! - the Authorizations of its namespace and of the root namespace (no other can apply to it).
 //!
+//! Apart from `self`, what a proxy receives depends only on its namespace and on which
+//! selector DestinationRules select it (its [`ViewKey`]): the control plane computes the
+//! [`SharedResources`] once per key and shares them between the proxies that have it.
+//!
 //! A `Sidecar` resource narrowing what a proxy sees is a later refinement.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use xds::ads::ProxyId;
@@ -43,9 +47,67 @@ impl From<&ProxyId> for ProxyKey {
     }
 }
 
-/// The resources of the proxy `proxy`.
-pub fn proxy_resources(model: &Model, proxy: &ProxyKey) -> ProxyResources {
-    let me = model
+/// Everything that decides what a proxy sees besides `self`: its namespace and the names of the
+/// DestinationRules with a `workloadSelector` that select it. Proxies with equal keys receive
+/// the same [`SharedResources`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ViewKey {
+    /// The proxy's namespace.
+    pub namespace: String,
+    /// Selector DestinationRules visible to the namespace that select the proxy's workload.
+    pub selected: Vec<String>,
+}
+
+/// What the proxies of one [`ViewKey`] receive, apart from `self` and the workloads (which
+/// every proxy receives whole).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SharedResources {
+    /// Services exported to the namespace.
+    pub services: Vec<xds::Service>,
+    /// HttpRoutes, each host with the best-ranked VirtualService that claims it.
+    pub http_routes: Vec<xds::HttpRoutes>,
+    /// TrafficPolicies, one per host.
+    pub traffic_policies: Vec<xds::TrafficPolicy>,
+    /// Authorizations of the namespace and of the root namespace.
+    pub authorizations: Vec<xds::Authorization>,
+}
+
+/// Finds a proxy's workload in a model without scanning every workload: by namespace and pod
+/// name, else by address (the first in the model's order wins, as a scan would find it).
+#[derive(Debug, Default)]
+pub struct WorkloadIndex {
+    by_pod: HashMap<(String, String), usize>,
+    by_ip: HashMap<IpAddr, usize>,
+}
+
+impl WorkloadIndex {
+    /// Indexes the workloads of `model`.
+    pub fn new(model: &Model) -> WorkloadIndex {
+        let mut by_pod = HashMap::with_capacity(model.workloads.len());
+        let mut by_ip = HashMap::with_capacity(model.workloads.len());
+        for (i, w) in model.workloads.iter().enumerate() {
+            by_pod
+                .entry((w.namespace.clone(), w.name.clone()))
+                .or_insert(i);
+            for ip in &w.addresses {
+                by_ip.entry(*ip).or_insert(i);
+            }
+        }
+        WorkloadIndex { by_pod, by_ip }
+    }
+
+    /// The workload of `proxy` in `model` (the model indexed), if it has it.
+    pub fn find<'m>(&self, model: &'m Model, proxy: &ProxyKey) -> Option<&'m xds::Workload> {
+        self.by_pod
+            .get(&(proxy.namespace.clone(), proxy.pod_name.clone()))
+            .or_else(|| self.by_ip.get(&proxy.ip))
+            .and_then(|i| model.workloads.get(*i))
+    }
+}
+
+/// The workload of `proxy` by scanning (for one proxy; use [`WorkloadIndex`] for many).
+fn find_workload<'a>(model: &'a Model, proxy: &ProxyKey) -> Option<&'a xds::Workload> {
+    model
         .workloads
         .iter()
         .find(|w| w.namespace == proxy.namespace && w.name == proxy.pod_name)
@@ -54,8 +116,59 @@ pub fn proxy_resources(model: &Model, proxy: &ProxyKey) -> ProxyResources {
                 .workloads
                 .iter()
                 .find(|w| w.addresses.contains(&proxy.ip))
-        });
+        })
+}
+
+/// The [`ViewKey`] of `proxy`, whose workload is `me`.
+pub fn view_key(model: &Model, proxy: &ProxyKey, me: Option<&xds::Workload>) -> ViewKey {
     let ns = proxy.namespace.as_str();
+    let selected = match me {
+        None => Vec::new(),
+        Some(w) => model
+            .traffic_policies
+            .iter()
+            .filter(|p| {
+                p.export_to.visible_to(ns)
+                    && p.workload_selector
+                        .as_ref()
+                        .is_some_and(|s| selector_matches(s, &w.labels))
+            })
+            .map(|p| p.resource.name.clone())
+            .collect(),
+    };
+    ViewKey {
+        namespace: proxy.namespace.clone(),
+        selected,
+    }
+}
+
+/// The proxy's own resource: its pod, namespace and address, and its workload's uid.
+pub fn node_ref(proxy: &ProxyKey, me: Option<&xds::Workload>) -> NodeRef {
+    NodeRef {
+        uid: me.map(|w| w.uid.clone()),
+        name: Some(proxy.pod_name.clone()),
+        namespace: Some(proxy.namespace.clone()),
+        addresses: vec![proxy.ip],
+    }
+}
+
+/// The resources of the proxy `proxy`.
+pub fn proxy_resources(model: &Model, proxy: &ProxyKey) -> ProxyResources {
+    let me = find_workload(model, proxy);
+    let shared = shared_resources(model, &view_key(model, proxy, me));
+    ProxyResources {
+        node: Some(node_ref(proxy, me)),
+        workloads: model.workloads.clone(),
+        services: shared.services,
+        http_routes: shared.http_routes,
+        traffic_policies: shared.traffic_policies,
+        authorizations: shared.authorizations,
+    }
+}
+
+/// What the proxies of `key` see, apart from `self` and the workloads.
+pub fn shared_resources(model: &Model, key: &ViewKey) -> SharedResources {
+    let ns = key.namespace.as_str();
     let visible = |export: &crate::model::ExportTo| export.visible_to(ns);
 
     let services: Vec<xds::Service> = model
@@ -118,19 +231,17 @@ pub fn proxy_resources(model: &Model, proxy: &ProxyKey) -> ProxyResources {
         .iter()
         .filter(|p| visible(&p.export_to))
     {
-        if let Some(selector) = &p.workload_selector
-            && !me.is_some_and(|w| selector_matches(selector, &w.labels))
-        {
+        if p.workload_selector.is_some() && !key.selected.contains(&p.resource.name) {
             continue;
         }
-        let key = (
+        let candidate = (
             rank(&p.namespace, &p.resource.host),
             p.resource.name.as_str(),
         );
         match best.get(p.resource.host.as_str()) {
-            Some((k, _)) if *k <= key => {}
+            Some((k, _)) if *k <= candidate => {}
             _ => {
-                best.insert(&p.resource.host, (key, &p.resource));
+                best.insert(&p.resource.host, (candidate, &p.resource));
             }
         }
     }
@@ -143,14 +254,7 @@ pub fn proxy_resources(model: &Model, proxy: &ProxyKey) -> ProxyResources {
         .cloned()
         .collect();
 
-    ProxyResources {
-        node: Some(NodeRef {
-            uid: me.map(|w| w.uid.clone()),
-            name: Some(proxy.pod_name.clone()),
-            namespace: Some(proxy.namespace.clone()),
-            addresses: vec![proxy.ip],
-        }),
-        workloads: model.workloads.clone(),
+    SharedResources {
         services,
         http_routes,
         traffic_policies,

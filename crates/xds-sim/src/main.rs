@@ -8,11 +8,13 @@
 //! file write until each client has applied the new endpoint. Samples discovery's RSS and CPU
 //! from /proc. Writes `<out>/n<N>-m<M>.json` and `.md`.
 
+mod light;
+
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,8 +22,17 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use serde_json::json;
 use tokio::sync::mpsc;
-use xds::ProxyResources;
-use xds::ads::{AdsClient, ProxyId};
+use xds::ads::{AdsClient, ProxyId, ResourceType};
+use xds::{ProxyResources, Service};
+
+/// Which client the simulated proxies run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ClientKind {
+    /// ACK and look only at the probed service; keep nothing.
+    Light,
+    /// The proxy's `AdsClient`: decode and keep every resource.
+    Full,
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -54,6 +65,9 @@ struct Args {
     /// killer does.
     #[arg(long, default_value_t = 6000)]
     max_rss_mb: u64,
+    /// The client each simulated proxy runs.
+    #[arg(long, value_enum, default_value_t = ClientKind::Light)]
+    client: ClientKind,
     /// N=50, M=20, K=3: a few seconds, for tests.
     #[arg(long)]
     quick: bool,
@@ -285,6 +299,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let probe = Arc::new(Mutex::new(Probe::default()));
     let (events_tx, mut events) = mpsc::unbounded_channel::<(usize, Event)>();
     let mut statuses = Vec::with_capacity(n);
+    let light_disconnects = Arc::new(AtomicU64::new(0));
     let endpoint = xds::ads::client::endpoint(&grpc.to_string())?;
     let connect_started = Instant::now();
     for j in 0..n {
@@ -295,6 +310,55 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             "default",
         )
         .to_node(&Default::default());
+        if args.client == ClientKind::Light {
+            let probe = Arc::clone(&probe);
+            let tx = events_tx.clone();
+            let (mut synced, mut seen, mut services, mut session) = (false, 0u64, 0usize, 0u64);
+            tokio::spawn(light::run(
+                endpoint.clone(),
+                node,
+                Arc::clone(&light_disconnects),
+                move |response, stream| {
+                    if response.type_url != ResourceType::Service.type_url() {
+                        return;
+                    }
+                    if stream != session {
+                        (session, services) = (stream, 0);
+                    }
+                    // Names are not kept: a removal of a name never sent would miscount, and
+                    // the server sends none.
+                    services = (services + response.resources.len())
+                        .saturating_sub(response.removed_resources.len());
+                    if !synced && services >= m {
+                        synced = true;
+                        let _ = tx.send((j, Event::Synced));
+                    }
+                    let p = probe.lock().expect("probe");
+                    if p.id <= seen {
+                        return;
+                    }
+                    let name = format!("default/{}", p.hostname);
+                    let applied = response
+                        .resources
+                        .iter()
+                        .filter(|r| r.name == name)
+                        .filter_map(|r| r.resource.as_ref())
+                        .filter_map(|any| serde_json::from_slice::<Service>(&any.value).ok())
+                        .any(|svc| svc.endpoints.len() >= p.expected);
+                    if applied {
+                        seen = p.id;
+                        let _ = tx.send((
+                            j,
+                            Event::Applied {
+                                change: p.id,
+                                at: Instant::now(),
+                            },
+                        ));
+                    }
+                },
+            ));
+            continue;
+        }
         let client = AdsClient::new(endpoint.clone(), node);
         statuses.push(client.status());
         let probe = Arc::clone(&probe);
@@ -436,7 +500,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     stop.store(true, Ordering::Relaxed);
     let cpu_changes = end.cpu - cpu_changes_start;
     let changes_wall = changes_started.elapsed();
-    let disconnects: u64 = statuses.iter().map(|s| s.borrow().disconnects).sum();
+    let disconnects: u64 = statuses.iter().map(|s| s.borrow().disconnects).sum::<u64>()
+        + light_disconnects.load(Ordering::Relaxed);
     let sim_rss_end = proc_sample(std::process::id()).map(|s| s.0).unwrap_or(0);
 
     all_ms.sort_by(f64::total_cmp);
@@ -447,6 +512,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         "changes": args.changes,
         "changes_complete": complete,
         "ama": args.ama.display().to_string(),
+        "client": format!("{:?}", args.client).to_lowercase(),
         "discovery_listen_s": listen_after.as_secs_f64(),
         "sync_all_s": sync_time.as_secs_f64(),
         "discovery_cpu_sync_s": cpu_sync,

@@ -7,7 +7,6 @@
 //! so it is the same on every control-plane replica and across restarts, which is what lets a
 //! reconnecting proxy's `initial_resource_versions` be compared with a fresh server's state.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use envoy_types::pb::envoy::service::discovery::v3::Resource;
@@ -271,59 +270,17 @@ pub fn version_of(bytes: &[u8]) -> String {
 
 /// The version of a whole set of resources (`name version` pairs in name order), for
 /// `system_version_info` and `proxy-status`: equal sets have equal versions.
-pub fn set_version<'a>(entries: impl IntoIterator<Item = (&'a String, &'a String)>) -> String {
+pub fn set_version<N: AsRef<str>, V: AsRef<str>>(
+    entries: impl IntoIterator<Item = (N, V)>,
+) -> String {
     let mut h = Sha256::new();
     for (name, version) in entries {
-        h.update(name.as_bytes());
+        h.update(name.as_ref().as_bytes());
         h.update([0]);
-        h.update(version.as_bytes());
+        h.update(version.as_ref().as_bytes());
         h.update([0]);
     }
     hex::encode(&h.finalize()[..8])
-}
-
-/// Resources of one type by name.
-pub type TypedResources = BTreeMap<String, EncodedResource>;
-
-/// A [`ProxyResources`] encoded per type, by resource name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EncodedSnapshot {
-    types: BTreeMap<ResourceType, TypedResources>,
-}
-
-impl EncodedSnapshot {
-    /// Encodes every resource. Two resources of one type with the same name cannot both travel;
-    /// the first is kept and the duplicate reported in the returned list (the control plane's
-    /// validation should have caught it).
-    pub fn encode(res: &ProxyResources) -> (EncodedSnapshot, Vec<String>) {
-        let mut snap = EncodedSnapshot::default();
-        let mut problems = Vec::new();
-        for r in split(res) {
-            let ty = r.resource_type();
-            let name = r.name();
-            let encoded = match r.encode() {
-                Ok(e) => e,
-                Err(e) => {
-                    problems.push(format!("{ty} {name:?}: {e}"));
-                    continue;
-                }
-            };
-            let map = snap.types.entry(ty).or_default();
-            if map.contains_key(&name) {
-                problems.push(format!(
-                    "{ty} {name:?}: duplicate name; the first one is sent"
-                ));
-                continue;
-            }
-            map.insert(name, encoded);
-        }
-        (snap, problems)
-    }
-
-    /// The resources of type `ty`.
-    pub fn get(&self, ty: ResourceType) -> Option<&TypedResources> {
-        self.types.get(&ty)
-    }
 }
 
 /// Every resource of `res` as an [`AnyResource`], in [`ResourceType::ALL`] order.
@@ -374,6 +331,7 @@ pub fn assemble<'a>(resources: impl IntoIterator<Item = &'a AnyResource>) -> Pro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ads::view::Snapshot;
 
     fn sample() -> ProxyResources {
         ProxyResources::parse(
@@ -424,13 +382,14 @@ authorizations:
     #[test]
     fn round_trip_and_stable_versions() {
         let res = sample();
-        let (a, problems) = EncodedSnapshot::encode(&res);
+        let (a, problems) = Snapshot::encode(&res);
         assert!(problems.is_empty(), "{problems:?}");
-        let (b, _) = EncodedSnapshot::encode(&res);
-        assert_eq!(a, b);
+        let (b, _) = Snapshot::encode(&res);
         let mut decoded = Vec::new();
         for t in ResourceType::ALL {
-            for (name, enc) in a.get(t).expect("type present") {
+            assert_eq!(a.get(t).version(), b.get(t).version());
+            assert_eq!(a.get(t).len(), 1);
+            for (name, enc) in a.get(t).iter() {
                 decoded.push(AnyResource::decode(t, name, &enc.any).expect("decodes"));
             }
         }
@@ -450,8 +409,8 @@ authorizations:
         );
         let err = AnyResource::decode(ResourceType::Service, "w1", &any).expect_err("bad");
         assert!(err.to_string().contains("body has type"), "{err}");
-        let (snap, _) = EncodedSnapshot::encode(&sample());
-        let w = &snap.get(ResourceType::Workload).expect("workloads")["w1"];
+        let (snap, _) = Snapshot::encode(&sample());
+        let w = snap.get(ResourceType::Workload).get("w1").expect("w1");
         let err = AnyResource::decode(ResourceType::Workload, "w2", &w.any).expect_err("bad");
         assert_eq!(err.to_string(), "Workload \"w2\": body is named \"w1\"");
     }
@@ -460,8 +419,8 @@ authorizations:
     fn duplicates_are_reported() {
         let mut res = sample();
         res.http_routes.push(res.http_routes[0].clone());
-        let (snap, problems) = EncodedSnapshot::encode(&res);
-        assert_eq!(snap.get(ResourceType::HttpRoutes).map(|m| m.len()), Some(1));
+        let (snap, problems) = Snapshot::encode(&res);
+        assert_eq!(snap.get(ResourceType::HttpRoutes).len(), 1);
         assert_eq!(problems.len(), 1, "{problems:?}");
     }
 }

@@ -23,8 +23,10 @@
 //! the same content.
 //!
 //! - [`server::AdsServer`]: the server side; the control plane supplies a
-//!   [`server::SnapshotSource`] (a `watch` of each proxy's [`crate::ProxyResources`]) and the
-//!   server computes deltas, tracks ACKs and NACKs and reports [`server::AdsServer::status`].
+//!   [`server::SnapshotSource`] (a `watch` of each proxy's [`view::Snapshot`], encoded views
+//!   shared between proxies, or of its plain [`crate::ProxyResources`]) and the server computes
+//!   deltas, tracks ACKs and NACKs and reports [`server::AdsServer::status`].
+//! - [`view`]: encoded resources shared between proxies, encoded once per change.
 //! - [`client::AdsClient`]: the proxy side; it hands each whole config to an `apply` callback and
 //!   ACKs or NACKs by its answer, reconnecting with backoff.
 //! - [`node`]: Istio's proxy id (`sidecar~ip~pod.ns~ns.svc.cluster.local`) and node metadata.
@@ -33,11 +35,13 @@ pub mod client;
 pub mod codec;
 pub mod node;
 pub mod server;
+pub mod view;
 
 pub use client::{AdsClient, Backoff, ClientError, ClientStatus, Connect};
 pub use codec::ResourceType;
 pub use node::ProxyId;
-pub use server::{AdsServer, Nack, ProxyStatus, SnapshotSource, TypeStatus};
+pub use server::{AdsServer, Nack, ProxyStatus, ServerOptions, SnapshotSource, TypeStatus};
+pub use view::{Encoder, Snapshot, TypeView, ViewDelta};
 
 /// The xDS `Node` type (envoy-types), as a [`SnapshotSource`] receives it.
 pub use envoy_types::pb::envoy::config::core::v3::Node;

@@ -1,7 +1,9 @@
-//! The Delta ADS server: one task per proxy stream turns per-proxy snapshots into deltas.
+//! The Delta ADS server: one task per proxy stream turns snapshots into deltas.
 //!
 //! The control plane implements [`SnapshotSource`]: for a connecting proxy's `Node` it returns a
-//! `watch` channel of that proxy's [`ProxyResources`]. [`AdsServer`] does the protocol:
+//! `watch` channel of that proxy's [`Snapshot`] (encoded views, shared between proxies that see
+//! the same thing), or, for a simple source, of its [`ProxyResources`], which the stream then
+//! encodes itself. [`AdsServer`] does the protocol:
 //!
 //! - subscriptions per type, wildcard (`*`, or an empty first subscribe list) and explicit names;
 //! - the first response per type is sent even when empty, so a proxy knows it is in sync; a
@@ -19,6 +21,16 @@
 //!
 //! Each stream has its own task and a bounded response queue that never holds more than one
 //! response per type, so a slow proxy delays only itself. No lock is held across an `.await`.
+//!
+//! **Cost per stream.** A stream keeps, per type, the `Arc` of the view it last sent (what the
+//! proxy holds is that view as subscribed), not a copy of names and versions; the difference to
+//! a new view is the one recorded when the view was built ([`TypeView::build`], computed once for
+//! all the proxies that move together) or a walk comparing entries by pointer. Responses copy
+//! the shared encoded bodies (the `Any` of envoy-types owns a `Vec<u8>`) and live only until
+//! sent. A first sync is the big response: at most [`ServerOptions::max_concurrent_syncs`]
+//! streams do theirs at once (Istio's push throttle), each until its proxy ACKed every type or
+//! [`ServerOptions::sync_timeout`] passed, so thousands of proxies reconnecting together do not
+//! hold thousands of full responses.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -27,24 +39,72 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::Resource;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::codec::{EncodedSnapshot, ResourceType, set_version};
+use super::codec::{EncodedResource, ResourceType, set_version};
+use super::view::{Snapshot, TypeView};
 use crate::ProxyResources;
 
 /// Where the server gets each proxy's resources; implemented by the control plane.
+///
+/// Implement one of the two methods: [`SnapshotSource::watch_snapshots`] for encoded views
+/// shared between proxies (the control plane), or [`SnapshotSource::watch`] for plain
+/// per-proxy resources (tests, small tools), which each stream encodes itself.
 pub trait SnapshotSource: Send + Sync {
     /// The resources for the proxy `node` identifies, now and after every change. An error (for
     /// example `permission_denied` for an unknown proxy) ends the stream with that status.
-    fn watch(&self, node: &Node) -> Result<watch::Receiver<Arc<ProxyResources>>, Status>;
+    fn watch(&self, node: &Node) -> Result<watch::Receiver<Arc<ProxyResources>>, Status> {
+        let _ = node;
+        Err(Status::unimplemented(
+            "this snapshot source serves no resources",
+        ))
+    }
+
+    /// The encoded snapshots for the proxy `node` identifies, or `None` to use
+    /// [`SnapshotSource::watch`]. Errors as there.
+    fn watch_snapshots(&self, node: &Node) -> Result<Option<watch::Receiver<Snapshot>>, Status> {
+        let _ = node;
+        Ok(None)
+    }
+}
+
+/// A stream's feed of snapshots.
+enum Feed {
+    Shared(watch::Receiver<Snapshot>),
+    Resources(watch::Receiver<Arc<ProxyResources>>),
+}
+
+impl Feed {
+    async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+        match self {
+            Feed::Shared(rx) => rx.changed().await,
+            Feed::Resources(rx) => rx.changed().await,
+        }
+    }
+
+    /// The latest snapshot, marked seen.
+    fn current(&mut self, node_id: &str) -> Snapshot {
+        match self {
+            Feed::Shared(rx) => rx.borrow_and_update().clone(),
+            Feed::Resources(rx) => {
+                let res = rx.borrow_and_update().clone();
+                let (snap, problems) = Snapshot::encode(&res);
+                for p in problems {
+                    tracing::warn!(proxy = %node_id, problem = %p, "resource not sent");
+                }
+                snap
+            }
+        }
+    }
 }
 
 /// Limits of the server.
@@ -54,6 +114,11 @@ pub struct ServerOptions {
     pub first_request_timeout: Duration,
     /// Largest request accepted from a proxy, in bytes.
     pub max_request_size: usize,
+    /// Streams doing their first sync at once; the others wait for their turn (Istio's
+    /// `PILOT_PUSH_THROTTLE` is 100).
+    pub max_concurrent_syncs: usize,
+    /// How long a first sync may keep its turn while the proxy does not ACK.
+    pub sync_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -61,6 +126,8 @@ impl Default for ServerOptions {
         ServerOptions {
             first_request_timeout: Duration::from_secs(30),
             max_request_size: 4 * 1024 * 1024,
+            max_concurrent_syncs: 100,
+            sync_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -120,6 +187,7 @@ pub struct ProxyStatus {
 struct Shared {
     source: Arc<dyn SnapshotSource>,
     options: ServerOptions,
+    syncs: Arc<Semaphore>,
     next_connection: AtomicU64,
     proxies: Mutex<BTreeMap<u64, ProxyStatus>>,
 }
@@ -158,6 +226,7 @@ impl AdsServer {
         AdsServer {
             shared: Arc::new(Shared {
                 source,
+                syncs: Arc::new(Semaphore::new(options.max_concurrent_syncs.max(1))),
                 options,
                 next_connection: AtomicU64::new(1),
                 proxies: Mutex::new(BTreeMap::new()),
@@ -245,7 +314,7 @@ type Accepted = (
     ProxyStream,
     DeltaDiscoveryRequest,
     Streaming<DeltaDiscoveryRequest>,
-    watch::Receiver<Arc<ProxyResources>>,
+    Feed,
 );
 
 /// Reads the first request, asks the source for the node's snapshots and registers the stream.
@@ -266,7 +335,10 @@ async fn accept(
     if node.id.is_empty() {
         return Err(Status::invalid_argument("the node has no id"));
     }
-    let snapshots = shared.source.watch(&node)?;
+    let snapshots = match shared.source.watch_snapshots(&node)? {
+        Some(rx) => Feed::Shared(rx),
+        None => Feed::Resources(shared.source.watch(&node)?),
+    };
     let connection = shared.next_connection.fetch_add(1, Ordering::Relaxed);
     shared
         .proxies
@@ -288,11 +360,30 @@ async fn accept(
         node_id: node.id,
         shared: shared.clone(),
         out,
-        snapshot: EncodedSnapshot::default(),
+        snapshot: Snapshot::default(),
         types: BTreeMap::new(),
         nonces: 0,
+        sync: None,
     };
     Ok((stream, first, inbound, snapshots))
+}
+
+/// A resource of a view: its shared name and encoding.
+type Entry<'a> = (Arc<str>, &'a Arc<EncodedResource>);
+
+/// What the proxy holds of one type.
+#[derive(Debug, Clone)]
+enum Held {
+    /// The entries of this view that the subscription wants (what the server last sent).
+    View(Arc<TypeView>),
+    /// Name → version: what a reconnecting proxy said it kept (or nothing yet).
+    Versions(BTreeMap<String, String>),
+}
+
+impl Default for Held {
+    fn default() -> Held {
+        Held::Versions(BTreeMap::new())
+    }
 }
 
 /// A response sent and not yet ACKed or NACKed.
@@ -300,16 +391,16 @@ async fn accept(
 struct InFlight {
     nonce: String,
     version: String,
-    /// What the proxy had before, for the names this response changed (to roll back on NACK).
-    previous: Vec<(String, Option<String>)>,
+    /// What the proxy held before, restored on NACK.
+    previous: Held,
 }
 
 #[derive(Debug, Default)]
 struct TypeState {
     wildcard: bool,
     names: BTreeSet<String>,
-    /// What the proxy has (or will have once the in-flight response is ACKed): name → version.
-    has: BTreeMap<String, String>,
+    /// What the proxy has (or will have once the in-flight response is ACKed).
+    held: Held,
     in_flight: Option<InFlight>,
     /// The first response for this type is still due (sent even when empty).
     initial: bool,
@@ -323,6 +414,100 @@ struct TypeState {
 impl TypeState {
     fn wants(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)
+    }
+
+    /// The subscribed part of `view`, in name order.
+    fn wanted<'s, 'v: 's>(
+        &'s self,
+        view: &'v TypeView,
+    ) -> Box<dyn Iterator<Item = (&'v Arc<str>, &'v Arc<EncodedResource>)> + 's> {
+        if self.wildcard {
+            Box::new(view.iter())
+        } else {
+            Box::new(self.names.iter().filter_map(move |n| view.get_entry(n)))
+        }
+    }
+
+    /// The version of the subscribed part of `view`.
+    fn version_of(&self, view: &TypeView) -> String {
+        if self.wildcard {
+            view.version().to_string()
+        } else {
+            set_version(self.wanted(view).map(|(n, e)| (&**n, &*e.version)))
+        }
+    }
+
+    /// How many resources the proxy holds.
+    fn held_count(&self) -> usize {
+        match &self.held {
+            Held::View(v) => self.wanted(v).count(),
+            Held::Versions(m) => m.len(),
+        }
+    }
+
+    /// The proxy is about to want more names: from now on, what it holds is spelled out, since
+    /// a view would claim it has them.
+    fn spell_out(&mut self) {
+        if let Held::View(v) = &self.held {
+            let map = self
+                .wanted(v)
+                .map(|(n, e)| (n.to_string(), e.version.clone()))
+                .collect();
+            self.held = Held::Versions(map);
+        }
+    }
+
+    /// The resources to send (changed or added, in name order) and the names to remove, to
+    /// bring the proxy from what it holds to `want`.
+    fn diff<'a>(&self, want: &'a TypeView) -> (Vec<Entry<'a>>, Vec<String>) {
+        let mut changed = Vec::new();
+        let mut removed = Vec::new();
+        match &self.held {
+            Held::View(old) if std::ptr::eq(&**old, want) => {}
+            Held::View(old) if self.wildcard => {
+                let computed;
+                let delta = match want.delta_from(old) {
+                    Some(d) => &**d,
+                    None => {
+                        computed = old.diff(want);
+                        &computed
+                    }
+                };
+                for n in &delta.changed {
+                    if let Some(e) = want.get(n) {
+                        changed.push((Arc::clone(n), e));
+                    }
+                }
+                removed.extend(delta.removed.iter().map(|n| n.to_string()));
+            }
+            Held::View(old) => {
+                for n in &self.names {
+                    match (old.get(n), want.get(n)) {
+                        (Some(a), Some(b)) if Arc::ptr_eq(a, b) || a.version == b.version => {}
+                        (_, Some(_)) => {
+                            if let Some((name, e)) = want.get_entry(n) {
+                                changed.push((Arc::clone(name), e));
+                            }
+                        }
+                        (Some(_), None) => removed.push(n.clone()),
+                        (None, None) => {}
+                    }
+                }
+            }
+            Held::Versions(had) => {
+                for (n, e) in self.wanted(want) {
+                    if had.get(&**n) != Some(&e.version) {
+                        changed.push((Arc::clone(n), e));
+                    }
+                }
+                removed.extend(
+                    had.keys()
+                        .filter(|n| !(self.wants(n) && want.get(n).is_some()))
+                        .cloned(),
+                );
+            }
+        }
+        (changed, removed)
     }
 }
 
@@ -339,9 +524,12 @@ struct ProxyStream {
     node_id: String,
     shared: Arc<Shared>,
     out: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-    snapshot: EncodedSnapshot,
+    snapshot: Snapshot,
     types: BTreeMap<ResourceType, TypeState>,
     nonces: u64,
+    /// The turn of a first sync (see [`ServerOptions::max_concurrent_syncs`]), until every type
+    /// is ACKed once or the deadline passes.
+    sync: Option<(OwnedSemaphorePermit, tokio::time::Instant)>,
 }
 
 impl ProxyStream {
@@ -349,34 +537,9 @@ impl ProxyStream {
         mut self,
         first: DeltaDiscoveryRequest,
         mut inbound: Streaming<DeltaDiscoveryRequest>,
-        mut snapshots: watch::Receiver<Arc<ProxyResources>>,
+        mut snapshots: Feed,
     ) {
-        let initial = snapshots.borrow_and_update().clone();
-        self.set_snapshot(&initial);
-        self.on_request(first);
-        let stop = loop {
-            if let Err(stop) = self.flush().await {
-                break stop;
-            }
-            tokio::select! {
-                msg = inbound.message() => match msg {
-                    Ok(Some(req)) => self.on_request(req),
-                    Ok(None) => break Stop::Gone,
-                    Err(status) => {
-                        tracing::debug!(proxy = %self.node_id, %status, "ADS stream error");
-                        break Stop::Gone;
-                    }
-                },
-                changed = snapshots.changed() => match changed {
-                    Ok(()) => {
-                        let snap = snapshots.borrow_and_update().clone();
-                        self.set_snapshot(&snap);
-                    }
-                    Err(_) => break Stop::SourceClosed,
-                },
-                _ = self.out.closed() => break Stop::Gone,
-            }
-        };
+        let stop = self.serve(first, &mut inbound, &mut snapshots).await;
         if let Stop::SourceClosed = stop {
             let _ = self
                 .out
@@ -393,14 +556,74 @@ impl ProxyStream {
         tracing::info!(proxy = %self.node_id, connection = self.connection, "ADS stream closed");
     }
 
-    fn set_snapshot(&mut self, res: &ProxyResources) {
-        let (snap, problems) = EncodedSnapshot::encode(res);
-        for p in problems {
-            tracing::warn!(proxy = %self.node_id, problem = %p, "resource not sent");
+    async fn serve(
+        &mut self,
+        first: DeltaDiscoveryRequest,
+        inbound: &mut Streaming<DeltaDiscoveryRequest>,
+        snapshots: &mut Feed,
+    ) -> Stop {
+        // Wait for a turn to sync; the proxy's requests wait in the transport meanwhile.
+        let permit = tokio::select! {
+            p = Arc::clone(&self.shared.syncs).acquire_owned() => p.ok(),
+            _ = self.out.closed() => return Stop::Gone,
+        };
+        let deadline = tokio::time::Instant::now() + self.shared.options.sync_timeout;
+        self.sync = permit.map(|p| (p, deadline));
+        let initial = snapshots.current(&self.node_id);
+        self.set_snapshot(initial);
+        self.on_request(first);
+        loop {
+            if let Err(stop) = self.flush().await {
+                return stop;
+            }
+            self.release_sync_when_done();
+            let sync_deadline = self.sync.as_ref().map(|(_, d)| *d);
+            tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(req)) => self.on_request(req),
+                    Ok(None) => return Stop::Gone,
+                    Err(status) => {
+                        tracing::debug!(proxy = %self.node_id, %status, "ADS stream error");
+                        return Stop::Gone;
+                    }
+                },
+                changed = snapshots.changed() => match changed {
+                    Ok(()) => {
+                        let snap = snapshots.current(&self.node_id);
+                        self.set_snapshot(snap);
+                    }
+                    Err(_) => return Stop::SourceClosed,
+                },
+                _ = async {
+                    match sync_deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    tracing::debug!(proxy = %self.node_id, "first sync not ACKed in time; its turn goes to another proxy");
+                    self.sync = None;
+                }
+                _ = self.out.closed() => return Stop::Gone,
+            }
         }
+    }
+
+    /// Gives the sync turn back once every requested type has been answered and ACKed.
+    fn release_sync_when_done(&mut self) {
+        if self.sync.is_some()
+            && self
+                .types
+                .values()
+                .all(|st| !st.initial && st.in_flight.is_none())
+        {
+            self.sync = None;
+        }
+    }
+
+    fn set_snapshot(&mut self, snap: Snapshot) {
         let mut changed = Vec::new();
         for (ty, st) in &mut self.types {
-            if st.rejected || snap.get(*ty) != self.snapshot.get(*ty) {
+            if st.rejected || !Arc::ptr_eq(snap.get(*ty), self.snapshot.get(*ty)) {
                 st.dirty = true;
                 changed.push(*ty);
             }
@@ -416,13 +639,7 @@ impl ProxyStream {
         let Some(st) = self.types.get(&ty) else {
             return;
         };
-        let empty = BTreeMap::new();
-        let want = self.snapshot.get(ty).unwrap_or(&empty);
-        let latest = set_version(
-            want.iter()
-                .filter(|(n, _)| st.wants(n))
-                .map(|(n, e)| (n, &e.version)),
-        );
+        let latest = st.version_of(self.snapshot.get(ty));
         self.shared.update(self.connection, |p| {
             p.types.entry(ty).or_default().latest = Some(latest);
         });
@@ -437,7 +654,7 @@ impl ProxyStream {
         let st = self.types.entry(ty).or_default();
         if first {
             // A reconnecting proxy says what it kept; only the difference is sent.
-            st.has = req.initial_resource_versions.into_iter().collect();
+            st.held = Held::Versions(req.initial_resource_versions.into_iter().collect());
             st.wildcard = req.resource_names_subscribe.is_empty();
             st.initial = true;
             st.dirty = true;
@@ -452,7 +669,7 @@ impl ProxyStream {
             if let (true, Some(flight)) = (matches, st.in_flight.take()) {
                 match req.error_detail {
                     None => {
-                        let resources = st.has.len();
+                        let resources = st.held_count();
                         self.shared.update(self.connection, |p| {
                             let t = p.types.entry(ty).or_default();
                             t.acked = Some(flight.version);
@@ -472,12 +689,7 @@ impl ProxyStream {
                         // The proxy kept what it had: the rejected resources count as not
                         // delivered, so the next change sends them again with the new ones.
                         st.rejected = true;
-                        for (name, prev) in flight.previous {
-                            match prev {
-                                Some(v) => st.has.insert(name, v),
-                                None => st.has.remove(&name),
-                            };
-                        }
+                        st.held = flight.previous;
                         let nack = Nack {
                             version: flight.version,
                             nonce: flight.nonce,
@@ -497,8 +709,14 @@ impl ProxyStream {
         }
         for name in req.resource_names_subscribe {
             if name == "*" {
-                st.wildcard = true;
-            } else {
+                if !st.wildcard {
+                    st.spell_out();
+                    st.wildcard = true;
+                }
+            } else if !st.names.contains(&name) {
+                if !st.wildcard {
+                    st.spell_out();
+                }
                 st.names.insert(name);
             }
             st.dirty = true;
@@ -509,14 +727,16 @@ impl ProxyStream {
             } else {
                 st.names.remove(&name);
             }
-            // The proxy forgets what it unsubscribed from.
+            // The proxy forgets what it unsubscribed from (a view is read as subscribed).
             let TypeState {
-                has,
+                held,
                 names,
                 wildcard,
                 ..
             } = &mut *st;
-            has.retain(|n, _| *wildcard || names.contains(n));
+            if let Held::Versions(has) = held {
+                has.retain(|n, _| *wildcard || names.contains(n));
+            }
             st.dirty = true;
         }
         if st.dirty {
@@ -535,39 +755,18 @@ impl ProxyStream {
                 continue;
             }
             st.dirty = false;
-            let empty = BTreeMap::new();
-            let want = self.snapshot.get(ty).unwrap_or(&empty);
-            let mut previous = Vec::new();
-            let mut resources = Vec::new();
-            for (name, enc) in want {
-                if !st.wants(name) {
-                    continue;
-                }
-                let had = st.has.get(name);
-                if had != Some(&enc.version) {
-                    previous.push((name.clone(), had.cloned()));
-                    resources.push(enc.to_resource(name));
-                }
-            }
-            let removed: Vec<String> = st
-                .has
-                .keys()
-                .filter(|n| !(st.wants(n) && want.contains_key(*n)))
-                .cloned()
-                .collect();
-            if resources.is_empty() && removed.is_empty() && !st.initial && !st.rejected {
+            let want = self.snapshot.get(ty);
+            let (changed, removed) = st.diff(want);
+            if changed.is_empty() && removed.is_empty() && !st.initial && !st.rejected {
+                // Nothing to send: the proxy holds what the new view says.
+                st.held = Held::View(Arc::clone(want));
                 continue;
             }
             st.initial = false;
             st.rejected = false;
-            for name in &removed {
-                let prev = st.has.remove(name);
-                previous.push((name.clone(), prev));
-            }
-            for r in &resources {
-                st.has.insert(r.name.clone(), r.version.clone());
-            }
-            let version = set_version(&st.has);
+            let resources: Vec<Resource> = changed.iter().map(|(n, e)| e.to_resource(n)).collect();
+            let previous = std::mem::replace(&mut st.held, Held::View(Arc::clone(want)));
+            let version = st.version_of(want);
             self.nonces += 1;
             let nonce = format!("{}-{}", self.connection, self.nonces);
             tracing::debug!(
