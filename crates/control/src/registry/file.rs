@@ -3,8 +3,12 @@
 //! Every `*.yaml`, `*.yml` and `*.json` file under the directory (recursively; names starting
 //! with `.` are skipped, as editors' temporary files are) is a YAML stream parsed with
 //! [`api::objects::parse_stream`]. The directory is polled (every 500 ms by default) and a file
-//! is re-read when its content hash changes, which is robust on every file system, for editors
-//! that write in place or rename, and for ConfigMap mounts.
+//! is used again when its content hash changes, which is robust on every file system, for
+//! editors that write in place or rename, and for ConfigMap mounts. A file whose metadata (size,
+//! modification and change times, inode) is the same as at the last read and was last modified
+//! more than [`SETTLE`] ago is not even read, so a poll of thousands of unchanged files costs a
+//! `stat` each; a file modified within [`SETTLE`] is read and hashed whatever its metadata says,
+//! for file systems with coarse timestamps.
 //!
 //! - A malformed document is reported once (`file:doc N: Kind ns/name: field: message`) and
 //!   left out; the file's other documents still apply.
@@ -22,7 +26,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use api::objects::{ObjectError, parse_stream};
 use sha2::{Digest, Sha256};
@@ -32,6 +36,9 @@ use super::ConfigStore;
 
 /// How often the directory is polled by default.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// A file modified less than this long ago is read at every poll even if its metadata did not
+/// change (coarse timestamps could hide a second write).
+pub const SETTLE: Duration = Duration::from_secs(2);
 /// Sub-directory that [`FileRegistry::apply`] writes to.
 pub const APPLIED_DIR: &str = "applied";
 
@@ -101,7 +108,39 @@ pub struct ApplyReport {
 #[derive(Debug)]
 struct FileState {
     hash: [u8; 32],
+    /// The metadata when it was last read.
+    stamp: Option<Stamp>,
     errors: Vec<ObjectError>,
+}
+
+/// What `stat` says of a file: when all of it is unchanged, so is the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    changed: (i64, i64),
+    inode: (u64, u64),
+}
+
+impl Stamp {
+    fn of(meta: &fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            changed: (meta.ctime(), meta.ctime_nsec()),
+            inode: (meta.dev(), meta.ino()),
+        }
+    }
+
+    /// Whether the file may be skipped: same metadata as `read`, and not modified lately.
+    fn settled_as(&self, read: Option<&Stamp>, now: SystemTime) -> bool {
+        read == Some(self)
+            && self
+                .modified
+                .and_then(|m| now.duration_since(m).ok())
+                .is_some_and(|age| age >= SETTLE)
+    }
 }
 
 /// Watches a directory and keeps its objects in a [`ConfigStore`].
@@ -170,7 +209,11 @@ impl FileRegistry {
             tracing::info!("{name}: removed");
             report.removed.push(name);
         }
-        for (name, path) in found {
+        let now = SystemTime::now();
+        for (name, (path, stamp)) in found {
+            if stamp.settled_as(files.get(&name).and_then(|f| f.stamp.as_ref()), now) {
+                continue;
+            }
             let text = match fs::read(&path) {
                 Ok(bytes) => bytes,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // raced a delete
@@ -181,7 +224,10 @@ impl FileRegistry {
                 }
             };
             let hash: [u8; 32] = Sha256::digest(&text).into();
-            if files.get(&name).is_some_and(|f| f.hash == hash) {
+            if let Some(f) = files.get_mut(&name)
+                && f.hash == hash
+            {
+                f.stamp = Some(stamp);
                 continue;
             }
             let text = String::from_utf8_lossy(&text);
@@ -202,7 +248,14 @@ impl FileRegistry {
                 self.store.replace(&name, objects);
             }
             report.errors.extend(errors.iter().cloned());
-            files.insert(name.clone(), FileState { hash, errors });
+            files.insert(
+                name.clone(),
+                FileState {
+                    hash,
+                    stamp: Some(stamp),
+                    errors,
+                },
+            );
             report.changed.push(name);
         }
         report
@@ -293,8 +346,9 @@ fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
     fs::rename(&tmp, path)
 }
 
-/// Collects the config files under `dir`, by name relative to `root` (`/`-separated).
-fn list(root: &Path, dir: &Path, out: &mut BTreeMap<String, PathBuf>) -> io::Result<()> {
+/// Collects the config files under `dir`, by name relative to `root` (`/`-separated), with
+/// their metadata.
+fn list(root: &Path, dir: &Path, out: &mut BTreeMap<String, (PathBuf, Stamp)>) -> io::Result<()> {
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let file_name = entry.file_name();
@@ -325,7 +379,7 @@ fn list(root: &Path, dir: &Path, out: &mut BTreeMap<String, PathBuf>) -> io::Res
                 .map(|c| c.as_os_str().to_string_lossy())
                 .collect::<Vec<_>>()
                 .join("/");
-            out.insert(name, path);
+            out.insert(name, (path, Stamp::of(&meta)));
         }
     }
     Ok(())
