@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Ama's first data-plane benchmark: direct vs ama vs Envoy, plain HTTP, the seed's topology.
+"""Ama's data-plane benchmark: direct vs ama vs Envoy on the seed's topology, mTLS, HTTP/1.1 and gRPC.
 
     client pod (oha) → client sidecar → server sidecar → app (nginx, 1024-byte body at /1k)
 
@@ -9,6 +9,7 @@ interleaved (direct, ama, envoy, direct, ama, envoy, ...), so slow drifts of the
 arm alike. Run as root with Python 3.11, stdlib only:
 
     python3 bench/run.py [--duration 30] [--repeats 3] [--rate 1000] [--quick] [--arms direct,envoy]
+                         [--plain] [--protocols http1,grpc]
 
 Writes bench/RESULTS.md (bench/out/quick/RESULTS.md with --quick) and the raw data of every run
 under bench/out/<UTC time>/. bench/README.md says what is measured and why.
@@ -63,6 +64,22 @@ ARMS = ("direct", "ama", "envoy")
 SPIFFE = {"client": "spiffe://cluster.local/ns/default/sa/sleep",
           "server": "spiffe://cluster.local/ns/default/sa/httpbin"}
 TLS_SNI = "outbound_.80_._.httpbin.default.svc.cluster.local"
+# The gRPC load: the Service's second port (name `grpc`, appProtocol grpc), a unary method that the
+# app (`ama-bench-app`, crates/bench-app: h2c on port 81, one thread like nginx's one worker)
+# answers with one 1024-byte message and grpc-status 0; the request carries a 1024-byte message
+# too. Messages are length-prefixed as gRPC frames them.
+GRPC_PORT = 81
+GRPC_PATH = "/bench.Echo/Unary"
+PROTOCOLS = ("http1", "grpc")
+
+
+def grpc_message(size: int = BODY_SIZE) -> bytes:
+    """One gRPC frame (uncompressed flag, 4-byte length) holding a `bytes payload = 1` message of
+    exactly `size` bytes."""
+    payload = size - 3  # tag + a two-byte varint length
+    msg = b"\x0a" + bytes([payload & 0x7F | 0x80, payload >> 7]) + b"x" * payload
+    assert len(msg) == size
+    return b"\x00" + len(msg).to_bytes(4, "big") + msg
 
 
 class BenchError(Exception):
@@ -302,21 +319,25 @@ class Arm:
     client: Pod
     server: Pod
     url: str
+    grpc_url: str
     app: Proc | None = None
+    grpc_app: Proc | None = None
     proxies: dict[str, Proc] = field(default_factory=dict)  # "client"/"server" → process
     access_logs: dict[str, Path] = field(default_factory=dict)
 
     def app_pids(self) -> list[int]:
-        return [self.app.pid] + children(self.app.pid) if self.app else []
+        pids = [self.app.pid] + children(self.app.pid) if self.app else []
+        return pids + ([self.grpc_app.pid] if self.grpc_app else [])
 
     def logs(self) -> str:
         parts = [p.logs() for p in self.proxies.values()]
-        if self.app:
-            parts.append(self.app.logs())
+        for app in (self.app, self.grpc_app):
+            if app:
+                parts.append(app.logs())
         return "\n".join(parts)
 
 
-def start_app(world: World, arm: Arm) -> None:
+def start_app(world: World, arm: Arm, grpc_app: Path | None) -> None:
     d = world.run_dir / f"{arm.name}-app"
     (d / "www").mkdir(parents=True)
     for t in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
@@ -328,6 +349,10 @@ def start_app(world: World, arm: Arm) -> None:
     conf.write_text(string.Template((BENCH / "nginx.conf").read_text()).substitute(DIR=str(d)))
     arm.app = world.spawn(f"{arm.name}-nginx", arm.server.ns,
                           ["nginx", "-c", str(conf), "-e", str(d / "nginx-error.log"), "-g", "daemon off;"])
+    if grpc_app:
+        arm.grpc_app = world.spawn(f"{arm.name}-grpc-app", arm.server.ns,
+                                   [str(grpc_app), "--listen", f"0.0.0.0:{GRPC_PORT}",
+                                    "--size", str(BODY_SIZE)])
 
 
 def install_capture(world: World, ama: Path, pod: Pod) -> None:
@@ -407,7 +432,8 @@ def ama_resources(arm: Arm, me: str, tls: bool) -> dict:
                 "addresses": [ip], "serviceAccount": app, "labels": {"app": app, "version": "v1"},
                 "ports": ports, "tlsMode": mode}
     sleep = workload("sleep-bench", "sleep", arm.client.ip, [])
-    httpbin = workload("httpbin-bench", "httpbin", arm.server.ip, [{"name": "http", "port": 80}])
+    httpbin = workload("httpbin-bench", "httpbin", arm.server.ip,
+                       [{"name": "http", "port": 80}, {"name": "grpc", "port": GRPC_PORT}])
     node = sleep if me == "client" else httpbin
     return {
         "self": {"uid": node["uid"], "name": node["name"], "namespace": "default",
@@ -416,7 +442,9 @@ def ama_resources(arm: Arm, me: str, tls: bool) -> dict:
         "services": [{
             "hostname": "httpbin.default.svc.cluster.local", "name": "httpbin",
             "namespace": "default", "vips": [VIP],
-            "ports": [{"name": "http", "port": 80, "targetPort": 80}],
+            "ports": [{"name": "http", "port": 80, "targetPort": 80},
+                      {"name": "grpc", "port": GRPC_PORT, "targetPort": GRPC_PORT,
+                       "appProtocol": "grpc"}],
             "endpoints": [{"address": arm.server.ip, "workloadUid": httpbin["uid"], "tlsMode": mode,
                            **({"identity": SPIFFE["server"]} if tls else {})}],
         }],
@@ -461,18 +489,43 @@ def start_amas(world: World, arm: Arm, ama: Path, certs: Path | None) -> None:
 # Checks
 # ---------------------------------------------------------------------------------------------
 
-def curl(pod: Pod, url: str, verbose: bool = False) -> subprocess.CompletedProcess:
+def curl(pod: Pod, url: str, verbose: bool = False, grpc: Path | None = None) -> subprocess.CompletedProcess:
+    """GET url, or with `grpc` (the request message) a gRPC unary call over HTTP/2 prior knowledge;
+    stdout starts with `<status> <body bytes>`, then with `verbose` the curl trace (headers and
+    trailers)."""
     argv = ["ip", "netns", "exec", pod.ns, "curl", "-sS", "--max-time", "2", "-o", "/dev/null",
-            "-w", "%{http_code} %{size_download}"]
-    if verbose:
-        argv += ["-D", "-"]
+            "-w", "%{http_code} %{size_download}\n"]
+    if grpc:
+        argv += ["--http2-prior-knowledge", "-X", "POST", "-H", "content-type: application/grpc",
+                 "-H", "te: trailers", "--data-binary", f"@{grpc}"]
+    if verbose:  # response headers on stdout; the request and the trailers in the trace
+        argv += ["-D", "-", "-v"]
     return run(argv + [url], check=False, timeout=10)
 
 
-def check_arm(world: World, arm: Arm, oha: Path, tls: bool = False) -> dict:
-    """Fails (with the arm's logs) unless the arm answers 200 with the 1k body, through both
+def proto_url(arm: Arm, proto: str) -> str:
+    return arm.grpc_url if proto == "grpc" else arm.url
+
+
+def oha_load(proto: str, request: Path) -> list[str]:
+    """oha's arguments for the protocol's request: a GET of /1k, or the gRPC unary call over
+    HTTP/2 (oha counts HTTP statuses; check_arm verified the grpc-status trailer)."""
+    if proto != "grpc":
+        return []
+    return ["--http2", "-m", "POST", "-H", "content-type: application/grpc", "-H", "te: trailers",
+            "-D", str(request)]
+
+
+def check_arm(world: World, arm: Arm, oha: Path, tls: bool = False, proto: str = "http1",
+              request: Path | None = None) -> dict:
+    """Fails (with the arm's logs) unless the arm answers 200 with the 1k body (for gRPC: the
+    framed 1k message, content-type application/grpc and the trailer grpc-status: 0), through both
     proxies when it has them, and with tls unless the server proxy logged the outbound SNI (the
     connection between the sidecars was Istio mTLS; nginx cannot tell)."""
+    url = proto_url(arm, proto)
+    grpc = request if proto == "grpc" else None
+    size = len(grpc_message()) if grpc else BODY_SIZE
+    sni = TLS_SNI.replace(".80_", f".{GRPC_PORT}_") if grpc else TLS_SNI
     def fail(why: str) -> BenchError:
         return BenchError(f"arm {arm.name} is broken: {why}\n{arm.logs()}\n"
                           f"--- capture rules:\n" + "\n".join(
@@ -482,27 +535,36 @@ def check_arm(world: World, arm: Arm, oha: Path, tls: bool = False) -> dict:
     deadline = time.time() + 30
     last = ""
     while True:
-        for p in [arm.app, *arm.proxies.values()]:
+        for p in [arm.app, arm.grpc_app, *arm.proxies.values()]:
             if p and not p.alive():
                 raise fail(f"{p.name} exited")
-        r = curl(arm.client, arm.url)
+        r = curl(arm.client, url, grpc=grpc)
         last = (r.stdout + r.stderr).strip()
         if r.stdout.startswith("200 "):
             break
         if time.time() > deadline:
-            raise fail(f"no 200 from {arm.url} within 30 s (last: {last!r})")
+            raise fail(f"no 200 from {url} within 30 s (last: {last!r})")
         time.sleep(0.2)
-    if r.stdout.split()[1] != str(BODY_SIZE):
-        raise fail(f"body of {r.stdout.split()[1]} bytes, not {BODY_SIZE}")
-    headers = curl(arm.client, arm.url, verbose=True).stdout
+    if r.stdout.split()[1] != str(size):
+        raise fail(f"body of {r.stdout.split()[1]} bytes, not {size}")
+    trace = curl(arm.client, url, verbose=True, grpc=grpc)
+    sent = [l for l in trace.stderr.splitlines() if l.startswith("> ")]
+    received = [l.strip() for l in trace.stdout.splitlines()[:-1] if l.strip()] + \
+        [l[2:].strip() for l in trace.stderr.splitlines() if l.startswith("< ")]
+    headers = "\n".join(sent + ["< " + l for l in dict.fromkeys(received)])
+    if grpc:
+        got = [l.lower() for l in received]
+        for want in ("content-type: application/grpc", "grpc-status: 0"):
+            if want not in got:
+                raise fail(f"gRPC call through the arm: no `{want}` in the response:\n{headers}")
     for f in arm.access_logs.values():
         count_and_truncate(f)
     n = 200
     out = run(["ip", "netns", "exec", arm.client.ns, str(oha), "--no-tui", "--output-format", "json",
-               "-n", str(n), "-c", "4", arm.url], timeout=60)
+               "-n", str(n), "-c", "4", *oha_load(proto, request), url], timeout=60)
     res = json.loads(out.stdout)
     codes = res.get("statusCodeDistribution", {})
-    if codes != {"200": n} or res["summary"]["totalData"] != n * BODY_SIZE:
+    if codes != {"200": n} or res["summary"]["totalData"] != n * size:
         raise fail(f"oha -n {n}: status codes {codes}, errors {res.get('errorDistribution')}, "
                    f"{res['summary']['totalData']} bytes")
     time.sleep(1.5)  # access logs flush about every second
@@ -520,14 +582,14 @@ def check_arm(world: World, arm: Arm, oha: Path, tls: bool = False) -> dict:
             raise fail(f"{role} proxy logged {rec}")
         if tls and role == "server":
             for line in last_lines:
-                sni = json.loads(line).get("requested_server_name")
-                if sni != TLS_SNI:
-                    raise fail(f"--tls: the server proxy logged requested_server_name {sni!r}, not "
-                               f"{TLS_SNI!r}: the sidecars did not talk mTLS ({line})")
+                seen = json.loads(line).get("requested_server_name")
+                if seen != sni:
+                    raise fail(f"mTLS: the server proxy logged requested_server_name {seen!r}, not "
+                               f"{sni!r}: the sidecars did not talk mTLS ({line})")
     via = ""
     if logged:
         c, srv = (json.loads(logged[r]["last"][-1]) for r in ("client", "server"))
-        via = (f"; logged {logged['client']['lines']}/{logged['server']['lines']} lines (client/server), "
+        via = (f"; {c.get('protocol')} in, logged {logged['client']['lines']}/{logged['server']['lines']} lines (client/server), "
                f"client → {c.get('upstream_host')} ({c.get('upstream_cluster')}), server → "
                f"{srv.get('upstream_host')} from {srv.get('upstream_local_address')}")
         if tls:
@@ -535,7 +597,7 @@ def check_arm(world: World, arm: Arm, oha: Path, tls: bool = False) -> dict:
         if not str(srv.get("upstream_local_address", "127.0.0.6")).startswith("127.0.0.6"):
             raise fail(f"server proxy dialled the app from {srv.get('upstream_local_address')}, "
                        "not 127.0.0.6")
-    log(f"  {arm.name}: 200 with {BODY_SIZE} bytes from {arm.url}{via}")
+    log(f"  {arm.name} {proto}: 200 with {size} bytes from {url}{via}")
     return {"headers": headers, "access_log": logged}
 
 
@@ -624,17 +686,17 @@ def namespace_pids(world: World) -> set[int]:
     return pids
 
 
-def oha_argv(oha: Path, url: str, kind: str, args) -> list[str]:
+def oha_argv(oha: Path, url: str, kind: str, args, load: list[str]) -> list[str]:
     duration = args.duration if kind == "fixed" else args.max_duration
     argv = [str(oha), "--no-tui", "--output-format", "json", "-c", str(args.connections),
-            "-z", f"{duration}s"]
+            "-z", f"{duration}s", *load]
     if kind == "fixed":
         argv += ["-q", str(args.rate), "--latency-correction"]
     return argv + [url]
 
 
 def measure(world: World, arms: dict[str, Arm], arm: Arm, kind: str, label: str, oha: Path,
-            args, out_dir: Path) -> dict:
+            args, out_dir: Path, proto: str = "http1", request: Path | None = None) -> dict:
     """One load run against `arm`; CPU of every process of every arm, memory of the proxies."""
     tracked: dict[str, list[int]] = {}
     for a in arms.values():
@@ -650,7 +712,8 @@ def measure(world: World, arms: dict[str, Arm], arm: Arm, kind: str, label: str,
     t_before = {k: sum(proc_ticks(p) or 0 for p in v) for k, v in tracked.items()}
     busy0, total0 = machine_jiffies()
     scanner.start()
-    argv = ["ip", "netns", "exec", arm.client.ns] + oha_argv(oha, arm.url, kind, args)
+    argv = ["ip", "netns", "exec", arm.client.ns] + oha_argv(oha, proto_url(arm, proto), kind, args,
+                                                             oha_load(proto, request))
     json_path = out_dir / f"{label}.oha.json"
     t0 = time.time()
     with open(json_path, "wb") as o, open(out_dir / f"{label}.oha.err", "wb") as e:
@@ -673,7 +736,7 @@ def measure(world: World, arms: dict[str, Arm], arm: Arm, kind: str, label: str,
     res = json.loads(json_path.read_text())
     time.sleep(max(args.settle, 1.5 if arm.access_logs else 0))  # Envoy flushes logs every 1 s
     mem_after = {k: proc_status(v[0]) for k, v in tracked.items() if k.endswith("_proxy")}
-    dead = [pr.name for a in arms.values() for pr in [a.app, *a.proxies.values()]
+    dead = [pr.name for a in arms.values() for pr in [a.app, a.grpc_app, *a.proxies.values()]
             if pr and not pr.alive()]
     if dead:
         raise BenchError(f"{label}: {', '.join(dead)} died during the run\n"
@@ -696,7 +759,7 @@ def measure(world: World, arms: dict[str, Arm], arm: Arm, kind: str, label: str,
     ok = codes.get("200", 0)
     ms = lambda v: None if v is None else round(v * 1000, 3)  # noqa: E731
     rec = {
-        "label": label, "arm": arm.name, "kind": kind, "wall_s": round(wall, 2),
+        "label": label, "arm": arm.name, "kind": kind, "proto": proto, "wall_s": round(wall, 2),
         "rps": round(s.get("requestsPerSec") or 0, 1), "requests": ok + errors, "ok": ok,
         "errors": errors, "aborted_at_deadline": aborted, "error_kinds": errs,
         "status_codes": codes,
@@ -743,8 +806,9 @@ def signed(v: float, fmt: str = "{:+.3f}") -> str:
     return fmt.format(v)
 
 
-def accepted(runs: list[dict], arm: str, kind: str) -> list[dict]:
-    return [r for r in runs if r["arm"] == arm and r["kind"] == kind and not r.get("discarded")]
+def accepted(runs: list[dict], arm: str, kind: str, proto: str | None = None) -> list[dict]:
+    return [r for r in runs if r["arm"] == arm and r["kind"] == kind and not r.get("discarded")
+            and (proto is None or r.get("proto", "http1") == proto)]
 
 
 def proxy_cpu(r: dict, role: str) -> float:
@@ -755,16 +819,63 @@ def vcpu_per_krps(cpu_s: float, r: dict) -> float:
     return cpu_s / r["wall_s"] / (r["rps"] / 1000) if r["rps"] else 0.0
 
 
+PROTO_NAMES = {"http1": "HTTP/1.1", "grpc": "gRPC over HTTP/2"}
+
+
+def goal_rows(proto: str, fixed: dict[str, list[dict]], maxr: dict[str, list[dict]]) -> list[str]:
+    """Issue 6's latency and throughput goals for one protocol, from the medians of this run."""
+    rows = []
+    name = PROTO_NAMES[proto]
+    if all(fixed.get(a) for a in ("direct", "ama", "envoy")):
+        d = statistics.median(r["p99"] for r in fixed["direct"])
+        ama = statistics.median(r["p99"] for r in fixed["ama"]) - d
+        envoy = statistics.median(r["p99"] for r in fixed["envoy"]) - d
+        ratio = ama / envoy if envoy > 0 else float("inf")
+        rows.append(f"| {name}: added p99 at the fixed rate ≤ 0.3 × Envoy's | ama {signed(ama)} ms, "
+                    f"Envoy {signed(envoy)} ms: {ratio:.2f} × | {'yes' if ratio <= 0.3 else 'no'} |")
+    if maxr.get("ama") and maxr.get("envoy"):
+        ama = statistics.median(r["rps"] for r in maxr["ama"])
+        envoy = statistics.median(r["rps"] for r in maxr["envoy"])
+        ratio = ama / envoy if envoy else float("inf")
+        rows.append(f"| {name}: max rps ≥ 2 × Envoy's | ama {ama:.0f}, Envoy {envoy:.0f}: {ratio:.2f} × | "
+                    f"{'yes' if ratio >= 2 else 'no'} |")
+    return rows
+
+
+def memory_goal_rows(meta: dict, runs: list[dict]) -> list[str]:
+    """RSS ≤ 12 MB idle (at start and before the first measured run) and ≤ 20 MB under load (1 s
+    after each run, every protocol and rate), for each ama proxy."""
+    keys = [k for k in meta.get("startup_mem", {}) if k.startswith("ama.")]
+    if not keys:
+        return []
+    ama_runs = [r for r in runs if r["arm"] == "ama" and not r.get("discarded")]
+    first = min(ama_runs, key=lambda r: runs.index(r)) if ama_runs else None
+    idle = max(max(meta["startup_mem"][k].get("VmRSS", 0),
+                   first["mem_before"].get(k, {}).get("VmRSS", 0) if first else 0) for k in keys)
+    load = max((r["mem_after"].get(k, {}).get("VmRSS", 0) for r in ama_runs for k in keys), default=0)
+    hwm = max((r["mem_after"].get(k, {}).get("VmHWM", 0) for r in ama_runs for k in keys), default=0)
+    envoy = [k for k in meta.get("startup_mem", {}) if k.startswith("envoy.")]
+    ctx = (f" (Envoy: {max(meta['startup_mem'][k].get('VmRSS', 0) for k in envoy) / 1024:.1f} MB at start)"
+           if envoy else "")
+    return [f"| ama RSS idle ≤ 12 MB | {idle / 1024:.1f} MB (the larger proxy){ctx} | "
+            f"{'yes' if idle <= 12 * 1024 else 'no'} |",
+            f"| ama RSS under load ≤ 20 MB | {load / 1024:.1f} MB after the runs, peak (VmHWM) "
+            f"{hwm / 1024:.1f} MB | {'yes' if hwm <= 20 * 1024 else 'no'} |"]
+
+
 def report(meta: dict, runs: list[dict], arms: list[str], args) -> str:
     L: list[str] = []
     w = L.append
     if meta.get("tls"):
         w("# Benchmark: direct vs ama vs Envoy, Istio mTLS between the sidecars (issue 6)")
     else:
-        w("# Benchmark: direct vs ama vs Envoy, plain HTTP (issue 3)")
+        w("# Benchmark: direct vs ama vs Envoy, plain HTTP between the sidecars")
     w("")
-    w("Topology per arm: client pod (oha) → client sidecar → server sidecar → nginx (1024-byte "
-      "body at /1k), each pod a network namespace on one bridged LAN; see bench/README.md.")
+    w("Topology per arm: client pod (oha) → client sidecar → server sidecar → app, each pod a "
+      "network namespace on one bridged LAN; see bench/README.md. HTTP/1.1: GET /1k from nginx "
+      "(1024-byte body, port 80). gRPC: a unary call `/bench.Echo/Unary` over HTTP/2 with a "
+      f"1024-byte message each way to `ama-bench-app` (crates/bench-app, h2c, port {GRPC_PORT}, "
+      "the Service's port named `grpc`); the mesh arms speak HTTP/2 between the sidecars for it.")
     w("")
     w(f"- date: {meta['date']}")
     w(f"- machine: {meta['nproc']} × {meta['cpu_model']}, {meta['mem_total']}, kernel {meta['kernel']}")
@@ -779,7 +890,8 @@ def report(meta: dict, runs: list[dict], arms: list[str], args) -> str:
     w(f"- command: `{meta['command']}`")
     if meta.get("tls"):
         w(f"- mTLS: both mesh arms with the same test CA and ECDSA P-256 leaves ({SPIFFE['client']}, "
-          f"{SPIFFE['server']}; empty subject, URI SAN only), SNI `{TLS_SNI}`, ALPN istio-http/1.1, "
+          f"{SPIFFE['server']}; empty subject, URI SAN only), SNI `{TLS_SNI}` (`.81_` for gRPC), "
+          "ALPN istio-http/1.1 (istio-h2 for gRPC), "
           "client certificate required and SAN-checked; Envoy as in shared/reference/envoy-baseline "
           "(bench/envoy/*-tls.yaml, XFCC APPEND_FORWARD), ama `--cert-dir` with auto mTLS "
           "(endpoint tlsMode istio); checked before measuring: each server proxy logged "
@@ -806,97 +918,117 @@ def report(meta: dict, runs: list[dict], arms: list[str], args) -> str:
             f"{r['label']} (foreign {r['foreign_s']} s: {r['foreign_top']})" for r in noisy))
     w("")
 
-    fixed = {a: accepted(runs, a, "fixed") for a in arms}
-    maxr = {a: accepted(runs, a, "max") for a in arms}
+    protos = [p for p in PROTOCOLS if any(r.get("proto", "http1") == p for r in runs)]
     mesh = [a for a in arms if a != "direct"]
     short = []
-    for a in mesh:
-        if not fixed[a]:
-            continue
-        f = fixed[a]
-        both = statistics.median(vcpu_per_krps(proxy_cpu(r, "client") + proxy_cpu(r, "server"), r) for r in f)
-        rss = max((r["mem_after"].get(f"{a}.{role}_proxy", {}).get("VmRSS", 0) for r in f
-                   for role in ("client", "server")), default=0)
-        line = f"- **{a}**: "
-        if fixed.get("direct"):
-            d = {k: statistics.median(r[k] for r in fixed["direct"]) for k in ("p50", "p90", "p99")}
-            line += ", ".join(f"{signed(statistics.median(r[k] for r in f) - d[k])} ms {k}"
-                              for k in ("p50", "p90", "p99")) + " over direct; "
-        line += (f"both proxies {both:.3f} vCPU per 1000 rps; RSS up to {rss / 1024:.1f} MB per proxy "
-                 f"after the fixed-rate runs")
-        if maxr.get(a):
-            line += f"; max {statistics.median(r['rps'] for r in maxr[a]):.0f} rps"
-        short.append(line + ".")
+    goals = []
+    for proto in protos:
+        fixed = {a: accepted(runs, a, "fixed", proto) for a in arms}
+        maxr = {a: accepted(runs, a, "max", proto) for a in arms}
+        for a in mesh:
+            if not fixed[a]:
+                continue
+            f = fixed[a]
+            both = statistics.median(vcpu_per_krps(proxy_cpu(r, "client") + proxy_cpu(r, "server"), r)
+                                     for r in f)
+            rss = max((r["mem_after"].get(f"{a}.{role}_proxy", {}).get("VmRSS", 0) for r in f
+                       for role in ("client", "server")), default=0)
+            line = f"- **{a}**, {PROTO_NAMES[proto]}: "
+            if fixed.get("direct"):
+                d = {k: statistics.median(r[k] for r in fixed["direct"]) for k in ("p50", "p90", "p99")}
+                line += ", ".join(f"{signed(statistics.median(r[k] for r in f) - d[k])} ms {k}"
+                                  for k in ("p50", "p90", "p99")) + " over direct; "
+            line += (f"both proxies {both:.3f} vCPU per 1000 rps; RSS up to {rss / 1024:.1f} MB per "
+                     "proxy after the fixed-rate runs")
+            if maxr.get(a):
+                line += f"; max {statistics.median(r['rps'] for r in maxr[a]):.0f} rps"
+            short.append(line + ".")
+        if maxr.get("direct"):
+            short.append(f"- direct, {PROTO_NAMES[proto]}: max "
+                         f"{statistics.median(r['rps'] for r in maxr['direct']):.0f} rps.")
+        goals.extend(goal_rows(proto, fixed, maxr))
     if short:
         w("## In short (medians)")
         w("")
         L.extend(short)
-        if maxr.get("direct"):
-            w(f"- direct: max {statistics.median(r['rps'] for r in maxr['direct']):.0f} rps.")
         if noisy:
             w(f"- {len(noisy)} of the runs behind these medians were disturbed by other processes "
               "(listed above); their tails (p99, p99.9, max) are not to be trusted.")
         w("")
-    w(f"## Fixed rate: {args.rate} rps, {args.connections} connections, {args.duration} s")
-    w("")
-    w("| metric | " + " | ".join(arms) + " |")
-    w("|---|" + "---|" * len(arms))
-    for key, name in [("p50", "p50 (ms)"), ("p90", "p90 (ms)"), ("p99", "p99 (ms)"),
-                      ("p99.9", "p99.9 (ms)"), ("max", "max (ms)"), ("mean", "mean (ms)")]:
-        w(f"| {name} | " + " | ".join(med([r[key] for r in fixed[a]]) for a in arms) + " |")
-    w("| achieved rps | " + " | ".join(med([r["rps"] for r in fixed[a]], "{:.1f}") for a in arms) + " |")
-    w("| errors | " + " | ".join(", ".join(str(r["errors"]) for r in fixed[a]) for a in arms) + " |")
-    w("| requests | " + " | ".join(", ".join(str(r["requests"]) for r in fixed[a]) for a in arms) + " |")
-    w("")
+    goals.extend(memory_goal_rows(meta, runs))
+    if goals:
+        w("## Against the goals of issue 6")
+        w("")
+        w("| goal | measured | met |")
+        w("|---|---|---|")
+        L.extend(goals)
+        w("")
 
-    if "direct" in arms and mesh:
-        w("### Added latency over direct")
+    for proto in protos:
+        fixed = {a: accepted(runs, a, "fixed", proto) for a in arms}
+        title = f" ({PROTO_NAMES[proto]})"
+        w(f"## Fixed rate{title}: {args.rate} rps, {args.connections} connections, {args.duration} s")
         w("")
-        w("median(arm) − median(direct); in brackets the range over the interleaved rounds "
-          "(arm − direct of the same round).")
+        w("| metric | " + " | ".join(arms) + " |")
+        w("|---|" + "---|" * len(arms))
+        for key, name in [("p50", "p50 (ms)"), ("p90", "p90 (ms)"), ("p99", "p99 (ms)"),
+                          ("p99.9", "p99.9 (ms)"), ("max", "max (ms)"), ("mean", "mean (ms)")]:
+            w(f"| {name} | " + " | ".join(med([r[key] for r in fixed[a]]) for a in arms) + " |")
+        w("| achieved rps | " + " | ".join(med([r["rps"] for r in fixed[a]], "{:.1f}") for a in arms) + " |")
+        w("| errors | " + " | ".join(", ".join(str(r["errors"]) for r in fixed[a]) for a in arms) + " |")
+        w("| requests | " + " | ".join(", ".join(str(r["requests"]) for r in fixed[a]) for a in arms) + " |")
         w("")
-        w("| metric | " + " | ".join(mesh) + " |")
-        w("|---|" + "---|" * len(mesh))
-        for key in ("p50", "p90", "p99", "p99.9", "mean"):
-            cells = []
-            for a in mesh:
-                d = [r[key] for r in fixed["direct"]]
-                m = [r[key] for r in fixed[a]]
-                if not d or not m:
-                    cells.append("–")
-                    continue
-                pairs = [x[key] - y[key] for x, y in zip(fixed[a], fixed["direct"])]
-                spread = f" ({signed(min(pairs))} – {signed(max(pairs))})" if len(pairs) > 1 else ""
-                cells.append(f"{signed(statistics.median(m) - statistics.median(d))}{spread}")
-            w(f"| {key} (ms) | " + " | ".join(cells) + " |")
-        w("")
+
+        if "direct" in arms and mesh:
+            w(f"### Added latency over direct{title}")
+            w("")
+            w("median(arm) − median(direct); in brackets the range over the interleaved rounds "
+              "(arm − direct of the same round).")
+            w("")
+            w("| metric | " + " | ".join(mesh) + " |")
+            w("|---|" + "---|" * len(mesh))
+            for key in ("p50", "p90", "p99", "p99.9", "mean"):
+                cells = []
+                for a in mesh:
+                    d = [r[key] for r in fixed["direct"]]
+                    m = [r[key] for r in fixed[a]]
+                    if not d or not m:
+                        cells.append("–")
+                        continue
+                    pairs = [x[key] - y[key] for x, y in zip(fixed[a], fixed["direct"])]
+                    spread = f" ({signed(min(pairs))} – {signed(max(pairs))})" if len(pairs) > 1 else ""
+                    cells.append(f"{signed(statistics.median(m) - statistics.median(d))}{spread}")
+                w(f"| {key} (ms) | " + " | ".join(cells) + " |")
+            w("")
+
+        if mesh and any(fixed[a] for a in mesh):
+            w(f"### CPU at {args.rate} rps{title}")
+            w("")
+            w("CPU seconds of each proxy process during the run (utime+stime from /proc/PID/stat), and "
+              "the same as vCPU per 1000 rps and µs of CPU per request.")
+            w("")
+            w("| metric | " + " | ".join(mesh) + " |")
+            w("|---|" + "---|" * len(mesh))
+            for role in ("client", "server"):
+                w(f"| {role} proxy CPU s | " + " | ".join(
+                    med([proxy_cpu(r, role) for r in fixed[a]], "{:.2f}") for a in mesh) + " |")
+            w("| both proxies CPU s | " + " | ".join(
+                med([proxy_cpu(r, "client") + proxy_cpu(r, "server") for r in fixed[a]], "{:.2f}")
+                for a in mesh) + " |")
+            for role in ("client", "server"):
+                w(f"| {role} proxy vCPU per 1000 rps | " + " | ".join(
+                    med([vcpu_per_krps(proxy_cpu(r, role), r) for r in fixed[a]]) for a in mesh) + " |")
+            w("| both proxies vCPU per 1000 rps | " + " | ".join(
+                med([vcpu_per_krps(proxy_cpu(r, "client") + proxy_cpu(r, "server"), r) for r in fixed[a]])
+                for a in mesh) + " |")
+            w("| both proxies µs CPU per request | " + " | ".join(
+                med([1e6 * (proxy_cpu(r, "client") + proxy_cpu(r, "server")) / max(1, r["requests"])
+                     for r in fixed[a]], "{:.0f}") for a in mesh) + " |")
+            w("| app CPU s (nginx, gRPC app) | " + " | ".join(
+                med([r["cpu_s"].get(f"{a}.app", 0) for r in fixed[a]], "{:.2f}") for a in mesh) + " |")
+            w("")
 
     if mesh:
-        w(f"### CPU at {args.rate} rps")
-        w("")
-        w("CPU seconds of each proxy process during the run (utime+stime from /proc/PID/stat), and "
-          "the same as vCPU per 1000 rps and µs of CPU per request.")
-        w("")
-        w("| metric | " + " | ".join(mesh) + " |")
-        w("|---|" + "---|" * len(mesh))
-        for role in ("client", "server"):
-            w(f"| {role} proxy CPU s | " + " | ".join(
-                med([proxy_cpu(r, role) for r in fixed[a]], "{:.2f}") for a in mesh) + " |")
-        w("| both proxies CPU s | " + " | ".join(
-            med([proxy_cpu(r, "client") + proxy_cpu(r, "server") for r in fixed[a]], "{:.2f}")
-            for a in mesh) + " |")
-        for role in ("client", "server"):
-            w(f"| {role} proxy vCPU per 1000 rps | " + " | ".join(
-                med([vcpu_per_krps(proxy_cpu(r, role), r) for r in fixed[a]]) for a in mesh) + " |")
-        w("| both proxies vCPU per 1000 rps | " + " | ".join(
-            med([vcpu_per_krps(proxy_cpu(r, "client") + proxy_cpu(r, "server"), r) for r in fixed[a]])
-            for a in mesh) + " |")
-        w("| both proxies µs CPU per request | " + " | ".join(
-            med([1e6 * (proxy_cpu(r, "client") + proxy_cpu(r, "server")) / max(1, r["requests"])
-                 for r in fixed[a]], "{:.0f}") for a in mesh) + " |")
-        w("| nginx CPU s | " + " | ".join(
-            med([r["cpu_s"].get(f"{a}.app", 0) for r in fixed[a]], "{:.2f}") for a in mesh) + " |")
-        w("")
         w("### Memory of the proxies (kB, /proc/PID/status)")
         w("")
         w("At start: after start-up and the 200-request readiness check, before any load; idle: "
@@ -926,22 +1058,26 @@ def report(meta: dict, runs: list[dict], arms: list[str], args) -> str:
                                       for r in fixed["direct"]) for a in mesh) + ".")
             w("")
 
-    if any(maxr.values()):
-        w(f"## Max rate: {args.connections} connections, no rate limit, {args.max_duration} s")
-        w("")
-        w("| metric | " + " | ".join(arms) + " |")
-        w("|---|" + "---|" * len(arms))
-        w("| rps | " + " | ".join(med([r["rps"] for r in maxr[a]], "{:.0f}") for a in arms) + " |")
-        for key in ("p50", "p99"):
-            w(f"| {key} (ms) | " + " | ".join(med([r[key] for r in maxr[a]]) for a in arms) + " |")
-        w("| errors | " + " | ".join(", ".join(str(r["errors"]) for r in maxr[a]) for a in arms) + " |")
-        w("| both proxies µs CPU per request | " + " | ".join(
-            "–" if a == "direct" else med([1e6 * (proxy_cpu(r, "client") + proxy_cpu(r, "server"))
-                                           / max(1, r["requests"]) for r in maxr[a]], "{:.0f}")
-            for a in arms) + " |")
-        w("| machine busy % (of all cores) | " + " | ".join(
-            med([r["machine_busy_pct"] for r in maxr[a]], "{:.0f}") for a in arms) + " |")
-        w("")
+
+    for proto in protos:
+        maxr = {a: accepted(runs, a, "max", proto) for a in arms}
+        title = f" ({PROTO_NAMES[proto]})"
+        if any(maxr.values()):
+            w(f"## Max rate{title}: {args.connections} connections, no rate limit, {args.max_duration} s")
+            w("")
+            w("| metric | " + " | ".join(arms) + " |")
+            w("|---|" + "---|" * len(arms))
+            w("| rps | " + " | ".join(med([r["rps"] for r in maxr[a]], "{:.0f}") for a in arms) + " |")
+            for key in ("p50", "p99"):
+                w(f"| {key} (ms) | " + " | ".join(med([r[key] for r in maxr[a]]) for a in arms) + " |")
+            w("| errors | " + " | ".join(", ".join(str(r["errors"]) for r in maxr[a]) for a in arms) + " |")
+            w("| both proxies µs CPU per request | " + " | ".join(
+                "–" if a == "direct" else med([1e6 * (proxy_cpu(r, "client") + proxy_cpu(r, "server"))
+                                               / max(1, r["requests"]) for r in maxr[a]], "{:.0f}")
+                for a in arms) + " |")
+            w("| machine busy % (of all cores) | " + " | ".join(
+                med([r["machine_busy_pct"] for r in maxr[a]], "{:.0f}") for a in arms) + " |")
+            w("")
 
     w("## Every run")
     w("")
@@ -951,7 +1087,7 @@ def report(meta: dict, runs: list[dict], arms: list[str], args) -> str:
       "charged to no process, the harness, short-lived processes).")
     w("")
     w("| run | rps | requests | errors | p50 | p90 | p99 | p99.9 | max | client CPU | server CPU | "
-      "idle proxies CPU | nginx CPU | oha CPU | busy % | foreign | kernel thr. | unattributed | "
+      "idle proxies CPU | app CPU | oha CPU | busy % | foreign | kernel thr. | unattributed | "
       "access-log lines c/s | load |")
     w("|" + "---|" * 20)
     for r in runs:
@@ -1022,9 +1158,14 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--no-max", action="store_true", help="skip the max-rate runs")
     ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of direct,ama,envoy")
-    ap.add_argument("--tls", action="store_true",
-                    help="Istio mTLS between the sidecars of both mesh arms (same test certificates, "
-                         "made with openssl into the run's out dir); default plain HTTP")
+    ap.add_argument("--plain", dest="tls", action="store_false",
+                    help="plain HTTP between the sidecars; by default both mesh arms speak Istio mTLS "
+                         "(same test certificates, made with openssl into the run's out dir)")
+    ap.add_argument("--tls", dest="tls", action="store_true",
+                    help="Istio mTLS between the sidecars (the default)")
+    ap.add_argument("--protocols", default=",".join(PROTOCOLS),
+                    help="comma-separated subset of http1 (GET /1k over HTTP/1.1) and grpc (a unary "
+                         "call with 1 KB messages over HTTP/2, the Service's port 81)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 3 s runs, 1 repeat, results in bench/out/quick/RESULTS.md")
     ap.add_argument("--warmup", type=int, default=5, help="seconds of load per arm before measuring")
@@ -1039,27 +1180,41 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--quiet-busy", type=float, default=10,
                     help="the machine is quiet when less than this %% busy")
     ap.add_argument("--ama", type=Path, default=ROOT / "target" / "bench" / "release" / "ama")
+    ap.add_argument("--grpc-app", type=Path,
+                    help="the gRPC app (default: ama-bench-app next to --ama)")
     ap.add_argument("--build", action="store_true",
-                    help="build ama first: CARGO_TARGET_DIR=target/bench cargo build --release -p cli")
+                    help="build ama and the gRPC app first: CARGO_TARGET_DIR=target/bench cargo build "
+                         "--release -p cli -p bench-app")
     ap.add_argument("--envoy", type=Path,
                     default=ROOT / ".venv/lib/python3.11/site-packages/envoy/_bin/envoy")
     ap.add_argument("--oha", type=Path, default=Path(shutil.which("oha") or Path.home() / ".cargo/bin/oha"))
     ap.add_argument("--results", type=Path, help="where to write the Markdown report")
     ap.add_argument("--render", type=Path, metavar="RESULTS_JSON",
                     help="only rewrite the report from a results.json of an earlier run")
+    ap.add_argument("--smoke", action="store_true",
+                    help="CI smoke run: --quick with 1 s runs and no warm-up, results in "
+                         "bench/out/smoke/RESULTS.md; checks that the harness works, measures nothing")
     quick = dict(duration=3, max_duration=3, repeats=1, warmup=1, pause=0.5, retries=0, quiet_wait=0)
+    smoke = dict(quick, duration=1, max_duration=1, warmup=0, pause=0, settle=0)
     explicit = {a.lstrip("-").split("=")[0].replace("-", "_") for a in sys.argv[1:] if a.startswith("--")}
     args = ap.parse_args()
-    if args.quick:  # quick defaults, unless given on the command line
-        for k, v in quick.items():
+    if args.quick or args.smoke:  # quick defaults, unless given on the command line
+        for k, v in (smoke if args.smoke else quick).items():
             if k not in explicit:
                 setattr(args, k, v)
     args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     bad = [a for a in args.arms if a not in ARMS]
     if bad or not args.arms:
         ap.error(f"unknown arm(s) {bad}; choose from {', '.join(ARMS)}")
+    args.protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    if args.grpc_app is None:
+        args.grpc_app = args.ama.parent / "ama-bench-app"
+    bad = [p for p in args.protocols if p not in PROTOCOLS]
+    if bad or not args.protocols:
+        ap.error(f"unknown protocol(s) {bad}; choose from {', '.join(PROTOCOLS)}")
     if args.results is None:
-        args.results = BENCH / "out" / "quick" / "RESULTS.md" if args.quick else BENCH / "RESULTS.md"
+        args.results = (BENCH / "out" / "smoke" / "RESULTS.md" if args.smoke else
+                        BENCH / "out" / "quick" / "RESULTS.md" if args.quick else BENCH / "RESULTS.md")
     return args
 
 
@@ -1088,14 +1243,16 @@ def main() -> int:
         return 2
     if args.build:
         log("building ama (release, CARGO_TARGET_DIR=target/bench)")
-        subprocess.run(["cargo", "build", "--release", "-p", "cli"], cwd=ROOT, check=True,
+        subprocess.run(["cargo", "build", "--release", "-p", "cli", "-p", "bench-app"], cwd=ROOT, check=True,
                        env=dict(os.environ, CARGO_TARGET_DIR=str(ROOT / "target" / "bench")))
     needs_ama = any(a in args.arms for a in ("ama", "envoy"))  # ama iptables serves both
-    for tool, path in [("oha", args.oha), ("envoy", args.envoy), ("ama", args.ama)]:
-        if tool == "envoy" and "envoy" not in args.arms or tool == "ama" and not needs_ama:
+    for tool, path in [("oha", args.oha), ("envoy", args.envoy), ("ama", args.ama),
+                       ("ama-bench-app", args.grpc_app)]:
+        if tool == "envoy" and "envoy" not in args.arms or tool == "ama" and not needs_ama \
+                or tool == "ama-bench-app" and "grpc" not in args.protocols:
             continue
         if not path.exists():
-            hint = " (build it: --build)" if tool == "ama" else ""
+            hint = " (build it: --build)" if tool in ("ama", "ama-bench-app") else ""
             print(f"{tool} not found at {path}{hint}", file=sys.stderr)
             return 2
     if "ama" in args.arms:
@@ -1109,7 +1266,7 @@ def main() -> int:
         signal.signal(s, raise_interrupt)
     remove_stale_namespaces()
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out_dir = BENCH / "out" / (f"quick-{stamp}" if args.quick else stamp)
+    out_dir = BENCH / "out" / (f"smoke-{stamp}" if args.smoke else f"quick-{stamp}" if args.quick else stamp)
     out_dir.mkdir(parents=True)
     run_dir = Path(f"/tmp/{PREFIX}-{os.getpid()}")
     run_dir.mkdir(mode=0o755)
@@ -1128,10 +1285,11 @@ def main() -> int:
         arms: dict[str, Arm] = {}
         for name in args.arms:
             client, server = lan.pod(f"{name}-c"), lan.pod(f"{name}-s")
-            url = f"http://{server.ip}/1k" if name == "direct" else f"http://{VIP}/1k"
-            arms[name] = Arm(name, client, server, url)
+            host = server.ip if name == "direct" else VIP
+            arms[name] = Arm(name, client, server, f"http://{host}/1k",
+                             f"http://{host}:{GRPC_PORT}{GRPC_PATH}")
         for i, arm in enumerate(arms.values()):
-            start_app(world, arm)
+            start_app(world, arm, args.grpc_app if "grpc" in args.protocols else None)
             if arm.name == "direct":
                 continue
             install_capture(world, args.ama, arm.client)
@@ -1141,33 +1299,40 @@ def main() -> int:
                              certs=certs)
             else:
                 start_amas(world, arm, args.ama, certs)
+        request = run_dir / "grpc-1k.request"
+        request.write_bytes(grpc_message())
+        request.chmod(0o644)
         log("checking every arm")
-        checks = {name: check_arm(world, arm, args.oha, args.tls) for name, arm in arms.items()}
+        checks = {f"{name}-{proto}": check_arm(world, arm, args.oha, args.tls, proto, request)
+                  for name, arm in arms.items() for proto in args.protocols}
         time.sleep(1)
         startup_mem = {f"{a.name}.{r}_proxy": proc_status(p.pid) for a in arms.values()
                        for r, p in a.proxies.items()}
         meta["startup_mem"] = startup_mem
         (out_dir / "checks.json").write_text(json.dumps(checks, indent=2))
         if args.warmup:
-            log(f"warm-up: {args.warmup} s per arm at {args.rate} rps")
+            log(f"warm-up: {args.warmup} s per arm and protocol at {args.rate} rps")
             for arm in arms.values():
-                run(["ip", "netns", "exec", arm.client.ns, str(args.oha), "--no-tui", "--output-format",
-                     "quiet", "-c", str(args.connections), "-q", str(args.rate), "-z",
-                     f"{args.warmup}s", arm.url], timeout=args.warmup + 60)
+                for proto in args.protocols:
+                    run(["ip", "netns", "exec", arm.client.ns, str(args.oha), "--no-tui",
+                         "--output-format", "quiet", "-c", str(args.connections), "-q", str(args.rate),
+                         "-z", f"{args.warmup}s", *oha_load(proto, request), proto_url(arm, proto)],
+                        timeout=args.warmup + 60)
                 for f in arm.access_logs.values():
                     count_and_truncate(f)
 
         kinds = ["fixed"] + ([] if args.no_max else ["max"])
-        for kind in kinds:
+        for kind, proto in [(k, p) for k in kinds for p in args.protocols]:
             for rep in range(1, args.repeats + 1):
                 for name, arm in arms.items():
                     for attempt in range(args.retries + 1):
-                        label = f"{kind}-{name}-{rep}" + (f"-retry{attempt}" if attempt else "")
+                        label = f"{kind}-{proto}-{name}-{rep}" + (f"-retry{attempt}" if attempt else "")
                         time.sleep(args.pause)
                         waited = wait_quiet(args)
                         if waited >= args.quiet_wait > 0:
                             log(f"  the machine stayed busy for {waited} s; measuring anyway")
-                        rec = measure(world, arms, arm, kind, label, args.oha, args, out_dir)
+                        rec = measure(world, arms, arm, kind, label, args.oha, args, out_dir,
+                                      proto, request)
                         rec["round"] = rep
                         rec["waited_for_quiet_s"] = waited
                         runs.append(rec)
