@@ -128,9 +128,7 @@ fn trailers(code: u32, message: Option<&'static str>) -> HeaderMap {
 }
 
 fn body(frames: Vec<Frame<Bytes>>) -> Body {
-    StreamBody::new(stream::iter(
-        frames.into_iter().map(Ok).collect::<Vec<_>>().into_iter(),
-    ))
+    StreamBody::new(stream::iter(frames.into_iter().map(Ok).collect::<Vec<_>>()))
 }
 
 /// One uncompressed gRPC frame: flag 0, the 4-byte big-endian length, the message.
