@@ -9,8 +9,8 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
@@ -63,6 +63,108 @@ pub struct ConnCtx {
     pub peer: Option<MeshPeer>,
     /// Everything the proxy has.
     pub pi: Arc<ProxyInputs>,
+    /// The label sets this connection's last request resolved.
+    pub labels: LabelMemo,
+}
+
+/// The label sets the last request of a connection resolved, before and after it had an
+/// endpoint, so the next request that goes the same way reuses them instead of building 19
+/// labels and interning them again.
+#[derive(Default)]
+pub struct LabelMemo {
+    routed: Mutex<Option<Memo>>,
+    upstream: Mutex<Option<Memo>>,
+}
+
+impl std::fmt::Debug for LabelMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LabelMemo")
+    }
+}
+
+/// What [`labels_for`] read to make `labels`. The `Arc`s are held, so comparing by identity
+/// cannot mistake a new value at a reused address for the old one.
+struct Memo {
+    version: u64,
+    peer: Option<Arc<PeerInfo>>,
+    service_host: Arc<str>,
+    service_name: Arc<str>,
+    service_namespace: Arc<str>,
+    dest: Option<Arc<PeerInfo>>,
+    server: Option<Arc<str>>,
+    labels: Arc<MetricLabels>,
+}
+
+impl Memo {
+    fn matches(
+        &self,
+        snap: &Snapshot,
+        target: &Target,
+        dest: &Option<Arc<PeerInfo>>,
+        server: Option<&Arc<str>>,
+    ) -> bool {
+        fn same<T: ?Sized>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+            match (a, b) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+        }
+        self.version == snap.version
+            && same(&self.peer, &target.peer)
+            && Arc::ptr_eq(&self.service_host, &target.service_host)
+            && Arc::ptr_eq(&self.service_name, &target.service_name)
+            && Arc::ptr_eq(&self.service_namespace, &target.service_namespace)
+            && same(&self.dest, dest)
+            && self.server.as_deref() == server.map(|s| &**s)
+    }
+}
+
+/// The shared labels of a request of `ctx` to `target` ([`labels_for`] with the endpoint's
+/// workload `dest`, and the principal the upstream's certificate proved, `server`), from the
+/// connection's memo when the last request went the same way.
+fn request_labels(
+    ctx: &ConnCtx,
+    snap: &Snapshot,
+    target: &Target,
+    dest: Option<Arc<PeerInfo>>,
+    server: Option<&Arc<str>>,
+) -> Arc<MetricLabels> {
+    let slot = if dest.is_some() || server.is_some() {
+        &ctx.labels.upstream
+    } else {
+        &ctx.labels.routed
+    };
+    let mut memo = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(m) = memo.as_ref()
+        && m.matches(snap, target, &dest, server)
+    {
+        return m.labels.clone();
+    }
+    let mut labels = labels_for(ctx, snap, Some(target), dest.clone());
+    if let Some(server) = server {
+        labels.destination_principal = server.clone();
+    }
+    let labels = ctx.pi.telemetry.labels(labels);
+    *memo = Some(Memo {
+        version: snap.version,
+        peer: target.peer.clone(),
+        service_host: target.service_host.clone(),
+        service_name: target.service_name.clone(),
+        service_namespace: target.service_namespace.clone(),
+        dest,
+        server: server.cloned(),
+        labels: labels.clone(),
+    });
+    labels
+}
+
+/// The labels of a request that has not been routed yet: every peer `unknown`.
+fn unrouted_labels() -> Arc<MetricLabels> {
+    static UNROUTED: OnceLock<Arc<MetricLabels>> = OnceLock::new();
+    UNROUTED
+        .get_or_init(|| Arc::new(MetricLabels::unknown(crate::telemetry::Reporter::Source)))
+        .clone()
 }
 
 /// Serves one downstream HTTP connection until it closes or a drain ends it gracefully.
@@ -108,7 +210,7 @@ where
             let snap = ctx.pi.store.load();
             let mut rec = RequestRecord::new(
                 SystemTime::now(),
-                Arc::new(labels_for(&ctx, &snap, None, None)),
+                ctx.pi.telemetry.labels(labels_for(&ctx, &snap, None, None)),
             );
             rec.response_code = if e.is_parse_too_large() { 431 } else { 400 };
             rec.response_flags = ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR;
@@ -202,12 +304,8 @@ struct Log {
 impl Log {
     fn rec(&mut self) -> &mut RequestRecord {
         // `rec` is only taken by `finish`/`drop`, which consume the log.
-        self.rec.get_or_insert_with(|| {
-            RequestRecord::new(
-                SystemTime::now(),
-                Arc::new(MetricLabels::unknown(crate::telemetry::Reporter::Source)),
-            )
-        })
+        self.rec
+            .get_or_insert_with(|| RequestRecord::new(SystemTime::now(), unrouted_labels()))
     }
 
     fn finish(&mut self, sent: u64, flags: ResponseFlags, grpc_status: Option<u16>) {
@@ -558,7 +656,7 @@ async fn handle(
     };
     {
         let rec = log.rec();
-        rec.labels = Arc::new(labels_for(&ctx, &snap, Some(&target), None));
+        rec.labels = request_labels(&ctx, &snap, &target, None, None);
         rec.upstream_cluster = Some(target.cluster.clone());
         if let Some(r) = &target.route_name {
             rec.route_name = Some(r.clone());
@@ -693,11 +791,13 @@ async fn handle(
         rec.upstream_local_address = Some(exchange.local_addr);
         rec.upstream_service_time = Some(service_time);
         if ctx.direction == Direction::Outbound {
-            let mut labels = labels_for(&ctx, &snap, Some(&target), target.peer_of(ep));
-            if let Some(server) = &exchange.peer {
-                labels.destination_principal = server.clone();
-            }
-            rec.labels = Arc::new(labels);
+            rec.labels = request_labels(
+                &ctx,
+                &snap,
+                &target,
+                target.peer_of(ep),
+                exchange.peer.as_ref(),
+            );
         }
     }
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;

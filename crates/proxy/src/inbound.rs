@@ -141,5 +141,6 @@ fn with_tls(ctx: &ConnCtx, sni: Option<Arc<str>>, peer: Option<tls::MeshPeer>) -
         sni,
         peer,
         pi: ctx.pi.clone(),
+        labels: Default::default(),
     })
 }

@@ -102,6 +102,7 @@ impl Listener {
                 sni: None,
                 peer: None,
                 pi: self.pi.clone(),
+                labels: Default::default(),
             });
             tokio::spawn(handle_connection(ctx, stream, drain.clone()));
         }
@@ -219,7 +220,7 @@ async fn forward_tcp<D>(
     if let Some(server) = &info.peer {
         labels.destination_principal = server.clone();
     }
-    let labels = Arc::new(labels);
+    let labels = ctx.pi.telemetry.labels(labels);
     let conn = ctx.pi.telemetry.tcp_open(&labels);
     let counts = Arc::new(ByteCounts::default());
     let copy = copy_bidirectional(downstream, upstream, counts.clone());

@@ -346,3 +346,28 @@ print(json.dumps(out))
         assert!(parsed.get(fam).is_some(), "missing {fam}: {parsed}");
     }
 }
+
+#[test]
+fn equal_label_sets_share_one_arc_and_one_series() {
+    let t = Telemetry::without_access_log();
+    // Built separately, as two requests build them.
+    let a = t.labels((*labels(Reporter::Source)).clone());
+    let b = t.labels((*labels(Reporter::Source)).clone());
+    assert!(Arc::ptr_eq(&a, &b));
+    assert!(!Arc::ptr_eq(
+        &a,
+        &t.labels((*labels(Reporter::Destination)).clone())
+    ));
+    for l in [a, b] {
+        let mut r = RequestRecord::new(SystemTime::now(), l);
+        r.response_code = 200;
+        t.request(r);
+    }
+    let text = t.encode_prometheus();
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .collect();
+    assert_eq!(series.len(), 1, "{text}");
+    assert!(series[0].ends_with(" 2"), "{text}");
+}

@@ -11,8 +11,10 @@
 //! Hot path: a request's metric handles (one counter, three histograms) are looked up once per
 //! distinct label set and cached by the identity of its `Arc<MetricLabels>` plus the few
 //! per-request labels, so a request costs a small hash, a read lock and four atomic updates.
+//! That identity only means something if equal label sets share one `Arc`: the traffic side
+//! gets its labels through [`Metrics::intern`], which hands out one `Arc` per distinct content.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
@@ -68,6 +70,7 @@ pub struct Metrics {
     uptime: Gauge,
     started: Instant,
     request_cache: RwLock<HashMap<RequestKey, RequestHandles>>,
+    interned: RwLock<HashSet<Arc<MetricLabels>>>,
 }
 
 impl Metrics {
@@ -150,7 +153,26 @@ impl Metrics {
             uptime,
             started: Instant::now(),
             request_cache: RwLock::new(HashMap::new()),
+            interned: RwLock::new(HashSet::new()),
         }
+    }
+
+    /// The shared `Arc` of a label set: equal contents get the same `Arc`, so a request's
+    /// handles are found by identity in the cache instead of created anew.
+    pub fn intern(&self, labels: MetricLabels) -> Arc<MetricLabels> {
+        if let Some(l) = read(&self.interned).get(&labels) {
+            return l.clone();
+        }
+        let mut set = self.interned.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = set.get(&labels) {
+            return l.clone();
+        }
+        if set.len() >= CACHE_LIMIT {
+            set.clear();
+        }
+        let l = Arc::new(labels);
+        set.insert(l.clone());
+        l
     }
 
     /// Counts one finished request.

@@ -162,6 +162,12 @@ impl Telemetry {
         }
     }
 
+    /// The shared `Arc` of a label set (see [`Metrics::intern`]): give records labels through
+    /// this, or every request adds a series-cache entry of its own.
+    pub fn labels(&self, labels: MetricLabels) -> Arc<MetricLabels> {
+        self.inner.metrics.intern(labels)
+    }
+
     /// Counts a new opaque TCP connection and returns the handle that counts its bytes and close.
     pub fn tcp_open(&self, labels: &Arc<MetricLabels>) -> TcpConnection {
         let counters = self.inner.metrics.tcp_open(labels);

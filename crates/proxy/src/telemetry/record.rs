@@ -134,7 +134,8 @@ pub struct MetricLabels {
 impl MetricLabels {
     /// All peer fields `"unknown"`, as Istio reports a peer it knows nothing about.
     pub fn unknown(reporter: Reporter) -> MetricLabels {
-        let u: Arc<str> = Arc::from("unknown");
+        static UNKNOWN: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+        let u = UNKNOWN.get_or_init(|| Arc::from("unknown")).clone();
         MetricLabels {
             reporter,
             source_workload: u.clone(),
