@@ -148,23 +148,33 @@ fn sample(percent: f64) -> bool {
     percent >= 100.0 || (percent > 0.0 && rand::random::<f64>() * 100.0 < percent)
 }
 
-fn hex_value(s: String) -> HeaderValue {
+fn hex_value(s: &[u8]) -> HeaderValue {
     // Hex digits and '-' only: always a valid header value.
-    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    HeaderValue::from_bytes(s).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// `v` in lower-case hex, zero-padded to `N` digits (its low `4 * N` bits): `{:0Nx}` without
+/// the formatting machinery, which is a good part of a request's header work.
+fn hex<const N: usize>(v: u128) -> [u8; N] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'0'; N];
+    for (i, d) in out.iter_mut().enumerate() {
+        *d = DIGITS[((v >> (4 * (N - 1 - i))) & 0xf) as usize];
+    }
+    out
 }
 
 fn write_trace(headers: &mut HeaderMap, ctx: &TraceContext) {
-    headers.insert(
-        X_B3_TRACEID.clone(),
-        hex_value(format!("{:032x}", ctx.trace_id)),
-    );
-    headers.insert(
-        X_B3_SPANID.clone(),
-        hex_value(format!("{:016x}", ctx.span_id)),
-    );
+    let trace = hex::<32>(ctx.trace_id);
+    let span = hex::<16>(u128::from(ctx.span_id));
+    headers.insert(X_B3_TRACEID.clone(), hex_value(&trace));
+    headers.insert(X_B3_SPANID.clone(), hex_value(&span));
     match ctx.parent_span_id {
         Some(p) => {
-            headers.insert(X_B3_PARENTSPANID.clone(), hex_value(format!("{p:016x}")));
+            headers.insert(
+                X_B3_PARENTSPANID.clone(),
+                hex_value(&hex::<16>(u128::from(p))),
+            );
         }
         None => {
             headers.remove(&X_B3_PARENTSPANID);
@@ -175,14 +185,13 @@ fn write_trace(headers: &mut HeaderMap, ctx: &TraceContext) {
         HeaderValue::from_static(if ctx.sampled { "1" } else { "0" }),
     );
     headers.remove(HeaderName::from_static("b3"));
-    let flags = if ctx.sampled { "01" } else { "00" };
-    headers.insert(
-        TRACEPARENT.clone(),
-        hex_value(format!(
-            "00-{:032x}-{:016x}-{flags}",
-            ctx.trace_id, ctx.span_id
-        )),
-    );
+    // `00-{trace}-{span}-{flags}`
+    let mut traceparent = [b'-'; 55];
+    traceparent[..2].copy_from_slice(b"00");
+    traceparent[3..35].copy_from_slice(&trace);
+    traceparent[36..52].copy_from_slice(&span);
+    traceparent[53..].copy_from_slice(if ctx.sampled { b"01" } else { b"00" });
+    headers.insert(TRACEPARENT.clone(), hex_value(&traceparent));
 }
 
 /// Hop-by-hop headers that never cross a proxy (RFC 9110 §7.6.1), plus HTTP/2-forbidden ones.

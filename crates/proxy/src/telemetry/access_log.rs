@@ -28,11 +28,14 @@
 //! default `%START_TIME%`.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
@@ -148,6 +151,7 @@ pub struct Format {
 enum Kind {
     Text(Vec<Piece>),
     Json {
+        /// Each key as it is printed (`"key":`, escaped once here), and its value.
         fields: Vec<(String, JsonField)>,
         values: JsonValues,
     },
@@ -225,6 +229,7 @@ impl Format {
                     })
                     .collect();
                 fields.sort_by(|a, b| a.0.cmp(&b.0));
+                let fields = fields.into_iter().map(|(k, f)| (json_key(&k), f)).collect();
                 Format {
                     kind: Kind::Json { fields, values },
                 }
@@ -282,7 +287,7 @@ impl Format {
                 ),
                 other => JsonField::Literal(other.to_string()),
             };
-            fields.push((k, field));
+            fields.push((json_key(&k), field));
         }
         Ok(Format {
             kind: Kind::Json { fields, values },
@@ -306,8 +311,7 @@ impl Format {
                     if i > 0 {
                         out.push(',');
                     }
-                    json_string(out, key);
-                    out.push(':');
+                    out.push_str(key);
                     match field {
                         JsonField::Literal(l) => out.push_str(l),
                         JsonField::Template(pieces) => {
@@ -548,7 +552,7 @@ fn eval_http<'a>(op: &'a Op, r: &'a RequestRecord) -> Val<'a> {
         Op::Resp(names) => {
             if names.iter().any(|n| n == "x-envoy-upstream-service-time") {
                 r.upstream_service_time
-                    .map(|d| Val::Str(Cow::Owned(millis(d).to_string())))
+                    .map(|d| Val::Num(millis(d)))
                     .unwrap_or(Val::None)
             } else {
                 Val::None
@@ -632,19 +636,54 @@ fn write_text(out: &mut String, v: Val<'_>, max: Option<usize>) {
         Val::None => out.push('-'),
         Val::Str(s) if s.is_empty() => out.push('-'),
         Val::Str(s) => out.push_str(&s),
-        Val::Num(n) => {
-            let _ = write!(out, "{n}");
-        }
+        Val::Num(n) => push_u64(out, n),
         Val::Flags(f) => {
             let _ = f.write_to(out);
         }
         Val::Time(t, f) => write_time(out, t, f),
-        Val::Addr(a) => {
-            let _ = write!(out, "{a}");
-        }
+        Val::Addr(a) => push_addr(out, a),
     }
     if let Some(max) = max {
         truncate_chars(out, start, max);
+    }
+}
+
+/// `{n}` without the formatting machinery (a line has several numbers).
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // ASCII digits only.
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
+}
+
+/// `{addr}`: IPv4 by hand (a line has up to four addresses), IPv6 through `Display`.
+fn push_addr(out: &mut String, a: SocketAddr) {
+    match a {
+        SocketAddr::V4(v4) => {
+            push_ipv4(out, *v4.ip());
+            out.push(':');
+            push_u64(out, u64::from(v4.port()));
+        }
+        SocketAddr::V6(_) => {
+            let _ = write!(out, "{a}");
+        }
+    }
+}
+
+fn push_ipv4(out: &mut String, ip: std::net::Ipv4Addr) {
+    for (i, o) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        push_u64(out, u64::from(o));
     }
 }
 
@@ -660,65 +699,112 @@ fn write_json_value(out: &mut String, pieces: &[Piece], entry: &Entry, values: J
         let v = eval(op, entry);
         match (values, v) {
             (JsonValues::Typed, Val::None) => out.push_str("null"),
-            (JsonValues::Typed, Val::Num(n)) if op.is_numeric() => {
-                let _ = write!(out, "{n}");
-            }
-            (_, v) => {
-                let mut s = String::new();
-                write_text(&mut s, v, *max);
-                json_string(out, &s);
-            }
+            (JsonValues::Typed, Val::Num(n)) if op.is_numeric() => push_u64(out, n),
+            (_, v) => json_string_with(out, |out| write_text(out, v, *max)),
         }
         return;
     }
-    let mut s = String::new();
-    for p in pieces {
-        match p {
-            Piece::Lit(l) => s.push_str(l),
-            Piece::Op(op, max) => write_text(&mut s, eval(op, entry), *max),
+    json_string_with(out, |out| {
+        for p in pieces {
+            match p {
+                Piece::Lit(l) => out.push_str(l),
+                Piece::Op(op, max) => write_text(out, eval(op, entry), *max),
+            }
         }
+    });
+}
+
+/// Appends what `write` appends as a JSON string literal: written in place, and escaped only
+/// when it has to be (a header value with a quote, say), so a line costs no allocation per field.
+fn json_string_with(out: &mut String, write: impl FnOnce(&mut String)) {
+    out.push('"');
+    let start = out.len();
+    write(out);
+    if out.as_bytes()[start..].iter().any(|&b| needs_escape(b)) {
+        let raw = out.split_off(start);
+        escape_into(out, &raw);
     }
-    json_string(out, &s);
+    out.push('"');
+}
+
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// `"key":`, as a JSON object prints `key`.
+fn json_key(key: &str) -> String {
+    let mut s = String::with_capacity(key.len() + 3);
+    json_string(&mut s, key);
+    s.push(':');
+    s
 }
 
 /// Appends `s` as a JSON string literal.
 fn json_string(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
+    escape_into(out, s);
     out.push('"');
+}
+
+/// Appends `s` with JSON string escapes, copying the runs that need none whole.
+fn escape_into(out: &mut String, s: &str) {
+    let mut run = 0;
+    for (i, b) in s.bytes().enumerate() {
+        if !needs_escape(b) {
+            continue;
+        }
+        out.push_str(&s[run..i]);
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            c => {
+                let _ = write!(out, "\\u{:04x}", c);
+            }
+        }
+        run = i + 1;
+    }
+    out.push_str(&s[run..]);
 }
 
 /// `%START_TIME%`: RFC 3339 UTC with milliseconds; `%START_TIME(fmt)%`: a strftime subset
 /// (`%Y %m %d %H %M %S %s %z %f %3f %6f %9f %%`).
 fn write_time(out: &mut String, t: SystemTime, format: Option<&str>) {
+    thread_local! {
+        /// The last second printed: lines come in time order, so most reuse it.
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let dt = time::OffsetDateTime::UNIX_EPOCH + since;
     let Some(format) = format else {
-        let _ = write!(
-            out,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-            dt.year(),
-            u8::from(dt.month()),
-            dt.day(),
-            dt.hour(),
-            dt.minute(),
-            dt.second(),
-            dt.millisecond()
-        );
+        SECOND.with_borrow_mut(|(secs, text)| {
+            if *secs != since.as_secs() {
+                let dt = time::OffsetDateTime::UNIX_EPOCH + Duration::from_secs(since.as_secs());
+                text.clear();
+                let _ = write!(
+                    text,
+                    "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+                    dt.year(),
+                    u8::from(dt.month()),
+                    dt.day(),
+                    dt.hour(),
+                    dt.minute(),
+                    dt.second(),
+                );
+                *secs = since.as_secs();
+            }
+            out.push_str(text);
+        });
+        let ms = since.subsec_millis();
+        out.push('.');
+        out.push(char::from(b'0' + (ms / 100) as u8));
+        out.push(char::from(b'0' + (ms / 10 % 10) as u8));
+        out.push(char::from(b'0' + (ms % 10) as u8));
+        out.push('Z');
         return;
     };
+    let dt = time::OffsetDateTime::UNIX_EPOCH + since;
     let mut chars = format.chars().peekable();
     while let Some(c) = chars.next() {
         if c != '%' {
@@ -758,8 +844,15 @@ enum Msg {
 }
 
 /// The data path's end of the access log: a bounded queue to the writer thread.
+///
+/// The queue is an unbounded channel with the bound kept beside it in `queued`: a bounded
+/// (array) channel would hold `capacity` records' worth of slots for good (a record is several
+/// hundred bytes), while this one holds memory for what is queued now.
 pub(crate) struct AccessLogger {
-    tx: SyncSender<Msg>,
+    tx: Sender<Msg>,
+    /// Records sent and not yet taken by the writer.
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
     dropped: Counter,
 }
 
@@ -786,32 +879,40 @@ impl AccessLogger {
             }
             AccessLogSink::Writer(w) => w,
         };
-        let (tx, rx) = sync_channel(opts.queue_capacity.max(1));
+        let (tx, rx) = channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let taken = queued.clone();
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || writer_loop(rx, format, sink))
+            .spawn(move || writer_loop(rx, &taken, format, sink))
             .map_err(TelemetryError::Thread)?;
-        Ok(AccessLogger { tx, dropped })
+        Ok(AccessLogger {
+            tx,
+            queued,
+            capacity: opts.queue_capacity.max(1),
+            dropped,
+        })
     }
 
     /// Queues a record; drops and counts it if the queue is full. Never blocks.
     pub(crate) fn push(&self, entry: Entry) {
-        match self.tx.try_send(Msg::Entry(entry)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.inc();
-            }
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.capacity {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.dropped.inc();
+            return;
+        }
+        if self.tx.send(Msg::Entry(entry)).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.dropped.inc();
         }
     }
 
     /// Asks the writer to confirm once everything queued so far is written and flushed.
     pub(crate) fn request_flush(&self) -> tokio::sync::oneshot::Receiver<()> {
         let (done, rx) = tokio::sync::oneshot::channel();
-        let tx = self.tx.clone();
-        // The queue may be full; wait for room on a blocking thread, never on the caller's.
-        std::thread::spawn(move || {
-            let _ = tx.send(Msg::Flush(done));
-        });
+        // Not counted against the bound: a flush always gets in line. If the writer is gone,
+        // `done` is dropped and the caller sees it.
+        let _ = self.tx.send(Msg::Flush(done));
         rx
     }
 }
@@ -819,7 +920,18 @@ impl AccessLogger {
 /// Bytes of formatted lines gathered before one write.
 const BATCH_BYTES: usize = 64 * 1024;
 
-fn writer_loop(rx: Receiver<Msg>, format: Format, mut sink: Box<dyn Write + Send>) {
+/// After a write that emptied the queue, how long the writer lets lines gather before it looks
+/// again. A record sent to a parked writer costs the sending worker a wake-up (a syscall and a
+/// context switch on a small machine); under load this makes it one per interval instead of one
+/// per request. Envoy flushes its access log once a second.
+const BATCH_WAIT: Duration = Duration::from_millis(10);
+
+fn writer_loop(
+    rx: Receiver<Msg>,
+    queued: &AtomicUsize,
+    format: Format,
+    mut sink: Box<dyn Write + Send>,
+) {
     let mut buf = String::with_capacity(BATCH_BYTES + 4096);
     let mut waiters = Vec::new();
     let mut failed = false;
@@ -828,13 +940,17 @@ fn writer_loop(rx: Receiver<Msg>, format: Format, mut sink: Box<dyn Write + Send
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
-                Msg::Entry(e) => format.write(&e, &mut buf),
+                Msg::Entry(e) => {
+                    queued.fetch_sub(1, Ordering::Relaxed);
+                    format.write(&e, &mut buf);
+                }
                 Msg::Flush(done) => waiters.push(done),
             }
             if buf.len() < BATCH_BYTES {
                 next = rx.try_recv().ok();
             }
         }
+        let full = buf.len() >= BATCH_BYTES;
         if !buf.is_empty() {
             let result = sink.write_all(buf.as_bytes()).and_then(|()| sink.flush());
             match result {
@@ -849,6 +965,9 @@ fn writer_loop(rx: Receiver<Msg>, format: Format, mut sink: Box<dyn Write + Send
         }
         for w in waiters.drain(..) {
             let _ = w.send(());
+        }
+        if !full {
+            std::thread::sleep(BATCH_WAIT);
         }
     }
 }
@@ -1064,6 +1183,51 @@ outbound|80||httpbin-service.default.svc.cluster.local 172.17.0.9:43422 10.109.1
             Format::from_mesh_config(AccessLogEncoding::Json, Some("{"), JsonValues::Typed)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn json_strings_are_escaped_only_where_needed() {
+        let raw = "plain é \"quoted\" back\\slash\nline\ttab\u{1}";
+        let want = "\"plain é \\\"quoted\\\" back\\\\slash\\nline\\ttab\\u0001\"";
+        let mut a = String::from("x");
+        json_string(&mut a, raw);
+        assert_eq!(a, format!("x{want}"));
+        let mut b = String::from("x");
+        json_string_with(&mut b, |out| out.push_str(raw));
+        assert_eq!(b, a);
+        let mut c = String::new();
+        json_string_with(&mut c, |out| out.push_str("no escapes"));
+        assert_eq!(c, "\"no escapes\"");
+    }
+
+    #[test]
+    fn numbers_addresses_and_times_print_as_display_does() {
+        for n in [0, 7, 10, 99, 1000, 65535, u64::MAX] {
+            let mut out = String::new();
+            push_u64(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
+        for a in [
+            "0.0.0.0:0",
+            "10.244.0.5:80",
+            "255.255.255.255:65535",
+            "[::1]:15001",
+        ] {
+            let a: SocketAddr = a.parse().expect("address");
+            let mut out = String::new();
+            push_addr(&mut out, a);
+            assert_eq!(out, a.to_string());
+        }
+        for (secs, nanos, want) in [
+            (1_583_582_458, 425_000_000, "2020-03-07T12:00:58.425Z"),
+            (1_583_582_458, 7_999_999, "2020-03-07T12:00:58.007Z"),
+            (1_583_582_459, 0, "2020-03-07T12:00:59.000Z"),
+            (0, 999_000_000, "1970-01-01T00:00:00.999Z"),
+        ] {
+            let mut out = String::new();
+            write_time(&mut out, UNIX_EPOCH + Duration::new(secs, nanos), None);
+            assert_eq!(out, want);
+        }
     }
 
     #[test]
