@@ -39,7 +39,12 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
         return v.clone();
     }
     let mut buf = uuid::Uuid::encode_buffer();
-    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    // From the thread's CSPRNG (seeded from the OS): `Uuid::new_v4` asks the OS (a getrandom
+    // syscall) for every id.
+    let id = uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .hyphenated()
+        .encode_lower(&mut buf);
     let v = HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("-"));
     headers.insert(X_REQUEST_ID.clone(), v.clone());
     v
@@ -209,6 +214,10 @@ const HOP_BY_HOP: &[HeaderName] = &[
 /// (a websocket handshake), `Connection: upgrade` and `Upgrade` pass. `te: trailers` passes,
 /// since gRPC needs it end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of them: one pass over the names instead of nine removals.
+    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -233,14 +242,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
         headers.remove(n);
     }
-    headers.remove(HeaderName::from_static("keep-alive"));
-    headers.remove(HeaderName::from_static("proxy-connection"));
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// A header [`strip_hop_by_hop`] removes whatever `Connection` says.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == KEEP_ALIVE || name == PROXY_CONNECTION
 }
 
 /// True for an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade: ...`), e.g. websocket.
@@ -356,8 +373,11 @@ mod tests {
         let mut h = HeaderMap::new();
         let id = ensure_request_id(&mut h);
         assert_eq!(id.len(), 36);
-        assert!(uuid::Uuid::parse_str(id.to_str().expect("ascii")).is_ok());
+        let parsed = uuid::Uuid::parse_str(id.to_str().expect("ascii")).expect("a UUID");
+        assert_eq!(parsed.get_version(), Some(uuid::Version::Random));
+        assert_eq!(parsed.get_variant(), uuid::Variant::RFC4122);
         assert_eq!(ensure_request_id(&mut h), id);
+        assert_ne!(ensure_request_id(&mut HeaderMap::new()), id);
     }
 
     #[test]
@@ -419,6 +439,17 @@ mod tests {
                 && !h.contains_key("keep-alive")
         );
         assert_eq!(h[header::TE], "trailers");
+
+        let mut plain = HeaderMap::new();
+        plain.insert(header::HOST, HeaderValue::from_static("httpbin"));
+        plain.insert("x-foo", HeaderValue::from_static("1"));
+        let before = plain.clone();
+        strip_hop_by_hop(&mut plain, false);
+        assert_eq!(plain, before);
+        let mut lone = HeaderMap::new();
+        lone.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        strip_hop_by_hop(&mut lone, false);
+        assert!(lone.is_empty());
 
         let mut u = HeaderMap::new();
         u.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));

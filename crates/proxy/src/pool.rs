@@ -227,7 +227,7 @@ async fn connect_tcp(
 }
 
 /// Identifies a set of interchangeable upstream connections.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolKey {
     /// The endpoint.
     pub endpoint: EndpointAddr,
@@ -237,6 +237,17 @@ pub struct PoolKey {
     pub http2: bool,
     /// Istio mTLS to this endpoint (`None`: plaintext). Cloning the key clones an `Arc`.
     pub tls: Option<Arc<PeerTls>>,
+}
+
+/// Hashes everything but `tls`: hashing its server name and identity took more instructions
+/// than the rest of a request's pool work, twice per request. Keys that differ only in TLS
+/// settings share a bucket and are told apart by `Eq` (an `Arc` pointer comparison when equal).
+impl std::hash::Hash for PoolKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.endpoint.hash(state);
+        self.bind.hash(state);
+        self.http2.hash(state);
+    }
 }
 
 /// A failed exchange; `request` is handed back when it was never written, so it can be retried.

@@ -700,6 +700,15 @@ fn write_json_value(out: &mut String, pieces: &[Piece], entry: &Entry, values: J
         match (values, v) {
             (JsonValues::Typed, Val::None) => out.push_str("null"),
             (JsonValues::Typed, Val::Num(n)) if op.is_numeric() => push_u64(out, n),
+            // Numbers, addresses, flags and the default time have nothing to escape.
+            (
+                _,
+                v @ (Val::None | Val::Num(_) | Val::Addr(_) | Val::Flags(_) | Val::Time(_, None)),
+            ) => {
+                out.push('"');
+                write_text(out, v, *max);
+                out.push('"');
+            }
             (_, v) => json_string_with(out, |out| write_text(out, v, *max)),
         }
         return;
