@@ -12,24 +12,26 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 use xds::ads::{Node, ResourceType};
 
 /// Runs one client until the future is dropped. `on_response(response, session)` sees every
 /// response; `session` counts the streams (a new one after each reconnect). Every stream that
-/// ends counts in `disconnects`.
+/// ends counts in `disconnects`. `connecting` bounds the connections being opened at once, so
+/// thousands of clients starting together do not overflow the server's listen backlog.
 pub async fn run(
     endpoint: Endpoint,
     node: Node,
     disconnects: Arc<AtomicU64>,
+    connecting: Arc<Semaphore>,
     mut on_response: impl FnMut(&DeltaDiscoveryResponse, u64) + Send,
 ) {
     let mut session = 0;
     loop {
         session += 1;
-        let error = stream(&endpoint, &node, session, &mut on_response).await;
+        let error = stream(&endpoint, &node, &connecting, session, &mut on_response).await;
         disconnects.fetch_add(1, Ordering::Relaxed);
         eprintln!("sim client {}: {error}; reconnecting", node.id);
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -40,13 +42,16 @@ pub async fn run(
 async fn stream(
     endpoint: &Endpoint,
     node: &Node,
+    connecting: &Semaphore,
     session: u64,
     on_response: &mut (impl FnMut(&DeltaDiscoveryResponse, u64) + Send),
 ) -> String {
+    let turn = connecting.acquire().await;
     let channel = match endpoint.connect().await {
         Ok(c) => c,
         Err(e) => return format!("connecting: {e}"),
     };
+    drop(turn);
     let mut grpc =
         AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX);
     let (tx, rx) = mpsc::channel(2 * ResourceType::ALL.len());

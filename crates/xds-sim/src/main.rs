@@ -300,6 +300,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let (events_tx, mut events) = mpsc::unbounded_channel::<(usize, Event)>();
     let mut statuses = Vec::with_capacity(n);
     let light_disconnects = Arc::new(AtomicU64::new(0));
+    let connecting = Arc::new(tokio::sync::Semaphore::new(64));
     let endpoint = xds::ads::client::endpoint(&grpc.to_string())?;
     let connect_started = Instant::now();
     for j in 0..n {
@@ -318,6 +319,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 endpoint.clone(),
                 node,
                 Arc::clone(&light_disconnects),
+                Arc::clone(&connecting),
                 move |response, stream| {
                     if response.type_url != ResourceType::Service.type_url() {
                         return;

@@ -35,6 +35,7 @@ pub mod client;
 pub mod codec;
 pub mod node;
 pub mod server;
+pub mod transport;
 pub mod view;
 
 pub use client::{AdsClient, Backoff, ClientError, ClientStatus, Connect};

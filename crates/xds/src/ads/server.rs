@@ -40,9 +40,7 @@ use std::time::{Duration, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::Resource;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
@@ -51,6 +49,7 @@ use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::codec::{EncodedResource, ResourceType, set_version};
+use super::transport::AdsService;
 use super::view::{Snapshot, TypeView};
 use crate::ProxyResources;
 
@@ -235,10 +234,12 @@ impl AdsServer {
     }
 
     /// The tonic service to add to a `tonic::transport::Server`.
-    pub fn service(&self) -> AggregatedDiscoveryServiceServer<AdsServer> {
-        AggregatedDiscoveryServiceServer::new(self.clone())
-            .max_decoding_message_size(self.shared.options.max_request_size)
-            .max_encoding_message_size(usize::MAX)
+    pub fn service(&self) -> AdsService {
+        AdsService::new(self.clone())
+    }
+
+    pub(crate) fn max_request_size(&self) -> usize {
+        self.shared.options.max_request_size
     }
 
     /// Serves ADS alone on `listener` (plain HTTP/2) until the future is dropped or fails. A
