@@ -2,7 +2,7 @@
 //!
 //! Every `*.yaml`, `*.yml` and `*.json` file under the directory (recursively; names starting
 //! with `.` are skipped, as editors' temporary files are) is a YAML stream parsed with
-//! [`api::objects::parse_stream`]. The directory is polled (every 500 ms by default) and a file
+//! [`api::objects::parse_stream`]. The directory is polled (every 200 ms by default) and a file
 //! is used again when its content hash changes, which is robust on every file system, for
 //! editors that write in place or rename, and for ConfigMap mounts. A file whose metadata (size,
 //! modification and change times, inode) is the same as at the last read and was last modified
@@ -34,8 +34,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::ConfigStore;
 
-/// How often the directory is polled by default.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the directory is polled by default. A poll costs a `stat` per unchanged file (5k
+/// files: a few ms), so it can be short: it bounds how long a change waits to be seen.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// A file modified less than this long ago is read at every poll even if its metadata did not
 /// change (coarse timestamps could hide a second write).
 pub const SETTLE: Duration = Duration::from_secs(2);
