@@ -31,7 +31,7 @@ use crate::body::{BoxError, ProxyBody, empty, full};
 use crate::config::{PeerInfo, Snapshot};
 use crate::drain::DrainWatcher;
 use crate::headers;
-use crate::pool::{PoolError, PoolKey};
+use crate::pool::{PoolError, PoolKey, Recycle};
 use crate::route::{self, Target};
 use crate::tcp::{ByteCounts, copy_bidirectional};
 use crate::telemetry::{
@@ -341,12 +341,19 @@ struct LoggedBody {
     log: Option<Log>,
     sent: u64,
     grpc_status: Option<u16>,
+    /// The upstream HTTP/1 connection, back to the pool once the response has been read.
+    recycle: Option<Recycle>,
 }
 
 impl LoggedBody {
     fn finish(&mut self, flags: ResponseFlags) {
         if let Some(mut log) = self.log.take() {
             log.finish(self.sent, flags, self.grpc_status);
+        }
+        if let Some(r) = self.recycle.take()
+            && flags == ResponseFlags::NONE
+        {
+            r.done();
         }
     }
 }
@@ -550,11 +557,15 @@ impl LocalReply {
         if let Some(server) = &ctx.pi.cfg.server_header {
             resp.headers_mut().insert(header::SERVER, server.clone());
         }
-        respond_logged(resp, log)
+        respond_logged(resp, log, None)
     }
 }
 
-fn respond_logged(resp: Response<ProxyBody>, log: Log) -> Response<ProxyBody> {
+fn respond_logged(
+    resp: Response<ProxyBody>,
+    log: Log,
+    recycle: Option<Recycle>,
+) -> Response<ProxyBody> {
     let (parts, inner) = resp.into_parts();
     let grpc = grpc_status(&parts.headers);
     let body = LoggedBody {
@@ -562,6 +573,7 @@ fn respond_logged(resp: Response<ProxyBody>, log: Log) -> Response<ProxyBody> {
         log: Some(log),
         sent: 0,
         grpc_status: grpc,
+        recycle,
     };
     Response::from_parts(parts, body.boxed())
 }
@@ -783,6 +795,7 @@ async fn handle(
 
     let service_time = started.elapsed();
     let mut resp = exchange.response;
+    let recycle = exchange.recycle;
     {
         let rec = log.rec();
         rec.response_code = resp.status().as_u16();
@@ -824,6 +837,7 @@ async fn handle(
     Ok(respond_logged(
         Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed()),
         log,
+        recycle,
     ))
 }
 

@@ -284,6 +284,43 @@ pub struct Exchange {
     pub local_addr: SocketAddr,
     /// The server's verified SPIFFE id, when the connection is mTLS.
     pub peer: Option<Arc<str>>,
+    /// The HTTP/1 connection, to give back when the response has been read (`None`: HTTP/2, or
+    /// an upgrade, which keeps the connection).
+    pub recycle: Option<Recycle>,
+}
+
+/// An HTTP/1 connection lent to one exchange. [`Recycle::done`] at the end of the response
+/// puts it back in the pool at once when hyper already reports it idle, which is the usual
+/// case; otherwise, or when the handle is dropped (response not read to its end), a task waits
+/// until it is idle (or closed) as before. Skipping that task per request saves its spawn and
+/// the wake-up of another worker.
+pub struct Recycle(Option<(Pool, PoolKey, http1::SendRequest<ProxyBody>, ConnInfo)>);
+
+impl Recycle {
+    /// The response was read to its end.
+    pub fn done(mut self) {
+        if let Some((pool, key, tx, info)) = self.0.take() {
+            if tx.is_ready() {
+                pool.put_h1(key, tx, info);
+            } else {
+                pool.recycle_h1(key, tx, info);
+            }
+        }
+    }
+}
+
+impl Drop for Recycle {
+    fn drop(&mut self) {
+        if let Some((pool, key, tx, info)) = self.0.take() {
+            pool.recycle_h1(key, tx, info);
+        }
+    }
+}
+
+impl std::fmt::Debug for Recycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Recycle")
+    }
 }
 
 /// Pool settings.
@@ -419,15 +456,13 @@ impl Pool {
         while let Some(mut idle) = self.checkout_h1(&key) {
             match idle.tx.try_send_request(req).await {
                 Ok(response) => {
-                    let exchange = Exchange {
+                    return Ok(Exchange {
                         response,
                         local_addr: idle.info.local,
                         peer: idle.info.peer.clone(),
-                    };
-                    if !upgrade {
-                        self.recycle_h1(key, idle.tx, idle.info);
-                    }
-                    return Ok(exchange);
+                        recycle: (!upgrade)
+                            .then(|| Recycle(Some((self.clone(), key, idle.tx, idle.info)))),
+                    });
                 }
                 Err(mut e) => match e.take_message() {
                     // Closed under us before anything was written: try the next one.
@@ -454,15 +489,12 @@ impl Pool {
             .send_request(req)
             .await
             .map_err(|e| SendError::sent(PoolError::on_fresh(e, tls)))?;
-        let exchange = Exchange {
+        Ok(Exchange {
             response,
             local_addr: info.local,
             peer: info.peer.clone(),
-        };
-        if !upgrade {
-            self.recycle_h1(key, tx, info);
-        }
-        Ok(exchange)
+            recycle: (!upgrade).then(|| Recycle(Some((self.clone(), key, tx, info)))),
+        })
     }
 
     /// Puts an HTTP/1 connection back once its current response has been read to the end.
@@ -472,23 +504,28 @@ impl Pool {
             if tx.ready().await.is_err() {
                 return;
             }
-            let mut map = pool.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
-            if map.len() >= MAX_KEYS && !map.contains_key(&key) {
-                map.retain(|_, l| {
-                    l.retain(|c| !c.tx.is_closed());
-                    !l.is_empty()
-                });
-            }
-            let list = map.entry(key).or_default();
-            list.retain(|c| !c.tx.is_closed());
-            if list.len() < pool.inner.cfg.max_idle_per_key {
-                list.push(Idle {
-                    tx,
-                    info,
-                    since: Instant::now(),
-                });
-            }
+            pool.put_h1(key, tx, info);
         });
+    }
+
+    /// Adds an idle (ready) HTTP/1 connection to the pool, if there is room for it.
+    fn put_h1(&self, key: PoolKey, tx: http1::SendRequest<ProxyBody>, info: ConnInfo) {
+        let mut map = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_KEYS && !map.contains_key(&key) {
+            map.retain(|_, l| {
+                l.retain(|c| !c.tx.is_closed());
+                !l.is_empty()
+            });
+        }
+        let list = map.entry(key).or_default();
+        list.retain(|c| !c.tx.is_closed());
+        if list.len() < self.inner.cfg.max_idle_per_key {
+            list.push(Idle {
+                tx,
+                info,
+                since: Instant::now(),
+            });
+        }
     }
 
     fn checkout_h2(&self, key: &PoolKey) -> Option<Shared> {
@@ -516,6 +553,7 @@ impl Pool {
                             response,
                             local_addr: shared.info.local,
                             peer: shared.info.peer,
+                            recycle: None,
                         });
                     }
                     Err(mut e) => match e.take_message() {
@@ -572,6 +610,7 @@ impl Pool {
             response,
             local_addr: shared.info.local,
             peer: shared.info.peer,
+            recycle: None,
         })
     }
 }
