@@ -87,6 +87,7 @@ pub(crate) fn build(
         .iter()
         .flat_map(|w| w.addresses.iter().map(move |a| (*a, w)))
         .collect();
+    let by_label = ByLabel::new(workloads);
     let mut used: BTreeMap<(IpAddr, u16), String> = BTreeMap::new();
     let mut out = Vec::with_capacity(services.len());
     for s in services {
@@ -121,7 +122,7 @@ pub(crate) fn build(
         }
         let endpoints = match slices.get(&key) {
             Some(slices) => slice_endpoints(s, &ports, slices, &by_ip, warnings),
-            None => selector_endpoints(s, &ports, workloads),
+            None => selector_endpoints(s, &ports, &by_label),
         };
         let export_to = match s.metadata.annotations.get(EXPORT_TO_ANNOTATION) {
             Some(v) => ExportTo::parse(v.split(','), &s.metadata.namespace),
@@ -217,21 +218,57 @@ fn ports(s: &ApiService) -> Vec<(ServicePort, Option<String>)> {
         .collect()
 }
 
+/// Workloads by namespace and one label, in model order: a selector's candidates are the
+/// workloads with its first label, not every workload (thousands of Services each scanning
+/// thousands of workloads made the model build quadratic).
+struct ByLabel<'a> {
+    index: HashMap<(String, String, String), Vec<&'a xds::Workload>>,
+}
+
+impl<'a> ByLabel<'a> {
+    fn new(workloads: &'a [xds::Workload]) -> ByLabel<'a> {
+        let mut index: HashMap<_, Vec<_>> = HashMap::new();
+        for w in workloads {
+            for (k, v) in &w.labels {
+                index
+                    .entry((w.namespace.clone(), k.clone(), v.clone()))
+                    .or_default()
+                    .push(w);
+            }
+        }
+        ByLabel { index }
+    }
+
+    /// The workloads of `namespace` that `selector` (not empty) picks, in model order.
+    fn select(&self, namespace: &str, selector: &super::Labels) -> Vec<&'a xds::Workload> {
+        let Some((k, v)) = selector.iter().next() else {
+            return Vec::new();
+        };
+        let key = (namespace.to_string(), k.clone(), v.clone());
+        self.index
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|w| super::selector_matches(selector, &w.labels))
+            .collect()
+    }
+}
+
 /// The workloads of the Service's namespace that its selector picks. No selector: none (its
 /// endpoints are managed by hand, as EndpointSlices).
 fn selector_endpoints(
     s: &ApiService,
     ports: &[(ServicePort, Option<String>)],
-    workloads: &[xds::Workload],
+    workloads: &ByLabel<'_>,
 ) -> Vec<Endpoint> {
     if s.spec.selector.is_empty() {
         return Vec::new();
     }
     let all_named = !ports.is_empty() && ports.iter().all(|(_, named)| named.is_some());
     workloads
-        .iter()
-        .filter(|w| w.namespace == s.metadata.namespace)
-        .filter(|w| super::selector_matches(&s.spec.selector, &w.labels))
+        .select(&s.metadata.namespace, &s.spec.selector)
+        .into_iter()
         .filter_map(|w| {
             let address = *w.addresses.first()?;
             let mut endpoint_ports = BTreeMap::new();
