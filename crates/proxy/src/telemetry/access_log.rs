@@ -660,8 +660,8 @@ fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
-    // ASCII digits only.
-    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
+    // A few ASCII digits: pushed one by one, cheaper than validating and copying a slice.
+    out.extend(buf[i..].iter().map(|&d| char::from(d)));
 }
 
 /// `{addr}`: IPv4 by hand (a line has up to four addresses), IPv6 through `Display`.
