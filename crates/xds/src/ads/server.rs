@@ -269,13 +269,31 @@ impl AdsServer {
 
 type ResponseStream<T> = ReceiverStream<Result<T, Status>>;
 
+/// What a stream task queues for its proxy. Boxed: the queue allocates a block of slots per
+/// stream up front, which for bare responses is several KB per connected proxy.
+pub(crate) type Queued = Box<Result<DeltaDiscoveryResponse, Status>>;
+
+/// The responses of one Delta ADS stream.
+pub struct Responses(pub(crate) mpsc::Receiver<Queued>);
+
+impl tonic::codegen::tokio_stream::Stream for Responses {
+    type Item = Result<DeltaDiscoveryResponse, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|item| item.map(|b| *b))
+    }
+}
+
 /// Responses queued per stream. At most one response per type is un-ACKed, so this never fills.
 const RESPONSE_QUEUE: usize = 2 * ResourceType::ALL.len();
 
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for AdsServer {
     type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = Responses;
 
     async fn stream_aggregated_resources(
         &self,
@@ -303,11 +321,11 @@ impl AggregatedDiscoveryService for AdsServer {
                 }
                 Err(status) => {
                     tracing::debug!(?peer, %status, "ADS stream refused");
-                    let _ = tx.send(Err(status)).await;
+                    let _ = tx.send(Box::new(Err(status))).await;
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(Responses(rx)))
     }
 }
 
@@ -323,7 +341,7 @@ async fn accept(
     shared: &Arc<Shared>,
     peer: Option<SocketAddr>,
     mut inbound: Streaming<DeltaDiscoveryRequest>,
-    out: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    out: mpsc::Sender<Queued>,
 ) -> Result<Accepted, Status> {
     let first = tokio::time::timeout(shared.options.first_request_timeout, inbound.message())
         .await
@@ -524,7 +542,7 @@ struct ProxyStream {
     connection: u64,
     node_id: String,
     shared: Arc<Shared>,
-    out: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    out: mpsc::Sender<Queued>,
     snapshot: Snapshot,
     types: BTreeMap<ResourceType, TypeState>,
     nonces: u64,
@@ -544,9 +562,9 @@ impl ProxyStream {
         if let Stop::SourceClosed = stop {
             let _ = self
                 .out
-                .send(Err(Status::unavailable(
+                .send(Box::new(Err(Status::unavailable(
                     "the control plane dropped this proxy",
-                )))
+                ))))
                 .await;
         }
         self.shared
@@ -800,7 +818,10 @@ impl ProxyStream {
                 t.resources_sent += sent as u64;
                 t.removals_sent += removals as u64;
             });
-            self.out.send(Ok(response)).await.map_err(|_| Stop::Gone)?;
+            self.out
+                .send(Box::new(Ok(response)))
+                .await
+                .map_err(|_| Stop::Gone)?;
         }
         Ok(())
     }

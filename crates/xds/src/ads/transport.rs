@@ -19,13 +19,13 @@ use http_body::Frame;
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::body::Body;
-use tonic::codec::{Codec, Streaming};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, Streaming};
 use tonic::codegen::{Bytes, Service, StdError, http};
 use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
 use tonic::{Code, Status};
 
-use super::server::AdsServer;
+use super::server::{AdsServer, Queued};
 
 const DELTA_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
@@ -72,7 +72,7 @@ where
             let mut codec =
                 tonic_prost::ProstCodec::<DeltaDiscoveryResponse, DeltaDiscoveryRequest>::default();
             let inbound = Streaming::new_request(
-                codec.decoder(),
+                RequestDecoder(codec.decoder()),
                 body,
                 None,
                 Some(server.max_request_size()),
@@ -84,7 +84,7 @@ where
                 Ok(r) => r,
                 Err(status) => return Ok(status.into_http()),
             };
-            let rx = response.into_inner().into_inner();
+            let rx = response.into_inner().0;
             let mut http = http::Response::new(Body::new(ResponseBody { rx: Some(rx) }));
             http.headers_mut().insert(
                 http::header::CONTENT_TYPE,
@@ -95,9 +95,27 @@ where
     }
 }
 
+/// tonic's request decoder with a small first buffer: requests are ACKs and subscriptions of a
+/// few hundred bytes, and the default 8 KB is allocated for every connected proxy. It grows
+/// for a larger request.
+struct RequestDecoder<D>(D);
+
+impl<D: Decoder<Item = DeltaDiscoveryRequest, Error = Status>> Decoder for RequestDecoder<D> {
+    type Item = DeltaDiscoveryRequest;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
+        self.0.decode(buf)
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(1024, 32 * 1024)
+    }
+}
+
 /// The response stream: one gRPC message per response, then the status in the trailers.
 struct ResponseBody {
-    rx: Option<mpsc::Receiver<Result<DeltaDiscoveryResponse, Status>>>,
+    rx: Option<mpsc::Receiver<Queued>>,
 }
 
 impl http_body::Body for ResponseBody {
@@ -111,7 +129,7 @@ impl http_body::Body for ResponseBody {
         let Some(rx) = self.rx.as_mut() else {
             return Poll::Ready(None);
         };
-        let frame = match ready!(rx.poll_recv(cx)) {
+        let frame = match ready!(rx.poll_recv(cx)).map(|b| *b) {
             Some(Ok(response)) => Frame::data(grpc_message(&response)),
             Some(Err(status)) => {
                 self.rx = None;
