@@ -350,7 +350,23 @@ struct Inner {
     cfg: PoolConfig,
     tls: Option<Arc<MeshTls>>,
     idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
-    h2: Mutex<HashMap<PoolKey, Shared>>,
+    /// Shared HTTP/2 connections by key, one per worker thread (the slot), as Envoy keeps a
+    /// connection pool per worker: one connection for every worker's streams would put all of
+    /// them behind one connection task and one TLS session.
+    h2: Mutex<HashMap<PoolKey, Vec<Option<Shared>>>>,
+}
+
+/// Most HTTP/2 connections kept per key (worker threads beyond it share slots).
+const MAX_H2_SLOTS: usize = 16;
+
+/// This thread's HTTP/2 slot: threads are numbered as they first send.
+fn h2_slot() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed) % MAX_H2_SLOTS;
+    }
+    SLOT.with(|s| *s)
 }
 
 /// The upstream connection pool; cheap to clone.
@@ -528,15 +544,26 @@ impl Pool {
         }
     }
 
-    fn checkout_h2(&self, key: &PoolKey) -> Option<Shared> {
+    fn checkout_h2(&self, key: &PoolKey, slot: usize) -> Option<Shared> {
         let mut map = self.inner.h2.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(key) {
+        let entry = map.get_mut(key)?.get_mut(slot)?;
+        match entry {
             Some(s) if !s.tx.is_closed() => Some(s.clone()),
             Some(_) => {
-                map.remove(key);
+                *entry = None;
                 None
             }
             None => None,
+        }
+    }
+
+    /// Forgets the connection in `key`'s `slot` if it is closed.
+    fn drop_closed_h2(&self, key: &PoolKey, slot: usize) {
+        let mut map = self.inner.h2.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = map.get_mut(key).and_then(|v| v.get_mut(slot))
+            && entry.as_ref().is_some_and(|s| s.tx.is_closed())
+        {
+            *entry = None;
         }
     }
 
@@ -545,7 +572,8 @@ impl Pool {
         key: PoolKey,
         mut req: Request<ProxyBody>,
     ) -> Result<Exchange, SendError> {
-        if let Some(mut shared) = self.checkout_h2(&key) {
+        let slot = h2_slot();
+        if let Some(mut shared) = self.checkout_h2(&key, slot) {
             if shared.tx.ready().await.is_ok() {
                 match shared.tx.try_send_request(req).await {
                     Ok(response) => {
@@ -562,10 +590,7 @@ impl Pool {
                     },
                 }
             }
-            let mut map = self.inner.h2.lock().unwrap_or_else(|e| e.into_inner());
-            if map.get(&key).is_some_and(|s| s.tx.is_closed()) {
-                map.remove(&key);
-            }
+            self.drop_closed_h2(&key, slot);
         }
         let (stream, info) = match self.dial(&key, AppProtocol::Http2).await {
             Ok(c) => c,
@@ -589,10 +614,14 @@ impl Pool {
         let mut shared = Shared { tx, info };
         {
             let mut map = self.inner.h2.lock().unwrap_or_else(|e| e.into_inner());
-            if map.len() >= MAX_KEYS {
-                map.retain(|_, s| !s.tx.is_closed());
+            if map.len() >= MAX_KEYS && !map.contains_key(&key) {
+                map.retain(|_, slots| slots.iter().flatten().any(|s| !s.tx.is_closed()));
             }
-            map.insert(key, shared.clone());
+            let slots = map.entry(key).or_default();
+            if slots.len() <= slot {
+                slots.resize_with(slot + 1, || None);
+            }
+            slots[slot] = Some(shared.clone());
         }
         if let Err(e) = shared.tx.ready().await {
             let error = match PoolError::on_fresh(e, tls) {
