@@ -306,10 +306,22 @@ fn curl_to_httpbin_through_two_sidecars() {
     ubuntu
         .ns
         .sh("for i in $(seq 100); do curl -sf -o /dev/null http://httpbin-service/get; done");
-    let served: Vec<usize> = servers
-        .iter()
-        .map(|s| access_log(s).iter().filter(|l| l["path"] == "/get").count())
-        .collect();
+    // The access log is written off the request path (lines are batched for a few ms), so the
+    // last lines may still be on their way when curl returns.
+    let served_per_replica = || -> Vec<usize> {
+        servers
+            .iter()
+            .map(|s| access_log(s).iter().filter(|l| l["path"] == "/get").count())
+            .collect()
+    };
+    let served = wait_for(
+        "100 /get lines in the server sidecars' logs",
+        Duration::from_secs(10),
+        || {
+            let served = served_per_replica();
+            (served.iter().sum::<usize>() >= 100).then_some(served)
+        },
+    );
     assert_eq!(served.iter().sum::<usize>(), 100, "{served:?}");
     assert!(served.iter().all(|&n| n >= 20), "uneven spread: {served:?}");
     eprintln!("100 requests served per replica: {served:?}");
