@@ -31,7 +31,6 @@ use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use nix::errno::Errno;
@@ -308,21 +307,8 @@ fn write_map(program: &str, pid: Pid, own: u32, (start, count): (u64, u64)) -> R
         start.to_string(),
         count.to_string(),
     ];
-    let out = Command::new(&path)
-        .args(&args)
-        .output()
-        .map_err(|source| Error::Spawn {
-            program: program.into(),
-            source,
-        })?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(Error::Command {
-        command: format!("{program} {}", args.join(" ")),
-        status: out.status.to_string(),
-        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    })
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    crate::netns::run(&path.to_string_lossy(), &args)
 }
 
 /// Whether this process is the `ama up` [`reexec_up`] started inside the namespaces.
