@@ -354,26 +354,7 @@ fn kube_inject_has_the_articles_structure() {
         .collect();
     assert_eq!(
         argv,
-        [
-            "ama",
-            "iptables",
-            "-p",
-            "15001",
-            "-z",
-            "15006",
-            "-u",
-            "1337",
-            "-m",
-            "REDIRECT",
-            "-i",
-            "*",
-            "-x",
-            "",
-            "-b",
-            "*",
-            "-d",
-            "15090,15021,15020"
-        ]
+        [["ama", "iptables"].as_slice(), &e2e::sidecar::CAPTURE_ARGS].concat()
     );
     let security = &init[0]["securityContext"];
     assert_eq!(
