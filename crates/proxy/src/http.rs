@@ -22,13 +22,14 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::ProxyInputs;
 use crate::addr::{ClientAddr, EndpointAddr, OrigDstAddr};
 use crate::body::{BoxError, ProxyBody, empty, full};
 use crate::config::{PeerInfo, Snapshot};
+use crate::conn_exec::{self, ConnExec};
 use crate::drain::DrainWatcher;
 use crate::headers;
 use crate::pool::{PoolError, PoolKey, Recycle};
@@ -176,15 +177,19 @@ where
     let svc = service_fn(move |req| handle(svc_ctx.clone(), req));
     let cfg = &ctx.pi.cfg;
     let result = if http2 {
-        let conn = http2::Builder::new(TokioExecutor::new())
+        // Each stream's service future runs in this connection's task (see `conn_exec`).
+        let exec = ConnExec::default();
+        let conn = http2::Builder::new(exec.clone())
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(cfg.max_request_headers).unwrap_or(u32::MAX))
             .serve_connection(TokioIo::new(io), svc);
-        tokio::pin!(conn);
+        let mut conn = conn_exec::drive(exec, conn);
         tokio::select! {
-            r = conn.as_mut() => r,
+            r = &mut conn => r,
             _ = drain.signaled() => {
-                conn.as_mut().graceful_shutdown();
+                if let Some(c) = conn.conn_mut() {
+                    c.graceful_shutdown();
+                }
                 conn.await
             }
         }

@@ -34,6 +34,7 @@ pub mod authn;
 pub mod balance;
 pub mod body;
 pub mod config;
+pub mod conn_exec;
 pub mod control_plane;
 pub mod detect;
 pub mod drain;

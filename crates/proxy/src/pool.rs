@@ -17,16 +17,18 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use identity::AppProtocol;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::addr::EndpointAddr;
 use crate::body::ProxyBody;
+use crate::conn_exec::{self, ConnExec};
 use crate::tls::{HandshakeError, MeshTls, PeerTls, tls_error_in};
 
 /// Why an upstream exchange failed.
@@ -596,7 +598,10 @@ impl Pool {
             Ok(c) => c,
             Err(e) => return Err(SendError::unsent(e, req)),
         };
-        let handshake = http2::Builder::new(TokioExecutor::new())
+        // The connection's I/O, each response wait and each request body being sent run in
+        // one task (see `conn_exec`).
+        let exec = ConnExec::default();
+        let handshake = http2::Builder::new(exec.clone())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
             .handshake(TokioIo::new(stream))
@@ -605,11 +610,13 @@ impl Pool {
             Ok(h) => h,
             Err(e) => return Err(SendError::unsent(PoolError::Handshake(e), req)),
         };
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
+        // A combinator, not an `async` block: the compiler cannot prove such a block `Send`
+        // for hyper's client task behind this executor (a higher-ranked lifetime error).
+        tokio::spawn(conn_exec::drive(exec, conn).map(|r| {
+            if let Err(e) = r {
                 tracing::debug!(error = %e, "upstream http/2 connection ended");
             }
-        });
+        }));
         let tls = key.tls.is_some();
         let mut shared = Shared { tx, info };
         {
