@@ -32,10 +32,12 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// Returns the request's `x-request-id`, setting a new UUIDv4 when it has none (or an empty one).
+/// The value is marked [`unique`] either way.
 pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&X_REQUEST_ID)
+    if let Some(v) = headers.get_mut(&X_REQUEST_ID)
         && !v.is_empty()
     {
+        v.set_sensitive(true);
         return v.clone();
     }
     let mut buf = uuid::Uuid::encode_buffer();
@@ -45,8 +47,19 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
         .into_uuid()
         .hyphenated()
         .encode_lower(&mut buf);
-    let v = HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("-"));
+    let v = unique(HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("-")));
     headers.insert(X_REQUEST_ID.clone(), v.clone());
+    v
+}
+
+/// Marks a value that is new on every request (request and trace ids) so that HTTP/2 sends it
+/// as a never-indexed HPACK literal (`h2` does so for "sensitive" values). Indexed, each such
+/// value would take a slot in both ends' HPACK tables only to evict the headers that repeat
+/// (content type, authority, user agent, ...), so those would be sent and decoded as literals
+/// again; a few hundred bytes of ids per request turn the 4 KiB table over every dozen
+/// requests. Nothing else reads the flag on a request header.
+pub fn unique(mut v: HeaderValue) -> HeaderValue {
+    v.set_sensitive(true);
     v
 }
 
@@ -154,8 +167,8 @@ fn sample(percent: f64) -> bool {
 }
 
 fn hex_value(s: &[u8]) -> HeaderValue {
-    // Hex digits and '-' only: always a valid header value.
-    HeaderValue::from_bytes(s).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    // Hex digits and '-' only: always a valid header value. Ids: new on every request.
+    unique(HeaderValue::from_bytes(s).unwrap_or_else(|_| HeaderValue::from_static("0")))
 }
 
 /// `v` in lower-case hex, zero-padded to `N` digits (its low `4 * N` bits): `{:0Nx}` without
@@ -214,8 +227,13 @@ const HOP_BY_HOP: &[HeaderName] = &[
 /// (a websocket handshake), `Connection: upgrade` and `Upgrade` pass. `te: trailers` passes,
 /// since gRPC needs it end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none of them: one pass over the names instead of nine removals.
-    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
+    // Most messages carry none of them but gRPC's `te: trailers`, which stays: one pass over
+    // the headers instead of nine removals.
+    if !keep_upgrade
+        && !headers
+            .iter()
+            .any(|(n, v)| is_hop_by_hop(n) && !(n == header::TE && is_te_trailers(v)))
+    {
         return;
     }
     let named: Vec<HeaderName> = headers
@@ -252,12 +270,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// `te: trailers` exactly, which [`strip_hop_by_hop`] would put back as it is.
+fn is_te_trailers(v: &HeaderValue) -> bool {
+    v.as_bytes().eq_ignore_ascii_case(b"trailers")
+}
+
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// A header [`strip_hop_by_hop`] removes whatever `Connection` says.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name == KEEP_ALIVE || name == PROXY_CONNECTION
+    // Their lengths first: most names of a request are none of these lengths.
+    matches!(name.as_str().len(), 2 | 7 | 10 | 16..=19)
+        && (HOP_BY_HOP.contains(name) || name == KEEP_ALIVE || name == PROXY_CONNECTION)
 }
 
 /// True for an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade: ...`), e.g. websocket.
@@ -446,6 +471,22 @@ mod tests {
         let before = plain.clone();
         strip_hop_by_hop(&mut plain, false);
         assert_eq!(plain, before);
+        let mut grpc = HeaderMap::new();
+        grpc.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        grpc.insert(header::TE, HeaderValue::from_static("trailers"));
+        let before = grpc.clone();
+        strip_hop_by_hop(&mut grpc, false);
+        assert_eq!(grpc, before);
+        let mut te = HeaderMap::new();
+        te.insert(header::TE, HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut te, false);
+        assert!(te.is_empty());
+        te.insert(header::TE, HeaderValue::from_static("trailers, gzip"));
+        strip_hop_by_hop(&mut te, false);
+        assert_eq!(te[header::TE], "trailers");
         let mut lone = HeaderMap::new();
         lone.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
         strip_hop_by_hop(&mut lone, false);
@@ -458,6 +499,22 @@ mod tests {
         strip_hop_by_hop(&mut u, true);
         assert_eq!(u[header::UPGRADE], "websocket");
         assert_eq!(u[header::CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn ids_are_never_indexed() {
+        let mut h = HeaderMap::new();
+        let id = ensure_request_id(&mut h);
+        continue_trace(&mut h, 100.0);
+        assert!(id.is_sensitive() && h[&X_REQUEST_ID].is_sensitive());
+        for n in [&X_B3_TRACEID, &X_B3_SPANID, &TRACEPARENT] {
+            assert!(h[n].is_sensitive(), "{n}");
+        }
+        assert!(!h[&X_B3_SAMPLED].is_sensitive());
+        let mut given = HeaderMap::new();
+        given.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("abc"));
+        assert_eq!(ensure_request_id(&mut given), "abc");
+        assert!(given[&X_REQUEST_ID].is_sensitive());
     }
 
     #[test]

@@ -168,6 +168,20 @@ fn unrouted_labels() -> Arc<MetricLabels> {
         .clone()
 }
 
+/// `route_name` until a route names itself: one shared `Arc` instead of one per request.
+fn default_route_name() -> Arc<str> {
+    static DEFAULT: OnceLock<Arc<str>> = OnceLock::new();
+    DEFAULT.get_or_init(|| Arc::from("default")).clone()
+}
+
+/// The request's authority: the URI's (HTTP/2, absolute form), else the `Host` header.
+fn request_authority<'a>(uri: &'a Uri, headers: &'a http::HeaderMap) -> Option<&'a str> {
+    match uri.authority() {
+        Some(a) => Some(a.as_str()),
+        None => headers.get(header::HOST).and_then(|v| v.to_str().ok()),
+    }
+}
+
 /// Serves one downstream HTTP connection until it closes or a drain ends it gracefully.
 pub async fn serve<I>(ctx: Arc<ConnCtx>, io: I, http2: bool, drain: DrainWatcher)
 where
@@ -635,7 +649,7 @@ async fn handle(
         rec.downstream_local_address = Some(ctx.orig_dst.get());
         rec.downstream_remote_address = Some(ctx.client.get());
         rec.requested_server_name = ctx.sni.clone();
-        rec.route_name = Some(Arc::from("default"));
+        rec.route_name = Some(default_route_name());
         let is_grpc = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -648,20 +662,12 @@ async fn handle(
         };
     }
 
-    let authority: Option<String> = match req.uri().authority() {
-        Some(a) => Some(a.as_str().to_owned()),
-        None => req
-            .headers()
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-    };
     let route = match ctx.direction {
         Direction::Outbound => route::outbound_http(
             &snap,
             &ctx.pi,
             ctx.orig_dst,
-            authority.as_deref(),
+            request_authority(req.uri(), req.headers()),
             req.uri().path(),
             req.headers(),
         ),
@@ -689,33 +695,43 @@ async fn handle(
     // The upstream request: same method, path, headers and streaming body.
     let upstream_h2 = !upgrade && (downstream_version == Version::HTTP_2 || target.http2);
     let (mut parts, body) = req.into_parts();
-    let authority = authority.unwrap_or_else(|| ctx.orig_dst.to_string());
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".to_owned());
+    let authority = || {
+        request_authority(&parts.uri, &parts.headers)
+            .map(str::to_owned)
+            .unwrap_or_else(|| ctx.orig_dst.to_string())
+    };
+    let pq = || parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let has_pq = parts.uri.path_and_query().is_some();
     if upstream_h2 {
         parts.version = Version::HTTP_2;
-        parts.headers.remove(header::HOST);
-        match Uri::builder()
-            .scheme("http")
-            .authority(authority.as_str())
-            .path_and_query(pq.as_str())
-            .build()
-        {
-            Ok(u) => parts.uri = u,
-            Err(_) => return Ok(LocalReply::NO_ROUTE.respond(&ctx, log)),
+        // From an HTTP/2 client the URI is already `http://{authority}{path}`: kept as it is.
+        let same = has_pq
+            && parts.uri.scheme() == Some(&http::uri::Scheme::HTTP)
+            && parts.uri.authority().is_some();
+        if !same {
+            match Uri::builder()
+                .scheme("http")
+                .authority(authority().as_str())
+                .path_and_query(pq())
+                .build()
+            {
+                Ok(u) => parts.uri = u,
+                Err(_) => return Ok(LocalReply::NO_ROUTE.respond(&ctx, log)),
+            }
         }
+        parts.headers.remove(header::HOST);
     } else {
         parts.version = Version::HTTP_11;
         if !parts.headers.contains_key(header::HOST)
-            && let Ok(v) = HeaderValue::from_str(&authority)
+            && let Ok(v) = HeaderValue::from_str(&authority())
         {
             parts.headers.insert(header::HOST, v);
         }
-        if parts.method != Method::CONNECT {
-            match pq.parse::<Uri>() {
+        // An origin-form URI (`/path?query`, what HTTP/1.1 clients send) is already what
+        // parsing its path and query would give.
+        let origin_form = has_pq && parts.uri.scheme().is_none() && parts.uri.authority().is_none();
+        if parts.method != Method::CONNECT && !origin_form {
+            match pq().parse::<Uri>() {
                 Ok(u) => parts.uri = u,
                 Err(_) => return Ok(LocalReply::NO_ROUTE.respond(&ctx, log)),
             }

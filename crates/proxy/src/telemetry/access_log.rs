@@ -485,7 +485,11 @@ enum Val<'a> {
 
 fn header(v: &Option<HeaderValue>) -> Val<'_> {
     match v {
-        Some(v) => Val::Str(String::from_utf8_lossy(v.as_bytes())),
+        // Visible ASCII, almost always: borrowed without the lossy decoder's pass.
+        Some(v) => Val::Str(match v.to_str() {
+            Ok(s) => Cow::Borrowed(s),
+            Err(_) => String::from_utf8_lossy(v.as_bytes()),
+        }),
         None => Val::None,
     }
 }
@@ -660,8 +664,12 @@ fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
-    // A few ASCII digits: pushed one by one, cheaper than validating and copying a slice.
-    out.extend(buf[i..].iter().map(|&d| char::from(d)));
+    // ASCII digits, pushed as bytes-sized chars after one reservation (`extend` over chars and
+    // `str::from_utf8` of the slice both cost more than the digits).
+    out.reserve(buf.len() - i);
+    for &d in &buf[i..] {
+        out.push(char::from(d));
+    }
 }
 
 /// `{addr}`: IPv4 by hand (a line has up to four addresses), IPv6 through `Display`.
