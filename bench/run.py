@@ -131,8 +131,24 @@ def proc_status(pid: int) -> dict[str, int]:
             key, _, val = line.partition(":")
             if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "Threads"):
                 out[key] = int(val.split()[0])
+        out.update(rss_by_file(pid))
     except OSError:
         pass
+    return out
+
+
+def rss_by_file(pid: int) -> dict[str, int]:
+    """Of RssFile (kB): RssExe, the pages of the program's own file (its code and read-only
+    data, shared with every process that runs the same file), and RssLib, the shared libraries'."""
+    exe = os.readlink(f"/proc/{pid}/exe")
+    out = {"RssExe": 0, "RssLib": 0}
+    path = None
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and len(fields) >= 5 and not line.startswith(("Rss", "Size")):
+            path = fields[5] if len(fields) >= 6 else None
+        elif fields[:1] == ["Rss:"] and path and path.startswith("/"):
+            out["RssExe" if path == exe else "RssLib"] += int(fields[1])
     return out
 
 
@@ -1033,10 +1049,13 @@ def report(meta: dict, runs: list[dict], arms: list[str], args) -> str:
         w("")
         w("At start: after start-up and the 200-request readiness check, before any load; idle: "
           "before the first measured run (after the warm-up); after load: 1 s after a run ends, "
-          "the largest over the fixed-rate runs, then over the max-rate runs.")
+          "the largest over the fixed-rate runs, then over the max-rate runs. VmRSS = RssAnon "
+          "(heap, stacks: the process's own) + RssFile, and RssFile = RssExe (pages of the "
+          "program's file: code, read-only data) + RssLib (shared libraries); the kernel maps a "
+          "file's pages by page-cache folio, so RssFile counts whole folios around the code that ran.")
         w("")
         w("| proxy | VmRSS at start | VmRSS idle | VmRSS after fixed rate | VmRSS after max rate | "
-          "VmHWM | RssAnon after fixed rate | Threads |")
+          "VmHWM | RssAnon / RssExe / RssLib after fixed rate | Threads |")
         w("|---|---|---|---|---|---|---|---|")
         for a in mesh:
             for role in ("client", "server"):
@@ -1049,7 +1068,8 @@ def report(meta: dict, runs: list[dict], arms: list[str], args) -> str:
                 idle = f_runs[0]["mem_before"].get(k, {}).get("VmRSS", "–") if f_runs else "–"
                 w(f"| {a} {role} | {start.get('VmRSS', '–')} | {idle} | {mx(f_runs, 'VmRSS')} | "
                   f"{mx(m_runs, 'VmRSS')} | {mx(f_runs + m_runs, 'VmHWM')} | "
-                  f"{mx(f_runs, 'RssAnon')} | {start.get('Threads', '–')} |")
+                  f"{mx(f_runs, 'RssAnon')} / {mx(f_runs, 'RssExe')} / {mx(f_runs, 'RssLib')} | "
+                  f"{start.get('Threads', '–')} |")
         w("")
         if "direct" in arms:
             w("Idle cost: CPU seconds the mesh arms' proxies used while the direct arm was measured "
