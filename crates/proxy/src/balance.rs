@@ -5,18 +5,19 @@
 //! [`InFlight`] guards that count a request for as long as it lives. The same tracker bounds the
 //! requests in flight per cluster for circuit breaking (`UO`).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use xds::LbPolicy;
 
+use crate::fx_hash::FxHashMap;
+
 /// Requests in flight per endpoint and per cluster, and round-robin cursors per cluster.
 #[derive(Debug, Default)]
 pub struct LoadTracker {
-    endpoints: Mutex<HashMap<SocketAddr, Arc<AtomicU64>>>,
-    clusters: Mutex<HashMap<Arc<str>, Arc<ClusterCounters>>>,
+    endpoints: Mutex<FxHashMap<SocketAddr, Arc<AtomicU64>>>,
+    clusters: Mutex<FxHashMap<Arc<str>, Arc<ClusterCounters>>>,
 }
 
 /// Per-cluster state.

@@ -18,6 +18,7 @@ use http::HeaderValue;
 use xds::{HttpRoutes, LbPolicy, ProxyResources, Service, ServicePort, TrafficPolicy, Workload};
 
 use crate::drain::DrainWatcher;
+use crate::fx_hash::FxHashMap;
 
 /// Process-wide settings of a sidecar (Istio's injected args and our own flags).
 #[derive(Debug, Clone)]
@@ -197,9 +198,9 @@ pub struct Snapshot {
     pub me: Option<Arc<Workload>>,
     /// The proxy's own labels.
     pub me_info: Arc<PeerInfo>,
-    by_vip: HashMap<(IpAddr, u16), Arc<ServiceEntry>>,
+    by_vip: FxHashMap<(IpAddr, u16), Arc<ServiceEntry>>,
     by_host: HashMap<String, Arc<ServiceEntry>>,
-    workloads_by_ip: HashMap<IpAddr, Arc<PeerInfo>>,
+    workloads_by_ip: FxHashMap<IpAddr, Arc<PeerInfo>>,
     workloads_by_uid: HashMap<String, Arc<PeerInfo>>,
     routes_by_host: HashMap<String, Arc<HttpRoutes>>,
     inbound_by_port: HashMap<u16, Arc<ServiceEntry>>,
@@ -260,7 +261,7 @@ impl Snapshot {
             self_addrs.extend(w.addresses.iter().copied());
         }
 
-        let mut workloads_by_ip = HashMap::new();
+        let mut workloads_by_ip = FxHashMap::default();
         let mut workloads_by_uid = HashMap::new();
         for w in &resources.workloads {
             let info = Arc::new(PeerInfo::from_workload(w, &cfg.cluster_id));
@@ -274,7 +275,7 @@ impl Snapshot {
             .iter()
             .map(|p| (p.host.as_str(), Arc::new(p.clone())))
             .collect();
-        let mut by_vip = HashMap::new();
+        let mut by_vip = FxHashMap::default();
         let mut by_host = HashMap::new();
         let mut inbound_by_port = HashMap::new();
         for s in &resources.services {

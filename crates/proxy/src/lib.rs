@@ -39,6 +39,7 @@ pub mod control_plane;
 pub mod detect;
 pub mod drain;
 pub mod dump;
+pub mod fx_hash;
 pub mod headers;
 pub mod http;
 pub mod identity_source;

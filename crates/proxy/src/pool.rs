@@ -9,7 +9,6 @@
 //! requests to its endpoint. A request that finds a pooled connection closed under it, before a
 //! byte was written, is sent again on a fresh one. No lock is held across I/O.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -29,6 +28,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use crate::addr::EndpointAddr;
 use crate::body::ProxyBody;
 use crate::conn_exec::{self, ConnExec};
+use crate::fx_hash::FxHashMap;
 use crate::tls::{HandshakeError, MeshTls, PeerTls, tls_error_in};
 
 /// Why an upstream exchange failed.
@@ -351,11 +351,11 @@ struct Shared {
 struct Inner {
     cfg: PoolConfig,
     tls: Option<Arc<MeshTls>>,
-    idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
+    idle: Mutex<FxHashMap<PoolKey, Vec<Idle>>>,
     /// Shared HTTP/2 connections by key, one per worker thread (the slot), as Envoy keeps a
     /// connection pool per worker: one connection for every worker's streams would put all of
     /// them behind one connection task and one TLS session.
-    h2: Mutex<HashMap<PoolKey, Vec<Option<Shared>>>>,
+    h2: Mutex<FxHashMap<PoolKey, Vec<Option<Shared>>>>,
 }
 
 /// Most HTTP/2 connections kept per key (worker threads beyond it share slots).
