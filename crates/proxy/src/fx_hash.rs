@@ -1,10 +1,11 @@
 //! A fast hasher for the maps looked up on every request.
 //!
 //! Their entries come from the proxy's own configuration and pools (endpoints, cluster names,
-//! VIPs, workload addresses, metric label sets), never from what a peer sends, so SipHash's
-//! protection against chosen keys buys nothing there, and it cost about a thousand instructions
-//! a request over five lookups. A peer can choose what is looked up (its address), not what is
-//! stored. Maps whose entries a peer can add keep the std hasher.
+//! VIPs, workload addresses), never from what a peer sends, so SipHash's protection against
+//! chosen keys buys nothing there, and it cost several hundred instructions a request. A peer
+//! can choose what is looked up (its address), not what is stored. Maps whose entries a peer
+//! can add keep the std hasher: the metric handle cache (keyed by response code and gRPC
+//! status, which the upstream chooses) and the original-destination map.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};

@@ -14,7 +14,7 @@
 //! That identity only means something if equal label sets share one `Arc`: the traffic side
 //! gets its labels through [`Metrics::intern`], which hands out one `Arc` per distinct content.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
@@ -31,7 +31,6 @@ use prometheus_client::registry::Registry;
 
 use super::flags::ResponseFlags;
 use super::record::{MetricLabels, RequestProtocol, RequestRecord};
-use crate::fx_hash::FxHashMap;
 
 /// Content type of [`Metrics::encode_prometheus`]: Prometheus text format 0.0.4.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -70,7 +69,7 @@ pub struct Metrics {
     pub(crate) access_log_dropped: Counter,
     uptime: Gauge,
     started: Instant,
-    request_cache: RwLock<FxHashMap<RequestKey, RequestHandles>>,
+    request_cache: RwLock<HashMap<RequestKey, RequestHandles>>,
     interned: RwLock<HashSet<Arc<MetricLabels>>>,
 }
 
@@ -153,7 +152,7 @@ impl Metrics {
             access_log_dropped,
             uptime,
             started: Instant::now(),
-            request_cache: RwLock::new(FxHashMap::default()),
+            request_cache: RwLock::new(HashMap::new()),
             interned: RwLock::new(HashSet::new()),
         }
     }
