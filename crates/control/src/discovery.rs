@@ -203,6 +203,13 @@ impl Discovery {
             Arc::clone(&pusher).run(changes, shutdown.clone()),
         ));
         {
+            let ads = ads.clone();
+            tasks.push(tokio::spawn(crate::memory::trim_after_activity(
+                move || ads.activity(),
+                shutdown.clone(),
+            )));
+        }
+        {
             let service = ads.service();
             let stop = shutdown.clone();
             tasks.push(tokio::spawn(async move {

@@ -316,7 +316,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             let tx = events_tx.clone();
             let (mut synced, mut seen, mut services, mut session) = (false, 0u64, 0usize, 0u64);
             tokio::spawn(light::run(
-                endpoint.clone(),
+                grpc,
                 node,
                 Arc::clone(&light_disconnects),
                 Arc::clone(&connecting),

@@ -39,7 +39,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::Resource;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -155,7 +154,7 @@ pub struct TypeStatus {
     /// Version last ACKed.
     pub acked: Option<String>,
     /// The last NACK on this stream, if any (it stays after a later ACK; compare versions).
-    pub nacked: Option<Nack>,
+    pub nacked: Option<Box<Nack>>,
     /// A response awaits its ACK.
     pub pending: bool,
     /// Resources of this type the proxy holds as of the last ACK.
@@ -188,6 +187,8 @@ struct Shared {
     options: ServerOptions,
     syncs: Arc<Semaphore>,
     next_connection: AtomicU64,
+    /// Responses queued over all streams.
+    responses: AtomicU64,
     proxies: Mutex<BTreeMap<u64, ProxyStatus>>,
 }
 
@@ -228,6 +229,7 @@ impl AdsServer {
                 syncs: Arc::new(Semaphore::new(options.max_concurrent_syncs.max(1))),
                 options,
                 next_connection: AtomicU64::new(1),
+                responses: AtomicU64::new(0),
                 proxies: Mutex::new(BTreeMap::new()),
             }),
         }
@@ -256,6 +258,14 @@ impl AdsServer {
             .await
     }
 
+    /// Streams opened and responses queued so far, summed: it moves whenever the server does
+    /// work that allocates (a first sync, a push), so a caller can tell a busy spell from a quiet
+    /// one without walking [`AdsServer::status`].
+    pub fn activity(&self) -> u64 {
+        self.shared.next_connection.load(Ordering::Relaxed)
+            + self.shared.responses.load(Ordering::Relaxed)
+    }
+
     /// Connected proxies, in connection order.
     pub fn status(&self) -> Vec<ProxyStatus> {
         let proxies = self
@@ -271,7 +281,75 @@ type ResponseStream<T> = ReceiverStream<Result<T, Status>>;
 
 /// What a stream task queues for its proxy. Boxed: the queue allocates a block of slots per
 /// stream up front, which for bare responses is several KB per connected proxy.
-pub(crate) type Queued = Box<Result<DeltaDiscoveryResponse, Status>>;
+pub(crate) type Queued = Box<Result<Outgoing, Status>>;
+
+/// A response as queued: its resources are the shared encodings themselves, so a queued
+/// response costs a pointer per resource and no copy. It is encoded when the transport sends it
+/// ([`Outgoing::grpc_message`]): during a first sync, a proxy's queue holds a response per type
+/// while the first is still being written, and as `DeltaDiscoveryResponse`s those were a copy
+/// of every resource, per proxy syncing.
+pub(crate) struct Outgoing {
+    version: String,
+    type_url: String,
+    resources: Vec<(Arc<str>, Arc<EncodedResource>)>,
+    removed: Vec<String>,
+    nonce: String,
+}
+
+impl Outgoing {
+    /// The response as envoy-types' message.
+    pub(crate) fn into_response(self) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            system_version_info: self.version,
+            resources: self
+                .resources
+                .iter()
+                .map(|(n, e)| e.to_resource(n))
+                .collect(),
+            type_url: self.type_url,
+            removed_resources: self.removed,
+            nonce: self.nonce,
+            ..DeltaDiscoveryResponse::default()
+        }
+    }
+
+    /// The gRPC message (uncompressed flag, big-endian length, body) in a buffer of about its
+    /// size: the bytes prost writes for [`Outgoing::into_response`], one resource copied at a
+    /// time.
+    pub(crate) fn grpc_message(&self) -> Vec<u8> {
+        use prost::encoding::{message, string};
+        let estimate: usize = self
+            .resources
+            .iter()
+            .map(|(n, e)| n.len() + e.version.len() + e.any.type_url.len() + e.any.value.len())
+            .sum::<usize>()
+            + 16 * self.resources.len()
+            + self.removed.iter().map(|n| n.len() + 4).sum::<usize>()
+            + self.version.len()
+            + self.type_url.len()
+            + self.nonce.len()
+            + 16;
+        let mut buf = Vec::with_capacity(5 + estimate);
+        buf.extend_from_slice(&[0; 5]);
+        // Field order as prost writes it: by tag.
+        if !self.version.is_empty() {
+            string::encode(1, &self.version, &mut buf);
+        }
+        for (n, e) in &self.resources {
+            message::encode(2, &e.to_resource(n), &mut buf);
+        }
+        if !self.type_url.is_empty() {
+            string::encode(4, &self.type_url, &mut buf);
+        }
+        if !self.nonce.is_empty() {
+            string::encode(5, &self.nonce, &mut buf);
+        }
+        string::encode_repeated(6, &self.removed, &mut buf);
+        let len = u32::try_from(buf.len() - 5).unwrap_or(u32::MAX);
+        buf[1..5].copy_from_slice(&len.to_be_bytes());
+        buf
+    }
+}
 
 /// The responses of one Delta ADS stream.
 pub struct Responses(pub(crate) mpsc::Receiver<Queued>);
@@ -283,7 +361,9 @@ impl tonic::codegen::tokio_stream::Stream for Responses {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx).map(|item| item.map(|b| *b))
+        self.0
+            .poll_recv(cx)
+            .map(|item| item.map(|b| (*b).map(Outgoing::into_response)))
     }
 }
 
@@ -309,7 +389,7 @@ impl AggregatedDiscoveryService for AdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let peer = request.remote_addr();
-        let inbound = request.into_inner();
+        let inbound = Box::new(request.into_inner());
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         // The response starts at once: a client may wait for its headers before sending the
         // first request. Errors in that request end the stream with their status.
@@ -329,18 +409,17 @@ impl AggregatedDiscoveryService for AdsServer {
     }
 }
 
-type Accepted = (
-    ProxyStream,
-    DeltaDiscoveryRequest,
-    Streaming<DeltaDiscoveryRequest>,
-    Feed,
-);
+/// A stream's requests. Boxed, as is the first request (600 bytes): a stream task is spawned per
+/// connected proxy and its future holds each of them in several places.
+type Inbound = Box<Streaming<DeltaDiscoveryRequest>>;
+
+type Accepted = (ProxyStream, Box<DeltaDiscoveryRequest>, Inbound, Feed);
 
 /// Reads the first request, asks the source for the node's snapshots and registers the stream.
 async fn accept(
     shared: &Arc<Shared>,
     peer: Option<SocketAddr>,
-    mut inbound: Streaming<DeltaDiscoveryRequest>,
+    mut inbound: Inbound,
     out: mpsc::Sender<Queued>,
 ) -> Result<Accepted, Status> {
     let first = tokio::time::timeout(shared.options.first_request_timeout, inbound.message())
@@ -384,7 +463,7 @@ async fn accept(
         nonces: 0,
         sync: None,
     };
-    Ok((stream, first, inbound, snapshots))
+    Ok((stream, Box::new(first), inbound, snapshots))
 }
 
 /// A resource of a view: its shared name and encoding.
@@ -554,8 +633,8 @@ struct ProxyStream {
 impl ProxyStream {
     async fn run(
         mut self,
-        first: DeltaDiscoveryRequest,
-        mut inbound: Streaming<DeltaDiscoveryRequest>,
+        first: Box<DeltaDiscoveryRequest>,
+        mut inbound: Inbound,
         mut snapshots: Feed,
     ) {
         let stop = self.serve(first, &mut inbound, &mut snapshots).await;
@@ -577,7 +656,7 @@ impl ProxyStream {
 
     async fn serve(
         &mut self,
-        first: DeltaDiscoveryRequest,
+        first: Box<DeltaDiscoveryRequest>,
         inbound: &mut Streaming<DeltaDiscoveryRequest>,
         snapshots: &mut Feed,
     ) -> Stop {
@@ -590,7 +669,7 @@ impl ProxyStream {
         self.sync = permit.map(|p| (p, deadline));
         let initial = snapshots.current(&self.node_id);
         self.set_snapshot(initial);
-        self.on_request(first);
+        self.on_request(*first);
         loop {
             if let Err(stop) = self.flush().await {
                 return stop;
@@ -717,7 +796,7 @@ impl ProxyStream {
                         };
                         self.shared.update(self.connection, |p| {
                             let t = p.types.entry(ty).or_default();
-                            t.nacked = Some(nack);
+                            t.nacked = Some(Box::new(nack));
                             t.pending = false;
                         });
                     }
@@ -783,7 +862,10 @@ impl ProxyStream {
             }
             st.initial = false;
             st.rejected = false;
-            let resources: Vec<Resource> = changed.iter().map(|(n, e)| e.to_resource(n)).collect();
+            let resources: Vec<(Arc<str>, Arc<EncodedResource>)> = changed
+                .into_iter()
+                .map(|(n, e)| (n, Arc::clone(e)))
+                .collect();
             let previous = std::mem::replace(&mut st.held, Held::View(Arc::clone(want)));
             let version = st.version_of(want);
             self.nonces += 1;
@@ -801,15 +883,14 @@ impl ProxyStream {
                 version: version.clone(),
                 previous,
             });
-            let response = DeltaDiscoveryResponse {
-                system_version_info: version.clone(),
+            let response = Outgoing {
+                version: version.clone(),
                 resources,
                 type_url: ty.type_url().to_string(),
-                removed_resources: removed,
+                removed,
                 nonce,
-                ..DeltaDiscoveryResponse::default()
             };
-            let (sent, removals) = (response.resources.len(), response.removed_resources.len());
+            let (sent, removals) = (response.resources.len(), response.removed.len());
             self.shared.update(self.connection, |p| {
                 let t = p.types.entry(ty).or_default();
                 t.sent = Some(version);
@@ -818,11 +899,65 @@ impl ProxyStream {
                 t.resources_sent += sent as u64;
                 t.removals_sent += removals as u64;
             });
+            self.shared.responses.fetch_add(1, Ordering::Relaxed);
             self.out
                 .send(Box::new(Ok(response)))
                 .await
                 .map_err(|_| Stop::Gone)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::google::protobuf::Any;
+    use prost::Message;
+
+    use super::*;
+
+    fn encoded(version: &str, value: &[u8]) -> Arc<EncodedResource> {
+        Arc::new(EncodedResource {
+            version: version.to_string(),
+            any: Any {
+                type_url: ResourceType::Service.type_url().to_string(),
+                value: value.to_vec(),
+            },
+        })
+    }
+
+    #[test]
+    fn a_queued_response_encodes_as_prost_encodes_the_message() {
+        let out = Outgoing {
+            version: "v7".to_string(),
+            type_url: ResourceType::Service.type_url().to_string(),
+            resources: vec![
+                (Arc::from("default/a"), encoded("1", br#"{"a":1}"#)),
+                (Arc::from("default/b"), encoded("2", &[b'x'; 300])),
+            ],
+            removed: vec!["default/c".to_string(), "default/d".to_string()],
+            nonce: "3-9".to_string(),
+        };
+        let wire = out.grpc_message();
+        let response = out.into_response();
+        let body = response.encode_to_vec();
+        assert_eq!(wire[0], 0, "uncompressed");
+        assert_eq!(wire[1..5], (body.len() as u32).to_be_bytes());
+        assert_eq!(wire[5..], body[..]);
+        assert_eq!(response.resources[1].name, "default/b");
+        assert_eq!(response.removed_resources, ["default/c", "default/d"]);
+    }
+
+    #[test]
+    fn an_empty_response_encodes_as_prost_encodes_it() {
+        let out = Outgoing {
+            version: String::new(),
+            type_url: ResourceType::Workload.type_url().to_string(),
+            resources: Vec::new(),
+            removed: Vec::new(),
+            nonce: "1-1".to_string(),
+        };
+        let wire = out.grpc_message();
+        assert_eq!(wire[5..], out.into_response().encode_to_vec()[..]);
     }
 }

@@ -3,8 +3,8 @@
 //! tonic's own response encoder writes every message of a stream into one buffer that keeps the
 //! capacity of the largest message for the life of the stream: with a first sync of a few MB per
 //! proxy, that is a few MB per connected proxy, held until it disconnects. Here each response is
-//! encoded into a buffer of exactly its size, handed to HTTP/2 and freed once sent. Requests are
-//! decoded by tonic as usual. State-of-the-world ADS answers `UNIMPLEMENTED`.
+//! encoded when HTTP/2 asks for it, from the shared encodings, into a buffer of about its size
+//! that is freed once sent. Requests are decoded by tonic as usual. State-of-the-world ADS answers `UNIMPLEMENTED`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,7 +16,6 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
 use http_body::Frame;
-use prost::Message;
 use tokio::sync::mpsc;
 use tonic::body::Body;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, Streaming};
@@ -109,7 +108,7 @@ impl<D: Decoder<Item = DeltaDiscoveryRequest, Error = Status>> Decoder for Reque
     }
 
     fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::new(1024, 32 * 1024)
+        BufferSettings::new(256, 32 * 1024)
     }
 }
 
@@ -130,7 +129,7 @@ impl http_body::Body for ResponseBody {
             return Poll::Ready(None);
         };
         let frame = match ready!(rx.poll_recv(cx)).map(|b| *b) {
-            Some(Ok(response)) => Frame::data(grpc_message(&response)),
+            Some(Ok(response)) => Frame::data(Bytes::from(response.grpc_message())),
             Some(Err(status)) => {
                 self.rx = None;
                 Frame::trailers(trailers(&status))
@@ -146,16 +145,6 @@ impl http_body::Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         self.rx.is_none()
     }
-}
-
-/// A gRPC message (uncompressed flag, big-endian length, body) in a buffer of its exact size.
-fn grpc_message(m: &DeltaDiscoveryResponse) -> Bytes {
-    let len = m.encoded_len();
-    let mut buf = Vec::with_capacity(5 + len);
-    buf.push(0);
-    buf.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
-    m.encode_raw(&mut buf);
-    Bytes::from(buf)
 }
 
 fn trailers(status: &Status) -> http::HeaderMap {

@@ -1,0 +1,116 @@
+//! Gives the heap memory freed after a burst of work back to the kernel.
+//!
+//! A first sync or a push allocates a response per proxy and frees it once sent. glibc keeps
+//! what was freed in its arenas, scattered between live connection state, so the resident size
+//! stays at the burst's high-water mark: at 2k proxies × 1k services, 260 MB resident for
+//! 138 MB in use. `malloc_trim(0)` returns the free pages inside the arenas (`MADV_DONTNEED`),
+//! not only the top of the heap. It runs on a blocking thread, once a second while the server is
+//! busy and once more after it goes quiet; an idle server is not trimmed again.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+/// How often activity is checked.
+const INTERVAL: Duration = Duration::from_secs(1);
+
+/// Trims the heap after each interval in which `activity()` moved, until `stop`.
+pub(crate) async fn trim_after_activity(
+    activity: impl Fn() -> u64 + Send + 'static,
+    stop: CancellationToken,
+) {
+    run(activity, trim, stop).await
+}
+
+async fn run(
+    activity: impl Fn() -> u64 + Send + 'static,
+    trim: fn() -> bool,
+    stop: CancellationToken,
+) {
+    let mut trimmed_at = activity();
+    let mut tick = tokio::time::interval(INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let now = activity();
+        if now == trimmed_at {
+            continue;
+        }
+        trimmed_at = now;
+        let started = std::time::Instant::now();
+        let released = tokio::task::spawn_blocking(trim).await.unwrap_or(false);
+        tracing::debug!(released, took = ?started.elapsed(), "heap trimmed");
+    }
+}
+
+/// Returns free heap pages to the kernel; true when some were.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim() -> bool {
+    // SAFETY: malloc_trim only walks glibc's own arenas, under their locks.
+    unsafe { libc::malloc_trim(0) == 1 }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim() -> bool {
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn trim_returns_freed_pages() {
+        // 64 MB in 16 KB blocks (below the mmap threshold, so in the heap), every other one kept
+        // so that the freed half lies between live blocks and cannot be given back by shrinking
+        // the heap top alone.
+        let blocks: Vec<Vec<u8>> = (0..4096).map(|i| vec![i as u8; 16 * 1024]).collect();
+        let kept: Vec<Vec<u8>> = blocks.into_iter().step_by(2).collect();
+        assert!(trim(), "the freed half was given back");
+        assert_eq!(kept.len(), 2048);
+        assert!(kept.iter().enumerate().all(|(i, b)| b[0] == (2 * i) as u8));
+    }
+
+    static TRIMS: AtomicU64 = AtomicU64::new(0);
+
+    fn count_trim() -> bool {
+        TRIMS.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn trims_once_after_each_busy_spell() {
+        let work = Arc::new(AtomicU64::new(0));
+        let stop = CancellationToken::new();
+        let task = {
+            let work = Arc::clone(&work);
+            tokio::spawn(run(
+                move || work.load(Ordering::Relaxed),
+                count_trim,
+                stop.clone(),
+            ))
+        };
+        let trims = || TRIMS.load(Ordering::Relaxed);
+        tokio::time::sleep(INTERVAL * 3).await;
+        assert_eq!(trims(), 0, "a quiet server is not trimmed");
+        work.store(7, Ordering::Relaxed);
+        tokio::time::sleep(INTERVAL * 3).await;
+        assert_eq!(
+            trims(),
+            1,
+            "one trim after the work, none while quiet again"
+        );
+        work.store(9, Ordering::Relaxed);
+        tokio::time::sleep(INTERVAL * 2).await;
+        assert_eq!(trims(), 2);
+        stop.cancel();
+        task.await.expect("the task ends on stop");
+    }
+}
