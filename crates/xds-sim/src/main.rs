@@ -58,6 +58,9 @@ struct Args {
     /// How long one change may take to reach every client (s).
     #[arg(long, default_value_t = 60)]
     change_timeout: u64,
+    /// How long every client may take to sync (s); default 120 + N/50.
+    #[arg(long)]
+    sync_timeout: Option<u64>,
     /// Where the JSON and Markdown go.
     #[arg(long, default_value = "bench/control-plane/results")]
     out: PathBuf,
@@ -394,7 +397,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     // Initial sync of every client.
     let mut synced = vec![false; n];
     let mut synced_count = 0;
-    let sync_deadline = Instant::now() + Duration::from_secs(120 + n as u64 / 50);
+    let sync_timeout = args.sync_timeout.unwrap_or(120 + n as u64 / 50);
+    let sync_deadline = Instant::now() + Duration::from_secs(sync_timeout);
     while synced_count < n {
         if over.load(Ordering::Relaxed) {
             bail!(
