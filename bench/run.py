@@ -1158,6 +1158,7 @@ def metadata(args, ama: Path, envoy: Path, oha: Path) -> dict:
     ama_v = version([str(ama), "--version"])
     if ama.exists():
         ama_v += f" ({ama}, built {time.strftime('%Y-%m-%d %H:%M', time.localtime(ama.stat().st_mtime))})"
+        ama_v += f"; {layout_coverage(ama)}"
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": NCPU, "cpu_model": cpu_model, "mem_total": mem, "kernel": os.uname().release,
@@ -1166,6 +1167,21 @@ def metadata(args, ama: Path, envoy: Path, oha: Path) -> dict:
                      "nginx": version(["nginx", "-v"]), "oha": version([str(oha), "--version"])},
         "command": shlex.join(["python3", "bench/run.py", *sys.argv[1:]]),
     }
+
+
+def layout_coverage(ama: Path) -> str:
+    """How many of crates/cli/sidecar.order's functions the binary has: the list goes stale when
+    symbol names change (a dependency of their crate changed), and the sidecar's resident code
+    grows with the names that are missing (bench/README.md, "Code layout")."""
+    order = ROOT / "crates" / "cli" / "sidecar.order"
+    nm = shutil.which("nm")
+    if not order.exists() or not nm:
+        return "link order: not checked"
+    listed = order.read_text().split()
+    out = subprocess.run([nm, str(ama)], capture_output=True, text=True).stdout
+    have = {f[2] for f in (line.split() for line in out.splitlines()) if len(f) == 3}
+    found = sum(1 for name in listed if name in have)
+    return f"link order: {found} of the {len(listed)} functions of crates/cli/sidecar.order in the binary"
 
 
 def parse_args() -> argparse.Namespace:
