@@ -138,18 +138,26 @@ def proc_status(pid: int) -> dict[str, int]:
 
 
 def rss_by_file(pid: int) -> dict[str, int]:
-    """Of RssFile (kB): RssExe, the pages of the program's own file (its code and read-only
-    data, shared with every process that runs the same file), and RssLib, the shared libraries'."""
+    """RssFile (kB) split: RssExe, the file pages of the program's own file (its code and
+    read-only data, shared with every process that runs the same file), and RssLib, the shared
+    libraries'."""
     exe = os.readlink(f"/proc/{pid}/exe")
     out = {"RssExe": 0, "RssLib": 0}
     path = None
     for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
-        fields = line.split()
-        if fields and "-" in fields[0] and len(fields) >= 5 and not line.startswith(("Rss", "Size")):
-            path = fields[5] if len(fields) >= 6 else None
-        elif fields[:1] == ["Rss:"] and path and path.startswith("/"):
-            out["RssExe" if path == exe else "RssLib"] += int(fields[1])
+        mapping = SMAPS_MAPPING.match(line)
+        if mapping:  # a mapping's header line; the fields that follow are its own
+            path = mapping.group(1)
+        elif line.startswith(("Rss:", "Anonymous:")) and path.startswith("/"):
+            # A file mapping's Rss holds its copied-on-write pages too (relocated data), which
+            # /proc/PID/status counts in RssAnon, not RssFile.
+            kb = int(line.split()[1])
+            out["RssExe" if path == exe else "RssLib"] += kb if line[0] == "R" else -kb
     return out
+
+
+# `start-end perms offset dev inode [path]`, the line that opens each mapping in smaps.
+SMAPS_MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$")
 
 
 def children(pid: int) -> list[int]:
@@ -1174,12 +1182,12 @@ def layout_coverage(ama: Path) -> str:
     symbol names change (a dependency of their crate changed), and the sidecar's resident code
     grows with the names that are missing (bench/README.md, "Code layout")."""
     order = ROOT / "crates" / "cli" / "sidecar.order"
-    nm = shutil.which("nm")
-    if not order.exists() or not nm:
+    if not order.exists() or not shutil.which("nm"):
         return "link order: not checked"
+    sys.path.insert(0, str(ROOT / "bench" / "layout"))
+    from order import symbols  # noqa: E402 (bench/layout/order.py, which writes the list)
     listed = order.read_text().split()
-    out = subprocess.run([nm, str(ama)], capture_output=True, text=True).stdout
-    have = {f[2] for f in (line.split() for line in out.splitlines()) if len(f) == 3}
+    have = symbols(str(ama))
     found = sum(1 for name in listed if name in have)
     return f"link order: {found} of the {len(listed)} functions of crates/cli/sidecar.order in the binary"
 
