@@ -54,6 +54,7 @@ pub mod status;
 pub mod tcp;
 pub mod telemetry;
 pub mod tls;
+pub mod workers;
 pub mod xds_client;
 
 use std::future::Future;
@@ -136,6 +137,9 @@ pub struct Proxy {
     inbound: Listener,
     config_file: Option<PathBuf>,
     drain: (DrainTrigger, DrainWatcher),
+    /// Kept until the drain ends: the listeners drop theirs when they stop accepting, and the
+    /// workers stop (ending their connections) when the last one goes.
+    workers: Option<Arc<workers::Workers>>,
 }
 
 impl Proxy {
@@ -153,7 +157,17 @@ impl Proxy {
             inbound,
             config_file: None,
             drain: drain::channel(),
+            workers: None,
         })
+    }
+
+    /// Serves accepted connections on `workers` (one single-threaded runtime per thread, as
+    /// Envoy's workers) instead of on the runtime that calls [`run`](Proxy::run).
+    pub fn on_workers(mut self, workers: Arc<workers::Workers>) -> Proxy {
+        self.outbound = self.outbound.on_workers(workers.clone());
+        self.inbound = self.inbound.on_workers(workers.clone());
+        self.workers = Some(workers);
+        self
     }
 
     /// Reloads resources from `path` when it changes (every `reload_interval`).
@@ -191,6 +205,7 @@ impl Proxy {
             inbound,
             config_file,
             drain: (trigger, watcher),
+            workers,
         } = self;
         tokio::spawn(outbound.run(watcher.clone()));
         tokio::spawn(inbound.run(watcher.clone()));
@@ -212,5 +227,6 @@ impl Proxy {
             tracing::warn!("drain time over with connections still open; closing them");
         }
         pi.telemetry.flush(Duration::from_secs(1)).await;
+        drop(workers);
     }
 }

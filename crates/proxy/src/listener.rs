@@ -21,6 +21,7 @@ use crate::route::{self, Target};
 use crate::tcp::{ByteCounts, copy_bidirectional};
 use crate::telemetry::{ResponseFlags, TcpRecord};
 use crate::tls::{HandshakeError, tls_error_in};
+use crate::workers::Workers;
 
 /// A bound capture listener.
 pub struct Listener {
@@ -29,6 +30,8 @@ pub struct Listener {
     local: ListenAddr,
     orig_dst: Arc<dyn OrigDstResolver>,
     pi: Arc<ProxyInputs>,
+    /// Where accepted connections run; none: on the runtime that runs the listener.
+    workers: Option<Arc<Workers>>,
 }
 
 impl std::fmt::Debug for Listener {
@@ -56,7 +59,14 @@ impl Listener {
             local,
             orig_dst,
             pi,
+            workers: None,
         })
+    }
+
+    /// Hands accepted connections to `workers` instead of running them where `run` runs.
+    pub fn on_workers(mut self, workers: Arc<Workers>) -> Listener {
+        self.workers = Some(workers);
+        self
     }
 
     /// The bound address.
@@ -104,7 +114,27 @@ impl Listener {
                 pi: self.pi.clone(),
                 labels: Default::default(),
             });
-            tokio::spawn(handle_connection(ctx, stream, drain.clone()));
+            let drain = drain.clone();
+            let Some(workers) = &self.workers else {
+                tokio::spawn(handle_connection(ctx, stream, drain));
+                continue;
+            };
+            // Off this runtime's reactor and onto the worker's.
+            let stream = match stream.into_std() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, client = %client, "cannot hand the connection to a worker; closing");
+                    continue;
+                }
+            };
+            workers.spawn(async move {
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => handle_connection(ctx, stream, drain).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, client = %client, "worker cannot register the connection; closing")
+                    }
+                }
+            });
         }
     }
 }

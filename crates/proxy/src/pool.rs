@@ -351,24 +351,34 @@ struct Shared {
 struct Inner {
     cfg: PoolConfig,
     tls: Option<Arc<MeshTls>>,
-    idle: Mutex<FxHashMap<PoolKey, Vec<Idle>>>,
+    /// Idle HTTP/1 connections by key, one map per worker thread ([`crate::workers`]): a
+    /// connection's task runs on the worker that dialed it, so only that worker takes it again.
+    /// Off the workers (tests, embedded use) every thread shares the first map.
+    idle: [Mutex<FxHashMap<PoolKey, Vec<Idle>>>; MAX_SLOTS],
     /// Shared HTTP/2 connections by key, one per worker thread (the slot), as Envoy keeps a
     /// connection pool per worker: one connection for every worker's streams would put all of
     /// them behind one connection task and one TLS session.
     h2: Mutex<FxHashMap<PoolKey, Vec<Option<Shared>>>>,
 }
 
-/// Most HTTP/2 connections kept per key (worker threads beyond it share slots).
-const MAX_H2_SLOTS: usize = 16;
+/// Most HTTP/2 connections kept per key, and HTTP/1 idle maps (worker threads beyond it share
+/// slots).
+const MAX_SLOTS: usize = 16;
 
-/// This thread's HTTP/2 slot: threads are numbered as they first send.
+/// This thread's HTTP/2 slot: a worker's index, else threads are numbered as they first send.
 fn h2_slot() -> usize {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
-        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed) % MAX_H2_SLOTS;
+        static SLOT: usize = crate::workers::current()
+            .unwrap_or_else(|| NEXT.fetch_add(1, Ordering::Relaxed)) % MAX_SLOTS;
     }
     SLOT.with(|s| *s)
+}
+
+/// This thread's HTTP/1 idle map: a worker's own, else the shared first one.
+fn h1_slot() -> usize {
+    crate::workers::current().unwrap_or(0) % MAX_SLOTS
 }
 
 /// The upstream connection pool; cheap to clone.
@@ -400,7 +410,7 @@ impl Pool {
             inner: Arc::new(Inner {
                 cfg,
                 tls,
-                idle: Mutex::default(),
+                idle: Default::default(),
                 h2: Mutex::default(),
             }),
         }
@@ -410,10 +420,14 @@ impl Pool {
     pub fn idle_count(&self, key: &PoolKey) -> usize {
         self.inner
             .idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .map_or(0, Vec::len)
+            .iter()
+            .map(|m| {
+                m.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(key)
+                    .map_or(0, Vec::len)
+            })
+            .sum()
     }
 
     /// Sends `req` to `key.endpoint`, on a pooled connection when one is available. With
@@ -455,7 +469,9 @@ impl Pool {
     }
 
     fn checkout_h1(&self, key: &PoolKey) -> Option<Idle> {
-        let mut map = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.inner.idle[h1_slot()]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let list = map.get_mut(key)?;
         while let Some(c) = list.pop() {
             if c.tx.is_ready() && c.since.elapsed() < self.inner.cfg.idle_timeout {
@@ -528,7 +544,9 @@ impl Pool {
 
     /// Adds an idle (ready) HTTP/1 connection to the pool, if there is room for it.
     fn put_h1(&self, key: PoolKey, tx: http1::SendRequest<ProxyBody>, info: ConnInfo) {
-        let mut map = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.inner.idle[h1_slot()]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if map.len() >= MAX_KEYS && !map.contains_key(&key) {
             map.retain(|_, l| {
                 l.retain(|c| !c.tx.is_closed());

@@ -22,6 +22,7 @@ use crate::identity_source::{IdentitySource, IdentitySourceError};
 use crate::orig_dst::SoOriginalDst;
 use crate::status::{AppMetrics, KubeAppProbers, Readiness, StatusInputs};
 use crate::telemetry::Telemetry;
+use crate::workers::Workers;
 use crate::{Proxy, ProxyInputs};
 
 /// Addresses and inputs of a sidecar process beyond [`ProxyConfig`].
@@ -43,6 +44,9 @@ pub struct SidecarOptions {
     /// The control plane (Istio's `--discoveryAddress`, with TLS and a token to 15012), used
     /// when there is no `config_file`; the sidecar is ready once its first config is in force.
     pub discovery: Option<crate::xds_client::DiscoveryOptions>,
+    /// Data-plane worker threads (Istio's `concurrency`), each with its own single-threaded
+    /// runtime; 0 serves connections on the runtime that calls [`run`].
+    pub concurrency: usize,
 }
 
 impl Default for SidecarOptions {
@@ -55,6 +59,7 @@ impl Default for SidecarOptions {
             identity: IdentitySource::None,
             config_file: None,
             discovery: None,
+            concurrency: 0,
         }
     }
 }
@@ -81,6 +86,9 @@ pub enum SidecarError {
     /// No workload certificate could be had from the configured source.
     #[error(transparent)]
     Identity(#[from] IdentitySourceError),
+    /// The worker threads could not be started.
+    #[error("starting the worker threads: {0}")]
+    Workers(#[source] std::io::Error),
     /// `ISTIO_KUBE_APP_PROBERS` or `ISTIO_PROMETHEUS_ANNOTATIONS` is invalid.
     #[error("{0}")]
     Status(String),
@@ -126,6 +134,10 @@ pub async fn run(
         })?;
     if let Some(p) = &opts.config_file {
         proxy = proxy.watch_config(p.clone());
+    }
+    if opts.concurrency > 0 {
+        let workers = Workers::start(opts.concurrency).map_err(SidecarError::Workers)?;
+        proxy = proxy.on_workers(workers);
     }
 
     let quit = CancellationToken::new();

@@ -3,8 +3,10 @@
 //! Accepts the arguments Istio's injection template passes (`--domain`, `--proxyLogLevel`,
 //! `--concurrency`, `--drainDuration`, ...), explicitly, plus ours (`--config`, `--inbound-bind`,
 //! port overrides). Resources come from `--config FILE`, else from the control plane at
-//! `--discoveryAddress` (Delta ADS; to 15012 over TLS with the pod's token, as Istio's agent). Runs a tokio runtime with `--concurrency` worker threads and
-//! hands over to `proxy::sidecar::run`; SIGTERM drains and exits 0.
+//! `--discoveryAddress` (Delta ADS; to 15012 over TLS with the pod's token, as Istio's agent).
+//! Runs the control side on a single-threaded runtime, connections on `--concurrency` worker
+//! threads (`proxy::workers`), and hands over to `proxy::sidecar::run`; SIGTERM drains and
+//! exits 0.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -114,7 +116,7 @@ struct SidecarArgs {
     protocol_detection_timeout: GoDuration,
 
     // Istio's injected arguments.
-    /// Worker threads.
+    /// Worker threads that serve connections; 0: one per CPU (as Envoy's `--concurrency 0`).
     #[arg(long, default_value_t = 2)]
     concurrency: usize,
     /// Time in-flight requests get to finish after SIGTERM.
@@ -293,6 +295,10 @@ fn sidecar(a: SidecarArgs) -> anyhow::Result<ExitCode> {
         readiness_addr: SocketAddr::from(([0, 0, 0, 0], a.readiness_port)),
         prometheus_addr: SocketAddr::from(([0, 0, 0, 0], a.prometheus_port)),
         config_file: a.config,
+        concurrency: match a.concurrency {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        },
         discovery: discovery_address.map(|address| DiscoveryOptions {
             address,
             tls: a.xds_tls,
@@ -325,8 +331,9 @@ fn sidecar(a: SidecarArgs) -> anyhow::Result<ExitCode> {
     };
     let telemetry = Telemetry::new(TelemetryOptions { access_log }).context("access log")?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(a.concurrency.max(1))
+    // The control side (xDS, certificates, admin, status, the accept loops) runs here; the
+    // connections run on `concurrency` worker threads of their own (proxy::workers).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .thread_name("ama-proxy")
         .enable_all()
         .build()
