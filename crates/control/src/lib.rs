@@ -26,6 +26,8 @@
 //!   [`xds::ads::SnapshotSource`] the ADS server reads.
 //! - [`discovery`]: the server itself: Delta ADS on gRPC, `/ready`, `/debug/syncz` and `/metrics`
 //!   on the monitoring port.
+//! - [`memory`]: the allocator's settings for thousands of connections ([`memory::tune_allocator`],
+//!   which `ama discovery` calls before its runtime starts) and the heap trim after bursts.
 //!
 //! Security (Istio's istiod CA and injector), started by [`discovery`] through [`security`]:
 //!
@@ -46,7 +48,7 @@
 //! Threads: everything runs on the caller's tokio runtime. Model builds run on the blocking pool
 //! (they are CPU work, proportional to the mesh); no lock is held across an `.await`.
 
-// `unsafe` only in `memory` (two glibc calls).
+// `unsafe` only in `memory` (glibc's malloc_trim and mallopt).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -54,7 +56,7 @@ pub mod ca_secret;
 pub mod ca_server;
 pub mod discovery;
 #[allow(unsafe_code)]
-mod memory;
+pub mod memory;
 pub mod model;
 pub mod push;
 pub mod registry;

@@ -11,7 +11,8 @@
 //!
 //! They arrive in a [`ProxyResources`] bundle, read from a local file (YAML or JSON, camelCase
 //! field names like Istio's and ztunnel's YAML) or pushed by the control plane over Delta ADS
-//! ([`ads`], the same types as JSON in `Any`); [`ca`] is Istio's certificate service.
+//! ([`ads`], the same types as JSON in `Any`); [`ca`] is Istio's certificate service, and
+//! [`grpc`] gRPC's message framing for those that frame messages by hand.
 //! [`ProxyResources::parse`] checks everything and reports each problem with its path
 //! (`services[2].ports[0].port: must be 1..65535`), so a bad push or file is rejected whole and the
 //! previous version stays in force.
@@ -24,6 +25,7 @@
 pub mod ads;
 mod authorization;
 pub mod ca;
+pub mod grpc;
 mod policy;
 mod resources;
 mod routes;

@@ -34,6 +34,7 @@
 pub mod client;
 pub mod codec;
 pub mod node;
+mod response;
 pub mod server;
 pub mod transport;
 pub mod view;

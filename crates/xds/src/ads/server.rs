@@ -25,12 +25,14 @@
 //! **Cost per stream.** A stream keeps, per type, the `Arc` of the view it last sent (what the
 //! proxy holds is that view as subscribed), not a copy of names and versions; the difference to
 //! a new view is the one recorded when the view was built ([`TypeView::build`], computed once for
-//! all the proxies that move together) or a walk comparing entries by pointer. Responses copy
-//! the shared encoded bodies (the `Any` of envoy-types owns a `Vec<u8>`) and live only until
-//! sent. A first sync is the big response: at most [`ServerOptions::max_concurrent_syncs`]
-//! streams do theirs at once (Istio's push throttle), each until its proxy ACKed every type or
-//! [`ServerOptions::sync_timeout`] passed, so thousands of proxies reconnecting together do not
-//! hold thousands of full responses.
+//! all the proxies that move together) or a walk comparing entries by pointer. Its state per
+//! type is a slot in the task, and its status for [`AdsServer::status`] a small record whose
+//! versions are the views' own `Arc`s, turned into a [`ProxyStatus`] only when asked. A queued
+//! response holds the shared encodings and is written a few KB at a time as HTTP/2 asks
+//! (`ads::response`). A first sync is the big response: at most
+//! [`ServerOptions::max_concurrent_syncs`] streams do theirs at once (Istio's push throttle),
+//! each until its proxy ACKed every type or [`ServerOptions::sync_timeout`] passed, so
+//! thousands of proxies reconnecting together do not hold thousands of full responses.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -48,6 +50,7 @@ use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::codec::{EncodedResource, ResourceType, set_version};
+use super::response::Outgoing;
 use super::transport::AdsService;
 use super::view::{Snapshot, TypeView};
 use crate::ProxyResources;
@@ -189,15 +192,113 @@ struct Shared {
     next_connection: AtomicU64,
     /// Responses queued over all streams.
     responses: AtomicU64,
-    proxies: Mutex<BTreeMap<u64, ProxyStatus>>,
+    /// Each connected stream's status, by connection; the stream updates its own under its own
+    /// lock, and [`AdsServer::status`] turns them into [`ProxyStatus`] when asked.
+    proxies: Mutex<BTreeMap<u64, Arc<Mutex<Registered>>>>,
 }
 
-impl Shared {
-    fn update(&self, connection: u64, f: impl FnOnce(&mut ProxyStatus)) {
-        let mut proxies = self.proxies.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(p) = proxies.get_mut(&connection) {
-            f(p);
+/// What the server keeps about one connected stream for [`AdsServer::status`]: the compact form
+/// of a [`ProxyStatus`] (versions shared with the views, a slot per type instead of a map).
+struct Registered {
+    node_id: Arc<str>,
+    peer: Option<SocketAddr>,
+    connected_at: SystemTime,
+    types: ByType<Tracked>,
+}
+
+impl Registered {
+    fn status(&self, connection: u64) -> ProxyStatus {
+        ProxyStatus {
+            connection,
+            node_id: self.node_id.to_string(),
+            peer: self.peer,
+            connected_at: self.connected_at,
+            types: self.types.iter().map(|(ty, t)| (ty, t.status())).collect(),
         }
+    }
+}
+
+/// [`TypeStatus`] as kept: the versions are the `Arc`s of the views (or of the version computed
+/// for a subscription), shared with every stream that holds the same view.
+#[derive(Debug, Default)]
+struct Tracked {
+    latest: Option<Arc<str>>,
+    sent: Option<Arc<str>>,
+    acked: Option<Arc<str>>,
+    nacked: Option<Box<Nack>>,
+    pending: bool,
+    resources: usize,
+    pushes: u64,
+    resources_sent: u64,
+    removals_sent: u64,
+}
+
+impl Tracked {
+    fn status(&self) -> TypeStatus {
+        let text = |v: &Option<Arc<str>>| v.as_deref().map(str::to_string);
+        TypeStatus {
+            latest: text(&self.latest),
+            sent: text(&self.sent),
+            acked: text(&self.acked),
+            nacked: self.nacked.clone(),
+            pending: self.pending,
+            resources: self.resources,
+            pushes: self.pushes,
+            resources_sent: self.resources_sent,
+            removals_sent: self.removals_sent,
+        }
+    }
+}
+
+/// Updates a stream's status for `ty`.
+fn track(registered: &Mutex<Registered>, ty: ResourceType, f: impl FnOnce(&mut Tracked)) {
+    let mut registered = registered.lock().unwrap_or_else(PoisonError::into_inner);
+    f(registered.types.get_or_default(ty));
+}
+
+/// One value per resource type, in [`ResourceType::ALL`] order: a slot per type inside the
+/// owner, where a `BTreeMap` allocated a node with room for eleven per connected proxy.
+#[derive(Debug)]
+struct ByType<T>([Option<T>; ResourceType::ALL.len()]);
+
+impl<T> Default for ByType<T> {
+    fn default() -> Self {
+        ByType(std::array::from_fn(|_| None))
+    }
+}
+
+impl<T> ByType<T> {
+    fn get_mut(&mut self, ty: ResourceType) -> Option<&mut T> {
+        self.0[ty as usize].as_mut()
+    }
+
+    fn contains(&self, ty: ResourceType) -> bool {
+        self.0[ty as usize].is_some()
+    }
+
+    fn get(&self, ty: ResourceType) -> Option<&T> {
+        self.0[ty as usize].as_ref()
+    }
+
+    fn get_or_default(&mut self, ty: ResourceType) -> &mut T
+    where
+        T: Default,
+    {
+        self.0[ty as usize].get_or_insert_with(T::default)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (ResourceType, &T)> {
+        ResourceType::ALL
+            .into_iter()
+            .zip(&self.0)
+            .filter_map(|(ty, v)| v.as_ref().map(|v| (ty, v)))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (ResourceType, &mut T)> {
+        ResourceType::ALL
+            .into_iter()
+            .zip(&mut self.0)
+            .filter_map(|(ty, v)| v.as_mut().map(|v| (ty, v)))
     }
 }
 
@@ -268,12 +369,18 @@ impl AdsServer {
 
     /// Connected proxies, in connection order.
     pub fn status(&self) -> Vec<ProxyStatus> {
-        let proxies = self
+        let proxies: Vec<(u64, Arc<Mutex<Registered>>)> = self
             .shared
             .proxies
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        proxies.values().cloned().collect()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(c, r)| (*c, Arc::clone(r)))
+            .collect();
+        proxies
+            .iter()
+            .map(|(c, r)| r.lock().unwrap_or_else(PoisonError::into_inner).status(*c))
+            .collect()
     }
 }
 
@@ -282,74 +389,6 @@ type ResponseStream<T> = ReceiverStream<Result<T, Status>>;
 /// What a stream task queues for its proxy. Boxed: the queue allocates a block of slots per
 /// stream up front, which for bare responses is several KB per connected proxy.
 pub(crate) type Queued = Box<Result<Outgoing, Status>>;
-
-/// A response as queued: its resources are the shared encodings themselves, so a queued
-/// response costs a pointer per resource and no copy. It is encoded when the transport sends it
-/// ([`Outgoing::grpc_message`]): during a first sync, a proxy's queue holds a response per type
-/// while the first is still being written, and as `DeltaDiscoveryResponse`s those were a copy
-/// of every resource, per proxy syncing.
-pub(crate) struct Outgoing {
-    version: String,
-    type_url: String,
-    resources: Vec<(Arc<str>, Arc<EncodedResource>)>,
-    removed: Vec<String>,
-    nonce: String,
-}
-
-impl Outgoing {
-    /// The response as envoy-types' message.
-    pub(crate) fn into_response(self) -> DeltaDiscoveryResponse {
-        DeltaDiscoveryResponse {
-            system_version_info: self.version,
-            resources: self
-                .resources
-                .iter()
-                .map(|(n, e)| e.to_resource(n))
-                .collect(),
-            type_url: self.type_url,
-            removed_resources: self.removed,
-            nonce: self.nonce,
-            ..DeltaDiscoveryResponse::default()
-        }
-    }
-
-    /// The gRPC message (uncompressed flag, big-endian length, body) in a buffer of about its
-    /// size: the bytes prost writes for [`Outgoing::into_response`], one resource copied at a
-    /// time.
-    pub(crate) fn grpc_message(&self) -> Vec<u8> {
-        use prost::encoding::{message, string};
-        let estimate: usize = self
-            .resources
-            .iter()
-            .map(|(n, e)| n.len() + e.version.len() + e.any.type_url.len() + e.any.value.len())
-            .sum::<usize>()
-            + 16 * self.resources.len()
-            + self.removed.iter().map(|n| n.len() + 4).sum::<usize>()
-            + self.version.len()
-            + self.type_url.len()
-            + self.nonce.len()
-            + 16;
-        let mut buf = Vec::with_capacity(5 + estimate);
-        buf.extend_from_slice(&[0; 5]);
-        // Field order as prost writes it: by tag.
-        if !self.version.is_empty() {
-            string::encode(1, &self.version, &mut buf);
-        }
-        for (n, e) in &self.resources {
-            message::encode(2, &e.to_resource(n), &mut buf);
-        }
-        if !self.type_url.is_empty() {
-            string::encode(4, &self.type_url, &mut buf);
-        }
-        if !self.nonce.is_empty() {
-            string::encode(5, &self.nonce, &mut buf);
-        }
-        string::encode_repeated(6, &self.removed, &mut buf);
-        let len = u32::try_from(buf.len() - 5).unwrap_or(u32::MAX);
-        buf[1..5].copy_from_slice(&len.to_be_bytes());
-        buf
-    }
-}
 
 /// The responses of one Delta ADS stream.
 pub struct Responses(pub(crate) mpsc::Receiver<Queued>);
@@ -438,28 +477,27 @@ async fn accept(
         None => Feed::Resources(shared.source.watch(&node)?),
     };
     let connection = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+    let node_id: Arc<str> = Arc::from(node.id);
+    let registered = Arc::new(Mutex::new(Registered {
+        node_id: Arc::clone(&node_id),
+        peer,
+        connected_at: SystemTime::now(),
+        types: ByType::default(),
+    }));
     shared
         .proxies
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .insert(
-            connection,
-            ProxyStatus {
-                connection,
-                node_id: node.id.clone(),
-                peer,
-                connected_at: SystemTime::now(),
-                types: BTreeMap::new(),
-            },
-        );
-    tracing::info!(proxy = %node.id, connection, ?peer, "ADS stream opened");
+        .insert(connection, Arc::clone(&registered));
+    tracing::info!(proxy = %node_id, connection, ?peer, "ADS stream opened");
     let stream = ProxyStream {
         connection,
-        node_id: node.id,
+        node_id,
         shared: shared.clone(),
+        registered,
         out,
         snapshot: Snapshot::default(),
-        types: BTreeMap::new(),
+        types: ByType::default(),
         nonces: 0,
         sync: None,
     };
@@ -488,7 +526,7 @@ impl Default for Held {
 #[derive(Debug)]
 struct InFlight {
     nonce: String,
-    version: String,
+    version: Arc<str>,
     /// What the proxy held before, restored on NACK.
     previous: Held,
 }
@@ -526,12 +564,15 @@ impl TypeState {
         }
     }
 
-    /// The version of the subscribed part of `view`.
-    fn version_of(&self, view: &TypeView) -> String {
+    /// The version of the subscribed part of `view`: the view's own when the proxy wants it
+    /// all.
+    fn version_of(&self, view: &TypeView) -> Arc<str> {
         if self.wildcard {
-            view.version().to_string()
+            Arc::clone(view.shared_version())
         } else {
-            set_version(self.wanted(view).map(|(n, e)| (&**n, &*e.version)))
+            Arc::from(set_version(
+                self.wanted(view).map(|(n, e)| (&**n, &*e.version)),
+            ))
         }
     }
 
@@ -619,11 +660,13 @@ enum Stop {
 
 struct ProxyStream {
     connection: u64,
-    node_id: String,
+    node_id: Arc<str>,
     shared: Arc<Shared>,
+    /// This stream's entry in [`Shared::proxies`].
+    registered: Arc<Mutex<Registered>>,
     out: mpsc::Sender<Queued>,
     snapshot: Snapshot,
-    types: BTreeMap<ResourceType, TypeState>,
+    types: ByType<TypeState>,
     nonces: u64,
     /// The turn of a first sync (see [`ServerOptions::max_concurrent_syncs`]), until every type
     /// is ACKed once or the deadline passes.
@@ -711,8 +754,8 @@ impl ProxyStream {
         if self.sync.is_some()
             && self
                 .types
-                .values()
-                .all(|st| !st.initial && st.in_flight.is_none())
+                .iter()
+                .all(|(_, st)| !st.initial && st.in_flight.is_none())
         {
             self.sync = None;
         }
@@ -720,10 +763,10 @@ impl ProxyStream {
 
     fn set_snapshot(&mut self, snap: Snapshot) {
         let mut changed = Vec::new();
-        for (ty, st) in &mut self.types {
-            if st.rejected || !Arc::ptr_eq(snap.get(*ty), self.snapshot.get(*ty)) {
+        for (ty, st) in self.types.iter_mut() {
+            if st.rejected || !Arc::ptr_eq(snap.get(ty), self.snapshot.get(ty)) {
                 st.dirty = true;
-                changed.push(*ty);
+                changed.push(ty);
             }
         }
         self.snapshot = snap;
@@ -734,13 +777,11 @@ impl ProxyStream {
 
     /// Records the version of what the proxy should have of `ty`.
     fn refresh_latest(&self, ty: ResourceType) {
-        let Some(st) = self.types.get(&ty) else {
+        let Some(st) = self.types.get(ty) else {
             return;
         };
         let latest = st.version_of(self.snapshot.get(ty));
-        self.shared.update(self.connection, |p| {
-            p.types.entry(ty).or_default().latest = Some(latest);
-        });
+        track(&self.registered, ty, |t| t.latest = Some(latest));
     }
 
     fn on_request(&mut self, req: DeltaDiscoveryRequest) {
@@ -748,17 +789,17 @@ impl ProxyStream {
             tracing::warn!(proxy = %self.node_id, type_url = %req.type_url, "request for an unknown type ignored");
             return;
         };
-        let first = !self.types.contains_key(&ty);
-        let st = self.types.entry(ty).or_default();
+        let first = !self.types.contains(ty);
+        if first {
+            track(&self.registered, ty, |t| *t = Tracked::default());
+        }
+        let st = self.types.get_or_default(ty);
         if first {
             // A reconnecting proxy says what it kept; only the difference is sent.
             st.held = Held::Versions(req.initial_resource_versions.into_iter().collect());
             st.wildcard = req.resource_names_subscribe.is_empty();
             st.initial = true;
             st.dirty = true;
-            self.shared.update(self.connection, |p| {
-                p.types.insert(ty, TypeStatus::default());
-            });
         } else if !req.response_nonce.is_empty() {
             let matches = st
                 .in_flight
@@ -768,8 +809,7 @@ impl ProxyStream {
                 match req.error_detail {
                     None => {
                         let resources = st.held_count();
-                        self.shared.update(self.connection, |p| {
-                            let t = p.types.entry(ty).or_default();
+                        track(&self.registered, ty, |t| {
                             t.acked = Some(flight.version);
                             t.pending = false;
                             t.resources = resources;
@@ -788,15 +828,14 @@ impl ProxyStream {
                         // delivered, so the next change sends them again with the new ones.
                         st.rejected = true;
                         st.held = flight.previous;
-                        let nack = Nack {
-                            version: flight.version,
+                        let nack = Box::new(Nack {
+                            version: flight.version.to_string(),
                             nonce: flight.nonce,
                             error: err.message,
                             at: SystemTime::now(),
-                        };
-                        self.shared.update(self.connection, |p| {
-                            let t = p.types.entry(ty).or_default();
-                            t.nacked = Some(Box::new(nack));
+                        });
+                        track(&self.registered, ty, |t| {
+                            t.nacked = Some(nack);
                             t.pending = false;
                         });
                     }
@@ -846,7 +885,7 @@ impl ProxyStream {
     /// the snapshot.
     async fn flush(&mut self) -> Result<(), Stop> {
         for ty in ResourceType::ALL {
-            let Some(st) = self.types.get_mut(&ty) else {
+            let Some(st) = self.types.get_mut(ty) else {
                 continue;
             };
             if st.in_flight.is_some() || !st.dirty {
@@ -880,19 +919,18 @@ impl ProxyStream {
             );
             st.in_flight = Some(InFlight {
                 nonce: nonce.clone(),
-                version: version.clone(),
+                version: Arc::clone(&version),
                 previous,
             });
             let response = Outgoing {
-                version: version.clone(),
+                version: Arc::clone(&version),
                 resources,
-                type_url: ty.type_url().to_string(),
+                type_url: ty.type_url(),
                 removed,
                 nonce,
             };
             let (sent, removals) = (response.resources.len(), response.removed.len());
-            self.shared.update(self.connection, |p| {
-                let t = p.types.entry(ty).or_default();
+            track(&self.registered, ty, |t| {
                 t.sent = Some(version);
                 t.pending = true;
                 t.pushes += 1;
@@ -906,58 +944,5 @@ impl ProxyStream {
                 .map_err(|_| Stop::Gone)?;
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use envoy_types::pb::google::protobuf::Any;
-    use prost::Message;
-
-    use super::*;
-
-    fn encoded(version: &str, value: &[u8]) -> Arc<EncodedResource> {
-        Arc::new(EncodedResource {
-            version: version.to_string(),
-            any: Any {
-                type_url: ResourceType::Service.type_url().to_string(),
-                value: value.to_vec(),
-            },
-        })
-    }
-
-    #[test]
-    fn a_queued_response_encodes_as_prost_encodes_the_message() {
-        let out = Outgoing {
-            version: "v7".to_string(),
-            type_url: ResourceType::Service.type_url().to_string(),
-            resources: vec![
-                (Arc::from("default/a"), encoded("1", br#"{"a":1}"#)),
-                (Arc::from("default/b"), encoded("2", &[b'x'; 300])),
-            ],
-            removed: vec!["default/c".to_string(), "default/d".to_string()],
-            nonce: "3-9".to_string(),
-        };
-        let wire = out.grpc_message();
-        let response = out.into_response();
-        let body = response.encode_to_vec();
-        assert_eq!(wire[0], 0, "uncompressed");
-        assert_eq!(wire[1..5], (body.len() as u32).to_be_bytes());
-        assert_eq!(wire[5..], body[..]);
-        assert_eq!(response.resources[1].name, "default/b");
-        assert_eq!(response.removed_resources, ["default/c", "default/d"]);
-    }
-
-    #[test]
-    fn an_empty_response_encodes_as_prost_encodes_it() {
-        let out = Outgoing {
-            version: String::new(),
-            type_url: ResourceType::Workload.type_url().to_string(),
-            resources: Vec::new(),
-            removed: Vec::new(),
-            nonce: "1-1".to_string(),
-        };
-        let wire = out.grpc_message();
-        assert_eq!(wire[5..], out.into_response().encode_to_vec()[..]);
     }
 }

@@ -3,8 +3,9 @@
 //! tonic's own response encoder writes every message of a stream into one buffer that keeps the
 //! capacity of the largest message for the life of the stream: with a first sync of a few MB per
 //! proxy, that is a few MB per connected proxy, held until it disconnects. Here each response is
-//! encoded when HTTP/2 asks for it, from the shared encodings, into a buffer of about its size
-//! that is freed once sent. Requests are decoded by tonic as usual. State-of-the-world ADS answers `UNIMPLEMENTED`.
+//! encoded when HTTP/2 asks for it, from the shared encodings, a piece of a few KB at a time
+//! (`ads::response`), each freed once sent. Requests are decoded by tonic as usual.
+//! State-of-the-world ADS answers `UNIMPLEMENTED`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,6 +25,7 @@ use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
 use tonic::{Code, Status};
 
+use super::response::Chunks;
 use super::server::{AdsServer, Queued};
 
 const DELTA_PATH: &str =
@@ -84,7 +86,10 @@ where
                 Err(status) => return Ok(status.into_http()),
             };
             let rx = response.into_inner().0;
-            let mut http = http::Response::new(Body::new(ResponseBody { rx: Some(rx) }));
+            let mut http = http::Response::new(Body::new(ResponseBody {
+                rx: Some(rx),
+                sending: None,
+            }));
             http.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("application/grpc"),
@@ -112,9 +117,12 @@ impl<D: Decoder<Item = DeltaDiscoveryRequest, Error = Status>> Decoder for Reque
     }
 }
 
-/// The response stream: one gRPC message per response, then the status in the trailers.
+/// The response stream: one gRPC message per response, in pieces ([`Chunks`]), then the status
+/// in the trailers.
 struct ResponseBody {
     rx: Option<mpsc::Receiver<Queued>>,
+    /// The rest of the response being written.
+    sending: Option<Chunks>,
 }
 
 impl http_body::Body for ResponseBody {
@@ -125,11 +133,20 @@ impl http_body::Body for ResponseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if let Some(piece) = self.sending.as_mut().and_then(Iterator::next) {
+            return Poll::Ready(Some(Ok(Frame::data(piece))));
+        }
+        self.sending = None;
         let Some(rx) = self.rx.as_mut() else {
             return Poll::Ready(None);
         };
         let frame = match ready!(rx.poll_recv(cx)).map(|b| *b) {
-            Some(Ok(response)) => Frame::data(Bytes::from(response.grpc_message())),
+            Some(Ok(response)) => {
+                let mut chunks = response.into_chunks();
+                let first = chunks.next().unwrap_or_default();
+                self.sending = Some(chunks);
+                Frame::data(first)
+            }
             Some(Err(status)) => {
                 self.rx = None;
                 Frame::trailers(trailers(&status))
@@ -143,7 +160,7 @@ impl http_body::Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.rx.is_none()
+        self.rx.is_none() && self.sending.is_none()
     }
 }
 

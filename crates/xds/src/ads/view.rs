@@ -38,7 +38,8 @@ impl ViewDelta {
 #[derive(Debug, Default)]
 pub struct TypeView {
     entries: BTreeMap<Arc<str>, Arc<EncodedResource>>,
-    version: String,
+    /// Shared with the streams that hold this view, as the version they sent and had ACKed.
+    version: Arc<str>,
     /// The view this one replaced for the same proxies, and what changed since.
     base: Option<(Weak<TypeView>, Arc<ViewDelta>)>,
 }
@@ -46,7 +47,9 @@ pub struct TypeView {
 impl TypeView {
     /// A view of `entries`, unrelated to any earlier one.
     pub fn new(entries: BTreeMap<Arc<str>, Arc<EncodedResource>>) -> TypeView {
-        let version = set_version(entries.iter().map(|(n, e)| (&**n, &*e.version)));
+        let version = Arc::from(set_version(
+            entries.iter().map(|(n, e)| (&**n, &*e.version)),
+        ));
         TypeView {
             entries,
             version,
@@ -106,6 +109,11 @@ impl TypeView {
 
     /// The version of the whole set ([`set_version`] of its names and versions).
     pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// [`TypeView::version`], to keep without a copy.
+    pub(crate) fn shared_version(&self) -> &Arc<str> {
         &self.version
     }
 
