@@ -790,9 +790,8 @@ async fn grpc_health_check(
         put_varint(&mut msg, service.len() as u64);
         msg.put_slice(service.as_bytes());
     }
-    let mut frame = BytesMut::with_capacity(5 + msg.len());
-    frame.put_u8(0);
-    frame.put_u32(msg.len() as u32);
+    let mut frame = BytesMut::with_capacity(xds::grpc::HEADER_LEN + msg.len());
+    frame.put_slice(&xds::grpc::header(msg.len()));
     frame.put(msg);
     let uri = format!("http://{target}/grpc.health.v1.Health/Check");
     let mut req = Request::post(uri)

@@ -22,6 +22,7 @@ use prost::Message;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use xds::ads::{Node, ResourceType};
+use xds::grpc;
 
 const DELTA_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
@@ -58,27 +59,25 @@ pub async fn run(
 /// A gRPC message: uncompressed flag, big-endian length, body.
 fn grpc_frame(m: &DeltaDiscoveryRequest) -> Bytes {
     let len = m.encoded_len();
-    let mut buf = Vec::with_capacity(5 + len);
-    buf.push(0);
-    buf.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+    let mut buf = Vec::with_capacity(grpc::HEADER_LEN + len);
+    buf.extend_from_slice(&grpc::header(len));
     m.encode_raw(&mut buf);
     Bytes::from(buf)
 }
 
 /// Takes the next whole gRPC message off the front of `buf`, if it is all there.
 fn next_message(buf: &mut BytesMut) -> Result<Option<Bytes>, String> {
-    if buf.len() < 5 {
+    let Some(header) = grpc::parse_header(buf) else {
         return Ok(None);
-    }
-    if buf[0] != 0 {
+    };
+    if header.compressed {
         return Err("compressed gRPC message (not requested)".to_string());
     }
-    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-    if buf.len() < 5 + len {
+    if buf.len() < grpc::HEADER_LEN + header.len {
         return Ok(None);
     }
-    buf.advance(5);
-    Ok(Some(buf.split_to(len).freeze()))
+    buf.advance(grpc::HEADER_LEN);
+    Ok(Some(buf.split_to(header.len).freeze()))
 }
 
 /// `grpc-status` and `grpc-message` of a header map, when it carries a status.
