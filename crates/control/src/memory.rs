@@ -1,21 +1,22 @@
 //! Keeps the control plane's resident memory close to what it uses: the allocator's settings
 //! for a process holding thousands of connections, and the heap given back after a burst.
 //!
-//! **A low mmap threshold** ([`tune_allocator`]). glibc serves an allocation of at least the
-//! threshold that does not fit in the heap's free space with a mapping of its own, unmapped
-//! when freed, instead of growing the heap. Its default threshold starts at 128 KB and rises to
-//! the largest block freed (up to 32 MB), so after the first large response the response
-//! buffers came from the heap too, between the long-lived blocks of the connections accepted
-//! meanwhile (our reading of the numbers below; not traced). At 8 KB, and with
-//! the large responses written from a few reused buffers (`xds::ads` response pieces), 10k
-//! proxies × 1k services held 388 MB idle and 407 MB at peak, against 450 / 488 MB with a fixed
-//! 128 KB threshold and 491–525 / 544–572 MB before either change.
+//! **A low mmap threshold** ([`tune_allocator`]). Each ADS connection keeps HTTP/2 buffers for
+//! its life (h2's 16 KB write buffer, tokio-util's 8 KB read buffer), of which an idle
+//! connection has written a few hundred bytes. From the heap they sit on pages that earlier
+//! work (a first sync) had touched, so all of them are resident. With glibc's mmap threshold at
+//! 8 KB (its default starts at 128 KB and rises to the largest block freed), they are mappings
+//! of their own, and only the pages written are resident: at 10k proxies × 1k services,
+//! `malloc_info` counted 19.9k mapped blocks of 335 MB in all, while the whole process had
+//! 381 MB of anonymous memory resident, 282 MB of it the heap's blocks in use. Discovery held
+//! 388 MB idle against 450 MB with a fixed 128 KB threshold (and 491–525 MB before this and the
+//! pooled response pieces of `xds::ads`). Large responses are written from a few reused
+//! buffers, so the threshold does not cost a fresh mapping per first sync.
 //!
 //! **Heap trim after bursts** (`trim_after_activity`). A first sync or a push allocates a
-//! response per proxy and frees it once sent. glibc keeps
-//! what was freed in its arenas, scattered between live connection state, so the resident size
-//! stays at the burst's high-water mark: at 2k proxies × 1k services, 260 MB resident for
-//! 138 MB in use. `malloc_trim(0)` returns the free pages inside the arenas (`MADV_DONTNEED`),
+//! response per proxy and frees it once sent. glibc keeps what was freed in its arenas,
+//! scattered between live connection state, so the resident size stays at the burst's
+//! high-water mark: at 2k proxies × 1k services, 260 MB resident for 138 MB in use. `malloc_trim(0)` returns the free pages inside the arenas (`MADV_DONTNEED`),
 //! not only the top of the heap. It runs on a blocking thread, once a second while the server is
 //! busy and once more after it goes quiet; an idle server is not trimmed again.
 
@@ -31,8 +32,9 @@ const MMAP_THRESHOLD: i32 = 8 * 1024;
 
 /// Sets glibc's mmap threshold to [`MMAP_THRESHOLD`] for this process, unless the environment
 /// sets it (`MALLOC_MMAP_THRESHOLD_`). For `ama discovery` only, before its runtime starts: the
-/// sidecar, in the same binary, keeps glibc's defaults. Each mapping is a kernel VMA (1.5k of
-/// them at 10k proxies); should `vm.max_map_count` be reached, glibc falls back to the heap.
+/// sidecar, in the same binary, keeps glibc's defaults. About two mapped blocks per connected
+/// proxy; the kernel merges neighbours (1.5k VMAs at 10k proxies), and past glibc's
+/// `M_MMAP_MAX` (65536 blocks) or `vm.max_map_count` glibc serves them from the heap again.
 pub fn tune_allocator() {
     if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
         return;
