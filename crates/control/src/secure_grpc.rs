@@ -6,9 +6,10 @@
 //!
 //! - `IstioCertificateService` checks it itself ([`crate::ca_server`]);
 //! - ADS is wrapped in [`RequireToken`] (Istio's `XDS_AUTH`, on by default): a stream without a
-//!   valid token ends at once with `Unauthenticated`; an accepted one carries the [`Caller`] in
-//!   its request extensions, where the ADS server can later check that the proxy's node claims
-//!   no other namespace (Istio's identity check of the connection).
+//!   valid token ends at once with `Unauthenticated`; an accepted one carries the caller's
+//!   [`PeerIdentity`] (namespace and service account) in its request extensions, and the ADS
+//!   server refuses a node that claims another one with `PermissionDenied` (Istio's identity
+//!   check of the connection, [`xds::ads::identity`]).
 //!
 //! The plaintext port (15010) is unchanged and unauthenticated, as Istio's.
 
@@ -29,6 +30,7 @@ use crate::tls::TlsIncoming;
 use crate::tokens::{BearerToken, BoxFuture, TokenAuthenticator};
 
 pub use crate::tokens::Caller;
+pub use xds::ads::PeerIdentity;
 
 /// The ALPN the secure gRPC port offers.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -69,9 +71,9 @@ where
     })
 }
 
-/// A gRPC service that only lets callers with a valid bearer token through; the [`Caller`] goes
-/// into the request's extensions. Others get `Unauthenticated` (or `Unavailable` when the token
-/// could not be checked) without reaching the service.
+/// A gRPC service that only lets callers with a valid bearer token through; the caller's
+/// [`PeerIdentity`] goes into the request's extensions. Others get `Unauthenticated` (or
+/// `Unavailable` when the token could not be checked) without reaching the service.
 #[derive(Clone)]
 pub struct RequireToken<S> {
     inner: S,
@@ -135,7 +137,7 @@ where
             match caller {
                 Ok(caller) => {
                     tracing::debug!(?peer, %caller, path = request.uri().path(), "authenticated");
-                    request.extensions_mut().insert(caller);
+                    request.extensions_mut().insert(caller.peer_identity());
                     std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
                     inner.call(request).await
                 }

@@ -71,6 +71,15 @@ impl Caller {
             self.service_account.as_str(),
         )?)
     }
+
+    /// What the ADS server checks a proxy's node against (Istio's connection identity check):
+    /// the namespace and service account, not the pod.
+    pub fn peer_identity(&self) -> xds::ads::PeerIdentity {
+        xds::ads::PeerIdentity {
+            namespace: self.namespace.clone(),
+            service_account: self.service_account.clone(),
+        }
+    }
 }
 
 impl fmt::Display for Caller {

@@ -29,10 +29,13 @@
 //! - [`view`]: encoded resources shared between proxies, encoded once per change.
 //! - [`client::AdsClient`]: the proxy side; it hands each whole config to an `apply` callback and
 //!   ACKs or NACKs by its answer, reconnecting with backoff.
+//! - [`identity`]: on an authenticated stream, the node must be the workload its credentials
+//!   name ([`PeerIdentity`] in the request's extensions), as Istio's connection identity check.
 //! - [`node`]: Istio's proxy id (`sidecar~ip~pod.ns~ns.svc.cluster.local`) and node metadata.
 
 pub mod client;
 pub mod codec;
+pub mod identity;
 pub mod node;
 mod response;
 pub mod server;
@@ -41,6 +44,7 @@ pub mod view;
 
 pub use client::{AdsClient, Backoff, ClientError, ClientStatus, Connect};
 pub use codec::ResourceType;
+pub use identity::PeerIdentity;
 pub use node::ProxyId;
 pub use server::{AdsServer, Nack, ProxyStatus, ServerOptions, SnapshotSource, TypeStatus};
 pub use view::{Encoder, Snapshot, TypeView, ViewDelta};

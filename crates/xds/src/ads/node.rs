@@ -23,6 +23,8 @@ pub const META_NAMESPACE: &str = "NAMESPACE";
 pub const META_INSTANCE_IPS: &str = "INSTANCE_IPS";
 /// Node metadata key of the cluster id.
 pub const META_CLUSTER_ID: &str = "CLUSTER_ID";
+/// Node metadata key of the pod's service account (optional; Istio's agents may send it).
+pub const META_SERVICE_ACCOUNT: &str = "SERVICE_ACCOUNT";
 
 /// Istio's proxy id: `sidecar~10.0.0.5~httpbin-7d9c.default~default.svc.cluster.local`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,6 +16,9 @@
 //! - a NACK is logged with the proxy id and its `error_detail`, kept for [`AdsServer::status`],
 //!   and what was rejected counts as not delivered: the next change (of any type) resends it
 //!   with the new one, so a proxy that rejected its first sync gets every type again;
+//! - a stream the transport authenticated (a [`PeerIdentity`] in its request's extensions) is
+//!   refused with `PermissionDenied` when its node claims another namespace or service account
+//!   ([`super::identity`]); unauthenticated streams are not checked;
 //! - [`AdsServer::status`] lists connected proxies with, per type, the versions last sent, ACKed
 //!   and NACKed (`proxy-status`).
 //!
@@ -50,6 +53,7 @@ use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::codec::{EncodedResource, ResourceType, set_version};
+use super::identity::{PeerIdentity, check_node};
 use super::response::Outgoing;
 use super::transport::AdsService;
 use super::view::{Snapshot, TypeView};
@@ -428,13 +432,14 @@ impl AggregatedDiscoveryService for AdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let peer = request.remote_addr();
+        let identity = request.extensions().get::<PeerIdentity>().cloned();
         let inbound = Box::new(request.into_inner());
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         // The response starts at once: a client may wait for its headers before sending the
         // first request. Errors in that request end the stream with their status.
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            match accept(&shared, peer, inbound, tx.clone()).await {
+            match accept(&shared, peer, identity, inbound, tx.clone()).await {
                 Ok((stream, first, inbound, snapshots)) => {
                     stream.run(first, inbound, snapshots).await
                 }
@@ -454,10 +459,12 @@ type Inbound = Box<Streaming<DeltaDiscoveryRequest>>;
 
 type Accepted = (ProxyStream, Box<DeltaDiscoveryRequest>, Inbound, Feed);
 
-/// Reads the first request, asks the source for the node's snapshots and registers the stream.
+/// Reads the first request, checks the node against the stream's `identity` (when the transport
+/// authenticated one), asks the source for the node's snapshots and registers the stream.
 async fn accept(
     shared: &Arc<Shared>,
     peer: Option<SocketAddr>,
+    identity: Option<PeerIdentity>,
     mut inbound: Inbound,
     out: mpsc::Sender<Queued>,
 ) -> Result<Accepted, Status> {
@@ -471,6 +478,14 @@ async fn accept(
         .ok_or_else(|| Status::invalid_argument("the first request must carry the node"))?;
     if node.id.is_empty() {
         return Err(Status::invalid_argument("the node has no id"));
+    }
+    if let Some(identity) = &identity
+        && let Err(error) = check_node(identity, &node)
+    {
+        tracing::warn!(proxy = %node.id, ?peer, %error, "ADS stream refused: unauthorized node");
+        return Err(Status::permission_denied(format!(
+            "authorization failed: {error}"
+        )));
     }
     let snapshots = match shared.source.watch_snapshots(&node)? {
         Some(rx) => Feed::Shared(rx),
