@@ -10,14 +10,23 @@
 //! [`drive`] polls them in the task that polls the connection, as Envoy serves a connection and
 //! all its streams on one worker. The connection's future finishes first; `drive` then keeps
 //! polling what it spawned until every one has ended, as tokio would have run them.
+//!
+//! [`ConnExec::hold_flushes`] wraps the connection's I/O so that what it writes during one
+//! turn of [`drive`] goes out in one write at the end of the turn. hyper and h2 flush after
+//! each step of a stream: request headers, then (on the next round, once h2 has assigned
+//! window capacity) the body; response headers and data, then the trailers. Each flush was a
+//! `writev` and a TCP segment of its own, and the peer woke for each. Held, a unary gRPC call
+//! is one segment each way when its parts arrived together.
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 type Spawned = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -39,6 +48,9 @@ struct Shared {
     polling: AtomicBool,
     /// The task polling [`Drive`].
     task: Mutex<Option<Waker>>,
+    /// The connection's held writes ([`ConnExec::hold_flushes`]), written out at the end of
+    /// each turn.
+    held: Mutex<Option<Arc<dyn Drain>>>,
 }
 
 impl Shared {
@@ -83,8 +95,28 @@ impl Default for ConnExec {
                 woken: AtomicU8::new(CONN | SPAWNED),
                 polling: AtomicBool::new(false),
                 task: Mutex::default(),
+                held: Mutex::default(),
             }),
         }
+    }
+}
+
+impl ConnExec {
+    /// Wraps the connection's I/O so that its writes are held until the end of each turn of
+    /// the [`drive`] made with this executor, then written at once (see the module docs). Call
+    /// it before `drive`; the connection must run only under that `drive`.
+    pub fn hold_flushes<IO>(&self, io: IO) -> HeldFlush<IO>
+    where
+        IO: AsyncWrite + Unpin + Send + 'static,
+    {
+        let state = Arc::new(Mutex::new(Held {
+            io,
+            buf: Vec::new(),
+            written: 0,
+            failed: None,
+        }));
+        *self.shared.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(state.clone());
+        HeldFlush { state }
     }
 }
 
@@ -117,7 +149,14 @@ pub fn drive<F: Future>(exec: ConnExec, conn: F) -> Drive<F> {
             what,
         }))
     };
+    let held = exec
+        .shared
+        .held
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     Drive {
+        held,
         conn_waker: flag(CONN),
         spawned_waker: flag(SPAWNED),
         shared: exec.shared,
@@ -130,6 +169,8 @@ pub fn drive<F: Future>(exec: ConnExec, conn: F) -> Drive<F> {
 /// The future of [`drive`].
 pub struct Drive<F: Future> {
     shared: Arc<Shared>,
+    /// The connection's held writes, if its I/O holds them.
+    held: Option<Arc<dyn Drain>>,
     conn_waker: Waker,
     spawned_waker: Waker,
     conn: Option<Pin<Box<F>>>,
@@ -161,8 +202,22 @@ impl<F: Future> Future for Drive<F> {
             }
         }
         shared.polling.store(true, SeqCst);
+        let held = this.held.clone();
         for _ in 0..MAX_ROUNDS {
-            let woken = shared.woken.swap(0, SeqCst);
+            let mut woken = shared.woken.swap(0, SeqCst);
+            if woken == 0
+                && let Some(h) = &held
+            {
+                // The turn is over: what the connection wrote goes out now, as one write. If the
+                // socket is full, its readiness wakes the connection, which comes back here.
+                if let Poll::Ready(Err(_)) =
+                    h.poll_drain(&mut Context::from_waker(&this.conn_waker))
+                {
+                    // The connection learns of it on its next write.
+                    woken = CONN;
+                }
+                woken |= shared.woken.swap(0, SeqCst);
+            }
             if woken == 0 {
                 shared.polling.store(false, SeqCst);
                 // A wake from another thread may have come in before `polling` was cleared.
@@ -198,16 +253,239 @@ impl<F: Future> Future for Drive<F> {
                 while let Poll::Ready(Some(())) = this.running.poll_next_unpin(&mut scx) {}
             }
         }
-        // Still busy: let the worker run other tasks first.
+        // Still busy: let the worker run other tasks first, once this turn's writes are out.
+        if let Some(h) = &held {
+            let _ = h.poll_drain(&mut Context::from_waker(&this.conn_waker));
+        }
         shared.polling.store(false, SeqCst);
         cx.waker().wake_by_ref();
         Poll::Pending
     }
 }
 
+/// Most bytes held before a write goes through at once.
+const MAX_HELD: usize = 64 * 1024;
+
+/// Writes held for the end of a turn, as [`Drive`] sees them.
+trait Drain: Send + Sync {
+    fn poll_drain(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+struct Held<IO> {
+    io: IO,
+    /// Bytes written by the connection; `buf[written..]` has not reached `io` yet.
+    buf: Vec<u8>,
+    written: usize,
+    /// A write of held bytes failed; the connection's next write gets this error.
+    failed: Option<(io::ErrorKind, String)>,
+}
+
+impl<IO: AsyncWrite + Unpin> Held<IO> {
+    /// Writes the held bytes to `io` and flushes it.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.written < self.buf.len() {
+            let r = Pin::new(&mut self.io).poll_write(cx, &self.buf[self.written..]);
+            match r {
+                Poll::Ready(Ok(0)) => return self.fail(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Err(e)) => return self.fail(e),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.buf.clear();
+        self.written = 0;
+        if self.buf.capacity() > MAX_HELD {
+            self.buf = Vec::new();
+        }
+        match Pin::new(&mut self.io).poll_flush(cx) {
+            Poll::Ready(Err(e)) => self.fail(e),
+            other => other,
+        }
+    }
+
+    fn fail(&mut self, e: io::Error) -> Poll<io::Result<()>> {
+        self.failed = Some((e.kind(), e.to_string()));
+        self.buf = Vec::new();
+        self.written = 0;
+        Poll::Ready(Err(e))
+    }
+
+    fn failed(&self) -> Option<io::Error> {
+        self.failed
+            .as_ref()
+            .map(|(kind, msg)| io::Error::new(*kind, msg.clone()))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin + Send> Drain for Mutex<Held<IO>> {
+    fn poll_drain(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut held = self.lock().unwrap_or_else(|e| e.into_inner());
+        if held.failed.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        held.poll_drain(cx)
+    }
+}
+
+/// A connection's I/O whose writes are held until the end of its [`drive`] turn; made by
+/// [`ConnExec::hold_flushes`]. A flush returns at once; [`Drive`] writes the held bytes when
+/// the turn ends. Beyond [`MAX_HELD`] bytes, a write first writes what is held.
+pub struct HeldFlush<IO> {
+    state: Arc<Mutex<Held<IO>>>,
+}
+
+impl<IO> HeldFlush<IO> {
+    fn held(&self) -> std::sync::MutexGuard<'_, Held<IO>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for HeldFlush<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.held().io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> HeldFlush<IO> {
+    /// Makes room for `len` more held bytes: writes what is held first when it would pass
+    /// [`MAX_HELD`].
+    fn poll_room(held: &mut Held<IO>, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<()>> {
+        if let Some(e) = held.failed() {
+            return Poll::Ready(Err(e));
+        }
+        if held.buf.len() + len > MAX_HELD && held.written < held.buf.len() {
+            return held.poll_drain(cx);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for HeldFlush<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut held = self.held();
+        std::task::ready!(Self::poll_room(&mut held, cx, data.len()))?;
+        held.buf.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let len = bufs.iter().map(|b| b.len()).sum();
+        let mut held = self.held();
+        std::task::ready!(Self::poll_room(&mut held, cx, len))?;
+        held.buf.reserve(len);
+        for b in bufs {
+            held.buf.extend_from_slice(b);
+        }
+        Poll::Ready(Ok(len))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    /// Held: [`Drive`] writes and flushes at the end of the turn.
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.held().failed() {
+            Some(e) => Poll::Ready(Err(e)),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut held = self.held();
+        if held.failed.is_none() {
+            std::task::ready!(held.poll_drain(cx))?;
+        }
+        Pin::new(&mut held.io).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts the writes that reach the socket.
+    struct Counting {
+        io: tokio::io::DuplexStream,
+        writes: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl AsyncWrite for Counting {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let r = Pin::new(&mut self.io).poll_write(cx, data);
+            if let Poll::Ready(Ok(_)) = r {
+                self.writes.fetch_add(1, SeqCst);
+            }
+            r
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    impl AsyncRead for Counting {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    #[tokio::test]
+    async fn what_a_turn_writes_and_flushes_goes_out_in_one_write() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (near, mut far) = tokio::io::duplex(1024);
+        let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let exec = ConnExec::default();
+        let mut io = exec.hold_flushes(Counting {
+            io: near,
+            writes: writes.clone(),
+        });
+        let (end, ended) = tokio::sync::oneshot::channel::<()>();
+        let conn = async move {
+            io.write_all(b"headers").await.expect("held");
+            io.flush().await.expect("held");
+            io.write_all(b"+data").await.expect("held");
+            io.flush().await.expect("held");
+            let _ = ended.await;
+            io.write_all(b"+trailers").await.expect("held");
+            io.shutdown().await.expect("written");
+        };
+        let driven = tokio::spawn(drive(exec, conn));
+        let mut got = [0u8; 12];
+        far.read_exact(&mut got).await.expect("written");
+        assert_eq!(&got, b"headers+data");
+        assert_eq!(writes.load(SeqCst), 1, "two flushes in one turn, one write");
+        end.send(()).expect("conn waits");
+        let mut rest = Vec::new();
+        far.read_to_end(&mut rest).await.expect("shut down");
+        assert_eq!(rest, b"+trailers");
+        driven.await.expect("drive ends");
+        assert_eq!(writes.load(SeqCst), 2);
+    }
     use hyper::rt::Executor;
 
     #[tokio::test]

@@ -196,7 +196,7 @@ where
         let conn = http2::Builder::new(exec.clone())
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(cfg.max_request_headers).unwrap_or(u32::MAX))
-            .serve_connection(TokioIo::new(io), svc);
+            .serve_connection(TokioIo::new(exec.hold_flushes(io)), svc);
         let mut conn = conn_exec::drive(exec, conn);
         tokio::select! {
             r = &mut conn => r,

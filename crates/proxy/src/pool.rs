@@ -622,7 +622,7 @@ impl Pool {
         let handshake = http2::Builder::new(exec.clone())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(exec.hold_flushes(stream)))
             .await;
         let (tx, conn) = match handshake {
             Ok(h) => h,
