@@ -246,6 +246,50 @@ async fn http2_port_uses_istio_h2() {
     assert!(inb.iter().all(|l| l["requested_server_name"] == SNI));
 }
 
+/// A body far larger than the HTTP/2 windows and than what a connection holds for one write
+/// (`conn_exec::HeldFlush`) goes over Istio mTLS (istio-h2) and back byte for byte.
+#[tokio::test]
+async fn http2_large_body_over_mtls_and_back() {
+    use http_body_util::{BodyExt, Full};
+    let mesh = Mesh::new();
+    let app = App::start("httpbin").await;
+    let server = Sidecar::builder(&server_yaml())
+        .inbound_to(app.addr)
+        .identity(mesh.identity("default", "default").await)
+        .start()
+        .await;
+    let yaml = httpbin_yaml(&[server.inbound], "ROUND_ROBIN", "")
+        .replace("{name: http, port: 80}", "{name: http2, port: 80}");
+    let client = Sidecar::builder(&yaml)
+        .identity(mesh.identity("default", "sleep").await)
+        .start()
+        .await;
+    let mut tx = harness::h2_client(client.connect_outbound(vip()).await).await;
+    let sent: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("http://httpbin-service/echo")
+        .body(
+            Full::new(Bytes::from(sent.clone()))
+                .map_err(|n| match n {})
+                .boxed(),
+        )
+        .expect("request");
+    let exchange = async {
+        let resp = tx.send_request(req).await.expect("response");
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.expect("body").to_bytes()
+    };
+    let got = tokio::time::timeout(std::time::Duration::from_secs(30), exchange)
+        .await
+        .expect("the exchange ends within 30 s");
+    assert_eq!(got.len(), sent.len());
+    assert!(got[..] == sent[..], "the echoed body differs");
+    let inb = server.log_lines(1).await;
+    assert_eq!(inb[0]["protocol"], "HTTP/2");
+    assert_eq!(inb[0]["requested_server_name"], SNI);
+}
+
 #[tokio::test]
 async fn strict_refuses_plaintext_and_accepts_mtls() {
     let mesh = Mesh::new();
