@@ -202,11 +202,11 @@ impl<F: Future> Future for Drive<F> {
             }
         }
         shared.polling.store(true, SeqCst);
-        let held = this.held.clone();
+        let held = this.held.as_deref();
         for _ in 0..MAX_ROUNDS {
             let mut woken = shared.woken.swap(0, SeqCst);
             if woken == 0
-                && let Some(h) = &held
+                && let Some(h) = held
             {
                 // The turn is over: what the connection wrote goes out now, as one write. If the
                 // socket is full, its readiness wakes the connection, which comes back here.
@@ -254,7 +254,7 @@ impl<F: Future> Future for Drive<F> {
             }
         }
         // Still busy: let the worker run other tasks first, once this turn's writes are out.
-        if let Some(h) = &held {
+        if let Some(h) = held {
             let _ = h.poll_drain(&mut Context::from_waker(&this.conn_waker));
         }
         shared.polling.store(false, SeqCst);

@@ -81,16 +81,6 @@ impl Workers {
         }))
     }
 
-    /// How many workers there are.
-    pub fn len(&self) -> usize {
-        self.workers.len()
-    }
-
-    /// Always false: there is at least one worker.
-    pub fn is_empty(&self) -> bool {
-        self.workers.is_empty()
-    }
-
     /// Runs `connection` on the worker with the fewest connections (ties in turn). The future
     /// must create its I/O objects (e.g. `TcpStream::from_std`) inside, so that they register
     /// with that worker's reactor.
