@@ -76,6 +76,25 @@ async fn pair(
     }
 }
 
+/// httpbin behind a server sidecar with the default identity, and a client sidecar with
+/// `client_id` for which the Service's port is named `http2` (Istio's `istio-h2` upstream).
+async fn http2_pair(mesh: &Mesh, client_id: Arc<IdentityManager>) -> Pair {
+    let app = App::start("httpbin").await;
+    let server = Sidecar::builder(&server_yaml())
+        .inbound_to(app.addr)
+        .identity(mesh.identity("default", "default").await)
+        .start()
+        .await;
+    let yaml = httpbin_yaml(&[server.inbound], "ROUND_ROBIN", "")
+        .replace("{name: http, port: 80}", "{name: http2, port: 80}");
+    let client = Sidecar::builder(&yaml).identity(client_id).start().await;
+    Pair {
+        app,
+        server,
+        client,
+    }
+}
+
 /// Connects straight to `addr` with mTLS as `id`, offering `alpn`.
 async fn mtls_connect(
     id: &Arc<IdentityManager>,
@@ -221,18 +240,11 @@ async fn principals_come_from_certificates_and_xfcc_is_append_forward() {
 async fn http2_port_uses_istio_h2() {
     let mesh = Mesh::new();
     let client_id = mesh.identity("default", "default").await;
-    let app = App::start("httpbin").await;
-    let server = Sidecar::builder(&server_yaml())
-        .inbound_to(app.addr)
-        .identity(mesh.identity("default", "default").await)
-        .start()
-        .await;
-    let yaml = httpbin_yaml(&[server.inbound], "ROUND_ROBIN", "")
-        .replace("{name: http, port: 80}", "{name: http2, port: 80}");
-    let client = Sidecar::builder(&yaml)
-        .identity(client_id.clone())
-        .start()
-        .await;
+    let Pair {
+        app: _app,
+        server,
+        client,
+    } = http2_pair(&mesh, client_id.clone()).await;
     for _ in 0..3 {
         let (resp, body) = client.get(vip(), "httpbin-service", "/headers").await;
         assert_eq!(resp.status(), 200);
@@ -250,39 +262,16 @@ async fn http2_port_uses_istio_h2() {
 /// (`conn_exec::HeldFlush`) goes over Istio mTLS (istio-h2) and back byte for byte.
 #[tokio::test]
 async fn http2_large_body_over_mtls_and_back() {
-    use http_body_util::{BodyExt, Full};
     let mesh = Mesh::new();
-    let app = App::start("httpbin").await;
-    let server = Sidecar::builder(&server_yaml())
-        .inbound_to(app.addr)
-        .identity(mesh.identity("default", "default").await)
-        .start()
-        .await;
-    let yaml = httpbin_yaml(&[server.inbound], "ROUND_ROBIN", "")
-        .replace("{name: http, port: 80}", "{name: http2, port: 80}");
-    let client = Sidecar::builder(&yaml)
-        .identity(mesh.identity("default", "sleep").await)
-        .start()
-        .await;
-    let mut tx = harness::h2_client(client.connect_outbound(vip()).await).await;
+    let Pair {
+        app: _app,
+        server,
+        client,
+    } = http2_pair(&mesh, mesh.identity("default", "sleep").await).await;
     let sent: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
-    let req = http::Request::builder()
-        .method("POST")
-        .uri("http://httpbin-service/echo")
-        .body(
-            Full::new(Bytes::from(sent.clone()))
-                .map_err(|n| match n {})
-                .boxed(),
-        )
-        .expect("request");
-    let exchange = async {
-        let resp = tx.send_request(req).await.expect("response");
-        assert_eq!(resp.status(), 200);
-        resp.into_body().collect().await.expect("body").to_bytes()
-    };
-    let got = tokio::time::timeout(std::time::Duration::from_secs(30), exchange)
-        .await
-        .expect("the exchange ends within 30 s");
+    let got = client
+        .h2_echo(vip(), "httpbin-service", Bytes::from(sent.clone()))
+        .await;
     assert_eq!(got.len(), sent.len());
     assert!(got[..] == sent[..], "the echoed body differs");
     let inb = server.log_lines(1).await;

@@ -234,25 +234,10 @@ async fn http2_large_body_streams_through_both_sidecars_and_back() {
         server: _server,
         app: _app,
     } = seed().await;
-    let mut tx = harness::h2_client(client.connect_outbound(vip()).await).await;
     let sent: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
-    let req = Request::builder()
-        .method("POST")
-        .uri("http://httpbin-service/echo")
-        .body(
-            http_body_util::Full::new(Bytes::from(sent.clone()))
-                .map_err(|n| match n {})
-                .boxed(),
-        )
-        .expect("request");
-    let exchange = async {
-        let resp = tx.send_request(req).await.expect("response");
-        assert_eq!(resp.status(), 200);
-        resp.into_body().collect().await.expect("body").to_bytes()
-    };
-    let got = tokio::time::timeout(std::time::Duration::from_secs(30), exchange)
-        .await
-        .expect("the exchange ends within 30 s");
+    let got = client
+        .h2_echo(vip(), "httpbin-service", Bytes::from(sent.clone()))
+        .await;
     assert_eq!(got.len(), sent.len());
     assert!(got[..] == sent[..], "the echoed body differs");
 }

@@ -382,6 +382,26 @@ impl Sidecar {
         let mut tx = self.h1(dst).await;
         send(&mut tx, get_req(host, path)).await
     }
+
+    /// POSTs `body` to the app's `/echo` on `host` over HTTP/2 (prior knowledge) through the
+    /// outbound listener to `dst`; returns the body that comes back. Panics unless the answer is
+    /// a 200 and the exchange ends within 30 s.
+    pub async fn h2_echo(&self, dst: SocketAddr, host: &str, body: Bytes) -> Bytes {
+        let mut tx = h2_client(self.connect_outbound(dst).await).await;
+        let req = Request::builder()
+            .method("POST")
+            .uri(format!("http://{host}/echo"))
+            .body(Full::new(body).map_err(|n| match n {}).boxed())
+            .expect("request");
+        let exchange = async {
+            let resp = tx.send_request(req).await.expect("response");
+            assert_eq!(resp.status(), 200);
+            resp.into_body().collect().await.expect("body").to_bytes()
+        };
+        tokio::time::timeout(Duration::from_secs(30), exchange)
+            .await
+            .expect("the exchange ends within 30 s")
+    }
 }
 
 impl SidecarBuilder {
