@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use ca_support::{TlsDialer, published_root, start};
+use ca_support::{secure_channel, start};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -82,11 +82,7 @@ async fn a_node_of_another_namespace_or_service_account_is_refused() {
         .expect("file mode")
         .issue("shop", "httpbin", "httpbin-0")
         .expect("issue");
-    let root = published_root(&discovery);
-    let channel = TlsDialer::new(security.secure_grpc_addr, &root, &[b"h2"])
-        .channel()
-        .await
-        .expect("TLS");
+    let channel = secure_channel(&discovery).await;
     let secret = token.token().expose().to_string();
     let bearer = format!("Bearer {secret}");
 

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, SystemTime};
 
-use ca_support::{TlsDialer, published_root, start};
+use ca_support::{TlsDialer, published_root, secure_channel, start};
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use identity::{CertChain, CertificateAuthority, CsrAndKey, SpiffeId, WorkloadCertificate};
@@ -158,11 +158,7 @@ async fn refuses_callers_without_a_valid_token() {
     let security = discovery.security().expect("security");
     let tokens = security.file_tokens.as_ref().expect("file mode");
     let token = tokens.issue("shop", "httpbin", "httpbin-0").expect("issue");
-    let root = published_root(&discovery);
-    let channel = TlsDialer::new(security.secure_grpc_addr, &root, &[b"h2"])
-        .channel()
-        .await
-        .expect("TLS");
+    let channel = secure_channel(&discovery).await;
     let id = SpiffeId::new("cluster.local", "shop", "httpbin").expect("id");
     let csr = CsrAndKey::generate(&id).expect("csr");
 
@@ -217,11 +213,7 @@ async fn workload_cert_ttl_caps_lifetimes() {
         .expect("file mode")
         .issue("plain", "sleep", "sleep-0")
         .expect("issue");
-    let root = published_root(&discovery);
-    let channel = TlsDialer::new(security.secure_grpc_addr, &root, &[b"h2"])
-        .channel()
-        .await
-        .expect("TLS");
+    let channel = secure_channel(&discovery).await;
     let id = SpiffeId::new("cluster.local", "plain", "sleep").expect("id");
     let csr = CsrAndKey::generate(&id).expect("csr");
     let bearer = format!("Bearer {}", token.token().expose());
@@ -249,11 +241,7 @@ async fn ads_and_the_ca_share_the_tls_port() {
         .expect("file mode")
         .issue("shop", "httpbin", "httpbin-0")
         .expect("issue");
-    let root = published_root(&discovery);
-    let channel = TlsDialer::new(security.secure_grpc_addr, &root, &[b"h2"])
-        .channel()
-        .await
-        .expect("TLS");
+    let channel = secure_channel(&discovery).await;
     let bearer = format!("Bearer {}", token.token().expose());
 
     let id = SpiffeId::new("cluster.local", "shop", "httpbin").expect("id");

@@ -114,6 +114,19 @@ impl tonic::codegen::Service<Uri> for TlsDialer {
     }
 }
 
+/// A gRPC channel (TLS, ALPN h2) to the secure port, trusting the root the server published.
+pub async fn secure_channel(discovery: &Discovery) -> Channel {
+    let security = discovery.security().expect("security servers");
+    TlsDialer::new(
+        security.secure_grpc_addr,
+        &published_root(discovery),
+        &[b"h2"],
+    )
+    .channel()
+    .await
+    .expect("TLS to the secure port with the published root")
+}
+
 /// The root PEM the server published in its state directory.
 pub fn published_root(discovery: &Discovery) -> Vec<u8> {
     let security = discovery.security().expect("security servers");
