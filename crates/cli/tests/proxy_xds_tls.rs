@@ -3,10 +3,12 @@
 //! sidecar` told nothing but Istio's `PROXY_CONFIG={"discoveryAddress":"<host>:15012"}`, the mesh
 //! root file and the pod's token file (what injection mounts at /var/run/secrets/istio and
 //! /var/run/secrets/tokens). The sidecar connects over TLS with its token because the port is
-//! 15012, gets its config and reports ready. Needs no privilege.
+//! 15012, gets its config and reports ready; one that claims a service account other than its
+//! token's is refused. Needs no privilege.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -40,10 +42,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[test]
-fn a_sidecar_with_only_proxy_config_gets_its_config_over_tls() {
-    let scratch = Scratch::new("xds-tls");
-    let dir = scratch.path();
+/// `ama discovery` on Istio's ports of a loopback address of this test's own (`octet`: one per
+/// test, as the tests of this file run at once), with the file registry serving [`MESH`] and
+/// file-mode tokens in `dir/state`. Returns it, ready, with the address and the token of pod
+/// `ubuntu` (namespace `default`, service account `default`).
+fn start_discovery(dir: &Path, octet: u8) -> (Proc, Ipv4Addr, PathBuf) {
     let state = dir.join("state");
     let config = dir.join("config");
     std::fs::create_dir_all(&config).expect("config dir");
@@ -54,9 +57,7 @@ fn a_sidecar_with_only_proxy_config_gets_its_config_over_tls() {
         .expect("token")
         .path()
         .to_path_buf();
-
-    // Istio's ports on a loopback address of this test's own.
-    let ip = Ipv4Addr::new(127, 78, (std::process::id() % 250) as u8 + 1, 12);
+    let ip = Ipv4Addr::new(127, 78, (std::process::id() % 250) as u8 + 1, octet);
     let mut discovery = Command::new(AMA);
     discovery
         .args(["discovery", "--registry", "files", "--webhook-addr", "off"])
@@ -72,11 +73,19 @@ fn a_sidecar_with_only_proxy_config_gets_its_config_over_tls() {
         discovery.assert_running();
         (get(SocketAddr::from((ip, 15014)), "/ready")?.0 == 200).then_some(())
     });
+    (discovery, ip, token)
+}
+
+#[test]
+fn a_sidecar_with_only_proxy_config_gets_its_config_over_tls() {
+    let scratch = Scratch::new("xds-tls");
+    let dir = scratch.path();
+    let (mut discovery, ip, token) = start_discovery(dir, 12);
 
     // Ports are picked free and then bound by the sidecar, so a parallel test can take one in
     // between: a start that fails on a taken port is retried with new ports.
     let (sidecar, admin) = (0..5)
-        .find_map(|attempt| start_sidecar(dir, &state, &token, ip, attempt))
+        .find_map(|attempt| start_sidecar(dir, &token, ip, attempt))
         .expect("the sidecar starts on free ports within 5 attempts");
     let (_, dump) =
         get(SocketAddr::from(([127, 0, 0, 1], admin)), "/config_dump").expect("config_dump");
@@ -90,22 +99,61 @@ fn a_sidecar_with_only_proxy_config_gets_its_config_over_tls() {
     discovery.assert_running();
 }
 
-/// Starts `ama proxy sidecar` told only Istio's `PROXY_CONFIG`, the root and the token, on free
-/// loopback ports, and waits until it is ready. Returns it with its admin port, or None when a
-/// port was taken meanwhile (the caller retries).
-fn start_sidecar(
-    dir: &std::path::Path,
-    state: &std::path::Path,
-    token: &std::path::Path,
-    ip: Ipv4Addr,
-    attempt: u32,
-) -> Option<(Proc, u16)> {
-    let (admin, readiness) = (free_port(), free_port());
+/// A pod's token says which service account it runs as; a sidecar that reports another one in
+/// its node metadata (`SERVICE_ACCOUNT`, from injection's env) gets no config and never reports
+/// ready, and both ends say why.
+#[test]
+fn a_sidecar_claiming_another_service_account_is_refused() {
+    let scratch = Scratch::new("xds-tls-sa");
+    let dir = scratch.path();
+    let (mut discovery, ip, token) = start_discovery(dir, 13);
+    let readiness = free_port();
+    let mut cmd = sidecar_command(dir, &token, ip, free_port(), readiness);
+    cmd.env("SERVICE_ACCOUNT", "sleep");
+    let mut sidecar = Proc::spawn("sidecar", dir, cmd);
+    wait_for(
+        "discovery to refuse the sidecar",
+        Duration::from_secs(30),
+        || {
+            sidecar.assert_running();
+            discovery
+                .err()
+                .contains("the service account differs")
+                .then_some(())
+        },
+    );
+    wait_for(
+        "the sidecar to log the refusal",
+        Duration::from_secs(30),
+        || {
+            sidecar
+                .err()
+                .contains("the control plane refused this proxy's credentials")
+                .then_some(())
+        },
+    );
+    let ready = get(
+        SocketAddr::from(([127, 0, 0, 1], readiness)),
+        "/healthz/ready",
+    );
+    assert_ne!(ready.map(|(status, _)| status), Some(200));
+    assert!(
+        !sidecar
+            .err()
+            .contains(std::fs::read_to_string(&token).expect("token").trim())
+    );
+    sidecar.assert_running();
+    discovery.assert_running();
+}
+
+/// `ama proxy sidecar` told only Istio's `PROXY_CONFIG`, the root and the token, as injection
+/// runs it for pod `ubuntu` (service account `default`, the token's), on the given ports.
+fn sidecar_command(dir: &Path, token: &Path, ip: Ipv4Addr, admin: u16, readiness: u16) -> Command {
     let mut sidecar = Command::new(AMA);
     sidecar
         .args(["proxy", "sidecar", "--proxyLogLevel", "info"])
         .arg("--ca-root-file")
-        .arg(state.join("root-cert.pem"))
+        .arg(dir.join("state").join("root-cert.pem"))
         .arg("--token-file")
         .arg(token)
         .args(["--outbound-port", &free_port().to_string()])
@@ -120,7 +168,16 @@ fn start_sidecar(
         )
         .env("POD_NAME", "ubuntu")
         .env("POD_NAMESPACE", "default")
+        .env("SERVICE_ACCOUNT", "default")
         .env("INSTANCE_IP", "10.244.0.5");
+    sidecar
+}
+
+/// Starts [`sidecar_command`] on free loopback ports and waits until it is ready. Returns it
+/// with its admin port, or None when a port was taken meanwhile (the caller retries).
+fn start_sidecar(dir: &Path, token: &Path, ip: Ipv4Addr, attempt: u32) -> Option<(Proc, u16)> {
+    let (admin, readiness) = (free_port(), free_port());
+    let sidecar = sidecar_command(dir, token, ip, admin, readiness);
     let mut sidecar = Proc::spawn(&format!("sidecar-{attempt}"), dir, sidecar);
     let ready = wait_for("the sidecar to be ready", Duration::from_secs(30), || {
         if sidecar.has_exited() {

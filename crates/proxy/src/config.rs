@@ -58,6 +58,9 @@ pub struct ProxyConfig {
     pub pod_namespace: Option<String>,
     /// The proxy's pod IP (`INSTANCE_IP`).
     pub instance_ip: Option<IpAddr>,
+    /// The pod's service account (`SERVICE_ACCOUNT`, set by injection from
+    /// `spec.serviceAccountName`), reported to the control plane as node metadata.
+    pub service_account: Option<String>,
     /// Cluster id for metric labels (`ISTIO_META_CLUSTER_ID`, default `Kubernetes`).
     pub cluster_id: String,
 }
@@ -82,6 +85,7 @@ impl Default for ProxyConfig {
             pod_name: None,
             pod_namespace: None,
             instance_ip: None,
+            service_account: None,
             cluster_id: "Kubernetes".to_string(),
         }
     }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use tonic::metadata::MetadataMap;
 use xds::ProxyResources;
 use xds::ads::client::{ChannelFuture, ClientError, Connect, MetadataFuture, endpoint};
-use xds::ads::node::META_CLUSTER_ID;
+use xds::ads::node::{META_CLUSTER_ID, META_SERVICE_ACCOUNT};
 use xds::ads::{AdsClient, Node, ProxyId};
 
 use crate::config::{ConfigStore, ProxyConfig};
@@ -59,9 +59,16 @@ pub fn metadata_from_env(
         .collect()
 }
 
-/// The xDS node of this proxy: its id, the standard metadata, the cluster id and `metadata`.
+/// The xDS node of this proxy: its id, the standard metadata, the cluster id, the service
+/// account and `metadata` (an `ISTIO_META_*` key wins over the settings).
+///
+/// The secure port checks `SERVICE_ACCOUNT` against the token's (`xds::ads::identity`), so a
+/// pod whose token belongs to another account is refused rather than served its config.
 pub fn node(cfg: &ProxyConfig, metadata: &BTreeMap<String, String>) -> Node {
     let mut meta = BTreeMap::from([(META_CLUSTER_ID.to_string(), cfg.cluster_id.clone())]);
+    if let Some(sa) = &cfg.service_account {
+        meta.insert(META_SERVICE_ACCOUNT.to_string(), sa.clone());
+    }
     meta.extend(metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
     proxy_id(cfg).to_node(&meta)
 }
@@ -269,6 +276,7 @@ mod tests {
             pod_name: Some("ubuntu-deployment-cc86cc647-vsvbh".into()),
             pod_namespace: Some("default".into()),
             instance_ip: Some("172.17.0.7".parse().expect("ip")),
+            service_account: Some("default".into()),
             ..ProxyConfig::default()
         };
         let meta = metadata_from_env([
@@ -292,5 +300,13 @@ mod tests {
         assert_eq!(m["CLUSTER_ID"], "Kubernetes");
         assert_eq!(m["MESH_ID"], "cluster.local");
         assert_eq!(m["NAME"], "ubuntu-deployment-cc86cc647-vsvbh");
+        assert_eq!(m["SERVICE_ACCOUNT"], "default");
+        // Without the setting there is no key: the control plane then checks the namespace only.
+        let bare = node(&ProxyConfig::default(), &BTreeMap::new());
+        assert!(!xds::ads::node::node_metadata(&bare).contains_key("SERVICE_ACCOUNT"));
+        // ISTIO_META_SERVICE_ACCOUNT wins, as every ISTIO_META_* key does.
+        let overridden = BTreeMap::from([("SERVICE_ACCOUNT".to_string(), "sleep".to_string())]);
+        let m = xds::ads::node::node_metadata(&node(&cfg, &overridden));
+        assert_eq!(m["SERVICE_ACCOUNT"], "sleep");
     }
 }

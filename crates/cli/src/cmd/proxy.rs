@@ -286,6 +286,7 @@ fn sidecar(a: SidecarArgs) -> anyhow::Result<ExitCode> {
         pod_name: env("POD_NAME"),
         pod_namespace: env("POD_NAMESPACE"),
         instance_ip: env("INSTANCE_IP").and_then(|ip| ip.parse().ok()),
+        service_account: env("SERVICE_ACCOUNT"),
         cluster_id: env("ISTIO_META_CLUSTER_ID").unwrap_or_else(|| "Kubernetes".to_string()),
         ..ProxyConfig::default()
     };
