@@ -40,18 +40,37 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    /// Istio's mapping from a port name (`grpc-api`) or `appProtocol` value to a protocol.
+    /// Istio's mapping from a port name (`grpc-api`) or `appProtocol` value to a protocol: the
+    /// part before the first `-`, any case, except that a `grpc-web` prefix is gRPC-Web, which
+    /// Istio carries as HTTP (HTTP/1.1 upstream), not as gRPC. Runs on every request's route
+    /// lookup, so it does not allocate.
     pub fn from_name(name: &str) -> Protocol {
-        let prefix = name.split('-').next().unwrap_or("").to_ascii_lowercase();
-        match prefix.as_str() {
-            "http" | "http_proxy" | "grpc-web" => Protocol::Http,
-            "http2" | "kubernetes.io/h2c" => Protocol::Http2,
-            "grpc" => Protocol::Grpc,
-            // Istio treats these as opaque TCP; MySQL is server-first, so it must not be peeked.
-            "tcp" | "mysql" | "mongo" | "redis" => Protocol::Tcp,
-            "tls" | "https" => Protocol::Tls,
-            _ => Protocol::Unknown,
+        let starts = |p: &str| {
+            name.get(..p.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(p))
+        };
+        if starts("grpc-web") {
+            return Protocol::Http;
         }
+        let prefix = name.split('-').next().unwrap_or("");
+        const NAMES: [(&str, Protocol); 11] = [
+            ("http", Protocol::Http),
+            ("http_proxy", Protocol::Http),
+            ("http2", Protocol::Http2),
+            ("kubernetes.io/h2c", Protocol::Http2),
+            ("grpc", Protocol::Grpc),
+            // Istio treats these as opaque TCP; MySQL is server-first, so it must not be peeked.
+            ("tcp", Protocol::Tcp),
+            ("mysql", Protocol::Tcp),
+            ("mongo", Protocol::Tcp),
+            ("redis", Protocol::Tcp),
+            ("tls", Protocol::Tls),
+            ("https", Protocol::Tls),
+        ];
+        NAMES
+            .iter()
+            .find(|(n, _)| prefix.eq_ignore_ascii_case(n))
+            .map_or(Protocol::Unknown, |&(_, p)| p)
     }
 
     /// Resolves a declared port's protocol: explicit value, then appProtocol, then name.
@@ -263,6 +282,21 @@ mod tests {
         assert_eq!(Protocol::from_name("mysql"), Protocol::Tcp);
         assert_eq!(Protocol::from_name("https"), Protocol::Tls);
         assert_eq!(Protocol::from_name("web"), Protocol::Unknown);
+        assert_eq!(Protocol::from_name("GRPC-api"), Protocol::Grpc);
+        assert_eq!(Protocol::from_name("Http"), Protocol::Http);
+        assert_eq!(Protocol::from_name("kubernetes.io/h2c"), Protocol::Http2);
+        // gRPC-Web is HTTP to Istio: its prefix is checked before the cut at the first `-`.
+        assert_eq!(Protocol::from_name("grpc-web"), Protocol::Http);
+        assert_eq!(Protocol::from_name("grpc-web-ui"), Protocol::Http);
+        assert_eq!(Protocol::from_name("grpc-webhook"), Protocol::Http);
+        assert_eq!(
+            Protocol::resolve(Protocol::Unknown, Some("grpc-web"), Some("grpc")),
+            Protocol::Http
+        );
+        assert_eq!(
+            Protocol::resolve(Protocol::Unknown, Some("grpc-foo"), Some("grpc")),
+            Protocol::Grpc
+        );
         assert_eq!(
             Protocol::resolve(Protocol::Unknown, Some("grpc"), Some("tcp-x")),
             Protocol::Grpc
