@@ -107,12 +107,18 @@ impl LoadTracker {
         candidates: &[SocketAddr],
         exclude: &[SocketAddr],
     ) -> Option<SocketAddr> {
-        let fresh: Vec<SocketAddr> = candidates
-            .iter()
-            .copied()
-            .filter(|a| !exclude.contains(a))
-            .collect();
-        let pool: &[SocketAddr] = if fresh.is_empty() { candidates } else { &fresh };
+        // A first try excludes nothing: pick from the candidates as they are, without a copy.
+        let fresh: Vec<SocketAddr>;
+        let pool: &[SocketAddr] = if exclude.is_empty() {
+            candidates
+        } else {
+            fresh = candidates
+                .iter()
+                .copied()
+                .filter(|a| !exclude.contains(a))
+                .collect();
+            if fresh.is_empty() { candidates } else { &fresh }
+        };
         match pool.len() {
             0 => None,
             1 => Some(pool[0]),

@@ -168,12 +168,6 @@ fn unrouted_labels() -> Arc<MetricLabels> {
         .clone()
 }
 
-/// `route_name` until a route names itself: one shared `Arc` instead of one per request.
-fn default_route_name() -> Arc<str> {
-    static DEFAULT: OnceLock<Arc<str>> = OnceLock::new();
-    DEFAULT.get_or_init(|| Arc::from("default")).clone()
-}
-
 /// The request's authority: the URI's (HTTP/2, absolute form), else the `Host` header.
 fn request_authority<'a>(uri: &'a Uri, headers: &'a http::HeaderMap) -> Option<&'a str> {
     match uri.authority() {
@@ -649,7 +643,7 @@ async fn handle(
         rec.downstream_local_address = Some(ctx.orig_dst.get());
         rec.downstream_remote_address = Some(ctx.client.get());
         rec.requested_server_name = ctx.sni.clone();
-        rec.route_name = Some(default_route_name());
+        rec.route_name = Some(crate::route::default_route_name());
         let is_grpc = req
             .headers()
             .get(header::CONTENT_TYPE)

@@ -6,7 +6,7 @@
 //! Inbound, everything goes to the local app on the original port (`inbound|<port>||`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::HeaderMap;
@@ -111,6 +111,13 @@ fn strip_port(authority: &str) -> &str {
     }
 }
 
+/// `route_name` of a target no route named (Envoy's `default`): one shared `Arc` instead of one
+/// allocated per request.
+pub(crate) fn default_route_name() -> Arc<str> {
+    static DEFAULT: OnceLock<Arc<str>> = OnceLock::new();
+    DEFAULT.get_or_init(|| Arc::from("default")).clone()
+}
+
 fn cluster_target(pi: &ProxyInputs, entry: &ServiceEntry, sp: &ServicePort) -> Option<Target> {
     let cluster = entry.cluster(sp.port)?;
     let proto = sp.effective_protocol();
@@ -129,7 +136,7 @@ fn cluster_target(pi: &ProxyInputs, entry: &ServiceEntry, sp: &ServicePort) -> O
             .policy
             .as_ref()
             .and_then(|p| p.connection_pool.http.max_requests),
-        route_name: Some(Arc::from("default")),
+        route_name: Some(default_route_name()),
         peer: None,
         service_host: entry.hostname.clone(),
         service_name: entry.name.clone(),
@@ -247,7 +254,7 @@ pub fn inbound(snap: &Snapshot, pi: &ProxyInputs, orig_dst: OrigDstAddr) -> Targ
         timeout: None,
         retries: 0,
         max_requests: None,
-        route_name: Some(Arc::from("default")),
+        route_name: Some(default_route_name()),
         peer: Some(snap.me_info.clone()),
         service_host: svc.map(|e| e.hostname.clone()).unwrap_or_else(unknown),
         service_name: svc.map(|e| e.name.clone()).unwrap_or_else(unknown),
