@@ -88,7 +88,7 @@ impl Protocol {
 
     /// `appProtocol` values are whole names, not prefixes.
     fn from_name_exact(name: &str) -> Protocol {
-        if name.contains('-') && name != "grpc-web" {
+        if name.contains('-') && !name.eq_ignore_ascii_case("grpc-web") {
             Protocol::Unknown
         } else {
             Protocol::from_name(name)
@@ -291,6 +291,10 @@ mod tests {
         assert_eq!(Protocol::from_name("grpc-webhook"), Protocol::Http);
         assert_eq!(
             Protocol::resolve(Protocol::Unknown, Some("grpc-web"), Some("grpc")),
+            Protocol::Http
+        );
+        assert_eq!(
+            Protocol::resolve(Protocol::Unknown, Some("GRPC-Web"), Some("grpc")),
             Protocol::Http
         );
         assert_eq!(
