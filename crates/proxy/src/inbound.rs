@@ -11,7 +11,7 @@
 //! | --- | --- | --- | --- |
 //! | TLS with an `istio*` ALPN | terminated | terminated | to the app as is |
 //! | other TLS | terminated (a mesh client certificate is required) | to the app as is | to the app as is |
-//! | plaintext | closed | to the app | to the app |
+//! | plaintext | closed, logged `NR` `filter_chain_not_found` | to the app | to the app |
 //!
 //! A terminated connection carries its SNI (`requested_server_name`) and the client's verified
 //! identity (`source_principal`, XFCC) on its [`ConnCtx`]; what is inside is chosen by the port's
@@ -32,6 +32,7 @@ use crate::drain::DrainWatcher;
 use crate::http::{ConnCtx, Direction};
 use crate::listener::{Listener, proxy_detected};
 use crate::orig_dst::OrigDstResolver;
+use crate::telemetry::{ResponseFlags, TcpRecord};
 use crate::tls;
 
 /// Binds the inbound capture listener on `pi.cfg.inbound_addr`.
@@ -72,8 +73,12 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, mut stream: TcpStream, drain: Drai
     let mesh = match (detected, mesh) {
         (Detected::Tls, Some(mesh)) => mesh,
         (_, _) if mode == InboundMode::Strict => {
-            // Envoy has no plaintext filter chain under STRICT and closes the connection.
+            // Envoy has no plaintext filter chain under STRICT: it closes the connection and
+            // Istio's listener access log records it as `NR filter_chain_not_found`.
             tracing::debug!(client = %ctx.client, port, "plaintext refused by STRICT mTLS");
+            ctx.pi
+                .telemetry
+                .tcp_log(filter_chain_not_found(&ctx, start, t0));
             return;
         }
         (detected, _) => {
@@ -130,6 +135,18 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, mut stream: TcpStream, drain: Drai
         drain,
     )
     .await;
+}
+
+/// The access-log record of a connection no filter chain takes, as Envoy's listener logs it:
+/// `NR`, `filter_chain_not_found`, the addresses, nothing upstream.
+fn filter_chain_not_found(ctx: &ConnCtx, start: SystemTime, t0: Instant) -> TcpRecord {
+    let mut rec = TcpRecord::new(start);
+    rec.response_flags = ResponseFlags::NO_ROUTE_FOUND;
+    rec.response_code_details = Some("filter_chain_not_found");
+    rec.downstream_local_address = Some(ctx.orig_dst.get());
+    rec.downstream_remote_address = Some(ctx.client.get());
+    rec.duration = t0.elapsed();
+    rec
 }
 
 /// The connection context once TLS has been seen: its SNI and, when terminated, the client.

@@ -298,6 +298,7 @@ async fn strict_refuses_plaintext_and_accepts_mtls() {
 
     // A raw plaintext client is closed without an answer.
     let mut raw = TcpStream::connect(server.inbound).await.expect("connect");
+    let raw_addr = raw.local_addr().expect("local addr").to_string();
     raw.write_all(b"GET /headers HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .expect("write");
@@ -307,6 +308,34 @@ async fn strict_refuses_plaintext_and_accepts_mtls() {
         .expect("closed in time");
     assert!(read.is_err() || buf.is_empty(), "answered: {buf:?}");
     assert_eq!(app.hits.load(Ordering::SeqCst), 0);
+
+    // Each refusal is logged as Istio's listener log has it: NR, filter_chain_not_found, the
+    // addresses and nothing upstream (the sidecar client's attempts above, then this one). The
+    // harness logs JSON with string values, `-` for none.
+    let mut refused = None;
+    for _ in 0..50 {
+        let lines = server.log_lines(1).await;
+        for line in &lines {
+            assert_eq!(line["response_flags"], "NR", "{line}");
+            assert_eq!(
+                line["response_code_details"], "filter_chain_not_found",
+                "{line}"
+            );
+            assert_eq!(line["response_code"], "0", "{line}");
+            assert_eq!(line["upstream_cluster"], "-", "{line}");
+            assert_eq!(line["upstream_host"], "-", "{line}");
+        }
+        refused = lines
+            .into_iter()
+            .find(|l| l["downstream_remote_address"] == raw_addr.as_str());
+        if refused.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = refused.expect("the raw client's refusal is logged");
+    assert_eq!(refused["bytes_received"], "0");
+    assert_ne!(refused["downstream_local_address"], "-");
 
     // The same server takes mTLS.
     let client_id = mesh.identity("default", "default").await;

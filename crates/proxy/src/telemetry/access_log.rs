@@ -610,9 +610,10 @@ fn eval_tcp<'a>(op: &'a Op, t: &'a TcpRecord) -> Val<'a> {
         Op::DownstreamRemoteAddressWithoutPort => ip_only(t.downstream_remote_address),
         Op::RequestedServerName => opt_str(&t.requested_server_name),
         Op::RouteName => opt_str(&t.route_name),
-        Op::ResponseCodeDetails | Op::GrpcStatus | Op::Req(_) | Op::Resp(_) | Op::Unavailable => {
-            Val::None
-        }
+        Op::ResponseCodeDetails => t
+            .response_code_details
+            .map_or(Val::None, |d| Val::Str(Cow::Borrowed(d))),
+        Op::GrpcStatus | Op::Req(_) | Op::Resp(_) | Op::Unavailable => Val::None,
     }
 }
 

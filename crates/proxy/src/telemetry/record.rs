@@ -312,6 +312,9 @@ pub struct TcpRecord {
     pub bytes_sent: u64,
     /// `response_flags` (`UF`, `UO`, `NR`, `URX`, `DT`...).
     pub response_flags: ResponseFlags,
+    /// `response_code_details`: Envoy's `filter_chain_not_found` for a connection the listener
+    /// had no filter chain for (with `NR`); otherwise none, as for Envoy's TCP proxy.
+    pub response_code_details: Option<&'static str>,
     /// `connection_termination_details`.
     pub connection_termination_details: Option<Cow<'static, str>>,
     /// `upstream_transport_failure_reason`.
@@ -341,6 +344,7 @@ impl TcpRecord {
             bytes_received: 0,
             bytes_sent: 0,
             response_flags: ResponseFlags::NONE,
+            response_code_details: None,
             connection_termination_details: None,
             upstream_transport_failure_reason: None,
             route_name: None,
