@@ -426,7 +426,8 @@ def proxy_cert_dir(world: World, certs: Path, proxy: str, role: str) -> Path:
     return d
 
 
-def start_envoys(world: World, arm: Arm, envoy: Path, base_id: int, certs: Path | None) -> None:
+def start_envoys(world: World, arm: Arm, envoy: Path, base_id: int, certs: Path | None,
+                 concurrency: int) -> None:
     for i, role in enumerate(("client", "server")):
         cfg = world.run_dir / f"envoy-{role}.yaml"
         access = world.run_dir / f"envoy-{role}.access.log"
@@ -439,7 +440,7 @@ def start_envoys(world: World, arm: Arm, envoy: Path, base_id: int, certs: Path 
         pod = arm.client if role == "client" else arm.server
         arm.proxies[role] = world.spawn(
             f"envoy-{role}", pod.ns,
-            [str(envoy), "-c", str(cfg), "--concurrency", "2", "--base-id", str(base_id + i),
+            [str(envoy), "-c", str(cfg), "--concurrency", str(concurrency), "--base-id", str(base_id + i),
              *ENVOY_ISTIO_FLAGS],
             as_proxy=True, stdout=access)
         arm.access_logs[role] = access
@@ -483,7 +484,7 @@ def ama_sidecar_help(ama: Path) -> str:
     return p.stdout
 
 
-def start_amas(world: World, arm: Arm, ama: Path, certs: Path | None) -> None:
+def start_amas(world: World, arm: Arm, ama: Path, certs: Path | None, concurrency: int) -> None:
     help_text = ama_sidecar_help(ama)
     for role in ("client", "server"):
         pod = arm.client if role == "client" else arm.server
@@ -491,7 +492,7 @@ def start_amas(world: World, arm: Arm, ama: Path, certs: Path | None) -> None:
         cfg.write_text(json.dumps(ama_resources(arm, role, certs is not None), indent=2))
         cfg.chmod(0o644)
         access = world.run_dir / f"ama-{role}.access.log"
-        argv = [str(ama), "proxy", "sidecar", "--config", str(cfg), "--concurrency", "2"]
+        argv = [str(ama), "proxy", "sidecar", "--config", str(cfg), "--concurrency", str(concurrency)]
         if certs:
             argv += ["--cert-dir", str(proxy_cert_dir(world, certs, f"ama-{role}", role))]
         if "--proxyLogLevel" in help_text:
@@ -923,7 +924,7 @@ def report(meta: dict, runs: list[dict], arms: list[str], args) -> str:
     w(f"- fixed rate: `oha -c {args.connections} -q {args.rate} --latency-correction "
       f"-z {args.duration}s`; max rate: `oha -c {args.connections} -z {args.max_duration}s`; "
       f"{args.repeats} repeat(s), arms interleaved ({', '.join(arms)}); both proxies of a mesh arm "
-      "`--concurrency 2`, uid 1337, JSON access log to stdout (a file)")
+      f"`--concurrency {args.proxy_concurrency}`, uid 1337, JSON access log to stdout (a file)")
     w("- every cell: median (min–max) over repeats; latencies in ms, from oha's latency-corrected "
       "histogram")
     discarded = [r for r in runs if r.get("discarded")]
@@ -1203,6 +1204,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
     ap.add_argument("--rate", type=int, default=1000, help="requests per second of the fixed-rate runs")
     ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--proxy-concurrency", type=int, default=2,
+                    help="worker threads of every proxy of both meshes (`--concurrency` of ama and "
+                         "Envoy); Istio's sidecar default is 2")
     ap.add_argument("--no-max", action="store_true", help="skip the max-rate runs")
     ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of direct,ama,envoy")
     ap.add_argument("--plain", dest="tls", action="store_false",
@@ -1275,6 +1279,7 @@ def render(args) -> int:
     saved = data["args"]
     for k in ("rate", "connections", "duration", "max_duration", "repeats"):
         setattr(args, k, int(saved[k]))
+    args.proxy_concurrency = int(saved.get("proxy_concurrency", 2))
     arms = [a for a in ARMS if f"'{a}'" in saved["arms"]]
     args.results.write_text(report(data["meta"], data["runs"], arms, args))
     log(f"wrote {args.results} from {args.render}")
@@ -1343,9 +1348,9 @@ def main() -> int:
             install_capture(world, args.ama, arm.server)
             if arm.name == "envoy":
                 start_envoys(world, arm, args.envoy, base_id=(os.getpid() % 10000) * 10 + 2 * i,
-                             certs=certs)
+                             certs=certs, concurrency=args.proxy_concurrency)
             else:
-                start_amas(world, arm, args.ama, certs)
+                start_amas(world, arm, args.ama, certs, args.proxy_concurrency)
         request = run_dir / "grpc-1k.request"
         request.write_bytes(grpc_message())
         request.chmod(0o644)
