@@ -12,7 +12,8 @@
 //! - workload certificates of 20 s (renewed about every 10 s) rotate under steady traffic without
 //!   a failed request;
 //! - with `ama discovery` killed for 30 s under steady traffic (certificates of 24 h by then) no
-//!   request fails; after a restart, a new edit still reaches the proxies.
+//!   request fails; after a restart, a new edit still reaches the proxies;
+//! - under DISABLE the mesh client's requests go in plaintext (no XFCC) and succeed.
 
 use std::fs;
 use std::net::Ipv4Addr;
@@ -436,6 +437,34 @@ fn discovery_pushes_config_and_certificates_and_mtls_holds() {
     .unwrap();
     let took = propagation(&[&ubuntu, &httpbin0, &httpbin1], "PERMISSIVE", edited);
     eprintln!("file edit to every proxy after a discovery restart: {took:?}");
+    let code = legacy.ns.try_sh(&plain);
+    assert_eq!(String::from_utf8_lossy(&code.stdout), "200", "{code:?}");
+
+    // 7. DISABLE: discovery marks httpbin's endpoints plaintext (auto mTLS, as Istio's EDS
+    // does), so the mesh client still gets its answer, now without XFCC. Sent as mTLS, it
+    // would reach a DISABLE server's app as TLS bytes.
+    let edited = Instant::now();
+    fs::write(
+        config_dir.join("strict.yaml"),
+        STRICT.replace("STRICT", "DISABLE"),
+    )
+    .unwrap();
+    let took = propagation(&[&ubuntu, &httpbin0, &httpbin1], "DISABLE", edited);
+    eprintln!("file edit to every proxy (DISABLE): {took:?}");
+    let seen = wait_for(
+        "the mesh client's request in plaintext under DISABLE",
+        Duration::from_secs(30),
+        || {
+            let out = ubuntu.ns.try_sh("curl -sf http://httpbin-service/headers");
+            let seen: Value = serde_json::from_slice(&out.stdout).ok()?;
+            seen["headers"]["X-Forwarded-Client-Cert"]
+                .is_null()
+                .then_some(seen)
+        },
+    );
+    assert_eq!(seen["headers"]["Host"], "httpbin-service", "{seen}");
+    let (ok, bad) = steady_traffic(&ubuntu, 3, || {});
+    assert_eq!(bad, 0, "{ok} ok");
     let code = legacy.ns.try_sh(&plain);
     assert_eq!(String::from_utf8_lossy(&code.stdout), "200", "{code:?}");
 }

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
-use xds::{Authorization, MtlsMode, PeerAuthentication};
+use xds::{Authorization, MtlsMode};
 
 use crate::config::{ProxyConfig, Snapshot};
 
@@ -67,41 +67,25 @@ impl Default for InboundMtls {
 
 impl InboundMtls {
     /// Resolves the policies in `authorizations` for a workload in `namespace` with `labels`,
-    /// the mesh-wide ones living in `root_namespace`. Pure.
+    /// the mesh-wide ones living in `root_namespace` ([`xds::EffectiveMtls`]). Pure.
     pub fn resolve(
         authorizations: &[Authorization],
         root_namespace: &str,
         namespace: Option<&str>,
         labels: &BTreeMap<String, String>,
     ) -> InboundMtls {
-        let first = |pick: &dyn Fn(&Authorization) -> bool| -> Option<&PeerAuthentication> {
-            authorizations
-                .iter()
-                .filter(|a| pick(a))
-                .find_map(|a| a.peer_authentication.as_ref())
-        };
-        let in_ns = |a: &Authorization| Some(a.namespace.as_str()) == namespace;
-        let mesh = first(&|a| a.namespace == root_namespace && a.selector.is_empty());
-        let ns = first(&|a| in_ns(a) && a.selector.is_empty());
-        let workload = first(&|a| {
-            in_ns(a)
-                && !a.selector.is_empty()
-                && a.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-        });
-        let mode = [workload, ns, mesh]
-            .into_iter()
-            .flatten()
-            .find_map(|p| InboundMode::from_set(p.mode))
-            .unwrap_or(InboundMode::Permissive);
-        let ports = workload
-            .map(|p| {
-                p.port_level_mtls
-                    .iter()
-                    .filter_map(|(port, m)| InboundMode::from_set(*m).map(|m| (*port, m)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        InboundMtls { mode, ports }
+        let effective =
+            xds::EffectiveMtls::resolve(authorizations, root_namespace, namespace, labels);
+        // Resolved modes are never UNSET.
+        let of = |m| InboundMode::from_set(m).unwrap_or(InboundMode::Permissive);
+        InboundMtls {
+            mode: of(effective.mode),
+            ports: effective
+                .ports
+                .into_iter()
+                .map(|(port, m)| (port, of(m)))
+                .collect(),
+        }
     }
 
     /// The mode on (workload) port `port`.
@@ -166,6 +150,7 @@ impl PeerAuthn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use xds::PeerAuthentication;
 
     fn pa(
         ns: &str,

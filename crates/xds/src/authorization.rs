@@ -36,6 +36,79 @@ pub struct PeerAuthentication {
     pub port_level_mtls: BTreeMap<u16, MtlsMode>,
 }
 
+/// The PeerAuthentication modes in force for one workload: the workload-wide mode and the
+/// (workload) ports that override it, after Istio's inheritance: a port, then the workload
+/// policy (a selector matching the workload's labels in its namespace), then the namespace
+/// policy (no selector), then the mesh policy (no selector, in the root namespace); PERMISSIVE
+/// when none sets a mode. Never `UNSET`. The proxy resolves its own inbound mode with it, and
+/// discovery the mode of each endpoint it sends (auto mTLS sends plaintext to DISABLE).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectiveMtls {
+    /// Workload-wide mode.
+    pub mode: MtlsMode,
+    /// The workload policy's port-level overrides, by workload (container) port.
+    pub ports: Vec<(u16, MtlsMode)>,
+}
+
+impl Default for EffectiveMtls {
+    fn default() -> Self {
+        EffectiveMtls {
+            mode: MtlsMode::Permissive,
+            ports: Vec::new(),
+        }
+    }
+}
+
+impl EffectiveMtls {
+    /// Resolves the PeerAuthentications among `authorizations` for a workload in `namespace`
+    /// with `labels`; mesh-wide ones live in `root_namespace`. Pure.
+    pub fn resolve(
+        authorizations: &[Authorization],
+        root_namespace: &str,
+        namespace: Option<&str>,
+        labels: &BTreeMap<String, String>,
+    ) -> EffectiveMtls {
+        let first = |pick: &dyn Fn(&Authorization) -> bool| -> Option<&PeerAuthentication> {
+            authorizations
+                .iter()
+                .filter(|a| pick(a))
+                .find_map(|a| a.peer_authentication.as_ref())
+        };
+        let in_ns = |a: &Authorization| Some(a.namespace.as_str()) == namespace;
+        let mesh = first(&|a| a.namespace == root_namespace && a.selector.is_empty());
+        let ns = first(&|a| in_ns(a) && a.selector.is_empty());
+        let workload = first(&|a| {
+            in_ns(a)
+                && !a.selector.is_empty()
+                && a.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+        });
+        let mode = [workload, ns, mesh]
+            .into_iter()
+            .flatten()
+            .map(|p| p.mode)
+            .find(|m| *m != MtlsMode::Unset)
+            .unwrap_or(MtlsMode::Permissive);
+        let ports = workload
+            .map(|p| {
+                p.port_level_mtls
+                    .iter()
+                    .filter(|(_, m)| **m != MtlsMode::Unset)
+                    .map(|(port, m)| (*port, *m))
+                    .collect()
+            })
+            .unwrap_or_default();
+        EffectiveMtls { mode, ports }
+    }
+
+    /// The mode on (workload) port `port`.
+    pub fn mode(&self, port: u16) -> MtlsMode {
+        self.ports
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map_or(self.mode, |(_, m)| *m)
+    }
+}
+
 /// What a policy does when a rule matches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

@@ -34,7 +34,8 @@ mod validate;
 mod workload;
 
 pub use authorization::{
-    Action, Authorization, AuthorizationRule, MtlsMode, PeerAuthentication, RequestMatch,
+    Action, Authorization, AuthorizationRule, EffectiveMtls, MtlsMode, PeerAuthentication,
+    RequestMatch,
 };
 pub use policy::{ConnectionPool, HttpPool, OutlierDetection, TcpPool, TrafficPolicy};
 pub use resources::{LoadError, NodeRef, ProxyResources};

@@ -185,8 +185,13 @@ impl Model {
         };
         let trust_domain = inject_config.trust_domain().to_string();
         let workloads = workloads::build(&objects, &namespaces, &inject_config, &mut warnings);
-        let services = services::build(&objects, &workloads, vips, &mut warnings);
+        let mut services = services::build(&objects, &workloads, vips, &mut warnings);
         let config = config::build(&objects, &services, &mut warnings);
+        services::plaintext_where_mtls_is_disabled(
+            &mut services,
+            &workloads,
+            &config.authorizations,
+        );
         Model {
             namespaces,
             trust_domain,

@@ -287,6 +287,45 @@ fn selector_endpoints(
         .collect()
 }
 
+/// Auto mTLS as Istio's EDS does it (`mtlsChecker`): an endpoint whose workload's
+/// PeerAuthentication is DISABLE on every port the Service reaches it on is sent as plaintext
+/// (`tlsMode: disabled`). A client cannot decide this itself: it receives only its own
+/// namespace's and the root namespace's policies. An endpoint DISABLE on some of those ports
+/// only keeps mTLS: its mode is one per endpoint.
+pub(crate) fn plaintext_where_mtls_is_disabled(
+    services: &mut [Scoped<xds::Service>],
+    workloads: &[xds::Workload],
+    authorizations: &[xds::Authorization],
+) {
+    let by_uid: HashMap<&str, &xds::Workload> =
+        workloads.iter().map(|w| (w.uid.as_str(), w)).collect();
+    for s in services {
+        let svc = &mut s.resource;
+        for i in 0..svc.endpoints.len() {
+            let ep = &svc.endpoints[i];
+            if ep.tls_mode != xds::TlsMode::Istio || svc.ports.is_empty() {
+                continue;
+            }
+            let Some(w) = ep.workload_uid.as_deref().and_then(|u| by_uid.get(u)) else {
+                continue;
+            };
+            let mtls = xds::EffectiveMtls::resolve(
+                authorizations,
+                super::ROOT_NAMESPACE,
+                Some(&w.namespace),
+                &w.labels,
+            );
+            let disabled = svc
+                .ports
+                .iter()
+                .all(|sp| mtls.mode(svc.endpoint_port(ep, sp)) == xds::MtlsMode::Disable);
+            if disabled {
+                svc.endpoints[i].tls_mode = xds::TlsMode::Disabled;
+            }
+        }
+    }
+}
+
 fn workload_endpoint(address: IpAddr, ports: BTreeMap<u16, u16>, w: &xds::Workload) -> Endpoint {
     Endpoint {
         address,

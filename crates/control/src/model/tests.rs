@@ -630,3 +630,77 @@ fn export_to() {
     assert!(!ExportTo::parse(["~"], "a").visible_to("a"));
     assert!(ExportTo::parse([".", "b"], "a").visible_to("b"));
 }
+
+/// Auto mTLS sends plaintext to an endpoint whose PeerAuthentication is DISABLE on every port
+/// its Service reaches, as Istio's EDS does; any other mode keeps mTLS.
+#[test]
+fn endpoints_of_mtls_disabled_workloads_are_plaintext() {
+    let tls_modes = |extra: &str| -> Vec<TlsMode> {
+        let m = model(&format!("{NAMESPACE_ENABLED}---{HTTPBIN}---\n{extra}"));
+        m.service("httpbin-service.default.svc.cluster.local")
+            .expect("service")
+            .endpoints
+            .iter()
+            .map(|e| e.tls_mode)
+            .collect()
+    };
+    let pa = |ns: &str, selector: &str, spec: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n\
+             metadata: {{name: pa, namespace: {ns}}}\nspec: {{{selector}{spec}}}\n"
+        )
+    };
+    let httpbin = "selector: {matchLabels: {app: httpbin}}, ";
+    let istio = vec![TlsMode::Istio; 2];
+    let disabled = vec![TlsMode::Disabled; 2];
+
+    // Workload, namespace and mesh-wide DISABLE.
+    assert_eq!(
+        tls_modes(&pa("default", httpbin, "mtls: {mode: DISABLE}")),
+        disabled
+    );
+    assert_eq!(
+        tls_modes(&pa("default", "", "mtls: {mode: DISABLE}")),
+        disabled
+    );
+    assert_eq!(
+        tls_modes(&pa("istio-system", "", "mtls: {mode: DISABLE}")),
+        disabled
+    );
+    // Another workload's or another namespace's policy does not apply.
+    assert_eq!(
+        tls_modes(&pa(
+            "default",
+            "selector: {matchLabels: {app: other}}, ",
+            "mtls: {mode: DISABLE}"
+        )),
+        istio
+    );
+    assert_eq!(tls_modes(&pa("prod", "", "mtls: {mode: DISABLE}")), istio);
+    // STRICT and PERMISSIVE keep mTLS; a workload STRICT wins over a namespace DISABLE.
+    assert_eq!(tls_modes(&pa("default", "", "mtls: {mode: STRICT}")), istio);
+    let ns_disable = pa("default", "", "mtls: {mode: DISABLE}");
+    let workload_strict =
+        pa("default", httpbin, "mtls: {mode: STRICT}").replace("name: pa", "name: pa-httpbin");
+    assert_eq!(
+        tls_modes(&format!("{ns_disable}---\n{workload_strict}")),
+        istio
+    );
+    // Port level: DISABLE on the target port (80) of the Service's only port.
+    assert_eq!(
+        tls_modes(&pa(
+            "default",
+            httpbin,
+            "mtls: {mode: STRICT}, portLevelMtls: {\"80\": {mode: DISABLE}}"
+        )),
+        disabled
+    );
+    assert_eq!(
+        tls_modes(&pa(
+            "default",
+            httpbin,
+            "mtls: {mode: DISABLE}, portLevelMtls: {\"80\": {mode: PERMISSIVE}}"
+        )),
+        istio
+    );
+}
