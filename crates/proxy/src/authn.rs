@@ -49,51 +49,31 @@ impl InboundMode {
     }
 }
 
-/// The modes of one workload: workload-wide, and the ports that override it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InboundMtls {
-    mode: InboundMode,
-    ports: Vec<(u16, InboundMode)>,
-}
-
-impl Default for InboundMtls {
-    fn default() -> Self {
-        InboundMtls {
-            mode: InboundMode::Permissive,
-            ports: Vec::new(),
-        }
-    }
-}
+/// The modes of one workload ([`xds::EffectiveMtls`]), as the inbound side reads them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InboundMtls(xds::EffectiveMtls);
 
 impl InboundMtls {
     /// Resolves the policies in `authorizations` for a workload in `namespace` with `labels`,
-    /// the mesh-wide ones living in `root_namespace` ([`xds::EffectiveMtls`]). Pure.
+    /// the mesh-wide ones living in `root_namespace`. Pure.
     pub fn resolve(
         authorizations: &[Authorization],
         root_namespace: &str,
         namespace: Option<&str>,
         labels: &BTreeMap<String, String>,
     ) -> InboundMtls {
-        let effective =
-            xds::EffectiveMtls::resolve(authorizations, root_namespace, namespace, labels);
-        // Resolved modes are never UNSET.
-        let of = |m| InboundMode::from_set(m).unwrap_or(InboundMode::Permissive);
-        InboundMtls {
-            mode: of(effective.mode),
-            ports: effective
-                .ports
-                .into_iter()
-                .map(|(port, m)| (port, of(m)))
-                .collect(),
-        }
+        InboundMtls(xds::EffectiveMtls::resolve(
+            authorizations,
+            root_namespace,
+            namespace,
+            labels,
+        ))
     }
 
     /// The mode on (workload) port `port`.
     pub fn mode(&self, port: u16) -> InboundMode {
-        self.ports
-            .iter()
-            .find(|(p, _)| *p == port)
-            .map_or(self.mode, |(_, m)| *m)
+        // Resolved modes are never UNSET.
+        InboundMode::from_set(self.0.mode(port)).unwrap_or(InboundMode::Permissive)
     }
 }
 
