@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use ca_support::{secure_channel, start};
+use ca_support::{issue_token, secure_channel, start};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -75,13 +75,7 @@ async fn first_response(
 async fn a_node_of_another_namespace_or_service_account_is_refused() {
     let state = tempfile::tempdir().expect("tempdir");
     let discovery = start(state.path(), |_| {}).await;
-    let security = discovery.security().expect("security");
-    let token = security
-        .file_tokens
-        .as_ref()
-        .expect("file mode")
-        .issue("shop", "httpbin", "httpbin-0")
-        .expect("issue");
+    let token = issue_token(&discovery, "shop", "httpbin", "httpbin-0");
     let channel = secure_channel(&discovery).await;
     let secret = token.token().expose().to_string();
     let bearer = format!("Bearer {secret}");

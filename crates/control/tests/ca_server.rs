@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, SystemTime};
 
-use ca_support::{TlsDialer, published_root, secure_channel, start};
+use ca_support::{TlsDialer, issue_token, published_root, secure_channel, start};
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use identity::{CertChain, CertificateAuthority, CsrAndKey, SpiffeId, WorkloadCertificate};
@@ -71,8 +71,7 @@ async fn signs_the_callers_own_identity_with_capped_lifetimes() {
     let state = tempfile::tempdir().expect("tempdir");
     let discovery = start(state.path(), |_| {}).await;
     let security = discovery.security().expect("security");
-    let tokens = security.file_tokens.as_ref().expect("file mode");
-    let token = tokens.issue("shop", "httpbin", "httpbin-0").expect("issue");
+    let token = issue_token(&discovery, "shop", "httpbin", "httpbin-0");
     let bearer = format!("Bearer {}", token.token().expose());
     let root = published_root(&discovery);
     let channel = TlsDialer::new(security.secure_grpc_addr, &root, &[b"h2"])
@@ -206,13 +205,7 @@ async fn workload_cert_ttl_caps_lifetimes() {
         s.ca.max_ttl = Duration::from_secs(600);
     })
     .await;
-    let security = discovery.security().expect("security");
-    let token = security
-        .file_tokens
-        .as_ref()
-        .expect("file mode")
-        .issue("plain", "sleep", "sleep-0")
-        .expect("issue");
+    let token = issue_token(&discovery, "plain", "sleep", "sleep-0");
     let channel = secure_channel(&discovery).await;
     let id = SpiffeId::new("cluster.local", "plain", "sleep").expect("id");
     let csr = CsrAndKey::generate(&id).expect("csr");
@@ -234,13 +227,7 @@ async fn workload_cert_ttl_caps_lifetimes() {
 async fn ads_and_the_ca_share_the_tls_port() {
     let state = tempfile::tempdir().expect("tempdir");
     let discovery = start(state.path(), |_| {}).await;
-    let security = discovery.security().expect("security");
-    let token = security
-        .file_tokens
-        .as_ref()
-        .expect("file mode")
-        .issue("shop", "httpbin", "httpbin-0")
-        .expect("issue");
+    let token = issue_token(&discovery, "shop", "httpbin", "httpbin-0");
     let channel = secure_channel(&discovery).await;
     let bearer = format!("Bearer {}", token.token().expose());
 
@@ -386,12 +373,7 @@ async fn the_trust_domain_follows_the_mesh_config() {
     let discovery = start(state.path(), |_| {}).await;
     let security = discovery.security().expect("security");
     assert_eq!(security.ca.trust_domain(), "example.org");
-    let token = security
-        .file_tokens
-        .as_ref()
-        .expect("file mode")
-        .issue("shop", "httpbin", "httpbin-0")
-        .expect("issue");
+    let token = issue_token(&discovery, "shop", "httpbin", "httpbin-0");
     let channel = TlsDialer::new(
         security.secure_grpc_addr,
         &published_root(&discovery),

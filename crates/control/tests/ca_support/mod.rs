@@ -114,6 +114,23 @@ impl tonic::codegen::Service<Uri> for TlsDialer {
     }
 }
 
+/// A file-mode token for pod `pod` of `namespace` running as `service_account`.
+pub fn issue_token(
+    discovery: &Discovery,
+    namespace: &str,
+    service_account: &str,
+    pod: &str,
+) -> control::tokens::WorkloadToken {
+    discovery
+        .security()
+        .expect("security servers")
+        .file_tokens
+        .as_ref()
+        .expect("file mode")
+        .issue(namespace, service_account, pod)
+        .expect("issue")
+}
+
 /// A gRPC channel (TLS, ALPN h2) to the secure port, trusting the root the server published.
 pub async fn secure_channel(discovery: &Discovery) -> Channel {
     let security = discovery.security().expect("security servers");
