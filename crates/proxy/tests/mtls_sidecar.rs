@@ -58,13 +58,24 @@ async fn pair(
     server_id: Option<Arc<IdentityManager>>,
     client_id: Option<Arc<IdentityManager>>,
 ) -> Pair {
+    pair_editing(server_res, server_id, client_id, |client_res| client_res).await
+}
+
+/// [`pair`], with `edit` applied to the client's resources (its view of httpbin's Service
+/// and endpoint) before the client starts.
+async fn pair_editing(
+    server_res: &str,
+    server_id: Option<Arc<IdentityManager>>,
+    client_id: Option<Arc<IdentityManager>>,
+    edit: impl FnOnce(String) -> String,
+) -> Pair {
     let app = App::start("httpbin").await;
     let mut b = Sidecar::builder(server_res).inbound_to(app.addr);
     if let Some(id) = server_id {
         b = b.identity(id);
     }
     let server = b.start().await;
-    let mut b = Sidecar::builder(&httpbin_yaml(&[server.inbound], "ROUND_ROBIN", ""));
+    let mut b = Sidecar::builder(&edit(httpbin_yaml(&[server.inbound], "ROUND_ROBIN", "")));
     if let Some(id) = client_id {
         b = b.identity(id);
     }
@@ -79,20 +90,13 @@ async fn pair(
 /// httpbin behind a server sidecar with the default identity, and a client sidecar with
 /// `client_id` for which the Service's port is named `http2` (Istio's `istio-h2` upstream).
 async fn http2_pair(mesh: &Mesh, client_id: Arc<IdentityManager>) -> Pair {
-    let app = App::start("httpbin").await;
-    let server = Sidecar::builder(&server_yaml())
-        .inbound_to(app.addr)
-        .identity(mesh.identity("default", "default").await)
-        .start()
-        .await;
-    let yaml = httpbin_yaml(&[server.inbound], "ROUND_ROBIN", "")
-        .replace("{name: http, port: 80}", "{name: http2, port: 80}");
-    let client = Sidecar::builder(&yaml).identity(client_id).start().await;
-    Pair {
-        app,
-        server,
-        client,
-    }
+    pair_editing(
+        &server_yaml(),
+        Some(mesh.identity("default", "default").await),
+        Some(client_id),
+        |res| res.replace("{name: http, port: 80}", "{name: http2, port: 80}"),
+    )
+    .await
 }
 
 /// Connects straight to `addr` with mTLS as `id`, offering `alpn`.
@@ -678,20 +682,22 @@ async fn rotation_under_load_fails_no_request() {
 #[tokio::test]
 async fn endpoint_with_tls_mode_disabled_gets_plaintext() {
     let mesh = Mesh::new();
-    let app = App::start("httpbin").await;
-    let server = Sidecar::builder(&server_yaml())
-        .inbound_to(app.addr)
-        .identity(mesh.identity("default", "default").await)
-        .start()
-        .await;
-    let yaml = httpbin_yaml(&[server.inbound], "ROUND_ROBIN", "").replace(
-        "workloadUid: httpbin-uid}",
-        "workloadUid: httpbin-uid, tlsMode: disabled}",
-    );
-    let client = Sidecar::builder(&yaml)
-        .identity(mesh.identity("default", "default").await)
-        .start()
-        .await;
+    let Pair {
+        app: _app,
+        server,
+        client,
+    } = pair_editing(
+        &server_yaml(),
+        Some(mesh.identity("default", "default").await),
+        Some(mesh.identity("default", "default").await),
+        |res| {
+            res.replace(
+                "workloadUid: httpbin-uid}",
+                "workloadUid: httpbin-uid, tlsMode: disabled}",
+            )
+        },
+    )
+    .await;
     let (resp, body) = client.get(vip(), "httpbin-service", "/headers").await;
     assert_eq!(resp.status(), 200);
     assert!(
