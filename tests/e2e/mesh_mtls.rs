@@ -254,6 +254,19 @@ fn propagation(pods: &[&Pod], needle: &str, since: Instant) -> Vec<Duration> {
         .collect()
 }
 
+/// Writes the namespace's PeerAuthentication with `mode` into the config directory and waits
+/// until every proxy in `pods` has it; prints how long the edit took to reach each.
+fn set_mode(config_dir: &Path, mode: &str, pods: &[&Pod]) {
+    let edited = Instant::now();
+    fs::write(
+        config_dir.join("strict.yaml"),
+        STRICT.replace("STRICT", mode),
+    )
+    .unwrap();
+    let took = propagation(pods, mode, edited);
+    eprintln!("file edit to every proxy ({mode}): {took:?}");
+}
+
 /// Sends requests from `ubuntu` to httpbin for `secs` seconds (about 20 a second) while
 /// `meanwhile` runs; returns (succeeded, failed), printing each failure.
 fn steady_traffic(ubuntu: &Pod, secs: u32, meanwhile: impl FnOnce() + Send) -> (u32, u32) {
@@ -351,10 +364,7 @@ fn discovery_pushes_config_and_certificates_and_mtls_holds() {
     );
     let code = legacy.ns.try_sh(&plain);
     assert_eq!(String::from_utf8_lossy(&code.stdout), "200", "{code:?}");
-    let edited = Instant::now();
-    fs::write(config_dir.join("strict.yaml"), STRICT).unwrap();
-    let took = propagation(&[&ubuntu, &httpbin0, &httpbin1], "STRICT", edited);
-    eprintln!("file edit to every proxy (STRICT): {took:?}");
+    set_mode(&config_dir, "STRICT", &[&ubuntu, &httpbin0, &httpbin1]);
     let refused = legacy.ns.try_sh(&plain);
     assert_ne!(
         String::from_utf8_lossy(&refused.stdout),
@@ -429,28 +439,14 @@ fn discovery_pushes_config_and_certificates_and_mtls_holds() {
     assert!(ok > 100, "{ok}");
 
     // 6. After the restart, an edit reaches every proxy again.
-    let edited = Instant::now();
-    fs::write(
-        config_dir.join("strict.yaml"),
-        STRICT.replace("STRICT", "PERMISSIVE"),
-    )
-    .unwrap();
-    let took = propagation(&[&ubuntu, &httpbin0, &httpbin1], "PERMISSIVE", edited);
-    eprintln!("file edit to every proxy after a discovery restart: {took:?}");
+    set_mode(&config_dir, "PERMISSIVE", &[&ubuntu, &httpbin0, &httpbin1]);
     let code = legacy.ns.try_sh(&plain);
     assert_eq!(String::from_utf8_lossy(&code.stdout), "200", "{code:?}");
 
     // 7. DISABLE: discovery marks httpbin's endpoints plaintext (auto mTLS, as Istio's EDS
     // does), so the mesh client still gets its answer, now without XFCC. Sent as mTLS, it
     // would reach a DISABLE server's app as TLS bytes.
-    let edited = Instant::now();
-    fs::write(
-        config_dir.join("strict.yaml"),
-        STRICT.replace("STRICT", "DISABLE"),
-    )
-    .unwrap();
-    let took = propagation(&[&ubuntu, &httpbin0, &httpbin1], "DISABLE", edited);
-    eprintln!("file edit to every proxy (DISABLE): {took:?}");
+    set_mode(&config_dir, "DISABLE", &[&ubuntu, &httpbin0, &httpbin1]);
     let seen = wait_for(
         "the mesh client's request in plaintext under DISABLE",
         Duration::from_secs(30),
