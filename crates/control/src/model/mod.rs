@@ -146,6 +146,14 @@ pub struct Model {
     pub warnings: Vec<Warning>,
 }
 
+/// The workload with this uid among `workloads`, which [`workloads::build`] sorts by uid.
+fn workload_by_uid<'a>(workloads: &'a [xds::Workload], uid: &str) -> Option<&'a xds::Workload> {
+    workloads
+        .binary_search_by(|w| w.uid.as_str().cmp(uid))
+        .ok()
+        .map(|i| &workloads[i])
+}
+
 impl Model {
     /// Builds the model from every object. `vips` assigns (and remembers) the VIPs of Services
     /// that have no `clusterIP`.
@@ -206,10 +214,7 @@ impl Model {
 
     /// The workload with this uid.
     pub fn workload(&self, uid: &str) -> Option<&xds::Workload> {
-        self.workloads
-            .binary_search_by(|w| w.uid.as_str().cmp(uid))
-            .ok()
-            .map(|i| &self.workloads[i])
+        workload_by_uid(&self.workloads, uid)
     }
 
     /// The service with this hostname.

@@ -297,8 +297,6 @@ pub(crate) fn plaintext_where_mtls_is_disabled(
     workloads: &[xds::Workload],
     authorizations: &[xds::Authorization],
 ) {
-    let by_uid: HashMap<&str, &xds::Workload> =
-        workloads.iter().map(|w| (w.uid.as_str(), w)).collect();
     for s in services {
         let svc = &mut s.resource;
         for i in 0..svc.endpoints.len() {
@@ -306,7 +304,11 @@ pub(crate) fn plaintext_where_mtls_is_disabled(
             if ep.tls_mode != xds::TlsMode::Istio || svc.ports.is_empty() {
                 continue;
             }
-            let Some(w) = ep.workload_uid.as_deref().and_then(|u| by_uid.get(u)) else {
+            let Some(w) = ep
+                .workload_uid
+                .as_deref()
+                .and_then(|u| super::workload_by_uid(workloads, u))
+            else {
                 continue;
             };
             let mtls = xds::EffectiveMtls::resolve(
