@@ -5,8 +5,8 @@
 
 Every arm gets its own client and server network namespaces on one bridged LAN (the bridge lives in
 a namespace of its own, so the host has no route into it). All arms are built first, then measured
-interleaved (direct, ama, envoy, direct, ama, envoy, ...), so slow drifts of the machine hit every
-arm alike. Run as root with Python 3.11, stdlib only:
+interleaved (direct, ama, ama-l4, envoy, direct, ...), so slow drifts of the machine hit every arm
+alike; ama-l4 is the ama sidecars relaying TCP (the floor of two extra hops). Run as root with Python 3.11, stdlib only:
 
     python3 bench/run.py [--duration 30] [--repeats 3] [--rate 1000] [--quick] [--arms direct,envoy]
                          [--plain] [--protocols http1,grpc]
@@ -57,7 +57,12 @@ ENVOY_ISTIO_FLAGS = ["--drain-time-s", "45", "--drain-strategy", "immediate",
                      "--local-address-ip-version", "v4", "--file-flush-interval-msec", "1000",
                      "--log-level", "warning", "--component-log-level", "misc:error"]
 BODY_SIZE = 1024
-ARMS = ("direct", "ama", "envoy")
+# `ama-l4`: the same two ama sidecars with both Service ports declared TCP (`tcp`, `tcp-grpc`), so
+# they relay bytes inside mTLS without parsing HTTP: what the two extra hops cost by themselves
+# (kernel TCP over veth and loopback, the capture rules, TLS records, wake-ups), a floor for any
+# pair of user-space sidecars on this machine.
+ARMS = ("direct", "ama", "ama-l4", "envoy")
+MESH_AMAS = ("ama", "ama-l4")
 # --tls: the identities of the two pods and the SNI the client sidecar sends for the Service's
 # port 80 (Istio's outbound cluster name with `|` → `_`); the server sidecar of each mesh arm must
 # log it as requested_server_name.
@@ -349,6 +354,11 @@ class Arm:
     proxies: dict[str, Proc] = field(default_factory=dict)  # "client"/"server" → process
     access_logs: dict[str, Path] = field(default_factory=dict)
 
+    @property
+    def l4(self) -> bool:
+        """Ports declared TCP: the proxies log one line per connection, not per request."""
+        return self.name == "ama-l4"
+
     def app_pids(self) -> list[int]:
         pids = [self.app.pid] + children(self.app.pid) if self.app else []
         return pids + ([self.grpc_app.pid] if self.grpc_app else [])
@@ -449,8 +459,11 @@ def start_envoys(world: World, arm: Arm, envoy: Path, base_id: int, certs: Path 
 def ama_resources(arm: Arm, me: str, tls: bool) -> dict:
     """The sidecar's xds::ProxyResources: the two workloads and the Service (VIP → server pod).
     tlsMode disabled for plain HTTP between the sidecars; with --tls `istio` and the server's
-    SPIFFE id on the endpoint, so that the client sidecar's auto mTLS takes it."""
+    SPIFFE id on the endpoint, so that the client sidecar's auto mTLS takes it. For `ama-l4` both
+    ports are named as TCP ports (Istio's `tcp` prefix), on the Service and on the workload."""
     mode = "istio" if tls else "disabled"
+    http, grpc = ("tcp", "tcp-grpc") if arm.l4 else ("http", "grpc")
+    grpc_protocol = {} if arm.l4 else {"appProtocol": "grpc"}
 
     def workload(name: str, app: str, ip: str, ports: list[dict]) -> dict:
         return {"uid": f"Kubernetes//Pod/default/{name}", "name": name, "namespace": "default",
@@ -458,7 +471,7 @@ def ama_resources(arm: Arm, me: str, tls: bool) -> dict:
                 "ports": ports, "tlsMode": mode}
     sleep = workload("sleep-bench", "sleep", arm.client.ip, [])
     httpbin = workload("httpbin-bench", "httpbin", arm.server.ip,
-                       [{"name": "http", "port": 80}, {"name": "grpc", "port": GRPC_PORT}])
+                       [{"name": http, "port": 80}, {"name": grpc, "port": GRPC_PORT}])
     node = sleep if me == "client" else httpbin
     return {
         "self": {"uid": node["uid"], "name": node["name"], "namespace": "default",
@@ -467,9 +480,8 @@ def ama_resources(arm: Arm, me: str, tls: bool) -> dict:
         "services": [{
             "hostname": "httpbin.default.svc.cluster.local", "name": "httpbin",
             "namespace": "default", "vips": [VIP],
-            "ports": [{"name": "http", "port": 80, "targetPort": 80},
-                      {"name": "grpc", "port": GRPC_PORT, "targetPort": GRPC_PORT,
-                       "appProtocol": "grpc"}],
+            "ports": [{"name": http, "port": 80, "targetPort": 80},
+                      {"name": grpc, "port": GRPC_PORT, "targetPort": GRPC_PORT, **grpc_protocol}],
             "endpoints": [{"address": arm.server.ip, "workloadUid": httpbin["uid"], "tlsMode": mode,
                            **({"identity": SPIFFE["server"]} if tls else {})}],
         }],
@@ -488,13 +500,13 @@ def start_amas(world: World, arm: Arm, ama: Path, certs: Path | None, concurrenc
     help_text = ama_sidecar_help(ama)
     for role in ("client", "server"):
         pod = arm.client if role == "client" else arm.server
-        cfg = world.run_dir / f"ama-{role}.json"
+        cfg = world.run_dir / f"{arm.name}-{role}.json"
         cfg.write_text(json.dumps(ama_resources(arm, role, certs is not None), indent=2))
         cfg.chmod(0o644)
-        access = world.run_dir / f"ama-{role}.access.log"
+        access = world.run_dir / f"{arm.name}-{role}.access.log"
         argv = [str(ama), "proxy", "sidecar", "--config", str(cfg), "--concurrency", str(concurrency)]
         if certs:
-            argv += ["--cert-dir", str(proxy_cert_dir(world, certs, f"ama-{role}", role))]
+            argv += ["--cert-dir", str(proxy_cert_dir(world, certs, f"{arm.name}-{role}", role))]
         if "--proxyLogLevel" in help_text:
             argv += ["--proxyLogLevel", "warning"]
         env = dict(os.environ, POD_NAME=f"{'sleep' if role == 'client' else 'httpbin'}-bench",
@@ -505,7 +517,7 @@ def start_amas(world: World, arm: Arm, ama: Path, certs: Path | None, concurrenc
         if "--access-log-file" in help_text:
             argv += ["--access-log-file", "/dev/stdout", "--access-log-encoding", "JSON"]
         env.update(AMA_ACCESS_LOG_FILE="/dev/stdout", AMA_ACCESS_LOG_ENCODING="JSON")
-        arm.proxies[role] = world.spawn(f"ama-{role}", pod.ns, argv, env=env, as_proxy=True,
+        arm.proxies[role] = world.spawn(f"{arm.name}-{role}", pod.ns, argv, env=env, as_proxy=True,
                                         stdout=access)
         arm.access_logs[role] = access
 
@@ -594,16 +606,18 @@ def check_arm(world: World, arm: Arm, oha: Path, tls: bool = False, proto: str =
                    f"{res['summary']['totalData']} bytes")
     time.sleep(1.5)  # access logs flush about every second
     logged = {}
+    # An L4 relay logs each of oha's 4 connections when it closes, with response code 0.
+    want_lines, want_code = (4, "0") if arm.l4 else (n, "200")
     for role, f in arm.access_logs.items():
         lines, last_lines = count_and_truncate(f)
         logged[role] = {"lines": lines, "last": last_lines}
-        if lines < n:
+        if lines < want_lines:
             raise fail(f"{role} proxy logged {lines} access-log lines for {n} requests")
         try:
             rec = json.loads(last_lines[-1])
         except (ValueError, IndexError):
             raise fail(f"{role} proxy's access log is not JSON: {last_lines!r}")
-        if str(rec.get("response_code")) != "200":
+        if str(rec.get("response_code")) != want_code or arm.l4 and rec.get("method") not in (None, "-"):
             raise fail(f"{role} proxy logged {rec}")
         if tls and role == "server":
             for line in last_lines:
@@ -802,9 +816,9 @@ def measure(world: World, arms: dict[str, Arm], arm: Arm, kind: str, label: str,
     }
     # Every request must be in both access logs (a proxy that drops log lines under load would look
     # cheaper than it is); a few lines may still sit in a buffer at the end of the run.
-    expected = ok + errors + aborted
+    expected = args.connections if arm.l4 else ok + errors + aborted
     rec["access_log_short"] = [r for r, n in rec["access_log_lines"].items()
-                               if n < expected - max(20, expected // 200)]
+                               if n < expected - (0 if arm.l4 else max(20, expected // 200))]
     if rec["access_log_short"]:
         log(f"  {label}: access log of {rec['access_log_short']} has fewer lines than the "
             f"{expected} requests: {rec['access_log_lines']}")
@@ -864,6 +878,21 @@ def goal_rows(proto: str, fixed: dict[str, list[dict]], maxr: dict[str, list[dic
         ratio = ama / envoy if envoy else float("inf")
         rows.append(f"| {name}: max rps ≥ 2 × Envoy's | ama {ama:.0f}, Envoy {envoy:.0f}: {ratio:.2f} × | "
                     f"{'yes' if ratio >= 2 else 'no'} |")
+    # The same two figures for the L4 relay: not a goal, the floor under the goals.
+    floor = []
+    if all(fixed.get(a) for a in ("direct", "ama-l4", "envoy")):
+        d = statistics.median(r["p99"] for r in fixed["direct"])
+        l4 = statistics.median(r["p99"] for r in fixed["ama-l4"]) - d
+        envoy = statistics.median(r["p99"] for r in fixed["envoy"]) - d
+        floor.append(f"added p99 {signed(l4)} ms"
+                     + (f" ({l4 / envoy:.2f} × Envoy's)" if envoy > 0 else ""))
+    if maxr.get("ama-l4") and maxr.get("envoy"):
+        l4 = statistics.median(r["rps"] for r in maxr["ama-l4"])
+        envoy = statistics.median(r["rps"] for r in maxr["envoy"])
+        floor.append(f"max {l4:.0f} rps ({l4 / envoy:.2f} × Envoy's)")
+    if floor:
+        rows.append(f"| {name}, for scale: ama-l4, the same sidecars relaying TCP in mTLS without "
+                    f"parsing HTTP | {'; '.join(floor)} | – |")
     return rows
 
 
@@ -921,6 +950,12 @@ def report(meta: dict, runs: list[dict], arms: list[str], args) -> str:
           "(bench/envoy/*-tls.yaml, XFCC APPEND_FORWARD), ama `--cert-dir` with auto mTLS "
           "(endpoint tlsMode istio); checked before measuring: each server proxy logged "
           "requested_server_name = the SNI")
+    if "ama-l4" in arms:
+        w("- ama-l4: the ama arm's sidecars with both Service ports declared TCP (`tcp`, "
+          "`tcp-grpc`, on the Service and the workload), so they relay the bytes inside the same "
+          "mTLS without parsing HTTP and log one line per connection: the cost of the two extra "
+          "hops themselves (kernel TCP over veth and loopback, the capture rules, TLS records, "
+          "wake-ups), a floor for any pair of user-space sidecars on this machine")
     w(f"- fixed rate: `oha -c {args.connections} -q {args.rate} --latency-correction "
       f"-z {args.duration}s`; max rate: `oha -c {args.connections} -z {args.max_duration}s`; "
       f"{args.repeats} repeat(s), arms interleaved ({', '.join(arms)}); both proxies of a mesh arm "
@@ -1208,7 +1243,9 @@ def parse_args() -> argparse.Namespace:
                     help="worker threads of every proxy of both meshes (`--concurrency` of ama and "
                          "Envoy); Istio's sidecar default is 2")
     ap.add_argument("--no-max", action="store_true", help="skip the max-rate runs")
-    ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of direct,ama,envoy")
+    ap.add_argument("--arms", default=",".join(ARMS),
+                    help="comma-separated subset of direct,ama,ama-l4,envoy (ama-l4: the ama sidecars "
+                         "with the ports declared TCP, an mTLS relay that parses no HTTP)")
     ap.add_argument("--plain", dest="tls", action="store_false",
                     help="plain HTTP between the sidecars; by default both mesh arms speak Istio mTLS "
                          "(same test certificates, made with openssl into the run's out dir)")
@@ -1297,7 +1334,7 @@ def main() -> int:
         log("building ama (release, CARGO_TARGET_DIR=target/bench)")
         subprocess.run(["cargo", "build", "--release", "-p", "cli", "-p", "bench-app"], cwd=ROOT, check=True,
                        env=dict(os.environ, CARGO_TARGET_DIR=str(ROOT / "target" / "bench")))
-    needs_ama = any(a in args.arms for a in ("ama", "envoy"))  # ama iptables serves both
+    needs_ama = any(a in args.arms for a in ("envoy", *MESH_AMAS))  # ama iptables serves all
     for tool, path in [("oha", args.oha), ("envoy", args.envoy), ("ama", args.ama),
                        ("ama-bench-app", args.grpc_app)]:
         if tool == "envoy" and "envoy" not in args.arms or tool == "ama" and not needs_ama \
@@ -1307,7 +1344,7 @@ def main() -> int:
             hint = " (build it: --build)" if tool in ("ama", "ama-bench-app") else ""
             print(f"{tool} not found at {path}{hint}", file=sys.stderr)
             return 2
-    if "ama" in args.arms:
+    if any(a in args.arms for a in MESH_AMAS):
         try:
             ama_sidecar_help(args.ama)  # fail now, not after building everything
         except BenchError as e:
