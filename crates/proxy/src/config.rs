@@ -32,7 +32,13 @@ pub struct ProxyConfig {
     pub inbound_bind: IpAddr,
     /// How long to wait for a client's first bytes before treating it as opaque TCP.
     pub protocol_detection_timeout: Duration,
-    /// Most time to receive a request's headers (bounds memory held by slow clients).
+    /// Most time a downstream HTTP/1 connection may wait for a complete request head, counted
+    /// from when it is ready for the next request (hyper's `header_read_timeout`). It is
+    /// therefore also how long a kept-alive connection may sit idle between requests, and so
+    /// the default is Envoy's downstream `idle_timeout`, 1 h, which Istio keeps (Envoy has no
+    /// head timeout of its own by default). Shorter than a client's pool idle time, it would
+    /// close connections that the client still counts on: the client sidecar's pool keeps an
+    /// idle connection to the server sidecar for `pool_idle_timeout`.
     pub header_read_timeout: Duration,
     /// Largest request header block, in bytes (Envoy's default: 60 KiB); beyond it, 431.
     pub max_request_headers: usize,
@@ -72,7 +78,7 @@ impl Default for ProxyConfig {
             inbound_addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 15006)),
             inbound_bind: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)),
             protocol_detection_timeout: Duration::from_millis(100),
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(3600),
             max_request_headers: 60 * 1024,
             connect_timeout: Duration::from_secs(10),
             pool_idle_timeout: Duration::from_secs(60),

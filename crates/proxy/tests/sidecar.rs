@@ -772,6 +772,34 @@ async fn slow_client_is_cut_by_header_read_timeout() {
 }
 
 #[tokio::test]
+async fn kept_alive_connection_lives_until_the_idle_timeout() {
+    // hyper's header read timeout also runs while a kept-alive connection waits for its next
+    // request, so it is the downstream idle timeout: a connection idle for less is kept...
+    let app = App::start("httpbin").await;
+    let mut b = Sidecar::builder(&httpbin_yaml(&[app.addr], "ROUND_ROBIN", ""));
+    b.cfg.header_read_timeout = Duration::from_millis(1500);
+    let client = b.start().await;
+    let mut tx = client.h1(vip()).await;
+    for _ in 0..2 {
+        let (resp, _) = send(&mut tx, get_req("httpbin-service", "/headers")).await;
+        assert_eq!(resp.status(), 200);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // ... and one idle for longer is closed.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), tx.ready())
+        .await
+        .expect("the connection is ready or closed");
+    assert!(closed.is_err(), "the idle connection was closed");
+    assert_eq!(app.hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // The default is Envoy's downstream idle timeout, not seconds: a client's pool (and our own
+    // client sidecar's, `pool_idle_timeout`) keeps idle connections far longer than that.
+    let defaults = proxy::config::ProxyConfig::default();
+    assert_eq!(defaults.header_read_timeout, Duration::from_secs(3600));
+    assert!(defaults.header_read_timeout > defaults.pool_idle_timeout);
+}
+
+#[tokio::test]
 async fn config_reload_swaps_endpoints_without_dropping_connections() {
     let (a, b) = (App::start("before").await, App::start("after").await);
     let path = std::env::temp_dir().join(format!("ama-proxy-reload-{}.yaml", std::process::id()));
