@@ -32,14 +32,14 @@ pub struct ProxyConfig {
     pub inbound_bind: IpAddr,
     /// How long to wait for a client's first bytes before treating it as opaque TCP.
     pub protocol_detection_timeout: Duration,
-    /// Most time a downstream HTTP/1 connection may wait for a complete request head, counted
-    /// from when it is ready for the next request (hyper's `header_read_timeout`). It is
-    /// therefore also how long a kept-alive connection may sit idle between requests, and so
-    /// the default is Envoy's downstream `idle_timeout`, 1 h, which Istio keeps (Envoy has no
-    /// head timeout of its own by default). Shorter than a client's pool idle time, it would
-    /// close connections that the client still counts on: the client sidecar's pool keeps an
-    /// idle connection to the server sidecar for `pool_idle_timeout`.
-    pub header_read_timeout: Duration,
+    /// How long a downstream HTTP/1 connection may go without a byte read or written before it
+    /// is closed: a kept-alive connection waiting for its next request, a client that never
+    /// finishes its request head (this bounds the memory slow clients hold), a request on which
+    /// nothing moves. The default is Envoy's downstream `idle_timeout`, 1 h, which Istio keeps.
+    /// It must be longer than clients keep idle connections in their pools, or it closes them
+    /// under them: the client sidecar keeps its idle connections to the server sidecar for
+    /// `pool_idle_timeout`.
+    pub idle_timeout: Duration,
     /// Largest request header block, in bytes (Envoy's default: 60 KiB); beyond it, 431.
     pub max_request_headers: usize,
     /// Upstream connect timeout (Istio's default: 10 s).
@@ -78,7 +78,7 @@ impl Default for ProxyConfig {
             inbound_addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 15006)),
             inbound_bind: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)),
             protocol_detection_timeout: Duration::from_millis(100),
-            header_read_timeout: Duration::from_secs(3600),
+            idle_timeout: Duration::from_secs(3600),
             max_request_headers: 60 * 1024,
             connect_timeout: Duration::from_secs(10),
             pool_idle_timeout: Duration::from_secs(60),

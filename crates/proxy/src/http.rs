@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -202,15 +202,27 @@ where
             }
         }
     } else {
+        // hyper's own header read timer would be armed for every request head (a new timer in
+        // the worker's wheel per request, which wakes the worker's driver through its eventfd
+        // whenever the wheel is otherwise empty); the idle watch below needs one per connection.
+        let moved = Arc::new(AtomicU64::new(0));
+        let io = IdleWatched {
+            io,
+            moved: moved.clone(),
+        };
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(cfg.header_read_timeout)
+            .header_read_timeout(None)
             .max_buf_size(cfg.max_request_headers.max(8192))
             .serve_connection(TokioIo::new(io), svc)
             .with_upgrades();
         tokio::pin!(conn);
         tokio::select! {
             r = conn.as_mut() => r,
+            () = idle(&moved, cfg.idle_timeout) => {
+                tracing::debug!(client = %ctx.client, timeout = ?cfg.idle_timeout, "closing an idle downstream connection");
+                Ok(())
+            }
             _ = drain.signaled() => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
@@ -238,6 +250,97 @@ where
             ctx.pi.telemetry.request(rec);
         } else {
             tracing::debug!(error = %e, client = %ctx.client, "downstream connection ended with an error");
+        }
+    }
+}
+
+/// Downstream I/O that counts the reads and writes that moved bytes, for [`idle`].
+struct IdleWatched<I> {
+    io: I,
+    moved: Arc<AtomicU64>,
+}
+
+impl<I> IdleWatched<I> {
+    fn moved(&self) {
+        // One writer (this connection's task), read by the same task: no read-modify-write.
+        self.moved
+            .store(self.moved.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for IdleWatched<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.moved();
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for IdleWatched<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.moved();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.moved();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Resolves once `moved` has not changed for `timeout`, looking every quarter of it, so a quiet
+/// connection is closed between 1 and 1.25 × `timeout` after its last byte. A kept-alive
+/// connection waiting for its next request, a client that never finishes its request head and
+/// a request on which nothing moves either way all count as idle (Envoy: `idle_timeout`,
+/// `request_headers_timeout` and `stream_idle_timeout`).
+async fn idle(moved: &AtomicU64, timeout: Duration) {
+    let step = (timeout / 4).max(Duration::from_millis(1));
+    let mut seen = moved.load(Ordering::Relaxed);
+    let mut quiet = Duration::ZERO;
+    loop {
+        tokio::time::sleep(step).await;
+        let now = moved.load(Ordering::Relaxed);
+        if now == seen {
+            quiet += step;
+            if quiet >= timeout {
+                return;
+            }
+        } else {
+            seen = now;
+            quiet = Duration::ZERO;
         }
     }
 }

@@ -753,10 +753,10 @@ async fn client_gone_is_logged_dc() {
 }
 
 #[tokio::test]
-async fn slow_client_is_cut_by_header_read_timeout() {
+async fn slow_client_is_cut_by_the_idle_timeout() {
     let app = App::start("httpbin").await;
     let mut b = Sidecar::builder(&httpbin_yaml(&[app.addr], "ROUND_ROBIN", ""));
-    b.cfg.header_read_timeout = Duration::from_millis(200);
+    b.cfg.idle_timeout = Duration::from_millis(200);
     let client = b.start().await;
     let mut conn = client.connect_outbound(vip()).await;
     // An incomplete request head, never finished.
@@ -773,11 +773,10 @@ async fn slow_client_is_cut_by_header_read_timeout() {
 
 #[tokio::test]
 async fn kept_alive_connection_lives_until_the_idle_timeout() {
-    // hyper's header read timeout also runs while a kept-alive connection waits for its next
-    // request, so it is the downstream idle timeout: a connection idle for less is kept...
+    // A kept-alive connection idle for less than the idle timeout is kept...
     let app = App::start("httpbin").await;
     let mut b = Sidecar::builder(&httpbin_yaml(&[app.addr], "ROUND_ROBIN", ""));
-    b.cfg.header_read_timeout = Duration::from_millis(1500);
+    b.cfg.idle_timeout = Duration::from_millis(1500);
     let client = b.start().await;
     let mut tx = client.h1(vip()).await;
     for _ in 0..2 {
@@ -795,8 +794,8 @@ async fn kept_alive_connection_lives_until_the_idle_timeout() {
     // The default is Envoy's downstream idle timeout, not seconds: a client's pool (and our own
     // client sidecar's, `pool_idle_timeout`) keeps idle connections far longer than that.
     let defaults = proxy::config::ProxyConfig::default();
-    assert_eq!(defaults.header_read_timeout, Duration::from_secs(3600));
-    assert!(defaults.header_read_timeout > defaults.pool_idle_timeout);
+    assert_eq!(defaults.idle_timeout, Duration::from_secs(3600));
+    assert!(defaults.idle_timeout > defaults.pool_idle_timeout);
 }
 
 #[tokio::test]
