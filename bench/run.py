@@ -865,30 +865,28 @@ def goal_rows(proto: str, fixed: dict[str, list[dict]], maxr: dict[str, list[dic
     """Issue 6's latency and throughput goals for one protocol, from the medians of this run."""
     rows = []
     name = PROTO_NAMES[proto]
-    if all(fixed.get(a) for a in ("direct", "ama", "envoy")):
-        d = statistics.median(r["p99"] for r in fixed["direct"])
-        ama = statistics.median(r["p99"] for r in fixed["ama"]) - d
-        envoy = statistics.median(r["p99"] for r in fixed["envoy"]) - d
+    has = lambda runs, *arms: all(runs.get(a) for a in arms)  # noqa: E731
+    added_p99 = lambda arm: (statistics.median(r["p99"] for r in fixed[arm])  # noqa: E731
+                             - statistics.median(r["p99"] for r in fixed["direct"]))
+    max_rps = lambda arm: statistics.median(r["rps"] for r in maxr[arm])  # noqa: E731
+    if has(fixed, "direct", "ama", "envoy"):
+        ama, envoy = added_p99("ama"), added_p99("envoy")
         ratio = ama / envoy if envoy > 0 else float("inf")
         rows.append(f"| {name}: added p99 at the fixed rate ≤ 0.3 × Envoy's | ama {signed(ama)} ms, "
                     f"Envoy {signed(envoy)} ms: {ratio:.2f} × | {'yes' if ratio <= 0.3 else 'no'} |")
-    if maxr.get("ama") and maxr.get("envoy"):
-        ama = statistics.median(r["rps"] for r in maxr["ama"])
-        envoy = statistics.median(r["rps"] for r in maxr["envoy"])
+    if has(maxr, "ama", "envoy"):
+        ama, envoy = max_rps("ama"), max_rps("envoy")
         ratio = ama / envoy if envoy else float("inf")
         rows.append(f"| {name}: max rps ≥ 2 × Envoy's | ama {ama:.0f}, Envoy {envoy:.0f}: {ratio:.2f} × | "
                     f"{'yes' if ratio >= 2 else 'no'} |")
     # The same two figures for the L4 relay: not a goal, the floor under the goals.
     floor = []
-    if all(fixed.get(a) for a in ("direct", "ama-l4", "envoy")):
-        d = statistics.median(r["p99"] for r in fixed["direct"])
-        l4 = statistics.median(r["p99"] for r in fixed["ama-l4"]) - d
-        envoy = statistics.median(r["p99"] for r in fixed["envoy"]) - d
+    if has(fixed, "direct", "ama-l4", "envoy"):
+        l4, envoy = added_p99("ama-l4"), added_p99("envoy")
         floor.append(f"added p99 {signed(l4)} ms"
                      + (f" ({l4 / envoy:.2f} × Envoy's)" if envoy > 0 else ""))
-    if maxr.get("ama-l4") and maxr.get("envoy"):
-        l4 = statistics.median(r["rps"] for r in maxr["ama-l4"])
-        envoy = statistics.median(r["rps"] for r in maxr["envoy"])
+    if has(maxr, "ama-l4", "envoy"):
+        l4, envoy = max_rps("ama-l4"), max_rps("envoy")
         floor.append(f"max {l4:.0f} rps ({l4 / envoy:.2f} × Envoy's)")
     if floor:
         rows.append(f"| {name}, for scale: ama-l4, the same sidecars relaying TCP in mTLS without "
