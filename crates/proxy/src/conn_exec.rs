@@ -114,6 +114,7 @@ impl ConnExec {
             buf: Vec::new(),
             written: 0,
             failed: None,
+            blocked: None,
         }));
         *self.shared.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(state.clone());
         HeldFlush { state }
@@ -278,6 +279,12 @@ struct Held<IO> {
     written: usize,
     /// A write of held bytes failed; the connection's next write gets this error.
     failed: Option<(io::ErrorKind, String)>,
+    /// The task whose write or shutdown waits for the held bytes to go out. The socket keeps
+    /// one write waker, and [`Drive`]'s own drain at the end of each turn replaces this task's
+    /// with the connection's, so the drain that empties the buffer wakes this task itself.
+    /// Without it, an HTTP/2 client connection, whose I/O runs as a spawned future, was never
+    /// woken once its socket filled, and uploads stalled for good.
+    blocked: Option<Waker>,
 }
 
 impl<IO: AsyncWrite + Unpin> Held<IO> {
@@ -320,10 +327,16 @@ impl<IO: AsyncWrite + Unpin> Held<IO> {
 impl<IO: AsyncWrite + Unpin + Send> Drain for Mutex<Held<IO>> {
     fn poll_drain(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut held = self.lock().unwrap_or_else(|e| e.into_inner());
-        if held.failed.is_some() {
-            return Poll::Ready(Ok(()));
+        let drained = match held.failed {
+            Some(_) => Poll::Ready(Ok(())),
+            None => held.poll_drain(cx),
+        };
+        if drained.is_ready()
+            && let Some(w) = held.blocked.take()
+        {
+            w.wake();
         }
-        held.poll_drain(cx)
+        drained
     }
 }
 
@@ -358,9 +371,21 @@ impl<IO: AsyncWrite + Unpin> HeldFlush<IO> {
             return Poll::Ready(Err(e));
         }
         if held.buf.len() + len > MAX_HELD && held.written < held.buf.len() {
-            return held.poll_drain(cx);
+            return held.poll_drain_for(cx);
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> Held<IO> {
+    /// [`Held::poll_drain`] for the connection's own write or shutdown: when the socket is
+    /// full, remembers the task to wake once [`Drive`] has written the held bytes.
+    fn poll_drain_for(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let drained = self.poll_drain(cx);
+        if drained.is_pending() {
+            self.blocked = Some(cx.waker().clone());
+        }
+        drained
     }
 }
 
@@ -406,7 +431,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for HeldFlush<IO> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut held = self.held();
         if held.failed.is_none() {
-            std::task::ready!(held.poll_drain(cx))?;
+            std::task::ready!(held.poll_drain_for(cx))?;
         }
         Pin::new(&mut held.io).poll_shutdown(cx)
     }
@@ -487,6 +512,45 @@ mod tests {
         assert_eq!(writes.load(SeqCst), 2);
     }
     use hyper::rt::Executor;
+
+    /// The I/O of an HTTP/2 client connection runs in a spawned future, as hyper's `ConnTask`
+    /// does. When its writes fill the socket, the drain at the end of each turn takes over the
+    /// socket's one write waker; the drain that empties the held bytes must then wake the
+    /// writer itself, or it waits for ever (uploads through a client sidecar stalled so).
+    #[tokio::test]
+    async fn a_spawned_writer_blocked_on_a_full_socket_is_woken_once_drained() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const TOTAL: usize = 4 * MAX_HELD;
+        let (near, mut far) = tokio::io::duplex(4 * 1024);
+        let exec = ConnExec::default();
+        let mut io = exec.hold_flushes(near);
+        let (wrote_all, wrote) = tokio::sync::oneshot::channel::<()>();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let e = exec.clone();
+        let conn = async move {
+            e.execute(async move {
+                for _ in 0..TOTAL / 1024 {
+                    io.write_all(&[1u8; 1024]).await.expect("held");
+                }
+                io.flush().await.expect("held");
+                let _ = wrote_all.send(());
+                // Like the connection, the writer keeps the I/O until it ends.
+                let _ = stopped.await;
+            });
+        };
+        let driven = tokio::spawn(drive(exec, conn));
+        let mut got = vec![0u8; TOTAL];
+        tokio::time::timeout(std::time::Duration::from_secs(10), far.read_exact(&mut got))
+            .await
+            .expect("every byte reaches the peer within 10 s")
+            .expect("read");
+        tokio::time::timeout(std::time::Duration::from_secs(10), wrote)
+            .await
+            .expect("the writer finishes")
+            .expect("writer");
+        stop.send(()).expect("writer waits");
+        driven.await.expect("drive ends");
+    }
 
     #[tokio::test]
     async fn runs_spawned_futures_to_their_end_after_the_connection() {

@@ -50,6 +50,7 @@ fn full(b: impl Into<Bytes>) -> BoxBody {
 /// - `/status/<code>`: that status
 /// - `/hold`: waits until [`App::release`]
 /// - `/echo`: streams the request body back
+/// - `/upload`: reads the whole request body, then answers its length as text
 /// - `content-type: application/grpc`: echoes each data frame as it comes, then trailers
 ///   `grpc-status: 0`
 /// - `Upgrade: websocket`: 101, then echoes bytes on the upgraded connection
@@ -182,6 +183,16 @@ async fn app_handle(
             .status(code)
             .header("x-app", name.as_str())
             .body(full(""))
+            .expect("response"));
+    }
+    if path == "/upload" {
+        let received = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes().len().to_string(),
+            Err(e) => format!("body failed: {e}"),
+        };
+        return Ok(Response::builder()
+            .header("x-app", name.as_str())
+            .body(full(received))
             .expect("response"));
     }
     if path == "/echo" {
@@ -323,6 +334,7 @@ pub struct SidecarBuilder {
     inbound_to: Option<SocketAddr>,
     config_file: Option<PathBuf>,
     identity: Option<Arc<identity::IdentityManager>>,
+    workers: usize,
 }
 
 impl Sidecar {
@@ -341,6 +353,7 @@ impl Sidecar {
             inbound_to: None,
             config_file: None,
             identity: None,
+            workers: 0,
         }
     }
 
@@ -404,6 +417,35 @@ impl Sidecar {
     }
 }
 
+impl Sidecar {
+    /// POSTs `body` to the app's `/upload` on `host` over HTTP/2 (prior knowledge) through the
+    /// outbound listener to `dst`; returns how many bytes the app says it received, or `None`
+    /// when the exchange did not end within `limit` (a stalled upload).
+    pub async fn h2_upload(
+        &self,
+        dst: SocketAddr,
+        host: &str,
+        body: Bytes,
+        limit: Duration,
+    ) -> Option<usize> {
+        let mut tx = h2_client(self.connect_outbound(dst).await).await;
+        let req = Request::builder()
+            .method("POST")
+            .uri(format!("http://{host}/upload"))
+            .body(Full::new(body).map_err(|n| match n {}).boxed())
+            .expect("request");
+        let exchange = async {
+            let resp = tx.send_request(req).await.expect("response");
+            assert_eq!(resp.status(), 200);
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            let text = String::from_utf8_lossy(&body).into_owned();
+            text.parse::<usize>()
+                .unwrap_or_else(|_| panic!("the app answered {text:?}"))
+        };
+        tokio::time::timeout(limit, exchange).await.ok()
+    }
+}
+
 impl SidecarBuilder {
     /// Inbound connections are "headed for" `app` (the pod address in production).
     pub fn inbound_to(mut self, app: SocketAddr) -> Self {
@@ -414,6 +456,13 @@ impl SidecarBuilder {
     /// Gives the sidecar a workload identity: mTLS to and from mesh peers (see [`Mesh`]).
     pub fn identity(mut self, manager: Arc<identity::IdentityManager>) -> Self {
         self.identity = Some(manager);
+        self
+    }
+
+    /// Serves connections on `n` worker threads of their own, as a real sidecar does
+    /// (`--concurrency`); by default they run on the test's runtime.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
         self
     }
 
@@ -441,6 +490,10 @@ impl SidecarBuilder {
         let pi = ProxyInputs::with_tls(cfg, store.clone(), telemetry.clone(), tls);
         let orig_dst = Arc::new(StaticOrigDst::new(self.inbound_to));
         let mut proxy = Proxy::new(pi, orig_dst.clone()).await.expect("proxy binds");
+        if self.workers > 0 {
+            proxy =
+                proxy.on_workers(proxy::workers::Workers::start(self.workers).expect("workers"));
+        }
         if let Some(p) = self.config_file {
             proxy = proxy.watch_config(p);
         }
