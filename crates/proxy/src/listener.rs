@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::ProxyInputs;
-use crate::addr::{ClientAddr, EndpointAddr, ListenAddr};
+use crate::addr::{ClientAddr, EndpointAddr, ListenAddr, OrigDstAddr};
 use crate::detect::{self, Detected, Rewind};
 use crate::drain::DrainWatcher;
 use crate::http::{self, ConnCtx, Direction, labels_for};
@@ -100,9 +100,14 @@ impl Listener {
                     continue;
                 }
             };
-            if self.direction == Direction::Outbound && orig_dst.get() == self.local.get() {
-                // Connected to the capture port itself, not redirected: forwarding would loop.
-                tracing::debug!(client = %client, "direct connection to the outbound listener; closing");
+            if orig_dst.get().port() == self.local.get().port() {
+                // Addressed to the capture port itself: a connection to 15001 that was not
+                // redirected, or one from another pod to `<pod IP>:15006` (captured, so its
+                // original destination is 15006 again). Forwarding it would reach this listener
+                // once more, for ever. Envoy's virtualOutbound and virtualInbound listeners send
+                // it to BlackHoleCluster.
+                tracing::debug!(client = %client, dst = %orig_dst, "connection to the capture port itself; closing");
+                self.pi.telemetry.tcp_log(black_hole(client, orig_dst));
                 continue;
             }
             let ctx = Arc::new(ConnCtx {
@@ -139,6 +144,20 @@ impl Listener {
     }
 }
 
+/// The access-log record of a connection sent to BlackHoleCluster, as Envoy's TCP proxy logs
+/// it: a cluster without endpoints, `UH`.
+fn black_hole(client: ClientAddr, orig_dst: OrigDstAddr) -> TcpRecord {
+    let mut rec = TcpRecord::new(SystemTime::now());
+    rec.upstream_cluster = Some(BLACK_HOLE_CLUSTER.into());
+    rec.response_flags = ResponseFlags::NO_HEALTHY_UPSTREAM;
+    rec.downstream_local_address = Some(orig_dst.get());
+    rec.downstream_remote_address = Some(client.get());
+    rec
+}
+
+/// Istio's cluster for traffic that must go nowhere.
+const BLACK_HOLE_CLUSTER: &str = "BlackHoleCluster";
+
 /// Detects the protocol of one accepted connection and proxies it.
 async fn handle_connection(ctx: Arc<ConnCtx>, mut stream: TcpStream, drain: DrainWatcher) {
     if ctx.direction == Direction::Inbound {
@@ -154,7 +173,7 @@ async fn handle_connection(ctx: Arc<ConnCtx>, mut stream: TcpStream, drain: Drai
     let (detected, prefix) = if declared_opaque {
         (Detected::Opaque, bytes::Bytes::new())
     } else {
-        match detect::detect(&mut stream, ctx.pi.cfg.protocol_detection_timeout).await {
+        match detect::detect(&mut stream, ctx.pi.cfg.detection_wait()).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::debug!(error = %e, client = %ctx.client, "connection failed during detection");
