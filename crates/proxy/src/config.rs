@@ -30,7 +30,9 @@ pub struct ProxyConfig {
     /// Source address for connections to the local app: 127.0.0.6 (Istio's default; the capture
     /// rules let it through) or 127.0.0.1 (then the app is dialled on 127.0.0.1).
     pub inbound_bind: IpAddr,
-    /// How long to wait for a client's first bytes before treating it as opaque TCP.
+    /// MeshConfig `protocolDetectionTimeout`: how long to wait for a client's first bytes
+    /// before treating it as opaque TCP. Zero (Istio's default): wait for them, up to
+    /// `idle_timeout` ([`crate::detect::Wait`]).
     pub protocol_detection_timeout: Duration,
     /// How long a downstream HTTP/1 connection may go without a byte read or written before it
     /// is closed: a kept-alive connection waiting for its next request, a client that never
@@ -71,13 +73,20 @@ pub struct ProxyConfig {
     pub cluster_id: String,
 }
 
+impl ProxyConfig {
+    /// How protocol detection waits for a client's first bytes.
+    pub fn detection_wait(&self) -> crate::detect::Wait {
+        crate::detect::Wait::new(self.protocol_detection_timeout, self.idle_timeout)
+    }
+}
+
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             outbound_addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 15001)),
             inbound_addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 15006)),
             inbound_bind: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)),
-            protocol_detection_timeout: Duration::from_millis(100),
+            protocol_detection_timeout: Duration::ZERO,
             idle_timeout: Duration::from_secs(3600),
             max_request_headers: 60 * 1024,
             connect_timeout: Duration::from_secs(10),

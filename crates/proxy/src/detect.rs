@@ -1,9 +1,11 @@
 //! Protocol detection by peeking at the first bytes of a connection.
 //!
 //! The bytes read while deciding are not lost: [`Rewind`] replays them before the rest of the
-//! stream, so the HTTP server or the TCP copy sees the connection from its first byte. A client
-//! that says nothing (a server-first protocol such as MySQL or SMTP) is treated as opaque TCP
-//! after the detection timeout; ports declared TCP skip detection altogether.
+//! stream, so the HTTP server or the TCP copy sees the connection from its first byte. As in
+//! Istio, detection waits for the client's first bytes ([`Wait`]): a server-first protocol
+//! (MySQL, SMTP) needs its port declared TCP, which skips detection altogether, or a
+//! MeshConfig `protocolDetectionTimeout`, after which a silent client is opaque TCP. Waiting
+//! also means that an idle connection costs no upstream connection.
 
 use std::io;
 use std::pin::Pin;
@@ -83,14 +85,36 @@ pub fn classify(buf: &[u8]) -> Option<Detected> {
     }
 }
 
-/// Reads from `io` until the protocol is known, the peer stops sending for `timeout`, or the
-/// stream ends. Returns the protocol and the bytes read, to be replayed with [`Rewind`].
-pub async fn detect<S: AsyncRead + Unpin>(
-    io: &mut S,
-    timeout: Duration,
-) -> io::Result<(Detected, Bytes)> {
+/// How long detection waits for a client's first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// MeshConfig `protocolDetectionTimeout` set: what has not been recognised by then is
+    /// opaque TCP (a server-first protocol on an undeclared port works, late clients do not).
+    ThenOpaque(Duration),
+    /// Istio's default (`protocolDetectionTimeout: 0s`): wait for the client to speak, as
+    /// Envoy's listener filters do without a timeout. A client silent for this long (the
+    /// downstream idle timeout) is closed, so a silent connection holds nothing for ever.
+    UpTo(Duration),
+}
+
+impl Wait {
+    /// The wait for a configured `protocolDetectionTimeout` (zero: none) and idle timeout.
+    pub fn new(detection_timeout: Duration, idle_timeout: Duration) -> Wait {
+        if detection_timeout.is_zero() {
+            Wait::UpTo(idle_timeout)
+        } else {
+            Wait::ThenOpaque(detection_timeout)
+        }
+    }
+}
+
+/// Reads from `io` until the protocol is known or the stream ends; when `wait` runs out,
+/// the connection is opaque ([`Wait::ThenOpaque`]) or fails with `TimedOut`
+/// ([`Wait::UpTo`]). Returns the protocol and the bytes read, to be replayed with [`Rewind`].
+pub async fn detect<S: AsyncRead + Unpin>(io: &mut S, wait: Wait) -> io::Result<(Detected, Bytes)> {
     let mut buf = BytesMut::with_capacity(MAX_PEEK);
-    let deadline = tokio::time::Instant::now() + timeout;
+    let (Wait::ThenOpaque(limit) | Wait::UpTo(limit)) = wait;
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         if let Some(d) = classify(&buf) {
             return Ok((d, buf.freeze()));
@@ -99,7 +123,15 @@ pub async fn detect<S: AsyncRead + Unpin>(
             return Ok((Detected::Opaque, buf.freeze()));
         }
         match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
-            Err(_elapsed) => return Ok((Detected::Opaque, buf.freeze())),
+            Err(_elapsed) => {
+                return match wait {
+                    Wait::ThenOpaque(_) => Ok((Detected::Opaque, buf.freeze())),
+                    Wait::UpTo(_) => Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client sent nothing within the idle timeout",
+                    )),
+                };
+            }
             Ok(Ok(0)) => return Ok((Detected::Opaque, buf.freeze())),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
@@ -197,7 +229,7 @@ mod tests {
         tokio::io::AsyncWriteExt::write_all(&mut a, b"GET /x HTTP/1.1\r\n")
             .await
             .expect("write");
-        let (d, prefix) = detect(&mut b, Duration::from_secs(5))
+        let (d, prefix) = detect(&mut b, Wait::UpTo(Duration::from_secs(5)))
             .await
             .expect("detect");
         assert_eq!(d, Detected::Http1);
@@ -211,12 +243,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn silent_client_is_opaque_after_timeout() {
+    async fn silent_client_is_opaque_after_a_configured_timeout() {
         let (_a, mut b) = tokio::io::duplex(64);
-        let (d, prefix) = detect(&mut b, Duration::from_millis(20))
+        let (d, prefix) = detect(&mut b, Wait::ThenOpaque(Duration::from_millis(20)))
             .await
             .expect("detect");
         assert_eq!(d, Detected::Opaque);
         assert!(prefix.is_empty());
+    }
+
+    #[tokio::test]
+    async fn by_default_a_slow_client_is_waited_for_and_a_silent_one_closed() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        let slow = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::io::AsyncWriteExt::write_all(&mut a, &[0x16, 0x03, 0x01])
+                .await
+                .expect("write");
+        };
+        let (detected, ()) = tokio::join!(
+            detect(&mut b, Wait::new(Duration::ZERO, Duration::from_secs(30))),
+            slow
+        );
+        assert_eq!(detected.expect("detect").0, Detected::Tls);
+
+        let (_a, mut b) = tokio::io::duplex(64);
+        let silent = detect(&mut b, Wait::new(Duration::ZERO, Duration::from_millis(50))).await;
+        assert_eq!(silent.expect_err("closed").kind(), io::ErrorKind::TimedOut);
     }
 }

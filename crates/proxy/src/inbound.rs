@@ -58,11 +58,11 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, mut stream: TcpStream, drain: Drai
     }
     let declared_opaque = snap.inbound_protocol(port).is_opaque();
     drop(snap);
-    let timeout = ctx.pi.cfg.protocol_detection_timeout;
+    let wait = ctx.pi.cfg.detection_wait();
     let (detected, prefix) = if declared_opaque && mesh.is_none() {
         (Detected::Opaque, Bytes::new())
     } else {
-        match detect::detect(&mut stream, timeout).await {
+        match detect::detect(&mut stream, wait).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::debug!(error = %e, client = %ctx.client, "connection failed during detection");
@@ -116,7 +116,7 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, mut stream: TcpStream, drain: Drai
         (true, _) | (false, Some(AppProtocol::Tcp)) => (Detected::Opaque, Bytes::new()),
         (false, Some(AppProtocol::Http1)) => (Detected::Http1, Bytes::new()),
         (false, Some(AppProtocol::Http2)) => (Detected::Http2, Bytes::new()),
-        (false, None) => match detect::detect(&mut tls_stream, timeout).await {
+        (false, None) => match detect::detect(&mut tls_stream, wait).await {
             // TLS inside mTLS is the app's own: copied as bytes.
             Ok((Detected::Tls, p)) => (Detected::Opaque, p),
             Ok(d) => d,

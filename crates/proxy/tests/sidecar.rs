@@ -349,8 +349,10 @@ async fn websocket_upgrade_through_both_sidecars() {
     assert_eq!(line["bytes_sent"], "16");
 }
 
+/// With MeshConfig `protocolDetectionTimeout` set (Istio's default, 0s, waits for the
+/// client), a server-first protocol on an undeclared port is opaque once it runs out.
 #[tokio::test]
-async fn server_first_tcp_protocol_falls_back_to_opaque() {
+async fn server_first_tcp_protocol_falls_back_to_opaque_after_a_detection_timeout() {
     let banner = harness::banner_server().await;
     let yaml = format!(
         r#"
@@ -365,7 +367,9 @@ services:
         banner.ip(),
         banner.port()
     );
-    let client = Sidecar::builder(&yaml).start().await;
+    let mut b = Sidecar::builder(&yaml);
+    b.cfg.protocol_detection_timeout = Duration::from_millis(100);
+    let client = b.start().await;
     let mut conn = client
         .connect_outbound("10.0.0.25:25".parse().expect("addr"))
         .await;
@@ -438,7 +442,9 @@ services:
 "#,
         server.inbound.port()
     );
-    let client = Sidecar::builder(&yaml).start().await;
+    let mut b = Sidecar::builder(&yaml);
+    b.cfg.protocol_detection_timeout = Duration::from_millis(100);
+    let client = b.start().await;
     let mut conn = client
         .connect_outbound("10.0.0.25:25".parse().expect("addr"))
         .await;

@@ -111,8 +111,9 @@ struct SidecarArgs {
     /// Access log encoding (MeshConfig `accessLogEncoding`): JSON or TEXT.
     #[arg(long, env = "AMA_ACCESS_LOG_ENCODING", default_value = "TEXT")]
     access_log_encoding: String,
-    /// How long to wait for a client's first bytes before treating it as opaque TCP.
-    #[arg(long, default_value = "100ms")]
+    /// How long to wait for a client's first bytes before treating it as opaque TCP
+    /// (MeshConfig `protocolDetectionTimeout`); 0s, Istio's default: wait for them.
+    #[arg(long, default_value = "0s")]
     protocol_detection_timeout: GoDuration,
 
     // Istio's injected arguments.
