@@ -204,7 +204,7 @@ impl Discovery {
         ));
         {
             let ads = ads.clone();
-            tasks.push(tokio::spawn(crate::memory::trim_after_activity(
+            tasks.push(tokio::spawn(memory::trim_after_activity(
                 move || ads.activity(),
                 shutdown.clone(),
             )));

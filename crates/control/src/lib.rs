@@ -26,8 +26,9 @@
 //!   [`xds::ads::SnapshotSource`] the ADS server reads.
 //! - [`discovery`]: the server itself: Delta ADS on gRPC, `/ready`, `/debug/syncz` and `/metrics`
 //!   on the monitoring port.
-//! - [`memory`]: the allocator's settings for thousands of connections ([`memory::tune_allocator`],
-//!   which `ama discovery` calls before its runtime starts) and the heap trim after bursts.
+//!
+//! The allocator's settings for thousands of connections and the heap trim after bursts are the
+//! `memory` crate's, shared with the sidecar.
 //!
 //! Security (Istio's istiod CA and injector), started by [`discovery`] through [`security`]:
 //!
@@ -48,15 +49,12 @@
 //! Threads: everything runs on the caller's tokio runtime. Model builds run on the blocking pool
 //! (they are CPU work, proportional to the mesh); no lock is held across an `.await`.
 
-// `unsafe` only in `memory` (glibc's malloc_trim and mallopt).
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod ca_secret;
 pub mod ca_server;
 pub mod discovery;
-#[allow(unsafe_code)]
-pub mod memory;
 pub mod model;
 pub mod push;
 pub mod registry;

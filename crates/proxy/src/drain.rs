@@ -66,6 +66,13 @@ impl DrainWatcher {
     pub fn is_draining(&self) -> bool {
         *self.signal.borrow()
     }
+
+    /// Counts the watchers alive (every open connection holds one) without holding one itself,
+    /// so it never keeps a drain waiting.
+    pub fn counter(&self) -> impl Fn() -> usize + Send + 'static {
+        let weak = self._alive.downgrade();
+        move || weak.strong_count()
+    }
 }
 
 #[cfg(test)]
@@ -83,5 +90,18 @@ mod tests {
         drop(watcher);
         trigger.drain().await;
         assert_eq!(task.await.expect("join"), "done");
+    }
+
+    #[tokio::test]
+    async fn counter_counts_watchers_and_holds_none() {
+        let (trigger, watcher) = channel();
+        let count = watcher.counter();
+        let w2 = watcher.clone();
+        assert_eq!(count(), 2);
+        drop(w2);
+        assert_eq!(count(), 1);
+        drop(watcher);
+        trigger.drain().await;
+        assert_eq!(count(), 0);
     }
 }

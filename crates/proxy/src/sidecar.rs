@@ -198,6 +198,11 @@ pub async fn run(
         None => readiness.set_ready(true),
     }
 
+    // Gives back the memory of a flood of connections once they have closed.
+    tokio::spawn(memory::trim_after_fall(
+        proxy.drain_watcher().counter(),
+        quit.clone(),
+    ));
     let stop_quit = quit.clone();
     let ready = readiness.clone();
     proxy

@@ -208,7 +208,7 @@ fn read_if_exists(path: &Path) -> anyhow::Result<Option<String>> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Before anything allocates per connection; the sidecar, in the same binary, never calls it.
-    control::memory::tune_allocator();
+    memory::tune_allocator();
     let filter = EnvFilter::try_new(&args.log_level).context("--log-level")?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt()
