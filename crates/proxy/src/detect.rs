@@ -110,7 +110,7 @@ impl Wait {
 
 /// Reads from `io` until the protocol is known or the stream ends; when `wait` runs out,
 /// the connection is opaque ([`Wait::ThenOpaque`]) or fails with `TimedOut`
-/// ([`Wait::UpTo`]). Returns the protocol and the bytes read, to be replayed with [`Rewind`].
+/// ([`Wait::UpTo`]). A stream that ends before its first byte fails with `UnexpectedEof`. Returns the protocol and the bytes read, to be replayed with [`Rewind`].
 pub async fn detect<S: AsyncRead + Unpin>(io: &mut S, wait: Wait) -> io::Result<(Detected, Bytes)> {
     let mut buf = BytesMut::with_capacity(MAX_PEEK);
     let (Wait::ThenOpaque(limit) | Wait::UpTo(limit)) = wait;
@@ -131,6 +131,14 @@ pub async fn detect<S: AsyncRead + Unpin>(io: &mut S, wait: Wait) -> io::Result<
                         "the client sent nothing within the idle timeout",
                     )),
                 };
+            }
+            // Closed before a byte: there is nothing to forward, and an upstream connection
+            // opened for it would only be closed again (Envoy opens none either).
+            Ok(Ok(0)) if buf.is_empty() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the client closed the connection before sending anything",
+                ));
             }
             Ok(Ok(0)) => return Ok((Detected::Opaque, buf.freeze())),
             Ok(Ok(_)) => {}
@@ -266,6 +274,14 @@ mod tests {
             slow
         );
         assert_eq!(detected.expect("detect").0, Detected::Tls);
+
+        let (a, mut b) = tokio::io::duplex(64);
+        drop(a);
+        let closed = detect(&mut b, Wait::UpTo(Duration::from_secs(5))).await;
+        assert_eq!(
+            closed.expect_err("nothing to forward").kind(),
+            io::ErrorKind::UnexpectedEof
+        );
 
         let (_a, mut b) = tokio::io::duplex(64);
         let silent = detect(&mut b, Wait::new(Duration::ZERO, Duration::from_millis(50))).await;

@@ -3,7 +3,9 @@
 //! side they are and how to find the target; the inbound side first decides on mTLS
 //! ([`crate::inbound::handle`]).
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -188,28 +190,35 @@ async fn handle_connection(ctx: Arc<ConnCtx>, mut stream: TcpStream, drain: Drai
 /// Hands a connection whose protocol is known to the HTTP proxy or the opaque copy. `io` is
 /// the client's stream from its first byte (plaintext, or the inside of terminated mTLS);
 /// `start` and `t0` are when it was accepted.
-pub(crate) async fn proxy_detected<I>(
+///
+/// Boxed: the HTTP server's state is many times the size of what detection needs, and an
+/// unboxed await would make every connection's task that large from its accept, including the
+/// connections that wait, idle, for their first bytes.
+pub(crate) fn proxy_detected<I>(
     ctx: Arc<ConnCtx>,
     io: I,
     detected: Detected,
     start: SystemTime,
     t0: Instant,
     drain: DrainWatcher,
-) where
+) -> Pin<Box<dyn Future<Output = ()> + Send>>
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    match detected {
-        Detected::Http1 => http::serve(ctx, io, false, drain).await,
-        Detected::Http2 => http::serve(ctx, io, true, drain).await,
-        Detected::Tls | Detected::Opaque => {
-            let snap = ctx.pi.store.load();
-            let target = match ctx.direction {
-                Direction::Outbound => route::outbound_tcp(&snap, &ctx.pi, ctx.orig_dst),
-                Direction::Inbound => route::inbound(&snap, &ctx.pi, ctx.orig_dst),
-            };
-            forward_tcp(&ctx, io, &target, start, t0, &drain).await;
+    Box::pin(async move {
+        match detected {
+            Detected::Http1 => http::serve(ctx, io, false, drain).await,
+            Detected::Http2 => http::serve(ctx, io, true, drain).await,
+            Detected::Tls | Detected::Opaque => {
+                let snap = ctx.pi.store.load();
+                let target = match ctx.direction {
+                    Direction::Outbound => route::outbound_tcp(&snap, &ctx.pi, ctx.orig_dst),
+                    Direction::Inbound => route::inbound(&snap, &ctx.pi, ctx.orig_dst),
+                };
+                forward_tcp(&ctx, io, &target, start, t0, &drain).await;
+            }
         }
-    }
+    })
 }
 
 /// Proxies an opaque connection to one endpoint of `target`, then logs it.
