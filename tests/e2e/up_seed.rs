@@ -534,9 +534,19 @@ fn article_under_ama_up() {
     assert_eq!(legacy["metadata"]["namespace"], "legacy");
     assert_eq!(containers(legacy, "containers"), ["legacy-app"], "{legacy}");
     assert!(containers(legacy, "initContainers").is_empty(), "{legacy}");
-    let rules = mesh.ok(&["exec", &name(legacy), "--", "iptables-save", "-t", "nat"]);
+    // From the node: an app container has no CAP_NET_ADMIN to read them itself, as in a cluster.
+    let nat_rules = |ns: &str, pod: &str| {
+        let netns = format!("ama.{}.{ns}.{pod}", mesh.name);
+        let out = Command::new("ip")
+            .args(["netns", "exec", &netns, "iptables-save", "-t", "nat"])
+            .output()
+            .expect("run ip netns exec");
+        assert!(out.status.success(), "iptables-save in {netns}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let rules = nat_rules("legacy", &name(legacy));
     assert!(!rules.contains("ISTIO"), "no capture rules:\n{rules}");
-    let rules = mesh.ok(&["exec", &ubuntu, "--", "iptables-save", "-t", "nat"]);
+    let rules = nat_rules("default", &ubuntu);
     assert!(rules.contains("ISTIO_OUTPUT"), "capture rules:\n{rules}");
 
     // Step 3: the article's curl, from the ubuntu pod, through both sidecars.
@@ -708,6 +718,62 @@ fn article_under_ama_up() {
     });
     eprintln!("100 requests: {counts:?}");
     assert!(counts.iter().all(|(_, n)| *n >= 25), "{counts:?}");
+
+    // Each container sees the machine as a container would (issue 13 item 7): the pod's
+    // hostname, none of the mesh's state (the CA's key, the pods' tokens), Kubernetes' default
+    // capabilities only; the sidecar sees its own token and no other; plaintext ADS (15010)
+    // listens on discovery's loopback only.
+    let in_app = |argv: &[&str]| {
+        let mut args = vec!["exec", ubuntu.as_str(), "-c", "ubuntu", "--"];
+        args.extend_from_slice(argv);
+        mesh.ama(&args)
+    };
+    let hostname = in_app(&["hostname"]);
+    assert_eq!(String::from_utf8_lossy(&hostname.stdout).trim(), ubuntu);
+    let state = format!("/run/ama/{}", mesh.name);
+    let key = in_app(&["cat", &format!("{state}/ca/ca-key.pem")]);
+    assert!(
+        !key.status.success() && key.stdout.is_empty(),
+        "the app read the CA's key"
+    );
+    let tokens = in_app(&["ls", "-R", &format!("{state}/tokens")]);
+    assert!(!tokens.status.success(), "the app sees the tokens");
+    let umount = in_app(&["umount", "/run/ama"]);
+    assert!(!umount.status.success(), "the app unhid the mesh's state");
+    let discovery_root = in_app(&["sh", "-c", "cat /proc/*/root/run/ama/*/ca/ca-key.pem"]);
+    assert!(
+        discovery_root.stdout.is_empty(),
+        "the app read the CA's key through another process's root"
+    );
+    let seen = mesh.ok(&[
+        "exec",
+        &ubuntu,
+        "-c",
+        "istio-proxy",
+        "--",
+        "find",
+        &format!("{state}/tokens"),
+        "-type",
+        "f",
+    ]);
+    assert_eq!(
+        seen.lines().collect::<Vec<_>>(),
+        [format!("{state}/tokens/default/default/{ubuntu}")],
+        "the sidecar sees its own token only"
+    );
+    let listening = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("ama.{}.lan", mesh.name),
+            "ss",
+            "-ltn",
+        ])
+        .output()
+        .expect("run ss");
+    let listening = String::from_utf8_lossy(&listening.stdout);
+    assert!(listening.contains("127.0.0.1:15010 "), "{listening}");
+    assert!(!listening.contains("0.0.0.0:15010 "), "{listening}");
 
     // Step 6: a change while it runs: a new Service reaches the proxies and the hosts files.
     let change = scratch.path().join("change.yaml");

@@ -41,6 +41,9 @@ enum Command {
     Apply(cmd::apply::Args),
     /// Built-in apps for local meshes: `httpbin`, `sleep`.
     Sample(cmd::sample::Args),
+    /// Enter a container's view of the machine, then run a command (used by `ama up`).
+    #[command(hide = true)]
+    Sandbox(cmd::sandbox::Args),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Logs(args) => cmd::logs::run(args),
         Command::Apply(args) => cmd::apply::run(args),
         Command::Sample(args) => cmd::sample::run(args),
+        Command::Sandbox(args) => cmd::sandbox::run(args),
     };
     match result {
         Ok(code) => code,

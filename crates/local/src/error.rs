@@ -50,6 +50,16 @@ pub enum Error {
         /// What it printed on stderr.
         stderr: String,
     },
+    /// `ama sandbox` could not give a container its view of the machine.
+    #[error(
+        "cannot {what} for the container ({source}); `ama up` runs pods as root, or in a user namespace of its own"
+    )]
+    Sandbox {
+        /// The step that failed.
+        what: String,
+        /// Why.
+        source: io::Error,
+    },
     /// A system command could not be started.
     #[error(
         "cannot run `{program}` ({source}); is it installed? (`ama up` needs iproute2 `ip` and util-linux `setpriv`)"

@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 use crate::Error;
 use crate::manifests::{Labels, MeshSettings};
 use crate::plan::{PodGroup, string_map};
+use crate::sandbox::{Sandbox, capabilities};
 
 /// Annotation: the command of the pod's first app container on this machine.
 pub const COMMAND_ANNOTATION: &str = "local.ama.dev/command";
@@ -102,6 +103,9 @@ pub struct ContainerRun {
     pub user: Option<(u32, u32)>,
     /// Readiness check.
     pub probe: Probe,
+    /// Its view of the machine (hostname, hidden state, capabilities); `None`: the host's, for
+    /// the control plane only.
+    pub sandbox: Option<Sandbox>,
 }
 
 /// What runs in one pod.
@@ -382,6 +386,11 @@ fn container_run(
         env,
         user: run_as(c, facts.pod),
         probe: probe(c),
+        sandbox: Some(Sandbox {
+            hostname: facts.field("metadata.name").unwrap_or_default(),
+            caps: capabilities(c),
+            ..Sandbox::default()
+        }),
     })
 }
 

@@ -52,6 +52,7 @@ pub mod process;
 pub mod rootless;
 pub mod runtime;
 pub mod sample;
+pub mod sandbox;
 pub mod state;
 pub mod table;
 

@@ -115,9 +115,12 @@ pub fn discovery_args(state_dir: &Path, config_dir: &Path, trust_domain: &str) -
         config_dir.display().to_string(),
         "--state-dir".into(),
         state_dir.display().to_string(),
-        // All interfaces of the bridge's namespace: the bridge, and loopback for readiness.
+        // Plaintext ADS answers any node id it is told with every Workload and Service: only
+        // on the bridge namespace's loopback, as hardened Istio installs keep 15010 closed.
+        // The sidecars use 15012 (mTLS, authenticated by their tokens).
         "--grpc-addr".into(),
-        format!("0.0.0.0:{DISCOVERY_PORT}"),
+        format!("127.0.0.1:{DISCOVERY_PORT}"),
+        // The bridge, and loopback for readiness.
         "--secure-grpc-addr".into(),
         format!("0.0.0.0:{SECURE_PORT}"),
         "--monitoring-addr".into(),

@@ -14,30 +14,41 @@ use nix::unistd::Pid;
 
 use crate::Error;
 use crate::launch::{ContainerRun, search_path};
+use crate::sandbox::Sandbox;
 
-/// The command that runs `argv` in namespace `netns` as `user` (root when None), with `env`
-/// on top of a small base environment (`PATH` with `ama`'s directory first, `HOME`,
-/// `HOSTNAME`).
+/// The command that runs `argv` in namespace `netns` as `user` (root when None), in
+/// `sandbox` when given ([`crate::sandbox`]: `ama sandbox`, then `setpriv` with its capability
+/// bounding set), with `env` on top of a small base environment (`PATH` with `ama`'s directory
+/// first, `HOME`, `HOSTNAME`).
 pub fn command(
     netns: &str,
     argv: &[String],
     user: Option<(u32, u32)>,
+    sandbox: Option<&Sandbox>,
     env: &[(String, String)],
     hostname: &str,
     ama: &Path,
 ) -> Command {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", netns]);
-    if let Some((uid, gid)) = user {
-        cmd.args([
-            "setpriv",
-            "--reuid",
-            &uid.to_string(),
-            "--regid",
-            &gid.to_string(),
-            "--clear-groups",
-            "--",
-        ]);
+    if let Some(s) = sandbox {
+        cmd.arg(ama).args(s.args());
+    }
+    if user.is_some() || sandbox.is_some() {
+        cmd.arg("setpriv");
+        if let Some((uid, gid)) = user {
+            cmd.args([
+                "--reuid",
+                &uid.to_string(),
+                "--regid",
+                &gid.to_string(),
+                "--clear-groups",
+            ]);
+        }
+        if let Some(s) = sandbox {
+            cmd.args(["--bounding-set", &s.bounding_set()]);
+        }
+        cmd.arg("--");
     }
     cmd.args(argv);
     let path = std::env::join_paths(search_path(ama)).unwrap_or_default();
@@ -64,7 +75,15 @@ pub fn spawn(
 ) -> Result<Child, Error> {
     let out = open_log(log)?;
     let err = out.try_clone().map_err(Error::io(log))?;
-    let mut cmd = command(netns, &run.argv, run.user, &run.env, hostname, ama);
+    let mut cmd = command(
+        netns,
+        &run.argv,
+        run.user,
+        run.sandbox.as_ref(),
+        &run.env,
+        hostname,
+        ama,
+    );
     cmd.current_dir("/")
         .stdin(Stdio::null())
         .stdout(out)

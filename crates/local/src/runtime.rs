@@ -328,6 +328,8 @@ impl Mesh {
                 .collect(),
             env: vec![],
             user: None,
+            // The control plane holds the CA's key: it keeps the host's view.
+            sandbox: None,
             probe: crate::launch::Probe::Http {
                 port: mesh::MONITORING_PORT,
                 path: "/ready".into(),
@@ -502,8 +504,17 @@ impl Mesh {
         fs::create_dir_all(&pod_dir).map_err(Error::io(&pod_dir))?;
         let sidecar = l.injected();
         let mut runs = l.containers.clone();
+        let mut init_runs = l.init.clone();
+        // Every mesh's state is hidden from every container (the CA's key, the tokens, the
+        // other pods); the sidecar sees back what kubelet would mount into istio-proxy.
+        let hide = self.dir.root().parent().map(Path::to_path_buf);
+        for run in runs.iter_mut().chain(init_runs.iter_mut()) {
+            if let Some(s) = run.sandbox.as_mut() {
+                s.hide.extend(hide.clone());
+            }
+        }
         for run in runs.iter_mut().filter(|r| r.role == Role::Sidecar) {
-            let source_args = match &self.tokens {
+            let (source_args, mut keep) = match &self.tokens {
                 Some(tokens) => {
                     // As kubelet mounts a projected token: readable by the sidecar's user only.
                     let token = tokens
@@ -512,13 +523,22 @@ impl Mesh {
                     if let Some((uid, gid)) = run.user {
                         token.give_to(uid, gid).map_err(Error::token)?;
                     }
-                    mesh::sidecar_source_args(SidecarSource::Discovery {
+                    let args = mesh::sidecar_source_args(SidecarSource::Discovery {
                         state_dir: self.dir.root(),
                         token_file: token.path(),
-                    })
+                    });
+                    let root_cert = self.dir.root().join(mesh::ROOT_CERT_FILE);
+                    (args, vec![token.path().to_path_buf(), root_cert])
                 }
-                None => mesh::sidecar_source_args(SidecarSource::Files { pod_dir: &pod_dir }),
+                None => (
+                    mesh::sidecar_source_args(SidecarSource::Files { pod_dir: &pod_dir }),
+                    Vec::new(),
+                ),
             };
+            keep.push(pod_dir.clone());
+            if let Some(s) = run.sandbox.as_mut() {
+                s.keep = keep;
+            }
             run.argv.extend(source_args);
             // The CA is the bridge's `ama discovery` (`--ca-addr`), not istiod's Service name.
             run.env.retain(|(k, _)| k != "CA_ADDR");
@@ -546,6 +566,7 @@ impl Mesh {
             user: run.user,
             env: run.env.clone(),
             probe: run.probe.clone(),
+            sandbox: run.sandbox.clone(),
         };
         let init_reason = if l.init.is_empty() {
             "ContainerCreating"
@@ -562,8 +583,7 @@ impl Mesh {
             created_at: now(),
             sidecar,
             terminating: false,
-            init: l
-                .init
+            init: init_runs
                 .iter()
                 .map(|r| record_of(r, "PodInitializing"))
                 .collect(),
@@ -573,7 +593,7 @@ impl Mesh {
         Ok(PodRuntime {
             record,
             runs,
-            init_runs: l.init,
+            init_runs,
             children: HashMap::new(),
             retry_at: HashMap::new(),
             stop_deadline: None,
@@ -1065,7 +1085,15 @@ pub fn exec_command(
 ) -> Result<std::process::Command, Error> {
     let pod = state.pod(pod)?;
     let c = pod.container(container)?;
-    let mut cmd = process::command(&pod.netns, argv, c.user, &c.env, &pod.name, ama);
+    let mut cmd = process::command(
+        &pod.netns,
+        argv,
+        c.user,
+        c.sandbox.as_ref(),
+        &c.env,
+        &pod.name,
+        ama,
+    );
     if state.rootless && !nix::unistd::geteuid().is_root() {
         // From outside: into the mesh's user, mount (its /run/netns), network and PID
         // namespaces first.

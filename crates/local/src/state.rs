@@ -379,6 +379,9 @@ pub struct ContainerRecord {
     pub env: Vec<(String, String)>,
     /// Its readiness check.
     pub probe: Probe,
+    /// Its view of the machine (`ama exec` enters it too).
+    #[serde(default)]
+    pub sandbox: Option<crate::sandbox::Sandbox>,
 }
 
 /// A container's state, as in a Pod's `containerStatuses`.
@@ -463,6 +466,7 @@ mod tests {
             user: (role == Role::Sidecar).then_some((1337, 1337)),
             env: vec![("POD_NAME".into(), "p".into())],
             probe: Probe::Tcp { port: 80 },
+            sandbox: None,
         }
     }
 

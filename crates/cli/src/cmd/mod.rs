@@ -12,4 +12,5 @@ pub mod logs;
 pub mod manifest;
 pub mod proxy;
 pub mod sample;
+pub mod sandbox;
 pub mod up;
