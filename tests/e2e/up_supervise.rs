@@ -8,11 +8,11 @@
 //! - [`rollout_under_load_loses_nothing`]: a new httpbin template applied while four curl loops
 //!   in the ubuntu pod send requests: the Deployment rolls (maxSurge/maxUnavailable 25 %,
 //!   readiness gated, old endpoints drained before their processes stop) and every request
-//!   gets a 200.
+//!   gets a 200, two 6-second requests in flight on the old pods too.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use e2e::{Proc, Scratch, ama, root_or_skip, wait_for, workspace};
 use serde_json::Value;
@@ -352,6 +352,7 @@ fn rollout_under_load_loses_nothing() {
 
     let stop = scratch.path().join("stop");
     let stop = stop.to_str().unwrap();
+    let load_started = Instant::now();
     let mut loops: Vec<Proc> = (0..4)
         .map(|i| load_loop(&mesh, &ubuntu, stop, &scratch, i))
         .collect();
@@ -372,6 +373,26 @@ fn rollout_under_load_loses_nothing() {
         (counted(&loops).0 > 50).then_some(())
     });
 
+    // Requests in flight on the old pods when they are deleted: they finish (the pods drain).
+    let slow: Vec<Proc> = (0..2)
+        .map(|i| {
+            let mut cmd = Command::new(ama());
+            cmd.args([
+                "exec",
+                &ubuntu,
+                "--",
+                "curl",
+                "-s",
+                "-m",
+                "30",
+                "-o",
+                "/dev/null",
+            ])
+            .args(["-w", "%{http_code}", "http://httpbin-service/delay/6"])
+            .env("AMA_MESH", &mesh.name);
+            Proc::spawn(&format!("slow{i}"), scratch.path(), cmd)
+        })
+        .collect();
     // A new template: the pods are replaced under load.
     let changed = std::fs::read_to_string(dir.join("httpbin.yaml"))
         .unwrap()
@@ -412,10 +433,16 @@ fn rollout_under_load_loses_nothing() {
         assert!(ended.is_some(), "load loop {} ends", l.name);
     }
     let (total, bad) = counted(&loops);
+    let took = load_started.elapsed();
     eprintln!(
-        "rollout under load: {total} requests, {} not 200: {bad:?}",
+        "rollout under load: {total} requests in {took:?}, {} not 200: {bad:?}",
         bad.len()
     );
+    for mut s in slow {
+        let ended = s.signal_and_wait(0, Duration::from_secs(30));
+        assert!(ended.is_some(), "{} ends", s.name);
+        assert_eq!(s.out(), "200", "a request in flight on a deleted pod");
+    }
     eprintln!("{}", mesh.up_out());
     assert!(total > 100, "{total}");
     assert_eq!(

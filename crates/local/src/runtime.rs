@@ -23,6 +23,7 @@
 //! first (it is left out of the registry, then [`ENDPOINT_DRAIN`] passes for the push to reach
 //! them and in-flight requests to end), then its processes get SIGTERM (the sidecar drains), and
 //! SIGKILL after the pod's `terminationGracePeriodSeconds`.
+//!
 //! SIGINT/SIGTERM (Ctrl-C, `ama down`) stop every process (SIGTERM, then SIGKILL after a
 //! grace period) and delete every namespace, hosts file and the state directory.
 //!
@@ -82,6 +83,7 @@ fn endpoint_settle(xds: XdsMode) -> Duration {
         XdsMode::Files => Duration::from_secs(2),
     }
 }
+
 /// How long `ama down` waits for `ama up` to finish.
 const DOWN_TIMEOUT: Duration = Duration::from_secs(40);
 /// How long `ama apply` waits for `ama up` to take a change.
