@@ -310,6 +310,36 @@ fn discovery_is_restarted_and_apply_fails_without_it() {
     });
     eprintln!("{row}");
     assert!(row.contains(" ago)"), "{row}");
+    assert!(
+        mesh.up_out().contains(&format!(
+            "pod/{pod}: container httpbin exited (signal 9); restarting in 1s (restart 1"
+        )),
+        "{}",
+        mesh.up_out()
+    );
+
+    // A killed sidecar: restarted, it gets a certificate again and serves the pod.
+    let sidecar = mesh.state()["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == pod.as_str())
+        .map(|p| p["containers"][1].clone())
+        .unwrap();
+    assert_eq!(sidecar["name"], "istio-proxy");
+    signal(-(sidecar["pid"].as_i64().unwrap() as i32), libc::SIGKILL);
+    wait_for("RESTARTS 2", Duration::from_secs(30), || {
+        mesh.ok(&["get", "pods"])
+            .lines()
+            .find(|l| l.starts_with(&pod) && l.contains("2/2") && l.contains(" 2 ("))
+            .map(str::to_string)
+    });
+    let ip = httpbin["ip"].as_str().unwrap();
+    wait_for(
+        "the pod behind its restarted sidecar",
+        Duration::from_secs(20),
+        || (mesh.status_from(&ubuntu, &format!("http://{ip}/get")) == "200").then_some(()),
+    );
     let down = mesh.ok(&["down"]);
     assert!(down.contains("stopped"), "{down}");
 }

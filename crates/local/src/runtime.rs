@@ -86,6 +86,8 @@ fn endpoint_settle(xds: XdsMode) -> Duration {
 
 /// How long `ama down` waits for `ama up` to finish.
 const DOWN_TIMEOUT: Duration = Duration::from_secs(40);
+/// How long `ama apply` waits, after `ama up` took its change, for a discovery that is not ready.
+const DISCOVERY_WAIT: Duration = Duration::from_secs(5);
 /// How long `ama apply` waits for `ama up` to take a change.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -1297,22 +1299,30 @@ pub fn apply(dir: &StateDir, text: &str, source: &str) -> Result<Vec<Applied>, E
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGHUP);
     }
     let deadline = Instant::now() + APPLY_TIMEOUT;
+    let mut taken_at = None;
     while Instant::now() < deadline {
         if let Ok(taken) = dir.load()
             && taken.applied > count
         {
-            // `ama up` checked the control plane when it took the change.
-            if let Some(d) = taken.discovery.filter(|d| !d.ready) {
-                return Err(Error::ControlPlaneDown {
-                    cluster: dir.cluster().to_string(),
-                    why: d.waiting.unwrap_or_else(|| match d.pid {
-                        Some(pid) => format!("pid {pid} runs but its /ready does not answer"),
-                        None => "not running".into(),
-                    }),
-                    log: d.log,
-                });
+            // `ama up` checks the control plane when it takes the change, then every tick: a
+            // discovery that is just restarting gets a few seconds to answer.
+            let since = *taken_at.get_or_insert_with(Instant::now);
+            match taken.discovery.filter(|d| !d.ready) {
+                None => return Ok(out),
+                Some(d) if since.elapsed() >= DISCOVERY_WAIT => {
+                    return Err(Error::ControlPlaneDown {
+                        cluster: dir.cluster().to_string(),
+                        why: d.waiting.unwrap_or_else(|| match d.pid {
+                            Some(pid) => {
+                                format!("pid {pid} runs but its /ready does not answer")
+                            }
+                            None => "not running".into(),
+                        }),
+                        log: d.log,
+                    });
+                }
+                Some(_) => {}
             }
-            return Ok(out);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
