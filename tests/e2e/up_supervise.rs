@@ -5,7 +5,7 @@
 //!   and a later `ama apply` reaches the proxies through the new process; while discovery cannot
 //!   answer (stopped with SIGSTOP), `ama apply` exits non-zero and says so. A killed app
 //!   container is restarted and counted in RESTARTS as kubectl shows it (`1 (5s ago)`).
-//! - [`rollout_under_load_loses_nothing`]: a new httpbin template applied while four curl loops
+//! - [`rollout_under_load_loses_nothing`]: a new httpbin template applied while eight curl loops
 //!   in the ubuntu pod send requests: the Deployment rolls (maxSurge/maxUnavailable 25 %,
 //!   readiness gated, old endpoints drained before their processes stop) and every request
 //!   gets a 200, two 6-second requests in flight on the old pods too.
@@ -383,7 +383,7 @@ fn rollout_under_load_loses_nothing() {
     let stop = scratch.path().join("stop");
     let stop = stop.to_str().unwrap();
     let load_started = Instant::now();
-    let mut loops: Vec<Proc> = (0..4)
+    let mut loops: Vec<Proc> = (0..8)
         .map(|i| load_loop(&mesh, &ubuntu, stop, &scratch, i))
         .collect();
     let counted = |loops: &[Proc]| -> (usize, Vec<String>) {
