@@ -374,8 +374,9 @@ impl Mesh {
         loop {
             self.supervise_discovery(observer);
             self.supervise(observer)?;
-            let changed = self.probe(observer).await;
-            if self.roll(observer)? || changed {
+            let readiness_changed = self.probe(observer).await;
+            // A roll that changed something has published already.
+            if !self.roll(observer)? && readiness_changed {
                 self.publish()?;
             }
             self.save()?;
@@ -614,8 +615,10 @@ impl Mesh {
             }
         }
         self.groups = groups;
-        self.roll(observer)?;
-        self.publish()?;
+        if !self.roll(observer)? {
+            // Services and config may have changed all the same.
+            self.publish()?;
+        }
         self.all_ready = false;
         self.save()
     }
