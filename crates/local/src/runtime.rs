@@ -74,6 +74,9 @@ const BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// removes it reaches every proxy (the registry is polled every 200 ms), and requests already
 /// sent to it finish. Istio's default `terminationDrainDuration`.
 const ENDPOINT_DRAIN: Duration = Duration::from_secs(5);
+/// Readiness checks that must fail in a row before a ready container is not (Kubernetes'
+/// default `failureThreshold`).
+const FAILURE_THRESHOLD: u32 = 3;
 /// How long after a pod became a ready endpoint it is shown as ready: the push that adds it has
 /// reached the proxies by then (discovery polls its registry every 200 ms; in file mode the
 /// proxies poll their file every second), so a client that waits for `2/2` can reach it at once.
@@ -267,6 +270,10 @@ struct PodRuntime {
     endpoint: bool,
     /// Since when `endpoint` has its value.
     endpoint_at: Instant,
+    /// Per container: passing its readiness check (with the failure threshold applied).
+    passing: Vec<bool>,
+    /// Per container: readiness checks failed in a row.
+    probe_failures: Vec<u32>,
     /// Declared last: dropped after the processes were dealt with.
     netns: Netns,
 }
@@ -801,6 +808,8 @@ impl Mesh {
             was_ready: false,
             endpoint: false,
             endpoint_at: Instant::now(),
+            passing: Vec::new(),
+            probe_failures: Vec::new(),
             netns,
         })
     }
@@ -1017,10 +1026,25 @@ impl Mesh {
         for (i, task) in tasks {
             let results = task.await.ok().and_then(Result::ok).unwrap_or_default();
             let pod = &mut self.pods[i];
-            let mut passed = vec![false; pod.record.containers.len()];
+            let n = pod.record.containers.len();
+            pod.probe_failures.resize(n, 0);
+            pod.passing.resize(n, false);
+            let mut passed = vec![false; n];
             for (j, ok) in results {
-                passed[j] = ok;
+                // A passing container stays so until FAILURE_THRESHOLD checks in a row fail
+                // (Kubernetes' default failureThreshold): one slow answer on a busy machine
+                // does not take a pod out of its Services. One success is enough again.
+                pod.probe_failures[j] = if ok { 0 } else { pod.probe_failures[j] + 1 };
+                passed[j] = ok || (pod.passing[j] && pod.probe_failures[j] < FAILURE_THRESHOLD);
             }
+            // A container that is not running (exited, restarting) fails at once.
+            for (j, c) in pod.record.containers.iter().enumerate() {
+                if !matches!(c.state, ContainerState::Running { .. }) {
+                    passed[j] = false;
+                    pod.probe_failures[j] = 0;
+                }
+            }
+            pod.passing.clone_from(&passed);
             // Ready pods are endpoints at once; the pod is shown (and counted by a rollout) as
             // ready once the push of its endpoint had time to reach the proxies.
             let endpoint = passed.iter().all(|ok| *ok);
