@@ -9,6 +9,8 @@
 //!   in the ubuntu pod send requests: the Deployment rolls (maxSurge/maxUnavailable 25 %,
 //!   readiness gated, old endpoints drained before their processes stop) and every request
 //!   gets a 200, two 6-second requests in flight on the old pods too.
+//! - [`recreate_removes_every_old_pod_first`]: `strategy: Recreate` never runs old and new pods
+//!   together.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -480,4 +482,66 @@ fn rollout_under_load_loses_nothing() {
         Vec::<String>::new(),
         "requests lost during the rollout"
     );
+}
+
+/// `strategy: Recreate`: every old pod is gone (processes stopped, namespace removed) before a
+/// new one is created; `ama get pods` never lists both.
+#[test]
+fn recreate_removes_every_old_pod_first() {
+    if !root_or_skip("recreate_removes_every_old_pod_first") {
+        return;
+    }
+    let scratch = Scratch::new("recreate");
+    let dir = seed_dir(&scratch);
+    let mesh = Mesh::start("c", &dir, scratch.path());
+    let pods = mesh.wait_ready(3);
+    let old: Vec<String> = pods
+        .iter()
+        .map(name)
+        .filter(|n| n.starts_with("httpbin-deployment-"))
+        .collect();
+    let changed = std::fs::read_to_string(dir.join("httpbin.yaml"))
+        .unwrap()
+        .replace(
+            "  replicas: 2\n",
+            "  replicas: 2\n  strategy: {type: Recreate}\n",
+        )
+        .replace(
+            "app: httpbin\n      annotations:",
+            "app: httpbin\n        version: v2\n      annotations:",
+        );
+    assert!(changed.contains("Recreate") && changed.contains("version: v2"));
+    let out = mesh.apply(&scratch, "recreate.yaml", &changed);
+    assert!(out.status.success(), "{out:?}");
+    let mut seen_old_gone = false;
+    wait_for("the new pods", Duration::from_secs(90), || {
+        let pods = mesh.pods();
+        let httpbin: Vec<&Value> = pods
+            .iter()
+            .filter(|p| name(p).starts_with("httpbin-deployment-"))
+            .collect();
+        let olds = httpbin.iter().filter(|p| old.contains(&name(p))).count();
+        let news = httpbin.len() - olds;
+        assert!(
+            olds == 0 || news == 0,
+            "old and new pods together under Recreate: {:?}",
+            httpbin.iter().map(|p| name(p)).collect::<Vec<_>>()
+        );
+        seen_old_gone |= olds == 0;
+        (news == 2 && httpbin.iter().all(|p| ready(p))).then_some(())
+    });
+    assert!(seen_old_gone);
+    let out = mesh.up_out();
+    let last_deleted = old
+        .iter()
+        .filter_map(|o| out.find(&format!("pod/{o} deleted")))
+        .max()
+        .expect("the old pods are reported deleted");
+    let first_new = out
+        .lines()
+        .filter(|l| l.starts_with("pod/httpbin-deployment-") && l.contains(" created "))
+        .find(|l| !old.iter().any(|o| l.starts_with(&format!("pod/{o} "))))
+        .and_then(|l| out.find(l))
+        .expect("a new pod is reported created");
+    assert!(last_deleted < first_new, "{out}");
 }
