@@ -135,6 +135,24 @@ pub enum Error {
         /// This user.
         user: String,
     },
+    /// `ama apply` wrote a change that no proxy can get: the control plane does not answer.
+    #[error(
+        "mesh \"{cluster}\": the change is saved, but ama discovery is not ready ({why}), so no \
+         proxy has it yet. `ama up` restarts discovery when it exits, and the change reaches the \
+         proxies once discovery answers again: watch `ama up`'s output and {}; if it does not \
+         come back, restart the mesh (`ama down{flag}`, then `ama up{flag} DIR`)",
+        log.display(),
+        flag = name_flag(cluster)
+    )]
+    ControlPlaneDown {
+        /// The mesh's name.
+        cluster: String,
+        /// What `ama up` saw (`exited (signal 9); restarting in 2s (restart 3)`, `/ready does
+        /// not answer`).
+        why: String,
+        /// The control plane's log.
+        log: PathBuf,
+    },
     /// A sidecar's token for the control plane's CA could not be issued.
     #[error("workload token: {0}")]
     Token(#[from] control::tokens::TokenError),

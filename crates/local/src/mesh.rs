@@ -5,6 +5,10 @@
 //!   the control plane's file registry reads), written to `<state>/config/objects.json`. Pods
 //!   are given one by one (not as their Deployment) so their names are the ones `ama get pods`
 //!   shows, which the proxies present in their node ids.
+//! - Endpoints: an EndpointSlice per Service and selected pod, `ready` only while every
+//!   container of the pod passes its readiness check, as Kubernetes' EndpointSlice controller
+//!   writes them: a pod that is starting, failing its probe or terminating gets no traffic. A
+//!   Service that selects no pod has no slice (the control plane then finds none either).
 //! - VIPs: assigned by the control plane's [`VipAllocator`] and then written into the
 //!   Services as `clusterIP`, so `ama discovery` (reading the same files) cannot disagree.
 //! - The proxies' resources: over Delta ADS from `ama discovery`, or from a file per pod
@@ -145,16 +149,19 @@ pub struct MeshView {
     pub model: Model,
 }
 
-/// Builds the registry objects and the model: the user's objects that are not workloads, and
-/// `pods`. Services without a `clusterIP` get one from `vips` (kept across calls).
-pub fn view(manifests: &Manifests, pods: &[&Value], vips: &mut VipAllocator) -> MeshView {
+/// Builds the registry objects and the model: the user's objects that are not workloads,
+/// `pods` (each with whether it is ready) and their EndpointSlices. Services without a
+/// `clusterIP` get one from `vips` (kept across calls).
+pub fn view(manifests: &Manifests, pods: &[(&Value, bool)], vips: &mut VipAllocator) -> MeshView {
     let mut objects: Vec<Value> = manifests
         .docs
         .iter()
         .filter(|d| !matches!(d.object, Object::Workload(_) | Object::Pod(_)))
         .map(|d| d.raw.clone())
         .collect();
-    objects.extend(pods.iter().map(|p| (*p).clone()));
+    let slices = endpoint_slices(&objects, pods);
+    objects.extend(pods.iter().map(|(p, _)| (*p).clone()));
+    objects.extend(slices);
     let model = build_model(&objects, vips);
     // Declare the assigned VIPs, so that every reader of the files gets the same ones.
     for o in &mut objects {
@@ -185,6 +192,103 @@ pub fn view(manifests: &Manifests, pods: &[&Value], vips: &mut VipAllocator) -> 
     }
     MeshView { objects, model }
 }
+
+/// The EndpointSlices of every Service with a selector among `objects`: one per selected pod
+/// (its target ports resolved against the pod's container ports), `ready` as the pod is.
+fn endpoint_slices(objects: &[Value], pods: &[(&Value, bool)]) -> Vec<Value> {
+    let text = |o: &Value, p: &str| {
+        o.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut out = Vec::new();
+    for service in objects.iter().filter(|o| o["kind"] == "Service") {
+        let Some(selector) = service
+            .pointer("/spec/selector")
+            .and_then(Value::as_object)
+            .filter(|s| !s.is_empty())
+        else {
+            continue;
+        };
+        if service.pointer("/spec/type").and_then(Value::as_str) == Some("ExternalName") {
+            continue;
+        }
+        let (name, namespace) = (
+            text(service, "/metadata/name"),
+            text(service, "/metadata/namespace"),
+        );
+        let service_ports = service
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for (pod, ready) in pods {
+            let labels = pod.pointer("/metadata/labels").and_then(Value::as_object);
+            let selected = text(pod, "/metadata/namespace") == namespace
+                && labels.is_some_and(|l| selector.iter().all(|(k, v)| l.get(k) == Some(v)));
+            let address = pod
+                .pointer("/status/podIP")
+                .or_else(|| pod.pointer(&format!("/metadata/annotations/{}", ADDRESS_POINTER)))
+                .and_then(Value::as_str);
+            let (true, Some(address)) = (selected, address) else {
+                continue;
+            };
+            let ports: Vec<Value> = service_ports
+                .iter()
+                .filter_map(|sp| {
+                    let number = match sp.get("targetPort") {
+                        Some(Value::String(named)) => container_port(pod, named)?,
+                        Some(n) => n.as_u64()?,
+                        None => sp.get("port")?.as_u64()?,
+                    };
+                    Some(json!({
+                        "name": sp.get("name").and_then(Value::as_str).unwrap_or_default(),
+                        "port": number,
+                        "protocol": sp.get("protocol").and_then(Value::as_str).unwrap_or("TCP"),
+                    }))
+                })
+                .collect();
+            if ports.is_empty() && !service_ports.is_empty() {
+                // Kubernetes lists no endpoint for a pod that has none of the named ports.
+                continue;
+            }
+            let pod_name = text(pod, "/metadata/name");
+            out.push(json!({
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": format!("{name}-{pod_name}"),
+                    "namespace": namespace,
+                    "labels": {"kubernetes.io/service-name": name},
+                },
+                "addressType": "IPv4",
+                "endpoints": [{
+                    "addresses": [address],
+                    "conditions": {"ready": ready, "serving": ready, "terminating": false},
+                    "targetRef": {"kind": "Pod", "name": pod_name, "namespace": namespace},
+                }],
+                "ports": ports,
+            }));
+        }
+    }
+    out
+}
+
+/// The number of the container port named `name` in `pod`.
+fn container_port(pod: &Value, name: &str) -> Option<u64> {
+    pod.pointer("/spec/containers")?
+        .as_array()?
+        .iter()
+        .filter_map(|c| c.get("ports")?.as_array())
+        .flatten()
+        .find(|p| p.get("name").and_then(Value::as_str) == Some(name))?
+        .get("containerPort")?
+        .as_u64()
+}
+
+/// The pod annotation `local.ama.dev/address` as a JSON pointer token (`/` escaped).
+const ADDRESS_POINTER: &str = "local.ama.dev~1address";
 
 fn build_model(objects: &[Value], vips: &mut VipAllocator) -> Model {
     let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
@@ -353,7 +457,11 @@ spec:
             pod("ubuntu-a", "ubuntu", "10.244.0.3"),
         ];
         let mut vips = VipAllocator::new();
-        let view = view(&m, &pods.iter().collect::<Vec<_>>(), &mut vips);
+        let view = view(
+            &m,
+            &pods.iter().map(|p| (p, true)).collect::<Vec<_>>(),
+            &mut vips,
+        );
         // The Deployment itself is not given to the control plane: its pods are.
         assert!(view.objects.iter().all(|o| o["kind"] != "Deployment"));
         let services = view.services(&[], 5);
@@ -380,6 +488,7 @@ spec:
             created_at: 0,
             sidecar: true,
             terminating: false,
+            deleted_at: None,
             init: vec![],
             containers: vec![],
             object: Value::Null,
@@ -435,5 +544,59 @@ spec:
         assert_eq!(after("--state-dir"), "/run/ama/x");
         assert_eq!(after("--secure-grpc-addr"), "0.0.0.0:15012");
         assert_eq!(after("--dns-name"), "10.244.0.1");
+    }
+
+    #[test]
+    fn only_ready_pods_are_endpoints() {
+        let yaml = "
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: web-http}]
+";
+        let mut m = Manifests::default();
+        m.merge(parse(yaml, "web.yaml").unwrap());
+        let named = |name: &str, ip: &str, port: u64| {
+            let mut p = pod(name, "web", ip);
+            p["spec"]["containers"][0]["ports"] =
+                json!([{"name": "web-http", "containerPort": port}]);
+            p
+        };
+        let pods = [
+            named("web-ready", "10.244.0.2", 8080),
+            named("web-starting", "10.244.0.3", 8080),
+            pod("web-unnamed", "web", "10.244.0.4"),
+        ];
+        let view = view(
+            &m,
+            &[(&pods[0], true), (&pods[1], false), (&pods[2], true)],
+            &mut VipAllocator::new(),
+        );
+        let slices: Vec<&Value> = view
+            .objects
+            .iter()
+            .filter(|o| o["kind"] == "EndpointSlice")
+            .collect();
+        // The pod without the named port has no slice, as Kubernetes lists it nowhere.
+        assert_eq!(slices.len(), 2, "{slices:#?}");
+        assert_eq!(
+            slices[0]["ports"],
+            json!([{"name": "http", "port": 8080, "protocol": "TCP"}])
+        );
+        assert_eq!(slices[1]["endpoints"][0]["conditions"]["ready"], false);
+        let svc = view.model.service("web.default.svc.cluster.local").unwrap();
+        let addresses: Vec<String> = svc
+            .endpoints
+            .iter()
+            .map(|e| e.address.to_string())
+            .collect();
+        assert_eq!(addresses, ["10.244.0.2"]);
+        assert_eq!(svc.endpoints[0].ports.get(&80), Some(&8080));
+        assert!(
+            svc.endpoints[0].workload_uid.is_some(),
+            "the pod's workload"
+        );
     }
 }

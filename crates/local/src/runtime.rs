@@ -6,13 +6,24 @@
 //!
 //! - a pod's init containers run one after the other (`istio-init` is `ama iptables …`), then
 //!   its containers start together (the sidecar as uid 1337);
-//! - a process that exits is restarted with a doubling back-off (1 s … 30 s), counted in
-//!   RESTARTS and shown as `CrashLoopBackOff` meanwhile, as kubelet does;
-//! - readiness probes run inside the pod's namespace; the state file is rewritten.
+//! - a process that exits is restarted with a doubling back-off (1 s … 30 s, back to 1 s after
+//!   10 minutes of running), counted in RESTARTS and shown as `CrashLoopBackOff` meanwhile, as
+//!   kubelet does; `ama discovery` too (its CA and the objects it serves are files in the state
+//!   directory, so the new process serves the same mesh and the proxies reconnect to it);
+//! - readiness probes run inside the pod's namespace, and only ready pods are endpoints
+//!   ([`mesh`]'s EndpointSlices); the state file is rewritten.
 //!
 //! SIGHUP (sent by `ama apply`) re-reads `<state>/applied/` and reconciles: new objects start
-//! pods, a changed template replaces its pods, replicas scale, Services and Istio config reach
-//! the proxies (through the control plane's files, or the resource files they reload).
+//! pods, a changed template replaces its pods (a Deployment's as its `spec.strategy` says:
+//! [`crate::plan::rollout_step`], one step per tick), replicas scale, Services and Istio config
+//! reach the proxies (through the control plane's files, or the resource files they reload).
+//! `ama apply` fails when `ama discovery` is not ready to serve the change.
+//!
+//! A pod is deleted as Kubernetes deletes one behind a Service: its endpoints leave the proxies
+//! first (it is left out of the registry, then [`ENDPOINT_DRAIN`] passes for the push to reach
+//! them and in-flight requests to end), then its processes get SIGTERM (the sidecar drains), and
+//! SIGKILL after the pod's `terminationGracePeriodSeconds`.
+//!
 //! SIGINT/SIGTERM (Ctrl-C, `ama down`) stop every process (SIGTERM, then SIGKILL after a
 //! grace period) and delete every namespace, hosts file and the state directory.
 //!
@@ -42,21 +53,44 @@ use crate::manifests::{self, Manifests};
 use crate::mesh::{self, MeshView, SidecarSource, XdsMode};
 use crate::naming;
 use crate::netns::{self, Lan, Netns};
-use crate::plan::{PodGroup, pod_groups};
+use crate::plan::{PodGroup, PodView, pod_groups, rollout_step};
 use crate::probe;
 use crate::process;
 use crate::state::{
-    ContainerRecord, ContainerState, PodRecord, ServiceRecord, State, StateDir, alive, now,
+    ContainerRecord, ContainerState, ControlPlaneRecord, PodRecord, ServiceRecord, State, StateDir,
+    alive, now,
 };
 
 /// How often the loop runs.
 const TICK: Duration = Duration::from_millis(500);
-/// How long processes get between SIGTERM and SIGKILL.
+/// How long processes get between SIGTERM and SIGKILL when the whole mesh stops.
 const GRACE: Duration = Duration::from_secs(6);
 /// The longest restart back-off.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// After running this long, a process that exits is restarted after the shortest back-off
+/// again (kubelet's reset).
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// How long a deleted pod that was an endpoint keeps running before its SIGTERM: the push that
+/// removes it reaches every proxy (the registry is polled every 200 ms), and requests already
+/// sent to it finish. Istio's default `terminationDrainDuration`.
+const ENDPOINT_DRAIN: Duration = Duration::from_secs(5);
+/// Readiness checks that must fail in a row before a ready container is not (Kubernetes'
+/// default `failureThreshold`).
+const FAILURE_THRESHOLD: u32 = 3;
+/// How long after a pod became a ready endpoint it is shown as ready: the push that adds it has
+/// reached the proxies by then (discovery polls its registry every 200 ms; in file mode the
+/// proxies poll their file every second), so a client that waits for `2/2` can reach it at once.
+fn endpoint_settle(xds: XdsMode) -> Duration {
+    match xds {
+        XdsMode::Discovery => Duration::from_secs(1),
+        XdsMode::Files => Duration::from_secs(2),
+    }
+}
+
 /// How long `ama down` waits for `ama up` to finish.
 const DOWN_TIMEOUT: Duration = Duration::from_secs(40);
+/// How long `ama apply` waits, after `ama up` took its change, for a discovery that is not ready.
+const DISCOVERY_WAIT: Duration = Duration::from_secs(5);
 /// How long `ama apply` waits for `ama up` to take a change.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -87,14 +121,20 @@ pub enum Event<'a> {
     PodCreated(&'a PodRecord),
     /// Every container of a pod is ready (again).
     PodReady(&'a PodRecord),
-    /// A container exited.
+    /// A container exited; it is restarted after `backoff`.
     ContainerExited {
         /// The pod.
         pod: &'a PodRecord,
         /// The container.
         container: &'a str,
+        /// How it ended (`exit code 1`, `signal 9`).
+        exit: String,
         /// Its exit code (128 + signal).
         code: i32,
+        /// When it starts again.
+        backoff: Duration,
+        /// Which restart that will be.
+        restart: u32,
     },
     /// A pod is being removed (scale down, new template).
     PodDeleted(&'a str),
@@ -218,8 +258,22 @@ struct PodRuntime {
     init_runs: Vec<ContainerRun>,
     children: HashMap<String, Child>,
     retry_at: HashMap<String, Instant>,
+    /// Terminating: when its processes get SIGTERM (its endpoints are gone by then).
+    drain_until: Option<Instant>,
+    /// Terminating: when what is left gets SIGKILL.
     stop_deadline: Option<Instant>,
+    /// `terminationGracePeriodSeconds`.
+    grace: Duration,
+    /// Shown as ready (by `ama get pods`, and to the rollout).
     was_ready: bool,
+    /// Passes every readiness check: a ready endpoint of its Services.
+    endpoint: bool,
+    /// Since when `endpoint` has its value.
+    endpoint_at: Instant,
+    /// Per container: passing its readiness check (with the failure threshold applied).
+    passing: Vec<bool>,
+    /// Per container: readiness checks failed in a row.
+    probe_failures: Vec<u32>,
     /// Declared last: dropped after the processes were dealt with.
     netns: Netns,
 }
@@ -231,7 +285,9 @@ struct Mesh {
     base: Manifests,
     manifests: Manifests,
     pods: Vec<PodRuntime>,
-    discovery: Option<Child>,
+    /// The pod groups of the objects, as of the last reconcile.
+    groups: Vec<PodGroup>,
+    discovery: Option<Discovery>,
     lan: Lan,
     pool: PodAddresses,
     vips: VipAllocator,
@@ -245,6 +301,35 @@ struct Mesh {
     all_ready: bool,
     /// The sidecars' tokens for `ama discovery`'s CA (discovery mode).
     tokens: Option<FileTokens>,
+}
+
+/// `ama discovery` while `ama up` supervises it.
+struct Discovery {
+    run: ContainerRun,
+    log: PathBuf,
+    child: Option<Child>,
+    started: Instant,
+    retry_at: Option<Instant>,
+    record: ControlPlaneRecord,
+}
+
+/// The restart back-off after `restarts` restarts of a process that ran for `ran`: 1 s,
+/// doubling up to 30 s, back to 1 s after a long run.
+fn backoff(restarts: u32, ran: Duration) -> Duration {
+    if ran >= BACKOFF_RESET {
+        return Duration::from_secs(1);
+    }
+    Duration::from_secs(1u64 << restarts.min(5)).min(MAX_BACKOFF)
+}
+
+/// How a process ended, for a person: `exit code 3`, `signal 9`.
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!("signal {sig}"),
+        (None, None) => status.to_string(),
+    }
 }
 
 impl Mesh {
@@ -267,6 +352,7 @@ impl Mesh {
             opts,
             dir,
             pods: Vec::new(),
+            groups: Vec::new(),
             discovery: None,
             lan,
             pool: PodAddresses::new([]),
@@ -293,13 +379,21 @@ impl Mesh {
         }
         self.reconcile(observer)?;
         loop {
+            self.supervise_discovery(observer);
             self.supervise(observer)?;
-            self.probe(observer).await;
+            let readiness_changed = self.probe(observer).await;
+            // A roll that changed something has published already.
+            if !self.roll(observer)? && readiness_changed {
+                self.publish()?;
+            }
             self.save()?;
             tokio::select! {
                 asked = signals.next() => match asked {
                     Asked::Stop => return Ok(()),
                     Asked::Reload => {
+                        // `ama apply` reads whether the control plane can serve the change in
+                        // the state saved with it.
+                        self.probe_discovery(observer).await;
                         let n = self.reload(observer);
                         self.reconcile(observer)?;
                         observer.event(Event::Applied(n));
@@ -308,6 +402,86 @@ impl Mesh {
                 _ = tokio::time::sleep(TICK) => {}
             }
         }
+    }
+
+    /// Reaps `ama discovery` when it exited and restarts it after its back-off.
+    fn supervise_discovery(&mut self, observer: &mut dyn Observer) {
+        let Some(d) = self.discovery.as_mut() else {
+            return;
+        };
+        if let Some(child) = d.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            // Reaped by try_wait; whatever it started in its group goes too.
+            process::signal_group(child.id(), Signal::SIGKILL);
+            d.child = None;
+            let wait = backoff(d.record.restarts, d.started.elapsed());
+            d.retry_at = Some(Instant::now() + wait);
+            d.record.pid = None;
+            d.record.ready = false;
+            let why = format!(
+                "exited ({}); restarting in {}s (restart {})",
+                describe_exit(status),
+                wait.as_secs(),
+                d.record.restarts + 1
+            );
+            let note = format!("ama discovery {why}; its log: {}", d.log.display());
+            d.record.waiting = Some(why);
+            observer.event(Event::Note(&note));
+        }
+        if d.child.is_none() && d.retry_at.is_some_and(|t| Instant::now() >= t) {
+            d.retry_at = None;
+            d.record.restarts += 1;
+            match process::spawn(
+                self.lan.netns().name(),
+                &d.run,
+                &d.log,
+                "istiod",
+                &self.opts.ama,
+            ) {
+                Ok(child) => {
+                    d.record.pid = Some(child.id());
+                    d.record.waiting = None;
+                    d.child = Some(child);
+                    d.started = Instant::now();
+                    let note = format!("ama discovery restarted (restart {})", d.record.restarts);
+                    observer.event(Event::Note(&note));
+                }
+                Err(e) => {
+                    let wait = backoff(d.record.restarts, Duration::ZERO);
+                    d.retry_at = Some(Instant::now() + wait);
+                    let why = format!("cannot start ({e}); retrying in {}s", wait.as_secs());
+                    let note = format!("ama discovery {why}");
+                    d.record.waiting = Some(why);
+                    observer.event(Event::Note(&note));
+                }
+            }
+        }
+    }
+
+    /// Checks `ama discovery`'s `/ready`; says so when it becomes ready again.
+    async fn probe_discovery(&mut self, observer: &mut dyn Observer) {
+        let Some(d) = self.discovery.as_mut() else {
+            return;
+        };
+        let ready = match d.child {
+            None => false,
+            Some(_) => {
+                let netns = self.lan.netns().name().to_string();
+                let p = d.run.probe.clone();
+                tokio::task::spawn_blocking(move || {
+                    probe::in_netns(&netns, move || probe::check(&p))
+                })
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(false)
+            }
+        };
+        if ready && !d.record.ready && d.record.restarts > 0 {
+            observer.event(Event::Note("ama discovery is ready again"));
+        }
+        d.record.ready = ready;
     }
 
     /// Starts `ama discovery` on the bridge and waits for `/ready`.
@@ -343,7 +517,18 @@ impl Mesh {
             "istiod",
             &self.opts.ama,
         )?;
-        self.discovery = Some(child);
+        self.discovery = Some(Discovery {
+            record: ControlPlaneRecord {
+                pid: Some(child.id()),
+                log: log.clone(),
+                ..ControlPlaneRecord::default()
+            },
+            run: run.clone(),
+            log: log.clone(),
+            child: Some(child),
+            started: Instant::now(),
+            retry_at: None,
+        });
         observer.event(Event::Note(
             "starting ama discovery on 10.244.0.1 (ADS and CA on 15012)",
         ));
@@ -360,9 +545,12 @@ impl Mesh {
             .unwrap_or(false);
             // The sidecars verify the CA against the root it writes.
             if ready && self.dir.root().join(mesh::ROOT_CERT_FILE).is_file() {
+                if let Some(d) = self.discovery.as_mut() {
+                    d.record.ready = true;
+                }
                 return Ok(());
             }
-            if let Some(c) = self.discovery.as_mut()
+            if let Some(c) = self.discovery.as_mut().and_then(|d| d.child.as_mut())
                 && let Ok(Some(status)) = c.try_wait()
             {
                 return Err(Error::Command {
@@ -427,35 +615,75 @@ impl Mesh {
             pods: wanted,
             services,
         });
-        // Pods of groups that are gone, or of an older template: removed.
+        // Pods of groups that are gone: removed. The others follow their group's strategy.
         for pod in &mut self.pods {
-            let current = groups.iter().any(|g| {
-                g.key() == pod.record.group && g.template_hash == pod.record.template_hash
-            });
-            if !current && !pod.record.terminating {
+            let kept = groups.iter().any(|g| g.key() == pod.record.group);
+            if !kept && !pod.record.terminating {
                 begin_stop(pod);
                 observer.event(Event::PodDeleted(&pod.record.name));
             }
         }
+        self.groups = groups;
+        if !self.roll(observer)? {
+            // Services and config may have changed all the same.
+            self.publish()?;
+        }
+        self.all_ready = false;
+        self.save()
+    }
+
+    /// One step of every group towards `replicas` ready pods of its current template
+    /// ([`rollout_step`]); publishes when a pod was created or deleted, and says whether one was.
+    fn roll(&mut self, observer: &mut dyn Observer) -> Result<bool, Error> {
+        let groups = std::mem::take(&mut self.groups);
+        let result = self.roll_groups(&groups, observer);
+        self.groups = groups;
+        let created = result?;
+        let changed = created.is_some();
+        if let Some(created) = created {
+            self.publish()?;
+            for i in created {
+                observer.event(Event::PodCreated(&self.pods[i].record));
+            }
+            self.all_ready = false;
+        }
+        Ok(changed)
+    }
+
+    /// [`Mesh::roll`]'s work: None when nothing changed, else the indexes of the new pods.
+    fn roll_groups(
+        &mut self,
+        groups: &[PodGroup],
+        observer: &mut dyn Observer,
+    ) -> Result<Option<Vec<usize>>, Error> {
         let namespaces = self.manifests.namespaces();
         let mesh_settings = self.manifests.mesh();
         let mut created = Vec::new();
-        for group in &groups {
-            let live: Vec<usize> = self
-                .pods
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| !p.record.terminating && p.record.group == group.key())
-                .map(|(i, _)| i)
+        let mut changed = false;
+        for group in groups {
+            let key = group.key();
+            let of_group: Vec<usize> = (0..self.pods.len())
+                .filter(|i| self.pods[*i].record.group == key)
                 .collect();
-            let want = group.replicas as usize;
-            // Scale down: the newest go first.
-            for &i in live.iter().skip(want).rev() {
-                begin_stop(&mut self.pods[i]);
-                observer.event(Event::PodDeleted(&self.pods[i].record.name));
+            let (terminating, live): (Vec<usize>, Vec<usize>) = of_group
+                .into_iter()
+                .partition(|i| self.pods[*i].record.terminating);
+            let views: Vec<PodView> = live
+                .iter()
+                .map(|i| PodView {
+                    current: self.pods[*i].record.template_hash == group.template_hash,
+                    ready: self.pods[*i].record.is_ready(),
+                })
+                .collect();
+            let step = rollout_step(group.strategy, group.replicas, &views, terminating.len());
+            for j in step.delete {
+                let pod = &mut self.pods[live[j]];
+                begin_stop(pod);
+                observer.event(Event::PodDeleted(&pod.record.name));
+                changed = true;
             }
             let mut ordinal = 0u32;
-            for _ in live.len()..want {
+            for _ in 0..step.create {
                 let name = loop {
                     let name = group.pod_name(ordinal, &mut self.rng);
                     ordinal += 1;
@@ -468,14 +696,10 @@ impl Mesh {
                 let pod = self.create_pod(group, &name, ns_labels, &mesh_settings)?;
                 self.pods.push(pod);
                 created.push(self.pods.len() - 1);
+                changed = true;
             }
         }
-        self.publish()?;
-        for i in created {
-            observer.event(Event::PodCreated(&self.pods[i].record));
-        }
-        self.all_ready = false;
-        self.save()
+        Ok(changed.then_some(created))
     }
 
     /// Creates a pod's namespace, address and records; its processes start in `supervise`.
@@ -560,6 +784,7 @@ impl Mesh {
             log: pod_dir.join(format!("{}.log", run.name)),
             ready: false,
             restarts: 0,
+            last_exit_at: None,
             state: ContainerState::Waiting {
                 reason: reason.into(),
             },
@@ -583,6 +808,7 @@ impl Mesh {
             created_at: now(),
             sidecar,
             terminating: false,
+            deleted_at: None,
             init: init_runs
                 .iter()
                 .map(|r| record_of(r, "PodInitializing"))
@@ -596,19 +822,25 @@ impl Mesh {
             init_runs,
             children: HashMap::new(),
             retry_at: HashMap::new(),
+            drain_until: None,
             stop_deadline: None,
+            grace: group.termination_grace,
             was_ready: false,
+            endpoint: false,
+            endpoint_at: Instant::now(),
+            passing: Vec::new(),
+            probe_failures: Vec::new(),
             netns,
         })
     }
 
     /// Writes what the control plane, the proxies and the pods' resolvers read.
     fn publish(&mut self) -> Result<(), Error> {
-        let objects: Vec<&Value> = self
+        let objects: Vec<(&Value, bool)> = self
             .pods
             .iter()
             .filter(|p| !p.record.terminating)
-            .map(|p| &p.record.object)
+            .map(|p| (&p.record.object, p.endpoint))
             .collect();
         let view = mesh::view(&self.manifests, &objects, &mut self.vips);
         view.write_config(&self.dir.config_dir())?;
@@ -644,8 +876,15 @@ impl Mesh {
                 pod.children.remove(&name);
                 let code = exit_code(status);
                 let record = record_mut(&mut pod.record, &name);
+                let ran = match record.state {
+                    ContainerState::Running { started_at } => {
+                        Duration::from_secs(now().saturating_sub(started_at))
+                    }
+                    _ => Duration::ZERO,
+                };
                 record.pid = None;
                 record.ready = false;
+                record.last_exit_at = Some(now());
                 let is_init = record.role == Role::Init;
                 record.state = ContainerState::Terminated {
                     exit_code: code,
@@ -656,17 +895,27 @@ impl Mesh {
                 }
                 if !(is_init && code == 0) {
                     let record = record_mut(&mut pod.record, &name);
-                    let backoff =
-                        Duration::from_secs(1u64 << record.restarts.min(5)).min(MAX_BACKOFF);
-                    pod.retry_at.insert(name.clone(), now_i + backoff);
+                    let wait = backoff(record.restarts, ran);
+                    let restart = record.restarts + 1;
+                    pod.retry_at.insert(name.clone(), now_i + wait);
                     observer.event(Event::ContainerExited {
                         pod: &pod.record,
                         container: &name,
+                        exit: describe_exit(status),
                         code,
+                        backoff: wait,
+                        restart,
                     });
                 }
             }
             if pod.record.terminating {
+                // Its endpoints are gone from the proxies by now: SIGTERM (the sidecar drains).
+                if pod.drain_until.is_some_and(|t| now_i >= t) {
+                    pod.drain_until = None;
+                    for c in pod.children.values() {
+                        process::signal_group(c.id(), Signal::SIGTERM);
+                    }
+                }
                 let done = pod.children.is_empty() || pod.stop_deadline.is_some_and(|d| now_i >= d);
                 if done {
                     for c in pod.children.values() {
@@ -763,8 +1012,10 @@ impl Mesh {
         Ok(())
     }
 
-    /// Runs the readiness probes of every running container, one thread per pod.
-    async fn probe(&mut self, observer: &mut dyn Observer) {
+    /// Runs the readiness probes of every running container, one thread per pod, and the
+    /// control plane's. True when a pod's readiness changed (its endpoints change with it).
+    async fn probe(&mut self, observer: &mut dyn Observer) -> bool {
+        let mut changed = false;
         let mut tasks = Vec::new();
         for (i, pod) in self.pods.iter().enumerate() {
             if pod.record.terminating {
@@ -791,14 +1042,40 @@ impl Mesh {
                 }),
             ));
         }
+        let settle = endpoint_settle(self.opts.xds);
         for (i, task) in tasks {
             let results = task.await.ok().and_then(Result::ok).unwrap_or_default();
             let pod = &mut self.pods[i];
-            for c in &mut pod.record.containers {
-                c.ready = false;
-            }
+            let n = pod.record.containers.len();
+            pod.probe_failures.resize(n, 0);
+            pod.passing.resize(n, false);
+            let mut passed = vec![false; n];
             for (j, ok) in results {
-                pod.record.containers[j].ready = ok;
+                // A passing container stays so until FAILURE_THRESHOLD checks in a row fail
+                // (Kubernetes' default failureThreshold): one slow answer on a busy machine
+                // does not take a pod out of its Services. One success is enough again.
+                pod.probe_failures[j] = if ok { 0 } else { pod.probe_failures[j] + 1 };
+                passed[j] = ok || (pod.passing[j] && pod.probe_failures[j] < FAILURE_THRESHOLD);
+            }
+            // A container that is not running (exited, restarting) fails at once.
+            for (j, c) in pod.record.containers.iter().enumerate() {
+                if !matches!(c.state, ContainerState::Running { .. }) {
+                    passed[j] = false;
+                    pod.probe_failures[j] = 0;
+                }
+            }
+            pod.passing.clone_from(&passed);
+            // Ready pods are endpoints at once; the pod is shown (and counted by a rollout) as
+            // ready once the push of its endpoint had time to reach the proxies.
+            let endpoint = passed.iter().all(|ok| *ok);
+            if endpoint != pod.endpoint {
+                changed = true;
+                pod.endpoint = endpoint;
+                pod.endpoint_at = Instant::now();
+            }
+            let settled = endpoint && pod.endpoint_at.elapsed() >= settle;
+            for (c, ok) in pod.record.containers.iter_mut().zip(passed) {
+                c.ready = ok && (settled || !endpoint);
             }
             let ready = pod.record.is_ready();
             if ready && !pod.was_ready {
@@ -806,6 +1083,7 @@ impl Mesh {
             }
             pod.was_ready = ready;
         }
+        self.probe_discovery(observer).await;
         let all = !self.pods.is_empty()
             && self
                 .pods
@@ -816,6 +1094,7 @@ impl Mesh {
             let state = self.state();
             observer.event(Event::Ready(&state));
         }
+        changed
     }
 
     /// The state as `ama get` reads it.
@@ -839,6 +1118,7 @@ impl Mesh {
             notes: self.notes.clone(),
             stopping: false,
             applied: self.applied,
+            discovery: self.discovery.as_ref().map(|d| d.record.clone()),
         }
     }
 
@@ -857,7 +1137,7 @@ impl Mesh {
             .flat_map(|p| p.children.drain().map(|(_, c)| c))
             .collect();
         process::stop_all(&mut children, GRACE);
-        if let Some(mut d) = self.discovery.take() {
+        if let Some(mut d) = self.discovery.take().and_then(|d| d.child) {
             process::stop_all(std::slice::from_mut(&mut d), GRACE);
         }
         let dir = self.dir.clone();
@@ -879,12 +1159,20 @@ fn service_account(pod: &Value) -> String {
         .to_string()
 }
 
+/// Starts deleting a pod: it leaves the registry at the next publish; its processes get SIGTERM
+/// after [`ENDPOINT_DRAIN`] (at once when it was no ready endpoint), SIGKILL after its grace
+/// period (at least 2 s after the SIGTERM, as kubelet gives a slow preStop).
 fn begin_stop(pod: &mut PodRuntime) {
     pod.record.terminating = true;
-    pod.stop_deadline = Some(Instant::now() + GRACE);
-    for c in pod.children.values() {
-        process::signal_group(c.id(), Signal::SIGTERM);
-    }
+    pod.record.deleted_at = Some(now());
+    let drain = if pod.endpoint {
+        ENDPOINT_DRAIN.min(pod.grace)
+    } else {
+        Duration::ZERO
+    };
+    let start = Instant::now();
+    pod.drain_until = Some(start + drain);
+    pod.stop_deadline = Some(start + pod.grace.max(drain + Duration::from_secs(2)));
 }
 
 fn record_mut<'a>(pod: &'a mut PodRecord, name: &str) -> &'a mut ContainerRecord {
@@ -1058,9 +1346,30 @@ pub fn apply(dir: &StateDir, text: &str, source: &str) -> Result<Vec<Applied>, E
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGHUP);
     }
     let deadline = Instant::now() + APPLY_TIMEOUT;
+    let mut taken_at = None;
     while Instant::now() < deadline {
-        if dir.load().is_ok_and(|s| s.applied > count) {
-            return Ok(out);
+        if let Ok(taken) = dir.load()
+            && taken.applied > count
+        {
+            // `ama up` checks the control plane when it takes the change, then every tick: a
+            // discovery that is just restarting gets a few seconds to answer.
+            let since = *taken_at.get_or_insert_with(Instant::now);
+            match taken.discovery.filter(|d| !d.ready) {
+                None => return Ok(out),
+                Some(d) if since.elapsed() >= DISCOVERY_WAIT => {
+                    return Err(Error::ControlPlaneDown {
+                        cluster: dir.cluster().to_string(),
+                        why: d.waiting.unwrap_or_else(|| match d.pid {
+                            Some(pid) => {
+                                format!("pid {pid} runs but its /ready does not answer")
+                            }
+                            None => "not running".into(),
+                        }),
+                        log: d.log,
+                    });
+                }
+                Some(_) => {}
+            }
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -231,6 +231,26 @@ pub struct State {
     /// How many `ama apply` files `ama up` has taken.
     #[serde(default)]
     pub applied: usize,
+    /// The control plane `ama up` runs (`--xds discovery`).
+    #[serde(default)]
+    pub discovery: Option<ControlPlaneRecord>,
+}
+
+/// `ama discovery` as `ama up` supervises it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlPlaneRecord {
+    /// Its pid while it runs.
+    pub pid: Option<u32>,
+    /// Whether its `/ready` answered at the last check.
+    pub ready: bool,
+    /// How often it was restarted.
+    pub restarts: u32,
+    /// Why it is not running, while it waits for its restart (`exited (signal 9); restarting
+    /// in 2s`).
+    pub waiting: Option<String>,
+    /// Its log.
+    pub log: PathBuf,
 }
 
 impl State {
@@ -272,6 +292,9 @@ pub struct PodRecord {
     pub sidecar: bool,
     /// Being deleted.
     pub terminating: bool,
+    /// When its deletion started (seconds since the epoch).
+    #[serde(default)]
+    pub deleted_at: Option<u64>,
     /// Init containers, in order.
     pub init: Vec<ContainerRecord>,
     /// Containers.
@@ -320,6 +343,15 @@ impl PodRecord {
     /// Restarts of all containers.
     pub fn restarts(&self) -> u32 {
         self.containers.iter().map(|c| c.restarts).sum()
+    }
+
+    /// When a container that was restarted last exited, as kubectl's RESTARTS column dates it.
+    pub fn last_restart_at(&self) -> Option<u64> {
+        self.containers
+            .iter()
+            .filter(|c| c.restarts > 0)
+            .filter_map(|c| c.last_exit_at)
+            .max()
     }
 
     /// Whether every container is ready.
@@ -371,6 +403,9 @@ pub struct ContainerRecord {
     pub ready: bool,
     /// How often it was restarted.
     pub restarts: u32,
+    /// When it last exited (seconds since the epoch): kubectl's `RESTARTS 1 (5s ago)`.
+    #[serde(default)]
+    pub last_exit_at: Option<u64>,
     /// Where it is in its life.
     pub state: ContainerState,
     /// Its uid and gid when not root (`ama exec -c` runs as them).
@@ -462,6 +497,7 @@ mod tests {
             log: PathBuf::from(format!("/tmp/{name}.log")),
             ready,
             restarts: 0,
+            last_exit_at: None,
             state,
             user: (role == Role::Sidecar).then_some((1337, 1337)),
             env: vec![("POD_NAME".into(), "p".into())],
@@ -481,6 +517,7 @@ mod tests {
             created_at: 1,
             sidecar: true,
             terminating: false,
+            deleted_at: None,
             init: vec![container(
                 "istio-init",
                 Role::Init,

@@ -96,7 +96,7 @@ pub fn pods(state: &State, namespace: Option<&str>, wide: bool, now: u64, node: 
                 p.name.clone(),
                 format!("{ready}/{total}"),
                 p.status(),
-                p.restarts().to_string(),
+                restarts(p, now),
                 age(now.saturating_sub(p.created_at)),
             ];
             if namespace.is_none() {
@@ -179,6 +179,15 @@ pub fn services(state: &State, namespace: Option<&str>, wide: bool, now: u64) ->
     render(&header, &rows)
 }
 
+/// kubectl's RESTARTS: `0`, or `2 (15s ago)` with the time of the last exit.
+fn restarts(p: &PodRecord, now: u64) -> String {
+    match (p.restarts(), p.last_restart_at()) {
+        (0, _) => "0".into(),
+        (n, Some(at)) => format!("{n} ({} ago)", age(now.saturating_sub(at))),
+        (n, None) => n.to_string(),
+    }
+}
+
 fn no_resources(namespace: Option<&str>) -> String {
     match namespace {
         Some(ns) => format!("No resources found in {ns} namespace.\n"),
@@ -213,6 +222,9 @@ pub fn pod_object(p: &PodRecord, node_ip: &str) -> Value {
     if let Value::Object(map) = &mut o {
         if let Some(Value::Object(meta)) = map.get_mut("metadata") {
             meta.insert("creationTimestamp".into(), json!(rfc3339(p.created_at)));
+            if let Some(at) = p.deleted_at {
+                meta.insert("deletionTimestamp".into(), json!(rfc3339(at)));
+            }
         }
         map.insert(
             "status".into(),

@@ -239,12 +239,17 @@ impl Observer for Printer {
             Event::ContainerExited {
                 pod,
                 container,
-                code,
+                exit,
+                backoff,
+                restart,
+                ..
             } => {
                 self.ready.remove(&pod.name);
                 let text = format!(
-                    "pod/{}: container {container} exited with code {code}; restarting (ama logs {} -c {container})",
-                    pod.name, pod.name
+                    "pod/{}: container {container} exited ({exit}); restarting in {}s (restart {restart}; ama logs {} -c {container})",
+                    pod.name,
+                    backoff.as_secs(),
+                    pod.name
                 );
                 self.line(&text);
             }

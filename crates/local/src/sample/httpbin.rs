@@ -46,12 +46,19 @@ const MAX_DELAY: u64 = 10;
 /// httpbin's teapot.
 const TEAPOT: &str = "\n    -=[ teapot ]=-\n\n       _...._\n     .'  _ _ `.\n    | .\"` ^ `\". _,\n    \\_;`\"---\"`|//\n      |       ;/\n      \\_     _/\n        `\"\"\"`\n";
 
-/// Serves httpbin on `listener` until `shutdown` completes.
+/// How long requests in flight at shutdown may take to finish (gunicorn's `graceful_timeout`,
+/// which the `kennethreitz/httpbin` image runs under).
+const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves httpbin on `listener` until `shutdown` completes; then stops accepting and lets the
+/// requests in flight finish (up to [`GRACEFUL_TIMEOUT`]), as gunicorn does on SIGTERM, so a pod
+/// being deleted answers what it was sent.
 pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -61,14 +68,22 @@ pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
                 }
             },
         };
+        let service = hyper::service::service_fn(move |req| handle(req, peer));
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(req, peer));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, "connection: {e}");
             }
         });
+    }
+    drop(listener);
+    if tokio::time::timeout(GRACEFUL_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight after {GRACEFUL_TIMEOUT:?}");
     }
 }
 
@@ -456,5 +471,58 @@ mod tests {
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");
         let _ = tx.send(());
         server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_request_in_flight_at_shutdown_is_answered() {
+        // As `ama sample httpbin` runs it: its own runtime, dropped (with every task) when
+        // `serve` returns.
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let port = std_listener.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = TcpListener::from_std(std_listener).unwrap();
+                serve(listener, async {
+                    let _ = rx.await;
+                })
+                .await;
+            });
+        });
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        // A first answer on the connection: the server has accepted it.
+        conn.write_all(b"GET /get HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK"));
+        conn.write_all(b"GET /delay/1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        // Let the server read the request (it is in this process) before the shutdown.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tx.send(()).unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(10), conn.read_to_string(&mut out))
+            .await
+            .expect("the slow request ends")
+            .unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        server.join().unwrap();
+        assert!(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err(),
+            "no longer accepting"
+        );
     }
 }
