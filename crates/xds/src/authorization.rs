@@ -174,6 +174,30 @@ pub struct Authorization {
     /// Rules; for ALLOW an empty list allows nothing, for DENY it denies nothing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<AuthorizationRule>,
+    /// The policy cannot be enforced as written (Ama does not evaluate AuthorizationPolicy and
+    /// RequestAuthentication yet): the selected workloads deny every request instead, as
+    /// Envoy's RBAC filter denies (fail closed). `action` and `rules` are then not used.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deny_all: bool,
+}
+
+impl Authorization {
+    /// Whether this applies to a workload in `namespace` with `labels`: a selector in its own
+    /// namespace, its namespace as a whole, or the whole mesh from `root_namespace`. Selectors
+    /// in the root namespace select in the root namespace only, as in Istio.
+    pub fn selects(
+        &self,
+        root_namespace: &str,
+        namespace: Option<&str>,
+        labels: &BTreeMap<String, String>,
+    ) -> bool {
+        if self.selector.is_empty() {
+            self.namespace == root_namespace || Some(self.namespace.as_str()) == namespace
+        } else {
+            Some(self.namespace.as_str()) == namespace
+                && self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+        }
+    }
 }
 
 impl Authorization {

@@ -11,7 +11,9 @@
 //! for file systems with coarse timestamps.
 //!
 //! - A malformed document is reported once (`file:doc N: Kind ns/name: field: message`) and
-//!   left out; the file's other documents still apply.
+//!   left out; the file's other documents still apply. What Ama does not implement of a good
+//!   document is logged the same way, at WARN, when the file is read
+//!   ([`api::objects::parse`]).
 //! - A file whose documents are all malformed keeps the objects it had before (an editor's
 //!   half-written save does not take the mesh down); a new file like that adds nothing. Other
 //!   files are never affected.
@@ -232,10 +234,14 @@ impl FileRegistry {
                 continue;
             }
             let text = String::from_utf8_lossy(&text);
-            let (objects, errors) = parse_stream(&text, &name);
-            for e in &errors {
-                tracing::warn!("{e}");
+            let parsed = api::objects::parse(&text, &name);
+            // Errors (documents left out) and what Ama does not implement of the others.
+            for f in &parsed.findings {
+                tracing::warn!("{f}");
             }
+            let (errors, _): (Vec<_>, Vec<_>) =
+                parsed.findings.into_iter().partition(|f| f.is_error());
+            let objects = parsed.objects;
             let all_bad = objects.is_empty() && !errors.is_empty();
             if all_bad && let Some(kept) = self.store.get(&name) {
                 if !kept.is_empty() {
