@@ -2,7 +2,9 @@
 //!
 //! Reads each `-f` (a file or `-` for standard input) in turn, injects it with `inject`, and
 //! writes the good documents to standard output or `-o`. Every bad document is reported on
-//! standard error, one line each, prefixed with its file; the exit code is then 1.
+//! standard error, one line each, prefixed with its file; the exit code is then 1. What Ama
+//! does not implement of the documents (Istio's sidecar annotations it does not act on, Istio
+//! config fields) is a `Warning:` line each ([`api::support`]), as `ama apply` prints it.
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -74,6 +76,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for file in &args.filenames {
         let (name, text) = read_input(file)?;
         let result = inject::inject_stream(&text, &name, &config);
+        // Injection passes through kinds it does not know: their errors are `ama apply`'s to
+        // report; what is not implemented of the objects is reported here.
+        for finding in api::objects::parse(&text, &name).warnings() {
+            writeln!(stderr, "{}", finding.for_terminal())?;
+        }
         for warning in &result.warnings {
             writeln!(stderr, "warning: {warning}")?;
         }

@@ -550,7 +550,10 @@ spec:
     );
     // Each field is reported by api::support; the model adds only what follows from them.
     assert_eq!(
-        m.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        m.warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
         ["VirtualService default/httpbin: spec.http[1]: no match is usable: route dropped"]
     );
 }
