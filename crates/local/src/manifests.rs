@@ -227,6 +227,15 @@ pub fn parse(text: &str, source: &str) -> (Vec<Document>, Vec<Finding>) {
     (docs, findings)
 }
 
+/// [`parse`] for tests of this crate: the documents, after checking that none was rejected.
+#[cfg(test)]
+pub(crate) fn parse_ok(text: &str, source: &str) -> Vec<Document> {
+    let (docs, findings) = parse(text, source);
+    let errors: Vec<&Finding> = findings.iter().filter(|f| f.is_error()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    docs
+}
+
 fn strip_nulls(value: &mut Value) {
     match value {
         Value::Object(map) => {
