@@ -16,6 +16,11 @@
 //!   is denied (see [`denies_all`]).
 //! - Gateway, ServiceEntry, Sidecar and the other Istio kinds: not implemented.
 //! - Pods and pod templates: the injection annotations [`crate::overrides`] reads.
+//! - The MeshConfig of the ConfigMap `istio`: `trustDomain`, `enablePrometheusMerge`,
+//!   `accessLogFile`, `accessLogEncoding`, `enableAutoMtls: true` and `defaultConfig.{discoveryAddress, statusPort,
+//!   interceptionMode, proxyMetadata, concurrency}`.
+//! - Kinds Ama does not read at all (Secret, Telemetry, EnvoyFilter, …): one finding each, except
+//!   ServiceAccount (its name, the pods' identity, needs no object).
 //!
 //! [`not_implemented`] walks the object as written (its JSON) against a tree of what is
 //! implemented, so that every other field gets a finding with its path, including fields that
@@ -53,6 +58,8 @@ enum Node {
     Each(&'static Node),
     /// A mapping with the user's keys (header names), each value of this shape.
     Keys(&'static Node),
+    /// This shape, but an empty mapping (Istio's "present" header match) gets the message.
+    NonEmpty(&'static Node, &'static str),
 }
 
 use Node::{Done, Each, Fields, Keys};
@@ -92,7 +99,14 @@ static HTTP_MATCH: Node = Fields(
             "uri",
             Fields(&[("exact", Done), ("prefix", Done)], MATCH_DROPPED),
         ),
-        ("headers", Keys(&STRING_MATCH)),
+        (
+            "headers",
+            Keys(&Node::NonEmpty(
+                &STRING_MATCH,
+                "a presence match is not implemented by Ama; this match is dropped (it never \
+                 matches)",
+            )),
+        ),
     ],
     MATCH_DROPPED,
 );
@@ -104,6 +118,32 @@ static HTTP_DESTINATION: Node = Fields(
             Fields(&[("host", Done), ("port", Done)], IGNORED),
         ),
         ("weight", Done),
+    ],
+    IGNORED,
+);
+
+/// The MeshConfig of the ConfigMap `istio` (key `mesh`): what discovery, injection and the
+/// proxies read of it.
+static MESH_CONFIG: Node = Fields(
+    &[
+        ("trustDomain", Done),
+        ("enablePrometheusMerge", Done),
+        ("accessLogFile", Done),
+        ("accessLogEncoding", Done),
+        ("enableAutoMtls", Node::Value(auto_mtls)),
+        (
+            "defaultConfig",
+            Fields(
+                &[
+                    ("discoveryAddress", Done),
+                    ("statusPort", Done),
+                    ("interceptionMode", Done),
+                    ("proxyMetadata", Done),
+                    ("concurrency", Done),
+                ],
+                IGNORED,
+            ),
+        ),
     ],
     IGNORED,
 );
@@ -172,6 +212,11 @@ fn retry_on(v: &Value) -> Option<String> {
     })
 }
 
+fn auto_mtls(v: &Value) -> Option<String> {
+    (v == &Value::Bool(false))
+        .then(|| "false: not implemented by Ama (auto mTLS is always on); ignored".into())
+}
+
 fn load_balancer(v: &Value) -> Option<String> {
     (v.as_str() == Some("PASSTHROUGH"))
         .then(|| "PASSTHROUGH: not implemented by Ama; the service's default is used".into())
@@ -200,6 +245,8 @@ fn walk(value: &Value, node: &Node, at: &str, p: &mut Problems) {
                 walk(v, node, &format!("{at}[{i}]"), p);
             }
         }
+        (Node::NonEmpty(_, message), Value::Object(map)) if map.is_empty() => p.add(at, *message),
+        (Node::NonEmpty(node, _), v) => walk(v, node, at, p),
         (Keys(node), Value::Object(map)) => {
             for (key, v) in map {
                 walk(v, node, &format!("{at}[\"{key}\"]"), p);
@@ -278,6 +325,13 @@ pub fn not_implemented(object: &Object, value: &Value) -> Vec<Problem> {
                 // A ServiceAccount's only meaning to a mesh, its name as the identity of the
                 // pods that run as it, needs no object.
                 p.add("kind", IGNORED);
+            }
+        }
+        Object::ConfigMap(cm) if cm.mesh_config.is_some() => {
+            let text = cm.data.get(crate::objects::MESH_CONFIG_KEY);
+            // It parsed as a MeshConfig: it is YAML.
+            if let Some(mesh) = text.and_then(|t| serde_saphyr::from_str::<Value>(t).ok()) {
+                walk(&mesh, &MESH_CONFIG, "data.mesh", &mut p);
             }
         }
         Object::Namespace(_)
@@ -396,6 +450,40 @@ spec: {}
                 "x.yaml:doc 2: Gateway default/gw: kind: not implemented by Ama; ignored",
                 "x.yaml:doc 3: AuthorizationPolicy default/allow-nothing: spec: not enforced by Ama yet: denies every request to the workloads it selects",
                 "x.yaml:doc 4: Telemetry default/t: kind: not implemented by Ama; ignored",
+            ]
+        );
+    }
+
+    #[test]
+    fn presence_matches_and_mesh_config() {
+        let w = warnings(
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: r}
+spec:
+  hosts: [r]
+  http:
+  - match: [{headers: {x-canary: {}}}]
+    route: [{destination: {host: r}}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    accessLogFile: /dev/stdout
+    outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+    defaultConfig:
+      holdApplicationUntilProxyStarts: true
+      proxyMetadata: {A: b}
+",
+        );
+        assert_eq!(
+            w,
+            [
+                "x.yaml:doc 1: VirtualService default/r: spec.http[0].match[0].headers[\"x-canary\"]: a presence match is not implemented by Ama; this match is dropped (it never matches)",
+                "x.yaml:doc 2: ConfigMap istio-system/istio: data.mesh.defaultConfig.holdApplicationUntilProxyStarts: not implemented by Ama; ignored",
+                "x.yaml:doc 2: ConfigMap istio-system/istio: data.mesh.outboundTrafficPolicy: not implemented by Ama; ignored",
             ]
         );
     }
