@@ -2,8 +2,11 @@
 //!
 //! - `ama kube-inject` names the sidecar annotations Ama does not act on, on stderr
 //!   ([`kube_inject_names_unimplemented_annotations`], no root needed);
-//! - under `ama up examples/seed` ([`findings_and_fail_closed_policies_under_ama_up`]):
-//!   `ama apply` of a file with a `Deploymnet` and a good Service exits 1 naming file, document
+//! - `ama up` of a directory with a `Deploymnet` refuses to start, naming file, document and
+//!   kind ([`ama_up_refuses_a_typo_in_a_kind`]);
+//! - under `ama up` of the seed and a DestinationRule with `subsets`
+//!   ([`findings_and_fail_closed_policies_under_ama_up`]): `ama up` prints a `Warning:` for the
+//!   subsets on stderr; `ama apply` of a file with a `Deploymnet` and a good Service exits 1 naming file, document
 //!   and kind with the nearest known kind, and still creates the Service; a VirtualService with
 //!   `fault` and `retries.retryOn` is applied with a `Warning:` line per field, and discovery's
 //!   log has them at WARN with object and field; an AuthorizationPolicy (ALLOW by principal, then
@@ -184,13 +187,69 @@ spec:
     )
 }
 
+/// The seed's files and `extra` in a fresh directory of `scratch`.
+fn seed_with(scratch: &Scratch, extra: &str) -> std::path::PathBuf {
+    let dir = scratch.path().join("mesh");
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(workspace().join("examples/seed")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::write(dir.join("extra.yaml"), extra).unwrap();
+    dir
+}
+
+#[test]
+fn ama_up_refuses_a_typo_in_a_kind() {
+    if !root_or_skip("ama_up_refuses_a_typo_in_a_kind") {
+        return;
+    }
+    let scratch = Scratch::new("cfgfind-typo");
+    let dir = seed_with(&scratch, TYPO);
+    let name = format!("e2ecft{}", std::process::id() % 100_000);
+    // Bounded: a regression that starts the mesh instead must not hang the test.
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(ama())
+        .arg("up")
+        .arg(&dir)
+        .args(["--name", &name])
+        .output()
+        .expect("run ama up");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:doc 1: Deploymnet default/typo: kind: unknown kind \"Deploymnet\" in API group \
+             apps: did you mean Deployment?",
+            dir.join("extra.yaml").display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !Path::new("/run/ama").join(&name).exists(),
+        "nothing started"
+    );
+}
+
+const SUBSETS: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: httpbin}
+spec:
+  host: httpbin-service
+  subsets: [{name: v1, labels: {app: httpbin}}]
+";
+
 #[test]
 fn findings_and_fail_closed_policies_under_ama_up() {
     if !root_or_skip("findings_and_fail_closed_policies_under_ama_up") {
         return;
     }
     let scratch = Scratch::new("cfgfind");
-    let mesh = Mesh::start(&workspace().join("examples/seed"), scratch.path());
+    let dir = seed_with(&scratch, SUBSETS);
+    let mesh = Mesh::start(&dir, scratch.path());
     let pods = mesh.ready_pods(3);
     let ubuntu = pods
         .iter()
@@ -198,6 +257,15 @@ fn findings_and_fail_closed_policies_under_ama_up() {
         .expect("an ubuntu pod")
         .clone();
     assert_eq!(mesh.curl(&ubuntu).0, "200", "before any policy");
+    let up_err = mesh.up.as_ref().map(Proc::err).unwrap_or_default();
+    assert!(
+        up_err.contains(&format!(
+            "Warning: {}:doc 1: DestinationRule default/httpbin: spec.subsets: not implemented by \
+             Ama; ignored",
+            dir.join("extra.yaml").display()
+        )),
+        "ama up's stderr:\n{up_err}"
+    );
 
     // A typo in a kind: an error naming file, document and kind; the good document is applied.
     let typo = scratch.path().join("typo.yaml");
