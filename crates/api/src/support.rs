@@ -15,6 +15,7 @@
 //!   sidecars is failed closed by the control plane: every request to the workloads it selects
 //!   is denied (see [`denies_all`]).
 //! - Gateway, ServiceEntry, Sidecar and the other Istio kinds: not implemented.
+//! - Services and EndpointSlices: all but `type: ExternalName` and FQDN endpoints.
 //! - Pods and pod templates: the injection annotations [`crate::overrides`] reads.
 //! - The MeshConfig of the ConfigMap `istio`: `trustDomain`, `enablePrometheusMerge`,
 //!   `accessLogFile`, `accessLogEncoding`, `enableAutoMtls: true` and `defaultConfig.{discoveryAddress, statusPort,
@@ -327,6 +328,14 @@ pub fn not_implemented(object: &Object, value: &Value) -> Vec<Problem> {
                 p.add("kind", IGNORED);
             }
         }
+        Object::Service(svc) if svc.spec.service_type.as_deref() == Some("ExternalName") => p.add(
+            "spec.type",
+            "ExternalName: not implemented by Ama; this Service is ignored",
+        ),
+        Object::EndpointSlice(slice) if slice.slice.address_type == "FQDN" => p.add(
+            "addressType",
+            "FQDN: not implemented by Ama; this EndpointSlice is ignored",
+        ),
         Object::ConfigMap(cm) if cm.mesh_config.is_some() => {
             let text = cm.data.get(crate::objects::MESH_CONFIG_KEY);
             // It parsed as a MeshConfig: it is YAML.
@@ -484,6 +493,23 @@ data:
                 "x.yaml:doc 1: VirtualService default/r: spec.http[0].match[0].headers[\"x-canary\"]: a presence match is not implemented by Ama; this match is dropped (it never matches)",
                 "x.yaml:doc 2: ConfigMap istio-system/istio: data.mesh.defaultConfig.holdApplicationUntilProxyStarts: not implemented by Ama; ignored",
                 "x.yaml:doc 2: ConfigMap istio-system/istio: data.mesh.outboundTrafficPolicy: not implemented by Ama; ignored",
+            ]
+        );
+    }
+
+    #[test]
+    fn external_name_services() {
+        let w = warnings(
+            "apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec: {type: ExternalName, externalName: db.example.com}
+",
+        );
+        assert_eq!(
+            w,
+            [
+                "x.yaml:doc 1: Service default/db: spec.type: ExternalName: not implemented by Ama; this Service is ignored"
             ]
         );
     }
