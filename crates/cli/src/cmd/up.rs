@@ -261,7 +261,10 @@ impl Observer for Printer {
                 let text = f.for_terminal();
                 if self.findings.insert(text.clone()) {
                     if self.progress_shown {
-                        self.line("");
+                        // Off the terminal's progress line first, as `line` does.
+                        print!("\r\x1b[2K");
+                        let _ = std::io::stdout().flush();
+                        self.progress_shown = false;
                     }
                     eprintln!("{text}");
                 }
