@@ -114,6 +114,9 @@ struct FileState {
     /// The metadata when it was last read.
     stamp: Option<Stamp>,
     errors: Vec<ObjectError>,
+    /// Every finding as logged, so that a file written again logs only what is new (`ama up`
+    /// rewrites its objects file at every pod change).
+    logged: std::collections::BTreeSet<String>,
 }
 
 /// What `stat` says of a file: when all of it is unchanged, so is the file.
@@ -236,7 +239,13 @@ impl FileRegistry {
             let text = String::from_utf8_lossy(&text);
             let parsed = api::objects::parse(&text, &name);
             // Errors (documents left out) and what Ama does not implement of the others.
-            for f in &parsed.findings {
+            let logged: std::collections::BTreeSet<String> =
+                parsed.findings.iter().map(ToString::to_string).collect();
+            let before = files.get(&name).map(|f| &f.logged);
+            for f in logged
+                .iter()
+                .filter(|f| before.is_none_or(|b| !b.contains(*f)))
+            {
                 tracing::warn!("{f}");
             }
             let (errors, _): (Vec<_>, Vec<_>) =
@@ -261,6 +270,7 @@ impl FileRegistry {
                     hash,
                     stamp: Some(stamp),
                     errors,
+                    logged,
                 },
             );
             report.changed.push(name);
