@@ -1,6 +1,8 @@
 //! `Authorization`: PeerAuthentication and AuthorizationPolicy for the workloads they select.
 //!
-//! Carried and validated now; enforced on the inbound path together with mTLS (issue 4).
+//! PeerAuthentication is enforced on the inbound path together with mTLS; the rules of an
+//! AuthorizationPolicy are carried and validated but not evaluated yet, so the control plane
+//! sends each policy it cannot enforce as `denyAll`, which the proxy enforces (fail closed).
 
 use std::collections::BTreeMap;
 
@@ -198,9 +200,7 @@ impl Authorization {
                 && self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
         }
     }
-}
 
-impl Authorization {
     pub(crate) fn validate(&self, path: &str, errs: &mut ValidationErrors) {
         if self.name.is_empty() {
             errs.push(format!("{path}.name"), "must not be empty");
