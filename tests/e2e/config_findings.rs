@@ -1,7 +1,7 @@
 //! Nothing accepted in silence (DESIGN, "Config Ama does not implement"), with the real binary:
 //!
-//! - `ama kube-inject` names the sidecar annotations Ama does not act on, on stderr
-//!   ([`kube_inject_names_unimplemented_annotations`], no root needed);
+//! - `ama kube-inject` names the sidecar annotations Ama does not act on and a kind no API server
+//!   serves, on stderr ([`kube_inject_names_unimplemented_annotations`], no root needed);
 //! - `ama up` of a directory with a `Deploymnet` refuses to start, naming file, document and
 //!   kind ([`ama_up_refuses_a_typo_in_a_kind`]);
 //! - under `ama up` of the seed and a DestinationRule with `subsets`
@@ -128,6 +128,11 @@ spec:
         sidecar.istio.io/proxyCPU: 100m
     spec:
       containers: [{name: web, image: nginx}]
+---
+apiVersion: apps/v1
+kind: Deploymnet
+metadata: {name: typo}
+spec: {}
 ",
     )
     .unwrap();
@@ -137,15 +142,21 @@ spec:
         .expect("run ama kube-inject");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
+    let f = file.display();
     assert_eq!(
-        stderr.trim(),
-        format!(
-            "Warning: {}:doc 1: Deployment default/web: \
-             spec.template.metadata.annotations[\"sidecar.istio.io/userVolume\"]: not implemented \
-             by Ama; ignored",
-            file.display()
-        ),
-        "one line, for the annotation Ama does not act on (proxyCPU it does)"
+        stderr.lines().collect::<Vec<_>>(),
+        [
+            format!(
+                "Warning: {f}:doc 1: Deployment default/web: \
+                 spec.template.metadata.annotations[\"sidecar.istio.io/userVolume\"]: not \
+                 implemented by Ama; ignored"
+            ),
+            format!(
+                "Warning: {f}:doc 2: Deploymnet default/typo: kind: unknown kind \"Deploymnet\" \
+                 in API group apps: did you mean Deployment?; passed through unchanged"
+            ),
+        ],
+        "the annotation Ama does not act on (proxyCPU it does), and the typo"
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("istio-proxy"));
 }

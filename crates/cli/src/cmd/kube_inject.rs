@@ -76,10 +76,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for file in &args.filenames {
         let (name, text) = read_input(file)?;
         let result = inject::inject_stream(&text, &name, &config);
-        // Injection passes through kinds it does not know: their errors are `ama apply`'s to
-        // report; what is not implemented of the objects is reported here.
-        for finding in api::objects::parse(&text, &name).warnings() {
-            writeln!(stderr, "{}", finding.for_terminal())?;
+        // What Ama does not implement of the objects, and kinds no API server serves (a typo):
+        // injection passes those through unchanged, as istioctl does, and `kubectl apply` will
+        // refuse them; the other errors are injection's own to report.
+        for finding in api::objects::parse(&text, &name).findings {
+            if !finding.is_error() {
+                writeln!(stderr, "{}", finding.for_terminal())?;
+            } else if finding.field == "kind" {
+                writeln!(stderr, "Warning: {finding}; passed through unchanged")?;
+            }
         }
         for warning in &result.warnings {
             writeln!(stderr, "warning: {warning}")?;
