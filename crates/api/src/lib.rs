@@ -12,6 +12,8 @@
 //! - [`objects`]: typed, validated objects from a YAML stream ([`objects::parse_stream`]): the
 //!   Istio config of [`networking`] and [`security`], and the Kubernetes objects of [`k8s`] the
 //!   registries read. [`check`] holds the checks they share, [`Duration`] Istio's durations.
+//! - [`kinds`]: the kinds a stream may hold, and the nearest one to a typo.
+//! - [`support`]: what Ama implements of the config it accepts; a warning finding for the rest.
 //! - [`yaml`]: splitting a YAML stream into documents and writing objects back, shared with
 //!   `kube-inject`.
 //!
@@ -28,12 +30,14 @@ mod duration;
 mod error;
 pub mod inject_config;
 pub mod k8s;
+pub mod kinds;
 pub mod label;
 pub mod mesh;
 pub mod networking;
 pub mod objects;
 pub mod overrides;
 pub mod security;
+pub mod support;
 pub mod validate;
 pub mod values;
 pub mod yaml;

@@ -11,9 +11,18 @@
 //!
 //! A document with a problem is left out; the others are still returned, so one typo does not
 //! hide a whole directory of config. Istio kinds reject fields Istio does not define; Kubernetes
-//! kinds keep only the fields the mesh reads (see [`crate::k8s`]). Kinds the mesh does not read
-//! (Secret, ServiceAccount, other Istio kinds …) come back as [`Object::Other`] so the caller
-//! can say what it ignored.
+//! kinds keep only the fields the mesh reads (see [`crate::k8s`]). Known kinds the mesh does not
+//! read (Secret, Telemetry, EnvoyFilter …) come back as [`Object::Other`]; a kind that is not a
+//! kind of its API group (`Deploymnet`, `VirtualServiceX`) is an error that suggests the nearest
+//! known one, as `kubectl apply` fails on a kind its server does not serve.
+//!
+//! [`parse`] also returns a warning [`Finding`] for every kind, field and value of a good object
+//! that Ama does not implement ([`crate::support`]), so that every command that reads config
+//! reports them the same way:
+//!
+//! ```text
+//! x.yaml:doc 1: VirtualService default/reviews: spec.http[0].fault: not implemented by Ama; ignored
+//! ```
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -29,7 +38,7 @@ use crate::k8s::{
 };
 use crate::mesh::MeshConfig;
 use crate::networking::{self, DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService};
-use crate::security::{self, AuthorizationPolicy, PeerAuthentication};
+use crate::security::{self, AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 use crate::yaml::{RawDocument, split_documents, syntax_error};
 
 /// The namespace of an object that does not name one, as `kubectl apply` without `-n`.
@@ -168,6 +177,8 @@ pub enum Object {
     PeerAuthentication(IstioConfig<PeerAuthentication>),
     /// `security.istio.io` AuthorizationPolicy.
     AuthorizationPolicy(IstioConfig<AuthorizationPolicy>),
+    /// `security.istio.io` RequestAuthentication.
+    RequestAuthentication(IstioConfig<RequestAuthentication>),
     /// `v1` Namespace.
     Namespace(Namespace),
     /// `v1` Service.
@@ -195,6 +206,7 @@ impl Object {
             Object::Sidecar(_) => "Sidecar",
             Object::PeerAuthentication(_) => "PeerAuthentication",
             Object::AuthorizationPolicy(_) => "AuthorizationPolicy",
+            Object::RequestAuthentication(_) => "RequestAuthentication",
             Object::Namespace(_) => "Namespace",
             Object::Service(_) => "Service",
             Object::Pod(_) => "Pod",
@@ -215,6 +227,7 @@ impl Object {
             Object::Sidecar(o) => &o.metadata,
             Object::PeerAuthentication(o) => &o.metadata,
             Object::AuthorizationPolicy(o) => &o.metadata,
+            Object::RequestAuthentication(o) => &o.metadata,
             Object::Namespace(o) => &o.metadata,
             Object::Service(o) => &o.metadata,
             Object::Pod(o) => &o.metadata,
@@ -244,9 +257,19 @@ fn object_name(kind: &str, m: &Metadata) -> String {
     }
 }
 
-/// A problem with one document of a stream. That document is not in the parsed objects.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ObjectError {
+/// How bad a [`Finding`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    /// The document is left out (malformed, unknown kind or field, bad value).
+    Error,
+    /// The object is used, but Ama does not implement part of it (or all of it).
+    Warning,
+}
+
+/// Something found in one document of a stream: an error (the document is not among the parsed
+/// objects) or a warning (it is, and this part of it is not implemented).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, thiserror::Error)]
+pub struct Finding {
     /// The name of the stream (a file name).
     pub source_name: String,
     /// 1-based index of the document among the non-empty ones.
@@ -257,11 +280,16 @@ pub struct ObjectError {
     pub object: Option<String>,
     /// Path of the field (`spec.http[0].route[1].weight`); empty for the whole document.
     pub field: String,
-    /// What is wrong.
+    /// What is wrong, or what Ama does instead.
     pub message: String,
+    /// Error or warning.
+    pub severity: Severity,
 }
 
-impl fmt::Display for ObjectError {
+/// A problem with one document of a stream ([`Finding`] with [`Severity::Error`]).
+pub type ObjectError = Finding;
+
+impl fmt::Display for Finding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:doc {}: ", self.source_name, self.doc)?;
         if let Some(object) = &self.object {
@@ -274,20 +302,72 @@ impl fmt::Display for ObjectError {
     }
 }
 
-/// Parses and checks every document of a YAML stream. `source_name` names the stream in
-/// errors. Objects come back in stream order (the items of a `List` in place of the list).
+impl Finding {
+    /// Whether the document was left out.
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+
+    /// The finding as a person reads it on a terminal: `error: …` or `Warning: …` (kubectl's
+    /// spelling of both).
+    pub fn for_terminal(&self) -> String {
+        match self.severity {
+            Severity::Error => format!("error: {self}"),
+            Severity::Warning => format!("Warning: {self}"),
+        }
+    }
+}
+
+/// The objects of a stream and everything found in it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Parsed {
+    /// The good objects, in stream order (the items of a `List` in place of the list).
+    pub objects: Vec<Object>,
+    /// Errors (documents left out) and warnings (what Ama does not implement of the objects),
+    /// in stream order.
+    pub findings: Vec<Finding>,
+}
+
+impl Parsed {
+    /// The errors among the findings.
+    pub fn errors(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(|f| f.is_error())
+    }
+
+    /// The warnings among the findings.
+    pub fn warnings(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(|f| !f.is_error())
+    }
+}
+
+/// Parses and checks every document of a YAML stream; only the errors. See [`parse`].
 pub fn parse_stream(text: &str, source_name: &str) -> (Vec<Object>, Vec<ObjectError>) {
+    let parsed = parse(text, source_name);
+    let errors = parsed
+        .findings
+        .into_iter()
+        .filter(Finding::is_error)
+        .collect();
+    (parsed.objects, errors)
+}
+
+/// Parses and checks every document of a YAML stream. `source_name` names the stream in
+/// findings. Objects come back in stream order (the items of a `List` in place of the list),
+/// with a warning for everything Ama does not implement of them.
+pub fn parse(text: &str, source_name: &str) -> Parsed {
     let mut objects = Vec::new();
     let mut errors = Vec::new();
     for doc in split_documents(text) {
-        let error = |object: Option<String>, p: Problem| ObjectError {
+        let finding = |severity: Severity, object: Option<String>, p: Problem| Finding {
             source_name: source_name.to_string(),
             doc: doc.index,
             line: doc.line,
             object,
             field: p.field,
             message: p.message,
+            severity,
         };
+        let error = |object, p| finding(Severity::Error, object, p);
         let value = match parse_document(&doc) {
             Ok(v) => v,
             Err(message) => {
@@ -323,16 +403,25 @@ pub fn parse_stream(text: &str, source_name: &str) -> (Vec<Object>, Vec<ObjectEr
             (false, v) => vec![(String::new(), v)],
         };
         for (prefix, value) in items {
-            match parse_object(value) {
-                Ok(object) => objects.push(object),
-                Err((object, problems)) => errors.extend(problems.into_iter().map(|mut p| {
-                    p.field = join(&prefix, &p.field);
-                    error(object.clone(), p)
-                })),
-            }
+            let (severity, name, problems) = match parse_object(&value) {
+                Ok(object) => {
+                    let unimplemented = crate::support::not_implemented(&object, &value);
+                    let name = object.display();
+                    objects.push(object);
+                    (Severity::Warning, Some(name), unimplemented)
+                }
+                Err((name, problems)) => (Severity::Error, name, problems),
+            };
+            errors.extend(problems.into_iter().map(|mut p| {
+                p.field = join(&prefix, &p.field);
+                finding(severity, name.clone(), p)
+            }));
         }
     }
-    (objects, errors)
+    Parsed {
+        objects,
+        findings: errors,
+    }
 }
 
 /// Parses one document's YAML, without nulls (as the API server drops them).
@@ -374,7 +463,7 @@ fn fail(field: &str, message: impl Into<String>) -> Failure {
 }
 
 /// Parses one object (not a List).
-fn parse_object(value: Value) -> Result<Object, Failure> {
+fn parse_object(value: &Value) -> Result<Object, Failure> {
     let text = |key: &str| value.get(key).and_then(Value::as_str).unwrap_or_default();
     let api_version = text("apiVersion").to_string();
     let kind = text("kind").to_string();
@@ -390,7 +479,7 @@ fn parse_object(value: Value) -> Result<Object, Failure> {
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", &api_version));
     let cluster_scoped = kind == "Namespace" && group.is_empty();
     let mut problems = Problems::default();
-    let metadata = metadata(&value, cluster_scoped, &kind, &mut problems);
+    let metadata = metadata(value, cluster_scoped, &kind, &mut problems);
     let name = object_name(&kind, &metadata);
 
     let object = match (group, kind.as_str()) {
@@ -405,9 +494,12 @@ fn parse_object(value: Value) -> Result<Object, Failure> {
                 version,
                 &networking::VERSIONS,
             );
-            istio_kind(&kind, &value, &api_version, metadata, &mut problems)
+            istio_kind(&kind, value, &api_version, metadata, &mut problems)
         }
-        (security::GROUP, "PeerAuthentication" | "AuthorizationPolicy") => {
+        (
+            security::GROUP,
+            "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication",
+        ) => {
             served(
                 &mut problems,
                 &kind,
@@ -415,11 +507,11 @@ fn parse_object(value: Value) -> Result<Object, Failure> {
                 version,
                 &security::VERSIONS,
             );
-            istio_kind(&kind, &value, &api_version, metadata, &mut problems)
+            istio_kind(&kind, value, &api_version, metadata, &mut problems)
         }
         (_, "Namespace" | "Service" | "Pod" | "ConfigMap") => {
             served(&mut problems, &kind, &api_version, &api_version, &["v1"]);
-            core_kind(&kind, &value, metadata, &mut problems)
+            core_kind(&kind, value, metadata, &mut problems)
         }
         (_, "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") => {
             served(
@@ -429,7 +521,7 @@ fn parse_object(value: Value) -> Result<Object, Failure> {
                 &api_version,
                 &["apps/v1"],
             );
-            workload(&kind, &value, metadata, &mut problems)
+            workload(&kind, value, metadata, &mut problems)
         }
         (_, "EndpointSlice") => {
             served(
@@ -439,17 +531,23 @@ fn parse_object(value: Value) -> Result<Object, Failure> {
                 &api_version,
                 &["discovery.k8s.io/v1"],
             );
-            let slice: Option<EndpointSliceBody> = typed(&value, "", &mut problems);
+            let slice: Option<EndpointSliceBody> = typed(value, "", &mut problems);
             slice.map(|slice| {
                 slice.validate("", &mut problems);
                 Object::EndpointSlice(EndpointSlice { metadata, slice })
             })
         }
-        _ => Some(Object::Other(OtherObject {
-            api_version: api_version.clone(),
-            kind: kind.clone(),
-            metadata,
-        })),
+        _ => match crate::kinds::check(group, &kind) {
+            Ok(()) => Some(Object::Other(OtherObject {
+                api_version: api_version.clone(),
+                kind: kind.clone(),
+                metadata,
+            })),
+            Err(message) => {
+                problems.add("kind", message);
+                None
+            }
+        },
     };
     match object {
         Some(object) if problems.is_empty() => Ok(object),
@@ -660,6 +758,13 @@ fn istio_kind(
             metadata,
             p,
             AuthorizationPolicy::validate,
+        )?),
+        "RequestAuthentication" => Object::RequestAuthentication(config(
+            value,
+            api_version,
+            metadata,
+            p,
+            RequestAuthentication::validate,
         )?),
         _ => return None,
     })

@@ -210,6 +210,56 @@ impl SidecarOverrides {
     }
 }
 
+/// Prefixes of the pod annotations Istio's injector and proxy read.
+const ISTIO_PREFIXES: [&str; 7] = [
+    "sidecar.istio.io/",
+    "traffic.sidecar.istio.io/",
+    "status.sidecar.istio.io/",
+    "readiness.status.sidecar.istio.io/",
+    "proxy.istio.io/",
+    "inject.istio.io/",
+    "prometheus.istio.io/",
+];
+
+/// The annotations of [`SidecarOverrides::parse`] and the two the injector writes or matches.
+const IMPLEMENTED: [&str; 24] = [
+    ann::SIDECAR_INJECT,
+    ann::SIDECAR_STATUS,
+    ann::SIDECAR_PROXY_IMAGE,
+    ann::SIDECAR_PROXY_CPU,
+    ann::SIDECAR_PROXY_MEMORY,
+    ann::SIDECAR_PROXY_CPU_LIMIT,
+    ann::SIDECAR_PROXY_MEMORY_LIMIT,
+    ann::SIDECAR_INTERCEPTION_MODE,
+    ann::SIDECAR_REWRITE_APP_HTTP_PROBERS,
+    ann::SIDECAR_LOG_LEVEL,
+    ann::SIDECAR_COMPONENT_LOG_LEVEL,
+    ann::SIDECAR_AGENT_LOG_LEVEL,
+    ann::SIDECAR_STATUS_PORT,
+    ann::INCLUDE_INBOUND_PORTS,
+    ann::EXCLUDE_INBOUND_PORTS,
+    ann::INCLUDE_OUTBOUND_PORTS,
+    ann::EXCLUDE_OUTBOUND_PORTS,
+    ann::INCLUDE_OUTBOUND_IP_RANGES,
+    ann::EXCLUDE_OUTBOUND_IP_RANGES,
+    ann::PROXY_CONFIG,
+    ann::PROMETHEUS_MERGE_METRICS,
+    ann::ISTIO_REV,
+    ann::KUBECTL_DEFAULT_CONTAINER,
+    ann::KUBECTL_DEFAULT_LOGS_CONTAINER,
+];
+
+/// The keys of `annotations` in Istio's sidecar namespaces (`sidecar.istio.io/…`,
+/// `traffic.sidecar.istio.io/…`, `proxy.istio.io/…` …) that Ama does not act on, such as
+/// `sidecar.istio.io/userVolume` or `readiness.status.sidecar.istio.io/periodSeconds`.
+pub fn not_implemented(annotations: &BTreeMap<String, String>) -> Vec<&str> {
+    annotations
+        .keys()
+        .map(String::as_str)
+        .filter(|k| ISTIO_PREFIXES.iter().any(|p| k.starts_with(p)) && !IMPLEMENTED.contains(k))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,6 +59,7 @@ pub fn review(
                 allowed: false,
                 patch: None,
                 message: Some(message),
+                warnings: Vec::new(),
             },
         ),
     };
@@ -75,6 +76,10 @@ pub fn review(
     if let Some(message) = response.message {
         body.insert("status".into(), json!({ "message": message }));
     }
+    if !response.warnings.is_empty() {
+        // `kubectl apply` prints each as `Warning: …`.
+        body.insert("warnings".into(), json!(response.warnings));
+    }
     let review = json!({
         "apiVersion": ADMISSION_API_VERSION,
         "kind": "AdmissionReview",
@@ -90,6 +95,8 @@ struct Response {
     /// The JSON Patch, as JSON bytes.
     patch: Option<Vec<u8>>,
     message: Option<String>,
+    /// What Ama does not implement of the pod ([`api::support`]).
+    warnings: Vec<String>,
 }
 
 /// The uid (empty when unreadable) and the response, or the uid and why the request is refused.
@@ -156,6 +163,7 @@ fn answer(
         allowed: true,
         patch: None,
         message: None,
+        warnings: Vec::new(),
     };
     let ns_labels = namespace_labels(&namespace);
     if injection_required(&namespace, ns_labels.as_ref(), pod, config).is_err() {
@@ -179,12 +187,23 @@ fn answer(
     let patch = json_patch::diff(pod, &injected);
     let patch = serde_json::to_vec(&patch)
         .map_err(|e| refuse(format!("cannot write the JSON patch: {e}")))?;
+    let annotations = string_map(pod.pointer("/metadata/annotations"));
+    let warnings = api::overrides::not_implemented(&annotations)
+        .into_iter()
+        .map(|key| {
+            format!(
+                "{}: metadata.annotations[\"{key}\"]: not implemented by Ama; ignored",
+                workload.display()
+            )
+        })
+        .collect();
     Ok((
         uid,
         Response {
             allowed: true,
             patch: Some(patch),
             message: None,
+            warnings,
         },
     ))
 }
@@ -400,6 +419,33 @@ mod tests {
         assert_eq!(check(&enabled, &injected), Err(SkipReason::AlreadyInjected));
         // Unknown namespace: the API server's selectors already chose the pod.
         assert_eq!(injection_required("shop", None, &plain, &config), Ok(()));
+    }
+
+    #[test]
+    fn unimplemented_annotations_are_admission_warnings() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/webhook/create-pod.json");
+        let mut review: Value =
+            serde_json::from_slice(&std::fs::read(path).expect("payload")).expect("JSON");
+        review["request"]["object"]["metadata"]["annotations"] =
+            json!({"sidecar.istio.io/userVolumeMount": "[]", "sidecar.istio.io/proxyCPU": "50m"});
+        let body = serde_json::to_vec(&review).expect("JSON");
+        let out: Value = serde_json::from_slice(&review_of(&body)).expect("an AdmissionReview");
+        assert_eq!(out["response"]["allowed"], true);
+        let warnings = out["response"]["warnings"].as_array().expect("warnings");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        let w = warnings[0].as_str().expect("text");
+        assert!(
+            w.ends_with(
+                ": metadata.annotations[\"sidecar.istio.io/userVolumeMount\"]: not implemented \
+                 by Ama; ignored"
+            ),
+            "{w}"
+        );
+    }
+
+    fn review_of(body: &[u8]) -> Vec<u8> {
+        let enabled = labels(&[("istio-injection", "enabled")]);
+        review(body, &InjectConfig::default(), |_| Some(enabled.clone()))
     }
 
     #[test]

@@ -519,7 +519,7 @@ pub fn search_path(ama: &Path) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifests::{Manifests, parse};
+    use crate::manifests::{Manifests, parse_ok};
     use crate::plan::pod_groups;
 
     const SEED: &str = "
@@ -544,7 +544,7 @@ spec:
 
     fn launch_in(ns_labels: &Labels, yaml: &str) -> Result<Launch, Error> {
         let mut m = Manifests::default();
-        m.merge(parse(yaml, "t.yaml").unwrap());
+        m.merge(parse_ok(yaml, "t.yaml"));
         let (groups, _) = pod_groups(&m);
         launch(LaunchInputs {
             group: &groups[0],

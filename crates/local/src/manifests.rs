@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use api::objects::{Object, ObjectError, parse_stream};
+use api::objects::{Finding, Object, parse_stream};
 use api::yaml::split_documents;
 use serde_json::Value;
 
@@ -66,12 +66,16 @@ impl Document {
 pub struct Manifests {
     /// The documents.
     pub docs: Vec<Document>,
+    /// What Ama does not implement of them ([`api::support`]), as [`Manifests::read_dir`]
+    /// found it.
+    pub warnings: Vec<Finding>,
 }
 
 impl Manifests {
     /// Reads every `*.yaml`, `*.yml` and `*.json` file under `dir` (recursively, in name order,
-    /// skipping names that start with '.'). Any malformed document fails the whole read, with
-    /// every problem listed.
+    /// skipping names that start with '.'). Any malformed document (or unknown kind) fails the
+    /// whole read, with every problem listed: `ama up` does not start a mesh that lacks a
+    /// document its user wrote. What Ama does not implement is kept in `warnings`.
     pub fn read_dir(dir: &Path) -> Result<Manifests, Error> {
         let mut files = Vec::new();
         collect_files(dir, &mut files)?;
@@ -84,9 +88,14 @@ impl Manifests {
         let mut errors = Vec::new();
         for file in files {
             let text = fs::read_to_string(&file).map_err(Error::io(&file))?;
-            match parse(&text, &file.display().to_string()) {
-                Ok(docs) => manifests.merge(docs),
-                Err(mut e) => errors.append(&mut e),
+            let (docs, findings) = parse(&text, &file.display().to_string());
+            manifests.merge(docs);
+            for f in findings {
+                if f.is_error() {
+                    errors.push(f);
+                } else {
+                    manifests.warnings.push(f);
+                }
             }
         }
         if errors.is_empty() {
@@ -177,13 +186,11 @@ impl Default for MeshSettings {
     }
 }
 
-/// Parses a YAML stream into documents. All problems are returned at once, with file, document
-/// and field; `Ok` means every document is usable.
-pub fn parse(text: &str, source: &str) -> Result<Vec<Document>, Vec<ObjectError>> {
-    let (_, errors) = parse_stream(text, source);
-    if !errors.is_empty() {
-        return Err(errors);
-    }
+/// Parses a YAML stream into its good documents, and every finding with file, document, object
+/// and field: the errors (those documents are left out, as `kubectl apply` leaves out the
+/// documents it rejects) and what Ama does not implement of the others.
+pub fn parse(text: &str, source: &str) -> (Vec<Document>, Vec<Finding>) {
+    let findings = api::objects::parse(text, source).findings;
     let mut docs = Vec::new();
     for doc in split_documents(text) {
         // parse_stream accepted every document: each is a mapping (or a List of them).
@@ -217,7 +224,16 @@ pub fn parse(text: &str, source: &str) -> Result<Vec<Document>, Vec<ObjectError>
             });
         }
     }
-    Ok(docs)
+    (docs, findings)
+}
+
+/// [`parse`] for tests of this crate: the documents, after checking that none was rejected.
+#[cfg(test)]
+pub(crate) fn parse_ok(text: &str, source: &str) -> Vec<Document> {
+    let (docs, findings) = parse(text, source);
+    let errors: Vec<&Finding> = findings.iter().filter(|f| f.is_error()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    docs
 }
 
 fn strip_nulls(value: &mut Value) {
@@ -293,7 +309,8 @@ data:
 
     #[test]
     fn typed_and_raw_with_namespace_filled_in() {
-        let docs = parse(SEED, "seed.yaml").unwrap();
+        let (docs, findings) = parse(SEED, "seed.yaml");
+        assert!(findings.is_empty(), "{findings:?}");
         assert_eq!(docs.len(), 3);
         assert_eq!(docs[1].raw["metadata"]["namespace"], "default");
         assert_eq!(
@@ -312,9 +329,9 @@ data:
     #[test]
     fn later_documents_replace_earlier_ones() {
         let mut m = Manifests::default();
-        m.merge(parse(SEED, "a.yaml").unwrap());
+        m.merge(parse(SEED, "a.yaml").0);
         let again = SEED.replace("replicas: 2", "replicas: 3");
-        m.merge(parse(&again, "b.yaml").unwrap());
+        m.merge(parse(&again, "b.yaml").0);
         assert_eq!(m.docs.len(), 3);
         assert_eq!(m.docs[1].raw["spec"]["replicas"], 3);
         assert_eq!(m.docs[1].source, "b.yaml");
@@ -323,7 +340,8 @@ data:
     #[test]
     fn every_problem_is_reported() {
         let bad = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 99999}]}\n---\n: :\n";
-        let errors = parse(bad, "bad.yaml").unwrap_err();
+        let (docs, errors) = parse(bad, "bad.yaml");
+        assert!(docs.is_empty());
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(
             errors[0].to_string().starts_with("bad.yaml:doc 1"),

@@ -417,7 +417,7 @@ pub fn hosts_file(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifests::parse;
+    use crate::manifests::parse_ok;
 
     const OBJECTS: &str = "
 apiVersion: v1
@@ -451,7 +451,7 @@ spec:
     #[test]
     fn vips_are_declared_and_pods_become_endpoints() {
         let mut m = Manifests::default();
-        m.merge(parse(OBJECTS, "seed.yaml").unwrap());
+        m.merge(parse_ok(OBJECTS, "seed.yaml"));
         let pods = [
             pod("httpbin-a", "httpbin", "10.244.0.2"),
             pod("ubuntu-a", "ubuntu", "10.244.0.3"),

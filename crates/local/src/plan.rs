@@ -376,7 +376,7 @@ pub fn string_map(value: Option<&Value>) -> Labels {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifests::parse;
+    use crate::manifests::parse_ok;
     use rand::SeedableRng;
 
     #[test]
@@ -414,7 +414,7 @@ metadata: {name: once}
 spec: {template: {spec: {containers: [{name: once, image: busybox}]}}}
 ";
         let mut m = Manifests::default();
-        m.merge(parse(yaml, "t.yaml").unwrap());
+        m.merge(parse_ok(yaml, "t.yaml"));
         let (groups, notes) = pod_groups(&m);
         assert_eq!(groups.len(), 3);
         assert_eq!(notes.len(), 1, "{notes:?}");

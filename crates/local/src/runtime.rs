@@ -140,6 +140,8 @@ pub enum Event<'a> {
     PodDeleted(&'a str),
     /// Something the user should know.
     Note(&'a str),
+    /// A document left out, or what Ama does not implement of one ([`api::support`]).
+    Finding(&'a api::objects::Finding),
     /// All pods ready for the first time (or again after a change).
     Ready(&'a State),
     /// `ama apply`'s objects were taken.
@@ -181,6 +183,9 @@ pub async fn up(opts: UpOptions, observer: &mut dyn Observer) -> Result<(), Erro
         }
     }
     let base = Manifests::read_dir(&opts.dir)?;
+    for w in &base.warnings {
+        observer.event(Event::Finding(w));
+    }
     preflight(&base, &opts)?;
     // Signals are taken before anything is created, so a Ctrl-C during start-up cleans up.
     let mut signals = Signals::new()?;
@@ -582,14 +587,10 @@ impl Mesh {
         let mut manifests = self.base.clone();
         for file in &files {
             let text = fs::read_to_string(file).unwrap_or_default();
-            match manifests::parse(&text, &file.display().to_string()) {
-                Ok(docs) => manifests.merge(docs),
-                Err(errors) => {
-                    for e in errors {
-                        let note = format!("ignored: {e}");
-                        observer.event(Event::Note(&note));
-                    }
-                }
+            let (docs, findings) = manifests::parse(&text, &file.display().to_string());
+            manifests.merge(docs);
+            for f in &findings {
+                observer.event(Event::Finding(f));
             }
         }
         self.manifests = manifests;
@@ -1315,7 +1316,12 @@ pub struct Applied {
 
 /// `ama apply`: checks `text`, hands it to the running `ama up` and waits until it took it.
 pub fn apply(dir: &StateDir, text: &str, source: &str) -> Result<Vec<Applied>, Error> {
-    let docs = manifests::parse(text, source).map_err(|errors| Error::Objects { errors })?;
+    // The good documents are applied, as `kubectl apply` does; the caller reports the findings
+    // (api::objects::parse of the same text).
+    let (docs, _) = manifests::parse(text, source);
+    if docs.is_empty() {
+        return Ok(Vec::new());
+    }
     let state = dir.load()?;
     if !alive(state.pid) {
         return Err(Error::NotRunning {

@@ -616,6 +616,13 @@ impl LocalReply {
         details: "upstream_reset_before_response_started{overflow}",
         body: "upstream connect error or disconnect/reset before headers. reset reason: overflow",
     };
+    /// Envoy's RBAC filter's denial ([`crate::authz`]).
+    const RBAC_DENIED: LocalReply = LocalReply {
+        status: StatusCode::FORBIDDEN,
+        flags: ResponseFlags::NONE,
+        details: crate::authz::DENIED_DETAILS,
+        body: crate::authz::DENIED_BODY,
+    };
     const TIMEOUT: LocalReply = LocalReply {
         status: StatusCode::GATEWAY_TIMEOUT,
         flags: ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
@@ -781,6 +788,9 @@ async fn handle(
         if let Some(r) = &target.route_name {
             rec.route_name = Some(r.clone());
         }
+    }
+    if ctx.direction == Direction::Inbound && ctx.pi.authz.denies_all(&snap, &ctx.pi.cfg) {
+        return Ok(LocalReply::RBAC_DENIED.respond(&ctx, log));
     }
     if target.endpoints.is_empty() {
         return Ok(LocalReply::NO_HEALTHY_UPSTREAM.respond(&ctx, log));

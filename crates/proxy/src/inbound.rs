@@ -83,7 +83,7 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, mut stream: TcpStream, drain: Drai
         }
         (detected, _) => {
             let io = Rewind::new(prefix, stream);
-            return proxy_detected(ctx, io, detected, start, t0, drain).await;
+            return proxy(ctx, io, detected, start, t0, drain).await;
         }
     };
 
@@ -102,7 +102,7 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, mut stream: TcpStream, drain: Drai
     if !istio && mode != InboundMode::Strict {
         // Not a mesh client: the app's own TLS, passed through untouched.
         let ctx = with_tls(&ctx, sni, None);
-        return proxy_detected(ctx, io, Detected::Tls, start, t0, drain).await;
+        return proxy(ctx, io, Detected::Tls, start, t0, drain).await;
     }
     let (mut tls_stream, peer, alpn) = match mesh.accept(io).await {
         Ok(accepted) => accepted,
@@ -126,7 +126,7 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, mut stream: TcpStream, drain: Drai
             }
         },
     };
-    proxy_detected(
+    proxy(
         ctx,
         Rewind::new(prefix, tls_stream),
         inner,
@@ -135,6 +135,25 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, mut stream: TcpStream, drain: Drai
         drain,
     )
     .await;
+}
+
+/// Hands the connection on, unless it is opaque and a policy Ama cannot enforce selects this
+/// workload: then it is closed ([`crate::authz`]; HTTP is denied per request).
+async fn proxy<I>(
+    ctx: Arc<ConnCtx>,
+    io: I,
+    detected: Detected,
+    start: SystemTime,
+    t0: Instant,
+    drain: DrainWatcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let opaque = matches!(detected, Detected::Tls | Detected::Opaque);
+    if opaque && crate::authz::refuses_connection(&ctx, start, t0) {
+        return;
+    }
+    proxy_detected(ctx, io, detected, start, t0, drain).await;
 }
 
 /// The access-log record of a connection no filter chain takes, as Envoy's listener logs it:

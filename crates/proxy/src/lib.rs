@@ -31,6 +31,7 @@
 pub mod addr;
 pub mod admin;
 pub mod authn;
+pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod config;
@@ -90,6 +91,8 @@ pub struct ProxyInputs {
     pub tls: Option<Arc<MeshTls>>,
     /// PeerAuthentication, resolved per snapshot.
     pub peer_authn: PeerAuthn,
+    /// Policies Ama cannot enforce, failed closed, resolved per snapshot.
+    pub authz: authz::Authz,
 }
 
 impl ProxyInputs {
@@ -125,6 +128,7 @@ impl ProxyInputs {
             load: LoadTracker::default(),
             tls,
             peer_authn: PeerAuthn::default(),
+            authz: authz::Authz::default(),
         })
     }
 }

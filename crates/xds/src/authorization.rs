@@ -1,6 +1,8 @@
 //! `Authorization`: PeerAuthentication and AuthorizationPolicy for the workloads they select.
 //!
-//! Carried and validated now; enforced on the inbound path together with mTLS (issue 4).
+//! PeerAuthentication is enforced on the inbound path together with mTLS; the rules of an
+//! AuthorizationPolicy are carried and validated but not evaluated yet, so the control plane
+//! sends each policy it cannot enforce as `denyAll`, which the proxy enforces (fail closed).
 
 use std::collections::BTreeMap;
 
@@ -174,9 +176,31 @@ pub struct Authorization {
     /// Rules; for ALLOW an empty list allows nothing, for DENY it denies nothing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<AuthorizationRule>,
+    /// The policy cannot be enforced as written (Ama does not evaluate AuthorizationPolicy and
+    /// RequestAuthentication yet): the selected workloads deny every request instead, as
+    /// Envoy's RBAC filter denies (fail closed). `action` and `rules` are then not used.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deny_all: bool,
 }
 
 impl Authorization {
+    /// Whether this applies to a workload in `namespace` with `labels`: a selector in its own
+    /// namespace, its namespace as a whole, or the whole mesh from `root_namespace`. Selectors
+    /// in the root namespace select in the root namespace only, as in Istio.
+    pub fn selects(
+        &self,
+        root_namespace: &str,
+        namespace: Option<&str>,
+        labels: &BTreeMap<String, String>,
+    ) -> bool {
+        if self.selector.is_empty() {
+            self.namespace == root_namespace || Some(self.namespace.as_str()) == namespace
+        } else {
+            Some(self.namespace.as_str()) == namespace
+                && self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+        }
+    }
+
     pub(crate) fn validate(&self, path: &str, errs: &mut ValidationErrors) {
         if self.name.is_empty() {
             errs.push(format!("{path}.name"), "must not be empty");

@@ -1,4 +1,4 @@
-//! `security.istio.io`: PeerAuthentication and AuthorizationPolicy.
+//! `security.istio.io`: PeerAuthentication, AuthorizationPolicy and RequestAuthentication.
 //!
 //! As for [`crate::networking`], the types follow Istio's protos
 //! (`security/v1beta1/*.proto`, served unchanged as `v1` and `v1beta1`): unknown fields are
@@ -6,9 +6,11 @@
 
 pub mod authorization_policy;
 pub mod peer_authentication;
+pub mod request_authentication;
 
 pub use authorization_policy::AuthorizationPolicy;
 pub use peer_authentication::PeerAuthentication;
+pub use request_authentication::RequestAuthentication;
 
 /// The API group of these kinds.
 pub const GROUP: &str = "security.istio.io";

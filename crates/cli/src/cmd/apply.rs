@@ -1,7 +1,11 @@
 //! `ama apply -f FILE`: adds or changes objects of the running local mesh (Deployments,
-//! Services, Istio config …), like `kubectl apply`. The file is checked first (nothing is
-//! applied if a document is malformed); `ama up` takes it at once: new pods start, changed
-//! templates replace their pods, config reaches the proxies.
+//! Services, Istio config …), like `kubectl apply`; `ama up` takes it at once: new pods start,
+//! changed templates replace their pods, config reaches the proxies.
+//!
+//! As `kubectl apply`, the good documents are applied and each bad one (malformed, unknown kind
+//! or field) is an `error:` line on standard error naming file, document, object and field;
+//! the exit code is then 1. What Ama does not implement of a good document is a `Warning:`
+//! line ([`api::support`]).
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -22,6 +26,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let dir = args.mesh.dir()?;
+    let mut failed = false;
     for file in &args.filenames {
         let (text, name) = if file.as_os_str() == "-" {
             let mut text = String::new();
@@ -34,9 +39,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("reading {}", file.display()))?;
             (text, file.display().to_string())
         };
+        let parsed = api::objects::parse(&text, &name);
+        for f in &parsed.findings {
+            eprintln!("{}", f.for_terminal());
+        }
+        failed |= parsed.errors().next().is_some();
+        if parsed.objects.is_empty() {
+            continue;
+        }
         for applied in local::runtime::apply(&dir, &text, &name)? {
             println!("{} {}", applied.resource, applied.verb);
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

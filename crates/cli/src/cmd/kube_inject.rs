@@ -2,7 +2,9 @@
 //!
 //! Reads each `-f` (a file or `-` for standard input) in turn, injects it with `inject`, and
 //! writes the good documents to standard output or `-o`. Every bad document is reported on
-//! standard error, one line each, prefixed with its file; the exit code is then 1.
+//! standard error, one line each, prefixed with its file; the exit code is then 1. What Ama
+//! does not implement of the documents (Istio's sidecar annotations it does not act on, Istio
+//! config fields) is a `Warning:` line each ([`api::support`]), as `ama apply` prints it.
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -74,6 +76,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for file in &args.filenames {
         let (name, text) = read_input(file)?;
         let result = inject::inject_stream(&text, &name, &config);
+        // What Ama does not implement of the objects, and kinds no API server serves (a typo):
+        // injection passes those through unchanged, as istioctl does, and `kubectl apply` will
+        // refuse them; the other errors are injection's own to report.
+        for finding in api::objects::parse(&text, &name).findings {
+            if !finding.is_error() {
+                writeln!(stderr, "{}", finding.for_terminal())?;
+            } else if finding.field == "kind" {
+                writeln!(stderr, "Warning: {finding}; passed through unchanged")?;
+            }
+        }
         for warning in &result.warnings {
             writeln!(stderr, "warning: {warning}")?;
         }

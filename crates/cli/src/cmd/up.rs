@@ -89,6 +89,8 @@ struct Printer {
     created: BTreeSet<String>,
     ready: BTreeSet<String>,
     progress_shown: bool,
+    /// Findings already printed: `ama apply`'s files are read again at each apply.
+    findings: BTreeSet<String>,
 }
 
 impl Printer {
@@ -105,6 +107,7 @@ impl Printer {
             created: BTreeSet::new(),
             ready: BTreeSet::new(),
             progress_shown: false,
+            findings: BTreeSet::new(),
         }
     }
 
@@ -259,6 +262,18 @@ impl Observer for Printer {
                 self.line(&format!("pod/{name} deleted"));
             }
             Event::Note(n) => self.line(&format!("note: {n}")),
+            Event::Finding(f) => {
+                let text = f.for_terminal();
+                if self.findings.insert(text.clone()) {
+                    if self.progress_shown {
+                        // Off the terminal's progress line first, as `line` does.
+                        print!("\r\x1b[2K");
+                        let _ = std::io::stdout().flush();
+                        self.progress_shown = false;
+                    }
+                    eprintln!("{text}");
+                }
+            }
             Event::Ready(state) => {
                 let text = self.hints(state);
                 self.line(&text);

@@ -1,21 +1,17 @@
 //! Istio config → the `xds` resources: VirtualService → [`xds::HttpRoutes`], DestinationRule
 //! → [`xds::TrafficPolicy`], PeerAuthentication and AuthorizationPolicy → [`xds::Authorization`].
 //!
-//! The `xds` types carry a subset of Istio's API. What they cannot carry is left out with a
-//! [`super::Warning`] naming the field, and always on the safe side:
+//! What Ama implements of each kind is said once, in [`api::support`], which reports the rest
+//! to the user (the CLI prints it, discovery logs it). The translation here leaves the rest
+//! out, always on the safe side, and warns only of what depends on the whole mesh (a host no
+//! service matches, a second namespace-wide policy):
 //!
-//! - VirtualService: only routes bound to the mesh (`gateways` empty or with `mesh`). Carried:
-//!   `http[].name`, `match[].uri` and `match[].headers` (exact, prefix), `route[]` (host, port,
-//!   subset, weight), `timeout`, `retries` (attempts, perTryTimeout, retryOn). A match with
-//!   anything else (regex, method, port, sourceLabels, queryParams …) is dropped, and a route
-//!   whose every match was dropped is dropped, so no route matches more than written. Routes
-//!   with `redirect`, `directResponse` or `delegate` are dropped; `rewrite`, `fault`, `mirror`,
-//!   `corsPolicy` and `headers` are ignored. `tls` and `tcp` routes are ignored.
-//! - DestinationRule: `loadBalancer.simple`, `connectionPool.tcp.{maxConnections,
-//!   connectTimeout}`, `connectionPool.http.{http2MaxRequests, maxRequestsPerConnection,
-//!   idleTimeout}`, `outlierDetection.{consecutive5xxErrors, interval, baseEjectionTime,
-//!   maxEjectionPercent}`, `workloadSelector` and `exportTo`. Ignored: subsets, port-level
-//!   settings, `tls`, consistent hashing, locality settings and the other pool fields.
+//! - VirtualService: only routes bound to the mesh (`gateways` empty or with `mesh`). A match
+//!   with anything but `uri` and `headers` (exact, prefix) is dropped, and a route whose every
+//!   match was dropped is dropped, so no route matches more than written. Routes with
+//!   `redirect`, `directResponse` or `delegate` are dropped.
+//! - DestinationRule: `loadBalancer.simple`, the connection pool and outlier settings the
+//!   `xds` types carry, `workloadSelector` and `exportTo`.
 //! - PeerAuthentication: modes are resolved here, since the wire has no `UNSET`: a port's
 //!   `UNSET` takes the policy's mode, a workload policy's takes its namespace policy's, a
 //!   namespace policy's takes the mesh policy's (root namespace, no selector), which defaults to
@@ -24,11 +20,10 @@
 //!   specific one: a selector match, then its namespace's, then the mesh's. These entries are
 //!   named `converted_peer_authentication_<name>` (ztunnel's name) and carry no rules: the
 //!   proxy reads only their `peerAuthentication`.
-//! - AuthorizationPolicy: `ALLOW` and `DENY` with `selector`, `from.source.{principals,
-//!   namespaces}`, `to.operation.{methods, paths, ports}`. Any other condition (`not…`,
-//!   `ipBlocks`, `requestPrincipals`, `hosts`, `when` …) cannot be checked: an ALLOW rule with one
-//!   is dropped (it allows nothing), a DENY rule keeps its other conditions (it denies more).
-//!   `AUDIT` and `CUSTOM` policies, and policies with `targetRef`, are left out.
+//! - AuthorizationPolicy and RequestAuthentication: not enforced yet, so they fail closed. Each
+//!   one that [`api::support::denies_all`] says binds sidecars becomes an entry with `denyAll`
+//!   for the workloads it selects (by selector, its namespace, or the mesh from the root
+//!   namespace): their proxies answer every request as Envoy's RBAC filter answers a denied one.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -36,7 +31,6 @@ use api::networking::destination_rule::{self, SimpleLb};
 use api::networking::virtual_service::{HttpMatchRequest, HttpRoute};
 use api::networking::{DestinationRule, StringMatch, VirtualService};
 use api::objects::{IstioConfig, Object};
-use api::security::authorization_policy::{self as ap, AuthorizationPolicy};
 use api::security::peer_authentication::{MtlsMode, PeerAuthentication};
 
 use super::{ExportTo, ROOT_NAMESPACE, Scoped, Warnings, service_hostname};
@@ -76,13 +70,10 @@ pub(crate) fn build(
                 .traffic_policies
                 .extend(destination_rule(dr, &hosts, &mut w)),
             Object::PeerAuthentication(pa) => peer_authentications.push(pa),
-            Object::AuthorizationPolicy(policy) => {
-                if let Some(a) = authorization_policy(policy, &mut w) {
+            Object::AuthorizationPolicy(_) | Object::RequestAuthentication(_) => {
+                if let Some(a) = deny_all(o) {
                     out.authorizations.push(a);
                 }
-            }
-            Object::Gateway(_) | Object::Sidecar(_) | Object::ServiceEntry(_) => {
-                w(format!("{} is not used by sidecars yet", o.kind()))
             }
             _ => {}
         }
@@ -142,9 +133,6 @@ fn virtual_service(
     if !spec.gateways.is_empty() && !spec.gateways.iter().any(|g| g == "mesh") {
         return None; // for gateways only
     }
-    if !spec.tls.is_empty() || !spec.tcp.is_empty() {
-        w("spec.tls and spec.tcp routes are not supported yet: ignored".into());
-    }
     let hosts: BTreeSet<String> = spec
         .hosts
         .iter()
@@ -182,39 +170,15 @@ fn http_route(
     known: &[&str],
     w: &mut impl FnMut(String),
 ) -> Option<xds::HttpRoute> {
-    for (field, set) in [
-        ("redirect", route.redirect.is_some()),
-        ("directResponse", route.direct_response.is_some()),
-        ("delegate", route.delegate.is_some()),
-    ] {
-        if set {
-            w(format!("{at}.{field} is not supported yet: route dropped"));
-            return None;
-        }
+    // api::support reports each of these; here they only shape the translation.
+    if route.redirect.is_some() || route.direct_response.is_some() || route.delegate.is_some() {
+        return None;
     }
-    for (field, set) in [
-        ("rewrite", route.rewrite.is_some()),
-        ("fault", route.fault.is_some()),
-        (
-            "mirror",
-            route.mirror.is_some() || !route.mirrors.is_empty(),
-        ),
-        ("corsPolicy", route.cors_policy.is_some()),
-        ("headers", route.headers.is_some()),
-    ] {
-        if set {
-            w(format!("{at}.{field} is not supported yet: ignored"));
-        }
-    }
-    let mut matches = Vec::new();
-    for (j, m) in route.r#match.iter().enumerate() {
-        match route_match(m) {
-            Ok(m) => matches.push(m),
-            Err(field) => w(format!(
-                "{at}.match[{j}].{field} is not supported yet: this match is dropped"
-            )),
-        }
-    }
+    let matches: Vec<_> = route
+        .r#match
+        .iter()
+        .filter_map(|m| route_match(m).ok())
+        .collect();
     if !route.r#match.is_empty() && matches.is_empty() {
         w(format!("{at}: no match is usable: route dropped"));
         return None;
@@ -300,10 +264,7 @@ fn destination_rule(
     let spec = &dr.spec;
     let ns = &dr.metadata.namespace;
     let name = format!("{ns}/{}", dr.metadata.name);
-    if !spec.subsets.is_empty() {
-        w("spec.subsets are not supported yet: ignored".into());
-    }
-    let base = traffic_policy(spec.traffic_policy.as_ref(), w);
+    let base = traffic_policy(spec.traffic_policy.as_ref());
     let hosts = resolve_host(&spec.host, ns, known);
     if hosts.is_empty() {
         w(format!(
@@ -337,92 +298,30 @@ fn destination_rule(
         .collect()
 }
 
-fn traffic_policy(
-    p: Option<&destination_rule::TrafficPolicy>,
-    w: &mut impl FnMut(String),
-) -> xds::TrafficPolicy {
+fn traffic_policy(p: Option<&destination_rule::TrafficPolicy>) -> xds::TrafficPolicy {
     let mut out = xds::TrafficPolicy::default();
     let Some(p) = p else { return out };
-    let at = "spec.trafficPolicy";
-    for (field, set) in [
-        ("tls", p.tls.is_some()),
-        ("portLevelSettings", !p.port_level_settings.is_empty()),
-        ("tunnel", p.tunnel.is_some()),
-        ("proxyProtocol", p.proxy_protocol.is_some()),
-    ] {
-        if set {
-            w(format!("{at}.{field} is not supported yet: ignored"));
-        }
-    }
     if let Some(lb) = &p.load_balancer {
         out.load_balancer = match lb.simple {
             Some(SimpleLb::RoundRobin) => Some(xds::LbPolicy::RoundRobin),
             Some(SimpleLb::Random) => Some(xds::LbPolicy::Random),
             Some(SimpleLb::LeastRequest | SimpleLb::LeastConn) => Some(xds::LbPolicy::LeastRequest),
-            Some(SimpleLb::Passthrough) => {
-                w(format!(
-                    "{at}.loadBalancer.simple: PASSTHROUGH is not supported: ignored"
-                ));
-                None
-            }
-            Some(SimpleLb::Unspecified) | None => None,
+            Some(SimpleLb::Passthrough | SimpleLb::Unspecified) | None => None,
         };
-        for (field, set) in [
-            ("consistentHash", lb.consistent_hash.is_some()),
-            ("localityLbSetting", lb.locality_lb_setting.is_some()),
-            (
-                "warmup",
-                lb.warmup.is_some() || lb.warmup_duration_secs.is_some(),
-            ),
-        ] {
-            if set {
-                w(format!(
-                    "{at}.loadBalancer.{field} is not supported yet: ignored"
-                ));
-            }
-        }
     }
     if let Some(pool) = &p.connection_pool {
         if let Some(tcp) = &pool.tcp {
             out.connection_pool.tcp.max_connections = positive_u32(tcp.max_connections);
             out.connection_pool.tcp.connect_timeout_ms = millis(tcp.connect_timeout);
-            if tcp.tcp_keepalive.is_some()
-                || tcp.max_connection_duration.is_some()
-                || tcp.idle_timeout.is_some()
-            {
-                w(format!(
-                    "{at}.connectionPool.tcp: only maxConnections and connectTimeout are \
-                     supported: the rest is ignored"
-                ));
-            }
         }
         if let Some(http) = &pool.http {
             out.connection_pool.http.max_requests = positive_u32(http.http2_max_requests);
             out.connection_pool.http.max_requests_per_connection =
                 positive_u32(http.max_requests_per_connection);
             out.connection_pool.http.idle_timeout_ms = millis(http.idle_timeout);
-            if http.http1_max_pending_requests.is_some()
-                || http.max_retries.is_some()
-                || http.h2_upgrade_policy.is_some()
-                || http.use_client_protocol.is_some()
-                || http.max_concurrent_streams.is_some()
-            {
-                w(format!(
-                    "{at}.connectionPool.http: only http2MaxRequests, maxRequestsPerConnection \
-                     and idleTimeout are supported: the rest is ignored"
-                ));
-            }
         }
     }
     if let Some(o) = &p.outlier_detection {
-        if o.consecutive_5xx_errors.is_none()
-            && (o.consecutive_gateway_errors.is_some() || o.consecutive_errors.is_some())
-        {
-            w(format!(
-                "{at}.outlierDetection: only consecutive5xxErrors is supported: gateway errors \
-                 are ignored"
-            ));
-        }
         out.outlier_detection = Some(xds::OutlierDetection {
             consecutive_5xx_errors: o
                 .consecutive_5xx_errors
@@ -531,123 +430,30 @@ fn peer_authentication(
             }),
             action: xds::Action::Allow,
             rules: Vec::new(),
+            deny_all: false,
         });
     }
     out
 }
 
-fn authorization_policy(
-    policy: &IstioConfig<AuthorizationPolicy>,
-    w: &mut impl FnMut(String),
-) -> Option<xds::Authorization> {
-    let spec = &policy.spec;
-    let action = match spec.action.unwrap_or(ap::Action::Allow) {
-        ap::Action::Allow => xds::Action::Allow,
-        ap::Action::Deny => xds::Action::Deny,
-        ap::Action::Audit | ap::Action::Custom => {
-            w("spec.action: AUDIT and CUSTOM are not supported yet: policy ignored".into());
-            return None;
-        }
+/// The fail-closed entry of an AuthorizationPolicy or RequestAuthentication that binds
+/// sidecars (see the module docs); `None` for one that binds none.
+fn deny_all(o: &Object) -> Option<xds::Authorization> {
+    let selector = match o {
+        _ if !api::support::denies_all(o) => return None,
+        Object::AuthorizationPolicy(p) => p.spec.selector.as_ref(),
+        Object::RequestAuthentication(r) => r.spec.selector.as_ref(),
+        _ => return None,
     };
-    if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
-        w("spec.targetRef applies to waypoints and gateways, not sidecars: policy ignored".into());
-        return None;
-    }
-    let deny = action == xds::Action::Deny;
-    let mut rules = Vec::new();
-    for (i, rule) in spec.rules.iter().enumerate() {
-        let at = format!("spec.rules[{i}]");
-        let mut unsupported = Vec::new();
-        let from = rule
-            .from
-            .iter()
-            .enumerate()
-            .filter_map(|(j, f)| {
-                let s = f.source.as_ref()?;
-                for (field, set) in [
-                    ("notPrincipals", !s.not_principals.is_empty()),
-                    ("requestPrincipals", !s.request_principals.is_empty()),
-                    ("notRequestPrincipals", !s.not_request_principals.is_empty()),
-                    ("notNamespaces", !s.not_namespaces.is_empty()),
-                    ("ipBlocks", !s.ip_blocks.is_empty()),
-                    ("notIpBlocks", !s.not_ip_blocks.is_empty()),
-                    ("remoteIpBlocks", !s.remote_ip_blocks.is_empty()),
-                    ("notRemoteIpBlocks", !s.not_remote_ip_blocks.is_empty()),
-                ] {
-                    if set {
-                        unsupported.push(format!("{at}.from[{j}].source.{field}"));
-                    }
-                }
-                Some(xds::RequestMatch {
-                    principals: s.principals.clone(),
-                    namespaces: s.namespaces.clone(),
-                    ..Default::default()
-                })
-            })
-            .collect();
-        let to = rule
-            .to
-            .iter()
-            .enumerate()
-            .filter_map(|(j, t)| {
-                let o = t.operation.as_ref()?;
-                for (field, set) in [
-                    ("hosts", !o.hosts.is_empty()),
-                    ("notHosts", !o.not_hosts.is_empty()),
-                    ("notPorts", !o.not_ports.is_empty()),
-                    ("notMethods", !o.not_methods.is_empty()),
-                    ("notPaths", !o.not_paths.is_empty()),
-                    (
-                        "paths (suffix match)",
-                        o.paths.iter().any(|p| p.starts_with('*')),
-                    ),
-                ] {
-                    if set {
-                        unsupported.push(format!("{at}.to[{j}].operation.{field}"));
-                    }
-                }
-                Some(xds::RequestMatch {
-                    methods: o.methods.clone(),
-                    paths: o
-                        .paths
-                        .iter()
-                        .filter(|p| !p.starts_with('*'))
-                        .cloned()
-                        .collect(),
-                    ports: o.ports.iter().filter_map(|p| p.parse().ok()).collect(),
-                    ..Default::default()
-                })
-            })
-            .collect();
-        if !rule.when.is_empty() {
-            unsupported.push(format!("{at}.when"));
-        }
-        if !unsupported.is_empty() {
-            let fields = unsupported.join(", ");
-            if deny {
-                w(format!(
-                    "{fields}: not supported yet: the DENY rule is applied without them (it \
-                     denies more)"
-                ));
-            } else {
-                w(format!(
-                    "{fields}: not supported yet: the ALLOW rule is dropped (it allows nothing)"
-                ));
-                continue;
-            }
-        }
-        rules.push(xds::AuthorizationRule { from, to });
-    }
+    let m = o.metadata();
     Some(xds::Authorization {
-        name: policy.metadata.name.clone(),
-        namespace: policy.metadata.namespace.clone(),
-        selector: spec
-            .selector
-            .as_ref()
-            .map(|s| s.match_labels.clone())
-            .unwrap_or_default(),
+        // Unique per object: both kinds may use the same name.
+        name: format!("{}/{}", o.kind(), m.name),
+        namespace: m.namespace.clone(),
+        selector: selector.map(|s| s.match_labels.clone()).unwrap_or_default(),
         peer_authentication: None,
-        action,
-        rules,
+        action: xds::Action::Deny,
+        rules: Vec::new(),
+        deny_all: true,
     })
 }

@@ -175,10 +175,8 @@ impl Model {
                     mesh_config: Some(m),
                     ..
                 }) if metadata.namespace == ROOT_NAMESPACE => mesh = Some(m.clone()),
-                Object::Other(other) => warnings.add(
-                    o.display(),
-                    format!("{} is not used by the mesh", other.api_version),
-                ),
+                // api::support reports the kinds the mesh does not read.
+                Object::Other(_) => {}
                 _ => {
                     let ns = &o.metadata().namespace;
                     if !ns.is_empty() && !namespaces.contains_key(ns) {

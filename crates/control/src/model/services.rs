@@ -35,12 +35,9 @@ pub(crate) fn build(
     let mut slices: HashMap<ServiceKey, Vec<&EndpointSlice>> = HashMap::new();
     for o in objects {
         match o {
-            Object::Service(s) => {
-                if s.spec.service_type.as_deref() == Some("ExternalName") {
-                    warnings.add(o.display(), "ExternalName services are not supported yet");
-                } else {
-                    services.push(s);
-                }
+            // api::support reports ExternalName services.
+            Object::Service(s) if s.spec.service_type.as_deref() != Some("ExternalName") => {
+                services.push(s)
             }
             Object::EndpointSlice(slice) => match slice.service_name() {
                 Some(name) => slices
@@ -121,7 +118,7 @@ pub(crate) fn build(
             }
         }
         let endpoints = match slices.get(&key) {
-            Some(slices) => slice_endpoints(s, &ports, slices, &by_ip, warnings),
+            Some(slices) => slice_endpoints(s, &ports, slices, &by_ip),
             None => selector_endpoints(s, &ports, &by_label),
         };
         let export_to = match s.metadata.annotations.get(EXPORT_TO_ANNOTATION) {
@@ -345,19 +342,11 @@ fn slice_endpoints(
     ports: &[(ServicePort, Option<String>)],
     slices: &[&EndpointSlice],
     by_ip: &HashMap<IpAddr, &xds::Workload>,
-    warnings: &mut Warnings,
 ) -> Vec<Endpoint> {
     let mut out: BTreeMap<IpAddr, Endpoint> = BTreeMap::new();
     for slice in slices {
         if slice.slice.address_type == "FQDN" {
-            warnings.add(
-                format!(
-                    "EndpointSlice {}/{}",
-                    slice.metadata.namespace, slice.metadata.name
-                ),
-                "FQDN endpoints are not supported yet",
-            );
-            continue;
+            continue; // reported by api::support
         }
         let mut endpoint_ports = BTreeMap::new();
         for ep_port in &slice.slice.ports {

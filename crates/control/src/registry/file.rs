@@ -11,7 +11,9 @@
 //! for file systems with coarse timestamps.
 //!
 //! - A malformed document is reported once (`file:doc N: Kind ns/name: field: message`) and
-//!   left out; the file's other documents still apply.
+//!   left out; the file's other documents still apply. What Ama does not implement of a good
+//!   document is logged the same way, at WARN, when the file is read
+//!   ([`api::objects::parse`]).
 //! - A file whose documents are all malformed keeps the objects it had before (an editor's
 //!   half-written save does not take the mesh down); a new file like that adds nothing. Other
 //!   files are never affected.
@@ -112,6 +114,9 @@ struct FileState {
     /// The metadata when it was last read.
     stamp: Option<Stamp>,
     errors: Vec<ObjectError>,
+    /// Every finding as logged, so that a file written again logs only what is new (`ama up`
+    /// rewrites its objects file at every pod change).
+    logged: std::collections::BTreeSet<String>,
 }
 
 /// What `stat` says of a file: when all of it is unchanged, so is the file.
@@ -232,10 +237,20 @@ impl FileRegistry {
                 continue;
             }
             let text = String::from_utf8_lossy(&text);
-            let (objects, errors) = parse_stream(&text, &name);
-            for e in &errors {
-                tracing::warn!("{e}");
+            let parsed = api::objects::parse(&text, &name);
+            // Errors (documents left out) and what Ama does not implement of the others.
+            let logged: std::collections::BTreeSet<String> =
+                parsed.findings.iter().map(ToString::to_string).collect();
+            let before = files.get(&name).map(|f| &f.logged);
+            for f in logged
+                .iter()
+                .filter(|f| before.is_none_or(|b| !b.contains(*f)))
+            {
+                tracing::warn!("{f}");
             }
+            let (errors, _): (Vec<_>, Vec<_>) =
+                parsed.findings.into_iter().partition(|f| f.is_error());
+            let objects = parsed.objects;
             let all_bad = objects.is_empty() && !errors.is_empty();
             if all_bad && let Some(kept) = self.store.get(&name) {
                 if !kept.is_empty() {
@@ -255,6 +270,7 @@ impl FileRegistry {
                     hash,
                     stamp: Some(stamp),
                     errors,
+                    logged,
                 },
             );
             report.changed.push(name);

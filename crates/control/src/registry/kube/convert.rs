@@ -12,7 +12,7 @@
 
 use ::kube::api::DynamicObject;
 use ::kube::discovery::ApiResource;
-use api::objects::{Object, ObjectError, parse_stream};
+use api::objects::{Object, ObjectError};
 use serde_json::Value;
 
 /// Pod phases after which a pod runs no more: its address may already belong to another pod.
@@ -68,10 +68,18 @@ pub fn convert_value(value: &Value, source_name: &str) -> Converted {
         Ok(t) => t,
         Err(e) => return Converted::Invalid(vec![whole(source_name, e.to_string())]),
     };
-    let (mut objects, errors) = parse_stream(&text, source_name);
+    let parsed = api::objects::parse(&text, source_name);
+    let (errors, warnings): (Vec<_>, Vec<_>) =
+        parsed.findings.into_iter().partition(|f| f.is_error());
     if !errors.is_empty() {
         return Converted::Invalid(errors);
     }
+    // What Ama does not implement of the object: logged as the file registry logs it (the
+    // watch sends an object again only when it changes).
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    let mut objects = parsed.objects;
     match (objects.pop(), objects.is_empty()) {
         (Some(object), true) => Converted::Object(object),
         // A `List` object inside a watch stream: not something the API server sends.
@@ -87,6 +95,7 @@ fn whole(source_name: &str, message: String) -> ObjectError {
         object: None,
         field: String::new(),
         message,
+        severity: api::objects::Severity::Error,
     }
 }
 
