@@ -557,7 +557,7 @@ spec:
   ports: [{name: http, port: 80, targetPort: web-http}]
 ";
         let mut m = Manifests::default();
-        m.merge(parse(yaml, "web.yaml").unwrap());
+        m.merge(parse_ok(yaml, "web.yaml"));
         let named = |name: &str, ip: &str, port: u64| {
             let mut p = pod(name, "web", ip);
             p["spec"]["containers"][0]["ports"] =

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use harness::{App, Sidecar, httpbin_yaml, server_yaml, vip};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The server's resources with one `denyAll` entry: `namespace`, `selector` (YAML flow map).
 fn server_with_policy(namespace: &str, selector: &str) -> String {
@@ -87,6 +87,10 @@ services:
     let mut conn = client
         .connect_outbound("10.0.0.25:25".parse().expect("addr"))
         .await;
+    // The server side waits for the client's first bytes before it knows the connection is
+    // opaque (Istio's protocolDetectionTimeout: 0s), as Envoy's network RBAC filter acts on
+    // the first bytes.
+    conn.write_all(b"HELO x\r\n").await.expect("write");
     let mut got = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut got))
         .await
