@@ -40,7 +40,8 @@ pub struct ProxyConfig {
     /// under them: the client sidecar keeps its idle connections to the server sidecar for
     /// `pool_idle_timeout`.
     pub idle_timeout: Duration,
-    /// Largest request header block, in bytes (Envoy's default: 60 KiB); beyond it, 431.
+    /// Largest HTTP/1 request head (request line, headers and the blank line), in bytes: Envoy's
+    /// default `max_request_headers_kb` of 60 KiB, which Istio keeps; beyond it, 431.
     pub max_request_headers: usize,
     /// Upstream connect timeout (Istio's default: 10 s).
     pub connect_timeout: Duration,
