@@ -331,18 +331,18 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
     })
 }
 
-/// For an absolute-form request target (`GET http://a.example/path HTTP/1.1`), makes its
-/// authority the `Host` header, as Envoy does: the URI's authority wins over the `Host` the
-/// client also sent (RFC 9112 §3.2.2). Origin-form requests (nearly all) are left alone.
-pub fn host_from_absolute_uri(uri: &http::Uri, headers: &mut HeaderMap) {
-    if let Some(a) = uri.authority()
-        && headers
-            .get(header::HOST)
-            .is_none_or(|h| h.as_bytes() != a.as_str().as_bytes())
-        && let Ok(v) = HeaderValue::from_str(a.as_str())
+/// For an absolute-form request target (`GET http://a.example/path HTTP/1.1`), the `Host` it
+/// must have when the client sent another: the URI's authority wins, as through Envoy (RFC 9112
+/// §3.2.2). `None` for origin-form targets (nearly all), which cost one check.
+pub fn absolute_form_host(uri: &http::Uri, headers: &HeaderMap) -> Option<HeaderValue> {
+    let a = uri.authority()?;
+    if headers
+        .get(header::HOST)
+        .is_some_and(|h| h.as_bytes() == a.as_str().as_bytes())
     {
-        headers.insert(header::HOST, v);
+        return None;
     }
+    HeaderValue::from_str(a.as_str()).ok()
 }
 
 /// True when Envoy's HTTP/1 codec refuses the request's `Transfer-Encoding` as not implemented
@@ -648,10 +648,14 @@ mod tests {
     fn absolute_form_authority_becomes_the_host() {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("b.example"));
-        host_from_absolute_uri(&"http://a.example:8080/x".parse().expect("uri"), &mut h);
-        assert_eq!(h[header::HOST], "a.example:8080");
-        host_from_absolute_uri(&"/x".parse().expect("uri"), &mut h);
-        assert_eq!(h[header::HOST], "a.example:8080");
+        let absolute: http::Uri = "http://a.example:8080/x".parse().expect("uri");
+        assert_eq!(
+            absolute_form_host(&absolute, &h).expect("a new host"),
+            "a.example:8080"
+        );
+        assert!(absolute_form_host(&"/x".parse().expect("uri"), &h).is_none());
+        h.insert(header::HOST, HeaderValue::from_static("a.example:8080"));
+        assert!(absolute_form_host(&absolute, &h).is_none());
     }
 
     #[test]

@@ -847,9 +847,10 @@ async fn handle(
     let reply_to = ReplyTo::of(&req);
     // Judged on the request as it came, before hop-by-hop headers go.
     let refused = refusal(&req);
-    if downstream_version != Version::HTTP_2 {
-        let (uri, h) = (req.uri().clone(), req.headers_mut());
-        headers::host_from_absolute_uri(&uri, h);
+    if downstream_version != Version::HTTP_2
+        && let Some(host) = headers::absolute_form_host(req.uri(), req.headers())
+    {
+        req.headers_mut().insert(header::HOST, host);
     }
 
     // Headers the sidecar adds or removes, before they are logged.
