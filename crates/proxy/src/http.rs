@@ -806,11 +806,14 @@ impl ReplyTo {
 /// Istio's defaults before routing it, if it is one: a transfer coding other than `chunked`
 /// (501), HTTP/1.0 (426: Istio does not set `accept_http_10`), no host at all (400).
 fn refusal<B>(req: &Request<B>) -> Option<LocalReply> {
-    if headers::unsupported_transfer_encoding(req.headers()) {
-        Some(LocalReply::TRANSFER_ENCODING)
-    } else if req.version() < Version::HTTP_11 {
+    // HTTP/1.0 cannot carry a transfer coding (hyper refuses it), so the version goes first.
+    if req.version() < Version::HTTP_11 {
         Some(LocalReply::LOW_VERSION)
-    } else if request_authority(req.uri(), req.headers()).is_none() {
+    } else if req.version() == Version::HTTP_11
+        && headers::unsupported_transfer_encoding(req.headers())
+    {
+        Some(LocalReply::TRANSFER_ENCODING)
+    } else if req.uri().authority().is_none() && !req.headers().contains_key(header::HOST) {
         Some(LocalReply::MISSING_HOST)
     } else {
         None
