@@ -803,11 +803,12 @@ impl ReplyTo {
 }
 
 /// The local reply to a request Envoy's HTTP/1 codec and connection manager refuse under
-/// Istio's defaults before routing it, if it is one: a transfer coding other than `chunked`
-/// (501), HTTP/1.0 (426: Istio does not set `accept_http_10`), no host at all (400).
-fn refusal<B>(req: &Request<B>) -> Option<LocalReply> {
+/// Istio's defaults before routing it, if it is one: HTTP/1.0 (426, unless `accept_http_10`,
+/// which Istio does not set by default), a transfer coding other than `chunked` (501), no host
+/// at all (400).
+fn refusal<B>(req: &Request<B>, accept_http_10: bool) -> Option<LocalReply> {
     // HTTP/1.0 cannot carry a transfer coding (hyper refuses it), so the version goes first.
-    if req.version() < Version::HTTP_11 {
+    if req.version() < Version::HTTP_11 && !accept_http_10 {
         Some(LocalReply::LOW_VERSION)
     } else if req.version() == Version::HTTP_11
         && headers::unsupported_transfer_encoding(req.headers())
@@ -849,7 +850,7 @@ async fn handle(
     let on_downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let reply_to = ReplyTo::of(&req);
     // Judged on the request as it came, before hop-by-hop headers go.
-    let refused = refusal(&req);
+    let refused = refusal(&req, ctx.pi.cfg.accept_http_10);
     if downstream_version != Version::HTTP_2
         && let Some(host) = headers::absolute_form_host(req.uri(), req.headers())
     {

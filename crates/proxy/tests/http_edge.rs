@@ -332,6 +332,28 @@ async fn http10_is_426_upgrade_required() {
     assert_eq!(line["response_code_details"], "low_version");
 }
 
+/// With `ISTIO_META_HTTP10=1` (`accept_http_10`) HTTP/1.0 is served, and goes to the app as
+/// HTTP/1.1, as through Envoy.
+#[tokio::test]
+async fn http10_is_served_with_accept_http_10() {
+    let app = App::start("httpbin").await;
+    let mut b = Sidecar::builder(&httpbin_yaml(&[app.addr], "ROUND_ROBIN", ""));
+    b.cfg.accept_http_10 = true;
+    let client = b.start().await;
+    let out = raw(
+        &client,
+        b"GET /headers HTTP/1.0\r\nHost: httpbin-service\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.0 200 OK\r\n"), "{out}");
+    let body = out.split("\r\n\r\n").nth(1).expect("body");
+    assert_eq!(
+        s(&json(&Bytes::from(body.to_string())), "version"),
+        "HTTP/1.1"
+    );
+    assert_eq!(client.log_lines(1).await[0]["protocol"], "HTTP/1.0");
+}
+
 /// HTTP/1.1 without `Host` (and no authority in the URI) is 400, as Envoy's connection manager
 /// requires a host.
 #[tokio::test]
