@@ -1190,6 +1190,53 @@ mod tests {
     use super::*;
 
     #[test]
+    fn upstream_version_follows_the_port_as_istio_does() {
+        use Direction::{Inbound, Outbound};
+        use route::UpstreamHttp::{Downstream, Http2, Http11};
+        let (h1, h2) = (Version::HTTP_11, Version::HTTP_2);
+        // (direction, declared, client, upgrade, endpoint has a sidecar) -> HTTP/2
+        for (d, declared, client, upgrade, sidecar, want) in [
+            (Inbound, Http11, h2, false, false, false),
+            (Inbound, Http2, h1, false, false, true),
+            (Inbound, Downstream, h2, false, false, true),
+            (Inbound, Downstream, h1, false, false, false),
+            (Outbound, Http11, h2, false, true, true),
+            (Outbound, Http11, h2, false, false, false),
+            (Outbound, Http11, h1, false, true, false),
+            (Outbound, Http2, h1, false, false, true),
+            (Outbound, Http2, h1, true, true, false),
+        ] {
+            assert_eq!(
+                upstream_h2(d, declared, client, upgrade, sidecar),
+                want,
+                "{d:?} {declared:?} {client:?} upgrade {upgrade} sidecar {sidecar}"
+            );
+        }
+    }
+
+    #[test]
+    fn requests_fit_either_version_and_back() {
+        let orig: OrigDstAddr = OrigDstAddr("10.0.0.1:80".parse().expect("addr"));
+        let mut req = Request::builder()
+            .uri("/a?b=c")
+            .header(header::HOST, "httpbin")
+            .body(())
+            .expect("request");
+        fit_version(&mut req, true, orig).expect("fits HTTP/2");
+        assert_eq!(req.uri(), "http://httpbin/a?b=c");
+        assert_eq!(req.version(), Version::HTTP_2);
+        assert!(req.headers().get(header::HOST).is_none());
+        fit_version(&mut req, false, orig).expect("fits HTTP/1.1");
+        assert_eq!(req.uri(), "/a?b=c");
+        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(req.headers()[header::HOST], "httpbin");
+        // No authority anywhere: the original destination.
+        let mut bare = Request::builder().uri("/").body(()).expect("request");
+        fit_version(&mut bare, false, orig).expect("fits HTTP/1.1");
+        assert_eq!(bare.headers()[header::HOST], "10.0.0.1:80");
+    }
+
+    #[test]
     fn grpc_status_mapping_is_envoys() {
         for (http, grpc) in [
             (400, 13),
