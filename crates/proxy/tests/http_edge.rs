@@ -682,3 +682,264 @@ httpRoutes:
         assert!(out.ends_with("no healthy upstream"), "{out}");
     }
 }
+
+/// Envoy from the test venv (`$AMA_VENV`, else the workspace's `.venv`), if installed.
+fn venv_envoy() -> Option<std::path::PathBuf> {
+    let venv = std::env::var_os("AMA_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../..")
+                .join(".venv")
+        });
+    let lib = std::fs::read_dir(venv.join("lib")).ok()?;
+    lib.filter_map(Result::ok)
+        .map(|d| d.path().join("site-packages/envoy/_bin/envoy"))
+        .find(|p| p.exists())
+}
+
+/// A running Envoy, killed when dropped.
+struct Envoy {
+    child: std::process::Child,
+    listener: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port (bound, read, released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Envoy as an Istio sidecar's HTTP connection manager (codec AUTO, no `accept_http_10`, the
+/// default `max_request_headers_kb`, as Istio leaves them) in front of `app` for `/headers` and
+/// `/echo`; `/uh` goes to a cluster without endpoints, anything else has no route.
+fn start_envoy(bin: &std::path::Path, app: SocketAddr) -> Envoy {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (port, admin) = (free_port(), free_port());
+    let cfg = format!(
+        r#"
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+static_resources:
+  listeners:
+  - name: outbound
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: outbound
+          codec_type: AUTO
+          normalize_path: true
+          merge_slashes: true
+          use_remote_address: false
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - {{match: {{prefix: "/uh"}}, route: {{cluster: empty, timeout: 0s}}}}
+              - {{match: {{prefix: "/headers"}}, route: {{cluster: app, timeout: 0s}}}}
+              - {{match: {{prefix: "/echo"}}, route: {{cluster: app, timeout: 0s}}}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: app
+    type: STATIC
+    connect_timeout: 10s
+    load_assignment:
+      cluster_name: app
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {app_port}}}}}}}}}]}}]
+  - name: empty
+    type: STATIC
+    connect_timeout: 10s
+    load_assignment: {{cluster_name: empty}}
+"#,
+        ip = app.ip(),
+        app_port = app.port(),
+    );
+    let path = dir.path().join("envoy.yaml");
+    std::fs::write(&path, cfg).expect("write envoy config");
+    let child = std::process::Command::new(bin)
+        .arg("-c")
+        .arg(&path)
+        .args(["--base-id", &port.to_string(), "-l", "error"])
+        .args(["--concurrency", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start envoy");
+    let listener = SocketAddr::from(([127, 0, 0, 1], port));
+    let envoy = Envoy {
+        child,
+        listener,
+        _dir: dir,
+    };
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(listener).is_ok() {
+            return envoy;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("envoy did not listen on {listener} within 30 s");
+}
+
+/// Sends `bytes` to `addr` (registering `vip()` as its original destination with `orig`, for
+/// the sidecar) and returns the status code of the first response, within 10 s.
+async fn first_status(
+    addr: SocketAddr,
+    orig: Option<&proxy::orig_dst::StaticOrigDst>,
+    bytes: &[u8],
+) -> u16 {
+    let mut conn = match orig {
+        Some(o) => harness::connect_via(addr, o, vip()).await,
+        None => tokio::net::TcpStream::connect(addr).await.expect("connect"),
+    };
+    let _ = conn.write_all(bytes).await;
+    let mut out = vec![0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut out))
+        .await
+        .expect("a status line within 10 s")
+        .expect("read the status line");
+    status(&String::from_utf8_lossy(&out))
+}
+
+/// The same raw requests to Envoy (from the test venv) and to the sidecar get the same status
+/// codes. Content-Length with Transfer-Encoding is left out: Envoy answers 400, the sidecar
+/// forwards it (hyper drops the Content-Length while parsing and leaves no trace of it).
+#[tokio::test]
+async fn edge_cases_get_envoys_status_codes() {
+    let Some(bin) = venv_envoy() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "Envoy from the test venv is missing; .ci/run installs it"
+        );
+        eprintln!("skipped: Envoy from the test venv is missing (AMA_VENV or .venv)");
+        return;
+    };
+    let app = App::start("httpbin").await;
+    let envoy = start_envoy(&bin, app.addr);
+    let client = Sidecar::builder(&httpbin_yaml(&[app.addr], "ROUND_ROBIN", ""))
+        .start()
+        .await;
+    let head = |len: usize| {
+        let start = "GET /headers HTTP/1.1\r\nHost: httpbin-service\r\nx-big: ";
+        let pad = len - start.len() - 4;
+        format!("{start}{}\r\n\r\n", "a".repeat(pad)).into_bytes()
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("plain", b"GET /headers HTTP/1.1\r\nHost: httpbin-service\r\n\r\n".to_vec()),
+        ("HTTP/1.0", b"GET /headers HTTP/1.0\r\nHost: httpbin-service\r\n\r\n".to_vec()),
+        ("no Host", b"GET /headers HTTP/1.1\r\n\r\n".to_vec()),
+        (
+            "gzip, chunked",
+            b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n".to_vec(),
+        ),
+        (
+            "gzip / chunked",
+            b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n".to_vec(),
+        ),
+        (
+            "Chunked",
+            b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: Chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n".to_vec(),
+        ),
+        (
+            "h2c upgrade",
+            b"GET /headers HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n".to_vec(),
+        ),
+        (
+            "absolute form",
+            b"GET http://a.example/headers HTTP/1.1\r\nHost: b.example\r\n\r\n".to_vec(),
+        ),
+        ("head 61440", head(61_440)),
+        ("head 61441", head(61_441)),
+        ("head 63000", head(63_000)),
+    ];
+    let mut differ = Vec::new();
+    for (name, bytes) in &cases {
+        let from_envoy = first_status(envoy.listener, None, bytes).await;
+        let from_ama = first_status(client.outbound, Some(&client.orig_dst), bytes).await;
+        eprintln!("{name}: envoy {from_envoy}, sidecar {from_ama}");
+        if from_envoy != from_ama {
+            differ.push((*name, from_envoy, from_ama));
+        }
+    }
+    assert!(differ.is_empty(), "(case, envoy, sidecar): {differ:?}");
+}
+
+/// Local replies to gRPC requests (`UH`, `NR`) from Envoy and from the sidecar, through curl:
+/// the same status, `content-type`, `grpc-status` and `grpc-message`.
+#[tokio::test]
+async fn grpc_local_replies_match_envoys() {
+    let Some(bin) = venv_envoy() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "Envoy from the test venv is missing; .ci/run installs it"
+        );
+        eprintln!("skipped: Envoy from the test venv is missing (AMA_VENV or .venv)");
+        return;
+    };
+    let app = App::start("httpbin").await;
+    let envoy = start_envoy(&bin, app.addr);
+    let no_endpoints = Sidecar::builder(&httpbin_yaml(&[], "ROUND_ROBIN", ""))
+        .start()
+        .await;
+    let routes = r#"
+httpRoutes:
+- name: default/httpbin
+  hosts: [httpbin-service.default.svc.cluster.local]
+  http:
+  - match: [{uri: {prefix: /headers}}]
+"#;
+    let routed = Sidecar::builder(&httpbin_yaml(&[app.addr], "ROUND_ROBIN", routes))
+        .start()
+        .await;
+    for (sidecar, envoy_path, path) in [
+        (&no_endpoints, "/uh", "/pkg.Svc/Call"),
+        (&routed, "/pkg.Svc/Call", "/pkg.Svc/Call"),
+    ] {
+        sidecar.orig_dst.set_default(Some(vip()));
+        for version in ["--http2-prior-knowledge", "--http1.1"] {
+            let ask = |url: String| async move {
+                let out = curl(&[
+                    "-i",
+                    version,
+                    "-H",
+                    "host: httpbin-service",
+                    "-H",
+                    "content-type: application/grpc",
+                    "-H",
+                    "te: trailers",
+                    "--data-binary",
+                    "",
+                    &url,
+                ])
+                .await;
+                let h = curl_headers(&out);
+                let pick = |n: &str| header(&h, n).map(str::to_string);
+                (
+                    out.lines().next().unwrap_or("").trim().to_string(),
+                    pick("content-type"),
+                    pick("grpc-status"),
+                    pick("grpc-message"),
+                )
+            };
+            let from_envoy = ask(format!("http://{}{envoy_path}", envoy.listener)).await;
+            let from_ama = ask(format!("http://{}{path}", sidecar.outbound)).await;
+            assert_eq!(from_ama, from_envoy, "{version} {path}");
+            assert_eq!(from_ama.1.as_deref(), Some("application/grpc"));
+        }
+    }
+}
