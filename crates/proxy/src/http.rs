@@ -660,7 +660,29 @@ impl LocalReply {
         close: true,
     };
 
-    fn connect_failure(retries_exhausted: bool) -> LocalReply {
+    /// The upstream could not be reached (`UF`; `URX` too once the retries are spent), in
+    /// Envoy 1.40's words: a connect timeout is `connection timeout`, any other failure
+    /// (refused, unreachable, handshake) `remote connection failure`, and after retries the
+    /// reason is the latest one's.
+    fn connect_failure(retries_exhausted: bool, timeout: bool) -> LocalReply {
+        let (details, body) = match (timeout, retries_exhausted) {
+            (true, false) => (
+                "upstream_reset_before_response_started{connection_timeout}",
+                "upstream connect error or disconnect/reset before headers. reset reason: connection timeout",
+            ),
+            (true, true) => (
+                "upstream_reset_before_response_started{connection_timeout}",
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection timeout",
+            ),
+            (false, false) => (
+                "upstream_reset_before_response_started{remote_connection_failure}",
+                "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure",
+            ),
+            (false, true) => (
+                "upstream_reset_before_response_started{remote_connection_failure}",
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: remote connection failure",
+            ),
+        };
         LocalReply {
             status: StatusCode::SERVICE_UNAVAILABLE,
             flags: if retries_exhausted {
@@ -669,8 +691,8 @@ impl LocalReply {
             } else {
                 ResponseFlags::UPSTREAM_CONNECTION_FAILURE
             },
-            details: "upstream_reset_before_response_started{connection_failure}",
-            body: "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+            details,
+            body,
             close: false,
         }
     }
@@ -1009,7 +1031,10 @@ async fn handle(
                         }
                         _ => {
                             let reply = if connect {
-                                LocalReply::connect_failure(attempts > 1)
+                                LocalReply::connect_failure(
+                                    attempts > 1,
+                                    matches!(e.error, PoolError::ConnectTimeout),
+                                )
                             } else {
                                 let remote = matches!(&e.error, PoolError::Reset(h) if is_reset(h));
                                 LocalReply::reset(remote)

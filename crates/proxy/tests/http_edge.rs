@@ -588,7 +588,7 @@ httpRoutes:
             "/pkg.Svc/Call",
             "14",
             Some(
-                "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: remote connection failure",
             ),
             "UF,URX",
         ),
@@ -722,7 +722,8 @@ fn free_port() -> u16 {
 
 /// Envoy as an Istio sidecar's HTTP connection manager (codec AUTO, no `accept_http_10`, the
 /// default `max_request_headers_kb`, as Istio leaves them) in front of `app` for `/headers` and
-/// `/echo`; `/uh` goes to a cluster without endpoints, anything else has no route.
+/// `/echo`; `/uh` goes to a cluster without endpoints, `/uf` to a closed port with Istio's
+/// default retry policy, anything else has no route.
 fn start_envoy(bin: &std::path::Path, app: SocketAddr) -> Envoy {
     let dir = tempfile::tempdir().expect("temp dir");
     let (port, admin) = (free_port(), free_port());
@@ -749,6 +750,11 @@ static_resources:
               domains: ["*"]
               routes:
               - {{match: {{prefix: "/uh"}}, route: {{cluster: empty, timeout: 0s}}}}
+              - match: {{prefix: "/uf"}}
+                route:
+                  cluster: closed
+                  timeout: 0s
+                  retry_policy: {{retry_on: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes", num_retries: 2}}
               - {{match: {{prefix: "/headers"}}, route: {{cluster: app, timeout: 0s}}}}
               - {{match: {{prefix: "/echo"}}, route: {{cluster: app, timeout: 0s}}}}
           http_filters:
@@ -762,6 +768,12 @@ static_resources:
     load_assignment:
       cluster_name: app
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {app_port}}}}}}}}}]}}]
+  - name: closed
+    type: STATIC
+    connect_timeout: 10s
+    load_assignment:
+      cluster_name: closed
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {closed}}}}}}}}}]}}]
   - name: empty
     type: STATIC
     connect_timeout: 10s
@@ -769,6 +781,7 @@ static_resources:
 "#,
         ip = app.ip(),
         app_port = app.port(),
+        closed = free_port(),
     );
     let path = dir.path().join("envoy.yaml");
     std::fs::write(&path, cfg).expect("write envoy config");
@@ -879,8 +892,8 @@ async fn edge_cases_get_envoys_status_codes() {
     assert!(differ.is_empty(), "(case, envoy, sidecar): {differ:?}");
 }
 
-/// Local replies to gRPC requests (`UH`, `NR`) from Envoy and from the sidecar, through curl:
-/// the same status, `content-type`, `grpc-status` and `grpc-message`.
+/// Local replies to gRPC requests (`UH`, `UF` after retries, `NR`) from Envoy and from the
+/// sidecar, through curl: the same status, `content-type`, `grpc-status` and `grpc-message`.
 #[tokio::test]
 async fn grpc_local_replies_match_envoys() {
     let Some(bin) = venv_envoy() else {
@@ -906,8 +919,16 @@ httpRoutes:
     let routed = Sidecar::builder(&httpbin_yaml(&[app.addr], "ROUND_ROBIN", routes))
         .start()
         .await;
+    let refused = Sidecar::builder(&httpbin_yaml(
+        &[harness::closed_port().await],
+        "ROUND_ROBIN",
+        "",
+    ))
+    .start()
+    .await;
     for (sidecar, envoy_path, path) in [
         (&no_endpoints, "/uh", "/pkg.Svc/Call"),
+        (&refused, "/uf", "/pkg.Svc/Call"),
         (&routed, "/pkg.Svc/Call", "/pkg.Svc/Call"),
     ] {
         sidecar.orig_dst.set_default(Some(vip()));
