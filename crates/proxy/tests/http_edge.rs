@@ -964,3 +964,42 @@ httpRoutes:
         }
     }
 }
+
+/// A connect that times out is `connection timeout` in the reply, as Envoy says it (an upstream
+/// whose accept backlog is full drops the SYN, so the connect never completes).
+#[tokio::test]
+async fn connect_timeout_is_named_as_envoy_names_it() {
+    let full = tokio::net::TcpSocket::new_v4().expect("socket");
+    full.bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let addr = full.local_addr().expect("addr");
+    let listener = full.listen(0).expect("listen");
+    // Fill the backlog; nothing is ever accepted.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            held.push(s);
+        }
+    }
+    let mut b = Sidecar::builder(&httpbin_yaml(&[addr], "ROUND_ROBIN", ""));
+    b.cfg.connect_timeout = Duration::from_millis(200);
+    let client = b.start().await;
+    let (resp, body) = client.get(vip(), "httpbin-service", "/headers").await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection timeout"
+    );
+    let line = &client.log_lines(1).await[0];
+    assert_eq!(line["response_flags"], "UF,URX");
+    assert_eq!(
+        line["response_code_details"],
+        "upstream_reset_before_response_started{connection_timeout}"
+    );
+    drop((listener, held));
+}
