@@ -357,3 +357,72 @@ fn curl_to_httpbin_through_two_sidecars() {
         .sum();
     assert_eq!(dest, 102.0);
 }
+
+/// Issue 13, item 2: an HTTP/2 client (curl with prior knowledge, then h2load) reaches the real
+/// httpbin, which gunicorn serves in HTTP/1.1 only, on the Service's `http` port through two
+/// Ama sidecars: the sidecars speak HTTP/2 between them and the server sidecar speaks HTTP/1.1
+/// to the app, as Istio's inbound cluster for an `http` port does. Before, every request was 503.
+#[test]
+fn http2_client_to_http1_httpbin_through_two_sidecars() {
+    const TEST: &str = "http2_client_to_http1_httpbin_through_two_sidecars";
+    if !root_or_skip(TEST) {
+        return;
+    }
+    let Some(gunicorn) = venv_tool(TEST, "gunicorn") else {
+        return;
+    };
+    let scratch = Scratch::new("h2-to-h1");
+    let dir = scratch.path();
+    let mut lan = Lan::new();
+    let ubuntu = lan.pod("ubuntu");
+    let httpbin = lan.pod("httpbin0");
+    ubuntu
+        .ns
+        .set_hosts(&format!("{VIP} httpbin-service {FQDN}\n"));
+    let config = dir.join("resources.json");
+    std::fs::write(&config, resources(&ubuntu, &[&httpbin])).unwrap();
+    let source = [std::ffi::OsStr::new("--config"), config.as_os_str()];
+    let _app = start_httpbin(&httpbin, "httpbin-0", &gunicorn, dir);
+    let server = start_sidecar(&httpbin, "httpbin-0", "default", &source, dir);
+    let mut client = start_sidecar(&ubuntu, "ubuntu-0", "default", &source, dir);
+
+    let out = ubuntu.ns.sh(
+        "for i in $(seq 20); do curl -s -m 10 --http2-prior-knowledge -o /dev/null \
+         -w '%{http_code} %{http_version}\\n' http://httpbin-service/get; done",
+    );
+    let answers = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        answers.lines().filter(|l| *l == "200 2").count(),
+        20,
+        "curl --http2-prior-knowledge: {answers}"
+    );
+
+    let out = ubuntu
+        .ns
+        .sh("timeout 120 h2load -n 3000 -c 10 -m 10 http://httpbin-service/get 2>&1 || true");
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!("{report}");
+    assert!(
+        report.contains("status codes: 3000 2xx, 0 3xx, 0 4xx, 0 5xx"),
+        "h2load: {report}"
+    );
+    client.assert_running();
+
+    // The server sidecar took HTTP/2 from the client sidecar and spoke HTTP/1.1 to gunicorn
+    // (which answers nothing else).
+    let lines = wait_for(
+        "3020 lines in the server sidecar's log",
+        Duration::from_secs(20),
+        || {
+            let lines = access_log(&server);
+            (lines.len() >= 3020).then_some(lines)
+        },
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["protocol"] == "HTTP/2" && l["response_code"] == "200"),
+        "{:?}",
+        lines.iter().find(|l| l["response_code"] != "200")
+    );
+}

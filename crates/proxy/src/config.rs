@@ -42,8 +42,13 @@ pub struct ProxyConfig {
     /// under them: the client sidecar keeps its idle connections to the server sidecar for
     /// `pool_idle_timeout`.
     pub idle_timeout: Duration,
-    /// Largest request header block, in bytes (Envoy's default: 60 KiB); beyond it, 431.
+    /// Largest HTTP/1 request head (request line, headers and the blank line), in bytes: Envoy's
+    /// default `max_request_headers_kb` of 60 KiB, which Istio keeps; beyond it, 431.
     pub max_request_headers: usize,
+    /// Serve HTTP/1.0 requests (forwarded as HTTP/1.1) instead of answering 426: Envoy's
+    /// `accept_http_10`, which Istio sets only for a proxy whose `ISTIO_META_HTTP10` is `1`
+    /// (or under `PILOT_HTTP10`).
+    pub accept_http_10: bool,
     /// Upstream connect timeout (Istio's default: 10 s).
     pub connect_timeout: Duration,
     /// Idle upstream connections are closed after this long.
@@ -89,6 +94,7 @@ impl Default for ProxyConfig {
             protocol_detection_timeout: Duration::ZERO,
             idle_timeout: Duration::from_secs(3600),
             max_request_headers: 60 * 1024,
+            accept_http_10: false,
             connect_timeout: Duration::from_secs(10),
             pool_idle_timeout: Duration::from_secs(60),
             pool_max_idle_per_endpoint: 64,

@@ -212,16 +212,18 @@ fn write_trace(headers: &mut HeaderMap, ctx: &TraceContext) {
     headers.insert(TRACEPARENT.clone(), hex_value(&traceparent));
 }
 
-/// Hop-by-hop headers that never cross a proxy (RFC 9110 §7.6.1), plus HTTP/2-forbidden ones.
+/// Hop-by-hop headers that never cross the proxy, as Envoy removes them (the connection-specific
+/// headers HTTP/2 forbids). `trailer`, `proxy-authenticate` and `proxy-authorization` pass, as
+/// they do through Envoy: a `trailer` response header announces the trailers that follow.
 const HOP_BY_HOP: &[HeaderName] = &[
     header::CONNECTION,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+
+/// `http2-settings`, which only an h2c upgrade request carries.
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Removes hop-by-hop headers, and those the `Connection` header names. With `keep_upgrade`
 /// (a websocket handshake), `Connection: upgrade` and `Upgrade` pass. `te: trailers` passes,
@@ -244,6 +246,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .filter(|n| !(keep_upgrade && n == header::UPGRADE))
         .collect();
+    if !keep_upgrade && is_h2c_upgrade(headers) {
+        // Not followed, as Envoy ignores h2c upgrades: the request goes on as HTTP/1.1 without
+        // its upgrade headers, `HTTP2-Settings` included whether `Connection` names it or not.
+        headers.remove(&HTTP2_SETTINGS);
+    }
     for n in named {
         headers.remove(n);
     }
@@ -281,19 +288,73 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// A header [`strip_hop_by_hop`] removes whatever `Connection` says.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     // Their lengths first: most names of a request are none of these lengths.
-    matches!(name.as_str().len(), 2 | 7 | 10 | 16..=19)
+    matches!(name.as_str().len(), 2 | 7 | 10 | 16 | 17)
         && (HOP_BY_HOP.contains(name) || name == KEEP_ALIVE || name == PROXY_CONNECTION)
 }
 
-/// True for an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade: ...`), e.g. websocket.
+/// True for an HTTP/1.1 upgrade request the proxy follows (`Connection: upgrade` + `Upgrade:
+/// ...`), e.g. websocket; an h2c upgrade is not one (see [`strip_hop_by_hop`]).
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+    headers
+        .get(header::UPGRADE)
+        .is_some_and(|u| !u.as_bytes().eq_ignore_ascii_case(b"h2c"))
+        && connection_upgrade(headers)
+}
+
+/// True for an upgrade to h2c (`Connection: upgrade` + `Upgrade: h2c`), which Envoy does not
+/// follow.
+fn is_h2c_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"h2c"))
+        && connection_upgrade(headers)
+}
+
+/// True when a `Connection` header names `upgrade`.
+fn connection_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// True for a gRPC request as Envoy tells one (`Grpc::Common::hasGrpcContentType`): content type
+/// `application/grpc` exactly or `application/grpc+<codec>`; `application/grpc-web` and
+/// `application/grpc;...` are not gRPC.
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .strip_prefix(b"application/grpc")
+            .is_some_and(|rest| rest.first().is_none_or(|b| *b == b'+'))
+    })
+}
+
+/// For an absolute-form request target (`GET http://a.example/path HTTP/1.1`), the `Host` it
+/// must have when the client sent another: the URI's authority wins, as through Envoy (RFC 9112
+/// §3.2.2). `None` for origin-form targets (nearly all), which cost one check.
+pub fn absolute_form_host(uri: &http::Uri, headers: &HeaderMap) -> Option<HeaderValue> {
+    let a = uri.authority()?;
+    if headers
+        .get(header::HOST)
+        .is_some_and(|h| h.as_bytes() == a.as_str().as_bytes())
+    {
+        return None;
+    }
+    HeaderValue::from_str(a.as_str()).ok()
+}
+
+/// True when Envoy's HTTP/1 codec refuses the request's `Transfer-Encoding` as not implemented
+/// (501): any transfer coding but `chunked` alone, so that a coding the proxy cannot undo
+/// (`gzip, chunked`) is never passed on as if it were plain chunked.
+pub fn unsupported_transfer_encoding(headers: &HeaderMap) -> bool {
+    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
+    match (te.next(), te.next()) {
+        (None, _) => false,
+        (Some(v), None) => !v.as_bytes().eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => true,
+    }
 }
 
 /// Removes `x-envoy-*` request headers: they steer Envoy (timeouts, retries, internal marks) and
@@ -520,6 +581,81 @@ mod tests {
         given.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("abc"));
         assert_eq!(ensure_request_id(&mut given), "abc");
         assert!(given[&X_REQUEST_ID].is_sensitive());
+    }
+
+    #[test]
+    fn grpc_is_told_as_envoy_tells_it() {
+        let ct = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(v));
+            is_grpc(&h)
+        };
+        assert!(ct("application/grpc") && ct("application/grpc+proto"));
+        assert!(!ct("application/grpc-web") && !ct("application/grpc;x=y"));
+        assert!(!ct("application/json") && !is_grpc(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn h2c_upgrade_is_not_followed_and_its_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert("http2-settings", HeaderValue::from_static("AAMAAABk"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        assert!(!is_upgrade_request(&h));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        // Without `Connection: upgrade` it is no upgrade: `HTTP2-Settings` passes, as through
+        // Envoy.
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert("http2-settings", HeaderValue::from_static("AAMAAABk"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+    }
+
+    #[test]
+    fn trailer_and_proxy_authorization_pass() {
+        let mut h = HeaderMap::new();
+        h.insert(header::TRAILER, HeaderValue::from_static("grpc-status"));
+        h.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Basic x"),
+        );
+        h.insert(
+            header::PROXY_AUTHENTICATE,
+            HeaderValue::from_static("Basic"),
+        );
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
+    }
+
+    #[test]
+    fn only_chunked_alone_is_a_supported_transfer_encoding() {
+        let te = |values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::TRANSFER_ENCODING, HeaderValue::from_static(v));
+            }
+            unsupported_transfer_encoding(&h)
+        };
+        assert!(!te(&[]) && !te(&["chunked"]) && !te(&["Chunked"]));
+        assert!(te(&["gzip, chunked"]) && te(&["gzip", "chunked"]) && te(&["chunked, chunked"]));
+    }
+
+    #[test]
+    fn absolute_form_authority_becomes_the_host() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("b.example"));
+        let absolute: http::Uri = "http://a.example:8080/x".parse().expect("uri");
+        assert_eq!(
+            absolute_form_host(&absolute, &h).expect("a new host"),
+            "a.example:8080"
+        );
+        assert!(absolute_form_host(&"/x".parse().expect("uri"), &h).is_none());
+        h.insert(header::HOST, HeaderValue::from_static("a.example:8080"));
+        assert!(absolute_form_host(&absolute, &h).is_none());
     }
 
     #[test]

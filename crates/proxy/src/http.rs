@@ -4,8 +4,11 @@
 //!
 //! Where the two sides differ (how the upstream is chosen, which headers are trusted, labels),
 //! [`Direction`] says which one this is. Local replies follow Envoy's codes, bodies and response
-//! flags (`UH`, `UF`, `URX`, `UO`, `UT`, `NR`, `UC`, `UR`); a client that goes away is logged `DC`,
-//! a request hyper cannot parse is logged `DPE`.
+//! flags (`UH`, `UF`, `URX`, `UO`, `UT`, `NR`, `UC`, `UR`), and to a gRPC request they are
+//! trailers-only gRPC statuses as Envoy's; a client that goes away is logged `DC`, a request
+//! hyper cannot parse is logged `DPE`, and what Envoy's codec refuses under Istio's defaults
+//! (HTTP/1.0, no host, transfer codings but `chunked`, a head over 60 KiB) is refused alike.
+//! The app is spoken to in the HTTP version its port declares ([`route::UpstreamHttp`]).
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -213,6 +216,10 @@ where
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(None)
+            // The head (request line, headers, blank line) is measured as Envoy's
+            // `max_request_headers_kb` does: 431 from one byte over, however the bytes arrive.
+            // A read buffer cap alone would depend on how much one read brought in.
+            .max_header_size(cfg.max_request_headers)
             .max_buf_size(cfg.max_request_headers.max(8192))
             .serve_connection(TokioIo::new(io), svc)
             .with_upgrades();
@@ -595,6 +602,8 @@ struct LocalReply {
     flags: ResponseFlags,
     details: &'static str,
     body: &'static str,
+    /// Ends an HTTP/1 connection (`connection: close`), as Envoy's codec errors do.
+    close: bool,
 }
 
 impl LocalReply {
@@ -603,18 +612,21 @@ impl LocalReply {
         flags: ResponseFlags::NO_HEALTHY_UPSTREAM,
         details: "no_healthy_upstream",
         body: "no healthy upstream",
+        close: false,
     };
     const NO_ROUTE: LocalReply = LocalReply {
         status: StatusCode::NOT_FOUND,
         flags: ResponseFlags::NO_ROUTE_FOUND,
         details: "route_not_found",
         body: "",
+        close: false,
     };
     const OVERFLOW: LocalReply = LocalReply {
         status: StatusCode::SERVICE_UNAVAILABLE,
         flags: ResponseFlags::UPSTREAM_OVERFLOW,
         details: "upstream_reset_before_response_started{overflow}",
         body: "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+        close: false,
     };
     /// Envoy's RBAC filter's denial ([`crate::authz`]).
     const RBAC_DENIED: LocalReply = LocalReply {
@@ -622,15 +634,63 @@ impl LocalReply {
         flags: ResponseFlags::NONE,
         details: crate::authz::DENIED_DETAILS,
         body: crate::authz::DENIED_BODY,
+        close: false,
     };
     const TIMEOUT: LocalReply = LocalReply {
         status: StatusCode::GATEWAY_TIMEOUT,
         flags: ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
         details: "response_timeout",
         body: "upstream request timeout",
+        close: false,
+    };
+    /// HTTP/1.0 (or 0.9): Istio does not set `accept_http_10`.
+    const LOW_VERSION: LocalReply = LocalReply {
+        status: StatusCode::UPGRADE_REQUIRED,
+        flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+        details: "low_version",
+        body: "Upgrade Required",
+        close: true,
+    };
+    /// Neither a `Host` header nor an authority in the URI.
+    const MISSING_HOST: LocalReply = LocalReply {
+        status: StatusCode::BAD_REQUEST,
+        flags: ResponseFlags::NONE,
+        details: "missing_host_header",
+        body: "",
+        close: true,
+    };
+    /// A transfer coding other than `chunked` alone.
+    const TRANSFER_ENCODING: LocalReply = LocalReply {
+        status: StatusCode::NOT_IMPLEMENTED,
+        flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+        details: "http1.invalid_transfer_encoding",
+        body: "Not Implemented",
+        close: true,
     };
 
-    fn connect_failure(retries_exhausted: bool) -> LocalReply {
+    /// The upstream could not be reached (`UF`; `URX` too once the retries are spent), in
+    /// Envoy 1.40's words: a connect timeout is `connection timeout`, any other failure
+    /// (refused, unreachable, handshake) `remote connection failure`, and after retries the
+    /// reason is the latest one's.
+    fn connect_failure(retries_exhausted: bool, timeout: bool) -> LocalReply {
+        let (details, body) = match (timeout, retries_exhausted) {
+            (true, false) => (
+                "upstream_reset_before_response_started{connection_timeout}",
+                "upstream connect error or disconnect/reset before headers. reset reason: connection timeout",
+            ),
+            (true, true) => (
+                "upstream_reset_before_response_started{connection_timeout}",
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection timeout",
+            ),
+            (false, false) => (
+                "upstream_reset_before_response_started{remote_connection_failure}",
+                "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure",
+            ),
+            (false, true) => (
+                "upstream_reset_before_response_started{remote_connection_failure}",
+                "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: remote connection failure",
+            ),
+        };
         LocalReply {
             status: StatusCode::SERVICE_UNAVAILABLE,
             flags: if retries_exhausted {
@@ -639,8 +699,9 @@ impl LocalReply {
             } else {
                 ResponseFlags::UPSTREAM_CONNECTION_FAILURE
             },
-            details: "upstream_reset_before_response_started{connection_failure}",
-            body: "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+            details,
+            body,
+            close: false,
         }
     }
 
@@ -651,6 +712,7 @@ impl LocalReply {
                 flags: ResponseFlags::UPSTREAM_REMOTE_RESET,
                 details: "upstream_reset_before_response_started{remote_reset}",
                 body: "upstream connect error or disconnect/reset before headers. reset reason: remote reset",
+                close: false,
             }
         } else {
             LocalReply {
@@ -658,15 +720,35 @@ impl LocalReply {
                 flags: ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
                 details: "upstream_reset_before_response_started{connection_termination}",
                 body: "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+                close: false,
             }
         }
     }
 
-    fn respond(self, ctx: &ConnCtx, mut log: Log) -> Response<ProxyBody> {
+    /// The one way a local reply leaves the proxy: as Envoy's `sendLocalReply`, plain text to
+    /// an HTTP client and a trailers-only gRPC status to a gRPC client.
+    fn respond(self, ctx: &ConnCtx, mut log: Log, to: ReplyTo) -> Response<ProxyBody> {
+        let mut resp = if to.grpc {
+            self.grpc(to.head)
+        } else {
+            self.plain()
+        };
         let rec = log.rec();
-        rec.response_code = self.status.as_u16();
+        rec.response_code = resp.status().as_u16();
         rec.response_flags.insert(self.flags);
         rec.response_code_details = Some(self.details.into());
+        if self.close && to.http1 {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some(server) = &ctx.pi.cfg.server_header {
+            resp.headers_mut().insert(header::SERVER, server.clone());
+        }
+        respond_logged(resp, log, None)
+    }
+
+    /// The status and body text (`text/plain`) as they are.
+    fn plain(&self) -> Response<ProxyBody> {
         let mut resp = Response::new(if self.body.is_empty() {
             empty()
         } else {
@@ -677,10 +759,95 @@ impl LocalReply {
             resp.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         }
-        if let Some(server) = &ctx.pi.cfg.server_header {
-            resp.headers_mut().insert(header::SERVER, server.clone());
+        resp
+    }
+
+    /// A trailers-only gRPC response: HTTP 200, `content-type: application/grpc`, the status
+    /// mapped to `grpc-status` and the body text as `grpc-message` (not to a HEAD request),
+    /// percent-encoded as gRPC requires, in one HEADERS frame that ends the stream.
+    fn grpc(&self, head: bool) -> Response<ProxyBody> {
+        let mut resp = Response::new(empty());
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert(
+            GRPC_STATUS.clone(),
+            HeaderValue::from(grpc_status_of(self.status)),
+        );
+        if !self.body.is_empty()
+            && !head
+            && let Ok(v) = HeaderValue::from_str(
+                &percent_encoding::utf8_percent_encode(self.body, GRPC_MESSAGE_ESCAPED).to_string(),
+            )
+        {
+            h.insert(GRPC_MESSAGE.clone(), v);
         }
-        respond_logged(resp, log, None)
+        resp
+    }
+}
+
+/// `grpc-status`.
+static GRPC_STATUS: header::HeaderName = header::HeaderName::from_static("grpc-status");
+/// `grpc-message`.
+static GRPC_MESSAGE: header::HeaderName = header::HeaderName::from_static("grpc-message");
+
+/// What `grpc-message` percent-encodes, as Envoy's `PercentEncoding::encode` does after gRPC's
+/// PROTOCOL-HTTP2.md: bytes outside `' '..'}'`, and `%` (non-ASCII always is).
+const GRPC_MESSAGE_ESCAPED: &percent_encoding::AsciiSet =
+    &percent_encoding::CONTROLS.add(b'%').add(b'~');
+
+/// The gRPC status of a local reply with HTTP status `status`: Envoy's
+/// `Grpc::Utility::httpToGrpcStatus` (gRPC's http-grpc-status-mapping.md).
+fn grpc_status_of(status: StatusCode) -> u16 {
+    match status.as_u16() {
+        400 => 13,                   // INTERNAL
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED
+        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
+        _ => 2,                      // UNKNOWN
+    }
+}
+
+/// What a local reply needs to know about the request it answers.
+#[derive(Debug, Clone, Copy)]
+struct ReplyTo {
+    /// A gRPC request ([`headers::is_grpc`]): answered in gRPC's form.
+    grpc: bool,
+    /// A HEAD request: no `grpc-message`.
+    head: bool,
+    /// HTTP/1.x downstream, where a reply may close the connection.
+    http1: bool,
+}
+
+impl ReplyTo {
+    fn of<B>(req: &Request<B>) -> ReplyTo {
+        ReplyTo {
+            grpc: headers::is_grpc(req.headers()),
+            head: req.method() == Method::HEAD,
+            http1: req.version() != Version::HTTP_2,
+        }
+    }
+}
+
+/// The local reply to a request Envoy's HTTP/1 codec and connection manager refuse under
+/// Istio's defaults before routing it, if it is one: HTTP/1.0 (426, unless `accept_http_10`,
+/// which Istio does not set by default), a transfer coding other than `chunked` (501), no host
+/// at all (400).
+fn refusal<B>(req: &Request<B>, accept_http_10: bool) -> Option<LocalReply> {
+    // HTTP/1.0 cannot carry a transfer coding (hyper refuses it), so the version goes first.
+    if req.version() < Version::HTTP_11 && !accept_http_10 {
+        Some(LocalReply::LOW_VERSION)
+    } else if req.version() == Version::HTTP_11
+        && headers::unsupported_transfer_encoding(req.headers())
+    {
+        Some(LocalReply::TRANSFER_ENCODING)
+    } else if req.uri().authority().is_none() && !req.headers().contains_key(header::HOST) {
+        Some(LocalReply::MISSING_HOST)
+    } else {
+        None
     }
 }
 
@@ -711,6 +878,14 @@ async fn handle(
     let upgrade =
         downstream_version != Version::HTTP_2 && headers::is_upgrade_request(req.headers());
     let on_downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let reply_to = ReplyTo::of(&req);
+    // Judged on the request as it came, before hop-by-hop headers go.
+    let refused = refusal(&req, ctx.pi.cfg.accept_http_10);
+    if downstream_version != Version::HTTP_2
+        && let Some(host) = headers::absolute_form_host(req.uri(), req.headers())
+    {
+        req.headers_mut().insert(header::HOST, host);
+    }
 
     // Headers the sidecar adds or removes, before they are logged.
     let h = req.headers_mut();
@@ -766,6 +941,10 @@ async fn handle(
         };
     }
 
+    if let Some(reply) = refused {
+        return Ok(reply.respond(&ctx, log, reply_to));
+    }
+
     let route = match ctx.direction {
         Direction::Outbound => route::outbound_http(
             &snap,
@@ -779,7 +958,9 @@ async fn handle(
     };
     let target = match route {
         Ok(t) => t,
-        Err(route::RouteError::NoRoute) => return Ok(LocalReply::NO_ROUTE.respond(&ctx, log)),
+        Err(route::RouteError::NoRoute) => {
+            return Ok(LocalReply::NO_ROUTE.respond(&ctx, log, reply_to));
+        }
     };
     {
         let rec = log.rec();
@@ -790,60 +971,18 @@ async fn handle(
         }
     }
     if ctx.direction == Direction::Inbound && ctx.pi.authz.denies_all(&snap, &ctx.pi.cfg) {
-        return Ok(LocalReply::RBAC_DENIED.respond(&ctx, log));
+        return Ok(LocalReply::RBAC_DENIED.respond(&ctx, log, reply_to));
     }
     if target.endpoints.is_empty() {
-        return Ok(LocalReply::NO_HEALTHY_UPSTREAM.respond(&ctx, log));
+        return Ok(LocalReply::NO_HEALTHY_UPSTREAM.respond(&ctx, log, reply_to));
     }
     let Some(_admitted) = ctx.pi.load.admit(&target.cluster, target.max_requests) else {
-        return Ok(LocalReply::OVERFLOW.respond(&ctx, log));
+        return Ok(LocalReply::OVERFLOW.respond(&ctx, log, reply_to));
     };
 
-    // The upstream request: same method, path, headers and streaming body.
-    let upstream_h2 = !upgrade && (downstream_version == Version::HTTP_2 || target.http2);
-    let (mut parts, body) = req.into_parts();
-    let authority = || {
-        request_authority(&parts.uri, &parts.headers)
-            .map(str::to_owned)
-            .unwrap_or_else(|| ctx.orig_dst.to_string())
-    };
-    let pq = || parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let has_pq = parts.uri.path_and_query().is_some();
-    if upstream_h2 {
-        parts.version = Version::HTTP_2;
-        // From an HTTP/2 client the URI is already `http://{authority}{path}`: kept as it is.
-        let same = has_pq
-            && parts.uri.scheme() == Some(&http::uri::Scheme::HTTP)
-            && parts.uri.authority().is_some();
-        if !same {
-            match Uri::builder()
-                .scheme("http")
-                .authority(authority().as_str())
-                .path_and_query(pq())
-                .build()
-            {
-                Ok(u) => parts.uri = u,
-                Err(_) => return Ok(LocalReply::NO_ROUTE.respond(&ctx, log)),
-            }
-        }
-        parts.headers.remove(header::HOST);
-    } else {
-        parts.version = Version::HTTP_11;
-        if !parts.headers.contains_key(header::HOST)
-            && let Ok(v) = HeaderValue::from_str(&authority())
-        {
-            parts.headers.insert(header::HOST, v);
-        }
-        // An origin-form URI (`/path?query`, what HTTP/1.1 clients send) is already what
-        // parsing its path and query would give.
-        let origin_form = has_pq && parts.uri.scheme().is_none() && parts.uri.authority().is_none();
-        if parts.method != Method::CONNECT && !origin_form {
-            match pq().parse::<Uri>() {
-                Ok(u) => parts.uri = u,
-                Err(_) => return Ok(LocalReply::NO_ROUTE.respond(&ctx, log)),
-            }
-        }
-    }
+    // The upstream request: same method, path, headers and streaming body, in the version
+    // `upstream_h2` picks for each endpoint tried.
+    let (parts, body) = req.into_parts();
     let body = CountedBody {
         inner: body,
         count: log.received.clone(),
@@ -870,11 +1009,24 @@ async fn handle(
             if ctx.direction == Direction::Outbound {
                 headers::set_attempt_count(upstream_req.headers_mut(), attempt);
             }
+            // An endpoint with Istio's TLS settings runs a sidecar; the TLS is used when this
+            // proxy has an identity.
+            let peer_tls = target.tls_of(ep);
+            let http2 = upstream_h2(
+                ctx.direction,
+                target.upstream_http,
+                downstream_version,
+                upgrade,
+                peer_tls.is_some(),
+            );
+            if fit_version(&mut upstream_req, http2, ctx.orig_dst).is_err() {
+                return Err((LocalReply::NO_ROUTE, None));
+            }
             let key = PoolKey {
                 endpoint: EndpointAddr(ep),
                 bind: target.bind,
-                http2: upstream_h2,
-                tls: ctx.pi.tls.as_ref().and_then(|_| target.tls_of(ep)),
+                http2,
+                tls: ctx.pi.tls.as_ref().and(peer_tls),
             };
             let _in_flight = ctx.pi.load.start(ep);
             match ctx.pi.pool.send(key, upstream_req, upgrade).await {
@@ -890,7 +1042,10 @@ async fn handle(
                         }
                         _ => {
                             let reply = if connect {
-                                LocalReply::connect_failure(attempts > 1)
+                                LocalReply::connect_failure(
+                                    attempts > 1,
+                                    matches!(e.error, PoolError::ConnectTimeout),
+                                )
                             } else {
                                 let remote = matches!(&e.error, PoolError::Reset(h) if is_reset(h));
                                 LocalReply::reset(remote)
@@ -917,7 +1072,7 @@ async fn handle(
                 rec.upstream_host = Some(ep);
                 rec.upstream_transport_failure_reason = err.transport_failure_reason();
             }
-            return Ok(reply.respond(&ctx, log));
+            return Ok(reply.respond(&ctx, log, reply_to));
         }
     };
 
@@ -969,6 +1124,79 @@ async fn handle(
     ))
 }
 
+/// Whether a request goes upstream in HTTP/2. Inbound, the app gets the version its port
+/// declares, as Istio's inbound cluster does: HTTP/1.1 on an `http` port even to an HTTP/2
+/// client, HTTP/2 on `http2`/`grpc` ports, the client's version where the protocol is detected.
+/// Outbound the same, except that an HTTP/2 client stays on HTTP/2 to an endpoint with a
+/// sidecar (`sidecar`) whatever the port says, so the sidecars share one multiplexed connection
+/// (the server sidecar then speaks what the app's port declares); an app without a sidecar on
+/// an `http` port gets HTTP/1.1, as from Istio. An upgrade (websocket) stays HTTP/1.1.
+fn upstream_h2(
+    direction: Direction,
+    declared: route::UpstreamHttp,
+    downstream: Version,
+    upgrade: bool,
+    sidecar: bool,
+) -> bool {
+    let h2_client = downstream == Version::HTTP_2;
+    !upgrade
+        && match declared {
+            route::UpstreamHttp::Http2 => true,
+            route::UpstreamHttp::Downstream => h2_client,
+            route::UpstreamHttp::Http11 => h2_client && direction == Direction::Outbound && sidecar,
+        }
+}
+
+/// The URI did not make a valid upstream request target.
+#[derive(Debug)]
+struct BadTarget;
+
+/// Puts `req` in the form of the upstream's version. HTTP/2: an absolute URI
+/// `http://{authority}{path}` and no `Host`; HTTP/1.1: an origin-form URI (`/path?query`, or
+/// the authority of a CONNECT) and a `Host`. The authority is the request's, else `orig_dst`.
+fn fit_version<B>(req: &mut Request<B>, h2: bool, orig_dst: OrigDstAddr) -> Result<(), BadTarget> {
+    let uri = req.uri();
+    let has_pq = uri.path_and_query().is_some();
+    let pq = || uri.path_and_query().map_or("/", |p| p.as_str());
+    let authority = || {
+        request_authority(uri, req.headers())
+            .map(str::to_owned)
+            .unwrap_or_else(|| orig_dst.to_string())
+    };
+    if h2 {
+        // From an HTTP/2 client the URI is already `http://{authority}{path}`: kept as it is.
+        let same =
+            has_pq && uri.scheme() == Some(&http::uri::Scheme::HTTP) && uri.authority().is_some();
+        if !same {
+            let u = Uri::builder()
+                .scheme("http")
+                .authority(authority().as_str())
+                .path_and_query(pq())
+                .build()
+                .map_err(|_| BadTarget)?;
+            *req.uri_mut() = u;
+        }
+        *req.version_mut() = Version::HTTP_2;
+        req.headers_mut().remove(header::HOST);
+    } else {
+        let host = (!req.headers().contains_key(header::HOST))
+            .then(|| HeaderValue::from_str(&authority()).ok())
+            .flatten();
+        // An origin-form URI (`/path?query`, what HTTP/1.1 clients send) is already what
+        // parsing its path and query would give.
+        let origin_form = has_pq && uri.scheme().is_none() && uri.authority().is_none();
+        if req.method() != Method::CONNECT && !origin_form {
+            let u = pq().parse::<Uri>().map_err(|_| BadTarget)?;
+            *req.uri_mut() = u;
+        }
+        if let Some(v) = host {
+            req.headers_mut().insert(header::HOST, v);
+        }
+        *req.version_mut() = Version::HTTP_11;
+    }
+    Ok(())
+}
+
 /// Joins an upgraded downstream and upstream (websocket) and copies bytes until both close.
 async fn tunnel(
     on_down: hyper::upgrade::OnUpgrade,
@@ -991,4 +1219,94 @@ async fn tunnel(
         Err(_) => ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
     };
     log.finish(sent, flags, None);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_version_follows_the_port_as_istio_does() {
+        use Direction::{Inbound, Outbound};
+        use route::UpstreamHttp::{Downstream, Http2, Http11};
+        let (h1, h2) = (Version::HTTP_11, Version::HTTP_2);
+        // (direction, declared, client, upgrade, endpoint has a sidecar) -> HTTP/2
+        for (d, declared, client, upgrade, sidecar, want) in [
+            (Inbound, Http11, h2, false, false, false),
+            (Inbound, Http2, h1, false, false, true),
+            (Inbound, Downstream, h2, false, false, true),
+            (Inbound, Downstream, h1, false, false, false),
+            (Outbound, Http11, h2, false, true, true),
+            (Outbound, Http11, h2, false, false, false),
+            (Outbound, Http11, h1, false, true, false),
+            (Outbound, Http2, h1, false, false, true),
+            (Outbound, Http2, h1, true, true, false),
+        ] {
+            assert_eq!(
+                upstream_h2(d, declared, client, upgrade, sidecar),
+                want,
+                "{d:?} {declared:?} {client:?} upgrade {upgrade} sidecar {sidecar}"
+            );
+        }
+    }
+
+    #[test]
+    fn requests_fit_either_version_and_back() {
+        let orig: OrigDstAddr = OrigDstAddr("10.0.0.1:80".parse().expect("addr"));
+        let mut req = Request::builder()
+            .uri("/a?b=c")
+            .header(header::HOST, "httpbin")
+            .body(())
+            .expect("request");
+        fit_version(&mut req, true, orig).expect("fits HTTP/2");
+        assert_eq!(req.uri(), "http://httpbin/a?b=c");
+        assert_eq!(req.version(), Version::HTTP_2);
+        assert!(req.headers().get(header::HOST).is_none());
+        fit_version(&mut req, false, orig).expect("fits HTTP/1.1");
+        assert_eq!(req.uri(), "/a?b=c");
+        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(req.headers()[header::HOST], "httpbin");
+        // No authority anywhere: the original destination.
+        let mut bare = Request::builder().uri("/").body(()).expect("request");
+        fit_version(&mut bare, false, orig).expect("fits HTTP/1.1");
+        assert_eq!(bare.headers()[header::HOST], "10.0.0.1:80");
+    }
+
+    #[test]
+    fn grpc_status_mapping_is_envoys() {
+        for (http, grpc) in [
+            (400, 13),
+            (401, 16),
+            (403, 7),
+            (404, 12),
+            (429, 14),
+            (502, 14),
+            (503, 14),
+            (504, 14),
+            (426, 2),
+            (501, 2),
+        ] {
+            let status = StatusCode::from_u16(http).expect("status");
+            assert_eq!(grpc_status_of(status), grpc, "{http}");
+        }
+    }
+
+    #[test]
+    fn grpc_message_is_percent_encoded_as_envoy_does() {
+        let reply = LocalReply {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            flags: ResponseFlags::NONE,
+            details: "x",
+            body: "100% down ~ {ok}\n\u{e9}",
+            close: false,
+        };
+        let resp = reply.grpc(false);
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["grpc-status"], "14");
+        assert_eq!(
+            resp.headers()["grpc-message"],
+            "100%25 down %7E {ok}%0A%C3%A9"
+        );
+        assert!(reply.grpc(true).headers().get("grpc-message").is_none());
+    }
 }

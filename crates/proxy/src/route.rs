@@ -32,8 +32,8 @@ pub struct Target {
     pub lb_policy: LbPolicy,
     /// Source address to dial from.
     pub bind: Option<IpAddr>,
-    /// Upstream speaks HTTP/2 (port declared HTTP2/GRPC).
-    pub http2: bool,
+    /// The HTTP version requests are forwarded in.
+    pub upstream_http: UpstreamHttp,
     /// Opaque TCP without detection (port declared TCP/TLS).
     pub opaque: bool,
     /// Route timeout (`UT` when it fires).
@@ -68,6 +68,33 @@ impl Target {
     }
 }
 
+/// The HTTP version requests go upstream in, as Istio's cluster for the port configures it
+/// (pilot's `setUpstreamProtocol`): HTTP/2 for ports declared `http2` or `grpc`, HTTP/1.1 for
+/// ports declared `http`, and the client's own version where the protocol is detected (an
+/// undeclared port, or an unknown destination: Envoy's `use_downstream_protocol_config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamHttp {
+    /// HTTP/1.1 whatever the client spoke.
+    Http11,
+    /// HTTP/2 (h2c or inside mTLS) whatever the client spoke.
+    Http2,
+    /// The version the client spoke.
+    Downstream,
+}
+
+impl UpstreamHttp {
+    /// The version for a port of protocol `p`.
+    pub fn of(p: xds::Protocol) -> UpstreamHttp {
+        if p.is_http2() {
+            UpstreamHttp::Http2
+        } else if p == xds::Protocol::Http {
+            UpstreamHttp::Http11
+        } else {
+            UpstreamHttp::Downstream
+        }
+    }
+}
+
 /// Why no upstream could be chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteError {
@@ -88,7 +115,7 @@ pub fn passthrough(orig_dst: OrigDstAddr, host: Option<&str>) -> Target {
         tls: Arc::from([None]),
         lb_policy: LbPolicy::RoundRobin,
         bind: None,
-        http2: false,
+        upstream_http: UpstreamHttp::Downstream,
         opaque: false,
         timeout: None,
         retries: 0,
@@ -128,7 +155,7 @@ fn cluster_target(pi: &ProxyInputs, entry: &ServiceEntry, sp: &ServicePort) -> O
         tls: cluster.tls.clone(),
         lb_policy: entry.lb_policy,
         bind: None,
-        http2: proto.is_http2(),
+        upstream_http: UpstreamHttp::of(proto),
         opaque: proto.is_opaque(),
         timeout: None,
         retries: pi.cfg.outbound_retries,
@@ -249,7 +276,7 @@ pub fn inbound(snap: &Snapshot, pi: &ProxyInputs, orig_dst: OrigDstAddr) -> Targ
         tls: Arc::from([None]),
         lb_policy: LbPolicy::RoundRobin,
         bind: Some(pi.cfg.inbound_bind),
-        http2: proto.is_http2(),
+        upstream_http: UpstreamHttp::of(proto),
         opaque: proto.is_opaque(),
         timeout: None,
         retries: 0,

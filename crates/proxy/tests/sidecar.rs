@@ -583,7 +583,10 @@ async fn refused_upstream_is_503_uf_with_retries_outbound() {
         .await;
     let (resp, body) = client.get(vip(), "httpbin-service", "/headers").await;
     assert_eq!(resp.status(), 503);
-    assert!(String::from_utf8_lossy(&body).contains("reset reason: connection failure"));
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: remote connection failure"
+    );
     let line = &client.log_lines(1).await[0];
     assert_eq!(line["response_flags"], "UF,URX");
     assert_eq!(s(line, "upstream_host"), dead.to_string());

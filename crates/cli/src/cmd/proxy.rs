@@ -289,6 +289,8 @@ fn sidecar(a: SidecarArgs) -> anyhow::Result<ExitCode> {
         instance_ip: env("INSTANCE_IP").and_then(|ip| ip.parse().ok()),
         service_account: env("SERVICE_ACCOUNT"),
         cluster_id: env("ISTIO_META_CLUSTER_ID").unwrap_or_else(|| "Kubernetes".to_string()),
+        // Istio's `enableHTTP10`: the metadata value "1" and nothing else.
+        accept_http_10: env("ISTIO_META_HTTP10").as_deref() == Some("1"),
         ..ProxyConfig::default()
     };
     let opts = SidecarOptions {

@@ -219,7 +219,7 @@ pub struct RequestRecord {
     pub response_code: u16,
     /// `response_flags`.
     pub response_flags: ResponseFlags,
-    /// `response_code_details`: `via_upstream`, `route_not_found`, `upstream_reset_before_response_started{connection_failure}`...
+    /// `response_code_details`: `via_upstream`, `route_not_found`, `upstream_reset_before_response_started{remote_connection_failure}`...
     pub response_code_details: Option<Cow<'static, str>>,
     /// `connection_termination_details`.
     pub connection_termination_details: Option<Cow<'static, str>>,
