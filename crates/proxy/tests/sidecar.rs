@@ -374,13 +374,17 @@ services:
         .connect_outbound("10.0.0.25:25".parse().expect("addr"))
         .await;
     let mut buf = [0u8; 18];
-    conn.read_exact(&mut buf)
+    tokio::time::timeout(Duration::from_secs(30), conn.read_exact(&mut buf))
         .await
+        .expect("the banner within 30 s")
         .expect("banner through the proxy");
     assert_eq!(&buf, b"220 banner ready\r\n");
     conn.write_all(b"HELO x\r\n").await.expect("write");
     let mut echo = [0u8; 8];
-    conn.read_exact(&mut echo).await.expect("echo");
+    tokio::time::timeout(Duration::from_secs(30), conn.read_exact(&mut echo))
+        .await
+        .expect("the echo within 30 s")
+        .expect("echo");
     assert_eq!(&echo, b"HELO x\r\n");
     drop(conn);
     let line = &client.log_lines(1).await[0];
@@ -426,10 +430,12 @@ services:
 #[tokio::test]
 async fn opaque_tcp_through_both_sidecars_with_half_close() {
     let banner = harness::banner_server().await;
-    let server = Sidecar::builder(&server_yaml())
-        .inbound_to(banner)
-        .start()
-        .await;
+    // Plaintext between the sidecars: the server's side learns that the connection is opaque
+    // only from a detection timeout (its port is declared nowhere in its resources), as a
+    // server-first protocol on an undeclared port needs MeshConfig protocolDetectionTimeout.
+    let mut b = Sidecar::builder(&server_yaml()).inbound_to(banner);
+    b.cfg.protocol_detection_timeout = Duration::from_millis(100);
+    let server = b.start().await;
     let yaml = format!(
         r#"
 services:
@@ -442,19 +448,21 @@ services:
 "#,
         server.inbound.port()
     );
-    let mut b = Sidecar::builder(&yaml);
-    b.cfg.protocol_detection_timeout = Duration::from_millis(100);
-    let client = b.start().await;
+    let client = Sidecar::builder(&yaml).start().await;
     let mut conn = client
         .connect_outbound("10.0.0.25:25".parse().expect("addr"))
         .await;
     let mut buf = [0u8; 18];
-    conn.read_exact(&mut buf).await.expect("banner");
+    tokio::time::timeout(Duration::from_secs(30), conn.read_exact(&mut buf))
+        .await
+        .expect("the banner within 30 s")
+        .expect("banner");
     conn.write_all(b"QUIT\r\n").await.expect("write");
     conn.shutdown().await.expect("half-close");
     let mut rest = Vec::new();
-    conn.read_to_end(&mut rest)
+    tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut rest))
         .await
+        .expect("EOF within 30 s")
         .expect("read to EOF after half-close");
     assert_eq!(rest, b"QUIT\r\n");
     let line = &server.log_lines(1).await[0];
