@@ -14,35 +14,26 @@
 //!   Ama cannot enforce it yet and fails closed.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
-use e2e::{Proc, Scratch, ama, root_or_skip, wait_for, workspace};
+use e2e::up::{UpMesh, name};
+use e2e::{Scratch, ama, root_or_skip, wait_for, workspace};
 use serde_json::Value;
 
-/// `ama up DIR --name …` in the background; `ama down` on drop, so a failing test cleans up.
-struct Mesh {
-    name: String,
-    up: Option<Proc>,
+/// `ama up` in the background ([`UpMesh`]).
+struct Mesh(UpMesh);
+
+impl std::ops::Deref for Mesh {
+    type Target = UpMesh;
+    fn deref(&self) -> &UpMesh {
+        &self.0
+    }
 }
 
 impl Mesh {
     fn start(dir: &Path, logs: &Path) -> Mesh {
-        let name = format!("e2ecfg{}", std::process::id() % 100_000);
-        let mut cmd = Command::new(ama());
-        cmd.arg("up").arg(dir).args(["--name", &name]);
-        Mesh {
-            up: Some(Proc::spawn("ama-up", logs, cmd)),
-            name,
-        }
-    }
-
-    fn ama(&self, args: &[&str]) -> Output {
-        Command::new(ama())
-            .args(args)
-            .env("AMA_MESH", &self.name)
-            .output()
-            .expect("run ama")
+        Mesh(UpMesh::start("cfg", dir, logs, &[]))
     }
 
     /// `ama apply -f FILE`: (exit success, stdout, stderr).
@@ -55,27 +46,9 @@ impl Mesh {
         )
     }
 
+    /// The names of the mesh's pods once there are `want`, all ready.
     fn ready_pods(&self, want: usize) -> Vec<String> {
-        wait_for(
-            &format!("{want} pods ready"),
-            Duration::from_secs(120),
-            || {
-                let out = self.ama(&["get", "pods", "-o", "json"]);
-                let list: Value = serde_json::from_slice(&out.stdout).ok()?;
-                let pods = list["items"].as_array()?;
-                let ready = pods.len() == want
-                    && pods.iter().all(|p| {
-                        p["status"]["containerStatuses"]
-                            .as_array()
-                            .is_some_and(|cs| cs.iter().all(|c| c["ready"] == true))
-                    });
-                ready.then(|| {
-                    pods.iter()
-                        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
-                        .collect()
-                })
-            },
-        )
+        self.wait_ready(want).iter().map(name).collect()
     }
 
     /// `curl http://httpbin-service/headers` from `client`: status code and body.
@@ -97,15 +70,6 @@ impl Mesh {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
         (code.to_string(), body.to_string())
-    }
-}
-
-impl Drop for Mesh {
-    fn drop(&mut self) {
-        if self.up.is_some() {
-            let _ = self.ama(&["down"]);
-            self.up.take();
-        }
     }
 }
 
@@ -268,7 +232,7 @@ fn findings_and_fail_closed_policies_under_ama_up() {
         .expect("an ubuntu pod")
         .clone();
     assert_eq!(mesh.curl(&ubuntu).0, "200", "before any policy");
-    let up_err = mesh.up.as_ref().map(Proc::err).unwrap_or_default();
+    let up_err = mesh.up_err();
     assert!(
         up_err.contains(&format!(
             "Warning: {}:doc 1: DestinationRule default/httpbin: spec.subsets: not implemented by \

@@ -23,9 +23,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use e2e::up::{UpMesh, name};
 use e2e::{Proc, Scratch, ama, root_or_skip, wait_for, workspace};
 use serde_json::{Value, json};
 
@@ -68,73 +69,35 @@ spec:
   ports: [{name: http, port: 80, targetPort: 80}]
 ";
 
-/// `ama up` in the background; `ama down` (then a kill of `ama up`) on drop, so a failing test
-/// cleans up too.
+/// `ama up` in the background ([`UpMesh`]), with the host's iptables rules from before it
+/// started, to check that `ama down` leaves them as they were.
 struct Mesh {
-    name: String,
-    up: Option<Proc>,
+    mesh: UpMesh,
     /// The host's iptables rules before `ama up`.
     host_rules: String,
+}
+
+impl std::ops::Deref for Mesh {
+    type Target = UpMesh;
+    fn deref(&self) -> &UpMesh {
+        &self.mesh
+    }
+}
+
+impl std::ops::DerefMut for Mesh {
+    fn deref_mut(&mut self) -> &mut UpMesh {
+        &mut self.mesh
+    }
 }
 
 impl Mesh {
     /// `ama up DIR --name e2e<tag><pid> FLAGS…`, logging into `logs`.
     fn start(tag: &str, dir: &Path, logs: &Path, flags: &[&str]) -> Mesh {
-        let name = format!("e2e{tag}{}", std::process::id() % 100_000);
         let host_rules = host_rules();
-        let mut cmd = Command::new(ama());
-        cmd.arg("up").arg(dir).args(["--name", &name]).args(flags);
         Mesh {
-            up: Some(Proc::spawn("ama-up", logs, cmd)),
-            name,
+            mesh: UpMesh::start(tag, dir, logs, flags),
             host_rules,
         }
-    }
-
-    fn ama(&self, args: &[&str]) -> Output {
-        Command::new(ama())
-            .args(args)
-            .env("AMA_MESH", &self.name)
-            .output()
-            .expect("run ama")
-    }
-
-    /// `ama ARGS…`'s stdout; panics with its stderr and `ama up`'s output when it fails.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.ama(args);
-        assert!(
-            out.status.success(),
-            "ama {args:?}: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.up.as_ref().map(Proc::out).unwrap_or_default()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn pods(&self) -> Vec<Value> {
-        let out = self.ama(&["get", "pods", "-A", "-o", "json"]);
-        if !out.status.success() {
-            return Vec::new();
-        }
-        let list: Value = serde_json::from_slice(&out.stdout).expect("get pods -o json is JSON");
-        list["items"].as_array().cloned().unwrap_or_default()
-    }
-
-    fn wait_ready(&self, want: usize) -> Vec<Value> {
-        wait_for(
-            &format!("{want} pods ready"),
-            Duration::from_secs(90),
-            || {
-                let pods = self.pods();
-                let ready = pods.len() == want
-                    && pods.iter().all(|p| {
-                        p["status"]["containerStatuses"]
-                            .as_array()
-                            .is_some_and(|cs| cs.iter().all(|c| c["ready"] == true))
-                    });
-                ready.then_some(pods)
-            },
-        )
     }
 
     /// The JSON access-log lines of `pod`'s sidecar so far.
@@ -193,15 +156,6 @@ impl Mesh {
     }
 }
 
-impl Drop for Mesh {
-    fn drop(&mut self) {
-        if self.up.is_some() {
-            let _ = self.ama(&["down"]);
-            self.up.take();
-        }
-    }
-}
-
 /// The host's iptables rules (all tables), without counters.
 fn host_rules() -> String {
     let out = Command::new("iptables-save")
@@ -243,13 +197,6 @@ fn access_lines(text: &str) -> Vec<Value> {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|l| l.get("upstream_cluster").is_some())
         .collect()
-}
-
-fn name(pod: &Value) -> String {
-    pod["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
 }
 
 fn names(list: &Value) -> Vec<String> {

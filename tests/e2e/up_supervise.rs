@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use e2e::up::{UpMesh, name, ready};
 use e2e::{Proc, Scratch, ama, root_or_skip, wait_for, workspace};
 use serde_json::Value;
 
@@ -41,70 +42,20 @@ spec:
   ports: [{name: http, port: 80, targetPort: 80}]
 ";
 
-/// `ama up` in the background; `ama down` (then a kill of `ama up`) on drop.
-struct Mesh {
-    name: String,
-    up: Option<Proc>,
+/// `ama up` in the background ([`UpMesh`]); whatever a test did to discovery (SIGSTOP), it
+/// lets it go on before the mesh is brought down.
+struct Mesh(UpMesh);
+
+impl std::ops::Deref for Mesh {
+    type Target = UpMesh;
+    fn deref(&self) -> &UpMesh {
+        &self.0
+    }
 }
 
 impl Mesh {
     fn start(tag: &str, dir: &Path, logs: &Path) -> Mesh {
-        let name = format!("e2e{tag}{}", std::process::id() % 100_000);
-        let mut cmd = Command::new(ama());
-        cmd.arg("up").arg(dir).args(["--name", &name]);
-        Mesh {
-            up: Some(Proc::spawn("ama-up", logs, cmd)),
-            name,
-        }
-    }
-
-    fn up_out(&self) -> String {
-        self.up.as_ref().map(Proc::out).unwrap_or_default()
-    }
-
-    fn ama(&self, args: &[&str]) -> Output {
-        Command::new(ama())
-            .args(args)
-            .env("AMA_MESH", &self.name)
-            .output()
-            .expect("run ama")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.ama(args);
-        assert!(
-            out.status.success(),
-            "ama {args:?}: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.up_out()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn pods(&self) -> Vec<Value> {
-        let out = self.ama(&["get", "pods", "-A", "-o", "json"]);
-        if !out.status.success() {
-            return Vec::new();
-        }
-        let list: Value = serde_json::from_slice(&out.stdout).expect("get pods -o json is JSON");
-        list["items"].as_array().cloned().unwrap_or_default()
-    }
-
-    fn wait_ready(&self, want: usize) -> Vec<Value> {
-        wait_for(
-            &format!("{want} pods ready"),
-            Duration::from_secs(90),
-            || {
-                let pods = self.pods();
-                (pods.len() == want && pods.iter().all(ready)).then_some(pods)
-            },
-        )
-    }
-
-    fn state(&self) -> Value {
-        let text = std::fs::read_to_string(format!("/run/ama/{}/state.json", self.name))
-            .expect("state.json");
-        serde_json::from_str(&text).expect("state.json is JSON")
+        Mesh(UpMesh::start(tag, dir, logs, &[]))
     }
 
     /// `curl -s -o /dev/null -w %{http_code} URL` from `pod`.
@@ -137,28 +88,9 @@ impl Mesh {
 impl Drop for Mesh {
     fn drop(&mut self) {
         if let Some(pid) = discovery_pid(&self.name) {
-            // Whatever the test did to it, let it stop.
             signal(pid, libc::SIGCONT);
         }
-        if self.up.is_some() {
-            let _ = self.ama(&["down"]);
-            self.up.take();
-        }
     }
-}
-
-fn ready(pod: &Value) -> bool {
-    pod["metadata"].get("deletionTimestamp").is_none()
-        && pod["status"]["containerStatuses"]
-            .as_array()
-            .is_some_and(|cs| cs.iter().all(|c| c["ready"] == true))
-}
-
-fn name(pod: &Value) -> String {
-    pod["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
 }
 
 fn signal(pid: i32, sig: i32) {

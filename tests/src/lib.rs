@@ -12,6 +12,7 @@
 
 pub mod kubernetes_validate;
 pub mod sidecar;
+pub mod up;
 
 use std::fs;
 use std::net::Ipv4Addr;
