@@ -310,10 +310,18 @@ pub async fn banner_server() -> SocketAddr {
     addr
 }
 
-/// A port with nothing listening on it.
+/// A port with nothing listening on it, for the life of the test process: bound and never
+/// listened on, so connections to it are refused. A port bound and let go at once could be
+/// taken by a listener of a test running beside this one (a sidecar's), which would then
+/// receive what was meant to be refused.
 pub async fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    l.local_addr().expect("addr")
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    std::mem::forget(socket);
+    addr
 }
 
 /// A running sidecar on loopback ports, with its access log in memory.
