@@ -386,7 +386,13 @@ pub fn forward_client_cert(headers: &mut HeaderMap, element: Option<&HeaderValue
         headers.remove(&X_FORWARDED_CLIENT_CERT);
         return;
     };
-    let mut sent = headers.get_all(&X_FORWARDED_CLIENT_CERT).iter().peekable();
+    // Envoy's `appendToHeader`: an empty value adds nothing, and a comma goes only between
+    // parts that are not empty (`x-forwarded-client-cert:` sent empty must not become `,By=…`).
+    let mut sent = headers
+        .get_all(&X_FORWARDED_CLIENT_CERT)
+        .iter()
+        .filter(|v| !v.is_empty())
+        .peekable();
     if sent.peek().is_none() {
         headers.insert(X_FORWARDED_CLIENT_CERT.clone(), element.clone());
         return;
@@ -457,6 +463,32 @@ mod tests {
         );
         forward_client_cert(&mut h, None);
         assert!(!h.contains_key(&X_FORWARDED_CLIENT_CERT));
+    }
+
+    /// Found by the `http1_head` fuzz target: an empty XFCC from the client reached the app as
+    /// `,By=…`; Envoy's `appendToHeader` skips empty values.
+    #[test]
+    fn xfcc_skips_empty_values_as_envoy_does() {
+        let element = HeaderValue::from_static("By=a;URI=b");
+        for sent in [&["", ""][..], &[""], &["x", ""], &["", "x"]] {
+            let mut h = HeaderMap::new();
+            for v in sent {
+                h.append(&X_FORWARDED_CLIENT_CERT, HeaderValue::from_static(v));
+            }
+            forward_client_cert(&mut h, Some(&element));
+            let want = if sent.contains(&"x") {
+                "x,By=a;URI=b"
+            } else {
+                "By=a;URI=b"
+            };
+            assert_eq!(
+                h.get_all(&X_FORWARDED_CLIENT_CERT)
+                    .iter()
+                    .collect::<Vec<_>>(),
+                vec![want],
+                "{sent:?}"
+            );
+        }
     }
 
     #[test]
