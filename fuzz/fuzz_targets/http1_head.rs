@@ -122,14 +122,13 @@ impl AsyncWrite for Client {
     }
 }
 
+/// What Envoy's connection manager removes from a request (`trailer`, `proxy-authenticate`
+/// and `proxy-authorization` pass through Envoy, and through Ama since issue 13).
 const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
     "te",
-    "trailer",
     "transfer-encoding",
     "upgrade",
 ];
