@@ -86,11 +86,9 @@ pub(crate) fn refuses_connection(ctx: &ConnCtx, start: SystemTime, t0: Instant) 
         return false;
     }
     let port = ctx.orig_dst.get().port();
-    let mut rec = TcpRecord::new(start);
+    let mut rec = TcpRecord::accepted(start, ctx.orig_dst.get(), ctx.client.get());
     rec.upstream_cluster = Some(Arc::from(format!("inbound|{port}||")));
     rec.connection_termination_details = Some(DENIED_DETAILS.into());
-    rec.downstream_local_address = Some(ctx.orig_dst.get());
-    rec.downstream_remote_address = Some(ctx.client.get());
     rec.requested_server_name = ctx.sni.clone();
     rec.duration = t0.elapsed();
     ctx.pi.telemetry.tcp_log(rec);

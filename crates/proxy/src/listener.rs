@@ -149,11 +149,9 @@ impl Listener {
 /// The access-log record of a connection sent to BlackHoleCluster, as Envoy's TCP proxy logs
 /// it: a cluster without endpoints, `UH`.
 fn black_hole(client: ClientAddr, orig_dst: OrigDstAddr) -> TcpRecord {
-    let mut rec = TcpRecord::new(SystemTime::now());
+    let mut rec = TcpRecord::accepted(SystemTime::now(), orig_dst.get(), client.get());
     rec.upstream_cluster = Some(BLACK_HOLE_CLUSTER.into());
     rec.response_flags = ResponseFlags::NO_HEALTHY_UPSTREAM;
-    rec.downstream_local_address = Some(orig_dst.get());
-    rec.downstream_remote_address = Some(client.get());
     rec
 }
 
@@ -233,10 +231,8 @@ async fn forward_tcp<D>(
     D: AsyncRead + AsyncWrite + Unpin,
 {
     let snap = ctx.pi.store.load();
-    let mut rec = TcpRecord::new(start);
+    let mut rec = TcpRecord::accepted(start, ctx.orig_dst.get(), ctx.client.get());
     rec.upstream_cluster = Some(target.cluster.clone());
-    rec.downstream_local_address = Some(ctx.orig_dst.get());
-    rec.downstream_remote_address = Some(ctx.client.get());
     rec.requested_server_name = ctx.sni.clone();
     let Some(ep) = ctx
         .pi

@@ -356,4 +356,13 @@ impl TcpRecord {
             requested_server_name: None,
         }
     }
+
+    /// A record for a connection accepted at `start_time` by `local` (its original
+    /// destination) from `remote`, everything else empty.
+    pub fn accepted(start_time: SystemTime, local: SocketAddr, remote: SocketAddr) -> TcpRecord {
+        let mut rec = TcpRecord::new(start_time);
+        rec.downstream_local_address = Some(local);
+        rec.downstream_remote_address = Some(remote);
+        rec
+    }
 }
