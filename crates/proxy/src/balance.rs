@@ -127,7 +127,7 @@ impl LoadTracker {
                     let i = self.cluster(cluster).rr.fetch_add(1, Ordering::Relaxed);
                     pool[i % n]
                 }
-                LbPolicy::Random => pool[rand::random_range(0..n)],
+                LbPolicy::Random | LbPolicy::Passthrough => pool[rand::random_range(0..n)],
                 LbPolicy::LeastRequest => {
                     let a = rand::random_range(0..n);
                     let mut b = rand::random_range(0..n - 1);

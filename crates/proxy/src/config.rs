@@ -355,7 +355,8 @@ impl Snapshot {
                 clusters,
                 lb_policy: policy
                     .as_ref()
-                    .and_then(|p| p.load_balancer)
+                    .and_then(|p| p.policy.settings.load_balancer.as_ref())
+                    .and_then(|lb| lb.simple)
                     .unwrap_or(s.lb_policy),
                 policy,
                 hostname: Arc::from(s.hostname.as_str()),

@@ -162,7 +162,8 @@ fn cluster_target(pi: &ProxyInputs, entry: &ServiceEntry, sp: &ServicePort) -> O
         max_requests: entry
             .policy
             .as_ref()
-            .and_then(|p| p.connection_pool.http.max_requests),
+            .and_then(|p| p.policy.settings.connection_pool.as_ref())
+            .and_then(|c| c.http.max_requests),
         route_name: Some(default_route_name()),
         peer: None,
         service_host: entry.hostname.clone(),

@@ -687,7 +687,7 @@ async fn circuit_breaker_overflow_is_503_uo() {
 trafficPolicies:
 - name: default/httpbin
   host: httpbin-service.default.svc.cluster.local
-  connectionPool: {http: {maxRequests: 1}}
+  policy: {settings: {connectionPool: {http: {maxRequests: 1}}}}
 "#;
     let client = std::sync::Arc::new(
         Sidecar::builder(&httpbin_yaml(&[app.addr], "ROUND_ROBIN", extra))

@@ -37,10 +37,16 @@ pub use authorization::{
     Action, Authorization, AuthorizationRule, EffectiveMtls, MtlsMode, PeerAuthentication,
     RequestMatch,
 };
-pub use policy::{ConnectionPool, HttpPool, OutlierDetection, TcpPool, TrafficPolicy};
+pub use policy::{
+    ClientTls, ClientTlsMode, ConnectionPool, ConsistentHash, HashAlgorithm, HashKey, HttpPool,
+    LoadBalancer, OutlierDetection, Policy, PortSettings, Settings, Subset, TcpKeepalive, TcpPool,
+    TrafficPolicy,
+};
 pub use resources::{LoadError, NodeRef, ProxyResources};
 pub use routes::{
-    HttpRoute, HttpRouteMatch, HttpRoutes, RetryPolicy, RouteDestination, StringMatch,
+    AbortStatus, Cors, DirectResponse, Fault, FaultAbort, FaultDelay, HeaderOps, Headers,
+    HttpRoute, HttpRouteMatch, HttpRoutes, L4Match, L4Route, Mirror, Redirect, RedirectPort,
+    RegexRewrite, RetryPolicy, Rewrite, RouteDestination, StringMatch, UnmatchedPreflights,
 };
 pub use service::{Endpoint, LbPolicy, Service, ServicePort};
 pub use validate::{ValidationError, ValidationErrors};

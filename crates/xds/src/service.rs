@@ -19,6 +19,8 @@ pub enum LbPolicy {
     LeastRequest,
     /// Uniformly random.
     Random,
+    /// To the address the client asked for, without balancing (`PASSTHROUGH`).
+    Passthrough,
 }
 
 /// A port of a service.

@@ -158,7 +158,9 @@ fn virtual_service(
         resource: xds::HttpRoutes {
             name: format!("{ns}/{}", vs.metadata.name),
             hosts: hosts.into_iter().collect(),
+            namespace: Some(ns.clone()),
             http,
+            ..Default::default()
         },
     })
 }
@@ -204,6 +206,7 @@ fn http_route(
                     None if single => 100,
                     None => 0,
                 },
+                ..Default::default()
             })
         })
         .collect();
@@ -211,6 +214,8 @@ fn http_route(
         attempts: u32::try_from(r.attempts.max(0)).unwrap_or(u32::MAX),
         per_try_timeout_ms: millis(r.per_try_timeout),
         retry_on: (!r.retry_on.is_empty()).then(|| r.retry_on.clone()),
+        backoff_ms: None,
+        retry_other_hosts: true,
     });
     Some(xds::HttpRoute {
         name: (!route.name.is_empty()).then(|| route.name.clone()),
@@ -218,6 +223,7 @@ fn http_route(
         route: destinations,
         timeout_ms: millis(route.timeout).filter(|ms| *ms > 0),
         retries,
+        ..Default::default()
     })
 }
 
@@ -253,7 +259,11 @@ fn route_match(m: &HttpMatchRequest) -> Result<xds::HttpRouteMatch, &'static str
     for (name, v) in &m.headers {
         headers.insert(name.to_ascii_lowercase(), string(v).ok_or("headers.regex")?);
     }
-    Ok(xds::HttpRouteMatch { uri, headers })
+    Ok(xds::HttpRouteMatch {
+        uri,
+        headers,
+        ..Default::default()
+    })
 }
 
 fn destination_rule(
@@ -292,34 +302,43 @@ fn destination_rule(
                     name.clone()
                 },
                 host,
-                ..base.clone()
+                policy: xds::Policy {
+                    settings: base.clone(),
+                    port_level_settings: Vec::new(),
+                },
+                subsets: Vec::new(),
             },
         })
         .collect()
 }
 
-fn traffic_policy(p: Option<&destination_rule::TrafficPolicy>) -> xds::TrafficPolicy {
-    let mut out = xds::TrafficPolicy::default();
+fn traffic_policy(p: Option<&destination_rule::TrafficPolicy>) -> xds::Settings {
+    let mut out = xds::Settings::default();
     let Some(p) = p else { return out };
     if let Some(lb) = &p.load_balancer {
-        out.load_balancer = match lb.simple {
+        let simple = match lb.simple {
             Some(SimpleLb::RoundRobin) => Some(xds::LbPolicy::RoundRobin),
             Some(SimpleLb::Random) => Some(xds::LbPolicy::Random),
             Some(SimpleLb::LeastRequest | SimpleLb::LeastConn) => Some(xds::LbPolicy::LeastRequest),
             Some(SimpleLb::Passthrough | SimpleLb::Unspecified) | None => None,
         };
+        out.load_balancer = simple.map(|simple| xds::LoadBalancer {
+            simple: Some(simple),
+            consistent_hash: None,
+        });
     }
     if let Some(pool) = &p.connection_pool {
+        let mut cp = xds::ConnectionPool::default();
         if let Some(tcp) = &pool.tcp {
-            out.connection_pool.tcp.max_connections = positive_u32(tcp.max_connections);
-            out.connection_pool.tcp.connect_timeout_ms = millis(tcp.connect_timeout);
+            cp.tcp.max_connections = positive_u32(tcp.max_connections);
+            cp.tcp.connect_timeout_ms = millis(tcp.connect_timeout);
         }
         if let Some(http) = &pool.http {
-            out.connection_pool.http.max_requests = positive_u32(http.http2_max_requests);
-            out.connection_pool.http.max_requests_per_connection =
-                positive_u32(http.max_requests_per_connection);
-            out.connection_pool.http.idle_timeout_ms = millis(http.idle_timeout);
+            cp.http.max_requests = positive_u32(http.http2_max_requests);
+            cp.http.max_requests_per_connection = positive_u32(http.max_requests_per_connection);
+            cp.http.idle_timeout_ms = millis(http.idle_timeout);
         }
+        out.connection_pool = Some(cp);
     }
     if let Some(o) = &p.outlier_detection {
         out.outlier_detection = Some(xds::OutlierDetection {
@@ -331,6 +350,7 @@ fn traffic_policy(p: Option<&destination_rule::TrafficPolicy>) -> xds::TrafficPo
             max_ejection_percent: o
                 .max_ejection_percent
                 .map(|v| u32::try_from(v.clamp(0, 100)).unwrap_or(100)),
+            ..Default::default()
         });
     }
     out

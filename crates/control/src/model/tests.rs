@@ -540,10 +540,15 @@ spec:
 
     let p = &m.traffic_policies[0].resource;
     assert_eq!(p.host, "httpbin-service.default.svc.cluster.local");
-    assert_eq!(p.load_balancer, Some(xds::LbPolicy::RoundRobin));
-    assert_eq!(p.connection_pool.tcp.connect_timeout_ms, Some(2000));
-    assert_eq!(p.connection_pool.http.max_requests, Some(10));
-    let o = p.outlier_detection.as_ref().expect("outlier");
+    let s = &p.policy.settings;
+    assert_eq!(
+        s.load_balancer.as_ref().and_then(|lb| lb.simple),
+        Some(xds::LbPolicy::RoundRobin)
+    );
+    let pool = s.connection_pool.as_ref().expect("pool");
+    assert_eq!(pool.tcp.connect_timeout_ms, Some(2000));
+    assert_eq!(pool.http.max_requests, Some(10));
+    let o = s.outlier_detection.as_ref().expect("outlier");
     assert_eq!(
         (o.consecutive_5xx_errors, o.base_ejection_time_ms),
         (Some(3), Some(30_000))
