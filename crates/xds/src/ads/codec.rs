@@ -136,6 +136,9 @@ pub enum DecodeError {
 }
 
 /// One resource of any type, decoded.
+// Decoded one at a time and moved straight into a bundle: boxing the larger variants would only
+// add an allocation per resource.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AnyResource {
     /// A workload.
