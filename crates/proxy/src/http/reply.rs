@@ -1,5 +1,7 @@
 //! Replies the proxy makes itself, in Envoy's words and, to gRPC clients, in gRPC's form.
 
+use std::borrow::Cow;
+
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 
@@ -15,7 +17,10 @@ pub(super) struct LocalReply {
     pub(super) status: StatusCode,
     pub(super) flags: ResponseFlags,
     pub(super) details: &'static str,
-    pub(super) body: &'static str,
+    pub(super) body: Cow<'static, str>,
+    /// The gRPC status to a gRPC client, when not the one mapped from `status` (a fault
+    /// injection's `grpcStatus`).
+    pub(super) grpc_status: Option<u16>,
     /// Ends an HTTP/1 connection (`connection: close`), as Envoy's codec errors do.
     pub(super) close: bool,
 }
@@ -25,21 +30,26 @@ impl LocalReply {
         status: StatusCode::SERVICE_UNAVAILABLE,
         flags: ResponseFlags::NO_HEALTHY_UPSTREAM,
         details: "no_healthy_upstream",
-        body: "no healthy upstream",
+        body: Cow::Borrowed("no healthy upstream"),
+        grpc_status: None,
         close: false,
     };
     pub(super) const NO_ROUTE: LocalReply = LocalReply {
         status: StatusCode::NOT_FOUND,
         flags: ResponseFlags::NO_ROUTE_FOUND,
         details: "route_not_found",
-        body: "",
+        body: Cow::Borrowed(""),
+        grpc_status: None,
         close: false,
     };
     pub(super) const OVERFLOW: LocalReply = LocalReply {
         status: StatusCode::SERVICE_UNAVAILABLE,
         flags: ResponseFlags::UPSTREAM_OVERFLOW,
         details: "upstream_reset_before_response_started{overflow}",
-        body: "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+        body: Cow::Borrowed(
+            "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+        ),
+        grpc_status: None,
         close: false,
     };
     /// Envoy's RBAC filter's denial ([`crate::authz`]).
@@ -47,14 +57,16 @@ impl LocalReply {
         status: StatusCode::FORBIDDEN,
         flags: ResponseFlags::NONE,
         details: crate::authz::DENIED_DETAILS,
-        body: crate::authz::DENIED_BODY,
+        body: Cow::Borrowed(crate::authz::DENIED_BODY),
+        grpc_status: None,
         close: false,
     };
     pub(super) const TIMEOUT: LocalReply = LocalReply {
         status: StatusCode::GATEWAY_TIMEOUT,
         flags: ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
         details: "response_timeout",
-        body: "upstream request timeout",
+        body: Cow::Borrowed("upstream request timeout"),
+        grpc_status: None,
         close: false,
     };
     /// HTTP/1.0 (or 0.9): Istio does not set `accept_http_10`.
@@ -62,7 +74,8 @@ impl LocalReply {
         status: StatusCode::UPGRADE_REQUIRED,
         flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
         details: "low_version",
-        body: "Upgrade Required",
+        body: Cow::Borrowed("Upgrade Required"),
+        grpc_status: None,
         close: true,
     };
     /// Neither a `Host` header nor an authority in the URI.
@@ -70,7 +83,8 @@ impl LocalReply {
         status: StatusCode::BAD_REQUEST,
         flags: ResponseFlags::NONE,
         details: "missing_host_header",
-        body: "",
+        body: Cow::Borrowed(""),
+        grpc_status: None,
         close: true,
     };
     /// A transfer coding other than `chunked` alone.
@@ -78,9 +92,53 @@ impl LocalReply {
         status: StatusCode::NOT_IMPLEMENTED,
         flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
         details: "http1.invalid_transfer_encoding",
-        body: "Not Implemented",
+        body: Cow::Borrowed("Not Implemented"),
+        grpc_status: None,
         close: true,
     };
+
+    /// The route names a cluster that does not exist (a subset no DestinationRule defines).
+    pub(super) const NO_CLUSTER: LocalReply = LocalReply {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        flags: ResponseFlags::NO_CLUSTER_FOUND,
+        details: "cluster_not_found",
+        body: Cow::Borrowed(""),
+        grpc_status: None,
+        close: false,
+    };
+
+    /// A fault injection's abort, as Envoy's fault filter sends it: the status (or, to a gRPC
+    /// client, the gRPC status) with `fault filter abort`, flag `FI`.
+    pub(super) fn fault_abort(status: &xds::AbortStatus) -> LocalReply {
+        let (http, grpc) = match *status {
+            xds::AbortStatus::Http(code) => (
+                StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                None,
+            ),
+            // Envoy answers a gRPC abort with HTTP 200 and the status in grpc-status.
+            xds::AbortStatus::Grpc(code) => (StatusCode::OK, Some(code)),
+        };
+        LocalReply {
+            status: http,
+            flags: ResponseFlags::FAULT_INJECTED,
+            details: "fault_filter_abort",
+            body: Cow::Borrowed("fault filter abort"),
+            grpc_status: grpc,
+            close: false,
+        }
+    }
+
+    /// A route's direct response.
+    pub(super) fn direct(d: &xds::DirectResponse) -> LocalReply {
+        LocalReply {
+            status: StatusCode::from_u16(d.status).unwrap_or(StatusCode::OK),
+            flags: ResponseFlags::NONE,
+            details: "direct_response",
+            body: d.body.clone().map(Cow::Owned).unwrap_or(Cow::Borrowed("")),
+            grpc_status: None,
+            close: false,
+        }
+    }
 
     /// The upstream could not be reached (`UF`; `URX` too once the retries are spent), in
     /// Envoy 1.40's words: a connect timeout is `connection timeout`, any other failure
@@ -114,7 +172,8 @@ impl LocalReply {
                 ResponseFlags::UPSTREAM_CONNECTION_FAILURE
             },
             details,
-            body,
+            body: Cow::Borrowed(body),
+            grpc_status: None,
             close: false,
         }
     }
@@ -125,7 +184,10 @@ impl LocalReply {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 flags: ResponseFlags::UPSTREAM_REMOTE_RESET,
                 details: "upstream_reset_before_response_started{remote_reset}",
-                body: "upstream connect error or disconnect/reset before headers. reset reason: remote reset",
+                body: Cow::Borrowed(
+                    "upstream connect error or disconnect/reset before headers. reset reason: remote reset",
+                ),
+                grpc_status: None,
                 close: false,
             }
         } else {
@@ -133,7 +195,10 @@ impl LocalReply {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 flags: ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
                 details: "upstream_reset_before_response_started{connection_termination}",
-                body: "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+                body: Cow::Borrowed(
+                    "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+                ),
+                grpc_status: None,
                 close: false,
             }
         }
@@ -166,7 +231,10 @@ impl LocalReply {
         let mut resp = Response::new(if self.body.is_empty() {
             empty()
         } else {
-            full(self.body)
+            match &self.body {
+                Cow::Borrowed(b) => full(*b),
+                Cow::Owned(b) => full(b.clone()),
+            }
         });
         *resp.status_mut() = self.status;
         if !self.body.is_empty() {
@@ -188,12 +256,16 @@ impl LocalReply {
         );
         h.insert(
             GRPC_STATUS.clone(),
-            HeaderValue::from(grpc_status_of(self.status)),
+            HeaderValue::from(
+                self.grpc_status
+                    .unwrap_or_else(|| grpc_status_of(self.status)),
+            ),
         );
         if !self.body.is_empty()
             && !head
             && let Ok(v) = HeaderValue::from_str(
-                &percent_encoding::utf8_percent_encode(self.body, GRPC_MESSAGE_ESCAPED).to_string(),
+                &percent_encoding::utf8_percent_encode(&self.body, GRPC_MESSAGE_ESCAPED)
+                    .to_string(),
             )
         {
             h.insert(GRPC_MESSAGE.clone(), v);
@@ -294,7 +366,8 @@ mod tests {
             status: StatusCode::SERVICE_UNAVAILABLE,
             flags: ResponseFlags::NONE,
             details: "x",
-            body: "100% down ~ {ok}\n\u{e9}",
+            body: Cow::Borrowed("100% down ~ {ok}\n\u{e9}"),
+            grpc_status: None,
             close: false,
         };
         let resp = reply.grpc(false);

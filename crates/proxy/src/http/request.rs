@@ -2,9 +2,10 @@
 //! upstream exchange with its attempts, and the response.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -13,10 +14,14 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::addr::{EndpointAddr, OrigDstAddr};
+use crate::balance;
 use crate::body::{BoxError, ProxyBody, empty};
+use crate::cluster::ClusterStats;
+use crate::config::Snapshot;
 use crate::headers;
+use crate::outbound::router::{self, Outcome, RequestView, RouteError, RoutePolicy, Routed};
 use crate::pool::{PoolError, PoolKey};
-use crate::route::{self};
+use crate::route::{self, Target};
 use crate::tcp::{ByteCounts, copy_bidirectional};
 use crate::telemetry::{RequestProtocol, ResponseFlags};
 
@@ -102,134 +107,122 @@ pub(super) async fn handle(
         return Ok(reply.respond(&ctx, log, reply_to));
     }
 
-    let route = match ctx.direction {
-        Direction::Outbound => route::outbound_http(
-            &snap,
-            &ctx.pi,
-            ctx.orig_dst,
-            request_authority(req.uri(), req.headers()),
-            req.uri().path(),
-            req.headers(),
-        ),
-        Direction::Inbound => Ok(route::inbound(&snap, &ctx.pi, ctx.orig_dst)),
-    };
-    let target = match route {
-        Ok(t) => t,
-        Err(route::RouteError::NoRoute) => {
-            return Ok(LocalReply::NO_ROUTE.respond(&ctx, log, reply_to));
+    let target = match ctx.direction {
+        Direction::Inbound => crate::inbound::app::target(&snap, &ctx.pi, ctx.orig_dst),
+        Direction::Outbound => {
+            let view = RequestView {
+                method: req.method(),
+                authority: request_authority(req.uri(), req.headers()),
+                path: req.uri().path(),
+                query: req.uri().query(),
+                headers: req.headers(),
+            };
+            match router::outbound_http(&snap, &ctx.pi, ctx.orig_dst, &view) {
+                Ok(Routed::Forward(t)) => t,
+                Ok(Routed::Answer(policy)) => {
+                    log.rec().route_name = Some(policy.name.clone());
+                    let reply = answer(&policy, &req);
+                    return Ok(reply.respond(&ctx, log, reply_to));
+                }
+                Err(RouteError::NoRoute) => {
+                    return Ok(LocalReply::NO_ROUTE.respond(&ctx, log, reply_to));
+                }
+                Err(RouteError::NoCluster) => {
+                    return Ok(LocalReply::NO_CLUSTER.respond(&ctx, log, reply_to));
+                }
+            }
         }
     };
     {
         let rec = log.rec();
         rec.labels = request_labels(&ctx, &snap, &target, None, None);
-        rec.upstream_cluster = Some(target.cluster.clone());
-        if let Some(r) = &target.route_name {
-            rec.route_name = Some(r.clone());
-        }
+        rec.upstream_cluster = Some(target.cluster.name.clone());
+        rec.route_name = Some(target.route_name().clone());
     }
     if ctx.direction == Direction::Inbound && ctx.pi.authz.denies_all(&snap, &ctx.pi.cfg) {
         return Ok(LocalReply::RBAC_DENIED.respond(&ctx, log, reply_to));
     }
-    if target.endpoints.is_empty() {
+    let route = target.policy.route.as_ref();
+    if let Some(fault) = route.and_then(|r| r.fault.as_ref()) {
+        if let Some(delay) = fault.delay.as_ref().filter(|d| sampled(d.per_million)) {
+            tokio::time::sleep(Duration::from_millis(delay.fixed_delay_ms)).await;
+            log.rec()
+                .response_flags
+                .insert(ResponseFlags::DELAY_INJECTED);
+        }
+        if let Some(abort) = fault.abort.as_ref().filter(|a| sampled(a.per_million)) {
+            return Ok(LocalReply::fault_abort(&abort.status).respond(&ctx, log, reply_to));
+        }
+    }
+    if target.cluster.endpoints.is_empty() {
         return Ok(LocalReply::NO_HEALTHY_UPSTREAM.respond(&ctx, log, reply_to));
     }
-    let Some(_admitted) = ctx.pi.load.admit(&target.cluster, target.max_requests) else {
+    let Some(_admitted) = target.cluster.admit() else {
+        ClusterStats::inc(&target.cluster.state.stats.upstream_rq_pending_overflow);
         return Ok(LocalReply::OVERFLOW.respond(&ctx, log, reply_to));
     };
+    if let Some(r) = route {
+        edit_headers(req.headers_mut(), &r.headers.request);
+        if let Some(d) = target.destination.and_then(|d| r.route.get(d)) {
+            edit_headers(req.headers_mut(), &d.headers.request);
+        }
+    }
 
     // The upstream request: same method, path, headers and streaming body, in the version
-    // `upstream_h2` picks for each endpoint tried.
+    // `upstream_h2` picks for each endpoint tried. A request without a body can be sent again
+    // as it is, for a retry after a response or a mirror.
     let (parts, body) = req.into_parts();
+    let bodiless = http_body::Body::is_end_stream(&body);
+    let again = (bodiless && !upgrade).then(|| parts.clone());
+    if let (Some(r), Some(copy)) = (route, again.as_ref()) {
+        mirror(&ctx, &snap, r, copy, downstream_version);
+    }
     let body = CountedBody {
         inner: body,
         count: log.received.clone(),
     }
     .boxed();
-    let mut upstream_req = Request::from_parts(parts, body);
+    let upstream_req = Request::from_parts(parts, body);
 
-    // Send, retrying connect failures on other endpoints (outbound only, as Istio's default
-    // retry policy does), all within the route timeout.
     let started = Instant::now();
-    let attempts = 1 + target.retries;
-    let exchange = async {
-        let mut failed: Vec<std::net::SocketAddr> = Vec::new();
-        let mut attempt = 1;
-        loop {
-            let Some(ep) = ctx.pi.load.pick(
-                target.lb_policy,
-                &target.cluster,
-                &target.endpoints,
-                &failed,
-            ) else {
-                return Err((LocalReply::NO_HEALTHY_UPSTREAM, None));
-            };
-            if ctx.direction == Direction::Outbound {
-                headers::set_attempt_count(upstream_req.headers_mut(), attempt);
-            }
-            // An endpoint with Istio's TLS settings runs a sidecar; the TLS is used when this
-            // proxy has an identity.
-            let peer_tls = target.tls_of(ep);
-            let http2 = upstream_h2(
-                ctx.direction,
-                target.upstream_http,
-                downstream_version,
-                upgrade,
-                peer_tls.is_some(),
-            );
-            if fit_version(&mut upstream_req, http2, ctx.orig_dst).is_err() {
-                return Err((LocalReply::NO_ROUTE, None));
-            }
-            let key = PoolKey {
-                endpoint: EndpointAddr(ep),
-                bind: target.bind,
-                http2,
-                tls: ctx.pi.tls.as_ref().and(peer_tls),
-            };
-            let _in_flight = ctx.pi.load.start(ep);
-            match ctx.pi.pool.send(key, upstream_req, upgrade).await {
-                Ok(x) => return Ok((x, ep)),
-                Err(e) => {
-                    let connect = e.error.is_connect_failure();
-                    match e.request {
-                        Some(r) if connect && attempt < attempts => {
-                            tracing::debug!(endpoint = %ep, error = %e.error, attempt, "retrying upstream connect failure");
-                            upstream_req = r;
-                            failed.push(ep);
-                            attempt += 1;
-                        }
-                        _ => {
-                            let reply = if connect {
-                                LocalReply::connect_failure(
-                                    attempts > 1,
-                                    matches!(e.error, PoolError::ConnectTimeout),
-                                )
-                            } else {
-                                let remote = matches!(&e.error, PoolError::Reset(h) if is_reset(h));
-                                LocalReply::reset(remote)
-                            };
-                            return Err((reply, Some((ep, e.error))));
-                        }
-                    }
-                }
-            }
-        }
-    };
-    let result = match target.timeout {
+    let exchange = attempts(
+        &ctx,
+        &target,
+        upstream_req,
+        again,
+        downstream_version,
+        upgrade,
+    );
+    let result = match target.timeout() {
         Some(t) => match tokio::time::timeout(t, exchange).await {
             Ok(r) => r,
-            Err(_) => Err((LocalReply::TIMEOUT, None)),
+            Err(_) => {
+                ClusterStats::inc(&target.cluster.state.stats.upstream_rq_timeout);
+                Err(Failed {
+                    reply: LocalReply::TIMEOUT,
+                    endpoint: None,
+                    error: None,
+                })
+            }
         },
         None => exchange.await,
     };
-    let (exchange, ep) = match result {
+    let Answered {
+        exchange,
+        endpoint: ep,
+        retries_exhausted,
+    } = match result {
         Ok(x) => x,
-        Err((reply, failure)) => {
-            if let Some((ep, err)) = failure {
+        Err(failed) => {
+            if let Some(ep) = failed.endpoint {
                 let rec = log.rec();
                 rec.upstream_host = Some(ep);
-                rec.upstream_transport_failure_reason = err.transport_failure_reason();
+                rec.upstream_transport_failure_reason = failed
+                    .error
+                    .as_ref()
+                    .and_then(PoolError::transport_failure_reason);
             }
-            return Ok(reply.respond(&ctx, log, reply_to));
+            return Ok(failed.reply.respond(&ctx, log, reply_to));
         }
     };
 
@@ -243,6 +236,10 @@ pub(super) async fn handle(
         rec.upstream_host = Some(ep);
         rec.upstream_local_address = Some(exchange.local_addr);
         rec.upstream_service_time = Some(service_time);
+        if retries_exhausted {
+            rec.response_flags
+                .insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+        }
         if ctx.direction == Direction::Outbound {
             rec.labels = request_labels(
                 &ctx,
@@ -261,6 +258,12 @@ pub(super) async fn handle(
         ctx.pi.cfg.server_header.as_ref(),
         ctx.direction == Direction::Outbound,
     );
+    if let Some(r) = route {
+        if let Some(d) = target.destination.and_then(|d| r.route.get(d)) {
+            edit_headers(resp.headers_mut(), &d.headers.response);
+        }
+        edit_headers(resp.headers_mut(), &r.headers.response);
+    }
     if downstream_version == Version::HTTP_2 {
         *resp.version_mut() = Version::HTTP_2;
     } else {
@@ -279,6 +282,278 @@ pub(super) async fn handle(
         log,
         recycle,
     ))
+}
+
+/// True for a share of `per_million` of the calls.
+fn sampled(per_million: u32) -> bool {
+    per_million >= 1_000_000 || rand::random_range(0..1_000_000) < per_million
+}
+
+/// The local answer of a route with a redirect or a direct response.
+fn answer<B>(policy: &RoutePolicy, _req: &Request<B>) -> LocalReply {
+    let route = policy.route.as_ref();
+    if let Some(d) = route.and_then(|r| r.direct_response.as_ref()) {
+        return LocalReply::direct(d);
+    }
+    LocalReply::NO_ROUTE
+}
+
+/// Applies a route's header edits, as Istio configures Envoy: `set` replaces, `add` appends,
+/// `remove` removes. Names or values that are not valid HTTP are skipped.
+fn edit_headers(h: &mut http::HeaderMap, ops: &xds::HeaderOps) {
+    for name in &ops.remove {
+        h.remove(name.as_str());
+    }
+    for (name, value) in &ops.set {
+        if let (Ok(n), Ok(v)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            h.insert(n, v);
+        }
+    }
+    for (name, value) in &ops.add {
+        if let (Ok(n), Ok(v)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            h.append(n, v);
+        }
+    }
+}
+
+/// Sends a copy of a bodiless request to each of the route's mirrors that its percentage
+/// draws, with `-shadow` appended to the authority as Envoy does; the answers are dropped.
+fn mirror(
+    ctx: &Arc<ConnCtx>,
+    snap: &Snapshot,
+    route: &xds::HttpRoute,
+    parts: &http::request::Parts,
+    downstream_version: Version,
+) {
+    for m in route.mirrors.iter().filter(|m| sampled(m.per_million)) {
+        let Some(entry) = snap.service_by_host(&m.host) else {
+            continue;
+        };
+        let port = m.port.unwrap_or_else(|| ctx.orig_dst.get().port());
+        let port = match entry.service.port(port) {
+            Some(p) => p.port,
+            None if entry.service.ports.len() == 1 => entry.service.ports[0].port,
+            None => continue,
+        };
+        let Some(cluster) = entry.cluster(port, m.subset.as_deref()) else {
+            continue;
+        };
+        let Some(sp) = entry.service.port(port) else {
+            continue;
+        };
+        let mut copy = Request::from_parts(parts.clone(), empty());
+        let authority = request_authority(copy.uri(), copy.headers())
+            .map(shadow_authority)
+            .and_then(|a| HeaderValue::from_str(&a).ok());
+        if let Some(a) = authority {
+            copy.headers_mut().insert(header::HOST, a);
+            if copy.uri().authority().is_some() {
+                let mut u = copy.uri().clone().into_parts();
+                u.authority = copy
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                if let Ok(uri) = Uri::from_parts(u) {
+                    *copy.uri_mut() = uri;
+                }
+            }
+        }
+        let target = Target {
+            cluster: cluster.clone(),
+            bind: None,
+            upstream_http: route::UpstreamHttp::of(sp.effective_protocol()),
+            opaque: false,
+            policy: RoutePolicy::inbound(),
+            destination: None,
+            peer: None,
+            service_host: entry.hostname.clone(),
+            service_name: entry.name.clone(),
+            service_namespace: entry.namespace.clone(),
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let timeout = ctx.pi.cfg.connect_timeout;
+            let sent = attempts(&ctx, &target, copy, None, downstream_version, false);
+            if let Ok(Ok(answered)) = tokio::time::timeout(timeout, sent).await {
+                // Read and drop the answer, so a pooled connection can be used again.
+                let (_, body) = answered.exchange.response.into_parts();
+                let _ = body.collect().await;
+                if let Some(r) = answered.exchange.recycle {
+                    r.done();
+                }
+            }
+        });
+    }
+}
+
+/// `host-shadow` for `host` (and `host-shadow:port` for `host:port`), Envoy's shadow host.
+fn shadow_authority(authority: &str) -> String {
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{h}-shadow:{p}")
+        }
+        _ => format!("{authority}-shadow"),
+    }
+}
+
+/// The upstream answered.
+struct Answered {
+    exchange: crate::pool::Exchange,
+    endpoint: SocketAddr,
+    /// The response is one retries would have retried, had any been left (`URX`).
+    retries_exhausted: bool,
+}
+
+/// No upstream answer: the local reply, and the endpoint and error of the last attempt.
+struct Failed {
+    reply: LocalReply,
+    endpoint: Option<SocketAddr>,
+    error: Option<PoolError>,
+}
+
+/// Sends `req` to an endpoint of `target`, again to another one as the route's retry policy
+/// says (connect failures: the request comes back unsent; after a response or a reset: only
+/// when `again` holds a bodiless copy to send).
+async fn attempts(
+    ctx: &ConnCtx,
+    target: &Target,
+    mut req: Request<ProxyBody>,
+    again: Option<http::request::Parts>,
+    downstream_version: Version,
+    upgrade: bool,
+) -> Result<Answered, Failed> {
+    let retry = &target.policy.retry;
+    let cluster = &target.cluster;
+    let mut failed: Vec<SocketAddr> = Vec::new();
+    let mut attempt: u32 = 1;
+    let mut _budget = None;
+    loop {
+        let Some(ep) = balance::pick(cluster, &failed) else {
+            return Err(Failed {
+                reply: LocalReply::NO_HEALTHY_UPSTREAM,
+                endpoint: None,
+                error: None,
+            });
+        };
+        let ep_addr = ep.addr;
+        if ctx.direction == Direction::Outbound {
+            headers::set_attempt_count(req.headers_mut(), attempt);
+        }
+        // An endpoint with Istio's TLS settings runs a sidecar; the TLS is used when this
+        // proxy has an identity.
+        let http2 = upstream_h2(
+            ctx.direction,
+            target.upstream_http,
+            downstream_version,
+            upgrade,
+            ep.tls.is_some(),
+        );
+        if fit_version(&mut req, http2, ctx.orig_dst).is_err() {
+            return Err(Failed {
+                reply: LocalReply::NO_ROUTE,
+                endpoint: None,
+                error: None,
+            });
+        }
+        let key = PoolKey {
+            endpoint: EndpointAddr(ep_addr),
+            bind: target.bind,
+            http2,
+            tls: ctx.pi.tls.as_ref().and(ep.tls.clone()),
+        };
+        let _in_flight = ep.start();
+        ClusterStats::inc(&cluster.state.stats.upstream_rq_total);
+        let retries_left = attempt <= retry.attempts;
+        let sent = ctx.pi.pool.send(key, req, upgrade).await;
+        // What the next attempt sends, if there is one.
+        let next = |unsent: Option<Request<ProxyBody>>| {
+            unsent.or_else(|| {
+                again
+                    .as_ref()
+                    .map(|p| Request::from_parts(p.clone(), empty()))
+            })
+        };
+        match sent {
+            Ok(x) => {
+                let outcome = Outcome::Response {
+                    status: x.response.status(),
+                    headers: x.response.headers(),
+                };
+                let want = retry.should_retry(&outcome);
+                if want
+                    && retries_left
+                    && let Some(r) = next(None)
+                {
+                    tracing::debug!(endpoint = %ep_addr, status = %x.response.status(), attempt, "retrying upstream response");
+                    req = r;
+                } else {
+                    return Ok(Answered {
+                        exchange: x,
+                        endpoint: ep_addr,
+                        retries_exhausted: want && retry.attempts > 0,
+                    });
+                }
+            }
+            Err(e) => {
+                let connect = e.error.is_connect_failure();
+                if connect {
+                    ClusterStats::inc(&cluster.state.stats.upstream_cx_connect_fail);
+                }
+                let outcome = if connect {
+                    Outcome::ConnectFailure
+                } else {
+                    Outcome::Reset
+                };
+                let want = retry.should_retry(&outcome);
+                match (want && retries_left).then(|| next(e.request)).flatten() {
+                    Some(r) => {
+                        tracing::debug!(endpoint = %ep_addr, error = %e.error, attempt, "retrying upstream failure");
+                        req = r;
+                    }
+                    None => {
+                        let exhausted = want && retry.attempts > 0;
+                        let reply = if connect {
+                            LocalReply::connect_failure(
+                                exhausted,
+                                matches!(e.error, PoolError::ConnectTimeout),
+                            )
+                        } else {
+                            let remote = matches!(&e.error, PoolError::Reset(h) if is_reset(h));
+                            LocalReply::reset(remote)
+                        };
+                        return Err(Failed {
+                            reply,
+                            endpoint: Some(ep_addr),
+                            error: Some(e.error),
+                        });
+                    }
+                }
+            }
+        }
+        // Another attempt: other endpoints first, after Envoy's back-off.
+        if retry.other_hosts {
+            failed.push(ep_addr);
+        }
+        let Some(budget) = cluster.admit_retry() else {
+            ClusterStats::inc(&cluster.state.stats.upstream_rq_retry_overflow);
+            return Err(Failed {
+                reply: LocalReply::OVERFLOW,
+                endpoint: Some(ep_addr),
+                error: None,
+            });
+        };
+        _budget = Some(budget);
+        ClusterStats::inc(&cluster.state.stats.upstream_rq_retry);
+        tokio::time::sleep(retry.backoff(attempt)).await;
+        attempt += 1;
+    }
 }
 
 /// Whether a request goes upstream in HTTP/2. Inbound, the app gets the version its port
