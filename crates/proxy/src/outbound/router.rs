@@ -172,6 +172,7 @@ fn matches(m: &xds::HttpRouteMatch, req: &RequestView<'_>, port: u16, snap: &Sna
         && m.without_headers
             .iter()
             .all(|(name, sm)| !header_value(req.headers, name).is_some_and(|v| sm.matches(v)))
+        && source_matches(snap, &m.source_labels, m.source_namespace.as_deref())
 }
 
 fn pick_weighted(dests: &[xds::RouteDestination]) -> Option<usize> {
