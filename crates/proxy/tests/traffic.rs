@@ -294,3 +294,29 @@ httpRoutes:
     }
     assert_eq!(v2.hits.load(Ordering::SeqCst), 1, "mirrored once");
 }
+
+#[tokio::test]
+async fn per_try_timeout_is_retried_then_504_ut() {
+    let routes = format!(
+        r#"
+httpRoutes:
+- name: default/slow
+  hosts: [{HOST}]
+  http:
+  - route: [{{host: {HOST}, subset: v1}}]
+    retries: {{attempts: 2, perTryTimeoutMs: 200, retryOn: gateway-error}}
+"#
+    );
+    let (v1, _v2, sidecar) = start(&routes).await;
+    let (status, _, body) = get(&sidecar, "/hold", &[]).await;
+    assert_eq!((status, body.as_str()), (504, "upstream request timeout"));
+    assert_eq!(
+        v1.hits.load(Ordering::SeqCst),
+        3,
+        "the first try and two retries"
+    );
+    let line = &sidecar.log_lines(1).await[0];
+    assert_eq!(line["response_flags"], "UT,URX");
+    assert_eq!(line["response_code_details"], "upstream_per_try_timeout");
+    v1.release();
+}

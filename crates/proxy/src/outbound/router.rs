@@ -366,6 +366,8 @@ pub enum Outcome<'a> {
     ConnectFailure,
     /// The request was sent, and the stream or connection was reset before a response.
     Reset,
+    /// No response within the per-try timeout.
+    PerTryTimeout,
     /// A response came.
     Response {
         /// Its status.
@@ -382,6 +384,8 @@ pub struct Retry {
     pub attempts: u32,
     /// Retry on other endpoints than those that failed.
     pub other_hosts: bool,
+    /// Timeout of each attempt.
+    pub per_try_timeout: Option<Duration>,
     conditions: Vec<String>,
     codes: Vec<u16>,
     backoff_base: Duration,
@@ -403,6 +407,7 @@ impl Retry {
         Retry {
             attempts: p.attempts,
             other_hosts: p.retry_other_hosts,
+            per_try_timeout: p.per_try_timeout_ms.map(Duration::from_millis),
             conditions,
             codes,
             backoff_base: Duration::from_millis(p.backoff_ms.unwrap_or(25)),
@@ -414,6 +419,7 @@ impl Retry {
         Retry {
             attempts: 0,
             other_hosts: true,
+            per_try_timeout: None,
             conditions: Vec::new(),
             codes: Vec::new(),
             backoff_base: Duration::from_millis(25),
@@ -430,10 +436,17 @@ impl Retry {
             return false;
         }
         match outcome {
+            // Envoy counts a connect failure, a reset and a per-try timeout as a reset, which
+            // `5xx` and `gateway-error` cover as well (they would become a 503 or 504).
             Outcome::ConnectFailure => {
-                self.on("connect-failure") || self.on("5xx") || self.on("gateway-error")
+                self.on("connect-failure")
+                    || self.on("reset")
+                    || self.on("5xx")
+                    || self.on("gateway-error")
             }
-            Outcome::Reset => self.on("reset") || self.on("5xx"),
+            Outcome::Reset | Outcome::PerTryTimeout => {
+                self.on("reset") || self.on("5xx") || self.on("gateway-error")
+            }
             Outcome::Response { status, headers } => {
                 let code = status.as_u16();
                 if self.on("5xx") && status.is_server_error() {
