@@ -237,6 +237,8 @@ pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
 }
 
 #[cfg(test)]
+mod rule_tests;
+#[cfg(test)]
 mod task_tests;
 #[cfg(test)]
 mod tests;
