@@ -6,6 +6,7 @@
 //! `server` header set to the proxy's. Opaque TCP goes to one endpoint for the connection's life.
 
 pub mod router;
+pub mod routes;
 
 use std::sync::Arc;
 
