@@ -19,3 +19,6 @@ pub async fn bind(
 ) -> std::io::Result<Listener> {
     Listener::bind(Direction::Outbound, pi.cfg.outbound_addr, orig_dst, pi).await
 }
+
+pub mod fault;
+pub mod retry;
