@@ -21,4 +21,5 @@ pub async fn bind(
 }
 
 pub mod fault;
+pub mod replay;
 pub mod retry;
