@@ -49,6 +49,7 @@ pub mod inbound;
 pub mod listener;
 pub mod orig_dst;
 pub mod outbound;
+pub mod outlier;
 pub mod pool;
 pub mod route;
 pub mod sidecar;

@@ -22,3 +22,7 @@ pub async fn bind(
 ) -> std::io::Result<Listener> {
     Listener::bind(Direction::Outbound, pi.cfg.outbound_addr, orig_dst, pi).await
 }
+
+pub mod fault;
+pub mod replay;
+pub mod retry;
