@@ -18,6 +18,9 @@
 //! with [`ClusterCircuit::acquire`]: Envoy's tcp_proxy uses the same pool logic (a connection
 //! that finds the cap reached waits as pending, `UO` beyond the pending cap).
 //!
+//! `maxRetries` is [`ClusterCircuit::try_retry`], for the retry logic: a retry it refuses is not
+//! made (`upstream_rq_retry_overflow`) and the failure goes back as it is.
+//!
 //! `http2MaxRequests` (requests in flight) is enforced before the pool, by
 //! [`crate::balance::LoadTracker::admit`]; a request it admits then counts here only if it has
 //! to wait for a connection.
@@ -58,6 +61,8 @@ pub struct Limits {
     pub max_connections: u32,
     /// Most requests waiting for a connection (`http.http1MaxPendingRequests`).
     pub max_pending_requests: u32,
+    /// Most retries in flight to the cluster at once (`http.maxRetries`).
+    pub max_retries: u32,
     /// Requests after which a connection is retired (`http.maxRequestsPerConnection`); 0: no
     /// limit.
     pub max_requests_per_connection: u32,
@@ -80,6 +85,7 @@ impl Default for Limits {
         Limits {
             max_connections: UNLIMITED,
             max_pending_requests: UNLIMITED,
+            max_retries: UNLIMITED,
             max_requests_per_connection: 0,
             connect_timeout: None,
             idle_timeout: None,
@@ -110,6 +116,7 @@ impl Limits {
         Limits {
             max_connections: threshold(s.tcp.max_connections),
             max_pending_requests: threshold(s.http.max_pending_requests),
+            max_retries: threshold(s.http.max_retries),
             max_requests_per_connection: s.http.max_requests_per_connection.unwrap_or(0),
             connect_timeout: s.tcp.connect_timeout_ms.map(ms),
             idle_timeout: s.http.idle_timeout_ms.or(s.tcp.idle_timeout_ms).map(ms),
@@ -141,6 +148,10 @@ pub struct CircuitStats {
     pub upstream_rq_pending_overflow: AtomicU64,
     /// Connections retired after `maxRequestsPerConnection` requests.
     pub upstream_cx_max_requests: AtomicU64,
+    /// Retries in flight (gauge).
+    pub upstream_rq_retry_active: AtomicU64,
+    /// Retries not made because `maxRetries` were in flight.
+    pub upstream_rq_retry_overflow: AtomicU64,
     /// Connections closed after the idle timeout.
     pub upstream_cx_idle_timeout: AtomicU64,
     /// Connections retired after `maxConnectionDuration`.
@@ -164,6 +175,10 @@ pub struct StatsSnapshot {
     pub upstream_rq_pending_overflow: u64,
     /// See [`CircuitStats::upstream_cx_max_requests`].
     pub upstream_cx_max_requests: u64,
+    /// See [`CircuitStats::upstream_rq_retry_active`].
+    pub upstream_rq_retry_active: u64,
+    /// See [`CircuitStats::upstream_rq_retry_overflow`].
+    pub upstream_rq_retry_overflow: u64,
     /// See [`CircuitStats::upstream_cx_idle_timeout`].
     pub upstream_cx_idle_timeout: u64,
     /// See [`CircuitStats::upstream_cx_max_duration_reached`].
@@ -187,6 +202,11 @@ impl StatsSnapshot {
                 self.upstream_rq_pending_overflow,
             ),
             ("upstream_cx_max_requests", self.upstream_cx_max_requests),
+            ("upstream_rq_retry_active", self.upstream_rq_retry_active),
+            (
+                "upstream_rq_retry_overflow",
+                self.upstream_rq_retry_overflow,
+            ),
             ("upstream_cx_idle_timeout", self.upstream_cx_idle_timeout),
             (
                 "upstream_cx_max_duration_reached",
@@ -209,6 +229,8 @@ impl CircuitStats {
             upstream_rq_pending_total: r(&self.upstream_rq_pending_total),
             upstream_rq_pending_overflow: r(&self.upstream_rq_pending_overflow),
             upstream_cx_max_requests: r(&self.upstream_cx_max_requests),
+            upstream_rq_retry_active: r(&self.upstream_rq_retry_active),
+            upstream_rq_retry_overflow: r(&self.upstream_rq_retry_overflow),
             upstream_cx_idle_timeout: r(&self.upstream_cx_idle_timeout),
             upstream_cx_max_duration_reached: r(&self.upstream_cx_max_duration_reached),
         }
@@ -262,17 +284,9 @@ impl ClusterCircuit {
     /// Takes a connection slot if fewer than `maxConnections` are open; the slot is freed when
     /// the permit drops (the connection closed, or never opened). Counts `upstream_cx_total`.
     pub fn try_open(self: &Arc<Self>) -> Option<ConnPermit> {
-        let max = u64::from(self.limits.load().max_connections);
-        let active = &self.stats.upstream_cx_active;
-        let mut now = active.load(Ordering::Relaxed);
-        loop {
-            if now >= max {
-                return None;
-            }
-            match active.compare_exchange_weak(now, now + 1, Ordering::SeqCst, Ordering::Relaxed) {
-                Ok(_) => break,
-                Err(actual) => now = actual,
-            }
+        let max = self.limits.load().max_connections;
+        if !take(&self.stats.upstream_cx_active, max) {
+            return None;
         }
         bump(&self.stats.upstream_cx_total);
         Some(ConnPermit(self.clone()))
@@ -281,24 +295,29 @@ impl ClusterCircuit {
     /// Takes a pending slot if fewer than `http1MaxPendingRequests` wait; counts
     /// `upstream_rq_pending_total`, or `upstream_rq_pending_overflow` when full.
     pub fn try_pend(self: &Arc<Self>) -> Result<Pending, Overflow> {
-        let max = u64::from(self.limits.load().max_pending_requests);
-        let active = &self.stats.upstream_rq_pending_active;
-        let mut now = active.load(Ordering::Relaxed);
-        loop {
-            if now >= max {
-                bump(&self.stats.upstream_rq_pending_overflow);
-                return Err(Overflow);
-            }
-            match active.compare_exchange_weak(now, now + 1, Ordering::SeqCst, Ordering::Relaxed) {
-                Ok(_) => break,
-                Err(actual) => now = actual,
-            }
+        let max = self.limits.load().max_pending_requests;
+        if !take(&self.stats.upstream_rq_pending_active, max) {
+            bump(&self.stats.upstream_rq_pending_overflow);
+            return Err(Overflow);
         }
         // Pairs with the fence in `wake`: either the waker sees this pending request, or the
         // waiter (which checks after this) sees what the waker freed.
         fence(Ordering::SeqCst);
         bump(&self.stats.upstream_rq_pending_total);
         Ok(Pending(self.clone()))
+    }
+
+    /// Admits a retry if fewer than `maxRetries` are in flight (the guard counts it until
+    /// dropped: hold it for the retried attempt); `None`, counted in
+    /// `upstream_rq_retry_overflow`, means Envoy would not retry and returns the failure as it
+    /// is.
+    pub fn try_retry(self: &Arc<Self>) -> Option<RetryPermit> {
+        let max = self.limits.load().max_retries;
+        if !take(&self.stats.upstream_rq_retry_active, max) {
+            bump(&self.stats.upstream_rq_retry_overflow);
+            return None;
+        }
+        Some(RetryPermit(self.clone()))
     }
 
     /// Resolves at the next [`wake`](Self::wake) or limits change. Create and `enable` it
@@ -340,6 +359,35 @@ impl ClusterCircuit {
             }
             notified.await;
         }
+    }
+}
+
+/// Adds one to `gauge` unless it is at `max` already (Envoy's `canCreate` then `inc`, as one
+/// step so that racing workers never pass the cap together).
+fn take(gauge: &AtomicU64, max: u32) -> bool {
+    let max = u64::from(max);
+    let mut now = gauge.load(Ordering::Relaxed);
+    loop {
+        if now >= max {
+            return false;
+        }
+        match gauge.compare_exchange_weak(now, now + 1, Ordering::SeqCst, Ordering::Relaxed) {
+            Ok(_) => return true,
+            Err(actual) => now = actual,
+        }
+    }
+}
+
+/// One retry in flight, counted against its cluster's `maxRetries` until dropped.
+#[derive(Debug)]
+pub struct RetryPermit(Arc<ClusterCircuit>);
+
+impl Drop for RetryPermit {
+    fn drop(&mut self) {
+        self.0
+            .stats
+            .upstream_rq_retry_active
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -497,6 +545,15 @@ pub(crate) mod tests {
         drop((cx, p));
         let s = c.stats.snapshot();
         assert_eq!((s.upstream_cx_active, s.upstream_rq_pending_active), (0, 0));
+        let r = c.try_retry().expect("unlimited retries by default");
+        c.update(Limits {
+            max_retries: 1,
+            ..limits(1, 1)
+        });
+        assert!(c.try_retry().is_none());
+        assert_eq!(c.stats.snapshot().upstream_rq_retry_overflow, 1);
+        drop(r);
+        assert!(c.try_retry().is_some());
         // A higher cap applies at once.
         let _a = c.try_open().expect("free again");
         c.update(limits(2, 1));

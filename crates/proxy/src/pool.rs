@@ -521,8 +521,6 @@ impl Life {
     /// counted in `upstream_cx_max_requests`, as Envoy does when it attaches that request).
     fn start_request(&self, circuit: Option<&ClusterCircuit>) -> bool {
         let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
-        let since_born = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_used_ms.store(since_born, Ordering::Relaxed);
         if self.max_requests > 0 && n >= self.max_requests && !self.retire() {
             if let Some(c) = circuit {
                 bump(&c.stats.upstream_cx_max_requests);
@@ -530,6 +528,12 @@ impl Life {
             return true;
         }
         false
+    }
+
+    /// Notes that an HTTP/2 request started now (HTTP/1 idleness is its time in the pool).
+    fn touch(&self) {
+        let since_born = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_used_ms.store(since_born, Ordering::Relaxed);
     }
 
     /// Marks it retired; true if it already was.
@@ -1013,6 +1017,7 @@ impl Pool {
             match entry {
                 Some(sh) if !sh.tx.is_closed() && sh.life.usable(key.circuit()) => {
                     let shared = sh.clone();
+                    shared.life.touch();
                     if shared.life.start_request(key.circuit()) {
                         *entry = None;
                     }
