@@ -785,19 +785,24 @@ impl Pool {
                 Ok(done) => return Err(done),
                 Err(back) => back,
             };
-            self.evict_idle(&circuit);
+            self.evict_idle(&key, &circuit);
             notified.await;
         }
     }
 
-    /// Closes one idle HTTP/1 connection of `circuit`'s cluster, of any endpoint, to free its
-    /// connection slot for a waiting request (Envoy would open one beyond the cap instead).
-    fn evict_idle(&self, circuit: &Arc<ClusterCircuit>) {
+    /// Closes one idle HTTP/1 connection of `circuit`'s cluster held for another key than the
+    /// waiting request's `key` (another endpoint, protocol or TLS identity), to free its slot
+    /// for that request, which could not use it (Envoy would open one beyond the cap instead).
+    /// One of `key` itself is left alone: a waiter takes it.
+    fn evict_idle(&self, key: &Key, circuit: &Arc<ClusterCircuit>) {
         for m in &self.inner.idle {
             let evicted = {
                 let mut map = lock(m);
                 map.iter_mut()
-                    .filter(|(k, _)| k.circuit.as_ref().is_some_and(|c| Arc::ptr_eq(c, circuit)))
+                    .filter(|(k, _)| {
+                        k.base != key.base
+                            && k.circuit.as_ref().is_some_and(|c| Arc::ptr_eq(c, circuit))
+                    })
                     .find_map(|(_, list)| {
                         while let Some(c) = list.pop() {
                             if !c.conn.tx.is_closed() {
@@ -1348,23 +1353,29 @@ mod tests {
             .expect("request")
     }
 
-    /// Sends one request and reads its response to the end, giving the connection back.
+    /// Sends one request and reads its response to the end, giving the connection back
+    /// (bounded: panics after 10 s).
     async fn exchange(
         pool: &Pool,
         circuit: &Arc<ClusterCircuit>,
         key: PoolKey,
     ) -> Result<(), PoolError> {
         let req = request(key.endpoint.get());
-        let x = pool
-            .send_limited(circuit, key, req, false)
+        let send = async {
+            let x = pool
+                .send_limited(circuit, key, req, false)
+                .await
+                .map_err(|e| e.error)?;
+            let body = x.response.into_body().collect().await.expect("body");
+            assert_eq!(body.to_bytes(), "ok");
+            if let Some(r) = x.recycle {
+                r.done();
+            }
+            Ok(())
+        };
+        tokio::time::timeout(Duration::from_secs(10), send)
             .await
-            .map_err(|e| e.error)?;
-        let body = x.response.into_body().collect().await.expect("body");
-        assert_eq!(body.to_bytes(), "ok");
-        if let Some(r) = x.recycle {
-            r.done();
-        }
-        Ok(())
+            .expect("exchange within 10 s")
     }
 
     fn spawn_exchange(
@@ -1397,6 +1408,16 @@ mod tests {
 
     #[tokio::test]
     async fn connection_cap_holds_under_20_concurrent_sends() {
+        connection_cap_holds().await;
+    }
+
+    /// The same across threads: waiters woken from other threads, connections returned on them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn connection_cap_holds_across_threads() {
+        connection_cap_holds().await;
+    }
+
+    async fn connection_cap_holds() {
         let server = Server::start(false, true).await;
         let pool = pool();
         let circuit = ClusterCircuit::new(limits(3, UNLIMITED_PENDING, 0));
@@ -1610,6 +1631,25 @@ mod tests {
         join(a).await;
         join(b).await;
         assert_eq!(server.accepts(), 2);
+    }
+
+    /// With the cap held by an idle connection to another endpoint of the cluster, a request
+    /// closes that one rather than wait for its idle timeout.
+    #[tokio::test]
+    async fn a_waiter_evicts_an_idle_connection_of_another_endpoint() {
+        let (a, b) = (
+            Server::start(false, false).await,
+            Server::start(false, false).await,
+        );
+        let pool = pool();
+        let circuit = ClusterCircuit::new(limits(1, 1, 0));
+        exchange(&pool, &circuit, a.key(false)).await.expect("to a");
+        assert_eq!(pool.idle_count(&a.key(false)), 1);
+        exchange(&pool, &circuit, b.key(false)).await.expect("to b");
+        wait_for(|| a.open() == 0).await;
+        assert_eq!(pool.idle_count(&a.key(false)), 0);
+        assert_eq!(pool.idle_count(&b.key(false)), 1);
+        assert_eq!(circuit.stats.snapshot().upstream_cx_total, 2);
     }
 
     #[tokio::test]
