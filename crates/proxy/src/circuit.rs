@@ -11,8 +11,9 @@
 //! changes them, so connections and waiters counted under the old limits stay counted.
 //!
 //! [`crate::pool`] takes a connection slot ([`ClusterCircuit::try_open`], a [`ConnPermit`] held
-//! by the connection's task until it closes) and a pending slot ([`ClusterCircuit::try_pend`],
-//! a [`Pending`] held while a request waits for a connection); a request that finds no pending
+//! with the connection's socket until it closes, an upgraded one's tunnel included) and a
+//! pending slot ([`ClusterCircuit::try_pend`], a [`Pending`] held while a request waits for a
+//! connection); a request that finds no pending
 //! slot fails at once, `UO`. Waiters sleep on [`ClusterCircuit::changed`], woken when a
 //! connection closes, an idle one comes back or the limits change. Opaque TCP takes its slot
 //! with [`ClusterCircuit::acquire`]: Envoy's tcp_proxy uses the same pool logic (a connection

@@ -174,6 +174,54 @@ impl AsyncWrite for UpstreamIo {
     }
 }
 
+/// A pooled connection's I/O with its cluster's connection slot: the slot is freed when the
+/// socket is dropped, wherever it went: with the connection's task, or with the tunnel of an
+/// upgraded (WebSocket) connection, which outlives that task.
+struct Slotted<T> {
+    io: T,
+    _slot: Option<ConnPermit>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Slotted<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Slotted<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
 /// What is known about an upstream connection once it is up.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
@@ -904,6 +952,10 @@ impl Pool {
             Ok(c) => c,
             Err(e) => return Err(SendError::unsent(e, req)),
         };
+        let stream = Slotted {
+            io: stream,
+            _slot: permit,
+        };
         let (mut tx, conn) = match http1::Builder::new().handshake(TokioIo::new(stream)).await {
             Ok(h) => h,
             Err(e) => return Err(SendError::unsent(PoolError::Handshake(e), req)),
@@ -914,8 +966,6 @@ impl Pool {
         life.start_request(key.circuit());
         let ended = self.watch(&key, &life, false);
         tokio::spawn(async move {
-            // Held while the connection is open.
-            let _slot = permit;
             let _ended = ended;
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream http/1 connection ended");
@@ -1114,7 +1164,10 @@ impl Pool {
         let handshake = http2::Builder::new(exec.clone())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
-            .handshake(TokioIo::new(exec.hold_flushes(stream)))
+            .handshake(TokioIo::new(exec.hold_flushes(Slotted {
+                io: stream,
+                _slot: permit,
+            })))
             .await;
         let (tx, conn) = match handshake {
             Ok(h) => h,
@@ -1127,8 +1180,7 @@ impl Pool {
         // A combinator, not an `async` block: the compiler cannot prove such a block `Send`
         // for hyper's client task behind this executor (a higher-ranked lifetime error).
         tokio::spawn(conn_exec::drive(exec, conn).map(move |r| {
-            // Held while the connection is open.
-            drop((permit, ended));
+            drop(ended);
             if let Err(e) = r {
                 tracing::debug!(error = %e, "upstream http/2 connection ended");
             }
@@ -1650,6 +1702,76 @@ mod tests {
         assert_eq!(pool.idle_count(&a.key(false)), 0);
         assert_eq!(pool.idle_count(&b.key(false)), 1);
         assert_eq!(circuit.stats.snapshot().upstream_cx_total, 2);
+    }
+
+    /// An upgraded connection (WebSocket) counts against `maxConnections` until its tunnel
+    /// closes, though its pool task ended at the upgrade.
+    #[tokio::test]
+    async fn an_upgraded_connection_keeps_its_slot() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let svc = service_fn(|mut req: Request<Incoming>| async move {
+                tokio::spawn(async move {
+                    // Keep the server side of the tunnel open until the client closes it.
+                    if let Ok(up) = hyper::upgrade::on(&mut req).await {
+                        let mut up = TokioIo::new(up);
+                        let mut sink = tokio::io::sink();
+                        let _ = tokio::io::copy(&mut up, &mut sink).await;
+                    }
+                });
+                let resp = Response::builder()
+                    .status(http::StatusCode::SWITCHING_PROTOCOLS)
+                    .header("connection", "upgrade")
+                    .header("upgrade", "websocket")
+                    .body(empty())
+                    .expect("101");
+                Ok::<_, Infallible>(resp)
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
+                .await;
+        });
+        let pool = pool();
+        let circuit = ClusterCircuit::new(limits(1, 1, 0));
+        let req = Request::builder()
+            .uri(format!("http://{addr}/ws"))
+            .header("host", addr.to_string())
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(empty())
+            .expect("request");
+        let key = PoolKey {
+            endpoint: EndpointAddr(addr),
+            bind: None,
+            http2: false,
+            tls: None,
+        };
+        let mut x = tokio::time::timeout(
+            Duration::from_secs(10),
+            pool.send_limited(&circuit, key, req, true),
+        )
+        .await
+        .expect("within 10 s")
+        .expect("101");
+        assert_eq!(x.response.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+        let upgraded =
+            tokio::time::timeout(Duration::from_secs(10), hyper::upgrade::on(&mut x.response))
+                .await
+                .expect("within 10 s")
+                .expect("upgraded");
+        // Well after the upgrade, the tunnel still holds the cluster's only slot.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(circuit.stats.snapshot().upstream_cx_active, 1);
+        assert!(circuit.try_open().is_none());
+        drop(upgraded);
+        wait_for(|| circuit.stats.snapshot().upstream_cx_active == 0).await;
     }
 
     #[tokio::test]
