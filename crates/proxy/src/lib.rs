@@ -34,6 +34,7 @@ pub mod authn;
 pub mod authz;
 pub mod balance;
 pub mod body;
+pub mod circuit;
 pub mod cluster;
 pub mod config;
 pub mod conn_exec;
