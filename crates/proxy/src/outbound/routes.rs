@@ -43,6 +43,8 @@ use http::HeaderName;
 use regex::Regex;
 use xds::{HttpRoute, HttpRouteMatch, HttpRoutes, RouteDestination, StringMatch};
 
+use super::actions::RouteActions;
+
 /// Upper bound on the compiled size of one regular expression. Envoy (as Istio configures its
 /// RE2) rejects programs that are too large; this keeps a hostile VirtualService from making the
 /// proxy compile a huge automaton.
@@ -74,6 +76,13 @@ impl CompileError {
 /// Compiles an RE2-style regular expression so that it must match the whole value.
 pub(crate) fn full_match_regex(re: &str) -> Result<Regex, regex::Error> {
     regex::RegexBuilder::new(&format!("^(?:{re})$"))
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+}
+
+/// Compiles an RE2-style regular expression as written (for searches and substitutions).
+pub(crate) fn search_regex(re: &str) -> Result<Regex, regex::Error> {
+    regex::RegexBuilder::new(re)
         .size_limit(REGEX_SIZE_LIMIT)
         .build()
 }
@@ -423,6 +432,7 @@ pub(crate) struct CompiledRoute {
     route: HttpRoute,
     matches: Vec<CompiledMatch>,
     weights: Weights,
+    actions: RouteActions,
 }
 
 /// The compiled `http` routes of one `HttpRoutes`.
@@ -459,6 +469,7 @@ impl RouteTable {
                     route: r.clone(),
                     matches,
                     weights: Weights::compile(rn, &field, &r.route)?,
+                    actions: RouteActions::compile(rn, &field, r)?,
                 })
             })
             .collect::<Result<Vec<_>, CompileError>>()?;
@@ -579,6 +590,11 @@ impl<'t> Selected<'t> {
     /// The route.
     pub fn route(&self) -> &'t HttpRoute {
         &self.route.route
+    }
+
+    /// What the route does to the request and response ([`super::actions`]).
+    pub fn actions(&self) -> &'t RouteActions {
+        &self.route.actions
     }
 
     /// Its index in `http`.
