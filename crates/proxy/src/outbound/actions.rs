@@ -716,7 +716,10 @@ fn compile_direct(
 }
 
 /// Applies the route's request edits for the chosen destination to `parts`: header edits, the
-/// authority rewrite, then the path rewrite (recording `x-envoy-original-path`).
+/// authority rewrite, then the path rewrite (recording `x-envoy-original-path`). `dest` is what
+/// [`Selected::pick_destination`] chose (`None` for a route without destinations). An error (a
+/// regex substitution that makes an invalid request target) leaves the path as it was, after the
+/// header edits; the request should then get a local 500 rather than go upstream.
 pub fn edit_request(
     sel: &Selected<'_>,
     dest: Option<Picked<'_>>,

@@ -1465,6 +1465,60 @@ http:
     }
 
     #[test]
+    fn asterisk_form_path_fits_no_route() {
+        // `OPTIONS *`: Envoy's prefix "/" (a route without uri, or without matches) does not fit.
+        let t = table(
+            r#"
+name: t
+hosts: [h]
+http:
+- match: [{method: {exact: OPTIONS}}]
+  route: [{host: a}]
+- route: [{host: b}]
+"#,
+        );
+        let headers = http::HeaderMap::new();
+        let labels = BTreeMap::new();
+        let view = RequestView {
+            method: "OPTIONS",
+            scheme: "http",
+            authority: "h",
+            path: "*",
+            query: None,
+            headers: &headers,
+            port: 80,
+            source_labels: &labels,
+            source_namespace: "default",
+        };
+        assert!(t.select(&view).is_none());
+    }
+
+    #[test]
+    fn header_regex_is_a_full_match_and_query_edge_cases() {
+        let t = table(
+            r#"
+name: t
+hosts: [h]
+http:
+- match: [{headers: {x-v: {regex: "v[0-9]"}}}]
+  route: [{host: a}]
+- match: [{queryParams: {a: {exact: "1"}}}]
+  route: [{host: b}]
+- match: [{headers: {x-w: present}, withoutHeaders: {x-w: {exact: bad}}}]
+  route: [{host: c}]
+"#,
+        );
+        assert_eq!(req("/").header("x-v", "v1").route(&t), Some((0, Some(0))));
+        assert_eq!(req("/").header("x-v", "v10").route(&t), None);
+        assert_eq!(req("/").header("x-v", "xv1").route(&t), None);
+        assert_eq!(req("/?&a=1").route(&t), Some((1, Some(0))));
+        assert_eq!(req("/?a=1&").route(&t), Some((1, Some(0))));
+        assert_eq!(req("/?a=1=2").route(&t), None);
+        assert_eq!(req("/").header("x-w", "good").route(&t), Some((2, Some(0))));
+        assert_eq!(req("/").header("x-w", "bad").route(&t), None);
+    }
+
+    #[test]
     fn request_view_from_parts() {
         let (parts, ()) = http::Request::builder()
             .uri("/a/b?c=d")
