@@ -43,6 +43,7 @@ pub mod detect;
 pub mod drain;
 pub mod dump;
 pub mod fx_hash;
+pub mod hash_lb;
 pub mod headers;
 pub mod http;
 pub mod identity_source;
