@@ -301,6 +301,15 @@ impl ClusterCircuit {
         Some(ConnPermit(self.clone()))
     }
 
+    /// Takes a connection slot whatever the cap: Envoy opens a connection to a host that has
+    /// none even when the cluster is at `maxConnections` (counted in `upstream_cx_overflow`),
+    /// rather than queue requests to it behind other hosts' connections.
+    pub(crate) fn open_beyond_cap(self: &Arc<Self>) -> ConnPermit {
+        self.stats.upstream_cx_active.fetch_add(1, Ordering::SeqCst);
+        bump(&self.stats.upstream_cx_total);
+        ConnPermit(self.clone())
+    }
+
     /// Takes a pending slot if fewer than `http1MaxPendingRequests` wait; counts
     /// `upstream_rq_pending_total`, or `upstream_rq_pending_overflow` when full.
     pub fn try_pend(self: &Arc<Self>) -> Result<Pending, Overflow> {
