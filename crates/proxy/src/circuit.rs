@@ -345,8 +345,9 @@ impl ClusterCircuit {
         bump(&self.stats.upstream_rq_pending_overflow);
     }
 
-    /// Resolves at the next [`wake`](Self::wake) or limits change. Create and `enable` it
-    /// *before* checking for a free connection, or a wake in between is lost.
+    /// Resolves at the next wake-up (a connection of the cluster closed or came back idle, a new
+    /// HTTP/2 connection is shared) or limits change. Create and `enable` it *before* checking
+    /// for a free connection, or a wake-up in between is lost.
     pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
         self.changed.notified()
     }
