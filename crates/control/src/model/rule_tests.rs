@@ -1033,3 +1033,74 @@ spec:
         ]
     );
 }
+
+#[test]
+fn destination_rule_lookup_per_proxy() {
+    let dr = |ns: &str, name: &str, host: &str, export: &str, lb: &str| {
+        format!(
+            "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  host: '{host}'
+  exportTo: [{export}]
+  trafficPolicy: {{loadBalancer: {{simple: {lb}}}}}
+"
+        )
+    };
+    let yaml = [
+        dr(
+            "default",
+            "a-wild",
+            "*.default.svc.cluster.local",
+            "'.'",
+            "RANDOM",
+        ),
+        dr("default", "reviews", "reviews", "'.'", "ROUND_ROBIN"),
+        dr("istio-system", "mesh", REVIEWS, "'*'", "LEAST_REQUEST"),
+        dr("aaa", "other", REVIEWS, "'*'", "PASSTHROUGH"),
+        dr("front", "local", REVIEWS, "'*'", "RANDOM"),
+    ]
+    .concat();
+    let (m, _) = build(&yaml);
+    let lb_for = |namespace: &str| {
+        let key = crate::translate::ProxyKey {
+            ip: "10.9.9.9".parse().expect("ip"),
+            pod_name: "p".into(),
+            namespace: namespace.into(),
+        };
+        let r = crate::translate::proxy_resources(&m, &key);
+        let p = r
+            .traffic_policies
+            .iter()
+            .find(|p| p.host == REVIEWS)
+            .expect("a policy for reviews");
+        (
+            p.name.clone(),
+            p.policy
+                .settings
+                .load_balancer
+                .as_ref()
+                .and_then(|lb| lb.simple),
+        )
+    };
+    // The host named wins over the wildcard that covers it, whatever the names.
+    assert_eq!(
+        lb_for("default"),
+        ("default/reviews".into(), Some(xds::LbPolicy::RoundRobin))
+    );
+    assert_eq!(
+        lb_for("front"),
+        ("front/local".into(), Some(xds::LbPolicy::Random))
+    );
+    // Neither the proxy's nor the host's namespace has one it sees: the root namespace's, never
+    // aaa's.
+    assert_eq!(
+        lb_for("back"),
+        (
+            "istio-system/mesh".into(),
+            Some(xds::LbPolicy::LeastRequest)
+        )
+    );
+}
