@@ -531,5 +531,8 @@ fn validate_policy(
 
 /// Whether `n` is prime (Envoy's check of a Maglev table size; sizes are below 5000011).
 fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }

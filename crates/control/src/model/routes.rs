@@ -2,7 +2,10 @@
 //!
 //! - Only config bound to the mesh is used: a VirtualService whose `gateways` do not name `mesh`
 //!   gives nothing, and neither does a match whose own `gateways` do not (a route all of whose
-//!   matches are for gateways is left out, never widened to match everything).
+//!   matches are for gateways is left out, never widened to match everything). A
+//!   VirtualService left with no route gives no [`xds::HttpRoutes`] (the host keeps its default
+//!   route, as pilot skips a virtual host without routes); `delegate` routes are left out and a
+//!   delegate VirtualService (no hosts) is a warning, as delegation is not implemented.
 //! - Hosts and destinations written as short names are services of the VirtualService's
 //!   namespace; `HttpRoutes.namespace` is that namespace (subsets are looked up for it).
 //! - String matches: an empty one and `regex: "*"` on headers, `withoutHeaders` and
@@ -50,6 +53,15 @@ pub(crate) fn virtual_service(
     if !for_mesh(&spec.gateways) {
         return None; // for gateways only (api::support reports it)
     }
+    if spec.hosts.is_empty() {
+        // Only the target of a `delegate` has no hosts (validation).
+        w(
+            "spec.hosts: none: this is a delegate VirtualService, and delegation is not \
+           implemented by Ama: ignored"
+                .into(),
+        );
+        return None;
+    }
     let mut hosts: Vec<String> = spec
         .hosts
         .iter()
@@ -68,7 +80,7 @@ pub(crate) fn virtual_service(
         .enumerate()
         .filter_map(|(i, r)| cx.http_route(r, &format!("spec.http[{i}]"), w))
         .collect();
-    let tcp = spec
+    let tcp: Vec<_> = spec
         .tcp
         .iter()
         .filter_map(|r| {
@@ -87,7 +99,7 @@ pub(crate) fn virtual_service(
             cx.l4_route(r.r#match.len(), matches, &r.route)
         })
         .collect();
-    let tls = spec
+    let tls: Vec<_> = spec
         .tls
         .iter()
         .filter_map(|r| {
@@ -106,6 +118,11 @@ pub(crate) fn virtual_service(
             cx.l4_route(r.r#match.len(), matches, &r.route)
         })
         .collect();
+    if http.is_empty() && tcp.is_empty() && tls.is_empty() {
+        // Nothing for sidecars (every route is for gateways or delegated): as pilot skips a
+        // virtual host without routes, the host keeps its default route.
+        return None;
+    }
     Some(Scoped {
         namespace: ns.to_string(),
         export_to: ExportTo::parse(spec.export_to.iter().map(String::as_str), ns),

@@ -1104,3 +1104,71 @@ spec:
         )
     );
 }
+
+#[test]
+fn delegation_is_reported_on_both_sides() {
+    let (m, findings) = build(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /v2}}]
+    delegate: {name: reviews-v2}
+  - route: [{destination: {host: reviews}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-v2}
+spec:
+  http: [{route: [{destination: {host: reviews, subset: v2}}]}]
+",
+    );
+    assert_eq!(
+        findings,
+        [
+            "t.yaml:doc 1: VirtualService default/reviews: spec.http[0].delegate: not implemented \
+          by Ama; this route is dropped"
+        ]
+    );
+    assert_eq!(m.http_routes.len(), 1);
+    assert_eq!(
+        m.http_routes[0].resource.http,
+        [xds::HttpRoute {
+            route: vec![xds::RouteDestination {
+                host: REVIEWS.into(),
+                weight: 100,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }]
+    );
+    assert_eq!(
+        m.warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        [
+            "VirtualService default/reviews-v2: spec.hosts: none: this is a delegate \
+          VirtualService, and delegation is not implemented by Ama: ignored"
+        ]
+    );
+}
+
+#[test]
+fn a_virtual_service_with_nothing_for_sidecars_gives_no_routes() {
+    let (m, findings) = build(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /}, gateways: [istio-system/ingress]}]
+    route: [{destination: {host: reviews, subset: v2}}]
+",
+    );
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(m.http_routes, [], "the host keeps its default route");
+}
