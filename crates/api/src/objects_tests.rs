@@ -987,3 +987,23 @@ spec:
         )]
     );
 }
+
+#[test]
+fn the_authority_is_rewritten_in_one_place() {
+    let yaml = vs_with(
+        "  - route: [{destination: {host: reviews}}]
+    rewrite: {authority: a}
+    headers: {request: {set: {Host: b}, add: {':authority': c}}}
+  - route: [{destination: {host: reviews}}]
+    headers: {request: {set: {host: b}}}
+",
+    );
+    assert_eq!(
+        errors(&yaml),
+        [
+            "t.yaml:doc 1: VirtualService default/reviews: spec.http[0]: the authority is \
+             rewritten in several places (rewrite.authority, headers.request.set[\"Host\"], \
+             headers.request.add[\":authority\"]): set one"
+        ]
+    );
+}

@@ -24,6 +24,10 @@
 //! - Mirrors (pilot's `MirrorPercent`): no percentage is 100 %, an explicit 0 drops the mirror.
 //! - `corsPolicy`: `allowOrigins`, else the deprecated exact `allowOrigin`; `maxAge` in whole
 //!   seconds.
+//! - Header edits never touch pseudo-headers or `host`: setting (or adding) `host` or
+//!   `:authority` rewrites the authority, as pilot does; `rewrite.authority` wins over the
+//!   route's header, which wins over a lone destination's; among several destinations, one's own
+//!   authority stays its `host` header set.
 
 use std::collections::BTreeMap;
 
@@ -247,15 +251,31 @@ impl Cx<'_> {
             return None; // every match is for gateways (api::support reports it)
         }
         let single = route.route.len() == 1;
+        // The authority: `rewrite.authority`, else a `host`/`:authority` header the route sets,
+        // else one its lone destination sets (pilot's host rewrite). Several destinations with
+        // their own authority keep it as their `host` header.
+        let mut authority = route
+            .rewrite
+            .as_ref()
+            .and_then(|r| non_empty(&r.authority))
+            .or_else(|| request_authority(route.headers.as_ref()));
+        if single && authority.is_none() {
+            authority = route
+                .route
+                .first()
+                .and_then(|d| request_authority(d.headers.as_ref()));
+        }
         let destinations = route
             .route
             .iter()
             .map(|d| {
-                self.destination(
-                    &d.destination,
-                    weight(d.weight, single),
-                    headers(d.headers.as_ref()),
-                )
+                let mut h = headers(d.headers.as_ref());
+                if authority.is_none()
+                    && let Some(a) = request_authority(d.headers.as_ref())
+                {
+                    h.request.set.insert("host".into(), a);
+                }
+                self.destination(&d.destination, weight(d.weight, single), h)
             })
             .collect();
         let mut mirrors = Vec::new();
@@ -297,17 +317,20 @@ impl Cx<'_> {
                 status: u16::try_from(d.status).unwrap_or(500),
                 body: d.body.as_ref().and_then(|b| body(b, at, w)),
             }),
-            rewrite: route.rewrite.as_ref().and_then(|r| {
+            rewrite: {
+                let r = route.rewrite.as_ref();
                 let out = xds::Rewrite {
-                    uri: non_empty(&r.uri),
-                    authority: non_empty(&r.authority),
-                    uri_regex: r.uri_regex_rewrite.as_ref().map(|re| xds::RegexRewrite {
-                        regex: re.r#match.clone(),
-                        substitution: re.rewrite.clone(),
+                    uri: r.and_then(|r| non_empty(&r.uri)),
+                    authority,
+                    uri_regex: r.and_then(|r| r.uri_regex_rewrite.as_ref()).map(|re| {
+                        xds::RegexRewrite {
+                            regex: re.r#match.clone(),
+                            substitution: re.rewrite.clone(),
+                        }
                     }),
                 };
                 (out != xds::Rewrite::default()).then_some(out)
-            }),
+            },
             timeout_ms: millis(route.timeout).filter(|ms| *ms > 0),
             retries: route.retries.as_ref().map(retry_policy),
             fault: route.fault.as_ref().and_then(fault),
@@ -403,19 +426,42 @@ fn route_match(m: &HttpMatchRequest) -> xds::HttpRouteMatch {
     }
 }
 
+/// Pseudo-headers and `host` are not edited as headers (pilot's `isInternalHeader`): the
+/// authority is a rewrite.
+fn internal(name: &str) -> bool {
+    name.starts_with(':') || name.eq_ignore_ascii_case("host")
+}
+
+/// The authority a request edit sets with `host` or `:authority` (`set` wins over `add`).
+fn request_authority(h: Option<&virtual_service::Headers>) -> Option<String> {
+    let req = h?.request.as_ref()?;
+    let find = |m: &BTreeMap<String, String>| {
+        m.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("host") || k.eq_ignore_ascii_case(":authority"))
+            .map(|(_, v)| v.clone())
+    };
+    find(&req.set).or_else(|| find(&req.add))
+}
+
 fn header_ops(h: Option<&virtual_service::HeaderOperations>) -> xds::HeaderOps {
     let Some(h) = h else {
         return xds::HeaderOps::default();
     };
     let lower = |m: &BTreeMap<String, String>| {
         m.iter()
+            .filter(|(k, _)| !internal(k))
             .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
             .collect()
     };
     xds::HeaderOps {
         set: lower(&h.set),
         add: lower(&h.add),
-        remove: h.remove.iter().map(|k| k.to_ascii_lowercase()).collect(),
+        remove: h
+            .remove
+            .iter()
+            .filter(|k| !internal(k))
+            .map(|k| k.to_ascii_lowercase())
+            .collect(),
     }
 }
 

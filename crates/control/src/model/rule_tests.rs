@@ -1172,3 +1172,38 @@ spec:
     assert_eq!(findings.len(), 1, "{findings:?}");
     assert_eq!(m.http_routes, [], "the host keeps its default route");
 }
+
+#[test]
+fn authority_set_as_a_header_is_a_rewrite() {
+    let r = http(
+        "  - match: [{uri: {prefix: /a}}]
+    headers: {request: {set: {Host: route.example, ':path': /x}, remove: [host, x-a]}}
+    route: [{destination: {host: reviews, subset: v1}, headers: {request: {set: {host: dest.example}}}}]
+  - match: [{uri: {prefix: /b}}]
+    rewrite: {authority: rewritten.example}
+    route: [{destination: {host: reviews}, headers: {request: {set: {host: dest.example}}}}]
+  - match: [{uri: {prefix: /c}}]
+    route: [{destination: {host: reviews}, headers: {request: {add: {':authority': lone.example}}}}]
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 50, headers: {request: {set: {host: one.example}}}}
+    - {destination: {host: reviews, subset: v2}, weight: 50}
+",
+    );
+    let authority = |i: usize| r[i].rewrite.as_ref().and_then(|rw| rw.authority.clone());
+    assert_eq!(authority(0).as_deref(), Some("route.example"));
+    assert_eq!(
+        r[0].headers.request,
+        xds::HeaderOps {
+            remove: vec!["x-a".into()],
+            ..Default::default()
+        },
+        "host and pseudo-headers are not header edits"
+    );
+    assert_eq!(r[0].route[0].headers, xds::Headers::default());
+    assert_eq!(authority(1).as_deref(), Some("rewritten.example"));
+    assert_eq!(r[1].route[0].headers, xds::Headers::default());
+    assert_eq!(authority(2).as_deref(), Some("lone.example"));
+    assert_eq!(authority(3), None);
+    assert_eq!(r[3].route[0].headers.request.set["host"], "one.example");
+    assert_eq!(r[3].route[1].headers, xds::Headers::default());
+}
