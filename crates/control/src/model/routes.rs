@@ -7,7 +7,9 @@
 //!   route, as pilot skips a virtual host without routes); `delegate` routes are left out and a
 //!   delegate VirtualService (no hosts) is a warning, as delegation is not implemented.
 //! - Hosts and destinations written as short names are services of the VirtualService's
-//!   namespace; `HttpRoutes.namespace` is that namespace (subsets are looked up for it).
+//!   namespace; `HttpRoutes.namespace` is that namespace (subsets are looked up for it). A
+//!   wildcard host stands for the known services it covers, except those another
+//!   VirtualService names exactly (Envoy's most specific domain wins).
 //! - String matches: an empty one and `regex: "*"` on headers, `withoutHeaders` and
 //!   `queryParams` mean "present" (pilot's `canBeConvertedToPresentMatch`); header names are
 //!   lower case (Envoy compares them so). A query parameter's `prefix` is passed on: pilot
@@ -45,9 +47,57 @@ use super::{ExportTo, Scoped};
 pub const DEFAULT_RETRY_ON: &str =
     "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
 
+/// The routes of every VirtualService bound to sidecars. A host that a wildcard
+/// (`*.example.com`) covers is left out of that VirtualService when another one names it
+/// exactly: Envoy picks the most specific domain, so the exact one routes it. `warn` gets the
+/// display name of an object and a message.
+pub(crate) fn virtual_services(
+    all: &[&IstioConfig<VirtualService>],
+    known: &[&str],
+    warn: &mut impl FnMut(String, String),
+) -> Vec<Scoped<xds::HttpRoutes>> {
+    // The hosts each one names exactly.
+    let exact: Vec<Vec<String>> = all
+        .iter()
+        .map(|vs| {
+            if !for_mesh(&vs.spec.gateways) {
+                return Vec::new();
+            }
+            vs.spec
+                .hosts
+                .iter()
+                .filter(|h| !h.contains('*'))
+                .flat_map(|h| resolve_host(h, &vs.metadata.namespace, known))
+                .collect()
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (i, vs) in all.iter().enumerate() {
+        let object = format!(
+            "VirtualService {}/{}",
+            vs.metadata.namespace, vs.metadata.name
+        );
+        let mut w = |message: String| warn(object.clone(), message);
+        let Some(mut r) = virtual_service(vs, known, &mut w) else {
+            continue;
+        };
+        r.resource.hosts.retain(|h| {
+            exact[i].contains(h)
+                || !exact
+                    .iter()
+                    .enumerate()
+                    .any(|(j, named)| j != i && named.contains(h))
+        });
+        if !r.resource.hosts.is_empty() {
+            out.push(r);
+        }
+    }
+    out
+}
+
 /// What one VirtualService gives: its routes, when it applies to sidecars and names a known
 /// host.
-pub(crate) fn virtual_service(
+fn virtual_service(
     vs: &IstioConfig<VirtualService>,
     known: &[&str],
     w: &mut impl FnMut(String),

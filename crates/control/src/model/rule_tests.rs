@@ -1207,3 +1207,39 @@ fn authority_set_as_a_header_is_a_rewrite() {
     assert_eq!(r[3].route[0].headers.request.set["host"], "one.example");
     assert_eq!(r[3].route[1].headers, xds::Headers::default());
 }
+
+#[test]
+fn a_host_named_exactly_is_not_routed_by_a_wildcard() {
+    let (m, _) = build(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: all}
+spec:
+  hosts: ['*.default.svc.cluster.local']
+  http: [{route: [{destination: {host: mongo}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http: [{route: [{destination: {host: reviews, subset: v1}}]}]
+",
+    );
+    assert_eq!(
+        m.warnings,
+        [],
+        "not a conflict: the most specific domain wins"
+    );
+    let hosts = |name: &str| {
+        m.http_routes
+            .iter()
+            .find(|r| r.resource.name == name)
+            .map(|r| r.resource.hosts.clone())
+    };
+    assert_eq!(
+        hosts("default/all"),
+        Some(vec!["mongo.default.svc.cluster.local".to_string()])
+    );
+    assert_eq!(hosts("default/reviews"), Some(vec![REVIEWS.to_string()]));
+}
