@@ -259,14 +259,15 @@ impl ServiceEntry {
                     .as_ref()
                     .and_then(|lb| lb.simple)
                     .unwrap_or(s.lb_policy);
-                clusters.push(Arc::new(Cluster {
-                    state: registry.cluster(&name, settings.connection_pool.as_ref()),
+                let state = registry.cluster(&name, settings.connection_pool.as_ref());
+                clusters.push(Arc::new(Cluster::new(
                     name,
-                    subset: subset.map(|s| Arc::from(s.name.as_str())),
-                    endpoints: endpoints.into(),
+                    subset.map(|s| Arc::from(s.name.as_str())),
+                    endpoints,
                     lb,
                     settings,
-                }));
+                    state,
+                )));
                 cluster_ports.push(sp.port);
             }
         }
