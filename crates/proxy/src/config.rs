@@ -222,10 +222,19 @@ impl ServiceEntry {
                     .tls
                     .as_ref()
                     .is_some_and(|t| t.mode == xds::ClientTlsMode::Disable);
+                // TLS origination (SIMPLE, MUTUAL) is not implemented: the cluster gets no
+                // endpoint (503 UH), never plaintext where TLS was asked for.
+                let originate = settings.tls.as_ref().is_some_and(|t| {
+                    matches!(
+                        t.mode,
+                        xds::ClientTlsMode::Simple | xds::ClientTlsMode::Mutual
+                    )
+                });
                 let endpoints: Vec<Endpoint> = s
                     .endpoints
                     .iter()
                     .zip(peers)
+                    .filter(|_| !originate)
                     .filter(|(ep, _)| {
                         subset.is_none_or(|ss| {
                             ss.labels.iter().all(|(k, v)| ep.labels.get(k) == Some(v))

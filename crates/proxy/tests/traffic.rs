@@ -373,6 +373,22 @@ async fn outlier_detection_ejects_the_failing_endpoint() {
         .expect("the service's cluster");
     assert_eq!(cluster.health_flags(v2.addr), "/failed_outlier_check");
     assert_eq!(cluster.health_flags(v1.addr), "healthy");
+    // What the admin port shows, in Envoy's words.
+    let admin = proxy::dump::TrafficAdmin(proxy::ProxyInputs::new(
+        std::sync::Arc::new(proxy::config::ProxyConfig::default()),
+        sidecar.store.clone(),
+        sidecar.telemetry.clone(),
+    ));
+    use proxy::admin::AdminSource;
+    let clusters = admin.clusters();
+    let line = format!(
+        "outbound|80||{HOST}::{}::health_flags::/failed_outlier_check",
+        v2.addr
+    );
+    assert!(clusters.contains(&line), "{clusters}");
+    let stats = admin.cluster_stats();
+    let active = format!("cluster.outbound|80||{HOST}.outlier_detection.ejections_active: 1");
+    assert!(stats.contains(&active), "{stats}");
 }
 
 #[tokio::test]

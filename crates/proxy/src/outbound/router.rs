@@ -16,6 +16,7 @@ use xds::{HttpRoute, HttpRoutes, ServicePort};
 
 use crate::ProxyInputs;
 use crate::addr::OrigDstAddr;
+use crate::cluster::Cluster;
 use crate::config::{ServiceEntry, Snapshot};
 use crate::outbound::fault::FaultInjection;
 use crate::outbound::retry::{Retry, RetryError};
@@ -220,9 +221,9 @@ fn cluster_target(
     let cluster = entry.cluster(sp.port, subset)?.clone();
     let proto = sp.effective_protocol();
     Some(Target {
+        upstream_http: upstream_http(&cluster, proto),
         cluster,
         bind: None,
-        upstream_http: UpstreamHttp::of(proto),
         opaque: proto.is_opaque(),
         route_name: policy.name.clone(),
         matched_len: 1,
@@ -233,6 +234,18 @@ fn cluster_target(
         service_name: entry.name.clone(),
         service_namespace: entry.namespace.clone(),
     })
+}
+
+/// The HTTP version toward `cluster`: the port's, unless the DestinationRule's
+/// `h2UpgradePolicy` or `useClientProtocol` says otherwise (as pilot applies them to an `http`
+/// port's cluster).
+fn upstream_http(cluster: &Cluster, proto: xds::Protocol) -> UpstreamHttp {
+    let http = cluster.settings.connection_pool.as_ref().map(|c| &c.http);
+    match (UpstreamHttp::of(proto), http) {
+        (_, Some(h)) if h.use_client_protocol => UpstreamHttp::Downstream,
+        (UpstreamHttp::Http11, Some(h)) if h.h2_upgrade == Some(true) => UpstreamHttp::Http2,
+        (u, _) => u,
+    }
 }
 
 /// Outbound opaque TCP (or TLS): the service at the original destination, routed by the
