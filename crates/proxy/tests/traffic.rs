@@ -596,3 +596,39 @@ httpRoutes:
         assert_eq!(line["upstream_host"], want.to_string(), "{line}");
     }
 }
+
+#[tokio::test]
+async fn upstream_connections_are_reused_in_both_directions() {
+    // Outbound: five requests, each on a new client connection, share one upstream connection.
+    let (_v1, _v2, sidecar) = start("").await;
+    let mut remotes = std::collections::BTreeSet::new();
+    for _ in 0..5 {
+        let (_, _, body) = get(&sidecar, "/get", &[("x-n", "1")]).await;
+        remotes.insert(
+            json(&body.into())["remote"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+        );
+    }
+    // Round robin over two apps: one upstream connection to each, reused.
+    assert_eq!(remotes.len(), 2, "{remotes:?}");
+
+    // Inbound: the app sees one connection from the server sidecar for all five.
+    let app = App::start("app").await;
+    let server = Sidecar::builder(&harness::server_yaml())
+        .inbound_to(app.addr)
+        .start()
+        .await;
+    let mut remotes = std::collections::BTreeSet::new();
+    for _ in 0..5 {
+        let stream = tokio::net::TcpStream::connect(server.inbound)
+            .await
+            .expect("connect");
+        let mut tx = harness::h1_client(stream).await;
+        let (resp, body) = send(&mut tx, get_req("httpbin", "/get")).await;
+        assert_eq!(resp.status(), 200);
+        remotes.insert(json(&body)["remote"].as_str().unwrap_or("").to_string());
+    }
+    assert_eq!(remotes.len(), 1, "{remotes:?}");
+}
