@@ -7,14 +7,16 @@
 //! 1. retries (attempts 3, retryOn 5xx) on a backend that answers 503 to every other request:
 //!    ≥ 99 % of 200 requests succeed; every request id whose first attempt got 503 reached the
 //!    backend again with `x-envoy-attempt-count: 2`;
-//! 2. perTryTimeout 0.5 s, attempts 2, on a backend answering after 2 s: the client gets 504
+//! 2. route timeout 0.5 s (as in the Request Timeouts task) on a backend answering after 2 s: 504
+//!    with `UT`, one attempt;
+//! 3. perTryTimeout 0.5 s, attempts 2, on a backend answering after 2 s: the client gets 504
 //!    (flag `UT`), and the backend saw 3 attempts of the one request (attempt counts 1, 2, 3);
-//! 3. outlier detection (consecutive5xxErrors 1, interval 1 s, baseEjectionTime 10 s): one of two
-//!    replicas switched to answer 503 is ejected: the next 50 requests all reach the healthy one
+//! 4. outlier detection (consecutive5xxErrors 1, interval 1 s, baseEjectionTime 10 s): one of two
+//!    replicas switched to answer 503 is ejected within 5 s (polled): the next 50 requests all reach the healthy one
 //!    (200), the client sidecar's admin `/clusters` shows the endpoint with
 //!    `health_flags::/failed_outlier_check`, and after baseEjectionTime the replica gets
 //!    requests again;
-//! 4. circuit breaking (the task's DestinationRule: maxConnections 1, http1MaxPendingRequests 1,
+//! 5. circuit breaking (the task's DestinationRule: maxConnections 1, http1MaxPendingRequests 1,
 //!    maxRequestsPerConnection 1): the task's burst (3 connections, 30 requests to `/get`) and
 //!    one that holds its connections (4 connections, 20 requests to `/delay/1`) give some 503,
 //!    every 503 logged with `UO`, and `upstream_rq_pending_overflow` above 0 on the client
@@ -115,19 +117,41 @@ fn retries_outliers_and_circuit_breaking_under_ama_up() {
     );
 
     t.scenario(
+        "request timeout (Request Timeouts task's style, timeout 0.5 s) on a backend taking 2 s → 504 UT, one attempt",
+        |t| {
+            t.apply("ours-request-timeout.yaml", None);
+            let c = t.curl(&["http://slow:9080/delay/2?timeout"]);
+            std::thread::sleep(Duration::from_secs(3));
+            let seen_by_backend = t.app_requests(&t.pod("slow"), "slow", "/delay/2?timeout");
+            let lines = t.client_lines("/delay/2?timeout", 1);
+            let seen = format!(
+                "client: {} after {:.2} s, access log flags {:?}; backend saw {} attempt(s)",
+                c.status,
+                c.seconds,
+                flags(&lines),
+                seen_by_backend.len()
+            );
+            assert_eq!(c.status, 504, "{seen}");
+            assert_eq!(flags(&lines).get("UT"), Some(&1), "{seen}");
+            assert_eq!(seen_by_backend.len(), 1, "a timeout is not retried: {seen}");
+            seen
+        },
+    );
+
+    t.scenario(
         "perTryTimeout 0.5 s, attempts 2, backend taking 2 s → 504 UT after 3 attempts",
         |t| {
             t.apply("ours-per-try-timeout.yaml", None);
-            let c = t.curl(&["http://slow:9080/delay/2"]);
+            let c = t.curl(&["http://slow:9080/delay/2?pertry"]);
             let backend = t.pod("slow");
             let mut seen_by_backend = Vec::new();
             let deadline = Instant::now() + Duration::from_secs(10);
             // The backend logs each attempt when its 2 s are over.
             while Instant::now() < deadline {
-                seen_by_backend = t.app_requests(&backend, "slow", "/delay/2");
+                seen_by_backend = t.app_requests(&backend, "slow", "/delay/2?pertry");
                 if seen_by_backend.len() >= 3 {
                     std::thread::sleep(Duration::from_secs(1));
-                    seen_by_backend = t.app_requests(&backend, "slow", "/delay/2");
+                    seen_by_backend = t.app_requests(&backend, "slow", "/delay/2?pertry");
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(250));
@@ -138,7 +162,7 @@ fn retries_outliers_and_circuit_breaking_under_ama_up() {
                 .collect();
             let mut attempts: Vec<u64> = seen_by_backend.iter().map(attempt).collect();
             attempts.sort();
-            let lines = t.client_lines("/delay/2", 1);
+            let lines = t.client_lines("/delay/2?pertry", 1);
             let seen = format!(
                 "client: {} after {:.2} s, access log flags {:?}; backend saw {} attempts \
                  (x-envoy-attempt-count {attempts:?}) of {} request id(s)",
@@ -174,12 +198,25 @@ fn retries_outliers_and_circuit_breaking_under_ama_up() {
             let first = t.load("http://outlier:9080/od-first", 20, 1, "GET", &[]);
             let first = tally(&first, |a| (a.status, a.pod.clone()));
             let bad_first = t.app_requests(bad, "outlier", "/od-first").len();
+            // Ejected within `interval` (1 s): polled for at most 5 s, well inside the 10 s
+            // baseEjectionTime.
+            let ejected_by = Instant::now() + Duration::from_secs(5);
+            let flagged = loop {
+                let clusters = t.admin("/clusters");
+                let flagged: Vec<String> = clusters
+                    .lines()
+                    .filter(|l| l.contains(&bad_addr) && l.contains("::health_flags::"))
+                    .map(str::to_string)
+                    .collect();
+                let ejected = flagged
+                    .iter()
+                    .any(|l| l.ends_with("::health_flags::/failed_outlier_check"));
+                if ejected || Instant::now() >= ejected_by {
+                    break flagged;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            };
             let ejected_at = Instant::now();
-            let clusters = t.admin("/clusters");
-            let flagged: Vec<&str> = clusters
-                .lines()
-                .filter(|l| l.contains(&bad_addr) && l.contains("::health_flags::"))
-                .collect();
             let then = t.load("http://outlier:9080/od-then", 50, 1, "GET", &[]);
             let then = tally(&then, |a| (a.status, a.pod.clone()));
             let bad_then = t.app_requests(bad, "outlier", "/od-then").len();

@@ -150,15 +150,16 @@ impl Traffic {
                 Err(why) => report.push_str(&format!("FAIL  {name}: {why}\n")),
             }
         }
-        eprintln!(
-            "=== scenarios ({:?} in all):\n{report}",
-            self.started.elapsed()
-        );
         let failed = self.outcomes.iter().filter(|(_, o)| o.is_err()).count();
         assert!(
             failed == 0,
-            "{failed} of {} scenarios failed:\n{report}",
-            self.outcomes.len()
+            "{failed} of {} scenarios failed ({:?} in all):\n{report}",
+            self.outcomes.len(),
+            self.started.elapsed()
+        );
+        eprintln!(
+            "=== every scenario passed ({:?} in all):\n{report}",
+            self.started.elapsed()
         );
     }
 
