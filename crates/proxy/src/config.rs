@@ -15,10 +15,12 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
-use xds::{HttpRoutes, LbPolicy, ProxyResources, Service, ServicePort, TrafficPolicy, Workload};
+use xds::{ProxyResources, Service, ServicePort, TrafficPolicy, Workload};
 
+use crate::cluster::{Cluster, Endpoint, Registry};
 use crate::drain::DrainWatcher;
-use crate::fx_hash::FxHashMap;
+use crate::fx_hash::{FxHashMap, FxHashSet};
+use crate::outbound::router::CompiledRoutes;
 
 /// Process-wide settings of a sidecar (Istio's injected args and our own flags).
 #[derive(Debug, Clone)]
@@ -173,8 +175,6 @@ impl PeerInfo {
 pub struct ServiceEntry {
     /// The service as configured.
     pub service: Service,
-    /// Load-balancing policy after the TrafficPolicy override.
-    pub lb_policy: LbPolicy,
     /// The host's TrafficPolicy, if any.
     pub policy: Option<Arc<TrafficPolicy>>,
     /// Hostname, shared.
@@ -183,32 +183,102 @@ pub struct ServiceEntry {
     pub name: Arc<str>,
     /// Namespace, shared.
     pub namespace: Arc<str>,
-    /// One cluster per service port.
-    pub clusters: Vec<(u16, ClusterEntry)>,
-}
-
-/// One port of a service as a cluster, built once per snapshot so requests allocate nothing to
-/// find their endpoints.
-#[derive(Debug)]
-pub struct ClusterEntry {
-    /// `outbound|<port>||<hostname>`.
-    pub name: Arc<str>,
-    /// The endpoints' addresses for this port.
-    pub endpoints: Arc<[SocketAddr]>,
-    /// The workload behind each endpoint, when known (parallel to `endpoints`).
-    pub peers: Arc<[Option<Arc<PeerInfo>>]>,
-    /// How to reach each endpoint with Istio mTLS; `None` for plaintext (parallel to
-    /// `endpoints`).
-    pub tls: Arc<[Option<Arc<crate::tls::PeerTls>>]>,
+    /// One cluster per service port, and one per port and subset of the host's TrafficPolicy.
+    pub clusters: Vec<Arc<Cluster>>,
+    /// Service port of each cluster (parallel to `clusters`).
+    cluster_ports: Vec<u16>,
 }
 
 impl ServiceEntry {
-    /// The cluster of service port `port`, if the service has that port.
-    pub fn cluster(&self, port: u16) -> Option<&ClusterEntry> {
+    /// The cluster of service port `port` (of `subset`, when given), if the service has that
+    /// port (and the host's policy that subset).
+    pub fn cluster(&self, port: u16, subset: Option<&str>) -> Option<&Arc<Cluster>> {
         self.clusters
             .iter()
-            .find(|(p, _)| *p == port)
-            .map(|(_, c)| c)
+            .zip(&self.cluster_ports)
+            .find(|(c, p)| **p == port && c.subset.as_deref() == subset)
+            .map(|(c, _)| c)
+    }
+
+    fn build(
+        s: &Service,
+        policy: Option<Arc<TrafficPolicy>>,
+        peers: &[Option<Arc<PeerInfo>>],
+        registry: &Registry,
+    ) -> ServiceEntry {
+        let mut clusters = Vec::new();
+        let mut cluster_ports = Vec::new();
+        let subsets: Vec<Option<&xds::Subset>> = std::iter::once(None)
+            .chain(policy.iter().flat_map(|p| p.subsets.iter().map(Some)))
+            .collect();
+        for sp in &s.ports {
+            for subset in &subsets {
+                let settings = policy
+                    .as_ref()
+                    .map(|p| p.effective(sp.port, subset.map(|s| s.name.as_str())))
+                    .unwrap_or_default();
+                let sub = subset.map(|s| s.name.as_str()).unwrap_or("");
+                let tls_off = settings
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| t.mode == xds::ClientTlsMode::Disable);
+                let endpoints: Vec<Endpoint> = s
+                    .endpoints
+                    .iter()
+                    .zip(peers)
+                    .filter(|(ep, _)| {
+                        subset.is_none_or(|ss| {
+                            ss.labels.iter().all(|(k, v)| ep.labels.get(k) == Some(v))
+                        })
+                    })
+                    .map(|(ep, peer)| {
+                        let addr = SocketAddr::new(ep.address, s.endpoint_port(ep, sp));
+                        let tls = if tls_off {
+                            None
+                        } else {
+                            crate::tls::PeerTls::for_endpoint(
+                                sp.port,
+                                sub,
+                                &s.hostname,
+                                ep,
+                                peer.as_deref(),
+                            )
+                        };
+                        Endpoint {
+                            addr,
+                            peer: peer.clone(),
+                            tls,
+                            load: registry.load(addr),
+                        }
+                    })
+                    .collect();
+                let name: Arc<str> =
+                    Arc::from(format!("outbound|{}|{sub}|{}", sp.port, s.hostname));
+                let lb = settings
+                    .load_balancer
+                    .as_ref()
+                    .and_then(|lb| lb.simple)
+                    .unwrap_or(s.lb_policy);
+                clusters.push(Arc::new(Cluster {
+                    state: registry.cluster(&name),
+                    name,
+                    subset: subset.map(|s| Arc::from(s.name.as_str())),
+                    endpoints: endpoints.into(),
+                    lb,
+                    settings,
+                }));
+                cluster_ports.push(sp.port);
+            }
+        }
+        ServiceEntry {
+            clusters,
+            cluster_ports,
+            policy,
+            hostname: Arc::from(s.hostname.as_str()),
+            name: Arc::from(s.name.as_str()),
+            namespace: Arc::from(s.namespace.as_str()),
+            service: s.clone(),
+        }
     }
 }
 
@@ -223,17 +293,24 @@ pub struct Snapshot {
     pub me: Option<Arc<Workload>>,
     /// The proxy's own labels.
     pub me_info: Arc<PeerInfo>,
+    /// Every service, in the order of the resources.
+    pub services: Vec<Arc<ServiceEntry>>,
     by_vip: FxHashMap<(IpAddr, u16), Arc<ServiceEntry>>,
     by_host: HashMap<String, Arc<ServiceEntry>>,
     workloads_by_ip: FxHashMap<IpAddr, Arc<PeerInfo>>,
     workloads_by_uid: HashMap<String, Arc<PeerInfo>>,
-    routes_by_host: HashMap<String, Arc<HttpRoutes>>,
+    routes_by_host: HashMap<String, Arc<CompiledRoutes>>,
     inbound_by_port: HashMap<u16, Arc<ServiceEntry>>,
 }
 
 impl Snapshot {
     /// Indexes `resources`; `cfg` supplies the proxy's identity when the resources do not.
-    pub fn build(resources: ProxyResources, cfg: &ProxyConfig, version: u64) -> Snapshot {
+    pub fn build(
+        resources: ProxyResources,
+        cfg: &ProxyConfig,
+        version: u64,
+        registry: &Registry,
+    ) -> Snapshot {
         let node = resources.node.clone().unwrap_or_default();
         let name = node.name.clone().or_else(|| cfg.pod_name.clone());
         let namespace = node.namespace.clone().or_else(|| cfg.pod_namespace.clone());
@@ -300,70 +377,25 @@ impl Snapshot {
             .iter()
             .map(|p| (p.host.as_str(), Arc::new(p.clone())))
             .collect();
+        let mut services = Vec::new();
         let mut by_vip = FxHashMap::default();
         let mut by_host = HashMap::new();
         let mut inbound_by_port = HashMap::new();
         for s in &resources.services {
             let policy = policies.get(s.hostname.as_str()).cloned();
-            let clusters = s
-                .ports
+            let peers: Vec<Option<Arc<PeerInfo>>> = s
+                .endpoints
                 .iter()
-                .map(|sp| {
-                    let endpoints: Vec<SocketAddr> = s
-                        .endpoints
-                        .iter()
-                        .map(|ep| SocketAddr::new(ep.address, s.endpoint_port(ep, sp)))
-                        .collect();
-                    let peers: Vec<Option<Arc<PeerInfo>>> = s
-                        .endpoints
-                        .iter()
-                        .map(|ep| {
-                            ep.workload_uid
-                                .as_deref()
-                                .and_then(|u| workloads_by_uid.get(u))
-                                .or_else(|| workloads_by_ip.get(&ep.address))
-                                .cloned()
-                        })
-                        .collect();
-                    let tls: Vec<_> = s
-                        .endpoints
-                        .iter()
-                        .zip(&peers)
-                        .map(|(ep, peer)| {
-                            crate::tls::PeerTls::for_endpoint(
-                                sp.port,
-                                "",
-                                &s.hostname,
-                                ep,
-                                peer.as_deref(),
-                            )
-                        })
-                        .collect();
-                    let name = Arc::from(format!("outbound|{}||{}", sp.port, s.hostname));
-                    (
-                        sp.port,
-                        ClusterEntry {
-                            name,
-                            endpoints: endpoints.into(),
-                            peers: peers.into(),
-                            tls: tls.into(),
-                        },
-                    )
+                .map(|ep| {
+                    ep.workload_uid
+                        .as_deref()
+                        .and_then(|u| workloads_by_uid.get(u))
+                        .or_else(|| workloads_by_ip.get(&ep.address))
+                        .cloned()
                 })
                 .collect();
-            let entry = Arc::new(ServiceEntry {
-                clusters,
-                lb_policy: policy
-                    .as_ref()
-                    .and_then(|p| p.policy.settings.load_balancer.as_ref())
-                    .and_then(|lb| lb.simple)
-                    .unwrap_or(s.lb_policy),
-                policy,
-                hostname: Arc::from(s.hostname.as_str()),
-                name: Arc::from(s.name.as_str()),
-                namespace: Arc::from(s.namespace.as_str()),
-                service: s.clone(),
-            });
+            let entry = Arc::new(ServiceEntry::build(s, policy, &peers, registry));
+            services.push(entry.clone());
             for vip in &s.vips {
                 for p in &s.ports {
                     by_vip.insert((*vip, p.port), entry.clone());
@@ -390,8 +422,8 @@ impl Snapshot {
         }
         let mut routes_by_host = HashMap::new();
         for r in &resources.http_routes {
-            let r = Arc::new(r.clone());
-            for h in &r.hosts {
+            let r = Arc::new(CompiledRoutes::compile(r));
+            for h in &r.source.hosts {
                 routes_by_host.insert(h.clone(), r.clone());
             }
         }
@@ -400,6 +432,7 @@ impl Snapshot {
             resources: Arc::new(resources),
             me,
             me_info: Arc::new(me_info),
+            services,
             by_vip,
             by_host,
             workloads_by_ip,
@@ -435,7 +468,7 @@ impl Snapshot {
     }
 
     /// HTTP routes for a service hostname.
-    pub fn routes_for(&self, hostname: &str) -> Option<&Arc<HttpRoutes>> {
+    pub fn routes_for(&self, hostname: &str) -> Option<&Arc<CompiledRoutes>> {
         self.routes_by_host.get(hostname)
     }
 
@@ -470,16 +503,19 @@ pub struct ConfigStore {
     current: ArcSwap<Snapshot>,
     next_version: AtomicU64,
     cfg: Arc<ProxyConfig>,
+    registry: Registry,
 }
 
 impl ConfigStore {
     /// A store holding `resources` as version 1.
     pub fn new(resources: ProxyResources, cfg: Arc<ProxyConfig>) -> ConfigStore {
-        let snap = Snapshot::build(resources, &cfg, 1);
+        let registry = Registry::default();
+        let snap = Snapshot::build(resources, &cfg, 1, &registry);
         ConfigStore {
             current: ArcSwap::from_pointee(snap),
             next_version: AtomicU64::new(2),
             cfg,
+            registry,
         }
     }
 
@@ -500,8 +536,20 @@ impl ConfigStore {
     /// Replaces the resources (already validated) with a new version.
     pub fn replace(&self, resources: ProxyResources) -> u64 {
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
-        self.current
-            .store(Arc::new(Snapshot::build(resources, &self.cfg, version)));
+        let snap = Arc::new(Snapshot::build(
+            resources,
+            &self.cfg,
+            version,
+            &self.registry,
+        ));
+        self.current.store(snap.clone());
+        let mut names = FxHashSet::default();
+        let mut addrs = FxHashSet::default();
+        for c in snap.services.iter().flat_map(|s| &s.clusters) {
+            names.insert(c.name.clone());
+            addrs.extend(c.endpoints.iter().map(|e| e.addr));
+        }
+        self.registry.retain(&names, &addrs);
         version
     }
 }

@@ -57,23 +57,39 @@ impl AdminSource for TrafficAdmin {
         })
     }
 
-    /// Envoy's `/clusters` text layout: `<cluster>::<host>::<stat>::<value>` lines.
+    /// Envoy's `/clusters` text layout: `<cluster>::<host>::<stat>::<value>` lines, one
+    /// cluster per service port and per subset, with the circuit-breaker thresholds in force
+    /// and each endpoint's requests in flight and health.
     fn clusters(&self) -> String {
+        const UNLIMITED: u32 = u32::MAX;
         let snap = self.0.store.load();
         let mut out = String::new();
-        for s in &snap.resources.services {
-            for p in &s.ports {
-                let cluster = format!("outbound|{}||{}", p.port, s.hostname);
-                let _ = writeln!(out, "{cluster}::observability_name::{cluster}");
-                for ep in &s.endpoints {
-                    let addr = std::net::SocketAddr::new(ep.address, s.endpoint_port(ep, p));
-                    let _ = writeln!(out, "{cluster}::{addr}::health_flags::healthy");
-                    let _ = writeln!(
-                        out,
-                        "{cluster}::{addr}::rq_active::{}",
-                        self.0.load.active(addr)
-                    );
-                }
+        for c in snap.services.iter().flat_map(|s| &s.clusters) {
+            let name = &c.name;
+            let _ = writeln!(out, "{name}::observability_name::{name}");
+            let pool = c.settings.connection_pool.clone().unwrap_or_default();
+            for (stat, v) in [
+                ("max_connections", pool.tcp.max_connections),
+                ("max_pending_requests", pool.http.max_pending_requests),
+                ("max_requests", pool.http.max_requests),
+                ("max_retries", pool.http.max_retries),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "{name}::default_priority::{stat}::{}",
+                    v.unwrap_or(UNLIMITED)
+                );
+            }
+            let _ = writeln!(out, "{name}::added_via_api::true");
+            for ep in c.endpoints.iter() {
+                let addr = ep.addr;
+                let _ = writeln!(out, "{name}::{addr}::rq_active::{}", ep.active());
+                let _ = writeln!(
+                    out,
+                    "{name}::{addr}::health_flags::{}",
+                    c.health_flags(addr)
+                );
+                let _ = writeln!(out, "{name}::{addr}::weight::1");
             }
         }
         out.push_str("PassthroughCluster::observability_name::PassthroughCluster\n");

@@ -11,7 +11,7 @@
 //! with Fx, ~4.7 ns with foldhash (already in the tree through hashbrown) and ~15 ns with
 //! SipHash, measured with fat LTO on this machine.
 
-pub use rustc_hash::FxHashMap;
+pub use rustc_hash::{FxHashMap, FxHashSet};
 
 #[cfg(test)]
 mod tests {

@@ -34,6 +34,7 @@ pub mod authn;
 pub mod authz;
 pub mod balance;
 pub mod body;
+pub mod cluster;
 pub mod config;
 pub mod conn_exec;
 pub mod control_plane;
@@ -65,7 +66,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::authn::PeerAuthn;
-use crate::balance::LoadTracker;
 use crate::config::{ConfigStore, ProxyConfig};
 use crate::drain::{DrainTrigger, DrainWatcher};
 use crate::listener::Listener;
@@ -85,8 +85,6 @@ pub struct ProxyInputs {
     pub telemetry: Telemetry,
     /// Upstream connections.
     pub pool: Pool,
-    /// Requests in flight per endpoint and cluster.
-    pub load: LoadTracker,
     /// Our workload identity for mTLS; `None`: plaintext only (auto mTLS off).
     pub tls: Option<Arc<MeshTls>>,
     /// PeerAuthentication, resolved per snapshot.
@@ -125,7 +123,6 @@ impl ProxyInputs {
             store,
             telemetry,
             pool,
-            load: LoadTracker::default(),
             tls,
             peer_authn: PeerAuthn::default(),
             authz: authz::Authz::default(),

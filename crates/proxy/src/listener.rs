@@ -19,7 +19,7 @@ use crate::drain::DrainWatcher;
 use crate::http::{self, ConnCtx, Direction, labels_for};
 use crate::orig_dst::OrigDstResolver;
 use crate::pool::{self, PoolError, UpstreamTls};
-use crate::route::{self, Target};
+use crate::route::Target;
 use crate::tcp::{ByteCounts, copy_bidirectional};
 use crate::telemetry::{ResponseFlags, TcpRecord};
 use crate::tls::{HandshakeError, tls_error_in};
@@ -210,8 +210,10 @@ where
             Detected::Tls | Detected::Opaque => {
                 let snap = ctx.pi.store.load();
                 let target = match ctx.direction {
-                    Direction::Outbound => route::outbound_tcp(&snap, &ctx.pi, ctx.orig_dst),
-                    Direction::Inbound => route::inbound(&snap, &ctx.pi, ctx.orig_dst),
+                    Direction::Outbound => {
+                        crate::outbound::router::outbound_tcp(&snap, &ctx.pi, ctx.orig_dst)
+                    }
+                    Direction::Inbound => crate::inbound::app::target(&snap, &ctx.pi, ctx.orig_dst),
                 };
                 forward_tcp(&ctx, io, &target, start, t0, &drain).await;
             }
@@ -232,22 +234,18 @@ async fn forward_tcp<D>(
 {
     let snap = ctx.pi.store.load();
     let mut rec = TcpRecord::accepted(start, ctx.orig_dst.get(), ctx.client.get());
-    rec.upstream_cluster = Some(target.cluster.clone());
+    rec.upstream_cluster = Some(target.cluster.name.clone());
     rec.requested_server_name = ctx.sni.clone();
-    let Some(ep) = ctx
-        .pi
-        .load
-        .pick(target.lb_policy, &target.cluster, &target.endpoints, &[])
-    else {
+    let Some(ep) = crate::balance::pick(&target.cluster, &[]) else {
         rec.response_flags = ResponseFlags::NO_HEALTHY_UPSTREAM;
         rec.duration = t0.elapsed();
         ctx.pi.telemetry.tcp_log(rec);
         return;
     };
-    rec.upstream_host = Some(ep);
-    let mut labels = labels_for(ctx, &snap, Some(target), target.peer_of(ep));
-    let _in_flight = ctx.pi.load.start(ep);
-    let peer_tls = ctx.pi.tls.as_ref().and_then(|_| target.tls_of(ep));
+    rec.upstream_host = Some(ep.addr);
+    let mut labels = labels_for(ctx, &snap, Some(target), ep.peer.clone());
+    let _in_flight = ep.start();
+    let peer_tls = ctx.pi.tls.as_ref().and(ep.tls.clone());
     let tls = match (&ctx.pi.tls, &peer_tls) {
         (Some(mesh), Some(peer)) => Some(UpstreamTls {
             mesh,
@@ -257,19 +255,20 @@ async fn forward_tcp<D>(
         _ => None,
     };
     let timeout = ctx.pi.cfg.connect_timeout;
-    let (upstream, info) = match pool::connect(EndpointAddr(ep), target.bind, timeout, tls).await {
-        Ok(c) => c,
-        Err(e) => {
-            rec.response_flags = ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
-            rec.upstream_transport_failure_reason = Some(
-                e.transport_failure_reason()
-                    .unwrap_or_else(|| e.to_string()),
-            );
-            rec.duration = t0.elapsed();
-            ctx.pi.telemetry.tcp_log(rec);
-            return;
-        }
-    };
+    let (upstream, info) =
+        match pool::connect(EndpointAddr(ep.addr), target.bind, timeout, tls).await {
+            Ok(c) => c,
+            Err(e) => {
+                rec.response_flags = ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
+                rec.upstream_transport_failure_reason = Some(
+                    e.transport_failure_reason()
+                        .unwrap_or_else(|| e.to_string()),
+                );
+                rec.duration = t0.elapsed();
+                ctx.pi.telemetry.tcp_log(rec);
+                return;
+            }
+        };
     rec.upstream_local_address = Some(info.local);
     if let Some(server) = &info.peer {
         labels.destination_principal = server.clone();

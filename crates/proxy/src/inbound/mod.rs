@@ -18,6 +18,8 @@
 //! declared protocol, else the ALPN, else sniffed. Without an identity (no certificates) nothing
 //! is terminated and STRICT ports refuse everything.
 
+pub mod app;
+
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 

@@ -5,6 +5,8 @@
 //! balancing policy, connect failures retried on another endpoint (Istio's default policy), the
 //! `server` header set to the proxy's. Opaque TCP goes to one endpoint for the connection's life.
 
+pub mod router;
+
 use std::sync::Arc;
 
 use crate::ProxyInputs;

@@ -1,0 +1,266 @@
+//! Clusters and their endpoints as the data path uses them.
+//!
+//! A [`Cluster`] is what Envoy calls one: a service port, or a subset of it
+//! (`outbound|9080|v2|reviews.default.svc.cluster.local`), with its endpoints, the traffic
+//! policy that applies to it ([`xds::TrafficPolicy::effective`]) and its load-balancing policy.
+//! Clusters are built once per config snapshot; what must outlive a snapshot (round-robin
+//! cursor, requests in flight, outlier and circuit-breaker state, Envoy's stats) is in a
+//! [`ClusterState`] that the [`Registry`] hands to the next snapshot's cluster of the same name,
+//! and the requests in flight to an endpoint are counted in one counter per address that every
+//! cluster and snapshot holding that address shares. A request reads these through `Arc`s it
+//! already holds: no lock, no map lookup on the request path.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use xds::LbPolicy;
+
+use crate::config::PeerInfo;
+use crate::fx_hash::{FxHashMap, FxHashSet};
+use crate::tls::PeerTls;
+
+/// One endpoint of a cluster.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// The workload behind it, when known (destination labels).
+    pub peer: Option<Arc<PeerInfo>>,
+    /// How to reach it with Istio mTLS; `None` for plaintext.
+    pub tls: Option<Arc<PeerTls>>,
+    /// Requests in flight to this address, shared by every cluster that has it.
+    pub load: Arc<AtomicU64>,
+}
+
+impl Endpoint {
+    /// An endpoint counted on its own (passthrough, inbound).
+    pub fn single(addr: SocketAddr, peer: Option<Arc<PeerInfo>>) -> Endpoint {
+        Endpoint {
+            addr,
+            peer,
+            tls: None,
+            load: Arc::default(),
+        }
+    }
+
+    /// Requests in flight to it now.
+    pub fn active(&self) -> u64 {
+        self.load.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request to it until the guard is dropped.
+    pub fn start(&self) -> InFlight {
+        self.load.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.load.clone())
+    }
+}
+
+/// Counts one request against a counter until dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<AtomicU64>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Envoy's per-cluster counters that Istio users read on the admin port
+/// (`cluster.<name>.<stat>`).
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// `upstream_rq_total`: requests sent (each attempt).
+    pub upstream_rq_total: AtomicU64,
+    /// `upstream_rq_retry`: retries.
+    pub upstream_rq_retry: AtomicU64,
+    /// `upstream_rq_retry_success`: retries that got a response not retried again.
+    pub upstream_rq_retry_success: AtomicU64,
+    /// `upstream_rq_retry_overflow`: retries refused by `maxRetries`.
+    pub upstream_rq_retry_overflow: AtomicU64,
+    /// `upstream_rq_timeout`: requests that hit the route timeout.
+    pub upstream_rq_timeout: AtomicU64,
+    /// `upstream_rq_per_try_timeout`: attempts that hit the per-try timeout.
+    pub upstream_rq_per_try_timeout: AtomicU64,
+    /// `upstream_rq_pending_overflow`: requests refused by a circuit breaker (`UO`).
+    pub upstream_rq_pending_overflow: AtomicU64,
+    /// `upstream_cx_connect_fail`: connections that failed.
+    pub upstream_cx_connect_fail: AtomicU64,
+}
+
+impl ClusterStats {
+    /// Adds one to `counter`.
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Name and value of every counter, in Envoy's names.
+    pub fn values(&self) -> [(&'static str, u64); 8] {
+        let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("upstream_rq_total", v(&self.upstream_rq_total)),
+            ("upstream_rq_retry", v(&self.upstream_rq_retry)),
+            (
+                "upstream_rq_retry_success",
+                v(&self.upstream_rq_retry_success),
+            ),
+            (
+                "upstream_rq_retry_overflow",
+                v(&self.upstream_rq_retry_overflow),
+            ),
+            ("upstream_rq_timeout", v(&self.upstream_rq_timeout)),
+            (
+                "upstream_rq_per_try_timeout",
+                v(&self.upstream_rq_per_try_timeout),
+            ),
+            (
+                "upstream_rq_pending_overflow",
+                v(&self.upstream_rq_pending_overflow),
+            ),
+            (
+                "upstream_cx_connect_fail",
+                v(&self.upstream_cx_connect_fail),
+            ),
+        ]
+    }
+}
+
+/// What a cluster keeps across config snapshots.
+#[derive(Debug, Default)]
+pub struct ClusterState {
+    /// Round-robin cursor.
+    pub rr: AtomicUsize,
+    /// Requests in flight to the cluster (`http2MaxRequests`).
+    pub in_flight: AtomicU64,
+    /// Retries in flight to the cluster (`maxRetries`).
+    pub retries_in_flight: AtomicU64,
+    /// Counters.
+    pub stats: ClusterStats,
+}
+
+/// Counts one request against a cluster's in-flight count until dropped.
+#[derive(Debug)]
+pub struct Admitted(Arc<ClusterState>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts one retry against a cluster's retries in flight until dropped.
+#[derive(Debug)]
+pub struct RetryBudget(Arc<ClusterState>);
+
+impl Drop for RetryBudget {
+    fn drop(&mut self) {
+        self.0.retries_in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A cluster of one snapshot.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Envoy's cluster name.
+    pub name: Arc<str>,
+    /// The subset, when the cluster is one.
+    pub subset: Option<Arc<str>>,
+    /// The endpoints.
+    pub endpoints: Arc<[Endpoint]>,
+    /// How to choose among them.
+    pub lb: LbPolicy,
+    /// The DestinationRule settings that apply (Istio's precedence already applied).
+    pub settings: xds::Settings,
+    /// What outlives the snapshot.
+    pub state: Arc<ClusterState>,
+}
+
+impl Cluster {
+    /// A cluster that lives for one request or connection (passthrough, inbound).
+    pub fn single(name: Arc<str>, endpoint: Endpoint) -> Cluster {
+        Cluster {
+            name,
+            subset: None,
+            endpoints: Arc::from([endpoint]),
+            lb: LbPolicy::RoundRobin,
+            settings: xds::Settings::default(),
+            state: Arc::default(),
+        }
+    }
+
+    /// `http2MaxRequests`, when set.
+    pub fn max_requests(&self) -> Option<u32> {
+        self.settings
+            .connection_pool
+            .as_ref()
+            .and_then(|c| c.http.max_requests)
+    }
+
+    /// Admits a request unless `http2MaxRequests` are already in flight (circuit breaking).
+    pub fn admit(&self) -> Option<Admitted> {
+        let before = self.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        let guard = Admitted(self.state.clone());
+        match self.max_requests() {
+            Some(max) if before >= u64::from(max) => None,
+            _ => Some(guard),
+        }
+    }
+
+    /// Admits a retry unless `maxRetries` are already in flight (Istio leaves it unlimited
+    /// when unset).
+    pub fn admit_retry(&self) -> Option<RetryBudget> {
+        let max = self
+            .settings
+            .connection_pool
+            .as_ref()
+            .and_then(|c| c.http.max_retries);
+        let before = self.state.retries_in_flight.fetch_add(1, Ordering::Relaxed);
+        let guard = RetryBudget(self.state.clone());
+        match max {
+            Some(max) if before >= u64::from(max) => None,
+            _ => Some(guard),
+        }
+    }
+
+    /// Envoy's `health_flags` of endpoint `addr` on the admin port: `healthy`, or
+    /// `/failed_outlier_check` while outlier detection has it ejected.
+    pub fn health_flags(&self, _addr: SocketAddr) -> &'static str {
+        "healthy"
+    }
+
+    /// The endpoint at `addr`, if it is one of this cluster's.
+    pub fn endpoint(&self, addr: SocketAddr) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.addr == addr)
+    }
+}
+
+/// The state that survives a config swap: per cluster name and per endpoint address. Only
+/// snapshot builds take its locks.
+#[derive(Debug, Default)]
+pub struct Registry {
+    clusters: Mutex<FxHashMap<Arc<str>, Arc<ClusterState>>>,
+    loads: Mutex<FxHashMap<SocketAddr, Arc<AtomicU64>>>,
+}
+
+impl Registry {
+    /// The state of cluster `name`, the one the previous snapshot used if there was one.
+    pub fn cluster(&self, name: &Arc<str>) -> Arc<ClusterState> {
+        let mut map = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(name.clone()).or_default().clone()
+    }
+
+    /// The in-flight counter of endpoint `addr`.
+    pub fn load(&self, addr: SocketAddr) -> Arc<AtomicU64> {
+        let mut map = self.loads.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(addr).or_default().clone()
+    }
+
+    /// Forgets what no snapshot uses any more (called after a swap, with the names and
+    /// addresses the new snapshot has). In-flight requests keep their `Arc`s.
+    pub fn retain(&self, clusters: &FxHashSet<Arc<str>>, addrs: &FxHashSet<SocketAddr>) {
+        let mut map = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|k, _| clusters.contains(k));
+        let mut map = self.loads.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|k, _| addrs.contains(k));
+    }
+}

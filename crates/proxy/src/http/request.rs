@@ -1,0 +1,706 @@
+//! One request: the checks Envoy's codec makes, Istio's headers, routing by direction, the
+//! upstream exchange with its attempts, and the response.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::addr::{EndpointAddr, OrigDstAddr};
+use crate::balance;
+use crate::body::{BoxError, ProxyBody, empty};
+use crate::cluster::ClusterStats;
+use crate::config::Snapshot;
+use crate::headers;
+use crate::outbound::router::{self, Outcome, RequestView, RouteError, RoutePolicy, Routed};
+use crate::pool::{PoolError, PoolKey};
+use crate::route::{self, Target};
+use crate::tcp::{ByteCounts, copy_bidirectional};
+use crate::telemetry::{RequestProtocol, ResponseFlags};
+
+use super::labels::request_labels;
+use super::log::{CountedBody, Log, is_reset, respond_logged};
+use super::reply::{LocalReply, ReplyTo, refusal};
+use super::{ConnCtx, Direction, request_authority};
+
+/// Serves one request.
+pub(super) async fn handle(
+    ctx: Arc<ConnCtx>,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let snap = ctx.pi.store.load();
+    let downstream_version = req.version();
+    let upgrade =
+        downstream_version != Version::HTTP_2 && headers::is_upgrade_request(req.headers());
+    let on_downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let reply_to = ReplyTo::of(&req);
+    // Judged on the request as it came, before hop-by-hop headers go.
+    let refused = refusal(&req, ctx.pi.cfg.accept_http_10);
+    if downstream_version != Version::HTTP_2
+        && let Some(host) = headers::absolute_form_host(req.uri(), req.headers())
+    {
+        req.headers_mut().insert(header::HOST, host);
+    }
+
+    // Headers the sidecar adds or removes, before they are logged.
+    let h = req.headers_mut();
+    headers::strip_hop_by_hop(h, upgrade);
+    if ctx.direction == Direction::Inbound {
+        // A verified mTLS peer is in the mesh; otherwise the address has to say so.
+        let trusted = ctx.peer.is_some()
+            || snap
+                .peer_by_ip(ctx.client.get().ip())
+                .is_some_and(|p| p.in_mesh);
+        if !trusted {
+            headers::strip_envoy_headers(h);
+        }
+    }
+    headers::forward_client_cert(h, ctx.peer.as_ref().map(|p| &p.xfcc));
+    let request_id = headers::ensure_request_id(h);
+    headers::continue_trace(h, ctx.pi.cfg.trace_sampling);
+    headers::set_forwarded_proto(h, if ctx.peer.is_some() { "https" } else { "http" });
+
+    let mut log = Log {
+        rec: None,
+        t0: Instant::now(),
+        telemetry: ctx.pi.telemetry.clone(),
+        received: Arc::new(AtomicU64::new(0)),
+    };
+    {
+        let rec = log.rec();
+        rec.method = Some(req.method().clone());
+        rec.path = req.uri().path_and_query().cloned();
+        rec.protocol = Some(downstream_version);
+        rec.request_id = Some(request_id);
+        rec.user_agent = req.headers().get(header::USER_AGENT).cloned();
+        rec.x_forwarded_for = req.headers().get(&headers::X_FORWARDED_FOR).cloned();
+        rec.authority = match req.uri().authority() {
+            Some(a) if downstream_version == Version::HTTP_2 => {
+                HeaderValue::from_str(a.as_str()).ok()
+            }
+            _ => req.headers().get(header::HOST).cloned(),
+        };
+        rec.downstream_local_address = Some(ctx.orig_dst.get());
+        rec.downstream_remote_address = Some(ctx.client.get());
+        rec.requested_server_name = ctx.sni.clone();
+        rec.route_name = Some(crate::route::default_route_name());
+        let is_grpc = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"));
+        rec.request_protocol = if is_grpc {
+            RequestProtocol::Grpc
+        } else {
+            RequestProtocol::Http
+        };
+    }
+
+    if let Some(reply) = refused {
+        return Ok(reply.respond(&ctx, log, reply_to));
+    }
+
+    let target = match ctx.direction {
+        Direction::Inbound => crate::inbound::app::target(&snap, &ctx.pi, ctx.orig_dst),
+        Direction::Outbound => {
+            let view = RequestView {
+                method: req.method(),
+                authority: request_authority(req.uri(), req.headers()),
+                path: req.uri().path(),
+                query: req.uri().query(),
+                headers: req.headers(),
+            };
+            match router::outbound_http(&snap, &ctx.pi, ctx.orig_dst, &view) {
+                Ok(Routed::Forward(t)) => t,
+                Ok(Routed::Answer(policy)) => {
+                    log.rec().route_name = Some(policy.name.clone());
+                    let reply = answer(&policy, &req);
+                    return Ok(reply.respond(&ctx, log, reply_to));
+                }
+                Err(RouteError::NoRoute) => {
+                    return Ok(LocalReply::NO_ROUTE.respond(&ctx, log, reply_to));
+                }
+                Err(RouteError::NoCluster) => {
+                    return Ok(LocalReply::NO_CLUSTER.respond(&ctx, log, reply_to));
+                }
+            }
+        }
+    };
+    {
+        let rec = log.rec();
+        rec.labels = request_labels(&ctx, &snap, &target, None, None);
+        rec.upstream_cluster = Some(target.cluster.name.clone());
+        rec.route_name = Some(target.route_name().clone());
+    }
+    if ctx.direction == Direction::Inbound && ctx.pi.authz.denies_all(&snap, &ctx.pi.cfg) {
+        return Ok(LocalReply::RBAC_DENIED.respond(&ctx, log, reply_to));
+    }
+    let route = target.policy.route.as_ref();
+    if let Some(fault) = route.and_then(|r| r.fault.as_ref()) {
+        if let Some(delay) = fault.delay.as_ref().filter(|d| sampled(d.per_million)) {
+            tokio::time::sleep(Duration::from_millis(delay.fixed_delay_ms)).await;
+            log.rec()
+                .response_flags
+                .insert(ResponseFlags::DELAY_INJECTED);
+        }
+        if let Some(abort) = fault.abort.as_ref().filter(|a| sampled(a.per_million)) {
+            return Ok(LocalReply::fault_abort(&abort.status).respond(&ctx, log, reply_to));
+        }
+    }
+    if target.cluster.endpoints.is_empty() {
+        return Ok(LocalReply::NO_HEALTHY_UPSTREAM.respond(&ctx, log, reply_to));
+    }
+    let Some(_admitted) = target.cluster.admit() else {
+        ClusterStats::inc(&target.cluster.state.stats.upstream_rq_pending_overflow);
+        return Ok(LocalReply::OVERFLOW.respond(&ctx, log, reply_to));
+    };
+    if let Some(r) = route {
+        edit_headers(req.headers_mut(), &r.headers.request);
+        if let Some(d) = target.destination.and_then(|d| r.route.get(d)) {
+            edit_headers(req.headers_mut(), &d.headers.request);
+        }
+    }
+
+    // The upstream request: same method, path, headers and streaming body, in the version
+    // `upstream_h2` picks for each endpoint tried. A request without a body can be sent again
+    // as it is, for a retry after a response or a mirror.
+    let (parts, body) = req.into_parts();
+    let bodiless = http_body::Body::is_end_stream(&body);
+    let again = (bodiless && !upgrade).then(|| parts.clone());
+    if let (Some(r), Some(copy)) = (route, again.as_ref()) {
+        mirror(&ctx, &snap, r, copy, downstream_version);
+    }
+    let body = CountedBody {
+        inner: body,
+        count: log.received.clone(),
+    }
+    .boxed();
+    let upstream_req = Request::from_parts(parts, body);
+
+    let started = Instant::now();
+    let exchange = attempts(
+        &ctx,
+        &target,
+        upstream_req,
+        again,
+        downstream_version,
+        upgrade,
+    );
+    let result = match target.timeout() {
+        Some(t) => match tokio::time::timeout(t, exchange).await {
+            Ok(r) => r,
+            Err(_) => {
+                ClusterStats::inc(&target.cluster.state.stats.upstream_rq_timeout);
+                Err(Failed {
+                    reply: LocalReply::TIMEOUT,
+                    endpoint: None,
+                    error: None,
+                })
+            }
+        },
+        None => exchange.await,
+    };
+    let Answered {
+        exchange,
+        endpoint: ep,
+        retries_exhausted,
+    } = match result {
+        Ok(x) => x,
+        Err(failed) => {
+            if let Some(ep) = failed.endpoint {
+                let rec = log.rec();
+                rec.upstream_host = Some(ep);
+                rec.upstream_transport_failure_reason = failed
+                    .error
+                    .as_ref()
+                    .and_then(PoolError::transport_failure_reason);
+            }
+            return Ok(failed.reply.respond(&ctx, log, reply_to));
+        }
+    };
+
+    let service_time = started.elapsed();
+    let mut resp = exchange.response;
+    let recycle = exchange.recycle;
+    {
+        let rec = log.rec();
+        rec.response_code = resp.status().as_u16();
+        rec.response_code_details = Some("via_upstream".into());
+        rec.upstream_host = Some(ep);
+        rec.upstream_local_address = Some(exchange.local_addr);
+        rec.upstream_service_time = Some(service_time);
+        if retries_exhausted {
+            rec.response_flags
+                .insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+        }
+        if ctx.direction == Direction::Outbound {
+            rec.labels = request_labels(
+                &ctx,
+                &snap,
+                &target,
+                target.peer_of(ep),
+                exchange.peer.as_ref(),
+            );
+        }
+    }
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    headers::strip_hop_by_hop(resp.headers_mut(), upgrade && switching);
+    headers::decorate_response(
+        resp.headers_mut(),
+        service_time,
+        ctx.pi.cfg.server_header.as_ref(),
+        ctx.direction == Direction::Outbound,
+    );
+    if let Some(r) = route {
+        if let Some(d) = target.destination.and_then(|d| r.route.get(d)) {
+            edit_headers(resp.headers_mut(), &d.headers.response);
+        }
+        edit_headers(resp.headers_mut(), &r.headers.response);
+    }
+    if downstream_version == Version::HTTP_2 {
+        *resp.version_mut() = Version::HTTP_2;
+    } else {
+        *resp.version_mut() = Version::HTTP_11;
+    }
+
+    if let (true, Some(on_down)) = (switching, on_downstream_upgrade) {
+        let on_up = hyper::upgrade::on(&mut resp);
+        tokio::spawn(tunnel(on_down, on_up, log));
+        let (parts, _) = resp.into_parts();
+        return Ok(Response::from_parts(parts, empty()));
+    }
+    let (parts, body) = resp.into_parts();
+    Ok(respond_logged(
+        Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed()),
+        log,
+        recycle,
+    ))
+}
+
+/// True for a share of `per_million` of the calls.
+fn sampled(per_million: u32) -> bool {
+    per_million >= 1_000_000 || rand::random_range(0..1_000_000) < per_million
+}
+
+/// The local answer of a route with a redirect or a direct response.
+fn answer<B>(policy: &RoutePolicy, _req: &Request<B>) -> LocalReply {
+    let route = policy.route.as_ref();
+    if let Some(d) = route.and_then(|r| r.direct_response.as_ref()) {
+        return LocalReply::direct(d);
+    }
+    LocalReply::NO_ROUTE
+}
+
+/// Applies a route's header edits, as Istio configures Envoy: `set` replaces, `add` appends,
+/// `remove` removes. Names or values that are not valid HTTP are skipped.
+fn edit_headers(h: &mut http::HeaderMap, ops: &xds::HeaderOps) {
+    for name in &ops.remove {
+        h.remove(name.as_str());
+    }
+    for (name, value) in &ops.set {
+        if let (Ok(n), Ok(v)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            h.insert(n, v);
+        }
+    }
+    for (name, value) in &ops.add {
+        if let (Ok(n), Ok(v)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            h.append(n, v);
+        }
+    }
+}
+
+/// Sends a copy of a bodiless request to each of the route's mirrors that its percentage
+/// draws, with `-shadow` appended to the authority as Envoy does; the answers are dropped.
+fn mirror(
+    ctx: &Arc<ConnCtx>,
+    snap: &Snapshot,
+    route: &xds::HttpRoute,
+    parts: &http::request::Parts,
+    downstream_version: Version,
+) {
+    for m in route.mirrors.iter().filter(|m| sampled(m.per_million)) {
+        let Some(entry) = snap.service_by_host(&m.host) else {
+            continue;
+        };
+        let port = m.port.unwrap_or_else(|| ctx.orig_dst.get().port());
+        let port = match entry.service.port(port) {
+            Some(p) => p.port,
+            None if entry.service.ports.len() == 1 => entry.service.ports[0].port,
+            None => continue,
+        };
+        let Some(cluster) = entry.cluster(port, m.subset.as_deref()) else {
+            continue;
+        };
+        let Some(sp) = entry.service.port(port) else {
+            continue;
+        };
+        let mut copy = Request::from_parts(parts.clone(), empty());
+        let authority = request_authority(copy.uri(), copy.headers())
+            .map(shadow_authority)
+            .and_then(|a| HeaderValue::from_str(&a).ok());
+        if let Some(a) = authority {
+            copy.headers_mut().insert(header::HOST, a);
+            if copy.uri().authority().is_some() {
+                let mut u = copy.uri().clone().into_parts();
+                u.authority = copy
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                if let Ok(uri) = Uri::from_parts(u) {
+                    *copy.uri_mut() = uri;
+                }
+            }
+        }
+        let target = Target {
+            cluster: cluster.clone(),
+            bind: None,
+            upstream_http: route::UpstreamHttp::of(sp.effective_protocol()),
+            opaque: false,
+            policy: RoutePolicy::inbound(),
+            destination: None,
+            peer: None,
+            service_host: entry.hostname.clone(),
+            service_name: entry.name.clone(),
+            service_namespace: entry.namespace.clone(),
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let timeout = ctx.pi.cfg.connect_timeout;
+            let sent = attempts(&ctx, &target, copy, None, downstream_version, false);
+            if let Ok(Ok(answered)) = tokio::time::timeout(timeout, sent).await {
+                // Read and drop the answer, so a pooled connection can be used again.
+                let (_, body) = answered.exchange.response.into_parts();
+                let _ = body.collect().await;
+                if let Some(r) = answered.exchange.recycle {
+                    r.done();
+                }
+            }
+        });
+    }
+}
+
+/// `host-shadow` for `host` (and `host-shadow:port` for `host:port`), Envoy's shadow host.
+fn shadow_authority(authority: &str) -> String {
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{h}-shadow:{p}")
+        }
+        _ => format!("{authority}-shadow"),
+    }
+}
+
+/// The upstream answered.
+struct Answered {
+    exchange: crate::pool::Exchange,
+    endpoint: SocketAddr,
+    /// The response is one retries would have retried, had any been left (`URX`).
+    retries_exhausted: bool,
+}
+
+/// No upstream answer: the local reply, and the endpoint and error of the last attempt.
+struct Failed {
+    reply: LocalReply,
+    endpoint: Option<SocketAddr>,
+    error: Option<PoolError>,
+}
+
+/// Sends `req` to an endpoint of `target`, again to another one as the route's retry policy
+/// says (connect failures: the request comes back unsent; after a response or a reset: only
+/// when `again` holds a bodiless copy to send).
+async fn attempts(
+    ctx: &ConnCtx,
+    target: &Target,
+    mut req: Request<ProxyBody>,
+    again: Option<http::request::Parts>,
+    downstream_version: Version,
+    upgrade: bool,
+) -> Result<Answered, Failed> {
+    let retry = &target.policy.retry;
+    let cluster = &target.cluster;
+    let mut failed: Vec<SocketAddr> = Vec::new();
+    let mut attempt: u32 = 1;
+    let mut _budget = None;
+    loop {
+        let Some(ep) = balance::pick(cluster, &failed) else {
+            return Err(Failed {
+                reply: LocalReply::NO_HEALTHY_UPSTREAM,
+                endpoint: None,
+                error: None,
+            });
+        };
+        let ep_addr = ep.addr;
+        if ctx.direction == Direction::Outbound {
+            headers::set_attempt_count(req.headers_mut(), attempt);
+        }
+        // An endpoint with Istio's TLS settings runs a sidecar; the TLS is used when this
+        // proxy has an identity.
+        let http2 = upstream_h2(
+            ctx.direction,
+            target.upstream_http,
+            downstream_version,
+            upgrade,
+            ep.tls.is_some(),
+        );
+        if fit_version(&mut req, http2, ctx.orig_dst).is_err() {
+            return Err(Failed {
+                reply: LocalReply::NO_ROUTE,
+                endpoint: None,
+                error: None,
+            });
+        }
+        let key = PoolKey {
+            endpoint: EndpointAddr(ep_addr),
+            bind: target.bind,
+            http2,
+            tls: ctx.pi.tls.as_ref().and(ep.tls.clone()),
+        };
+        let _in_flight = ep.start();
+        ClusterStats::inc(&cluster.state.stats.upstream_rq_total);
+        let retries_left = attempt <= retry.attempts;
+        let sent = ctx.pi.pool.send(key, req, upgrade).await;
+        // What the next attempt sends, if there is one.
+        let next = |unsent: Option<Request<ProxyBody>>| {
+            unsent.or_else(|| {
+                again
+                    .as_ref()
+                    .map(|p| Request::from_parts(p.clone(), empty()))
+            })
+        };
+        match sent {
+            Ok(x) => {
+                let outcome = Outcome::Response {
+                    status: x.response.status(),
+                    headers: x.response.headers(),
+                };
+                let want = retry.should_retry(&outcome);
+                if want
+                    && retries_left
+                    && let Some(r) = next(None)
+                {
+                    tracing::debug!(endpoint = %ep_addr, status = %x.response.status(), attempt, "retrying upstream response");
+                    req = r;
+                } else {
+                    return Ok(Answered {
+                        exchange: x,
+                        endpoint: ep_addr,
+                        retries_exhausted: want && retry.attempts > 0,
+                    });
+                }
+            }
+            Err(e) => {
+                let connect = e.error.is_connect_failure();
+                if connect {
+                    ClusterStats::inc(&cluster.state.stats.upstream_cx_connect_fail);
+                }
+                let outcome = if connect {
+                    Outcome::ConnectFailure
+                } else {
+                    Outcome::Reset
+                };
+                let want = retry.should_retry(&outcome);
+                match (want && retries_left).then(|| next(e.request)).flatten() {
+                    Some(r) => {
+                        tracing::debug!(endpoint = %ep_addr, error = %e.error, attempt, "retrying upstream failure");
+                        req = r;
+                    }
+                    None => {
+                        let exhausted = want && retry.attempts > 0;
+                        let reply = if connect {
+                            LocalReply::connect_failure(
+                                exhausted,
+                                matches!(e.error, PoolError::ConnectTimeout),
+                            )
+                        } else {
+                            let remote = matches!(&e.error, PoolError::Reset(h) if is_reset(h));
+                            LocalReply::reset(remote)
+                        };
+                        return Err(Failed {
+                            reply,
+                            endpoint: Some(ep_addr),
+                            error: Some(e.error),
+                        });
+                    }
+                }
+            }
+        }
+        // Another attempt: other endpoints first, after Envoy's back-off.
+        if retry.other_hosts {
+            failed.push(ep_addr);
+        }
+        let Some(budget) = cluster.admit_retry() else {
+            ClusterStats::inc(&cluster.state.stats.upstream_rq_retry_overflow);
+            return Err(Failed {
+                reply: LocalReply::OVERFLOW,
+                endpoint: Some(ep_addr),
+                error: None,
+            });
+        };
+        _budget = Some(budget);
+        ClusterStats::inc(&cluster.state.stats.upstream_rq_retry);
+        tokio::time::sleep(retry.backoff(attempt)).await;
+        attempt += 1;
+    }
+}
+
+/// Whether a request goes upstream in HTTP/2. Inbound, the app gets the version its port
+/// declares, as Istio's inbound cluster does: HTTP/1.1 on an `http` port even to an HTTP/2
+/// client, HTTP/2 on `http2`/`grpc` ports, the client's version where the protocol is detected.
+/// Outbound the same, except that an HTTP/2 client stays on HTTP/2 to an endpoint with a
+/// sidecar (`sidecar`) whatever the port says, so the sidecars share one multiplexed connection
+/// (the server sidecar then speaks what the app's port declares); an app without a sidecar on
+/// an `http` port gets HTTP/1.1, as from Istio. An upgrade (websocket) stays HTTP/1.1.
+fn upstream_h2(
+    direction: Direction,
+    declared: route::UpstreamHttp,
+    downstream: Version,
+    upgrade: bool,
+    sidecar: bool,
+) -> bool {
+    let h2_client = downstream == Version::HTTP_2;
+    !upgrade
+        && match declared {
+            route::UpstreamHttp::Http2 => true,
+            route::UpstreamHttp::Downstream => h2_client,
+            route::UpstreamHttp::Http11 => h2_client && direction == Direction::Outbound && sidecar,
+        }
+}
+
+/// The URI did not make a valid upstream request target.
+#[derive(Debug)]
+struct BadTarget;
+
+/// Puts `req` in the form of the upstream's version. HTTP/2: an absolute URI
+/// `http://{authority}{path}` and no `Host`; HTTP/1.1: an origin-form URI (`/path?query`, or
+/// the authority of a CONNECT) and a `Host`. The authority is the request's, else `orig_dst`.
+fn fit_version<B>(req: &mut Request<B>, h2: bool, orig_dst: OrigDstAddr) -> Result<(), BadTarget> {
+    let uri = req.uri();
+    let has_pq = uri.path_and_query().is_some();
+    let pq = || uri.path_and_query().map_or("/", |p| p.as_str());
+    let authority = || {
+        request_authority(uri, req.headers())
+            .map(str::to_owned)
+            .unwrap_or_else(|| orig_dst.to_string())
+    };
+    if h2 {
+        // From an HTTP/2 client the URI is already `http://{authority}{path}`: kept as it is.
+        let same =
+            has_pq && uri.scheme() == Some(&http::uri::Scheme::HTTP) && uri.authority().is_some();
+        if !same {
+            let u = Uri::builder()
+                .scheme("http")
+                .authority(authority().as_str())
+                .path_and_query(pq())
+                .build()
+                .map_err(|_| BadTarget)?;
+            *req.uri_mut() = u;
+        }
+        *req.version_mut() = Version::HTTP_2;
+        req.headers_mut().remove(header::HOST);
+    } else {
+        let host = (!req.headers().contains_key(header::HOST))
+            .then(|| HeaderValue::from_str(&authority()).ok())
+            .flatten();
+        // An origin-form URI (`/path?query`, what HTTP/1.1 clients send) is already what
+        // parsing its path and query would give.
+        let origin_form = has_pq && uri.scheme().is_none() && uri.authority().is_none();
+        if req.method() != Method::CONNECT && !origin_form {
+            let u = pq().parse::<Uri>().map_err(|_| BadTarget)?;
+            *req.uri_mut() = u;
+        }
+        if let Some(v) = host {
+            req.headers_mut().insert(header::HOST, v);
+        }
+        *req.version_mut() = Version::HTTP_11;
+    }
+    Ok(())
+}
+
+/// Joins an upgraded downstream and upstream (websocket) and copies bytes until both close.
+async fn tunnel(
+    on_down: hyper::upgrade::OnUpgrade,
+    on_up: hyper::upgrade::OnUpgrade,
+    mut log: Log,
+) {
+    let (down, up) = match tokio::try_join!(on_down, on_up) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let counts = Arc::new(ByteCounts::default());
+    let res = copy_bidirectional(TokioIo::new(down), TokioIo::new(up), counts.clone()).await;
+    let (received, sent) = counts.get();
+    log.received.fetch_add(received, Ordering::Relaxed);
+    let flags = match res {
+        Ok(()) => ResponseFlags::NONE,
+        Err(_) => ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+    };
+    log.finish(sent, flags, None);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_version_follows_the_port_as_istio_does() {
+        use Direction::{Inbound, Outbound};
+        use route::UpstreamHttp::{Downstream, Http2, Http11};
+        let (h1, h2) = (Version::HTTP_11, Version::HTTP_2);
+        // (direction, declared, client, upgrade, endpoint has a sidecar) -> HTTP/2
+        for (d, declared, client, upgrade, sidecar, want) in [
+            (Inbound, Http11, h2, false, false, false),
+            (Inbound, Http2, h1, false, false, true),
+            (Inbound, Downstream, h2, false, false, true),
+            (Inbound, Downstream, h1, false, false, false),
+            (Outbound, Http11, h2, false, true, true),
+            (Outbound, Http11, h2, false, false, false),
+            (Outbound, Http11, h1, false, true, false),
+            (Outbound, Http2, h1, false, false, true),
+            (Outbound, Http2, h1, true, true, false),
+        ] {
+            assert_eq!(
+                upstream_h2(d, declared, client, upgrade, sidecar),
+                want,
+                "{d:?} {declared:?} {client:?} upgrade {upgrade} sidecar {sidecar}"
+            );
+        }
+    }
+
+    #[test]
+    fn requests_fit_either_version_and_back() {
+        let orig: OrigDstAddr = OrigDstAddr("10.0.0.1:80".parse().expect("addr"));
+        let mut req = Request::builder()
+            .uri("/a?b=c")
+            .header(header::HOST, "httpbin")
+            .body(())
+            .expect("request");
+        fit_version(&mut req, true, orig).expect("fits HTTP/2");
+        assert_eq!(req.uri(), "http://httpbin/a?b=c");
+        assert_eq!(req.version(), Version::HTTP_2);
+        assert!(req.headers().get(header::HOST).is_none());
+        fit_version(&mut req, false, orig).expect("fits HTTP/1.1");
+        assert_eq!(req.uri(), "/a?b=c");
+        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(req.headers()[header::HOST], "httpbin");
+        // No authority anywhere: the original destination.
+        let mut bare = Request::builder().uri("/").body(()).expect("request");
+        fit_version(&mut bare, false, orig).expect("fits HTTP/1.1");
+        assert_eq!(bare.headers()[header::HOST], "10.0.0.1:80");
+    }
+}
