@@ -235,7 +235,11 @@ fn istio_routing_tasks_under_ama_up() {
             t.apply("mirroring-default-route.yaml", None);
             let (v1_before, v2_before) = (gets(&v1), gets(&v2));
             let c = t.curl(&["http://httpbin:8000/headers"]);
-            assert_eq!(c.status, 200, "{}", c.raw);
+            assert_eq!(
+                c.status, 200,
+                "curl http://httpbin:8000/headers with the default route: {} {}",
+                c.status, c.raw
+            );
             std::thread::sleep(Duration::from_secs(1));
             let (v1_after, v2_after) = (gets(&v1), gets(&v2));
             let default_seen = format!(
@@ -251,7 +255,11 @@ fn istio_routing_tasks_under_ama_up() {
 
             t.apply("mirroring-mirror.yaml", None);
             let c = t.curl(&["http://httpbin:8000/headers"]);
-            assert_eq!(c.status, 200, "{}", c.raw);
+            assert_eq!(
+                c.status, 200,
+                "curl http://httpbin:8000/headers with the mirror: {} {}",
+                c.status, c.raw
+            );
             let mut v2_now = v2_after;
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while v2_now == v2_after && std::time::Instant::now() < deadline {
