@@ -4,11 +4,11 @@
 //!   serves, on stderr ([`kube_inject_names_unimplemented_annotations`], no root needed);
 //! - `ama up` of a directory with a `Deploymnet` refuses to start, naming file, document and
 //!   kind ([`ama_up_refuses_a_typo_in_a_kind`]);
-//! - under `ama up` of the seed and a DestinationRule with `subsets`
-//!   ([`findings_and_fail_closed_policies_under_ama_up`]): `ama up` prints a `Warning:` for the
-//!   subsets on stderr; `ama apply` of a file with a `Deploymnet` and a good Service exits 1 naming file, document
+//! - under `ama up` of the seed and a DestinationRule with `localityLbSetting`
+//!   ([`findings_and_fail_closed_policies_under_ama_up`]): `ama up` prints a `Warning:` for it
+//!   on stderr; `ama apply` of a file with a `Deploymnet` and a good Service exits 1 naming file, document
 //!   and kind with the nearest known kind, and still creates the Service; a VirtualService with
-//!   `fault` and `retries.retryOn` is applied with a `Warning:` line per field, and discovery's
+//!   `match.statPrefix` and `retries.retryRemoteLocalities` is applied with a `Warning:` line per field, and discovery's
 //!   log has them at WARN with object and field; an AuthorizationPolicy (ALLOW by principal, then
 //!   `allow-nothing`) makes httpbin answer 403 `RBAC: access denied` where it answered 200, since
 //!   Ama cannot enforce it yet and fails closed.
@@ -144,9 +144,9 @@ metadata: {name: httpbin}
 spec:
   hosts: [httpbin-service]
   http:
-  - route: [{destination: {host: httpbin-service}}]
-    fault: {abort: {httpStatus: 500, percentage: {value: 100}}}
-    retries: {attempts: 2, retryOn: 5xx}
+  - match: [{uri: {prefix: /}, statPrefix: all}]
+    route: [{destination: {host: httpbin-service}}]
+    retries: {attempts: 2, retryRemoteLocalities: true}
 ";
 
 /// The same AuthorizationPolicy object three times: ALLOW by the client's principal, AUDIT
@@ -209,12 +209,12 @@ fn ama_up_refuses_a_typo_in_a_kind() {
     );
 }
 
-const SUBSETS: &str = "apiVersion: networking.istio.io/v1
+const LOCALITY_LB: &str = "apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: httpbin}
 spec:
   host: httpbin-service
-  subsets: [{name: v1, labels: {app: httpbin}}]
+  trafficPolicy: {loadBalancer: {localityLbSetting: {enabled: true}}}
 ";
 
 #[test]
@@ -223,7 +223,7 @@ fn findings_and_fail_closed_policies_under_ama_up() {
         return;
     }
     let scratch = Scratch::new("cfgfind");
-    let dir = seed_with(&scratch, SUBSETS);
+    let dir = seed_with(&scratch, LOCALITY_LB);
     let mesh = Mesh::start(&dir, scratch.path());
     let pods = mesh.ready_pods(3);
     let ubuntu = pods
@@ -235,8 +235,9 @@ fn findings_and_fail_closed_policies_under_ama_up() {
     let up_err = mesh.up_err();
     assert!(
         up_err.contains(&format!(
-            "Warning: {}:doc 1: DestinationRule default/httpbin: spec.subsets: not implemented by \
-             Ama; ignored",
+            "Warning: {}:doc 1: DestinationRule default/httpbin: \
+             spec.trafficPolicy.loadBalancer.localityLbSetting: not implemented by Ama (its \
+             endpoints have no localities); ignored",
             dir.join("extra.yaml").display()
         )),
         "ama up's stderr:\n{up_err}"
@@ -270,9 +271,9 @@ fn findings_and_fail_closed_policies_under_ama_up() {
     assert!(ok, "{stderr}");
     let object = format!("{}:doc 1: VirtualService default/httpbin", routes.display());
     for field in [
-        "spec.http[0].fault: not implemented by Ama; ignored",
-        "spec.http[0].retries.retryOn: \"5xx\": not implemented by Ama (it retries on connect \
-         failure only); ignored",
+        "spec.http[0].match[0].statPrefix: not implemented by Ama; ignored",
+        "spec.http[0].retries.retryRemoteLocalities: not implemented by Ama (its endpoints have \
+         no localities); ignored",
     ] {
         assert!(
             stderr.contains(&format!("Warning: {object}: {field}")),
@@ -281,7 +282,7 @@ fn findings_and_fail_closed_policies_under_ama_up() {
     }
     let log = Path::new("/run/ama").join(&mesh.name).join("discovery.log");
     wait_for(
-        "discovery's WARN on the fault",
+        "discovery's WARN on retryRemoteLocalities",
         Duration::from_secs(30),
         || {
             let text = std::fs::read_to_string(&log).ok()?;
@@ -289,12 +290,14 @@ fn findings_and_fail_closed_policies_under_ama_up() {
                 .find(|l| {
                     l.contains("WARN")
                         && l.contains("VirtualService default/httpbin")
-                        && l.contains("spec.http[0].fault: not implemented by Ama; ignored")
+                        && l.contains(
+                            "spec.http[0].retries.retryRemoteLocalities: not implemented by Ama",
+                        )
                 })
                 .map(drop)
         },
     );
-    assert_eq!(mesh.curl(&ubuntu).0, "200", "the fault is not injected");
+    assert_eq!(mesh.curl(&ubuntu).0, "200", "the route applies");
 
     // Security policies Ama cannot enforce deny what they select.
     let file = scratch.path().join("policy.yaml");

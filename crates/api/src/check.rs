@@ -56,6 +56,20 @@ impl Problems {
         }
     }
 
+    /// Checks that a regular expression compiles. Istio's validation compiles RE2; the `regex`
+    /// crate's syntax is RE2's (no back-references, no look-around), so what it refuses Envoy
+    /// would refuse too.
+    pub fn regex(&mut self, field: impl Into<String>, re: &str) {
+        if let Err(e) = regex::Regex::new(re) {
+            let first = e.to_string();
+            let reason = first.lines().last().unwrap_or("invalid").trim().to_string();
+            self.add(
+                field,
+                format!("\"{re}\" is not a regular expression (RE2 syntax): {reason}"),
+            );
+        }
+    }
+
     /// Checks that a count is not negative.
     pub fn non_negative(&mut self, field: impl Into<String>, value: i64) {
         if value < 0 {

@@ -21,7 +21,7 @@
 //! reports them the same way:
 //!
 //! ```text
-//! x.yaml:doc 1: VirtualService default/reviews: spec.http[0].fault: not implemented by Ama; ignored
+//! x.yaml:doc 1: VirtualService default/reviews: spec.http[1].delegate: not implemented by Ama; this route is dropped
 //! ```
 
 use std::collections::BTreeMap;

@@ -838,3 +838,101 @@ fn nulls_are_dropped_as_the_api_server_does() {
     };
     assert!(sc.spec.egress[0].port.is_none());
 }
+
+#[test]
+fn virtual_service_values_istio_rejects() {
+    let yaml = vs_with(
+        "  - match:
+    - uri: {regex: '/a('}
+      method: {prefix: ''}
+      headers: {x-a: {prefix: ''}, x-b: {regex: '*'}}
+      queryParams: {q: {regex: '[z'}}
+    route: [{destination: {host: reviews}, weight: -5}]
+    rewrite: {uriRegexRewrite: {match: '(?P<', rewrite: /}}
+    fault:
+      delay: {fixedDelay: 1s, percent: 101}
+      abort: {grpcStatus: UNAVAIL, percentage: {value: -1}}
+    mirror: {host: reviews}
+    mirrorPercentage: {value: 150}
+    corsPolicy: {allowOrigins: [{prefix: ''}]}
+  - directResponse: {status: 200, body: {bytes: '!!not base64'}}
+  - route: [{destination: {host: reviews}}]
+    mirrors: [{destination: {host: reviews}, percentage: {value: 100.5}}]
+",
+    );
+    let at = "t.yaml:doc 1: VirtualService default/reviews: spec.http";
+    let e = errors(&yaml);
+    let want = [
+        format!(
+            "{at}[0].match[0].uri.regex: \"/a(\" is not a regular expression (RE2 syntax): error: unclosed group"
+        ),
+        format!("{at}[0].match[0].method.prefix: must not be empty"),
+        format!("{at}[0].match[0].headers[\"x-a\"].prefix: must not be empty"),
+        format!(
+            "{at}[0].match[0].headers[\"x-b\"].regex: \"*\" is not a regular expression (RE2 syntax): error: repetition operator missing expression"
+        ),
+        format!(
+            "{at}[0].match[0].queryParams[\"q\"].regex: \"[z\" is not a regular expression (RE2 syntax): error: unclosed character class"
+        ),
+        format!("{at}[0].route[0].weight: must be 0..100"),
+        format!(
+            "{at}[0].rewrite.uriRegexRewrite.match: \"(?P<\" is not a regular expression (RE2 syntax): error: unclosed capture group name"
+        ),
+        format!("{at}[0].fault.delay.percent: 101 must be 0..100 (a percentage)"),
+        format!(
+            "{at}[0].fault.abort.grpcStatus: \"UNAVAIL\" is not a gRPC status (OK, CANCELLED, UNKNOWN, INVALID_ARGUMENT, DEADLINE_EXCEEDED, NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED, RESOURCE_EXHAUSTED, FAILED_PRECONDITION, ABORTED, OUT_OF_RANGE, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS, UNAUTHENTICATED)"
+        ),
+        format!("{at}[0].fault.abort.percentage.value: -1 must be 0..100 (a percentage)"),
+        format!("{at}[0].mirrorPercentage.value: 150 must be 0..100 (a percentage)"),
+        format!("{at}[0].corsPolicy.allowOrigins[0].prefix: must not be empty"),
+        format!("{at}[1].directResponse.body.bytes: not base64: Invalid symbol 33, offset 0."),
+        format!("{at}[2].mirrors[0].percentage.value: 100.5 must be 0..100 (a percentage)"),
+    ];
+    assert_eq!(e, want);
+}
+
+#[test]
+fn destination_rule_values_istio_rejects() {
+    let yaml = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: {useSourceIp: true, ringHash: {minimumRingSize: 1024}, maglev: {tableSize: 65537}}
+    connectionPool:
+      tcp: {maxConnections: -1}
+      http: {http1MaxPendingRequests: -2, maxRetries: -3}
+    outlierDetection: {consecutive5xxErrors: -1, minHealthPercent: 101}
+";
+    let at = "t.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy";
+    assert_eq!(
+        errors(yaml),
+        [
+            format!(
+                "{at}.loadBalancer.consistentHash: ringHash and maglev exclude each other: set one"
+            ),
+            format!("{at}.connectionPool.tcp.maxConnections: -1 must be 0 or more"),
+            format!("{at}.connectionPool.http.http1MaxPendingRequests: -2 must be 0 or more"),
+            format!("{at}.connectionPool.http.maxRetries: -3 must be 0 or more"),
+            format!("{at}.outlierDetection.consecutive5xxErrors: -1 must be 0 or more"),
+            format!("{at}.outlierDetection.minHealthPercent: 101 must be 0..100 (a percentage)"),
+        ]
+    );
+    // A negative count where the proto has an unsigned one is a type error naming the field.
+    let yaml = yaml.replace(
+        "    outlierDetection: {consecutive5xxErrors: -1, minHealthPercent: 101}\n",
+        "    outlierDetection: {consecutive5xxErrors: 1}\n      tcp: {tcpKeepalive: {probes: -1}}\n",
+    );
+    let yaml = yaml.replace(
+        "    connectionPool:\n      tcp: {maxConnections: -1}\n      http: {http1MaxPendingRequests: -2, maxRetries: -3}\n",
+        "",
+    ).replace("    outlierDetection: {consecutive5xxErrors: 1}\n      tcp:", "    connectionPool:\n      tcp:");
+    let e = errors(&yaml);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].contains("spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.probes"),
+        "{e:#?}"
+    );
+}

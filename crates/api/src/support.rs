@@ -4,12 +4,19 @@
 //! never be accepted in silence. This module is the one place that says what Ama implements,
 //! derived from what the control plane translates *and* the proxy acts on:
 //!
-//! - VirtualService (sidecars only, `gateways` empty or `mesh`): `hosts`, `exportTo`,
-//!   `http[].name`, `http[].match[]` with `uri` and `headers` (exact, prefix), `route[]`
-//!   (`destination.host`, `destination.port`, `weight`), `timeout`, `retries.attempts`
-//!   (retries happen on connect failure, whatever `retryOn` says).
-//! - DestinationRule: `host`, `exportTo`, `workloadSelector`, `trafficPolicy.loadBalancer.simple`
-//!   (not PASSTHROUGH) and `trafficPolicy.connectionPool.http.http2MaxRequests`.
+//! - VirtualService (sidecars only, `gateways` empty or with `mesh`; a match whose own
+//!   `gateways` leave out `mesh` is not used by sidecars): all of `http` (every match
+//!   condition, destinations with subsets, ports, weights and headers, rewrite, redirect, direct
+//!   response, header edits, mirrors, timeout, retries, fault delay and HTTP or gRPC abort, CORS),
+//!   `tcp` and `tls`, except `delegate`, `retries.retryRemoteLocalities` (no localities),
+//!   `fault.abort.http2Error` (Istio's sidecars ignore it as well), `match.statPrefix` and the
+//!   deprecated `tcp[].match[].sourceSubnet`.
+//! - DestinationRule: all of it (host, port-level and subset policies, load balancing with
+//!   consistent hashing, connection pool, outlier detection, TLS, `workloadSelector`,
+//!   `exportTo`), except `localityLbSetting` (no localities), `warmup`/`warmupDurationSecs`,
+//!   `tunnel`, `proxyProtocol`, `connectionPool.http.maxConcurrentStreams`,
+//!   `httpCookie.attributes`, `tls.credentialName`, `tls.caCrl`, and the deprecated
+//!   `outlierDetection.consecutiveErrors` (which Istio ignores too).
 //! - PeerAuthentication: all of it.
 //! - AuthorizationPolicy and RequestAuthentication: not enforced yet. A policy that selects
 //!   sidecars is failed closed by the control plane: every request to the workloads it selects
@@ -38,11 +45,9 @@ use crate::security::authorization_policy::Action;
 
 /// The consequence of most fields Ama does not implement.
 const IGNORED: &str = "not implemented by Ama; ignored";
-/// ... of a match condition Ama cannot evaluate: the match never applies, so no route matches
-/// more than written.
-const MATCH_DROPPED: &str = "not implemented by Ama; this match is dropped (it never matches)";
-/// ... of a route action Ama does not have.
-const ROUTE_DROPPED: &str = "not implemented by Ama; this route is dropped";
+/// ... of a condition of a match that Ama does not evaluate.
+const CONDITION_IGNORED: &str =
+    "not implemented by Ama; this condition is ignored (the match is wider than written)";
 /// What a security policy that Ama cannot enforce does instead.
 pub const NOT_ENFORCED: &str =
     "not enforced by Ama yet: denies every request to the workloads it selects";
@@ -57,13 +62,9 @@ enum Node {
     Fields(&'static [(&'static str, Node)], &'static str),
     /// A list whose items are all of this shape.
     Each(&'static Node),
-    /// A mapping with the user's keys (header names), each value of this shape.
-    Keys(&'static Node),
-    /// This shape, but an empty mapping (Istio's "present" header match) gets the message.
-    NonEmpty(&'static Node, &'static str),
 }
 
-use Node::{Done, Each, Fields, Keys};
+use Node::{Done, Each, Fields};
 
 static VIRTUAL_SERVICE: Node = Fields(
     &[
@@ -71,6 +72,8 @@ static VIRTUAL_SERVICE: Node = Fields(
         ("exportTo", Done),
         ("gateways", Node::Value(gateways)),
         ("http", Each(&HTTP_ROUTE)),
+        ("tcp", Each(&TCP_ROUTE)),
+        ("tls", Each(&TLS_ROUTE)),
     ],
     IGNORED,
 );
@@ -79,46 +82,120 @@ static HTTP_ROUTE: Node = Fields(
         ("name", Done),
         ("match", Each(&HTTP_MATCH)),
         ("route", Each(&HTTP_DESTINATION)),
+        ("redirect", Done),
+        ("directResponse", Done),
+        ("delegate", Node::Value(delegate)),
+        ("rewrite", Done),
         ("timeout", Done),
         (
             "retries",
             Fields(
-                &[("attempts", Done), ("retryOn", Node::Value(retry_on))],
+                &[
+                    ("attempts", Done),
+                    ("perTryTimeout", Done),
+                    ("retryOn", Done),
+                    ("retryIgnorePreviousHosts", Done),
+                    ("backoff", Done),
+                    ("retryRemoteLocalities", Node::Value(no_localities)),
+                ],
                 IGNORED,
             ),
         ),
-        ("redirect", Fields(&[], ROUTE_DROPPED)),
-        ("directResponse", Fields(&[], ROUTE_DROPPED)),
-        ("delegate", Fields(&[], ROUTE_DROPPED)),
+        (
+            "fault",
+            Fields(
+                &[
+                    ("delay", Done),
+                    (
+                        "abort",
+                        Fields(
+                            &[
+                                ("httpStatus", Done),
+                                ("grpcStatus", Done),
+                                ("percentage", Done),
+                            ],
+                            "not implemented by Ama (nor by Istio's sidecars); this abort is \
+                             ignored",
+                        ),
+                    ),
+                ],
+                IGNORED,
+            ),
+        ),
+        ("mirror", Done),
+        ("mirrors", Done),
+        ("mirrorPercentage", Done),
+        ("mirrorPercent", Done),
+        ("corsPolicy", Done),
+        ("headers", Done),
     ],
     IGNORED,
 );
 static HTTP_MATCH: Node = Fields(
     &[
         ("name", Done),
-        (
-            "uri",
-            Fields(&[("exact", Done), ("prefix", Done)], MATCH_DROPPED),
-        ),
-        (
-            "headers",
-            Keys(&Node::NonEmpty(
-                &STRING_MATCH,
-                "a presence match is not implemented by Ama; this match is dropped (it never \
-                 matches)",
-            )),
-        ),
+        ("uri", Done),
+        ("scheme", Done),
+        ("method", Done),
+        ("authority", Done),
+        ("headers", Done),
+        ("withoutHeaders", Done),
+        ("queryParams", Done),
+        ("port", Done),
+        ("sourceLabels", Done),
+        ("sourceNamespace", Done),
+        ("ignoreUriCase", Done),
+        ("gateways", Node::Value(match_gateways)),
+        ("statPrefix", Node::Value(ignored)),
     ],
-    MATCH_DROPPED,
+    CONDITION_IGNORED,
 );
-static STRING_MATCH: Node = Fields(&[("exact", Done), ("prefix", Done)], MATCH_DROPPED);
 static HTTP_DESTINATION: Node = Fields(
     &[
-        (
-            "destination",
-            Fields(&[("host", Done), ("port", Done)], IGNORED),
-        ),
+        ("destination", DESTINATION),
         ("weight", Done),
+        ("headers", Done),
+    ],
+    IGNORED,
+);
+const DESTINATION: Node = Fields(&[("host", Done), ("subset", Done), ("port", Done)], IGNORED);
+static L4_DESTINATION: Node = Fields(&[("destination", DESTINATION), ("weight", Done)], IGNORED);
+static TCP_ROUTE: Node = Fields(
+    &[
+        (
+            "match",
+            Each(&Fields(
+                &[
+                    ("destinationSubnets", Done),
+                    ("port", Done),
+                    ("sourceLabels", Done),
+                    ("sourceNamespace", Done),
+                    ("gateways", Node::Value(match_gateways)),
+                ],
+                CONDITION_IGNORED,
+            )),
+        ),
+        ("route", Each(&L4_DESTINATION)),
+    ],
+    IGNORED,
+);
+static TLS_ROUTE: Node = Fields(
+    &[
+        (
+            "match",
+            Each(&Fields(
+                &[
+                    ("sniHosts", Done),
+                    ("destinationSubnets", Done),
+                    ("port", Done),
+                    ("sourceLabels", Done),
+                    ("sourceNamespace", Done),
+                    ("gateways", Node::Value(match_gateways)),
+                ],
+                CONDITION_IGNORED,
+            )),
+        ),
+        ("route", Each(&L4_DESTINATION)),
     ],
     IGNORED,
 );
@@ -154,25 +231,125 @@ static DESTINATION_RULE: Node = Fields(
         ("host", Done),
         ("exportTo", Done),
         ("workloadSelector", Done),
+        ("trafficPolicy", TRAFFIC_POLICY),
         (
-            "trafficPolicy",
+            "subsets",
+            Each(&Fields(
+                &[
+                    ("name", Done),
+                    ("labels", Done),
+                    ("trafficPolicy", TRAFFIC_POLICY),
+                ],
+                IGNORED,
+            )),
+        ),
+    ],
+    IGNORED,
+);
+const TRAFFIC_POLICY: Node = Fields(
+    &[
+        ("loadBalancer", LOAD_BALANCER),
+        ("connectionPool", CONNECTION_POOL),
+        ("outlierDetection", OUTLIER_DETECTION),
+        ("tls", CLIENT_TLS),
+        (
+            "portLevelSettings",
+            Each(&Fields(
+                &[
+                    ("port", Done),
+                    ("loadBalancer", LOAD_BALANCER),
+                    ("connectionPool", CONNECTION_POOL),
+                    ("outlierDetection", OUTLIER_DETECTION),
+                    ("tls", CLIENT_TLS),
+                ],
+                IGNORED,
+            )),
+        ),
+    ],
+    IGNORED,
+);
+const LOAD_BALANCER: Node = Fields(
+    &[
+        ("simple", Done),
+        (
+            "consistentHash",
             Fields(
                 &[
+                    ("httpHeaderName", Done),
                     (
-                        "loadBalancer",
-                        Fields(&[("simple", Node::Value(load_balancer))], IGNORED),
+                        "httpCookie",
+                        Fields(&[("name", Done), ("path", Done), ("ttl", Done)], IGNORED),
                     ),
-                    (
-                        "connectionPool",
-                        Fields(
-                            &[("http", Fields(&[("http2MaxRequests", Done)], IGNORED))],
-                            IGNORED,
-                        ),
-                    ),
+                    ("useSourceIp", Done),
+                    ("httpQueryParameterName", Done),
+                    ("ringHash", Done),
+                    ("maglev", Done),
+                    ("minimumRingSize", Done),
                 ],
                 IGNORED,
             ),
         ),
+        ("localityLbSetting", Node::Value(no_localities)),
+    ],
+    IGNORED,
+);
+const CONNECTION_POOL: Node = Fields(
+    &[
+        (
+            "tcp",
+            Fields(
+                &[
+                    ("maxConnections", Done),
+                    ("connectTimeout", Done),
+                    ("tcpKeepalive", Done),
+                    ("maxConnectionDuration", Done),
+                    ("idleTimeout", Done),
+                ],
+                IGNORED,
+            ),
+        ),
+        (
+            "http",
+            Fields(
+                &[
+                    ("http1MaxPendingRequests", Done),
+                    ("http2MaxRequests", Done),
+                    ("maxRequestsPerConnection", Done),
+                    ("maxRetries", Done),
+                    ("idleTimeout", Done),
+                    ("h2UpgradePolicy", Done),
+                    ("useClientProtocol", Done),
+                ],
+                IGNORED,
+            ),
+        ),
+    ],
+    IGNORED,
+);
+const OUTLIER_DETECTION: Node = Fields(
+    &[
+        ("consecutive5xxErrors", Done),
+        ("consecutiveGatewayErrors", Done),
+        ("consecutiveLocalOriginFailures", Done),
+        ("splitExternalLocalOriginErrors", Done),
+        ("interval", Done),
+        ("baseEjectionTime", Done),
+        ("maxEjectionPercent", Done),
+        ("minHealthPercent", Done),
+        ("consecutiveErrors", Node::Value(consecutive_errors)),
+    ],
+    IGNORED,
+);
+const CLIENT_TLS: Node = Fields(
+    &[
+        ("mode", Done),
+        ("sni", Done),
+        ("subjectAltNames", Done),
+        ("caCertificates", Done),
+        ("clientCertificate", Done),
+        ("privateKey", Done),
+        ("insecureSkipVerify", Done),
+        ("credentialName", Node::Value(credential_name)),
     ],
     IGNORED,
 );
@@ -198,29 +375,59 @@ fn gateways(v: &Value) -> Option<String> {
     ))
 }
 
-fn retry_on(v: &Value) -> Option<String> {
-    let others: Vec<&str> = v
-        .as_str()?
-        .split(',')
-        .map(str::trim)
-        .filter(|c| !c.is_empty() && *c != "connect-failure")
+fn match_gateways(v: &Value) -> Option<String> {
+    let list = v.as_array()?;
+    let others: Vec<&str> = list
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|g| *g != "mesh")
         .collect();
-    (!others.is_empty()).then(|| {
-        format!(
-            "\"{}\": not implemented by Ama (it retries on connect failure only); ignored",
-            others.join(",")
-        )
-    })
+    if others.is_empty() {
+        return None;
+    }
+    let consequence = if others.len() == list.len() {
+        "this match is for gateways only: sidecars do not use it"
+    } else {
+        "sidecars use this match (it names mesh)"
+    };
+    Some(format!(
+        "{}: gateways are not implemented by Ama; {consequence}",
+        others.join(", ")
+    ))
+}
+
+fn ignored(_: &Value) -> Option<String> {
+    Some(IGNORED.into())
+}
+
+fn delegate(_: &Value) -> Option<String> {
+    Some("not implemented by Ama; this route is dropped".into())
+}
+
+fn no_localities(v: &Value) -> Option<String> {
+    (v != &Value::Bool(false))
+        .then(|| "not implemented by Ama (its endpoints have no localities); ignored".to_string())
+}
+
+fn consecutive_errors(_: &Value) -> Option<String> {
+    Some(
+        "deprecated, and ignored by Istio since 1.8 (use consecutiveGatewayErrors or \
+         consecutive5xxErrors); ignored"
+            .into(),
+    )
+}
+
+fn credential_name(_: &Value) -> Option<String> {
+    Some(
+        "not implemented by Ama (the proxy reads no secrets); ignored: the files given, if any, \
+         are used"
+            .into(),
+    )
 }
 
 fn auto_mtls(v: &Value) -> Option<String> {
     (v == &Value::Bool(false))
         .then(|| "false: not implemented by Ama (auto mTLS is always on); ignored".into())
-}
-
-fn load_balancer(v: &Value) -> Option<String> {
-    (v.as_str() == Some("PASSTHROUGH"))
-        .then(|| "PASSTHROUGH: not implemented by Ama; the service's default is used".into())
 }
 
 /// Records a finding for every field under `value` that `node` does not implement.
@@ -244,13 +451,6 @@ fn walk(value: &Value, node: &Node, at: &str, p: &mut Problems) {
         (Each(node), Value::Array(items)) => {
             for (i, v) in items.iter().enumerate() {
                 walk(v, node, &format!("{at}[{i}]"), p);
-            }
-        }
-        (Node::NonEmpty(_, message), Value::Object(map)) if map.is_empty() => p.add(at, *message),
-        (Node::NonEmpty(node, _), v) => walk(v, node, at, p),
-        (Keys(node), Value::Object(map)) => {
-            for (key, v) in map {
-                walk(v, node, &format!("{at}[\"{key}\"]"), p);
             }
         }
         // The typed parse accepted the shape: a scalar where a mapping is expected is Istio's
@@ -389,28 +589,33 @@ kind: VirtualService
 metadata: {name: reviews}
 spec:
   hosts: [reviews]
+  gateways: [mesh, istio-system/ingress]
   http:
   - match:
     - uri: {prefix: /a}
-    - uri: {regex: '/b.*'}
-      method: {exact: GET}
+      statPrefix: a
+    - uri: {prefix: /b}
+      gateways: [istio-system/ingress]
     route:
     - destination: {host: reviews, subset: v1}
-      weight: 100
-    timeout: 2s
-    retries: {attempts: 3, perTryTimeout: 1s, retryOn: 'connect-failure,5xx'}
-    fault: {abort: {httpStatus: 500, percentage: {value: 10}}}
+    retries: {attempts: 3, retryRemoteLocalities: true}
+    fault: {abort: {http2Error: REFUSED_STREAM, percentage: {value: 10}}}
+  - delegate: {name: reviews-v2}
+  tcp:
+  - match: [{port: 27017, sourceSubnet: 10.0.0.0/8}]
+    route: [{destination: {host: mongo}}]
 ",
         );
         assert_eq!(
             w,
             [
-                "x.yaml:doc 1: VirtualService default/reviews: spec.http[0].fault: not implemented by Ama; ignored",
-                "x.yaml:doc 1: VirtualService default/reviews: spec.http[0].match[1].method: not implemented by Ama; this match is dropped (it never matches)",
-                "x.yaml:doc 1: VirtualService default/reviews: spec.http[0].match[1].uri.regex: not implemented by Ama; this match is dropped (it never matches)",
-                "x.yaml:doc 1: VirtualService default/reviews: spec.http[0].retries.perTryTimeout: not implemented by Ama; ignored",
-                "x.yaml:doc 1: VirtualService default/reviews: spec.http[0].retries.retryOn: \"5xx\": not implemented by Ama (it retries on connect failure only); ignored",
-                "x.yaml:doc 1: VirtualService default/reviews: spec.http[0].route[0].destination.subset: not implemented by Ama; ignored",
+                "x.yaml:doc 1: VirtualService default/reviews: spec.gateways: istio-system/ingress: gateways are not implemented by Ama; only its sidecar (mesh) routes are used",
+                "x.yaml:doc 1: VirtualService default/reviews: spec.http[0].fault.abort.http2Error: not implemented by Ama (nor by Istio's sidecars); this abort is ignored",
+                "x.yaml:doc 1: VirtualService default/reviews: spec.http[0].match[0].statPrefix: not implemented by Ama; ignored",
+                "x.yaml:doc 1: VirtualService default/reviews: spec.http[0].match[1].gateways: istio-system/ingress: gateways are not implemented by Ama; this match is for gateways only: sidecars do not use it",
+                "x.yaml:doc 1: VirtualService default/reviews: spec.http[0].retries.retryRemoteLocalities: not implemented by Ama (its endpoints have no localities); ignored",
+                "x.yaml:doc 1: VirtualService default/reviews: spec.http[1].delegate: not implemented by Ama; this route is dropped",
+                "x.yaml:doc 1: VirtualService default/reviews: spec.tcp[0].match[0].sourceSubnet: not implemented by Ama; this condition is ignored (the match is wider than written)",
             ]
         );
     }
@@ -424,12 +629,22 @@ metadata: {name: reviews}
 spec:
   host: reviews
   trafficPolicy:
-    loadBalancer: {simple: LEAST_REQUEST}
+    loadBalancer:
+      consistentHash: {httpCookie: {name: c, ttl: 0s, attributes: [{name: SameSite, value: Strict}]}}
+      localityLbSetting: {enabled: true}
+      warmupDurationSecs: 10s
     connectionPool:
-      http: {http2MaxRequests: 10, maxRequestsPerConnection: 1}
-    outlierDetection: {consecutive5xxErrors: 1}
+      http: {http2MaxRequests: 10, maxConcurrentStreams: 5}
+    outlierDetection: {consecutiveErrors: 1}
+    tunnel: {protocol: CONNECT, targetHost: a.example.com, targetPort: 443}
+    proxyProtocol: {version: V1}
   subsets:
-  - {name: v1, labels: {version: v1}}
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      portLevelSettings:
+      - port: {number: 9080}
+        tls: {mode: SIMPLE, credentialName: cred, caCrl: /crl.pem}
 ---
 apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -453,9 +668,15 @@ spec: {}
         assert_eq!(
             w,
             [
-                "x.yaml:doc 1: DestinationRule default/reviews: spec.subsets: not implemented by Ama; ignored",
-                "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.connectionPool.http.maxRequestsPerConnection: not implemented by Ama; ignored",
-                "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.outlierDetection: not implemented by Ama; ignored",
+                "x.yaml:doc 1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.caCrl: not implemented by Ama; ignored",
+                "x.yaml:doc 1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.credentialName: not implemented by Ama (the proxy reads no secrets); ignored: the files given, if any, are used",
+                "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.connectionPool.http.maxConcurrentStreams: not implemented by Ama; ignored",
+                "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.attributes: not implemented by Ama; ignored",
+                "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.loadBalancer.localityLbSetting: not implemented by Ama (its endpoints have no localities); ignored",
+                "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.loadBalancer.warmupDurationSecs: not implemented by Ama; ignored",
+                "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.outlierDetection.consecutiveErrors: deprecated, and ignored by Istio since 1.8 (use consecutiveGatewayErrors or consecutive5xxErrors); ignored",
+                "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.proxyProtocol: not implemented by Ama; ignored",
+                "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.tunnel: not implemented by Ama; ignored",
                 "x.yaml:doc 2: Gateway default/gw: kind: not implemented by Ama; ignored",
                 "x.yaml:doc 3: AuthorizationPolicy default/allow-nothing: spec: not enforced by Ama yet: denies every request to the workloads it selects",
                 "x.yaml:doc 4: Telemetry default/t: kind: not implemented by Ama; ignored",
@@ -464,18 +685,9 @@ spec: {}
     }
 
     #[test]
-    fn presence_matches_and_mesh_config() {
+    fn mesh_config() {
         let w = warnings(
-            "apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: r}
-spec:
-  hosts: [r]
-  http:
-  - match: [{headers: {x-canary: {}}}]
-    route: [{destination: {host: r}}]
----
-apiVersion: v1
+            "apiVersion: v1
 kind: ConfigMap
 metadata: {name: istio, namespace: istio-system}
 data:
@@ -490,9 +702,8 @@ data:
         assert_eq!(
             w,
             [
-                "x.yaml:doc 1: VirtualService default/r: spec.http[0].match[0].headers[\"x-canary\"]: a presence match is not implemented by Ama; this match is dropped (it never matches)",
-                "x.yaml:doc 2: ConfigMap istio-system/istio: data.mesh.defaultConfig.holdApplicationUntilProxyStarts: not implemented by Ama; ignored",
-                "x.yaml:doc 2: ConfigMap istio-system/istio: data.mesh.outboundTrafficPolicy: not implemented by Ama; ignored",
+                "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.defaultConfig.holdApplicationUntilProxyStarts: not implemented by Ama; ignored",
+                "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.outboundTrafficPolicy: not implemented by Ama; ignored",
             ]
         );
     }
@@ -523,14 +734,85 @@ metadata: {name: reviews}
 spec:
   hosts: [reviews]
   gateways: [mesh]
+  exportTo: ['.']
   http:
   - name: r
     match:
-    - uri: {exact: /a}
-      headers: {x-user: {prefix: jason}}
+    - name: m
+      uri: {regex: '/a/[0-9]+'}
+      scheme: {exact: http}
+      method: {exact: GET}
+      authority: {prefix: reviews}
+      headers: {x-user: {prefix: jason}, x-canary: {}}
+      withoutHeaders: {x-debug: {regex: '*'}}
+      queryParams: {v: {exact: '2'}}
+      port: 9080
+      sourceLabels: {app: productpage}
+      sourceNamespace: default
+      ignoreUriCase: true
+      gateways: [mesh]
     route:
-    - destination: {host: reviews, port: {number: 9080}}
-    retries: {attempts: 2, retryOn: connect-failure}
+    - destination: {host: reviews, port: {number: 9080}, subset: v1}
+      weight: 80
+      headers: {request: {set: {x-v: '1'}}}
+    - destination: {host: reviews, subset: v2}
+      weight: 20
+    rewrite: {uri: /b, authority: b}
+    headers:
+      request: {set: {a: b}, add: {c: d}, remove: [e]}
+      response: {set: {f: g}}
+    mirrors: [{destination: {host: reviews, subset: v3}, percentage: {value: 50}}]
+    timeout: 2s
+    retries: {attempts: 2, perTryTimeout: 1s, retryOn: 'connect-failure,5xx,503', retryIgnorePreviousHosts: false, backoff: 50ms, retryRemoteLocalities: false}
+    fault:
+      delay: {fixedDelay: 7s, percentage: {value: 100}}
+      abort: {grpcStatus: UNAVAILABLE, percentage: {value: 50}}
+    corsPolicy:
+      allowOrigins: [{exact: 'https://a.example.com'}]
+      allowMethods: [GET]
+      allowHeaders: [x-a]
+      exposeHeaders: [x-b]
+      maxAge: 24h
+      allowCredentials: true
+      unmatchedPreflights: IGNORE
+  - route: [{destination: {host: reviews}}]
+    mirror: {host: reviews, subset: v2}
+    mirrorPercentage: {value: 10}
+  - redirect: {uri: /c, authority: c, derivePort: FROM_PROTOCOL_DEFAULT, scheme: https, redirectCode: 308}
+  - directResponse: {status: 503, body: {bytes: aGVsbG8=}}
+  tcp:
+  - match: [{port: 27017, destinationSubnets: [10.0.0.0/8], sourceLabels: {app: a}, sourceNamespace: default}]
+    route: [{destination: {host: mongo, port: {number: 27017}}, weight: 100}]
+  tls:
+  - match: [{sniHosts: [a.example.com], port: 443}]
+    route: [{destination: {host: a.example.com}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  exportTo: ['*']
+  trafficPolicy:
+    loadBalancer: {consistentHash: {httpHeaderName: x-user, ringHash: {minimumRingSize: 2048}}}
+    connectionPool:
+      tcp: {maxConnections: 1, connectTimeout: 1s, tcpKeepalive: {probes: 3, time: 10s, interval: 5s}, maxConnectionDuration: 1h, idleTimeout: 1m}
+      http: {http1MaxPendingRequests: 1, http2MaxRequests: 1, maxRequestsPerConnection: 1, maxRetries: 3, idleTimeout: 30s, h2UpgradePolicy: UPGRADE, useClientProtocol: true}
+    outlierDetection: {consecutive5xxErrors: 1, consecutiveGatewayErrors: 2, consecutiveLocalOriginFailures: 3, splitExternalLocalOriginErrors: true, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100, minHealthPercent: 10}
+    tls: {mode: SIMPLE, sni: reviews, subjectAltNames: [reviews], caCertificates: /ca.pem, insecureSkipVerify: false}
+    portLevelSettings:
+    - port: {number: 9080}
+      loadBalancer: {simple: PASSTHROUGH}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      loadBalancer: {consistentHash: {httpCookie: {name: user, path: /, ttl: 0s}, maglev: {tableSize: 65537}}}
+      portLevelSettings:
+      - port: {number: 9080}
+        tls: {mode: MUTUAL, clientCertificate: /c.pem, privateKey: /k.pem}
+  - {name: v2, labels: {version: v2}, trafficPolicy: {loadBalancer: {simple: LEAST_CONN}}}
+  - {name: v3, labels: {version: v3}, trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true, minimumRingSize: 64}}}}
 ---
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication

@@ -34,6 +34,10 @@ pub trait AdminSource: Send + Sync {
     fn config_dump(&self) -> serde_json::Value;
     /// Clusters and their endpoints, for `/clusters` (Envoy's text layout).
     fn clusters(&self) -> String;
+    /// Envoy's per-cluster counters as `/stats` lines (`cluster.<name>.<stat>: <value>`).
+    fn cluster_stats(&self) -> String {
+        String::new()
+    }
     /// The workload certificates in use, for `/certs` (Envoy's JSON layout:
     /// `{"certificates": [{"ca_cert": [...], "cert_chain": [...]}]}`). Default: none.
     fn certs(&self) -> serde_json::Value {
@@ -114,7 +118,7 @@ fn route(inputs: &AdminInputs, req: Request<Incoming>, _peer: SocketAddr) -> Res
         "/clusters" => text(StatusCode::OK, &inputs.source.clusters()),
         "/certs" => json(&inputs.source.certs(), "certs"),
         "/stats/prometheus" => prometheus_response(&inputs.telemetry),
-        "/stats" => stats(&inputs.telemetry, query),
+        "/stats" => stats(inputs, query),
         "/logging" => logging(inputs, query, post),
         "/ready" => {
             if inputs.readiness.is_ready() {
@@ -184,7 +188,8 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn stats(telemetry: &Telemetry, query: &str) -> Response<Body> {
+fn stats(inputs: &AdminInputs, query: &str) -> Response<Body> {
+    let telemetry = &inputs.telemetry;
     let mut filter = None;
     let mut prometheus = false;
     for (k, v) in query_pairs(query) {
@@ -197,7 +202,8 @@ fn stats(telemetry: &Telemetry, query: &str) -> Response<Body> {
     if prometheus {
         return prometheus_response(telemetry);
     }
-    let all = telemetry.encode_envoy_stats();
+    let mut all = inputs.source.cluster_stats();
+    all.push_str(&telemetry.encode_envoy_stats());
     let body = match filter {
         Some(f) => all
             .lines()

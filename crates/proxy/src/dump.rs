@@ -57,6 +57,17 @@ impl AdminSource for TrafficAdmin {
         })
     }
 
+    fn cluster_stats(&self) -> String {
+        let snap = self.0.store.load();
+        let mut out = String::new();
+        for c in snap.services.iter().flat_map(|s| &s.clusters) {
+            for (stat, v) in c.state.stats.values() {
+                let _ = writeln!(out, "cluster.{}.{stat}: {v}", c.name);
+            }
+        }
+        out
+    }
+
     /// Envoy's `/clusters` text layout: `<cluster>::<host>::<stat>::<value>` lines, one
     /// cluster per service port and per subset, with the circuit-breaker thresholds in force
     /// and each endpoint's requests in flight and health.

@@ -177,13 +177,15 @@ fn yes() -> bool {
 
 impl RetryPolicy {
     /// Istio's policy for a route that names none: 2 retries on connect failures, refused
-    /// streams, gRPC `unavailable` and `cancelled`, and 503, each on another endpoint.
+    /// streams, gRPC `unavailable` and `cancelled`, each on another endpoint. Istio lists
+    /// `retriable-status-codes` without codes: 503 is not retried by default since Istio 1.24
+    /// (`EXCLUDE_503_FROM_DEFAULT_RETRY`, then the 1.23 compatibility profile, removed).
     pub fn istio_default() -> RetryPolicy {
         RetryPolicy {
             attempts: 2,
             per_try_timeout_ms: None,
             retry_on: Some(
-                "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes,503"
+                "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
                     .into(),
             ),
             backoff_ms: None,

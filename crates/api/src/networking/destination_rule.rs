@@ -119,12 +119,28 @@ pub struct ConsistentHash {
     pub use_source_ip: Option<bool>,
     /// Hash on a query parameter.
     pub http_query_parameter_name: Option<String>,
-    /// Ring hash, passed through.
-    pub ring_hash: Option<serde_json::Value>,
-    /// Maglev, passed through.
-    pub maglev: Option<serde_json::Value>,
+    /// Ketama ring hash (the default algorithm).
+    pub ring_hash: Option<RingHash>,
+    /// Maglev.
+    pub maglev: Option<MagLev>,
     /// Deprecated minimum ring size.
     pub minimum_ring_size: Option<u64>,
+}
+
+/// Ring hash settings.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct RingHash {
+    /// Minimum number of ring entries (1024 when 0).
+    pub minimum_ring_size: u64,
+}
+
+/// Maglev settings.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct MagLev {
+    /// Table size, a prime (65537 when 0).
+    pub table_size: u64,
 }
 
 /// A cookie for consistent hashing.
@@ -159,12 +175,24 @@ pub struct TcpSettings {
     pub max_connections: Option<i64>,
     /// Connect timeout.
     pub connect_timeout: Option<Duration>,
-    /// Keepalive probes, passed through.
-    pub tcp_keepalive: Option<serde_json::Value>,
+    /// Keepalive probes.
+    pub tcp_keepalive: Option<TcpKeepalive>,
     /// Longest life of a connection.
     pub max_connection_duration: Option<Duration>,
     /// Idle timeout of a connection.
     pub idle_timeout: Option<Duration>,
+}
+
+/// TCP keepalive probes on upstream connections.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpKeepalive {
+    /// Probes without an answer before the connection is dropped (the OS default when 0).
+    pub probes: u32,
+    /// Idle time before the first probe.
+    pub time: Option<Duration>,
+    /// Time between probes.
+    pub interval: Option<Duration>,
 }
 
 /// HTTP limits.
@@ -373,6 +401,12 @@ fn validate_policy(
                     format!("{at}.consistentHash"),
                     "must set exactly one of httpHeaderName, httpCookie, useSourceIp or \
                      httpQueryParameterName",
+                );
+            }
+            if ch.ring_hash.is_some() && ch.maglev.is_some() {
+                p.add(
+                    format!("{at}.consistentHash"),
+                    "ringHash and maglev exclude each other: set one",
                 );
             }
             if let Some(c) = &ch.http_cookie

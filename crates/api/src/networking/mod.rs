@@ -89,8 +89,19 @@ impl StringMatch {
         if set != 1 {
             p.add(at, "must set exactly one of exact, prefix or regex");
         }
-        if self.regex.as_deref() == Some("") {
-            p.add(format!("{at}.regex"), "must not be empty");
+        match self.regex.as_deref() {
+            Some("") => p.add(format!("{at}.regex"), "must not be empty"),
+            Some(re) => p.regex(format!("{at}.regex"), re),
+            None => {}
+        }
+    }
+
+    /// As [`StringMatch::validate`], for a match on anything but the path: Envoy's string
+    /// matchers refuse an empty prefix there (Istio's validation too).
+    pub(crate) fn validate_value(&self, at: &str, p: &mut Problems) {
+        self.validate(at, p);
+        if self.prefix.as_deref() == Some("") {
+            p.add(format!("{at}.prefix"), "must not be empty");
         }
     }
 }

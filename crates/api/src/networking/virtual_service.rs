@@ -181,6 +181,25 @@ pub struct HttpBody {
     pub bytes: Option<String>,
 }
 
+impl HttpBody {
+    /// The bytes of a `bytes` body: base64 as protobuf's JSON mapping reads it (standard or
+    /// URL-safe alphabet, with or without padding).
+    pub fn decode(bytes: &str) -> Result<Vec<u8>, base64::DecodeError> {
+        use base64::Engine as _;
+        use base64::alphabet::{STANDARD, URL_SAFE};
+        use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+        let config =
+            GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+        GeneralPurpose::new(&STANDARD, config)
+            .decode(bytes)
+            .or_else(|e| {
+                GeneralPurpose::new(&URL_SAFE, config)
+                    .decode(bytes)
+                    .map_err(|_| e)
+            })
+    }
+}
+
 /// Another VirtualService that holds the routes.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
@@ -286,6 +305,35 @@ pub struct Abort {
     pub http2_error: Option<String>,
     /// Share of requests aborted.
     pub percentage: Option<Percent>,
+}
+
+/// The gRPC status names an abort may use, with their codes (Istio's `SupportedGRPCStatus`).
+pub const GRPC_STATUS: [(&str, u16); 17] = [
+    ("OK", 0),
+    ("CANCELLED", 1),
+    ("UNKNOWN", 2),
+    ("INVALID_ARGUMENT", 3),
+    ("DEADLINE_EXCEEDED", 4),
+    ("NOT_FOUND", 5),
+    ("ALREADY_EXISTS", 6),
+    ("PERMISSION_DENIED", 7),
+    ("RESOURCE_EXHAUSTED", 8),
+    ("FAILED_PRECONDITION", 9),
+    ("ABORTED", 10),
+    ("OUT_OF_RANGE", 11),
+    ("UNIMPLEMENTED", 12),
+    ("INTERNAL", 13),
+    ("UNAVAILABLE", 14),
+    ("DATA_LOSS", 15),
+    ("UNAUTHENTICATED", 16),
+];
+
+/// The code of a gRPC status name (`UNAVAILABLE` → 14), as Istio spells them (upper case).
+pub fn grpc_status_code(name: &str) -> Option<u16> {
+    GRPC_STATUS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, code)| *code)
 }
 
 /// A mirror destination.
@@ -603,13 +651,21 @@ impl HttpRoute {
                     format!("{} is not an HTTP status: must be 200..599", d.status),
                 );
             }
-            if let Some(b) = &d.body
-                && b.string.is_some() == b.bytes.is_some()
-            {
-                p.add(
-                    format!("{at}.directResponse.body"),
-                    "must set exactly one of string or bytes",
-                );
+            if let Some(b) = &d.body {
+                if b.string.is_some() == b.bytes.is_some() {
+                    p.add(
+                        format!("{at}.directResponse.body"),
+                        "must set exactly one of string or bytes",
+                    );
+                }
+                if let Some(bytes) = &b.bytes
+                    && let Err(e) = HttpBody::decode(bytes)
+                {
+                    p.add(
+                        format!("{at}.directResponse.body.bytes"),
+                        format!("not base64: {e}"),
+                    );
+                }
             }
         }
         if let Some(rw) = &self.rewrite {
@@ -619,13 +675,15 @@ impl HttpRoute {
                     "uri and uriRegexRewrite exclude each other: set one",
                 );
             }
-            if let Some(re) = &rw.uri_regex_rewrite
-                && re.r#match.is_empty()
-            {
-                p.add(
-                    format!("{at}.rewrite.uriRegexRewrite.match"),
-                    "missing: a regex rewrite needs a match",
-                );
+            if let Some(re) = &rw.uri_regex_rewrite {
+                if re.r#match.is_empty() {
+                    p.add(
+                        format!("{at}.rewrite.uriRegexRewrite.match"),
+                        "missing: a regex rewrite needs a match",
+                    );
+                } else {
+                    p.regex(format!("{at}.rewrite.uriRegexRewrite.match"), &re.r#match);
+                }
             }
         }
         min_duration(p, format!("{at}.timeout"), &self.timeout);
@@ -693,6 +751,17 @@ impl HttpRoute {
                         "must set exactly one of httpStatus, grpcStatus or http2Error",
                     );
                 }
+                if let Some(name) = &a.grpc_status
+                    && grpc_status_code(name).is_none()
+                {
+                    p.add(
+                        format!("{at}.abort.grpcStatus"),
+                        format!(
+                            "\"{name}\" is not a gRPC status ({})",
+                            GRPC_STATUS.map(|(n, _)| n).join(", ")
+                        ),
+                    );
+                }
                 if let Some(s) = a.http_status
                     && !(200..=599).contains(&s)
                 {
@@ -732,7 +801,7 @@ impl HttpRoute {
         }
         if let Some(c) = &self.cors_policy {
             for (j, o) in c.allow_origins.iter().enumerate() {
-                o.validate(&format!("{at}.corsPolicy.allowOrigins[{j}]"), p);
+                o.validate_value(&format!("{at}.corsPolicy.allowOrigins[{j}]"), p);
             }
         }
     }
@@ -740,14 +809,16 @@ impl HttpRoute {
 
 impl HttpMatchRequest {
     fn validate(&self, at: &str, p: &mut Problems) {
+        if let Some(m) = &self.uri {
+            m.validate(&format!("{at}.uri"), p);
+        }
         for (name, m) in [
-            ("uri", &self.uri),
             ("scheme", &self.scheme),
             ("method", &self.method),
             ("authority", &self.authority),
         ] {
             if let Some(m) = m {
-                m.validate(&format!("{at}.{name}"), p);
+                m.validate_value(&format!("{at}.{name}"), p);
             }
         }
         for (field, map) in [
@@ -761,9 +832,11 @@ impl HttpMatchRequest {
                     p.add(at, "the name must not be empty");
                     continue;
                 }
-                // An empty match means "present" for headers and query parameters.
-                if m != &StringMatch::default() {
-                    m.validate(&at, p);
+                // An empty match means "present" for headers and query parameters, and so
+                // does `regex: "*"` in withoutHeaders (Istio's validation allows it there only).
+                let star = field == "withoutHeaders" && m.regex.as_deref() == Some("*");
+                if m != &StringMatch::default() && !star {
+                    m.validate_value(&at, p);
                 }
             }
         }

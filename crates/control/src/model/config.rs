@@ -6,12 +6,11 @@
 //! out, always on the safe side, and warns only of what depends on the whole mesh (a host no
 //! service matches, a second namespace-wide policy):
 //!
-//! - VirtualService: only routes bound to the mesh (`gateways` empty or with `mesh`). A match
-//!   with anything but `uri` and `headers` (exact, prefix) is dropped, and a route whose every
-//!   match was dropped is dropped, so no route matches more than written. Routes with
-//!   `redirect`, `directResponse` or `delegate` are dropped.
-//! - DestinationRule: `loadBalancer.simple`, the connection pool and outlier settings the
-//!   `xds` types carry, `workloadSelector` and `exportTo`.
+//! - VirtualService: [`super::routes`]. When several VirtualServices route one host, a proxy
+//!   uses one of them for it (Istio does not merge them for sidecars): see
+//!   [`crate::translate`] for which; each one that loses for proxies of the host's namespace is
+//!   a warning naming the one that wins.
+//! - DestinationRule: [`super::policy`], which merges rules for one host as pilot does.
 //! - PeerAuthentication: modes are resolved here, since the wire has no `UNSET`: a port's
 //!   `UNSET` takes the policy's mode, a workload policy's takes its namespace policy's, a
 //!   namespace policy's takes the mesh policy's (root namespace, no selector), which defaults to
@@ -25,15 +24,12 @@
 //!   for the workloads it selects (by selector, its namespace, or the mesh from the root
 //!   namespace): their proxies answer every request as Envoy's RBAC filter answers a denied one.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use api::networking::destination_rule::{self, SimpleLb};
-use api::networking::virtual_service::{HttpMatchRequest, HttpRoute};
-use api::networking::{DestinationRule, StringMatch, VirtualService};
 use api::objects::{IstioConfig, Object};
 use api::security::peer_authentication::{MtlsMode, PeerAuthentication};
 
-use super::{ExportTo, ROOT_NAMESPACE, Scoped, Warnings, service_hostname};
+use super::{ROOT_NAMESPACE, Scoped, Warnings, policy, routes, service_hostname};
 
 /// What the Istio config gives.
 #[derive(Debug, Default)]
@@ -57,18 +53,17 @@ pub(crate) fn build(
         .collect();
     let mut out = ConfigOut::default();
     let mut peer_authentications = Vec::new();
+    let mut destination_rules = Vec::new();
     for o in objects {
         let object = o.display();
         let mut w = |message: String| warnings.add(object.clone(), message);
         match o {
             Object::VirtualService(vs) => {
-                if let Some(r) = virtual_service(vs, &hosts, &mut w) {
+                if let Some(r) = routes::virtual_service(vs, &hosts, &mut w) {
                     out.http_routes.push(r);
                 }
             }
-            Object::DestinationRule(dr) => out
-                .traffic_policies
-                .extend(destination_rule(dr, &hosts, &mut w)),
+            Object::DestinationRule(dr) => destination_rules.push(dr),
             Object::PeerAuthentication(pa) => peer_authentications.push(pa),
             Object::AuthorizationPolicy(_) | Object::RequestAuthentication(_) => {
                 if let Some(a) = deny_all(o) {
@@ -78,10 +73,13 @@ pub(crate) fn build(
             _ => {}
         }
     }
+    out.traffic_policies =
+        policy::destination_rules(&destination_rules, &hosts, &mut |o, m| warnings.add(o, m));
     out.authorizations
         .extend(peer_authentication(&peer_authentications, warnings));
     out.http_routes
         .sort_by(|a, b| a.resource.name.cmp(&b.resource.name));
+    shadowed_virtual_services(&out.http_routes, services, warnings);
     out.traffic_policies
         .sort_by(|a, b| a.resource.name.cmp(&b.resource.name));
     out.authorizations
@@ -110,250 +108,52 @@ pub fn resolve_host(host: &str, namespace: &str, known: &[&str]) -> Vec<String> 
     }
 }
 
-fn millis(d: Option<api::Duration>) -> Option<u64> {
-    d.map(|d| {
-        u64::try_from(d.get().as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1)
-    })
-}
-
-fn positive_u32(v: Option<i64>) -> Option<u32> {
-    v.filter(|v| *v > 0)
-        .map(|v| u32::try_from(v).unwrap_or(u32::MAX))
-}
-
-fn virtual_service(
-    vs: &IstioConfig<VirtualService>,
-    known: &[&str],
-    w: &mut impl FnMut(String),
-) -> Option<Scoped<xds::HttpRoutes>> {
-    let spec = &vs.spec;
-    let ns = &vs.metadata.namespace;
-    if !spec.gateways.is_empty() && !spec.gateways.iter().any(|g| g == "mesh") {
-        return None; // for gateways only
-    }
-    let hosts: BTreeSet<String> = spec
-        .hosts
+/// Warns of each VirtualService that routes a host another one routes for the proxies of the
+/// host's namespace (the view [`crate::translate`] gives them: a VirtualService of that
+/// namespace first, then the first by name).
+fn shadowed_virtual_services(
+    routes: &[Scoped<xds::HttpRoutes>],
+    services: &[Scoped<xds::Service>],
+    warnings: &mut Warnings,
+) {
+    let service_ns: BTreeMap<&str, &str> = services
         .iter()
-        .flat_map(|h| resolve_host(h, ns, known))
+        .map(|s| (s.resource.hostname.as_str(), s.resource.namespace.as_str()))
         .collect();
-    if hosts.is_empty() {
-        w("spec.hosts: no known service matches: ignored".into());
-        return None;
-    }
-    if spec.http.is_empty() {
-        return None;
-    }
-    let mut http = Vec::new();
-    for (i, route) in spec.http.iter().enumerate() {
-        if let Some(r) = http_route(route, &format!("spec.http[{i}]"), ns, known, w) {
-            http.push(r);
+    let mut by_host: BTreeMap<&str, Vec<&Scoped<xds::HttpRoutes>>> = BTreeMap::new();
+    for r in routes {
+        for h in &r.resource.hosts {
+            by_host.entry(h.as_str()).or_default().push(r);
         }
     }
-    Some(Scoped {
-        namespace: ns.clone(),
-        export_to: ExportTo::parse(spec.export_to.iter().map(String::as_str), ns),
-        workload_selector: None,
-        resource: xds::HttpRoutes {
-            name: format!("{ns}/{}", vs.metadata.name),
-            hosts: hosts.into_iter().collect(),
-            namespace: Some(ns.clone()),
-            http,
-            ..Default::default()
-        },
-    })
-}
-
-fn http_route(
-    route: &HttpRoute,
-    at: &str,
-    ns: &str,
-    known: &[&str],
-    w: &mut impl FnMut(String),
-) -> Option<xds::HttpRoute> {
-    // api::support reports each of these; here they only shape the translation.
-    if route.redirect.is_some() || route.direct_response.is_some() || route.delegate.is_some() {
-        return None;
-    }
-    let matches: Vec<_> = route
-        .r#match
-        .iter()
-        .filter_map(|m| route_match(m).ok())
-        .collect();
-    if !route.r#match.is_empty() && matches.is_empty() {
-        w(format!("{at}: no match is usable: route dropped"));
-        return None;
-    }
-    let single = route.route.len() == 1;
-    let destinations = route
-        .route
-        .iter()
-        .filter_map(|d| {
-            let host = resolve_host(&d.destination.host, ns, known)
-                .into_iter()
-                .next()?;
-            Some(xds::RouteDestination {
-                host,
-                port: d
-                    .destination
-                    .port
-                    .as_ref()
-                    .and_then(|p| u16::try_from(p.number).ok()),
-                subset: (!d.destination.subset.is_empty()).then(|| d.destination.subset.clone()),
-                weight: match d.weight {
-                    Some(w) => u32::try_from(w.clamp(0, 100)).unwrap_or(0),
-                    None if single => 100,
-                    None => 0,
-                },
-                ..Default::default()
-            })
-        })
-        .collect();
-    let retries = route.retries.as_ref().map(|r| xds::RetryPolicy {
-        attempts: u32::try_from(r.attempts.max(0)).unwrap_or(u32::MAX),
-        per_try_timeout_ms: millis(r.per_try_timeout),
-        retry_on: (!r.retry_on.is_empty()).then(|| r.retry_on.clone()),
-        backoff_ms: None,
-        retry_other_hosts: true,
-    });
-    Some(xds::HttpRoute {
-        name: (!route.name.is_empty()).then(|| route.name.clone()),
-        matches,
-        route: destinations,
-        timeout_ms: millis(route.timeout).filter(|ms| *ms > 0),
-        retries,
-        ..Default::default()
-    })
-}
-
-/// A match the proxy can evaluate, or the first field it cannot.
-fn route_match(m: &HttpMatchRequest) -> Result<xds::HttpRouteMatch, &'static str> {
-    fn string(s: &StringMatch) -> Option<xds::StringMatch> {
-        match (&s.exact, &s.prefix) {
-            (Some(e), _) => Some(xds::StringMatch::Exact(e.clone())),
-            (None, Some(p)) => Some(xds::StringMatch::Prefix(p.clone())),
-            _ => None,
+    let display = |r: &Scoped<xds::HttpRoutes>| format!("VirtualService {}", r.resource.name);
+    for (host, mut claims) in by_host {
+        if claims.len() < 2 {
+            continue;
+        }
+        let host_ns = service_ns.get(host).copied().unwrap_or("");
+        claims.sort_by_key(|r| (r.namespace != host_ns, r.resource.name.as_str()));
+        let winner = claims[0];
+        for r in &claims[1..] {
+            let scope = if r.namespace == winner.namespace {
+                "it is not used for this host".to_string()
+            } else {
+                format!(
+                    "only proxies in namespace {} use this one for it",
+                    r.namespace
+                )
+            };
+            warnings.add(
+                display(r),
+                format!(
+                    "spec.hosts: {host} is also routed by {}, which wins (Istio uses one \
+                     VirtualService per host for sidecars, the oldest, and does not merge them): \
+                     {scope}",
+                    display(winner)
+                ),
+            );
         }
     }
-    let unsupported = [
-        ("scheme", m.scheme.is_some()),
-        ("method", m.method.is_some()),
-        ("authority", m.authority.is_some()),
-        ("port", m.port != 0),
-        ("sourceLabels", !m.source_labels.is_empty()),
-        ("gateways", !m.gateways.is_empty()),
-        ("queryParams", !m.query_params.is_empty()),
-        ("ignoreUriCase", m.ignore_uri_case),
-        ("withoutHeaders", !m.without_headers.is_empty()),
-        ("sourceNamespace", !m.source_namespace.is_empty()),
-    ];
-    if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
-        return Err(field);
-    }
-    let uri = match &m.uri {
-        Some(u) => Some(string(u).ok_or("uri.regex")?),
-        None => None,
-    };
-    let mut headers = BTreeMap::new();
-    for (name, v) in &m.headers {
-        headers.insert(name.to_ascii_lowercase(), string(v).ok_or("headers.regex")?);
-    }
-    Ok(xds::HttpRouteMatch {
-        uri,
-        headers,
-        ..Default::default()
-    })
-}
-
-fn destination_rule(
-    dr: &IstioConfig<DestinationRule>,
-    known: &[&str],
-    w: &mut impl FnMut(String),
-) -> Vec<Scoped<xds::TrafficPolicy>> {
-    let spec = &dr.spec;
-    let ns = &dr.metadata.namespace;
-    let name = format!("{ns}/{}", dr.metadata.name);
-    let base = traffic_policy(spec.traffic_policy.as_ref());
-    let hosts = resolve_host(&spec.host, ns, known);
-    if hosts.is_empty() {
-        w(format!(
-            "spec.host: no known service matches \"{}\": ignored",
-            spec.host
-        ));
-    }
-    let wildcard = spec.host.contains('*');
-    let export_to = ExportTo::parse(spec.export_to.iter().map(String::as_str), ns);
-    let workload_selector = spec
-        .workload_selector
-        .as_ref()
-        .map(|s| s.match_labels.clone());
-    hosts
-        .into_iter()
-        .map(|host| Scoped {
-            namespace: ns.clone(),
-            export_to: export_to.clone(),
-            workload_selector: workload_selector.clone(),
-            resource: xds::TrafficPolicy {
-                // Unique per host: one rule for `*.ns.svc.cluster.local` gives one per service.
-                name: if wildcard {
-                    format!("{name}@{host}")
-                } else {
-                    name.clone()
-                },
-                host,
-                policy: xds::Policy {
-                    settings: base.clone(),
-                    port_level_settings: Vec::new(),
-                },
-                subsets: Vec::new(),
-            },
-        })
-        .collect()
-}
-
-fn traffic_policy(p: Option<&destination_rule::TrafficPolicy>) -> xds::Settings {
-    let mut out = xds::Settings::default();
-    let Some(p) = p else { return out };
-    if let Some(lb) = &p.load_balancer {
-        let simple = match lb.simple {
-            Some(SimpleLb::RoundRobin) => Some(xds::LbPolicy::RoundRobin),
-            Some(SimpleLb::Random) => Some(xds::LbPolicy::Random),
-            Some(SimpleLb::LeastRequest | SimpleLb::LeastConn) => Some(xds::LbPolicy::LeastRequest),
-            Some(SimpleLb::Passthrough | SimpleLb::Unspecified) | None => None,
-        };
-        out.load_balancer = simple.map(|simple| xds::LoadBalancer {
-            simple: Some(simple),
-            consistent_hash: None,
-        });
-    }
-    if let Some(pool) = &p.connection_pool {
-        let mut cp = xds::ConnectionPool::default();
-        if let Some(tcp) = &pool.tcp {
-            cp.tcp.max_connections = positive_u32(tcp.max_connections);
-            cp.tcp.connect_timeout_ms = millis(tcp.connect_timeout);
-        }
-        if let Some(http) = &pool.http {
-            cp.http.max_requests = positive_u32(http.http2_max_requests);
-            cp.http.max_requests_per_connection = positive_u32(http.max_requests_per_connection);
-            cp.http.idle_timeout_ms = millis(http.idle_timeout);
-        }
-        out.connection_pool = Some(cp);
-    }
-    if let Some(o) = &p.outlier_detection {
-        out.outlier_detection = Some(xds::OutlierDetection {
-            consecutive_5xx_errors: o
-                .consecutive_5xx_errors
-                .map(|v| u32::try_from(v.max(0)).unwrap_or(u32::MAX)),
-            interval_ms: millis(o.interval),
-            base_ejection_time_ms: millis(o.base_ejection_time),
-            max_ejection_percent: o
-                .max_ejection_percent
-                .map(|v| u32::try_from(v.clamp(0, 100)).unwrap_or(100)),
-            ..Default::default()
-        });
-    }
-    out
 }
 
 fn mode(m: Option<&api::security::peer_authentication::MutualTls>) -> Option<xds::MtlsMode> {

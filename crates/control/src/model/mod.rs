@@ -16,6 +16,8 @@
 //! from one build to the next is the [`vip::VipAllocator`], so a Service keeps its VIP.
 
 pub mod config;
+pub mod policy;
+pub mod routes;
 pub mod services;
 pub mod vip;
 pub mod workloads;
@@ -234,5 +236,9 @@ pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+#[cfg(test)]
+mod rule_tests;
+#[cfg(test)]
+mod task_tests;
 #[cfg(test)]
 mod tests;

@@ -69,6 +69,15 @@ impl LocalReply {
         grpc_status: None,
         close: false,
     };
+    /// The last attempt's per-try timeout fired.
+    pub(super) const PER_TRY_TIMEOUT: LocalReply = LocalReply {
+        status: StatusCode::GATEWAY_TIMEOUT,
+        flags: ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+        details: "upstream_per_try_timeout",
+        body: Cow::Borrowed("upstream request timeout"),
+        grpc_status: None,
+        close: false,
+    };
     /// HTTP/1.0 (or 0.9): Istio does not set `accept_http_10`.
     pub(super) const LOW_VERSION: LocalReply = LocalReply {
         status: StatusCode::UPGRADE_REQUIRED,

@@ -210,7 +210,7 @@ pub(super) async fn handle(
     let Answered {
         exchange,
         endpoint: ep,
-        retries_exhausted,
+        flags: retry_flags,
     } = match result {
         Ok(x) => x,
         Err(failed) => {
@@ -236,10 +236,7 @@ pub(super) async fn handle(
         rec.upstream_host = Some(ep);
         rec.upstream_local_address = Some(exchange.local_addr);
         rec.upstream_service_time = Some(service_time);
-        if retries_exhausted {
-            rec.response_flags
-                .insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
-        }
+        rec.response_flags.insert(retry_flags);
         if ctx.direction == Direction::Outbound {
             rec.labels = request_labels(
                 &ctx,
@@ -407,8 +404,9 @@ fn shadow_authority(authority: &str) -> String {
 struct Answered {
     exchange: crate::pool::Exchange,
     endpoint: SocketAddr,
-    /// The response is one retries would have retried, had any been left (`URX`).
-    retries_exhausted: bool,
+    /// `URX` when retries would have retried the response had any been left, `UO` when the
+    /// cluster's `maxRetries` refused one.
+    flags: ResponseFlags,
 }
 
 /// No upstream answer: the local reply, and the endpoint and error of the last attempt.
@@ -416,6 +414,28 @@ struct Failed {
     reply: LocalReply,
     endpoint: Option<SocketAddr>,
     error: Option<PoolError>,
+}
+
+/// Whether an attempt that ended as it did is tried again.
+enum Verdict {
+    /// Yes.
+    Retry,
+    /// The policy does not retry it.
+    No,
+    /// It would, but every retry is spent (`URX`).
+    Exhausted,
+    /// It would, but the cluster's `maxRetries` are in flight (`UO`).
+    Overflow,
+}
+
+impl Verdict {
+    fn flags(&self) -> ResponseFlags {
+        match self {
+            Verdict::Exhausted => ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED,
+            Verdict::Overflow => ResponseFlags::UPSTREAM_OVERFLOW,
+            Verdict::Retry | Verdict::No => ResponseFlags::NONE,
+        }
+    }
 }
 
 /// Sends `req` to an endpoint of `target`, again to another one as the route's retry policy
@@ -433,7 +453,8 @@ async fn attempts(
     let cluster = &target.cluster;
     let mut failed: Vec<SocketAddr> = Vec::new();
     let mut attempt: u32 = 1;
-    let mut _budget = None;
+    // The retry in flight, counted against the cluster's `maxRetries` until the next one.
+    let mut budget = None;
     loop {
         let Some(ep) = balance::pick(cluster, &failed) else {
             return Err(Failed {
@@ -471,8 +492,21 @@ async fn attempts(
         let _in_flight = ep.start();
         ClusterStats::inc(&cluster.state.stats.upstream_rq_total);
         let retries_left = attempt <= retry.attempts;
-        let sent = ctx.pi.pool.send(key, req, upgrade).await;
-        // What the next attempt sends, if there is one.
+        // Whether to go again, taking a retry from the cluster's budget if so.
+        let mut verdict = |want: bool| {
+            if !want {
+                Verdict::No
+            } else if !retries_left {
+                Verdict::Exhausted
+            } else if let Some(b) = cluster.admit_retry() {
+                budget = Some(b);
+                Verdict::Retry
+            } else {
+                ClusterStats::inc(&cluster.state.stats.upstream_rq_retry_overflow);
+                Verdict::Overflow
+            }
+        };
+        // What the next attempt sends: the request back unsent, else a bodiless copy.
         let next = |unsent: Option<Request<ProxyBody>>| {
             unsent.or_else(|| {
                 again
@@ -480,28 +514,47 @@ async fn attempts(
                     .map(|p| Request::from_parts(p.clone(), empty()))
             })
         };
-        match sent {
-            Ok(x) => {
+        let send = ctx.pi.pool.send(key, req, upgrade);
+        let sent = match retry.per_try_timeout {
+            None => Some(send.await),
+            Some(t) => tokio::time::timeout(t, send).await.ok(),
+        };
+        req = match sent {
+            None => {
+                // The attempt took its whole per-try timeout; the request went with it.
+                ClusterStats::inc(&cluster.state.stats.upstream_rq_per_try_timeout);
+                let v = verdict(retry.should_retry(&Outcome::PerTryTimeout));
+                match next(None).filter(|_| matches!(v, Verdict::Retry)) {
+                    Some(r) => r,
+                    None => {
+                        let mut reply = LocalReply::PER_TRY_TIMEOUT;
+                        reply.flags.insert(v.flags());
+                        return Err(Failed {
+                            reply,
+                            endpoint: Some(ep_addr),
+                            error: None,
+                        });
+                    }
+                }
+            }
+            Some(Ok(x)) => {
                 let outcome = Outcome::Response {
                     status: x.response.status(),
                     headers: x.response.headers(),
                 };
-                let want = retry.should_retry(&outcome);
-                if want
-                    && retries_left
-                    && let Some(r) = next(None)
-                {
-                    tracing::debug!(endpoint = %ep_addr, status = %x.response.status(), attempt, "retrying upstream response");
-                    req = r;
-                } else {
-                    return Ok(Answered {
-                        exchange: x,
-                        endpoint: ep_addr,
-                        retries_exhausted: want && retry.attempts > 0,
-                    });
+                let v = verdict(retry.should_retry(&outcome));
+                match next(None).filter(|_| matches!(v, Verdict::Retry)) {
+                    Some(r) => r,
+                    None => {
+                        return Ok(Answered {
+                            exchange: x,
+                            endpoint: ep_addr,
+                            flags: v.flags(),
+                        });
+                    }
                 }
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 let connect = e.error.is_connect_failure();
                 if connect {
                     ClusterStats::inc(&cluster.state.stats.upstream_cx_connect_fail);
@@ -511,23 +564,20 @@ async fn attempts(
                 } else {
                     Outcome::Reset
                 };
-                let want = retry.should_retry(&outcome);
-                match (want && retries_left).then(|| next(e.request)).flatten() {
-                    Some(r) => {
-                        tracing::debug!(endpoint = %ep_addr, error = %e.error, attempt, "retrying upstream failure");
-                        req = r;
-                    }
+                let v = verdict(retry.should_retry(&outcome));
+                match next(e.request).filter(|_| matches!(v, Verdict::Retry)) {
+                    Some(r) => r,
                     None => {
-                        let exhausted = want && retry.attempts > 0;
-                        let reply = if connect {
+                        let mut reply = if connect {
                             LocalReply::connect_failure(
-                                exhausted,
+                                matches!(v, Verdict::Exhausted),
                                 matches!(e.error, PoolError::ConnectTimeout),
                             )
                         } else {
                             let remote = matches!(&e.error, PoolError::Reset(h) if is_reset(h));
                             LocalReply::reset(remote)
                         };
+                        reply.flags.insert(v.flags());
                         return Err(Failed {
                             reply,
                             endpoint: Some(ep_addr),
@@ -536,20 +586,12 @@ async fn attempts(
                     }
                 }
             }
-        }
+        };
         // Another attempt: other endpoints first, after Envoy's back-off.
+        tracing::debug!(endpoint = %ep_addr, attempt, "retrying");
         if retry.other_hosts {
             failed.push(ep_addr);
         }
-        let Some(budget) = cluster.admit_retry() else {
-            ClusterStats::inc(&cluster.state.stats.upstream_rq_retry_overflow);
-            return Err(Failed {
-                reply: LocalReply::OVERFLOW,
-                endpoint: Some(ep_addr),
-                error: None,
-            });
-        };
-        _budget = Some(budget);
         ClusterStats::inc(&cluster.state.stats.upstream_rq_retry);
         tokio::time::sleep(retry.backoff(attempt)).await;
         attempt += 1;

@@ -6,6 +6,7 @@
 //! `server` header set to the proxy's. Opaque TCP goes to one endpoint for the connection's life.
 
 pub mod router;
+pub mod routes;
 
 use std::sync::Arc;
 
@@ -21,3 +22,7 @@ pub async fn bind(
 ) -> std::io::Result<Listener> {
     Listener::bind(Direction::Outbound, pi.cfg.outbound_addr, orig_dst, pi).await
 }
+
+pub mod fault;
+pub mod replay;
+pub mod retry;

@@ -154,7 +154,7 @@ pub enum Routed {
     Answer(Arc<RoutePolicy>),
 }
 
-fn matches(m: &xds::HttpRouteMatch, req: &RequestView<'_>, port: u16) -> bool {
+fn matches(m: &xds::HttpRouteMatch, req: &RequestView<'_>, port: u16, snap: &Snapshot) -> bool {
     fn header_value<'h>(h: &'h HeaderMap, name: &str) -> Option<&'h str> {
         h.get(name).and_then(|v| v.to_str().ok())
     }
@@ -172,6 +172,7 @@ fn matches(m: &xds::HttpRouteMatch, req: &RequestView<'_>, port: u16) -> bool {
         && m.without_headers
             .iter()
             .all(|(name, sm)| !header_value(req.headers, name).is_some_and(|v| sm.matches(v)))
+        && source_matches(snap, &m.source_labels, m.source_namespace.as_deref())
 }
 
 fn pick_weighted(dests: &[xds::RouteDestination]) -> Option<usize> {
@@ -212,15 +213,96 @@ fn cluster_target(
     })
 }
 
-/// Outbound opaque TCP (or TLS): the service at the original destination, else passthrough.
+/// Outbound opaque TCP (or TLS): the service at the original destination, routed by the
+/// first of its VirtualService's `tcp` routes whose match fits (port, destination subnet,
+/// caller's labels and namespace), else straight to the service; unknown destinations pass
+/// through.
 pub fn outbound_tcp(snap: &Snapshot, _pi: &ProxyInputs, orig_dst: OrigDstAddr) -> Target {
-    match snap.service_by_vip(orig_dst.get()) {
-        Some(entry) => entry
-            .service
-            .port(orig_dst.get().port())
-            .and_then(|sp| cluster_target(entry, sp, None, RoutePolicy::service_default(), None))
-            .unwrap_or_else(|| passthrough(orig_dst, None)),
-        None => passthrough(orig_dst, None),
+    let Some(entry) = snap.service_by_vip(orig_dst.get()) else {
+        return passthrough(orig_dst, None);
+    };
+    let port = orig_dst.get().port();
+    let routed = snap.routes_for(&entry.service.hostname).and_then(|routes| {
+        let route = routes.source.tcp.iter().find(|r| {
+            r.matches.is_empty() || r.matches.iter().any(|m| l4_matches(m, snap, orig_dst))
+        })?;
+        let d = pick_weighted(&route.route)?;
+        let dest = &route.route[d];
+        let entry = snap.service_by_host(&dest.host)?;
+        let port = destination_port(entry, dest.port, port);
+        let sp = entry.service.port(port)?;
+        cluster_target(
+            entry,
+            sp,
+            dest.subset.as_deref(),
+            RoutePolicy::service_default(),
+            None,
+        )
+    });
+    routed
+        .or_else(|| {
+            entry.service.port(port).and_then(|sp| {
+                cluster_target(entry, sp, None, RoutePolicy::service_default(), None)
+            })
+        })
+        .unwrap_or_else(|| passthrough(orig_dst, None))
+}
+
+/// The port of `entry` a destination goes to: the one it names, else the only one the service
+/// has, else the port the client used.
+fn destination_port(entry: &ServiceEntry, named: Option<u16>, requested: u16) -> u16 {
+    match named {
+        Some(p) => p,
+        None if entry.service.ports.len() == 1 => entry.service.ports[0].port,
+        None => requested,
+    }
+}
+
+/// Whether the caller (this proxy's workload) has `labels` and lives in `namespace`.
+fn source_matches(
+    snap: &Snapshot,
+    labels: &std::collections::BTreeMap<String, String>,
+    namespace: Option<&str>,
+) -> bool {
+    let me = snap.me.as_deref();
+    labels
+        .iter()
+        .all(|(k, v)| me.and_then(|w| w.labels.get(k)) == Some(v))
+        && namespace.is_none_or(|ns| me.is_some_and(|w| w.namespace == ns))
+}
+
+fn l4_matches(m: &xds::L4Match, snap: &Snapshot, orig_dst: OrigDstAddr) -> bool {
+    let dst = orig_dst.get();
+    m.port.is_none_or(|p| p == dst.port())
+        && (m.destination_subnets.is_empty()
+            || m.destination_subnets
+                .iter()
+                .any(|net| in_subnet(dst.ip(), net)))
+        && source_matches(snap, &m.source_labels, m.source_namespace.as_deref())
+}
+
+/// Whether `ip` is in `net` (`10.0.0.0/8`, or one address).
+fn in_subnet(ip: std::net::IpAddr, net: &str) -> bool {
+    use std::net::IpAddr;
+    let (addr, len) = match net.split_once('/') {
+        Some((a, l)) => (a, l.parse::<u32>().ok()),
+        None => (net, None),
+    };
+    let Ok(base) = addr.parse::<IpAddr>() else {
+        return false;
+    };
+    match (ip, base) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            let len = len.unwrap_or(32).min(32);
+            let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+            u32::from(a) & mask == u32::from(b) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            let len = len.unwrap_or(128).min(128);
+            let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+            u128::from(a) & mask == u128::from(b) & mask
+        }
+        _ => false,
     }
 }
 
@@ -251,7 +333,9 @@ pub fn outbound_http(
         .http
         .iter()
         .enumerate()
-        .find(|(_, r)| r.matches.is_empty() || r.matches.iter().any(|m| matches(m, req, port)))
+        .find(|(_, r)| {
+            r.matches.is_empty() || r.matches.iter().any(|m| matches(m, req, port, snap))
+        })
         .ok_or(RouteError::NoRoute)?;
     let policy = routes.policies[i].clone();
     if route.redirect.is_some() || route.direct_response.is_some() {
@@ -268,12 +352,7 @@ pub fn outbound_http(
     let entry = snap
         .service_by_host(&dest.host)
         .ok_or(RouteError::NoCluster)?;
-    let port = match dest.port {
-        Some(p) => p,
-        // A service with one port needs none named (Istio picks it).
-        None if entry.service.ports.len() == 1 => entry.service.ports[0].port,
-        None => port,
-    };
+    let port = destination_port(entry, dest.port, port);
     let sp = entry.service.port(port).ok_or(RouteError::NoCluster)?;
     cluster_target(entry, sp, dest.subset.as_deref(), policy, Some(d))
         .map(Routed::Forward)
@@ -287,6 +366,8 @@ pub enum Outcome<'a> {
     ConnectFailure,
     /// The request was sent, and the stream or connection was reset before a response.
     Reset,
+    /// No response within the per-try timeout.
+    PerTryTimeout,
     /// A response came.
     Response {
         /// Its status.
@@ -303,6 +384,8 @@ pub struct Retry {
     pub attempts: u32,
     /// Retry on other endpoints than those that failed.
     pub other_hosts: bool,
+    /// Timeout of each attempt.
+    pub per_try_timeout: Option<Duration>,
     conditions: Vec<String>,
     codes: Vec<u16>,
     backoff_base: Duration,
@@ -324,6 +407,7 @@ impl Retry {
         Retry {
             attempts: p.attempts,
             other_hosts: p.retry_other_hosts,
+            per_try_timeout: p.per_try_timeout_ms.map(Duration::from_millis),
             conditions,
             codes,
             backoff_base: Duration::from_millis(p.backoff_ms.unwrap_or(25)),
@@ -335,6 +419,7 @@ impl Retry {
         Retry {
             attempts: 0,
             other_hosts: true,
+            per_try_timeout: None,
             conditions: Vec::new(),
             codes: Vec::new(),
             backoff_base: Duration::from_millis(25),
@@ -351,10 +436,17 @@ impl Retry {
             return false;
         }
         match outcome {
+            // Envoy counts a connect failure, a reset and a per-try timeout as a reset, which
+            // `5xx` and `gateway-error` cover as well (they would become a 503 or 504).
             Outcome::ConnectFailure => {
-                self.on("connect-failure") || self.on("5xx") || self.on("gateway-error")
+                self.on("connect-failure")
+                    || self.on("reset")
+                    || self.on("5xx")
+                    || self.on("gateway-error")
             }
-            Outcome::Reset => self.on("reset") || self.on("5xx"),
+            Outcome::Reset | Outcome::PerTryTimeout => {
+                self.on("reset") || self.on("5xx") || self.on("gateway-error")
+            }
             Outcome::Response { status, headers } => {
                 let code = status.as_u16();
                 if self.on("5xx") && status.is_server_error() {
@@ -397,5 +489,40 @@ impl Retry {
             .unwrap_or(u64::MAX)
             .max(1);
         Duration::from_millis(rand::random_range(0..ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets_match_by_prefix() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+        assert!(in_subnet(ip("10.1.2.3"), "10.0.0.0/8"));
+        assert!(!in_subnet(ip("11.1.2.3"), "10.0.0.0/8"));
+        assert!(in_subnet(ip("10.1.2.3"), "10.1.2.3"));
+        assert!(in_subnet(ip("10.1.2.3"), "0.0.0.0/0"));
+        assert!(!in_subnet(ip("10.1.2.3"), "fd00::/8"));
+        assert!(in_subnet(ip("fd00::1"), "fd00::/8"));
+        assert!(!in_subnet(ip("10.1.2.3"), "bogus"));
+    }
+
+    #[test]
+    fn weights_are_honoured() {
+        let d = |w| xds::RouteDestination {
+            host: "h".into(),
+            weight: w,
+            ..Default::default()
+        };
+        let dests = [d(80), d(20), d(0)];
+        let mut counts = [0u32; 3];
+        for _ in 0..10_000 {
+            counts[pick_weighted(&dests).expect("one")] += 1;
+        }
+        assert_eq!(counts[2], 0);
+        assert!((7_600..=8_400).contains(&counts[0]), "{counts:?}");
+        assert_eq!(pick_weighted(&[d(0)]), Some(0));
+        assert_eq!(pick_weighted(&[]), None);
     }
 }

@@ -173,6 +173,14 @@ async fn app_handle(
         let _ = gate.wait_for(|open| *open).await;
         holding.fetch_sub(1, Ordering::SeqCst);
     }
+    if path == "/flaky" && hits.load(Ordering::SeqCst) % 2 == 1 {
+        // Every other request to `/flaky` (the first, third, ...) fails.
+        return Ok(Response::builder()
+            .status(StatusCode::SERVICE_UNAVAILABLE)
+            .header("x-app", name.as_str())
+            .body(full(""))
+            .expect("response"));
+    }
     if let Some(code) = path.strip_prefix("/status/") {
         let code = code
             .parse::<u16>()

@@ -1,0 +1,322 @@
+//! Traffic management on the outbound side, in process: subsets, weights, faults, retries,
+//! header edits, direct responses and mirrors, with two fake app versions behind one service.
+
+mod harness;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use harness::{App, Sidecar, get_req, json, send, vip};
+
+/// The seed's client and an `httpbin-service` whose endpoints are `v1` and `v2` (labels
+/// `version`), a DestinationRule with both subsets, and `extra` (routes).
+fn two_versions(v1: SocketAddr, v2: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+self: {{name: ubuntu-deployment-cc86cc647-vsvbh, namespace: default}}
+workloads:
+- uid: ubuntu-uid
+  name: ubuntu-deployment-cc86cc647-vsvbh
+  namespace: default
+  workloadName: ubuntu-deployment
+  addresses: [127.0.0.1]
+  labels: {{app: ubuntu}}
+services:
+- hostname: httpbin-service.default.svc.cluster.local
+  name: httpbin-service
+  namespace: default
+  vips: [10.109.118.31]
+  ports: [{{name: http, port: 80}}]
+  lbPolicy: ROUND_ROBIN
+  endpoints:
+  - {{address: {}, ports: {{80: {}}}, labels: {{app: httpbin, version: v1}}}}
+  - {{address: {}, ports: {{80: {}}}, labels: {{app: httpbin, version: v2}}}}
+trafficPolicies:
+- name: default/httpbin
+  host: httpbin-service.default.svc.cluster.local
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+{extra}
+"#,
+        v1.ip(),
+        v1.port(),
+        v2.ip(),
+        v2.port(),
+    )
+}
+
+const HOST: &str = "httpbin-service.default.svc.cluster.local";
+
+async fn start(extra: &str) -> (App, App, Sidecar) {
+    let v1 = App::start("v1").await;
+    let v2 = App::start("v2").await;
+    let sidecar = Sidecar::builder(&two_versions(v1.addr, v2.addr, extra))
+        .start()
+        .await;
+    (v1, v2, sidecar)
+}
+
+/// GETs `path` with `headers`, returning the status, the answering app (`x-app`) and the body.
+async fn get(sidecar: &Sidecar, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    let mut tx = sidecar.h1(vip()).await;
+    let mut req = get_req("httpbin-service", path);
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+            v.parse().expect("header value"),
+        );
+    }
+    let (resp, body) = tokio::time::timeout(Duration::from_secs(20), send(&mut tx, req))
+        .await
+        .expect("answered within 20 s");
+    let app = resp
+        .headers()
+        .get("x-app")
+        .map(|v| v.to_str().unwrap_or("").to_string())
+        .unwrap_or_default();
+    (
+        resp.status().as_u16(),
+        app,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn header_match_routes_to_a_subset_and_nothing_else_does() {
+    let routes = format!(
+        r#"
+httpRoutes:
+- name: default/reviews
+  hosts: [{HOST}]
+  http:
+  - match: [{{headers: {{end-user: {{exact: jason}}}}}}]
+    route: [{{host: {HOST}, subset: v2}}]
+  - route: [{{host: {HOST}, subset: v1}}]
+"#
+    );
+    let (_v1, _v2, sidecar) = start(&routes).await;
+    for _ in 0..20 {
+        let (status, app, _) = get(&sidecar, "/get", &[("end-user", "jason")]).await;
+        assert_eq!((status, app.as_str()), (200, "v2"));
+        let (status, app, _) = get(&sidecar, "/get", &[("end-user", "json")]).await;
+        assert_eq!((status, app.as_str()), (200, "v1"));
+        let (status, app, _) = get(&sidecar, "/get", &[]).await;
+        assert_eq!((status, app.as_str()), (200, "v1"));
+    }
+    let lines = sidecar.log_lines(60).await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["upstream_cluster"] == format!("outbound|80|v2|{HOST}")),
+        "the subset's cluster is logged"
+    );
+}
+
+#[tokio::test]
+async fn weights_split_between_subsets() {
+    let routes = format!(
+        r#"
+httpRoutes:
+- name: default/reviews
+  hosts: [{HOST}]
+  http:
+  - route: [{{host: {HOST}, subset: v1, weight: 80}}, {{host: {HOST}, subset: v2, weight: 20}}]
+"#
+    );
+    let (v1, v2, sidecar) = start(&routes).await;
+    for _ in 0..1000 {
+        assert_eq!(get(&sidecar, "/get", &[]).await.0, 200);
+    }
+    let (n1, n2) = (
+        v1.hits.load(Ordering::SeqCst),
+        v2.hits.load(Ordering::SeqCst),
+    );
+    assert_eq!(n1 + n2, 1000);
+    assert!((750..=850).contains(&n1), "80/20 split gave {n1}/{n2}");
+}
+
+#[tokio::test]
+async fn a_subset_no_rule_defines_is_503_nc() {
+    let routes = format!(
+        r#"
+httpRoutes:
+- name: default/reviews
+  hosts: [{HOST}]
+  http:
+  - route: [{{host: {HOST}, subset: v3}}]
+"#
+    );
+    let (_v1, _v2, sidecar) = start(&routes).await;
+    assert_eq!(get(&sidecar, "/get", &[]).await.0, 503);
+    let line = &sidecar.log_lines(1).await[0];
+    assert_eq!(line["response_flags"], "NC");
+    assert_eq!(line["response_code_details"], "cluster_not_found");
+}
+
+#[tokio::test]
+async fn faults_abort_and_delay_as_envoys_fault_filter() {
+    let routes = format!(
+        r#"
+httpRoutes:
+- name: default/ratings
+  hosts: [{HOST}]
+  http:
+  - match: [{{uri: {{prefix: /abort}}}}]
+    fault: {{abort: {{status: {{http: 500}}, perMillion: 1000000}}}}
+    route: [{{host: {HOST}, subset: v1}}]
+  - match: [{{uri: {{prefix: /half}}}}]
+    fault: {{abort: {{status: {{http: 503}}, perMillion: 500000}}}}
+    route: [{{host: {HOST}, subset: v1}}]
+    retries: {{attempts: 0}}
+  - fault: {{delay: {{fixedDelayMs: 300, perMillion: 1000000}}}}
+    route: [{{host: {HOST}, subset: v1}}]
+"#
+    );
+    let (v1, _v2, sidecar) = start(&routes).await;
+    let (status, _, body) = get(&sidecar, "/abort", &[]).await;
+    assert_eq!((status, body.as_str()), (500, "fault filter abort"));
+    assert_eq!(
+        v1.hits.load(Ordering::SeqCst),
+        0,
+        "an abort never reaches the app"
+    );
+    let line = &sidecar.log_lines(1).await[0];
+    assert_eq!(line["response_flags"], "FI");
+    assert_eq!(line["response_code_details"], "fault_filter_abort");
+
+    let t0 = Instant::now();
+    let (status, app, _) = get(&sidecar, "/get", &[]).await;
+    assert_eq!((status, app.as_str()), (200, "v1"));
+    assert!(t0.elapsed() >= Duration::from_millis(300), "delayed");
+    assert_eq!(sidecar.log_lines(2).await[1]["response_flags"], "DI");
+
+    let mut aborted = 0;
+    for _ in 0..400 {
+        if get(&sidecar, "/half", &[]).await.0 == 503 {
+            aborted += 1;
+        }
+    }
+    assert!(
+        (160..=240).contains(&aborted),
+        "50% abort gave {aborted}/400"
+    );
+}
+
+#[tokio::test]
+async fn retries_turn_every_other_failure_into_success() {
+    let routes = format!(
+        r#"
+httpRoutes:
+- name: default/flaky
+  hosts: [{HOST}]
+  http:
+  - route: [{{host: {HOST}, subset: v1}}]
+    retries: {{attempts: 3, retryOn: 5xx}}
+"#
+    );
+    let (v1, _v2, sidecar) = start(&routes).await;
+    for _ in 0..50 {
+        let (status, app, _) = get(&sidecar, "/flaky", &[]).await;
+        assert_eq!((status, app.as_str()), (200, "v1"));
+    }
+    // Each success took one failure first.
+    assert_eq!(v1.hits.load(Ordering::SeqCst), 100);
+    let (_, _, body) = get(&sidecar, "/headers", &[]).await;
+    assert_eq!(json(&body.into())["headers"]["x-envoy-attempt-count"], "1");
+}
+
+#[tokio::test]
+async fn istios_default_policy_retries_503_twice_then_says_urx() {
+    // No VirtualService: Istio's default route retries 503 twice.
+    let (v1, v2, sidecar) = start("").await;
+    let (status, _, _) = get(&sidecar, "/status/503", &[]).await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        v1.hits.load(Ordering::SeqCst) + v2.hits.load(Ordering::SeqCst),
+        3
+    );
+    assert_eq!(sidecar.log_lines(1).await[0]["response_flags"], "URX");
+    // A 500 is not retried by the default policy.
+    let (status, _, _) = get(&sidecar, "/status/500", &[]).await;
+    assert_eq!(status, 500);
+    assert_eq!(
+        v1.hits.load(Ordering::SeqCst) + v2.hits.load(Ordering::SeqCst),
+        4
+    );
+}
+
+#[tokio::test]
+async fn headers_direct_responses_and_mirrors() {
+    let routes = format!(
+        r#"
+httpRoutes:
+- name: default/httpbin
+  hosts: [{HOST}]
+  http:
+  - match: [{{uri: {{exact: /direct}}}}]
+    directResponse: {{status: 418, body: short and stout}}
+  - route:
+    - host: {HOST}
+      subset: v1
+      headers: {{request: {{set: {{x-dest: v1}}}}}}
+    headers:
+      request: {{set: {{x-added: yes}}, remove: [x-secret]}}
+      response: {{add: {{x-resp: one}}, remove: [server]}}
+    mirrors: [{{host: {HOST}, subset: v2, perMillion: 1000000}}]
+"#
+    );
+    let (v1, v2, sidecar) = start(&routes).await;
+    let (status, _, body) = get(&sidecar, "/direct", &[]).await;
+    assert_eq!((status, body.as_str()), (418, "short and stout"));
+    assert_eq!(v1.hits.load(Ordering::SeqCst), 0);
+
+    let mut tx = sidecar.h1(vip()).await;
+    let mut req = get_req("httpbin-service", "/headers");
+    req.headers_mut()
+        .insert("x-secret", "hush".parse().expect("value"));
+    let (resp, body) = send(&mut tx, req).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-resp"], "one");
+    assert!(resp.headers().get("server").is_none(), "server removed");
+    let seen = json(&body);
+    assert_eq!(seen["app"], "v1");
+    assert_eq!(seen["headers"]["x-added"], "yes");
+    assert_eq!(seen["headers"]["x-dest"], "v1");
+    assert!(seen["headers"].get("x-secret").is_none());
+    // The mirror got a copy; its answer went nowhere.
+    for _ in 0..200 {
+        if v2.hits.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(v2.hits.load(Ordering::SeqCst), 1, "mirrored once");
+}
+
+#[tokio::test]
+async fn per_try_timeout_is_retried_then_504_ut() {
+    let routes = format!(
+        r#"
+httpRoutes:
+- name: default/slow
+  hosts: [{HOST}]
+  http:
+  - route: [{{host: {HOST}, subset: v1}}]
+    retries: {{attempts: 2, perTryTimeoutMs: 200, retryOn: gateway-error}}
+"#
+    );
+    let (v1, _v2, sidecar) = start(&routes).await;
+    let (status, _, body) = get(&sidecar, "/hold", &[]).await;
+    assert_eq!((status, body.as_str()), (504, "upstream request timeout"));
+    assert_eq!(
+        v1.hits.load(Ordering::SeqCst),
+        3,
+        "the first try and two retries"
+    );
+    let line = &sidecar.log_lines(1).await[0];
+    assert_eq!(line["response_flags"], "UT,URX");
+    assert_eq!(line["response_code_details"], "upstream_per_try_timeout");
+    v1.release();
+}
