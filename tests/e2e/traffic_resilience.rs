@@ -6,15 +6,16 @@
 //!
 //! 1. retries (attempts 3, retryOn 5xx) on a backend that answers 503 to every other request:
 //!    ≥ 99 % of 200 requests succeed; every request id whose first attempt got 503 reached the
-//!    backend again with `x-envoy-attempt-count: 2`;
+//!    backend again with `x-envoy-attempt-count: 2`; and the client sidecar's admin `/stats` counts them: `upstream_rq_retry` equals the retried
+//!    attempts the backend saw, `upstream_rq_retry_success` those of them answered 200;
 //! 2. route timeout 0.5 s (as in the Request Timeouts task) on a backend answering after 2 s: 504
 //!    with `UT`, one attempt;
 //! 3. perTryTimeout 0.5 s, attempts 2, on a backend answering after 2 s: the client gets 504
 //!    (flag `UT`), and the backend saw 3 attempts of the one request (attempt counts 1, 2, 3);
 //! 4. outlier detection (consecutive5xxErrors 1, interval 1 s, baseEjectionTime 10 s): one of two
-//!    replicas switched to answer 503 is ejected within 5 s (polled): the next 50 requests all reach the healthy one
-//!    (200), the client sidecar's admin `/clusters` shows the endpoint with
-//!    `health_flags::/failed_outlier_check`, and after baseEjectionTime the replica gets
+//!    replicas switched to answer 503 is ejected within 5 s (polled): the client sidecar's admin
+//!    `/clusters` shows the endpoint with `health_flags::/failed_outlier_check`, the next 50
+//!    requests all reach the healthy one (200), and after baseEjectionTime the replica gets
 //!    requests again;
 //! 5. circuit breaking (the task's DestinationRule: maxConnections 1, http1MaxPendingRequests 1,
 //!    maxRequestsPerConnection 1): the task's burst (3 connections, 30 requests to `/get`) and
@@ -112,6 +113,31 @@ fn retries_outliers_and_circuit_breaking_under_ama_up() {
             assert!(percent(ok, 200) >= 99.0, "{seen}");
             assert!(!failed_first.is_empty(), "the backend failed no request: {seen}");
             assert_eq!(retried, failed_first.len(), "{seen}");
+            seen
+        },
+    );
+
+    t.scenario(
+        "retries: admin /stats counts them as Envoy does (upstream_rq_retry, upstream_rq_retry_success)",
+        |t| {
+            let seen_by_backend = t.app_requests(&t.pod("flaky"), "flaky", "/retry");
+            let retried: Vec<&Value> = seen_by_backend.iter().filter(|l| attempt(l) >= 2).collect();
+            let succeeded = retried.iter().filter(|l| l["code"] == 200).count();
+            let stats = t.admin("/stats?filter=flaky.default.svc.cluster.local.upstream_rq_retry");
+            let stat = |name: &str| -> Option<u64> {
+                stats
+                    .lines()
+                    .find(|l| l.contains(&format!(".{name}: ")))
+                    .and_then(|l| l.rsplit(": ").next()?.trim().parse().ok())
+            };
+            let (retry, success) = (stat("upstream_rq_retry"), stat("upstream_rq_retry_success"));
+            let seen = format!(
+                "the backend saw {} retried attempts, {succeeded} of them answered 200; \
+                 /stats upstream_rq_retry {retry:?}, upstream_rq_retry_success {success:?}",
+                retried.len()
+            );
+            assert_eq!(retry, Some(retried.len() as u64), "{seen}");
+            assert_eq!(success, Some(succeeded as u64), "{seen}");
             seen
         },
     );
