@@ -59,7 +59,6 @@ fn istio_fault_injection_under_ama_up() {
             "sleep.yaml",
             "ours-grpc-echo.yaml",
         ],
-        &[],
         8,
     );
     t.wait_answers("http://ratings:9080/");

@@ -60,7 +60,6 @@ fn retries_outliers_and_circuit_breaking_under_ama_up() {
             "httpbin.yaml",
             "ours-resilience-apps.yaml",
         ],
-        &[],
         6,
     );
     for url in [

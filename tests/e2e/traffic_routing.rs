@@ -47,7 +47,6 @@ fn istio_routing_tasks_under_ama_up() {
             "sleep.yaml",
             "mirroring-httpbin.yaml",
         ],
-        &[],
         9,
     );
     for url in [

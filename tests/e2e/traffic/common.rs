@@ -32,9 +32,7 @@ pub fn fixture_text(file: &str, python: &Path) -> String {
     let path = fixtures().join(file);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("read fixture {}: {e}", path.display()));
-    let venv_bin = python.parent().expect("python is in the venv's bin/");
     text.replace("@PYTHON@", &python.display().to_string())
-        .replace("@VENV_BIN@", &venv_bin.display().to_string())
         .replace("@APPS@", &apps().display().to_string())
 }
 
@@ -58,25 +56,15 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    /// `ama up` of `files` (from the fixtures) plus `extra` (name, YAML text written by the
-    /// test), waiting for `pods` pods to be ready; the client is the pod whose name starts with
-    /// `sleep-`.
-    pub fn start(
-        tag: &str,
-        python: &Path,
-        files: &[&str],
-        extra: &[(&str, &str)],
-        pods: usize,
-    ) -> Traffic {
+    /// `ama up` of `files` (from the fixtures), waiting for `pods` pods to be ready; the client
+    /// is the pod whose name starts with `sleep-`.
+    pub fn start(tag: &str, python: &Path, files: &[&str], pods: usize) -> Traffic {
         let started = Instant::now();
         let scratch = Scratch::new(tag);
         let dir = scratch.path().join("mesh");
         std::fs::create_dir_all(&dir).expect("create the mesh directory");
         for file in files {
             std::fs::write(dir.join(file), fixture_text(file, python)).expect("write fixture");
-        }
-        for (file, text) in extra {
-            std::fs::write(dir.join(file), text).expect("write extra YAML");
         }
         let mesh = UpMesh::start(tag, &dir, scratch.path(), &[]);
         let ready = mesh.wait_ready(pods);
