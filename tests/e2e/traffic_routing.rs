@@ -130,17 +130,15 @@ fn istio_routing_tasks_under_ama_up() {
             let letters = t.load("http://productpage:9080/regex/abc", 20, 1, "GET", &[]);
             let digits = tally(&digits, |a| (a.status, service_of(a.pod.as_deref())));
             let letters = tally(&letters, |a| (a.status, service_of(a.pod.as_deref())));
-            assert_eq!(
-                digits.get(&(200, "details".into())),
-                Some(&20),
-                "/regex/123: (status, service) → count {digits:?}"
-            );
+            let seen =
+                format!("(status, service) → count: /regex/123 {digits:?}; /regex/abc {letters:?}");
+            assert_eq!(digits.get(&(200, "details".into())), Some(&20), "{seen}");
             assert_eq!(
                 letters.get(&(200, "productpage".into())),
                 Some(&20),
-                "/regex/abc: (status, service) → count {letters:?}"
+                "{seen}"
             );
-            format!("/regex/123 {digits:?}; /regex/abc {letters:?}")
+            seen
         },
     );
 
@@ -150,17 +148,10 @@ fn istio_routing_tasks_under_ama_up() {
         let get = t.load("http://productpage:9080/method", 20, 1, "GET", &[]);
         let post = tally(&post, |a| (a.status, service_of(a.pod.as_deref())));
         let get = tally(&get, |a| (a.status, service_of(a.pod.as_deref())));
-        assert_eq!(
-            post.get(&(200, "details".into())),
-            Some(&20),
-            "POST: (status, service) → count {post:?}"
-        );
-        assert_eq!(
-            get.get(&(200, "productpage".into())),
-            Some(&20),
-            "GET: (status, service) → count {get:?}"
-        );
-        format!("POST {post:?}; GET {get:?}")
+        let seen = format!("(status, service) → count: POST {post:?}; GET {get:?}");
+        assert_eq!(post.get(&(200, "details".into())), Some(&20), "{seen}");
+        assert_eq!(get.get(&(200, "productpage".into())), Some(&20), "{seen}");
+        seen
     });
 
     t.scenario(
@@ -168,17 +159,17 @@ fn istio_routing_tasks_under_ama_up() {
         |t| {
             t.apply("ours-rewrite.yaml", None);
             let c = t.curl(&["http://productpage:9080/old/x?q=1"]);
+            let other = t.curl(&["http://productpage:9080/kept/x"]);
             let seen = format!(
-                "status {}, path {}, authority {}",
-                c.status, c.body["path"], c.body["authority"]
+                "/old/x?q=1: status {}, path {}, authority {}; /kept/x: status {}, path {}",
+                c.status, c.body["path"], c.body["authority"], other.status, other.body["path"]
             );
             assert_eq!(c.status, 200, "{seen}: {}", c.raw);
             assert_eq!(c.body["path"], "/new/x?q=1", "{seen}");
             assert_eq!(c.body["authority"], "rewritten.example", "{seen}");
-            let other = t.curl(&["http://productpage:9080/kept/x"]);
             assert_eq!(
                 other.body["path"], "/kept/x",
-                "a path the match does not take"
+                "a path the match does not take: {seen}"
             );
             seen
         },
@@ -259,13 +250,15 @@ fn istio_routing_tasks_under_ama_up() {
                 "curl http://httpbin:8000/headers with the mirror: {} {}",
                 c.status, c.raw
             );
-            let mut v2_now = v2_after;
+            // The mirror is fire and forget: its log line may come after the client's answer.
+            let (mut v1_now, mut v2_now) = (gets(&v1), gets(&v2));
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while v2_now == v2_after && std::time::Instant::now() < deadline {
+            while (v1_now == v1_after || v2_now == v2_after)
+                && std::time::Instant::now() < deadline
+            {
                 std::thread::sleep(Duration::from_millis(200));
-                v2_now = gets(&v2);
+                (v1_now, v2_now) = (gets(&v1), gets(&v2));
             }
-            let v1_now = gets(&v1);
             let shadow: Vec<String> = t
                 .access_log(&v2)
                 .iter()
