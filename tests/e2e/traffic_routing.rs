@@ -9,12 +9,14 @@
 //! 2. virtual-service-reviews-test-v2: `end-user: jason` → v2 for 100 of 100, without it → v1
 //!    for 100 of 100;
 //! 3. virtual-service-reviews-80-20: v1 80 % ± 5 and v2 20 % ± 5 over 2,000 requests, no v3;
-//! 4. uri regex: `/regex/<digits>` → details, `/regex/abc` → productpage (20 each);
-//! 5. method: POST → details, GET → productpage (20 each);
-//! 6. rewrite: `/old/x` arrives as `/new/x` with authority `rewritten.example`;
-//! 7. headers: the request arrives with the set and added headers and without the removed one;
+//! 4. the Traffic Shifting task's own steps: virtual-service-reviews-50-v3 gives v1 and v3 50 % ± 5
+//!    each over 2,000 requests, then virtual-service-reviews-v3 sends 100 of 100 to v3;
+//! 5. uri regex: `/regex/<digits>` → details, `/regex/abc` → productpage (20 each);
+//! 6. method: POST → details, GET → productpage (20 each);
+//! 7. rewrite: `/old/x` arrives as `/new/x` with authority `rewritten.example`;
+//! 8. headers: the request arrives with the set and added headers and without the removed one;
 //!    the response carries the set header and not the removed one;
-//! 8. Mirroring: with the default route, v1's httpbin logs `GET /headers` and v2's nothing; with
+//! 9. Mirroring: with the default route, v1's httpbin logs `GET /headers` and v2's nothing; with
 //!    the mirror, v2's httpbin logs it too and v2's sidecar saw authority `httpbin-shadow:8000`
 //!    (Envoy's `-shadow` suffix on the host, before the port).
 
@@ -118,6 +120,28 @@ fn istio_routing_tasks_under_ama_up() {
                 2000,
                 "every request 200 from v1 or v2: {seen}"
             );
+            seen
+        },
+    );
+
+    t.scenario(
+        "traffic shifting (the task's steps): virtual-service-reviews-50-v3 → 50/50 ± 5 % over 2,000, then virtual-service-reviews-v3 → v3 for 100 of 100",
+        |t| {
+            t.apply("virtual-service-reviews-50-v3.yaml", None);
+            let answers = t.load("http://reviews:9080/50-v3", 2000, 4, "GET", &[]);
+            let half = tally(&answers, |a| (a.status, a.version.clone()));
+            let n = |v: &str| half.get(&(200, Some(v.to_string()))).copied().unwrap_or(0);
+            let (v1, v3) = (percent(n("v1"), 2000), percent(n("v3"), 2000));
+            t.apply("virtual-service-reviews-v3.yaml", None);
+            let all = t.load("http://reviews:9080/all-v3", 100, 1, "GET", &[]);
+            let all = tally(&all, |a| (a.status, a.version.clone()));
+            let seen = format!(
+                "50-v3: v1 {v1:.1} %, v3 {v3:.1} % ({half:?}); reviews-v3: (status, version) → count {all:?}"
+            );
+            assert!((45.0..=55.0).contains(&v1), "v1 share: {seen}");
+            assert!((45.0..=55.0).contains(&v3), "v3 share: {seen}");
+            assert_eq!(n("v1") + n("v3"), 2000, "every request 200 from v1 or v3: {seen}");
+            assert_eq!(all.get(&(200, Some("v3".into()))), Some(&100), "{seen}");
             seen
         },
     );
