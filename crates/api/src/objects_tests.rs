@@ -900,7 +900,7 @@ spec:
   host: reviews
   trafficPolicy:
     loadBalancer:
-      consistentHash: {useSourceIp: true, ringHash: {minimumRingSize: 1024}, maglev: {tableSize: 65537}}
+      consistentHash: {useSourceIp: true, ringHash: {minimumRingSize: 1024}, maglev: {tableSize: 65536}}
     connectionPool:
       tcp: {maxConnections: -1}
       http: {http1MaxPendingRequests: -2, maxRetries: -3}
@@ -912,6 +912,9 @@ spec:
         [
             format!(
                 "{at}.loadBalancer.consistentHash: ringHash and maglev exclude each other: set one"
+            ),
+            format!(
+                "{at}.loadBalancer.consistentHash.maglev.tableSize: 65536 must be a prime number"
             ),
             format!("{at}.connectionPool.tcp.maxConnections: -1 must be 0 or more"),
             format!("{at}.connectionPool.http.http1MaxPendingRequests: -2 must be 0 or more"),
@@ -934,5 +937,73 @@ spec:
     assert!(
         e[0].contains("spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.probes"),
         "{e:#?}"
+    );
+}
+
+#[test]
+fn maglev_table_sizes_and_the_deprecated_ring_size() {
+    let dr = |hash: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: r}}
+spec:
+  host: r
+  trafficPolicy: {{loadBalancer: {{consistentHash: {{httpHeaderName: x, {hash}}}}}}}
+"
+        )
+    };
+    let at =
+        "t.yaml:doc 1: DestinationRule default/r: spec.trafficPolicy.loadBalancer.consistentHash";
+    assert_eq!(
+        errors(&dr("maglev: {tableSize: 65537}")),
+        Vec::<String>::new()
+    );
+    assert_eq!(errors(&dr("maglev: {tableSize: 2}")), Vec::<String>::new());
+    assert_eq!(
+        errors(&dr("maglev: {}")),
+        [format!(
+            "{at}.maglev.tableSize: missing: maglev needs a tableSize"
+        )]
+    );
+    assert_eq!(
+        errors(&dr("maglev: {tableSize: 5000011}")),
+        [format!(
+            "{at}.maglev.tableSize: 5000011 must be less than 5000011"
+        )]
+    );
+    assert_eq!(
+        errors(&dr("maglev: {tableSize: 65535}")),
+        [format!(
+            "{at}.maglev.tableSize: 65535 must be a prime number"
+        )]
+    );
+    assert_eq!(
+        errors(&dr(
+            "minimumRingSize: 64, ringHash: {minimumRingSize: 1024}"
+        )),
+        [format!(
+            "{at}.minimumRingSize: the deprecated minimumRingSize excludes ringHash and maglev: set one"
+        )]
+    );
+}
+
+#[test]
+fn the_authority_is_rewritten_in_one_place() {
+    let yaml = vs_with(
+        "  - route: [{destination: {host: reviews}}]
+    rewrite: {authority: a}
+    headers: {request: {set: {Host: b}, add: {':authority': c}}}
+  - route: [{destination: {host: reviews}}]
+    headers: {request: {set: {host: b}}}
+",
+    );
+    assert_eq!(
+        errors(&yaml),
+        [
+            "t.yaml:doc 1: VirtualService default/reviews: spec.http[0]: the authority is \
+             rewritten in several places (rewrite.authority, headers.request.set[\"Host\"], \
+             headers.request.add[\":authority\"]): set one"
+        ]
     );
 }

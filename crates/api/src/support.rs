@@ -138,7 +138,7 @@ static HTTP_MATCH: Node = Fields(
         ("scheme", Done),
         ("method", Done),
         ("authority", Done),
-        ("headers", Done),
+        ("headers", Node::Value(jwt_claims)),
         ("withoutHeaders", Done),
         ("queryParams", Done),
         ("port", Done),
@@ -396,6 +396,23 @@ fn match_gateways(v: &Value) -> Option<String> {
     ))
 }
 
+/// Header matches on `@request.auth.claims.…` route on a validated JWT's claims.
+fn jwt_claims(v: &Value) -> Option<String> {
+    let claims: Vec<&str> = v
+        .as_object()?
+        .keys()
+        .map(String::as_str)
+        .filter(|k| k.starts_with("@request.auth.claims"))
+        .collect();
+    (!claims.is_empty()).then(|| {
+        format!(
+            "{}: routing on JWT claims is not implemented by Ama (it validates no JWT); this \
+             condition never holds",
+            claims.join(", ")
+        )
+    })
+}
+
 fn ignored(_: &Value) -> Option<String> {
     Some(IGNORED.into())
 }
@@ -596,6 +613,7 @@ spec:
       statPrefix: a
     - uri: {prefix: /b}
       gateways: [istio-system/ingress]
+    - headers: {'@request.auth.claims.group': {exact: admin}, x-a: {exact: b}}
     route:
     - destination: {host: reviews, subset: v1}
     retries: {attempts: 3, retryRemoteLocalities: true}
@@ -613,6 +631,7 @@ spec:
                 "x.yaml:doc 1: VirtualService default/reviews: spec.http[0].fault.abort.http2Error: not implemented by Ama (nor by Istio's sidecars); this abort is ignored",
                 "x.yaml:doc 1: VirtualService default/reviews: spec.http[0].match[0].statPrefix: not implemented by Ama; ignored",
                 "x.yaml:doc 1: VirtualService default/reviews: spec.http[0].match[1].gateways: istio-system/ingress: gateways are not implemented by Ama; this match is for gateways only: sidecars do not use it",
+                "x.yaml:doc 1: VirtualService default/reviews: spec.http[0].match[2].headers: @request.auth.claims.group: routing on JWT claims is not implemented by Ama (it validates no JWT); this condition never holds",
                 "x.yaml:doc 1: VirtualService default/reviews: spec.http[0].retries.retryRemoteLocalities: not implemented by Ama (its endpoints have no localities); ignored",
                 "x.yaml:doc 1: VirtualService default/reviews: spec.http[1].delegate: not implemented by Ama; this route is dropped",
                 "x.yaml:doc 1: VirtualService default/reviews: spec.tcp[0].match[0].sourceSubnet: not implemented by Ama; this condition is ignored (the match is wider than written)",

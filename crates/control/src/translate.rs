@@ -7,9 +7,12 @@
 //!   (found by namespace and pod name, else by address);
 //! - every workload (addresses, identities and tlsMode of peers are needed for auto mTLS);
 //! - the Services, HttpRoutes and TrafficPolicies exported to its namespace. When several
-//!   VirtualServices (or DestinationRules) claim a host, the proxy's namespace wins, then the
-//!   host's own namespace, then the others by name, as Istio does; a DestinationRule with a
-//!   `workloadSelector` applies only to the proxies it selects;
+//!   VirtualServices claim a host, the proxy's namespace wins, then the host's own namespace,
+//!   then the others by name. A host's DestinationRule is, as pilot looks it up, the one of the
+//!   proxy's namespace, else the one of the host's namespace, else the one of the root
+//!   namespace (a rule in any other namespace never applies); at each step a rule naming the
+//!   host wins over one whose wildcard covers it, then the first by name. A DestinationRule with
+//!   a `workloadSelector` applies only to the proxies it selects;
 //! - the Authorizations of its namespace and of the root namespace (no other can apply to it).
 //!
 //! Apart from `self`, what a proxy receives depends only on its namespace and on which
@@ -225,7 +228,7 @@ pub fn shared_resources(model: &Model, key: &ViewKey) -> SharedResources {
         .collect();
 
     // TrafficPolicies: one per host, the best-ranked that applies to this proxy.
-    let mut best: BTreeMap<&str, ((u8, &str), &xds::TrafficPolicy)> = BTreeMap::new();
+    let mut best: BTreeMap<&str, ((u8, bool, &str), &xds::TrafficPolicy)> = BTreeMap::new();
     for p in model
         .traffic_policies
         .iter()
@@ -234,8 +237,13 @@ pub fn shared_resources(model: &Model, key: &ViewKey) -> SharedResources {
         if p.workload_selector.is_some() && !key.selected.contains(&p.resource.name) {
             continue;
         }
+        let rank = match rank(&p.namespace, &p.resource.host) {
+            2 if p.namespace != ROOT_NAMESPACE => continue,
+            r => r,
+        };
         let candidate = (
-            rank(&p.namespace, &p.resource.host),
+            rank,
+            crate::model::policy::from_wildcard(&p.resource),
             p.resource.name.as_str(),
         );
         match best.get(p.resource.host.as_str()) {

@@ -13,18 +13,20 @@
 //! [`crate::pool`] takes a connection slot ([`ClusterCircuit::try_open`], a [`ConnPermit`] held
 //! with the connection's socket until it closes, an upgraded one's tunnel included) and a
 //! pending slot ([`ClusterCircuit::try_pend`], a [`Pending`] held while a request waits for a
-//! connection); a request that finds no pending
-//! slot fails at once, `UO`. Waiters sleep on [`ClusterCircuit::changed`], woken when a
-//! connection closes, an idle one comes back or the limits change. Opaque TCP takes its slot
-//! with [`ClusterCircuit::acquire`]: Envoy's tcp_proxy uses the same pool logic (a connection
-//! that finds the cap reached waits as pending, `UO` beyond the pending cap).
+//! connection); a request that finds no pending slot fails at once, `UO`. Waiters sleep on
+//! [`ClusterCircuit::changed`], woken when a connection closes, an idle one comes back or the
+//! limits change. Opaque TCP takes its slot with [`ClusterCircuit::acquire`]: Envoy's tcp_proxy
+//! uses the same pool logic (a connection that finds the cap reached waits as pending, `UO`
+//! beyond the pending cap).
 //!
 //! `maxRetries` is [`ClusterCircuit::try_retry`], for the retry logic: a retry it refuses is not
 //! made (`upstream_rq_retry_overflow`) and the failure goes back as it is.
 //!
 //! `http2MaxRequests` (requests in flight) is enforced before the pool, by
 //! [`crate::balance::LoadTracker::admit`]; a request it admits then counts here only if it has
-//! to wait for a connection.
+//! to wait for a connection. One it refuses is counted here too
+//! ([`ClusterCircuit::note_requests_overflow`]): Envoy counts that overflow in
+//! `upstream_rq_pending_overflow` as well (`attachStreamToClient`).
 //!
 //! Istio's defaults, unlike Envoy's 1024: every threshold unset in the DestinationRule (or set to
 //! 0, which Istio cannot tell from unset) is 2^32-1, unlimited (`getDefaultCircuitBreakerThresholds`
@@ -73,8 +75,12 @@ pub struct Limits {
     /// `tcp.idleTimeout`, as Istio falls back); `None`: the pool's default; zero: never.
     pub idle_timeout: Option<Duration>,
     /// Connections are retired this long after they opened (`tcp.maxConnectionDuration`),
-    /// gracefully: a pooled HTTP connection finishes its requests first.
+    /// gracefully: a pooled HTTP connection finishes its requests first. Istio gives the same
+    /// value to an opaque TCP relay (tcp_proxy's `max_downstream_connection_duration`).
     pub max_connection_duration: Option<Duration>,
+    /// An opaque TCP relay with no byte either way for this long is closed (`tcp.idleTimeout`
+    /// alone: Istio's tcp_proxy `idle_timeout`); `None`: Envoy's default, 1 hour; zero: never.
+    pub tcp_idle_timeout: Option<Duration>,
     /// Keepalive probes (`tcp.tcpKeepalive`); `None`: no `SO_KEEPALIVE`.
     pub tcp_keepalive: Option<Keepalive>,
 }
@@ -91,6 +97,7 @@ impl Default for Limits {
             connect_timeout: None,
             idle_timeout: None,
             max_connection_duration: None,
+            tcp_idle_timeout: None,
             tcp_keepalive: None,
         }
     }
@@ -122,6 +129,7 @@ impl Limits {
             connect_timeout: s.tcp.connect_timeout_ms.map(ms),
             idle_timeout: s.http.idle_timeout_ms.or(s.tcp.idle_timeout_ms).map(ms),
             max_connection_duration: s.tcp.max_connection_duration_ms.map(ms),
+            tcp_idle_timeout: s.tcp.idle_timeout_ms.map(ms),
             tcp_keepalive: s.tcp.tcp_keepalive.as_ref().map(|k| Keepalive {
                 probes: k.probes.filter(|&p| p > 0),
                 time: secs(k.time_ms).filter(|d| !d.is_zero()),
@@ -293,6 +301,15 @@ impl ClusterCircuit {
         Some(ConnPermit(self.clone()))
     }
 
+    /// Takes a connection slot whatever the cap: Envoy opens a connection to a host that has
+    /// none even when the cluster is at `maxConnections` (counted in `upstream_cx_overflow`),
+    /// rather than queue requests to it behind other hosts' connections.
+    pub(crate) fn open_beyond_cap(self: &Arc<Self>) -> ConnPermit {
+        self.stats.upstream_cx_active.fetch_add(1, Ordering::SeqCst);
+        bump(&self.stats.upstream_cx_total);
+        ConnPermit(self.clone())
+    }
+
     /// Takes a pending slot if fewer than `http1MaxPendingRequests` wait; counts
     /// `upstream_rq_pending_total`, or `upstream_rq_pending_overflow` when full.
     pub fn try_pend(self: &Arc<Self>) -> Result<Pending, Overflow> {
@@ -321,8 +338,16 @@ impl ClusterCircuit {
         Some(RetryPermit(self.clone()))
     }
 
-    /// Resolves at the next [`wake`](Self::wake) or limits change. Create and `enable` it
-    /// *before* checking for a free connection, or a wake in between is lost.
+    /// Counts a request refused because `http2MaxRequests` were in flight (the check is
+    /// [`crate::balance::LoadTracker::admit`]'s): Envoy counts it in
+    /// `upstream_rq_pending_overflow`, as a pending overflow.
+    pub fn note_requests_overflow(&self) {
+        bump(&self.stats.upstream_rq_pending_overflow);
+    }
+
+    /// Resolves at the next wake-up (a connection of the cluster closed or came back idle, a new
+    /// HTTP/2 connection is shared) or limits change. Create and `enable` it *before* checking
+    /// for a free connection, or a wake-up in between is lost.
     pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
         self.changed.notified()
     }

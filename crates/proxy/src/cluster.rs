@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use xds::LbPolicy;
 
+use crate::circuit::{ClusterCircuit, Limits, RetryPermit};
 use crate::config::PeerInfo;
 use crate::fx_hash::{FxHashMap, FxHashSet};
 use crate::tls::PeerTls;
@@ -76,14 +77,10 @@ pub struct ClusterStats {
     pub upstream_rq_retry: AtomicU64,
     /// `upstream_rq_retry_success`: retries that got a response not retried again.
     pub upstream_rq_retry_success: AtomicU64,
-    /// `upstream_rq_retry_overflow`: retries refused by `maxRetries`.
-    pub upstream_rq_retry_overflow: AtomicU64,
     /// `upstream_rq_timeout`: requests that hit the route timeout.
     pub upstream_rq_timeout: AtomicU64,
     /// `upstream_rq_per_try_timeout`: attempts that hit the per-try timeout.
     pub upstream_rq_per_try_timeout: AtomicU64,
-    /// `upstream_rq_pending_overflow`: requests refused by a circuit breaker (`UO`).
-    pub upstream_rq_pending_overflow: AtomicU64,
     /// `upstream_cx_connect_fail`: connections that failed.
     pub upstream_cx_connect_fail: AtomicU64,
 }
@@ -95,7 +92,7 @@ impl ClusterStats {
     }
 
     /// Name and value of every counter, in Envoy's names.
-    pub fn values(&self) -> [(&'static str, u64); 8] {
+    pub fn values(&self) -> [(&'static str, u64); 6] {
         let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("upstream_rq_total", v(&self.upstream_rq_total)),
@@ -104,18 +101,10 @@ impl ClusterStats {
                 "upstream_rq_retry_success",
                 v(&self.upstream_rq_retry_success),
             ),
-            (
-                "upstream_rq_retry_overflow",
-                v(&self.upstream_rq_retry_overflow),
-            ),
             ("upstream_rq_timeout", v(&self.upstream_rq_timeout)),
             (
                 "upstream_rq_per_try_timeout",
                 v(&self.upstream_rq_per_try_timeout),
-            ),
-            (
-                "upstream_rq_pending_overflow",
-                v(&self.upstream_rq_pending_overflow),
             ),
             (
                 "upstream_cx_connect_fail",
@@ -126,16 +115,27 @@ impl ClusterStats {
 }
 
 /// What a cluster keeps across config snapshots.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ClusterState {
     /// Round-robin cursor.
     pub rr: AtomicUsize,
     /// Requests in flight to the cluster (`http2MaxRequests`).
     pub in_flight: AtomicU64,
-    /// Retries in flight to the cluster (`maxRetries`).
-    pub retries_in_flight: AtomicU64,
     /// Counters.
     pub stats: ClusterStats,
+    /// Circuit breakers: connections, pending requests and retries (`connectionPool`).
+    pub circuit: Arc<ClusterCircuit>,
+}
+
+impl Default for ClusterState {
+    fn default() -> ClusterState {
+        ClusterState {
+            rr: AtomicUsize::new(0),
+            in_flight: AtomicU64::new(0),
+            stats: ClusterStats::default(),
+            circuit: ClusterCircuit::new(Limits::default()),
+        }
+    }
 }
 
 /// Counts one request against a cluster's in-flight count until dropped.
@@ -145,16 +145,6 @@ pub struct Admitted(Arc<ClusterState>);
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Counts one retry against a cluster's retries in flight until dropped.
-#[derive(Debug)]
-pub struct RetryBudget(Arc<ClusterState>);
-
-impl Drop for RetryBudget {
-    fn drop(&mut self) {
-        self.0.retries_in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -208,18 +198,8 @@ impl Cluster {
 
     /// Admits a retry unless `maxRetries` are already in flight (Istio leaves it unlimited
     /// when unset).
-    pub fn admit_retry(&self) -> Option<RetryBudget> {
-        let max = self
-            .settings
-            .connection_pool
-            .as_ref()
-            .and_then(|c| c.http.max_retries);
-        let before = self.state.retries_in_flight.fetch_add(1, Ordering::Relaxed);
-        let guard = RetryBudget(self.state.clone());
-        match max {
-            Some(max) if before >= u64::from(max) => None,
-            _ => Some(guard),
-        }
+    pub fn admit_retry(&self) -> Option<RetryPermit> {
+        self.state.circuit.try_retry()
     }
 
     /// Envoy's `health_flags` of endpoint `addr` on the admin port: `healthy`, or
@@ -244,9 +224,15 @@ pub struct Registry {
 
 impl Registry {
     /// The state of cluster `name`, the one the previous snapshot used if there was one.
-    pub fn cluster(&self, name: &Arc<str>) -> Arc<ClusterState> {
+    pub fn cluster(
+        &self,
+        name: &Arc<str>,
+        pool: Option<&xds::ConnectionPool>,
+    ) -> Arc<ClusterState> {
         let mut map = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(name.clone()).or_default().clone()
+        let state = map.entry(name.clone()).or_default().clone();
+        state.circuit.update(Limits::from_settings(pool));
+        state
     }
 
     /// The in-flight counter of endpoint `addr`.

@@ -260,7 +260,7 @@ impl ServiceEntry {
                     .and_then(|lb| lb.simple)
                     .unwrap_or(s.lb_policy);
                 clusters.push(Arc::new(Cluster {
-                    state: registry.cluster(&name),
+                    state: registry.cluster(&name, settings.connection_pool.as_ref()),
                     name,
                     subset: subset.map(|s| Arc::from(s.name.as_str())),
                     endpoints: endpoints.into(),
@@ -310,7 +310,7 @@ impl Snapshot {
         cfg: &ProxyConfig,
         version: u64,
         registry: &Registry,
-    ) -> Snapshot {
+    ) -> Result<Snapshot, xds::ValidationErrors> {
         let node = resources.node.clone().unwrap_or_default();
         let name = node.name.clone().or_else(|| cfg.pod_name.clone());
         let namespace = node.namespace.clone().or_else(|| cfg.pod_namespace.clone());
@@ -421,13 +421,26 @@ impl Snapshot {
             }
         }
         let mut routes_by_host = HashMap::new();
-        for r in &resources.http_routes {
-            let r = Arc::new(CompiledRoutes::compile(r));
+        let mut errors = Vec::new();
+        for (i, r) in resources.http_routes.iter().enumerate() {
+            let r = match CompiledRoutes::compile(r) {
+                Ok(r) => Arc::new(r),
+                Err(message) => {
+                    errors.push(xds::ValidationError {
+                        path: format!("httpRoutes[{i}]"),
+                        message,
+                    });
+                    continue;
+                }
+            };
             for h in &r.source.hosts {
                 routes_by_host.insert(h.clone(), r.clone());
             }
         }
-        Snapshot {
+        if !errors.is_empty() {
+            return Err(xds::ValidationErrors(errors));
+        }
+        Ok(Snapshot {
             version,
             resources: Arc::new(resources),
             me,
@@ -439,7 +452,7 @@ impl Snapshot {
             workloads_by_uid,
             routes_by_host,
             inbound_by_port,
-        }
+        })
     }
 
     /// The service whose VIP and port are `addr`.
@@ -507,16 +520,20 @@ pub struct ConfigStore {
 }
 
 impl ConfigStore {
-    /// A store holding `resources` as version 1.
-    pub fn new(resources: ProxyResources, cfg: Arc<ProxyConfig>) -> ConfigStore {
+    /// A store holding `resources` as version 1; an error if they cannot be used (a route's
+    /// regular expression that does not compile, ...).
+    pub fn new(
+        resources: ProxyResources,
+        cfg: Arc<ProxyConfig>,
+    ) -> Result<ConfigStore, xds::ValidationErrors> {
         let registry = Registry::default();
-        let snap = Snapshot::build(resources, &cfg, 1, &registry);
-        ConfigStore {
+        let snap = Snapshot::build(resources, &cfg, 1, &registry)?;
+        Ok(ConfigStore {
             current: ArcSwap::from_pointee(snap),
             next_version: AtomicU64::new(2),
             cfg,
             registry,
-        }
+        })
     }
 
     /// The snapshot in force; hold it for the whole request.
@@ -530,18 +547,13 @@ impl ConfigStore {
     /// the message).
     pub fn apply(&self, resources: ProxyResources) -> Result<u64, xds::ValidationErrors> {
         resources.validate()?;
-        Ok(self.replace(resources))
-    }
-
-    /// Replaces the resources (already validated) with a new version.
-    pub fn replace(&self, resources: ProxyResources) -> u64 {
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
         let snap = Arc::new(Snapshot::build(
             resources,
             &self.cfg,
             version,
             &self.registry,
-        ));
+        )?);
         self.current.store(snap.clone());
         let mut names = FxHashSet::default();
         let mut addrs = FxHashSet::default();
@@ -550,7 +562,7 @@ impl ConfigStore {
             addrs.extend(c.endpoints.iter().map(|e| e.addr));
         }
         self.registry.retain(&names, &addrs);
-        version
+        Ok(version)
     }
 }
 

@@ -64,6 +64,9 @@ impl AdminSource for TrafficAdmin {
             for (stat, v) in c.state.stats.values() {
                 let _ = writeln!(out, "cluster.{}.{stat}: {v}", c.name);
             }
+            for (stat, v) in c.state.circuit.stats.snapshot().iter() {
+                let _ = writeln!(out, "cluster.{}.{stat}: {v}", c.name);
+            }
         }
         out
     }

@@ -15,11 +15,11 @@
 //! everything else is the traffic side.
 //!
 //! ```no_run
-//! # async fn f() -> std::io::Result<()> {
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //! use proxy::{Proxy, ProxyInputs, config::{ConfigStore, ProxyConfig}, orig_dst::SoOriginalDst};
 //! let cfg = Arc::new(ProxyConfig::default());
-//! let store = Arc::new(ConfigStore::new(Default::default(), cfg.clone()));
+//! let store = Arc::new(ConfigStore::new(Default::default(), cfg.clone())?);
 //! let pi = ProxyInputs::new(cfg, store, proxy::telemetry::Telemetry::without_access_log());
 //! let proxy = Proxy::new(pi, Arc::new(SoOriginalDst)).await?;
 //! proxy.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
@@ -43,6 +43,7 @@ pub mod detect;
 pub mod drain;
 pub mod dump;
 pub mod fx_hash;
+pub mod hash_lb;
 pub mod headers;
 pub mod http;
 pub mod identity_source;

@@ -255,20 +255,30 @@ async fn forward_tcp<D>(
         _ => None,
     };
     let timeout = ctx.pi.cfg.connect_timeout;
-    let (upstream, info) =
-        match pool::connect(EndpointAddr(ep.addr), target.bind, timeout, tls).await {
-            Ok(c) => c,
-            Err(e) => {
-                rec.response_flags = ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
-                rec.upstream_transport_failure_reason = Some(
-                    e.transport_failure_reason()
-                        .unwrap_or_else(|| e.to_string()),
-                );
-                rec.duration = t0.elapsed();
-                ctx.pi.telemetry.tcp_log(rec);
-                return;
-            }
-        };
+    let circuit = &target.cluster.state.circuit;
+    let connected =
+        pool::connect_limited(circuit, EndpointAddr(ep.addr), target.bind, timeout, tls).await;
+    let (upstream, info, _permit) = match connected {
+        Ok(c) => c,
+        Err(pool::PoolError::Overflow(_)) => {
+            // `maxConnections` open and `http1MaxPendingRequests` waiting: Envoy's
+            // tcp_proxy closes the connection with `UO`.
+            rec.response_flags = ResponseFlags::UPSTREAM_OVERFLOW;
+            rec.duration = t0.elapsed();
+            ctx.pi.telemetry.tcp_log(rec);
+            return;
+        }
+        Err(e) => {
+            rec.response_flags = ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
+            rec.upstream_transport_failure_reason = Some(
+                e.transport_failure_reason()
+                    .unwrap_or_else(|| e.to_string()),
+            );
+            rec.duration = t0.elapsed();
+            ctx.pi.telemetry.tcp_log(rec);
+            return;
+        }
+    };
     rec.upstream_local_address = Some(info.local);
     if let Some(server) = &info.peer {
         labels.destination_principal = server.clone();

@@ -7,7 +7,7 @@
 //! detected, counted, never ejected), consecutive locally originated failures when
 //! `splitExternalLocalOriginErrors`, success-rate ejection off. Ejection is inline, as soon as a
 //! counter reaches its threshold, if the ejected endpoints then stay within
-//! `maxEjectionPercent` of all of them (Envoy ≥ 1.27: `100 × (ejected + 1) / endpoints ≤ max`,
+//! `maxEjectionPercent` of all of them (current Envoy: `100 × (ejected + 1) / endpoints ≤ max`,
 //! so with the default 10 % fewer than 10 endpoints never lose one, and a lone endpoint is
 //! ejected only under 100 %). An ejected endpoint comes back at the first [`sweep`] (every
 //! `interval`) after `min(base × multiplier, max_ejection_time)`; the multiplier grows by one per

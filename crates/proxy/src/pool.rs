@@ -13,11 +13,15 @@
 //! [`ClusterCircuit`] as Envoy's connection pools do: a request that finds no ready connection
 //! is *pending* until one is up for it (its own new one, or an idle one coming back); beyond
 //! `http1MaxPendingRequests` it fails at once with [`PoolError::Overflow`] (`UO`); when
-//! `maxConnections` are open it waits for one to close or come back idle. Connections of the
-//! same endpoint but different clusters (subsets) are never shared. Each connection is retired
-//! after `maxRequestsPerConnection` requests and `maxConnectionDuration` (gracefully: no new
-//! request, closed once the current ones end) and closed once idle for the cluster's idle
-//! timeout, by a small timer task per connection ([`expire`]).
+//! `maxConnections` are open it waits for one of its endpoint to close or come back idle. An
+//! endpoint with no connection at all gets one beyond the cap, as in Envoy's pools
+//! (`tryCreateNewConnection`), but per endpoint rather than per endpoint and worker: the cap is
+//! shared by all worker threads, and one worker does not open a second connection while another
+//! holds the endpoint's only one. Connections of the same endpoint but different clusters
+//! (subsets) are never shared. Each connection is retired after `maxRequestsPerConnection`
+//! requests and `maxConnectionDuration` (gracefully: no new request, closed once the current
+//! ones end) and closed once idle for the cluster's idle timeout, by a small timer task per
+//! connection (`expire`).
 
 use std::future::Future;
 use std::io;
@@ -179,7 +183,36 @@ impl AsyncWrite for UpstreamIo {
 /// upgraded (WebSocket) connection, which outlives that task.
 struct Slotted<T> {
     io: T,
-    _slot: Option<ConnPermit>,
+    _slot: Option<NewConn>,
+}
+
+/// What a new connection of a cluster holds while open: its slot, and its place in its key's
+/// count of connections.
+struct NewConn {
+    // Dropped in this order: the key's count falls before the slot's release wakes waiters, so
+    // a woken waiter sees its key without this connection.
+    _live: Live,
+    _permit: ConnPermit,
+}
+
+impl NewConn {
+    /// Counts the connection in `live`.
+    fn new(permit: ConnPermit, live: Arc<AtomicUsize>) -> NewConn {
+        live.fetch_add(1, Ordering::SeqCst);
+        NewConn {
+            _live: Live(live),
+            _permit: permit,
+        }
+    }
+}
+
+/// One connection counted in its key's count until dropped.
+struct Live(Arc<AtomicUsize>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Slotted<T> {
@@ -643,6 +676,10 @@ struct Inner {
     /// connection pool per worker: one connection for every worker's streams would put all of
     /// them behind one connection task and one TLS session.
     h2: Mutex<FxHashMap<Key, Vec<Option<Shared>>>>,
+    /// Connections open or opening per key of a cluster with a circuit, to tell whether a
+    /// request waiting at the cluster's cap has any of its own (touched only when a connection
+    /// opens).
+    live: Mutex<FxHashMap<Key, Arc<AtomicUsize>>>,
 }
 
 /// Most HTTP/2 connections kept per key, and HTTP/1 idle maps (worker threads beyond it share
@@ -703,6 +740,7 @@ impl Pool {
                 tls,
                 idle: Default::default(),
                 h2: Mutex::default(),
+                live: Mutex::default(),
             }),
         }
     }
@@ -797,16 +835,17 @@ impl Pool {
 
     /// For a request that found no ready connection: a slot for a new one, counted as pending
     /// (Envoy's pending request) until that connection is up. While `maxConnections` are open
-    /// it waits, trying `try_pooled` (a connection of its key from any worker) at each wake-up
-    /// and closing idle connections of the cluster held for other endpoints, which would
-    /// otherwise keep it waiting until they time out. `Err` is the outcome of a pooled
-    /// connection it used, or the overflow.
+    /// it waits, trying `try_pooled` (a connection of its key from any worker) at each wake-up,
+    /// unless its key has no connection at all (all of them belong to other endpoints): then it
+    /// opens one beyond the cap, as Envoy does (`tryCreateNewConnection`), rather than wait
+    /// for another endpoint's connection to close. `Err` is the outcome of a pooled connection
+    /// it used, or the overflow.
     async fn new_slot<F, Fut>(
         &self,
         mut key: Key,
         mut req: Request<ProxyBody>,
         mut try_pooled: F,
-    ) -> Result<(Key, Request<ProxyBody>, Option<(ConnPermit, Pending)>), Result<Exchange, SendError>>
+    ) -> Result<(Key, Request<ProxyBody>, Option<(NewConn, Pending)>), Result<Exchange, SendError>>
     where
         F: FnMut(Key, Request<ProxyBody>) -> Fut,
         Fut: Future<Output = Attempt>,
@@ -818,53 +857,37 @@ impl Pool {
             Ok(p) => p,
             Err(e) => return Err(Err(SendError::unsent(e.into(), req))),
         };
+        let live = self.live(&key);
         let mut counted = false;
         loop {
             let notified = circuit.changed();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if let Some(permit) = circuit.try_open() {
-                return Ok((key, req, Some((permit, pending))));
+                return Ok((key, req, Some((NewConn::new(permit, live), pending))));
             }
             if !std::mem::replace(&mut counted, true) {
                 bump(&circuit.stats.upstream_cx_overflow);
+            }
+            if live.load(Ordering::SeqCst) == 0 {
+                let permit = circuit.open_beyond_cap();
+                return Ok((key, req, Some((NewConn::new(permit, live), pending))));
             }
             (key, req) = match try_pooled(key, req).await {
                 Ok(done) => return Err(done),
                 Err(back) => back,
             };
-            self.evict_idle(&key, &circuit);
             notified.await;
         }
     }
 
-    /// Closes one idle HTTP/1 connection of `circuit`'s cluster held for another key than the
-    /// waiting request's `key` (another endpoint, protocol or TLS identity), to free its slot
-    /// for that request, which could not use it (Envoy would open one beyond the cap instead).
-    /// One of `key` itself is left alone: a waiter takes it.
-    fn evict_idle(&self, key: &Key, circuit: &Arc<ClusterCircuit>) {
-        for m in &self.inner.idle {
-            let evicted = {
-                let mut map = lock(m);
-                map.iter_mut()
-                    .filter(|(k, _)| {
-                        k.base != key.base
-                            && k.circuit.as_ref().is_some_and(|c| Arc::ptr_eq(c, circuit))
-                    })
-                    .find_map(|(_, list)| {
-                        while let Some(c) = list.pop() {
-                            if !c.conn.tx.is_closed() {
-                                return Some(c);
-                            }
-                        }
-                        None
-                    })
-            };
-            // Dropped here, outside the lock: its connection closes and frees the slot.
-            if evicted.is_some() {
-                return;
-            }
+    /// The count of `key`'s connections (open or opening), created if missing.
+    fn live(&self, key: &Key) -> Arc<AtomicUsize> {
+        let mut map = lock(&self.inner.live);
+        if map.len() >= MAX_KEYS && !map.contains_key(key) {
+            map.retain(|_, n| Arc::strong_count(n) > 1);
         }
+        map.entry(key.clone()).or_default().clone()
     }
 
     /// Takes an idle HTTP/1 connection of `key` from idle map `slot`, counting the request it
@@ -1685,23 +1708,32 @@ mod tests {
         assert_eq!(server.accepts(), 2);
     }
 
-    /// With the cap held by an idle connection to another endpoint of the cluster, a request
-    /// closes that one rather than wait for its idle timeout.
+    /// With the cap held by another endpoint's connection, a request to an endpoint that has
+    /// none opens one beyond the cap, as Envoy does, instead of waiting for the other to close
+    /// (an HTTP/2 connection would stay open until its idle timeout).
     #[tokio::test]
-    async fn a_waiter_evicts_an_idle_connection_of_another_endpoint() {
-        let (a, b) = (
-            Server::start(false, false).await,
-            Server::start(false, false).await,
-        );
-        let pool = pool();
-        let circuit = ClusterCircuit::new(limits(1, 1, 0));
-        exchange(&pool, &circuit, a.key(false)).await.expect("to a");
-        assert_eq!(pool.idle_count(&a.key(false)), 1);
-        exchange(&pool, &circuit, b.key(false)).await.expect("to b");
-        wait_for(|| a.open() == 0).await;
-        assert_eq!(pool.idle_count(&a.key(false)), 0);
-        assert_eq!(pool.idle_count(&b.key(false)), 1);
-        assert_eq!(circuit.stats.snapshot().upstream_cx_total, 2);
+    async fn an_endpoint_without_a_connection_gets_one_beyond_the_cap() {
+        for http2 in [false, true] {
+            let (a, b) = (
+                Server::start(http2, false).await,
+                Server::start(http2, false).await,
+            );
+            let pool = pool();
+            let circuit = ClusterCircuit::new(limits(1, 1, 0));
+            exchange(&pool, &circuit, a.key(http2)).await.expect("to a");
+            exchange(&pool, &circuit, b.key(http2)).await.expect("to b");
+            exchange(&pool, &circuit, b.key(http2))
+                .await
+                .expect("to b again");
+            let s = circuit.stats.snapshot();
+            assert_eq!(
+                (s.upstream_cx_total, s.upstream_cx_active),
+                (2, 2),
+                "{http2}"
+            );
+            assert_eq!(s.upstream_cx_overflow, 1, "{http2}");
+            assert_eq!((a.open(), b.open()), (1, 1), "{http2}");
+        }
     }
 
     /// An upgraded connection (WebSocket) counts against `maxConnections` until its tunnel

@@ -30,6 +30,10 @@ pub struct Target {
     pub policy: Arc<RoutePolicy>,
     /// The chosen destination's index in the route, for its header edits.
     pub destination: Option<usize>,
+    /// `route_name` in the access log (`None` prints `-`).
+    pub route_name: Option<Arc<str>>,
+    /// How much of the path the route's `uri` match covered (what `rewrite.uri` replaces).
+    pub matched_len: usize,
     /// The destination workload for labels, when there is one (inbound: ourselves).
     pub peer: Option<Arc<PeerInfo>>,
     /// `destination_service`.
@@ -49,11 +53,6 @@ impl Target {
     /// The route timeout (`UT` when it fires).
     pub fn timeout(&self) -> Option<Duration> {
         self.policy.timeout
-    }
-
-    /// The access log's `route_name`.
-    pub fn route_name(&self) -> &Arc<str> {
-        &self.policy.name
     }
 }
 
@@ -107,6 +106,8 @@ pub fn passthrough(orig_dst: OrigDstAddr, host: Option<&str>) -> Target {
         bind: None,
         upstream_http: UpstreamHttp::Downstream,
         opaque: false,
+        route_name: Some(Arc::from("allow_any")),
+        matched_len: 1,
         policy: RoutePolicy::passthrough(),
         destination: None,
         peer: None,

@@ -70,6 +70,9 @@ pub enum SidecarError {
     /// The resources file is unreadable or invalid.
     #[error(transparent)]
     Config(#[from] xds::LoadError),
+    /// The resources are valid but cannot be used (a route that does not compile).
+    #[error("the resources cannot be used: {0}")]
+    Resources(#[source] xds::ValidationErrors),
     /// A listener could not be bound.
     #[error("binding {what} on {addr}: {source}")]
     Bind {
@@ -122,7 +125,8 @@ pub async fn run(
         _ => None,
     };
     let cfg = Arc::new(cfg);
-    let store = Arc::new(ConfigStore::new(resources, cfg.clone()));
+    let store =
+        Arc::new(ConfigStore::new(resources, cfg.clone()).map_err(SidecarError::Resources)?);
     let tls = crate::identity_source::start(&opts.identity).await?;
     let pi = ProxyInputs::with_tls(cfg.clone(), store, telemetry.clone(), tls);
     let mut proxy = Proxy::new(pi.clone(), Arc::new(SoOriginalDst))

@@ -409,6 +409,24 @@ fn validate_policy(
                     "ringHash and maglev exclude each other: set one",
                 );
             }
+            if ch.minimum_ring_size.is_some_and(|n| n != 0)
+                && (ch.ring_hash.is_some() || ch.maglev.is_some())
+            {
+                p.add(
+                    format!("{at}.consistentHash.minimumRingSize"),
+                    "the deprecated minimumRingSize excludes ringHash and maglev: set one",
+                );
+            }
+            if let Some(m) = &ch.maglev {
+                let at = format!("{at}.consistentHash.maglev.tableSize");
+                if m.table_size == 0 {
+                    p.add(at, "missing: maglev needs a tableSize");
+                } else if m.table_size >= 5_000_011 {
+                    p.add(at, format!("{} must be less than 5000011", m.table_size));
+                } else if !is_prime(m.table_size) {
+                    p.add(at, format!("{} must be a prime number", m.table_size));
+                }
+            }
             if let Some(c) = &ch.http_cookie
                 && c.name.is_empty()
             {
@@ -509,4 +527,12 @@ fn validate_policy(
             );
         }
     }
+}
+
+/// Whether `n` is prime (Envoy's check of a Maglev table size; sizes are below 5000011).
+fn is_prime(n: u64) -> bool {
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }

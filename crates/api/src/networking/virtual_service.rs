@@ -668,6 +668,35 @@ impl HttpRoute {
                 }
             }
         }
+        // The authority is rewritten in one place at most (Istio's validateAuthorityRewrite).
+        let request = self.headers.as_ref().and_then(|h| h.request.as_ref());
+        let authorities = self
+            .rewrite
+            .iter()
+            .filter(|rw| !rw.authority.is_empty())
+            .map(|_| "rewrite.authority".to_string())
+            .chain(request.into_iter().flat_map(|r| {
+                [("set", &r.set), ("add", &r.add)]
+                    .into_iter()
+                    .flat_map(|(op, m)| {
+                        m.keys()
+                            .filter(|k| {
+                                k.eq_ignore_ascii_case("host")
+                                    || k.eq_ignore_ascii_case(":authority")
+                            })
+                            .map(move |k| format!("headers.request.{op}[\"{k}\"]"))
+                    })
+            }))
+            .collect::<Vec<_>>();
+        if authorities.len() > 1 {
+            p.add(
+                at,
+                format!(
+                    "the authority is rewritten in several places ({}): set one",
+                    authorities.join(", ")
+                ),
+            );
+        }
         if let Some(rw) = &self.rewrite {
             if rw.uri_regex_rewrite.is_some() && !rw.uri.is_empty() {
                 p.add(

@@ -54,15 +54,10 @@ pub(crate) fn build(
     let mut out = ConfigOut::default();
     let mut peer_authentications = Vec::new();
     let mut destination_rules = Vec::new();
+    let mut virtual_services = Vec::new();
     for o in objects {
-        let object = o.display();
-        let mut w = |message: String| warnings.add(object.clone(), message);
         match o {
-            Object::VirtualService(vs) => {
-                if let Some(r) = routes::virtual_service(vs, &hosts, &mut w) {
-                    out.http_routes.push(r);
-                }
-            }
+            Object::VirtualService(vs) => virtual_services.push(vs),
             Object::DestinationRule(dr) => destination_rules.push(dr),
             Object::PeerAuthentication(pa) => peer_authentications.push(pa),
             Object::AuthorizationPolicy(_) | Object::RequestAuthentication(_) => {
@@ -73,6 +68,8 @@ pub(crate) fn build(
             _ => {}
         }
     }
+    out.http_routes =
+        routes::virtual_services(&virtual_services, &hosts, &mut |o, m| warnings.add(o, m));
     out.traffic_policies =
         policy::destination_rules(&destination_rules, &hosts, &mut |o, m| warnings.add(o, m));
     out.authorizations

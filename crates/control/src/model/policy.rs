@@ -193,7 +193,7 @@ fn translate(
             resource: xds::TrafficPolicy {
                 // Unique per host: one rule for `*.ns.svc.cluster.local` gives one per service.
                 name: if wildcard {
-                    format!("{name}@{host}")
+                    format!("{name}{WILDCARD_HOST}{host}")
                 } else {
                     name.clone()
                 },
@@ -203,6 +203,15 @@ fn translate(
             },
         })
         .collect()
+}
+
+/// Separates a rule's name from the host in the names of the policies a wildcard rule gives
+/// (`default/all@reviews.default.svc.cluster.local`): one per host it covers.
+const WILDCARD_HOST: char = '@';
+
+/// Whether `p` comes from a rule whose host is a wildcard.
+pub fn from_wildcard(p: &xds::TrafficPolicy) -> bool {
+    p.name.contains(WILDCARD_HOST)
 }
 
 /// A `trafficPolicy` (host or subset level) and its port-level settings.

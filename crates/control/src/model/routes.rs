@@ -2,9 +2,14 @@
 //!
 //! - Only config bound to the mesh is used: a VirtualService whose `gateways` do not name `mesh`
 //!   gives nothing, and neither does a match whose own `gateways` do not (a route all of whose
-//!   matches are for gateways is left out, never widened to match everything).
+//!   matches are for gateways is left out, never widened to match everything). A
+//!   VirtualService left with no route gives no [`xds::HttpRoutes`] (the host keeps its default
+//!   route, as pilot skips a virtual host without routes); `delegate` routes are left out and a
+//!   delegate VirtualService (no hosts) is a warning, as delegation is not implemented.
 //! - Hosts and destinations written as short names are services of the VirtualService's
-//!   namespace; `HttpRoutes.namespace` is that namespace (subsets are looked up for it).
+//!   namespace; `HttpRoutes.namespace` is that namespace (subsets are looked up for it). A
+//!   wildcard host stands for the known services it covers, except those another
+//!   VirtualService names exactly (Envoy's most specific domain wins).
 //! - String matches: an empty one and `regex: "*"` on headers, `withoutHeaders` and
 //!   `queryParams` mean "present" (pilot's `canBeConvertedToPresentMatch`); header names are
 //!   lower case (Envoy compares them so). A query parameter's `prefix` is passed on: pilot
@@ -21,6 +26,10 @@
 //! - Mirrors (pilot's `MirrorPercent`): no percentage is 100 %, an explicit 0 drops the mirror.
 //! - `corsPolicy`: `allowOrigins`, else the deprecated exact `allowOrigin`; `maxAge` in whole
 //!   seconds.
+//! - Header edits never touch pseudo-headers or `host`: setting (or adding) `host` or
+//!   `:authority` rewrites the authority, as pilot does; `rewrite.authority` wins over the
+//!   route's header, which wins over a lone destination's; among several destinations, one's own
+//!   authority stays its `host` header set.
 
 use std::collections::BTreeMap;
 
@@ -38,9 +47,57 @@ use super::{ExportTo, Scoped};
 pub const DEFAULT_RETRY_ON: &str =
     "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
 
+/// The routes of every VirtualService bound to sidecars. A host that a wildcard
+/// (`*.example.com`) covers is left out of that VirtualService when another one names it
+/// exactly: Envoy picks the most specific domain, so the exact one routes it. `warn` gets the
+/// display name of an object and a message.
+pub(crate) fn virtual_services(
+    all: &[&IstioConfig<VirtualService>],
+    known: &[&str],
+    warn: &mut impl FnMut(String, String),
+) -> Vec<Scoped<xds::HttpRoutes>> {
+    // The hosts each one names exactly.
+    let exact: Vec<Vec<String>> = all
+        .iter()
+        .map(|vs| {
+            if !for_mesh(&vs.spec.gateways) {
+                return Vec::new();
+            }
+            vs.spec
+                .hosts
+                .iter()
+                .filter(|h| !h.contains('*'))
+                .flat_map(|h| resolve_host(h, &vs.metadata.namespace, known))
+                .collect()
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (i, vs) in all.iter().enumerate() {
+        let object = format!(
+            "VirtualService {}/{}",
+            vs.metadata.namespace, vs.metadata.name
+        );
+        let mut w = |message: String| warn(object.clone(), message);
+        let Some(mut r) = virtual_service(vs, known, &mut w) else {
+            continue;
+        };
+        r.resource.hosts.retain(|h| {
+            exact[i].contains(h)
+                || !exact
+                    .iter()
+                    .enumerate()
+                    .any(|(j, named)| j != i && named.contains(h))
+        });
+        if !r.resource.hosts.is_empty() {
+            out.push(r);
+        }
+    }
+    out
+}
+
 /// What one VirtualService gives: its routes, when it applies to sidecars and names a known
 /// host.
-pub(crate) fn virtual_service(
+fn virtual_service(
     vs: &IstioConfig<VirtualService>,
     known: &[&str],
     w: &mut impl FnMut(String),
@@ -49,6 +106,15 @@ pub(crate) fn virtual_service(
     let ns = vs.metadata.namespace.as_str();
     if !for_mesh(&spec.gateways) {
         return None; // for gateways only (api::support reports it)
+    }
+    if spec.hosts.is_empty() {
+        // Only the target of a `delegate` has no hosts (validation).
+        w(
+            "spec.hosts: none: this is a delegate VirtualService, and delegation is not \
+           implemented by Ama: ignored"
+                .into(),
+        );
+        return None;
     }
     let mut hosts: Vec<String> = spec
         .hosts
@@ -68,7 +134,7 @@ pub(crate) fn virtual_service(
         .enumerate()
         .filter_map(|(i, r)| cx.http_route(r, &format!("spec.http[{i}]"), w))
         .collect();
-    let tcp = spec
+    let tcp: Vec<_> = spec
         .tcp
         .iter()
         .filter_map(|r| {
@@ -87,7 +153,7 @@ pub(crate) fn virtual_service(
             cx.l4_route(r.r#match.len(), matches, &r.route)
         })
         .collect();
-    let tls = spec
+    let tls: Vec<_> = spec
         .tls
         .iter()
         .filter_map(|r| {
@@ -106,6 +172,11 @@ pub(crate) fn virtual_service(
             cx.l4_route(r.r#match.len(), matches, &r.route)
         })
         .collect();
+    if http.is_empty() && tcp.is_empty() && tls.is_empty() {
+        // Nothing for sidecars (every route is for gateways or delegated): as pilot skips a
+        // virtual host without routes, the host keeps its default route.
+        return None;
+    }
     Some(Scoped {
         namespace: ns.to_string(),
         export_to: ExportTo::parse(spec.export_to.iter().map(String::as_str), ns),
@@ -230,15 +301,31 @@ impl Cx<'_> {
             return None; // every match is for gateways (api::support reports it)
         }
         let single = route.route.len() == 1;
+        // The authority: `rewrite.authority`, else a `host`/`:authority` header the route sets,
+        // else one its lone destination sets (pilot's host rewrite). Several destinations with
+        // their own authority keep it as their `host` header.
+        let mut authority = route
+            .rewrite
+            .as_ref()
+            .and_then(|r| non_empty(&r.authority))
+            .or_else(|| request_authority(route.headers.as_ref()));
+        if single && authority.is_none() {
+            authority = route
+                .route
+                .first()
+                .and_then(|d| request_authority(d.headers.as_ref()));
+        }
         let destinations = route
             .route
             .iter()
             .map(|d| {
-                self.destination(
-                    &d.destination,
-                    weight(d.weight, single),
-                    headers(d.headers.as_ref()),
-                )
+                let mut h = headers(d.headers.as_ref());
+                if authority.is_none()
+                    && let Some(a) = request_authority(d.headers.as_ref())
+                {
+                    h.request.set.insert("host".into(), a);
+                }
+                self.destination(&d.destination, weight(d.weight, single), h)
             })
             .collect();
         let mut mirrors = Vec::new();
@@ -280,17 +367,20 @@ impl Cx<'_> {
                 status: u16::try_from(d.status).unwrap_or(500),
                 body: d.body.as_ref().and_then(|b| body(b, at, w)),
             }),
-            rewrite: route.rewrite.as_ref().and_then(|r| {
+            rewrite: {
+                let r = route.rewrite.as_ref();
                 let out = xds::Rewrite {
-                    uri: non_empty(&r.uri),
-                    authority: non_empty(&r.authority),
-                    uri_regex: r.uri_regex_rewrite.as_ref().map(|re| xds::RegexRewrite {
-                        regex: re.r#match.clone(),
-                        substitution: re.rewrite.clone(),
+                    uri: r.and_then(|r| non_empty(&r.uri)),
+                    authority,
+                    uri_regex: r.and_then(|r| r.uri_regex_rewrite.as_ref()).map(|re| {
+                        xds::RegexRewrite {
+                            regex: re.r#match.clone(),
+                            substitution: re.rewrite.clone(),
+                        }
                     }),
                 };
                 (out != xds::Rewrite::default()).then_some(out)
-            }),
+            },
             timeout_ms: millis(route.timeout).filter(|ms| *ms > 0),
             retries: route.retries.as_ref().map(retry_policy),
             fault: route.fault.as_ref().and_then(fault),
@@ -386,19 +476,42 @@ fn route_match(m: &HttpMatchRequest) -> xds::HttpRouteMatch {
     }
 }
 
+/// Pseudo-headers and `host` are not edited as headers (pilot's `isInternalHeader`): the
+/// authority is a rewrite.
+fn internal(name: &str) -> bool {
+    name.starts_with(':') || name.eq_ignore_ascii_case("host")
+}
+
+/// The authority a request edit sets with `host` or `:authority` (`set` wins over `add`).
+fn request_authority(h: Option<&virtual_service::Headers>) -> Option<String> {
+    let req = h?.request.as_ref()?;
+    let find = |m: &BTreeMap<String, String>| {
+        m.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("host") || k.eq_ignore_ascii_case(":authority"))
+            .map(|(_, v)| v.clone())
+    };
+    find(&req.set).or_else(|| find(&req.add))
+}
+
 fn header_ops(h: Option<&virtual_service::HeaderOperations>) -> xds::HeaderOps {
     let Some(h) = h else {
         return xds::HeaderOps::default();
     };
     let lower = |m: &BTreeMap<String, String>| {
         m.iter()
+            .filter(|(k, _)| !internal(k))
             .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
             .collect()
     };
     xds::HeaderOps {
         set: lower(&h.set),
         add: lower(&h.add),
-        remove: h.remove.iter().map(|k| k.to_ascii_lowercase()).collect(),
+        remove: h
+            .remove
+            .iter()
+            .filter(|k| !internal(k))
+            .map(|k| k.to_ascii_lowercase())
+            .collect(),
     }
 }
 

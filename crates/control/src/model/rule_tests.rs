@@ -1033,3 +1033,213 @@ spec:
         ]
     );
 }
+
+#[test]
+fn destination_rule_lookup_per_proxy() {
+    let dr = |ns: &str, name: &str, host: &str, export: &str, lb: &str| {
+        format!(
+            "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  host: '{host}'
+  exportTo: [{export}]
+  trafficPolicy: {{loadBalancer: {{simple: {lb}}}}}
+"
+        )
+    };
+    let yaml = [
+        dr(
+            "default",
+            "a-wild",
+            "*.default.svc.cluster.local",
+            "'.'",
+            "RANDOM",
+        ),
+        dr("default", "reviews", "reviews", "'.'", "ROUND_ROBIN"),
+        dr("istio-system", "mesh", REVIEWS, "'*'", "LEAST_REQUEST"),
+        dr("aaa", "other", REVIEWS, "'*'", "PASSTHROUGH"),
+        dr("front", "local", REVIEWS, "'*'", "RANDOM"),
+    ]
+    .concat();
+    let (m, _) = build(&yaml);
+    let lb_for = |namespace: &str| {
+        let key = crate::translate::ProxyKey {
+            ip: "10.9.9.9".parse().expect("ip"),
+            pod_name: "p".into(),
+            namespace: namespace.into(),
+        };
+        let r = crate::translate::proxy_resources(&m, &key);
+        let p = r
+            .traffic_policies
+            .iter()
+            .find(|p| p.host == REVIEWS)
+            .expect("a policy for reviews");
+        (
+            p.name.clone(),
+            p.policy
+                .settings
+                .load_balancer
+                .as_ref()
+                .and_then(|lb| lb.simple),
+        )
+    };
+    // The host named wins over the wildcard that covers it, whatever the names.
+    assert_eq!(
+        lb_for("default"),
+        ("default/reviews".into(), Some(xds::LbPolicy::RoundRobin))
+    );
+    assert_eq!(
+        lb_for("front"),
+        ("front/local".into(), Some(xds::LbPolicy::Random))
+    );
+    // Neither the proxy's nor the host's namespace has one it sees: the root namespace's, never
+    // aaa's.
+    assert_eq!(
+        lb_for("back"),
+        (
+            "istio-system/mesh".into(),
+            Some(xds::LbPolicy::LeastRequest)
+        )
+    );
+}
+
+#[test]
+fn delegation_is_reported_on_both_sides() {
+    let (m, findings) = build(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /v2}}]
+    delegate: {name: reviews-v2}
+  - route: [{destination: {host: reviews}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-v2}
+spec:
+  http: [{route: [{destination: {host: reviews, subset: v2}}]}]
+",
+    );
+    assert_eq!(
+        findings,
+        [
+            "t.yaml:doc 1: VirtualService default/reviews: spec.http[0].delegate: not implemented \
+          by Ama; this route is dropped"
+        ]
+    );
+    assert_eq!(m.http_routes.len(), 1);
+    assert_eq!(
+        m.http_routes[0].resource.http,
+        [xds::HttpRoute {
+            route: vec![xds::RouteDestination {
+                host: REVIEWS.into(),
+                weight: 100,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }]
+    );
+    assert_eq!(
+        m.warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        [
+            "VirtualService default/reviews-v2: spec.hosts: none: this is a delegate \
+          VirtualService, and delegation is not implemented by Ama: ignored"
+        ]
+    );
+}
+
+#[test]
+fn a_virtual_service_with_nothing_for_sidecars_gives_no_routes() {
+    let (m, findings) = build(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /}, gateways: [istio-system/ingress]}]
+    route: [{destination: {host: reviews, subset: v2}}]
+",
+    );
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(m.http_routes, [], "the host keeps its default route");
+}
+
+#[test]
+fn authority_set_as_a_header_is_a_rewrite() {
+    let r = http(
+        "  - match: [{uri: {prefix: /a}}]
+    headers: {request: {set: {Host: route.example, ':path': /x}, remove: [host, x-a]}}
+    route: [{destination: {host: reviews, subset: v1}, headers: {request: {set: {host: dest.example}}}}]
+  - match: [{uri: {prefix: /b}}]
+    rewrite: {authority: rewritten.example}
+    route: [{destination: {host: reviews}, headers: {request: {set: {host: dest.example}}}}]
+  - match: [{uri: {prefix: /c}}]
+    route: [{destination: {host: reviews}, headers: {request: {add: {':authority': lone.example}}}}]
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 50, headers: {request: {set: {host: one.example}}}}
+    - {destination: {host: reviews, subset: v2}, weight: 50}
+",
+    );
+    let authority = |i: usize| r[i].rewrite.as_ref().and_then(|rw| rw.authority.clone());
+    assert_eq!(authority(0).as_deref(), Some("route.example"));
+    assert_eq!(
+        r[0].headers.request,
+        xds::HeaderOps {
+            remove: vec!["x-a".into()],
+            ..Default::default()
+        },
+        "host and pseudo-headers are not header edits"
+    );
+    assert_eq!(r[0].route[0].headers, xds::Headers::default());
+    assert_eq!(authority(1).as_deref(), Some("rewritten.example"));
+    assert_eq!(r[1].route[0].headers, xds::Headers::default());
+    assert_eq!(authority(2).as_deref(), Some("lone.example"));
+    assert_eq!(authority(3), None);
+    assert_eq!(r[3].route[0].headers.request.set["host"], "one.example");
+    assert_eq!(r[3].route[1].headers, xds::Headers::default());
+}
+
+#[test]
+fn a_host_named_exactly_is_not_routed_by_a_wildcard() {
+    let (m, _) = build(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: all}
+spec:
+  hosts: ['*.default.svc.cluster.local']
+  http: [{route: [{destination: {host: mongo}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http: [{route: [{destination: {host: reviews, subset: v1}}]}]
+",
+    );
+    assert_eq!(
+        m.warnings,
+        [],
+        "not a conflict: the most specific domain wins"
+    );
+    let hosts = |name: &str| {
+        m.http_routes
+            .iter()
+            .find(|r| r.resource.name == name)
+            .map(|r| r.resource.hosts.clone())
+    };
+    assert_eq!(
+        hosts("default/all"),
+        Some(vec!["mongo.default.svc.cluster.local".to_string()])
+    );
+    assert_eq!(hosts("default/reviews"), Some(vec![REVIEWS.to_string()]));
+}

@@ -1,6 +1,6 @@
 //! Istio's own task YAML through `ama apply`'s parse and the model: bookinfo's
 //! `samples/bookinfo/networking/*.yaml` and the YAML of the Request Routing, Traffic Shifting,
-//! Fault Injection, Circuit Breaking and Mirroring tasks, as Istio publishes them (our own
+//! Fault Injection, Request Timeouts, Circuit Breaking and Mirroring tasks, as Istio publishes them (our own
 //! copies of the texts, inline). Each must give no finding at all (it uses only what Ama
 //! implements) and the resources that make the tasks behave as Istio's docs show.
 
@@ -599,6 +599,67 @@ spec:
                 subset: Some("v2".into()),
                 per_million: 1_000_000,
             }],
+            ..Default::default()
+        }]
+    );
+}
+
+/// Request Timeouts: ratings delayed 2 s (the deprecated integer `percent`), reviews with a
+/// 0.5 s timeout.
+#[test]
+fn request_timeouts() {
+    let m = translate(&format!(
+        "{DESTINATION_RULE_ALL}apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: ratings
+spec:
+  hosts:
+  - ratings
+  http:
+  - fault:
+      delay:
+        percent: 100
+        fixedDelay: 2s
+    route:
+    - destination:
+        host: ratings
+        subset: v1
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts:
+  - reviews
+  http:
+  - route:
+    - destination:
+        host: reviews
+        subset: v2
+    timeout: 0.5s
+"
+    ));
+    assert_eq!(
+        routes(&m, "ratings").http,
+        [xds::HttpRoute {
+            route: vec![to_subset("ratings", "v1", 100)],
+            fault: Some(xds::Fault {
+                delay: Some(FaultDelay {
+                    fixed_delay_ms: 2000,
+                    per_million: 1_000_000,
+                }),
+                abort: None,
+            }),
+            ..Default::default()
+        }]
+    );
+    assert_eq!(
+        routes(&m, "reviews").http,
+        [xds::HttpRoute {
+            route: vec![to_subset("reviews", "v2", 100)],
+            timeout_ms: Some(500),
             ..Default::default()
         }]
     );

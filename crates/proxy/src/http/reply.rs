@@ -7,6 +7,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 
 use crate::body::{ProxyBody, empty, full};
 use crate::headers;
+use crate::outbound::fault::{self, AbortReply};
 use crate::telemetry::ResponseFlags;
 
 use super::ConnCtx;
@@ -118,21 +119,13 @@ impl LocalReply {
 
     /// A fault injection's abort, as Envoy's fault filter sends it: the status (or, to a gRPC
     /// client, the gRPC status) with `fault filter abort`, flag `FI`.
-    pub(super) fn fault_abort(status: &xds::AbortStatus) -> LocalReply {
-        let (http, grpc) = match *status {
-            xds::AbortStatus::Http(code) => (
-                StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-                None,
-            ),
-            // Envoy answers a gRPC abort with HTTP 200 and the status in grpc-status.
-            xds::AbortStatus::Grpc(code) => (StatusCode::OK, Some(code)),
-        };
+    pub(super) fn fault_abort(abort: AbortReply) -> LocalReply {
         LocalReply {
-            status: http,
+            status: abort.status,
             flags: ResponseFlags::FAULT_INJECTED,
-            details: "fault_filter_abort",
-            body: Cow::Borrowed("fault filter abort"),
-            grpc_status: grpc,
+            details: fault::ABORT_DETAILS,
+            body: Cow::Borrowed(fault::ABORT_BODY),
+            grpc_status: abort.grpc_status,
             close: false,
         }
     }

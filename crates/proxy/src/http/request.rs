@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -19,7 +19,10 @@ use crate::body::{BoxError, ProxyBody, empty};
 use crate::cluster::ClusterStats;
 use crate::config::Snapshot;
 use crate::headers;
-use crate::outbound::router::{self, Outcome, RequestView, RouteError, RoutePolicy, Routed};
+use crate::outbound::fault::AbortReply;
+use crate::outbound::retry::{Outcome, ResetReason};
+use crate::outbound::router::{self, RouteError, RoutePolicy, Routed};
+use crate::outbound::routes::RequestView;
 use crate::pool::{PoolError, PoolKey};
 use crate::route::{self, Target};
 use crate::tcp::{ByteCounts, copy_bidirectional};
@@ -110,18 +113,30 @@ pub(super) async fn handle(
     let target = match ctx.direction {
         Direction::Inbound => crate::inbound::app::target(&snap, &ctx.pi, ctx.orig_dst),
         Direction::Outbound => {
+            let (labels, namespace) = match snap.me.as_deref() {
+                Some(w) => (&w.labels, w.namespace.as_str()),
+                None => (no_labels(), ""),
+            };
             let view = RequestView {
-                method: req.method(),
-                authority: request_authority(req.uri(), req.headers()),
+                method: req.method().as_str(),
+                scheme: "http",
+                authority: request_authority(req.uri(), req.headers()).unwrap_or(""),
                 path: req.uri().path(),
                 query: req.uri().query(),
                 headers: req.headers(),
+                port: ctx.orig_dst.get().port(),
+                source_labels: labels,
+                source_namespace: namespace,
             };
             match router::outbound_http(&snap, &ctx.pi, ctx.orig_dst, &view) {
                 Ok(Routed::Forward(t)) => t,
-                Ok(Routed::Answer(policy)) => {
-                    log.rec().route_name = Some(policy.name.clone());
-                    let reply = answer(&policy, &req);
+                Ok(Routed::Answer {
+                    policy,
+                    route_name,
+                    matched_len,
+                }) => {
+                    log.rec().route_name = route_name;
+                    let reply = answer(&policy, &req, matched_len);
                     return Ok(reply.respond(&ctx, log, reply_to));
                 }
                 Err(RouteError::NoRoute) => {
@@ -137,28 +152,38 @@ pub(super) async fn handle(
         let rec = log.rec();
         rec.labels = request_labels(&ctx, &snap, &target, None, None);
         rec.upstream_cluster = Some(target.cluster.name.clone());
-        rec.route_name = Some(target.route_name().clone());
+        rec.route_name = target.route_name.clone();
     }
     if ctx.direction == Direction::Inbound && ctx.pi.authz.denies_all(&snap, &ctx.pi.cfg) {
         return Ok(LocalReply::RBAC_DENIED.respond(&ctx, log, reply_to));
     }
     let route = target.policy.route.as_ref();
-    if let Some(fault) = route.and_then(|r| r.fault.as_ref()) {
-        if let Some(delay) = fault.delay.as_ref().filter(|d| sampled(d.per_million)) {
-            tokio::time::sleep(Duration::from_millis(delay.fixed_delay_ms)).await;
+    if let Some(fault) = &target.policy.fault {
+        let decision = fault.decide(&mut rand::rng());
+        if let Some(delay) = decision.delay {
+            tokio::time::sleep(delay).await;
             log.rec()
                 .response_flags
                 .insert(ResponseFlags::DELAY_INJECTED);
         }
-        if let Some(abort) = fault.abort.as_ref().filter(|a| sampled(a.per_million)) {
-            return Ok(LocalReply::fault_abort(&abort.status).respond(&ctx, log, reply_to));
+        if let Some(abort) = decision.abort {
+            let reply = LocalReply::fault_abort(AbortReply::of(&abort));
+            return Ok(reply.respond(&ctx, log, reply_to));
         }
     }
     if target.cluster.endpoints.is_empty() {
         return Ok(LocalReply::NO_HEALTHY_UPSTREAM.respond(&ctx, log, reply_to));
     }
     let Some(_admitted) = target.cluster.admit() else {
-        ClusterStats::inc(&target.cluster.state.stats.upstream_rq_pending_overflow);
+        // Envoy counts an `http2MaxRequests` overflow with the pending ones.
+        ClusterStats::inc(
+            &target
+                .cluster
+                .state
+                .circuit
+                .stats
+                .upstream_rq_pending_overflow,
+        );
         return Ok(LocalReply::OVERFLOW.respond(&ctx, log, reply_to));
     };
     if let Some(r) = route {
@@ -281,13 +306,20 @@ pub(super) async fn handle(
     ))
 }
 
-/// True for a share of `per_million` of the calls.
+/// True for a share of `per_million` of the calls (a mirror's percentage).
 fn sampled(per_million: u32) -> bool {
-    per_million >= 1_000_000 || rand::random_range(0..1_000_000) < per_million
+    rand::random_range(0..1_000_000u32) < per_million
+}
+
+/// Labels of a proxy that does not know its workload.
+fn no_labels() -> &'static std::collections::BTreeMap<String, String> {
+    static NONE: std::sync::OnceLock<std::collections::BTreeMap<String, String>> =
+        std::sync::OnceLock::new();
+    NONE.get_or_init(Default::default)
 }
 
 /// The local answer of a route with a redirect or a direct response.
-fn answer<B>(policy: &RoutePolicy, _req: &Request<B>) -> LocalReply {
+fn answer<B>(policy: &RoutePolicy, _req: &Request<B>, _matched_len: usize) -> LocalReply {
     let route = policy.route.as_ref();
     if let Some(d) = route.and_then(|r| r.direct_response.as_ref()) {
         return LocalReply::direct(d);
@@ -369,6 +401,8 @@ fn mirror(
             opaque: false,
             policy: RoutePolicy::inbound(),
             destination: None,
+            route_name: None,
+            matched_len: 1,
             peer: None,
             service_host: entry.hostname.clone(),
             service_name: entry.name.clone(),
@@ -397,6 +431,30 @@ fn shadow_authority(authority: &str) -> String {
             format!("{h}-shadow:{p}")
         }
         _ => format!("{authority}-shadow"),
+    }
+}
+
+/// Why an exchange that reached the upstream ended without a response, for the retry rules.
+fn reset_reason(e: &PoolError) -> ResetReason {
+    match e {
+        PoolError::Overflow(_) => ResetReason::Overflow,
+        PoolError::Reset(h) => {
+            let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(h);
+            while let Some(err) = cur {
+                if let Some(h2) = err.downcast_ref::<h2::Error>() {
+                    return if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                        ResetReason::RefusedStream
+                    } else if h2.is_reset() || h2.is_go_away() {
+                        ResetReason::Remote
+                    } else {
+                        ResetReason::Protocol
+                    };
+                }
+                cur = err.source();
+            }
+            ResetReason::ConnectionTermination
+        }
+        _ => ResetReason::ConnectionTermination,
     }
 }
 
@@ -494,7 +552,7 @@ async fn attempts(
         let retries_left = attempt <= retry.attempts;
         // Whether to go again, taking a retry from the cluster's budget if so.
         let mut verdict = |want: bool| {
-            if !want {
+            if !want || !retry.enabled() {
                 Verdict::No
             } else if !retries_left {
                 Verdict::Exhausted
@@ -502,7 +560,6 @@ async fn attempts(
                 budget = Some(b);
                 Verdict::Retry
             } else {
-                ClusterStats::inc(&cluster.state.stats.upstream_rq_retry_overflow);
                 Verdict::Overflow
             }
         };
@@ -514,8 +571,11 @@ async fn attempts(
                     .map(|p| Request::from_parts(p.clone(), empty()))
             })
         };
-        let send = ctx.pi.pool.send(key, req, upgrade);
-        let sent = match retry.per_try_timeout {
+        let send = ctx
+            .pi
+            .pool
+            .send_limited(&cluster.state.circuit, key, req, upgrade);
+        let sent = match retry.per_try_timeout_within(target.timeout()) {
             None => Some(send.await),
             Some(t) => tokio::time::timeout(t, send).await.ok(),
         };
@@ -523,7 +583,9 @@ async fn attempts(
             None => {
                 // The attempt took its whole per-try timeout; the request went with it.
                 ClusterStats::inc(&cluster.state.stats.upstream_rq_per_try_timeout);
-                let v = verdict(retry.should_retry(&Outcome::PerTryTimeout));
+                let v = verdict(retry.should_retry(&Outcome::PerTryTimeout {
+                    request_started: true,
+                }));
                 match next(None).filter(|_| matches!(v, Verdict::Retry)) {
                     Some(r) => r,
                     None => {
@@ -546,6 +608,9 @@ async fn attempts(
                 match next(None).filter(|_| matches!(v, Verdict::Retry)) {
                     Some(r) => r,
                     None => {
+                        if attempt > 1 {
+                            ClusterStats::inc(&cluster.state.stats.upstream_rq_retry_success);
+                        }
                         return Ok(Answered {
                             exchange: x,
                             endpoint: ep_addr,
@@ -553,6 +618,14 @@ async fn attempts(
                         });
                     }
                 }
+            }
+            Some(Err(e)) if matches!(e.error, PoolError::Overflow(_)) => {
+                // `http1MaxPendingRequests` waited already: a circuit breaker, never retried.
+                return Err(Failed {
+                    reply: LocalReply::OVERFLOW,
+                    endpoint: Some(ep_addr),
+                    error: None,
+                });
             }
             Some(Err(e)) => {
                 let connect = e.error.is_connect_failure();
@@ -562,7 +635,10 @@ async fn attempts(
                 let outcome = if connect {
                     Outcome::ConnectFailure
                 } else {
-                    Outcome::Reset
+                    Outcome::Reset {
+                        reason: reset_reason(&e.error),
+                        request_started: true,
+                    }
                 };
                 let v = verdict(retry.should_retry(&outcome));
                 match next(e.request).filter(|_| matches!(v, Verdict::Retry)) {
@@ -589,11 +665,12 @@ async fn attempts(
         };
         // Another attempt: other endpoints first, after Envoy's back-off.
         tracing::debug!(endpoint = %ep_addr, attempt, "retrying");
-        if retry.other_hosts {
+        if retry.retry_other_hosts {
             failed.push(ep_addr);
         }
         ClusterStats::inc(&cluster.state.stats.upstream_rq_retry);
-        tokio::time::sleep(retry.backoff(attempt)).await;
+        let backoff = retry.backoff(attempt, &mut rand::rng());
+        tokio::time::sleep(backoff).await;
         attempt += 1;
     }
 }

@@ -32,6 +32,8 @@ pub fn target(snap: &Snapshot, pi: &ProxyInputs, orig_dst: OrigDstAddr) -> Targe
         opaque: proto.is_opaque(),
         policy: RoutePolicy::inbound(),
         destination: None,
+        route_name: Some(crate::route::default_route_name()),
+        matched_len: 1,
         peer: Some(snap.me_info.clone()),
         service_host: svc.map(|e| e.hostname.clone()).unwrap_or_else(unknown),
         service_name: svc.map(|e| e.name.clone()).unwrap_or_else(unknown),

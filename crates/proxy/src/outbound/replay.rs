@@ -209,8 +209,10 @@ impl Body for ReplayBody {
 
     fn is_end_stream(&self) -> bool {
         let s = lock(&self.shared);
+        // A client body that is over before it is read (a GET's) ends this one too, so the
+        // request goes upstream as headers alone (HTTP/2 `END_STREAM` on HEADERS).
         s.generation == self.generation
-            && s.source.is_none()
+            && s.source.as_ref().is_none_or(|src| src.is_end_stream())
             && !s.failed
             && self.next >= s.kept.len()
             && (self.trailers_sent || s.trailers.is_none())
@@ -386,6 +388,14 @@ mod tests {
     #[tokio::test]
     async fn an_empty_body_replays_empty() {
         let r = Replay::new(crate::body::empty(), DEFAULT_LIMIT);
+        // Ended before it is read: the request can go as headers alone.
+        assert!(r.body().unwrap().is_end_stream());
+        assert!(
+            !Replay::new(frames(&["x"], None), 8)
+                .body()
+                .unwrap()
+                .is_end_stream()
+        );
         assert_eq!(drain(r.body().unwrap()).await, (String::new(), None));
         let b = r.body().unwrap();
         assert!(b.is_end_stream());

@@ -13,11 +13,10 @@
 //! body outgrew [`crate::outbound::replay`]'s limit, and choosing another endpoint
 //! ([`Retry::retry_other_hosts`], up to [`HOST_SELECTION_MAX_ATTEMPTS`] picks).
 //!
-//! Request headers that ask Envoy for retries (`x-envoy-retry-on`, `x-envoy-retry-grpc-on`,
-//! `x-envoy-max-retries`, `x-envoy-retriable-status-codes`, `x-envoy-retriable-header-names`,
-//! `x-envoy-upstream-rq-per-try-timeout-ms`) are not honoured here: only the route's policy
-//! counts. Envoy removes them from the request in any case (`RetryStateImpl::create`), which the
-//! router must do as well.
+//! Request headers that ask Envoy for retries ([`RETRY_REQUEST_HEADERS`]) are not honoured
+//! here: only the route's policy counts. Envoy honours them on requests its connection manager
+//! deems internal and strips them from the others; it removes them before forwarding in any
+//! case (`RetryStateImpl::create`), which the router must do as well.
 
 use std::time::Duration;
 
@@ -32,6 +31,18 @@ pub const ISTIO_DEFAULT_RETRY_ON: &str =
 /// How many endpoints the balancer may pick for one retry before it takes one that was already
 /// tried (Istio's `HostSelectionRetryMaxAttempts`).
 pub const HOST_SELECTION_MAX_ATTEMPTS: u32 = 5;
+
+/// Request headers Envoy's router consumes (removes before forwarding upstream) whatever the
+/// route's policy.
+pub const RETRY_REQUEST_HEADERS: [&str; 7] = [
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-max-retries",
+    "x-envoy-hedge-on-per-try-timeout",
+    "x-envoy-retriable-header-names",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+];
 
 /// Envoy's default base back-off interval (`upstream.base_retry_backoff_ms`).
 pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(25);
@@ -353,6 +364,54 @@ impl Retry {
     }
 }
 
+/// What to do after an attempt (Envoy's `RetryStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Try again after this back-off.
+    Retry {
+        /// How long to wait first.
+        backoff: Duration,
+    },
+    /// The outcome is not retried: it is the answer.
+    No,
+    /// The outcome would be retried but no retry is left: it is the answer, with flag `URX`.
+    LimitExceeded,
+}
+
+/// One request's retries against its route's [`Retry`].
+#[derive(Debug, Clone)]
+pub struct Attempts<'a> {
+    retry: &'a Retry,
+    done: u32,
+}
+
+impl<'a> Attempts<'a> {
+    /// No retry made yet.
+    pub fn new(retry: &'a Retry) -> Attempts<'a> {
+        Attempts { retry, done: 0 }
+    }
+
+    /// Retries made so far.
+    pub fn retries(&self) -> u32 {
+        self.done
+    }
+
+    /// The verdict on an attempt that ended in `outcome` (Envoy's `shouldRetry`): a retry while
+    /// some remain, counting it.
+    pub fn after(&mut self, outcome: &Outcome<'_>, rng: &mut impl Rng) -> Verdict {
+        if !self.retry.should_retry(outcome) {
+            return Verdict::No;
+        }
+        if self.done >= self.retry.attempts {
+            return Verdict::LimitExceeded;
+        }
+        self.done += 1;
+        Verdict::Retry {
+            backoff: self.retry.backoff(self.done, rng),
+        }
+    }
+}
+
 /// The interval (ms) retry number `retry` draws its back-off from.
 fn backoff_interval(base: u64, max: u64, retry: u32) -> u64 {
     let mut interval = base;
@@ -636,6 +695,41 @@ mod tests {
         assert_eq!(r.per_try_timeout_within(Some(s(1))), None);
         p.per_try_timeout_ms = Some(0);
         assert_eq!(Retry::compile(&p).unwrap().per_try_timeout, None);
+    }
+
+    #[test]
+    fn attempts_count_down_to_the_limit() {
+        let r = compile("5xx");
+        let mut rng = StdRng::seed_from_u64(3);
+        let h = HeaderMap::new();
+        let failed = Outcome::Response {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            headers: &h,
+        };
+        let ok = Outcome::Response {
+            status: StatusCode::OK,
+            headers: &h,
+        };
+        let mut a = Attempts::new(&r);
+        assert!(
+            matches!(a.after(&failed, &mut rng), Verdict::Retry { backoff } if backoff < Duration::from_millis(25))
+        );
+        assert!(
+            matches!(a.after(&failed, &mut rng), Verdict::Retry { backoff } if backoff < Duration::from_millis(50))
+        );
+        assert_eq!(a.retries(), 2);
+        assert_eq!(a.after(&failed, &mut rng), Verdict::LimitExceeded);
+        assert_eq!(a.after(&ok, &mut rng), Verdict::No);
+        let off = Retry::compile(&xds::RetryPolicy {
+            attempts: 0,
+            ..policy(Some("5xx"))
+        })
+        .unwrap();
+        assert!(!off.enabled());
+        assert_eq!(
+            Attempts::new(&off).after(&failed, &mut rng),
+            Verdict::LimitExceeded
+        );
     }
 
     #[test]

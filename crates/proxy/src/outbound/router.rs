@@ -12,43 +12,78 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use http::{HeaderMap, Method};
 use xds::{HttpRoute, HttpRoutes, ServicePort};
 
 use crate::ProxyInputs;
 use crate::addr::OrigDstAddr;
 use crate::config::{ServiceEntry, Snapshot};
-use crate::route::{Target, UpstreamHttp, default_route_name, passthrough};
+use crate::outbound::fault::FaultInjection;
+use crate::outbound::retry::{Retry, RetryError};
+use crate::outbound::routes::{RequestView, RouteTable};
+use crate::route::{Target, UpstreamHttp, passthrough};
 
-/// What a route does besides choosing the destination.
+/// What a route does besides choosing the destination, compiled once per snapshot.
 #[derive(Debug)]
 pub struct RoutePolicy {
-    /// `route_name` in the access log.
-    pub name: Arc<str>,
+    /// `route_name` in the access log when no match names one.
+    pub name: Option<Arc<str>>,
+    /// `route_name` per match (Istio's `<route>.<match>`), parallel to the route's matches.
+    pub match_names: Vec<Option<Arc<str>>>,
     /// Whole-request timeout (`UT`).
     pub timeout: Option<Duration>,
     /// Retries (Istio's default when the route names none).
     pub retry: Retry,
-    /// The route as configured (fault, mirrors, headers, rewrite, CORS, destinations).
+    /// Faults.
+    pub fault: Option<FaultInjection>,
+    /// The route as configured (mirrors, headers, rewrite, redirect, direct response, CORS,
+    /// destinations).
     pub route: Option<HttpRoute>,
 }
 
 impl RoutePolicy {
-    fn compile(route: &HttpRoute) -> RoutePolicy {
-        RoutePolicy {
-            name: route
-                .name
-                .as_deref()
-                .map(Arc::from)
-                .unwrap_or_else(default_route_name),
+    fn compile(route: &HttpRoute) -> Result<RoutePolicy, RetryError> {
+        let name = route.name.as_deref().map(Arc::from);
+        Ok(RoutePolicy {
+            match_names: route
+                .matches
+                .iter()
+                .map(|m| match (&route.name, &m.name) {
+                    (Some(r), Some(m)) => Some(Arc::from(format!("{r}.{m}"))),
+                    (None, Some(m)) => Some(Arc::from(m.as_str())),
+                    _ => name.clone(),
+                })
+                .collect(),
+            name,
             timeout: route.timeout_ms.map(Duration::from_millis),
-            retry: Retry::compile(
-                route
-                    .retries
-                    .as_ref()
-                    .unwrap_or(&xds::RetryPolicy::istio_default()),
-            ),
+            retry: match &route.retries {
+                Some(r) => Retry::compile(r)?,
+                None => istio_default_retry(),
+            },
+            fault: route
+                .fault
+                .as_ref()
+                .map(FaultInjection::compile)
+                .filter(|f| !f.is_empty()),
             route: Some(route.clone()),
+        })
+    }
+
+    /// The `route_name` of a request the `m`th match (if any) selected.
+    pub fn name_for(&self, m: Option<usize>) -> Option<Arc<str>> {
+        match m {
+            Some(i) => self.match_names.get(i).cloned().flatten(),
+            None => self.name.clone(),
+        }
+    }
+
+    fn fixed(name: &str, retry: Retry) -> RoutePolicy {
+        RoutePolicy {
+            name: Some(Arc::from(name)),
+            match_names: Vec::new(),
+            timeout: None,
+            retry,
+            fault: None,
+            route: None,
         }
     }
 
@@ -56,14 +91,7 @@ impl RoutePolicy {
     pub fn service_default() -> Arc<RoutePolicy> {
         static DEFAULT: OnceLock<Arc<RoutePolicy>> = OnceLock::new();
         DEFAULT
-            .get_or_init(|| {
-                Arc::new(RoutePolicy {
-                    name: default_route_name(),
-                    timeout: None,
-                    retry: Retry::compile(&xds::RetryPolicy::istio_default()),
-                    route: None,
-                })
-            })
+            .get_or_init(|| Arc::new(RoutePolicy::fixed("default", istio_default_retry())))
             .clone()
     }
 
@@ -71,31 +99,37 @@ impl RoutePolicy {
     pub fn passthrough() -> Arc<RoutePolicy> {
         static PASSTHROUGH: OnceLock<Arc<RoutePolicy>> = OnceLock::new();
         PASSTHROUGH
-            .get_or_init(|| {
-                Arc::new(RoutePolicy {
-                    name: Arc::from("allow_any"),
-                    timeout: None,
-                    retry: Retry::compile(&xds::RetryPolicy::istio_default()),
-                    route: None,
-                })
-            })
+            .get_or_init(|| Arc::new(RoutePolicy::fixed("allow_any", istio_default_retry())))
             .clone()
     }
 
-    /// The inbound route: no retries (Istio's inbound routes have none).
+    /// The inbound route, and a mirror's: no retries (Istio's inbound routes have none).
     pub fn inbound() -> Arc<RoutePolicy> {
         static INBOUND: OnceLock<Arc<RoutePolicy>> = OnceLock::new();
         INBOUND
             .get_or_init(|| {
-                Arc::new(RoutePolicy {
-                    name: default_route_name(),
-                    timeout: None,
-                    retry: Retry::none(),
-                    route: None,
-                })
+                let none = xds::RetryPolicy {
+                    attempts: 0,
+                    ..xds::RetryPolicy::istio_default()
+                };
+                Arc::new(RoutePolicy::fixed(
+                    "default",
+                    Retry::compile(&none).unwrap_or_else(|_| istio_default_retry()),
+                ))
             })
             .clone()
     }
+}
+
+/// Istio's default retry policy, compiled.
+fn istio_default_retry() -> Retry {
+    static DEFAULT: OnceLock<Retry> = OnceLock::new();
+    DEFAULT
+        .get_or_init(|| {
+            Retry::compile(&xds::RetryPolicy::istio_default())
+                .expect("Istio's default retry policy compiles")
+        })
+        .clone()
 }
 
 /// One VirtualService's routes, compiled for the data path.
@@ -103,37 +137,32 @@ impl RoutePolicy {
 pub struct CompiledRoutes {
     /// As configured.
     pub source: Arc<HttpRoutes>,
+    /// The HTTP routes' matchers.
+    pub table: RouteTable,
     /// One policy per HTTP route (parallel to `source.http`).
     pub policies: Vec<Arc<RoutePolicy>>,
 }
 
 impl CompiledRoutes {
-    /// Compiles `routes`.
-    pub fn compile(routes: &HttpRoutes) -> CompiledRoutes {
-        CompiledRoutes {
-            policies: routes
-                .http
-                .iter()
-                .map(|r| Arc::new(RoutePolicy::compile(r)))
-                .collect(),
+    /// Compiles `routes`; an error names the field (`http[2].match[0].uri.regex: ...`).
+    pub fn compile(routes: &HttpRoutes) -> Result<CompiledRoutes, String> {
+        let table = RouteTable::compile(routes).map_err(|e| e.to_string())?;
+        let policies = routes
+            .http
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                RoutePolicy::compile(r)
+                    .map(Arc::new)
+                    .map_err(|e| format!("http[{i}].retries.retryOn: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(CompiledRoutes {
             source: Arc::new(routes.clone()),
-        }
+            table,
+            policies,
+        })
     }
-}
-
-/// What the request looks like to the router.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestView<'a> {
-    /// Method.
-    pub method: &'a Method,
-    /// Authority as sent.
-    pub authority: Option<&'a str>,
-    /// Path without the query.
-    pub path: &'a str,
-    /// Raw query, if any.
-    pub query: Option<&'a str>,
-    /// Headers.
-    pub headers: &'a HeaderMap,
 }
 
 /// Why no upstream could be chosen.
@@ -151,28 +180,14 @@ pub enum Routed {
     /// Forward to the target.
     Forward(Target),
     /// Answer here: the route's redirect or direct response ([`RoutePolicy::route`]).
-    Answer(Arc<RoutePolicy>),
-}
-
-fn matches(m: &xds::HttpRouteMatch, req: &RequestView<'_>, port: u16, snap: &Snapshot) -> bool {
-    fn header_value<'h>(h: &'h HeaderMap, name: &str) -> Option<&'h str> {
-        h.get(name).and_then(|v| v.to_str().ok())
-    }
-    m.uri.as_ref().is_none_or(|u| u.matches(req.path))
-        && m.method
-            .as_ref()
-            .is_none_or(|u| u.matches(req.method.as_str()))
-        && m.authority
-            .as_ref()
-            .is_none_or(|u| req.authority.is_some_and(|a| u.matches(a)))
-        && m.port.is_none_or(|p| p == port)
-        && m.headers
-            .iter()
-            .all(|(name, sm)| header_value(req.headers, name).is_some_and(|v| sm.matches(v)))
-        && m.without_headers
-            .iter()
-            .all(|(name, sm)| !header_value(req.headers, name).is_some_and(|v| sm.matches(v)))
-        && source_matches(snap, &m.source_labels, m.source_namespace.as_deref())
+    Answer {
+        /// The route.
+        policy: Arc<RoutePolicy>,
+        /// Its `route_name`.
+        route_name: Option<Arc<str>>,
+        /// How much of the path its `uri` match covered.
+        matched_len: usize,
+    },
 }
 
 fn pick_weighted(dests: &[xds::RouteDestination]) -> Option<usize> {
@@ -204,6 +219,8 @@ fn cluster_target(
         bind: None,
         upstream_http: UpstreamHttp::of(proto),
         opaque: proto.is_opaque(),
+        route_name: policy.name.clone(),
+        matched_len: 1,
         policy,
         destination,
         peer: None,
@@ -307,6 +324,7 @@ fn in_subnet(ip: std::net::IpAddr, net: &str) -> bool {
 }
 
 /// Outbound HTTP: by VIP, else by `Host` on the same port; then the host's routes, if any.
+/// `req` is the request as the router sees it; its `port` is filled in here.
 pub fn outbound_http(
     snap: &Snapshot,
     _pi: &ProxyInputs,
@@ -314,13 +332,14 @@ pub fn outbound_http(
     req: &RequestView<'_>,
 ) -> Result<Routed, RouteError> {
     let port = orig_dst.get().port();
+    let authority = (!req.authority.is_empty()).then_some(req.authority);
     let entry = snap.service_by_vip(orig_dst.get()).or_else(|| {
-        req.authority
+        authority
             .and_then(|a| snap.service_by_host(a))
             .filter(|e| e.service.port(port).is_some())
     });
     let Some(entry) = entry else {
-        return Ok(Routed::Forward(passthrough(orig_dst, req.authority)));
+        return Ok(Routed::Forward(passthrough(orig_dst, authority)));
     };
     let Some(routes) = snap.routes_for(&entry.service.hostname) else {
         let sp = entry.service.port(port).ok_or(RouteError::NoRoute)?;
@@ -328,168 +347,45 @@ pub fn outbound_http(
             .map(Routed::Forward)
             .ok_or(RouteError::NoCluster);
     };
-    let (i, route) = routes
-        .source
-        .http
-        .iter()
-        .enumerate()
-        .find(|(_, r)| {
-            r.matches.is_empty() || r.matches.iter().any(|m| matches(m, req, port, snap))
-        })
-        .ok_or(RouteError::NoRoute)?;
-    let policy = routes.policies[i].clone();
+    let view = RequestView { port, ..*req };
+    let selected = routes.table.select(&view).ok_or(RouteError::NoRoute)?;
+    let policy = routes.policies[selected.index()].clone();
+    let route = selected.route();
     if route.redirect.is_some() || route.direct_response.is_some() {
-        return Ok(Routed::Answer(policy));
+        return Ok(Routed::Answer {
+            route_name: policy.name_for(selected.match_index()),
+            matched_len: selected.matched_len(),
+            policy,
+        });
     }
-    let Some(d) = pick_weighted(&route.route) else {
-        // No destination: the host itself.
-        let sp = entry.service.port(port).ok_or(RouteError::NoRoute)?;
-        return cluster_target(entry, sp, None, policy, None)
-            .map(Routed::Forward)
-            .ok_or(RouteError::NoCluster);
+    let route_name = policy.name_for(selected.match_index());
+    let matched_len = selected.matched_len();
+    let target = match selected.pick_destination(rand::random()) {
+        None => {
+            // No destination: the host itself.
+            let sp = entry.service.port(port).ok_or(RouteError::NoRoute)?;
+            cluster_target(entry, sp, None, policy, None)
+        }
+        Some(picked) => {
+            let dest = picked.destination;
+            let entry = snap
+                .service_by_host(&dest.host)
+                .ok_or(RouteError::NoCluster)?;
+            let port = destination_port(entry, dest.port, port);
+            let sp = entry.service.port(port).ok_or(RouteError::NoCluster)?;
+            cluster_target(
+                entry,
+                sp,
+                dest.subset.as_deref(),
+                policy,
+                Some(picked.index),
+            )
+        }
     };
-    let dest = &route.route[d];
-    let entry = snap
-        .service_by_host(&dest.host)
-        .ok_or(RouteError::NoCluster)?;
-    let port = destination_port(entry, dest.port, port);
-    let sp = entry.service.port(port).ok_or(RouteError::NoCluster)?;
-    cluster_target(entry, sp, dest.subset.as_deref(), policy, Some(d))
-        .map(Routed::Forward)
-        .ok_or(RouteError::NoCluster)
-}
-
-/// How an attempt ended, as the retry policy judges it.
-#[derive(Debug)]
-pub enum Outcome<'a> {
-    /// The connection could not be made.
-    ConnectFailure,
-    /// The request was sent, and the stream or connection was reset before a response.
-    Reset,
-    /// No response within the per-try timeout.
-    PerTryTimeout,
-    /// A response came.
-    Response {
-        /// Its status.
-        status: http::StatusCode,
-        /// Its headers (`grpc-status` of a trailers-only gRPC response).
-        headers: &'a HeaderMap,
-    },
-}
-
-/// Retries of a route: attempts, and Envoy's `retry_on` conditions as Istio writes them.
-#[derive(Debug, Clone)]
-pub struct Retry {
-    /// Retries after the first attempt.
-    pub attempts: u32,
-    /// Retry on other endpoints than those that failed.
-    pub other_hosts: bool,
-    /// Timeout of each attempt.
-    pub per_try_timeout: Option<Duration>,
-    conditions: Vec<String>,
-    codes: Vec<u16>,
-    backoff_base: Duration,
-}
-
-impl Retry {
-    /// From the wire policy.
-    pub fn compile(p: &xds::RetryPolicy) -> Retry {
-        let mut conditions = Vec::new();
-        let mut codes = Vec::new();
-        for token in p.retry_on.as_deref().unwrap_or("").split(',') {
-            let token = token.trim();
-            if let Ok(code) = token.parse::<u16>() {
-                codes.push(code);
-            } else if !token.is_empty() {
-                conditions.push(token.to_string());
-            }
-        }
-        Retry {
-            attempts: p.attempts,
-            other_hosts: p.retry_other_hosts,
-            per_try_timeout: p.per_try_timeout_ms.map(Duration::from_millis),
-            conditions,
-            codes,
-            backoff_base: Duration::from_millis(p.backoff_ms.unwrap_or(25)),
-        }
-    }
-
-    /// No retries.
-    pub fn none() -> Retry {
-        Retry {
-            attempts: 0,
-            other_hosts: true,
-            per_try_timeout: None,
-            conditions: Vec::new(),
-            codes: Vec::new(),
-            backoff_base: Duration::from_millis(25),
-        }
-    }
-
-    fn on(&self, c: &str) -> bool {
-        self.conditions.iter().any(|x| x == c)
-    }
-
-    /// Whether the policy retries `outcome`.
-    pub fn should_retry(&self, outcome: &Outcome<'_>) -> bool {
-        if self.attempts == 0 {
-            return false;
-        }
-        match outcome {
-            // Envoy counts a connect failure, a reset and a per-try timeout as a reset, which
-            // `5xx` and `gateway-error` cover as well (they would become a 503 or 504).
-            Outcome::ConnectFailure => {
-                self.on("connect-failure")
-                    || self.on("reset")
-                    || self.on("5xx")
-                    || self.on("gateway-error")
-            }
-            Outcome::Reset | Outcome::PerTryTimeout => {
-                self.on("reset") || self.on("5xx") || self.on("gateway-error")
-            }
-            Outcome::Response { status, headers } => {
-                let code = status.as_u16();
-                if self.on("5xx") && status.is_server_error() {
-                    return true;
-                }
-                if self.on("gateway-error") && matches!(code, 502..=504) {
-                    return true;
-                }
-                if self.on("retriable-4xx") && code == 409 {
-                    return true;
-                }
-                if self.on("retriable-status-codes") && self.codes.contains(&code) {
-                    return true;
-                }
-                let grpc = headers
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u16>().ok());
-                match grpc {
-                    Some(1) => self.on("cancelled"),
-                    Some(4) => self.on("deadline-exceeded"),
-                    Some(8) => self.on("resource-exhausted"),
-                    Some(13) => self.on("internal"),
-                    Some(14) => self.on("unavailable"),
-                    _ => false,
-                }
-            }
-        }
-    }
-
-    /// Envoy's back-off before retry `n` (1-based): fully jittered, base × 2^(n-1), at most
-    /// 10 × base.
-    pub fn backoff(&self, n: u32) -> Duration {
-        let cap = self.backoff_base * 10;
-        let ceiling = self
-            .backoff_base
-            .saturating_mul(1 << n.saturating_sub(1).min(16))
-            .min(cap);
-        let ms = u64::try_from(ceiling.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        Duration::from_millis(rand::random_range(0..ms))
-    }
+    let mut target = target.ok_or(RouteError::NoCluster)?;
+    target.route_name = route_name;
+    target.matched_len = matched_len;
+    Ok(Routed::Forward(target))
 }
 
 #[cfg(test)]

@@ -43,6 +43,8 @@ use http::HeaderName;
 use regex::Regex;
 use xds::{HttpRoute, HttpRouteMatch, HttpRoutes, RouteDestination, StringMatch};
 
+use super::actions::RouteActions;
+
 /// Upper bound on the compiled size of one regular expression. Envoy (as Istio configures its
 /// RE2) rejects programs that are too large; this keeps a hostile VirtualService from making the
 /// proxy compile a huge automaton.
@@ -74,6 +76,13 @@ impl CompileError {
 /// Compiles an RE2-style regular expression so that it must match the whole value.
 pub(crate) fn full_match_regex(re: &str) -> Result<Regex, regex::Error> {
     regex::RegexBuilder::new(&format!("^(?:{re})$"))
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+}
+
+/// Compiles an RE2-style regular expression as written (for searches and substitutions).
+pub(crate) fn search_regex(re: &str) -> Result<Regex, regex::Error> {
+    regex::RegexBuilder::new(re)
         .size_limit(REGEX_SIZE_LIMIT)
         .build()
 }
@@ -423,6 +432,7 @@ pub(crate) struct CompiledRoute {
     route: HttpRoute,
     matches: Vec<CompiledMatch>,
     weights: Weights,
+    actions: RouteActions,
 }
 
 /// The compiled `http` routes of one `HttpRoutes`.
@@ -459,6 +469,7 @@ impl RouteTable {
                     route: r.clone(),
                     matches,
                     weights: Weights::compile(rn, &field, &r.route)?,
+                    actions: RouteActions::compile(rn, &field, r)?,
                 })
             })
             .collect::<Result<Vec<_>, CompileError>>()?;
@@ -579,6 +590,11 @@ impl<'t> Selected<'t> {
     /// The route.
     pub fn route(&self) -> &'t HttpRoute {
         &self.route.route
+    }
+
+    /// What the route does to the request and response ([`super::actions`]).
+    pub fn actions(&self) -> &'t RouteActions {
+        &self.route.actions
     }
 
     /// Its index in `http`.
@@ -1446,6 +1462,60 @@ http:
 "#,
         );
         assert_eq!(e.field, "http[0].match[0].queryParams.q.regex");
+    }
+
+    #[test]
+    fn asterisk_form_path_fits_no_route() {
+        // `OPTIONS *`: Envoy's prefix "/" (a route without uri, or without matches) does not fit.
+        let t = table(
+            r#"
+name: t
+hosts: [h]
+http:
+- match: [{method: {exact: OPTIONS}}]
+  route: [{host: a}]
+- route: [{host: b}]
+"#,
+        );
+        let headers = http::HeaderMap::new();
+        let labels = BTreeMap::new();
+        let view = RequestView {
+            method: "OPTIONS",
+            scheme: "http",
+            authority: "h",
+            path: "*",
+            query: None,
+            headers: &headers,
+            port: 80,
+            source_labels: &labels,
+            source_namespace: "default",
+        };
+        assert!(t.select(&view).is_none());
+    }
+
+    #[test]
+    fn header_regex_is_a_full_match_and_query_edge_cases() {
+        let t = table(
+            r#"
+name: t
+hosts: [h]
+http:
+- match: [{headers: {x-v: {regex: "v[0-9]"}}}]
+  route: [{host: a}]
+- match: [{queryParams: {a: {exact: "1"}}}]
+  route: [{host: b}]
+- match: [{headers: {x-w: present}, withoutHeaders: {x-w: {exact: bad}}}]
+  route: [{host: c}]
+"#,
+        );
+        assert_eq!(req("/").header("x-v", "v1").route(&t), Some((0, Some(0))));
+        assert_eq!(req("/").header("x-v", "v10").route(&t), None);
+        assert_eq!(req("/").header("x-v", "xv1").route(&t), None);
+        assert_eq!(req("/?&a=1").route(&t), Some((1, Some(0))));
+        assert_eq!(req("/?a=1&").route(&t), Some((1, Some(0))));
+        assert_eq!(req("/?a=1=2").route(&t), None);
+        assert_eq!(req("/").header("x-w", "good").route(&t), Some((2, Some(0))));
+        assert_eq!(req("/").header("x-w", "bad").route(&t), None);
     }
 
     #[test]

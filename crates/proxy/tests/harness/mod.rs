@@ -499,7 +499,7 @@ impl SidecarBuilder {
         })
         .expect("telemetry");
         let cfg = Arc::new(self.cfg);
-        let store = Arc::new(ConfigStore::new(resources, cfg.clone()));
+        let store = Arc::new(ConfigStore::new(resources, cfg.clone()).expect("usable resources"));
         let tls = self
             .identity
             .map(|m| proxy::tls::MeshTls::new(m).expect("mesh TLS config"));
