@@ -342,7 +342,7 @@ const OUTLIER_DETECTION: Node = Fields(
 );
 const CLIENT_TLS: Node = Fields(
     &[
-        ("mode", Done),
+        ("mode", Node::Value(client_tls_mode)),
         ("sni", Done),
         ("subjectAltNames", Done),
         ("caCertificates", Done),
@@ -440,6 +440,15 @@ fn credential_name(_: &Value) -> Option<String> {
          are used"
             .into(),
     )
+}
+
+fn client_tls_mode(v: &Value) -> Option<String> {
+    matches!(v.as_str(), Some("SIMPLE" | "MUTUAL")).then(|| {
+        format!(
+            "{}: TLS origination from the sidecar is not implemented by Ama; the destination's endpoints are refused (503 UH) rather than reached in plaintext",
+            v.as_str().unwrap_or_default()
+        )
+    })
 }
 
 fn auto_mtls(v: &Value) -> Option<String> {
@@ -689,6 +698,7 @@ spec: {}
             [
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.caCrl: not implemented by Ama; ignored",
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.credentialName: not implemented by Ama (the proxy reads no secrets); ignored: the files given, if any, are used",
+                "x.yaml:doc 1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.mode: SIMPLE: TLS origination from the sidecar is not implemented by Ama; the destination's endpoints are refused (503 UH) rather than reached in plaintext",
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.connectionPool.http.maxConcurrentStreams: not implemented by Ama; ignored",
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.attributes: not implemented by Ama; ignored",
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.loadBalancer.localityLbSetting: not implemented by Ama (its endpoints have no localities); ignored",
@@ -818,7 +828,7 @@ spec:
       tcp: {maxConnections: 1, connectTimeout: 1s, tcpKeepalive: {probes: 3, time: 10s, interval: 5s}, maxConnectionDuration: 1h, idleTimeout: 1m}
       http: {http1MaxPendingRequests: 1, http2MaxRequests: 1, maxRequestsPerConnection: 1, maxRetries: 3, idleTimeout: 30s, h2UpgradePolicy: UPGRADE, useClientProtocol: true}
     outlierDetection: {consecutive5xxErrors: 1, consecutiveGatewayErrors: 2, consecutiveLocalOriginFailures: 3, splitExternalLocalOriginErrors: true, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100, minHealthPercent: 10}
-    tls: {mode: SIMPLE, sni: reviews, subjectAltNames: [reviews], caCertificates: /ca.pem, insecureSkipVerify: false}
+    tls: {mode: DISABLE, sni: reviews, subjectAltNames: [reviews], caCertificates: /ca.pem, insecureSkipVerify: false}
     portLevelSettings:
     - port: {number: 9080}
       loadBalancer: {simple: PASSTHROUGH}
@@ -829,7 +839,7 @@ spec:
       loadBalancer: {consistentHash: {httpCookie: {name: user, path: /, ttl: 0s}, maglev: {tableSize: 65537}}}
       portLevelSettings:
       - port: {number: 9080}
-        tls: {mode: MUTUAL, clientCertificate: /c.pem, privateKey: /k.pem}
+        tls: {mode: ISTIO_MUTUAL}
   - {name: v2, labels: {version: v2}, trafficPolicy: {loadBalancer: {simple: LEAST_CONN}}}
   - {name: v3, labels: {version: v3}, trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true, minimumRingSize: 64}}}}
 ---

@@ -13,26 +13,43 @@ use xds::LbPolicy;
 
 use crate::cluster::{Cluster, Endpoint};
 
-/// Picks an endpoint of `cluster` by its policy; `exclude` are endpoints that already failed
-/// this request. `None` when the cluster has no endpoint.
-pub fn pick<'c>(cluster: &'c Cluster, exclude: &[SocketAddr]) -> Option<&'c Endpoint> {
+/// Picks an endpoint of `cluster` by its policy, with its index; `exclude` are endpoints that
+/// already failed this request, skipped unless nothing else is left. Endpoints outlier
+/// detection ejected are never picked (unless the cluster is in panic); `None` when nothing is
+/// left. With consistent hashing, `hash` (the request's) picks the endpoint, unless that one
+/// is ejected or excluded: then the cluster's simple policy picks among the others.
+pub fn pick<'c>(
+    cluster: &'c Cluster,
+    exclude: &[SocketAddr],
+    hash: Option<u64>,
+) -> Option<(usize, &'c Endpoint)> {
     let all = &cluster.endpoints[..];
-    if !exclude.is_empty() {
-        let fresh: Vec<&Endpoint> = all.iter().filter(|e| !exclude.contains(&e.addr)).collect();
+    let ok = |i: usize| cluster.usable(i) && !exclude.contains(&all[i].addr);
+    if let (Some(h), Some(ch)) = (hash, &cluster.hash)
+        && let Some(i) = ch.lb.pick(h)
+        && i < all.len()
+        && ok(i)
+    {
+        return Some((i, &all[i]));
+    }
+    let ejections = cluster.outlier.is_some();
+    if !exclude.is_empty() || ejections {
+        let fresh: Vec<usize> = (0..all.len()).filter(|&i| ok(i)).collect();
         if !fresh.is_empty() {
-            return choose(cluster, fresh.len(), |i| fresh[i]);
+            return choose(cluster, fresh.len(), |i| fresh[i]).map(|i| (i, &all[i]));
         }
+        // Only excluded endpoints are left: one of them again, rather than none (but never an
+        // ejected one).
+        let usable: Vec<usize> = (0..all.len()).filter(|&i| cluster.usable(i)).collect();
+        return choose(cluster, usable.len(), |i| usable[i]).map(|i| (i, &all[i]));
     }
     // A first try excludes nothing: pick from the endpoints as they are, without a copy.
-    choose(cluster, all.len(), |i| &all[i])
+    choose(cluster, all.len(), |i| i).map(|i| (i, &all[i]))
 }
 
-/// Chooses one of `n` endpoints, the `i`th being `at(i)`.
-fn choose<'c>(
-    cluster: &Cluster,
-    n: usize,
-    at: impl Fn(usize) -> &'c Endpoint,
-) -> Option<&'c Endpoint> {
+/// Chooses one of `n` candidates, the `i`th being endpoint `at(i)`; returns the endpoint index.
+fn choose(cluster: &Cluster, n: usize, at: impl Fn(usize) -> usize) -> Option<usize> {
+    let eps = &cluster.endpoints;
     match n {
         0 => None,
         1 => Some(at(0)),
@@ -46,7 +63,11 @@ fn choose<'c>(
                     b += 1;
                 }
                 let (a, b) = (at(a), at(b));
-                if b.active() < a.active() { b } else { a }
+                if eps[b].active() < eps[a].active() {
+                    b
+                } else {
+                    a
+                }
             }
         }),
     }
@@ -63,14 +84,14 @@ mod tests {
         let endpoints: Vec<Endpoint> = (1..=3)
             .map(|i| Endpoint::single(SocketAddr::from(([10, 0, 0, i], 80)), None))
             .collect();
-        Cluster {
-            name: Arc::from("c"),
-            subset: None,
-            endpoints: endpoints.into(),
+        Cluster::new(
+            Arc::from("c"),
+            None,
+            endpoints,
             lb,
-            settings: xds::Settings::default(),
-            state: Arc::default(),
-        }
+            xds::Settings::default(),
+            Arc::default(),
+        )
     }
 
     fn addrs(c: &Cluster) -> Vec<SocketAddr> {
@@ -81,7 +102,9 @@ mod tests {
     fn round_robin_cycles() {
         let c = cluster(LbPolicy::RoundRobin);
         let eps = addrs(&c);
-        let picked: Vec<_> = (0..6).map(|_| pick(&c, &[]).expect("one").addr).collect();
+        let picked: Vec<_> = (0..6)
+            .map(|_| pick(&c, &[], None).expect("one").1.addr)
+            .collect();
         assert_eq!(picked[..3], eps[..]);
         assert_eq!(picked[3..], eps[..]);
     }
@@ -91,7 +114,10 @@ mod tests {
         let c = cluster(LbPolicy::LeastRequest);
         let _busy: Vec<InFlight> = (0..5).map(|_| c.endpoints[0].start()).collect();
         for _ in 0..100 {
-            assert_ne!(pick(&c, &[]).map(|e| e.addr), Some(c.endpoints[0].addr));
+            assert_ne!(
+                pick(&c, &[], None).map(|(_, e)| e.addr),
+                Some(c.endpoints[0].addr)
+            );
         }
     }
 
@@ -100,10 +126,10 @@ mod tests {
         let mut c = cluster(LbPolicy::Random);
         let eps = addrs(&c);
         for _ in 0..20 {
-            assert_eq!(pick(&c, &eps[..2]).map(|e| e.addr), Some(eps[2]));
+            assert_eq!(pick(&c, &eps[..2], None).map(|(_, e)| e.addr), Some(eps[2]));
         }
         // Everything failed: any endpoint again rather than none.
-        assert!(pick(&c, &eps).is_some());
+        assert!(pick(&c, &eps, None).is_some());
         let mut pool = xds::ConnectionPool::default();
         pool.http.max_requests = Some(1);
         c.settings.connection_pool = Some(pool);

@@ -19,6 +19,8 @@ use xds::LbPolicy;
 use crate::circuit::{ClusterCircuit, Limits, RetryPermit};
 use crate::config::PeerInfo;
 use crate::fx_hash::{FxHashMap, FxHashSet};
+use crate::hash_lb::{HashLb, HashPolicy};
+use crate::outlier::{self, OutlierDetector};
 use crate::tls::PeerTls;
 
 /// One endpoint of a cluster.
@@ -125,6 +127,9 @@ pub struct ClusterState {
     pub stats: ClusterStats,
     /// Circuit breakers: connections, pending requests and retries (`connectionPool`).
     pub circuit: Arc<ClusterCircuit>,
+    /// The latest snapshot's outlier detector, the one the next snapshot's is rebuilt from so
+    /// ejections survive a config swap (taken only when a snapshot is built).
+    outlier: Mutex<Option<Arc<OutlierDetector>>>,
 }
 
 impl Default for ClusterState {
@@ -134,6 +139,7 @@ impl Default for ClusterState {
             in_flight: AtomicU64::new(0),
             stats: ClusterStats::default(),
             circuit: ClusterCircuit::new(Limits::default()),
+            outlier: Mutex::new(None),
         }
     }
 }
@@ -163,6 +169,19 @@ pub struct Cluster {
     pub settings: xds::Settings,
     /// What outlives the snapshot.
     pub state: Arc<ClusterState>,
+    /// Outlier detection, when the DestinationRule asks for it (indexes as `endpoints`).
+    pub outlier: Option<Arc<OutlierDetector>>,
+    /// Consistent hashing, when the DestinationRule asks for it.
+    pub hash: Option<ConsistentHash>,
+}
+
+/// A cluster's consistent hashing: what is hashed and the ring or table over its endpoints.
+#[derive(Debug)]
+pub struct ConsistentHash {
+    /// The request's key.
+    pub policy: HashPolicy,
+    /// Endpoint indexes by hash.
+    pub lb: HashLb,
 }
 
 impl Cluster {
@@ -175,6 +194,57 @@ impl Cluster {
             lb: LbPolicy::RoundRobin,
             settings: xds::Settings::default(),
             state: Arc::default(),
+            outlier: None,
+            hash: None,
+        }
+    }
+
+    /// Builds a snapshot's cluster: its outlier detector rebuilt from the last snapshot's (or
+    /// new, with a sweep every interval), its consistent hash over `endpoints`.
+    pub fn new(
+        name: Arc<str>,
+        subset: Option<Arc<str>>,
+        endpoints: Vec<Endpoint>,
+        lb: LbPolicy,
+        settings: xds::Settings,
+        state: Arc<ClusterState>,
+    ) -> Cluster {
+        let addrs: Vec<SocketAddr> = endpoints.iter().map(|e| e.addr).collect();
+        let outlier = settings.outlier_detection.as_ref().map(|od| {
+            let od = outlier::Settings::from_xds(od);
+            let mut slot = state.outlier.lock().unwrap_or_else(|e| e.into_inner());
+            let detector = Arc::new(match slot.as_ref() {
+                Some(old) => old.rebuild(&addrs, od),
+                None => OutlierDetector::new(&addrs, od),
+            });
+            *slot = Some(detector.clone());
+            sweep_every_interval(&detector);
+            detector
+        });
+        let hash = settings
+            .load_balancer
+            .as_ref()
+            .and_then(|lb| lb.consistent_hash.as_ref())
+            .and_then(|ch| {
+                let built = HashPolicy::compile(&ch.key)
+                    .and_then(|policy| Ok((policy, HashLb::build(&ch.algorithm, &addrs)?)));
+                match built {
+                    Ok((policy, lb)) => Some(ConsistentHash { policy, lb }),
+                    Err(e) => {
+                        tracing::warn!(cluster = %name, error = %e, "consistent hash not usable; balancing without it");
+                        None
+                    }
+                }
+            });
+        Cluster {
+            name,
+            subset,
+            endpoints: endpoints.into(),
+            lb,
+            settings,
+            state,
+            outlier,
+            hash,
         }
     }
 
@@ -204,8 +274,30 @@ impl Cluster {
 
     /// Envoy's `health_flags` of endpoint `addr` on the admin port: `healthy`, or
     /// `/failed_outlier_check` while outlier detection has it ejected.
-    pub fn health_flags(&self, _addr: SocketAddr) -> &'static str {
-        "healthy"
+    pub fn health_flags(&self, addr: SocketAddr) -> &'static str {
+        let ejected = self.outlier.as_ref().is_some_and(|o| {
+            self.endpoints
+                .iter()
+                .position(|e| e.addr == addr)
+                .is_some_and(|i| o.is_ejected(i))
+        });
+        if ejected {
+            "/failed_outlier_check"
+        } else {
+            "healthy"
+        }
+    }
+
+    /// Whether endpoint `i` may take requests (not ejected, or the cluster is in panic).
+    pub fn usable(&self, i: usize) -> bool {
+        self.outlier.as_ref().is_none_or(|o| o.usable(i))
+    }
+
+    /// Reports how a request to endpoint `i` went to outlier detection.
+    pub fn report(&self, i: usize, outcome: outlier::Outcome) {
+        if let Some(o) = &self.outlier {
+            o.report(i, outcome);
+        }
     }
 
     /// The endpoint at `addr`, if it is one of this cluster's.
@@ -249,4 +341,27 @@ impl Registry {
         let mut map = self.loads.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|k, _| addrs.contains(k));
     }
+}
+
+/// Sweeps `detector` every interval (un-ejecting endpoints whose time is up) for as long as a
+/// snapshot holds it; without a runtime (a test building snapshots by hand) nothing sweeps.
+fn sweep_every_interval(detector: &Arc<OutlierDetector>) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let weak = Arc::downgrade(detector);
+    let interval = detector
+        .settings()
+        .interval
+        .max(std::time::Duration::from_millis(10));
+    rt.spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(d) = weak.upgrade() else { return };
+            d.sweep(std::time::Instant::now());
+        }
+    });
 }

@@ -222,10 +222,19 @@ impl ServiceEntry {
                     .tls
                     .as_ref()
                     .is_some_and(|t| t.mode == xds::ClientTlsMode::Disable);
+                // TLS origination (SIMPLE, MUTUAL) is not implemented: the cluster gets no
+                // endpoint (503 UH), never plaintext where TLS was asked for.
+                let originate = settings.tls.as_ref().is_some_and(|t| {
+                    matches!(
+                        t.mode,
+                        xds::ClientTlsMode::Simple | xds::ClientTlsMode::Mutual
+                    )
+                });
                 let endpoints: Vec<Endpoint> = s
                     .endpoints
                     .iter()
                     .zip(peers)
+                    .filter(|_| !originate)
                     .filter(|(ep, _)| {
                         subset.is_none_or(|ss| {
                             ss.labels.iter().all(|(k, v)| ep.labels.get(k) == Some(v))
@@ -259,14 +268,15 @@ impl ServiceEntry {
                     .as_ref()
                     .and_then(|lb| lb.simple)
                     .unwrap_or(s.lb_policy);
-                clusters.push(Arc::new(Cluster {
-                    state: registry.cluster(&name, settings.connection_pool.as_ref()),
+                let state = registry.cluster(&name, settings.connection_pool.as_ref());
+                clusters.push(Arc::new(Cluster::new(
                     name,
-                    subset: subset.map(|s| Arc::from(s.name.as_str())),
-                    endpoints: endpoints.into(),
+                    subset.map(|s| Arc::from(s.name.as_str())),
+                    endpoints,
                     lb,
                     settings,
-                }));
+                    state,
+                )));
                 cluster_ports.push(sp.port);
             }
         }

@@ -67,6 +67,11 @@ impl AdminSource for TrafficAdmin {
             for (stat, v) in c.state.circuit.stats.snapshot().iter() {
                 let _ = writeln!(out, "cluster.{}.{stat}: {v}", c.name);
             }
+            if let Some(o) = &c.outlier {
+                for (stat, v) in o.stats().iter() {
+                    let _ = writeln!(out, "cluster.{}.outlier_detection.{stat}: {v}", c.name);
+                }
+            }
         }
         out
     }

@@ -357,6 +357,14 @@ pub fn unsupported_transfer_encoding(headers: &HeaderMap) -> bool {
     }
 }
 
+/// Removes the headers that ask Envoy for retries (`x-envoy-retry-on`, ...): only the route's
+/// policy counts, and Envoy never forwards them.
+pub fn strip_retry_requests(headers: &mut HeaderMap) {
+    for name in crate::outbound::retry::RETRY_REQUEST_HEADERS {
+        headers.remove(name);
+    }
+}
+
 /// Removes `x-envoy-*` request headers: they steer Envoy (timeouts, retries, internal marks) and
 /// are only trusted from inside the mesh.
 pub fn strip_envoy_headers(headers: &mut HeaderMap) {

@@ -97,7 +97,7 @@ pub struct ProxyInputs {
 }
 
 impl ProxyInputs {
-    /// Bundles the inputs, with a fresh pool and load tracker, and no identity (plaintext).
+    /// Bundles the inputs, with a fresh pool, and no identity (plaintext).
     pub fn new(
         cfg: Arc<ProxyConfig>,
         store: Arc<ConfigStore>,

@@ -20,7 +20,7 @@ use crate::http::{self, ConnCtx, Direction, labels_for};
 use crate::orig_dst::OrigDstResolver;
 use crate::pool::{self, PoolError, UpstreamTls};
 use crate::route::Target;
-use crate::tcp::{ByteCounts, copy_bidirectional};
+use crate::tcp::ByteCounts;
 use crate::telemetry::{ResponseFlags, TcpRecord};
 use crate::tls::{HandshakeError, tls_error_in};
 use crate::workers::Workers;
@@ -236,7 +236,14 @@ async fn forward_tcp<D>(
     let mut rec = TcpRecord::accepted(start, ctx.orig_dst.get(), ctx.client.get());
     rec.upstream_cluster = Some(target.cluster.name.clone());
     rec.requested_server_name = ctx.sni.clone();
-    let Some(ep) = crate::balance::pick(&target.cluster, &[]) else {
+    let hash = target.cluster.hash.as_ref().and_then(|h| {
+        h.policy.hash(&crate::hash_lb::RequestParts {
+            headers: &::http::HeaderMap::new(),
+            query: None,
+            source_ip: Some(ctx.client.get().ip()),
+        })
+    });
+    let Some((ep_index, ep)) = crate::balance::pick(&target.cluster, &[], hash) else {
         rec.response_flags = ResponseFlags::NO_HEALTHY_UPSTREAM;
         rec.duration = t0.elapsed();
         ctx.pi.telemetry.tcp_log(rec);
@@ -279,6 +286,9 @@ async fn forward_tcp<D>(
             return;
         }
     };
+    target
+        .cluster
+        .report(ep_index, crate::outlier::Outcome::ConnectSuccess);
     rec.upstream_local_address = Some(info.local);
     if let Some(server) = &info.peer {
         labels.destination_principal = server.clone();
@@ -286,9 +296,14 @@ async fn forward_tcp<D>(
     let labels = ctx.pi.telemetry.labels(labels);
     let conn = ctx.pi.telemetry.tcp_open(&labels);
     let counts = Arc::new(ByteCounts::default());
-    let copy = copy_bidirectional(downstream, upstream, counts.clone());
+    let limits = crate::tcp::RelayLimits::of(&circuit.limits());
+    let copy = crate::tcp::copy_limited(downstream, upstream, counts.clone(), limits);
     let result = tokio::select! {
-        r = copy => r,
+        r = copy => r.map(|cut| {
+            if cut == Some(crate::tcp::Cut::MaxDuration) {
+                rec.response_flags.insert(ResponseFlags::DURATION_TIMEOUT);
+            }
+        }),
         // Opaque streams have no graceful end: give them the drain time, then cut.
         _ = async {
             drain.signaled().await;

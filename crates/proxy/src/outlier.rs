@@ -152,6 +152,44 @@ pub struct Stats {
     pub ejections_enforced_consecutive_local_origin_failure: u64,
 }
 
+impl Stats {
+    /// Name and value of each, in Envoy's names.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        [
+            ("ejections_active", self.ejections_active),
+            ("ejections_enforced_total", self.ejections_enforced_total),
+            ("ejections_overflow", self.ejections_overflow),
+            ("ejections_total", self.ejections_total),
+            ("ejections_consecutive_5xx", self.ejections_consecutive_5xx),
+            (
+                "ejections_detected_consecutive_5xx",
+                self.ejections_detected_consecutive_5xx,
+            ),
+            (
+                "ejections_enforced_consecutive_5xx",
+                self.ejections_enforced_consecutive_5xx,
+            ),
+            (
+                "ejections_detected_consecutive_gateway_failure",
+                self.ejections_detected_consecutive_gateway_failure,
+            ),
+            (
+                "ejections_enforced_consecutive_gateway_failure",
+                self.ejections_enforced_consecutive_gateway_failure,
+            ),
+            (
+                "ejections_detected_consecutive_local_origin_failure",
+                self.ejections_detected_consecutive_local_origin_failure,
+            ),
+            (
+                "ejections_enforced_consecutive_local_origin_failure",
+                self.ejections_enforced_consecutive_local_origin_failure,
+            ),
+        ]
+        .into_iter()
+    }
+}
+
 #[derive(Debug, Default)]
 struct Counters {
     ejections_enforced_total: AtomicU64,

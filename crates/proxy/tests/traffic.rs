@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use harness::{App, Sidecar, get_req, json, send, vip};
+use http_body_util::BodyExt;
 
 /// The seed's client and an `httpbin-service` whose endpoints are `v1` and `v2` (labels
 /// `version`), a DestinationRule with both subsets, and `extra` (routes).
@@ -340,4 +341,173 @@ httpRoutes:
     assert_eq!(line["response_flags"], "UT,URX");
     assert_eq!(line["response_code_details"], "upstream_per_try_timeout");
     v1.release();
+}
+
+#[tokio::test]
+async fn outlier_detection_ejects_the_failing_endpoint() {
+    let extra = r#"
+- name: default/httpbin-outlier
+  host: httpbin-service.default.svc.cluster.local
+  policy:
+    settings:
+      outlierDetection: {consecutive5xxErrors: 1, intervalMs: 100, baseEjectionTimeMs: 60000, maxEjectionPercent: 100}
+"#;
+    let v1 = App::start("v1").await;
+    let v2 = App::start("v2").await;
+    // The two-version resources with the DestinationRule's policy replaced by this one.
+    let yaml = two_versions(v1.addr, v2.addr, "").replace(
+        "trafficPolicies:\n- name: default/httpbin\n  host: httpbin-service.default.svc.cluster.local\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n",
+        &format!("trafficPolicies:{extra}"),
+    );
+    let sidecar = Sidecar::builder(&yaml).start().await;
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        answers.push(get(&sidecar, "/fail-if/v2", &[]).await.0);
+    }
+    // v2 failed once (the default policy does not retry a 503) and was ejected at once.
+    assert_eq!(v2.hits.load(Ordering::SeqCst), 1, "{answers:?}");
+    assert_eq!(answers.iter().filter(|s| **s == 503).count(), 1);
+    let snap = sidecar.store.load();
+    let cluster = snap.services[0]
+        .cluster(80, None)
+        .expect("the service's cluster");
+    assert_eq!(cluster.health_flags(v2.addr), "/failed_outlier_check");
+    assert_eq!(cluster.health_flags(v1.addr), "healthy");
+    // What the admin port shows, in Envoy's words.
+    let admin = proxy::dump::TrafficAdmin(proxy::ProxyInputs::new(
+        std::sync::Arc::new(proxy::config::ProxyConfig::default()),
+        sidecar.store.clone(),
+        sidecar.telemetry.clone(),
+    ));
+    use proxy::admin::AdminSource;
+    let clusters = admin.clusters();
+    let line = format!(
+        "outbound|80||{HOST}::{}::health_flags::/failed_outlier_check",
+        v2.addr
+    );
+    assert!(clusters.contains(&line), "{clusters}");
+    let stats = admin.cluster_stats();
+    let active = format!("cluster.outbound|80||{HOST}.outlier_detection.ejections_active: 1");
+    assert!(stats.contains(&active), "{stats}");
+}
+
+#[tokio::test]
+async fn consistent_hash_on_a_header_sticks() {
+    let yaml = format!(
+        r#"
+httpRoutes:
+- name: default/httpbin
+  hosts: [{HOST}]
+  http:
+  - route: [{{host: {HOST}}}]
+"#
+    );
+    let v1 = App::start("v1").await;
+    let v2 = App::start("v2").await;
+    let resources = two_versions(v1.addr, v2.addr, &yaml).replace(
+        "  subsets:\n",
+        "  policy: {settings: {loadBalancer: {consistentHash: {key: {header: x-user}, algorithm: {ring: {minimumRingSize: 1024}}}}}}\n  subsets:\n",
+    );
+    let sidecar = Sidecar::builder(&resources).start().await;
+    for user in ["alice", "bob", "carol", "dave"] {
+        let first = get(&sidecar, "/get", &[("x-user", user)]).await.1;
+        for _ in 0..10 {
+            assert_eq!(
+                get(&sidecar, "/get", &[("x-user", user)]).await.1,
+                first,
+                "{user}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn regex_method_rewrite_and_cors() {
+    let routes = format!(
+        r#"
+httpRoutes:
+- name: default/httpbin
+  hosts: [{HOST}]
+  http:
+  - match: [{{uri: {{regex: "/v[0-9]+/items"}}, method: {{exact: POST}}}}]
+    route: [{{host: {HOST}, subset: v2}}]
+  - match: [{{uri: {{prefix: /old}}}}]
+    rewrite: {{uri: /new, authority: rewritten.example}}
+    route: [{{host: {HOST}, subset: v1}}]
+  - match: [{{uri: {{prefix: /api}}}}]
+    cors: {{allowOrigins: [{{exact: "https://ok.example"}}], allowMethods: [GET], maxAgeS: 60}}
+    route: [{{host: {HOST}, subset: v1}}]
+"#
+    );
+    let (_v1, _v2, sidecar) = start(&routes).await;
+    // Regex and method together.
+    let mut tx = sidecar.h1(vip()).await;
+    let mut post = get_req("httpbin-service", "/v12/items");
+    *post.method_mut() = http::Method::POST;
+    let (resp, _) = send(&mut tx, post).await;
+    assert_eq!(resp.headers()["x-app"], "v2");
+    assert_eq!(
+        get(&sidecar, "/v12/items", &[]).await.0,
+        404,
+        "GET matches no route"
+    );
+    assert_eq!(get(&sidecar, "/vX/items", &[]).await.0, 404);
+    // Rewrite: the prefix replaced, the query kept, the authority rewritten.
+    let (status, app, body) = get(&sidecar, "/old/thing?q=1", &[]).await;
+    assert_eq!((status, app.as_str()), (200, "v1"));
+    let seen = json(&body.into());
+    assert_eq!(seen["path"], "/new/thing");
+    assert_eq!(seen["headers"]["host"], "rewritten.example");
+    assert_eq!(seen["headers"]["x-envoy-original-path"], "/old/thing?q=1");
+    // CORS: a preflight from an allowed origin is answered here.
+    let mut tx = sidecar.h1(vip()).await;
+    let mut pre = get_req("httpbin-service", "/api/x");
+    *pre.method_mut() = http::Method::OPTIONS;
+    pre.headers_mut()
+        .insert("origin", "https://ok.example".parse().expect("v"));
+    pre.headers_mut()
+        .insert("access-control-request-method", "GET".parse().expect("v"));
+    let (resp, _) = send(&mut tx, pre).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://ok.example"
+    );
+    assert!(
+        resp.headers().get("x-app").is_none(),
+        "answered by the proxy"
+    );
+    let (status, _, _) = get(&sidecar, "/api/x", &[("origin", "https://ok.example")]).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_post_body_is_sent_again_on_retry() {
+    let routes = format!(
+        r#"
+httpRoutes:
+- name: default/flaky
+  hosts: [{HOST}]
+  http:
+  - route: [{{host: {HOST}, subset: v1}}]
+    retries: {{attempts: 2, retryOn: 5xx}}
+"#
+    );
+    let (v1, _v2, sidecar) = start(&routes).await;
+    let mut tx = sidecar.h1(vip()).await;
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/flaky/upload")
+        .header("host", "httpbin-service")
+        .body(
+            http_body_util::Full::new(bytes::Bytes::from_static(b"payload"))
+                .map_err(|n| match n {})
+                .boxed(),
+        )
+        .expect("request");
+    // `/flaky/upload` fails the first time; the retry carries the same 7 bytes to `/upload`.
+    let (resp, body) = send(&mut tx, req).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(&body[..], b"7");
+    assert_eq!(v1.hits.load(Ordering::SeqCst), 2);
 }

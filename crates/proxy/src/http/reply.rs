@@ -130,16 +130,31 @@ impl LocalReply {
         }
     }
 
-    /// A route's direct response.
-    pub(super) fn direct(d: &xds::DirectResponse) -> LocalReply {
-        LocalReply {
-            status: StatusCode::from_u16(d.status).unwrap_or(StatusCode::OK),
-            flags: ResponseFlags::NONE,
-            details: "direct_response",
-            body: d.body.clone().map(Cow::Owned).unwrap_or(Cow::Borrowed("")),
-            grpc_status: None,
-            close: false,
+    /// A route's rewrite made an invalid request target (Envoy's 500).
+    pub(super) const REWRITE_FAILED: LocalReply = LocalReply {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        flags: ResponseFlags::NONE,
+        details: "invalid_path_after_rewrite",
+        body: Cow::Borrowed(""),
+        grpc_status: None,
+        close: false,
+    };
+
+    /// A response the proxy built itself for a route (redirect, direct response, CORS
+    /// preflight), logged with `details`.
+    pub(super) fn answer(
+        ctx: &ConnCtx,
+        mut log: Log,
+        mut resp: Response<ProxyBody>,
+        details: &'static str,
+    ) -> Response<ProxyBody> {
+        let rec = log.rec();
+        rec.response_code = resp.status().as_u16();
+        rec.response_code_details = Some(details.into());
+        if let Some(server) = &ctx.pi.cfg.server_header {
+            resp.headers_mut().insert(header::SERVER, server.clone());
         }
+        respond_logged(resp, log, None)
     }
 
     /// The upstream could not be reached (`UF`; `URX` too once the retries are spent), in

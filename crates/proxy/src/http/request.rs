@@ -15,14 +15,17 @@ use hyper_util::rt::TokioIo;
 
 use crate::addr::{EndpointAddr, OrigDstAddr};
 use crate::balance;
-use crate::body::{BoxError, ProxyBody, empty};
+use crate::body::{BoxError, ProxyBody, empty, full};
 use crate::cluster::ClusterStats;
 use crate::config::Snapshot;
 use crate::headers;
+use crate::outbound::actions::{self, FormatContext};
 use crate::outbound::fault::AbortReply;
+use crate::outbound::replay::{self, Replay};
 use crate::outbound::retry::{Outcome, ResetReason};
 use crate::outbound::router::{self, RouteError, RoutePolicy, Routed};
 use crate::outbound::routes::RequestView;
+use crate::outlier::Outcome as OutlierOutcome;
 use crate::pool::{PoolError, PoolKey};
 use crate::route::{self, Target};
 use crate::tcp::{ByteCounts, copy_bidirectional};
@@ -110,34 +113,47 @@ pub(super) async fn handle(
         return Ok(reply.respond(&ctx, log, reply_to));
     }
 
-    let target = match ctx.direction {
-        Direction::Inbound => crate::inbound::app::target(&snap, &ctx.pi, ctx.orig_dst),
+    // The request's head from here on; the body stays aside until the request goes upstream.
+    let (mut parts, body) = req.into_parts();
+    let fmt = FormatContext {
+        downstream_remote: Some(ctx.client.get()),
+        downstream_local: Some(ctx.orig_dst.get()),
+        hostname: ctx.pi.cfg.pod_name.as_deref().unwrap_or(""),
+    };
+    let (target, selected, picked) = match ctx.direction {
+        Direction::Inbound => (
+            crate::inbound::app::target(&snap, &ctx.pi, ctx.orig_dst),
+            None,
+            None,
+        ),
         Direction::Outbound => {
+            headers::strip_retry_requests(&mut parts.headers);
             let (labels, namespace) = match snap.me.as_deref() {
                 Some(w) => (&w.labels, w.namespace.as_str()),
                 None => (no_labels(), ""),
             };
-            let view = RequestView {
-                method: req.method().as_str(),
-                scheme: "http",
-                authority: request_authority(req.uri(), req.headers()).unwrap_or(""),
-                path: req.uri().path(),
-                query: req.uri().query(),
-                headers: req.headers(),
-                port: ctx.orig_dst.get().port(),
-                source_labels: labels,
-                source_namespace: namespace,
-            };
+            let view =
+                RequestView::new(&parts, "http", ctx.orig_dst.get().port(), labels, namespace);
             match router::outbound_http(&snap, &ctx.pi, ctx.orig_dst, &view) {
-                Ok(Routed::Forward(t)) => t,
+                Ok(Routed::Forward {
+                    target,
+                    selected,
+                    picked,
+                }) => (target, selected, picked),
                 Ok(Routed::Answer {
-                    policy,
+                    selected,
                     route_name,
-                    matched_len,
                 }) => {
                     log.rec().route_name = route_name;
-                    let reply = answer(&policy, &req, matched_len);
-                    return Ok(reply.respond(&ctx, log, reply_to));
+                    let mut resp = match actions::redirect(&selected, &view, false) {
+                        Some(r) => r.map(|()| empty()),
+                        None => match actions::direct_response(&selected) {
+                            Some(r) => r.map(full),
+                            None => return Ok(LocalReply::NO_ROUTE.respond(&ctx, log, reply_to)),
+                        },
+                    };
+                    actions::edit_response(&selected, None, resp.headers_mut(), &fmt, Some(&parts));
+                    return Ok(LocalReply::answer(&ctx, log, resp, "direct_response"));
                 }
                 Err(RouteError::NoRoute) => {
                     return Ok(LocalReply::NO_ROUTE.respond(&ctx, log, reply_to));
@@ -157,7 +173,17 @@ pub(super) async fn handle(
     if ctx.direction == Direction::Inbound && ctx.pi.authz.denies_all(&snap, &ctx.pi.cfg) {
         return Ok(LocalReply::RBAC_DENIED.respond(&ctx, log, reply_to));
     }
-    let route = target.policy.route.as_ref();
+    // Istio's filter order: CORS, fault, router.
+    if let Some(sel) = &selected
+        && let Some(preflight) = actions::cors_preflight(sel, &parts)
+    {
+        return Ok(LocalReply::answer(
+            &ctx,
+            log,
+            preflight.map(|()| empty()),
+            "cors_response",
+        ));
+    }
     if let Some(fault) = &target.policy.fault {
         let decision = fault.decide(&mut rand::rng());
         if let Some(delay) = decision.delay {
@@ -176,37 +202,59 @@ pub(super) async fn handle(
     }
     let Some(_admitted) = target.cluster.admit() else {
         // Envoy counts an `http2MaxRequests` overflow with the pending ones.
-        ClusterStats::inc(
-            &target
-                .cluster
-                .state
-                .circuit
-                .stats
-                .upstream_rq_pending_overflow,
-        );
+        target.cluster.state.circuit.note_requests_overflow();
         return Ok(LocalReply::OVERFLOW.respond(&ctx, log, reply_to));
     };
-    if let Some(r) = route {
-        edit_headers(req.headers_mut(), &r.headers.request);
-        if let Some(d) = target.destination.and_then(|d| r.route.get(d)) {
-            edit_headers(req.headers_mut(), &d.headers.request);
-        }
+    // The request as the route edits it: headers, authority, path.
+    let request_headers = selected.as_ref().map(|_| parts.headers.clone());
+    if let Some(sel) = &selected
+        && let Err(e) = actions::edit_request(sel, picked, &mut parts, &fmt)
+    {
+        tracing::debug!(error = %e, "route rewrite failed");
+        return Ok(LocalReply::REWRITE_FAILED.respond(&ctx, log, reply_to));
     }
+    // Consistent hashing: the request's key, or a cookie made up for it.
+    let mut set_cookie = None;
+    let hash = target.cluster.hash.as_ref().and_then(|h| {
+        let parts_view = crate::hash_lb::RequestParts {
+            headers: &parts.headers,
+            query: parts.uri.query(),
+            source_ip: Some(ctx.client.get().ip()),
+        };
+        h.policy.hash(&parts_view).or_else(|| {
+            let made = h
+                .policy
+                .generated_cookie(ctx.client.get(), ctx.orig_dst.get())?;
+            let hash = made.hash;
+            set_cookie = Some(made.set_cookie);
+            Some(hash)
+        })
+    });
 
     // The upstream request: same method, path, headers and streaming body, in the version
     // `upstream_h2` picks for each endpoint tried. A request without a body can be sent again
-    // as it is, for a retry after a response or a mirror.
-    let (parts, body) = req.into_parts();
+    // as it is, for a retry after a response or a mirror; one with a body is kept (up to
+    // Envoy's buffer limit) for retries.
     let bodiless = http_body::Body::is_end_stream(&body);
-    let again = (bodiless && !upgrade).then(|| parts.clone());
-    if let (Some(r), Some(copy)) = (route, again.as_ref()) {
-        mirror(&ctx, &snap, r, copy, downstream_version);
+    let resendable = !upgrade && (bodiless || target.policy.retry.enabled());
+    let again = resendable.then(|| parts.clone());
+    if let (Some(sel), Some(copy), true) = (&selected, again.as_ref(), bodiless) {
+        mirror(&ctx, &snap, sel.route(), copy, downstream_version);
     }
     let body = CountedBody {
         inner: body,
         count: log.received.clone(),
     }
     .boxed();
+    let (body, replay) = if !bodiless && !upgrade && target.policy.retry.enabled() {
+        let replay = Replay::new(body, replay::DEFAULT_LIMIT);
+        match replay.body() {
+            Some(first) => (first.boxed(), Some(replay)),
+            None => (empty(), None),
+        }
+    } else {
+        (body, None)
+    };
     let upstream_req = Request::from_parts(parts, body);
 
     let started = Instant::now();
@@ -214,7 +262,11 @@ pub(super) async fn handle(
         &ctx,
         &target,
         upstream_req,
-        again,
+        Again {
+            head: again,
+            replay,
+        },
+        hash,
         downstream_version,
         upgrade,
     );
@@ -280,11 +332,14 @@ pub(super) async fn handle(
         ctx.pi.cfg.server_header.as_ref(),
         ctx.direction == Direction::Outbound,
     );
-    if let Some(r) = route {
-        if let Some(d) = target.destination.and_then(|d| r.route.get(d)) {
-            edit_headers(resp.headers_mut(), &d.headers.response);
+    if let Some(sel) = &selected {
+        actions::edit_response(sel, picked, resp.headers_mut(), &fmt, None);
+        if let Some(req_headers) = &request_headers {
+            actions::cors_decorate_response(sel, req_headers, resp.headers_mut());
         }
-        edit_headers(resp.headers_mut(), &r.headers.response);
+    }
+    if let Some(cookie) = set_cookie {
+        resp.headers_mut().append(header::SET_COOKIE, cookie);
     }
     if downstream_version == Version::HTTP_2 {
         *resp.version_mut() = Version::HTTP_2;
@@ -316,39 +371,6 @@ fn no_labels() -> &'static std::collections::BTreeMap<String, String> {
     static NONE: std::sync::OnceLock<std::collections::BTreeMap<String, String>> =
         std::sync::OnceLock::new();
     NONE.get_or_init(Default::default)
-}
-
-/// The local answer of a route with a redirect or a direct response.
-fn answer<B>(policy: &RoutePolicy, _req: &Request<B>, _matched_len: usize) -> LocalReply {
-    let route = policy.route.as_ref();
-    if let Some(d) = route.and_then(|r| r.direct_response.as_ref()) {
-        return LocalReply::direct(d);
-    }
-    LocalReply::NO_ROUTE
-}
-
-/// Applies a route's header edits, as Istio configures Envoy: `set` replaces, `add` appends,
-/// `remove` removes. Names or values that are not valid HTTP are skipped.
-fn edit_headers(h: &mut http::HeaderMap, ops: &xds::HeaderOps) {
-    for name in &ops.remove {
-        h.remove(name.as_str());
-    }
-    for (name, value) in &ops.set {
-        if let (Ok(n), Ok(v)) = (
-            header::HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            h.insert(n, v);
-        }
-    }
-    for (name, value) in &ops.add {
-        if let (Ok(n), Ok(v)) = (
-            header::HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            h.append(n, v);
-        }
-    }
 }
 
 /// Sends a copy of a bodiless request to each of the route's mirrors that its percentage
@@ -411,7 +433,11 @@ fn mirror(
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let timeout = ctx.pi.cfg.connect_timeout;
-            let sent = attempts(&ctx, &target, copy, None, downstream_version, false);
+            let again = Again {
+                head: None,
+                replay: None,
+            };
+            let sent = attempts(&ctx, &target, copy, again, None, downstream_version, false);
             if let Ok(Ok(answered)) = tokio::time::timeout(timeout, sent).await {
                 // Read and drop the answer, so a pooled connection can be used again.
                 let (_, body) = answered.exchange.response.into_parts();
@@ -496,6 +522,38 @@ impl Verdict {
     }
 }
 
+/// What outlier detection makes of an attempt (`None`: its per-try timeout fired).
+fn outlier_outcome(
+    sent: &Option<Result<crate::pool::Exchange, crate::pool::SendError>>,
+) -> OutlierOutcome {
+    match sent {
+        None => OutlierOutcome::Timeout,
+        Some(Ok(x)) => {
+            let grpc = x
+                .response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            match grpc {
+                Some(g) => OutlierOutcome::Http(crate::outlier::grpc_to_http_status(g)),
+                None => OutlierOutcome::Http(x.response.status().as_u16()),
+            }
+        }
+        // A circuit breaker's refusal says nothing of the endpoint.
+        Some(Err(e)) if matches!(e.error, PoolError::Overflow(_)) => OutlierOutcome::ConnectSuccess,
+        Some(Err(_)) => OutlierOutcome::ConnectFailed,
+    }
+}
+
+/// What a request is sent again with: its head, and its body when it has one.
+struct Again {
+    /// The head, when the request can be sent again.
+    head: Option<http::request::Parts>,
+    /// The body kept for retries.
+    replay: Option<Replay>,
+}
+
 /// Sends `req` to an endpoint of `target`, again to another one as the route's retry policy
 /// says (connect failures: the request comes back unsent; after a response or a reset: only
 /// when `again` holds a bodiless copy to send).
@@ -503,7 +561,8 @@ async fn attempts(
     ctx: &ConnCtx,
     target: &Target,
     mut req: Request<ProxyBody>,
-    again: Option<http::request::Parts>,
+    again: Again,
+    hash: Option<u64>,
     downstream_version: Version,
     upgrade: bool,
 ) -> Result<Answered, Failed> {
@@ -514,7 +573,7 @@ async fn attempts(
     // The retry in flight, counted against the cluster's `maxRetries` until the next one.
     let mut budget = None;
     loop {
-        let Some(ep) = balance::pick(cluster, &failed) else {
+        let Some((ep_index, ep)) = balance::pick(cluster, &failed, hash) else {
             return Err(Failed {
                 reply: LocalReply::NO_HEALTHY_UPSTREAM,
                 endpoint: None,
@@ -563,12 +622,15 @@ async fn attempts(
                 Verdict::Overflow
             }
         };
-        // What the next attempt sends: the request back unsent, else a bodiless copy.
+        // What the next attempt sends: the request back unsent, else a copy of its head with
+        // the body again.
         let next = |unsent: Option<Request<ProxyBody>>| {
             unsent.or_else(|| {
-                again
-                    .as_ref()
-                    .map(|p| Request::from_parts(p.clone(), empty()))
+                let head = again.head.as_ref()?.clone();
+                match &again.replay {
+                    None => Some(Request::from_parts(head, empty())),
+                    Some(r) => Some(Request::from_parts(head, r.body()?.boxed())),
+                }
             })
         };
         let send = ctx
@@ -579,6 +641,7 @@ async fn attempts(
             None => Some(send.await),
             Some(t) => tokio::time::timeout(t, send).await.ok(),
         };
+        cluster.report(ep_index, outlier_outcome(&sent));
         req = match sent {
             None => {
                 // The attempt took its whole per-try timeout; the request went with it.
@@ -586,7 +649,7 @@ async fn attempts(
                 let v = verdict(retry.should_retry(&Outcome::PerTryTimeout {
                     request_started: true,
                 }));
-                match next(None).filter(|_| matches!(v, Verdict::Retry)) {
+                match matches!(v, Verdict::Retry).then(|| next(None)).flatten() {
                     Some(r) => r,
                     None => {
                         let mut reply = LocalReply::PER_TRY_TIMEOUT;
@@ -605,7 +668,7 @@ async fn attempts(
                     headers: x.response.headers(),
                 };
                 let v = verdict(retry.should_retry(&outcome));
-                match next(None).filter(|_| matches!(v, Verdict::Retry)) {
+                match matches!(v, Verdict::Retry).then(|| next(None)).flatten() {
                     Some(r) => r,
                     None => {
                         if attempt > 1 {
@@ -641,7 +704,10 @@ async fn attempts(
                     }
                 };
                 let v = verdict(retry.should_retry(&outcome));
-                match next(e.request).filter(|_| matches!(v, Verdict::Retry)) {
+                match matches!(v, Verdict::Retry)
+                    .then(|| next(e.request))
+                    .flatten()
+                {
                     Some(r) => r,
                     None => {
                         let mut reply = if connect {

@@ -37,4 +37,3 @@ pub async fn bind(
 ) -> std::io::Result<Listener> {
     Listener::bind(Direction::Outbound, pi.cfg.outbound_addr, orig_dst, pi).await
 }
-

@@ -16,10 +16,11 @@ use xds::{HttpRoute, HttpRoutes, ServicePort};
 
 use crate::ProxyInputs;
 use crate::addr::OrigDstAddr;
+use crate::cluster::Cluster;
 use crate::config::{ServiceEntry, Snapshot};
 use crate::outbound::fault::FaultInjection;
 use crate::outbound::retry::{Retry, RetryError};
-use crate::outbound::routes::{RequestView, RouteTable};
+use crate::outbound::routes::{Picked, RequestView, RouteTable, Selected};
 use crate::route::{Target, UpstreamHttp, passthrough};
 
 /// What a route does besides choosing the destination, compiled once per snapshot.
@@ -174,19 +175,24 @@ pub enum RouteError {
     NoCluster,
 }
 
-/// What the router decided for an HTTP request.
+/// What the router decided for an HTTP request; the route borrows from the snapshot.
 #[derive(Debug)]
-pub enum Routed {
+pub enum Routed<'s> {
     /// Forward to the target.
-    Forward(Target),
+    Forward {
+        /// Where.
+        target: Target,
+        /// The route that matched, if routes exist for the host.
+        selected: Option<Selected<'s>>,
+        /// The destination it picked.
+        picked: Option<Picked<'s>>,
+    },
     /// Answer here: the route's redirect or direct response ([`RoutePolicy::route`]).
     Answer {
         /// The route.
-        policy: Arc<RoutePolicy>,
+        selected: Selected<'s>,
         /// Its `route_name`.
         route_name: Option<Arc<str>>,
-        /// How much of the path its `uri` match covered.
-        matched_len: usize,
     },
 }
 
@@ -215,9 +221,9 @@ fn cluster_target(
     let cluster = entry.cluster(sp.port, subset)?.clone();
     let proto = sp.effective_protocol();
     Some(Target {
+        upstream_http: upstream_http(&cluster, proto),
         cluster,
         bind: None,
-        upstream_http: UpstreamHttp::of(proto),
         opaque: proto.is_opaque(),
         route_name: policy.name.clone(),
         matched_len: 1,
@@ -228,6 +234,18 @@ fn cluster_target(
         service_name: entry.name.clone(),
         service_namespace: entry.namespace.clone(),
     })
+}
+
+/// The HTTP version toward `cluster`: the port's, unless the DestinationRule's
+/// `h2UpgradePolicy` or `useClientProtocol` says otherwise (as pilot applies them to an `http`
+/// port's cluster).
+fn upstream_http(cluster: &Cluster, proto: xds::Protocol) -> UpstreamHttp {
+    let http = cluster.settings.connection_pool.as_ref().map(|c| &c.http);
+    match (UpstreamHttp::of(proto), http) {
+        (_, Some(h)) if h.use_client_protocol => UpstreamHttp::Downstream,
+        (UpstreamHttp::Http11, Some(h)) if h.h2_upgrade == Some(true) => UpstreamHttp::Http2,
+        (u, _) => u,
+    }
 }
 
 /// Outbound opaque TCP (or TLS): the service at the original destination, routed by the
@@ -325,12 +343,12 @@ fn in_subnet(ip: std::net::IpAddr, net: &str) -> bool {
 
 /// Outbound HTTP: by VIP, else by `Host` on the same port; then the host's routes, if any.
 /// `req` is the request as the router sees it; its `port` is filled in here.
-pub fn outbound_http(
-    snap: &Snapshot,
+pub fn outbound_http<'s>(
+    snap: &'s Snapshot,
     _pi: &ProxyInputs,
     orig_dst: OrigDstAddr,
     req: &RequestView<'_>,
-) -> Result<Routed, RouteError> {
+) -> Result<Routed<'s>, RouteError> {
     let port = orig_dst.get().port();
     let authority = (!req.authority.is_empty()).then_some(req.authority);
     let entry = snap.service_by_vip(orig_dst.get()).or_else(|| {
@@ -338,13 +356,18 @@ pub fn outbound_http(
             .and_then(|a| snap.service_by_host(a))
             .filter(|e| e.service.port(port).is_some())
     });
+    let forward = |target| Routed::Forward {
+        target,
+        selected: None,
+        picked: None,
+    };
     let Some(entry) = entry else {
-        return Ok(Routed::Forward(passthrough(orig_dst, authority)));
+        return Ok(forward(passthrough(orig_dst, authority)));
     };
     let Some(routes) = snap.routes_for(&entry.service.hostname) else {
         let sp = entry.service.port(port).ok_or(RouteError::NoRoute)?;
         return cluster_target(entry, sp, None, RoutePolicy::service_default(), None)
-            .map(Routed::Forward)
+            .map(forward)
             .ok_or(RouteError::NoCluster);
     };
     let view = RequestView { port, ..*req };
@@ -354,13 +377,13 @@ pub fn outbound_http(
     if route.redirect.is_some() || route.direct_response.is_some() {
         return Ok(Routed::Answer {
             route_name: policy.name_for(selected.match_index()),
-            matched_len: selected.matched_len(),
-            policy,
+            selected,
         });
     }
     let route_name = policy.name_for(selected.match_index());
     let matched_len = selected.matched_len();
-    let target = match selected.pick_destination(rand::random()) {
+    let picked = selected.pick_destination(rand::random());
+    let target = match picked {
         None => {
             // No destination: the host itself.
             let sp = entry.service.port(port).ok_or(RouteError::NoRoute)?;
@@ -385,7 +408,11 @@ pub fn outbound_http(
     let mut target = target.ok_or(RouteError::NoCluster)?;
     target.route_name = route_name;
     target.matched_len = matched_len;
-    Ok(Routed::Forward(target))
+    Ok(Routed::Forward {
+        target,
+        selected: Some(selected),
+        picked,
+    })
 }
 
 #[cfg(test)]

@@ -130,7 +130,7 @@ async fn app_handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<BoxBody>, Infallible> {
     hits.fetch_add(1, Ordering::SeqCst);
-    let path = req.uri().path().to_string();
+    let mut path = req.uri().path().to_string();
     let is_grpc = req
         .headers()
         .get("content-type")
@@ -173,13 +173,29 @@ async fn app_handle(
         let _ = gate.wait_for(|open| *open).await;
         holding.fetch_sub(1, Ordering::SeqCst);
     }
-    if path == "/flaky" && hits.load(Ordering::SeqCst) % 2 == 1 {
-        // Every other request to `/flaky` (the first, third, ...) fails.
+    if path.strip_prefix("/fail-if/") == Some(name.as_str()) {
+        // `/fail-if/<name>`: this app fails, the others answer.
         return Ok(Response::builder()
             .status(StatusCode::SERVICE_UNAVAILABLE)
             .header("x-app", name.as_str())
             .body(full(""))
             .expect("response"));
+    }
+    if let Some(rest) = path.strip_prefix("/flaky") {
+        // Every other request to `/flaky...` (the first, third, ...) fails; the others are
+        // served as `rest` (`/flaky/upload` as `/upload`).
+        if hits.load(Ordering::SeqCst) % 2 == 1 {
+            return Ok(Response::builder()
+                .status(StatusCode::SERVICE_UNAVAILABLE)
+                .header("x-app", name.as_str())
+                .body(full(""))
+                .expect("response"));
+        }
+        path = if rest.is_empty() {
+            "/".to_string()
+        } else {
+            rest.to_string()
+        };
     }
     if let Some(code) = path.strip_prefix("/status/") {
         let code = code
