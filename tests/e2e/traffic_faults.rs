@@ -1,4 +1,4 @@
-//! Istio's Fault Injection task under `ama up`, with bookinfo's own
+//! Istio's Fault Injection and Request Timeouts tasks under `ama up`, with bookinfo's own
 //! `virtual-service-ratings-test-delay.yaml` and `-test-abort.yaml` (`tests/fixtures/traffic/`),
 //! plus VirtualServices of ours in the same style for a 50 % abort and for gRPC. One mesh:
 //! bookinfo (`versioned.py` answering as each version), a gRPC echo server (grpcio) and the
@@ -14,7 +14,11 @@
 //!    logged with `FI`;
 //! 4. gRPC abort (ours, `grpcStatus: UNAVAILABLE`): a grpcio client sees `StatusCode.UNAVAILABLE`
 //!    (and `OK` before the VirtualService is applied);
-//! 5. gRPC delay (ours, 5 s): a grpcio client with a 1 s deadline sees `DEADLINE_EXCEEDED`.
+//! 5. gRPC delay (ours, 5 s): a grpcio client with a 1 s deadline sees `DEADLINE_EXCEEDED`;
+//! 6. the Request Timeouts task, its YAML unchanged (virtual-service-all-v1, reviews → v2, a 2 s
+//!    delay on ratings, then `timeout: 0.5s` on reviews), with the client calling reviews
+//!    directly (reviews v2 calls ratings, as bookinfo's does): 200 from v2 after at least 2 s,
+//!    then 504 with `UT`.
 
 #[path = "traffic/common.rs"]
 mod common;
@@ -176,6 +180,37 @@ fn istio_fault_injection_under_ama_up() {
             let call = grpc_call(t, "1");
             let seen = format!("{call}");
             assert_eq!(call["code"], "DEADLINE_EXCEEDED", "{seen}");
+            seen
+        },
+    );
+
+    t.scenario(
+        "Request Timeouts task: reviews v2 → ratings delayed 2 s answers after ≥ 2 s; with timeout 0.5 s on reviews → 504 UT",
+        |t| {
+            t.apply("virtual-service-all-v1.yaml", None);
+            t.apply("request-timeouts-reviews-v2.yaml", None);
+            t.apply("request-timeouts-ratings-delay.yaml", None);
+            let slow = t.curl(&["http://reviews:9080/chain-delayed"]);
+            t.apply("request-timeouts-reviews-timeout.yaml", None);
+            let cut = t.curl(&["http://reviews:9080/chain-timeout"]);
+            let lines = t.client_lines("/chain-timeout", 1);
+            let seen = format!(
+                "with the delay: {} after {:.2} s from {} (ratings call: {}); with the timeout: {} \
+                 after {:.2} s, access log flags {:?}",
+                slow.status,
+                slow.seconds,
+                slow.body["version"],
+                slow.body["called"],
+                cut.status,
+                cut.seconds,
+                flags(&lines)
+            );
+            assert_eq!(slow.status, 200, "{seen}");
+            assert_eq!(slow.body["version"], "v2", "{seen}");
+            assert_eq!(slow.body["called"]["status"], 200, "ratings answered: {seen}");
+            assert!(slow.seconds >= 2.0, "the 2 s delay on ratings: {seen}");
+            assert_eq!(cut.status, 504, "{seen}");
+            assert_eq!(flags(&lines).get("UT"), Some(&1), "{seen}");
             seen
         },
     );
