@@ -12,10 +12,12 @@
 //!    requests of others get 200;
 //! 3. 50 % abort with 503 (ours): 503 for 50 % ± 5 of 1,000 requests, the rest 200; every 503
 //!    logged with `FI`;
-//! 4. gRPC abort (ours, `grpcStatus: UNAVAILABLE`): a grpcio client sees `StatusCode.UNAVAILABLE`
+//! 4. the client sidecar's `istio_requests_total` (reporter source) counts those aborts with
+//!    `response_flags="FI"`: 100 with code 500, and as many with 503 as the access log has;
+//! 5. gRPC abort (ours, `grpcStatus: UNAVAILABLE`): a grpcio client sees `StatusCode.UNAVAILABLE`
 //!    (and `OK` before the VirtualService is applied);
-//! 5. gRPC delay (ours, 5 s): a grpcio client with a 1 s deadline sees `DEADLINE_EXCEEDED`;
-//! 6. the Request Timeouts task, its YAML unchanged (virtual-service-all-v1, reviews → v2, a 2 s
+//! 6. gRPC delay (ours, 5 s): a grpcio client with a 1 s deadline sees `DEADLINE_EXCEEDED`;
+//! 7. the Request Timeouts task, its YAML unchanged (virtual-service-all-v1, reviews → v2, a 2 s
 //!    delay on ratings, then `timeout: 0.5s` on reviews), with the client calling reviews
 //!    directly (reviews v2 calls ratings, as bookinfo's does): 200 from v2 after at least 2 s,
 //!    then 504 with `UT`.
@@ -158,6 +160,27 @@ fn istio_fault_injection_under_ama_up() {
     );
 
     t.scenario(
+        "istio_requests_total counts the injected aborts with response_flags FI (client sidecar, reporter source)",
+        |t| {
+            let text = t.in_client(&["curl", "-s", "http://127.0.0.1:15020/stats/prometheus"]);
+            let fi_500 = requests_total(&text, &[("response_code", "500"), ("response_flags", "FI")]);
+            let fi_503 = requests_total(&text, &[("response_code", "503"), ("response_flags", "FI")]);
+            let aborted = t
+                .client_lines("/abort-half", 1000)
+                .iter()
+                .filter(|l| l["response_flags"] == "FI")
+                .count();
+            let seen = format!(
+                "istio_requests_total{{reporter=source,response_flags=FI}}: code 500 {fi_500}, \
+                 code 503 {fi_503}; the access log has 100 jason aborts (500) and {aborted} of 1,000 (503)"
+            );
+            assert_eq!(fi_500, 100.0, "{seen}");
+            assert_eq!(fi_503, aborted as f64, "{seen}");
+            seen
+        },
+    );
+
+    t.scenario(
         "gRPC abort: grpcStatus UNAVAILABLE (ours) → grpcio sees StatusCode.UNAVAILABLE",
         |t| {
             let before = grpc_call(t, "10");
@@ -216,4 +239,19 @@ fn istio_fault_injection_under_ama_up() {
     );
 
     t.finish();
+}
+
+/// The sum of `istio_requests_total` samples reported by the source with all of `labels`, from
+/// a Prometheus text page.
+fn requests_total(text: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .filter(|l| l.contains("reporter=\"source\""))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
