@@ -170,7 +170,9 @@ async fn handle_connection(ctx: Arc<ConnCtx>, mut stream: TcpStream, drain: Drai
         .service_by_vip(ctx.orig_dst.get())
         .and_then(|e| e.service.port(ctx.orig_dst.get().port()))
         .is_some_and(|p| p.effective_protocol().is_opaque());
-    let (detected, prefix) = if declared_opaque {
+    let tls_routed = crate::outbound::router::routes_by_sni(&snap, ctx.orig_dst);
+    drop(snap);
+    let (detected, mut prefix) = if declared_opaque && !tls_routed {
         (Detected::Opaque, bytes::Bytes::new())
     } else {
         match detect::detect(&mut stream, ctx.pi.cfg.detection_wait()).await {
@@ -181,8 +183,29 @@ async fn handle_connection(ctx: Arc<ConnCtx>, mut stream: TcpStream, drain: Drai
             }
         }
     };
+    // A VirtualService's `tls` routes go by the ClientHello's SNI: read it, keep every byte.
+    let mut sni = None;
+    if tls_routed && detected == Detected::Tls {
+        match crate::tls::read_client_hello(&mut stream, prefix, crate::tls::HANDSHAKE_TIMEOUT)
+            .await
+        {
+            Ok((hello, read)) => {
+                sni = hello.and_then(|h| h.sni);
+                prefix = read;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, client = %ctx.client, "connection failed in its ClientHello");
+                return;
+            }
+        }
+    }
+    let detected = if declared_opaque {
+        Detected::Opaque
+    } else {
+        detected
+    };
     let io = Rewind::new(prefix, stream);
-    proxy_detected(ctx, io, detected, start, t0, drain).await;
+    proxy_detected(ctx, io, detected, sni, start, t0, drain).await;
 }
 
 /// Hands a connection whose protocol is known to the HTTP proxy or the opaque copy. `io` is
@@ -196,6 +219,7 @@ pub(crate) fn proxy_detected<I>(
     ctx: Arc<ConnCtx>,
     io: I,
     detected: Detected,
+    sni: Option<Arc<str>>,
     start: SystemTime,
     t0: Instant,
     drain: DrainWatcher,
@@ -210,9 +234,12 @@ where
             Detected::Tls | Detected::Opaque => {
                 let snap = ctx.pi.store.load();
                 let target = match ctx.direction {
-                    Direction::Outbound => {
-                        crate::outbound::router::outbound_tcp(&snap, &ctx.pi, ctx.orig_dst)
-                    }
+                    Direction::Outbound => crate::outbound::router::outbound_tcp(
+                        &snap,
+                        &ctx.pi,
+                        ctx.orig_dst,
+                        sni.as_deref(),
+                    ),
                     Direction::Inbound => crate::inbound::app::target(&snap, &ctx.pi, ctx.orig_dst),
                 };
                 forward_tcp(&ctx, io, &target, start, t0, &drain).await;

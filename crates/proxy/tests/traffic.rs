@@ -511,3 +511,88 @@ httpRoutes:
     assert_eq!(&body[..], b"7");
     assert_eq!(v1.hits.load(Ordering::SeqCst), 2);
 }
+
+/// The first bytes of a TLS connection to `sni` (a ClientHello), as a real client sends them.
+fn client_hello(sni: &str) -> Vec<u8> {
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from(sni.to_string()).expect("name");
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("conn");
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).expect("write");
+    }
+    out
+}
+
+#[tokio::test]
+async fn tls_routes_go_by_sni_and_tcp_routes_by_port() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = harness::banner_server().await;
+    let b = harness::banner_server().await;
+    let resources = format!(
+        r#"
+self: {{name: ubuntu-deployment-cc86cc647-vsvbh, namespace: default}}
+services:
+- hostname: {HOST}
+  name: httpbin-service
+  namespace: default
+  vips: [10.109.118.31]
+  ports: [{{name: tls, port: 443}}, {{name: tcp, port: 9000}}]
+  endpoints:
+  - {{address: {}, ports: {{443: {}, 9000: {}}}, labels: {{version: v1}}}}
+  - {{address: {}, ports: {{443: {}, 9000: {}}}, labels: {{version: v2}}}}
+trafficPolicies:
+- name: default/httpbin
+  host: {HOST}
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+httpRoutes:
+- name: default/httpbin
+  hosts: [{HOST}]
+  tls:
+  - match: [{{sniHosts: [a.example.com], port: 443}}]
+    route: [{{host: {HOST}, subset: v1}}]
+  - match: [{{sniHosts: ["*.example.com"], port: 443}}]
+    route: [{{host: {HOST}, subset: v2}}]
+  tcp:
+  - match: [{{port: 9000}}]
+    route: [{{host: {HOST}, subset: v2}}]
+"#,
+        a.ip(),
+        a.port(),
+        a.port(),
+        b.ip(),
+        b.port(),
+        b.port(),
+    );
+    let sidecar = Sidecar::builder(&resources).start().await;
+    let vip443: SocketAddr = "10.109.118.31:443".parse().expect("addr");
+    let vip9000: SocketAddr = "10.109.118.31:9000".parse().expect("addr");
+    for (i, (dst, first, want)) in [
+        (vip443, client_hello("a.example.com"), a),
+        (vip443, client_hello("z.example.com"), b),
+        (vip9000, b"plain bytes".to_vec(), b),
+        (vip443, client_hello("a.example.com"), a),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut conn = sidecar.connect_outbound(dst).await;
+        conn.write_all(&first).await.expect("write");
+        let mut banner = [0u8; 18];
+        tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut banner))
+            .await
+            .expect("a banner within 10 s")
+            .expect("read");
+        assert_eq!(&banner, b"220 banner ready\r\n");
+        drop(conn);
+        let line = &sidecar.log_lines(i + 1).await[i];
+        assert_eq!(line["upstream_host"], want.to_string(), "{line}");
+    }
+}

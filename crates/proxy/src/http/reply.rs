@@ -318,7 +318,7 @@ fn grpc_status_of(status: StatusCode) -> u16 {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ReplyTo {
     /// A gRPC request ([`headers::is_grpc`]): answered in gRPC's form.
-    grpc: bool,
+    pub(super) grpc: bool,
     /// A HEAD request: no `grpc-message`.
     head: bool,
     /// HTTP/1.x downstream, where a reply may close the connection.

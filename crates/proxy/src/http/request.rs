@@ -236,9 +236,14 @@ pub(super) async fn handle(
     // as it is, for a retry after a response or a mirror; one with a body is kept (up to
     // Envoy's buffer limit) for retries.
     let bodiless = http_body::Body::is_end_stream(&body);
-    let resendable = !upgrade && (bodiless || target.policy.retry.enabled());
-    let again = resendable.then(|| parts.clone());
-    if let (Some(sel), Some(copy), true) = (&selected, again.as_ref(), bodiless) {
+    let retries_after_send = target.policy.retry.retries_after_send(reply_to.grpc);
+    let mirrored = bodiless
+        && selected
+            .as_ref()
+            .is_some_and(|s| !s.route().mirrors.is_empty());
+    // The head is copied only when something may send it again.
+    let again = (!upgrade && (retries_after_send || mirrored)).then(|| parts.clone());
+    if let (Some(sel), Some(copy), true) = (&selected, again.as_ref(), mirrored) {
         mirror(&ctx, &snap, sel.route(), copy, downstream_version);
     }
     let body = CountedBody {
@@ -246,7 +251,7 @@ pub(super) async fn handle(
         count: log.received.clone(),
     }
     .boxed();
-    let (body, replay) = if !bodiless && !upgrade && target.policy.retry.enabled() {
+    let (body, replay) = if !bodiless && !upgrade && retries_after_send {
         let replay = Replay::new(body, replay::DEFAULT_LIMIT);
         match replay.body() {
             Some(first) => (first.boxed(), Some(replay)),

@@ -155,7 +155,7 @@ async fn proxy<I>(
     if opaque && crate::authz::refuses_connection(&ctx, start, t0) {
         return;
     }
-    proxy_detected(ctx, io, detected, start, t0, drain).await;
+    proxy_detected(ctx, io, detected, None, start, t0, drain).await;
 }
 
 /// The access-log record of a connection no filter chain takes, as Envoy's listener logs it:

@@ -260,6 +260,27 @@ impl Retry {
         })
     }
 
+    /// True if the policy may retry a request after it went upstream (on a response, a reset
+    /// or a per-try timeout), so the request must be kept to be sent again; a connect failure
+    /// hands the request back unsent and needs no copy. gRPC conditions count only for a gRPC
+    /// request (`grpc`): another request's response carries no `grpc-status`.
+    pub fn retries_after_send(&self, grpc: bool) -> bool {
+        let c = self.conditions;
+        let after_send = Conditions::FIVE_XX
+            | Conditions::GATEWAY_ERROR
+            | Conditions::RETRIABLE_4XX
+            | Conditions::REFUSED_STREAM
+            | Conditions::RESET
+            | Conditions::RESET_BEFORE_REQUEST
+            | Conditions::ENVOY_RATELIMITED;
+        self.enabled()
+            && (c.any(after_send)
+                || (c.any(Conditions::RETRIABLE_STATUS_CODES)
+                    && !self.retriable_status_codes.is_empty())
+                || self.per_try_timeout.is_some()
+                || (grpc && c.any(Conditions::ANY_GRPC)))
+    }
+
     /// True if the policy retries at all (Istio drops a policy of 0 attempts).
     pub fn enabled(&self) -> bool {
         self.attempts > 0

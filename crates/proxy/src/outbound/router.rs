@@ -16,7 +16,7 @@ use xds::{HttpRoute, HttpRoutes, ServicePort};
 
 use crate::ProxyInputs;
 use crate::addr::OrigDstAddr;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Endpoint};
 use crate::config::{ServiceEntry, Snapshot};
 use crate::outbound::fault::FaultInjection;
 use crate::outbound::retry::{Retry, RetryError};
@@ -217,8 +217,17 @@ fn cluster_target(
     subset: Option<&str>,
     policy: Arc<RoutePolicy>,
     destination: Option<usize>,
+    orig_dst: OrigDstAddr,
 ) -> Option<Target> {
-    let cluster = entry.cluster(sp.port, subset)?.clone();
+    let mut cluster = entry.cluster(sp.port, subset)?.clone();
+    if cluster.lb == xds::LbPolicy::Passthrough {
+        // `PASSTHROUGH`: Envoy's original-destination cluster, no balancing: the address the
+        // client dialled.
+        cluster = Arc::new(Cluster::single(
+            cluster.name.clone(),
+            Endpoint::single(orig_dst.get(), None),
+        ));
+    }
     let proto = sp.effective_protocol();
     Some(Target {
         upstream_http: upstream_http(&cluster, proto),
@@ -252,14 +261,30 @@ fn upstream_http(cluster: &Cluster, proto: xds::Protocol) -> UpstreamHttp {
 /// first of its VirtualService's `tcp` routes whose match fits (port, destination subnet,
 /// caller's labels and namespace), else straight to the service; unknown destinations pass
 /// through.
-pub fn outbound_tcp(snap: &Snapshot, _pi: &ProxyInputs, orig_dst: OrigDstAddr) -> Target {
+pub fn outbound_tcp(
+    snap: &Snapshot,
+    _pi: &ProxyInputs,
+    orig_dst: OrigDstAddr,
+    sni: Option<&str>,
+) -> Target {
     let Some(entry) = snap.service_by_vip(orig_dst.get()) else {
         return passthrough(orig_dst, None);
     };
     let port = orig_dst.get().port();
     let routed = snap.routes_for(&entry.service.hostname).and_then(|routes| {
-        let route = routes.source.tcp.iter().find(|r| {
-            r.matches.is_empty() || r.matches.iter().any(|m| l4_matches(m, snap, orig_dst))
+        let src = &routes.source;
+        // TLS routes first (by SNI, for a ClientHello), then TCP routes.
+        let tls = sni.and_then(|sni| {
+            src.tls.iter().find(|r| {
+                r.matches
+                    .iter()
+                    .any(|m| sni_matches(&m.sni_hosts, sni) && l4_matches(m, snap, orig_dst))
+            })
+        });
+        let route = tls.or_else(|| {
+            src.tcp.iter().find(|r| {
+                r.matches.is_empty() || r.matches.iter().any(|m| l4_matches(m, snap, orig_dst))
+            })
         })?;
         let d = pick_weighted(&route.route)?;
         let dest = &route.route[d];
@@ -272,15 +297,45 @@ pub fn outbound_tcp(snap: &Snapshot, _pi: &ProxyInputs, orig_dst: OrigDstAddr) -
             dest.subset.as_deref(),
             RoutePolicy::service_default(),
             None,
+            orig_dst,
         )
     });
     routed
         .or_else(|| {
             entry.service.port(port).and_then(|sp| {
-                cluster_target(entry, sp, None, RoutePolicy::service_default(), None)
+                cluster_target(
+                    entry,
+                    sp,
+                    None,
+                    RoutePolicy::service_default(),
+                    None,
+                    orig_dst,
+                )
             })
         })
         .unwrap_or_else(|| passthrough(orig_dst, None))
+}
+
+/// Whether the service at `orig_dst` has a VirtualService with `tls` routes (its connections'
+/// SNI is then read to route them).
+pub fn routes_by_sni(snap: &Snapshot, orig_dst: OrigDstAddr) -> bool {
+    snap.service_by_vip(orig_dst.get())
+        .and_then(|e| snap.routes_for(&e.service.hostname))
+        .is_some_and(|r| !r.source.tls.is_empty())
+}
+
+/// Whether `sni` is one of `hosts` (`*.example.com` matches one or more labels before
+/// `.example.com`, `*` anything), as Envoy's server-name matching of Istio's `sniHosts`.
+fn sni_matches(hosts: &[String], sni: &str) -> bool {
+    let sni = sni.to_ascii_lowercase();
+    hosts.iter().any(|h| {
+        let h = h.to_ascii_lowercase();
+        match h.strip_prefix('*') {
+            Some("") => true,
+            Some(suffix) => sni.ends_with(suffix) && sni.len() > suffix.len(),
+            None => sni == h,
+        }
+    })
 }
 
 /// The port of `entry` a destination goes to: the one it names, else the only one the service
@@ -366,9 +421,16 @@ pub fn outbound_http<'s>(
     };
     let Some(routes) = snap.routes_for(&entry.service.hostname) else {
         let sp = entry.service.port(port).ok_or(RouteError::NoRoute)?;
-        return cluster_target(entry, sp, None, RoutePolicy::service_default(), None)
-            .map(forward)
-            .ok_or(RouteError::NoCluster);
+        return cluster_target(
+            entry,
+            sp,
+            None,
+            RoutePolicy::service_default(),
+            None,
+            orig_dst,
+        )
+        .map(forward)
+        .ok_or(RouteError::NoCluster);
     };
     let view = RequestView { port, ..*req };
     let selected = routes.table.select(&view).ok_or(RouteError::NoRoute)?;
@@ -387,7 +449,7 @@ pub fn outbound_http<'s>(
         None => {
             // No destination: the host itself.
             let sp = entry.service.port(port).ok_or(RouteError::NoRoute)?;
-            cluster_target(entry, sp, None, policy, None)
+            cluster_target(entry, sp, None, policy, None, orig_dst)
         }
         Some(picked) => {
             let dest = picked.destination;
@@ -402,6 +464,7 @@ pub fn outbound_http<'s>(
                 dest.subset.as_deref(),
                 policy,
                 Some(picked.index),
+                orig_dst,
             )
         }
     };
@@ -429,6 +492,16 @@ mod tests {
         assert!(!in_subnet(ip("10.1.2.3"), "fd00::/8"));
         assert!(in_subnet(ip("fd00::1"), "fd00::/8"));
         assert!(!in_subnet(ip("10.1.2.3"), "bogus"));
+    }
+
+    #[test]
+    fn sni_hosts_match_exactly_or_by_wildcard() {
+        let hosts = |h: &[&str]| h.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(sni_matches(&hosts(&["a.example.com"]), "A.example.com"));
+        assert!(sni_matches(&hosts(&["*.example.com"]), "a.b.example.com"));
+        assert!(!sni_matches(&hosts(&["*.example.com"]), "example.com"));
+        assert!(sni_matches(&hosts(&["*"]), "anything"));
+        assert!(!sni_matches(&hosts(&["b.example.com"]), "a.example.com"));
     }
 
     #[test]
