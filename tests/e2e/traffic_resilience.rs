@@ -14,9 +14,9 @@
 //!    (flag `UT`), and the backend saw 3 attempts of the one request (attempt counts 1, 2, 3);
 //! 4. outlier detection (consecutive5xxErrors 1, interval 1 s, baseEjectionTime 10 s): one of two
 //!    replicas switched to answer 503 is ejected within 5 s (polled): the client sidecar's admin
-//!    `/clusters` shows the endpoint with `health_flags::/failed_outlier_check`, the next 50
-//!    requests all reach the healthy one (200), and after baseEjectionTime the replica gets
-//!    requests again;
+//!    `/clusters` shows the endpoint with `health_flags::/failed_outlier_check` and its `/stats`
+//!    `outlier_detection.ejections_active` 1, the next 50 requests all reach the healthy one
+//!    (200), and after baseEjectionTime the replica gets requests again;
 //! 5. circuit breaking (the task's DestinationRule: maxConnections 1, http1MaxPendingRequests 1,
 //!    maxRequestsPerConnection 1): the task's burst (3 connections, 30 requests to `/get`) and
 //!    one that holds its connections (4 connections, 20 requests to `/delay/1`) give some 503,
@@ -242,12 +242,20 @@ fn retries_outliers_and_circuit_breaking_under_ama_up() {
                 std::thread::sleep(Duration::from_millis(200));
             };
             let ejected_at = Instant::now();
+            let ejections = t.admin(
+                "/stats?filter=outlier.default.svc.cluster.local.outlier_detection.ejections_active",
+            );
+            let active: Option<u64> = ejections
+                .lines()
+                .find(|l| l.contains(".outlier_detection.ejections_active: "))
+                .and_then(|l| l.rsplit(": ").next()?.trim().parse().ok());
             let then = t.load("http://outlier:9080/od-then", 50, 1, "GET", &[]);
             let then = tally(&then, |a| (a.status, a.pod.clone()));
             let bad_then = t.app_requests(bad, "outlier", "/od-then").len();
             let seen = format!(
                 "first 20: (status, pod) → count {first:?}, {bad_first} reached {bad}; \
-                 /clusters for {bad_addr}: {flagged:?}; next 50: {then:?}, {bad_then} reached {bad}"
+                 /clusters for {bad_addr}: {flagged:?}; /stats ejections_active {active:?}; \
+                 next 50: {then:?}, {bad_then} reached {bad}"
             );
             assert!(bad_first >= 1, "the failing replica got some of the first requests: {seen}");
             assert!(
@@ -256,6 +264,7 @@ fn retries_outliers_and_circuit_breaking_under_ama_up() {
                     .any(|l| l.ends_with("::health_flags::/failed_outlier_check")),
                 "{seen}"
             );
+            assert_eq!(active, Some(1), "outlier_detection.ejections_active: {seen}");
             assert_eq!(bad_then, 0, "nothing reaches the ejected replica: {seen}");
             assert_eq!(
                 then.get(&(200, Some(good.clone()))),
