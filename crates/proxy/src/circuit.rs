@@ -275,6 +275,12 @@ impl ClusterCircuit {
         })
     }
 
+    /// True while the limits are Istio's defaults (nothing to enforce): the pool then serves
+    /// the cluster without counting.
+    pub fn is_unlimited(&self) -> bool {
+        **self.limits.load() == Limits::default()
+    }
+
     /// The limits now.
     pub fn limits(&self) -> Arc<Limits> {
         self.limits.load_full()

@@ -187,13 +187,16 @@ pub struct ConsistentHash {
 impl Cluster {
     /// A cluster that lives for one request or connection (passthrough, inbound).
     pub fn single(name: Arc<str>, endpoint: Endpoint) -> Cluster {
+        // One state for all of them: they have no limits, cursor or stats worth keeping, and a
+        // request should not allocate a circuit breaker it will never use.
+        static SHARED: std::sync::OnceLock<Arc<ClusterState>> = std::sync::OnceLock::new();
         Cluster {
             name,
             subset: None,
             endpoints: Arc::from([endpoint]),
             lb: LbPolicy::RoundRobin,
             settings: xds::Settings::default(),
-            state: Arc::default(),
+            state: SHARED.get_or_init(Arc::default).clone(),
             outlier: None,
             hash: None,
         }

@@ -638,10 +638,16 @@ async fn attempts(
                 }
             })
         };
-        let send = ctx
-            .pi
-            .pool
-            .send_limited(&cluster.state.circuit, key, req, upgrade);
+        // Without limits the pool is shared with every cluster of the endpoint, as before
+        // circuit breaking; with limits, the cluster's connections are its own.
+        let circuit = &cluster.state.circuit;
+        let send = async {
+            if circuit.is_unlimited() {
+                ctx.pi.pool.send(key, req, upgrade).await
+            } else {
+                ctx.pi.pool.send_limited(circuit, key, req, upgrade).await
+            }
+        };
         let sent = match retry.per_try_timeout_within(target.timeout()) {
             None => Some(send.await),
             Some(t) => tokio::time::timeout(t, send).await.ok(),
