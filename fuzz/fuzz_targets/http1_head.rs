@@ -84,7 +84,7 @@ fn world() -> &'static World {
             .expect("runtime");
         let resources = xds::ProxyResources::parse(RESOURCES).expect("the target's resources");
         let cfg = Arc::new(ProxyConfig::default());
-        let store = Arc::new(ConfigStore::new(resources, cfg.clone()));
+        let store = Arc::new(ConfigStore::new(resources, cfg.clone()).expect("usable resources"));
         let pi = ProxyInputs::new(cfg, store, Telemetry::without_access_log());
         World { rt, pi }
     })
@@ -269,9 +269,20 @@ fn check_headers(req: &mut Request<Incoming>, pi: &ProxyInputs) {
             .and_then(|v| v.to_str().ok()),
     };
     let snap = pi.store.load();
-    let path = req.uri().path();
+    let labels = std::collections::BTreeMap::new();
     for dst in [REVIEWS_VIP, ELSEWHERE] {
-        let _ = route::outbound_http(&snap, pi, OrigDstAddr(dst), authority, path, req.headers());
+        let view = proxy::outbound::routes::RequestView {
+            method: req.method().as_str(),
+            scheme: "http",
+            authority: authority.unwrap_or(""),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            headers: req.headers(),
+            port: dst.port(),
+            source_labels: &labels,
+            source_namespace: "default",
+        };
+        let _ = proxy::outbound::router::outbound_http(&snap, pi, OrigDstAddr(dst), &view);
     }
     if let Some(a) = authority {
         let _ = snap.service_by_host(a);
@@ -282,7 +293,7 @@ fn check_headers(req: &mut Request<Incoming>, pi: &ProxyInputs) {
             t.service_host
         );
     }
-    let _ = route::inbound(&snap, pi, OrigDstAddr(REVIEWS_VIP));
+    let _ = proxy::inbound::app::target(&snap, pi, OrigDstAddr(REVIEWS_VIP));
 }
 
 fuzz_target!(|data: &[u8]| {
