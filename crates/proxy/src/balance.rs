@@ -32,7 +32,7 @@ pub fn pick<'c>(
     {
         return Some((i, &all[i]));
     }
-    let ejections = cluster.outlier.is_some();
+    let ejections = cluster.outlier.as_ref().is_some_and(|o| o.any_ejected());
     if !exclude.is_empty() || ejections {
         let fresh: Vec<usize> = (0..all.len()).filter(|&i| ok(i)).collect();
         if !fresh.is_empty() {

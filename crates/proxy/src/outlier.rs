@@ -302,6 +302,11 @@ impl OutlierDetector {
             .is_some_and(|e| e.ejected.load(Relaxed))
     }
 
+    /// True while some endpoint is ejected (a balancer that finds none need not look at each).
+    pub fn any_ejected(&self) -> bool {
+        self.active.load(Relaxed) > 0
+    }
+
     /// True when fewer than `minHealthPercent` of the endpoints are in service: the balancer
     /// then picks among all of them, ejected or not (Envoy's panic mode).
     pub fn panic(&self) -> bool {

@@ -20,10 +20,10 @@ use crate::cluster::ClusterStats;
 use crate::config::Snapshot;
 use crate::headers;
 use crate::outbound::actions::{self, FormatContext};
-use crate::outbound::fault::AbortReply;
+use crate::outbound::fault::{self, AbortReply};
 use crate::outbound::replay::{self, Replay};
 use crate::outbound::retry::{Outcome, ResetReason};
-use crate::outbound::router::{self, RouteError, RoutePolicy, Routed};
+use crate::outbound::router::{self, RouteError, Routed};
 use crate::outbound::routes::RequestView;
 use crate::outlier::Outcome as OutlierOutcome;
 use crate::pool::{PoolError, PoolKey};
@@ -206,7 +206,11 @@ pub(super) async fn handle(
         return Ok(LocalReply::OVERFLOW.respond(&ctx, log, reply_to));
     };
     // The request as the route edits it: headers, authority, path.
-    let request_headers = selected.as_ref().map(|_| parts.headers.clone());
+    // CORS decorates the response from the request's headers: kept only for a route with CORS.
+    let request_headers = selected
+        .as_ref()
+        .filter(|s| s.route().cors.is_some())
+        .map(|_| parts.headers.clone());
     if let Some(sel) = &selected
         && let Err(e) = actions::edit_request(sel, picked, &mut parts, &fmt)
     {
@@ -366,11 +370,6 @@ pub(super) async fn handle(
     ))
 }
 
-/// True for a share of `per_million` of the calls (a mirror's percentage).
-fn sampled(per_million: u32) -> bool {
-    rand::random_range(0..1_000_000u32) < per_million
-}
-
 /// Labels of a proxy that does not know its workload.
 fn no_labels() -> &'static std::collections::BTreeMap<String, String> {
     static NONE: std::sync::OnceLock<std::collections::BTreeMap<String, String>> =
@@ -387,20 +386,12 @@ fn mirror(
     parts: &http::request::Parts,
     downstream_version: Version,
 ) {
-    for m in route.mirrors.iter().filter(|m| sampled(m.per_million)) {
-        let Some(entry) = snap.service_by_host(&m.host) else {
-            continue;
-        };
-        let port = m.port.unwrap_or_else(|| ctx.orig_dst.get().port());
-        let port = match entry.service.port(port) {
-            Some(p) => p.port,
-            None if entry.service.ports.len() == 1 => entry.service.ports[0].port,
-            None => continue,
-        };
-        let Some(cluster) = entry.cluster(port, m.subset.as_deref()) else {
-            continue;
-        };
-        let Some(sp) = entry.service.port(port) else {
+    for m in route
+        .mirrors
+        .iter()
+        .filter(|m| fault::sampled(m.per_million, &mut rand::rng()))
+    {
+        let Some(target) = router::mirror_target(snap, m, ctx.orig_dst) else {
             continue;
         };
         let mut copy = Request::from_parts(parts.clone(), empty());
@@ -421,20 +412,6 @@ fn mirror(
                 }
             }
         }
-        let target = Target {
-            cluster: cluster.clone(),
-            bind: None,
-            upstream_http: route::UpstreamHttp::of(sp.effective_protocol()),
-            opaque: false,
-            policy: RoutePolicy::inbound(),
-            destination: None,
-            route_name: None,
-            matched_len: 1,
-            peer: None,
-            service_host: entry.hostname.clone(),
-            service_name: entry.name.clone(),
-            service_namespace: entry.namespace.clone(),
-        };
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let timeout = ctx.pi.cfg.connect_timeout;

@@ -82,7 +82,7 @@ impl FaultInjection {
 }
 
 /// Envoy's `featureEnabled` with a `FractionalPercent` over a million.
-fn sampled(per_million: u32, rng: &mut impl Rng) -> bool {
+pub(crate) fn sampled(per_million: u32, rng: &mut impl Rng) -> bool {
     rng.random::<u64>() % MILLION < u64::from(per_million)
 }
 

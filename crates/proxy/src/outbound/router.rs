@@ -316,6 +316,23 @@ pub fn outbound_tcp(
         .unwrap_or_else(|| passthrough(orig_dst, None))
 }
 
+/// Where a route's mirror `m` sends its copies: its host's cluster on the port it names (else
+/// the service's only port, else the request's), with no retries; `None` when no such
+/// cluster exists.
+pub fn mirror_target(snap: &Snapshot, m: &xds::Mirror, orig_dst: OrigDstAddr) -> Option<Target> {
+    let entry = snap.service_by_host(&m.host)?;
+    let port = destination_port(entry, m.port, orig_dst.get().port());
+    let sp = entry.service.port(port)?;
+    cluster_target(
+        entry,
+        sp,
+        m.subset.as_deref(),
+        RoutePolicy::inbound(),
+        None,
+        orig_dst,
+    )
+}
+
 /// Whether the service at `orig_dst` has a VirtualService with `tls` routes (its connections'
 /// SNI is then read to route them).
 pub fn routes_by_sni(snap: &Snapshot, orig_dst: OrigDstAddr) -> bool {
