@@ -72,7 +72,7 @@ impl Authz {
             .resources
             .authorizations
             .iter()
-            .any(|a| a.deny_all && a.selects(&self.root_namespace, namespace, labels));
+            .any(|a| a.policy.is_some() && a.selects(&self.root_namespace, namespace, labels));
         self.cache.store(Some(Arc::new((snap.version, denied))));
         denied
     }
@@ -108,7 +108,11 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            deny_all: true,
+            policy: Some(xds::AuthorizationPolicy {
+                action: xds::Action::Deny,
+                provider: String::new(),
+                rules: vec![xds::Rule::default()],
+            }),
             ..Default::default()
         }
     }

@@ -1,5 +1,5 @@
 //! Policies Ama cannot enforce yet, failed closed on the inbound side (`proxy::authz`): a
-//! workload that an `Authorization` with `denyAll` selects answers HTTP with Envoy's RBAC denial
+//! workload that a DENY policy matching every request selects answers HTTP with Envoy's RBAC denial
 //! and closes opaque TCP connections; the app sees nothing. One that selects other workloads
 //! changes nothing.
 
@@ -11,14 +11,14 @@ use std::time::Duration;
 use harness::{App, Sidecar, httpbin_yaml, server_yaml, vip};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The server's resources with one `denyAll` entry: `namespace`, `selector` (YAML flow map).
+/// The server's resources with one deny-everything policy: `namespace`, `selector` (YAML flow map).
 fn server_with_policy(namespace: &str, selector: &str) -> String {
     format!(
         "{}authorizations:
 - name: AuthorizationPolicy/httpbin-policy
   namespace: {namespace}
   selector: {selector}
-  denyAll: true
+  policy: {{action: DENY, rules: [{{}}]}}
 ",
         server_yaml()
     )

@@ -1,8 +1,10 @@
-//! `Authorization`: PeerAuthentication and AuthorizationPolicy for the workloads they select.
+//! `Authorization`: the security policies of the workloads they select: PeerAuthentication
+//! (the mTLS modes), AuthorizationPolicy (who may do what) and RequestAuthentication (which
+//! JWTs are accepted), all enforced on the inbound path of the proxies they select.
 //!
-//! PeerAuthentication is enforced on the inbound path together with mTLS; the rules of an
-//! AuthorizationPolicy are carried and validated but not evaluated yet, so the control plane
-//! sends each policy it cannot enforce as `denyAll`, which the proxy enforces (fail closed).
+//! The control plane resolves what the proxy cannot (inherited mTLS modes, a `targetRef`'s
+//! Service, a `jwksUri`'s key set) and marks what Ama cannot evaluate ([`Rule::unsupported`]) so
+//! that the proxy errs on the side of denying.
 
 use std::collections::BTreeMap;
 
@@ -111,76 +113,260 @@ impl EffectiveMtls {
     }
 }
 
-/// What a policy does when a rule matches.
+/// What an AuthorizationPolicy does with the requests its rules match.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Action {
-    /// Allow matching requests (others are denied once any ALLOW policy exists).
+    /// Allow matching requests; once any ALLOW policy selects a workload, a request that none
+    /// matches is denied.
     #[default]
     Allow,
     /// Deny matching requests.
     Deny,
+    /// Log matching requests; decides nothing.
+    Audit,
+    /// Ask an external authorizer. Ama implements no such provider: a CUSTOM policy denies the
+    /// requests it matches (fail closed), evaluated before DENY policies as Istio does.
+    Custom,
 }
 
-/// Request attributes a rule matches on; each set list must contain the value.
+/// An AuthorizationPolicy (Istio's `authorization_policy.proto`), as the proxy evaluates it.
+///
+/// Evaluation, per request and in this order (Istio's): a CUSTOM policy that matches denies; a
+/// DENY policy that matches denies; if any ALLOW policy selects the workload, the request must
+/// match one of them; AUDIT policies only log. A policy matches when any of its rules does.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RequestMatch {
-    /// Source SPIFFE principals (`cluster.local/ns/default/sa/sleep`).
+pub struct AuthorizationPolicy {
+    /// What a match does.
+    #[serde(default)]
+    pub action: Action,
+    /// The CUSTOM action's provider, by its MeshConfig name (named in the denial's log line).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub provider: String,
+    /// Rules; none matches nothing (so an ALLOW policy without rules allows nothing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule>,
+}
+
+/// One rule: any of `from`, and any of `to`, and every one of `when` (an empty list is no
+/// condition).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rule {
+    /// Sources.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<Source>,
+    /// Operations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<Operation>,
+    /// Conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub when: Vec<Condition>,
+    /// Parts of the rule as written that Ama cannot evaluate, by their path in the policy
+    /// (`rules[0].when[1]: key experimental.envoy.filters.foo`). The rule then errs on the
+    /// side of denying: in an ALLOW or AUDIT policy it matches no request; in a DENY or CUSTOM
+    /// policy those parts match every request (the other parts still apply). The control plane
+    /// reports each one as an error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsupported: Vec<String>,
+}
+
+/// A source: every set field must match. Values match as Istio's do: exact, `prefix*`,
+/// `*suffix`, or `*` (present).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Source {
+    /// Peer identities from mTLS, without `spiffe://` (`cluster.local/ns/default/sa/sleep`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub principals: Vec<String>,
-    /// Source namespaces.
+    /// Peer identities that must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_principals: Vec<String>,
+    /// Request identities, `iss/sub` of a verified JWT.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_principals: Vec<String>,
+    /// Request identities that must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_request_principals: Vec<String>,
+    /// Peer namespaces (from the peer's mTLS identity).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<String>,
-    /// HTTP methods.
+    /// Namespaces that must not match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub methods: Vec<String>,
-    /// Paths (exact, or prefix when ending in `*`).
+    pub not_namespaces: Vec<String>,
+    /// Addresses (IP or CIDR) of the connection's peer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub paths: Vec<String>,
-    /// Destination ports.
+    pub ip_blocks: Vec<String>,
+    /// Peer addresses that must not match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ports: Vec<u16>,
+    pub not_ip_blocks: Vec<String>,
+    /// Addresses of the original client (`X-Forwarded-For`, else the peer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_ip_blocks: Vec<String>,
+    /// Original client addresses that must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_remote_ip_blocks: Vec<String>,
 }
 
-/// One rule: matches when any of `from` and any of `to` match (empty lists match all).
+/// An operation: every set field must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct AuthorizationRule {
-    /// Source conditions.
+pub struct Operation {
+    /// Hosts (the request's authority, case-insensitive; `prefix*`, `*suffix`, `*`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub from: Vec<RequestMatch>,
-    /// Operation conditions.
+    pub hosts: Vec<String>,
+    /// Hosts that must not match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub to: Vec<RequestMatch>,
+    pub not_hosts: Vec<String>,
+    /// Destination (workload) ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
+    /// Ports that must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_ports: Vec<u16>,
+    /// Methods (exact).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Methods that must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_methods: Vec<String>,
+    /// Paths, without the query: exact, `prefix*`, `*suffix`, `*`, or a template with `{*}`
+    /// (one segment) and `{**}` (the rest).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// Paths that must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_paths: Vec<String>,
 }
 
-/// Authorization for the workloads a selector picks in a namespace (the root namespace's
-/// policies apply mesh-wide).
+/// A condition on one attribute (Istio's "Authorization Policy Conditions"): the attribute
+/// must match one of `values` (when set) and none of `not_values`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Condition {
+    /// One of [`CONDITION_KEYS`], or `request.headers[NAME]`, or `request.auth.claims[NAME]`
+    /// (nested claims as `request.auth.claims[a][b]`).
+    pub key: String,
+    /// Values that match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+    /// Values that must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_values: Vec<String>,
+}
+
+/// The condition keys a proxy evaluates, besides `request.headers[NAME]` and
+/// `request.auth.claims[NAME]`.
+pub const CONDITION_KEYS: [&str; 11] = [
+    "source.ip",
+    "remote.ip",
+    "source.namespace",
+    "source.principal",
+    "source.serviceAccount",
+    "request.auth.principal",
+    "request.auth.audiences",
+    "request.auth.presenter",
+    "destination.ip",
+    "destination.port",
+    "connection.sni",
+];
+
+/// A RequestAuthentication (Istio's `request_authentication.proto`): the JWTs a workload
+/// accepts. A request with no token passes (an AuthorizationPolicy can require one with
+/// `requestPrincipals`); a request with a token that none of the rules verifies is answered
+/// `401`, as Envoy's `jwt_authn` filter answers under Istio.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestAuthentication {
+    /// Accepted issuers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jwt_rules: Vec<JwtRule>,
+}
+
+/// One accepted issuer and how its tokens are found and verified.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtRule {
+    /// `iss` of the tokens.
+    pub issuer: String,
+    /// Accepted `aud` values; empty accepts any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    /// The JSON Web Key Set, inline as written or fetched by the control plane from
+    /// `jwks_uri` (as istiod does). Empty when it could not be had: every token of this
+    /// issuer then fails verification.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub jwks: String,
+    /// Where `jwks` was fetched from, when it was (for the proxy's messages only).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub jwks_uri: String,
+    /// Headers that carry the token, with their prefix. With none of `from_headers`,
+    /// `from_params` and `from_cookies` set: `Authorization: Bearer <token>` and the query
+    /// parameter `access_token`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_headers: Vec<JwtHeader>,
+    /// Query parameters that carry the token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_params: Vec<String>,
+    /// Cookies that carry the token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_cookies: Vec<String>,
+    /// A header to set to the verified payload (base64url, as Envoy writes it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub output_payload_to_header: String,
+    /// Keep the token in the request forwarded to the app (it is removed otherwise).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forward_original_token: bool,
+    /// Claims copied into request headers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_claim_to_headers: Vec<ClaimToHeader>,
+}
+
+/// A header that carries a token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtHeader {
+    /// The header's name.
+    pub name: String,
+    /// What precedes the token in the value (`Bearer `).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+}
+
+/// A claim copied into a request header.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimToHeader {
+    /// The header.
+    pub header: String,
+    /// The claim (a top-level claim; nested with `.`).
+    pub claim: String,
+}
+
+/// The security policies of the workloads a selector picks in a namespace (the root
+/// namespace's apply mesh-wide): exactly one of a PeerAuthentication, an AuthorizationPolicy
+/// or a RequestAuthentication.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Authorization {
-    /// Name.
+    /// Name: the AuthorizationPolicy's own (it names denials:
+    /// `ns[NAMESPACE]-policy[NAME]-rule[I]`); the other kinds carry a prefix.
     pub name: String,
     /// Namespace.
     pub namespace: String,
     /// Workload label selector; empty selects every workload of the namespace.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub selector: BTreeMap<String, String>,
-    /// mTLS mode, when this carries a PeerAuthentication.
+    /// A PeerAuthentication: the mTLS modes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_authentication: Option<PeerAuthentication>,
-    /// Action of the rules.
-    #[serde(default)]
-    pub action: Action,
-    /// Rules; for ALLOW an empty list allows nothing, for DENY it denies nothing.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub rules: Vec<AuthorizationRule>,
-    /// The policy cannot be enforced as written (Ama does not evaluate AuthorizationPolicy and
-    /// RequestAuthentication yet): the selected workloads deny every request instead, as
-    /// Envoy's RBAC filter denies (fail closed). `action` and `rules` are then not used.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub deny_all: bool,
+    /// An AuthorizationPolicy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<AuthorizationPolicy>,
+    /// A RequestAuthentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_authentication: Option<RequestAuthentication>,
 }
 
 impl Authorization {
@@ -208,15 +394,110 @@ impl Authorization {
         if self.namespace.is_empty() {
             errs.push(format!("{path}.namespace"), "must not be empty");
         }
-        for (i, r) in self.rules.iter().enumerate() {
-            for (j, m) in r.to.iter().enumerate() {
-                if m.ports.contains(&0) {
-                    errs.push(
-                        format!("{path}.rules[{i}].to[{j}].ports"),
-                        "must be 1..65535",
-                    );
+        let kinds = usize::from(self.peer_authentication.is_some())
+            + usize::from(self.policy.is_some())
+            + usize::from(self.request_authentication.is_some());
+        if kinds != 1 {
+            errs.push(
+                path,
+                "must carry exactly one of peerAuthentication, policy and requestAuthentication",
+            );
+        }
+        if let Some(p) = &self.policy {
+            for (i, r) in p.rules.iter().enumerate() {
+                r.validate(&format!("{path}.policy.rules[{i}]"), errs);
+            }
+        }
+        if let Some(ra) = &self.request_authentication {
+            for (i, j) in ra.jwt_rules.iter().enumerate() {
+                let at = format!("{path}.requestAuthentication.jwtRules[{i}]");
+                if j.issuer.is_empty() {
+                    errs.push(format!("{at}.issuer"), "must not be empty");
+                }
+                if !j.jwks.is_empty() && serde_json::from_str::<serde_json::Value>(&j.jwks).is_err()
+                {
+                    errs.push(format!("{at}.jwks"), "must be a JSON Web Key Set (JSON)");
+                }
+                for (k, h) in j.from_headers.iter().enumerate() {
+                    if h.name.is_empty() {
+                        errs.push(format!("{at}.fromHeaders[{k}].name"), "must not be empty");
+                    }
                 }
             }
         }
     }
+}
+
+impl Rule {
+    fn validate(&self, at: &str, errs: &mut ValidationErrors) {
+        for (j, s) in self.from.iter().enumerate() {
+            for (name, list) in [
+                ("ipBlocks", &s.ip_blocks),
+                ("notIpBlocks", &s.not_ip_blocks),
+                ("remoteIpBlocks", &s.remote_ip_blocks),
+                ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
+            ] {
+                for (k, ip) in list.iter().enumerate() {
+                    if !is_ip_or_cidr(ip) {
+                        errs.push(
+                            format!("{at}.from[{j}].{name}[{k}]"),
+                            "must be an IP or a CIDR",
+                        );
+                    }
+                }
+            }
+        }
+        for (j, o) in self.to.iter().enumerate() {
+            for (name, list) in [("ports", &o.ports), ("notPorts", &o.not_ports)] {
+                if list.contains(&0) {
+                    errs.push(format!("{at}.to[{j}].{name}"), "must be 1..65535");
+                }
+            }
+        }
+        for (j, c) in self.when.iter().enumerate() {
+            if !condition_key_known(&c.key) {
+                errs.push(
+                    format!("{at}.when[{j}].key"),
+                    format!("{:?} is not a condition key a proxy evaluates", c.key),
+                );
+            }
+            if matches!(c.key.as_str(), "source.ip" | "remote.ip" | "destination.ip") {
+                for (k, v) in c.values.iter().chain(&c.not_values).enumerate() {
+                    if !is_ip_or_cidr(v) {
+                        errs.push(
+                            format!("{at}.when[{j}].values[{k}]"),
+                            "must be an IP or a CIDR",
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether `key` is one a proxy evaluates: one of [`CONDITION_KEYS`], or
+/// `request.headers[NAME]`, or `request.auth.claims[NAME]...`.
+pub fn condition_key_known(key: &str) -> bool {
+    if CONDITION_KEYS.contains(&key) {
+        return true;
+    }
+    let bracketed = |prefix: &str| {
+        key.strip_prefix(prefix).is_some_and(|rest| {
+            rest.len() > 2 && rest.starts_with('[') && rest.ends_with(']') && !rest.contains("[]")
+        })
+    };
+    bracketed("request.headers") || bracketed("request.auth.claims")
+}
+
+/// An IPv4 or IPv6 address, or one with a `/len` prefix length in range.
+fn is_ip_or_cidr(s: &str) -> bool {
+    let (ip, len) = match s.split_once('/') {
+        Some((ip, len)) => (ip, Some(len)),
+        None => (s, None),
+    };
+    let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    len.is_none_or(|l| l.parse::<u8>().is_ok_and(|l| l <= max))
 }

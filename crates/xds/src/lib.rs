@@ -7,7 +7,7 @@
 //! - [`Service`]: a hostname with VIPs, ports (and their protocols) and endpoints;
 //! - [`HttpRoutes`]: HTTP routing for a host (translated from VirtualService);
 //! - [`TrafficPolicy`]: per-host client policy (translated from DestinationRule);
-//! - [`Authorization`]: peer and request authorization (PeerAuthentication + AuthorizationPolicy).
+//! - [`Authorization`]: PeerAuthentication, AuthorizationPolicy and RequestAuthentication.
 //!
 //! They arrive in a [`ProxyResources`] bundle, read from a local file (YAML or JSON, camelCase
 //! field names like Istio's and ztunnel's YAML) or pushed by the control plane over Delta ADS
@@ -34,8 +34,9 @@ mod validate;
 mod workload;
 
 pub use authorization::{
-    Action, Authorization, AuthorizationRule, EffectiveMtls, MtlsMode, PeerAuthentication,
-    RequestMatch,
+    Action, Authorization, AuthorizationPolicy, CONDITION_KEYS, ClaimToHeader, Condition,
+    EffectiveMtls, JwtHeader, JwtRule, MtlsMode, Operation, PeerAuthentication,
+    RequestAuthentication, Rule, Source, condition_key_known,
 };
 pub use policy::{
     ClientTls, ClientTlsMode, ConnectionPool, ConsistentHash, HashAlgorithm, HashKey, HttpPool,

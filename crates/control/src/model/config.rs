@@ -245,9 +245,8 @@ fn peer_authentication(
                 mode: own,
                 port_level_mtls,
             }),
-            action: xds::Action::Allow,
-            rules: Vec::new(),
-            deny_all: false,
+            policy: None,
+            request_authentication: None,
         });
     }
     out
@@ -269,8 +268,12 @@ fn deny_all(o: &Object) -> Option<xds::Authorization> {
         namespace: m.namespace.clone(),
         selector: selector.map(|s| s.match_labels.clone()).unwrap_or_default(),
         peer_authentication: None,
-        action: xds::Action::Deny,
-        rules: Vec::new(),
-        deny_all: true,
+        // One rule without conditions matches every request.
+        policy: Some(xds::AuthorizationPolicy {
+            action: xds::Action::Deny,
+            provider: String::new(),
+            rules: vec![xds::Rule::default()],
+        }),
+        request_authentication: None,
     })
 }

@@ -402,7 +402,7 @@ spec:
         .find(|a| a.namespace == "bar")
         .expect("db");
     assert_eq!(db.selector["app"], "db");
-    assert!(db.rules.is_empty());
+    assert!(db.policy.is_none());
 }
 
 #[test]
@@ -446,7 +446,7 @@ spec:
     let names: Vec<(&str, &str, bool)> = m
         .authorizations
         .iter()
-        .map(|a| (a.namespace.as_str(), a.name.as_str(), a.deny_all))
+        .map(|a| (a.namespace.as_str(), a.name.as_str(), a.policy.is_some()))
         .collect();
     assert_eq!(
         names,
@@ -459,7 +459,7 @@ spec:
     );
     let httpbin = &m.authorizations[1];
     assert_eq!(httpbin.selector["app"], "httpbin");
-    assert!(httpbin.rules.is_empty());
+    assert_eq!(httpbin.policy.as_ref().map(|p| p.rules.len()), Some(1));
     assert!(m.warnings.is_empty(), "{:?}", m.warnings);
 }
 

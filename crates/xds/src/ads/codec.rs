@@ -349,7 +349,7 @@ httpRoutes:
 trafficPolicies:
 - {name: default/a, host: a.default.svc.cluster.local}
 authorizations:
-- {name: allow, namespace: default}
+- {name: allow, namespace: default, policy: {}}
 "#,
         )
         .expect("valid")

@@ -303,7 +303,7 @@ httpRoutes:
 trafficPolicies:
 - {name: default/a, host: a.default.svc.cluster.local}
 authorizations:
-- {name: allow-all, namespace: default}
+- {name: pa-default, namespace: default, peerAuthentication: {mode: PERMISSIVE}}
 "#,
     );
     let mut res = ProxyResources::parse(&text).expect("valid mesh");
