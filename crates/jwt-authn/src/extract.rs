@@ -164,7 +164,7 @@ fn is_token_char(c: char) -> bool {
 }
 
 /// Envoy's `extractJWT`: skips what cannot start a token after the prefix and keeps the rest of
-/// the value (trailing junk then fails verification, as in Envoy since 1.28); the whole value
+/// the value (trailing junk then fails verification: Envoy's fix of envoyproxy/envoy#27877); the whole value
 /// when nothing after the prefix can.
 fn after_prefix(value: Cow<'_, str>, from: usize) -> Cow<'_, str> {
     let Some(start) = value[from..].find(is_token_char).map(|at| from + at) else {
@@ -198,7 +198,7 @@ fn find_cookie<'r>(parts: &'r Parts, name: &str) -> Option<&'r str> {
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
-        .filter_map(|cookie| cookie.trim().split_once('='))
+        .filter_map(|cookie| cookie.trim_start_matches(' ').split_once('='))
         .find(|(key, _)| *key == name)
         .map(|(_, value)| {
             value

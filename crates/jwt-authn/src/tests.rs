@@ -253,7 +253,7 @@ fn valid_token_in_custom_header_with_prefix() {
     // A value without the prefix is not a token.
     let mut parts = request("/get", &[("x-jwt-assertion", &token)]);
     assert_eq!(authn.authenticate(&mut parts, now()), Outcome::NoToken);
-    // Trailing junk after the token makes it fail (Envoy since 1.28).
+    // Trailing junk after the token makes it fail (envoyproxy/envoy#27877).
     let mut parts = request("/get", &[("x-jwt-assertion", &format!("Token {token} x"))]);
     let denial = denied(authn.authenticate(&mut parts, now()));
     assert_eq!(denial.body, "Jwt signature is an invalid Base64url encoded");
@@ -846,4 +846,62 @@ fn realm_is_the_request_uri_cut_at_256_bytes() {
         denial.www_authenticate,
         "Bearer realm=\"https://httpbin.default:8000/status/200\", error=\"invalid_token\""
     );
+}
+
+#[test]
+fn hmac_keys_verify_hs_tokens() {
+    let secret = b"a secret of the issuer, 32 bytes";
+    let jwks = json!({"keys": [{"kty": "oct", "kid": "hs", "k": URL_SAFE_NO_PAD.encode(secret)}]});
+    let authn = authn(&[rule(ISSUER, jwks.to_string())]);
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("hs".to_owned());
+    let token = jsonwebtoken::encode(&header, &claims(), &EncodingKey::from_secret(secret))
+        .expect("signing");
+    let mut parts = request("/get", &[("authorization", &bearer(&token))]);
+    verified(authn.authenticate(&mut parts, now()));
+
+    let forged = jsonwebtoken::encode(&header, &claims(), &EncodingKey::from_secret(b"guess"))
+        .expect("signing");
+    let mut parts = request("/get", &[("authorization", &bearer(&forged))]);
+    assert_eq!(
+        denied(authn.authenticate(&mut parts, now())).body,
+        "Jwt verification fails"
+    );
+}
+
+#[test]
+fn rule_without_issuer_accepts_any_issuer() {
+    let authn = authn(&[rule("", jwks(&[rsa()]))]);
+    let mut other = claims();
+    other["iss"] = json!(OTHER_ISSUER);
+    let mut parts = request("/get", &[("authorization", &bearer(&sign(rsa(), &other)))]);
+    verified_issuer(authn.authenticate(&mut parts, now()), OTHER_ISSUER);
+}
+
+#[test]
+fn bad_header_names_in_the_rules_are_left_out() {
+    let mut odd = rule(ISSUER, jwks(&[rsa()]));
+    odd.from_headers = vec![JwtHeader {
+        name: "bad header".to_owned(),
+        prefix: String::new(),
+    }];
+    odd.output_payload_to_header = "no\nway".to_owned();
+    odd.output_claim_to_headers = vec![
+        ClaimToHeader {
+            header: "(x)".to_owned(),
+            claim: "sub".to_owned(),
+        },
+        ClaimToHeader {
+            header: "x-sub".to_owned(),
+            claim: "sub".to_owned(),
+        },
+    ];
+    let authn = authn(&[odd]);
+    let mut parts = request(
+        "/get",
+        &[("authorization", &bearer(&sign(rsa(), &claims())))],
+    );
+    // `fromHeaders` is set, so `Authorization` is not a location of this rule.
+    assert_eq!(authn.authenticate(&mut parts, now()), Outcome::NoToken);
+    assert!(parts.headers.get("authorization").is_some());
 }
