@@ -76,6 +76,7 @@ mod jwks;
 mod jwt;
 mod status;
 
+use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -459,11 +460,11 @@ fn claim_header_value(payload: &Map<String, Value>, path: &[String]) -> Option<H
         object = object.get(name)?.as_object()?;
     }
     let text = match object.get(last)? {
-        Value::String(s) => s.clone(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => number_text(n.as_f64()?),
+        Value::String(s) => Cow::Borrowed(s.as_str()),
+        Value::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
+        Value::Number(n) => Cow::Owned(number_text(n.as_f64()?)),
         nested @ (Value::Object(_) | Value::Array(_)) => {
-            STANDARD.encode(serde_json::to_string(nested).ok()?)
+            Cow::Owned(STANDARD.encode(serde_json::to_string(nested).ok()?))
         }
         Value::Null => return None,
     };

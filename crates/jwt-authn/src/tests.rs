@@ -905,3 +905,10 @@ fn bad_header_names_in_the_rules_are_left_out() {
     assert_eq!(authn.authenticate(&mut parts, now()), Outcome::NoToken);
     assert!(parts.headers.get("authorization").is_some());
 }
+
+#[test]
+fn shared_between_workers() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<JwtAuthn>();
+    send_sync::<Outcome>();
+}
