@@ -92,7 +92,7 @@ pub struct ProxyInputs {
     pub tls: Option<Arc<MeshTls>>,
     /// PeerAuthentication, resolved per snapshot.
     pub peer_authn: PeerAuthn,
-    /// Policies Ama cannot enforce, failed closed, resolved per snapshot.
+    /// AuthorizationPolicy, compiled per snapshot.
     pub authz: authz::Authz,
 }
 
