@@ -458,3 +458,32 @@ async fn tcp_denial_closes_and_allow_passes() {
         );
     }
 }
+
+/// Envoy matches the path its connection manager normalized (Istio's default
+/// `pathNormalization`): dot segments and escaped unreserved characters do not slip past a
+/// DENY on a path.
+#[tokio::test]
+async fn normalized_paths_do_not_slip_past_a_deny() {
+    let app = App::start("httpbin").await;
+    let server = Sidecar::builder(&format!(
+        "{}authorizations:\n- {{name: deny-admin, namespace: default, policy: {{action: DENY, rules: [{{to: [{{paths: [/admin/*]}}]}}]}}}}\n",
+        server_yaml()
+    ))
+    .inbound_to(app.addr)
+    .start()
+    .await;
+    for path in ["/public/../admin/users", "/./admin/users", "/%61dmin/users"] {
+        let mut tx = h1_client(TcpStream::connect(server.inbound).await.expect("connect")).await;
+        let exchange = send(&mut tx, request("GET", path, Client::Plain));
+        let (resp, body) = tokio::time::timeout(Duration::from_secs(30), exchange)
+            .await
+            .expect("answered within 30 s");
+        assert_eq!(
+            resp.status(),
+            403,
+            "{path}: {:?}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    assert_eq!(app.hits.load(Ordering::SeqCst), 0);
+}

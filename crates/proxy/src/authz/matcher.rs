@@ -3,6 +3,7 @@
 //! `prefix*`, `*suffix`, `*`), paths (the same, or a `{*}`/`{**}` template), IP blocks. Built
 //! once per config snapshot; matching borrows and never allocates.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::str::FromStr;
 
@@ -325,5 +326,105 @@ mod tests {
         assert!(one.contains(&"10.1.2.3".parse::<IpAddr>().expect("ip")));
         assert!(!one.contains(&"10.1.2.4".parse::<IpAddr>().expect("ip")));
         assert!(ip_block("nope").is_err());
+    }
+}
+
+/// The request path as Envoy matches it under Istio's default `pathNormalization` (`BASE`:
+/// Envoy's `normalize_path`, RFC 3986): percent-encoded unreserved characters decoded, other
+/// escapes' hex digits uppercased, `.` and `..` segments removed (`%2e` counts as `.`); the
+/// query is kept as it is. Borrowed when already normal, which is the common case; so
+/// `/public/../admin` cannot slip past a DENY on `/admin`.
+pub fn normalize_path(path_and_query: &str) -> Cow<'_, str> {
+    let (path, query) = match path_and_query.find('?') {
+        Some(i) => path_and_query.split_at(i),
+        None => (path_and_query, ""),
+    };
+    let dotted = path.split('/').any(|s| s == "." || s == "..");
+    if !path.contains('%') && !dotted {
+        return Cow::Borrowed(path_and_query);
+    }
+    // Escapes first, so that `%2e%2e` is a `..` segment below.
+    let mut decoded = String::with_capacity(path.len());
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            let c = (h * 16 + l) as u8;
+            if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                decoded.push(c as char);
+            } else {
+                decoded.push('%');
+                decoded.push(bytes[i + 1].to_ascii_uppercase() as char);
+                decoded.push(bytes[i + 2].to_ascii_uppercase() as char);
+            }
+            i += 3;
+            continue;
+        }
+        // Not an escape: copy the (possibly multi-byte) character as it is.
+        let ch = path[i..].chars().next().unwrap_or('\u{fffd}');
+        decoded.push(ch);
+        i += ch.len_utf8().max(1);
+    }
+    // RFC 3986 5.2.4 remove_dot_segments, over whole segments.
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = decoded.split('/').collect();
+    let last = segments.len().saturating_sub(1);
+    for (k, seg) in segments.iter().enumerate().skip(1) {
+        match *seg {
+            "." => {
+                if k == last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                out.pop();
+                if k == last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    let mut normal = String::with_capacity(decoded.len() + query.len());
+    for seg in &out {
+        normal.push('/');
+        normal.push_str(seg);
+    }
+    if normal.is_empty() {
+        normal.push('/');
+    }
+    normal.push_str(query);
+    Cow::Owned(normal)
+}
+
+#[cfg(test)]
+mod normalize_tests {
+    use super::normalize_path;
+
+    #[test]
+    fn paths_normalize_as_envoys_normalize_path() {
+        for (raw, want) in [
+            ("/ip", "/ip"),
+            ("/ip?x=/../y", "/ip?x=/../y"),
+            ("/a/./b", "/a/b"),
+            ("/a/../admin", "/admin"),
+            ("/../admin", "/admin"),
+            ("/a/b/..", "/a/"),
+            ("/a/.", "/a/"),
+            ("/%61dmin", "/admin"),
+            ("/a/%2e%2E/admin", "/admin"),
+            ("/a%2fb", "/a%2Fb"),
+            ("/a%2Fb", "/a%2Fb"),
+            ("/a//b", "/a//b"),
+            ("/caf\u{e9}/./x", "/caf\u{e9}/x"),
+            ("/%", "/%"),
+            ("/%zz", "/%zz"),
+        ] {
+            assert_eq!(normalize_path(raw), want, "{raw}");
+        }
     }
 }

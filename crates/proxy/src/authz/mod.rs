@@ -36,6 +36,7 @@ use crate::config::{ProxyConfig, Snapshot};
 use crate::http::ConnCtx;
 use crate::telemetry::TcpRecord;
 
+pub use matcher::normalize_path;
 pub use policy::{Attributes, HttpAttributes, Outcome, Policies, RequestAuth, Verdict, remote_ip};
 
 /// The body of Envoy's RBAC denial.
@@ -117,10 +118,13 @@ pub(crate) fn check_request(
     auth: Option<RequestAuth<'_>>,
 ) -> Option<Arc<str>> {
     let client = ctx.client.get().ip();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or(parts.uri.path(), |p| p.as_str());
+    // Envoy's RBAC filter sees the path its connection manager normalized.
+    let path = matcher::normalize_path(
+        parts
+            .uri
+            .path_and_query()
+            .map_or(parts.uri.path(), |p| p.as_str()),
+    );
     let attrs = Attributes {
         principal: ctx.peer.as_ref().map(|p| &*p.principal),
         source_ip: client,
@@ -130,7 +134,7 @@ pub(crate) fn check_request(
         http: Some(HttpAttributes {
             method: parts.method.as_str(),
             authority: crate::http::request_authority(&parts.uri, &parts.headers).unwrap_or(""),
-            path,
+            path: &path,
             headers: &parts.headers,
             auth,
         }),

@@ -53,7 +53,9 @@ pub struct HttpAttributes<'a> {
     pub method: &'a str,
     /// The authority (`:authority`, or `Host`), as sent.
     pub authority: &'a str,
-    /// The path as sent, query included (`:path`); path rules see it without the query.
+    /// The path, query included (`:path`), normalized as Envoy's connection manager does
+    /// under Istio's defaults ([`normalize_path`](super::normalize_path)); path rules see it
+    /// without the query.
     pub path: &'a str,
     /// The request headers.
     pub headers: &'a HeaderMap,
