@@ -80,11 +80,16 @@ impl Authz {
     /// The AuthorizationPolicies that select this workload under `snap`, compiled on the first
     /// call for a snapshot version; `None` (one atomic load) when none does.
     pub fn policies(&self, snap: &Snapshot, cfg: &ProxyConfig) -> Option<Arc<Policies>> {
-        if let Some(c) = &*self.cache.load()
+        let cached = self.cache.load();
+        if let Some(c) = &*cached
             && c.version == snap.version
         {
             return c.policies.clone();
         }
+        // A request still on an older snapshot compiles for itself and leaves the cache to
+        // the newer one (no thrashing while a swap is under way).
+        let newer_cached = cached.as_ref().is_some_and(|c| c.version > snap.version);
+        drop(cached);
         let no_labels = BTreeMap::new();
         let (namespace, labels) = match &snap.me {
             Some(w) => (Some(w.namespace.as_str()), &w.labels),
@@ -95,10 +100,12 @@ impl Authz {
                 a.policy.is_some() && a.selects(&self.root_namespace, namespace, labels)
             }));
         let policies = (!compiled.is_empty()).then(|| Arc::new(compiled));
-        self.cache.store(Some(Arc::new(Compiled {
-            version: snap.version,
-            policies: policies.clone(),
-        })));
+        if !newer_cached {
+            self.cache.store(Some(Arc::new(Compiled {
+                version: snap.version,
+                policies: policies.clone(),
+            })));
+        }
         policies
     }
 
@@ -296,6 +303,41 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn compiled_once_per_snapshot_for_the_selected_workload() {
+        use std::sync::Arc;
+
+        use crate::config::{ConfigStore, ProxyConfig};
+
+        let resources = |policies: &str| {
+            xds::ProxyResources::parse(&format!(
+                "self: {{uid: httpbin-uid}}\nworkloads:\n- {{uid: httpbin-uid, name: httpbin-1, namespace: default, workloadName: httpbin, labels: {{app: httpbin}}}}\nauthorizations:\n{policies}"
+            ))
+            .expect("resources")
+        };
+        let cfg = Arc::new(ProxyConfig::default());
+        let deny = "- {name: d, namespace: default, selector: {app: httpbin}, policy: {action: DENY, rules: [{}]}}\n";
+        let store = ConfigStore::new(resources(deny), cfg.clone()).expect("store");
+        let authz = super::Authz::default();
+        let snap = store.load();
+        let first = authz.policies(&snap, &cfg).expect("selected");
+        let again = authz.policies(&snap, &cfg).expect("selected");
+        assert!(Arc::ptr_eq(&first, &again), "compiled once per snapshot");
+        let others = "- {name: d, namespace: default, selector: {app: sleep}, policy: {action: DENY, rules: [{}]}}\n- {name: pa, namespace: default, peerAuthentication: {mode: STRICT}}\n";
+        store.apply(resources(others)).expect("apply");
+        let newer = store.load();
+        assert!(
+            authz.policies(&newer, &cfg).is_none(),
+            "another workload's policy"
+        );
+        // A request still on the older snapshot gets its policies, and leaves the cache be.
+        assert!(authz.policies(&snap, &cfg).is_some());
+        assert!(authz.policies(&newer, &cfg).is_none());
+        let mesh = "- {name: m, namespace: istio-system, policy: {action: ALLOW}}\n";
+        store.apply(resources(mesh)).expect("apply");
+        assert!(authz.policies(&store.load(), &cfg).is_some(), "mesh-wide");
     }
 
     #[test]
