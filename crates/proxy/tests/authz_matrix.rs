@@ -59,6 +59,8 @@ struct Scenario {
     /// `authorizations:` list items (the contract's YAML).
     policies: &'static str,
     expect: fn(Client, &str, &str) -> Expect,
+    /// Requests an AUDIT policy matched (Ama's `ama_audit_logged` counter).
+    audit_logged: usize,
 }
 
 fn scenarios() -> Vec<Scenario> {
@@ -67,6 +69,7 @@ fn scenarios() -> Vec<Scenario> {
             name: "allow-nothing",
             policies: "- {name: allow-nothing, namespace: default, selector: {app: httpbin}, policy: {action: ALLOW}}",
             expect: |_, _, _| denied_none(),
+            audit_logged: 0,
         },
         Scenario {
             name: "ALLOW by principal",
@@ -75,6 +78,7 @@ fn scenarios() -> Vec<Scenario> {
                 Client::Foo => Expect::Allowed,
                 _ => denied_none(),
             },
+            audit_logged: 0,
         },
         Scenario {
             name: "ALLOW by namespace and method",
@@ -83,6 +87,7 @@ fn scenarios() -> Vec<Scenario> {
                 (Client::Bar, "GET") => Expect::Allowed,
                 _ => denied_none(),
             },
+            audit_logged: 0,
         },
         Scenario {
             name: "DENY by path",
@@ -91,6 +96,7 @@ fn scenarios() -> Vec<Scenario> {
                 "/admin/users" => denied_by("default", "deny-admin", 0),
                 _ => Expect::Allowed,
             },
+            audit_logged: 0,
         },
         Scenario {
             name: "when on a header",
@@ -99,6 +105,7 @@ fn scenarios() -> Vec<Scenario> {
                 (Client::Foo | Client::Plain, "/headers") => Expect::Allowed,
                 _ => denied_none(),
             },
+            audit_logged: 0,
         },
         Scenario {
             name: "ALLOW with an unsupported part",
@@ -108,6 +115,7 @@ fn scenarios() -> Vec<Scenario> {
                 "/ip" => Expect::Allowed,
                 _ => denied_none(),
             },
+            audit_logged: 0,
         },
         Scenario {
             name: "mesh-wide DENY with notNamespaces",
@@ -119,6 +127,13 @@ fn scenarios() -> Vec<Scenario> {
                 }
                 _ => Expect::Allowed,
             },
+            audit_logged: 0,
+        },
+        Scenario {
+            name: "AUDIT only logs",
+            policies: "- {name: audit-admin, namespace: default, selector: {app: httpbin}, policy: {action: AUDIT, rules: [{to: [{paths: [/admin/*]}]}]}}",
+            expect: |_, _, _| Expect::Allowed,
+            audit_logged: 6,
         },
     ]
 }
@@ -270,7 +285,11 @@ async fn matrix_of_clients_paths_and_methods() {
         // Each scenario has policies of one action, so one RBAC filter decides each request.
         let stats = proxy::dump::TrafficAdmin(server.inputs.clone()).cluster_stats();
         let prefix = format!("http.inbound_0.0.0.0_{}.rbac.", app.addr.port());
-        for (stat, want) in [("allowed", allowed), ("denied", denied)] {
+        for (stat, want) in [
+            ("allowed", allowed),
+            ("denied", denied),
+            ("ama_audit_logged", scenario.audit_logged),
+        ] {
             let line = format!("{prefix}{stat}: {want}\n");
             if !stats.contains(&line) {
                 failures.push(format!(

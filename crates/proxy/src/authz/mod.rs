@@ -198,7 +198,9 @@ pub(crate) fn refuses_connection(ctx: &ConnCtx, start: SystemTime, t0: Instant) 
 /// Envoy's RBAC filter counters: per inbound HTTP port under Istio's connection manager prefix
 /// (`http.inbound_0.0.0.0_<port>.rbac.`), and for TCP under Istio's network filter prefix
 /// (`tcp.rbac.`). Each RBAC filter that runs counts `allowed` or `denied` (Istio installs one
-/// per action present: CUSTOM, AUDIT, DENY, ALLOW), and the AUDIT one `logged` or `not_logged`.
+/// per action present: CUSTOM, AUDIT, DENY, ALLOW; the AUDIT one, Envoy's LOG action, always
+/// allows); `shadow_allowed` and `shadow_denied` stay 0 (no dry-run policies). Envoy has no
+/// counter of AUDIT matches: Ama's own is `ama_audit_logged`, under the same prefix.
 #[derive(Debug, Default)]
 pub struct RbacStats {
     tcp: RbacCounters,
@@ -212,8 +214,7 @@ pub struct RbacStats {
 pub struct RbacCounters {
     allowed: AtomicU64,
     denied: AtomicU64,
-    logged: AtomicU64,
-    not_logged: AtomicU64,
+    audit_logged: AtomicU64,
 }
 
 impl RbacCounters {
@@ -226,27 +227,27 @@ impl RbacCounters {
             self.denied
                 .fetch_add(u64::from(o.denied), Ordering::Relaxed);
         }
-        match o.logged {
-            Some(true) => self.logged.fetch_add(1, Ordering::Relaxed),
-            Some(false) => self.not_logged.fetch_add(1, Ordering::Relaxed),
-            None => 0,
-        };
+        if o.logged == Some(true) {
+            self.audit_logged.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn lines(&self, prefix: &str, out: &mut String) {
         use std::fmt::Write;
+        let zero = AtomicU64::new(0);
         for (name, c) in [
             ("allowed", &self.allowed),
+            ("ama_audit_logged", &self.audit_logged),
             ("denied", &self.denied),
-            ("logged", &self.logged),
-            ("not_logged", &self.not_logged),
+            ("shadow_allowed", &zero),
+            ("shadow_denied", &zero),
         ] {
             let _ = writeln!(out, "{prefix}rbac.{name}: {}", c.load(Ordering::Relaxed));
         }
     }
 
     fn is_zero(&self) -> bool {
-        [&self.allowed, &self.denied, &self.logged, &self.not_logged]
+        [&self.allowed, &self.denied, &self.audit_logged]
             .iter()
             .all(|c| c.load(Ordering::Relaxed) == 0)
     }
