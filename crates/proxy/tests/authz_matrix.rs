@@ -284,7 +284,7 @@ async fn matrix_of_clients_paths_and_methods() {
         }
         // Each scenario has policies of one action, so one RBAC filter decides each request.
         let stats = proxy::dump::TrafficAdmin(server.inputs.clone()).cluster_stats();
-        let prefix = format!("http.inbound_0.0.0.0_{}.rbac.", app.addr.port());
+        let prefix = format!("http.inbound_0.0.0.0_{};.rbac.", app.addr.port());
         for (stat, want) in [
             ("allowed", allowed),
             ("denied", denied),

@@ -196,7 +196,8 @@ pub(crate) fn refuses_connection(ctx: &ConnCtx, start: SystemTime, t0: Instant) 
 }
 
 /// Envoy's RBAC filter counters: per inbound HTTP port under Istio's connection manager prefix
-/// (`http.inbound_0.0.0.0_<port>.rbac.`), and for TCP under Istio's network filter prefix
+/// (`http.inbound_0.0.0.0_<port>;.rbac.`: Istio ends its stat prefixes with `;` for its tag
+/// extraction, and Envoy's `/stats` prints them so), and for TCP under Istio's network filter prefix
 /// (`tcp.rbac.`). Each RBAC filter that runs counts `allowed` or `denied` (Istio installs one
 /// per action present: CUSTOM, AUDIT, DENY, ALLOW; the AUDIT one, Envoy's LOG action, always
 /// allows); `shadow_allowed` and `shadow_denied` stay 0 (no dry-run policies). Envoy has no
@@ -276,7 +277,7 @@ impl RbacStats {
     pub fn envoy_lines(&self) -> String {
         let mut out = String::new();
         for (port, c) in self.http.load().iter() {
-            c.lines(&format!("http.inbound_0.0.0.0_{port}."), &mut out);
+            c.lines(&format!("http.inbound_0.0.0.0_{port};."), &mut out);
         }
         if !self.tcp.is_zero() {
             self.tcp.lines("tcp.", &mut out);
