@@ -27,6 +27,7 @@
 mod matcher;
 pub mod policy;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -118,6 +119,15 @@ impl Authz {
     }
 }
 
+/// Envoy's `rbac_access_denied_matched_policy[...]` for a denial by `rule` (`None`: no ALLOW
+/// rule matched). Made only when a request is denied.
+fn denial_details(rule: Option<&policy::Rule>) -> Cow<'static, str> {
+    match rule {
+        Some(r) => Cow::Owned(r.details().to_string()),
+        None => Cow::Borrowed(DENIED_DETAILS),
+    }
+}
+
 /// Inbound HTTP: decides the request whose head is `parts` on connection `ctx` under
 /// `policies`, with the verified JWT `auth` if any. Returns the denial's
 /// `response_code_details` when it is denied. Counts Envoy's RBAC counters.
@@ -126,7 +136,7 @@ pub(crate) fn check_request(
     policies: &Policies,
     parts: &http::request::Parts,
     auth: Option<RequestAuth<'_>>,
-) -> Option<Arc<str>> {
+) -> Option<Cow<'static, str>> {
     let client = ctx.client.get().ip();
     // Envoy's RBAC filter sees the path its connection manager normalized.
     let path = matcher::normalize_path(
@@ -158,7 +168,7 @@ pub(crate) fn check_request(
         Verdict::Allow => None,
         Verdict::Deny(rule) => {
             tracing::debug!(client = %ctx.client, policy = rule.map_or("none", |r| r.name()), "request denied by AuthorizationPolicy");
-            Some(rule.map_or_else(|| Arc::from(DENIED_DETAILS), |r| r.details().clone()))
+            Some(denial_details(rule))
         }
     }
 }
@@ -186,11 +196,10 @@ pub(crate) fn refuses_connection(ctx: &ConnCtx, start: SystemTime, t0: Instant) 
     let Verdict::Deny(rule) = verdict else {
         return false;
     };
-    let details: Arc<str> = rule.map_or_else(|| Arc::from(DENIED_DETAILS), |r| r.details().clone());
     let port = ctx.orig_dst.get().port();
     let mut rec = TcpRecord::accepted(start, ctx.orig_dst.get(), ctx.client.get());
     rec.upstream_cluster = Some(Arc::from(format!("inbound|{port}||")));
-    rec.connection_termination_details = Some(details.to_string().into());
+    rec.connection_termination_details = Some(denial_details(rule));
     rec.requested_server_name = ctx.sni.clone();
     rec.duration = t0.elapsed();
     ctx.pi.telemetry.tcp_log(rec);

@@ -109,11 +109,11 @@ impl LocalReply {
     };
 
     /// Envoy's RBAC filter's denial ([`crate::authz`]): `details` names the matched policy.
-    pub(super) fn rbac_denied(details: &str) -> LocalReply {
+    pub(super) fn rbac_denied(details: Cow<'static, str>) -> LocalReply {
         LocalReply {
             status: StatusCode::FORBIDDEN,
             flags: ResponseFlags::NONE,
-            details: Cow::Owned(details.to_string()),
+            details,
             body: Cow::Borrowed(crate::authz::DENIED_BODY),
             grpc_status: None,
             close: false,

@@ -176,7 +176,7 @@ pub(super) async fn handle(
         && let Some(policies) = ctx.pi.authz.policies(&snap, &ctx.pi.cfg)
         && let Some(details) = crate::authz::check_request(&ctx, &policies, &parts, None)
     {
-        return Ok(LocalReply::rbac_denied(&details).respond(&ctx, log, reply_to));
+        return Ok(LocalReply::rbac_denied(details).respond(&ctx, log, reply_to));
     }
     // Istio's filter order: CORS, fault, router.
     if let Some(sel) = &selected
