@@ -73,6 +73,8 @@ impl AdminSource for TrafficAdmin {
                 }
             }
         }
+        // The RBAC filters' counters beside the clusters' (the traffic side's Envoy stats).
+        out.push_str(&self.0.authz.stats().envoy_lines());
         out
     }
 

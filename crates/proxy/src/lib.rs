@@ -7,7 +7,8 @@
 //! HTTP proxy ([`http`], with [`route`], [`balance`], [`pool`], [`headers`]) or an opaque copy
 //! ([`tcp`]). Between sidecars the connection is Istio mTLS ([`tls`]: auto mTLS outbound,
 //! termination by ALPN inbound under [`authn`]'s PeerAuthentication), with the workload
-//! certificate from [`identity_source`]. Resources come from [`config`] and swap atomically;
+//! certificate from [`identity_source`]; inbound requests and connections then answer to the
+//! AuthorizationPolicies that select the workload ([`authz`]). Resources come from [`config`] and swap atomically;
 //! [`drain`] stops it gracefully.
 //!
 //! Module ownership while the crate is being built: `telemetry/` (access log, metrics),
@@ -92,7 +93,7 @@ pub struct ProxyInputs {
     pub tls: Option<Arc<MeshTls>>,
     /// PeerAuthentication, resolved per snapshot.
     pub peer_authn: PeerAuthn,
-    /// Policies Ama cannot enforce, failed closed, resolved per snapshot.
+    /// AuthorizationPolicy, compiled per snapshot.
     pub authz: authz::Authz,
 }
 

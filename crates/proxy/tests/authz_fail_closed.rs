@@ -1,7 +1,7 @@
-//! Policies Ama cannot enforce yet, failed closed on the inbound side (`proxy::authz`): a
-//! workload that a DENY policy matching every request selects answers HTTP with Envoy's RBAC denial
-//! and closes opaque TCP connections; the app sees nothing. One that selects other workloads
-//! changes nothing.
+//! A DENY policy that matches every request (what the control plane sends for a policy it
+//! cannot translate, failing closed) on the inbound side (`proxy::authz`): the workload it
+//! selects answers HTTP with Envoy's RBAC denial naming the rule and closes opaque TCP
+//! connections; the app sees nothing. One that selects other workloads changes nothing.
 
 mod harness;
 
@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 fn server_with_policy(namespace: &str, selector: &str) -> String {
     format!(
         "{}authorizations:
-- name: AuthorizationPolicy/httpbin-policy
+- name: httpbin-policy
   namespace: {namespace}
   selector: {selector}
   policy: {{action: DENY, rules: [{{}}]}}
@@ -43,7 +43,7 @@ async fn http_gets_envoys_rbac_denial() {
     assert_eq!(line["response_code"], "403");
     assert_eq!(
         line["response_code_details"],
-        "rbac_access_denied_matched_policy[none]"
+        "rbac_access_denied_matched_policy[ns[default]-policy[httpbin-policy]-rule[0]]"
     );
     assert_eq!(line["response_flags"], "-");
 }
@@ -108,7 +108,7 @@ services:
         .expect("the server's record of the closed connection");
     assert_eq!(
         line["connection_termination_details"],
-        "rbac_access_denied_matched_policy[none]"
+        "rbac_access_denied_matched_policy[ns[istio-system]-policy[httpbin-policy]-rule[0]]"
     );
     assert_eq!(
         line["upstream_cluster"],

@@ -17,7 +17,7 @@ use super::log::{Log, respond_logged};
 pub(super) struct LocalReply {
     pub(super) status: StatusCode,
     pub(super) flags: ResponseFlags,
-    pub(super) details: &'static str,
+    pub(super) details: Cow<'static, str>,
     pub(super) body: Cow<'static, str>,
     /// The gRPC status to a gRPC client, when not the one mapped from `status` (a fault
     /// injection's `grpcStatus`).
@@ -30,7 +30,7 @@ impl LocalReply {
     pub(super) const NO_HEALTHY_UPSTREAM: LocalReply = LocalReply {
         status: StatusCode::SERVICE_UNAVAILABLE,
         flags: ResponseFlags::NO_HEALTHY_UPSTREAM,
-        details: "no_healthy_upstream",
+        details: Cow::Borrowed("no_healthy_upstream"),
         body: Cow::Borrowed("no healthy upstream"),
         grpc_status: None,
         close: false,
@@ -38,7 +38,7 @@ impl LocalReply {
     pub(super) const NO_ROUTE: LocalReply = LocalReply {
         status: StatusCode::NOT_FOUND,
         flags: ResponseFlags::NO_ROUTE_FOUND,
-        details: "route_not_found",
+        details: Cow::Borrowed("route_not_found"),
         body: Cow::Borrowed(""),
         grpc_status: None,
         close: false,
@@ -46,26 +46,17 @@ impl LocalReply {
     pub(super) const OVERFLOW: LocalReply = LocalReply {
         status: StatusCode::SERVICE_UNAVAILABLE,
         flags: ResponseFlags::UPSTREAM_OVERFLOW,
-        details: "upstream_reset_before_response_started{overflow}",
+        details: Cow::Borrowed("upstream_reset_before_response_started{overflow}"),
         body: Cow::Borrowed(
             "upstream connect error or disconnect/reset before headers. reset reason: overflow",
         ),
         grpc_status: None,
         close: false,
     };
-    /// Envoy's RBAC filter's denial ([`crate::authz`]).
-    pub(super) const RBAC_DENIED: LocalReply = LocalReply {
-        status: StatusCode::FORBIDDEN,
-        flags: ResponseFlags::NONE,
-        details: crate::authz::DENIED_DETAILS,
-        body: Cow::Borrowed(crate::authz::DENIED_BODY),
-        grpc_status: None,
-        close: false,
-    };
     pub(super) const TIMEOUT: LocalReply = LocalReply {
         status: StatusCode::GATEWAY_TIMEOUT,
         flags: ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
-        details: "response_timeout",
+        details: Cow::Borrowed("response_timeout"),
         body: Cow::Borrowed("upstream request timeout"),
         grpc_status: None,
         close: false,
@@ -74,7 +65,7 @@ impl LocalReply {
     pub(super) const PER_TRY_TIMEOUT: LocalReply = LocalReply {
         status: StatusCode::GATEWAY_TIMEOUT,
         flags: ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
-        details: "upstream_per_try_timeout",
+        details: Cow::Borrowed("upstream_per_try_timeout"),
         body: Cow::Borrowed("upstream request timeout"),
         grpc_status: None,
         close: false,
@@ -83,7 +74,7 @@ impl LocalReply {
     pub(super) const LOW_VERSION: LocalReply = LocalReply {
         status: StatusCode::UPGRADE_REQUIRED,
         flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
-        details: "low_version",
+        details: Cow::Borrowed("low_version"),
         body: Cow::Borrowed("Upgrade Required"),
         grpc_status: None,
         close: true,
@@ -92,7 +83,7 @@ impl LocalReply {
     pub(super) const MISSING_HOST: LocalReply = LocalReply {
         status: StatusCode::BAD_REQUEST,
         flags: ResponseFlags::NONE,
-        details: "missing_host_header",
+        details: Cow::Borrowed("missing_host_header"),
         body: Cow::Borrowed(""),
         grpc_status: None,
         close: true,
@@ -101,7 +92,7 @@ impl LocalReply {
     pub(super) const TRANSFER_ENCODING: LocalReply = LocalReply {
         status: StatusCode::NOT_IMPLEMENTED,
         flags: ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
-        details: "http1.invalid_transfer_encoding",
+        details: Cow::Borrowed("http1.invalid_transfer_encoding"),
         body: Cow::Borrowed("Not Implemented"),
         grpc_status: None,
         close: true,
@@ -111,11 +102,23 @@ impl LocalReply {
     pub(super) const NO_CLUSTER: LocalReply = LocalReply {
         status: StatusCode::SERVICE_UNAVAILABLE,
         flags: ResponseFlags::NO_CLUSTER_FOUND,
-        details: "cluster_not_found",
+        details: Cow::Borrowed("cluster_not_found"),
         body: Cow::Borrowed(""),
         grpc_status: None,
         close: false,
     };
+
+    /// Envoy's RBAC filter's denial ([`crate::authz`]): `details` names the matched policy.
+    pub(super) fn rbac_denied(details: Cow<'static, str>) -> LocalReply {
+        LocalReply {
+            status: StatusCode::FORBIDDEN,
+            flags: ResponseFlags::NONE,
+            details,
+            body: Cow::Borrowed(crate::authz::DENIED_BODY),
+            grpc_status: None,
+            close: false,
+        }
+    }
 
     /// A fault injection's abort, as Envoy's fault filter sends it: the status (or, to a gRPC
     /// client, the gRPC status) with `fault filter abort`, flag `FI`.
@@ -123,7 +126,7 @@ impl LocalReply {
         LocalReply {
             status: abort.status,
             flags: ResponseFlags::FAULT_INJECTED,
-            details: fault::ABORT_DETAILS,
+            details: Cow::Borrowed(fault::ABORT_DETAILS),
             body: Cow::Borrowed(fault::ABORT_BODY),
             grpc_status: abort.grpc_status,
             close: false,
@@ -134,7 +137,7 @@ impl LocalReply {
     pub(super) const REWRITE_FAILED: LocalReply = LocalReply {
         status: StatusCode::INTERNAL_SERVER_ERROR,
         flags: ResponseFlags::NONE,
-        details: "invalid_path_after_rewrite",
+        details: Cow::Borrowed("invalid_path_after_rewrite"),
         body: Cow::Borrowed(""),
         grpc_status: None,
         close: false,
@@ -188,7 +191,7 @@ impl LocalReply {
             } else {
                 ResponseFlags::UPSTREAM_CONNECTION_FAILURE
             },
-            details,
+            details: Cow::Borrowed(details),
             body: Cow::Borrowed(body),
             grpc_status: None,
             close: false,
@@ -200,7 +203,7 @@ impl LocalReply {
             LocalReply {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 flags: ResponseFlags::UPSTREAM_REMOTE_RESET,
-                details: "upstream_reset_before_response_started{remote_reset}",
+                details: Cow::Borrowed("upstream_reset_before_response_started{remote_reset}"),
                 body: Cow::Borrowed(
                     "upstream connect error or disconnect/reset before headers. reset reason: remote reset",
                 ),
@@ -211,7 +214,9 @@ impl LocalReply {
             LocalReply {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 flags: ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
-                details: "upstream_reset_before_response_started{connection_termination}",
+                details: Cow::Borrowed(
+                    "upstream_reset_before_response_started{connection_termination}",
+                ),
                 body: Cow::Borrowed(
                     "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
                 ),
@@ -232,7 +237,7 @@ impl LocalReply {
         let rec = log.rec();
         rec.response_code = resp.status().as_u16();
         rec.response_flags.insert(self.flags);
-        rec.response_code_details = Some(self.details.into());
+        rec.response_code_details = Some(self.details);
         if self.close && to.http1 {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -382,7 +387,7 @@ mod tests {
         let reply = LocalReply {
             status: StatusCode::SERVICE_UNAVAILABLE,
             flags: ResponseFlags::NONE,
-            details: "x",
+            details: Cow::Borrowed("x"),
             body: Cow::Borrowed("100% down ~ {ok}\n\u{e9}"),
             grpc_status: None,
             close: false,

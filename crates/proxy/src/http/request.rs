@@ -170,8 +170,13 @@ pub(super) async fn handle(
         rec.upstream_cluster = Some(target.cluster.name.clone());
         rec.route_name = target.route_name.clone();
     }
-    if ctx.direction == Direction::Inbound && ctx.pi.authz.denies_all(&snap, &ctx.pi.cfg) {
-        return Ok(LocalReply::RBAC_DENIED.respond(&ctx, log, reply_to));
+    // AuthorizationPolicy, where Istio puts its RBAC filters: after the connection manager
+    // has taken the request in, before CORS, fault and router.
+    if ctx.direction == Direction::Inbound
+        && let Some(policies) = ctx.pi.authz.policies(&snap, &ctx.pi.cfg)
+        && let Some(details) = crate::authz::check_request(&ctx, &policies, &parts, None)
+    {
+        return Ok(LocalReply::rbac_denied(details).respond(&ctx, log, reply_to));
     }
     // Istio's filter order: CORS, fault, router.
     if let Some(sel) = &selected

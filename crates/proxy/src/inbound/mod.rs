@@ -139,8 +139,8 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, mut stream: TcpStream, drain: Drai
     .await;
 }
 
-/// Hands the connection on, unless it is opaque and a policy Ama cannot enforce selects this
-/// workload: then it is closed ([`crate::authz`]; HTTP is denied per request).
+/// Hands the connection on, unless it is opaque and an AuthorizationPolicy denies it: then it
+/// is closed ([`crate::authz`]; HTTP is decided per request).
 async fn proxy<I>(
     ctx: Arc<ConnCtx>,
     io: I,

@@ -356,6 +356,8 @@ pub struct Sidecar {
     pub log: MemorySink,
     pub telemetry: Telemetry,
     pub store: Arc<ConfigStore>,
+    /// The proxy's inputs (its admin view: `proxy::dump::TrafficAdmin`).
+    pub inputs: Arc<ProxyInputs>,
     shutdown: Option<oneshot::Sender<()>>,
     pub done: Option<tokio::task::JoinHandle<()>>,
 }
@@ -530,6 +532,7 @@ impl SidecarBuilder {
             proxy = proxy.watch_config(p);
         }
         let (outbound, inbound) = (proxy.outbound_addr(), proxy.inbound_addr());
+        let inputs = proxy.inputs().clone();
         let (tx, rx) = oneshot::channel::<()>();
         let done = tokio::spawn(proxy.run(async move {
             let _ = rx.await;
@@ -541,6 +544,7 @@ impl SidecarBuilder {
             log,
             telemetry,
             store,
+            inputs,
             shutdown: Some(tx),
             done: Some(done),
         }
