@@ -54,6 +54,7 @@ pub mod orig_dst;
 pub mod outbound;
 pub mod outlier;
 pub mod pool;
+pub mod request_authn;
 pub mod route;
 pub mod sidecar;
 pub mod status;
@@ -95,6 +96,8 @@ pub struct ProxyInputs {
     pub peer_authn: PeerAuthn,
     /// AuthorizationPolicy, compiled per snapshot.
     pub authz: authz::Authz,
+    /// RequestAuthentication's JWT rules, compiled per snapshot.
+    pub request_authn: request_authn::RequestAuthn,
 }
 
 impl ProxyInputs {
@@ -130,6 +133,7 @@ impl ProxyInputs {
             tls,
             peer_authn: PeerAuthn::default(),
             authz: authz::Authz::default(),
+            request_authn: request_authn::RequestAuthn::default(),
         })
     }
 }

@@ -120,6 +120,19 @@ impl LocalReply {
         }
     }
 
+    /// Envoy's `jwt_authn` filter's denial ([`crate::request_authn`]): 401 (403 for a
+    /// disallowed audience) with the verifier's message; the caller adds `www-authenticate`.
+    pub(super) fn jwt_denied(denial: &jwt_authn::Denial) -> LocalReply {
+        LocalReply {
+            status: denial.status,
+            flags: ResponseFlags::NONE,
+            details: Cow::Owned(denial.details.clone()),
+            body: Cow::Borrowed(denial.body),
+            grpc_status: None,
+            close: false,
+        }
+    }
+
     /// A fault injection's abort, as Envoy's fault filter sends it: the status (or, to a gRPC
     /// client, the gRPC status) with `fault filter abort`, flag `FI`.
     pub(super) fn fault_abort(abort: AbortReply) -> LocalReply {

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -170,13 +170,34 @@ pub(super) async fn handle(
         rec.upstream_cluster = Some(target.cluster.name.clone());
         rec.route_name = target.route_name.clone();
     }
-    // AuthorizationPolicy, where Istio puts its RBAC filters: after the connection manager
-    // has taken the request in, before CORS, fault and router.
+    // RequestAuthentication, then AuthorizationPolicy, where Istio puts its jwt_authn and RBAC
+    // filters: after the connection manager has taken the request in, before CORS, fault and
+    // router.
+    let mut jwt = None;
+    if ctx.direction == Direction::Inbound
+        && let Some(rules) = ctx.pi.request_authn.rules(&snap, &ctx.pi.cfg)
+    {
+        match rules.authenticate(&mut parts, SystemTime::now()) {
+            jwt_authn::Outcome::NoToken => {}
+            jwt_authn::Outcome::Verified(verified) => jwt = Some(verified),
+            jwt_authn::Outcome::Denied(denial) => {
+                let mut resp = LocalReply::jwt_denied(&denial).respond(&ctx, log, reply_to);
+                if let Ok(v) = HeaderValue::try_from(denial.www_authenticate) {
+                    resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
+                return Ok(resp);
+            }
+        }
+    }
     if ctx.direction == Direction::Inbound
         && let Some(policies) = ctx.pi.authz.policies(&snap, &ctx.pi.cfg)
-        && let Some(details) = crate::authz::check_request(&ctx, &policies, &parts, None)
     {
-        return Ok(LocalReply::rbac_denied(details).respond(&ctx, log, reply_to));
+        let auth = jwt
+            .as_ref()
+            .map(|v| crate::authz::RequestAuth { claims: &v.claims });
+        if let Some(details) = crate::authz::check_request(&ctx, &policies, &parts, auth) {
+            return Ok(LocalReply::rbac_denied(details).respond(&ctx, log, reply_to));
+        }
     }
     // Istio's filter order: CORS, fault, router.
     if let Some(sel) = &selected
