@@ -20,6 +20,10 @@ pub struct Args {
     /// File to apply; `-` reads standard input. Repeat to apply several, in order.
     #[arg(short = 'f', long = "filename", value_name = "FILE", required = true)]
     pub filenames: Vec<PathBuf>,
+    /// The namespace of the objects that name none (as `kubectl apply -n`); an object that
+    /// names another is refused.
+    #[arg(short = 'n', long = "namespace", value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
     #[command(flatten)]
     pub mesh: MeshName,
 }
@@ -47,7 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if parsed.objects.is_empty() {
             continue;
         }
-        for applied in local::runtime::apply(&dir, &text, &name)? {
+        for applied in local::runtime::apply(&dir, &text, &name, args.namespace.as_deref())? {
             println!("{} {}", applied.resource, applied.verb);
         }
     }
