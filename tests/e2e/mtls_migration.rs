@@ -194,7 +194,8 @@ impl Task {
             .filter(|l| l.starts_with("istio_requests_total{"))
             .filter(|l| labels.iter().all(|want| l.contains(want)))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+            // Not `sum()`: an empty float sum is -0, which prints as "-0".
+            .fold(0.0, |a, b| a + b)
     }
 
     /// The DNAT rules of the legacy sleep pod's namespace for Service `comment`
