@@ -17,7 +17,9 @@
 //!   `finance` example): plaintext reaches 8080 and is refused on 9090, a sidecar client is
 //!   answered on both, and the labels say which connection was mTLS;
 //! - kube-proxy's part follows a scale: two httpbin.foo replicas give the legacy pod two DNAT
-//!   rules and both answer it; back to one, one rule.
+//!   rules and both answer it; back to one, one rule; a Service without a ready endpoint is
+//!   refused at once (curl exit 7);
+//! - from legacy, `httpbin.foo.svc.cluster.local`, `httpbin.foo.svc` and `httpbin` resolve too.
 //!
 //! The mesh is brought down when the test ends, passing or not.
 
@@ -288,6 +290,20 @@ fn mutual_tls_migration_under_ama_up() {
 
     // 1. Every pair answers, legacy's calls through the VIPs by name.
     let all_ok = t.expect_loop("PERMISSIVE (Istio's default): every pair 200", |_, _| true);
+    // The other names cluster DNS gives a Service resolve alike (`httpbin` alone: the one in
+    // the caller's namespace).
+    for host in [
+        "httpbin.foo.svc.cluster.local",
+        "httpbin.foo.svc",
+        "httpbin",
+    ] {
+        let call = t.curl("legacy", &format!("http://{host}:8000/ip"), "%{http_code}");
+        assert_eq!(
+            (call.line.as_str(), call.code),
+            ("200", 0),
+            "sleep.legacy to {host}"
+        );
+    }
 
     // The mTLS mode of each caller, as httpbin.foo's sidecar counts it (PERMISSIVE).
     let httpbin_foo = t.pod("foo", "httpbin");
@@ -477,6 +493,30 @@ fn mutual_tls_migration_under_ama_up() {
         },
     );
     assert!(!rules[0].contains("statistic"), "{rules:?}");
+
+    // 7. A Service without a ready endpoint is refused at once (curl: exit 7, couldn't
+    // connect), as kube-proxy REJECTs it, not left to time out.
+    t.apply_text(
+        "legacy",
+        "nobody.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: nobody}\n\
+         spec: {selector: {app: nobody}, ports: [{name: http, port: 8000}]}\n",
+    );
+    let refused = wait_for(
+        "sleep.legacy to nobody to be refused",
+        Duration::from_secs(30),
+        || {
+            let call = t.curl("legacy", "http://nobody:8000/ip", "%{http_code}");
+            if call.code != 7 {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            (call.code == 7).then_some(call)
+        },
+    );
+    eprintln!(
+        "sleep.legacy to nobody.legacy (no endpoints): {} (exit {})",
+        refused.line, refused.code
+    );
 
     eprintln!(
         "=== the task's outputs\n{all_ok}\n{foo_strict}\n{mesh_strict}\n{restored}\n{port_printed}"

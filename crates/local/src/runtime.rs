@@ -11,7 +11,9 @@
 //!   kubelet does; `ama discovery` too (its CA and the objects it serves are files in the state
 //!   directory, so the new process serves the same mesh and the proxies reconnect to it);
 //! - readiness probes run inside the pod's namespace, and only ready pods are endpoints
-//!   ([`mesh`]'s EndpointSlices); the state file is rewritten.
+//!   ([`mesh`]'s EndpointSlices); the state file is rewritten;
+//! - a pod without a sidecar has the Service rules of [`kube_proxy`] in its namespace before
+//!   its processes start, replaced whenever Services or their ready endpoints change.
 //!
 //! SIGHUP (sent by `ama apply`) re-reads `<state>/applied/` and reconciles: new objects start
 //! pods, a changed template replaces its pods (a Deployment's as its `spec.strategy` says:
@@ -846,7 +848,8 @@ impl Mesh {
         })
     }
 
-    /// Writes what the control plane, the proxies and the pods' resolvers read.
+    /// Writes what the control plane, the proxies and the pods' resolvers read, and installs
+    /// the Service rules of the pods without a sidecar.
     fn publish(&mut self) -> Result<(), Error> {
         let objects: Vec<(&Value, bool)> = self
             .pods
