@@ -60,6 +60,16 @@ pub enum Error {
         /// Why.
         source: io::Error,
     },
+    /// The Service rules of a pod without a sidecar could not be installed.
+    #[error(
+        "pod {pod}: cannot install the rules that take its Service VIPs to their endpoints: {source}"
+    )]
+    ServiceRules {
+        /// The pod.
+        pod: String,
+        /// Why.
+        source: netfilter::Error,
+    },
     /// A system command could not be started.
     #[error(
         "cannot run `{program}` ({source}); is it installed? (`ama up` needs iproute2 `ip` and util-linux `setpriv`)"
@@ -81,6 +91,21 @@ pub enum Error {
         cluster: String,
         /// The pid of its `ama up`.
         pid: u32,
+    },
+    /// `ama apply -n` of an object that names another namespace.
+    #[error(
+        "{file}: {object}: the namespace from the provided object \"{own}\" does not match the \
+         namespace \"{given}\". You must pass '--namespace={own}' to perform this operation."
+    )]
+    NamespaceMismatch {
+        /// The file.
+        file: String,
+        /// `Kind name`.
+        object: String,
+        /// The object's namespace.
+        own: String,
+        /// The one given with `-n`.
+        given: String,
     },
     /// No mesh of that name is running.
     #[error("no mesh \"{cluster}\" is running (no {}); start one with `ama up DIR`", path.display())]

@@ -13,6 +13,7 @@
 //!                                ▼
 //!  runtime ─► lan (bridge namespace, 10.244.0.0/16) ─► netns per pod (eth0, hosts file)
 //!         ─► `ama iptables …` ─► `ama proxy sidecar …` as 1337 ─► the app's process
+//!            (no sidecar: kube_proxy's DNAT rules for the Service VIPs instead)
 //!         ─► mesh: registry objects in <state>/config for `ama discovery` (default, Delta
 //!                  ADS and the CA on 10.244.0.1:15012 over TLS: each sidecar's token in
 //!                  <state>/tokens), or per-pod resource files (`--config`, no control-plane
@@ -27,6 +28,7 @@
 //! - [`process`]: processes in a pod, their logs, signals; [`probe`]: readiness checks run
 //!   inside a pod's namespace.
 //! - [`mesh`]: what the control plane and the proxies are told (registry objects, VIPs, hosts).
+//! - [`kube_proxy`]: Service VIPs DNATed to their endpoints in the pods without a sidecar.
 //! - [`state`]: the state directory shared by the `ama` invocations of one mesh.
 //! - [`runtime`]: `ama up`'s loop (start, supervise, reconcile on `ama apply`, tear down) and
 //!   `ama down`.
@@ -41,6 +43,7 @@
 
 pub mod error;
 pub mod ipam;
+pub mod kube_proxy;
 pub mod launch;
 pub mod manifests;
 pub mod mesh;

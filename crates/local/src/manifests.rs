@@ -190,6 +190,17 @@ impl Default for MeshSettings {
 /// and field: the errors (those documents are left out, as `kubectl apply` leaves out the
 /// documents it rejects) and what Ama does not implement of the others.
 pub fn parse(text: &str, source: &str) -> (Vec<Document>, Vec<Finding>) {
+    // Without a namespace to put objects in, nothing can disagree with it.
+    parse_in(text, source, None).unwrap_or_default()
+}
+
+/// [`parse`], with the namespaced objects that name none put in `namespace` (`kubectl apply
+/// -n`); one that names another is an error, as kubectl refuses it.
+pub fn parse_in(
+    text: &str,
+    source: &str,
+    namespace: Option<&str>,
+) -> Result<(Vec<Document>, Vec<Finding>), Error> {
     let findings = api::objects::parse(text, source).findings;
     let mut docs = Vec::new();
     for doc in split_documents(text) {
@@ -207,6 +218,9 @@ pub fn parse(text: &str, source: &str) -> (Vec<Document>, Vec<Finding>) {
         };
         for mut raw in items {
             strip_nulls(&mut raw);
+            if let Some(namespace) = namespace {
+                put_in_namespace(&mut raw, namespace, source)?;
+            }
             let (objects, _) = parse_stream(&raw.to_string(), source);
             let Some(object) = objects.into_iter().next() else {
                 continue;
@@ -224,7 +238,47 @@ pub fn parse(text: &str, source: &str) -> (Vec<Document>, Vec<Finding>) {
             });
         }
     }
-    (docs, findings)
+    Ok((docs, findings))
+}
+
+/// Puts `raw` in `namespace` when it is a namespaced object without one (a Namespace is the one
+/// cluster-scoped kind Ama reads).
+fn put_in_namespace(raw: &mut Value, namespace: &str, source: &str) -> Result<(), Error> {
+    let kind = raw
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let core = raw
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .is_some_and(|v| !v.contains('/'));
+    if kind == "Namespace" && core {
+        return Ok(());
+    }
+    let Some(Value::Object(metadata)) = raw.get_mut("metadata") else {
+        // No metadata: the object is reported (and left out) by the parser.
+        return Ok(());
+    };
+    match metadata.get("namespace").and_then(Value::as_str) {
+        None | Some("") => {
+            metadata.insert("namespace".into(), Value::String(namespace.to_string()));
+            Ok(())
+        }
+        Some(own) if own == namespace => Ok(()),
+        Some(own) => Err(Error::NamespaceMismatch {
+            file: source.to_string(),
+            object: format!(
+                "{kind} {}",
+                metadata
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+            ),
+            own: own.to_string(),
+            given: namespace.to_string(),
+        }),
+    }
 }
 
 /// [`parse`] for tests of this crate: the documents, after checking that none was rejected.
@@ -306,6 +360,40 @@ data:
     accessLogFile: /dev/stdout
     accessLogEncoding: JSON
 ";
+
+    #[test]
+    fn apply_n_puts_objects_without_a_namespace_there_and_refuses_another() {
+        let yaml = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: foo}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: httpbin}
+spec: {ports: [{port: 8000}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sleep, namespace: foo}
+spec: {ports: [{port: 80}]}
+";
+        let (docs, _) = parse_in(yaml, "t.yaml", Some("foo")).unwrap();
+        let namespaces: Vec<&str> = docs
+            .iter()
+            .map(|d| d.object.metadata().namespace.as_str())
+            .collect();
+        assert_eq!(namespaces, ["", "foo", "foo"]);
+        assert_eq!(docs[1].raw["metadata"]["namespace"], "foo");
+        let err = parse_in(yaml, "t.yaml", Some("bar"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "t.yaml: Service sleep: the namespace from the provided object \"foo\" does not match \
+             the namespace \"bar\". You must pass '--namespace=foo' to perform this operation."
+        );
+    }
 
     #[test]
     fn typed_and_raw_with_namespace_filled_in() {

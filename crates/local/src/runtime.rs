@@ -11,7 +11,9 @@
 //!   kubelet does; `ama discovery` too (its CA and the objects it serves are files in the state
 //!   directory, so the new process serves the same mesh and the proxies reconnect to it);
 //! - readiness probes run inside the pod's namespace, and only ready pods are endpoints
-//!   ([`mesh`]'s EndpointSlices); the state file is rewritten.
+//!   ([`mesh`]'s EndpointSlices); the state file is rewritten;
+//! - a pod without a sidecar has the Service rules of [`kube_proxy`] in its namespace before
+//!   its processes start, replaced whenever Services or their ready endpoints change.
 //!
 //! SIGHUP (sent by `ama apply`) re-reads `<state>/applied/` and reconciles: new objects start
 //! pods, a changed template replaces its pods (a Deployment's as its `spec.strategy` says:
@@ -48,6 +50,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::Error;
 use crate::ipam::{GATEWAY, PodAddresses};
+use crate::kube_proxy;
 use crate::launch::{ContainerRun, Launch, LaunchInputs, Role, launch};
 use crate::manifests::{self, Manifests};
 use crate::mesh::{self, MeshView, SidecarSource, XdsMode};
@@ -279,6 +282,10 @@ struct PodRuntime {
     passing: Vec<bool>,
     /// Per container: readiness checks failed in a row.
     probe_failures: Vec<u32>,
+    /// Without a sidecar: the Service rules last installed in its namespace ([`kube_proxy`]),
+    /// and the last failure to install them (said once, retried every tick).
+    service_rules: Option<String>,
+    service_rules_error: Option<String>,
     /// Declared last: dropped after the processes were dealt with.
     netns: Netns,
 }
@@ -298,6 +305,8 @@ struct Mesh {
     vips: VipAllocator,
     services: Vec<ServiceRecord>,
     view: Option<MeshView>,
+    /// The Service rules of the pods without a sidecar, as of the last publish.
+    service_rules: netfilter::RestoreScript,
     notes: Vec<String>,
     applied: usize,
     started_at: u64,
@@ -364,6 +373,7 @@ impl Mesh {
             vips: VipAllocator::new(),
             services: Vec::new(),
             view: None,
+            service_rules: netfilter::RestoreScript::default(),
             notes: Vec::new(),
             applied: 0,
             started_at: now(),
@@ -386,6 +396,7 @@ impl Mesh {
         loop {
             self.supervise_discovery(observer);
             self.supervise(observer)?;
+            self.sync_service_rules();
             let readiness_changed = self.probe(observer).await;
             // A roll that changed something has published already.
             if !self.roll(observer)? && readiness_changed {
@@ -831,11 +842,14 @@ impl Mesh {
             endpoint_at: Instant::now(),
             passing: Vec::new(),
             probe_failures: Vec::new(),
+            service_rules: None,
+            service_rules_error: None,
             netns,
         })
     }
 
-    /// Writes what the control plane, the proxies and the pods' resolvers read.
+    /// Writes what the control plane, the proxies and the pods' resolvers read, and installs
+    /// the Service rules of the pods without a sidecar.
     fn publish(&mut self) -> Result<(), Error> {
         let objects: Vec<(&Value, bool)> = self
             .pods
@@ -857,8 +871,35 @@ impl Mesh {
                 &self.services,
             ))?;
         }
+        self.service_rules = kube_proxy::rules(&view.objects);
         self.view = Some(view);
+        self.sync_service_rules();
         Ok(())
+    }
+
+    /// Installs the current Service rules in every pod without a sidecar that does not have
+    /// them yet ([`kube_proxy`]). A failure is said once per pod and message, and retried on
+    /// the next tick: the pod cannot reach Services meanwhile, as with a failing kube-proxy.
+    fn sync_service_rules(&mut self) {
+        let text = self.service_rules.to_string();
+        for pod in self.pods.iter_mut().filter(|p| !p.record.sidecar) {
+            if pod.service_rules.as_deref() == Some(text.as_str()) {
+                continue;
+            }
+            match kube_proxy::sync(pod.netns.name(), &pod.record.name, &self.service_rules) {
+                Ok(()) => {
+                    pod.service_rules = Some(text.clone());
+                    pod.service_rules_error = None;
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    if pod.service_rules_error.as_deref() != Some(message.as_str()) {
+                        tracing::warn!("{message}");
+                        pod.service_rules_error = Some(message);
+                    }
+                }
+            }
+        }
     }
 
     /// Reaps exited processes, starts and restarts processes, finishes pod removals.
@@ -1315,10 +1356,16 @@ pub struct Applied {
 }
 
 /// `ama apply`: checks `text`, hands it to the running `ama up` and waits until it took it.
-pub fn apply(dir: &StateDir, text: &str, source: &str) -> Result<Vec<Applied>, Error> {
+/// With `namespace` (`-n`), the namespaced objects that name none go there.
+pub fn apply(
+    dir: &StateDir,
+    text: &str,
+    source: &str,
+    namespace: Option<&str>,
+) -> Result<Vec<Applied>, Error> {
     // The good documents are applied, as `kubectl apply` does; the caller reports the findings
     // (api::objects::parse of the same text).
-    let (docs, _) = manifests::parse(text, source);
+    let (docs, _) = manifests::parse_in(text, source, namespace)?;
     if docs.is_empty() {
         return Ok(Vec::new());
     }

@@ -1,5 +1,6 @@
 //! Traffic capture for the sidecar: the iptables rules istio-iptables installs in a pod, for the
-//! same settings, as iptables-restore text; and installing and removing them.
+//! same settings, as iptables-restore text; and installing and removing them. Also the Service
+//! rules kube-proxy would install, for pods without a sidecar ([`services`]).
 //!
 //! - [`config`]: the settings (istio-iptables' flags) as typed values.
 //! - [`rules`]: the rules for a config and their restore text. Pure, so `--dry-run` and the tests
@@ -8,6 +9,8 @@
 //!   `ip6tables-restore`) in the calling thread's network namespace.
 //! - [`host`]: what the rules need from the namespace: IPv6 addresses, DNS servers, the proxy
 //!   user, CAP_NET_ADMIN.
+//! - [`services`]: kube-proxy's part for a pod without a sidecar under `ama up`: Service VIPs
+//!   DNATed to their endpoints.
 //!
 //! ```
 //! let config = netfilter::Config {
@@ -26,6 +29,7 @@ mod error;
 pub mod host;
 pub mod restore;
 pub mod rules;
+pub mod services;
 
 pub use config::{Config, ParseError};
 pub use error::Error;

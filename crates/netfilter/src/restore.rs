@@ -209,7 +209,7 @@ fn locate(program: &'static str) -> Result<PathBuf, Error> {
 }
 
 /// The whole rule set of `family`, as iptables-save prints it.
-fn save(family: Family) -> Result<String, Error> {
+pub(crate) fn save(family: Family) -> Result<String, Error> {
     let program = family.save_program();
     let output = Command::new(locate(program)?)
         .stdin(Stdio::null())
@@ -222,7 +222,7 @@ fn save(family: Family) -> Result<String, Error> {
 }
 
 /// Loads `script` with `iptables-restore --noflush` (or ip6tables-restore).
-fn restore(family: Family, script: &RestoreScript) -> Result<(), Error> {
+pub(crate) fn restore(family: Family, script: &RestoreScript) -> Result<(), Error> {
     let program = family.restore_program();
     let input = script.to_string();
     let mut child = Command::new(locate(program)?)

@@ -97,8 +97,9 @@ pub struct PeerTls {
 impl PeerTls {
     /// The mTLS settings of endpoint `ep` of service `fqdn` on service port `port` (subset
     /// `subset`, empty for none), or `None` when the endpoint takes plaintext: its `tlsMode` or
-    /// its workload's is not `istio`. The expected identity is the endpoint's `identity`, else
-    /// its workload's service account, else any id in the mesh.
+    /// its workload's is not `istio`, or its PeerAuthentication is DISABLE on the workload port
+    /// `port` reaches (`plaintextPorts`). The expected identity is the endpoint's `identity`,
+    /// else its workload's service account, else any id in the mesh.
     pub fn for_endpoint(
         port: u16,
         subset: &str,
@@ -106,7 +107,10 @@ impl PeerTls {
         ep: &xds::Endpoint,
         workload: Option<&PeerInfo>,
     ) -> Option<Arc<PeerTls>> {
-        if ep.tls_mode != xds::TlsMode::Istio || workload.is_some_and(|w| !w.in_mesh) {
+        if ep.tls_mode != xds::TlsMode::Istio
+            || ep.plaintext_ports.contains(&port)
+            || workload.is_some_and(|w| !w.in_mesh)
+        {
             return None;
         }
         let sni = match itls::outbound_server_name(port, subset, fqdn) {
@@ -399,6 +403,7 @@ mod tests {
             labels: Default::default(),
             tls_mode,
             identity: identity.map(str::to_string),
+            plaintext_ports: Default::default(),
         }
     }
 
@@ -416,6 +421,11 @@ mod tests {
             PeerTls::for_endpoint(80, "", fqdn, &endpoint(xds::TlsMode::Disabled, None), None)
                 .is_none()
         );
+        // A port-level DISABLE: plaintext on that service port only.
+        let mut split = endpoint(xds::TlsMode::Istio, None);
+        split.plaintext_ports.insert(8000);
+        assert!(PeerTls::for_endpoint(8000, "", fqdn, &split, None).is_none());
+        assert!(PeerTls::for_endpoint(9000, "", fqdn, &split, None).is_some());
         let mut w = PeerInfo::unknown();
         w.in_mesh = true;
         w.principal = Arc::from("spiffe://cluster.local/ns/default/sa/httpbin");

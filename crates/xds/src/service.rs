@@ -1,6 +1,6 @@
 //! `Service`: a hostname with VIPs, ports and the endpoints behind them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
@@ -76,6 +76,12 @@ pub struct Endpoint {
     /// The endpoint's SPIFFE identity, if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// Service ports on which this endpoint takes plaintext although its `tls_mode` is Istio:
+    /// its PeerAuthentication is DISABLE on the workload port they reach (a `portLevelMtls`
+    /// exception). Auto mTLS sends plaintext there, as Istio's EDS marks the endpoint of that
+    /// port's cluster.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub plaintext_ports: BTreeSet<u16>,
 }
 
 /// A service: hostname, VIPs, ports and endpoints.

@@ -286,9 +286,10 @@ fn selector_endpoints(
 
 /// Auto mTLS as Istio's EDS does it (`mtlsChecker`): an endpoint whose workload's
 /// PeerAuthentication is DISABLE on every port the Service reaches it on is sent as plaintext
-/// (`tlsMode: disabled`). A client cannot decide this itself: it receives only its own
-/// namespace's and the root namespace's policies. An endpoint DISABLE on some of those ports
-/// only keeps mTLS: its mode is one per endpoint.
+/// (`tlsMode: disabled`); one DISABLE on some of those ports (`portLevelMtls`) keeps mTLS and
+/// lists the Service ports that take plaintext (`plaintextPorts`), as Istio's per-port
+/// clusters differ. A client cannot decide this itself: it receives only its own namespace's
+/// and the root namespace's policies.
 pub(crate) fn plaintext_where_mtls_is_disabled(
     services: &mut [Scoped<xds::Service>],
     workloads: &[xds::Workload],
@@ -314,12 +315,16 @@ pub(crate) fn plaintext_where_mtls_is_disabled(
                 Some(&w.namespace),
                 &w.labels,
             );
-            let disabled = svc
+            let plaintext: std::collections::BTreeSet<u16> = svc
                 .ports
                 .iter()
-                .all(|sp| mtls.mode(svc.endpoint_port(ep, sp)) == xds::MtlsMode::Disable);
-            if disabled {
+                .filter(|sp| mtls.mode(svc.endpoint_port(ep, sp)) == xds::MtlsMode::Disable)
+                .map(|sp| sp.port)
+                .collect();
+            if plaintext.len() == svc.ports.len() {
                 svc.endpoints[i].tls_mode = xds::TlsMode::Disabled;
+            } else {
+                svc.endpoints[i].plaintext_ports = plaintext;
             }
         }
     }
@@ -333,6 +338,7 @@ fn workload_endpoint(address: IpAddr, ports: BTreeMap<u16, u16>, w: &xds::Worklo
         labels: w.labels.clone(),
         tls_mode: w.tls_mode,
         identity: w.identity.clone(),
+        plaintext_ports: Default::default(),
     }
 }
 
@@ -373,6 +379,7 @@ fn slice_endpoints(
                         labels: BTreeMap::new(),
                         tls_mode: xds::TlsMode::Disabled,
                         identity: None,
+                        plaintext_ports: Default::default(),
                     },
                 };
                 out.insert(address, endpoint);

@@ -643,6 +643,37 @@ fn export_to() {
     assert!(ExportTo::parse([".", "b"], "a").visible_to("b"));
 }
 
+/// A port-level DISABLE on one of two ports: the endpoint keeps mTLS and lists the Service port
+/// that takes plaintext (Istio's per-port EDS), keyed by the Service port, not the target port.
+#[test]
+fn a_port_level_disable_makes_that_service_port_plaintext() {
+    let two_ports = HTTPBIN
+        .replace(
+            "ports: [{containerPort: 80, name: http-web}]",
+            "ports: [{containerPort: 8080}, {containerPort: 9090}]",
+        )
+        .replace(
+            "ports: [{name: http, protocol: TCP, port: 80, targetPort: 80}]",
+            "ports: [{name: http, port: 8000, targetPort: 8080}, {name: http-alt, port: 9000, targetPort: 9090}]",
+        );
+    let policy = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n\
+                  metadata: {name: default, namespace: default}\n\
+                  spec: {selector: {matchLabels: {app: httpbin}}, mtls: {mode: STRICT}, \
+                  portLevelMtls: {\"8080\": {mode: DISABLE}}}\n";
+    let m = model(&format!("{NAMESPACE_ENABLED}---{two_ports}---\n{policy}"));
+    let svc = m
+        .service("httpbin-service.default.svc.cluster.local")
+        .expect("service");
+    assert_eq!(svc.endpoints.len(), 2);
+    for ep in &svc.endpoints {
+        assert_eq!(ep.tls_mode, TlsMode::Istio);
+        assert_eq!(
+            ep.plaintext_ports.iter().copied().collect::<Vec<_>>(),
+            [8000]
+        );
+    }
+}
+
 /// Auto mTLS sends plaintext to an endpoint whose PeerAuthentication is DISABLE on every port
 /// its Service reaches, as Istio's EDS does; any other mode keeps mTLS.
 #[test]

@@ -135,7 +135,12 @@ pub fn labels_for(
     };
     l.source_workload = src.workload.clone();
     l.source_workload_namespace = src.namespace.clone();
-    l.source_principal = src.principal.clone();
+    // Inbound, a principal is what a client proves in the mTLS handshake (below), never what
+    // its address suggests: a plaintext client is `unknown`, as Envoy reports a connection
+    // without a peer certificate.
+    if ctx.direction == Direction::Outbound {
+        l.source_principal = src.principal.clone();
+    }
     l.source_app = src.app.clone();
     l.source_version = src.version.clone();
     l.source_canonical_service = src.canonical_service.clone();
