@@ -14,6 +14,10 @@
 //!    makes (ES256); its key set is served by a pod of the mesh (namespace `jwks`, no sidecar)
 //!    and fetched by `ama discovery` from the RequestAuthentication's `jwksUri`, as istiod does.
 //!
+//! 3. **Fail closed** (ours): a DENY policy with a condition Ama cannot evaluate is reported by
+//!    `ama apply` as an error naming the object and field, and denies every request it could
+//!    cover, naming itself in the access log's `response_code_details`.
+//!
 //! "Authorization on ingress" waits for the ingress gateway.
 
 #[path = "traffic/common.rs"]
@@ -344,6 +348,52 @@ fn jwt_token(t: &mut Traffic, signer: &Signer) {
             let plain = call(t, &sleep_foo, Some(&token));
             assert_eq!(plain.0, 403, "plain token: {plain:?}");
             format!("groups token: {}; plain token: {}", group.0, plain.0)
+        },
+    );
+
+    t.scenario(
+        "fail closed: a DENY condition Ama cannot evaluate is reported by ama apply and denies",
+        |t| {
+            let path = t.scratch.path().join("ours-unsupported-deny.yaml");
+            let yaml = common::fixture_text("authz/ours-unsupported-deny.yaml", &t.python);
+            std::fs::write(&path, yaml).expect("write the policy");
+            let out = t.mesh.ama(&["apply", "-f", path.to_str().expect("utf-8")]);
+            let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+            assert!(
+                stderr.contains("AuthorizationPolicy foo/deny-table")
+                    && stderr.contains("spec.rules[0].when[0]"),
+                "ama apply names the object and the field: {stderr}"
+            );
+            wait_for(
+                "deny-table to deny the groups token",
+                Duration::from_secs(15),
+                || (call(t, &sleep_foo, Some(&token_group)).0 == 403).then_some(()),
+            );
+            let httpbin = e2e::up::name(
+                t.mesh
+                    .pods()
+                    .iter()
+                    .find(|p| {
+                        p["metadata"]["namespace"] == "foo"
+                            && e2e::up::name(p).starts_with("httpbin-")
+                    })
+                    .expect("httpbin in foo"),
+            );
+            let last = t
+                .access_log(&httpbin)
+                .into_iter()
+                .rfind(|l| l["response_code"] == 403 || l["response_code"] == "403")
+                .unwrap_or_default();
+            assert_eq!(
+                last["response_code_details"],
+                "rbac_access_denied_matched_policy[ns[foo]-policy[deny-table]-rule[0]]",
+                "httpbin's inbound access log: {last}"
+            );
+            format!(
+                "ama apply: {}; groups token now 403, logged {}",
+                stderr.trim(),
+                last["response_code_details"]
+            )
         },
     );
 }
