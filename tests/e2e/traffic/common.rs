@@ -28,8 +28,14 @@ pub fn apps() -> PathBuf {
 }
 
 /// A fixture's text with the placeholders of the `local.ama.dev/command` annotations replaced.
+/// `file` is in `tests/fixtures/traffic/`, or, when it names a directory (`authz/x.yaml`), in
+/// `tests/fixtures/`.
 pub fn fixture_text(file: &str, python: &Path) -> String {
-    let path = fixtures().join(file);
+    let path = if file.contains('/') {
+        workspace().join("tests/fixtures").join(file)
+    } else {
+        fixtures().join(file)
+    };
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("read fixture {}: {e}", path.display()));
     text.replace("@PYTHON@", &python.display().to_string())
@@ -59,12 +65,28 @@ impl Traffic {
     /// `ama up` of `files` (from the fixtures), waiting for `pods` pods to be ready; the client
     /// is the pod whose name starts with `sleep-`.
     pub fn start(tag: &str, python: &Path, files: &[&str], pods: usize) -> Traffic {
+        Traffic::start_in(Scratch::new(tag), tag, python, files, pods, &[])
+    }
+
+    /// [`Traffic::start`] in `scratch`, with further placeholders of the fixtures replaced
+    /// (`(from, to)` pairs).
+    pub fn start_in(
+        scratch: Scratch,
+        tag: &str,
+        python: &Path,
+        files: &[&str],
+        pods: usize,
+        replace: &[(&str, &str)],
+    ) -> Traffic {
         let started = Instant::now();
-        let scratch = Scratch::new(tag);
         let dir = scratch.path().join("mesh");
         std::fs::create_dir_all(&dir).expect("create the mesh directory");
         for file in files {
-            std::fs::write(dir.join(file), fixture_text(file, python)).expect("write fixture");
+            let mut text = fixture_text(file, python);
+            for (from, to) in replace {
+                text = text.replace(from, to);
+            }
+            std::fs::write(dir.join(file.replace('/', "-")), text).expect("write fixture");
         }
         let mesh = UpMesh::start(tag, &dir, scratch.path(), &[]);
         let ready = mesh.wait_ready(pods);
