@@ -12,6 +12,9 @@
 //!     what the model could not use;
 //!   - `GET /metrics`: Prometheus text (push times, pushes, connected proxies).
 //!
+//! - The key sets of RequestAuthentication `jwksUri`s, fetched and refreshed in the background
+//!   ([`crate::jwks`]); a change is pushed.
+//!
 //! The registry is the file registry on [`DiscoveryOptions::config_dir`], or with
 //! [`DiscoveryOptions::kubernetes`] the API server ([`crate::registry::kube`]: watches, the root
 //! certificate in every namespace, the injection webhook's `caBundle`).
@@ -38,6 +41,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use xds::ads::{AdsServer, ProxyStatus};
 
+use crate::jwks::JwksFetcher;
 use crate::push::{PushOptions, Pusher};
 use crate::registry::ConfigStore;
 use crate::registry::file::{FileRegistry, POLL_INTERVAL, RegistryError};
@@ -201,6 +205,10 @@ impl Discovery {
         }
         tasks.push(tokio::spawn(
             Arc::clone(&pusher).run(changes, shutdown.clone()),
+        ));
+        // The key sets of RequestAuthentication jwksUris, fetched and pushed as istiod does.
+        tasks.push(tokio::spawn(
+            JwksFetcher::new(Arc::clone(pusher.jwks())).run(Arc::clone(&pusher), shutdown.clone()),
         ));
         {
             let ads = ads.clone();

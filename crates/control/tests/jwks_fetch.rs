@@ -1,0 +1,239 @@
+//! Discovery's `jwksUri` fetches against a local HTTP server the test starts: a key set, a
+//! 404, a server that does not answer in time, a body that is no key set, a refresh that picks
+//! up a change (and a failed one that keeps the last set), and a fetched set reaching the model
+//! through a push.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use api::objects::parse_stream;
+use bytes::Bytes;
+use control::jwks::{FetchError, JwksCache, JwksFetcher, client, fetch};
+use control::model::security::JwksSource;
+use control::registry::ConfigStore;
+use control::{PushOptions, Pusher};
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+const SET1: &str = r#"{"keys": [{"kty": "RSA", "kid": "1", "e": "AQAB", "n": "abc"}]}"#;
+const SET2: &str = r#"{"keys": [{"kty": "RSA", "kid": "2", "e": "AQAB", "n": "def"}]}"#;
+
+/// What the server answers.
+#[derive(Clone)]
+struct Reply {
+    status: u16,
+    body: String,
+    /// Wait this long before answering.
+    delay: Duration,
+}
+
+/// A local HTTP/1 server answering every request with the current [`Reply`].
+struct Server {
+    addr: SocketAddr,
+    reply: Arc<Mutex<Reply>>,
+}
+
+impl Server {
+    async fn start() -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let reply = Arc::new(Mutex::new(Reply {
+            status: 200,
+            body: SET1.to_string(),
+            delay: Duration::ZERO,
+        }));
+        let shared = Arc::clone(&reply);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_req| {
+                        let r = shared.lock().expect("lock").clone();
+                        async move {
+                            tokio::time::sleep(r.delay).await;
+                            let mut resp = Response::new(Full::new(Bytes::from(r.body)));
+                            *resp.status_mut() = StatusCode::from_u16(r.status).expect("status");
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Server { addr, reply }
+    }
+
+    fn uri(&self) -> String {
+        format!("http://{}/jwks.json", self.addr)
+    }
+
+    fn set(&self, status: u16, body: &str, delay: Duration) {
+        *self.reply.lock().expect("lock") = Reply {
+            status,
+            body: body.to_string(),
+            delay,
+        };
+    }
+}
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn fetch_success_404_timeout_and_bad_json() {
+    let server = Server::start().await;
+    let client = client();
+    assert_eq!(
+        fetch(&client, &server.uri(), TIMEOUT)
+            .await
+            .expect("fetched"),
+        SET1
+    );
+
+    server.set(404, "not here", Duration::ZERO);
+    let e = fetch(&client, &server.uri(), TIMEOUT).await.unwrap_err();
+    assert!(
+        matches!(e, FetchError::Status(StatusCode::NOT_FOUND)),
+        "{e}"
+    );
+    assert_eq!(e.to_string(), "answered 404 Not Found");
+
+    server.set(200, "{\"keys\": [", Duration::ZERO);
+    let e = fetch(&client, &server.uri(), TIMEOUT).await.unwrap_err();
+    assert!(matches!(e, FetchError::NotJwks(_)), "{e}");
+
+    server.set(200, "{\"issuer\": \"x\"}", Duration::ZERO);
+    let e = fetch(&client, &server.uri(), TIMEOUT).await.unwrap_err();
+    assert_eq!(e.to_string(), "not a JSON Web Key Set: no \"keys\" list");
+
+    // The rule's timeout bounds the whole exchange.
+    server.set(200, SET1, Duration::from_secs(60));
+    let e = fetch(&client, &server.uri(), Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, FetchError::Timeout(_)), "{e}");
+
+    // Nothing listens there.
+    let e = fetch(&client, "http://127.0.0.1:1/jwks.json", TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, FetchError::Request(_)), "{e}");
+
+    let e = fetch(&client, "ftp://127.0.0.1/jwks.json", TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, FetchError::Uri(_)), "{e}");
+}
+
+#[tokio::test]
+async fn refresh_picks_up_a_change_and_a_failure_keeps_the_last_set() {
+    let server = Server::start().await;
+    let fetcher = JwksFetcher::new(Arc::new(JwksCache::new())).with_intervals(
+        Duration::ZERO,
+        Duration::ZERO,
+        Duration::ZERO,
+    );
+    let sources = [JwksSource {
+        uri: server.uri(),
+        timeout: TIMEOUT,
+    }];
+    let fetched = |f: &JwksFetcher| f.cache().fetched().get(&server.uri()).cloned();
+
+    assert!(fetcher.fetch_due(&sources).await, "a first set is a change");
+    assert_eq!(fetched(&fetcher), Some(Ok(SET1.to_string())));
+    assert!(!fetcher.fetch_due(&sources).await, "the same set again");
+
+    server.set(200, SET2, Duration::ZERO);
+    assert!(fetcher.fetch_due(&sources).await, "a rotated key set");
+    assert_eq!(fetched(&fetcher), Some(Ok(SET2.to_string())));
+
+    server.set(500, "oops", Duration::ZERO);
+    assert!(!fetcher.fetch_due(&sources).await);
+    assert_eq!(
+        fetched(&fetcher),
+        Some(Ok(SET2.to_string())),
+        "a failed refresh keeps the last set"
+    );
+
+    // Never fetched: the failure is what the model reads (and reports).
+    let fresh = JwksFetcher::new(Arc::new(JwksCache::new()));
+    server.set(404, "", Duration::ZERO);
+    assert!(fresh.fetch_due(&sources).await);
+    assert_eq!(
+        fetched(&fresh),
+        Some(Err("answered 404 Not Found".to_string()))
+    );
+    // Not due again before its retry (1 s).
+    assert!(!fresh.fetch_due(&sources).await);
+}
+
+fn authn_jwks(pusher: &Pusher) -> Option<String> {
+    pusher
+        .model()
+        .authorizations
+        .iter()
+        .find_map(|a| a.request_authentication.as_ref())
+        .map(|r| r.jwt_rules[0].jwks.clone())
+}
+
+#[tokio::test]
+async fn a_fetched_key_set_is_pushed() {
+    let server = Server::start().await;
+    let (store, _changes) = ConfigStore::new();
+    let pusher = Arc::new(Pusher::new(
+        Arc::clone(&store),
+        PushOptions::default(),
+        &mut Registry::default(),
+    ));
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: foo}}
+spec:
+  jwtRules: [{{issuer: testing@secure.istio.io, jwksUri: '{}'}}]
+",
+        server.uri()
+    );
+    let (objects, errors) = parse_stream(&yaml, "mesh.yaml");
+    assert!(errors.is_empty(), "{errors:?}");
+    store.replace("mesh.yaml", objects);
+    pusher.push(None, 1);
+    assert_eq!(authn_jwks(&pusher).as_deref(), Some(""), "not fetched yet");
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let fetcher = JwksFetcher::new(Arc::clone(pusher.jwks())).with_intervals(
+        Duration::from_millis(50),
+        Duration::from_millis(50),
+        Duration::from_millis(50),
+    );
+    let task = tokio::spawn(fetcher.run(Arc::clone(&pusher), shutdown.clone()));
+    let pushes = pusher.pushes();
+    let wait_for = |want: &'static str| {
+        let pusher = Arc::clone(&pusher);
+        async move {
+            // Bounded: a fetcher that never pushes fails the test instead of hanging it.
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while authn_jwks(&pusher).as_deref() != Some(want) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("the model never got {want}"));
+        }
+    };
+    wait_for(SET1).await;
+    assert!(pushes.has_changed().unwrap_or(false), "it was pushed");
+    server.set(200, SET2, Duration::ZERO);
+    wait_for(SET2).await;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the fetcher stops")
+        .expect("no panic");
+}
