@@ -26,8 +26,9 @@
 //!   Services (they bind nothing), the `istio.io/dry-run` annotation (enforced). AUDIT differs
 //!   from Istio's and says so: Ama's sidecar logs the requests it matches.
 //! - RequestAuthentication: all of it (every JWT rule field, `jwks` inline, `jwksUri` fetched by
-//!   discovery), except an inline `jwks` that is no JSON Web Key Set and a rule with neither
-//!   `jwks` nor `jwksUri` (no OpenID discovery): both reject every token of their issuer (401).
+//!   discovery, else the issuer's OpenID Connect discovery document, as istiod), except an
+//!   inline `jwks` that is no JSON Web Key Set and a rule with neither `jwks` nor `jwksUri` whose
+//!   issuer is no URL: both reject every token of their issuer (401).
 //!   Targets as for AuthorizationPolicy.
 //! - Gateway, ServiceEntry, Sidecar and the other Istio kinds: not implemented.
 //! - Services and EndpointSlices: all but `type: ExternalName` and FQDN endpoints.
@@ -638,12 +639,18 @@ fn request_authentication(
                 ),
             );
         }
-        if rule.jwks.is_empty() && rule.jwks_uri.is_empty() {
+        // Istio finds the key set through the issuer's OpenID Connect discovery document, which
+        // an issuer that is no URL does not have.
+        if rule.jwks.is_empty()
+            && rule.jwks_uri.is_empty()
+            && crate::security::request_authentication::jwks_uri(&rule.issuer).is_err()
+        {
             fail_closed.add(
                 at,
                 format!(
-                    "neither jwks nor jwksUri: Ama does not discover the key set from the issuer \
-                     (OpenID Connect discovery); every token of issuer \"{}\" is rejected (401)",
+                    "neither jwks nor jwksUri, and the issuer \"{}\" is no http or https URL to \
+                     discover the key set from (OpenID Connect discovery): every token of this \
+                     issuer is rejected (401)",
                     rule.issuer
                 ),
             );
@@ -806,6 +813,7 @@ spec:
   - {issuer: a, jwks: '{\"keys\": [{\"e\": \"AQAB\"}]}'}
   - {issuer: b, jwks: 'not json'}
   - {issuer: https://accounts.example.com}
+  - {issuer: testing@secure.istio.io}
 ",
         );
         assert_eq!(
@@ -821,7 +829,7 @@ spec:
                 "error: x.yaml:doc 4: AuthorizationPolicy foo/deny-mysql: spec.rules[0].when[0].key: experimental.envoy.filters.network.mysql_proxy[db.table]: Ama cannot evaluate this condition: in this DENY policy the condition is taken as matching: the rule denies more than written",
                 "error: x.yaml:doc 5: RequestAuthentication foo/jwt: spec.jwtRules[0].jwks: not a JSON Web Key Set (keys[0] is not a JSON Web Key (no \"kty\")): every token of issuer \"a\" is rejected (401)",
                 "error: x.yaml:doc 5: RequestAuthentication foo/jwt: spec.jwtRules[1].jwks: not a JSON Web Key Set (not JSON: expected ident at line 1 column 2): every token of issuer \"b\" is rejected (401)",
-                "error: x.yaml:doc 5: RequestAuthentication foo/jwt: spec.jwtRules[2]: neither jwks nor jwksUri: Ama does not discover the key set from the issuer (OpenID Connect discovery); every token of issuer \"https://accounts.example.com\" is rejected (401)",
+                "error: x.yaml:doc 5: RequestAuthentication foo/jwt: spec.jwtRules[3]: neither jwks nor jwksUri, and the issuer \"testing@secure.istio.io\" is no http or https URL to discover the key set from (OpenID Connect discovery): every token of this issuer is rejected (401)",
             ]
         );
         let parsed = parse(

@@ -2,7 +2,9 @@
 //! resolver fetches them (`pilot/pkg/model/jwks_resolver.go`), so that proxies get them inline.
 //!
 //! - What to fetch: the model's [`crate::model::Model::jwks_sources`] (each URI with the longest
-//!   `timeout` of the rules naming it, Istio's 5 s by default).
+//!   `timeout` of the rules naming it, Istio's 5 s by default): a `jwksUri`, or for a rule with
+//!   neither `jwks` nor `jwksUri` the issuer's `/.well-known/openid-configuration`, whose
+//!   `jwks_uri` is then fetched (istiod's OpenID Connect discovery).
 //! - How: `GET` over HTTP, or HTTPS verified against the system's roots (rustls with aws-lc-rs,
 //!   `rustls-native-certs` through hyper-rustls); the whole exchange within the timeout; a 2xx
 //!   answer whose body is a JSON Web Key Set ([`api::security::request_authentication::
@@ -64,6 +66,9 @@ pub enum FetchError {
     /// The body is not a JSON Web Key Set.
     #[error("not a JSON Web Key Set: {0}")]
     NotJwks(String),
+    /// The OpenID Connect discovery document names no key set.
+    #[error("OpenID Connect discovery: {0}")]
+    Discovery(String),
 }
 
 /// An HTTP and HTTPS client.
@@ -87,12 +92,39 @@ pub fn client() -> HttpsClient {
     Client::builder(TokioExecutor::new()).build(builder.https_or_http().enable_http1().build())
 }
 
+/// Fetches the key set of `source`: its `jwksUri`, or the `jwks_uri` its OpenID Connect
+/// discovery document names (each exchange within the source's timeout, as istiod's).
+pub async fn fetch_source(client: &HttpsClient, source: &JwksSource) -> Result<String, FetchError> {
+    if !source.discover {
+        return fetch(client, &source.uri, source.timeout).await;
+    }
+    let text = get(client, &source.uri, source.timeout).await?;
+    let doc: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| FetchError::Discovery(format!("{}: {e}", source.uri)))?;
+    match doc.get("jwks_uri").and_then(serde_json::Value::as_str) {
+        Some(uri) => fetch(client, uri, source.timeout).await,
+        None => Err(FetchError::Discovery(format!(
+            "{} names no jwks_uri",
+            source.uri
+        ))),
+    }
+}
+
 /// Fetches one key set: `GET uri`, the whole exchange within `timeout`.
 pub async fn fetch(
     client: &HttpsClient,
     uri: &str,
     timeout: Duration,
 ) -> Result<String, FetchError> {
+    let text = get(client, uri, timeout).await?;
+    match api::security::request_authentication::jwks_problem(&text) {
+        Some(why) => Err(FetchError::NotJwks(why)),
+        None => Ok(text),
+    }
+}
+
+/// `GET uri`, the whole exchange within `timeout`: the body of a 2xx answer, as text.
+async fn get(client: &HttpsClient, uri: &str, timeout: Duration) -> Result<String, FetchError> {
     let parsed: http::Uri = uri.parse().map_err(|e| FetchError::Uri(format!("{e}")))?;
     if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.host().is_none() {
         return Err(FetchError::Uri(uri.to_string()));
@@ -113,13 +145,9 @@ pub async fn fetch(
             .to_bytes();
         String::from_utf8(body.to_vec()).map_err(|e| FetchError::NotJwks(e.to_string()))
     };
-    let text = tokio::time::timeout(timeout, exchange)
+    tokio::time::timeout(timeout, exchange)
         .await
-        .map_err(|_| FetchError::Timeout(timeout))??;
-    match api::security::request_authentication::jwks_problem(&text) {
-        Some(why) => Err(FetchError::NotJwks(why)),
-        None => Ok(text),
-    }
+        .map_err(|_| FetchError::Timeout(timeout))?
 }
 
 /// An error and its sources, `: `-separated (hyper-util's errors say little on their own).
@@ -253,7 +281,7 @@ impl JwksFetcher {
         let due = self.cache.due(sources, Instant::now());
         let results = futures_util::future::join_all(
             due.iter()
-                .map(|s| async move { (s, fetch(&self.client, &s.uri, s.timeout).await) }),
+                .map(|s| async move { (s, fetch_source(&self.client, s).await) }),
         )
         .await;
         let now = Instant::now();

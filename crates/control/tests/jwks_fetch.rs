@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use api::objects::parse_stream;
 use bytes::Bytes;
-use control::jwks::{FetchError, JwksCache, JwksFetcher, client, fetch};
+use control::jwks::{FetchError, JwksCache, JwksFetcher, client, fetch, fetch_source};
 use control::model::security::JwksSource;
 use control::registry::ConfigStore;
 use control::{PushOptions, Pusher};
@@ -32,7 +32,9 @@ struct Reply {
     delay: Duration,
 }
 
-/// A local HTTP/1 server answering every request with the current [`Reply`].
+/// A local HTTP/1 server answering `/jwks.json` with the current [`Reply`], the OpenID Connect
+/// discovery document at `/.well-known/openid-configuration` (naming `/jwks.json`), and 404
+/// elsewhere.
 struct Server {
     addr: SocketAddr,
     reply: Arc<Mutex<Reply>>,
@@ -52,8 +54,22 @@ impl Server {
             while let Ok((stream, _)) = listener.accept().await {
                 let shared = Arc::clone(&shared);
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |_req| {
-                        let r = shared.lock().expect("lock").clone();
+                    let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                        let r = match req.uri().path() {
+                            "/jwks.json" => shared.lock().expect("lock").clone(),
+                            "/.well-known/openid-configuration" => Reply {
+                                status: 200,
+                                body: format!(
+                                    "{{\"issuer\": \"http://{addr}\", \"jwks_uri\": \"http://{addr}/jwks.json\"}}"
+                                ),
+                                delay: Duration::ZERO,
+                            },
+                            _ => Reply {
+                                status: 404,
+                                body: String::new(),
+                                delay: Duration::ZERO,
+                            },
+                        };
                         async move {
                             tokio::time::sleep(r.delay).await;
                             let mut resp = Response::new(Full::new(Bytes::from(r.body)));
@@ -132,6 +148,35 @@ async fn fetch_success_404_timeout_and_bad_json() {
 }
 
 #[tokio::test]
+async fn openid_connect_discovery() {
+    let server = Server::start().await;
+    let client = client();
+    let source = |path: &str| JwksSource {
+        uri: format!("http://{}{path}", server.addr),
+        timeout: TIMEOUT,
+        discover: true,
+    };
+    assert_eq!(
+        fetch_source(&client, &source("/.well-known/openid-configuration"))
+            .await
+            .expect("discovered"),
+        SET1
+    );
+    // A discovery document that names no key set.
+    let e = fetch_source(&client, &source("/jwks.json"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, FetchError::Discovery(_)), "{e}");
+    let e = fetch_source(&client, &source("/nothing"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, FetchError::Status(StatusCode::NOT_FOUND)),
+        "{e}"
+    );
+}
+
+#[tokio::test]
 async fn refresh_picks_up_a_change_and_a_failure_keeps_the_last_set() {
     let server = Server::start().await;
     let fetcher = JwksFetcher::new(Arc::new(JwksCache::new())).with_intervals(
@@ -142,6 +187,7 @@ async fn refresh_picks_up_a_change_and_a_failure_keeps_the_last_set() {
     let sources = [JwksSource {
         uri: server.uri(),
         timeout: TIMEOUT,
+        discover: false,
     }];
     let fetched = |f: &JwksFetcher| f.cache().fetched().get(&server.uri()).cloned();
 

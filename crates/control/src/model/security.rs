@@ -24,7 +24,8 @@
 //! empty (every token of the issuer fails: fail closed, reported by [`api::support`]); for
 //! `jwksUri`, the set discovery fetched ([`crate::jwks`]), handed to the model as
 //! [`FetchedJwks`] so the model stays pure; until it is fetched, empty, as istiod sends its fake
-//! key set.
+//! key set. A rule with neither finds its set as istiod does, through the OpenID Connect
+//! discovery document of its issuer ([`jwks_source_of`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -45,14 +46,36 @@ pub const REQUEST_AUTHENTICATION_PREFIX: &str = "converted_request_authenticatio
 /// here has not been fetched yet.
 pub type FetchedJwks = BTreeMap<String, Result<String, String>>;
 
-/// A `jwksUri` the mesh's RequestAuthentications name, with the longest `timeout` of the rules
-/// that name it (Istio's 5 s when none sets one).
+/// A key set the mesh's RequestAuthentications need: a `jwksUri`, or for a rule with neither
+/// `jwks` nor `jwksUri`, its issuer's OpenID Connect discovery document (istiod's fallback),
+/// with the longest `timeout` of the rules that need it (Istio's 5 s when none sets one).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct JwksSource {
-    /// The URL.
+    /// The URL: the key set's, or the discovery document's (the key of [`FetchedJwks`]).
     pub uri: String,
     /// How long one fetch may take.
     pub timeout: Duration,
+    /// `uri` is `<issuer>/.well-known/openid-configuration`, whose `jwks_uri` names the set.
+    pub discover: bool,
+}
+
+/// Where a rule's key set is fetched from: its `jwksUri`, or with neither `jwks` nor `jwksUri`
+/// the OpenID Connect discovery document of an `http(s)` issuer (`(uri, discover)`); `None`
+/// for an inline set, or an issuer that is no URL (api::support reports it).
+pub fn jwks_source_of(rule: &ra::JwtRule) -> Option<(String, bool)> {
+    if !rule.jwks_uri.is_empty() {
+        return Some((rule.jwks_uri.clone(), false));
+    }
+    if !rule.jwks.is_empty() || ra::jwks_uri(&rule.issuer).is_err() {
+        return None;
+    }
+    Some((
+        format!(
+            "{}/.well-known/openid-configuration",
+            rule.issuer.trim_end_matches('/')
+        ),
+        true,
+    ))
 }
 
 /// What the security policies give.
@@ -78,7 +101,7 @@ pub(crate) fn build(
         })
         .collect();
     let mut out = SecurityOut::default();
-    let mut sources: BTreeMap<&str, Duration> = BTreeMap::new();
+    let mut sources: BTreeMap<String, (Duration, bool)> = BTreeMap::new();
     for o in objects {
         match o {
             Object::AuthorizationPolicy(p) => {
@@ -97,9 +120,9 @@ pub(crate) fn build(
             }
             Object::RequestAuthentication(r) => {
                 for rule in &r.spec.jwt_rules {
-                    if !rule.jwks_uri.is_empty() {
-                        let t = sources.entry(&rule.jwks_uri).or_default();
-                        *t = (*t).max(rule.fetch_timeout());
+                    if let Some((uri, discover)) = jwks_source_of(rule) {
+                        let t = sources.entry(uri).or_insert((Duration::ZERO, discover));
+                        t.0 = t.0.max(rule.fetch_timeout());
                     }
                 }
                 let authn = request_authentication(r, jwks, warnings);
@@ -115,9 +138,10 @@ pub(crate) fn build(
     }
     out.jwks_sources = sources
         .into_iter()
-        .map(|(uri, timeout)| JwksSource {
-            uri: uri.to_string(),
+        .map(|(uri, (timeout, discover))| JwksSource {
+            uri,
             timeout,
+            discover,
         })
         .collect();
     out
@@ -314,16 +338,17 @@ fn request_authentication(
                 } else {
                     String::new()
                 }
-            } else if !rule.jwks_uri.is_empty() {
-                match fetched.get(&rule.jwks_uri) {
+            } else if let Some((uri, discover)) = jwks_source_of(rule) {
+                match fetched.get(&uri) {
                     Some(Ok(set)) => set.clone(),
                     Some(Err(why)) => {
+                        let field = if discover { "" } else { ".jwksUri" };
                         warnings.add(
                             display.clone(),
                             format!(
-                                "spec.jwtRules[{i}].jwksUri: {}: {why}: every token of issuer \
+                                "spec.jwtRules[{i}]{field}: {uri}: {why}: every token of issuer \
                                  \"{}\" is rejected (401) until the key set is fetched",
-                                rule.jwks_uri, rule.issuer
+                                rule.issuer
                             ),
                         );
                         String::new()

@@ -390,6 +390,8 @@ spec:
   jwtRules:
   - {issuer: other, jwksUri: 'http://127.0.0.1:1/jwks.json'}
   - {issuer: third, jwksUri: 'https://example.com/keys'}
+  - {issuer: 'https://accounts.example.com/', timeout: 1s}
+  - {issuer: testing@secure.istio.io}
 ";
 
 #[test]
@@ -404,10 +406,19 @@ fn request_authentication_with_its_key_sets() {
             JwksSource {
                 uri: "http://127.0.0.1:1/jwks.json".into(),
                 timeout: std::time::Duration::from_secs(8),
+                discover: false,
+            },
+            // Neither jwks nor jwksUri: the issuer's OpenID Connect discovery document (an
+            // issuer that is no URL has none; api::support reports it).
+            JwksSource {
+                uri: "https://accounts.example.com/.well-known/openid-configuration".into(),
+                timeout: std::time::Duration::from_secs(1),
+                discover: true,
             },
             JwksSource {
                 uri: "https://example.com/keys".into(),
                 timeout: std::time::Duration::from_secs(5),
+                discover: false,
             },
         ]
     );
@@ -457,6 +468,10 @@ fn request_authentication_with_its_key_sets() {
             "https://example.com/keys".to_string(),
             Err("404 Not Found".to_string()),
         ),
+        (
+            "https://accounts.example.com/.well-known/openid-configuration".to_string(),
+            Ok(set.to_string()),
+        ),
     ]
     .into_iter()
     .collect();
@@ -466,6 +481,11 @@ fn request_authentication_with_its_key_sets() {
     let bar = policy(&m, "bar", &name).request_authentication.expect("ra");
     assert_eq!(bar.jwt_rules[0].jwks, set);
     assert_eq!(bar.jwt_rules[1].jwks, "");
+    assert_eq!(
+        bar.jwt_rules[2].jwks, set,
+        "found through OpenID Connect discovery"
+    );
+    assert_eq!(bar.jwt_rules[3].jwks, "");
     assert_eq!(
         m.warnings
             .iter()
