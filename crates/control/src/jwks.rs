@@ -308,7 +308,6 @@ impl JwksFetcher {
                         );
                         changed = true;
                     }
-                    changed |= entry.set.is_none() && entry.error.is_some();
                     entry.set = Some(set);
                     entry.error = None;
                     entry.failures = 0;
@@ -322,18 +321,21 @@ impl JwksFetcher {
                     entry.failures = entry.failures.saturating_add(1);
                     entry.due = now + retry;
                     let error = e.to_string();
-                    if entry.set.is_some() {
+                    // WARN once per new reason; the retries of the same failure at DEBUG.
+                    let new = entry.error.as_deref() != Some(error.as_str());
+                    let consequence = if entry.set.is_some() {
+                        "keeping the key set fetched before"
+                    } else {
+                        changed |= new;
+                        "tokens verified with it are rejected (401) until it is fetched"
+                    };
+                    if new {
                         tracing::warn!(
-                            "jwksUri {uri}: refresh failed: {error}: keeping the key set fetched \
-                             before; retrying in {retry:?}"
+                            "jwksUri {uri}: {error}: {consequence}; retrying in {retry:?}"
                         );
                     } else {
-                        if entry.error.as_deref() != Some(error.as_str()) {
-                            changed = true;
-                        }
-                        tracing::warn!(
-                            "jwksUri {uri}: {error}: tokens verified with it are rejected (401) \
-                             until it is fetched; retrying in {retry:?}"
+                        tracing::debug!(
+                            "jwksUri {uri}: {error}: {consequence}; retrying in {retry:?}"
                         );
                     }
                     entry.error = Some(error);

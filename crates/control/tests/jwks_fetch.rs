@@ -1,7 +1,8 @@
 //! Discovery's `jwksUri` fetches against a local HTTP server the test starts: a key set, a
-//! 404, a server that does not answer in time, a body that is no key set, a refresh that picks
-//! up a change (and a failed one that keeps the last set), and a fetched set reaching the model
-//! through a push.
+//! 404, a server that does not answer in time, a body that is no key set, OpenID Connect
+//! discovery, a refresh that picks up a change (and a failed one that keeps the last set), a
+//! fetched set reaching the model through a push, and HTTPS verified against the system's roots
+//! (a server whose CA the system does not trust is refused).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -282,4 +283,52 @@ spec:
         .await
         .expect("the fetcher stops")
         .expect("no panic");
+}
+
+#[tokio::test]
+async fn https_is_verified_against_the_system_roots() {
+    // A TLS server whose certificate comes from a fresh mesh CA, which no system trusts.
+    let ca = Arc::new(identity::ca::CertificateAuthority::generate("cluster.local").expect("ca"));
+    let mut names = control::tls::ServingNames::istiod(["localhost", "127.0.0.1"]);
+    names.add("127.0.0.1");
+    let cert = control::tls::ServingCertificate::new(ca, names, Duration::from_secs(3600))
+        .expect("serving certificate");
+    let config = control::tls::server_config(&cert, &[b"http/1.1"]).expect("config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let served = Arc::new(Mutex::new(0_usize));
+    let count = Arc::clone(&served);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |_req| {
+                    *count.lock().expect("lock") += 1;
+                    async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(SET1)))) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    let e = fetch(
+        &client(),
+        &format!("https://localhost:{}/jwks.json", addr.port()),
+        TIMEOUT,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, FetchError::Request(_)), "{e}");
+    assert!(e.to_string().contains("certificate"), "{e}");
+    assert_eq!(
+        *served.lock().expect("lock"),
+        0,
+        "no request went over the unverified connection"
+    );
 }
