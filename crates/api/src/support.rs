@@ -20,7 +20,7 @@
 //! - PeerAuthentication: all of it.
 //! - AuthorizationPolicy: all of it (selector, namespace- and mesh-wide policies, `targetRef(s)`
 //!   to a Service, ALLOW, DENY and AUDIT, every field of `from`, `to` and `when`), except what the
-//!   sidecars cannot do, each reported with what happens instead ([`authorization_policy`]):
+//!   sidecars cannot do, each reported with what happens instead:
 //!   CUSTOM (no ext_authz provider: the requests it matches are denied), conditions on
 //!   `experimental.envoy.filters.*` (the rule errs on the side of denying), targets other than
 //!   Services (they bind nothing), the `istio.io/dry-run` annotation (enforced). AUDIT differs
@@ -561,7 +561,7 @@ pub fn not_implemented(object: &Object, value: &Value) -> Vec<(Severity, Problem
 
 /// The annotation that makes an AuthorizationPolicy a dry run (evaluated and logged, never
 /// enforced).
-pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
 
 /// What the sidecars cannot do of an AuthorizationPolicy: warnings in `p`, what denies more
 /// than written in `fail_closed`.

@@ -25,7 +25,7 @@
 //! `jwksUri`, the set discovery fetched ([`crate::jwks`]), handed to the model as
 //! [`FetchedJwks`] so the model stays pure; until it is fetched, empty, as istiod sends its fake
 //! key set. A rule with neither finds its set as istiod does, through the OpenID Connect
-//! discovery document of its issuer ([`jwks_source_of`]).
+//! discovery document of its issuer (`jwks_source_of`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -62,7 +62,7 @@ pub struct JwksSource {
 /// Where a rule's key set is fetched from: its `jwksUri`, or with neither `jwks` nor `jwksUri`
 /// the OpenID Connect discovery document of an `http(s)` issuer (`(uri, discover)`); `None`
 /// for an inline set, or an issuer that is no URL (api::support reports it).
-pub fn jwks_source_of(rule: &ra::JwtRule) -> Option<(String, bool)> {
+pub(crate) fn jwks_source_of(rule: &ra::JwtRule) -> Option<(String, bool)> {
     if !rule.jwks_uri.is_empty() {
         return Some((rule.jwks_uri.clone(), false));
     }
@@ -230,12 +230,12 @@ fn entries(
 
 /// Whether the proxy evaluates a condition on `key`: Istio's validation accepted it (api), Ama
 /// evaluates it (api says which), and the wire knows it.
-pub fn condition_evaluated(key: &str) -> bool {
+pub(crate) fn condition_evaluated(key: &str) -> bool {
     condition_key_evaluated(key) && xds::condition_key_known(key)
 }
 
 /// The policy's action, provider and rules (see the module docs).
-pub fn authorization_policy(spec: &AuthorizationPolicy) -> xds::AuthorizationPolicy {
+pub(crate) fn authorization_policy(spec: &AuthorizationPolicy) -> xds::AuthorizationPolicy {
     let action = match spec.action() {
         ap::Action::Allow => xds::Action::Allow,
         ap::Action::Deny => xds::Action::Deny,
