@@ -19,9 +19,10 @@
 //! [`DiscoveryOptions::kubernetes`] the API server ([`crate::registry::kube`]: watches, the root
 //! certificate in every namespace, the injection webhook's `caBundle`).
 //!
-//! [`Discovery::start`] reads the directory (or lists the cluster) and builds the first model
-//! before it listens, so the first proxy gets a full config. [`Discovery::shutdown`] stops accepting, ends the proxies'
-//! streams (they keep their config and reconnect elsewhere) and waits for the tasks.
+//! [`Discovery::start`] reads the directory (or lists the cluster), builds the first model and
+//! fetches the key sets of its `jwksUri`s before it listens, so the first proxy gets a full
+//! config. [`Discovery::shutdown`] stops accepting, ends the proxies' streams (they keep their
+//! config and reconnect elsewhere) and waits for the tasks.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -181,6 +182,17 @@ impl Discovery {
             .map_err(|e| DiscoveryError::Startup(e.to_string()))?
         };
 
+        // The first proxies get the key sets of the jwksUris (each fetch within its rule's
+        // timeout), as istiod fetches them for its first push; later ones come from the task.
+        let jwks = JwksFetcher::new(Arc::clone(pusher.jwks()));
+        let sources = pusher.model().jwks_sources.clone();
+        if !sources.is_empty() && jwks.fetch_due(&sources).await {
+            let pusher = Arc::clone(&pusher);
+            tokio::task::spawn_blocking(move || pusher.push(None, 0))
+                .await
+                .map_err(|e| DiscoveryError::Startup(e.to_string()))?;
+        }
+
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -208,7 +220,7 @@ impl Discovery {
         ));
         // The key sets of RequestAuthentication jwksUris, fetched and pushed as istiod does.
         tasks.push(tokio::spawn(
-            JwksFetcher::new(Arc::clone(pusher.jwks())).run(Arc::clone(&pusher), shutdown.clone()),
+            jwks.run(Arc::clone(&pusher), shutdown.clone()),
         ));
         {
             let ads = ads.clone();

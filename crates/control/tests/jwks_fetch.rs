@@ -332,3 +332,33 @@ async fn https_is_verified_against_the_system_roots() {
         "no request went over the unverified connection"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_fetches_before_its_first_proxy() {
+    let server = Server::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("jwt.yaml"),
+        format!(
+            "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: foo}}
+spec:
+  jwtRules: [{{issuer: testing@secure.istio.io, jwksUri: '{}'}}]
+",
+            server.uri()
+        ),
+    )
+    .expect("write");
+    let mut options = control::DiscoveryOptions::new(dir.path());
+    options.grpc_addr = "127.0.0.1:0".parse().expect("addr");
+    options.monitoring_addr = "127.0.0.1:0".parse().expect("addr");
+    let discovery = control::Discovery::start(options)
+        .await
+        .expect("discovery starts");
+    // Before any proxy can connect, the model carries the fetched set.
+    assert_eq!(authn_jwks(discovery.pusher()).as_deref(), Some(SET1));
+    tokio::time::timeout(Duration::from_secs(10), discovery.shutdown())
+        .await
+        .expect("discovery stops");
+}
