@@ -106,13 +106,8 @@ pub(crate) fn build(
         match o {
             Object::AuthorizationPolicy(p) => {
                 let policy = authorization_policy(&p.spec);
-                let bound = bindings(
-                    o,
-                    &p.spec.selector,
-                    &targets_of_policy(p),
-                    &services,
-                    warnings,
-                );
+                let targets = ap::targets(p.spec.target_ref.as_ref(), &p.spec.target_refs, "spec");
+                let bound = bindings(o, &p.spec.selector, &targets, &services, warnings);
                 out.authorizations
                     .extend(entries(p.metadata.name.clone(), o, bound, |a| {
                         a.policy = Some(policy.clone());
@@ -147,14 +142,9 @@ pub(crate) fn build(
     out
 }
 
-fn targets_of_policy(
-    p: &IstioConfig<AuthorizationPolicy>,
-) -> Vec<(String, &PolicyTargetReference)> {
-    ap::targets(p.spec.target_ref.as_ref(), &p.spec.target_refs, "spec")
-}
-
-/// The selectors a policy binds (see the module docs): `None` in the list never occurs; an
-/// empty list binds nothing.
+/// The selectors a policy binds (see the module docs), each with the index of the target it
+/// comes from (`None`: the policy's own selector, or its namespace); an empty list binds
+/// nothing.
 fn bindings(
     object: &Object,
     selector: &Option<api::networking::WorkloadSelector>,
