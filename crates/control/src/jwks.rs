@@ -16,7 +16,7 @@
 //! - Then: a change in what the model reads ([`JwksCache::fetched`]: a set, or why there is
 //!   none) triggers a push, so proxies get the new set. Until a URI's set is fetched, its rules
 //!   go out with an empty set, which fails every token of their issuer (401), as istiod's fake
-//!   key set does; discovery logs why at WARN (here, and as a model warning naming the rule).
+//!   key set does; the push logs why at WARN, naming each rule (a model warning).
 //!
 //! The model stays pure: it reads a [`FetchedJwks`] copy taken at the start of each push.
 
@@ -321,22 +321,22 @@ impl JwksFetcher {
                     entry.failures = entry.failures.saturating_add(1);
                     entry.due = now + retry;
                     let error = e.to_string();
-                    // WARN once per new reason; the retries of the same failure at DEBUG.
                     let new = entry.error.as_deref() != Some(error.as_str());
-                    let consequence = if entry.set.is_some() {
-                        "keeping the key set fetched before"
+                    if entry.set.is_some() {
+                        // The model keeps the last set and says nothing: say it here, once per
+                        // new reason (its retries at DEBUG).
+                        if new {
+                            tracing::warn!(
+                                "jwksUri {uri}: refresh failed: {error}: keeping the key set \
+                                 fetched before; retrying in {retry:?}"
+                            );
+                        } else {
+                            tracing::debug!("jwksUri {uri}: refresh failed: {error}");
+                        }
                     } else {
+                        // The next push logs it at WARN, naming each rule it fails.
                         changed |= new;
-                        "tokens verified with it are rejected (401) until it is fetched"
-                    };
-                    if new {
-                        tracing::warn!(
-                            "jwksUri {uri}: {error}: {consequence}; retrying in {retry:?}"
-                        );
-                    } else {
-                        tracing::debug!(
-                            "jwksUri {uri}: {error}: {consequence}; retrying in {retry:?}"
-                        );
+                        tracing::debug!("jwksUri {uri}: {error}; retrying in {retry:?}");
                     }
                     entry.error = Some(error);
                 }
