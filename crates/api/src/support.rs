@@ -23,7 +23,7 @@
 //!   sidecars cannot do, each reported with what happens instead:
 //!   CUSTOM (no ext_authz provider: the requests it matches are denied), conditions on
 //!   `experimental.envoy.filters.*` (the rule errs on the side of denying), targets other than
-//!   Services (they bind nothing), the `istio.io/dry-run` annotation (enforced). AUDIT differs
+//!   Services (they bind nothing), the `istio.io/dry-run` annotation (the policy is enforced). AUDIT differs
 //!   from Istio's and says so: Ama's sidecar logs the requests it matches.
 //! - RequestAuthentication: all of it (every JWT rule field, `jwks` inline, `jwksUri` fetched by
 //!   discovery, else the issuer's OpenID Connect discovery document, as istiod), except an
@@ -612,7 +612,8 @@ fn authorization_policy(
         .get(DRY_RUN_ANNOTATION)
         .is_some_and(|v| v.eq_ignore_ascii_case("true"))
     {
-        p.add(
+        // Enforcing what was meant to be only logged denies more than written.
+        fail_closed.add(
             format!("metadata.annotations[\"{DRY_RUN_ANNOTATION}\"]"),
             "not implemented by Ama: this policy is enforced, not only logged",
         );
@@ -824,8 +825,8 @@ spec:
                 "Warning: x.yaml:doc 2: AuthorizationPolicy foo/audit: spec.rules[0].when[0].key: experimental.envoy.filters.a.b[c]: Ama cannot evaluate this condition: in this AUDIT policy the rule logs nothing",
                 "Warning: x.yaml:doc 3: AuthorizationPolicy foo/mysql: spec.targetRefs[0]: Gateway ingress: gateways are not implemented by Ama yet; this reference binds nothing",
                 "Warning: x.yaml:doc 3: AuthorizationPolicy foo/mysql: spec.targetRefs[1]: ServiceEntry db: waypoints, which apply policies attached to ServiceEntries, are not implemented by Ama; this reference binds nothing",
-                "Warning: x.yaml:doc 3: AuthorizationPolicy foo/mysql: metadata.annotations[\"istio.io/dry-run\"]: not implemented by Ama: this policy is enforced, not only logged",
                 "error: x.yaml:doc 3: AuthorizationPolicy foo/mysql: spec.rules[0].when[1].key: experimental.envoy.filters.network.mysql_proxy[db.table]: Ama cannot evaluate this condition: in this ALLOW policy the rule allows nothing",
+                "error: x.yaml:doc 3: AuthorizationPolicy foo/mysql: metadata.annotations[\"istio.io/dry-run\"]: not implemented by Ama: this policy is enforced, not only logged",
                 "error: x.yaml:doc 4: AuthorizationPolicy foo/deny-mysql: spec.rules[0].when[0].key: experimental.envoy.filters.network.mysql_proxy[db.table]: Ama cannot evaluate this condition: in this DENY policy the condition is taken as matching: the rule denies more than written",
                 "error: x.yaml:doc 5: RequestAuthentication foo/jwt: spec.jwtRules[0].jwks: not a JSON Web Key Set (keys[0] is not a JSON Web Key (no \"kty\")): every token of issuer \"a\" is rejected (401)",
                 "error: x.yaml:doc 5: RequestAuthentication foo/jwt: spec.jwtRules[1].jwks: not a JSON Web Key Set (not JSON: expected ident at line 1 column 2): every token of issuer \"b\" is rejected (401)",
