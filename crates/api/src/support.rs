@@ -20,16 +20,16 @@
 //! - PeerAuthentication: all of it.
 //! - AuthorizationPolicy: all of it (selector, namespace- and mesh-wide policies, `targetRef(s)`
 //!   to a Service, ALLOW, DENY and AUDIT, every field of `from`, `to` and `when`), except what the
-//!   sidecars cannot do, each reported with what happens instead:
-//!   CUSTOM (no ext_authz provider: the requests it matches are denied), conditions on
-//!   `experimental.envoy.filters.*` (the rule errs on the side of denying), targets other than
-//!   Services (they bind nothing), the `istio.io/dry-run` annotation (the policy is enforced). AUDIT differs
-//!   from Istio's and says so: Ama's sidecar logs the requests it matches.
+//!   sidecars cannot do, each reported with what happens instead: CUSTOM (no ext_authz provider:
+//!   the requests it matches are denied), conditions on `experimental.envoy.filters.*` (the rule
+//!   errs on the side of denying), the `istio.io/dry-run` annotation (the policy is enforced), and
+//!   targets other than Services (they bind nothing). AUDIT differs from Istio's and says so:
+//!   Ama's sidecar logs the requests it matches.
 //! - RequestAuthentication: all of it (every JWT rule field, `jwks` inline, `jwksUri` fetched by
 //!   discovery, else the issuer's OpenID Connect discovery document, as istiod), except an
 //!   inline `jwks` that is no JSON Web Key Set and a rule with neither `jwks` nor `jwksUri` whose
-//!   issuer is no URL: both reject every token of their issuer (401).
-//!   Targets as for AuthorizationPolicy.
+//!   issuer is no URL: both reject every token of their issuer (401). Targets as for
+//!   AuthorizationPolicy.
 //! - Gateway, ServiceEntry, Sidecar and the other Istio kinds: not implemented.
 //! - Services and EndpointSlices: all but `type: ExternalName` and FQDN endpoints.
 //! - Pods and pod templates: the injection annotations [`crate::overrides`] reads.
