@@ -38,8 +38,9 @@ use api::security::request_authentication::{self as ra, RequestAuthentication, j
 
 use super::{Labels, Warnings};
 
-/// Name prefix of the entries carrying a RequestAuthentication (so that they cannot collide
-/// with an AuthorizationPolicy's, which carry the policy's own name).
+/// Name prefix of the entries carrying a RequestAuthentication. They cannot collide with an
+/// AuthorizationPolicy's, which carry the policy's own name: an object's name is a DNS name,
+/// without `_`.
 pub const REQUEST_AUTHENTICATION_PREFIX: &str = "converted_request_authentication_";
 
 /// The key sets fetched from `jwksUri`s, by URI: the set, or why it could not be had. A URI not
