@@ -223,11 +223,17 @@ pub struct Unevaluable {
     pub what: String,
 }
 
-/// Istio's `a[b]` form of a bracketed key (`validateMapKey`): a name, then `[`, at least one
-/// character, and `]` at the end.
-fn map_key_well_formed(key: &str) -> bool {
-    key.find('[')
-        .is_some_and(|open| open > 0 && open + 2 < key.len() && key.ends_with(']'))
+/// The `NAME[KEY]` form of a bracketed key with attribute `base` (Istio's `validateMapKey`):
+/// `base`, then `[`, at least one character, and `]` at the end. Headers and claims take the
+/// bracket right after their name and no empty `[]` (nested claims: `request.auth.claims[a][b]`),
+/// as the proxy reads them; Envoy's filter metadata keys go on with the filter's name.
+fn map_key_well_formed(base: &str, key: &str) -> bool {
+    let well_formed = key
+        .find('[')
+        .is_some_and(|open| open > 0 && open + 2 < key.len() && key.ends_with(']'));
+    let rest = &key[base.len()..];
+    well_formed
+        && (base == EXPERIMENTAL_KEY_PREFIX || (rest.starts_with('[') && !rest.contains("[]")))
 }
 
 /// Checks a path of `to.operation.paths` as Istio's `CheckValidPathTemplate` does: `{*}` and
@@ -533,7 +539,7 @@ impl Condition {
         } else {
             let map = MAP_KEYS.iter().find(|k| self.key.starts_with(*k));
             let known = CONDITION_KEYS.contains(&self.key.as_str())
-                || map.is_some_and(|_| map_key_well_formed(&self.key));
+                || map.is_some_and(|base| map_key_well_formed(base, &self.key));
             if !known {
                 p.add(
                     format!("{at}.key"),
