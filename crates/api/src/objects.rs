@@ -264,10 +264,14 @@ pub enum Severity {
     Error,
     /// The object is used, but Ama does not implement part of it (or all of it).
     Warning,
+    /// The object is used (leaving it out would fail open), but Ama cannot do part of a
+    /// security policy as written and denies more than it says instead. Printed as an error.
+    FailClosed,
 }
 
 /// Something found in one document of a stream: an error (the document is not among the parsed
-/// objects) or a warning (it is, and this part of it is not implemented).
+/// objects), a warning (it is, and this part of it is not implemented) or a fail-closed error
+/// (it is, and Ama denies more than this part says).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, thiserror::Error)]
 pub struct Finding {
     /// The name of the stream (a file name).
@@ -282,7 +286,7 @@ pub struct Finding {
     pub field: String,
     /// What is wrong, or what Ama does instead.
     pub message: String,
-    /// Error or warning.
+    /// Error, warning, or fail-closed error.
     pub severity: Severity,
 }
 
@@ -309,10 +313,10 @@ impl Finding {
     }
 
     /// The finding as a person reads it on a terminal: `error: …` or `Warning: …` (kubectl's
-    /// spelling of both).
+    /// spelling of both); a fail-closed one is an error too (its object is used all the same).
     pub fn for_terminal(&self) -> String {
         match self.severity {
-            Severity::Error => format!("error: {self}"),
+            Severity::Error | Severity::FailClosed => format!("error: {self}"),
             Severity::Warning => format!("Warning: {self}"),
         }
     }
@@ -323,8 +327,8 @@ impl Finding {
 pub struct Parsed {
     /// The good objects, in stream order (the items of a `List` in place of the list).
     pub objects: Vec<Object>,
-    /// Errors (documents left out) and warnings (what Ama does not implement of the objects),
-    /// in stream order.
+    /// Errors (documents left out), warnings (what Ama does not implement of the objects) and
+    /// fail-closed errors (what Ama enforces more strictly than written), in stream order.
     pub findings: Vec<Finding>,
 }
 
@@ -334,7 +338,7 @@ impl Parsed {
         self.findings.iter().filter(|f| f.is_error())
     }
 
-    /// The warnings among the findings.
+    /// The findings of the objects kept (warnings and fail-closed errors).
     pub fn warnings(&self) -> impl Iterator<Item = &Finding> {
         self.findings.iter().filter(|f| !f.is_error())
     }
@@ -403,16 +407,19 @@ pub fn parse(text: &str, source_name: &str) -> Parsed {
             (false, v) => vec![(String::new(), v)],
         };
         for (prefix, value) in items {
-            let (severity, name, problems) = match parse_object(&value) {
+            let (name, problems) = match parse_object(&value) {
                 Ok(object) => {
                     let unimplemented = crate::support::not_implemented(&object, &value);
                     let name = object.display();
                     objects.push(object);
-                    (Severity::Warning, Some(name), unimplemented)
+                    (Some(name), unimplemented)
                 }
-                Err((name, problems)) => (Severity::Error, name, problems),
+                Err((name, problems)) => (
+                    name,
+                    problems.into_iter().map(|p| (Severity::Error, p)).collect(),
+                ),
             };
-            errors.extend(problems.into_iter().map(|mut p| {
+            errors.extend(problems.into_iter().map(|(severity, mut p)| {
                 p.field = join(&prefix, &p.field);
                 finding(severity, name.clone(), p)
             }));

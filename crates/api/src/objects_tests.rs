@@ -531,10 +531,88 @@ fn authorization_policy_errors() {
                 "{at}.rules[0].from[0].source.ipBlocks[0]: \"10.0.0.0/40\" is not an IP address or CIDR range"
             ),
             format!(
+                "{at}.rules[0].from[0].source.principals: not supported with the CUSTOM action"
+            ),
+            format!(
                 "{at}.rules[0].to[0].operation.ports[0]: \"http\" is not a port: must be 1..65535"
             ),
             format!(
                 "{at}.rules[0].when[0].key: \"request.header\" is not a condition key (such as source.ip, request.headers[NAME] or request.auth.claims[NAME])"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn security_policy_values_istio_rejects() {
+    let yaml = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: foo}
+spec:
+  targetRefs:
+  - {kind: Deployment, group: apps, name: a}
+  - {kind: Service, name: b, namespace: bar}
+  action: DENY
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: q, namespace: foo}
+spec:
+  rules:
+  - to: [{operation: {paths: ['/a/{**}/{*}', '/c/{x}'], methods: ['']}}]
+    when:
+    - {key: 'request.headers[]', values: [a]}
+    - {key: source.serviceAccount, values: ['a/b/c']}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: r, namespace: foo}
+spec:
+  jwtRules:
+  - {issuer: a, jwksUri: 'ftp://example.com/keys', audiences: [''], outputClaimToHeaders: [{header: 'x y', claim: c}]}
+";
+    let ap = "t.yaml:doc 1: AuthorizationPolicy foo/p: spec";
+    let aq = "t.yaml:doc 2: AuthorizationPolicy foo/q: spec.rules[0]";
+    let ra = "t.yaml:doc 3: RequestAuthentication foo/r: spec.jwtRules[0]";
+    assert_eq!(
+        errors(yaml),
+        [
+            format!(
+                "{ap}.targetRefs[0].kind: \"apps/Deployment\": a policy can target a Service, a \
+                 ServiceEntry (networking.istio.io), a Gateway or a GatewayClass \
+                 (gateway.networking.k8s.io)"
+            ),
+            format!(
+                "{ap}.targetRefs[1].namespace: must not be set: a policy targets resources of its \
+                 own namespace only"
+            ),
+            format!(
+                "{ap}.rules: missing: a DENY policy without rules never matches; add an empty \
+                 rule `{{}}` to match every request"
+            ),
+            format!("{aq}.to[0].operation.methods[0]: must not be empty"),
+            format!(
+                "{aq}.to[0].operation.paths[0]: \"/a/{{**}}/{{*}}\": {{**}} must be the last operator \
+                 of a path template"
+            ),
+            format!(
+                "{aq}.to[0].operation.paths[1]: \"/c/{{x}}\": '{{' and '}}' are allowed only in the \
+                 operators {{*}} and {{**}}, each a whole segment"
+            ),
+            format!(
+                "{aq}.when[0].key: \"request.headers[]\" is not a condition key (such as \
+                 source.ip, request.headers[NAME] or request.auth.claims[NAME])"
+            ),
+            format!(
+                "{aq}.when[1].values[0]: \"a/b/c\" is not a service account: 'name' or \
+                 'namespace/name', without wildcards"
+            ),
+            format!("{ra}.jwksUri: \"ftp://example.com/keys\" is not an http or https URL"),
+            format!("{ra}.audiences[0]: must not be empty"),
+            format!(
+                "{ra}.outputClaimToHeaders[0].header: \"x y\" is not a header name: letters, \
+                 digits and '-' only"
             ),
         ]
     );

@@ -18,9 +18,18 @@
 //!   `httpCookie.attributes`, `tls.credentialName`, `tls.caCrl`, and the deprecated
 //!   `outlierDetection.consecutiveErrors` (which Istio ignores too).
 //! - PeerAuthentication: all of it.
-//! - AuthorizationPolicy and RequestAuthentication: not enforced yet. A policy that selects
-//!   sidecars is failed closed by the control plane: every request to the workloads it selects
-//!   is denied (see [`denies_all`]).
+//! - AuthorizationPolicy: all of it (selector, namespace- and mesh-wide policies, `targetRef(s)`
+//!   to a Service, ALLOW, DENY and AUDIT, every field of `from`, `to` and `when`), except what the
+//!   sidecars cannot do, each reported with what happens instead: CUSTOM (no ext_authz provider:
+//!   the requests it matches are denied), conditions on `experimental.envoy.filters.*` (the rule
+//!   errs on the side of denying), the `istio.io/dry-run` annotation (the policy is enforced), and
+//!   targets other than Services (they bind nothing). AUDIT differs from Istio's and says so:
+//!   Ama's sidecar logs the requests it matches.
+//! - RequestAuthentication: all of it (every JWT rule field, `jwks` inline, `jwksUri` fetched by
+//!   discovery, else the issuer's OpenID Connect discovery document, as istiod), except an
+//!   inline `jwks` that is no JSON Web Key Set and a rule with neither `jwks` nor `jwksUri` whose
+//!   issuer is no URL: both reject every token of their issuer (401). Targets as for
+//!   AuthorizationPolicy.
 //! - Gateway, ServiceEntry, Sidecar and the other Istio kinds: not implemented.
 //! - Services and EndpointSlices: all but `type: ExternalName` and FQDN endpoints.
 //! - Pods and pod templates: the injection annotations [`crate::overrides`] reads.
@@ -40,17 +49,17 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::check::{Problem, Problems};
-use crate::objects::Object;
-use crate::security::authorization_policy::Action;
+use crate::objects::{IstioConfig, Object, Severity};
+use crate::security::authorization_policy::{
+    Action, AuthorizationPolicy, PolicyTargetReference, targets, unevaluable_consequence,
+};
+use crate::security::request_authentication::{RequestAuthentication, jwks_problem};
 
 /// The consequence of most fields Ama does not implement.
 const IGNORED: &str = "not implemented by Ama; ignored";
 /// ... of a condition of a match that Ama does not evaluate.
 const CONDITION_IGNORED: &str =
     "not implemented by Ama; this condition is ignored (the match is wider than written)";
-/// What a security policy that Ama cannot enforce does instead.
-pub const NOT_ENFORCED: &str =
-    "not enforced by Ama yet: denies every request to the workloads it selects";
 
 /// What Ama does with a field (a node of the tree of what is implemented).
 enum Node {
@@ -493,52 +502,20 @@ fn join(at: &str, key: &str) -> String {
     }
 }
 
-/// Whether a security policy selects workloads that Ama must fail closed on: an
-/// AuthorizationPolicy (ALLOW, DENY or CUSTOM; AUDIT decides nothing) or a RequestAuthentication,
-/// bound by selector or to a whole namespace (not by `targetRef`, which binds gateways and
-/// waypoints, never sidecars, in Istio as well).
-pub fn denies_all(object: &Object) -> bool {
-    match object {
-        Object::AuthorizationPolicy(ap) => {
-            ap.spec.target_ref.is_none()
-                && ap.spec.target_refs.is_empty()
-                && ap.spec.action != Some(Action::Audit)
-        }
-        Object::RequestAuthentication(ra) => {
-            ra.spec.target_ref.is_none() && ra.spec.target_refs.is_empty()
-        }
-        _ => false,
-    }
-}
-
 /// Every kind, field and value of `object` (as written: `value`) that Ama does not implement,
-/// with its path and what Ama does instead.
-pub fn not_implemented(object: &Object, value: &Value) -> Vec<Problem> {
+/// with its path and what Ama does instead: a [`Severity::Warning`], or a
+/// [`Severity::FailClosed`] where a security policy denies more than written.
+pub fn not_implemented(object: &Object, value: &Value) -> Vec<(Severity, Problem)> {
     let mut p = Problems::default();
+    let mut fail_closed = Problems::default();
     let spec = value.get("spec").unwrap_or(&Value::Null);
     match object {
         Object::VirtualService(_) => walk(spec, &VIRTUAL_SERVICE, "spec", &mut p),
         Object::DestinationRule(_) => walk(spec, &DESTINATION_RULE, "spec", &mut p),
         Object::PeerAuthentication(_) => {}
-        Object::AuthorizationPolicy(ap) => {
-            if ap.spec.action == Some(Action::Audit) {
-                p.add(
-                    "spec.action",
-                    "AUDIT: not implemented by Ama (no audit log); the policy is ignored (it \
-                     never allows or denies)",
-                );
-            } else if denies_all(object) {
-                p.add("spec", NOT_ENFORCED);
-            } else {
-                p.add("spec.targetRef", targets_ignored());
-            }
-        }
-        Object::RequestAuthentication(_) => {
-            if denies_all(object) {
-                p.add("spec", NOT_ENFORCED);
-            } else {
-                p.add("spec.targetRef", targets_ignored());
-            }
+        Object::AuthorizationPolicy(ap) => authorization_policy(ap, &mut p, &mut fail_closed),
+        Object::RequestAuthentication(ra) => {
+            request_authentication(&ra.spec, &mut p, &mut fail_closed);
         }
         Object::Gateway(_) | Object::ServiceEntry(_) | Object::Sidecar(_) => p.add("kind", IGNORED),
         Object::Workload(w) => annotations(
@@ -574,12 +551,135 @@ pub fn not_implemented(object: &Object, value: &Value) -> Vec<Problem> {
         | Object::EndpointSlice(_)
         | Object::ConfigMap(_) => {}
     }
-    p.into_vec()
+    let warnings = p.into_vec().into_iter().map(|p| (Severity::Warning, p));
+    let errors = fail_closed
+        .into_vec()
+        .into_iter()
+        .map(|p| (Severity::FailClosed, p));
+    warnings.chain(errors).collect()
 }
 
-fn targets_ignored() -> &'static str {
-    "policies attached to gateways and waypoints are not implemented by Ama (sidecars never \
-     apply them); ignored"
+/// The annotation that makes an AuthorizationPolicy a dry run (evaluated and logged, never
+/// enforced).
+const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+
+/// What the sidecars cannot do of an AuthorizationPolicy: warnings in `p`, what denies more
+/// than written in `fail_closed`.
+fn authorization_policy(
+    ap: &IstioConfig<AuthorizationPolicy>,
+    p: &mut Problems,
+    fail_closed: &mut Problems,
+) {
+    let spec = &ap.spec;
+    let action = spec.action();
+    match action {
+        Action::Custom => fail_closed.add(
+            "spec.action",
+            format!(
+                "CUSTOM (provider \"{}\"): no ext_authz provider in Ama: the requests this \
+                 CUSTOM policy matches are denied",
+                spec.provider.as_ref().map_or("", |p| p.name.as_str())
+            ),
+        ),
+        Action::Audit => p.add(
+            "spec.action",
+            "AUDIT: Ama's sidecar logs the requests this policy matches in its own log (Istio's \
+             do something visible with AUDIT only when a telemetry provider, such as \
+             Stackdriver, is configured); it allows or denies nothing",
+        ),
+        Action::Allow | Action::Deny => {}
+    }
+    for u in spec.unevaluable() {
+        // An AUDIT policy decides nothing: what it cannot evaluate changes no request's fate.
+        let to = if action == Action::Audit {
+            &mut *p
+        } else {
+            &mut *fail_closed
+        };
+        to.add(
+            format!("spec.{}", u.field),
+            format!(
+                "{}: Ama cannot evaluate this condition: {}",
+                u.what.trim_start_matches("key "),
+                unevaluable_consequence(action)
+            ),
+        );
+    }
+    policy_targets(spec.target_ref.as_ref(), &spec.target_refs, p);
+    if ap
+        .metadata
+        .annotations
+        .get(DRY_RUN_ANNOTATION)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    {
+        // Enforcing what was meant to be only logged denies more than written.
+        fail_closed.add(
+            format!("metadata.annotations[\"{DRY_RUN_ANNOTATION}\"]"),
+            "not implemented by Ama: this policy is enforced, not only logged",
+        );
+    }
+}
+
+/// What the sidecars cannot do of a RequestAuthentication.
+fn request_authentication(
+    spec: &RequestAuthentication,
+    p: &mut Problems,
+    fail_closed: &mut Problems,
+) {
+    for (i, rule) in spec.jwt_rules.iter().enumerate() {
+        let at = format!("spec.jwtRules[{i}]");
+        if !rule.jwks.is_empty()
+            && let Some(why) = jwks_problem(&rule.jwks)
+        {
+            fail_closed.add(
+                format!("{at}.jwks"),
+                format!(
+                    "not a JSON Web Key Set ({why}): every token of issuer \"{}\" is rejected \
+                     (401)",
+                    rule.issuer
+                ),
+            );
+        }
+        // Istio finds the key set through the issuer's OpenID Connect discovery document, which
+        // an issuer that is no URL does not have.
+        if rule.jwks.is_empty()
+            && rule.jwks_uri.is_empty()
+            && crate::security::request_authentication::jwks_uri(&rule.issuer).is_err()
+        {
+            fail_closed.add(
+                at,
+                format!(
+                    "neither jwks nor jwksUri, and the issuer \"{}\" is no http or https URL to \
+                     discover the key set from (OpenID Connect discovery): every token of this \
+                     issuer is rejected (401)",
+                    rule.issuer
+                ),
+            );
+        }
+    }
+    policy_targets(spec.target_ref.as_ref(), &spec.target_refs, p);
+}
+
+/// Target references that bind no sidecar: a Service's bind its pods (the control plane
+/// resolves them), others wait for what Ama does not implement yet.
+fn policy_targets(
+    target_ref: Option<&PolicyTargetReference>,
+    target_refs: &[PolicyTargetReference],
+    p: &mut Problems,
+) {
+    for (field, t) in targets(target_ref, target_refs, "spec") {
+        let why = match t.kind.as_str() {
+            _ if t.is_service() => continue,
+            "Gateway" | "GatewayClass" => "gateways are not implemented by Ama yet",
+            _ => {
+                "waypoints, which apply policies attached to ServiceEntries, are not implemented by Ama"
+            }
+        };
+        p.add(
+            field,
+            format!("{} {}: {why}; this reference binds nothing", t.kind, t.name),
+        );
+    }
 }
 
 fn annotations(annotations: &BTreeMap<String, String>, at: &str, p: &mut Problems) {
@@ -605,6 +705,145 @@ mod tests {
             .filter(|f| f.severity == Severity::Warning)
             .map(ToString::to_string)
             .collect()
+    }
+
+    /// Every finding of the objects kept, as the CLI prints them.
+    fn printed(yaml: &str) -> Vec<String> {
+        let parsed = parse(yaml, "x.yaml");
+        assert!(
+            parsed.errors().next().is_none(),
+            "{:?}",
+            parsed.errors().collect::<Vec<_>>()
+        );
+        parsed.findings.iter().map(|f| f.for_terminal()).collect()
+    }
+
+    #[test]
+    fn security_policies_ama_implements_are_silent() {
+        let p = printed(
+            "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-nothing}
+spec: {}
+---
+apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {name: deny-all, namespace: istio-system}
+spec: {action: DENY, rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: viewer}
+spec:
+  targetRefs: [{kind: Service, group: '', name: productpage}]
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: [cluster.local/ns/default/sa/sleep], notNamespaces: [dev], remoteIpBlocks: [10.0.0.0/8]}
+    to:
+    - operation: {methods: [GET], notPaths: ['/admin*'], ports: ['9080'], hosts: ['*.example.com']}
+    when:
+    - {key: 'request.headers[version]', values: [v1]}
+    - {key: 'request.auth.claims[groups]', values: [group1]}
+    - {key: source.serviceAccount, notValues: [default/admin]}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  jwtRules:
+  - issuer: testing@secure.istio.io
+    jwksUri: https://raw.githubusercontent.com/istio/istio/master/security/tools/jwt/samples/jwks.json
+    timeout: 2s
+    fromHeaders: [{name: x-jwt, prefix: 'Bearer '}]
+    fromParams: [token]
+    outputPayloadToHeader: x-payload
+    forwardOriginalToken: true
+    outputClaimToHeaders: [{header: x-group, claim: group}]
+  - issuer: inline
+    jwks: '{\"keys\": [{\"kty\": \"RSA\", \"e\": \"AQAB\", \"n\": \"xyz\"}]}'
+",
+        );
+        assert_eq!(p, Vec::<String>::new());
+    }
+
+    #[test]
+    fn security_policies_ama_cannot_do_as_written() {
+        let p = printed(
+            "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext-authz, namespace: foo}
+spec:
+  action: CUSTOM
+  provider: {name: my-ext-authz}
+  rules: [{to: [{operation: {paths: [/headers]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit, namespace: foo}
+spec:
+  action: AUDIT
+  rules: [{when: [{key: 'experimental.envoy.filters.a.b[c]', values: [d]}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: mysql, namespace: foo, annotations: {istio.io/dry-run: 'true'}}
+spec:
+  targetRefs:
+  - {kind: Gateway, group: gateway.networking.k8s.io, name: ingress}
+  - {kind: ServiceEntry, group: networking.istio.io, name: db}
+  rules:
+  - when:
+    - {key: source.ip, values: [10.0.0.1]}
+    - {key: 'experimental.envoy.filters.network.mysql_proxy[db.table]', values: ['[update]']}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-mysql, namespace: foo}
+spec:
+  action: DENY
+  rules:
+  - when: [{key: 'experimental.envoy.filters.network.mysql_proxy[db.table]', values: ['[update]']}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: foo}
+spec:
+  jwtRules:
+  - {issuer: a, jwks: '{\"keys\": [{\"e\": \"AQAB\"}]}'}
+  - {issuer: b, jwks: 'not json'}
+  - {issuer: https://accounts.example.com}
+  - {issuer: testing@secure.istio.io}
+",
+        );
+        assert_eq!(
+            p,
+            [
+                "error: x.yaml:doc 1: AuthorizationPolicy foo/ext-authz: spec.action: CUSTOM (provider \"my-ext-authz\"): no ext_authz provider in Ama: the requests this CUSTOM policy matches are denied",
+                "Warning: x.yaml:doc 2: AuthorizationPolicy foo/audit: spec.action: AUDIT: Ama's sidecar logs the requests this policy matches in its own log (Istio's do something visible with AUDIT only when a telemetry provider, such as Stackdriver, is configured); it allows or denies nothing",
+                "Warning: x.yaml:doc 2: AuthorizationPolicy foo/audit: spec.rules[0].when[0].key: experimental.envoy.filters.a.b[c]: Ama cannot evaluate this condition: in this AUDIT policy the rule logs nothing",
+                "Warning: x.yaml:doc 3: AuthorizationPolicy foo/mysql: spec.targetRefs[0]: Gateway ingress: gateways are not implemented by Ama yet; this reference binds nothing",
+                "Warning: x.yaml:doc 3: AuthorizationPolicy foo/mysql: spec.targetRefs[1]: ServiceEntry db: waypoints, which apply policies attached to ServiceEntries, are not implemented by Ama; this reference binds nothing",
+                "error: x.yaml:doc 3: AuthorizationPolicy foo/mysql: spec.rules[0].when[1].key: experimental.envoy.filters.network.mysql_proxy[db.table]: Ama cannot evaluate this condition: in this ALLOW policy the rule allows nothing",
+                "error: x.yaml:doc 3: AuthorizationPolicy foo/mysql: metadata.annotations[\"istio.io/dry-run\"]: not implemented by Ama: this policy is enforced, not only logged",
+                "error: x.yaml:doc 4: AuthorizationPolicy foo/deny-mysql: spec.rules[0].when[0].key: experimental.envoy.filters.network.mysql_proxy[db.table]: Ama cannot evaluate this condition: in this DENY policy the condition is taken as matching: the rule denies more than written",
+                "error: x.yaml:doc 5: RequestAuthentication foo/jwt: spec.jwtRules[0].jwks: not a JSON Web Key Set (keys[0] is not a JSON Web Key (no \"kty\")): every token of issuer \"a\" is rejected (401)",
+                "error: x.yaml:doc 5: RequestAuthentication foo/jwt: spec.jwtRules[1].jwks: not a JSON Web Key Set (not JSON: expected ident at line 1 column 2): every token of issuer \"b\" is rejected (401)",
+                "error: x.yaml:doc 5: RequestAuthentication foo/jwt: spec.jwtRules[3]: neither jwks nor jwksUri, and the issuer \"testing@secure.istio.io\" is no http or https URL to discover the key set from (OpenID Connect discovery): every token of this issuer is rejected (401)",
+            ]
+        );
+        let parsed = parse(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: c}\nspec: {action: CUSTOM, provider: {name: x}, rules: [{}]}\n",
+            "x.yaml",
+        );
+        assert_eq!(
+            parsed.objects.len(),
+            1,
+            "kept: leaving it out would fail open"
+        );
+        assert!(parsed.errors().next().is_none());
+        assert_eq!(parsed.findings[0].severity, Severity::FailClosed);
     }
 
     #[test]
@@ -707,7 +946,6 @@ spec: {}
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.proxyProtocol: not implemented by Ama; ignored",
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.tunnel: not implemented by Ama; ignored",
                 "x.yaml:doc 2: Gateway default/gw: kind: not implemented by Ama; ignored",
-                "x.yaml:doc 3: AuthorizationPolicy default/allow-nothing: spec: not enforced by Ama yet: denies every request to the workloads it selects",
                 "x.yaml:doc 4: Telemetry default/t: kind: not implemented by Ama; ignored",
             ]
         );

@@ -12,13 +12,17 @@
 //!     what the model could not use;
 //!   - `GET /metrics`: Prometheus text (push times, pushes, connected proxies).
 //!
+//! - The key sets of RequestAuthentication `jwksUri`s, fetched and refreshed in the background
+//!   ([`crate::jwks`]); a change is pushed.
+//!
 //! The registry is the file registry on [`DiscoveryOptions::config_dir`], or with
 //! [`DiscoveryOptions::kubernetes`] the API server ([`crate::registry::kube`]: watches, the root
 //! certificate in every namespace, the injection webhook's `caBundle`).
 //!
-//! [`Discovery::start`] reads the directory (or lists the cluster) and builds the first model
-//! before it listens, so the first proxy gets a full config. [`Discovery::shutdown`] stops accepting, ends the proxies'
-//! streams (they keep their config and reconnect elsewhere) and waits for the tasks.
+//! [`Discovery::start`] reads the directory (or lists the cluster), builds the first model and
+//! fetches the key sets of its `jwksUri`s before it listens, so the first proxy gets a full
+//! config. [`Discovery::shutdown`] stops accepting, ends the proxies' streams (they keep their
+//! config and reconnect elsewhere) and waits for the tasks.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -38,6 +42,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use xds::ads::{AdsServer, ProxyStatus};
 
+use crate::jwks::JwksFetcher;
 use crate::push::{PushOptions, Pusher};
 use crate::registry::ConfigStore;
 use crate::registry::file::{FileRegistry, POLL_INTERVAL, RegistryError};
@@ -177,6 +182,17 @@ impl Discovery {
             .map_err(|e| DiscoveryError::Startup(e.to_string()))?
         };
 
+        // The first proxies get the key sets of the jwksUris (each fetch within its rule's
+        // timeout), as istiod fetches them for its first push; later ones come from the task.
+        let jwks = JwksFetcher::new(Arc::clone(pusher.jwks()));
+        let sources = pusher.model().jwks_sources.clone();
+        if !sources.is_empty() && jwks.fetch_due(&sources).await {
+            let pusher = Arc::clone(&pusher);
+            tokio::task::spawn_blocking(move || pusher.push(None, 0))
+                .await
+                .map_err(|e| DiscoveryError::Startup(e.to_string()))?;
+        }
+
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -201,6 +217,10 @@ impl Discovery {
         }
         tasks.push(tokio::spawn(
             Arc::clone(&pusher).run(changes, shutdown.clone()),
+        ));
+        // The key sets of RequestAuthentication jwksUris, fetched and pushed as istiod does.
+        tasks.push(tokio::spawn(
+            jwks.run(Arc::clone(&pusher), shutdown.clone()),
         ));
         {
             let ads = ads.clone();

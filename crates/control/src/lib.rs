@@ -26,6 +26,8 @@
 //!   [`xds::ads::SnapshotSource`] the ADS server reads.
 //! - [`discovery`]: the server itself: Delta ADS on gRPC, `/ready`, `/debug/syncz` and `/metrics`
 //!   on the monitoring port.
+//! - [`jwks`]: the key sets of RequestAuthentication `jwksUri`s, fetched, refreshed and handed
+//!   to the model at each push (which they trigger when they change).
 //!
 //! The allocator's settings for thousands of connections and the heap trim after bursts are the
 //! `memory` crate's, shared with the sidecar.
@@ -55,6 +57,7 @@
 pub mod ca_secret;
 pub mod ca_server;
 pub mod discovery;
+pub mod jwks;
 pub mod model;
 pub mod push;
 pub mod registry;

@@ -38,6 +38,7 @@ use xds::NodeRef;
 use xds::ads::codec::AnyResource;
 use xds::ads::{Encoder, Node, ProxyId, ResourceType, Snapshot, SnapshotSource, TypeView};
 
+use crate::jwks::JwksCache;
 use crate::model::{Model, VipAllocator, Warning};
 use crate::registry::{Change, ConfigStore};
 use crate::translate::{ProxyKey, ViewKey, WorkloadIndex, node_ref, shared_resources, view_key};
@@ -271,6 +272,8 @@ pub struct Pusher {
     store: Arc<ConfigStore>,
     options: PushOptions,
     vips: Mutex<VipAllocator>,
+    /// The key sets fetched from `jwksUri`s, read at each push ([`crate::jwks`]).
+    jwks: Arc<JwksCache>,
     model: ArcSwap<Model>,
     /// Locked for a whole push, and before `proxies` when both are.
     published: Mutex<Published>,
@@ -297,6 +300,7 @@ impl Pusher {
             store,
             options,
             vips: Mutex::new(VipAllocator::new()),
+            jwks: Arc::new(JwksCache::new()),
             model: ArcSwap::from_pointee(Model::default()),
             published: Mutex::new(Published::default()),
             proxies: Mutex::new(HashMap::new()),
@@ -304,6 +308,12 @@ impl Pusher {
             last: watch::Sender::new(None),
             metrics: Metrics::new(registry),
         }
+    }
+
+    /// The key sets fetched from `jwksUri`s, which each push reads; a
+    /// [`crate::jwks::JwksFetcher`] fills it.
+    pub fn jwks(&self) -> &Arc<JwksCache> {
+        &self.jwks
     }
 
     /// The current model.
@@ -377,7 +387,7 @@ impl Pusher {
         let (objects, duplicates) = snapshot.objects();
         let mut model = {
             let mut vips = self.vips.lock().unwrap_or_else(PoisonError::into_inner);
-            Model::build(objects, &mut vips)
+            Model::build_with_jwks(objects, &mut vips, &self.jwks.fetched())
         };
         model.warnings.extend(duplicates);
         model.warnings.sort();

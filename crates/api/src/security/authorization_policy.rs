@@ -61,6 +61,18 @@ pub enum Action {
     Custom,
 }
 
+impl Action {
+    /// The name as written (`ALLOW`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Allow => "ALLOW",
+            Action::Deny => "DENY",
+            Action::Audit => "AUDIT",
+            Action::Custom => "CUSTOM",
+        }
+    }
+}
+
 /// A rule: sources AND operations AND conditions; within each list, any item.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
@@ -149,54 +161,219 @@ pub struct Condition {
     pub not_values: Vec<String>,
 }
 
-/// The attributes a condition can test (besides `request.headers[NAME]` and
-/// `experimental.envoy.filters.*`).
-const CONDITION_KEYS: [&str; 13] = [
+/// The attributes a condition can test (besides the bracketed ones, [`MAP_KEYS`]), as Istio's
+/// validation (`security.ValidateAttribute`) accepts them.
+const CONDITION_KEYS: [&str; 11] = [
     "source.ip",
     "remote.ip",
     "source.namespace",
     "source.principal",
+    "source.serviceAccount",
     "request.auth.principal",
     "request.auth.audiences",
     "request.auth.presenter",
     "destination.ip",
     "destination.port",
     "connection.sni",
-    "source.serviceAccount",
-    "request.auth.claims",
-    "request.headers",
 ];
+
+/// The attributes written `NAME[KEY]`: request headers, JWT claims, and Envoy's filter metadata.
+const MAP_KEYS: [&str; 3] = [
+    "request.headers",
+    "request.auth.claims",
+    EXPERIMENTAL_KEY_PREFIX,
+];
+
+/// The prefix of the condition keys that read Envoy's dynamic filter metadata
+/// (`experimental.envoy.filters.network.mysql_proxy[db.table]`): nothing in Ama sets any, so Ama
+/// cannot evaluate them.
+pub const EXPERIMENTAL_KEY_PREFIX: &str = "experimental.envoy.filters.";
+
+/// Whether Ama's proxy evaluates a condition on `key`, a key Istio's validation accepts: every
+/// one but `experimental.envoy.filters.*`.
+pub fn condition_key_evaluated(key: &str) -> bool {
+    !key.starts_with(EXPERIMENTAL_KEY_PREFIX)
+}
+
+/// What a rule becomes when Ama cannot evaluate part of it, by action (see
+/// [`AuthorizationPolicy::unevaluable`]).
+pub fn unevaluable_consequence(action: Action) -> &'static str {
+    match action {
+        Action::Allow => "in this ALLOW policy the rule allows nothing",
+        Action::Deny => {
+            "in this DENY policy the condition is taken as matching: the rule denies more than \
+             written"
+        }
+        Action::Custom => {
+            "in this CUSTOM policy the condition is taken as matching: the rule denies more than \
+             written"
+        }
+        Action::Audit => "in this AUDIT policy the rule logs nothing",
+    }
+}
+
+/// A part of a rule that Ama cannot evaluate (see [`AuthorizationPolicy::unevaluable`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unevaluable {
+    /// Index of the rule in `rules`.
+    pub rule: usize,
+    /// Path of the field under `spec` (`rules[0].when[1].key`).
+    pub field: String,
+    /// What it is (`key experimental.envoy.filters.a[b]`).
+    pub what: String,
+}
+
+/// The `NAME[KEY]` form of a bracketed key with attribute `base` (Istio's `validateMapKey`):
+/// `base`, then `[`, at least one character, and `]` at the end. Headers and claims take the
+/// bracket right after their name and no empty `[]` (nested claims: `request.auth.claims[a][b]`),
+/// as the proxy reads them; Envoy's filter metadata keys go on with the filter's name.
+fn map_key_well_formed(base: &str, key: &str) -> bool {
+    let well_formed = key
+        .find('[')
+        .is_some_and(|open| open > 0 && open + 2 < key.len() && key.ends_with(']'));
+    let rest = &key[base.len()..];
+    well_formed
+        && (base == EXPERIMENTAL_KEY_PREFIX || (rest.starts_with('[') && !rest.contains("[]")))
+}
+
+/// Checks a path of `to.operation.paths` as Istio's `CheckValidPathTemplate` does: `{*}` and
+/// `{**}` are whole segments, `{**}` the last operator, and no other `{` or `}`.
+fn path_template(path: &str) -> Result<(), String> {
+    let mut any_seen = false;
+    for segment in path.trim_matches('/').split('/') {
+        match segment {
+            "{*}" | "{**}" if any_seen => {
+                return Err(format!(
+                    "\"{path}\": {{**}} must be the last operator of a path template"
+                ));
+            }
+            "{*}" => {}
+            "{**}" => any_seen = true,
+            s if s.contains(['{', '}']) => {
+                return Err(format!(
+                    "\"{path}\": '{{' and '}}' are allowed only in the operators {{*}} and {{**}}, \
+                     each a whole segment"
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The target kinds Istio's validation accepts, as (canonical group, kind).
+const TARGET_KINDS: [(&str, &str); 4] = [
+    ("core", "Service"),
+    ("networking.istio.io", "ServiceEntry"),
+    ("gateway.networking.k8s.io", "Gateway"),
+    ("gateway.networking.k8s.io", "GatewayClass"),
+];
+
+impl PolicyTargetReference {
+    /// The group, `core` for the empty group.
+    pub fn canonical_group(&self) -> &str {
+        if self.group.is_empty() {
+            "core"
+        } else {
+            &self.group
+        }
+    }
+
+    /// Whether it names a Service (of the policy's namespace).
+    pub fn is_service(&self) -> bool {
+        self.canonical_group() == "core" && self.kind == "Service"
+    }
+}
+
+/// Checks the selector and target references of a policy (AuthorizationPolicy or
+/// RequestAuthentication) as Istio's validation does.
+pub(crate) fn validate_targets(
+    selector: Option<&WorkloadSelector>,
+    target_ref: Option<&PolicyTargetReference>,
+    target_refs: &[PolicyTargetReference],
+    at: &str,
+    p: &mut Problems,
+) {
+    if let Some(s) = selector {
+        p.selector_labels(&format!("{at}.selector.matchLabels"), &s.match_labels);
+    }
+    if selector.is_some() && (target_ref.is_some() || !target_refs.is_empty()) {
+        p.add(at, "selector and targetRef exclude each other: set one");
+    }
+    if target_ref.is_some() && !target_refs.is_empty() {
+        p.add(at, "targetRef and targetRefs exclude each other: set one");
+    }
+    for (field, t) in targets(target_ref, target_refs, at) {
+        if t.kind.is_empty() {
+            p.add(
+                format!("{field}.kind"),
+                "missing: a target reference needs a kind",
+            );
+        } else if !TARGET_KINDS.contains(&(t.canonical_group(), t.kind.as_str())) {
+            p.add(
+                format!("{field}.kind"),
+                format!(
+                    "\"{}/{}\": a policy can target a Service, a ServiceEntry \
+                     (networking.istio.io), a Gateway or a GatewayClass \
+                     (gateway.networking.k8s.io)",
+                    t.group, t.kind
+                ),
+            );
+        }
+        if t.name.is_empty() {
+            p.add(
+                format!("{field}.name"),
+                "missing: a target reference needs a name",
+            );
+        }
+        if !t.namespace.is_empty() {
+            p.add(
+                format!("{field}.namespace"),
+                "must not be set: a policy targets resources of its own namespace only",
+            );
+        }
+    }
+}
+
+/// Each target reference with its path (`spec.targetRef`, `spec.targetRefs[1]`).
+pub fn targets<'a>(
+    target_ref: Option<&'a PolicyTargetReference>,
+    target_refs: &'a [PolicyTargetReference],
+    at: &str,
+) -> Vec<(String, &'a PolicyTargetReference)> {
+    target_ref
+        .map(|t| (format!("{at}.targetRef"), t))
+        .into_iter()
+        .chain(
+            target_refs
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (format!("{at}.targetRefs[{i}]"), t)),
+        )
+        .collect()
+}
 
 impl AuthorizationPolicy {
     /// Checks the spec (at path `at`, normally `spec`), as Istio's validation does.
     pub fn validate(&self, at: &str, p: &mut Problems) {
-        if let Some(s) = &self.selector {
-            p.selector_labels(&format!("{at}.selector.matchLabels"), &s.match_labels);
+        validate_targets(
+            self.selector.as_ref(),
+            self.target_ref.as_ref(),
+            &self.target_refs,
+            at,
+            p,
+        );
+        let action = self.action();
+        if matches!(action, Action::Deny | Action::Custom) && self.rules.is_empty() {
+            p.add(
+                format!("{at}.rules"),
+                format!(
+                    "missing: a {} policy without rules never matches; add an empty rule `{{}}` \
+                     to match every request",
+                    action.name()
+                ),
+            );
         }
-        if self.selector.is_some() && (self.target_ref.is_some() || !self.target_refs.is_empty()) {
-            p.add(at, "selector and targetRef exclude each other: set one");
-        }
-        for (i, t) in self.target_ref.iter().chain(&self.target_refs).enumerate() {
-            let at = if self.target_ref.is_some() && i == 0 {
-                format!("{at}.targetRef")
-            } else {
-                let i = i - usize::from(self.target_ref.is_some());
-                format!("{at}.targetRefs[{i}]")
-            };
-            if t.kind.is_empty() {
-                p.add(
-                    format!("{at}.kind"),
-                    "missing: a target reference needs a kind",
-                );
-            }
-            if t.name.is_empty() {
-                p.add(
-                    format!("{at}.name"),
-                    "missing: a target reference needs a name",
-                );
-            }
-        }
-        let action = self.action.unwrap_or(Action::Allow);
         match (action, &self.provider) {
             (Action::Custom, None) => p.add(
                 format!("{at}.provider"),
@@ -221,7 +398,7 @@ impl AuthorizationPolicy {
                         format!("{at}.source"),
                         "missing: a from clause needs a source",
                     ),
-                    Some(s) => s.validate(&format!("{at}.source"), p),
+                    Some(s) => s.validate(&format!("{at}.source"), action, p),
                 }
             }
             for (j, t) in rule.to.iter().enumerate() {
@@ -235,14 +412,39 @@ impl AuthorizationPolicy {
                 }
             }
             for (j, c) in rule.when.iter().enumerate() {
-                c.validate(&format!("{at}.when[{j}]"), p);
+                c.validate(&format!("{at}.when[{j}]"), action, p);
             }
         }
+    }
+
+    /// The action (ALLOW when unset).
+    pub fn action(&self) -> Action {
+        self.action.unwrap_or(Action::Allow)
+    }
+
+    /// The parts of the rules that Ama cannot evaluate: conditions on keys that
+    /// [`condition_key_evaluated`] refuses. The control plane marks them in the rule it sends
+    /// (the proxy errs on the side of denying, see [`unevaluable_consequence`]) and
+    /// [`crate::support`] reports each one.
+    pub fn unevaluable(&self) -> Vec<Unevaluable> {
+        let mut out = Vec::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            for (j, c) in rule.when.iter().enumerate() {
+                if !condition_key_evaluated(&c.key) {
+                    out.push(Unevaluable {
+                        rule: i,
+                        field: format!("rules[{i}].when[{j}].key"),
+                        what: format!("key {}", c.key),
+                    });
+                }
+            }
+        }
+        out
     }
 }
 
 impl Source {
-    fn validate(&self, at: &str, p: &mut Problems) {
+    fn validate(&self, at: &str, action: Action, p: &mut Problems) {
         if self == &Source::default() {
             p.add(at, "must set at least one field");
         }
@@ -266,11 +468,31 @@ impl Source {
             ("namespaces", &self.namespaces),
             ("notNamespaces", &self.not_namespaces),
         ] {
-            for (k, v) in list.iter().enumerate() {
-                if v.is_empty() {
-                    p.add(format!("{at}.{name}[{k}]"), "must not be empty");
-                }
+            no_empty_values(at, name, list, p);
+            // The external authorizer is asked before identities are known (Istio's check).
+            if action == Action::Custom && !list.is_empty() {
+                p.add(
+                    format!("{at}.{name}"),
+                    "not supported with the CUSTOM action",
+                );
             }
+        }
+        for (name, list) in [
+            ("ipBlocks", &self.ip_blocks),
+            ("notIpBlocks", &self.not_ip_blocks),
+            ("remoteIpBlocks", &self.remote_ip_blocks),
+            ("notRemoteIpBlocks", &self.not_remote_ip_blocks),
+        ] {
+            no_empty_values(at, name, list, p);
+        }
+    }
+}
+
+/// Istio's `CheckEmptyValues`: no item of a list may be empty.
+fn no_empty_values(at: &str, name: &str, list: &[String], p: &mut Problems) {
+    for (k, v) in list.iter().enumerate() {
+        if v.is_empty() {
+            p.add(format!("{at}.{name}[{k}]"), "must not be empty");
         }
     }
 }
@@ -291,10 +513,19 @@ impl Operation {
                 }
             }
         }
+        for (name, list) in [
+            ("hosts", &self.hosts),
+            ("notHosts", &self.not_hosts),
+            ("methods", &self.methods),
+            ("notMethods", &self.not_methods),
+        ] {
+            no_empty_values(at, name, list, p);
+        }
         for (name, list) in [("paths", &self.paths), ("notPaths", &self.not_paths)] {
+            no_empty_values(at, name, list, p);
             for (k, path) in list.iter().enumerate() {
-                if path.is_empty() {
-                    p.add(format!("{at}.{name}[{k}]"), "must not be empty");
+                if let Err(m) = path_template(path) {
+                    p.add(format!("{at}.{name}[{k}]"), m);
                 }
             }
         }
@@ -302,18 +533,14 @@ impl Operation {
 }
 
 impl Condition {
-    fn validate(&self, at: &str, p: &mut Problems) {
+    fn validate(&self, at: &str, action: Action, p: &mut Problems) {
         if self.key.is_empty() {
             p.add(format!("{at}.key"), "missing: a condition needs a key");
         } else {
-            let base = self
-                .key
-                .split_once('[')
-                .map_or(self.key.as_str(), |(b, _)| b);
-            let known = CONDITION_KEYS.contains(&base)
-                || self.key.starts_with("experimental.envoy.filters.");
-            let bracketed = matches!(base, "request.headers" | "request.auth.claims");
-            if !known || (bracketed && !(self.key.contains('[') && self.key.ends_with(']'))) {
+            let map = MAP_KEYS.iter().find(|k| self.key.starts_with(*k));
+            let known = CONDITION_KEYS.contains(&self.key.as_str())
+                || map.is_some_and(|base| map_key_well_formed(base, &self.key));
+            if !known {
                 p.add(
                     format!("{at}.key"),
                     format!(
@@ -323,24 +550,30 @@ impl Condition {
                     ),
                 );
             }
-            if matches!(base, "source.ip" | "remote.ip" | "destination.ip") {
-                for (name, list) in [("values", &self.values), ("notValues", &self.not_values)] {
-                    for (k, v) in list.iter().enumerate() {
-                        if let Err(m) = ip_or_cidr(v) {
-                            p.add(format!("{at}.{name}[{k}]"), m);
-                        }
-                    }
-                }
+            let custom_refused = self.key == "source.namespace"
+                || self.key == "source.serviceAccount"
+                || self.key == "source.principal"
+                || self.key.starts_with("request.auth.");
+            if action == Action::Custom && custom_refused {
+                p.add(
+                    format!("{at}.key"),
+                    format!("\"{}\" is not supported with the CUSTOM action", self.key),
+                );
             }
-            if base == "destination.port" {
-                for (name, list) in [("values", &self.values), ("notValues", &self.not_values)] {
-                    for (k, v) in list.iter().enumerate() {
-                        if !v.parse::<u32>().is_ok_and(|n| (1..=65535).contains(&n)) {
-                            p.add(
-                                format!("{at}.{name}[{k}]"),
-                                format!("\"{v}\" is not a port: must be 1..65535"),
-                            );
+            for (name, list) in [("values", &self.values), ("notValues", &self.not_values)] {
+                no_empty_values(at, name, list, p);
+                for (k, v) in list.iter().enumerate() {
+                    let problem = match self.key.as_str() {
+                        "source.ip" | "remote.ip" | "destination.ip" => ip_or_cidr(v).err(),
+                        "destination.port" => {
+                            (!v.parse::<u32>().is_ok_and(|n| (1..=65535).contains(&n)))
+                                .then(|| format!("\"{v}\" is not a port: must be 1..65535"))
                         }
+                        "source.serviceAccount" => service_account(v).err(),
+                        _ => None,
+                    };
+                    if let Some(m) = problem {
+                        p.add(format!("{at}.{name}[{k}]"), m);
                     }
                 }
             }
@@ -348,5 +581,23 @@ impl Condition {
         if self.values.is_empty() && self.not_values.is_empty() {
             p.add(at, "needs values or notValues");
         }
+    }
+}
+
+/// Istio's `CheckServiceAccount`: `name` or `namespace/name`, no wildcard, at most 320
+/// characters.
+fn service_account(v: &str) -> Result<(), String> {
+    let ok = !v.contains('*')
+        && v.len() <= 320
+        && match v.split_once('/') {
+            Some((ns, sa)) => !ns.is_empty() && !sa.is_empty() && !sa.contains('/'),
+            None => !v.is_empty(),
+        };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "\"{v}\" is not a service account: 'name' or 'namespace/name', without wildcards"
+        ))
     }
 }

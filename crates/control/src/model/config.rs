@@ -1,5 +1,6 @@
 //! Istio config → the `xds` resources: VirtualService → [`xds::HttpRoutes`], DestinationRule
-//! → [`xds::TrafficPolicy`], PeerAuthentication and AuthorizationPolicy → [`xds::Authorization`].
+//! → [`xds::TrafficPolicy`], PeerAuthentication, AuthorizationPolicy and RequestAuthentication
+//! → [`xds::Authorization`].
 //!
 //! What Ama implements of each kind is said once, in [`api::support`], which reports the rest
 //! to the user (the CLI prints it, discovery logs it). The translation here leaves the rest
@@ -19,16 +20,17 @@
 //!   specific one: a selector match, then its namespace's, then the mesh's. These entries are
 //!   named `converted_peer_authentication_<name>` (ztunnel's name) and carry no rules: the
 //!   proxy reads only their `peerAuthentication`.
-//! - AuthorizationPolicy and RequestAuthentication: not enforced yet, so they fail closed. Each
-//!   one that [`api::support::denies_all`] says binds sidecars becomes an entry with `denyAll`
-//!   for the workloads it selects (by selector, its namespace, or the mesh from the root
-//!   namespace): their proxies answer every request as Envoy's RBAC filter answers a denied one.
+//! - AuthorizationPolicy and RequestAuthentication: [`super::security`], one entry per policy
+//!   (per Service of its `targetRefs`) with its rules or JWT rules, what Ama cannot evaluate
+//!   marked so that the proxy errs on the side of denying; the key sets of `jwksUri`s come from
+//!   discovery's fetches ([`super::security::FetchedJwks`]).
 
 use std::collections::BTreeMap;
 
 use api::objects::{IstioConfig, Object};
 use api::security::peer_authentication::{MtlsMode, PeerAuthentication};
 
+use super::security::{self, FetchedJwks, JwksSource};
 use super::{ROOT_NAMESPACE, Scoped, Warnings, policy, routes, service_hostname};
 
 /// What the Istio config gives.
@@ -37,6 +39,7 @@ pub(crate) struct ConfigOut {
     pub http_routes: Vec<Scoped<xds::HttpRoutes>>,
     pub traffic_policies: Vec<Scoped<xds::TrafficPolicy>>,
     pub authorizations: Vec<xds::Authorization>,
+    pub jwks_sources: Vec<JwksSource>,
 }
 
 /// Name prefix of the entries carrying a PeerAuthentication (ztunnel's).
@@ -45,6 +48,7 @@ pub const PEER_AUTHENTICATION_PREFIX: &str = "converted_peer_authentication_";
 pub(crate) fn build(
     objects: &[&Object],
     services: &[Scoped<xds::Service>],
+    jwks: &FetchedJwks,
     warnings: &mut Warnings,
 ) -> ConfigOut {
     let hosts: Vec<&str> = services
@@ -60,11 +64,6 @@ pub(crate) fn build(
             Object::VirtualService(vs) => virtual_services.push(vs),
             Object::DestinationRule(dr) => destination_rules.push(dr),
             Object::PeerAuthentication(pa) => peer_authentications.push(pa),
-            Object::AuthorizationPolicy(_) | Object::RequestAuthentication(_) => {
-                if let Some(a) = deny_all(o) {
-                    out.authorizations.push(a);
-                }
-            }
             _ => {}
         }
     }
@@ -72,6 +71,9 @@ pub(crate) fn build(
         routes::virtual_services(&virtual_services, &hosts, &mut |o, m| warnings.add(o, m));
     out.traffic_policies =
         policy::destination_rules(&destination_rules, &hosts, &mut |o, m| warnings.add(o, m));
+    let security = security::build(objects, jwks, warnings);
+    out.authorizations = security.authorizations;
+    out.jwks_sources = security.jwks_sources;
     out.authorizations
         .extend(peer_authentication(&peer_authentications, warnings));
     out.http_routes
@@ -250,30 +252,4 @@ fn peer_authentication(
         });
     }
     out
-}
-
-/// The fail-closed entry of an AuthorizationPolicy or RequestAuthentication that binds
-/// sidecars (see the module docs); `None` for one that binds none.
-fn deny_all(o: &Object) -> Option<xds::Authorization> {
-    let selector = match o {
-        _ if !api::support::denies_all(o) => return None,
-        Object::AuthorizationPolicy(p) => p.spec.selector.as_ref(),
-        Object::RequestAuthentication(r) => r.spec.selector.as_ref(),
-        _ => return None,
-    };
-    let m = o.metadata();
-    Some(xds::Authorization {
-        // Unique per object: both kinds may use the same name.
-        name: format!("{}/{}", o.kind(), m.name),
-        namespace: m.namespace.clone(),
-        selector: selector.map(|s| s.match_labels.clone()).unwrap_or_default(),
-        peer_authentication: None,
-        // One rule without conditions matches every request.
-        policy: Some(xds::AuthorizationPolicy {
-            action: xds::Action::Deny,
-            provider: String::new(),
-            rules: vec![xds::Rule::default()],
-        }),
-        request_authentication: None,
-    })
 }

@@ -9,7 +9,9 @@
 //!   StatefulSet or DaemonSet annotated `local.ama.dev/addresses`;
 //! - [`xds::Service`]s with VIPs and endpoints ([`services`], [`vip`]);
 //! - [`xds::HttpRoutes`], [`xds::TrafficPolicy`] and [`xds::Authorization`] from the Istio
-//!   config ([`config`]), each with its visibility (`exportTo`).
+//!   config ([`config`], [`security`]), each with its visibility (`exportTo`);
+//! - the `jwksUri`s discovery fetches ([`security::JwksSource`]); the sets fetched come back in
+//!   through [`Model::build_with_jwks`], so building stays pure.
 //!
 //! Building never fails: what cannot be used is left out with a [`Warning`] naming the object,
 //! so one bad object does not stop the mesh. The model is pure data; the only state carried
@@ -18,6 +20,7 @@
 pub mod config;
 pub mod policy;
 pub mod routes;
+pub mod security;
 pub mod services;
 pub mod vip;
 pub mod workloads;
@@ -142,8 +145,12 @@ pub struct Model {
     pub http_routes: Vec<Scoped<xds::HttpRoutes>>,
     /// Traffic policies (DestinationRules), by name.
     pub traffic_policies: Vec<Scoped<xds::TrafficPolicy>>,
-    /// PeerAuthentications and AuthorizationPolicies, by namespace and name.
+    /// PeerAuthentications, AuthorizationPolicies and RequestAuthentications, by namespace and
+    /// name.
     pub authorizations: Vec<xds::Authorization>,
+    /// The `jwksUri`s of the RequestAuthentications, for discovery to fetch
+    /// ([`crate::jwks`]).
+    pub jwks_sources: Vec<security::JwksSource>,
     /// What was left out.
     pub warnings: Vec<Warning>,
 }
@@ -158,10 +165,20 @@ fn workload_by_uid<'a>(workloads: &'a [xds::Workload], uid: &str) -> Option<&'a 
 
 impl Model {
     /// Builds the model from every object. `vips` assigns (and remembers) the VIPs of Services
-    /// that have no `clusterIP`.
+    /// that have no `clusterIP`. No `jwksUri` has been fetched: see [`Model::build_with_jwks`].
     pub fn build<'a>(
         objects: impl IntoIterator<Item = &'a Object>,
         vips: &mut VipAllocator,
+    ) -> Model {
+        Model::build_with_jwks(objects, vips, &security::FetchedJwks::new())
+    }
+
+    /// [`Model::build`], with the key sets fetched so far from the `jwksUri`s of
+    /// RequestAuthentications (a URI not in `jwks` goes out with an empty set).
+    pub fn build_with_jwks<'a>(
+        objects: impl IntoIterator<Item = &'a Object>,
+        vips: &mut VipAllocator,
+        jwks: &security::FetchedJwks,
     ) -> Model {
         let mut warnings = Warnings::default();
         let objects: Vec<&Object> = objects.into_iter().collect();
@@ -194,7 +211,7 @@ impl Model {
         let trust_domain = inject_config.trust_domain().to_string();
         let workloads = workloads::build(&objects, &namespaces, &inject_config, &mut warnings);
         let mut services = services::build(&objects, &workloads, vips, &mut warnings);
-        let config = config::build(&objects, &services, &mut warnings);
+        let config = config::build(&objects, &services, jwks, &mut warnings);
         services::plaintext_where_mtls_is_disabled(
             &mut services,
             &workloads,
@@ -208,6 +225,7 @@ impl Model {
             http_routes: config.http_routes,
             traffic_policies: config.traffic_policies,
             authorizations: config.authorizations,
+            jwks_sources: config.jwks_sources,
             warnings: warnings.0.into_iter().collect(),
         }
     }
@@ -238,6 +256,8 @@ pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
 
 #[cfg(test)]
 mod rule_tests;
+#[cfg(test)]
+mod security_tests;
 #[cfg(test)]
 mod task_tests;
 #[cfg(test)]

@@ -406,64 +406,6 @@ spec:
 }
 
 #[test]
-fn authorization_and_request_authentication_fail_closed() {
-    let yaml = r#"
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: httpbin, namespace: default}
-spec:
-  selector: {matchLabels: {app: httpbin}}
-  action: ALLOW
-  rules:
-  - from: [{source: {principals: ["cluster.local/ns/default/sa/sleep"]}}]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: deny, namespace: default}
-spec:
-  action: DENY
-  rules:
-  - to: [{operation: {paths: ["/admin"]}}]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: audit, namespace: default}
-spec: {action: AUDIT}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: waypoint, namespace: default}
-spec:
-  targetRefs: [{kind: Service, group: "", name: httpbin}]
----
-apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {name: jwt, namespace: istio-system}
-spec:
-  jwtRules: [{issuer: "https://example.com"}]
-"#;
-    let m = model(yaml);
-    let names: Vec<(&str, &str, bool)> = m
-        .authorizations
-        .iter()
-        .map(|a| (a.namespace.as_str(), a.name.as_str(), a.policy.is_some()))
-        .collect();
-    assert_eq!(
-        names,
-        [
-            ("default", "AuthorizationPolicy/deny", true),
-            ("default", "AuthorizationPolicy/httpbin", true),
-            ("istio-system", "RequestAuthentication/jwt", true),
-        ],
-        "AUDIT decides nothing and targetRef binds no sidecar"
-    );
-    let httpbin = &m.authorizations[1];
-    assert_eq!(httpbin.selector["app"], "httpbin");
-    assert_eq!(httpbin.policy.as_ref().map(|p| p.rules.len()), Some(1));
-    assert!(m.warnings.is_empty(), "{:?}", m.warnings);
-}
-
-#[test]
 fn virtual_service_and_destination_rule() {
     let yaml = format!(
         r#"{HTTPBIN}

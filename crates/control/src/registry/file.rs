@@ -242,11 +242,13 @@ impl FileRegistry {
             let logged: std::collections::BTreeSet<String> =
                 parsed.findings.iter().map(ToString::to_string).collect();
             let before = files.get(&name).map(|f| &f.logged);
-            for f in logged
-                .iter()
-                .filter(|f| before.is_none_or(|b| !b.contains(*f)))
-            {
-                tracing::warn!("{f}");
+            let mut done = std::collections::BTreeSet::new();
+            for f in &parsed.findings {
+                let text = f.to_string();
+                if before.is_some_and(|b| b.contains(&text)) || !done.insert(text) {
+                    continue;
+                }
+                log_finding(f);
             }
             let (errors, _): (Vec<_>, Vec<_>) =
                 parsed.findings.into_iter().partition(|f| f.is_error());
@@ -400,4 +402,14 @@ fn list(root: &Path, dir: &Path, out: &mut BTreeMap<String, (PathBuf, Stamp)>) -
         }
     }
     Ok(())
+}
+
+/// Logs a finding: at ERROR when Ama enforces a security policy more strictly than written
+/// (the object is used), at WARN otherwise (a document left out, or a part not implemented).
+pub fn log_finding(f: &api::objects::Finding) {
+    if f.severity == api::objects::Severity::FailClosed {
+        tracing::error!("{f}");
+    } else {
+        tracing::warn!("{f}");
+    }
 }

@@ -3,9 +3,9 @@
 //! One task per watched kind ([`KINDS`]): Namespaces, Services, Pods, EndpointSlices
 //! (`discovery.k8s.io/v1`), the ConfigMap `istio` of the system namespace (MeshConfig), and
 //! Istio's CRDs (`networking.istio.io` VirtualService, DestinationRule, Gateway, ServiceEntry,
-//! Sidecar; `security.istio.io` PeerAuthentication, AuthorizationPolicy). Each task runs a
-//! [`::kube::runtime::watcher`] stream with the runtime's default backoff and keeps the
-//! objects of its kind as the store source `kubernetes/<Kind>`, so the pusher rebuilds the model
+//! Sidecar; `security.istio.io` PeerAuthentication, AuthorizationPolicy, RequestAuthentication).
+//! Each task runs a [`::kube::runtime::watcher`] stream with the runtime's default backoff and
+//! keeps the objects of its kind as the store source `kubernetes/<Kind>`, so the pusher rebuilds the model
 //! from them exactly as it does from files.
 //!
 //! - Every object is parsed by [`convert`] with the file registry's parser: a malformed one is
@@ -199,6 +199,12 @@ pub const KINDS: &[Kind] = &[
         &api::security::VERSIONS,
         "AuthorizationPolicy",
         "authorizationpolicies",
+    ),
+    istio(
+        SECURITY,
+        &api::security::VERSIONS,
+        "RequestAuthentication",
+        "requestauthentications",
     ),
 ];
 

@@ -77,7 +77,7 @@ pub fn convert_value(value: &Value, source_name: &str) -> Converted {
     // What Ama does not implement of the object: logged as the file registry logs it (the
     // watch sends an object again only when it changes).
     for w in &warnings {
-        tracing::warn!("{w}");
+        crate::registry::file::log_finding(w);
     }
     let mut objects = parsed.objects;
     match (objects.pop(), objects.is_empty()) {

@@ -1,0 +1,379 @@
+//! The key sets of RequestAuthentication `jwksUri`s, fetched by discovery as istiod's JWKS
+//! resolver fetches them (`pilot/pkg/model/jwks_resolver.go`), so that proxies get them inline.
+//!
+//! - What to fetch: the model's [`crate::model::Model::jwks_sources`] (each URI with the longest
+//!   `timeout` of the rules naming it, Istio's 5 s by default): a `jwksUri`, or for a rule with
+//!   neither `jwks` nor `jwksUri` the issuer's `/.well-known/openid-configuration`, whose
+//!   `jwks_uri` is then fetched (istiod's OpenID Connect discovery).
+//! - How: `GET` over HTTP, or HTTPS verified against the system's roots (rustls with aws-lc-rs,
+//!   `rustls-native-certs` through hyper-rustls); the whole exchange within the timeout; a 2xx
+//!   answer whose body is a JSON Web Key Set ([`api::security::request_authentication::
+//!   jwks_problem`]), at most 1 MiB.
+//! - When: at once for a URI the model names for the first time, then every
+//!   [`REFRESH_INTERVAL`] (istiod's 20 minutes); a failure is retried sooner, after
+//!   [`RETRY_MIN`] doubling up to [`RETRY_MAX`]. A failed refresh keeps the last set fetched
+//!   (istiod keeps its cached key), with a WARN.
+//! - Then: a change in what the model reads ([`JwksCache::fetched`]: a set, or why there is
+//!   none) triggers a push, so proxies get the new set. Until a URI's set is fetched, its rules
+//!   go out with an empty set, which fails every token of their issuer (401), as istiod's fake
+//!   key set does; the push logs why at WARN, naming each rule (a model warning).
+//!
+//! The model stays pure: it reads a [`FetchedJwks`] copy taken at the start of each push.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::security::{FetchedJwks, JwksSource};
+use crate::push::Pusher;
+
+/// How often a key set fetched is fetched again (istiod's `JwtPubKeyRefreshInterval`).
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(20 * 60);
+/// The first retry after a failed fetch; each further failure doubles it.
+pub const RETRY_MIN: Duration = Duration::from_secs(1);
+/// The longest wait between retries of a failing fetch.
+pub const RETRY_MAX: Duration = Duration::from_secs(60);
+/// The largest key set read.
+const MAX_BODY: usize = 1 << 20;
+
+/// Why a key set could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The URI does not parse as an `http` or `https` URL.
+    #[error("not an http or https URL: {0}")]
+    Uri(String),
+    /// Connecting, TLS or the exchange failed.
+    #[error("request failed: {0}")]
+    Request(String),
+    /// No whole answer within the rule's timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The server answered with another status than 2xx.
+    #[error("answered {0}")]
+    Status(http::StatusCode),
+    /// The body could not be read (or is over 1 MiB).
+    #[error("reading the answer: {0}")]
+    Body(String),
+    /// The body is not a JSON Web Key Set.
+    #[error("not a JSON Web Key Set: {0}")]
+    NotJwks(String),
+    /// The OpenID Connect discovery document names no key set.
+    #[error("OpenID Connect discovery: {0}")]
+    Discovery(String),
+}
+
+/// An HTTP and HTTPS client.
+pub type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// A client for `http` and `https` URLs, HTTPS verified against the system's roots. Without
+/// readable system roots, HTTPS fetches fail (with a WARN now) and HTTP ones still work.
+pub fn client() -> HttpsClient {
+    let builder = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(
+                "no system root certificates ({e}): jwksUri fetches over HTTPS will fail"
+            );
+            let config = rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
+        }
+    };
+    Client::builder(TokioExecutor::new()).build(builder.https_or_http().enable_http1().build())
+}
+
+/// Fetches the key set of `source`: its `jwksUri`, or the `jwks_uri` its OpenID Connect
+/// discovery document names (each exchange within the source's timeout, as istiod's).
+pub async fn fetch_source(client: &HttpsClient, source: &JwksSource) -> Result<String, FetchError> {
+    if !source.discover {
+        return fetch(client, &source.uri, source.timeout).await;
+    }
+    let text = get(client, &source.uri, source.timeout).await?;
+    let doc: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| FetchError::Discovery(format!("{}: {e}", source.uri)))?;
+    match doc.get("jwks_uri").and_then(serde_json::Value::as_str) {
+        Some(uri) => fetch(client, uri, source.timeout).await,
+        None => Err(FetchError::Discovery(format!(
+            "{} names no jwks_uri",
+            source.uri
+        ))),
+    }
+}
+
+/// Fetches one key set: `GET uri`, the whole exchange within `timeout`.
+pub async fn fetch(
+    client: &HttpsClient,
+    uri: &str,
+    timeout: Duration,
+) -> Result<String, FetchError> {
+    let text = get(client, uri, timeout).await?;
+    match api::security::request_authentication::jwks_problem(&text) {
+        Some(why) => Err(FetchError::NotJwks(why)),
+        None => Ok(text),
+    }
+}
+
+/// `GET uri`, the whole exchange within `timeout`: the body of a 2xx answer, as text.
+async fn get(client: &HttpsClient, uri: &str, timeout: Duration) -> Result<String, FetchError> {
+    let parsed: http::Uri = uri.parse().map_err(|e| FetchError::Uri(format!("{e}")))?;
+    if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.host().is_none() {
+        return Err(FetchError::Uri(uri.to_string()));
+    }
+    let exchange = async {
+        let response = client
+            .get(parsed)
+            .await
+            .map_err(|e| FetchError::Request(error_chain(&e)))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(FetchError::Status(status));
+        }
+        let body = Limited::new(response.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| FetchError::Body(e.to_string()))?
+            .to_bytes();
+        String::from_utf8(body.to_vec()).map_err(|e| FetchError::NotJwks(e.to_string()))
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| FetchError::Timeout(timeout))?
+}
+
+/// An error and its sources, `: `-separated (hyper-util's errors say little on their own).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// What is known of one URI.
+#[derive(Debug)]
+struct Entry {
+    /// The last set fetched.
+    set: Option<String>,
+    /// Why the last fetch failed, when it did.
+    error: Option<String>,
+    /// When to fetch again.
+    due: Instant,
+    /// Failures in a row.
+    failures: u32,
+}
+
+/// The key sets fetched so far, by URI; shared by the fetcher and the [`Pusher`], which reads
+/// [`JwksCache::fetched`] at each push.
+#[derive(Debug, Default)]
+pub struct JwksCache {
+    entries: Mutex<BTreeMap<String, Entry>>,
+}
+
+impl JwksCache {
+    /// An empty cache.
+    pub fn new() -> JwksCache {
+        JwksCache::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What the model reads: by URI, the last set fetched, or why none could be; URIs never
+    /// tried yet are absent.
+    pub fn fetched(&self) -> FetchedJwks {
+        self.lock()
+            .iter()
+            .filter_map(|(uri, e)| {
+                let v = match (&e.set, &e.error) {
+                    (Some(set), _) => Ok(set.clone()),
+                    (None, Some(error)) => Err(error.clone()),
+                    (None, None) => return None,
+                };
+                Some((uri.clone(), v))
+            })
+            .collect()
+    }
+
+    /// Forgets the URIs the model no longer names.
+    fn retain(&self, sources: &[JwksSource]) {
+        self.lock()
+            .retain(|uri, _| sources.iter().any(|s| &s.uri == uri));
+    }
+
+    /// The sources to fetch now: never tried, or due.
+    fn due(&self, sources: &[JwksSource], now: Instant) -> Vec<JwksSource> {
+        let entries = self.lock();
+        sources
+            .iter()
+            .filter(|s| entries.get(&s.uri).is_none_or(|e| e.due <= now))
+            .cloned()
+            .collect()
+    }
+
+    /// When the next of `sources` is due (now for one never tried).
+    fn next_due(&self, sources: &[JwksSource]) -> Option<Instant> {
+        let entries = self.lock();
+        sources
+            .iter()
+            .map(|s| entries.get(&s.uri).map_or_else(Instant::now, |e| e.due))
+            .min()
+    }
+}
+
+/// Fetches the key sets the model needs and pushes when one changes (see the module docs).
+#[derive(Debug)]
+pub struct JwksFetcher {
+    client: HttpsClient,
+    cache: Arc<JwksCache>,
+    refresh: Duration,
+    retry_min: Duration,
+    retry_max: Duration,
+}
+
+impl JwksFetcher {
+    /// A fetcher filling `cache`, with istiod's refresh interval.
+    pub fn new(cache: Arc<JwksCache>) -> JwksFetcher {
+        JwksFetcher {
+            client: client(),
+            cache,
+            refresh: REFRESH_INTERVAL,
+            retry_min: RETRY_MIN,
+            retry_max: RETRY_MAX,
+        }
+    }
+
+    /// Other intervals: between refreshes of a set fetched, and the first and longest wait
+    /// before retrying a failed fetch.
+    pub fn with_intervals(
+        mut self,
+        refresh: Duration,
+        retry_min: Duration,
+        retry_max: Duration,
+    ) -> JwksFetcher {
+        self.refresh = refresh;
+        self.retry_min = retry_min;
+        self.retry_max = retry_max;
+        self
+    }
+
+    /// The cache it fills.
+    pub fn cache(&self) -> &Arc<JwksCache> {
+        &self.cache
+    }
+
+    /// Fetches, together, those of `sources` that are due; returns whether what the model reads
+    /// changed (a new or different set, or a first failure).
+    pub async fn fetch_due(&self, sources: &[JwksSource]) -> bool {
+        let due = self.cache.due(sources, Instant::now());
+        let results = futures_util::future::join_all(
+            due.iter()
+                .map(|s| async move { (s, fetch_source(&self.client, s).await) }),
+        )
+        .await;
+        let now = Instant::now();
+        let mut changed = false;
+        let mut entries = self.cache.lock();
+        for (source, result) in results {
+            let uri = &source.uri;
+            let entry = entries.entry(uri.clone()).or_insert(Entry {
+                set: None,
+                error: None,
+                due: now,
+                failures: 0,
+            });
+            match result {
+                Ok(set) => {
+                    if entry.set.as_deref() != Some(set.as_str()) {
+                        tracing::info!(
+                            "jwksUri {uri}: key set {}",
+                            if entry.set.is_some() {
+                                "changed"
+                            } else {
+                                "fetched"
+                            }
+                        );
+                        changed = true;
+                    }
+                    entry.set = Some(set);
+                    entry.error = None;
+                    entry.failures = 0;
+                    entry.due = now + self.refresh;
+                }
+                Err(e) => {
+                    let retry = self
+                        .retry_min
+                        .saturating_mul(1 << entry.failures.min(16))
+                        .min(self.retry_max);
+                    entry.failures = entry.failures.saturating_add(1);
+                    entry.due = now + retry;
+                    let error = e.to_string();
+                    let new = entry.error.as_deref() != Some(error.as_str());
+                    if entry.set.is_some() {
+                        // The model keeps the last set and says nothing: say it here, once per
+                        // new reason (its retries at DEBUG).
+                        if new {
+                            tracing::warn!(
+                                "jwksUri {uri}: refresh failed: {error}: keeping the key set \
+                                 fetched before; retrying in {retry:?}"
+                            );
+                        } else {
+                            tracing::debug!("jwksUri {uri}: refresh failed: {error}");
+                        }
+                    } else {
+                        // The next push logs it at WARN, naming each rule it fails.
+                        changed |= new;
+                        tracing::debug!("jwksUri {uri}: {error}; retrying in {retry:?}");
+                    }
+                    entry.error = Some(error);
+                }
+            }
+        }
+        changed
+    }
+
+    /// Runs until `shutdown`: follows the model of `pusher` for the URIs it names, fetches those
+    /// due, and pushes when what the model reads changed.
+    pub async fn run(self, pusher: Arc<Pusher>, shutdown: CancellationToken) {
+        let mut pushes = pusher.pushes();
+        loop {
+            let sources = pusher.model().jwks_sources.clone();
+            self.cache.retain(&sources);
+            let changed = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = self.fetch_due(&sources) => changed,
+            };
+            if changed {
+                let pusher = Arc::clone(&pusher);
+                if let Err(e) = tokio::task::spawn_blocking(move || pusher.push(None, 0)).await {
+                    tracing::error!("push after a jwksUri fetch failed: {e}");
+                }
+            }
+            let next = self.cache.next_due(&sources);
+            let wait = async {
+                match next {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = pushes.changed() => if r.is_err() { return },
+                _ = wait => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,541 @@
+//! AuthorizationPolicy and RequestAuthentication → `xds::Authorization`, with the shapes of
+//! Istio's security tasks ("Authorization for HTTP traffic", "Authorization with custom
+//! conditions", "JWT authentication").
+
+use api::objects::{Object, parse_stream};
+use pretty_assertions::assert_eq;
+use xds::{Action, Authorization, AuthorizationPolicy, Condition, Operation, Rule, Source};
+
+use super::security::{FetchedJwks, JwksSource, REQUEST_AUTHENTICATION_PREFIX};
+use super::*;
+
+fn objects(yaml: &str) -> Vec<Object> {
+    let (objects, errors) = parse_stream(yaml, "test.yaml");
+    assert!(errors.is_empty(), "{errors:?}");
+    objects
+}
+
+fn model_with(yaml: &str, jwks: &FetchedJwks) -> Model {
+    let m = Model::build_with_jwks(&objects(yaml), &mut VipAllocator::new(), jwks);
+    // What the model sends must pass the proxy's validation: a rejected push would keep the
+    // proxies on their old policies.
+    xds::ProxyResources {
+        authorizations: m.authorizations.clone(),
+        ..Default::default()
+    }
+    .validate()
+    .unwrap_or_else(|e| panic!("{e}"));
+    m
+}
+
+fn model(yaml: &str) -> Model {
+    model_with(yaml, &FetchedJwks::new())
+}
+
+fn policy(m: &Model, ns: &str, name: &str) -> Authorization {
+    m.authorizations
+        .iter()
+        .find(|a| a.namespace == ns && a.name == name)
+        .unwrap_or_else(|| panic!("no {ns}/{name} in {:#?}", m.authorizations))
+        .clone()
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn allow_nothing_and_deny_all() {
+    let m = model(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-nothing, namespace: default}
+spec: {}
+---
+apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {name: deny-all, namespace: istio-system}
+spec:
+  action: DENY
+  rules: [{}]
+",
+    );
+    assert_eq!(
+        m.authorizations,
+        [
+            Authorization {
+                name: "allow-nothing".into(),
+                namespace: "default".into(),
+                // An ALLOW policy without rules allows nothing.
+                policy: Some(AuthorizationPolicy::default()),
+                ..Default::default()
+            },
+            Authorization {
+                name: "deny-all".into(),
+                namespace: "istio-system".into(),
+                // One empty rule matches every request, mesh-wide from the root namespace.
+                policy: Some(AuthorizationPolicy {
+                    action: Action::Deny,
+                    provider: String::new(),
+                    rules: vec![Rule::default()],
+                }),
+                ..Default::default()
+            },
+        ]
+    );
+    let anyone = labels(&[("app", "x")]);
+    assert!(m.authorizations[0].selects(ROOT_NAMESPACE, Some("default"), &anyone));
+    assert!(!m.authorizations[0].selects(ROOT_NAMESPACE, Some("foo"), &anyone));
+    assert!(m.authorizations[1].selects(ROOT_NAMESPACE, Some("foo"), &anyone));
+    assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+}
+
+#[test]
+fn rules_are_copied() {
+    let m = model(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: productpage-viewer, namespace: default}
+spec:
+  selector: {matchLabels: {app: productpage}}
+  action: ALLOW
+  rules:
+  - to: [{operation: {methods: [GET]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: details-viewer, namespace: default}
+spec:
+  selector: {matchLabels: {app: details}}
+  rules:
+  - from:
+    - source:
+        principals: [cluster.local/ns/default/sa/bookinfo-productpage]
+        notNamespaces: [dev]
+        ipBlocks: [10.0.0.0/8]
+        notRemoteIpBlocks: [10.1.0.0/16]
+        requestPrincipals: ['testing@secure.istio.io/*']
+    - source: {namespaces: [foo], notPrincipals: ['*/sa/admin']}
+    to:
+    - operation:
+        hosts: ['details*']
+        ports: ['9080']
+        notPorts: ['15000']
+        notMethods: [DELETE]
+        paths: ['/details/{*}']
+        notPaths: ['/admin*', '*/private']
+    when:
+    - key: request.headers[version]
+      values: [v1, v2]
+    - key: request.auth.claims[groups]
+      values: [group1]
+    - key: source.ip
+      notValues: [10.0.0.9]
+",
+    );
+    assert_eq!(
+        policy(&m, "default", "productpage-viewer"),
+        Authorization {
+            name: "productpage-viewer".into(),
+            namespace: "default".into(),
+            selector: labels(&[("app", "productpage")]),
+            policy: Some(AuthorizationPolicy {
+                action: Action::Allow,
+                provider: String::new(),
+                rules: vec![Rule {
+                    to: vec![Operation {
+                        methods: strings(&["GET"]),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        }
+    );
+    let details = policy(&m, "default", "details-viewer");
+    assert_eq!(details.selector, labels(&[("app", "details")]));
+    assert_eq!(
+        details.policy.expect("policy").rules,
+        [Rule {
+            from: vec![
+                Source {
+                    principals: strings(&["cluster.local/ns/default/sa/bookinfo-productpage"]),
+                    not_namespaces: strings(&["dev"]),
+                    ip_blocks: strings(&["10.0.0.0/8"]),
+                    not_remote_ip_blocks: strings(&["10.1.0.0/16"]),
+                    request_principals: strings(&["testing@secure.istio.io/*"]),
+                    ..Default::default()
+                },
+                Source {
+                    namespaces: strings(&["foo"]),
+                    not_principals: strings(&["*/sa/admin"]),
+                    ..Default::default()
+                },
+            ],
+            to: vec![Operation {
+                hosts: strings(&["details*"]),
+                ports: vec![9080],
+                not_ports: vec![15000],
+                not_methods: strings(&["DELETE"]),
+                paths: strings(&["/details/{*}"]),
+                not_paths: strings(&["/admin*", "*/private"]),
+                ..Default::default()
+            }],
+            when: vec![
+                Condition {
+                    key: "request.headers[version]".into(),
+                    values: strings(&["v1", "v2"]),
+                    not_values: vec![],
+                },
+                Condition {
+                    key: "request.auth.claims[groups]".into(),
+                    values: strings(&["group1"]),
+                    not_values: vec![],
+                },
+                Condition {
+                    key: "source.ip".into(),
+                    values: vec![],
+                    not_values: strings(&["10.0.0.9"]),
+                },
+            ],
+            unsupported: vec![],
+        }]
+    );
+}
+
+#[test]
+fn custom_audit_and_conditions_ama_cannot_evaluate() {
+    let m = model(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext-authz, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: CUSTOM
+  provider: {name: sample-ext-authz-grpc}
+  rules: [{to: [{operation: {paths: [/headers]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit, namespace: foo}
+spec:
+  action: AUDIT
+  rules: [{to: [{operation: {paths: [/headers]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: mysql, namespace: foo}
+spec:
+  action: DENY
+  rules:
+  - when:
+    - {key: destination.port, values: ['3306']}
+    - {key: 'experimental.envoy.filters.network.mysql_proxy[db.table]', values: ['[update]']}
+",
+    );
+    let custom = policy(&m, "foo", "ext-authz").policy.expect("policy");
+    assert_eq!(custom.action, Action::Custom);
+    assert_eq!(custom.provider, "sample-ext-authz-grpc");
+    assert_eq!(custom.rules[0].to[0].paths, ["/headers"]);
+    assert_eq!(
+        policy(&m, "foo", "audit").policy.map(|p| p.action),
+        Some(Action::Audit)
+    );
+    let mysql = policy(&m, "foo", "mysql").policy.expect("policy");
+    assert_eq!(
+        mysql.rules,
+        [Rule {
+            when: vec![Condition {
+                key: "destination.port".into(),
+                values: strings(&["3306"]),
+                not_values: vec![],
+            }],
+            unsupported: strings(&[
+                "rules[0].when[1]: key experimental.envoy.filters.network.mysql_proxy[db.table]"
+            ]),
+            ..Default::default()
+        }]
+    );
+}
+
+#[test]
+fn api_and_wire_agree_on_the_conditions_ama_evaluates() {
+    // Every key Istio's validation accepts is either evaluated by the proxy or reported by
+    // api::support (which marks exactly those api says it cannot evaluate).
+    for key in xds::CONDITION_KEYS.iter().map(|k| k.to_string()).chain([
+        "request.headers[x-a]".into(),
+        "request.auth.claims[a][b]".into(),
+    ]) {
+        assert!(
+            api::security::authorization_policy::condition_key_evaluated(&key)
+                && xds::condition_key_known(&key),
+            "{key}"
+        );
+    }
+    let key = "experimental.envoy.filters.a[b]";
+    assert!(!api::security::authorization_policy::condition_key_evaluated(key));
+    assert!(!security::condition_evaluated(key));
+    // Keys near the known ones: api's validation refuses each one the wire does not know, so
+    // none reaches the model unreported.
+    for key in [
+        "request.headersX[a]",
+        "request.auth.claims[a][]",
+        "request.auth.claims",
+        "request.headers[]",
+        "source.ipx",
+    ] {
+        let yaml = format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p}}\n\
+             spec: {{rules: [{{when: [{{key: '{key}', values: [a]}}]}}]}}\n"
+        );
+        let (objects, _) = parse_stream(&yaml, "t.yaml");
+        assert!(
+            objects.is_empty() || security::condition_evaluated(key),
+            "{key} accepted by api, unknown to the wire"
+        );
+        assert!(objects.is_empty(), "{key}");
+    }
+}
+
+#[test]
+fn target_refs_bind_the_pods_of_services() {
+    let m = model(
+        "apiVersion: v1
+kind: Service
+metadata: {name: productpage, namespace: default}
+spec:
+  selector: {app: productpage}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: default}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: manual, namespace: default}
+spec:
+  ports: [{name: http, port: 80}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: viewer, namespace: default}
+spec:
+  targetRefs:
+  - {kind: Service, group: '', name: productpage}
+  - {kind: Gateway, group: gateway.networking.k8s.io, name: ingress}
+  - {kind: Service, group: core, name: reviews}
+  - {kind: Service, name: missing}
+  - {kind: Service, name: manual}
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: gateway-only, namespace: default}
+spec:
+  targetRef: {kind: Gateway, group: gateway.networking.k8s.io, name: ingress}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: default}
+spec:
+  targetRef: {kind: Service, name: productpage}
+  jwtRules: [{issuer: a, jwks: '{\"keys\": []}'}]
+",
+    );
+    let got: Vec<(&str, &Labels)> = m
+        .authorizations
+        .iter()
+        .map(|a| (a.name.as_str(), &a.selector))
+        .collect();
+    let pp = labels(&[("app", "productpage")]);
+    let rv = labels(&[("app", "reviews")]);
+    assert_eq!(
+        got,
+        [
+            ("converted_request_authentication_jwt", &pp),
+            ("viewer", &pp),
+            ("viewer#2", &rv),
+        ],
+        "a target that binds nothing never falls back to the namespace"
+    );
+    assert_eq!(
+        m.warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        [
+            "AuthorizationPolicy default/viewer: spec.targetRefs[3]: Service default/missing does not exist: this reference binds nothing",
+            "AuthorizationPolicy default/viewer: spec.targetRefs[4]: Service default/manual has no selector: this reference binds nothing",
+        ]
+    );
+}
+
+const JWT: &str = "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt-example, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  jwtRules:
+  - issuer: testing@secure.istio.io
+    jwksUri: http://127.0.0.1:1/jwks.json
+    audiences: [a, b]
+    fromHeaders: [{name: x-jwt-assertion, prefix: 'Bearer '}]
+    fromParams: [my_token]
+    fromCookies: [session]
+    outputPayloadToHeader: x-jwt-payload
+    forwardOriginalToken: true
+    outputClaimToHeaders: [{header: x-jwt-group, claim: group}]
+    timeout: 8s
+  - issuer: inline
+    jwks: '{\"keys\": [{\"kty\": \"oct\", \"k\": \"c2VjcmV0\"}]}'
+  - issuer: broken
+    jwks: '{\"keys\": 1}'
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt-example, namespace: bar}
+spec:
+  jwtRules:
+  - {issuer: other, jwksUri: 'http://127.0.0.1:1/jwks.json'}
+  - {issuer: third, jwksUri: 'https://example.com/keys'}
+  - {issuer: 'https://accounts.example.com/', timeout: 1s}
+  - {issuer: testing@secure.istio.io}
+";
+
+#[test]
+fn request_authentication_with_its_key_sets() {
+    let uri = "http://127.0.0.1:1/jwks.json";
+    let set = r#"{"keys": [{"kty": "RSA", "e": "AQAB", "n": "abc"}]}"#;
+    // Not fetched yet: empty (every token of the issuer fails), and no warning.
+    let m = model(JWT);
+    assert_eq!(
+        m.jwks_sources,
+        [
+            JwksSource {
+                uri: "http://127.0.0.1:1/jwks.json".into(),
+                timeout: std::time::Duration::from_secs(8),
+                discover: false,
+            },
+            // Neither jwks nor jwksUri: the issuer's OpenID Connect discovery document (an
+            // issuer that is no URL has none; api::support reports it).
+            JwksSource {
+                uri: "https://accounts.example.com/.well-known/openid-configuration".into(),
+                timeout: std::time::Duration::from_secs(1),
+                discover: true,
+            },
+            JwksSource {
+                uri: "https://example.com/keys".into(),
+                timeout: std::time::Duration::from_secs(5),
+                discover: false,
+            },
+        ]
+    );
+    let name = format!("{REQUEST_AUTHENTICATION_PREFIX}jwt-example");
+    let a = policy(&m, "foo", &name);
+    assert_eq!(a.selector, labels(&[("app", "httpbin")]));
+    assert!(a.policy.is_none());
+    let rules = a
+        .request_authentication
+        .expect("requestAuthentication")
+        .jwt_rules;
+    assert_eq!(
+        rules[0],
+        xds::JwtRule {
+            issuer: "testing@secure.istio.io".into(),
+            audiences: strings(&["a", "b"]),
+            jwks: String::new(),
+            jwks_uri: uri.into(),
+            from_headers: vec![xds::JwtHeader {
+                name: "x-jwt-assertion".into(),
+                prefix: "Bearer ".into(),
+            }],
+            from_params: strings(&["my_token"]),
+            from_cookies: strings(&["session"]),
+            output_payload_to_header: "x-jwt-payload".into(),
+            forward_original_token: true,
+            output_claim_to_headers: vec![xds::ClaimToHeader {
+                header: "x-jwt-group".into(),
+                claim: "group".into(),
+            }],
+        }
+    );
+    assert_eq!(
+        rules[1].jwks,
+        r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#
+    );
+    assert_eq!(
+        rules[2].jwks, "",
+        "not a key set: sent empty, so every token fails"
+    );
+    assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+
+    // Fetched: the set goes inline; a failed fetch is a warning naming the rule.
+    let fetched: FetchedJwks = [
+        (uri.to_string(), Ok(set.to_string())),
+        (
+            "https://example.com/keys".to_string(),
+            Err("404 Not Found".to_string()),
+        ),
+        (
+            "https://accounts.example.com/.well-known/openid-configuration".to_string(),
+            Ok(set.to_string()),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let m = model_with(JWT, &fetched);
+    let foo = policy(&m, "foo", &name).request_authentication.expect("ra");
+    assert_eq!(foo.jwt_rules[0].jwks, set);
+    let bar = policy(&m, "bar", &name).request_authentication.expect("ra");
+    assert_eq!(bar.jwt_rules[0].jwks, set);
+    assert_eq!(bar.jwt_rules[1].jwks, "");
+    assert_eq!(
+        bar.jwt_rules[2].jwks, set,
+        "found through OpenID Connect discovery"
+    );
+    assert_eq!(bar.jwt_rules[3].jwks, "");
+    assert_eq!(
+        m.warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        [
+            "RequestAuthentication bar/jwt-example: spec.jwtRules[1].jwksUri: https://example.com/keys: 404 Not Found: every token of issuer \"third\" is rejected (401) until the key set is fetched"
+        ]
+    );
+}
+
+#[test]
+fn names_of_both_kinds_do_not_collide() {
+    let m = model(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: httpbin, namespace: foo}
+spec:
+  rules: [{from: [{source: {requestPrincipals: ['*']}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: httpbin, namespace: foo}
+spec:
+  jwtRules: [{issuer: a, jwks: '{\"keys\": []}'}]
+",
+    );
+    let names: Vec<&str> = m.authorizations.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["converted_request_authentication_httpbin", "httpbin"]
+    );
+}
