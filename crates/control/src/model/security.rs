@@ -19,6 +19,11 @@
 //! not sent as a condition: its path goes into [`xds::Rule::unsupported`], so the proxy errs on
 //! the side of denying, and [`api::support`] reports it as an error.
 //!
+//! **A policy Ama cannot read** ([`api::objects::UnreadablePolicy`]: an unknown field, a bad
+//! value): bound as the policy would have been, named as it would have been, and sent as DENY
+//! with one empty rule, which denies every request to the workloads it binds until it is fixed
+//! (security fails closed; [`api::objects`] reports it as an error).
+//!
 //! **RequestAuthentication.** Named `converted_request_authentication_<name>`, every JWT rule
 //! field copied, the key set inline: `jwks` as written when it is a JSON Web Key Set, else
 //! empty (every token of the issuer fails: fail closed, reported by [`api::support`]); for
@@ -31,6 +36,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use api::objects::{IstioConfig, Object};
+use api::security::PolicyKind;
 use api::security::authorization_policy::{
     self as ap, AuthorizationPolicy, PolicyTargetReference, condition_key_evaluated,
 };
@@ -113,6 +119,20 @@ pub(crate) fn build(
                     .extend(entries(p.metadata.name.clone(), o, bound, |a| {
                         a.policy = Some(policy.clone());
                     }));
+            }
+            Object::UnreadablePolicy(u) => {
+                let b = &u.binding;
+                let targets = ap::targets(b.target_ref.as_ref(), &b.target_refs, "spec");
+                let bound = bindings(o, &b.selector, &targets, &services, warnings);
+                let name = match u.kind {
+                    PolicyKind::AuthorizationPolicy => u.metadata.name.clone(),
+                    PolicyKind::RequestAuthentication => {
+                        format!("{REQUEST_AUTHENTICATION_PREFIX}{}", u.metadata.name)
+                    }
+                };
+                out.authorizations.extend(entries(name, o, bound, |a| {
+                    a.policy = Some(deny_everything());
+                }));
             }
             Object::RequestAuthentication(r) => {
                 for rule in &r.spec.jwt_rules {
@@ -217,6 +237,16 @@ fn entries(
             a
         })
         .collect()
+}
+
+/// What stands in for a policy Ama cannot read: DENY with one empty rule, which matches every
+/// request.
+fn deny_everything() -> xds::AuthorizationPolicy {
+    xds::AuthorizationPolicy {
+        action: xds::Action::Deny,
+        provider: String::new(),
+        rules: vec![xds::Rule::default()],
+    }
 }
 
 /// Whether the proxy evaluates a condition on `key`: Istio's validation accepted it (api), Ama
