@@ -1159,8 +1159,9 @@ spec:
             format!(
                 "t.yaml:doc 1: AuthorizationPolicy foo/deny-get: spec.rules[0].from[0].source.bogus: \
                  unknown field `bogus` (known fields: principals, notPrincipals, requestPrincipals, \
-                 notRequestPrincipals, namespaces, notNamespaces, ipBlocks, notIpBlocks, \
-                 remoteIpBlocks, notRemoteIpBlocks){DENIED}"
+                 notRequestPrincipals, namespaces, notNamespaces, serviceAccounts, \
+                 notServiceAccounts, ipBlocks, notIpBlocks, remoteIpBlocks, \
+                 notRemoteIpBlocks){DENIED}"
             ),
             format!(
                 "t.yaml:doc 2: AuthorizationPolicy foo/ns-wide: spec.action: unknown variant \
@@ -1230,5 +1231,54 @@ spec:
     assert_eq!(
         parse_stream(&vs_with("  - bogus: 1\n"), "t.yaml").0,
         Vec::<Object>::new()
+    );
+}
+
+#[test]
+fn service_accounts_of_a_source() {
+    // Istio 1.24's serviceAccounts and notServiceAccounts.
+    let Object::AuthorizationPolicy(ap) = one(&AUTHZ.replace(
+        "principals: [cluster.local/ns/default/sa/sleep]",
+        "serviceAccounts: [default/sleep, sleep]\n        notServiceAccounts: [other]",
+    )) else {
+        panic!("not an AuthorizationPolicy")
+    };
+    let source = ap.spec.rules[0].from[0].source.clone().unwrap_or_default();
+    assert_eq!(source.service_accounts, ["default/sleep", "sleep"]);
+    assert_eq!(source.not_service_accounts, ["other"]);
+
+    let yaml = AUTHZ.replace(
+        "principals: [cluster.local/ns/default/sa/sleep]",
+        "principals: [a]\n        serviceAccounts: ['ns/*', '', a/b/c]",
+    );
+    let at = "t.yaml:doc 1: AuthorizationPolicy foo/httpbin: spec.rules[0].from[0].source";
+    assert_eq!(
+        refusals(&yaml),
+        [
+            format!(
+                "{at}: serviceAccounts and notServiceAccounts exclude principals, notPrincipals, \
+                 namespaces and notNamespaces: set one kind{DENIED}"
+            ),
+            format!(
+                "{at}.serviceAccounts[0]: \"ns/*\" is not a service account: 'name' or \
+                 'namespace/name', without wildcards{DENIED}"
+            ),
+            format!(
+                "{at}.serviceAccounts[2]: \"a/b/c\" is not a service account: 'name' or \
+                 'namespace/name', without wildcards{DENIED}"
+            ),
+            format!("{at}.serviceAccounts[1]: must not be empty{DENIED}"),
+        ]
+    );
+    let many = format!("[{}]", vec!["a"; 17].join(", "));
+    let yaml = AUTHZ.replace(
+        "principals: [cluster.local/ns/default/sa/sleep]",
+        &format!("notServiceAccounts: {many}"),
+    );
+    assert_eq!(
+        refusals(&yaml),
+        [format!(
+            "{at}.notServiceAccounts: at most 16 service accounts{DENIED}"
+        )]
     );
 }

@@ -13,7 +13,8 @@
 //! [`api::support`] reports them. A policy with targets never falls back to its namespace.
 //!
 //! **AuthorizationPolicy.** Named as the policy (the proxy names denials after it). Action,
-//! provider, and every rule copied: `from.source.*`, `to.operation.*` (ports as numbers),
+//! provider, and every rule copied: `from.source.*` (`serviceAccounts` as written: the proxy
+//! resolves a bare name in the policy's namespace), `to.operation.*` (ports as numbers),
 //! `when[]`. A condition Ama cannot evaluate ([`api::security::authorization_policy::
 //! condition_key_evaluated`], and anything the wire's [`xds::condition_key_known`] refuses) is
 //! not sent as a condition: its path goes into [`xds::Rule::unsupported`], so the proxy errs on
@@ -281,6 +282,8 @@ pub(crate) fn authorization_policy(spec: &AuthorizationPolicy) -> xds::Authoriza
                     not_request_principals: s.not_request_principals.clone(),
                     namespaces: s.namespaces.clone(),
                     not_namespaces: s.not_namespaces.clone(),
+                    service_accounts: s.service_accounts.clone(),
+                    not_service_accounts: s.not_service_accounts.clone(),
                     ip_blocks: s.ip_blocks.clone(),
                     not_ip_blocks: s.not_ip_blocks.clone(),
                     remote_ip_blocks: s.remote_ip_blocks.clone(),

@@ -635,3 +635,31 @@ spec:
     assert!(reads(&namespace_wide, "foo", &[("app", "x")]));
     assert!(!reads(&namespace_wide, "bar", &[("app", "x")]));
 }
+
+#[test]
+fn service_accounts_reach_the_wire_as_written() {
+    let m = model(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: by-account, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  rules:
+  - from:
+    - source: {serviceAccounts: [bar/sleep, sleep], notServiceAccounts: [foo/curl]}
+",
+    );
+    let policy = policy(&m, "foo", "by-account").policy.unwrap_or_default();
+    assert_eq!(
+        policy.rules,
+        [Rule {
+            from: vec![Source {
+                // A bare name is resolved by the proxy, in the entry's namespace (foo).
+                service_accounts: strings(&["bar/sleep", "sleep"]),
+                not_service_accounts: strings(&["foo/curl"]),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }]
+    );
+}
