@@ -12,7 +12,9 @@
 //!   log has them at WARN with object and field; an AuthorizationPolicy that allows the client's
 //!   principal is applied without a finding and httpbin still answers 200, AUDIT is applied with
 //!   a warning saying how Ama's differs from Istio's, and Istio's `allow-nothing` makes httpbin
-//!   answer 403 `RBAC: access denied`.
+//!   answer 403 `RBAC: access denied`; an AuthorizationPolicy with a field Ama does not know is
+//!   applied with an `error:` line saying it denies every request to what it selects, discovery
+//!   logs it at ERROR, and httpbin's sidecar denies by the DENY standing in for it.
 
 use std::path::Path;
 use std::process::Command;
@@ -366,4 +368,62 @@ fn findings_and_fail_closed_policies_under_ama_up() {
         "rbac_access_denied_matched_policy[none]"
     );
     assert_eq!(denied["response_flags"], "-");
+
+    // A policy Ama cannot read (a field it does not know) fails closed: an error on apply and
+    // at ERROR in discovery's log, and every request to what it selects is denied, by the
+    // DENY that stands in for it.
+    std::fs::write(
+        &file,
+        policy("  action: DENY\n  rules:\n  - from: [{source: {bogus: [x]}}]\n"),
+    )
+    .unwrap();
+    let (ok, _, stderr) = mesh.apply(&file);
+    assert!(ok, "the policy is applied, to deny\n{stderr}");
+    let finding = format!(
+        "{}:doc 1: AuthorizationPolicy default/httpbin-policy: \
+         spec.rules[0].from[0].source.bogus: unknown field `bogus`",
+        file.display()
+    );
+    let consequence = "Ama cannot read this policy: every request to the workloads it selects is denied until \
+         it is fixed";
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with(&format!("error: {finding}")) && l.ends_with(consequence)),
+        "{stderr}"
+    );
+    // Discovery reads it from the file `ama apply` wrote, an item of a List.
+    let field = "spec.rules[0].from[0].source.bogus: unknown field `bogus`";
+    wait_for(
+        "discovery's ERROR on the policy it cannot read",
+        Duration::from_secs(30),
+        || {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.lines()
+                .find(|l| {
+                    l.contains("ERROR")
+                        && l.contains("AuthorizationPolicy default/httpbin-policy: ")
+                        && l.contains(field)
+                        && l.contains(consequence)
+                })
+                .map(drop)
+        },
+    );
+    let stand_in = "rbac_access_denied_matched_policy[ns[default]-policy[httpbin-policy]-rule[0]]";
+    wait_for(
+        "a denial by the policy standing in",
+        Duration::from_secs(30),
+        || {
+            let (code, _) = mesh.curl(&ubuntu);
+            (code == "403").then_some(())?;
+            httpbins.iter().find_map(|pod| {
+                let out = mesh.ama(&["logs", pod, "-c", "istio-proxy"]);
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .find(|l| l["response_code_details"] == stand_in)
+                    .map(drop)
+            })
+        },
+    );
 }
