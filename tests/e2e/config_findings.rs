@@ -13,8 +13,8 @@
 //!   principal is applied without a finding and httpbin still answers 200, AUDIT is applied with
 //!   a warning saying how Ama's differs from Istio's, and Istio's `allow-nothing` makes httpbin
 //!   answer 403 `RBAC: access denied`; an AuthorizationPolicy with a field Ama does not know is
-//!   applied with an `error:` line saying it denies every request to what it selects, discovery
-//!   logs it at ERROR, and httpbin's sidecar denies by the DENY standing in for it.
+//!   applied with an `error:` line saying it denies every request to what it selects (and exit
+//!   1), discovery logs it at ERROR, and httpbin's sidecar denies by the DENY standing in for it.
 
 use std::path::Path;
 use std::process::Command;
@@ -378,7 +378,10 @@ fn findings_and_fail_closed_policies_under_ama_up() {
     )
     .unwrap();
     let (ok, _, stderr) = mesh.apply(&file);
-    assert!(ok, "the policy is applied, to deny\n{stderr}");
+    assert!(
+        !ok,
+        "not accepted as written, so the command fails\n{stderr}"
+    );
     let finding = format!(
         "{}:doc 1: AuthorizationPolicy default/httpbin-policy: \
          spec.rules[0].from[0].source.bogus: unknown field `bogus`",
