@@ -16,9 +16,9 @@
 //! Ama has no external authorizer: a CUSTOM policy denies what it matches. AUDIT logs a
 //! matching request at INFO and counts it. Envoy's RBAC counters are kept for the admin
 //! `/stats` ([`RbacStats`]). Paths are matched as Envoy's connection manager normalizes them
-//! ([`normalize_path`]). A verified JWT is an input ([`RequestAuth`]); the inbound path passes
-//! none until the JWT filter feeds it, so `requestPrincipals` and `request.auth.*` match no
-//! request yet (their `not` forms match every one).
+//! ([`normalize_path`]). A verified JWT is an input ([`RequestAuth`]), fed by
+//! [`crate::request_authn`] on the inbound path; without one, `requestPrincipals` and
+//! `request.auth.*` match nothing (their `not` forms match every request).
 //!
 //! The policies are compiled once per config snapshot and cached ([`Authz`]): a request to a
 //! workload no policy selects pays one atomic load and a branch; otherwise the matching
