@@ -177,7 +177,9 @@ pub(super) async fn handle(
     if ctx.direction == Direction::Inbound
         && let Some(rules) = ctx.pi.request_authn.rules(&snap, &ctx.pi.cfg)
     {
-        match rules.authenticate(&mut parts, SystemTime::now()) {
+        // The realm of a denial names the request with Envoy's `:scheme`.
+        let scheme = headers::request_scheme(&parts.uri, &parts.headers, ctx.peer.is_some());
+        match rules.authenticate(&mut parts, &scheme, SystemTime::now()) {
             jwt_authn::Outcome::NoToken => {}
             jwt_authn::Outcome::Verified(verified) => jwt = Some(verified),
             jwt_authn::Outcome::Denied(denial) => {
