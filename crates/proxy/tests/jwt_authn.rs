@@ -827,3 +827,116 @@ async fn realm_scheme_is_envoys() {
     assert_eq!(r.app_header("x-forwarded-proto"), Some("https"));
     assert_eq!(r.app_header("host"), Some("httpbin-service"));
 }
+
+/// A token in `?access_token=` is taken off the path the app gets and the access log shows (as
+/// Envoy's `jwt_authn` rewrites `:path` before the log reads it), unless `forwardOriginalToken`.
+#[tokio::test]
+async fn query_token_is_taken_off_the_path_and_the_log() {
+    let mesh = Mesh::new();
+    let issuer = Issuer::new(ISSUER, "k1");
+    let token = issuer.token(json!({}));
+    let path = format!("/headers?a=1&access_token={token}");
+    for (forward, want) in [
+        (false, "a=1".to_owned()),
+        (true, format!("a=1&access_token={token}")),
+    ] {
+        let s = setup(
+            &mesh,
+            vec![request_authn(
+                "jwt",
+                "default",
+                httpbin(),
+                vec![issuer.rule(json!({"forwardOriginalToken": forward}))],
+            )],
+        )
+        .await;
+        let mut tx = s.client.h1(vip()).await;
+        let exchange = harness::send(&mut tx, get(&path, &[]));
+        let (resp, body) = tokio::time::timeout(Duration::from_secs(30), exchange)
+            .await
+            .expect("answered within 30 s");
+        assert_eq!(resp.status(), 200, "forwardOriginalToken {forward}");
+        assert_eq!(
+            json(&body)["query"],
+            want.as_str(),
+            "forwardOriginalToken {forward}"
+        );
+        let line = &s.server.log_lines(1).await[0];
+        assert_eq!(
+            line["path"],
+            format!("/headers?{want}"),
+            "forwardOriginalToken {forward}"
+        );
+    }
+}
+
+/// A token for another audience is Envoy's 403 with `www-authenticate`; denials are counted as
+/// the stats filter counts a local reply; a CORS preflight passes RequestAuthentication
+/// without its token checked (Istio sets `bypass_cors_preflight`).
+#[tokio::test]
+async fn audiences_metrics_and_preflights() {
+    let mesh = Mesh::new();
+    let issuer = Issuer::new(ISSUER, "k1");
+    let mut s = setup(
+        &mesh,
+        vec![request_authn(
+            "jwt",
+            "default",
+            httpbin(),
+            vec![issuer.rule(json!({"audiences": ["httpbin.default"]}))],
+        )],
+    )
+    .await;
+    let other = issuer.token(json!({"aud": "ratings.default"}));
+    let r = s
+        .get("/headers", &[("authorization", &bearer(&other))])
+        .await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.body, "Audiences in Jwt are not allowed");
+    assert_eq!(r.details, jwt_details("Audiences in Jwt are not allowed"));
+    assert_eq!(r.header("www-authenticate"), Some(REALM_HEADERS));
+    assert!(r.app_headers.is_none());
+    // `https://` and a trailing `/` are ignored on both sides.
+    let ours = issuer.token(json!({"aud": ["https://httpbin.default/"]}));
+    s.get("/headers", &[("authorization", &bearer(&ours))])
+        .await
+        .assert_passed("our audience");
+    s.get("/headers", &[("authorization", "Bearer invalidToken")])
+        .await
+        .assert_unauthorized("an invalid token", NOT_A_JWT);
+
+    let preflight = [
+        ("authorization", "Bearer invalidToken"),
+        ("origin", "https://example.com"),
+        ("access-control-request-method", "GET"),
+    ];
+    let mut tx = s.client.h1(vip()).await;
+    let mut req = get("/headers", &preflight);
+    *req.method_mut() = http::Method::OPTIONS;
+    let hits = s.app.hits.load(Ordering::SeqCst);
+    let (resp, body) = tokio::time::timeout(Duration::from_secs(30), harness::send(&mut tx, req))
+        .await
+        .expect("answered within 30 s");
+    let r = s
+        .reply(resp.status().as_u16(), resp.headers().clone(), body, hits)
+        .await;
+    r.assert_passed("a CORS preflight with a bad token");
+    assert_eq!(r.app_header("authorization"), Some("Bearer invalidToken"));
+
+    let prom = s.server.telemetry.encode_prometheus();
+    for (code, want) in [("401", 1.0), ("403", 1.0), ("200", 2.0)] {
+        let got = harness::metric(
+            &prom,
+            "istio_requests_total",
+            &[
+                r#"reporter="destination""#,
+                &format!("response_code=\"{code}\""),
+            ],
+        );
+        assert_eq!(
+            got,
+            Some(want),
+            "istio_requests_total{{response_code={code}}}"
+        );
+    }
+}
