@@ -940,3 +940,88 @@ async fn audiences_metrics_and_preflights() {
         );
     }
 }
+
+/// A new config snapshot brings its own JWT rules: a rotated key set takes effect at once (the
+/// old key's tokens fail), and a RequestAuthentication removed stops applying.
+#[tokio::test]
+async fn rules_follow_config_updates() {
+    let mesh = Mesh::new();
+    let old = Issuer::new(ISSUER, "k1");
+    let new = Issuer::new(ISSUER, "k2");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("resources.yaml");
+    let write = |authorizations: Vec<Value>| {
+        let resources = format!(
+            "{}authorizations: {}\n",
+            server_yaml(),
+            Value::Array(authorizations)
+        );
+        std::fs::write(&path, resources).expect("write config");
+    };
+    write(vec![request_authn(
+        "jwt",
+        "default",
+        httpbin(),
+        vec![old.rule(json!({}))],
+    )]);
+    let app = App::start("httpbin").await;
+    let server = Sidecar::builder("")
+        .config_file(path.clone())
+        .inbound_to(app.addr)
+        .identity(mesh.identity("default", "default").await)
+        .start()
+        .await;
+    let client = Sidecar::builder(&httpbin_yaml(&[server.inbound], "ROUND_ROBIN", ""))
+        .identity(mesh.identity("foo", "sleep").await)
+        .start()
+        .await;
+    let mut s = Setup {
+        app,
+        server,
+        client,
+        lines: 0,
+    };
+    let old_token = old.token(json!({}));
+    let new_token = new.token(json!({}));
+    s.get("/headers", &[("authorization", &bearer(&old_token))])
+        .await
+        .assert_passed("the old key, before the rotation");
+
+    // Waits (bounded) until the server has taken in the file just written.
+    async fn reloaded(server: &Sidecar, before: u64) {
+        for _ in 0..500 {
+            if server.store.load().version > before {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the server never reloaded its config");
+    }
+
+    let v = s.server.store.load().version;
+    write(vec![request_authn(
+        "jwt",
+        "default",
+        httpbin(),
+        vec![new.rule(json!({}))],
+    )]);
+    reloaded(&s.server, v).await;
+    s.get("/headers", &[("authorization", &bearer(&old_token))])
+        .await
+        .assert_unauthorized(
+            "the old key, after the rotation",
+            "Jwks doesn't have key to match kid or alg from Jwt",
+        );
+    s.get("/headers", &[("authorization", &bearer(&new_token))])
+        .await
+        .assert_passed("the new key");
+
+    let v = s.server.store.load().version;
+    write(vec![]);
+    reloaded(&s.server, v).await;
+    let r = s
+        .get("/headers", &[("authorization", "Bearer invalidToken")])
+        .await;
+    r.assert_passed("no RequestAuthentication any more");
+    assert_eq!(r.app_header("authorization"), Some("Bearer invalidToken"));
+}
