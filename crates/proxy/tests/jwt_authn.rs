@@ -157,6 +157,7 @@ impl Reply {
     fn assert_unauthorized(&self, what: &str, message: &str) {
         assert_eq!(self.status, 401, "{what}: {self:?}");
         assert_eq!(self.body, message, "{what}");
+        assert_eq!(self.header("content-type"), Some("text/plain"), "{what}");
         assert_eq!(self.details, jwt_details(message), "{what}");
         assert_eq!(
             self.header("www-authenticate"),
@@ -1024,4 +1025,83 @@ async fn rules_follow_config_updates() {
         .await;
     r.assert_passed("no RequestAuthentication any more");
     assert_eq!(r.app_header("authorization"), Some("Bearer invalidToken"));
+}
+
+/// Tokens where a rule says to look (`fromHeaders`, `fromParams`), and only there; the
+/// `request.auth.*` attributes of a verified token in a policy's conditions.
+#[tokio::test]
+async fn custom_locations_and_auth_conditions() {
+    let mesh = Mesh::new();
+    let issuer = Issuer::new(ISSUER, "k1");
+    let mut s = setup(
+        &mesh,
+        vec![
+            request_authn(
+                "jwt",
+                "default",
+                httpbin(),
+                vec![issuer.rule(json!({
+                    "fromHeaders": [{"name": "x-jwt-assertion"}],
+                    "fromParams": ["my_token"],
+                }))],
+            ),
+            policy(
+                "audience-and-presenter",
+                json!({"action": "ALLOW", "rules": [{"when": [
+                    {"key": "request.auth.principal", "values": [PRINCIPAL]},
+                    {"key": "request.auth.audiences", "values": ["httpbin.default"]},
+                    {"key": "request.auth.presenter", "values": ["sleep-app"]},
+                    {"key": "request.auth.claims[iss]", "values": [ISSUER]},
+                ]}]}),
+            ),
+        ],
+    )
+    .await;
+    let good = issuer.token(json!({"aud": ["httpbin.default", "other"], "azp": "sleep-app"}));
+
+    // Authorization is not one of the rule's locations: a bad token there is not looked at,
+    // and no token in the rule's locations means no identity for the policy.
+    let r = s
+        .get("/headers", &[("authorization", "Bearer invalidToken")])
+        .await;
+    r.assert_rbac_denied("a bad token outside the rule's locations");
+
+    let r = s.get("/headers", &[("x-jwt-assertion", &good)]).await;
+    r.assert_passed("a good token in x-jwt-assertion");
+    assert_eq!(r.app_header("x-jwt-assertion"), None, "taken off");
+    let r = s
+        .get(
+            &format!("/headers?my_token={good}"),
+            &[("authorization", "Bearer invalidToken")],
+        )
+        .await;
+    r.assert_passed("a good token in ?my_token=");
+    assert_eq!(
+        r.app_header("authorization"),
+        Some("Bearer invalidToken"),
+        "not the rule's"
+    );
+
+    let r = s
+        .get("/headers", &[("x-jwt-assertion", "invalidToken")])
+        .await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.body, NOT_A_JWT);
+
+    for (what, claims) in [
+        (
+            "another audience",
+            json!({"aud": "other", "azp": "sleep-app"}),
+        ),
+        (
+            "another presenter",
+            json!({"aud": "httpbin.default", "azp": "curl"}),
+        ),
+        ("no presenter", json!({"aud": "httpbin.default"})),
+    ] {
+        let token = issuer.token(claims);
+        s.get("/headers", &[("x-jwt-assertion", &token)])
+            .await
+            .assert_rbac_denied(what);
+    }
 }
