@@ -50,7 +50,7 @@
 //!   overwritten token after token); its claims have `scope` and `permission` split on spaces
 //!   into lists, as Istio asks Envoy to (`space_delimited_claims`).
 //! - CORS preflights (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) pass
-//!   unauthenticated (Istio sets `bypass_cors_preflight`).
+//!   unauthenticated (Istio sets `bypass_cors_preflight`): [`Outcome::Preflight`].
 //!
 //! # Where Ama differs
 //! - The output headers of every rule (`outputPayloadToHeader`, `outputClaimToHeaders`) are
@@ -101,9 +101,11 @@ pub struct JwtAuthn {
 /// The outcome of [`JwtAuthn::authenticate`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// No token in any rule's location (or a CORS preflight): the request passes
-    /// unauthenticated.
+    /// No token in any rule's location: the request passes unauthenticated.
     NoToken,
+    /// A CORS preflight: passes unauthenticated, its tokens not looked at (Istio sets
+    /// `bypass_cors_preflight`; Envoy counts it `cors_preflight_bypassed`).
+    Preflight,
     /// A rule verified every token in its locations; the request was edited for them.
     Verified(Verified),
     /// A token failed: answer with [`Denial`] and do not forward the request.
@@ -230,7 +232,7 @@ impl JwtAuthn {
             parts.headers.remove(header);
         }
         if is_cors_preflight(parts) {
-            return Outcome::NoToken;
+            return Outcome::Preflight;
         }
         let now = now
             .duration_since(UNIX_EPOCH)

@@ -827,7 +827,7 @@ fn cors_preflight_passes_unauthenticated() {
         .0;
     assert_eq!(
         default_authn().authenticate(&mut parts, "http", now()),
-        Outcome::NoToken
+        Outcome::Preflight
     );
     // An OPTIONS that is not a preflight is authenticated.
     let mut parts = http::Request::builder()

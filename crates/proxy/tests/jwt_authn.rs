@@ -21,6 +21,7 @@ use identity::tls::{ALPN_ISTIO_HTTP11, client_config, outbound_server_name};
 use identity::{ExpectedPeer, IdentityManager};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use proxy::admin::AdminSource;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 
@@ -873,7 +874,8 @@ async fn query_token_is_taken_off_the_path_and_the_log() {
 
 /// A token for another audience is Envoy's 403 with `www-authenticate`; denials are counted as
 /// the stats filter counts a local reply; a CORS preflight passes RequestAuthentication
-/// without its token checked (Istio sets `bypass_cors_preflight`).
+/// without its token checked (Istio sets `bypass_cors_preflight`); `/stats` has Envoy's
+/// jwt_authn counters.
 #[tokio::test]
 async fn audiences_metrics_and_preflights() {
     let mesh = Mesh::new();
@@ -939,6 +941,19 @@ async fn audiences_metrics_and_preflights() {
             Some(want),
             "istio_requests_total{{response_code={code}}}"
         );
+    }
+    // Envoy's jwt_authn counters under the inbound connection manager's prefix.
+    let stats = proxy::dump::TrafficAdmin(s.server.inputs.clone()).cluster_stats();
+    let prefix = format!("http.inbound_0.0.0.0_{};.jwt_authn.", s.app.addr.port());
+    for (stat, want) in [
+        ("allowed", 2),
+        ("cors_preflight_bypassed", 1),
+        ("denied", 2),
+        ("jwks_fetch_failed", 0),
+        ("jwks_fetch_success", 0),
+    ] {
+        let line = format!("{prefix}{stat}: {want}\n");
+        assert!(stats.contains(&line), "/stats lacks {line:?}:\n{stats}");
     }
 }
 

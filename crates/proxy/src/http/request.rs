@@ -179,8 +179,13 @@ pub(super) async fn handle(
     {
         // The realm of a denial names the request with Envoy's `:scheme`.
         let scheme = headers::request_scheme(&parts.uri, &parts.headers, ctx.peer.is_some());
-        match rules.authenticate(&mut parts, &scheme, SystemTime::now()) {
-            jwt_authn::Outcome::NoToken => {}
+        let outcome = rules.authenticate(&mut parts, &scheme, SystemTime::now());
+        ctx.pi
+            .request_authn
+            .stats()
+            .count(ctx.orig_dst.get().port(), &outcome);
+        match outcome {
+            jwt_authn::Outcome::NoToken | jwt_authn::Outcome::Preflight => {}
             jwt_authn::Outcome::Verified(verified) => {
                 // Envoy logs the path as jwt_authn left it: a token taken off the query
                 // string stays out of the access log too.
