@@ -3,7 +3,9 @@
 //! httpbin's sidecar, which checks JWTs signed here with keys made here, the way Istio's
 //! "JWT Token" and "Authorization with JWT" tasks do. Each answer is asserted on its status and
 //! body, the server sidecar's `response_code_details`, the headers the app receives and the
-//! headers the client sees; then gRPC's form of the denial and the realm's scheme.
+//! headers the client sees; then gRPC's form of the denial, the realm's scheme, tokens in the
+//! query string (off the app's path and the access log), audiences, `/stats` counters, a
+//! rule's own token locations, `request.auth.*` conditions and config updates.
 
 mod harness;
 
