@@ -22,8 +22,8 @@
 //!   that is not "Jwt issuer is not configured" (nor a missing token), else "Jwt issuer is not
 //!   configured". The answer is 401 (403 for "Audiences in Jwt are not allowed", as Envoy),
 //!   with `www-authenticate: Bearer realm="<scheme>://<host><path>", error="invalid_token"`
-//!   (the path as sent, cut at 256 bytes) and response code details
-//!   `jwt_authn_access_denied{<message, spaces as underscores>}`.
+//!   (the scheme the caller settled, Envoy's `:scheme`; the path as sent, cut at 256 bytes)
+//!   and response code details `jwt_authn_access_denied{<message, spaces as underscores>}`.
 //! - Within a rule, tokens are verified last found first (headers in the order of their
 //!   lower-case name and prefix, each value of a header on its own, then query parameters and
 //!   cookies by name), and the first failure answers.
@@ -50,7 +50,7 @@
 //!   overwritten token after token); its claims have `scope` and `permission` split on spaces
 //!   into lists, as Istio asks Envoy to (`space_delimited_claims`).
 //! - CORS preflights (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) pass
-//!   unauthenticated (Istio sets `bypass_cors_preflight`).
+//!   unauthenticated (Istio sets `bypass_cors_preflight`): [`Outcome::Preflight`].
 //!
 //! # Where Ama differs
 //! - The output headers of every rule (`outputPayloadToHeader`, `outputClaimToHeaders`) are
@@ -66,8 +66,6 @@
 //!   of certificates) are not read. A claim header whose value is not a valid header value is
 //!   left out; JSON of object claims follows `serde_json` (keys sorted) where Envoy's follows
 //!   protobuf.
-//! - The realm's scheme is the request URI's (`https` when the caller gives one), `http`
-//!   otherwise; Envoy writes `https` for requests that came over TLS.
 
 #![forbid(unsafe_code)]
 
@@ -103,9 +101,11 @@ pub struct JwtAuthn {
 /// The outcome of [`JwtAuthn::authenticate`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// No token in any rule's location (or a CORS preflight): the request passes
-    /// unauthenticated.
+    /// No token in any rule's location: the request passes unauthenticated.
     NoToken,
+    /// A CORS preflight: passes unauthenticated, its tokens not looked at (Istio sets
+    /// `bypass_cors_preflight`; Envoy counts it `cors_preflight_bypassed`).
+    Preflight,
     /// A rule verified every token in its locations; the request was edited for them.
     Verified(Verified),
     /// A token failed: answer with [`Denial`] and do not forward the request.
@@ -221,7 +221,10 @@ impl JwtAuthn {
     /// exp/nbf with Envoy's 60 s clock skew), edits the request as Envoy does on success
     /// (removes the token unless forwardOriginalToken, sets outputPayloadToHeader,
     /// outputClaimToHeaders) and returns the outcome.
-    pub fn authenticate(&self, parts: &mut Parts, now: SystemTime) -> Outcome {
+    ///
+    /// `scheme` is the request's scheme as the connection manager settled it (Envoy's
+    /// `:scheme`); a denial's realm names the request with it.
+    pub fn authenticate(&self, parts: &mut Parts, scheme: &str, now: SystemTime) -> Outcome {
         if self.rules.is_empty() {
             return Outcome::NoToken;
         }
@@ -229,7 +232,7 @@ impl JwtAuthn {
             parts.headers.remove(header);
         }
         if is_cors_preflight(parts) {
-            return Outcome::NoToken;
+            return Outcome::Preflight;
         }
         let now = now
             .duration_since(UNIX_EPOCH)
@@ -252,7 +255,7 @@ impl JwtAuthn {
         match first_present {
             // Every rule missed: `all of {rule or allow_missing}` holds.
             None => Outcome::NoToken,
-            Some(all) => Outcome::Denied(Denial::new(prefer(status, all), parts)),
+            Some(all) => Outcome::Denied(Denial::new(prefer(status, all), parts, scheme)),
         }
     }
 }
@@ -486,7 +489,7 @@ fn number_text(n: f64) -> String {
 }
 
 impl Denial {
-    fn new(status: Status, parts: &Parts) -> Denial {
+    fn new(status: Status, parts: &Parts, scheme: &str) -> Denial {
         let body = status.message();
         Denial {
             status: if status == Status::JwtAudienceNotAllowed {
@@ -501,21 +504,20 @@ impl Denial {
             ),
             www_authenticate: format!(
                 "Bearer realm=\"{}\", error=\"invalid_token\"",
-                original_uri(parts)
+                original_uri(parts, scheme)
             ),
         }
     }
 }
 
 /// Envoy's `buildOriginalUri` (path cut at 256 bytes); empty without a path.
-fn original_uri(parts: &Parts) -> String {
+fn original_uri(parts: &Parts, scheme: &str) -> String {
     const MAX_PATH: usize = 256;
     let Some(path) = parts.uri.path_and_query().map(|p| p.as_str()) else {
         return String::new();
     };
     // A URI is ASCII: any byte is a character boundary.
     let path = path.get(..MAX_PATH).unwrap_or(path);
-    let scheme = parts.uri.scheme_str().unwrap_or("http");
     let host = match parts.uri.authority() {
         Some(authority) => authority.as_str(),
         None => parts

@@ -174,7 +174,7 @@ fn denied(outcome: Outcome) -> Denial {
 /// Authenticates `token` sent as `Authorization: Bearer` to the default rule.
 fn outcome_of(token: &str) -> Outcome {
     let mut parts = request("/get", &[("authorization", &bearer(token))]);
-    default_authn().authenticate(&mut parts, now())
+    default_authn().authenticate(&mut parts, "http", now())
 }
 
 fn header<'p>(parts: &'p Parts, name: &str) -> Vec<&'p str> {
@@ -191,12 +191,18 @@ fn no_rule_and_no_token_pass_untouched() {
     let mut parts = request("/get?x=1", &[("x-jwt-payload", "forged")]);
     let empty = authn(&[]);
     assert!(empty.is_empty());
-    assert_eq!(empty.authenticate(&mut parts, now()), Outcome::NoToken);
+    assert_eq!(
+        empty.authenticate(&mut parts, "http", now()),
+        Outcome::NoToken
+    );
     assert_eq!(header(&parts, "x-jwt-payload"), ["forged"]);
 
     let authn = default_authn();
     assert!(!authn.is_empty());
-    assert_eq!(authn.authenticate(&mut parts, now()), Outcome::NoToken);
+    assert_eq!(
+        authn.authenticate(&mut parts, "http", now()),
+        Outcome::NoToken
+    );
     assert_eq!(parts.uri, "/get?x=1");
 }
 
@@ -204,7 +210,7 @@ fn no_rule_and_no_token_pass_untouched() {
 fn valid_token_in_authorization_header() {
     let token = sign(rsa(), &claims());
     let mut parts = request("/get", &[("authorization", &bearer(&token))]);
-    let verified = verified(default_authn().authenticate(&mut parts, now()));
+    let verified = verified(default_authn().authenticate(&mut parts, "http", now()));
     assert_eq!(verified.issuer, ISSUER);
     assert_eq!(verified.subject, "alice");
     assert_eq!(verified.principal, "https://issuer.example/alice");
@@ -225,11 +231,11 @@ fn ec_and_eddsa_tokens_verify() {
 fn valid_token_in_access_token_param() {
     let token = sign(rsa(), &claims());
     let mut parts = request(&format!("/get?a=1&access_token={token}&b=%2F"), &[]);
-    verified(default_authn().authenticate(&mut parts, now()));
+    verified(default_authn().authenticate(&mut parts, "http", now()));
     assert_eq!(parts.uri, "/get?a=1&b=%2F");
 
     let mut parts = request(&format!("/get?access_token={token}"), &[]);
-    verified(default_authn().authenticate(&mut parts, now()));
+    verified(default_authn().authenticate(&mut parts, "http", now()));
     assert_eq!(parts.uri, "/get");
 }
 
@@ -244,18 +250,24 @@ fn valid_token_in_custom_header_with_prefix() {
     let token = sign(rsa(), &claims());
 
     let mut parts = request("/get", &[("x-jwt-assertion", &format!("Token {token}"))]);
-    verified(authn.authenticate(&mut parts, now()));
+    verified(authn.authenticate(&mut parts, "http", now()));
     assert!(parts.headers.get("x-jwt-assertion").is_none());
 
     // The default locations are no longer looked at.
     let mut parts = request("/get", &[("authorization", &bearer("garbage"))]);
-    assert_eq!(authn.authenticate(&mut parts, now()), Outcome::NoToken);
+    assert_eq!(
+        authn.authenticate(&mut parts, "http", now()),
+        Outcome::NoToken
+    );
     // A value without the prefix is not a token.
     let mut parts = request("/get", &[("x-jwt-assertion", &token)]);
-    assert_eq!(authn.authenticate(&mut parts, now()), Outcome::NoToken);
+    assert_eq!(
+        authn.authenticate(&mut parts, "http", now()),
+        Outcome::NoToken
+    );
     // Trailing junk after the token makes it fail (envoyproxy/envoy#27877).
     let mut parts = request("/get", &[("x-jwt-assertion", &format!("Token {token} x"))]);
-    let denial = denied(authn.authenticate(&mut parts, now()));
+    let denial = denied(authn.authenticate(&mut parts, "http", now()));
     assert_eq!(denial.body, "Jwt signature is an invalid Base64url encoded");
 }
 
@@ -267,7 +279,7 @@ fn valid_token_in_cookie_stays_there() {
     let token = sign(rsa(), &claims());
     let cookie = format!("theme=dark; session=\"{token}\"; other=1");
     let mut parts = request("/get", &[("cookie", &cookie)]);
-    let verified = verified(authn.authenticate(&mut parts, now()));
+    let verified = verified(authn.authenticate(&mut parts, "http", now()));
     assert_eq!(verified.subject, "alice");
     assert_eq!(header(&parts, "cookie"), [cookie.as_str()]);
 }
@@ -281,7 +293,7 @@ fn expired_and_not_yet_valid_honour_60s_of_skew() {
     late["exp"] = json!(NOW - 61);
     let token = sign(rsa(), &late);
     let mut parts = request("/get?q=1", &[("authorization", &bearer(&token))]);
-    let denial = denied(default_authn().authenticate(&mut parts, now()));
+    let denial = denied(default_authn().authenticate(&mut parts, "http", now()));
     assert_eq!(
         denial,
         Denial {
@@ -339,7 +351,7 @@ fn audiences() {
         let mut claims = claims();
         claims["aud"] = aud;
         let mut parts = request("/get", &[("authorization", &bearer(&sign(rsa(), &claims)))]);
-        authn.authenticate(&mut parts, now())
+        authn.authenticate(&mut parts, "http", now())
     };
     // `http(s)://` and a trailing `/` do not count, on either side.
     verified(check(json!("httpbin.default")));
@@ -364,7 +376,7 @@ fn audiences() {
             )),
         )],
     );
-    denied(authn.authenticate(&mut parts, now()));
+    denied(authn.authenticate(&mut parts, "http", now()));
 }
 
 #[test]
@@ -417,7 +429,7 @@ fn kid_picks_the_key_or_every_key_is_tried() {
         &[("authorization", &bearer(&sign_as(rsa(), None, &claims())))],
     );
     assert_eq!(
-        denied(ec_and_ed.authenticate(&mut parts, now())).body,
+        denied(ec_and_ed.authenticate(&mut parts, "http", now())).body,
         "Jwt ED25519 signature is wrong length"
     );
     // The key's `alg` must match the token's: RS384 matches no key of the set (RS256, ES256).
@@ -427,7 +439,7 @@ fn kid_picks_the_key_or_every_key_is_tried() {
     let authn = authn(&[rule(ISSUER, jwks(&[rsa(), ec()]))]);
     let mut parts = request("/get", &[("authorization", &bearer(&rs384))]);
     assert_eq!(
-        denied(authn.authenticate(&mut parts, now())).body,
+        denied(authn.authenticate(&mut parts, "http", now())).body,
         "Jwks doesn't have key to match kid or alg from Jwt"
     );
 }
@@ -486,7 +498,7 @@ fn malformed_tokens() {
     // `?access_token=` with nothing is a token, and a bad one.
     let mut parts = request("/get?access_token=", &[]);
     assert_eq!(
-        denied(default_authn().authenticate(&mut parts, now())).body,
+        denied(default_authn().authenticate(&mut parts, "http", now())).body,
         bad_format
     );
 }
@@ -497,7 +509,7 @@ fn empty_jwks_fails_every_token() {
     for token in [sign(rsa(), &claims()), sign(ec(), &claims())] {
         let mut parts = request("/get", &[("authorization", &bearer(&token))]);
         assert_eq!(
-            denied(authn.authenticate(&mut parts, now())).body,
+            denied(authn.authenticate(&mut parts, "http", now())).body,
             "Jwt verification fails"
         );
     }
@@ -506,7 +518,7 @@ fn empty_jwks_fails_every_token() {
     other["iss"] = json!(OTHER_ISSUER);
     let mut parts = request("/get", &[("authorization", &bearer(&sign(rsa(), &other)))]);
     assert_eq!(
-        denied(authn.authenticate(&mut parts, now())).body,
+        denied(authn.authenticate(&mut parts, "http", now())).body,
         "Jwt issuer is not configured"
     );
 }
@@ -523,7 +535,7 @@ fn bad_jwks_fails_every_token_and_bad_keys_are_skipped() {
     ] {
         let authn = authn(&[rule(ISSUER, bad.to_owned())]);
         let mut parts = request("/get", &[("authorization", &bearer(&token))]);
-        let denial = denied(authn.authenticate(&mut parts, now()));
+        let denial = denied(authn.authenticate(&mut parts, "http", now()));
         assert_eq!(
             denial.body, "Jwks doesn't have any valid public key",
             "{bad}"
@@ -533,7 +545,7 @@ fn bad_jwks_fails_every_token_and_bad_keys_are_skipped() {
     let mixed = json!({"keys": [{"kty": "EC", "crv": "P-256", "x": "AA"}, rsa().jwk]});
     let authn = authn(&[rule(ISSUER, mixed.to_string())]);
     let mut parts = request("/get", &[("authorization", &bearer(&token))]);
-    verified(authn.authenticate(&mut parts, now()));
+    verified(authn.authenticate(&mut parts, "http", now()));
 }
 
 #[test]
@@ -547,7 +559,7 @@ fn forward_original_token() {
         &format!("/get?access_token={token}"),
         &[("authorization", &bearer(&token))],
     );
-    verified(keep.authenticate(&mut parts, now()));
+    verified(keep.authenticate(&mut parts, "http", now()));
     assert_eq!(header(&parts, "authorization"), [bearer(&token).as_str()]);
     assert_eq!(
         parts.uri.query(),
@@ -559,7 +571,7 @@ fn forward_original_token() {
         &format!("/get?access_token={token}"),
         &[("authorization", &bearer(&token))],
     );
-    verified(default_authn().authenticate(&mut parts, now()));
+    verified(default_authn().authenticate(&mut parts, "http", now()));
     assert!(parts.headers.get("authorization").is_none());
     assert_eq!(parts.uri, "/get");
 }
@@ -582,7 +594,7 @@ fn output_payload_to_header_is_the_unpadded_payload() {
                 ("x-jwt-payload", "forged"),
             ],
         );
-        verified(authn.authenticate(&mut parts, now()));
+        verified(authn.authenticate(&mut parts, "http", now()));
         assert_eq!(header(&parts, "x-jwt-payload"), [payload]);
         assert!(!payload.contains('='));
         let decoded: Value =
@@ -592,7 +604,10 @@ fn output_payload_to_header_is_the_unpadded_payload() {
     }
     // A client cannot set it, token or not.
     let mut parts = request("/get", &[("x-jwt-payload", "forged")]);
-    assert_eq!(authn.authenticate(&mut parts, now()), Outcome::NoToken);
+    assert_eq!(
+        authn.authenticate(&mut parts, "http", now()),
+        Outcome::NoToken
+    );
     assert!(parts.headers.get("x-jwt-payload").is_none());
 }
 
@@ -642,7 +657,7 @@ fn output_claim_to_headers_as_envoy_formats_them() {
             ("x-sub", "forged"),
         ],
     );
-    verified(authn.authenticate(&mut parts, now()));
+    verified(authn.authenticate(&mut parts, "http", now()));
     assert_eq!(header(&parts, "x-sub"), ["alice"]);
     assert_eq!(header(&parts, "x-int"), ["42"]);
     assert_eq!(header(&parts, "x-float"), ["1.500000"]);
@@ -689,7 +704,7 @@ fn two_tokens_for_one_rule_must_both_verify() {
         &[("authorization", &bearer(&alice))],
     );
     // The query parameter was found last, so it is verified first; the header's token last.
-    let verified = verified(default_authn().authenticate(&mut parts, now()));
+    let verified = verified(default_authn().authenticate(&mut parts, "http", now()));
     assert_eq!(verified.subject, "alice");
     assert!(parts.headers.get("authorization").is_none());
     assert_eq!(parts.uri, "/get");
@@ -701,7 +716,7 @@ fn two_tokens_for_one_rule_must_both_verify() {
         &[("authorization", &bearer(&alice))],
     );
     assert_eq!(
-        denied(default_authn().authenticate(&mut parts, now())).body,
+        denied(default_authn().authenticate(&mut parts, "http", now())).body,
         "Jwt is expired"
     );
     // Each value of a header is a token of its own.
@@ -712,7 +727,7 @@ fn two_tokens_for_one_rule_must_both_verify() {
             ("authorization", "Bearer x.y.z"),
         ],
     );
-    denied(default_authn().authenticate(&mut parts, now()));
+    denied(default_authn().authenticate(&mut parts, "http", now()));
 }
 
 #[test]
@@ -726,14 +741,14 @@ fn several_rules_the_issuer_picks_the_rule() {
         "/get",
         &[("authorization", &bearer(&sign(ec(), &from_other)))],
     );
-    let verified = verified(authn.authenticate(&mut parts, now()));
+    let verified = verified(authn.authenticate(&mut parts, "http", now()));
     assert_eq!(verified.principal, "https://other.example/alice");
 
     let mut parts = request(
         "/get",
         &[("authorization", &bearer(&sign(rsa(), &claims())))],
     );
-    verified_issuer(authn.authenticate(&mut parts, now()), ISSUER);
+    verified_issuer(authn.authenticate(&mut parts, "http", now()), ISSUER);
 
     // Nobody's issuer.
     let mut stranger = claims();
@@ -743,7 +758,7 @@ fn several_rules_the_issuer_picks_the_rule() {
         &[("authorization", &bearer(&sign(rsa(), &stranger)))],
     );
     assert_eq!(
-        denied(authn.authenticate(&mut parts, now())).body,
+        denied(authn.authenticate(&mut parts, "http", now())).body,
         "Jwt issuer is not configured"
     );
 
@@ -752,7 +767,7 @@ fn several_rules_the_issuer_picks_the_rule() {
     expired["exp"] = json!(NOW - 3600);
     let mut parts = request("/get", &[("authorization", &bearer(&sign(ec(), &expired)))]);
     assert_eq!(
-        denied(authn.authenticate(&mut parts, now())).body,
+        denied(authn.authenticate(&mut parts, "http", now())).body,
         "Jwt is expired"
     );
 }
@@ -777,12 +792,12 @@ fn token_in_another_rules_location_is_not_configured() {
     // ISSUER's token in the second rule's header.
     let mut parts = request("/get", &[("x-second", &sign(rsa(), &claims()))]);
     assert_eq!(
-        denied(authn.authenticate(&mut parts, now())).body,
+        denied(authn.authenticate(&mut parts, "http", now())).body,
         "Jwt issuer is not configured"
     );
     // In its own rule's header it verifies.
     let mut parts = request("/get", &[("x-first", &sign(rsa(), &claims()))]);
-    verified_issuer(authn.authenticate(&mut parts, now()), ISSUER);
+    verified_issuer(authn.authenticate(&mut parts, "http", now()), ISSUER);
 
     // Envoy stops at the first rule that verifies: a bad token in the second rule's header is
     // neither checked nor removed.
@@ -793,7 +808,7 @@ fn token_in_another_rules_location_is_not_configured() {
             ("x-second", "garbage"),
         ],
     );
-    verified_issuer(authn.authenticate(&mut parts, now()), ISSUER);
+    verified_issuer(authn.authenticate(&mut parts, "http", now()), ISSUER);
     assert_eq!(header(&parts, "x-second"), ["garbage"]);
     assert!(parts.headers.get("x-first").is_none());
 }
@@ -811,8 +826,8 @@ fn cors_preflight_passes_unauthenticated() {
         .into_parts()
         .0;
     assert_eq!(
-        default_authn().authenticate(&mut parts, now()),
-        Outcome::NoToken
+        default_authn().authenticate(&mut parts, "http", now()),
+        Outcome::Preflight
     );
     // An OPTIONS that is not a preflight is authenticated.
     let mut parts = http::Request::builder()
@@ -823,25 +838,25 @@ fn cors_preflight_passes_unauthenticated() {
         .expect("request")
         .into_parts()
         .0;
-    denied(default_authn().authenticate(&mut parts, now()));
+    denied(default_authn().authenticate(&mut parts, "http", now()));
 }
 
 #[test]
 fn realm_is_the_request_uri_cut_at_256_bytes() {
     let long = format!("/{}", "p".repeat(300));
     let mut parts = request(&long, &[("authorization", "Bearer garbage")]);
-    let denial = denied(default_authn().authenticate(&mut parts, now()));
+    let denial = denied(default_authn().authenticate(&mut parts, "http", now()));
     let path = &long[..256];
     assert_eq!(
         denial.www_authenticate,
         format!("Bearer realm=\"http://httpbin:8000{path}\", error=\"invalid_token\"")
     );
-    // An absolute URI (HTTP/2's :scheme and :authority) gives scheme and host.
+    // An absolute URI (HTTP/2's :authority) gives the host; the scheme is the caller's.
     let mut parts = request(
         "https://httpbin.default:8000/status/200",
         &[("authorization", "Bearer garbage")],
     );
-    let denial = denied(default_authn().authenticate(&mut parts, now()));
+    let denial = denied(default_authn().authenticate(&mut parts, "https", now()));
     assert_eq!(
         denial.www_authenticate,
         "Bearer realm=\"https://httpbin.default:8000/status/200\", error=\"invalid_token\""
@@ -858,13 +873,13 @@ fn hmac_keys_verify_hs_tokens() {
     let token = jsonwebtoken::encode(&header, &claims(), &EncodingKey::from_secret(secret))
         .expect("signing");
     let mut parts = request("/get", &[("authorization", &bearer(&token))]);
-    verified(authn.authenticate(&mut parts, now()));
+    verified(authn.authenticate(&mut parts, "http", now()));
 
     let forged = jsonwebtoken::encode(&header, &claims(), &EncodingKey::from_secret(b"guess"))
         .expect("signing");
     let mut parts = request("/get", &[("authorization", &bearer(&forged))]);
     assert_eq!(
-        denied(authn.authenticate(&mut parts, now())).body,
+        denied(authn.authenticate(&mut parts, "http", now())).body,
         "Jwt verification fails"
     );
 }
@@ -875,7 +890,7 @@ fn rule_without_issuer_accepts_any_issuer() {
     let mut other = claims();
     other["iss"] = json!(OTHER_ISSUER);
     let mut parts = request("/get", &[("authorization", &bearer(&sign(rsa(), &other)))]);
-    verified_issuer(authn.authenticate(&mut parts, now()), OTHER_ISSUER);
+    verified_issuer(authn.authenticate(&mut parts, "http", now()), OTHER_ISSUER);
 }
 
 #[test]
@@ -902,7 +917,10 @@ fn bad_header_names_in_the_rules_are_left_out() {
         &[("authorization", &bearer(&sign(rsa(), &claims())))],
     );
     // `fromHeaders` is set, so `Authorization` is not a location of this rule.
-    assert_eq!(authn.authenticate(&mut parts, now()), Outcome::NoToken);
+    assert_eq!(
+        authn.authenticate(&mut parts, "http", now()),
+        Outcome::NoToken
+    );
     assert!(parts.headers.get("authorization").is_some());
 }
 

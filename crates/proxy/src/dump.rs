@@ -73,7 +73,9 @@ impl AdminSource for TrafficAdmin {
                 }
             }
         }
-        // The RBAC filters' counters beside the clusters' (the traffic side's Envoy stats).
+        // The jwt_authn and RBAC filters' counters beside the clusters' (the traffic side's
+        // Envoy stats).
+        out.push_str(&self.0.request_authn.stats().envoy_lines());
         out.push_str(&self.0.authz.stats().envoy_lines());
         out
     }

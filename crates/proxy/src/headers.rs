@@ -3,6 +3,7 @@
 //! `x-envoy-upstream-service-time`, `server`, hop-by-hop headers, `x-envoy-*` headers from
 //! outside the mesh, and `x-forwarded-client-cert` (XFCC) for mTLS peers.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -385,6 +386,31 @@ pub fn set_forwarded_proto(headers: &mut HeaderMap, scheme: &'static str) {
     }
 }
 
+/// The request's scheme as Envoy's connection manager settles `:scheme`: the request's own
+/// (HTTP/2's `:scheme`, an absolute URI's), else `x-forwarded-proto` when it says `http` or
+/// `https` (in any case, kept as written), else `https` over TLS and `http` otherwise. Behind a
+/// client sidecar, which sends `x-forwarded-proto: http` for what its app spoke in plaintext,
+/// that is `http` even over mTLS. Borrows nothing from the request (it is edited afterwards);
+/// allocates only for a scheme written in an unusual case.
+pub fn request_scheme(uri: &http::Uri, headers: &HeaderMap, tls: bool) -> Cow<'static, str> {
+    let settled = |s: &str| match s {
+        "http" => Cow::Borrowed("http"),
+        "https" => Cow::Borrowed("https"),
+        other => Cow::Owned(other.to_owned()),
+    };
+    if let Some(scheme) = uri.scheme_str() {
+        return settled(scheme);
+    }
+    match headers.get(&X_FORWARDED_PROTO).map(HeaderValue::as_bytes) {
+        Some(p) if p.eq_ignore_ascii_case(b"http") || p.eq_ignore_ascii_case(b"https") => {
+            // ASCII, checked just above.
+            settled(std::str::from_utf8(p).unwrap_or("http"))
+        }
+        _ if tls => Cow::Borrowed("https"),
+        _ => Cow::Borrowed("http"),
+    }
+}
+
 /// `x-forwarded-client-cert` as Envoy's `APPEND_FORWARD`, Istio's inbound setting: over mTLS,
 /// `element` (`By=…;Hash=…;Subject="";URI=…`) is appended to what the client sent, comma
 /// separated; without mTLS (`None`) the header is removed, since nobody vouches for it. The
@@ -706,5 +732,28 @@ mod tests {
         h.insert("x-other", HeaderValue::from_static("1"));
         strip_envoy_headers(&mut h);
         assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn request_scheme_is_envoys_scheme() {
+        let origin: http::Uri = "/x".parse().expect("uri");
+        let absolute: http::Uri = "https://a.example/x".parse().expect("uri");
+        let proto = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(v));
+            h
+        };
+        let none = HeaderMap::new();
+        // The request's own scheme first, whatever the connection and x-forwarded-proto say.
+        assert_eq!(request_scheme(&absolute, &proto("http"), false), "https");
+        // Then x-forwarded-proto, when it names http or https.
+        assert_eq!(request_scheme(&origin, &proto("http"), true), "http");
+        assert_eq!(request_scheme(&origin, &proto("https"), false), "https");
+        assert_eq!(request_scheme(&origin, &proto("HTTPS"), false), "HTTPS");
+        // Then the connection.
+        assert_eq!(request_scheme(&origin, &proto("ftp"), true), "https");
+        assert_eq!(request_scheme(&origin, &proto("ftp"), false), "http");
+        assert_eq!(request_scheme(&origin, &none, true), "https");
+        assert_eq!(request_scheme(&origin, &none, false), "http");
     }
 }

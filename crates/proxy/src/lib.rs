@@ -54,6 +54,7 @@ pub mod orig_dst;
 pub mod outbound;
 pub mod outlier;
 pub mod pool;
+pub mod port_stats;
 pub mod request_authn;
 pub mod route;
 pub mod sidecar;

@@ -7,22 +7,27 @@
 //! `request.auth.*` ([`crate::authz::RequestAuth`]).
 //!
 //! The rules are compiled (key sets parsed) once per config snapshot and cached: a request to
-//! a workload no RequestAuthentication selects pays one atomic load and a branch.
+//! a workload no RequestAuthentication selects pays one atomic load and a branch. Outcomes are
+//! counted as Envoy's filter counts them, for `/stats` ([`JwtAuthnStats`]).
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwapOption;
 use jwt_authn::JwtAuthn;
 
 use crate::authn::DEFAULT_ROOT_NAMESPACE;
 use crate::config::{ProxyConfig, Snapshot};
+use crate::port_stats::{PerPort, inbound_http_prefix};
 
 /// The JWT rules of this workload, compiled per snapshot version.
 #[derive(Debug)]
 pub struct RequestAuthn {
     root_namespace: Arc<str>,
     cache: ArcSwapOption<Compiled>,
+    stats: JwtAuthnStats,
 }
 
 /// The rules of one snapshot version; `None` when no RequestAuthentication selects the
@@ -45,7 +50,13 @@ impl RequestAuthn {
         RequestAuthn {
             root_namespace: Arc::from(root_namespace),
             cache: ArcSwapOption::empty(),
+            stats: JwtAuthnStats::default(),
         }
+    }
+
+    /// The counters of the requests checked so far.
+    pub fn stats(&self) -> &JwtAuthnStats {
+        &self.stats
     }
 
     /// The JWT rules that apply to this workload under `snap`, compiled on the first call for a
@@ -84,5 +95,62 @@ impl RequestAuthn {
             })));
         }
         authn
+    }
+}
+
+/// Envoy's `jwt_authn` filter counters, per inbound HTTP port under Istio's connection manager
+/// prefix (`http.inbound_0.0.0.0_<port>;.jwt_authn.`), for the ports where a
+/// RequestAuthentication has checked a request (Istio installs the filter only then): `allowed`
+/// (no token, a verified one, or a CORS preflight), `cors_preflight_bypassed`, `denied`; the key
+/// set fetches `jwks_fetch_success` and `jwks_fetch_failed` stay 0, as key sets come inline
+/// (istiod fetches `jwksUri`).
+#[derive(Debug, Default)]
+pub struct JwtAuthnStats {
+    http: PerPort<JwtAuthnCounters>,
+}
+
+#[derive(Debug, Default)]
+struct JwtAuthnCounters {
+    allowed: AtomicU64,
+    cors_preflight_bypassed: AtomicU64,
+    denied: AtomicU64,
+}
+
+impl JwtAuthnStats {
+    /// Counts one request's outcome on inbound `port`.
+    pub fn count(&self, port: u16, outcome: &jwt_authn::Outcome) {
+        self.http.with(port, |c| {
+            let counter = match outcome {
+                jwt_authn::Outcome::NoToken | jwt_authn::Outcome::Verified(_) => &c.allowed,
+                jwt_authn::Outcome::Preflight => {
+                    // Envoy's filter completes a bypassed preflight as allowed too.
+                    c.cors_preflight_bypassed.fetch_add(1, Ordering::Relaxed);
+                    &c.allowed
+                }
+                jwt_authn::Outcome::Denied(_) => &c.denied,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+
+    /// The counters as Envoy's admin `/stats` prints them, one `name: value` per line.
+    pub fn envoy_lines(&self) -> String {
+        let mut out = String::new();
+        self.http.for_each(|port, c| {
+            let prefix = inbound_http_prefix(port);
+            for (name, value) in [
+                ("allowed", c.allowed.load(Ordering::Relaxed)),
+                (
+                    "cors_preflight_bypassed",
+                    c.cors_preflight_bypassed.load(Ordering::Relaxed),
+                ),
+                ("denied", c.denied.load(Ordering::Relaxed)),
+                ("jwks_fetch_failed", 0),
+                ("jwks_fetch_success", 0),
+            ] {
+                let _ = writeln!(out, "{prefix}jwt_authn.{name}: {value}");
+            }
+        });
+        out
     }
 }

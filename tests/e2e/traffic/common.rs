@@ -191,7 +191,7 @@ impl Traffic {
     /// directory under `name`), then waits until the client's sidecar has a new config version
     /// that stays the same for a second (the whole change has arrived).
     pub fn apply(&self, name: &str, yaml: Option<&str>) {
-        let path = self.scratch.path().join(name);
+        let path = self.scratch.path().join(name.replace('/', "-"));
         let text = match yaml {
             Some(text) => text.to_string(),
             None => fixture_text(name, &self.python),

@@ -16,9 +16,9 @@
 //! Ama has no external authorizer: a CUSTOM policy denies what it matches. AUDIT logs a
 //! matching request at INFO and counts it. Envoy's RBAC counters are kept for the admin
 //! `/stats` ([`RbacStats`]). Paths are matched as Envoy's connection manager normalizes them
-//! ([`normalize_path`]). A verified JWT is an input ([`RequestAuth`]); the inbound path passes
-//! none until the JWT filter feeds it, so `requestPrincipals` and `request.auth.*` match no
-//! request yet (their `not` forms match every one).
+//! ([`normalize_path`]). A verified JWT is an input ([`RequestAuth`]), fed by
+//! [`crate::request_authn`] on the inbound path; without one, `requestPrincipals` and
+//! `request.auth.*` match nothing (their `not` forms match every request).
 //!
 //! The policies are compiled once per config snapshot and cached ([`Authz`]): a request to a
 //! workload no policy selects pays one atomic load and a branch; otherwise the matching
@@ -29,15 +29,16 @@ pub mod policy;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 
 use crate::authn::DEFAULT_ROOT_NAMESPACE;
 use crate::config::{ProxyConfig, Snapshot};
 use crate::http::ConnCtx;
+use crate::port_stats::{PerPort, inbound_http_prefix};
 use crate::telemetry::TcpRecord;
 
 pub use matcher::normalize_path;
@@ -217,9 +218,7 @@ pub(crate) fn refuses_connection(ctx: &ConnCtx, start: SystemTime, t0: Instant) 
 #[derive(Debug, Default)]
 pub struct RbacStats {
     tcp: RbacCounters,
-    /// Read per request without a lock; the mutex only serialises adding a port.
-    http: ArcSwap<Vec<(u16, Arc<RbacCounters>)>>,
-    grow: Mutex<()>,
+    http: PerPort<RbacCounters>,
 }
 
 /// One prefix's counters.
@@ -268,29 +267,15 @@ impl RbacCounters {
 
 impl RbacStats {
     fn count_http(&self, port: u16, o: Outcome) {
-        if let Some((_, c)) = self.http.load().iter().find(|(p, _)| *p == port) {
-            return c.add(o);
-        }
-        let _grow = self.grow.lock().unwrap_or_else(|e| e.into_inner());
-        let current = self.http.load_full();
-        if let Some((_, c)) = current.iter().find(|(p, _)| *p == port) {
-            return c.add(o);
-        }
-        let counters = Arc::new(RbacCounters::default());
-        counters.add(o);
-        let mut next = (*current).clone();
-        next.push((port, counters));
-        next.sort_by_key(|(p, _)| *p);
-        self.http.store(Arc::new(next));
+        self.http.with(port, |c| c.add(o));
     }
 
     /// The counters as Envoy's admin `/stats` prints them, one `name: value` per line: the
     /// inbound HTTP ports that have evaluated a request, and TCP once it has.
     pub fn envoy_lines(&self) -> String {
         let mut out = String::new();
-        for (port, c) in self.http.load().iter() {
-            c.lines(&format!("http.inbound_0.0.0.0_{port};."), &mut out);
-        }
+        self.http
+            .for_each(|port, c| c.lines(&inbound_http_prefix(port), &mut out));
         if !self.tcp.is_zero() {
             self.tcp.lines("tcp.", &mut out);
         }

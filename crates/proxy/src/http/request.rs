@@ -177,9 +177,21 @@ pub(super) async fn handle(
     if ctx.direction == Direction::Inbound
         && let Some(rules) = ctx.pi.request_authn.rules(&snap, &ctx.pi.cfg)
     {
-        match rules.authenticate(&mut parts, SystemTime::now()) {
-            jwt_authn::Outcome::NoToken => {}
-            jwt_authn::Outcome::Verified(verified) => jwt = Some(verified),
+        // The realm of a denial names the request with Envoy's `:scheme`.
+        let scheme = headers::request_scheme(&parts.uri, &parts.headers, ctx.peer.is_some());
+        let outcome = rules.authenticate(&mut parts, &scheme, SystemTime::now());
+        ctx.pi
+            .request_authn
+            .stats()
+            .count(ctx.orig_dst.get().port(), &outcome);
+        match outcome {
+            jwt_authn::Outcome::NoToken | jwt_authn::Outcome::Preflight => {}
+            jwt_authn::Outcome::Verified(verified) => {
+                // Envoy logs the path as jwt_authn left it: a token taken off the query
+                // string stays out of the access log too.
+                log.rec().path = parts.uri.path_and_query().cloned();
+                jwt = Some(verified);
+            }
             jwt_authn::Outcome::Denied(denial) => {
                 let mut resp = LocalReply::jwt_denied(&denial).respond(&ctx, log, reply_to);
                 if let Ok(v) = HeaderValue::try_from(denial.www_authenticate) {

@@ -46,7 +46,8 @@ fn full(b: impl Into<Bytes>) -> BoxBody {
 
 /// A fake application: HTTP/1 and HTTP/2 (prior knowledge), echoing what it sees.
 ///
-/// - `/headers` (any other path too): JSON `{"app", "path", "method", "version", "remote", "headers"}`
+/// - `/headers` (any other path too): JSON `{"app", "path", "query", "method", "version", "remote",
+///   "headers"}`
 /// - `/status/<code>`: that status
 /// - `/hold`: waits until [`App::release`]
 /// - `/echo`: streams the request body back
@@ -242,6 +243,7 @@ async fn app_handle(
     let json = serde_json::json!({
         "app": name,
         "path": path,
+        "query": req.uri().query(),
         "method": req.method().as_str(),
         "version": format!("{:?}", req.version()),
         "remote": remote.to_string(),
