@@ -1,7 +1,8 @@
 //! Nothing accepted in silence (DESIGN, "Config Ama does not implement"), with the real binary:
 //!
-//! - `ama kube-inject` names the sidecar annotations Ama does not act on and a kind no API server
-//!   serves, on stderr ([`kube_inject_names_unimplemented_annotations`], no root needed);
+//! - `ama kube-inject` names the sidecar annotations Ama does not act on, a kind no API server
+//!   serves, and an AuthorizationPolicy Ama cannot read (an `error:`: it would deny everything it
+//!   selects), on stderr ([`kube_inject_names_unimplemented_annotations`], no root needed);
 //! - `ama up` of a directory with a `Deploymnet` refuses to start, naming file, document and
 //!   kind ([`ama_up_refuses_a_typo_in_a_kind`]);
 //! - under `ama up` of the seed and a DestinationRule with `localityLbSetting`
@@ -100,6 +101,13 @@ apiVersion: apps/v1
 kind: Deploymnet
 metadata: {name: typo}
 spec: {}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-get}
+spec:
+  action: DENY
+  rules: [{from: [{source: {bogus: [x]}}]}]
 ",
     )
     .unwrap();
@@ -122,8 +130,17 @@ spec: {}
                 "Warning: {f}:doc 2: Deploymnet default/typo: kind: unknown kind \"Deploymnet\" \
                  in API group apps: did you mean Deployment?; passed through unchanged"
             ),
+            format!(
+                "error: {f}:doc 3: AuthorizationPolicy default/deny-get: \
+                 spec.rules[0].from[0].source.bogus: unknown field `bogus` (known fields: \
+                 principals, notPrincipals, requestPrincipals, notRequestPrincipals, namespaces, \
+                 notNamespaces, serviceAccounts, notServiceAccounts, ipBlocks, notIpBlocks, \
+                 remoteIpBlocks, notRemoteIpBlocks): Ama cannot read this policy: every request \
+                 to the workloads it selects is denied until it is fixed"
+            ),
         ],
-        "the annotation Ama does not act on (proxyCPU it does), and the typo"
+        "the annotation Ama does not act on (proxyCPU it does), the typo, and the policy Ama \
+         cannot read"
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("istio-proxy"));
 }
