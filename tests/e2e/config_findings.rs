@@ -1,7 +1,8 @@
 //! Nothing accepted in silence (DESIGN, "Config Ama does not implement"), with the real binary:
 //!
-//! - `ama kube-inject` names the sidecar annotations Ama does not act on and a kind no API server
-//!   serves, on stderr ([`kube_inject_names_unimplemented_annotations`], no root needed);
+//! - `ama kube-inject` names the sidecar annotations Ama does not act on, a kind no API server
+//!   serves, and an AuthorizationPolicy Ama cannot read (an `error:`: it would deny everything it
+//!   selects), on stderr ([`kube_inject_names_unimplemented_annotations`], no root needed);
 //! - `ama up` of a directory with a `Deploymnet` refuses to start, naming file, document and
 //!   kind ([`ama_up_refuses_a_typo_in_a_kind`]);
 //! - under `ama up` of the seed and a DestinationRule with `localityLbSetting`
@@ -12,7 +13,9 @@
 //!   log has them at WARN with object and field; an AuthorizationPolicy that allows the client's
 //!   principal is applied without a finding and httpbin still answers 200, AUDIT is applied with
 //!   a warning saying how Ama's differs from Istio's, and Istio's `allow-nothing` makes httpbin
-//!   answer 403 `RBAC: access denied`.
+//!   answer 403 `RBAC: access denied`; an AuthorizationPolicy with a field Ama does not know is
+//!   applied with an `error:` line saying it denies every request to what it selects (and exit
+//!   1), discovery logs it at ERROR, and httpbin's sidecar denies by the DENY standing in for it.
 
 use std::path::Path;
 use std::process::Command;
@@ -98,6 +101,13 @@ apiVersion: apps/v1
 kind: Deploymnet
 metadata: {name: typo}
 spec: {}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-get}
+spec:
+  action: DENY
+  rules: [{from: [{source: {bogus: [x]}}]}]
 ",
     )
     .unwrap();
@@ -120,8 +130,17 @@ spec: {}
                 "Warning: {f}:doc 2: Deploymnet default/typo: kind: unknown kind \"Deploymnet\" \
                  in API group apps: did you mean Deployment?; passed through unchanged"
             ),
+            format!(
+                "error: {f}:doc 3: AuthorizationPolicy default/deny-get: \
+                 spec.rules[0].from[0].source.bogus: unknown field `bogus` (known fields: \
+                 principals, notPrincipals, requestPrincipals, notRequestPrincipals, namespaces, \
+                 notNamespaces, serviceAccounts, notServiceAccounts, ipBlocks, notIpBlocks, \
+                 remoteIpBlocks, notRemoteIpBlocks): Ama cannot read this policy: every request \
+                 to the workloads it selects is denied until it is fixed"
+            ),
         ],
-        "the annotation Ama does not act on (proxyCPU it does), and the typo"
+        "the annotation Ama does not act on (proxyCPU it does), the typo, and the policy Ama \
+         cannot read"
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("istio-proxy"));
 }
@@ -366,4 +385,65 @@ fn findings_and_fail_closed_policies_under_ama_up() {
         "rbac_access_denied_matched_policy[none]"
     );
     assert_eq!(denied["response_flags"], "-");
+
+    // A policy Ama cannot read (a field it does not know) fails closed: an error on apply and
+    // at ERROR in discovery's log, and every request to what it selects is denied, by the
+    // DENY that stands in for it.
+    std::fs::write(
+        &file,
+        policy("  action: DENY\n  rules:\n  - from: [{source: {bogus: [x]}}]\n"),
+    )
+    .unwrap();
+    let (ok, _, stderr) = mesh.apply(&file);
+    assert!(
+        !ok,
+        "not accepted as written, so the command fails\n{stderr}"
+    );
+    let finding = format!(
+        "{}:doc 1: AuthorizationPolicy default/httpbin-policy: \
+         spec.rules[0].from[0].source.bogus: unknown field `bogus`",
+        file.display()
+    );
+    let consequence = "Ama cannot read this policy: every request to the workloads it selects is denied until \
+         it is fixed";
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with(&format!("error: {finding}")) && l.ends_with(consequence)),
+        "{stderr}"
+    );
+    // Discovery reads it from the file `ama apply` wrote, an item of a List.
+    let field = "spec.rules[0].from[0].source.bogus: unknown field `bogus`";
+    wait_for(
+        "discovery's ERROR on the policy it cannot read",
+        Duration::from_secs(30),
+        || {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.lines()
+                .find(|l| {
+                    l.contains("ERROR")
+                        && l.contains("AuthorizationPolicy default/httpbin-policy: ")
+                        && l.contains(field)
+                        && l.contains(consequence)
+                })
+                .map(drop)
+        },
+    );
+    let stand_in = "rbac_access_denied_matched_policy[ns[default]-policy[httpbin-policy]-rule[0]]";
+    wait_for(
+        "a denial by the policy standing in",
+        Duration::from_secs(30),
+        || {
+            let (code, _) = mesh.curl(&ubuntu);
+            (code == "403").then_some(())?;
+            httpbins.iter().find_map(|pod| {
+                let out = mesh.ama(&["logs", pod, "-c", "istio-proxy"]);
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .find(|l| l["response_code_details"] == stand_in)
+                    .map(drop)
+            })
+        },
+    );
 }

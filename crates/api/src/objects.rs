@@ -23,6 +23,13 @@
 //! ```text
 //! x.yaml:doc 1: VirtualService default/reviews: spec.http[1].delegate: not implemented by Ama; this route is dropped
 //! ```
+//!
+//! Security fails closed: an AuthorizationPolicy or RequestAuthentication with a problem is not
+//! left out (a DENY meant to apply would silently not), but comes back as an
+//! [`Object::UnreadablePolicy`] that denies every request to the workloads it would have
+//! bound, with a [`Severity::FailClosed`] finding per problem. Only when even its name or its
+//! binding (`selector`, `targetRef(s)`) cannot be read is it left out, and the error says
+//! that nothing could be bound.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -38,7 +45,9 @@ use crate::k8s::{
 };
 use crate::mesh::MeshConfig;
 use crate::networking::{self, DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService};
-use crate::security::{self, AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
+use crate::security::{
+    self, AuthorizationPolicy, PeerAuthentication, PolicyBinding, PolicyKind, RequestAuthentication,
+};
 use crate::yaml::{RawDocument, split_documents, syntax_error};
 
 /// The namespace of an object that does not name one, as `kubectl apply` without `-n`.
@@ -159,6 +168,21 @@ pub struct OtherObject {
     pub metadata: Metadata,
 }
 
+/// An AuthorizationPolicy or RequestAuthentication that Ama cannot read (an unknown field, a bad
+/// value, a failed check) but whose name and binding it can: it stands for a DENY of every
+/// request to the workloads the policy would have bound, named as the policy, until it is fixed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnreadablePolicy {
+    /// Its `apiVersion`.
+    pub api_version: String,
+    /// Which of the two kinds.
+    pub kind: PolicyKind,
+    /// Name, namespace, labels, annotations.
+    pub metadata: Metadata,
+    /// The workloads it binds (`selector`, `targetRef(s)`, or none: its namespace or the mesh).
+    pub binding: PolicyBinding,
+}
+
 /// One parsed and checked object.
 #[derive(Debug, Clone, PartialEq)]
 #[allow(clippy::large_enum_variant)] // parsed once, held by the registries: size is not hot
@@ -179,6 +203,9 @@ pub enum Object {
     AuthorizationPolicy(IstioConfig<AuthorizationPolicy>),
     /// `security.istio.io` RequestAuthentication.
     RequestAuthentication(IstioConfig<RequestAuthentication>),
+    /// A `security.istio.io` AuthorizationPolicy or RequestAuthentication Ama cannot read,
+    /// which fails closed.
+    UnreadablePolicy(UnreadablePolicy),
     /// `v1` Namespace.
     Namespace(Namespace),
     /// `v1` Service.
@@ -207,6 +234,7 @@ impl Object {
             Object::PeerAuthentication(_) => "PeerAuthentication",
             Object::AuthorizationPolicy(_) => "AuthorizationPolicy",
             Object::RequestAuthentication(_) => "RequestAuthentication",
+            Object::UnreadablePolicy(u) => u.kind.as_str(),
             Object::Namespace(_) => "Namespace",
             Object::Service(_) => "Service",
             Object::Pod(_) => "Pod",
@@ -228,6 +256,7 @@ impl Object {
             Object::PeerAuthentication(o) => &o.metadata,
             Object::AuthorizationPolicy(o) => &o.metadata,
             Object::RequestAuthentication(o) => &o.metadata,
+            Object::UnreadablePolicy(o) => &o.metadata,
             Object::Namespace(o) => &o.metadata,
             Object::Service(o) => &o.metadata,
             Object::Pod(o) => &o.metadata,
@@ -265,7 +294,8 @@ pub enum Severity {
     /// The object is used, but Ama does not implement part of it (or all of it).
     Warning,
     /// The object is used (leaving it out would fail open), but Ama cannot do part of a
-    /// security policy as written and denies more than it says instead. Printed as an error.
+    /// security policy as written, or cannot read it at all ([`UnreadablePolicy`]), and denies
+    /// more than it says instead. Printed as an error.
     FailClosed,
 }
 
@@ -414,10 +444,15 @@ pub fn parse(text: &str, source_name: &str) -> Parsed {
                     objects.push(object);
                     (Some(name), unimplemented)
                 }
-                Err((name, problems)) => (
-                    name,
-                    problems.into_iter().map(|p| (Severity::Error, p)).collect(),
-                ),
+                Err((name, problems)) => match unreadable_policy(&value, problems) {
+                    (Some(object), problems) => {
+                        let mut problems = problems;
+                        problems.extend(crate::support::not_implemented(&object, &value));
+                        objects.push(object);
+                        (name, problems)
+                    }
+                    (None, problems) => (name, problems),
+                },
             };
             errors.extend(problems.into_iter().map(|(severity, mut p)| {
                 p.field = join(&prefix, &p.field);
@@ -560,6 +595,77 @@ fn parse_object(value: &Value) -> Result<Object, Failure> {
         Some(object) if problems.is_empty() => Ok(object),
         _ => Err((Some(name), problems.into_vec())),
     }
+}
+
+/// What the problems of a document that failed [`parse_object`] mean. An AuthorizationPolicy
+/// or RequestAuthentication fails closed: when its name, namespace and binding can still be
+/// read, it becomes an [`UnreadablePolicy`] and each problem a [`Severity::FailClosed`] saying
+/// so; otherwise each problem says that nothing could be bound. Any other document is left
+/// out, its problems errors.
+fn unreadable_policy(
+    value: &Value,
+    problems: Vec<Problem>,
+) -> (Option<Object>, Vec<(Severity, Problem)>) {
+    let text = |key: &str| value.get(key).and_then(Value::as_str).unwrap_or_default();
+    let api_version = text("apiVersion");
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    let Some(kind) = PolicyKind::of(group, text("kind")) else {
+        let errors = problems.into_iter().map(|p| (Severity::Error, p));
+        return (None, errors.collect());
+    };
+    let mut meta_problems = Problems::default();
+    let metadata = metadata(value, false, kind.as_str(), &mut meta_problems);
+    // Labels and annotations bind nothing: only the name and the namespace must be readable.
+    let named = !meta_problems.into_vec().iter().any(|p| {
+        matches!(
+            p.field.as_str(),
+            "metadata" | "metadata.name" | "metadata.namespace"
+        )
+    });
+    // The binding alone, every other field of the spec ignored; its own problems are among
+    // `problems` unless the typed parse stopped at an earlier one.
+    let mut binding_problems = Problems::default();
+    let binding = match value.get("spec") {
+        // A struct deserialises from a sequence too: only a mapping is a spec.
+        Some(spec) if !spec.is_object() => None,
+        _ => typed::<PolicyBinding>(value, "spec", &mut binding_problems),
+    };
+    if let Some(b) = &binding {
+        b.validate("spec", &mut binding_problems);
+    }
+    let binding = binding.filter(|_| named && binding_problems.is_empty());
+    let mut problems = problems;
+    if binding.is_none() {
+        for b in binding_problems.into_vec() {
+            if !problems.iter().any(|p| p.field == b.field) {
+                problems.push(b);
+            }
+        }
+    }
+    let (object, severity, consequence) = match binding {
+        Some(binding) => (
+            Some(Object::UnreadablePolicy(UnreadablePolicy {
+                api_version: api_version.to_string(),
+                kind,
+                metadata,
+                binding,
+            })),
+            Severity::FailClosed,
+            "Ama cannot read this policy: every request to the workloads it selects is denied \
+             until it is fixed",
+        ),
+        None => (
+            None,
+            Severity::Error,
+            "Ama cannot read this policy, nor which workloads it selects: nothing could be \
+             bound to deny in its place; it is left out",
+        ),
+    };
+    let problems = problems.into_iter().map(|mut p| {
+        p.message = format!("{}: {consequence}", p.message);
+        (severity, p)
+    });
+    (object, problems.collect())
 }
 
 /// Records an error unless `version` is one of `served` for this kind.

@@ -23,6 +23,23 @@ fn errors(yaml: &str) -> Vec<String> {
     errors.iter().map(ToString::to_string).collect()
 }
 
+/// The errors of a stream, fail-closed ones included (the user sees both as `error:`).
+fn refusals(yaml: &str) -> Vec<String> {
+    let parsed = parse(yaml, "t.yaml");
+    let refused = parsed
+        .findings
+        .iter()
+        .filter(|f| f.severity != Severity::Warning);
+    refused.map(ToString::to_string).collect()
+}
+
+/// What an AuthorizationPolicy or RequestAuthentication Ama cannot read becomes.
+const DENIED: &str = ": Ama cannot read this policy: every request to the workloads it selects \
+                      is denied until it is fixed";
+/// … when even its binding cannot be read.
+const UNBOUND: &str = ": Ama cannot read this policy, nor which workloads it selects: nothing \
+                       could be bound to deny in its place; it is left out";
+
 /// The single error of a stream.
 fn error(yaml: &str) -> String {
     let e = errors(yaml);
@@ -540,6 +557,7 @@ fn authorization_policy_errors() {
                 "{at}.rules[0].when[0].key: \"request.header\" is not a condition key (such as source.ip, request.headers[NAME] or request.auth.claims[NAME])"
             ),
         ]
+        .map(|e| format!("{e}{UNBOUND}"))
     );
 }
 
@@ -575,46 +593,56 @@ spec:
     let ap = "t.yaml:doc 1: AuthorizationPolicy foo/p: spec";
     let aq = "t.yaml:doc 2: AuthorizationPolicy foo/q: spec.rules[0]";
     let ra = "t.yaml:doc 3: RequestAuthentication foo/r: spec.jwtRules[0]";
-    assert_eq!(
-        errors(yaml),
-        [
-            format!(
-                "{ap}.targetRefs[0].kind: \"apps/Deployment\": a policy can target a Service, a \
+    let unbound = [
+        format!(
+            "{ap}.targetRefs[0].kind: \"apps/Deployment\": a policy can target a Service, a \
                  ServiceEntry (networking.istio.io), a Gateway or a GatewayClass \
                  (gateway.networking.k8s.io)"
-            ),
-            format!(
-                "{ap}.targetRefs[1].namespace: must not be set: a policy targets resources of its \
+        ),
+        format!(
+            "{ap}.targetRefs[1].namespace: must not be set: a policy targets resources of its \
                  own namespace only"
-            ),
-            format!(
-                "{ap}.rules: missing: a DENY policy without rules never matches; add an empty \
+        ),
+        format!(
+            "{ap}.rules: missing: a DENY policy without rules never matches; add an empty \
                  rule `{{}}` to match every request"
-            ),
-            format!("{aq}.to[0].operation.methods[0]: must not be empty"),
-            format!(
-                "{aq}.to[0].operation.paths[0]: \"/a/{{**}}/{{*}}\": {{**}} must be the last operator \
+        ),
+    ]
+    .map(|e| format!("{e}{UNBOUND}"));
+    let denied = [
+        format!("{aq}.to[0].operation.methods[0]: must not be empty"),
+        format!(
+            "{aq}.to[0].operation.paths[0]: \"/a/{{**}}/{{*}}\": {{**}} must be the last operator \
                  of a path template"
-            ),
-            format!(
-                "{aq}.to[0].operation.paths[1]: \"/c/{{x}}\": '{{' and '}}' are allowed only in the \
+        ),
+        format!(
+            "{aq}.to[0].operation.paths[1]: \"/c/{{x}}\": '{{' and '}}' are allowed only in the \
                  operators {{*}} and {{**}}, each a whole segment"
-            ),
-            format!(
-                "{aq}.when[0].key: \"request.headers[]\" is not a condition key (such as \
+        ),
+        format!(
+            "{aq}.when[0].key: \"request.headers[]\" is not a condition key (such as \
                  source.ip, request.headers[NAME] or request.auth.claims[NAME])"
-            ),
-            format!(
-                "{aq}.when[1].values[0]: \"a/b/c\" is not a service account: 'name' or \
+        ),
+        format!(
+            "{aq}.when[1].values[0]: \"a/b/c\" is not a service account: 'name' or \
                  'namespace/name', without wildcards"
-            ),
-            format!("{ra}.jwksUri: \"ftp://example.com/keys\" is not an http or https URL"),
-            format!("{ra}.audiences[0]: must not be empty"),
-            format!(
-                "{ra}.outputClaimToHeaders[0].header: \"x y\" is not a header name: letters, \
+        ),
+        format!("{ra}.jwksUri: \"ftp://example.com/keys\" is not an http or https URL"),
+        format!("{ra}.audiences[0]: must not be empty"),
+        format!(
+            "{ra}.outputClaimToHeaders[0].header: \"x y\" is not a header name: letters, \
                  digits and '-' only"
-            ),
-        ]
+        ),
+    ]
+    .map(|e| format!("{e}{DENIED}"));
+    assert_eq!(refusals(yaml), [&unbound[..], &denied[..]].concat());
+    // The two it can bind stand in for the policies, as DENY of everything they select; the
+    // one with a bad target is left out.
+    let (objects, _) = parse_stream(yaml, "t.yaml");
+    let names: Vec<String> = objects.iter().map(Object::display).collect();
+    assert_eq!(
+        names,
+        ["AuthorizationPolicy foo/q", "RequestAuthentication foo/r"]
     );
 }
 
@@ -1083,5 +1111,174 @@ fn the_authority_is_rewritten_in_one_place() {
              rewritten in several places (rewrite.authority, headers.request.set[\"Host\"], \
              headers.request.add[\":authority\"]): set one"
         ]
+    );
+}
+
+#[test]
+fn security_policies_ama_cannot_read_fail_closed() {
+    let yaml = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-get, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: DENY
+  rules:
+  - from: [{source: {bogus: [a]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ns-wide, namespace: foo}
+spec:
+  action: DENNY
+---
+apiVersion: security.istio.io/v1beta1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: foo}
+spec:
+  targetRef: {kind: Service, name: httpbin}
+  jwtRules: {issuer: a}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {namespace: foo}
+spec:
+  action: DENNY
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: bad-selector, namespace: foo}
+spec:
+  selector: {matchLabels: {app: [httpbin]}}
+  rules: [{bogus: 1}]
+";
+    let refusals = refusals(yaml);
+    assert_eq!(
+        refusals,
+        [
+            format!(
+                "t.yaml:doc 1: AuthorizationPolicy foo/deny-get: spec.rules[0].from[0].source.bogus: \
+                 unknown field `bogus` (known fields: principals, notPrincipals, requestPrincipals, \
+                 notRequestPrincipals, namespaces, notNamespaces, serviceAccounts, \
+                 notServiceAccounts, ipBlocks, notIpBlocks, remoteIpBlocks, \
+                 notRemoteIpBlocks){DENIED}"
+            ),
+            format!(
+                "t.yaml:doc 2: AuthorizationPolicy foo/ns-wide: spec.action: unknown variant \
+                 `DENNY`, expected one of `ALLOW`, `DENY`, `AUDIT`, `CUSTOM`{DENIED}"
+            ),
+            format!(
+                "t.yaml:doc 3: RequestAuthentication foo/jwt: spec.jwtRules: invalid type: map, \
+                 expected a sequence{DENIED}"
+            ),
+            format!(
+                "t.yaml:doc 4: AuthorizationPolicy foo/<unnamed>: metadata.name: missing: a \
+                 AuthorizationPolicy needs a name{UNBOUND}"
+            ),
+            format!(
+                "t.yaml:doc 4: AuthorizationPolicy foo/<unnamed>: spec.action: unknown variant \
+                 `DENNY`, expected one of `ALLOW`, `DENY`, `AUDIT`, `CUSTOM`{UNBOUND}"
+            ),
+            format!(
+                "t.yaml:doc 5: AuthorizationPolicy foo/bad-selector: spec.rules[0].bogus: unknown \
+                 field `bogus` (known fields: from, to, when){UNBOUND}"
+            ),
+            // Read for the binding alone after the typed parse stopped at the first problem.
+            format!(
+                "t.yaml:doc 5: AuthorizationPolicy foo/bad-selector: spec.selector.matchLabels.app: \
+                 invalid type: sequence, expected a string{UNBOUND}"
+            ),
+        ]
+    );
+    let parsed = parse(yaml, "t.yaml");
+    // Printed as errors, but the objects are kept: they deny.
+    assert!(
+        parsed.findings[..3]
+            .iter()
+            .all(|f| f.severity == Severity::FailClosed && f.for_terminal().starts_with("error: "))
+    );
+    assert!(parsed.findings[3..].iter().all(Finding::is_error));
+    let unreadable: Vec<&UnreadablePolicy> = parsed
+        .objects
+        .iter()
+        .map(|o| match o {
+            Object::UnreadablePolicy(u) => u,
+            other => panic!("not an unreadable policy: {other:?}"),
+        })
+        .collect();
+    assert_eq!(unreadable.len(), 3);
+    let [selector, namespace, target] = &unreadable[..] else {
+        unreachable!()
+    };
+    assert_eq!(selector.kind, PolicyKind::AuthorizationPolicy);
+    assert_eq!(
+        selector.binding.selector.as_ref().map(|s| &s.match_labels),
+        Some(&BTreeMap::from([(
+            "app".to_string(),
+            "httpbin".to_string()
+        )]))
+    );
+    assert_eq!(namespace.binding, PolicyBinding::default());
+    assert_eq!(namespace.metadata.name, "ns-wide");
+    assert_eq!(target.kind, PolicyKind::RequestAuthentication);
+    assert_eq!(target.api_version, "security.istio.io/v1beta1");
+    assert_eq!(target.metadata.namespace, "foo");
+    assert_eq!(
+        target.binding.target_ref.as_ref().map(|t| t.name.as_str()),
+        Some("httpbin")
+    );
+    // Other kinds are left out as before.
+    assert_eq!(
+        parse_stream(&vs_with("  - bogus: 1\n"), "t.yaml").0,
+        Vec::<Object>::new()
+    );
+}
+
+#[test]
+fn service_accounts_of_a_source() {
+    // Istio 1.24's serviceAccounts and notServiceAccounts.
+    let Object::AuthorizationPolicy(ap) = one(&AUTHZ.replace(
+        "principals: [cluster.local/ns/default/sa/sleep]",
+        "serviceAccounts: [default/sleep, sleep]\n        notServiceAccounts: [other]",
+    )) else {
+        panic!("not an AuthorizationPolicy")
+    };
+    let source = ap.spec.rules[0].from[0].source.clone().unwrap_or_default();
+    assert_eq!(source.service_accounts, ["default/sleep", "sleep"]);
+    assert_eq!(source.not_service_accounts, ["other"]);
+
+    let yaml = AUTHZ.replace(
+        "principals: [cluster.local/ns/default/sa/sleep]",
+        "principals: [a]\n        serviceAccounts: ['ns/*', '', a/b/c]",
+    );
+    let at = "t.yaml:doc 1: AuthorizationPolicy foo/httpbin: spec.rules[0].from[0].source";
+    assert_eq!(
+        refusals(&yaml),
+        [
+            format!(
+                "{at}: serviceAccounts and notServiceAccounts exclude principals, notPrincipals, \
+                 namespaces and notNamespaces: set one kind{DENIED}"
+            ),
+            format!(
+                "{at}.serviceAccounts[0]: \"ns/*\" is not a service account: 'name' or \
+                 'namespace/name', without wildcards{DENIED}"
+            ),
+            format!(
+                "{at}.serviceAccounts[2]: \"a/b/c\" is not a service account: 'name' or \
+                 'namespace/name', without wildcards{DENIED}"
+            ),
+            format!("{at}.serviceAccounts[1]: must not be empty{DENIED}"),
+        ]
+    );
+    let many = format!("[{}]", vec!["a"; 17].join(", "));
+    let yaml = AUTHZ.replace(
+        "principals: [cluster.local/ns/default/sa/sleep]",
+        &format!("notServiceAccounts: {many}"),
+    );
+    assert_eq!(
+        refusals(&yaml),
+        [format!(
+            "{at}.notServiceAccounts: at most 16 service accounts{DENIED}"
+        )]
     );
 }

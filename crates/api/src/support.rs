@@ -517,6 +517,15 @@ pub fn not_implemented(object: &Object, value: &Value) -> Vec<(Severity, Problem
         Object::RequestAuthentication(ra) => {
             request_authentication(&ra.spec, &mut p, &mut fail_closed);
         }
+        // Its problems are reported (as fail-closed errors) by the parser; what is left is which
+        // of its targets bind no sidecar.
+        Object::UnreadablePolicy(u) => {
+            policy_targets(
+                u.binding.target_ref.as_ref(),
+                &u.binding.target_refs,
+                &mut p,
+            );
+        }
         Object::Gateway(_) | Object::ServiceEntry(_) | Object::Sidecar(_) => p.add("kind", IGNORED),
         Object::Workload(w) => annotations(
             &w.template.metadata.annotations,

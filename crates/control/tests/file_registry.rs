@@ -193,6 +193,55 @@ fn apply_writes_good_documents() {
     );
 }
 
+/// A DENY policy with a field Ama does not know.
+const UNREADABLE_AP: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-get}\nspec:\n  selector: {matchLabels: {app: a}}\n  action: DENY\n  rules: [{from: [{source: {bogus: [x]}}]}]\n";
+
+#[test]
+fn a_security_policy_ama_cannot_read_is_kept_to_deny() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(
+        dir.path().join("mesh.yaml"),
+        format!("{SERVICE_A}---\n{UNREADABLE_AP}"),
+    )
+    .expect("write");
+    let (store, registry) = registry(dir.path());
+    let report = registry.scan();
+    // Kept, not an error of a document left out (it is logged at ERROR all the same).
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(
+        names(&store.snapshot()),
+        ["AuthorizationPolicy default/deny-get", "Service default/a"]
+    );
+    let snapshot = store.snapshot();
+    let (objects, _) = snapshot.objects();
+    let model = control::model::Model::build(
+        objects.iter().copied(),
+        &mut control::model::VipAllocator::new(),
+    );
+    let deny = model
+        .authorizations
+        .iter()
+        .find(|a| a.name == "deny-get")
+        .expect("the policy standing in");
+    let policy = deny.policy.clone().unwrap_or_default();
+    assert_eq!(policy.action, xds::Action::Deny);
+    assert_eq!(
+        policy.rules,
+        [xds::Rule::default()],
+        "matches every request"
+    );
+    assert_eq!(deny.selector.get("app").map(String::as_str), Some("a"));
+
+    // `ama apply` writes it, to deny.
+    let report = registry
+        .apply(ApplySource::Text {
+            name: "<stdin>".into(),
+            text: UNREADABLE_AP.replace("deny-get", "deny-put"),
+        })
+        .expect("applied");
+    assert_eq!(report.applied, ["AuthorizationPolicy default/deny-put"]);
+}
+
 /// Starts a registry polling every 5 ms and a pusher over it; returns the pusher.
 fn start(dir: &Path, stop: &CancellationToken) -> Arc<Pusher> {
     let (store, changes) = ConfigStore::new();

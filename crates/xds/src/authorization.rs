@@ -195,6 +195,13 @@ pub struct Source {
     /// Namespaces that must not match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_namespaces: Vec<String>,
+    /// Service accounts of the peer's mTLS identity: `namespace/name`, or `name` in the
+    /// policy's namespace; exact, any trust domain (Istio's `serviceAccounts`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<String>,
+    /// Service accounts that must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_service_accounts: Vec<String>,
     /// Addresses (IP or CIDR) of the connection's peer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_blocks: Vec<String>,

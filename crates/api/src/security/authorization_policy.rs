@@ -117,6 +117,11 @@ pub struct Source {
     pub namespaces: Vec<String>,
     /// Namespaces that must not match.
     pub not_namespaces: Vec<String>,
+    /// Peer service accounts, `namespace/name` or `name` (in the policy's namespace), from the
+    /// peer identity (Istio 1.24). Exclude `principals` and `namespaces`.
+    pub service_accounts: Vec<String>,
+    /// Service accounts that must not match.
+    pub not_service_accounts: Vec<String>,
     /// Peer addresses (IPs or CIDRs).
     pub ip_blocks: Vec<String>,
     /// Addresses that must not match.
@@ -460,6 +465,42 @@ impl Source {
                 }
             }
         }
+        let service_accounts = [
+            ("serviceAccounts", &self.service_accounts),
+            ("notServiceAccounts", &self.not_service_accounts),
+        ];
+        let by_identity = [
+            &self.principals,
+            &self.not_principals,
+            &self.namespaces,
+            &self.not_namespaces,
+        ];
+        if service_accounts.iter().any(|(_, l)| !l.is_empty())
+            && by_identity.iter().any(|l| !l.is_empty())
+        {
+            p.add(
+                at,
+                "serviceAccounts and notServiceAccounts exclude principals, notPrincipals, \
+                 namespaces and notNamespaces: set one kind",
+            );
+        }
+        for (name, list) in service_accounts {
+            // The CRD's maxItems.
+            if list.len() > MAX_SERVICE_ACCOUNTS {
+                p.add(
+                    format!("{at}.{name}"),
+                    format!("at most {MAX_SERVICE_ACCOUNTS} service accounts"),
+                );
+            }
+            for (k, v) in list.iter().enumerate() {
+                // An empty one is reported below, with the other lists'.
+                if !v.is_empty()
+                    && let Err(m) = service_account(v)
+                {
+                    p.add(format!("{at}.{name}[{k}]"), m);
+                }
+            }
+        }
         for (name, list) in [
             ("principals", &self.principals),
             ("notPrincipals", &self.not_principals),
@@ -467,6 +508,8 @@ impl Source {
             ("notRequestPrincipals", &self.not_request_principals),
             ("namespaces", &self.namespaces),
             ("notNamespaces", &self.not_namespaces),
+            ("serviceAccounts", &self.service_accounts),
+            ("notServiceAccounts", &self.not_service_accounts),
         ] {
             no_empty_values(at, name, list, p);
             // The external authorizer is asked before identities are known (Istio's check).
@@ -583,6 +626,9 @@ impl Condition {
         }
     }
 }
+
+/// How many `serviceAccounts` (or `notServiceAccounts`) one source may list (Istio's CRD).
+const MAX_SERVICE_ACCOUNTS: usize = 16;
 
 /// Istio's `CheckServiceAccount`: `name` or `namespace/name`, no wildcard, at most 320
 /// characters.

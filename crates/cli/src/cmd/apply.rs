@@ -7,7 +7,10 @@
 //! As `kubectl apply`, the good documents are applied and each bad one (malformed, unknown kind
 //! or field) is an `error:` line on standard error naming file, document, object and field;
 //! the exit code is then 1. What Ama does not implement of a good document is a `Warning:`
-//! line ([`api::support`]).
+//! line ([`api::support`]). An AuthorizationPolicy or RequestAuthentication Ama cannot read is
+//! applied all the same, as the DENY of everything it selects that stands in for it
+//! ([`api::objects::UnreadablePolicy`]: leaving it out would fail open), and fails the command
+//! too: the document as written was not accepted.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -49,7 +52,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         for f in &parsed.findings {
             eprintln!("{}", f.for_terminal());
         }
-        failed |= parsed.errors().next().is_some();
+        failed |= parsed.errors().next().is_some()
+            || parsed
+                .objects
+                .iter()
+                .any(|o| matches!(o, api::objects::Object::UnreadablePolicy(_)));
         if parsed.objects.is_empty() {
             continue;
         }

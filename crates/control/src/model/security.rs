@@ -13,11 +13,17 @@
 //! [`api::support`] reports them. A policy with targets never falls back to its namespace.
 //!
 //! **AuthorizationPolicy.** Named as the policy (the proxy names denials after it). Action,
-//! provider, and every rule copied: `from.source.*`, `to.operation.*` (ports as numbers),
+//! provider, and every rule copied: `from.source.*` (`serviceAccounts` as written: the proxy
+//! resolves a bare name in the policy's namespace), `to.operation.*` (ports as numbers),
 //! `when[]`. A condition Ama cannot evaluate ([`api::security::authorization_policy::
 //! condition_key_evaluated`], and anything the wire's [`xds::condition_key_known`] refuses) is
 //! not sent as a condition: its path goes into [`xds::Rule::unsupported`], so the proxy errs on
 //! the side of denying, and [`api::support`] reports it as an error.
+//!
+//! **A policy Ama cannot read** ([`api::objects::UnreadablePolicy`]: an unknown field, a bad
+//! value): bound as the policy would have been, named as it would have been, and sent as DENY
+//! with one empty rule, which denies every request to the workloads it binds until it is fixed
+//! (security fails closed; [`api::objects`] reports it as an error).
 //!
 //! **RequestAuthentication.** Named `converted_request_authentication_<name>`, every JWT rule
 //! field copied, the key set inline: `jwks` as written when it is a JSON Web Key Set, else
@@ -31,6 +37,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use api::objects::{IstioConfig, Object};
+use api::security::PolicyKind;
 use api::security::authorization_policy::{
     self as ap, AuthorizationPolicy, PolicyTargetReference, condition_key_evaluated,
 };
@@ -113,6 +120,20 @@ pub(crate) fn build(
                     .extend(entries(p.metadata.name.clone(), o, bound, |a| {
                         a.policy = Some(policy.clone());
                     }));
+            }
+            Object::UnreadablePolicy(u) => {
+                let b = &u.binding;
+                let targets = ap::targets(b.target_ref.as_ref(), &b.target_refs, "spec");
+                let bound = bindings(o, &b.selector, &targets, &services, warnings);
+                let name = match u.kind {
+                    PolicyKind::AuthorizationPolicy => u.metadata.name.clone(),
+                    PolicyKind::RequestAuthentication => {
+                        format!("{REQUEST_AUTHENTICATION_PREFIX}{}", u.metadata.name)
+                    }
+                };
+                out.authorizations.extend(entries(name, o, bound, |a| {
+                    a.policy = Some(deny_everything());
+                }));
             }
             Object::RequestAuthentication(r) => {
                 for rule in &r.spec.jwt_rules {
@@ -219,6 +240,16 @@ fn entries(
         .collect()
 }
 
+/// What stands in for a policy Ama cannot read: DENY with one empty rule, which matches every
+/// request.
+fn deny_everything() -> xds::AuthorizationPolicy {
+    xds::AuthorizationPolicy {
+        action: xds::Action::Deny,
+        provider: String::new(),
+        rules: vec![xds::Rule::default()],
+    }
+}
+
 /// Whether the proxy evaluates a condition on `key`: Istio's validation accepted it (api), Ama
 /// evaluates it (api says which), and the wire knows it.
 pub(crate) fn condition_evaluated(key: &str) -> bool {
@@ -251,6 +282,8 @@ pub(crate) fn authorization_policy(spec: &AuthorizationPolicy) -> xds::Authoriza
                     not_request_principals: s.not_request_principals.clone(),
                     namespaces: s.namespaces.clone(),
                     not_namespaces: s.not_namespaces.clone(),
+                    service_accounts: s.service_accounts.clone(),
+                    not_service_accounts: s.not_service_accounts.clone(),
                     ip_blocks: s.ip_blocks.clone(),
                     not_ip_blocks: s.not_ip_blocks.clone(),
                     remote_ip_blocks: s.remote_ip_blocks.clone(),

@@ -296,12 +296,17 @@ fn api_and_wire_agree_on_the_conditions_ama_evaluates() {
             "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p}}\n\
              spec: {{rules: [{{when: [{{key: '{key}', values: [a]}}]}}]}}\n"
         );
+        // Refused, the policy stands as one Ama cannot read: a DENY of everything it binds.
         let (objects, _) = parse_stream(&yaml, "t.yaml");
         assert!(
-            objects.is_empty() || security::condition_evaluated(key),
+            matches!(&objects[..], [Object::UnreadablePolicy(_)])
+                || security::condition_evaluated(key),
             "{key} accepted by api, unknown to the wire"
         );
-        assert!(objects.is_empty(), "{key}");
+        assert!(
+            matches!(&objects[..], [Object::UnreadablePolicy(_)]),
+            "{key}"
+        );
     }
 }
 
@@ -537,5 +542,124 @@ spec:
     assert_eq!(
         names,
         ["converted_request_authentication_httpbin", "httpbin"]
+    );
+}
+
+#[test]
+fn policies_ama_cannot_read_deny_everything_they_bind() {
+    let yaml = "apiVersion: v1
+kind: Service
+metadata: {name: httpbin, namespace: foo}
+spec:
+  selector: {app: httpbin}
+  ports: [{port: 8000}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sleep, namespace: foo}
+spec:
+  selector: {app: sleep}
+  ports: [{port: 80}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: by-selector, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: DENY
+  rules: [{from: [{source: {bogus: [a]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: namespace-wide, namespace: foo}
+spec:
+  action: DENNY
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: mesh-wide, namespace: istio-system}
+spec:
+  rules: [{to: [{operation: {methods: GET}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: by-service, namespace: foo}
+spec:
+  targetRefs: [{kind: Service, name: httpbin}, {kind: Service, name: sleep}]
+  rules: [{when: [{key: source.ip, values: 1}]}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: foo}
+spec:
+  selector: {matchLabels: {app: sleep}}
+  jwtRules: [{issuer: a, bogus: b}]
+";
+    let m = model(yaml);
+    let deny = |ns: &str, name: &str, selector: Labels| Authorization {
+        name: name.into(),
+        namespace: ns.into(),
+        selector,
+        policy: Some(AuthorizationPolicy {
+            action: Action::Deny,
+            rules: vec![Rule::default()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut got = m.authorizations.clone();
+    got.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    assert_eq!(
+        got,
+        [
+            deny("foo", "by-selector", labels(&[("app", "httpbin")])),
+            deny("foo", "by-service", labels(&[("app", "httpbin")])),
+            deny("foo", "by-service#1", labels(&[("app", "sleep")])),
+            deny(
+                "foo",
+                &format!("{REQUEST_AUTHENTICATION_PREFIX}jwt"),
+                labels(&[("app", "sleep")])
+            ),
+            // No selector: the whole namespace, or from the root namespace the whole mesh.
+            deny("foo", "namespace-wide", Labels::new()),
+            deny("istio-system", "mesh-wide", Labels::new()),
+        ]
+    );
+    // Each denies what it binds, as the proxy reads it.
+    let reads = |a: &Authorization, ns: &str, l: &[(&str, &str)]| {
+        a.selects(ROOT_NAMESPACE, Some(ns), &labels(l))
+    };
+    let mesh_wide = policy(&m, "istio-system", "mesh-wide");
+    assert!(reads(&mesh_wide, "bar", &[("app", "x")]));
+    let namespace_wide = policy(&m, "foo", "namespace-wide");
+    assert!(reads(&namespace_wide, "foo", &[("app", "x")]));
+    assert!(!reads(&namespace_wide, "bar", &[("app", "x")]));
+}
+
+#[test]
+fn service_accounts_reach_the_wire_as_written() {
+    let m = model(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: by-account, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  rules:
+  - from:
+    - source: {serviceAccounts: [bar/sleep, sleep], notServiceAccounts: [foo/curl]}
+",
+    );
+    let policy = policy(&m, "foo", "by-account").policy.unwrap_or_default();
+    assert_eq!(
+        policy.rules,
+        [Rule {
+            from: vec![Source {
+                // A bare name is resolved by the proxy, in the entry's namespace (foo).
+                service_accounts: strings(&["bar/sleep", "sleep"]),
+                not_service_accounts: strings(&["foo/curl"]),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }]
     );
 }

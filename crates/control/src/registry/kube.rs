@@ -10,7 +10,10 @@
 //!
 //! - Every object is parsed by [`convert`] with the file registry's parser: a malformed one is
 //!   reported once with its field path (and in [`KubeRegistry::errors`]) and left out; the
-//!   others still apply. Pods that have finished are left out.
+//!   others still apply. An AuthorizationPolicy or RequestAuthentication is never left out for
+//!   what Ama cannot read of it: it is kept as an [`api::objects::UnreadablePolicy`], which
+//!   denies every request to what it binds, and logged at ERROR. Pods that have finished are
+//!   left out.
 //! - A re-list (`Init` … `InitApply` … `InitDone`, after a `410 Gone` or a lost watch) is
 //!   collected aside and replaces the kind's objects whole at `InitDone`, so objects deleted
 //!   while the watch was down vanish, and the mesh never sees half a list.

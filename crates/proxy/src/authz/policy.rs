@@ -192,7 +192,7 @@ enum Test {
     NamespaceIn(Box<str>),
     /// The same with `*` in the namespace: Istio's regex.
     NamespaceRegex(Regex),
-    /// `source.serviceAccount`: Istio's regex over the peer identity.
+    /// `serviceAccounts` and `source.serviceAccount`: Istio's regex over the peer identity.
     ServiceAccount(Regex),
     SourceIp(IpNet),
     RemoteIp(IpNet),
@@ -403,7 +403,7 @@ fn compile_rule(a: &xds::Authorization, action: Action, i: usize, rule: &xds::Ru
         .from
         .iter()
         .enumerate()
-        .map(|(j, s)| checks(source(&format!("rules[{i}].from[{j}]"), s)))
+        .map(|(j, s)| checks(source(&format!("rules[{i}].from[{j}]"), s, &a.namespace)))
         .collect();
     let to: Vec<Vec<Check>> = rule
         .to
@@ -476,7 +476,8 @@ fn field(
     (at, compiled)
 }
 
-fn source(at: &str, s: &xds::Source) -> Vec<Part> {
+/// A source's fields; `policy_namespace` is where a bare service account name lives.
+fn source(at: &str, s: &xds::Source, policy_namespace: &str) -> Vec<Part> {
     vec![
         field(
             format!("{at}.principals"),
@@ -495,6 +496,12 @@ fn source(at: &str, s: &xds::Source) -> Vec<Part> {
             &s.namespaces,
             &s.not_namespaces,
             namespace,
+        ),
+        field(
+            format!("{at}.serviceAccounts"),
+            &s.service_accounts,
+            &s.not_service_accounts,
+            |v| service_account(v, policy_namespace),
         ),
         field(
             format!("{at}.ipBlocks"),
@@ -590,7 +597,9 @@ fn namespace(v: &str) -> Result<Test, MatcherError> {
     matcher::regex(&format!("^.*/ns/{glob}/.*$"), v).map(Test::NamespaceRegex)
 }
 
-/// Istio's `source.serviceAccount`: `<sa>` (in the policy's namespace) or `<ns>/<sa>`.
+/// Istio's `serviceAccounts` and `source.serviceAccount`: `<sa>` (in the policy's namespace) or
+/// `<ns>/<sa>`, matched against the peer identity in any trust domain, `/sa/<sa>` a whole
+/// segment (`srcServiceAccountGenerator`).
 fn service_account(v: &str, policy_namespace: &str) -> Result<Test, MatcherError> {
     let (ns, sa) = v.split_once('/').unwrap_or((policy_namespace, v));
     let re = format!(
@@ -1036,6 +1045,52 @@ mod tests {
             json!({"to": [{"paths": ["/headers"]}, {"methods": ["GET"]}]}),
             &r
         ));
+    }
+
+    #[test]
+    fn service_accounts_match_the_peer_identity() {
+        let r = req(); // spiffe://cluster.local/ns/foo/sa/sleep, policy in "default"
+        let mut plain = req();
+        plain.principal = None;
+        let src = |s: serde_json::Value| json!({"from": [s]});
+        let sa = |v: &[&str]| src(json!({"serviceAccounts": v}));
+        let not_sa = |v: &[&str]| src(json!({"notServiceAccounts": v}));
+        assert!(allows(sa(&["foo/sleep"]), &r));
+        assert!(allows(sa(&["bar/x", "foo/sleep"]), &r), "any of them");
+        assert!(!allows(sa(&["foo/sleeper"]), &r), "a whole name");
+        assert!(!allows(sa(&["foo/slee"]), &r), "a whole name");
+        assert!(!allows(sa(&["bar/sleep"]), &r), "another namespace");
+        assert!(
+            !allows(sa(&["sleep"]), &r),
+            "a bare name is in the policy's namespace (default)"
+        );
+        let mut in_default = req();
+        in_default.principal = Some("spiffe://cluster.local/ns/default/sa/sleep");
+        assert!(allows(sa(&["sleep"]), &in_default));
+        let mut other_domain = req();
+        other_domain.principal = Some("spiffe://example.org/ns/foo/sa/sleep");
+        assert!(
+            allows(sa(&["foo/sleep"]), &other_domain),
+            "any trust domain"
+        );
+        assert!(
+            !allows(sa(&["foo/sleep"]), &plain),
+            "no mTLS: no service account"
+        );
+        assert!(!allows(not_sa(&["foo/sleep"]), &r));
+        assert!(allows(not_sa(&["foo/other"]), &r));
+        assert!(
+            allows(not_sa(&["foo/sleep"]), &plain),
+            "no identity is not that one"
+        );
+        // In DENY, as written: only that service account is denied.
+        let deny = compile(&[authz(
+            "deny-sleep",
+            "DENY",
+            json!([{"from": [{"serviceAccounts": ["foo/sleep"]}]}]),
+        )]);
+        assert!(decide(&deny, &r).is_err());
+        assert!(decide(&deny, &in_default).is_ok());
     }
 
     #[test]

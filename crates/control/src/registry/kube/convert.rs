@@ -177,4 +177,28 @@ mod tests {
         assert_eq!(ns.metadata.labels["x"], "yes");
         assert_eq!(ns.metadata.labels["n"], "010");
     }
+
+    #[test]
+    fn a_security_policy_ama_cannot_read_is_kept_to_deny() {
+        // Istio >= 1.24 validates fields Ama may not know yet; the API server keeps them.
+        let ap = dynamic(json!({
+            "metadata": {"name": "deny-get", "namespace": "foo"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "httpbin"}},
+                "action": "DENY",
+                "rules": [{"from": [{"source": {"bogus": ["a"]}}]}],
+            },
+        }));
+        let r = resource("security.istio.io", "v1", "AuthorizationPolicy");
+        let Converted::Object(Object::UnreadablePolicy(u)) =
+            convert(&r, ap, "kubernetes/AuthorizationPolicy")
+        else {
+            panic!("not kept as a policy Ama cannot read");
+        };
+        assert_eq!(u.metadata.name, "deny-get");
+        assert_eq!(
+            u.binding.selector.map(|s| s.match_labels),
+            Some([("app".to_string(), "httpbin".to_string())].into())
+        );
+    }
 }
