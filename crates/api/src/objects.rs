@@ -597,11 +597,11 @@ fn parse_object(value: &Value) -> Result<Object, Failure> {
     }
 }
 
-/// What the problems of a document that failed [`parse_object`] mean. An AuthorizationPolicy
-/// or RequestAuthentication fails closed: when its name, namespace and binding can still be
-/// read, it becomes an [`UnreadablePolicy`] and each problem a [`Severity::FailClosed`] saying
-/// so; otherwise each problem says that nothing could be bound. Any other document is left
-/// out, its problems errors.
+/// What the problems of a document that failed [`parse_object`] mean. A security policy
+/// ([`PolicyKind`]) fails closed: when its name, namespace and binding can still be read, it
+/// becomes an [`UnreadablePolicy`] and each problem a [`Severity::FailClosed`] saying so;
+/// otherwise each problem says that nothing could be bound. Any other document is left out,
+/// its problems errors.
 fn unreadable_policy(
     value: &Value,
     problems: Vec<Problem>,
@@ -651,8 +651,7 @@ fn unreadable_policy(
                 binding,
             })),
             Severity::FailClosed,
-            "Ama cannot read this policy: every request to the workloads it selects is denied \
-             until it is fixed",
+            kind.fail_closed(),
         ),
         None => (
             None,

@@ -36,6 +36,9 @@ fn refusals(yaml: &str) -> Vec<String> {
 /// What an AuthorizationPolicy or RequestAuthentication Ama cannot read becomes.
 const DENIED: &str = ": Ama cannot read this policy: every request to the workloads it selects \
                       is denied until it is fixed";
+/// What a PeerAuthentication Ama cannot read becomes.
+const STRICT: &str = ": Ama cannot read this policy: the workloads it selects accept mutual TLS \
+                      only (STRICT) until it is fixed";
 /// … when even its binding cannot be read.
 const UNBOUND: &str = ": Ama cannot read this policy, nor which workloads it selects: nothing \
                        could be bound to deny in its place; it is left out";
@@ -215,7 +218,13 @@ fn unserved_version_and_unknown_top_level_field() {
          networking.istio.io/v1beta1, networking.istio.io/v1alpha3)"
     );
     let yaml = "apiVersion: security.istio.io/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec: {}\n";
-    assert!(error(yaml).contains("expected security.istio.io/v1, security.istio.io/v1beta1"));
+    let refused = refusals(yaml);
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert!(
+        refused[0].contains("expected security.istio.io/v1, security.istio.io/v1beta1")
+            && refused[0].ends_with(STRICT),
+        "{refused:#?}"
+    );
     let yaml = format!("{VS}specs: {{}}\n");
     assert_eq!(
         error(&yaml),
@@ -484,17 +493,24 @@ fn peer_authentication() {
 
 #[test]
 fn peer_authentication_errors() {
+    // A PeerAuthentication Ama cannot read is kept as STRICT for what it selects (fail closed).
+    let refused = refusals(&PEER_AUTHN.replace("STRICT", "STRICTT"));
+    assert_eq!(refused.len(), 1, "{refused:#?}");
     assert!(
-        error(&PEER_AUTHN.replace("STRICT", "STRICTT"))
-            .starts_with("t.yaml:doc 1: PeerAuthentication istio-system/default: spec.mtls.mode: unknown variant `STRICTT`")
+        refused[0].starts_with("t.yaml:doc 1: PeerAuthentication istio-system/default: spec.mtls.mode: unknown variant `STRICTT`")
+            && refused[0].ends_with(STRICT),
+        "{refused:#?}"
     );
+    assert!(errors(&PEER_AUTHN.replace("STRICT", "STRICTT")).is_empty());
     let yaml = format!("{PEER_AUTHN}  portLevelMtls:\n    0: {{mode: DISABLE}}\n");
     let at = "t.yaml:doc 1: PeerAuthentication istio-system/default: spec.portLevelMtls";
     assert_eq!(
-        errors(&yaml),
+        refusals(&yaml),
         [
-            format!("{at}: needs a selector: port-level modes apply to selected workloads only"),
-            format!("{at}[0]: 0 is not a port: must be 1..65535"),
+            format!(
+                "{at}: needs a selector: port-level modes apply to selected workloads only{STRICT}"
+            ),
+            format!("{at}[0]: 0 is not a port: must be 1..65535{STRICT}"),
         ]
     );
 }

@@ -23,14 +23,18 @@ use crate::check::Problems;
 use crate::networking::WorkloadSelector;
 use authorization_policy::{PolicyTargetReference, validate_targets};
 
-/// The two security policies that say which requests a workload accepts, and so must fail
-/// closed when Ama cannot read them ([`crate::objects::UnreadablePolicy`]).
+/// The security policies that say which requests a workload accepts, and so must fail closed
+/// when Ama cannot read them ([`crate::objects::UnreadablePolicy`]): an AuthorizationPolicy or
+/// RequestAuthentication then denies every request to what it selects, a PeerAuthentication
+/// takes mutual TLS only (STRICT) there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PolicyKind {
     /// AuthorizationPolicy.
     AuthorizationPolicy,
     /// RequestAuthentication.
     RequestAuthentication,
+    /// PeerAuthentication.
+    PeerAuthentication,
 }
 
 impl PolicyKind {
@@ -39,6 +43,7 @@ impl PolicyKind {
         match (group, kind) {
             (GROUP, "AuthorizationPolicy") => Some(PolicyKind::AuthorizationPolicy),
             (GROUP, "RequestAuthentication") => Some(PolicyKind::RequestAuthentication),
+            (GROUP, "PeerAuthentication") => Some(PolicyKind::PeerAuthentication),
             _ => None,
         }
     }
@@ -48,6 +53,21 @@ impl PolicyKind {
         match self {
             PolicyKind::AuthorizationPolicy => "AuthorizationPolicy",
             PolicyKind::RequestAuthentication => "RequestAuthentication",
+            PolicyKind::PeerAuthentication => "PeerAuthentication",
+        }
+    }
+
+    /// What Ama does instead of a policy of this kind it cannot read.
+    pub fn fail_closed(self) -> &'static str {
+        match self {
+            PolicyKind::AuthorizationPolicy | PolicyKind::RequestAuthentication => {
+                "Ama cannot read this policy: every request to the workloads it selects is \
+                 denied until it is fixed"
+            }
+            PolicyKind::PeerAuthentication => {
+                "Ama cannot read this policy: the workloads it selects accept mutual TLS only \
+                 (STRICT) until it is fixed"
+            }
         }
     }
 }

@@ -56,7 +56,9 @@ pub(crate) fn build(
         .map(|s| s.resource.hostname.as_str())
         .collect();
     let mut out = ConfigOut::default();
-    let mut peer_authentications = Vec::new();
+    let unreadable = unreadable_peer_authentications(objects);
+    let mut peer_authentications: Vec<&IstioConfig<PeerAuthentication>> =
+        unreadable.iter().collect();
     let mut destination_rules = Vec::new();
     let mut virtual_services = Vec::new();
     for o in objects {
@@ -169,6 +171,33 @@ fn has_selector(pa: &IstioConfig<PeerAuthentication>) -> bool {
         .selector
         .as_ref()
         .is_some_and(|s| !s.match_labels.is_empty())
+}
+
+/// The PeerAuthentications Ama cannot read ([`api::objects::UnreadablePolicy`]), each as a
+/// STRICT policy with its selector: mutual TLS only is the side that fails closed (plaintext
+/// the policy may have been written to refuse stays refused).
+fn unreadable_peer_authentications(objects: &[&Object]) -> Vec<IstioConfig<PeerAuthentication>> {
+    objects
+        .iter()
+        .filter_map(|o| match o {
+            Object::UnreadablePolicy(u)
+                if u.kind == api::security::PolicyKind::PeerAuthentication =>
+            {
+                Some(IstioConfig {
+                    api_version: u.api_version.clone(),
+                    metadata: u.metadata.clone(),
+                    spec: PeerAuthentication {
+                        selector: u.binding.selector.clone(),
+                        mtls: Some(api::security::peer_authentication::MutualTls {
+                            mode: Some(MtlsMode::Strict),
+                        }),
+                        ..Default::default()
+                    },
+                })
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// PeerAuthentications with their modes resolved (see the module docs).

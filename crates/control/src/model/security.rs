@@ -130,6 +130,8 @@ pub(crate) fn build(
                     PolicyKind::RequestAuthentication => {
                         format!("{REQUEST_AUTHENTICATION_PREFIX}{}", u.metadata.name)
                     }
+                    // Taken as STRICT by `model::config`, with the PeerAuthentications it reads.
+                    PolicyKind::PeerAuthentication => continue,
                 };
                 out.authorizations.extend(entries(name, o, bound, |a| {
                     a.policy = Some(deny_everything());

@@ -663,3 +663,62 @@ spec:
         }]
     );
 }
+
+#[test]
+fn a_peer_authentication_ama_cannot_read_takes_strict_for_what_it_selects() {
+    let yaml = "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: foo}
+spec:
+  mtls: {mode: DISABLED}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: httpbin, namespace: bar}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  mtls: {mode: PERMISSIVE}
+  portLevelMtls: {8080: {mode: DISABLE}}
+  bogus: true
+";
+    let parsed = api::objects::parse(yaml, "pa.yaml");
+    let lines: Vec<String> = parsed.findings.iter().map(|f| f.for_terminal()).collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with("error: pa.yaml:doc 1: PeerAuthentication foo/default: spec.mtls.mode")
+            && l.ends_with("Ama cannot read this policy: the workloads it selects accept mutual TLS only (STRICT) until it is fixed")),
+        "{lines:#?}"
+    );
+    let m = model(yaml);
+    let modes: Vec<(&str, &str, Option<xds::PeerAuthentication>)> = m
+        .authorizations
+        .iter()
+        .map(|a| {
+            (
+                a.namespace.as_str(),
+                a.name.as_str(),
+                a.peer_authentication.clone(),
+            )
+        })
+        .collect();
+    let strict = Some(xds::PeerAuthentication {
+        mode: xds::MtlsMode::Strict,
+        port_level_mtls: Default::default(),
+    });
+    assert_eq!(
+        modes,
+        [
+            (
+                "bar",
+                "converted_peer_authentication_httpbin",
+                strict.clone()
+            ),
+            ("foo", "converted_peer_authentication_default", strict),
+        ],
+        "an unreadable PeerAuthentication is STRICT, port-level modes and all (it cannot be \
+         read which of them were meant)"
+    );
+    assert_eq!(
+        policy(&m, "bar", "converted_peer_authentication_httpbin").selector,
+        labels(&[("app", "httpbin")])
+    );
+}
