@@ -53,6 +53,7 @@ pub mod listener;
 pub mod orig_dst;
 pub mod outbound;
 pub mod outlier;
+pub mod per_snapshot;
 pub mod pool;
 pub mod port_stats;
 pub mod request_authn;

@@ -15,27 +15,20 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arc_swap::ArcSwapOption;
 use jwt_authn::JwtAuthn;
 
 use crate::authn::DEFAULT_ROOT_NAMESPACE;
 use crate::config::{ProxyConfig, Snapshot};
+use crate::per_snapshot::{PerSnapshot, workload_scope};
 use crate::port_stats::{PerPort, inbound_http_prefix};
 
-/// The JWT rules of this workload, compiled per snapshot version.
+/// The JWT rules of this workload, compiled per snapshot version, and Envoy's jwt_authn
+/// counters.
 #[derive(Debug)]
 pub struct RequestAuthn {
     root_namespace: Arc<str>,
-    cache: ArcSwapOption<Compiled>,
+    compiled: PerSnapshot<JwtAuthn>,
     stats: JwtAuthnStats,
-}
-
-/// The rules of one snapshot version; `None` when no RequestAuthentication selects the
-/// workload.
-#[derive(Debug)]
-struct Compiled {
-    version: u64,
-    authn: Option<Arc<JwtAuthn>>,
 }
 
 impl Default for RequestAuthn {
@@ -49,52 +42,34 @@ impl RequestAuthn {
     pub fn new(root_namespace: &str) -> RequestAuthn {
         RequestAuthn {
             root_namespace: Arc::from(root_namespace),
-            cache: ArcSwapOption::empty(),
+            compiled: PerSnapshot::default(),
             stats: JwtAuthnStats::default(),
         }
-    }
-
-    /// The counters of the requests checked so far.
-    pub fn stats(&self) -> &JwtAuthnStats {
-        &self.stats
     }
 
     /// The JWT rules that apply to this workload under `snap`, compiled on the first call for a
     /// snapshot version; `None` (one atomic load) when no RequestAuthentication selects it.
     pub fn rules(&self, snap: &Snapshot, cfg: &ProxyConfig) -> Option<Arc<JwtAuthn>> {
-        let cached = self.cache.load();
-        if let Some(c) = &*cached
-            && c.version == snap.version
-        {
-            return c.authn.clone();
-        }
-        // A request still on an older snapshot compiles for itself and leaves the cache to the
-        // newer one.
-        let newer_cached = cached.as_ref().is_some_and(|c| c.version > snap.version);
-        drop(cached);
-        let no_labels = BTreeMap::new();
-        let (namespace, labels) = match &snap.me {
-            Some(w) => (Some(w.namespace.as_str()), &w.labels),
-            None => (cfg.pod_namespace.as_deref(), &no_labels),
-        };
-        let rules: Vec<xds::JwtRule> = snap
-            .resources
-            .authorizations
-            .iter()
-            .filter(|a| a.selects(&self.root_namespace, namespace, labels))
-            .filter_map(|a| a.request_authentication.as_ref())
-            .flat_map(|ra| ra.jwt_rules.iter().cloned())
-            .collect();
-        // A RequestAuthentication without rules accepts no token and requires none: nothing to
-        // check.
-        let authn = (!rules.is_empty()).then(|| Arc::new(JwtAuthn::new(&rules)));
-        if !newer_cached {
-            self.cache.store(Some(Arc::new(Compiled {
-                version: snap.version,
-                authn: authn.clone(),
-            })));
-        }
-        authn
+        self.compiled.get(snap.version, || {
+            let no_labels = BTreeMap::new();
+            let (namespace, labels) = workload_scope(snap, cfg, &no_labels);
+            let rules: Vec<xds::JwtRule> = snap
+                .resources
+                .authorizations
+                .iter()
+                .filter(|a| a.selects(&self.root_namespace, namespace, labels))
+                .filter_map(|a| a.request_authentication.as_ref())
+                .flat_map(|ra| ra.jwt_rules.iter().cloned())
+                .collect();
+            // A RequestAuthentication without rules accepts no token and requires none: nothing
+            // to check.
+            (!rules.is_empty()).then(|| JwtAuthn::new(&rules))
+        })
+    }
+
+    /// Envoy's jwt_authn counters.
+    pub fn stats(&self) -> &JwtAuthnStats {
+        &self.stats
     }
 }
 

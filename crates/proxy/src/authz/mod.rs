@@ -33,11 +33,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
-use arc_swap::ArcSwapOption;
-
 use crate::authn::DEFAULT_ROOT_NAMESPACE;
 use crate::config::{ProxyConfig, Snapshot};
 use crate::http::ConnCtx;
+use crate::per_snapshot::{PerSnapshot, workload_scope};
 use crate::port_stats::{PerPort, inbound_http_prefix};
 use crate::telemetry::TcpRecord;
 
@@ -55,15 +54,8 @@ pub const DENIED_DETAILS: &str = "rbac_access_denied_matched_policy[none]";
 #[derive(Debug)]
 pub struct Authz {
     root_namespace: Arc<str>,
-    cache: ArcSwapOption<Compiled>,
+    compiled: PerSnapshot<Policies>,
     stats: RbacStats,
-}
-
-/// The policies of one snapshot version; `None` when none selects the workload.
-#[derive(Debug)]
-struct Compiled {
-    version: u64,
-    policies: Option<Arc<Policies>>,
 }
 
 impl Default for Authz {
@@ -77,7 +69,7 @@ impl Authz {
     pub fn new(root_namespace: &str) -> Authz {
         Authz {
             root_namespace: Arc::from(root_namespace),
-            cache: ArcSwapOption::empty(),
+            compiled: PerSnapshot::default(),
             stats: RbacStats::default(),
         }
     }
@@ -85,33 +77,14 @@ impl Authz {
     /// The AuthorizationPolicies that select this workload under `snap`, compiled on the first
     /// call for a snapshot version; `None` (one atomic load) when none does.
     pub fn policies(&self, snap: &Snapshot, cfg: &ProxyConfig) -> Option<Arc<Policies>> {
-        let cached = self.cache.load();
-        if let Some(c) = &*cached
-            && c.version == snap.version
-        {
-            return c.policies.clone();
-        }
-        // A request still on an older snapshot compiles for itself and leaves the cache to
-        // the newer one (no thrashing while a swap is under way).
-        let newer_cached = cached.as_ref().is_some_and(|c| c.version > snap.version);
-        drop(cached);
-        let no_labels = BTreeMap::new();
-        let (namespace, labels) = match &snap.me {
-            Some(w) => (Some(w.namespace.as_str()), &w.labels),
-            None => (cfg.pod_namespace.as_deref(), &no_labels),
-        };
-        let compiled =
-            Policies::compile(snap.resources.authorizations.iter().filter(|a| {
+        self.compiled.get(snap.version, || {
+            let no_labels = BTreeMap::new();
+            let (namespace, labels) = workload_scope(snap, cfg, &no_labels);
+            let compiled = Policies::compile(snap.resources.authorizations.iter().filter(|a| {
                 a.policy.is_some() && a.selects(&self.root_namespace, namespace, labels)
             }));
-        let policies = (!compiled.is_empty()).then(|| Arc::new(compiled));
-        if !newer_cached {
-            self.cache.store(Some(Arc::new(Compiled {
-                version: snap.version,
-                policies: policies.clone(),
-            })));
-        }
-        policies
+            (!compiled.is_empty()).then_some(compiled)
+        })
     }
 
     /// Envoy's RBAC counters.
