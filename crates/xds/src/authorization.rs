@@ -496,15 +496,50 @@ pub fn condition_key_known(key: &str) -> bool {
     bracketed("request.headers") || bracketed("request.auth.claims")
 }
 
-/// An IPv4 or IPv6 address, or one with a `/len` prefix length in range.
+/// An IPv4 or IPv6 address, or a CIDR block.
 fn is_ip_or_cidr(s: &str) -> bool {
-    let (ip, len) = match s.split_once('/') {
-        Some((ip, len)) => (ip, Some(len)),
-        None => (s, None),
-    };
-    let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
-        return false;
-    };
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    len.is_none_or(|l| l.parse::<u8>().is_ok_and(|l| l <= max))
+    s.parse::<std::net::IpAddr>().is_ok() || s.parse::<ipnet::IpNet>().is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{condition_key_known, is_ip_or_cidr};
+
+    #[test]
+    fn addresses_and_blocks() {
+        for ok in ["10.0.0.1", "10.0.0.0/8", "::1", "fd00::/8", "0.0.0.0/0"] {
+            assert!(is_ip_or_cidr(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "10.0.0",
+            "x/8",
+            "10.0.0.0/",
+            "fd00::/129",
+        ] {
+            assert!(!is_ip_or_cidr(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn condition_keys() {
+        for ok in [
+            "source.ip",
+            "request.headers[x-user]",
+            "request.auth.claims[groups]",
+            "request.auth.claims[a][b]",
+        ] {
+            assert!(condition_key_known(ok), "{ok}");
+        }
+        for bad in [
+            "request.headers",
+            "request.headers[]",
+            "request.auth.claims",
+            "experimental.envoy.filters.network.mysql_proxy[db.table]",
+            "source.ips",
+        ] {
+            assert!(!condition_key_known(bad), "{bad}");
+        }
+    }
 }
