@@ -448,8 +448,8 @@ impl Policies {
 /// or (`None`) no dry-run ALLOW rule matching.
 fn log_dry_run_denial(action: Action, rule: Option<&Rule>, a: &Attributes<'_>) {
     tracing::info!(
-        policy = rule.map_or("none", |r| r.name()),
-        action = if action == Action::Deny { "DENY" } else { "ALLOW" },
+        policy = %rule.map_or("none", |r| r.name()),
+        action = %if action == Action::Deny { "DENY" } else { "ALLOW" },
         source = ?a.principal,
         client = %a.source_ip,
         method = a.http.map(|h| h.method),
@@ -1062,6 +1062,77 @@ mod tests {
         ]);
         let (_, o) = p.evaluate(&r.attrs());
         assert_eq!(o.dry_run_deny, None);
+    }
+
+    /// Collects what a `tracing` subscriber writes.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("sink").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_would_be_denial_is_logged_at_info_naming_policy_and_rule() {
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let r = req();
+        let p = compile(&[
+            dry(
+                "dry-deny-ip",
+                "DENY",
+                json!([{"to": [{"paths": ["/nope"]}]}, {"to": [{"paths": ["/ip"]}]}]),
+            ),
+            dry(
+                "dry-allow-other",
+                "ALLOW",
+                json!([{"to": [{"paths": ["/other"]}]}]),
+            ),
+        ]);
+        tracing::subscriber::with_default(subscriber, || p.evaluate(&r.attrs()));
+        let text = String::from_utf8(sink.0.lock().expect("sink").clone()).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        for (line, policy, action) in [
+            (lines[0], "ns[default]-policy[dry-deny-ip]-rule[1]", "DENY"),
+            (lines[1], "none", "ALLOW"),
+        ] {
+            assert!(line.contains(" INFO "), "{line}");
+            assert!(
+                line.contains("AuthorizationPolicy dry run: request would have been denied"),
+                "{line}"
+            );
+            assert!(line.contains(&format!("policy={policy} ")), "{line}");
+            assert!(line.contains(&format!("action={action} ")), "{line}");
+        }
+        // What a dry run would allow is not logged.
+        let allowed = Req {
+            path: "/other",
+            ..req()
+        };
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .finish();
+        let only_allow = compile(&[dry(
+            "dry-allow-other",
+            "ALLOW",
+            json!([{"to": [{"paths": ["/other"]}]}]),
+        )]);
+        tracing::subscriber::with_default(subscriber, || only_allow.evaluate(&allowed.attrs()));
+        assert!(sink.0.lock().expect("sink").is_empty());
     }
 
     #[test]
