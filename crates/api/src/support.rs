@@ -19,11 +19,12 @@
 //!   `outlierDetection.consecutiveErrors` (which Istio ignores too).
 //! - PeerAuthentication: all of it.
 //! - AuthorizationPolicy: all of it (selector, namespace- and mesh-wide policies, `targetRef(s)`
-//!   to a Service, ALLOW, DENY and AUDIT, every field of `from`, `to` and `when`), except what the
-//!   sidecars cannot do, each reported with what happens instead: CUSTOM (no ext_authz provider:
-//!   the requests it matches are denied), conditions on `experimental.envoy.filters.*` (the rule
-//!   errs on the side of denying), the `istio.io/dry-run` annotation (the policy is enforced), and
-//!   targets other than Services (they bind nothing). AUDIT differs from Istio's and says so:
+//!   to a Service, ALLOW, DENY and AUDIT, every field of `from`, `to` and `when`, the
+//!   `istio.io/dry-run` annotation of ALLOW and DENY policies), except what the sidecars cannot
+//!   do, each reported with what happens instead: CUSTOM (no ext_authz provider: the requests it
+//!   matches are denied), conditions on `experimental.envoy.filters.*` (the rule errs on the side
+//!   of denying), a dry-run annotation Istio rejects (no boolean, or on AUDIT or CUSTOM: the
+//!   policy is enforced), and targets other than Services (they bind nothing). AUDIT differs from Istio's and says so:
 //!   Ama's sidecar logs the requests it matches.
 //! - RequestAuthentication: all of it (every JWT rule field, `jwks` inline, `jwksUri` fetched by
 //!   discovery, else the issuer's OpenID Connect discovery document, as istiod), except an
@@ -50,8 +51,10 @@ use serde_json::Value;
 
 use crate::check::{Problem, Problems};
 use crate::objects::{IstioConfig, Object, Severity};
+use crate::security::PolicyKind;
 use crate::security::authorization_policy::{
-    Action, AuthorizationPolicy, PolicyTargetReference, targets, unevaluable_consequence,
+    Action, AuthorizationPolicy, DRY_RUN_ANNOTATION, PolicyTargetReference, parse_dry_run, targets,
+    unevaluable_consequence,
 };
 use crate::security::request_authentication::{RequestAuthentication, jwks_problem};
 
@@ -520,6 +523,9 @@ pub fn not_implemented(object: &Object, value: &Value) -> Vec<(Severity, Problem
         // Its problems are reported (as fail-closed errors) by the parser; what is left is which
         // of its targets bind no sidecar.
         Object::UnreadablePolicy(u) => {
+            if u.kind == PolicyKind::AuthorizationPolicy {
+                dry_run(&u.metadata.annotations, None, &mut fail_closed);
+            }
             policy_targets(
                 u.binding.target_ref.as_ref(),
                 &u.binding.target_refs,
@@ -568,10 +574,6 @@ pub fn not_implemented(object: &Object, value: &Value) -> Vec<(Severity, Problem
     warnings.chain(errors).collect()
 }
 
-/// The annotation that makes an AuthorizationPolicy a dry run (evaluated and logged, never
-/// enforced).
-const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
-
 /// What the sidecars cannot do of an AuthorizationPolicy: warnings in `p`, what denies more
 /// than written in `fail_closed`.
 fn authorization_policy(
@@ -615,17 +617,43 @@ fn authorization_policy(
         );
     }
     policy_targets(spec.target_ref.as_ref(), &spec.target_refs, p);
-    if ap
-        .metadata
-        .annotations
-        .get(DRY_RUN_ANNOTATION)
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
-    {
-        // Enforcing what was meant to be only logged denies more than written.
-        fail_closed.add(
-            format!("metadata.annotations[\"{DRY_RUN_ANNOTATION}\"]"),
-            "not implemented by Ama: this policy is enforced, not only logged",
-        );
+    dry_run(&ap.metadata.annotations, Some(action), fail_closed);
+}
+
+/// What Istio would reject of the `istio.io/dry-run` annotation of an AuthorizationPolicy with
+/// `action` (`None`: a policy Ama cannot read, enforced whatever it says), all of it enforced:
+/// a value no boolean, or a dry run of an action other than ALLOW and DENY.
+fn dry_run(
+    annotations: &BTreeMap<String, String>,
+    action: Option<Action>,
+    fail_closed: &mut Problems,
+) {
+    let Some(value) = annotations.get(DRY_RUN_ANNOTATION) else {
+        return;
+    };
+    let at = format!("metadata.annotations[\"{DRY_RUN_ANNOTATION}\"]");
+    match (parse_dry_run(value), action) {
+        (None, _) => fail_closed.add(
+            at,
+            format!(
+                "\"{value}\" is not a boolean (Istio accepts 1, t, T, TRUE, true, True, 0, f, F, \
+                 FALSE, false, False): this policy is enforced, not only logged"
+            ),
+        ),
+        (Some(false), _) | (Some(true), Some(Action::Allow | Action::Deny)) => {}
+        (Some(true), Some(a)) => fail_closed.add(
+            at,
+            format!(
+                "Istio supports a dry run of ALLOW and DENY policies only, not {}: this policy is \
+                 enforced, not only logged",
+                a.name()
+            ),
+        ),
+        (Some(true), None) => fail_closed.add(
+            at,
+            "Ama cannot read this policy: it is enforced as a policy that denies every request, \
+             not only logged",
+        ),
     }
 }
 
@@ -790,7 +818,7 @@ spec:
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {name: audit, namespace: foo}
+metadata: {name: audit, namespace: foo, annotations: {istio.io/dry-run: 'true'}}
 spec:
   action: AUDIT
   rules: [{when: [{key: 'experimental.envoy.filters.a.b[c]', values: [d]}]}]
@@ -809,7 +837,7 @@ spec:
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {name: deny-mysql, namespace: foo}
+metadata: {name: deny-mysql, namespace: foo, annotations: {istio.io/dry-run: 'tRue'}}
 spec:
   action: DENY
   rules:
@@ -824,6 +852,16 @@ spec:
   - {issuer: b, jwks: 'not json'}
   - {issuer: https://accounts.example.com}
   - {issuer: testing@secure.istio.io}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: unreadable, namespace: foo, annotations: {istio.io/dry-run: 'True'}}
+spec: {action: DENY, bogus: 1}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: dry-allow, namespace: foo, annotations: {istio.io/dry-run: '1'}}
+spec: {rules: [{}]}
 ",
         );
         assert_eq!(
@@ -832,14 +870,18 @@ spec:
                 "error: x.yaml:doc 1: AuthorizationPolicy foo/ext-authz: spec.action: CUSTOM (provider \"my-ext-authz\"): no ext_authz provider in Ama: the requests this CUSTOM policy matches are denied",
                 "Warning: x.yaml:doc 2: AuthorizationPolicy foo/audit: spec.action: AUDIT: Ama's sidecar logs the requests this policy matches in its own log (Istio's do something visible with AUDIT only when a telemetry provider, such as Stackdriver, is configured); it allows or denies nothing",
                 "Warning: x.yaml:doc 2: AuthorizationPolicy foo/audit: spec.rules[0].when[0].key: experimental.envoy.filters.a.b[c]: Ama cannot evaluate this condition: in this AUDIT policy the rule logs nothing",
+                "error: x.yaml:doc 2: AuthorizationPolicy foo/audit: metadata.annotations[\"istio.io/dry-run\"]: Istio supports a dry run of ALLOW and DENY policies only, not AUDIT: this policy is enforced, not only logged",
                 "Warning: x.yaml:doc 3: AuthorizationPolicy foo/mysql: spec.targetRefs[0]: Gateway ingress: gateways are not implemented by Ama yet; this reference binds nothing",
                 "Warning: x.yaml:doc 3: AuthorizationPolicy foo/mysql: spec.targetRefs[1]: ServiceEntry db: waypoints, which apply policies attached to ServiceEntries, are not implemented by Ama; this reference binds nothing",
                 "error: x.yaml:doc 3: AuthorizationPolicy foo/mysql: spec.rules[0].when[1].key: experimental.envoy.filters.network.mysql_proxy[db.table]: Ama cannot evaluate this condition: in this ALLOW policy the rule allows nothing",
-                "error: x.yaml:doc 3: AuthorizationPolicy foo/mysql: metadata.annotations[\"istio.io/dry-run\"]: not implemented by Ama: this policy is enforced, not only logged",
                 "error: x.yaml:doc 4: AuthorizationPolicy foo/deny-mysql: spec.rules[0].when[0].key: experimental.envoy.filters.network.mysql_proxy[db.table]: Ama cannot evaluate this condition: in this DENY policy the condition is taken as matching: the rule denies more than written",
+                "error: x.yaml:doc 4: AuthorizationPolicy foo/deny-mysql: metadata.annotations[\"istio.io/dry-run\"]: \"tRue\" is not a boolean (Istio accepts 1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False): this policy is enforced, not only logged",
                 "error: x.yaml:doc 5: RequestAuthentication foo/jwt: spec.jwtRules[0].jwks: not a JSON Web Key Set (keys[0] is not a JSON Web Key (no \"kty\")): every token of issuer \"a\" is rejected (401)",
                 "error: x.yaml:doc 5: RequestAuthentication foo/jwt: spec.jwtRules[1].jwks: not a JSON Web Key Set (not JSON: expected ident at line 1 column 2): every token of issuer \"b\" is rejected (401)",
                 "error: x.yaml:doc 5: RequestAuthentication foo/jwt: spec.jwtRules[3]: neither jwks nor jwksUri, and the issuer \"testing@secure.istio.io\" is no http or https URL to discover the key set from (OpenID Connect discovery): every token of this issuer is rejected (401)",
+                "error: x.yaml:doc 6: AuthorizationPolicy foo/unreadable: spec.bogus: unknown field `bogus` (known fields: selector, targetRef, targetRefs, rules, action, provider): Ama cannot read this policy: every request to the workloads it selects is denied until it is fixed",
+                "error: x.yaml:doc 6: AuthorizationPolicy foo/unreadable: metadata.annotations[\"istio.io/dry-run\"]: Ama cannot read this policy: it is enforced as a policy that denies every request, not only logged",
+                // doc 7, a dry run of an ALLOW policy (\"1\" is Go's true): nothing to report.
             ]
         );
         let parsed = parse(

@@ -2,8 +2,9 @@
 //! sidecar as `foo/sleep`, a sidecar as `bar/sleep`, and a plaintext client without a
 //! sidecar) × four paths × two methods against httpbin's sidecar under each of a set of
 //! policies, every cell asserted allowed or denied as Istio specifies, with the denial's
-//! `response_code_details`, `istio_requests_total` and the RBAC counters. Then gRPC's form of
-//! the denial, and opaque TCP (a denial closes, an allow passes).
+//! `response_code_details`, `istio_requests_total` and the RBAC counters (with the shadow
+//! counters of dry-run policies). Then gRPC's form of the denial, and opaque TCP (a denial
+//! closes, an allow passes, a dry run is only counted).
 
 mod harness;
 
@@ -61,6 +62,8 @@ struct Scenario {
     expect: fn(Client, &str, &str) -> Expect,
     /// Requests an AUDIT policy matched (Ama's `ama_audit_logged` counter).
     audit_logged: usize,
+    /// The shadow counters of dry-run policies, by name after `rbac.`.
+    dry_run: &'static [(&'static str, usize)],
 }
 
 fn scenarios() -> Vec<Scenario> {
@@ -70,6 +73,7 @@ fn scenarios() -> Vec<Scenario> {
             policies: "- {name: allow-nothing, namespace: default, selector: {app: httpbin}, policy: {action: ALLOW}}",
             expect: |_, _, _| denied_none(),
             audit_logged: 0,
+            dry_run: &[],
         },
         Scenario {
             name: "ALLOW by principal",
@@ -79,6 +83,7 @@ fn scenarios() -> Vec<Scenario> {
                 _ => denied_none(),
             },
             audit_logged: 0,
+            dry_run: &[],
         },
         Scenario {
             name: "ALLOW by namespace and method",
@@ -88,6 +93,7 @@ fn scenarios() -> Vec<Scenario> {
                 _ => denied_none(),
             },
             audit_logged: 0,
+            dry_run: &[],
         },
         Scenario {
             name: "DENY by path",
@@ -97,6 +103,7 @@ fn scenarios() -> Vec<Scenario> {
                 _ => Expect::Allowed,
             },
             audit_logged: 0,
+            dry_run: &[],
         },
         Scenario {
             name: "when on a header",
@@ -106,6 +113,7 @@ fn scenarios() -> Vec<Scenario> {
                 _ => denied_none(),
             },
             audit_logged: 0,
+            dry_run: &[],
         },
         Scenario {
             name: "ALLOW with an unsupported part",
@@ -116,6 +124,7 @@ fn scenarios() -> Vec<Scenario> {
                 _ => denied_none(),
             },
             audit_logged: 0,
+            dry_run: &[],
         },
         Scenario {
             name: "mesh-wide DENY with notNamespaces",
@@ -128,12 +137,35 @@ fn scenarios() -> Vec<Scenario> {
                 _ => Expect::Allowed,
             },
             audit_logged: 0,
+            dry_run: &[],
         },
         Scenario {
             name: "AUDIT only logs",
             policies: "- {name: audit-admin, namespace: default, selector: {app: httpbin}, policy: {action: AUDIT, rules: [{to: [{paths: [/admin/*]}]}]}}",
             expect: |_, _, _| Expect::Allowed,
             audit_logged: 6,
+            dry_run: &[],
+        },
+        Scenario {
+            name: "dry runs beside an enforced DENY",
+            policies: "- {name: dry-deny-admin, namespace: default, selector: {app: httpbin}, policy: {action: DENY, dryRun: true, rules: [{to: [{paths: [/admin/*]}]}]}}
+- {name: dry-allow-foo, namespace: default, selector: {app: httpbin}, policy: {action: ALLOW, dryRun: true, rules: [{from: [{namespaces: [foo]}]}]}}
+- {name: deny-bar-post, namespace: default, selector: {app: httpbin}, policy: {action: DENY, rules: [{from: [{namespaces: [bar]}], to: [{methods: [POST]}]}]}}",
+            // Only the enforced DENY decides; the dry runs are only counted.
+            expect: |c, _, m| match (c, m) {
+                (Client::Bar, "POST") => denied_by("default", "deny-bar-post", 0),
+                _ => Expect::Allowed,
+            },
+            audit_logged: 0,
+            dry_run: &[
+                // The DENY filter's shadow engine sees all 24 requests: /admin/users by each
+                // client and method would have been denied.
+                ("istio_dry_run_deny_shadow_denied", 6),
+                ("istio_dry_run_deny_shadow_allowed", 18),
+                // The ALLOW filter's sees the 20 the DENY filter let through: foo's 8 match.
+                ("istio_dry_run_allow_shadow_allowed", 8),
+                ("istio_dry_run_allow_shadow_denied", 12),
+            ],
         },
     ]
 }
@@ -282,14 +314,18 @@ async fn matrix_of_clients_paths_and_methods() {
                 scenario.name
             ));
         }
-        // Each scenario has policies of one action, so one RBAC filter decides each request.
+        // Each scenario has enforced policies of one action, so one RBAC filter decides each
+        // request (a filter with only dry-run policies counts no `allowed` or `denied`).
         let stats = proxy::dump::TrafficAdmin(server.inputs.clone()).cluster_stats();
         let prefix = format!("http.inbound_0.0.0.0_{};.rbac.", app.addr.port());
         for (stat, want) in [
             ("allowed", allowed),
             ("denied", denied),
             ("ama_audit_logged", scenario.audit_logged),
-        ] {
+        ]
+        .into_iter()
+        .chain(scenario.dry_run.iter().copied())
+        {
             let line = format!("{prefix}{stat}: {want}\n");
             if !stats.contains(&line) {
                 failures.push(format!(
@@ -422,6 +458,14 @@ async fn tcp_denial_closes_and_allow_passes() {
             false,
             "rbac_access_denied_matched_policy[ns[default]-policy[deny-bar-get]-rule[0]]",
         ),
+        // A dry-run DENY of every connection decides nothing (and is counted, below).
+        (
+            "- {name: allow-foo, namespace: default, policy: {action: ALLOW, rules: [{from: [{principals: [cluster.local/ns/foo/sa/sleep]}]}]}}
+- {name: dry-deny-all, namespace: default, policy: {action: DENY, dryRun: true, rules: [{}]}}",
+            true,
+            false,
+            "rbac_access_denied_matched_policy[none]",
+        ),
         // In an ALLOW, a rule with an HTTP-only field matches no connection: all are closed.
         (
             "- {name: allow-get, namespace: default, policy: {action: ALLOW, rules: [{to: [{methods: [GET]}]}]}}",
@@ -473,6 +517,13 @@ async fn tcp_denial_closes_and_allow_passes() {
         let want_denied = 1 + usize::from(!foo_passes);
         assert!(
             stats.contains(&format!("tcp.rbac.denied: {want_denied}\n")),
+            "{policies}:\n{stats}"
+        );
+        // The network RBAC filter's shadow counter, under Istio's dry-run prefix, only where a
+        // dry-run policy selects the workload: both connections would have been closed.
+        assert_eq!(
+            stats.contains("tcp.rbac.istio_dry_run_deny_shadow_denied: 2\n"),
+            policies.contains("dryRun: true"),
             "{policies}:\n{stats}"
         );
     }

@@ -147,6 +147,14 @@ pub struct AuthorizationPolicy {
     /// Rules; none matches nothing (so an ALLOW policy without rules allows nothing).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<Rule>,
+    /// A dry run (Istio's `istio.io/dry-run` annotation): the policy decides nothing; the proxy
+    /// evaluates it as Envoy's RBAC shadow rules (a DENY one as a shadow DENY engine, an ALLOW
+    /// one as a shadow ALLOW engine), counts the result under the shadow stat prefixes
+    /// `istio_dry_run_deny_` / `istio_dry_run_allow_` and logs what it would have denied. Only
+    /// ALLOW and DENY policies are dry runs (Istio rejects the annotation on the others); the
+    /// proxy enforces a CUSTOM or AUDIT policy that says otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 /// One rule: any of `from`, and any of `to`, and every one of `when` (an empty list is no
@@ -503,7 +511,20 @@ fn is_ip_or_cidr(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{condition_key_known, is_ip_or_cidr};
+    use super::{Action, AuthorizationPolicy, condition_key_known, is_ip_or_cidr};
+
+    #[test]
+    fn dry_run_on_the_wire_only_when_set() {
+        let p: AuthorizationPolicy =
+            serde_json::from_str(r#"{"action": "DENY", "dryRun": true}"#).expect("parses");
+        assert!(p.dry_run);
+        assert_eq!(p.action, Action::Deny);
+        let enforced = AuthorizationPolicy::default();
+        let text = serde_json::to_string(&enforced).expect("serializes");
+        assert!(!text.contains("dryRun"), "{text}");
+        let back: AuthorizationPolicy = serde_json::from_str(&text).expect("parses");
+        assert!(!back.dry_run);
+    }
 
     #[test]
     fn addresses_and_blocks() {

@@ -189,6 +189,35 @@ const MAP_KEYS: [&str; 3] = [
     EXPERIMENTAL_KEY_PREFIX,
 ];
 
+/// The annotation that makes an AuthorizationPolicy a dry run: evaluated, counted and logged,
+/// never enforced (Istio's `istio.io/dry-run`).
+pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+
+/// The dry-run annotation's value as pilot reads it (Go's `strconv.ParseBool`, so case matters:
+/// `True` is true, `tRUE` is no boolean); `None` for a value Istio's validation rejects (pilot,
+/// were it to see one, would enforce the policy).
+pub fn parse_dry_run(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether a policy with `annotations` and `action` is a dry run on the sidecars: the annotation
+/// reads true and the action is ALLOW or DENY (Istio's validation rejects it on the others;
+/// Ama enforces them, which for CUSTOM denies more than written).
+pub fn is_dry_run(
+    annotations: &std::collections::BTreeMap<String, String>,
+    action: Action,
+) -> bool {
+    matches!(action, Action::Allow | Action::Deny)
+        && annotations
+            .get(DRY_RUN_ANNOTATION)
+            .and_then(|v| parse_dry_run(v))
+            == Some(true)
+}
+
 /// The prefix of the condition keys that read Envoy's dynamic filter metadata
 /// (`experimental.envoy.filters.network.mysql_proxy[db.table]`): nothing in Ama sets any, so Ama
 /// cannot evaluate them.

@@ -20,6 +20,12 @@
 //! not sent as a condition: its path goes into [`xds::Rule::unsupported`], so the proxy errs on
 //! the side of denying, and [`api::support`] reports it as an error.
 //!
+//! **Dry run.** The `istio.io/dry-run` annotation, read as pilot reads it
+//! ([`ap::is_dry_run`]: Go's `ParseBool`, ALLOW and DENY only), sets
+//! [`xds::AuthorizationPolicy::dry_run`]: the proxy evaluates the policy as Envoy's shadow
+//! rules and enforces nothing of it. A value Istio rejects leaves the policy enforced
+//! ([`api::support`] reports it).
+//!
 //! **A policy Ama cannot read** ([`api::objects::UnreadablePolicy`]: an unknown field, a bad
 //! value): bound as the policy would have been, named as it would have been, and sent as DENY
 //! with one empty rule, which denies every request to the workloads it binds until it is fixed
@@ -113,7 +119,8 @@ pub(crate) fn build(
     for o in objects {
         match o {
             Object::AuthorizationPolicy(p) => {
-                let policy = authorization_policy(&p.spec);
+                let mut policy = authorization_policy(&p.spec);
+                policy.dry_run = ap::is_dry_run(&p.metadata.annotations, p.spec.action());
                 let targets = ap::targets(p.spec.target_ref.as_ref(), &p.spec.target_refs, "spec");
                 let bound = bindings(o, &p.spec.selector, &targets, &services, warnings);
                 out.authorizations
@@ -249,6 +256,8 @@ fn deny_everything() -> xds::AuthorizationPolicy {
         action: xds::Action::Deny,
         provider: String::new(),
         rules: vec![xds::Rule::default()],
+        // Enforced even when the policy asked for a dry run: what Ama cannot read fails closed.
+        dry_run: false,
     }
 }
 
@@ -337,6 +346,7 @@ pub(crate) fn authorization_policy(spec: &AuthorizationPolicy) -> xds::Authoriza
             .map(|p| p.name.clone())
             .unwrap_or_default(),
         rules,
+        dry_run: false,
     }
 }
 

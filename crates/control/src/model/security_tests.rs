@@ -85,6 +85,7 @@ spec:
                     action: Action::Deny,
                     provider: String::new(),
                     rules: vec![Rule::default()],
+                    dry_run: false,
                 }),
                 ..Default::default()
             },
@@ -95,6 +96,57 @@ spec:
     assert!(!m.authorizations[0].selects(ROOT_NAMESPACE, Some("foo"), &anyone));
     assert!(m.authorizations[1].selects(ROOT_NAMESPACE, Some("foo"), &anyone));
     assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+}
+
+/// The `istio.io/dry-run` annotation as pilot reads it: Go's `ParseBool`, on ALLOW and DENY
+/// policies only; anything else leaves the policy enforced (api::support reports it).
+#[test]
+fn dry_run_from_the_annotation() {
+    let doc = |name: &str, value: &str, action: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: {name}, namespace: foo, annotations: {{istio.io/dry-run: '{value}'}}}}
+spec: {{action: {action}, rules: [{{}}]}}
+"
+        )
+    };
+    let yaml = [
+        doc("deny-true", "true", "DENY"),
+        doc("allow-title", "True", "ALLOW"),
+        doc("deny-one", "1", "DENY"),
+        doc("deny-false", "false", "DENY"),
+        doc("deny-odd-case", "tRue", "DENY"),
+        doc("deny-yes", "yes", "DENY"),
+        doc("audit-true", "true", "AUDIT"),
+        doc("custom-true", "true", "CUSTOM"),
+    ]
+    .join("---\n");
+    let m = model(&yaml);
+    let dry = |name: &str| {
+        policy(&m, "foo", name)
+            .policy
+            .expect("an AuthorizationPolicy")
+            .dry_run
+    };
+    for name in ["deny-true", "allow-title", "deny-one"] {
+        assert!(dry(name), "{name} is a dry run");
+    }
+    for name in [
+        "deny-false",
+        "deny-odd-case",
+        "deny-yes",
+        "audit-true",
+        "custom-true",
+    ] {
+        assert!(!dry(name), "{name} is enforced");
+    }
+    let rules = policy(&m, "foo", "deny-true").policy.expect("policy").rules;
+    assert_eq!(
+        rules,
+        [Rule::default()],
+        "the rules are sent as for any policy"
+    );
 }
 
 #[test]
@@ -156,6 +208,7 @@ spec:
                     }],
                     ..Default::default()
                 }],
+                dry_run: false,
             }),
             ..Default::default()
         }
@@ -563,7 +616,7 @@ spec:
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {name: by-selector, namespace: foo}
+metadata: {name: by-selector, namespace: foo, annotations: {istio.io/dry-run: 'true'}}
 spec:
   selector: {matchLabels: {app: httpbin}}
   action: DENY

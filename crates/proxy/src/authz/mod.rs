@@ -14,7 +14,9 @@
 //!   `connection_termination_details` (Envoy's network RBAC filter).
 //!
 //! Ama has no external authorizer: a CUSTOM policy denies what it matches. AUDIT logs a
-//! matching request at INFO and counts it. Envoy's RBAC counters are kept for the admin
+//! matching request at INFO and counts it. A dry-run policy (`istio.io/dry-run`) decides
+//! nothing: it is evaluated as Envoy's RBAC shadow rules, counted under Istio's shadow stat
+//! prefixes, and what it would have denied is logged at INFO. Envoy's RBAC counters are kept for the admin
 //! `/stats` ([`RbacStats`]). Paths are matched as Envoy's connection manager normalizes them
 //! ([`normalize_path`]). A verified JWT is an input ([`RequestAuth`]), fed by
 //! [`crate::request_authn`] on the inbound path; without one, `requestPrincipals` and
@@ -41,7 +43,9 @@ use crate::port_stats::{PerPort, inbound_http_prefix};
 use crate::telemetry::TcpRecord;
 
 pub use matcher::normalize_path;
-pub use policy::{Attributes, HttpAttributes, Outcome, Policies, RequestAuth, Verdict, remote_ip};
+pub use policy::{
+    Attributes, HttpAttributes, Outcome, Policies, RequestAuth, Shadow, Verdict, remote_ip,
+};
 
 /// The body of Envoy's RBAC denial.
 pub const DENIED_BODY: &str = "RBAC: access denied";
@@ -186,8 +190,12 @@ pub(crate) fn refuses_connection(ctx: &ConnCtx, start: SystemTime, t0: Instant) 
 /// extraction, and Envoy's `/stats` prints them so), and for TCP under Istio's network filter prefix
 /// (`tcp.rbac.`). Each RBAC filter that runs counts `allowed` or `denied` (Istio installs one
 /// per action present: CUSTOM, AUDIT, DENY, ALLOW; the AUDIT one, Envoy's LOG action, always
-/// allows); `shadow_allowed` and `shadow_denied` stay 0 (no dry-run policies). Envoy has no
-/// counter of AUDIT matches: Ama's own is `ama_audit_logged`, under the same prefix.
+/// allows). The dry-run policies are those filters' shadow rules, counted as Envoy counts them
+/// under Istio's `shadow_rules_stat_prefix`: `rbac.istio_dry_run_deny_shadow_{allowed,denied}`
+/// (the DENY filter) and `rbac.istio_dry_run_allow_shadow_{allowed,denied}` (the ALLOW filter),
+/// listed once a dry-run policy has been evaluated under the prefix; the unprefixed
+/// `shadow_allowed` and `shadow_denied` of the filters without shadow rules stay 0. Envoy has
+/// no counter of AUDIT matches: Ama's own is `ama_audit_logged`, under the same prefix.
 #[derive(Debug, Default)]
 pub struct RbacStats {
     tcp: RbacCounters,
@@ -200,7 +208,37 @@ pub struct RbacCounters {
     allowed: AtomicU64,
     denied: AtomicU64,
     audit_logged: AtomicU64,
+    dry_run_deny: ShadowCounters,
+    dry_run_allow: ShadowCounters,
 }
+
+/// One shadow engine's counters.
+#[derive(Debug, Default)]
+struct ShadowCounters {
+    allowed: AtomicU64,
+    denied: AtomicU64,
+}
+
+impl ShadowCounters {
+    fn add(&self, s: Option<Shadow>) {
+        match s {
+            Some(Shadow::Allowed) => self.allowed.fetch_add(1, Ordering::Relaxed),
+            Some(Shadow::Denied) => self.denied.fetch_add(1, Ordering::Relaxed),
+            None => return,
+        };
+    }
+
+    /// Whether the engine has run (Envoy lists a filter's counters once it is configured; Ama,
+    /// which configures nothing ahead, once they count).
+    fn ran(&self) -> bool {
+        self.allowed.load(Ordering::Relaxed) + self.denied.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// Istio's `shadow_rules_stat_prefix` of the DENY filter's shadow rules.
+const DRY_RUN_DENY_PREFIX: &str = "istio_dry_run_deny_";
+/// Istio's `shadow_rules_stat_prefix` of the ALLOW filter's shadow rules.
+const DRY_RUN_ALLOW_PREFIX: &str = "istio_dry_run_allow_";
 
 impl RbacCounters {
     fn add(&self, o: Outcome) {
@@ -215,26 +253,43 @@ impl RbacCounters {
         if o.logged == Some(true) {
             self.audit_logged.fetch_add(1, Ordering::Relaxed);
         }
+        self.dry_run_deny.add(o.dry_run_deny);
+        self.dry_run_allow.add(o.dry_run_allow);
     }
 
     fn lines(&self, prefix: &str, out: &mut String) {
         use std::fmt::Write;
         let zero = AtomicU64::new(0);
-        for (name, c) in [
-            ("allowed", &self.allowed),
-            ("ama_audit_logged", &self.audit_logged),
-            ("denied", &self.denied),
-            ("shadow_allowed", &zero),
-            ("shadow_denied", &zero),
+        let line = |out: &mut String, shadow: &str, name: &str, c: &AtomicU64| {
+            let _ = writeln!(
+                out,
+                "{prefix}rbac.{shadow}{name}: {}",
+                c.load(Ordering::Relaxed)
+            );
+        };
+        // In Envoy's `/stats` order: by name.
+        line(out, "", "allowed", &self.allowed);
+        line(out, "", "ama_audit_logged", &self.audit_logged);
+        line(out, "", "denied", &self.denied);
+        for (shadow, c) in [
+            (DRY_RUN_ALLOW_PREFIX, &self.dry_run_allow),
+            (DRY_RUN_DENY_PREFIX, &self.dry_run_deny),
         ] {
-            let _ = writeln!(out, "{prefix}rbac.{name}: {}", c.load(Ordering::Relaxed));
+            if c.ran() {
+                line(out, shadow, "shadow_allowed", &c.allowed);
+                line(out, shadow, "shadow_denied", &c.denied);
+            }
         }
+        line(out, "", "shadow_allowed", &zero);
+        line(out, "", "shadow_denied", &zero);
     }
 
     fn is_zero(&self) -> bool {
         [&self.allowed, &self.denied, &self.audit_logged]
             .iter()
             .all(|c| c.load(Ordering::Relaxed) == 0)
+            && !self.dry_run_deny.ran()
+            && !self.dry_run_allow.ran()
     }
 }
 
@@ -272,6 +327,7 @@ mod tests {
                 action: xds::Action::Deny,
                 provider: String::new(),
                 rules: vec![xds::Rule::default()],
+                dry_run: false,
             }),
             ..Default::default()
         }
@@ -310,6 +366,74 @@ mod tests {
         let mesh = "- {name: m, namespace: istio-system, policy: {action: ALLOW}}\n";
         store.apply(resources(mesh)).expect("apply");
         assert!(authz.policies(&store.load(), &cfg).is_some(), "mesh-wide");
+    }
+
+    #[test]
+    fn shadow_counters_under_istios_dry_run_prefixes() {
+        use super::{Outcome, RbacStats, Shadow};
+
+        let stats = RbacStats::default();
+        stats.count_http(
+            8000,
+            Outcome {
+                allowed: 1,
+                ..Default::default()
+            },
+        );
+        let lines = stats.envoy_lines();
+        assert!(
+            !lines.contains("istio_dry_run"),
+            "no dry-run policy evaluated, no shadow prefix: {lines}"
+        );
+        assert!(lines.contains("http.inbound_0.0.0.0_8000;.rbac.shadow_denied: 0\n"));
+        for o in [
+            Outcome {
+                dry_run_deny: Some(Shadow::Denied),
+                ..Default::default()
+            },
+            Outcome {
+                allowed: 1,
+                dry_run_deny: Some(Shadow::Denied),
+                dry_run_allow: Some(Shadow::Allowed),
+                ..Default::default()
+            },
+            Outcome {
+                dry_run_allow: Some(Shadow::Denied),
+                ..Default::default()
+            },
+        ] {
+            stats.count_http(8000, o);
+        }
+        let p = "http.inbound_0.0.0.0_8000;.rbac.";
+        assert_eq!(
+            stats.envoy_lines(),
+            [
+                "allowed: 2",
+                "ama_audit_logged: 0",
+                "denied: 0",
+                "istio_dry_run_allow_shadow_allowed: 1",
+                "istio_dry_run_allow_shadow_denied: 1",
+                "istio_dry_run_deny_shadow_allowed: 0",
+                "istio_dry_run_deny_shadow_denied: 2",
+                "shadow_allowed: 0",
+                "shadow_denied: 0",
+            ]
+            .iter()
+            .map(|l| format!("{p}{l}\n"))
+            .collect::<String>()
+        );
+        // TCP: under the network filter's prefix, listed once a dry run counted.
+        let tcp = RbacStats::default();
+        tcp.tcp.add(Outcome {
+            dry_run_deny: Some(Shadow::Allowed),
+            ..Default::default()
+        });
+        assert!(
+            tcp.envoy_lines()
+                .contains("tcp.rbac.istio_dry_run_deny_shadow_allowed: 1\n"),
+            "{}",
+            tcp.envoy_lines()
+        );
     }
 
     #[test]

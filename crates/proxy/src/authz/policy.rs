@@ -9,6 +9,13 @@
 //! that does not compile) errs on the side of denying: in ALLOW and AUDIT the rule matches
 //! nothing; in DENY and CUSTOM those parts match everything, the rest still apply.
 //!
+//! A dry-run policy ([`xds::AuthorizationPolicy::dry_run`], Istio's `istio.io/dry-run`) decides
+//! nothing: as Istio puts it in Envoy's RBAC shadow rules, it is evaluated in the filter of its
+//! action before that filter's enforced rules (a DENY one as a shadow DENY engine, an ALLOW one
+//! as a shadow ALLOW engine, with the same matching), its result is counted ([`Outcome`]) and
+//! what it would have denied is logged at INFO. Only ALLOW and DENY policies are dry runs (Istio
+//! rejects the annotation on the others): a CUSTOM or AUDIT one marked so is enforced.
+//!
 //! On an opaque TCP connection the HTTP-only fields (hosts, methods, paths, request
 //! principals, `request.headers[]`, `request.auth.*`) cannot be known: in ALLOW a rule with
 //! any matches nothing; in the other actions they are dropped, so the rule matches more
@@ -102,6 +109,12 @@ pub struct Policies {
     pub(super) has_audit: bool,
     pub(super) has_custom: bool,
     pub(super) has_deny: bool,
+    /// The dry-run DENY and ALLOW policies' rules (Envoy's shadow rules of the DENY and ALLOW
+    /// filters), and whether any such policy selects the workload.
+    pub(super) dry_run_deny: Vec<Rule>,
+    pub(super) dry_run_allow: Vec<Rule>,
+    pub(super) has_dry_run_deny: bool,
+    pub(super) has_dry_run_allow: bool,
 }
 
 /// The outcome of [`Policies::evaluate`].
@@ -115,15 +128,29 @@ pub enum Verdict<'p> {
 }
 
 /// Which filters ran and what each decided, for Envoy's RBAC counters: one per action present,
-/// in Istio's filter order (CUSTOM, AUDIT, DENY, ALLOW); a denial stops the chain.
+/// in Istio's filter order (CUSTOM, AUDIT, DENY, ALLOW); a denial stops the chain. A filter's
+/// shadow engine (its dry-run policies) runs before its enforced one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Outcome {
-    /// RBAC filters that let the request through.
+    /// RBAC filters that let the request through (their enforced engines).
     pub allowed: u8,
     /// RBAC filters that denied it (0 or 1).
     pub denied: u8,
     /// The AUDIT filter ran and a rule matched (`Some(true)`) or none did.
     pub logged: Option<bool>,
+    /// What the DENY filter's shadow engine (the dry-run DENY policies) decided, if it ran.
+    pub dry_run_deny: Option<Shadow>,
+    /// What the ALLOW filter's shadow engine (the dry-run ALLOW policies) decided, if it ran.
+    pub dry_run_allow: Option<Shadow>,
+}
+
+/// What a shadow engine decided: Envoy's `shadow_allowed` or `shadow_denied`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shadow {
+    /// Would have let the request through.
+    Allowed,
+    /// Would have denied it.
+    Denied,
 }
 
 /// One rule of one policy.
@@ -306,11 +333,15 @@ impl Policies {
         let mut out = Policies::default();
         for a in selected {
             let Some(policy) = &a.policy else { continue };
-            let (list, present) = match policy.action {
-                Action::Custom => (&mut out.custom, &mut out.has_custom),
-                Action::Audit => (&mut out.audit, &mut out.has_audit),
-                Action::Deny => (&mut out.deny, &mut out.has_deny),
-                Action::Allow => (&mut out.allow, &mut out.has_allow),
+            let (list, present) = match (policy.action, policy.dry_run) {
+                (Action::Deny, true) => (&mut out.dry_run_deny, &mut out.has_dry_run_deny),
+                (Action::Allow, true) => (&mut out.dry_run_allow, &mut out.has_dry_run_allow),
+                // A dry run of these is no Istio config: enforced, which errs on the side of
+                // denying (CUSTOM) or decides nothing (AUDIT).
+                (Action::Custom, _) => (&mut out.custom, &mut out.has_custom),
+                (Action::Audit, _) => (&mut out.audit, &mut out.has_audit),
+                (Action::Deny, false) => (&mut out.deny, &mut out.has_deny),
+                (Action::Allow, false) => (&mut out.allow, &mut out.has_allow),
             };
             *present = true;
             for (i, rule) in policy.rules.iter().enumerate() {
@@ -322,20 +353,30 @@ impl Policies {
             &mut out.audit,
             &mut out.deny,
             &mut out.allow,
+            &mut out.dry_run_deny,
+            &mut out.dry_run_allow,
         ] {
             list.sort_by(|x, y| x.name.cmp(&y.name));
         }
         out
     }
 
-    /// Whether no policy selects the workload.
+    /// Whether no policy, enforced or dry run, selects the workload.
     pub fn is_empty(&self) -> bool {
-        !(self.has_custom || self.has_audit || self.has_deny || self.has_allow)
+        !(self.has_custom
+            || self.has_audit
+            || self.has_deny
+            || self.has_allow
+            || self.has_dry_run_deny
+            || self.has_dry_run_allow)
     }
 
     /// Decides one request or connection, in Istio's order: CUSTOM (Ama has no external
     /// authorizer: a match denies), AUDIT (logs the first matching rule, decides nothing), DENY,
     /// then ALLOW (when any ALLOW policy selects the workload, one of its rules must match).
+    /// Dry-run DENY and ALLOW policies are evaluated just before the enforced ones of their
+    /// action, as Envoy's shadow engines in the same filters (so not when an earlier filter
+    /// denied), and decide nothing.
     pub fn evaluate(&self, a: &Attributes<'_>) -> (Verdict<'_>, Outcome) {
         let mut outcome = Outcome::default();
         fn first<'p>(rules: &'p [Rule], a: &Attributes<'_>, action: Action) -> Option<&'p Rule> {
@@ -363,12 +404,34 @@ impl Policies {
             outcome.logged = Some(hit.is_some());
             outcome.allowed += 1;
         }
+        if self.has_dry_run_deny {
+            let hit = first(&self.dry_run_deny, a, Action::Deny);
+            if let Some(rule) = hit {
+                log_dry_run_denial(Action::Deny, Some(rule), a);
+            }
+            outcome.dry_run_deny = Some(if hit.is_some() {
+                Shadow::Denied
+            } else {
+                Shadow::Allowed
+            });
+        }
         if self.has_deny {
             if let Some(rule) = first(&self.deny, a, Action::Deny) {
                 outcome.denied = 1;
                 return (Verdict::Deny(Some(rule)), outcome);
             }
             outcome.allowed += 1;
+        }
+        if self.has_dry_run_allow {
+            let hit = first(&self.dry_run_allow, a, Action::Allow);
+            if hit.is_none() {
+                log_dry_run_denial(Action::Allow, None, a);
+            }
+            outcome.dry_run_allow = Some(if hit.is_some() {
+                Shadow::Allowed
+            } else {
+                Shadow::Denied
+            });
         }
         if self.has_allow {
             if first(&self.allow, a, Action::Allow).is_none() {
@@ -379,6 +442,20 @@ impl Policies {
         }
         (Verdict::Allow, outcome)
     }
+}
+
+/// The INFO line of a request a dry-run policy would have denied: the DENY `rule` that matched,
+/// or (`None`) no dry-run ALLOW rule matching.
+fn log_dry_run_denial(action: Action, rule: Option<&Rule>, a: &Attributes<'_>) {
+    tracing::info!(
+        policy = %rule.map_or("none", |r| r.name()),
+        action = %if action == Action::Deny { "DENY" } else { "ALLOW" },
+        source = ?a.principal,
+        client = %a.source_ip,
+        method = a.http.map(|h| h.method),
+        path = a.http.map(|h| h.path),
+        "AuthorizationPolicy dry run: request would have been denied"
+    );
 }
 
 /// Compiles rule `i` of `a`'s policy. A part that does not compile is handled as an
@@ -705,6 +782,15 @@ mod tests {
         .expect("authorization")
     }
 
+    /// A dry-run policy (`istio.io/dry-run: "true"`).
+    fn dry(name: &str, action: &str, rules: serde_json::Value) -> xds::Authorization {
+        let mut a = authz(name, action, rules);
+        if let Some(p) = a.policy.as_mut() {
+            p.dry_run = true;
+        }
+        a
+    }
+
     fn compile(policies: &[xds::Authorization]) -> Policies {
         Policies::compile(policies)
     }
@@ -819,7 +905,8 @@ mod tests {
             Outcome {
                 allowed: 3,
                 denied: 0,
-                logged: Some(false)
+                logged: Some(false),
+                ..Default::default()
             }
         );
         let p = compile(&[
@@ -832,10 +919,235 @@ mod tests {
             Outcome {
                 allowed: 0,
                 denied: 1,
-                logged: None
+                logged: None,
+                ..Default::default()
             },
             "the chain stops at the denial"
         );
+    }
+
+    #[test]
+    fn a_dry_run_deny_that_matches_allows_and_counts_shadow_denied() {
+        let r = req();
+        let p = compile(&[dry(
+            "deny-ip",
+            "DENY",
+            json!([{"to": [{"paths": ["/ip"]}]}]),
+        )]);
+        assert!(!p.is_empty(), "a dry-run policy alone is evaluated");
+        let (v, o) = p.evaluate(&r.attrs());
+        assert!(matches!(v, Verdict::Allow), "a dry run decides nothing");
+        assert_eq!(
+            o,
+            Outcome {
+                dry_run_deny: Some(Shadow::Denied),
+                ..Default::default()
+            },
+            "no enforced engine: no allowed/denied, only the shadow"
+        );
+        let other = Req {
+            path: "/headers",
+            ..req()
+        };
+        assert_eq!(
+            p.evaluate(&other.attrs()).1.dry_run_deny,
+            Some(Shadow::Allowed)
+        );
+    }
+
+    #[test]
+    fn a_dry_run_allow_that_does_not_match_allows_and_counts_shadow_denied() {
+        let r = req();
+        let p = compile(&[dry(
+            "allow-other",
+            "ALLOW",
+            json!([{"to": [{"paths": ["/other"]}]}]),
+        )]);
+        let (v, o) = p.evaluate(&r.attrs());
+        assert!(matches!(v, Verdict::Allow));
+        assert_eq!(
+            o,
+            Outcome {
+                dry_run_allow: Some(Shadow::Denied),
+                ..Default::default()
+            }
+        );
+        // A dry-run allow-nothing (no rules) would deny everything: shadow denied, allowed.
+        let nothing = compile(&[dry("allow-nothing", "ALLOW", json!([]))]);
+        let (v, o) = nothing.evaluate(&r.attrs());
+        assert!(matches!(v, Verdict::Allow));
+        assert_eq!(o.dry_run_allow, Some(Shadow::Denied));
+        let matching = compile(&[dry(
+            "allow-ip",
+            "ALLOW",
+            json!([{"to": [{"paths": ["/ip"]}]}]),
+        )]);
+        assert_eq!(
+            matching.evaluate(&r.attrs()).1.dry_run_allow,
+            Some(Shadow::Allowed)
+        );
+        // A dry-run ALLOW does not make the workload deny what no enforced ALLOW matches.
+        let beside_deny = compile(&[
+            dry(
+                "allow-other",
+                "ALLOW",
+                json!([{"to": [{"paths": ["/other"]}]}]),
+            ),
+            authz(
+                "deny-post",
+                "DENY",
+                json!([{"to": [{"methods": ["POST"]}]}]),
+            ),
+        ]);
+        assert_eq!(decide(&beside_deny, &r), Ok(()));
+    }
+
+    #[test]
+    fn dry_runs_beside_enforced_policies() {
+        let r = req();
+        // The shadow engine runs before its filter's enforced one: counted even when the
+        // enforced DENY then denies.
+        let p = compile(&[
+            dry("dry-deny", "DENY", json!([{"to": [{"paths": ["/nope"]}]}])),
+            authz("deny-ip", "DENY", json!([{"to": [{"paths": ["/ip"]}]}])),
+            dry("dry-allow", "ALLOW", json!([{}])),
+        ]);
+        let (v, o) = p.evaluate(&r.attrs());
+        assert!(
+            matches!(v, Verdict::Deny(Some(rule)) if rule.name() == "ns[default]-policy[deny-ip]-rule[0]"),
+            "the enforced DENY still denies, named as before: {v:?}"
+        );
+        assert_eq!(
+            o,
+            Outcome {
+                denied: 1,
+                dry_run_deny: Some(Shadow::Allowed),
+                // The DENY filter denied: the ALLOW filter, shadow and all, never ran.
+                dry_run_allow: None,
+                ..Default::default()
+            }
+        );
+        // An enforced ALLOW and a dry-run DENY that would deny: allowed by the ALLOW filter.
+        let p = compile(&[
+            dry("dry-deny", "DENY", json!([{}])),
+            authz("allow-all", "ALLOW", json!([{}])),
+        ]);
+        let (v, o) = p.evaluate(&r.attrs());
+        assert!(matches!(v, Verdict::Allow));
+        assert_eq!(
+            o,
+            Outcome {
+                allowed: 1,
+                dry_run_deny: Some(Shadow::Denied),
+                ..Default::default()
+            }
+        );
+        // An enforced ALLOW that does not match still denies beside a dry-run ALLOW that would
+        // allow.
+        let p = compile(&[
+            authz(
+                "allow-other",
+                "ALLOW",
+                json!([{"to": [{"paths": ["/other"]}]}]),
+            ),
+            dry("dry-allow", "ALLOW", json!([{}])),
+        ]);
+        let (v, o) = p.evaluate(&r.attrs());
+        assert!(matches!(v, Verdict::Deny(None)));
+        assert_eq!(o.dry_run_allow, Some(Shadow::Allowed));
+        // A CUSTOM denial stops the chain before the DENY filter's shadow engine.
+        let p = compile(&[
+            authz("ext", "CUSTOM", json!([{}])),
+            dry("dry-deny", "DENY", json!([{}])),
+        ]);
+        let (_, o) = p.evaluate(&r.attrs());
+        assert_eq!(o.dry_run_deny, None);
+    }
+
+    /// Collects what a `tracing` subscriber writes.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("sink").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_would_be_denial_is_logged_at_info_naming_policy_and_rule() {
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let r = req();
+        let p = compile(&[
+            dry(
+                "dry-deny-ip",
+                "DENY",
+                json!([{"to": [{"paths": ["/nope"]}]}, {"to": [{"paths": ["/ip"]}]}]),
+            ),
+            dry(
+                "dry-allow-other",
+                "ALLOW",
+                json!([{"to": [{"paths": ["/other"]}]}]),
+            ),
+        ]);
+        tracing::subscriber::with_default(subscriber, || p.evaluate(&r.attrs()));
+        let text = String::from_utf8(sink.0.lock().expect("sink").clone()).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        for (line, policy, action) in [
+            (lines[0], "ns[default]-policy[dry-deny-ip]-rule[1]", "DENY"),
+            (lines[1], "none", "ALLOW"),
+        ] {
+            assert!(line.contains(" INFO "), "{line}");
+            assert!(
+                line.contains("AuthorizationPolicy dry run: request would have been denied"),
+                "{line}"
+            );
+            assert!(line.contains(&format!("policy={policy} ")), "{line}");
+            assert!(line.contains(&format!("action={action} ")), "{line}");
+        }
+        // What a dry run would allow is not logged.
+        let allowed = Req {
+            path: "/other",
+            ..req()
+        };
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .finish();
+        let only_allow = compile(&[dry(
+            "dry-allow-other",
+            "ALLOW",
+            json!([{"to": [{"paths": ["/other"]}]}]),
+        )]);
+        tracing::subscriber::with_default(subscriber, || only_allow.evaluate(&allowed.attrs()));
+        assert!(sink.0.lock().expect("sink").is_empty());
+    }
+
+    #[test]
+    fn a_dry_run_custom_or_audit_is_enforced() {
+        let r = req();
+        // Istio rejects the annotation on them; should one come, CUSTOM fails closed.
+        let p = compile(&[dry("ext", "CUSTOM", json!([{}]))]);
+        assert_eq!(
+            decide(&p, &r),
+            Err("ns[default]-policy[ext]-rule[0]".into())
+        );
+        let p = compile(&[dry("audit", "AUDIT", json!([{}]))]);
+        let (v, o) = p.evaluate(&r.attrs());
+        assert!(matches!(v, Verdict::Allow));
+        assert_eq!(o.logged, Some(true));
     }
 
     #[test]
