@@ -11,8 +11,9 @@
 //!    `require-jwt` → the task's token 200, no token 403; `require-jwt` with the `groups` claim →
 //!    a token with `groups: [group1, group2]` 200, the plain token 403. Also, from the End-user
 //!    authentication task: an expired token is 401. The tokens are signed by a key the test
-//!    makes (ES256); its key set is served by a pod of the mesh (namespace `jwks`, no sidecar)
-//!    and fetched by `ama discovery` from the RequestAuthentication's `jwksUri`, as istiod does.
+//!    makes (ES256); its key set is served by a pod of the mesh (Service `jwks.jwks`, no
+//!    sidecar) and fetched by `ama discovery` from the RequestAuthentication's `jwksUri` naming
+//!    that Service, as istiod does.
 //!
 //! 3. **Fail closed** (ours): a DENY policy with a condition Ama cannot evaluate is reported by
 //!    `ama apply` as an error naming the object and field, and denies every request it could
@@ -273,13 +274,8 @@ fn jwt_token(t: &mut Traffic, signer: &Signer) {
             .unwrap_or_else(|| panic!("a {prefix}… pod in {ns}"))
     };
     let sleep_foo = in_ns("foo", "sleep-");
-    let jwks_ip = pods
-        .iter()
-        .find(|p| p["metadata"]["namespace"] == "jwks")
-        .and_then(|p| p["status"]["podIP"].as_str())
-        .expect("the jwks pod's address")
-        .to_string();
-    let jwks_uri = format!("http://{jwks_ip}:8080/jwks.json");
+    // The key set's server by its Service's name, as a cluster's istiod reaches it.
+    let jwks_uri = "http://jwks.jwks.svc.cluster.local:8080/jwks.json".to_string();
     wait_for(
         "sleep.foo → httpbin.foo to answer 200",
         Duration::from_secs(30),

@@ -18,6 +18,13 @@
 //!   go out with an empty set, which fails every token of their issuer (401), as istiod's fake
 //!   key set does; the push logs why at WARN, naming each rule (a model warning).
 //!
+//! - Service names: an `http` URL naming a Service of the mesh (`jwks.foo.svc.cluster.local`,
+//!   `jwks.foo.svc`, `jwks.foo`) is fetched from one of its endpoints (pod address and target
+//!   port, the `Host` header as written), as istiod reaches in-cluster servers by cluster DNS:
+//!   discovery may run where pod addresses are reachable but Service names and VIPs are not
+//!   resolved (`ama up`'s bridge namespace). An `https` one is fetched as written (its
+//!   certificate names the host).
+//!
 //! The model stays pure: it reads a [`FetchedJwks`] copy taken at the start of each push.
 
 use std::collections::BTreeMap;
@@ -95,14 +102,23 @@ pub fn client() -> HttpsClient {
 /// Fetches the key set of `source`: its `jwksUri`, or the `jwks_uri` its OpenID Connect
 /// discovery document names (each exchange within the source's timeout, as istiod's).
 pub async fn fetch_source(client: &HttpsClient, source: &JwksSource) -> Result<String, FetchError> {
+    fetch_source_via(client, source, &ServiceRoutes::default()).await
+}
+
+/// [`fetch_source`], reaching the Services of the mesh by `routes`.
+async fn fetch_source_via(
+    client: &HttpsClient,
+    source: &JwksSource,
+    routes: &ServiceRoutes,
+) -> Result<String, FetchError> {
     if !source.discover {
-        return fetch(client, &source.uri, source.timeout).await;
+        return fetch_via(client, &source.uri, source.timeout, routes).await;
     }
-    let text = get(client, &source.uri, source.timeout).await?;
+    let text = get(client, &source.uri, source.timeout, routes).await?;
     let doc: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| FetchError::Discovery(format!("{}: {e}", source.uri)))?;
     match doc.get("jwks_uri").and_then(serde_json::Value::as_str) {
-        Some(uri) => fetch(client, uri, source.timeout).await,
+        Some(uri) => fetch_via(client, uri, source.timeout, routes).await,
         None => Err(FetchError::Discovery(format!(
             "{} names no jwks_uri",
             source.uri
@@ -116,7 +132,17 @@ pub async fn fetch(
     uri: &str,
     timeout: Duration,
 ) -> Result<String, FetchError> {
-    let text = get(client, uri, timeout).await?;
+    fetch_via(client, uri, timeout, &ServiceRoutes::default()).await
+}
+
+/// [`fetch`], reaching the Services of the mesh by `routes`.
+async fn fetch_via(
+    client: &HttpsClient,
+    uri: &str,
+    timeout: Duration,
+    routes: &ServiceRoutes,
+) -> Result<String, FetchError> {
+    let text = get(client, uri, timeout, routes).await?;
     match api::security::request_authentication::jwks_problem(&text) {
         Some(why) => Err(FetchError::NotJwks(why)),
         None => Ok(text),
@@ -124,14 +150,20 @@ pub async fn fetch(
 }
 
 /// `GET uri`, the whole exchange within `timeout`: the body of a 2xx answer, as text.
-async fn get(client: &HttpsClient, uri: &str, timeout: Duration) -> Result<String, FetchError> {
+async fn get(
+    client: &HttpsClient,
+    uri: &str,
+    timeout: Duration,
+    routes: &ServiceRoutes,
+) -> Result<String, FetchError> {
     let parsed: http::Uri = uri.parse().map_err(|e| FetchError::Uri(format!("{e}")))?;
     if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.host().is_none() {
         return Err(FetchError::Uri(uri.to_string()));
     }
+    let request = routes.request(parsed)?;
     let exchange = async {
         let response = client
-            .get(parsed)
+            .request(request)
             .await
             .map_err(|e| FetchError::Request(error_chain(&e)))?;
         let status = response.status();
@@ -160,6 +192,71 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// Where the Services of the mesh are reached from discovery: one endpoint (pod address and
+/// target port) per Service hostname and port.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceRoutes(BTreeMap<(String, u16), std::net::SocketAddr>);
+
+impl ServiceRoutes {
+    /// The first endpoint of every port of every Service of `model`.
+    pub fn of(model: &crate::model::Model) -> ServiceRoutes {
+        let mut routes = BTreeMap::new();
+        for service in &model.services {
+            let s = &service.resource;
+            for sp in &s.ports {
+                if let Some(ep) = s.endpoints.first() {
+                    let addr = std::net::SocketAddr::new(ep.address, s.endpoint_port(ep, sp));
+                    routes.insert((s.hostname.clone(), sp.port), addr);
+                }
+            }
+        }
+        ServiceRoutes(routes)
+    }
+
+    /// The endpoint an `http` URL naming a Service reaches: `name.ns.svc.cluster.local`,
+    /// `name.ns.svc` or `name.ns`, on the URL's port (80 when none).
+    fn endpoint(&self, uri: &http::Uri) -> Option<std::net::SocketAddr> {
+        if uri.scheme_str() != Some("http") || self.0.is_empty() {
+            return None;
+        }
+        let host = uri.host()?.to_ascii_lowercase();
+        let hostname = if host.ends_with(".svc.cluster.local") {
+            host
+        } else if host.ends_with(".svc") {
+            format!("{host}.cluster.local")
+        } else if host.split('.').count() == 2 {
+            format!("{host}.svc.cluster.local")
+        } else {
+            return None;
+        };
+        self.0
+            .get(&(hostname, uri.port_u16().unwrap_or(80)))
+            .copied()
+    }
+
+    /// The `GET` of `uri`: to the endpoint when it names a Service (with the `Host` header as
+    /// written), else as it is.
+    fn request(&self, uri: http::Uri) -> Result<http::Request<Empty<Bytes>>, FetchError> {
+        let mut request = http::Request::builder();
+        let target = match self.endpoint(&uri) {
+            Some(addr) => {
+                if let Some(authority) = uri.authority() {
+                    request = request.header(http::header::HOST, authority.as_str());
+                }
+                let path = uri.path_and_query().map_or("/", |p| p.as_str());
+                format!("http://{addr}{path}")
+                    .parse()
+                    .map_err(|e| FetchError::Uri(format!("{e}")))?
+            }
+            None => uri,
+        };
+        request
+            .uri(target)
+            .body(Empty::new())
+            .map_err(|e| FetchError::Uri(e.to_string()))
+    }
 }
 
 /// What is known of one URI.
@@ -239,6 +336,8 @@ impl JwksCache {
 pub struct JwksFetcher {
     client: HttpsClient,
     cache: Arc<JwksCache>,
+    /// Where the Services named by URLs are reached, from the last model seen.
+    routes: Mutex<ServiceRoutes>,
     refresh: Duration,
     retry_min: Duration,
     retry_max: Duration,
@@ -250,6 +349,7 @@ impl JwksFetcher {
         JwksFetcher {
             client: client(),
             cache,
+            routes: Mutex::default(),
             refresh: REFRESH_INTERVAL,
             retry_min: RETRY_MIN,
             retry_max: RETRY_MAX,
@@ -279,9 +379,15 @@ impl JwksFetcher {
     /// changed (a new or different set, or a first failure).
     pub async fn fetch_due(&self, sources: &[JwksSource]) -> bool {
         let due = self.cache.due(sources, Instant::now());
+        let routes = self
+            .routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let routes = &routes;
         let results = futures_util::future::join_all(
             due.iter()
-                .map(|s| async move { (s, fetch_source(&self.client, s).await) }),
+                .map(|s| async move { (s, fetch_source_via(&self.client, s, routes).await) }),
         )
         .await;
         let now = Instant::now();
@@ -350,7 +456,10 @@ impl JwksFetcher {
     pub async fn run(self, pusher: Arc<Pusher>, shutdown: CancellationToken) {
         let mut pushes = pusher.pushes();
         loop {
-            let sources = pusher.model().jwks_sources.clone();
+            let model = pusher.model();
+            let sources = model.jwks_sources.clone();
+            *self.routes.lock().unwrap_or_else(PoisonError::into_inner) = ServiceRoutes::of(&model);
+            drop(model);
             self.cache.retain(&sources);
             let changed = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -375,5 +484,72 @@ impl JwksFetcher {
                 _ = wait => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod service_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const SET: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+
+    fn routes(port: u16) -> ServiceRoutes {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        ServiceRoutes(BTreeMap::from([(
+            ("jwks.foo.svc.cluster.local".to_string(), 80),
+            addr,
+        )]))
+    }
+
+    #[test]
+    fn service_names_in_their_short_forms() {
+        let r = routes(8080);
+        let at = |uri: &str| r.endpoint(&uri.parse().expect("a URI"));
+        let want = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8080)));
+        assert_eq!(at("http://jwks.foo/k"), want);
+        assert_eq!(at("http://jwks.foo.svc/k"), want);
+        assert_eq!(at("http://JWKS.foo.svc.cluster.local:80/k"), want);
+        assert_eq!(at("http://jwks.foo:8080/k"), None, "no such Service port");
+        assert_eq!(at("https://jwks.foo/k"), None, "HTTPS goes as written");
+        assert_eq!(at("http://jwks/k"), None);
+        assert_eq!(at("http://example.com/k"), None);
+    }
+
+    /// A key set at a Service's name is fetched from its endpoint, with the name as `Host`.
+    #[tokio::test]
+    async fn a_service_name_is_fetched_from_its_endpoint() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.expect("accept");
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).await.expect("read");
+                assert!(n > 0, "the request ended early");
+                head.extend_from_slice(&buf[..n]);
+            }
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{SET}",
+                SET.len()
+            );
+            conn.write_all(reply.as_bytes()).await.expect("write");
+            String::from_utf8_lossy(&head).to_string()
+        });
+        let set = fetch_via(
+            &client(),
+            "http://jwks.foo/keys.json",
+            Duration::from_secs(5),
+            &routes(port),
+        )
+        .await
+        .expect("fetched from the endpoint");
+        assert_eq!(set, SET);
+        let head = server.await.expect("server").to_ascii_lowercase();
+        assert!(head.starts_with("get /keys.json http/1.1"), "{head}");
+        assert!(head.contains("\r\nhost: jwks.foo\r\n"), "{head}");
     }
 }
