@@ -241,6 +241,42 @@ pub fn parse_in(
     Ok((docs, findings))
 }
 
+/// `text` with the namespaced objects that name none put in `namespace` (`kubectl apply -n`),
+/// each changed document written back as JSON (YAML's subset) in its place, so that what is
+/// reported of the stream (document numbers, objects' namespaces) is what is applied. A
+/// document that is no YAML stays as written, for the parser to report; an object that names
+/// another namespace is an error, as kubectl refuses it.
+pub fn in_namespace(text: &str, source: &str, namespace: &str) -> Result<String, Error> {
+    let mut out = String::with_capacity(text.len());
+    for doc in split_documents(text) {
+        let mut kept = doc.text.to_string();
+        if let Ok(mut value) = serde_saphyr::from_str::<Value>(doc.text) {
+            let before = value.clone();
+            match value.get_mut("items").and_then(Value::as_array_mut) {
+                Some(items) if value_kind(&before) == Some("List") => {
+                    for item in items {
+                        put_in_namespace(item, namespace, source)?;
+                    }
+                }
+                _ => put_in_namespace(&mut value, namespace, source)?,
+            }
+            if value != before {
+                kept = value.to_string();
+            }
+        }
+        out.push_str("---\n");
+        out.push_str(&kept);
+        if !kept.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+fn value_kind(value: &Value) -> Option<&str> {
+    value.get("kind").and_then(Value::as_str)
+}
+
 /// Puts `raw` in `namespace` when it is a namespaced object without one (a Namespace is the one
 /// cluster-scoped kind Ama reads).
 fn put_in_namespace(raw: &mut Value, namespace: &str, source: &str) -> Result<(), Error> {
@@ -393,6 +429,53 @@ spec: {ports: [{port: 80}]}
             "t.yaml: Service sleep: the namespace from the provided object \"foo\" does not match \
              the namespace \"bar\". You must pass '--namespace=foo' to perform this operation."
         );
+    }
+
+    #[test]
+    fn in_namespace_names_objects_as_they_are_applied() {
+        let yaml = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-nothing}
+spec:
+  action: ALLOW
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: foo}
+---
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: ServiceAccount, metadata: {name: sleep}}
+";
+        let text = in_namespace(yaml, "t.yaml", "foo").unwrap();
+        let parsed = api::objects::parse(&text, "t.yaml");
+        let named: Vec<String> = parsed
+            .objects
+            .iter()
+            .map(|o| {
+                format!(
+                    "{} {}/{}",
+                    o.kind(),
+                    o.metadata().namespace,
+                    o.metadata().name
+                )
+            })
+            .collect();
+        assert_eq!(
+            named,
+            [
+                "AuthorizationPolicy foo/allow-nothing",
+                "Namespace /foo",
+                "ServiceAccount foo/sleep"
+            ]
+        );
+        assert!(
+            in_namespace(yaml, "t.yaml", "bar").is_ok(),
+            "nothing names another"
+        );
+        let other = yaml.replace("{name: sleep}", "{name: sleep, namespace: bar}");
+        assert!(in_namespace(&other, "t.yaml", "foo").is_err());
     }
 
     #[test]

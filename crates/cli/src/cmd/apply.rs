@@ -48,6 +48,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("reading {}", file.display()))?;
             (text, file.display().to_string())
         };
+        // `-n` first, so that what is reported names the objects as they are applied.
+        let text = match &args.namespace {
+            Some(ns) => local::manifests::in_namespace(&text, &name, ns)?,
+            None => text,
+        };
         let parsed = api::objects::parse(&text, &name);
         for f in &parsed.findings {
             eprintln!("{}", f.for_terminal());
