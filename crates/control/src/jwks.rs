@@ -458,7 +458,12 @@ impl JwksFetcher {
         loop {
             let model = pusher.model();
             let sources = model.jwks_sources.clone();
-            *self.routes.lock().unwrap_or_else(PoisonError::into_inner) = ServiceRoutes::of(&model);
+            // Only a mesh with key sets to fetch needs the Services' endpoints (every push
+            // would rebuild them otherwise).
+            if !sources.is_empty() {
+                *self.routes.lock().unwrap_or_else(PoisonError::into_inner) =
+                    ServiceRoutes::of(&model);
+            }
             drop(model);
             self.cache.retain(&sources);
             let changed = tokio::select! {

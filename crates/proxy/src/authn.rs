@@ -13,16 +13,17 @@
 //!   TLS, goes to the app as it came.
 //! - DISABLE: no mTLS termination; TLS goes to the app as opaque bytes.
 //!
-//! The resolution runs once per config snapshot and is cached ([`PeerAuthn`]); a connection
-//! pays one atomic load and a short scan of the ports that have overrides.
+//! The resolution runs once per config snapshot and is cached ([`PeerAuthn`], with
+//! [`crate::per_snapshot`]); a connection pays one atomic load and a short scan of the ports
+//! that have overrides.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
 use xds::{Authorization, MtlsMode};
 
 use crate::config::{ProxyConfig, Snapshot};
+use crate::per_snapshot::{PerSnapshot, workload_scope};
 
 /// Istio's default root namespace, home of mesh-wide policies (MeshConfig `rootNamespace`).
 pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
@@ -81,7 +82,7 @@ impl InboundMtls {
 #[derive(Debug)]
 pub struct PeerAuthn {
     root_namespace: Arc<str>,
-    cache: ArcSwapOption<(u64, Arc<InboundMtls>)>,
+    resolved: PerSnapshot<InboundMtls>,
 }
 
 impl Default for PeerAuthn {
@@ -95,30 +96,24 @@ impl PeerAuthn {
     pub fn new(root_namespace: &str) -> PeerAuthn {
         PeerAuthn {
             root_namespace: Arc::from(root_namespace),
-            cache: ArcSwapOption::empty(),
+            resolved: PerSnapshot::default(),
         }
     }
 
     /// The modes for this workload under `snap`.
     pub fn policy(&self, snap: &Snapshot, cfg: &ProxyConfig) -> Arc<InboundMtls> {
-        if let Some(c) = &*self.cache.load()
-            && c.0 == snap.version
-        {
-            return c.1.clone();
-        }
-        let (namespace, labels) = match &snap.me {
-            Some(w) => (Some(w.namespace.as_str()), &w.labels),
-            None => (cfg.pod_namespace.as_deref(), &BTreeMap::new()),
-        };
-        let resolved = Arc::new(InboundMtls::resolve(
-            &snap.resources.authorizations,
-            &self.root_namespace,
-            namespace,
-            labels,
-        ));
-        self.cache
-            .store(Some(Arc::new((snap.version, resolved.clone()))));
-        resolved
+        self.resolved
+            .get(snap.version, || {
+                let no_labels = BTreeMap::new();
+                let (namespace, labels) = workload_scope(snap, cfg, &no_labels);
+                Some(InboundMtls::resolve(
+                    &snap.resources.authorizations,
+                    &self.root_namespace,
+                    namespace,
+                    labels,
+                ))
+            })
+            .unwrap_or_default()
     }
 
     /// The mode for inbound port `port` under `snap`.

@@ -1,5 +1,5 @@
-//! What the inbound side derives from a config snapshot for this workload (its
-//! AuthorizationPolicies, its JWT rules), built once per snapshot version and cached, so that a
+//! What the inbound side derives from a config snapshot for this workload (its mTLS modes,
+//! AuthorizationPolicies and JWT rules), built once per snapshot version and cached, so that a
 //! request pays one atomic load when the cache is current.
 
 use std::collections::BTreeMap;
