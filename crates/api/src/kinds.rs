@@ -110,6 +110,75 @@ const KINDS: &[(&str, &str, &[&str])] = &[
     ("install.istio.io", "v1alpha1", &["IstioOperator"]),
 ];
 
+/// kubectl's short names of the kinds above (`kubectl api-resources`), with Istio's CRDs'.
+const SHORT_NAMES: &[(&str, &str)] = &[
+    ("ns", "Namespace"),
+    ("svc", "Service"),
+    ("po", "Pod"),
+    ("cm", "ConfigMap"),
+    ("sa", "ServiceAccount"),
+    ("ep", "Endpoints"),
+    ("pvc", "PersistentVolumeClaim"),
+    ("pv", "PersistentVolume"),
+    ("rc", "ReplicationController"),
+    ("deploy", "Deployment"),
+    ("rs", "ReplicaSet"),
+    ("sts", "StatefulSet"),
+    ("ds", "DaemonSet"),
+    ("cj", "CronJob"),
+    ("ing", "Ingress"),
+    ("netpol", "NetworkPolicy"),
+    ("pdb", "PodDisruptionBudget"),
+    ("hpa", "HorizontalPodAutoscaler"),
+    ("crd", "CustomResourceDefinition"),
+    ("gtw", "Gateway"),
+    ("vs", "VirtualService"),
+    ("dr", "DestinationRule"),
+    ("gw", "Gateway"),
+    ("se", "ServiceEntry"),
+    ("we", "WorkloadEntry"),
+    ("wg", "WorkloadGroup"),
+    ("pa", "PeerAuthentication"),
+    ("ap", "AuthorizationPolicy"),
+    ("ra", "RequestAuthentication"),
+];
+
+/// The kind a kubectl resource name stands for: the kind in any case (`serviceentry`), its
+/// plural (`serviceentries`), a short name (`se`), each optionally with its group
+/// (`serviceentries.networking.istio.io`). None for a name no known kind has.
+pub fn resolve(resource: &str) -> Option<&'static str> {
+    let (name, group) = match resource.split_once('.') {
+        Some((name, group)) => (name, Some(group)),
+        None => (resource, None),
+    };
+    let plural = |kind: &str| {
+        let lower = kind.to_ascii_lowercase();
+        if let Some(stem) = lower.strip_suffix('y') {
+            format!("{stem}ies")
+        } else if lower.ends_with('s') || lower.ends_with("ch") {
+            format!("{lower}es")
+        } else {
+            format!("{lower}s")
+        }
+    };
+    let candidates = KINDS
+        .iter()
+        .filter(|(g, _, _)| group.is_none_or(|want| want == *g))
+        .flat_map(|(_, _, kinds)| kinds.iter().copied());
+    for kind in candidates {
+        if kind.eq_ignore_ascii_case(name)
+            || plural(kind) == name.to_ascii_lowercase()
+            || (kind == "Endpoints" && name.eq_ignore_ascii_case("endpoints"))
+        {
+            return Some(kind);
+        }
+    }
+    SHORT_NAMES
+        .iter()
+        .find(|(short, _)| short.eq_ignore_ascii_case(name))
+        .map(|(_, kind)| *kind)
+}
+
 /// Whether `kind` is a kind of API group `group`; else a message naming the nearest known kind
 /// (or the group that serves it).
 pub fn check(group: &str, kind: &str) -> Result<(), String> {
@@ -178,6 +247,32 @@ fn distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resources_resolve_as_kubectl_names_them() {
+        for (resource, kind) in [
+            ("serviceentry", "ServiceEntry"),
+            ("serviceentries", "ServiceEntry"),
+            ("se", "ServiceEntry"),
+            ("serviceentries.networking.istio.io", "ServiceEntry"),
+            ("ServiceEntry", "ServiceEntry"),
+            ("deploy", "Deployment"),
+            ("deployments.apps", "Deployment"),
+            ("authorizationpolicies", "AuthorizationPolicy"),
+            ("ap", "AuthorizationPolicy"),
+            ("svc", "Service"),
+            ("services", "Service"),
+            ("secret", "Secret"),
+            ("endpoints", "Endpoints"),
+            ("gw", "Gateway"),
+            ("ns", "Namespace"),
+            ("namespaces", "Namespace"),
+        ] {
+            assert_eq!(resolve(resource), Some(kind), "{resource}");
+        }
+        assert_eq!(resolve("serviceentries.apps"), None);
+        assert_eq!(resolve("deploymnet"), None);
+    }
 
     #[test]
     fn typos_name_the_nearest_kind() {

@@ -39,6 +39,8 @@ enum Command {
     Logs(cmd::logs::Args),
     /// Add or change objects of the running local mesh (like `kubectl apply`).
     Apply(cmd::apply::Args),
+    /// Remove objects from the running local mesh (like `kubectl delete`).
+    Delete(cmd::delete::Args),
     /// Built-in apps for local meshes: `httpbin`, `sleep`.
     Sample(cmd::sample::Args),
     /// Enter a container's view of the machine, then run a command (used by `ama up`).
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Command::Exec(args) => cmd::exec::run(args),
         Command::Logs(args) => cmd::logs::run(args),
         Command::Apply(args) => cmd::apply::run(args),
+        Command::Delete(args) => cmd::delete::run(args),
         Command::Sample(args) => cmd::sample::run(args),
         Command::Sandbox(args) => cmd::sandbox::run(args),
     };

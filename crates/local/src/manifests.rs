@@ -116,6 +116,20 @@ impl Manifests {
         }
     }
 
+    /// Removes the object `kind` (any case) `namespace/name`, as `ama delete` does; a Namespace
+    /// takes every object in it along, as the API server's namespace controller does. Says
+    /// whether there was such an object.
+    pub fn remove(&mut self, kind: &str, namespace: &str, name: &str) -> bool {
+        let before = self.docs.len();
+        let is_namespace = kind.eq_ignore_ascii_case("Namespace");
+        self.docs.retain(|d| {
+            let (k, ns, n) = d.key();
+            let this = k.eq_ignore_ascii_case(kind) && ns == namespace && n == name;
+            !(this || (is_namespace && ns == name))
+        });
+        self.docs.len() != before
+    }
+
     /// The labels of every namespace: declared ones with their labels; `default` and every
     /// namespace an object names, without labels, as an API server would have them.
     pub fn namespaces(&self) -> BTreeMap<String, Labels> {

@@ -598,6 +598,15 @@ impl Mesh {
         let mut manifests = self.base.clone();
         for file in &files {
             let text = fs::read_to_string(file).unwrap_or_default();
+            if file.to_string_lossy().ends_with(DELETE_SUFFIX) {
+                // What `ama delete` wrote: `[[kind, namespace, name], ...]`.
+                let keys: Vec<(String, String, String)> =
+                    serde_json::from_str(&text).unwrap_or_default();
+                for (kind, namespace, name) in &keys {
+                    manifests.remove(kind, namespace, name);
+                }
+                continue;
+            }
             let (docs, findings) = manifests::parse(&text, &file.display().to_string());
             manifests.merge(docs);
             for f in &findings {
@@ -1355,6 +1364,65 @@ pub struct Applied {
     pub verb: &'static str,
 }
 
+/// The ending of the files `ama delete` writes into `applied/` (the others are objects).
+const DELETE_SUFFIX: &str = ".delete.json";
+
+/// One object of the running mesh, as `ama delete` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRef {
+    /// `ServiceEntry` (any case: it is compared without).
+    pub kind: String,
+    /// Empty for cluster-scoped kinds.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// What `ama delete` did with each object it was given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeleteReport {
+    /// `serviceentry.networking.istio.io "cnn"`: found and deleted.
+    pub deleted: Vec<String>,
+    /// The objects the mesh does not have, as [`DeleteReport::deleted`] names them.
+    pub missing: Vec<String>,
+}
+
+/// `ama delete`: removes `targets` from the running mesh (a Namespace with everything in it) and
+/// waits until `ama up` took it; their pods stop, their config leaves the proxies. Objects the
+/// mesh does not have are reported in [`DeleteReport::missing`], the others deleted all the same.
+pub fn delete(dir: &StateDir, targets: &[ObjectRef]) -> Result<DeleteReport, Error> {
+    let state = dir.load()?;
+    let mut report = DeleteReport::default();
+    let mut keys = Vec::new();
+    for t in targets {
+        // The state's keys: `namespace/kind[.group]/name`.
+        let found = state.objects.keys().find_map(|key| {
+            let (ns, rest) = key.split_once('/')?;
+            let (resource, name) = rest.rsplit_once('/')?;
+            let kind = resource.split('.').next()?;
+            (ns == t.namespace && name == t.name && kind.eq_ignore_ascii_case(&t.kind))
+                .then(|| format!("{resource} \"{name}\""))
+        });
+        match found {
+            Some(shown) => {
+                report.deleted.push(shown);
+                keys.push((t.kind.clone(), t.namespace.clone(), t.name.clone()));
+            }
+            None => report
+                .missing
+                .push(format!("{} \"{}\"", t.kind.to_ascii_lowercase(), t.name)),
+        }
+    }
+    if !keys.is_empty() {
+        let text = serde_json::to_string(&keys).map_err(|e| Error::State {
+            path: dir.applied_dir(),
+            message: e.to_string(),
+        })?;
+        hand_over(dir, &state, DELETE_SUFFIX, text.as_bytes())?;
+    }
+    Ok(report)
+}
+
 /// `ama apply`: checks `text`, hands it to the running `ama up` and waits until it took it.
 /// With `namespace` (`-n`), the namespaced objects that name none go there.
 pub fn apply(
@@ -1370,12 +1438,6 @@ pub fn apply(
         return Ok(Vec::new());
     }
     let state = dir.load()?;
-    if !alive(state.pid) {
-        return Err(Error::NotRunning {
-            cluster: dir.cluster().to_string(),
-            path: dir.state_file(),
-        });
-    }
     let out: Vec<Applied> = docs
         .iter()
         .map(|d| Applied {
@@ -1387,14 +1449,27 @@ pub fn apply(
             },
         })
         .collect();
+    let items: Vec<&Value> = docs.iter().map(|d| &d.raw).collect();
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+    hand_over(dir, &state, ".json", list.to_string().as_bytes())?;
+    Ok(out)
+}
+
+/// Writes the next file of `applied/` (`NNNNN` + `suffix`), tells `ama up` (SIGHUP) and waits
+/// until it has taken it and the control plane can serve it.
+fn hand_over(dir: &StateDir, state: &State, suffix: &str, content: &[u8]) -> Result<(), Error> {
+    if !alive(state.pid) {
+        return Err(Error::NotRunning {
+            cluster: dir.cluster().to_string(),
+            path: dir.state_file(),
+        });
+    }
     let applied_dir = dir.applied_dir();
     let count = fs::read_dir(&applied_dir)
         .map_err(Error::io(&applied_dir))?
         .count();
-    let items: Vec<&Value> = docs.iter().map(|d| &d.raw).collect();
-    let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
-    let file = applied_dir.join(format!("{:05}.json", count + 1));
-    crate::state::write_atomic(&file, list.to_string().as_bytes())?;
+    let file = applied_dir.join(format!("{:05}{suffix}", count + 1));
+    crate::state::write_atomic(&file, content)?;
     if let Ok(pid) = i32::try_from(state.pid) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGHUP);
     }
@@ -1408,7 +1483,7 @@ pub fn apply(
             // discovery that is just restarting gets a few seconds to answer.
             let since = *taken_at.get_or_insert_with(Instant::now);
             match taken.discovery.filter(|d| !d.ready) {
-                None => return Ok(out),
+                None => return Ok(()),
                 Some(d) if since.elapsed() >= DISCOVERY_WAIT => {
                     return Err(Error::ControlPlaneDown {
                         cluster: dir.cluster().to_string(),
