@@ -20,10 +20,15 @@ pub struct UpMesh {
 
 impl UpMesh {
     /// `ama up DIR --name e2e<tag><pid> FLAGS…` in the background, logging into `logs`.
+    /// Without `--profile` in `flags` the mesh runs no gateway (`--profile minimal`), so a test
+    /// counts only its own pods; a gateway test passes `--profile demo`.
     pub fn start(tag: &str, dir: &Path, logs: &Path, flags: &[&str]) -> UpMesh {
         let name = format!("e2e{tag}{}", std::process::id() % 100_000);
         let mut cmd = Command::new(ama());
         cmd.arg("up").arg(dir).args(["--name", &name]).args(flags);
+        if !flags.iter().any(|f| f.starts_with("--profile")) {
+            cmd.args(["--profile", "minimal"]);
+        }
         UpMesh {
             up: Some(Proc::spawn("ama-up", logs, cmd)),
             name,

@@ -21,6 +21,8 @@
 //!         ─► state (<state>/state.json): what `ama get/exec/logs/apply/down` read
 //! ```
 //!
+//! - [`gateways`]: the profile's gateways (`istio-ingressgateway`, `istio-egressgateway`), run
+//!   as pods of `ama proxy router`.
 //! - [`manifests`]: the objects of a directory or of `ama apply -f`, typed and raw.
 //! - [`plan`]: the pods the objects ask for; [`launch`]: what runs in one pod.
 //! - [`naming`] and [`ipam`]: pod names as Kubernetes makes them, pod addresses.
@@ -42,6 +44,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod gateways;
 pub mod ipam;
 pub mod kube_proxy;
 pub mod launch;

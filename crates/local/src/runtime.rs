@@ -108,6 +108,8 @@ pub struct UpOptions {
     pub xds: XdsMode,
     /// This `ama` binary.
     pub ama: PathBuf,
+    /// The installation profile: which gateways run in `istio-system` ([`crate::gateways`]).
+    pub profile: manifest::Profile,
 }
 
 /// What happens, for the CLI to show.
@@ -185,7 +187,8 @@ pub async fn up(opts: UpOptions, observer: &mut dyn Observer) -> Result<(), Erro
             Err(_) => cleanup(&dir, None),
         }
     }
-    let base = Manifests::read_dir(&opts.dir)?;
+    let mut base = Manifests::read_dir(&opts.dir)?;
+    crate::gateways::add(&mut base, opts.profile);
     for w in &base.warnings {
         observer.event(Event::Finding(w));
     }

@@ -41,6 +41,10 @@ pub struct Args {
     /// Where the sidecars get their resources.
     #[arg(long, value_enum, default_value = "discovery")]
     pub xds: Xds,
+    /// Installation profile, as istioctl's: demo runs the ingress and egress gateways in
+    /// istio-system (what Istio's tasks assume), default only the ingress gateway, minimal none.
+    #[arg(long, default_value = "demo", value_parser = ["demo", "default", "minimal"])]
+    pub profile: String,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -68,6 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Xds::Discovery => XdsMode::Discovery,
         },
         ama: ama_binary()?,
+        profile: manifest::Profile::parse(&args.profile).unwrap_or_default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -175,8 +180,14 @@ impl Printer {
                 }
             })
         };
-        let client = state.pods.iter().find(|p| p.sidecar && !selected(p));
-        if let (Some(client), Some(svc)) = (client, state.services.first()) {
+        // The gateways of the profile are neither the user's client nor its server.
+        let own = |namespace: &str| namespace != local::gateways::NAMESPACE;
+        let client = state
+            .pods
+            .iter()
+            .find(|p| own(&p.namespace) && p.sidecar && !selected(p));
+        let service = state.services.iter().find(|s| own(&s.namespace));
+        if let (Some(client), Some(svc)) = (client, service) {
             let port = svc
                 .object
                 .pointer("/spec/ports/0/port")
@@ -194,7 +205,11 @@ impl Printer {
                 client.name
             ));
         }
-        if let Some(server) = state.pods.iter().find(|p| p.sidecar && selected(p)) {
+        if let Some(server) = state
+            .pods
+            .iter()
+            .find(|p| own(&p.namespace) && p.sidecar && selected(p))
+        {
             out.push_str(&format!(
                 "  ama logs {} -c istio-proxy -f{flag}\n",
                 server.name
