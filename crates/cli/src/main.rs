@@ -39,6 +39,8 @@ enum Command {
     Logs(cmd::logs::Args),
     /// Add or change objects of the running local mesh (like `kubectl apply`).
     Apply(cmd::apply::Args),
+    /// Create a Secret in the running local mesh (like `kubectl create secret tls|generic`).
+    Create(cmd::create::Args),
     /// Built-in apps for local meshes: `httpbin`, `sleep`.
     Sample(cmd::sample::Args),
     /// Enter a container's view of the machine, then run a command (used by `ama up`).
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Command::Exec(args) => cmd::exec::run(args),
         Command::Logs(args) => cmd::logs::run(args),
         Command::Apply(args) => cmd::apply::run(args),
+        Command::Create(args) => cmd::create::run(args),
         Command::Sample(args) => cmd::sample::run(args),
         Command::Sandbox(args) => cmd::sandbox::run(args),
     };

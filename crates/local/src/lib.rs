@@ -34,6 +34,7 @@
 //! - [`state`]: the state directory shared by the `ama` invocations of one mesh.
 //! - [`runtime`]: `ama up`'s loop (start, supervise, reconcile on `ama apply`, tear down) and
 //!   `ama down`.
+//! - [`secrets`]: the Secrets of `ama create secret tls|generic`.
 //! - [`table`]: kubectl-style output of pods and services.
 //! - [`sample`]: the built-in apps (`ama sample httpbin`, `ama sample sleep`).
 //!
@@ -59,6 +60,7 @@ pub mod rootless;
 pub mod runtime;
 pub mod sample;
 pub mod sandbox;
+pub mod secrets;
 pub mod state;
 pub mod table;
 

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod apply;
+pub mod create;
 pub mod discovery;
 pub mod down;
 pub mod exec;
