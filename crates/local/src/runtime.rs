@@ -863,6 +863,10 @@ impl Mesh {
         let view = mesh::view(&self.manifests, &objects, &mut self.vips);
         view.write_config(&self.dir.config_dir())?;
         self.services = view.services(&self.services, now());
+        let external = mesh::external_names(&objects);
+        self.lan
+            .netns()
+            .set_hosts(&mesh::bridge_hosts_file(&external))?;
         for pod in &self.pods {
             if self.opts.xds == XdsMode::Files && pod.record.sidecar {
                 view.write_resources(&pod.record, &self.dir.pod_dir(&pod.record.name))?;
@@ -872,6 +876,7 @@ impl Mesh {
                 &pod.record.namespace,
                 pod.record.ip,
                 &self.services,
+                &external,
             ))?;
         }
         self.service_rules = kube_proxy::rules(&view.objects);
