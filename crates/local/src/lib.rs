@@ -23,6 +23,8 @@
 //!
 //! - [`gateways`]: the profile's gateways (`istio-ingressgateway`, `istio-egressgateway`), run
 //!   as pods of `ama proxy router`.
+//! - [`host_port`]: the ingress gateway on the host's loopback (`127.0.0.1:<port>`), forwarded
+//!   from `ama up`'s process into the bridge's namespace.
 //! - [`manifests`]: the objects of a directory or of `ama apply -f`, typed and raw.
 //! - [`plan`]: the pods the objects ask for; [`launch`]: what runs in one pod.
 //! - [`naming`] and [`ipam`]: pod names as Kubernetes makes them, pod addresses.
@@ -46,6 +48,7 @@
 
 pub mod error;
 pub mod gateways;
+pub mod host_port;
 pub mod ipam;
 pub mod kube_proxy;
 pub mod launch;
