@@ -49,6 +49,7 @@ use sha2::{Digest, Sha256};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::Error;
+use crate::host_port::{Forwarder, PortSpec};
 use crate::ipam::{GATEWAY, PodAddresses};
 use crate::kube_proxy;
 use crate::launch::{ContainerRun, Launch, LaunchInputs, Role, launch};
@@ -60,8 +61,8 @@ use crate::plan::{PodGroup, PodView, pod_groups, rollout_step};
 use crate::probe;
 use crate::process;
 use crate::state::{
-    ContainerRecord, ContainerState, ControlPlaneRecord, PodRecord, ServiceRecord, State, StateDir,
-    alive, now,
+    ContainerRecord, ContainerState, ControlPlaneRecord, IngressRecord, PodRecord, ServiceRecord,
+    State, StateDir, alive, now,
 };
 
 /// How often the loop runs.
@@ -110,6 +111,9 @@ pub struct UpOptions {
     pub ama: PathBuf,
     /// The installation profile: which gateways run in `istio-system` ([`crate::gateways`]).
     pub profile: manifest::Profile,
+    /// Host ports of the ingress gateway's Service ports 80 and 443 (`None`: 80 and 443 when
+    /// free, else 8080 and 8443; `Some(0)`: any free port).
+    pub ingress_ports: (Option<u16>, Option<u16>),
 }
 
 /// What happens, for the CLI to show.
@@ -293,8 +297,10 @@ struct PodRuntime {
     netns: Netns,
 }
 
-/// A running mesh. Field order is drop order: pods (their namespaces) before the LAN.
+/// A running mesh. Field order is drop order: the host-port forwarder (its thread holds the
+/// bridge's namespace) and the pods (their namespaces) before the LAN.
 struct Mesh {
+    ingress: Option<Forwarder>,
     opts: UpOptions,
     dir: StateDir,
     base: Manifests,
@@ -363,6 +369,7 @@ impl Mesh {
             XdsMode::Files => None,
         };
         Ok(Mesh {
+            ingress: None,
             tokens,
             manifests: base.clone(),
             base,
@@ -391,6 +398,7 @@ impl Mesh {
         observer: &mut dyn Observer,
         signals: &mut Signals,
     ) -> Result<(), Error> {
+        self.start_ingress(observer).await?;
         if self.opts.xds == XdsMode::Discovery {
             self.publish()?;
             self.start_discovery(observer, signals).await?;
@@ -420,6 +428,80 @@ impl Mesh {
                 },
                 _ = tokio::time::sleep(TICK) => {}
             }
+        }
+    }
+
+    /// Forwards the host's loopback to the ingress gateway ([`crate::host_port`]), when the
+    /// mesh has one: the ports asked for (an error when taken), else 80 and 443 when free, else
+    /// 8080 and 8443 (a note when those are taken too).
+    async fn start_ingress(&mut self, observer: &mut dyn Observer) -> Result<(), Error> {
+        if !crate::gateways::has_ingress(&self.manifests) {
+            return Ok(());
+        }
+        if crate::rootless::inside() {
+            observer.event(Event::Note(
+                "ingress gateway: not reachable from the host's loopback in a mesh run without \
+                 root (its network namespace is its own); reach it from a pod",
+            ));
+            return Ok(());
+        }
+        let [
+            (http, http_first, http_next),
+            (https, https_first, https_next),
+        ] = crate::gateways::FORWARDED;
+        let attempts: Vec<[u16; 2]> = match self.opts.ingress_ports {
+            (None, None) => vec![[http_first, https_first], [http_next, https_next]],
+            (a, b) => vec![[a.unwrap_or(http_next), b.unwrap_or(https_next)]],
+        };
+        let explicit = attempts.len() == 1;
+        let netns = self.lan.netns().name().to_string();
+        let mut last = None;
+        for [h, s] in attempts {
+            let specs = [
+                PortSpec {
+                    host: h,
+                    service: http,
+                },
+                PortSpec {
+                    host: s,
+                    service: https,
+                },
+            ];
+            match Forwarder::start(&netns, &specs).await {
+                Ok(f) => {
+                    let note = format!(
+                        "ingress gateway on the host: http://127.0.0.1:{} and https://127.0.0.1:{} \
+                         (Service istio-system/istio-ingressgateway ports {http} and {https})",
+                        f.host_port(http).unwrap_or(h),
+                        f.host_port(https).unwrap_or(s),
+                    );
+                    observer.event(Event::Note(&note));
+                    self.ingress = Some(f);
+                    return Ok(());
+                }
+                Err(e) => {
+                    // Which port: the message names it ("127.0.0.1:80: …").
+                    let port = if e.to_string().starts_with(&format!("127.0.0.1:{h}:")) {
+                        h
+                    } else {
+                        s
+                    };
+                    last = Some((port, e));
+                }
+            }
+        }
+        match last {
+            Some((port, source)) if explicit => Err(Error::HostPort { port, source }),
+            Some((port, source)) => {
+                let note = format!(
+                    "ingress gateway: not reachable from the host ({}); choose ports with \
+                     --ingress-port and --secure-ingress-port",
+                    Error::HostPort { port, source }
+                );
+                observer.event(Event::Note(&note));
+                Ok(())
+            }
+            None => Ok(()),
         }
     }
 
@@ -860,7 +942,16 @@ impl Mesh {
             .filter(|p| !p.record.terminating)
             .map(|p| (&p.record.object, p.endpoint))
             .collect();
-        let view = mesh::view(&self.manifests, &objects, &mut self.vips);
+        let mut view = mesh::view(&self.manifests, &objects, &mut self.vips);
+        if let Some(forwarder) = &self.ingress {
+            let ports: Vec<u16> = crate::gateways::FORWARDED.iter().map(|f| f.0).collect();
+            let bound: Vec<(u16, u16)> = ports
+                .iter()
+                .filter_map(|p| Some((*p, forwarder.host_port(*p)?)))
+                .collect();
+            crate::gateways::mark_ingress(&mut view.objects, &bound);
+            forwarder.set_upstreams(crate::gateways::ingress_upstreams(&view.objects, &ports));
+        }
         view.write_config(&self.dir.config_dir())?;
         self.services = view.services(&self.services, now());
         let external = mesh::external_names(&objects);
@@ -1169,6 +1260,11 @@ impl Mesh {
             stopping: false,
             applied: self.applied,
             discovery: self.discovery.as_ref().map(|d| d.record.clone()),
+            ingress: self.ingress.as_ref().map(|f| IngressRecord {
+                address: crate::gateways::HOST_ADDRESS,
+                http: f.host_port(crate::gateways::FORWARDED[0].0),
+                https: f.host_port(crate::gateways::FORWARDED[1].0),
+            }),
         }
     }
 
@@ -1178,6 +1274,8 @@ impl Mesh {
 
     /// Stops every process and removes every namespace and the state directory.
     fn shutdown(mut self) {
+        // The host ports first: nothing new comes in while the pods stop.
+        self.ingress = None;
         let mut state = self.state();
         state.stopping = true;
         let _ = self.dir.save(&state);

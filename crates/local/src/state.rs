@@ -234,6 +234,21 @@ pub struct State {
     /// The control plane `ama up` runs (`--xds discovery`).
     #[serde(default)]
     pub discovery: Option<ControlPlaneRecord>,
+    /// The ingress gateway on the host's loopback ([`crate::host_port`]), when forwarded.
+    #[serde(default)]
+    pub ingress: Option<IngressRecord>,
+}
+
+/// Where the host reaches the ingress gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressRecord {
+    /// The host's address (127.0.0.1).
+    pub address: std::net::Ipv4Addr,
+    /// The host port of the Service's port 80 (`INGRESS_PORT`).
+    pub http: Option<u16>,
+    /// The host port of the Service's port 443 (`SECURE_INGRESS_PORT`).
+    pub https: Option<u16>,
 }
 
 /// `ama discovery` as `ama up` supervises it.

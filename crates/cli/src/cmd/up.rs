@@ -45,6 +45,14 @@ pub struct Args {
     /// istio-system (what Istio's tasks assume), default only the ingress gateway, minimal none.
     #[arg(long, default_value = "demo", value_parser = ["demo", "default", "minimal"])]
     pub profile: String,
+    /// Host port (on 127.0.0.1) of the ingress gateway's port 80 (INGRESS_PORT); 0: any free
+    /// port. Default: 80 when free, else 8080.
+    #[arg(long, value_name = "PORT")]
+    pub ingress_port: Option<u16>,
+    /// Host port (on 127.0.0.1) of the ingress gateway's port 443 (SECURE_INGRESS_PORT); 0: any
+    /// free port. Default: 443 when free, else 8443.
+    #[arg(long, value_name = "PORT")]
+    pub secure_ingress_port: Option<u16>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -73,6 +81,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         ama: ama_binary()?,
         profile: manifest::Profile::parse(&args.profile).unwrap_or_default(),
+        ingress_ports: (args.ingress_port, args.secure_ingress_port),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -213,6 +222,15 @@ impl Printer {
             out.push_str(&format!(
                 "  ama logs {} -c istio-proxy -f{flag}\n",
                 server.name
+            ));
+        }
+        if let Some(ingress) = &state.ingress {
+            let port = |p: Option<u16>| p.map_or_else(|| "-".to_string(), |p| p.to_string());
+            out.push_str(&format!(
+                "  ingress gateway: export INGRESS_HOST={} INGRESS_PORT={} SECURE_INGRESS_PORT={}\n",
+                ingress.address,
+                port(ingress.http),
+                port(ingress.https)
             ));
         }
         out.push_str(&format!("  ama down{flag}   (or Ctrl-C here)"));
