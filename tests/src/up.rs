@@ -88,6 +88,22 @@ impl UpMesh {
         )
     }
 
+    /// The host ports of the ingress gateway's Service ports 80 and 443 (`INGRESS_PORT`,
+    /// `SECURE_INGRESS_PORT`), once `ama up` has bound them (`--profile demo` or `default`).
+    pub fn ingress_ports(&self) -> (u16, u16) {
+        wait_for(
+            "the ingress gateway's host ports",
+            Duration::from_secs(60),
+            || {
+                let text =
+                    std::fs::read_to_string(format!("/run/ama/{}/state.json", self.name)).ok()?;
+                let state: Value = serde_json::from_str(&text).ok()?;
+                let port = |k: &str| u16::try_from(state["ingress"][k].as_u64()?).ok();
+                Some((port("http")?, port("https")?))
+            },
+        )
+    }
+
     /// The mesh's `state.json`.
     pub fn state(&self) -> Value {
         let text = std::fs::read_to_string(format!("/run/ama/{}/state.json", self.name))
