@@ -29,9 +29,13 @@ pub enum Xds {
 #[command(after_help = "\
 Each container runs the command of the pod-template annotation local.ama.dev/command (the first
 container; local.ama.dev/command.<container> for others), else its own command when that program
-exists here (`sleep infinity`). Namespaces labelled istio-injection=enabled get the sidecar, as
-with Istio's webhook. Runs as root, or as another user inside a user namespace where newuidmap
-and newgidmap (package uidmap) and subordinate ids (/etc/subuid, /etc/subgid) exist.")]
+exists here (`sleep infinity`). The annotation local.ama.dev/dns-names: \"api.external.test,...\"
+makes those names resolve to the pod (its first ready replica) in every pod and in discovery's
+namespace, as an outside DNS would: a pod standing for a server outside the cluster. Namespaces
+labelled istio-injection=enabled get the sidecar, as with Istio's webhook; the profile's gateways
+run in istio-system as ama proxy router. Runs as root, or as another user inside a user
+namespace where newuidmap and newgidmap (package uidmap) and subordinate ids (/etc/subuid,
+/etc/subgid) exist.")]
 pub struct Args {
     /// Directory (or file) of the YAML you would `kubectl apply`: Namespaces, Deployments,
     /// Services, Istio config, the ConfigMap istio (MeshConfig).
