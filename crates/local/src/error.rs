@@ -19,7 +19,7 @@ pub enum Error {
     },
     /// A host port for the ingress gateway cannot be bound.
     #[error(
-        "ingress gateway: cannot listen on 127.0.0.1:{port}: {source} (choose another with \
+        "ingress gateway: cannot listen on 127.0.0.1:{port} (choose another with \
          --ingress-port/--secure-ingress-port, or run without gateways: --profile minimal)"
     )]
     HostPort {

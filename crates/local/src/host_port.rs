@@ -106,6 +106,27 @@ pub struct PortSpec {
     pub service: u16,
 }
 
+/// Why a [`Forwarder`] could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The thread could not enter the namespace.
+    #[error("cannot enter the network namespace {netns}: {source}")]
+    Netns {
+        /// The namespace's name.
+        netns: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// A host port is taken (or not allowed).
+    #[error("cannot listen on 127.0.0.1:{port}: {source}")]
+    Bind {
+        /// The port.
+        port: u16,
+        /// Why.
+        source: io::Error,
+    },
+}
+
 /// The host-side listeners and their connections.
 pub struct Forwarder {
     upstreams: watch::Sender<Upstreams>,
@@ -118,20 +139,28 @@ impl Forwarder {
     /// Binds every `ports` on 127.0.0.1 (an error names the port that is taken) and forwards
     /// each to its Service port's upstream, reached from inside `netns`. Must run inside a Tokio
     /// runtime.
-    pub async fn start(netns: &str, ports: &[PortSpec]) -> io::Result<Forwarder> {
-        let sockets = NetnsSockets::start(netns)?;
-        let (upstreams, _) = watch::channel(Upstreams::new());
+    pub async fn start(netns: &str, ports: &[PortSpec]) -> Result<Forwarder, StartError> {
         let mut listeners = Vec::new();
         for spec in ports {
+            let bind = |source| StartError::Bind {
+                port: spec.host,
+                source,
+            };
             let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, spec.host))
                 .await
-                .map_err(|e| io::Error::new(e.kind(), format!("127.0.0.1:{}: {e}", spec.host)))?;
-            listeners.push((listener, spec.service));
+                .map_err(bind)?;
+            let port = listener.local_addr().map_err(bind)?.port();
+            listeners.push((listener, spec.service, port));
         }
+        let sockets = NetnsSockets::start(netns).map_err(|source| StartError::Netns {
+            netns: netns.to_string(),
+            source,
+        })?;
+        let (upstreams, _) = watch::channel(Upstreams::new());
         let mut bound = Vec::new();
         let mut tasks = Vec::new();
-        for (listener, service) in listeners {
-            bound.push((service, listener.local_addr()?.port()));
+        for (listener, service, port) in listeners {
+            bound.push((service, port));
             let rx = upstreams.subscribe();
             tasks.push(tokio::spawn(serve(listener, service, rx, sockets.clone())));
         }

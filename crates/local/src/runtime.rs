@@ -49,7 +49,7 @@ use sha2::{Digest, Sha256};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::Error;
-use crate::host_port::{Forwarder, PortSpec};
+use crate::host_port::{Forwarder, PortSpec, StartError};
 use crate::ipam::{GATEWAY, PodAddresses};
 use crate::kube_proxy;
 use crate::launch::{ContainerRun, Launch, LaunchInputs, Role, launch};
@@ -479,14 +479,12 @@ impl Mesh {
                     self.ingress = Some(f);
                     return Ok(());
                 }
-                Err(e) => {
-                    // Which port: the message names it ("127.0.0.1:80: …").
-                    let port = if e.to_string().starts_with(&format!("127.0.0.1:{h}:")) {
-                        h
-                    } else {
-                        s
-                    };
-                    last = Some((port, e));
+                Err(StartError::Bind { port, source }) => last = Some((port, source)),
+                Err(e @ StartError::Netns { .. }) => {
+                    return Err(Error::Io {
+                        path: PathBuf::from("/run/netns").join(&netns),
+                        source: std::io::Error::other(e.to_string()),
+                    });
                 }
             }
         }
@@ -494,9 +492,8 @@ impl Mesh {
             Some((port, source)) if explicit => Err(Error::HostPort { port, source }),
             Some((port, source)) => {
                 let note = format!(
-                    "ingress gateway: not reachable from the host ({}); choose ports with \
-                     --ingress-port and --secure-ingress-port",
-                    Error::HostPort { port, source }
+                    "ingress gateway: not reachable from the host: 127.0.0.1:{port}: {source}; \
+                     choose ports with --ingress-port and --secure-ingress-port"
                 );
                 observer.event(Event::Note(&note));
                 Ok(())

@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use local::host_port::{Forwarder, PortSpec, Upstreams};
+use local::host_port::{Forwarder, PortSpec, StartError, Upstreams};
 
 /// The namespace, removed on drop (with whatever runs in it).
 struct TestNetns(String);
@@ -128,6 +128,18 @@ fn forwards_from_the_host_into_a_namespace_and_closes_when_not_ready() {
     let port = forwarder.host_port(80).expect("bound");
     assert_ne!(port, 0);
     assert_eq!(forwarder.host_port(443), None);
+    // The port is taken now: a second forwarder says which.
+    match runtime.block_on(Forwarder::start(
+        &netns.0,
+        &[PortSpec {
+            host: port,
+            service: 80,
+        }],
+    )) {
+        Err(StartError::Bind { port: p, .. }) => assert_eq!(p, port),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("127.0.0.1:{port} bound twice"),
+    }
 
     // No ready gateway pod: the connection is closed at once, without an answer.
     let started = Instant::now();
