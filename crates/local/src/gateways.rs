@@ -122,6 +122,20 @@ pub fn mark_ingress(objects: &mut [Value], bound: &[(u16, u16)]) {
     }
 }
 
+/// Whether a pod's `istio-proxy` is the gateway proxy (`ama proxy router`, the gateway
+/// template) rather than a sidecar.
+pub fn runs_router(pod: &Value) -> bool {
+    pod.pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            c["name"] == inject::sidecar::PROXY_CONTAINER_NAME
+                && c.pointer("/args/0") == Some(&json!("proxy"))
+                && c.pointer("/args/1") == Some(&json!("router"))
+        })
+}
+
 /// Adds the gateways of `profile` to `manifests`, after DIR's objects, leaving out any object
 /// DIR declares itself.
 pub fn add(manifests: &mut Manifests, profile: Profile) {
@@ -233,6 +247,7 @@ mod tests {
                 "{}",
                 l.pod
             );
+            assert!(runs_router(&l.pod));
         }
     }
 

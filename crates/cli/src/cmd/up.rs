@@ -257,10 +257,12 @@ impl Observer for Printer {
             }
             Event::PodCreated(p) => {
                 self.created.insert(p.name.clone());
-                let sidecar = if p.sidecar {
-                    "with sidecar"
-                } else {
+                let sidecar = if !p.sidecar {
                     "no sidecar"
+                } else if local::gateways::runs_router(&p.object) {
+                    "gateway (ama proxy router)"
+                } else {
+                    "with sidecar"
                 };
                 let text = format!(
                     "pod/{} created   {}   {}   {sidecar}",
