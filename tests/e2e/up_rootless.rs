@@ -234,7 +234,14 @@ fn seed_without_root_through_a_user_namespace() {
     let mesh = format!("e2er{}", std::process::id() % 100_000);
     let cwd = scratch.path();
     let mut cmd = user.ama(cwd, &["up"]);
-    cmd.arg(&dir).args(["--name", &mesh, "--xds", "discovery"]);
+    cmd.arg(&dir).args([
+        "--name",
+        &mesh,
+        "--xds",
+        "discovery",
+        "--profile",
+        "minimal",
+    ]);
     let mut up = Proc::spawn("ama-up", scratch.path(), cmd);
 
     // 1. Ready, as the user.

@@ -20,10 +20,15 @@ pub struct UpMesh {
 
 impl UpMesh {
     /// `ama up DIR --name e2e<tag><pid> FLAGS…` in the background, logging into `logs`.
+    /// Without `--profile` in `flags` the mesh runs no gateway (`--profile minimal`), so a test
+    /// counts only its own pods; a gateway test passes `--profile demo`.
     pub fn start(tag: &str, dir: &Path, logs: &Path, flags: &[&str]) -> UpMesh {
         let name = format!("e2e{tag}{}", std::process::id() % 100_000);
         let mut cmd = Command::new(ama());
         cmd.arg("up").arg(dir).args(["--name", &name]).args(flags);
+        if !flags.iter().any(|f| f.starts_with("--profile")) {
+            cmd.args(["--profile", "minimal"]);
+        }
         UpMesh {
             up: Some(Proc::spawn("ama-up", logs, cmd)),
             name,
@@ -79,6 +84,22 @@ impl UpMesh {
             || {
                 let pods = self.pods();
                 (pods.len() == want && pods.iter().all(ready)).then_some(pods)
+            },
+        )
+    }
+
+    /// The host ports of the ingress gateway's Service ports 80 and 443 (`INGRESS_PORT`,
+    /// `SECURE_INGRESS_PORT`), once `ama up` has bound them (`--profile demo` or `default`).
+    pub fn ingress_ports(&self) -> (u16, u16) {
+        wait_for(
+            "the ingress gateway's host ports",
+            Duration::from_secs(60),
+            || {
+                let text =
+                    std::fs::read_to_string(format!("/run/ama/{}/state.json", self.name)).ok()?;
+                let state: Value = serde_json::from_str(&text).ok()?;
+                let port = |k: &str| u16::try_from(state["ingress"][k].as_u64()?).ok();
+                Some((port("http")?, port("https")?))
             },
         )
     }

@@ -5,6 +5,9 @@
 
 /// Opt a pod out of (or into) injection: `"false"` skips it. The label of the same name wins.
 pub const SIDECAR_INJECT: &str = "sidecar.istio.io/inject";
+/// The injection templates a pod asks for (`sidecar`, `gateway`, or a list such as
+/// `sidecar,gateway`); absent means `sidecar`.
+pub const INJECT_TEMPLATES: &str = "inject.istio.io/templates";
 /// Written by the injector: JSON of what it added. Its presence means "already injected".
 pub const SIDECAR_STATUS: &str = "sidecar.istio.io/status";
 /// Image of the `istio-proxy` and `istio-init` containers (a full reference, `repo/name:tag`).

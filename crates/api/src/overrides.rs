@@ -222,8 +222,9 @@ const ISTIO_PREFIXES: [&str; 7] = [
 ];
 
 /// The annotations of [`SidecarOverrides::parse`] and the two the injector writes or matches.
-const IMPLEMENTED: [&str; 24] = [
+const IMPLEMENTED: [&str; 25] = [
     ann::SIDECAR_INJECT,
+    ann::INJECT_TEMPLATES,
     ann::SIDECAR_STATUS,
     ann::SIDECAR_PROXY_IMAGE,
     ann::SIDECAR_PROXY_CPU,

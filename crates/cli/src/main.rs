@@ -41,6 +41,8 @@ enum Command {
     Apply(cmd::apply::Args),
     /// Remove objects from the running local mesh (like `kubectl delete`).
     Delete(cmd::delete::Args),
+    /// Create a Secret in the running local mesh (like `kubectl create secret tls|generic`).
+    Create(cmd::create::Args),
     /// Built-in apps for local meshes: `httpbin`, `sleep`.
     Sample(cmd::sample::Args),
     /// Enter a container's view of the machine, then run a command (used by `ama up`).
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::Logs(args) => cmd::logs::run(args),
         Command::Apply(args) => cmd::apply::run(args),
         Command::Delete(args) => cmd::delete::run(args),
+        Command::Create(args) => cmd::create::run(args),
         Command::Sample(args) => cmd::sample::run(args),
         Command::Sandbox(args) => cmd::sandbox::run(args),
     };

@@ -74,6 +74,11 @@ fn default_manifest_is_valid_kubernetes() {
             "Deployment istiod",
             "Service istiod",
             "MutatingWebhookConfiguration istio-sidecar-injector",
+            "ServiceAccount istio-ingressgateway-service-account",
+            "Role istio-ingressgateway-sds",
+            "RoleBinding istio-ingressgateway-sds",
+            "Deployment istio-ingressgateway",
+            "Service istio-ingressgateway",
         ]
     );
     assert_eq!(
@@ -113,6 +118,18 @@ fn default_manifest_is_valid_kubernetes() {
         assert_eq!(hook["admissionReviewVersions"], serde_json::json!(["v1"]));
         assert_eq!(hook["failurePolicy"], "Fail");
     }
+
+    // istioctl's default profile: the ingress gateway, Istio's gateway shape for injection.
+    let gateway = find(&docs, "Deployment", "istio-ingressgateway");
+    let template = &gateway["spec"]["template"];
+    assert_eq!(
+        template["metadata"]["annotations"]["inject.istio.io/templates"],
+        "gateway"
+    );
+    assert_eq!(template["spec"]["containers"][0]["image"], "auto");
+    let service = find(&docs, "Service", "istio-ingressgateway");
+    assert_eq!(service["spec"]["type"], "LoadBalancer");
+    assert_eq!(service["metadata"]["namespace"], "istio-system");
 
     // Ama reads its own objects back without a complaint.
     let (objects, errors) = api::objects::parse_stream(&stream, "manifest.yaml");
@@ -192,6 +209,30 @@ fn set_and_ca_cert_are_applied() {
 }
 
 #[test]
+fn profiles_choose_the_gateways() {
+    let gateways = |profile: &str| -> Vec<String> {
+        let out = generate(&["--set", &format!("profile={profile}")]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        documents(&text(&out.stdout))
+            .iter()
+            .filter(|d| d["kind"] == "Deployment" && d["metadata"]["name"] != "istiod")
+            .map(|d| d["metadata"]["name"].as_str().unwrap_or("?").to_string())
+            .collect()
+    };
+    assert_eq!(gateways("default"), ["istio-ingressgateway"]);
+    assert_eq!(
+        gateways("demo"),
+        ["istio-ingressgateway", "istio-egressgateway"]
+    );
+    assert!(gateways("minimal").is_empty());
+    let out = generate(&["--set", "profile=demo"]);
+    let docs = documents(&text(&out.stdout));
+    let egress = find(&docs, "Service", "istio-egressgateway");
+    assert_eq!(egress["spec"]["type"], "ClusterIP");
+    assert_eq!(egress["spec"]["selector"]["istio"], "egressgateway");
+}
+
+#[test]
 fn kube_inject_reads_the_generated_config_maps() {
     let scratch = Scratch::new("manifest-inject");
     let out = generate(&["--set", "hub=registry.example/mesh", "--set", "tag=9.9.9"]);
@@ -237,14 +278,20 @@ fn kube_inject_reads_the_generated_config_maps() {
 
 #[test]
 fn bad_flags_are_reported() {
-    let out = generate(&["--set", "profile=demo"]);
+    let out = generate(&["--set", "profiles=demo"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         text(&out.stderr),
         format!(
-            "error: --set profile: unknown key (known: {})\n",
+            "error: --set profiles: unknown key (known: {})\n",
             manifest::SET_KEYS.join(", ")
         )
+    );
+    let out = generate(&["--set", "profile=ambient"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "error: --set profile=ambient: unknown profile (known: default, demo, minimal)\n"
     );
     let out = generate(&["--set", "meshConfig.accessLogEncoding=XML"]);
     assert_eq!(

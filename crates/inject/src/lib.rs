@@ -17,6 +17,10 @@
 //! volumes, the `sidecar.istio.io/status` annotation and the canonical-service labels. App probes
 //! are rewritten to go through the proxy's status port ([`probes`]).
 //!
+//! The annotation `inject.istio.io/templates: gateway` chooses Istio's gateway template instead
+//! ([`gateway`]): no capture, `ama proxy router …`; a pod's own `istio-proxy` container (the
+//! gateway Deployments' `image: auto`) is merged with the template's.
+//!
 //! Pure: no I/O. Settings come in an [`InjectConfig`] (MeshConfig + Istio values, see the `api`
 //! crate).
 
@@ -25,6 +29,7 @@
 
 mod config;
 mod error;
+pub mod gateway;
 mod pod;
 pub mod probes;
 pub mod sidecar;

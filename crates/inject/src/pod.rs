@@ -14,6 +14,7 @@ use serde_json::{Map, Value, json};
 
 use crate::config::InjectConfig;
 use crate::error::FieldError;
+use crate::gateway::{Templates, merge_container, own_proxy_container};
 use crate::probes::{KUBE_APP_PROBERS_ENV, rewrite_app_probes};
 use crate::sidecar::{
     INIT_CONTAINER_NAME, PROXY_CONTAINER_NAME, Sidecar, env_field, env_value, pod_ports_json,
@@ -47,7 +48,9 @@ pub enum SkipReason {
     Disabled,
     /// `hostNetwork: true`: capturing traffic would capture the node's.
     HostNetwork,
-    /// It already has a sidecar (`sidecar.istio.io/status` or an `istio-proxy` container).
+    /// It already has a sidecar (`sidecar.istio.io/status`, or both an `istio-init` and an
+    /// `istio-proxy` container). A lone `istio-proxy` container is the pod's own settings for
+    /// the proxy, merged with the template's.
     AlreadyInjected,
     /// Its namespace is one Istio never injects ([`IGNORED_NAMESPACES`]).
     IgnoredNamespace,
@@ -141,9 +144,12 @@ pub fn inject_pod_template(
     if spec.get("hostNetwork") == Some(&Value::Bool(true)) {
         return Ok(Outcome::Skipped(SkipReason::HostNetwork));
     }
-    if overrides.already_injected || has_container(spec, PROXY_CONTAINER_NAME) {
+    if overrides.already_injected || has_full_sidecar(spec) {
         return Ok(Outcome::Skipped(SkipReason::AlreadyInjected));
     }
+    let templates = Templates::parse(annotations.get(ann::INJECT_TEMPLATES).map(String::as_str))
+        .map_err(|e| vec![e])?;
+    let own_proxy = own_proxy_container(spec).cloned();
     let namespace = template_map
         .get("metadata")
         .and_then(|m| m.get("namespace"))
@@ -162,6 +168,13 @@ pub fn inject_pod_template(
         None => config.mesh.default_config.clone(),
     };
     let mut sidecar = settings(config, &overrides, &proxy_config);
+    // The gateway template lists the ports of every container, its own istio-proxy's too.
+    let mut port_refs = app_refs.clone();
+    if templates.gateway
+        && let Some(own) = &own_proxy
+    {
+        port_refs.push(own);
+    }
     sidecar.env = proxy_env(
         config,
         &overrides,
@@ -169,8 +182,18 @@ pub fn inject_pod_template(
         workload,
         &sidecar,
         &app_names,
-        &app_refs,
+        &port_refs,
     );
+    if templates.gateway {
+        // The gateway template's two variables before the sidecar's.
+        sidecar.env.splice(
+            0..0,
+            [
+                env_value("JWT_POLICY", "third-party-jwt"),
+                env_value("PILOT_CERT_PROVIDER", "istiod"),
+            ],
+        );
+    }
 
     let rewrite = overrides.rewrite_app_http_probers.unwrap_or(
         config
@@ -202,19 +225,53 @@ pub fn inject_pod_template(
         sidecar.env.push(env);
     }
 
-    // Containers: istio-init runs first, istio-proxy comes last so kubectl defaults to the app.
-    let init = sidecar.init_container();
+    // Containers: istio-init runs first (the sidecar template only), istio-proxy comes last so
+    // kubectl defaults to the app; the pod's own istio-proxy is laid over the template's.
+    let init = if templates.sidecar {
+        sidecar.init_container()
+    } else {
+        None
+    };
     if let Some(init) = &init {
         let list = array(&mut spec, "initContainers");
         list.insert(0, init.clone());
     }
-    array(&mut spec, "containers").push(sidecar.proxy_container());
-    let volumes = sidecar.volumes();
+    // Templates apply in order, the later laid over the earlier (`sidecar,gateway`: the
+    // sidecar's container with the gateway's args, env and probe).
+    let mut proxy = match (templates.sidecar, templates.gateway) {
+        (true, true) => {
+            let mut proxy = sidecar.proxy_container();
+            if let Value::Object(gateway) = sidecar.gateway_container() {
+                merge_container(&mut proxy, &gateway);
+            }
+            proxy
+        }
+        (false, true) => sidecar.gateway_container(),
+        _ => sidecar.proxy_container(),
+    };
+    if let Some(own) = &own_proxy {
+        merge_container(&mut proxy, own);
+    }
+    let containers = array(&mut spec, "containers");
+    containers.retain(|c| c.get("name").and_then(Value::as_str) != Some(PROXY_CONTAINER_NAME));
+    containers.push(proxy);
+    let volumes = if templates.gateway {
+        sidecar.gateway_volumes()
+    } else {
+        sidecar.volumes()
+    };
     let volume_names: Vec<String> = volumes
         .iter()
         .filter_map(|v| v.get("name").and_then(Value::as_str).map(str::to_string))
         .collect();
-    array(&mut spec, "volumes").extend(volumes);
+    // A volume the pod declares itself under the same name is the pod's (its fields win).
+    let list = array(&mut spec, "volumes");
+    for volume in volumes {
+        let name = volume.get("name").cloned();
+        if !list.iter().any(|v| v.get("name") == name.as_ref()) {
+            list.push(volume);
+        }
+    }
     // Only the secrets the pod did not list already are added (and recorded as added).
     let mut added_secrets: Vec<&str> = Vec::new();
     for secret in &config.values.global.image_pull_secrets {
@@ -229,7 +286,13 @@ pub fn inject_pod_template(
     }
 
     let mut labels = labels;
-    add_labels(&mut labels, workload);
+    add_labels(&mut labels, workload, templates.sidecar);
+    if templates.gateway && !templates.sidecar {
+        // The gateway template labels the revision (the sidecar template annotates it).
+        labels
+            .entry(ann::ISTIO_REV.to_string())
+            .or_insert_with(|| config.revision().to_string());
+    }
     let status = Status {
         init_containers: init
             .as_ref()
@@ -241,7 +304,13 @@ pub fn inject_pod_template(
         image_pull_secrets: (!added_secrets.is_empty()).then_some(added_secrets),
         revision: config.revision(),
     };
-    if let Some(first_app) = app_names.first() {
+    // The gateway template names a default container only when there is exactly one.
+    let default_container = if templates.sidecar || app_names.len() == 1 {
+        app_names.first()
+    } else {
+        None
+    };
+    if let Some(first_app) = default_container {
         for key in [
             ann::KUBECTL_DEFAULT_CONTAINER,
             ann::KUBECTL_DEFAULT_LOGS_CONTAINER,
@@ -351,6 +420,13 @@ fn has_container(spec: &Map<String, Value>, name: &str) -> bool {
                 .any(|c| c.get("name").and_then(Value::as_str) == Some(name))
         })
     })
+}
+
+/// Whether a pod spec holds a whole sidecar already (the output of injection without its
+/// status annotation): both `istio-init` and `istio-proxy`. A lone `istio-proxy` is the pod's
+/// own settings for the proxy, as in Istio's gateway Deployments (`image: auto`).
+pub(crate) fn has_full_sidecar(spec: &Map<String, Value>) -> bool {
+    has_container(spec, PROXY_CONTAINER_NAME) && has_container(spec, INIT_CONTAINER_NAME)
 }
 
 /// The array at `key`, created when absent (or not an array).
@@ -516,11 +592,13 @@ fn proxy_env(
     env
 }
 
-/// Security and telemetry labels, keeping any the user set.
-fn add_labels(labels: &mut BTreeMap<String, String>, workload: &WorkloadMeta) {
-    labels
-        .entry(label::TLS_MODE.to_string())
-        .or_insert_with(|| "istio".to_string());
+/// Security (the sidecar template only) and telemetry labels, keeping any the user set.
+fn add_labels(labels: &mut BTreeMap<String, String>, workload: &WorkloadMeta, tls_mode: bool) {
+    if tls_mode {
+        labels
+            .entry(label::TLS_MODE.to_string())
+            .or_insert_with(|| "istio".to_string());
+    }
     let first = |keys: &[&str]| {
         keys.iter()
             .find_map(|k| labels.get(*k).filter(|v| !v.is_empty()).cloned())

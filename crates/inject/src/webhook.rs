@@ -26,7 +26,6 @@ use serde_json::{Map, Value, json};
 
 use crate::config::InjectConfig;
 use crate::pod::{IGNORED_NAMESPACES, Outcome, SkipReason, inject_pod_template};
-use crate::sidecar::PROXY_CONTAINER_NAME;
 use crate::workload::WorkloadMeta;
 
 /// The only AdmissionReview version served.
@@ -212,12 +211,14 @@ fn answer(
 /// control plane, following Istio: its MutatingWebhookConfiguration's selectors, then the
 /// injector's policy (`enabled`).
 ///
-/// In order: namespaces Istio ignores and the control plane's own; `hostNetwork`; the pod's
+/// In order: namespaces Istio ignores and the control plane's own (unless the pod is labelled
+/// `sidecar.istio.io/inject: "true"`, as Istio's gateways are); `hostNetwork`; the pod's
 /// `sidecar.istio.io/inject` (the label wins over the annotation; `true`, `yes`, `on`, `y` opt
 /// in, an empty or absent value defers, anything else opts out); then selection: a namespace
 /// labelled `istio-injection=enabled`, or `istio.io/rev=<this revision>` (without
 /// `istio-injection`), or else a pod labelled `sidecar.istio.io/inject: "true"` or
-/// `istio.io/rev: <this revision>`; finally a pod that already has a sidecar is skipped.
+/// `istio.io/rev: <this revision>`; finally a pod that already has a sidecar (its status
+/// annotation, or both `istio-init` and `istio-proxy`) is skipped.
 pub fn injection_required(
     namespace: &str,
     namespace_labels: Option<&Labels>,
@@ -229,7 +230,11 @@ pub fn injection_required(
     if IGNORED_NAMESPACES.contains(&namespace) {
         return Err(SkipReason::IgnoredNamespace);
     }
-    if namespace == config.values.global.istio_namespace {
+    // The control plane's namespace is injected only where a pod asks for it with the label
+    // (Istio's gateway Deployments in istio-system do), as Istio's object-selector webhook does.
+    if namespace == config.values.global.istio_namespace
+        && labels.get(label::SIDECAR_INJECT).map(String::as_str) != Some("true")
+    {
         return Err(SkipReason::ControlPlaneNamespace);
     }
     if pod.pointer("/spec/hostNetwork") == Some(&Value::Bool(true)) {
@@ -246,15 +251,11 @@ pub fn injection_required(
     if let Some(ns_labels) = namespace_labels {
         selected(ns_labels, &labels, config.revision())?;
     }
-    let has_proxy = ["containers", "initContainers"].iter().any(|list| {
-        pod.pointer(&format!("/spec/{list}"))
-            .and_then(Value::as_array)
-            .is_some_and(|l| {
-                l.iter()
-                    .any(|c| c.get("name").and_then(Value::as_str) == Some(PROXY_CONTAINER_NAME))
-            })
-    });
-    if annotations.contains_key(ann::SIDECAR_STATUS) || has_proxy {
+    let has_sidecar = pod
+        .pointer("/spec")
+        .and_then(Value::as_object)
+        .is_some_and(crate::pod::has_full_sidecar);
+    if annotations.contains_key(ann::SIDECAR_STATUS) || has_sidecar {
         return Err(SkipReason::AlreadyInjected);
     }
     Ok(())
@@ -412,6 +413,19 @@ mod tests {
         assert_eq!(
             injection_required("istio-system", Some(&enabled), &plain, &config),
             Err(SkipReason::ControlPlaneNamespace)
+        );
+        // Istio's gateway Deployments in istio-system ask for injection with the label, and
+        // their own istio-proxy container (image auto) is not a sidecar yet.
+        let gateway = json!({
+            "metadata": {
+                "labels": {"sidecar.istio.io/inject": "true", "istio": "ingressgateway"},
+                "annotations": {"inject.istio.io/templates": "gateway"},
+            },
+            "spec": {"containers": [{"name": "istio-proxy", "image": "auto"}]},
+        });
+        assert_eq!(
+            injection_required("istio-system", Some(&Labels::new()), &gateway, &config),
+            Ok(())
         );
         let host = json!({"spec": {"hostNetwork": true, "containers": []}});
         assert_eq!(check(&enabled, &host), Err(SkipReason::HostNetwork));

@@ -35,7 +35,7 @@ fn cluster(namespace: &str) -> Option<Labels> {
         "plain" => Some(BTreeMap::new()),
         "canary" => Some(labels(&[("istio.io/rev", "canary")])),
         "revisioned" => Some(labels(&[("istio.io/rev", "default")])),
-        "kube-system" => Some(BTreeMap::new()),
+        "kube-system" | "istio-system" => Some(BTreeMap::new()),
         _ => None,
     }
 }
@@ -184,6 +184,70 @@ fn namespaces_select_as_the_webhook_configuration_does() {
     assert_eq!(
         patched(&body, &answer)["spec"]["containers"][1]["name"],
         "istio-proxy"
+    );
+}
+
+/// Istio's gateway Deployment's pod, created in istio-system: labelled for injection, the
+/// gateway template, its own istio-proxy container with `image: auto`.
+#[test]
+fn gateway_pod_in_istio_system_gets_the_gateway_template() {
+    let body = with_namespace(&payload("create-pod.json"), "istio-system");
+    let uid = "705ab4f5-6393-11e8-b7cc-42010a800002";
+    // The control plane's namespace is left alone unless the pod asks.
+    assert_skipped(&answer(&body), uid);
+
+    let mut review: Value = serde_json::from_slice(&body).expect("JSON");
+    let object = &mut review["request"]["object"];
+    object["metadata"]["labels"] = json!({
+        "app": "istio-ingressgateway",
+        "istio": "ingressgateway",
+        "sidecar.istio.io/inject": "true",
+    });
+    object["metadata"]["annotations"] = json!({"inject.istio.io/templates": "gateway"});
+    object["spec"]["containers"] = json!([{
+        "name": "istio-proxy",
+        "image": "auto",
+        "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+        "securityContext": {"runAsUser": 1337, "runAsGroup": 1337},
+    }]);
+    let body = serde_json::to_vec(&review).expect("JSON");
+    let answer = answer(&body);
+    assert_eq!(answer["response"]["allowed"], true);
+    let pod = patched(&body, &answer);
+    assert!(pod["spec"].get("initContainers").is_none_or(|l| {
+        l.as_array()
+            .is_some_and(|l| l.iter().all(|c| c["name"] != "istio-init"))
+    }));
+    let containers = pod["spec"]["containers"].as_array().expect("containers");
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    let proxy = &containers[0];
+    assert_eq!(proxy["name"], "istio-proxy");
+    assert_eq!(
+        proxy["image"],
+        format!("docker.io/ama/proxy:{}", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(proxy["args"][0], "proxy");
+    assert_eq!(proxy["args"][1], "router");
+    assert_eq!(proxy["readinessProbe"]["httpGet"]["port"], 15021);
+    assert_eq!(proxy["securityContext"]["runAsUser"], 1337);
+    // The pod's own port is kept, and listed for the proxy.
+    assert!(
+        proxy["ports"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["containerPort"] == 8080)),
+        "{proxy}"
+    );
+    let env = proxy["env"].as_array().expect("env");
+    let pod_ports = env
+        .iter()
+        .find(|v| v["name"] == "ISTIO_META_POD_PORTS")
+        .and_then(|v| v["value"].as_str())
+        .unwrap_or_default();
+    assert!(pod_ports.contains("\"containerPort\":8080"), "{pod_ports}");
+    assert!(
+        pod["metadata"]["labels"]
+            .get("security.istio.io/tlsMode")
+            .is_none()
     );
 }
 

@@ -17,6 +17,17 @@ pub enum Error {
         /// Why.
         source: io::Error,
     },
+    /// A host port for the ingress gateway cannot be bound.
+    #[error(
+        "ingress gateway: cannot listen on 127.0.0.1:{port} (choose another with \
+         --ingress-port/--secure-ingress-port, or run without gateways: --profile minimal)"
+    )]
+    HostPort {
+        /// The port.
+        port: u16,
+        /// Why.
+        source: io::Error,
+    },
     /// The directory given to `ama up` holds no YAML.
     #[error(
         "{dir}: no YAML files (*.yaml, *.yml, *.json): give the directory of the objects you \

@@ -32,6 +32,33 @@ use crate::sandbox::{Sandbox, capabilities};
 
 /// Annotation: the command of the pod's first app container on this machine.
 pub const COMMAND_ANNOTATION: &str = "local.ama.dev/command";
+/// Annotation of a pod template: names outside the cluster that resolve to its pod's address in
+/// every pod and in the bridge's namespace (where discovery runs), as an outside DNS would:
+/// `"api.external.test,other.example"`. A pod stands for an external server this way.
+pub const DNS_NAMES_ANNOTATION: &str = "local.ama.dev/dns-names";
+
+/// The names of a `local.ama.dev/dns-names` value (comma-separated, blanks ignored, lower
+/// case); an error names the first that is no DNS name, or a cluster-local one.
+pub fn dns_names(value: &str) -> Result<Vec<String>, String> {
+    let mut names = Vec::new();
+    for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let name = name.to_ascii_lowercase();
+        api::check::dns_name(&name, true).map_err(|m| format!("{name:?}: {m}"))?;
+        if name.ends_with(".svc.cluster.local") || name.ends_with(".cluster.local") {
+            return Err(format!(
+                "{name:?} is a cluster-local name: give names outside the cluster"
+            ));
+        }
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    if names.is_empty() {
+        return Err("names no host: give \"name[,name…]\"".into());
+    }
+    Ok(names)
+}
+
 /// Annotation read by the control plane's file registry: the pod's address.
 pub const ADDRESS_ANNOTATION: &str = "local.ama.dev/address";
 
@@ -172,6 +199,14 @@ pub fn launch(inputs: LaunchInputs<'_>) -> Result<Launch, Error> {
     // Injection may have added labels (security.istio.io/tlsMode, canonical names).
     labels = string_map(template.pointer("/metadata/labels"));
     let mut annotations = string_map(template.pointer("/metadata/annotations"));
+    if let Some(names) = annotations.get(DNS_NAMES_ANNOTATION) {
+        dns_names(names).map_err(|message| Error::Pod {
+            object: object(),
+            message: format!(
+                "spec.template.metadata.annotations[\"{DNS_NAMES_ANNOTATION}\"]: {message}"
+            ),
+        })?;
+    }
     annotations.insert(ADDRESS_ANNOTATION.into(), inputs.ip.to_string());
     let mut spec = template.get("spec").cloned().unwrap_or(json!({}));
     if let Value::Object(s) = &mut spec {
@@ -556,6 +591,42 @@ spec:
             host_ip: Ipv4Addr::new(10, 244, 0, 1),
             node_name: "local",
         })
+    }
+
+    #[test]
+    fn dns_names_are_checked() {
+        assert_eq!(
+            dns_names(" api.external.test,Other.Example,api.external.test "),
+            Ok(vec![
+                "api.external.test".to_string(),
+                "other.example".to_string()
+            ])
+        );
+        assert!(dns_names(" , ").unwrap_err().contains("names no host"));
+        assert!(
+            dns_names("httpbin.default.svc.cluster.local")
+                .unwrap_err()
+                .contains("cluster-local")
+        );
+        let bad = SEED.replace(
+            "annotations: {local.ama.dev/command: ama sample httpbin --port 80}",
+            "annotations: {local.ama.dev/command: ama sample httpbin --port 80, local.ama.dev/dns-names: \"api.ext_ernal!\"}",
+        );
+        let err = launch_in(&Labels::new(), &bad).unwrap_err().to_string();
+        assert!(
+            err.contains("spec.template.metadata.annotations[\"local.ama.dev/dns-names\"]: \"api.ext_ernal!\""),
+            "{err}"
+        );
+        let good = SEED.replace(
+            "annotations: {local.ama.dev/command: ama sample httpbin --port 80}",
+            "annotations: {local.ama.dev/command: ama sample httpbin --port 80, local.ama.dev/dns-names: api.external.test}",
+        );
+        let l = launch_in(&Labels::new(), &good).unwrap();
+        assert_eq!(
+            l.pod
+                .pointer("/metadata/annotations/local.ama.dev~1dns-names"),
+            Some(&json!("api.external.test"))
+        );
     }
 
     #[test]

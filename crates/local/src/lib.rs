@@ -21,6 +21,10 @@
 //!         ─► state (<state>/state.json): what `ama get/exec/logs/apply/down` read
 //! ```
 //!
+//! - [`gateways`]: the profile's gateways (`istio-ingressgateway`, `istio-egressgateway`), run
+//!   as pods of `ama proxy router`.
+//! - [`host_port`]: the ingress gateway on the host's loopback (`127.0.0.1:<port>`), forwarded
+//!   from `ama up`'s process into the bridge's namespace.
 //! - [`manifests`]: the objects of a directory or of `ama apply -f`, typed and raw.
 //! - [`plan`]: the pods the objects ask for; [`launch`]: what runs in one pod.
 //! - [`naming`] and [`ipam`]: pod names as Kubernetes makes them, pod addresses.
@@ -32,6 +36,7 @@
 //! - [`state`]: the state directory shared by the `ama` invocations of one mesh.
 //! - [`runtime`]: `ama up`'s loop (start, supervise, reconcile on `ama apply`, tear down) and
 //!   `ama down`.
+//! - [`secrets`]: the Secrets of `ama create secret tls|generic`.
 //! - [`table`]: kubectl-style output of pods and services.
 //! - [`sample`]: the built-in apps (`ama sample httpbin`, `ama sample sleep`).
 //!
@@ -42,6 +47,8 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod gateways;
+pub mod host_port;
 pub mod ipam;
 pub mod kube_proxy;
 pub mod launch;
@@ -56,6 +63,7 @@ pub mod rootless;
 pub mod runtime;
 pub mod sample;
 pub mod sandbox;
+pub mod secrets;
 pub mod state;
 pub mod table;
 

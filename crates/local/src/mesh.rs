@@ -380,14 +380,76 @@ impl MeshView {
     }
 }
 
+/// Names outside the cluster and the address a pod answers them on: what an outside DNS would
+/// say of the names of `local.ama.dev/dns-names` ([`crate::launch::DNS_NAMES_ANNOTATION`]).
+pub type ExternalNames = Vec<(Ipv4Addr, Vec<String>)>;
+
+/// The names of the `local.ama.dev/dns-names` annotation of `pods` (each with whether it is
+/// ready), each answered by the first ready pod that claims it, else the first live one (so the
+/// name resolves from the start, before its pod is ready). A name two groups claim is the first
+/// one's.
+pub fn external_names(pods: &[(&Value, bool)]) -> ExternalNames {
+    let mut chosen: Vec<(String, Ipv4Addr, bool)> = Vec::new();
+    for (pod, ready) in pods {
+        let Some(list) = pod
+            .pointer(&format!("/metadata/annotations/{DNS_NAMES_POINTER}"))
+            .and_then(Value::as_str)
+        else {
+            continue;
+        };
+        let Some(ip) = pod
+            .pointer(&format!("/metadata/annotations/{ADDRESS_POINTER}"))
+            .and_then(Value::as_str)
+            .and_then(|a| a.parse::<Ipv4Addr>().ok())
+        else {
+            continue;
+        };
+        // The annotation was checked when the pod was made (launch): bad names never get here.
+        for name in crate::launch::dns_names(list).unwrap_or_default() {
+            match chosen.iter_mut().find(|(n, _, _)| *n == name) {
+                Some(entry) if !entry.2 && *ready => *entry = (name, ip, true),
+                Some(_) => {}
+                None => chosen.push((name, ip, *ready)),
+            }
+        }
+    }
+    let mut by_ip: BTreeMap<Ipv4Addr, Vec<String>> = BTreeMap::new();
+    for (name, ip, _) in chosen {
+        by_ip.entry(ip).or_default().push(name);
+    }
+    by_ip.into_iter().collect()
+}
+
+/// The annotation `local.ama.dev/dns-names` as a JSON pointer token.
+const DNS_NAMES_POINTER: &str = "local.ama.dev~1dns-names";
+
+/// The hosts file of the bridge's namespace (where `ama discovery` runs): the external names
+/// only, as the control plane resolves them through the outside DNS.
+pub fn bridge_hosts_file(external: &ExternalNames) -> String {
+    let mut out = String::from(
+        "# Written by ama up: names outside the cluster (local.ama.dev/dns-names).\n\
+         127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+    );
+    push_external(&mut out, external);
+    out
+}
+
+fn push_external(out: &mut String, external: &ExternalNames) {
+    for (ip, names) in external {
+        out.push_str(&format!("{ip}\t{}\n", names.join(" ")));
+    }
+}
+
 /// The hosts file of a pod: itself, and every Service as cluster DNS answers for it
 /// (`<name>.<ns>.svc.cluster.local`, `<name>.<ns>.svc`, `<name>.<ns>`, and `<name>` for the
-/// Services of the pod's own namespace, as its DNS search path would).
+/// Services of the pod's own namespace, as its DNS search path would), then the names outside
+/// the cluster (`external`).
 pub fn hosts_file(
     pod_name: &str,
     pod_namespace: &str,
     pod_ip: Ipv4Addr,
     services: &[ServiceRecord],
+    external: &ExternalNames,
 ) -> String {
     let mut out = format!(
         "# Written by ama up: this pod and the mesh's Services (cluster DNS).\n\
@@ -411,6 +473,7 @@ pub fn hosts_file(
     for (ip, names) in by_ip.into_values() {
         out.push_str(&format!("{ip}\t{}\n", names.join(" ")));
     }
+    push_external(&mut out, external);
     out
 }
 
@@ -497,7 +560,7 @@ spec:
         assert_eq!(r.node.unwrap().name.as_deref(), Some("ubuntu-a"));
         assert_eq!(r.services.len(), 1);
 
-        let hosts = hosts_file("ubuntu-a", "default", record.ip, &services);
+        let hosts = hosts_file("ubuntu-a", "default", record.ip, &services, &Vec::new());
         assert!(
             hosts.contains(&format!(
                 "{vip}\thttpbin-service httpbin-service.default.svc.cluster.local"
@@ -505,7 +568,7 @@ spec:
             "{hosts}"
         );
         assert!(hosts.contains("10.244.0.3\tubuntu-a\n"), "{hosts}");
-        let other = hosts_file("x", "other", record.ip, &services);
+        let other = hosts_file("x", "other", record.ip, &services, &Vec::new());
         assert!(other.contains(&format!("{vip}\thttpbin-service.default.svc.cluster.local httpbin-service.default.svc httpbin-service.default\n")), "{other}");
     }
 
@@ -598,5 +661,54 @@ spec:
             svc.endpoints[0].workload_uid.is_some(),
             "the pod's workload"
         );
+    }
+
+    #[test]
+    fn dns_names_resolve_to_the_first_ready_replica() {
+        let external = |name: &str, ip: &str, names: &str| {
+            json!({
+                "metadata": {
+                    "name": name,
+                    "namespace": "external",
+                    "annotations": {
+                        "local.ama.dev/address": ip,
+                        "local.ama.dev/dns-names": names,
+                    },
+                },
+            })
+        };
+        let a = external("api-1", "10.244.0.7", "api.external.test, Other.Example");
+        let b = external("api-2", "10.244.0.8", "api.external.test,other.example");
+        let plain = pod("sleep", "sleep", "10.244.0.9");
+        // Neither ready: the first pod answers, so the name resolves from the start.
+        let names = external_names(&[(&a, false), (&b, false), (&plain, true)]);
+        assert_eq!(
+            names,
+            vec![(
+                Ipv4Addr::new(10, 244, 0, 7),
+                vec!["api.external.test".to_string(), "other.example".to_string()]
+            )]
+        );
+        // The second is ready, the first not: the ready one answers.
+        let names = external_names(&[(&a, false), (&b, true)]);
+        assert_eq!(names[0].0, Ipv4Addr::new(10, 244, 0, 8));
+        let hosts = hosts_file(
+            "sleep",
+            "default",
+            Ipv4Addr::new(10, 244, 0, 9),
+            &[],
+            &names,
+        );
+        assert!(
+            hosts.ends_with("10.244.0.8\tapi.external.test other.example\n"),
+            "{hosts}"
+        );
+        let bridge = bridge_hosts_file(&names);
+        assert!(bridge.contains("127.0.0.1\tlocalhost\n"), "{bridge}");
+        assert!(
+            bridge.ends_with("10.244.0.8\tapi.external.test other.example\n"),
+            "{bridge}"
+        );
+        assert!(external_names(&[(&plain, true)]).is_empty());
     }
 }

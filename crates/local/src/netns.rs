@@ -120,10 +120,20 @@ impl Netns {
     }
 
     /// Writes the hosts file processes in this namespace see as `/etc/hosts`.
+    ///
+    /// Once it exists it is rewritten in place, not replaced: `ip netns exec` bind-mounted the
+    /// file itself (its inode) over the running processes' `/etc/hosts`, so only an in-place
+    /// write reaches them (a name added later, such as an external server's that became
+    /// ready). Unchanged content is not written at all.
     pub fn set_hosts(&self, text: &str) -> Result<(), Error> {
         let dir = Path::new("/etc/netns").join(&self.name);
         fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
-        crate::state::write_atomic(&dir.join("hosts"), text.as_bytes())
+        let path = dir.join("hosts");
+        match fs::read_to_string(&path) {
+            Ok(old) if old == text => Ok(()),
+            Ok(_) => fs::write(&path, text.as_bytes()).map_err(Error::io(&path)),
+            Err(_) => crate::state::write_atomic(&path, text.as_bytes()),
+        }
     }
 }
 

@@ -49,6 +49,7 @@ use sha2::{Digest, Sha256};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::Error;
+use crate::host_port::{Forwarder, PortSpec, StartError};
 use crate::ipam::{GATEWAY, PodAddresses};
 use crate::kube_proxy;
 use crate::launch::{ContainerRun, Launch, LaunchInputs, Role, launch};
@@ -60,8 +61,8 @@ use crate::plan::{PodGroup, PodView, pod_groups, rollout_step};
 use crate::probe;
 use crate::process;
 use crate::state::{
-    ContainerRecord, ContainerState, ControlPlaneRecord, PodRecord, ServiceRecord, State, StateDir,
-    alive, now,
+    ContainerRecord, ContainerState, ControlPlaneRecord, IngressRecord, PodRecord, ServiceRecord,
+    State, StateDir, alive, now,
 };
 
 /// How often the loop runs.
@@ -108,6 +109,11 @@ pub struct UpOptions {
     pub xds: XdsMode,
     /// This `ama` binary.
     pub ama: PathBuf,
+    /// The installation profile: which gateways run in `istio-system` ([`crate::gateways`]).
+    pub profile: manifest::Profile,
+    /// Host ports of the ingress gateway's Service ports 80 and 443 (`None`: 80 and 443 when
+    /// free, else 8080 and 8443; `Some(0)`: any free port).
+    pub ingress_ports: (Option<u16>, Option<u16>),
 }
 
 /// What happens, for the CLI to show.
@@ -185,7 +191,8 @@ pub async fn up(opts: UpOptions, observer: &mut dyn Observer) -> Result<(), Erro
             Err(_) => cleanup(&dir, None),
         }
     }
-    let base = Manifests::read_dir(&opts.dir)?;
+    let mut base = Manifests::read_dir(&opts.dir)?;
+    crate::gateways::add(&mut base, opts.profile);
     for w in &base.warnings {
         observer.event(Event::Finding(w));
     }
@@ -290,8 +297,10 @@ struct PodRuntime {
     netns: Netns,
 }
 
-/// A running mesh. Field order is drop order: pods (their namespaces) before the LAN.
+/// A running mesh. Field order is drop order: the host-port forwarder (its thread holds the
+/// bridge's namespace) and the pods (their namespaces) before the LAN.
 struct Mesh {
+    ingress: Option<Forwarder>,
     opts: UpOptions,
     dir: StateDir,
     base: Manifests,
@@ -360,6 +369,7 @@ impl Mesh {
             XdsMode::Files => None,
         };
         Ok(Mesh {
+            ingress: None,
             tokens,
             manifests: base.clone(),
             base,
@@ -388,6 +398,7 @@ impl Mesh {
         observer: &mut dyn Observer,
         signals: &mut Signals,
     ) -> Result<(), Error> {
+        self.start_ingress(observer).await?;
         if self.opts.xds == XdsMode::Discovery {
             self.publish()?;
             self.start_discovery(observer, signals).await?;
@@ -417,6 +428,77 @@ impl Mesh {
                 },
                 _ = tokio::time::sleep(TICK) => {}
             }
+        }
+    }
+
+    /// Forwards the host's loopback to the ingress gateway ([`crate::host_port`]), when the
+    /// mesh has one: the ports asked for (an error when taken), else 80 and 443 when free, else
+    /// 8080 and 8443 (a note when those are taken too).
+    async fn start_ingress(&mut self, observer: &mut dyn Observer) -> Result<(), Error> {
+        if !crate::gateways::has_ingress(&self.manifests) {
+            return Ok(());
+        }
+        if crate::rootless::inside() {
+            observer.event(Event::Note(
+                "ingress gateway: not reachable from the host's loopback in a mesh run without \
+                 root (its network namespace is its own); reach it from a pod",
+            ));
+            return Ok(());
+        }
+        let [
+            (http, http_first, http_next),
+            (https, https_first, https_next),
+        ] = crate::gateways::FORWARDED;
+        let attempts: Vec<[u16; 2]> = match self.opts.ingress_ports {
+            (None, None) => vec![[http_first, https_first], [http_next, https_next]],
+            (a, b) => vec![[a.unwrap_or(http_next), b.unwrap_or(https_next)]],
+        };
+        let explicit = attempts.len() == 1;
+        let netns = self.lan.netns().name().to_string();
+        let mut last = None;
+        for [h, s] in attempts {
+            let specs = [
+                PortSpec {
+                    host: h,
+                    service: http,
+                },
+                PortSpec {
+                    host: s,
+                    service: https,
+                },
+            ];
+            match Forwarder::start(&netns, &specs).await {
+                Ok(f) => {
+                    let note = format!(
+                        "ingress gateway on the host: http://127.0.0.1:{} and https://127.0.0.1:{} \
+                         (Service istio-system/istio-ingressgateway ports {http} and {https})",
+                        f.host_port(http).unwrap_or(h),
+                        f.host_port(https).unwrap_or(s),
+                    );
+                    observer.event(Event::Note(&note));
+                    self.ingress = Some(f);
+                    return Ok(());
+                }
+                Err(StartError::Bind { port, source }) => last = Some((port, source)),
+                Err(e @ StartError::Netns { .. }) => {
+                    return Err(Error::Io {
+                        path: PathBuf::from("/run/netns").join(&netns),
+                        source: std::io::Error::other(e.to_string()),
+                    });
+                }
+            }
+        }
+        match last {
+            Some((port, source)) if explicit => Err(Error::HostPort { port, source }),
+            Some((port, source)) => {
+                let note = format!(
+                    "ingress gateway: not reachable from the host: 127.0.0.1:{port}: {source}; \
+                     choose ports with --ingress-port and --secure-ingress-port"
+                );
+                observer.event(Event::Note(&note));
+                Ok(())
+            }
+            None => Ok(()),
         }
     }
 
@@ -866,9 +948,22 @@ impl Mesh {
             .filter(|p| !p.record.terminating)
             .map(|p| (&p.record.object, p.endpoint))
             .collect();
-        let view = mesh::view(&self.manifests, &objects, &mut self.vips);
+        let mut view = mesh::view(&self.manifests, &objects, &mut self.vips);
+        if let Some(forwarder) = &self.ingress {
+            let ports: Vec<u16> = crate::gateways::FORWARDED.iter().map(|f| f.0).collect();
+            let bound: Vec<(u16, u16)> = ports
+                .iter()
+                .filter_map(|p| Some((*p, forwarder.host_port(*p)?)))
+                .collect();
+            crate::gateways::mark_ingress(&mut view.objects, &bound);
+            forwarder.set_upstreams(crate::gateways::ingress_upstreams(&view.objects, &ports));
+        }
         view.write_config(&self.dir.config_dir())?;
         self.services = view.services(&self.services, now());
+        let external = mesh::external_names(&objects);
+        self.lan
+            .netns()
+            .set_hosts(&mesh::bridge_hosts_file(&external))?;
         for pod in &self.pods {
             if self.opts.xds == XdsMode::Files && pod.record.sidecar {
                 view.write_resources(&pod.record, &self.dir.pod_dir(&pod.record.name))?;
@@ -878,6 +973,7 @@ impl Mesh {
                 &pod.record.namespace,
                 pod.record.ip,
                 &self.services,
+                &external,
             ))?;
         }
         self.service_rules = kube_proxy::rules(&view.objects);
@@ -1170,6 +1266,11 @@ impl Mesh {
             stopping: false,
             applied: self.applied,
             discovery: self.discovery.as_ref().map(|d| d.record.clone()),
+            ingress: self.ingress.as_ref().map(|f| IngressRecord {
+                address: crate::gateways::HOST_ADDRESS,
+                http: f.host_port(crate::gateways::FORWARDED[0].0),
+                https: f.host_port(crate::gateways::FORWARDED[1].0),
+            }),
         }
     }
 
@@ -1179,6 +1280,8 @@ impl Mesh {
 
     /// Stops every process and removes every namespace and the state directory.
     fn shutdown(mut self) {
+        // The host ports first: nothing new comes in while the pods stop.
+        self.ingress = None;
         let mut state = self.state();
         state.stopping = true;
         let _ = self.dir.save(&state);

@@ -106,14 +106,16 @@ impl StateDir {
 
     /// Creates the directory tree (readable by the proxies' uid 1337).
     pub fn create(&self) -> Result<(), Error> {
-        for dir in [
-            self.root.clone(),
-            self.config_dir(),
-            self.applied_dir(),
-            self.root.join("pods"),
+        // The registry objects and what `ama apply` wrote hold Secrets (`ama create secret`, a
+        // gateway's certificates): readable by `ama up` and discovery only.
+        for (dir, mode) in [
+            (self.root.clone(), 0o755),
+            (self.config_dir(), 0o700),
+            (self.applied_dir(), 0o700),
+            (self.root.join("pods"), 0o755),
         ] {
             fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
-            set_mode(&dir, 0o755)?;
+            set_mode(&dir, mode)?;
         }
         Ok(())
     }
@@ -234,6 +236,21 @@ pub struct State {
     /// The control plane `ama up` runs (`--xds discovery`).
     #[serde(default)]
     pub discovery: Option<ControlPlaneRecord>,
+    /// The ingress gateway on the host's loopback ([`crate::host_port`]), when forwarded.
+    #[serde(default)]
+    pub ingress: Option<IngressRecord>,
+}
+
+/// Where the host reaches the ingress gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressRecord {
+    /// The host's address (127.0.0.1).
+    pub address: std::net::Ipv4Addr,
+    /// The host port of the Service's port 80 (`INGRESS_PORT`).
+    pub http: Option<u16>,
+    /// The host port of the Service's port 443 (`SECURE_INGRESS_PORT`).
+    pub https: Option<u16>,
 }
 
 /// `ama discovery` as `ama up` supervises it.
@@ -551,6 +568,12 @@ mod tests {
         let sd = StateDir::at(dir.path(), "t1").unwrap();
         sd.create().unwrap();
         assert!(matches!(sd.load(), Err(Error::NotRunning { .. })));
+        // Secrets live under these two: nobody else may read them.
+        use std::os::unix::fs::PermissionsExt;
+        for private in [sd.config_dir(), sd.applied_dir()] {
+            let mode = fs::metadata(&private).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", private.display());
+        }
         let state = State {
             cluster: "t1".into(),
             pid: 7,

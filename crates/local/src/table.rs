@@ -119,6 +119,20 @@ pub fn pods(state: &State, namespace: Option<&str>, wide: bool, now: u64, node: 
     render(&header, &rows)
 }
 
+/// The EXTERNAL-IP column as kubectl fills it: a LoadBalancer's address, `<pending>` while it
+/// has none, `<none>` for the other types.
+fn external_ip(s: &crate::state::ServiceRecord) -> String {
+    let address = s
+        .object
+        .pointer("/status/loadBalancer/ingress/0/ip")
+        .and_then(Value::as_str);
+    match (s.service_type.as_str(), address) {
+        (_, Some(ip)) => ip.to_string(),
+        ("LoadBalancer", None) => "<pending>".into(),
+        _ => "<none>".into(),
+    }
+}
+
 /// `ama get services`.
 pub fn services(state: &State, namespace: Option<&str>, wide: bool, now: u64) -> String {
     let mut header = vec![
@@ -144,7 +158,7 @@ pub fn services(state: &State, namespace: Option<&str>, wide: bool, now: u64) ->
                 s.name.clone(),
                 s.service_type.clone(),
                 s.cluster_ip.map_or("None".into(), |ip| ip.to_string()),
-                "<none>".into(),
+                external_ip(s),
                 if s.ports.is_empty() {
                     "<none>".into()
                 } else {

@@ -122,6 +122,11 @@ fn cluster_role(ns: &str) -> Value {
             // The CA authenticates proxies by their service-account tokens.
             {"apiGroups": ["authentication.k8s.io"],
              "resources": ["tokenreviews"], "verbs": ["create"]},
+            // Gateways' certificates (`credentialName`): the Secrets of their namespaces, and
+            // whether the gateway's service account may read them, as istiod checks.
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": watch},
+            {"apiGroups": ["authorization.k8s.io"],
+             "resources": ["subjectaccessreviews"], "verbs": ["create"]},
         ],
     })
 }

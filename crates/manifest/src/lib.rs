@@ -11,7 +11,10 @@
 //!    `values`: the injector's values, which `ama kube-inject --injectConfigFile` reads), the
 //!    Deployment `istiod` running `ama discovery` and its Service;
 //! 3. the MutatingWebhookConfiguration `istio-sidecar-injector` ([`webhook`]) with Istio's four
-//!    selectors, pointing at `istiod`'s `/inject`.
+//!    selectors, pointing at `istiod`'s `/inject`;
+//! 4. the gateways of the profile ([`gateways`], `--set profile=default|demo|minimal` as
+//!    istioctl takes it): `istio-ingressgateway` (default and demo) and `istio-egressgateway`
+//!    (demo), Deployments of Istio's gateway shape for the injector's `gateway` template.
 //!
 //! Names are Istio's wherever users or tools rely on them (`istiod`, `istio-system`, the
 //! ConfigMaps, the webhook names, the ports); the image is Ama's (`docker.io/ama/proxy:<version>`,
@@ -24,9 +27,11 @@
 
 pub mod control_plane;
 pub mod crds;
+pub mod gateways;
 pub mod webhook;
 
 use api::Values;
+pub use gateways::Profile;
 use serde_json::Value;
 
 /// The settings a manifest is generated from: Istio's default profile unless `--set` changed
@@ -45,6 +50,8 @@ pub struct Settings {
     /// PEM of the CA that signed the webhook's serving certificate; its base64 goes into the
     /// webhook's `caBundle`. Without it the control plane patches `caBundle` at start-up.
     pub ca_cert_pem: Option<String>,
+    /// The installation profile: which gateways come with the control plane.
+    pub profile: Profile,
 }
 
 impl Default for Settings {
@@ -55,12 +62,14 @@ impl Default for Settings {
             access_log_encoding: None,
             trust_domain: api::mesh::DEFAULT_TRUST_DOMAIN.to_string(),
             ca_cert_pem: None,
+            profile: Profile::Default,
         }
     }
 }
 
 /// The keys `--set` understands, as `istioctl --set` spells them.
-pub const SET_KEYS: [&str; 8] = [
+pub const SET_KEYS: [&str; 9] = [
+    "profile",
     "hub",
     "tag",
     "values.global.hub",
@@ -110,6 +119,14 @@ impl Settings {
             message: message.to_string(),
         };
         match key {
+            "profile" => {
+                self.profile = Profile::parse(value).ok_or_else(|| {
+                    bad(&format!(
+                        "unknown profile (known: {})",
+                        Profile::NAMES.join(", ")
+                    ))
+                })?;
+            }
             "hub" | "values.global.hub" => {
                 if value.is_empty() || value.contains(char::is_whitespace) {
                     return Err(bad("not an image registry (such as docker.io/ama)"));
@@ -168,6 +185,7 @@ pub fn generate(settings: &Settings) -> Result<Manifest, ManifestError> {
     objects.extend(control_plane::objects(settings));
     let (webhook, notes) = webhook::configuration(settings)?;
     objects.push(webhook);
+    objects.extend(gateways::objects(settings.profile, settings.namespace()));
     Ok(Manifest { objects, notes })
 }
 
@@ -203,9 +221,15 @@ mod tests {
             "--set meshConfig.accessLogEncoding=XML: must be TEXT or JSON"
         );
         assert!(matches!(
-            s.set("profile=demo"),
+            s.set("profiles=demo"),
             Err(ManifestError::UnknownKey { .. })
         ));
+        s.set("profile=demo").unwrap();
+        assert_eq!(s.profile, Profile::Demo);
+        assert_eq!(
+            s.set("profile=ambient").unwrap_err().to_string(),
+            "--set profile=ambient: unknown profile (known: default, demo, minimal)"
+        );
         assert_eq!(
             s.set("hub").unwrap_err(),
             ManifestError::NotKeyValue("hub".into())

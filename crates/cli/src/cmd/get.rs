@@ -1,5 +1,10 @@
 //! `ama get pods|services`: the local mesh's objects as kubectl shows them (`-o wide`,
-//! `-o json`, `-o yaml`), from its state file.
+//! `-o json`, `-o yaml`, `-o jsonpath=TEMPLATE`), from its state file.
+//!
+//! A jsonpath template is kubectl's: literal text and `{expression}`s, each expression an RFC
+//! 9535 JSONPath relative to the object (`{.status.loadBalancer.ingress[0].ip}`,
+//! `{.spec.ports[?(@.name=="http2")].port}`), evaluated by the `jsonpath-rust` crate; several
+//! results are printed separated by spaces, strings bare, other values as JSON.
 
 use std::process::ExitCode;
 
@@ -10,7 +15,7 @@ use serde_json::Value;
 use super::local::MeshName;
 
 /// Output formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
     /// More columns.
     Wide,
@@ -18,6 +23,22 @@ pub enum Output {
     Json,
     /// The objects as YAML (a List).
     Yaml,
+    /// `jsonpath=TEMPLATE`: the template applied to the object (or the List).
+    JsonPath(String),
+}
+
+fn parse_output(text: &str) -> Result<Output, String> {
+    match text {
+        "wide" => Ok(Output::Wide),
+        "json" => Ok(Output::Json),
+        "yaml" => Ok(Output::Yaml),
+        _ => match text.split_once('=') {
+            Some(("jsonpath", template)) => Ok(Output::JsonPath(template.to_string())),
+            _ => Err(format!(
+                "unknown output format {text:?} (wide, json, yaml, jsonpath=TEMPLATE)"
+            )),
+        },
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -33,7 +54,7 @@ pub struct Args {
     #[arg(short = 'A', long = "all-namespaces")]
     pub all_namespaces: bool,
     /// Output format.
-    #[arg(short = 'o', long = "output", value_enum)]
+    #[arg(short = 'o', long = "output", value_parser = parse_output)]
     pub output: Option<Output>,
     /// Only objects with these labels (`app=httpbin,version=v1`).
     #[arg(short = 'l', long = "selector")]
@@ -69,9 +90,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 bail!("pods \"{name}\" not found");
             }
             let node_ip = local::ipam::GATEWAY.to_string();
-            match args.output {
-                Some(Output::Json | Output::Yaml) => render(
-                    args.output,
+            match &args.output {
+                Some(output @ (Output::Json | Output::Yaml | Output::JsonPath(_))) => render(
+                    output,
                     state
                         .pods
                         .iter()
@@ -82,7 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 wide => {
                     let node =
                         std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-                    table::pods(&state, ns, wide == Some(Output::Wide), now, node.trim())
+                    table::pods(&state, ns, wide == &Some(Output::Wide), now, node.trim())
                 }
             }
         }
@@ -95,13 +116,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             {
                 bail!("services \"{name}\" not found");
             }
-            match args.output {
-                Some(Output::Json | Output::Yaml) => render(
-                    args.output,
+            match &args.output {
+                Some(output @ (Output::Json | Output::Yaml | Output::JsonPath(_))) => render(
+                    output,
                     state.services.iter().map(table::service_object).collect(),
                     args.name.is_some(),
                 )?,
-                wide => table::services(&state, ns, wide == Some(Output::Wide), now),
+                wide => table::services(&state, ns, wide == &Some(Output::Wide), now),
             }
         }
         other => bail!(
@@ -112,16 +133,52 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn render(output: Option<Output>, mut items: Vec<Value>, single: bool) -> anyhow::Result<String> {
+fn render(output: &Output, mut items: Vec<Value>, single: bool) -> anyhow::Result<String> {
     let value = if single && items.len() == 1 {
         items.remove(0)
     } else {
         table::list(items)
     };
     Ok(match output {
-        Some(Output::Yaml) => api::yaml::to_yaml(&value)?,
+        Output::Yaml => api::yaml::to_yaml(&value)?,
+        Output::JsonPath(template) => jsonpath(template, &value)?,
         _ => serde_json::to_string_pretty(&value)? + "\n",
     })
+}
+
+/// kubectl's `-o jsonpath=TEMPLATE` on `value` (see the module's docs). An expression that
+/// matches nothing prints nothing, as kubectl's does.
+fn jsonpath(template: &str, value: &Value) -> anyhow::Result<String> {
+    use jsonpath_rust::JsonPath;
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let Some(close) = rest[open..].find('}') else {
+            bail!("jsonpath template {template:?}: unclosed '{{'");
+        };
+        let expression = rest[open + 1..open + close].trim();
+        let path = match expression {
+            "" | "." | "$" => "$".to_string(),
+            e if e.starts_with('$') => e.to_string(),
+            e if e.starts_with('.') || e.starts_with('[') => format!("${e}"),
+            e => format!("$.{e}"),
+        };
+        let found = value
+            .query(&path)
+            .map_err(|e| anyhow::anyhow!("jsonpath {{{expression}}}: {e}"))?;
+        let texts: Vec<String> = found
+            .into_iter()
+            .map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect();
+        out.push_str(&texts.join(" "));
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 fn parse_selector(text: Option<&str>) -> anyhow::Result<Vec<(String, String)>> {
@@ -138,4 +195,37 @@ fn parse_selector(text: Option<&str>) -> anyhow::Result<Vec<(String, String)>> {
             None => bail!("selector \"{p}\": use key=value"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn jsonpath_answers_istios_recipes() {
+        let svc = json!({
+            "spec": {"ports": [
+                {"name": "status-port", "port": 15021},
+                {"name": "http2", "port": 80, "nodePort": 8080},
+                {"name": "https", "port": 443, "nodePort": 8443},
+            ]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "127.0.0.1"}]}},
+        });
+        let run = |t: &str| jsonpath(t, &svc).unwrap();
+        assert_eq!(run("{.status.loadBalancer.ingress[0].ip}"), "127.0.0.1");
+        assert_eq!(run("{.spec.ports[?(@.name==\"http2\")].port}"), "80");
+        assert_eq!(run("{.spec.ports[?(@.name=='https')].nodePort}"), "8443");
+        assert_eq!(
+            run("host={.status.loadBalancer.ingress[0].hostname}!"),
+            "host=!"
+        );
+        assert_eq!(run("{.spec.ports[*].port}"), "15021 80 443");
+        assert!(jsonpath("{.spec", &svc).is_err());
+        assert_eq!(
+            parse_output("jsonpath={.a}"),
+            Ok(Output::JsonPath("{.a}".into()))
+        );
+        assert!(parse_output("xml").is_err());
+    }
 }

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use manifest::{SET_KEYS, Settings};
 
-/// Print the install manifests (CRDs, control plane, webhook), like `istioctl manifest`.
+/// Print the install manifests (CRDs, control plane, webhook, gateways), like `istioctl manifest`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(subcommand)]
@@ -43,7 +43,8 @@ pub struct GenerateArgs {
 }
 
 const SET_HELP: &str = "\
-Keys of --set: hub and tag (the image is <hub>/proxy:<tag>; values.global.hub and
+Keys of --set: profile (default: the ingress gateway istio-ingressgateway; demo: also the egress
+gateway istio-egressgateway; minimal: no gateway), hub and tag (the image is <hub>/proxy:<tag>; values.global.hub and
 values.global.tag are the same), values.global.istioNamespace (default istio-system),
 meshConfig.accessLogFile (such as /dev/stdout), meshConfig.accessLogEncoding (TEXT or JSON),
 meshConfig.trustDomain (default cluster.local).";

@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod delete;
+pub mod create;
 pub mod discovery;
 pub mod down;
 pub mod exec;

@@ -29,9 +29,13 @@ pub enum Xds {
 #[command(after_help = "\
 Each container runs the command of the pod-template annotation local.ama.dev/command (the first
 container; local.ama.dev/command.<container> for others), else its own command when that program
-exists here (`sleep infinity`). Namespaces labelled istio-injection=enabled get the sidecar, as
-with Istio's webhook. Runs as root, or as another user inside a user namespace where newuidmap
-and newgidmap (package uidmap) and subordinate ids (/etc/subuid, /etc/subgid) exist.")]
+exists here (`sleep infinity`). The annotation local.ama.dev/dns-names: \"api.external.test,...\"
+makes those names resolve to the pod (its first ready replica) in every pod and in discovery's
+namespace, as an outside DNS would: a pod standing for a server outside the cluster. Namespaces
+labelled istio-injection=enabled get the sidecar, as with Istio's webhook; the profile's gateways
+run in istio-system as ama proxy router. Runs as root, or as another user inside a user
+namespace where newuidmap and newgidmap (package uidmap) and subordinate ids (/etc/subuid,
+/etc/subgid) exist.")]
 pub struct Args {
     /// Directory (or file) of the YAML you would `kubectl apply`: Namespaces, Deployments,
     /// Services, Istio config, the ConfigMap istio (MeshConfig).
@@ -41,6 +45,18 @@ pub struct Args {
     /// Where the sidecars get their resources.
     #[arg(long, value_enum, default_value = "discovery")]
     pub xds: Xds,
+    /// Installation profile, as istioctl's: demo runs the ingress and egress gateways in
+    /// istio-system (what Istio's tasks assume), default only the ingress gateway, minimal none.
+    #[arg(long, default_value = "demo", value_parser = ["demo", "default", "minimal"])]
+    pub profile: String,
+    /// Host port (on 127.0.0.1) of the ingress gateway's port 80 (INGRESS_PORT); 0: any free
+    /// port. Default: 80 when free, else 8080.
+    #[arg(long, value_name = "PORT")]
+    pub ingress_port: Option<u16>,
+    /// Host port (on 127.0.0.1) of the ingress gateway's port 443 (SECURE_INGRESS_PORT); 0: any
+    /// free port. Default: 443 when free, else 8443.
+    #[arg(long, value_name = "PORT")]
+    pub secure_ingress_port: Option<u16>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -68,6 +84,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Xds::Discovery => XdsMode::Discovery,
         },
         ama: ama_binary()?,
+        profile: manifest::Profile::parse(&args.profile).unwrap_or_default(),
+        ingress_ports: (args.ingress_port, args.secure_ingress_port),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -175,8 +193,14 @@ impl Printer {
                 }
             })
         };
-        let client = state.pods.iter().find(|p| p.sidecar && !selected(p));
-        if let (Some(client), Some(svc)) = (client, state.services.first()) {
+        // The gateways of the profile are neither the user's client nor its server.
+        let own = |namespace: &str| namespace != local::gateways::NAMESPACE;
+        let client = state
+            .pods
+            .iter()
+            .find(|p| own(&p.namespace) && p.sidecar && !selected(p));
+        let service = state.services.iter().find(|s| own(&s.namespace));
+        if let (Some(client), Some(svc)) = (client, service) {
             let port = svc
                 .object
                 .pointer("/spec/ports/0/port")
@@ -194,10 +218,23 @@ impl Printer {
                 client.name
             ));
         }
-        if let Some(server) = state.pods.iter().find(|p| p.sidecar && selected(p)) {
+        if let Some(server) = state
+            .pods
+            .iter()
+            .find(|p| own(&p.namespace) && p.sidecar && selected(p))
+        {
             out.push_str(&format!(
                 "  ama logs {} -c istio-proxy -f{flag}\n",
                 server.name
+            ));
+        }
+        if let Some(ingress) = &state.ingress {
+            let port = |p: Option<u16>| p.map_or_else(|| "-".to_string(), |p| p.to_string());
+            out.push_str(&format!(
+                "  ingress gateway: export INGRESS_HOST={} INGRESS_PORT={} SECURE_INGRESS_PORT={}\n",
+                ingress.address,
+                port(ingress.http),
+                port(ingress.https)
             ));
         }
         out.push_str(&format!("  ama down{flag}   (or Ctrl-C here)"));
@@ -220,10 +257,12 @@ impl Observer for Printer {
             }
             Event::PodCreated(p) => {
                 self.created.insert(p.name.clone());
-                let sidecar = if p.sidecar {
-                    "with sidecar"
-                } else {
+                let sidecar = if !p.sidecar {
                     "no sidecar"
+                } else if local::gateways::runs_router(&p.object) {
+                    "gateway (ama proxy router)"
+                } else {
+                    "with sidecar"
                 };
                 let text = format!(
                     "pod/{} created   {}   {}   {sidecar}",
