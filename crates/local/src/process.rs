@@ -56,8 +56,13 @@ pub fn command(
         .env("PATH", path)
         .env("HOME", if user.is_some() { "/" } else { "/root" })
         .env("HOSTNAME", hostname);
-    if let Some(term) = std::env::var_os("TERM") {
-        cmd.env("TERM", term);
+    // The terminal, and the machine's trust store as `ama up` was given it: the pods share the
+    // machine's files, so its CA certificates stand for the ones a container image carries (the
+    // proxies' TLS origination and discovery's jwksUri fetches verify servers with them).
+    for name in ["TERM", "SSL_CERT_FILE", "SSL_CERT_DIR"] {
+        if let Some(value) = std::env::var_os(name) {
+            cmd.env(name, value);
+        }
     }
     for (k, v) in env {
         cmd.env(k, v);
