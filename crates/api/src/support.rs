@@ -31,12 +31,18 @@
 //!   inline `jwks` that is no JSON Web Key Set and a rule with neither `jwks` nor `jwksUri` whose
 //!   issuer is no URL: both reject every token of their issuer (401). Targets as for
 //!   AuthorizationPolicy.
-//! - Gateway, ServiceEntry, Sidecar and the other Istio kinds: not implemented.
+//! - ServiceEntry: `hosts` (wildcards too), `addresses` (IPs and one-address CIDRs),
+//!   `ports` (all but UDP), `location`, `resolution` (NONE, STATIC, DNS, DNS_ROUND_ROBIN),
+//!   `endpoints` (`address` by IP or name, `ports`, `labels`, `serviceAccount`),
+//!   `workloadSelector` and `exportTo`; not `subjectAltNames`, endpoint `network`, `locality`
+//!   and `weight`, unix socket endpoints, wider CIDRs.
+//! - Gateway, Sidecar and the other Istio kinds: not implemented.
 //! - Services and EndpointSlices: all but `type: ExternalName` and FQDN endpoints.
 //! - Pods and pod templates: the injection annotations [`crate::overrides`] reads.
 //! - The MeshConfig of the ConfigMap `istio`: `trustDomain`, `enablePrometheusMerge`,
-//!   `accessLogFile`, `accessLogEncoding`, `enableAutoMtls: true` and `defaultConfig.{discoveryAddress, statusPort,
-//!   interceptionMode, proxyMetadata, concurrency}`.
+//!   `accessLogFile`, `accessLogEncoding`, `enableAutoMtls: true`, `outboundTrafficPolicy.mode`
+//!   and `defaultConfig.{discoveryAddress, statusPort, interceptionMode, proxyMetadata,
+//!   concurrency}`.
 //! - Kinds Ama does not read at all (Secret, Telemetry, EnvoyFilter, …): one finding each, except
 //!   ServiceAccount (its name, the pods' identity, needs no object).
 //!
@@ -221,6 +227,7 @@ static MESH_CONFIG: Node = Fields(
         ("accessLogFile", Done),
         ("accessLogEncoding", Done),
         ("enableAutoMtls", Node::Value(auto_mtls)),
+        ("outboundTrafficPolicy", Fields(&[("mode", Done)], IGNORED)),
         (
             "defaultConfig",
             Fields(
@@ -237,6 +244,66 @@ static MESH_CONFIG: Node = Fields(
     ],
     IGNORED,
 );
+
+static SERVICE_ENTRY: Node = Fields(
+    &[
+        ("hosts", Done),
+        ("addresses", Each(&Node::Value(service_entry_address))),
+        (
+            "ports",
+            Each(&Fields(
+                &[
+                    ("number", Done),
+                    ("protocol", Node::Value(service_entry_protocol)),
+                    ("name", Done),
+                    ("targetPort", Done),
+                ],
+                IGNORED,
+            )),
+        ),
+        ("location", Done),
+        ("resolution", Done),
+        (
+            "endpoints",
+            Each(&Fields(
+                &[
+                    ("address", Node::Value(service_entry_endpoint)),
+                    ("ports", Done),
+                    ("labels", Done),
+                    ("serviceAccount", Done),
+                ],
+                IGNORED,
+            )),
+        ),
+        ("workloadSelector", Done),
+        ("exportTo", Done),
+    ],
+    IGNORED,
+);
+
+fn service_entry_address(v: &Value) -> Option<String> {
+    let a = v.as_str()?;
+    let (ip, len) = a.split_once('/')?;
+    let full = if ip.contains(':') { "128" } else { "32" };
+    (len != full).then(|| {
+        format!(
+            "{a}: a CIDR range of more than one address is not implemented by Ama (routing by \
+             destination subnet); this address is left out"
+        )
+    })
+}
+
+fn service_entry_protocol(v: &Value) -> Option<String> {
+    v.as_str()
+        .filter(|p| p.eq_ignore_ascii_case("UDP"))
+        .map(|p| format!("{p}: not implemented by Ama; the port is left out"))
+}
+
+fn service_entry_endpoint(v: &Value) -> Option<String> {
+    v.as_str()
+        .filter(|a| a.starts_with("unix://"))
+        .map(|a| format!("{a}: unix socket endpoints are not implemented by Ama; left out"))
+}
 
 static DESTINATION_RULE: Node = Fields(
     &[
@@ -532,7 +599,8 @@ pub fn not_implemented(object: &Object, value: &Value) -> Vec<(Severity, Problem
                 &mut p,
             );
         }
-        Object::Gateway(_) | Object::ServiceEntry(_) | Object::Sidecar(_) => p.add("kind", IGNORED),
+        Object::ServiceEntry(_) => walk(spec, &SERVICE_ENTRY, "spec", &mut p),
+        Object::Gateway(_) | Object::Sidecar(_) => p.add("kind", IGNORED),
         Object::Workload(w) => annotations(
             &w.template.metadata.annotations,
             "spec.template.metadata.annotations",
@@ -1021,7 +1089,38 @@ data:
             w,
             [
                 "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.defaultConfig.holdApplicationUntilProxyStarts: not implemented by Ama; ignored",
-                "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.outboundTrafficPolicy: not implemented by Ama; ignored",
+            ]
+        );
+    }
+
+    #[test]
+    fn service_entry() {
+        let w = warnings(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext}
+spec:
+  hosts: [api.example.com, '*.example.org']
+  addresses: [240.0.0.1, 240.0.0.2/32, 240.0.1.0/24]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports:
+  - {number: 80, name: http, protocol: HTTP, targetPort: 8080}
+  - {number: 53, name: dns, protocol: UDP}
+  endpoints:
+  - {address: api.example.com, ports: {http: 8081}, labels: {v: a}, locality: r/z, weight: 2}
+  subjectAltNames: [api.example.com]
+  exportTo: ['.']
+",
+        );
+        assert_eq!(
+            w,
+            [
+                "x.yaml:doc 1: ServiceEntry default/ext: spec.addresses[2]: 240.0.1.0/24: a CIDR range of more than one address is not implemented by Ama (routing by destination subnet); this address is left out",
+                "x.yaml:doc 1: ServiceEntry default/ext: spec.endpoints[0].locality: not implemented by Ama; ignored",
+                "x.yaml:doc 1: ServiceEntry default/ext: spec.endpoints[0].weight: not implemented by Ama; ignored",
+                "x.yaml:doc 1: ServiceEntry default/ext: spec.ports[1].protocol: UDP: not implemented by Ama; the port is left out",
+                "x.yaml:doc 1: ServiceEntry default/ext: spec.subjectAltNames: not implemented by Ama; ignored",
             ]
         );
     }

@@ -183,7 +183,7 @@ impl Published {
         let model = Arc::clone(&self.model);
         let me = self.index.find(&model, key);
         let (ns, policies) = self.views(&view_key(&model, key, me), previous);
-        let current = node_ref(key, me);
+        let current = node_ref(&model, key, me);
         if current != node.0 {
             node.1 = node_view(&current, Some(&node.1));
             node.0 = current;

@@ -145,22 +145,36 @@ pub fn view_key(model: &Model, proxy: &ProxyKey, me: Option<&xds::Workload>) -> 
     }
 }
 
-/// The proxy's own resource: its pod, namespace and address, and its workload's uid.
-pub fn node_ref(proxy: &ProxyKey, me: Option<&xds::Workload>) -> NodeRef {
+/// The proxy's own resource: its pod, namespace and address, its workload's uid, and the
+/// outbound traffic policy in force for it.
+pub fn node_ref(model: &Model, proxy: &ProxyKey, me: Option<&xds::Workload>) -> NodeRef {
     NodeRef {
         uid: me.map(|w| w.uid.clone()),
         name: Some(proxy.pod_name.clone()),
         namespace: Some(proxy.namespace.clone()),
         addresses: vec![proxy.ip],
+        outbound_traffic_policy: outbound_traffic_policy(model, &proxy.namespace, me),
     }
+}
+
+/// The outbound traffic policy of a proxy in `namespace` whose workload is `me`: the
+/// MeshConfig's.
+pub fn outbound_traffic_policy(
+    model: &Model,
+    _namespace: &str,
+    _me: Option<&xds::Workload>,
+) -> xds::OutboundTrafficPolicy {
+    model.outbound_traffic_policy
 }
 
 /// The resources of the proxy `proxy`.
 pub fn proxy_resources(model: &Model, proxy: &ProxyKey) -> ProxyResources {
     let me = find_workload(model, proxy);
     let shared = shared_resources(model, &view_key(model, proxy, me));
+    let node = node_ref(model, proxy, me);
     ProxyResources {
-        node: Some(node_ref(proxy, me)),
+        outbound_traffic_policy: node.outbound_traffic_policy,
+        node: Some(node),
         workloads: model.workloads.clone(),
         services: shared.services,
         http_routes: shared.http_routes,

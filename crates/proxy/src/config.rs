@@ -218,10 +218,12 @@ impl ServiceEntry {
                     .map(|p| p.effective(sp.port, subset.map(|s| s.name.as_str())))
                     .unwrap_or_default();
                 let sub = subset.map(|s| s.name.as_str()).unwrap_or("");
-                let tls_off = settings
-                    .tls
-                    .as_ref()
-                    .is_some_and(|t| t.mode == xds::ClientTlsMode::Disable);
+                // MESH_EXTERNAL endpoints never get Istio mTLS.
+                let tls_off = s.mesh_external
+                    || settings
+                        .tls
+                        .as_ref()
+                        .is_some_and(|t| t.mode == xds::ClientTlsMode::Disable);
                 // TLS origination (SIMPLE, MUTUAL) is not implemented: the cluster gets no
                 // endpoint (503 UH), never plaintext where TLS was asked for.
                 let originate = settings.tls.as_ref().is_some_and(|t| {
@@ -263,11 +265,16 @@ impl ServiceEntry {
                     .collect();
                 let name: Arc<str> =
                     Arc::from(format!("outbound|{}|{sub}|{}", sp.port, s.hostname));
-                let lb = settings
-                    .load_balancer
-                    .as_ref()
-                    .and_then(|lb| lb.simple)
-                    .unwrap_or(s.lb_policy);
+                let lb = if s.resolution == xds::Resolution::None {
+                    // No endpoints: Envoy's ORIGINAL_DST cluster, whatever the balancer.
+                    xds::LbPolicy::Passthrough
+                } else {
+                    settings
+                        .load_balancer
+                        .as_ref()
+                        .and_then(|lb| lb.simple)
+                        .unwrap_or(s.lb_policy)
+                };
                 let state = registry.cluster(&name, settings.connection_pool.as_ref());
                 clusters.push(Arc::new(Cluster::new(
                     name,
@@ -307,6 +314,13 @@ pub struct Snapshot {
     pub services: Vec<Arc<ServiceEntry>>,
     by_vip: FxHashMap<(IpAddr, u16), Arc<ServiceEntry>>,
     by_host: HashMap<String, Arc<ServiceEntry>>,
+    /// ServiceEntry hosts `*.suffix`, by suffix, longest (most specific) first.
+    wildcard_hosts: Vec<(String, Arc<ServiceEntry>)>,
+    /// Ports of ServiceEntry hosts that have no VIP: a connection there is routed by its SNI.
+    sni_ports: FxHashSet<u16>,
+    /// What outbound traffic no service claims gets (MeshConfig / Sidecar
+    /// `outboundTrafficPolicy`).
+    pub outbound_policy: xds::OutboundTrafficPolicy,
     workloads_by_ip: FxHashMap<IpAddr, Arc<PeerInfo>>,
     workloads_by_uid: HashMap<String, Arc<PeerInfo>>,
     routes_by_host: HashMap<String, Arc<CompiledRoutes>>,
@@ -320,6 +334,7 @@ impl Snapshot {
         cfg: &ProxyConfig,
         version: u64,
         registry: &Registry,
+        dns: &crate::dns::DnsTable,
     ) -> Result<Snapshot, xds::ValidationErrors> {
         let node = resources.node.clone().unwrap_or_default();
         let name = node.name.clone().or_else(|| cfg.pod_name.clone());
@@ -390,8 +405,17 @@ impl Snapshot {
         let mut services = Vec::new();
         let mut by_vip = FxHashMap::default();
         let mut by_host = HashMap::new();
+        let mut wildcard_hosts = Vec::new();
+        let mut sni_ports = FxHashSet::default();
         let mut inbound_by_port = HashMap::new();
         for s in &resources.services {
+            let resolved;
+            let s = if s.dns_endpoints.is_empty() {
+                s
+            } else {
+                resolved = dns.with_endpoints(s);
+                &resolved
+            };
             let policy = policies.get(s.hostname.as_str()).cloned();
             let peers: Vec<Option<Arc<PeerInfo>>> = s
                 .endpoints
@@ -411,11 +435,24 @@ impl Snapshot {
                     by_vip.insert((*vip, p.port), entry.clone());
                 }
             }
-            by_host.insert(s.hostname.clone(), entry.clone());
-            by_host.insert(format!("{}.{}", s.name, s.namespace), entry.clone());
-            by_host.insert(format!("{}.{}.svc", s.name, s.namespace), entry.clone());
-            if namespace.as_deref() == Some(s.namespace.as_str()) {
-                by_host.insert(s.name.clone(), entry.clone());
+            if s.is_service_entry() {
+                // A ServiceEntry host is known only as written (Istio adds no short forms).
+                match s.wildcard_suffix() {
+                    Some(suffix) => wildcard_hosts.push((suffix.to_string(), entry.clone())),
+                    None => {
+                        by_host.insert(s.hostname.clone(), entry.clone());
+                    }
+                }
+                if s.vips.is_empty() {
+                    sni_ports.extend(s.ports.iter().map(|p| p.port));
+                }
+            } else {
+                by_host.insert(s.hostname.clone(), entry.clone());
+                by_host.insert(format!("{}.{}", s.name, s.namespace), entry.clone());
+                by_host.insert(format!("{}.{}.svc", s.name, s.namespace), entry.clone());
+                if namespace.as_deref() == Some(s.namespace.as_str()) {
+                    by_host.insert(s.name.clone(), entry.clone());
+                }
             }
             for ep in &s.endpoints {
                 let mine = self_addrs.contains(&ep.address)
@@ -450,8 +487,12 @@ impl Snapshot {
         if !errors.is_empty() {
             return Err(xds::ValidationErrors(errors));
         }
+        wildcard_hosts.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
         Ok(Snapshot {
             version,
+            outbound_policy: resources.outbound_policy(),
+            wildcard_hosts,
+            sni_ports,
             resources: Arc::new(resources),
             me,
             me_info: Arc::new(me_info),
@@ -471,13 +512,32 @@ impl Snapshot {
     }
 
     /// The service named by an HTTP authority (`httpbin-service`, `httpbin-service.default`,
-    /// the FQDN; a `:port` suffix is ignored).
+    /// the FQDN, a ServiceEntry host or one its wildcard covers, the most specific first; a
+    /// `:port` suffix is ignored).
     pub fn service_by_host(&self, authority: &str) -> Option<&Arc<ServiceEntry>> {
-        let host = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => authority,
-        };
-        self.by_host.get(host)
+        let host = crate::route::strip_port(authority);
+        self.by_host.get(host).or_else(|| {
+            self.wildcard_hosts
+                .iter()
+                .find(|(suffix, _)| {
+                    host.len() > suffix.len() && ends_with_ignore_case(host, suffix)
+                })
+                .map(|(_, e)| e)
+        })
+    }
+
+    /// Whether a connection to `port` that no VIP claims may name a ServiceEntry host by SNI.
+    pub fn routes_by_sni_on(&self, port: u16) -> bool {
+        self.sni_ports.contains(&port)
+    }
+
+    /// Every name the proxy resolves for DNS endpoints, with whether it keeps one address only
+    /// (`DNS_ROUND_ROBIN`).
+    pub fn dns_names(&self) -> impl Iterator<Item = &str> {
+        self.resources
+            .services
+            .iter()
+            .flat_map(|s| s.dns_endpoints.iter().map(|e| e.hostname.as_str()))
     }
 
     /// The labels of the workload at `ip`, if known.
@@ -520,6 +580,12 @@ impl Snapshot {
     }
 }
 
+/// Whether `host` ends with `suffix`, ignoring ASCII case (host names are case-insensitive).
+fn ends_with_ignore_case(host: &str, suffix: &str) -> bool {
+    host.len() >= suffix.len()
+        && host.as_bytes()[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+}
+
 /// The current snapshot, swapped atomically on reload.
 #[derive(Debug)]
 pub struct ConfigStore {
@@ -527,6 +593,7 @@ pub struct ConfigStore {
     next_version: AtomicU64,
     cfg: Arc<ProxyConfig>,
     registry: Registry,
+    dns: crate::dns::DnsTable,
 }
 
 impl ConfigStore {
@@ -537,12 +604,14 @@ impl ConfigStore {
         cfg: Arc<ProxyConfig>,
     ) -> Result<ConfigStore, xds::ValidationErrors> {
         let registry = Registry::default();
-        let snap = Snapshot::build(resources, &cfg, 1, &registry)?;
+        let dns = crate::dns::DnsTable::default();
+        let snap = Snapshot::build(resources, &cfg, 1, &registry, &dns)?;
         Ok(ConfigStore {
             current: ArcSwap::from_pointee(snap),
             next_version: AtomicU64::new(2),
             cfg,
             registry,
+            dns,
         })
     }
 
@@ -563,6 +632,7 @@ impl ConfigStore {
             &self.cfg,
             version,
             &self.registry,
+            &self.dns,
         )?);
         self.current.store(snap.clone());
         let mut names = FxHashSet::default();
@@ -573,6 +643,17 @@ impl ConfigStore {
         }
         self.registry.retain(&names, &addrs);
         Ok(version)
+    }
+
+    /// The answers of the names of DNS endpoints ([`crate::dns`]).
+    pub fn dns(&self) -> &crate::dns::DnsTable {
+        &self.dns
+    }
+
+    /// Rebuilds the snapshot in force from its own resources, after DNS answers changed.
+    pub fn refresh(&self) -> Result<u64, xds::ValidationErrors> {
+        let current = self.load();
+        self.apply((*current.resources).clone())
     }
 }
 

@@ -161,6 +161,14 @@ pub(super) async fn handle(
                 Err(RouteError::NoCluster) => {
                     return Ok(LocalReply::NO_CLUSTER.respond(&ctx, log, reply_to));
                 }
+                Err(RouteError::Blocked) => {
+                    let authority = (!view.authority.is_empty()).then_some(view.authority);
+                    let target = crate::route::blackhole(ctx.orig_dst, authority);
+                    let rec = log.rec();
+                    rec.labels = request_labels(&ctx, &snap, &target, None, None);
+                    rec.route_name = target.route_name.clone();
+                    return Ok(LocalReply::BLOCKED.respond(&ctx, log, reply_to));
+                }
             }
         }
     };

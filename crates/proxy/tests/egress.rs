@@ -1,0 +1,233 @@
+//! Egress: `outboundTrafficPolicy` (ALLOW_ANY passes unknown destinations through,
+//! REGISTRY_ONLY answers HTTP 502 from `block_all` and closes TCP on `BlackHoleCluster`), and
+//! ServiceEntry hosts (by Host header without a VIP, wildcards, `resolution: NONE` and `DNS`)
+//! with the VirtualService features that apply per host.
+
+mod harness;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use harness::{App, Sidecar};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The proxy's own workload, and `extra` (services, routes, policy) after it.
+fn resources(extra: &str) -> String {
+    format!(
+        r#"
+self: {{name: sleep-5d8c7f9b4-x2x7k, namespace: default}}
+{extra}
+"#
+    )
+}
+
+/// An external address the app "dials": never dialled itself when a STATIC/DNS ServiceEntry
+/// claims the host (TEST-NET-3).
+fn external(port: u16) -> SocketAddr {
+    SocketAddr::from(([203, 0, 113, 7], port))
+}
+
+#[tokio::test]
+async fn allow_any_passes_unknown_destinations_through() {
+    let app = App::start("outside").await;
+    let sidecar = Sidecar::builder(&resources("")).start().await;
+    let (resp, _) = sidecar.get(app.addr, "outside.example", "/get").await;
+    assert_eq!(resp.status(), 200);
+    let line = &sidecar.log_lines(1).await[0];
+    assert_eq!(line["upstream_cluster"], "PassthroughCluster");
+    assert_eq!(line["route_name"], "allow_any");
+}
+
+#[tokio::test]
+async fn registry_only_answers_http_502_from_block_all() {
+    let app = App::start("outside").await;
+    let sidecar = Sidecar::builder(&resources("outboundTrafficPolicy: REGISTRY_ONLY"))
+        .start()
+        .await;
+    let (resp, body) = sidecar.get(app.addr, "outside.example", "/get").await;
+    assert_eq!(resp.status(), 502);
+    assert!(body.is_empty(), "{body:?}");
+    assert_eq!(app.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let line = &sidecar.log_lines(1).await[0];
+    assert_eq!(line["route_name"], "block_all", "{line}");
+    assert_eq!(line["response_code_details"], "direct_response", "{line}");
+    assert_eq!(line["response_flags"], "-", "{line}");
+    assert!(
+        line["upstream_cluster"].is_null() || line["upstream_cluster"] == "-",
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn registry_only_closes_tcp_on_blackhole_cluster() {
+    let server = harness::banner_server().await;
+    let sidecar = Sidecar::builder(&resources("outboundTrafficPolicy: REGISTRY_ONLY"))
+        .start()
+        .await;
+    let mut conn = sidecar.connect_outbound(server).await;
+    conn.write_all(b"EHLO client\r\n").await.expect("write");
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+        .await
+        .expect("the proxy closes the connection within 10 s");
+    // Closed (EOF) or reset: nothing of the server's banner comes through.
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let line = &sidecar.log_lines(1).await[0];
+    assert_eq!(line["upstream_cluster"], "BlackHoleCluster", "{line}");
+    assert_eq!(line["response_flags"], "UH", "{line}");
+}
+
+/// A MESH_EXTERNAL ServiceEntry host without VIP, STATIC on the app, with `extra` after it.
+fn service_entry(app: SocketAddr, extra: &str) -> String {
+    resources(&format!(
+        r#"
+outboundTrafficPolicy: REGISTRY_ONLY
+services:
+- hostname: api.external.test
+  name: api.external.test
+  namespace: default
+  meshExternal: true
+  resolution: STATIC
+  ports: [{{name: http, port: 80, protocol: HTTP}}]
+  endpoints: [{{address: {}, ports: {{80: {}}}}}]
+{extra}
+"#,
+        app.ip(),
+        app.port()
+    ))
+}
+
+#[tokio::test]
+async fn service_entry_host_is_routed_by_host_header_under_registry_only() {
+    let app = App::start("api").await;
+    let sidecar = Sidecar::builder(&service_entry(app.addr, "")).start().await;
+    // The app resolved the host to some address and dialled its port 80.
+    for host in ["api.external.test", "api.external.test:80"] {
+        let (resp, body) = sidecar.get(external(80), host, "/get").await;
+        assert_eq!(resp.status(), 200, "{host}");
+        assert_eq!(harness::json(&body)["app"], "api");
+    }
+    // Another host on the same address is still blocked.
+    let (resp, _) = sidecar
+        .get(external(80), "other.external.test", "/get")
+        .await;
+    assert_eq!(resp.status(), 502);
+    let lines = sidecar.log_lines(3).await;
+    assert_eq!(
+        lines[0]["upstream_cluster"],
+        "outbound|80||api.external.test"
+    );
+    assert_eq!(lines[0]["upstream_host"], app.addr.to_string());
+    assert_eq!(lines[2]["route_name"], "block_all");
+}
+
+#[tokio::test]
+async fn virtual_service_on_a_service_entry_host_applies_timeout_and_fault() {
+    let app = App::start("api").await;
+    let routes = r#"
+httpRoutes:
+- name: default/api
+  hosts: [api.external.test]
+  http:
+  - match: [{uri: {prefix: /abort}}]
+    fault: {abort: {status: {http: 418}, perMillion: 1000000}}
+    route: [{host: api.external.test}]
+  - match: [{uri: {prefix: /hold}}]
+    timeoutMs: 200
+    route: [{host: api.external.test}]
+  - route: [{host: api.external.test}]
+"#;
+    let sidecar = Sidecar::builder(&service_entry(app.addr, routes))
+        .start()
+        .await;
+    let (resp, _) = sidecar
+        .get(external(80), "api.external.test", "/abort")
+        .await;
+    assert_eq!(resp.status(), 418);
+    let (resp, _) = sidecar
+        .get(external(80), "api.external.test", "/hold")
+        .await;
+    assert_eq!(resp.status(), 504);
+    app.release();
+    let lines = sidecar.log_lines(2).await;
+    assert_eq!(lines[0]["response_flags"], "FI", "{}", lines[0]);
+    assert_eq!(lines[1]["response_flags"], "UT", "{}", lines[1]);
+    assert_eq!(
+        lines[1]["upstream_cluster"],
+        "outbound|80||api.external.test"
+    );
+}
+
+#[tokio::test]
+async fn wildcard_host_with_resolution_none_goes_to_the_dialled_address() {
+    let app = App::start("wiki").await;
+    let port = app.addr.port();
+    let yaml = resources(&format!(
+        r#"
+outboundTrafficPolicy: REGISTRY_ONLY
+services:
+- hostname: "*.wikipedia.test"
+  name: "*.wikipedia.test"
+  namespace: default
+  meshExternal: true
+  resolution: NONE
+  ports: [{{name: http, port: {port}, protocol: HTTP}}]
+"#
+    ));
+    let sidecar = Sidecar::builder(&yaml).start().await;
+    let (resp, body) = sidecar.get(app.addr, "en.wikipedia.test", "/get").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(harness::json(&body)["app"], "wiki");
+    // The bare suffix is not covered by the wildcard.
+    let (resp, _) = sidecar.get(app.addr, "wikipedia.test", "/get").await;
+    assert_eq!(resp.status(), 502);
+    let lines = sidecar.log_lines(2).await;
+    assert_eq!(
+        lines[0]["upstream_cluster"],
+        format!("outbound|{port}||*.wikipedia.test")
+    );
+}
+
+#[tokio::test]
+async fn dns_endpoint_is_resolved_off_the_request_path() {
+    let app = App::start("dns").await;
+    let yaml = resources(&format!(
+        r#"
+outboundTrafficPolicy: REGISTRY_ONLY
+services:
+- hostname: api.external.test
+  name: api.external.test
+  namespace: default
+  meshExternal: true
+  resolution: DNS
+  ports: [{{name: http, port: 80, protocol: HTTP}}]
+  dnsEndpoints: [{{hostname: localhost, ports: {{80: {}}}}}]
+"#,
+        app.addr.port()
+    ));
+    let sidecar = Sidecar::builder(&yaml).start().await;
+    // The first answer arrives in the background: until then the cluster has no endpoint.
+    let mut last = 0;
+    for _ in 0..100 {
+        let (resp, _) = sidecar.get(external(80), "api.external.test", "/get").await;
+        last = resp.status().as_u16();
+        if last == 200 {
+            break;
+        }
+        assert_eq!(last, 503, "before the answer: no healthy upstream");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last, 200, "localhost never resolved");
+    let snap = sidecar.store.load();
+    let entry = snap
+        .service_by_host("api.external.test")
+        .expect("the host is known");
+    assert!(
+        entry.clusters[0]
+            .endpoints
+            .iter()
+            .all(|e| e.addr.ip().is_loopback() && e.addr.port() == app.addr.port()),
+        "{:?}",
+        entry.clusters[0].endpoints
+    );
+}
