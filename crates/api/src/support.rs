@@ -12,11 +12,12 @@
 //!   `fault.abort.http2Error` (Istio's sidecars ignore it as well), `match.statPrefix` and the
 //!   deprecated `tcp[].match[].sourceSubnet`.
 //! - DestinationRule: all of it (host, port-level and subset policies, load balancing with
-//!   consistent hashing, connection pool, outlier detection, TLS, `workloadSelector`,
+//!   consistent hashing, connection pool, outlier detection, TLS (Istio mTLS, and TLS
+//!   origination with `SIMPLE` and `MUTUAL`), `workloadSelector`,
 //!   `exportTo`), except `localityLbSetting` (no localities), `warmup`/`warmupDurationSecs`,
 //!   `tunnel`, `proxyProtocol`, `connectionPool.http.maxConcurrentStreams`,
-//!   `httpCookie.attributes`, `tls.credentialName`, `tls.caCrl`, and the deprecated
-//!   `outlierDetection.consecutiveErrors` (which Istio ignores too).
+//!   `httpCookie.attributes`, `tls.credentialName` (gateways only, in Istio), `tls.caCrl`, and
+//!   the deprecated `outlierDetection.consecutiveErrors` (which Istio ignores too).
 //! - PeerAuthentication: all of it.
 //! - AuthorizationPolicy: all of it (selector, namespace- and mesh-wide policies, `targetRef(s)`
 //!   to a Service, ALLOW, DENY and AUDIT, every field of `from`, `to` and `when`, the
@@ -421,7 +422,7 @@ const OUTLIER_DETECTION: Node = Fields(
 );
 const CLIENT_TLS: Node = Fields(
     &[
-        ("mode", Node::Value(client_tls_mode)),
+        ("mode", Done),
         ("sni", Done),
         ("subjectAltNames", Done),
         ("caCertificates", Done),
@@ -515,19 +516,10 @@ fn consecutive_errors(_: &Value) -> Option<String> {
 
 fn credential_name(_: &Value) -> Option<String> {
     Some(
-        "not implemented by Ama (the proxy reads no secrets); ignored: the files given, if any, \
-         are used"
+        "not supported on sidecars (Istio reads it only on gateways; the proxy reads no \
+         secrets); ignored: the files given, if any, are used"
             .into(),
     )
-}
-
-fn client_tls_mode(v: &Value) -> Option<String> {
-    matches!(v.as_str(), Some("SIMPLE" | "MUTUAL")).then(|| {
-        format!(
-            "{}: TLS origination from the sidecar is not implemented by Ama; the destination's endpoints are refused (503 UH) rather than reached in plaintext",
-            v.as_str().unwrap_or_default()
-        )
-    })
 }
 
 fn auto_mtls(v: &Value) -> Option<String> {
@@ -1055,8 +1047,7 @@ spec: {}
             w,
             [
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.caCrl: not implemented by Ama; ignored",
-                "x.yaml:doc 1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.credentialName: not implemented by Ama (the proxy reads no secrets); ignored: the files given, if any, are used",
-                "x.yaml:doc 1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.mode: SIMPLE: TLS origination from the sidecar is not implemented by Ama; the destination's endpoints are refused (503 UH) rather than reached in plaintext",
+                "x.yaml:doc 1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.credentialName: not supported on sidecars (Istio reads it only on gateways; the proxy reads no secrets); ignored: the files given, if any, are used",
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.connectionPool.http.maxConcurrentStreams: not implemented by Ama; ignored",
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.attributes: not implemented by Ama; ignored",
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.loadBalancer.localityLbSetting: not implemented by Ama (its endpoints have no localities); ignored",

@@ -187,6 +187,9 @@ pub struct ServiceEntry {
     pub clusters: Vec<Arc<Cluster>>,
     /// Service port of each cluster (parallel to `clusters`).
     cluster_ports: Vec<u16>,
+    /// TLS origination of each cluster (parallel to `clusters`), for the endpoints made per
+    /// request (`resolution: NONE`, `PASSTHROUGH`).
+    originations: Vec<Option<Arc<crate::originate::Origination>>>,
 }
 
 impl ServiceEntry {
@@ -200,6 +203,14 @@ impl ServiceEntry {
             .map(|(c, _)| c)
     }
 
+    /// The TLS origination of `cluster` (one of ours), if its policy asks for it.
+    pub fn origination(&self, cluster: &Cluster) -> Option<&Arc<crate::originate::Origination>> {
+        self.clusters
+            .iter()
+            .position(|c| std::ptr::eq(&**c, cluster))
+            .and_then(|i| self.originations[i].as_ref())
+    }
+
     fn build(
         s: &Service,
         policy: Option<Arc<TrafficPolicy>>,
@@ -208,6 +219,7 @@ impl ServiceEntry {
     ) -> ServiceEntry {
         let mut clusters = Vec::new();
         let mut cluster_ports = Vec::new();
+        let mut originations = Vec::new();
         let subsets: Vec<Option<&xds::Subset>> = std::iter::once(None)
             .chain(policy.iter().flat_map(|p| p.subsets.iter().map(Some)))
             .collect();
@@ -224,19 +236,28 @@ impl ServiceEntry {
                         .tls
                         .as_ref()
                         .is_some_and(|t| t.mode == xds::ClientTlsMode::Disable);
-                // TLS origination (SIMPLE, MUTUAL) is not implemented: the cluster gets no
-                // endpoint (503 UH), never plaintext where TLS was asked for.
-                let originate = settings.tls.as_ref().is_some_and(|t| {
-                    matches!(
-                        t.mode,
-                        xds::ClientTlsMode::Simple | xds::ClientTlsMode::Mutual
-                    )
-                });
+                // DestinationRule SIMPLE / MUTUAL: TLS origination ([`crate::originate`]), one
+                // config per cluster, in place of Istio mTLS.
+                let origination = settings
+                    .tls
+                    .as_ref()
+                    .filter(|t| {
+                        matches!(
+                            t.mode,
+                            xds::ClientTlsMode::Simple | xds::ClientTlsMode::Mutual
+                        )
+                    })
+                    .map(|t| {
+                        crate::originate::Origination::new(
+                            t,
+                            &s.hostname,
+                            sp.effective_protocol().is_http2(),
+                        )
+                    });
                 let endpoints: Vec<Endpoint> = s
                     .endpoints
                     .iter()
                     .zip(peers)
-                    .filter(|_| !originate)
                     .filter(|(ep, _)| {
                         subset.is_none_or(|ss| {
                             ss.labels.iter().all(|(k, v)| ep.labels.get(k) == Some(v))
@@ -244,16 +265,18 @@ impl ServiceEntry {
                     })
                     .map(|(ep, peer)| {
                         let addr = SocketAddr::new(ep.address, s.endpoint_port(ep, sp));
-                        let tls = if tls_off {
-                            None
-                        } else {
-                            crate::tls::PeerTls::for_endpoint(
+                        let tls = match &origination {
+                            Some(o) => {
+                                Some(crate::tls::PeerTls::originating(o.clone(), ep.address))
+                            }
+                            None if tls_off => None,
+                            None => crate::tls::PeerTls::for_endpoint(
                                 sp.port,
                                 sub,
                                 &s.hostname,
                                 ep,
                                 peer.as_deref(),
-                            )
+                            ),
                         };
                         Endpoint {
                             addr,
@@ -285,11 +308,13 @@ impl ServiceEntry {
                     state,
                 )));
                 cluster_ports.push(sp.port);
+                originations.push(origination);
             }
         }
         ServiceEntry {
             clusters,
             cluster_ports,
+            originations,
             policy,
             hostname: Arc::from(s.hostname.as_str()),
             name: Arc::from(s.name.as_str()),

@@ -52,6 +52,7 @@ pub mod identity_source;
 pub mod inbound;
 pub mod listener;
 pub mod orig_dst;
+pub mod originate;
 pub mod outbound;
 pub mod outlier;
 pub mod per_snapshot;

@@ -279,15 +279,12 @@ async fn forward_tcp<D>(
     rec.upstream_host = Some(ep.addr);
     let mut labels = labels_for(ctx, &snap, Some(target), ep.peer.clone());
     let _in_flight = ep.start();
-    let peer_tls = ctx.pi.tls.as_ref().and(ep.tls.clone());
-    let tls = match (&ctx.pi.tls, &peer_tls) {
-        (Some(mesh), Some(peer)) => Some(UpstreamTls {
-            mesh,
-            peer,
-            protocol: identity::AppProtocol::Tcp,
-        }),
-        _ => None,
-    };
+    let peer_tls = crate::tls::upstream_peer(ctx.pi.tls.as_ref(), &ep.tls);
+    let tls = peer_tls.as_deref().map(|peer| UpstreamTls {
+        mesh: ctx.pi.tls.as_deref(),
+        peer,
+        protocol: identity::AppProtocol::Tcp,
+    });
     let timeout = ctx.pi.cfg.connect_timeout;
     let circuit = &target.cluster.state.circuit;
     let connected =

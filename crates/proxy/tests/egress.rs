@@ -231,3 +231,182 @@ services:
         entry.clusters[0].endpoints
     );
 }
+
+/// A TLS server with a self-signed certificate for `names`: answers every HTTP/1 request with
+/// the SNI the client sent. Returns its address and its certificate (PEM), which is its CA.
+async fn tls_server(names: &[&str]) -> (SocketAddr, String) {
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .expect("params");
+    let cert = params.self_signed(&key).expect("cert");
+    let config = rustls::ServerConfig::builder_with_provider(identity::tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let sni = tls.get_ref().1.server_name().unwrap_or("-").to_string();
+                let svc = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+                    let sni = sni.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(format!("tls sni={sni}"))),
+                        ))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, cert.pem())
+}
+
+/// Istio's "Egress TLS Origination": the app sends plain HTTP to port 80, the ServiceEntry
+/// maps it to the server's TLS port, and the DestinationRule's port 80 says SIMPLE.
+fn origination_yaml(server: SocketAddr, tls: &str) -> String {
+    resources(&format!(
+        r#"
+outboundTrafficPolicy: REGISTRY_ONLY
+services:
+- hostname: api.external.test
+  name: api.external.test
+  namespace: default
+  meshExternal: true
+  resolution: STATIC
+  ports: [{{name: http-port, port: 80, protocol: HTTP, targetPort: {}}}]
+  endpoints: [{{address: {}}}]
+trafficPolicies:
+- name: default/api
+  host: api.external.test
+  policy:
+    portLevelSettings:
+    - port: 80
+      settings: {{tls: {tls}}}
+"#,
+        server.port(),
+        server.ip()
+    ))
+}
+
+#[tokio::test]
+async fn tls_origination_simple_verifies_the_server_and_sends_sni() {
+    let (server, ca) = tls_server(&["api.external.test"]).await;
+    let (_, other_ca) = tls_server(&["api.external.test"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).expect("write ca");
+    let wrong_file = dir.path().join("wrong.pem");
+    std::fs::write(&wrong_file, other_ca).expect("write ca");
+    let ca_path = ca_file.display();
+    let wrong_path = wrong_file.display();
+
+    let sidecar = Sidecar::builder(&origination_yaml(
+        server,
+        &format!("{{mode: SIMPLE, caCertificates: {ca_path}}}"),
+    ))
+    .start()
+    .await;
+    let (resp, body) = sidecar.get(external(80), "api.external.test", "/get").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body, "tls sni=api.external.test");
+    drop(sidecar);
+
+    // `sni` replaces the host; `subjectAltNames` is what the certificate must carry.
+    let sidecar = Sidecar::builder(&origination_yaml(
+        server,
+        &format!(
+            "{{mode: SIMPLE, sni: other.example, subjectAltNames: [api.external.test], \
+             caCertificates: {ca_path}}}"
+        ),
+    ))
+    .start()
+    .await;
+    let (resp, body) = sidecar.get(external(80), "api.external.test", "/get").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body, "tls sni=other.example");
+    drop(sidecar);
+
+    // A server the CA did not sign: 503 UF, nothing sent in plaintext.
+    let sidecar = Sidecar::builder(&origination_yaml(
+        server,
+        &format!("{{mode: SIMPLE, caCertificates: {wrong_path}}}"),
+    ))
+    .start()
+    .await;
+    let (resp, _) = sidecar.get(external(80), "api.external.test", "/get").await;
+    assert_eq!(resp.status(), 503);
+    let line = &sidecar.log_lines(1).await[0];
+    // Connect failures are retried (Istio's default retry policy), then UF.
+    assert_eq!(line["response_flags"], "UF,URX", "{line}");
+    let reason = line["upstream_transport_failure_reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        reason.starts_with("TLS_error:") && reason.contains("certificate"),
+        "{line}"
+    );
+    drop(sidecar);
+
+    // A name the certificate does not carry fails too; insecureSkipVerify accepts anything.
+    let sidecar = Sidecar::builder(&origination_yaml(
+        server,
+        &format!("{{mode: SIMPLE, subjectAltNames: [nope.example], caCertificates: {ca_path}}}"),
+    ))
+    .start()
+    .await;
+    let (resp, _) = sidecar.get(external(80), "api.external.test", "/get").await;
+    assert_eq!(resp.status(), 503);
+    drop(sidecar);
+    let sidecar = Sidecar::builder(&origination_yaml(
+        server,
+        &format!("{{mode: SIMPLE, insecureSkipVerify: true, caCertificates: {wrong_path}}}"),
+    ))
+    .start()
+    .await;
+    let (resp, _) = sidecar.get(external(80), "api.external.test", "/get").await;
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn tls_origination_with_an_unreadable_ca_fails_closed() {
+    let (server, _) = tls_server(&["api.external.test"]).await;
+    let sidecar = Sidecar::builder(&origination_yaml(
+        server,
+        "{mode: SIMPLE, caCertificates: /nonexistent/ca.pem}",
+    ))
+    .start()
+    .await;
+    let (resp, _) = sidecar.get(external(80), "api.external.test", "/get").await;
+    assert_eq!(resp.status(), 503);
+    let line = &sidecar.log_lines(1).await[0];
+    assert_eq!(line["response_flags"], "UF,URX", "{line}");
+    assert!(
+        line["upstream_transport_failure_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("caCertificates")),
+        "{line}"
+    );
+}

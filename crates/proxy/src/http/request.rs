@@ -619,7 +619,7 @@ async fn attempts(
             target.upstream_http,
             downstream_version,
             upgrade,
-            ep.tls.is_some(),
+            ep.tls.as_ref().is_some_and(|t| t.is_mesh()),
         );
         if fit_version(&mut req, http2, ctx.orig_dst).is_err() {
             return Err(Failed {
@@ -632,7 +632,7 @@ async fn attempts(
             endpoint: EndpointAddr(ep_addr),
             bind: target.bind,
             http2,
-            tls: ctx.pi.tls.as_ref().and(ep.tls.clone()),
+            tls: crate::tls::upstream_peer(ctx.pi.tls.as_ref(), &ep.tls),
         };
         let _in_flight = ep.start();
         ClusterStats::inc(&cluster.state.stats.upstream_rq_total);

@@ -226,9 +226,16 @@ fn cluster_target(
     if cluster.lb == xds::LbPolicy::Passthrough {
         // `PASSTHROUGH`: Envoy's original-destination cluster, no balancing: the address the
         // client dialled.
+        // A DestinationRule's TLS origination applies to it as to any endpoint.
+        let tls = entry
+            .origination(&cluster)
+            .map(|o| crate::tls::PeerTls::originating(o.clone(), orig_dst.get().ip()));
         cluster = Arc::new(Cluster::single(
             cluster.name.clone(),
-            Endpoint::single(orig_dst.get(), None),
+            Endpoint {
+                tls,
+                ..Endpoint::single(orig_dst.get(), None)
+            },
         ));
     }
     let proto = sp.effective_protocol();
