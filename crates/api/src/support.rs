@@ -37,7 +37,11 @@
 //!   `endpoints` (`address` by IP or name, `ports`, `labels`, `serviceAccount`),
 //!   `workloadSelector` and `exportTo`; not `subjectAltNames`, endpoint `network`, `locality`
 //!   and `weight`, unix socket endpoints, wider CIDRs.
-//! - Gateway, Sidecar and the other Istio kinds: not implemented.
+//! - Sidecar: `workloadSelector`, `egress[].hosts` (which services, VirtualServices and
+//!   DestinationRules its proxies receive) and `outboundTrafficPolicy.mode`; not `ingress`,
+//!   `inboundConnectionPool`, `outboundTrafficPolicy.egressProxy`, nor an egress listener's
+//!   `port` (its hosts are then seen on every port), `bind` and `captureMode`.
+//! - Gateway and the other Istio kinds: not implemented.
 //! - Services and EndpointSlices: all but `type: ExternalName` and FQDN endpoints.
 //! - Pods and pod templates: the injection annotations [`crate::overrides`] reads.
 //! - The MeshConfig of the ConfigMap `istio`: `trustDomain`, `enablePrometheusMerge`,
@@ -304,6 +308,29 @@ fn service_entry_endpoint(v: &Value) -> Option<String> {
     v.as_str()
         .filter(|a| a.starts_with("unix://"))
         .map(|a| format!("{a}: unix socket endpoints are not implemented by Ama; left out"))
+}
+
+static SIDECAR: Node = Fields(
+    &[
+        ("workloadSelector", Done),
+        (
+            "egress",
+            Each(&Fields(
+                &[("hosts", Done), ("port", Node::Value(egress_port))],
+                IGNORED,
+            )),
+        ),
+        ("outboundTrafficPolicy", Fields(&[("mode", Done)], IGNORED)),
+    ],
+    IGNORED,
+);
+
+fn egress_port(_: &Value) -> Option<String> {
+    Some(
+        "not implemented by Ama; the listener's hosts are seen on every port (wider than \
+         written)"
+            .into(),
+    )
 }
 
 static DESTINATION_RULE: Node = Fields(
@@ -592,7 +619,8 @@ pub fn not_implemented(object: &Object, value: &Value) -> Vec<(Severity, Problem
             );
         }
         Object::ServiceEntry(_) => walk(spec, &SERVICE_ENTRY, "spec", &mut p),
-        Object::Gateway(_) | Object::Sidecar(_) => p.add("kind", IGNORED),
+        Object::Sidecar(_) => walk(spec, &SIDECAR, "spec", &mut p),
+        Object::Gateway(_) => p.add("kind", IGNORED),
         Object::Workload(w) => annotations(
             &w.template.metadata.annotations,
             "spec.template.metadata.annotations",
@@ -1080,6 +1108,33 @@ data:
             w,
             [
                 "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.defaultConfig.holdApplicationUntilProxyStarts: not implemented by Ama; ignored",
+            ]
+        );
+    }
+
+    #[test]
+    fn sidecar() {
+        let w = warnings(
+            "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default}
+spec:
+  workloadSelector: {labels: {app: a}}
+  ingress:
+  - {port: {number: 9080, protocol: HTTP, name: http}, defaultEndpoint: 127.0.0.1:8080}
+  egress:
+  - {port: {number: 80, protocol: HTTP, name: http}, bind: 127.0.0.1, captureMode: NONE, hosts: [./*]}
+  - {hosts: [istio-system/*]}
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+",
+        );
+        assert_eq!(
+            w,
+            [
+                "x.yaml:doc 1: Sidecar default/default: spec.egress[0].bind: not implemented by Ama; ignored",
+                "x.yaml:doc 1: Sidecar default/default: spec.egress[0].captureMode: not implemented by Ama; ignored",
+                "x.yaml:doc 1: Sidecar default/default: spec.egress[0].port: not implemented by Ama; the listener's hosts are seen on every port (wider than written)",
+                "x.yaml:doc 1: Sidecar default/default: spec.ingress: not implemented by Ama; ignored",
             ]
         );
     }

@@ -283,3 +283,151 @@ data:
         OutboundTrafficPolicy::RegistryOnly
     );
 }
+
+const TWO_NAMESPACES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 10.96.0.50
+  ports: [{name: http, port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: backend}
+spec:
+  clusterIP: 10.96.0.51
+  ports: [{name: http, port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: istiod, namespace: istio-system}
+spec:
+  clusterIP: 10.96.0.52
+  ports: [{name: grpc, port: 15012}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api, namespace: backend}
+spec:
+  hosts: [api.backend.svc.cluster.local]
+  http: [{timeout: 1s, route: [{destination: {host: api.backend.svc.cluster.local}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: backend}
+spec:
+  host: api.backend.svc.cluster.local
+  trafficPolicy: {loadBalancer: {simple: RANDOM}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: sleep
+  namespace: default
+  labels: {app: sleep}
+  annotations: {local.ama.dev/address: "10.244.9.9"}
+spec:
+  containers: [{name: app, image: app}]
+"#;
+
+fn service_hosts(r: &xds::ProxyResources) -> Vec<&str> {
+    r.services.iter().map(|s| s.hostname.as_str()).collect()
+}
+
+#[test]
+fn sidecar_egress_hosts_narrow_what_a_proxy_sees() {
+    let all = model(TWO_NAMESPACES);
+    let r = proxy_resources(&all, &proxy("default"));
+    assert_eq!(service_hosts(&r).len(), 3);
+    assert_eq!(r.http_routes.len(), 1);
+    assert_eq!(r.traffic_policies.len(), 1);
+
+    // The namespace's Sidecar: its own namespace and istio-system only.
+    let yaml = format!(
+        r#"{TWO_NAMESPACES}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default, namespace: default}}
+spec:
+  egress: [{{hosts: ["./*", "istio-system/*"]}}]
+"#
+    );
+    let m = model(&yaml);
+    let r = proxy_resources(&m, &proxy("default"));
+    r.validate().expect("valid");
+    assert_eq!(
+        service_hosts(&r),
+        [
+            "istiod.istio-system.svc.cluster.local",
+            "web.default.svc.cluster.local"
+        ]
+    );
+    assert!(r.http_routes.is_empty(), "{:?}", r.http_routes);
+    assert!(r.traffic_policies.is_empty(), "{:?}", r.traffic_policies);
+    // Another namespace has no Sidecar: it sees everything.
+    assert_eq!(
+        service_hosts(&proxy_resources(&m, &proxy("backend"))).len(),
+        3
+    );
+
+    // A Sidecar selecting the workload wins over the namespace's; `backend/api...` names one host.
+    let yaml = format!(
+        r#"{yaml}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: Sidecar
+metadata: {{name: sleep, namespace: default}}
+spec:
+  workloadSelector: {{labels: {{app: sleep}}}}
+  egress: [{{hosts: ["backend/api.backend.svc.cluster.local"]}}]
+"#
+    );
+    let m = model(&yaml);
+    let r = proxy_resources(&m, &proxy("default"));
+    assert_eq!(service_hosts(&r), ["api.backend.svc.cluster.local"]);
+    assert_eq!(r.http_routes.len(), 1);
+    assert_eq!(r.traffic_policies.len(), 1);
+    // A proxy the selector does not pick keeps the namespace's Sidecar.
+    let other = ProxyKey {
+        ip: ip("10.244.9.10"),
+        pod_name: "other".into(),
+        namespace: "default".into(),
+    };
+    assert_eq!(service_hosts(&proxy_resources(&m, &other)).len(), 2);
+    // The view keys tell the two apart.
+    let me = m.workloads.iter().find(|w| w.name == "sleep");
+    let key = crate::translate::view_key(&m, &proxy("default"), me);
+    assert_eq!(key.sidecar.as_deref(), Some("default/sleep"));
+}
+
+#[test]
+fn root_namespace_sidecar_is_the_default_and_overrides_the_outbound_policy() {
+    let yaml = format!(
+        r#"{TWO_NAMESPACES}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default, namespace: istio-system}}
+spec:
+  outboundTrafficPolicy: {{mode: REGISTRY_ONLY}}
+  egress: [{{hosts: ["./*", "~/*"]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: open, namespace: backend}}
+spec:
+  outboundTrafficPolicy: {{mode: ALLOW_ANY}}
+  egress: [{{hosts: ["*/*"]}}]
+"#
+    );
+    let m = model(&yaml);
+    // `.` is the proxy's own namespace under the root namespace's Sidecar.
+    let r = proxy_resources(&m, &proxy("default"));
+    assert_eq!(service_hosts(&r), ["web.default.svc.cluster.local"]);
+    assert_eq!(r.outbound_policy(), OutboundTrafficPolicy::RegistryOnly);
+    let r = proxy_resources(&m, &proxy("backend"));
+    assert_eq!(service_hosts(&r).len(), 3);
+    assert_eq!(r.outbound_policy(), OutboundTrafficPolicy::AllowAny);
+}

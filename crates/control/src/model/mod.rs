@@ -9,7 +9,8 @@
 //!   StatefulSet or DaemonSet annotated `local.ama.dev/addresses`;
 //! - [`xds::Service`]s with VIPs and endpoints ([`services`], [`vip`]), and one per host of
 //!   each ServiceEntry ([`service_entry`]);
-//! - the MeshConfig's `outboundTrafficPolicy` ([`Model::outbound_traffic_policy`]);
+//! - the MeshConfig's `outboundTrafficPolicy` ([`Model::outbound_traffic_policy`]) and the
+//!   Sidecar resources that narrow what proxies see ([`sidecar`]);
 //! - [`xds::HttpRoutes`], [`xds::TrafficPolicy`] and [`xds::Authorization`] from the Istio
 //!   config ([`config`], [`security`]), each with its visibility (`exportTo`);
 //! - the `jwksUri`s discovery fetches ([`security::JwksSource`]); the sets fetched come back in
@@ -25,6 +26,7 @@ pub mod routes;
 pub mod security;
 pub mod service_entry;
 pub mod services;
+pub mod sidecar;
 pub mod vip;
 pub mod workloads;
 
@@ -156,6 +158,8 @@ pub struct Model {
     pub jwks_sources: Vec<security::JwksSource>,
     /// MeshConfig `outboundTrafficPolicy.mode` (a Sidecar may override it for its proxies).
     pub outbound_traffic_policy: xds::OutboundTrafficPolicy,
+    /// Sidecar resources, by namespace and name.
+    pub sidecars: Vec<sidecar::SidecarScope>,
     /// What was left out.
     pub warnings: Vec<Warning>,
 }
@@ -240,6 +244,7 @@ impl Model {
             authorizations: config.authorizations,
             jwks_sources: config.jwks_sources,
             outbound_traffic_policy,
+            sidecars: sidecar::build(&objects),
             warnings: warnings.0.into_iter().collect(),
         }
     }
