@@ -144,3 +144,65 @@ pub async fn run(store: Arc<ConfigStore>, drain: DrainWatcher) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(resolution: xds::Resolution) -> xds::Service {
+        xds::Service {
+            hostname: "api.example.com".into(),
+            name: "api.example.com".into(),
+            namespace: "default".into(),
+            resolution,
+            ports: vec![xds::ServicePort {
+                port: 80,
+                ..Default::default()
+            }],
+            dns_endpoints: vec![
+                xds::DnsEndpoint {
+                    hostname: "a.example.com".into(),
+                    ..Default::default()
+                },
+                xds::DnsEndpoint {
+                    hostname: "unresolved.example.com".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn answers_become_endpoints_one_per_name_for_round_robin() {
+        let table = DnsTable::default();
+        let ips: Arc<[IpAddr]> = Arc::from(vec![
+            "10.0.0.1".parse().expect("ip"),
+            "10.0.0.2".parse().expect("ip"),
+        ]);
+        assert!(table.set("a.example.com", ips.clone()));
+        assert!(!table.set("a.example.com", ips), "same answer: no change");
+        let strict = table.with_endpoints(&service(xds::Resolution::Dns));
+        let addrs: Vec<String> = strict
+            .endpoints
+            .iter()
+            .map(|e| e.address.to_string())
+            .collect();
+        assert_eq!(addrs, ["10.0.0.1", "10.0.0.2"]);
+        assert!(
+            strict
+                .endpoints
+                .iter()
+                .all(|e| e.tls_mode == xds::TlsMode::Disabled)
+        );
+        let logical = table.with_endpoints(&service(xds::Resolution::DnsRoundRobin));
+        assert_eq!(logical.endpoints.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn localhost_resolves_from_the_hosts_file() {
+        // Only names /etc/hosts answers: no query may leave the machine in tests.
+        let found = lookup("localhost").await.expect("localhost resolves");
+        assert!(found.iter().all(IpAddr::is_loopback), "{found:?}");
+    }
+}

@@ -235,6 +235,15 @@ services:
 /// A TLS server with a self-signed certificate for `names`: answers every HTTP/1 request with
 /// the SNI the client sent. Returns its address and its certificate (PEM), which is its CA.
 async fn tls_server(names: &[&str]) -> (SocketAddr, String) {
+    tls_server_with(names, None).await
+}
+
+/// [`tls_server`], requiring a client certificate signed by `client_ca` when given (its answer
+/// then says `client=yes`).
+async fn tls_server_with(
+    names: &[&str],
+    client_ca: Option<rustls_pki_types::CertificateDer<'static>>,
+) -> (SocketAddr, String) {
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
     let key = rcgen::KeyPair::generate().expect("key");
@@ -242,10 +251,24 @@ async fn tls_server(names: &[&str]) -> (SocketAddr, String) {
         rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
             .expect("params");
     let cert = params.self_signed(&key).expect("cert");
-    let config = rustls::ServerConfig::builder_with_provider(identity::tls::crypto_provider())
+    let builder = rustls::ServerConfig::builder_with_provider(identity::tls::crypto_provider())
         .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
+        .expect("versions");
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca).expect("client CA");
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                std::sync::Arc::new(roots),
+                identity::tls::crypto_provider(),
+            )
+            .build()
+            .expect("client verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder
         .with_single_cert(
             vec![cert.der().clone()],
             rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
@@ -266,7 +289,13 @@ async fn tls_server(names: &[&str]) -> (SocketAddr, String) {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let sni = tls.get_ref().1.server_name().unwrap_or("-").to_string();
+                let conn = tls.get_ref().1;
+                let client = if conn.peer_certificates().is_some() {
+                    " client=yes"
+                } else {
+                    ""
+                };
+                let sni = format!("{}{client}", conn.server_name().unwrap_or("-"));
                 let svc = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
                     let sni = sni.clone();
                     async move {
@@ -408,5 +437,172 @@ async fn tls_origination_with_an_unreadable_ca_fails_closed() {
             .as_str()
             .is_some_and(|r| r.contains("caCertificates")),
         "{line}"
+    );
+}
+
+#[tokio::test]
+async fn tls_origination_mutual_presents_the_client_certificate() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).expect("client CA");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let client_key = KeyPair::generate().expect("key");
+    let client_cert = CertificateParams::new(vec!["client.test".to_string()])
+        .expect("params")
+        .signed_by(&client_key, &issuer)
+        .expect("client cert");
+    let (server, server_ca) =
+        tls_server_with(&["api.external.test"], Some(ca_cert.der().clone())).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path.display().to_string()
+    };
+    let ca = write("ca.pem", server_ca);
+    let cert = write("cert.pem", client_cert.pem());
+    let key = write("key.pem", client_key.serialize_pem());
+
+    let sidecar = Sidecar::builder(&origination_yaml(
+        server,
+        &format!(
+            "{{mode: MUTUAL, caCertificates: {ca}, clientCertificate: {cert}, privateKey: {key}}}"
+        ),
+    ))
+    .start()
+    .await;
+    let (resp, body) = sidecar.get(external(80), "api.external.test", "/get").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body, "tls sni=api.external.test client=yes");
+    drop(sidecar);
+
+    // SIMPLE to the same server: it refuses the handshake without a client certificate.
+    let sidecar = Sidecar::builder(&origination_yaml(
+        server,
+        &format!("{{mode: SIMPLE, caCertificates: {ca}}}"),
+    ))
+    .start()
+    .await;
+    let (resp, _) = sidecar.get(external(80), "api.external.test", "/get").await;
+    assert_eq!(resp.status(), 503);
+}
+
+#[tokio::test]
+async fn tls_origination_applies_to_opaque_tcp() {
+    let (server, ca) = tls_server(&["db.external.test"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).expect("write ca");
+    let yaml = resources(&format!(
+        r#"
+services:
+- hostname: db.external.test
+  name: db.external.test
+  namespace: default
+  meshExternal: true
+  resolution: STATIC
+  vips: [240.0.0.9]
+  ports: [{{name: tcp, port: 5432, protocol: TCP, targetPort: {}}}]
+  endpoints: [{{address: {}}}]
+trafficPolicies:
+- name: default/db
+  host: db.external.test
+  policy: {{settings: {{tls: {{mode: SIMPLE, caCertificates: {}}}}}}}
+"#,
+        server.port(),
+        server.ip(),
+        ca_file.display()
+    ));
+    let sidecar = Sidecar::builder(&yaml).start().await;
+    let mut conn = sidecar
+        .connect_outbound("240.0.0.9:5432".parse().expect("addr"))
+        .await;
+    conn.write_all(b"GET / HTTP/1.1\r\nhost: db\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer))
+        .await
+        .expect("the answer comes within 10 s")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("tls sni=db.external.test"), "{answer}");
+}
+
+#[tokio::test]
+async fn tls_to_a_service_entry_host_without_vip_is_routed_by_sni() {
+    let (server, ca) = tls_server(&["secure.external.test", "other.external.test"]).await;
+    let port = server.port();
+    let yaml = resources(&format!(
+        r#"
+outboundTrafficPolicy: REGISTRY_ONLY
+services:
+- hostname: secure.external.test
+  name: secure.external.test
+  namespace: default
+  meshExternal: true
+  resolution: NONE
+  ports: [{{name: https, port: {port}, protocol: TLS}}]
+"#
+    ));
+    let sidecar = Sidecar::builder(&yaml).start().await;
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c.expect("pem")).expect("root");
+    }
+    let client = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(identity::tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let connector = tokio_rustls::TlsConnector::from(client);
+    // The app dialled the server's address (resolved by its own DNS), with SNI the host.
+    let conn = sidecar.connect_outbound(server).await;
+    let name = rustls_pki_types::ServerName::try_from("secure.external.test").expect("name");
+    let mut tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, conn))
+        .await
+        .expect("handshake in time")
+        .expect("handshake through the sidecar");
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: secure.external.test\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    assert!(
+        String::from_utf8_lossy(&answer).ends_with("tls sni=secure.external.test"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    drop(tls);
+    // Another name on the same address is blocked.
+    let conn = sidecar.connect_outbound(server).await;
+    let name = rustls_pki_types::ServerName::try_from("other.external.test").expect("name");
+    let refused = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, conn))
+        .await
+        .expect("refused in time");
+    assert!(refused.is_err());
+    let lines = sidecar.log_lines(2).await;
+    let clusters: Vec<_> = lines
+        .iter()
+        .map(|l| l["upstream_cluster"].clone())
+        .collect();
+    assert!(
+        clusters.contains(&serde_json::json!(format!(
+            "outbound|{port}||secure.external.test"
+        ))),
+        "{clusters:?}"
+    );
+    assert!(
+        clusters.contains(&serde_json::json!("BlackHoleCluster")),
+        "{clusters:?}"
     );
 }
