@@ -343,6 +343,12 @@ pub struct Snapshot {
     wildcard_hosts: Vec<(String, Arc<ServiceEntry>)>,
     /// Ports of ServiceEntry hosts that have no VIP: a connection there is routed by its SNI.
     sni_ports: FxHashSet<u16>,
+    /// Opaque TCP ports of ServiceEntry hosts without VIP: Istio's `0.0.0.0:<port>` listener
+    /// takes every connection to that port (the first host by the resources' order wins).
+    by_port: FxHashMap<u16, Arc<ServiceEntry>>,
+    /// Endpoints of headless Services (no VIP), by the address a client dials: Istio gives
+    /// each its own listener, so they are known destinations under `REGISTRY_ONLY` too.
+    by_endpoint: FxHashMap<SocketAddr, Arc<ServiceEntry>>,
     /// What outbound traffic no service claims gets (MeshConfig / Sidecar
     /// `outboundTrafficPolicy`).
     pub outbound_policy: xds::OutboundTrafficPolicy,
@@ -432,6 +438,8 @@ impl Snapshot {
         let mut by_host = HashMap::new();
         let mut wildcard_hosts = Vec::new();
         let mut sni_ports = FxHashSet::default();
+        let mut by_port = FxHashMap::default();
+        let mut by_endpoint = FxHashMap::default();
         let mut inbound_by_port = HashMap::new();
         for s in &resources.services {
             let resolved;
@@ -469,9 +477,27 @@ impl Snapshot {
                     }
                 }
                 if s.vips.is_empty() {
-                    sni_ports.extend(s.ports.iter().map(|p| p.port));
+                    for p in &s.ports {
+                        match p.effective_protocol() {
+                            xds::Protocol::Tcp => {
+                                by_port.entry(p.port).or_insert_with(|| entry.clone());
+                            }
+                            _ => {
+                                sni_ports.insert(p.port);
+                            }
+                        }
+                    }
                 }
             } else {
+                if s.vips.is_empty() {
+                    for ep in &s.endpoints {
+                        for p in &s.ports {
+                            by_endpoint
+                                .entry(SocketAddr::new(ep.address, s.endpoint_port(ep, p)))
+                                .or_insert_with(|| entry.clone());
+                        }
+                    }
+                }
                 by_host.insert(s.hostname.clone(), entry.clone());
                 by_host.insert(format!("{}.{}", s.name, s.namespace), entry.clone());
                 by_host.insert(format!("{}.{}.svc", s.name, s.namespace), entry.clone());
@@ -518,6 +544,8 @@ impl Snapshot {
             outbound_policy: resources.outbound_policy(),
             wildcard_hosts,
             sni_ports,
+            by_port,
+            by_endpoint,
             resources: Arc::new(resources),
             me,
             me_info: Arc::new(me_info),
@@ -534,6 +562,19 @@ impl Snapshot {
     /// The service whose VIP and port are `addr`.
     pub fn service_by_vip(&self, addr: SocketAddr) -> Option<&Arc<ServiceEntry>> {
         self.by_vip.get(&(addr.ip(), addr.port()))
+    }
+
+    /// The service a connection to `addr` reaches without looking at its bytes: by VIP, else
+    /// a headless Service's endpoint, else a ServiceEntry's opaque TCP port without VIP.
+    pub fn service_by_destination(&self, addr: SocketAddr) -> Option<&Arc<ServiceEntry>> {
+        self.service_by_vip(addr)
+            .or_else(|| self.by_endpoint.get(&addr))
+            .or_else(|| self.by_port.get(&addr.port()))
+    }
+
+    /// The headless Service whose endpoint `addr` is, if any.
+    pub fn headless_by_endpoint(&self, addr: SocketAddr) -> Option<&Arc<ServiceEntry>> {
+        self.by_endpoint.get(&addr)
     }
 
     /// The service named by an HTTP authority (`httpbin-service`, `httpbin-service.default`,

@@ -167,7 +167,7 @@ async fn handle_connection(ctx: Arc<ConnCtx>, mut stream: TcpStream, drain: Drai
     let t0 = Instant::now();
     let snap = ctx.pi.store.load();
     let declared_opaque = snap
-        .service_by_vip(ctx.orig_dst.get())
+        .service_by_destination(ctx.orig_dst.get())
         .and_then(|e| e.service.port(ctx.orig_dst.get().port()))
         .is_some_and(|p| p.effective_protocol().is_opaque());
     let tls_routed = crate::outbound::router::routes_by_sni(&snap, ctx.orig_dst);

@@ -606,3 +606,64 @@ services:
         "{clusters:?}"
     );
 }
+
+#[tokio::test]
+async fn registry_only_lets_known_destinations_without_vip_through() {
+    let app = App::start("headless").await;
+    let db = harness::banner_server().await;
+    let yaml = resources(&format!(
+        r#"
+outboundTrafficPolicy: REGISTRY_ONLY
+services:
+# A headless Service: its pods are dialled by address.
+- hostname: web.default.svc.cluster.local
+  name: web
+  namespace: default
+  ports: [{{name: http, port: 80, targetPort: {}}}]
+  endpoints: [{{address: {}}}]
+# A ServiceEntry's TCP port without address: every connection to that port.
+- hostname: db.external.test
+  name: db.external.test
+  namespace: default
+  meshExternal: true
+  resolution: STATIC
+  ports: [{{name: tcp, port: {}, protocol: TCP}}]
+  endpoints: [{{address: {}}}]
+"#,
+        app.addr.port(),
+        app.addr.ip(),
+        db.port(),
+        db.ip()
+    ));
+    let sidecar = Sidecar::builder(&yaml).start().await;
+    let (resp, body) = sidecar.get(app.addr, "web", "/get").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(harness::json(&body)["app"], "headless");
+    // The TCP port is claimed whatever address the app dialled.
+    let mut conn = sidecar.connect_outbound(external(db.port())).await;
+    let mut banner = [0u8; 18];
+    tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut banner))
+        .await
+        .expect("banner within 10 s")
+        .expect("banner");
+    assert_eq!(&banner, b"220 banner ready\r\n");
+    drop(conn);
+    let lines = sidecar.log_lines(2).await;
+    let clusters: Vec<_> = lines
+        .iter()
+        .map(|l| l["upstream_cluster"].clone())
+        .collect();
+    assert!(
+        clusters.contains(&serde_json::json!(format!(
+            "outbound|80||web.default.svc.cluster.local"
+        ))),
+        "{clusters:?}"
+    );
+    assert!(
+        clusters.contains(&serde_json::json!(format!(
+            "outbound|{}||db.external.test",
+            db.port()
+        ))),
+        "{clusters:?}"
+    );
+}

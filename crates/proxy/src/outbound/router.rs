@@ -238,6 +238,14 @@ fn cluster_target(
             },
         ));
     }
+    if entry.service.vips.is_empty()
+        && !entry.service.is_service_entry()
+        && let Some(ep) = cluster.endpoints.iter().find(|e| e.addr == orig_dst.get())
+    {
+        // A headless Service: Envoy's ORIGINAL_DST cluster, to the pod the client dialled,
+        // with that endpoint's mTLS.
+        cluster = Arc::new(Cluster::single(cluster.name.clone(), ep.clone()));
+    }
     let proto = sp.effective_protocol();
     Some(Target {
         upstream_http: upstream_http(&cluster, proto),
@@ -288,7 +296,7 @@ pub fn outbound_tcp(
     sni: Option<&str>,
 ) -> Target {
     let port = orig_dst.get().port();
-    let entry = snap.service_by_vip(orig_dst.get()).or_else(|| {
+    let entry = snap.service_by_destination(orig_dst.get()).or_else(|| {
         sni.and_then(|h| snap.service_by_host(h))
             .filter(|e| e.service.vips.is_empty() && e.service.port(port).is_some())
     });
@@ -326,7 +334,7 @@ pub fn outbound_tcp(
     });
     routed
         .or_else(|| {
-            entry.service.port(port).and_then(|sp| {
+            service_port(entry, orig_dst).and_then(|sp| {
                 cluster_target(
                     entry,
                     sp,
@@ -380,6 +388,23 @@ fn sni_matches(hosts: &[String], sni: &str) -> bool {
             Some(suffix) => sni.ends_with(suffix) && sni.len() > suffix.len(),
             None => sni == h,
         }
+    })
+}
+
+/// The service port a connection to `orig_dst` uses: the port itself, else (a headless
+/// Service's endpoint, dialled on its target port) the service port that reaches it there.
+fn service_port(entry: &ServiceEntry, orig_dst: OrigDstAddr) -> Option<&ServicePort> {
+    let dst = orig_dst.get();
+    entry.service.port(dst.port()).or_else(|| {
+        let s = &entry.service;
+        s.endpoints
+            .iter()
+            .filter(|ep| ep.address == dst.ip())
+            .find_map(|ep| {
+                s.ports
+                    .iter()
+                    .find(|sp| s.endpoint_port(ep, sp) == dst.port())
+            })
     })
 }
 
@@ -451,11 +476,14 @@ pub fn outbound_http<'s>(
 ) -> Result<Routed<'s>, RouteError> {
     let port = orig_dst.get().port();
     let authority = (!req.authority.is_empty()).then_some(req.authority);
-    let entry = snap.service_by_vip(orig_dst.get()).or_else(|| {
-        authority
-            .and_then(|a| snap.service_by_host(a))
-            .filter(|e| e.service.port(port).is_some())
-    });
+    let entry = snap
+        .service_by_vip(orig_dst.get())
+        .or_else(|| snap.headless_by_endpoint(orig_dst.get()))
+        .or_else(|| {
+            authority
+                .and_then(|a| snap.service_by_host(a))
+                .filter(|e| e.service.port(port).is_some())
+        });
     let forward = |target| Routed::Forward {
         target,
         selected: None,
@@ -468,7 +496,7 @@ pub fn outbound_http<'s>(
         };
     };
     let Some(routes) = snap.routes_for(&entry.service.hostname) else {
-        let sp = entry.service.port(port).ok_or(RouteError::NoRoute)?;
+        let sp = service_port(entry, orig_dst).ok_or(RouteError::NoRoute)?;
         return cluster_target(
             entry,
             sp,
@@ -496,7 +524,7 @@ pub fn outbound_http<'s>(
     let target = match picked {
         None => {
             // No destination: the host itself.
-            let sp = entry.service.port(port).ok_or(RouteError::NoRoute)?;
+            let sp = service_port(entry, orig_dst).ok_or(RouteError::NoRoute)?;
             cluster_target(entry, sp, None, policy, None, orig_dst)
         }
         Some(picked) => {
