@@ -242,17 +242,20 @@ where
                     ),
                     Direction::Inbound => crate::inbound::app::target(&snap, &ctx.pi, ctx.orig_dst),
                 };
-                forward_tcp(&ctx, io, &target, start, t0, &drain).await;
+                forward_tcp(&ctx, io, &target, sni, start, t0, &drain).await;
             }
         }
     })
 }
 
-/// Proxies an opaque connection to one endpoint of `target`, then logs it.
+/// Proxies an opaque connection to one endpoint of `target`, then logs it; `sni` is the
+/// server name of its ClientHello when it was read (outbound), logged as Envoy's
+/// tls_inspector records it.
 async fn forward_tcp<D>(
     ctx: &ConnCtx,
     downstream: D,
     target: &Target,
+    sni: Option<Arc<str>>,
     start: SystemTime,
     t0: Instant,
     drain: &DrainWatcher,
@@ -262,7 +265,7 @@ async fn forward_tcp<D>(
     let snap = ctx.pi.store.load();
     let mut rec = TcpRecord::accepted(start, ctx.orig_dst.get(), ctx.client.get());
     rec.upstream_cluster = Some(target.cluster.name.clone());
-    rec.requested_server_name = ctx.sni.clone();
+    rec.requested_server_name = sni.or_else(|| ctx.sni.clone());
     let hash = target.cluster.hash.as_ref().and_then(|h| {
         h.policy.hash(&crate::hash_lb::RequestParts {
             headers: &::http::HeaderMap::new(),

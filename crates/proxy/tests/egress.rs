@@ -605,6 +605,14 @@ services:
         clusters.contains(&serde_json::json!("BlackHoleCluster")),
         "{clusters:?}"
     );
+    let names: Vec<_> = lines
+        .iter()
+        .map(|l| l["requested_server_name"].clone())
+        .collect();
+    assert!(
+        names.contains(&serde_json::json!("other.external.test")),
+        "{names:?}"
+    );
 }
 
 #[tokio::test]
