@@ -660,6 +660,9 @@ pub struct ConfigStore {
     cfg: Arc<ProxyConfig>,
     registry: Registry,
     dns: crate::dns::DnsTable,
+    /// Held while a snapshot is built and swapped in, so a DNS refresh, which rebuilds from
+    /// the resources in force, never swaps them back over newer ones.
+    swapping: std::sync::Mutex<()>,
 }
 
 impl ConfigStore {
@@ -678,6 +681,7 @@ impl ConfigStore {
             cfg,
             registry,
             dns,
+            swapping: std::sync::Mutex::new(()),
         })
     }
 
@@ -692,6 +696,12 @@ impl ConfigStore {
     /// the message).
     pub fn apply(&self, resources: ProxyResources) -> Result<u64, xds::ValidationErrors> {
         resources.validate()?;
+        let _swapping = self.swapping.lock().unwrap_or_else(|e| e.into_inner());
+        self.swap_in(resources)
+    }
+
+    /// Builds and swaps in a snapshot of `resources` (checked); the caller holds `swapping`.
+    fn swap_in(&self, resources: ProxyResources) -> Result<u64, xds::ValidationErrors> {
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
         let snap = Arc::new(Snapshot::build(
             resources,
@@ -718,8 +728,9 @@ impl ConfigStore {
 
     /// Rebuilds the snapshot in force from its own resources, after DNS answers changed.
     pub fn refresh(&self) -> Result<u64, xds::ValidationErrors> {
+        let _swapping = self.swapping.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.load();
-        self.apply((*current.resources).clone())
+        self.swap_in((*current.resources).clone())
     }
 }
 
