@@ -431,3 +431,43 @@ spec:
     assert_eq!(service_hosts(&r).len(), 3);
     assert_eq!(r.outbound_policy(), OutboundTrafficPolicy::AllowAny);
 }
+
+/// Istio's "Egress TLS Origination" task, as written there.
+#[test]
+fn egress_tls_origination_task_translates() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: edition-cnn-com}
+spec:
+  hosts: [edition.cnn.com]
+  ports:
+  - {number: 80, name: http-port, protocol: HTTP, targetPort: 443}
+  - {number: 443, name: https-port, protocol: HTTPS}
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: edition-cnn-com}
+spec:
+  host: edition.cnn.com
+  trafficPolicy:
+    portLevelSettings:
+    - port: {number: 80}
+      tls: {mode: SIMPLE}
+"#;
+    let m = model(yaml);
+    assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+    let r = proxy_resources(&m, &proxy("default"));
+    r.validate().expect("valid");
+    let svc = &r.services[0];
+    assert_eq!(svc.hostname, "edition.cnn.com");
+    assert_eq!(svc.ports[0].target_port, Some(443));
+    assert_eq!(svc.dns_endpoints[0].hostname, "edition.cnn.com");
+    let tls = r.traffic_policies[0]
+        .effective(80, None)
+        .tls
+        .expect("port 80 originates TLS");
+    assert_eq!(tls.mode, xds::ClientTlsMode::Simple);
+    assert!(r.traffic_policies[0].effective(443, None).tls.is_none());
+}
