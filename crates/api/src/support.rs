@@ -35,8 +35,9 @@
 //! - ServiceEntry: `hosts` (wildcards too), `addresses` (IPs and one-address CIDRs),
 //!   `ports` (all but UDP), `location`, `resolution` (NONE, STATIC, DNS, DNS_ROUND_ROBIN),
 //!   `endpoints` (`address` by IP or name, `ports`, `labels`, `serviceAccount`),
-//!   `workloadSelector` and `exportTo`; not `subjectAltNames`, endpoint `network`, `locality`
-//!   and `weight`, unix socket endpoints, wider CIDRs.
+//!   `workloadSelector`, `exportTo` and `subjectAltNames` (TLS origination; Istio mTLS with
+//!   one SPIFFE name); not endpoint `network`, `locality` and `weight`, unix socket endpoints,
+//!   wider CIDRs.
 //! - Sidecar: `workloadSelector`, `egress[].hosts` (which services, VirtualServices and
 //!   DestinationRules its proxies receive) and `outboundTrafficPolicy.mode`; not `ingress`,
 //!   `inboundConnectionPool`, `outboundTrafficPolicy.egressProxy`, nor an egress listener's
@@ -282,6 +283,7 @@ static SERVICE_ENTRY: Node = Fields(
         ),
         ("workloadSelector", Done),
         ("exportTo", Done),
+        ("subjectAltNames", Done),
     ],
     IGNORED,
 );
@@ -1166,7 +1168,6 @@ spec:
                 "x.yaml:doc 1: ServiceEntry default/ext: spec.endpoints[0].locality: not implemented by Ama; ignored",
                 "x.yaml:doc 1: ServiceEntry default/ext: spec.endpoints[0].weight: not implemented by Ama; ignored",
                 "x.yaml:doc 1: ServiceEntry default/ext: spec.ports[1].protocol: UDP: not implemented by Ama; the port is left out",
-                "x.yaml:doc 1: ServiceEntry default/ext: spec.subjectAltNames: not implemented by Ama; ignored",
             ]
         );
     }

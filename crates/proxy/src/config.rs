@@ -248,11 +248,7 @@ impl ServiceEntry {
                         )
                     })
                     .map(|t| {
-                        crate::originate::Origination::new(
-                            t,
-                            &s.hostname,
-                            sp.effective_protocol().is_http2(),
-                        )
+                        crate::originate::Origination::new(t, s, sp.effective_protocol().is_http2())
                     });
                 let endpoints: Vec<Endpoint> = s
                     .endpoints

@@ -10,7 +10,8 @@
 //! As Envoy under Istio:
 //! - the server chain is verified against `caCertificates` (a PEM file), else the system
 //!   roots (`rustls-native-certs`); `insecureSkipVerify` turns verification off;
-//! - its name: one of `subjectAltNames` when given, else the SNI (Istio's auto SAN validation);
+//! - its name: one of `subjectAltNames` when given (the DestinationRule's, else the
+//!   ServiceEntry's), else the SNI (Istio's auto SAN validation);
 //! - the SNI is `sni`, else the service's host (Istio's auto SNI takes the request's `Host`,
 //!   the same name for a request that names the host); a wildcard host without `sni` sends
 //!   none and is verified by the endpoint's address;
@@ -96,9 +97,22 @@ enum ConfigError {
 }
 
 impl Origination {
-    /// The origination of `tls` (mode SIMPLE or MUTUAL) toward service `host`; `http2` asks
-    /// for ALPN `h2`. Never fails: an unusable config is kept as its error (see the module).
-    pub fn new(tls: &xds::ClientTls, host: &str, http2: bool) -> Arc<Origination> {
+    /// The origination of `tls` (mode SIMPLE or MUTUAL) toward `service`; `http2` asks for
+    /// ALPN `h2`. Without `subjectAltNames` of its own, the ServiceEntry's apply (as pilot
+    /// fills them in for ServiceEntry clusters). Never fails: an unusable config is kept as
+    /// its error (see the module).
+    pub fn new(tls: &xds::ClientTls, service: &xds::Service, http2: bool) -> Arc<Origination> {
+        let host = service.hostname.as_str();
+        let with_sans;
+        let tls = if tls.subject_alt_names.is_empty() && !service.subject_alt_names.is_empty() {
+            with_sans = xds::ClientTls {
+                subject_alt_names: service.subject_alt_names.clone(),
+                ..tls.clone()
+            };
+            &with_sans
+        } else {
+            tls
+        };
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let sni_text = tls
             .sni

@@ -675,3 +675,27 @@ services:
         "{clusters:?}"
     );
 }
+
+#[tokio::test]
+async fn tls_origination_checks_the_service_entry_subject_alt_names() {
+    let (server, ca) = tls_server(&["api.external.test"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).expect("write ca");
+    let tls = format!("{{mode: SIMPLE, caCertificates: {}}}", ca_file.display());
+    let with_sans = |sans: &str| {
+        origination_yaml(server, &tls).replace(
+            "  resolution: STATIC\n",
+            &format!("  resolution: STATIC\n  subjectAltNames: [{sans}]\n"),
+        )
+    };
+    let sidecar = Sidecar::builder(&with_sans("nope.example")).start().await;
+    let (resp, _) = sidecar.get(external(80), "api.external.test", "/get").await;
+    assert_eq!(resp.status(), 503, "the ServiceEntry's names are checked");
+    drop(sidecar);
+    let sidecar = Sidecar::builder(&with_sans("nope.example, api.external.test"))
+        .start()
+        .await;
+    let (resp, _) = sidecar.get(external(80), "api.external.test", "/get").await;
+    assert_eq!(resp.status(), 200);
+}

@@ -61,6 +61,7 @@ spec:
   addresses: [240.0.0.10, 240.0.1.0/24, 240.0.0.11/32]
   location: MESH_INTERNAL
   resolution: STATIC
+  subjectAltNames: ["spiffe://cluster.local/ns/data/sa/db-fallback"]
   ports: [{number: 27017, name: mongo, protocol: MONGO}]
   endpoints:
   - {address: 10.0.0.7, ports: {mongo: 27018}, labels: {security.istio.io/tlsMode: istio}, serviceAccount: db}
@@ -113,6 +114,11 @@ fn service_entries_become_services_per_host() {
         Some("spiffe://cluster.local/ns/data/sa/db")
     );
     assert_eq!(db.endpoints[1].tls_mode, TlsMode::Disabled);
+    // Without a service account, the ServiceEntry's one SPIFFE name is the identity.
+    assert_eq!(
+        db.endpoints[1].identity.as_deref(),
+        Some("spiffe://cluster.local/ns/data/sa/db-fallback")
+    );
     assert!(
         m.warnings
             .iter()

@@ -168,6 +168,21 @@ fn service(
             .filter_map(|(name, n)| Some((*by_name.get(name.as_str())?, u16::try_from(*n).ok()?)))
             .collect()
     };
+    // Istio mTLS to MESH_INTERNAL endpoints verifies the SANs the ServiceEntry names; the
+    // proxy checks one SPIFFE id per endpoint, so a single SPIFFE SAN is used as such.
+    let mesh_identity = match spec.subject_alt_names.as_slice() {
+        [one] if !mesh_external && one.starts_with("spiffe://") => Some(one.clone()),
+        [] => None,
+        _ if !mesh_external => {
+            warnings.add(
+                object,
+                "spec.subjectAltNames: Ama's mTLS checks one SPIFFE id per endpoint; only a \
+                 single spiffe:// name is used for Istio mTLS (TLS origination uses them all)",
+            );
+            None
+        }
+        _ => None,
+    };
     let mut endpoints = Vec::new();
     let mut dns_endpoints = Vec::new();
     for e in &spec.endpoints {
@@ -195,9 +210,11 @@ fn service(
                     } else {
                         xds::TlsMode::Disabled
                     },
-                    identity: (!e.service_account.is_empty()).then(|| {
-                        format!("spiffe://{trust_domain}/ns/{ns}/sa/{}", e.service_account)
-                    }),
+                    identity: (!e.service_account.is_empty())
+                        .then(|| {
+                            format!("spiffe://{trust_domain}/ns/{ns}/sa/{}", e.service_account)
+                        })
+                        .or_else(|| mesh_identity.clone()),
                     plaintext_ports: BTreeSet::new(),
                 });
             }
