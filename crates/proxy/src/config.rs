@@ -593,8 +593,7 @@ impl Snapshot {
         self.sni_ports.contains(&port)
     }
 
-    /// Every name the proxy resolves for DNS endpoints, with whether it keeps one address only
-    /// (`DNS_ROUND_ROBIN`).
+    /// Every name the proxy resolves for DNS endpoints (a name may come more than once).
     pub fn dns_names(&self) -> impl Iterator<Item = &str> {
         self.resources
             .services

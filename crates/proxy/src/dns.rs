@@ -87,8 +87,9 @@ impl DnsTable {
     }
 }
 
-/// The addresses of `name` (IPv4 first, as Envoy's default `V4_ONLY`/`AUTO` prefers), or
-/// `None` when the lookup fails or times out.
+/// The addresses of `name`: its IPv4 addresses (Istio's clusters resolve `V4_ONLY` outside
+/// dual-stack meshes), its IPv6 ones only when it has no IPv4 one; `None` when the lookup
+/// fails, times out or finds nothing.
 async fn lookup(name: &str) -> Option<Arc<[IpAddr]>> {
     let found = tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((name, 0))).await;
     let mut addrs: Vec<IpAddr> = match found {
@@ -102,7 +103,10 @@ async fn lookup(name: &str) -> Option<Arc<[IpAddr]>> {
             return None;
         }
     };
-    addrs.sort_by_key(|a| (a.is_ipv6(), *a));
+    if addrs.iter().any(IpAddr::is_ipv4) {
+        addrs.retain(IpAddr::is_ipv4);
+    }
+    addrs.sort();
     addrs.dedup();
     (!addrs.is_empty()).then(|| Arc::from(addrs))
 }
