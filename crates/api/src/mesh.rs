@@ -128,6 +128,9 @@ pub struct MeshConfig {
     pub default_config: ProxyConfig,
     /// `enablePrometheusMerge` (default true): point Prometheus at the proxy's merged metrics.
     pub enable_prometheus_merge: bool,
+    /// `outboundTrafficPolicy.mode` (ALLOW_ANY when unset): what sidecars do with traffic to
+    /// destinations the registry does not know.
+    pub outbound_traffic_policy: Option<crate::networking::sidecar::OutboundMode>,
 }
 
 impl Default for MeshConfig {
@@ -136,6 +139,7 @@ impl Default for MeshConfig {
             trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
             default_config: ProxyConfig::default(),
             enable_prometheus_merge: true,
+            outbound_traffic_policy: None,
         }
     }
 }
@@ -182,6 +186,10 @@ impl MeshConfig {
             default_config,
             enable_prometheus_merge: typed_field(&map, "enablePrometheusMerge")?
                 .unwrap_or(defaults.enable_prometheus_merge),
+            outbound_traffic_policy: typed_field::<
+                crate::networking::sidecar::OutboundTrafficPolicy,
+            >(&map, "outboundTrafficPolicy")?
+            .and_then(|p| p.mode),
         })
     }
 }

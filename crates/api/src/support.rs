@@ -12,11 +12,12 @@
 //!   `fault.abort.http2Error` (Istio's sidecars ignore it as well), `match.statPrefix` and the
 //!   deprecated `tcp[].match[].sourceSubnet`.
 //! - DestinationRule: all of it (host, port-level and subset policies, load balancing with
-//!   consistent hashing, connection pool, outlier detection, TLS, `workloadSelector`,
+//!   consistent hashing, connection pool, outlier detection, TLS (Istio mTLS, and TLS
+//!   origination with `SIMPLE` and `MUTUAL`), `workloadSelector`,
 //!   `exportTo`), except `localityLbSetting` (no localities), `warmup`/`warmupDurationSecs`,
 //!   `tunnel`, `proxyProtocol`, `connectionPool.http.maxConcurrentStreams`,
-//!   `httpCookie.attributes`, `tls.credentialName`, `tls.caCrl`, and the deprecated
-//!   `outlierDetection.consecutiveErrors` (which Istio ignores too).
+//!   `httpCookie.attributes`, `tls.credentialName` (gateways only, in Istio), `tls.caCrl`, and
+//!   the deprecated `outlierDetection.consecutiveErrors` (which Istio ignores too).
 //! - PeerAuthentication: all of it.
 //! - AuthorizationPolicy: all of it (selector, namespace- and mesh-wide policies, `targetRef(s)`
 //!   to a Service, ALLOW, DENY and AUDIT, every field of `from`, `to` and `when`, the
@@ -31,12 +32,23 @@
 //!   inline `jwks` that is no JSON Web Key Set and a rule with neither `jwks` nor `jwksUri` whose
 //!   issuer is no URL: both reject every token of their issuer (401). Targets as for
 //!   AuthorizationPolicy.
-//! - Gateway, ServiceEntry, Sidecar and the other Istio kinds: not implemented.
+//! - ServiceEntry: `hosts` (wildcards too), `addresses` (IPs and one-address CIDRs),
+//!   `ports` (all but UDP), `location`, `resolution` (NONE, STATIC, DNS, DNS_ROUND_ROBIN),
+//!   `endpoints` (`address` by IP or name, `ports`, `labels`, `serviceAccount`),
+//!   `workloadSelector`, `exportTo` and `subjectAltNames` (TLS origination; Istio mTLS with
+//!   one SPIFFE name); not endpoint `network`, `locality` and `weight`, unix socket endpoints,
+//!   wider CIDRs.
+//! - Sidecar: `workloadSelector`, `egress[].hosts` (which services, VirtualServices and
+//!   DestinationRules its proxies receive) and `outboundTrafficPolicy.mode`; not `ingress`,
+//!   `inboundConnectionPool`, `outboundTrafficPolicy.egressProxy`, nor an egress listener's
+//!   `port` (its hosts are then seen on every port), `bind` and `captureMode`.
+//! - Gateway and the other Istio kinds: not implemented.
 //! - Services and EndpointSlices: all but `type: ExternalName` and FQDN endpoints.
 //! - Pods and pod templates: the injection annotations [`crate::overrides`] reads.
 //! - The MeshConfig of the ConfigMap `istio`: `trustDomain`, `enablePrometheusMerge`,
-//!   `accessLogFile`, `accessLogEncoding`, `enableAutoMtls: true` and `defaultConfig.{discoveryAddress, statusPort,
-//!   interceptionMode, proxyMetadata, concurrency}`.
+//!   `accessLogFile`, `accessLogEncoding`, `enableAutoMtls: true`, `outboundTrafficPolicy.mode`
+//!   and `defaultConfig.{discoveryAddress, statusPort, interceptionMode, proxyMetadata,
+//!   concurrency}`.
 //! - Kinds Ama does not read at all (Secret, Telemetry, EnvoyFilter, …): one finding each, except
 //!   ServiceAccount (its name, the pods' identity, needs no object).
 //!
@@ -221,6 +233,7 @@ static MESH_CONFIG: Node = Fields(
         ("accessLogFile", Done),
         ("accessLogEncoding", Done),
         ("enableAutoMtls", Node::Value(auto_mtls)),
+        ("outboundTrafficPolicy", Fields(&[("mode", Done)], IGNORED)),
         (
             "defaultConfig",
             Fields(
@@ -237,6 +250,90 @@ static MESH_CONFIG: Node = Fields(
     ],
     IGNORED,
 );
+
+static SERVICE_ENTRY: Node = Fields(
+    &[
+        ("hosts", Done),
+        ("addresses", Each(&Node::Value(service_entry_address))),
+        (
+            "ports",
+            Each(&Fields(
+                &[
+                    ("number", Done),
+                    ("protocol", Node::Value(service_entry_protocol)),
+                    ("name", Done),
+                    ("targetPort", Done),
+                ],
+                IGNORED,
+            )),
+        ),
+        ("location", Done),
+        ("resolution", Done),
+        (
+            "endpoints",
+            Each(&Fields(
+                &[
+                    ("address", Node::Value(service_entry_endpoint)),
+                    ("ports", Done),
+                    ("labels", Done),
+                    ("serviceAccount", Done),
+                ],
+                IGNORED,
+            )),
+        ),
+        ("workloadSelector", Done),
+        ("exportTo", Done),
+        ("subjectAltNames", Done),
+    ],
+    IGNORED,
+);
+
+fn service_entry_address(v: &Value) -> Option<String> {
+    let a = v.as_str()?;
+    let (ip, len) = a.split_once('/')?;
+    let full = if ip.contains(':') { "128" } else { "32" };
+    (len != full).then(|| {
+        format!(
+            "{a}: a CIDR range of more than one address is not implemented by Ama (routing by \
+             destination subnet); this address is left out"
+        )
+    })
+}
+
+fn service_entry_protocol(v: &Value) -> Option<String> {
+    v.as_str()
+        .filter(|p| p.eq_ignore_ascii_case("UDP"))
+        .map(|p| format!("{p}: not implemented by Ama; the port is left out"))
+}
+
+fn service_entry_endpoint(v: &Value) -> Option<String> {
+    v.as_str()
+        .filter(|a| a.starts_with("unix://"))
+        .map(|a| format!("{a}: unix socket endpoints are not implemented by Ama; left out"))
+}
+
+static SIDECAR: Node = Fields(
+    &[
+        ("workloadSelector", Done),
+        (
+            "egress",
+            Each(&Fields(
+                &[("hosts", Done), ("port", Node::Value(egress_port))],
+                IGNORED,
+            )),
+        ),
+        ("outboundTrafficPolicy", Fields(&[("mode", Done)], IGNORED)),
+    ],
+    IGNORED,
+);
+
+fn egress_port(_: &Value) -> Option<String> {
+    Some(
+        "not implemented by Ama; the listener's hosts are seen on every port (wider than \
+         written)"
+            .into(),
+    )
+}
 
 static DESTINATION_RULE: Node = Fields(
     &[
@@ -354,7 +451,7 @@ const OUTLIER_DETECTION: Node = Fields(
 );
 const CLIENT_TLS: Node = Fields(
     &[
-        ("mode", Node::Value(client_tls_mode)),
+        ("mode", Done),
         ("sni", Done),
         ("subjectAltNames", Done),
         ("caCertificates", Done),
@@ -448,19 +545,10 @@ fn consecutive_errors(_: &Value) -> Option<String> {
 
 fn credential_name(_: &Value) -> Option<String> {
     Some(
-        "not implemented by Ama (the proxy reads no secrets); ignored: the files given, if any, \
-         are used"
+        "not supported on sidecars (Istio reads it only on gateways; the proxy reads no \
+         secrets); ignored: the files given, if any, are used"
             .into(),
     )
-}
-
-fn client_tls_mode(v: &Value) -> Option<String> {
-    matches!(v.as_str(), Some("SIMPLE" | "MUTUAL")).then(|| {
-        format!(
-            "{}: TLS origination from the sidecar is not implemented by Ama; the destination's endpoints are refused (503 UH) rather than reached in plaintext",
-            v.as_str().unwrap_or_default()
-        )
-    })
 }
 
 fn auto_mtls(v: &Value) -> Option<String> {
@@ -532,7 +620,9 @@ pub fn not_implemented(object: &Object, value: &Value) -> Vec<(Severity, Problem
                 &mut p,
             );
         }
-        Object::Gateway(_) | Object::ServiceEntry(_) | Object::Sidecar(_) => p.add("kind", IGNORED),
+        Object::ServiceEntry(_) => walk(spec, &SERVICE_ENTRY, "spec", &mut p),
+        Object::Sidecar(_) => walk(spec, &SIDECAR, "spec", &mut p),
+        Object::Gateway(_) => p.add("kind", IGNORED),
         Object::Workload(w) => annotations(
             &w.template.metadata.annotations,
             "spec.template.metadata.annotations",
@@ -987,8 +1077,7 @@ spec: {}
             w,
             [
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.caCrl: not implemented by Ama; ignored",
-                "x.yaml:doc 1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.credentialName: not implemented by Ama (the proxy reads no secrets); ignored: the files given, if any, are used",
-                "x.yaml:doc 1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.mode: SIMPLE: TLS origination from the sidecar is not implemented by Ama; the destination's endpoints are refused (503 UH) rather than reached in plaintext",
+                "x.yaml:doc 1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.credentialName: not supported on sidecars (Istio reads it only on gateways; the proxy reads no secrets); ignored: the files given, if any, are used",
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.connectionPool.http.maxConcurrentStreams: not implemented by Ama; ignored",
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.attributes: not implemented by Ama; ignored",
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.loadBalancer.localityLbSetting: not implemented by Ama (its endpoints have no localities); ignored",
@@ -1021,7 +1110,64 @@ data:
             w,
             [
                 "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.defaultConfig.holdApplicationUntilProxyStarts: not implemented by Ama; ignored",
-                "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.outboundTrafficPolicy: not implemented by Ama; ignored",
+            ]
+        );
+    }
+
+    #[test]
+    fn sidecar() {
+        let w = warnings(
+            "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default}
+spec:
+  workloadSelector: {labels: {app: a}}
+  ingress:
+  - {port: {number: 9080, protocol: HTTP, name: http}, defaultEndpoint: 127.0.0.1:8080}
+  egress:
+  - {port: {number: 80, protocol: HTTP, name: http}, bind: 127.0.0.1, captureMode: NONE, hosts: [./*]}
+  - {hosts: [istio-system/*]}
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+",
+        );
+        assert_eq!(
+            w,
+            [
+                "x.yaml:doc 1: Sidecar default/default: spec.egress[0].bind: not implemented by Ama; ignored",
+                "x.yaml:doc 1: Sidecar default/default: spec.egress[0].captureMode: not implemented by Ama; ignored",
+                "x.yaml:doc 1: Sidecar default/default: spec.egress[0].port: not implemented by Ama; the listener's hosts are seen on every port (wider than written)",
+                "x.yaml:doc 1: Sidecar default/default: spec.ingress: not implemented by Ama; ignored",
+            ]
+        );
+    }
+
+    #[test]
+    fn service_entry() {
+        let w = warnings(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext}
+spec:
+  hosts: [api.example.com, '*.example.org']
+  addresses: [240.0.0.1, 240.0.0.2/32, 240.0.1.0/24]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports:
+  - {number: 80, name: http, protocol: HTTP, targetPort: 8080}
+  - {number: 53, name: dns, protocol: UDP}
+  endpoints:
+  - {address: api.example.com, ports: {http: 8081}, labels: {v: a}, locality: r/z, weight: 2}
+  subjectAltNames: [api.example.com]
+  exportTo: ['.']
+",
+        );
+        assert_eq!(
+            w,
+            [
+                "x.yaml:doc 1: ServiceEntry default/ext: spec.addresses[2]: 240.0.1.0/24: a CIDR range of more than one address is not implemented by Ama (routing by destination subnet); this address is left out",
+                "x.yaml:doc 1: ServiceEntry default/ext: spec.endpoints[0].locality: not implemented by Ama; ignored",
+                "x.yaml:doc 1: ServiceEntry default/ext: spec.endpoints[0].weight: not implemented by Ama; ignored",
+                "x.yaml:doc 1: ServiceEntry default/ext: spec.ports[1].protocol: UDP: not implemented by Ama; the port is left out",
             ]
         );
     }

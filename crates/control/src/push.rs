@@ -93,13 +93,17 @@ struct Published {
     index: WorkloadIndex,
     encoder: Encoder,
     workloads: Arc<TypeView>,
-    /// Services, routes and authorizations depend on the namespace alone.
-    namespaces: HashMap<String, NamespaceViews>,
+    /// Services, routes and authorizations depend on the namespace and its Sidecar alone.
+    namespaces: HashMap<ScopeKey, NamespaceViews>,
     /// Policies also on the selector DestinationRules that select the proxy.
     policies: HashMap<ViewKey, Arc<TypeView>>,
 }
 
-/// The views every proxy of one namespace shares.
+/// What services, routes and authorizations depend on: the namespace, and the Sidecar
+/// resource that applies (`namespace/name`).
+type ScopeKey = (String, Option<String>);
+
+/// The views every proxy of one namespace (and Sidecar) shares.
 #[derive(Clone)]
 struct NamespaceViews {
     services: Arc<TypeView>,
@@ -110,7 +114,7 @@ struct NamespaceViews {
 /// The views of the last push, for reuse and deltas.
 #[derive(Default)]
 struct PreviousViews {
-    namespaces: HashMap<String, NamespaceViews>,
+    namespaces: HashMap<ScopeKey, NamespaceViews>,
     policies: HashMap<ViewKey, Arc<TypeView>>,
 }
 
@@ -121,7 +125,8 @@ impl Published {
         key: &ViewKey,
         previous: &PreviousViews,
     ) -> (NamespaceViews, Arc<TypeView>) {
-        let ns = self.namespaces.get(&key.namespace);
+        let scope: ScopeKey = (key.namespace.clone(), key.sidecar.clone());
+        let ns = self.namespaces.get(&scope);
         if let (Some(ns), Some(p)) = (ns, self.policies.get(key)) {
             return (ns.clone(), Arc::clone(p));
         }
@@ -138,10 +143,10 @@ impl Published {
                 .collect(),
             previous.policies.get(key),
         );
-        let ns = match self.namespaces.get(&key.namespace) {
+        let ns = match self.namespaces.get(&scope) {
             Some(ns) => ns.clone(),
             None => {
-                let old = previous.namespaces.get(&key.namespace);
+                let old = previous.namespaces.get(&scope);
                 let mut view = |resources: Vec<AnyResource>, old: Option<&Arc<TypeView>>| {
                     encode_view(&mut self.encoder, ns_name, resources, old)
                 };
@@ -165,7 +170,7 @@ impl Published {
                         old.map(|o| &o.authorizations),
                     ),
                 };
-                self.namespaces.insert(key.namespace.clone(), ns.clone());
+                self.namespaces.insert(scope, ns.clone());
                 ns
             }
         };
@@ -183,7 +188,7 @@ impl Published {
         let model = Arc::clone(&self.model);
         let me = self.index.find(&model, key);
         let (ns, policies) = self.views(&view_key(&model, key, me), previous);
-        let current = node_ref(key, me);
+        let current = node_ref(&model, key, me);
         if current != node.0 {
             node.1 = node_view(&current, Some(&node.1));
             node.0 = current;

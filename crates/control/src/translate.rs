@@ -19,7 +19,10 @@
 //! selector DestinationRules select it (its [`ViewKey`]): the control plane computes the
 //! [`SharedResources`] once per key and shares them between the proxies that have it.
 //!
-//! A `Sidecar` resource narrowing what a proxy sees is a later refinement.
+//! A `Sidecar` resource narrows what a proxy sees ([`crate::model::sidecar`]): the one that
+//! applies to it is part of its [`ViewKey`]; only the services its egress hosts match, the
+//! VirtualService hosts they match, and the DestinationRules of the services it sees are sent.
+//! Its `outboundTrafficPolicy` overrides the MeshConfig's, in the proxy's `self`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -27,6 +30,7 @@ use std::net::IpAddr;
 use xds::ads::ProxyId;
 use xds::{NodeRef, ProxyResources};
 
+use crate::model::sidecar::{self, SidecarScope};
 use crate::model::{Model, ROOT_NAMESPACE, Scoped, selector_matches};
 
 /// Which proxy: the parts of its node id that locate it.
@@ -59,6 +63,8 @@ pub struct ViewKey {
     pub namespace: String,
     /// Selector DestinationRules visible to the namespace that select the proxy's workload.
     pub selected: Vec<String>,
+    /// The Sidecar resource that applies to the proxy (`namespace/name`), if any.
+    pub sidecar: Option<String>,
 }
 
 /// What the proxies of one [`ViewKey`] receive, apart from `self` and the workloads (which
@@ -142,25 +148,51 @@ pub fn view_key(model: &Model, proxy: &ProxyKey, me: Option<&xds::Workload>) -> 
     ViewKey {
         namespace: proxy.namespace.clone(),
         selected,
+        sidecar: sidecar_of(model, ns, me).map(|s| s.key()),
     }
 }
 
-/// The proxy's own resource: its pod, namespace and address, and its workload's uid.
-pub fn node_ref(proxy: &ProxyKey, me: Option<&xds::Workload>) -> NodeRef {
+/// The proxy's own resource: its pod, namespace and address, its workload's uid, and the
+/// outbound traffic policy in force for it.
+pub fn node_ref(model: &Model, proxy: &ProxyKey, me: Option<&xds::Workload>) -> NodeRef {
     NodeRef {
         uid: me.map(|w| w.uid.clone()),
         name: Some(proxy.pod_name.clone()),
         namespace: Some(proxy.namespace.clone()),
         addresses: vec![proxy.ip],
+        outbound_traffic_policy: outbound_traffic_policy(model, &proxy.namespace, me),
     }
+}
+
+/// The Sidecar resource of a proxy in `namespace` whose workload is `me`.
+fn sidecar_of<'m>(
+    model: &'m Model,
+    namespace: &str,
+    me: Option<&xds::Workload>,
+) -> Option<&'m SidecarScope> {
+    sidecar::for_proxy(&model.sidecars, namespace, me.map(|w| &w.labels))
+}
+
+/// The outbound traffic policy of a proxy in `namespace` whose workload is `me`: its
+/// Sidecar's, else the MeshConfig's.
+pub fn outbound_traffic_policy(
+    model: &Model,
+    namespace: &str,
+    me: Option<&xds::Workload>,
+) -> xds::OutboundTrafficPolicy {
+    sidecar_of(model, namespace, me)
+        .and_then(|s| s.outbound_traffic_policy)
+        .unwrap_or(model.outbound_traffic_policy)
 }
 
 /// The resources of the proxy `proxy`.
 pub fn proxy_resources(model: &Model, proxy: &ProxyKey) -> ProxyResources {
     let me = find_workload(model, proxy);
     let shared = shared_resources(model, &view_key(model, proxy, me));
+    let node = node_ref(model, proxy, me);
     ProxyResources {
-        node: Some(node_ref(proxy, me)),
+        outbound_traffic_policy: node.outbound_traffic_policy,
+        node: Some(node),
         workloads: model.workloads.clone(),
         services: shared.services,
         http_routes: shared.http_routes,
@@ -173,11 +205,16 @@ pub fn proxy_resources(model: &Model, proxy: &ProxyKey) -> ProxyResources {
 pub fn shared_resources(model: &Model, key: &ViewKey) -> SharedResources {
     let ns = key.namespace.as_str();
     let visible = |export: &crate::model::ExportTo| export.visible_to(ns);
+    let scope = key
+        .sidecar
+        .as_deref()
+        .and_then(|k| model.sidecars.iter().find(|s| s.key() == k));
+    let sees = |host_ns: &str, host: &str| scope.is_none_or(|s| s.sees(ns, host_ns, host));
 
     let services: Vec<xds::Service> = model
         .services
         .iter()
-        .filter(|s| visible(&s.export_to))
+        .filter(|s| visible(&s.export_to) && sees(&s.namespace, &s.resource.hostname))
         .map(|s| s.resource.clone())
         .collect();
     let service_ns: BTreeMap<&str, &str> = services
@@ -202,7 +239,8 @@ pub fn shared_resources(model: &Model, key: &ViewKey) -> SharedResources {
         .collect();
     let mut owner: BTreeMap<&str, (u8, &str)> = BTreeMap::new();
     for r in &routes {
-        for h in &r.resource.hosts {
+        // A Sidecar's egress hosts select VirtualServices by their namespace and hosts.
+        for h in r.resource.hosts.iter().filter(|h| sees(&r.namespace, h)) {
             let candidate = (rank(&r.namespace, h), r.resource.name.as_str());
             owner
                 .entry(h.as_str())
@@ -229,11 +267,10 @@ pub fn shared_resources(model: &Model, key: &ViewKey) -> SharedResources {
 
     // TrafficPolicies: one per host, the best-ranked that applies to this proxy.
     let mut best: BTreeMap<&str, ((u8, bool, &str), &xds::TrafficPolicy)> = BTreeMap::new();
-    for p in model
-        .traffic_policies
-        .iter()
-        .filter(|p| visible(&p.export_to))
-    {
+    for p in model.traffic_policies.iter().filter(|p| {
+        visible(&p.export_to)
+            && (scope.is_none() || service_ns.contains_key(p.resource.host.as_str()))
+    }) {
         if p.workload_selector.is_some() && !key.selected.contains(&p.resource.name) {
             continue;
         }

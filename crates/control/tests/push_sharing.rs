@@ -159,3 +159,70 @@ fn proxies_share_views_and_a_change_wakes_only_those_it_concerns() {
     assert!(b1.has_changed().expect("open"), "b1 lost its selector rule");
     assert!(!b2.has_changed().expect("open"), "b2 sees nothing new");
 }
+
+#[test]
+fn a_sidecar_that_selects_a_workload_gives_it_its_own_view_and_outbound_policy() {
+    let (store, _changes) = ConfigStore::new();
+    let pusher = Pusher::new(
+        Arc::clone(&store),
+        PushOptions::default(),
+        &mut Registry::default(),
+    );
+    let sidecar = "---\napiVersion: networking.istio.io/v1\nkind: Sidecar\n\
+                   metadata: {name: narrow, namespace: a}\n\
+                   spec:\n  workloadSelector: {labels: {app: web}}\n  \
+                   outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n  egress: [{hosts: [\"./*\"]}]\n";
+    set(
+        &store,
+        &format!(
+            "{}{}{}{sidecar}",
+            app("a", "web", 1),
+            app("a", "cli", 3),
+            app("b", "db", 2)
+        ),
+    );
+    pusher.push(None, 1);
+    let mut web = pusher
+        .watch_proxy(&node("10.244.1.1", "web-1", "a"))
+        .expect("web");
+    let mut cli = pusher
+        .watch_proxy(&node("10.244.3.1", "cli-1", "a"))
+        .expect("cli");
+    let (sw, sc) = (
+        web.borrow_and_update().clone(),
+        cli.borrow_and_update().clone(),
+    );
+    let names = |s: &xds::ads::Snapshot| -> Vec<String> {
+        s.get(ResourceType::Service)
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect()
+    };
+    assert_eq!(
+        names(&sw),
+        ["a/cli.a.svc.cluster.local", "a/web.a.svc.cluster.local"]
+    );
+    assert_eq!(names(&sc).len(), 3, "{:?}", names(&sc));
+    let resources = |s: &xds::ads::Snapshot| {
+        let decoded: Vec<xds::ads::codec::AnyResource> = ResourceType::ALL
+            .into_iter()
+            .flat_map(|ty| {
+                s.get(ty)
+                    .iter()
+                    .map(move |(n, r)| {
+                        xds::ads::codec::AnyResource::decode(ty, n, &r.any).expect("decodes")
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        xds::ads::codec::assemble(&decoded)
+    };
+    assert_eq!(
+        resources(&sw).outbound_policy(),
+        xds::OutboundTrafficPolicy::RegistryOnly
+    );
+    assert_eq!(
+        resources(&sc).outbound_policy(),
+        xds::OutboundTrafficPolicy::AllowAny
+    );
+}

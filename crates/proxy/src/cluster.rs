@@ -187,13 +187,22 @@ pub struct ConsistentHash {
 impl Cluster {
     /// A cluster that lives for one request or connection (passthrough, inbound).
     pub fn single(name: Arc<str>, endpoint: Endpoint) -> Cluster {
+        Cluster::fixed(name, Arc::from([endpoint]))
+    }
+
+    /// A cluster with no endpoint (`BlackHoleCluster`): a connection to it finds no host.
+    pub fn empty(name: Arc<str>) -> Cluster {
+        Cluster::fixed(name, Arc::from([]))
+    }
+
+    fn fixed(name: Arc<str>, endpoints: Arc<[Endpoint]>) -> Cluster {
         // One state for all of them: they have no limits, cursor or stats worth keeping, and a
         // request should not allocate a circuit breaker it will never use.
         static SHARED: std::sync::OnceLock<Arc<ClusterState>> = std::sync::OnceLock::new();
         Cluster {
             name,
             subset: None,
-            endpoints: Arc::from([endpoint]),
+            endpoints,
             lb: LbPolicy::RoundRobin,
             settings: xds::Settings::default(),
             state: SHARED.get_or_init(Arc::default).clone(),

@@ -187,6 +187,9 @@ pub struct ServiceEntry {
     pub clusters: Vec<Arc<Cluster>>,
     /// Service port of each cluster (parallel to `clusters`).
     cluster_ports: Vec<u16>,
+    /// TLS origination of each cluster (parallel to `clusters`), for the endpoints made per
+    /// request (`resolution: NONE`, `PASSTHROUGH`).
+    originations: Vec<Option<Arc<crate::originate::Origination>>>,
 }
 
 impl ServiceEntry {
@@ -200,6 +203,14 @@ impl ServiceEntry {
             .map(|(c, _)| c)
     }
 
+    /// The TLS origination of `cluster` (one of ours), if its policy asks for it.
+    pub fn origination(&self, cluster: &Cluster) -> Option<&Arc<crate::originate::Origination>> {
+        self.clusters
+            .iter()
+            .position(|c| std::ptr::eq(&**c, cluster))
+            .and_then(|i| self.originations[i].as_ref())
+    }
+
     fn build(
         s: &Service,
         policy: Option<Arc<TrafficPolicy>>,
@@ -208,6 +219,7 @@ impl ServiceEntry {
     ) -> ServiceEntry {
         let mut clusters = Vec::new();
         let mut cluster_ports = Vec::new();
+        let mut originations = Vec::new();
         let subsets: Vec<Option<&xds::Subset>> = std::iter::once(None)
             .chain(policy.iter().flat_map(|p| p.subsets.iter().map(Some)))
             .collect();
@@ -218,23 +230,30 @@ impl ServiceEntry {
                     .map(|p| p.effective(sp.port, subset.map(|s| s.name.as_str())))
                     .unwrap_or_default();
                 let sub = subset.map(|s| s.name.as_str()).unwrap_or("");
-                let tls_off = settings
+                // MESH_EXTERNAL endpoints never get Istio mTLS.
+                let tls_off = s.mesh_external
+                    || settings
+                        .tls
+                        .as_ref()
+                        .is_some_and(|t| t.mode == xds::ClientTlsMode::Disable);
+                // DestinationRule SIMPLE / MUTUAL: TLS origination ([`crate::originate`]), one
+                // config per cluster, in place of Istio mTLS.
+                let origination = settings
                     .tls
                     .as_ref()
-                    .is_some_and(|t| t.mode == xds::ClientTlsMode::Disable);
-                // TLS origination (SIMPLE, MUTUAL) is not implemented: the cluster gets no
-                // endpoint (503 UH), never plaintext where TLS was asked for.
-                let originate = settings.tls.as_ref().is_some_and(|t| {
-                    matches!(
-                        t.mode,
-                        xds::ClientTlsMode::Simple | xds::ClientTlsMode::Mutual
-                    )
-                });
+                    .filter(|t| {
+                        matches!(
+                            t.mode,
+                            xds::ClientTlsMode::Simple | xds::ClientTlsMode::Mutual
+                        )
+                    })
+                    .map(|t| {
+                        crate::originate::Origination::new(t, s, sp.effective_protocol().is_http2())
+                    });
                 let endpoints: Vec<Endpoint> = s
                     .endpoints
                     .iter()
                     .zip(peers)
-                    .filter(|_| !originate)
                     .filter(|(ep, _)| {
                         subset.is_none_or(|ss| {
                             ss.labels.iter().all(|(k, v)| ep.labels.get(k) == Some(v))
@@ -242,16 +261,18 @@ impl ServiceEntry {
                     })
                     .map(|(ep, peer)| {
                         let addr = SocketAddr::new(ep.address, s.endpoint_port(ep, sp));
-                        let tls = if tls_off {
-                            None
-                        } else {
-                            crate::tls::PeerTls::for_endpoint(
+                        let tls = match &origination {
+                            Some(o) => {
+                                Some(crate::tls::PeerTls::originating(o.clone(), ep.address))
+                            }
+                            None if tls_off => None,
+                            None => crate::tls::PeerTls::for_endpoint(
                                 sp.port,
                                 sub,
                                 &s.hostname,
                                 ep,
                                 peer.as_deref(),
-                            )
+                            ),
                         };
                         Endpoint {
                             addr,
@@ -263,11 +284,16 @@ impl ServiceEntry {
                     .collect();
                 let name: Arc<str> =
                     Arc::from(format!("outbound|{}|{sub}|{}", sp.port, s.hostname));
-                let lb = settings
-                    .load_balancer
-                    .as_ref()
-                    .and_then(|lb| lb.simple)
-                    .unwrap_or(s.lb_policy);
+                let lb = if s.resolution == xds::Resolution::None {
+                    // No endpoints: Envoy's ORIGINAL_DST cluster, whatever the balancer.
+                    xds::LbPolicy::Passthrough
+                } else {
+                    settings
+                        .load_balancer
+                        .as_ref()
+                        .and_then(|lb| lb.simple)
+                        .unwrap_or(s.lb_policy)
+                };
                 let state = registry.cluster(&name, settings.connection_pool.as_ref());
                 clusters.push(Arc::new(Cluster::new(
                     name,
@@ -278,11 +304,13 @@ impl ServiceEntry {
                     state,
                 )));
                 cluster_ports.push(sp.port);
+                originations.push(origination);
             }
         }
         ServiceEntry {
             clusters,
             cluster_ports,
+            originations,
             policy,
             hostname: Arc::from(s.hostname.as_str()),
             name: Arc::from(s.name.as_str()),
@@ -307,6 +335,19 @@ pub struct Snapshot {
     pub services: Vec<Arc<ServiceEntry>>,
     by_vip: FxHashMap<(IpAddr, u16), Arc<ServiceEntry>>,
     by_host: HashMap<String, Arc<ServiceEntry>>,
+    /// ServiceEntry hosts `*.suffix`, by suffix, longest (most specific) first.
+    wildcard_hosts: Vec<(String, Arc<ServiceEntry>)>,
+    /// Ports of ServiceEntry hosts that have no VIP: a connection there is routed by its SNI.
+    sni_ports: FxHashSet<u16>,
+    /// Opaque TCP ports of ServiceEntry hosts without VIP: Istio's `0.0.0.0:<port>` listener
+    /// takes every connection to that port (the first host by the resources' order wins).
+    by_port: FxHashMap<u16, Arc<ServiceEntry>>,
+    /// Endpoints of headless Services (no VIP), by the address a client dials: Istio gives
+    /// each its own listener, so they are known destinations under `REGISTRY_ONLY` too.
+    by_endpoint: FxHashMap<SocketAddr, Arc<ServiceEntry>>,
+    /// What outbound traffic no service claims gets (MeshConfig / Sidecar
+    /// `outboundTrafficPolicy`).
+    pub outbound_policy: xds::OutboundTrafficPolicy,
     workloads_by_ip: FxHashMap<IpAddr, Arc<PeerInfo>>,
     workloads_by_uid: HashMap<String, Arc<PeerInfo>>,
     routes_by_host: HashMap<String, Arc<CompiledRoutes>>,
@@ -320,6 +361,7 @@ impl Snapshot {
         cfg: &ProxyConfig,
         version: u64,
         registry: &Registry,
+        dns: &crate::dns::DnsTable,
     ) -> Result<Snapshot, xds::ValidationErrors> {
         let node = resources.node.clone().unwrap_or_default();
         let name = node.name.clone().or_else(|| cfg.pod_name.clone());
@@ -390,8 +432,19 @@ impl Snapshot {
         let mut services = Vec::new();
         let mut by_vip = FxHashMap::default();
         let mut by_host = HashMap::new();
+        let mut wildcard_hosts = Vec::new();
+        let mut sni_ports = FxHashSet::default();
+        let mut by_port = FxHashMap::default();
+        let mut by_endpoint = FxHashMap::default();
         let mut inbound_by_port = HashMap::new();
         for s in &resources.services {
+            let resolved;
+            let s = if s.dns_endpoints.is_empty() {
+                s
+            } else {
+                resolved = dns.with_endpoints(s);
+                &resolved
+            };
             let policy = policies.get(s.hostname.as_str()).cloned();
             let peers: Vec<Option<Arc<PeerInfo>>> = s
                 .endpoints
@@ -411,11 +464,42 @@ impl Snapshot {
                     by_vip.insert((*vip, p.port), entry.clone());
                 }
             }
-            by_host.insert(s.hostname.clone(), entry.clone());
-            by_host.insert(format!("{}.{}", s.name, s.namespace), entry.clone());
-            by_host.insert(format!("{}.{}.svc", s.name, s.namespace), entry.clone());
-            if namespace.as_deref() == Some(s.namespace.as_str()) {
-                by_host.insert(s.name.clone(), entry.clone());
+            if s.is_service_entry() {
+                // A ServiceEntry host is known only as written (Istio adds no short forms).
+                match s.wildcard_suffix() {
+                    Some(suffix) => wildcard_hosts.push((suffix.to_string(), entry.clone())),
+                    None => {
+                        by_host.insert(s.hostname.clone(), entry.clone());
+                    }
+                }
+                if s.vips.is_empty() {
+                    for p in &s.ports {
+                        match p.effective_protocol() {
+                            xds::Protocol::Tcp => {
+                                by_port.entry(p.port).or_insert_with(|| entry.clone());
+                            }
+                            _ => {
+                                sni_ports.insert(p.port);
+                            }
+                        }
+                    }
+                }
+            } else {
+                if s.vips.is_empty() {
+                    for ep in &s.endpoints {
+                        for p in &s.ports {
+                            by_endpoint
+                                .entry(SocketAddr::new(ep.address, s.endpoint_port(ep, p)))
+                                .or_insert_with(|| entry.clone());
+                        }
+                    }
+                }
+                by_host.insert(s.hostname.clone(), entry.clone());
+                by_host.insert(format!("{}.{}", s.name, s.namespace), entry.clone());
+                by_host.insert(format!("{}.{}.svc", s.name, s.namespace), entry.clone());
+                if namespace.as_deref() == Some(s.namespace.as_str()) {
+                    by_host.insert(s.name.clone(), entry.clone());
+                }
             }
             for ep in &s.endpoints {
                 let mine = self_addrs.contains(&ep.address)
@@ -450,8 +534,14 @@ impl Snapshot {
         if !errors.is_empty() {
             return Err(xds::ValidationErrors(errors));
         }
+        wildcard_hosts.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
         Ok(Snapshot {
             version,
+            outbound_policy: resources.outbound_policy(),
+            wildcard_hosts,
+            sni_ports,
+            by_port,
+            by_endpoint,
             resources: Arc::new(resources),
             me,
             me_info: Arc::new(me_info),
@@ -470,14 +560,45 @@ impl Snapshot {
         self.by_vip.get(&(addr.ip(), addr.port()))
     }
 
+    /// The service a connection to `addr` reaches without looking at its bytes: by VIP, else
+    /// a headless Service's endpoint, else a ServiceEntry's opaque TCP port without VIP.
+    pub fn service_by_destination(&self, addr: SocketAddr) -> Option<&Arc<ServiceEntry>> {
+        self.service_by_vip(addr)
+            .or_else(|| self.by_endpoint.get(&addr))
+            .or_else(|| self.by_port.get(&addr.port()))
+    }
+
+    /// The headless Service whose endpoint `addr` is, if any.
+    pub fn headless_by_endpoint(&self, addr: SocketAddr) -> Option<&Arc<ServiceEntry>> {
+        self.by_endpoint.get(&addr)
+    }
+
     /// The service named by an HTTP authority (`httpbin-service`, `httpbin-service.default`,
-    /// the FQDN; a `:port` suffix is ignored).
+    /// the FQDN, a ServiceEntry host or one its wildcard covers, the most specific first; a
+    /// `:port` suffix is ignored).
     pub fn service_by_host(&self, authority: &str) -> Option<&Arc<ServiceEntry>> {
-        let host = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => authority,
-        };
-        self.by_host.get(host)
+        let host = crate::route::strip_port(authority);
+        self.by_host.get(host).or_else(|| {
+            self.wildcard_hosts
+                .iter()
+                .find(|(suffix, _)| {
+                    host.len() > suffix.len() && ends_with_ignore_case(host, suffix)
+                })
+                .map(|(_, e)| e)
+        })
+    }
+
+    /// Whether a connection to `port` that no VIP claims may name a ServiceEntry host by SNI.
+    pub fn routes_by_sni_on(&self, port: u16) -> bool {
+        self.sni_ports.contains(&port)
+    }
+
+    /// Every name the proxy resolves for DNS endpoints (a name may come more than once).
+    pub fn dns_names(&self) -> impl Iterator<Item = &str> {
+        self.resources
+            .services
+            .iter()
+            .flat_map(|s| s.dns_endpoints.iter().map(|e| e.hostname.as_str()))
     }
 
     /// The labels of the workload at `ip`, if known.
@@ -520,6 +641,12 @@ impl Snapshot {
     }
 }
 
+/// Whether `host` ends with `suffix`, ignoring ASCII case (host names are case-insensitive).
+fn ends_with_ignore_case(host: &str, suffix: &str) -> bool {
+    host.len() >= suffix.len()
+        && host.as_bytes()[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+}
+
 /// The current snapshot, swapped atomically on reload.
 #[derive(Debug)]
 pub struct ConfigStore {
@@ -527,6 +654,10 @@ pub struct ConfigStore {
     next_version: AtomicU64,
     cfg: Arc<ProxyConfig>,
     registry: Registry,
+    dns: crate::dns::DnsTable,
+    /// Held while a snapshot is built and swapped in, so a DNS refresh, which rebuilds from
+    /// the resources in force, never swaps them back over newer ones.
+    swapping: std::sync::Mutex<()>,
 }
 
 impl ConfigStore {
@@ -537,12 +668,15 @@ impl ConfigStore {
         cfg: Arc<ProxyConfig>,
     ) -> Result<ConfigStore, xds::ValidationErrors> {
         let registry = Registry::default();
-        let snap = Snapshot::build(resources, &cfg, 1, &registry)?;
+        let dns = crate::dns::DnsTable::default();
+        let snap = Snapshot::build(resources, &cfg, 1, &registry, &dns)?;
         Ok(ConfigStore {
             current: ArcSwap::from_pointee(snap),
             next_version: AtomicU64::new(2),
             cfg,
             registry,
+            dns,
+            swapping: std::sync::Mutex::new(()),
         })
     }
 
@@ -557,12 +691,19 @@ impl ConfigStore {
     /// the message).
     pub fn apply(&self, resources: ProxyResources) -> Result<u64, xds::ValidationErrors> {
         resources.validate()?;
+        let _swapping = self.swapping.lock().unwrap_or_else(|e| e.into_inner());
+        self.swap_in(resources)
+    }
+
+    /// Builds and swaps in a snapshot of `resources` (checked); the caller holds `swapping`.
+    fn swap_in(&self, resources: ProxyResources) -> Result<u64, xds::ValidationErrors> {
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
         let snap = Arc::new(Snapshot::build(
             resources,
             &self.cfg,
             version,
             &self.registry,
+            &self.dns,
         )?);
         self.current.store(snap.clone());
         let mut names = FxHashSet::default();
@@ -573,6 +714,18 @@ impl ConfigStore {
         }
         self.registry.retain(&names, &addrs);
         Ok(version)
+    }
+
+    /// The answers of the names of DNS endpoints ([`crate::dns`]).
+    pub fn dns(&self) -> &crate::dns::DnsTable {
+        &self.dns
+    }
+
+    /// Rebuilds the snapshot in force from its own resources, after DNS answers changed.
+    pub fn refresh(&self) -> Result<u64, xds::ValidationErrors> {
+        let _swapping = self.swapping.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.load();
+        self.swap_in((*current.resources).clone())
     }
 }
 

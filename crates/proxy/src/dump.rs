@@ -115,6 +115,7 @@ impl AdminSource for TrafficAdmin {
                 let _ = writeln!(out, "{name}::{addr}::weight::1");
             }
         }
+        out.push_str("BlackHoleCluster::observability_name::BlackHoleCluster\n");
         out.push_str("PassthroughCluster::observability_name::PassthroughCluster\n");
         out
     }

@@ -41,6 +41,7 @@ pub mod config;
 pub mod conn_exec;
 pub mod control_plane;
 pub mod detect;
+pub mod dns;
 pub mod drain;
 pub mod dump;
 pub mod fx_hash;
@@ -51,6 +52,7 @@ pub mod identity_source;
 pub mod inbound;
 pub mod listener;
 pub mod orig_dst;
+pub mod originate;
 pub mod outbound;
 pub mod outlier;
 pub mod per_snapshot;
@@ -220,6 +222,7 @@ impl Proxy {
         } = self;
         tokio::spawn(outbound.run(watcher.clone()));
         tokio::spawn(inbound.run(watcher.clone()));
+        tokio::spawn(dns::run(pi.store.clone(), watcher.clone()));
         if let Some(path) = config_file {
             tokio::spawn(config::watch_file(
                 path,

@@ -167,7 +167,7 @@ async fn handle_connection(ctx: Arc<ConnCtx>, mut stream: TcpStream, drain: Drai
     let t0 = Instant::now();
     let snap = ctx.pi.store.load();
     let declared_opaque = snap
-        .service_by_vip(ctx.orig_dst.get())
+        .service_by_destination(ctx.orig_dst.get())
         .and_then(|e| e.service.port(ctx.orig_dst.get().port()))
         .is_some_and(|p| p.effective_protocol().is_opaque());
     let tls_routed = crate::outbound::router::routes_by_sni(&snap, ctx.orig_dst);
@@ -242,17 +242,20 @@ where
                     ),
                     Direction::Inbound => crate::inbound::app::target(&snap, &ctx.pi, ctx.orig_dst),
                 };
-                forward_tcp(&ctx, io, &target, start, t0, &drain).await;
+                forward_tcp(&ctx, io, &target, sni, start, t0, &drain).await;
             }
         }
     })
 }
 
-/// Proxies an opaque connection to one endpoint of `target`, then logs it.
+/// Proxies an opaque connection to one endpoint of `target`, then logs it; `sni` is the
+/// server name of its ClientHello when it was read (outbound), logged as Envoy's
+/// tls_inspector records it.
 async fn forward_tcp<D>(
     ctx: &ConnCtx,
     downstream: D,
     target: &Target,
+    sni: Option<Arc<str>>,
     start: SystemTime,
     t0: Instant,
     drain: &DrainWatcher,
@@ -262,7 +265,7 @@ async fn forward_tcp<D>(
     let snap = ctx.pi.store.load();
     let mut rec = TcpRecord::accepted(start, ctx.orig_dst.get(), ctx.client.get());
     rec.upstream_cluster = Some(target.cluster.name.clone());
-    rec.requested_server_name = ctx.sni.clone();
+    rec.requested_server_name = sni.or_else(|| ctx.sni.clone());
     let hash = target.cluster.hash.as_ref().and_then(|h| {
         h.policy.hash(&crate::hash_lb::RequestParts {
             headers: &::http::HeaderMap::new(),
@@ -279,15 +282,12 @@ async fn forward_tcp<D>(
     rec.upstream_host = Some(ep.addr);
     let mut labels = labels_for(ctx, &snap, Some(target), ep.peer.clone());
     let _in_flight = ep.start();
-    let peer_tls = ctx.pi.tls.as_ref().and(ep.tls.clone());
-    let tls = match (&ctx.pi.tls, &peer_tls) {
-        (Some(mesh), Some(peer)) => Some(UpstreamTls {
-            mesh,
-            peer,
-            protocol: identity::AppProtocol::Tcp,
-        }),
-        _ => None,
-    };
+    let peer_tls = crate::tls::upstream_peer(ctx.pi.tls.as_ref(), &ep.tls);
+    let tls = peer_tls.as_deref().map(|peer| UpstreamTls {
+        mesh: ctx.pi.tls.as_deref(),
+        peer,
+        protocol: identity::AppProtocol::Tcp,
+    });
     let timeout = ctx.pi.cfg.connect_timeout;
     let circuit = &target.cluster.state.circuit;
     let connected =

@@ -264,11 +264,12 @@ pub struct ConnInfo {
     pub peer: Option<Arc<str>>,
 }
 
-/// How to secure a new upstream connection: Istio mTLS with `peer`, speaking `protocol` inside.
+/// How to secure a new upstream connection: Istio mTLS with `peer`, speaking `protocol` inside,
+/// or TLS origination when `peer` says so.
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamTls<'a> {
-    /// Our identity.
-    pub mesh: &'a MeshTls,
+    /// Our identity (`None`: the proxy has none; only TLS origination can be done).
+    pub mesh: Option<&'a MeshTls>,
     /// The endpoint's SNI and expected identity.
     pub peer: &'a PeerTls,
     /// What goes inside (selects the ALPN).
@@ -346,9 +347,29 @@ pub async fn connect_with(
     let (stream, local) = connect_tcp(endpoint, bind, dial).await?;
     match tls {
         None => Ok((UpstreamIo::Plain(stream), ConnInfo { local, peer: None })),
+        Some(UpstreamTls {
+            peer: PeerTls {
+                origination: Some(o),
+                ..
+            },
+            ..
+        }) => {
+            let stream = o
+                .connect(stream, endpoint.get().ip())
+                .await
+                .map_err(PoolError::Tls)?;
+            Ok((
+                UpstreamIo::Tls(Box::new(stream)),
+                ConnInfo { local, peer: None },
+            ))
+        }
         Some(t) => {
-            let (stream, peer) = t
-                .mesh
+            let mesh = t.mesh.ok_or_else(|| {
+                PoolError::Tls(HandshakeError::Io(io::Error::other(
+                    "mTLS requested but the proxy has no identity",
+                )))
+            })?;
+            let (stream, peer) = mesh
                 .connect(stream, t.peer, t.protocol)
                 .await
                 .map_err(PoolError::Tls)?;
@@ -816,19 +837,11 @@ impl Pool {
         key: &Key,
         protocol: AppProtocol,
     ) -> Result<(UpstreamIo, ConnInfo), PoolError> {
-        let tls = match (&key.base.tls, &self.inner.tls) {
-            (None, _) => None,
-            (Some(peer), Some(mesh)) => Some(UpstreamTls {
-                mesh,
-                peer,
-                protocol,
-            }),
-            (Some(_), None) => {
-                return Err(PoolError::Tls(HandshakeError::Io(io::Error::other(
-                    "mTLS requested but the proxy has no identity",
-                ))));
-            }
-        };
+        let tls = key.base.tls.as_deref().map(|peer| UpstreamTls {
+            mesh: self.inner.tls.as_deref(),
+            peer,
+            protocol,
+        });
         let dial = Dial::of(key.circuit(), self.inner.cfg.connect_timeout);
         connect_with(key.base.endpoint, key.base.bind, dial, tls).await
     }

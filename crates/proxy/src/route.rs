@@ -120,6 +120,28 @@ pub fn passthrough(orig_dst: OrigDstAddr, host: Option<&str>) -> Target {
     }
 }
 
+/// Outbound to an address no service claims under `REGISTRY_ONLY`: Istio's
+/// `BlackHoleCluster`, which has no endpoint (opaque TCP is closed, `UH`); HTTP never gets
+/// here, the `block_all` route answers it 502 ([`crate::outbound::router::RouteError`]). The
+/// labels are the stats plugin's for it: `destination_service_name` `BlackHoleCluster`.
+pub fn blackhole(orig_dst: OrigDstAddr, host: Option<&str>) -> Target {
+    static BLACKHOLE: OnceLock<Arc<Cluster>> = OnceLock::new();
+    let cluster = BLACKHOLE
+        .get_or_init(|| Arc::new(Cluster::empty(Arc::from(BLACKHOLE_CLUSTER))))
+        .clone();
+    Target {
+        cluster,
+        route_name: Some(Arc::from(BLOCK_ALL_ROUTE)),
+        service_name: Arc::from(BLACKHOLE_CLUSTER),
+        ..passthrough(orig_dst, host)
+    }
+}
+
+/// Istio's cluster for traffic `REGISTRY_ONLY` blocks.
+pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
+/// Istio's route (and virtual host) answering blocked HTTP with 502.
+pub const BLOCK_ALL_ROUTE: &str = "block_all";
+
 /// `authority` without a `:port` suffix.
 pub(crate) fn strip_port(authority: &str) -> &str {
     match authority.rsplit_once(':') {

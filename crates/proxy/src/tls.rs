@@ -37,6 +37,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
 use crate::config::PeerInfo;
+use crate::originate::Origination;
 
 /// Istio's ALPN values that mark a ClientHello as mesh mTLS (what Istio's inbound listener
 /// matches on). `istio-peer-exchange` is recognised here, though not negotiated: Envoy clients
@@ -82,7 +83,8 @@ impl ServerIdentity {
     }
 }
 
-/// How to reach one endpoint with Istio mTLS: the SNI to send and the identity to expect.
+/// How to reach one endpoint with Istio mTLS: the SNI to send and the identity to expect; or,
+/// for a DestinationRule's `SIMPLE`/`MUTUAL` TLS, how to originate TLS ([`Origination`]).
 ///
 /// Built once per snapshot; shared as `Arc` by the cluster, the target and the pool key. Equal
 /// values are interchangeable connections.
@@ -92,6 +94,38 @@ pub struct PeerTls {
     pub sni: ServerName<'static>,
     /// Who must answer.
     pub identity: ServerIdentity,
+    /// TLS origination instead of Istio mTLS (then `sni` and `identity` are not used: the
+    /// origination has its own); needs no identity of ours.
+    pub origination: Option<Arc<Origination>>,
+}
+
+impl PeerTls {
+    /// Originates TLS with `origination` toward the endpoint at `ip`.
+    pub fn originating(origination: Arc<Origination>, ip: std::net::IpAddr) -> Arc<PeerTls> {
+        Arc::new(PeerTls {
+            sni: ServerName::IpAddress(ip.into()),
+            identity: ServerIdentity::AnyInMesh,
+            origination: Some(origination),
+        })
+    }
+
+    /// Whether the endpoint runs a sidecar we talk Istio mTLS to (not TLS origination).
+    pub fn is_mesh(&self) -> bool {
+        self.origination.is_none()
+    }
+}
+
+/// The TLS of a connection to an endpoint whose settings are `ep`: TLS origination always;
+/// Istio mTLS when this proxy has an identity (`mesh`), else none.
+pub fn upstream_peer(
+    mesh: Option<&Arc<MeshTls>>,
+    ep: &Option<Arc<PeerTls>>,
+) -> Option<Arc<PeerTls>> {
+    match ep {
+        Some(p) if !p.is_mesh() => Some(p.clone()),
+        Some(p) => mesh.map(|_| p.clone()),
+        None => None,
+    }
 }
 
 impl PeerTls {
@@ -135,7 +169,11 @@ impl PeerTls {
                 }
             },
         };
-        Some(Arc::new(PeerTls { sni, identity }))
+        Some(Arc::new(PeerTls {
+            sni,
+            identity,
+            origination: None,
+        }))
     }
 }
 
@@ -472,6 +510,7 @@ mod tests {
             .expect("manager");
         let mesh = MeshTls::new(manager).expect("mesh tls");
         let peer = PeerTls {
+            origination: None,
             sni: itls::outbound_server_name(80, "", "a.b.svc.cluster.local").expect("sni"),
             identity: ServerIdentity::AnyInMesh,
         };

@@ -43,12 +43,12 @@ pub use policy::{
     LoadBalancer, OutlierDetection, Policy, PortSettings, Settings, Subset, TcpKeepalive, TcpPool,
     TrafficPolicy,
 };
-pub use resources::{LoadError, NodeRef, ProxyResources};
+pub use resources::{LoadError, NodeRef, OutboundTrafficPolicy, ProxyResources};
 pub use routes::{
     AbortStatus, Cors, DirectResponse, Fault, FaultAbort, FaultDelay, HeaderOps, Headers,
     HttpRoute, HttpRouteMatch, HttpRoutes, L4Match, L4Route, Mirror, Redirect, RedirectPort,
     RegexRewrite, RetryPolicy, Rewrite, RouteDestination, StringMatch, UnmatchedPreflights,
 };
-pub use service::{Endpoint, LbPolicy, Service, ServicePort};
+pub use service::{DnsEndpoint, Endpoint, LbPolicy, Resolution, Service, ServicePort};
 pub use validate::{ValidationError, ValidationErrors};
 pub use workload::{Protocol, TlsMode, Workload, WorkloadPort};

@@ -30,6 +30,11 @@ pub struct NodeRef {
     /// Pod addresses.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<IpAddr>,
+    /// Over ADS, the proxy's [`ProxyResources::outbound_traffic_policy`] (it depends on the
+    /// proxy, as its Sidecar does, and the Node resource is the proxy's own). In a file, set
+    /// the bundle's field instead; when both are set, `REGISTRY_ONLY` wins.
+    #[serde(default, skip_serializing_if = "OutboundTrafficPolicy::is_allow_any")]
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
 }
 
 /// Everything a proxy needs: its own identity, and the workloads, services, routes, policies and
@@ -60,6 +65,28 @@ pub struct ProxyResources {
     /// Authorizations.
     #[serde(default)]
     pub authorizations: Vec<Authorization>,
+    // Egress (issue 16).
+    /// What the proxy does with outbound traffic no service claims (MeshConfig or Sidecar
+    /// `outboundTrafficPolicy.mode`).
+    #[serde(default, skip_serializing_if = "OutboundTrafficPolicy::is_allow_any")]
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
+}
+
+/// Outbound traffic to a destination no service claims (Istio's `outboundTrafficPolicy.mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboundTrafficPolicy {
+    /// Passed through to where it was going (`PassthroughCluster`), Istio's default.
+    #[default]
+    AllowAny,
+    /// Blocked (`BlackHoleCluster`): HTTP gets 502 from the `block_all` route, TCP is closed.
+    RegistryOnly,
+}
+
+impl OutboundTrafficPolicy {
+    fn is_allow_any(&self) -> bool {
+        *self == OutboundTrafficPolicy::AllowAny
+    }
 }
 
 /// Why a resource file could not be used.
@@ -92,6 +119,17 @@ pub enum LoadError {
 }
 
 impl ProxyResources {
+    /// The outbound traffic policy in force: `REGISTRY_ONLY` when the bundle or its `self`
+    /// says so (the control plane sends it in `self`).
+    pub fn outbound_policy(&self) -> OutboundTrafficPolicy {
+        match &self.node {
+            Some(n) if n.outbound_traffic_policy == OutboundTrafficPolicy::RegistryOnly => {
+                OutboundTrafficPolicy::RegistryOnly
+            }
+            _ => self.outbound_traffic_policy,
+        }
+    }
+
     /// Reads and checks a resource file (YAML, or JSON when it starts with `{`).
     pub fn load(path: &Path) -> Result<Self, LoadError> {
         let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
@@ -262,5 +300,63 @@ services:
             .expect_err("unknown")
             .to_string();
         assert!(err.contains("hostnme"), "{err}");
+    }
+
+    #[test]
+    fn service_entries_take_wildcards_and_names() {
+        let text = r#"
+outboundTrafficPolicy: REGISTRY_ONLY
+services:
+- {hostname: "*.wikipedia.org", name: "*.wikipedia.org", namespace: default, meshExternal: true,
+   resolution: NONE, ports: [{name: https, port: 443, protocol: TLS}]}
+- {hostname: httpbin.org, name: httpbin.org, namespace: default, meshExternal: true,
+   resolution: DNS, ports: [{name: http, port: 80}],
+   dnsEndpoints: [{hostname: httpbin.org}, {hostname: localhost, ports: {80: 8080}}]}
+"#;
+        let r = ProxyResources::parse(text).expect("valid");
+        assert_eq!(
+            r.outbound_traffic_policy,
+            OutboundTrafficPolicy::RegistryOnly
+        );
+        assert_eq!(r.services[0].wildcard_suffix(), Some(".wikipedia.org"));
+        assert_eq!(r.services[1].dns_endpoints[1].ports[&80], 8080);
+        let json = serde_json::to_string(&r).expect("serialize");
+        assert_eq!(ProxyResources::parse(&json).expect("json"), r);
+        // Defaults stay off the wire, so older resources read the same.
+        let plain = ProxyResources::parse(SEED).expect("valid");
+        let json = serde_json::to_string(&plain).expect("serialize");
+        assert!(
+            !json.contains("resolution") && !json.contains("outbound"),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn kubernetes_services_take_no_wildcards_nor_names() {
+        let text = r#"
+services:
+- {hostname: "*.default.svc.cluster.local", name: a, namespace: default, ports: [{port: 80}]}
+- {hostname: b.org, name: b.org, namespace: default, resolution: STATIC, ports: [{port: 80}],
+   dnsEndpoints: [{hostname: "B_", ports: {81: 80}}]}
+"#;
+        let err = ProxyResources::parse(text)
+            .expect_err("invalid")
+            .to_string();
+        assert!(
+            err.contains("services[0].hostname: must be a DNS name"),
+            "{err}"
+        );
+        assert!(
+            err.contains("services[1].dnsEndpoints: only a service of resolution DNS"),
+            "{err}"
+        );
+        assert!(
+            err.contains("services[1].dnsEndpoints[0].ports[81]: is not a port"),
+            "{err}"
+        );
+        assert!(
+            err.contains("services[1].dnsEndpoints[0].hostname: must be a DNS name"),
+            "{err}"
+        );
     }
 }

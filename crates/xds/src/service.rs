@@ -23,6 +23,33 @@ pub enum LbPolicy {
     Passthrough,
 }
 
+/// How the proxy finds a service's endpoints (ServiceEntry `resolution`; Kubernetes
+/// Services are `CLIENT_SIDE_LB`, Istio's internal value for them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Resolution {
+    /// The registry's endpoints (a Kubernetes Service): Envoy's EDS cluster.
+    #[default]
+    ClientSideLb,
+    /// The listed endpoints, by IP (ServiceEntry `STATIC`).
+    Static,
+    /// The endpoints' (or the host's) names, resolved by the proxy, every address used
+    /// (Envoy's `STRICT_DNS`).
+    Dns,
+    /// Resolved by the proxy, one address at a time (Envoy's `LOGICAL_DNS`).
+    DnsRoundRobin,
+    /// No endpoints: to the address the client dialled, as `PassthroughCluster` does but under
+    /// the service's name and policies (Envoy's `ORIGINAL_DST`).
+    None,
+}
+
+impl Resolution {
+    /// Whether the proxy resolves host names for this service.
+    pub fn is_dns(self) -> bool {
+        matches!(self, Resolution::Dns | Resolution::DnsRoundRobin)
+    }
+}
+
 /// A port of a service.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -84,6 +111,21 @@ pub struct Endpoint {
     pub plaintext_ports: BTreeSet<u16>,
 }
 
+/// An endpoint given by host name (ServiceEntry `resolution: DNS` or `DNS_ROUND_ROBIN`): the
+/// proxy resolves it off the request path, refreshes it, and keeps the last good answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DnsEndpoint {
+    /// The name to resolve (`httpbin.org`, `localhost`).
+    pub hostname: String,
+    /// Per service port, the port to connect to (as [`Endpoint::ports`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<u16, u16>,
+    /// Its labels (for subsets).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
 /// A service: hostname, VIPs, ports and endpoints.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -106,6 +148,24 @@ pub struct Service {
     /// Load-balancing policy (a TrafficPolicy for the host overrides it).
     #[serde(default)]
     pub lb_policy: LbPolicy,
+    // ServiceEntry (issue 16): every field below is additive and defaults to what a
+    // Kubernetes Service is.
+    /// Outside the mesh (ServiceEntry `MESH_EXTERNAL`): its endpoints never get Istio mTLS.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mesh_external: bool,
+    /// How the endpoints are found.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub resolution: Resolution,
+    /// Endpoints by host name, resolved by the proxy (`resolution` `DNS`/`DNS_ROUND_ROBIN`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_endpoints: Vec<DnsEndpoint>,
+    /// Names the endpoints' certificates must carry (ServiceEntry `subjectAltNames`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 impl Service {
@@ -123,9 +183,28 @@ impl Service {
             .unwrap_or(sp.port)
     }
 
+    /// Whether the service came from a ServiceEntry rather than a Kubernetes Service: its host
+    /// is known only as written (no `name.namespace` short forms) and may be a wildcard.
+    pub fn is_service_entry(&self) -> bool {
+        self.resolution != Resolution::ClientSideLb || self.mesh_external
+    }
+
+    /// For a wildcard host (`*.wikipedia.org`), the suffix it matches (`.wikipedia.org`).
+    pub fn wildcard_suffix(&self) -> Option<&str> {
+        self.hostname.strip_prefix('*')
+    }
+
     pub(crate) fn validate(&self, path: &str, errs: &mut ValidationErrors) {
-        check_dns_name(errs, &format!("{path}.hostname"), &self.hostname);
-        check_dns_name(errs, &format!("{path}.name"), &self.name);
+        // A ServiceEntry's host may be a wildcard (`*.wikipedia.org`); its name is the host.
+        let check_host = |errs: &mut ValidationErrors, at: String, h: &str| match h
+            .strip_prefix("*.")
+            .filter(|_| self.is_service_entry())
+        {
+            Some(rest) => check_dns_name(errs, &at, rest),
+            None => check_dns_name(errs, &at, h),
+        };
+        check_host(errs, format!("{path}.hostname"), &self.hostname);
+        check_host(errs, format!("{path}.name"), &self.name);
         check_dns_name(errs, &format!("{path}.namespace"), &self.namespace);
         for (i, p) in self.ports.iter().enumerate() {
             let pp = format!("{path}.ports[{i}]");
@@ -137,14 +216,46 @@ impl Service {
                 errs.push(format!("{pp}.port"), format!("duplicate port {}", p.port));
             }
         }
-        for (i, ep) in self.endpoints.iter().enumerate() {
-            for (sp, tp) in &ep.ports {
-                let pp = format!("{path}.endpoints[{i}].ports[{sp}]");
-                check_port(errs, &pp, *tp);
-                if self.port(*sp).is_none() {
-                    errs.push(pp, "is not a port of the service");
+        if !self.dns_endpoints.is_empty() && !self.resolution.is_dns() {
+            errs.push(
+                format!("{path}.dnsEndpoints"),
+                "only a service of resolution DNS or DNS_ROUND_ROBIN has endpoints by name",
+            );
+        }
+        if self.resolution.is_dns()
+            && self.wildcard_suffix().is_some()
+            && self.dns_endpoints.is_empty()
+        {
+            errs.push(
+                format!("{path}.hostname"),
+                "a wildcard host cannot be resolved: DNS resolution needs dnsEndpoints",
+            );
+        }
+        let named = self.dns_endpoints.iter().map(|e| &e.ports);
+        let lists = [
+            (
+                "endpoints",
+                self.endpoints.iter().map(|e| &e.ports).collect::<Vec<_>>(),
+            ),
+            ("dnsEndpoints", named.collect()),
+        ];
+        for (list, all) in lists {
+            for (i, ports) in all.into_iter().enumerate() {
+                for (sp, tp) in ports {
+                    let pp = format!("{path}.{list}[{i}].ports[{sp}]");
+                    check_port(errs, &pp, *tp);
+                    if self.port(*sp).is_none() {
+                        errs.push(pp, "is not a port of the service");
+                    }
                 }
             }
+        }
+        for (i, ep) in self.dns_endpoints.iter().enumerate() {
+            check_dns_name(
+                errs,
+                &format!("{path}.dnsEndpoints[{i}].hostname"),
+                &ep.hostname,
+            );
         }
     }
 }

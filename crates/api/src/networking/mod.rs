@@ -114,6 +114,16 @@ pub struct WorkloadSelector {
     pub match_labels: BTreeMap<String, String>,
 }
 
+/// The workloads a ServiceEntry or Sidecar applies to (Istio's
+/// `networking.v1alpha3.WorkloadSelector`, whose field is `labels`, where the other kinds'
+/// `istio.type.v1beta1.WorkloadSelector` has `matchLabels`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkingWorkloadSelector {
+    /// Labels a workload must carry.
+    pub labels: BTreeMap<String, String>,
+}
+
 /// A percentage with decimals (`value: 0.5`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]

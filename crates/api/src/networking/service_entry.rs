@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
-use super::{Port, WorkloadSelector};
+use super::{NetworkingWorkloadSelector, Port};
 use crate::check::{Problems, dns_name, ip_or_cidr};
 
 /// The spec of a ServiceEntry.
@@ -26,7 +26,7 @@ pub struct ServiceEntry {
     /// Its endpoints (STATIC and DNS).
     pub endpoints: Vec<WorkloadEntry>,
     /// Workloads that are its endpoints (MESH_INTERNAL).
-    pub workload_selector: Option<WorkloadSelector>,
+    pub workload_selector: Option<NetworkingWorkloadSelector>,
     /// Namespaces that see it.
     pub export_to: Vec<String>,
     /// Names the endpoints' certificates must have.
@@ -138,10 +138,7 @@ impl ServiceEntry {
             );
         }
         if let Some(ws) = &self.workload_selector {
-            p.selector_labels(
-                &format!("{at}.workloadSelector.matchLabels"),
-                &ws.match_labels,
-            );
+            p.selector_labels(&format!("{at}.workloadSelector.labels"), &ws.labels);
         }
         if matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin)
             && self.endpoints.is_empty()

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::{Destination, Port, WorkloadSelector};
+use super::{Destination, NetworkingWorkloadSelector, Port};
 use crate::check::{Problems, namespaced_host};
 
 /// The spec of a Sidecar.
@@ -11,7 +11,7 @@ use crate::check::{Problems, namespaced_host};
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct Sidecar {
     /// Workloads it applies to (the whole namespace when unset).
-    pub workload_selector: Option<WorkloadSelector>,
+    pub workload_selector: Option<NetworkingWorkloadSelector>,
     /// Inbound listeners.
     pub ingress: Vec<IstioIngressListener>,
     /// Outbound listeners: which services are visible.
@@ -90,10 +90,7 @@ impl Sidecar {
     /// Checks the spec (at path `at`, normally `spec`), as Istio's validation does.
     pub fn validate(&self, at: &str, p: &mut Problems) {
         if let Some(ws) = &self.workload_selector {
-            p.selector_labels(
-                &format!("{at}.workloadSelector.matchLabels"),
-                &ws.match_labels,
-            );
+            p.selector_labels(&format!("{at}.workloadSelector.labels"), &ws.labels);
         }
         if self.egress.is_empty()
             && self.ingress.is_empty()

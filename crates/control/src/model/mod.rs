@@ -7,7 +7,10 @@
 //! - [`xds::Workload`]s, one per pod with an address ([`workloads`]): Pods with `status.podIP` or
 //!   the annotation `local.ama.dev/address`, and one per replica of a Deployment, ReplicaSet,
 //!   StatefulSet or DaemonSet annotated `local.ama.dev/addresses`;
-//! - [`xds::Service`]s with VIPs and endpoints ([`services`], [`vip`]);
+//! - [`xds::Service`]s with VIPs and endpoints ([`services`], [`vip`]), and one per host of
+//!   each ServiceEntry ([`service_entry`]);
+//! - the MeshConfig's `outboundTrafficPolicy` ([`Model::outbound_traffic_policy`]) and the
+//!   Sidecar resources that narrow what proxies see ([`sidecar`]);
 //! - [`xds::HttpRoutes`], [`xds::TrafficPolicy`] and [`xds::Authorization`] from the Istio
 //!   config ([`config`], [`security`]), each with its visibility (`exportTo`);
 //! - the `jwksUri`s discovery fetches ([`security::JwksSource`]); the sets fetched come back in
@@ -21,7 +24,9 @@ pub mod config;
 pub mod policy;
 pub mod routes;
 pub mod security;
+pub mod service_entry;
 pub mod services;
+pub mod sidecar;
 pub mod vip;
 pub mod workloads;
 
@@ -151,6 +156,10 @@ pub struct Model {
     /// The `jwksUri`s of the RequestAuthentications, for discovery to fetch
     /// ([`crate::jwks`]).
     pub jwks_sources: Vec<security::JwksSource>,
+    /// MeshConfig `outboundTrafficPolicy.mode` (a Sidecar may override it for its proxies).
+    pub outbound_traffic_policy: xds::OutboundTrafficPolicy,
+    /// Sidecar resources, by namespace and name.
+    pub sidecars: Vec<sidecar::SidecarScope>,
     /// What was left out.
     pub warnings: Vec<Warning>,
 }
@@ -209,8 +218,16 @@ impl Model {
             ..Default::default()
         };
         let trust_domain = inject_config.trust_domain().to_string();
+        let outbound_traffic_policy = outbound_mode(inject_config.mesh.outbound_traffic_policy);
         let workloads = workloads::build(&objects, &namespaces, &inject_config, &mut warnings);
         let mut services = services::build(&objects, &workloads, vips, &mut warnings);
+        service_entry::build(
+            &objects,
+            &workloads,
+            &trust_domain,
+            &mut services,
+            &mut warnings,
+        );
         let config = config::build(&objects, &services, jwks, &mut warnings);
         services::plaintext_where_mtls_is_disabled(
             &mut services,
@@ -226,6 +243,8 @@ impl Model {
             traffic_policies: config.traffic_policies,
             authorizations: config.authorizations,
             jwks_sources: config.jwks_sources,
+            outbound_traffic_policy,
+            sidecars: sidecar::build(&objects),
             warnings: warnings.0.into_iter().collect(),
         }
     }
@@ -244,6 +263,17 @@ impl Model {
     }
 }
 
+/// Istio's `outboundTrafficPolicy.mode` as the proxies take it (ALLOW_ANY when unset).
+pub fn outbound_mode(
+    mode: Option<api::networking::sidecar::OutboundMode>,
+) -> xds::OutboundTrafficPolicy {
+    use api::networking::sidecar::OutboundMode;
+    match mode {
+        Some(OutboundMode::RegistryOnly) => xds::OutboundTrafficPolicy::RegistryOnly,
+        Some(OutboundMode::AllowAny) | None => xds::OutboundTrafficPolicy::AllowAny,
+    }
+}
+
 /// `<name>.<namespace>.svc.cluster.local`.
 pub fn service_hostname(name: &str, namespace: &str) -> String {
     format!("{name}.{namespace}.svc.{DOMAIN_SUFFIX}")
@@ -254,6 +284,8 @@ pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+#[cfg(test)]
+mod egress_tests;
 #[cfg(test)]
 mod rule_tests;
 #[cfg(test)]

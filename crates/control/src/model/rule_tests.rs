@@ -945,13 +945,9 @@ spec:
     tls: {mode: MUTUAL, credentialName: reviews-client}
 ",
     );
-    assert_eq!(findings.len(), 2, "{findings:?}");
+    assert_eq!(findings.len(), 1, "{findings:?}");
     assert!(
         findings[0].contains("spec.trafficPolicy.tls.credentialName"),
-        "{findings:?}"
-    );
-    assert!(
-        findings[1].contains("spec.trafficPolicy.tls.mode: MUTUAL"),
         "{findings:?}"
     );
     assert_eq!(m.traffic_policies[0].resource.policy.settings.tls, None);

@@ -137,6 +137,7 @@ pub(crate) fn build(
                 ports: ports.into_iter().map(|(p, _)| p).collect(),
                 endpoints,
                 lb_policy: xds::LbPolicy::default(),
+                ..Default::default()
             },
         });
     }

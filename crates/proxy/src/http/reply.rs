@@ -43,6 +43,15 @@ impl LocalReply {
         grpc_status: None,
         close: false,
     };
+    /// Istio's `block_all` route (`REGISTRY_ONLY`): a direct response of 502, no flag.
+    pub(super) const BLOCKED: LocalReply = LocalReply {
+        status: StatusCode::BAD_GATEWAY,
+        flags: ResponseFlags::NONE,
+        details: Cow::Borrowed("direct_response"),
+        body: Cow::Borrowed(""),
+        grpc_status: None,
+        close: false,
+    };
     pub(super) const OVERFLOW: LocalReply = LocalReply {
         status: StatusCode::SERVICE_UNAVAILABLE,
         flags: ResponseFlags::UPSTREAM_OVERFLOW,

@@ -161,6 +161,14 @@ pub(super) async fn handle(
                 Err(RouteError::NoCluster) => {
                     return Ok(LocalReply::NO_CLUSTER.respond(&ctx, log, reply_to));
                 }
+                Err(RouteError::Blocked) => {
+                    let authority = (!view.authority.is_empty()).then_some(view.authority);
+                    let target = crate::route::blackhole(ctx.orig_dst, authority);
+                    let rec = log.rec();
+                    rec.labels = request_labels(&ctx, &snap, &target, None, None);
+                    rec.route_name = target.route_name.clone();
+                    return Ok(LocalReply::BLOCKED.respond(&ctx, log, reply_to));
+                }
             }
         }
     };
@@ -611,7 +619,7 @@ async fn attempts(
             target.upstream_http,
             downstream_version,
             upgrade,
-            ep.tls.is_some(),
+            ep.tls.as_ref().is_some_and(|t| t.is_mesh()),
         );
         if fit_version(&mut req, http2, ctx.orig_dst).is_err() {
             return Err(Failed {
@@ -624,7 +632,7 @@ async fn attempts(
             endpoint: EndpointAddr(ep_addr),
             bind: target.bind,
             http2,
-            tls: ctx.pi.tls.as_ref().and(ep.tls.clone()),
+            tls: crate::tls::upstream_peer(ctx.pi.tls.as_ref(), &ep.tls),
         };
         let _in_flight = ep.start();
         ClusterStats::inc(&cluster.state.stats.upstream_rq_total);

@@ -21,7 +21,7 @@ use crate::config::{ServiceEntry, Snapshot};
 use crate::outbound::fault::FaultInjection;
 use crate::outbound::retry::{Retry, RetryError};
 use crate::outbound::routes::{Picked, RequestView, RouteTable, Selected};
-use crate::route::{Target, UpstreamHttp, passthrough};
+use crate::route::{Target, UpstreamHttp, blackhole, passthrough};
 
 /// What a route does besides choosing the destination, compiled once per snapshot.
 #[derive(Debug)]
@@ -173,6 +173,9 @@ pub enum RouteError {
     NoRoute,
     /// The route names a host, port or subset no cluster has (503 `NC`).
     NoCluster,
+    /// No service claims the destination and `outboundTrafficPolicy` is `REGISTRY_ONLY`:
+    /// Istio's `block_all` route answers 502 (a direct response: no upstream cluster).
+    Blocked,
 }
 
 /// What the router decided for an HTTP request; the route borrows from the snapshot.
@@ -223,10 +226,25 @@ fn cluster_target(
     if cluster.lb == xds::LbPolicy::Passthrough {
         // `PASSTHROUGH`: Envoy's original-destination cluster, no balancing: the address the
         // client dialled.
+        // A DestinationRule's TLS origination applies to it as to any endpoint.
+        let tls = entry
+            .origination(&cluster)
+            .map(|o| crate::tls::PeerTls::originating(o.clone(), orig_dst.get().ip()));
         cluster = Arc::new(Cluster::single(
             cluster.name.clone(),
-            Endpoint::single(orig_dst.get(), None),
+            Endpoint {
+                tls,
+                ..Endpoint::single(orig_dst.get(), None)
+            },
         ));
+    }
+    if entry.service.vips.is_empty()
+        && !entry.service.is_service_entry()
+        && let Some(ep) = cluster.endpoints.iter().find(|e| e.addr == orig_dst.get())
+    {
+        // A headless Service: Envoy's ORIGINAL_DST cluster, to the pod the client dialled,
+        // with that endpoint's mTLS.
+        cluster = Arc::new(Cluster::single(cluster.name.clone(), ep.clone()));
     }
     let proto = sp.effective_protocol();
     Some(Target {
@@ -257,20 +275,34 @@ fn upstream_http(cluster: &Cluster, proto: xds::Protocol) -> UpstreamHttp {
     }
 }
 
-/// Outbound opaque TCP (or TLS): the service at the original destination, routed by the
-/// first of its VirtualService's `tcp` routes whose match fits (port, destination subnet,
-/// caller's labels and namespace), else straight to the service; unknown destinations pass
-/// through.
+/// Where traffic no service claims goes: `PassthroughCluster` (`ALLOW_ANY`), or
+/// `BlackHoleCluster` (`REGISTRY_ONLY`).
+fn unknown_destination(snap: &Snapshot, orig_dst: OrigDstAddr, host: Option<&str>) -> Target {
+    match snap.outbound_policy {
+        xds::OutboundTrafficPolicy::AllowAny => passthrough(orig_dst, host),
+        xds::OutboundTrafficPolicy::RegistryOnly => blackhole(orig_dst, host),
+    }
+}
+
+/// Outbound opaque TCP (or TLS): the service at the original destination (else, for TLS, the
+/// ServiceEntry host its SNI names on that port), routed by the first of its VirtualService's
+/// `tcp` routes whose match fits (port, destination subnet, caller's labels and namespace),
+/// else straight to the service; unknown destinations pass through (`ALLOW_ANY`) or are
+/// closed (`REGISTRY_ONLY`).
 pub fn outbound_tcp(
     snap: &Snapshot,
     _pi: &ProxyInputs,
     orig_dst: OrigDstAddr,
     sni: Option<&str>,
 ) -> Target {
-    let Some(entry) = snap.service_by_vip(orig_dst.get()) else {
-        return passthrough(orig_dst, None);
-    };
     let port = orig_dst.get().port();
+    let entry = snap.service_by_destination(orig_dst.get()).or_else(|| {
+        sni.and_then(|h| snap.service_by_host(h))
+            .filter(|e| e.service.vips.is_empty() && e.service.port(port).is_some())
+    });
+    let Some(entry) = entry else {
+        return unknown_destination(snap, orig_dst, None);
+    };
     let routed = snap.routes_for(&entry.service.hostname).and_then(|routes| {
         let src = &routes.source;
         // TLS routes first (by SNI, for a ClientHello), then TCP routes.
@@ -302,7 +334,7 @@ pub fn outbound_tcp(
     });
     routed
         .or_else(|| {
-            entry.service.port(port).and_then(|sp| {
+            service_port(entry, orig_dst).and_then(|sp| {
                 cluster_target(
                     entry,
                     sp,
@@ -313,7 +345,7 @@ pub fn outbound_tcp(
                 )
             })
         })
-        .unwrap_or_else(|| passthrough(orig_dst, None))
+        .unwrap_or_else(|| unknown_destination(snap, orig_dst, None))
 }
 
 /// Where a route's mirror `m` sends its copies: its host's cluster on the port it names (else
@@ -333,12 +365,16 @@ pub fn mirror_target(snap: &Snapshot, m: &xds::Mirror, orig_dst: OrigDstAddr) ->
     )
 }
 
-/// Whether the service at `orig_dst` has a VirtualService with `tls` routes (its connections'
-/// SNI is then read to route them).
+/// Whether the service at `orig_dst` has a VirtualService with `tls` routes, or no service
+/// has that VIP and a ServiceEntry host without one has that port (its connections' SNI is
+/// then read to route them).
 pub fn routes_by_sni(snap: &Snapshot, orig_dst: OrigDstAddr) -> bool {
-    snap.service_by_vip(orig_dst.get())
-        .and_then(|e| snap.routes_for(&e.service.hostname))
-        .is_some_and(|r| !r.source.tls.is_empty())
+    match snap.service_by_vip(orig_dst.get()) {
+        Some(e) => snap
+            .routes_for(&e.service.hostname)
+            .is_some_and(|r| !r.source.tls.is_empty()),
+        None => snap.routes_by_sni_on(orig_dst.get().port()),
+    }
 }
 
 /// Whether `sni` is one of `hosts` (`*.example.com` matches one or more labels before
@@ -352,6 +388,23 @@ fn sni_matches(hosts: &[String], sni: &str) -> bool {
             Some(suffix) => sni.ends_with(suffix) && sni.len() > suffix.len(),
             None => sni == h,
         }
+    })
+}
+
+/// The service port a connection to `orig_dst` uses: the port itself, else (a headless
+/// Service's endpoint, dialled on its target port) the service port that reaches it there.
+fn service_port(entry: &ServiceEntry, orig_dst: OrigDstAddr) -> Option<&ServicePort> {
+    let dst = orig_dst.get();
+    entry.service.port(dst.port()).or_else(|| {
+        let s = &entry.service;
+        s.endpoints
+            .iter()
+            .filter(|ep| ep.address == dst.ip())
+            .find_map(|ep| {
+                s.ports
+                    .iter()
+                    .find(|sp| s.endpoint_port(ep, sp) == dst.port())
+            })
     })
 }
 
@@ -423,21 +476,27 @@ pub fn outbound_http<'s>(
 ) -> Result<Routed<'s>, RouteError> {
     let port = orig_dst.get().port();
     let authority = (!req.authority.is_empty()).then_some(req.authority);
-    let entry = snap.service_by_vip(orig_dst.get()).or_else(|| {
-        authority
-            .and_then(|a| snap.service_by_host(a))
-            .filter(|e| e.service.port(port).is_some())
-    });
+    let entry = snap
+        .service_by_vip(orig_dst.get())
+        .or_else(|| snap.headless_by_endpoint(orig_dst.get()))
+        .or_else(|| {
+            authority
+                .and_then(|a| snap.service_by_host(a))
+                .filter(|e| e.service.port(port).is_some())
+        });
     let forward = |target| Routed::Forward {
         target,
         selected: None,
         picked: None,
     };
     let Some(entry) = entry else {
-        return Ok(forward(passthrough(orig_dst, authority)));
+        return match snap.outbound_policy {
+            xds::OutboundTrafficPolicy::AllowAny => Ok(forward(passthrough(orig_dst, authority))),
+            xds::OutboundTrafficPolicy::RegistryOnly => Err(RouteError::Blocked),
+        };
     };
     let Some(routes) = snap.routes_for(&entry.service.hostname) else {
-        let sp = entry.service.port(port).ok_or(RouteError::NoRoute)?;
+        let sp = service_port(entry, orig_dst).ok_or(RouteError::NoRoute)?;
         return cluster_target(
             entry,
             sp,
@@ -465,7 +524,7 @@ pub fn outbound_http<'s>(
     let target = match picked {
         None => {
             // No destination: the host itself.
-            let sp = entry.service.port(port).ok_or(RouteError::NoRoute)?;
+            let sp = service_port(entry, orig_dst).ok_or(RouteError::NoRoute)?;
             cluster_target(entry, sp, None, policy, None, orig_dst)
         }
         Some(picked) => {

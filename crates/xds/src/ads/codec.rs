@@ -14,7 +14,7 @@ use envoy_types::pb::google::protobuf::Any;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use crate::resources::{NodeRef, ProxyResources};
+use crate::resources::{NodeRef, OutboundTrafficPolicy, ProxyResources};
 
 /// Prefix of every type URL we serve.
 pub const TYPE_URL_PREFIX: &str = "type.googleapis.com/ama.xds.v1.";
@@ -311,7 +311,20 @@ pub fn split(res: &ProxyResources) -> Vec<AnyResource> {
             .cloned()
             .map(AnyResource::Authorization),
     );
-    out.extend(res.node.clone().map(AnyResource::Node));
+    // The outbound traffic policy travels in the proxy's own Node resource.
+    let policy = res.outbound_policy();
+    let node = match &res.node {
+        Some(n) => Some(NodeRef {
+            outbound_traffic_policy: policy,
+            ..n.clone()
+        }),
+        None if policy != OutboundTrafficPolicy::default() => Some(NodeRef {
+            outbound_traffic_policy: policy,
+            ..NodeRef::default()
+        }),
+        None => None,
+    };
+    out.extend(node.map(AnyResource::Node));
     out
 }
 
@@ -325,7 +338,10 @@ pub fn assemble<'a>(resources: impl IntoIterator<Item = &'a AnyResource>) -> Pro
             AnyResource::TrafficPolicy(p) => out.traffic_policies.push(p.clone()),
             AnyResource::HttpRoutes(h) => out.http_routes.push(h.clone()),
             AnyResource::Authorization(a) => out.authorizations.push(a.clone()),
-            AnyResource::Node(n) => out.node = Some(n.clone()),
+            AnyResource::Node(n) => {
+                out.outbound_traffic_policy = n.outbound_traffic_policy;
+                out.node = Some(n.clone());
+            }
         }
     }
     out
@@ -353,6 +369,25 @@ authorizations:
 "#,
         )
         .expect("valid")
+    }
+
+    #[test]
+    fn outbound_traffic_policy_travels_in_the_node() {
+        let mut res = sample();
+        res.outbound_traffic_policy = OutboundTrafficPolicy::RegistryOnly;
+        let back = assemble(&split(&res));
+        assert_eq!(back.outbound_policy(), OutboundTrafficPolicy::RegistryOnly);
+        assert_eq!(
+            back.outbound_traffic_policy,
+            OutboundTrafficPolicy::RegistryOnly
+        );
+        res.node = None;
+        let back = assemble(&split(&res));
+        assert_eq!(back.outbound_policy(), OutboundTrafficPolicy::RegistryOnly);
+        assert_eq!(
+            assemble(&split(&sample())).outbound_policy(),
+            OutboundTrafficPolicy::AllowAny
+        );
     }
 
     #[test]
