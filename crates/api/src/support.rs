@@ -4,8 +4,8 @@
 //! never be accepted in silence. This module is the one place that says what Ama implements,
 //! derived from what the control plane translates *and* the proxy acts on:
 //!
-//! - VirtualService (sidecars only, `gateways` empty or with `mesh`; a match whose own
-//!   `gateways` leave out `mesh` is not used by sidecars): all of `http` (every match
+//! - VirtualService (bound to sidecars when `gateways` is empty or names `mesh`, and to the
+//!   Gateways it names, per route match too): all of `http` (every match
 //!   condition, destinations with subsets, ports, weights and headers, rewrite, redirect, direct
 //!   response, header edits, mirrors, timeout, retries, fault delay and HTTP or gRPC abort, CORS),
 //!   `tcp` and `tls`, except `delegate`, `retries.retryRemoteLocalities` (no localities),
@@ -31,13 +31,18 @@
 //!   inline `jwks` that is no JSON Web Key Set and a rule with neither `jwks` nor `jwksUri` whose
 //!   issuer is no URL: both reject every token of their issuer (401). Targets as for
 //!   AuthorizationPolicy.
-//! - Gateway, ServiceEntry, Sidecar and the other Istio kinds: not implemented.
+//! - Gateway: `selector`, and of each server `port`, `hosts`, `name` and of its `tls`
+//!   `httpsRedirect`, `mode` (all but AUTO_PASSTHROUGH), `credentialName`,
+//!   `serverCertificate`, `privateKey`, `caCertificates`; other TLS fields (`subjectAltNames`,
+//!   `minProtocolVersion`, `cipherSuites`, ...) are reported and not applied.
+//! - ServiceEntry, Sidecar and the other Istio kinds: not implemented.
 //! - Services and EndpointSlices: all but `type: ExternalName` and FQDN endpoints.
 //! - Pods and pod templates: the injection annotations [`crate::overrides`] reads.
 //! - The MeshConfig of the ConfigMap `istio`: `trustDomain`, `enablePrometheusMerge`,
 //!   `accessLogFile`, `accessLogEncoding`, `enableAutoMtls: true` and `defaultConfig.{discoveryAddress, statusPort,
 //!   interceptionMode, proxyMetadata, concurrency}`.
-//! - Kinds Ama does not read at all (Secret, Telemetry, EnvoyFilter, …): one finding each, except
+//! - Secrets: read for the Gateways' `credentialName`.
+//! - Kinds Ama does not read at all (Telemetry, EnvoyFilter, …): one finding each, except
 //!   ServiceAccount (its name, the pods' identity, needs no object).
 //!
 //! [`not_implemented`] walks the object as written (its JSON) against a tree of what is
@@ -78,11 +83,49 @@ enum Node {
 
 use Node::{Done, Each, Fields};
 
+static GATEWAY: Node = Fields(
+    &[
+        ("selector", Done),
+        (
+            "servers",
+            Each(&Fields(
+                &[
+                    ("port", Done),
+                    ("hosts", Done),
+                    ("name", Done),
+                    (
+                        "tls",
+                        Fields(
+                            &[
+                                ("httpsRedirect", Done),
+                                ("mode", Node::Value(gateway_tls_mode)),
+                                ("serverCertificate", Done),
+                                ("privateKey", Done),
+                                ("caCertificates", Done),
+                                ("credentialName", Done),
+                            ],
+                            "not implemented by Ama; ignored (the server's TLS is served without it)",
+                        ),
+                    ),
+                ],
+                IGNORED,
+            )),
+        ),
+    ],
+    IGNORED,
+);
+
+/// The Gateway TLS modes the gateway proxy does not serve.
+fn gateway_tls_mode(v: &Value) -> Option<String> {
+    (v.as_str()? == "AUTO_PASSTHROUGH")
+        .then(|| "AUTO_PASSTHROUGH: not implemented by Ama; this server is not served".to_string())
+}
+
 static VIRTUAL_SERVICE: Node = Fields(
     &[
         ("hosts", Done),
         ("exportTo", Done),
-        ("gateways", Node::Value(gateways)),
+        ("gateways", Done),
         ("http", Each(&HTTP_ROUTE)),
         ("tcp", Each(&TCP_ROUTE)),
         ("tls", Each(&TLS_ROUTE)),
@@ -157,7 +200,7 @@ static HTTP_MATCH: Node = Fields(
         ("sourceLabels", Done),
         ("sourceNamespace", Done),
         ("ignoreUriCase", Done),
-        ("gateways", Node::Value(match_gateways)),
+        ("gateways", Done),
         ("statPrefix", Node::Value(ignored)),
     ],
     CONDITION_IGNORED,
@@ -182,7 +225,7 @@ static TCP_ROUTE: Node = Fields(
                     ("port", Done),
                     ("sourceLabels", Done),
                     ("sourceNamespace", Done),
-                    ("gateways", Node::Value(match_gateways)),
+                    ("gateways", Done),
                 ],
                 CONDITION_IGNORED,
             )),
@@ -202,7 +245,7 @@ static TLS_ROUTE: Node = Fields(
                     ("port", Done),
                     ("sourceLabels", Done),
                     ("sourceNamespace", Done),
-                    ("gateways", Node::Value(match_gateways)),
+                    ("gateways", Done),
                 ],
                 CONDITION_IGNORED,
             )),
@@ -366,48 +409,6 @@ const CLIENT_TLS: Node = Fields(
     IGNORED,
 );
 
-fn gateways(v: &Value) -> Option<String> {
-    let list = v.as_array()?;
-    let others: Vec<&str> = list
-        .iter()
-        .filter_map(Value::as_str)
-        .filter(|g| *g != "mesh")
-        .collect();
-    if others.is_empty() {
-        return None;
-    }
-    let consequence = if others.len() == list.len() {
-        "this VirtualService is ignored"
-    } else {
-        "only its sidecar (mesh) routes are used"
-    };
-    Some(format!(
-        "{}: gateways are not implemented by Ama; {consequence}",
-        others.join(", ")
-    ))
-}
-
-fn match_gateways(v: &Value) -> Option<String> {
-    let list = v.as_array()?;
-    let others: Vec<&str> = list
-        .iter()
-        .filter_map(Value::as_str)
-        .filter(|g| *g != "mesh")
-        .collect();
-    if others.is_empty() {
-        return None;
-    }
-    let consequence = if others.len() == list.len() {
-        "this match is for gateways only: sidecars do not use it"
-    } else {
-        "sidecars use this match (it names mesh)"
-    };
-    Some(format!(
-        "{}: gateways are not implemented by Ama; {consequence}",
-        others.join(", ")
-    ))
-}
-
 /// Header matches on `@request.auth.claims.…` route on a validated JWT's claims.
 fn jwt_claims(v: &Value) -> Option<String> {
     let claims: Vec<&str> = v
@@ -532,7 +533,8 @@ pub fn not_implemented(object: &Object, value: &Value) -> Vec<(Severity, Problem
                 &mut p,
             );
         }
-        Object::Gateway(_) | Object::ServiceEntry(_) | Object::Sidecar(_) => p.add("kind", IGNORED),
+        Object::Gateway(_) => walk(spec, &GATEWAY, "spec", &mut p),
+        Object::ServiceEntry(_) | Object::Sidecar(_) => p.add("kind", IGNORED),
         Object::Workload(w) => annotations(
             &w.template.metadata.annotations,
             "spec.template.metadata.annotations",
@@ -564,7 +566,8 @@ pub fn not_implemented(object: &Object, value: &Value) -> Vec<(Severity, Problem
         Object::Namespace(_)
         | Object::Service(_)
         | Object::EndpointSlice(_)
-        | Object::ConfigMap(_) => {}
+        | Object::ConfigMap(_)
+        | Object::Secret(_) => {}
     }
     let warnings = p.into_vec().into_iter().map(|p| (Severity::Warning, p));
     let errors = fail_closed
@@ -926,10 +929,8 @@ spec:
         assert_eq!(
             w,
             [
-                "x.yaml:doc 1: VirtualService default/reviews: spec.gateways: istio-system/ingress: gateways are not implemented by Ama; only its sidecar (mesh) routes are used",
                 "x.yaml:doc 1: VirtualService default/reviews: spec.http[0].fault.abort.http2Error: not implemented by Ama (nor by Istio's sidecars); this abort is ignored",
                 "x.yaml:doc 1: VirtualService default/reviews: spec.http[0].match[0].statPrefix: not implemented by Ama; ignored",
-                "x.yaml:doc 1: VirtualService default/reviews: spec.http[0].match[1].gateways: istio-system/ingress: gateways are not implemented by Ama; this match is for gateways only: sidecars do not use it",
                 "x.yaml:doc 1: VirtualService default/reviews: spec.http[0].match[2].headers: @request.auth.claims.group: routing on JWT claims is not implemented by Ama (it validates no JWT); this condition never holds",
                 "x.yaml:doc 1: VirtualService default/reviews: spec.http[0].retries.retryRemoteLocalities: not implemented by Ama (its endpoints have no localities); ignored",
                 "x.yaml:doc 1: VirtualService default/reviews: spec.http[1].delegate: not implemented by Ama; this route is dropped",
@@ -996,7 +997,6 @@ spec: {}
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.outlierDetection.consecutiveErrors: deprecated, and ignored by Istio since 1.8 (use consecutiveGatewayErrors or consecutive5xxErrors); ignored",
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.proxyProtocol: not implemented by Ama; ignored",
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.tunnel: not implemented by Ama; ignored",
-                "x.yaml:doc 2: Gateway default/gw: kind: not implemented by Ama; ignored",
                 "x.yaml:doc 4: Telemetry default/t: kind: not implemented by Ama; ignored",
             ]
         );

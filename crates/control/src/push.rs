@@ -80,6 +80,10 @@ pub struct PushStats {
 
 struct ProxyEntry {
     key: ProxyKey,
+    /// A gateway proxy (`router~...`): it also receives its Gateways' listeners.
+    router: bool,
+    /// Its gateway listeners' view (its own, like the node's; empty for a sidecar).
+    gateway_view: Arc<TypeView>,
     /// Its node resource and that resource's view, reused while the node does not change.
     node: NodeRef,
     node_view: Arc<TypeView>,
@@ -178,6 +182,7 @@ impl Published {
         &mut self,
         key: &ProxyKey,
         node: &mut (NodeRef, Arc<TypeView>),
+        gateway: (bool, &mut Arc<TypeView>),
         previous: &PreviousViews,
     ) -> Snapshot {
         let model = Arc::clone(&self.model);
@@ -188,12 +193,20 @@ impl Published {
             node.1 = node_view(&current, Some(&node.1));
             node.0 = current;
         }
+        // A sidecar's stays the empty view it was given, so that pushes do not wake it.
+        let (router, view) = gateway;
+        if router {
+            let listeners = crate::translate::gateway_listeners(&model, key, me);
+            *view = gateway_view(&listeners, Some(view));
+        }
+        let gateway_view = Arc::clone(view);
         Snapshot::new(|ty| match ty {
             ResourceType::Workload => Arc::clone(&self.workloads),
             ResourceType::Service => Arc::clone(&ns.services),
             ResourceType::TrafficPolicy => Arc::clone(&policies),
             ResourceType::HttpRoutes => Arc::clone(&ns.http_routes),
             ResourceType::Authorization => Arc::clone(&ns.authorizations),
+            ResourceType::GatewayListener => Arc::clone(&gateway_view),
             ResourceType::Node => Arc::clone(&node.1),
         })
     }
@@ -225,6 +238,26 @@ fn node_view(node: &NodeRef, previous: Option<&Arc<TypeView>>) -> Arc<TypeView> 
             );
         }
         Err(e) => tracing::warn!(?node, error = %e, "node resource not sent"),
+    }
+    TypeView::build(entries, previous)
+}
+
+/// The view of a gateway proxy's listeners (its own: they carry the credentials of its
+/// namespace's Secrets, which no other proxy may receive).
+fn gateway_view(
+    listeners: &[xds::GatewayListener],
+    previous: Option<&Arc<TypeView>>,
+) -> Arc<TypeView> {
+    let mut entries = std::collections::BTreeMap::new();
+    for l in listeners {
+        let r = AnyResource::GatewayListener(l.clone());
+        match r.encode() {
+            Ok(encoded) => {
+                entries.insert(Arc::from(r.name()), Arc::new(encoded));
+            }
+            // The error never carries the resource's text (and so no key).
+            Err(e) => tracing::warn!(port = l.port, error = %e, "gateway listener not sent"),
+        }
     }
     TypeView::build(entries, previous)
 }
@@ -424,7 +457,8 @@ impl Pusher {
             let mut proxies = self.proxies.lock().unwrap_or_else(PoisonError::into_inner);
             for e in proxies.values_mut() {
                 let mut node = (e.node.clone(), Arc::clone(&e.node_view));
-                let snap = published.snapshot(&e.key, &mut node, &previous_views);
+                let gateway = (e.router, &mut e.gateway_view);
+                let snap = published.snapshot(&e.key, &mut node, gateway, &previous_views);
                 (e.node, e.node_view) = node;
                 let modified = e.tx.send_if_modified(|current| {
                     if current.same(&snap) {
@@ -505,12 +539,17 @@ impl Pusher {
             return Ok(e.tx.subscribe());
         }
         let mut node = (NodeRef::default(), Arc::new(TypeView::default()));
-        let snap = published.snapshot(&key, &mut node, &PreviousViews::default());
+        let router = crate::translate::is_router(&id);
+        let mut gateway_view = Arc::new(TypeView::default());
+        let gateway = (router, &mut gateway_view);
+        let snap = published.snapshot(&key, &mut node, gateway, &PreviousViews::default());
         let (tx, rx) = watch::channel(snap);
         proxies.insert(
             node_id.to_string(),
             ProxyEntry {
                 key,
+                router,
+                gateway_view,
                 node: node.0,
                 node_view: node.1,
                 tx,

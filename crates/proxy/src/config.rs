@@ -78,6 +78,11 @@ pub struct ProxyConfig {
     pub service_account: Option<String>,
     /// Cluster id for metric labels (`ISTIO_META_CLUSTER_ID`, default `Kubernetes`).
     pub cluster_id: String,
+    /// A gateway proxy (`ama proxy router`): node id `router~...`, no capture listeners; it
+    /// serves the Gateway listeners of its resources on `gateway_bind`.
+    pub router: bool,
+    /// The address a gateway binds its Gateway ports on (`0.0.0.0`; tests use 127.0.0.1).
+    pub gateway_bind: IpAddr,
 }
 
 impl ProxyConfig {
@@ -110,6 +115,8 @@ impl Default for ProxyConfig {
             instance_ip: None,
             service_account: None,
             cluster_id: "Kubernetes".to_string(),
+            router: false,
+            gateway_bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         }
     }
 }

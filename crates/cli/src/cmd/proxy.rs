@@ -1,4 +1,6 @@
-//! `ama proxy sidecar`: the istio-proxy container's process (pilot-agent + Envoy in Istio).
+//! `ama proxy sidecar`: the istio-proxy container's process (pilot-agent + Envoy in Istio);
+//! `ama proxy router`: the same for a gateway pod (Istio's gateway template runs `proxy router`
+//! with the sidecar's flags).
 //!
 //! Accepts the arguments Istio's injection template passes (`--domain`, `--proxyLogLevel`,
 //! `--concurrency`, `--drainDuration`, ...), explicitly, plus ours (`--config`, `--inbound-bind`,
@@ -38,6 +40,9 @@ pub struct Args {
 enum Mode {
     /// Run as a pod's sidecar (the `istio-proxy` container).
     Sidecar(Box<SidecarArgs>),
+    /// Run as a gateway (Istio's ingress or egress gateway pod): no capture; serves the
+    /// Gateways that select the pod on their port numbers. Takes the sidecar's flags.
+    Router(Box<SidecarArgs>),
 }
 
 /// A Go-style duration (`45s`, `100ms`, `1m30s`, `2h`).
@@ -239,11 +244,14 @@ impl LogLevelControl for ReloadLevel {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.mode {
-        Mode::Sidecar(a) => sidecar(*a),
+        Mode::Sidecar(a) => sidecar(*a, false),
+        Mode::Router(a) => sidecar(*a, true),
     }
 }
 
-fn sidecar(a: SidecarArgs) -> anyhow::Result<ExitCode> {
+/// Runs a sidecar, or with `router` a gateway: the same process, flags and identity (from the
+/// same environment variables), with the gateway's listeners instead of the capture ones.
+fn sidecar(a: SidecarArgs, router: bool) -> anyhow::Result<ExitCode> {
     let filter = EnvFilter::try_new(level(&a.proxy_log_level)).context("--proxyLogLevel")?;
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -291,6 +299,7 @@ fn sidecar(a: SidecarArgs) -> anyhow::Result<ExitCode> {
         cluster_id: env("ISTIO_META_CLUSTER_ID").unwrap_or_else(|| "Kubernetes".to_string()),
         // Istio's `enableHTTP10`: the metadata value "1" and nothing else.
         accept_http_10: env("ISTIO_META_HTTP10").as_deref() == Some("1"),
+        router,
         ..ProxyConfig::default()
     };
     let opts = SidecarOptions {

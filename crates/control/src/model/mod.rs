@@ -10,6 +10,8 @@
 //! - [`xds::Service`]s with VIPs and endpoints ([`services`], [`vip`]);
 //! - [`xds::HttpRoutes`], [`xds::TrafficPolicy`] and [`xds::Authorization`] from the Istio
 //!   config ([`config`], [`security`]), each with its visibility (`exportTo`);
+//! - the Gateways, their servers with the VirtualServices bound to them, and the credentials
+//!   of the Secrets they name ([`gateway`]);
 //! - the `jwksUri`s discovery fetches ([`security::JwksSource`]); the sets fetched come back in
 //!   through [`Model::build_with_jwks`], so building stays pure.
 //!
@@ -18,6 +20,7 @@
 //! from one build to the next is the [`vip::VipAllocator`], so a Service keeps its VIP.
 
 pub mod config;
+pub mod gateway;
 pub mod policy;
 pub mod routes;
 pub mod security;
@@ -151,6 +154,8 @@ pub struct Model {
     /// The `jwksUri`s of the RequestAuthentications, for discovery to fetch
     /// ([`crate::jwks`]).
     pub jwks_sources: Vec<security::JwksSource>,
+    /// Gateways and the credentials of their Secrets ([`gateway`]).
+    pub gateways: gateway::GatewaysOut,
     /// What was left out.
     pub warnings: Vec<Warning>,
 }
@@ -212,6 +217,11 @@ impl Model {
         let workloads = workloads::build(&objects, &namespaces, &inject_config, &mut warnings);
         let mut services = services::build(&objects, &workloads, vips, &mut warnings);
         let config = config::build(&objects, &services, jwks, &mut warnings);
+        let known: Vec<&str> = services
+            .iter()
+            .map(|s| s.resource.hostname.as_str())
+            .collect();
+        let gateways = gateway::build(&objects, &known, &workloads, &mut warnings);
         services::plaintext_where_mtls_is_disabled(
             &mut services,
             &workloads,
@@ -226,6 +236,7 @@ impl Model {
             traffic_policies: config.traffic_policies,
             authorizations: config.authorizations,
             jwks_sources: config.jwks_sources,
+            gateways,
             warnings: warnings.0.into_iter().collect(),
         }
     }
@@ -254,6 +265,8 @@ pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+#[cfg(test)]
+mod gateway_tests;
 #[cfg(test)]
 mod rule_tests;
 #[cfg(test)]
