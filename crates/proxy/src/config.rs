@@ -318,6 +318,8 @@ pub struct Snapshot {
     workloads_by_uid: HashMap<String, Arc<PeerInfo>>,
     routes_by_host: HashMap<String, Arc<CompiledRoutes>>,
     inbound_by_port: HashMap<u16, Arc<ServiceEntry>>,
+    /// A gateway's ports, compiled (empty for a sidecar).
+    pub gateway: Arc<crate::gateway::GatewayConfig>,
 }
 
 impl Snapshot {
@@ -454,6 +456,13 @@ impl Snapshot {
                 routes_by_host.insert(h.clone(), r.clone());
             }
         }
+        let gateway = match crate::gateway::GatewayConfig::compile(&resources.gateway_listeners) {
+            Ok(g) => Arc::new(g),
+            Err(e) => {
+                errors.extend(e.0);
+                Arc::default()
+            }
+        };
         if !errors.is_empty() {
             return Err(xds::ValidationErrors(errors));
         }
@@ -469,6 +478,7 @@ impl Snapshot {
             workloads_by_uid,
             routes_by_host,
             inbound_by_port,
+            gateway,
         })
     }
 
@@ -531,6 +541,8 @@ impl Snapshot {
 #[derive(Debug)]
 pub struct ConfigStore {
     current: ArcSwap<Snapshot>,
+    /// The version in force, for those that act on a change (a gateway's listeners).
+    changed: tokio::sync::watch::Sender<u64>,
     next_version: AtomicU64,
     cfg: Arc<ProxyConfig>,
     registry: Registry,
@@ -547,6 +559,7 @@ impl ConfigStore {
         let snap = Snapshot::build(resources, &cfg, 1, &registry)?;
         Ok(ConfigStore {
             current: ArcSwap::from_pointee(snap),
+            changed: tokio::sync::watch::Sender::new(1),
             next_version: AtomicU64::new(2),
             cfg,
             registry,
@@ -556,6 +569,11 @@ impl ConfigStore {
     /// The snapshot in force; hold it for the whole request.
     pub fn load(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// Learns of every new snapshot (its version).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     /// Checks `resources` and, when valid, swaps them in as a new version; otherwise the
@@ -572,6 +590,7 @@ impl ConfigStore {
             &self.registry,
         )?);
         self.current.store(snap.clone());
+        self.changed.send_replace(version);
         let mut names = FxHashSet::default();
         let mut addrs = FxHashSet::default();
         for c in snap.services.iter().flat_map(|s| &s.clusters) {

@@ -120,6 +120,7 @@ impl Listener {
                 peer: None,
                 pi: self.pi.clone(),
                 labels: Default::default(),
+                gateway: None,
             });
             let drain = drain.clone();
             let Some(workers) = &self.workers else {
@@ -249,7 +250,7 @@ where
 }
 
 /// Proxies an opaque connection to one endpoint of `target`, then logs it.
-async fn forward_tcp<D>(
+pub(crate) async fn forward_tcp<D>(
     ctx: &ConnCtx,
     downstream: D,
     target: &Target,
