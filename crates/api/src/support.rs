@@ -32,9 +32,11 @@
 //!   issuer is no URL: both reject every token of their issuer (401). Targets as for
 //!   AuthorizationPolicy.
 //! - Gateway: `selector`, and of each server `port`, `hosts`, `name` and of its `tls`
-//!   `httpsRedirect`, `mode` (all but AUTO_PASSTHROUGH), `credentialName`,
-//!   `serverCertificate`, `privateKey`, `caCertificates`; other TLS fields (`subjectAltNames`,
-//!   `minProtocolVersion`, `cipherSuites`, ...) are reported and not applied.
+//!   `httpsRedirect`, `mode` (all but AUTO_PASSTHROUGH), `credentialName` (certificate files,
+//!   `serverCertificate`, `privateKey`, `caCertificates`, are reported: not served); a server restricting its clients by
+//!   `subjectAltNames`, `verifyCertificateSpki`, `verifyCertificateHash` or `caCrl` is not
+//!   served (failing closed); other TLS fields (`minProtocolVersion`, `cipherSuites`, ...) are
+//!   reported and not applied.
 //! - ServiceEntry, Sidecar and the other Istio kinds: not implemented.
 //! - Services and EndpointSlices: all but `type: ExternalName` and FQDN endpoints.
 //! - Pods and pod templates: the injection annotations [`crate::overrides`] reads.
@@ -99,10 +101,14 @@ static GATEWAY: Node = Fields(
                             &[
                                 ("httpsRedirect", Done),
                                 ("mode", Node::Value(gateway_tls_mode)),
-                                ("serverCertificate", Done),
-                                ("privateKey", Done),
-                                ("caCertificates", Done),
+                                ("serverCertificate", Node::Value(certificate_file)),
+                                ("privateKey", Node::Value(certificate_file)),
+                                ("caCertificates", Node::Value(certificate_file)),
                                 ("credentialName", Done),
+                                ("subjectAltNames", Node::Value(client_restriction)),
+                                ("verifyCertificateSpki", Node::Value(client_restriction)),
+                                ("verifyCertificateHash", Node::Value(client_restriction)),
+                                ("caCrl", Node::Value(client_restriction)),
                             ],
                             "not implemented by Ama; ignored (the server's TLS is served without it)",
                         ),
@@ -114,6 +120,27 @@ static GATEWAY: Node = Fields(
     ],
     IGNORED,
 );
+
+/// A restriction of a Gateway server's clients that Ama cannot apply: the server is left out
+/// (failing closed) rather than served to clients it must refuse.
+fn client_restriction(v: &Value) -> Option<String> {
+    let set = match v {
+        Value::Array(a) => !a.is_empty(),
+        Value::String(s) => !s.is_empty(),
+        _ => true,
+    };
+    set.then(|| "not implemented by Ama; this server is not served".to_string())
+}
+
+/// Certificate files of a Gateway server: the control plane cannot read the gateway pod's
+/// files, so only `credentialName` Secrets are served.
+fn certificate_file(v: &Value) -> Option<String> {
+    v.as_str().is_some_and(|s| !s.is_empty()).then(|| {
+        "certificate files are not implemented by Ama (use credentialName); without a \
+         credentialName this server is not served"
+            .to_string()
+    })
+}
 
 /// The Gateway TLS modes the gateway proxy does not serve.
 fn gateway_tls_mode(v: &Value) -> Option<String> {
@@ -898,6 +925,43 @@ spec: {rules: [{}]}
         );
         assert!(parsed.errors().next().is_none());
         assert_eq!(parsed.findings[0].severity, Severity::FailClosed);
+    }
+
+    #[test]
+    fn gateway_fields_ama_does_not_implement() {
+        let w = warnings(
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8443, name: https, protocol: HTTPS}
+    hosts: [\"*\"]
+    tls: {mode: MUTUAL, credentialName: cred, subjectAltNames: [a], minProtocolVersion: TLSV1_3}
+  - port: {number: 8444, name: https2, protocol: HTTPS}
+    hosts: [\"*\"]
+    tls: {mode: AUTO_PASSTHROUGH}
+  - port: {number: 8445, name: https3, protocol: HTTPS}
+    hosts: [\"*\"]
+    tls: {mode: SIMPLE, serverCertificate: /etc/cert.pem, privateKey: /etc/key.pem}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: cred}
+stringData: {tls.crt: x}
+",
+        );
+        assert_eq!(
+            w,
+            [
+                "x.yaml:doc 1: Gateway default/gw: spec.servers[0].tls.minProtocolVersion: not implemented by Ama; ignored (the server's TLS is served without it)",
+                "x.yaml:doc 1: Gateway default/gw: spec.servers[0].tls.subjectAltNames: not implemented by Ama; this server is not served",
+                "x.yaml:doc 1: Gateway default/gw: spec.servers[1].tls.mode: AUTO_PASSTHROUGH: not implemented by Ama; this server is not served",
+                "x.yaml:doc 1: Gateway default/gw: spec.servers[2].tls.privateKey: certificate files are not implemented by Ama (use credentialName); without a credentialName this server is not served",
+                "x.yaml:doc 1: Gateway default/gw: spec.servers[2].tls.serverCertificate: certificate files are not implemented by Ama (use credentialName); without a credentialName this server is not served",
+            ]
+        );
     }
 
     #[test]

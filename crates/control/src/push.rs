@@ -259,6 +259,18 @@ fn gateway_view(
             Err(e) => tracing::warn!(port = l.port, error = %e, "gateway listener not sent"),
         }
     }
+    // Encoded afresh on every push: the previous view stays (and the proxy sleeps) when every
+    // resource has the version it had.
+    if let Some(prev) = previous {
+        let unchanged = prev.len() == entries.len()
+            && prev
+                .iter()
+                .zip(&entries)
+                .all(|((n1, e1), (n2, e2))| n1 == n2 && e1.version == e2.version);
+        if unchanged {
+            return Arc::clone(prev);
+        }
+    }
     TypeView::build(entries, previous)
 }
 
@@ -570,6 +582,7 @@ fn same_resources(a: &Model, b: &Model) -> bool {
         && a.http_routes == b.http_routes
         && a.traffic_policies == b.traffic_policies
         && a.authorizations == b.authorizations
+        && a.gateways == b.gateways
 }
 
 impl SnapshotSource for Pusher {

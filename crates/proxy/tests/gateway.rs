@@ -270,6 +270,9 @@ async fn http_routed_by_host_to_a_sidecar_with_access_log_and_metrics() {
     assert_eq!(resp.status(), 200, "{body:?}");
     let seen = json(&body);
     assert_eq!(seen["headers"]["host"], "httpbin.example.com", "{seen}");
+    // The edge appends the client to x-forwarded-for (Envoy's use_remote_address).
+    assert_eq!(seen["headers"]["x-forwarded-for"], "127.0.0.1", "{seen}");
+    assert_eq!(seen["headers"]["x-forwarded-proto"], "http", "{seen}");
     // The app's sidecar saw the gateway's mesh identity.
     let xfcc = seen["headers"]["x-forwarded-client-cert"]
         .as_str()

@@ -237,6 +237,26 @@ fn server(
                     return Err("tls.mode AUTO_PASSTHROUGH: not implemented by Ama".into());
                 }
             };
+            // Restrictions on which clients are accepted that Ama cannot apply: serving the
+            // server without them would accept clients it must refuse.
+            let unenforced = [
+                ("subjectAltNames", !t.subject_alt_names.is_empty()),
+                (
+                    "verifyCertificateSpki",
+                    !t.verify_certificate_spki.is_empty(),
+                ),
+                (
+                    "verifyCertificateHash",
+                    !t.verify_certificate_hash.is_empty(),
+                ),
+                ("caCrl", !t.ca_crl.is_empty()),
+            ];
+            if let Some((field, _)) = unenforced.iter().find(|(_, set)| *set) {
+                return Err(format!(
+                    "tls.{field}: not implemented by Ama (served without it, the server would \
+                     accept clients it must refuse)"
+                ));
+            }
             let terminates = matches!(
                 mode,
                 xds::ServerTlsMode::Simple

@@ -284,3 +284,33 @@ fn hosts_intersect_as_pilot() {
         Some("*.a.example.com")
     );
 }
+
+#[test]
+fn client_restrictions_ama_cannot_apply_fail_closed() {
+    let m = model(&format!(
+        r#"{GATEWAY_POD}---{TLS_SECRET}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 8443, name: https, protocol: HTTPS}}
+    hosts: ["*"]
+    tls: {{mode: MUTUAL, credentialName: httpbin-credential, subjectAltNames: [client.example.com]}}
+  - port: {{number: 8080, name: http, protocol: HTTP}}
+    hosts: ["*"]
+"#
+    ));
+    let ls = gateway_of(&m);
+    assert_eq!(ls.iter().map(|l| l.port).collect::<Vec<_>>(), [8080]);
+    assert!(
+        m.warnings.iter().any(|w| w.to_string()
+            == "Gateway default/gw: spec.servers[0]: tls.subjectAltNames: not implemented by Ama \
+                (served without it, the server would accept clients it must refuse); this server \
+                is not served"),
+        "{:?}",
+        m.warnings
+    );
+}

@@ -68,6 +68,15 @@ pub(super) async fn handle(
             headers::strip_envoy_headers(h);
         }
     }
+    if let Some(gw) = ctx.gateway {
+        // The edge: what clients say of Envoy's handling and of their address is not trusted.
+        headers::strip_envoy_headers(h);
+        headers::edge_forwarded(
+            h,
+            ctx.client.get().ip(),
+            if gw.tls { "https" } else { "http" },
+        );
+    }
     headers::forward_client_cert(h, ctx.peer.as_ref().map(|p| &p.xfcc));
     let request_id = headers::ensure_request_id(h);
     headers::continue_trace(h, ctx.pi.cfg.trace_sampling);
