@@ -359,6 +359,17 @@ async fn https_simple_picks_the_certificate_by_sni_and_a_new_one_is_served_witho
         s.get_ref().1.peer_certificates().map(|c| c[0].clone()),
         Some(other.der.clone())
     );
+    // A request is routed among the hosts of the server its SNI chose (Envoy's filter chain
+    // per server): another server's host is 404.
+    let s = tls_connect(port, "httpbin.example.com", config.clone())
+        .await
+        .expect("handshake");
+    assert_eq!(
+        get_tls(s, "www.other.org", "/status/200")
+            .await
+            .expect("request"),
+        404
+    );
     // An SNI no server serves gets no certificate.
     assert!(
         tls_connect(port, "nobody.example.net", config.clone())
@@ -464,6 +475,77 @@ async fn https_redirect_answers_301() {
         resp.headers().get("location").and_then(|v| v.to_str().ok()),
         Some("https://httpbin.example.com/status/200?x=1")
     );
+}
+
+#[tokio::test]
+async fn optional_mutual_and_istio_mutual() {
+    let b = httpbin().await;
+    let ca = TestCa::new("example ca");
+    let clients = TestCa::new("client ca");
+    let server_cert = ca.leaf(&["httpbin.example.com"], false);
+    let (optional, mesh_port) = (free_port(), free_port());
+    let yaml = gateway_yaml(
+        b.server.inbound,
+        None,
+        &format!(
+            "- port: {optional}\n  servers:\n  - {{gateway: istio-system/gw, protocol: HTTPS, hosts: [httpbin.example.com], tls: {}, routes: {}}}\n- port: {mesh_port}\n  servers:\n  - {{gateway: istio-system/gw, index: 1, protocol: HTTPS, hosts: ['*'], tls: {{mode: ISTIO_MUTUAL}}, routes: {}}}",
+            tls("OPTIONAL_MUTUAL", &server_cert, Some(&clients)),
+            httpbin_routes("[httpbin.example.com]"),
+            httpbin_routes("[httpbin.example.com]"),
+        ),
+    );
+    let _gw = router(&b, &yaml).await;
+
+    // OPTIONAL_MUTUAL: no certificate is fine, one of another CA is not.
+    let s = tls_connect(optional, "httpbin.example.com", client_config(&ca, None))
+        .await
+        .expect("handshake");
+    assert_eq!(
+        get_tls(s, "httpbin.example.com", "/status/200")
+            .await
+            .expect("request"),
+        200
+    );
+    let stranger = TestCa::new("stranger").leaf(&["client"], true);
+    let refused = match tls_connect(
+        optional,
+        "httpbin.example.com",
+        client_config(&ca, Some(&stranger)),
+    )
+    .await
+    {
+        Err(_) => true,
+        Ok(s) => get_tls(s, "httpbin.example.com", "/status/200")
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a certificate of another CA was accepted");
+
+    // ISTIO_MUTUAL: a mesh client certificate is required.
+    let client_id = b.mesh.identity("default", "sleep").await;
+    let mesh_client = identity::tls::client_config(
+        &client_id,
+        identity::ExpectedPeer::AnyInMesh,
+        vec![b"http/1.1".to_vec()],
+    )
+    .expect("mesh client config");
+    let s = tls_connect(mesh_port, "httpbin.example.com", mesh_client)
+        .await
+        .expect("mesh handshake");
+    assert_eq!(
+        get_tls(s, "httpbin.example.com", "/status/200")
+            .await
+            .expect("request"),
+        200
+    );
+    let refused =
+        match tls_connect(mesh_port, "httpbin.example.com", client_config(&ca, None)).await {
+            Err(_) => true,
+            Ok(s) => get_tls(s, "httpbin.example.com", "/status/200")
+                .await
+                .is_err(),
+        };
+    assert!(refused, "a client without a mesh certificate was served");
 }
 
 /// A TLS server outside the mesh that answers `hello from <name>` and closes.

@@ -135,13 +135,14 @@ async fn accept(
     }
 }
 
-/// The context of a connection on a Gateway port (`tls`: terminated here).
+/// The context of a connection on a Gateway port; `server`: the server whose TLS was
+/// terminated here.
 pub(crate) fn conn_ctx(
     pi: Arc<ProxyInputs>,
     client: ClientAddr,
     local: OrigDstAddr,
     sni: Option<Arc<str>>,
-    tls: bool,
+    server: Option<usize>,
 ) -> Arc<ConnCtx> {
     Arc::new(ConnCtx {
         // A gateway's requests take the outbound pipeline and are reported as the source.
@@ -154,7 +155,8 @@ pub(crate) fn conn_ctx(
         labels: Default::default(),
         gateway: Some(GatewayConn {
             port: local.get().port(),
-            tls,
+            tls: server.is_some(),
+            server,
         }),
     })
 }
@@ -184,7 +186,7 @@ async fn handle(
                     return;
                 }
             };
-            let ctx = conn_ctx(pi, client, local, None, false);
+            let ctx = conn_ctx(pi, client, local, None, None);
             let io = Rewind::new(prefix, stream);
             http::serve(ctx, io, detected == Detected::Http2, drain).await;
         }
@@ -223,7 +225,7 @@ async fn handle(
                 no_route(&pi, client, local, sni, start, t0);
                 return;
             };
-            let ctx = conn_ctx(pi, client, local, sni, false);
+            let ctx = conn_ctx(pi, client, local, sni, None);
             let io = Rewind::new(prefix, stream);
             crate::listener::forward_tcp(&ctx, io, &target, start, t0, &drain).await;
         }

@@ -39,6 +39,10 @@ pub struct GatewayConn {
     pub port: u16,
     /// TLS was terminated here (the request's scheme is `https`).
     pub tls: bool,
+    /// The server whose certificate terminated it (its position in the port's servers): its
+    /// requests are routed among its own hosts only, as Envoy's per-server filter chain and
+    /// route config do. `None` on plaintext, where the port's servers share one route config.
+    pub server: Option<usize>,
 }
 
 /// The gateway's ports, compiled from one snapshot's [`GatewayListener`]s.
@@ -65,6 +69,8 @@ pub struct PortConfig {
 struct VirtualHost {
     /// `httpbin.example.com`, `*.example.com`, `*`.
     pattern: String,
+    /// The server it is bound through (position in the port's servers).
+    server: usize,
     /// The VirtualService's routes.
     routes: Arc<CompiledRoutes>,
     /// The server says `httpsRedirect`.
@@ -109,6 +115,7 @@ impl GatewayConfig {
                     for h in &r.hosts {
                         vhosts.push(VirtualHost {
                             pattern: h.to_ascii_lowercase(),
+                            server: si,
                             routes: compiled.clone(),
                             https_redirect: redirect,
                         });
@@ -147,24 +154,33 @@ impl GatewayConfig {
 }
 
 impl PortConfig {
-    /// The virtual host of `authority` (its port ignored): the most specific host that covers
-    /// it.
-    fn vhost(&self, authority: &str) -> Option<&VirtualHost> {
+    /// The virtual host of `authority` (its port ignored) among those of `server` (all the
+    /// port's when `None`): the most specific host that covers it.
+    fn vhost(&self, authority: &str, server: Option<usize>) -> Option<&VirtualHost> {
         let host = crate::route::strip_port(authority);
-        self.vhosts.iter().find(|v| host_matches(&v.pattern, host))
+        self.vhosts
+            .iter()
+            .filter(|v| server.is_none_or(|s| s == v.server))
+            .find(|v| host_matches(&v.pattern, host))
     }
 
-    /// The routes of `authority`, and whether its server redirects plain HTTP to HTTPS.
-    pub fn routes_for(&self, authority: &str) -> Option<(&Arc<CompiledRoutes>, bool)> {
-        self.vhost(authority).map(|v| (&v.routes, v.https_redirect))
+    /// The routes of `authority` among those of `server` (all the port's when `None`), and
+    /// whether its server redirects plain HTTP to HTTPS.
+    pub fn routes_for(
+        &self,
+        authority: &str,
+        server: Option<usize>,
+    ) -> Option<(&Arc<CompiledRoutes>, bool)> {
+        self.vhost(authority, server)
+            .map(|v| (&v.routes, v.https_redirect))
     }
 
     /// The server that takes a connection whose ClientHello names `sni`: the one whose host
     /// covers it most specifically; without SNI, one that serves `*`.
-    pub fn server_for_sni(&self, sni: Option<&str>) -> Option<&tls::Server> {
-        let mut best: Option<(&tls::Server, (bool, usize))> = None;
-        for s in &self.servers {
-            for h in &s.hosts {
+    pub fn server_for_sni(&self, sni: Option<&str>) -> Option<(usize, &tls::Server)> {
+        let mut best: Option<((usize, &tls::Server), (bool, usize))> = None;
+        for s in self.servers.iter().enumerate() {
+            for h in &s.1.hosts {
                 let fits = match sni {
                     Some(sni) => host_matches(h, sni),
                     None => h == "*",
@@ -189,7 +205,10 @@ pub fn https_redirect(
     if gw.tls {
         return None;
     }
-    let (_, redirect) = snap.gateway.port(gw.port)?.routes_for(req.authority)?;
+    let (_, redirect) = snap
+        .gateway
+        .port(gw.port)?
+        .routes_for(req.authority, gw.server)?;
     if !redirect {
         return None;
     }
@@ -235,7 +254,7 @@ gatewayListeners:
         ))
         .expect("compiles");
         let p = g.port(8080).expect("port");
-        let name = |a: &str| p.routes_for(a).map(|(r, _)| r.source.name.clone());
+        let name = |a: &str| p.routes_for(a, None).map(|(r, _)| r.source.name.clone());
         assert_eq!(
             name("httpbin.example.com:8080").as_deref(),
             Some("default/exact")
@@ -243,7 +262,7 @@ gatewayListeners:
         assert_eq!(name("x.example.com").as_deref(), Some("default/wild"));
         assert_eq!(name("other.org").as_deref(), Some("default/any"));
         assert!(
-            p.routes_for("other.org")
+            p.routes_for("other.org", None)
                 .is_some_and(|(_, redirect)| redirect)
         );
     }
@@ -264,7 +283,7 @@ gatewayListeners:
         ))
         .expect("compiles");
         let p = g.port(8080).expect("port");
-        assert!(p.routes_for("unknown.example.com").is_none());
+        assert!(p.routes_for("unknown.example.com", None).is_none());
         assert!(g.port(8443).is_none());
     }
 }

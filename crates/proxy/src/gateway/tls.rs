@@ -201,8 +201,9 @@ pub(crate) async fn terminate(
     let handshake = async {
         let start_hs = acceptor.await?;
         let sni: Option<Arc<str>> = start_hs.client_hello().server_name().map(Arc::from);
-        let server = port.server_for_sni(sni.as_deref());
-        let config = match (server.map(|s| (s.mode, &s.config)), &pi.tls) {
+        let picked = port.server_for_sni(sni.as_deref());
+        let server = picked.map(|(i, _)| i);
+        let config = match (picked.map(|(_, s)| (s.mode, &s.config)), &pi.tls) {
             (Some((_, Some(c))), _) => Some(c.clone()),
             (Some((Some(ServerTlsMode::IstioMutual), None)), Some(mesh)) => {
                 istio_mutual_config(mesh)
@@ -210,15 +211,17 @@ pub(crate) async fn terminate(
             _ => None,
         };
         let Some(config) = config else {
-            return Ok::<_, std::io::Error>((None, sni, server.is_some()));
+            return Ok::<_, std::io::Error>((None, sni, server));
         };
         let tls = start_hs.into_stream(config).await?;
-        Ok((Some(tls), sni, true))
+        Ok((Some(tls), sni, server))
     };
-    let (tls, sni) = match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, handshake).await {
-        Ok(Ok((Some(tls), sni, _))) => (tls, sni),
-        Ok(Ok((None, sni, served))) => {
-            if !served {
+    let (tls, sni, server) = match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, handshake)
+        .await
+    {
+        Ok(Ok((Some(tls), sni, server))) => (tls, sni, server),
+        Ok(Ok((None, sni, server))) => {
+            if server.is_none() {
                 super::listener::no_route(&pi, client, local, sni, start, t0);
             }
             tracing::debug!(%client, "no server with a usable certificate for this SNI; closing");
@@ -246,26 +249,16 @@ pub(crate) async fn terminate(
             }
         }
     };
-    let ctx = super::listener::conn_ctx(pi, client, local, sni, true);
+    let ctx = super::listener::conn_ctx(pi, client, local, sni, server);
     let io = crate::detect::Rewind::new(prefix, tls);
     crate::http::serve(ctx, io, detected == crate::detect::Detected::Http2, drain).await;
 }
 
-/// ISTIO_MUTUAL: the gateway's workload certificate, mesh client certificates required (the
-/// sidecar's inbound config), with the gateway's ALPN besides Istio's.
+/// ISTIO_MUTUAL: the gateway's workload certificate, mesh client certificates required.
 fn istio_mutual_config(mesh: &Arc<crate::tls::MeshTls>) -> Option<Arc<ServerConfig>> {
-    match identity::tls::server_config(mesh.manager()) {
-        Ok(c) => {
-            let mut c = (*c).clone();
-            c.alpn_protocols
-                .extend(GATEWAY_ALPN.iter().map(|p| p.to_vec()));
-            Some(Arc::new(c))
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "no workload certificate for ISTIO_MUTUAL");
-            None
-        }
-    }
+    mesh.gateway_server_config()
+        .inspect_err(|e| tracing::warn!(error = %e, "no server config for ISTIO_MUTUAL"))
+        .ok()
 }
 
 #[cfg(test)]

@@ -155,7 +155,7 @@ pub(super) async fn handle(
                     if let Some(resp) = crate::gateway::https_redirect(&snap, gw, &view) {
                         return Ok(LocalReply::answer(&ctx, log, resp, "https_redirect"));
                     }
-                    router::gateway_http(&snap, ctx.orig_dst, &view)
+                    router::gateway_http(&snap, gw, ctx.orig_dst, &view)
                 }
             };
             match routed {

@@ -511,18 +511,20 @@ fn routed_by<'s>(
     })
 }
 
-/// A gateway's HTTP request on its port `orig_dst` (the gateway's own address): the
-/// VirtualService bound to the port's servers whose host covers the request's authority most
-/// specifically, then its routes as [`outbound_http`] takes them. No host: 404 `NR`.
+/// A gateway's HTTP request on its connection `gw` (to `orig_dst`, the gateway's own address):
+/// the VirtualService bound to the port's servers (to the server that terminated its TLS)
+/// whose host covers the request's authority most specifically, then its routes as
+/// [`outbound_http`] takes them. No host: 404 `NR`.
 pub fn gateway_http<'s>(
     snap: &'s Snapshot,
+    gw: crate::gateway::GatewayConn,
     orig_dst: OrigDstAddr,
     req: &RequestView<'_>,
 ) -> Result<Routed<'s>, RouteError> {
     let routes = snap
         .gateway
-        .port(orig_dst.get().port())
-        .and_then(|p| p.routes_for(req.authority))
+        .port(gw.port)
+        .and_then(|p| p.routes_for(req.authority, gw.server))
         .map(|(r, _)| r)
         .ok_or(RouteError::NoRoute)?;
     routed_by(snap, None, routes, orig_dst, req)
@@ -537,6 +539,7 @@ pub fn gateway_l4(snap: &Snapshot, orig_dst: OrigDstAddr, sni: Option<&str>) -> 
     let route = match sni {
         Some(sni) => port
             .server_for_sni(Some(sni))?
+            .1
             .tls_routes
             .iter()
             .find(|r| {
