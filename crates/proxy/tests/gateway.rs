@@ -304,6 +304,7 @@ async fn http_routed_by_host_to_a_sidecar_with_access_log_and_metrics() {
         .find(|l| l["response_code"] == "404")
         .expect("404 logged");
     assert_eq!(nr["response_flags"], "NR");
+    assert_eq!(nr["route_name"], "-");
 
     let text = gw.telemetry.encode_prometheus();
     let labels = [

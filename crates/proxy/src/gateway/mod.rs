@@ -178,20 +178,17 @@ impl PortConfig {
     /// The server that takes a connection whose ClientHello names `sni`: the one whose host
     /// covers it most specifically; without SNI, one that serves `*`.
     pub fn server_for_sni(&self, sni: Option<&str>) -> Option<(usize, &tls::Server)> {
-        let mut best: Option<((usize, &tls::Server), (bool, usize))> = None;
-        for s in self.servers.iter().enumerate() {
-            for h in &s.1.hosts {
-                let fits = match sni {
-                    Some(sni) => host_matches(h, sni),
-                    None => h == "*",
-                };
-                let rank = host_specificity(h);
-                if fits && best.as_ref().is_none_or(|(_, r)| rank > *r) {
-                    best = Some((s, rank));
-                }
-            }
-        }
-        best.map(|(s, _)| s)
+        self.servers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| s.hosts.iter().map(move |h| (i, h)))
+            .filter(|(_, h)| match sni {
+                Some(sni) => host_matches(h, sni),
+                None => *h == "*",
+            })
+            // The most specific host; among equals, the first server.
+            .min_by_key(|(i, h)| (std::cmp::Reverse(host_specificity(h)), *i))
+            .map(|(i, _)| (i, &self.servers[i]))
     }
 }
 
@@ -265,6 +262,40 @@ gatewayListeners:
             p.routes_for("other.org", None)
                 .is_some_and(|(_, redirect)| redirect)
         );
+    }
+
+    #[test]
+    fn the_most_specific_server_takes_the_sni() {
+        let g = GatewayConfig::compile(&listeners(
+            r#"
+gatewayListeners:
+- port: 8443
+  servers:
+  - {gateway: istio-system/gw, protocol: HTTPS, hosts: ["*"], tls: {mode: ISTIO_MUTUAL}}
+  - {gateway: istio-system/gw, index: 1, protocol: HTTPS, hosts: ["*.example.com"], tls: {mode: ISTIO_MUTUAL}}
+  - {gateway: istio-system/gw, index: 2, protocol: HTTPS, hosts: [a.org, httpbin.example.com], tls: {mode: ISTIO_MUTUAL}}
+"#,
+        ))
+        .expect("compiles");
+        let p = g.port(8443).expect("port");
+        let pick = |sni: Option<&str>| p.server_for_sni(sni).map(|(i, _)| i);
+        assert_eq!(pick(Some("httpbin.example.com")), Some(2));
+        assert_eq!(pick(Some("HTTPBIN.example.com")), Some(2));
+        assert_eq!(pick(Some("x.example.com")), Some(1));
+        assert_eq!(pick(Some("b.org")), Some(0));
+        assert_eq!(pick(None), Some(0), "no SNI: the server of `*`");
+        let only_named = GatewayConfig::compile(&listeners(
+            r#"
+gatewayListeners:
+- port: 8443
+  servers:
+  - {gateway: istio-system/gw, protocol: HTTPS, hosts: [a.org], tls: {mode: ISTIO_MUTUAL}}
+"#,
+        ))
+        .expect("compiles");
+        let p = only_named.port(8443).expect("port");
+        assert!(p.server_for_sni(None).is_none());
+        assert!(p.server_for_sni(Some("b.org")).is_none());
     }
 
     #[test]

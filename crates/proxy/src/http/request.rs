@@ -180,6 +180,10 @@ pub(super) async fn handle(
                     return Ok(LocalReply::answer(&ctx, log, resp, "direct_response"));
                 }
                 Err(RouteError::NoRoute) => {
+                    if ctx.gateway.is_some() {
+                        // No virtual host: Envoy logs no route name.
+                        log.rec().route_name = None;
+                    }
                     return Ok(LocalReply::NO_ROUTE.respond(&ctx, log, reply_to));
                 }
                 Err(RouteError::NoCluster) => {
