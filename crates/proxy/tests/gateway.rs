@@ -180,9 +180,9 @@ async fn router(b: &Backend, yaml: &str) -> Sidecar {
         .await
 }
 
-/// Connects to the gateway's port, retrying while its listener opens.
+/// Connects to the gateway's port, retrying while its listener opens (up to 10 s).
 async fn connect(port: u16) -> TcpStream {
-    for _ in 0..200 {
+    for _ in 0..1000 {
         if let Ok(s) = TcpStream::connect(("127.0.0.1", port)).await {
             return s;
         }
@@ -633,4 +633,113 @@ async fn passthrough_routes_by_sni_with_the_bytes_untouched() {
                 && l["requested_server_name"] == "other.example.com"),
         "{lines:?}"
     );
+}
+
+/// The objects of a mesh with `web` (the app at 127.0.0.1:`app_port`, no sidecar), an
+/// ingress gateway pod, and a Gateway on `gw_port` with its VirtualService.
+fn discovery_mesh(app_port: u16, gw_port: u16) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: web}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-1
+  namespace: web
+  labels: {{app: web}}
+  annotations: {{local.ama.dev/address: "127.0.0.1"}}
+spec: {{containers: [{{name: app, image: app, ports: [{{containerPort: {app_port}}}]}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: web}}
+spec: {{selector: {{app: web}}, ports: [{{name: http, port: 8000, targetPort: {app_port}}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: istio-ingressgateway-1
+  namespace: istio-system
+  labels: {{app: istio-ingressgateway, istio: ingressgateway}}
+  annotations: {{local.ama.dev/address: "127.0.0.2"}}
+spec: {{containers: [{{name: istio-proxy, image: proxy}}]}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: web-gateway, namespace: web}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {gw_port}, name: http, protocol: HTTP}}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web, namespace: web}}
+spec:
+  hosts: [web.example.com]
+  gateways: [web-gateway]
+  http:
+  - match: [{{uri: {{prefix: /status}}}}]
+    route: [{{destination: {{host: web, port: {{number: 8000}}}}}}]
+"#
+    )
+}
+
+#[tokio::test]
+async fn the_gateway_takes_its_config_from_discovery() {
+    let app = App::start("web").await;
+    let gw_port = free_port();
+    let state = tempfile::tempdir().expect("tempdir");
+    let config = state.path().join("config");
+    std::fs::create_dir_all(&config).expect("config dir");
+    std::fs::write(
+        config.join("mesh.yaml"),
+        discovery_mesh(app.addr.port(), gw_port),
+    )
+    .expect("write");
+    let mut options = control::DiscoveryOptions::new(&config);
+    options.grpc_addr = "127.0.0.1:0".parse().expect("addr");
+    options.monitoring_addr = "127.0.0.1:0".parse().expect("addr");
+    let d = control::Discovery::start(options)
+        .await
+        .expect("discovery starts");
+
+    // The router starts empty (no listener) and asks discovery as `router~127.0.0.2~...`.
+    let mut b = Sidecar::builder("").router();
+    b.cfg.pod_name = Some("istio-ingressgateway-1".into());
+    b.cfg.pod_namespace = Some("istio-system".into());
+    b.cfg.instance_ip = Some("127.0.0.2".parse().expect("ip"));
+    let gw = b.start().await;
+    assert_eq!(
+        proxy::xds_client::proxy_id(&gw.inputs.cfg).to_string(),
+        "router~127.0.0.2~istio-ingressgateway-1.istio-system~istio-system.svc.cluster.local"
+    );
+    let client = proxy::xds_client::client_for(
+        &proxy::xds_client::DiscoveryOptions::new(d.grpc_addr().to_string()),
+        &gw.inputs.cfg,
+        &Default::default(),
+    )
+    .expect("client");
+    let (_drain, watcher) = proxy::drain::channel();
+    tokio::spawn(proxy::xds_client::run(
+        client,
+        gw.store.clone(),
+        || {},
+        watcher,
+    ));
+
+    let (resp, body) = get(gw_port, "web.example.com", "/status/200").await;
+    assert_eq!(resp.status(), 200, "{body:?}");
+    let (resp, _) = get(gw_port, "web.example.com", "/other").await;
+    assert_eq!(resp.status(), 404, "no route matches /other");
+    let lines = gw.log_lines(1).await;
+    assert_eq!(
+        lines[0]["upstream_cluster"],
+        "outbound|8000||web.web.svc.cluster.local"
+    );
+    d.shutdown().await;
 }
