@@ -268,6 +268,7 @@ async fn http_routed_by_host_to_a_sidecar_with_access_log_and_metrics() {
 
     let (resp, body) = get(port, "httpbin.example.com", "/headers").await;
     assert_eq!(resp.status(), 200, "{body:?}");
+    assert_eq!(resp.headers()["server"], "istio-envoy");
     let seen = json(&body);
     assert_eq!(seen["headers"]["host"], "httpbin.example.com", "{seen}");
     // The edge appends the client to x-forwarded-for (Envoy's use_remote_address).
@@ -377,6 +378,13 @@ async fn https_simple_picks_the_certificate_by_sni_and_a_new_one_is_served_witho
             .await
             .is_err()
     );
+
+    // The config dump shows no private key (Envoy's `[redacted]`).
+    let dump =
+        proxy::admin::AdminSource::config_dump(&proxy::dump::TrafficAdmin(gw.inputs.clone()))
+            .to_string();
+    assert!(dump.contains("[redacted]") && dump.contains("BEGIN CERTIFICATE"));
+    assert!(!dump.contains("PRIVATE KEY"), "a key in the config dump");
 
     // The Secret changes: the next connection gets the new certificate, same process.
     let renewed = ca.leaf(&["httpbin.example.com"], false);

@@ -148,6 +148,15 @@ impl std::fmt::Debug for ServerCredential {
 }
 
 impl GatewayListener {
+    /// Replaces every private key with `[redacted]` (for config dumps).
+    pub fn redact_keys(&mut self) {
+        for s in &mut self.servers {
+            if let Some(c) = s.tls.as_mut().and_then(|t| t.credential.as_mut()) {
+                c.private_key = "[redacted]".to_string();
+            }
+        }
+    }
+
     /// Checks the listener at `path`: a port, servers of one protocol family, TLS where the
     /// protocol needs it, routes valid.
     pub(crate) fn validate(&self, path: &str, errs: &mut ValidationErrors) {

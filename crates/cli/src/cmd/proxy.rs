@@ -285,7 +285,7 @@ fn sidecar(a: SidecarArgs, router: bool) -> anyhow::Result<ExitCode> {
             .discovery_address
             .filter(|d| !d.is_empty()),
     };
-    let cfg = ProxyConfig {
+    let mut cfg = ProxyConfig {
         outbound_addr: SocketAddr::from(([0, 0, 0, 0], a.outbound_port)),
         inbound_addr: SocketAddr::from(([0, 0, 0, 0], a.inbound_port)),
         inbound_bind: a.inbound_bind,
@@ -302,6 +302,9 @@ fn sidecar(a: SidecarArgs, router: bool) -> anyhow::Result<ExitCode> {
         router,
         ..ProxyConfig::default()
     };
+    if router {
+        cfg.server_header = Some(proxy::gateway::SERVER_HEADER);
+    }
     let opts = SidecarOptions {
         admin_addr: SocketAddr::from(([127, 0, 0, 1], a.admin_port)),
         status_addr: SocketAddr::from(([0, 0, 0, 0], a.status_port)),

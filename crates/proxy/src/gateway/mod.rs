@@ -32,6 +32,10 @@ use xds::{GatewayListener, L4Route};
 use crate::fx_hash::FxHashMap;
 use crate::outbound::router::CompiledRoutes;
 
+/// The `server` header of a gateway's responses (Istio names its gateways' Envoy so; sidecars
+/// answer `envoy`).
+pub const SERVER_HEADER: http::HeaderValue = http::HeaderValue::from_static("istio-envoy");
+
 /// What a downstream connection of a gateway carries into its requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GatewayConn {

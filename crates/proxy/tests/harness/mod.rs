@@ -506,6 +506,7 @@ impl SidecarBuilder {
     /// ports are bound on 127.0.0.1.
     pub fn router(mut self) -> Self {
         self.cfg.router = true;
+        self.cfg.server_header = Some(proxy::gateway::SERVER_HEADER);
         self.cfg.gateway_bind = "127.0.0.1".parse().expect("addr");
         self
     }
