@@ -35,8 +35,9 @@
 //!   `httpsRedirect`, `mode` (all but AUTO_PASSTHROUGH), `credentialName` (certificate files,
 //!   `serverCertificate`, `privateKey`, `caCertificates`, are reported: not served); a server restricting its clients by
 //!   `subjectAltNames`, `verifyCertificateSpki`, `verifyCertificateHash` or `caCrl` is not
-//!   served (failing closed); other TLS fields (`minProtocolVersion`, `cipherSuites`, ...) are
-//!   reported and not applied.
+//!   served (failing closed); `minProtocolVersion` and `maxProtocolVersion` within TLS 1.2 and
+//!   1.3 (below: reported); other TLS fields (`cipherSuites`, ...) are reported and not
+//!   applied.
 //! - ServiceEntry, Sidecar and the other Istio kinds: not implemented.
 //! - Services and EndpointSlices: all but `type: ExternalName` and FQDN endpoints.
 //! - Pods and pod templates: the injection annotations [`crate::overrides`] reads.
@@ -105,6 +106,8 @@ static GATEWAY: Node = Fields(
                                 ("privateKey", Node::Value(certificate_file)),
                                 ("caCertificates", Node::Value(certificate_file)),
                                 ("credentialName", Done),
+                                ("minProtocolVersion", Node::Value(min_tls)),
+                                ("maxProtocolVersion", Node::Value(max_tls)),
                                 ("subjectAltNames", Node::Value(client_restriction)),
                                 ("verifyCertificateSpki", Node::Value(client_restriction)),
                                 ("verifyCertificateHash", Node::Value(client_restriction)),
@@ -139,6 +142,26 @@ fn certificate_file(v: &Value) -> Option<String> {
         "certificate files are not implemented by Ama (use credentialName); without a \
          credentialName this server is not served"
             .to_string()
+    })
+}
+
+/// A Gateway server's lowest TLS version: Ama serves TLS 1.2 and 1.3.
+fn min_tls(v: &Value) -> Option<String> {
+    matches!(v.as_str()?, "TLSV1_0" | "TLSV1_1").then(|| {
+        format!(
+            "{}: TLS below 1.2 is not served by Ama; the minimum is TLS 1.2",
+            v.as_str().unwrap_or_default()
+        )
+    })
+}
+
+/// A Gateway server's highest TLS version: below 1.2 leaves nothing Ama serves.
+fn max_tls(v: &Value) -> Option<String> {
+    matches!(v.as_str()?, "TLSV1_0" | "TLSV1_1").then(|| {
+        format!(
+            "{}: TLS below 1.2 is not served by Ama; this server is not served",
+            v.as_str().unwrap_or_default()
+        )
     })
 }
 
@@ -938,7 +961,7 @@ spec:
   servers:
   - port: {number: 8443, name: https, protocol: HTTPS}
     hosts: [\"*\"]
-    tls: {mode: MUTUAL, credentialName: cred, subjectAltNames: [a], minProtocolVersion: TLSV1_3}
+    tls: {mode: MUTUAL, credentialName: cred, subjectAltNames: [a], minProtocolVersion: TLSV1_1, cipherSuites: [X]}
   - port: {number: 8444, name: https2, protocol: HTTPS}
     hosts: [\"*\"]
     tls: {mode: AUTO_PASSTHROUGH}
@@ -955,7 +978,8 @@ stringData: {tls.crt: x}
         assert_eq!(
             w,
             [
-                "x.yaml:doc 1: Gateway default/gw: spec.servers[0].tls.minProtocolVersion: not implemented by Ama; ignored (the server's TLS is served without it)",
+                "x.yaml:doc 1: Gateway default/gw: spec.servers[0].tls.cipherSuites: not implemented by Ama; ignored (the server's TLS is served without it)",
+                "x.yaml:doc 1: Gateway default/gw: spec.servers[0].tls.minProtocolVersion: TLSV1_1: TLS below 1.2 is not served by Ama; the minimum is TLS 1.2",
                 "x.yaml:doc 1: Gateway default/gw: spec.servers[0].tls.subjectAltNames: not implemented by Ama; this server is not served",
                 "x.yaml:doc 1: Gateway default/gw: spec.servers[1].tls.mode: AUTO_PASSTHROUGH: not implemented by Ama; this server is not served",
                 "x.yaml:doc 1: Gateway default/gw: spec.servers[2].tls.privateKey: certificate files are not implemented by Ama (use credentialName); without a credentialName this server is not served",

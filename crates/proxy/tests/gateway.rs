@@ -557,6 +557,48 @@ async fn optional_mutual_and_istio_mutual() {
     assert!(refused, "a client without a mesh certificate was served");
 }
 
+#[tokio::test]
+async fn min_protocol_version_refuses_older_clients() {
+    let b = httpbin().await;
+    let ca = TestCa::new("example ca");
+    let cert = ca.leaf(&["httpbin.example.com"], false);
+    let port = free_port();
+    let server_tls = tls("SIMPLE", &cert, None).replacen(
+        "{mode: SIMPLE,",
+        "{mode: SIMPLE, minProtocolVersion: TLSV1_3,",
+        1,
+    );
+    let yaml = gateway_yaml(
+        b.server.inbound,
+        None,
+        &format!(
+            "- port: {port}\n  servers:\n  - {{gateway: istio-system/gw, protocol: HTTPS, hosts: [httpbin.example.com], tls: {server_tls}, routes: {}}}",
+            httpbin_routes("[httpbin.example.com]")
+        ),
+    );
+    let _gw = router(&b, &yaml).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der.clone()).expect("root");
+    let tls12 = rustls::ClientConfig::builder_with_provider(identity::tls::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    assert!(
+        tls_connect(port, "httpbin.example.com", Arc::new(tls12))
+            .await
+            .is_err(),
+        "a TLS 1.2 client was served"
+    );
+    let s = tls_connect(port, "httpbin.example.com", client_config(&ca, None))
+        .await
+        .expect("TLS 1.3 handshake");
+    assert_eq!(
+        s.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+}
+
 /// A TLS server outside the mesh that answers `hello from <name>` and closes.
 async fn tls_backend(ca: &TestCa, name: &str) -> (SocketAddr, Leaf) {
     use rustls::pki_types::pem::PemObject;

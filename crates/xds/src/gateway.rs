@@ -105,11 +105,28 @@ pub struct ServerTls {
     /// Answer plain HTTP with `301` to `https` (on an HTTP server).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub https_redirect: bool,
+    /// Lowest TLS version served (none: TLS 1.2, Istio's default for gateways).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_protocol_version: Option<TlsVersion>,
+    /// Highest TLS version served (none: TLS 1.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_protocol_version: Option<TlsVersion>,
     /// Certificate, key and client CA (SIMPLE, MUTUAL, OPTIONAL_MUTUAL). None for a terminating
     /// mode: the credential could not be had, and the server is not served (TLS handshakes
     /// fail, as Envoy's filter chain without a certificate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<ServerCredential>,
+}
+
+/// A TLS version a gateway server can be limited to (the proxy serves TLS 1.2 and 1.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    #[serde(rename = "TLSV1_2")]
+    V1_2,
+    /// TLS 1.3.
+    #[serde(rename = "TLSV1_3")]
+    V1_3,
 }
 
 /// A server's certificate chain, key and client CA, as PEM.
@@ -232,6 +249,14 @@ impl GatewayServer {
                     errs.push(
                         format!("{path}.tls.credential"),
                         format!("{:?} takes no credential", t.mode),
+                    );
+                }
+                if let (Some(min), Some(max)) = (t.min_protocol_version, t.max_protocol_version)
+                    && min > max
+                {
+                    errs.push(
+                        format!("{path}.tls.maxProtocolVersion"),
+                        "must not be lower than minProtocolVersion",
                     );
                 }
                 if let Some(c) = &t.credential {

@@ -42,6 +42,7 @@ pub use authorization::{
 };
 pub use gateway::{
     GatewayListener, GatewayProtocol, GatewayServer, ServerCredential, ServerTls, ServerTlsMode,
+    TlsVersion,
 };
 pub use policy::{
     ClientTls, ClientTlsMode, ConnectionPool, ConsistentHash, HashAlgorithm, HashKey, HttpPool,

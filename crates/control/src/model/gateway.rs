@@ -28,7 +28,7 @@
 use std::collections::BTreeMap;
 
 use api::networking::VirtualService;
-use api::networking::gateway::{Gateway, Server, ServerTlsMode};
+use api::networking::gateway::{Gateway, Server, ServerTlsMode, TlsProtocol};
 use api::objects::{IstioConfig, Object, Secret};
 
 use super::routes::{Binding, virtual_service};
@@ -276,9 +276,13 @@ fn server(
                     return Err("tls.credentialName: required for this mode".into());
                 }
             }
+            let (min_protocol_version, max_protocol_version) =
+                tls_versions(t.min_protocol_version, t.max_protocol_version)?;
             Some(xds::ServerTls {
                 mode,
                 https_redirect: t.https_redirect,
+                min_protocol_version,
+                max_protocol_version,
                 credential: None,
             })
         }
@@ -319,6 +323,30 @@ fn server(
         },
         secret,
     })
+}
+
+/// `minProtocolVersion` and `maxProtocolVersion` as the proxy serves them (TLS 1.2 and 1.3):
+/// a minimum below 1.2 is 1.2 (api::support reports it), a maximum below 1.2 leaves nothing
+/// to serve.
+fn tls_versions(
+    min: Option<TlsProtocol>,
+    max: Option<TlsProtocol>,
+) -> Result<(Option<xds::TlsVersion>, Option<xds::TlsVersion>), String> {
+    let version = |p: TlsProtocol| match p {
+        TlsProtocol::V1_3 => Some(xds::TlsVersion::V1_3),
+        TlsProtocol::V1_2 => Some(xds::TlsVersion::V1_2),
+        TlsProtocol::Auto | TlsProtocol::V1_0 | TlsProtocol::V1_1 => None,
+    };
+    if matches!(max, Some(TlsProtocol::V1_0 | TlsProtocol::V1_1)) {
+        return Err("tls.maxProtocolVersion: below TLS 1.2, which Ama does not serve".to_string());
+    }
+    let (min, max) = (min.and_then(version), max.and_then(version));
+    if let (Some(lo), Some(hi)) = (min, max)
+        && lo > hi
+    {
+        return Err("tls.maxProtocolVersion: lower than minProtocolVersion".to_string());
+    }
+    Ok((min, max))
 }
 
 /// The PEM under the first of `keys` that `secret` has.

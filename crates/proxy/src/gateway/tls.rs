@@ -90,7 +90,7 @@ impl Server {
                 );
                 None
             }
-            (true, Some(c)) => match server_config(c, mode) {
+            (true, Some(c)) => match server_config(c, s.tls.as_ref()) {
                 Ok(cfg) => Some(cfg),
                 Err(e) => {
                     tracing::warn!(
@@ -119,12 +119,30 @@ impl Server {
 /// The ALPN a terminating gateway offers (Istio's gateways: HTTP/2 and HTTP/1.1).
 const GATEWAY_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
+/// The TLS versions a server's `minProtocolVersion` and `maxProtocolVersion` leave (TLS 1.2
+/// and 1.3 when unset).
+fn protocol_versions(
+    tls: Option<&xds::ServerTls>,
+) -> Vec<&'static rustls::SupportedProtocolVersion> {
+    let min = tls.and_then(|t| t.min_protocol_version);
+    let max = tls.and_then(|t| t.max_protocol_version);
+    [
+        (xds::TlsVersion::V1_2, &rustls::version::TLS12),
+        (xds::TlsVersion::V1_3, &rustls::version::TLS13),
+    ]
+    .into_iter()
+    .filter(|(v, _)| min.is_none_or(|m| *v >= m) && max.is_none_or(|m| *v <= m))
+    .map(|(_, p)| p)
+    .collect()
+}
+
 /// The rustls config of a terminating server: its chain and key; MUTUAL requires a client
 /// certificate that the CA verifies, OPTIONAL_MUTUAL verifies one when sent.
 pub fn server_config(
     c: &ServerCredential,
-    mode: Option<ServerTlsMode>,
+    tls: Option<&xds::ServerTls>,
 ) -> Result<Arc<ServerConfig>, CredentialError> {
+    let mode = tls.map(|t| t.mode);
     let source_name = c.source.clone();
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(c.cert_chain.as_bytes())
@@ -143,8 +161,9 @@ pub fn server_config(
         source_name: source_name.clone(),
         error: e.to_string(),
     };
+    let versions = protocol_versions(tls);
     let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(&versions)
         .map_err(|e| rustls_err(&e))?;
     let verifying = matches!(
         mode,
@@ -282,17 +301,24 @@ mod tests {
     #[test]
     fn simple_and_mutual_configs_build() {
         let c = credential(&["httpbin.example.com"]);
-        let simple = server_config(&c, Some(ServerTlsMode::Simple)).expect("simple");
+        let tls = |mode| xds::ServerTls {
+            mode,
+            https_redirect: false,
+            min_protocol_version: None,
+            max_protocol_version: None,
+            credential: None,
+        };
+        let simple = server_config(&c, Some(&tls(ServerTlsMode::Simple))).expect("simple");
         assert_eq!(
             simple.alpn_protocols,
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
         );
-        server_config(&c, Some(ServerTlsMode::Mutual)).expect("mutual");
+        server_config(&c, Some(&tls(ServerTlsMode::Mutual))).expect("mutual");
         let no_ca = ServerCredential {
             ca_certificates: None,
             ..c.clone()
         };
-        let err = server_config(&no_ca, Some(ServerTlsMode::Mutual)).expect_err("no CA");
+        let err = server_config(&no_ca, Some(&tls(ServerTlsMode::Mutual))).expect_err("no CA");
         assert_eq!(
             err.to_string(),
             "Secret istio-system/test: caCertificates: no PEM certificate"
@@ -301,6 +327,26 @@ mod tests {
             private_key: "-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n".into(),
             ..c
         };
-        assert!(server_config(&bad_key, Some(ServerTlsMode::Simple)).is_err());
+        assert!(server_config(&bad_key, Some(&tls(ServerTlsMode::Simple))).is_err());
+    }
+
+    #[test]
+    fn protocol_versions_are_bounded() {
+        let t = |min, max| xds::ServerTls {
+            mode: ServerTlsMode::Simple,
+            https_redirect: false,
+            min_protocol_version: min,
+            max_protocol_version: max,
+            credential: None,
+        };
+        let names = |t: &xds::ServerTls| {
+            protocol_versions(Some(t))
+                .iter()
+                .map(|v| format!("{:?}", v.version))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&t(None, None)), ["TLSv1_2", "TLSv1_3"]);
+        assert_eq!(names(&t(Some(xds::TlsVersion::V1_3), None)), ["TLSv1_3"]);
+        assert_eq!(names(&t(None, Some(xds::TlsVersion::V1_2))), ["TLSv1_2"]);
     }
 }
