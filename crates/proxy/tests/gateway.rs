@@ -599,6 +599,41 @@ async fn min_protocol_version_refuses_older_clients() {
     );
 }
 
+#[tokio::test]
+async fn tcp_goes_by_the_tcp_routes_server_first() {
+    let b = httpbin().await;
+    let banner = harness::banner_server().await;
+    let port = free_port();
+    let routes = "[{name: default/banner, namespace: default, hosts: ['*'], tcp: [{route: [{host: backend.default.svc.cluster.local, port: 443}]}]}]";
+    let yaml = gateway_yaml(
+        b.server.inbound,
+        Some(banner),
+        &format!(
+            "- port: {port}\n  servers:\n  - {{gateway: istio-system/gw, protocol: TCP, hosts: ['*'], routes: {routes}}}"
+        ),
+    );
+    let gw = router(&b, &yaml).await;
+    let mut s = connect(port).await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(LIMIT, s.read(&mut buf))
+        .await
+        .expect("banner in time")
+        .expect("read");
+    assert_eq!(&buf[..n], b"220 banner ready\r\n");
+    s.write_all(b"hi\n").await.expect("write");
+    let n = tokio::time::timeout(LIMIT, s.read(&mut buf))
+        .await
+        .expect("echo in time")
+        .expect("read");
+    assert_eq!(&buf[..n], b"hi\n");
+    drop(s);
+    let lines = gw.log_lines(1).await;
+    assert_eq!(
+        lines[0]["upstream_cluster"],
+        "outbound|443||backend.default.svc.cluster.local"
+    );
+}
+
 /// A TLS server outside the mesh that answers `hello from <name>` and closes.
 async fn tls_backend(ca: &TestCa, name: &str) -> (SocketAddr, Leaf) {
     use rustls::pki_types::pem::PemObject;
