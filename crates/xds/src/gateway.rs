@@ -349,6 +349,20 @@ mod tests {
     }
 
     #[test]
+    fn a_port_is_one_listener() {
+        let err = crate::ProxyResources::parse(
+            r#"
+gatewayListeners:
+- {port: 8080, servers: [{gateway: istio-system/a, protocol: HTTP, hosts: ["*"]}]}
+- {port: 8080, servers: [{gateway: istio-system/b, protocol: HTTP, hosts: ["*"]}]}
+"#,
+        )
+        .expect_err("duplicate port")
+        .to_string();
+        assert_eq!(err, "-: gatewayListeners[1].port: duplicate port 8080");
+    }
+
+    #[test]
     fn validation_names_the_field() {
         let l = GatewayListener {
             port: 8443,

@@ -374,6 +374,34 @@ fn sidecar(a: SidecarArgs, router: bool) -> anyhow::Result<ExitCode> {
 mod tests {
     use super::*;
 
+    /// `ama proxy` as clap sees it.
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn router_takes_the_gateway_templates_arguments() {
+        use clap::Parser as _;
+        // Istio's gateway injection template.
+        let cli = Cli::try_parse_from([
+            "proxy",
+            "router",
+            "--domain",
+            "istio-system.svc.cluster.local",
+            "--proxyLogLevel=warning",
+            "--proxyComponentLogLevel=misc:error",
+            "--log_output_level=default:info",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let Mode::Router(a) = cli.args.mode else {
+            panic!("not the router mode")
+        };
+        assert_eq!(a.domain.as_deref(), Some("istio-system.svc.cluster.local"));
+        assert_eq!(a.proxy_log_level, "warning");
+    }
+
     #[test]
     fn go_durations() {
         assert_eq!(
