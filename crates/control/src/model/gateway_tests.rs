@@ -314,3 +314,48 @@ spec:
         m.warnings
     );
 }
+
+#[test]
+fn a_gateway_pod_takes_plaintext_from_sidecars() {
+    let m = model(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: istio-system, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: istio-ingressgateway-1
+  namespace: istio-system
+  labels: {istio: ingressgateway}
+  annotations: {local.ama.dev/address: "10.244.0.9"}
+spec:
+  containers:
+  - name: istio-proxy
+    image: auto
+    args: [proxy, router, --domain, istio-system.svc.cluster.local]
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: default, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: sleep-1
+  namespace: default
+  annotations: {local.ama.dev/address: "10.244.0.10"}
+spec:
+  containers: [{name: sleep, image: sleep}]
+"#,
+    );
+    let mode = |name: &str| {
+        m.workloads
+            .iter()
+            .find(|w| w.name == name)
+            .map(|w| w.tls_mode)
+    };
+    assert_eq!(mode("istio-ingressgateway-1"), Some(xds::TlsMode::Disabled));
+    assert_eq!(mode("sleep-1"), Some(xds::TlsMode::Istio));
+}
