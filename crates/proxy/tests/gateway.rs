@@ -404,6 +404,41 @@ async fn https_simple_picks_the_certificate_by_sni_and_a_new_one_is_served_witho
 }
 
 #[tokio::test]
+async fn a_server_without_its_secret_fails_its_handshakes_only() {
+    let b = httpbin().await;
+    let ca = TestCa::new("example ca");
+    let cert = ca.leaf(&["httpbin.example.com"], false);
+    let port = free_port();
+    let yaml = gateway_yaml(
+        b.server.inbound,
+        None,
+        &format!(
+            "- port: {port}\n  servers:\n  - {{gateway: istio-system/gw, protocol: HTTPS, hosts: [httpbin.example.com], tls: {}, routes: {}}}\n  - {{gateway: istio-system/gw, index: 1, protocol: HTTPS, hosts: [missing.example.com], tls: {{mode: SIMPLE}}, routes: {}}}",
+            tls("SIMPLE", &cert, None),
+            httpbin_routes("[httpbin.example.com]"),
+            httpbin_routes("[missing.example.com]"),
+        ),
+    );
+    let _gw = router(&b, &yaml).await;
+    let config = client_config(&ca, None);
+    assert!(
+        tls_connect(port, "missing.example.com", config.clone())
+            .await
+            .is_err(),
+        "a server without a certificate completed a handshake"
+    );
+    let s = tls_connect(port, "httpbin.example.com", config)
+        .await
+        .expect("the other server still serves");
+    assert_eq!(
+        get_tls(s, "httpbin.example.com", "/status/200")
+            .await
+            .expect("request"),
+        200
+    );
+}
+
+#[tokio::test]
 async fn mutual_requires_a_client_certificate_the_ca_signed() {
     let b = httpbin().await;
     let ca = TestCa::new("example ca");
