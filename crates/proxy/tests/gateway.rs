@@ -501,6 +501,43 @@ async fn mutual_requires_a_client_certificate_the_ca_signed() {
 }
 
 #[tokio::test]
+async fn listeners_open_and_close_as_the_config_changes() {
+    let b = httpbin().await;
+    let listener = |port: u16| {
+        format!(
+            "- port: {port}\n  servers:\n  - {{gateway: istio-system/gw, protocol: HTTP, hosts: ['*'], routes: {}}}",
+            httpbin_routes("[httpbin.example.com]")
+        )
+    };
+    let (first, second) = (free_port(), free_port());
+    let gw = router(&b, &gateway_yaml(b.server.inbound, None, &listener(first))).await;
+    let (resp, _) = get(first, "httpbin.example.com", "/status/200").await;
+    assert_eq!(resp.status(), 200);
+
+    gw.store
+        .apply(
+            xds::ProxyResources::parse(&gateway_yaml(b.server.inbound, None, &listener(second)))
+                .expect("resources"),
+        )
+        .expect("applied");
+    let (resp, _) = get(second, "httpbin.example.com", "/status/200").await;
+    assert_eq!(resp.status(), 200);
+    // The first port is closed (within 10 s).
+    let mut closed = false;
+    for _ in 0..1000 {
+        if TcpStream::connect(("127.0.0.1", first)).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        closed,
+        "port {first} still accepts after its listener left the config"
+    );
+}
+
+#[tokio::test]
 async fn https_redirect_answers_301() {
     let b = httpbin().await;
     let port = free_port();
