@@ -2,9 +2,9 @@
 //! gateway pods it selects, as pilot's gateway translation builds an ingress or egress
 //! gateway's listeners.
 //!
-//! - A Gateway selects pods by `selector` in any namespace (Istio's default
-//!   `PILOT_SCOPE_GATEWAY_TO_NAMESPACE=false`); an empty selector selects none (pilot's
-//!   gateways always name one, and selecting every sidecar would be wrong).
+//! - A Gateway selects gateway pods by `selector` in any namespace (Istio's default
+//!   `PILOT_SCOPE_GATEWAY_TO_NAMESPACE=false`); an empty selector selects every gateway pod, as
+//!   pilot's (sidecars never receive Gateways).
 //! - Each server listens on its port's `number` (the container port of the gateway pod: the
 //!   gateway Service's `targetPort`). The servers of every Gateway selecting a pod are grouped
 //!   by port; servers of one port must agree on how connections are taken, or the later ones
@@ -100,12 +100,11 @@ pub(crate) fn build(
     for g in gateways {
         let object = format!("Gateway {}/{}", g.metadata.namespace, g.metadata.name);
         let config = gateway(g, &vss, known, &mut |m| warnings.add(object.clone(), m));
-        // The namespaces its pods run in: where its Secrets must be.
+        // The namespaces its pods run in: where its Secrets must be. An empty selector selects
+        // every gateway pod: its Secrets are read wherever they are.
         let pod_namespaces: std::collections::BTreeSet<&str> = workloads
             .iter()
-            .filter(|w| {
-                !config.selector.is_empty() && selector_matches(&config.selector, &w.labels)
-            })
+            .filter(|w| selector_matches(&config.selector, &w.labels))
             .map(|w| w.namespace.as_str())
             .collect();
         for ServerConfig { server, secret, .. } in &config.servers {
@@ -114,7 +113,27 @@ pub(crate) fn build(
                 .tls
                 .as_ref()
                 .is_some_and(|t| t.mode == xds::ServerTlsMode::Mutual);
-            for ns in &pod_namespaces {
+            let namespaces: Vec<&str> = if config.selector.is_empty() {
+                let found: Vec<&str> = secrets
+                    .keys()
+                    .filter(|(_, n)| n == name)
+                    .map(|(ns, _)| *ns)
+                    .collect();
+                if found.is_empty() {
+                    warnings.add(
+                        object.clone(),
+                        format!(
+                            "spec.servers[{}].tls.credentialName: {name}: no such Secret in any \
+                             namespace; this server is not served",
+                            server.index
+                        ),
+                    );
+                }
+                found
+            } else {
+                pod_namespaces.iter().copied().collect()
+            };
+            for ns in &namespaces {
                 match credential(&secrets, ns, name, mutual) {
                     Ok(c) => {
                         out.credentials.insert((ns.to_string(), name.clone()), c);
@@ -401,7 +420,8 @@ pub fn listeners_for(
 ) -> Vec<xds::GatewayListener> {
     let mut by_port: BTreeMap<u16, Vec<xds::GatewayServer>> = BTreeMap::new();
     for g in &gateways.gateways {
-        if g.selector.is_empty() || !selector_matches(&g.selector, labels) {
+        // Only gateway proxies get here: an empty selector selects every one (pilot's).
+        if !selector_matches(&g.selector, labels) {
             continue;
         }
         for sc in &g.servers {

@@ -359,3 +359,44 @@ spec:
     assert_eq!(mode("istio-ingressgateway-1"), Some(xds::TlsMode::Disabled));
     assert_eq!(mode("sleep-1"), Some(xds::TlsMode::Istio));
 }
+
+#[test]
+fn a_gateway_without_selector_applies_to_every_gateway_pod() {
+    let m = model(&format!(
+        r#"{GATEWAY_POD}---{TLS_SECRET}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  servers:
+  - port: {{number: 8443, name: https, protocol: HTTPS}}
+    hosts: ["*"]
+    tls: {{mode: SIMPLE, credentialName: httpbin-credential}}
+  - port: {{number: 9443, name: https2, protocol: HTTPS}}
+    hosts: ["*"]
+    tls: {{mode: SIMPLE, credentialName: nowhere}}
+"#
+    ));
+    let ls = gateway_of(&m);
+    assert_eq!(ls.iter().map(|l| l.port).collect::<Vec<_>>(), [8443, 9443]);
+    assert!(
+        ls[0].servers[0]
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.credential.is_some())
+    );
+    assert!(
+        ls[1].servers[0]
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.credential.is_none())
+    );
+    assert!(
+        m.warnings.iter().any(|w| w.to_string().contains(
+            "spec.servers[1].tls.credentialName: nowhere: no such Secret in any namespace"
+        )),
+        "{:?}",
+        m.warnings
+    );
+}
