@@ -157,6 +157,29 @@ pub struct ConfigMap {
     pub mesh_config: Option<MeshConfig>,
 }
 
+/// A `v1` Secret: the certificates and keys gateways serve (`credentialName`). `data` is
+/// base64-decoded, with `stringData` laid over it as the API server does. Its `Debug` prints
+/// only the keys' names.
+#[derive(Clone, PartialEq)]
+pub struct Secret {
+    /// Name, namespace, labels, annotations.
+    pub metadata: Metadata,
+    /// `type` (`kubernetes.io/tls`, `Opaque`, ...); empty when unset.
+    pub secret_type: String,
+    /// The values, decoded, by key.
+    pub data: BTreeMap<String, Vec<u8>>,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secret")
+            .field("metadata", &self.metadata)
+            .field("secret_type", &self.secret_type)
+            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
 /// An object of a kind the mesh does not read; kept so the caller can report it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OtherObject {
@@ -218,6 +241,8 @@ pub enum Object {
     EndpointSlice(EndpointSlice),
     /// `v1` ConfigMap.
     ConfigMap(ConfigMap),
+    /// `v1` Secret.
+    Secret(Secret),
     /// Any other kind.
     Other(OtherObject),
 }
@@ -241,6 +266,7 @@ impl Object {
             Object::Workload(w) => w.kind.as_str(),
             Object::EndpointSlice(_) => "EndpointSlice",
             Object::ConfigMap(_) => "ConfigMap",
+            Object::Secret(_) => "Secret",
             Object::Other(o) => &o.kind,
         }
     }
@@ -263,6 +289,7 @@ impl Object {
             Object::Workload(o) => &o.metadata,
             Object::EndpointSlice(o) => &o.metadata,
             Object::ConfigMap(o) => &o.metadata,
+            Object::Secret(o) => &o.metadata,
             Object::Other(o) => &o.metadata,
         }
     }
@@ -551,7 +578,7 @@ fn parse_object(value: &Value) -> Result<Object, Failure> {
             );
             istio_kind(&kind, value, &api_version, metadata, &mut problems)
         }
-        (_, "Namespace" | "Service" | "Pod" | "ConfigMap") => {
+        (_, "Namespace" | "Service" | "Pod" | "ConfigMap" | "Secret") => {
             served(&mut problems, &kind, &api_version, &api_version, &["v1"]);
             core_kind(&kind, value, metadata, &mut problems)
         }
@@ -920,8 +947,35 @@ fn core_kind(kind: &str, value: &Value, metadata: Metadata, p: &mut Problems) ->
                 mesh_config,
             })
         }
+        "Secret" => secret(value, metadata, p)?,
         _ => return None,
     })
+}
+
+/// A Secret: `data` decoded from base64 (a value that is not names its key), `stringData`
+/// over it.
+fn secret(value: &Value, metadata: Metadata, p: &mut Problems) -> Option<Object> {
+    use base64::Engine as _;
+    let encoded: BTreeMap<String, String> = typed(value, "data", p)?;
+    let plain: BTreeMap<String, String> = typed(value, "stringData", p)?;
+    let secret_type: Option<String> = typed(value, "type", p)?;
+    let mut data = BTreeMap::new();
+    for (k, v) in encoded {
+        match base64::engine::general_purpose::STANDARD.decode(v.trim()) {
+            Ok(bytes) => {
+                data.insert(k, bytes);
+            }
+            Err(e) => p.add(format!("data.{k}"), format!("not base64: {e}")),
+        }
+    }
+    for (k, v) in plain {
+        data.insert(k, v.into_bytes());
+    }
+    Some(Object::Secret(Secret {
+        metadata,
+        secret_type: secret_type.unwrap_or_default(),
+        data,
+    }))
 }
 
 fn workload(kind: &str, value: &Value, metadata: Metadata, p: &mut Problems) -> Option<Object> {

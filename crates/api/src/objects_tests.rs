@@ -1298,3 +1298,30 @@ fn service_accounts_of_a_source() {
         )]
     );
 }
+
+#[test]
+fn secret_data_is_decoded_and_string_data_wins() {
+    let Object::Secret(s) = one("apiVersion: v1
+kind: Secret
+metadata: {name: cred, namespace: istio-system}
+type: kubernetes.io/tls
+data: {tls.crt: Y2VydA==, tls.key: a2V5}
+stringData: {tls.key: newkey}
+")
+    else {
+        panic!("not a Secret")
+    };
+    assert_eq!(s.secret_type, "kubernetes.io/tls");
+    assert_eq!(s.data["tls.crt"], b"cert");
+    assert_eq!(s.data["tls.key"], b"newkey");
+    // Its Debug names the keys, never the values.
+    let shown = format!("{s:?}");
+    assert!(
+        shown.contains("tls.key") && !shown.contains("newkey"),
+        "{shown}"
+    );
+    assert_eq!(
+        errors("apiVersion: v1\nkind: Secret\nmetadata: {name: bad}\ndata: {k: '!!'}\n"),
+        ["t.yaml:doc 1: Secret default/bad: data.k: not base64: Invalid symbol 33, offset 0."]
+    );
+}

@@ -4,8 +4,8 @@
 //! never be accepted in silence. This module is the one place that says what Ama implements,
 //! derived from what the control plane translates *and* the proxy acts on:
 //!
-//! - VirtualService (sidecars only, `gateways` empty or with `mesh`; a match whose own
-//!   `gateways` leave out `mesh` is not used by sidecars): all of `http` (every match
+//! - VirtualService (bound to sidecars when `gateways` is empty or names `mesh`, and to the
+//!   Gateways it names, per route match too): all of `http` (every match
 //!   condition, destinations with subsets, ports, weights and headers, rewrite, redirect, direct
 //!   response, header edits, mirrors, timeout, retries, fault delay and HTTP or gRPC abort, CORS),
 //!   `tcp` and `tls`, except `delegate`, `retries.retryRemoteLocalities` (no localities),
@@ -42,14 +42,22 @@
 //!   DestinationRules its proxies receive) and `outboundTrafficPolicy.mode`; not `ingress`,
 //!   `inboundConnectionPool`, `outboundTrafficPolicy.egressProxy`, nor an egress listener's
 //!   `port` (its hosts are then seen on every port), `bind` and `captureMode`.
-//! - Gateway and the other Istio kinds: not implemented.
+//! - Gateway: `selector`, and of each server `port`, `hosts`, `name` and of its `tls`
+//!   `httpsRedirect`, `mode` (all but AUTO_PASSTHROUGH), `credentialName` (certificate files,
+//!   `serverCertificate`, `privateKey`, `caCertificates`, are reported: not served); a server restricting its clients by
+//!   `subjectAltNames`, `verifyCertificateSpki`, `verifyCertificateHash` or `caCrl` is not
+//!   served (failing closed); `minProtocolVersion` and `maxProtocolVersion` within TLS 1.2 and
+//!   1.3 (below: reported); other TLS fields (`cipherSuites`, ...) are reported and not
+//!   applied.
+//! - The other Istio kinds: not implemented.
 //! - Services and EndpointSlices: all but `type: ExternalName` and FQDN endpoints.
 //! - Pods and pod templates: the injection annotations [`crate::overrides`] reads.
 //! - The MeshConfig of the ConfigMap `istio`: `trustDomain`, `enablePrometheusMerge`,
 //!   `accessLogFile`, `accessLogEncoding`, `enableAutoMtls: true`, `outboundTrafficPolicy.mode`
 //!   and `defaultConfig.{discoveryAddress, statusPort, interceptionMode, proxyMetadata,
 //!   concurrency}`.
-//! - Kinds Ama does not read at all (Secret, Telemetry, EnvoyFilter, …): one finding each, except
+//! - Secrets: read for the Gateways' `credentialName`.
+//! - Kinds Ama does not read at all (Telemetry, EnvoyFilter, …): one finding each, except
 //!   ServiceAccount (its name, the pods' identity, needs no object).
 //!
 //! [`not_implemented`] walks the object as written (its JSON) against a tree of what is
@@ -90,11 +98,96 @@ enum Node {
 
 use Node::{Done, Each, Fields};
 
+static GATEWAY: Node = Fields(
+    &[
+        ("selector", Done),
+        (
+            "servers",
+            Each(&Fields(
+                &[
+                    ("port", Done),
+                    ("hosts", Done),
+                    ("name", Done),
+                    (
+                        "tls",
+                        Fields(
+                            &[
+                                ("httpsRedirect", Done),
+                                ("mode", Node::Value(gateway_tls_mode)),
+                                ("serverCertificate", Node::Value(certificate_file)),
+                                ("privateKey", Node::Value(certificate_file)),
+                                ("caCertificates", Node::Value(certificate_file)),
+                                ("credentialName", Done),
+                                ("minProtocolVersion", Node::Value(min_tls)),
+                                ("maxProtocolVersion", Node::Value(max_tls)),
+                                ("subjectAltNames", Node::Value(client_restriction)),
+                                ("verifyCertificateSpki", Node::Value(client_restriction)),
+                                ("verifyCertificateHash", Node::Value(client_restriction)),
+                                ("caCrl", Node::Value(client_restriction)),
+                            ],
+                            "not implemented by Ama; ignored (the server's TLS is served without it)",
+                        ),
+                    ),
+                ],
+                IGNORED,
+            )),
+        ),
+    ],
+    IGNORED,
+);
+
+/// A restriction of a Gateway server's clients that Ama cannot apply: the server is left out
+/// (failing closed) rather than served to clients it must refuse.
+fn client_restriction(v: &Value) -> Option<String> {
+    let set = match v {
+        Value::Array(a) => !a.is_empty(),
+        Value::String(s) => !s.is_empty(),
+        _ => true,
+    };
+    set.then(|| "not implemented by Ama; this server is not served".to_string())
+}
+
+/// Certificate files of a Gateway server: the control plane cannot read the gateway pod's
+/// files, so only `credentialName` Secrets are served.
+fn certificate_file(v: &Value) -> Option<String> {
+    v.as_str().is_some_and(|s| !s.is_empty()).then(|| {
+        "certificate files are not implemented by Ama (use credentialName); without a \
+         credentialName this server is not served"
+            .to_string()
+    })
+}
+
+/// A Gateway server's lowest TLS version: Ama serves TLS 1.2 and 1.3.
+fn min_tls(v: &Value) -> Option<String> {
+    matches!(v.as_str()?, "TLSV1_0" | "TLSV1_1").then(|| {
+        format!(
+            "{}: TLS below 1.2 is not served by Ama; the minimum is TLS 1.2",
+            v.as_str().unwrap_or_default()
+        )
+    })
+}
+
+/// A Gateway server's highest TLS version: below 1.2 leaves nothing Ama serves.
+fn max_tls(v: &Value) -> Option<String> {
+    matches!(v.as_str()?, "TLSV1_0" | "TLSV1_1").then(|| {
+        format!(
+            "{}: TLS below 1.2 is not served by Ama; this server is not served",
+            v.as_str().unwrap_or_default()
+        )
+    })
+}
+
+/// The Gateway TLS modes the gateway proxy does not serve.
+fn gateway_tls_mode(v: &Value) -> Option<String> {
+    (v.as_str()? == "AUTO_PASSTHROUGH")
+        .then(|| "AUTO_PASSTHROUGH: not implemented by Ama; this server is not served".to_string())
+}
+
 static VIRTUAL_SERVICE: Node = Fields(
     &[
         ("hosts", Done),
         ("exportTo", Done),
-        ("gateways", Node::Value(gateways)),
+        ("gateways", Done),
         ("http", Each(&HTTP_ROUTE)),
         ("tcp", Each(&TCP_ROUTE)),
         ("tls", Each(&TLS_ROUTE)),
@@ -169,7 +262,7 @@ static HTTP_MATCH: Node = Fields(
         ("sourceLabels", Done),
         ("sourceNamespace", Done),
         ("ignoreUriCase", Done),
-        ("gateways", Node::Value(match_gateways)),
+        ("gateways", Done),
         ("statPrefix", Node::Value(ignored)),
     ],
     CONDITION_IGNORED,
@@ -194,7 +287,7 @@ static TCP_ROUTE: Node = Fields(
                     ("port", Done),
                     ("sourceLabels", Done),
                     ("sourceNamespace", Done),
-                    ("gateways", Node::Value(match_gateways)),
+                    ("gateways", Done),
                 ],
                 CONDITION_IGNORED,
             )),
@@ -214,7 +307,7 @@ static TLS_ROUTE: Node = Fields(
                     ("port", Done),
                     ("sourceLabels", Done),
                     ("sourceNamespace", Done),
-                    ("gateways", Node::Value(match_gateways)),
+                    ("gateways", Done),
                 ],
                 CONDITION_IGNORED,
             )),
@@ -463,48 +556,6 @@ const CLIENT_TLS: Node = Fields(
     IGNORED,
 );
 
-fn gateways(v: &Value) -> Option<String> {
-    let list = v.as_array()?;
-    let others: Vec<&str> = list
-        .iter()
-        .filter_map(Value::as_str)
-        .filter(|g| *g != "mesh")
-        .collect();
-    if others.is_empty() {
-        return None;
-    }
-    let consequence = if others.len() == list.len() {
-        "this VirtualService is ignored"
-    } else {
-        "only its sidecar (mesh) routes are used"
-    };
-    Some(format!(
-        "{}: gateways are not implemented by Ama; {consequence}",
-        others.join(", ")
-    ))
-}
-
-fn match_gateways(v: &Value) -> Option<String> {
-    let list = v.as_array()?;
-    let others: Vec<&str> = list
-        .iter()
-        .filter_map(Value::as_str)
-        .filter(|g| *g != "mesh")
-        .collect();
-    if others.is_empty() {
-        return None;
-    }
-    let consequence = if others.len() == list.len() {
-        "this match is for gateways only: sidecars do not use it"
-    } else {
-        "sidecars use this match (it names mesh)"
-    };
-    Some(format!(
-        "{}: gateways are not implemented by Ama; {consequence}",
-        others.join(", ")
-    ))
-}
-
 /// Header matches on `@request.auth.claims.…` route on a validated JWT's claims.
 fn jwt_claims(v: &Value) -> Option<String> {
     let claims: Vec<&str> = v
@@ -622,7 +673,7 @@ pub fn not_implemented(object: &Object, value: &Value) -> Vec<(Severity, Problem
         }
         Object::ServiceEntry(_) => walk(spec, &SERVICE_ENTRY, "spec", &mut p),
         Object::Sidecar(_) => walk(spec, &SIDECAR, "spec", &mut p),
-        Object::Gateway(_) => p.add("kind", IGNORED),
+        Object::Gateway(_) => walk(spec, &GATEWAY, "spec", &mut p),
         Object::Workload(w) => annotations(
             &w.template.metadata.annotations,
             "spec.template.metadata.annotations",
@@ -654,7 +705,8 @@ pub fn not_implemented(object: &Object, value: &Value) -> Vec<(Severity, Problem
         Object::Namespace(_)
         | Object::Service(_)
         | Object::EndpointSlice(_)
-        | Object::ConfigMap(_) => {}
+        | Object::ConfigMap(_)
+        | Object::Secret(_) => {}
     }
     let warnings = p.into_vec().into_iter().map(|p| (Severity::Warning, p));
     let errors = fail_closed
@@ -988,6 +1040,44 @@ spec: {rules: [{}]}
     }
 
     #[test]
+    fn gateway_fields_ama_does_not_implement() {
+        let w = warnings(
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8443, name: https, protocol: HTTPS}
+    hosts: [\"*\"]
+    tls: {mode: MUTUAL, credentialName: cred, subjectAltNames: [a], minProtocolVersion: TLSV1_1, cipherSuites: [X]}
+  - port: {number: 8444, name: https2, protocol: HTTPS}
+    hosts: [\"*\"]
+    tls: {mode: AUTO_PASSTHROUGH}
+  - port: {number: 8445, name: https3, protocol: HTTPS}
+    hosts: [\"*\"]
+    tls: {mode: SIMPLE, serverCertificate: /etc/cert.pem, privateKey: /etc/key.pem}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: cred}
+stringData: {tls.crt: x}
+",
+        );
+        assert_eq!(
+            w,
+            [
+                "x.yaml:doc 1: Gateway default/gw: spec.servers[0].tls.cipherSuites: not implemented by Ama; ignored (the server's TLS is served without it)",
+                "x.yaml:doc 1: Gateway default/gw: spec.servers[0].tls.minProtocolVersion: TLSV1_1: TLS below 1.2 is not served by Ama; the minimum is TLS 1.2",
+                "x.yaml:doc 1: Gateway default/gw: spec.servers[0].tls.subjectAltNames: not implemented by Ama; this server is not served",
+                "x.yaml:doc 1: Gateway default/gw: spec.servers[1].tls.mode: AUTO_PASSTHROUGH: not implemented by Ama; this server is not served",
+                "x.yaml:doc 1: Gateway default/gw: spec.servers[2].tls.privateKey: certificate files are not implemented by Ama (use credentialName); without a credentialName this server is not served",
+                "x.yaml:doc 1: Gateway default/gw: spec.servers[2].tls.serverCertificate: certificate files are not implemented by Ama (use credentialName); without a credentialName this server is not served",
+            ]
+        );
+    }
+
+    #[test]
     fn virtual_service_fields_ama_does_not_implement() {
         let w = warnings(
             "apiVersion: networking.istio.io/v1
@@ -1016,10 +1106,8 @@ spec:
         assert_eq!(
             w,
             [
-                "x.yaml:doc 1: VirtualService default/reviews: spec.gateways: istio-system/ingress: gateways are not implemented by Ama; only its sidecar (mesh) routes are used",
                 "x.yaml:doc 1: VirtualService default/reviews: spec.http[0].fault.abort.http2Error: not implemented by Ama (nor by Istio's sidecars); this abort is ignored",
                 "x.yaml:doc 1: VirtualService default/reviews: spec.http[0].match[0].statPrefix: not implemented by Ama; ignored",
-                "x.yaml:doc 1: VirtualService default/reviews: spec.http[0].match[1].gateways: istio-system/ingress: gateways are not implemented by Ama; this match is for gateways only: sidecars do not use it",
                 "x.yaml:doc 1: VirtualService default/reviews: spec.http[0].match[2].headers: @request.auth.claims.group: routing on JWT claims is not implemented by Ama (it validates no JWT); this condition never holds",
                 "x.yaml:doc 1: VirtualService default/reviews: spec.http[0].retries.retryRemoteLocalities: not implemented by Ama (its endpoints have no localities); ignored",
                 "x.yaml:doc 1: VirtualService default/reviews: spec.http[1].delegate: not implemented by Ama; this route is dropped",
@@ -1085,7 +1173,6 @@ spec: {}
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.outlierDetection.consecutiveErrors: deprecated, and ignored by Istio since 1.8 (use consecutiveGatewayErrors or consecutive5xxErrors); ignored",
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.proxyProtocol: not implemented by Ama; ignored",
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.tunnel: not implemented by Ama; ignored",
-                "x.yaml:doc 2: Gateway default/gw: kind: not implemented by Ama; ignored",
                 "x.yaml:doc 4: Telemetry default/t: kind: not implemented by Ama; ignored",
             ]
         );

@@ -80,6 +80,10 @@ pub struct PushStats {
 
 struct ProxyEntry {
     key: ProxyKey,
+    /// A gateway proxy (`router~...`): it also receives its Gateways' listeners.
+    router: bool,
+    /// Its gateway listeners' view (its own, like the node's; empty for a sidecar).
+    gateway_view: Arc<TypeView>,
     /// Its node resource and that resource's view, reused while the node does not change.
     node: NodeRef,
     node_view: Arc<TypeView>,
@@ -183,6 +187,7 @@ impl Published {
         &mut self,
         key: &ProxyKey,
         node: &mut (NodeRef, Arc<TypeView>),
+        gateway: (bool, &mut Arc<TypeView>),
         previous: &PreviousViews,
     ) -> Snapshot {
         let model = Arc::clone(&self.model);
@@ -193,12 +198,20 @@ impl Published {
             node.1 = node_view(&current, Some(&node.1));
             node.0 = current;
         }
+        // A sidecar's stays the empty view it was given, so that pushes do not wake it.
+        let (router, view) = gateway;
+        if router {
+            let listeners = crate::translate::gateway_listeners(&model, key, me);
+            *view = gateway_view(&listeners, Some(view));
+        }
+        let gateway_view = Arc::clone(view);
         Snapshot::new(|ty| match ty {
             ResourceType::Workload => Arc::clone(&self.workloads),
             ResourceType::Service => Arc::clone(&ns.services),
             ResourceType::TrafficPolicy => Arc::clone(&policies),
             ResourceType::HttpRoutes => Arc::clone(&ns.http_routes),
             ResourceType::Authorization => Arc::clone(&ns.authorizations),
+            ResourceType::GatewayListener => Arc::clone(&gateway_view),
             ResourceType::Node => Arc::clone(&node.1),
         })
     }
@@ -230,6 +243,38 @@ fn node_view(node: &NodeRef, previous: Option<&Arc<TypeView>>) -> Arc<TypeView> 
             );
         }
         Err(e) => tracing::warn!(?node, error = %e, "node resource not sent"),
+    }
+    TypeView::build(entries, previous)
+}
+
+/// The view of a gateway proxy's listeners (its own: they carry the credentials of its
+/// namespace's Secrets, which no other proxy may receive).
+fn gateway_view(
+    listeners: &[xds::GatewayListener],
+    previous: Option<&Arc<TypeView>>,
+) -> Arc<TypeView> {
+    let mut entries = std::collections::BTreeMap::new();
+    for l in listeners {
+        let r = AnyResource::GatewayListener(l.clone());
+        match r.encode() {
+            Ok(encoded) => {
+                entries.insert(Arc::from(r.name()), Arc::new(encoded));
+            }
+            // The error never carries the resource's text (and so no key).
+            Err(e) => tracing::warn!(port = l.port, error = %e, "gateway listener not sent"),
+        }
+    }
+    // Encoded afresh on every push: the previous view stays (and the proxy sleeps) when every
+    // resource has the version it had.
+    if let Some(prev) = previous {
+        let unchanged = prev.len() == entries.len()
+            && prev
+                .iter()
+                .zip(&entries)
+                .all(|((n1, e1), (n2, e2))| n1 == n2 && e1.version == e2.version);
+        if unchanged {
+            return Arc::clone(prev);
+        }
     }
     TypeView::build(entries, previous)
 }
@@ -429,7 +474,8 @@ impl Pusher {
             let mut proxies = self.proxies.lock().unwrap_or_else(PoisonError::into_inner);
             for e in proxies.values_mut() {
                 let mut node = (e.node.clone(), Arc::clone(&e.node_view));
-                let snap = published.snapshot(&e.key, &mut node, &previous_views);
+                let gateway = (e.router, &mut e.gateway_view);
+                let snap = published.snapshot(&e.key, &mut node, gateway, &previous_views);
                 (e.node, e.node_view) = node;
                 let modified = e.tx.send_if_modified(|current| {
                     if current.same(&snap) {
@@ -510,12 +556,17 @@ impl Pusher {
             return Ok(e.tx.subscribe());
         }
         let mut node = (NodeRef::default(), Arc::new(TypeView::default()));
-        let snap = published.snapshot(&key, &mut node, &PreviousViews::default());
+        let router = crate::translate::is_router(&id);
+        let mut gateway_view = Arc::new(TypeView::default());
+        let gateway = (router, &mut gateway_view);
+        let snap = published.snapshot(&key, &mut node, gateway, &PreviousViews::default());
         let (tx, rx) = watch::channel(snap);
         proxies.insert(
             node_id.to_string(),
             ProxyEntry {
                 key,
+                router,
+                gateway_view,
                 node: node.0,
                 node_view: node.1,
                 tx,
@@ -536,6 +587,7 @@ fn same_resources(a: &Model, b: &Model) -> bool {
         && a.http_routes == b.http_routes
         && a.traffic_policies == b.traffic_policies
         && a.authorizations == b.authorizations
+        && a.gateways == b.gateways
 }
 
 impl SnapshotSource for Pusher {

@@ -23,6 +23,9 @@
 //! applies to it is part of its [`ViewKey`]; only the services its egress hosts match, the
 //! VirtualService hosts they match, and the DestinationRules of the services it sees are sent.
 //! Its `outboundTrafficPolicy` overrides the MeshConfig's, in the proxy's `self`.
+//!
+//! A gateway proxy (`router~...`) receives the same, and the [`xds::GatewayListener`]s of the
+//! Gateways that select its pod ([`router_resources`], [`gateway_listeners`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -198,7 +201,53 @@ pub fn proxy_resources(model: &Model, proxy: &ProxyKey) -> ProxyResources {
         http_routes: shared.http_routes,
         traffic_policies: shared.traffic_policies,
         authorizations: shared.authorizations,
+        gateway_listeners: Vec::new(),
     }
+}
+
+/// Whether the node id names a gateway proxy (`router~...`), which receives
+/// [`gateway_listeners`] besides what a sidecar receives.
+pub fn is_router(id: &ProxyId) -> bool {
+    id.kind == "router"
+}
+
+/// The resources of the gateway proxy `proxy`: a sidecar's (the services, policies and
+/// workloads exported to its namespace, which it routes to) and the listeners of the Gateways
+/// that select its pod.
+pub fn router_resources(model: &Model, proxy: &ProxyKey) -> ProxyResources {
+    let me = find_workload(model, proxy);
+    ProxyResources {
+        gateway_listeners: gateway_listeners(model, proxy, me),
+        ..proxy_resources(model, proxy)
+    }
+}
+
+/// The listeners of the gateway proxy `proxy`, whose workload is `me`: the servers of every
+/// Gateway whose selector its pod's labels match, in any namespace, with the credentials of
+/// the Secrets of its own namespace. A proxy whose workload is unknown has none.
+pub fn gateway_listeners(
+    model: &Model,
+    proxy: &ProxyKey,
+    me: Option<&xds::Workload>,
+) -> Vec<xds::GatewayListener> {
+    let Some(me) = me else {
+        return Vec::new();
+    };
+    crate::model::gateway::listeners_for(
+        &model.gateways,
+        &proxy.namespace,
+        &me.labels,
+        &mut |server, port| {
+            tracing::warn!(
+                gateway = %server.gateway,
+                server = server.index,
+                port,
+                pod = %proxy.pod_name,
+                namespace = %proxy.namespace,
+                "server cannot share its port with the servers already there (TLS and plain HTTP, or passthrough and terminated); not served"
+            );
+        },
+    )
 }
 
 /// What the proxies of `key` see, apart from `self` and the workloads.

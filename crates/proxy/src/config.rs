@@ -78,6 +78,11 @@ pub struct ProxyConfig {
     pub service_account: Option<String>,
     /// Cluster id for metric labels (`ISTIO_META_CLUSTER_ID`, default `Kubernetes`).
     pub cluster_id: String,
+    /// A gateway proxy (`ama proxy router`): node id `router~...`, no capture listeners; it
+    /// serves the Gateway listeners of its resources on `gateway_bind`.
+    pub router: bool,
+    /// The address a gateway binds its Gateway ports on (`0.0.0.0`; tests use 127.0.0.1).
+    pub gateway_bind: IpAddr,
 }
 
 impl ProxyConfig {
@@ -110,6 +115,8 @@ impl Default for ProxyConfig {
             instance_ip: None,
             service_account: None,
             cluster_id: "Kubernetes".to_string(),
+            router: false,
+            gateway_bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         }
     }
 }
@@ -352,6 +359,8 @@ pub struct Snapshot {
     workloads_by_uid: HashMap<String, Arc<PeerInfo>>,
     routes_by_host: HashMap<String, Arc<CompiledRoutes>>,
     inbound_by_port: HashMap<u16, Arc<ServiceEntry>>,
+    /// A gateway's ports, compiled (empty for a sidecar).
+    pub gateway: Arc<crate::gateway::GatewayConfig>,
 }
 
 impl Snapshot {
@@ -531,6 +540,13 @@ impl Snapshot {
                 routes_by_host.insert(h.clone(), r.clone());
             }
         }
+        let gateway = match crate::gateway::GatewayConfig::compile(&resources.gateway_listeners) {
+            Ok(g) => Arc::new(g),
+            Err(e) => {
+                errors.extend(e.0);
+                Arc::default()
+            }
+        };
         if !errors.is_empty() {
             return Err(xds::ValidationErrors(errors));
         }
@@ -552,6 +568,7 @@ impl Snapshot {
             workloads_by_uid,
             routes_by_host,
             inbound_by_port,
+            gateway,
         })
     }
 
@@ -651,6 +668,8 @@ fn ends_with_ignore_case(host: &str, suffix: &str) -> bool {
 #[derive(Debug)]
 pub struct ConfigStore {
     current: ArcSwap<Snapshot>,
+    /// The version in force, for those that act on a change (a gateway's listeners).
+    changed: tokio::sync::watch::Sender<u64>,
     next_version: AtomicU64,
     cfg: Arc<ProxyConfig>,
     registry: Registry,
@@ -672,6 +691,7 @@ impl ConfigStore {
         let snap = Snapshot::build(resources, &cfg, 1, &registry, &dns)?;
         Ok(ConfigStore {
             current: ArcSwap::from_pointee(snap),
+            changed: tokio::sync::watch::Sender::new(1),
             next_version: AtomicU64::new(2),
             cfg,
             registry,
@@ -683,6 +703,11 @@ impl ConfigStore {
     /// The snapshot in force; hold it for the whole request.
     pub fn load(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// Learns of every new snapshot (its version).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     /// Checks `resources` and, when valid, swaps them in as a new version; otherwise the
@@ -706,6 +731,7 @@ impl ConfigStore {
             &self.dns,
         )?);
         self.current.store(snap.clone());
+        self.changed.send_replace(version);
         let mut names = FxHashSet::default();
         let mut addrs = FxHashSet::default();
         for c in snap.services.iter().flat_map(|s| &s.clusters) {

@@ -13,6 +13,18 @@ pub struct TrafficAdmin(pub Arc<ProxyInputs>);
 impl AdminSource for TrafficAdmin {
     fn config_dump(&self) -> serde_json::Value {
         let snap = self.0.store.load();
+        // Gateway private keys never leave the process, as Envoy's dump shows `[redacted]`.
+        let redacted;
+        let resources = if snap.resources.gateway_listeners.is_empty() {
+            &*snap.resources
+        } else {
+            let mut r = (*snap.resources).clone();
+            for l in &mut r.gateway_listeners {
+                l.redact_keys();
+            }
+            redacted = r;
+            &redacted
+        };
         serde_json::json!({
             "version": snap.version,
             "node": {
@@ -20,7 +32,7 @@ impl AdminSource for TrafficAdmin {
                 "namespace": &*snap.me_info.namespace,
                 "identity": &*snap.me_info.principal,
             },
-            "resources": &*snap.resources,
+            "resources": resources,
         })
     }
 

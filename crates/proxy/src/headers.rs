@@ -379,6 +379,20 @@ pub fn strip_envoy_headers(headers: &mut HeaderMap) {
     }
 }
 
+/// At the edge (a gateway, Envoy's `use_remote_address: true` as Istio sets it for gateways):
+/// appends the client's address to `x-forwarded-for`, and sets `x-forwarded-proto` to the
+/// connection's scheme whatever the client said.
+pub fn edge_forwarded(headers: &mut HeaderMap, client: std::net::IpAddr, scheme: &'static str) {
+    let appended = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::to_str) {
+        Some(Ok(prev)) if !prev.trim().is_empty() => format!("{prev},{client}"),
+        _ => client.to_string(),
+    };
+    if let Ok(v) = HeaderValue::try_from(appended) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
+}
+
 /// Sets `x-forwarded-proto` to the downstream scheme when the client did not say.
 pub fn set_forwarded_proto(headers: &mut HeaderMap, scheme: &'static str) {
     if !headers.contains_key(&X_FORWARDED_PROTO) {

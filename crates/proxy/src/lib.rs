@@ -1,4 +1,4 @@
-//! The data plane: `ama proxy sidecar`.
+//! The data plane: `ama proxy sidecar`, and `ama proxy router` ([`gateway`]).
 //!
 //! A sidecar carries HTTP/1.1, HTTP/2, gRPC and opaque TCP between pods exactly where Envoy sits
 //! in Istio: the outbound listener (15001, [`outbound`]) takes what the app sends, the inbound
@@ -45,6 +45,7 @@ pub mod dns;
 pub mod drain;
 pub mod dump;
 pub mod fx_hash;
+pub mod gateway;
 pub mod hash_lb;
 pub mod headers;
 pub mod http;
@@ -142,12 +143,14 @@ impl ProxyInputs {
     }
 }
 
-/// A sidecar with its capture listeners bound, ready to [`run`](Proxy::run).
+/// A sidecar with its capture listeners bound, or a gateway ([`Proxy::router`]), ready to
+/// [`run`](Proxy::run).
 #[derive(Debug)]
 pub struct Proxy {
     pi: Arc<ProxyInputs>,
-    outbound: Listener,
-    inbound: Listener,
+    /// The capture listeners; none for a gateway, which listens on its Gateway ports.
+    outbound: Option<Listener>,
+    inbound: Option<Listener>,
     config_file: Option<PathBuf>,
     drain: (DrainTrigger, DrainWatcher),
     /// Kept until the drain ends: the listeners drop theirs when they stop accepting, and the
@@ -166,19 +169,32 @@ impl Proxy {
         let inbound = inbound::bind(pi.clone(), orig_dst).await?;
         Ok(Proxy {
             pi,
-            outbound,
-            inbound,
+            outbound: Some(outbound),
+            inbound: Some(inbound),
             config_file: None,
             drain: drain::channel(),
             workers: None,
         })
     }
 
+    /// A gateway (`ama proxy router`): no capture listeners; once [`run`](Proxy::run), it
+    /// listens on the ports of its resources' Gateway listeners ([`gateway`]).
+    pub fn router(pi: Arc<ProxyInputs>) -> Proxy {
+        Proxy {
+            pi,
+            outbound: None,
+            inbound: None,
+            config_file: None,
+            drain: drain::channel(),
+            workers: None,
+        }
+    }
+
     /// Serves accepted connections on `workers` (one single-threaded runtime per thread, as
     /// Envoy's workers) instead of on the runtime that calls [`run`](Proxy::run).
     pub fn on_workers(mut self, workers: Arc<workers::Workers>) -> Proxy {
-        self.outbound = self.outbound.on_workers(workers.clone());
-        self.inbound = self.inbound.on_workers(workers.clone());
+        self.outbound = self.outbound.map(|l| l.on_workers(workers.clone()));
+        self.inbound = self.inbound.map(|l| l.on_workers(workers.clone()));
         self.workers = Some(workers);
         self
     }
@@ -189,14 +205,18 @@ impl Proxy {
         self
     }
 
-    /// The bound outbound address.
+    /// The bound outbound address (a gateway's: the configured one, unbound).
     pub fn outbound_addr(&self) -> SocketAddr {
-        self.outbound.local_addr().get()
+        self.outbound
+            .as_ref()
+            .map_or(self.pi.cfg.outbound_addr, |l| l.local_addr().get())
     }
 
-    /// The bound inbound address.
+    /// The bound inbound address (a gateway's: the configured one, unbound).
     pub fn inbound_addr(&self) -> SocketAddr {
-        self.inbound.local_addr().get()
+        self.inbound
+            .as_ref()
+            .map_or(self.pi.cfg.inbound_addr, |l| l.local_addr().get())
     }
 
     /// The inputs bundle (for the admin and status servers).
@@ -220,9 +240,17 @@ impl Proxy {
             drain: (trigger, watcher),
             workers,
         } = self;
-        tokio::spawn(outbound.run(watcher.clone()));
-        tokio::spawn(inbound.run(watcher.clone()));
+        for l in [outbound, inbound].into_iter().flatten() {
+            tokio::spawn(l.run(watcher.clone()));
+        }
         tokio::spawn(dns::run(pi.store.clone(), watcher.clone()));
+        if pi.cfg.router {
+            tokio::spawn(gateway::listener::run(
+                pi.clone(),
+                workers.clone(),
+                watcher.clone(),
+            ));
+        }
         if let Some(path) = config_file {
             tokio::spawn(config::watch_file(
                 path,

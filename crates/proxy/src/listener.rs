@@ -120,6 +120,7 @@ impl Listener {
                 peer: None,
                 pi: self.pi.clone(),
                 labels: Default::default(),
+                gateway: None,
             });
             let drain = drain.clone();
             let Some(workers) = &self.workers else {
@@ -251,7 +252,7 @@ where
 /// Proxies an opaque connection to one endpoint of `target`, then logs it; `sni` is the
 /// server name of its ClientHello when it was read (outbound), logged as Envoy's
 /// tls_inspector records it.
-async fn forward_tcp<D>(
+pub(crate) async fn forward_tcp<D>(
     ctx: &ConnCtx,
     downstream: D,
     target: &Target,

@@ -129,13 +129,18 @@ pub async fn run(
         Arc::new(ConfigStore::new(resources, cfg.clone()).map_err(SidecarError::Resources)?);
     let tls = crate::identity_source::start(&opts.identity).await?;
     let pi = ProxyInputs::with_tls(cfg.clone(), store, telemetry.clone(), tls);
-    let mut proxy = Proxy::new(pi.clone(), Arc::new(SoOriginalDst))
-        .await
-        .map_err(|source| SidecarError::Bind {
-            what: "the capture listeners",
-            addr: cfg.outbound_addr,
-            source,
-        })?;
+    let mut proxy = if cfg.router {
+        // A gateway captures nothing: it listens on its Gateways' ports.
+        Proxy::router(pi.clone())
+    } else {
+        Proxy::new(pi.clone(), Arc::new(SoOriginalDst))
+            .await
+            .map_err(|source| SidecarError::Bind {
+                what: "the capture listeners",
+                addr: cfg.outbound_addr,
+                source,
+            })?
+    };
     if let Some(p) = &opts.config_file {
         proxy = proxy.watch_config(p.clone());
     }
@@ -180,12 +185,16 @@ pub async fn run(
         )),
         tokio::spawn(crate::status::serve_prometheus(prom, status_inputs)),
     ];
-    tracing::info!(
-        outbound = %proxy.outbound_addr(),
-        inbound = %proxy.inbound_addr(),
-        admin = %opts.admin_addr,
-        "sidecar started"
-    );
+    if cfg.router {
+        tracing::info!(admin = %opts.admin_addr, "gateway started");
+    } else {
+        tracing::info!(
+            outbound = %proxy.outbound_addr(),
+            inbound = %proxy.inbound_addr(),
+            admin = %opts.admin_addr,
+            "sidecar started"
+        );
+    }
     match discovery {
         Some(client) => {
             let ready = readiness.clone();

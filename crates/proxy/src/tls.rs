@@ -314,6 +314,8 @@ pub struct MeshTls {
     own: Arc<str>,
     acceptor: TlsAcceptor,
     clients: Mutex<HashMap<(AppProtocol, ServerIdentity), Arc<ClientConfig>>>,
+    /// A gateway's ISTIO_MUTUAL server config: the inbound one, offering HTTP's ALPN too.
+    gateway_server: std::sync::OnceLock<Arc<ServerConfig>>,
 }
 
 impl std::fmt::Debug for MeshTls {
@@ -334,7 +336,21 @@ impl MeshTls {
             manager,
             acceptor: TlsAcceptor::from(server),
             clients: Mutex::default(),
+            gateway_server: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// The server config of a gateway's ISTIO_MUTUAL servers: the workload certificate, a mesh
+    /// client certificate required (as inbound), offering `h2` and `http/1.1` besides Istio's
+    /// ALPN. Built on first use, then shared.
+    pub fn gateway_server_config(&self) -> Result<Arc<ServerConfig>, identity::Error> {
+        if let Some(c) = self.gateway_server.get() {
+            return Ok(c.clone());
+        }
+        let mut c = (*itls::server_config(&self.manager)?).clone();
+        c.alpn_protocols
+            .extend([b"h2".to_vec(), b"http/1.1".to_vec()]);
+        Ok(self.gateway_server.get_or_init(|| Arc::new(c)).clone())
     }
 
     /// The identity manager (current certificate, rotation).

@@ -37,13 +37,17 @@ use crate::identity_source::{ISTIO_CA_ROOT_FILE, ISTIO_TOKEN_FILE};
 pub const META_ENV_PREFIX: &str = "ISTIO_META_";
 
 /// The proxy's Istio id from its settings (`POD_NAME`, `POD_NAMESPACE`, `INSTANCE_IP`); missing
-/// parts become `unknown`, `default` and 127.0.0.1.
+/// parts become `unknown`, `default` and 127.0.0.1. A gateway's kind is `router`.
 pub fn proxy_id(cfg: &ProxyConfig) -> ProxyId {
-    ProxyId::sidecar(
+    let mut id = ProxyId::sidecar(
         cfg.instance_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         cfg.pod_name.as_deref().unwrap_or("unknown"),
         cfg.pod_namespace.as_deref().unwrap_or("default"),
-    )
+    );
+    if cfg.router {
+        id.kind = "router".to_string();
+    }
+    id
 }
 
 /// Node metadata from `ISTIO_META_*` variables among `vars`.

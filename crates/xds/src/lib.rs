@@ -7,7 +7,8 @@
 //! - [`Service`]: a hostname with VIPs, ports (and their protocols) and endpoints;
 //! - [`HttpRoutes`]: HTTP routing for a host (translated from VirtualService);
 //! - [`TrafficPolicy`]: per-host client policy (translated from DestinationRule);
-//! - [`Authorization`]: PeerAuthentication, AuthorizationPolicy and RequestAuthentication.
+//! - [`Authorization`]: PeerAuthentication, AuthorizationPolicy and RequestAuthentication;
+//! - [`GatewayListener`]: for gateway proxies, what to serve on a port ([`gateway`]).
 //!
 //! They arrive in a [`ProxyResources`] bundle, read from a local file (YAML or JSON, camelCase
 //! field names like Istio's and ztunnel's YAML) or pushed by the control plane over Delta ADS
@@ -25,6 +26,7 @@
 pub mod ads;
 mod authorization;
 pub mod ca;
+pub mod gateway;
 pub mod grpc;
 mod policy;
 mod resources;
@@ -37,6 +39,10 @@ pub use authorization::{
     Action, Authorization, AuthorizationPolicy, CONDITION_KEYS, ClaimToHeader, Condition,
     EffectiveMtls, JwtHeader, JwtRule, MtlsMode, Operation, PeerAuthentication,
     RequestAuthentication, Rule, Source, condition_key_known,
+};
+pub use gateway::{
+    GatewayListener, GatewayProtocol, GatewayServer, ServerCredential, ServerTls, ServerTlsMode,
+    TlsVersion,
 };
 pub use policy::{
     ClientTls, ClientTlsMode, ConnectionPool, ConsistentHash, HashAlgorithm, HashKey, HttpPool,

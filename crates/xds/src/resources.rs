@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::authorization::Authorization;
+use crate::gateway::GatewayListener;
 use crate::policy::TrafficPolicy;
 use crate::routes::HttpRoutes;
 use crate::service::Service;
@@ -65,11 +66,14 @@ pub struct ProxyResources {
     /// Authorizations.
     #[serde(default)]
     pub authorizations: Vec<Authorization>,
-    // Egress (issue 16).
     /// What the proxy does with outbound traffic no service claims (MeshConfig or Sidecar
     /// `outboundTrafficPolicy.mode`).
     #[serde(default, skip_serializing_if = "OutboundTrafficPolicy::is_allow_any")]
     pub outbound_traffic_policy: OutboundTrafficPolicy,
+    /// Gateway proxies only: what to serve on each port (Gateways selecting the pod, with
+    /// their bound VirtualServices and server credentials).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateway_listeners: Vec<GatewayListener>,
 }
 
 /// Outbound traffic to a destination no service claims (Istio's `outboundTrafficPolicy.mode`).
@@ -204,6 +208,14 @@ impl ProxyResources {
         }
         for (i, a) in self.authorizations.iter().enumerate() {
             a.validate(&format!("authorizations[{i}]"), &mut errs);
+        }
+        let mut gateway_ports = BTreeSet::new();
+        for (i, l) in self.gateway_listeners.iter().enumerate() {
+            let path = format!("gatewayListeners[{i}]");
+            l.validate(&path, &mut errs);
+            if !gateway_ports.insert(l.port) {
+                errs.push(format!("{path}.port"), format!("duplicate port {}", l.port));
+            }
         }
         if let Some(node) = &self.node {
             if let Some(ns) = &node.namespace {

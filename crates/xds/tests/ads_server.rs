@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use xds::ads::ResourceType;
 use xds::ads::codec::{AnyResource, version_of};
 
-const ALL: [ResourceType; 6] = ResourceType::ALL;
+const ALL: [ResourceType; 7] = ResourceType::ALL;
 
 /// Reads one response per type in `types` (in any order), keyed by type.
 async fn one_each(

@@ -1,8 +1,8 @@
 //! One module per subcommand.
 
 pub mod apply;
-pub mod delete;
 pub mod create;
+pub mod delete;
 pub mod discovery;
 pub mod down;
 pub mod exec;

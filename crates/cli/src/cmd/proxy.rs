@@ -1,4 +1,6 @@
-//! `ama proxy sidecar`: the istio-proxy container's process (pilot-agent + Envoy in Istio).
+//! `ama proxy sidecar`: the istio-proxy container's process (pilot-agent + Envoy in Istio);
+//! `ama proxy router`: the same for a gateway pod (Istio's gateway template runs `proxy router`
+//! with the sidecar's flags).
 //!
 //! Accepts the arguments Istio's injection template passes (`--domain`, `--proxyLogLevel`,
 //! `--concurrency`, `--drainDuration`, ...), explicitly, plus ours (`--config`, `--inbound-bind`,
@@ -38,6 +40,9 @@ pub struct Args {
 enum Mode {
     /// Run as a pod's sidecar (the `istio-proxy` container).
     Sidecar(Box<SidecarArgs>),
+    /// Run as a gateway (Istio's ingress or egress gateway pod): no capture; serves the
+    /// Gateways that select the pod on their port numbers. Takes the sidecar's flags.
+    Router(Box<SidecarArgs>),
 }
 
 /// A Go-style duration (`45s`, `100ms`, `1m30s`, `2h`).
@@ -239,11 +244,14 @@ impl LogLevelControl for ReloadLevel {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.mode {
-        Mode::Sidecar(a) => sidecar(*a),
+        Mode::Sidecar(a) => sidecar(*a, false),
+        Mode::Router(a) => sidecar(*a, true),
     }
 }
 
-fn sidecar(a: SidecarArgs) -> anyhow::Result<ExitCode> {
+/// Runs a sidecar, or with `router` a gateway: the same process, flags and identity (from the
+/// same environment variables), with the gateway's listeners instead of the capture ones.
+fn sidecar(a: SidecarArgs, router: bool) -> anyhow::Result<ExitCode> {
     let filter = EnvFilter::try_new(level(&a.proxy_log_level)).context("--proxyLogLevel")?;
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -277,7 +285,7 @@ fn sidecar(a: SidecarArgs) -> anyhow::Result<ExitCode> {
             .discovery_address
             .filter(|d| !d.is_empty()),
     };
-    let cfg = ProxyConfig {
+    let mut cfg = ProxyConfig {
         outbound_addr: SocketAddr::from(([0, 0, 0, 0], a.outbound_port)),
         inbound_addr: SocketAddr::from(([0, 0, 0, 0], a.inbound_port)),
         inbound_bind: a.inbound_bind,
@@ -291,8 +299,12 @@ fn sidecar(a: SidecarArgs) -> anyhow::Result<ExitCode> {
         cluster_id: env("ISTIO_META_CLUSTER_ID").unwrap_or_else(|| "Kubernetes".to_string()),
         // Istio's `enableHTTP10`: the metadata value "1" and nothing else.
         accept_http_10: env("ISTIO_META_HTTP10").as_deref() == Some("1"),
+        router,
         ..ProxyConfig::default()
     };
+    if router {
+        cfg.server_header = Some(proxy::gateway::SERVER_HEADER);
+    }
     let opts = SidecarOptions {
         admin_addr: SocketAddr::from(([127, 0, 0, 1], a.admin_port)),
         status_addr: SocketAddr::from(([0, 0, 0, 0], a.status_port)),
@@ -361,6 +373,34 @@ fn sidecar(a: SidecarArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `ama proxy` as clap sees it.
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn router_takes_the_gateway_templates_arguments() {
+        use clap::Parser as _;
+        // Istio's gateway injection template.
+        let cli = Cli::try_parse_from([
+            "proxy",
+            "router",
+            "--domain",
+            "istio-system.svc.cluster.local",
+            "--proxyLogLevel=warning",
+            "--proxyComponentLogLevel=misc:error",
+            "--log_output_level=default:info",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let Mode::Router(a) = cli.args.mode else {
+            panic!("not the router mode")
+        };
+        assert_eq!(a.domain.as_deref(), Some("istio-system.svc.cluster.local"));
+        assert_eq!(a.proxy_log_level, "warning");
+    }
 
     #[test]
     fn go_durations() {

@@ -13,6 +13,8 @@
 //!   Sidecar resources that narrow what proxies see ([`sidecar`]);
 //! - [`xds::HttpRoutes`], [`xds::TrafficPolicy`] and [`xds::Authorization`] from the Istio
 //!   config ([`config`], [`security`]), each with its visibility (`exportTo`);
+//! - the Gateways, their servers with the VirtualServices bound to them, and the credentials
+//!   of the Secrets they name ([`gateway`]);
 //! - the `jwksUri`s discovery fetches ([`security::JwksSource`]); the sets fetched come back in
 //!   through [`Model::build_with_jwks`], so building stays pure.
 //!
@@ -21,6 +23,7 @@
 //! from one build to the next is the [`vip::VipAllocator`], so a Service keeps its VIP.
 
 pub mod config;
+pub mod gateway;
 pub mod policy;
 pub mod routes;
 pub mod security;
@@ -160,6 +163,8 @@ pub struct Model {
     pub outbound_traffic_policy: xds::OutboundTrafficPolicy,
     /// Sidecar resources, by namespace and name.
     pub sidecars: Vec<sidecar::SidecarScope>,
+    /// Gateways and the credentials of their Secrets ([`gateway`]).
+    pub gateways: gateway::GatewaysOut,
     /// What was left out.
     pub warnings: Vec<Warning>,
 }
@@ -229,6 +234,11 @@ impl Model {
             &mut warnings,
         );
         let config = config::build(&objects, &services, jwks, &mut warnings);
+        let known: Vec<&str> = services
+            .iter()
+            .map(|s| s.resource.hostname.as_str())
+            .collect();
+        let gateways = gateway::build(&objects, &known, &workloads, &mut warnings);
         services::plaintext_where_mtls_is_disabled(
             &mut services,
             &workloads,
@@ -245,6 +255,7 @@ impl Model {
             jwks_sources: config.jwks_sources,
             outbound_traffic_policy,
             sidecars: sidecar::build(&objects),
+            gateways,
             warnings: warnings.0.into_iter().collect(),
         }
     }
@@ -286,6 +297,8 @@ pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
 
 #[cfg(test)]
 mod egress_tests;
+#[cfg(test)]
+mod gateway_tests;
 #[cfg(test)]
 mod rule_tests;
 #[cfg(test)]

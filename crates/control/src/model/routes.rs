@@ -60,7 +60,7 @@ pub(crate) fn virtual_services(
     let exact: Vec<Vec<String>> = all
         .iter()
         .map(|vs| {
-            if !for_mesh(&vs.spec.gateways) {
+            if !Binding::Mesh.binds(&vs.spec.gateways, &vs.metadata.namespace) {
                 return Vec::new();
             }
             vs.spec
@@ -78,7 +78,7 @@ pub(crate) fn virtual_services(
             vs.metadata.namespace, vs.metadata.name
         );
         let mut w = |message: String| warn(object.clone(), message);
-        let Some(mut r) = virtual_service(vs, known, &mut w) else {
+        let Some(mut r) = virtual_service(vs, known, Binding::Mesh, &mut w) else {
             continue;
         };
         r.resource.hosts.retain(|h| {
@@ -95,17 +95,55 @@ pub(crate) fn virtual_services(
     out
 }
 
-/// What one VirtualService gives: its routes, when it applies to sidecars and names a known
-/// host.
-fn virtual_service(
+/// What a VirtualService is translated for: the sidecars (`mesh`) or one Gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Binding<'a> {
+    /// The sidecars.
+    Mesh,
+    /// The Gateway `namespace/name`.
+    Gateway {
+        /// Its namespace.
+        namespace: &'a str,
+        /// Its name.
+        name: &'a str,
+    },
+}
+
+impl Binding<'_> {
+    /// Whether a VirtualService of namespace `vs_ns` whose `gateways` are these binds here: for
+    /// the mesh, none named or `mesh` among them; for a Gateway, its name (`name` is in the
+    /// VirtualService's namespace, `ns/name` in `ns`).
+    pub(crate) fn binds(&self, gateways: &[String], vs_ns: &str) -> bool {
+        match self {
+            Binding::Mesh => for_mesh(gateways),
+            Binding::Gateway { namespace, name } => gateways.iter().any(|g| {
+                let (ns, n) = g.split_once('/').unwrap_or((vs_ns, g.as_str()));
+                n == *name && ns == *namespace
+            }),
+        }
+    }
+
+    /// Whether a route match whose own `gateways` are these applies, its VirtualService being
+    /// bound here: none named inherits the VirtualService's binding (pilot's).
+    fn binds_match(&self, gateways: &[String], vs_ns: &str) -> bool {
+        gateways.is_empty() || self.binds(gateways, vs_ns)
+    }
+}
+
+/// What one VirtualService gives: its routes, when it is bound to `binding` and names a known
+/// host. For a Gateway, hosts are kept as written (short names completed in the
+/// VirtualService's namespace, wildcards kept), since they are matched against the request's
+/// `Host`, not service names.
+pub(crate) fn virtual_service(
     vs: &IstioConfig<VirtualService>,
     known: &[&str],
+    binding: Binding<'_>,
     w: &mut impl FnMut(String),
 ) -> Option<Scoped<xds::HttpRoutes>> {
     let spec = &vs.spec;
     let ns = vs.metadata.namespace.as_str();
-    if !for_mesh(&spec.gateways) {
-        return None; // for gateways only (api::support reports it)
+    if !binding.binds(&spec.gateways, ns) {
+        return None; // bound elsewhere
     }
     if spec.hosts.is_empty() {
         // Only the target of a `delegate` has no hosts (validation).
@@ -119,7 +157,11 @@ fn virtual_service(
     let mut hosts: Vec<String> = spec
         .hosts
         .iter()
-        .flat_map(|h| resolve_host(h, ns, known))
+        .flat_map(|h| match binding {
+            Binding::Mesh => resolve_host(h, ns, known),
+            Binding::Gateway { .. } if h.contains('*') => vec![h.to_ascii_lowercase()],
+            Binding::Gateway { .. } => resolve_host(h, ns, &[]),
+        })
         .collect();
     hosts.sort();
     hosts.dedup();
@@ -127,7 +169,7 @@ fn virtual_service(
         w("spec.hosts: no known service matches: ignored".into());
         return None;
     }
-    let cx = Cx { ns, known };
+    let cx = Cx { ns, known, binding };
     let http: Vec<_> = spec
         .http
         .iter()
@@ -141,7 +183,7 @@ fn virtual_service(
             let matches: Vec<_> = r
                 .r#match
                 .iter()
-                .filter(|m| for_mesh(&m.gateways))
+                .filter(|m| binding.binds_match(&m.gateways, ns))
                 .map(|m| xds::L4Match {
                     port: port(m.port),
                     sni_hosts: Vec::new(),
@@ -160,7 +202,7 @@ fn virtual_service(
             let matches: Vec<_> = r
                 .r#match
                 .iter()
-                .filter(|m| for_mesh(&m.gateways))
+                .filter(|m| binding.binds_match(&m.gateways, ns))
                 .map(|m| xds::L4Match {
                     port: port(m.port),
                     sni_hosts: m.sni_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
@@ -173,7 +215,7 @@ fn virtual_service(
         })
         .collect();
     if http.is_empty() && tcp.is_empty() && tls.is_empty() {
-        // Nothing for sidecars (every route is for gateways or delegated): as pilot skips a
+        // Nothing bound here (every route is for elsewhere or delegated): as pilot skips a
         // virtual host without routes, the host keeps its default route.
         return None;
     }
@@ -231,6 +273,7 @@ fn percent_per_million(p: i64) -> u32 {
 struct Cx<'a> {
     ns: &'a str,
     known: &'a [&'a str],
+    binding: Binding<'a>,
 }
 
 impl Cx<'_> {
@@ -294,7 +337,7 @@ impl Cx<'_> {
         let matches: Vec<_> = route
             .r#match
             .iter()
-            .filter(|m| for_mesh(&m.gateways))
+            .filter(|m| self.binding.binds_match(&m.gateways, self.ns))
             .map(route_match)
             .collect();
         if !route.r#match.is_empty() && matches.is_empty() {

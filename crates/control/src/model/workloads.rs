@@ -298,13 +298,17 @@ fn workload(
 }
 
 /// `istio` when the pod has a sidecar or would get one: the `security.istio.io/tlsMode` label
-/// when set, else an `istio-proxy` container or `sidecar.istio.io/status` (injected by
-/// `kube-inject`), else the injection webhook's decision for this namespace.
+/// when set, else none for a gateway pod ([`is_gateway`]), else an `istio-proxy` container or
+/// `sidecar.istio.io/status` (injected by `kube-inject`), else the injection webhook's decision
+/// for this namespace.
 fn tls_mode(pod: &PodInput<'_>, ns_labels: Option<&Labels>, config: &InjectConfig) -> TlsMode {
     match pod.labels.get(label::TLS_MODE).map(String::as_str) {
         Some("istio") => return TlsMode::Istio,
         Some(_) => return TlsMode::Disabled,
         None => {}
+    }
+    if is_gateway(pod) {
+        return TlsMode::Disabled;
     }
     let has_sidecar = pod
         .annotations
@@ -325,6 +329,18 @@ fn tls_mode(pod: &PodInput<'_>, ns_labels: Option<&Labels>, config: &InjectConfi
         Ok(()) | Err(SkipReason::AlreadyInjected) => TlsMode::Istio,
         Err(_) => TlsMode::Disabled,
     }
+}
+
+/// A gateway pod (its `istio-proxy` runs `proxy router`, or it asks for Istio's `gateway`
+/// injection template): Istio's gateway template gives it no `security.istio.io/tlsMode`
+/// label, so sidecars reach its plaintext listeners in plaintext rather than with auto mTLS.
+fn is_gateway(pod: &PodInput<'_>) -> bool {
+    pod.annotations
+        .get("inject.istio.io/templates")
+        .is_some_and(|t| t.split(',').any(|t| t.trim() == "gateway"))
+        || pod.spec.containers.iter().any(|c| {
+            c.name == inject::sidecar::PROXY_CONTAINER_NAME && c.args.iter().any(|a| a == "router")
+        })
 }
 
 /// The fields of a pod the injection decision reads.

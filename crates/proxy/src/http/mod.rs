@@ -66,6 +66,9 @@ pub struct ConnCtx {
     pub pi: Arc<ProxyInputs>,
     /// The label sets this connection's last request resolved.
     pub labels: LabelMemo,
+    /// At a gateway: the Gateway port and whether TLS was terminated (requests are then
+    /// routed by the Gateway's VirtualServices, not by service); `None` in a sidecar.
+    pub gateway: Option<crate::gateway::GatewayConn>,
 }
 
 /// The request's authority: the URI's (HTTP/2, absolute form), else the `Host` header.

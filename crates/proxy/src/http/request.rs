@@ -68,10 +68,20 @@ pub(super) async fn handle(
             headers::strip_envoy_headers(h);
         }
     }
+    if let Some(gw) = ctx.gateway {
+        // The edge: what clients say of Envoy's handling and of their address is not trusted.
+        headers::strip_envoy_headers(h);
+        headers::edge_forwarded(
+            h,
+            ctx.client.get().ip(),
+            if gw.tls { "https" } else { "http" },
+        );
+    }
     headers::forward_client_cert(h, ctx.peer.as_ref().map(|p| &p.xfcc));
     let request_id = headers::ensure_request_id(h);
     headers::continue_trace(h, ctx.pi.cfg.trace_sampling);
-    headers::set_forwarded_proto(h, if ctx.peer.is_some() { "https" } else { "http" });
+    let tls_here = ctx.peer.is_some() || ctx.gateway.is_some_and(|g| g.tls);
+    headers::set_forwarded_proto(h, if tls_here { "https" } else { "http" });
 
     let mut log = Log {
         rec: None,
@@ -132,9 +142,23 @@ pub(super) async fn handle(
                 Some(w) => (&w.labels, w.namespace.as_str()),
                 None => (no_labels(), ""),
             };
+            let scheme = if ctx.gateway.is_some_and(|g| g.tls) {
+                "https"
+            } else {
+                "http"
+            };
             let view =
-                RequestView::new(&parts, "http", ctx.orig_dst.get().port(), labels, namespace);
-            match router::outbound_http(&snap, &ctx.pi, ctx.orig_dst, &view) {
+                RequestView::new(&parts, scheme, ctx.orig_dst.get().port(), labels, namespace);
+            let routed = match ctx.gateway {
+                None => router::outbound_http(&snap, &ctx.pi, ctx.orig_dst, &view),
+                Some(gw) => {
+                    if let Some(resp) = crate::gateway::https_redirect(&snap, gw, &view) {
+                        return Ok(LocalReply::answer(&ctx, log, resp, "https_redirect"));
+                    }
+                    router::gateway_http(&snap, gw, ctx.orig_dst, &view)
+                }
+            };
+            match routed {
                 Ok(Routed::Forward {
                     target,
                     selected,
@@ -156,6 +180,10 @@ pub(super) async fn handle(
                     return Ok(LocalReply::answer(&ctx, log, resp, "direct_response"));
                 }
                 Err(RouteError::NoRoute) => {
+                    if ctx.gateway.is_some() {
+                        // No virtual host: Envoy logs no route name.
+                        log.rec().route_name = None;
+                    }
                     return Ok(LocalReply::NO_ROUTE.respond(&ctx, log, reply_to));
                 }
                 Err(RouteError::NoCluster) => {

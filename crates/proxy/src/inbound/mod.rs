@@ -178,5 +178,6 @@ fn with_tls(ctx: &ConnCtx, sni: Option<Arc<str>>, peer: Option<tls::MeshPeer>) -
         peer,
         pi: ctx.pi.clone(),
         labels: Default::default(),
+        gateway: None,
     })
 }

@@ -907,7 +907,7 @@ pub fn redirect(
 
 /// The request's host for a redirect (Envoy's `processRequestHost`): its port is dropped when
 /// the redirect sets one, or when the scheme changes and the port is the old scheme's default.
-fn request_host<'r>(
+pub(crate) fn request_host<'r>(
     authority: &'r str,
     new_scheme: &str,
     new_port: bool,

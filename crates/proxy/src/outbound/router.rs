@@ -508,6 +508,21 @@ pub fn outbound_http<'s>(
         .map(forward)
         .ok_or(RouteError::NoCluster);
     };
+    routed_by(snap, Some(entry.as_ref()), routes, orig_dst, req)
+}
+
+/// The route of `routes` that `req` (on port `orig_dst`'s) takes, and where it goes: a
+/// redirect or direct response to answer, else its destination's cluster. A route without
+/// destination goes to `entry` itself (the service whose routes these are; at a gateway there
+/// is none).
+fn routed_by<'s>(
+    snap: &'s Snapshot,
+    entry: Option<&ServiceEntry>,
+    routes: &'s CompiledRoutes,
+    orig_dst: OrigDstAddr,
+    req: &RequestView<'_>,
+) -> Result<Routed<'s>, RouteError> {
+    let port = orig_dst.get().port();
     let view = RequestView { port, ..*req };
     let selected = routes.table.select(&view).ok_or(RouteError::NoRoute)?;
     let policy = routes.policies[selected.index()].clone();
@@ -524,6 +539,7 @@ pub fn outbound_http<'s>(
     let target = match picked {
         None => {
             // No destination: the host itself.
+            let entry = entry.ok_or(RouteError::NoCluster)?;
             let sp = service_port(entry, orig_dst).ok_or(RouteError::NoRoute)?;
             cluster_target(entry, sp, None, policy, None, orig_dst)
         }
@@ -552,6 +568,62 @@ pub fn outbound_http<'s>(
         selected: Some(selected),
         picked,
     })
+}
+
+/// A gateway's HTTP request on its connection `gw` (to `orig_dst`, the gateway's own address):
+/// the VirtualService bound to the port's servers (to the server that terminated its TLS)
+/// whose host covers the request's authority most specifically, then its routes as
+/// [`outbound_http`] takes them. No host: 404 `NR`.
+pub fn gateway_http<'s>(
+    snap: &'s Snapshot,
+    gw: crate::gateway::GatewayConn,
+    orig_dst: OrigDstAddr,
+    req: &RequestView<'_>,
+) -> Result<Routed<'s>, RouteError> {
+    let routes = snap
+        .gateway
+        .port(gw.port)
+        .and_then(|p| p.routes_for(req.authority, gw.server))
+        .map(|(r, _)| r)
+        .ok_or(RouteError::NoRoute)?;
+    routed_by(snap, None, routes, orig_dst, req)
+}
+
+/// A gateway's opaque connection on its port `orig_dst`: for TLS passed through, the first
+/// `tls` route of the server that `sni` names whose `sniHosts` cover it; for TCP, the first
+/// `tcp` route of the port's servers whose match fits. `None`: nowhere to go (Envoy closes
+/// the connection: no filter chain).
+pub fn gateway_l4(snap: &Snapshot, orig_dst: OrigDstAddr, sni: Option<&str>) -> Option<Target> {
+    let port = snap.gateway.port(orig_dst.get().port())?;
+    let route = match sni {
+        Some(sni) => port
+            .server_for_sni(Some(sni))?
+            .1
+            .tls_routes
+            .iter()
+            .find(|r| {
+                r.matches
+                    .iter()
+                    .any(|m| sni_matches(&m.sni_hosts, sni) && l4_matches(m, snap, orig_dst))
+            })?,
+        None => port.servers.iter().flat_map(|s| &s.tcp_routes).find(|r| {
+            r.matches.is_empty() || r.matches.iter().any(|m| l4_matches(m, snap, orig_dst))
+        })?,
+    };
+    let d = pick_weighted(&route.route)?;
+    let dest = &route.route[d];
+    let entry = snap.service_by_host(&dest.host)?;
+    let sp = entry
+        .service
+        .port(destination_port(entry, dest.port, orig_dst.get().port()))?;
+    cluster_target(
+        entry,
+        sp,
+        dest.subset.as_deref(),
+        RoutePolicy::service_default(),
+        None,
+        orig_dst,
+    )
 }
 
 #[cfg(test)]

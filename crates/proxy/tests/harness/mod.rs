@@ -502,6 +502,15 @@ impl SidecarBuilder {
         self
     }
 
+    /// A gateway (`ama proxy router`) instead of a sidecar: no capture listeners; its Gateway
+    /// ports are bound on 127.0.0.1.
+    pub fn router(mut self) -> Self {
+        self.cfg.router = true;
+        self.cfg.server_header = Some(proxy::gateway::SERVER_HEADER);
+        self.cfg.gateway_bind = "127.0.0.1".parse().expect("addr");
+        self
+    }
+
     /// Watch this file for resources (the YAML given to `builder` is ignored).
     pub fn config_file(mut self, path: PathBuf) -> Self {
         self.config_file = Some(path);
@@ -525,7 +534,11 @@ impl SidecarBuilder {
             .map(|m| proxy::tls::MeshTls::new(m).expect("mesh TLS config"));
         let pi = ProxyInputs::with_tls(cfg, store.clone(), telemetry.clone(), tls);
         let orig_dst = Arc::new(StaticOrigDst::new(self.inbound_to));
-        let mut proxy = Proxy::new(pi, orig_dst.clone()).await.expect("proxy binds");
+        let mut proxy = if pi.cfg.router {
+            Proxy::router(pi)
+        } else {
+            Proxy::new(pi, orig_dst.clone()).await.expect("proxy binds")
+        };
         if self.workers > 0 {
             proxy =
                 proxy.on_workers(proxy::workers::Workers::start(self.workers).expect("workers"));

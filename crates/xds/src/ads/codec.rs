@@ -38,18 +38,21 @@ pub enum ResourceType {
     HttpRoutes,
     /// [`crate::Authorization`], named `namespace/name`.
     Authorization,
+    /// [`crate::GatewayListener`] (gateway proxies only), named by its port.
+    GatewayListener,
     /// The proxy's own [`NodeRef`], one resource named [`NODE_RESOURCE_NAME`].
     Node,
 }
 
 impl ResourceType {
     /// Every type, in push order.
-    pub const ALL: [ResourceType; 6] = [
+    pub const ALL: [ResourceType; 7] = [
         ResourceType::Workload,
         ResourceType::Service,
         ResourceType::TrafficPolicy,
         ResourceType::HttpRoutes,
         ResourceType::Authorization,
+        ResourceType::GatewayListener,
         ResourceType::Node,
     ];
 
@@ -61,6 +64,7 @@ impl ResourceType {
             ResourceType::TrafficPolicy => "TrafficPolicy",
             ResourceType::HttpRoutes => "HttpRoutes",
             ResourceType::Authorization => "Authorization",
+            ResourceType::GatewayListener => "GatewayListener",
             ResourceType::Node => "Node",
         }
     }
@@ -73,6 +77,7 @@ impl ResourceType {
             ResourceType::TrafficPolicy => "type.googleapis.com/ama.xds.v1.TrafficPolicy",
             ResourceType::HttpRoutes => "type.googleapis.com/ama.xds.v1.HttpRoutes",
             ResourceType::Authorization => "type.googleapis.com/ama.xds.v1.Authorization",
+            ResourceType::GatewayListener => "type.googleapis.com/ama.xds.v1.GatewayListener",
             ResourceType::Node => "type.googleapis.com/ama.xds.v1.Node",
         }
     }
@@ -151,6 +156,8 @@ pub enum AnyResource {
     HttpRoutes(crate::HttpRoutes),
     /// An authorization.
     Authorization(crate::Authorization),
+    /// A gateway listener.
+    GatewayListener(crate::GatewayListener),
     /// The proxy's own identity.
     Node(NodeRef),
 }
@@ -164,6 +171,7 @@ impl AnyResource {
             AnyResource::TrafficPolicy(_) => ResourceType::TrafficPolicy,
             AnyResource::HttpRoutes(_) => ResourceType::HttpRoutes,
             AnyResource::Authorization(_) => ResourceType::Authorization,
+            AnyResource::GatewayListener(_) => ResourceType::GatewayListener,
             AnyResource::Node(_) => ResourceType::Node,
         }
     }
@@ -176,6 +184,7 @@ impl AnyResource {
             AnyResource::TrafficPolicy(p) => p.name.clone(),
             AnyResource::HttpRoutes(r) => r.name.clone(),
             AnyResource::Authorization(a) => format!("{}/{}", a.namespace, a.name),
+            AnyResource::GatewayListener(l) => l.port.to_string(),
             AnyResource::Node(_) => NODE_RESOURCE_NAME.to_string(),
         }
     }
@@ -187,6 +196,7 @@ impl AnyResource {
             AnyResource::TrafficPolicy(r) => serde_json::to_vec(r),
             AnyResource::HttpRoutes(r) => serde_json::to_vec(r),
             AnyResource::Authorization(r) => serde_json::to_vec(r),
+            AnyResource::GatewayListener(r) => serde_json::to_vec(r),
             AnyResource::Node(r) => serde_json::to_vec(r),
         }
     }
@@ -231,6 +241,7 @@ impl AnyResource {
             ResourceType::TrafficPolicy => AnyResource::TrafficPolicy(json(ty, name, v)?),
             ResourceType::HttpRoutes => AnyResource::HttpRoutes(json(ty, name, v)?),
             ResourceType::Authorization => AnyResource::Authorization(json(ty, name, v)?),
+            ResourceType::GatewayListener => AnyResource::GatewayListener(json(ty, name, v)?),
             ResourceType::Node => AnyResource::Node(json(ty, name, v)?),
         };
         let key = res.name();
@@ -294,6 +305,7 @@ pub fn split(res: &ProxyResources) -> Vec<AnyResource> {
             + res.traffic_policies.len()
             + res.http_routes.len()
             + res.authorizations.len()
+            + res.gateway_listeners.len()
             + 1,
     );
     out.extend(res.workloads.iter().cloned().map(AnyResource::Workload));
@@ -310,6 +322,12 @@ pub fn split(res: &ProxyResources) -> Vec<AnyResource> {
             .iter()
             .cloned()
             .map(AnyResource::Authorization),
+    );
+    out.extend(
+        res.gateway_listeners
+            .iter()
+            .cloned()
+            .map(AnyResource::GatewayListener),
     );
     // The outbound traffic policy travels in the proxy's own Node resource.
     let policy = res.outbound_policy();
@@ -338,6 +356,7 @@ pub fn assemble<'a>(resources: impl IntoIterator<Item = &'a AnyResource>) -> Pro
             AnyResource::TrafficPolicy(p) => out.traffic_policies.push(p.clone()),
             AnyResource::HttpRoutes(h) => out.http_routes.push(h.clone()),
             AnyResource::Authorization(a) => out.authorizations.push(a.clone()),
+            AnyResource::GatewayListener(l) => out.gateway_listeners.push(l.clone()),
             AnyResource::Node(n) => {
                 out.outbound_traffic_policy = n.outbound_traffic_policy;
                 out.node = Some(n.clone());
@@ -366,6 +385,10 @@ trafficPolicies:
 - {name: default/a, host: a.default.svc.cluster.local}
 authorizations:
 - {name: allow, namespace: default, policy: {}}
+gatewayListeners:
+- port: 8080
+  servers:
+  - {gateway: istio-system/gw, protocol: HTTP, hosts: ["*"], routes: [{name: default/a, hosts: ["*"]}]}
 "#,
         )
         .expect("valid")
@@ -407,6 +430,7 @@ authorizations:
                 (ResourceType::TrafficPolicy, "default/a".to_string()),
                 (ResourceType::HttpRoutes, "default/a".to_string()),
                 (ResourceType::Authorization, "default/allow".to_string()),
+                (ResourceType::GatewayListener, "8080".to_string()),
                 (ResourceType::Node, "self".to_string()),
             ]
         );
