@@ -233,7 +233,7 @@ pub fn gateway_listeners(
     let Some(me) = me else {
         return Vec::new();
     };
-    crate::model::gateway::listeners_for(
+    let listeners = crate::model::gateway::listeners_for(
         &model.gateways,
         &proxy.namespace,
         &me.labels,
@@ -247,7 +247,40 @@ pub fn gateway_listeners(
                 "server cannot share its port with the servers already there (TLS and plain HTTP, or passthrough and terminated); not served"
             );
         },
-    )
+    );
+    // As pilot's MergeGateways: a server port that is a port of a Service in front of the pod is
+    // listened on at that port's target port (the ingress gateway's 80 → 8080, 443 → 8443), so
+    // Istio's Gateways on 80 and 443 work with a proxy that cannot bind below 1024.
+    let mut by_port: BTreeMap<u16, xds::GatewayListener> = BTreeMap::new();
+    for l in listeners {
+        let port = target_port(model, &proxy.namespace, &me.uid, l.port);
+        let merged = by_port.entry(port).or_insert_with(|| xds::GatewayListener {
+            port,
+            server_port: (port != l.port).then_some(l.port),
+            servers: Vec::new(),
+        });
+        merged.servers.extend(l.servers);
+    }
+    by_port.into_values().collect()
+}
+
+/// The port workload `uid` of `namespace` listens on for `port` of a Service of its namespace
+/// that has it as an endpoint; `port` itself when no such Service has that port.
+fn target_port(model: &Model, namespace: &str, uid: &str, port: u16) -> u16 {
+    model
+        .services
+        .iter()
+        .map(|s| &s.resource)
+        .filter(|s| s.namespace == namespace)
+        .find_map(|s| {
+            let sp = s.port(port)?;
+            let ep = s
+                .endpoints
+                .iter()
+                .find(|ep| ep.workload_uid.as_deref() == Some(uid))?;
+            Some(s.endpoint_port(ep, sp))
+        })
+        .unwrap_or(port)
 }
 
 /// What the proxies of `key` see, apart from `self` and the workloads.

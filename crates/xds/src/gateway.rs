@@ -26,6 +26,11 @@ use crate::validate::{ValidationErrors, check_port};
 pub struct GatewayListener {
     /// The port the gateway binds on every address (`0.0.0.0:<port>`).
     pub port: u16,
+    /// The servers' `port.number` when the gateway listens on another port for it: the target
+    /// port of the Service in front of the pod (Istio's ingress gateway: 80 → 8080). Routes'
+    /// `match.port` compare with this number, as pilot's do; none: `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_port: Option<u16>,
     /// The servers of every Gateway selecting the pod that use this port.
     pub servers: Vec<GatewayServer>,
 }
@@ -366,6 +371,7 @@ gatewayListeners:
     fn validation_names_the_field() {
         let l = GatewayListener {
             port: 8443,
+            server_port: None,
             servers: vec![
                 server(GatewayProtocol::Https, None),
                 server(GatewayProtocol::Http, None),

@@ -14,6 +14,14 @@ use super::local::MeshName;
 pub struct Args {
     #[command(subcommand)]
     command: Command,
+    /// Namespace of the object (before or after the subcommand, as kubectl takes it).
+    #[arg(
+        short = 'n',
+        long = "namespace",
+        global = true,
+        default_value = "default"
+    )]
+    namespace: String,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -41,9 +49,6 @@ struct TlsArgs {
     /// PEM private key: tls.key.
     #[arg(long, value_name = "FILE")]
     key: PathBuf,
-    /// Namespace of the Secret.
-    #[arg(short = 'n', long = "namespace", default_value = "default")]
-    namespace: String,
     #[command(flatten)]
     mesh: MeshName,
 }
@@ -58,9 +63,6 @@ struct GenericArgs {
     /// KEY=VALUE. Repeatable.
     #[arg(long = "from-literal", value_name = "KEY=VALUE")]
     from_literal: Vec<String>,
-    /// Namespace of the Secret.
-    #[arg(short = 'n', long = "namespace", default_value = "default")]
-    namespace: String,
     #[command(flatten)]
     mesh: MeshName,
 }
@@ -69,7 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let Command::Secret(command) = args.command;
     let (secret, mesh) = match command {
         SecretCommand::Tls(a) => (
-            secrets::tls(&a.name, &a.namespace, &a.cert, &a.key)?,
+            secrets::tls(&a.name, &args.namespace, &a.cert, &a.key)?,
             a.mesh,
         ),
         SecretCommand::Generic(a) => {
@@ -82,7 +84,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .map(Source::File)
                 .chain(a.from_literal.into_iter().map(Source::Literal))
                 .collect();
-            (secrets::generic(&a.name, &a.namespace, &sources)?, a.mesh)
+            (
+                secrets::generic(&a.name, &args.namespace, &sources)?,
+                a.mesh,
+            )
         }
     };
     let dir = mesh.dir()?;

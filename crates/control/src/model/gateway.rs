@@ -446,6 +446,10 @@ pub fn listeners_for(
     }
     by_port
         .into_iter()
-        .map(|(port, servers)| xds::GatewayListener { port, servers })
+        .map(|(port, servers)| xds::GatewayListener {
+            port,
+            server_port: None,
+            servers,
+        })
         .collect()
 }

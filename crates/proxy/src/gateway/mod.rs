@@ -23,6 +23,7 @@
 
 pub mod listener;
 pub mod tls;
+pub mod x509_v1;
 
 use std::sync::Arc;
 
@@ -60,6 +61,9 @@ pub struct GatewayConfig {
 pub struct PortConfig {
     /// The port.
     pub port: u16,
+    /// The Gateway servers' port number, which routes match (`port` unless the gateway listens
+    /// on a Service's target port for it).
+    pub server_port: u16,
     /// How connections are taken.
     pub family: ListenerFamily,
     /// HTTP routing, most specific host first.
@@ -133,6 +137,7 @@ impl GatewayConfig {
                 l.port,
                 Arc::new(PortConfig {
                     port: l.port,
+                    server_port: l.server_port.unwrap_or(l.port),
                     family,
                     vhosts,
                     servers,

@@ -169,31 +169,36 @@ pub fn server_config(
         mode,
         Some(ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual)
     );
+    // Served without rustls' key check, and clients' version 1 certificates verified too, as
+    // Envoy does ([`super::x509_v1`]): Istio's Secure Gateways task makes such certificates.
+    let resolver =
+        super::x509_v1::single_cert(&provider, chain, key).map_err(|e| rustls_err(&e))?;
     let mut config = if verifying {
         let ca = c.ca_certificates.as_deref().unwrap_or_default();
+        let ca_certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(ca.as_bytes())
+            .filter_map(Result::ok)
+            .collect();
         let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca.as_bytes()).filter_map(Result::ok) {
-            roots.add(cert).map_err(|e| rustls_err(&e))?;
+        for cert in &ca_certs {
+            roots.add(cert.clone()).map_err(|e| rustls_err(&e))?;
         }
         if roots.is_empty() {
             return Err(CredentialError::NoCa { source_name });
         }
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
         let verifier = if mode == Some(ServerTlsMode::OptionalMutual) {
             verifier.allow_unauthenticated()
         } else {
             verifier
         };
         let verifier = verifier.build().map_err(|e| rustls_err(&e))?;
+        let verifier = super::x509_v1::ClientVerifier::new(verifier, ca_certs, &provider);
         builder
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
-            .map_err(|e| rustls_err(&e))?
+            .with_client_cert_verifier(Arc::new(verifier))
+            .with_cert_resolver(resolver)
     } else {
-        builder
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .map_err(|e| rustls_err(&e))?
+        builder.with_no_client_auth().with_cert_resolver(resolver)
     };
     config.alpn_protocols = GATEWAY_ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))

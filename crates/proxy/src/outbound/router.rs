@@ -580,13 +580,17 @@ pub fn gateway_http<'s>(
     orig_dst: OrigDstAddr,
     req: &RequestView<'_>,
 ) -> Result<Routed<'s>, RouteError> {
-    let routes = snap
-        .gateway
-        .port(gw.port)
-        .and_then(|p| p.routes_for(req.authority, gw.server))
+    let port = snap.gateway.port(gw.port).ok_or(RouteError::NoRoute)?;
+    let routes = port
+        .routes_for(req.authority, gw.server)
         .map(|(r, _)| r)
         .ok_or(RouteError::NoRoute)?;
-    routed_by(snap, None, routes, orig_dst, req)
+    // Routes match the Gateway server's port (80), not the one listened on (8080).
+    let server_dst = OrigDstAddr(std::net::SocketAddr::new(
+        orig_dst.get().ip(),
+        port.server_port,
+    ));
+    routed_by(snap, None, routes, server_dst, req)
 }
 
 /// A gateway's opaque connection on its port `orig_dst`: for TLS passed through, the first
@@ -595,6 +599,11 @@ pub fn gateway_http<'s>(
 /// the connection: no filter chain).
 pub fn gateway_l4(snap: &Snapshot, orig_dst: OrigDstAddr, sni: Option<&str>) -> Option<Target> {
     let port = snap.gateway.port(orig_dst.get().port())?;
+    // Routes match the Gateway server's port (443), not the one listened on (8443).
+    let orig_dst = OrigDstAddr(std::net::SocketAddr::new(
+        orig_dst.get().ip(),
+        port.server_port,
+    ));
     let route = match sni {
         Some(sni) => port
             .server_for_sni(Some(sni))?
