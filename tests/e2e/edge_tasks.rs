@@ -21,9 +21,10 @@
 //!    (the server logs both). The server's certificate is signed by the test's CA, which stands
 //!    for the public CAs: `ama up` runs with `SSL_CERT_FILE` naming it, which the proxies use
 //!    as the system's trust store.
-//! 5. **Egress Gateways** (HTTP): the task's ServiceEntry, Gateway, DestinationRule and
-//!    VirtualService; the call goes sidecar → istio-egressgateway → edition.cnn.com, seen in the
-//!    egress gateway's access log.
+//! 5. **Egress Gateways**, HTTP then HTTPS: the task's ServiceEntry, Gateway, DestinationRule
+//!    and VirtualService; the call goes sidecar → istio-egressgateway → edition.cnn.com, seen in
+//!    the egress gateway's access log; for HTTPS the app's own TLS (curl trusting the test's CA,
+//!    `--cacert`) passes through both proxies by SNI (PASSTHROUGH).
 //!
 //! The mesh is brought down when the test ends, passing or not.
 
@@ -795,6 +796,67 @@ fn istio_edge_tasks_under_ama_up() {
         rec["upstream_cluster"],
         "outbound|80|cnn|istio-egressgateway.istio-system.svc.cluster.local",
         "{rec}"
+    );
+
+    // Egress Gateways, HTTPS: the app's own TLS passes through both proxies by SNI.
+    for file in [
+        "edge/egress-gateway-cnn.yaml",
+        "edge/egress-gateway-cnn-se.yaml",
+    ] {
+        t.run(&["delete", "-f", fixture(file).to_str().expect("utf-8")]);
+    }
+    t.apply(None, "edge/egress-gateway-cnn-tls.yaml");
+    let public_ca = t.certs.join("public-ca.crt").display().to_string();
+    let https_through_gw = until(
+        "HTTPS to edition.cnn.com through the egress gateway",
+        || {
+            // The app trusts the test's CA as sleep's image trusts the public ones.
+            let out = t.sleep_curl(&[
+                "-sSL",
+                "--cacert",
+                &public_ca,
+                "-o",
+                "/dev/null",
+                "-D",
+                "-",
+                "https://edition.cnn.com/politics",
+            ]);
+            let logged = t
+                .log_records("istio-system", &egw, "istio-proxy")
+                .into_iter()
+                .any(|r| r["upstream_cluster"] == "outbound|443||edition.cnn.com");
+            (out, logged)
+        },
+        |(o, logged)| *logged && String::from_utf8_lossy(&o.stdout).starts_with("HTTP/1.1 200"),
+    );
+    assert!(
+        String::from_utf8_lossy(&https_through_gw.0.stdout).starts_with("HTTP/1.1 200"),
+        "{}",
+        text(&https_through_gw.0)
+    );
+    let records = t.log_records("istio-system", &egw, "istio-proxy");
+    let rec = records
+        .iter()
+        .rev()
+        .find(|r| r["upstream_cluster"] == "outbound|443||edition.cnn.com")
+        .unwrap_or_else(|| panic!("the egress gateway's access log: {records:?}"));
+    eprintln!("egress gateway (TLS): {rec}");
+    assert_eq!(rec["requested_server_name"], "edition.cnn.com", "{rec}");
+    let records = t.log_records("default", &sleep, "istio-proxy");
+    assert!(
+        records.iter().any(|r| r["upstream_cluster"]
+            == "outbound|443|cnn|istio-egressgateway.istio-system.svc.cluster.local"
+            && r["requested_server_name"] == "edition.cnn.com"),
+        "sleep's access log: {records:?}"
+    );
+    let seen = t.log_records("external", &cnn, "https");
+    assert!(
+        seen.iter().any(|r| r["path"] == "/politics"
+            && r["tls"]["sni"] == "edition.cnn.com"
+            && r["headers"]["user-agent"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("curl/"))),
+        "the server saw the app's own TLS: {seen:?}"
     );
 }
 
