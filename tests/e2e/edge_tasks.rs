@@ -3,7 +3,8 @@
 //! 1. **Ingress Gateways**: httpbin behind the task's `httpbin-gateway` and VirtualService;
 //!    `curl -s -I -HHost:httpbin.example.com http://$INGRESS_HOST:$INGRESS_PORT/status/200` from
 //!    the host answers `200` with `server: istio-envoy`, `/headers` (no route) 404; the
-//!    gateway's access log and its `istio_requests_total` (`reporter="source"`).
+//!    gateway's access log and its `istio_requests_total` (`reporter="source"`); the task's
+//!    gateway for any host (`hosts: "*"`) answers `/headers` without a Host of its own.
 //! 2. **Secure Gateways**: the task's certificates (made with openssl as the task makes them),
 //!    `ama create secret tls` for `kubectl create secret tls`; SIMPLE for one host answers
 //!    `HTTP/2 418` with the teapot; the Secret replaced by one of another CA is served without a
@@ -334,6 +335,28 @@ fn istio_edge_tasks_under_ama_up() {
             && l.contains(r#"response_code="200""#)),
         "the gateway's istio_requests_total: {series:#?}"
     );
+
+    // The task's gateway for a browser: any host, /headers (what it asked for came through).
+    t.apply(None, "edge/httpbin-gateway-any-host.yaml");
+    // (`show_env`: httpbin hides the X-Forwarded-* headers otherwise.)
+    let url = format!("http://127.0.0.1:{http_port}/headers?show_env=1");
+    let any = until(
+        "the gateway for any host",
+        || host_curl(&["-s", &url]),
+        |o| String::from_utf8_lossy(&o.stdout).contains("\"Host\""),
+    );
+    let body: Value = serde_json::from_slice(&any.stdout)
+        .unwrap_or_else(|_| panic!("/headers through the gateway: {}", text(&any)));
+    assert_eq!(
+        body["headers"]["Host"],
+        format!("127.0.0.1:{http_port}"),
+        "{body}"
+    );
+    assert!(
+        body["headers"]["X-Forwarded-For"].is_string(),
+        "the gateway appends the client: {body}"
+    );
+    assert_eq!(body["headers"]["X-Forwarded-Proto"], "http", "{body}");
 
     // 2. Secure Gateways: one host, SIMPLE.
     let c1 = certs.join("example_certs1");
