@@ -33,7 +33,9 @@ fn proxy_resources(text: &str) {
     assert_eq!(back, r, "JSON round trip changed the resources");
     // A route that does not compile (a bad regex) is an error here, never a panic.
     let registry = proxy::cluster::Registry::default();
-    if let Ok(snap) = proxy::config::Snapshot::build(r, proxy_cfg(), 1, &registry) {
+    // No name is resolved: DNS endpoints stay unresolved, as before the first lookup.
+    let dns = proxy::dns::DnsTable::default();
+    if let Ok(snap) = proxy::config::Snapshot::build(r, proxy_cfg(), 1, &registry, &dns) {
         let _ = snap.inbound_protocol(80);
     }
 }

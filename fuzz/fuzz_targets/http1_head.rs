@@ -308,6 +308,7 @@ fuzz_target!(|data: &[u8]| {
             peer: None,
             pi: w.pi.clone(),
             labels: Default::default(),
+            gateway: None,
         });
         let (_trigger, drain) = proxy::drain::channel();
         let client = Client {
