@@ -559,6 +559,18 @@ fn istio_edge_tasks_under_ama_up() {
         },
         |o| String::from_utf8_lossy(&o.stdout).starts_with("HTTP/2 418"),
     );
+    // A version 1 certificate of another CA (example_certs2's) is refused like no certificate.
+    let stranger_cert = path(&c2, "httpbin.example.com.crt");
+    let stranger_key = path(&c2, "httpbin.example.com.key");
+    let stranger = teapot(
+        &c1.join("example.com.crt"),
+        &["--cert", &stranger_cert, "--key", &stranger_key],
+    );
+    assert!(
+        matches!(stranger.status.code(), Some(56 | 35)),
+        "MUTUAL with a certificate of another CA: {}",
+        text(&stranger)
+    );
     let again = teapot(&c1.join("example.com.crt"), &[]);
     assert!(
         matches!(again.status.code(), Some(56 | 35)),
