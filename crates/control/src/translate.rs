@@ -140,7 +140,10 @@ pub fn view_key(model: &Model, proxy: &ProxyKey, me: Option<&xds::Workload>) -> 
             .traffic_policies
             .iter()
             .filter(|p| {
-                p.export_to.visible_to(ns)
+                // A workloadSelector selects in its own namespace only (Istio's), which also
+                // keeps the Secrets such a rule carries in their namespace.
+                p.namespace == ns
+                    && p.export_to.visible_to(ns)
                     && p.workload_selector
                         .as_ref()
                         .is_some_and(|s| selector_matches(s, &w.labels))

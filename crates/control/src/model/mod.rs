@@ -26,6 +26,7 @@ pub mod config;
 pub mod gateway;
 pub mod policy;
 pub mod routes;
+mod secrets;
 pub mod security;
 pub mod service_entry;
 pub mod services;
@@ -295,6 +296,8 @@ pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+#[cfg(test)]
+mod credential_tests;
 #[cfg(test)]
 mod egress_tests;
 #[cfg(test)]

@@ -18,9 +18,13 @@
 //!   `splitExternalLocalOriginErrors`, `maxEjectionPercent` 0 is Envoy's default, and
 //!   `minHealthPercent` is always set (0 when unset: pilot turns Envoy's panic threshold off).
 //!   The deprecated `consecutiveErrors` is ignored, as pilot ignores it since Istio 1.8.
-//! - TLS: as written; `mode` unset is `DISABLE` (the proto's zero value). `credentialName` needs
-//!   secrets the proxy does not fetch: a `MUTUAL` level that has only it keeps no TLS settings
-//!   (with a warning), since the wire needs certificate files.
+//! - TLS: as written; `mode` unset is `DISABLE` (the proto's zero value). `credentialName`
+//!   (SIMPLE, MUTUAL) wins over the certificate files, as pilot's: the Secret of that name in
+//!   the rule's namespace ([`super::secrets`]) is sent inline (`xds::ClientTls::credential`),
+//!   only in a rule with a `workloadSelector` (Istio reads it for sidecars only then; such a
+//!   rule reaches only the proxies of its namespace it selects). Without a selector, or without
+//!   a usable Secret, the level keeps `credentialName` and no credential: the proxy fails its
+//!   connections (503 `UF`), never sends plaintext, and a warning says why.
 
 use std::collections::BTreeMap;
 
@@ -33,15 +37,17 @@ use api::objects::IstioConfig;
 
 use super::config::resolve_host;
 use super::routes::millis;
+use super::secrets::Secrets;
 use super::service_hostname;
 use super::{ExportTo, Scoped};
 
 /// The DestinationRules of `rules` merged as pilot merges them, then translated, one
-/// [`xds::TrafficPolicy`] per host they name. `warn` gets the display name of an object and a
-/// message.
+/// [`xds::TrafficPolicy`] per host they name, with the credentials of the `secrets` they name.
+/// `warn` gets the display name of an object and a message.
 pub(crate) fn destination_rules(
     rules: &[&IstioConfig<DestinationRule>],
     known: &[&str],
+    secrets: &Secrets<'_>,
     warn: &mut impl FnMut(String, String),
 ) -> Vec<Scoped<xds::TrafficPolicy>> {
     let mut sorted: Vec<_> = rules.to_vec();
@@ -64,7 +70,7 @@ pub(crate) fn destination_rules(
         .iter()
         .flat_map(|m| {
             let mut w = |message: String| warn(display(m.first), message);
-            translate(m.first, &m.spec, known, &mut w)
+            translate(m.first, &m.spec, known, secrets, &mut w)
         })
         .collect()
 }
@@ -149,6 +155,7 @@ fn translate(
     dr: &IstioConfig<DestinationRule>,
     spec: &DestinationRule,
     known: &[&str],
+    secrets: &Secrets<'_>,
     w: &mut impl FnMut(String),
 ) -> Vec<Scoped<xds::TrafficPolicy>> {
     let ns = &dr.metadata.namespace;
@@ -184,6 +191,15 @@ fn translate(
         .workload_selector
         .as_ref()
         .map(|s| s.match_labels.clone());
+    let mut template = xds::TrafficPolicy {
+        name: String::new(),
+        host: String::new(),
+        policy,
+        subsets,
+    };
+    if !hosts.is_empty() {
+        resolve_credentials(&mut template, ns, workload_selector.is_some(), secrets, w);
+    }
     hosts
         .into_iter()
         .map(|host| Scoped {
@@ -198,11 +214,54 @@ fn translate(
                     name.clone()
                 },
                 host,
-                policy: policy.clone(),
-                subsets: subsets.clone(),
+                ..template.clone()
             },
         })
         .collect()
+}
+
+/// Fills in, at every level of `tp` whose TLS names a `credentialName`, the credential of that
+/// Secret in `ns`, when the rule `selects` workloads (see the module). Where it cannot, the
+/// level keeps `credentialName` without a credential, which the proxy fails closed.
+fn resolve_credentials(
+    tp: &mut xds::TrafficPolicy,
+    ns: &str,
+    selects: bool,
+    secrets: &Secrets<'_>,
+    w: &mut impl FnMut(String),
+) {
+    for t in tp.tls_settings_mut() {
+        let Some(name) = t.credential_name.clone() else {
+            continue;
+        };
+        t.credential_name = Some(format!("{ns}/{name}"));
+        let fails = "connections with these TLS settings fail (503 UF), never in plaintext";
+        if !selects {
+            w(format!(
+                "tls.credentialName: {name}: Istio reads a DestinationRule's Secret for \
+                 sidecars only when the rule has a workloadSelector; {fails}"
+            ));
+            continue;
+        }
+        let mutual = t.mode == xds::ClientTlsMode::Mutual;
+        let read = secrets.read(ns, &name, true).and_then(|pems| {
+            if mutual && (pems.cert_chain.is_none() || pems.private_key.is_none()) {
+                return Err("MUTUAL needs tls.crt and tls.key (or cert and key)".to_string());
+            }
+            Ok(xds::ClientCredential {
+                source: format!("Secret {ns}/{name}"),
+                cert_chain: pems.cert_chain.filter(|_| mutual),
+                private_key: pems.private_key.filter(|_| mutual),
+                ca_certificates: pems.ca_certificates,
+            })
+        });
+        match read {
+            Ok(c) => t.credential = Some(c),
+            Err(why) => w(format!(
+                "tls.credentialName: {name}: {why} in namespace {ns}; {fails}"
+            )),
+        }
+    }
 }
 
 /// Separates a rule's name from the host in the names of the policies a wildcard rule gives
@@ -390,12 +449,23 @@ fn client_tls(
         Some(ClientTlsMode::IstioMutual) => xds::ClientTlsMode::IstioMutual,
         Some(ClientTlsMode::Disable) | None => xds::ClientTlsMode::Disable,
     };
-    if mode == xds::ClientTlsMode::Mutual
+    // `credentialName` replaces the files (pilot's): its credential is filled in later
+    // ([`resolve_credentials`]).
+    let credential_name = matches!(
+        mode,
+        xds::ClientTlsMode::Simple | xds::ClientTlsMode::Mutual
+    )
+    .then(|| non_empty(&t.credential_name))
+    .flatten();
+    let files = credential_name.is_none();
+    if files
+        && mode == xds::ClientTlsMode::Mutual
         && (t.client_certificate.is_empty() || t.private_key.is_empty())
     {
+        // Istio's validation rejects this rule.
         w(format!(
-            "{at}.tls: MUTUAL with credentialName only: Ama does not read certificates from \
-             secrets, so this level has no TLS settings (the proxy's default applies)"
+            "{at}.tls: MUTUAL needs clientCertificate and privateKey, or credentialName: this \
+             level has no TLS settings (the proxy's default applies)"
         ));
         return None;
     }
@@ -403,9 +473,11 @@ fn client_tls(
         mode,
         sni: non_empty(&t.sni),
         subject_alt_names: t.subject_alt_names.clone(),
-        ca_certificates: non_empty(&t.ca_certificates),
-        client_certificate: non_empty(&t.client_certificate),
-        private_key: non_empty(&t.private_key),
+        ca_certificates: non_empty(&t.ca_certificates).filter(|_| files),
+        client_certificate: non_empty(&t.client_certificate).filter(|_| files),
+        private_key: non_empty(&t.private_key).filter(|_| files),
         insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false),
+        credential_name,
+        credential: None,
     })
 }
