@@ -84,6 +84,8 @@ struct ProxyEntry {
     router: bool,
     /// Its gateway listeners' view (its own, like the node's; empty for a sidecar).
     gateway_view: Arc<TypeView>,
+    /// The problems of its gateway listeners already logged (each once while it lasts).
+    gateway_problems: BTreeSet<String>,
     /// Its node resource and that resource's view, reused while the node does not change.
     node: NodeRef,
     node_view: Arc<TypeView>,
@@ -182,12 +184,13 @@ impl Published {
         (ns, policies)
     }
 
-    /// The snapshot of the proxy `key` (its node resource and view in `node`, updated).
+    /// The snapshot of the proxy `key` (its node resource and view in `node`, updated; for a
+    /// router, its gateway view and the gateway problems logged so far too).
     fn snapshot(
         &mut self,
         key: &ProxyKey,
         node: &mut (NodeRef, Arc<TypeView>),
-        gateway: (bool, &mut Arc<TypeView>),
+        gateway: (bool, &mut Arc<TypeView>, &mut BTreeSet<String>),
         previous: &PreviousViews,
     ) -> Snapshot {
         let model = Arc::clone(&self.model);
@@ -199,9 +202,15 @@ impl Published {
             node.0 = current;
         }
         // A sidecar's stays the empty view it was given, so that pushes do not wake it.
-        let (router, view) = gateway;
+        let (router, view, reported) = gateway;
         if router {
-            let listeners = crate::translate::gateway_listeners(&model, key, me);
+            let mut problems = BTreeSet::new();
+            let listeners = crate::translate::gateway_listeners(&model, key, me, &mut problems);
+            // Each distinct problem once, not on every push; again if it goes and comes back.
+            for p in problems.difference(reported) {
+                tracing::warn!(pod = %key.pod_name, namespace = %key.namespace, "{p}");
+            }
+            *reported = problems;
             *view = gateway_view(&listeners, Some(view));
         }
         let gateway_view = Arc::clone(view);
@@ -474,7 +483,7 @@ impl Pusher {
             let mut proxies = self.proxies.lock().unwrap_or_else(PoisonError::into_inner);
             for e in proxies.values_mut() {
                 let mut node = (e.node.clone(), Arc::clone(&e.node_view));
-                let gateway = (e.router, &mut e.gateway_view);
+                let gateway = (e.router, &mut e.gateway_view, &mut e.gateway_problems);
                 let snap = published.snapshot(&e.key, &mut node, gateway, &previous_views);
                 (e.node, e.node_view) = node;
                 let modified = e.tx.send_if_modified(|current| {
@@ -558,7 +567,8 @@ impl Pusher {
         let mut node = (NodeRef::default(), Arc::new(TypeView::default()));
         let router = crate::translate::is_router(&id);
         let mut gateway_view = Arc::new(TypeView::default());
-        let gateway = (router, &mut gateway_view);
+        let mut gateway_problems = BTreeSet::new();
+        let gateway = (router, &mut gateway_view, &mut gateway_problems);
         let snap = published.snapshot(&key, &mut node, gateway, &PreviousViews::default());
         let (tx, rx) = watch::channel(snap);
         proxies.insert(
@@ -567,6 +577,7 @@ impl Pusher {
                 key,
                 router,
                 gateway_view,
+                gateway_problems,
                 node: node.0,
                 node_view: node.1,
                 tx,

@@ -220,18 +220,21 @@ pub fn is_router(id: &ProxyId) -> bool {
 pub fn router_resources(model: &Model, proxy: &ProxyKey) -> ProxyResources {
     let me = find_workload(model, proxy);
     ProxyResources {
-        gateway_listeners: gateway_listeners(model, proxy, me),
+        // A one-off translation: its problems are for the push to log.
+        gateway_listeners: gateway_listeners(model, proxy, me, &mut Default::default()),
         ..proxy_resources(model, proxy)
     }
 }
 
 /// The listeners of the gateway proxy `proxy`, whose workload is `me`: the servers of every
 /// Gateway whose selector its pod's labels match, in any namespace, with the credentials of
-/// the Secrets of its own namespace. A proxy whose workload is unknown has none.
+/// the Secrets of its own namespace. A proxy whose workload is unknown has none. A server left
+/// out (it cannot share its port) is a line in `problems`, for the caller to log once.
 pub fn gateway_listeners(
     model: &Model,
     proxy: &ProxyKey,
     me: Option<&xds::Workload>,
+    problems: &mut std::collections::BTreeSet<String>,
 ) -> Vec<xds::GatewayListener> {
     let Some(me) = me else {
         return Vec::new();
@@ -241,14 +244,11 @@ pub fn gateway_listeners(
         &proxy.namespace,
         &me.labels,
         &mut |server, port| {
-            tracing::warn!(
-                gateway = %server.gateway,
-                server = server.index,
-                port,
-                pod = %proxy.pod_name,
-                namespace = %proxy.namespace,
-                "server cannot share its port with the servers already there (TLS and plain HTTP, or passthrough and terminated); not served"
-            );
+            problems.insert(format!(
+                "Gateway {} server {} port {port}: cannot share its port with the servers \
+                 already there (TLS and plain HTTP, or passthrough and terminated); not served",
+                server.gateway, server.index
+            ));
         },
     );
     // As pilot's MergeGateways: a server port that is a port of a Service in front of the pod is

@@ -222,15 +222,18 @@ impl Origination {
         let sni = sni_text
             .as_deref()
             .and_then(|s| ServerName::try_from(s.to_string()).ok());
-        let config = client_config(tls, http2).map_err(|e| {
-            tracing::warn!(host, error = %e, "TLS origination config unusable; its connections will fail");
-            Arc::from(e.to_string())
-        });
+        // Logged once by the store while snapshots keep it (`Snapshot::problems`).
+        let config = client_config(tls, http2).map_err(|e| Arc::from(e.to_string()));
         Arc::new(Origination {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             sni,
             config,
         })
+    }
+
+    /// Why every connection of the cluster fails, when its config could not be built.
+    pub fn error(&self) -> Option<&str> {
+        self.config.as_ref().err().map(|e| &**e)
     }
 
     /// Runs the client handshake over `io` to the endpoint at `ip`.
