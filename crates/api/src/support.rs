@@ -609,8 +609,9 @@ fn credential_names(v: &Value, at: &str, fail_closed: &mut Problems) {
                         fail_closed.add(
                             &path,
                             "read for sidecars only in a DestinationRule with a \
-                             workloadSelector (as Istio); without one, connections with these \
-                             TLS settings fail (503 UF), never in plaintext",
+                             workloadSelector (as Istio; Ama does not send it to gateways); \
+                             without one, connections with these TLS settings fail (503 UF), \
+                             never in plaintext",
                         );
                     }
                 } else {
@@ -1167,8 +1168,9 @@ spec:
             printed(&rule("")),
             ["error: x.yaml:doc 1: DestinationRule default/nginx: \
               spec.trafficPolicy.portLevelSettings[0].tls.credentialName: read for sidecars only \
-              in a DestinationRule with a workloadSelector (as Istio); without one, connections \
-              with these TLS settings fail (503 UF), never in plaintext"]
+              in a DestinationRule with a workloadSelector (as Istio; Ama does not send it to \
+              gateways); without one, connections with these TLS settings fail (503 UF), never \
+              in plaintext"]
         );
         assert_eq!(
             printed(&rule("workloadSelector: {matchLabels: {app: sleep}}")),

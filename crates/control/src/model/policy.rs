@@ -239,7 +239,8 @@ fn resolve_credentials(
         if !selects {
             w(format!(
                 "tls.credentialName: {name}: Istio reads a DestinationRule's Secret for \
-                 sidecars only when the rule has a workloadSelector; {fails}"
+                 sidecars only when the rule has a workloadSelector (and Ama does not send it \
+                 to gateways); {fails}"
             ));
             continue;
         }
