@@ -58,7 +58,7 @@
 //!   `accessLogFile`, `accessLogEncoding`, `enableAutoMtls: true`, `outboundTrafficPolicy.mode`
 //!   and `defaultConfig.{discoveryAddress, statusPort, interceptionMode, proxyMetadata,
 //!   concurrency}`.
-//! - Secrets: read for the Gateways' `credentialName`.
+//! - Secrets: read for the `credentialName` of Gateways and of DestinationRules.
 //! - Kinds Ama does not read at all (Telemetry, EnvoyFilter, …): one finding each, except
 //!   ServiceAccount (its name, the pods' identity, needs no object).
 //!

@@ -726,23 +726,40 @@ fn quoted(s: &str) -> String {
     serde_json::to_string(s).expect("json string")
 }
 
+/// DestinationRule TLS with `credentialName` and its credential inline, as discovery sends it.
+fn inline_credential(cert: &str, key: &str, ca: &str) -> String {
+    format!(
+        "{{mode: MUTUAL, credentialName: default/client-credential, credential: \
+         {{source: Secret default/client-credential, certChain: {}, privateKey: {}, \
+         caCertificates: {}}}}}",
+        quoted(cert),
+        quoted(key),
+        quoted(ca)
+    )
+}
+
 #[tokio::test]
 async fn tls_origination_mutual_with_an_inline_credential_from_a_secret() {
     let (cert, key, client_ca) = client_pki();
     let (server, server_ca) = tls_server_with(&["api.external.test"], Some(client_ca)).await;
+    // First a client certificate the server's CA did not sign: refused, 503 UF.
+    let (other_cert, other_key, _) = client_pki();
     let sidecar = Sidecar::builder(&origination_yaml(
         server,
-        &format!(
-            "{{mode: MUTUAL, credentialName: default/client-credential, credential: \
-             {{source: Secret default/client-credential, certChain: {}, privateKey: {}, \
-             caCertificates: {}}}}}",
-            quoted(&cert),
-            quoted(&key),
-            quoted(&server_ca)
-        ),
+        &inline_credential(&other_cert, &other_key, &server_ca),
     ))
     .start()
     .await;
+    let (resp, _) = sidecar.get(external(80), "api.external.test", "/get").await;
+    assert_eq!(resp.status(), 503);
+
+    // The Secret changes: the next connection presents the new certificate, no restart.
+    let rotated = xds::ProxyResources::parse(&origination_yaml(
+        server,
+        &inline_credential(&cert, &key, &server_ca),
+    ))
+    .expect("resources");
+    sidecar.inputs.store.apply(rotated).expect("apply");
     let (resp, body) = sidecar.get(external(80), "api.external.test", "/get").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(body, "tls sni=api.external.test client=yes");
