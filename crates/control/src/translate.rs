@@ -12,7 +12,8 @@
 //!   proxy's namespace, else the one of the host's namespace, else the one of the root
 //!   namespace (a rule in any other namespace never applies); at each step a rule naming the
 //!   host wins over one whose wildcard covers it, then the first by name. A DestinationRule with
-//!   a `workloadSelector` applies only to the proxies it selects;
+//!   a `workloadSelector` applies only to the proxies of its own namespace it selects (so the
+//!   Secret its `credentialName` names, sent inline, reaches only them);
 //! - the Authorizations of its namespace and of the root namespace (no other can apply to it).
 //!
 //! Apart from `self`, what a proxy receives depends only on its namespace and on which
