@@ -19,7 +19,8 @@
 //!   `httpCookie.attributes`, `tls.caCrl`, and the deprecated
 //!   `outlierDetection.consecutiveErrors` (which Istio ignores too). `tls.credentialName` is
 //!   read for sidecars only in a rule with a `workloadSelector` (as Istio): in a rule without
-//!   one it is a fail-closed finding (its connections fail, never in plaintext).
+//!   one it is a fail-closed finding (a sidecar's connections fail, never in plaintext; gateway
+//!   proxies read the Secret in their own namespace).
 //! - PeerAuthentication: all of it.
 //! - AuthorizationPolicy: all of it (selector, namespace- and mesh-wide policies, `targetRef(s)`
 //!   to a Service, ALLOW, DENY and AUDIT, every field of `from`, `to` and `when`, the
@@ -609,9 +610,9 @@ fn credential_names(v: &Value, at: &str, fail_closed: &mut Problems) {
                         fail_closed.add(
                             &path,
                             "read for sidecars only in a DestinationRule with a \
-                             workloadSelector (as Istio; Ama does not send it to gateways); \
-                             without one, connections with these TLS settings fail (503 UF), \
-                             never in plaintext",
+                             workloadSelector (as Istio); without one, a sidecar's connections \
+                             with these TLS settings fail (503 UF), never in plaintext \
+                             (gateway proxies read the Secret in their own namespace)",
                         );
                     }
                 } else {
@@ -1168,9 +1169,9 @@ spec:
             printed(&rule("")),
             ["error: x.yaml:doc 1: DestinationRule default/nginx: \
               spec.trafficPolicy.portLevelSettings[0].tls.credentialName: read for sidecars only \
-              in a DestinationRule with a workloadSelector (as Istio; Ama does not send it to \
-              gateways); without one, connections with these TLS settings fail (503 UF), never \
-              in plaintext"]
+              in a DestinationRule with a workloadSelector (as Istio); without one, a sidecar's \
+              connections with these TLS settings fail (503 UF), never in plaintext (gateway \
+              proxies read the Secret in their own namespace)"]
         );
         assert_eq!(
             printed(&rule("workloadSelector: {matchLabels: {app: sleep}}")),

@@ -216,14 +216,23 @@ pub fn is_router(id: &ProxyId) -> bool {
 }
 
 /// The resources of the gateway proxy `proxy`: a sidecar's (the services, policies and
-/// workloads exported to its namespace, which it routes to) and the listeners of the Gateways
-/// that select its pod.
+/// workloads exported to its namespace, which it routes to), with the credentials of its
+/// namespace's Secrets that DestinationRules without selector name, and the listeners of the
+/// Gateways that select its pod.
 pub fn router_resources(model: &Model, proxy: &ProxyKey) -> ProxyResources {
     let me = find_workload(model, proxy);
+    let mut resources = proxy_resources(model, proxy);
+    for tp in &mut resources.traffic_policies {
+        crate::model::policy::fill_gateway_credentials(
+            tp,
+            &proxy.namespace,
+            &model.gateways.client_credentials,
+        );
+    }
     ProxyResources {
         // A one-off translation: its problems are for the push to log.
         gateway_listeners: gateway_listeners(model, proxy, me, &mut Default::default()),
-        ..proxy_resources(model, proxy)
+        ..resources
     }
 }
 

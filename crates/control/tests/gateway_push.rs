@@ -300,3 +300,71 @@ fn a_destination_rule_secret_reaches_only_the_selected_sidecar_and_follows_chang
     assert!(key.is_some_and(|k| k.contains("SECONDKEY")));
     assert_eq!(key_of(&traffic_policies(&httpbin.borrow())), None);
 }
+
+#[test]
+fn an_egress_gateway_takes_the_secret_of_its_namespace_and_its_neighbours_do_not() {
+    let (store, _changes) = ConfigStore::new();
+    let pusher = Pusher::new(
+        Arc::clone(&store),
+        PushOptions::default(),
+        &mut Registry::default(),
+    );
+    // The rule and the Secret in istio-system, no selector: Istio's egress gateway task.
+    let yaml = |key: &str| {
+        origination(key)
+            .replace("namespace: default}}", "namespace: istio-system}}")
+            .replace("namespace: default}", "namespace: istio-system}")
+            .replace("  workloadSelector: {matchLabels: {app: sleep}}\n", "")
+            + r#"---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: istio-egressgateway-1
+  namespace: istio-system
+  labels: {istio: egressgateway}
+  annotations: {local.ama.dev/address: "10.244.0.10"}
+spec:
+  containers: [{name: istio-proxy, image: proxy}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: tool-1
+  namespace: istio-system
+  labels: {app: tool}
+  annotations: {local.ama.dev/address: "10.244.0.11"}
+spec:
+  containers: [{name: app, image: app}]
+"#
+    };
+    set(&store, &yaml("FIRSTKEY"));
+    pusher.push(None, 1);
+    let mut egress = pusher
+        .watch_proxy(
+            "router~10.244.0.10~istio-egressgateway-1.istio-system~istio-system.svc.cluster.local",
+        )
+        .expect("egress");
+    let tool = pusher
+        .watch_proxy("sidecar~10.244.0.11~tool-1.istio-system~istio-system.svc.cluster.local")
+        .expect("tool");
+    let key = key_of(&traffic_policies(&egress.borrow_and_update()));
+    assert!(
+        key.is_some_and(|k| k.contains("FIRSTKEY")),
+        "the egress gateway's"
+    );
+    let theirs = traffic_policies(&tool.borrow());
+    assert!(
+        theirs
+            .iter()
+            .any(|p| p.host == "my-nginx.mesh-external.svc.cluster.local"),
+        "{theirs:?}"
+    );
+    assert_eq!(key_of(&theirs), None, "a sidecar beside it has no key");
+
+    set(&store, &yaml("SECONDKEY"));
+    pusher.push(None, 1);
+    assert!(egress.has_changed().expect("open"));
+    let key = key_of(&traffic_policies(&egress.borrow_and_update()));
+    assert!(key.is_some_and(|k| k.contains("SECONDKEY")));
+    assert_eq!(key_of(&traffic_policies(&tool.borrow())), None);
+}

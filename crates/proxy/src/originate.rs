@@ -21,8 +21,8 @@
 //! With `credentialName` (a Secret), the control plane sends the Secret's PEM inline
 //! (`xds::ClientTls::credential`: the client certificate and key for `MUTUAL`, the CA that
 //! verifies the server, else the system roots) and the files are not used. A
-//! `credentialName` without a credential (the rule has no `workloadSelector`, or its Secret is
-//! missing) fails the cluster's connections: nothing goes out in plaintext.
+//! `credentialName` without a credential (a sidecar's rule without `workloadSelector`, a
+//! missing Secret) fails the cluster's connections: nothing goes out in plaintext.
 
 use std::io;
 use std::net::IpAddr;
@@ -98,8 +98,8 @@ enum ConfigError {
     #[error("MUTUAL needs clientCertificate and privateKey")]
     NoClientCertificate,
     #[error(
-        "credentialName {0}: no credential from the control plane (the DestinationRule needs a \
-         workloadSelector, and the Secret must be in its namespace)"
+        "credentialName {0}: no credential from the control plane (a sidecar's DestinationRule \
+         needs a workloadSelector; the Secret must be in the rule's namespace, or a gateway's)"
     )]
     NoCredential(String),
     #[error("credentialName {name}: {field}: no PEM {what} in the Secret")]

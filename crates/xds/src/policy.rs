@@ -226,14 +226,15 @@ pub struct ClientTls {
     /// Skip verifying the server.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure_skip_verify: bool,
-    /// The Secret a DestinationRule's `credentialName` names (`namespace/name`), for messages.
+    /// The Secret a DestinationRule's `credentialName` names, as `<rule's namespace>/<name>`.
     /// When set, the certificates come from `credential` only (the file fields are unset), and
     /// a missing `credential` fails every connection of the cluster: the control plane could
     /// not (or may not) send it, and nothing goes out in plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_name: Option<String>,
     /// The certificates of the Secret `credential_name`, inline, sent only to the proxies the
-    /// DestinationRule's `workloadSelector` selects.
+    /// DestinationRule's `workloadSelector` selects (or, for a rule without selector, to the
+    /// gateway proxies of a namespace that has the Secret, from theirs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<ClientCredential>,
 }

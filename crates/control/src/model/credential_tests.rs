@@ -260,3 +260,73 @@ fn simple_with_credential_name_takes_only_the_ca() {
     assert_eq!((c.cert_chain, c.private_key), (None, None));
     assert!(c.ca_certificates.is_some_and(|p| p.contains("CA")));
 }
+
+/// Istio's "Egress Gateways with TLS Origination" (mutual TLS at the egress gateway): the rule
+/// in istio-system without selector, the Secret beside the egress gateway.
+const EGRESS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: istio-egressgateway-1
+  namespace: istio-system
+  labels: {istio: egressgateway}
+  annotations: {local.ama.dev/address: "10.244.0.10"}
+spec:
+  containers: [{name: istio-proxy, image: proxy}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: tool
+  namespace: istio-system
+  labels: {app: tool}
+  annotations: {local.ama.dev/address: "10.244.0.11"}
+spec:
+  containers: [{name: app, image: app}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: client-credential, namespace: istio-system}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: "-----BEGIN CERTIFICATE-----\nCLIENT\n-----END CERTIFICATE-----\n"
+  tls.key: "-----BEGIN PRIVATE KEY-----\nGATEWAYKEY\n-----END PRIVATE KEY-----\n"
+"#;
+
+#[test]
+fn a_gateway_proxy_reads_the_secret_of_its_namespace_for_a_rule_without_selector() {
+    let m = model(&format!(
+        "{MESH}---{EGRESS}---{}",
+        rule(false, "istio-system")
+    ));
+    let egress = proxy("istio-system", "istio-egressgateway-1", "10.244.0.10");
+    let res = crate::translate::router_resources(&m, &egress);
+    let tls = res
+        .traffic_policies
+        .iter()
+        .find(|p| p.host == HOST)
+        .and_then(|p| p.effective(443, None).tls)
+        .expect("TLS");
+    let c = tls.credential.expect("the gateway's credential");
+    assert_eq!(c.source, "Secret istio-system/client-credential");
+    assert!(c.private_key.is_some_and(|k| k.contains("GATEWAYKEY")));
+    // A sidecar of the same namespace, and the model's and resources' Debug, never have it.
+    let tool = tls_of(&m, &proxy("istio-system", "tool", "10.244.0.11")).expect("TLS kept");
+    assert_eq!(tool.credential, None, "sidecars fail closed");
+    assert!(!format!("{m:?}").contains("GATEWAYKEY"));
+    assert!(!format!("{res:?}").contains("GATEWAYKEY"));
+    // A gateway proxy of a namespace without that Secret fails closed too.
+    let m = model(&format!(
+        "{MESH}---{}---{}",
+        EGRESS.replace("namespace: istio-system}", "namespace: elsewhere}"),
+        rule(false, "istio-system")
+    ));
+    let res = crate::translate::router_resources(&m, &egress);
+    let tls = res
+        .traffic_policies
+        .iter()
+        .find(|p| p.host == HOST)
+        .and_then(|p| p.effective(443, None).tls)
+        .expect("TLS");
+    assert_eq!(tls.credential, None);
+}

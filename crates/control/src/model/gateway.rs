@@ -71,6 +71,10 @@ pub struct GatewaysOut {
     /// The credentials of the Secrets that Gateways name, by namespace and Secret name
     /// (`<name>-cacert` Secrets folded into the one they complete).
     pub credentials: Credentials,
+    /// The Secrets that DestinationRules without `workloadSelector` name by `credentialName`,
+    /// by namespace and Secret name, in every namespace that has one: gateway proxies read
+    /// them in their own namespace, as pilot's (sidecars never receive them).
+    pub client_credentials: BTreeMap<(String, String), xds::ClientCredential>,
 }
 
 /// Translates every Gateway and the VirtualServices bound to it. `workloads` tells in which

@@ -239,7 +239,9 @@ impl Model {
             .iter()
             .map(|s| s.resource.hostname.as_str())
             .collect();
-        let gateways = gateway::build(&objects, &known, &workloads, &mut warnings);
+        let mut gateways = gateway::build(&objects, &known, &workloads, &mut warnings);
+        gateways.client_credentials =
+            policy::gateway_credentials(&config.traffic_policies, &secrets::Secrets::new(&objects));
         services::plaintext_where_mtls_is_disabled(
             &mut services,
             &workloads,

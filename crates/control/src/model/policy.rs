@@ -24,7 +24,10 @@
 //!   only in a rule with a `workloadSelector` (Istio reads it for sidecars only then; such a
 //!   rule reaches only the proxies of its namespace it selects). Without a selector, or without
 //!   a usable Secret, the level keeps `credentialName` and no credential: the proxy fails its
-//!   connections (503 `UF`), never sends plaintext, and a warning says why.
+//!   connections (503 `UF`), never sends plaintext, and a warning says why. A gateway proxy
+//!   (Istio's egress gateway) takes the Secret of its own namespace for a rule without
+//!   selector, as pilot's ([`gateway_credentials`], [`fill_gateway_credentials`]; its own
+//!   view in the push).
 
 use std::collections::BTreeMap;
 
@@ -220,6 +223,81 @@ fn translate(
         .collect()
 }
 
+/// The credentials of the Secrets that the rules without `workloadSelector` among `policies`
+/// name, in every namespace that has one, for gateway proxies ([`fill_gateway_credentials`]).
+pub(crate) fn gateway_credentials(
+    policies: &[Scoped<xds::TrafficPolicy>],
+    secrets: &Secrets<'_>,
+) -> BTreeMap<(String, String), xds::ClientCredential> {
+    let mut names = std::collections::BTreeSet::new();
+    for p in policies.iter().filter(|p| p.workload_selector.is_none()) {
+        let mut tp = p.resource.clone();
+        for t in tp.tls_settings_mut() {
+            if let Some(name) = t.credential_name.as_deref().and_then(secret_name) {
+                names.insert(name.to_string());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for name in &names {
+        for ns in secrets.namespaces_with(name) {
+            // A Secret without what a mode needs is caught where it is used.
+            if let Ok(pems) = secrets.read(ns, name, true) {
+                out.insert(
+                    (ns.to_string(), name.clone()),
+                    xds::ClientCredential {
+                        source: format!("Secret {ns}/{name}"),
+                        cert_chain: pems.cert_chain,
+                        private_key: pems.private_key,
+                        ca_certificates: pems.ca_certificates,
+                    },
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The Secret's name in a `credential_name` (`namespace/name`).
+fn secret_name(credential_name: &str) -> Option<&str> {
+    credential_name.split_once('/').map(|(_, n)| n)
+}
+
+/// Fills in the credentials that a gateway proxy in `ns` takes for `tp` (a rule without
+/// `workloadSelector` naming a Secret of `ns`: pilot reads it there for gateways), from
+/// `credentials` ([`gateway_credentials`]). What stays without one fails closed. Whether any
+/// was filled in.
+pub fn fill_gateway_credentials(
+    tp: &mut xds::TrafficPolicy,
+    ns: &str,
+    credentials: &BTreeMap<(String, String), xds::ClientCredential>,
+) -> bool {
+    let mut filled = false;
+    for t in tp.tls_settings_mut() {
+        if t.credential.is_some() {
+            continue;
+        }
+        let Some(name) = t.credential_name.as_deref().and_then(secret_name) else {
+            continue;
+        };
+        let Some(c) = credentials.get(&(ns.to_string(), name.to_string())) else {
+            continue;
+        };
+        let mutual = t.mode == xds::ClientTlsMode::Mutual;
+        if mutual && (c.cert_chain.is_none() || c.private_key.is_none()) {
+            continue;
+        }
+        t.credential = Some(xds::ClientCredential {
+            source: c.source.clone(),
+            cert_chain: c.cert_chain.clone().filter(|_| mutual),
+            private_key: c.private_key.clone().filter(|_| mutual),
+            ca_certificates: c.ca_certificates.clone(),
+        });
+        filled = true;
+    }
+    filled
+}
+
 /// Fills in, at every level of `tp` whose TLS names a `credentialName`, the credential of that
 /// Secret in `ns`, when the rule `selects` workloads (see the module). Where it cannot, the
 /// level keeps `credentialName` without a credential, which the proxy fails closed.
@@ -239,8 +317,8 @@ fn resolve_credentials(
         if !selects {
             w(format!(
                 "tls.credentialName: {name}: Istio reads a DestinationRule's Secret for \
-                 sidecars only when the rule has a workloadSelector (and Ama does not send it \
-                 to gateways); {fails}"
+                 sidecars only when the rule has a workloadSelector: on sidecars, {fails} \
+                 (gateway proxies read it in their own namespace)"
             ));
             continue;
         }

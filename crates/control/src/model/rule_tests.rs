@@ -971,9 +971,9 @@ spec:
             .collect::<Vec<_>>(),
         [
             "DestinationRule default/reviews: tls.credentialName: reviews-client: Istio reads a \
-             DestinationRule's Secret for sidecars only when the rule has a workloadSelector \
-             (and Ama does not send it to gateways); connections with these TLS settings fail \
-             (503 UF), never in plaintext"
+             DestinationRule's Secret for sidecars only when the rule has a workloadSelector: \
+             on sidecars, connections with these TLS settings fail (503 UF), never in plaintext \
+             (gateway proxies read it in their own namespace)"
         ]
     );
 }
