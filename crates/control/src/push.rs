@@ -215,14 +215,15 @@ impl Published {
         if router {
             // A gateway proxy takes the Secrets of its namespace that DestinationRules without
             // selector name: its own view then, never the shared one.
-            let mut tps = shared_resources(&model, &vk).traffic_policies;
+            let creds = &model.gateways.client_credentials;
+            let mut tps = if creds.keys().any(|(ns, _)| *ns == key.namespace) {
+                shared_resources(&model, &vk).traffic_policies
+            } else {
+                Vec::new()
+            };
             let mut filled = false;
             for tp in &mut tps {
-                filled |= crate::model::policy::fill_gateway_credentials(
-                    tp,
-                    &key.namespace,
-                    &model.gateways.client_credentials,
-                );
+                filled |= crate::model::policy::fill_gateway_credentials(tp, &key.namespace, creds);
             }
             *own_policies = filled.then(|| {
                 own_view(
