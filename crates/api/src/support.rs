@@ -16,8 +16,11 @@
 //!   origination with `SIMPLE` and `MUTUAL`), `workloadSelector`,
 //!   `exportTo`), except `localityLbSetting` (no localities), `warmup`/`warmupDurationSecs`,
 //!   `tunnel`, `proxyProtocol`, `connectionPool.http.maxConcurrentStreams`,
-//!   `httpCookie.attributes`, `tls.credentialName` (gateways only, in Istio), `tls.caCrl`, and
-//!   the deprecated `outlierDetection.consecutiveErrors` (which Istio ignores too).
+//!   `httpCookie.attributes`, `tls.caCrl`, and the deprecated
+//!   `outlierDetection.consecutiveErrors` (which Istio ignores too). `tls.credentialName` is
+//!   read for sidecars only in a rule with a `workloadSelector` (as Istio): in a rule without
+//!   one it is a fail-closed finding (a sidecar's connections fail, never in plaintext; gateway
+//!   proxies read the Secret in their own namespace).
 //! - PeerAuthentication: all of it.
 //! - AuthorizationPolicy: all of it (selector, namespace- and mesh-wide policies, `targetRef(s)`
 //!   to a Service, ALLOW, DENY and AUDIT, every field of `from`, `to` and `when`, the
@@ -56,7 +59,7 @@
 //!   `accessLogFile`, `accessLogEncoding`, `enableAutoMtls: true`, `outboundTrafficPolicy.mode`
 //!   and `defaultConfig.{discoveryAddress, statusPort, interceptionMode, proxyMetadata,
 //!   concurrency}`.
-//! - Secrets: read for the Gateways' `credentialName`.
+//! - Secrets: read for the `credentialName` of Gateways and of DestinationRules.
 //! - Kinds Ama does not read at all (Telemetry, EnvoyFilter, …): one finding each, except
 //!   ServiceAccount (its name, the pods' identity, needs no object).
 //!
@@ -551,7 +554,8 @@ const CLIENT_TLS: Node = Fields(
         ("clientCertificate", Done),
         ("privateKey", Done),
         ("insecureSkipVerify", Done),
-        ("credentialName", Node::Value(credential_name)),
+        // Without a workloadSelector: [`credential_names`].
+        ("credentialName", Done),
     ],
     IGNORED,
 );
@@ -594,12 +598,35 @@ fn consecutive_errors(_: &Value) -> Option<String> {
     )
 }
 
-fn credential_name(_: &Value) -> Option<String> {
-    Some(
-        "not supported on sidecars (Istio reads it only on gateways; the proxy reads no \
-         secrets); ignored: the files given, if any, are used"
-            .into(),
-    )
+/// The `tls.credentialName`s of a DestinationRule without `workloadSelector`: Istio reads a
+/// rule's Secret for sidecars only with one, and the proxy fails those connections.
+fn credential_names(v: &Value, at: &str, fail_closed: &mut Problems) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                let path = join(at, k);
+                if k == "credentialName" && at.ends_with(".tls") {
+                    if v.as_str().is_some_and(|n| !n.is_empty()) {
+                        fail_closed.add(
+                            &path,
+                            "read for sidecars only in a DestinationRule with a \
+                             workloadSelector (as Istio); without one, a sidecar's connections \
+                             with these TLS settings fail (503 UF), never in plaintext \
+                             (gateway proxies read the Secret in their own namespace)",
+                        );
+                    }
+                } else {
+                    credential_names(v, &path, fail_closed);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                credential_names(v, &format!("{at}[{i}]"), fail_closed);
+            }
+        }
+        _ => {}
+    }
 }
 
 fn auto_mtls(v: &Value) -> Option<String> {
@@ -653,7 +680,12 @@ pub fn not_implemented(object: &Object, value: &Value) -> Vec<(Severity, Problem
     let spec = value.get("spec").unwrap_or(&Value::Null);
     match object {
         Object::VirtualService(_) => walk(spec, &VIRTUAL_SERVICE, "spec", &mut p),
-        Object::DestinationRule(_) => walk(spec, &DESTINATION_RULE, "spec", &mut p),
+        Object::DestinationRule(dr) => {
+            walk(spec, &DESTINATION_RULE, "spec", &mut p);
+            if dr.spec.workload_selector.is_none() {
+                credential_names(spec, "spec", &mut fail_closed);
+            }
+        }
         Object::PeerAuthentication(_) => {}
         Object::AuthorizationPolicy(ap) => authorization_policy(ap, &mut p, &mut fail_closed),
         Object::RequestAuthentication(ra) => {
@@ -1117,6 +1149,37 @@ spec:
     }
 
     #[test]
+    fn destination_rule_credential_name_needs_a_workload_selector() {
+        let rule = |selector: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: nginx}}
+spec:
+  {selector}
+  host: my-nginx.mesh-external.svc.cluster.local
+  trafficPolicy:
+    portLevelSettings:
+    - port: {{number: 443}}
+      tls: {{mode: MUTUAL, credentialName: client-credential}}
+"
+            )
+        };
+        assert_eq!(
+            printed(&rule("")),
+            ["error: x.yaml:doc 1: DestinationRule default/nginx: \
+              spec.trafficPolicy.portLevelSettings[0].tls.credentialName: read for sidecars only \
+              in a DestinationRule with a workloadSelector (as Istio); without one, a sidecar's \
+              connections with these TLS settings fail (503 UF), never in plaintext (gateway \
+              proxies read the Secret in their own namespace)"]
+        );
+        assert_eq!(
+            printed(&rule("workloadSelector: {matchLabels: {app: sleep}}")),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
     fn destination_rule_and_whole_kinds() {
         let w = warnings(
             "apiVersion: networking.istio.io/v1
@@ -1165,7 +1228,6 @@ spec: {}
             w,
             [
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.caCrl: not implemented by Ama; ignored",
-                "x.yaml:doc 1: DestinationRule default/reviews: spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.credentialName: not supported on sidecars (Istio reads it only on gateways; the proxy reads no secrets); ignored: the files given, if any, are used",
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.connectionPool.http.maxConcurrentStreams: not implemented by Ama; ignored",
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.attributes: not implemented by Ama; ignored",
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.loadBalancer.localityLbSetting: not implemented by Ama (its endpoints have no localities); ignored",

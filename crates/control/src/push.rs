@@ -84,6 +84,11 @@ struct ProxyEntry {
     router: bool,
     /// Its gateway listeners' view (its own, like the node's; empty for a sidecar).
     gateway_view: Arc<TypeView>,
+    /// The problems of its gateway listeners already logged (each once while it lasts).
+    gateway_problems: BTreeSet<String>,
+    /// A router's own TrafficPolicy view, when it takes DestinationRule credentials of its
+    /// namespace that the proxies sharing its view must not receive.
+    own_policies: Option<Arc<TypeView>>,
     /// Its node resource and that resource's view, reused while the node does not change.
     node: NodeRef,
     node_view: Arc<TypeView>,
@@ -182,27 +187,64 @@ impl Published {
         (ns, policies)
     }
 
-    /// The snapshot of the proxy `key` (its node resource and view in `node`, updated).
+    /// The snapshot of the proxy `key` (its node resource and view in `node`, updated; for a
+    /// router, its gateway view and the gateway problems logged so far too).
     fn snapshot(
         &mut self,
         key: &ProxyKey,
         node: &mut (NodeRef, Arc<TypeView>),
-        gateway: (bool, &mut Arc<TypeView>),
+        gateway: (
+            bool,
+            &mut Arc<TypeView>,
+            &mut BTreeSet<String>,
+            &mut Option<Arc<TypeView>>,
+        ),
         previous: &PreviousViews,
     ) -> Snapshot {
         let model = Arc::clone(&self.model);
         let me = self.index.find(&model, key);
-        let (ns, policies) = self.views(&view_key(&model, key, me), previous);
+        let vk = view_key(&model, key, me);
+        let (ns, mut policies) = self.views(&vk, previous);
         let current = node_ref(&model, key, me);
         if current != node.0 {
             node.1 = node_view(&current, Some(&node.1));
             node.0 = current;
         }
         // A sidecar's stays the empty view it was given, so that pushes do not wake it.
-        let (router, view) = gateway;
+        let (router, view, reported, own_policies) = gateway;
         if router {
-            let listeners = crate::translate::gateway_listeners(&model, key, me);
-            *view = gateway_view(&listeners, Some(view));
+            // A gateway proxy takes the Secrets of its namespace that DestinationRules without
+            // selector name: its own view then, never the shared one.
+            let creds = &model.gateways.client_credentials;
+            let mut tps = if creds.keys().any(|(ns, _)| *ns == key.namespace) {
+                shared_resources(&model, &vk).traffic_policies
+            } else {
+                Vec::new()
+            };
+            let mut filled = false;
+            for tp in &mut tps {
+                filled |= crate::model::policy::fill_gateway_credentials(tp, &key.namespace, creds);
+            }
+            *own_policies = filled.then(|| {
+                own_view(
+                    tps.into_iter().map(AnyResource::TrafficPolicy),
+                    own_policies.as_ref(),
+                )
+            });
+            if let Some(own) = own_policies {
+                policies = Arc::clone(own);
+            }
+            let mut problems = BTreeSet::new();
+            let listeners = crate::translate::gateway_listeners(&model, key, me, &mut problems);
+            // Each distinct problem once, not on every push; again if it goes and comes back.
+            for p in problems.difference(reported) {
+                tracing::warn!(pod = %key.pod_name, namespace = %key.namespace, "{p}");
+            }
+            *reported = problems;
+            *view = own_view(
+                listeners.into_iter().map(AnyResource::GatewayListener),
+                Some(view),
+            );
         }
         let gateway_view = Arc::clone(view);
         Snapshot::new(|ty| match ty {
@@ -247,21 +289,20 @@ fn node_view(node: &NodeRef, previous: Option<&Arc<TypeView>>) -> Arc<TypeView> 
     TypeView::build(entries, previous)
 }
 
-/// The view of a gateway proxy's listeners (its own: they carry the credentials of its
-/// namespace's Secrets, which no other proxy may receive).
-fn gateway_view(
-    listeners: &[xds::GatewayListener],
+/// A view of one gateway proxy's own (its listeners, its policies with credentials): they
+/// carry the credentials of its namespace's Secrets, which no other proxy may receive.
+fn own_view(
+    resources: impl Iterator<Item = AnyResource>,
     previous: Option<&Arc<TypeView>>,
 ) -> Arc<TypeView> {
     let mut entries = std::collections::BTreeMap::new();
-    for l in listeners {
-        let r = AnyResource::GatewayListener(l.clone());
+    for r in resources {
         match r.encode() {
             Ok(encoded) => {
                 entries.insert(Arc::from(r.name()), Arc::new(encoded));
             }
             // The error never carries the resource's text (and so no key).
-            Err(e) => tracing::warn!(port = l.port, error = %e, "gateway listener not sent"),
+            Err(e) => tracing::warn!(resource = %r.name(), error = %e, "gateway resource not sent"),
         }
     }
     // Encoded afresh on every push: the previous view stays (and the proxy sleeps) when every
@@ -474,7 +515,12 @@ impl Pusher {
             let mut proxies = self.proxies.lock().unwrap_or_else(PoisonError::into_inner);
             for e in proxies.values_mut() {
                 let mut node = (e.node.clone(), Arc::clone(&e.node_view));
-                let gateway = (e.router, &mut e.gateway_view);
+                let gateway = (
+                    e.router,
+                    &mut e.gateway_view,
+                    &mut e.gateway_problems,
+                    &mut e.own_policies,
+                );
                 let snap = published.snapshot(&e.key, &mut node, gateway, &previous_views);
                 (e.node, e.node_view) = node;
                 let modified = e.tx.send_if_modified(|current| {
@@ -558,7 +604,14 @@ impl Pusher {
         let mut node = (NodeRef::default(), Arc::new(TypeView::default()));
         let router = crate::translate::is_router(&id);
         let mut gateway_view = Arc::new(TypeView::default());
-        let gateway = (router, &mut gateway_view);
+        let mut gateway_problems = BTreeSet::new();
+        let mut own_policies = None;
+        let gateway = (
+            router,
+            &mut gateway_view,
+            &mut gateway_problems,
+            &mut own_policies,
+        );
         let snap = published.snapshot(&key, &mut node, gateway, &PreviousViews::default());
         let (tx, rx) = watch::channel(snap);
         proxies.insert(
@@ -567,6 +620,8 @@ impl Pusher {
                 key,
                 router,
                 gateway_view,
+                gateway_problems,
+                own_policies,
                 node: node.0,
                 node_view: node.1,
                 tx,

@@ -12,7 +12,8 @@
 //!   proxy's namespace, else the one of the host's namespace, else the one of the root
 //!   namespace (a rule in any other namespace never applies); at each step a rule naming the
 //!   host wins over one whose wildcard covers it, then the first by name. A DestinationRule with
-//!   a `workloadSelector` applies only to the proxies it selects;
+//!   a `workloadSelector` applies only to the proxies of its own namespace it selects (so the
+//!   Secret its `credentialName` names, sent inline, reaches only them);
 //! - the Authorizations of its namespace and of the root namespace (no other can apply to it).
 //!
 //! Apart from `self`, what a proxy receives depends only on its namespace and on which
@@ -140,7 +141,10 @@ pub fn view_key(model: &Model, proxy: &ProxyKey, me: Option<&xds::Workload>) -> 
             .traffic_policies
             .iter()
             .filter(|p| {
-                p.export_to.visible_to(ns)
+                // A workloadSelector selects in its own namespace only (Istio's), which also
+                // keeps the Secrets such a rule carries in their namespace.
+                p.namespace == ns
+                    && p.export_to.visible_to(ns)
                     && p.workload_selector
                         .as_ref()
                         .is_some_and(|s| selector_matches(s, &w.labels))
@@ -212,23 +216,35 @@ pub fn is_router(id: &ProxyId) -> bool {
 }
 
 /// The resources of the gateway proxy `proxy`: a sidecar's (the services, policies and
-/// workloads exported to its namespace, which it routes to) and the listeners of the Gateways
-/// that select its pod.
+/// workloads exported to its namespace, which it routes to), with the credentials of its
+/// namespace's Secrets that DestinationRules without selector name, and the listeners of the
+/// Gateways that select its pod.
 pub fn router_resources(model: &Model, proxy: &ProxyKey) -> ProxyResources {
     let me = find_workload(model, proxy);
+    let mut resources = proxy_resources(model, proxy);
+    for tp in &mut resources.traffic_policies {
+        crate::model::policy::fill_gateway_credentials(
+            tp,
+            &proxy.namespace,
+            &model.gateways.client_credentials,
+        );
+    }
     ProxyResources {
-        gateway_listeners: gateway_listeners(model, proxy, me),
-        ..proxy_resources(model, proxy)
+        // A one-off translation: its problems are for the push to log.
+        gateway_listeners: gateway_listeners(model, proxy, me, &mut Default::default()),
+        ..resources
     }
 }
 
 /// The listeners of the gateway proxy `proxy`, whose workload is `me`: the servers of every
 /// Gateway whose selector its pod's labels match, in any namespace, with the credentials of
-/// the Secrets of its own namespace. A proxy whose workload is unknown has none.
+/// the Secrets of its own namespace. A proxy whose workload is unknown has none. A server left
+/// out (it cannot share its port) is a line in `problems`, for the caller to log once.
 pub fn gateway_listeners(
     model: &Model,
     proxy: &ProxyKey,
     me: Option<&xds::Workload>,
+    problems: &mut std::collections::BTreeSet<String>,
 ) -> Vec<xds::GatewayListener> {
     let Some(me) = me else {
         return Vec::new();
@@ -238,14 +254,11 @@ pub fn gateway_listeners(
         &proxy.namespace,
         &me.labels,
         &mut |server, port| {
-            tracing::warn!(
-                gateway = %server.gateway,
-                server = server.index,
-                port,
-                pod = %proxy.pod_name,
-                namespace = %proxy.namespace,
-                "server cannot share its port with the servers already there (TLS and plain HTTP, or passthrough and terminated); not served"
-            );
+            problems.insert(format!(
+                "Gateway {} server {} port {port}: cannot share its port with the servers \
+                 already there (TLS and plain HTTP, or passthrough and terminated); not served",
+                server.gateway, server.index
+            ));
         },
     );
     // As pilot's MergeGateways: a server port that is a port of a Service in front of the pod is

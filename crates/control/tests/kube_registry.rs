@@ -451,3 +451,82 @@ async fn a_crd_installed_later_is_found() {
     );
     registry.shutdown().await;
 }
+
+#[tokio::test]
+async fn secrets_of_credential_types_reach_the_store() {
+    let api = ApiServer::new();
+    let secret = |name: &str, secret_type: &str| {
+        json!({
+            "metadata": {"name": name, "namespace": "istio-system", "resourceVersion": "1700"},
+            "type": secret_type,
+            // base64 of "-----BEGIN CERTIFICATE-----\n" and "SECRETKEY"
+            "data": {"tls.crt": "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==", "tls.key": "U0VDUkVUS0VZ"},
+        })
+    };
+    let list = json!({
+        "apiVersion": "v1",
+        "kind": "SecretList",
+        "metadata": {"continue": "", "resourceVersion": "1843"},
+        "items": [
+            secret("httpbin-credential", "kubernetes.io/tls"),
+            secret("client-credential", "Opaque"),
+            secret("regcred", "kubernetes.io/dockerconfigjson"),
+        ],
+    });
+    api.expect(
+        Method::GET,
+        "/api/v1/secrets",
+        false,
+        Reply::Json(StatusCode::OK, list.to_string()),
+    );
+    api.expect(Method::GET, "/api/v1/secrets", true, Reply::watch(None));
+    let (store, _changes) = ConfigStore::new();
+    let registry = KubeRegistry::start(
+        api.client(),
+        Arc::clone(&store),
+        KubeOptions {
+            kinds: vec![control::registry::kube::SECRET],
+            ..KubeOptions::default()
+        },
+    );
+    tokio::time::timeout(Duration::from_secs(10), registry.wait_synced())
+        .await
+        .expect("listed");
+    until(&store, "the Secrets", |names| {
+        names
+            == [
+                "Secret istio-system/client-credential",
+                "Secret istio-system/httpbin-credential",
+            ]
+    })
+    .await;
+    let snapshot = store.snapshot();
+    let (objects, _) = snapshot.objects();
+    let tls = objects
+        .iter()
+        .find_map(|o| match o {
+            api::objects::Object::Secret(s) if s.metadata.name == "httpbin-credential" => Some(s),
+            _ => None,
+        })
+        .expect("the tls Secret");
+    assert_eq!(tls.secret_type, "kubernetes.io/tls");
+    assert_eq!(tls.data["tls.key"], b"SECRETKEY");
+    assert!(!format!("{objects:?}").contains("SECRETKEY"));
+    // The list and the watch leave out Helm releases and service-account tokens.
+    let log = api.log();
+    let asked: Vec<&str> = log
+        .iter()
+        .filter(|s| s.path == "/api/v1/secrets")
+        .map(|s| s.query["fieldSelector"].as_str())
+        .collect();
+    assert_eq!(
+        asked,
+        [control::registry::kube::SECRET_FIELDS; 2],
+        "{log:?}"
+    );
+    assert_eq!(
+        control::registry::kube::SECRET_FIELDS,
+        "type!=helm.sh/release.v1,type!=kubernetes.io/service-account-token"
+    );
+    registry.shutdown().await;
+}

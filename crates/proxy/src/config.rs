@@ -364,6 +364,22 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// What of this snapshot cannot be served, one line each: clusters whose TLS origination
+    /// fails every connection, gateway TLS servers without a usable credential. The store
+    /// logs each once, when it first appears ([`ConfigStore::apply`]), not on every snapshot.
+    pub fn problems(&self) -> std::collections::BTreeSet<String> {
+        let originations = self.services.iter().flat_map(|s| {
+            s.clusters.iter().zip(&s.originations).filter_map(|(c, o)| {
+                let why = o.as_ref()?.error()?;
+                Some(format!(
+                    "cluster {}: TLS origination unusable, its connections fail: {why}",
+                    c.name
+                ))
+            })
+        });
+        originations.chain(self.gateway.problems()).collect()
+    }
+
     /// Indexes `resources`; `cfg` supplies the proxy's identity when the resources do not.
     pub fn build(
         resources: ProxyResources,
@@ -679,6 +695,14 @@ pub struct ConfigStore {
     swapping: std::sync::Mutex<()>,
 }
 
+/// Logs the problems of `snap` that the snapshot before it (whose problems are `before`) did
+/// not have: each distinct problem once, again only if it went away and came back.
+fn report_problems(before: &std::collections::BTreeSet<String>, snap: &Snapshot) {
+    for p in snap.problems().difference(before) {
+        tracing::warn!(version = snap.version, "{p}");
+    }
+}
+
 impl ConfigStore {
     /// A store holding `resources` as version 1; an error if they cannot be used (a route's
     /// regular expression that does not compile, ...).
@@ -689,6 +713,7 @@ impl ConfigStore {
         let registry = Registry::default();
         let dns = crate::dns::DnsTable::default();
         let snap = Snapshot::build(resources, &cfg, 1, &registry, &dns)?;
+        report_problems(&Default::default(), &snap);
         Ok(ConfigStore {
             current: ArcSwap::from_pointee(snap),
             changed: tokio::sync::watch::Sender::new(1),
@@ -730,7 +755,8 @@ impl ConfigStore {
             &self.registry,
             &self.dns,
         )?);
-        self.current.store(snap.clone());
+        let previous = self.current.swap(snap.clone());
+        report_problems(&previous.problems(), &snap);
         self.changed.send_replace(version);
         let mut names = FxHashSet::default();
         let mut addrs = FxHashSet::default();
@@ -800,5 +826,85 @@ pub async fn watch_file(
                 tracing::error!(file = %path.display(), error = %e, "config rejected; keeping the previous version");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log sink for one test's subscriber.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("sink").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// An external host on port 80 with `tls` for its DestinationRule, its endpoint at
+    /// `203.0.113.<ep>` (which changes nothing of the TLS).
+    fn resources(tls: &str, ep: u8) -> ProxyResources {
+        ProxyResources::parse(&format!(
+            r#"
+self: {{name: sleep, namespace: default}}
+services:
+- hostname: api.external.test
+  name: api.external.test
+  namespace: default
+  meshExternal: true
+  resolution: STATIC
+  ports: [{{name: http, port: 80, protocol: HTTP, targetPort: 443}}]
+  endpoints: [{{address: 203.0.113.{ep}}}]
+trafficPolicies:
+- name: default/api
+  host: api.external.test
+  policy: {{settings: {{tls: {tls}}}}}
+"#
+        ))
+        .expect("resources")
+    }
+
+    #[test]
+    fn a_cluster_that_fails_closed_is_logged_once_while_it_lasts() {
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let lines = || {
+            let text = String::from_utf8(sink.0.lock().expect("sink").clone()).expect("utf-8");
+            text.lines()
+                .filter(|l| l.contains("TLS origination unusable"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        let broken = "{mode: MUTUAL, credentialName: default/client-credential}";
+        tracing::subscriber::with_default(subscriber, || {
+            let store = ConfigStore::new(resources(broken, 1), Arc::default()).expect("store");
+            assert_eq!(lines().len(), 1, "{:?}", lines());
+            assert!(
+                lines()[0].contains("outbound|80||api.external.test")
+                    && lines()[0].contains("credentialName default/client-credential"),
+                "{:?}",
+                lines()
+            );
+            // New snapshots with the same problem: not logged again.
+            for ep in [2, 3] {
+                store.apply(resources(broken, ep)).expect("apply");
+            }
+            assert_eq!(lines().len(), 1, "{:?}", lines());
+            // Fixed, then broken again: logged again.
+            store.apply(resources("{mode: SIMPLE}", 3)).expect("apply");
+            store.apply(resources(broken, 3)).expect("apply");
+            assert_eq!(lines().len(), 2, "{:?}", lines());
+        });
     }
 }

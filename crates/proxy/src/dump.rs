@@ -13,18 +13,15 @@ pub struct TrafficAdmin(pub Arc<ProxyInputs>);
 impl AdminSource for TrafficAdmin {
     fn config_dump(&self) -> serde_json::Value {
         let snap = self.0.store.load();
-        // Gateway private keys never leave the process, as Envoy's dump shows `[redacted]`.
-        let redacted;
-        let resources = if snap.resources.gateway_listeners.is_empty() {
-            &*snap.resources
-        } else {
-            let mut r = (*snap.resources).clone();
-            for l in &mut r.gateway_listeners {
-                l.redact_keys();
-            }
-            redacted = r;
-            &redacted
-        };
+        // Private keys (gateways', DestinationRules' credentialName) never leave the process,
+        // as Envoy's dump shows `[redacted]`. A dump is rare: the copy costs nothing that matters.
+        let mut resources = (*snap.resources).clone();
+        for l in &mut resources.gateway_listeners {
+            l.redact_keys();
+        }
+        for p in &mut resources.traffic_policies {
+            p.redact_keys();
+        }
         serde_json::json!({
             "version": snap.version,
             "node": {
@@ -32,7 +29,7 @@ impl AdminSource for TrafficAdmin {
                 "namespace": &*snap.me_info.namespace,
                 "identity": &*snap.me_info.principal,
             },
-            "resources": resources,
+            "resources": &resources,
         })
     }
 

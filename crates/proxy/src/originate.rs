@@ -18,8 +18,11 @@
 //! - `MUTUAL` presents `clientCertificate` with `privateKey`;
 //! - ALPN `h2` for HTTP/2 clusters, none for HTTP/1.1 and TCP.
 //!
-//! `credentialName` (a Secret) is for gateways only in Istio; a sidecar ignores it, and so do
-//! we (`api::support` reports it).
+//! With `credentialName` (a Secret), the control plane sends the Secret's PEM inline
+//! (`xds::ClientTls::credential`: the client certificate and key for `MUTUAL`, the CA that
+//! verifies the server, else the system roots) and the files are not used. A
+//! `credentialName` without a credential (a sidecar's rule without `workloadSelector`, a
+//! missing Secret) fails the cluster's connections: nothing goes out in plaintext.
 
 use std::io;
 use std::net::IpAddr;
@@ -94,6 +97,104 @@ enum ConfigError {
     },
     #[error("MUTUAL needs clientCertificate and privateKey")]
     NoClientCertificate,
+    #[error(
+        "credentialName {0}: no credential from the control plane (a sidecar's DestinationRule \
+         needs a workloadSelector; the Secret must be in the rule's namespace, or a gateway's)"
+    )]
+    NoCredential(String),
+    #[error("credentialName {name}: {field}: no PEM {what} in the Secret")]
+    BadCredential {
+        name: String,
+        field: &'static str,
+        what: &'static str,
+    },
+}
+
+/// Where the certificates come from: files, or the inline PEM of a `credentialName` Secret.
+enum Source<'a> {
+    Files(&'a xds::ClientTls),
+    Inline(&'a str, &'a xds::ClientCredential),
+}
+
+impl Source<'_> {
+    fn of(tls: &xds::ClientTls) -> Result<Source<'_>, ConfigError> {
+        match (&tls.credential_name, &tls.credential) {
+            (None, _) => Ok(Source::Files(tls)),
+            (Some(name), Some(c)) => Ok(Source::Inline(name, c)),
+            (Some(name), None) => Err(ConfigError::NoCredential(name.clone())),
+        }
+    }
+
+    /// The CA that verifies the server, if any.
+    fn ca(&self) -> Result<Option<Vec<CertificateDer<'static>>>, ConfigError> {
+        match self {
+            Source::Files(t) => t
+                .ca_certificates
+                .as_deref()
+                .map(|path| read_certs("caCertificates", path))
+                .transpose(),
+            Source::Inline(name, c) => c
+                .ca_certificates
+                .as_deref()
+                .map(|pem| pem_certs(name, "ca.crt", pem))
+                .transpose(),
+        }
+    }
+
+    /// The client certificate chain and key (MUTUAL).
+    fn client(
+        &self,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ConfigError> {
+        match self {
+            Source::Files(t) => {
+                let (Some(cert), Some(key)) = (&t.client_certificate, &t.private_key) else {
+                    return Err(ConfigError::NoClientCertificate);
+                };
+                let chain = read_certs("clientCertificate", cert)?;
+                let key = PrivateKeyDer::from_pem_file(Path::new(key)).map_err(|source| {
+                    ConfigError::File {
+                        field: "privateKey",
+                        path: key.clone(),
+                        source,
+                    }
+                })?;
+                Ok((chain, key))
+            }
+            Source::Inline(name, c) => {
+                let bad = |field, what| ConfigError::BadCredential {
+                    name: name.to_string(),
+                    field,
+                    what,
+                };
+                let chain = pem_certs(name, "tls.crt", c.cert_chain.as_deref().unwrap_or(""))?;
+                // The key's text never goes into an error.
+                let key = PrivateKeyDer::from_pem_slice(
+                    c.private_key.as_deref().unwrap_or("").as_bytes(),
+                )
+                .map_err(|_| bad("tls.key", "private key"))?;
+                Ok((chain, key))
+            }
+        }
+    }
+}
+
+/// The certificates of the PEM `pem`, the field `field` of the Secret `name`.
+fn pem_certs(
+    name: &str,
+    field: &'static str,
+    pem: &str,
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap_or_default();
+    if certs.is_empty() {
+        return Err(ConfigError::BadCredential {
+            name: name.to_string(),
+            field,
+            what: "certificate",
+        });
+    }
+    Ok(certs)
 }
 
 impl Origination {
@@ -121,15 +222,18 @@ impl Origination {
         let sni = sni_text
             .as_deref()
             .and_then(|s| ServerName::try_from(s.to_string()).ok());
-        let config = client_config(tls, http2).map_err(|e| {
-            tracing::warn!(host, error = %e, "TLS origination config unusable; its connections will fail");
-            Arc::from(e.to_string())
-        });
+        // Logged once by the store while snapshots keep it (`Snapshot::problems`).
+        let config = client_config(tls, http2).map_err(|e| Arc::from(e.to_string()));
         Arc::new(Origination {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             sni,
             config,
         })
+    }
+
+    /// Why every connection of the cluster fails, when its config could not be built.
+    pub fn error(&self) -> Option<&str> {
+        self.config.as_ref().err().map(|e| &**e)
     }
 
     /// Runs the client handshake over `io` to the endpoint at `ip`.
@@ -202,6 +306,7 @@ fn read_certs(
 }
 
 fn client_config(tls: &xds::ClientTls, http2: bool) -> Result<Arc<ClientConfig>, ConfigError> {
+    let source = Source::of(tls)?;
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|source| ConfigError::Tls {
@@ -211,10 +316,10 @@ fn client_config(tls: &xds::ClientTls, http2: bool) -> Result<Arc<ClientConfig>,
     let verifier: Arc<dyn ServerCertVerifier> = if tls.insecure_skip_verify {
         Arc::new(NoVerification(provider()))
     } else {
-        let roots = match &tls.ca_certificates {
-            Some(path) => {
+        let roots = match source.ca()? {
+            Some(certs) => {
                 let mut roots = RootCertStore::empty();
-                for c in read_certs("caCertificates", path)? {
+                for c in certs {
                     roots.add(c).map_err(|source| ConfigError::Tls {
                         what: "caCertificates",
                         source,
@@ -242,17 +347,7 @@ fn client_config(tls: &xds::ClientTls, http2: bool) -> Result<Arc<ClientConfig>,
         .with_custom_certificate_verifier(verifier);
     let mut config = match tls.mode {
         xds::ClientTlsMode::Mutual => {
-            let (Some(cert), Some(key)) = (&tls.client_certificate, &tls.private_key) else {
-                return Err(ConfigError::NoClientCertificate);
-            };
-            let chain = read_certs("clientCertificate", cert)?;
-            let key = PrivateKeyDer::from_pem_file(Path::new(key)).map_err(|source| {
-                ConfigError::File {
-                    field: "privateKey",
-                    path: key.clone(),
-                    source,
-                }
-            })?;
+            let (chain, key) = source.client()?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|source| ConfigError::Tls {

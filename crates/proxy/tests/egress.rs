@@ -699,3 +699,119 @@ async fn tls_origination_checks_the_service_entry_subject_alt_names() {
     let (resp, _) = sidecar.get(external(80), "api.external.test", "/get").await;
     assert_eq!(resp.status(), 200);
 }
+
+/// A client CA, a client certificate it signed (PEM, with its key), and the CA's DER for a
+/// server that requires it.
+fn client_pki() -> (String, String, rustls_pki_types::CertificateDer<'static>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).expect("client CA");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let client_key = KeyPair::generate().expect("key");
+    let client_cert = CertificateParams::new(vec!["sleep.default".to_string()])
+        .expect("params")
+        .signed_by(&client_key, &issuer)
+        .expect("client cert");
+    (
+        client_cert.pem(),
+        client_key.serialize_pem(),
+        ca_cert.der().clone(),
+    )
+}
+
+/// YAML (flow) text of `s`.
+fn quoted(s: &str) -> String {
+    serde_json::to_string(s).expect("json string")
+}
+
+/// DestinationRule TLS with `credentialName` and its credential inline, as discovery sends it.
+fn inline_credential(cert: &str, key: &str, ca: &str) -> String {
+    format!(
+        "{{mode: MUTUAL, credentialName: default/client-credential, credential: \
+         {{source: Secret default/client-credential, certChain: {}, privateKey: {}, \
+         caCertificates: {}}}}}",
+        quoted(cert),
+        quoted(key),
+        quoted(ca)
+    )
+}
+
+#[tokio::test]
+async fn tls_origination_mutual_with_an_inline_credential_from_a_secret() {
+    let (cert, key, client_ca) = client_pki();
+    let (server, server_ca) = tls_server_with(&["api.external.test"], Some(client_ca)).await;
+    // First a client certificate the server's CA did not sign: refused, 503 UF.
+    let (other_cert, other_key, _) = client_pki();
+    let sidecar = Sidecar::builder(&origination_yaml(
+        server,
+        &inline_credential(&other_cert, &other_key, &server_ca),
+    ))
+    .start()
+    .await;
+    let (resp, _) = sidecar.get(external(80), "api.external.test", "/get").await;
+    assert_eq!(resp.status(), 503);
+
+    // The Secret changes: the next connection presents the new certificate, no restart.
+    let rotated = xds::ProxyResources::parse(&origination_yaml(
+        server,
+        &inline_credential(&cert, &key, &server_ca),
+    ))
+    .expect("resources");
+    sidecar.inputs.store.apply(rotated).expect("apply");
+    let (resp, body) = sidecar.get(external(80), "api.external.test", "/get").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body, "tls sni=api.external.test client=yes");
+
+    // The config dump shows no key.
+    use proxy::admin::AdminSource;
+    let dump = proxy::dump::TrafficAdmin(sidecar.inputs.clone())
+        .config_dump()
+        .to_string();
+    assert!(!dump.contains("PRIVATE KEY"), "{dump}");
+}
+
+#[tokio::test]
+async fn tls_origination_with_credential_name_but_no_credential_fails_closed() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // A server that counts the bytes it receives: nothing may arrive, plaintext or TLS.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let server = listener.local_addr().expect("addr");
+    let received = Arc::new(AtomicUsize::new(0));
+    let counter = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = tcp.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    counter.fetch_add(n, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    let sidecar = Sidecar::builder(&origination_yaml(
+        server,
+        "{mode: MUTUAL, credentialName: default/client-credential}",
+    ))
+    .start()
+    .await;
+    let (resp, _) = sidecar.get(external(80), "api.external.test", "/get").await;
+    assert_eq!(resp.status(), 503);
+    let line = &sidecar.log_lines(1).await[0];
+    assert_eq!(line["response_flags"], "UF,URX", "{line}");
+    assert!(
+        line["upstream_transport_failure_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("credentialName default/client-credential")),
+        "{line}"
+    );
+    assert_eq!(received.load(Ordering::SeqCst), 0, "the server saw bytes");
+}

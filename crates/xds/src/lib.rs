@@ -45,9 +45,9 @@ pub use gateway::{
     TlsVersion,
 };
 pub use policy::{
-    ClientTls, ClientTlsMode, ConnectionPool, ConsistentHash, HashAlgorithm, HashKey, HttpPool,
-    LoadBalancer, OutlierDetection, Policy, PortSettings, Settings, Subset, TcpKeepalive, TcpPool,
-    TrafficPolicy,
+    ClientCredential, ClientTls, ClientTlsMode, ConnectionPool, ConsistentHash, HashAlgorithm,
+    HashKey, HttpPool, LoadBalancer, OutlierDetection, Policy, PortSettings, Settings, Subset,
+    TcpKeepalive, TcpPool, TrafficPolicy,
 };
 pub use resources::{LoadError, NodeRef, OutboundTrafficPolicy, ProxyResources};
 pub use routes::{

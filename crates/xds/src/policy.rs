@@ -226,6 +226,50 @@ pub struct ClientTls {
     /// Skip verifying the server.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure_skip_verify: bool,
+    /// The Secret a DestinationRule's `credentialName` names, as `<rule's namespace>/<name>`.
+    /// When set, the certificates come from `credential` only (the file fields are unset), and
+    /// a missing `credential` fails every connection of the cluster: the control plane could
+    /// not (or may not) send it, and nothing goes out in plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_name: Option<String>,
+    /// The certificates of the Secret `credential_name`, inline, sent only to the proxies the
+    /// DestinationRule's `workloadSelector` selects (or, for a rule without selector, to the
+    /// gateway proxies of a namespace that has the Secret, from theirs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<ClientCredential>,
+}
+
+/// A DestinationRule's client certificate, key and CA, as PEM, read by the control plane from
+/// the Secret `credentialName` names. `Debug` prints no key.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientCredential {
+    /// Where it came from (`Secret default/client-credential`), for messages.
+    pub source: String,
+    /// The client certificate chain, PEM, leaf first (MUTUAL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_chain: Option<String>,
+    /// The client private key, PEM (MUTUAL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    /// CA certificates that verify the server, PEM (none: the system roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
+}
+
+impl std::fmt::Debug for ClientCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let len = |s: &Option<String>| s.as_ref().map(|c| format!("<{} bytes>", c.len()));
+        f.debug_struct("ClientCredential")
+            .field("source", &self.source)
+            .field("cert_chain", &len(&self.cert_chain))
+            .field(
+                "private_key",
+                &self.private_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("ca_certificates", &len(&self.ca_certificates))
+            .finish()
+    }
 }
 
 /// The four settings a policy level carries.
@@ -309,6 +353,26 @@ pub struct TrafficPolicy {
 }
 
 impl TrafficPolicy {
+    /// Every TLS setting of the policy, at every level, for changing.
+    pub fn tls_settings_mut(&mut self) -> impl Iterator<Item = &mut ClientTls> {
+        std::iter::once(&mut self.policy)
+            .chain(self.subsets.iter_mut().filter_map(|s| s.policy.as_mut()))
+            .flat_map(|p| {
+                std::iter::once(&mut p.settings)
+                    .chain(p.port_level_settings.iter_mut().map(|ps| &mut ps.settings))
+            })
+            .filter_map(|s| s.tls.as_mut())
+    }
+
+    /// Replaces every private key of an inline credential with `[redacted]` (for config dumps).
+    pub fn redact_keys(&mut self) {
+        for t in self.tls_settings_mut() {
+            if let Some(key) = t.credential.as_mut().and_then(|c| c.private_key.as_mut()) {
+                *key = "[redacted]".to_string();
+            }
+        }
+    }
+
     /// The subset named `name`.
     pub fn subset(&self, name: &str) -> Option<&Subset> {
         self.subsets.iter().find(|s| s.name == name)
@@ -411,13 +475,16 @@ impl Settings {
                 errs.push(format!("{op}.intervalMs"), "must be positive");
             }
         }
+        // With `credentialName`, a missing credential is the control plane's fail-closed
+        // marker, not an error.
         if let Some(tls) = &self.tls
             && tls.mode == ClientTlsMode::Mutual
+            && tls.credential_name.is_none()
             && (tls.client_certificate.is_none() || tls.private_key.is_none())
         {
             errs.push(
                 format!("{path}.tls"),
-                "MUTUAL needs clientCertificate and privateKey",
+                "MUTUAL needs clientCertificate and privateKey, or credentialName",
             );
         }
     }
@@ -438,6 +505,57 @@ mod tests {
         let mut c = ConnectionPool::default();
         c.http.max_requests = Some(max);
         Some(c)
+    }
+
+    #[test]
+    fn inline_client_credentials_are_redacted_and_mark_fail_closed() {
+        let tls = ClientTls {
+            mode: ClientTlsMode::Mutual,
+            credential_name: Some("default/client-credential".into()),
+            credential: Some(ClientCredential {
+                source: "Secret default/client-credential".into(),
+                cert_chain: Some("CERT".into()),
+                private_key: Some("SECRETKEY".into()),
+                ca_certificates: None,
+            }),
+            ..ClientTls::default()
+        };
+        assert!(!format!("{tls:?}").contains("SECRETKEY"));
+        let mut tp = TrafficPolicy {
+            name: "default/r".into(),
+            host: "r.example".into(),
+            policy: Policy {
+                settings: Settings::default(),
+                port_level_settings: vec![PortSettings {
+                    port: 443,
+                    settings: Settings {
+                        tls: Some(tls.clone()),
+                        ..Settings::default()
+                    },
+                }],
+            },
+            subsets: vec![],
+        };
+        // A credentialName without its credential is valid: the proxy fails it closed.
+        let mut errs = ValidationErrors::default();
+        let mut marker = tp.clone();
+        for t in marker.tls_settings_mut() {
+            t.credential = None;
+        }
+        marker.validate("p", &mut errs);
+        assert!(errs.is_empty(), "{errs:?}");
+        // Without credentialName, MUTUAL still needs files.
+        for t in marker.tls_settings_mut() {
+            t.credential_name = None;
+        }
+        marker.validate("p", &mut errs);
+        assert!(!errs.is_empty());
+        tp.redact_keys();
+        let json = serde_json::to_string(&tp).expect("json");
+        assert!(
+            !json.contains("SECRETKEY") && json.contains("[redacted]"),
+            "{json}"
+        );
     }
 
     #[test]

@@ -71,8 +71,12 @@ pub(crate) fn build(
     }
     out.http_routes =
         routes::virtual_services(&virtual_services, &hosts, &mut |o, m| warnings.add(o, m));
-    out.traffic_policies =
-        policy::destination_rules(&destination_rules, &hosts, &mut |o, m| warnings.add(o, m));
+    out.traffic_policies = policy::destination_rules(
+        &destination_rules,
+        &hosts,
+        &super::secrets::Secrets::new(objects),
+        &mut |o, m| warnings.add(o, m),
+    );
     let security = security::build(objects, jwks, warnings);
     out.authorizations = security.authorizations;
     out.jwks_sources = security.jwks_sources;

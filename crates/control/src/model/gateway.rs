@@ -29,9 +29,10 @@ use std::collections::BTreeMap;
 
 use api::networking::VirtualService;
 use api::networking::gateway::{Gateway, Server, ServerTlsMode, TlsProtocol};
-use api::objects::{IstioConfig, Object, Secret};
+use api::objects::{IstioConfig, Object};
 
 use super::routes::{Binding, virtual_service};
+use super::secrets::Secrets;
 use super::{Labels, Warnings, selector_matches};
 
 /// One Gateway, translated; credentials are resolved per gateway pod namespace
@@ -70,6 +71,10 @@ pub struct GatewaysOut {
     /// The credentials of the Secrets that Gateways name, by namespace and Secret name
     /// (`<name>-cacert` Secrets folded into the one they complete).
     pub credentials: Credentials,
+    /// The Secrets that DestinationRules without `workloadSelector` name by `credentialName`,
+    /// by namespace and Secret name, in every namespace that has one: gateway proxies read
+    /// them in their own namespace, as pilot's (sidecars never receive them).
+    pub client_credentials: BTreeMap<(String, String), xds::ClientCredential>,
 }
 
 /// Translates every Gateway and the VirtualServices bound to it. `workloads` tells in which
@@ -82,14 +87,11 @@ pub(crate) fn build(
 ) -> GatewaysOut {
     let mut gateways: Vec<&IstioConfig<Gateway>> = Vec::new();
     let mut vss: Vec<&IstioConfig<VirtualService>> = Vec::new();
-    let mut secrets: BTreeMap<(&str, &str), &Secret> = BTreeMap::new();
+    let secrets = Secrets::new(objects);
     for o in objects {
         match o {
             Object::Gateway(g) => gateways.push(g),
             Object::VirtualService(vs) => vss.push(vs),
-            Object::Secret(s) => {
-                secrets.insert((&s.metadata.namespace, &s.metadata.name), s);
-            }
             _ => {}
         }
     }
@@ -114,11 +116,7 @@ pub(crate) fn build(
                 .as_ref()
                 .is_some_and(|t| t.mode == xds::ServerTlsMode::Mutual);
             let namespaces: Vec<&str> = if config.selector.is_empty() {
-                let found: Vec<&str> = secrets
-                    .keys()
-                    .filter(|(_, n)| n == name)
-                    .map(|(ns, _)| *ns)
-                    .collect();
+                let found = secrets.namespaces_with(name);
                 if found.is_empty() {
                     warnings.add(
                         object.clone(),
@@ -368,44 +366,28 @@ fn tls_versions(
     Ok((min, max))
 }
 
-/// The PEM under the first of `keys` that `secret` has.
-fn pem(secret: &Secret, keys: &[&str]) -> Option<String> {
-    keys.iter()
-        .find_map(|k| secret.data.get(*k))
-        .and_then(|b| String::from_utf8(b.clone()).ok())
-}
-
 /// The credential of the Secret `name` in `ns` (its CA from `<name>-cacert` when `mutual` and
 /// it has none).
 fn credential(
-    secrets: &BTreeMap<(&str, &str), &Secret>,
+    secrets: &Secrets<'_>,
     ns: &str,
     name: &str,
     mutual: bool,
 ) -> Result<xds::ServerCredential, String> {
-    let s = secrets
-        .get(&(ns, name))
-        .ok_or_else(|| "no such Secret".to_string())?;
-    let cert_chain = pem(s, &["tls.crt", "cert"]).ok_or("the Secret has no tls.crt or cert")?;
-    let private_key = pem(s, &["tls.key", "key"]).ok_or("the Secret has no tls.key or key")?;
-    let mut ca_certificates = pem(s, &["ca.crt", "cacert"]);
-    if ca_certificates.is_none() && mutual {
-        let ca_name = format!("{name}-cacert");
-        ca_certificates = secrets
-            .get(&(ns, ca_name.as_str()))
-            .and_then(|ca| pem(ca, &["ca.crt", "cacert"]));
-        if ca_certificates.is_none() {
-            return Err(format!(
-                "MUTUAL needs a client CA: the Secret has no ca.crt or cacert, and no Secret \
-                 {ca_name} has one"
-            ));
-        }
+    let pems = secrets.read(ns, name, mutual)?;
+    let cert_chain = pems.cert_chain.ok_or("the Secret has no tls.crt or cert")?;
+    let private_key = pems.private_key.ok_or("the Secret has no tls.key or key")?;
+    if pems.ca_certificates.is_none() && mutual {
+        return Err(format!(
+            "MUTUAL needs a client CA: the Secret has no ca.crt or cacert, and no Secret \
+             {name}-cacert has one"
+        ));
     }
     Ok(xds::ServerCredential {
         source: format!("Secret {ns}/{name}"),
         cert_chain,
         private_key,
-        ca_certificates,
+        ca_certificates: pems.ca_certificates,
     })
 }
 

@@ -26,6 +26,7 @@ pub mod config;
 pub mod gateway;
 pub mod policy;
 pub mod routes;
+mod secrets;
 pub mod security;
 pub mod service_entry;
 pub mod services;
@@ -238,7 +239,9 @@ impl Model {
             .iter()
             .map(|s| s.resource.hostname.as_str())
             .collect();
-        let gateways = gateway::build(&objects, &known, &workloads, &mut warnings);
+        let mut gateways = gateway::build(&objects, &known, &workloads, &mut warnings);
+        gateways.client_credentials =
+            policy::gateway_credentials(&config.traffic_policies, &secrets::Secrets::new(&objects));
         services::plaintext_where_mtls_is_disabled(
             &mut services,
             &workloads,
@@ -295,6 +298,8 @@ pub fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+#[cfg(test)]
+mod credential_tests;
 #[cfg(test)]
 mod egress_tests;
 #[cfg(test)]

@@ -18,9 +18,16 @@
 //!   `splitExternalLocalOriginErrors`, `maxEjectionPercent` 0 is Envoy's default, and
 //!   `minHealthPercent` is always set (0 when unset: pilot turns Envoy's panic threshold off).
 //!   The deprecated `consecutiveErrors` is ignored, as pilot ignores it since Istio 1.8.
-//! - TLS: as written; `mode` unset is `DISABLE` (the proto's zero value). `credentialName` needs
-//!   secrets the proxy does not fetch: a `MUTUAL` level that has only it keeps no TLS settings
-//!   (with a warning), since the wire needs certificate files.
+//! - TLS: as written; `mode` unset is `DISABLE` (the proto's zero value). `credentialName`
+//!   (SIMPLE, MUTUAL) wins over the certificate files, as pilot's: the Secret of that name in
+//!   the rule's namespace ([`super::secrets`]) is sent inline (`xds::ClientTls::credential`),
+//!   only in a rule with a `workloadSelector` (Istio reads it for sidecars only then; such a
+//!   rule reaches only the proxies of its namespace it selects). Without a selector, or without
+//!   a usable Secret, the level keeps `credentialName` and no credential: the proxy fails its
+//!   connections (503 `UF`), never sends plaintext, and a warning says why. A gateway proxy
+//!   (Istio's egress gateway) takes the Secret of its own namespace for a rule without
+//!   selector, as pilot's ([`gateway_credentials`], [`fill_gateway_credentials`]; its own
+//!   view in the push).
 
 use std::collections::BTreeMap;
 
@@ -33,15 +40,17 @@ use api::objects::IstioConfig;
 
 use super::config::resolve_host;
 use super::routes::millis;
+use super::secrets::Secrets;
 use super::service_hostname;
 use super::{ExportTo, Scoped};
 
 /// The DestinationRules of `rules` merged as pilot merges them, then translated, one
-/// [`xds::TrafficPolicy`] per host they name. `warn` gets the display name of an object and a
-/// message.
+/// [`xds::TrafficPolicy`] per host they name, with the credentials of the `secrets` they name.
+/// `warn` gets the display name of an object and a message.
 pub(crate) fn destination_rules(
     rules: &[&IstioConfig<DestinationRule>],
     known: &[&str],
+    secrets: &Secrets<'_>,
     warn: &mut impl FnMut(String, String),
 ) -> Vec<Scoped<xds::TrafficPolicy>> {
     let mut sorted: Vec<_> = rules.to_vec();
@@ -64,7 +73,7 @@ pub(crate) fn destination_rules(
         .iter()
         .flat_map(|m| {
             let mut w = |message: String| warn(display(m.first), message);
-            translate(m.first, &m.spec, known, &mut w)
+            translate(m.first, &m.spec, known, secrets, &mut w)
         })
         .collect()
 }
@@ -149,6 +158,7 @@ fn translate(
     dr: &IstioConfig<DestinationRule>,
     spec: &DestinationRule,
     known: &[&str],
+    secrets: &Secrets<'_>,
     w: &mut impl FnMut(String),
 ) -> Vec<Scoped<xds::TrafficPolicy>> {
     let ns = &dr.metadata.namespace;
@@ -184,6 +194,15 @@ fn translate(
         .workload_selector
         .as_ref()
         .map(|s| s.match_labels.clone());
+    let mut template = xds::TrafficPolicy {
+        name: String::new(),
+        host: String::new(),
+        policy,
+        subsets,
+    };
+    if !hosts.is_empty() {
+        resolve_credentials(&mut template, ns, workload_selector.is_some(), secrets, w);
+    }
     hosts
         .into_iter()
         .map(|host| Scoped {
@@ -198,11 +217,130 @@ fn translate(
                     name.clone()
                 },
                 host,
-                policy: policy.clone(),
-                subsets: subsets.clone(),
+                ..template.clone()
             },
         })
         .collect()
+}
+
+/// The credentials of the Secrets that the rules without `workloadSelector` among `policies`
+/// name, in every namespace that has one, for gateway proxies ([`fill_gateway_credentials`]).
+pub(crate) fn gateway_credentials(
+    policies: &[Scoped<xds::TrafficPolicy>],
+    secrets: &Secrets<'_>,
+) -> BTreeMap<(String, String), xds::ClientCredential> {
+    let mut names = std::collections::BTreeSet::new();
+    for p in policies.iter().filter(|p| p.workload_selector.is_none()) {
+        let mut tp = p.resource.clone();
+        for t in tp.tls_settings_mut() {
+            if let Some(name) = t.credential_name.as_deref().and_then(secret_name) {
+                names.insert(name.to_string());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for name in &names {
+        for ns in secrets.namespaces_with(name) {
+            // A Secret without what a mode needs is caught where it is used.
+            if let Ok(pems) = secrets.read(ns, name, true) {
+                out.insert(
+                    (ns.to_string(), name.clone()),
+                    xds::ClientCredential {
+                        source: format!("Secret {ns}/{name}"),
+                        cert_chain: pems.cert_chain,
+                        private_key: pems.private_key,
+                        ca_certificates: pems.ca_certificates,
+                    },
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The Secret's name in a `credential_name` (`namespace/name`).
+fn secret_name(credential_name: &str) -> Option<&str> {
+    credential_name.split_once('/').map(|(_, n)| n)
+}
+
+/// Fills in the credentials that a gateway proxy in `ns` takes for `tp` (a rule without
+/// `workloadSelector` naming a Secret of `ns`: pilot reads it there for gateways), from
+/// `credentials` ([`gateway_credentials`]). What stays without one fails closed. Whether any
+/// was filled in.
+pub fn fill_gateway_credentials(
+    tp: &mut xds::TrafficPolicy,
+    ns: &str,
+    credentials: &BTreeMap<(String, String), xds::ClientCredential>,
+) -> bool {
+    let mut filled = false;
+    for t in tp.tls_settings_mut() {
+        if t.credential.is_some() {
+            continue;
+        }
+        let Some(name) = t.credential_name.as_deref().and_then(secret_name) else {
+            continue;
+        };
+        let Some(c) = credentials.get(&(ns.to_string(), name.to_string())) else {
+            continue;
+        };
+        let mutual = t.mode == xds::ClientTlsMode::Mutual;
+        if mutual && (c.cert_chain.is_none() || c.private_key.is_none()) {
+            continue;
+        }
+        t.credential = Some(xds::ClientCredential {
+            source: c.source.clone(),
+            cert_chain: c.cert_chain.clone().filter(|_| mutual),
+            private_key: c.private_key.clone().filter(|_| mutual),
+            ca_certificates: c.ca_certificates.clone(),
+        });
+        filled = true;
+    }
+    filled
+}
+
+/// Fills in, at every level of `tp` whose TLS names a `credentialName`, the credential of that
+/// Secret in `ns`, when the rule `selects` workloads (see the module). Where it cannot, the
+/// level keeps `credentialName` without a credential, which the proxy fails closed.
+fn resolve_credentials(
+    tp: &mut xds::TrafficPolicy,
+    ns: &str,
+    selects: bool,
+    secrets: &Secrets<'_>,
+    w: &mut impl FnMut(String),
+) {
+    for t in tp.tls_settings_mut() {
+        let Some(name) = t.credential_name.clone() else {
+            continue;
+        };
+        t.credential_name = Some(format!("{ns}/{name}"));
+        let fails = "connections with these TLS settings fail (503 UF), never in plaintext";
+        if !selects {
+            w(format!(
+                "tls.credentialName: {name}: Istio reads a DestinationRule's Secret for \
+                 sidecars only when the rule has a workloadSelector: on sidecars, {fails} \
+                 (gateway proxies read it in their own namespace)"
+            ));
+            continue;
+        }
+        let mutual = t.mode == xds::ClientTlsMode::Mutual;
+        let read = secrets.read(ns, &name, true).and_then(|pems| {
+            if mutual && (pems.cert_chain.is_none() || pems.private_key.is_none()) {
+                return Err("MUTUAL needs tls.crt and tls.key (or cert and key)".to_string());
+            }
+            Ok(xds::ClientCredential {
+                source: format!("Secret {ns}/{name}"),
+                cert_chain: pems.cert_chain.filter(|_| mutual),
+                private_key: pems.private_key.filter(|_| mutual),
+                ca_certificates: pems.ca_certificates,
+            })
+        });
+        match read {
+            Ok(c) => t.credential = Some(c),
+            Err(why) => w(format!(
+                "tls.credentialName: {name}: {why} in namespace {ns}; {fails}"
+            )),
+        }
+    }
 }
 
 /// Separates a rule's name from the host in the names of the policies a wildcard rule gives
@@ -390,12 +528,23 @@ fn client_tls(
         Some(ClientTlsMode::IstioMutual) => xds::ClientTlsMode::IstioMutual,
         Some(ClientTlsMode::Disable) | None => xds::ClientTlsMode::Disable,
     };
-    if mode == xds::ClientTlsMode::Mutual
+    // `credentialName` replaces the files (pilot's): its credential is filled in later
+    // ([`resolve_credentials`]).
+    let credential_name = matches!(
+        mode,
+        xds::ClientTlsMode::Simple | xds::ClientTlsMode::Mutual
+    )
+    .then(|| non_empty(&t.credential_name))
+    .flatten();
+    let files = credential_name.is_none();
+    if files
+        && mode == xds::ClientTlsMode::Mutual
         && (t.client_certificate.is_empty() || t.private_key.is_empty())
     {
+        // Istio's validation rejects this rule.
         w(format!(
-            "{at}.tls: MUTUAL with credentialName only: Ama does not read certificates from \
-             secrets, so this level has no TLS settings (the proxy's default applies)"
+            "{at}.tls: MUTUAL needs clientCertificate and privateKey, or credentialName: this \
+             level has no TLS settings (the proxy's default applies)"
         ));
         return None;
     }
@@ -403,9 +552,11 @@ fn client_tls(
         mode,
         sni: non_empty(&t.sni),
         subject_alt_names: t.subject_alt_names.clone(),
-        ca_certificates: non_empty(&t.ca_certificates),
-        client_certificate: non_empty(&t.client_certificate),
-        private_key: non_empty(&t.private_key),
+        ca_certificates: non_empty(&t.ca_certificates).filter(|_| files),
+        client_certificate: non_empty(&t.client_certificate).filter(|_| files),
+        private_key: non_empty(&t.private_key).filter(|_| files),
         insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false),
+        credential_name,
+        credential: None,
     })
 }

@@ -908,6 +908,8 @@ fn connection_pool_outlier_detection_and_tls() {
             client_certificate: Some("/etc/certs/cert.pem".into()),
             private_key: Some("/etc/certs/key.pem".into()),
             insecure_skip_verify: true,
+            credential_name: None,
+            credential: None,
         })
     );
     let sub = tp
@@ -931,7 +933,7 @@ fn connection_pool_outlier_detection_and_tls() {
 }
 
 #[test]
-fn mutual_tls_from_a_secret_is_left_out_with_a_warning() {
+fn mutual_tls_from_a_secret_without_selector_fails_closed() {
     let (m, findings) = build(
         "apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -947,16 +949,31 @@ spec:
         findings[0].contains("spec.trafficPolicy.tls.credentialName"),
         "{findings:?}"
     );
-    assert_eq!(m.traffic_policies[0].resource.policy.settings.tls, None);
+    // The TLS settings stay, naming the Secret without its credential: the proxy fails these
+    // connections rather than sending plaintext.
+    let tls = m.traffic_policies[0]
+        .resource
+        .policy
+        .settings
+        .tls
+        .clone()
+        .expect("tls kept");
+    assert_eq!(tls.mode, xds::ClientTlsMode::Mutual);
+    assert_eq!(
+        tls.credential_name.as_deref(),
+        Some("default/reviews-client")
+    );
+    assert_eq!(tls.credential, None);
     assert_eq!(
         m.warnings
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>(),
         [
-            "DestinationRule default/reviews: spec.trafficPolicy.tls: MUTUAL with credentialName \
-          only: Ama does not read certificates from secrets, so this level has no TLS settings \
-          (the proxy's default applies)"
+            "DestinationRule default/reviews: tls.credentialName: reviews-client: Istio reads a \
+             DestinationRule's Secret for sidecars only when the rule has a workloadSelector: \
+             on sidecars, connections with these TLS settings fail (503 UF), never in plaintext \
+             (gateway proxies read it in their own namespace)"
         ]
     );
 }

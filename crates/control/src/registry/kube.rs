@@ -1,7 +1,9 @@
 //! The Kubernetes registry: kube-rs watchers on the API server feeding the [`ConfigStore`].
 //!
 //! One task per watched kind ([`KINDS`]): Namespaces, Services, Pods, EndpointSlices
-//! (`discovery.k8s.io/v1`), the ConfigMap `istio` of the system namespace (MeshConfig), and
+//! (`discovery.k8s.io/v1`), the ConfigMap `istio` of the system namespace (MeshConfig),
+//! Secrets of the types `credentialName` reads (`kubernetes.io/tls`, `Opaque`; their data is
+//! never logged, and `kubectl`'s last-applied copy of it is dropped), and
 //! Istio's CRDs (`networking.istio.io` VirtualService, DestinationRule, Gateway, ServiceEntry,
 //! Sidecar; `security.istio.io` PeerAuthentication, AuthorizationPolicy, RequestAuthentication).
 //! Each task runs a [`::kube::runtime::watcher`] stream with the runtime's default backoff and
@@ -148,6 +150,15 @@ const SECURITY: &str = api::security::GROUP;
 /// Namespaces (the root certificate follows them).
 pub const NAMESPACE: Kind = core("Namespace", "namespaces", Scope::All);
 
+/// Secrets (`credentialName`).
+pub const SECRET: Kind = core("Secret", "secrets", Scope::All);
+
+/// The field selector of the Secret watch: not Helm releases nor service-account tokens (as
+/// istiod's credential controller asks), which no `credentialName` reads and which can be
+/// large and many.
+pub const SECRET_FIELDS: &str =
+    "type!=helm.sh/release.v1,type!=kubernetes.io/service-account-token";
+
 /// Everything the registry watches.
 pub const KINDS: &[Kind] = &[
     NAMESPACE,
@@ -161,6 +172,9 @@ pub const KINDS: &[Kind] = &[
         scope: Scope::All,
     },
     core("ConfigMap", "configmaps", Scope::MeshConfig),
+    // `credentialName` (Gateways, DestinationRules): only `kubernetes.io/tls` and `Opaque` are
+    // kept ([`convert`]); the API server leaves out the bulkiest others ([`SECRET_FIELDS`]).
+    SECRET,
     istio(
         NETWORKING,
         &api::networking::VERSIONS,
@@ -732,6 +746,9 @@ async fn watch_version(
     let mut config = watcher::Config::default();
     if kind.scope == Scope::MeshConfig {
         config = config.fields(&format!("metadata.name={}", api::objects::MESH_CONFIG_MAP));
+    }
+    if kind == SECRET {
+        config = config.fields(SECRET_FIELDS);
     }
     let stream = watcher::watcher(api, config).default_backoff();
     let mut stream = std::pin::pin!(stream);

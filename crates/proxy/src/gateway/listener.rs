@@ -32,6 +32,9 @@ const REBIND_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 pub async fn run(pi: Arc<ProxyInputs>, workers: Option<Arc<Workers>>, drain: DrainWatcher) {
     let mut changes = pi.store.subscribe();
     let mut open: HashMap<u16, CancellationToken> = HashMap::new();
+    // The last bind error logged per port: a port that keeps failing the same way is logged
+    // once, not on every retry.
+    let mut bind_errors: HashMap<u16, String> = HashMap::new();
     loop {
         let snap = pi.store.load();
         let wanted: Vec<u16> = snap.gateway.ports().collect();
@@ -47,6 +50,7 @@ pub async fn run(pi: Arc<ProxyInputs>, workers: Option<Arc<Workers>>, drain: Dra
             }
             keep
         });
+        bind_errors.retain(|port, _| wanted.contains(port));
         let mut failed = false;
         for port in wanted {
             if open.contains_key(&port) {
@@ -55,6 +59,7 @@ pub async fn run(pi: Arc<ProxyInputs>, workers: Option<Arc<Workers>>, drain: Dra
             let addr = SocketAddr::new(pi.cfg.gateway_bind, port);
             match TcpListener::bind(addr).await {
                 Ok(l) => {
+                    bind_errors.remove(&port);
                     tracing::info!(%addr, "gateway listener open");
                     let stop = CancellationToken::new();
                     tokio::spawn(accept(
@@ -67,7 +72,13 @@ pub async fn run(pi: Arc<ProxyInputs>, workers: Option<Arc<Workers>>, drain: Dra
                     open.insert(port, stop);
                 }
                 Err(e) => {
-                    tracing::warn!(%addr, error = %e, "cannot bind the gateway port; retrying");
+                    let error = e.to_string();
+                    if bind_errors.get(&port) != Some(&error) {
+                        tracing::warn!(%addr, %error, "cannot bind the gateway port; retrying every {} s", REBIND_INTERVAL.as_secs());
+                        bind_errors.insert(port, error);
+                    } else {
+                        tracing::debug!(%addr, %error, "cannot bind the gateway port; retrying");
+                    }
                     failed = true;
                 }
             }

@@ -88,7 +88,7 @@ struct VirtualHost {
 impl GatewayConfig {
     /// Compiles `listeners`; a route that does not compile is an error naming its field
     /// (`gatewayListeners[0].servers[1].routes[0]: http[2]...`). A credential that cannot be
-    /// used leaves its server unserved, and is logged.
+    /// used leaves its server unserved ([`GatewayConfig::problems`]).
     pub fn compile(listeners: &[GatewayListener]) -> Result<GatewayConfig, xds::ValidationErrors> {
         let mut errors = Vec::new();
         let mut ports = FxHashMap::default();
@@ -129,7 +129,7 @@ impl GatewayConfig {
                         });
                     }
                 }
-                servers.push(tls::Server::compile(s, l.port, tls_routes, tcp_routes));
+                servers.push(tls::Server::compile(s, tls_routes, tcp_routes));
             }
             // Most specific first; among equals, the first bound keeps the host.
             vhosts.sort_by_key(|v| std::cmp::Reverse(host_specificity(&v.pattern)));
@@ -149,6 +149,21 @@ impl GatewayConfig {
         } else {
             Err(xds::ValidationErrors(errors))
         }
+    }
+
+    /// What of the config cannot be served (a TLS server without a usable credential), one
+    /// line each, for the store to log once.
+    pub fn problems(&self) -> impl Iterator<Item = String> + '_ {
+        self.ports.values().flat_map(|p| {
+            p.servers.iter().filter_map(move |s| {
+                s.problem.as_ref().map(|why| {
+                    format!(
+                        "gateway {} server {} port {}: {why}",
+                        s.gateway, s.index, p.port
+                    )
+                })
+            })
+        })
     }
 
     /// The port's config, if a Gateway serves it.
@@ -270,6 +285,27 @@ gatewayListeners:
         assert!(
             p.routes_for("other.org", None)
                 .is_some_and(|(_, redirect)| redirect)
+        );
+    }
+
+    #[test]
+    fn a_tls_server_without_credential_is_a_problem_of_the_config() {
+        let g = GatewayConfig::compile(&listeners(
+            r#"
+gatewayListeners:
+- port: 8443
+  servers:
+  - {gateway: istio-system/gw, protocol: HTTPS, hosts: ["*"], tls: {mode: SIMPLE}}
+  - {gateway: istio-system/gw, index: 1, protocol: HTTPS, hosts: [a.org], tls: {mode: ISTIO_MUTUAL}}
+"#,
+        ))
+        .expect("compiles");
+        assert_eq!(
+            g.problems().collect::<Vec<_>>(),
+            [
+                "gateway istio-system/gw server 0 port 8443: no credential for this TLS server; its \
+              TLS handshakes fail"
+            ]
         );
     }
 

@@ -26,6 +26,9 @@ pub struct Server {
     /// SIMPLE, MUTUAL, OPTIONAL_MUTUAL: the config to terminate with; `None` when the
     /// credential is missing or unusable.
     pub config: Option<Arc<ServerConfig>>,
+    /// Why a terminating server has no config (its TLS handshakes fail); logged once by the
+    /// store while snapshots keep it ([`crate::config::Snapshot::problems`]).
+    pub problem: Option<String>,
     /// The `tls` routes of its VirtualServices (PASSTHROUGH, by SNI).
     pub tls_routes: Vec<L4Route>,
     /// The `tcp` routes of its VirtualServices.
@@ -64,10 +67,9 @@ pub enum CredentialError {
 }
 
 impl Server {
-    /// Compiles `s` (of port `port`) with the routes of its VirtualServices.
+    /// Compiles `s` with the routes of its VirtualServices.
     pub(crate) fn compile(
         s: &GatewayServer,
-        port: u16,
         tls_routes: Vec<L4Route>,
         tcp_routes: Vec<L4Route>,
     ) -> Server {
@@ -76,32 +78,24 @@ impl Server {
             mode,
             Some(ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual)
         ) && s.protocol != xds::GatewayProtocol::Http;
-        let config = match (
+        let (config, problem) = match (
             terminates,
             s.tls.as_ref().and_then(|t| t.credential.as_ref()),
         ) {
-            (false, _) => None,
-            (true, None) => {
-                tracing::warn!(
-                    gateway = %s.gateway,
-                    server = s.index,
-                    port,
-                    "no credential for this TLS server; its TLS handshakes fail"
-                );
-                None
-            }
+            (false, _) => (None, None),
+            (true, None) => (
+                None,
+                Some("no credential for this TLS server; its TLS handshakes fail".to_string()),
+            ),
             (true, Some(c)) => match server_config(c, s.tls.as_ref()) {
-                Ok(cfg) => Some(cfg),
-                Err(e) => {
-                    tracing::warn!(
-                        gateway = %s.gateway,
-                        server = s.index,
-                        port,
-                        error = %e,
-                        "the credential of this TLS server cannot be used; its TLS handshakes fail"
-                    );
-                    None
-                }
+                Ok(cfg) => (Some(cfg), None),
+                Err(e) => (
+                    None,
+                    Some(format!(
+                        "the credential of this TLS server cannot be used ({e}); its TLS \
+                         handshakes fail"
+                    )),
+                ),
             },
         };
         Server {
@@ -110,6 +104,7 @@ impl Server {
             hosts: s.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
             mode,
             config,
+            problem,
             tls_routes,
             tcp_routes,
         }

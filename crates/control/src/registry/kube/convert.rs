@@ -18,13 +18,21 @@ use serde_json::Value;
 /// Pod phases after which a pod runs no more: its address may already belong to another pod.
 const TERMINAL_PHASES: [&str; 2] = ["Succeeded", "Failed"];
 
+/// The Secret types a `credentialName` reads (empty is `Opaque`); the others (service-account
+/// tokens, registry credentials, ...) are never parsed nor kept.
+const CREDENTIAL_SECRET_TYPES: [&str; 3] = ["kubernetes.io/tls", "Opaque", ""];
+
+/// `kubectl apply` keeps the whole object in this annotation: for a Secret, its keys.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// What became of one object.
 #[derive(Debug, Clone, PartialEq)]
 #[allow(clippy::large_enum_variant)] // short-lived: moved into the kind's map at once
 pub enum Converted {
     /// The mesh reads it.
     Object(Object),
-    /// It exists but the mesh must not see it (a pod that has finished).
+    /// It exists but the mesh must not see it (a pod that has finished, a Secret of a type no
+    /// `credentialName` reads).
     Skipped,
     /// It is malformed; the problems name its fields.
     Invalid(Vec<ObjectError>),
@@ -45,8 +53,18 @@ pub fn convert(resource: &ApiResource, object: DynamicObject, source_name: &str)
         Value::String(resource.api_version.clone()),
     );
     map.insert("kind".into(), Value::String(resource.kind.clone()));
+    let secret = resource.kind == "Secret" && resource.group.is_empty();
     if let Some(Value::Object(meta)) = map.get_mut("metadata") {
         meta.remove("managedFields");
+        if secret && let Some(Value::Object(annotations)) = meta.get_mut("annotations") {
+            annotations.remove(LAST_APPLIED);
+        }
+    }
+    if secret {
+        let secret_type = map.get("type").and_then(Value::as_str).unwrap_or("");
+        if !CREDENTIAL_SECRET_TYPES.contains(&secret_type) {
+            return Converted::Skipped;
+        }
     }
     if resource.kind == "Pod"
         && resource.group.is_empty()
@@ -111,6 +129,51 @@ mod tests {
 
     fn dynamic(value: Value) -> DynamicObject {
         serde_json::from_value(value).expect("dynamic object")
+    }
+
+    #[test]
+    fn secrets_of_credential_types_are_kept_without_last_applied() {
+        let secret = |secret_type: Option<&str>| {
+            let mut v = json!({
+                "metadata": {
+                    "name": "client-credential",
+                    "namespace": "default",
+                    "annotations": {
+                        LAST_APPLIED: "{\"data\":{\"tls.key\":\"U0VDUkVUS0VZ\"}}",
+                        "team": "a",
+                    },
+                },
+                // base64 of "SECRETKEY"
+                "data": {"tls.key": "U0VDUkVUS0VZ", "tls.crt": "Q0VSVA=="},
+            });
+            if let Some(t) = secret_type {
+                v["type"] = json!(t);
+            }
+            convert(
+                &resource("", "v1", "Secret"),
+                dynamic(v),
+                "kubernetes/Secret",
+            )
+        };
+        for t in [Some("kubernetes.io/tls"), Some("Opaque"), None] {
+            let Converted::Object(Object::Secret(s)) = secret(t) else {
+                panic!("{t:?}: not kept");
+            };
+            assert_eq!(s.data["tls.key"], b"SECRETKEY");
+            assert_eq!(
+                s.metadata.annotations.keys().collect::<Vec<_>>(),
+                ["team"],
+                "the last-applied copy of the keys is dropped"
+            );
+            assert!(!format!("{s:?}").contains("SECRETKEY"));
+        }
+        for t in [
+            "kubernetes.io/service-account-token",
+            "kubernetes.io/dockerconfigjson",
+            "helm.sh/release.v1",
+        ] {
+            assert_eq!(secret(Some(t)), Converted::Skipped, "{t}");
+        }
     }
 
     #[test]
