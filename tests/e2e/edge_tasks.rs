@@ -431,6 +431,10 @@ fn istio_edge_tasks_under_ama_up() {
         text(&out)
     );
     let old = teapot(&c1.join("example.com.crt"), &[]);
+    eprintln!(
+        "old CA after the rotation: curl exit {:?}",
+        old.status.code()
+    );
     // The task shows curl's exit 35 (the handshake fails on the old CA); OpenSSL may say 60.
     assert!(
         matches!(old.status.code(), Some(35 | 60)),
@@ -565,6 +569,10 @@ fn istio_edge_tasks_under_ama_up() {
     let stranger = teapot(
         &c1.join("example.com.crt"),
         &["--cert", &stranger_cert, "--key", &stranger_key],
+    );
+    eprintln!(
+        "MUTUAL, a certificate of another CA: curl exit {:?}",
+        stranger.status.code()
     );
     assert!(
         matches!(stranger.status.code(), Some(56 | 35)),
