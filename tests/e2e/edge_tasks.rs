@@ -10,6 +10,8 @@
 //!    `HTTP/2 418` with the teapot; the Secret replaced by one of another CA is served without a
 //!    restart (the old CA then fails); two hosts on one port, each served its own certificate
 //!    by SNI; MUTUAL refuses a client without a certificate and answers one with.
+//!    A gateway of one's own from Istio's gateway Deployment (`istio-ingress`, listening on 80
+//!    through the pod's `net.ipv4.ip_unprivileged_port_start` sysctl) serves the same Gateway.
 //! 3. **Accessing External Services** (ours: the "external" servers are pods of a namespace
 //!    without sidecars that `local.ama.dev/dns-names` names `httpbin.org` and
 //!    `edition.cnn.com`): under `REGISTRY_ONLY`, `http://httpbin.org/headers` is 502 with
@@ -608,6 +610,43 @@ fn istio_edge_tasks_under_ama_up() {
         },
     );
     let sleep = t.pod("default", "sleep-");
+
+    // A gateway of one's own, from Istio's gateway Deployment (injection template `gateway`,
+    // `image: auto`, the sysctl that lets it bind 80): it serves the Ingress Gateways task's
+    // Gateway too (same selector), reached from sleep through its own Service.
+    t.apply(None, "edge/gateway-deployment.yaml");
+    t.apply(None, "edge/httpbin-gateway.yaml");
+    let own = until(
+        "the gateway of one's own",
+        || {
+            t.sleep_curl(&[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-HHost:httpbin.example.com",
+                "http://istio-ingressgateway.istio-ingress/status/200",
+            ])
+        },
+        |o| String::from_utf8_lossy(&o.stdout) == "200",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&own.stdout),
+        "200",
+        "{}",
+        text(&own)
+    );
+    let own_gw = t.pod("istio-ingress", "istio-ingressgateway-");
+    let records = t.log_records("istio-ingress", &own_gw, "istio-proxy");
+    assert!(
+        records.iter().any(|r| r["path"] == "/status/200"
+            && r["downstream_local_address"]
+                .as_str()
+                .is_some_and(|a| a.ends_with(":80"))),
+        "the gateway of one's own listens on 80: {records:?}"
+    );
+
     let blocked = until(
         "REGISTRY_ONLY to block httpbin.org",
         || {

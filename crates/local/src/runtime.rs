@@ -827,6 +827,7 @@ impl Mesh {
         let namespace = group.owner.namespace.clone();
         let netns = Netns::create(&naming::pod_netns(&self.opts.cluster, &namespace, name))?;
         self.lan.attach(&netns, ip)?;
+        set_sysctls(&netns, name, &l.pod);
         let pod_dir = self.dir.pod_dir(name);
         fs::create_dir_all(&pod_dir).map_err(Error::io(&pod_dir))?;
         let sidecar = l.injected();
@@ -1300,6 +1301,40 @@ impl Mesh {
         sweep(&cluster);
         if let Err(e) = dir.remove() {
             tracing::warn!("{e}");
+        }
+    }
+}
+
+/// The pod's `securityContext.sysctls`, as kubelet sets them: the `net.*` ones belong to the
+/// pod's network namespace and are written there (Istio's gateway Deployment lowers
+/// `net.ipv4.ip_unprivileged_port_start` so that its proxy binds 80 and 443). Pods here share
+/// the machine's other namespaces, so any other sysctl is left unset, with a warning, as is one
+/// the kernel refuses.
+fn set_sysctls(netns: &Netns, pod_name: &str, pod: &Value) {
+    let Some(list) = pod
+        .pointer("/spec/securityContext/sysctls")
+        .and_then(Value::as_array)
+    else {
+        return;
+    };
+    for (i, s) in list.iter().enumerate() {
+        let name = s.get("name").and_then(Value::as_str).unwrap_or_default();
+        let value = match s.get("value") {
+            Some(Value::String(v)) => v.clone(),
+            Some(v) => v.to_string(),
+            None => String::new(),
+        };
+        let field = format!("spec.securityContext.sysctls[{i}]");
+        if !name.starts_with("net.") || name.contains('/') || name.contains("..") {
+            tracing::warn!(
+                pod = pod_name,
+                "{field}: {name:?} is not a sysctl of the pod's network namespace; not set (pods \
+                 here share the machine's other namespaces)"
+            );
+            continue;
+        }
+        if let Err(e) = netns.exec("sysctl", &["-q", "-w", &format!("{name}={value}")]) {
+            tracing::warn!(pod = pod_name, "{field}: {name}={value} not set: {e}");
         }
     }
 }
