@@ -342,7 +342,7 @@ pub struct Snapshot {
     pub services: Vec<Arc<ServiceEntry>>,
     by_vip: FxHashMap<(IpAddr, u16), Arc<ServiceEntry>>,
     by_host: HashMap<String, Arc<ServiceEntry>>,
-    /// ServiceEntry hosts `*.suffix`, by suffix, longest (most specific) first.
+    /// ServiceEntry hosts `*.suffix` as written, the longest (most specific) first.
     wildcard_hosts: Vec<(String, Arc<ServiceEntry>)>,
     /// Ports of ServiceEntry hosts that have no VIP: a connection there is routed by its SNI.
     sni_ports: FxHashSet<u16>,
@@ -492,7 +492,7 @@ impl Snapshot {
             if s.is_service_entry() {
                 // A ServiceEntry host is known only as written (Istio adds no short forms).
                 match s.wildcard_suffix() {
-                    Some(suffix) => wildcard_hosts.push((suffix.to_string(), entry.clone())),
+                    Some(_) => wildcard_hosts.push((s.hostname.clone(), entry.clone())),
                     None => {
                         by_host.insert(s.hostname.clone(), entry.clone());
                     }
@@ -614,9 +614,7 @@ impl Snapshot {
         self.by_host.get(host).or_else(|| {
             self.wildcard_hosts
                 .iter()
-                .find(|(suffix, _)| {
-                    host.len() > suffix.len() && ends_with_ignore_case(host, suffix)
-                })
+                .find(|(pattern, _)| xds::gateway::host_matches(pattern, host))
                 .map(|(_, e)| e)
         })
     }
@@ -672,12 +670,6 @@ impl Snapshot {
             })
             .unwrap_or(xds::Protocol::Unknown)
     }
-}
-
-/// Whether `host` ends with `suffix`, ignoring ASCII case (host names are case-insensitive).
-fn ends_with_ignore_case(host: &str, suffix: &str) -> bool {
-    host.len() >= suffix.len()
-        && host.as_bytes()[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
 }
 
 /// The current snapshot, swapped atomically on reload.

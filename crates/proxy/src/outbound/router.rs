@@ -380,15 +380,7 @@ pub fn routes_by_sni(snap: &Snapshot, orig_dst: OrigDstAddr) -> bool {
 /// Whether `sni` is one of `hosts` (`*.example.com` matches one or more labels before
 /// `.example.com`, `*` anything), as Envoy's server-name matching of Istio's `sniHosts`.
 fn sni_matches(hosts: &[String], sni: &str) -> bool {
-    let sni = sni.to_ascii_lowercase();
-    hosts.iter().any(|h| {
-        let h = h.to_ascii_lowercase();
-        match h.strip_prefix('*') {
-            Some("") => true,
-            Some(suffix) => sni.ends_with(suffix) && sni.len() > suffix.len(),
-            None => sni == h,
-        }
-    })
+    hosts.iter().any(|h| xds::gateway::host_matches(h, sni))
 }
 
 /// The service port a connection to `orig_dst` uses: the port itself, else (a headless
