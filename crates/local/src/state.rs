@@ -189,16 +189,30 @@ fn searchable_by_all(dir: &Path) -> bool {
         .all(|d| fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
 }
 
-/// Whether process `pid` exists.
+/// Whether process `pid` exists and has not exited. A zombie (exited, not yet reaped: an
+/// `ama up` killed with SIGKILL whose parent does not reap, as in a container whose init is
+/// not a reaper) counts as dead, or the next `ama up` would refuse to start for ever.
 pub fn alive(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
+    let Ok(raw) = i32::try_from(pid) else {
         return false;
     };
     // Signal 0 checks existence and permission without sending anything.
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+    let exists = match nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None) {
         Ok(()) => true,
         Err(e) => e == nix::errno::Errno::EPERM,
-    }
+    };
+    exists && !zombie(pid)
+}
+
+/// Whether `/proc/<pid>/stat` says the process is a zombie (`Z`) or dead (`X`).
+fn zombie(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which is in parentheses and may contain any byte.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state == "Z" || state == "X")
 }
 
 /// Everything about a running mesh.
@@ -505,6 +519,29 @@ pub struct ServiceRecord {
 mod tests {
     use super::*;
     use pretty_assertions::assert_eq;
+
+    /// An `ama up` killed with SIGKILL and not yet reaped is a zombie: the next `ama up` must
+    /// see it as gone, not refuse to start because "pid N is running".
+    #[test]
+    fn a_zombie_is_not_alive() {
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = child.id();
+        // `true` exits at once; until it is reaped it stays a zombie. Bounded wait.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !zombie(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pid {pid} never exited"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!alive(pid), "a zombie counts as dead");
+        child.wait().expect("reap");
+        assert!(!alive(pid), "a reaped pid is dead");
+        assert!(alive(std::process::id()), "this process is alive");
+    }
 
     fn container(name: &str, role: Role, state: ContainerState, ready: bool) -> ContainerRecord {
         ContainerRecord {
