@@ -10,7 +10,7 @@
 //!   on stderr; `ama apply` of a file with a `Deploymnet` and a good Service exits 1 naming file, document
 //!   and kind with the nearest known kind, and still creates the Service; a VirtualService with
 //!   `match.statPrefix` and `retries.retryRemoteLocalities` is applied with a `Warning:` line per field, and discovery's
-//!   log has them at WARN with object and field; an AuthorizationPolicy that allows the client's
+//!   log (`ama logs discovery`) has them at WARN with object and field; an AuthorizationPolicy that allows the client's
 //!   principal is applied without a finding and httpbin still answers 200, AUDIT is applied with
 //!   a warning saying how Ama's differs from Istio's, and Istio's `allow-nothing` makes httpbin
 //!   answer 403 `RBAC: access denied`; an AuthorizationPolicy with a field Ama does not know is
@@ -300,12 +300,21 @@ fn findings_and_fail_closed_policies_under_ama_up() {
             "{field}\n{stderr}"
         );
     }
-    let log = Path::new("/run/ama").join(&mesh.name).join("discovery.log");
+    // Read as a user reads it: `ama logs discovery` (and istioctl's habit, `deploy/istiod`).
+    let discovery_log = |name: &str| {
+        let out = mesh.ama(&["logs", name, "-n", "istio-system"]);
+        assert!(out.status.success(), "ama logs {name}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        discovery_log("deploy/istiod").contains("INFO"),
+        "ama logs deploy/istiod prints the control plane's log"
+    );
     wait_for(
         "discovery's WARN on retryRemoteLocalities",
         Duration::from_secs(30),
         || {
-            let text = std::fs::read_to_string(&log).ok()?;
+            let text = discovery_log("discovery");
             text.lines()
                 .find(|l| {
                     l.contains("WARN")
@@ -418,7 +427,7 @@ fn findings_and_fail_closed_policies_under_ama_up() {
         "discovery's ERROR on the policy it cannot read",
         Duration::from_secs(30),
         || {
-            let text = std::fs::read_to_string(&log).ok()?;
+            let text = discovery_log("discovery");
             text.lines()
                 .find(|l| {
                     l.contains("ERROR")

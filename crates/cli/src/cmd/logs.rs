@@ -1,6 +1,11 @@
 //! `ama logs POD [-c CONTAINER] [-f] [--tail N]`, or `-l app=ubuntu` for every pod with those
 //! labels: what a container wrote (stdout and stderr), like `kubectl logs`. `-f` follows until
 //! Ctrl-C or the pod is gone.
+//!
+//! `ama logs discovery` (also `istiod`, `deploy/istiod`, as an Istio user types
+//! `kubectl logs -n istio-system deploy/istiod`) prints the control plane's log: where `ama
+//! discovery` reports each config finding (a field Ama does not implement, a policy it denies
+//! because it cannot enforce it) at WARN or ERROR, naming file, object and field.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -15,7 +20,8 @@ use super::local::MeshName;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The pod (a unique prefix is enough); or use -l.
+    /// The pod (a unique prefix is enough); or use -l. `discovery` (or `istiod`,
+    /// `deploy/istiod`): the control plane's log.
     pub pod: Option<String>,
     /// The container (default: the pod's first app container).
     #[arg(short = 'c', long = "container")]
@@ -39,7 +45,23 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let dir = args.mesh.dir()?;
     let state = dir.load()?;
+    // (pod, log file, bytes printed); no pod: the control plane's log.
+    let mut files: Vec<(Option<String>, PathBuf, u64)> = Vec::new();
+    if let Some(name) = args.pod.as_deref().filter(|n| control_plane(n, &state)) {
+        if args.container.is_some() {
+            bail!("the control plane has one log; leave out -c");
+        }
+        let path = dir.root().join("discovery.log");
+        if state.discovery.is_none() && !path.exists() {
+            bail!(
+                "mesh {:?} runs no control plane (`ama up --xds files`): {name} has no log",
+                state.cluster
+            );
+        }
+        files.push((None, path, 0));
+    }
     let pods: Vec<&local::state::PodRecord> = match (&args.pod, &args.selector) {
+        _ if !files.is_empty() => Vec::new(),
         (Some(pod), _) => vec![state.pod(pod)?],
         (None, Some(sel)) => {
             let want: Vec<(&str, &str)> =
@@ -60,10 +82,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         (None, None) => bail!("give a pod name, or -l key=value"),
     };
-    let mut files: Vec<(String, PathBuf, u64)> = Vec::new();
     for pod in pods {
         let c = pod.container(args.container.as_deref())?;
-        files.push((pod.name.clone(), c.log.clone(), 0));
+        files.push((Some(pod.name.clone()), c.log.clone(), 0));
     }
     let mut out = std::io::stdout().lock();
     for (_, path, offset) in &mut files {
@@ -88,7 +109,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let Ok(state) = dir.load() else {
             return Ok(ExitCode::SUCCESS);
         };
-        files.retain(|(pod, _, _)| state.pods.iter().any(|p| &p.name == pod));
+        files.retain(|(pod, _, _)| {
+            pod.as_ref()
+                .is_none_or(|pod| state.pods.iter().any(|p| &p.name == pod))
+        });
         if files.is_empty() {
             return Ok(ExitCode::SUCCESS);
         }
@@ -115,4 +139,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             *offset += end as u64 + 1;
         }
     }
+}
+
+/// Whether `name` means the control plane: `discovery`, `istiod` or `deploy[ment]/istiod`,
+/// unless a pod of the mesh is called that (a pod's own name wins, as kubectl's would).
+fn control_plane(name: &str, state: &local::state::State) -> bool {
+    let name = name
+        .strip_prefix("deployment/")
+        .or_else(|| name.strip_prefix("deploy/"))
+        .unwrap_or(name);
+    matches!(name, "discovery" | "istiod") && !state.pods.iter().any(|p| p.name == name)
 }
