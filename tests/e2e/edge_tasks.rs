@@ -243,9 +243,7 @@ fn istio_edge_tasks_under_ama_up() {
     if !root_or_skip(TEST) {
         return;
     }
-    let Some(python) = venv_tool(TEST, "python") else {
-        return;
-    };
+    let python = venv_tool(TEST, "python");
     let scratch = Scratch::new("edge");
     let certs = scratch.path().join("certs");
     make_certs(&certs);

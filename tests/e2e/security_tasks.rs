@@ -84,12 +84,8 @@ fn istio_security_tasks_under_ama_up() {
     if !root_or_skip(TEST) {
         return;
     }
-    let Some(python) = venv_tool(TEST, "python") else {
-        return;
-    };
-    if venv_tool(TEST, "gunicorn").is_none() {
-        return;
-    }
+    let python = venv_tool(TEST, "python");
+    venv_tool(TEST, "gunicorn");
     let signer = Signer::new();
     let scratch = Scratch::new("sec");
     let jwks_dir = scratch.path().join("jwks");

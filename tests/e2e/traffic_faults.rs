@@ -53,9 +53,7 @@ fn istio_fault_injection_under_ama_up() {
     if !root_or_skip(TEST) {
         return;
     }
-    let Some(python) = venv_tool(TEST, "python") else {
-        return;
-    };
+    let python = venv_tool(TEST, "python");
     let mut t = Traffic::start(
         "ft",
         &python,

@@ -48,9 +48,7 @@ fn retries_outliers_and_circuit_breaking_under_ama_up() {
     if !root_or_skip(TEST) {
         return;
     }
-    let Some(python) = venv_tool(TEST, "python") else {
-        return;
-    };
+    let python = venv_tool(TEST, "python");
     let mut t = Traffic::start(
         "rs",
         &python,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use e2e::{Proc, Scratch, ama, root_or_skip, wait_for, workspace};
+use e2e::{Proc, Scratch, ama, host_root_or_skip, wait_for, workspace};
 use serde_json::Value;
 
 const ID: &str = "spiffe://cluster.local/ns/default/sa/default";
@@ -190,7 +190,10 @@ fn ok(out: Output, what: &str, up: &Proc) -> String {
 
 #[test]
 fn seed_without_root_through_a_user_namespace() {
-    if !root_or_skip("seed_without_root_through_a_user_namespace") {
+    if !host_root_or_skip(
+        "seed_without_root_through_a_user_namespace",
+        "it adds a user with subordinate ids and runs ama up as that user",
+    ) {
         return;
     }
     if let Some(why) = unsupported() {

@@ -10,34 +10,16 @@ pub const TOOL: &str = "kubernetes-validate";
 /// The Kubernetes version whose schemas are used.
 pub const KUBERNETES_VERSION: &str = "1.33.0";
 
-/// The tool, looked up in `$AMA_VENV/bin`, `<workspace>/.venv/bin`, then `PATH`.
-pub fn find() -> Option<PathBuf> {
-    let mut candidates = Vec::new();
-    if let Some(venv) = std::env::var_os("AMA_VENV") {
-        candidates.push(PathBuf::from(venv).join("bin").join(TOOL));
-    }
-    candidates.push(crate::workspace().join(".venv/bin").join(TOOL));
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|dir| dir.join(TOOL)));
-    }
-    candidates.into_iter().find(|c| c.is_file())
+/// The tool, from the tests' venv ([`crate::venv`], made if missing).
+pub fn find() -> PathBuf {
+    crate::venv_tool("kubernetes-validate", TOOL)
 }
 
 /// Validates `files` strictly. Panics with the tool's output when a document is invalid.
 /// Returns the lines the tool printed with `--quiet` (warnings, such as a custom resource
-/// without a schema) for the caller to judge, or `None`, after saying so, when the tool is not
-/// installed; under CI (env `CI` set) a missing tool is a failure.
-pub fn validate(test: &str, files: &[impl AsRef<Path>]) -> Option<Vec<String>> {
-    let Some(tool) = find() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test}: {TOOL} is required in CI but was not found"
-        );
-        eprintln!(
-            "skipped: {test} needs {TOOL} (pip install -r tests/requirements.txt into .venv)"
-        );
-        return None;
-    };
+/// without a schema) for the caller to judge.
+pub fn validate(files: &[impl AsRef<Path>]) -> Vec<String> {
+    let tool = find();
     let result = Command::new(&tool)
         .args([
             "--strict",
@@ -52,14 +34,12 @@ pub fn validate(test: &str, files: &[impl AsRef<Path>]) -> Option<Vec<String>> {
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(
         result.status.success(),
-        "{test}: {TOOL} failed:\n{stdout}\n{stderr}"
+        "{TOOL} failed:\n{stdout}\n{stderr}"
     );
-    Some(
-        stdout
-            .lines()
-            .chain(stderr.lines())
-            .filter(|l| !l.trim().is_empty())
-            .map(str::to_string)
-            .collect(),
-    )
+    stdout
+        .lines()
+        .chain(stderr.lines())
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect()
 }

@@ -64,40 +64,159 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Returns false, after saying why, when `test` cannot run here because it needs root.
-/// Under CI (env `CI` set) a missing root is a failure, not a skip.
+/// Whether `test` runs here as root: true when this process is root (of the host, or of the
+/// user namespace `ama userns` made). Otherwise it runs `test` there: this test binary again,
+/// with `test --exact`, through `ama userns` (the user's uid as root, its subordinate ids
+/// mapped, namespaces of its own: see `crates/cli/src/cmd/userns.rs`), passes on its output,
+/// fails when it fails or when it did not run exactly one test, and returns false: the caller
+/// returns, its test having run. Only a machine that cannot do that (no unprivileged user
+/// namespaces, no `newuidmap`, no subordinate ids) skips it, saying why; under CI (env `CI`
+/// set) that is a failure too.
 pub fn root_or_skip(test: &str) -> bool {
     if is_root() {
         return true;
     }
+    let check = Command::new(ama())
+        .args(["userns", "--check"])
+        .output()
+        .expect("run ama userns --check");
+    if !check.status.success() {
+        let why = String::from_utf8_lossy(&check.stdout).trim().to_string();
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: needs root or a user namespace ({why}), and CI must run it"
+        );
+        eprintln!("skipped: {test} needs root, or a user namespace with subordinate ids: {why}");
+        return false;
+    }
+    // Inside there is no network: the Python peers are installed first, out here.
+    venv();
+    let exe = std::env::current_exe().expect("this test binary");
+    eprintln!("{test}: not root; running it as root of a user namespace (ama userns)");
+    let out = Command::new(ama())
+        .arg("userns")
+        .arg("--")
+        .arg(&exe)
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ama userns");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(out.status.success(), "{test} failed in the user namespace");
     assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: needs root, and CI must run it"
+        stdout.contains("test result: ok. 1 passed"),
+        "{test}: the user namespace ran no test of that exact name"
     );
-    eprintln!("skipped: {test} needs root");
     false
 }
 
-/// A tool from the Python venv of `tests/requirements.txt` (`$AMA_VENV` or `<workspace>/.venv`).
-/// Returns None, after saying so, when it is not installed; under CI that is a failure.
-pub fn venv_tool(test: &str, tool: &str) -> Option<PathBuf> {
-    let venv = std::env::var_os("AMA_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".venv"));
-    let path = venv.join("bin").join(tool);
-    if path.exists() {
-        return Some(path);
+/// Whether `test` runs as the host's root; otherwise says why it cannot run without it and
+/// returns false. For the few tests that change the host itself (add a user), which no user
+/// namespace allows; under CI a missing root is a failure.
+pub fn host_root_or_skip(test: &str, why: &str) -> bool {
+    if is_root() && !in_user_namespace() {
+        return true;
     }
     assert!(
         std::env::var_os("CI").is_none(),
-        "{test}: {} is missing; .ci/run installs it",
-        path.display()
+        "{test}: needs the host's root ({why}), and CI must run it"
     );
-    eprintln!(
-        "skipped: {test} needs {} (run .ci/run or pip install -r tests/requirements.txt into .venv)",
-        path.display()
+    eprintln!("skipped: {test} needs the host's root: {why}");
+    false
+}
+
+/// Whether this process is in a user namespace other than the host's.
+fn in_user_namespace() -> bool {
+    fs::read_to_string("/proc/self/uid_map")
+        .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
+}
+
+/// A tool from the Python venv of `tests/requirements.txt` ([`venv`], made if missing).
+/// Panics, naming `test`, when the venv has no such tool: a test never skips for want of a
+/// peer it can install.
+pub fn venv_tool(test: &str, tool: &str) -> PathBuf {
+    let path = venv().join("bin").join(tool);
+    assert!(
+        path.exists(),
+        "{test}: {} is missing although {} was installed; is it in tests/requirements.txt?",
+        path.display(),
+        REQUIREMENTS
     );
-    None
+    path
+}
+
+/// The Python requirements of the tests' peers, relative to the workspace.
+const REQUIREMENTS: &str = "tests/requirements.txt";
+
+/// The Python venv of the tests' peers (httpbin, gunicorn, Envoy, grpcio, …): `$AMA_VENV`, else
+/// `<workspace>/.venv`. The first test of a run that needs it makes it, as `.ci/run` would:
+/// `python3 -m venv`, then `pip install -r tests/requirements.txt`, again whenever the
+/// requirements file changed since (a stamp file in the venv holds the text last installed).
+/// Test processes running at the same time take turns on a lock file beside the venv, so one
+/// installs and the others wait for it. Panics, saying what to install, when Python cannot make
+/// a venv here (Debian: `apt-get install python3-venv`) or pip fails.
+pub fn venv() -> &'static Path {
+    static VENV: OnceLock<PathBuf> = OnceLock::new();
+    VENV.get_or_init(|| {
+        let venv = std::env::var_os("AMA_VENV")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace().join(".venv"));
+        let wanted = fs::read_to_string(workspace().join(REQUIREMENTS))
+            .unwrap_or_else(|e| panic!("reading {REQUIREMENTS}: {e}"));
+        let stamp = venv.join(".ama-requirements");
+        if fs::read_to_string(&stamp).is_ok_and(|t| t == wanted) {
+            return venv;
+        }
+        let parent = venv.parent().unwrap_or(Path::new("/"));
+        fs::create_dir_all(parent).unwrap_or_else(|e| panic!("mkdir {}: {e}", parent.display()));
+        let lock_path = venv.with_extension("lock");
+        let lock = fs::File::create(&lock_path)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", lock_path.display()));
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: flock on a descriptor this function owns; released when `lock` drops.
+            let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+            assert_eq!(rc, 0, "flock {}", lock_path.display());
+        }
+        // Another process may have installed it while this one waited.
+        if fs::read_to_string(&stamp).is_ok_and(|t| t == wanted) {
+            return venv;
+        }
+        let python = venv.join("bin").join("python");
+        if !python.exists() {
+            eprintln!("making the tests' Python venv: python3 -m venv {}", venv.display());
+            let out = Command::new("python3").arg("-m").arg("venv").arg(&venv).output();
+            let ok = out.as_ref().is_ok_and(|o| o.status.success());
+            assert!(
+                ok,
+                "python3 -m venv {} failed ({}): the tests need Python 3 with venv                  (Debian: apt-get install python3-venv), or AMA_VENV naming a venv of {REQUIREMENTS}",
+                venv.display(),
+                match &out {
+                    Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                    Err(e) => e.to_string(),
+                }
+            );
+        }
+        eprintln!(
+            "installing the tests' Python peers: {} -m pip install -r {REQUIREMENTS}",
+            python.display()
+        );
+        let status = Command::new(&python)
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "-r"])
+            .arg(workspace().join(REQUIREMENTS))
+            .status()
+            .unwrap_or_else(|e| panic!("running {} -m pip: {e}", python.display()));
+        assert!(
+            status.success(),
+            "pip install -r {REQUIREMENTS} into {} failed (it needs PyPI); see above",
+            venv.display()
+        );
+        fs::write(&stamp, &wanted).unwrap_or_else(|e| panic!("writing {}: {e}", stamp.display()));
+        venv
+    })
 }
 
 /// Runs a command to completion and panics with its output when it fails.

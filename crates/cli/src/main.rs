@@ -48,6 +48,9 @@ enum Command {
     /// Enter a container's view of the machine, then run a command (used by `ama up`).
     #[command(hide = true)]
     Sandbox(cmd::sandbox::Args),
+    /// Run a command as root of namespaces of its own, without root (the tests use it).
+    #[command(hide = true)]
+    Userns(cmd::userns::Args),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         Command::Create(args) => cmd::create::run(args),
         Command::Sample(args) => cmd::sample::run(args),
         Command::Sandbox(args) => cmd::sandbox::run(args),
+        Command::Userns(args) => cmd::userns::run(args),
     };
     match result {
         Ok(code) => code,

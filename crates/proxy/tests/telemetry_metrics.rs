@@ -232,33 +232,10 @@ fn envoy_stats_text() {
 }
 
 /// The check: the Python `prometheus_client` parser reads our output and counts the
-/// requests with the right labels. Uses /work/main/.venv (or `AMA_PYTHON`); skipped when no
-/// Python with `prometheus_client` is found, unless `CI` is set.
+/// requests with the right labels. Python is the tests' venv's (`e2e::venv`, made on first use).
 #[test]
 fn python_prometheus_client_parses_output() {
-    let python = std::env::var("AMA_PYTHON").ok().unwrap_or_else(|| {
-        let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.venv/bin/python");
-        if std::path::Path::new(venv).exists() {
-            venv.to_owned()
-        } else {
-            "python3".to_owned()
-        }
-    });
-    let has = Command::new(&python)
-        .args(["-c", "import prometheus_client"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !has {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but {python} has no prometheus_client"
-        );
-        eprintln!(
-            "skipped: {python} has no prometheus_client (python3 -m venv .venv && .venv/bin/pip install prometheus_client)"
-        );
-        return;
-    }
+    let python = e2e::venv_tool("python_prometheus_client_parses_output", "python");
 
     let t = Telemetry::without_access_log();
     let src = labels(Reporter::Source);

@@ -16,3 +16,4 @@ pub mod proxy;
 pub mod sample;
 pub mod sandbox;
 pub mod up;
+pub mod userns;
