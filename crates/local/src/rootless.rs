@@ -433,6 +433,8 @@ pub fn userns_inside() -> bool {
 /// (128 + signal when killed). When this init exits, the kernel kills whatever is left.
 pub fn userns_init(command: &[std::ffi::OsString]) -> Result<i32, Error> {
     prepare_with(&[("/run", "netns"), ("/etc", "netns"), ("/run", "ama")])?;
+    // The new network namespace is the command's host: its loopback, as a host's, is up.
+    crate::netns::run("ip", &["link", "set", "lo", "up"])?;
     let (program, args) = command.split_first().ok_or_else(|| Error::State {
         path: PathBuf::from("ama userns"),
         message: "no command given".into(),
