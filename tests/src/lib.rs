@@ -92,12 +92,19 @@ pub fn root_or_skip(test: &str) -> bool {
     // Inside there is no network: the Python peers are installed first, out here.
     venv();
     let exe = std::env::current_exe().expect("this test binary");
+    static RUNS: AtomicU32 = AtomicU32::new(0);
+    let id = format!(
+        "u{}-{}",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    );
     eprintln!("{test}: not root; running it as root of a user namespace (ama userns)");
     let out = Command::new(ama())
         .arg("userns")
         .arg("--")
         .arg(&exe)
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(SCRATCH_ID, id)
         .stdin(Stdio::null())
         .output()
         .expect("run ama userns");
@@ -112,6 +119,9 @@ pub fn root_or_skip(test: &str) -> bool {
     );
     false
 }
+
+/// The environment variable that gives a test run in a user namespace its scratch names.
+const SCRATCH_ID: &str = "AMA_E2E_SCRATCH_ID";
 
 /// Whether `test` runs as the host's root; otherwise says why it cannot run without it and
 /// returns false. For the few tests that change the host itself (add a user), which no user
@@ -252,7 +262,13 @@ pub struct Scratch(PathBuf);
 
 impl Scratch {
     pub fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(unique(&format!("ama-{tag}-")));
+        // Tests run in user namespaces (`root_or_skip`) all have pid 3 or so there, and share
+        // /tmp: the directory is named after the id the test process outside gave them.
+        let prefix = match std::env::var(SCRATCH_ID) {
+            Ok(id) => format!("ama-{tag}-{id}-"),
+            Err(_) => format!("ama-{tag}-"),
+        };
+        let dir = std::env::temp_dir().join(unique(&prefix));
         fs::create_dir_all(&dir).expect("create scratch dir");
         // Let uid 1337 (the sidecar) write its files here too.
         run(Command::new("chmod").arg("0777").arg(&dir));
