@@ -5,8 +5,9 @@
 //! - `GET /clusters`: clusters and endpoints as text (from [`AdminSource::clusters`]).
 //! - `GET /stats`: metrics as `name: value` lines (`?filter=<substring>`, `?format=prometheus`).
 //! - `GET /stats/prometheus`: metrics in Prometheus text format.
-//! - `GET /logging`: the active log level; `POST /logging?level=debug` (or `?paths=a:debug,b:info`
-//!   or `?<logger>=<level>`) changes it through [`LogLevelControl`], as Envoy does.
+//! - `GET /logging`: the active log level; `POST /logging?level=debug` sets every logger,
+//!   `?paths=a:debug,b:info` or `?<logger>=<level>` only those (the others keep theirs), through
+//!   [`LogLevelControl`], as Envoy does (`ama proxy-config log`).
 //! - `GET /ready`: `LIVE` (200) once ready, else `PRE_INITIALIZING` (503), like Envoy.
 //! - `GET /server_info`: state and uptime as JSON.
 //! - `POST /quitquitquit`: shut down.
@@ -288,10 +289,34 @@ fn logging(inputs: &AdminInputs, query: &str, post: bool) -> Response<Body> {
             "log level control not available\n",
         );
     };
-    match control.set(&spec.join(",")) {
+    // `?level=` sets every logger (Envoy's semantics): the filter is replaced. Per-logger
+    // changes (`paths`, `?<logger>=`) leave the other loggers as they are.
+    let filter = if spec.iter().any(|d| !d.contains('=')) {
+        spec.join(",")
+    } else {
+        merge_filter(&control.current(), &spec)
+    };
+    match control.set(&filter) {
         Ok(()) => text(StatusCode::OK, &current()),
         Err(e) => text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
     }
+}
+
+/// `current` (`info,a=debug`) with the per-target directives `updates` (`a=trace`) applied:
+/// a target's earlier directive is replaced, every other directive kept in its place.
+fn merge_filter(current: &str, updates: &[String]) -> String {
+    let target = |d: &str| d.split_once('=').map(|(t, _)| t.to_owned());
+    let mut out: Vec<String> = current
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .filter(|d| {
+            target(d).is_none_or(|t| !updates.iter().any(|u| target(u).as_deref() == Some(&*t)))
+        })
+        .map(str::to_owned)
+        .collect();
+    out.extend(updates.iter().cloned());
+    out.join(",")
 }
 
 #[cfg(test)]
@@ -312,6 +337,21 @@ mod tests {
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz"), "%zz");
         assert_eq!(percent_decode("a+b%20c"), "a b c");
+    }
+
+    #[test]
+    fn per_logger_changes_keep_the_others() {
+        assert_eq!(
+            merge_filter("warn", &["proxy::inbound=debug".into()]),
+            "warn,proxy::inbound=debug"
+        );
+        assert_eq!(
+            merge_filter(
+                "info,proxy::inbound=debug,xds=trace",
+                &["proxy::inbound=error".into()]
+            ),
+            "info,xds=trace,proxy::inbound=error"
+        );
     }
 
     #[test]
