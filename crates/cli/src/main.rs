@@ -52,6 +52,8 @@ enum Command {
     /// Each proxy's sync state with the control plane (like `istioctl proxy-status`).
     #[command(visible_alias = "ps")]
     ProxyStatus(cmd::proxy_status::Args),
+    /// Find problems in config files or the running mesh (like `istioctl analyze`).
+    Analyze(cmd::analyze::Args),
     /// The versions of the client, the control plane and the data plane (like `istioctl version`).
     Version(cmd::version::Args),
     /// Enter a container's view of the machine, then run a command (used by `ama up`).
@@ -79,6 +81,7 @@ fn main() -> ExitCode {
         Command::Sandbox(args) => cmd::sandbox::run(args),
         Command::ProxyConfig(args) => cmd::proxy_config::run(args),
         Command::ProxyStatus(args) => cmd::proxy_status::run(args),
+        Command::Analyze(args) => cmd::analyze::run(args),
         Command::Version(args) => cmd::version::run(args),
     };
     match result {

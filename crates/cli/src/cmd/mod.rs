@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod analyze;
 pub mod apply;
 pub mod create;
 pub mod delete;
