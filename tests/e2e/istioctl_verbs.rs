@@ -2,7 +2,8 @@
 //! DestinationRule (subset v1) and a VirtualService (a `/status` route to it):
 //!
 //! - `ama proxy-config clusters|endpoints|listeners|routes|secret|bootstrap|log` on the client's
-//!   sidecar: istioctl's table headers and the rows this config makes, each `-o json` parsed
+//!   sidecar: istioctl's table headers and the rows this config makes, each `-o json` parsed;
+//!   the ingress gateway's listener and route for a Gateway (Istio's default profile)
 //!   ([`proxy_config_shows_the_clients_sidecar`]);
 //! - `ama proxy-status`: every proxy SYNCED on CDS, LDS, EDS and RDS, `-o json` parsed;
 //!   `ama version`: client, control plane and the three proxies; `ama analyze` of the live mesh:
@@ -37,10 +38,29 @@ spec:
   - route: [{destination: {host: httpbin-service}}]
 ";
 
+/// The ingress gateway's Gateway and the VirtualService bound to it.
+const GATEWAY: &str = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: httpbin-gateway, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: [httpbin.example.com]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin-ingress, namespace: default}
+spec:
+  hosts: [httpbin.example.com]
+  gateways: [httpbin-gateway]
+  http:
+  - match: [{uri: {prefix: /headers}}]
+    route: [{destination: {host: httpbin-service, port: {number: 80}}}]
+";
+
 const FQDN: &str = "httpbin-service.default.svc.cluster.local";
 
-/// The seed's files and [`RULES`] in a fresh directory of `scratch`.
-fn mesh_dir(scratch: &Scratch) -> PathBuf {
+/// The seed's files, [`RULES`] and `extra` in a fresh directory of `scratch`.
+fn mesh_dir(scratch: &Scratch, extra: &str) -> PathBuf {
     let dir = scratch.path().join("mesh");
     std::fs::create_dir_all(&dir).unwrap();
     for entry in std::fs::read_dir(workspace().join("examples/seed")).unwrap() {
@@ -50,6 +70,9 @@ fn mesh_dir(scratch: &Scratch) -> PathBuf {
         }
     }
     std::fs::write(dir.join("rules.yaml"), RULES).unwrap();
+    if !extra.is_empty() {
+        std::fs::write(dir.join("extra.yaml"), extra).unwrap();
+    }
     dir
 }
 
@@ -71,10 +94,16 @@ fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
-/// The mesh, its pods ready: the client's name and the httpbin pods' addresses.
-fn start(scratch: &Scratch, tag: &str) -> (UpMesh, String, Vec<String>) {
-    let mesh = UpMesh::start(tag, &mesh_dir(scratch), scratch.path(), &[]);
-    let pods = mesh.wait_ready(3);
+/// The mesh, its `want` pods ready: the client's name and the httpbin pods' addresses.
+fn start(
+    scratch: &Scratch,
+    tag: &str,
+    extra: &str,
+    flags: &[&str],
+    want: usize,
+) -> (UpMesh, String, Vec<String>) {
+    let mesh = UpMesh::start(tag, &mesh_dir(scratch, extra), scratch.path(), flags);
+    let pods = mesh.wait_ready(want);
     let client = pods
         .iter()
         .map(name)
@@ -95,7 +124,16 @@ fn proxy_config_shows_the_clients_sidecar() {
         return;
     }
     let scratch = Scratch::new("ictl-pc");
-    let (mesh, client, httpbin) = start(&scratch, "ipc");
+    // The ingress gateway too (Istio's default profile), on free host ports.
+    let flags = [
+        "--profile",
+        "default",
+        "--ingress-port",
+        "0",
+        "--secure-ingress-port",
+        "0",
+    ];
+    let (mesh, client, httpbin) = start(&scratch, "ipc", GATEWAY, &flags, 4);
     let pod = format!("{client}.default");
 
     // Clusters: the service's and its subset's, with the DestinationRule.
@@ -258,6 +296,32 @@ fn proxy_config_shows_the_clients_sidecar() {
     assert!(!reset.contains("proxy::inbound"), "{reset}");
     assert!(reset.contains("warn"), "{reset}");
 
+    // The ingress gateway's listener and route for its Gateway server (port 80 on 8080).
+    let gateway = "istio-ingressgateway.istio-system";
+    let listeners = mesh.ok(&["pc", "listeners", gateway, "--port", "8080"]);
+    assert_eq!(
+        rows(&listeners)[1..],
+        [["0.0.0.0", "8080", "ALL", "Route: http.8080"]
+            .map(String::from)
+            .to_vec()],
+        "{listeners}"
+    );
+    let routes = mesh.ok(&["pc", "routes", gateway]);
+    assert!(
+        rows(&routes).contains(
+            &[
+                "http.8080",
+                "httpbin.example.com:80",
+                "httpbin.example.com",
+                "/headers*",
+                "httpbin-ingress.default"
+            ]
+            .map(String::from)
+            .to_vec()
+        ),
+        "{routes}"
+    );
+
     // Unknown pods and namespaces are named.
     let out = mesh.ama(&["pc", "clusters", "nosuch"]);
     assert!(!out.status.success());
@@ -273,7 +337,7 @@ fn proxy_status_version_and_analyze() {
         return;
     }
     let scratch = Scratch::new("ictl-ps");
-    let (mesh, client, _) = start(&scratch, "ips");
+    let (mesh, client, _) = start(&scratch, "ips", "", &[], 3);
 
     // proxy-status: three proxies, each synced on every type Ama sends.
     let status = wait_for("every proxy SYNCED", Duration::from_secs(30), || {

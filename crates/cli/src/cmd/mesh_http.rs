@@ -133,9 +133,24 @@ pub fn admin_json(pod: &PodRecord, path: &str) -> anyhow::Result<Value> {
     })
 }
 
+/// Whether this process can enter the mesh's network namespaces: a mesh started without root
+/// keeps them inside its own user and mount namespaces, which these requests do not enter yet.
+pub fn reachable(state: &State) -> anyhow::Result<()> {
+    if state.rootless && !local::rootless::is_root() {
+        bail!(
+            "mesh {:?} runs without root (in a user namespace): its pods' admin servers and \
+             discovery's monitoring port cannot be reached from here; use `ama exec POD -c \
+             istio-proxy -- curl -s localhost:15000/config_dump`",
+            state.cluster
+        );
+    }
+    Ok(())
+}
+
 /// `GET path` on discovery's monitoring port, as JSON. An error when the mesh runs no
 /// discovery (`ama up --xds files`).
 pub fn discovery_json(state: &State, path: &str) -> anyhow::Result<Value> {
+    reachable(state)?;
     if state.discovery.is_none() {
         bail!(
             "mesh {:?} runs no control plane (started with --xds files): nothing to ask",
@@ -162,6 +177,7 @@ pub fn find_pod<'a>(
     pod: &str,
     namespace: Option<&str>,
 ) -> anyhow::Result<&'a PodRecord> {
+    reachable(state)?;
     let (name, ns) = match (state.pod(pod), pod.rsplit_once('.')) {
         (Ok(p), _) => (p.name.as_str(), namespace),
         (Err(_), Some((name, ns))) => (name, Some(ns)),

@@ -175,20 +175,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             address,
             port,
         } => {
-            let dump = admin_json(pod_of(target)?, "/config_dump")?;
+            let pod = pod_of(target)?;
+            let dump = admin_json(pod, "/config_dump")?;
             match structured(
                 target.output,
                 &section(&dump, &["services", "gatewayListeners"]),
             )? {
                 Some(s) => s,
-                None => listeners_table(&dump, address.as_deref(), *port),
+                None => listeners_table(&dump, Role::of(pod), address.as_deref(), *port),
             }
         }
         Section::Routes { target, name } => {
-            let dump = admin_json(pod_of(target)?, "/config_dump")?;
-            match structured(target.output, &section(&dump, &["httpRoutes"]))? {
+            let pod = pod_of(target)?;
+            let dump = admin_json(pod, "/config_dump")?;
+            let role = Role::of(pod);
+            let sections: &[&str] = match role {
+                Role::Sidecar => &["httpRoutes"],
+                Role::Gateway => &["gatewayListeners"],
+            };
+            match structured(target.output, &section(&dump, sections))? {
                 Some(s) => s,
-                None => routes_table(&dump, name.as_deref()),
+                None => routes_table(&dump, role, name.as_deref()),
             }
         }
         Section::Endpoints {
@@ -537,30 +544,27 @@ fn endpoints_json(statuses: &[ClusterStatus], filter: &EndpointFilter) -> Value 
     json!({ "cluster_statuses": statuses })
 }
 
-/// Whether a port of the dump's service is served by HTTP (an HTTP connection manager and a
-/// route named after the port, as istiod builds it).
-fn is_http(protocol: &str) -> bool {
-    matches!(protocol, "HTTP" | "HTTP2" | "GRPC" | "GRPC_WEB")
+/// What the proxy of a pod is: a sidecar (capturing its app's traffic) or a gateway (Istio's
+/// gateway pods: `istio-proxy` alone, serving Gateways' ports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Sidecar,
+    Gateway,
 }
 
-/// istioctl's listener table, as istiod builds a sidecar's listeners from the dump's services:
-/// HTTP ports on `0.0.0.0` with a route of the port's name, TCP ports on each VIP to their
-/// cluster; the virtual outbound (15001) and inbound (15006) listeners and the status (15021)
-/// and Prometheus (15090) ones. A gateway's: each port to its route.
-fn listeners_table(dump: &Value, address: Option<&str>, port: Option<u16>) -> String {
-    let mut rows: Vec<(String, u16, String, String)> = vec![
-        (
-            "0.0.0.0".into(),
-            15001,
-            "ALL".into(),
-            "PassthroughCluster".into(),
-        ),
-        (
-            "0.0.0.0".into(),
-            15006,
-            "ALL".into(),
-            "Inline Route: /*".into(),
-        ),
+impl Role {
+    fn of(pod: &local::state::PodRecord) -> Role {
+        if pod.containers.iter().all(|c| c.name == "istio-proxy") {
+            Role::Gateway
+        } else {
+            Role::Sidecar
+        }
+    }
+}
+
+/// The status (15021) and Prometheus (15090) listeners every proxy has.
+fn status_listeners() -> Vec<(String, u16, String, String)> {
+    vec![
         (
             "0.0.0.0".into(),
             15021,
@@ -573,7 +577,99 @@ fn listeners_table(dump: &Value, address: Option<&str>, port: Option<u16>) -> St
             "ALL".into(),
             "Inline Route: /stats/prometheus*".into(),
         ),
-    ];
+    ]
+}
+
+/// The dump's gateway listeners' servers, with the listener's port and the port the servers
+/// declare (`serverPort`, else the listener's).
+fn gateway_servers(dump: &Value) -> impl Iterator<Item = (u16, u16, &Value)> {
+    dump.pointer("/resources/gatewayListeners")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .flat_map(|g| {
+            let port = g.get("port").and_then(Value::as_u64).unwrap_or(0) as u16;
+            let server_port = g
+                .get("serverPort")
+                .and_then(Value::as_u64)
+                .map_or(port, |p| p as u16);
+            g.get("servers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(move |s| (port, server_port, s))
+        })
+}
+
+/// The name istiod gives the route configuration of a gateway server: `http.<port>` for
+/// plaintext HTTP, `https.<number>.<portName>.<gateway>.<namespace>` for HTTPS.
+fn gateway_route_name(port: u16, server_port: u16, server: &Value) -> Option<String> {
+    let text = |k: &str| server.get(k).and_then(Value::as_str).unwrap_or_default();
+    match text("protocol") {
+        "HTTP" | "HTTP2" | "GRPC" => Some(format!("http.{port}")),
+        "HTTPS" => {
+            let (ns, name) = text("gateway").split_once('/').unwrap_or(("", ""));
+            Some(format!(
+                "https.{server_port}.{}.{name}.{ns}",
+                text("portName")
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Whether a port of the dump's service is served by HTTP (an HTTP connection manager and a
+/// route named after the port, as istiod builds it).
+fn is_http(protocol: &str) -> bool {
+    matches!(protocol, "HTTP" | "HTTP2" | "GRPC" | "GRPC_WEB")
+}
+
+/// istioctl's listener table, as istiod builds a sidecar's listeners from the dump's services:
+/// HTTP ports on `0.0.0.0` with a route of the port's name, TCP ports on each VIP to their
+/// cluster; the virtual outbound (15001) and inbound (15006) listeners and the status (15021)
+/// and Prometheus (15090) ones. A gateway's: each Gateway server's port to its route (HTTPS
+/// matched by SNI; TLS and TCP servers as istioctl shows filters it does not describe), and the
+/// status and Prometheus listeners.
+fn listeners_table(dump: &Value, role: Role, address: Option<&str>, port: Option<u16>) -> String {
+    let mut rows = status_listeners();
+    if role == Role::Gateway {
+        for (port, server_port, server) in gateway_servers(dump) {
+            let (matching, destination) = match gateway_route_name(port, server_port, server) {
+                Some(route) if route.starts_with("https.") => {
+                    let hosts: Vec<&str> = server
+                        .get("hosts")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    (
+                        format!("SNI: {}", hosts.join(",")),
+                        format!("Route: {route}"),
+                    )
+                }
+                Some(route) => ("ALL".to_string(), format!("Route: {route}")),
+                None => ("ALL".to_string(), "Non-HTTP/Non-TCP".to_string()),
+            };
+            let row = ("0.0.0.0".to_string(), port, matching, destination);
+            if !rows.contains(&row) {
+                rows.push(row);
+            }
+        }
+        return listener_rows(rows, address, port);
+    }
+    rows.push((
+        "0.0.0.0".into(),
+        15001,
+        "ALL".into(),
+        "PassthroughCluster".into(),
+    ));
+    rows.push((
+        "0.0.0.0".into(),
+        15006,
+        "ALL".into(),
+        "Inline Route: /*".into(),
+    ));
     let mut http_ports = std::collections::BTreeSet::new();
     for s in services(dump) {
         let host = s
@@ -623,18 +719,15 @@ fn listeners_table(dump: &Value, address: Option<&str>, port: Option<u16>) -> St
             "PassthroughCluster".into(),
         ));
     }
-    let gateways = dump
-        .pointer("/resources/gatewayListeners")
-        .and_then(Value::as_array);
-    for g in gateways.into_iter().flatten() {
-        let number = g.get("port").and_then(Value::as_u64).unwrap_or(0) as u16;
-        rows.push((
-            "0.0.0.0".into(),
-            number,
-            "ALL".into(),
-            format!("Route: http.{number}"),
-        ));
-    }
+    listener_rows(rows, address, port)
+}
+
+/// The listener table of `rows` (address, port, match, destination) that pass the filters.
+fn listener_rows(
+    mut rows: Vec<(String, u16, String, String)>,
+    address: Option<&str>,
+    port: Option<u16>,
+) -> String {
     rows.retain(|(a, p, _, _)| address.is_none_or(|x| x == a) && port.is_none_or(|x| x == *p));
     // istioctl sorts by port, then address.
     rows.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
@@ -685,10 +778,86 @@ fn domains(host: &str, client_ns: &str) -> Vec<String> {
     out
 }
 
+/// The rows of a VirtualService's HTTP rules in a route table: one per match (`/*` for none).
+fn rule_rows(route: &str, vhost: &str, domains: &str, vs: &Value, rows: &mut Vec<Vec<String>>) {
+    let vs_name = match vs.get("name").and_then(Value::as_str) {
+        Some(n) => match n.split_once('/') {
+            Some((ns, n)) => format!("{n}.{ns}"),
+            None => n.to_string(),
+        },
+        None => String::new(),
+    };
+    for rule in vs
+        .get("http")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let matches = rule.get("match").and_then(Value::as_array);
+        let described: Vec<String> = match matches {
+            Some(m) if !m.is_empty() => m.iter().map(describe_match).collect(),
+            _ => vec!["/*".into()],
+        };
+        for m in described {
+            rows.push(vec![
+                route.to_string(),
+                vhost.to_string(),
+                domains.to_string(),
+                m,
+                vs_name.clone(),
+            ]);
+        }
+    }
+}
+
+/// A gateway's route table: per HTTP or HTTPS server, a virtual host per host of each bound
+/// VirtualService (`host:<server port>`), each of its matches.
+fn gateway_routes(dump: &Value, name: Option<&str>) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    for (port, server_port, server) in gateway_servers(dump) {
+        let Some(route) = gateway_route_name(port, server_port, server) else {
+            continue;
+        };
+        if name.is_some_and(|n| n != route) {
+            continue;
+        }
+        for vs in server
+            .get("routes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            for host in vs
+                .get("hosts")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let host = host.as_str().unwrap_or_default();
+                let vhost = format!("{host}:{server_port}");
+                let before = rows.len();
+                rule_rows(&route, &vhost, host, vs, &mut rows);
+                // Two servers of one port share the route: its virtual hosts appear once.
+                let added: Vec<Vec<String>> = rows.drain(before..).collect();
+                for row in added {
+                    if !rows.contains(&row) {
+                        rows.push(row);
+                    }
+                }
+            }
+        }
+    }
+    rows
+}
+
 /// istioctl's route table, as istiod builds a sidecar's outbound routes from the dump: one
 /// route per HTTP port (named after it), a virtual host per service on it, each of its
-/// VirtualService's matches (or the default `/*`).
-fn routes_table(dump: &Value, name: Option<&str>) -> String {
+/// VirtualService's matches (or the default `/*`). A gateway's: [`gateway_routes`].
+fn routes_table(dump: &Value, role: Role, name: Option<&str>) -> String {
+    let header = ["NAME", "VHOST NAME", "DOMAINS", "MATCH", "VIRTUAL SERVICE"];
+    if role == Role::Gateway {
+        return tabwrite(&header, &gateway_routes(dump, name));
+    }
     let client_ns = dump
         .pointer("/node/namespace")
         .and_then(Value::as_str)
@@ -734,40 +903,10 @@ fn routes_table(dump: &Value, name: Option<&str>) -> String {
                 rows.push(vec![number, vhost, domains, "/*".into(), String::new()]);
                 continue;
             };
-            let vs_name = match vs.get("name").and_then(Value::as_str) {
-                Some(n) => match n.split_once('/') {
-                    Some((ns, n)) => format!("{n}.{ns}"),
-                    None => n.to_string(),
-                },
-                None => String::new(),
-            };
-            for rule in vs
-                .get("http")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let matches = rule.get("match").and_then(Value::as_array);
-                let described: Vec<String> = match matches {
-                    Some(m) if !m.is_empty() => m.iter().map(describe_match).collect(),
-                    _ => vec!["/*".into()],
-                };
-                for m in described {
-                    rows.push(vec![
-                        number.clone(),
-                        vhost.clone(),
-                        domains.clone(),
-                        m,
-                        vs_name.clone(),
-                    ]);
-                }
-            }
+            rule_rows(&number, &vhost, &domains, vs, &mut rows);
         }
     }
-    tabwrite(
-        &["NAME", "VHOST NAME", "DOMAINS", "MATCH", "VIRTUAL SERVICE"],
-        &rows,
-    )
+    tabwrite(&header, &rows)
 }
 
 /// istioctl's secret table from the admin's `/certs`: the workload certificate (`default`,
@@ -982,7 +1121,7 @@ ENDPOINT           STATUS        OUTLIER CHECK     CLUSTER
 
     #[test]
     fn listeners_table_golden() {
-        let out = listeners_table(&dump(), None, None);
+        let out = listeners_table(&dump(), Role::Sidecar, None, None);
         let golden = "\
 ADDRESSES      PORT      MATCH                                    DESTINATION
 0.0.0.0        80        Trans: raw_buffer; App: http/1.1,h2c     Route: 80
@@ -995,7 +1134,7 @@ ADDRESSES      PORT      MATCH                                    DESTINATION
 ";
         assert_eq!(out, golden);
         assert_eq!(
-            listeners_table(&dump(), Some("10.96.0.11"), None)
+            listeners_table(&dump(), Role::Sidecar, Some("10.96.0.11"), None)
                 .lines()
                 .count(),
             2
@@ -1004,7 +1143,7 @@ ADDRESSES      PORT      MATCH                                    DESTINATION
 
     #[test]
     fn routes_table_golden() {
-        let out = routes_table(&dump(), None);
+        let out = routes_table(&dump(), Role::Sidecar, None);
         let golden = "\
 NAME     VHOST NAME                               DOMAINS                 MATCH        VIRTUAL SERVICE
 80       httpbin.default.svc.cluster.local:80     httpbin + 3 more...     /status*     httpbin.default
@@ -1012,7 +1151,51 @@ NAME     VHOST NAME                               DOMAINS                 MATCH 
 80       httpbin.default.svc.cluster.local:80     httpbin + 3 more...     /*           httpbin.default
 ";
         assert_eq!(out, golden);
-        assert_eq!(routes_table(&dump(), Some("9080")).lines().count(), 1);
+        assert_eq!(
+            routes_table(&dump(), Role::Sidecar, Some("9080"))
+                .lines()
+                .count(),
+            1
+        );
+    }
+
+    fn gateway_dump() -> Value {
+        json!({"resources": {"gatewayListeners": [
+            {"port": 8080, "serverPort": 80, "servers": [
+                {"gateway": "default/gw", "hosts": ["httpbin.example.com"], "portName": "http", "protocol": "HTTP",
+                 "routes": [{"hosts": ["httpbin.example.com"], "name": "default/httpbin", "http": [
+                     {"match": [{"uri": {"prefix": "/status"}}], "route": [{"host": "httpbin.default.svc.cluster.local"}]}]}]},
+            ]},
+            {"port": 8443, "serverPort": 443, "servers": [
+                {"gateway": "default/gw", "hosts": ["httpbin.example.com"], "portName": "https", "protocol": "HTTPS",
+                 "routes": [{"hosts": ["httpbin.example.com"], "name": "default/httpbin", "http": [
+                     {"route": [{"host": "httpbin.default.svc.cluster.local"}]}]}]},
+            ]},
+            {"port": 9000, "servers": [{"gateway": "default/gw", "hosts": ["*"], "portName": "tcp", "protocol": "TCP"}]},
+        ]}})
+    }
+
+    #[test]
+    fn gateway_listeners_and_routes_golden() {
+        let out = listeners_table(&gateway_dump(), Role::Gateway, None, None);
+        let golden = "\
+ADDRESSES     PORT      MATCH                        DESTINATION
+0.0.0.0       8080      ALL                          Route: http.8080
+0.0.0.0       8443      SNI: httpbin.example.com     Route: https.443.https.gw.default
+0.0.0.0       9000      ALL                          Non-HTTP/Non-TCP
+0.0.0.0       15021     ALL                          Inline Route: /healthz/ready*
+0.0.0.0       15090     ALL                          Inline Route: /stats/prometheus*
+";
+        assert_eq!(out, golden);
+        let out = routes_table(&gateway_dump(), Role::Gateway, None);
+        let golden = "\
+NAME                           VHOST NAME                  DOMAINS                 MATCH        VIRTUAL SERVICE
+http.8080                      httpbin.example.com:80      httpbin.example.com     /status*     httpbin.default
+https.443.https.gw.default     httpbin.example.com:443     httpbin.example.com     /*           httpbin.default
+";
+        assert_eq!(out, golden);
+        let only = routes_table(&gateway_dump(), Role::Gateway, Some("http.8080"));
+        assert_eq!(only.lines().count(), 2, "{only}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use anyhow::Context;
 use serde_json::{Value, json};
 
 use super::local::MeshName;
-use super::mesh_http::{Format, admin_json, discovery_json, structured};
+use super::mesh_http::{Format, admin_json, discovery_json, reachable, structured};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -63,27 +63,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let mut problems = Vec::new();
     if args.remote {
-        match args.mesh.dir()?.load() {
-            Err(e) => problems.push(format!("{e}")),
-            Ok(state) => {
-                match discovery_json(&state, "/version") {
-                    Ok(info) => v.mesh.push(json!({
-                        "Component": "pilot",
-                        "Revision": "default",
-                        "Info": info,
-                    })),
-                    Err(e) => problems.push(format!("control plane: {e:#}")),
-                }
-                for pod in state.pods.iter().filter(|p| p.sidecar && !p.terminating) {
-                    match admin_json(pod, "/server_info") {
-                        Ok(info) => v.data_plane.push(json!({
-                            "ID": format!("{}.{}", pod.name, pod.namespace),
-                            "IstioVersion": info.get("version").and_then(Value::as_str).unwrap_or("unknown"),
-                        })),
-                        Err(e) => problems.push(format!("data plane: {e:#}")),
-                    }
-                }
-            }
+        let state = args
+            .mesh
+            .dir()?
+            .load()
+            .map_err(anyhow::Error::from)
+            .and_then(|state| reachable(&state).map(|()| state));
+        match state {
+            Err(e) => problems.push(format!("{e:#}")),
+            Ok(state) => remote(&state, &mut v, &mut problems),
         }
     }
     for p in &problems {
@@ -100,6 +88,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     print!("{out}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The control plane's version (discovery's `/version`) and each sidecar's (`/server_info`).
+fn remote(state: &local::state::State, v: &mut Versions, problems: &mut Vec<String>) {
+    match discovery_json(state, "/version") {
+        Ok(info) => v.mesh.push(json!({
+            "Component": "pilot",
+            "Revision": "default",
+            "Info": info,
+        })),
+        Err(e) => problems.push(format!("control plane: {e:#}")),
+    }
+    for pod in state.pods.iter().filter(|p| p.sidecar && !p.terminating) {
+        match admin_json(pod, "/server_info") {
+            Ok(info) => v.data_plane.push(json!({
+                "ID": format!("{}.{}", pod.name, pod.namespace),
+                "IstioVersion": info.get("version").and_then(Value::as_str).unwrap_or("unknown"),
+            })),
+            Err(e) => problems.push(format!("data plane: {e:#}")),
+        }
+    }
 }
 
 /// istioctl's text: one line per plane; the data plane's versions with their proxy counts.
