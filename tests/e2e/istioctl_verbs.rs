@@ -409,6 +409,18 @@ spec:
 ",
     )
     .unwrap();
+    // A file is analysed with the mesh's objects (its Service and DestinationRule), replacing
+    // the mesh's VirtualService of the same name.
+    let out = mesh.ama(&["analyze", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(79));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "Error [IST0101] (VirtualService default/httpbin {}:1) Referenced host+subset in \
+             destinationrule not found: \"httpbin-service+v9\"\n",
+            bad.display()
+        )
+    );
     mesh.ok(&["apply", "-f", bad.to_str().unwrap()]);
     let out = wait_for(
         "analyze to see the applied VirtualService",
@@ -459,6 +471,16 @@ spec:
             .expect("run ama analyze")
     };
     let d = dir.to_str().unwrap();
+    // No mesh runs under this name: the files alone, and said.
+    let out = analyze(&["-f", d]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("note: analysing the files alone"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&analyze(&["-f", d, "--use-kube=false"]).stderr).contains("note:")
+    );
     // Without -R the subdirectory is not read: only the rules' host, which no Service declares
     // here.
     let out = analyze(&["-f", d]);

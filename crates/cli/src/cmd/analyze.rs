@@ -14,8 +14,11 @@
 //! The reference is the line of the object's document (istioctl points at the field's own
 //! line); the live mesh's objects have none. Exit code 79 (istioctl's) when a message reaches
 //! `--failure-threshold` (Error by default), 1 when a file cannot be read. Given files are
-//! analysed alone (istioctl would merge them with the live cluster's objects).
+//! analysed with the running mesh's objects (a file's object replacing the mesh's of the same
+//! kind, namespace and name), as istioctl does with the cluster's; `--use-kube=false`, or no
+//! running mesh (said on stderr), analyses the files alone.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -75,6 +78,9 @@ pub struct Args {
     /// Messages about every namespace.
     #[arg(short = 'A', long = "all-namespaces")]
     pub all_namespaces: bool,
+    /// With the running mesh's objects (`--use-kube=false`: the files alone).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub use_kube: bool,
     /// Messages about this namespace (and cluster-wide objects).
     #[arg(short = 'n', long = "namespace", default_value = "default")]
     pub namespace: String,
@@ -147,35 +153,68 @@ pub struct Source {
 }
 
 /// Every message about the objects of `sources`: the parser's and `api::support`'s findings,
-/// then [`api::analysis::analyze`]'s over all objects together.
+/// then [`api::analysis::analyze`]'s over all objects together. An object of a named source
+/// (a file) replaces the live mesh's object of the same kind, namespace and name, as istioctl
+/// lets files override the cluster's resources.
 pub fn reports(sources: &[Source]) -> Vec<Report> {
+    // Document by document, so that each object knows its document's line.
+    let parsed: Vec<(&Source, usize, usize, api::objects::Parsed)> = sources
+        .iter()
+        .flat_map(|source| {
+            api::yaml::split_documents(&source.text)
+                .into_iter()
+                .map(move |doc| {
+                    // `doc.line` is the first line with content; the parser counts lines from
+                    // the start of the document's text, blank lines included.
+                    let blank = doc.text.lines().take_while(|l| l.trim().is_empty()).count();
+                    let name = source.name.as_deref().unwrap_or("");
+                    let parsed = api::objects::parse(doc.text, name);
+                    (source, doc.line - blank, doc.line, parsed)
+                })
+        })
+        .collect();
+    // What the files declare, even where they fail to parse: the user means to replace it.
+    let from_files: HashSet<String> = parsed
+        .iter()
+        .filter(|(source, ..)| source.name.is_some())
+        .flat_map(|(.., p)| {
+            p.objects
+                .iter()
+                .map(Object::display)
+                .chain(p.findings.iter().filter_map(|f| f.object.clone()))
+        })
+        .collect();
+    let replaced = |source: &Source, origin: Option<&str>| {
+        source.name.is_none() && origin.is_some_and(|o| from_files.contains(o))
+    };
     let mut objects: Vec<Object> = Vec::new();
     let mut references: Vec<String> = Vec::new();
     let mut out = Vec::new();
-    for source in sources {
-        let name = source.name.as_deref().unwrap_or("");
-        // Document by document, so that each object knows its document's line.
-        for doc in api::yaml::split_documents(&source.text) {
-            let parsed = api::objects::parse(doc.text, name);
-            let at = |line: usize| match &source.name {
-                Some(n) => format!("{n}:{}", doc.line + line.saturating_sub(1)),
-                None => String::new(),
-            };
-            for f in &parsed.findings {
-                let (code, text) = finding_message(f);
-                let origin = f.object.clone().unwrap_or_default();
-                out.push(Report {
-                    code,
-                    namespace: namespace_of(&origin),
-                    origin,
-                    reference: at(f.line),
-                    text,
-                });
+    for (source, start, first, p) in parsed {
+        let at = |line: usize| match &source.name {
+            Some(n) => format!("{n}:{line}"),
+            None => String::new(),
+        };
+        for f in &p.findings {
+            if replaced(source, f.object.as_deref()) {
+                continue;
             }
-            for o in parsed.objects {
-                references.push(at(1));
-                objects.push(o);
+            let (code, text) = finding_message(f);
+            let origin = f.object.clone().unwrap_or_default();
+            out.push(Report {
+                code,
+                namespace: namespace_of(&origin),
+                origin,
+                reference: at(start + f.line.saturating_sub(1)),
+                text,
+            });
+        }
+        for o in p.objects {
+            if replaced(source, Some(&o.display())) {
+                continue;
             }
+            references.push(at(first));
+            objects.push(o);
         }
     }
     out.extend(analyze(&objects).into_iter().map(|m: Message| {
@@ -235,20 +274,38 @@ fn files_of(path: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> anyhow::Res
     Ok(())
 }
 
+/// The live mesh's objects (those its control plane reads), as unnamed sources.
+fn live_sources(mesh: &MeshName) -> anyhow::Result<Vec<Source>> {
+    let dir = mesh.dir()?;
+    dir.load()?;
+    let mut files = Vec::new();
+    files_of(&dir.config_dir(), false, &mut files)?;
+    files
+        .into_iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(&f).with_context(|| format!("{}", f.display()))?;
+            Ok(Source { name: None, text })
+        })
+        .collect()
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let paths: Vec<&PathBuf> = args.files.iter().chain(&args.filename).collect();
     let mut sources = Vec::new();
     if paths.is_empty() {
-        // The live mesh: the objects its control plane reads.
-        let dir = args.mesh.dir()?;
-        dir.load()?;
-        let mut files = Vec::new();
-        files_of(&dir.config_dir(), false, &mut files)?;
-        for f in files {
-            let text = std::fs::read_to_string(&f).with_context(|| format!("{}", f.display()))?;
-            sources.push(Source { name: None, text });
+        if !args.use_kube {
+            bail!("nothing to analyse: give files or directories, or leave --use-kube on");
         }
+        sources = live_sources(&args.mesh)?;
     } else {
+        if args.use_kube {
+            // istioctl analyses files together with the cluster's resources; without a running
+            // mesh the files are analysed alone, and the user is told.
+            match live_sources(&args.mesh) {
+                Ok(live) => sources = live,
+                Err(e) => eprintln!("note: analysing the files alone: {e:#}"),
+            }
+        }
         let mut files = Vec::new();
         for p in paths {
             files_of(p, args.recursive, &mut files)?;
@@ -380,6 +437,57 @@ metadata: {name: typo}
         );
         let other: Vec<&Report> = reports.iter().filter(|r| r.namespace == "other").collect();
         assert_eq!(other.len(), 2, "{other:#?}");
+    }
+
+    #[test]
+    fn lines_count_blank_lines_and_files_replace_live_objects() {
+        let live = Source {
+            name: None,
+            text: FILE.into(),
+        };
+        // The file fixes the live VirtualService; blank lines after the separator count.
+        let file = Source {
+            name: Some("fix.yaml".into()),
+            text: "apiVersion: v1
+kind: Namespace
+metadata: {name: default, labels: {istio-injection: enabled}}
+---
+
+
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews}
+      weight: 50
+    - destination: {host: nowhere}
+      weight: 50
+"
+            .into(),
+        };
+        let lines: Vec<String> = reports(&[live, file]).iter().map(Report::line).collect();
+        assert!(
+            lines.contains(
+                &"Error [IST0101] (VirtualService default/reviews fix.yaml:7) Referenced host \
+                  not found: \"nowhere\""
+                    .to_string()
+            ),
+            "{lines:#?}"
+        );
+        // The live object's subset is gone with it; the live DestinationRule is still there.
+        assert!(
+            !lines.iter().any(|l| l.contains("reviews+v9")),
+            "{lines:#?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("(DestinationRule other/ratings)")),
+            "{lines:#?}"
+        );
     }
 
     #[test]
