@@ -13,7 +13,8 @@
 //!
 //! The reference is the line of the object's document (istioctl points at the field's own
 //! line); the live mesh's objects have none. Exit code 79 (istioctl's) when a message reaches
-//! `--failure-threshold` (Error by default), 1 when a file cannot be read. Given files are
+//! `--failure-threshold` (Error by default) in the log format (as istioctl, `-o json|yaml`
+//! exit 0), 1 when a file cannot be read. Given files are
 //! analysed with the running mesh's objects (a file's object replacing the mesh's of the same
 //! kind, namespace and name), as istioctl does with the cluster's; `--use-kube=false`, or no
 //! running mesh (said on stderr), analyses the files alone.
@@ -79,7 +80,7 @@ pub struct Args {
     #[arg(short = 'A', long = "all-namespaces")]
     pub all_namespaces: bool,
     /// With the running mesh's objects (`--use-kube=false`: the files alone).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(short = 'k', long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub use_kube: bool,
     /// Messages about this namespace (and cluster-wide objects).
     #[arg(short = 'n', long = "namespace", default_value = "default")]
@@ -244,12 +245,27 @@ fn namespace_of(origin: &str) -> String {
     }
 }
 
-/// The YAML files of `path`: itself if a file; a directory's `*.yaml`, `*.yml`, `*.json` in
-/// name order (and its subdirectories' with `recursive`).
+/// The extensions istioctl reads.
+const EXTENSIONS: [&str; 3] = ["json", "yaml", "yml"];
+
+/// The YAML files of `path`: itself, or a directory's files in name order (and its
+/// subdirectories' with `recursive`); files of other extensions are skipped, and said, as
+/// istioctl does.
 fn files_of(path: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
     if !meta.is_dir() {
-        out.push(path.to_path_buf());
+        let known = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| EXTENSIONS.contains(&e));
+        if known {
+            out.push(path.to_path_buf());
+        } else {
+            eprintln!(
+                "Skipping file {}, recognized file extensions are: [.json .yaml .yml]",
+                path.display()
+            );
+        }
         return Ok(());
     }
     let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
@@ -259,16 +275,8 @@ fn files_of(path: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> anyhow::Res
         .with_context(|| format!("{}", path.display()))?;
     entries.sort();
     for entry in entries {
-        if entry.is_dir() {
-            if recursive {
-                files_of(&entry, recursive, out)?;
-            }
-        } else if entry
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
-        {
-            out.push(entry);
+        if !entry.is_dir() || recursive {
+            files_of(&entry, recursive, out)?;
         }
     }
     Ok(())
@@ -337,7 +345,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.output {
         Output::Log => {
             if reports.is_empty() {
-                eprintln!("\u{2714} No validation issues found when analyzing {scope}.");
+                // istioctl names the files it read, else the namespaces.
+                let files: Vec<&str> = sources.iter().filter_map(|s| s.name.as_deref()).collect();
+                let what = if files.is_empty() {
+                    scope.clone()
+                } else {
+                    files.join("\n")
+                };
+                eprintln!("\u{2714} No validation issues found when analyzing {what}.");
             }
             for r in &reports {
                 println!("{}", r.line());
@@ -352,9 +367,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    if reports
-        .iter()
-        .any(|r| r.code.level() >= args.failure_threshold.level())
+    // As istioctl: only the log format sets the exit code.
+    if args.output == Output::Log
+        && reports
+            .iter()
+            .any(|r| r.code.level() >= args.failure_threshold.level())
     {
         eprintln!(
             "Error: Analyzers found issues when analyzing {scope}.\nSee \
