@@ -29,7 +29,18 @@ use serde_json::{Value, json};
 use super::local::MeshName;
 use super::mesh_http::{Format, admin, admin_get, admin_json, find_pod, structured, tabwrite};
 
+/// Where `-o json` differs from Envoy's config dump, for `--help`.
+const DUMP_NOTE: &str = "\
+-o json|yaml prints the proxy's own dump of the section. Ama's proxy is configured with
+services, traffic policies and HTTP routes rather than Envoy's clusters, listeners and route
+configurations: clusters shows `services` and `trafficPolicies`, listeners `services` and
+`gatewayListeners`, routes `httpRoutes` (a gateway's: `gatewayListeners`); the tables are
+derived from them as istiod builds Envoy's resources. endpoints -o json is Envoy's
+/clusters?format=json shape, secret -o json Envoy's /certs shape (certificates only, never a
+private key). Inbound clusters and listeners are not listed.";
+
 #[derive(clap::Args, Debug)]
+#[command(after_help = DUMP_NOTE)]
 pub struct Args {
     #[command(subcommand)]
     pub section: Section,

@@ -26,7 +26,20 @@ use serde_json::{Value, json};
 use super::local::MeshName;
 use super::mesh_http::{Format, admin_json, discovery_json, find_pod, structured, tabwrite};
 
+/// How the columns map onto Ama's resource types, for `--help`.
+const MAPPING: &str = "\
+Each column is the worst state of the Ama Delta ADS resource types it stands for:
+  CDS   Service, TrafficPolicy (clusters: services and DestinationRules)
+  LDS   Node, Authorization, GatewayListener (the proxy's ports, authorization, a gateway's servers)
+  EDS   Service, Workload (endpoints)
+  RDS   HttpRoutes (VirtualServices)
+  ECDS  none: Ama has no extension configs (always NOT SENT)
+States: SYNCED (the latest config sent and ACKed), NOT SENT, STALE (sent and not yet ACKed, or a
+newer config not sent yet; \"Never Acknowledged\" when nothing was ACKed), NACK (the proxy rejected
+the last response; its reason is in -o json).";
+
 #[derive(clap::Args, Debug)]
+#[command(after_help = MAPPING)]
 pub struct Args {
     /// Only this proxy's pod, `POD[.NAMESPACE]`.
     pub pod: Option<String>,
