@@ -100,22 +100,22 @@ pub struct Args {
 
 /// One message as printed: what, about which object, where.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Report {
+struct Report {
     /// The code.
-    pub code: Code,
+    code: Code,
     /// `Kind namespace/name`, empty when the document could not be read.
-    pub origin: String,
+    origin: String,
     /// The origin's namespace, empty when unknown (always shown).
-    pub namespace: String,
+    namespace: String,
     /// `file:line` of the document, empty for the live mesh's objects.
-    pub reference: String,
+    reference: String,
     /// The text.
-    pub text: String,
+    text: String,
 }
 
 impl Report {
     /// istioctl's line: `Error [IST0101] (VirtualService default/reviews vs.yaml:12) text`.
-    pub fn line(&self) -> String {
+    fn line(&self) -> String {
         let place = [self.origin.as_str(), self.reference.as_str()]
             .into_iter()
             .filter(|s| !s.is_empty())
@@ -130,7 +130,7 @@ impl Report {
     }
 
     /// istioctl's JSON object of a message.
-    pub fn json(&self) -> Value {
+    fn json(&self) -> Value {
         let mut v = json!({
             "code": self.code.id(),
             "level": self.code.level().as_str(),
@@ -146,18 +146,18 @@ impl Report {
 }
 
 /// A stream to analyse: its text, and its name in references (`None`: the live mesh's).
-pub struct Source {
+struct Source {
     /// The name (a path).
-    pub name: Option<String>,
+    name: Option<String>,
     /// The YAML.
-    pub text: String,
+    text: String,
 }
 
 /// Every message about the objects of `sources`: the parser's and `api::support`'s findings,
 /// then [`api::analysis::analyze`]'s over all objects together. An object of a named source
 /// (a file) replaces the live mesh's object of the same kind, namespace and name, as istioctl
 /// lets files override the cluster's resources.
-pub fn reports(sources: &[Source]) -> Vec<Report> {
+fn reports(sources: &[Source]) -> Vec<Report> {
     // Document by document, so that each object knows its document's line.
     let parsed: Vec<(&Source, usize, usize, api::objects::Parsed)> = sources
         .iter()

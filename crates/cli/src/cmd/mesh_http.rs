@@ -16,11 +16,9 @@ use local::state::{PodRecord, State};
 use serde_json::Value;
 
 /// How long one request to an admin or monitoring server may take.
-pub const TIMEOUT: Duration = Duration::from_secs(5);
-/// The sidecar's admin port (Envoy's 15000).
-pub const ADMIN_PORT: u16 = 15000;
-/// Discovery's monitoring port (istiod's 15014).
-pub const MONITORING_PORT: u16 = 15014;
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// The sidecar's admin port (Envoy's 15000, the default of `ama proxy --admin-port`).
+const ADMIN_PORT: u16 = 15000;
 
 /// istioctl's `-o`: `short` (a table, the default), `json` or `yaml`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -45,15 +43,15 @@ pub fn structured(format: Format, value: &Value) -> anyhow::Result<Option<String
 
 /// An HTTP answer: status and body.
 #[derive(Debug)]
-pub struct Answer {
+struct Answer {
     /// The status code.
-    pub status: u16,
+    status: u16,
     /// The body, as text.
-    pub body: String,
+    body: String,
 }
 
 /// `method path` on `127.0.0.1:port` inside network namespace `netns` (`None`: this one).
-pub fn request(netns: Option<&str>, port: u16, method: &str, path: &str) -> anyhow::Result<Answer> {
+fn request(netns: Option<&str>, port: u16, method: &str, path: &str) -> anyhow::Result<Answer> {
     let method = http::Method::from_bytes(method.as_bytes())?;
     let uri = path.to_string();
     let what = format!("{method} http://127.0.0.1:{port}{path}");
@@ -157,8 +155,13 @@ pub fn discovery_json(state: &State, path: &str) -> anyhow::Result<Value> {
             state.cluster
         );
     }
-    let answer = request(Some(&state.lan_netns), MONITORING_PORT, "GET", path)
-        .context("ama discovery's monitoring port")?;
+    let answer = request(
+        Some(&state.lan_netns),
+        control::discovery::MONITORING_PORT,
+        "GET",
+        path,
+    )
+    .context("ama discovery's monitoring port")?;
     if answer.status != 200 {
         bail!(
             "ama discovery: GET {path}: {} {}",

@@ -54,7 +54,7 @@ pub struct Args {
 }
 
 /// Envoy's xDS columns and the Ama resource types each stands for.
-pub const COLUMNS: [(&str, &[&str]); 5] = [
+const COLUMNS: [(&str, &[&str]); 5] = [
     ("CDS", &["Service", "TrafficPolicy"]),
     ("LDS", &["Node", "Authorization", "GatewayListener"]),
     ("EDS", &["Service", "Workload"]),

@@ -37,7 +37,7 @@ pub struct Args {
 }
 
 /// This binary's version.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What `ama version` found.
 #[derive(Debug, Default)]
