@@ -213,7 +213,7 @@ fn level(name: &str) -> Option<&'static str> {
 
 fn logging(inputs: &AdminInputs, query: &str, post: bool) -> Response<Body> {
     let current = || match &inputs.log_level {
-        Some(c) => format!("active loggers:\n  {}\n", c.current()),
+        Some(c) => active_loggers(&c.current()),
         None => "active loggers:\n  (log level control not available)\n".to_owned(),
     };
     if query.is_empty() {
@@ -284,6 +284,22 @@ fn logging(inputs: &AdminInputs, query: &str, post: bool) -> Response<Body> {
     }
 }
 
+/// Envoy's `/logging` listing of a filter (`warn,proxy::inbound=debug`): a `logger: level`
+/// line per directive, the bare level as `default` (every other logger), in Envoy's level
+/// names.
+fn active_loggers(filter: &str) -> String {
+    let envoy = |level: &str| match level {
+        "warn" => "warning".to_owned(),
+        other => other.to_owned(),
+    };
+    let mut out = String::from("active loggers:\n");
+    for d in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let (logger, level) = d.rsplit_once('=').unwrap_or(("default", d));
+        out.push_str(&format!("  {logger}: {}\n", envoy(level)));
+    }
+    out
+}
+
 /// `current` (`info,a=debug`) with the per-target directives `updates` (`a=trace`) applied:
 /// a target's earlier directive is replaced, every other directive kept in its place.
 fn merge_filter(current: &str, updates: &[String]) -> String {
@@ -333,6 +349,14 @@ mod tests {
                 &["proxy::inbound=error".into()]
             ),
             "info,xds=trace,proxy::inbound=error"
+        );
+    }
+
+    #[test]
+    fn loggers_listed_as_envoy_does() {
+        assert_eq!(
+            active_loggers("proxy::inbound=debug,warn"),
+            "active loggers:\n  proxy::inbound: debug\n  default: warning\n"
         );
     }
 
