@@ -11,6 +11,10 @@
 //! - IST0102 NamespaceNotInjected (Info): a namespace with workloads and no `istio-injection`
 //!   or `istio.io/rev` label.
 //! - IST0106 SchemaValidationError (Error): a document the parser leaves out.
+//! - IST0128 NoServerCertificateVerificationDestinationLevel and IST0129 (…PortLevel)
+//!   (Warning, as recent istioctl): a DestinationRule's `SIMPLE` or `MUTUAL` TLS, for the
+//!   host or a port, without `caCertificates` (nor a `credentialName` that may carry them, nor
+//!   `insecureSkipVerify`).
 //!
 //! Ama's own, one per kind of [`crate::support`] finding:
 //!
@@ -27,6 +31,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::networking::Destination;
+use crate::networking::destination_rule::{ClientTlsMode, ClientTlsSettings, DestinationRule};
 use crate::objects::{Finding, Object, Severity};
 
 /// The cluster's DNS domain (Istio's default `cluster.local`).
@@ -63,6 +68,10 @@ pub enum Code {
     NamespaceNotInjected,
     /// IST0106.
     SchemaValidationError,
+    /// IST0128.
+    NoServerCertificateVerificationDestinationLevel,
+    /// IST0129.
+    NoServerCertificateVerificationPortLevel,
     /// AMA0001.
     NotImplemented,
     /// AMA0002.
@@ -76,6 +85,8 @@ impl Code {
             Code::ReferencedResourceNotFound => "IST0101",
             Code::NamespaceNotInjected => "IST0102",
             Code::SchemaValidationError => "IST0106",
+            Code::NoServerCertificateVerificationDestinationLevel => "IST0128",
+            Code::NoServerCertificateVerificationPortLevel => "IST0129",
             Code::NotImplemented => "AMA0001",
             Code::FailsClosed => "AMA0002",
         }
@@ -87,6 +98,12 @@ impl Code {
             Code::ReferencedResourceNotFound => "ReferencedResourceNotFound",
             Code::NamespaceNotInjected => "NamespaceNotInjected",
             Code::SchemaValidationError => "SchemaValidationError",
+            Code::NoServerCertificateVerificationDestinationLevel => {
+                "NoServerCertificateVerificationDestinationLevel"
+            }
+            Code::NoServerCertificateVerificationPortLevel => {
+                "NoServerCertificateVerificationPortLevel"
+            }
             Code::NotImplemented => "NotImplemented",
             Code::FailsClosed => "FailsClosed",
         }
@@ -98,7 +115,9 @@ impl Code {
             Code::ReferencedResourceNotFound | Code::SchemaValidationError | Code::FailsClosed => {
                 Level::Error
             }
-            Code::NotImplemented => Level::Warning,
+            Code::NotImplemented
+            | Code::NoServerCertificateVerificationDestinationLevel
+            | Code::NoServerCertificateVerificationPortLevel => Level::Warning,
             Code::NamespaceNotInjected => Level::Info,
         }
     }
@@ -291,11 +310,62 @@ pub fn analyze(objects: &[Object]) -> Vec<Message> {
                 if !host.contains('*') && d.host(host, &m.namespace).is_none() {
                     missing("host", host);
                 }
+                out.extend(unverified_servers(i, o, &dr.spec));
             }
             _ => {}
         }
     }
     out.extend(namespaces_not_injected(objects));
+    out
+}
+
+/// IST0128 and IST0129: the rule's TLS origination (for the host, and per port) that verifies
+/// no server certificate against a CA of its own.
+fn unverified_servers(i: usize, o: &Object, dr: &DestinationRule) -> Vec<Message> {
+    let m = o.metadata();
+    let unverified = |tls: Option<&ClientTlsSettings>| {
+        let tls = tls?;
+        let mode = match tls.mode? {
+            ClientTlsMode::Simple => "SIMPLE",
+            ClientTlsMode::Mutual => "MUTUAL",
+            _ => return None,
+        };
+        (tls.ca_certificates.is_empty()
+            && tls.credential_name.is_empty()
+            && tls.insecure_skip_verify != Some(true))
+        .then_some(mode)
+    };
+    let text = |mode: &str| {
+        format!(
+            "DestinationRule {}/{} in namespace {} has TLS mode set to {mode} but no \
+             caCertificates are set to validate server identity for host: {}",
+            m.namespace, m.name, m.namespace, dr.host
+        )
+    };
+    let message = |code, text| Message {
+        code,
+        origin: o.display(),
+        namespace: m.namespace.clone(),
+        object: Some(i),
+        text,
+    };
+    let policy = dr.traffic_policy.as_ref();
+    let mut out = Vec::new();
+    if let Some(mode) = unverified(policy.and_then(|p| p.tls.as_ref())) {
+        out.push(message(
+            Code::NoServerCertificateVerificationDestinationLevel,
+            text(mode),
+        ));
+    }
+    for port in policy.iter().flat_map(|p| &p.port_level_settings) {
+        if let Some(mode) = unverified(port.tls.as_ref()) {
+            let number = port.port.as_ref().map_or(0, |p| p.number);
+            out.push(message(
+                Code::NoServerCertificateVerificationPortLevel,
+                format!("{} at port number:{number}", text(mode)),
+            ));
+        }
+    }
     out
 }
 
@@ -469,6 +539,55 @@ spec: {{host: details.default.svc.cluster.local}}
                 "IST0101 (DestinationRule default/details) Referenced host not found: \
                  \"details.default.svc.cluster.local\"",
             ]
+        );
+    }
+
+    #[test]
+    fn tls_origination_without_a_ca() {
+        let yaml = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db.example.com]
+  ports: [{number: 443, name: tls, protocol: TLS}, {number: 8443, name: tls2, protocol: TLS}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db-tls, namespace: default}
+spec:
+  host: db.example.com
+  trafficPolicy:
+    tls: {mode: SIMPLE}
+    portLevelSettings:
+    - port: {number: 443}
+      tls: {mode: MUTUAL, clientCertificate: /c.pem, privateKey: /k.pem}
+    - port: {number: 8443}
+      tls: {mode: SIMPLE, caCertificates: /ca.pem}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db-ok, namespace: default}
+spec:
+  host: db.example.com
+  trafficPolicy:
+    tls: {mode: SIMPLE, credentialName: db-credential}
+";
+        assert_eq!(
+            messages(yaml),
+            [
+                "IST0128 (DestinationRule default/db-tls) DestinationRule default/db-tls in \
+                 namespace default has TLS mode set to SIMPLE but no caCertificates are set to \
+                 validate server identity for host: db.example.com",
+                "IST0129 (DestinationRule default/db-tls) DestinationRule default/db-tls in \
+                 namespace default has TLS mode set to MUTUAL but no caCertificates are set to \
+                 validate server identity for host: db.example.com at port number:443",
+            ]
+        );
+        assert_eq!(
+            Code::NoServerCertificateVerificationPortLevel.level(),
+            Level::Warning
         );
     }
 

@@ -3,7 +3,8 @@
 //! objects when none is given.
 //!
 //! The checks are [`api::analysis`]'s (Istio's codes: IST0101 ReferencedResourceNotFound,
-//! IST0102 NamespaceNotInjected, IST0106 SchemaValidationError) and every finding the parser and
+//! IST0102 NamespaceNotInjected, IST0106 SchemaValidationError, IST0128/IST0129 for TLS
+//! origination without a CA) and every finding the parser and
 //! `api::support` report (AMA0001 NotImplemented, AMA0002 FailsClosed): the same list `ama up`
 //! and `ama apply` print. Output as istioctl's:
 //!
