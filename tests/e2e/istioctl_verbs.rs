@@ -1,7 +1,7 @@
 //! istioctl's verbs against a real `ama up` of the seed (httpbin ×2, a client) with a
 //! DestinationRule (subset v1) and a VirtualService (a `/status` route to it):
 //!
-//! - `ama proxy-config clusters|endpoints|listeners|routes|secret|bootstrap|log` on the client's
+//! - `ama proxy-config clusters|endpoints|listeners|routes|secret|bootstrap|all|log` on the client's
 //!   sidecar: istioctl's table headers and the rows this config makes, each `-o json` parsed;
 //!   the ingress gateway's listener and route for a Gateway (Istio's default profile)
 //!   ([`proxy_config_shows_the_clients_sidecar`]);
@@ -287,6 +287,26 @@ fn proxy_config_shows_the_clients_sidecar() {
     let b = json(&mesh.ok(&["pc", "bootstrap", &client]));
     assert_eq!(b["bootstrap"]["node"]["namespace"], "default");
     assert_eq!(b["bootstrap"]["serverInfo"]["state"], "LIVE");
+
+    // All: every table, blank-line separated; -o json the whole dump.
+    let all = mesh.ok(&["pc", "all", &client]);
+    let headers: Vec<&str> = all
+        .split("\n\n")
+        .map(|t| t.lines().next().unwrap_or_default())
+        .collect();
+    assert_eq!(headers.len(), 5, "{all}");
+    for (h, first) in headers.iter().zip([
+        "SERVICE FQDN",
+        "ADDRESSES",
+        "NAME",
+        "ENDPOINT",
+        "RESOURCE NAME",
+    ]) {
+        assert!(h.starts_with(first), "{all}");
+    }
+    let dump = json(&mesh.ok(&["pc", "a", &client, "-o", "json"]));
+    assert_eq!(dump["node"]["namespace"], "default");
+    assert!(dump["resources"]["services"].is_array());
 
     // Log levels: one logger changed, the others kept; then every logger reset.
     let log = mesh.ok(&["pc", "log", &client, "--level", "proxy::inbound:debug"]);

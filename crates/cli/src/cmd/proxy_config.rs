@@ -134,6 +134,13 @@ pub enum Section {
         #[command(flatten)]
         target: Target,
     },
+    /// Clusters, listeners, routes, endpoints and secrets at once; `-o json|yaml`: the whole
+    /// config dump.
+    #[command(name = "all", visible_aliases = ["a"])]
+    All {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Shows or sets the proxy's log levels (admin `/logging`).
     #[command(name = "log", visible_aliases = ["o"])]
     Log {
@@ -246,6 +253,39 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 _ => Format::Json,
             };
             structured(format, &value)?.unwrap_or_default()
+        }
+        Section::All { target } => {
+            let pod = pod_of(target)?;
+            let dump = admin_json(pod, "/config_dump")?;
+            match structured(target.output, &dump)? {
+                Some(s) => s,
+                None => {
+                    let statuses = parse_clusters(&admin_get(pod, "/clusters")?);
+                    let certs = admin_json(pod, "/certs")?;
+                    let role = Role::of(pod);
+                    let clusters = ClusterFilter {
+                        fqdn: None,
+                        port: None,
+                        subset: None,
+                        direction: None,
+                    };
+                    let endpoints = EndpointFilter {
+                        cluster: None,
+                        address: None,
+                        port: None,
+                        status: None,
+                    };
+                    // istioctl's `all`: each table, a blank line between them.
+                    [
+                        clusters_table(&statuses, &dump, &clusters),
+                        listeners_table(&dump, role, None, None),
+                        routes_table(&dump, role, None),
+                        endpoints_table(&statuses, &endpoints),
+                        secrets_table(&certs, std::time::SystemTime::now()),
+                    ]
+                    .join("\n")
+                }
+            }
         }
         Section::Log {
             pod,
