@@ -1,6 +1,7 @@
-//! `ama proxy-config clusters|listeners|routes|endpoints|secret|bootstrap|log POD[.NAMESPACE]`
-//! (`ama pc`): a sidecar's configuration as `istioctl proxy-config` shows it, read from the
-//! pod's admin server (127.0.0.1:15000 in the pod) of the running `ama up` mesh.
+//! `ama proxy-config clusters|listeners|routes|endpoints|secret|bootstrap|all|log
+//! POD[.NAMESPACE]` (`ama pc`): a sidecar's (or gateway's) configuration as `istioctl
+//! proxy-config` shows it, read from the pod's admin server (127.0.0.1:15000 in the pod) of the
+//! running `ama up` mesh.
 //!
 //! The tables are istioctl's (same columns, sorting and spacing); `-o json|yaml` prints the
 //! proxy's own dump of that section. Where Ama's dump differs from Envoy's config dump:
@@ -68,13 +69,13 @@ pub enum Section {
     Clusters {
         #[command(flatten)]
         target: Target,
-        /// Only clusters whose FQDN contains this.
+        /// Only clusters whose name contains this FQDN.
         #[arg(long)]
         fqdn: Option<String>,
         /// Only clusters of this port.
         #[arg(long)]
         port: Option<u16>,
-        /// Only clusters of this subset.
+        /// Only clusters whose name contains this subset.
         #[arg(long)]
         subset: Option<String>,
         /// Only clusters of this direction (inbound, outbound).
@@ -457,13 +458,15 @@ fn cluster_type(service: Option<&Value>) -> &'static str {
 fn clusters_table(statuses: &[ClusterStatus], dump: &Value, filter: &ClusterFilter) -> String {
     let mut keyed: Vec<_> = statuses
         .iter()
-        .map(|c| (cluster_key(&c.name), c))
-        .filter(|((fqdn, port, subset, direction), _)| {
-            filter.fqdn.is_none_or(|f| fqdn.contains(f))
-                && filter.port.is_none_or(|p| *port == p.to_string())
-                && filter.subset.is_none_or(|s| s == *subset)
-                && filter.direction.is_none_or(|d| d == *direction)
+        // istioctl's filters: each a substring of the cluster's name (`|<port>|` for a port).
+        .filter(|c| {
+            let name = c.name.as_str();
+            filter.fqdn.is_none_or(|f| name.contains(f))
+                && filter.port.is_none_or(|p| name.contains(&format!("|{p}|")))
+                && filter.subset.is_none_or(|s| name.contains(s))
+                && filter.direction.is_none_or(|d| name.contains(d))
         })
+        .map(|c| (cluster_key(&c.name), c))
         .collect();
     keyed.sort_by(|((f1, p1, s1, d1), _), ((f2, p2, s2, d2), _)| {
         let port = |p: &str| p.parse::<u32>().unwrap_or(0);
@@ -715,11 +718,12 @@ fn listeners_table(dump: &Value, role: Role, address: Option<&str>, port: Option
         "ALL".into(),
         "PassthroughCluster".into(),
     ));
+    // Inbound: captured connections go to the app at their original destination.
     rows.push((
         "0.0.0.0".into(),
         15006,
         "ALL".into(),
-        "Inline Route: /*".into(),
+        "InboundPassthroughCluster".into(),
     ));
     let mut http_ports = std::collections::BTreeSet::new();
     for s in services(dump) {
@@ -780,8 +784,8 @@ fn listener_rows(
     port: Option<u16>,
 ) -> String {
     rows.retain(|(a, p, _, _)| address.is_none_or(|x| x == a) && port.is_none_or(|x| x == *p));
-    // istioctl sorts by port, then address.
-    rows.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+    // istioctl sorts by port, then address; a listener's rows by destination, descending.
+    rows.sort_by(|a, b| (a.1, &a.0, &b.3).cmp(&(b.1, &b.0, &a.3)));
     let rows: Vec<Vec<String>> = rows
         .into_iter()
         .map(|(a, p, m, d)| vec![a, p.to_string(), m, d])
@@ -1179,7 +1183,7 @@ ADDRESSES      PORT      MATCH                                    DESTINATION
 0.0.0.0        80        ALL                                      PassthroughCluster
 10.96.0.11     9000      ALL                                      Cluster: outbound|9000||tcp-echo.default.svc.cluster.local
 0.0.0.0        15001     ALL                                      PassthroughCluster
-0.0.0.0        15006     ALL                                      Inline Route: /*
+0.0.0.0        15006     ALL                                      InboundPassthroughCluster
 0.0.0.0        15021     ALL                                      Inline Route: /healthz/ready*
 0.0.0.0        15090     ALL                                      Inline Route: /stats/prometheus*
 ";
