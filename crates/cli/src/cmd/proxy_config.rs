@@ -808,29 +808,56 @@ fn describe_match(m: &Value) -> String {
     "/*".to_string()
 }
 
-/// istioctl's `describeRouteDomains`: the shortest name a client may use, and how many more.
+/// istioctl's `describeRouteDomains`: a virtual host's domains without their `:port` forms,
+/// less those a shorter one stands for (`x.svc.cluster.local` and `x.svc` beside `x`), the
+/// first two and how many more.
 fn describe_domains(domains: &[String]) -> String {
-    match domains {
-        [] => String::new(),
-        [one] => one.clone(),
-        [first, rest @ ..] => format!("{first} + {} more...", rest.len()),
+    const SHOWN: usize = 2;
+    let without_port: Vec<&str> = domains
+        .iter()
+        .map(String::as_str)
+        .filter(|d| !d.contains(':') || (d.matches(':').count() > 2 && d.ends_with(']')))
+        .collect();
+    let covered = |d: &str| {
+        [".svc.cluster.local", ".svc"].iter().any(|suffix| {
+            d.strip_suffix(suffix)
+                .is_some_and(|short| without_port.contains(&short))
+        })
+    };
+    let kept: Vec<&str> = without_port
+        .iter()
+        .copied()
+        .filter(|d| !covered(d))
+        .collect();
+    if kept.len() > SHOWN {
+        format!(
+            "{} + {} more...",
+            kept[..SHOWN].join(", "),
+            kept.len() - SHOWN
+        )
+    } else {
+        kept.join(", ")
     }
 }
 
-/// The names clients in `client_ns` use for `host` (`svc`, `svc.ns`, `svc.ns.svc`, FQDN),
-/// shortest first, as istiod lists a virtual host's domains (without the `:port` forms).
-fn domains(host: &str, client_ns: &str) -> Vec<String> {
-    let mut out = Vec::new();
+/// The domains of the virtual host istiod builds for service `host` on `port` for a client
+/// in `client_ns`: the FQDN, the short names the client's search path completes, the VIPs,
+/// each also with `:port`.
+fn domains(host: &str, port: &str, vips: &[&str], client_ns: &str) -> Vec<String> {
+    let mut names = vec![host.to_string()];
     if let Some(short) = host.strip_suffix(".svc.cluster.local") {
         let (name, ns) = short.split_once('.').unwrap_or((short, ""));
         if ns == client_ns {
-            out.push(name.to_string());
+            names.push(name.to_string());
         }
-        out.push(short.to_string());
-        out.push(format!("{short}.svc"));
+        names.push(format!("{short}.svc"));
+        names.push(short.to_string());
     }
-    out.push(host.to_string());
-    out
+    names.extend(vips.iter().map(|v| v.to_string()));
+    names
+        .into_iter()
+        .flat_map(|n| [format!("{n}:{port}"), n])
+        .collect()
 }
 
 /// The rows of a VirtualService's HTTP rules in a route table: one per match (`/*` for none).
@@ -948,7 +975,14 @@ fn routes_table(dump: &Value, role: Role, name: Option<&str>) -> String {
                 continue;
             }
             let vhost = format!("{host}:{number}");
-            let domains = describe_domains(&domains(host, client_ns));
+            let vips: Vec<&str> = s
+                .get("vips")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let domains = describe_domains(&domains(host, &number, &vips, client_ns));
             let vs = http_routes.iter().find(|r| {
                 r.get("hosts")
                     .and_then(Value::as_array)
@@ -1200,10 +1234,10 @@ ADDRESSES      PORT      MATCH                                    DESTINATION
     fn routes_table_golden() {
         let out = routes_table(&dump(), Role::Sidecar, None);
         let golden = "\
-NAME     VHOST NAME                               DOMAINS                 MATCH        VIRTUAL SERVICE
-80       httpbin.default.svc.cluster.local:80     httpbin + 3 more...     /status*     httpbin.default
-80       httpbin.default.svc.cluster.local:80     httpbin + 3 more...     /ip          httpbin.default
-80       httpbin.default.svc.cluster.local:80     httpbin + 3 more...     /*           httpbin.default
+NAME     VHOST NAME                               DOMAINS                                  MATCH        VIRTUAL SERVICE
+80       httpbin.default.svc.cluster.local:80     httpbin, httpbin.default + 1 more...     /status*     httpbin.default
+80       httpbin.default.svc.cluster.local:80     httpbin, httpbin.default + 1 more...     /ip          httpbin.default
+80       httpbin.default.svc.cluster.local:80     httpbin, httpbin.default + 1 more...     /*           httpbin.default
 ";
         assert_eq!(out, golden);
         assert_eq!(
@@ -1251,6 +1285,34 @@ https.443.https.gw.default     httpbin.example.com:443     httpbin.example.com  
         assert_eq!(out, golden);
         let only = routes_table(&gateway_dump(), Role::Gateway, Some("http.8080"));
         assert_eq!(only.lines().count(), 2, "{only}");
+    }
+
+    #[test]
+    fn route_domains_as_istioctl_describes_them() {
+        let d = |host, vips: &[&str], ns| describe_domains(&domains(host, "80", vips, ns));
+        assert_eq!(
+            d(
+                "reviews.default.svc.cluster.local",
+                &["10.96.0.9"],
+                "default"
+            ),
+            "reviews, reviews.default + 1 more..."
+        );
+        // From another namespace the short name does not resolve.
+        assert_eq!(
+            d("reviews.default.svc.cluster.local", &["10.96.0.9"], "shop"),
+            "reviews.default, 10.96.0.9"
+        );
+        assert_eq!(d("api.example.com", &[], "default"), "api.example.com");
+        // An IPv6 address is kept without its port.
+        assert_eq!(
+            describe_domains(&[
+                "a".into(),
+                "[fd00:10:96::7fc7]".into(),
+                "[fd00:10:96::7fc7]:80".into()
+            ]),
+            "a, [fd00:10:96::7fc7]"
+        );
     }
 
     #[test]
