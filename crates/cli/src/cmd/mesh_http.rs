@@ -50,8 +50,8 @@ struct Answer {
     body: String,
 }
 
-/// `method path` on `127.0.0.1:port` inside network namespace `netns` (`None`: this one).
-fn request(netns: Option<&str>, port: u16, method: &str, path: &str) -> anyhow::Result<Answer> {
+/// `method path` on `127.0.0.1:port` inside network namespace `netns`.
+fn request(netns: &str, port: u16, method: &str, path: &str) -> anyhow::Result<Answer> {
     let method = http::Method::from_bytes(method.as_bytes())?;
     let uri = path.to_string();
     let what = format!("{method} http://127.0.0.1:{port}{path}");
@@ -84,12 +84,9 @@ fn request(netns: Option<&str>, port: u16, method: &str, path: &str) -> anyhow::
             .map_err(|_| anyhow::anyhow!("no answer within {}s", TIMEOUT.as_secs()))?
         })
     };
-    let answer = match netns {
-        Some(ns) => local::probe::in_netns(ns, exchange)
-            .with_context(|| format!("entering network namespace {ns}"))?,
-        None => exchange(),
-    };
-    answer.with_context(|| what.clone())
+    local::probe::in_netns(netns, exchange)
+        .with_context(|| format!("entering network namespace {netns}"))?
+        .context(what)
 }
 
 /// `GET path` on the admin server of `pod`'s sidecar; an error unless it answers 200.
@@ -106,7 +103,7 @@ pub fn admin(pod: &PodRecord, method: &str, path: &str) -> anyhow::Result<String
             pod.namespace
         );
     }
-    let answer = request(Some(&pod.netns), ADMIN_PORT, method, path)
+    let answer = request(&pod.netns, ADMIN_PORT, method, path)
         .with_context(|| format!("the sidecar of pod {}.{}", pod.name, pod.namespace))?;
     if answer.status != 200 {
         bail!(
@@ -156,7 +153,7 @@ pub fn discovery_json(state: &State, path: &str) -> anyhow::Result<Value> {
         );
     }
     let answer = request(
-        Some(&state.lan_netns),
+        &state.lan_netns,
         control::discovery::MONITORING_PORT,
         "GET",
         path,
