@@ -299,7 +299,15 @@ pub fn analyze(objects: &[Object]) -> Vec<Message> {
                     if g == "mesh" {
                         continue;
                     }
-                    let (ns, name) = g.split_once('/').unwrap_or((&m.namespace, g));
+                    // `ns/name`, `name` (the VirtualService's namespace), or the older
+                    // `name.ns[.svc.cluster.local]` istiod still reads.
+                    let (ns, name) = match (g.split_once('/'), g.split_once('.')) {
+                        (Some((ns, name)), _) => (ns, name),
+                        (None, Some((name, rest))) => {
+                            (rest.split('.').next().unwrap_or(rest), name)
+                        }
+                        (None, None) => (m.namespace.as_str(), g.as_str()),
+                    };
                     if !d.gateways.contains(&(ns, name)) {
                         missing("gateway", g);
                     }
@@ -490,7 +498,7 @@ kind: VirtualService
 metadata: {{name: reviews, namespace: default}}
 spec:
   hosts: [reviews]
-  gateways: [mesh, istio-system/gw]
+  gateways: [mesh, istio-system/gw, gw.istio-system.svc.cluster.local]
   http:
   - route:
     - destination: {{host: reviews.default.svc.cluster.local, subset: v1}}
