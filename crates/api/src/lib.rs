@@ -14,6 +14,7 @@
 //!   registries read. [`check`] holds the checks they share, [`Duration`] Istio's durations.
 //! - [`kinds`]: the kinds a stream may hold, and the nearest one to a typo.
 //! - [`support`]: what Ama implements of the config it accepts; a warning finding for the rest.
+//! - [`analysis`]: `istioctl analyze`'s cross-reference checks and message codes.
 //! - [`yaml`]: splitting a YAML stream into documents and writing objects back, shared with
 //!   `kube-inject`.
 //!
@@ -24,6 +25,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod analysis;
 pub mod annotation;
 pub mod check;
 mod duration;

@@ -45,6 +45,17 @@ enum Command {
     Create(cmd::create::Args),
     /// Built-in apps for local meshes: `httpbin`, `sleep`.
     Sample(cmd::sample::Args),
+    /// A sidecar's clusters, listeners, routes, endpoints, secrets, bootstrap or log levels (like
+    /// `istioctl proxy-config`).
+    #[command(visible_alias = "pc")]
+    ProxyConfig(cmd::proxy_config::Args),
+    /// Each proxy's sync state with the control plane (like `istioctl proxy-status`).
+    #[command(visible_alias = "ps")]
+    ProxyStatus(cmd::proxy_status::Args),
+    /// Find problems in config files or the running mesh (like `istioctl analyze`).
+    Analyze(cmd::analyze::Args),
+    /// The versions of the client, the control plane and the data plane (like `istioctl version`).
+    Version(cmd::version::Args),
     /// Enter a container's view of the machine, then run a command (used by `ama up`).
     #[command(hide = true)]
     Sandbox(cmd::sandbox::Args),
@@ -72,6 +83,10 @@ fn main() -> ExitCode {
         Command::Sample(args) => cmd::sample::run(args),
         Command::Sandbox(args) => cmd::sandbox::run(args),
         Command::Userns(args) => cmd::userns::run(args),
+        Command::ProxyConfig(args) => cmd::proxy_config::run(args),
+        Command::ProxyStatus(args) => cmd::proxy_status::run(args),
+        Command::Analyze(args) => cmd::analyze::run(args),
+        Command::Version(args) => cmd::version::run(args),
     };
     match result {
         Ok(code) => code,

@@ -6,11 +6,13 @@
 //!   on 15012, and the injection webhook on 15017 ([`crate::security`]).
 //! - The monitoring port (Istio's 15014), HTTP/1:
 //!   - `GET /ready`: 200 once the config directory was read and a model built, else 503;
-//!   - `GET /debug/syncz`: JSON, each connected proxy with, per resource type, the versions sent,
-//!     ACKed and NACKed (with the proxy's reason), from [`xds::ads::AdsServer::status`];
+//!   - `GET /debug/syncz`: JSON, each connected proxy with, per resource type, the version it
+//!     should have (`latest`), the versions sent, ACKed and NACKed (with the proxy's reason),
+//!     from [`xds::ads::AdsServer::status`] (what `ama proxy-status` shows);
 //!   - `GET /debug/config_errors`: JSON, the documents of the config directory left out, and
 //!     what the model could not use;
-//!   - `GET /metrics`: Prometheus text (push times, pushes, connected proxies).
+//!   - `GET /metrics`: Prometheus text (push times, pushes, connected proxies);
+//!   - `GET /version`: JSON, this build's version (istiod's `/version`, for `ama version`).
 //!
 //! - The key sets of RequestAuthentication `jwksUri`s, fetched and refreshed in the background
 //!   ([`crate::jwks`]); a change is pushed.
@@ -403,6 +405,7 @@ fn handle(state: &Monitoring, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             }
         }
         "/debug/syncz" => json_reply(&syncz(&state.ads.status())),
+        "/version" => json_reply(&version()),
         "/debug/config_errors" => {
             let model = state.pusher.model();
             json_reply(&json!({
@@ -435,7 +438,7 @@ fn handle(state: &Monitoring, req: &Request<Incoming>) -> Response<Full<Bytes>> 
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: /ready, /debug/syncz, /debug/config_errors, /metrics\n".into(),
+            "not found: /ready, /debug/syncz, /debug/config_errors, /metrics, /version\n".into(),
         ),
     }
 }
@@ -486,6 +489,7 @@ pub fn syncz(status: &[ProxyStatus]) -> Value {
                         (
                             ty.name().to_string(),
                             json!({
+                                "latest": s.latest,
                                 "sent": s.sent,
                                 "acked": s.acked,
                                 "nacked": s.nacked.as_ref().map(|n| json!({
@@ -513,6 +517,16 @@ pub fn syncz(status: &[ProxyStatus]) -> Value {
             })
             .collect(),
     )
+}
+
+/// `/version`: the build's version, in the fields of istio's `BuildInfo`.
+pub fn version() -> Value {
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "revision": "unknown",
+        "status": "Clean",
+        "tag": env!("CARGO_PKG_VERSION"),
+    })
 }
 
 fn json_reply(value: &Value) -> Response<Full<Bytes>> {

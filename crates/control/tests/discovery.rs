@@ -197,6 +197,12 @@ async fn seed_config_reaches_a_proxy_and_follows_edits() {
     assert!(service["acked"].is_string(), "{body}");
     assert_eq!(service["acked"], service["sent"], "{body}");
     assert!(service["nacked"].is_null(), "{body}");
+    // What the proxy should have, for `ama proxy-status`: here, what it has.
+    assert_eq!(service["latest"], service["sent"], "{body}");
+    let (status, version) = get(monitoring, "/version").await;
+    assert_eq!(status, 200);
+    let version: serde_json::Value = serde_json::from_str(&version).expect("json");
+    assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
     let (status, metrics) = get(monitoring, "/metrics").await;
     assert_eq!(status, 200);
     assert!(

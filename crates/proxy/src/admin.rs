@@ -5,8 +5,9 @@
 //! - `GET /clusters`: clusters and endpoints as text (from [`AdminSource::clusters`]).
 //! - `GET /stats`: metrics as `name: value` lines (`?filter=<substring>`, `?format=prometheus`).
 //! - `GET /stats/prometheus`: metrics in Prometheus text format.
-//! - `GET /logging`: the active log level; `POST /logging?level=debug` (or `?paths=a:debug,b:info`
-//!   or `?<logger>=<level>`) changes it through [`LogLevelControl`], as Envoy does.
+//! - `GET /logging`: the active log level; `POST /logging?level=debug` sets every logger,
+//!   `?paths=a:debug,b:info` or `?<logger>=<level>` only those (the others keep theirs), through
+//!   [`LogLevelControl`], as Envoy does (`ama proxy-config log`).
 //! - `GET /ready`: `LIVE` (200) once ready, else `PRE_INITIALIZING` (503), like Envoy.
 //! - `GET /server_info`: state and uptime as JSON.
 //! - `POST /quitquitquit`: shut down.
@@ -162,30 +163,12 @@ fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
     })
 }
 
+/// A query component decoded as a form does it: `+` is a space, `%XX` a byte; an invalid
+/// escape stays as written.
 fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(&s.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn stats(inputs: &AdminInputs, query: &str) -> Response<Body> {
@@ -230,7 +213,7 @@ fn level(name: &str) -> Option<&'static str> {
 
 fn logging(inputs: &AdminInputs, query: &str, post: bool) -> Response<Body> {
     let current = || match &inputs.log_level {
-        Some(c) => format!("active loggers:\n  {}\n", c.current()),
+        Some(c) => active_loggers(&c.current()),
         None => "active loggers:\n  (log level control not available)\n".to_owned(),
     };
     if query.is_empty() {
@@ -288,10 +271,50 @@ fn logging(inputs: &AdminInputs, query: &str, post: bool) -> Response<Body> {
             "log level control not available\n",
         );
     };
-    match control.set(&spec.join(",")) {
+    // `?level=` sets every logger (Envoy's semantics): the filter is replaced. Per-logger
+    // changes (`paths`, `?<logger>=`) leave the other loggers as they are.
+    let filter = if spec.iter().any(|d| !d.contains('=')) {
+        spec.join(",")
+    } else {
+        merge_filter(&control.current(), &spec)
+    };
+    match control.set(&filter) {
         Ok(()) => text(StatusCode::OK, &current()),
         Err(e) => text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
     }
+}
+
+/// Envoy's `/logging` listing of a filter (`warn,proxy::inbound=debug`): a `logger: level`
+/// line per directive, the bare level as `default` (every other logger), in Envoy's level
+/// names.
+fn active_loggers(filter: &str) -> String {
+    let envoy = |level: &str| match level {
+        "warn" => "warning".to_owned(),
+        other => other.to_owned(),
+    };
+    let mut out = String::from("active loggers:\n");
+    for d in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let (logger, level) = d.rsplit_once('=').unwrap_or(("default", d));
+        out.push_str(&format!("  {logger}: {}\n", envoy(level)));
+    }
+    out
+}
+
+/// `current` (`info,a=debug`) with the per-target directives `updates` (`a=trace`) applied:
+/// a target's earlier directive is replaced, every other directive kept in its place.
+fn merge_filter(current: &str, updates: &[String]) -> String {
+    let target = |d: &str| d.split_once('=').map(|(t, _)| t.to_owned());
+    let mut out: Vec<String> = current
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .filter(|d| {
+            target(d).is_none_or(|t| !updates.iter().any(|u| target(u).as_deref() == Some(&*t)))
+        })
+        .map(str::to_owned)
+        .collect();
+    out.extend(updates.iter().cloned());
+    out.join(",")
 }
 
 #[cfg(test)]
@@ -312,6 +335,29 @@ mod tests {
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz"), "%zz");
         assert_eq!(percent_decode("a+b%20c"), "a b c");
+    }
+
+    #[test]
+    fn per_logger_changes_keep_the_others() {
+        assert_eq!(
+            merge_filter("warn", &["proxy::inbound=debug".into()]),
+            "warn,proxy::inbound=debug"
+        );
+        assert_eq!(
+            merge_filter(
+                "info,proxy::inbound=debug,xds=trace",
+                &["proxy::inbound=error".into()]
+            ),
+            "info,xds=trace,proxy::inbound=error"
+        );
+    }
+
+    #[test]
+    fn loggers_listed_as_envoy_does() {
+        assert_eq!(
+            active_loggers("proxy::inbound=debug,warn"),
+            "active loggers:\n  proxy::inbound: debug\n  default: warning\n"
+        );
     }
 
     #[test]

@@ -51,6 +51,30 @@ impl AdminSource for TrafficAdmin {
             .duration_since(std::time::SystemTime::now())
             .map(|d| d.as_secs() / 86_400)
             .unwrap_or(0);
+        // The roots' serial and validity, for `proxy-config secret`'s ROOTCA row; a root that
+        // does not parse (it was verified when installed) shows its path only.
+        let roots: Vec<serde_json::Value> = cert
+            .chain()
+            .roots()
+            .iter()
+            .map(|der| {
+                let Ok((_, root)) = x509_parser::parse_x509_certificate(der) else {
+                    return serde_json::json!({ "path": "ROOTCA" });
+                };
+                let validity = root.validity();
+                let rfc3339 = |t: &x509_parser::time::ASN1Time| {
+                    t.to_datetime()
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default()
+                };
+                serde_json::json!({
+                    "path": "ROOTCA",
+                    "serial_number": root.raw_serial_as_string().replace(':', ""),
+                    "valid_from": rfc3339(&validity.not_before),
+                    "expiration_time": rfc3339(&validity.not_after),
+                })
+            })
+            .collect();
         serde_json::json!({
             "certificates": [{
                 "cert_chain": [{
@@ -61,7 +85,7 @@ impl AdminSource for TrafficAdmin {
                     "valid_from": time(cert.not_before()),
                     "expiration_time": time(cert.not_after()),
                 }],
-                "ca_cert": [{ "path": "ROOTCA" }],
+                "ca_cert": roots,
             }]
         })
     }

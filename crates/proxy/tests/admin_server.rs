@@ -182,12 +182,19 @@ async fn logging() {
     )
     .await;
     assert_eq!(status, 200);
-    assert_eq!(a.level.current(), "proxy::inbound=trace,h2=warn");
+    // Per-logger changes keep every other logger's level, as Envoy's do.
+    assert_eq!(a.level.current(), "debug,proxy::inbound=trace,h2=warn");
+    let (_, _, body) = call(a.addr, "POST", "/logging?h2=error").await;
+    assert_eq!(a.level.current(), "debug,proxy::inbound=trace,h2=error");
+    assert_eq!(
+        body,
+        "active loggers:\n  default: debug\n  proxy::inbound: trace\n  h2: error\n"
+    );
 
     let (status, _, body) = call(a.addr, "POST", "/logging?level=loud").await;
     assert_eq!(status, 400);
     assert!(body.contains("loud"), "{body}");
-    assert_eq!(a.level.current(), "proxy::inbound=trace,h2=warn");
+    assert_eq!(a.level.current(), "debug,proxy::inbound=trace,h2=error");
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod analyze;
 pub mod apply;
 pub mod create;
 pub mod delete;
@@ -12,8 +13,12 @@ pub mod kube_inject;
 pub mod local;
 pub mod logs;
 pub mod manifest;
+pub mod mesh_http;
 pub mod proxy;
+pub mod proxy_config;
+pub mod proxy_status;
 pub mod sample;
 pub mod sandbox;
 pub mod up;
 pub mod userns;
+pub mod version;
