@@ -10,6 +10,12 @@ pub struct InjectConfig {
     pub mesh: MeshConfig,
     /// The injector's values (ConfigMap `istio-sidecar-injector`, key `values`).
     pub values: Values,
+    /// Inject `istio-proxy` as a native sidecar (an init container with `restartPolicy:
+    /// Always`, Kubernetes 1.29+) unless the pod says `sidecar.istio.io/nativeSidecar: "false"`.
+    /// Istio decides this from its `ENABLE_NATIVE_SIDECARS` feature and the nodes' kubelet
+    /// versions; Ama has no nodes to ask, so it is off unless asked for (`ama kube-inject
+    /// --native-sidecars`). A pod's `sidecar.istio.io/nativeSidecar: "true"` turns it on.
+    pub native_sidecars: bool,
 }
 
 impl InjectConfig {

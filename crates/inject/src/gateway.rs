@@ -130,16 +130,11 @@ impl Sidecar {
         c
     }
 
-    /// The volumes of the `gateway` template, in its order.
+    /// The volumes of the `gateway` template: the sidecar template's but the CRL's, in the
+    /// same order.
     pub fn gateway_volumes(&self) -> Vec<Value> {
-        let mut volumes = vec![
-            json!({"emptyDir": {}, "name": "workload-socket"}),
-            json!({"emptyDir": {}, "name": "credential-socket"}),
-            json!({"emptyDir": {}, "name": "workload-certs"}),
-        ];
-        // The sidecar's five (istio-envoy, istio-data, istio-podinfo, istio-token,
-        // istiod-ca-cert) are the gateway template's too, in the same order.
-        volumes.extend(self.volumes());
+        let mut volumes = self.volumes();
+        volumes.retain(|v| v.get("name").and_then(Value::as_str) != Some("istio-ca-crl"));
         volumes
     }
 }

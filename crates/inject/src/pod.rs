@@ -8,6 +8,8 @@
 
 use std::collections::BTreeMap;
 
+use api::InterceptionMode;
+use api::mesh::InboundMode;
 use api::{ProxyConfig, SidecarOverrides, annotation as ann, label};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -17,7 +19,8 @@ use crate::error::FieldError;
 use crate::gateway::{Templates, merge_container, own_proxy_container};
 use crate::probes::{KUBE_APP_PROBERS_ENV, rewrite_app_probes};
 use crate::sidecar::{
-    INIT_CONTAINER_NAME, PROXY_CONTAINER_NAME, Sidecar, env_field, env_value, pod_ports_json,
+    INIT_CONTAINER_NAME, PROXY_CONTAINER_NAME, Sidecar, env_field, env_resource, env_value,
+    pod_ports_json,
 };
 use crate::workload::WorkloadMeta;
 
@@ -97,7 +100,7 @@ impl SkipReason {
 #[serde(rename_all = "camelCase")]
 struct Status<'a> {
     init_containers: Vec<&'a str>,
-    containers: Vec<&'a str>,
+    containers: Option<Vec<&'a str>>,
     volumes: Vec<&'a str>,
     image_pull_secrets: Option<Vec<&'a str>>,
     revision: &'a str,
@@ -168,6 +171,13 @@ pub fn inject_pod_template(
         None => config.mesh.default_config.clone(),
     };
     let mut sidecar = settings(config, &overrides, &proxy_config);
+    // A native sidecar is an init container: a gateway's proxy stays a container.
+    sidecar.native =
+        templates.sidecar && overrides.native_sidecar.unwrap_or(config.native_sidecars);
+    sidecar.hold_application &= templates.sidecar;
+    if templates.sidecar && sidecar.interception_mode != InterceptionMode::None {
+        check_capture(&sidecar, &overrides).map_err(|e| vec![e])?;
+    }
     // The gateway template lists the ports of every container, its own istio-proxy's too.
     let mut port_refs = app_refs.clone();
     if templates.gateway
@@ -185,14 +195,18 @@ pub fn inject_pod_template(
         &port_refs,
     );
     if templates.gateway {
-        // The gateway template's two variables before the sidecar's.
-        sidecar.env.splice(
-            0..0,
-            [
-                env_value("JWT_POLICY", "third-party-jwt"),
-                env_value("PILOT_CERT_PROVIDER", "istiod"),
-            ],
-        );
+        // The gateway template's own variable before the sidecar's.
+        sidecar
+            .env
+            .insert(0, env_value("JWT_POLICY", "third-party-jwt"));
+        if !templates.sidecar {
+            // The gateway template sets the memory limit before naming the app containers.
+            let at = |name: &str| sidecar.env.iter().position(|e| e["name"] == name);
+            if let (Some(apps), Some(memory)) = (at("ISTIO_META_APP_CONTAINERS"), at("GOMEMLIMIT"))
+            {
+                sidecar.env.swap(apps, memory);
+            }
+        }
     }
 
     let rewrite = overrides.rewrite_app_http_probers.unwrap_or(
@@ -232,6 +246,11 @@ pub fn inject_pod_template(
     } else {
         None
     };
+    let init_name = init
+        .as_ref()
+        .and_then(|c| c.get("name"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
     if let Some(init) = &init {
         let list = array(&mut spec, "initContainers");
         list.insert(0, init.clone());
@@ -254,7 +273,21 @@ pub fn inject_pod_template(
     }
     let containers = array(&mut spec, "containers");
     containers.retain(|c| c.get("name").and_then(Value::as_str) != Some(PROXY_CONTAINER_NAME));
-    containers.push(proxy);
+    if containers.is_empty() {
+        spec.remove("containers");
+    }
+    if sidecar.native {
+        // Right after the capture, before the app's own init containers, as Istio places it.
+        let list = array(&mut spec, "initContainers");
+        let at = usize::from(init.is_some());
+        list.insert(at.min(list.len()), proxy);
+    } else if sidecar.hold_application {
+        // First, so that the runtime starts it (and waits for its postStart hook) before the
+        // apps.
+        array(&mut spec, "containers").insert(0, proxy);
+    } else {
+        array(&mut spec, "containers").push(proxy);
+    }
     let volumes = if templates.gateway {
         sidecar.gateway_volumes()
     } else {
@@ -293,13 +326,13 @@ pub fn inject_pod_template(
             .entry(ann::ISTIO_REV.to_string())
             .or_insert_with(|| config.revision().to_string());
     }
+    let mut status_init: Vec<&str> = init_name.as_deref().into_iter().collect();
+    if sidecar.native {
+        status_init.push(PROXY_CONTAINER_NAME);
+    }
     let status = Status {
-        init_containers: init
-            .as_ref()
-            .map(|_| INIT_CONTAINER_NAME)
-            .into_iter()
-            .collect(),
-        containers: vec![PROXY_CONTAINER_NAME],
+        init_containers: status_init,
+        containers: (!sidecar.native).then(|| vec![PROXY_CONTAINER_NAME]),
         volumes: volume_names.iter().map(String::as_str).collect(),
         image_pull_secrets: (!added_secrets.is_empty()).then_some(added_secrets),
         revision: config.revision(),
@@ -319,6 +352,9 @@ pub fn inject_pod_template(
                 .entry(key.to_string())
                 .or_insert_with(|| first_app.clone());
         }
+    }
+    if templates.sidecar && sidecar.cni {
+        cni_annotations(&mut annotations, config, &sidecar);
     }
     annotations.insert(ann::ISTIO_REV.to_string(), config.revision().to_string());
     annotations.insert(
@@ -521,13 +557,30 @@ fn settings(config: &InjectConfig, o: &SidecarOverrides, proxy_config: &ProxyCon
         agent_log_level: or(&o.agent_log_level, &values.global.logging.level),
         privileged: proxy.privileged,
         readiness: (
-            proxy.readiness_initial_delay_seconds,
-            proxy.readiness_period_seconds,
-            proxy.readiness_failure_threshold,
+            o.readiness
+                .0
+                .unwrap_or(proxy.readiness_initial_delay_seconds),
+            o.readiness.1.unwrap_or(proxy.readiness_period_seconds),
+            o.readiness.2.unwrap_or(proxy.readiness_failure_threshold),
         ),
         token_audience: values.global.sds.token.aud.clone(),
         env: Vec::new(),
         proxy_metadata: proxy_config.proxy_metadata.clone(),
+        startup_probe: proxy
+            .startup_probe
+            .enabled
+            .then_some(proxy.startup_probe.failure_threshold),
+        cni: values.pilot.cni.enabled,
+        native: false,
+        // The mesh's or pod's ProxyConfig, or the values: either turns it on (Istio ORs them).
+        hold_application: proxy_config
+            .hold_application_until_proxy_starts
+            .unwrap_or(false)
+            || proxy.hold_application_until_proxy_starts,
+        reroute_interfaces: o.reroute_interfaces.clone(),
+        exclude_interfaces: o.exclude_interfaces.clone(),
+        user_volumes: o.user_volumes.clone(),
+        user_volume_mounts: o.user_volume_mounts.clone(),
     }
 }
 
@@ -562,22 +615,45 @@ fn proxy_env(
         let _ = proxy_config.set("discoveryAddress", json!(config.values.istiod_address()));
     }
 
-    let mut env = vec![
+    let mut env = Vec::new();
+    if config.mesh.inbound_traffic_policy == Some(InboundMode::Localhost) {
+        // The proxy sends inbound requests to the app on 127.0.0.1, probes included.
+        env.push(env_value(
+            "REWRITE_PROBE_LEGACY_LOCALHOST_DESTINATION",
+            "true",
+        ));
+    }
+    env.extend([
+        env_value(
+            "PILOT_CERT_PROVIDER",
+            config.values.global.pilot_cert_provider.clone(),
+        ),
         env_value("CA_ADDR", config.values.ca_address()),
         env_field("POD_NAME", "metadata.name"),
         env_field("POD_NAMESPACE", "metadata.namespace"),
         env_field("INSTANCE_IP", "status.podIP"),
         env_field("SERVICE_ACCOUNT", "spec.serviceAccountName"),
         env_field("HOST_IP", "status.hostIP"),
+        env_resource("ISTIO_CPU_LIMIT", "limits.cpu"),
         env_value("PROXY_CONFIG", format!("{}\n", proxy_config.to_json())),
         env_value("ISTIO_META_POD_PORTS", pod_ports_json(app_containers)),
+    ]);
+    env.extend([
         env_value("ISTIO_META_APP_CONTAINERS", app_names.join(",")),
+        env_resource("GOMEMLIMIT", "limits.memory"),
         env_value("ISTIO_META_CLUSTER_ID", config.cluster_id()),
+        env_field("ISTIO_META_NODE_NAME", "spec.nodeName"),
         env_value(
             "ISTIO_META_INTERCEPTION_MODE",
             sidecar.interception_mode.as_str(),
         ),
-    ];
+    ]);
+    if !config.values.global.network.is_empty() {
+        env.push(env_value(
+            "ISTIO_META_NETWORK",
+            config.values.global.network.clone(),
+        ));
+    }
     if !workload.name.is_empty() {
         env.push(env_value("ISTIO_META_WORKLOAD_NAME", workload.name.clone()));
     }
@@ -616,7 +692,7 @@ fn add_labels(labels: &mut BTreeMap<String, String>, workload: &WorkloadMeta, tl
     ])
     .unwrap_or_else(|| "latest".to_string());
     if let Some(name) = name {
-        labels.insert(label::CANONICAL_NAME.to_string(), name);
+        labels.insert(label::CANONICAL_NAME.to_string(), label_value(&name));
     }
     labels.insert(label::CANONICAL_REVISION.to_string(), revision);
 }
@@ -667,4 +743,171 @@ fn merge_prometheus(annotations: &mut BTreeMap<String, String>, status_port: u16
         "/stats/prometheus".to_string(),
     );
     env
+}
+
+/// A label value cut as Istio's template cuts the canonical name (`trunc 63 | trimAll "-_."`):
+/// Kubernetes takes at most 63 characters, starting and ending with an alphanumeric.
+fn label_value(name: &str) -> String {
+    let cut: String = name.chars().take(63).collect();
+    cut.trim_matches(['-', '_', '.']).to_string()
+}
+
+/// The annotations Istio's CNI plugin reads to capture the pod's traffic (the template writes
+/// them when CNI is on), and the Multus network it needs.
+fn cni_annotations(
+    annotations: &mut BTreeMap<String, String>,
+    config: &InjectConfig,
+    sidecar: &Sidecar,
+) {
+    if config.values.pilot.cni.provider == "multus" {
+        let key = "k8s.v1.cni.cncf.io/networks";
+        let network = "default/istio-cni";
+        let value = match annotations.get(key).map(|v| v.trim()) {
+            None | Some("") => network.to_string(),
+            // A JSON list of network objects, or a comma-separated list of names.
+            Some(list) if list.starts_with('[') => match serde_json::from_str::<Vec<Value>>(list) {
+                Ok(mut items) => {
+                    items.push(json!({"name": "istio-cni", "namespace": "default"}));
+                    serde_json::to_string(&items).unwrap_or_else(|_| list.to_string())
+                }
+                Err(_) => format!("{list}, {network}"),
+            },
+            Some(list) => format!("{list}, {network}"),
+        };
+        annotations.insert(key.to_string(), value);
+    }
+    let mut put = |key: &str, value: String| {
+        annotations.insert(key.to_string(), value);
+    };
+    put(
+        ann::SIDECAR_INTERCEPTION_MODE,
+        sidecar.interception_mode.as_str().to_string(),
+    );
+    if !sidecar.include_ip_ranges.is_empty() {
+        put(
+            ann::INCLUDE_OUTBOUND_IP_RANGES,
+            sidecar.include_ip_ranges.clone(),
+        );
+    }
+    if !sidecar.exclude_ip_ranges.is_empty() {
+        put(
+            ann::EXCLUDE_OUTBOUND_IP_RANGES,
+            sidecar.exclude_ip_ranges.clone(),
+        );
+    }
+    put(
+        ann::INCLUDE_INBOUND_PORTS,
+        sidecar.include_inbound_ports.clone(),
+    );
+    put(
+        ann::EXCLUDE_INBOUND_PORTS,
+        sidecar.cni_excluded_inbound_ports(),
+    );
+    if !sidecar.include_outbound_ports.is_empty() {
+        put(
+            ann::INCLUDE_OUTBOUND_PORTS,
+            sidecar.include_outbound_ports.clone(),
+        );
+    }
+    if !sidecar.exclude_outbound_ports.is_empty() {
+        put(
+            ann::EXCLUDE_OUTBOUND_PORTS,
+            sidecar.exclude_outbound_ports.clone(),
+        );
+    }
+    if let Some(i) = &sidecar.reroute_interfaces {
+        put(ann::REROUTE_VIRTUAL_INTERFACES, i.clone());
+    }
+    if let Some(i) = &sidecar.exclude_interfaces {
+        put(ann::EXCLUDE_INTERFACES, i.clone());
+    }
+}
+
+/// Runs the check `ama iptables` runs ([`netfilter::CaptureFlags::check`]) on the flags
+/// istio-init will get, so that a pod is refused here, naming the annotation or setting, rather
+/// than failing to start.
+fn check_capture(sidecar: &Sidecar, o: &SidecarOverrides) -> Result<(), FieldError> {
+    use netfilter::Flag;
+    let excluded_inbound = sidecar.excluded_inbound_ports();
+    let flags = netfilter::CaptureFlags {
+        interception_mode: sidecar.interception_mode.as_str(),
+        outbound_ranges: &sidecar.include_ip_ranges,
+        outbound_ranges_exclude: &sidecar.exclude_ip_ranges,
+        inbound_ports: &sidecar.include_inbound_ports,
+        inbound_ports_exclude: &excluded_inbound,
+        outbound_ports: &sidecar.include_outbound_ports,
+        outbound_ports_exclude: &sidecar.exclude_outbound_ports,
+        kube_virt_interfaces: sidecar.reroute_interfaces.as_deref().unwrap_or_default(),
+        exclude_interfaces: sidecar.exclude_interfaces.as_deref().unwrap_or_default(),
+    };
+    let Err(e) = flags.check() else {
+        return Ok(());
+    };
+    // Where the value came from: the pod's annotation if it set one, else the mesh settings.
+    let (annotation, setting): (Option<&str>, &str) = match e.flag {
+        Flag::InterceptionMode => (
+            o.interception_mode
+                .map(|_| ann::SIDECAR_INTERCEPTION_MODE)
+                .or_else(|| {
+                    o.proxy_config
+                        .as_ref()
+                        .and_then(|c| c.interception_mode)
+                        .map(|_| ann::PROXY_CONFIG)
+                }),
+            "MeshConfig defaultConfig.interceptionMode",
+        ),
+        Flag::OutboundRanges => (
+            o.include_outbound_ip_ranges
+                .as_ref()
+                .map(|_| ann::INCLUDE_OUTBOUND_IP_RANGES),
+            "values global.proxy.includeIPRanges",
+        ),
+        Flag::OutboundRangesExclude => (
+            o.exclude_outbound_ip_ranges
+                .as_ref()
+                .map(|_| ann::EXCLUDE_OUTBOUND_IP_RANGES),
+            "values global.proxy.excludeIPRanges",
+        ),
+        Flag::InboundPorts => (
+            o.include_inbound_ports
+                .as_ref()
+                .map(|_| ann::INCLUDE_INBOUND_PORTS),
+            "values global.proxy.includeInboundPorts",
+        ),
+        Flag::InboundPortsExclude => (
+            o.exclude_inbound_ports
+                .as_ref()
+                .map(|_| ann::EXCLUDE_INBOUND_PORTS),
+            "values global.proxy.excludeInboundPorts",
+        ),
+        Flag::OutboundPorts => (
+            o.include_outbound_ports
+                .as_ref()
+                .map(|_| ann::INCLUDE_OUTBOUND_PORTS),
+            "values global.proxy.includeOutboundPorts",
+        ),
+        Flag::OutboundPortsExclude => (
+            o.exclude_outbound_ports
+                .as_ref()
+                .map(|_| ann::EXCLUDE_OUTBOUND_PORTS),
+            "values global.proxy.excludeOutboundPorts",
+        ),
+        Flag::KubeVirtInterfaces => (
+            Some(if o.reroute_interfaces.is_some() {
+                ann::REROUTE_VIRTUAL_INTERFACES
+            } else {
+                ann::KUBEVIRT_INTERFACES
+            }),
+            "",
+        ),
+        Flag::ExcludeInterfaces => (Some(ann::EXCLUDE_INTERFACES), ""),
+    };
+    let message = format!("istio-init's `ama iptables` would refuse it: {e}");
+    Err(match annotation {
+        Some(key) => FieldError::new(format!("metadata.annotations[\"{key}\"]"), message),
+        None => FieldError::new(
+            "",
+            format!("{setting} (no pod annotation overrides it): {message}"),
+        ),
+    })
 }

@@ -440,8 +440,7 @@ mod tests {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/webhook/create-pod.json");
         let mut review: Value =
             serde_json::from_slice(&std::fs::read(path).expect("payload")).expect("JSON");
-        review["request"]["object"]["metadata"]["annotations"] =
-            json!({"sidecar.istio.io/userVolumeMount": "[]", "sidecar.istio.io/proxyCPU": "50m"});
+        review["request"]["object"]["metadata"]["annotations"] = json!({"sidecar.istio.io/bootstrapOverride": "custom", "sidecar.istio.io/proxyCPU": "50m"});
         let body = serde_json::to_vec(&review).expect("JSON");
         let out: Value = serde_json::from_slice(&review_of(&body)).expect("an AdmissionReview");
         assert_eq!(out["response"]["allowed"], true);
@@ -450,7 +449,7 @@ mod tests {
         let w = warnings[0].as_str().expect("text");
         assert!(
             w.ends_with(
-                ": metadata.annotations[\"sidecar.istio.io/userVolumeMount\"]: not implemented \
+                ": metadata.annotations[\"sidecar.istio.io/bootstrapOverride\"]: not implemented \
                  by Ama; ignored"
             ),
             "{w}"
