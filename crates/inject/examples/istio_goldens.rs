@@ -827,6 +827,7 @@ fn drop_empty(value: &mut Value) {
 /// Fields whose string value is JSON: compared as JSON.
 const JSON_STRINGS: &[&str] = &[
     "sidecar.istio.io/status",
+    "proxy.istio.io/overrides",
     "PROXY_CONFIG",
     "ISTIO_META_POD_PORTS",
     "ISTIO_KUBE_APP_PROBERS",

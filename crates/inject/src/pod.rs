@@ -19,8 +19,7 @@ use crate::error::FieldError;
 use crate::gateway::{Templates, merge_container, own_proxy_container};
 use crate::probes::{KUBE_APP_PROBERS_ENV, rewrite_app_probes};
 use crate::sidecar::{
-    INIT_CONTAINER_NAME, PROXY_CONTAINER_NAME, Sidecar, env_field, env_resource, env_value,
-    pod_ports_json,
+    PROXY_CONTAINER_NAME, PROXY_UID, Sidecar, env_field, env_resource, env_value, pod_ports_json,
 };
 use crate::workload::WorkloadMeta;
 
@@ -99,7 +98,7 @@ impl SkipReason {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Status<'a> {
-    init_containers: Vec<&'a str>,
+    init_containers: Option<Vec<&'a str>>,
     containers: Option<Vec<&'a str>>,
     volumes: Vec<&'a str>,
     image_pull_secrets: Option<Vec<&'a str>>,
@@ -147,7 +146,9 @@ pub fn inject_pod_template(
     if spec.get("hostNetwork") == Some(&Value::Bool(true)) {
         return Ok(Outcome::Skipped(SkipReason::HostNetwork));
     }
-    if overrides.already_injected || has_full_sidecar(spec) {
+    // Only the status annotation marks an injected pod, as in Istio: containers of the pod's own
+    // named istio-init or istio-proxy are its settings for them, laid over the template's.
+    if overrides.already_injected {
         return Ok(Outcome::Skipped(SkipReason::AlreadyInjected));
     }
     let templates = Templates::parse(annotations.get(ann::INJECT_TEMPLATES).map(String::as_str))
@@ -175,6 +176,22 @@ pub fn inject_pod_template(
     sidecar.native =
         templates.sidecar && overrides.native_sidecar.unwrap_or(config.native_sidecars);
     sidecar.hold_application &= templates.sidecar;
+    // The pod's own istio-proxy may run as another user: capture must spare that one.
+    if let Some(own) = &own_proxy {
+        let id = |field: &str| {
+            own.get("securityContext")
+                .and_then(|s| s.get(field))
+                .and_then(Value::as_u64)
+                .and_then(|id| u32::try_from(id).ok())
+                .filter(|id| *id != 0)
+        };
+        if let Some(uid) = id("runAsUser") {
+            sidecar.proxy_uid = uid;
+        }
+        if let Some(gid) = id("runAsGroup") {
+            sidecar.proxy_gid = gid;
+        }
+    }
     if templates.sidecar && sidecar.interception_mode != InterceptionMode::None {
         check_capture(&sidecar, &overrides).map_err(|e| vec![e])?;
     }
@@ -195,10 +212,6 @@ pub fn inject_pod_template(
         &port_refs,
     );
     if templates.gateway {
-        // The gateway template's own variable before the sidecar's.
-        sidecar
-            .env
-            .insert(0, env_value("JWT_POLICY", "third-party-jwt"));
         if !templates.sidecar {
             // The gateway template sets the memory limit before naming the app containers.
             let at = |name: &str| sidecar.env.iter().position(|e| e["name"] == name);
@@ -232,10 +245,14 @@ pub fn inject_pod_template(
     let merge = overrides
         .merge_metrics
         .unwrap_or(config.mesh.enable_prometheus_merge);
-    if merge
-        && sidecar.status_port != 0
-        && let Some(env) = merge_prometheus(&mut annotations, sidecar.status_port)
-    {
+    // Istio points Prometheus at the mesh's status port (defaultConfig.statusPort, 15020),
+    // whatever the pod's own status port.
+    let prometheus_port = config
+        .mesh
+        .default_config
+        .status_port
+        .unwrap_or(DEFAULT_STATUS_PORT);
+    if merge && let Some(env) = merge_prometheus(&mut annotations, prometheus_port) {
         sidecar.env.push(env);
     }
 
@@ -246,14 +263,36 @@ pub fn inject_pod_template(
     } else {
         None
     };
+    let mut own_init: Option<Map<String, Value>> = None;
     let init_name = init
         .as_ref()
         .and_then(|c| c.get("name"))
         .and_then(Value::as_str)
         .map(str::to_string);
-    if let Some(init) = &init {
+    // The pod's own istio-init (or istio-validation) is laid over the template's, as its
+    // istio-proxy is.
+    let init = init.map(|mut init| {
+        let name = init.get("name").cloned();
         let list = array(&mut spec, "initContainers");
-        list.insert(0, init.clone());
+        if let Some(at) = list.iter().position(|c| c.get("name") == name.as_ref()) {
+            let own = list.remove(at);
+            if let Some(own) = own.as_object() {
+                merge_container(&mut init, own);
+                own_init = Some(own.clone());
+            }
+        }
+        init
+    });
+    if let Some(init) = &init {
+        // Istio's order: with a native sidecar, capture then the proxy then the pod's own (so
+        // they are in the mesh); else istio-validation first (it blocks the pod until capture
+        // is there) but istio-init last (the pod's own init containers are not blackholed).
+        let list = array(&mut spec, "initContainers");
+        if sidecar.native || sidecar.cni {
+            list.insert(0, init.clone());
+        } else {
+            list.push(init.clone());
+        }
     }
     // Templates apply in order, the later laid over the earlier (`sidecar,gateway`: the
     // sidecar's container with the gateway's args, env and probe).
@@ -273,9 +312,6 @@ pub fn inject_pod_template(
     }
     let containers = array(&mut spec, "containers");
     containers.retain(|c| c.get("name").and_then(Value::as_str) != Some(PROXY_CONTAINER_NAME));
-    if containers.is_empty() {
-        spec.remove("containers");
-    }
     if sidecar.native {
         // Right after the capture, before the app's own init containers, as Istio places it.
         let list = array(&mut spec, "initContainers");
@@ -297,41 +333,69 @@ pub fn inject_pod_template(
         .iter()
         .filter_map(|v| v.get("name").and_then(Value::as_str).map(str::to_string))
         .collect();
-    // A volume the pod declares itself under the same name is the pod's (its fields win).
-    let list = array(&mut spec, "volumes");
-    for volume in volumes {
-        let name = volume.get("name").cloned();
-        if !list.iter().any(|v| v.get("name") == name.as_ref()) {
-            list.push(volume);
-        }
-    }
-    // Only the secrets the pod did not list already are added (and recorded as added).
+    // The template's volumes come first, as Istio's merge puts them; a volume the pod
+    // declares itself under the same name is the pod's (its fields win).
+    let own_volumes = std::mem::take(array(&mut spec, "volumes"));
+    let mut list: Vec<Value> = volumes
+        .into_iter()
+        .map(|v| {
+            own_volumes
+                .iter()
+                .find(|own| own.get("name") == v.get("name"))
+                .cloned()
+                .unwrap_or(v)
+        })
+        .collect();
+    let rest: Vec<Value> = own_volumes
+        .into_iter()
+        .filter(|own| !list.iter().any(|v| v.get("name") == own.get("name")))
+        .collect();
+    list.extend(rest);
+    spec.insert("volumes".into(), Value::Array(list));
+    // The values' secrets come first, then the pod's own; only those the pod did not list
+    // already are recorded as added.
     let mut added_secrets: Vec<&str> = Vec::new();
-    for secret in &config.values.global.image_pull_secrets {
-        let list = array(&mut spec, "imagePullSecrets");
-        if !list
-            .iter()
-            .any(|s| s.get("name").and_then(Value::as_str) == Some(secret))
-        {
+    if !config.values.global.image_pull_secrets.is_empty() {
+        let own_secrets = std::mem::take(array(&mut spec, "imagePullSecrets"));
+        let mut list = Vec::new();
+        for secret in &config.values.global.image_pull_secrets {
+            if !own_secrets
+                .iter()
+                .any(|s| s.get("name").and_then(Value::as_str) == Some(secret))
+            {
+                added_secrets.push(secret);
+            }
             list.push(json!({ "name": secret }));
-            added_secrets.push(secret);
         }
+        list.extend(own_secrets.into_iter().filter(|own| {
+            !config
+                .values
+                .global
+                .image_pull_secrets
+                .iter()
+                .any(|s| own.get("name").and_then(Value::as_str) == Some(s))
+        }));
+        spec.insert("imagePullSecrets".into(), Value::Array(list));
     }
 
     let mut labels = labels;
     add_labels(&mut labels, workload, templates.sidecar);
-    if templates.gateway && !templates.sidecar {
-        // The gateway template labels the revision (the sidecar template annotates it).
+    if !config.values.global.network.is_empty() {
         labels
-            .entry(ann::ISTIO_REV.to_string())
-            .or_insert_with(|| config.revision().to_string());
+            .entry(NETWORK_LABEL.to_string())
+            .or_insert_with(|| config.values.global.network.clone());
+    }
+    if templates.gateway {
+        // The gateway template lets the proxy bind ports below 1024 (80, 443) without
+        // NET_BIND_SERVICE, unless the pod sets that sysctl itself.
+        allow_unprivileged_ports(&mut spec);
     }
     let mut status_init: Vec<&str> = init_name.as_deref().into_iter().collect();
     if sidecar.native {
         status_init.push(PROXY_CONTAINER_NAME);
     }
     let status = Status {
-        init_containers: status_init,
+        init_containers: (!status_init.is_empty()).then_some(status_init),
         containers: (!sidecar.native).then(|| vec![PROXY_CONTAINER_NAME]),
         volumes: volume_names.iter().map(String::as_str).collect(),
         image_pull_secrets: (!added_secrets.is_empty()).then_some(added_secrets),
@@ -356,6 +420,33 @@ pub fn inject_pod_template(
     if templates.sidecar && sidecar.cni {
         cni_annotations(&mut annotations, config, &sidecar);
     }
+    if own_proxy.is_some() || own_init.is_some() {
+        // Istio records the pod's own istio-init and istio-proxy, so that re-injection can lay
+        // them over again.
+        let mut record = Map::new();
+        let mut add = |list: &str, own: &Map<String, Value>| {
+            if let Value::Array(items) = record.entry(list).or_insert_with(|| json!([])) {
+                items.push(overrides_record(own));
+            }
+        };
+        if let Some(own) = &own_init {
+            add("initContainers", own);
+        }
+        if let Some(own) = &own_proxy {
+            add(
+                if sidecar.native {
+                    "initContainers"
+                } else {
+                    "containers"
+                },
+                own,
+            );
+        }
+        annotations.insert(
+            PROXY_OVERRIDES_ANNOTATION.to_string(),
+            Value::Object(record).to_string(),
+        );
+    }
     annotations.insert(ann::ISTIO_REV.to_string(), config.revision().to_string());
     annotations.insert(
         ann::SIDECAR_STATUS.to_string(),
@@ -369,6 +460,44 @@ pub fn inject_pod_template(
     }
     template_map.insert("spec".into(), Value::Object(spec));
     Ok(Outcome::Injected)
+}
+
+/// The label naming a pod's network (`global.network`).
+const NETWORK_LABEL: &str = "topology.istio.io/network";
+
+/// MeshConfig's default `defaultConfig.statusPort`.
+const DEFAULT_STATUS_PORT: u16 = 15020;
+
+/// Where Istio records the pod's own `istio-proxy` container.
+const PROXY_OVERRIDES_ANNOTATION: &str = "proxy.istio.io/overrides";
+
+/// The pod's own istio-proxy as Istio records it: `image: auto` left out, `resources` always
+/// present.
+fn overrides_record(own: &Map<String, Value>) -> Value {
+    let mut record = own.clone();
+    if record.get("image").and_then(Value::as_str) == Some(crate::gateway::AUTO_IMAGE) {
+        record.remove("image");
+    }
+    record.entry("resources").or_insert_with(|| json!({}));
+    Value::Object(record)
+}
+
+/// Adds Istio's gateway sysctl `net.ipv4.ip_unprivileged_port_start=0` to the pod's security
+/// context unless the pod sets it.
+fn allow_unprivileged_ports(spec: &mut Map<String, Value>) {
+    const SYSCTL: &str = "net.ipv4.ip_unprivileged_port_start";
+    let context = spec.entry("securityContext").or_insert_with(|| json!({}));
+    let Some(context) = context.as_object_mut() else {
+        return;
+    };
+    let sysctls = context.entry("sysctls").or_insert_with(|| json!([]));
+    if let Some(list) = sysctls.as_array_mut()
+        && !list
+            .iter()
+            .any(|s| s.get("name").and_then(Value::as_str) == Some(SYSCTL))
+    {
+        list.push(json!({"name": SYSCTL, "value": "0"}));
+    }
 }
 
 /// Labels or annotations.
@@ -447,22 +576,6 @@ fn app_containers(spec: &Map<String, Value>) -> Result<Vec<NamedContainer>, Vec<
     } else {
         Err(errors)
     }
-}
-
-fn has_container(spec: &Map<String, Value>, name: &str) -> bool {
-    ["containers", "initContainers"].iter().any(|list| {
-        spec.get(*list).and_then(Value::as_array).is_some_and(|l| {
-            l.iter()
-                .any(|c| c.get("name").and_then(Value::as_str) == Some(name))
-        })
-    })
-}
-
-/// Whether a pod spec holds a whole sidecar already (the output of injection without its
-/// status annotation): both `istio-init` and `istio-proxy`. A lone `istio-proxy` is the pod's
-/// own settings for the proxy, as in Istio's gateway Deployments (`image: auto`).
-pub(crate) fn has_full_sidecar(spec: &Map<String, Value>) -> bool {
-    has_container(spec, PROXY_CONTAINER_NAME) && has_container(spec, INIT_CONTAINER_NAME)
 }
 
 /// The array at `key`, created when absent (or not an array).
@@ -581,6 +694,8 @@ fn settings(config: &InjectConfig, o: &SidecarOverrides, proxy_config: &ProxyCon
         exclude_interfaces: o.exclude_interfaces.clone(),
         user_volumes: o.user_volumes.clone(),
         user_volume_mounts: o.user_volume_mounts.clone(),
+        proxy_uid: PROXY_UID,
+        proxy_gid: PROXY_UID,
     }
 }
 
@@ -639,7 +754,12 @@ fn proxy_env(
         env_value("ISTIO_META_POD_PORTS", pod_ports_json(app_containers)),
     ]);
     env.extend([
-        env_value("ISTIO_META_APP_CONTAINERS", app_names.join(",")),
+        // No app containers: the variable without a value, as Kubernetes writes an empty one.
+        if app_names.is_empty() {
+            json!({"name": "ISTIO_META_APP_CONTAINERS"})
+        } else {
+            env_value("ISTIO_META_APP_CONTAINERS", app_names.join(","))
+        },
         env_resource("GOMEMLIMIT", "limits.memory"),
         env_value("ISTIO_META_CLUSTER_ID", config.cluster_id()),
         env_field("ISTIO_META_NODE_NAME", "spec.nodeName"),
@@ -648,12 +768,6 @@ fn proxy_env(
             sidecar.interception_mode.as_str(),
         ),
     ]);
-    if !config.values.global.network.is_empty() {
-        env.push(env_value(
-            "ISTIO_META_NETWORK",
-            config.values.global.network.clone(),
-        ));
-    }
     if !workload.name.is_empty() {
         env.push(env_value("ISTIO_META_WORKLOAD_NAME", workload.name.clone()));
     }
@@ -664,6 +778,13 @@ fn proxy_env(
     env.push(env_value("TRUST_DOMAIN", config.trust_domain()));
     for (k, v) in &sidecar.proxy_metadata {
         env.push(env_value(k, v.clone()));
+    }
+    if !config.values.global.network.is_empty() {
+        // Istio sets the network after the template, as it labels the pod with it.
+        env.push(env_value(
+            "ISTIO_META_NETWORK",
+            config.values.global.network.clone(),
+        ));
     }
     env
 }
@@ -701,10 +822,17 @@ fn add_labels(labels: &mut BTreeMap<String, String>, workload: &WorkloadMeta, tl
 /// the pod turned scraping off. The app's own scrape settings go to the proxy (which scrapes
 /// the app and merges) in `ISTIO_PROMETHEUS_ANNOTATIONS`.
 fn merge_prometheus(annotations: &mut BTreeMap<String, String>, status_port: u16) -> Option<Value> {
-    if annotations
-        .get(ann::PROMETHEUS_SCRAPE)
-        .is_some_and(|s| s.eq_ignore_ascii_case("false"))
-    {
+    // Istio matches the key as a Prometheus label name (`prometheus.io.scrape` counts too) and
+    // the value as Go's ParseBool.
+    let sanitized = |k: &str| -> String {
+        k.chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect()
+    };
+    if annotations.iter().any(|(k, v)| {
+        sanitized(k) == "prometheus_io_scrape"
+            && matches!(v.as_str(), "0" | "f" | "F" | "false" | "FALSE" | "False")
+    }) {
         return None;
     }
     let port = status_port.to_string();
@@ -765,13 +893,12 @@ fn cni_annotations(
         let value = match annotations.get(key).map(|v| v.trim()) {
             None | Some("") => network.to_string(),
             // A JSON list of network objects, or a comma-separated list of names.
-            Some(list) if list.starts_with('[') => match serde_json::from_str::<Vec<Value>>(list) {
-                Ok(mut items) => {
-                    items.push(json!({"name": "istio-cni", "namespace": "default"}));
-                    serde_json::to_string(&items).unwrap_or_else(|_| list.to_string())
-                }
-                Err(_) => format!("{list}, {network}"),
-            },
+            // Istio appends to the text, keeping the user's spelling.
+            Some(list) if list.starts_with('[') && list.ends_with(']') => {
+                let items = list[..list.len() - 1].trim_end();
+                let sep = if items == "[" { "" } else { ", " };
+                format!("{items}{sep}{{\"name\": \"istio-cni\", \"namespace\": \"default\"}}]")
+            }
             Some(list) => format!("{list}, {network}"),
         };
         annotations.insert(key.to_string(), value);

@@ -89,6 +89,11 @@ pub struct Sidecar {
     pub user_volumes: Vec<Value>,
     /// Mounts of `sidecar.istio.io/userVolumeMount`, added to the proxy.
     pub user_volume_mounts: Vec<Value>,
+    /// Uid of the proxy: 1337, or the `runAsUser` of the pod's own `istio-proxy` container.
+    /// Its traffic is not captured (`-u`).
+    pub proxy_uid: u32,
+    /// Gid of the proxy: 1337, or the pod's own `istio-proxy`'s `runAsGroup`.
+    pub proxy_gid: u32,
 }
 
 /// Name of the init container that checks the CNI plugin's capture (Istio's).
@@ -139,7 +144,12 @@ impl Sidecar {
             "-z",
             &INBOUND_CAPTURE_PORT.to_string(),
             "-u",
-            &PROXY_UID.to_string(),
+            &if self.interception_mode == InterceptionMode::Tproxy {
+                PROXY_UID
+            } else {
+                self.proxy_uid
+            }
+            .to_string(),
             "-m",
             self.interception_mode.as_str(),
             "-i",
@@ -171,16 +181,15 @@ impl Sidecar {
                 "--run-validation".to_string(),
                 "--skip-rule-apply".to_string(),
             ]);
-            let tproxy = self.interception_mode == InterceptionMode::Tproxy;
-            let _ = tproxy; // TPROXY or not, Istio's template runs the check as the proxy's uid.
+            // The check runs as the proxy (Istio's adjustInitContainerUser).
             json!({
                 "allowPrivilegeEscalation": self.privileged,
                 "privileged": self.privileged,
                 "capabilities": {"drop": ["ALL"]},
                 "readOnlyRootFilesystem": true,
-                "runAsGroup": PROXY_UID,
+                "runAsGroup": self.proxy_gid,
                 "runAsNonRoot": true,
-                "runAsUser": PROXY_UID,
+                "runAsUser": self.proxy_uid,
             })
         } else {
             json!({

@@ -251,11 +251,9 @@ pub fn injection_required(
     if let Some(ns_labels) = namespace_labels {
         selected(ns_labels, &labels, config.revision())?;
     }
-    let has_sidecar = pod
-        .pointer("/spec")
-        .and_then(Value::as_object)
-        .is_some_and(crate::pod::has_full_sidecar);
-    if annotations.contains_key(ann::SIDECAR_STATUS) || has_sidecar {
+    // As Istio: only the status annotation says a pod is injected; an istio-init or istio-proxy
+    // of the pod's own is laid over the template's.
+    if annotations.contains_key(ann::SIDECAR_STATUS) {
         return Err(SkipReason::AlreadyInjected);
     }
     Ok(())
