@@ -211,14 +211,11 @@ pub fn inject_pod_template(
         &app_names,
         &port_refs,
     );
-    if templates.gateway {
-        if !templates.sidecar {
-            // The gateway template sets the memory limit before naming the app containers.
-            let at = |name: &str| sidecar.env.iter().position(|e| e["name"] == name);
-            if let (Some(apps), Some(memory)) = (at("ISTIO_META_APP_CONTAINERS"), at("GOMEMLIMIT"))
-            {
-                sidecar.env.swap(apps, memory);
-            }
+    if templates.gateway && !templates.sidecar {
+        // The gateway template sets the memory limit before naming the app containers.
+        let at = |name: &str| sidecar.env.iter().position(|e| e["name"] == name);
+        if let (Some(apps), Some(memory)) = (at("ISTIO_META_APP_CONTAINERS"), at("GOMEMLIMIT")) {
+            sidecar.env.swap(apps, memory);
         }
     }
 
