@@ -93,6 +93,9 @@ pub struct Global {
     pub pilot_cert_provider: String,
     /// `network`: the network of the cluster's pods (`ISTIO_META_NETWORK`), if set.
     pub network: String,
+    /// `mountMtlsCerts`: mount the secret `istio.<service account>` at `/etc/certs/` (Istio's
+    /// old file-mounted certificates).
+    pub mount_mtls_certs: bool,
 }
 
 impl Default for Global {
@@ -112,6 +115,7 @@ impl Default for Global {
             sds: Sds::default(),
             pilot_cert_provider: "istiod".to_string(),
             network: String::new(),
+            mount_mtls_certs: false,
         }
     }
 }

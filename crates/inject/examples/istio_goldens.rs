@@ -732,10 +732,12 @@ enum Side {
 fn normalise(value: &mut Value, theirs: &Value, side: Side) {
     drop_empty(value);
     let _ = theirs;
-    // A workload's `status` is the API server's, written by Go with its zero values.
+    // A workload's `status` is the API server's, written by Go with its zero values; so are a
+    // DeploymentConfig's zero-valued spec fields (Go's typed serializer drops or adds them).
     if let Some(map) = value.as_object_mut() {
         map.remove("status");
     }
+    drop_deployment_config_zeros(value);
     for list in [
         "/spec/containers",
         "/spec/initContainers",
@@ -822,6 +824,42 @@ fn drop_empty(value: &mut Value) {
         Value::Array(items) => items.iter_mut().for_each(drop_empty),
         _ => {}
     }
+}
+
+fn drop_deployment_config_zeros(value: &mut Value) {
+    if let Some(Value::Array(items)) = value.get_mut("items") {
+        items.iter_mut().for_each(drop_deployment_config_zeros);
+    }
+    if value.get("kind").and_then(Value::as_str) != Some("DeploymentConfig") {
+        return;
+    }
+    if let Some(spec) = value.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.retain(|k, v| {
+            !(matches!(k.as_str(), "minReadySeconds" | "paused" | "test")
+                && (v == &json!(0) || v == &json!(false)))
+        });
+    }
+}
+
+/// A Kubernetes quantity's value (`3000m` and `3` are the same: Go writes the canonical form).
+fn quantity(s: &str) -> Option<f64> {
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(split);
+    let n: f64 = number.parse().ok()?;
+    let scale = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    Some(n * scale)
 }
 
 /// Fields whose string value is JSON: compared as JSON.
@@ -915,6 +953,10 @@ fn diff(path: &str, ours: &Value, theirs: &Value, out: &mut Vec<String>) {
         // quantities and such are written as strings by one side and numbers by the other.
         (Value::Number(n), Value::String(s)) | (Value::String(s), Value::Number(n))
             if n.to_string() == *s => {}
+        (Value::String(a), Value::String(b))
+            if path.contains(".resources.")
+                && quantity(a).is_some()
+                && quantity(a) == quantity(b) => {}
         (a, b) => out.push(format!("{path}: ours {}, Istio's {}", short(a), short(b))),
     }
 }

@@ -176,6 +176,14 @@ pub fn inject_pod_template(
     sidecar.native =
         templates.sidecar && overrides.native_sidecar.unwrap_or(config.native_sidecars);
     sidecar.hold_application &= templates.sidecar;
+    if config.values.global.mount_mtls_certs {
+        let account = spec
+            .get("serviceAccountName")
+            .and_then(Value::as_str)
+            .filter(|a| !a.is_empty())
+            .unwrap_or("default");
+        sidecar.mtls_certs_secret = Some(format!("istio.{account}"));
+    }
     // The pod's own istio-proxy may run as another user: capture must spare that one.
     if let Some(own) = &own_proxy {
         let id = |field: &str| {
@@ -208,8 +216,8 @@ pub fn inject_pod_template(
         proxy_config,
         workload,
         &sidecar,
-        &app_names,
-        &port_refs,
+        (&app_names, &port_refs),
+        &labels,
     );
     if templates.gateway && !templates.sidecar {
         // The gateway template sets the memory limit before naming the app containers.
@@ -459,6 +467,9 @@ pub fn inject_pod_template(
     Ok(Outcome::Injected)
 }
 
+/// The label that names a pod's workload in telemetry.
+const WORKLOAD_NAME_LABEL: &str = "service.istio.io/workload-name";
+
 /// The label naming a pod's network (`global.network`).
 const NETWORK_LABEL: &str = "topology.istio.io/network";
 
@@ -693,6 +704,7 @@ fn settings(config: &InjectConfig, o: &SidecarOverrides, proxy_config: &ProxyCon
         user_volume_mounts: o.user_volume_mounts.clone(),
         proxy_uid: PROXY_UID,
         proxy_gid: PROXY_UID,
+        mtls_certs_secret: None,
     }
 }
 
@@ -714,8 +726,8 @@ fn proxy_env(
     mut proxy_config: ProxyConfig,
     workload: &WorkloadMeta,
     sidecar: &Sidecar,
-    app_names: &[String],
-    app_containers: &[&Map<String, Value>],
+    (app_names, app_containers): (&[String], &[&Map<String, Value>]),
+    labels: &StringMap,
 ) -> Vec<Value> {
     // PROXY_CONFIG carries what the user set (mesh defaultConfig, then the annotation), plus
     // what injection decided that the proxy cannot know otherwise.
@@ -765,8 +777,13 @@ fn proxy_env(
             sidecar.interception_mode.as_str(),
         ),
     ]);
-    if !workload.name.is_empty() {
-        env.push(env_value("ISTIO_META_WORKLOAD_NAME", workload.name.clone()));
+    // The pod's `service.istio.io/workload-name` label names its workload, else its owner.
+    let workload_name = labels
+        .get(WORKLOAD_NAME_LABEL)
+        .filter(|n| !n.is_empty())
+        .unwrap_or(&workload.name);
+    if !workload_name.is_empty() {
+        env.push(env_value("ISTIO_META_WORKLOAD_NAME", workload_name.clone()));
     }
     if let Some(owner) = workload.owner_uri() {
         env.push(env_value("ISTIO_META_OWNER", owner));

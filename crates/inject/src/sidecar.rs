@@ -94,6 +94,9 @@ pub struct Sidecar {
     pub proxy_uid: u32,
     /// Gid of the proxy: 1337, or the pod's own `istio-proxy`'s `runAsGroup`.
     pub proxy_gid: u32,
+    /// `global.mountMtlsCerts`: the secret holding the pod's certificates
+    /// (`istio.<service account>`), mounted at `/etc/certs/`.
+    pub mtls_certs_secret: Option<String>,
 }
 
 /// Name of the init container that checks the CNI plugin's capture (Istio's).
@@ -328,8 +331,12 @@ impl Sidecar {
             json!({"mountPath": "/var/lib/istio/data", "name": "istio-data"}),
             json!({"mountPath": "/etc/istio/proxy", "name": "istio-envoy"}),
             json!({"mountPath": "/var/run/secrets/tokens", "name": "istio-token"}),
-            json!({"mountPath": "/etc/istio/pod", "name": "istio-podinfo"}),
         ];
+        if self.mtls_certs_secret.is_some() {
+            mounts
+                .push(json!({"mountPath": "/etc/certs/", "name": "istio-certs", "readOnly": true}));
+        }
+        mounts.push(json!({"mountPath": "/etc/istio/pod", "name": "istio-podinfo"}));
         mounts.extend(self.user_volume_mounts.iter().cloned());
         mounts
     }
@@ -343,7 +350,7 @@ impl Sidecar {
 
     /// The template's own volumes, in Istio's order.
     fn base_volumes(&self) -> Vec<Value> {
-        vec![
+        let mut volumes = vec![
             json!({"emptyDir": {}, "name": "workload-socket"}),
             json!({"emptyDir": {}, "name": "credential-socket"}),
             json!({"emptyDir": {}, "name": "workload-certs"}),
@@ -360,7 +367,13 @@ impl Sidecar {
             }}]}}),
             json!({"name": "istiod-ca-cert", "configMap": {"name": "istio-ca-root-cert"}}),
             json!({"name": "istio-ca-crl", "configMap": {"name": "istio-ca-crl", "optional": true}}),
-        ]
+        ];
+        if let Some(secret) = &self.mtls_certs_secret {
+            volumes.push(
+                json!({"name": "istio-certs", "secret": {"optional": true, "secretName": secret}}),
+            );
+        }
+        volumes
     }
 
     fn add_pull_policy(&self, container: &mut Map<String, Value>) {

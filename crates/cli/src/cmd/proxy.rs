@@ -102,8 +102,10 @@ struct SidecarArgs {
     #[arg(long, alias = "proxyAdminPort", default_value_t = 15000)]
     admin_port: u16,
     /// Status port (health, app probes, merged metrics); Istio's `--statusPort` is the same.
-    #[arg(long, alias = "statusPort", default_value_t = 15020)]
-    status_port: u16,
+    /// [default: `statusPort` of the `PROXY_CONFIG` environment variable (injection writes a
+    /// pod's `status.sidecar.istio.io/port` there), else 15020]
+    #[arg(long, alias = "statusPort")]
+    status_port: Option<u16>,
     /// Readiness port.
     #[arg(long, default_value_t = 15021)]
     readiness_port: u16,
@@ -278,13 +280,16 @@ fn sidecar(a: SidecarArgs, router: bool) -> anyhow::Result<ExitCode> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     // Istio's injection passes the control plane in `PROXY_CONFIG` (ProxyConfig as JSON); the
     // flag, when given, wins.
+    let proxy_config = api::ProxyConfig::from_yaml(&env("PROXY_CONFIG").unwrap_or_default())
+        .context("PROXY_CONFIG")?;
     let discovery_address = match a.discovery_address {
         Some(d) => Some(d),
-        None => api::ProxyConfig::from_yaml(&env("PROXY_CONFIG").unwrap_or_default())
-            .context("PROXY_CONFIG")?
+        None => proxy_config
             .discovery_address
+            .clone()
             .filter(|d| !d.is_empty()),
     };
+    let status_port = a.status_port.or(proxy_config.status_port).unwrap_or(15020);
     let mut cfg = ProxyConfig {
         outbound_addr: SocketAddr::from(([0, 0, 0, 0], a.outbound_port)),
         inbound_addr: SocketAddr::from(([0, 0, 0, 0], a.inbound_port)),
@@ -307,7 +312,7 @@ fn sidecar(a: SidecarArgs, router: bool) -> anyhow::Result<ExitCode> {
     }
     let opts = SidecarOptions {
         admin_addr: SocketAddr::from(([127, 0, 0, 1], a.admin_port)),
-        status_addr: SocketAddr::from(([0, 0, 0, 0], a.status_port)),
+        status_addr: SocketAddr::from(([0, 0, 0, 0], status_port)),
         readiness_addr: SocketAddr::from(([0, 0, 0, 0], a.readiness_port)),
         prometheus_addr: SocketAddr::from(([0, 0, 0, 0], a.prometheus_port)),
         config_file: a.config,
