@@ -13,6 +13,7 @@ pub mod local;
 pub mod logs;
 pub mod manifest;
 pub mod proxy;
+pub mod proxy_hooks;
 pub mod sample;
 pub mod sandbox;
 pub mod up;

@@ -43,6 +43,12 @@ enum Mode {
     /// Run as a gateway (Istio's ingress or egress gateway pod): no capture; serves the
     /// Gateways that select the pod on their port numbers. Takes the sidecar's flags.
     Router(Box<SidecarArgs>),
+    /// Wait until the proxy is ready (Istio's `pilot-agent wait`): the postStart hook of a pod
+    /// that holds its apps until the proxy starts.
+    Wait(super::proxy_hooks::WaitArgs),
+    /// Send one request to the proxy's status server (Istio's `pilot-agent request`), such as
+    /// a native sidecar's preStop `request --debug-port=15020 POST drain`.
+    Request(super::proxy_hooks::RequestArgs),
 }
 
 /// A Go-style duration (`45s`, `100ms`, `1m30s`, `2h`).
@@ -248,6 +254,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.mode {
         Mode::Sidecar(a) => sidecar(*a, false),
         Mode::Router(a) => sidecar(*a, true),
+        Mode::Wait(a) => super::proxy_hooks::wait(a),
+        Mode::Request(a) => super::proxy_hooks::request(a),
     }
 }
 
