@@ -45,6 +45,20 @@ pub struct Pilot {
     /// `pilot.cni.*`: Istio's CNI plugin sets up capture, so injection adds the
     /// `istio-validation` init container instead of `istio-init`.
     pub cni: Cni,
+    /// `pilot.env`: istiod's environment. Injection reads `ENABLE_NATIVE_SIDECARS`.
+    pub env: BTreeMap<String, serde_json::Value>,
+}
+
+impl Pilot {
+    /// `pilot.env.ENABLE_NATIVE_SIDECARS` is `true` (a boolean or the string): inject
+    /// `istio-proxy` as a native sidecar.
+    pub fn native_sidecars(&self) -> bool {
+        match self.env.get("ENABLE_NATIVE_SIDECARS") {
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(serde_json::Value::String(s)) => s.eq_ignore_ascii_case("true"),
+            _ => false,
+        }
+    }
 }
 
 /// `pilot.cni.*` (what `components.cni.enabled` sets).

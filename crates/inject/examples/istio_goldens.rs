@@ -691,7 +691,13 @@ fn config_of(dir: &Path, c: &Case) -> Result<InjectConfig, String> {
         }
         config.mesh = api::MeshConfig::from_value(mesh).map_err(|e| e.to_string())?;
     }
-    config.native_sidecars = c.native;
+    // TestInjection's nodes run kubelet 1.33 and 1.34: native sidecars are on unless the case
+    // turns the feature off.
+    config
+        .values
+        .pilot
+        .env
+        .insert("ENABLE_NATIVE_SIDECARS".into(), json!(c.native));
     Ok(config)
 }
 

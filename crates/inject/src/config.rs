@@ -10,12 +10,6 @@ pub struct InjectConfig {
     pub mesh: MeshConfig,
     /// The injector's values (ConfigMap `istio-sidecar-injector`, key `values`).
     pub values: Values,
-    /// Inject `istio-proxy` as a native sidecar (an init container with `restartPolicy:
-    /// Always`, Kubernetes 1.29+) unless the pod says `sidecar.istio.io/nativeSidecar: "false"`.
-    /// Istio decides this from its `ENABLE_NATIVE_SIDECARS` feature and the nodes' kubelet
-    /// versions; Ama has no nodes to ask, so it is off unless asked for (`ama kube-inject
-    /// --native-sidecars`). A pod's `sidecar.istio.io/nativeSidecar: "true"` turns it on.
-    pub native_sidecars: bool,
 }
 
 impl InjectConfig {
@@ -43,6 +37,15 @@ impl InjectConfig {
             "" => self.trust_domain(),
             id => id,
         }
+    }
+
+    /// Whether `istio-proxy` is injected as a native sidecar (an init container with
+    /// `restartPolicy: Always`, Kubernetes 1.29+) when the pod does not say
+    /// (`sidecar.istio.io/nativeSidecar`). Istio decides from its `ENABLE_NATIVE_SIDECARS`
+    /// feature and the nodes' kubelet versions; Ama has no nodes to ask, so it is off unless the
+    /// values set `pilot.env.ENABLE_NATIVE_SIDECARS: "true"`.
+    pub fn native_sidecars(&self) -> bool {
+        self.values.pilot.native_sidecars()
     }
 
     /// The cluster id: `global.multiCluster.clusterName`, else `Kubernetes`.

@@ -40,7 +40,9 @@ mod workload;
 pub use api::yaml::{RawDocument, split_documents, to_yaml};
 pub use config::InjectConfig;
 pub use error::{FieldError, InjectError, Location, Warning};
-pub use pod::{Outcome, PROMETHEUS_ANNOTATIONS_ENV, SkipReason, inject_pod_template};
+pub use pod::{
+    Outcome, PROMETHEUS_ANNOTATIONS_ENV, SkipReason, inject_pod_template, not_run_by_ama_up,
+};
 pub use stream::{StreamOutput, inject_stream};
 pub use webhook::{injection_required, review};
 pub use workload::{WorkloadMeta, template_path};

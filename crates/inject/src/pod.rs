@@ -19,7 +19,8 @@ use crate::error::FieldError;
 use crate::gateway::{Templates, merge_container, own_proxy_container};
 use crate::probes::{KUBE_APP_PROBERS_ENV, rewrite_app_probes};
 use crate::sidecar::{
-    PROXY_CONTAINER_NAME, PROXY_UID, Sidecar, env_field, env_resource, env_value, pod_ports_json,
+    PROXY_CONTAINER_NAME, PROXY_UID, Sidecar, VALIDATION_CONTAINER_NAME, env_field, env_resource,
+    env_value, pod_ports_json,
 };
 use crate::workload::WorkloadMeta;
 
@@ -138,6 +139,10 @@ pub fn inject_pod_template(
             "missing: a pod template needs a spec",
         )]);
     };
+    // An injected pod may have no container left but its native istio-proxy.
+    if overrides.already_injected {
+        return Ok(Outcome::Skipped(SkipReason::AlreadyInjected));
+    }
     let containers = app_containers(spec)?;
 
     if overrides.inject == Some(false) {
@@ -146,11 +151,9 @@ pub fn inject_pod_template(
     if spec.get("hostNetwork") == Some(&Value::Bool(true)) {
         return Ok(Outcome::Skipped(SkipReason::HostNetwork));
     }
-    // Only the status annotation marks an injected pod, as in Istio: containers of the pod's own
-    // named istio-init or istio-proxy are its settings for them, laid over the template's.
-    if overrides.already_injected {
-        return Ok(Outcome::Skipped(SkipReason::AlreadyInjected));
-    }
+    // Only the status annotation (above) marks an injected pod, as in Istio: containers of the
+    // pod's own named istio-init or istio-proxy are its settings for them, laid over the
+    // template's.
     let templates = Templates::parse(annotations.get(ann::INJECT_TEMPLATES).map(String::as_str))
         .map_err(|e| vec![e])?;
     let own_proxy = own_proxy_container(spec).cloned();
@@ -174,7 +177,7 @@ pub fn inject_pod_template(
     let mut sidecar = settings(config, &overrides, &proxy_config);
     // A native sidecar is an init container: a gateway's proxy stays a container.
     sidecar.native =
-        templates.sidecar && overrides.native_sidecar.unwrap_or(config.native_sidecars);
+        templates.sidecar && overrides.native_sidecar.unwrap_or(config.native_sidecars());
     sidecar.hold_application &= templates.sidecar;
     if config.values.global.mount_mtls_certs {
         let account = spec
@@ -472,6 +475,38 @@ const WORKLOAD_NAME_LABEL: &str = "service.istio.io/workload-name";
 
 /// The label naming a pod's network (`global.network`).
 const NETWORK_LABEL: &str = "topology.istio.io/network";
+
+/// What of an injected pod template (`{metadata, spec}`) `ama up` cannot run as Kubernetes
+/// would, one sentence each naming the field: such pods are still written (a cluster runs
+/// them), and `ama kube-inject` reports these on standard error.
+pub fn not_run_by_ama_up(template: &Value) -> Vec<String> {
+    let has_init = |name: &str| {
+        template
+            .pointer("/spec/initContainers")
+            .and_then(Value::as_array)
+            .is_some_and(|l| {
+                l.iter()
+                    .any(|c| c.get("name").and_then(Value::as_str) == Some(name))
+            })
+    };
+    let mut notes = Vec::new();
+    if has_init(PROXY_CONTAINER_NAME) {
+        notes.push(format!(
+            "spec.initContainers[\"{PROXY_CONTAINER_NAME}\"]: a native sidecar (annotation \
+             {} or values pilot.env.ENABLE_NATIVE_SIDECARS): `ama up` runs init containers to \
+             completion, so it cannot start this pod; Kubernetes 1.29+ can",
+            ann::SIDECAR_NATIVE
+        ));
+    }
+    if has_init(VALIDATION_CONTAINER_NAME) {
+        notes.push(format!(
+            "spec.initContainers[\"{VALIDATION_CONTAINER_NAME}\"]: CNI mode (values \
+             pilot.cni.enabled): capture is left to Istio's CNI plugin, which `ama up` does not \
+             run, so `ama iptables --run-validation` fails there"
+        ));
+    }
+    notes
+}
 
 /// MeshConfig's default `defaultConfig.statusPort`.
 const DEFAULT_STATUS_PORT: u16 = 15020;
