@@ -132,3 +132,107 @@ async fn send(uri: &hyper::Uri, method: hyper::Method) -> anyhow::Result<u16> {
     let _ = response.into_body().collect().await;
     Ok(status)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper::{Request, Response, StatusCode};
+
+    use super::*;
+
+    /// A status server on 127.0.0.1 that answers 503 to the first `unready` requests, then 200;
+    /// returns its port and how many requests it saw.
+    fn status_server(unready: usize) -> (u16, Arc<AtomicUsize>) {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("addr").port();
+        let counter = seen.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let counter = counter.clone();
+                    tokio::spawn(async move {
+                        let service = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                            let n = counter.fetch_add(1, Ordering::SeqCst);
+                            let status = if n < unready {
+                                StatusCode::SERVICE_UNAVAILABLE
+                            } else {
+                                StatusCode::OK
+                            };
+                            async move {
+                                let mut r = Response::new(Full::new(Bytes::new()));
+                                *r.status_mut() = status;
+                                Ok::<_, Infallible>(r)
+                            }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+        });
+        (port, seen)
+    }
+
+    #[test]
+    fn wait_returns_once_the_proxy_is_ready() {
+        let (port, seen) = status_server(3);
+        let code = wait(WaitArgs {
+            timeout_seconds: 20,
+            period_millis: 10,
+            request_timeout_millis: 2000,
+            url: format!("http://127.0.0.1:{port}/healthz/ready"),
+        })
+        .expect("ready");
+        assert_eq!(code, ExitCode::SUCCESS);
+        assert_eq!(seen.load(Ordering::SeqCst), 4, "three 503s, then the 200");
+    }
+
+    #[test]
+    fn wait_fails_after_its_timeout_naming_the_last_answer() {
+        let (port, _) = status_server(usize::MAX);
+        let err = wait(WaitArgs {
+            timeout_seconds: 0,
+            period_millis: 10,
+            request_timeout_millis: 2000,
+            url: format!("http://127.0.0.1:{port}/healthz/ready"),
+        })
+        .expect_err("never ready");
+        let text = format!("{err:#}");
+        assert!(text.contains("not ready within 0s"), "{text}");
+        assert!(text.contains("answered 503"), "{text}");
+    }
+
+    #[test]
+    fn request_sends_the_method_and_path_and_fails_on_an_error_status() {
+        let (port, seen) = status_server(1);
+        let first = request(RequestArgs {
+            method: "post".into(),
+            path: "drain".into(),
+            debug_port: port,
+        });
+        assert!(format!("{:#}", first.expect_err("503")).contains("/drain answered 503"));
+        let second = request(RequestArgs {
+            method: "POST".into(),
+            path: "/drain".into(),
+            debug_port: port,
+        });
+        assert_eq!(second.expect("200"), ExitCode::SUCCESS);
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
+    }
+}
