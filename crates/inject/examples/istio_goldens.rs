@@ -362,9 +362,14 @@ fn explicit_cases() -> Vec<Case> {
             c.expect_warning = true;
             c
         },
-        flags(
-            case("merge-probers.yaml", "merge-probers.yaml.injected"),
-            HOLD,
+        deliberate(
+            flags(
+                case("merge-probers.yaml", "merge-probers.yaml.injected"),
+                HOLD,
+            ),
+            "injecting an injected pod again, Istio lays the old istio-proxy container over the \
+             new native one (old args, env, probe timings); Ama injects a fresh one and keeps \
+             the old proxy's probes",
         ),
         mesh(
             case(

@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 use crate::config::InjectConfig;
 use crate::error::FieldError;
 use crate::gateway::{Templates, merge_container, own_proxy_container};
-use crate::probes::{KUBE_APP_PROBERS_ENV, rewrite_app_probes};
+use crate::probes::{AppProbers, KUBE_APP_PROBERS_ENV, rewrite_app_probes};
 use crate::sidecar::{
     PROXY_CONTAINER_NAME, PROXY_UID, Sidecar, VALIDATION_CONTAINER_NAME, env_field, env_resource,
     env_value, pod_ports_json,
@@ -121,7 +121,7 @@ pub fn inject_pod_template(
             "must be a mapping with metadata and spec",
         )]);
     };
-    let (labels, annotations) = read_metadata(template_map)?;
+    let (labels, mut annotations) = read_metadata(template_map)?;
     let overrides = SidecarOverrides::parse(&labels, &annotations).map_err(|errors| {
         errors
             .into_iter()
@@ -139,10 +139,18 @@ pub fn inject_pod_template(
             "missing: a pod template needs a spec",
         )]);
     };
-    // An injected pod may have no container left but its native istio-proxy.
-    if overrides.already_injected {
-        return Ok(Outcome::Skipped(SkipReason::AlreadyInjected));
-    }
+    // An injected pod is injected again, as Istio's kube-inject does: the old sidecar is taken
+    // out first, keeping the probes it took over. (The webhook and `ama up` leave such pods
+    // alone: `injection_required` says AlreadyInjected.)
+    let stripped;
+    let (spec, previous_probers) = if overrides.already_injected {
+        let mut copy = spec.clone();
+        let previous = strip_injected(&mut copy, &mut annotations);
+        stripped = copy;
+        (&stripped, previous)
+    } else {
+        (spec, AppProbers::new())
+    };
     let containers = app_containers(spec)?;
 
     if overrides.inject == Some(false) {
@@ -151,9 +159,8 @@ pub fn inject_pod_template(
     if spec.get("hostNetwork") == Some(&Value::Bool(true)) {
         return Ok(Outcome::Skipped(SkipReason::HostNetwork));
     }
-    // Only the status annotation (above) marks an injected pod, as in Istio: containers of the
-    // pod's own named istio-init or istio-proxy are its settings for them, laid over the
-    // template's.
+    // Only the status annotation marks an injected pod, as in Istio: containers of the pod's own
+    // named istio-init or istio-proxy are its settings for them, laid over the template's.
     let templates = Templates::parse(annotations.get(ann::INJECT_TEMPLATES).map(String::as_str))
         .map_err(|e| vec![e])?;
     let own_proxy = own_proxy_container(spec).cloned();
@@ -243,13 +250,15 @@ pub fn inject_pod_template(
                 .map(|e| e.under("spec"))
                 .collect::<Vec<_>>()
         })?;
-        if !probers.is_empty() {
-            let json = serde_json::to_string(&probers).unwrap_or_default();
+        // The probes an earlier injection took over stay the proxy's.
+        let mut all = previous_probers;
+        all.extend(probers);
+        if !all.is_empty() {
+            let json = serde_json::to_string(&all).unwrap_or_default();
             sidecar.env.push(env_value(KUBE_APP_PROBERS_ENV, json));
         }
     }
 
-    let mut annotations = annotations;
     let merge = overrides
         .merge_metrics
         .unwrap_or(config.mesh.enable_prometheus_merge);
@@ -360,19 +369,14 @@ pub fn inject_pod_template(
         .collect();
     list.extend(rest);
     spec.insert("volumes".into(), Value::Array(list));
-    // The values' secrets come first, then the pod's own; only those the pod did not list
-    // already are recorded as added.
+    // The values' secrets come first, then the pod's own; the status records the values' (as
+    // Istio's does, so that injecting again gives the same status).
     let mut added_secrets: Vec<&str> = Vec::new();
     if !config.values.global.image_pull_secrets.is_empty() {
         let own_secrets = std::mem::take(array(&mut spec, "imagePullSecrets"));
         let mut list = Vec::new();
         for secret in &config.values.global.image_pull_secrets {
-            if !own_secrets
-                .iter()
-                .any(|s| s.get("name").and_then(Value::as_str) == Some(secret))
-            {
-                added_secrets.push(secret);
-            }
+            added_secrets.push(secret);
             list.push(json!({ "name": secret }));
         }
         list.extend(own_secrets.into_iter().filter(|own| {
@@ -510,6 +514,116 @@ pub fn not_run_by_ama_up(template: &Value) -> Vec<String> {
 
 /// MeshConfig's default `defaultConfig.statusPort`.
 const DEFAULT_STATUS_PORT: u16 = 15020;
+
+/// Takes an earlier injection out of `spec` as Istio's kube-inject does before injecting again:
+/// the containers the status annotation lists (the pod's own istio-init/istio-proxy of
+/// `proxy.istio.io/overrides` put back in their place), the status annotation, and the
+/// Prometheus annotations if they point at the mesh's status port. Returns the probes the old
+/// proxy ran (`ISTIO_KUBE_APP_PROBERS`).
+fn strip_injected(
+    spec: &mut Map<String, Value>,
+    annotations: &mut BTreeMap<String, String>,
+) -> AppProbers {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default, rename_all = "camelCase")]
+    struct Injected {
+        init_containers: Option<Vec<String>>,
+        containers: Option<Vec<String>>,
+    }
+    let status: Injected = annotations
+        .remove(ann::SIDECAR_STATUS)
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default();
+    let mut previous = AppProbers::new();
+    let mut app_scrape: Option<BTreeMap<String, String>> = None;
+    for (list, names) in [
+        ("containers", status.containers.unwrap_or_default()),
+        ("initContainers", status.init_containers.unwrap_or_default()),
+    ] {
+        let Some(Value::Array(items)) = spec.get_mut(list) else {
+            continue;
+        };
+        items.retain(|c| {
+            let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
+            if !names.iter().any(|n| n == name) {
+                return true;
+            }
+            if name == PROXY_CONTAINER_NAME {
+                let env = |var: &str| {
+                    c.get("env")
+                        .and_then(Value::as_array)
+                        .and_then(|env| env.iter().find(|e| e["name"] == var))
+                        .and_then(|e| e.get("value"))
+                        .and_then(Value::as_str)
+                };
+                if let Some(probers) = env(KUBE_APP_PROBERS_ENV)
+                    .and_then(|v| serde_json::from_str::<AppProbers>(v).ok())
+                {
+                    previous = probers;
+                }
+                app_scrape =
+                    env(PROMETHEUS_ANNOTATIONS_ENV).and_then(|v| serde_json::from_str(v).ok());
+            }
+            false
+        });
+    }
+    // The pod's own containers an earlier injection laid over its template come back.
+    if let Some(Ok(Value::Object(own))) = annotations
+        .remove(PROXY_OVERRIDES_ANNOTATION)
+        .map(|o| serde_json::from_str::<Value>(&o))
+    {
+        for (list, items) in own {
+            if let (Value::Array(items), true) = (
+                items,
+                matches!(list.as_str(), "containers" | "initContainers"),
+            ) {
+                for mut c in items {
+                    // The record's `resources: {}` is Go's empty value, not the pod's.
+                    if let Some(own) = c.as_object_mut()
+                        && own.get("resources") == Some(&json!({}))
+                    {
+                        own.remove("resources");
+                    }
+                    // A pod declares its own istio-proxy among its containers (a native one is
+                    // recorded under initContainers).
+                    let list =
+                        if c.get("name").and_then(Value::as_str) == Some(PROXY_CONTAINER_NAME) {
+                            "containers"
+                        } else {
+                            list.as_str()
+                        };
+                    array(spec, list).push(c);
+                }
+            }
+        }
+    }
+    if annotations.get(ann::PROMETHEUS_PORT).map(String::as_str)
+        == Some(DEFAULT_STATUS_PORT.to_string().as_str())
+    {
+        for key in [
+            ann::PROMETHEUS_SCRAPE,
+            ann::PROMETHEUS_PORT,
+            ann::PROMETHEUS_PATH,
+        ] {
+            annotations.remove(key);
+        }
+        // The app's own scrape settings, which the old proxy held, are the pod's again.
+        for (field, key) in [
+            ("scrape", ann::PROMETHEUS_SCRAPE),
+            ("port", ann::PROMETHEUS_PORT),
+            ("path", ann::PROMETHEUS_PATH),
+        ] {
+            if let Some(value) = app_scrape
+                .as_ref()
+                .and_then(|s| s.get(field))
+                .filter(|v| !v.is_empty())
+            {
+                annotations.insert(key.to_string(), value.clone());
+            }
+        }
+    }
+    previous
+}
 
 /// Where Istio records the pod's own `istio-proxy` container.
 const PROXY_OVERRIDES_ANNOTATION: &str = "proxy.istio.io/overrides";
@@ -941,6 +1055,8 @@ fn cni_annotations(
         let network = "default/istio-cni";
         let value = match annotations.get(key).map(|v| v.trim()) {
             None | Some("") => network.to_string(),
+            // Already there (a pod injected again): as it is.
+            Some(list) if list.contains("istio-cni") => list.to_string(),
             // A JSON list of network objects, or a comma-separated list of names.
             // Istio appends to the text, keeping the user's spelling.
             Some(list) if list.starts_with('[') && list.ends_with(']') => {

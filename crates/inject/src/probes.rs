@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::error::FieldError;
@@ -21,7 +21,7 @@ pub const KUBE_APP_PROBERS_ENV: &str = "ISTIO_KUBE_APP_PROBERS";
 pub type AppProbers = BTreeMap<String, Prober>;
 
 /// One original probe, in Istio's JSON shape (field order as Istio writes it).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prober {
     /// An HTTP GET probe.
     #[serde(rename = "httpGet", skip_serializing_if = "Option::is_none")]
@@ -38,7 +38,7 @@ pub struct Prober {
 }
 
 /// `httpGet` of a probe, with its port resolved to a number.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HttpGet {
     /// Request path.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -57,7 +57,7 @@ pub struct HttpGet {
 }
 
 /// `tcpSocket` of a probe, with its port resolved to a number.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TcpSocket {
     /// Container port.
     pub port: u16,
@@ -67,7 +67,7 @@ pub struct TcpSocket {
 }
 
 /// `grpc` of a probe. Istio writes `"service":null` when unset; so do we.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Grpc {
     /// Container port.
     pub port: u16,
@@ -119,6 +119,9 @@ pub fn rewrite_app_probes(
                     };
                     let path = format!("/app-lifecycle/{name}/{suffix}");
                     let at = format!("{list}[{i}].lifecycle.{hook}");
+                    if points_at(handler, &path, status_port) {
+                        continue;
+                    }
                     match original_prober(handler, &ports, &name) {
                         Ok(Some(prober)) if prober.grpc.is_none() => {
                             point_at_status_port(handler, &path, status_port);
@@ -135,6 +138,11 @@ pub fn rewrite_app_probes(
                 };
                 let path = format!("/app-health/{name}/{suffix}");
                 let at = format!("{list}[{i}].{field}");
+                // Already pointing at the proxy (an injected pod injected again): its original
+                // is in the old proxy's ISTIO_KUBE_APP_PROBERS.
+                if points_at(probe, &path, status_port) {
+                    continue;
+                }
                 match original_prober(probe, &ports, &name) {
                     Ok(Some(prober)) => {
                         point_at_status_port(probe, &path, status_port);
@@ -260,6 +268,14 @@ fn point_at_status_port(probe: &mut Map<String, Value>, path: &str, status_port:
         get.insert("scheme".into(), json!("HTTP"));
     }
     probe.insert("httpGet".to_string(), Value::Object(get));
+}
+
+/// Whether a probe or hook is already a GET of `path` on the status port.
+fn points_at(probe: &Map<String, Value>, path: &str, status_port: u16) -> bool {
+    probe.get("httpGet").is_some_and(|get| {
+        get.get("path").and_then(Value::as_str) == Some(path)
+            && get.get("port").and_then(Value::as_u64) == Some(u64::from(status_port))
+    })
 }
 
 /// The lifecycle hooks Istio hands to the proxy, with their status-port path suffix.
