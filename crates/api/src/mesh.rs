@@ -140,6 +140,9 @@ pub struct MeshConfig {
     /// `inboundTrafficPolicy.mode`: `PASSTHROUGH` (unset, Istio's default) or `LOCALHOST`
     /// (inbound requests go to the app on 127.0.0.1 as before Istio 1.10).
     pub inbound_traffic_policy: Option<InboundMode>,
+    /// Some `extensionProviders[].opentelemetry` has `serviceAttributeEnrichment:
+    /// OTEL_SEMANTIC_CONVENTIONS`: injection gives the proxy `OTEL_RESOURCE_ATTRIBUTES`.
+    pub otel_semantic_conventions: bool,
 }
 
 /// `MeshConfig.inboundTrafficPolicy.mode`.
@@ -165,6 +168,7 @@ impl Default for MeshConfig {
             enable_prometheus_merge: true,
             outbound_traffic_policy: None,
             inbound_traffic_policy: None,
+            otel_semantic_conventions: false,
         }
     }
 }
@@ -220,6 +224,16 @@ impl MeshConfig {
                 "inboundTrafficPolicy",
             )?
             .and_then(|p| p.mode),
+            otel_semantic_conventions: map
+                .get("extensionProviders")
+                .and_then(Value::as_array)
+                .is_some_and(|providers| {
+                    providers.iter().any(|p| {
+                        p.pointer("/opentelemetry/serviceAttributeEnrichment")
+                            .and_then(Value::as_str)
+                            == Some("OTEL_SEMANTIC_CONVENTIONS")
+                    })
+                }),
         })
     }
 }

@@ -227,7 +227,7 @@ pub fn inject_pod_template(
         workload,
         &sidecar,
         (&app_names, &port_refs),
-        &labels,
+        (&labels, &annotations),
     );
     if templates.gateway && !templates.sidecar {
         // The gateway template sets the memory limit before naming the app containers.
@@ -510,6 +510,76 @@ pub fn not_run_by_ama_up(template: &Value) -> Vec<String> {
         ));
     }
     notes
+}
+
+/// `OTEL_RESOURCE_ATTRIBUTES` as Istio computes it for OpenTelemetry's Kubernetes service
+/// attributes: `service.namespace`, `service.version` and `service.instance.id`, each from its
+/// `resource.opentelemetry.io/…` annotation first.
+fn otel_resource_attributes(
+    labels: &StringMap,
+    annotations: &StringMap,
+    workload: &WorkloadMeta,
+    containers: &[&Map<String, Value>],
+) -> String {
+    let annotation = |key: &str| {
+        annotations
+            .get(&format!("resource.opentelemetry.io/{key}"))
+            .filter(|v| !v.is_empty())
+    };
+    let mut attributes = Vec::new();
+    match annotation("service.namespace") {
+        Some(ns) => attributes.push(format!("service.namespace={ns}")),
+        None if !workload.namespace.is_empty() => {
+            attributes.push(format!("service.namespace={}", workload.namespace));
+        }
+        None => {}
+    }
+    let version = annotation("service.version")
+        .cloned()
+        .or_else(|| {
+            labels
+                .get(label::APP_KUBERNETES_VERSION)
+                .filter(|v| !v.is_empty())
+                .cloned()
+        })
+        .or_else(|| match containers {
+            [only] => image_version(only.get("image").and_then(Value::as_str).unwrap_or("")),
+            _ => None,
+        });
+    if let Some(version) = version {
+        attributes.push(format!("service.version={version}"));
+    }
+    let container = containers
+        .first()
+        .and_then(|c| c.get("name"))
+        .and_then(Value::as_str);
+    match (annotation("service.instance.id"), container) {
+        (Some(id), _) => attributes.push(format!("service.instance.id={id}")),
+        (None, Some(name)) => attributes.push(format!(
+            "service.instance.id={}.$(POD_NAME).{name}",
+            workload.namespace
+        )),
+        (None, None) => {}
+    }
+    attributes.join(",")
+}
+
+/// An image's tag and digest as a version (`1.21`, `sha256:…`, `1.21@sha256:…`).
+fn image_version(image: &str) -> Option<String> {
+    let (name, digest) = match image.split_once('@') {
+        Some((name, digest)) => (name, Some(digest)),
+        None => (image, None),
+    };
+    let tag = match (name.rfind(':'), name.rfind('/')) {
+        (Some(colon), slash) if slash.is_none_or(|s| colon > s) => Some(&name[colon + 1..]),
+        _ => None,
+    };
+    match (tag, digest) {
+        (Some(t), Some(d)) => Some(format!("{t}@{d}")),
+        (None, Some(d)) => Some(d.to_string()),
+        (Some(t), None) => Some(t.to_string()),
+        (None, None) => None,
+    }
 }
 
 /// MeshConfig's default `defaultConfig.statusPort`.
@@ -876,7 +946,7 @@ fn proxy_env(
     workload: &WorkloadMeta,
     sidecar: &Sidecar,
     (app_names, app_containers): (&[String], &[&Map<String, Value>]),
-    labels: &StringMap,
+    (labels, annotations): (&StringMap, &StringMap),
 ) -> Vec<Value> {
     // PROXY_CONFIG carries what the user set (mesh defaultConfig, then the annotation), plus
     // what injection decided that the proxy cannot know otherwise.
@@ -939,6 +1009,12 @@ fn proxy_env(
     }
     env.push(env_value("ISTIO_META_MESH_ID", config.mesh_id()));
     env.push(env_value("TRUST_DOMAIN", config.trust_domain()));
+    if config.mesh.otel_semantic_conventions {
+        let attributes = otel_resource_attributes(labels, annotations, workload, app_containers);
+        if !attributes.is_empty() {
+            env.push(env_value("OTEL_RESOURCE_ATTRIBUTES", attributes));
+        }
+    }
     for (k, v) in &sidecar.proxy_metadata {
         env.push(env_value(k, v.clone()));
     }
