@@ -51,9 +51,10 @@ pub enum SkipReason {
     Disabled,
     /// `hostNetwork: true`: capturing traffic would capture the node's.
     HostNetwork,
-    /// It already has a sidecar (`sidecar.istio.io/status`, or both an `istio-init` and an
-    /// `istio-proxy` container). A lone `istio-proxy` container is the pod's own settings for
-    /// the proxy, merged with the template's.
+    /// It is injected already (`sidecar.istio.io/status`), as [`crate::injection_required`]
+    /// tells the webhook and `ama up`. Containers of the pod's own named `istio-init` or
+    /// `istio-proxy` are its settings for them, laid over the template's; `kube-inject` injects
+    /// an injected pod again, as Istio's does.
     AlreadyInjected,
     /// Its namespace is one Istio never injects ([`IGNORED_NAMESPACES`]).
     IgnoredNamespace,
