@@ -14,7 +14,7 @@ pub const HTTPBIN_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 pub const HTTPBIN_FQDN: &str = "httpbin-service.default.svc.cluster.local";
 
 /// Istio's default capture arguments, as `ama kube-inject` writes them into istio-init.
-pub const CAPTURE_ARGS: [&str; 16] = [
+pub const CAPTURE_ARGS: [&str; 17] = [
     "-p",
     "15001",
     "-z",
@@ -31,6 +31,7 @@ pub const CAPTURE_ARGS: [&str; 16] = [
     "*",
     "-d",
     "15090,15021,15020",
+    "--log_output_level=default:info",
 ];
 
 /// Installs the capture rules in `pod` and starts its sidecar as uid/gid 1337 in namespace

@@ -60,3 +60,21 @@ pub const PROMETHEUS_PATH: &str = "prometheus.io/path";
 pub const KUBECTL_DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
 /// Container `kubectl logs` picks when none is named.
 pub const KUBECTL_DEFAULT_LOGS_CONTAINER: &str = "kubectl.kubernetes.io/default-logs-container";
+/// Run `istio-proxy` as a native sidecar (`"true"`) or a regular container (`"false"`).
+pub const SIDECAR_NATIVE: &str = "sidecar.istio.io/nativeSidecar";
+/// Extra volumes of the pod, JSON: `{"name": {<volume source>}}`.
+pub const SIDECAR_USER_VOLUME: &str = "sidecar.istio.io/userVolume";
+/// Extra mounts of the proxy, JSON: `{"name": {"mountPath": …}}`.
+pub const SIDECAR_USER_VOLUME_MOUNT: &str = "sidecar.istio.io/userVolumeMount";
+/// Readiness probe of the proxy: initial delay (seconds).
+pub const READINESS_INITIAL_DELAY: &str = "readiness.status.sidecar.istio.io/initialDelaySeconds";
+/// Readiness probe of the proxy: period (seconds).
+pub const READINESS_PERIOD: &str = "readiness.status.sidecar.istio.io/periodSeconds";
+/// Readiness probe of the proxy: failures before unready.
+pub const READINESS_FAILURE_THRESHOLD: &str = "readiness.status.sidecar.istio.io/failureThreshold";
+/// Virtual interfaces (KubeVirt) whose traffic is captured as inbound (older name).
+pub const KUBEVIRT_INTERFACES: &str = "traffic.sidecar.istio.io/kubevirtInterfaces";
+/// Virtual interfaces whose traffic is captured as inbound.
+pub const REROUTE_VIRTUAL_INTERFACES: &str = "istio.io/reroute-virtual-interfaces";
+/// Interfaces whose traffic is never captured.
+pub const EXCLUDE_INTERFACES: &str = "traffic.sidecar.istio.io/excludeInterfaces";

@@ -33,6 +33,8 @@ pub struct ProxyConfig {
     pub concurrency: Option<u32>,
     /// `proxyMetadata`: extra environment of the proxy and init containers.
     pub proxy_metadata: BTreeMap<String, String>,
+    /// `holdApplicationUntilProxyStarts`: start the apps once the proxy is ready.
+    pub hold_application_until_proxy_starts: Option<bool>,
 }
 
 impl ProxyConfig {
@@ -65,6 +67,10 @@ impl ProxyConfig {
             interception_mode: typed_field(&raw, "interceptionMode")?,
             concurrency: typed_field(&raw, "concurrency")?,
             proxy_metadata: typed_field(&raw, "proxyMetadata")?.unwrap_or_default(),
+            hold_application_until_proxy_starts: typed_field(
+                &raw,
+                "holdApplicationUntilProxyStarts",
+            )?,
             raw,
         })
     }
@@ -131,6 +137,27 @@ pub struct MeshConfig {
     /// `outboundTrafficPolicy.mode` (ALLOW_ANY when unset): what sidecars do with traffic to
     /// destinations the registry does not know.
     pub outbound_traffic_policy: Option<crate::networking::sidecar::OutboundMode>,
+    /// `inboundTrafficPolicy.mode`: `PASSTHROUGH` (unset, Istio's default) or `LOCALHOST`
+    /// (inbound requests go to the app on 127.0.0.1 as before Istio 1.10).
+    pub inbound_traffic_policy: Option<InboundMode>,
+    /// Some `extensionProviders[].opentelemetry` has `serviceAttributeEnrichment:
+    /// OTEL_SEMANTIC_CONVENTIONS`: injection gives the proxy `OTEL_RESOURCE_ATTRIBUTES`.
+    pub otel_semantic_conventions: bool,
+}
+
+/// `MeshConfig.inboundTrafficPolicy.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum InboundMode {
+    /// Inbound requests go to the app on the pod's address (Istio's default since 1.10).
+    Passthrough,
+    /// Inbound requests go to the app on 127.0.0.1.
+    Localhost,
+}
+
+#[derive(serde::Deserialize)]
+struct InboundTrafficPolicy {
+    mode: Option<InboundMode>,
 }
 
 impl Default for MeshConfig {
@@ -140,6 +167,8 @@ impl Default for MeshConfig {
             default_config: ProxyConfig::default(),
             enable_prometheus_merge: true,
             outbound_traffic_policy: None,
+            inbound_traffic_policy: None,
+            otel_semantic_conventions: false,
         }
     }
 }
@@ -190,6 +219,21 @@ impl MeshConfig {
                 crate::networking::sidecar::OutboundTrafficPolicy,
             >(&map, "outboundTrafficPolicy")?
             .and_then(|p| p.mode),
+            inbound_traffic_policy: typed_field::<InboundTrafficPolicy>(
+                &map,
+                "inboundTrafficPolicy",
+            )?
+            .and_then(|p| p.mode),
+            otel_semantic_conventions: map
+                .get("extensionProviders")
+                .and_then(Value::as_array)
+                .is_some_and(|providers| {
+                    providers.iter().any(|p| {
+                        p.pointer("/opentelemetry/serviceAttributeEnrichment")
+                            .and_then(Value::as_str)
+                            == Some("OTEL_SEMANTIC_CONVENTIONS")
+                    })
+                }),
         })
     }
 }

@@ -9,9 +9,7 @@ use std::collections::BTreeMap;
 use crate::annotation as ann;
 use crate::label;
 use crate::mesh::ProxyConfig;
-use crate::validate::{
-    CidrList, InterceptionMode, PortList, parse_bool, parse_port, parse_quantity,
-};
+use crate::validate::{CidrList, InterceptionMode, PortList, parse_bool, parse_quantity};
 
 /// Where a bad value was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +87,18 @@ pub struct SidecarOverrides {
     pub proxy_config: Option<ProxyConfig>,
     /// `prometheus.istio.io/merge-metrics`
     pub merge_metrics: Option<bool>,
+    /// `sidecar.istio.io/nativeSidecar`
+    pub native_sidecar: Option<bool>,
+    /// `sidecar.istio.io/userVolume`: volumes by name, in the order of their names.
+    pub user_volumes: Vec<serde_json::Value>,
+    /// `sidecar.istio.io/userVolumeMount`: the proxy's mounts by name, in name order.
+    pub user_volume_mounts: Vec<serde_json::Value>,
+    /// `readiness.status.sidecar.istio.io/{initialDelaySeconds,periodSeconds,failureThreshold}`
+    pub readiness: (Option<u32>, Option<u32>, Option<u32>),
+    /// `istio.io/reroute-virtual-interfaces`, else `traffic.sidecar.istio.io/kubevirtInterfaces`.
+    pub reroute_interfaces: Option<String>,
+    /// `traffic.sidecar.istio.io/excludeInterfaces`
+    pub exclude_interfaces: Option<String>,
 }
 
 impl SidecarOverrides {
@@ -132,11 +142,16 @@ impl SidecarOverrides {
         let ports_or_all = |v: &str| PortList::parse(v, true).map(drop);
         let cidrs = |v: &str| CidrList::parse(v).map(drop);
         let mode = |v: &str| v.parse::<InterceptionMode>().map(drop);
-        let status_port = |v: &str| match parse_port(v) {
-            Ok(p) if p >= 1024 => Ok(()),
-            Ok(_) => Err(format!("\"{v}\" is not a status port (1024-65535)")),
-            Err(e) => Err(e),
+        // Istio takes any port number, 0 meaning "no status port" (no probes, nothing
+        // excluded from capture for it).
+        let status_port = |v: &str| parse_status_port(v).map(drop);
+        let seconds = |v: &str| {
+            v.trim()
+                .parse::<u32>()
+                .map(drop)
+                .map_err(|_| format!("\"{v}\" is not a whole number of seconds or tries"))
         };
+        let named = |v: &str| named_objects(v).map(drop);
         let proxy_config = |v: &str| {
             ProxyConfig::from_yaml(v)
                 .map(drop)
@@ -168,6 +183,17 @@ impl SidecarOverrides {
         let config = get(ann::PROXY_CONFIG, A, &proxy_config);
         let merge = get(ann::PROMETHEUS_MERGE_METRICS, A, &boolean);
         let already_injected = get(ann::SIDECAR_STATUS, A, &any).is_some();
+        let native = get(ann::SIDECAR_NATIVE, A, &boolean);
+        let user_volumes = get(ann::SIDECAR_USER_VOLUME, A, &named);
+        let user_mounts = get(ann::SIDECAR_USER_VOLUME_MOUNT, A, &named);
+        let readiness = (
+            get(ann::READINESS_INITIAL_DELAY, A, &seconds),
+            get(ann::READINESS_PERIOD, A, &seconds),
+            get(ann::READINESS_FAILURE_THRESHOLD, A, &seconds),
+        );
+        let reroute = get(ann::REROUTE_VIRTUAL_INTERFACES, A, &non_empty)
+            .or_else(|| get(ann::KUBEVIRT_INTERFACES, A, &non_empty));
+        let exclude_interfaces = get(ann::EXCLUDE_INTERFACES, A, &non_empty);
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -188,7 +214,7 @@ impl SidecarOverrides {
             log_level,
             component_log_level,
             agent_log_level,
-            status_port: status.and_then(|v| parse_port(&v).ok()),
+            status_port: status.and_then(|v| parse_status_port(&v).ok()),
             include_inbound_ports: include_inbound.and_then(|v| PortList::parse(&v, true).ok()),
             exclude_inbound_ports: exclude_inbound.and_then(|v| PortList::parse(&v, false).ok()),
             include_outbound_ports: include_outbound.and_then(|v| PortList::parse(&v, false).ok()),
@@ -197,6 +223,20 @@ impl SidecarOverrides {
             exclude_outbound_ip_ranges: exclude_ranges.and_then(|v| CidrList::parse(&v).ok()),
             proxy_config: config.and_then(|v| ProxyConfig::from_yaml(&v).ok()),
             merge_metrics: flag(merge),
+            native_sidecar: flag(native),
+            user_volumes: user_volumes
+                .and_then(|v| named_objects(&v).ok())
+                .unwrap_or_default(),
+            user_volume_mounts: user_mounts
+                .and_then(|v| named_objects(&v).ok())
+                .unwrap_or_default(),
+            readiness: (
+                readiness.0.and_then(|v| v.trim().parse().ok()),
+                readiness.1.and_then(|v| v.trim().parse().ok()),
+                readiness.2.and_then(|v| v.trim().parse().ok()),
+            ),
+            reroute_interfaces: reroute,
+            exclude_interfaces,
         })
     }
 
@@ -208,6 +248,29 @@ impl SidecarOverrides {
             || self.proxy_cpu_limit.is_some()
             || self.proxy_memory_limit.is_some()
     }
+}
+
+/// A status port: any port number, 0 for none (as Istio takes it).
+fn parse_status_port(v: &str) -> Result<u16, String> {
+    v.trim()
+        .parse::<u16>()
+        .map_err(|_| format!("\"{v}\" is not a port number (0 turns the status port off)"))
+}
+
+/// `{"name": {…}, …}` (the user volume annotations) as a list of objects with their `name`,
+/// ordered by name as Istio's template ranges over the map.
+fn named_objects(v: &str) -> Result<Vec<serde_json::Value>, String> {
+    let map: BTreeMap<String, serde_json::Value> = serde_json::from_str(v)
+        .map_err(|e| format!("is not a JSON object of name to object: {e}"))?;
+    map.into_iter()
+        .map(|(name, value)| match value {
+            serde_json::Value::Object(mut fields) => {
+                fields.insert("name".into(), serde_json::Value::String(name));
+                Ok(serde_json::Value::Object(fields))
+            }
+            other => Err(format!("\"{name}\": {other} is not an object")),
+        })
+        .collect()
 }
 
 /// Prefixes of the pod annotations Istio's injector and proxy read.
@@ -222,7 +285,7 @@ const ISTIO_PREFIXES: [&str; 7] = [
 ];
 
 /// The annotations of [`SidecarOverrides::parse`] and the two the injector writes or matches.
-const IMPLEMENTED: [&str; 25] = [
+const IMPLEMENTED: [&str; 34] = [
     ann::SIDECAR_INJECT,
     ann::INJECT_TEMPLATES,
     ann::SIDECAR_STATUS,
@@ -248,6 +311,15 @@ const IMPLEMENTED: [&str; 25] = [
     ann::ISTIO_REV,
     ann::KUBECTL_DEFAULT_CONTAINER,
     ann::KUBECTL_DEFAULT_LOGS_CONTAINER,
+    ann::SIDECAR_NATIVE,
+    ann::SIDECAR_USER_VOLUME,
+    ann::SIDECAR_USER_VOLUME_MOUNT,
+    ann::READINESS_INITIAL_DELAY,
+    ann::READINESS_PERIOD,
+    ann::READINESS_FAILURE_THRESHOLD,
+    ann::KUBEVIRT_INTERFACES,
+    ann::REROUTE_VIRTUAL_INTERFACES,
+    ann::EXCLUDE_INTERFACES,
 ];
 
 /// The keys of `annotations` in Istio's sidecar namespaces (`sidecar.istio.io/…`,
@@ -289,7 +361,7 @@ mod tests {
             &map(&[
                 (ann::EXCLUDE_INBOUND_PORTS, "80,abc"),
                 (ann::SIDECAR_PROXY_CPU, "lots"),
-                (ann::SIDECAR_STATUS_PORT, "80"),
+                (ann::SIDECAR_STATUS_PORT, "65536"),
             ]),
         )
         .unwrap_err();
@@ -298,7 +370,7 @@ mod tests {
             text,
             [
                 "annotations[\"sidecar.istio.io/proxyCPU\"]: \"lots\" is not a Kubernetes quantity (such as 100m, 2, 128Mi)",
-                "annotations[\"status.sidecar.istio.io/port\"]: \"80\" is not a status port (1024-65535)",
+                "annotations[\"status.sidecar.istio.io/port\"]: \"65536\" is not a port number (0 turns the status port off)",
                 "annotations[\"traffic.sidecar.istio.io/excludeInboundPorts\"]: \"abc\" is not a port",
             ]
         );

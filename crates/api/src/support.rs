@@ -56,9 +56,9 @@
 //! - Services and EndpointSlices: all but `type: ExternalName` and FQDN endpoints.
 //! - Pods and pod templates: the injection annotations [`crate::overrides`] reads.
 //! - The MeshConfig of the ConfigMap `istio`: `trustDomain`, `enablePrometheusMerge`,
-//!   `accessLogFile`, `accessLogEncoding`, `enableAutoMtls: true`, `outboundTrafficPolicy.mode`
-//!   and `defaultConfig.{discoveryAddress, statusPort, interceptionMode, proxyMetadata,
-//!   concurrency}`.
+//!   `accessLogFile`, `accessLogEncoding`, `enableAutoMtls: true`, `outboundTrafficPolicy.mode`,
+//!   `inboundTrafficPolicy.mode` and `defaultConfig.{discoveryAddress, statusPort,
+//!   interceptionMode, proxyMetadata, concurrency, holdApplicationUntilProxyStarts}`.
 //! - Secrets: read for the `credentialName` of Gateways and of DestinationRules.
 //! - Kinds Ama does not read at all (Telemetry, EnvoyFilter, …): one finding each, except
 //!   ServiceAccount (its name, the pods' identity, needs no object).
@@ -330,6 +330,7 @@ static MESH_CONFIG: Node = Fields(
         ("accessLogEncoding", Done),
         ("enableAutoMtls", Node::Value(auto_mtls)),
         ("outboundTrafficPolicy", Fields(&[("mode", Done)], IGNORED)),
+        ("inboundTrafficPolicy", Fields(&[("mode", Done)], IGNORED)),
         (
             "defaultConfig",
             Fields(
@@ -339,6 +340,7 @@ static MESH_CONFIG: Node = Fields(
                     ("interceptionMode", Done),
                     ("proxyMetadata", Done),
                     ("concurrency", Done),
+                    ("holdApplicationUntilProxyStarts", Done),
                 ],
                 IGNORED,
             ),
@@ -1252,13 +1254,14 @@ data:
     outboundTrafficPolicy: {mode: REGISTRY_ONLY}
     defaultConfig:
       holdApplicationUntilProxyStarts: true
+      terminationDrainDuration: 5s
       proxyMetadata: {A: b}
 ",
         );
         assert_eq!(
             w,
             [
-                "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.defaultConfig.holdApplicationUntilProxyStarts: not implemented by Ama; ignored",
+                "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.defaultConfig.terminationDrainDuration: not implemented by Ama; ignored",
             ]
         );
     }

@@ -34,6 +34,41 @@ pub struct Values {
     /// `revision`: the control-plane revision ("" is the default revision).
     #[serde(deserialize_with = "scalar_string")]
     pub revision: String,
+    /// `pilot.*`
+    pub pilot: Pilot,
+}
+
+/// `pilot.*`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(default)]
+pub struct Pilot {
+    /// `pilot.cni.*`: Istio's CNI plugin sets up capture, so injection adds the
+    /// `istio-validation` init container instead of `istio-init`.
+    pub cni: Cni,
+    /// `pilot.env`: istiod's environment. Injection reads `ENABLE_NATIVE_SIDECARS`.
+    pub env: BTreeMap<String, serde_json::Value>,
+}
+
+impl Pilot {
+    /// `pilot.env.ENABLE_NATIVE_SIDECARS` is `true` (a boolean or the string): inject
+    /// `istio-proxy` as a native sidecar.
+    pub fn native_sidecars(&self) -> bool {
+        match self.env.get("ENABLE_NATIVE_SIDECARS") {
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(serde_json::Value::String(s)) => s.eq_ignore_ascii_case("true"),
+            _ => false,
+        }
+    }
+}
+
+/// `pilot.cni.*` (what `components.cni.enabled` sets).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+#[serde(default)]
+pub struct Cni {
+    /// Whether the CNI plugin captures traffic.
+    pub enabled: bool,
+    /// `default` or `multus` (then the pod asks Multus for the `istio-cni` network).
+    pub provider: String,
 }
 
 /// `global.*`
@@ -68,6 +103,13 @@ pub struct Global {
     pub proxy: Proxy,
     /// `sds.token.aud`: audience of the projected token (default `istio-ca`).
     pub sds: Sds,
+    /// `pilotCertProvider` (default `istiod`): who signs the control plane's certificate.
+    pub pilot_cert_provider: String,
+    /// `network`: the network of the cluster's pods (`ISTIO_META_NETWORK`), if set.
+    pub network: String,
+    /// `mountMtlsCerts`: mount the secret `istio.<service account>` at `/etc/certs/` (Istio's
+    /// old file-mounted certificates).
+    pub mount_mtls_certs: bool,
 }
 
 impl Default for Global {
@@ -85,6 +127,9 @@ impl Default for Global {
             logging: Logging::default(),
             proxy: Proxy::default(),
             sds: Sds::default(),
+            pilot_cert_provider: "istiod".to_string(),
+            network: String::new(),
+            mount_mtls_certs: false,
         }
     }
 }
@@ -183,6 +228,29 @@ pub struct Proxy {
     pub readiness_period_seconds: u32,
     /// Readiness probe of the proxy: failures before unready.
     pub readiness_failure_threshold: u32,
+    /// Start the apps only once the proxy is ready (the proxy first, with a postStart hook).
+    pub hold_application_until_proxy_starts: bool,
+    /// `startupProbe.*` of the proxy.
+    pub startup_probe: StartupProbe,
+}
+
+/// `global.proxy.startupProbe.*`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct StartupProbe {
+    /// Whether the proxy gets a startup probe (default true).
+    pub enabled: bool,
+    /// Failures (one a second) before the kubelet restarts the proxy (default 600).
+    pub failure_threshold: u32,
+}
+
+impl Default for StartupProbe {
+    fn default() -> Self {
+        StartupProbe {
+            enabled: true,
+            failure_threshold: 600,
+        }
+    }
 }
 
 impl Default for Proxy {
@@ -204,6 +272,8 @@ impl Default for Proxy {
             readiness_initial_delay_seconds: 0,
             readiness_period_seconds: 15,
             readiness_failure_threshold: 4,
+            hold_application_until_proxy_starts: false,
+            startup_probe: StartupProbe::default(),
         }
     }
 }
@@ -269,10 +339,13 @@ fn scalar_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     })
 }
 
-/// Quantities may be written as numbers (`cpu: 2`); Kubernetes wants strings.
+/// Quantities may be written as numbers (`cpu: 2`); Kubernetes wants strings. A `null`
+/// quantity is left out, as Istio's template does (`omitNil`): `limits: {cpu: null}` unsets the
+/// default CPU limit.
 fn quantity_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
-    let raw = BTreeMap::<String, serde_json::Value>::deserialize(d)?;
+    let raw = Option::<BTreeMap<String, serde_json::Value>>::deserialize(d)?.unwrap_or_default();
     raw.into_iter()
+        .filter(|(_, v)| !v.is_null())
         .map(|(k, v)| {
             let text = match v {
                 serde_json::Value::String(s) => s,

@@ -218,3 +218,15 @@ fn cleanup_and_dry_run_do_not_mix() {
     let stderr = err(dry_run(&["--cleanup"], &[]));
     assert!(stderr.contains("cannot be used with"), "{stderr}");
 }
+
+/// What injection writes after the capture flags: the agent's log levels, accepted (they change
+/// nothing in the rules).
+#[test]
+fn the_injected_log_level_flag_is_accepted() {
+    let plain = ok(dry_run(&SEED, &[]));
+    let with_level = ok(dry_run(
+        &[&SEED[..], &["--log_output_level=default:info"]].concat(),
+        &[],
+    ));
+    assert_eq!(plain, with_level);
+}

@@ -448,3 +448,48 @@ fn errors_say_what_to_do() {
         "a rejected transaction leaves nothing:\n{rules}"
     );
 }
+
+/// istio-validation's command (`--run-validation --skip-rule-apply`) in CNI mode: it fails,
+/// saying why, in a pod nobody set capture up for, and passes once the rules are there, never
+/// installing any itself.
+#[test]
+fn run_validation_checks_the_rules_and_installs_none() {
+    if !root_or_skip("run_validation_checks_the_rules_and_installs_none") {
+        return;
+    }
+    let mut lan = Lan::new();
+    let Pod { ns: pod, .. } = lan.pod("val");
+    let validate = [
+        &SIDECAR[..],
+        &[
+            "--log_output_level=default:info",
+            "--run-validation",
+            "--skip-rule-apply",
+        ],
+    ]
+    .concat();
+
+    let out = ama_iptables(&pod, &validate);
+    assert!(!out.status.success(), "no rules yet: {}", stdout(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no capture rules in this network namespace")
+            && stderr.contains("ISTIO_OUTPUT"),
+        "{stderr}"
+    );
+    assert!(
+        !saved(&pod, "iptables-save").contains("ISTIO_"),
+        "validation installed rules"
+    );
+
+    // Capture set up as the CNI plugin would (here by ama iptables itself): validation passes.
+    assert_ok(&ama_iptables(&pod, &SIDECAR));
+    let rules = saved(&pod, "iptables-save");
+    let checked = assert_ok(&ama_iptables(&pod, &validate));
+    assert_eq!(checked.trim(), "capture rules are installed");
+    assert_eq!(
+        saved(&pod, "iptables-save"),
+        rules,
+        "validation changed the rules"
+    );
+}

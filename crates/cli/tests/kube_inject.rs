@@ -200,3 +200,54 @@ fn missing_file_is_an_error() {
         text(&out.stderr)
     );
 }
+
+/// What `ama iptables` would refuse is refused at injection, naming the file, document, object
+/// and annotation, and the other documents are still written; what `ama up` cannot run (a
+/// native sidecar) is written with a warning naming the field.
+#[test]
+fn refuses_what_ama_iptables_refuses_and_warns_what_ama_up_cannot_run() {
+    let input = "\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: tproxy
+  annotations:
+    sidecar.istio.io/interceptionMode: TPROXY
+spec:
+  containers:
+  - {name: app, image: app:1}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: native
+  annotations:
+    sidecar.istio.io/nativeSidecar: \"true\"
+spec:
+  containers:
+  - {name: app, image: app:1}
+";
+    let out = ama(&["-f", "-"], Some(input));
+    assert!(!out.status.success(), "TPROXY must fail the run");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(
+            "error: <stdin>:doc 1: Pod default/tproxy: \
+             metadata.annotations[\"sidecar.istio.io/interceptionMode\"]: istio-init's \
+             `ama iptables` would refuse it: -m/--istio-inbound-interception-mode: interception \
+             mode TPROXY is not supported"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "warning: <stdin>:doc 2: Pod default/native: spec.initContainers[\"istio-proxy\"]: a \
+             native sidecar"
+        ) && stderr.contains("`ama up` runs init containers to completion"),
+        "{stderr}"
+    );
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains("name: tproxy"), "{stdout}");
+    assert!(stdout.contains("name: native"), "{stdout}");
+    assert!(stdout.contains("restartPolicy: Always"), "{stdout}");
+}

@@ -39,6 +39,15 @@ impl InjectConfig {
         }
     }
 
+    /// Whether `istio-proxy` is injected as a native sidecar (an init container with
+    /// `restartPolicy: Always`, Kubernetes 1.29+) when the pod does not say
+    /// (`sidecar.istio.io/nativeSidecar`). Istio decides from its `ENABLE_NATIVE_SIDECARS`
+    /// feature and the nodes' kubelet versions; Ama has no nodes to ask, so it is off unless the
+    /// values set `pilot.env.ENABLE_NATIVE_SIDECARS: "true"`.
+    pub fn native_sidecars(&self) -> bool {
+        self.values.pilot.native_sidecars()
+    }
+
     /// The cluster id: `global.multiCluster.clusterName`, else `Kubernetes`.
     pub fn cluster_id(&self) -> &str {
         match self.values.global.multi_cluster.cluster_name.as_str() {

@@ -105,11 +105,11 @@ impl Sidecar {
             "env": self.env,
             "readinessProbe": {
                 "httpGet": {"path": "/healthz/ready", "port": HEALTH_PORT},
-                "initialDelaySeconds": delay,
                 "periodSeconds": period,
                 "timeoutSeconds": 3,
                 "failureThreshold": failures,
             },
+            "securityContext": {"runAsUser": self.proxy_uid, "runAsGroup": self.proxy_gid},
             "volumeMounts": [
                 {"name": "workload-socket", "mountPath": "/var/run/secrets/workload-spiffe-uds"},
                 {"name": "credential-socket", "mountPath": "/var/run/secrets/credential-uds"},
@@ -121,6 +121,12 @@ impl Sidecar {
                 {"name": "istio-podinfo", "mountPath": "/etc/istio/pod"},
             ],
         });
+        // Kubernetes leaves a zero delay out; so does Istio's output.
+        if delay > 0
+            && let Some(probe) = c.get_mut("readinessProbe").and_then(Value::as_object_mut)
+        {
+            probe.insert("initialDelaySeconds".into(), json!(delay));
+        }
         if let (Some(policy), Value::Object(map)) = (
             self.image_pull_policy.as_ref().filter(|p| !p.is_empty()),
             &mut c,
@@ -130,16 +136,11 @@ impl Sidecar {
         c
     }
 
-    /// The volumes of the `gateway` template, in its order.
+    /// The volumes of the `gateway` template: the sidecar template's but the CRL's, in the
+    /// same order.
     pub fn gateway_volumes(&self) -> Vec<Value> {
-        let mut volumes = vec![
-            json!({"emptyDir": {}, "name": "workload-socket"}),
-            json!({"emptyDir": {}, "name": "credential-socket"}),
-            json!({"emptyDir": {}, "name": "workload-certs"}),
-        ];
-        // The sidecar's five (istio-envoy, istio-data, istio-podinfo, istio-token,
-        // istiod-ca-cert) are the gateway template's too, in the same order.
-        volumes.extend(self.volumes());
+        let mut volumes = self.volumes();
+        volumes.retain(|v| v.get("name").and_then(Value::as_str) != Some("istio-ca-crl"));
         volumes
     }
 }

@@ -8,6 +8,8 @@
 
 use std::collections::BTreeMap;
 
+use api::InterceptionMode;
+use api::mesh::InboundMode;
 use api::{ProxyConfig, SidecarOverrides, annotation as ann, label};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -15,9 +17,10 @@ use serde_json::{Map, Value, json};
 use crate::config::InjectConfig;
 use crate::error::FieldError;
 use crate::gateway::{Templates, merge_container, own_proxy_container};
-use crate::probes::{KUBE_APP_PROBERS_ENV, rewrite_app_probes};
+use crate::probes::{AppProbers, KUBE_APP_PROBERS_ENV, rewrite_app_probes};
 use crate::sidecar::{
-    INIT_CONTAINER_NAME, PROXY_CONTAINER_NAME, Sidecar, env_field, env_value, pod_ports_json,
+    PROXY_CONTAINER_NAME, PROXY_UID, Sidecar, VALIDATION_CONTAINER_NAME, env_field, env_resource,
+    env_value, pod_ports_json,
 };
 use crate::workload::WorkloadMeta;
 
@@ -48,9 +51,10 @@ pub enum SkipReason {
     Disabled,
     /// `hostNetwork: true`: capturing traffic would capture the node's.
     HostNetwork,
-    /// It already has a sidecar (`sidecar.istio.io/status`, or both an `istio-init` and an
-    /// `istio-proxy` container). A lone `istio-proxy` container is the pod's own settings for
-    /// the proxy, merged with the template's.
+    /// It is injected already (`sidecar.istio.io/status`), as [`crate::injection_required`]
+    /// tells the webhook and `ama up`. Containers of the pod's own named `istio-init` or
+    /// `istio-proxy` are its settings for them, laid over the template's; `kube-inject` injects
+    /// an injected pod again, as Istio's does.
     AlreadyInjected,
     /// Its namespace is one Istio never injects ([`IGNORED_NAMESPACES`]).
     IgnoredNamespace,
@@ -96,8 +100,8 @@ impl SkipReason {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Status<'a> {
-    init_containers: Vec<&'a str>,
-    containers: Vec<&'a str>,
+    init_containers: Option<Vec<&'a str>>,
+    containers: Option<Vec<&'a str>>,
     volumes: Vec<&'a str>,
     image_pull_secrets: Option<Vec<&'a str>>,
     revision: &'a str,
@@ -118,7 +122,7 @@ pub fn inject_pod_template(
             "must be a mapping with metadata and spec",
         )]);
     };
-    let (labels, annotations) = read_metadata(template_map)?;
+    let (labels, mut annotations) = read_metadata(template_map)?;
     let overrides = SidecarOverrides::parse(&labels, &annotations).map_err(|errors| {
         errors
             .into_iter()
@@ -136,6 +140,18 @@ pub fn inject_pod_template(
             "missing: a pod template needs a spec",
         )]);
     };
+    // An injected pod is injected again, as Istio's kube-inject does: the old sidecar is taken
+    // out first, keeping the probes it took over. (The webhook and `ama up` leave such pods
+    // alone: `injection_required` says AlreadyInjected.)
+    let stripped;
+    let (spec, previous_probers) = if overrides.already_injected {
+        let mut copy = spec.clone();
+        let previous = strip_injected(&mut copy, &mut annotations);
+        stripped = copy;
+        (&stripped, previous)
+    } else {
+        (spec, AppProbers::new())
+    };
     let containers = app_containers(spec)?;
 
     if overrides.inject == Some(false) {
@@ -144,9 +160,8 @@ pub fn inject_pod_template(
     if spec.get("hostNetwork") == Some(&Value::Bool(true)) {
         return Ok(Outcome::Skipped(SkipReason::HostNetwork));
     }
-    if overrides.already_injected || has_full_sidecar(spec) {
-        return Ok(Outcome::Skipped(SkipReason::AlreadyInjected));
-    }
+    // Only the status annotation marks an injected pod, as in Istio: containers of the pod's own
+    // named istio-init or istio-proxy are its settings for them, laid over the template's.
     let templates = Templates::parse(annotations.get(ann::INJECT_TEMPLATES).map(String::as_str))
         .map_err(|e| vec![e])?;
     let own_proxy = own_proxy_container(spec).cloned();
@@ -168,6 +183,37 @@ pub fn inject_pod_template(
         None => config.mesh.default_config.clone(),
     };
     let mut sidecar = settings(config, &overrides, &proxy_config);
+    // A native sidecar is an init container: a gateway's proxy stays a container.
+    sidecar.native =
+        templates.sidecar && overrides.native_sidecar.unwrap_or(config.native_sidecars());
+    sidecar.hold_application &= templates.sidecar;
+    if config.values.global.mount_mtls_certs {
+        let account = spec
+            .get("serviceAccountName")
+            .and_then(Value::as_str)
+            .filter(|a| !a.is_empty())
+            .unwrap_or("default");
+        sidecar.mtls_certs_secret = Some(format!("istio.{account}"));
+    }
+    // The pod's own istio-proxy may run as another user: capture must spare that one.
+    if let Some(own) = &own_proxy {
+        let id = |field: &str| {
+            own.get("securityContext")
+                .and_then(|s| s.get(field))
+                .and_then(Value::as_u64)
+                .and_then(|id| u32::try_from(id).ok())
+                .filter(|id| *id != 0)
+        };
+        if let Some(uid) = id("runAsUser") {
+            sidecar.proxy_uid = uid;
+        }
+        if let Some(gid) = id("runAsGroup") {
+            sidecar.proxy_gid = gid;
+        }
+    }
+    if templates.sidecar && sidecar.interception_mode != InterceptionMode::None {
+        check_capture(&sidecar, &overrides).map_err(|e| vec![e])?;
+    }
     // The gateway template lists the ports of every container, its own istio-proxy's too.
     let mut port_refs = app_refs.clone();
     if templates.gateway
@@ -181,18 +227,15 @@ pub fn inject_pod_template(
         proxy_config,
         workload,
         &sidecar,
-        &app_names,
-        &port_refs,
+        (&app_names, &port_refs),
+        (&labels, &annotations),
     );
-    if templates.gateway {
-        // The gateway template's two variables before the sidecar's.
-        sidecar.env.splice(
-            0..0,
-            [
-                env_value("JWT_POLICY", "third-party-jwt"),
-                env_value("PILOT_CERT_PROVIDER", "istiod"),
-            ],
-        );
+    if templates.gateway && !templates.sidecar {
+        // The gateway template sets the memory limit before naming the app containers.
+        let at = |name: &str| sidecar.env.iter().position(|e| e["name"] == name);
+        if let (Some(apps), Some(memory)) = (at("ISTIO_META_APP_CONTAINERS"), at("GOMEMLIMIT")) {
+            sidecar.env.swap(apps, memory);
+        }
     }
 
     let rewrite = overrides.rewrite_app_http_probers.unwrap_or(
@@ -208,20 +251,26 @@ pub fn inject_pod_template(
                 .map(|e| e.under("spec"))
                 .collect::<Vec<_>>()
         })?;
-        if !probers.is_empty() {
-            let json = serde_json::to_string(&probers).unwrap_or_default();
+        // The probes an earlier injection took over stay the proxy's.
+        let mut all = previous_probers;
+        all.extend(probers);
+        if !all.is_empty() {
+            let json = serde_json::to_string(&all).unwrap_or_default();
             sidecar.env.push(env_value(KUBE_APP_PROBERS_ENV, json));
         }
     }
 
-    let mut annotations = annotations;
     let merge = overrides
         .merge_metrics
         .unwrap_or(config.mesh.enable_prometheus_merge);
-    if merge
-        && sidecar.status_port != 0
-        && let Some(env) = merge_prometheus(&mut annotations, sidecar.status_port)
-    {
+    // Istio points Prometheus at the mesh's status port (defaultConfig.statusPort, 15020),
+    // whatever the pod's own status port.
+    let prometheus_port = config
+        .mesh
+        .default_config
+        .status_port
+        .unwrap_or(DEFAULT_STATUS_PORT);
+    if merge && let Some(env) = merge_prometheus(&mut annotations, prometheus_port) {
         sidecar.env.push(env);
     }
 
@@ -232,9 +281,36 @@ pub fn inject_pod_template(
     } else {
         None
     };
-    if let Some(init) = &init {
+    let mut own_init: Option<Map<String, Value>> = None;
+    let init_name = init
+        .as_ref()
+        .and_then(|c| c.get("name"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    // The pod's own istio-init (or istio-validation) is laid over the template's, as its
+    // istio-proxy is.
+    let init = init.map(|mut init| {
+        let name = init.get("name").cloned();
         let list = array(&mut spec, "initContainers");
-        list.insert(0, init.clone());
+        if let Some(at) = list.iter().position(|c| c.get("name") == name.as_ref()) {
+            let own = list.remove(at);
+            if let Some(own) = own.as_object() {
+                merge_container(&mut init, own);
+                own_init = Some(own.clone());
+            }
+        }
+        init
+    });
+    if let Some(init) = &init {
+        // Istio's order: with a native sidecar, capture then the proxy then the pod's own (so
+        // they are in the mesh); else istio-validation first (it blocks the pod until capture
+        // is there) but istio-init last (the pod's own init containers are not blackholed).
+        let list = array(&mut spec, "initContainers");
+        if sidecar.native || sidecar.cni {
+            list.insert(0, init.clone());
+        } else {
+            list.push(init.clone());
+        }
     }
     // Templates apply in order, the later laid over the earlier (`sidecar,gateway`: the
     // sidecar's container with the gateway's args, env and probe).
@@ -254,7 +330,18 @@ pub fn inject_pod_template(
     }
     let containers = array(&mut spec, "containers");
     containers.retain(|c| c.get("name").and_then(Value::as_str) != Some(PROXY_CONTAINER_NAME));
-    containers.push(proxy);
+    if sidecar.native {
+        // Right after the capture, before the app's own init containers, as Istio places it.
+        let list = array(&mut spec, "initContainers");
+        let at = usize::from(init.is_some());
+        list.insert(at.min(list.len()), proxy);
+    } else if sidecar.hold_application {
+        // First, so that the runtime starts it (and waits for its postStart hook) before the
+        // apps.
+        array(&mut spec, "containers").insert(0, proxy);
+    } else {
+        array(&mut spec, "containers").push(proxy);
+    }
     let volumes = if templates.gateway {
         sidecar.gateway_volumes()
     } else {
@@ -264,42 +351,65 @@ pub fn inject_pod_template(
         .iter()
         .filter_map(|v| v.get("name").and_then(Value::as_str).map(str::to_string))
         .collect();
-    // A volume the pod declares itself under the same name is the pod's (its fields win).
-    let list = array(&mut spec, "volumes");
-    for volume in volumes {
-        let name = volume.get("name").cloned();
-        if !list.iter().any(|v| v.get("name") == name.as_ref()) {
-            list.push(volume);
-        }
-    }
-    // Only the secrets the pod did not list already are added (and recorded as added).
+    // The template's volumes come first, as Istio's merge puts them; a volume the pod
+    // declares itself under the same name is the pod's (its fields win).
+    let own_volumes = std::mem::take(array(&mut spec, "volumes"));
+    let mut list: Vec<Value> = volumes
+        .into_iter()
+        .map(|v| {
+            own_volumes
+                .iter()
+                .find(|own| own.get("name") == v.get("name"))
+                .cloned()
+                .unwrap_or(v)
+        })
+        .collect();
+    let rest: Vec<Value> = own_volumes
+        .into_iter()
+        .filter(|own| !list.iter().any(|v| v.get("name") == own.get("name")))
+        .collect();
+    list.extend(rest);
+    spec.insert("volumes".into(), Value::Array(list));
+    // The values' secrets come first, then the pod's own; the status records the values' (as
+    // Istio's does, so that injecting again gives the same status).
     let mut added_secrets: Vec<&str> = Vec::new();
-    for secret in &config.values.global.image_pull_secrets {
-        let list = array(&mut spec, "imagePullSecrets");
-        if !list
-            .iter()
-            .any(|s| s.get("name").and_then(Value::as_str) == Some(secret))
-        {
-            list.push(json!({ "name": secret }));
+    if !config.values.global.image_pull_secrets.is_empty() {
+        let own_secrets = std::mem::take(array(&mut spec, "imagePullSecrets"));
+        let mut list = Vec::new();
+        for secret in &config.values.global.image_pull_secrets {
             added_secrets.push(secret);
+            list.push(json!({ "name": secret }));
         }
+        list.extend(own_secrets.into_iter().filter(|own| {
+            !config
+                .values
+                .global
+                .image_pull_secrets
+                .iter()
+                .any(|s| own.get("name").and_then(Value::as_str) == Some(s))
+        }));
+        spec.insert("imagePullSecrets".into(), Value::Array(list));
     }
 
     let mut labels = labels;
     add_labels(&mut labels, workload, templates.sidecar);
-    if templates.gateway && !templates.sidecar {
-        // The gateway template labels the revision (the sidecar template annotates it).
+    if !config.values.global.network.is_empty() {
         labels
-            .entry(ann::ISTIO_REV.to_string())
-            .or_insert_with(|| config.revision().to_string());
+            .entry(NETWORK_LABEL.to_string())
+            .or_insert_with(|| config.values.global.network.clone());
+    }
+    if templates.gateway {
+        // The gateway template lets the proxy bind ports below 1024 (80, 443) without
+        // NET_BIND_SERVICE, unless the pod sets that sysctl itself.
+        allow_unprivileged_ports(&mut spec);
+    }
+    let mut status_init: Vec<&str> = init_name.as_deref().into_iter().collect();
+    if sidecar.native {
+        status_init.push(PROXY_CONTAINER_NAME);
     }
     let status = Status {
-        init_containers: init
-            .as_ref()
-            .map(|_| INIT_CONTAINER_NAME)
-            .into_iter()
-            .collect(),
-        containers: vec![PROXY_CONTAINER_NAME],
+        init_containers: (!status_init.is_empty()).then_some(status_init),
+        containers: (!sidecar.native).then(|| vec![PROXY_CONTAINER_NAME]),
         volumes: volume_names.iter().map(String::as_str).collect(),
         image_pull_secrets: (!added_secrets.is_empty()).then_some(added_secrets),
         revision: config.revision(),
@@ -320,6 +430,36 @@ pub fn inject_pod_template(
                 .or_insert_with(|| first_app.clone());
         }
     }
+    if templates.sidecar && sidecar.cni {
+        cni_annotations(&mut annotations, config, &sidecar);
+    }
+    if own_proxy.is_some() || own_init.is_some() {
+        // Istio records the pod's own istio-init and istio-proxy, so that re-injection can lay
+        // them over again.
+        let mut record = Map::new();
+        let mut add = |list: &str, own: &Map<String, Value>| {
+            if let Value::Array(items) = record.entry(list).or_insert_with(|| json!([])) {
+                items.push(overrides_record(own));
+            }
+        };
+        if let Some(own) = &own_init {
+            add("initContainers", own);
+        }
+        if let Some(own) = &own_proxy {
+            add(
+                if sidecar.native {
+                    "initContainers"
+                } else {
+                    "containers"
+                },
+                own,
+            );
+        }
+        annotations.insert(
+            PROXY_OVERRIDES_ANNOTATION.to_string(),
+            Value::Object(record).to_string(),
+        );
+    }
     annotations.insert(ann::ISTIO_REV.to_string(), config.revision().to_string());
     annotations.insert(
         ann::SIDECAR_STATUS.to_string(),
@@ -333,6 +473,259 @@ pub fn inject_pod_template(
     }
     template_map.insert("spec".into(), Value::Object(spec));
     Ok(Outcome::Injected)
+}
+
+/// The label that names a pod's workload in telemetry.
+const WORKLOAD_NAME_LABEL: &str = "service.istio.io/workload-name";
+
+/// The label naming a pod's network (`global.network`).
+const NETWORK_LABEL: &str = "topology.istio.io/network";
+
+/// What of an injected pod template (`{metadata, spec}`) `ama up` cannot run as Kubernetes
+/// would, one sentence each naming the field: such pods are still written (a cluster runs
+/// them), and `ama kube-inject` reports these on standard error.
+pub fn not_run_by_ama_up(template: &Value) -> Vec<String> {
+    let has_init = |name: &str| {
+        template
+            .pointer("/spec/initContainers")
+            .and_then(Value::as_array)
+            .is_some_and(|l| {
+                l.iter()
+                    .any(|c| c.get("name").and_then(Value::as_str) == Some(name))
+            })
+    };
+    let mut notes = Vec::new();
+    if has_init(PROXY_CONTAINER_NAME) {
+        notes.push(format!(
+            "spec.initContainers[\"{PROXY_CONTAINER_NAME}\"]: a native sidecar (annotation \
+             {} or values pilot.env.ENABLE_NATIVE_SIDECARS): `ama up` runs init containers to \
+             completion, so it cannot start this pod; Kubernetes 1.29+ can",
+            ann::SIDECAR_NATIVE
+        ));
+    }
+    if has_init(VALIDATION_CONTAINER_NAME) {
+        notes.push(format!(
+            "spec.initContainers[\"{VALIDATION_CONTAINER_NAME}\"]: CNI mode (values \
+             pilot.cni.enabled): capture is left to Istio's CNI plugin, which `ama up` does not \
+             run, so `ama iptables --run-validation` fails there"
+        ));
+    }
+    notes
+}
+
+/// `OTEL_RESOURCE_ATTRIBUTES` as Istio computes it for OpenTelemetry's Kubernetes service
+/// attributes: `service.namespace`, `service.version` and `service.instance.id`, each from its
+/// `resource.opentelemetry.io/…` annotation first.
+fn otel_resource_attributes(
+    labels: &StringMap,
+    annotations: &StringMap,
+    workload: &WorkloadMeta,
+    containers: &[&Map<String, Value>],
+) -> String {
+    let annotation = |key: &str| {
+        annotations
+            .get(&format!("resource.opentelemetry.io/{key}"))
+            .filter(|v| !v.is_empty())
+    };
+    let mut attributes = Vec::new();
+    match annotation("service.namespace") {
+        Some(ns) => attributes.push(format!("service.namespace={ns}")),
+        None if !workload.namespace.is_empty() => {
+            attributes.push(format!("service.namespace={}", workload.namespace));
+        }
+        None => {}
+    }
+    let version = annotation("service.version")
+        .cloned()
+        .or_else(|| {
+            labels
+                .get(label::APP_KUBERNETES_VERSION)
+                .filter(|v| !v.is_empty())
+                .cloned()
+        })
+        .or_else(|| match containers {
+            [only] => image_version(only.get("image").and_then(Value::as_str).unwrap_or("")),
+            _ => None,
+        });
+    if let Some(version) = version {
+        attributes.push(format!("service.version={version}"));
+    }
+    let container = containers
+        .first()
+        .and_then(|c| c.get("name"))
+        .and_then(Value::as_str);
+    match (annotation("service.instance.id"), container) {
+        (Some(id), _) => attributes.push(format!("service.instance.id={id}")),
+        (None, Some(name)) => attributes.push(format!(
+            "service.instance.id={}.$(POD_NAME).{name}",
+            workload.namespace
+        )),
+        (None, None) => {}
+    }
+    attributes.join(",")
+}
+
+/// An image's tag and digest as a version (`1.21`, `sha256:…`, `1.21@sha256:…`).
+fn image_version(image: &str) -> Option<String> {
+    let (name, digest) = match image.split_once('@') {
+        Some((name, digest)) => (name, Some(digest)),
+        None => (image, None),
+    };
+    let tag = match (name.rfind(':'), name.rfind('/')) {
+        (Some(colon), slash) if slash.is_none_or(|s| colon > s) => Some(&name[colon + 1..]),
+        _ => None,
+    };
+    match (tag, digest) {
+        (Some(t), Some(d)) => Some(format!("{t}@{d}")),
+        (None, Some(d)) => Some(d.to_string()),
+        (Some(t), None) => Some(t.to_string()),
+        (None, None) => None,
+    }
+}
+
+/// MeshConfig's default `defaultConfig.statusPort`.
+const DEFAULT_STATUS_PORT: u16 = 15020;
+
+/// Takes an earlier injection out of `spec` as Istio's kube-inject does before injecting again:
+/// the containers the status annotation lists (the pod's own istio-init/istio-proxy of
+/// `proxy.istio.io/overrides` put back in their place), the status annotation, and the
+/// Prometheus annotations if they point at the mesh's status port. Returns the probes the old
+/// proxy ran (`ISTIO_KUBE_APP_PROBERS`).
+fn strip_injected(
+    spec: &mut Map<String, Value>,
+    annotations: &mut BTreeMap<String, String>,
+) -> AppProbers {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default, rename_all = "camelCase")]
+    struct Injected {
+        init_containers: Option<Vec<String>>,
+        containers: Option<Vec<String>>,
+    }
+    let status: Injected = annotations
+        .remove(ann::SIDECAR_STATUS)
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default();
+    let mut previous = AppProbers::new();
+    let mut app_scrape: Option<BTreeMap<String, String>> = None;
+    for (list, names) in [
+        ("containers", status.containers.unwrap_or_default()),
+        ("initContainers", status.init_containers.unwrap_or_default()),
+    ] {
+        let Some(Value::Array(items)) = spec.get_mut(list) else {
+            continue;
+        };
+        items.retain(|c| {
+            let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
+            if !names.iter().any(|n| n == name) {
+                return true;
+            }
+            if name == PROXY_CONTAINER_NAME {
+                let env = |var: &str| {
+                    c.get("env")
+                        .and_then(Value::as_array)
+                        .and_then(|env| env.iter().find(|e| e["name"] == var))
+                        .and_then(|e| e.get("value"))
+                        .and_then(Value::as_str)
+                };
+                if let Some(probers) = env(KUBE_APP_PROBERS_ENV)
+                    .and_then(|v| serde_json::from_str::<AppProbers>(v).ok())
+                {
+                    previous = probers;
+                }
+                app_scrape =
+                    env(PROMETHEUS_ANNOTATIONS_ENV).and_then(|v| serde_json::from_str(v).ok());
+            }
+            false
+        });
+    }
+    // The pod's own containers an earlier injection laid over its template come back.
+    if let Some(Ok(Value::Object(own))) = annotations
+        .remove(PROXY_OVERRIDES_ANNOTATION)
+        .map(|o| serde_json::from_str::<Value>(&o))
+    {
+        for (list, items) in own {
+            if let (Value::Array(items), true) = (
+                items,
+                matches!(list.as_str(), "containers" | "initContainers"),
+            ) {
+                for mut c in items {
+                    // The record's `resources: {}` is Go's empty value, not the pod's.
+                    if let Some(own) = c.as_object_mut()
+                        && own.get("resources") == Some(&json!({}))
+                    {
+                        own.remove("resources");
+                    }
+                    // A pod declares its own istio-proxy among its containers (a native one is
+                    // recorded under initContainers).
+                    let list =
+                        if c.get("name").and_then(Value::as_str) == Some(PROXY_CONTAINER_NAME) {
+                            "containers"
+                        } else {
+                            list.as_str()
+                        };
+                    array(spec, list).push(c);
+                }
+            }
+        }
+    }
+    if annotations.get(ann::PROMETHEUS_PORT).map(String::as_str)
+        == Some(DEFAULT_STATUS_PORT.to_string().as_str())
+    {
+        for key in [
+            ann::PROMETHEUS_SCRAPE,
+            ann::PROMETHEUS_PORT,
+            ann::PROMETHEUS_PATH,
+        ] {
+            annotations.remove(key);
+        }
+        // The app's own scrape settings, which the old proxy held, are the pod's again.
+        for (field, key) in [
+            ("scrape", ann::PROMETHEUS_SCRAPE),
+            ("port", ann::PROMETHEUS_PORT),
+            ("path", ann::PROMETHEUS_PATH),
+        ] {
+            if let Some(value) = app_scrape
+                .as_ref()
+                .and_then(|s| s.get(field))
+                .filter(|v| !v.is_empty())
+            {
+                annotations.insert(key.to_string(), value.clone());
+            }
+        }
+    }
+    previous
+}
+
+/// Where Istio records the pod's own `istio-proxy` container.
+const PROXY_OVERRIDES_ANNOTATION: &str = "proxy.istio.io/overrides";
+
+/// The pod's own istio-proxy as Istio records it: `image: auto` left out, `resources` always
+/// present.
+fn overrides_record(own: &Map<String, Value>) -> Value {
+    let mut record = own.clone();
+    if record.get("image").and_then(Value::as_str) == Some(crate::gateway::AUTO_IMAGE) {
+        record.remove("image");
+    }
+    record.entry("resources").or_insert_with(|| json!({}));
+    Value::Object(record)
+}
+
+/// Adds Istio's gateway sysctl `net.ipv4.ip_unprivileged_port_start=0` to the pod's security
+/// context unless the pod sets it.
+fn allow_unprivileged_ports(spec: &mut Map<String, Value>) {
+    const SYSCTL: &str = "net.ipv4.ip_unprivileged_port_start";
+    let context = spec.entry("securityContext").or_insert_with(|| json!({}));
+    let Some(context) = context.as_object_mut() else {
+        return;
+    };
+    let sysctls = context.entry("sysctls").or_insert_with(|| json!([]));
+    if let Some(list) = sysctls.as_array_mut()
+        && !list
+            .iter()
+            .any(|s| s.get("name").and_then(Value::as_str) == Some(SYSCTL))
+    {
+        list.push(json!({"name": SYSCTL, "value": "0"}));
+    }
 }
 
 /// Labels or annotations.
@@ -411,22 +804,6 @@ fn app_containers(spec: &Map<String, Value>) -> Result<Vec<NamedContainer>, Vec<
     } else {
         Err(errors)
     }
-}
-
-fn has_container(spec: &Map<String, Value>, name: &str) -> bool {
-    ["containers", "initContainers"].iter().any(|list| {
-        spec.get(*list).and_then(Value::as_array).is_some_and(|l| {
-            l.iter()
-                .any(|c| c.get("name").and_then(Value::as_str) == Some(name))
-        })
-    })
-}
-
-/// Whether a pod spec holds a whole sidecar already (the output of injection without its
-/// status annotation): both `istio-init` and `istio-proxy`. A lone `istio-proxy` is the pod's
-/// own settings for the proxy, as in Istio's gateway Deployments (`image: auto`).
-pub(crate) fn has_full_sidecar(spec: &Map<String, Value>) -> bool {
-    has_container(spec, PROXY_CONTAINER_NAME) && has_container(spec, INIT_CONTAINER_NAME)
 }
 
 /// The array at `key`, created when absent (or not an array).
@@ -521,13 +898,33 @@ fn settings(config: &InjectConfig, o: &SidecarOverrides, proxy_config: &ProxyCon
         agent_log_level: or(&o.agent_log_level, &values.global.logging.level),
         privileged: proxy.privileged,
         readiness: (
-            proxy.readiness_initial_delay_seconds,
-            proxy.readiness_period_seconds,
-            proxy.readiness_failure_threshold,
+            o.readiness
+                .0
+                .unwrap_or(proxy.readiness_initial_delay_seconds),
+            o.readiness.1.unwrap_or(proxy.readiness_period_seconds),
+            o.readiness.2.unwrap_or(proxy.readiness_failure_threshold),
         ),
         token_audience: values.global.sds.token.aud.clone(),
         env: Vec::new(),
         proxy_metadata: proxy_config.proxy_metadata.clone(),
+        startup_probe: proxy
+            .startup_probe
+            .enabled
+            .then_some(proxy.startup_probe.failure_threshold),
+        cni: values.pilot.cni.enabled,
+        native: false,
+        // The mesh's or pod's ProxyConfig, or the values: either turns it on (Istio ORs them).
+        hold_application: proxy_config
+            .hold_application_until_proxy_starts
+            .unwrap_or(false)
+            || proxy.hold_application_until_proxy_starts,
+        reroute_interfaces: o.reroute_interfaces.clone(),
+        exclude_interfaces: o.exclude_interfaces.clone(),
+        user_volumes: o.user_volumes.clone(),
+        user_volume_mounts: o.user_volume_mounts.clone(),
+        proxy_uid: PROXY_UID,
+        proxy_gid: PROXY_UID,
+        mtls_certs_secret: None,
     }
 }
 
@@ -549,8 +946,8 @@ fn proxy_env(
     mut proxy_config: ProxyConfig,
     workload: &WorkloadMeta,
     sidecar: &Sidecar,
-    app_names: &[String],
-    app_containers: &[&Map<String, Value>],
+    (app_names, app_containers): (&[String], &[&Map<String, Value>]),
+    (labels, annotations): (&StringMap, &StringMap),
 ) -> Vec<Value> {
     // PROXY_CONFIG carries what the user set (mesh defaultConfig, then the annotation), plus
     // what injection decided that the proxy cannot know otherwise.
@@ -562,32 +959,72 @@ fn proxy_env(
         let _ = proxy_config.set("discoveryAddress", json!(config.values.istiod_address()));
     }
 
-    let mut env = vec![
+    let mut env = Vec::new();
+    if config.mesh.inbound_traffic_policy == Some(InboundMode::Localhost) {
+        // The proxy sends inbound requests to the app on 127.0.0.1, probes included.
+        env.push(env_value(
+            "REWRITE_PROBE_LEGACY_LOCALHOST_DESTINATION",
+            "true",
+        ));
+    }
+    env.extend([
+        env_value(
+            "PILOT_CERT_PROVIDER",
+            config.values.global.pilot_cert_provider.clone(),
+        ),
         env_value("CA_ADDR", config.values.ca_address()),
         env_field("POD_NAME", "metadata.name"),
         env_field("POD_NAMESPACE", "metadata.namespace"),
         env_field("INSTANCE_IP", "status.podIP"),
         env_field("SERVICE_ACCOUNT", "spec.serviceAccountName"),
         env_field("HOST_IP", "status.hostIP"),
+        env_resource("ISTIO_CPU_LIMIT", "limits.cpu"),
         env_value("PROXY_CONFIG", format!("{}\n", proxy_config.to_json())),
         env_value("ISTIO_META_POD_PORTS", pod_ports_json(app_containers)),
-        env_value("ISTIO_META_APP_CONTAINERS", app_names.join(",")),
+    ]);
+    env.extend([
+        // No app containers: the variable without a value, as Kubernetes writes an empty one.
+        if app_names.is_empty() {
+            json!({"name": "ISTIO_META_APP_CONTAINERS"})
+        } else {
+            env_value("ISTIO_META_APP_CONTAINERS", app_names.join(","))
+        },
+        env_resource("GOMEMLIMIT", "limits.memory"),
         env_value("ISTIO_META_CLUSTER_ID", config.cluster_id()),
+        env_field("ISTIO_META_NODE_NAME", "spec.nodeName"),
         env_value(
             "ISTIO_META_INTERCEPTION_MODE",
             sidecar.interception_mode.as_str(),
         ),
-    ];
-    if !workload.name.is_empty() {
-        env.push(env_value("ISTIO_META_WORKLOAD_NAME", workload.name.clone()));
+    ]);
+    // The pod's `service.istio.io/workload-name` label names its workload, else its owner.
+    let workload_name = labels
+        .get(WORKLOAD_NAME_LABEL)
+        .filter(|n| !n.is_empty())
+        .unwrap_or(&workload.name);
+    if !workload_name.is_empty() {
+        env.push(env_value("ISTIO_META_WORKLOAD_NAME", workload_name.clone()));
     }
     if let Some(owner) = workload.owner_uri() {
         env.push(env_value("ISTIO_META_OWNER", owner));
     }
     env.push(env_value("ISTIO_META_MESH_ID", config.mesh_id()));
     env.push(env_value("TRUST_DOMAIN", config.trust_domain()));
+    if config.mesh.otel_semantic_conventions {
+        let attributes = otel_resource_attributes(labels, annotations, workload, app_containers);
+        if !attributes.is_empty() {
+            env.push(env_value("OTEL_RESOURCE_ATTRIBUTES", attributes));
+        }
+    }
     for (k, v) in &sidecar.proxy_metadata {
         env.push(env_value(k, v.clone()));
+    }
+    if !config.values.global.network.is_empty() {
+        // Istio sets the network after the template, as it labels the pod with it.
+        env.push(env_value(
+            "ISTIO_META_NETWORK",
+            config.values.global.network.clone(),
+        ));
     }
     env
 }
@@ -616,7 +1053,7 @@ fn add_labels(labels: &mut BTreeMap<String, String>, workload: &WorkloadMeta, tl
     ])
     .unwrap_or_else(|| "latest".to_string());
     if let Some(name) = name {
-        labels.insert(label::CANONICAL_NAME.to_string(), name);
+        labels.insert(label::CANONICAL_NAME.to_string(), label_value(&name));
     }
     labels.insert(label::CANONICAL_REVISION.to_string(), revision);
 }
@@ -625,10 +1062,17 @@ fn add_labels(labels: &mut BTreeMap<String, String>, workload: &WorkloadMeta, tl
 /// the pod turned scraping off. The app's own scrape settings go to the proxy (which scrapes
 /// the app and merges) in `ISTIO_PROMETHEUS_ANNOTATIONS`.
 fn merge_prometheus(annotations: &mut BTreeMap<String, String>, status_port: u16) -> Option<Value> {
-    if annotations
-        .get(ann::PROMETHEUS_SCRAPE)
-        .is_some_and(|s| s.eq_ignore_ascii_case("false"))
-    {
+    // Istio matches the key as a Prometheus label name (`prometheus.io.scrape` counts too) and
+    // the value as Go's ParseBool.
+    let sanitized = |k: &str| -> String {
+        k.chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect()
+    };
+    if annotations.iter().any(|(k, v)| {
+        sanitized(k) == "prometheus_io_scrape"
+            && matches!(v.as_str(), "0" | "f" | "F" | "false" | "FALSE" | "False")
+    }) {
         return None;
     }
     let port = status_port.to_string();
@@ -667,4 +1111,172 @@ fn merge_prometheus(annotations: &mut BTreeMap<String, String>, status_port: u16
         "/stats/prometheus".to_string(),
     );
     env
+}
+
+/// A label value cut as Istio's template cuts the canonical name (`trunc 63 | trimAll "-_."`):
+/// Kubernetes takes at most 63 characters, starting and ending with an alphanumeric.
+fn label_value(name: &str) -> String {
+    let cut: String = name.chars().take(63).collect();
+    cut.trim_matches(['-', '_', '.']).to_string()
+}
+
+/// The annotations Istio's CNI plugin reads to capture the pod's traffic (the template writes
+/// them when CNI is on), and the Multus network it needs.
+fn cni_annotations(
+    annotations: &mut BTreeMap<String, String>,
+    config: &InjectConfig,
+    sidecar: &Sidecar,
+) {
+    if config.values.pilot.cni.provider == "multus" {
+        let key = "k8s.v1.cni.cncf.io/networks";
+        let network = "default/istio-cni";
+        let value = match annotations.get(key).map(|v| v.trim()) {
+            None | Some("") => network.to_string(),
+            // Already there (a pod injected again): as it is.
+            Some(list) if list.contains("istio-cni") => list.to_string(),
+            // A JSON list of network objects, or a comma-separated list of names.
+            // Istio appends to the text, keeping the user's spelling.
+            Some(list) if list.starts_with('[') && list.ends_with(']') => {
+                let items = list[..list.len() - 1].trim_end();
+                let sep = if items == "[" { "" } else { ", " };
+                format!("{items}{sep}{{\"name\": \"istio-cni\", \"namespace\": \"default\"}}]")
+            }
+            Some(list) => format!("{list}, {network}"),
+        };
+        annotations.insert(key.to_string(), value);
+    }
+    let mut put = |key: &str, value: String| {
+        annotations.insert(key.to_string(), value);
+    };
+    put(
+        ann::SIDECAR_INTERCEPTION_MODE,
+        sidecar.interception_mode.as_str().to_string(),
+    );
+    if !sidecar.include_ip_ranges.is_empty() {
+        put(
+            ann::INCLUDE_OUTBOUND_IP_RANGES,
+            sidecar.include_ip_ranges.clone(),
+        );
+    }
+    if !sidecar.exclude_ip_ranges.is_empty() {
+        put(
+            ann::EXCLUDE_OUTBOUND_IP_RANGES,
+            sidecar.exclude_ip_ranges.clone(),
+        );
+    }
+    put(
+        ann::INCLUDE_INBOUND_PORTS,
+        sidecar.include_inbound_ports.clone(),
+    );
+    put(
+        ann::EXCLUDE_INBOUND_PORTS,
+        sidecar.cni_excluded_inbound_ports(),
+    );
+    if !sidecar.include_outbound_ports.is_empty() {
+        put(
+            ann::INCLUDE_OUTBOUND_PORTS,
+            sidecar.include_outbound_ports.clone(),
+        );
+    }
+    if !sidecar.exclude_outbound_ports.is_empty() {
+        put(
+            ann::EXCLUDE_OUTBOUND_PORTS,
+            sidecar.exclude_outbound_ports.clone(),
+        );
+    }
+    if let Some(i) = &sidecar.reroute_interfaces {
+        put(ann::REROUTE_VIRTUAL_INTERFACES, i.clone());
+    }
+    if let Some(i) = &sidecar.exclude_interfaces {
+        put(ann::EXCLUDE_INTERFACES, i.clone());
+    }
+}
+
+/// Runs the check `ama iptables` runs ([`netfilter::CaptureFlags::check`]) on the flags
+/// istio-init will get, so that a pod is refused here, naming the annotation or setting, rather
+/// than failing to start.
+fn check_capture(sidecar: &Sidecar, o: &SidecarOverrides) -> Result<(), FieldError> {
+    use netfilter::Flag;
+    let excluded_inbound = sidecar.excluded_inbound_ports();
+    let flags = netfilter::CaptureFlags {
+        interception_mode: sidecar.interception_mode.as_str(),
+        outbound_ranges: &sidecar.include_ip_ranges,
+        outbound_ranges_exclude: &sidecar.exclude_ip_ranges,
+        inbound_ports: &sidecar.include_inbound_ports,
+        inbound_ports_exclude: &excluded_inbound,
+        outbound_ports: &sidecar.include_outbound_ports,
+        outbound_ports_exclude: &sidecar.exclude_outbound_ports,
+        kube_virt_interfaces: sidecar.reroute_interfaces.as_deref().unwrap_or_default(),
+        exclude_interfaces: sidecar.exclude_interfaces.as_deref().unwrap_or_default(),
+    };
+    let Err(e) = flags.check() else {
+        return Ok(());
+    };
+    // Where the value came from: the pod's annotation if it set one, else the mesh settings.
+    let (annotation, setting): (Option<&str>, &str) = match e.flag {
+        Flag::InterceptionMode => (
+            o.interception_mode
+                .map(|_| ann::SIDECAR_INTERCEPTION_MODE)
+                .or_else(|| {
+                    o.proxy_config
+                        .as_ref()
+                        .and_then(|c| c.interception_mode)
+                        .map(|_| ann::PROXY_CONFIG)
+                }),
+            "MeshConfig defaultConfig.interceptionMode",
+        ),
+        Flag::OutboundRanges => (
+            o.include_outbound_ip_ranges
+                .as_ref()
+                .map(|_| ann::INCLUDE_OUTBOUND_IP_RANGES),
+            "values global.proxy.includeIPRanges",
+        ),
+        Flag::OutboundRangesExclude => (
+            o.exclude_outbound_ip_ranges
+                .as_ref()
+                .map(|_| ann::EXCLUDE_OUTBOUND_IP_RANGES),
+            "values global.proxy.excludeIPRanges",
+        ),
+        Flag::InboundPorts => (
+            o.include_inbound_ports
+                .as_ref()
+                .map(|_| ann::INCLUDE_INBOUND_PORTS),
+            "values global.proxy.includeInboundPorts",
+        ),
+        Flag::InboundPortsExclude => (
+            o.exclude_inbound_ports
+                .as_ref()
+                .map(|_| ann::EXCLUDE_INBOUND_PORTS),
+            "values global.proxy.excludeInboundPorts",
+        ),
+        Flag::OutboundPorts => (
+            o.include_outbound_ports
+                .as_ref()
+                .map(|_| ann::INCLUDE_OUTBOUND_PORTS),
+            "values global.proxy.includeOutboundPorts",
+        ),
+        Flag::OutboundPortsExclude => (
+            o.exclude_outbound_ports
+                .as_ref()
+                .map(|_| ann::EXCLUDE_OUTBOUND_PORTS),
+            "values global.proxy.excludeOutboundPorts",
+        ),
+        Flag::KubeVirtInterfaces => (
+            Some(if o.reroute_interfaces.is_some() {
+                ann::REROUTE_VIRTUAL_INTERFACES
+            } else {
+                ann::KUBEVIRT_INTERFACES
+            }),
+            "",
+        ),
+        Flag::ExcludeInterfaces => (Some(ann::EXCLUDE_INTERFACES), ""),
+    };
+    let message = format!("istio-init's `ama iptables` would refuse it: {e}");
+    Err(match annotation {
+        Some(key) => FieldError::new(format!("metadata.annotations[\"{key}\"]"), message),
+        None => FieldError::new(
+            "",
+            format!("{setting} (no pod annotation overrides it): {message}"),
+        ),
+    })
 }

@@ -8,11 +8,11 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::error::FieldError;
-use crate::sidecar::{INIT_CONTAINER_NAME, PROXY_CONTAINER_NAME};
+use crate::sidecar::{INIT_CONTAINER_NAME, PROXY_CONTAINER_NAME, VALIDATION_CONTAINER_NAME};
 
 /// Name of the proxy's environment variable holding the original probes.
 pub const KUBE_APP_PROBERS_ENV: &str = "ISTIO_KUBE_APP_PROBERS";
@@ -21,7 +21,7 @@ pub const KUBE_APP_PROBERS_ENV: &str = "ISTIO_KUBE_APP_PROBERS";
 pub type AppProbers = BTreeMap<String, Prober>;
 
 /// One original probe, in Istio's JSON shape (field order as Istio writes it).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prober {
     /// An HTTP GET probe.
     #[serde(rename = "httpGet", skip_serializing_if = "Option::is_none")]
@@ -38,7 +38,7 @@ pub struct Prober {
 }
 
 /// `httpGet` of a probe, with its port resolved to a number.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HttpGet {
     /// Request path.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -57,7 +57,7 @@ pub struct HttpGet {
 }
 
 /// `tcpSocket` of a probe, with its port resolved to a number.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TcpSocket {
     /// Container port.
     pub port: u16,
@@ -67,7 +67,7 @@ pub struct TcpSocket {
 }
 
 /// `grpc` of a probe. Istio writes `"service":null` when unset; so do we.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Grpc {
     /// Container port.
     pub port: u16,
@@ -103,16 +103,46 @@ pub fn rewrite_app_probes(
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string();
-            if name == PROXY_CONTAINER_NAME || name == INIT_CONTAINER_NAME {
+            if name == PROXY_CONTAINER_NAME
+                || name == INIT_CONTAINER_NAME
+                || name == VALIDATION_CONTAINER_NAME
+            {
                 continue;
             }
             let ports = named_ports(container);
+            // HTTP and TCP lifecycle hooks go through the proxy too
+            // (`/app-lifecycle/<container>/poststartz|prestopz`); `exec` and `sleep` stay.
+            if let Some(Value::Object(lifecycle)) = container.get_mut("lifecycle") {
+                for (hook, suffix) in HOOKS {
+                    let Some(Value::Object(handler)) = lifecycle.get_mut(hook) else {
+                        continue;
+                    };
+                    let path = format!("/app-lifecycle/{name}/{suffix}");
+                    let at = format!("{list}[{i}].lifecycle.{hook}");
+                    if points_at(handler, &path, status_port) {
+                        continue;
+                    }
+                    match original_prober(handler, &ports, &name) {
+                        Ok(Some(prober)) if prober.grpc.is_none() => {
+                            point_at_status_port(handler, &path, status_port);
+                            probers.insert(path, prober);
+                        }
+                        Ok(_) => {}
+                        Err(e) => errors.push(e.under(&at)),
+                    }
+                }
+            }
             for (field, suffix) in PROBES {
                 let Some(Value::Object(probe)) = container.get_mut(field) else {
                     continue;
                 };
                 let path = format!("/app-health/{name}/{suffix}");
                 let at = format!("{list}[{i}].{field}");
+                // Already pointing at the proxy (an injected pod injected again): its original
+                // is in the old proxy's ISTIO_KUBE_APP_PROBERS.
+                if points_at(probe, &path, status_port) {
+                    continue;
+                }
                 match original_prober(probe, &ports, &name) {
                     Ok(Some(prober)) => {
                         point_at_status_port(probe, &path, status_port);
@@ -221,17 +251,35 @@ fn resolve_port(
     }
 }
 
-/// Replaces the probe's handler by a GET of `path` on the status port; timings are kept.
-/// Host, scheme and headers stay with the original probe, which the proxy runs.
+/// Replaces the probe's handler by a GET of `path` on the status port; timings are kept. An
+/// HTTP GET keeps its other fields as Istio keeps them (host, headers), its scheme turned from
+/// HTTPS to HTTP: the kubelet speaks HTTP to the proxy, which speaks HTTPS to the app.
 fn point_at_status_port(probe: &mut Map<String, Value>, path: &str, status_port: u16) {
-    for handler in ["httpGet", "tcpSocket", "grpc"] {
+    let mut get = match probe.remove("httpGet") {
+        Some(Value::Object(get)) => get,
+        _ => Map::new(),
+    };
+    for handler in ["tcpSocket", "grpc"] {
         probe.remove(handler);
     }
-    probe.insert(
-        "httpGet".to_string(),
-        json!({ "path": path, "port": status_port }),
-    );
+    get.insert("path".into(), json!(path));
+    get.insert("port".into(), json!(status_port));
+    if get.get("scheme").and_then(Value::as_str) == Some("HTTPS") {
+        get.insert("scheme".into(), json!("HTTP"));
+    }
+    probe.insert("httpGet".to_string(), Value::Object(get));
 }
+
+/// Whether a probe or hook is already a GET of `path` on the status port.
+fn points_at(probe: &Map<String, Value>, path: &str, status_port: u16) -> bool {
+    probe.get("httpGet").is_some_and(|get| {
+        get.get("path").and_then(Value::as_str) == Some(path)
+            && get.get("port").and_then(Value::as_u64) == Some(u64::from(status_port))
+    })
+}
+
+/// The lifecycle hooks Istio hands to the proxy, with their status-port path suffix.
+const HOOKS: [(&str, &str); 2] = [("postStart", "poststartz"), ("preStop", "prestopz")];
 
 #[cfg(test)]
 mod tests {
@@ -257,7 +305,7 @@ mod tests {
         );
         assert_eq!(
             spec["containers"][0]["readinessProbe"],
-            json!({"httpGet": {"path": "/app-health/app/readyz", "port": 15020}, "periodSeconds": 5})
+            json!({"httpGet": {"path": "/app-health/app/readyz", "port": 15020, "scheme": "HTTP"}, "periodSeconds": 5})
         );
         assert_eq!(
             spec["containers"][1]["livenessProbe"],

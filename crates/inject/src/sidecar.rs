@@ -70,11 +70,57 @@ pub struct Sidecar {
     pub env: Vec<Value>,
     /// `proxyMetadata`, also given to the init container.
     pub proxy_metadata: BTreeMap<String, String>,
+    /// Failure threshold of the proxy's startup probe (`None`: no startup probe).
+    pub startup_probe: Option<u32>,
+    /// Istio's CNI plugin captures: `istio-validation` checks the rules instead of
+    /// `istio-init` writing them.
+    pub cni: bool,
+    /// `istio-proxy` is a native sidecar: an init container with `restartPolicy: Always`.
+    pub native: bool,
+    /// Hold the apps until the proxy is ready: the proxy first, with a postStart hook.
+    pub hold_application: bool,
+    /// `-k`: virtual interfaces whose traffic is captured as inbound
+    /// (`istio.io/reroute-virtual-interfaces`, `traffic.sidecar.istio.io/kubevirtInterfaces`).
+    pub reroute_interfaces: Option<String>,
+    /// `-c`: interfaces whose traffic is never captured
+    /// (`traffic.sidecar.istio.io/excludeInterfaces`).
+    pub exclude_interfaces: Option<String>,
+    /// Volumes of `sidecar.istio.io/userVolume`, added to the pod.
+    pub user_volumes: Vec<Value>,
+    /// Mounts of `sidecar.istio.io/userVolumeMount`, added to the proxy.
+    pub user_volume_mounts: Vec<Value>,
+    /// Uid of the proxy: 1337, or the `runAsUser` of the pod's own `istio-proxy` container.
+    /// Its traffic is not captured (`-u`).
+    pub proxy_uid: u32,
+    /// Gid of the proxy: 1337, or the pod's own `istio-proxy`'s `runAsGroup`.
+    pub proxy_gid: u32,
+    /// `global.mountMtlsCerts`: the secret holding the pod's certificates
+    /// (`istio.<service account>`), mounted at `/etc/certs/`.
+    pub mtls_certs_secret: Option<String>,
 }
 
+/// Name of the init container that checks the CNI plugin's capture (Istio's).
+pub const VALIDATION_CONTAINER_NAME: &str = "istio-validation";
+
+/// The postStart hook of a proxy that holds the apps until it is ready: Istio's `pilot-agent
+/// wait` in our spelling. `ama up` keys on it (and on the proxy being the first container) to
+/// start the apps only once the proxy is ready.
+pub const WAIT_COMMAND: [&str; 3] = [BINARY, "proxy", "wait"];
+
 impl Sidecar {
-    /// The `-d` argument: the proxy's own ports, the user's exclusions and the status port.
+    /// The `-d` argument: the proxy's own ports, then [`Self::cni_excluded_inbound_ports`].
     pub fn excluded_inbound_ports(&self) -> String {
+        let mut all = vec![PROXY_PROMETHEUS_PORT.to_string(), HEALTH_PORT.to_string()];
+        let rest = self.cni_excluded_inbound_ports();
+        if !rest.is_empty() {
+            all.push(rest);
+        }
+        all.join(",")
+    }
+
+    /// Istio's `excludeInboundPort`: the user's inbound exclusions, then the status port unless
+    /// they list it (the CNI plugin's `excludeInboundPorts` annotation).
+    pub fn cni_excluded_inbound_ports(&self) -> String {
         let mut ports: Vec<String> = self
             .exclude_inbound_ports
             .split(',')
@@ -86,9 +132,7 @@ impl Sidecar {
         if self.status_port != 0 && !ports.contains(&status) {
             ports.push(status);
         }
-        let mut all = vec![PROXY_PROMETHEUS_PORT.to_string(), HEALTH_PORT.to_string()];
-        all.extend(ports);
-        all.join(",")
+        ports.join(",")
     }
 
     /// The `istio-init` container, or `None` when nothing is captured (`NONE`).
@@ -103,7 +147,12 @@ impl Sidecar {
             "-z",
             &INBOUND_CAPTURE_PORT.to_string(),
             "-u",
-            &PROXY_UID.to_string(),
+            &if self.interception_mode == InterceptionMode::Tproxy {
+                PROXY_UID
+            } else {
+                self.proxy_uid
+            }
+            .to_string(),
             "-m",
             self.interception_mode.as_str(),
             "-i",
@@ -123,13 +172,30 @@ impl Sidecar {
         if !self.exclude_outbound_ports.is_empty() {
             args.extend(["-o".to_string(), self.exclude_outbound_ports.clone()]);
         }
-        let mut c = json!({
-            "name": INIT_CONTAINER_NAME,
-            "image": self.image,
-            "command": [BINARY],
-            "args": args,
-            "resources": self.resources,
-            "securityContext": {
+        if let Some(interfaces) = &self.reroute_interfaces {
+            args.extend(["-k".to_string(), interfaces.clone()]);
+        }
+        if let Some(interfaces) = &self.exclude_interfaces {
+            args.extend(["-c".to_string(), interfaces.clone()]);
+        }
+        args.push(format!("--log_output_level={}", self.agent_log_level));
+        let security = if self.cni {
+            args.extend([
+                "--run-validation".to_string(),
+                "--skip-rule-apply".to_string(),
+            ]);
+            // The check runs as the proxy (Istio's adjustInitContainerUser).
+            json!({
+                "allowPrivilegeEscalation": self.privileged,
+                "privileged": self.privileged,
+                "capabilities": {"drop": ["ALL"]},
+                "readOnlyRootFilesystem": true,
+                "runAsGroup": self.proxy_gid,
+                "runAsNonRoot": true,
+                "runAsUser": self.proxy_uid,
+            })
+        } else {
+            json!({
                 "allowPrivilegeEscalation": self.privileged,
                 "privileged": self.privileged,
                 "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
@@ -137,7 +203,20 @@ impl Sidecar {
                 "runAsGroup": 0,
                 "runAsNonRoot": false,
                 "runAsUser": 0,
-            },
+            })
+        };
+        let name = if self.cni {
+            VALIDATION_CONTAINER_NAME
+        } else {
+            INIT_CONTAINER_NAME
+        };
+        let mut c = json!({
+            "name": name,
+            "image": self.image,
+            "command": [BINARY],
+            "args": args,
+            "resources": self.resources,
+            "securityContext": security,
         });
         let env: Vec<Value> = self
             .proxy_metadata
@@ -184,16 +263,27 @@ impl Sidecar {
                 "runAsNonRoot": !tproxy,
                 "runAsUser": if tproxy { 0 } else { PROXY_UID },
             },
-            "volumeMounts": [
-                {"mountPath": "/var/run/secrets/istio", "name": "istiod-ca-cert"},
-                {"mountPath": "/var/lib/istio/data", "name": "istio-data"},
-                {"mountPath": "/etc/istio/proxy", "name": "istio-envoy"},
-                {"mountPath": "/var/run/secrets/tokens", "name": "istio-token"},
-                {"mountPath": "/etc/istio/pod", "name": "istio-podinfo"},
-            ],
+            "volumeMounts": self.volume_mounts(),
         });
         let obj = object(&mut c);
+        if self.native {
+            obj.insert("restartPolicy".into(), json!("Always"));
+        }
+        if let Some(lifecycle) = self.lifecycle() {
+            obj.insert("lifecycle".into(), lifecycle);
+        }
         if self.status_port != 0 {
+            if let Some(failures) = self.startup_probe {
+                obj.insert(
+                    "startupProbe".into(),
+                    json!({
+                        "httpGet": {"path": "/healthz/ready", "port": HEALTH_PORT},
+                        "periodSeconds": 1,
+                        "timeoutSeconds": 3,
+                        "failureThreshold": failures,
+                    }),
+                );
+            }
             let (delay, period, failures) = self.readiness;
             let mut probe = json!({
                 "httpGet": {"path": "/healthz/ready", "port": HEALTH_PORT},
@@ -210,9 +300,60 @@ impl Sidecar {
         c
     }
 
-    /// The volumes the proxy mounts, in Istio's order.
+    /// The proxy's lifecycle hooks: Istio's postStart `pilot-agent wait` when it holds the apps
+    /// (not for a native sidecar, which Kubernetes starts first anyway), else for a native
+    /// sidecar the preStop drain, both in our spelling.
+    pub fn lifecycle(&self) -> Option<Value> {
+        if self.hold_application && !self.native {
+            return Some(json!({"postStart": {"exec": {"command": WAIT_COMMAND}}}));
+        }
+        if self.native {
+            return Some(json!({"preStop": {"exec": {"command": [
+                BINARY,
+                "proxy",
+                "request",
+                format!("--debug-port={}", self.status_port),
+                "POST",
+                "drain",
+            ]}}}));
+        }
+        None
+    }
+
+    /// The proxy's volume mounts, in Istio's order, then the pod's `userVolumeMount`s.
+    pub fn volume_mounts(&self) -> Vec<Value> {
+        let mut mounts = vec![
+            json!({"mountPath": "/var/run/secrets/workload-spiffe-uds", "name": "workload-socket"}),
+            json!({"mountPath": "/var/run/secrets/credential-uds", "name": "credential-socket"}),
+            json!({"mountPath": "/var/run/secrets/workload-spiffe-credentials", "name": "workload-certs"}),
+            json!({"mountPath": "/var/run/secrets/istio", "name": "istiod-ca-cert"}),
+            json!({"mountPath": "/var/run/secrets/istio/crl", "name": "istio-ca-crl"}),
+            json!({"mountPath": "/var/lib/istio/data", "name": "istio-data"}),
+            json!({"mountPath": "/etc/istio/proxy", "name": "istio-envoy"}),
+            json!({"mountPath": "/var/run/secrets/tokens", "name": "istio-token"}),
+        ];
+        if self.mtls_certs_secret.is_some() {
+            mounts
+                .push(json!({"mountPath": "/etc/certs/", "name": "istio-certs", "readOnly": true}));
+        }
+        mounts.push(json!({"mountPath": "/etc/istio/pod", "name": "istio-podinfo"}));
+        mounts.extend(self.user_volume_mounts.iter().cloned());
+        mounts
+    }
+
+    /// The volumes the proxy mounts, in Istio's order, then the pod's `userVolume`s.
     pub fn volumes(&self) -> Vec<Value> {
-        vec![
+        let mut volumes = self.base_volumes();
+        volumes.extend(self.user_volumes.iter().cloned());
+        volumes
+    }
+
+    /// The template's own volumes, in Istio's order.
+    fn base_volumes(&self) -> Vec<Value> {
+        let mut volumes = vec![
+            json!({"emptyDir": {}, "name": "workload-socket"}),
+            json!({"emptyDir": {}, "name": "credential-socket"}),
+            json!({"emptyDir": {}, "name": "workload-certs"}),
             json!({"name": "istio-envoy", "emptyDir": {"medium": "Memory"}}),
             json!({"name": "istio-data", "emptyDir": {}}),
             json!({"name": "istio-podinfo", "downwardAPI": {"items": [
@@ -225,7 +366,14 @@ impl Sidecar {
                 "path": "istio-token",
             }}]}}),
             json!({"name": "istiod-ca-cert", "configMap": {"name": "istio-ca-root-cert"}}),
-        ]
+            json!({"name": "istio-ca-crl", "configMap": {"name": "istio-ca-crl", "optional": true}}),
+        ];
+        if let Some(secret) = &self.mtls_certs_secret {
+            volumes.push(
+                json!({"name": "istio-certs", "secret": {"optional": true, "secretName": secret}}),
+            );
+        }
+        volumes
     }
 
     fn add_pull_policy(&self, container: &mut Map<String, Value>) {
@@ -294,6 +442,11 @@ pub fn pod_ports_json(app_containers: &[&Map<String, Value>]) -> String {
 /// Environment variable with a literal value.
 pub fn env_value(name: &str, value: impl Into<String>) -> Value {
     json!({"name": name, "value": value.into()})
+}
+
+/// Environment variable from a resource limit of the container (downward API), in units.
+pub fn env_resource(name: &str, resource: &str) -> Value {
+    json!({"name": name, "valueFrom": {"resourceFieldRef": {"resource": resource, "divisor": "1"}}})
 }
 
 /// Environment variable from a field of the pod (downward API).

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::config::InjectConfig;
 use crate::error::{FieldError, InjectError, Location, Warning};
-use crate::pod::{Outcome, inject_pod_template};
+use crate::pod::{Outcome, inject_pod_template, not_run_by_ama_up};
 use crate::workload::{WorkloadMeta, path_string, template_path};
 
 /// The result of injecting a stream.
@@ -155,7 +155,16 @@ fn inject_object(
             .collect::<Vec<_>>()
     })?;
     match outcome {
-        Outcome::Injected => Ok(true),
+        Outcome::Injected => {
+            for note in not_run_by_ama_up(template) {
+                notes.push(match item {
+                    Some(i) => format!("items[{i}] ({}): {prefix}.{note}", meta.display()),
+                    None if prefix.is_empty() => note,
+                    None => format!("{prefix}.{note}"),
+                });
+            }
+            Ok(true)
+        }
         Outcome::Skipped(reason) => {
             if let Some(warning) = reason.warning() {
                 notes.push(match item {

@@ -251,11 +251,9 @@ pub fn injection_required(
     if let Some(ns_labels) = namespace_labels {
         selected(ns_labels, &labels, config.revision())?;
     }
-    let has_sidecar = pod
-        .pointer("/spec")
-        .and_then(Value::as_object)
-        .is_some_and(crate::pod::has_full_sidecar);
-    if annotations.contains_key(ann::SIDECAR_STATUS) || has_sidecar {
+    // As Istio: only the status annotation says a pod is injected; an istio-init or istio-proxy
+    // of the pod's own is laid over the template's.
+    if annotations.contains_key(ann::SIDECAR_STATUS) {
         return Err(SkipReason::AlreadyInjected);
     }
     Ok(())
@@ -440,8 +438,7 @@ mod tests {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/webhook/create-pod.json");
         let mut review: Value =
             serde_json::from_slice(&std::fs::read(path).expect("payload")).expect("JSON");
-        review["request"]["object"]["metadata"]["annotations"] =
-            json!({"sidecar.istio.io/userVolumeMount": "[]", "sidecar.istio.io/proxyCPU": "50m"});
+        review["request"]["object"]["metadata"]["annotations"] = json!({"sidecar.istio.io/bootstrapOverride": "custom", "sidecar.istio.io/proxyCPU": "50m"});
         let body = serde_json::to_vec(&review).expect("JSON");
         let out: Value = serde_json::from_slice(&review_of(&body)).expect("an AdmissionReview");
         assert_eq!(out["response"]["allowed"], true);
@@ -450,7 +447,7 @@ mod tests {
         let w = warnings[0].as_str().expect("text");
         assert!(
             w.ends_with(
-                ": metadata.annotations[\"sidecar.istio.io/userVolumeMount\"]: not implemented \
+                ": metadata.annotations[\"sidecar.istio.io/bootstrapOverride\"]: not implemented \
                  by Ama; ignored"
             ),
             "{w}"

@@ -13,7 +13,9 @@ pub fn template_path(kind: &str) -> Option<&'static [&'static str]> {
         | "DaemonSet"
         | "ReplicaSet"
         | "ReplicationController"
-        | "Job" => Some(&["spec", "template"]),
+        | "Job"
+        // OpenShift's, injected as Istio injects it.
+        | "DeploymentConfig" => Some(&["spec", "template"]),
         "CronJob" => Some(&["spec", "jobTemplate", "spec", "template"]),
         _ => None,
     }
@@ -40,11 +42,14 @@ pub struct WorkloadMeta {
 }
 
 impl WorkloadMeta {
-    /// Reads the owner's identity from a Kubernetes object.
+    /// Reads the owner's identity from a Kubernetes object. A Pod with a controller
+    /// (`ownerReferences[].controller: true`) belongs to that controller, as Istio reads it: a
+    /// ReplicaSet named `<deployment>-<pod-template-hash>` is its Deployment's, a Job named
+    /// `<cronjob>-<8 to 10 digits>` is its CronJob's.
     pub fn of_object(object: &Value) -> Self {
         let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_string();
         let namespace = text(object.pointer("/metadata/namespace"));
-        WorkloadMeta {
+        let mut meta = WorkloadMeta {
             api_version: text(object.get("apiVersion")),
             kind: text(object.get("kind")),
             name: text(object.pointer("/metadata/name")),
@@ -53,7 +58,40 @@ impl WorkloadMeta {
             } else {
                 namespace
             },
+        };
+        if meta.kind != "Pod" {
+            return meta;
         }
+        let controller = object
+            .pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+            .and_then(|refs| {
+                refs.iter()
+                    .find(|r| r.get("controller") == Some(&Value::Bool(true)))
+            });
+        let Some(controller) = controller else {
+            return meta;
+        };
+        meta.api_version = text(controller.get("apiVersion"));
+        meta.kind = text(controller.get("kind"));
+        meta.name = text(controller.get("name"));
+        let hash = text(object.pointer("/metadata/labels/pod-template-hash"));
+        if meta.kind == "ReplicaSet"
+            && !hash.is_empty()
+            && let Some(deployment) = meta.name.strip_suffix(&format!("-{hash}"))
+        {
+            meta.name = deployment.to_string();
+            meta.kind = "Deployment".to_string();
+        } else if meta.kind == "Job"
+            && let Some((cronjob, stamp)) = meta.name.rsplit_once('-')
+            && (8..=10).contains(&stamp.len())
+            && stamp.bytes().all(|b| b.is_ascii_digit())
+        {
+            meta.name = cronjob.to_string();
+            meta.kind = "CronJob".to_string();
+            meta.api_version = "batch/v1".to_string();
+        }
+        meta
     }
 
     /// `Kind namespace/name`, as messages name an object.

@@ -17,6 +17,7 @@ fn golden_cases() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     let cases = common::cases();
     assert!(cases.len() >= 25, "golden cases missing: {}", cases.len());
+    let mut differ = Vec::new();
     for case in &cases {
         let (output, messages) = common::run(case);
         if update {
@@ -28,17 +29,47 @@ fn golden_cases() {
             }
             continue;
         }
-        let expected = fs::read_to_string(&case.expected_output).unwrap_or_else(|_| {
-            panic!("{}: no golden output; run with UPDATE_GOLDEN=1", case.name)
-        });
-        assert_eq!(expected, output, "case {}", case.name);
+        let expected = fs::read_to_string(&case.expected_output).unwrap_or_default();
         let expected_messages = fs::read_to_string(&case.expected_messages).unwrap_or_default();
-        assert_eq!(
-            expected_messages, messages,
-            "messages of case {}",
-            case.name
-        );
+        if expected == output && expected_messages == messages {
+            println!("golden {}: match", case.name);
+        } else {
+            println!("golden {}: differ", case.name);
+            differ.push(case);
+        }
     }
+    // Show each differing case's diff, then fail naming them all.
+    for case in &differ {
+        let (output, messages) = common::run(case);
+        let expected = fs::read_to_string(&case.expected_output).unwrap_or_else(|_| {
+            format!(
+                "(no {}: run with UPDATE_GOLDEN=1)",
+                case.expected_output.display()
+            )
+        });
+        let expected_messages = fs::read_to_string(&case.expected_messages).unwrap_or_default();
+        if expected != output {
+            println!("--- case {}: output", case.name);
+            println!(
+                "{}",
+                pretty_assertions::StrComparison::new(&expected, &output)
+            );
+        }
+        if expected_messages != messages {
+            println!("--- case {}: messages", case.name);
+            println!(
+                "{}",
+                pretty_assertions::StrComparison::new(&expected_messages, &messages)
+            );
+        }
+    }
+    let names: Vec<&str> = differ.iter().map(|c| c.name.as_str()).collect();
+    assert!(
+        names.is_empty(),
+        "{} of {} golden cases differ: {names:?}",
+        names.len(),
+        cases.len()
+    );
 }
 
 /// Injecting an injected stream changes nothing: a template is never injected twice.

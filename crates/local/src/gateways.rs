@@ -241,7 +241,7 @@ mod tests {
             };
             assert_eq!(env("POD_NAMESPACE").as_deref(), Some("istio-system"));
             assert_eq!(env("POD_NAME").as_deref(), Some("gw-1"));
-            assert_eq!(env("JWT_POLICY").as_deref(), Some("third-party-jwt"));
+            assert_eq!(env("PILOT_CERT_PROVIDER").as_deref(), Some("istiod"));
             assert!(
                 l.pod.pointer("/metadata/labels/istio").is_some(),
                 "{}",

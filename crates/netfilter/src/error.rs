@@ -11,6 +11,19 @@ pub enum Error {
     )]
     TproxyUnsupported,
 
+    /// `--run-validation` found no capture rules: the CNI plugin did not set them up.
+    #[error(
+        "no capture rules in this network namespace ({family} nat table has no {chain} chain): \
+         the CNI plugin did not set up capture for this pod; check that Istio's CNI plugin is \
+         installed on the node"
+    )]
+    NotCaptured {
+        /// The family checked.
+        family: crate::rules::Family,
+        /// The chain looked for.
+        chain: &'static str,
+    },
+
     /// An iptables program is not on `PATH`.
     #[error(
         "{program} not found in PATH: install the iptables package \

@@ -7,6 +7,8 @@
 //!   see exactly what would be loaded.
 //! - [`restore`]: [`apply`] and [`cleanup`], which run `iptables-restore --noflush` (and
 //!   `ip6tables-restore`) in the calling thread's network namespace.
+//! - [`flags`]: istio-iptables' capture flags as text and the one check `ama iptables` and
+//!   injection share ([`CaptureFlags::check`]).
 //! - [`host`]: what the rules need from the namespace: IPv6 addresses, DNS servers, the proxy
 //!   user, CAP_NET_ADMIN.
 //! - [`services`]: kube-proxy's part for a pod without a sidecar under `ama up`: Service VIPs
@@ -26,6 +28,7 @@
 
 pub mod config;
 mod error;
+pub mod flags;
 pub mod host;
 pub mod restore;
 pub mod rules;
@@ -33,5 +36,6 @@ pub mod services;
 
 pub use config::{Config, ParseError};
 pub use error::Error;
-pub use restore::{Applied, Cleaned, apply, cleanup};
+pub use flags::{CaptureFlags, Flag, FlagError};
+pub use restore::{Applied, Cleaned, apply, check_installed, cleanup};
 pub use rules::{Family, Rendered, RestoreScript, render};

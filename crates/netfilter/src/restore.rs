@@ -90,6 +90,26 @@ pub fn cleanup(config: &Config) -> Result<Cleaned, Error> {
     Ok(cleaned)
 }
 
+/// Checks that capture rules are installed in this network namespace (by a CNI plugin, which
+/// `istio-validation`'s `--run-validation --skip-rule-apply` relies on): the IPv4 nat table
+/// has the `ISTIO_OUTPUT` chain that every capture config installs.
+pub fn check_installed() -> Result<(), Error> {
+    const CHAIN: &str = "ISTIO_OUTPUT";
+    let saved = Saved::parse(&save(Family::V4)?);
+    let present = saved
+        .tables
+        .get(&Table::Nat)
+        .is_some_and(|t| t.chains.iter().any(|c| c == CHAIN));
+    if present {
+        Ok(())
+    } else {
+        Err(Error::NotCaptured {
+            family: Family::V4,
+            chain: CHAIN,
+        })
+    }
+}
+
 /// The rules `config` adds to built-in chains that do not jump into an `ISTIO_*` chain, as
 /// iptables-save prints them: cleanup cannot recognise these by their target alone.
 fn owned_hooks(config: &Config, family: Family) -> Vec<(Table, String)> {

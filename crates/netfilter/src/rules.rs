@@ -10,7 +10,7 @@ use std::fmt;
 
 use crate::config::{
     Cidr, Config, DnsCapture, INBOUND_PASSTHROUGH_V4, INBOUND_PASSTHROUGH_V6, InboundPorts,
-    InterceptionMode, OutboundRanges, OwnerGroups, Port,
+    OutboundRanges, OwnerGroups, Port,
 };
 use crate::error::Error;
 
@@ -275,9 +275,7 @@ pub fn render(config: &Config) -> Result<Rendered, Error> {
 
 /// The capture rules of `config` for one family, in the order Istio installs them.
 pub fn rules(config: &Config, family: Family) -> Result<RuleSet, Error> {
-    if config.inbound_interception_mode == InterceptionMode::Tproxy {
-        return Err(Error::TproxyUnsupported);
-    }
+    config.check_supported()?;
     let mut b = Builder {
         config,
         family,

@@ -62,7 +62,8 @@ pub struct Flags {
     #[arg(short = 'g', long = "proxy-gid", env = "PROXY_GID")]
     pub proxy_gid: Option<Owners>,
 
-    /// How inbound connections are captured: REDIRECT (TPROXY is not supported yet).
+    /// How inbound connections are captured: REDIRECT (TPROXY is refused, by injection too:
+    /// see `netfilter::CaptureFlags`).
     #[arg(
         short = 'm',
         long = "istio-inbound-interception-mode",
@@ -174,6 +175,20 @@ pub struct Flags {
     #[arg(long, value_enum, default_value = "auto")]
     pub ipv6: Ipv6,
 
+    /// Agent log levels (`default:info`), as injection writes for istio-iptables. `ama
+    /// iptables` prints only its result and its errors, so no level changes its output.
+    #[arg(long = "log_output_level", value_name = "LEVELS")]
+    pub log_output_level: Option<String>,
+
+    /// Check that capture rules are installed (by Istio's CNI plugin) instead of installing
+    /// them; fails when they are not. What the `istio-validation` init container runs.
+    #[arg(long = "run-validation")]
+    pub run_validation: bool,
+
+    /// Install no rules (with --run-validation: only check them).
+    #[arg(long = "skip-rule-apply")]
+    pub skip_rule_apply: bool,
+
     /// Print the iptables-restore input instead of loading it.
     #[arg(short = 'n', long = "dry-run", env = "DRY_RUN")]
     pub dry_run: bool,
@@ -197,6 +212,16 @@ pub enum Ipv6 {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let args = args.flags;
     let config = config(&args)?;
+    if args.run_validation {
+        netfilter::check_installed()?;
+        println!("capture rules are installed");
+        if args.skip_rule_apply {
+            return Ok(ExitCode::SUCCESS);
+        }
+    } else if args.skip_rule_apply {
+        println!("--skip-rule-apply: no rules installed");
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.cleanup {
         let cleaned = netfilter::cleanup(&config)?;
         if cleaned.chains.is_empty() && cleaned.hooks == 0 {
@@ -270,6 +295,8 @@ fn config(args: &Flags) -> anyhow::Result<Config> {
         ipv6: false,
         ipv4_loopback,
     };
+    // The check injection runs on the flags it writes (netfilter::CaptureFlags::check).
+    config.check_supported()?;
     config.ipv6 = match args.ipv6 {
         Ipv6::Always => true,
         Ipv6::Never => false,

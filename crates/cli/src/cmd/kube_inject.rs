@@ -52,13 +52,16 @@ const CONFIG_HELP: &str = "\
 Without config files, the settings are Istio's default profile, except the image:
 docker.io/ama/proxy:<ama version>. From the values: global.hub, global.tag,
 global.proxy.image, global.proxy.resources, global.caAddress, global.meshID,
-global.trustDomain, global.multiCluster.clusterName, global.istioNamespace,
-global.imagePullPolicy, global.imagePullSecrets, global.logging.level, global.proxy.{logLevel,
-componentLogLevel, statusPort, clusterDomain, includeIPRanges, excludeIPRanges,
-includeInboundPorts, excludeInboundPorts, includeOutboundPorts, excludeOutboundPorts,
-privileged, readiness*}, global.sds.token.aud, sidecarInjectorWebhook.rewriteAppHTTPProbe,
-revision. From the MeshConfig: trustDomain, enablePrometheusMerge, defaultConfig (sent to the
-proxy in PROXY_CONFIG; interceptionMode, statusPort and proxyMetadata also shape injection).
+global.trustDomain, global.multiCluster.clusterName, global.istioNamespace, global.network,
+global.imagePullPolicy, global.imagePullSecrets, global.logging.level, global.pilotCertProvider,
+global.mountMtlsCerts, global.proxy.{logLevel, componentLogLevel, statusPort, clusterDomain,
+includeIPRanges, excludeIPRanges, includeInboundPorts, excludeInboundPorts,
+includeOutboundPorts, excludeOutboundPorts, privileged, readiness*, startupProbe,
+holdApplicationUntilProxyStarts}, global.sds.token.aud, pilot.cni.{enabled, provider},
+pilot.env.ENABLE_NATIVE_SIDECARS (off unless \"true\"), sidecarInjectorWebhook.rewriteAppHTTPProbe,
+revision. From the MeshConfig: trustDomain, enablePrometheusMerge, inboundTrafficPolicy.mode,
+defaultConfig (sent to the proxy in PROXY_CONFIG; interceptionMode, statusPort,
+holdApplicationUntilProxyStarts and proxyMetadata also shape injection).
 Pod annotations override both. The Go template of istio-sidecar-injector is not used.";
 
 /// Runs `ama kube-inject`.

@@ -17,6 +17,7 @@ pub mod mesh_http;
 pub mod proxy;
 pub mod proxy_config;
 pub mod proxy_status;
+pub mod proxy_hooks;
 pub mod sample;
 pub mod sandbox;
 pub mod up;

@@ -43,6 +43,12 @@ enum Mode {
     /// Run as a gateway (Istio's ingress or egress gateway pod): no capture; serves the
     /// Gateways that select the pod on their port numbers. Takes the sidecar's flags.
     Router(Box<SidecarArgs>),
+    /// Wait until the proxy is ready (Istio's `pilot-agent wait`): the postStart hook of a pod
+    /// that holds its apps until the proxy starts.
+    Wait(super::proxy_hooks::WaitArgs),
+    /// Send one request to the proxy's status server (Istio's `pilot-agent request`), such as
+    /// a native sidecar's preStop `request --debug-port=15020 POST drain`.
+    Request(super::proxy_hooks::RequestArgs),
 }
 
 /// A Go-style duration (`45s`, `100ms`, `1m30s`, `2h`).
@@ -102,8 +108,10 @@ struct SidecarArgs {
     #[arg(long, alias = "proxyAdminPort", default_value_t = 15000)]
     admin_port: u16,
     /// Status port (health, app probes, merged metrics); Istio's `--statusPort` is the same.
-    #[arg(long, alias = "statusPort", default_value_t = 15020)]
-    status_port: u16,
+    /// [default: `statusPort` of the `PROXY_CONFIG` environment variable (injection writes a
+    /// pod's `status.sidecar.istio.io/port` there), else 15020]
+    #[arg(long, alias = "statusPort")]
+    status_port: Option<u16>,
     /// Readiness port.
     #[arg(long, default_value_t = 15021)]
     readiness_port: u16,
@@ -246,6 +254,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.mode {
         Mode::Sidecar(a) => sidecar(*a, false),
         Mode::Router(a) => sidecar(*a, true),
+        Mode::Wait(a) => super::proxy_hooks::wait(a),
+        Mode::Request(a) => super::proxy_hooks::request(a),
     }
 }
 
@@ -278,13 +288,16 @@ fn sidecar(a: SidecarArgs, router: bool) -> anyhow::Result<ExitCode> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     // Istio's injection passes the control plane in `PROXY_CONFIG` (ProxyConfig as JSON); the
     // flag, when given, wins.
+    let proxy_config = api::ProxyConfig::from_yaml(&env("PROXY_CONFIG").unwrap_or_default())
+        .context("PROXY_CONFIG")?;
     let discovery_address = match a.discovery_address {
         Some(d) => Some(d),
-        None => api::ProxyConfig::from_yaml(&env("PROXY_CONFIG").unwrap_or_default())
-            .context("PROXY_CONFIG")?
+        None => proxy_config
             .discovery_address
+            .clone()
             .filter(|d| !d.is_empty()),
     };
+    let status_port = a.status_port.or(proxy_config.status_port).unwrap_or(15020);
     let mut cfg = ProxyConfig {
         outbound_addr: SocketAddr::from(([0, 0, 0, 0], a.outbound_port)),
         inbound_addr: SocketAddr::from(([0, 0, 0, 0], a.inbound_port)),
@@ -307,7 +320,7 @@ fn sidecar(a: SidecarArgs, router: bool) -> anyhow::Result<ExitCode> {
     }
     let opts = SidecarOptions {
         admin_addr: SocketAddr::from(([127, 0, 0, 1], a.admin_port)),
-        status_addr: SocketAddr::from(([0, 0, 0, 0], a.status_port)),
+        status_addr: SocketAddr::from(([0, 0, 0, 0], status_port)),
         readiness_addr: SocketAddr::from(([0, 0, 0, 0], a.readiness_port)),
         prometheus_addr: SocketAddr::from(([0, 0, 0, 0], a.prometheus_port)),
         config_file: a.config,
