@@ -324,6 +324,11 @@ struct Mesh {
     all_ready: bool,
     /// The sidecars' tokens for `ama discovery`'s CA (discovery mode).
     tokens: Option<FileTokens>,
+    /// When each object was first seen (`creationTimestamp`), by `kind/namespace/name`: kept
+    /// while the object changes, as the API server keeps it across `kubectl apply`.
+    created: HashMap<String, u64>,
+    /// What `resources.json` holds, to write it only when it changes.
+    resources: Vec<Value>,
 }
 
 /// `ama discovery` while `ama up` supervises it.
@@ -390,6 +395,8 @@ impl Mesh {
             node,
             rng: StdRng::from_os_rng(),
             all_ready: false,
+            created: HashMap::new(),
+            resources: Vec::new(),
         })
     }
 
@@ -978,8 +985,37 @@ impl Mesh {
             ))?;
         }
         self.service_rules = kube_proxy::rules(&view.objects);
+        self.save_resources(&view)?;
         self.view = Some(view);
         self.sync_service_rules();
+        Ok(())
+    }
+
+    /// Writes `resources.json` for `ama get`: the user's objects and the EndpointSlices of the
+    /// Services, each with its `creationTimestamp`.
+    fn save_resources(&mut self, view: &MeshView) -> Result<(), Error> {
+        let slices = view
+            .objects
+            .iter()
+            .filter(|o| o.get("kind").and_then(Value::as_str) == Some("EndpointSlice"));
+        let now = now();
+        let mut seen = std::collections::HashSet::new();
+        let mut objects = Vec::new();
+        for raw in self.manifests.docs.iter().map(|d| &d.raw).chain(slices) {
+            let mut o = raw.clone();
+            let key = resource_key(&o);
+            let at = *self.created.entry(key.clone()).or_insert(now);
+            seen.insert(key);
+            if let Some(Value::Object(meta)) = o.get_mut("metadata") {
+                meta.insert("creationTimestamp".into(), json!(crate::table::rfc3339(at)));
+            }
+            objects.push(o);
+        }
+        self.created.retain(|k, _| seen.contains(k));
+        if objects != self.resources {
+            self.dir.save_resources(&objects)?;
+            self.resources = objects;
+        }
         Ok(())
     }
 
@@ -1393,6 +1429,17 @@ pub fn tail(path: &Path, n: usize) -> String {
 /// `namespace/kind.group/name`: how the state names an applied object.
 fn object_key(d: &manifests::Document) -> String {
     format!("{}/{}", d.object.metadata().namespace, d.resource_name())
+}
+
+/// `kind/namespace/name` of a raw object.
+fn resource_key(o: &Value) -> String {
+    let text = |p: &str| o.pointer(p).and_then(Value::as_str).unwrap_or_default();
+    format!(
+        "{}/{}/{}",
+        text("/kind"),
+        text("/metadata/namespace"),
+        text("/metadata/name")
+    )
 }
 
 fn content_hash(raw: &Value) -> String {

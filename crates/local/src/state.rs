@@ -6,6 +6,8 @@
 //!
 //! ```text
 //! <state>/state.json            the pod table, services, the pid of `ama up`
+//! <state>/resources.json        every object with its creation time, for `ama get` (private:
+//!                               Secrets are among them)
 //! <state>/config/               the objects `ama discovery` reads (file registry)
 //! <state>/applied/NNNN.yaml     what `ama apply -f` gave, in order
 //! <state>/pods/<pod>/           per pod: <container>.log, resources.json (file mode)
@@ -28,6 +30,8 @@ use crate::naming::valid_cluster_name;
 pub const DEFAULT_CLUSTER: &str = "ama";
 /// The state file, in the state directory.
 const STATE_FILE: &str = "state.json";
+/// The objects of the mesh as `ama get` lists them, in the state directory.
+const RESOURCES_FILE: &str = "resources.json";
 
 /// Seconds since the epoch.
 pub fn now() -> u64 {
@@ -153,6 +157,49 @@ impl StateDir {
         write_atomic(&self.state_file(), text.as_bytes())
     }
 
+    /// `resources.json`: every object of the mesh (the user's, with `creationTimestamp`, and
+    /// the EndpointSlices of the Services), written by `ama up` whenever they change.
+    pub fn resources_file(&self) -> PathBuf {
+        self.root.join(RESOURCES_FILE)
+    }
+
+    /// Writes `resources.json` atomically, readable by its owner only (Secrets are in it).
+    pub fn save_resources(&self, objects: &[Value]) -> Result<(), Error> {
+        let path = self.resources_file();
+        let text = serde_json::to_vec(objects).map_err(|e| Error::State {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let tmp = path.with_file_name(format!(".{RESOURCES_FILE}.tmp"));
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(Error::io(&tmp))?;
+            file.write_all(&text).map_err(Error::io(&tmp))?;
+        }
+        set_mode(&tmp, 0o600)?;
+        fs::rename(&tmp, &path).map_err(Error::io(&path))
+    }
+
+    /// Reads `resources.json`; empty when `ama up` has not written it yet.
+    pub fn load_resources(&self) -> Result<Vec<Value>, Error> {
+        let path = self.resources_file();
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::State {
+                path,
+                message: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(source) => Err(Error::Io { path, source }),
+        }
+    }
+
     /// Removes the whole directory.
     pub fn remove(&self) -> Result<(), Error> {
         match fs::remove_dir_all(&self.root) {
@@ -272,16 +319,25 @@ pub struct ControlPlaneRecord {
 
 impl State {
     /// The pod named `name`, in any namespace (names are unique across the mesh here), or the
-    /// first pod whose name starts with `name` when that is unambiguous.
+    /// one pod whose name starts with `name`; [`Error::AmbiguousPod`] (naming every candidate)
+    /// when several do.
     pub fn pod(&self, name: &str) -> Result<&PodRecord, Error> {
         if let Some(p) = self.pods.iter().find(|p| p.name == name) {
             return Ok(p);
         }
-        let mut prefixed = self.pods.iter().filter(|p| p.name.starts_with(name));
-        match (prefixed.next(), prefixed.next()) {
-            (Some(p), None) => Ok(p),
-            _ => Err(Error::NoPod {
+        let prefixed: Vec<&PodRecord> = self
+            .pods
+            .iter()
+            .filter(|p| p.name.starts_with(name))
+            .collect();
+        match prefixed.as_slice() {
+            [p] => Ok(p),
+            [] => Err(Error::NoPod {
                 name: name.to_string(),
+            }),
+            many => Err(Error::AmbiguousPod {
+                name: name.to_string(),
+                candidates: many.iter().map(|p| p.name.clone()).collect(),
             }),
         }
     }
@@ -636,6 +692,19 @@ mod tests {
         assert!(state.pod("httpbin-deployment-9bfd96975-px5lv").is_ok());
         assert!(state.pod("httpbin").is_ok());
         assert!(matches!(state.pod("ubuntu"), Err(Error::NoPod { .. })));
+        let mut other = pod();
+        other.name = "httpbin-deployment-9bfd96975-zz7xq".into();
+        let state = State {
+            pods: vec![pod(), other],
+            ..State::default()
+        };
+        let err = state.pod("httpbin-").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "pod name \"httpbin-\" is ambiguous: the names of pods httpbin-deployment-9bfd96975-px5lv, \
+             httpbin-deployment-9bfd96975-zz7xq start with it; give more of the name"
+        );
+        assert!(state.pod("httpbin-deployment-9bfd96975-zz").is_ok());
     }
 
     #[test]

@@ -1,5 +1,9 @@
-//! `ama get pods|services`: the local mesh's objects as kubectl shows them (`-o wide`,
-//! `-o json`, `-o yaml`, `-o jsonpath=TEMPLATE`), from its state file.
+//! `ama get TYPE[,TYPE...] [NAME...]`: the local mesh's objects as kubectl lists them, from its
+//! state: pods, services, deployments, replicasets, endpoints, endpointslices, namespaces,
+//! configmaps, secrets and every Istio kind (its CRD's printer columns), by kubectl's names,
+//! short names and plurals ([`api::kinds::resolve`]); `all` is kubectl's pods, services,
+//! deployments and replicasets; several kinds print one block each, names as `kind/name`.
+//! `-o wide|json|yaml|name|jsonpath=TEMPLATE`; a Secret's data only in `-o json|yaml`.
 //!
 //! A jsonpath template is kubectl's: literal text and `{expression}`s, each expression an RFC
 //! 9535 JSONPath relative to the object (`{.status.loadBalancer.ingress[0].ip}`,
@@ -9,7 +13,7 @@
 use std::process::ExitCode;
 
 use anyhow::bail;
-use local::table;
+use local::table::{self, Layout, Resource, Snapshot, Table};
 use serde_json::Value;
 
 use super::local::MeshName;
@@ -23,6 +27,8 @@ pub enum Output {
     Json,
     /// The objects as YAML (a List).
     Yaml,
+    /// `kind/name` lines.
+    Name,
     /// `jsonpath=TEMPLATE`: the template applied to the object (or the List).
     JsonPath(String),
 }
@@ -32,10 +38,11 @@ fn parse_output(text: &str) -> Result<Output, String> {
         "wide" => Ok(Output::Wide),
         "json" => Ok(Output::Json),
         "yaml" => Ok(Output::Yaml),
+        "name" => Ok(Output::Name),
         _ => match text.split_once('=') {
             Some(("jsonpath", template)) => Ok(Output::JsonPath(template.to_string())),
             _ => Err(format!(
-                "unknown output format {text:?} (wide, json, yaml, jsonpath=TEMPLATE)"
+                "unknown output format {text:?} (wide, json, yaml, name, jsonpath=TEMPLATE)"
             )),
         },
     }
@@ -43,10 +50,13 @@ fn parse_output(text: &str) -> Result<Output, String> {
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// pods (po) or services (svc).
+    /// The kinds, comma-separated (`pods`, `deploy`, `vs`, `pods,services`, `all`), or
+    /// `TYPE/NAME`.
+    #[arg(value_name = "TYPE[,TYPE...]")]
     pub kind: String,
-    /// Only this object.
-    pub name: Option<String>,
+    /// Only these objects (or more `TYPE/NAME`s).
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
     /// Namespace.
     #[arg(short = 'n', long = "namespace", default_value = "default")]
     pub namespace: String,
@@ -63,74 +73,164 @@ pub struct Args {
     pub mesh: MeshName,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut state = args.mesh.dir()?.load()?;
-    let ns = (!args.all_namespaces).then_some(args.namespace.as_str());
-    let selector = parse_selector(args.selector.as_deref())?;
-    let matches = |name: &str, namespace: &str, object: &Value| {
-        args.name.as_deref().is_none_or(|n| n == name)
-            && ns.is_none_or(|n| n == namespace)
-            && selector.iter().all(|(k, v)| {
-                object
-                    .pointer("/metadata/labels")
-                    .and_then(|l| l.get(k))
-                    .and_then(Value::as_str)
-                    == Some(v.as_str())
-            })
+/// What was asked: each kind with the names asked of it (empty: all).
+type Request = Vec<(Resource, Vec<String>)>;
+
+/// `TYPE[,TYPE...] [NAME...]` or `TYPE/NAME...`, as kubectl reads them. True when the output
+/// names the kinds (several kinds, `all`, or `TYPE/NAME`).
+fn parse_request(kind: &str, names: &[String]) -> anyhow::Result<(Request, bool)> {
+    let resolve = |name: &str| {
+        Resource::resolve(name).ok_or_else(|| {
+            anyhow::anyhow!(
+                "the server doesn't have a resource type \"{name}\" (e.g. pods, services, \
+                 deployments, replicasets, endpoints, namespaces, configmaps, secrets, \
+                 virtualservices, destinationrules, gateways, serviceentries, all)"
+            )
+        })
     };
-    let now = local::state::now();
-    let out = match args.kind.as_str() {
-        "pods" | "pod" | "po" => {
-            state
-                .pods
-                .retain(|p| matches(&p.name, &p.namespace, &p.object));
-            if let Some(name) = &args.name
-                && state.pods.is_empty()
-            {
-                bail!("pods \"{name}\" not found");
+    let mut request: Request = Vec::new();
+    if kind.contains('/') {
+        for arg in std::iter::once(kind).chain(names.iter().map(String::as_str)) {
+            let Some((resource, name)) = arg.split_once('/') else {
+                bail!("{arg:?}: give TYPE/NAME here too (e.g. deployment/{arg})");
+            };
+            let resource = resolve(resource)?;
+            match request.iter_mut().find(|(r, _)| *r == resource) {
+                Some((_, list)) => list.push(name.to_string()),
+                None => request.push((resource, vec![name.to_string()])),
             }
-            let node_ip = local::ipam::GATEWAY.to_string();
-            match &args.output {
-                Some(output @ (Output::Json | Output::Yaml | Output::JsonPath(_))) => render(
-                    output,
-                    state
-                        .pods
-                        .iter()
-                        .map(|p| table::pod_object(p, &node_ip))
-                        .collect(),
-                    args.name.is_some(),
-                )?,
-                wide => {
-                    let node =
-                        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-                    table::pods(&state, ns, wide == &Some(Output::Wide), now, node.trim())
+        }
+        return Ok((request, true));
+    }
+    let kinds: Vec<&str> = kind.split(',').filter(|k| !k.is_empty()).collect();
+    for k in &kinds {
+        if *k == "all" {
+            for a in table::ALL {
+                request.push((resolve(a)?, names.to_vec()));
+            }
+        } else {
+            request.push((resolve(k)?, names.to_vec()));
+        }
+    }
+    if request.is_empty() {
+        bail!("give a resource type (e.g. `ama get pods`)");
+    }
+    let several = kinds.len() > 1 || kinds.contains(&"all");
+    Ok((request, several))
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let (request, several) = parse_request(&args.kind, &args.names)?;
+    let dir = args.mesh.dir()?;
+    let state = dir.load()?;
+    let objects = dir.load_resources()?;
+    let node = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let snapshot = Snapshot {
+        state: &state,
+        objects: &objects,
+        now: local::state::now(),
+        node: node.trim(),
+    };
+    let namespace = (!args.all_namespaces).then_some(args.namespace.as_str());
+    let selector = parse_selector(args.selector.as_deref())?;
+    let (out, missing) = get(
+        &snapshot,
+        &request,
+        several,
+        namespace,
+        &selector,
+        args.output.as_ref(),
+    )?;
+    print!("{out}");
+    for m in &missing {
+        eprintln!("Error from server (NotFound): {m} not found");
+    }
+    Ok(if missing.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The output of `ama get`, and the objects asked for by name that are not there
+/// (`deployments.apps "x"`).
+fn get(
+    snapshot: &Snapshot<'_>,
+    request: &Request,
+    several: bool,
+    namespace: Option<&str>,
+    selector: &[(String, String)],
+    output: Option<&Output>,
+) -> anyhow::Result<(String, Vec<String>)> {
+    let wide = output == Some(&Output::Wide);
+    let mut tables: Vec<Table> = Vec::new();
+    let mut missing = Vec::new();
+    for (resource, names) in request {
+        let mut t = table::table(snapshot, resource, wide);
+        t.rows.retain(|r| {
+            (t.cluster_scoped || namespace.is_none_or(|n| n == r.namespace))
+                && selector.iter().all(|(k, v)| r.label(k) == Some(v.as_str()))
+        });
+        if !names.is_empty() {
+            // In the order asked, as kubectl prints them.
+            let mut rows = Vec::new();
+            for name in names {
+                match t.rows.iter().find(|r| &r.name == name) {
+                    Some(r) => rows.push(r.clone()),
+                    None => missing.push(format!("{} \"{name}\"", plural(&t.prefix))),
                 }
             }
+            t.rows = rows;
         }
-        "services" | "service" | "svc" => {
-            state
-                .services
-                .retain(|s| matches(&s.name, &s.namespace, &s.object));
-            if let Some(name) = &args.name
-                && state.services.is_empty()
-            {
-                bail!("services \"{name}\" not found");
-            }
-            match &args.output {
-                Some(output @ (Output::Json | Output::Yaml | Output::JsonPath(_))) => render(
-                    output,
-                    state.services.iter().map(table::service_object).collect(),
-                    args.name.is_some(),
-                )?,
-                wide => table::services(&state, ns, wide == &Some(Output::Wide), now),
+        tables.push(t);
+    }
+    let out = match output {
+        None | Some(Output::Wide) => {
+            let layout = if several {
+                Layout::WithKind
+            } else {
+                Layout::Plain
+            };
+            if tables.iter().all(|t| t.rows.is_empty()) && !missing.is_empty() {
+                String::new()
+            } else {
+                table::print(&tables, layout, namespace)
             }
         }
-        other => bail!(
-            "the server doesn't have a resource type \"{other}\" (ama get knows pods and services)"
-        ),
+        Some(Output::Name) => {
+            if tables.iter().all(|t| t.rows.is_empty()) {
+                String::new()
+            } else {
+                table::print(&tables, Layout::Names, namespace)
+            }
+        }
+        Some(output) => {
+            let single = !several && request.iter().map(|(_, n)| n.len()).sum::<usize>() == 1;
+            let items = tables
+                .into_iter()
+                .flat_map(|t| t.rows.into_iter().map(|r| r.object))
+                .collect();
+            render(output, items, single)?
+        }
     };
-    print!("{out}");
-    Ok(ExitCode::SUCCESS)
+    Ok((out, missing))
+}
+
+/// kubectl's plural of a `kind.group` prefix: `deployments.apps`, `endpoints`, `policies`.
+fn plural(prefix: &str) -> String {
+    let (kind, group) = prefix.split_once('.').unwrap_or((prefix, ""));
+    let kind = if kind.ends_with('s') {
+        kind.to_string()
+    } else if let Some(stem) = kind.strip_suffix('y') {
+        format!("{stem}ies")
+    } else {
+        format!("{kind}s")
+    };
+    if group.is_empty() {
+        kind
+    } else {
+        format!("{kind}.{group}")
+    }
 }
 
 fn render(output: &Output, mut items: Vec<Value>, single: bool) -> anyhow::Result<String> {

@@ -15,4 +15,5 @@ pub mod manifest;
 pub mod proxy;
 pub mod sample;
 pub mod sandbox;
+pub mod scale;
 pub mod up;
