@@ -41,6 +41,8 @@ enum Command {
     Apply(cmd::apply::Args),
     /// Remove objects from the running local mesh (like `kubectl delete`).
     Delete(cmd::delete::Args),
+    /// Show a pod of the local mesh in detail (like `kubectl describe pod`).
+    Describe(cmd::describe::Args),
     /// Set the replicas of a Deployment of the running local mesh (like `kubectl scale`).
     Scale(cmd::scale::Args),
     /// Create a Secret in the running local mesh (like `kubectl create secret tls|generic`).
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         Command::Delete(args) => cmd::delete::run(args),
         Command::Create(args) => cmd::create::run(args),
         Command::Scale(args) => cmd::scale::run(args),
+        Command::Describe(args) => cmd::describe::run(args),
         Command::Sample(args) => cmd::sample::run(args),
         Command::Sandbox(args) => cmd::sandbox::run(args),
     };

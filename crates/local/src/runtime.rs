@@ -10,8 +10,18 @@
 //!   10 minutes of running), counted in RESTARTS and shown as `CrashLoopBackOff` meanwhile, as
 //!   kubelet does; `ama discovery` too (its CA and the objects it serves are files in the state
 //!   directory, so the new process serves the same mesh and the proxies reconnect to it);
-//! - readiness probes run inside the pod's namespace, and only ready pods are endpoints
-//!   ([`mesh`]'s EndpointSlices); the state file is rewritten;
+//! - probes run inside the pod's namespace with their timing ([`crate::launch::Timing`]): a
+//!   readiness check is not made before `initialDelaySeconds`, then every tick until it passes
+//!   `successThreshold` times in a row (kubelet would wait for the next `periodSeconds`: a pod
+//!   is ready here as soon as it can be), then every `periodSeconds`, and `failureThreshold`
+//!   failures in a row make the container unready; only ready pods are endpoints ([`mesh`]'s
+//!   EndpointSlices). A liveness probe runs from `initialDelaySeconds` every `periodSeconds`;
+//!   `failureThreshold` failures in a row kill the container (SIGKILL), which is restarted as any
+//!   exit is. The state file is rewritten;
+//! - a container that exits is restarted as the pod's `restartPolicy` says (Always; OnFailure:
+//!   after a non-zero exit; Never), else it stays Terminated (STATUS Completed, NotReady, Error);
+//! - `holdApplicationUntilProxyStarts` ([`crate::launch::hold_application`]): the app containers
+//!   start once `istio-proxy` is ready;
 //! - a pod without a sidecar has the Service rules of [`kube_proxy`] in its namespace before
 //!   its processes start, replaced whenever Services or their ready endpoints change.
 //!
@@ -78,9 +88,6 @@ const BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// removes it reaches every proxy (the registry is polled every 200 ms), and requests already
 /// sent to it finish. Istio's default `terminationDrainDuration`.
 const ENDPOINT_DRAIN: Duration = Duration::from_secs(5);
-/// Readiness checks that must fail in a row before a ready container is not (Kubernetes'
-/// default `failureThreshold`).
-const FAILURE_THRESHOLD: u32 = 3;
 /// How long after a pod became a ready endpoint it is shown as ready: the push that adds it has
 /// reached the proxies by then (discovery polls its registry every 200 ms; in file mode the
 /// proxies poll their file every second), so a client that waits for `2/2` can reach it at once.
@@ -289,6 +296,19 @@ struct PodRuntime {
     passing: Vec<bool>,
     /// Per container: readiness checks failed in a row.
     probe_failures: Vec<u32>,
+    /// Per container: readiness checks passed in a row (towards `successThreshold`).
+    probe_successes: Vec<u32>,
+    /// Per container: when its next readiness check is due.
+    ready_due: Vec<Option<Instant>>,
+    /// Per container: liveness checks failed in a row, and when the next is due.
+    live_failures: Vec<u32>,
+    live_due: Vec<Option<Instant>>,
+    /// When each running container started.
+    started: HashMap<String, Instant>,
+    /// `spec.restartPolicy`.
+    restart_policy: crate::launch::RestartPolicy,
+    /// The app containers wait for the sidecar ([`crate::launch::hold_application`]).
+    hold_application: bool,
     /// Without a sidecar: the Service rules last installed in its namespace ([`kube_proxy`]),
     /// and the last failure to install them (said once, retried every tick).
     service_rules: Option<String>,
@@ -607,6 +627,8 @@ impl Mesh {
                 .collect(),
             env: vec![],
             user: None,
+            readiness: crate::launch::Timing::default(),
+            liveness: None,
             // The control plane holds the CA's key: it keeps the host's view.
             sandbox: None,
             probe: crate::launch::Probe::Http {
@@ -902,6 +924,9 @@ impl Mesh {
             user: run.user,
             env: run.env.clone(),
             probe: run.probe.clone(),
+            readiness: run.readiness,
+            liveness: run.liveness.clone(),
+            last_state: None,
             sandbox: run.sandbox.clone(),
         };
         let init_reason = if l.init.is_empty() {
@@ -926,7 +951,17 @@ impl Mesh {
                 .collect(),
             containers: runs.iter().map(|r| record_of(r, init_reason)).collect(),
             object: l.pod.clone(),
+            events: Vec::new(),
         };
+        let mut record = record;
+        record.event(
+            false,
+            "Scheduled",
+            format!(
+                "Successfully assigned {}/{name} to {}",
+                record.namespace, self.node
+            ),
+        );
         Ok(PodRuntime {
             record,
             runs,
@@ -941,6 +976,13 @@ impl Mesh {
             endpoint_at: Instant::now(),
             passing: Vec::new(),
             probe_failures: Vec::new(),
+            probe_successes: Vec::new(),
+            ready_due: Vec::new(),
+            live_failures: Vec::new(),
+            live_due: Vec::new(),
+            started: HashMap::new(),
+            restart_policy: l.restart_policy,
+            hold_application: l.hold_application,
             service_rules: None,
             service_rules_error: None,
             netns,
@@ -1058,6 +1100,7 @@ impl Mesh {
                     .and_then(|c| c.try_wait().ok().flatten());
                 let Some(status) = exited else { continue };
                 pod.children.remove(&name);
+                pod.started.remove(&name);
                 let code = exit_code(status);
                 let record = record_mut(&mut pod.record, &name);
                 let ran = match record.state {
@@ -1074,7 +1117,21 @@ impl Mesh {
                     exit_code: code,
                     reason: if code == 0 { "Completed" } else { "Error" }.into(),
                 };
+                record.last_state = Some(record.state.clone());
                 if pod.record.terminating {
+                    continue;
+                }
+                if !pod.restart_policy.restarts(code) {
+                    if !(is_init && code == 0) {
+                        let note = format!(
+                            "pod {}: container {name} exited ({}); restartPolicy {:?}: not \
+                             restarted",
+                            pod.record.name,
+                            describe_exit(status),
+                            pod.restart_policy
+                        );
+                        observer.event(Event::Note(&note));
+                    }
                     continue;
                 }
                 if !(is_init && code == 0) {
@@ -1082,6 +1139,11 @@ impl Mesh {
                     let wait = backoff(record.restarts, ran);
                     let restart = record.restarts + 1;
                     pod.retry_at.insert(name.clone(), now_i + wait);
+                    pod.record.event(
+                        true,
+                        "BackOff",
+                        format!("Back-off restarting failed container {name}"),
+                    );
                     observer.event(Event::ContainerExited {
                         pod: &pod.record,
                         container: &name,
@@ -1121,8 +1183,28 @@ impl Mesh {
                 Some(n) => vec![pod.init_runs[n].clone()],
                 None => pod.runs.clone(),
             };
+            // holdApplicationUntilProxyStarts: the apps start once the sidecar is ready.
+            let held = pod.hold_application
+                && pod
+                    .record
+                    .containers
+                    .iter()
+                    .any(|c| c.role == Role::Sidecar && !c.ready);
             for run in to_start {
                 if pod.children.contains_key(&run.name) {
+                    continue;
+                }
+                let record = record_mut(&mut pod.record, &run.name);
+                let never_started = matches!(record.state, ContainerState::Waiting { .. })
+                    && record.last_exit_at.is_none();
+                if held && run.role == Role::App && never_started {
+                    continue;
+                }
+                // Ran to its end and its pod's restartPolicy keeps it there.
+                if let ContainerState::Terminated { exit_code, .. } = record.state
+                    && !pod.retry_at.contains_key(&run.name)
+                    && !pod.restart_policy.restarts(exit_code)
+                {
                     continue;
                 }
                 if pod.retry_at.get(&run.name).is_some_and(|t| now_i < *t) {
@@ -1152,6 +1234,12 @@ impl Mesh {
                         record.pid = Some(child.id());
                         record.state = ContainerState::Running { started_at: now() };
                         pod.children.insert(run.name.clone(), child);
+                        pod.started.insert(run.name.clone(), now_i);
+                        pod.record.event(
+                            false,
+                            "Started",
+                            format!("Started container {}", run.name),
+                        );
                     }
                     Err(e) => {
                         record.state = ContainerState::Waiting {
@@ -1196,23 +1284,45 @@ impl Mesh {
         Ok(())
     }
 
-    /// Runs the readiness probes of every running container, one thread per pod, and the
-    /// control plane's. True when a pod's readiness changed (its endpoints change with it).
+    /// Runs the probes that are due of every running container, one thread per pod, and the
+    /// control plane's readiness check; kills the containers whose liveness probe failed
+    /// `failureThreshold` times in a row. True when a pod's readiness changed (its endpoints
+    /// change with it).
     async fn probe(&mut self, observer: &mut dyn Observer) -> bool {
         let mut changed = false;
         let mut tasks = Vec::new();
-        for (i, pod) in self.pods.iter().enumerate() {
+        let now_i = Instant::now();
+        for (i, pod) in self.pods.iter_mut().enumerate() {
             if pod.record.terminating {
                 continue;
             }
-            let checks: Vec<(usize, crate::launch::Probe)> = pod
-                .record
-                .containers
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| matches!(c.state, ContainerState::Running { .. }))
-                .map(|(j, c)| (j, c.probe.clone()))
-                .collect();
+            let n = pod.record.containers.len();
+            pod.ready_due.resize(n, None);
+            pod.live_due.resize(n, None);
+            // (container, liveness?, check)
+            let mut checks: Vec<(usize, bool, crate::launch::Probe)> = Vec::new();
+            for (j, c) in pod.record.containers.iter().enumerate() {
+                let Some(started) = pod.started.get(&c.name).copied() else {
+                    pod.ready_due[j] = None;
+                    pod.live_due[j] = None;
+                    continue;
+                };
+                let delay = |t: &crate::launch::Timing| {
+                    started + Duration::from_secs(t.initial_delay_seconds)
+                };
+                let ready_due = *pod.ready_due[j].get_or_insert_with(|| delay(&c.readiness));
+                if now_i >= ready_due {
+                    checks.push((j, false, c.probe.clone()));
+                }
+                if let Some(l) = &c.liveness {
+                    let live_due = *pod.live_due[j].get_or_insert_with(|| delay(&l.timing));
+                    if now_i >= live_due {
+                        checks.push((j, true, l.check.clone()));
+                        pod.live_due[j] =
+                            Some(now_i + Duration::from_secs(l.timing.period_seconds));
+                    }
+                }
+            }
             let netns = pod.record.netns.clone();
             tasks.push((
                 i,
@@ -1220,7 +1330,7 @@ impl Mesh {
                     probe::in_netns(&netns, move || {
                         checks
                             .into_iter()
-                            .map(|(j, p)| (j, probe::check(&p)))
+                            .map(|(j, live, p)| (j, live, probe::check(&p)))
                             .collect::<Vec<_>>()
                     })
                 }),
@@ -1232,20 +1342,74 @@ impl Mesh {
             let pod = &mut self.pods[i];
             let n = pod.record.containers.len();
             pod.probe_failures.resize(n, 0);
+            pod.probe_successes.resize(n, 0);
+            pod.live_failures.resize(n, 0);
             pod.passing.resize(n, false);
-            let mut passed = vec![false; n];
-            for (j, ok) in results {
-                // A passing container stays so until FAILURE_THRESHOLD checks in a row fail
-                // (Kubernetes' default failureThreshold): one slow answer on a busy machine
-                // does not take a pod out of its Services. One success is enough again.
-                pod.probe_failures[j] = if ok { 0 } else { pod.probe_failures[j] + 1 };
-                passed[j] = ok || (pod.passing[j] && pod.probe_failures[j] < FAILURE_THRESHOLD);
+            let mut passed = pod.passing.clone();
+            for (j, live, ok) in results {
+                let c = pod.record.containers[j].clone();
+                if live {
+                    let Some(l) = &c.liveness else { continue };
+                    pod.live_failures[j] = if ok { 0 } else { pod.live_failures[j] + 1 };
+                    if !ok {
+                        let message = format!("Liveness probe failed: {}", l.check.describe());
+                        pod.record.event(true, "Unhealthy", message);
+                    }
+                    if pod.live_failures[j] >= l.timing.failure_threshold {
+                        pod.live_failures[j] = 0;
+                        let name = c.name.clone();
+                        if let Some(child) = pod.children.get(&name) {
+                            // Reaped and restarted (as restartPolicy says) by `supervise`.
+                            process::signal_group(child.id(), Signal::SIGKILL);
+                        }
+                        pod.record.event(
+                            false,
+                            "Killing",
+                            format!("Container {name} failed liveness probe, will be restarted"),
+                        );
+                        let note = format!(
+                            "pod {}: container {name} failed its liveness probe {} times: killed",
+                            pod.record.name, l.timing.failure_threshold
+                        );
+                        observer.event(Event::Note(&note));
+                    }
+                    continue;
+                }
+                // Readiness: `successThreshold` passes in a row make it pass, `failureThreshold`
+                // failures in a row make it fail; one slow answer on a busy machine does not
+                // take a pod out of its Services.
+                let timing = c.readiness;
+                if ok {
+                    pod.probe_failures[j] = 0;
+                    pod.probe_successes[j] += 1;
+                    if pod.probe_successes[j] >= timing.success_threshold {
+                        passed[j] = true;
+                    }
+                } else {
+                    pod.probe_successes[j] = 0;
+                    pod.probe_failures[j] += 1;
+                    if pod.probe_failures[j] >= timing.failure_threshold {
+                        passed[j] = false;
+                    }
+                    if passed[j] || pod.probe_failures[j] == timing.failure_threshold {
+                        let message = format!("Readiness probe failed: {}", c.probe.describe());
+                        pod.record.event(true, "Unhealthy", message);
+                    }
+                }
+                // Until it passes, checked every tick (ready as soon as it can be); then every
+                // periodSeconds.
+                pod.ready_due[j] = Some(if passed[j] {
+                    now_i + Duration::from_secs(timing.period_seconds)
+                } else {
+                    now_i
+                });
             }
             // A container that is not running (exited, restarting) fails at once.
             for (j, c) in pod.record.containers.iter().enumerate() {
                 if !matches!(c.state, ContainerState::Running { .. }) {
                     passed[j] = false;
                     pod.probe_failures[j] = 0;
+                    pod.probe_successes[j] = 0;
                 }
             }
             pod.passing.clone_from(&passed);

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::Error;
-use crate::launch::{Probe, Role};
+use crate::launch::{Probe, ProbeSpec, Role, Timing};
 use crate::naming::valid_cluster_name;
 
 /// The name of a mesh when none is given.
@@ -374,6 +374,59 @@ pub struct PodRecord {
     pub containers: Vec<ContainerRecord>,
     /// The pod object (what the control plane is told).
     pub object: Value,
+    /// What happened to it, oldest first, as `kubectl describe pod` lists Events (a repeat
+    /// counts on its first).
+    #[serde(default)]
+    pub events: Vec<PodEvent>,
+}
+
+/// One event of a pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodEvent {
+    /// `Normal` or `Warning`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `Started`, `Unhealthy`, `Killing`, `BackOff` …
+    pub reason: String,
+    /// What happened.
+    pub message: String,
+    /// When it first happened (seconds since the epoch).
+    pub first_at: u64,
+    /// When it last happened.
+    pub last_at: u64,
+    /// How often.
+    pub count: u32,
+}
+
+/// The most events a pod keeps (the oldest go first).
+const MAX_EVENTS: usize = 30;
+
+impl PodRecord {
+    /// Records an event; the same reason and message again counts on the earlier one.
+    pub fn event(&mut self, warning: bool, reason: &str, message: String) {
+        let at = now();
+        if let Some(e) = self
+            .events
+            .iter_mut()
+            .find(|e| e.reason == reason && e.message == message)
+        {
+            e.count += 1;
+            e.last_at = at;
+            return;
+        }
+        if self.events.len() >= MAX_EVENTS {
+            self.events.remove(0);
+        }
+        self.events.push(PodEvent {
+            kind: if warning { "Warning" } else { "Normal" }.into(),
+            reason: reason.into(),
+            message,
+            first_at: at,
+            last_at: at,
+            count: 1,
+        });
+    }
 }
 
 impl PodRecord {
@@ -402,14 +455,23 @@ impl PodRecord {
         if let Some(reason) = self.containers.iter().find_map(ContainerState::reason_of) {
             return reason;
         }
-        if self
+        let running = self
             .containers
             .iter()
-            .all(|c| matches!(c.state, ContainerState::Running { .. }))
-        {
-            "Running".into()
-        } else {
-            "Pending".into()
+            .filter(|c| matches!(c.state, ContainerState::Running { .. }))
+            .count();
+        let completed = self
+            .containers
+            .iter()
+            .filter(|c| matches!(c.state, ContainerState::Terminated { .. }))
+            .count();
+        // kubectl's: containers that ran to their end (restartPolicy OnFailure or Never) next
+        // to running ones make the pod NotReady; all of them, Completed.
+        match (running, completed) {
+            (_, c) if c == self.containers.len() && c > 0 => "Completed".into(),
+            (r, c) if r > 0 && c > 0 && r + c == self.containers.len() => "NotReady".into(),
+            (r, _) if r == self.containers.len() => "Running".into(),
+            _ => "Pending".into(),
         }
     }
 
@@ -487,9 +549,30 @@ pub struct ContainerRecord {
     pub env: Vec<(String, String)>,
     /// Its readiness check.
     pub probe: Probe,
+    /// When its readiness check runs.
+    #[serde(default)]
+    pub readiness: Timing,
+    /// Its liveness probe.
+    #[serde(default)]
+    pub liveness: Option<ProbeSpec>,
+    /// How it ended last time, when it was restarted or ran to its end (`kubectl describe`'s
+    /// Last State).
+    #[serde(default)]
+    pub last_state: Option<ContainerState>,
     /// Its view of the machine (`ama exec` enters it too).
     #[serde(default)]
     pub sandbox: Option<crate::sandbox::Sandbox>,
+}
+
+impl ContainerRecord {
+    /// Its readiness probe as `kubectl describe` shows it.
+    pub fn probe_text(&self) -> String {
+        ProbeSpec {
+            check: self.probe.clone(),
+            timing: self.readiness,
+        }
+        .describe()
+    }
 }
 
 /// A container's state, as in a Pod's `containerStatuses`.
@@ -575,6 +658,9 @@ mod tests {
             user: (role == Role::Sidecar).then_some((1337, 1337)),
             env: vec![("POD_NAME".into(), "p".into())],
             probe: Probe::Tcp { port: 80 },
+            readiness: Timing::default(),
+            liveness: None,
+            last_state: None,
             sandbox: None,
         }
     }
@@ -615,6 +701,7 @@ mod tests {
                 ),
             ],
             object: serde_json::json!({"kind": "Pod"}),
+            events: Vec::new(),
         }
     }
 
@@ -673,6 +760,15 @@ mod tests {
         };
         p.containers[0].ready = false;
         assert_eq!(p.status(), "CrashLoopBackOff");
+        // restartPolicy Never/OnFailure: what ran to its end stays so.
+        let mut done = pod();
+        done.containers[0].state = ContainerState::Terminated {
+            exit_code: 0,
+            reason: "Completed".into(),
+        };
+        assert_eq!(done.status(), "NotReady");
+        done.containers[1].state = done.containers[0].state.clone();
+        assert_eq!(done.status(), "Completed");
         assert_eq!(p.ready(), (1, 2));
         assert_eq!(p.container(None).unwrap().name, "httpbin");
         assert_eq!(

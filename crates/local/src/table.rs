@@ -1102,6 +1102,9 @@ mod golden {
             user: None,
             env: Vec::new(),
             probe: Probe::None,
+            readiness: Default::default(),
+            liveness: None,
+            last_state: None,
             sandbox: None,
         }
     }
@@ -1126,6 +1129,7 @@ mod golden {
             object: json!({"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": name, "namespace": "default",
                     "labels": {"app": "httpbin", "pod-template-hash": hash}}}),
+            events: Vec::new(),
         }
     }
 

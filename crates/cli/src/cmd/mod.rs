@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod create;
 pub mod delete;
+pub mod describe;
 pub mod discovery;
 pub mod down;
 pub mod exec;
