@@ -5,7 +5,8 @@
 //!   deployments, replicasets, endpoints, namespaces, configmaps (`-A`), Istio kinds with their
 //!   printer columns, `-l`, `-o name`, `-o json` parsed; an unknown kind and a missing name fail.
 //! - `ama apply -f DIR` (the directory's files only) then `-R` (its subdirectory too).
-//! - An ambiguous pod prefix (`ama exec httpbin`) names the candidates and fails.
+//! - An ambiguous pod prefix (`ama exec httpbin`) names the candidates and fails; `ama exec`
+//!   runs in the pod's hostname, mount namespace and hosts file.
 //! - `ama scale deployment/httpbin-deployment --replicas=3`: the new pod becomes an endpoint and
 //!   requests from ubuntu reach it (its sidecar's access log); `--replicas=1`: the endpoints
 //!   follow and every request still gets a 200.
@@ -372,6 +373,21 @@ fn kubectl_verbs() {
     for p in pods.iter().map(name).filter(|n| n.starts_with("httpbin-")) {
         assert!(err.contains(&p), "{err}");
     }
+
+    // exec: in the pod's hostname, its own mount namespace and hosts file.
+    assert_eq!(mesh.ok(&["exec", &ubuntu, "--", "hostname"]).trim(), ubuntu);
+    let hosts = mesh.ok(&["exec", &ubuntu, "--", "cat", "/etc/hosts"]);
+    assert!(
+        hosts.contains(" httpbin-service.default.svc.cluster.local"),
+        "{hosts}"
+    );
+    let mnt = mesh.ok(&["exec", &ubuntu, "--", "readlink", "/proc/self/ns/mnt"]);
+    let ours = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    assert_ne!(
+        mnt.trim(),
+        ours.to_string_lossy(),
+        "a mount namespace of its own"
+    );
 
     // scale up: the new pod is an endpoint and requests reach it.
     let before: Vec<String> = pods.iter().map(name).collect();

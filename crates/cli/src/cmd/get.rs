@@ -303,6 +303,110 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn kinds_and_names_as_kubectl_reads_them() {
+        let kinds = |k: &str, names: &[&str]| {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let (request, several) = parse_request(k, &names).unwrap();
+            let shown: Vec<String> = request
+                .iter()
+                .map(|(r, n)| format!("{}:{}", r.kind, n.join("+")))
+                .collect();
+            (shown, several)
+        };
+        assert_eq!(kinds("po", &[]), (vec!["Pod:".to_string()], false));
+        assert_eq!(
+            kinds("pods,deployments,services", &[]),
+            (
+                vec!["Pod:".into(), "Deployment:".into(), "Service:".into()],
+                true
+            )
+        );
+        assert_eq!(
+            kinds("all", &[]).0,
+            ["Pod:", "Service:", "Deployment:", "ReplicaSet:"]
+        );
+        assert_eq!(
+            kinds("deploy/a", &["deploy/b", "vs/c"]),
+            (
+                vec!["Deployment:a+b".into(), "VirtualService:c".into()],
+                true
+            )
+        );
+        assert_eq!(
+            kinds("vs", &["x"]),
+            (vec!["VirtualService:x".into()], false)
+        );
+        let err = parse_request("virtualservce", &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("doesn't have a resource type \"virtualservce\""),
+            "{err}"
+        );
+        assert!(parse_request("deploy/a", &["b".into()]).is_err());
+        assert_eq!(plural("deployment.apps"), "deployments.apps");
+        assert_eq!(plural("endpoints"), "endpoints");
+        assert_eq!(
+            plural("authorizationpolicy.security.istio.io"),
+            "authorizationpolicies.security.istio.io"
+        );
+    }
+
+    #[test]
+    fn json_is_a_list_or_the_one_object_asked_for() {
+        let state = local::state::State::default();
+        let objects = vec![
+            serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                "metadata": {"name": "a", "namespace": "default", "labels": {"app": "x"},
+                    "creationTimestamp": "2020-03-07T06:44:22Z"},
+                "spec": {"hosts": ["a"]}}),
+            serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                "metadata": {"name": "b", "namespace": "other",
+                    "creationTimestamp": "2020-03-07T06:44:22Z"},
+                "spec": {"hosts": ["b"]}}),
+            serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "s", "namespace": "default",
+                    "creationTimestamp": "2020-03-07T06:44:22Z"},
+                "data": {"k": "c2VjcmV0"}}),
+        ];
+        let snapshot = Snapshot {
+            state: &state,
+            objects: &objects,
+            now: 1_583_563_462 + 30,
+            node: "n",
+        };
+        let run = |kind: &str, names: &[&str], ns: Option<&str>, output: Option<Output>| {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let (request, several) = parse_request(kind, &names).unwrap();
+            get(&snapshot, &request, several, ns, &[], output.as_ref()).unwrap()
+        };
+        let (out, missing) = run("vs", &[], None, Some(Output::Json));
+        assert!(missing.is_empty());
+        let list: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(list["kind"], "List");
+        assert_eq!(list["items"].as_array().unwrap().len(), 2);
+        let (out, _) = run("vs", &["a"], Some("default"), Some(Output::Json));
+        let one: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(one["kind"], "VirtualService");
+        assert_eq!(one["spec"]["hosts"][0], "a");
+        let (out, missing) = run("vs", &["a", "zz"], Some("default"), None);
+        assert_eq!(missing, ["virtualservices.networking.istio.io \"zz\""]);
+        assert_eq!(
+            out,
+            "NAME   GATEWAYS   HOSTS   AGE\na                 [\"a\"]   30s\n"
+        );
+        // A Secret's data: in -o json only.
+        let (table, _) = run("secrets", &[], Some("default"), None);
+        assert!(!table.contains("c2VjcmV0"), "{table}");
+        assert!(table.starts_with("NAME   TYPE     DATA   AGE\ns      Opaque   1      30s"));
+        let (json, _) = run("secret", &["s"], Some("default"), Some(Output::Json));
+        assert!(json.contains("c2VjcmV0"));
+        let (names, _) = run("vs,secrets", &[], None, Some(Output::Name));
+        assert_eq!(
+            names,
+            "virtualservice.networking.istio.io/a\nvirtualservice.networking.istio.io/b\nsecret/s\n"
+        );
+    }
+
+    #[test]
     fn jsonpath_answers_istios_recipes() {
         let svc = json!({
             "spec": {"ports": [
