@@ -16,8 +16,9 @@
 //!   is ready here as soon as it can be), then every `periodSeconds`, and `failureThreshold`
 //!   failures in a row make the container unready; only ready pods are endpoints ([`mesh`]'s
 //!   EndpointSlices). A liveness probe runs from `initialDelaySeconds` every `periodSeconds`;
-//!   `failureThreshold` failures in a row kill the container (SIGKILL), which is restarted as any
-//!   exit is. The state file is rewritten;
+//!   `failureThreshold` failures in a row stop the container as kubelet does (SIGTERM, SIGKILL
+//!   after `terminationGracePeriodSeconds`), and it is restarted as any exit is. The state file
+//!   is rewritten;
 //! - a container that exits is restarted as the pod's `restartPolicy` says (Always; OnFailure:
 //!   after a non-zero exit; Never), else it stays Terminated (STATUS Completed, NotReady, Error);
 //! - `holdApplicationUntilProxyStarts` ([`crate::launch::hold_application`]): the app containers
@@ -305,6 +306,8 @@ struct PodRuntime {
     live_due: Vec<Option<Instant>>,
     /// When each running container started.
     started: HashMap<String, Instant>,
+    /// Containers stopped by their liveness probe (SIGTERM): when they get SIGKILL.
+    kill_at: HashMap<String, Instant>,
     /// `spec.restartPolicy`.
     restart_policy: crate::launch::RestartPolicy,
     /// The app containers wait for the sidecar ([`crate::launch::hold_application`]).
@@ -981,6 +984,7 @@ impl Mesh {
             live_failures: Vec::new(),
             live_due: Vec::new(),
             started: HashMap::new(),
+            kill_at: HashMap::new(),
             restart_policy: l.restart_policy,
             hold_application: l.hold_application,
             service_rules: None,
@@ -1101,6 +1105,7 @@ impl Mesh {
                 let Some(status) = exited else { continue };
                 pod.children.remove(&name);
                 pod.started.remove(&name);
+                pod.kill_at.remove(&name);
                 let code = exit_code(status);
                 let record = record_mut(&mut pod.record, &name);
                 let ran = match record.state {
@@ -1173,6 +1178,14 @@ impl Mesh {
                     removed.push(i);
                 }
                 continue;
+            }
+            // What its liveness probe stopped and is still there after the grace period.
+            for (name, at) in &pod.kill_at {
+                if now_i >= *at
+                    && let Some(child) = pod.children.get(name)
+                {
+                    process::signal_group(child.id(), Signal::SIGKILL);
+                }
             }
             // Init containers, one at a time.
             let next_init =
@@ -1347,20 +1360,23 @@ impl Mesh {
             pod.passing.resize(n, false);
             let mut passed = pod.passing.clone();
             for (j, live, ok) in results {
-                let c = pod.record.containers[j].clone();
                 if live {
+                    let c = &pod.record.containers[j];
                     let Some(l) = &c.liveness else { continue };
+                    let (name, threshold) = (c.name.clone(), l.timing.failure_threshold);
+                    let what = l.check.describe();
                     pod.live_failures[j] = if ok { 0 } else { pod.live_failures[j] + 1 };
                     if !ok {
-                        let message = format!("Liveness probe failed: {}", l.check.describe());
+                        let message = format!("Liveness probe failed: {what}");
                         pod.record.event(true, "Unhealthy", message);
                     }
-                    if pod.live_failures[j] >= l.timing.failure_threshold {
+                    if pod.live_failures[j] >= threshold {
                         pod.live_failures[j] = 0;
-                        let name = c.name.clone();
                         if let Some(child) = pod.children.get(&name) {
-                            // Reaped and restarted (as restartPolicy says) by `supervise`.
-                            process::signal_group(child.id(), Signal::SIGKILL);
+                            // As kubelet: SIGTERM, SIGKILL after the grace period (`supervise`);
+                            // reaped and restarted as restartPolicy says.
+                            process::signal_group(child.id(), Signal::SIGTERM);
+                            pod.kill_at.insert(name.clone(), now_i + pod.grace);
                         }
                         pod.record.event(
                             false,
@@ -1368,8 +1384,9 @@ impl Mesh {
                             format!("Container {name} failed liveness probe, will be restarted"),
                         );
                         let note = format!(
-                            "pod {}: container {name} failed its liveness probe {} times: killed",
-                            pod.record.name, l.timing.failure_threshold
+                            "pod {}: container {name} failed its liveness probe {threshold} \
+                             times: stopped, to be restarted",
+                            pod.record.name
                         );
                         observer.event(Event::Note(&note));
                     }
@@ -1378,7 +1395,8 @@ impl Mesh {
                 // Readiness: `successThreshold` passes in a row make it pass, `failureThreshold`
                 // failures in a row make it fail; one slow answer on a busy machine does not
                 // take a pod out of its Services.
-                let timing = c.readiness;
+                let c = &pod.record.containers[j];
+                let (timing, what) = (c.readiness, c.probe.describe());
                 if ok {
                     pod.probe_failures[j] = 0;
                     pod.probe_successes[j] += 1;
@@ -1392,7 +1410,7 @@ impl Mesh {
                         passed[j] = false;
                     }
                     if passed[j] || pod.probe_failures[j] == timing.failure_threshold {
-                        let message = format!("Readiness probe failed: {}", c.probe.describe());
+                        let message = format!("Readiness probe failed: {what}");
                         pod.record.event(true, "Unhealthy", message);
                     }
                 }

@@ -155,8 +155,15 @@ impl Resource {
     }
 }
 
-/// The kinds of `kubectl get all`, in its order.
-pub const ALL: [&str; 4] = ["pods", "services", "deployments", "replicasets"];
+/// The kinds of `kubectl get all` that `ama up` runs, in kubectl's order.
+pub const ALL: [&str; 6] = [
+    "pods",
+    "services",
+    "daemonsets",
+    "deployments",
+    "replicasets",
+    "statefulsets",
+];
 
 /// One kind's rows, in every namespace.
 #[derive(Debug, Clone, PartialEq)]
@@ -201,6 +208,8 @@ pub fn table(snapshot: &Snapshot<'_>, resource: &Resource, wide: bool) -> Table 
         "Service" => services(snapshot, wide),
         "Deployment" => deployments(snapshot, wide),
         "ReplicaSet" => replicasets(snapshot, wide),
+        "StatefulSet" => statefulsets(snapshot, wide),
+        "DaemonSet" => daemonsets(snapshot, wide),
         "Endpoints" => endpoints(snapshot),
         "EndpointSlice" => endpoint_slices(snapshot),
         "Namespace" => namespaces(snapshot),
@@ -219,7 +228,7 @@ pub fn table(snapshot: &Snapshot<'_>, resource: &Resource, wide: bool) -> Table 
     rows.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let group = match resource.kind {
         "Pod" | "Service" | "Endpoints" | "Namespace" | "ConfigMap" | "Secret" => "",
-        "Deployment" | "ReplicaSet" => "apps",
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => "apps",
         "EndpointSlice" => "discovery.k8s.io",
         _ => resource.group.unwrap_or_else(|| {
             snapshot
@@ -479,6 +488,100 @@ fn deployments(snapshot: &Snapshot<'_>, wide: bool) -> (Vec<String>, Vec<Row>) {
             }
         })
         .collect();
+    (strings(&header), rows)
+}
+
+/// The objects of `kind` in the snapshot.
+fn of_kind<'a>(snapshot: &'a Snapshot<'_>, kind: &'a str) -> impl Iterator<Item = &'a Value> {
+    snapshot
+        .objects
+        .iter()
+        .filter(move |o| o.get("kind").and_then(Value::as_str) == Some(kind))
+}
+
+/// A workload's rows from its pods: `cells(object, live pods, ready pods)`, and its object with
+/// the status of its pods.
+fn workload_rows(
+    snapshot: &Snapshot<'_>,
+    kind: &str,
+    cells: impl Fn(&Value, usize, usize) -> Vec<String>,
+) -> Vec<Row> {
+    of_kind(snapshot, kind)
+        .map(|o| {
+            let (namespace, name) = namespace_and_name(o);
+            let pods: Vec<&PodRecord> =
+                live_pods(snapshot.state, &format!("{kind}/{namespace}/{name}")).collect();
+            let ready = pods.iter().filter(|p| p.is_ready()).count();
+            let mut object = o.clone();
+            object["status"] = json!({
+                "replicas": pods.len(),
+                "readyReplicas": ready,
+                "availableReplicas": ready,
+            });
+            Row {
+                namespace,
+                name,
+                cells: cells(o, pods.len(), ready),
+                object,
+            }
+        })
+        .collect()
+}
+
+/// StatefulSets: NAME READY AGE.
+fn statefulsets(snapshot: &Snapshot<'_>, wide: bool) -> (Vec<String>, Vec<Row>) {
+    let mut header = vec!["READY", "AGE"];
+    if wide {
+        header.extend(["CONTAINERS", "IMAGES"]);
+    }
+    let rows = workload_rows(snapshot, "StatefulSet", |o, _, ready| {
+        let mut cells = vec![
+            format!("{ready}/{}", replicas_of(o)),
+            age_of(o, snapshot.now),
+        ];
+        if wide {
+            let [containers, images, _] = workload_wide(o.pointer("/spec/template"), None);
+            cells.extend([containers, images]);
+        }
+        cells
+    });
+    (strings(&header), rows)
+}
+
+/// DaemonSets (one node: one pod each): NAME DESIRED CURRENT READY UP-TO-DATE AVAILABLE
+/// NODE SELECTOR AGE.
+fn daemonsets(snapshot: &Snapshot<'_>, wide: bool) -> (Vec<String>, Vec<Row>) {
+    let mut header = vec![
+        "DESIRED",
+        "CURRENT",
+        "READY",
+        "UP-TO-DATE",
+        "AVAILABLE",
+        "NODE SELECTOR",
+        "AGE",
+    ];
+    if wide {
+        header.extend(["CONTAINERS", "IMAGES", "SELECTOR"]);
+    }
+    let rows = workload_rows(snapshot, "DaemonSet", |o, current, ready| {
+        let node_selector = selector_text(o.pointer("/spec/template/spec/nodeSelector"));
+        let mut cells = vec![
+            "1".into(),
+            current.to_string(),
+            ready.to_string(),
+            current.to_string(),
+            ready.to_string(),
+            node_selector,
+            age_of(o, snapshot.now),
+        ];
+        if wide {
+            cells.extend(workload_wide(
+                o.pointer("/spec/template"),
+                o.pointer("/spec/selector/matchLabels"),
+            ));
+        }
+        cells
+    });
     (strings(&header), rows)
 }
 
@@ -1407,6 +1510,48 @@ mod golden {
         assert_eq!(
             print(&[vs], Layout::Names, Some("default")),
             "virtualservice.networking.istio.io/httpbin\nvirtualservice.networking.istio.io/reviews\n"
+        );
+    }
+
+    #[test]
+    fn statefulsets_and_daemonsets() {
+        let mut db = pod("db-0", "h", [10, 244, 0, 9], true);
+        db.group = "StatefulSet/default/db".into();
+        let mut agent = pod("agent-x7k2p", "h", [10, 244, 0, 8], false);
+        agent.group = "DaemonSet/default/agent".into();
+        let state = State {
+            pods: vec![db, agent],
+            ..State::default()
+        };
+        let objects = vec![
+            json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+                "metadata": {"name": "db", "namespace": "default", "creationTimestamp": created(60)},
+                "spec": {"replicas": 2}}),
+            json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+                "metadata": {"name": "agent", "namespace": "default", "creationTimestamp": created(60)},
+                "spec": {}}),
+        ];
+        let snapshot = Snapshot {
+            state: &state,
+            objects: &objects,
+            now: NOW,
+            node: "n",
+        };
+        let tables: Vec<Table> = ALL
+            .iter()
+            .map(|k| table(&snapshot, &Resource::resolve(k).unwrap(), false))
+            .collect();
+        let out = print(&tables, Layout::WithKind, Some("default"));
+        let blocks: Vec<&str> = out.split("\n\n").collect();
+        assert_eq!(blocks.len(), 3, "{out}");
+        assert_eq!(
+            blocks[1],
+            "NAME                   DESIRED   CURRENT   READY   UP-TO-DATE   AVAILABLE   NODE SELECTOR   AGE\n\
+             daemonset.apps/agent   1         1         0       1            0           <none>          60s"
+        );
+        assert_eq!(
+            blocks[2],
+            "NAME                  READY   AGE\nstatefulset.apps/db   1/2     60s\n"
         );
     }
 

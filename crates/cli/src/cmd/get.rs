@@ -2,7 +2,8 @@
 //! state: pods, services, deployments, replicasets, endpoints, endpointslices, namespaces,
 //! configmaps, secrets and every Istio kind (its CRD's printer columns), by kubectl's names,
 //! short names and plurals ([`api::kinds::resolve`]); `all` is kubectl's pods, services,
-//! deployments and replicasets; several kinds print one block each, names as `kind/name`.
+//! daemonsets, deployments, replicasets and statefulsets; several kinds print one block each,
+//! names as `kind/name`.
 //! `-o wide|json|yaml|name|jsonpath=TEMPLATE`; a Secret's data only in `-o json|yaml`.
 //!
 //! A jsonpath template is kubectl's: literal text and `{expression}`s, each expression an RFC
@@ -323,7 +324,14 @@ mod tests {
         );
         assert_eq!(
             kinds("all", &[]).0,
-            ["Pod:", "Service:", "Deployment:", "ReplicaSet:"]
+            [
+                "Pod:",
+                "Service:",
+                "DaemonSet:",
+                "Deployment:",
+                "ReplicaSet:",
+                "StatefulSet:"
+            ]
         );
         assert_eq!(
             kinds("deploy/a", &["deploy/b", "vs/c"]),
