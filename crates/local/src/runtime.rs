@@ -1327,7 +1327,12 @@ impl Mesh {
                 if now_i >= ready_due {
                     checks.push((j, false, c.probe.clone()));
                 }
-                if let Some(l) = &c.liveness {
+                // Not probed for liveness again while it is being stopped.
+                if let Some(l) = c
+                    .liveness
+                    .as_ref()
+                    .filter(|_| !pod.kill_at.contains_key(&c.name))
+                {
                     let live_due = *pod.live_due[j].get_or_insert_with(|| delay(&l.timing));
                     if now_i >= live_due {
                         checks.push((j, true, l.check.clone()));
@@ -1363,13 +1368,15 @@ impl Mesh {
                 if live {
                     let c = &pod.record.containers[j];
                     let Some(l) = &c.liveness else { continue };
-                    let (name, threshold) = (c.name.clone(), l.timing.failure_threshold);
-                    let what = l.check.describe();
-                    pod.live_failures[j] = if ok { 0 } else { pod.live_failures[j] + 1 };
-                    if !ok {
-                        let message = format!("Liveness probe failed: {what}");
-                        pod.record.event(true, "Unhealthy", message);
+                    let threshold = l.timing.failure_threshold;
+                    if ok {
+                        pod.live_failures[j] = 0;
+                        continue;
                     }
+                    let (name, what) = (c.name.clone(), l.check.describe());
+                    pod.live_failures[j] += 1;
+                    let message = format!("Liveness probe failed: {what}");
+                    pod.record.event(true, "Unhealthy", message);
                     if pod.live_failures[j] >= threshold {
                         pod.live_failures[j] = 0;
                         if let Some(child) = pod.children.get(&name) {
@@ -1395,8 +1402,7 @@ impl Mesh {
                 // Readiness: `successThreshold` passes in a row make it pass, `failureThreshold`
                 // failures in a row make it fail; one slow answer on a busy machine does not
                 // take a pod out of its Services.
-                let c = &pod.record.containers[j];
-                let (timing, what) = (c.readiness, c.probe.describe());
+                let timing = pod.record.containers[j].readiness;
                 if ok {
                     pod.probe_failures[j] = 0;
                     pod.probe_successes[j] += 1;
@@ -1410,6 +1416,7 @@ impl Mesh {
                         passed[j] = false;
                     }
                     if passed[j] || pod.probe_failures[j] == timing.failure_threshold {
+                        let what = pod.record.containers[j].probe.describe();
                         let message = format!("Readiness probe failed: {what}");
                         pod.record.event(true, "Unhealthy", message);
                     }
