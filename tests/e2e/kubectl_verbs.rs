@@ -339,9 +339,12 @@ fn kubectl_verbs() {
         ["httpbin", "[\"httpbin-service\"]"],
         "{vs}"
     );
+    let none = mesh.ama(&["get", "se"]);
+    assert!(none.status.success() && none.stdout.is_empty());
     assert_eq!(
-        mesh.ok(&["get", "se"]),
-        "No resources found in default namespace.\n"
+        String::from_utf8_lossy(&none.stderr),
+        "No resources found in default namespace.\n",
+        "on standard error, as kubectl says it"
     );
     let out = mesh.ok(&["apply", "-R", "-f", config.to_str().unwrap()]);
     assert!(

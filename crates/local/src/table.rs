@@ -264,7 +264,7 @@ pub enum Layout {
 }
 
 /// The blocks of `tables` (empty ones left out) as kubectl prints them. `namespace`: the one
-/// listed, None with `-A` (a NAMESPACE column, and kubectl's message when nothing is found).
+/// listed, None with `-A` (a NAMESPACE column). Nothing at all is [`no_resources`]' line.
 pub fn print(tables: &[Table], layout: Layout, namespace: Option<&str>) -> String {
     let mut blocks = Vec::new();
     for t in tables.iter().filter(|t| !t.rows.is_empty()) {
@@ -1020,7 +1020,8 @@ fn restarts(p: &PodRecord, now: u64) -> String {
     }
 }
 
-fn no_resources(namespace: Option<&str>) -> String {
+/// kubectl's line when nothing was found (on standard error).
+pub fn no_resources(namespace: Option<&str>) -> String {
     match namespace {
         Some(ns) => format!("No resources found in {ns} namespace.\n"),
         None => "No resources found\n".to_string(),

@@ -55,7 +55,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let now = local::state::now();
     let texts: Vec<String> = pods.iter().map(|p| describe(p, node.trim(), now)).collect();
     if texts.is_empty() {
-        println!("No resources found in {} namespace.", args.namespace);
+        eprint!("{}", local::table::no_resources(Some(&args.namespace)));
     }
     print!("{}", texts.join("\n\n"));
     Ok(ExitCode::SUCCESS)

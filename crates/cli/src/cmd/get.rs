@@ -134,7 +134,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let namespace = (!args.all_namespaces).then_some(args.namespace.as_str());
     let selector = parse_selector(args.selector.as_deref())?;
-    let (out, missing) = get(
+    let got = get(
         &snapshot,
         &request,
         several,
@@ -142,19 +142,32 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         &selector,
         args.output.as_ref(),
     )?;
-    print!("{out}");
-    for m in &missing {
+    print!("{}", got.out);
+    if let Some(notice) = &got.notice {
+        eprint!("{notice}");
+    }
+    for m in &got.missing {
         eprintln!("Error from server (NotFound): {m} not found");
     }
-    Ok(if missing.is_empty() {
+    Ok(if got.missing.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
 }
 
-/// The output of `ama get`, and the objects asked for by name that are not there
-/// (`deployments.apps "x"`).
+/// What `ama get` prints.
+#[derive(Debug, Default)]
+struct Got {
+    /// On standard output.
+    out: String,
+    /// kubectl's "No resources found …", on standard error.
+    notice: Option<String>,
+    /// The objects asked for by name that are not there (`deployments.apps "x"`).
+    missing: Vec<String>,
+}
+
+/// The output of `ama get`.
 fn get(
     snapshot: &Snapshot<'_>,
     request: &Request,
@@ -162,7 +175,7 @@ fn get(
     namespace: Option<&str>,
     selector: &[(String, String)],
     output: Option<&Output>,
-) -> anyhow::Result<(String, Vec<String>)> {
+) -> anyhow::Result<Got> {
     let wide = output == Some(&Output::Wide);
     let mut tables: Vec<Table> = Vec::new();
     let mut missing = Vec::new();
@@ -185,26 +198,25 @@ fn get(
         }
         tables.push(t);
     }
+    let nothing = tables.iter().all(|t| t.rows.is_empty());
+    let mut notice = None;
     let out = match output {
+        None | Some(Output::Wide | Output::Name) if nothing => {
+            // Asked by name: the NotFound lines say it.
+            if missing.is_empty() {
+                notice = Some(table::no_resources(namespace));
+            }
+            String::new()
+        }
         None | Some(Output::Wide) => {
             let layout = if several {
                 Layout::WithKind
             } else {
                 Layout::Plain
             };
-            if tables.iter().all(|t| t.rows.is_empty()) && !missing.is_empty() {
-                String::new()
-            } else {
-                table::print(&tables, layout, namespace)
-            }
+            table::print(&tables, layout, namespace)
         }
-        Some(Output::Name) => {
-            if tables.iter().all(|t| t.rows.is_empty()) {
-                String::new()
-            } else {
-                table::print(&tables, Layout::Names, namespace)
-            }
-        }
+        Some(Output::Name) => table::print(&tables, Layout::Names, namespace),
         Some(output) => {
             let single = !several && request.iter().map(|(_, n)| n.len()).sum::<usize>() == 1;
             let items = tables
@@ -214,7 +226,11 @@ fn get(
             render(output, items, single)?
         }
     };
-    Ok((out, missing))
+    Ok(Got {
+        out,
+        notice,
+        missing,
+    })
 }
 
 /// kubectl's plural of a `kind.group` prefix: `deployments.apps`, `endpoints`, `policies`.
@@ -384,7 +400,8 @@ mod tests {
         let run = |kind: &str, names: &[&str], ns: Option<&str>, output: Option<Output>| {
             let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
             let (request, several) = parse_request(kind, &names).unwrap();
-            get(&snapshot, &request, several, ns, &[], output.as_ref()).unwrap()
+            let got = get(&snapshot, &request, several, ns, &[], output.as_ref()).unwrap();
+            (got.out, got.missing)
         };
         let (out, missing) = run("vs", &[], None, Some(Output::Json));
         assert!(missing.is_empty());
@@ -407,6 +424,13 @@ mod tests {
         assert!(table.starts_with("NAME   TYPE     DATA   AGE\ns      Opaque   1      30s"));
         let (json, _) = run("secret", &["s"], Some("default"), Some(Output::Json));
         assert!(json.contains("c2VjcmV0"));
+        let names_request = parse_request("sidecars", &[]).unwrap().0;
+        let got = get(&snapshot, &names_request, false, Some("default"), &[], None).unwrap();
+        assert_eq!(got.out, "");
+        assert_eq!(
+            got.notice.as_deref(),
+            Some("No resources found in default namespace.\n")
+        );
         let (names, _) = run("vs,secrets", &[], None, Some(Output::Name));
         assert_eq!(
             names,
