@@ -11,7 +11,8 @@
 //!   requests from ubuntu reach it (its sidecar's access log); `--replicas=1`: the endpoints
 //!   follow and every request still gets a 200.
 //! - A failing liveness probe kills and restarts its container (RESTARTS counts it, `describe
-//!   pod` shows the Killing event); a readiness `initialDelaySeconds` of an hour keeps its pod
+//!   pod` shows the Killing event), so does a failing startup probe; an `exec` probe is said to
+//!   be left out on `ama up`'s output; a readiness `initialDelaySeconds` of an hour keeps its pod
 //!   Running but unready and out of its Service's endpoints while a twin without the delay is
 //!   ready; `restartPolicy: Never` leaves an exited container Error with no restart, `OnFailure`
 //!   leaves a zero exit Completed.
@@ -85,6 +86,30 @@ spec:
           initialDelaySeconds: 1
           periodSeconds: 1
           failureThreshold: 2
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: starting
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: starting}}
+  template:
+    metadata:
+      labels: {app: starting}
+      annotations:
+        local.ama.dev/command: "ama sample httpbin --port 8080"
+    spec:
+      containers:
+      - name: starting
+        image: kong/httpbin
+        ports: [{containerPort: 8080}]
+        startupProbe:
+          httpGet: {path: /status/503, port: 8080}
+          periodSeconds: 1
+          failureThreshold: 2
+        readinessProbe:
+          exec: {command: [cat, /tmp/healthy]}
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -463,6 +488,25 @@ fn kubectl_verbs() {
     ] {
         assert!(described.contains(want), "{want:?} in:\n{described}");
     }
+    // A failing startup probe restarts its container too; an exec probe is said to be left out.
+    let starting = wait_for("starting restarted", Duration::from_secs(60), || {
+        let pod = pod_named(&mesh, "starting-")?;
+        let restarts = container_status(&pod, "starting")?["restartCount"].as_u64()?;
+        (restarts >= 1).then_some(pod)
+    });
+    let text = mesh.ok(&["describe", "pod", &name(&starting)]);
+    assert!(text.contains("    Startup:        http-get http://:15020/app-health/starting/startupz delay=0s timeout=1s period=1s #success=1 #failure=2"), "{text}");
+    assert!(
+        text.contains("Container starting failed startup probe, will be restarted"),
+        "{text}"
+    );
+    assert!(
+        mesh.up_out()
+            .contains("container starting: readinessProbe.exec is not run by ama up"),
+        "{}",
+        mesh.up_out()
+    );
+
     // The readiness delay: Running, not ready, not an endpoint, while `quick` was ready.
     let slow = pod_named(&mesh, "slow-").expect("slow pod");
     assert_eq!(slow["status"]["phase"], "Running");

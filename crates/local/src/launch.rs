@@ -13,10 +13,11 @@
 //! 3. Environment: literal values and the downward API (`metadata.name`, `status.podIP`, …);
 //!    `$(VAR)` in commands and arguments is expanded as kubelet does. The user is the
 //!    container's (or the pod's) `securityContext.runAsUser`/`runAsGroup`: 1337 for the proxy.
-//! 4. Probes: the container's `readinessProbe` and `livenessProbe` (`httpGet` or `tcpSocket`; an
-//!    injected pod's app probes go through the proxy's status port, as in a cluster), each with
-//!    its [`Timing`] (`initialDelaySeconds`, `periodSeconds`, `failureThreshold`,
-//!    `successThreshold`); without a readiness probe, running is ready. The pod's
+//! 4. Probes: the container's `readinessProbe`, `livenessProbe` and `startupProbe` (`httpGet` or
+//!    `tcpSocket`; an injected pod's app probes go through the proxy's status port, as in a
+//!    cluster), each with its [`Timing`] (`initialDelaySeconds`, `periodSeconds`,
+//!    `failureThreshold`, `successThreshold`); without a readiness probe, running is ready. A
+//!    probe of another kind (`exec`, `grpc`) is not run, and [`Launch::notes`] says so. The pod's
 //!    `restartPolicy` ([`RestartPolicy`]) says whether a container that exits is started again.
 //! 5. `holdApplicationUntilProxyStarts` ([`hold_application`]): the app containers start only
 //!    once `istio-proxy` is ready, as Istio's injected `postStart` hook makes kubelet do.
@@ -277,6 +278,10 @@ pub struct ContainerRun {
     /// The liveness probe: failing, the container is killed and restarted.
     #[serde(default)]
     pub liveness: Option<ProbeSpec>,
+    /// The startup probe: until it passes, readiness and liveness are not checked; failing, the
+    /// container is killed and restarted.
+    #[serde(default)]
+    pub startup: Option<ProbeSpec>,
     /// Its view of the machine (hostname, hidden state, capabilities); `None`: the host's, for
     /// the control plane only.
     pub sandbox: Option<Sandbox>,
@@ -298,6 +303,8 @@ pub struct Launch {
     pub restart_policy: RestartPolicy,
     /// The app containers wait for the sidecar to be ready ([`hold_application`]).
     pub hold_application: bool,
+    /// What of the pod is not run as written (a probe kind Ama does not run), for the user.
+    pub notes: Vec<String>,
 }
 
 impl Launch {
@@ -421,6 +428,10 @@ pub fn launch(inputs: LaunchInputs<'_>) -> Result<Launch, Error> {
     };
     let init = runs(list("initContainers"), true)?;
     let containers = runs(list("containers"), false)?;
+    let notes = list("containers")
+        .iter()
+        .flat_map(|c| unsupported_probes(c, inputs.pod_name))
+        .collect();
     let restart_policy = RestartPolicy::of(&pod["spec"]).map_err(|message| Error::Pod {
         object: object(),
         message: format!("spec.template.{message}"),
@@ -434,7 +445,36 @@ pub fn launch(inputs: LaunchInputs<'_>) -> Result<Launch, Error> {
         containers,
         restart_policy,
         hold_application,
+        notes,
     })
+}
+
+/// A sentence for each probe of container `c` that Ama cannot run (`exec`, `grpc`): the
+/// container is then ready while it runs, and never restarted by it.
+fn unsupported_probes(c: &Value, pod: &str) -> Vec<String> {
+    let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
+    ["readinessProbe", "livenessProbe", "startupProbe"]
+        .iter()
+        .filter_map(|field| {
+            let p = c.get(*field)?;
+            if check_of(c, p) != Probe::None {
+                return None;
+            }
+            let kind = ["exec", "grpc", "httpGet", "tcpSocket"]
+                .into_iter()
+                .find(|k| p.get(*k).is_some())
+                .unwrap_or("its handler");
+            Some(format!(
+                "pod {pod}: container {name}: {field}.{kind} is not run by ama up (httpGet and \
+                 tcpSocket probes are, with a port the container has): {}",
+                if *field == "readinessProbe" {
+                    "the container is ready while it runs"
+                } else {
+                    "the probe is left out"
+                }
+            ))
+        })
+        .collect()
 }
 
 /// Whether the app containers of `pod` wait for its sidecar, as Istio's
@@ -614,6 +654,7 @@ fn container_run(
             .map_or(Probe::None, |p| check_of(c, p)),
         readiness: c.get("readinessProbe").map(Timing::of).unwrap_or_default(),
         liveness: ProbeSpec::of(c, "livenessProbe"),
+        startup: ProbeSpec::of(c, "startupProbe"),
         sandbox: Some(Sandbox {
             hostname: facts.field("metadata.name").unwrap_or_default(),
             caps: capabilities(c),
@@ -956,8 +997,15 @@ spec:
             live.describe(),
             "tcp-socket :8080 delay=0s timeout=1s period=10s #success=1 #failure=3"
         );
-        // An exec probe cannot run here: none.
+        // An exec probe cannot run here: none, and a note says so.
         assert_eq!(ProbeSpec::of(&c, "startupProbe"), None);
+        assert_eq!(
+            unsupported_probes(&c, "p"),
+            [
+                "pod p: container app: startupProbe.exec is not run by ama up (httpGet and tcpSocket \
+              probes are, with a port the container has): the probe is left out"
+            ]
+        );
         assert_eq!(
             check_of(&c, &c["readinessProbe"]),
             Probe::Http {

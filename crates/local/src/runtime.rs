@@ -17,8 +17,10 @@
 //!   failures in a row make the container unready; only ready pods are endpoints ([`mesh`]'s
 //!   EndpointSlices). A liveness probe runs from `initialDelaySeconds` every `periodSeconds`;
 //!   `failureThreshold` failures in a row stop the container as kubelet does (SIGTERM, SIGKILL
-//!   after `terminationGracePeriodSeconds`), and it is restarted as any exit is. The state file
-//!   is rewritten;
+//!   after `terminationGracePeriodSeconds`), and it is restarted as any exit is. A startup probe
+//!   runs first (from its delay, every period): until it passes, readiness and liveness are not
+//!   checked, and `failureThreshold` failures stop the container as liveness does. The state
+//!   file is rewritten;
 //! - a container that exits is restarted as the pod's `restartPolicy` says (Always; OnFailure:
 //!   after a non-zero exit; Never), else it stays Terminated (STATUS Completed, NotReady, Error);
 //! - `holdApplicationUntilProxyStarts` ([`crate::launch::hold_application`]): the app containers
@@ -274,6 +276,14 @@ impl Signals {
     }
 }
 
+/// Which probe a check is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    Readiness,
+    Liveness,
+    Startup,
+}
+
 /// One pod while it lives.
 struct PodRuntime {
     record: PodRecord,
@@ -304,6 +314,13 @@ struct PodRuntime {
     /// Per container: liveness checks failed in a row, and when the next is due.
     live_failures: Vec<u32>,
     live_due: Vec<Option<Instant>>,
+    /// Per container: its startup probe passed since it last started (or it has none);
+    /// startup checks failed in a row, and when the next is due.
+    started_up: Vec<bool>,
+    startup_failures: Vec<u32>,
+    startup_due: Vec<Option<Instant>>,
+    /// What of the pod is not run as written, said once when it is created.
+    notes: Vec<String>,
     /// When each running container started.
     started: HashMap<String, Instant>,
     /// Containers stopped by their liveness probe (SIGTERM): when they get SIGKILL.
@@ -632,6 +649,7 @@ impl Mesh {
             user: None,
             readiness: crate::launch::Timing::default(),
             liveness: None,
+            startup: None,
             // The control plane holds the CA's key: it keeps the host's view.
             sandbox: None,
             probe: crate::launch::Probe::Http {
@@ -828,7 +846,10 @@ impl Mesh {
                 };
                 let empty = manifests::Labels::new();
                 let ns_labels = namespaces.get(&group.owner.namespace).unwrap_or(&empty);
-                let pod = self.create_pod(group, &name, ns_labels, &mesh_settings)?;
+                let mut pod = self.create_pod(group, &name, ns_labels, &mesh_settings)?;
+                for note in std::mem::take(&mut pod.notes) {
+                    observer.event(Event::Note(&note));
+                }
                 self.pods.push(pod);
                 created.push(self.pods.len() - 1);
                 changed = true;
@@ -929,6 +950,7 @@ impl Mesh {
             probe: run.probe.clone(),
             readiness: run.readiness,
             liveness: run.liveness.clone(),
+            startup: run.startup.clone(),
             last_state: None,
             sandbox: run.sandbox.clone(),
         };
@@ -983,6 +1005,10 @@ impl Mesh {
             ready_due: Vec::new(),
             live_failures: Vec::new(),
             live_due: Vec::new(),
+            started_up: Vec::new(),
+            startup_failures: Vec::new(),
+            startup_due: Vec::new(),
+            notes: l.notes.clone(),
             started: HashMap::new(),
             kill_at: HashMap::new(),
             restart_policy: l.restart_policy,
@@ -1106,6 +1132,18 @@ impl Mesh {
                 pod.children.remove(&name);
                 pod.started.remove(&name);
                 pod.kill_at.remove(&name);
+                // Its probes start over with its next start.
+                if let Some(j) = pod.record.containers.iter().position(|c| c.name == name) {
+                    let no_startup = pod.record.containers[j].startup.is_none();
+                    for due in [&mut pod.ready_due, &mut pod.live_due, &mut pod.startup_due] {
+                        if let Some(d) = due.get_mut(j) {
+                            *d = None;
+                        }
+                    }
+                    if let Some(s) = pod.started_up.get_mut(j) {
+                        *s = no_startup;
+                    }
+                }
                 let code = exit_code(status);
                 let record = record_mut(&mut pod.record, &name);
                 let ran = match record.state {
@@ -1312,20 +1350,33 @@ impl Mesh {
             let n = pod.record.containers.len();
             pod.ready_due.resize(n, None);
             pod.live_due.resize(n, None);
-            // (container, liveness?, check)
-            let mut checks: Vec<(usize, bool, crate::launch::Probe)> = Vec::new();
+            pod.startup_due.resize(n, None);
+            pod.started_up.resize(n, false);
+            let mut checks: Vec<(usize, Check, crate::launch::Probe)> = Vec::new();
             for (j, c) in pod.record.containers.iter().enumerate() {
                 let Some(started) = pod.started.get(&c.name).copied() else {
                     pod.ready_due[j] = None;
                     pod.live_due[j] = None;
+                    pod.startup_due[j] = None;
+                    pod.started_up[j] = c.startup.is_none();
                     continue;
                 };
                 let delay = |t: &crate::launch::Timing| {
                     started + Duration::from_secs(t.initial_delay_seconds)
                 };
+                // Until its startup probe passed, nothing else is checked (kubelet's order).
+                if let Some(s) = c.startup.as_ref().filter(|_| !pod.started_up[j]) {
+                    let due = *pod.startup_due[j].get_or_insert_with(|| delay(&s.timing));
+                    if now_i >= due && !pod.kill_at.contains_key(&c.name) {
+                        checks.push((j, Check::Startup, s.check.clone()));
+                        pod.startup_due[j] =
+                            Some(now_i + Duration::from_secs(s.timing.period_seconds));
+                    }
+                    continue;
+                }
                 let ready_due = *pod.ready_due[j].get_or_insert_with(|| delay(&c.readiness));
                 if now_i >= ready_due {
-                    checks.push((j, false, c.probe.clone()));
+                    checks.push((j, Check::Readiness, c.probe.clone()));
                 }
                 // Not probed for liveness again while it is being stopped.
                 if let Some(l) = c
@@ -1335,7 +1386,7 @@ impl Mesh {
                 {
                     let live_due = *pod.live_due[j].get_or_insert_with(|| delay(&l.timing));
                     if now_i >= live_due {
-                        checks.push((j, true, l.check.clone()));
+                        checks.push((j, Check::Liveness, l.check.clone()));
                         pod.live_due[j] =
                             Some(now_i + Duration::from_secs(l.timing.period_seconds));
                     }
@@ -1348,7 +1399,7 @@ impl Mesh {
                     probe::in_netns(&netns, move || {
                         checks
                             .into_iter()
-                            .map(|(j, live, p)| (j, live, probe::check(&p)))
+                            .map(|(j, kind, p)| (j, kind, probe::check(&p)))
                             .collect::<Vec<_>>()
                     })
                 }),
@@ -1362,36 +1413,53 @@ impl Mesh {
             pod.probe_failures.resize(n, 0);
             pod.probe_successes.resize(n, 0);
             pod.live_failures.resize(n, 0);
+            pod.startup_failures.resize(n, 0);
             pod.passing.resize(n, false);
             let mut passed = pod.passing.clone();
-            for (j, live, ok) in results {
-                if live {
+            for (j, kind, ok) in results {
+                if kind != Check::Readiness {
                     let c = &pod.record.containers[j];
-                    let Some(l) = &c.liveness else { continue };
+                    let (spec, failures) = match kind {
+                        Check::Startup => (&c.startup, &mut pod.startup_failures[j]),
+                        _ => (&c.liveness, &mut pod.live_failures[j]),
+                    };
+                    let Some(l) = spec else { continue };
                     let threshold = l.timing.failure_threshold;
                     if ok {
-                        pod.live_failures[j] = 0;
+                        *failures = 0;
+                        if kind == Check::Startup {
+                            pod.started_up[j] = true;
+                        }
                         continue;
                     }
                     let (name, what) = (c.name.clone(), l.check.describe());
-                    pod.live_failures[j] += 1;
-                    let message = format!("Liveness probe failed: {what}");
+                    *failures += 1;
+                    let failed = *failures >= threshold;
+                    if failed {
+                        *failures = 0;
+                    }
+                    let word = if kind == Check::Startup {
+                        "Startup"
+                    } else {
+                        "Liveness"
+                    };
+                    let message = format!("{word} probe failed: {what}");
                     pod.record.event(true, "Unhealthy", message);
-                    if pod.live_failures[j] >= threshold {
-                        pod.live_failures[j] = 0;
+                    if failed {
                         if let Some(child) = pod.children.get(&name) {
                             // As kubelet: SIGTERM, SIGKILL after the grace period (`supervise`);
                             // reaped and restarted as restartPolicy says.
                             process::signal_group(child.id(), Signal::SIGTERM);
                             pod.kill_at.insert(name.clone(), now_i + pod.grace);
                         }
+                        let lower = word.to_ascii_lowercase();
                         pod.record.event(
                             false,
                             "Killing",
-                            format!("Container {name} failed liveness probe, will be restarted"),
+                            format!("Container {name} failed {lower} probe, will be restarted"),
                         );
                         let note = format!(
-                            "pod {}: container {name} failed its liveness probe {threshold} \
+                            "pod {}: container {name} failed its {lower} probe {threshold} \
                              times: stopped, to be restarted",
                             pod.record.name
                         );

@@ -555,6 +555,9 @@ pub struct ContainerRecord {
     /// Its liveness probe.
     #[serde(default)]
     pub liveness: Option<ProbeSpec>,
+    /// Its startup probe.
+    #[serde(default)]
+    pub startup: Option<ProbeSpec>,
     /// How it ended last time, when it was restarted or ran to its end (`kubectl describe`'s
     /// Last State).
     #[serde(default)]
@@ -660,6 +663,7 @@ mod tests {
             probe: Probe::Tcp { port: 80 },
             readiness: Timing::default(),
             liveness: None,
+            startup: None,
             last_state: None,
             sandbox: None,
         }

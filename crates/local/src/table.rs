@@ -1208,6 +1208,7 @@ mod golden {
             probe: Probe::None,
             readiness: Default::default(),
             liveness: None,
+            startup: None,
             last_state: None,
             sandbox: None,
         }

@@ -251,6 +251,9 @@ fn container(out: &mut String, pod: &PodRecord, c: &ContainerRecord) {
     if c.probe != local::launch::Probe::None {
         s.one("Readiness", c.probe_text());
     }
+    if let Some(startup) = &c.startup {
+        s.one("Startup", startup.describe());
+    }
     if c.env.is_empty() {
         s.one("Environment", "<none>");
         s.render(out);
@@ -434,6 +437,7 @@ mod tests {
             probe: Probe::None,
             readiness: Timing::default(),
             liveness: None,
+            startup: None,
             last_state: None,
             sandbox: None,
         }
