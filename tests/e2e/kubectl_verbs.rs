@@ -11,11 +11,11 @@
 //!   requests from ubuntu reach it (its sidecar's access log); `--replicas=1`: the endpoints
 //!   follow and every request still gets a 200.
 //! - A failing liveness probe kills and restarts its container (RESTARTS counts it, `describe
-//!   pod` shows the Killing event), so does a failing startup probe; an `exec` probe is said to
-//!   be left out on `ama up`'s output; a readiness `initialDelaySeconds` of an hour keeps its pod
-//!   Running but unready and out of its Service's endpoints while a twin without the delay is
-//!   ready; `restartPolicy: Never` leaves an exited container Error with no restart, `OnFailure`
-//!   leaves a zero exit Completed.
+//!   pod` shows the Killing event), so does a failing startup probe; a `grpc` probe is said to
+//!   be left out on `ama up`'s output; an `exec` readiness probe passes once its command does; a
+//!   readiness `initialDelaySeconds` of an hour keeps its pod Running but unready and out of its
+//!   Service's endpoints while a twin without the delay is ready; `restartPolicy: Never` leaves
+//!   an exited container Error with no restart, `OnFailure` leaves a zero exit Completed.
 //! - `holdApplicationUntilProxyStarts` (the pod's `proxy.istio.io/config`): an app that exits
 //!   unless its sidecar answers `/healthz/ready` when it starts runs at its first start.
 //! - `ama describe pod` in kubectl's layout.
@@ -108,8 +108,26 @@ spec:
           httpGet: {path: /status/503, port: 8080}
           periodSeconds: 1
           failureThreshold: 2
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: touched
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: touched}}
+  template:
+    metadata:
+      labels: {app: touched}
+      annotations:
+        local.ama.dev/command: "ama sample httpbin --port 8080"
+    spec:
+      containers:
+      - name: touched
+        image: kong/httpbin
         readinessProbe:
-          exec: {command: [cat, /tmp/healthy]}
+          exec: {command: [cat, "@HEALTHY@"]}
+          periodSeconds: 1
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -185,6 +203,8 @@ spec:
   containers:
   - name: done
     image: busybox
+    readinessProbe:
+      grpc: {port: 9090}
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -457,7 +477,11 @@ fn kubectl_verbs() {
 
     // Probes and restart policies.
     let probes = scratch.path().join("probes.yaml");
-    write(&probes, PROBES);
+    let healthy = scratch.path().join("healthy");
+    write(
+        &probes,
+        &PROBES.replace("@HEALTHY@", healthy.to_str().unwrap()),
+    );
     mesh.ok(&["apply", "-f", probes.to_str().unwrap()]);
     let quick = wait_for("quick ready", Duration::from_secs(60), || {
         pod_named(&mesh, "quick-").filter(ready)
@@ -488,7 +512,9 @@ fn kubectl_verbs() {
     ] {
         assert!(described.contains(want), "{want:?} in:\n{described}");
     }
-    // A failing startup probe restarts its container too; an exec probe is said to be left out.
+    // A failing startup probe restarts its container too; a gRPC probe of a pod without a
+    // sidecar (one with a sidecar has its app probes rewritten to the proxy's status port) is
+    // said to be left out.
     let starting = wait_for("starting restarted", Duration::from_secs(60), || {
         let pod = pod_named(&mesh, "starting-")?;
         let restarts = container_status(&pod, "starting")?["restartCount"].as_u64()?;
@@ -502,10 +528,21 @@ fn kubectl_verbs() {
     );
     assert!(
         mesh.up_out()
-            .contains("container starting: readinessProbe.exec is not run by ama up"),
+            .contains("pod done: container done: readinessProbe.grpc is not run by ama up"),
         "{}",
         mesh.up_out()
     );
+
+    // An exec probe runs in the container: not ready until the file is there.
+    let touched = pod_named(&mesh, "touched-").expect("touched pod");
+    assert_eq!(
+        container_status(&touched, "touched").unwrap()["ready"],
+        false
+    );
+    write(&healthy, "yes");
+    wait_for("touched ready", Duration::from_secs(30), || {
+        pod_named(&mesh, "touched-").filter(ready)
+    });
 
     // The readiness delay: Running, not ready, not an endpoint, while `quick` was ready.
     let slow = pod_named(&mesh, "slow-").expect("slow pod");

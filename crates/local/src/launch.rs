@@ -17,7 +17,8 @@
 //!    `tcpSocket`; an injected pod's app probes go through the proxy's status port, as in a
 //!    cluster), each with its [`Timing`] (`initialDelaySeconds`, `periodSeconds`,
 //!    `failureThreshold`, `successThreshold`); without a readiness probe, running is ready. A
-//!    probe of another kind (`exec`, `grpc`) is not run, and [`Launch::notes`] says so. The pod's
+//!    `exec` probe runs its command in the container; a `grpc` probe is not run, and
+//!    [`Launch::notes`] says so. The pod's
 //!    `restartPolicy` ([`RestartPolicy`]) says whether a container that exits is started again.
 //! 5. `holdApplicationUntilProxyStarts` ([`hold_application`]): the app containers start only
 //!    once `istio-proxy` is ready, as Istio's injected `postStart` hook makes kubelet do.
@@ -115,6 +116,12 @@ pub enum Probe {
     Tcp {
         /// Port.
         port: u16,
+    },
+    /// The command exits 0, run in the container (its namespace, user, sandbox and
+    /// environment), as kubelet runs an `exec` probe.
+    Exec {
+        /// The command and its arguments.
+        command: Vec<String>,
     },
     /// Ready while running.
     None,
@@ -252,6 +259,7 @@ impl Probe {
         match self {
             Probe::Http { port, path } => format!("http-get http://:{port}{path}"),
             Probe::Tcp { port } => format!("tcp-socket :{port}"),
+            Probe::Exec { command } => format!("exec [{}]", command.join(" ")),
             Probe::None => String::new(),
         }
     }
@@ -449,7 +457,7 @@ pub fn launch(inputs: LaunchInputs<'_>) -> Result<Launch, Error> {
     })
 }
 
-/// A sentence for each probe of container `c` that Ama cannot run (`exec`, `grpc`): the
+/// A sentence for each probe of container `c` that Ama cannot run (`grpc`): the
 /// container is then ready while it runs, and never restarted by it.
 fn unsupported_probes(c: &Value, pod: &str) -> Vec<String> {
     let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
@@ -460,13 +468,13 @@ fn unsupported_probes(c: &Value, pod: &str) -> Vec<String> {
             if check_of(c, p) != Probe::None {
                 return None;
             }
-            let kind = ["exec", "grpc", "httpGet", "tcpSocket"]
+            let kind = ["grpc", "exec", "httpGet", "tcpSocket"]
                 .into_iter()
                 .find(|k| p.get(*k).is_some())
                 .unwrap_or("its handler");
             Some(format!(
-                "pod {pod}: container {name}: {field}.{kind} is not run by ama up (httpGet and \
-                 tcpSocket probes are, with a port the container has): {}",
+                "pod {pod}: container {name}: {field}.{kind} is not run by ama up (httpGet, \
+                 tcpSocket with a port the container has, and exec probes are): {}",
                 if *field == "readinessProbe" {
                     "the container is ready while it runs"
                 } else {
@@ -758,6 +766,19 @@ fn check_of(c: &Value, p: &Value) -> Probe {
     if let Some(port) = p.pointer("/tcpSocket/port").and_then(port) {
         return Probe::Tcp { port };
     }
+    let command: Vec<String> = p
+        .pointer("/exec/command")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    if !command.is_empty() {
+        return Probe::Exec { command };
+    }
     Probe::None
 }
 
@@ -980,7 +1001,7 @@ spec:
             "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"},
                 "initialDelaySeconds": 7, "periodSeconds": 2, "failureThreshold": 0},
             "livenessProbe": {"tcpSocket": {"port": 8080}, "successThreshold": 1},
-            "startupProbe": {"exec": {"command": ["true"]}}});
+            "startupProbe": {"grpc": {"port": 9090}}});
         assert_eq!(
             Timing::of(&c["readinessProbe"]),
             Timing {
@@ -997,15 +1018,17 @@ spec:
             live.describe(),
             "tcp-socket :8080 delay=0s timeout=1s period=10s #success=1 #failure=3"
         );
-        // An exec probe cannot run here: none, and a note says so.
+        // A gRPC probe cannot run here: none, and a note says so.
         assert_eq!(ProbeSpec::of(&c, "startupProbe"), None);
         assert_eq!(
             unsupported_probes(&c, "p"),
             [
-                "pod p: container app: startupProbe.exec is not run by ama up (httpGet and tcpSocket \
-              probes are, with a port the container has): the probe is left out"
+                "pod p: container app: startupProbe.grpc is not run by ama up (httpGet, tcpSocket \
+              with a port the container has, and exec probes are): the probe is left out"
             ]
         );
+        let exec = json!({"exec": {"command": ["cat", "/tmp/healthy"]}});
+        assert_eq!(check_of(&c, &exec).describe(), "exec [cat /tmp/healthy]");
         assert_eq!(
             check_of(&c, &c["readinessProbe"]),
             Probe::Http {

@@ -276,6 +276,14 @@ impl Signals {
     }
 }
 
+/// One check to make inside a pod.
+enum Job {
+    /// Over the pod's loopback.
+    Net(crate::launch::Probe),
+    /// An `exec` probe's command.
+    Exec(std::process::Command),
+}
+
 /// Which probe a check is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Check {
@@ -1352,7 +1360,21 @@ impl Mesh {
             pod.live_due.resize(n, None);
             pod.startup_due.resize(n, None);
             pod.started_up.resize(n, false);
-            let mut checks: Vec<(usize, Check, crate::launch::Probe)> = Vec::new();
+            let mut checks: Vec<(usize, Check, Job)> = Vec::new();
+            // An exec probe's command, as `ama exec` would run it in the container.
+            let ama = &self.opts.ama;
+            let job = |c: &ContainerRecord, p: &crate::launch::Probe, pod: &PodRecord| match p {
+                crate::launch::Probe::Exec { command } => Job::Exec(process::command(
+                    &pod.netns,
+                    command,
+                    c.user,
+                    c.sandbox.as_ref(),
+                    &c.env,
+                    &pod.name,
+                    ama,
+                )),
+                other => Job::Net(other.clone()),
+            };
             for (j, c) in pod.record.containers.iter().enumerate() {
                 let Some(started) = pod.started.get(&c.name).copied() else {
                     pod.ready_due[j] = None;
@@ -1368,7 +1390,7 @@ impl Mesh {
                 if let Some(s) = c.startup.as_ref().filter(|_| !pod.started_up[j]) {
                     let due = *pod.startup_due[j].get_or_insert_with(|| delay(&s.timing));
                     if now_i >= due && !pod.kill_at.contains_key(&c.name) {
-                        checks.push((j, Check::Startup, s.check.clone()));
+                        checks.push((j, Check::Startup, job(c, &s.check, &pod.record)));
                         pod.startup_due[j] =
                             Some(now_i + Duration::from_secs(s.timing.period_seconds));
                     }
@@ -1376,7 +1398,7 @@ impl Mesh {
                 }
                 let ready_due = *pod.ready_due[j].get_or_insert_with(|| delay(&c.readiness));
                 if now_i >= ready_due {
-                    checks.push((j, Check::Readiness, c.probe.clone()));
+                    checks.push((j, Check::Readiness, job(c, &c.probe, &pod.record)));
                 }
                 // Not probed for liveness again while it is being stopped.
                 if let Some(l) = c
@@ -1386,7 +1408,7 @@ impl Mesh {
                 {
                     let live_due = *pod.live_due[j].get_or_insert_with(|| delay(&l.timing));
                     if now_i >= live_due {
-                        checks.push((j, Check::Liveness, l.check.clone()));
+                        checks.push((j, Check::Liveness, job(c, &l.check, &pod.record)));
                         pod.live_due[j] =
                             Some(now_i + Duration::from_secs(l.timing.period_seconds));
                     }
@@ -1399,7 +1421,13 @@ impl Mesh {
                     probe::in_netns(&netns, move || {
                         checks
                             .into_iter()
-                            .map(|(j, kind, p)| (j, kind, probe::check(&p)))
+                            .map(|(j, kind, job)| {
+                                let ok = match job {
+                                    Job::Net(p) => probe::check(&p),
+                                    Job::Exec(cmd) => probe::exec(cmd),
+                                };
+                                (j, kind, ok)
+                            })
                             .collect::<Vec<_>>()
                     })
                 }),
