@@ -138,9 +138,13 @@ mod tests {
 
     #[test]
     fn a_directory_is_its_manifest_files_in_name_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        std::fs::create_dir(root.join("sub")).unwrap();
+        let base = std::env::temp_dir().join(format!("ama-apply-files-{}", std::process::id()));
+        let root = base.join("dir");
+        let empty = base.join("empty");
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::create_dir_all(&empty).unwrap();
+        let root = root.as_path();
         for f in ["b.yaml", "a.json", "c.yml", "notes.txt", "sub/d.yaml"] {
             std::fs::write(root.join(f), "").unwrap();
         }
@@ -155,9 +159,9 @@ mod tests {
         assert_eq!(names(true), ["a.json", "b.yaml", "c.yml", "sub/d.yaml"]);
         let err = files(&[root.join("sub/..").join("sub"), root.join("x")], false);
         assert_eq!(err.unwrap().len(), 2);
-        let empty = tempfile::tempdir().unwrap();
-        let err = files(&[empty.path().to_path_buf()], false).unwrap_err();
+        let err = files(std::slice::from_ref(&empty), false).unwrap_err();
         assert!(err.to_string().contains("no .yaml"), "{err}");
         assert_eq!(files(&["-".into()], false).unwrap(), [PathBuf::from("-")]);
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }
