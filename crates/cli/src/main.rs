@@ -31,7 +31,7 @@ enum Command {
     Up(cmd::up::Args),
     /// Stop the local mesh `ama up` runs, and remove everything it made.
     Down(cmd::down::Args),
-    /// List the local mesh's pods or services, as kubectl does.
+    /// List the local mesh's objects, as `kubectl get` does (pods, deployments, vs, all, ...).
     Get(cmd::get::Args),
     /// Run a command in a pod of the local mesh (like `kubectl exec`).
     Exec(cmd::exec::Args),
@@ -41,6 +41,10 @@ enum Command {
     Apply(cmd::apply::Args),
     /// Remove objects from the running local mesh (like `kubectl delete`).
     Delete(cmd::delete::Args),
+    /// Show a pod of the local mesh in detail (like `kubectl describe pod`).
+    Describe(cmd::describe::Args),
+    /// Set the replicas of a Deployment of the running local mesh (like `kubectl scale`).
+    Scale(cmd::scale::Args),
     /// Create a Secret in the running local mesh (like `kubectl create secret tls|generic`).
     Create(cmd::create::Args),
     /// Built-in apps for local meshes: `httpbin`, `sleep`.
@@ -80,6 +84,8 @@ fn main() -> ExitCode {
         Command::Apply(args) => cmd::apply::run(args),
         Command::Delete(args) => cmd::delete::run(args),
         Command::Create(args) => cmd::create::run(args),
+        Command::Scale(args) => cmd::scale::run(args),
+        Command::Describe(args) => cmd::describe::run(args),
         Command::Sample(args) => cmd::sample::run(args),
         Command::Sandbox(args) => cmd::sandbox::run(args),
         Command::Userns(args) => cmd::userns::run(args),

@@ -132,6 +132,14 @@ pub enum Error {
         /// The name asked for.
         name: String,
     },
+    /// A name that starts more than one pod's name.
+    #[error("pod name \"{name}\" is ambiguous: the names of pods {} start with it; give more of the name", candidates.join(", "))]
+    AmbiguousPod {
+        /// The name asked for.
+        name: String,
+        /// The pods whose names start with it.
+        candidates: Vec<String>,
+    },
     /// No such container in the pod.
     #[error("container \"{container}\" is not in pod {pod}; choose one of: {}", choices.join(", "))]
     NoContainer {

@@ -13,9 +13,15 @@
 //! 3. Environment: literal values and the downward API (`metadata.name`, `status.podIP`, …);
 //!    `$(VAR)` in commands and arguments is expanded as kubelet does. The user is the
 //!    container's (or the pod's) `securityContext.runAsUser`/`runAsGroup`: 1337 for the proxy.
-//! 4. Readiness: the container's `readinessProbe` (`httpGet` or `tcpSocket`; an injected pod's
-//!    app probes go through the proxy's status port, as in a cluster), else running is ready.
-//!    Probes run every second from the start (`initialDelaySeconds` is not waited for).
+//! 4. Probes: the container's `readinessProbe`, `livenessProbe` and `startupProbe` (`httpGet` or
+//!    `tcpSocket`; an injected pod's app probes go through the proxy's status port, as in a
+//!    cluster), each with its [`Timing`] (`initialDelaySeconds`, `periodSeconds`,
+//!    `failureThreshold`, `successThreshold`); without a readiness probe, running is ready. A
+//!    `exec` probe runs its command in the container; a `grpc` probe is not run, and
+//!    [`Launch::notes`] says so. The pod's
+//!    `restartPolicy` ([`RestartPolicy`]) says whether a container that exits is started again.
+//! 5. `holdApplicationUntilProxyStarts` ([`hold_application`]): the app containers start only
+//!    once `istio-proxy` is ready, as Istio's injected `postStart` hook makes kubelet do.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -111,8 +117,152 @@ pub enum Probe {
         /// Port.
         port: u16,
     },
+    /// The command exits 0, run in the container (its namespace, user, sandbox and
+    /// environment), as kubelet runs an `exec` probe.
+    Exec {
+        /// The command and its arguments.
+        command: Vec<String>,
+    },
     /// Ready while running.
     None,
+}
+
+/// When a probe runs and how many results in a row change its verdict: a Kubernetes Probe's
+/// timing fields, with Kubernetes' defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Timing {
+    /// Seconds after the container started before the first check.
+    pub initial_delay_seconds: u64,
+    /// Seconds between checks.
+    pub period_seconds: u64,
+    /// Failed checks in a row that make it fail.
+    pub failure_threshold: u32,
+    /// Passed checks in a row that make it pass again.
+    pub success_threshold: u32,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            initial_delay_seconds: 0,
+            period_seconds: 10,
+            failure_threshold: 3,
+            success_threshold: 1,
+        }
+    }
+}
+
+impl Timing {
+    /// The timing of a probe object (`readinessProbe`, `livenessProbe`); a field that is
+    /// absent, zero where Kubernetes requires at least one, or not a number keeps its default.
+    pub fn of(probe: &Value) -> Timing {
+        let d = Timing::default();
+        let field = |name: &str| probe.get(name).and_then(Value::as_u64);
+        let at_least_one =
+            |name: &str, default: u64| field(name).filter(|n| *n >= 1).unwrap_or(default);
+        Timing {
+            initial_delay_seconds: field("initialDelaySeconds").unwrap_or(d.initial_delay_seconds),
+            period_seconds: at_least_one("periodSeconds", d.period_seconds),
+            failure_threshold: u32::try_from(at_least_one(
+                "failureThreshold",
+                u64::from(d.failure_threshold),
+            ))
+            .unwrap_or(d.failure_threshold),
+            success_threshold: u32::try_from(at_least_one(
+                "successThreshold",
+                u64::from(d.success_threshold),
+            ))
+            .unwrap_or(d.success_threshold),
+        }
+    }
+
+    /// As `kubectl describe` shows it: `delay=10s timeout=1s period=5s #success=1 #failure=3`.
+    pub fn describe(&self) -> String {
+        format!(
+            "delay={}s timeout=1s period={}s #success={} #failure={}",
+            self.initial_delay_seconds,
+            self.period_seconds,
+            self.success_threshold,
+            self.failure_threshold
+        )
+    }
+}
+
+/// A probe: what is checked, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeSpec {
+    /// The check.
+    pub check: Probe,
+    /// Its timing.
+    pub timing: Timing,
+}
+
+impl ProbeSpec {
+    /// The probe of field `field` (`livenessProbe`) of container `c`, when it has one Ama can
+    /// run (`httpGet`, `tcpSocket`).
+    pub fn of(c: &Value, field: &str) -> Option<ProbeSpec> {
+        let p = c.get(field)?;
+        let check = check_of(c, p);
+        (check != Probe::None).then(|| ProbeSpec {
+            check,
+            timing: Timing::of(p),
+        })
+    }
+
+    /// As `kubectl describe` shows it: `http-get http://:80/status/200 delay=0s ...`.
+    pub fn describe(&self) -> String {
+        format!("{} {}", self.check.describe(), self.timing.describe())
+    }
+}
+
+/// A pod's `restartPolicy`: whether kubelet starts a container again after it exited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartPolicy {
+    /// Always (the default).
+    #[default]
+    Always,
+    /// Only after a non-zero exit.
+    OnFailure,
+    /// Never.
+    Never,
+}
+
+impl RestartPolicy {
+    /// The policy of a pod spec; an unknown value is an error naming the field.
+    pub fn of(spec: &Value) -> Result<RestartPolicy, String> {
+        match spec.get("restartPolicy").and_then(Value::as_str) {
+            None | Some("Always") => Ok(RestartPolicy::Always),
+            Some("OnFailure") => Ok(RestartPolicy::OnFailure),
+            Some("Never") => Ok(RestartPolicy::Never),
+            Some(other) => Err(format!(
+                "spec.restartPolicy: {other:?} is not one of Always, OnFailure, Never"
+            )),
+        }
+    }
+
+    /// Whether a container that exited with `code` is started again.
+    pub fn restarts(self, code: i32) -> bool {
+        match self {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => code != 0,
+            RestartPolicy::Never => false,
+        }
+    }
+}
+
+impl Probe {
+    /// What is checked, as `kubectl describe` shows it: `http-get http://:80/status/200`,
+    /// `tcp-socket :80`.
+    pub fn describe(&self) -> String {
+        match self {
+            Probe::Http { port, path } => format!("http-get http://:{port}{path}"),
+            Probe::Tcp { port } => format!("tcp-socket :{port}"),
+            Probe::Exec { command } => format!("exec [{}]", command.join(" ")),
+            Probe::None => String::new(),
+        }
+    }
 }
 
 /// One container's process.
@@ -130,6 +280,16 @@ pub struct ContainerRun {
     pub user: Option<(u32, u32)>,
     /// Readiness check.
     pub probe: Probe,
+    /// When the readiness check runs.
+    #[serde(default)]
+    pub readiness: Timing,
+    /// The liveness probe: failing, the container is killed and restarted.
+    #[serde(default)]
+    pub liveness: Option<ProbeSpec>,
+    /// The startup probe: until it passes, readiness and liveness are not checked; failing, the
+    /// container is killed and restarted.
+    #[serde(default)]
+    pub startup: Option<ProbeSpec>,
     /// Its view of the machine (hostname, hidden state, capabilities); `None`: the host's, for
     /// the control plane only.
     pub sandbox: Option<Sandbox>,
@@ -147,6 +307,12 @@ pub struct Launch {
     pub init: Vec<ContainerRun>,
     /// The other containers (`istio-proxy` among them when injected).
     pub containers: Vec<ContainerRun>,
+    /// `spec.restartPolicy`.
+    pub restart_policy: RestartPolicy,
+    /// The app containers wait for the sidecar to be ready ([`hold_application`]).
+    pub hold_application: bool,
+    /// What of the pod is not run as written (a probe kind Ama does not run), for the user.
+    pub notes: Vec<String>,
 }
 
 impl Launch {
@@ -270,12 +436,83 @@ pub fn launch(inputs: LaunchInputs<'_>) -> Result<Launch, Error> {
     };
     let init = runs(list("initContainers"), true)?;
     let containers = runs(list("containers"), false)?;
+    let notes = list("containers")
+        .iter()
+        .flat_map(|c| unsupported_probes(c, inputs.pod_name))
+        .collect();
+    let restart_policy = RestartPolicy::of(&pod["spec"]).map_err(|message| Error::Pod {
+        object: object(),
+        message: format!("spec.template.{message}"),
+    })?;
+    let hold_application = containers.iter().any(|c| c.role == Role::Sidecar)
+        && hold_application(&pod, inputs.mesh.hold_application);
     Ok(Launch {
         pod,
         skipped,
         init,
         containers,
+        restart_policy,
+        hold_application,
+        notes,
     })
+}
+
+/// A sentence for each probe of container `c` that Ama cannot run (`grpc`): the
+/// container is then ready while it runs, and never restarted by it.
+fn unsupported_probes(c: &Value, pod: &str) -> Vec<String> {
+    let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
+    ["readinessProbe", "livenessProbe", "startupProbe"]
+        .iter()
+        .filter_map(|field| {
+            let p = c.get(*field)?;
+            if check_of(c, p) != Probe::None {
+                return None;
+            }
+            let kind = ["grpc", "exec", "httpGet", "tcpSocket"]
+                .into_iter()
+                .find(|k| p.get(*k).is_some())
+                .unwrap_or("its handler");
+            Some(format!(
+                "pod {pod}: container {name}: {field}.{kind} is not run by ama up (httpGet, \
+                 tcpSocket with a port the container has, and exec probes are): {}",
+                if *field == "readinessProbe" {
+                    "the container is ready while it runs"
+                } else {
+                    "the probe is left out"
+                }
+            ))
+        })
+        .collect()
+}
+
+/// Whether the app containers of `pod` wait for its sidecar, as Istio's
+/// `holdApplicationUntilProxyStarts` makes them: `istio-proxy` carries the `postStart` hook
+/// `pilot-agent wait` that the injector adds for it (kubelet starts the next container only once
+/// the hook returned, when the proxy is ready); else the pod's annotation
+/// `proxy.istio.io/config` says `holdApplicationUntilProxyStarts` (true or false), else MeshConfig's
+/// `defaultConfig` does (`mesh_default`).
+pub fn hold_application(pod: &Value, mesh_default: bool) -> bool {
+    const FIELD: &str = "holdApplicationUntilProxyStarts";
+    let hook = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|c| c.get("name").and_then(Value::as_str) == Some(PROXY_CONTAINER_NAME))
+        .filter_map(|c| c.pointer("/lifecycle/postStart/exec/command")?.as_array())
+        .any(|argv| {
+            let words: Vec<&str> = argv.iter().filter_map(Value::as_str).collect();
+            words.contains(&"wait")
+        });
+    if hook {
+        return true;
+    }
+    let annotation = pod
+        .pointer("/metadata/annotations/proxy.istio.io~1config")
+        .and_then(Value::as_str)
+        .and_then(|text| serde_saphyr::from_str::<Value>(text).ok())
+        .and_then(|config| config.get(FIELD).and_then(Value::as_bool));
+    annotation.unwrap_or(mesh_default)
 }
 
 fn template_annotations_of(pod: &Value) -> Labels {
@@ -420,7 +657,12 @@ fn container_run(
         argv,
         env,
         user: run_as(c, facts.pod),
-        probe: probe(c),
+        probe: c
+            .get("readinessProbe")
+            .map_or(Probe::None, |p| check_of(c, p)),
+        readiness: c.get("readinessProbe").map(Timing::of).unwrap_or_default(),
+        liveness: ProbeSpec::of(c, "livenessProbe"),
+        startup: ProbeSpec::of(c, "startupProbe"),
         sandbox: Some(Sandbox {
             hostname: facts.field("metadata.name").unwrap_or_default(),
             caps: capabilities(c),
@@ -496,11 +738,8 @@ fn run_as(c: &Value, pod: &Value) -> Option<(u32, u32)> {
     Some((uid, id("runAsGroup").unwrap_or(uid)))
 }
 
-/// The readiness probe of a container.
-fn probe(c: &Value) -> Probe {
-    let Some(p) = c.get("readinessProbe") else {
-        return Probe::None;
-    };
+/// The check of probe `p` of container `c` (a named port is one of `c`'s).
+fn check_of(c: &Value, p: &Value) -> Probe {
     let port = |field: &Value| -> Option<u16> {
         match field {
             Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
@@ -526,6 +765,19 @@ fn probe(c: &Value) -> Probe {
     }
     if let Some(port) = p.pointer("/tcpSocket/port").and_then(port) {
         return Probe::Tcp { port };
+    }
+    let command: Vec<String> = p
+        .pointer("/exec/command")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    if !command.is_empty() {
+        return Probe::Exec { command };
     }
     Probe::None
 }
@@ -741,5 +993,82 @@ spec:
         let env = vec![("A".to_string(), "x".to_string())];
         assert_eq!(expand("$(A).svc", &env), "x.svc");
         assert_eq!(expand("$$(A) $(B) $", &env), "$(A) $(B) $");
+    }
+
+    #[test]
+    fn probe_timing_restart_policy_and_hold() {
+        let c = json!({"name": "app", "ports": [{"name": "http", "containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"},
+                "initialDelaySeconds": 7, "periodSeconds": 2, "failureThreshold": 0},
+            "livenessProbe": {"tcpSocket": {"port": 8080}, "successThreshold": 1},
+            "startupProbe": {"grpc": {"port": 9090}}});
+        assert_eq!(
+            Timing::of(&c["readinessProbe"]),
+            Timing {
+                initial_delay_seconds: 7,
+                period_seconds: 2,
+                failure_threshold: 3,
+                success_threshold: 1,
+            }
+        );
+        let live = ProbeSpec::of(&c, "livenessProbe").unwrap();
+        assert_eq!(live.check, Probe::Tcp { port: 8080 });
+        assert_eq!(live.timing, Timing::default());
+        assert_eq!(
+            live.describe(),
+            "tcp-socket :8080 delay=0s timeout=1s period=10s #success=1 #failure=3"
+        );
+        // A gRPC probe cannot run here: none, and a note says so.
+        assert_eq!(ProbeSpec::of(&c, "startupProbe"), None);
+        assert_eq!(
+            unsupported_probes(&c, "p"),
+            [
+                "pod p: container app: startupProbe.grpc is not run by ama up (httpGet, tcpSocket \
+              with a port the container has, and exec probes are): the probe is left out"
+            ]
+        );
+        let exec = json!({"exec": {"command": ["cat", "/tmp/healthy"]}});
+        assert_eq!(check_of(&c, &exec).describe(), "exec [cat /tmp/healthy]");
+        assert_eq!(
+            check_of(&c, &c["readinessProbe"]),
+            Probe::Http {
+                port: 8080,
+                path: "/ready".into()
+            }
+        );
+
+        assert_eq!(RestartPolicy::of(&json!({})), Ok(RestartPolicy::Always));
+        let never = RestartPolicy::of(&json!({"restartPolicy": "Never"})).unwrap();
+        assert!(!never.restarts(1) && !never.restarts(0));
+        let on_failure = RestartPolicy::of(&json!({"restartPolicy": "OnFailure"})).unwrap();
+        assert!(on_failure.restarts(1) && !on_failure.restarts(0));
+        assert!(RestartPolicy::Always.restarts(0));
+        let err = RestartPolicy::of(&json!({"restartPolicy": "Sometimes"})).unwrap_err();
+        assert!(err.contains("spec.restartPolicy"), "{err}");
+
+        let pod = |annotation: Option<&str>, hook: bool| {
+            let mut proxy = json!({"name": "istio-proxy"});
+            if hook {
+                proxy["lifecycle"] = json!({"postStart": {"exec": {"command":
+                    ["pilot-agent", "wait"]}}});
+            }
+            let mut p = json!({"metadata": {"annotations": {}},
+                "spec": {"containers": [proxy, {"name": "app"}]}});
+            if let Some(a) = annotation {
+                p["metadata"]["annotations"]["proxy.istio.io/config"] = json!(a);
+            }
+            p
+        };
+        assert!(hold_application(&pod(None, true), false));
+        assert!(!hold_application(&pod(None, false), false));
+        assert!(hold_application(&pod(None, false), true));
+        assert!(hold_application(
+            &pod(Some("holdApplicationUntilProxyStarts: true"), false),
+            false
+        ));
+        assert!(!hold_application(
+            &pod(Some("{\"holdApplicationUntilProxyStarts\": false}"), false),
+            true
+        ));
     }
 }

@@ -37,7 +37,8 @@
 //! - [`runtime`]: `ama up`'s loop (start, supervise, reconcile on `ama apply`, tear down) and
 //!   `ama down`.
 //! - [`secrets`]: the Secrets of `ama create secret tls|generic`.
-//! - [`table`]: kubectl-style output of pods and services.
+//! - [`table`]: kubectl-style output of `ama get` for every kind (`get all`, Istio's printer
+//!   columns), from the state file and `resources.json`.
 //! - [`sample`]: the built-in apps (`ama sample httpbin`, `ama sample sleep`).
 //!
 //! As root it runs in the host's namespaces (`/run/netns`, `/etc/netns`); as another user it

@@ -173,6 +173,10 @@ impl Manifests {
                 settings.access_log_file = field("accessLogFile").unwrap_or_default();
                 settings.access_log_encoding =
                     field("accessLogEncoding").unwrap_or_else(|| "TEXT".to_string());
+                settings.hold_application = value
+                    .pointer("/defaultConfig/holdApplicationUntilProxyStarts")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
             }
         }
         settings
@@ -188,6 +192,8 @@ pub struct MeshSettings {
     pub access_log_file: String,
     /// MeshConfig `accessLogEncoding` (`JSON` or `TEXT`).
     pub access_log_encoding: String,
+    /// MeshConfig `defaultConfig.holdApplicationUntilProxyStarts`.
+    pub hold_application: bool,
 }
 
 impl Default for MeshSettings {
@@ -196,6 +202,7 @@ impl Default for MeshSettings {
             inject: inject::InjectConfig::default(),
             access_log_file: String::new(),
             access_log_encoding: "TEXT".to_string(),
+            hold_application: false,
         }
     }
 }

@@ -555,6 +555,7 @@ spec:
             init: vec![],
             containers: vec![],
             object: Value::Null,
+            events: Vec::new(),
         };
         let r = view.resources(&record);
         assert_eq!(r.node.unwrap().name.as_deref(), Some("ubuntu-a"));

@@ -34,11 +34,41 @@ pub fn in_netns<T: Send + 'static>(
 pub fn check(probe: &Probe) -> bool {
     match probe {
         Probe::None => true,
+        // Needs the container's view: see [`exec`].
+        Probe::Exec { .. } => false,
         Probe::Tcp { port } => {
             TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], *port)), TIMEOUT).is_ok()
         }
         Probe::Http { port, path } => {
             http_status(*port, path).is_some_and(|s| (200..400).contains(&s))
+        }
+    }
+}
+
+/// Whether `cmd` (an `exec` probe's command, as [`crate::process::command`] runs it in its
+/// container) exits 0 within the timeout; one that does not is killed with its process group.
+pub fn exec(mut cmd: std::process::Command) -> bool {
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
+    let Ok(mut child) = cmd.spawn() else {
+        return false;
+    };
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.success(),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            _ => {
+                crate::process::signal_group(child.id(), nix::sys::signal::Signal::SIGKILL);
+                let _ = child.wait();
+                return false;
+            }
         }
     }
 }

@@ -10,8 +10,21 @@
 //!   10 minutes of running), counted in RESTARTS and shown as `CrashLoopBackOff` meanwhile, as
 //!   kubelet does; `ama discovery` too (its CA and the objects it serves are files in the state
 //!   directory, so the new process serves the same mesh and the proxies reconnect to it);
-//! - readiness probes run inside the pod's namespace, and only ready pods are endpoints
-//!   ([`mesh`]'s EndpointSlices); the state file is rewritten;
+//! - probes run inside the pod's namespace with their timing ([`crate::launch::Timing`]): a
+//!   readiness check is not made before `initialDelaySeconds`, then every tick until it passes
+//!   `successThreshold` times in a row (kubelet would wait for the next `periodSeconds`: a pod
+//!   is ready here as soon as it can be), then every `periodSeconds`, and `failureThreshold`
+//!   failures in a row make the container unready; only ready pods are endpoints ([`mesh`]'s
+//!   EndpointSlices). A liveness probe runs from `initialDelaySeconds` every `periodSeconds`;
+//!   `failureThreshold` failures in a row stop the container as kubelet does (SIGTERM, SIGKILL
+//!   after `terminationGracePeriodSeconds`), and it is restarted as any exit is. A startup probe
+//!   runs first (from its delay, every period): until it passes, readiness and liveness are not
+//!   checked, and `failureThreshold` failures stop the container as liveness does. The state
+//!   file is rewritten;
+//! - a container that exits is restarted as the pod's `restartPolicy` says (Always; OnFailure:
+//!   after a non-zero exit; Never), else it stays Terminated (STATUS Completed, NotReady, Error);
+//! - `holdApplicationUntilProxyStarts` ([`crate::launch::hold_application`]): the app containers
+//!   start once `istio-proxy` is ready;
 //! - a pod without a sidecar has the Service rules of [`kube_proxy`] in its namespace before
 //!   its processes start, replaced whenever Services or their ready endpoints change.
 //!
@@ -78,9 +91,6 @@ const BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// removes it reaches every proxy (the registry is polled every 200 ms), and requests already
 /// sent to it finish. Istio's default `terminationDrainDuration`.
 const ENDPOINT_DRAIN: Duration = Duration::from_secs(5);
-/// Readiness checks that must fail in a row before a ready container is not (Kubernetes'
-/// default `failureThreshold`).
-const FAILURE_THRESHOLD: u32 = 3;
 /// How long after a pod became a ready endpoint it is shown as ready: the push that adds it has
 /// reached the proxies by then (discovery polls its registry every 200 ms; in file mode the
 /// proxies poll their file every second), so a client that waits for `2/2` can reach it at once.
@@ -266,6 +276,22 @@ impl Signals {
     }
 }
 
+/// One check to make inside a pod.
+enum Job {
+    /// Over the pod's loopback.
+    Net(crate::launch::Probe),
+    /// An `exec` probe's command.
+    Exec(std::process::Command),
+}
+
+/// Which probe a check is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    Readiness,
+    Liveness,
+    Startup,
+}
+
 /// One pod while it lives.
 struct PodRuntime {
     record: PodRecord,
@@ -289,6 +315,28 @@ struct PodRuntime {
     passing: Vec<bool>,
     /// Per container: readiness checks failed in a row.
     probe_failures: Vec<u32>,
+    /// Per container: readiness checks passed in a row (towards `successThreshold`).
+    probe_successes: Vec<u32>,
+    /// Per container: when its next readiness check is due.
+    ready_due: Vec<Option<Instant>>,
+    /// Per container: liveness checks failed in a row, and when the next is due.
+    live_failures: Vec<u32>,
+    live_due: Vec<Option<Instant>>,
+    /// Per container: its startup probe passed since it last started (or it has none);
+    /// startup checks failed in a row, and when the next is due.
+    started_up: Vec<bool>,
+    startup_failures: Vec<u32>,
+    startup_due: Vec<Option<Instant>>,
+    /// What of the pod is not run as written, said once when it is created.
+    notes: Vec<String>,
+    /// When each running container started.
+    started: HashMap<String, Instant>,
+    /// Containers stopped by their liveness probe (SIGTERM): when they get SIGKILL.
+    kill_at: HashMap<String, Instant>,
+    /// `spec.restartPolicy`.
+    restart_policy: crate::launch::RestartPolicy,
+    /// The app containers wait for the sidecar ([`crate::launch::hold_application`]).
+    hold_application: bool,
     /// Without a sidecar: the Service rules last installed in its namespace ([`kube_proxy`]),
     /// and the last failure to install them (said once, retried every tick).
     service_rules: Option<String>,
@@ -324,6 +372,11 @@ struct Mesh {
     all_ready: bool,
     /// The sidecars' tokens for `ama discovery`'s CA (discovery mode).
     tokens: Option<FileTokens>,
+    /// When each object was first seen (`creationTimestamp`), by `kind/namespace/name`: kept
+    /// while the object changes, as the API server keeps it across `kubectl apply`.
+    created: HashMap<String, u64>,
+    /// What `resources.json` holds, to write it only when it changes.
+    resources: Vec<Value>,
 }
 
 /// `ama discovery` while `ama up` supervises it.
@@ -390,6 +443,8 @@ impl Mesh {
             node,
             rng: StdRng::from_os_rng(),
             all_ready: false,
+            created: HashMap::new(),
+            resources: Vec::new(),
         })
     }
 
@@ -600,6 +655,9 @@ impl Mesh {
                 .collect(),
             env: vec![],
             user: None,
+            readiness: crate::launch::Timing::default(),
+            liveness: None,
+            startup: None,
             // The control plane holds the CA's key: it keeps the host's view.
             sandbox: None,
             probe: crate::launch::Probe::Http {
@@ -796,7 +854,10 @@ impl Mesh {
                 };
                 let empty = manifests::Labels::new();
                 let ns_labels = namespaces.get(&group.owner.namespace).unwrap_or(&empty);
-                let pod = self.create_pod(group, &name, ns_labels, &mesh_settings)?;
+                let mut pod = self.create_pod(group, &name, ns_labels, &mesh_settings)?;
+                for note in std::mem::take(&mut pod.notes) {
+                    observer.event(Event::Note(&note));
+                }
                 self.pods.push(pod);
                 created.push(self.pods.len() - 1);
                 changed = true;
@@ -895,6 +956,10 @@ impl Mesh {
             user: run.user,
             env: run.env.clone(),
             probe: run.probe.clone(),
+            readiness: run.readiness,
+            liveness: run.liveness.clone(),
+            startup: run.startup.clone(),
+            last_state: None,
             sandbox: run.sandbox.clone(),
         };
         let init_reason = if l.init.is_empty() {
@@ -919,7 +984,17 @@ impl Mesh {
                 .collect(),
             containers: runs.iter().map(|r| record_of(r, init_reason)).collect(),
             object: l.pod.clone(),
+            events: Vec::new(),
         };
+        let mut record = record;
+        record.event(
+            false,
+            "Scheduled",
+            format!(
+                "Successfully assigned {}/{name} to {}",
+                record.namespace, self.node
+            ),
+        );
         Ok(PodRuntime {
             record,
             runs,
@@ -934,6 +1009,18 @@ impl Mesh {
             endpoint_at: Instant::now(),
             passing: Vec::new(),
             probe_failures: Vec::new(),
+            probe_successes: Vec::new(),
+            ready_due: Vec::new(),
+            live_failures: Vec::new(),
+            live_due: Vec::new(),
+            started_up: Vec::new(),
+            startup_failures: Vec::new(),
+            startup_due: Vec::new(),
+            notes: l.notes.clone(),
+            started: HashMap::new(),
+            kill_at: HashMap::new(),
+            restart_policy: l.restart_policy,
+            hold_application: l.hold_application,
             service_rules: None,
             service_rules_error: None,
             netns,
@@ -978,8 +1065,37 @@ impl Mesh {
             ))?;
         }
         self.service_rules = kube_proxy::rules(&view.objects);
+        self.save_resources(&view)?;
         self.view = Some(view);
         self.sync_service_rules();
+        Ok(())
+    }
+
+    /// Writes `resources.json` for `ama get`: the user's objects and the EndpointSlices of the
+    /// Services, each with its `creationTimestamp`.
+    fn save_resources(&mut self, view: &MeshView) -> Result<(), Error> {
+        let slices = view
+            .objects
+            .iter()
+            .filter(|o| o.get("kind").and_then(Value::as_str) == Some("EndpointSlice"));
+        let now = now();
+        let mut seen = std::collections::HashSet::new();
+        let mut objects = Vec::new();
+        for raw in self.manifests.docs.iter().map(|d| &d.raw).chain(slices) {
+            let mut o = raw.clone();
+            let key = resource_key(&o);
+            let at = *self.created.entry(key.clone()).or_insert(now);
+            seen.insert(key);
+            if let Some(Value::Object(meta)) = o.get_mut("metadata") {
+                meta.insert("creationTimestamp".into(), json!(crate::table::rfc3339(at)));
+            }
+            objects.push(o);
+        }
+        self.created.retain(|k, _| seen.contains(k));
+        if objects != self.resources {
+            self.dir.save_resources(&objects)?;
+            self.resources = objects;
+        }
         Ok(())
     }
 
@@ -1022,6 +1138,20 @@ impl Mesh {
                     .and_then(|c| c.try_wait().ok().flatten());
                 let Some(status) = exited else { continue };
                 pod.children.remove(&name);
+                pod.started.remove(&name);
+                pod.kill_at.remove(&name);
+                // Its probes start over with its next start.
+                if let Some(j) = pod.record.containers.iter().position(|c| c.name == name) {
+                    let no_startup = pod.record.containers[j].startup.is_none();
+                    for due in [&mut pod.ready_due, &mut pod.live_due, &mut pod.startup_due] {
+                        if let Some(d) = due.get_mut(j) {
+                            *d = None;
+                        }
+                    }
+                    if let Some(s) = pod.started_up.get_mut(j) {
+                        *s = no_startup;
+                    }
+                }
                 let code = exit_code(status);
                 let record = record_mut(&mut pod.record, &name);
                 let ran = match record.state {
@@ -1038,7 +1168,21 @@ impl Mesh {
                     exit_code: code,
                     reason: if code == 0 { "Completed" } else { "Error" }.into(),
                 };
+                record.last_state = Some(record.state.clone());
                 if pod.record.terminating {
+                    continue;
+                }
+                if !pod.restart_policy.restarts(code) {
+                    if !(is_init && code == 0) {
+                        let note = format!(
+                            "pod {}: container {name} exited ({}); restartPolicy {:?}: not \
+                             restarted",
+                            pod.record.name,
+                            describe_exit(status),
+                            pod.restart_policy
+                        );
+                        observer.event(Event::Note(&note));
+                    }
                     continue;
                 }
                 if !(is_init && code == 0) {
@@ -1046,6 +1190,11 @@ impl Mesh {
                     let wait = backoff(record.restarts, ran);
                     let restart = record.restarts + 1;
                     pod.retry_at.insert(name.clone(), now_i + wait);
+                    pod.record.event(
+                        true,
+                        "BackOff",
+                        format!("Back-off restarting failed container {name}"),
+                    );
                     observer.event(Event::ContainerExited {
                         pod: &pod.record,
                         container: &name,
@@ -1076,6 +1225,14 @@ impl Mesh {
                 }
                 continue;
             }
+            // What its liveness probe stopped and is still there after the grace period.
+            for (name, at) in &pod.kill_at {
+                if now_i >= *at
+                    && let Some(child) = pod.children.get(name)
+                {
+                    process::signal_group(child.id(), Signal::SIGKILL);
+                }
+            }
             // Init containers, one at a time.
             let next_init =
                 pod.record.init.iter().position(|c| {
@@ -1085,8 +1242,28 @@ impl Mesh {
                 Some(n) => vec![pod.init_runs[n].clone()],
                 None => pod.runs.clone(),
             };
+            // holdApplicationUntilProxyStarts: the apps start once the sidecar is ready.
+            let held = pod.hold_application
+                && pod
+                    .record
+                    .containers
+                    .iter()
+                    .any(|c| c.role == Role::Sidecar && !c.ready);
             for run in to_start {
                 if pod.children.contains_key(&run.name) {
+                    continue;
+                }
+                let record = record_mut(&mut pod.record, &run.name);
+                let never_started = matches!(record.state, ContainerState::Waiting { .. })
+                    && record.last_exit_at.is_none();
+                if held && run.role == Role::App && never_started {
+                    continue;
+                }
+                // Ran to its end and its pod's restartPolicy keeps it there.
+                if let ContainerState::Terminated { exit_code, .. } = record.state
+                    && !pod.retry_at.contains_key(&run.name)
+                    && !pod.restart_policy.restarts(exit_code)
+                {
                     continue;
                 }
                 if pod.retry_at.get(&run.name).is_some_and(|t| now_i < *t) {
@@ -1116,6 +1293,12 @@ impl Mesh {
                         record.pid = Some(child.id());
                         record.state = ContainerState::Running { started_at: now() };
                         pod.children.insert(run.name.clone(), child);
+                        pod.started.insert(run.name.clone(), now_i);
+                        pod.record.event(
+                            false,
+                            "Started",
+                            format!("Started container {}", run.name),
+                        );
                     }
                     Err(e) => {
                         record.state = ContainerState::Waiting {
@@ -1160,23 +1343,77 @@ impl Mesh {
         Ok(())
     }
 
-    /// Runs the readiness probes of every running container, one thread per pod, and the
-    /// control plane's. True when a pod's readiness changed (its endpoints change with it).
+    /// Runs the probes that are due of every running container, one thread per pod, and the
+    /// control plane's readiness check; kills the containers whose liveness probe failed
+    /// `failureThreshold` times in a row. True when a pod's readiness changed (its endpoints
+    /// change with it).
     async fn probe(&mut self, observer: &mut dyn Observer) -> bool {
         let mut changed = false;
         let mut tasks = Vec::new();
-        for (i, pod) in self.pods.iter().enumerate() {
+        let now_i = Instant::now();
+        for (i, pod) in self.pods.iter_mut().enumerate() {
             if pod.record.terminating {
                 continue;
             }
-            let checks: Vec<(usize, crate::launch::Probe)> = pod
-                .record
-                .containers
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| matches!(c.state, ContainerState::Running { .. }))
-                .map(|(j, c)| (j, c.probe.clone()))
-                .collect();
+            let n = pod.record.containers.len();
+            pod.ready_due.resize(n, None);
+            pod.live_due.resize(n, None);
+            pod.startup_due.resize(n, None);
+            pod.started_up.resize(n, false);
+            let mut checks: Vec<(usize, Check, Job)> = Vec::new();
+            // An exec probe's command, as `ama exec` would run it in the container.
+            let ama = &self.opts.ama;
+            let job = |c: &ContainerRecord, p: &crate::launch::Probe, pod: &PodRecord| match p {
+                crate::launch::Probe::Exec { command } => Job::Exec(process::command(
+                    &pod.netns,
+                    command,
+                    c.user,
+                    c.sandbox.as_ref(),
+                    &c.env,
+                    &pod.name,
+                    ama,
+                )),
+                other => Job::Net(other.clone()),
+            };
+            for (j, c) in pod.record.containers.iter().enumerate() {
+                let Some(started) = pod.started.get(&c.name).copied() else {
+                    pod.ready_due[j] = None;
+                    pod.live_due[j] = None;
+                    pod.startup_due[j] = None;
+                    pod.started_up[j] = c.startup.is_none();
+                    continue;
+                };
+                let delay = |t: &crate::launch::Timing| {
+                    started + Duration::from_secs(t.initial_delay_seconds)
+                };
+                // Until its startup probe passed, nothing else is checked (kubelet's order).
+                if let Some(s) = c.startup.as_ref().filter(|_| !pod.started_up[j]) {
+                    let due = *pod.startup_due[j].get_or_insert_with(|| delay(&s.timing));
+                    if now_i >= due && !pod.kill_at.contains_key(&c.name) {
+                        checks.push((j, Check::Startup, job(c, &s.check, &pod.record)));
+                        pod.startup_due[j] =
+                            Some(now_i + Duration::from_secs(s.timing.period_seconds));
+                    }
+                    continue;
+                }
+                let ready_due = *pod.ready_due[j].get_or_insert_with(|| delay(&c.readiness));
+                if now_i >= ready_due {
+                    checks.push((j, Check::Readiness, job(c, &c.probe, &pod.record)));
+                }
+                // Not probed for liveness again while it is being stopped.
+                if let Some(l) = c
+                    .liveness
+                    .as_ref()
+                    .filter(|_| !pod.kill_at.contains_key(&c.name))
+                {
+                    let live_due = *pod.live_due[j].get_or_insert_with(|| delay(&l.timing));
+                    if now_i >= live_due {
+                        checks.push((j, Check::Liveness, job(c, &l.check, &pod.record)));
+                        pod.live_due[j] =
+                            Some(now_i + Duration::from_secs(l.timing.period_seconds));
+                    }
+                }
+            }
             let netns = pod.record.netns.clone();
             tasks.push((
                 i,
@@ -1184,7 +1421,13 @@ impl Mesh {
                     probe::in_netns(&netns, move || {
                         checks
                             .into_iter()
-                            .map(|(j, p)| (j, probe::check(&p)))
+                            .map(|(j, kind, job)| {
+                                let ok = match job {
+                                    Job::Net(p) => probe::check(&p),
+                                    Job::Exec(cmd) => probe::exec(cmd),
+                                };
+                                (j, kind, ok)
+                            })
                             .collect::<Vec<_>>()
                     })
                 }),
@@ -1196,20 +1439,98 @@ impl Mesh {
             let pod = &mut self.pods[i];
             let n = pod.record.containers.len();
             pod.probe_failures.resize(n, 0);
+            pod.probe_successes.resize(n, 0);
+            pod.live_failures.resize(n, 0);
+            pod.startup_failures.resize(n, 0);
             pod.passing.resize(n, false);
-            let mut passed = vec![false; n];
-            for (j, ok) in results {
-                // A passing container stays so until FAILURE_THRESHOLD checks in a row fail
-                // (Kubernetes' default failureThreshold): one slow answer on a busy machine
-                // does not take a pod out of its Services. One success is enough again.
-                pod.probe_failures[j] = if ok { 0 } else { pod.probe_failures[j] + 1 };
-                passed[j] = ok || (pod.passing[j] && pod.probe_failures[j] < FAILURE_THRESHOLD);
+            let mut passed = pod.passing.clone();
+            for (j, kind, ok) in results {
+                if kind != Check::Readiness {
+                    let c = &pod.record.containers[j];
+                    let (spec, failures) = match kind {
+                        Check::Startup => (&c.startup, &mut pod.startup_failures[j]),
+                        _ => (&c.liveness, &mut pod.live_failures[j]),
+                    };
+                    let Some(l) = spec else { continue };
+                    let threshold = l.timing.failure_threshold;
+                    if ok {
+                        *failures = 0;
+                        if kind == Check::Startup {
+                            pod.started_up[j] = true;
+                        }
+                        continue;
+                    }
+                    let (name, what) = (c.name.clone(), l.check.describe());
+                    *failures += 1;
+                    let failed = *failures >= threshold;
+                    if failed {
+                        *failures = 0;
+                    }
+                    let word = if kind == Check::Startup {
+                        "Startup"
+                    } else {
+                        "Liveness"
+                    };
+                    let message = format!("{word} probe failed: {what}");
+                    pod.record.event(true, "Unhealthy", message);
+                    if failed {
+                        if let Some(child) = pod.children.get(&name) {
+                            // As kubelet: SIGTERM, SIGKILL after the grace period (`supervise`);
+                            // reaped and restarted as restartPolicy says.
+                            process::signal_group(child.id(), Signal::SIGTERM);
+                            pod.kill_at.insert(name.clone(), now_i + pod.grace);
+                        }
+                        let lower = word.to_ascii_lowercase();
+                        pod.record.event(
+                            false,
+                            "Killing",
+                            format!("Container {name} failed {lower} probe, will be restarted"),
+                        );
+                        let note = format!(
+                            "pod {}: container {name} failed its {lower} probe {threshold} \
+                             times: stopped, to be restarted",
+                            pod.record.name
+                        );
+                        observer.event(Event::Note(&note));
+                    }
+                    continue;
+                }
+                // Readiness: `successThreshold` passes in a row make it pass, `failureThreshold`
+                // failures in a row make it fail; one slow answer on a busy machine does not
+                // take a pod out of its Services.
+                let timing = pod.record.containers[j].readiness;
+                if ok {
+                    pod.probe_failures[j] = 0;
+                    pod.probe_successes[j] += 1;
+                    if pod.probe_successes[j] >= timing.success_threshold {
+                        passed[j] = true;
+                    }
+                } else {
+                    pod.probe_successes[j] = 0;
+                    pod.probe_failures[j] += 1;
+                    if pod.probe_failures[j] >= timing.failure_threshold {
+                        passed[j] = false;
+                    }
+                    if passed[j] || pod.probe_failures[j] == timing.failure_threshold {
+                        let what = pod.record.containers[j].probe.describe();
+                        let message = format!("Readiness probe failed: {what}");
+                        pod.record.event(true, "Unhealthy", message);
+                    }
+                }
+                // Until it passes, checked every tick (ready as soon as it can be); then every
+                // periodSeconds.
+                pod.ready_due[j] = Some(if passed[j] {
+                    now_i + Duration::from_secs(timing.period_seconds)
+                } else {
+                    now_i
+                });
             }
             // A container that is not running (exited, restarting) fails at once.
             for (j, c) in pod.record.containers.iter().enumerate() {
                 if !matches!(c.state, ContainerState::Running { .. }) {
                     passed[j] = false;
                     pod.probe_failures[j] = 0;
+                    pod.probe_successes[j] = 0;
                 }
             }
             pod.passing.clone_from(&passed);
@@ -1393,6 +1714,17 @@ pub fn tail(path: &Path, n: usize) -> String {
 /// `namespace/kind.group/name`: how the state names an applied object.
 fn object_key(d: &manifests::Document) -> String {
     format!("{}/{}", d.object.metadata().namespace, d.resource_name())
+}
+
+/// `kind/namespace/name` of a raw object.
+fn resource_key(o: &Value) -> String {
+    let text = |p: &str| o.pointer(p).and_then(Value::as_str).unwrap_or_default();
+    format!(
+        "{}/{}/{}",
+        text("/kind"),
+        text("/metadata/namespace"),
+        text("/metadata/name")
+    )
 }
 
 fn content_hash(raw: &Value) -> String {

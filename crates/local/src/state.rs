@@ -6,6 +6,8 @@
 //!
 //! ```text
 //! <state>/state.json            the pod table, services, the pid of `ama up`
+//! <state>/resources.json        every object with its creation time, for `ama get` (private:
+//!                               Secrets are among them)
 //! <state>/config/               the objects `ama discovery` reads (file registry)
 //! <state>/applied/NNNN.yaml     what `ama apply -f` gave, in order
 //! <state>/pods/<pod>/           per pod: <container>.log, resources.json (file mode)
@@ -21,13 +23,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::Error;
-use crate::launch::{Probe, Role};
+use crate::launch::{Probe, ProbeSpec, Role, Timing};
 use crate::naming::valid_cluster_name;
 
 /// The name of a mesh when none is given.
 pub const DEFAULT_CLUSTER: &str = "ama";
 /// The state file, in the state directory.
 const STATE_FILE: &str = "state.json";
+/// The objects of the mesh as `ama get` lists them, in the state directory.
+const RESOURCES_FILE: &str = "resources.json";
 
 /// Seconds since the epoch.
 pub fn now() -> u64 {
@@ -151,6 +155,49 @@ impl StateDir {
             message: e.to_string(),
         })?;
         write_atomic(&self.state_file(), text.as_bytes())
+    }
+
+    /// `resources.json`: every object of the mesh (the user's, with `creationTimestamp`, and
+    /// the EndpointSlices of the Services), written by `ama up` whenever they change.
+    pub fn resources_file(&self) -> PathBuf {
+        self.root.join(RESOURCES_FILE)
+    }
+
+    /// Writes `resources.json` atomically, readable by its owner only (Secrets are in it).
+    pub fn save_resources(&self, objects: &[Value]) -> Result<(), Error> {
+        let path = self.resources_file();
+        let text = serde_json::to_vec(objects).map_err(|e| Error::State {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let tmp = path.with_file_name(format!(".{RESOURCES_FILE}.tmp"));
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(Error::io(&tmp))?;
+            file.write_all(&text).map_err(Error::io(&tmp))?;
+        }
+        set_mode(&tmp, 0o600)?;
+        fs::rename(&tmp, &path).map_err(Error::io(&path))
+    }
+
+    /// Reads `resources.json`; empty when `ama up` has not written it yet.
+    pub fn load_resources(&self) -> Result<Vec<Value>, Error> {
+        let path = self.resources_file();
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::State {
+                path,
+                message: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(source) => Err(Error::Io { path, source }),
+        }
     }
 
     /// Removes the whole directory.
@@ -286,16 +333,25 @@ pub struct ControlPlaneRecord {
 
 impl State {
     /// The pod named `name`, in any namespace (names are unique across the mesh here), or the
-    /// first pod whose name starts with `name` when that is unambiguous.
+    /// one pod whose name starts with `name`; [`Error::AmbiguousPod`] (naming every candidate)
+    /// when several do.
     pub fn pod(&self, name: &str) -> Result<&PodRecord, Error> {
         if let Some(p) = self.pods.iter().find(|p| p.name == name) {
             return Ok(p);
         }
-        let mut prefixed = self.pods.iter().filter(|p| p.name.starts_with(name));
-        match (prefixed.next(), prefixed.next()) {
-            (Some(p), None) => Ok(p),
-            _ => Err(Error::NoPod {
+        let prefixed: Vec<&PodRecord> = self
+            .pods
+            .iter()
+            .filter(|p| p.name.starts_with(name))
+            .collect();
+        match prefixed.as_slice() {
+            [p] => Ok(p),
+            [] => Err(Error::NoPod {
                 name: name.to_string(),
+            }),
+            many => Err(Error::AmbiguousPod {
+                name: name.to_string(),
+                candidates: many.iter().map(|p| p.name.clone()).collect(),
             }),
         }
     }
@@ -332,6 +388,59 @@ pub struct PodRecord {
     pub containers: Vec<ContainerRecord>,
     /// The pod object (what the control plane is told).
     pub object: Value,
+    /// What happened to it, oldest first, as `kubectl describe pod` lists Events (a repeat
+    /// counts on its first).
+    #[serde(default)]
+    pub events: Vec<PodEvent>,
+}
+
+/// One event of a pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodEvent {
+    /// `Normal` or `Warning`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `Started`, `Unhealthy`, `Killing`, `BackOff` …
+    pub reason: String,
+    /// What happened.
+    pub message: String,
+    /// When it first happened (seconds since the epoch).
+    pub first_at: u64,
+    /// When it last happened.
+    pub last_at: u64,
+    /// How often.
+    pub count: u32,
+}
+
+/// The most events a pod keeps (the oldest go first).
+const MAX_EVENTS: usize = 30;
+
+impl PodRecord {
+    /// Records an event; the same reason and message again counts on the earlier one.
+    pub fn event(&mut self, warning: bool, reason: &str, message: String) {
+        let at = now();
+        if let Some(e) = self
+            .events
+            .iter_mut()
+            .find(|e| e.reason == reason && e.message == message)
+        {
+            e.count += 1;
+            e.last_at = at;
+            return;
+        }
+        if self.events.len() >= MAX_EVENTS {
+            self.events.remove(0);
+        }
+        self.events.push(PodEvent {
+            kind: if warning { "Warning" } else { "Normal" }.into(),
+            reason: reason.into(),
+            message,
+            first_at: at,
+            last_at: at,
+            count: 1,
+        });
+    }
 }
 
 impl PodRecord {
@@ -360,14 +469,23 @@ impl PodRecord {
         if let Some(reason) = self.containers.iter().find_map(ContainerState::reason_of) {
             return reason;
         }
-        if self
+        let running = self
             .containers
             .iter()
-            .all(|c| matches!(c.state, ContainerState::Running { .. }))
-        {
-            "Running".into()
-        } else {
-            "Pending".into()
+            .filter(|c| matches!(c.state, ContainerState::Running { .. }))
+            .count();
+        let completed = self
+            .containers
+            .iter()
+            .filter(|c| matches!(c.state, ContainerState::Terminated { .. }))
+            .count();
+        // kubectl's: containers that ran to their end (restartPolicy OnFailure or Never) next
+        // to running ones make the pod NotReady; all of them, Completed.
+        match (running, completed) {
+            (_, c) if c == self.containers.len() && c > 0 => "Completed".into(),
+            (r, c) if r > 0 && c > 0 && r + c == self.containers.len() => "NotReady".into(),
+            (r, _) if r == self.containers.len() => "Running".into(),
+            _ => "Pending".into(),
         }
     }
 
@@ -445,9 +563,33 @@ pub struct ContainerRecord {
     pub env: Vec<(String, String)>,
     /// Its readiness check.
     pub probe: Probe,
+    /// When its readiness check runs.
+    #[serde(default)]
+    pub readiness: Timing,
+    /// Its liveness probe.
+    #[serde(default)]
+    pub liveness: Option<ProbeSpec>,
+    /// Its startup probe.
+    #[serde(default)]
+    pub startup: Option<ProbeSpec>,
+    /// How it ended last time, when it was restarted or ran to its end (`kubectl describe`'s
+    /// Last State).
+    #[serde(default)]
+    pub last_state: Option<ContainerState>,
     /// Its view of the machine (`ama exec` enters it too).
     #[serde(default)]
     pub sandbox: Option<crate::sandbox::Sandbox>,
+}
+
+impl ContainerRecord {
+    /// Its readiness probe as `kubectl describe` shows it.
+    pub fn probe_text(&self) -> String {
+        ProbeSpec {
+            check: self.probe.clone(),
+            timing: self.readiness,
+        }
+        .describe()
+    }
 }
 
 /// A container's state, as in a Pod's `containerStatuses`.
@@ -556,6 +698,10 @@ mod tests {
             user: (role == Role::Sidecar).then_some((1337, 1337)),
             env: vec![("POD_NAME".into(), "p".into())],
             probe: Probe::Tcp { port: 80 },
+            readiness: Timing::default(),
+            liveness: None,
+            startup: None,
+            last_state: None,
             sandbox: None,
         }
     }
@@ -596,6 +742,7 @@ mod tests {
                 ),
             ],
             object: serde_json::json!({"kind": "Pod"}),
+            events: Vec::new(),
         }
     }
 
@@ -654,6 +801,15 @@ mod tests {
         };
         p.containers[0].ready = false;
         assert_eq!(p.status(), "CrashLoopBackOff");
+        // restartPolicy Never/OnFailure: what ran to its end stays so.
+        let mut done = pod();
+        done.containers[0].state = ContainerState::Terminated {
+            exit_code: 0,
+            reason: "Completed".into(),
+        };
+        assert_eq!(done.status(), "NotReady");
+        done.containers[1].state = done.containers[0].state.clone();
+        assert_eq!(done.status(), "Completed");
         assert_eq!(p.ready(), (1, 2));
         assert_eq!(p.container(None).unwrap().name, "httpbin");
         assert_eq!(
@@ -673,6 +829,19 @@ mod tests {
         assert!(state.pod("httpbin-deployment-9bfd96975-px5lv").is_ok());
         assert!(state.pod("httpbin").is_ok());
         assert!(matches!(state.pod("ubuntu"), Err(Error::NoPod { .. })));
+        let mut other = pod();
+        other.name = "httpbin-deployment-9bfd96975-zz7xq".into();
+        let state = State {
+            pods: vec![pod(), other],
+            ..State::default()
+        };
+        let err = state.pod("httpbin-").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "pod name \"httpbin-\" is ambiguous: the names of pods httpbin-deployment-9bfd96975-px5lv, \
+             httpbin-deployment-9bfd96975-zz7xq start with it; give more of the name"
+        );
+        assert!(state.pod("httpbin-deployment-9bfd96975-zz").is_ok());
     }
 
     #[test]

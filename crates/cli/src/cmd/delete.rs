@@ -24,9 +24,13 @@ pub struct Args {
     /// `TYPE NAME...` or `TYPE/NAME...` (instead of -f).
     #[arg(value_name = "TYPE[/NAME]")]
     pub names: Vec<String>,
-    /// File whose objects to delete; `-` reads standard input. Repeat for several.
+    /// File (or directory, as `ama apply -f` reads it) whose objects to delete; `-` reads
+    /// standard input. Repeat for several.
     #[arg(short = 'f', long = "filename", value_name = "FILE")]
     pub filenames: Vec<PathBuf>,
+    /// Also the files in the subdirectories of a directory given with -f.
+    #[arg(short = 'R', long = "recursive")]
+    pub recursive: bool,
     /// The namespace of the objects that name none.
     #[arg(short = 'n', long = "namespace", value_name = "NAMESPACE")]
     pub namespace: Option<String>,
@@ -44,7 +48,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if !args.names.is_empty() {
             bail!("give either -f FILE or TYPE NAME, not both");
         }
-        from_files(&args.filenames, args.namespace.as_deref())?
+        let files = super::apply::files(&args.filenames, args.recursive)?;
+        from_files(&files, args.namespace.as_deref())?
     };
     if targets.is_empty() {
         bail!("nothing to delete: give -f FILE, or TYPE NAME (e.g. `ama delete se cnn`)");
