@@ -143,6 +143,13 @@ pub fn add(manifests: &mut Manifests, profile: Profile) {
     if objects.is_empty() {
         return;
     }
+    // `ama up` enforces no RBAC (its gateways get their Secrets from discovery): the profile's
+    // Role and RoleBinding would only be reported back to the user, by `ama analyze` and
+    // discovery's log, as kinds Ama does not implement, about objects the user never wrote.
+    let objects: Vec<_> = objects
+        .into_iter()
+        .filter(|o| !matches!(o["kind"].as_str(), Some("Role" | "RoleBinding")))
+        .collect();
     let text = manifest::render(&objects);
     let (docs, _) = manifests::parse(&text, &format!("profile {}", profile.as_str()));
     let new: Vec<_> = docs
@@ -169,6 +176,12 @@ mod tests {
             "ns.yaml",
         ));
         add(&mut m, Profile::Demo);
+        assert!(
+            !m.docs
+                .iter()
+                .any(|d| matches!(d.object.kind(), "Role" | "RoleBinding")),
+            "no RBAC objects: ama up enforces none and would report them as not implemented"
+        );
         let (groups, notes) = pod_groups(&m);
         assert!(notes.is_empty(), "{notes:?}");
         let keys: Vec<String> = groups.iter().map(|g| g.key()).collect();
