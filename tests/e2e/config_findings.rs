@@ -93,6 +93,7 @@ spec:
       labels: {app: web}
       annotations:
         sidecar.istio.io/userVolume: '[]'
+        sidecar.istio.io/bootstrapOverride: custom-bootstrap
         sidecar.istio.io/proxyCPU: 100m
     spec:
       containers: [{name: web, image: nginx}]
@@ -123,8 +124,8 @@ spec:
         [
             format!(
                 "Warning: {f}:doc 1: Deployment default/web: \
-                 spec.template.metadata.annotations[\"sidecar.istio.io/userVolume\"]: not \
-                 implemented by Ama; ignored"
+                 spec.template.metadata.annotations[\"sidecar.istio.io/bootstrapOverride\"]: \
+                 not implemented by Ama; ignored"
             ),
             format!(
                 "Warning: {f}:doc 2: Deploymnet default/typo: kind: unknown kind \"Deploymnet\" \
@@ -139,8 +140,8 @@ spec:
                  to the workloads it selects is denied until it is fixed"
             ),
         ],
-        "the annotation Ama does not act on (proxyCPU it does), the typo, and the policy Ama \
-         cannot read"
+        "the annotation Ama does not act on (proxyCPU and userVolume it does), the typo, and the \
+         policy Ama cannot read"
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("istio-proxy"));
 }

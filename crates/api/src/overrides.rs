@@ -260,6 +260,10 @@ fn parse_status_port(v: &str) -> Result<u16, String> {
 /// `{"name": {…}, …}` (the user volume annotations) as a list of objects with their `name`,
 /// ordered by name as Istio's template ranges over the map.
 fn named_objects(v: &str) -> Result<Vec<serde_json::Value>, String> {
+    // Istio's template ranges over what `fromJSON` gives: an empty JSON array adds nothing.
+    if serde_json::from_str::<Vec<serde_json::Value>>(v).is_ok_and(|a| a.is_empty()) {
+        return Ok(Vec::new());
+    }
     let map: BTreeMap<String, serde_json::Value> = serde_json::from_str(v)
         .map_err(|e| format!("is not a JSON object of name to object: {e}"))?;
     map.into_iter()
