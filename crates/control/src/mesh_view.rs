@@ -3,8 +3,9 @@
 //!
 //! What the page shows comes from two places:
 //!
-//! - the proxies' own metrics: a task ([`MeshView::run`]) scrapes every sidecar workload the
-//!   model knows (`http://<pod IP>:15090/stats/prometheus`, Envoy's stats port) every
+//! - the proxies' own metrics: a task ([`MeshView::run`]) scrapes every workload the model knows
+//!   whose proxy is connected to this server (`http://<pod IP>:15090/stats/prometheus`, Envoy's
+//!   stats port) every
 //!   [`SCRAPE_INTERVAL`], at most [`MAX_SCRAPES_AT_ONCE`] at a time, each bounded by
 //!   [`SCRAPE_TIMEOUT`] and [`MAX_BODY`]. It runs beside the push loop and shares nothing with it
 //!   but the model's `Arc`, so a slow or dead proxy never delays a push. Each round sums Istio's
@@ -19,7 +20,7 @@
 //! is `unknown` on the client side, as in Istio). Calls whose server has no sidecar are known
 //! from the client side (`reporter="source"`) only, and shown so.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -153,9 +154,15 @@ impl MeshView {
                 _ = ticks.tick() => {}
             }
             let model = self.pusher.model();
+            let connected: BTreeSet<String> = self
+                .ads
+                .status()
+                .iter()
+                .map(|p| proxy_pod(&p.node_id).to_string())
+                .collect();
             let round = tokio::select! {
                 _ = stop.cancelled() => return,
-                round = scrape_round(&model) => round,
+                round = scrape_round(&model, &connected) => round,
             };
             rounds.push_back(round);
             // The oldest round kept is the last one at least WINDOW old: rates span the window.
@@ -194,15 +201,21 @@ fn node_of(w: &xds::Workload) -> NodeKey {
     )
 }
 
-/// Scrapes every sidecar of the model once.
-async fn scrape_round(model: &Model) -> Round {
+/// `pod.namespace` of a node id (`sidecar~10.0.0.5~pod.ns~ns.svc.cluster.local`).
+fn proxy_pod(node_id: &str) -> &str {
+    node_id.split('~').nth(2).unwrap_or(node_id)
+}
+
+/// Scrapes once every workload of the model whose proxy is connected (`connected`: their
+/// `pod.namespace`): a workload without one has no stats port to ask.
+async fn scrape_round(model: &Model, connected: &BTreeSet<String>) -> Round {
     let targets: Vec<(String, IpAddr)> = model
         .workloads
         .iter()
-        .filter(|w| w.tls_mode == xds::TlsMode::Istio)
         .filter_map(|w| {
+            let pod = format!("{}.{}", w.name, w.namespace);
             let ip = w.addresses.first()?;
-            Some((format!("{}.{}", w.name, w.namespace), *ip))
+            connected.contains(&pod).then_some((pod, *ip))
         })
         .collect();
     let results: Vec<(String, Result<String, ScrapeError>)> = futures_util::stream::iter(targets)
@@ -417,7 +430,7 @@ fn graph(model: &Model, first: &Round, last: &Round) -> Value {
     }
     // The server side's report of an edge wins; the client side's only fills in calls no
     // server-side proxy reported.
-    let destination_reported: std::collections::BTreeSet<(&NodeKey, &NodeKey, &str, &str)> = last
+    let destination_reported: BTreeSet<(&NodeKey, &NodeKey, &str, &str)> = last
         .edges
         .keys()
         .filter(|k| k.reporter == "destination")
@@ -512,8 +525,7 @@ fn proxies(model: &Model, status: &[ProxyStatus], scraped: &Value) -> Value {
     let mut rows: Vec<Value> = status
         .iter()
         .map(|p| {
-            // `sidecar~10.0.0.5~pod.ns~ns.svc.cluster.local`
-            let pod = p.node_id.split('~').nth(2).unwrap_or(&p.node_id);
+            let pod = proxy_pod(&p.node_id);
             let node = model
                 .workloads
                 .iter()
