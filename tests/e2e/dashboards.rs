@@ -14,10 +14,10 @@
 //!   screenshot.
 //!
 //! The mesh is the seed (ubuntu-deployment, httpbin-deployment ×2 behind httpbin-service) plus
-//! httpbin-tcp, a Service whose port is TCP to the same pods. The client sends a steady load for
+//! tcp-server (httpbin behind a Service whose port is TCP). The client sends a steady load for
 //! as long as the test runs (the dashboards use `irate`, which needs traffic in the last two
 //! scrapes): one request in five is `/status/500` (not retried by Istio's default policy, which
-//! retries 503s), and each round also fetches bytes over the TCP Service.
+//! retries 503s), and each round also fetches `/headers` over the TCP Service.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,13 +28,29 @@ use e2e::up::{UpMesh, name};
 use e2e::{Proc, Scratch, ama, root_or_skip, wait_for, workspace};
 use serde_json::{Value, json};
 
-/// A TCP port (the name's `tcp` prefix makes it TCP, as in Istio) on the httpbin pods.
-const TCP_SERVICE: &str = "apiVersion: v1
-kind: Service
-metadata: {name: httpbin-tcp, namespace: default}
+/// A server called over TCP: httpbin on port 9000 behind a Service whose port is TCP (its
+/// name's `tcp` prefix, as Istio reads it). A port of its own: a target port shared with
+/// httpbin-service would be HTTP on the server side.
+const TCP_SERVER: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: tcp-server, namespace: default, labels: {app: tcp-server}}
 spec:
-  selector: {app: httpbin}
-  ports: [{name: tcp, port: 8000, targetPort: 80}]
+  replicas: 1
+  selector: {matchLabels: {app: tcp-server}}
+  template:
+    metadata:
+      labels: {app: tcp-server}
+      annotations: {local.ama.dev/command: ama sample httpbin --port 9000}
+    spec:
+      containers:
+      - {name: httpbin, image: kennethreitz/httpbin, ports: [{containerPort: 9000}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: tcp-server, namespace: default}
+spec:
+  selector: {app: tcp-server}
+  ports: [{name: tcp, port: 8000, targetPort: 9000}]
 ";
 
 /// The client's load: bounded (about ten minutes at most) so that nothing outlives a test
@@ -42,7 +58,7 @@ spec:
 const LOAD: &str = "i=0; while [ $i -lt 6000 ]; do i=$((i+1)); code=200; \
     [ $((i % 5)) -eq 0 ] && code=500; \
     curl -s -o /dev/null --max-time 5 http://httpbin-service/status/$code; \
-    curl -s -o /dev/null --max-time 5 http://httpbin-tcp:8000/bytes/256; \
+    curl -s -o /dev/null --max-time 5 http://tcp-server:8000/headers; \
     sleep 0.1; done";
 
 /// Prometheus's port inside the bridge's namespace (nothing else of the mesh listens there).
@@ -52,7 +68,7 @@ const SCRAPE_INTERVAL: &str = "5s";
 /// How long one query may wait for the series it expects (several scrapes).
 const QUERY_WAIT: Duration = Duration::from_secs(30);
 
-/// The seed's files and [`TCP_SERVICE`] in a fresh directory of `scratch`.
+/// The seed's files and [`TCP_SERVER`] in a fresh directory of `scratch`.
 fn mesh_dir(scratch: &Scratch) -> PathBuf {
     let dir = scratch.path().join("mesh");
     std::fs::create_dir_all(&dir).unwrap();
@@ -62,14 +78,14 @@ fn mesh_dir(scratch: &Scratch) -> PathBuf {
             std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
         }
     }
-    std::fs::write(dir.join("httpbin-tcp.yaml"), TCP_SERVICE).unwrap();
+    std::fs::write(dir.join("tcp-server.yaml"), TCP_SERVER).unwrap();
     dir
 }
 
-/// The mesh with its three pods ready, and the client's load running.
+/// The mesh with its four pods ready, and the client's load running.
 fn start(scratch: &Scratch, tag: &str) -> (UpMesh, Vec<Value>, Proc) {
     let mesh = UpMesh::start(tag, &mesh_dir(scratch), scratch.path(), &[]);
-    let pods = mesh.wait_ready(3);
+    let pods = mesh.wait_ready(4);
     let client = pods
         .iter()
         .map(name)
@@ -143,20 +159,39 @@ scrape_configs:
   - files: ["{}"]
     refresh_interval: 5s
   relabel_configs:
-  - {{action: keep, regex: "true", source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape]}}
-  - {{action: drop, regex: "true", source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape_slow]}}
-  - {{action: replace, regex: (https?), source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scheme], target_label: __scheme__}}
-  - {{action: replace, regex: (.+), source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_path], target_label: __metrics_path__}}
+  - action: keep
+    regex: "true"
+    source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape]
+  - action: drop
+    regex: "true"
+    source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape_slow]
   - action: replace
-    regex: (\d+);((([0-9]+?)(\.|$)){{4}})
-    replacement: $2:$1
+    regex: "(https?)"
+    source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scheme]
+    target_label: __scheme__
+  - action: replace
+    regex: "(.+)"
+    source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_path]
+    target_label: __metrics_path__
+  - action: replace
+    regex: '(\d+);((([0-9]+?)(\.|$)){{4}})'
+    replacement: "$2:$1"
     source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_port, __meta_kubernetes_pod_ip]
     target_label: __address__
-  - {{action: labelmap, regex: __meta_kubernetes_pod_annotation_prometheus_io_param_(.+), replacement: __param_$1}}
-  - {{action: labelmap, regex: __meta_kubernetes_pod_label_(.+)}}
-  - {{action: replace, source_labels: [__meta_kubernetes_namespace], target_label: namespace}}
-  - {{action: replace, source_labels: [__meta_kubernetes_pod_name], target_label: pod}}
-  - {{action: drop, regex: Pending|Succeeded|Failed|Completed, source_labels: [__meta_kubernetes_pod_phase]}}
+  - action: labelmap
+    regex: "__meta_kubernetes_pod_annotation_prometheus_io_param_(.+)"
+    replacement: "__param_$1"
+  - action: labelmap
+    regex: "__meta_kubernetes_pod_label_(.+)"
+  - action: replace
+    source_labels: [__meta_kubernetes_namespace]
+    target_label: namespace
+  - action: replace
+    source_labels: [__meta_kubernetes_pod_name]
+    target_label: pod
+  - action: drop
+    regex: "Pending|Succeeded|Failed|Completed"
+    source_labels: [__meta_kubernetes_pod_phase]
 "#,
         targets.display()
     )
@@ -164,7 +199,7 @@ scrape_configs:
 
 /// A Prometheus running in the mesh's bridge namespace; killed on drop.
 struct Prometheus {
-    _proc: Proc,
+    proc: Proc,
     netns: String,
 }
 
@@ -183,7 +218,7 @@ impl Prometheus {
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}"));
         Prometheus {
-            _proc: Proc::spawn("prometheus", dir, cmd),
+            proc: Proc::spawn("prometheus", dir, cmd),
             netns: netns.to_string(),
         }
     }
@@ -305,10 +340,11 @@ fn istio_dashboards_answered_by_prometheus() {
     let (mesh, pods, mut load) = start(&scratch, "dprom");
     let state = mesh.state();
     let netns = state["lanNetns"].as_str().expect("state.json lanNetns");
-    let prometheus = Prometheus::start(netns, scratch.path(), &pods);
+    let mut prometheus = Prometheus::start(netns, scratch.path(), &pods);
 
     // Every pod is a target, scraped on the status port as Istio's annotations say.
     let active = wait_for("Prometheus's targets up", Duration::from_secs(90), || {
+        prometheus.proc.assert_running();
         let t = prometheus.api("targets", &[])?;
         let active = t["data"]["activeTargets"].as_array()?.clone();
         (active.len() == pods.len() && active.iter().all(|t| t["health"] == "up")).then_some(active)
@@ -335,6 +371,27 @@ fn istio_dashboards_answered_by_prometheus() {
             .ok()?;
         (!r.is_empty()).then_some(())
     });
+
+    // Istio's TCP byte counters take the downstream's side: sent is the response (httpbin's
+    // /headers JSON), received the request (a GET of a few headers), so sent is the larger.
+    let tcp_rate = |metric: &str| -> Option<f64> {
+        let expr = format!(
+            r#"sum(rate({metric}{{reporter="destination",destination_service="tcp-server.default.svc.cluster.local"}}[1m]))"#
+        );
+        prometheus.query(&expr).ok()?.first()?["value"][1]
+            .as_str()?
+            .parse()
+            .ok()
+    };
+    let (sent, received) = wait_for("TCP bytes in Prometheus", QUERY_WAIT, || {
+        let sent = tcp_rate("istio_tcp_sent_bytes_total")?;
+        let received = tcp_rate("istio_tcp_received_bytes_total")?;
+        (sent > 0.0 && received > 0.0).then_some((sent, received))
+    });
+    assert!(
+        sent > received,
+        "istio_tcp_sent_bytes_total (the response) {sent}/s is not above istio_tcp_received_bytes_total (the request) {received}/s"
+    );
 
     let mut failures = Vec::new();
     let queries = fixture["queries"].as_array().expect("queries");
@@ -508,7 +565,7 @@ fn mesh_page_in_headless_chromium() {
     }
     // Each proxy's sync state.
     let proxies = tags(&dom, "tr", "proxy-row");
-    assert_eq!(proxies.len(), 3, "{proxies:?}");
+    assert_eq!(proxies.len(), 4, "{proxies:?}");
     for p in &proxies {
         assert_eq!(
             attr(&format!(" {p}"), "data-sync"),
