@@ -10,8 +10,8 @@
 //!   `/api/v1/query`: each must return series with the right labels and plausible values;
 //! - [`mesh_page_in_headless_chromium`]: `ama dashboard` forwards a host port to discovery's
 //!   mesh page; headless Chromium (Debian's `chromium`) loads it and the test asserts on the DOM
-//!   it rendered (the edge ubuntu → httpbin, its rate, mTLS, the proxies SYNCED), and writes a
-//!   screenshot.
+//!   it rendered (the edge ubuntu → httpbin with its rate and mTLS, the TCP edge in bytes, the
+//!   proxies SYNCED), and writes a screenshot.
 //!
 //! The mesh is the seed (ubuntu-deployment, httpbin-deployment ×2 behind httpbin-service) plus
 //! tcp-server (httpbin behind a Service whose port is TCP). The client sends a steady load for
@@ -529,6 +529,34 @@ fn mesh_page_in_headless_chromium() {
     let errors = edge["errorRate"].as_f64().unwrap();
     assert!(errors > 0.0 && errors < 0.5, "one in five is a 500: {edge}");
 
+    // The TCP calls: an edge of their own, in bytes, over mTLS.
+    let tcp = wait_for(
+        "the TCP edge in /mesh.json",
+        Duration::from_secs(60),
+        || {
+            let out = Command::new("curl")
+                .args(["-sS", "--max-time", "5", &data_url])
+                .output()
+                .ok()?;
+            let data: Value = serde_json::from_slice(&out.stdout).ok()?;
+            data["edges"]
+                .as_array()?
+                .iter()
+                .find(|e| {
+                    e["destination"] == "tcp-server.default"
+                        && e["bytesRate"].as_f64().is_some_and(|b| b > 0.0)
+                })
+                .cloned()
+        },
+    );
+    assert_eq!(tcp["protocol"], "tcp", "{tcp}");
+    assert_eq!(tcp["source"], "ubuntu-deployment.default", "{tcp}");
+    assert_eq!(
+        tcp["service"], "tcp-server.default.svc.cluster.local",
+        "{tcp}"
+    );
+    assert_eq!(tcp["mtls"], "mutual_tls", "{tcp}");
+
     // What the page shows, after its script ran.
     let dom = String::from_utf8(chromium(&["--dump-dom"], &url).stdout).unwrap();
     std::fs::write(scratch.path().join("mesh-page.html"), &dom).unwrap();
@@ -557,7 +585,20 @@ fn mesh_page_in_headless_chromium() {
         }),
         "no edge drawn in the SVG"
     );
-    for node in ["ubuntu-deployment.default", "httpbin-deployment.default"] {
+    assert!(
+        rows.iter().any(|r| {
+            let r = format!(" {r}");
+            attr(&r, "data-destination") == Some("tcp-server.default")
+                && r.contains("<td>tcp</td>")
+                && r.contains(" B/s</td>")
+        }),
+        "no TCP edge row in the page"
+    );
+    for node in [
+        "ubuntu-deployment.default",
+        "httpbin-deployment.default",
+        "tcp-server.default",
+    ] {
         assert!(
             dom.contains(&format!("data-node=\"{node}\"")),
             "node {node}"
