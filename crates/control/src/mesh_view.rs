@@ -670,6 +670,48 @@ istio_request_duration_milliseconds_sum{reporter="destination",source_workload="
     }
 
     #[test]
+    fn tcp_edges_count_connections_and_bytes_in_both_directions() {
+        let tcp = |opened: u32, sent: u32, received: u32| {
+            let labels = r#"reporter="destination",source_workload="sleep",source_workload_namespace="default",destination_workload="db",destination_workload_namespace="default",destination_service="db.default.svc.cluster.local",connection_security_policy="mutual_tls""#;
+            format!(
+                "# TYPE istio_tcp_connections_opened counter\n\
+                 istio_tcp_connections_opened_total{{{labels}}} {opened}\n\
+                 # TYPE istio_tcp_sent_bytes counter\n\
+                 istio_tcp_sent_bytes_total{{{labels}}} {sent}\n\
+                 # TYPE istio_tcp_received_bytes counter\n\
+                 istio_tcp_received_bytes_total{{{labels}}} {received}\n"
+            )
+        };
+        let t0 = Instant::now();
+        let round = |at, text: &str| {
+            let mut edges = BTreeMap::new();
+            add_metrics(&mut edges, text);
+            Round {
+                at,
+                edges,
+                scraped: BTreeMap::new(),
+            }
+        };
+        let first = round(t0, &tcp(1, 100, 50));
+        let last = round(t0 + Duration::from_secs(5), &tcp(3, 600, 150));
+        let g = graph(&Model::default(), &first, &last);
+        let e = &g["edges"][0];
+        assert_eq!(e["protocol"], "tcp", "{g:#}");
+        assert_eq!(e["destination"], "db.default");
+        assert_eq!(e["mtls"], "mutual_tls");
+        // (500 + 100) bytes and 2 connections in 5 s.
+        assert!(
+            (e["bytesRate"].as_f64().unwrap() - 120.0).abs() < 1e-9,
+            "{e}"
+        );
+        assert!(
+            (e["requestRate"].as_f64().unwrap() - 0.4).abs() < 1e-9,
+            "{e}"
+        );
+        assert_eq!(e["p50Ms"], Value::Null);
+    }
+
+    #[test]
     fn sync_follows_istioctl() {
         let mut t = TypeStatus::default();
         assert_eq!(type_sync(&t), Sync::NotSent);
