@@ -58,6 +58,8 @@ enum Command {
     ProxyStatus(cmd::proxy_status::Args),
     /// Find problems in config files or the running mesh (like `istioctl analyze`).
     Analyze(cmd::analyze::Args),
+    /// Open the live mesh page of the local mesh (like `istioctl dashboard`).
+    Dashboard(cmd::dashboard::Args),
     /// The versions of the client, the control plane and the data plane (like `istioctl version`).
     Version(cmd::version::Args),
     /// Enter a container's view of the machine, then run a command (used by `ama up`).
@@ -92,6 +94,7 @@ fn main() -> ExitCode {
         Command::ProxyConfig(args) => cmd::proxy_config::run(args),
         Command::ProxyStatus(args) => cmd::proxy_status::run(args),
         Command::Analyze(args) => cmd::analyze::run(args),
+        Command::Dashboard(args) => cmd::dashboard::run(args),
         Command::Version(args) => cmd::version::run(args),
     };
     match result {

@@ -12,7 +12,10 @@
 //!   - `GET /debug/config_errors`: JSON, the documents of the config directory left out, and
 //!     what the model could not use;
 //!   - `GET /metrics`: Prometheus text (push times, pushes, connected proxies);
-//!   - `GET /version`: JSON, this build's version (istiod's `/version`, for `ama version`).
+//!   - `GET /version`: JSON, this build's version (istiod's `/version`, for `ama version`);
+//!   - `GET /mesh`: the live mesh page, and `GET /mesh.json`, the graph it polls: workloads,
+//!     who calls whom with rates, latency and mTLS from the proxies' metrics, each proxy's sync
+//!     state ([`crate::mesh_view`], which scrapes the proxies off the push path).
 //!
 //! - The key sets of RequestAuthentication `jwksUri`s, fetched and refreshed in the background
 //!   ([`crate::jwks`]); a change is pushed.
@@ -45,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 use xds::ads::{AdsServer, ProxyStatus};
 
 use crate::jwks::JwksFetcher;
+use crate::mesh_view::MeshView;
 use crate::push::{PushOptions, Pusher};
 use crate::registry::ConfigStore;
 use crate::registry::file::{FileRegistry, POLL_INTERVAL, RegistryError};
@@ -139,6 +143,7 @@ struct Monitoring {
     kube: Option<Arc<KubeRegistry>>,
     ads: AdsServer,
     metrics: Registry,
+    mesh: Arc<MeshView>,
 }
 
 impl Discovery {
@@ -267,12 +272,16 @@ impl Discovery {
         if let (Some(kube), Some(security)) = (&kube, &security) {
             publish_to_cluster(kube, security);
         }
+        // The mesh page's scrapes of the proxies: a task of their own, off the push path.
+        let mesh = Arc::new(MeshView::new(Arc::clone(&pusher), ads.clone()));
+        tasks.push(tokio::spawn(Arc::clone(&mesh).run(shutdown.clone())));
         let state = Arc::new(Monitoring {
             pusher: Arc::clone(&pusher),
             registry: registry.clone(),
             kube: kube.clone(),
             ads: ads.clone(),
             metrics,
+            mesh,
         });
         tasks.push(tokio::spawn(serve_monitoring(
             monitoring,
@@ -406,6 +415,12 @@ fn handle(state: &Monitoring, req: &Request<Incoming>) -> Response<Full<Bytes>> 
         }
         "/debug/syncz" => json_reply(&syncz(&state.ads.status())),
         "/version" => json_reply(&version()),
+        "/mesh" => reply(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            crate::mesh_view::PAGE.into(),
+        ),
+        "/mesh.json" => json_reply(&state.mesh.json()),
         "/debug/config_errors" => {
             let model = state.pusher.model();
             json_reply(&json!({
@@ -438,7 +453,9 @@ fn handle(state: &Monitoring, req: &Request<Incoming>) -> Response<Full<Bytes>> 
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: /ready, /debug/syncz, /debug/config_errors, /metrics, /version\n".into(),
+            "not found: /ready, /debug/syncz, /debug/config_errors, /metrics, /version, /mesh, \
+             /mesh.json\n"
+                .into(),
         ),
     }
 }

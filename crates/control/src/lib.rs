@@ -58,6 +58,7 @@ pub mod ca_secret;
 pub mod ca_server;
 pub mod discovery;
 pub mod jwks;
+pub mod mesh_view;
 pub mod model;
 pub mod push;
 pub mod registry;

@@ -212,6 +212,50 @@ async fn seed_config_reaches_a_proxy_and_follows_edits() {
     assert!(metrics.contains("pilot_xds 1"), "{metrics}");
     assert_eq!(get(monitoring, "/nope").await.0, 404);
 
+    // The mesh page and its data: the proxy SYNCED at once; the workloads once the first scrape
+    // round is over (the proxy's 10.244.0.5:15090 does not answer here: its error is shown).
+    let (status, page) = get(monitoring, "/mesh").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("<svg") && page.contains("mesh.json"),
+        "{page}"
+    );
+    let mesh = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let (status, body) = get(monitoring, "/mesh.json").await;
+            assert_eq!(status, 200);
+            let mesh: serde_json::Value = serde_json::from_str(&body).expect("json");
+            if mesh["scraped"]["ubuntu.default"].is_string() {
+                return mesh;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("a scrape round within 15 s");
+    let proxy = &mesh["proxies"][0];
+    assert_eq!(proxy["proxy"], "ubuntu.default", "{mesh:#}");
+    assert_eq!(proxy["node"], "ubuntu.default", "{mesh:#}");
+    assert_eq!(proxy["sync"], "SYNCED", "{mesh:#}");
+    assert_eq!(proxy["scraped"], false, "{mesh:#}");
+    assert!(
+        proxy["scrapeError"]
+            .as_str()
+            .is_some_and(|e| e.contains("10.244.0.5:15090")),
+        "{mesh:#}"
+    );
+    let nodes: Vec<&str> = mesh["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|n| n["id"].as_str())
+        .collect();
+    assert!(
+        nodes.contains(&"httpbin-deployment.default") && nodes.contains(&"ubuntu.default"),
+        "{mesh:#}"
+    );
+    assert_eq!(mesh["edges"], serde_json::json!([]));
+
     client.abort();
     tokio::time::timeout(Duration::from_secs(10), discovery.shutdown())
         .await

@@ -351,8 +351,10 @@ pub(crate) async fn forward_tcp<D>(
             _ => rec.connection_termination_details = Some(e.to_string().into()),
         }
     }
-    conn.sent(sent);
-    conn.received(received);
+    // Istio's TCP byte counters take the downstream's side, as the access log does: sent is
+    // what went back to the client (the response), received what came from it (the request).
+    conn.sent(received);
+    conn.received(sent);
     rec.bytes_received = sent;
     rec.bytes_sent = received;
     rec.duration = t0.elapsed();

@@ -3,6 +3,7 @@
 pub mod analyze;
 pub mod apply;
 pub mod create;
+pub mod dashboard;
 pub mod delete;
 pub mod describe;
 pub mod discovery;

@@ -239,12 +239,14 @@ pub struct TcpConnection {
 }
 
 impl TcpConnection {
-    /// Adds to `istio_tcp_sent_bytes_total` (bytes sent by the source toward the destination).
+    /// Adds to `istio_tcp_sent_bytes_total`: bytes sent to the downstream, the response
+    /// direction (Istio: "bytes sent during response").
     pub fn sent(&self, bytes: u64) {
         self.counters.sent.inc_by(bytes);
     }
 
-    /// Adds to `istio_tcp_received_bytes_total` (bytes the source received back).
+    /// Adds to `istio_tcp_received_bytes_total`: bytes received from the downstream, the request
+    /// direction (Istio: "bytes received during request").
     pub fn received(&self, bytes: u64) {
         self.counters.received.inc_by(bytes);
     }
