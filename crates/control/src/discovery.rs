@@ -506,6 +506,7 @@ pub fn syncz(status: &[ProxyStatus]) -> Value {
                         (
                             ty.name().to_string(),
                             json!({
+                                "state": s.sync_state().text(),
                                 "latest": s.latest,
                                 "sent": s.sent,
                                 "acked": s.acked,

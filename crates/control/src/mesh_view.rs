@@ -31,7 +31,7 @@ use futures_util::StreamExt;
 use http_body_util::{BodyExt, Empty, Limited};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-use xds::ads::{AdsServer, ProxyStatus, TypeStatus};
+use xds::ads::{AdsServer, ProxyStatus, SyncState, TypeStatus};
 
 use crate::model::Model;
 use crate::push::Pusher;
@@ -535,13 +535,13 @@ fn proxies(model: &Model, status: &[ProxyStatus], scraped: &Value) -> Value {
             let sync = p
                 .types
                 .values()
-                .map(type_sync)
+                .map(TypeStatus::sync_state)
                 .max()
-                .unwrap_or(Sync::NotSent);
+                .unwrap_or(SyncState::NotSent);
             let types: serde_json::Map<String, Value> = p
                 .types
                 .iter()
-                .map(|(t, s)| (t.name().to_string(), json!(type_sync(s).text())))
+                .map(|(t, s)| (t.name().to_string(), json!(s.sync_state().text())))
                 .collect();
             json!({
                 "proxy": pod,
@@ -555,43 +555,6 @@ fn proxies(model: &Model, status: &[ProxyStatus], scraped: &Value) -> Value {
         .collect();
     rows.sort_by(|a, b| a["proxy"].as_str().cmp(&b["proxy"].as_str()));
     Value::Array(rows)
-}
-
-/// The sync state of one type, worst last: `istioctl proxy-status`'s rule (`ama proxy-status`
-/// applies it to `/debug/syncz`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Sync {
-    Synced,
-    NotSent,
-    Stale,
-    Nack,
-}
-
-impl Sync {
-    fn text(self) -> &'static str {
-        match self {
-            Sync::Synced => "SYNCED",
-            Sync::NotSent => "NOT SENT",
-            Sync::Stale => "STALE",
-            Sync::Nack => "NACK",
-        }
-    }
-}
-
-fn type_sync(t: &TypeStatus) -> Sync {
-    let Some(sent) = &t.sent else {
-        return Sync::NotSent;
-    };
-    if t.acked.as_ref() != Some(sent) {
-        if t.nacked.as_ref().is_some_and(|n| &n.version == sent) {
-            return Sync::Nack;
-        }
-        return Sync::Stale;
-    }
-    if t.latest.as_ref().is_some_and(|l| l != sent) {
-        return Sync::Stale;
-    }
-    Sync::Synced
 }
 
 #[cfg(test)]
@@ -714,13 +677,22 @@ istio_request_duration_milliseconds_sum{reporter="destination",source_workload="
     #[test]
     fn sync_follows_istioctl() {
         let mut t = TypeStatus::default();
-        assert_eq!(type_sync(&t), Sync::NotSent);
+        assert_eq!(t.sync_state(), SyncState::NotSent);
         t.sent = Some("1".into());
-        assert_eq!(type_sync(&t), Sync::Stale);
+        assert_eq!(t.sync_state(), SyncState::Stale { never_acked: true });
         t.acked = Some("1".into());
         t.latest = Some("1".into());
-        assert_eq!(type_sync(&t), Sync::Synced);
+        assert_eq!(t.sync_state(), SyncState::Synced);
         t.latest = Some("2".into());
-        assert_eq!(type_sync(&t), Sync::Stale);
+        assert_eq!(t.sync_state(), SyncState::Stale { never_acked: false });
+        t.sent = Some("2".into());
+        t.nacked = Some(Box::new(xds::ads::Nack {
+            version: "2".into(),
+            nonce: "n".into(),
+            error: "bad".into(),
+            at: std::time::SystemTime::now(),
+        }));
+        assert_eq!(t.sync_state(), SyncState::Nack);
+        assert_eq!(SyncState::parse("NACK"), Some(SyncState::Nack));
     }
 }

@@ -22,6 +22,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use serde_json::{Value, json};
+use xds::ads::SyncState;
 
 use super::local::MeshName;
 use super::mesh_http::{Format, admin_json, discovery_json, find_pod, structured, tabwrite};
@@ -65,62 +66,22 @@ const COLUMNS: [(&str, &[&str]); 5] = [
 /// What the ISTIOD column names: the one control plane of the mesh.
 const CONTROL_PLANE: &str = "ama-discovery";
 
-/// The sync state of one type, worst last.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Sync {
-    Synced,
-    NotSent,
-    Stale { never_acked: bool },
-    Nack,
-}
-
-impl Sync {
-    fn text(&self) -> &'static str {
-        match self {
-            Sync::Synced => "SYNCED",
-            Sync::NotSent => "NOT SENT",
-            Sync::Stale { never_acked: false } => "STALE",
-            Sync::Stale { never_acked: true } => "STALE (Never Acknowledged)",
-            Sync::Nack => "NACK",
-        }
-    }
-}
-
-/// The state of one type of `/debug/syncz` (`None`: the proxy has not subscribed to it).
-fn type_sync(t: Option<&Value>) -> Sync {
-    let Some(t) = t else {
-        return Sync::NotSent;
-    };
-    let field = |k: &str| t.get(k).and_then(Value::as_str);
-    let Some(sent) = field("sent") else {
-        return Sync::NotSent;
-    };
-    let acked = field("acked");
-    let nacked = t
-        .get("nacked")
-        .and_then(|n| n.get("version"))
-        .and_then(Value::as_str);
-    if acked != Some(sent) && nacked == Some(sent) {
-        return Sync::Nack;
-    }
-    if acked != Some(sent) {
-        return Sync::Stale {
-            never_acked: acked.is_none(),
-        };
-    }
-    if field("latest").is_some_and(|latest| latest != sent) {
-        return Sync::Stale { never_acked: false };
-    }
-    Sync::Synced
+/// The state of one type of `/debug/syncz`, as discovery computed it (`None`: the proxy has
+/// not subscribed to it).
+fn type_sync(t: Option<&Value>) -> SyncState {
+    t.and_then(|t| t.get("state"))
+        .and_then(Value::as_str)
+        .and_then(SyncState::parse)
+        .unwrap_or(SyncState::NotSent)
 }
 
 /// One column's state for a proxy: the worst of its types (`NOT SENT` for none).
-fn column_sync(types: &Value, names: &[&str]) -> Sync {
+fn column_sync(types: &Value, names: &[&str]) -> SyncState {
     names
         .iter()
         .map(|n| type_sync(types.get(*n)))
         .max()
-        .unwrap_or(Sync::NotSent)
+        .unwrap_or(SyncState::NotSent)
 }
 
 /// `pod.namespace` from a node id (`sidecar~10.0.0.5~pod.ns~ns.svc.cluster.local`).
@@ -220,7 +181,7 @@ mod tests {
     use super::*;
 
     fn synced(v: &str) -> Value {
-        json!({"latest": v, "sent": v, "acked": v, "nacked": null, "pending": false})
+        json!({"state": "SYNCED", "latest": v, "sent": v, "acked": v, "nacked": null, "pending": false})
     }
 
     fn syncz() -> Value {
@@ -238,14 +199,16 @@ mod tests {
                 "types": {
                     "Service": synced("a"),
                     // Sent, not yet ACKed: STALE.
-                    "TrafficPolicy": {"latest": "b2", "sent": "b2", "acked": "b", "pending": true},
+                    "TrafficPolicy": {"state": "STALE", "latest": "b2", "sent": "b2", "acked": "b",
+                                      "pending": true},
                     // Rejected.
-                    "HttpRoutes": {"latest": "f2", "sent": "f2", "acked": "f",
+                    "HttpRoutes": {"state": "NACK", "latest": "f2", "sent": "f2", "acked": "f",
                                    "nacked": {"version": "f2", "nonce": "7", "error": "bad route"}},
                     // Never ACKed.
-                    "Node": {"latest": "c", "sent": "c", "acked": null},
+                    "Node": {"state": "STALE (Never Acknowledged)", "latest": "c", "sent": "c",
+                             "acked": null},
                     // Not sent.
-                    "Workload": {"latest": "e", "sent": null, "acked": null},
+                    "Workload": {"state": "NOT SENT", "latest": "e", "sent": null, "acked": null},
                 }
             }
         ])
@@ -253,20 +216,14 @@ mod tests {
 
     #[test]
     fn states_of_a_type() {
-        assert_eq!(type_sync(None), Sync::NotSent);
-        assert_eq!(type_sync(Some(&synced("x"))), Sync::Synced);
-        // A newer config that is not sent yet.
+        // Discovery computes the state (`xds::ads::TypeStatus::sync_state`); it is read here.
+        assert_eq!(type_sync(None), SyncState::NotSent);
+        assert_eq!(type_sync(Some(&synced("x"))), SyncState::Synced);
         assert_eq!(
-            type_sync(Some(&json!({"latest": "y", "sent": "x", "acked": "x"}))),
-            Sync::Stale { never_acked: false }
+            type_sync(Some(&json!({"state": "STALE (Never Acknowledged)"}))),
+            SyncState::Stale { never_acked: true }
         );
-        // A NACK of an older version, since ACKed: synced.
-        assert_eq!(
-            type_sync(Some(
-                &json!({"latest": "y", "sent": "y", "acked": "y", "nacked": {"version": "x"}})
-            )),
-            Sync::Synced
-        );
+        assert_eq!(type_sync(Some(&json!({"state": "??"}))), SyncState::NotSent);
     }
 
     #[test]

@@ -46,7 +46,9 @@ pub use client::{AdsClient, Backoff, ClientError, ClientStatus, Connect};
 pub use codec::ResourceType;
 pub use identity::PeerIdentity;
 pub use node::ProxyId;
-pub use server::{AdsServer, Nack, ProxyStatus, ServerOptions, SnapshotSource, TypeStatus};
+pub use server::{
+    AdsServer, Nack, ProxyStatus, ServerOptions, SnapshotSource, SyncState, TypeStatus,
+};
 pub use view::{Encoder, Snapshot, TypeView, ViewDelta};
 
 /// The xDS `Node` type (envoy-types), as a [`SnapshotSource`] receives it.

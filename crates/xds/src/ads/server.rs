@@ -174,6 +174,73 @@ pub struct TypeStatus {
     pub removals_sent: u64,
 }
 
+/// A resource type's sync state as `istioctl proxy-status` names it; ordered best to worst, so
+/// a column standing for several types shows the worst of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SyncState {
+    /// The latest config was sent and ACKed.
+    Synced,
+    /// Nothing of this type was sent.
+    NotSent,
+    /// Sent and not yet ACKed, or a newer config not sent yet; `never_acked` when nothing
+    /// was ever ACKed.
+    Stale {
+        /// Nothing of this type was ever ACKed.
+        never_acked: bool,
+    },
+    /// The proxy rejected what was last sent.
+    Nack,
+}
+
+impl SyncState {
+    /// istioctl's word for it.
+    pub fn text(self) -> &'static str {
+        match self {
+            SyncState::Synced => "SYNCED",
+            SyncState::NotSent => "NOT SENT",
+            SyncState::Stale { never_acked: false } => "STALE",
+            SyncState::Stale { never_acked: true } => "STALE (Never Acknowledged)",
+            SyncState::Nack => "NACK",
+        }
+    }
+
+    /// The state [`SyncState::text`] names.
+    pub fn parse(text: &str) -> Option<SyncState> {
+        [
+            SyncState::Synced,
+            SyncState::NotSent,
+            SyncState::Stale { never_acked: false },
+            SyncState::Stale { never_acked: true },
+            SyncState::Nack,
+        ]
+        .into_iter()
+        .find(|s| s.text() == text)
+    }
+}
+
+impl TypeStatus {
+    /// Its sync state, by istioctl's rule: NACK when the proxy rejected what was last sent,
+    /// STALE while that awaits its ACK or a newer config is not sent yet, NOT SENT when nothing
+    /// was sent.
+    pub fn sync_state(&self) -> SyncState {
+        let Some(sent) = &self.sent else {
+            return SyncState::NotSent;
+        };
+        if self.acked.as_ref() != Some(sent) {
+            if self.nacked.as_ref().is_some_and(|n| &n.version == sent) {
+                return SyncState::Nack;
+            }
+            return SyncState::Stale {
+                never_acked: self.acked.is_none(),
+            };
+        }
+        if self.latest.as_ref().is_some_and(|l| l != sent) {
+            return SyncState::Stale { never_acked: false };
+        }
+        SyncState::Synced
+    }
+}
+
 /// One connected proxy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyStatus {
