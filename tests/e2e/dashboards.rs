@@ -622,11 +622,17 @@ fn mesh_page_in_headless_chromium() {
     chromium(&[&shot_arg, "--window-size=1280,900"], &url);
     let png = std::fs::read(&shot).expect("the screenshot");
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
-    std::fs::write("/tmp/ama-mesh-page.png", &png).unwrap();
-    println!(
-        "screenshot: {} (kept as /tmp/ama-mesh-page.png)",
-        shot.display()
-    );
+    // The copy is a convenience: another user's copy there (a shared /tmp) is left alone.
+    match std::fs::write("/tmp/ama-mesh-page.png", &png) {
+        Ok(()) => println!(
+            "screenshot: {} (kept as /tmp/ama-mesh-page.png)",
+            shot.display()
+        ),
+        Err(e) => println!(
+            "screenshot: {} (not copied to /tmp/ama-mesh-page.png: {e})",
+            shot.display()
+        ),
+    }
     load.assert_running();
     dashboard.assert_running();
 }
