@@ -1,0 +1,728 @@
+//! Trace spans: what Envoy reports to a Zipkin collector for a request under Istio, built off
+//! the hot path and sent in batches.
+//!
+//! The traffic side asks [`Tracer::start`] for a [`SpanStart`] after it has continued or started
+//! the request's trace ([`crate::headers::continue_trace`]). Only a sampled request gets one (a
+//! single small allocation); an unsampled request costs one branch. The span start rides in the
+//! request's [`RequestRecord`] and, once the request is finished, goes with a clone of the record
+//! through a bounded queue to the exporter thread, which turns it into Zipkin v2 JSON and POSTs
+//! batches to the collector (Envoy's Zipkin tracer: `collector_endpoint` `/api/v2/spans`,
+//! `HTTP_JSON`, 128-bit trace ids, no shared span context, as Istio configures it). When the
+//! queue is full the span is dropped and counted in `ama_tracing_spans_dropped_total`.
+//!
+//! Names and tags are Envoy's (`HttpTracerUtility::finalizeDownstreamSpan`) plus Istio's service
+//! tags (`istio.canonical_service`, `istio.canonical_revision`, `istio.mesh_id`,
+//! `istio.namespace`) and the ProxyConfig `tracing.custom_tags`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http_body_util::{BodyExt, Full};
+use prometheus_client::metrics::counter::Counter;
+use serde_json::{Map, Value};
+
+use super::record::{MetricLabels, Reporter, RequestRecord};
+use crate::headers::TraceContext;
+
+/// `x-envoy-downstream-service-cluster`, Envoy's `downstream_cluster` tag.
+static DOWNSTREAM_CLUSTER: HeaderName =
+    HeaderName::from_static("x-envoy-downstream-service-cluster");
+/// `x-forwarded-proto`, the scheme of `http.url`.
+static FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Envoy's default `max_path_tag_length`: the path part of `http.url` is cut to this many bytes.
+pub const DEFAULT_MAX_PATH_TAG_LENGTH: usize = 256;
+
+/// Where spans go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Collector {
+    /// A Zipkin collector: Zipkin v2 JSON POSTed to `http://{address}{path}`.
+    Zipkin {
+        /// `host:port` (ProxyConfig `tracing.zipkin.address`, `--zipkinAddress`).
+        address: String,
+        /// `/api/v2/spans`, as Istio configures Envoy.
+        path: String,
+    },
+}
+
+impl Collector {
+    /// A Zipkin collector at `address` (`host:port`), with Istio's endpoint path.
+    pub fn zipkin(address: impl Into<String>) -> Collector {
+        Collector::Zipkin {
+            address: address.into(),
+            path: "/api/v2/spans".to_string(),
+        }
+    }
+}
+
+/// How a custom tag gets its value (ProxyConfig `tracing.custom_tags`, Telemetry `customTags`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CustomTagValue {
+    /// A fixed value.
+    Literal(String),
+    /// An environment variable of the proxy, read once at start, or `default` when unset.
+    Environment {
+        /// The variable.
+        name: String,
+        /// Its value when unset.
+        default: String,
+    },
+    /// A request header, or `default` when the request has none (no tag when `default` is
+    /// empty, as Envoy).
+    Header {
+        /// The header.
+        name: HeaderName,
+        /// Its value when absent.
+        default: String,
+    },
+}
+
+/// One custom tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomTag {
+    /// The tag's name.
+    pub tag: String,
+    /// Where its value comes from.
+    pub value: CustomTagValue,
+}
+
+/// Settings of the tracer, from ProxyConfig `tracing` and the proxy's identity.
+#[derive(Debug, Clone)]
+pub struct TracingOptions {
+    /// The collector.
+    pub collector: Collector,
+    /// Zipkin `localEndpoint.serviceName` when the request's labels do not know the local
+    /// workload: Istio's service cluster, `<canonical-service>.<namespace>`.
+    pub service_name: String,
+    /// `node_id` tag: the proxy's xDS node id (`sidecar~10.0.0.5~pod.ns~ns.svc.cluster.local`).
+    pub node_id: String,
+    /// `zone` tag (the node's locality zone; empty when not known).
+    pub zone: String,
+    /// `istio.mesh_id` tag (`ISTIO_META_MESH_ID`; Istio's default is the trust domain).
+    pub mesh_id: String,
+    /// `istio.namespace` tag and the namespace half of the service name.
+    pub namespace: String,
+    /// `localEndpoint.ipv4` / `ipv6`: the pod's address.
+    pub local_ip: Option<IpAddr>,
+    /// ProxyConfig `tracing.custom_tags`.
+    pub custom_tags: Vec<CustomTag>,
+    /// ProxyConfig `tracing.max_path_tag_length` (Envoy's default 256).
+    pub max_path_tag_length: usize,
+    /// Spans that may wait for the exporter; more are dropped and counted.
+    pub queue_capacity: usize,
+    /// A batch is sent when this many spans wait (Envoy's `tracing.zipkin.min_flush_spans`, 5) …
+    pub min_flush_spans: usize,
+    /// … or when this long has passed (Envoy's `tracing.zipkin.flush_interval_ms`, 5 s).
+    pub flush_interval: Duration,
+    /// How long one POST to the collector may take.
+    pub request_timeout: Duration,
+}
+
+impl TracingOptions {
+    /// Envoy's defaults around `collector`, for a proxy in `namespace`.
+    pub fn new(collector: Collector, namespace: impl Into<String>) -> TracingOptions {
+        let namespace = namespace.into();
+        TracingOptions {
+            collector,
+            service_name: format!("unknown.{namespace}"),
+            node_id: String::new(),
+            zone: String::new(),
+            mesh_id: "cluster.local".to_string(),
+            namespace,
+            local_ip: None,
+            custom_tags: Vec::new(),
+            max_path_tag_length: DEFAULT_MAX_PATH_TAG_LENGTH,
+            queue_capacity: 4096,
+            min_flush_spans: 5,
+            flush_interval: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why the tracer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TracerError {
+    /// The collector address is not `host:port`.
+    #[error("tracing collector address {address:?}: expected host:port")]
+    Address {
+        /// The address as given.
+        address: String,
+    },
+    /// The exporter thread could not be started.
+    #[error("starting the span exporter thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// What a sampled request carries from its start to its end for its span: the trace context and
+/// the request headers the span's tags need, which are gone by the time the record is finished.
+#[derive(Debug, Clone)]
+pub struct SpanStart {
+    /// This hop's span (its id, parent and trace).
+    pub ctx: TraceContext,
+    /// `x-forwarded-proto` (`http.url`'s scheme).
+    pub scheme: Option<HeaderValue>,
+    /// `x-envoy-downstream-service-cluster` (`downstream_cluster`).
+    pub downstream_cluster: Option<HeaderValue>,
+    /// The values of the header custom tags, in [`TracingOptions::custom_tags`] order (`None`
+    /// for tags of other kinds and absent headers).
+    pub header_tags: Vec<Option<HeaderValue>>,
+    /// Inbound: the service port whose target port the request came to (the span's name has
+    /// the service port; the inbound cluster name the target port).
+    pub service_port: Option<u16>,
+}
+
+/// The data path's end of the tracer: decides whether a request gets a span and queues finished
+/// ones. Shared by every worker (it holds no lock).
+pub(crate) struct Tracer {
+    tx: Sender<Msg>,
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+    dropped: Counter,
+    /// The header names of the header custom tags, by tag index.
+    header_tags: Vec<Option<HeaderName>>,
+}
+
+enum Msg {
+    Span(Box<(SpanStart, RequestRecord)>),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+impl Tracer {
+    /// Starts the exporter thread.
+    pub(crate) fn start(
+        opts: TracingOptions,
+        dropped: Counter,
+        sent: Counter,
+    ) -> Result<Tracer, TracerError> {
+        let Collector::Zipkin { address, .. } = &opts.collector;
+        if address
+            .rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            return Err(TracerError::Address {
+                address: address.clone(),
+            });
+        }
+        let header_tags = opts
+            .custom_tags
+            .iter()
+            .map(|t| match &t.value {
+                CustomTagValue::Header { name, .. } => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        let (tx, rx) = channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let taken = queued.clone();
+        let exporter = Exporter::new(opts);
+        let capacity = exporter.opts.queue_capacity.max(1);
+        std::thread::Builder::new()
+            .name("span-export".into())
+            .spawn(move || exporter.run(rx, &taken, sent))
+            .map_err(TracerError::Thread)?;
+        Ok(Tracer {
+            tx,
+            queued,
+            capacity,
+            dropped,
+            header_tags,
+        })
+    }
+
+    /// The span start of a request whose trace is `ctx`, or `None` when it is not sampled.
+    pub(crate) fn start_span(
+        &self,
+        ctx: &TraceContext,
+        headers: &HeaderMap,
+    ) -> Option<Box<SpanStart>> {
+        if !ctx.sampled {
+            return None;
+        }
+        Some(Box::new(SpanStart {
+            ctx: *ctx,
+            scheme: headers.get(&FORWARDED_PROTO).cloned(),
+            downstream_cluster: headers.get(&DOWNSTREAM_CLUSTER).cloned(),
+            header_tags: self
+                .header_tags
+                .iter()
+                .map(|n| n.as_ref().and_then(|n| headers.get(n).cloned()))
+                .collect(),
+            service_port: None,
+        }))
+    }
+
+    /// Queues a finished request's span; drops and counts it if the queue is full. Never blocks.
+    pub(crate) fn push(&self, span: SpanStart, record: RequestRecord) {
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.capacity {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.dropped.inc();
+            return;
+        }
+        if self.tx.send(Msg::Span(Box::new((span, record)))).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.dropped.inc();
+        }
+    }
+
+    /// Asks the exporter to send everything queued so far and confirm.
+    pub(crate) fn request_flush(&self) -> tokio::sync::oneshot::Receiver<()> {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        let _ = self.tx.send(Msg::Flush(done));
+        rx
+    }
+}
+
+/// The exporter thread's state: the options, the environment tags resolved once, and an HTTP
+/// client on a runtime of its own (the thread's; the proxy's runtimes never wait on a collector).
+struct Exporter {
+    opts: TracingOptions,
+    /// Custom tag values that do not depend on the request (literal, environment), by index.
+    fixed_tags: Vec<Option<String>>,
+}
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+impl Exporter {
+    fn new(opts: TracingOptions) -> Exporter {
+        let fixed_tags = opts
+            .custom_tags
+            .iter()
+            .map(|t| match &t.value {
+                CustomTagValue::Literal(v) => Some(v.clone()),
+                CustomTagValue::Environment { name, default } => Some(
+                    std::env::var(name)
+                        .ok()
+                        .filter(|v| !v.is_empty())
+                        .unwrap_or_else(|| default.clone()),
+                ),
+                CustomTagValue::Header { .. } => None,
+            })
+            .collect();
+        Exporter { opts, fixed_tags }
+    }
+
+    fn run(self, rx: Receiver<Msg>, queued: &AtomicUsize, sent: Counter) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("span exporter: no runtime, spans are being lost: {e}");
+                return;
+            }
+        };
+        let client: Client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        let mut batch: Vec<Value> = Vec::new();
+        let mut waiters = Vec::new();
+        let mut deadline = Instant::now() + self.opts.flush_interval;
+        let mut failed = false;
+        loop {
+            let msg = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+            let disconnected = matches!(msg, Err(RecvTimeoutError::Disconnected));
+            match msg {
+                Ok(Msg::Span(s)) => {
+                    queued.fetch_sub(1, Ordering::Relaxed);
+                    let (start, rec) = *s;
+                    batch.push(self.zipkin_span(&start, &rec));
+                }
+                Ok(Msg::Flush(done)) => waiters.push(done),
+                Err(_) => {}
+            }
+            let due = Instant::now() >= deadline;
+            if batch.len() >= self.opts.min_flush_spans.max(1)
+                || ((due || !waiters.is_empty() || disconnected) && !batch.is_empty())
+            {
+                let n = batch.len() as u64;
+                let body = Value::Array(std::mem::take(&mut batch)).to_string();
+                match runtime.block_on(self.post(&client, body)) {
+                    Ok(()) => {
+                        sent.inc_by(n);
+                        failed = false;
+                    }
+                    Err(e) => {
+                        if !failed {
+                            tracing::warn!("span exporter: {e}; spans are being lost");
+                        }
+                        failed = true;
+                    }
+                }
+            }
+            for w in waiters.drain(..) {
+                let _ = w.send(());
+            }
+            if due {
+                deadline = Instant::now() + self.opts.flush_interval;
+            }
+            if disconnected {
+                return;
+            }
+        }
+    }
+
+    async fn post(&self, client: &Client, body: String) -> Result<(), String> {
+        let Collector::Zipkin { address, path } = &self.opts.collector;
+        let req = http::Request::post(format!("http://{address}{path}"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| format!("collector {address}{path}: {e}"))?;
+        let resp = tokio::time::timeout(self.opts.request_timeout, client.request(req))
+            .await
+            .map_err(|_| {
+                format!(
+                    "collector {address}: no answer in {:?}",
+                    self.opts.request_timeout
+                )
+            })?
+            .map_err(|e| format!("collector {address}: {e}"))?;
+        let status = resp.status();
+        // Read the answer to the end so that the connection goes back to the pool.
+        let _ = tokio::time::timeout(self.opts.request_timeout, resp.into_body().collect()).await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("collector {address}{path} answered {status}"))
+        }
+    }
+
+    /// The request as a Zipkin v2 span, as Envoy's Zipkin tracer writes it under Istio.
+    fn zipkin_span(&self, start: &SpanStart, rec: &RequestRecord) -> Value {
+        let ctx = &start.ctx;
+        let l = &rec.labels;
+        let (kind, canonical_service, canonical_revision) = local_workload(l);
+        let mut tags = Map::new();
+        let mut tag = |k: &str, v: String| {
+            tags.insert(k.to_string(), Value::String(v));
+        };
+        let header = |v: &Option<HeaderValue>| {
+            v.as_ref()
+                .and_then(|v| v.to_str().ok())
+                .map_or_else(|| "-".to_string(), str::to_string)
+        };
+        tag("component", "proxy".into());
+        tag("node_id", self.opts.node_id.clone());
+        tag("zone", self.opts.zone.clone());
+        tag("guid:x-request-id", header(&rec.request_id));
+        tag("http.url", self.url(start, rec));
+        tag(
+            "http.method",
+            rec.method.as_ref().map_or("-", |m| m.as_str()).to_string(),
+        );
+        tag("downstream_cluster", header(&start.downstream_cluster));
+        tag("user_agent", header(&rec.user_agent));
+        tag(
+            "http.protocol",
+            rec.protocol
+                .map_or("-", super::access_log::protocol_name)
+                .to_string(),
+        );
+        if let Some(peer) = rec.downstream_remote_address {
+            tag("peer.address", peer.ip().to_string());
+        }
+        tag("request_size", rec.bytes_received.to_string());
+        tag("response_size", rec.bytes_sent.to_string());
+        tag("response_flags", rec.response_flags.to_string());
+        tag("http.status_code", rec.response_code.to_string());
+        if let Some(c) = &rec.upstream_cluster {
+            tag("upstream_cluster", c.to_string());
+            tag("upstream_cluster.name", c.to_string());
+        }
+        if rec.response_code == 0 || rec.response_code >= 500 {
+            tag("error", "true".into());
+        }
+        tag("istio.canonical_service", canonical_service.to_string());
+        tag("istio.canonical_revision", canonical_revision.to_string());
+        tag("istio.mesh_id", self.opts.mesh_id.clone());
+        tag("istio.namespace", self.opts.namespace.clone());
+        for (i, t) in self.opts.custom_tags.iter().enumerate() {
+            let value = match (&t.value, self.fixed_tags.get(i)) {
+                (_, Some(Some(v))) => Some(v.clone()),
+                (CustomTagValue::Header { default, .. }, _) => start
+                    .header_tags
+                    .get(i)
+                    .and_then(|v| v.as_ref())
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+                    .or_else(|| (!default.is_empty()).then(|| default.clone())),
+                _ => None,
+            };
+            if let Some(v) = value {
+                tag(&t.tag, v);
+            }
+        }
+
+        let mut local = Map::new();
+        let service_name = if &**canonical_service == "unknown" {
+            self.opts.service_name.clone()
+        } else {
+            format!("{canonical_service}.{}", self.opts.namespace)
+        };
+        local.insert("serviceName".into(), Value::String(service_name));
+        match self.opts.local_ip {
+            Some(IpAddr::V4(ip)) => {
+                local.insert("ipv4".into(), Value::String(ip.to_string()));
+            }
+            Some(IpAddr::V6(ip)) => {
+                local.insert("ipv6".into(), Value::String(ip.to_string()));
+            }
+            None => {}
+        }
+
+        let mut span = Map::new();
+        span.insert(
+            "traceId".into(),
+            Value::String(format!("{:032x}", ctx.trace_id)),
+        );
+        if let Some(p) = ctx.parent_span_id {
+            span.insert("parentId".into(), Value::String(format!("{p:016x}")));
+        }
+        span.insert("id".into(), Value::String(format!("{:016x}", ctx.span_id)));
+        span.insert("kind".into(), Value::String(kind.into()));
+        span.insert("name".into(), Value::String(span_name(start, rec)));
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        span.insert(
+            "timestamp".into(),
+            Value::from(micros(
+                rec.start_time
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default(),
+            )),
+        );
+        // Zipkin rejects a zero duration; a request always takes at least a microsecond.
+        span.insert("duration".into(), Value::from(micros(rec.duration).max(1)));
+        span.insert("localEndpoint".into(), Value::Object(local));
+        span.insert("tags".into(), Value::Object(tags));
+        Value::Object(span)
+    }
+
+    /// Envoy's `http.url`: `{x-forwarded-proto}://{host}{path}`, the path cut to
+    /// `max_path_tag_length` bytes.
+    fn url(&self, start: &SpanStart, rec: &RequestRecord) -> String {
+        let scheme = start
+            .scheme
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("http");
+        let host = rec
+            .authority
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let path = rec.path.as_ref().map_or("", |p| p.as_str());
+        let mut cut = path.len().min(self.opts.max_path_tag_length);
+        while !path.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{scheme}://{host}{}", &path[..cut])
+    }
+}
+
+/// The span's kind and the local workload's canonical service and revision: the source of an
+/// outbound request, the destination of an inbound one.
+fn local_workload(l: &MetricLabels) -> (&'static str, &Arc<str>, &Arc<str>) {
+    match l.reporter {
+        Reporter::Source => (
+            "CLIENT",
+            &l.source_canonical_service,
+            &l.source_canonical_revision,
+        ),
+        Reporter::Destination => (
+            "SERVER",
+            &l.destination_canonical_service,
+            &l.destination_canonical_revision,
+        ),
+    }
+}
+
+/// The span's name: Istio's route decorator, `<service host>:<service port>/*`, for a request
+/// to a service; `<authority>/*` otherwise.
+fn span_name(start: &SpanStart, rec: &RequestRecord) -> String {
+    let host = &rec.labels.destination_service;
+    // Outbound, the service port is in the cluster name:
+    // `outbound|80||httpbin.default.svc.cluster.local`.
+    let port = match start.service_port {
+        Some(p) => Some(p.to_string()),
+        None if rec.labels.reporter == Reporter::Source => rec
+            .upstream_cluster
+            .as_deref()
+            .and_then(|c| c.split('|').nth(1))
+            .filter(|p| !p.is_empty())
+            .map(str::to_string),
+        None => None,
+    };
+    match port {
+        Some(port) if &**host != "unknown" => format!("{host}:{port}/*"),
+        _ => rec
+            .authority
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map_or_else(|| "-".to_string(), |a| format!("{a}/*")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+
+    fn record(reporter: Reporter) -> RequestRecord {
+        let mut l = MetricLabels::unknown(reporter);
+        l.source_canonical_service = "sleep".into();
+        l.source_canonical_revision = "v1".into();
+        l.destination_canonical_service = "httpbin".into();
+        l.destination_canonical_revision = "latest".into();
+        l.destination_service = "httpbin.default.svc.cluster.local".into();
+        let mut r = RequestRecord::new(SystemTime::now(), Arc::new(l));
+        r.method = Some(http::Method::GET);
+        r.path = Some(http::uri::PathAndQuery::from_static("/status/418?x=1"));
+        r.protocol = Some(http::Version::HTTP_11);
+        r.authority = Some(HeaderValue::from_static("httpbin:8000"));
+        r.response_code = 503;
+        r.upstream_cluster = Some("outbound|8000||httpbin.default.svc.cluster.local".into());
+        r.request_id = Some(HeaderValue::from_static("req-1"));
+        r.duration = Duration::from_millis(3);
+        r
+    }
+
+    fn exporter(tags: Vec<CustomTag>) -> Exporter {
+        let mut o = TracingOptions::new(Collector::zipkin("127.0.0.1:9411"), "default");
+        o.node_id = "sidecar~10.0.0.5~sleep-1.default~default.svc.cluster.local".into();
+        o.local_ip = Some(IpAddr::from([10, 0, 0, 5]));
+        o.custom_tags = tags;
+        o.max_path_tag_length = 8;
+        Exporter::new(o)
+    }
+
+    fn start(headers: &HeaderMap, tags: &[Option<HeaderName>]) -> SpanStart {
+        SpanStart {
+            ctx: TraceContext {
+                trace_id: 0xabc,
+                span_id: 0x12,
+                parent_span_id: Some(0x34),
+                sampled: true,
+            },
+            scheme: headers.get(&FORWARDED_PROTO).cloned(),
+            downstream_cluster: None,
+            header_tags: tags
+                .iter()
+                .map(|n| n.as_ref().and_then(|n| headers.get(n).cloned()))
+                .collect(),
+            service_port: None,
+        }
+    }
+
+    #[test]
+    fn a_client_span_is_named_and_tagged_as_envoy_under_istio() {
+        let e = exporter(vec![]);
+        let span = e.zipkin_span(&start(&HeaderMap::new(), &[]), &record(Reporter::Source));
+        assert_eq!(span["traceId"], "00000000000000000000000000000abc");
+        assert_eq!(span["id"], "0000000000000012");
+        assert_eq!(span["parentId"], "0000000000000034");
+        assert_eq!(span["kind"], "CLIENT");
+        assert_eq!(span["name"], "httpbin.default.svc.cluster.local:8000/*");
+        assert_eq!(span["localEndpoint"]["serviceName"], "sleep.default");
+        assert_eq!(span["localEndpoint"]["ipv4"], "10.0.0.5");
+        assert!(span.get("shared").is_none());
+        let t = &span["tags"];
+        assert_eq!(t["http.url"], "http://httpbin:8000/status/");
+        assert_eq!(t["http.method"], "GET");
+        assert_eq!(t["http.protocol"], "HTTP/1.1");
+        assert_eq!(t["http.status_code"], "503");
+        assert_eq!(t["error"], "true");
+        assert_eq!(t["response_flags"], "-");
+        assert_eq!(t["istio.canonical_service"], "sleep");
+        assert_eq!(t["istio.canonical_revision"], "v1");
+        assert_eq!(t["istio.mesh_id"], "cluster.local");
+        assert_eq!(t["istio.namespace"], "default");
+        assert_eq!(t["guid:x-request-id"], "req-1");
+        assert_eq!(
+            t["upstream_cluster"],
+            "outbound|8000||httpbin.default.svc.cluster.local"
+        );
+        assert_eq!(t["component"], "proxy");
+        assert_eq!(t["user_agent"], "-");
+    }
+
+    #[test]
+    fn a_server_span_names_the_local_workload() {
+        let e = exporter(vec![]);
+        let mut rec = record(Reporter::Destination);
+        rec.response_code = 200;
+        let span = e.zipkin_span(&start(&HeaderMap::new(), &[]), &rec);
+        assert_eq!(span["kind"], "SERVER");
+        assert_eq!(span["localEndpoint"]["serviceName"], "httpbin.default");
+        assert_eq!(span["tags"]["istio.canonical_service"], "httpbin");
+        assert!(span["tags"].get("error").is_none());
+    }
+
+    #[test]
+    fn custom_tags_literal_environment_and_header() {
+        let name = HeaderName::from_static("x-tenant");
+        let tags = vec![
+            CustomTag {
+                tag: "lit".into(),
+                value: CustomTagValue::Literal("v".into()),
+            },
+            CustomTag {
+                tag: "env".into(),
+                value: CustomTagValue::Environment {
+                    name: "AMA_SPANS_TEST_UNSET_VARIABLE".into(),
+                    default: "dflt".into(),
+                },
+            },
+            CustomTag {
+                tag: "hdr".into(),
+                value: CustomTagValue::Header {
+                    name: name.clone(),
+                    default: String::new(),
+                },
+            },
+            CustomTag {
+                tag: "hdr-default".into(),
+                value: CustomTagValue::Header {
+                    name: HeaderName::from_static("x-absent"),
+                    default: "none".into(),
+                },
+            },
+        ];
+        let e = exporter(tags);
+        let mut h = HeaderMap::new();
+        h.insert(&name, HeaderValue::from_static("acme"));
+        let names = [
+            None,
+            None,
+            Some(name),
+            Some(HeaderName::from_static("x-absent")),
+        ];
+        let span = e.zipkin_span(&start(&h, &names), &record(Reporter::Source));
+        let t = &span["tags"];
+        assert_eq!(t["lit"], "v");
+        assert_eq!(t["env"], "dflt");
+        assert_eq!(t["hdr"], "acme");
+        assert_eq!(t["hdr-default"], "none");
+    }
+
+    #[test]
+    fn a_bad_collector_address_is_refused() {
+        let o = TracingOptions::new(Collector::zipkin("zipkin"), "default");
+        let err = Tracer::start(o, Counter::default(), Counter::default())
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("tracing collector address \"zipkin\": expected host:port")
+        );
+    }
+}
