@@ -346,3 +346,207 @@ async fn a_full_queue_drops_and_counts_spans() {
     );
     hold.abort();
 }
+
+mod otlp {
+    //! An OpenTelemetry collector on 127.0.0.1, over gRPC or HTTP: every span it receives,
+    //! decoded from OTLP protobuf and turned into the Zipkin shape the other tests read
+    //! (hex ids, `kind`, `localEndpoint.serviceName` from the resource's `service.name`, string
+    //! attributes as `tags`).
+
+    use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::common::v1::any_value;
+    use prost::Message as _;
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn string(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+        match v.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(any_value::Value::StringValue(s)) => s.clone(),
+            other => panic!("not a string attribute: {other:?}"),
+        }
+    }
+
+    /// The request's spans in the Zipkin shape.
+    pub fn decode(req: &ExportTraceServiceRequest) -> Vec<Value> {
+        let mut out = Vec::new();
+        for rs in &req.resource_spans {
+            let resource = rs.resource.as_ref().expect("a resource");
+            let service = resource
+                .attributes
+                .iter()
+                .find(|a| a.key == "service.name")
+                .map(|a| string(&a.value))
+                .expect("service.name");
+            for ss in &rs.scope_spans {
+                for s in &ss.spans {
+                    let tags: serde_json::Map<String, Value> = s
+                        .attributes
+                        .iter()
+                        .map(|a| (a.key.clone(), Value::String(string(&a.value))))
+                        .collect();
+                    let mut v = serde_json::json!({
+                        "traceId": hex(&s.trace_id),
+                        "id": hex(&s.span_id),
+                        "kind": match s.kind { 2 => "SERVER", 3 => "CLIENT", _ => "OTHER" },
+                        "name": s.name,
+                        "localEndpoint": {"serviceName": service},
+                        "tags": tags,
+                        "duration": (s.end_time_unix_nano - s.start_time_unix_nano) / 1000,
+                        "statusCode": s.status.as_ref().map_or(0, |st| st.code),
+                    });
+                    if !s.parent_span_id.is_empty() {
+                        v["parentId"] = Value::String(hex(&s.parent_span_id));
+                    }
+                    out.push(v);
+                }
+            }
+        }
+        out
+    }
+
+    struct Receiver(mpsc::UnboundedSender<Value>);
+
+    #[tonic::async_trait]
+    impl TraceService for Receiver {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            for s in decode(request.get_ref()) {
+                let _ = self.0.send(s);
+            }
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+
+    /// A gRPC collector.
+    pub async fn grpc() -> (SocketAddr, mpsc::UnboundedReceiver<Value>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(Receiver(tx)))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        (addr, rx)
+    }
+
+    /// An HTTP collector: protobuf POSTed to `/v1/traces`.
+    pub async fn http() -> (SocketAddr, mpsc::UnboundedReceiver<Value>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let tx = tx.clone();
+                        async move {
+                            let ok = req.method() == http::Method::POST
+                                && req.uri().path() == "/v1/traces"
+                                && req.headers()[http::header::CONTENT_TYPE]
+                                    == "application/x-protobuf";
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let status = match ExportTraceServiceRequest::decode(body) {
+                                Ok(r) if ok => {
+                                    for s in decode(&r) {
+                                        let _ = tx.send(s);
+                                    }
+                                    StatusCode::OK
+                                }
+                                _ => StatusCode::BAD_REQUEST,
+                            };
+                            let mut resp = Response::new(Full::new(Bytes::new()));
+                            *resp.status_mut() = status;
+                            Ok::<_, hyper::Error>(resp)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        (addr, rx)
+    }
+}
+
+/// The seed's two sidecars exporting OTLP to `collector`, the client sampling everything.
+async fn otlp_mesh(collector: Collector) -> (App, Sidecar, Sidecar) {
+    let opts = || {
+        let mut o = TracingOptions::new(collector.clone(), "default");
+        o.flush_interval = Duration::from_millis(50);
+        o
+    };
+    let app = App::start("httpbin").await;
+    let server = Sidecar::builder(&server_yaml())
+        .inbound_to(app.addr)
+        .tracing(opts())
+        .start()
+        .await;
+    let mut b =
+        Sidecar::builder(&httpbin_yaml(&[server.inbound], "ROUND_ROBIN", "")).tracing(opts());
+    b.cfg.trace_sampling = 100.0;
+    let client = b.start().await;
+    (app, server, client)
+}
+
+#[tokio::test]
+async fn otlp_over_grpc_and_http_carries_the_same_spans() {
+    let (grpc_addr, grpc_rx) = otlp::grpc().await;
+    let (http_addr, http_rx) = otlp::http().await;
+    for (collector, rx) in [
+        (
+            Collector::Otlp {
+                address: grpc_addr.to_string(),
+                http_path: None,
+            },
+            grpc_rx,
+        ),
+        (
+            Collector::Otlp {
+                address: http_addr.to_string(),
+                http_path: Some("/v1/traces".into()),
+            },
+            http_rx,
+        ),
+    ] {
+        let (_app, _server, client) = otlp_mesh(collector.clone()).await;
+        let (resp, body) = go(&client, get_req("httpbin-service", "/status/500")).await;
+        assert_eq!(resp.status(), 500, "{}", String::from_utf8_lossy(&body));
+        let mut receiver = Zipkin {
+            addr: grpc_addr,
+            spans: rx,
+        };
+        let spans = receiver.take(2).await;
+        let c = by_kind(&spans, "CLIENT");
+        let s = by_kind(&spans, "SERVER");
+        assert_eq!(c["traceId"], s["traceId"], "{collector:?}");
+        assert_eq!(c["traceId"].as_str().map(str::len), Some(32));
+        assert!(c.get("parentId").is_none(), "{c}");
+        assert_eq!(s["parentId"], c["id"]);
+        assert_eq!(c["name"], "httpbin-service.default.svc.cluster.local:80/*");
+        assert_eq!(c["localEndpoint"]["serviceName"], "ubuntu.default");
+        assert_eq!(s["localEndpoint"]["serviceName"], "httpbin.default");
+        for span in [&c, &s] {
+            assert_eq!(tag(span, "http.status_code"), "500");
+            assert_eq!(tag(span, "error"), "true");
+            // OpenTelemetry's STATUS_CODE_ERROR.
+            assert_eq!(span["statusCode"], 2);
+            assert_eq!(tag(span, "http.method"), "GET");
+            assert_eq!(tag(span, "istio.namespace"), "default");
+        }
+        assert_eq!(tag(&c, "istio.canonical_service"), "ubuntu");
+        assert_eq!(tag(&s, "istio.canonical_service"), "httpbin");
+    }
+}

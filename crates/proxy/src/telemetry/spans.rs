@@ -1,13 +1,14 @@
-//! Trace spans: what Envoy reports to a Zipkin collector for a request under Istio, built off
-//! the hot path and sent in batches.
+//! Trace spans: what Envoy reports to a Zipkin or OpenTelemetry collector for a request under
+//! Istio, built off the hot path and sent in batches.
 //!
 //! The traffic side asks [`Tracer::start`] for a [`SpanStart`] after it has continued or started
 //! the request's trace ([`crate::headers::continue_trace`]). Only a sampled request gets one (a
 //! single small allocation); an unsampled request costs one branch. The span start rides in the
 //! request's [`RequestRecord`] and, once the request is finished, goes with a clone of the record
-//! through a bounded queue to the exporter thread, which turns it into Zipkin v2 JSON and POSTs
-//! batches to the collector (Envoy's Zipkin tracer: `collector_endpoint` `/api/v2/spans`,
-//! `HTTP_JSON`, 128-bit trace ids, no shared span context, as Istio configures it). When the
+//! through a bounded queue to the exporter thread, which sends batches in the collector's
+//! format: Zipkin v2 JSON POSTed to `/api/v2/spans` (Envoy's Zipkin tracer as Istio configures
+//! it: `HTTP_JSON`, 128-bit trace ids, no shared span context), or OTLP protobuf over gRPC
+//! (`TraceService/Export`) or HTTP (`/v1/traces`), as Envoy's OpenTelemetry tracer. When the
 //! queue is full the span is dropped and counted in `ama_tracing_spans_dropped_total`.
 //!
 //! Names and tags are Envoy's (`HttpTracerUtility::finalizeDownstreamSpan`) plus Istio's service
@@ -23,7 +24,10 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Full};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use prometheus_client::metrics::counter::Counter;
+use prost::Message as _;
 use serde_json::{Map, Value};
 
 use super::record::{MetricLabels, Reporter, RequestRecord};
@@ -48,6 +52,15 @@ pub enum Collector {
         /// `/api/v2/spans`, as Istio configures Envoy.
         path: String,
     },
+    /// An OpenTelemetry collector (MeshConfig `extensionProviders[].opentelemetry`): OTLP
+    /// protobuf over gRPC, or over HTTP POSTed to `http_path`.
+    Otlp {
+        /// `host:port`.
+        address: String,
+        /// `None`: gRPC (`opentelemetry.proto.collector.trace.v1.TraceService/Export`);
+        /// `Some(path)`: HTTP (Istio's default path `/v1/traces`).
+        http_path: Option<String>,
+    },
 }
 
 impl Collector {
@@ -56,6 +69,13 @@ impl Collector {
         Collector::Zipkin {
             address: address.into(),
             path: "/api/v2/spans".to_string(),
+        }
+    }
+
+    /// The collector's `host:port`.
+    pub fn address(&self) -> &str {
+        match self {
+            Collector::Zipkin { address, .. } | Collector::Otlp { address, .. } => address,
         }
     }
 }
@@ -200,13 +220,13 @@ impl Tracer {
         dropped: Counter,
         sent: Counter,
     ) -> Result<Tracer, TracerError> {
-        let Collector::Zipkin { address, .. } = &opts.collector;
+        let address = opts.collector.address();
         if address
             .rsplit_once(':')
             .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
         {
             return Err(TracerError::Address {
-                address: address.clone(),
+                address: address.to_string(),
             });
         }
         let header_tags = opts
@@ -278,18 +298,44 @@ impl Tracer {
     }
 }
 
-/// The exporter thread's state: the options, the environment tags resolved once, and an HTTP
-/// client on a runtime of its own (the thread's; the proxy's runtimes never wait on a collector).
+/// The exporter thread's state: the options, the environment tags resolved once, and the
+/// clients, on a runtime of the thread's own (the proxy's runtimes never wait on a collector).
 struct Exporter {
     opts: TracingOptions,
     /// Custom tag values that do not depend on the request (literal, environment), by index.
     fixed_tags: Vec<Option<String>>,
 }
 
-type Client = hyper_util::client::legacy::Client<
+type HttpClient = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
     Full<Bytes>,
 >;
+
+/// How the exporter reaches its collector.
+enum Transport {
+    /// Zipkin JSON or OTLP protobuf, POSTed.
+    Http(HttpClient),
+    /// OTLP's `TraceService/Export`.
+    Grpc(TraceServiceClient<tonic::transport::Channel>),
+}
+
+/// One finished span, whatever the wire format: what Envoy's tracers know of a request.
+#[derive(Debug, Clone, PartialEq)]
+struct SpanData {
+    trace_id: u128,
+    id: u64,
+    parent_id: Option<u64>,
+    /// `CLIENT` or `SERVER`.
+    kind: &'static str,
+    name: String,
+    /// Microseconds since the Unix epoch.
+    start_us: u64,
+    duration_us: u64,
+    /// Zipkin's `localEndpoint.serviceName`, OpenTelemetry's `service.name`.
+    service_name: String,
+    /// Tag name and value, in the order they were set.
+    tags: Vec<(String, String)>,
+}
 
 impl Exporter {
     fn new(opts: TracingOptions) -> Exporter {
@@ -321,10 +367,30 @@ impl Exporter {
                 return;
             }
         };
-        let client: Client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http();
-        let mut batch: Vec<Value> = Vec::new();
+        let transport = match &self.opts.collector {
+            Collector::Otlp {
+                address,
+                http_path: None,
+            } => {
+                // Connects on first use and again after a failure; the channel needs the
+                // runtime for its background task.
+                let _in_runtime = runtime.enter();
+                match tonic::transport::Endpoint::from_shared(format!("http://{address}")) {
+                    Ok(e) => Transport::Grpc(TraceServiceClient::new(
+                        e.timeout(self.opts.request_timeout).connect_lazy(),
+                    )),
+                    Err(e) => {
+                        tracing::warn!("span exporter: collector {address}: {e}; spans are lost");
+                        return;
+                    }
+                }
+            }
+            _ => Transport::Http(
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http(),
+            ),
+        };
+        let mut batch: Vec<SpanData> = Vec::new();
         let mut waiters = Vec::new();
         let mut deadline = Instant::now() + self.opts.flush_interval;
         let mut failed = false;
@@ -335,7 +401,7 @@ impl Exporter {
                 Ok(Msg::Span(s)) => {
                     queued.fetch_sub(1, Ordering::Relaxed);
                     let (start, rec) = *s;
-                    batch.push(self.zipkin_span(&start, &rec));
+                    batch.push(self.span_data(&start, &rec));
                 }
                 Ok(Msg::Flush(done)) => waiters.push(done),
                 Err(_) => {}
@@ -344,9 +410,9 @@ impl Exporter {
             if batch.len() >= self.opts.min_flush_spans.max(1)
                 || ((due || !waiters.is_empty() || disconnected) && !batch.is_empty())
             {
-                let n = batch.len() as u64;
-                let body = Value::Array(std::mem::take(&mut batch)).to_string();
-                match runtime.block_on(self.post(&client, body)) {
+                let spans = std::mem::take(&mut batch);
+                let n = spans.len() as u64;
+                match runtime.block_on(self.export(&transport, spans)) {
                     Ok(()) => {
                         sent.inc_by(n);
                         failed = false;
@@ -371,11 +437,54 @@ impl Exporter {
         }
     }
 
-    async fn post(&self, client: &Client, body: String) -> Result<(), String> {
-        let Collector::Zipkin { address, path } = &self.opts.collector;
+    /// Sends one batch in the collector's format.
+    async fn export(&self, transport: &Transport, spans: Vec<SpanData>) -> Result<(), String> {
+        match (&self.opts.collector, transport) {
+            (Collector::Zipkin { address, path }, Transport::Http(client)) => {
+                let body = Value::Array(
+                    spans
+                        .iter()
+                        .map(|s| zipkin_json(s, self.opts.local_ip))
+                        .collect(),
+                )
+                .to_string();
+                self.post(client, address, path, "application/json", body.into())
+                    .await
+            }
+            (
+                Collector::Otlp {
+                    address,
+                    http_path: Some(path),
+                },
+                Transport::Http(client),
+            ) => {
+                let body = otlp_request(&spans).encode_to_vec();
+                self.post(client, address, path, "application/x-protobuf", body.into())
+                    .await
+            }
+            (Collector::Otlp { address, .. }, Transport::Grpc(client)) => {
+                let mut client = client.clone();
+                client
+                    .export(otlp_request(&spans))
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| format!("collector {address}: {}: {}", s.code(), s.message()))
+            }
+            _ => Err("collector and transport disagree".to_string()),
+        }
+    }
+
+    async fn post(
+        &self,
+        client: &HttpClient,
+        address: &str,
+        path: &str,
+        content_type: &'static str,
+        body: Bytes,
+    ) -> Result<(), String> {
         let req = http::Request::post(format!("http://{address}{path}"))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
+            .header(http::header::CONTENT_TYPE, content_type)
+            .body(Full::new(body))
             .map_err(|e| format!("collector {address}{path}: {e}"))?;
         let resp = tokio::time::timeout(self.opts.request_timeout, client.request(req))
             .await
@@ -396,15 +505,13 @@ impl Exporter {
         }
     }
 
-    /// The request as a Zipkin v2 span, as Envoy's Zipkin tracer writes it under Istio.
-    fn zipkin_span(&self, start: &SpanStart, rec: &RequestRecord) -> Value {
+    /// The request's span, named and tagged as Envoy's tracers do under Istio.
+    fn span_data(&self, start: &SpanStart, rec: &RequestRecord) -> SpanData {
         let ctx = &start.ctx;
         let l = &rec.labels;
         let (kind, canonical_service, canonical_revision) = local_workload(l);
-        let mut tags = Map::new();
-        let mut tag = |k: &str, v: String| {
-            tags.insert(k.to_string(), Value::String(v));
-        };
+        let mut tags: Vec<(String, String)> = Vec::with_capacity(24 + self.opts.custom_tags.len());
+        let mut tag = |k: &str, v: String| tags.push((k.to_string(), v));
         let header = |v: &Option<HeaderValue>| {
             v.as_ref()
                 .and_then(|v| v.to_str().ok())
@@ -461,49 +568,27 @@ impl Exporter {
                 tag(&t.tag, v);
             }
         }
-
-        let mut local = Map::new();
-        let service_name = if &**canonical_service == "unknown" {
-            self.opts.service_name.clone()
-        } else {
-            format!("{canonical_service}.{}", self.opts.namespace)
-        };
-        local.insert("serviceName".into(), Value::String(service_name));
-        match self.opts.local_ip {
-            Some(IpAddr::V4(ip)) => {
-                local.insert("ipv4".into(), Value::String(ip.to_string()));
-            }
-            Some(IpAddr::V6(ip)) => {
-                local.insert("ipv6".into(), Value::String(ip.to_string()));
-            }
-            None => {}
-        }
-
-        let mut span = Map::new();
-        span.insert(
-            "traceId".into(),
-            Value::String(format!("{:032x}", ctx.trace_id)),
-        );
-        if let Some(p) = ctx.parent_span_id {
-            span.insert("parentId".into(), Value::String(format!("{p:016x}")));
-        }
-        span.insert("id".into(), Value::String(format!("{:016x}", ctx.span_id)));
-        span.insert("kind".into(), Value::String(kind.into()));
-        span.insert("name".into(), Value::String(span_name(start, rec)));
         let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        span.insert(
-            "timestamp".into(),
-            Value::from(micros(
+        SpanData {
+            trace_id: ctx.trace_id,
+            id: ctx.span_id,
+            parent_id: ctx.parent_span_id,
+            kind,
+            name: span_name(start, rec),
+            start_us: micros(
                 rec.start_time
                     .duration_since(UNIX_EPOCH)
                     .unwrap_or_default(),
-            )),
-        );
-        // Zipkin rejects a zero duration; a request always takes at least a microsecond.
-        span.insert("duration".into(), Value::from(micros(rec.duration).max(1)));
-        span.insert("localEndpoint".into(), Value::Object(local));
-        span.insert("tags".into(), Value::Object(tags));
-        Value::Object(span)
+            ),
+            // Zipkin rejects a zero duration; a request always takes at least a microsecond.
+            duration_us: micros(rec.duration).max(1),
+            service_name: if &**canonical_service == "unknown" {
+                self.opts.service_name.clone()
+            } else {
+                format!("{canonical_service}.{}", self.opts.namespace)
+            },
+            tags,
+        }
     }
 
     /// Envoy's `http.url`: `{x-forwarded-proto}://{host}{path}`, the path cut to
@@ -525,6 +610,108 @@ impl Exporter {
             cut -= 1;
         }
         format!("{scheme}://{host}{}", &path[..cut])
+    }
+}
+
+/// A span in Zipkin's v2 JSON, as Envoy's Zipkin tracer writes it (`SpanBuffer`, `HTTP_JSON`).
+fn zipkin_json(s: &SpanData, local_ip: Option<IpAddr>) -> Value {
+    let mut local = Map::new();
+    local.insert("serviceName".into(), Value::String(s.service_name.clone()));
+    match local_ip {
+        Some(IpAddr::V4(ip)) => {
+            local.insert("ipv4".into(), Value::String(ip.to_string()));
+        }
+        Some(IpAddr::V6(ip)) => {
+            local.insert("ipv6".into(), Value::String(ip.to_string()));
+        }
+        None => {}
+    }
+    let mut span = Map::new();
+    span.insert(
+        "traceId".into(),
+        Value::String(format!("{:032x}", s.trace_id)),
+    );
+    if let Some(p) = s.parent_id {
+        span.insert("parentId".into(), Value::String(format!("{p:016x}")));
+    }
+    span.insert("id".into(), Value::String(format!("{:016x}", s.id)));
+    span.insert("kind".into(), Value::String(s.kind.into()));
+    span.insert("name".into(), Value::String(s.name.clone()));
+    span.insert("timestamp".into(), Value::from(s.start_us));
+    span.insert("duration".into(), Value::from(s.duration_us));
+    span.insert("localEndpoint".into(), Value::Object(local));
+    let tags = s
+        .tags
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    span.insert("tags".into(), Value::Object(tags));
+    Value::Object(span)
+}
+
+/// A batch as OTLP's `ExportTraceServiceRequest`: one resource (`service.name`) per local
+/// service, the tags as string attributes, as Envoy's OpenTelemetry tracer sends them.
+fn otlp_request(spans: &[SpanData]) -> ExportTraceServiceRequest {
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span};
+    let kv = |k: &str, v: &str| KeyValue {
+        key: k.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.to_string())),
+        }),
+    };
+    let mut by_service: Vec<ResourceSpans> = Vec::new();
+    for s in spans {
+        let otlp = Span {
+            trace_id: s.trace_id.to_be_bytes().to_vec(),
+            span_id: s.id.to_be_bytes().to_vec(),
+            parent_span_id: s
+                .parent_id
+                .map_or_else(Vec::new, |p| p.to_be_bytes().to_vec()),
+            name: s.name.clone(),
+            kind: if s.kind == "SERVER" {
+                span::SpanKind::Server
+            } else {
+                span::SpanKind::Client
+            } as i32,
+            start_time_unix_nano: s.start_us.saturating_mul(1000),
+            end_time_unix_nano: s
+                .start_us
+                .saturating_add(s.duration_us)
+                .saturating_mul(1000),
+            attributes: s.tags.iter().map(|(k, v)| kv(k, v)).collect(),
+            status: s.tags.iter().any(|(k, _)| k == "error").then(|| Status {
+                code: opentelemetry_proto::tonic::trace::v1::status::StatusCode::Error as i32,
+                ..Status::default()
+            }),
+            ..Span::default()
+        };
+        let resource_of = |r: &ResourceSpans| {
+            r.resource.as_ref().is_some_and(|res| {
+                res.attributes.first().is_some_and(|a| {
+                    a.value.as_ref().and_then(|v| v.value.as_ref())
+                        == Some(&any_value::Value::StringValue(s.service_name.clone()))
+                })
+            })
+        };
+        match by_service.iter_mut().find(|r| resource_of(r)) {
+            Some(r) => r.scope_spans[0].spans.push(otlp),
+            None => by_service.push(ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", &s.service_name)],
+                    ..Resource::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![otlp],
+                    ..ScopeSpans::default()
+                }],
+                ..ResourceSpans::default()
+            }),
+        }
+    }
+    ExportTraceServiceRequest {
+        resource_spans: by_service,
     }
 }
 
@@ -626,7 +813,10 @@ mod tests {
     #[test]
     fn a_client_span_is_named_and_tagged_as_envoy_under_istio() {
         let e = exporter(vec![]);
-        let span = e.zipkin_span(&start(&HeaderMap::new(), &[]), &record(Reporter::Source));
+        let span = zipkin_json(
+            &e.span_data(&start(&HeaderMap::new(), &[]), &record(Reporter::Source)),
+            e.opts.local_ip,
+        );
         assert_eq!(span["traceId"], "00000000000000000000000000000abc");
         assert_eq!(span["id"], "0000000000000012");
         assert_eq!(span["parentId"], "0000000000000034");
@@ -660,7 +850,10 @@ mod tests {
         let e = exporter(vec![]);
         let mut rec = record(Reporter::Destination);
         rec.response_code = 200;
-        let span = e.zipkin_span(&start(&HeaderMap::new(), &[]), &rec);
+        let span = zipkin_json(
+            &e.span_data(&start(&HeaderMap::new(), &[]), &rec),
+            e.opts.local_ip,
+        );
         assert_eq!(span["kind"], "SERVER");
         assert_eq!(span["localEndpoint"]["serviceName"], "httpbin.default");
         assert_eq!(span["tags"]["istio.canonical_service"], "httpbin");
@@ -706,7 +899,10 @@ mod tests {
             Some(name),
             Some(HeaderName::from_static("x-absent")),
         ];
-        let span = e.zipkin_span(&start(&h, &names), &record(Reporter::Source));
+        let span = zipkin_json(
+            &e.span_data(&start(&h, &names), &record(Reporter::Source)),
+            e.opts.local_ip,
+        );
         let t = &span["tags"];
         assert_eq!(t["lit"], "v");
         assert_eq!(t["env"], "dflt");
