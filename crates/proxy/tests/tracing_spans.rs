@@ -68,14 +68,7 @@ impl Zipkin {
 
     /// The next `n` spans; panics if they do not come within 20 s.
     async fn take(&mut self, n: usize) -> Vec<Value> {
-        let mut out = Vec::new();
-        while out.len() < n {
-            match tokio::time::timeout(Duration::from_secs(20), self.spans.recv()).await {
-                Ok(Some(s)) => out.push(s),
-                _ => panic!("{} of {n} spans came within 20 s: {out:?}", out.len()),
-            }
-        }
-        out
+        take(&mut self.spans, n).await
     }
 
     /// The spans received so far.
@@ -86,6 +79,18 @@ impl Zipkin {
         }
         out
     }
+}
+
+/// The next `n` spans a collector decoded; panics if they do not come within 20 s.
+async fn take(spans: &mut mpsc::UnboundedReceiver<Value>, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        match tokio::time::timeout(Duration::from_secs(20), spans.recv()).await {
+            Ok(Some(s)) => out.push(s),
+            _ => panic!("{} of {n} spans came within 20 s: {out:?}", out.len()),
+        }
+    }
+    out
 }
 
 fn tracing(zipkin: &Zipkin) -> TracingOptions {
@@ -505,7 +510,7 @@ async fn otlp_mesh(collector: Collector) -> (App, Sidecar, Sidecar) {
 async fn otlp_over_grpc_and_http_carries_the_same_spans() {
     let (grpc_addr, grpc_rx) = otlp::grpc().await;
     let (http_addr, http_rx) = otlp::http().await;
-    for (collector, rx) in [
+    for (collector, mut rx) in [
         (
             Collector::Otlp {
                 address: grpc_addr.to_string(),
@@ -524,11 +529,7 @@ async fn otlp_over_grpc_and_http_carries_the_same_spans() {
         let (_app, _server, client) = otlp_mesh(collector.clone()).await;
         let (resp, body) = go(&client, get_req("httpbin-service", "/status/500")).await;
         assert_eq!(resp.status(), 500, "{}", String::from_utf8_lossy(&body));
-        let mut receiver = Zipkin {
-            addr: grpc_addr,
-            spans: rx,
-        };
-        let spans = receiver.take(2).await;
+        let spans = take(&mut rx, 2).await;
         let c = by_kind(&spans, "CLIENT");
         let s = by_kind(&spans, "SERVER");
         assert_eq!(c["traceId"], s["traceId"], "{collector:?}");
