@@ -168,6 +168,7 @@ pub fn node_ref(model: &Model, proxy: &ProxyKey, me: Option<&xds::Workload>) -> 
         namespace: Some(proxy.namespace.clone()),
         addresses: vec![proxy.ip],
         outbound_traffic_policy: outbound_traffic_policy(model, &proxy.namespace, me),
+        tracing: None,
     }
 }
 

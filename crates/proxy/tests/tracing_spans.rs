@@ -551,3 +551,52 @@ async fn otlp_over_grpc_and_http_carries_the_same_spans() {
         assert_eq!(tag(&s, "istio.canonical_service"), "httpbin");
     }
 }
+
+/// Discovery's tracing (the Telemetry API's, on the proxy's node) wins over the ProxyConfig's:
+/// its sampling, collector and tags, with no collector in the ProxyConfig.
+#[tokio::test]
+async fn tracing_from_discovery_on_the_node() {
+    let mut zipkin = Zipkin::start().await;
+    let node_tracing = format!(
+        "tracing: {{collector: {{protocol: ZIPKIN, host: 127.0.0.1, port: {}}}, \
+         samplingBasisPoints: 10000, customTags: [{{tag: from.telemetry, literal: yes}}]}}",
+        zipkin.addr.port()
+    );
+    // The ProxyConfig names no collector and samples nothing.
+    let base = || {
+        let mut o = tracing(&zipkin);
+        o.collector = None;
+        o
+    };
+    let app = App::start("httpbin").await;
+    let server = Sidecar::builder(&server_yaml().replacen(
+        "self: {uid: httpbin-uid}",
+        &format!("self: {{uid: httpbin-uid, {node_tracing}}}"),
+        1,
+    ))
+    .inbound_to(app.addr)
+    .tracing(base())
+    .start()
+    .await;
+    let client_yaml = httpbin_yaml(&[server.inbound], "ROUND_ROBIN", "").replacen(
+        "self: {name: ubuntu-deployment-cc86cc647-vsvbh, namespace: default}",
+        &format!(
+            "self: {{name: ubuntu-deployment-cc86cc647-vsvbh, namespace: default, {node_tracing}}}"
+        ),
+        1,
+    );
+    let mut b = Sidecar::builder(&client_yaml).tracing(base());
+    b.cfg.trace_sampling = 0.0;
+    let client = b.start().await;
+
+    let (resp, body) = go(&client, get_req("httpbin-service", "/headers")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(json(&body)["headers"]["x-b3-sampled"], "1");
+    let spans = zipkin.take(2).await;
+    let c = by_kind(&spans, "CLIENT");
+    let s = by_kind(&spans, "SERVER");
+    assert_eq!(s["parentId"], c["id"]);
+    assert_eq!(tag(&c, "from.telemetry"), "yes");
+    assert_eq!(tag(&s, "from.telemetry"), "yes");
+    drop(server);
+}

@@ -368,7 +368,7 @@ fn sidecar(a: SidecarArgs, router: bool) -> anyhow::Result<ExitCode> {
     )?;
     let telemetry = Telemetry::new(TelemetryOptions {
         access_log,
-        tracing,
+        tracing: Some(tracing),
     })
     .context("telemetry")?;
 
@@ -395,13 +395,14 @@ fn sidecar(a: SidecarArgs, router: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The span exporter's settings from `--zipkinAddress` and ProxyConfig `tracing`: none when
-/// neither names a collector (then requests still carry trace headers, and no span is sent).
+/// The span exporter's settings from `--zipkinAddress` and ProxyConfig `tracing`, and the
+/// proxy's identity for the tags. Without a collector named there, no span is sent until
+/// discovery names one (the Telemetry API); requests still carry trace headers.
 fn tracing_options(
     flag: Option<&str>,
     spec: Option<&api::mesh::ProxyTracing>,
     cfg: &ProxyConfig,
-) -> anyhow::Result<Option<TracingOptions>> {
+) -> anyhow::Result<TracingOptions> {
     use api::mesh::TracingCustomTag;
     if let Some(t) = spec {
         for field in t.unsupported.keys() {
@@ -414,14 +415,12 @@ fn tracing_options(
         spec.and_then(|t| t.zipkin.as_ref())
             .and_then(|z| z.address.clone())
     });
-    let Some(address) = address.filter(|a| !a.is_empty()) else {
-        return Ok(None);
-    };
     let namespace = cfg
         .pod_namespace
         .clone()
         .unwrap_or_else(|| "default".into());
-    let mut opts = TracingOptions::new(Collector::zipkin(address), namespace.clone());
+    let mut opts = TracingOptions::new(Collector::zipkin(""), namespace.clone());
+    opts.collector = address.filter(|a| !a.is_empty()).map(Collector::zipkin);
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     // pilot-agent's service cluster, for requests whose labels do not name the workload.
     let workload = env("ISTIO_META_WORKLOAD_NAME").unwrap_or_else(|| "istio-proxy".into());
@@ -460,7 +459,7 @@ fn tracing_options(
             });
         }
     }
-    Ok(Some(opts))
+    Ok(opts)
 }
 
 #[cfg(test)]
@@ -503,16 +502,14 @@ mod tests {
             instance_ip: Some("10.0.0.5".parse().unwrap()),
             ..ProxyConfig::default()
         };
-        assert!(tracing_options(None, None, &cfg).unwrap().is_none());
+        assert_eq!(tracing_options(None, None, &cfg).unwrap().collector, None);
         let pc = api::ProxyConfig::from_yaml(
             "tracing: {zipkin: {address: zipkin:9411}, max_path_tag_length: 10, \
              custom_tags: {t: {header: {name: X-Tenant}}}}",
         )
         .unwrap();
-        let o = tracing_options(None, pc.tracing.as_ref(), &cfg)
-            .unwrap()
-            .expect("a collector");
-        assert_eq!(o.collector, Collector::zipkin("zipkin:9411"));
+        let o = tracing_options(None, pc.tracing.as_ref(), &cfg).unwrap();
+        assert_eq!(o.collector, Some(Collector::zipkin("zipkin:9411")));
         assert_eq!(o.max_path_tag_length, 10);
         assert_eq!(o.namespace, "foo");
         assert_eq!(
@@ -530,10 +527,8 @@ mod tests {
             }]
         );
         // The flag wins.
-        let o = tracing_options(Some("other:9411"), pc.tracing.as_ref(), &cfg)
-            .unwrap()
-            .expect("a collector");
-        assert_eq!(o.collector, Collector::zipkin("other:9411"));
+        let o = tracing_options(Some("other:9411"), pc.tracing.as_ref(), &cfg).unwrap();
+        assert_eq!(o.collector, Some(Collector::zipkin("other:9411")));
         let bad =
             api::ProxyConfig::from_yaml("tracing: {custom_tags: {t: {header: {name: 'a b'}}}}")
                 .unwrap();

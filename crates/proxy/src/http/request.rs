@@ -79,10 +79,17 @@ pub(super) async fn handle(
     }
     headers::forward_client_cert(h, ctx.peer.as_ref().map(|p| &p.xfcc));
     let request_id = headers::ensure_request_id(h);
-    let trace = headers::continue_trace(h, ctx.pi.cfg.trace_sampling);
+    // Discovery's tracing (the Telemetry API) wins over the ProxyConfig's.
+    let xds_tracing = snap
+        .resources
+        .node
+        .as_ref()
+        .and_then(|n| n.tracing.as_ref());
+    let sampling = xds_tracing.map_or(ctx.pi.cfg.trace_sampling, xds::Tracing::sampling_percent);
+    let trace = headers::continue_trace(h, sampling);
     let tls_here = ctx.peer.is_some() || ctx.gateway.is_some_and(|g| g.tls);
     headers::set_forwarded_proto(h, if tls_here { "https" } else { "http" });
-    let span = ctx.pi.telemetry.start_span(&trace, h);
+    let span = ctx.pi.telemetry.start_span(&trace, h, xds_tracing);
 
     let mut log = Log {
         rec: None,

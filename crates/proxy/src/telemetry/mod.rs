@@ -132,7 +132,7 @@ pub struct Telemetry {
 struct Inner {
     metrics: Metrics,
     log: Option<AccessLogger>,
-    tracer: Option<spans::Tracer>,
+    tracer: Option<spans::Tracers>,
 }
 
 impl Telemetry {
@@ -147,7 +147,7 @@ impl Telemetry {
             None => None,
         };
         let tracer = match options.tracing {
-            Some(opts) => Some(spans::Tracer::start(
+            Some(opts) => Some(spans::Tracers::start(
                 opts,
                 metrics.spans_dropped.clone(),
                 metrics.spans_sent.clone(),
@@ -179,8 +179,9 @@ impl Telemetry {
     /// Never blocks; allocates nothing for a label set seen before.
     pub fn request(&self, mut record: RequestRecord) {
         self.inner.metrics.record_request(&record);
-        if let (Some(tracer), Some(span)) = (&self.inner.tracer, record.span.take()) {
-            tracer.push(*span, record.clone());
+        if let Some(span) = record.span.take() {
+            let sink = span.sink.0.clone();
+            sink.push(*span, record.clone());
         }
         if let Some(log) = &self.inner.log {
             log.push(Entry::Http(record));
@@ -188,14 +189,16 @@ impl Telemetry {
     }
 
     /// The span start of a request whose trace is `ctx` and whose headers (as forwarded) are
-    /// `headers`, for [`RequestRecord::span`]: `None`, at the cost of a branch, when the request
-    /// is not sampled or no tracer is configured.
+    /// `headers`, for [`RequestRecord::span`], reported as discovery's `xds` tracing says when
+    /// the proxy has one, else as its ProxyConfig says: `None`, at the cost of a branch, when
+    /// the request is not sampled or no collector is named.
     pub fn start_span(
         &self,
         ctx: &crate::headers::TraceContext,
         headers: &http::HeaderMap,
+        xds: Option<&xds::Tracing>,
     ) -> Option<Box<SpanStart>> {
-        self.inner.tracer.as_ref()?.start_span(ctx, headers)
+        self.inner.tracer.as_ref()?.start_span(ctx, headers, xds)
     }
 
     /// Spans dropped because the exporter's queue was full, since start.
@@ -253,16 +256,21 @@ impl Telemetry {
     /// Spans queued before the call are sent to the collector (or given up on) too.
     pub async fn flush(&self, timeout: Duration) -> bool {
         let log = self.inner.log.as_ref().map(AccessLogger::request_flush);
-        let spans = self.inner.tracer.as_ref().map(spans::Tracer::request_flush);
+        let spans = self
+            .inner
+            .tracer
+            .as_ref()
+            .map(spans::Tracers::request_flush)
+            .unwrap_or_default();
         let both = async {
             let log_ok = match log {
                 Some(rx) => rx.await.is_ok(),
                 None => true,
             };
-            let spans_ok = match spans {
-                Some(rx) => rx.await.is_ok(),
-                None => true,
-            };
+            let mut spans_ok = true;
+            for rx in spans {
+                spans_ok &= rx.await.is_ok();
+            }
             log_ok && spans_ok
         };
         matches!(tokio::time::timeout(timeout, both).await, Ok(true))

@@ -114,8 +114,9 @@ pub struct CustomTag {
 /// Settings of the tracer, from ProxyConfig `tracing` and the proxy's identity.
 #[derive(Debug, Clone)]
 pub struct TracingOptions {
-    /// The collector.
-    pub collector: Collector,
+    /// The collector; none: spans are reported only once discovery names one
+    /// ([`xds::Tracing`] on the proxy's node).
+    pub collector: Option<Collector>,
     /// Zipkin `localEndpoint.serviceName` when the request's labels do not know the local
     /// workload: Istio's service cluster, `<canonical-service>.<namespace>`.
     pub service_name: String,
@@ -148,7 +149,7 @@ impl TracingOptions {
     pub fn new(collector: Collector, namespace: impl Into<String>) -> TracingOptions {
         let namespace = namespace.into();
         TracingOptions {
-            collector,
+            collector: Some(collector),
             service_name: format!("unknown.{namespace}"),
             node_id: String::new(),
             zone: String::new(),
@@ -177,6 +178,9 @@ pub enum TracerError {
     /// The exporter thread could not be started.
     #[error("starting the span exporter thread: {0}")]
     Thread(std::io::Error),
+    /// No collector was named.
+    #[error("no tracing collector")]
+    NoCollector,
 }
 
 /// What a sampled request carries from its start to its end for its span: the trace context and
@@ -195,6 +199,18 @@ pub struct SpanStart {
     /// Inbound: the service port whose target port the request came to (the span's name has
     /// the service port; the inbound cluster name the target port).
     pub service_port: Option<u16>,
+    /// The tracer the span goes to when the request ends.
+    pub(crate) sink: Sink,
+}
+
+/// The tracer a span was started by (the one in force then: discovery may change it).
+#[derive(Clone)]
+pub(crate) struct Sink(pub(crate) Arc<Tracer>);
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sink")
+    }
 }
 
 /// The data path's end of the tracer: decides whether a request gets a span and queues finished
@@ -220,7 +236,8 @@ impl Tracer {
         dropped: Counter,
         sent: Counter,
     ) -> Result<Tracer, TracerError> {
-        let address = opts.collector.address();
+        let collector = opts.collector.clone().ok_or(TracerError::NoCollector)?;
+        let address = collector.address();
         if address
             .rsplit_once(':')
             .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
@@ -240,7 +257,7 @@ impl Tracer {
         let (tx, rx) = channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let taken = queued.clone();
-        let exporter = Exporter::new(opts);
+        let exporter = Exporter::new(opts, collector);
         let capacity = exporter.opts.queue_capacity.max(1);
         std::thread::Builder::new()
             .name("span-export".into())
@@ -257,7 +274,7 @@ impl Tracer {
 
     /// The span start of a request whose trace is `ctx`, or `None` when it is not sampled.
     pub(crate) fn start_span(
-        &self,
+        self: &Arc<Self>,
         ctx: &TraceContext,
         headers: &HeaderMap,
     ) -> Option<Box<SpanStart>> {
@@ -265,6 +282,7 @@ impl Tracer {
             return None;
         }
         Some(Box::new(SpanStart {
+            sink: Sink(self.clone()),
             ctx: *ctx,
             scheme: headers.get(&FORWARDED_PROTO).cloned(),
             downstream_cluster: headers.get(&DOWNSTREAM_CLUSTER).cloned(),
@@ -298,10 +316,148 @@ impl Tracer {
     }
 }
 
+/// The tracers of a proxy: the one its ProxyConfig names (if any), and the one discovery's
+/// [`xds::Tracing`] names, made when a sampled request first sees that config (so a change of
+/// provider, tags or path length starts a new exporter and the old one sends what it has and
+/// ends).
+pub(crate) struct Tracers {
+    base: TracingOptions,
+    fixed: Option<Arc<Tracer>>,
+    dynamic: arc_swap::ArcSwapOption<(xds::Tracing, Option<Arc<Tracer>>)>,
+    dropped: Counter,
+    sent: Counter,
+}
+
+impl Tracers {
+    /// The ProxyConfig's tracer, started when `base` names a collector.
+    pub(crate) fn start(
+        base: TracingOptions,
+        dropped: Counter,
+        sent: Counter,
+    ) -> Result<Tracers, TracerError> {
+        let fixed = match base.collector {
+            Some(_) => Some(Arc::new(Tracer::start(
+                base.clone(),
+                dropped.clone(),
+                sent.clone(),
+            )?)),
+            None => None,
+        };
+        Ok(Tracers {
+            base,
+            fixed,
+            dynamic: arc_swap::ArcSwapOption::empty(),
+            dropped,
+            sent,
+        })
+    }
+
+    /// The span start of a sampled request: with discovery's tracing `xds` when the proxy has
+    /// it, else the ProxyConfig's. `None` when not sampled or no collector is named.
+    pub(crate) fn start_span(
+        &self,
+        ctx: &TraceContext,
+        headers: &HeaderMap,
+        xds: Option<&xds::Tracing>,
+    ) -> Option<Box<SpanStart>> {
+        if !ctx.sampled {
+            return None;
+        }
+        let tracer = match xds {
+            None => self.fixed.clone()?,
+            Some(x) => self.for_xds(x)?,
+        };
+        tracer.start_span(ctx, headers)
+    }
+
+    fn for_xds(&self, x: &xds::Tracing) -> Option<Arc<Tracer>> {
+        if let Some(cur) = self.dynamic.load().as_ref()
+            && cur.0 == *x
+        {
+            return cur.1.clone();
+        }
+        let tracer = self.options_for(x).and_then(|o| {
+            Tracer::start(o, self.dropped.clone(), self.sent.clone())
+                .map_err(|e| tracing::warn!("tracing from discovery: {e}"))
+                .ok()
+                .map(Arc::new)
+        });
+        self.dynamic
+            .store(Some(Arc::new((x.clone(), tracer.clone()))));
+        tracer
+    }
+
+    /// The ProxyConfig's options with discovery's collector, tags and path length.
+    fn options_for(&self, x: &xds::Tracing) -> Option<TracingOptions> {
+        let c = x.collector.as_ref()?;
+        let address = format!("{}:{}", c.host, c.port);
+        let collector = match c.protocol {
+            xds::CollectorProtocol::Zipkin => Collector::Zipkin {
+                address,
+                path: c.path.clone().unwrap_or_else(|| "/api/v2/spans".into()),
+            },
+            xds::CollectorProtocol::OtlpGrpc => Collector::Otlp {
+                address,
+                http_path: None,
+            },
+            xds::CollectorProtocol::OtlpHttp => Collector::Otlp {
+                address,
+                http_path: Some(c.path.clone().unwrap_or_else(|| "/v1/traces".into())),
+            },
+        };
+        let mut o = self.base.clone();
+        o.collector = Some(collector);
+        o.max_path_tag_length = x
+            .max_path_tag_length
+            .filter(|n| *n > 0)
+            .map_or(DEFAULT_MAX_PATH_TAG_LENGTH, |n| n as usize);
+        o.custom_tags = x
+            .custom_tags
+            .iter()
+            .filter_map(|t| {
+                let value = if let Some(v) = &t.literal {
+                    CustomTagValue::Literal(v.clone())
+                } else if let Some(name) = &t.environment {
+                    CustomTagValue::Environment {
+                        name: name.clone(),
+                        default: t.default_value.clone(),
+                    }
+                } else {
+                    CustomTagValue::Header {
+                        name: HeaderName::from_bytes(
+                            t.header.as_ref()?.to_ascii_lowercase().as_bytes(),
+                        )
+                        .ok()?,
+                        default: t.default_value.clone(),
+                    }
+                };
+                Some(CustomTag {
+                    tag: t.tag.clone(),
+                    value,
+                })
+            })
+            .collect();
+        Some(o)
+    }
+
+    /// Asks the tracers in force to send what they have; one receiver each.
+    pub(crate) fn request_flush(&self) -> Vec<tokio::sync::oneshot::Receiver<()>> {
+        let mut out: Vec<_> = self.fixed.iter().map(|t| t.request_flush()).collect();
+        if let Some(cur) = self.dynamic.load().as_ref()
+            && let Some(t) = &cur.1
+        {
+            out.push(t.request_flush());
+        }
+        out
+    }
+}
+
 /// The exporter thread's state: the options, the environment tags resolved once, and the
 /// clients, on a runtime of the thread's own (the proxy's runtimes never wait on a collector).
 struct Exporter {
     opts: TracingOptions,
+    /// Where the spans go.
+    collector: Collector,
     /// Custom tag values that do not depend on the request (literal, environment), by index.
     fixed_tags: Vec<Option<String>>,
 }
@@ -338,7 +494,7 @@ struct SpanData {
 }
 
 impl Exporter {
-    fn new(opts: TracingOptions) -> Exporter {
+    fn new(opts: TracingOptions, collector: Collector) -> Exporter {
         let fixed_tags = opts
             .custom_tags
             .iter()
@@ -353,7 +509,11 @@ impl Exporter {
                 CustomTagValue::Header { .. } => None,
             })
             .collect();
-        Exporter { opts, fixed_tags }
+        Exporter {
+            opts,
+            collector,
+            fixed_tags,
+        }
     }
 
     fn run(self, rx: Receiver<Msg>, queued: &AtomicUsize, sent: Counter) {
@@ -367,7 +527,7 @@ impl Exporter {
                 return;
             }
         };
-        let transport = match &self.opts.collector {
+        let transport = match &self.collector {
             Collector::Otlp {
                 address,
                 http_path: None,
@@ -439,7 +599,7 @@ impl Exporter {
 
     /// Sends one batch in the collector's format.
     async fn export(&self, transport: &Transport, spans: Vec<SpanData>) -> Result<(), String> {
-        match (&self.opts.collector, transport) {
+        match (&self.collector, transport) {
             (Collector::Zipkin { address, path }, Transport::Http(client)) => {
                 let body = Value::Array(
                     spans
@@ -789,11 +949,15 @@ mod tests {
         o.local_ip = Some(IpAddr::from([10, 0, 0, 5]));
         o.custom_tags = tags;
         o.max_path_tag_length = 8;
-        Exporter::new(o)
+        let c = o.collector.clone().expect("a collector");
+        Exporter::new(o, c)
     }
 
     fn start(headers: &HeaderMap, tags: &[Option<HeaderName>]) -> SpanStart {
+        let o = TracingOptions::new(Collector::zipkin("127.0.0.1:9"), "default");
+        let tracer = Tracer::start(o, Counter::default(), Counter::default()).expect("tracer");
         SpanStart {
+            sink: Sink(Arc::new(tracer)),
             ctx: TraceContext {
                 trace_id: 0xabc,
                 span_id: 0x12,
