@@ -216,6 +216,10 @@ pub struct MeshConfig {
     /// Some `extensionProviders[].opentelemetry` has `serviceAttributeEnrichment:
     /// OTEL_SEMANTIC_CONVENTIONS`: injection gives the proxy `OTEL_RESOURCE_ATTRIBUTES`.
     pub otel_semantic_conventions: bool,
+    /// `extensionProviders` that receive spans (zipkin, opentelemetry).
+    pub tracing_providers: Vec<crate::telemetry::TracingProvider>,
+    /// `defaultProviders.tracing`: the providers of a Telemetry that names none.
+    pub default_tracing_providers: Vec<String>,
 }
 
 /// `MeshConfig.inboundTrafficPolicy.mode`.
@@ -242,6 +246,8 @@ impl Default for MeshConfig {
             outbound_traffic_policy: None,
             inbound_traffic_policy: None,
             otel_semantic_conventions: false,
+            tracing_providers: Vec::new(),
+            default_tracing_providers: Vec::new(),
         }
     }
 }
@@ -277,6 +283,16 @@ impl MeshConfig {
             }
         };
         let defaults = MeshConfig::default();
+        let (tracing_providers, _) =
+            crate::telemetry::tracing_providers(&Value::Object(map.clone()))?;
+        #[derive(serde::Deserialize, Default)]
+        struct DefaultProviders {
+            #[serde(default)]
+            tracing: Vec<String>,
+        }
+        let default_tracing_providers = typed_field::<DefaultProviders>(&map, "defaultProviders")?
+            .unwrap_or_default()
+            .tracing;
         let default_config = match map.get("defaultConfig") {
             Some(v) => ProxyConfig::from_value(v.clone()).map_err(|e| e.nested("defaultConfig"))?,
             None => ProxyConfig::default(),
@@ -307,6 +323,8 @@ impl MeshConfig {
                             == Some("OTEL_SEMANTIC_CONVENTIONS")
                     })
                 }),
+            tracing_providers,
+            default_tracing_providers,
         })
     }
 }

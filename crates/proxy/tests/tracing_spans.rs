@@ -553,7 +553,8 @@ async fn otlp_over_grpc_and_http_carries_the_same_spans() {
 }
 
 /// Discovery's tracing (the Telemetry API's, on the proxy's node) wins over the ProxyConfig's:
-/// its sampling, collector and tags, with no collector in the ProxyConfig.
+/// its sampling, collector (an address, or a service of the mesh) and tags, with no collector in
+/// the ProxyConfig.
 #[tokio::test]
 async fn tracing_from_discovery_on_the_node() {
     let mut zipkin = Zipkin::start().await;
@@ -578,10 +579,20 @@ async fn tracing_from_discovery_on_the_node() {
     .tracing(base())
     .start()
     .await;
-    let client_yaml = httpbin_yaml(&[server.inbound], "ROUND_ROBIN", "").replacen(
+    // The client's collector is a service of the mesh, reached at its endpoint as Envoy
+    // reaches the provider's cluster (its VIP answers nothing).
+    let zipkin_service = format!(
+        "- {{hostname: zipkin.observability.svc.cluster.local, name: zipkin, namespace: observability, \
+         vips: [10.96.0.99], ports: [{{name: http, port: 9411}}], \
+         endpoints: [{{address: 127.0.0.1, ports: {{9411: {}}}}}]}}",
+        zipkin.addr.port()
+    );
+    let client_tracing = "tracing: {collector: {protocol: ZIPKIN, host: zipkin.observability.svc.cluster.local, \
+         port: 9411}, samplingBasisPoints: 10000, customTags: [{tag: from.telemetry, literal: yes}]}";
+    let client_yaml = httpbin_yaml(&[server.inbound], "ROUND_ROBIN", &zipkin_service).replacen(
         "self: {name: ubuntu-deployment-cc86cc647-vsvbh, namespace: default}",
         &format!(
-            "self: {{name: ubuntu-deployment-cc86cc647-vsvbh, namespace: default, {node_tracing}}}"
+            "self: {{name: ubuntu-deployment-cc86cc647-vsvbh, namespace: default, {client_tracing}}}"
         ),
         1,
     );

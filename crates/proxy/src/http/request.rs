@@ -89,7 +89,13 @@ pub(super) async fn handle(
     let trace = headers::continue_trace(h, sampling);
     let tls_here = ctx.peer.is_some() || ctx.gateway.is_some_and(|g| g.tls);
     headers::set_forwarded_proto(h, if tls_here { "https" } else { "http" });
-    let span = ctx.pi.telemetry.start_span(&trace, h, xds_tracing);
+    let span = ctx
+        .pi
+        .telemetry
+        .start_span(&trace, h, xds_tracing, &|host, port| {
+            let e = snap.service_by_host(host)?;
+            Some(e.cluster(port, None)?.endpoints.first()?.addr)
+        });
 
     let mut log = Log {
         rec: None,

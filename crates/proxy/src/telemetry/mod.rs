@@ -192,13 +192,18 @@ impl Telemetry {
     /// `headers`, for [`RequestRecord::span`], reported as discovery's `xds` tracing says when
     /// the proxy has one, else as its ProxyConfig says: `None`, at the cost of a branch, when
     /// the request is not sampled or no collector is named.
+    /// `resolve` finds an endpoint of a mesh service, for discovery's collector.
     pub fn start_span(
         &self,
         ctx: &crate::headers::TraceContext,
         headers: &http::HeaderMap,
         xds: Option<&xds::Tracing>,
+        resolve: &dyn Fn(&str, u16) -> Option<std::net::SocketAddr>,
     ) -> Option<Box<SpanStart>> {
-        self.inner.tracer.as_ref()?.start_span(ctx, headers, xds)
+        self.inner
+            .tracer
+            .as_ref()?
+            .start_span(ctx, headers, xds, resolve)
     }
 
     /// Spans dropped because the exporter's queue was full, since start.

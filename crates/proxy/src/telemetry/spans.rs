@@ -354,29 +354,37 @@ impl Tracers {
 
     /// The span start of a sampled request: with discovery's tracing `xds` when the proxy has
     /// it, else the ProxyConfig's. `None` when not sampled or no collector is named.
+    /// `resolve` finds an endpoint of a mesh service (`host`, `port`): discovery's collector is
+    /// a service of the mesh, reached at one of its endpoints as Envoy reaches the provider's
+    /// cluster (its host is resolved by DNS when the mesh does not know it).
     pub(crate) fn start_span(
         &self,
         ctx: &TraceContext,
         headers: &HeaderMap,
         xds: Option<&xds::Tracing>,
+        resolve: &dyn Fn(&str, u16) -> Option<std::net::SocketAddr>,
     ) -> Option<Box<SpanStart>> {
         if !ctx.sampled {
             return None;
         }
         let tracer = match xds {
             None => self.fixed.clone()?,
-            Some(x) => self.for_xds(x)?,
+            Some(x) => self.for_xds(x, resolve)?,
         };
         tracer.start_span(ctx, headers)
     }
 
-    fn for_xds(&self, x: &xds::Tracing) -> Option<Arc<Tracer>> {
+    fn for_xds(
+        &self,
+        x: &xds::Tracing,
+        resolve: &dyn Fn(&str, u16) -> Option<std::net::SocketAddr>,
+    ) -> Option<Arc<Tracer>> {
         if let Some(cur) = self.dynamic.load().as_ref()
             && cur.0 == *x
         {
             return cur.1.clone();
         }
-        let tracer = self.options_for(x).and_then(|o| {
+        let tracer = self.options_for(x, resolve).and_then(|o| {
             Tracer::start(o, self.dropped.clone(), self.sent.clone())
                 .map_err(|e| tracing::warn!("tracing from discovery: {e}"))
                 .ok()
@@ -388,9 +396,14 @@ impl Tracers {
     }
 
     /// The ProxyConfig's options with discovery's collector, tags and path length.
-    fn options_for(&self, x: &xds::Tracing) -> Option<TracingOptions> {
+    fn options_for(
+        &self,
+        x: &xds::Tracing,
+        resolve: &dyn Fn(&str, u16) -> Option<std::net::SocketAddr>,
+    ) -> Option<TracingOptions> {
         let c = x.collector.as_ref()?;
-        let address = format!("{}:{}", c.host, c.port);
+        let address = resolve(&c.host, c.port)
+            .map_or_else(|| format!("{}:{}", c.host, c.port), |a| a.to_string());
         let collector = match c.protocol {
             xds::CollectorProtocol::Zipkin => Collector::Zipkin {
                 address,
