@@ -1,10 +1,16 @@
-//! Distributed tracing under `ama up`, configured as Istio's task does it with MeshConfig
-//! (`defaultConfig.tracing.sampling: 100` and `zipkin.address`, plus a literal custom tag):
-//! `curl` from `sleep` to `httpbin` through two sidecars, and a Zipkin collector
-//! (`tests/fixtures/apps/zipkin_collector.py`, a pod outside the mesh) that receives the
-//! sidecars' v2 JSON spans. One request's two spans are found by its `x-request-id` and checked:
-//! one trace, the client span (sleep's sidecar, CLIENT) the parent of the server span (httpbin's
-//! sidecar, SERVER), which is what the app saw as its parent; Istio's names and tags.
+//! Distributed tracing under `ama up`, configured both ways Istio's tasks do it:
+//!
+//! 1. MeshConfig `defaultConfig.tracing` (`sampling: 100`, `zipkin.address`, a literal custom
+//!    tag), the collector a pod outside the mesh named by `ama up`'s DNS;
+//! 2. the Telemetry API: MeshConfig `extensionProviders` (zipkin at
+//!    `zipkin.istio-system.svc.cluster.local:9411`, a Service as Istio's addon) and the task's
+//!    mesh-wide Telemetry in `istio-system` choosing it with `randomSamplingPercentage: 100`.
+//!
+//! Each: `curl` from `sleep` to `httpbin` through two sidecars, and a Zipkin collector
+//! (`tests/fixtures/apps/zipkin_collector.py`) that receives the sidecars' v2 JSON spans. One
+//! request's two spans are found by its `x-request-id` and checked: one trace, the client span
+//! (sleep's sidecar, CLIENT) the parent of the server span (httpbin's sidecar, SERVER), which is
+//! what the app saw as its parent; Istio's names and tags.
 
 #[path = "traffic/common.rs"]
 mod common;
@@ -15,13 +21,10 @@ use common::Traffic;
 use e2e::{root_or_skip, venv_tool, wait_for};
 use serde_json::Value;
 
-const TEST: &str = "tracing_spans_reach_zipkin_under_ama_up";
-
-/// The spans the collector has printed whose `guid:x-request-id` tag is `id`.
-fn spans_of(t: &Traffic, collector: &str, id: &str) -> Vec<Value> {
-    let out = t
-        .mesh
-        .ok(&["logs", "-n", "observability", collector, "-c", "zipkin"]);
+/// The spans the collector (pod `collector` in `ns`) has printed whose `guid:x-request-id`
+/// tag is `id`.
+fn spans_of(t: &Traffic, ns: &str, collector: &str, id: &str) -> Vec<Value> {
+    let out = t.mesh.ok(&["logs", "-n", ns, collector, "-c", "zipkin"]);
     out.lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .map(|l| l["span"].clone())
@@ -37,6 +40,7 @@ fn tag<'a>(span: &'a Value, k: &str) -> &'a str {
 
 #[test]
 fn tracing_spans_reach_zipkin_under_ama_up() {
+    const TEST: &str = "tracing_spans_reach_zipkin_under_ama_up";
     if !root_or_skip(TEST) {
         return;
     }
@@ -52,6 +56,36 @@ fn tracing_spans_reach_zipkin_under_ama_up() {
         ],
         3,
     );
+    one_request_two_spans(&t, "observability");
+    t.finish();
+}
+
+#[test]
+fn telemetry_api_tracing_under_ama_up() {
+    const TEST: &str = "telemetry_api_tracing_under_ama_up";
+    if !root_or_skip(TEST) {
+        return;
+    }
+    let python = venv_tool(TEST, "python");
+    let t = Traffic::start(
+        "trt",
+        &python,
+        &[
+            "tracing/telemetry-mesh.yaml",
+            "tracing/zipkin-service.yaml",
+            "tracing/telemetry.yaml",
+            "sleep.yaml",
+            "httpbin.yaml",
+        ],
+        3,
+    );
+    one_request_two_spans(&t, "istio-system");
+    t.finish();
+}
+
+/// `curl` sleep → httpbin, then the request's client and server spans at the collector in
+/// `ns`.
+fn one_request_two_spans(t: &Traffic, ns: &str) {
     t.wait_answers("http://httpbin:8000/get");
     let collector = t.pod("zipkin");
 
@@ -77,7 +111,7 @@ fn tracing_spans_reach_zipkin_under_ama_up() {
         "the request's client and server spans at the collector",
         Duration::from_secs(30),
         || {
-            let s = spans_of(&t, &collector, id);
+            let s = spans_of(t, ns, &collector, id);
             (s.len() >= 2).then_some(s)
         },
     );
@@ -121,5 +155,4 @@ fn tracing_spans_reach_zipkin_under_ama_up() {
         tag(&s, "upstream_cluster").starts_with("inbound|8080|"),
         "{s}"
     );
-    t.finish();
 }
