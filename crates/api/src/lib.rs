@@ -14,6 +14,8 @@
 //!   registries read. [`check`] holds the checks they share, [`Duration`] Istio's durations.
 //! - [`kinds`]: the kinds a stream may hold, and the nearest one to a typo.
 //! - [`support`]: what Ama implements of the config it accepts; a warning finding for the rest.
+//! - [`telemetry`]: the tracing part of the Telemetry API and MeshConfig's tracing providers,
+//!   resolved for a workload with Istio's precedence.
 //! - [`analysis`]: `istioctl analyze`'s cross-reference checks and message codes.
 //! - [`yaml`]: splitting a YAML stream into documents and writing objects back, shared with
 //!   `kube-inject`.
@@ -40,6 +42,7 @@ pub mod objects;
 pub mod overrides;
 pub mod security;
 pub mod support;
+pub mod telemetry;
 pub mod validate;
 pub mod values;
 pub mod yaml;

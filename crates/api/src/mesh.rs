@@ -35,6 +35,78 @@ pub struct ProxyConfig {
     pub proxy_metadata: BTreeMap<String, String>,
     /// `holdApplicationUntilProxyStarts`: start the apps once the proxy is ready.
     pub hold_application_until_proxy_starts: Option<bool>,
+    /// `tracing`: trace sampling, the Zipkin collector and custom span tags.
+    pub tracing: Option<ProxyTracing>,
+}
+
+/// ProxyConfig `tracing` (Istio's `meshconfig.Tracing`). Field names are accepted in both of
+/// protobuf JSON's spellings (`customTags` and `custom_tags`), as Istio reads them.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyTracing {
+    /// `sampling`: percent of new traces sampled, 0.0 to 100.0 (0 or unset: Istio's default 1 %;
+    /// above 100: 1 %, as Istio clamps it).
+    pub sampling: Option<f64>,
+    /// `zipkin`: the Zipkin collector.
+    pub zipkin: Option<ZipkinCollector>,
+    /// `custom_tags`: tags added to every span, by tag name.
+    #[serde(default, alias = "custom_tags")]
+    pub custom_tags: BTreeMap<String, TracingCustomTag>,
+    /// `max_path_tag_length`: bytes of the path kept in the `http.url` tag (Envoy: 256).
+    #[serde(alias = "max_path_tag_length")]
+    pub max_path_tag_length: Option<u32>,
+    /// Any other field (`lightstep`, `datadog`, `stackdriver`, `openCensusAgent`,
+    /// `tlsSettings`): tracers Ama does not implement; the proxy reports them.
+    #[serde(flatten)]
+    pub unsupported: BTreeMap<String, Value>,
+}
+
+impl ProxyTracing {
+    /// Istio's sampling percentage for this config (`proxyConfigSamplingValue`): 1 % when unset
+    /// or 0, and when above 100.
+    pub fn sampling_percent(tracing: Option<&ProxyTracing>) -> f64 {
+        match tracing.and_then(|t| t.sampling) {
+            Some(s) if s > 100.0 => 1.0,
+            Some(s) if s > 0.0 => s,
+            _ => 1.0,
+        }
+    }
+}
+
+/// ProxyConfig `tracing.zipkin`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZipkinCollector {
+    /// `address`: the collector's `host:port` (Istio's default `zipkin.istio-system:9411`).
+    pub address: Option<String>,
+}
+
+/// One of ProxyConfig `tracing.custom_tags` (Istio's `Tracing.CustomTag`): exactly one of
+/// `literal`, `environment`, `header`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum TracingCustomTag {
+    /// `literal: {value}`.
+    Literal {
+        /// The tag's value.
+        value: String,
+    },
+    /// `environment: {name, defaultValue}`: an environment variable of the proxy.
+    Environment {
+        /// The variable.
+        name: String,
+        /// The value when the variable is unset.
+        #[serde(default, alias = "default_value", rename = "defaultValue")]
+        default_value: String,
+    },
+    /// `header: {name, defaultValue}`: a request header.
+    Header {
+        /// The header.
+        name: String,
+        /// The value when the request has no such header.
+        #[serde(default, alias = "default_value", rename = "defaultValue")]
+        default_value: String,
+    },
 }
 
 impl ProxyConfig {
@@ -71,6 +143,7 @@ impl ProxyConfig {
                 &raw,
                 "holdApplicationUntilProxyStarts",
             )?,
+            tracing: typed_field(&raw, "tracing")?,
             raw,
         })
     }
@@ -143,6 +216,10 @@ pub struct MeshConfig {
     /// Some `extensionProviders[].opentelemetry` has `serviceAttributeEnrichment:
     /// OTEL_SEMANTIC_CONVENTIONS`: injection gives the proxy `OTEL_RESOURCE_ATTRIBUTES`.
     pub otel_semantic_conventions: bool,
+    /// `extensionProviders` that receive spans (zipkin, opentelemetry).
+    pub tracing_providers: Vec<crate::telemetry::TracingProvider>,
+    /// `defaultProviders.tracing`: the providers of a Telemetry that names none.
+    pub default_tracing_providers: Vec<String>,
 }
 
 /// `MeshConfig.inboundTrafficPolicy.mode`.
@@ -169,6 +246,8 @@ impl Default for MeshConfig {
             outbound_traffic_policy: None,
             inbound_traffic_policy: None,
             otel_semantic_conventions: false,
+            tracing_providers: Vec::new(),
+            default_tracing_providers: Vec::new(),
         }
     }
 }
@@ -204,6 +283,16 @@ impl MeshConfig {
             }
         };
         let defaults = MeshConfig::default();
+        let (tracing_providers, _) =
+            crate::telemetry::tracing_providers(&Value::Object(map.clone()))?;
+        #[derive(serde::Deserialize, Default)]
+        struct DefaultProviders {
+            #[serde(default)]
+            tracing: Vec<String>,
+        }
+        let default_tracing_providers = typed_field::<DefaultProviders>(&map, "defaultProviders")?
+            .unwrap_or_default()
+            .tracing;
         let default_config = match map.get("defaultConfig") {
             Some(v) => ProxyConfig::from_value(v.clone()).map_err(|e| e.nested("defaultConfig"))?,
             None => ProxyConfig::default(),
@@ -234,6 +323,8 @@ impl MeshConfig {
                             == Some("OTEL_SEMANTIC_CONVENTIONS")
                     })
                 }),
+            tracing_providers,
+            default_tracing_providers,
         })
     }
 }
@@ -241,6 +332,75 @@ impl MeshConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxy_config_tracing_as_istio_users_write_it() {
+        // The form of Istio's distributed-tracing docs (snake_case), merged over a MeshConfig
+        // defaultConfig in protobuf JSON's camelCase.
+        let mesh = ProxyConfig::from_yaml(
+            "tracing: {sampling: 10, zipkin: {address: zipkin.istio-system:9411}, maxPathTagLength: 99}",
+        )
+        .expect("parses");
+        let pod = ProxyConfig::from_yaml(
+            r#"
+tracing:
+  sampling: 100
+  custom_tags:
+    lit: {literal: {value: v}}
+    env: {environment: {name: POD_NAME, defaultValue: none}}
+    hdr: {header: {name: x-tenant, default_value: "-"}}
+  lightstep: {address: ls:8080}
+"#,
+        )
+        .expect("parses");
+        let t = mesh.merged_with(&pod).tracing.expect("tracing");
+        assert_eq!(t.sampling, Some(100.0));
+        assert_eq!(
+            t.zipkin.and_then(|z| z.address).as_deref(),
+            Some("zipkin.istio-system:9411")
+        );
+        assert_eq!(t.max_path_tag_length, Some(99));
+        assert_eq!(
+            t.custom_tags["lit"],
+            TracingCustomTag::Literal { value: "v".into() }
+        );
+        assert_eq!(
+            t.custom_tags["env"],
+            TracingCustomTag::Environment {
+                name: "POD_NAME".into(),
+                default_value: "none".into()
+            }
+        );
+        assert_eq!(
+            t.custom_tags["hdr"],
+            TracingCustomTag::Header {
+                name: "x-tenant".into(),
+                default_value: "-".into()
+            }
+        );
+        assert!(t.unsupported.contains_key("lightstep"));
+
+        let bad = ProxyConfig::from_yaml("tracing: {custom_tags: {x: {literal: {valu: v}}}}")
+            .expect_err("a misspelt field is refused")
+            .to_string();
+        assert!(bad.contains("tracing") && bad.contains("valu"), "{bad}");
+    }
+
+    #[test]
+    fn sampling_percent_as_istio_reads_it() {
+        let of = |s: Option<f64>| {
+            ProxyTracing::sampling_percent(Some(&ProxyTracing {
+                sampling: s,
+                ..ProxyTracing::default()
+            }))
+        };
+        assert_eq!(ProxyTracing::sampling_percent(None), 1.0);
+        assert_eq!(of(None), 1.0);
+        assert_eq!(of(Some(0.0)), 1.0);
+        assert_eq!(of(Some(0.01)), 0.01);
+        assert_eq!(of(Some(100.0)), 100.0);
+        assert_eq!(of(Some(150.0)), 1.0);
+    }
 
     #[test]
     fn proxy_config_merge_and_types() {

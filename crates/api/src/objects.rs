@@ -189,6 +189,9 @@ pub struct OtherObject {
     pub kind: String,
     /// Name, namespace, labels, annotations.
     pub metadata: Metadata,
+    /// Its `spec` as written (`Null` when it has none), for the kinds read elsewhere
+    /// (Telemetry's tracing: [`crate::telemetry`]).
+    pub spec: Value,
 }
 
 /// An AuthorizationPolicy or RequestAuthentication that Ama cannot read (an unknown field, a bad
@@ -611,6 +614,7 @@ fn parse_object(value: &Value) -> Result<Object, Failure> {
                 api_version: api_version.clone(),
                 kind: kind.clone(),
                 metadata,
+                spec: value.get("spec").cloned().unwrap_or(Value::Null),
             })),
             Err(message) => {
                 problems.add("kind", message);

@@ -60,7 +60,10 @@
 //!   `inboundTrafficPolicy.mode` and `defaultConfig.{discoveryAddress, statusPort,
 //!   interceptionMode, proxyMetadata, concurrency, holdApplicationUntilProxyStarts}`.
 //! - Secrets: read for the `credentialName` of Gateways and of DestinationRules.
-//! - Kinds Ama does not read at all (Telemetry, EnvoyFilter, …): one finding each, except
+//! - Telemetry: `selector` and `tracing[].{providers, randomSamplingPercentage,
+//!   disableSpanReporting, customTags}`; MeshConfig `extensionProviders[].{zipkin,
+//!   opentelemetry}`, `defaultProviders.tracing` and `defaultConfig.tracing`.
+//! - Kinds Ama does not read at all (EnvoyFilter, …): one finding each, except
 //!   ServiceAccount (its name, the pods' identity, needs no object).
 //!
 //! [`not_implemented`] walks the object as written (its JSON) against a tree of what is
@@ -331,10 +334,54 @@ static MESH_CONFIG: Node = Fields(
         ("enableAutoMtls", Node::Value(auto_mtls)),
         ("outboundTrafficPolicy", Fields(&[("mode", Done)], IGNORED)),
         ("inboundTrafficPolicy", Fields(&[("mode", Done)], IGNORED)),
+        ("enableTracing", Node::Value(enable_tracing)),
+        ("defaultProviders", Fields(&[("tracing", Done)], IGNORED)),
+        (
+            "extensionProviders",
+            Each(&Fields(
+                &[
+                    ("name", Done),
+                    (
+                        "zipkin",
+                        Fields(
+                            &[("service", Done), ("port", Done), ("maxTagLength", Done)],
+                            IGNORED,
+                        ),
+                    ),
+                    (
+                        "opentelemetry",
+                        Fields(
+                            &[
+                                ("service", Done),
+                                ("port", Done),
+                                ("maxTagLength", Done),
+                                ("http", Fields(&[("path", Done)], IGNORED)),
+                            ],
+                            IGNORED,
+                        ),
+                    ),
+                ],
+                IGNORED,
+            )),
+        ),
         (
             "defaultConfig",
             Fields(
                 &[
+                    (
+                        "tracing",
+                        Fields(
+                            &[
+                                ("sampling", Done),
+                                ("zipkin", Fields(&[("address", Done)], IGNORED)),
+                                ("custom_tags", Done),
+                                ("customTags", Done),
+                                ("max_path_tag_length", Done),
+                                ("maxPathTagLength", Done),
+                            ],
+                            IGNORED,
+                        ),
+                    ),
                     ("discoveryAddress", Done),
                     ("statusPort", Done),
                     ("interceptionMode", Done),
@@ -348,6 +395,33 @@ static MESH_CONFIG: Node = Fields(
     ],
     IGNORED,
 );
+
+/// Telemetry (`telemetry.istio.io`): its tracing ([`crate::telemetry`]); access logging and
+/// metrics are not implemented.
+static TELEMETRY: Node = Fields(
+    &[
+        ("selector", Done),
+        (
+            "tracing",
+            Each(&Fields(
+                &[
+                    ("providers", Done),
+                    ("randomSamplingPercentage", Done),
+                    ("disableSpanReporting", Done),
+                    ("customTags", Done),
+                ],
+                IGNORED,
+            )),
+        ),
+    ],
+    IGNORED,
+);
+
+/// MeshConfig `enableTracing: false`: the proxies still trace as their config says.
+fn enable_tracing(v: &Value) -> Option<String> {
+    (v == &Value::Bool(false))
+        .then(|| "false: not implemented by Ama; proxies still trace as configured".to_string())
+}
 
 static SERVICE_ENTRY: Node = Fields(
     &[
@@ -714,6 +788,7 @@ pub fn not_implemented(object: &Object, value: &Value) -> Vec<(Severity, Problem
             &mut p,
         ),
         Object::Pod(pod) => annotations(&pod.metadata.annotations, "metadata.annotations", &mut p),
+        Object::Other(o) if o.kind == "Telemetry" => walk(&o.spec, &TELEMETRY, "spec", &mut p),
         Object::Other(o) => {
             if o.kind != "ServiceAccount" {
                 // A ServiceAccount's only meaning to a mesh, its name as the identity of the
@@ -1223,7 +1298,12 @@ spec: {}
 apiVersion: telemetry.istio.io/v1
 kind: Telemetry
 metadata: {name: t}
-spec: {}
+spec:
+  tracing:
+  - providers: [{name: zipkin}]
+    randomSamplingPercentage: 10
+  accessLogging:
+  - providers: [{name: envoy}]
 ",
         );
         assert_eq!(
@@ -1237,7 +1317,7 @@ spec: {}
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.outlierDetection.consecutiveErrors: deprecated, and ignored by Istio since 1.8 (use consecutiveGatewayErrors or consecutive5xxErrors); ignored",
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.proxyProtocol: not implemented by Ama; ignored",
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.tunnel: not implemented by Ama; ignored",
-                "x.yaml:doc 4: Telemetry default/t: kind: not implemented by Ama; ignored",
+                "x.yaml:doc 4: Telemetry default/t: spec.accessLogging: not implemented by Ama; ignored",
             ]
         );
     }
@@ -1252,16 +1332,31 @@ data:
   mesh: |
     accessLogFile: /dev/stdout
     outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+    enableTracing: false
+    defaultProviders: {tracing: [zipkin], accessLogging: [envoy]}
+    extensionProviders:
+    - name: zipkin
+      zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}
+    - name: otel
+      opentelemetry: {service: otel.observability, port: 4318, http: {path: /v1/traces, timeout: 5s}}
+    - name: envoy
+      envoyFileAccessLog: {path: /dev/stdout}
     defaultConfig:
       holdApplicationUntilProxyStarts: true
       terminationDrainDuration: 5s
       proxyMetadata: {A: b}
+      tracing: {sampling: 10, zipkin: {address: zipkin:9411}, custom_tags: {a: {literal: {value: b}}}, tlsSettings: {mode: SIMPLE}}
 ",
         );
         assert_eq!(
             w,
             [
                 "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.defaultConfig.terminationDrainDuration: not implemented by Ama; ignored",
+                "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.defaultConfig.tracing.tlsSettings: not implemented by Ama; ignored",
+                "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.defaultProviders.accessLogging: not implemented by Ama; ignored",
+                "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.enableTracing: false: not implemented by Ama; proxies still trace as configured",
+                "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.extensionProviders[1].opentelemetry.http.timeout: not implemented by Ama; ignored",
+                "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.extensionProviders[2].envoyFileAccessLog: not implemented by Ama; ignored",
             ]
         );
     }

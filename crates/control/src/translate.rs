@@ -168,6 +168,10 @@ pub fn node_ref(model: &Model, proxy: &ProxyKey, me: Option<&xds::Workload>) -> 
         namespace: Some(proxy.namespace.clone()),
         addresses: vec![proxy.ip],
         outbound_traffic_policy: outbound_traffic_policy(model, &proxy.namespace, me),
+        tracing: model.telemetry.tracing_for(
+            &proxy.namespace,
+            me.map_or(&crate::model::Labels::new(), |w| &w.labels),
+        ),
     }
 }
 

@@ -105,7 +105,7 @@ fn cluster_role(ns: &str) -> Value {
              "resources": ["mutatingwebhookconfigurations"],
              "verbs": ["get", "list", "watch", "update", "patch"]},
             // The config registry.
-            {"apiGroups": ["networking.istio.io", "security.istio.io"],
+            {"apiGroups": ["networking.istio.io", "security.istio.io", "telemetry.istio.io"],
              "resources": ["*"], "verbs": watch},
             {"apiGroups": ["apiextensions.k8s.io"],
              "resources": ["customresourcedefinitions"], "verbs": watch},

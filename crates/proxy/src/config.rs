@@ -652,6 +652,29 @@ impl Snapshot {
         self.inbound_by_port.get(&port)
     }
 
+    /// The port of [`Snapshot::inbound_service`] whose target is inbound `port` (Istio names
+    /// inbound spans `<service>:<service port>/*`). Scans the service's endpoints for this
+    /// workload's: called only for sampled requests.
+    pub fn inbound_service_port(&self, port: u16) -> Option<u16> {
+        let s = &self.inbound_service(port)?.service;
+        let me = self.me.as_ref().map(|w| w.uid.as_str());
+        s.ports
+            .iter()
+            .find(|p| {
+                s.endpoints.iter().any(|ep| {
+                    me.is_some()
+                        && ep.workload_uid.as_deref() == me
+                        && s.endpoint_port(ep, p) == port
+                })
+            })
+            .or_else(|| {
+                s.ports
+                    .iter()
+                    .find(|p| p.target_port.unwrap_or(p.port) == port)
+            })
+            .map(|p| p.port)
+    }
+
     /// The declared protocol of inbound `port` (from the own workload, else its service).
     pub fn inbound_protocol(&self, port: u16) -> xds::Protocol {
         if let Some(w) = &self.me {

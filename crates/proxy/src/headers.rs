@@ -18,6 +18,12 @@ pub static X_B3_SPANID: HeaderName = HeaderName::from_static("x-b3-spanid");
 pub static X_B3_PARENTSPANID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
 /// `x-b3-sampled`.
 pub static X_B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+/// `x-client-trace-id`: a client asks for its request to be traced (Envoy's client sampling,
+/// 100 % under Istio).
+pub static X_CLIENT_TRACE_ID: HeaderName = HeaderName::from_static("x-client-trace-id");
+/// `x-envoy-force-trace`: trace this request whatever the sampling (trusted only from inside
+/// the mesh, like every `x-envoy-*` header).
+pub static X_ENVOY_FORCE_TRACE: HeaderName = HeaderName::from_static("x-envoy-force-trace");
 /// `traceparent` (W3C trace context).
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// `x-forwarded-proto`.
@@ -127,18 +133,29 @@ fn incoming_span(headers: &HeaderMap) -> Option<(u128, u64, Option<bool>)> {
     None
 }
 
-/// Continues the caller's trace with a new child span, or starts a trace (sampled with
-/// probability `sampling_percent`), and writes both B3 and W3C headers for the next hop.
+/// Continues the caller's trace with a new child span, or starts a trace, and writes both B3
+/// and W3C headers for the next hop.
+///
+/// The sampling decision is Envoy's under Istio: the caller's (`x-b3-sampled`, `traceparent`'s
+/// flags) when it made one; else sampled when the request carries `x-envoy-force-trace` or
+/// `x-client-trace-id`; else with probability `sampling_percent` (0 to 100, in steps of 0.01 %).
+/// The server span is a child of the caller's, not a shared one (Istio turns Zipkin's
+/// `shared_span_context` off).
 ///
 /// A new trace's root span id is the low 64 bits of its trace id, as Envoy's Zipkin tracer does
 /// (in the seed, `x-b3-parentspanid` equals the second half of `x-b3-traceid`).
 pub fn continue_trace(headers: &mut HeaderMap, sampling_percent: f64) -> TraceContext {
+    let decide = |h: &HeaderMap| {
+        h.contains_key(&X_ENVOY_FORCE_TRACE)
+            || h.contains_key(&X_CLIENT_TRACE_ID)
+            || sample(sampling_percent)
+    };
     let ctx = match incoming_span(headers) {
         Some((trace_id, parent, sampled)) => TraceContext {
             trace_id,
             span_id: nonzero_u64(),
             parent_span_id: Some(parent),
-            sampled: sampled.unwrap_or_else(|| sample(sampling_percent)),
+            sampled: sampled.unwrap_or_else(|| decide(headers)),
         },
         None => {
             let trace_id = ((nonzero_u64() as u128) << 64) | nonzero_u64() as u128;
@@ -146,7 +163,7 @@ pub fn continue_trace(headers: &mut HeaderMap, sampling_percent: f64) -> TraceCo
                 trace_id,
                 span_id: trace_id as u64,
                 parent_span_id: None,
-                sampled: sample(sampling_percent),
+                sampled: decide(headers),
             }
         }
     };
@@ -163,8 +180,12 @@ fn nonzero_u64() -> u64 {
     }
 }
 
+/// True with probability `percent` %, to Envoy's precision (a fraction of 10 000: Istio's
+/// percentage becomes an Envoy `FractionalPercent` over `TEN_THOUSAND`).
 fn sample(percent: f64) -> bool {
-    percent >= 100.0 || (percent > 0.0 && rand::random::<f64>() * 100.0 < percent)
+    let per_ten_thousand = (percent * 100.0).round().clamp(0.0, 10_000.0) as u32;
+    per_ten_thousand >= 10_000
+        || (per_ten_thousand > 0 && rand::random_range(0..10_000u32) < per_ten_thousand)
 }
 
 fn hex_value(s: &[u8]) -> HeaderValue {
@@ -591,6 +612,46 @@ mod tests {
         assert_eq!(w[&X_B3_TRACEID], "0af7651916cd43dd8448eb211c80319c");
         assert_eq!(w[&X_B3_PARENTSPANID], "b7ad6b7169203331");
         assert_eq!(w[&X_B3_SAMPLED], "1");
+    }
+
+    #[test]
+    fn sampling_as_envoy_decides_it() {
+        // The caller's decision wins, either way.
+        let mut no = HeaderMap::new();
+        no.insert(&X_B3_TRACEID, HeaderValue::from_static("361390f32cd55bdc"));
+        no.insert(&X_B3_SPANID, HeaderValue::from_static("361390f32cd55bdc"));
+        no.insert(&X_B3_SAMPLED, HeaderValue::from_static("0"));
+        no.insert(&X_ENVOY_FORCE_TRACE, HeaderValue::from_static("true"));
+        assert!(!continue_trace(&mut no, 100.0).sampled);
+        let mut w = HeaderMap::new();
+        w.insert(
+            &TRACEPARENT,
+            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"),
+        );
+        assert!(!continue_trace(&mut w, 100.0).sampled);
+        // No decision yet: forced, or asked for by the client, or none of them at 0 %.
+        for name in [&X_ENVOY_FORCE_TRACE, &X_CLIENT_TRACE_ID] {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static("abc"));
+            assert!(continue_trace(&mut h, 0.0).sampled, "{name}");
+            assert_eq!(h[&X_B3_SAMPLED], "1");
+        }
+        let mut undecided = HeaderMap::new();
+        undecided.insert(&X_B3_TRACEID, HeaderValue::from_static("361390f32cd55bdc"));
+        undecided.insert(&X_B3_SPANID, HeaderValue::from_static("361390f32cd55bdc"));
+        undecided.insert(&X_CLIENT_TRACE_ID, HeaderValue::from_static("1"));
+        assert!(continue_trace(&mut undecided, 0.0).sampled);
+        assert!((0..200).all(|_| !continue_trace(&mut HeaderMap::new(), 0.0).sampled));
+        assert!((0..200).all(|_| continue_trace(&mut HeaderMap::new(), 100.0).sampled));
+    }
+
+    #[test]
+    fn sampling_precision_is_a_hundredth_of_a_percent() {
+        // Below half of 0.01 %: never; 0.01 % and more: sometimes.
+        assert!((0..100_000).all(|_| !sample(0.004)));
+        assert!((0..1_000_000).any(|_| sample(0.01)));
+        let hits = (0..100_000).filter(|_| sample(50.0)).count();
+        assert!((45_000..55_000).contains(&hits), "{hits}");
     }
 
     #[test]

@@ -29,6 +29,7 @@ fn telemetry(encoding: AccessLogEncoding, sink: AccessLogSink, capacity: usize) 
     opts.queue_capacity = capacity;
     Telemetry::new(TelemetryOptions {
         access_log: Some(opts),
+        ..TelemetryOptions::default()
     })
     .unwrap()
 }
@@ -152,6 +153,7 @@ fn bad_custom_format_is_an_error() {
     opts.format = Some("%NOPE%".into());
     let err = Telemetry::new(TelemetryOptions {
         access_log: Some(opts),
+        ..TelemetryOptions::default()
     })
     .unwrap_err()
     .to_string();

@@ -32,6 +32,7 @@ mod policy;
 mod resources;
 mod routes;
 mod service;
+mod telemetry;
 mod validate;
 mod workload;
 
@@ -56,5 +57,6 @@ pub use routes::{
     RegexRewrite, RetryPolicy, Rewrite, RouteDestination, StringMatch, UnmatchedPreflights,
 };
 pub use service::{DnsEndpoint, Endpoint, LbPolicy, Resolution, Service, ServicePort};
+pub use telemetry::{CollectorProtocol, Tracing, TracingCollector, TracingTag};
 pub use validate::{ValidationError, ValidationErrors};
 pub use workload::{Protocol, TlsMode, Workload, WorkloadPort};

@@ -36,6 +36,9 @@ pub struct NodeRef {
     /// the bundle's field instead; when both are set, `REGISTRY_ONLY` wins.
     #[serde(default, skip_serializing_if = "OutboundTrafficPolicy::is_allow_any")]
     pub outbound_traffic_policy: OutboundTrafficPolicy,
+    /// The proxy's tracing from the Telemetry API (none: its ProxyConfig's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<crate::Tracing>,
 }
 
 /// Everything a proxy needs: its own identity, and the workloads, services, routes, policies and

@@ -23,7 +23,8 @@ use proxy::config::ProxyConfig;
 use proxy::identity_source::{IdentityFlags, IdentitySource};
 use proxy::sidecar::SidecarOptions;
 use proxy::telemetry::{
-    AccessLogEncoding, AccessLogOptions, AccessLogSink, Telemetry, TelemetryOptions,
+    AccessLogEncoding, AccessLogOptions, AccessLogSink, Collector, CustomTag, CustomTagValue,
+    Telemetry, TelemetryOptions, TracingOptions,
 };
 use proxy::xds_client::{DiscoveryOptions, XdsTls};
 use tracing_subscriber::EnvFilter;
@@ -207,8 +208,9 @@ struct SidecarArgs {
     /// Accepted for compatibility; unused.
     #[arg(long = "dnsRefreshRate", hide = true)]
     dns_refresh_rate: Option<String>,
-    /// Accepted for compatibility; unused.
-    #[arg(long = "zipkinAddress", hide = true)]
+    /// The Zipkin collector (`host:port`) spans are sent to, as pilot-agent's flag; wins over
+    /// `tracing.zipkin.address` of the `PROXY_CONFIG` environment variable.
+    #[arg(long = "zipkinAddress")]
     zipkin_address: Option<String>,
     /// Accepted for compatibility; unused.
     #[arg(long = "serviceNode", hide = true)]
@@ -313,6 +315,7 @@ fn sidecar(a: SidecarArgs, router: bool) -> anyhow::Result<ExitCode> {
         // Istio's `enableHTTP10`: the metadata value "1" and nothing else.
         accept_http_10: env("ISTIO_META_HTTP10").as_deref() == Some("1"),
         router,
+        trace_sampling: api::mesh::ProxyTracing::sampling_percent(proxy_config.tracing.as_ref()),
         ..ProxyConfig::default()
     };
     if router {
@@ -358,7 +361,16 @@ fn sidecar(a: SidecarArgs, router: bool) -> anyhow::Result<ExitCode> {
             AccessLogSink::from_mesh_config(&a.access_log_file),
         ))
     };
-    let telemetry = Telemetry::new(TelemetryOptions { access_log }).context("access log")?;
+    let tracing = tracing_options(
+        a.zipkin_address.as_deref(),
+        proxy_config.tracing.as_ref(),
+        &cfg,
+    )?;
+    let telemetry = Telemetry::new(TelemetryOptions {
+        access_log,
+        tracing: Some(tracing),
+    })
+    .context("telemetry")?;
 
     // The control side (xDS, certificates, admin, status, the accept loops) runs here; the
     // connections run on `concurrency` worker threads of their own (proxy::workers).
@@ -381,6 +393,73 @@ fn sidecar(a: SidecarArgs, router: bool) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The span exporter's settings from `--zipkinAddress` and ProxyConfig `tracing`, and the
+/// proxy's identity for the tags. Without a collector named there, no span is sent until
+/// discovery names one (the Telemetry API); requests still carry trace headers.
+fn tracing_options(
+    flag: Option<&str>,
+    spec: Option<&api::mesh::ProxyTracing>,
+    cfg: &ProxyConfig,
+) -> anyhow::Result<TracingOptions> {
+    use api::mesh::TracingCustomTag;
+    if let Some(t) = spec {
+        for field in t.unsupported.keys() {
+            tracing::warn!(
+                "PROXY_CONFIG: tracing.{field}: tracer not implemented by Ama; only zipkin is"
+            );
+        }
+    }
+    let address = flag.map(str::to_string).or_else(|| {
+        spec.and_then(|t| t.zipkin.as_ref())
+            .and_then(|z| z.address.clone())
+    });
+    let namespace = cfg
+        .pod_namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let mut opts = TracingOptions::new(Collector::zipkin(""), namespace.clone());
+    opts.collector = address.filter(|a| !a.is_empty()).map(Collector::zipkin);
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    // pilot-agent's service cluster, for requests whose labels do not name the workload.
+    let workload = env("ISTIO_META_WORKLOAD_NAME").unwrap_or_else(|| "istio-proxy".into());
+    opts.service_name = format!("{workload}.{namespace}");
+    opts.node_id = proxy::xds_client::proxy_id(cfg).to_string();
+    opts.mesh_id = env("ISTIO_META_MESH_ID").unwrap_or_else(|| "cluster.local".into());
+    opts.local_ip = cfg.instance_ip;
+    if let Some(t) = spec {
+        if let Some(n) = t.max_path_tag_length.filter(|n| *n > 0) {
+            opts.max_path_tag_length = n as usize;
+        }
+        for (tag, spec) in &t.custom_tags {
+            let value = match spec {
+                TracingCustomTag::Literal { value } => CustomTagValue::Literal(value.clone()),
+                TracingCustomTag::Environment {
+                    name,
+                    default_value,
+                } => CustomTagValue::Environment {
+                    name: name.clone(),
+                    default: default_value.clone(),
+                },
+                TracingCustomTag::Header {
+                    name,
+                    default_value,
+                } => CustomTagValue::Header {
+                    name: http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+                        .with_context(|| {
+                            format!("PROXY_CONFIG: tracing.custom_tags.{tag}.header.name {name:?}")
+                        })?,
+                    default: default_value.clone(),
+                },
+            };
+            opts.custom_tags.push(CustomTag {
+                tag: tag.clone(),
+                value,
+            });
+        }
+    }
+    Ok(opts)
 }
 
 #[cfg(test)]
@@ -413,6 +492,51 @@ mod tests {
         };
         assert_eq!(a.domain.as_deref(), Some("istio-system.svc.cluster.local"));
         assert_eq!(a.proxy_log_level, "warning");
+    }
+
+    #[test]
+    fn tracing_from_the_flag_and_proxy_config() {
+        let cfg = ProxyConfig {
+            pod_name: Some("sleep-1".into()),
+            pod_namespace: Some("foo".into()),
+            instance_ip: Some("10.0.0.5".parse().unwrap()),
+            ..ProxyConfig::default()
+        };
+        assert_eq!(tracing_options(None, None, &cfg).unwrap().collector, None);
+        let pc = api::ProxyConfig::from_yaml(
+            "tracing: {zipkin: {address: zipkin:9411}, max_path_tag_length: 10, \
+             custom_tags: {t: {header: {name: X-Tenant}}}}",
+        )
+        .unwrap();
+        let o = tracing_options(None, pc.tracing.as_ref(), &cfg).unwrap();
+        assert_eq!(o.collector, Some(Collector::zipkin("zipkin:9411")));
+        assert_eq!(o.max_path_tag_length, 10);
+        assert_eq!(o.namespace, "foo");
+        assert_eq!(
+            o.node_id,
+            "sidecar~10.0.0.5~sleep-1.foo~foo.svc.cluster.local"
+        );
+        assert_eq!(
+            o.custom_tags,
+            vec![CustomTag {
+                tag: "t".into(),
+                value: CustomTagValue::Header {
+                    name: http::HeaderName::from_static("x-tenant"),
+                    default: String::new()
+                }
+            }]
+        );
+        // The flag wins.
+        let o = tracing_options(Some("other:9411"), pc.tracing.as_ref(), &cfg).unwrap();
+        assert_eq!(o.collector, Some(Collector::zipkin("other:9411")));
+        let bad =
+            api::ProxyConfig::from_yaml("tracing: {custom_tags: {t: {header: {name: 'a b'}}}}")
+                .unwrap();
+        let err = tracing_options(Some("z:9411"), bad.tracing.as_ref(), &cfg).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("tracing.custom_tags.t.header.name"),
+            "{err:#}"
+        );
     }
 
     #[test]

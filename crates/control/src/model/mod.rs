@@ -31,6 +31,7 @@ pub mod security;
 pub mod service_entry;
 pub mod services;
 pub mod sidecar;
+pub mod telemetry;
 pub mod vip;
 pub mod workloads;
 
@@ -166,6 +167,8 @@ pub struct Model {
     pub sidecars: Vec<sidecar::SidecarScope>,
     /// Gateways and the credentials of their Secrets ([`gateway`]).
     pub gateways: gateway::GatewaysOut,
+    /// Telemetry API tracing and MeshConfig's tracing providers ([`telemetry`]).
+    pub telemetry: telemetry::TelemetryModel,
     /// What was left out.
     pub warnings: Vec<Warning>,
 }
@@ -224,6 +227,7 @@ impl Model {
             ..Default::default()
         };
         let trust_domain = inject_config.trust_domain().to_string();
+        let telemetry = telemetry::build(&objects, &inject_config.mesh, &mut warnings);
         let outbound_traffic_policy = outbound_mode(inject_config.mesh.outbound_traffic_policy);
         let workloads = workloads::build(&objects, &namespaces, &inject_config, &mut warnings);
         let mut services = services::build(&objects, &workloads, vips, &mut warnings);
@@ -259,6 +263,7 @@ impl Model {
             outbound_traffic_policy,
             sidecars: sidecar::build(&objects),
             gateways,
+            telemetry,
             warnings: warnings.0.into_iter().collect(),
         }
     }
@@ -310,5 +315,7 @@ mod rule_tests;
 mod security_tests;
 #[cfg(test)]
 mod task_tests;
+#[cfg(test)]
+mod telemetry_tests;
 #[cfg(test)]
 mod tests;

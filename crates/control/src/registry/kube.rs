@@ -5,7 +5,8 @@
 //! Secrets of the types `credentialName` reads (`kubernetes.io/tls`, `Opaque`; their data is
 //! never logged, and `kubectl`'s last-applied copy of it is dropped), and
 //! Istio's CRDs (`networking.istio.io` VirtualService, DestinationRule, Gateway, ServiceEntry,
-//! Sidecar; `security.istio.io` PeerAuthentication, AuthorizationPolicy, RequestAuthentication).
+//! Sidecar; `security.istio.io` PeerAuthentication, AuthorizationPolicy, RequestAuthentication;
+//! `telemetry.istio.io` Telemetry, for its tracing).
 //! Each task runs a [`::kube::runtime::watcher`] stream with the runtime's default backoff and
 //! keeps the objects of its kind as the store source `kubernetes/<Kind>`, so the pusher rebuilds the model
 //! from them exactly as it does from files.
@@ -146,6 +147,7 @@ pub struct Kind {
 
 const NETWORKING: &str = api::networking::GROUP;
 const SECURITY: &str = api::security::GROUP;
+const TELEMETRY: &str = "telemetry.istio.io";
 
 /// Namespaces (the root certificate follows them).
 pub const NAMESPACE: Kind = core("Namespace", "namespaces", Scope::All);
@@ -223,6 +225,7 @@ pub const KINDS: &[Kind] = &[
         "RequestAuthentication",
         "requestauthentications",
     ),
+    istio(TELEMETRY, &["v1", "v1alpha1"], "Telemetry", "telemetries"),
 ];
 
 const fn core(kind: &'static str, plural: &'static str, scope: Scope) -> Kind {

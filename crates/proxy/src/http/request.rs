@@ -79,9 +79,23 @@ pub(super) async fn handle(
     }
     headers::forward_client_cert(h, ctx.peer.as_ref().map(|p| &p.xfcc));
     let request_id = headers::ensure_request_id(h);
-    headers::continue_trace(h, ctx.pi.cfg.trace_sampling);
+    // Discovery's tracing (the Telemetry API) wins over the ProxyConfig's.
+    let xds_tracing = snap
+        .resources
+        .node
+        .as_ref()
+        .and_then(|n| n.tracing.as_ref());
+    let sampling = xds_tracing.map_or(ctx.pi.cfg.trace_sampling, xds::Tracing::sampling_percent);
+    let trace = headers::continue_trace(h, sampling);
     let tls_here = ctx.peer.is_some() || ctx.gateway.is_some_and(|g| g.tls);
     headers::set_forwarded_proto(h, if tls_here { "https" } else { "http" });
+    let span = ctx
+        .pi
+        .telemetry
+        .start_span(&trace, h, xds_tracing, &|host, port| {
+            let e = snap.service_by_host(host)?;
+            Some(e.cluster(port, None)?.endpoints.first()?.addr)
+        });
 
     let mut log = Log {
         rec: None,
@@ -95,6 +109,7 @@ pub(super) async fn handle(
         rec.path = req.uri().path_and_query().cloned();
         rec.protocol = Some(downstream_version);
         rec.request_id = Some(request_id);
+        rec.span = span;
         rec.user_agent = req.headers().get(header::USER_AGENT).cloned();
         rec.x_forwarded_for = req.headers().get(&headers::X_FORWARDED_FOR).cloned();
         rec.authority = match req.uri().authority() {
@@ -131,11 +146,16 @@ pub(super) async fn handle(
         hostname: ctx.pi.cfg.pod_name.as_deref().unwrap_or(""),
     };
     let (target, selected, picked) = match ctx.direction {
-        Direction::Inbound => (
-            crate::inbound::app::target(&snap, &ctx.pi, ctx.orig_dst),
-            None,
-            None,
-        ),
+        Direction::Inbound => {
+            if let Some(span) = log.rec().span.as_mut() {
+                span.service_port = snap.inbound_service_port(ctx.orig_dst.get().port());
+            }
+            (
+                crate::inbound::app::target(&snap, &ctx.pi, ctx.orig_dst),
+                None,
+                None,
+            )
+        }
         Direction::Outbound => {
             headers::strip_retry_requests(&mut parts.headers);
             let (labels, namespace) = match snap.me.as_deref() {

@@ -67,6 +67,8 @@ pub struct Metrics {
     tcp_opened: Family<TcpLabels, Counter>,
     tcp_closed: Family<TcpLabels, Counter>,
     pub(crate) access_log_dropped: Counter,
+    pub(crate) spans_dropped: Counter,
+    pub(crate) spans_sent: Counter,
     uptime: Gauge,
     started: Instant,
     request_cache: RwLock<HashMap<RequestKey, RequestHandles>>,
@@ -86,6 +88,8 @@ impl Metrics {
         let tcp_opened = Family::<TcpLabels, Counter>::default();
         let tcp_closed = Family::<TcpLabels, Counter>::default();
         let access_log_dropped = Counter::default();
+        let spans_dropped = Counter::default();
+        let spans_sent = Counter::default();
         let live = Gauge::<i64>::default();
         let uptime = Gauge::<i64>::default();
         live.set(1);
@@ -132,6 +136,18 @@ impl Metrics {
             "Access-log lines dropped because the writer queue was full",
             access_log_dropped.clone(),
         );
+        // Envoy's Zipkin tracer counts `tracing.zipkin.spans_sent`; drops are ours (its buffer
+        // grows without bound).
+        registry.register(
+            "ama_tracing_spans_dropped",
+            "Trace spans dropped because the exporter queue was full",
+            spans_dropped.clone(),
+        );
+        registry.register(
+            "envoy_tracing_zipkin_spans_sent",
+            "Trace spans sent to the collector",
+            spans_sent.clone(),
+        );
         registry.register("envoy_server_live", "1 while the proxy is running", live);
         registry.register(
             "envoy_server_uptime",
@@ -150,6 +166,8 @@ impl Metrics {
             tcp_opened,
             tcp_closed,
             access_log_dropped,
+            spans_dropped,
+            spans_sent,
             uptime,
             started: Instant::now(),
             request_cache: RwLock::new(HashMap::new()),

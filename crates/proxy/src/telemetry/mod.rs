@@ -1,11 +1,12 @@
-//! Access log and Istio metrics, recorded off the hot path.
+//! Access log, Istio metrics and trace spans, recorded off the hot path.
 //!
 //! The traffic side holds a [`Telemetry`] handle (cheap to clone) and calls
 //! [`Telemetry::request`] once per finished request and [`Telemetry::tcp_open`] /
 //! [`TcpConnection::close`] per opaque TCP connection. Neither blocks nor takes a lock across I/O:
 //! metric updates are atomic adds on handles cached per label set, and access-log records go
 //! through a bounded queue to one writer thread that formats them and writes in batches. When the
-//! queue is full the record is dropped and counted in `ama_access_log_dropped_total`.
+//! queue is full the record is dropped and counted in `ama_access_log_dropped_total`. Sampled
+//! requests' spans go the same way to the span exporter ([`spans`]).
 //!
 //! The admin (15000) and status (15020, 15021, 15090) servers read the metrics through
 //! [`Telemetry::encode_prometheus`] and [`Telemetry::encode_envoy_stats`].
@@ -14,6 +15,7 @@ pub mod access_log;
 pub mod flags;
 pub mod metrics;
 pub mod record;
+pub mod spans;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -26,6 +28,7 @@ pub use metrics::Metrics;
 pub use record::{
     MetricLabels, Reporter, RequestProtocol, RequestRecord, SecurityPolicy, TcpRecord,
 };
+pub use spans::{Collector, CustomTag, CustomTagValue, SpanStart, TracingOptions};
 
 use access_log::{AccessLogger, Entry};
 use prometheus_client::metrics::counter::Counter;
@@ -94,6 +97,8 @@ impl AccessLogOptions {
 pub struct TelemetryOptions {
     /// The access log; `None` turns it off (MeshConfig `accessLogFile: ""`).
     pub access_log: Option<AccessLogOptions>,
+    /// The span exporter; `None`: no spans are reported (trace headers are still written).
+    pub tracing: Option<TracingOptions>,
 }
 
 /// Why [`Telemetry::new`] failed.
@@ -113,6 +118,9 @@ pub enum TelemetryError {
     /// The writer thread could not be started.
     #[error("starting the access-log writer thread: {0}")]
     Thread(std::io::Error),
+    /// The span exporter could not start.
+    #[error("tracing: {0}")]
+    Tracer(#[from] spans::TracerError),
 }
 
 /// The proxy's telemetry: a cheap-to-clone handle to the metrics registry and the access logger.
@@ -124,6 +132,7 @@ pub struct Telemetry {
 struct Inner {
     metrics: Metrics,
     log: Option<AccessLogger>,
+    tracer: Option<spans::Tracers>,
 }
 
 impl Telemetry {
@@ -137,8 +146,20 @@ impl Telemetry {
             )?),
             None => None,
         };
+        let tracer = match options.tracing {
+            Some(opts) => Some(spans::Tracers::start(
+                opts,
+                metrics.spans_dropped.clone(),
+                metrics.spans_sent.clone(),
+            )?),
+            None => None,
+        };
         Ok(Telemetry {
-            inner: Arc::new(Inner { metrics, log }),
+            inner: Arc::new(Inner {
+                metrics,
+                log,
+                tracer,
+            }),
         })
     }
 
@@ -148,6 +169,7 @@ impl Telemetry {
             inner: Arc::new(Inner {
                 metrics: Metrics::new(),
                 log: None,
+                tracer: None,
             }),
         }
     }
@@ -155,11 +177,38 @@ impl Telemetry {
     /// Records a finished HTTP request: metrics now, access-log line in the background.
     ///
     /// Never blocks; allocates nothing for a label set seen before.
-    pub fn request(&self, record: RequestRecord) {
+    pub fn request(&self, mut record: RequestRecord) {
         self.inner.metrics.record_request(&record);
+        if let Some(span) = record.span.take() {
+            let sink = span.sink.0.clone();
+            sink.push(*span, record.clone());
+        }
         if let Some(log) = &self.inner.log {
             log.push(Entry::Http(record));
         }
+    }
+
+    /// The span start of a request whose trace is `ctx` and whose headers (as forwarded) are
+    /// `headers`, for [`RequestRecord::span`], reported as discovery's `xds` tracing says when
+    /// the proxy has one, else as its ProxyConfig says: `None`, at the cost of a branch, when
+    /// the request is not sampled or no collector is named.
+    /// `resolve` finds an endpoint of a mesh service, for discovery's collector.
+    pub fn start_span(
+        &self,
+        ctx: &crate::headers::TraceContext,
+        headers: &http::HeaderMap,
+        xds: Option<&xds::Tracing>,
+        resolve: &dyn Fn(&str, u16) -> Option<std::net::SocketAddr>,
+    ) -> Option<Box<SpanStart>> {
+        self.inner
+            .tracer
+            .as_ref()?
+            .start_span(ctx, headers, xds, resolve)
+    }
+
+    /// Spans dropped because the exporter's queue was full, since start.
+    pub fn spans_dropped(&self) -> u64 {
+        self.inner.metrics.spans_dropped.get()
     }
 
     /// The shared `Arc` of a label set (see [`Metrics::intern`]): give records labels through
@@ -209,12 +258,27 @@ impl Telemetry {
 
     /// Waits until every line queued before this call is written and flushed, or `timeout`.
     /// Returns false on timeout. Call it when draining, before exit.
+    /// Spans queued before the call are sent to the collector (or given up on) too.
     pub async fn flush(&self, timeout: Duration) -> bool {
-        let Some(log) = &self.inner.log else {
-            return true;
+        let log = self.inner.log.as_ref().map(AccessLogger::request_flush);
+        let spans = self
+            .inner
+            .tracer
+            .as_ref()
+            .map(spans::Tracers::request_flush)
+            .unwrap_or_default();
+        let both = async {
+            let log_ok = match log {
+                Some(rx) => rx.await.is_ok(),
+                None => true,
+            };
+            let mut spans_ok = true;
+            for rx in spans {
+                spans_ok &= rx.await.is_ok();
+            }
+            log_ok && spans_ok
         };
-        let rx = log.request_flush();
-        matches!(tokio::time::timeout(timeout, rx).await, Ok(Ok(())))
+        matches!(tokio::time::timeout(timeout, both).await, Ok(true))
     }
 }
 
@@ -222,6 +286,7 @@ impl std::fmt::Debug for Telemetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Telemetry")
             .field("access_log", &self.inner.log.is_some())
+            .field("tracing", &self.inner.tracer.is_some())
             .finish()
     }
 }

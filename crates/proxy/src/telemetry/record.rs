@@ -259,6 +259,9 @@ pub struct RequestRecord {
     pub request_protocol: RequestProtocol,
     /// `grpc_response_status` metric label (the `grpc-status` trailer), for gRPC calls.
     pub grpc_status: Option<u16>,
+    /// The request's trace span, when it is sampled and a tracer is configured
+    /// ([`crate::telemetry::Telemetry::start_span`]); `None` costs nothing.
+    pub span: Option<Box<super::spans::SpanStart>>,
 }
 
 impl RequestRecord {
@@ -292,6 +295,7 @@ impl RequestRecord {
             labels,
             request_protocol: RequestProtocol::Http,
             grpc_status: None,
+            span: None,
         }
     }
 }

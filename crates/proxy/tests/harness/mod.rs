@@ -371,6 +371,7 @@ pub struct SidecarBuilder {
     config_file: Option<PathBuf>,
     identity: Option<Arc<identity::IdentityManager>>,
     workers: usize,
+    tracing: Option<proxy::telemetry::TracingOptions>,
 }
 
 impl Sidecar {
@@ -390,6 +391,7 @@ impl Sidecar {
             config_file: None,
             identity: None,
             workers: 0,
+            tracing: None,
         }
     }
 
@@ -511,6 +513,12 @@ impl SidecarBuilder {
         self
     }
 
+    /// Reports trace spans as `opts` says.
+    pub fn tracing(mut self, opts: proxy::telemetry::TracingOptions) -> Self {
+        self.tracing = Some(opts);
+        self
+    }
+
     /// Watch this file for resources (the YAML given to `builder` is ignored).
     pub fn config_file(mut self, path: PathBuf) -> Self {
         self.config_file = Some(path);
@@ -525,6 +533,7 @@ impl SidecarBuilder {
         let log = MemorySink::new();
         let telemetry = Telemetry::new(TelemetryOptions {
             access_log: Some(AccessLogOptions::new(AccessLogEncoding::Json, log.sink())),
+            tracing: self.tracing,
         })
         .expect("telemetry");
         let cfg = Arc::new(self.cfg);

@@ -414,6 +414,38 @@ gatewayListeners:
     }
 
     #[test]
+    fn tracing_travels_in_the_node() {
+        let mut res = sample();
+        let tracing = crate::Tracing {
+            collector: Some(crate::TracingCollector {
+                protocol: crate::CollectorProtocol::OtlpHttp,
+                host: "otel.observability.svc.cluster.local".into(),
+                port: 4318,
+                path: Some("/v1/traces".into()),
+            }),
+            sampling_basis_points: crate::Tracing::basis_points(12.34),
+            custom_tags: vec![crate::TracingTag {
+                tag: "t".into(),
+                literal: Some("v".into()),
+                environment: None,
+                header: None,
+                default_value: String::new(),
+            }],
+            max_path_tag_length: Some(64),
+        };
+        res.node.as_mut().expect("a node").tracing = Some(tracing.clone());
+        let node = split(&res)
+            .into_iter()
+            .find(|r| r.resource_type() == ResourceType::Node)
+            .expect("the node");
+        let any = node.encode().expect("encodes").any;
+        let back = AnyResource::decode(ResourceType::Node, &node.name(), &any).expect("decodes");
+        let back = assemble([&back]);
+        assert_eq!(back.node.and_then(|n| n.tracing), Some(tracing));
+        assert_eq!(crate::Tracing::basis_points(12.34), 1234);
+    }
+
+    #[test]
     fn names_and_type_urls() {
         let names: Vec<(ResourceType, String)> = split(&sample())
             .iter()

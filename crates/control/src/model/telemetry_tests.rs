@@ -1,0 +1,172 @@
+//! Telemetry API tracing per proxy, with the YAML of Istio's distributed-tracing tasks: a
+//! MeshConfig with `extensionProviders`, a mesh-wide Telemetry in the root namespace and one
+//! selecting a workload.
+
+use std::net::IpAddr;
+
+use api::objects::{Object, parse_stream};
+use pretty_assertions::assert_eq;
+
+use super::*;
+use crate::translate::{ProxyKey, proxy_resources};
+
+fn model(yaml: &str) -> Model {
+    let (objects, errors) = parse_stream(yaml, "test.yaml");
+    assert!(errors.is_empty(), "{errors:?}");
+    let objects: Vec<Object> = objects;
+    Model::build(&objects, &mut VipAllocator::new())
+}
+
+fn pod(name: &str, app: &str, address: &str) -> String {
+    format!(
+        r#"
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: default
+  labels: {{app: {app}}}
+  annotations: {{local.ama.dev/address: "{address}"}}
+spec:
+  containers: [{{name: app, image: app}}]
+"#
+    )
+}
+
+const MESH: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: default, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    extensionProviders:
+    - name: otel-tracing
+      opentelemetry:
+        port: 4317
+        service: opentelemetry-collector.observability.svc.cluster.local
+    - name: zipkin
+      zipkin:
+        service: zipkin.istio-system.svc.cluster.local
+        port: 9411
+        maxTagLength: 100
+"#;
+
+const MESH_DEFAULT: &str = r#"
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata:
+  name: otel-demo
+  namespace: istio-system
+spec:
+  tracing:
+  - providers:
+    - name: otel-tracing
+    randomSamplingPercentage: 100
+    customTags:
+      "my-attribute":
+        literal:
+          value: "default-value"
+"#;
+
+fn tracing_of(m: &Model, pod: &str, address: &str) -> Option<xds::Tracing> {
+    let key = ProxyKey {
+        ip: address.parse::<IpAddr>().expect("ip"),
+        pod_name: pod.into(),
+        namespace: "default".into(),
+    };
+    proxy_resources(m, &key).node.and_then(|n| n.tracing)
+}
+
+#[test]
+fn no_telemetry_no_tracing_on_the_node() {
+    let m = model(&format!("{MESH}{}", pod("sleep", "sleep", "10.244.0.5")));
+    assert_eq!(tracing_of(&m, "sleep", "10.244.0.5"), None);
+    assert_eq!(m.warnings, []);
+}
+
+#[test]
+fn the_tasks_telemetry_reaches_each_proxy() {
+    let m = model(&format!(
+        "{MESH}{MESH_DEFAULT}{}{}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: httpbin-zipkin, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: httpbin}}}}
+  tracing:
+  - providers: [{{name: zipkin}}]
+    randomSamplingPercentage: 12.5
+",
+        pod("sleep", "sleep", "10.244.0.5"),
+        pod("httpbin", "httpbin", "10.244.0.6"),
+    ));
+    assert_eq!(m.warnings, []);
+    assert_eq!(
+        tracing_of(&m, "sleep", "10.244.0.5"),
+        Some(xds::Tracing {
+            collector: Some(xds::TracingCollector {
+                protocol: xds::CollectorProtocol::OtlpGrpc,
+                host: "opentelemetry-collector.observability.svc.cluster.local".into(),
+                port: 4317,
+                path: None,
+            }),
+            sampling_basis_points: 10_000,
+            custom_tags: vec![xds::TracingTag {
+                tag: "my-attribute".into(),
+                literal: Some("default-value".into()),
+                environment: None,
+                header: None,
+                default_value: String::new(),
+            }],
+            max_path_tag_length: None,
+        })
+    );
+    let httpbin = tracing_of(&m, "httpbin", "10.244.0.6").expect("tracing");
+    assert_eq!(
+        httpbin.collector,
+        Some(xds::TracingCollector {
+            protocol: xds::CollectorProtocol::Zipkin,
+            host: "zipkin.istio-system.svc.cluster.local".into(),
+            port: 9411,
+            path: Some("/api/v2/spans".into()),
+        })
+    );
+    assert_eq!(httpbin.sampling_basis_points, 1250);
+    assert_eq!(httpbin.max_path_tag_length, Some(100));
+    assert_eq!(httpbin.custom_tags.len(), 1, "the root's tags stay");
+}
+
+#[test]
+fn a_telemetry_that_cannot_be_read_is_left_out_with_a_warning() {
+    let m = model(&format!(
+        "{MESH}{}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: bad, namespace: default}}
+spec:
+  tracing:
+  - randomSamplingPercentage: 200
+",
+        pod("sleep", "sleep", "10.244.0.5"),
+    ));
+    assert_eq!(tracing_of(&m, "sleep", "10.244.0.5"), None);
+    assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
+    assert!(
+        m.warnings[0]
+            .to_string()
+            .starts_with("Telemetry default/bad: ")
+            && m.warnings[0]
+                .to_string()
+                .contains("randomSamplingPercentage"),
+        "{}",
+        m.warnings[0]
+    );
+}
