@@ -172,6 +172,8 @@ pub fn node_ref(model: &Model, proxy: &ProxyKey, me: Option<&xds::Workload>) -> 
             &proxy.namespace,
             me.map_or(&crate::model::Labels::new(), |w| &w.labels),
         ),
+        access_logging: None,
+        metrics: None,
     }
 }
 

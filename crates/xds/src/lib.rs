@@ -57,6 +57,9 @@ pub use routes::{
     RegexRewrite, RetryPolicy, Rewrite, RouteDestination, StringMatch, UnmatchedPreflights,
 };
 pub use service::{DnsEndpoint, Endpoint, LbPolicy, Resolution, Service, ServicePort};
-pub use telemetry::{CollectorProtocol, Tracing, TracingCollector, TracingTag};
+pub use telemetry::{
+    AccessLog, AccessLogFormat, AccessLogging, CollectorProtocol, IstioMetric, MetricOverride,
+    MetricsConfig, ModeMetrics, TagOverride, Tracing, TracingCollector, TracingTag,
+};
 pub use validate::{ValidationError, ValidationErrors};
 pub use workload::{Protocol, TlsMode, Workload, WorkloadPort};

@@ -39,6 +39,12 @@ pub struct NodeRef {
     /// The proxy's tracing from the Telemetry API (none: its ProxyConfig's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<crate::Tracing>,
+    /// The proxy's access logs from the Telemetry API (none: MeshConfig's `accessLogFile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_logging: Option<crate::AccessLogging>,
+    /// The proxy's metric overrides from the Telemetry API (none: every standard metric).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<crate::MetricsConfig>,
 }
 
 /// Everything a proxy needs: its own identity, and the workloads, services, routes, policies and

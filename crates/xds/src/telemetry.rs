@@ -82,3 +82,128 @@ pub struct TracingTag {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub default_value: String,
 }
+
+/// A proxy's access logs from the Telemetry API (`accessLogging`), per side of the proxy, as
+/// pilot resolves them per listener class: the outbound listeners and gateways are the CLIENT
+/// side, the inbound listener the SERVER side. A side that is `None` keeps MeshConfig's
+/// `accessLogFile` / `accessLogEncoding` / `accessLogFormat` (Istio's fallback when no Telemetry
+/// names a provider for that mode); `Some` of an empty list writes no log on that side
+/// (`disabled: true`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessLogging {
+    /// Requests and connections the proxy makes (outbound, gateways).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<Vec<AccessLog>>,
+    /// Requests and connections the proxy serves (inbound).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<Vec<AccessLog>>,
+}
+
+/// One access log: a MeshConfig `envoyFileAccessLog` provider and the Telemetry's filter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessLog {
+    /// The provider's name (`envoy`), for the proxy's config dump.
+    pub provider: String,
+    /// Where lines go: `/dev/stdout` or a file path.
+    pub path: String,
+    /// The line format.
+    pub format: AccessLogFormat,
+    /// `filter.expression`: a CEL expression over Envoy's attributes (`response.code >= 400`);
+    /// a line is written only when it evaluates to true (an error or a non-bool: not written,
+    /// as Envoy's CEL filter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+}
+
+/// An access log's line format (`logFormat` of `envoyFileAccessLog`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum AccessLogFormat {
+    /// `logFormat.text`: an Envoy format string ending in a newline; Istio's
+    /// `EnvoyTextLogFormat` when the provider sets no format.
+    Text(String),
+    /// `logFormat.labels`: JSON object keys and their Envoy format strings, in the provider's
+    /// order; Istio's 24 default keys when the provider sets no labels.
+    Json(Vec<(String, String)>),
+}
+
+/// A proxy's Istio metrics from the Telemetry API (`metrics`), per side as [`AccessLogging`]:
+/// CLIENT (`reporter="source"`) and SERVER (`reporter="destination"`). A side that is `None`
+/// reports every standard metric with its standard labels.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `reporter="source"` metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<ModeMetrics>,
+    /// `reporter="destination"` metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<ModeMetrics>,
+}
+
+/// The metrics of one side.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModeMetrics {
+    /// No metric at all on this side (`ALL_METRICS` disabled, or no `prometheus` provider in
+    /// scope).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+    /// Per-metric overrides, sorted by metric.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<MetricOverride>,
+}
+
+/// One metric's override.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MetricOverride {
+    /// The metric.
+    pub metric: IstioMetric,
+    /// Not reported.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+    /// Label changes, sorted by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<TagOverride>,
+}
+
+/// Istio's standard metrics, as the Telemetry API's `match.metric` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum IstioMetric {
+    /// `istio_requests_total`.
+    RequestCount,
+    /// `istio_request_duration_milliseconds`.
+    RequestDuration,
+    /// `istio_request_bytes`.
+    RequestSize,
+    /// `istio_response_bytes`.
+    ResponseSize,
+    /// `istio_tcp_connections_opened_total`.
+    TcpOpenedConnections,
+    /// `istio_tcp_connections_closed_total`.
+    TcpClosedConnections,
+    /// `istio_tcp_sent_bytes_total`.
+    TcpSentBytes,
+    /// `istio_tcp_received_bytes_total`.
+    TcpReceivedBytes,
+    /// `istio_request_messages_total` (gRPC streaming).
+    GrpcRequestMessages,
+    /// `istio_response_messages_total` (gRPC streaming).
+    GrpcResponseMessages,
+}
+
+/// One label change (`tagOverrides.<name>`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TagOverride {
+    /// The label.
+    pub name: String,
+    /// `UPSERT`: a CEL expression whose value (as a string) becomes the label's value; a
+    /// standard label keeps its place, a new one comes after them. `None`: `REMOVE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
