@@ -117,10 +117,7 @@ pub fn labels_for(
     dest: Option<Arc<PeerInfo>>,
 ) -> MetricLabels {
     let me = &snap.me_info;
-    let mut l = MetricLabels::unknown(match ctx.direction {
-        Direction::Outbound => crate::telemetry::Reporter::Source,
-        Direction::Inbound => crate::telemetry::Reporter::Destination,
-    });
+    let mut l = MetricLabels::unknown(ctx.direction.reporter());
     let (src, dst): (Arc<PeerInfo>, Option<Arc<PeerInfo>>) = match ctx.direction {
         Direction::Outbound => (
             me.clone(),
