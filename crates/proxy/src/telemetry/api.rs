@@ -281,7 +281,7 @@ impl Configurator {
             for tag in &o.tags {
                 let error = |message: String| ConfigError {
                     side: side_name(reporter),
-                    what: format!("metric {:?}", o.metric),
+                    what: format!("metric {}", istio_name(o.metric)),
                     field: format!("tagOverrides.{}", tag.name),
                     message,
                 };
@@ -340,6 +340,14 @@ impl Configurator {
         self.exprs.insert(source.to_owned(), (e.clone(), h));
         Ok(e)
     }
+}
+
+/// The metric as the Telemetry API names it (`REQUEST_COUNT`).
+fn istio_name(m: xds::IstioMetric) -> String {
+    serde_json::to_value(m)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{m:?}"))
 }
 
 /// Prometheus's label names: `[a-zA-Z_][a-zA-Z0-9_]*`.
