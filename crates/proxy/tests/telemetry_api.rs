@@ -223,8 +223,34 @@ async fn an_empty_list_writes_no_log_on_that_side() {
     });
     assert_eq!(get_with(&client, "/status/200", &[]).await.status(), 200);
     assert_eq!(client.log_lines(1).await.len(), 1, "the client side logs");
+    // Refused before it is routed, an inbound request is still the server side's.
+    let mut conn = tokio::net::TcpStream::connect(server.inbound)
+        .await
+        .expect("connect");
+    let exchange = async {
+        conn.write_all(b"GET /get HTTP/1.0\r\nHost: httpbin\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = Vec::new();
+        let _ = conn.read_to_end(&mut answer).await;
+        answer
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .expect("answered within 30 s");
+    assert!(
+        answer.starts_with(b"HTTP/1.0 426"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
     assert!(server.telemetry.flush(Duration::from_secs(10)).await);
     assert!(server.log.lines().is_empty(), "{:?}", server.log.lines());
+    let text = server.telemetry.encode_prometheus();
+    let refused = text
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{") && l.contains(r#"response_code="426""#))
+        .expect("the refused request is counted");
+    assert!(refused.contains(r#"reporter="destination""#), "{refused}");
 }
 
 fn override_of(metric: IstioMetric, disabled: bool, tags: Vec<TagOverride>) -> MetricOverride {
@@ -605,6 +631,7 @@ fn collapsed_and_custom_series_stay_valid_prometheus_text() {
                         IstioMetric::RequestCount,
                         false,
                         vec![
+                            tag("quoted", Some(r#"'say "hi" \\ bye'"#)),
                             tag("response_code", None),
                             tag("route", Some("request.path")),
                         ],
@@ -637,7 +664,7 @@ fn collapsed_and_custom_series_stay_valid_prometheus_text() {
         .collect();
     assert_eq!(requests.len(), 1, "{requests:#?}");
     assert!(
-        requests[0].ends_with(r#",route="/same"} 4"#),
+        requests[0].ends_with(r#",quoted="say \"hi\" \\ bye",route="/same"} 4"#),
         "{}",
         requests[0]
     );

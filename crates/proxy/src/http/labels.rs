@@ -100,11 +100,16 @@ pub(super) fn request_labels(
     labels
 }
 
-/// The labels of a request that has not been routed yet: every peer `unknown`.
-pub(super) fn unrouted_labels() -> Arc<MetricLabels> {
-    static UNROUTED: OnceLock<Arc<MetricLabels>> = OnceLock::new();
-    UNROUTED
-        .get_or_init(|| Arc::new(MetricLabels::unknown(crate::telemetry::Reporter::Source)))
+/// The labels of a request that has not been routed yet: every peer `unknown`, reported by
+/// the side that received it (so an inbound request refused early counts, and is logged, on
+/// the server side).
+pub(super) fn unrouted_labels(direction: Direction) -> Arc<MetricLabels> {
+    static UNROUTED: [OnceLock<Arc<MetricLabels>>; 2] = [OnceLock::new(), OnceLock::new()];
+    let slot = match direction {
+        Direction::Outbound => &UNROUTED[0],
+        Direction::Inbound => &UNROUTED[1],
+    };
+    slot.get_or_init(|| Arc::new(MetricLabels::unknown(direction.reporter())))
         .clone()
 }
 

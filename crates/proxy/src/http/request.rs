@@ -101,6 +101,7 @@ pub(super) async fn handle(
         });
 
     let mut log = Log {
+        direction: ctx.direction,
         rec: None,
         t0: Instant::now(),
         telemetry: ctx.pi.telemetry.clone(),

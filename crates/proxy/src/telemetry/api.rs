@@ -81,6 +81,8 @@ pub(crate) struct Configurator {
     last_tags: HashMap<(Reporter, usize, String), Arc<Expr>>,
     exprs: HashMap<String, (Arc<Expr>, HeaderRefs)>,
     writer: Option<AccessLogger>,
+    /// `writer` is MeshConfig's.
+    shares_mesh_writer: bool,
     json_values: JsonValues,
     queue_capacity: usize,
     dropped: Counter,
@@ -115,6 +117,7 @@ impl Configurator {
             last_logs: HashMap::new(),
             last_tags: HashMap::new(),
             exprs: HashMap::new(),
+            shares_mesh_writer: writer.is_some(),
             writer,
             json_values,
             queue_capacity,
@@ -164,6 +167,11 @@ impl Configurator {
             applied.logger = self.writer();
         }
         Some(Some(Arc::new(applied)))
+    }
+
+    /// The writer thread this started (MeshConfig had no log), if any.
+    pub(crate) fn own_writer(&self) -> Option<&AccessLogger> {
+        self.writer.as_ref().filter(|_| !self.shares_mesh_writer)
     }
 
     /// The writer thread, started on first use when MeshConfig has no log.

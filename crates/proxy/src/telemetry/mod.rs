@@ -355,9 +355,15 @@ impl Telemetry {
     /// Spans queued before the call are sent to the collector (or given up on) too.
     pub async fn flush(&self, timeout: Duration) -> bool {
         let log = self.inner.log.as_ref().map(AccessLogger::request_flush);
+        // The Telemetry API's writer, when it is not MeshConfig's: lines queued under a config
+        // since replaced are waited for too.
         let api_log = self
-            .api()
-            .and_then(|a| a.logger.as_ref().map(AccessLogger::request_flush));
+            .inner
+            .configurator
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .own_writer()
+            .map(AccessLogger::request_flush);
         let spans = self
             .inner
             .tracer
