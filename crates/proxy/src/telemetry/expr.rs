@@ -10,7 +10,10 @@
 //! holds it: `request.{path,url_path,host,method,headers,useragent,id,protocol,duration,size,
 //! time}`, `response.{code,code_details,flags,grpc_status,size}`, `source.{address,port}`,
 //! `destination.{address,port}`, `connection.{mtls,requested_server_name,termination_details}`,
-//! `upstream.{address,port,transport_failure_reason}`, `xds.{cluster_name,route_name}`. An
+//! `upstream.{address,port,transport_failure_reason}`, `xds.{cluster_name,route_name}`, and
+//! Istio's peer metadata: `upstream_peer` on the client side, `downstream_peer` on the server
+//! side (`app`, `version`, `workload`, `namespace`, `service`, `revision`, `cluster`, and
+//! `labels['app'].value` as Istio's metrics task reads it). An
 //! attribute the record does not have is absent from its map, so reading it is an error, as in
 //! Envoy for an attribute that is not available.
 
@@ -24,7 +27,7 @@ use cel::{Context, Env, Program, Value};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::access_log::protocol_name;
-use super::record::{RequestRecord, SecurityPolicy, TcpRecord};
+use super::record::{MetricLabels, Reporter, RequestRecord, SecurityPolicy, TcpRecord};
 
 /// A CEL expression that did not compile.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,9 +118,9 @@ pub struct CapturedHeaders(pub Vec<(HeaderName, HeaderValue)>);
 
 /// The attribute roots an expression reads, as bits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Roots(u8);
+struct Roots(u16);
 
-const ROOTS: [&str; 7] = [
+const ROOTS: [&str; 9] = [
     "request",
     "response",
     "source",
@@ -125,6 +128,8 @@ const ROOTS: [&str; 7] = [
     "connection",
     "upstream",
     "xds",
+    "upstream_peer",
+    "downstream_peer",
 ];
 
 impl Roots {
@@ -467,6 +472,12 @@ fn attributes(root: &str, subject: Subject<'_>, with_headers: bool) -> Value {
             m.addr("address", "port", host)
                 .opt("transport_failure_reason", reason.clone());
         }
+        ("upstream_peer", Subject::Http(r)) if r.labels.reporter == Reporter::Source => {
+            peer(&mut m, &r.labels, Side::Destination);
+        }
+        ("downstream_peer", Subject::Http(r)) if r.labels.reporter == Reporter::Destination => {
+            peer(&mut m, &r.labels, Side::Source);
+        }
         ("xds", s) => {
             let (cluster, route) = match s {
                 Subject::Http(r) => (&r.upstream_cluster, &r.route_name),
@@ -478,6 +489,59 @@ fn attributes(root: &str, subject: Subject<'_>, with_headers: bool) -> Value {
         _ => {}
     }
     m.value()
+}
+
+/// Which peer of a request's labels [`peer`] reads.
+enum Side {
+    Source,
+    Destination,
+}
+
+/// Istio's peer metadata object (`WorkloadMetadataObject`) of one side of `labels`: its fields,
+/// and the labels map whose entries carry a `value`; what is `unknown` is left out.
+fn peer(m: &mut Attrs, labels: &MetricLabels, side: Side) {
+    let l = labels;
+    let fields: [(&'static str, &Arc<str>); 7] = match side {
+        Side::Source => [
+            ("app", &l.source_app),
+            ("version", &l.source_version),
+            ("workload", &l.source_workload),
+            ("namespace", &l.source_workload_namespace),
+            ("service", &l.source_canonical_service),
+            ("revision", &l.source_canonical_revision),
+            ("cluster", &l.source_cluster),
+        ],
+        Side::Destination => [
+            ("app", &l.destination_app),
+            ("version", &l.destination_version),
+            ("workload", &l.destination_workload),
+            ("namespace", &l.destination_workload_namespace),
+            ("service", &l.destination_canonical_service),
+            ("revision", &l.destination_canonical_revision),
+            ("cluster", &l.destination_cluster),
+        ],
+    };
+    let known = |v: &Arc<str>| (&**v != "unknown" && !v.is_empty()).then(|| v.to_string());
+    let mut label_map: HashMap<String, Value> = HashMap::new();
+    for (key, label) in [
+        ("app", "app"),
+        ("version", "version"),
+        ("service", "service.istio.io/canonical-name"),
+        ("revision", "service.istio.io/canonical-revision"),
+    ] {
+        if let Some(v) = fields
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| known(v))
+        {
+            let entry: HashMap<String, Value> = HashMap::from([("value".to_string(), v.into())]);
+            label_map.insert(label.to_string(), entry.into());
+        }
+    }
+    for (key, v) in fields {
+        m.opt(key, known(v));
+    }
+    m.set("labels", label_map);
 }
 
 /// The downstream's remote and local addresses: Envoy's `source` and `destination`.
@@ -566,6 +630,30 @@ mod tests {
         assert!(h.all);
         let (_, h) = compile("request.method == 'GET'");
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn istio_task_peer_labels() {
+        // "Customizing Istio Metrics with Telemetry API": destination_x on the client side,
+        // source_x on the server side.
+        let mut labels = MetricLabels::unknown(Reporter::Source);
+        labels.destination_app = "httpbin".into();
+        labels.source_app = "sleep".into();
+        let mut r = record(200, "outbound|8000||httpbin.default.svc.cluster.local");
+        r.labels = Arc::new(labels.clone());
+        let (up, _) = compile("upstream_peer.labels['app'].value");
+        assert_eq!(up.label_value(Subject::Http(&r)), "httpbin");
+        let (app, _) = compile("upstream_peer.app");
+        assert_eq!(app.label_value(Subject::Http(&r)), "httpbin");
+        let (down, _) = compile("downstream_peer.labels['app'].value");
+        assert!(
+            down.eval(Subject::Http(&r)).is_err(),
+            "no downstream peer on the client side"
+        );
+        labels.reporter = Reporter::Destination;
+        r.labels = Arc::new(labels);
+        assert_eq!(down.label_value(Subject::Http(&r)), "sleep");
+        assert!(up.eval(Subject::Http(&r)).is_err());
     }
 
     #[test]
