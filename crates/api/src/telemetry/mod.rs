@@ -302,8 +302,13 @@ pub fn effective_tracing(
     default_providers: &[String],
     proxy_tracing: Option<&ProxyTracing>,
 ) -> Result<Option<EffectiveTracing>, ConfigError> {
-    let levels = applicable(root_namespace, telemetries, namespace, labels);
-    if levels.is_empty() {
+    // Only the levels that say something of tracing count: a Telemetry of access logs alone
+    // leaves the proxy's tracing to its ProxyConfig, as pilot's `Tracing` returns nil then.
+    let levels: Vec<&TelemetryObject> = applicable(root_namespace, telemetries, namespace, labels)
+        .into_iter()
+        .filter(|t| !t.spec.tracing.is_empty())
+        .collect();
+    if levels.is_empty() && default_providers.is_empty() {
         return Ok(None);
     }
     let mut provider_name = default_providers.first().cloned();
@@ -476,6 +481,27 @@ mod tests {
         let other = of("other", "x");
         assert_eq!(other.provider.map(|p| p.name), Some("otel".into()));
         assert_eq!(other.sampling, 100.0);
+
+        // A Telemetry of access logs only says nothing of tracing.
+        let logs_only = vec![telemetry(
+            "istio-system",
+            "logs",
+            "",
+            serde_json::json!({"accessLogging": [{"providers": [{"name": "envoy"}]}]}),
+        )];
+        assert_eq!(
+            effective_tracing(
+                "istio-system",
+                &logs_only,
+                "default",
+                &labels("x"),
+                &providers,
+                &[],
+                None
+            )
+            .expect("resolves"),
+            None
+        );
 
         // No Telemetry at all: the ProxyConfig form stays in force.
         assert_eq!(
