@@ -75,14 +75,23 @@ fn apply(t: &Traffic, file: &str) {
     t.apply(&format!("telemetry/{file}"), None);
 }
 
-/// Deletes the Telemetry `ns/name`, waiting for the client's sidecar to get the change.
-fn delete(t: &Traffic, ns: &str, name: &str) {
-    let before = t.config_version();
+/// `pod`'s sidecar config version (admin `/config_dump`'s `version`).
+fn config_version(t: &Traffic, pod: &str) -> String {
+    let dump = t.in_pod(pod, &["curl", "-sf", "http://127.0.0.1:15000/config_dump"]);
+    serde_json::from_str::<serde_json::Value>(&dump)
+        .map(|d| d["version"].to_string())
+        .unwrap_or_default()
+}
+
+/// Deletes the Telemetry `ns/name`, waiting for `pod`'s sidecar (one the Telemetry applies to)
+/// to get the change.
+fn delete(t: &Traffic, ns: &str, name: &str, pod: &str) {
+    let before = config_version(t, pod);
     t.mesh.ok(&["delete", "telemetry", name, "-n", ns]);
     wait_for(
-        &format!("the client's sidecar to drop Telemetry {ns}/{name}"),
+        &format!("{pod}'s sidecar to drop Telemetry {ns}/{name}"),
         Duration::from_secs(15),
-        || (t.config_version() != before).then_some(()),
+        || (config_version(t, pod) != before).then_some(()),
     );
     std::thread::sleep(Duration::from_secs(1));
 }
@@ -134,7 +143,8 @@ fn telemetry_api_access_logs_and_metrics_under_ama_up() {
             }
             for want in [
                 "\"GET /status/418?s=mesh HTTP/1.1\" 418 - via_upstream - \"-\" 0 ",
-                " inbound|8000|| ",
+                // The inbound cluster names the pod's port (the fixture's httpbin listens on 8080).
+                " inbound|8080|| ",
                 " outbound_.8000_._.httpbin.default.svc.cluster.local ",
             ] {
                 assert!(
@@ -159,7 +169,7 @@ fn telemetry_api_access_logs_and_metrics_under_ama_up() {
     t.scenario(
         "disable-httpbin-logging (SERVER): httpbin's inbound stops",
         |t| {
-            delete(t, "default", "disable-sleep-logging");
+            delete(t, "default", "disable-sleep-logging", &sleep);
             apply(t, "disable-httpbin-logging.yaml");
             call(t, "/status/418?s=noserver", 418);
             wait_line(t, &sleep, "s=noserver");
@@ -172,8 +182,8 @@ fn telemetry_api_access_logs_and_metrics_under_ama_up() {
     t.scenario(
         "default-exception-logging: only what the CEL filter selects",
         |t| {
-            delete(t, "default", "disable-httpbin-logging");
-            delete(t, "istio-system", "mesh-default");
+            delete(t, "default", "disable-httpbin-logging", &httpbin);
+            delete(t, "istio-system", "mesh-default", &sleep);
             apply(t, "default-exception-logging.yaml");
             call(t, "/status/200?s=ok", 200);
             call(t, "/status/503?s=err", 503);
@@ -190,7 +200,7 @@ fn telemetry_api_access_logs_and_metrics_under_ama_up() {
     t.scenario(
         "namespace-metrics: request_host and destination_port on istio_requests_total",
         |t| {
-            delete(t, "istio-system", "default-exception-logging");
+            delete(t, "istio-system", "default-exception-logging", &sleep);
             apply(t, "namespace-metrics.yaml");
             call(t, "/get?s=metrics", 200);
             let client = wait_for(
@@ -233,7 +243,7 @@ fn telemetry_api_access_logs_and_metrics_under_ama_up() {
                 client.contains("request_host=\"httpbin:8000\""),
                 "the namespace's overrides merge with the root's: {client}"
             );
-            delete(t, "istio-system", "remove-tags");
+            delete(t, "istio-system", "remove-tags", &sleep);
             apply(t, "custom-tags.yaml");
             call(t, "/get?s=peers", 200);
             let client = wait_for(
@@ -261,8 +271,8 @@ fn telemetry_api_access_logs_and_metrics_under_ama_up() {
     );
 
     t.scenario("remove-all-metrics: nothing more is counted", |t| {
-        delete(t, "istio-system", "custom-tags");
-        delete(t, "default", "namespace-metrics");
+        delete(t, "istio-system", "custom-tags", &sleep);
+        delete(t, "default", "namespace-metrics", &sleep);
         apply(t, "remove-all-metrics.yaml");
         let (client, server) = (
             request_count(t, &sleep, "source"),
@@ -274,7 +284,7 @@ fn telemetry_api_access_logs_and_metrics_under_ama_up() {
         settle();
         assert_eq!(request_count(t, &sleep, "source"), client);
         assert_eq!(request_count(t, &httpbin, "destination"), server);
-        delete(t, "istio-system", "remove-all-metrics");
+        delete(t, "istio-system", "remove-all-metrics", &sleep);
         call(t, "/get?s=on", 200);
         wait_for(
             "sleep to count requests again",

@@ -286,7 +286,8 @@ impl WorkloadMode {
 /// objects of `root_namespace` without selector, then of the workload's namespace without
 /// selector, then those of its namespace whose selector matches, each level overriding the
 /// fields it sets (custom tags merge by name); at each level the oldest object wins. With no
-/// Telemetry at all, `None`: the caller keeps the ProxyConfig (`defaultConfig.tracing`) form.
+/// Telemetry `tracing` and no `defaultProviders.tracing`, `None`: the caller keeps the
+/// ProxyConfig (`defaultConfig.tracing`) form.
 ///
 /// The provider is the most specific level's `providers[0]`, else MeshConfig
 /// `defaultProviders.tracing[0]`; `disableSpanReporting: true` at the most specific level that
