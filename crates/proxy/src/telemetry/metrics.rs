@@ -220,58 +220,38 @@ impl Metrics {
         if rules.disabled {
             return;
         }
-        let key = RequestKey::of(record);
-        // The metrics left standard take the cached handles, as without overrides.
-        let standard = rules.metrics[..=RESPONSE_SIZE]
-            .iter()
-            .any(|r| !r.disabled && r.tags.is_empty())
-            .then(|| self.request_handles(key.clone()));
-        let labels = key.labels();
+        // Not the cached handles: they would make a (zero) series of every metric, the ones
+        // overridden or disabled too.
+        let labels = RequestKey::of(record).labels();
         let subject = Subject::Http(record);
         let mut custom = Custom::default();
-        let count = &rules.metrics[REQUEST_COUNT];
-        if !count.disabled {
-            match &standard {
-                Some(h) if count.tags.is_empty() => {
-                    h.requests.inc();
-                }
-                _ => {
-                    let s = custom.series(&labels, &count.tags, subject);
-                    self.requests.get_or_create(&s).inc();
-                }
-            }
+        let mut series = |metric: usize| -> Option<Series<RequestLabels>> {
+            let rule = &rules.metrics[metric];
+            (!rule.disabled).then(|| custom.series(&labels, &rule.tags, subject))
+        };
+        if let Some(s) = series(REQUEST_COUNT) {
+            self.requests.get_or_create(&s).inc();
         }
         // Envoy records whole milliseconds.
-        for (metric, cached, family, value) in [
+        for (metric, family, value) in [
             (
                 REQUEST_DURATION,
-                standard.as_ref().map(|h| &h.duration),
                 &self.duration,
                 record.duration.as_millis() as f64,
             ),
             (
                 REQUEST_SIZE,
-                standard.as_ref().map(|h| &h.request_bytes),
                 &self.request_bytes,
                 record.bytes_received as f64,
             ),
             (
                 RESPONSE_SIZE,
-                standard.as_ref().map(|h| &h.response_bytes),
                 &self.response_bytes,
                 record.bytes_sent as f64,
             ),
         ] {
-            let rule = &rules.metrics[metric];
-            if rule.disabled {
-                continue;
-            }
-            match cached {
-                Some(h) if rule.tags.is_empty() => h.observe(value),
-                _ => {
-                    let s = custom.series(&labels, &rule.tags, subject);
-                    family.get_or_create(&s).observe(value);
-                }
+            if let Some(s) = series(metric) {
+                family.get_or_create(&s).observe(value);
             }
         }
     }
