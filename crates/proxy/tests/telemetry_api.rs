@@ -125,6 +125,8 @@ async fn access_logs_per_side_in_files_with_filters_then_back_to_mesh_config() {
                     format: AccessLogFormat::Json(vec![
                         ("code".into(), "%RESPONSE_CODE%".into()),
                         ("path".into(), "%REQ(:PATH)%".into()),
+                        ("debug".into(), "%REQ(X-DEBUG)%".into()),
+                        ("tenant".into(), "%REQ(X-TENANT)%".into()),
                     ]),
                     filter: Some("request.headers['x-debug'] == 'true'".into()),
                 },
@@ -151,9 +153,13 @@ async fn access_logs_per_side_in_files_with_filters_then_back_to_mesh_config() {
     assert_eq!(get_with(&client, "/status/200", &[]).await.status(), 200);
     assert_eq!(get_with(&client, "/status/404", &[]).await.status(), 404);
     assert_eq!(
-        get_with(&client, "/headers", &[("x-debug", "true")])
-            .await
-            .status(),
+        get_with(
+            &client,
+            "/headers",
+            &[("x-debug", "true"), ("x-tenant", "acme")]
+        )
+        .await
+        .status(),
         200
     );
     assert_eq!(
@@ -187,6 +193,8 @@ async fn access_logs_per_side_in_files_with_filters_then_back_to_mesh_config() {
     let v: serde_json::Value = serde_json::from_str(&debug_lines[0]).expect("json");
     assert_eq!(v["path"], "/headers");
     assert_eq!(v["code"], "200");
+    assert_eq!(v["debug"], "true", "a header the format prints is captured");
+    assert_eq!(v["tenant"], "acme");
     assert!(
         client.log.lines().is_empty(),
         "the client side is the Telemetry API's now: {:?}",

@@ -237,6 +237,7 @@ impl Configurator {
                 .map_err(|e| error("logFormat.labels", e.0))?,
         };
         let mut headers = HeaderRefs::default();
+        format.note_request_headers(&mut headers);
         let filter = match &log.filter {
             Some(source) => Some(
                 Expr::compile(source, &mut headers)
