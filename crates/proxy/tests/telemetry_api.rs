@@ -725,3 +725,48 @@ print(len(seen))
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// An override that only changes standard values can make a series equal to a standard one
+/// counted before: it counts there, and the output holds that series once.
+#[test]
+fn an_upsert_equal_to_a_standard_series_counts_in_it() {
+    let t = Telemetry::without_access_log();
+    let to = |service: &str| {
+        let mut l = MetricLabels::unknown(Reporter::Source);
+        l.destination_service = Arc::from(service);
+        let mut r = record(200);
+        r.labels = t.labels(l);
+        r
+    };
+    t.request(to("b.default.svc.cluster.local"));
+    t.configure(
+        None,
+        Some(&MetricsConfig {
+            client: Some(ModeMetrics {
+                disabled: false,
+                overrides: vec![override_of(
+                    IstioMetric::RequestCount,
+                    false,
+                    vec![tag(
+                        "destination_service",
+                        Some("'b.default.svc.cluster.local'"),
+                    )],
+                )],
+            }),
+            server: None,
+        }),
+    );
+    t.request(to("a.default.svc.cluster.local"));
+    let text = t.encode_prometheus();
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .collect();
+    assert_eq!(series.len(), 1, "{series:#?}");
+    assert!(
+        series[0].contains(r#"destination_service="b.default.svc.cluster.local""#)
+            && series[0].ends_with(" 2"),
+        "{}",
+        series[0]
+    );
+}
