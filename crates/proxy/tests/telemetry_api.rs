@@ -125,6 +125,8 @@ async fn access_logs_per_side_in_files_with_filters_then_back_to_mesh_config() {
                     format: AccessLogFormat::Json(vec![
                         ("code".into(), "%RESPONSE_CODE%".into()),
                         ("path".into(), "%REQ(:PATH)%".into()),
+                        ("debug".into(), "%REQ(X-DEBUG)%".into()),
+                        ("tenant".into(), "%REQ(X-TENANT)%".into()),
                     ]),
                     filter: Some("request.headers['x-debug'] == 'true'".into()),
                 },
@@ -151,9 +153,13 @@ async fn access_logs_per_side_in_files_with_filters_then_back_to_mesh_config() {
     assert_eq!(get_with(&client, "/status/200", &[]).await.status(), 200);
     assert_eq!(get_with(&client, "/status/404", &[]).await.status(), 404);
     assert_eq!(
-        get_with(&client, "/headers", &[("x-debug", "true")])
-            .await
-            .status(),
+        get_with(
+            &client,
+            "/headers",
+            &[("x-debug", "true"), ("x-tenant", "acme")]
+        )
+        .await
+        .status(),
         200
     );
     assert_eq!(
@@ -187,6 +193,8 @@ async fn access_logs_per_side_in_files_with_filters_then_back_to_mesh_config() {
     let v: serde_json::Value = serde_json::from_str(&debug_lines[0]).expect("json");
     assert_eq!(v["path"], "/headers");
     assert_eq!(v["code"], "200");
+    assert_eq!(v["debug"], "true", "a header the format prints is captured");
+    assert_eq!(v["tenant"], "acme");
     assert!(
         client.log.lines().is_empty(),
         "the client side is the Telemetry API's now: {:?}",
@@ -715,5 +723,50 @@ print(len(seen))
         out.status.success(),
         "the parser refused it: {}\n{text}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An override that only changes standard values can make a series equal to a standard one
+/// counted before: it counts there, and the output holds that series once.
+#[test]
+fn an_upsert_equal_to_a_standard_series_counts_in_it() {
+    let t = Telemetry::without_access_log();
+    let to = |service: &str| {
+        let mut l = MetricLabels::unknown(Reporter::Source);
+        l.destination_service = Arc::from(service);
+        let mut r = record(200);
+        r.labels = t.labels(l);
+        r
+    };
+    t.request(to("b.default.svc.cluster.local"));
+    t.configure(
+        None,
+        Some(&MetricsConfig {
+            client: Some(ModeMetrics {
+                disabled: false,
+                overrides: vec![override_of(
+                    IstioMetric::RequestCount,
+                    false,
+                    vec![tag(
+                        "destination_service",
+                        Some("'b.default.svc.cluster.local'"),
+                    )],
+                )],
+            }),
+            server: None,
+        }),
+    );
+    t.request(to("a.default.svc.cluster.local"));
+    let text = t.encode_prometheus();
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .collect();
+    assert_eq!(series.len(), 1, "{series:#?}");
+    assert!(
+        series[0].contains(r#"destination_service="b.default.svc.cluster.local""#)
+            && series[0].ends_with(" 2"),
+        "{}",
+        series[0]
     );
 }

@@ -315,6 +315,28 @@ impl Format {
         }
     }
 
+    /// Adds the request headers this format prints (`%REQ(X-DEBUG)%`) to `refs`, so that a
+    /// Telemetry API log captures them; MeshConfig's log prints only those a record keeps.
+    pub(crate) fn note_request_headers(&self, refs: &mut super::expr::HeaderRefs) {
+        let templates: Vec<&[Piece]> = match &self.kind {
+            Kind::Text(pieces) => vec![pieces],
+            Kind::Json { fields, .. } => fields
+                .iter()
+                .filter_map(|(_, f)| match f {
+                    JsonField::Template(pieces) => Some(pieces.as_slice()),
+                    JsonField::Literal(_) => None,
+                })
+                .collect(),
+        };
+        for piece in templates.into_iter().flatten() {
+            if let Piece::Op(Op::Req(names), _) = piece {
+                for n in names.iter().filter(|n| *n != "x-envoy-original-path") {
+                    refs.note(n);
+                }
+            }
+        }
+    }
+
     /// One line for a request, as a `String` (for tests and debugging).
     pub fn format_request(&self, record: &RequestRecord) -> String {
         let mut s = String::new();
@@ -476,13 +498,17 @@ enum Val<'a> {
 
 fn header(v: &Option<HeaderValue>) -> Val<'_> {
     match v {
-        // Visible ASCII, almost always: borrowed without the lossy decoder's pass.
-        Some(v) => Val::Str(match v.to_str() {
-            Ok(s) => Cow::Borrowed(s),
-            Err(_) => String::from_utf8_lossy(v.as_bytes()),
-        }),
+        Some(v) => header_value(v),
         None => Val::None,
     }
+}
+
+fn header_value(v: &HeaderValue) -> Val<'_> {
+    // Visible ASCII, almost always: borrowed without the lossy decoder's pass.
+    Val::Str(match v.to_str() {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(v.as_bytes()),
+    })
 }
 
 fn opt_str<S: AsRef<str>>(v: &Option<S>) -> Val<'_> {
@@ -573,7 +599,12 @@ fn request_header<'a>(r: &'a RequestRecord, name: &str) -> Val<'a> {
         "user-agent" => header(&r.user_agent),
         "x-request-id" => header(&r.request_id),
         "x-forwarded-for" => header(&r.x_forwarded_for),
-        _ => Val::None,
+        // Captured for the Telemetry API's logs that name it ([`Format::note_request_headers`]).
+        _ => r
+            .headers
+            .as_ref()
+            .and_then(|c| c.0.iter().find(|(n, _)| n.as_str() == name))
+            .map_or(Val::None, |(_, v)| header_value(v)),
     }
 }
 
@@ -913,7 +944,7 @@ pub(crate) struct CompiledLog {
     pub(crate) format: Format,
     pub(crate) filter: Option<super::expr::Expr>,
     pub(crate) sink: Arc<SharedSink>,
-    /// The request headers the filter reads.
+    /// The request headers the filter reads and the format prints.
     pub(crate) headers: super::expr::HeaderRefs,
 }
 

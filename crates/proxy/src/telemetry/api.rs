@@ -154,7 +154,10 @@ impl Configurator {
             });
             let side = Side {
                 logs: logs.map(|logs| Arc::new(self.logs(reporter, logs, &mut headers))),
-                metrics: modes.map(|m| self.metrics(reporter, m, &mut headers)),
+                // Rules that change nothing leave the side on the standard path.
+                metrics: modes
+                    .map(|m| self.metrics(reporter, m, &mut headers))
+                    .filter(|r| !r.is_standard()),
             };
             any_logs |= side.logs.as_ref().is_some_and(|l| !l.0.is_empty());
             match reporter {
@@ -234,6 +237,7 @@ impl Configurator {
                 .map_err(|e| error("logFormat.labels", e.0))?,
         };
         let mut headers = HeaderRefs::default();
+        format.note_request_headers(&mut headers);
         let filter = match &log.filter {
             Some(source) => Some(
                 Expr::compile(source, &mut headers)
@@ -365,4 +369,112 @@ fn is_label_name(s: &str) -> bool {
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xds::{IstioMetric, MetricOverride, TagOverride};
+
+    fn configurator() -> Configurator {
+        Configurator::new(None, JsonValues::Typed, 16, Counter::default())
+    }
+
+    fn log(provider: &str, path: &Path, filter: Option<&str>) -> AccessLog {
+        AccessLog {
+            provider: provider.into(),
+            path: path.display().to_string(),
+            format: AccessLogFormat::Text(String::new()),
+            filter: filter.map(str::to_owned),
+        }
+    }
+
+    use std::path::Path;
+
+    #[test]
+    fn compiled_only_when_the_fields_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let logging = AccessLogging {
+            client: Some(vec![log("a", &dir.path().join("a.log"), None)]),
+            server: None,
+        };
+        let mut c = configurator();
+        let first = c.configure(Some(&logging), None).expect("changed");
+        let first = first.expect("a config");
+        assert!(first.side(Reporter::Source).logs.is_some());
+        assert!(first.side(Reporter::Destination).logs.is_none());
+        assert!(first.logger.is_some(), "a writer started for the logs");
+        assert!(c.configure(Some(&logging), None).is_none(), "unchanged");
+        assert!(
+            matches!(c.configure(None, None), Some(None)),
+            "back to none"
+        );
+        assert!(c.configure(None, None).is_none());
+    }
+
+    #[test]
+    fn one_sink_per_path_and_headers_of_both_sides() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = dir.path().join("shared.log");
+        let logging = AccessLogging {
+            client: Some(vec![
+                log("a", &shared, Some("request.headers['x-a'] == '1'")),
+                log("b", &shared, None),
+            ]),
+            server: Some(vec![log("c", &shared, Some("'x-c' in request.headers"))]),
+        };
+        let applied = configurator()
+            .configure(Some(&logging), None)
+            .flatten()
+            .expect("a config");
+        let client = applied.side(Reporter::Source).logs.as_ref().expect("logs");
+        let server = applied
+            .side(Reporter::Destination)
+            .logs
+            .as_ref()
+            .expect("logs");
+        assert!(Arc::ptr_eq(&client.0[0].sink, &client.0[1].sink));
+        assert!(Arc::ptr_eq(&client.0[0].sink, &server.0[0].sink));
+        let mut h = http::HeaderMap::new();
+        for name in ["x-a", "x-c", "x-other"] {
+            h.insert(name, http::HeaderValue::from_static("1"));
+        }
+        let captured = applied.headers.capture(&h).expect("captured");
+        let names: Vec<&str> = captured.0.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x-a", "x-c"]);
+    }
+
+    #[test]
+    fn rules_that_change_nothing_stay_on_the_standard_path() {
+        let metrics = MetricsConfig {
+            client: Some(ModeMetrics::default()),
+            server: Some(ModeMetrics {
+                disabled: false,
+                overrides: vec![MetricOverride {
+                    metric: IstioMetric::RequestCount,
+                    disabled: false,
+                    tags: vec![TagOverride {
+                        name: "request_protocol".into(),
+                        value: None,
+                    }],
+                }],
+            }),
+        };
+        let applied = configurator()
+            .configure(None, Some(&metrics))
+            .flatten()
+            .expect("a config");
+        assert!(applied.side(Reporter::Source).metrics.is_none());
+        let server = applied
+            .side(Reporter::Destination)
+            .metrics
+            .as_ref()
+            .expect("rules");
+        assert_eq!(
+            server.metrics[crate::telemetry::metrics::REQUEST_COUNT].tags,
+            [TagRule::Remove("request_protocol".into())]
+        );
+        assert!(applied.logger.is_none(), "no log, no writer");
+        assert!(applied.headers.is_empty());
+    }
 }

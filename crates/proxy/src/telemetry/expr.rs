@@ -98,7 +98,8 @@ impl HeaderRefs {
         (!found.is_empty()).then(|| Box::new(CapturedHeaders(found)))
     }
 
-    fn note(&mut self, name: &str) {
+    /// Adds `name`, unless the record keeps it anyway.
+    pub(crate) fn note(&mut self, name: &str) {
         let name = name.to_ascii_lowercase();
         if !RECORDED_HEADERS.contains(&name.as_str()) && name != "host" {
             self.names.insert(name);

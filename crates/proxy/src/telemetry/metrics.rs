@@ -17,7 +17,8 @@
 //! The Telemetry API's overrides ([`MetricRules`], per side) disable a side or a metric, or
 //! change a metric's labels: such a series is keyed by its final label pairs
 //! ([`Series::Custom`]), so two requests whose labels end up equal (a label removed) count in
-//! one series. Those are computed per request, with the CEL values evaluated then; the
+//! one series; labels that end up as a standard set (values changed in place) are that
+//! standard series, so the output never holds one label set twice. Those are computed per request, with the CEL values evaluated then; the
 //! standard series keep the cached path above.
 
 use std::borrow::Cow;
@@ -220,8 +221,9 @@ impl Metrics {
         if rules.disabled {
             return;
         }
-        let key = RequestKey::of(record);
-        let labels = key.labels();
+        // Not the cached handles: they would make a (zero) series of every metric, the ones
+        // overridden or disabled too.
+        let labels = RequestKey::of(record).labels();
         let subject = Subject::Http(record);
         let mut custom = Custom::default();
         let mut series = |metric: usize| -> Option<Series<RequestLabels>> {
@@ -471,6 +473,30 @@ struct RequestLabels {
 }
 
 impl StandardLabels for RequestLabels {
+    fn standard_equal_to(&self, pairs: &[(Cow<'static, str>, String)]) -> Option<RequestLabels> {
+        if !same_names(self, pairs) {
+            return None;
+        }
+        let (peer, value) = peer_from_pairs(pairs)?;
+        let candidate = RequestLabels {
+            peer: Arc::new(peer),
+            protocol: match value("request_protocol")? {
+                "http" => RequestProtocol::Http,
+                "grpc" => RequestProtocol::Grpc,
+                "tcp" => RequestProtocol::Tcp,
+                _ => return None,
+            },
+            code: value("response_code")?.parse().ok()?,
+            grpc: match value("grpc_response_status")? {
+                "" => None,
+                n => Some(n.parse().ok()?),
+            },
+            flags: value("response_flags")?.parse().ok()?,
+        };
+        // Only a value that prints back as it was given ("200", not "0200").
+        (candidate.pairs() == pairs).then_some(candidate)
+    }
+
     fn visit(&self, f: &mut dyn FnMut(&'static str, &dyn Display) -> fmt::Result) -> fmt::Result {
         visit_peer(&self.peer, f)?;
         f("request_protocol", &self.protocol.as_str())?;
@@ -492,6 +518,19 @@ struct TcpLabels {
 }
 
 impl StandardLabels for TcpLabels {
+    fn standard_equal_to(&self, pairs: &[(Cow<'static, str>, String)]) -> Option<TcpLabels> {
+        if !same_names(self, pairs) {
+            return None;
+        }
+        let (peer, value) = peer_from_pairs(pairs)?;
+        let candidate = TcpLabels {
+            peer: Arc::new(peer),
+            flags: value("response_flags")?.parse().ok()?,
+        };
+        (value("request_protocol")? == RequestProtocol::Tcp.as_str() && candidate.pairs() == pairs)
+            .then_some(candidate)
+    }
+
     fn visit(&self, f: &mut dyn FnMut(&'static str, &dyn Display) -> fmt::Result) -> fmt::Result {
         visit_peer(&self.peer, f)?;
         f("request_protocol", &RequestProtocol::Tcp.as_str())?;
@@ -520,6 +559,76 @@ trait StandardLabels {
         });
         out
     }
+
+    /// A label set of this kind whose labels print exactly as `pairs`, if there is one (the
+    /// same names in the same order, each value one this kind can hold): an override that
+    /// only changed standard values in place, which must count in the standard series it
+    /// equals, or the output would hold that series twice.
+    fn standard_equal_to(&self, pairs: &[(Cow<'static, str>, String)]) -> Option<Self>
+    where
+        Self: Sized;
+}
+
+/// The peer labels of `pairs` (already checked to be named as the standard ones), and the
+/// value of each other label by name.
+fn peer_from_pairs<'p>(
+    pairs: &'p [(Cow<'static, str>, String)],
+) -> Option<(MetricLabels, impl Fn(&str) -> Option<&'p str>)> {
+    let value = move |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let reporter = match value("reporter")? {
+        "source" => super::record::Reporter::Source,
+        "destination" => super::record::Reporter::Destination,
+        _ => return None,
+    };
+    let mut l = MetricLabels::unknown(reporter);
+    let fields: [&mut Arc<str>; 19] = [
+        &mut l.source_workload,
+        &mut l.source_canonical_service,
+        &mut l.source_canonical_revision,
+        &mut l.source_workload_namespace,
+        &mut l.source_principal,
+        &mut l.source_app,
+        &mut l.source_version,
+        &mut l.source_cluster,
+        &mut l.destination_workload,
+        &mut l.destination_workload_namespace,
+        &mut l.destination_principal,
+        &mut l.destination_app,
+        &mut l.destination_version,
+        &mut l.destination_service,
+        &mut l.destination_canonical_service,
+        &mut l.destination_canonical_revision,
+        &mut l.destination_service_name,
+        &mut l.destination_service_namespace,
+        &mut l.destination_cluster,
+    ];
+    // `peer_pairs` order, which is `visit_peer`'s after the reporter.
+    for (field, (_, v)) in fields.into_iter().zip(pairs.iter().skip(1)) {
+        *field = Arc::from(v.as_str());
+    }
+    l.connection_security_policy = match value("connection_security_policy")? {
+        "mutual_tls" => super::record::SecurityPolicy::MutualTls,
+        "none" => super::record::SecurityPolicy::None,
+        "unknown" => super::record::SecurityPolicy::Unknown,
+        _ => return None,
+    };
+    Some((l, value))
+}
+
+/// `pairs` has `labels`' names in their order.
+fn same_names(labels: &impl StandardLabels, pairs: &[(Cow<'static, str>, String)]) -> bool {
+    let (mut i, mut same) = (0, true);
+    let _ = labels.visit(&mut |k, _| {
+        same &= pairs.get(i).is_some_and(|p| p.0 == k);
+        i += 1;
+        Ok(())
+    });
+    same && i == pairs.len()
 }
 
 fn visit_peer(
@@ -624,6 +733,17 @@ pub(crate) struct MetricRules {
     pub(crate) metrics: [MetricRule; 8],
 }
 
+impl MetricRules {
+    /// Changes nothing: every metric reported with its standard labels.
+    pub(crate) fn is_standard(&self) -> bool {
+        !self.disabled
+            && self
+                .metrics
+                .iter()
+                .all(|m| !m.disabled && m.tags.is_empty())
+    }
+}
+
 /// One metric's override; the default reports it with its standard labels.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct MetricRule {
@@ -686,6 +806,9 @@ impl<'r> Custom<'r> {
                     }
                 }
             }
+        }
+        if let Some(standard) = labels.standard_equal_to(&pairs) {
+            return Series::Standard(standard);
         }
         let pairs: Pairs = pairs.into();
         self.last = Some((tags, pairs.clone()));
