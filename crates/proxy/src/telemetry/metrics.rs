@@ -77,7 +77,7 @@ pub struct Metrics {
     tcp_closed: Family<Series<TcpLabels>, Counter>,
     pub(crate) access_log_dropped: Counter,
     pub(crate) spans_dropped: Counter,
-    pub(crate) spans_sent: Counter,
+    pub(crate) spans_sent: super::spans::SentCounters,
     uptime: Gauge,
     started: Instant,
     request_cache: RwLock<HashMap<RequestKey, RequestHandles>>,
@@ -98,7 +98,7 @@ impl Metrics {
         let tcp_closed = Family::<Series<TcpLabels>, Counter>::default();
         let access_log_dropped = Counter::default();
         let spans_dropped = Counter::default();
-        let spans_sent = Counter::default();
+        let spans_sent = super::spans::SentCounters::default();
         let live = Gauge::<i64>::default();
         let uptime = Gauge::<i64>::default();
         live.set(1);
@@ -145,7 +145,8 @@ impl Metrics {
             "Access-log lines dropped because the writer queue was full",
             access_log_dropped.clone(),
         );
-        // Envoy's Zipkin tracer counts `tracing.zipkin.spans_sent`; drops are ours (its buffer
+        // Envoy's tracers count `tracing.zipkin.spans_sent` and
+        // `tracing.opentelemetry.spans_sent`; drops are ours (the Zipkin tracer's buffer
         // grows without bound).
         registry.register(
             "ama_tracing_spans_dropped",
@@ -154,8 +155,13 @@ impl Metrics {
         );
         registry.register(
             "envoy_tracing_zipkin_spans_sent",
-            "Trace spans sent to the collector",
-            spans_sent.clone(),
+            "Trace spans sent to a Zipkin collector",
+            spans_sent.zipkin.clone(),
+        );
+        registry.register(
+            "envoy_tracing_opentelemetry_spans_sent",
+            "Trace spans sent to an OpenTelemetry collector",
+            spans_sent.opentelemetry.clone(),
         );
         registry.register("envoy_server_live", "1 while the proxy is running", live);
         registry.register(
