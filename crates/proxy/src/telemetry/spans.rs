@@ -980,7 +980,7 @@ mod tests {
 
     fn start(headers: &HeaderMap, tags: &[Option<HeaderName>]) -> SpanStart {
         let o = TracingOptions::new(Collector::zipkin("127.0.0.1:9"), "default");
-        let tracer = Tracer::start(o, Counter::default(), Counter::default()).expect("tracer");
+        let tracer = Tracer::start(o, Counter::default(), &SentCounters::default()).expect("tracer");
         SpanStart {
             sink: Sink(Arc::new(tracer)),
             ctx: TraceContext {
@@ -1102,7 +1102,7 @@ mod tests {
     #[test]
     fn a_bad_collector_address_is_refused() {
         let o = TracingOptions::new(Collector::zipkin("zipkin"), "default");
-        let err = Tracer::start(o, Counter::default(), Counter::default())
+        let err = Tracer::start(o, Counter::default(), &SentCounters::default())
             .err()
             .map(|e| e.to_string());
         assert_eq!(
