@@ -980,7 +980,8 @@ mod tests {
 
     fn start(headers: &HeaderMap, tags: &[Option<HeaderName>]) -> SpanStart {
         let o = TracingOptions::new(Collector::zipkin("127.0.0.1:9"), "default");
-        let tracer = Tracer::start(o, Counter::default(), &SentCounters::default()).expect("tracer");
+        let tracer =
+            Tracer::start(o, Counter::default(), &SentCounters::default()).expect("tracer");
         SpanStart {
             sink: Sink(Arc::new(tracer)),
             ctx: TraceContext {
