@@ -3,7 +3,8 @@
 
     python3 bench/profile/instructions.py --ama PATH [--proto http1|grpc] [--tls] [-n 2000]
         [--warmup 400] [--top 20] [--access-log json|off] [--node-extra JSON|@FILE]
-        [--collector zipkin|otlp-http] [-o text|json] [--keep DIR]
+        [--collector zipkin|otlp-http] [--repeat R] [-o text|json] [--keep DIR]
+    python3 bench/profile/instructions.py --render RESULT.json
 
 The method of bench/PROFILE.md ("Setup"): two network namespaces joined by a veth pair, the
 client pod (10.244.0.4) and the server pod (10.244.0.5: nginx with the bench's 1 KiB `/1k`, and
@@ -83,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="See the module's docstring (top of this file) for the method.")
-    ap.add_argument("--ama", type=Path, required=True, help="the ama binary to profile (a release build)")
+    ap.add_argument("--ama", type=Path, help="the ama binary to profile (a release build)")
     ap.add_argument("--proto", choices=bench.PROTOCOLS, default="http1",
                     help="http1: GET /1k over HTTP/1.1; grpc: a unary call with 1 KB messages over "
                          "HTTP/2 (the Service's port 81)")
@@ -113,8 +114,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--grpc-app", type=Path,
                     help="the gRPC app (default: ama-bench-app next to --ama, else "
                          "target/bench/release/ama-bench-app of this checkout)")
+    ap.add_argument("--render", type=Path, metavar="JSON",
+                    help="only print the text report of an earlier run's `-o json` output")
     ap.add_argument("--oha", type=Path, default=Path(shutil.which("oha") or Path.home() / ".cargo/bin/oha"))
     args = ap.parse_args(argv)
+    if args.render:
+        return args
+    if args.ama is None:
+        ap.error("--ama is required")
     if args.n <= 0 or args.repeat <= 0 or args.warmup < 0 or args.connections <= 0 or args.top < 0:
         ap.error("-n, -c and --repeat must be positive, --warmup and --top not negative")
     try:
@@ -394,10 +401,11 @@ def total_ir(profile: Path) -> int:
 ANNOTATE_LINE = re.compile(r"^\s*([\d,]+)\s+(?:\(\s*[\d.]+%\)\s+)?(\S.*)$")
 
 
-def functions(profile: Path, inclusive: bool) -> dict[str, int]:
+def functions(profile: Path, inclusive: bool) -> tuple[dict[str, int], dict[str, set[str]]]:
     """Instructions per function from callgrind_annotate, summed over the source files it lists a
     function under (inlined code is charged to the function it was inlined into, one line per
-    source file) and keyed `function [object]`, the object only when callgrind names it."""
+    source file, and callgrind names the object on some of those lines only); and the objects
+    (file names) it named for each function."""
     argv = ["callgrind_annotate", "--auto=no", "--threshold=100", f"--inclusive={'yes' if inclusive else 'no'}",
             str(profile)]
     try:
@@ -407,6 +415,7 @@ def functions(profile: Path, inclusive: bool) -> dict[str, int]:
     if p.returncode != 0:
         raise ProfileError(f"{shlex.join(argv)} failed ({p.returncode}): {p.stderr.strip()}")
     out: dict[str, int] = {}
+    objects: dict[str, set[str]] = {}
     lines = p.stdout.splitlines()
     # The function table follows the last header line `Ir  file:function`.
     start = max((i for i, l in enumerate(lines) if l.split()[-1:] == ["file:function"]), default=None)
@@ -415,19 +424,19 @@ def functions(profile: Path, inclusive: bool) -> dict[str, int]:
     for line in lines[start + 1:]:
         m = ANNOTATE_LINE.match(line)
         if m:
-            name = function_name(m.group(2).strip())
+            name, obj = function_name(m.group(2).strip())
             out[name] = out.get(name, 0) + int(m.group(1).replace(",", ""))
-    return out
+            objects.setdefault(name, set()).update([obj] if obj else [])
+    return out, objects
 
 
-def function_name(entry: str) -> str:
-    """`file:function [object]` as `function [object's file name]`."""
+def function_name(entry: str) -> tuple[str, str | None]:
+    """`file:function [object]` as (function, the object's file name or None)."""
     m = re.match(r"^(.*?)(?: \[([^\]]*)\])?$", entry)
     body, obj = m.group(1), m.group(2)
     # The file part ends at the first ':' that is not half of a `::` path separator.
     fm = re.match(r"^(?:[^:]|::)*?(?<!:):(?!:)(.*)$", body)
-    func = fm.group(1) if fm else body
-    return func + (f" [{Path(obj).name}]" if obj else "")
+    return (fm.group(1) if fm else body), (Path(obj).name if obj else None)
 
 
 def per_request(args, pairs: list[tuple[dict, dict]]) -> dict:
@@ -435,14 +444,15 @@ def per_request(args, pairs: list[tuple[dict, dict]]) -> dict:
     the totals / N, then the mean over the pairs; by function the same, the mean over the pairs."""
     out = {}
     for role in ("client", "server"):
-        per_pair, by_function = [], {}
+        per_pair, by_function, objects = [], {}, {}
         for with_n, without in pairs:
             ir_n, ir_0 = total_ir(with_n["profiles"][role]), total_ir(without["profiles"][role])
             per_pair.append({"ir_with_n": ir_n, "ir_without": ir_0,
                              "ir_per_request": round((ir_n - ir_0) / args.n, 1)})
-            fn_n = functions(with_n["profiles"][role], args.inclusive)
-            fn_0 = functions(without["profiles"][role], args.inclusive)
+            fn_n, obj_n = functions(with_n["profiles"][role], args.inclusive)
+            fn_0, obj_0 = functions(without["profiles"][role], args.inclusive)
             for k in fn_n.keys() | fn_0.keys():
+                objects.setdefault(k, set()).update(obj_n.get(k, ()), obj_0.get(k, ()))
                 by_function[k] = by_function.get(k, 0) + (fn_n.get(k, 0) - fn_0.get(k, 0)) / args.n / len(pairs)
         top = sorted(by_function.items(), key=lambda kv: (-kv[1], kv[0]))[:args.top]
         values = [p["ir_per_request"] for p in per_pair]
@@ -451,7 +461,8 @@ def per_request(args, pairs: list[tuple[dict, dict]]) -> dict:
             "ir_per_request_min": min(values),
             "ir_per_request_max": max(values),
             "pairs": per_pair,
-            "top": [{"function": k, "ir_per_request": round(v, 1)} for k, v in top],
+            "top": [{"function": k, "object": next(iter(objects[k])) if len(objects[k]) == 1 else None,
+                     "ir_per_request": round(v, 1)} for k, v in top],
         }
     return out
 
@@ -478,7 +489,7 @@ def result(args, node_extra: dict[str, dict], runs: dict, sidecars: dict) -> dic
       (spans sent and dropped, istio_requests_total{policy} of reporter destination)}};
     - sidecars: {client, server: {ir_per_request (the mean over the pairs), ir_per_request_min,
       ir_per_request_max, pairs [{ir_with_n, ir_without, ir_per_request}], top [{function,
-      ir_per_request}]}}.
+      object (its file name; null when callgrind named none or several), ir_per_request}]}}.
 
     Run labels are `<pair>-n<requests>` (`1-n2000`, `1-n0`, ...)."""
     collector = None
@@ -519,20 +530,21 @@ def text_report(res: dict) -> str:
         if any(sent) or any(dropped):
             lines.append(f"spans sent / dropped ({run}, client; server): {sent[0]:.0f} / {dropped[0]:.0f}; "
                          f"{sent[1]:.0f} / {dropped[1]:.0f}")
-    lines += ["", f"{'instructions':<28}{'client':>16}{'server':>16}"]
+    lines += ["", f"{'instructions':<24}{'client':>24}{'server':>24}"]
     for i, (pc, ps) in enumerate(zip(c["pairs"], s["pairs"]), 1):
-        lines += [f"{f'pair {i}: run with N':<28}{pc['ir_with_n']:>16,}{ps['ir_with_n']:>16,}",
-                  f"{f'pair {i}: run without':<28}{pc['ir_without']:>16,}{ps['ir_without']:>16,}",
-                  f"{f'pair {i}: per request':<28}{k(pc['ir_per_request']):>16}{k(ps['ir_per_request']):>16}"]
+        lines += [f"{f'pair {i}: run with N':<24}{pc['ir_with_n']:>24,}{ps['ir_with_n']:>24,}",
+                  f"{f'pair {i}: run without':<24}{pc['ir_without']:>24,}{ps['ir_without']:>24,}",
+                  f"{f'pair {i}: per request':<24}{k(pc['ir_per_request']):>24}{k(ps['ir_per_request']):>24}"]
     spread = lambda d: f" ({k(d['ir_per_request_min'])}-{k(d['ir_per_request_max'])})" if len(d["pairs"]) > 1 else ""  # noqa: E731
-    lines.append(f"{'per request':<28}{k(c['ir_per_request']) + spread(c):>16}{k(s['ir_per_request']) + spread(s):>16}")
+    lines.append(f"{'per request':<24}{k(c['ir_per_request']) + spread(c):>24}{k(s['ir_per_request']) + spread(s):>24}")
     for role, d in res["sidecars"].items():
         if not d["top"]:
             continue
         lines += ["", f"{role} sidecar, top {len(d['top'])} functions per request "
                       f"({'inclusive' if res['inclusive'] else 'self'}):"]
         for f in d["top"]:
-            name = f["function"] if len(f["function"]) <= 110 else f["function"][:107] + "..."
+            name = f["function"] if len(f["function"]) <= 100 else f["function"][:97] + "..."
+            name += f" [{f['object']}]" if f.get("object") else ""
             lines.append(f"{f['ir_per_request']:>10,.0f}  {name}")
     return "\n".join(lines)
 
@@ -561,6 +573,9 @@ def check_tools(args) -> None:
 
 def main() -> int:
     args = parse_args()
+    if args.render:
+        print(text_report(json.loads(args.render.read_text())))
+        return 0
     if os.geteuid() != 0:
         print("bench/profile/instructions.py needs root (network namespaces, iptables, setpriv)",
               file=sys.stderr)
