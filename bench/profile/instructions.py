@@ -303,6 +303,25 @@ def prometheus(pod: bench.Pod) -> dict[str, float]:
     return out
 
 
+def mtls_evidence(args, server_metrics: dict[str, float], arm: bench.Arm) -> str | None:
+    """With --tls, what showed that the sidecars spoke mTLS: check_arm's look at the SNI in the
+    server sidecar's access log, else the server sidecar's `istio_requests_total` of reporter
+    destination with `connection_security_policy="mutual_tls"`. Fails when the metric says the
+    requests were not mTLS; when neither is there (access log off and the Telemetry API's
+    `metrics` turned the counter off), says so on stderr and in the result."""
+    if not args.tls:
+        return None
+    if arm.access_logs:
+        return "access log (requested_server_name)"
+    by_policy = {k: v for k, v in server_metrics.items() if k.startswith("istio_requests_total")}
+    if by_policy.get("istio_requests_total{mutual_tls}"):
+        return "istio_requests_total"
+    if by_policy:
+        raise ProfileError(f"--tls: the server sidecar counted no mutual_tls request: {by_policy}\n{arm.logs()}")
+    progress("  warning: --tls with the access log off and no istio_requests_total: mTLS not verified")
+    return None
+
+
 def stop_sidecars(arm: bench.Arm) -> None:
     """SIGTERM to both sidecars (valgrind passes it to the program, which drains and exits), then
     wait for callgrind to write its profiles."""
@@ -363,14 +382,12 @@ def one_run(args, n: int, label: str, run_dir: Path, certs: Path | None,
         time.sleep(2)  # the access-log writers and the span exporters catch up (both runs alike)
         metrics = {role: prometheus(arm.client if role == "client" else arm.server)
                    for role in ("client", "server")}
-        if args.tls and not metrics["server"].get("istio_requests_total{mutual_tls}"):
-            raise ProfileError(f"--tls: the server sidecar counted no mutual_tls request: "
-                               f"{metrics['server']}\n{arm.logs()}")
+        mtls = mtls_evidence(args, metrics["server"], arm)
         progress("  stopping the sidecars (SIGTERM); callgrind writes its profiles")
         stop_sidecars(arm)
         sink = json.loads(sink_stats.read_text()) if sink_stats else None
         out = {"profiles": {role: profiles / f"callgrind.{role}" for role in ("client", "server")},
-               "metrics": metrics, "sink": sink}
+               "metrics": metrics, "sink": sink, "mtls_verified_by": mtls}
         for role, path in out["profiles"].items():
             if not path.exists():
                 raise ProfileError(f"callgrind wrote no profile for the {role} sidecar ({path})\n"
@@ -487,6 +504,8 @@ def result(args, node_extra: dict[str, dict], runs: dict, sidecars: dict) -> dic
       bytes, spans, paths, errors)}};
     - metrics: {run label: {client, server: the sidecar's 15090 counters at the end of the load
       (spans sent and dropped, istio_requests_total{policy} of reporter destination)}};
+    - mtls_verified_by: {run label: how --tls was checked ("access log (requested_server_name)",
+      "istio_requests_total"), or null (not --tls, or nothing to check it by: a warning)};
     - sidecars: {client, server: {ir_per_request (the mean over the pairs), ir_per_request_min,
       ir_per_request_max, pairs [{ir_with_n, ir_without, ir_per_request}], top [{function,
       object (its file name; null when callgrind named none or several), ir_per_request}]}}.
@@ -503,6 +522,7 @@ def result(args, node_extra: dict[str, dict], runs: dict, sidecars: dict) -> dic
         "repeat": args.repeat, "connections": args.connections, "concurrency": args.concurrency,
         "access_log": args.access_log, "inclusive": args.inclusive, "node_extra": node_extra,
         "collector": collector, "metrics": {k: r["metrics"] for k, r in runs.items()},
+        "mtls_verified_by": {k: r["mtls_verified_by"] for k, r in runs.items()},
         "sidecars": sidecars,
     }
 
@@ -524,6 +544,9 @@ def text_report(res: dict) -> str:
         lines.append(f"collector ({res['collector']['protocol']}): the sink received "
                      + ", ".join(f"{r['posts']} POSTs / {r['spans']} spans / {r['bytes']} bytes ({run})"
                                  for run, r in got.items()))
+    if res["tls"]:
+        checked = sorted({str(v) for v in res.get("mtls_verified_by", {}).values()})
+        lines.append(f"mTLS checked by: {', '.join(checked)}")
     for run, m in res["metrics"].items():
         sent = [m[r].get("envoy_tracing_zipkin_spans_sent_total", 0) for r in ("client", "server")]
         dropped = [m[r].get("ama_tracing_spans_dropped_total", 0) for r in ("client", "server")]
