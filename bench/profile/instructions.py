@@ -116,8 +116,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "target/bench/release/ama-bench-app of this checkout)")
     ap.add_argument("--render", type=Path, metavar="JSON",
                     help="only print the text report of an earlier run's `-o json` output")
+    ap.add_argument("--compare", type=Path, metavar="BASE_JSON",
+                    help="with --render: per sidecar, what changed per request from BASE_JSON (another "
+                         "run's -o json) to the rendered one, in total and by function (from both "
+                         "results' --top lists: give both runs a large --top)")
     ap.add_argument("--oha", type=Path, default=Path(shutil.which("oha") or Path.home() / ".cargo/bin/oha"))
     args = ap.parse_args(argv)
+    if args.compare and not args.render:
+        ap.error("--compare goes with --render")
     if args.render:
         return args
     if args.ama is None:
@@ -572,6 +578,25 @@ def text_report(res: dict) -> str:
     return "\n".join(lines)
 
 
+def compare_report(res: dict, base: dict, top: int, res_name: Path, base_name: Path) -> str:
+    """Per sidecar: the change per request from `base` to `res`, and the functions that changed
+    most (by the difference of their per-request cost, over the functions in either top list)."""
+    lines = [f"{res_name} against {base_name}:", f"  {res['command']}", f"  {base['command']}"]
+    for role in ("client", "server"):
+        new, old = res["sidecars"][role], base["sidecars"][role]
+        fn_new = {f["function"]: f["ir_per_request"] for f in new["top"]}
+        fn_old = {f["function"]: f["ir_per_request"] for f in old["top"]}
+        diff = {k: fn_new.get(k, 0) - fn_old.get(k, 0) for k in fn_new.keys() | fn_old.keys()}
+        listed = sum(diff.values())
+        change = new["ir_per_request"] - old["ir_per_request"]
+        lines += ["", f"{role} sidecar: {old['ir_per_request']:,.0f} -> {new['ir_per_request']:,.0f} "
+                      f"instructions per request ({change:+,.0f}; the listed functions: {listed:+,.0f})"]
+        for k, v in sorted(diff.items(), key=lambda kv: (-abs(kv[1]), kv[0]))[:top]:
+            name = k if len(k) <= 110 else k[:107] + "..."
+            lines.append(f"{v:>+10,.0f}  {name}")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------------
@@ -597,7 +622,9 @@ def check_tools(args) -> None:
 def main() -> int:
     args = parse_args()
     if args.render:
-        print(text_report(json.loads(args.render.read_text())))
+        res = json.loads(args.render.read_text())
+        print(text_report(res) if not args.compare else
+              compare_report(res, json.loads(args.compare.read_text()), args.top, args.render, args.compare))
         return 0
     if os.geteuid() != 0:
         print("bench/profile/instructions.py needs root (network namespaces, iptables, setpriv)",
