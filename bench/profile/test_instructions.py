@@ -106,6 +106,21 @@ class Parsing(unittest.TestCase):
                          (10000, "OTLP_HTTP", "/v1/traces"))
 
 
+class Compare(unittest.TestCase):
+    def test_compare_lists_the_total_and_the_largest_changes_first(self):
+        def res(command, total, top):
+            side = {"ir_per_request": total, "top": [{"function": f, "object": None, "ir_per_request": v}
+                                                     for f, v in top.items()]}
+            return {"command": command, "sidecars": {"client": side, "server": side}}
+        new = res("new", 1500.0, {"malloc": 700.0, "parse": 300.0, "gone": 0.0})
+        base = res("base", 1000.0, {"malloc": 200.0, "parse": 310.0, "gone": 100.0})
+        text = instructions.compare_report(new, base, 2, Path("new.json"), Path("base.json"))
+        client = text.split("client sidecar: ")[1].split("server sidecar")[0].strip().splitlines()
+        self.assertIn("1,000 -> 1,500 instructions per request (+500; the listed functions: +390)", client[0])
+        self.assertEqual([l.split()[1] for l in client[1:]], ["malloc", "gone"])
+        self.assertEqual([l.split()[0] for l in client[1:]], ["+500", "-100"])
+
+
 class Sink(unittest.TestCase):
     def test_answers_202_and_counts_zipkin_spans(self):
         with socket.socket() as s:
