@@ -4,7 +4,7 @@
     python3 bench/profile/instructions.py --ama PATH [--proto http1|grpc] [--tls] [-n 2000]
         [--warmup 400] [--top 20] [--access-log json|off] [--node-extra JSON|@FILE]
         [--collector zipkin|otlp-http] [--repeat R] [-o text|json] [--keep DIR]
-    python3 bench/profile/instructions.py --render RESULT.json
+    python3 bench/profile/instructions.py --render RESULT.json [--compare BASE.json [--top K]]
 
 The method of bench/PROFILE.md ("Setup"): two network namespaces joined by a veth pair, the
 client pod (10.244.0.4) and the server pod (10.244.0.5: nginx with the bench's 1 KiB `/1k`, and
@@ -280,12 +280,15 @@ def load(arm: bench.Arm, args, n: int, request: Path, what: str) -> None:
                      "--output-format", "json", "-n", str(n), "-c", str(args.connections),
                      *bench.oha_load(args.proto, request), bench.proto_url(arm, args.proto)],
                     timeout=timeout)
-    res = json.loads(out.stdout)
+    try:
+        res = json.loads(out.stdout)
+    except ValueError as e:
+        raise ProfileError(f"{what}: oha's output is not JSON ({e}): {out.stdout[:500]!r}") from e
     codes = res.get("statusCodeDistribution", {})
     if codes != {"200": n}:
         raise ProfileError(f"{what}: oha -n {n}: status codes {codes}, errors "
                            f"{res.get('errorDistribution')}\n{arm.logs()}")
-    progress(f"  {what}: {n} × 200 at {res['summary'].get('requestsPerSec', 0):.0f} rps")
+    progress(f"  {what}: {n} × 200 at {res.get('summary', {}).get('requestsPerSec') or 0:.0f} rps")
 
 
 def prometheus(pod: bench.Pod) -> dict[str, float]:
@@ -400,7 +403,35 @@ def one_run(args, n: int, label: str, run_dir: Path, certs: Path | None,
                                    f"{arm.proxies[role].logs()}")
         return out
     finally:
-        world.close()
+        with deferred_signals():
+            world.close()
+
+
+@contextlib.contextmanager
+def deferred_signals():
+    """Holds SIGINT, SIGTERM and SIGHUP back while the body runs (removing namespaces and
+    processes must not be cut short), then raises KeyboardInterrupt if one came."""
+    got: list[int] = []
+    old = {s: signal.signal(s, lambda signum, _frame: got.append(signum))
+           for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    if got:
+        raise KeyboardInterrupt(f"signal {got[0]}")
+
+
+def remove_our_namespaces() -> None:
+    """Deletes any namespace of this process left behind (a cleanup that was itself cut short)."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    ours = f"{bench.PREFIX}-{os.getpid()}-"
+    for line in out.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if name.startswith(ours):
+            progress(f"removing namespace {name} left behind")
+            bench.kill_namespace(name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -669,14 +700,16 @@ def main() -> int:
         except (ProfileError, bench.BenchError) as e:
             progress(f"FAILED: {e}")
         finally:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(s, signal.SIG_IGN)
+            remove_our_namespaces()
             if args.keep:
                 shutil.copytree(run_dir, args.keep, dirs_exist_ok=True,
                                 ignore=shutil.ignore_patterns("*.key", "key.pem"))
                 progress(f"profiles, resources and logs kept in {args.keep}")
             shutil.rmtree(run_dir, ignore_errors=True)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(s, signal.SIG_DFL)
     if status != 0:
         return status
     print(json.dumps(res, indent=2) if args.output == "json" else text_report(res))
