@@ -292,18 +292,27 @@ def load(arm: bench.Arm, args, n: int, request: Path, what: str) -> None:
 
 
 def prometheus(pod: bench.Pod) -> dict[str, float]:
-    """The sidecar's 15090 metrics that say what a run did: the tracer's sent and dropped spans,
+    """The sidecar's 15090 metrics that say what a run did: the tracers' sent and dropped spans,
     and requests by connection security policy (reporter destination)."""
     status, text = curl_local(pod, 15090, "/stats/prometheus")
     if status != 200:
         raise ProfileError(f"{pod.ns}: 15090/stats/prometheus answered {status}")
+    return parse_prometheus(text)
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """What `prometheus` keeps of a Prometheus text exposition: `*_spans_sent_total` per tracer,
+    `ama_tracing_spans_dropped_total`, and `istio_requests_total{<connection_security_policy>}`
+    summed over the series of reporter destination."""
     out: dict[str, float] = {}
     for line in text.splitlines():
         m = re.match(r"^(\w+)(\{[^}]*\})?\s+(\S+)", line)
         if not m or line.startswith("#"):
             continue
         name, labels, value = m.groups()
-        if name in ("envoy_tracing_zipkin_spans_sent_total", "ama_tracing_spans_dropped_total"):
+        # Spans sent per tracer (`envoy_tracing_zipkin_spans_sent_total`; newer builds also
+        # `envoy_tracing_opentelemetry_spans_sent_total`), and the exporter queue's drops.
+        if re.fullmatch(r"envoy_tracing_\w+_spans_sent_total", name) or name == "ama_tracing_spans_dropped_total":
             out[name] = out.get(name, 0) + float(value)
         elif name == "istio_requests_total" and 'reporter="destination"' in (labels or ""):
             policy = re.search(r'connection_security_policy="([^"]*)"', labels)
@@ -585,7 +594,7 @@ def text_report(res: dict) -> str:
         checked = sorted({str(v) for v in res.get("mtls_verified_by", {}).values()})
         lines.append(f"mTLS checked by: {', '.join(checked)}")
     for run, m in res["metrics"].items():
-        sent = [m[r].get("envoy_tracing_zipkin_spans_sent_total", 0) for r in ("client", "server")]
+        sent = [sum(v for k, v in m[r].items() if k.endswith("_spans_sent_total")) for r in ("client", "server")]
         dropped = [m[r].get("ama_tracing_spans_dropped_total", 0) for r in ("client", "server")]
         if any(sent) or any(dropped):
             lines.append(f"spans sent / dropped ({run}, client; server): {sent[0]:.0f} / {dropped[0]:.0f}; "

@@ -106,6 +106,28 @@ class Parsing(unittest.TestCase):
                          (10000, "OTLP_HTTP", "/v1/traces"))
 
 
+class Prometheus(unittest.TestCase):
+    def test_keeps_spans_and_requests_by_security_policy_of_the_destination(self):
+        text = "\n".join([
+            "# TYPE envoy_tracing_zipkin_spans_sent counter",
+            "envoy_tracing_zipkin_spans_sent_total 7",
+            "envoy_tracing_opentelemetry_spans_sent_total 2",
+            "ama_tracing_spans_dropped_total 1",
+            'istio_requests_total{reporter="destination",response_code="200",connection_security_policy="mutual_tls"} 5',
+            'istio_requests_total{reporter="destination",response_code="503",connection_security_policy="mutual_tls"} 1',
+            'istio_requests_total{reporter="destination",connection_security_policy="none"} 2',
+            'istio_requests_total{reporter="source",connection_security_policy="unknown"} 9',
+            "istio_tcp_connections_opened_total 3",
+        ])
+        self.assertEqual(instructions.parse_prometheus(text), {
+            "envoy_tracing_zipkin_spans_sent_total": 7.0,
+            "envoy_tracing_opentelemetry_spans_sent_total": 2.0,
+            "ama_tracing_spans_dropped_total": 1.0,
+            "istio_requests_total{mutual_tls}": 6.0,
+            "istio_requests_total{none}": 2.0,
+        })
+
+
 class Compare(unittest.TestCase):
     def test_compare_lists_the_total_and_the_largest_changes_first(self):
         def res(command, total, top):
