@@ -227,39 +227,67 @@ impl Metrics {
         if rules.disabled {
             return;
         }
-        // Not the cached handles: they would make a (zero) series of every metric, the ones
-        // overridden or disabled too.
-        let labels = RequestKey::of(record).labels();
+        // The handles of this request's series, by its standard key and the values of the
+        // upserted labels: the label sets are built (and hashed in full) only the first time.
         let subject = Subject::Http(record);
+        let key = OverrideKey {
+            key: RequestKey::of(record),
+            values: rules.upsert_values(subject),
+        };
+        let cached = read(&rules.cache).get(&key).cloned();
+        let handles = match cached {
+            Some(h) => h,
+            None => {
+                let h = self.override_handles(&key.key, rules, subject);
+                let mut cache = rules.cache.write().unwrap_or_else(|e| e.into_inner());
+                if cache.len() >= CACHE_LIMIT {
+                    cache.clear();
+                }
+                cache.insert(key, h.clone());
+                h
+            }
+        };
+        if let Some(c) = &handles.requests {
+            c.inc();
+        }
+        // Envoy records whole milliseconds.
+        for (h, value) in [
+            (&handles.duration, record.duration.as_millis() as f64),
+            (&handles.request_bytes, record.bytes_received as f64),
+            (&handles.response_bytes, record.bytes_sent as f64),
+        ] {
+            if let Some(h) = h {
+                h.observe(value);
+            }
+        }
+    }
+
+    /// The series of a request under `rules`: a metric disabled has none. Not the standard
+    /// handles' cache: it would make a (zero) series of every metric, the ones overridden or
+    /// disabled too.
+    fn override_handles(
+        &self,
+        key: &RequestKey,
+        rules: &MetricRules,
+        subject: Subject<'_>,
+    ) -> OverrideHandles {
+        let labels = key.labels();
         let mut custom = Custom::default();
         let mut series = |metric: usize| -> Option<Series<RequestLabels>> {
             let rule = &rules.metrics[metric];
             (!rule.disabled).then(|| custom.series(&labels, &rule.tags, subject))
         };
-        if let Some(s) = series(REQUEST_COUNT) {
-            self.requests.get_or_create(&s).inc();
-        }
-        // Envoy records whole milliseconds.
-        for (metric, family, value) in [
-            (
-                REQUEST_DURATION,
-                &self.duration,
-                record.duration.as_millis() as f64,
-            ),
-            (
-                REQUEST_SIZE,
-                &self.request_bytes,
-                record.bytes_received as f64,
-            ),
-            (
-                RESPONSE_SIZE,
-                &self.response_bytes,
-                record.bytes_sent as f64,
-            ),
-        ] {
-            if let Some(s) = series(metric) {
-                family.get_or_create(&s).observe(value);
-            }
+        let requests = series(REQUEST_COUNT).map(|s| self.requests.get_or_create_owned(&s));
+        let duration = series(REQUEST_DURATION).map(|s| self.duration.get_or_create_owned(&s));
+        let request_bytes =
+            series(REQUEST_SIZE).map(|s| self.request_bytes.get_or_create_owned(&s));
+        let response_bytes =
+            series(RESPONSE_SIZE).map(|s| self.response_bytes.get_or_create_owned(&s));
+        OverrideHandles {
+            requests,
+            duration,
+            request_bytes,
+            response_bytes,
         }
     }
 
@@ -422,7 +450,7 @@ struct RequestHandles {
 
 /// `Arc<MetricLabels>` compared by identity: the cache key. The cache holds the `Arc`, so the
 /// address cannot be reused for other labels while the entry lives.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 struct PeerKey(Arc<MetricLabels>);
 
 impl PartialEq for PeerKey {
@@ -437,7 +465,7 @@ impl Hash for PeerKey {
     }
 }
 
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct RequestKey {
     peer: PeerKey,
     protocol: RequestProtocol,
@@ -737,9 +765,47 @@ pub(crate) struct MetricRules {
     pub(crate) disabled: bool,
     /// Per metric, by the indexes above.
     pub(crate) metrics: [MetricRule; 8],
+    /// The request metrics' handles under these rules, by standard key and upserted values
+    /// (a new config comes with an empty cache).
+    pub(crate) cache: RwLock<HashMap<OverrideKey, OverrideHandles>>,
+}
+
+/// A request's series under a [`MetricRules`]: its standard key and the values its upserts
+/// evaluated to ([`MetricRules::upsert_values`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct OverrideKey {
+    key: RequestKey,
+    values: Box<[String]>,
+}
+
+/// The request metrics' handles of one [`OverrideKey`]; `None` for a metric disabled.
+#[derive(Debug, Clone)]
+pub(crate) struct OverrideHandles {
+    requests: Option<Counter>,
+    duration: Option<Histogram>,
+    request_bytes: Option<Histogram>,
+    response_bytes: Option<Histogram>,
 }
 
 impl MetricRules {
+    /// The values of the request metrics' upserted labels for `subject`, each distinct
+    /// expression evaluated once, in the rules' order.
+    fn upsert_values(&self, subject: Subject<'_>) -> Box<[String]> {
+        let mut seen: Vec<&Arc<Expr>> = Vec::new();
+        let mut values = Vec::new();
+        for rule in &self.metrics[REQUEST_COUNT..=RESPONSE_SIZE] {
+            for t in &rule.tags {
+                if let TagRule::Upsert(_, expr) = t
+                    && !seen.iter().any(|e| Arc::ptr_eq(e, expr))
+                {
+                    seen.push(expr);
+                    values.push(expr.label_value(subject));
+                }
+            }
+        }
+        values.into_boxed_slice()
+    }
+
     /// Changes nothing: every metric reported with its standard labels.
     pub(crate) fn is_standard(&self) -> bool {
         !self.disabled
