@@ -23,14 +23,15 @@
 //! instances the release build now inlines or instantiates in another crate), none only their
 //! release name.
 //!
-//! Which packages cargo builds changes the features of their dependencies (`cargo test
-//! --workspace` turns on tokio's `test-util`, `cargo test -p cli` does not), and with them every
-//! name: the twin holds the names of both builds, and a function counts as present when either of
-//! its names is.
+//! How cargo builds the debug `ama` changes its names too: the packages selected change the
+//! features of their dependencies (`cargo test --workspace` turns on tokio's `test-util` through
+//! `crates/memory`'s dev-dependencies, `cargo test -p cli` does not), and `CARGO_INCREMENTAL=0`
+//! (CI) gives our crates other metadata than the incremental default. The twin holds the names
+//! of all four builds, and a function counts as present when any of its names is.
 //!
 //! `AMA_SIDECAR_ORDER=record` makes the test add this debug build's names to `sidecar.order.debug`
-//! instead, or write it anew when it belongs to another order (bench/layout/refresh does, for both
-//! builds, after writing the order); `AMA_SIDECAR_ORDER_BINARY=PATH` reads another debug `ama`
+//! instead, or write it anew when it belongs to another order (bench/layout/refresh does, for the
+//! four builds, after writing the order); `AMA_SIDECAR_ORDER_BINARY=PATH` reads another debug `ama`
 //! than the one cargo built.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -153,9 +154,10 @@ const TWIN_HEADER: &str = "\
 # The debug build's names of the functions of sidecar.order that map one to one (the same name
 # without its hash, once in each), as `LINE NAME...`: LINE is the function's line in
 # sidecar.order, then its name in each debug build recorded: `cargo test --workspace` and
-# `cargo test -p cli` build ama with different features (tokio's test-util), so with different
-# names. Written by bench/layout/refresh (AMA_SIDECAR_ORDER=record cargo test ... --test
-# sidecar_order), read by crates/cli/tests/sidecar_order.rs to tell that the order went stale.
+# `cargo test -p cli`, each with and without CARGO_INCREMENTAL, build ama with different features
+# or metadata, so with different names. Written by bench/layout/refresh (AMA_SIDECAR_ORDER=record
+# cargo test ... --test sidecar_order), read by crates/cli/tests/sidecar_order.rs to tell that
+# the order went stale.
 ";
 
 /// `sidecar.order.debug`: for each line of the order it tracks, the debug names recorded.
@@ -260,12 +262,13 @@ fn link_order_names_functions_the_debug_build_still_has() {
         share * 100.0,
         MIN_PRESENT * 100.0
     );
-    // Another package selection than the two recorded builds ama with other features, and then
-    // nearly every name differs; so does a dependency's update. Either way, say both.
+    // A build unlike the four recorded renames nearly everything; so does a change of the
+    // dependencies. Either way, say both.
     let hint = if share < 0.5 {
-        "\n(Nearly all are gone: either the dependencies changed, or this ama was built with \
-         other features than `cargo test --workspace` and `cargo test -p cli` build it with; \
-         run `cargo test --workspace --test sidecar_order` to tell.)"
+        "\n(Nearly all are gone: either the dependencies changed, or this ama was built otherwise \
+         than `cargo test --workspace` or `cargo test -p cli`, with or without \
+         CARGO_INCREMENTAL=0, build it: other packages, features, RUSTFLAGS or profile settings. \
+         `cargo test --workspace --test sidecar_order` tells which.)"
     } else {
         ""
     };
