@@ -220,6 +220,15 @@ pub struct MeshConfig {
     pub tracing_providers: Vec<crate::telemetry::TracingProvider>,
     /// `defaultProviders.tracing`: the providers of a Telemetry that names none.
     pub default_tracing_providers: Vec<String>,
+    /// `extensionProviders` that write access logs to a file (`envoyFileAccessLog`), with
+    /// Istio's built-in `envoy`.
+    pub log_providers: Vec<crate::telemetry::logging::LogProvider>,
+    /// `defaultProviders.accessLogging`.
+    pub default_log_providers: Vec<String>,
+    /// `extensionProviders` that are Prometheus, with Istio's built-in `prometheus`.
+    pub prometheus_providers: Vec<String>,
+    /// `defaultProviders.metrics` (empty: Istio's install default, `prometheus`).
+    pub default_metrics_providers: Vec<String>,
 }
 
 /// `MeshConfig.inboundTrafficPolicy.mode`.
@@ -248,6 +257,12 @@ impl Default for MeshConfig {
             otel_semantic_conventions: false,
             tracing_providers: Vec::new(),
             default_tracing_providers: Vec::new(),
+            log_providers: crate::telemetry::logging::log_providers(&Value::Null)
+                .map(|(p, _)| p)
+                .unwrap_or_default(),
+            default_log_providers: Vec::new(),
+            prometheus_providers: crate::telemetry::metrics::prometheus_providers(&Value::Null).0,
+            default_metrics_providers: Vec::new(),
         }
     }
 }
@@ -285,14 +300,22 @@ impl MeshConfig {
         let defaults = MeshConfig::default();
         let (tracing_providers, _) =
             crate::telemetry::tracing_providers(&Value::Object(map.clone()))?;
+        let mesh_value = Value::Object(map.clone());
+        let (log_providers, _) = crate::telemetry::logging::log_providers(&mesh_value)?;
+        let (prometheus_providers, _) =
+            crate::telemetry::metrics::prometheus_providers(&mesh_value);
         #[derive(serde::Deserialize, Default)]
+        #[serde(rename_all = "camelCase")]
         struct DefaultProviders {
             #[serde(default)]
             tracing: Vec<String>,
+            #[serde(default)]
+            access_logging: Vec<String>,
+            #[serde(default)]
+            metrics: Vec<String>,
         }
-        let default_tracing_providers = typed_field::<DefaultProviders>(&map, "defaultProviders")?
-            .unwrap_or_default()
-            .tracing;
+        let default_providers =
+            typed_field::<DefaultProviders>(&map, "defaultProviders")?.unwrap_or_default();
         let default_config = match map.get("defaultConfig") {
             Some(v) => ProxyConfig::from_value(v.clone()).map_err(|e| e.nested("defaultConfig"))?,
             None => ProxyConfig::default(),
@@ -324,7 +347,11 @@ impl MeshConfig {
                     })
                 }),
             tracing_providers,
-            default_tracing_providers,
+            default_tracing_providers: default_providers.tracing,
+            log_providers,
+            default_log_providers: default_providers.access_logging,
+            prometheus_providers,
+            default_metrics_providers: default_providers.metrics,
         })
     }
 }

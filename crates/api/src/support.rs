@@ -60,9 +60,12 @@
 //!   `inboundTrafficPolicy.mode` and `defaultConfig.{discoveryAddress, statusPort,
 //!   interceptionMode, proxyMetadata, concurrency, holdApplicationUntilProxyStarts}`.
 //! - Secrets: read for the `credentialName` of Gateways and of DestinationRules.
-//! - Telemetry: `selector` and `tracing[].{providers, randomSamplingPercentage,
-//!   disableSpanReporting, customTags}`; MeshConfig `extensionProviders[].{zipkin,
-//!   opentelemetry}`, `defaultProviders.tracing` and `defaultConfig.tracing`.
+//! - Telemetry: `selector`, `tracing[].{providers, randomSamplingPercentage,
+//!   disableSpanReporting, customTags}`, `accessLogging[].{match.mode, providers, disabled,
+//!   filter.expression}` and `metrics[].{providers, overrides[].{match.{metric, mode}, disabled,
+//!   tagOverrides}}`; MeshConfig `extensionProviders[].{zipkin, opentelemetry,
+//!   envoyFileAccessLog, prometheus}`, `defaultProviders.{tracing, accessLogging, metrics}` and
+//!   `defaultConfig.tracing`.
 //! - Kinds Ama does not read at all (EnvoyFilter, …): one finding each, except
 //!   ServiceAccount (its name, the pods' identity, needs no object).
 //!
@@ -335,7 +338,17 @@ static MESH_CONFIG: Node = Fields(
         ("outboundTrafficPolicy", Fields(&[("mode", Done)], IGNORED)),
         ("inboundTrafficPolicy", Fields(&[("mode", Done)], IGNORED)),
         ("enableTracing", Node::Value(enable_tracing)),
-        ("defaultProviders", Fields(&[("tracing", Done)], IGNORED)),
+        (
+            "defaultProviders",
+            Fields(
+                &[
+                    ("tracing", Done),
+                    ("accessLogging", Done),
+                    ("metrics", Done),
+                ],
+                IGNORED,
+            ),
+        ),
         (
             "extensionProviders",
             Each(&Fields(
@@ -360,6 +373,20 @@ static MESH_CONFIG: Node = Fields(
                             IGNORED,
                         ),
                     ),
+                    (
+                        "envoyFileAccessLog",
+                        Fields(
+                            &[
+                                ("path", Done),
+                                (
+                                    "logFormat",
+                                    Fields(&[("text", Done), ("labels", Done)], IGNORED),
+                                ),
+                            ],
+                            IGNORED,
+                        ),
+                    ),
+                    ("prometheus", Done),
                 ],
                 IGNORED,
             )),
@@ -396,11 +423,55 @@ static MESH_CONFIG: Node = Fields(
     IGNORED,
 );
 
-/// Telemetry (`telemetry.istio.io`): its tracing ([`crate::telemetry`]); access logging and
-/// metrics are not implemented.
+/// Telemetry (`telemetry.istio.io`): tracing, access logging and metrics ([`crate::telemetry`]).
 static TELEMETRY: Node = Fields(
     &[
         ("selector", Done),
+        (
+            "accessLogging",
+            Each(&Fields(
+                &[
+                    ("match", Fields(&[("mode", Done)], IGNORED)),
+                    ("providers", Done),
+                    ("disabled", Done),
+                    ("filter", Fields(&[("expression", Done)], IGNORED)),
+                ],
+                IGNORED,
+            )),
+        ),
+        (
+            "metrics",
+            Each(&Fields(
+                &[
+                    ("providers", Done),
+                    (
+                        "overrides",
+                        Each(&Fields(
+                            &[
+                                (
+                                    "match",
+                                    Fields(
+                                        &[("metric", Done), ("mode", Done)],
+                                        "not implemented by Ama (custom metrics); this override \
+                                         is ignored",
+                                    ),
+                                ),
+                                ("disabled", Done),
+                                ("tagOverrides", Done),
+                            ],
+                            IGNORED,
+                        )),
+                    ),
+                    (
+                        "reportingInterval",
+                        Node::Value(|_| {
+                            Some("ignored: Ama's TCP metrics count bytes as they flow".to_string())
+                        }),
+                    ),
+                ],
+                IGNORED,
+            )),
+        ),
         (
             "tracing",
             Each(&Fields(
@@ -1304,6 +1375,13 @@ spec:
     randomSamplingPercentage: 10
   accessLogging:
   - providers: [{name: envoy}]
+    filter: {expression: response.code >= 400}
+  metrics:
+  - providers: [{name: prometheus}]
+    overrides:
+    - match: {metric: REQUEST_COUNT, customMetric: my_total}
+      tagOverrides: {request_host: {value: request.host}}
+    reportingInterval: 5s
 ",
         );
         assert_eq!(
@@ -1317,7 +1395,8 @@ spec:
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.outlierDetection.consecutiveErrors: deprecated, and ignored by Istio since 1.8 (use consecutiveGatewayErrors or consecutive5xxErrors); ignored",
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.proxyProtocol: not implemented by Ama; ignored",
                 "x.yaml:doc 1: DestinationRule default/reviews: spec.trafficPolicy.tunnel: not implemented by Ama; ignored",
-                "x.yaml:doc 4: Telemetry default/t: spec.accessLogging: not implemented by Ama; ignored",
+                "x.yaml:doc 4: Telemetry default/t: spec.metrics[0].overrides[0].match.customMetric: not implemented by Ama (custom metrics); this override is ignored",
+                "x.yaml:doc 4: Telemetry default/t: spec.metrics[0].reportingInterval: ignored: Ama's TCP metrics count bytes as they flow",
             ]
         );
     }
@@ -1340,7 +1419,9 @@ data:
     - name: otel
       opentelemetry: {service: otel.observability, port: 4318, http: {path: /v1/traces, timeout: 5s}}
     - name: envoy
-      envoyFileAccessLog: {path: /dev/stdout}
+      envoyFileAccessLog: {path: /dev/stdout, omitEmptyValues: true}
+    - name: otel-als
+      envoyOtelAls: {service: otel.observability, port: 4317}
     defaultConfig:
       holdApplicationUntilProxyStarts: true
       terminationDrainDuration: 5s
@@ -1353,10 +1434,10 @@ data:
             [
                 "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.defaultConfig.terminationDrainDuration: not implemented by Ama; ignored",
                 "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.defaultConfig.tracing.tlsSettings: not implemented by Ama; ignored",
-                "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.defaultProviders.accessLogging: not implemented by Ama; ignored",
                 "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.enableTracing: false: not implemented by Ama; proxies still trace as configured",
                 "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.extensionProviders[1].opentelemetry.http.timeout: not implemented by Ama; ignored",
-                "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.extensionProviders[2].envoyFileAccessLog: not implemented by Ama; ignored",
+                "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.extensionProviders[2].envoyFileAccessLog.omitEmptyValues: not implemented by Ama; ignored",
+                "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.extensionProviders[3].envoyOtelAls: not implemented by Ama; ignored",
             ]
         );
     }

@@ -643,6 +643,11 @@ fn same_resources(a: &Model, b: &Model) -> bool {
         && a.traffic_policies == b.traffic_policies
         && a.authorizations == b.authorizations
         && a.gateways == b.gateways
+        // What the proxies' own Node resources are made of (`translate::node_ref`) and what
+        // picks their views (`translate::view_key`).
+        && a.outbound_traffic_policy == b.outbound_traffic_policy
+        && a.sidecars == b.sidecars
+        && a.telemetry == b.telemetry
 }
 
 impl SnapshotSource for Pusher {

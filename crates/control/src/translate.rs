@@ -162,18 +162,17 @@ pub fn view_key(model: &Model, proxy: &ProxyKey, me: Option<&xds::Workload>) -> 
 /// The proxy's own resource: its pod, namespace and address, its workload's uid, and the
 /// outbound traffic policy in force for it.
 pub fn node_ref(model: &Model, proxy: &ProxyKey, me: Option<&xds::Workload>) -> NodeRef {
+    let no_labels = crate::model::Labels::new();
+    let labels = me.map_or(&no_labels, |w| &w.labels);
     NodeRef {
         uid: me.map(|w| w.uid.clone()),
         name: Some(proxy.pod_name.clone()),
         namespace: Some(proxy.namespace.clone()),
         addresses: vec![proxy.ip],
         outbound_traffic_policy: outbound_traffic_policy(model, &proxy.namespace, me),
-        tracing: model.telemetry.tracing_for(
-            &proxy.namespace,
-            me.map_or(&crate::model::Labels::new(), |w| &w.labels),
-        ),
-        access_logging: None,
-        metrics: None,
+        tracing: model.telemetry.tracing_for(&proxy.namespace, labels),
+        access_logging: model.telemetry.access_logging_for(&proxy.namespace, labels),
+        metrics: model.telemetry.metrics_for(&proxy.namespace, labels),
     }
 }
 

@@ -226,3 +226,52 @@ fn a_sidecar_that_selects_a_workload_gives_it_its_own_view_and_outbound_policy()
         xds::OutboundTrafficPolicy::AllowAny
     );
 }
+
+/// A Telemetry (or a Sidecar, or MeshConfig's outbound policy) changes no shared view, only
+/// the proxies' own Node resources: applying one later still pushes.
+#[test]
+fn a_telemetry_applied_later_reaches_the_proxies_node() {
+    let (store, _changes) = ConfigStore::new();
+    let pusher = Pusher::new(
+        Arc::clone(&store),
+        PushOptions::default(),
+        &mut Registry::default(),
+    );
+    let base = app("a", "web", 1);
+    set(&store, &base);
+    pusher.push(None, 1);
+    let mut web = pusher
+        .watch_proxy(&node("10.244.1.1", "web-1", "a"))
+        .expect("web");
+    let before = web.borrow_and_update().clone();
+    let node_of = |s: &xds::ads::Snapshot| -> xds::NodeRef {
+        let (_, bytes) = s
+            .get(ResourceType::Node)
+            .iter()
+            .next()
+            .expect("a Node resource");
+        serde_json::from_slice(&bytes.any.value).expect("a Node")
+    };
+    assert_eq!(node_of(&before).access_logging, None);
+
+    set(
+        &store,
+        &format!(
+            "{base}---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\n\
+             metadata: {{name: mesh-default, namespace: istio-system}}\n\
+             spec: {{accessLogging: [{{providers: [{{name: envoy}}]}}]}}\n"
+        ),
+    );
+    let stats = pusher.push(None, 1);
+    assert_eq!(stats.changed, 1, "the one proxy connected: {stats:?}");
+    assert!(web.has_changed().expect("open"));
+    let after = web.borrow_and_update().clone();
+    let logs = node_of(&after)
+        .access_logging
+        .expect("access logging pushed");
+    assert_eq!(logs.client.expect("client side")[0].provider, "envoy");
+    assert!(
+        node_of(&after).tracing.is_none(),
+        "no tracing in the Telemetry"
+    );
+}

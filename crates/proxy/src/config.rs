@@ -706,8 +706,19 @@ pub struct ConfigStore {
     registry: Registry,
     dns: crate::dns::DnsTable,
     /// Held while a snapshot is built and swapped in, so a DNS refresh, which rebuilds from
-    /// the resources in force, never swaps them back over newer ones.
-    swapping: std::sync::Mutex<()>,
+    /// the resources in force, never swaps them back over newer ones; it holds the telemetry
+    /// each new snapshot's Telemetry API config is applied to ([`ConfigStore::attach_telemetry`]).
+    swapping: std::sync::Mutex<Option<crate::telemetry::Telemetry>>,
+}
+
+/// Applies the Telemetry API's access logs and metrics of `snap`'s Node to `telemetry`
+/// (nothing happens when they did not change).
+fn configure_telemetry(telemetry: &crate::telemetry::Telemetry, snap: &Snapshot) {
+    let node = snap.resources.node.as_ref();
+    telemetry.configure(
+        node.and_then(|n| n.access_logging.as_ref()),
+        node.and_then(|n| n.metrics.as_ref()),
+    );
 }
 
 /// Logs the problems of `snap` that the snapshot before it (whose problems are `before`) did
@@ -736,7 +747,7 @@ impl ConfigStore {
             cfg,
             registry,
             dns,
-            swapping: std::sync::Mutex::new(()),
+            swapping: std::sync::Mutex::new(None),
         })
     }
 
@@ -756,12 +767,25 @@ impl ConfigStore {
     /// the message).
     pub fn apply(&self, resources: ProxyResources) -> Result<u64, xds::ValidationErrors> {
         resources.validate()?;
-        let _swapping = self.swapping.lock().unwrap_or_else(|e| e.into_inner());
-        self.swap_in(resources)
+        let swapping = self.swapping.lock().unwrap_or_else(|e| e.into_inner());
+        self.swap_in(resources, swapping.as_ref())
     }
 
-    /// Builds and swaps in a snapshot of `resources` (checked); the caller holds `swapping`.
-    fn swap_in(&self, resources: ProxyResources) -> Result<u64, xds::ValidationErrors> {
+    /// From now on, every snapshot installed applies its Node's Telemetry API config to
+    /// `telemetry` (the proxy's own), starting with the one in force.
+    pub fn attach_telemetry(&self, telemetry: crate::telemetry::Telemetry) {
+        let mut swapping = self.swapping.lock().unwrap_or_else(|e| e.into_inner());
+        configure_telemetry(&telemetry, &self.load());
+        *swapping = Some(telemetry);
+    }
+
+    /// Builds and swaps in a snapshot of `resources` (checked); the caller holds `swapping`,
+    /// whose telemetry is `telemetry`.
+    fn swap_in(
+        &self,
+        resources: ProxyResources,
+        telemetry: Option<&crate::telemetry::Telemetry>,
+    ) -> Result<u64, xds::ValidationErrors> {
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
         let snap = Arc::new(Snapshot::build(
             resources,
@@ -770,6 +794,10 @@ impl ConfigStore {
             &self.registry,
             &self.dns,
         )?);
+        // Before the swap: the first request on the new snapshot is logged and counted as it says.
+        if let Some(t) = telemetry {
+            configure_telemetry(t, &snap);
+        }
         let previous = self.current.swap(snap.clone());
         report_problems(&previous.problems(), &snap);
         self.changed.send_replace(version);
@@ -790,9 +818,9 @@ impl ConfigStore {
 
     /// Rebuilds the snapshot in force from its own resources, after DNS answers changed.
     pub fn refresh(&self) -> Result<u64, xds::ValidationErrors> {
-        let _swapping = self.swapping.lock().unwrap_or_else(|e| e.into_inner());
+        let swapping = self.swapping.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.load();
-        self.swap_in((*current.resources).clone())
+        self.swap_in((*current.resources).clone(), swapping.as_ref())
     }
 }
 

@@ -130,6 +130,9 @@ impl ProxyInputs {
             },
             tls.clone(),
         );
+        // Each snapshot's Telemetry API config (access logs, metric overrides) goes to this
+        // telemetry as it is installed.
+        store.attach_telemetry(telemetry.clone());
         Arc::new(ProxyInputs {
             cfg,
             store,

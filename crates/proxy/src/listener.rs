@@ -109,7 +109,9 @@ impl Listener {
                 // once more, for ever. Envoy's virtualOutbound and virtualInbound listeners send
                 // it to BlackHoleCluster.
                 tracing::debug!(client = %client, dst = %orig_dst, "connection to the capture port itself; closing");
-                self.pi.telemetry.tcp_log(black_hole(client, orig_dst));
+                self.pi
+                    .telemetry
+                    .tcp_log(black_hole(self.direction, client, orig_dst));
                 continue;
             }
             let ctx = Arc::new(ConnCtx {
@@ -149,8 +151,13 @@ impl Listener {
 
 /// The access-log record of a connection sent to BlackHoleCluster, as Envoy's TCP proxy logs
 /// it: a cluster without endpoints, `UH`.
-fn black_hole(client: ClientAddr, orig_dst: OrigDstAddr) -> TcpRecord {
-    let mut rec = TcpRecord::accepted(SystemTime::now(), orig_dst.get(), client.get());
+fn black_hole(direction: Direction, client: ClientAddr, orig_dst: OrigDstAddr) -> TcpRecord {
+    let mut rec = TcpRecord::accepted(
+        SystemTime::now(),
+        direction.reporter(),
+        orig_dst.get(),
+        client.get(),
+    );
     rec.upstream_cluster = Some(BLACK_HOLE_CLUSTER.into());
     rec.response_flags = ResponseFlags::NO_HEALTHY_UPSTREAM;
     rec
@@ -264,7 +271,12 @@ pub(crate) async fn forward_tcp<D>(
     D: AsyncRead + AsyncWrite + Unpin,
 {
     let snap = ctx.pi.store.load();
-    let mut rec = TcpRecord::accepted(start, ctx.orig_dst.get(), ctx.client.get());
+    let mut rec = TcpRecord::accepted(
+        start,
+        ctx.direction.reporter(),
+        ctx.orig_dst.get(),
+        ctx.client.get(),
+    );
     rec.upstream_cluster = Some(target.cluster.name.clone());
     rec.requested_server_name = sni.or_else(|| ctx.sni.clone());
     let hash = target.cluster.hash.as_ref().and_then(|h| {
@@ -322,7 +334,7 @@ pub(crate) async fn forward_tcp<D>(
         labels.destination_principal = server.clone();
     }
     let labels = ctx.pi.telemetry.labels(labels);
-    let conn = ctx.pi.telemetry.tcp_open(&labels);
+    let conn = ctx.pi.telemetry.tcp_open(&labels, &rec);
     let counts = Arc::new(ByteCounts::default());
     let limits = crate::tcp::RelayLimits::of(&circuit.limits());
     let copy = crate::tcp::copy_limited(downstream, upstream, counts.clone(), limits);

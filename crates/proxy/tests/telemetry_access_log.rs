@@ -41,7 +41,7 @@ async fn json_lines_reach_the_sink_in_order() {
     for i in 0..100 {
         t.request(record(i));
     }
-    let mut tcp = TcpRecord::new(SystemTime::now());
+    let mut tcp = TcpRecord::new(SystemTime::now(), Reporter::Source);
     tcp.bytes_sent = 7;
     t.tcp_log(tcp);
     assert!(t.flush(Duration::from_secs(5)).await);

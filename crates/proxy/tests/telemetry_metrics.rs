@@ -170,14 +170,15 @@ response_flags=\"-\",connection_security_policy=\"unknown\"} 4"
 fn tcp_metrics() {
     let t = Telemetry::without_access_log();
     let l = labels(Reporter::Source);
-    let conn = t.tcp_open(&l);
+    let accepted = TcpRecord::new(SystemTime::now(), Reporter::Source);
+    let conn = t.tcp_open(&l, &accepted);
     conn.sent(100);
     conn.received(50);
     conn.sent(1);
-    let mut rec = TcpRecord::new(SystemTime::now());
+    let mut rec = TcpRecord::new(SystemTime::now(), Reporter::Source);
     rec.response_flags = ResponseFlags::NONE;
     conn.close(rec);
-    drop(t.tcp_open(&l)); // dropped without close: still counted closed
+    drop(t.tcp_open(&l, &accepted)); // dropped without close: still counted closed
 
     let text = t.encode_prometheus();
     for name in [
@@ -243,7 +244,7 @@ fn python_prometheus_client_parses_output() {
         t.request(request(&src, 200, 12));
     }
     t.request(request(&src, 404, 1));
-    let conn = t.tcp_open(&src);
+    let conn = t.tcp_open(&src, &TcpRecord::new(SystemTime::now(), Reporter::Source));
     conn.sent(5);
     drop(conn);
     let text = t.encode_prometheus();

@@ -549,6 +549,24 @@ async fn otlp_over_grpc_and_http_carries_the_same_spans() {
         }
         assert_eq!(tag(&c, "istio.canonical_service"), "ubuntu");
         assert_eq!(tag(&s, "istio.canonical_service"), "httpbin");
+        // Counted as Envoy's OpenTelemetry tracer counts them, not as Zipkin spans (once the
+        // collector has answered the export, which may come after it has the spans).
+        let sent = "envoy_tracing_opentelemetry_spans_sent_total 1\n";
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !client.telemetry.encode_prometheus().contains(sent)
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let metrics = client.telemetry.encode_prometheus();
+        assert!(
+            metrics.contains("envoy_tracing_opentelemetry_spans_sent_total 1\n"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("envoy_tracing_zipkin_spans_sent_total 0\n"),
+            "{metrics}"
+        );
     }
 }
 

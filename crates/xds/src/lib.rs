@@ -32,7 +32,7 @@ mod policy;
 mod resources;
 mod routes;
 mod service;
-mod telemetry;
+pub mod telemetry;
 mod validate;
 mod workload;
 

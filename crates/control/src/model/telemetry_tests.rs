@@ -170,3 +170,102 @@ spec:
         m.warnings[0]
     );
 }
+
+fn node_of(m: &Model, pod: &str, address: &str) -> xds::NodeRef {
+    let key = ProxyKey {
+        ip: address.parse::<IpAddr>().expect("ip"),
+        pod_name: pod.into(),
+        namespace: "default".into(),
+    };
+    proxy_resources(m, &key).node.expect("node")
+}
+
+/// Istio's access-log task (`mesh-default` in the root namespace), a workload's filter, and
+/// the customize-metrics task, as each proxy receives them.
+#[test]
+fn access_logging_and_metrics_of_the_tasks() {
+    let m = model(&format!(
+        "{MESH}{}{}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: mesh-default, namespace: istio-system}}
+spec:
+  accessLogging:
+  - providers:
+    - name: envoy
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: httpbin-errors, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: httpbin}}}}
+  accessLogging:
+  - providers: [{{name: envoy}}]
+    filter: {{expression: response.code >= 400}}
+  - match: {{mode: CLIENT}}
+    disabled: true
+  metrics:
+  - providers: [{{name: prometheus}}]
+    overrides:
+    - match: {{metric: REQUEST_COUNT}}
+      tagOverrides:
+        request_host: {{value: request.host}}
+        grpc_response_status: {{operation: REMOVE}}
+    - match: {{metric: ALL_METRICS, mode: CLIENT}}
+      disabled: true
+",
+        pod("sleep", "sleep", "10.244.0.5"),
+        pod("httpbin", "httpbin", "10.244.0.6"),
+    ));
+    assert_eq!(m.warnings, []);
+    let envoy = |filter: Option<&str>| xds::AccessLog {
+        provider: "envoy".into(),
+        path: "/dev/stdout".into(),
+        format: xds::AccessLogFormat::Text(xds::telemetry::ISTIO_TEXT_LOG_FORMAT.into()),
+        filter: filter.map(str::to_string),
+    };
+    let sleep = node_of(&m, "sleep", "10.244.0.5");
+    assert_eq!(
+        sleep.access_logging,
+        Some(xds::AccessLogging {
+            client: Some(vec![envoy(None)]),
+            server: Some(vec![envoy(None)]),
+        })
+    );
+    assert_eq!(sleep.metrics, None);
+    let httpbin = node_of(&m, "httpbin", "10.244.0.6");
+    assert_eq!(
+        httpbin.access_logging,
+        Some(xds::AccessLogging {
+            client: Some(vec![]),
+            server: Some(vec![envoy(Some("response.code >= 400"))]),
+        })
+    );
+    assert_eq!(
+        httpbin.metrics,
+        Some(xds::MetricsConfig {
+            client: Some(xds::ModeMetrics {
+                disabled: true,
+                overrides: vec![],
+            }),
+            server: Some(xds::ModeMetrics {
+                disabled: false,
+                overrides: vec![xds::MetricOverride {
+                    metric: xds::IstioMetric::RequestCount,
+                    disabled: false,
+                    tags: vec![
+                        xds::TagOverride {
+                            name: "grpc_response_status".into(),
+                            value: None,
+                        },
+                        xds::TagOverride {
+                            name: "request_host".into(),
+                            value: Some("request.host".into()),
+                        },
+                    ],
+                }],
+            }),
+        })
+    );
+}

@@ -175,7 +175,12 @@ pub(crate) fn refuses_connection(ctx: &ConnCtx, start: SystemTime, t0: Instant) 
         return false;
     };
     let port = ctx.orig_dst.get().port();
-    let mut rec = TcpRecord::accepted(start, ctx.orig_dst.get(), ctx.client.get());
+    let mut rec = TcpRecord::accepted(
+        start,
+        ctx.direction.reporter(),
+        ctx.orig_dst.get(),
+        ctx.client.get(),
+    );
     rec.upstream_cluster = Some(Arc::from(format!("inbound|{port}||")));
     rec.connection_termination_details = Some(denial_details(rule));
     rec.requested_server_name = ctx.sni.clone();

@@ -21,7 +21,7 @@ use crate::detect::{self, Detected, Rewind};
 use crate::drain::DrainWatcher;
 use crate::gateway::GatewayConn;
 use crate::http::{self, ConnCtx, Direction};
-use crate::telemetry::{ResponseFlags, TcpRecord};
+use crate::telemetry::{Reporter, ResponseFlags, TcpRecord};
 use crate::workers::Workers;
 
 /// How long a port that could not be bound waits before the next try (when no config change
@@ -253,7 +253,8 @@ pub(crate) fn no_route(
     start: SystemTime,
     t0: Instant,
 ) {
-    let mut rec = TcpRecord::accepted(start, local.get(), client.get());
+    // A gateway's connections are the CLIENT side (`reporter="source"`), as its requests.
+    let mut rec = TcpRecord::accepted(start, Reporter::Source, local.get(), client.get());
     rec.requested_server_name = sni;
     rec.response_flags = ResponseFlags::NO_ROUTE_FOUND;
     rec.response_code_details = Some("filter_chain_not_found");

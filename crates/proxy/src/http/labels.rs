@@ -100,11 +100,16 @@ pub(super) fn request_labels(
     labels
 }
 
-/// The labels of a request that has not been routed yet: every peer `unknown`.
-pub(super) fn unrouted_labels() -> Arc<MetricLabels> {
-    static UNROUTED: OnceLock<Arc<MetricLabels>> = OnceLock::new();
-    UNROUTED
-        .get_or_init(|| Arc::new(MetricLabels::unknown(crate::telemetry::Reporter::Source)))
+/// The labels of a request that has not been routed yet: every peer `unknown`, reported by
+/// the side that received it (so an inbound request refused early counts, and is logged, on
+/// the server side).
+pub(super) fn unrouted_labels(direction: Direction) -> Arc<MetricLabels> {
+    static UNROUTED: [OnceLock<Arc<MetricLabels>>; 2] = [OnceLock::new(), OnceLock::new()];
+    let slot = match direction {
+        Direction::Outbound => &UNROUTED[0],
+        Direction::Inbound => &UNROUTED[1],
+    };
+    slot.get_or_init(|| Arc::new(MetricLabels::unknown(direction.reporter())))
         .clone()
 }
 
@@ -117,10 +122,7 @@ pub fn labels_for(
     dest: Option<Arc<PeerInfo>>,
 ) -> MetricLabels {
     let me = &snap.me_info;
-    let mut l = MetricLabels::unknown(match ctx.direction {
-        Direction::Outbound => crate::telemetry::Reporter::Source,
-        Direction::Inbound => crate::telemetry::Reporter::Destination,
-    });
+    let mut l = MetricLabels::unknown(ctx.direction.reporter());
     let (src, dst): (Arc<PeerInfo>, Option<Arc<PeerInfo>>) = match ctx.direction {
         Direction::Outbound => (
             me.clone(),

@@ -21,6 +21,8 @@ use super::labels::unrouted_labels;
 /// The request's access-log record while it is being served. Dropped unfinished (the client went
 /// away, so hyper dropped the request), it is logged with `DC`.
 pub(super) struct Log {
+    /// The side that serves the request, for the labels of a record made before it is routed.
+    pub(super) direction: super::Direction,
     pub(super) rec: Option<RequestRecord>,
     pub(super) t0: Instant,
     pub(super) telemetry: Telemetry,
@@ -30,8 +32,10 @@ pub(super) struct Log {
 impl Log {
     pub(super) fn rec(&mut self) -> &mut RequestRecord {
         // `rec` is only taken by `finish`/`drop`, which consume the log.
-        self.rec
-            .get_or_insert_with(|| RequestRecord::new(SystemTime::now(), unrouted_labels()))
+        let direction = self.direction;
+        self.rec.get_or_insert_with(|| {
+            RequestRecord::new(SystemTime::now(), unrouted_labels(direction))
+        })
     }
 
     pub(super) fn finish(&mut self, sent: u64, flags: ResponseFlags, grpc_status: Option<u16>) {

@@ -49,6 +49,17 @@ pub enum Direction {
     Inbound,
 }
 
+impl Direction {
+    /// The side that reports what this direction serves: Istio's `reporter` label, and the
+    /// Telemetry API's CLIENT (outbound) or SERVER (inbound) mode.
+    pub const fn reporter(self) -> crate::telemetry::Reporter {
+        match self {
+            Direction::Outbound => crate::telemetry::Reporter::Source,
+            Direction::Inbound => crate::telemetry::Reporter::Destination,
+        }
+    }
+}
+
 /// What every request on one downstream connection shares.
 #[derive(Debug)]
 pub struct ConnCtx {

@@ -80,11 +80,14 @@ pub(super) async fn handle(
     headers::forward_client_cert(h, ctx.peer.as_ref().map(|p| &p.xfcc));
     let request_id = headers::ensure_request_id(h);
     // Discovery's tracing (the Telemetry API) wins over the ProxyConfig's.
-    let xds_tracing = snap
-        .resources
-        .node
-        .as_ref()
-        .and_then(|n| n.tracing.as_ref());
+    let node = snap.resources.node.as_ref();
+    let xds_tracing = node.and_then(|n| n.tracing.as_ref());
+    // The headers the Telemetry API's expressions read, before they are edited further: asked
+    // for only when the Node carries its access logs or metrics, so that without them a
+    // request pays nothing here.
+    let captured = node
+        .filter(|n| n.access_logging.is_some() || n.metrics.is_some())
+        .and_then(|_| ctx.pi.telemetry.capture_headers(h));
     let sampling = xds_tracing.map_or(ctx.pi.cfg.trace_sampling, xds::Tracing::sampling_percent);
     let trace = headers::continue_trace(h, sampling);
     let tls_here = ctx.peer.is_some() || ctx.gateway.is_some_and(|g| g.tls);
@@ -98,6 +101,7 @@ pub(super) async fn handle(
         });
 
     let mut log = Log {
+        direction: ctx.direction,
         rec: None,
         t0: Instant::now(),
         telemetry: ctx.pi.telemetry.clone(),
@@ -110,6 +114,7 @@ pub(super) async fn handle(
         rec.protocol = Some(downstream_version);
         rec.request_id = Some(request_id);
         rec.span = span;
+        rec.headers = captured;
         rec.user_agent = req.headers().get(header::USER_AGENT).cloned();
         rec.x_forwarded_for = req.headers().get(&headers::X_FORWARDED_FOR).cloned();
         rec.authority = match req.uri().authority() {

@@ -161,7 +161,12 @@ async fn proxy<I>(
 /// The access-log record of a connection no filter chain takes, as Envoy's listener logs it:
 /// `NR`, `filter_chain_not_found`, the addresses, nothing upstream.
 fn filter_chain_not_found(ctx: &ConnCtx, start: SystemTime, t0: Instant) -> TcpRecord {
-    let mut rec = TcpRecord::accepted(start, ctx.orig_dst.get(), ctx.client.get());
+    let mut rec = TcpRecord::accepted(
+        start,
+        ctx.direction.reporter(),
+        ctx.orig_dst.get(),
+        ctx.client.get(),
+    );
     rec.response_flags = ResponseFlags::NO_ROUTE_FOUND;
     rec.response_code_details = Some("filter_chain_not_found");
     rec.duration = t0.elapsed();

@@ -33,9 +33,9 @@ use std::fmt::Write as _;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
@@ -45,51 +45,11 @@ use super::flags::ResponseFlags;
 use super::record::{RequestRecord, TcpRecord};
 use super::{AccessLogOptions, AccessLogSink, TelemetryError};
 
-/// Istio's default TEXT format (`EnvoyTextLogFormat` in `pilot/pkg/model/telemetry_logging.go`).
-pub const DEFAULT_TEXT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% \
-%PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \
-\"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% \
-%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \
-\"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% \
-%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% \
-%REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
-
-/// Istio's default JSON keys and their operators (`EnvoyJSONLogFormatIstio`), 24 entries.
-pub const DEFAULT_JSON_FIELDS: [(&str, &str); 24] = [
-    ("start_time", "%START_TIME%"),
-    ("route_name", "%ROUTE_NAME%"),
-    ("method", "%REQ(:METHOD)%"),
-    ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
-    ("protocol", "%PROTOCOL%"),
-    ("response_code", "%RESPONSE_CODE%"),
-    ("response_flags", "%RESPONSE_FLAGS%"),
-    ("response_code_details", "%RESPONSE_CODE_DETAILS%"),
-    (
-        "connection_termination_details",
-        "%CONNECTION_TERMINATION_DETAILS%",
-    ),
-    ("bytes_received", "%BYTES_RECEIVED%"),
-    ("bytes_sent", "%BYTES_SENT%"),
-    ("duration", "%DURATION%"),
-    (
-        "upstream_service_time",
-        "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
-    ),
-    ("x_forwarded_for", "%REQ(X-FORWARDED-FOR)%"),
-    ("user_agent", "%REQ(USER-AGENT)%"),
-    ("request_id", "%REQ(X-REQUEST-ID)%"),
-    ("authority", "%REQ(:AUTHORITY)%"),
-    ("upstream_host", "%UPSTREAM_HOST%"),
-    ("upstream_cluster", "%UPSTREAM_CLUSTER_RAW%"),
-    ("upstream_local_address", "%UPSTREAM_LOCAL_ADDRESS%"),
-    ("downstream_local_address", "%DOWNSTREAM_LOCAL_ADDRESS%"),
-    ("downstream_remote_address", "%DOWNSTREAM_REMOTE_ADDRESS%"),
-    ("requested_server_name", "%REQUESTED_SERVER_NAME%"),
-    (
-        "upstream_transport_failure_reason",
-        "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
-    ),
-];
+/// Istio's default TEXT format and JSON keys, shared with discovery (which sends them for a
+/// Telemetry API provider that sets no format).
+pub use xds::telemetry::{
+    ISTIO_JSON_LOG_FORMAT as DEFAULT_JSON_FIELDS, ISTIO_TEXT_LOG_FORMAT as DEFAULT_TEXT_FORMAT,
+};
 
 /// MeshConfig `accessLogEncoding`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -275,22 +235,53 @@ impl Format {
                 "JSON access-log format must be an object of key to format".into(),
             ));
         };
-        if map.is_empty() {
+        // serde_json's map is sorted by key: the same order as the default.
+        let fields = map.into_iter().map(|(k, v)| match v {
+            serde_json::Value::String(s) => (k, Ok(s)),
+            other => (k, Err(other.to_string())),
+        });
+        Format::json_object(fields, values)
+    }
+
+    /// A JSON format from keys and their Envoy format strings (the Telemetry API provider's
+    /// `logFormat.labels`); no keys: Istio's default. Keys are printed sorted, as always.
+    pub fn json_labels(
+        labels: &[(String, String)],
+        values: JsonValues,
+    ) -> Result<Format, FormatError> {
+        let mut sorted: Vec<_> = labels
+            .iter()
+            .map(|(k, v)| (k.clone(), Ok(v.clone())))
+            .collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        sorted.dedup_by(|a, b| a.0 == b.0);
+        Format::json_object(sorted.into_iter(), values)
+    }
+
+    /// The one JSON compiler: each key with its format string (`Ok`) or a literal JSON value
+    /// printed as given (`Err`), in the order given.
+    fn json_object(
+        fields: impl ExactSizeIterator<Item = (String, Result<String, String>)>,
+        values: JsonValues,
+    ) -> Result<Format, FormatError> {
+        if fields.len() == 0 {
             return Ok(Format::istio_default(AccessLogEncoding::Json, values));
         }
-        // serde_json's map is sorted by key: the same order as the default.
-        let mut fields = Vec::with_capacity(map.len());
-        for (k, v) in map {
+        let mut compiled = Vec::with_capacity(fields.len());
+        for (k, v) in fields {
             let field = match v {
-                serde_json::Value::String(s) => JsonField::Template(
+                Ok(s) => JsonField::Template(
                     compile(&s).map_err(|e| FormatError(format!("key {k:?}: {}", e.0)))?,
                 ),
-                other => JsonField::Literal(other.to_string()),
+                Err(literal) => JsonField::Literal(literal),
             };
-            fields.push((json_key(&k), field));
+            compiled.push((json_key(&k), field));
         }
         Ok(Format {
-            kind: Kind::Json { fields, values },
+            kind: Kind::Json {
+                fields: compiled,
+                values,
+            },
         })
     }
 
@@ -320,6 +311,28 @@ impl Format {
                     }
                 }
                 out.push_str("}\n");
+            }
+        }
+    }
+
+    /// Adds the request headers this format prints (`%REQ(X-DEBUG)%`) to `refs`, so that a
+    /// Telemetry API log captures them; MeshConfig's log prints only those a record keeps.
+    pub(crate) fn note_request_headers(&self, refs: &mut super::expr::HeaderRefs) {
+        let templates: Vec<&[Piece]> = match &self.kind {
+            Kind::Text(pieces) => vec![pieces],
+            Kind::Json { fields, .. } => fields
+                .iter()
+                .filter_map(|(_, f)| match f {
+                    JsonField::Template(pieces) => Some(pieces.as_slice()),
+                    JsonField::Literal(_) => None,
+                })
+                .collect(),
+        };
+        for piece in templates.into_iter().flatten() {
+            if let Piece::Op(Op::Req(names), _) = piece {
+                for n in names.iter().filter(|n| *n != "x-envoy-original-path") {
+                    refs.note(n);
+                }
             }
         }
     }
@@ -485,13 +498,17 @@ enum Val<'a> {
 
 fn header(v: &Option<HeaderValue>) -> Val<'_> {
     match v {
-        // Visible ASCII, almost always: borrowed without the lossy decoder's pass.
-        Some(v) => Val::Str(match v.to_str() {
-            Ok(s) => Cow::Borrowed(s),
-            Err(_) => String::from_utf8_lossy(v.as_bytes()),
-        }),
+        Some(v) => header_value(v),
         None => Val::None,
     }
+}
+
+fn header_value(v: &HeaderValue) -> Val<'_> {
+    // Visible ASCII, almost always: borrowed without the lossy decoder's pass.
+    Val::Str(match v.to_str() {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(v.as_bytes()),
+    })
 }
 
 fn opt_str<S: AsRef<str>>(v: &Option<S>) -> Val<'_> {
@@ -582,7 +599,12 @@ fn request_header<'a>(r: &'a RequestRecord, name: &str) -> Val<'a> {
         "user-agent" => header(&r.user_agent),
         "x-request-id" => header(&r.request_id),
         "x-forwarded-for" => header(&r.x_forwarded_for),
-        _ => Val::None,
+        // Captured for the Telemetry API's logs that name it ([`Format::note_request_headers`]).
+        _ => r
+            .headers
+            .as_ref()
+            .and_then(|c| c.0.iter().find(|(n, _)| n.as_str() == name))
+            .map_or(Val::None, |(_, v)| header_value(v)),
     }
 }
 
@@ -857,33 +879,26 @@ fn write_time(out: &mut String, t: SystemTime, format: Option<&str>) {
 
 #[allow(clippy::large_enum_variant)] // see `Entry`
 enum Msg {
-    Entry(Entry),
+    /// A record for the MeshConfig log (`None`) or for the Telemetry API's logs of its side.
+    Entry(Entry, Option<Arc<LogSet>>),
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
-/// The data path's end of the access log: a bounded queue to the writer thread.
-///
-/// The queue is an unbounded channel with the bound kept beside it in `queued`: a bounded
-/// (array) channel would hold `capacity` records' worth of slots for good (a record is several
-/// hundred bytes), while this one holds memory for what is queued now.
-pub(crate) struct AccessLogger {
-    tx: Sender<Msg>,
-    /// Records sent and not yet taken by the writer.
-    queued: Arc<AtomicUsize>,
-    capacity: usize,
-    dropped: Counter,
+/// Where lines go, opened once and shared by every log that names it. Only the writer thread
+/// writes to it, so its lock is never contended.
+pub(crate) struct SharedSink {
+    /// The path (`/dev/stdout`, a file) or `writer` for a test's writer.
+    pub(crate) name: String,
+    out: Mutex<Box<dyn Write + Send>>,
+    /// A write failed and was reported; reported again only after one succeeds.
+    failed: AtomicBool,
 }
 
-impl AccessLogger {
-    /// Compiles the format, opens the sink and starts the writer thread.
-    pub(crate) fn start(
-        opts: AccessLogOptions,
-        dropped: Counter,
-    ) -> Result<AccessLogger, TelemetryError> {
-        let format =
-            Format::from_mesh_config(opts.encoding, opts.format.as_deref(), opts.json_values)?;
-        let sink: Box<dyn Write + Send> = match opts.sink {
-            AccessLogSink::Stdout => Box::new(std::io::stdout()),
+impl SharedSink {
+    /// Opens `sink`: stdout, a file for append, or the writer given.
+    pub(crate) fn open(sink: AccessLogSink) -> Result<Arc<SharedSink>, TelemetryError> {
+        let (name, out): (String, Box<dyn Write + Send>) = match sink {
+            AccessLogSink::Stdout => ("/dev/stdout".to_owned(), Box::new(std::io::stdout())),
             AccessLogSink::File(path) => {
                 let file = OpenOptions::new()
                     .create(true)
@@ -893,33 +908,133 @@ impl AccessLogger {
                         path: path.clone(),
                         source,
                     })?;
-                Box::new(file)
+                (path.display().to_string(), Box::new(file))
             }
-            AccessLogSink::Writer(w) => w,
+            AccessLogSink::Writer(w) => ("writer".to_owned(), w),
         };
+        Ok(Arc::new(SharedSink {
+            name,
+            out: Mutex::new(out),
+            failed: AtomicBool::new(false),
+        }))
+    }
+
+    fn write(&self, buf: &[u8]) {
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        match out.write_all(buf).and_then(|()| out.flush()) {
+            Err(e) if !self.failed.swap(true, Ordering::Relaxed) => {
+                tracing::warn!(sink = %self.name, "access log: write failed, lines are being lost: {e}");
+            }
+            Ok(()) => self.failed.store(false, Ordering::Relaxed),
+            Err(_) => {}
+        }
+    }
+}
+
+impl std::fmt::Debug for SharedSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SharedSink").field(&self.name).finish()
+    }
+}
+
+/// One Telemetry API access log, compiled: its line format, its CEL filter (evaluated on the
+/// writer thread, never on the request path) and its sink.
+#[derive(Debug)]
+pub(crate) struct CompiledLog {
+    pub(crate) format: Format,
+    pub(crate) filter: Option<super::expr::Expr>,
+    pub(crate) sink: Arc<SharedSink>,
+    /// The request headers the filter reads and the format prints.
+    pub(crate) headers: super::expr::HeaderRefs,
+}
+
+impl CompiledLog {
+    /// Appends the line for `entry` to `out` when the filter lets it through.
+    fn write(&self, entry: &Entry, out: &mut String) {
+        let passes = self
+            .filter
+            .as_ref()
+            .is_none_or(|f| f.matches(entry.subject()));
+        if passes {
+            self.format.write(entry, out);
+        }
+    }
+}
+
+/// The Telemetry API's logs of one side; empty: no log on that side.
+#[derive(Debug, Default)]
+pub(crate) struct LogSet(pub(crate) Vec<Arc<CompiledLog>>);
+
+impl Entry {
+    /// What a CEL expression reads.
+    fn subject(&self) -> super::expr::Subject<'_> {
+        match self {
+            Entry::Http(r) => super::expr::Subject::Http(r),
+            Entry::Tcp(t) => super::expr::Subject::Tcp(t),
+        }
+    }
+}
+
+/// The data path's end of the access log: a bounded queue to the writer thread.
+///
+/// The queue is an unbounded channel with the bound kept beside it in `queued`: a bounded
+/// (array) channel would hold `capacity` records' worth of slots for good (a record is several
+/// hundred bytes), while this one holds memory for what is queued now. Clones share the queue.
+#[derive(Clone)]
+pub(crate) struct AccessLogger {
+    tx: Sender<Msg>,
+    /// Records sent and not yet taken by the writer.
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+    dropped: Counter,
+}
+
+impl AccessLogger {
+    /// Compiles MeshConfig's format, opens its sink and starts the writer thread; returns the
+    /// sink too, for Telemetry API logs that name the same path.
+    pub(crate) fn start(
+        opts: AccessLogOptions,
+        dropped: Counter,
+    ) -> Result<(AccessLogger, Arc<SharedSink>), TelemetryError> {
+        let format =
+            Format::from_mesh_config(opts.encoding, opts.format.as_deref(), opts.json_values)?;
+        let sink = SharedSink::open(opts.sink)?;
+        let logger =
+            AccessLogger::spawn(Some((format, sink.clone())), opts.queue_capacity, dropped)?;
+        Ok((logger, sink))
+    }
+
+    /// Starts a writer thread; `default` is the format and sink of records sent without a
+    /// [`LogSet`] (none: such records are not written).
+    pub(crate) fn spawn(
+        default: Option<(Format, Arc<SharedSink>)>,
+        queue_capacity: usize,
+        dropped: Counter,
+    ) -> Result<AccessLogger, TelemetryError> {
         let (tx, rx) = channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let taken = queued.clone();
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || writer_loop(rx, &taken, format, sink))
+            .spawn(move || writer_loop(rx, &taken, default))
             .map_err(TelemetryError::Thread)?;
         Ok(AccessLogger {
             tx,
             queued,
-            capacity: opts.queue_capacity.max(1),
+            capacity: queue_capacity.max(1),
             dropped,
         })
     }
 
-    /// Queues a record; drops and counts it if the queue is full. Never blocks.
-    pub(crate) fn push(&self, entry: Entry) {
+    /// Queues a record for the MeshConfig log (`logs: None`) or for `logs`; drops and counts
+    /// it if the queue is full. Never blocks.
+    pub(crate) fn push(&self, entry: Entry, logs: Option<Arc<LogSet>>) {
         if self.queued.fetch_add(1, Ordering::Relaxed) >= self.capacity {
             self.queued.fetch_sub(1, Ordering::Relaxed);
             self.dropped.inc();
             return;
         }
-        if self.tx.send(Msg::Entry(entry)).is_err() {
+        if self.tx.send(Msg::Entry(entry, logs)).is_err() {
             self.queued.fetch_sub(1, Ordering::Relaxed);
             self.dropped.inc();
         }
@@ -935,6 +1050,14 @@ impl AccessLogger {
     }
 }
 
+impl std::fmt::Debug for AccessLogger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessLogger")
+            .field("queued", &self.queued.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
 /// Bytes of formatted lines gathered before one write.
 const BATCH_BYTES: usize = 64 * 1024;
 
@@ -944,43 +1067,74 @@ const BATCH_BYTES: usize = 64 * 1024;
 /// per request. Envoy flushes its access log once a second.
 const BATCH_WAIT: Duration = Duration::from_millis(10);
 
+/// Lines gathered per sink until the batch is written.
+#[derive(Default)]
+struct Batch {
+    bufs: Vec<(Arc<SharedSink>, String)>,
+    bytes: usize,
+}
+
+impl Batch {
+    /// Formats into `sink`'s buffer with `write`.
+    fn add(&mut self, sink: &Arc<SharedSink>, write: impl FnOnce(&mut String)) {
+        let i = match self.bufs.iter().position(|(s, _)| Arc::ptr_eq(s, sink)) {
+            Some(i) => i,
+            None => {
+                self.bufs.push((sink.clone(), String::with_capacity(4096)));
+                self.bufs.len() - 1
+            }
+        };
+        let buf = &mut self.bufs[i].1;
+        let before = buf.len();
+        write(buf);
+        self.bytes += buf.len() - before;
+    }
+
+    fn write_out(&mut self) {
+        for (sink, buf) in &mut self.bufs {
+            if !buf.is_empty() {
+                sink.write(buf.as_bytes());
+                buf.clear();
+            }
+        }
+        // Sinks no config holds any more are closed.
+        self.bufs.retain(|(s, _)| Arc::strong_count(s) > 1);
+        self.bytes = 0;
+    }
+}
+
 fn writer_loop(
     rx: Receiver<Msg>,
     queued: &AtomicUsize,
-    format: Format,
-    mut sink: Box<dyn Write + Send>,
+    default: Option<(Format, Arc<SharedSink>)>,
 ) {
-    let mut buf = String::with_capacity(BATCH_BYTES + 4096);
+    let mut batch = Batch::default();
     let mut waiters = Vec::new();
-    let mut failed = false;
     // Ends when every sender (every Telemetry clone) is gone and the queue is empty.
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
-                Msg::Entry(e) => {
+                Msg::Entry(e, None) => {
                     queued.fetch_sub(1, Ordering::Relaxed);
-                    format.write(&e, &mut buf);
+                    if let Some((format, sink)) = &default {
+                        batch.add(sink, |out| format.write(&e, out));
+                    }
+                }
+                Msg::Entry(e, Some(logs)) => {
+                    queued.fetch_sub(1, Ordering::Relaxed);
+                    for log in &logs.0 {
+                        batch.add(&log.sink, |out| log.write(&e, out));
+                    }
                 }
                 Msg::Flush(done) => waiters.push(done),
             }
-            if buf.len() < BATCH_BYTES {
+            if batch.bytes < BATCH_BYTES {
                 next = rx.try_recv().ok();
             }
         }
-        let full = buf.len() >= BATCH_BYTES;
-        if !buf.is_empty() {
-            let result = sink.write_all(buf.as_bytes()).and_then(|()| sink.flush());
-            match result {
-                Err(e) if !failed => {
-                    failed = true;
-                    tracing::warn!("access log: write failed, lines are being lost: {e}");
-                }
-                Ok(()) => failed = false,
-                Err(_) => {}
-            }
-            buf.clear();
-        }
+        let full = batch.bytes >= BATCH_BYTES;
+        batch.write_out();
         for w in waiters.drain(..) {
             let _ = w.send(());
         }
@@ -1122,7 +1276,10 @@ mod tests {
 
     #[test]
     fn json_tcp_connection() {
-        let mut t = TcpRecord::new(UNIX_EPOCH + Duration::from_millis(1_583_582_458_425));
+        let mut t = TcpRecord::new(
+            UNIX_EPOCH + Duration::from_millis(1_583_582_458_425),
+            Reporter::Source,
+        );
         t.bytes_received = 12;
         t.bytes_sent = 34;
         t.duration = Duration::from_millis(1500);
@@ -1150,7 +1307,7 @@ mod tests {
 \"curl/7.58.0\" \"a93e2afa-cc27-4bb7-897c-5282c754d382\" \"httpbin-service\" \"172.17.0.8:80\" \
 outbound|80||httpbin-service.default.svc.cluster.local 172.17.0.9:43422 10.109.118.31:80 172.17.0.9:52178 - default\n"
         );
-        let mut t = TcpRecord::new(UNIX_EPOCH);
+        let mut t = TcpRecord::new(UNIX_EPOCH, Reporter::Source);
         t.upstream_cluster = Some("PassthroughCluster".into());
         t.response_flags = ResponseFlags::UPSTREAM_CONNECTION_FAILURE;
         assert_eq!(

@@ -13,7 +13,15 @@
 //! per-request labels, so a request costs a small hash, a read lock and four atomic updates.
 //! That identity only means something if equal label sets share one `Arc`: the traffic side
 //! gets its labels through [`Metrics::intern`], which hands out one `Arc` per distinct content.
+//!
+//! The Telemetry API's overrides ([`MetricRules`], per side) disable a side or a metric, or
+//! change a metric's labels: such a series is keyed by its final label pairs
+//! ([`Series::Custom`]), so two requests whose labels end up equal (a label removed) count in
+//! one series; labels that end up as a standard set (values changed in place) are that
+//! standard series, so the output never holds one label set twice. Those are computed per request, with the CEL values evaluated then; the
+//! standard series keep the cached path above.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
@@ -29,6 +37,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use super::expr::{Expr, Subject};
 use super::flags::ResponseFlags;
 use super::record::{MetricLabels, RequestProtocol, RequestRecord};
 
@@ -53,22 +62,22 @@ impl MetricConstructor<Histogram> for EnvoyBuckets {
     }
 }
 
-type Histograms = Family<RequestLabels, Histogram, EnvoyBuckets>;
+type Histograms = Family<Series<RequestLabels>, Histogram, EnvoyBuckets>;
 
 /// The metrics registry of one proxy.
 pub struct Metrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
+    requests: Family<Series<RequestLabels>, Counter>,
     duration: Histograms,
     request_bytes: Histograms,
     response_bytes: Histograms,
-    tcp_sent: Family<TcpLabels, Counter>,
-    tcp_received: Family<TcpLabels, Counter>,
-    tcp_opened: Family<TcpLabels, Counter>,
-    tcp_closed: Family<TcpLabels, Counter>,
+    tcp_sent: Family<Series<TcpLabels>, Counter>,
+    tcp_received: Family<Series<TcpLabels>, Counter>,
+    tcp_opened: Family<Series<TcpLabels>, Counter>,
+    tcp_closed: Family<Series<TcpLabels>, Counter>,
     pub(crate) access_log_dropped: Counter,
     pub(crate) spans_dropped: Counter,
-    pub(crate) spans_sent: Counter,
+    pub(crate) spans_sent: super::spans::SentCounters,
     uptime: Gauge,
     started: Instant,
     request_cache: RwLock<HashMap<RequestKey, RequestHandles>>,
@@ -79,17 +88,17 @@ impl Metrics {
     /// A registry with every Istio metric registered and no series yet.
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
-        let requests = Family::<RequestLabels, Counter>::default();
+        let requests = Family::<Series<RequestLabels>, Counter>::default();
         let duration = Histograms::new_with_constructor(EnvoyBuckets);
         let request_bytes = Histograms::new_with_constructor(EnvoyBuckets);
         let response_bytes = Histograms::new_with_constructor(EnvoyBuckets);
-        let tcp_sent = Family::<TcpLabels, Counter>::default();
-        let tcp_received = Family::<TcpLabels, Counter>::default();
-        let tcp_opened = Family::<TcpLabels, Counter>::default();
-        let tcp_closed = Family::<TcpLabels, Counter>::default();
+        let tcp_sent = Family::<Series<TcpLabels>, Counter>::default();
+        let tcp_received = Family::<Series<TcpLabels>, Counter>::default();
+        let tcp_opened = Family::<Series<TcpLabels>, Counter>::default();
+        let tcp_closed = Family::<Series<TcpLabels>, Counter>::default();
         let access_log_dropped = Counter::default();
         let spans_dropped = Counter::default();
-        let spans_sent = Counter::default();
+        let spans_sent = super::spans::SentCounters::default();
         let live = Gauge::<i64>::default();
         let uptime = Gauge::<i64>::default();
         live.set(1);
@@ -136,7 +145,8 @@ impl Metrics {
             "Access-log lines dropped because the writer queue was full",
             access_log_dropped.clone(),
         );
-        // Envoy's Zipkin tracer counts `tracing.zipkin.spans_sent`; drops are ours (its buffer
+        // Envoy's tracers count `tracing.zipkin.spans_sent` and
+        // `tracing.opentelemetry.spans_sent`; drops are ours (the Zipkin tracer's buffer
         // grows without bound).
         registry.register(
             "ama_tracing_spans_dropped",
@@ -145,8 +155,13 @@ impl Metrics {
         );
         registry.register(
             "envoy_tracing_zipkin_spans_sent",
-            "Trace spans sent to the collector",
-            spans_sent.clone(),
+            "Trace spans sent to a Zipkin collector",
+            spans_sent.zipkin.clone(),
+        );
+        registry.register(
+            "envoy_tracing_opentelemetry_spans_sent",
+            "Trace spans sent to an OpenTelemetry collector",
+            spans_sent.opentelemetry.clone(),
         );
         registry.register("envoy_server_live", "1 while the proxy is running", live);
         registry.register(
@@ -195,14 +210,7 @@ impl Metrics {
 
     /// Counts one finished request.
     pub fn record_request(&self, record: &RequestRecord) {
-        let key = RequestKey {
-            peer: PeerKey(record.labels.clone()),
-            protocol: record.request_protocol,
-            code: record.response_code,
-            grpc: record.grpc_status,
-            flags: record.response_flags,
-        };
-        let handles = self.request_handles(key);
+        let handles = self.request_handles(RequestKey::of(record));
         handles.requests.inc();
         // Envoy records whole milliseconds.
         handles.duration.observe(record.duration.as_millis() as f64);
@@ -210,11 +218,56 @@ impl Metrics {
         handles.response_bytes.observe(record.bytes_sent as f64);
     }
 
+    /// Counts one finished request under the Telemetry API's `rules` for its side (`None`:
+    /// the standard metrics, as [`Metrics::record_request`]).
+    pub(crate) fn record_request_with(&self, record: &RequestRecord, rules: Option<&MetricRules>) {
+        let Some(rules) = rules else {
+            return self.record_request(record);
+        };
+        if rules.disabled {
+            return;
+        }
+        // Not the cached handles: they would make a (zero) series of every metric, the ones
+        // overridden or disabled too.
+        let labels = RequestKey::of(record).labels();
+        let subject = Subject::Http(record);
+        let mut custom = Custom::default();
+        let mut series = |metric: usize| -> Option<Series<RequestLabels>> {
+            let rule = &rules.metrics[metric];
+            (!rule.disabled).then(|| custom.series(&labels, &rule.tags, subject))
+        };
+        if let Some(s) = series(REQUEST_COUNT) {
+            self.requests.get_or_create(&s).inc();
+        }
+        // Envoy records whole milliseconds.
+        for (metric, family, value) in [
+            (
+                REQUEST_DURATION,
+                &self.duration,
+                record.duration.as_millis() as f64,
+            ),
+            (
+                REQUEST_SIZE,
+                &self.request_bytes,
+                record.bytes_received as f64,
+            ),
+            (
+                RESPONSE_SIZE,
+                &self.response_bytes,
+                record.bytes_sent as f64,
+            ),
+        ] {
+            if let Some(s) = series(metric) {
+                family.get_or_create(&s).observe(value);
+            }
+        }
+    }
+
     fn request_handles(&self, key: RequestKey) -> RequestHandles {
         if let Some(h) = read(&self.request_cache).get(&key) {
             return h.clone();
         }
-        let labels = key.labels();
+        let labels = Series::Standard(key.labels());
         let handles = RequestHandles {
             requests: self.requests.get_or_create_owned(&labels),
             duration: self.duration.get_or_create_owned(&labels),
@@ -234,10 +287,10 @@ impl Metrics {
 
     /// Counts a TCP connection opened and returns its byte counters.
     pub fn tcp_open(&self, labels: &Arc<MetricLabels>) -> TcpCounters {
-        let l = TcpLabels {
+        let l = Series::Standard(TcpLabels {
             peer: labels.clone(),
             flags: ResponseFlags::NONE,
-        };
+        });
         self.tcp_opened.get_or_create(&l).inc();
         TcpCounters {
             sent: self.tcp_sent.get_or_create_owned(&l),
@@ -251,7 +304,61 @@ impl Metrics {
             peer: labels.clone(),
             flags,
         };
-        self.tcp_closed.get_or_create(&l).inc();
+        self.tcp_closed.get_or_create(&Series::Standard(l)).inc();
+    }
+
+    /// [`Metrics::tcp_open`] under the Telemetry API's `rules` for the connection's side, the
+    /// CEL values evaluated on `subject` (the connection as accepted). A disabled byte counter
+    /// is one no series holds: adding to it shows nowhere.
+    pub(crate) fn tcp_open_with(
+        &self,
+        labels: &Arc<MetricLabels>,
+        rules: Option<&MetricRules>,
+        subject: Subject<'_>,
+    ) -> TcpCounters {
+        let Some(rules) = rules else {
+            return self.tcp_open(labels);
+        };
+        let l = TcpLabels {
+            peer: labels.clone(),
+            flags: ResponseFlags::NONE,
+        };
+        let mut custom = Custom::default();
+        let mut counter = |metric: usize, family: &Family<Series<TcpLabels>, Counter>| {
+            let rule = &rules.metrics[metric];
+            if rules.disabled || rule.disabled {
+                return Counter::default();
+            }
+            family.get_or_create_owned(&custom.series(&l, &rule.tags, subject))
+        };
+        counter(TCP_OPENED, &self.tcp_opened).inc();
+        TcpCounters {
+            sent: counter(TCP_SENT, &self.tcp_sent),
+            received: counter(TCP_RECEIVED, &self.tcp_received),
+        }
+    }
+
+    /// [`Metrics::tcp_closed`] under the Telemetry API's `rules`, evaluated on `subject`.
+    pub(crate) fn tcp_closed_with(
+        &self,
+        labels: &Arc<MetricLabels>,
+        flags: ResponseFlags,
+        rules: Option<&MetricRules>,
+        subject: Subject<'_>,
+    ) {
+        let Some(rules) = rules else {
+            return self.tcp_closed(labels, flags);
+        };
+        let rule = &rules.metrics[TCP_CLOSED];
+        if rules.disabled || rule.disabled {
+            return;
+        }
+        let l = TcpLabels {
+            peer: labels.clone(),
+            flags,
+        };
+        let s = Custom::default().series(&l, &rule.tags, subject);
+        self.tcp_closed.get_or_create(&s).inc();
     }
 
     /// Everything in Prometheus text format 0.0.4 ([`CONTENT_TYPE`]).
@@ -340,6 +447,16 @@ struct RequestKey {
 }
 
 impl RequestKey {
+    fn of(record: &RequestRecord) -> RequestKey {
+        RequestKey {
+            peer: PeerKey(record.labels.clone()),
+            protocol: record.request_protocol,
+            code: record.response_code,
+            grpc: record.grpc_status,
+            flags: record.response_flags,
+        }
+    }
+
     fn labels(&self) -> RequestLabels {
         RequestLabels {
             peer: self.peer.0.clone(),
@@ -361,18 +478,41 @@ struct RequestLabels {
     flags: ResponseFlags,
 }
 
-impl EncodeLabelSet for RequestLabels {
-    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        encode_peer(&self.peer, encoder)?;
-        ("request_protocol", self.protocol.as_str()).encode(encoder.encode_label())?;
-        ("response_code", Num(Some(self.code))).encode(encoder.encode_label())?;
-        ("grpc_response_status", Num(self.grpc)).encode(encoder.encode_label())?;
-        ("response_flags", Flags(self.flags)).encode(encoder.encode_label())?;
-        (
+impl StandardLabels for RequestLabels {
+    fn standard_equal_to(&self, pairs: &[(Cow<'static, str>, String)]) -> Option<RequestLabels> {
+        if !same_names(self, pairs) {
+            return None;
+        }
+        let (peer, value) = peer_from_pairs(pairs)?;
+        let candidate = RequestLabels {
+            peer: Arc::new(peer),
+            protocol: match value("request_protocol")? {
+                "http" => RequestProtocol::Http,
+                "grpc" => RequestProtocol::Grpc,
+                "tcp" => RequestProtocol::Tcp,
+                _ => return None,
+            },
+            code: value("response_code")?.parse().ok()?,
+            grpc: match value("grpc_response_status")? {
+                "" => None,
+                n => Some(n.parse().ok()?),
+            },
+            flags: value("response_flags")?.parse().ok()?,
+        };
+        // Only a value that prints back as it was given ("200", not "0200").
+        (candidate.pairs() == pairs).then_some(candidate)
+    }
+
+    fn visit(&self, f: &mut dyn FnMut(&'static str, &dyn Display) -> fmt::Result) -> fmt::Result {
+        visit_peer(&self.peer, f)?;
+        f("request_protocol", &self.protocol.as_str())?;
+        f("response_code", &Num(Some(self.code)))?;
+        f("grpc_response_status", &Num(self.grpc))?;
+        f("response_flags", &Flags(self.flags))?;
+        f(
             "connection_security_policy",
-            self.peer.connection_security_policy.as_str(),
+            &self.peer.connection_security_policy.as_str(),
         )
-            .encode(encoder.encode_label())
     }
 }
 
@@ -383,36 +523,147 @@ struct TcpLabels {
     flags: ResponseFlags,
 }
 
-impl EncodeLabelSet for TcpLabels {
-    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        encode_peer(&self.peer, encoder)?;
-        ("request_protocol", RequestProtocol::Tcp.as_str()).encode(encoder.encode_label())?;
-        ("response_flags", Flags(self.flags)).encode(encoder.encode_label())?;
-        (
+impl StandardLabels for TcpLabels {
+    fn standard_equal_to(&self, pairs: &[(Cow<'static, str>, String)]) -> Option<TcpLabels> {
+        if !same_names(self, pairs) {
+            return None;
+        }
+        let (peer, value) = peer_from_pairs(pairs)?;
+        let candidate = TcpLabels {
+            peer: Arc::new(peer),
+            flags: value("response_flags")?.parse().ok()?,
+        };
+        (value("request_protocol")? == RequestProtocol::Tcp.as_str() && candidate.pairs() == pairs)
+            .then_some(candidate)
+    }
+
+    fn visit(&self, f: &mut dyn FnMut(&'static str, &dyn Display) -> fmt::Result) -> fmt::Result {
+        visit_peer(&self.peer, f)?;
+        f("request_protocol", &RequestProtocol::Tcp.as_str())?;
+        f("response_flags", &Flags(self.flags))?;
+        f(
             "connection_security_policy",
-            self.peer.connection_security_policy.as_str(),
+            &self.peer.connection_security_policy.as_str(),
         )
-            .encode(encoder.encode_label())
     }
 }
 
 use prometheus_client::encoding::EncodeLabel as _;
+use std::fmt::{self, Display};
 
-fn encode_peer(peer: &MetricLabels, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-    ("reporter", peer.reporter.as_str()).encode(encoder.encode_label())?;
+/// A standard label set: its labels in Istio's order, for encoding and for overrides.
+trait StandardLabels {
+    /// Calls `f` with each label's name and value, in order.
+    fn visit(&self, f: &mut dyn FnMut(&'static str, &dyn Display) -> fmt::Result) -> fmt::Result;
+
+    /// The labels as owned pairs, for a Telemetry API override to edit.
+    fn pairs(&self) -> Vec<(Cow<'static, str>, String)> {
+        let mut out = Vec::with_capacity(26);
+        let _ = self.visit(&mut |k, v| {
+            out.push((Cow::Borrowed(k), v.to_string()));
+            Ok(())
+        });
+        out
+    }
+
+    /// A label set of this kind whose labels print exactly as `pairs`, if there is one (the
+    /// same names in the same order, each value one this kind can hold): an override that
+    /// only changed standard values in place, which must count in the standard series it
+    /// equals, or the output would hold that series twice.
+    fn standard_equal_to(&self, pairs: &[(Cow<'static, str>, String)]) -> Option<Self>
+    where
+        Self: Sized;
+}
+
+/// The peer labels of `pairs` (already checked to be named as the standard ones), and the
+/// value of each other label by name.
+fn peer_from_pairs<'p>(
+    pairs: &'p [(Cow<'static, str>, String)],
+) -> Option<(MetricLabels, impl Fn(&str) -> Option<&'p str>)> {
+    let value = move |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let reporter = match value("reporter")? {
+        "source" => super::record::Reporter::Source,
+        "destination" => super::record::Reporter::Destination,
+        _ => return None,
+    };
+    let mut l = MetricLabels::unknown(reporter);
+    let fields: [&mut Arc<str>; 19] = [
+        &mut l.source_workload,
+        &mut l.source_canonical_service,
+        &mut l.source_canonical_revision,
+        &mut l.source_workload_namespace,
+        &mut l.source_principal,
+        &mut l.source_app,
+        &mut l.source_version,
+        &mut l.source_cluster,
+        &mut l.destination_workload,
+        &mut l.destination_workload_namespace,
+        &mut l.destination_principal,
+        &mut l.destination_app,
+        &mut l.destination_version,
+        &mut l.destination_service,
+        &mut l.destination_canonical_service,
+        &mut l.destination_canonical_revision,
+        &mut l.destination_service_name,
+        &mut l.destination_service_namespace,
+        &mut l.destination_cluster,
+    ];
+    // `peer_pairs` order, which is `visit_peer`'s after the reporter.
+    for (field, (_, v)) in fields.into_iter().zip(pairs.iter().skip(1)) {
+        *field = Arc::from(v.as_str());
+    }
+    l.connection_security_policy = match value("connection_security_policy")? {
+        "mutual_tls" => super::record::SecurityPolicy::MutualTls,
+        "none" => super::record::SecurityPolicy::None,
+        "unknown" => super::record::SecurityPolicy::Unknown,
+        _ => return None,
+    };
+    Some((l, value))
+}
+
+/// `pairs` has `labels`' names in their order.
+fn same_names(labels: &impl StandardLabels, pairs: &[(Cow<'static, str>, String)]) -> bool {
+    let (mut i, mut same) = (0, true);
+    let _ = labels.visit(&mut |k, _| {
+        same &= pairs.get(i).is_some_and(|p| p.0 == k);
+        i += 1;
+        Ok(())
+    });
+    same && i == pairs.len()
+}
+
+fn visit_peer(
+    peer: &MetricLabels,
+    f: &mut dyn FnMut(&'static str, &dyn Display) -> fmt::Result,
+) -> fmt::Result {
+    f("reporter", &peer.reporter.as_str())?;
     for (k, v) in peer.peer_pairs() {
-        (k, v).encode(encoder.encode_label())?;
+        f(k, &v)?;
     }
     Ok(())
+}
+
+/// A label value written as it displays.
+struct Shown<'a>(&'a dyn Display);
+
+impl EncodeLabelValue for Shown<'_> {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        write!(encoder, "{}", self.0)
+    }
 }
 
 /// A number label value, empty when absent (`grpc_response_status=""`).
 struct Num(Option<u16>);
 
-impl EncodeLabelValue for Num {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+impl Display for Num {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            Some(n) => write!(encoder, "{n}"),
+            Some(n) => write!(f, "{n}"),
             None => Ok(()),
         }
     }
@@ -420,8 +671,153 @@ impl EncodeLabelValue for Num {
 
 struct Flags(ResponseFlags);
 
-impl EncodeLabelValue for Flags {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        self.0.write_to(encoder)
+impl Display for Flags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.write_to(f)
+    }
+}
+
+/// Label names and values in order, shared.
+type Pairs = Arc<[(Cow<'static, str>, String)]>;
+
+/// A series' labels: the standard set, or the pairs the Telemetry API's tag overrides made of
+/// it (compared by content, so equal pairs are one series).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Series<L> {
+    Standard(L),
+    Custom(Pairs),
+}
+
+impl<L: StandardLabels> EncodeLabelSet for Series<L> {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        match self {
+            Series::Standard(l) => {
+                l.visit(&mut |k, v| (k, Shown(v)).encode(encoder.encode_label()))
+            }
+            Series::Custom(pairs) => {
+                for (k, v) in pairs.iter() {
+                    (k.as_ref(), v.as_str()).encode(encoder.encode_label())?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Index of each Istio metric in [`MetricRules::metrics`].
+pub(crate) const REQUEST_COUNT: usize = 0;
+pub(crate) const REQUEST_DURATION: usize = 1;
+pub(crate) const REQUEST_SIZE: usize = 2;
+pub(crate) const RESPONSE_SIZE: usize = 3;
+pub(crate) const TCP_OPENED: usize = 4;
+pub(crate) const TCP_CLOSED: usize = 5;
+pub(crate) const TCP_SENT: usize = 6;
+pub(crate) const TCP_RECEIVED: usize = 7;
+
+/// The index of a metric the proxy reports; `None` for gRPC message counts (not reported).
+pub(crate) fn metric_index(m: xds::IstioMetric) -> Option<usize> {
+    use xds::IstioMetric as M;
+    match m {
+        M::RequestCount => Some(REQUEST_COUNT),
+        M::RequestDuration => Some(REQUEST_DURATION),
+        M::RequestSize => Some(REQUEST_SIZE),
+        M::ResponseSize => Some(RESPONSE_SIZE),
+        M::TcpOpenedConnections => Some(TCP_OPENED),
+        M::TcpClosedConnections => Some(TCP_CLOSED),
+        M::TcpSentBytes => Some(TCP_SENT),
+        M::TcpReceivedBytes => Some(TCP_RECEIVED),
+        M::GrpcRequestMessages | M::GrpcResponseMessages => None,
+    }
+}
+
+/// The Telemetry API's metrics of one side, compiled (`xds::ModeMetrics`).
+#[derive(Debug, Default)]
+pub(crate) struct MetricRules {
+    /// No metric on this side.
+    pub(crate) disabled: bool,
+    /// Per metric, by the indexes above.
+    pub(crate) metrics: [MetricRule; 8],
+}
+
+impl MetricRules {
+    /// Changes nothing: every metric reported with its standard labels.
+    pub(crate) fn is_standard(&self) -> bool {
+        !self.disabled
+            && self
+                .metrics
+                .iter()
+                .all(|m| !m.disabled && m.tags.is_empty())
+    }
+}
+
+/// One metric's override; the default reports it with its standard labels.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct MetricRule {
+    pub(crate) disabled: bool,
+    /// Label changes in the config's order (sorted by name).
+    pub(crate) tags: Vec<TagRule>,
+}
+
+/// One label change.
+#[derive(Debug, Clone)]
+pub(crate) enum TagRule {
+    /// The label is not reported.
+    Remove(String),
+    /// The label's value is the expression's (a standard label in its place, a new one after
+    /// the standard ones). Equal expressions share one `Arc`.
+    Upsert(String, Arc<Expr>),
+}
+
+impl PartialEq for TagRule {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (TagRule::Remove(a), TagRule::Remove(b)) => a == b,
+            (TagRule::Upsert(a, x), TagRule::Upsert(b, y)) => a == b && Arc::ptr_eq(x, y),
+            _ => false,
+        }
+    }
+}
+
+/// The custom series of one request or connection, computed once for all the metrics that
+/// share the same tag rules (Istio's task sets them on every metric alike).
+#[derive(Default)]
+struct Custom<'r> {
+    last: Option<(&'r [TagRule], Pairs)>,
+}
+
+impl<'r> Custom<'r> {
+    fn series<L: StandardLabels + Clone>(
+        &mut self,
+        labels: &L,
+        tags: &'r [TagRule],
+        subject: Subject<'_>,
+    ) -> Series<L> {
+        if tags.is_empty() {
+            return Series::Standard(labels.clone());
+        }
+        if let Some((t, pairs)) = &self.last
+            && *t == tags
+        {
+            return Series::Custom(pairs.clone());
+        }
+        let mut pairs = labels.pairs();
+        for t in tags {
+            match t {
+                TagRule::Remove(name) => pairs.retain(|(k, _)| k != name),
+                TagRule::Upsert(name, expr) => {
+                    let value = expr.label_value(subject);
+                    match pairs.iter_mut().find(|(k, _)| k == name) {
+                        Some(p) => p.1 = value,
+                        None => pairs.push((Cow::Owned(name.clone()), value)),
+                    }
+                }
+            }
+        }
+        if let Some(standard) = labels.standard_equal_to(&pairs) {
+            return Series::Standard(standard);
+        }
+        let pairs: Pairs = pairs.into();
+        self.last = Some((tags, pairs.clone()));
+        Series::Custom(pairs)
     }
 }

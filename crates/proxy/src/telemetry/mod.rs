@@ -10,8 +10,14 @@
 //!
 //! The admin (15000) and status (15020, 15021, 15090) servers read the metrics through
 //! [`Telemetry::encode_prometheus`] and [`Telemetry::encode_envoy_stats`].
+//!
+//! The Telemetry API's access logs and metric overrides ([`api`]) are applied with
+//! [`Telemetry::configure`] when a config snapshot is installed; until a config sets them, a
+//! request pays one relaxed atomic load for them.
 
 pub mod access_log;
+mod api;
+pub mod expr;
 pub mod flags;
 pub mod metrics;
 pub mod record;
@@ -19,10 +25,15 @@ pub mod spans;
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
 
 pub use access_log::{AccessLogEncoding, FormatError, JsonValues};
+pub use api::ConfigError;
+pub use expr::{CapturedHeaders, ExprError};
 pub use flags::ResponseFlags;
 pub use metrics::Metrics;
 pub use record::{
@@ -133,19 +144,38 @@ struct Inner {
     metrics: Metrics,
     log: Option<AccessLogger>,
     tracer: Option<spans::Tracers>,
+    /// A Telemetry API config is in force: the one load a request pays while none is.
+    api_active: AtomicBool,
+    /// The Telemetry API's config in force.
+    api: ArcSwapOption<api::Applied>,
+    /// Compiles new configs; held only while one is installed.
+    configurator: Mutex<api::Configurator>,
 }
 
 impl Telemetry {
     /// Creates the metrics registry and, if configured, starts the access-log writer thread.
     pub fn new(options: TelemetryOptions) -> Result<Telemetry, TelemetryError> {
         let metrics = Metrics::new();
-        let log = match options.access_log {
+        let (json_values, queue_capacity) = options
+            .access_log
+            .as_ref()
+            .map_or((JsonValues::default(), 4096), |o| {
+                (o.json_values, o.queue_capacity)
+            });
+        let mesh_log = match options.access_log {
             Some(opts) => Some(AccessLogger::start(
                 opts,
                 metrics.access_log_dropped.clone(),
             )?),
             None => None,
         };
+        let log = mesh_log.as_ref().map(|(l, _)| l.clone());
+        let configurator = api::Configurator::new(
+            mesh_log,
+            json_values,
+            queue_capacity,
+            metrics.access_log_dropped.clone(),
+        );
         let tracer = match options.tracing {
             Some(opts) => Some(spans::Tracers::start(
                 opts,
@@ -159,32 +189,87 @@ impl Telemetry {
                 metrics,
                 log,
                 tracer,
+                api_active: AtomicBool::new(false),
+                api: ArcSwapOption::empty(),
+                configurator: Mutex::new(configurator),
             }),
         })
     }
 
-    /// Metrics only, no access log.
+    /// Metrics only, no access log (until the Telemetry API names one).
     pub fn without_access_log() -> Telemetry {
-        Telemetry {
-            inner: Arc::new(Inner {
-                metrics: Metrics::new(),
-                log: None,
-                tracer: None,
-            }),
+        Telemetry::new(TelemetryOptions::default()).expect("no access log, no tracer: no error")
+    }
+
+    /// Applies the Telemetry API's access logs and metric overrides of the proxy's Node
+    /// (`xds::NodeRef::access_logging`, `metrics`); called when a config snapshot is installed.
+    /// Does nothing when they did not change; neither set: MeshConfig's log and the standard
+    /// metrics again. Formats and expressions are compiled here, once; what does not compile
+    /// is logged at WARN (naming provider and field) and keeps its previous config.
+    pub fn configure(
+        &self,
+        access_logging: Option<&xds::AccessLogging>,
+        metrics: Option<&xds::MetricsConfig>,
+    ) {
+        let mut configurator = self
+            .inner
+            .configurator
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(applied) = configurator.configure(access_logging, metrics) {
+            let active = applied.is_some();
+            self.inner.api.store(applied);
+            self.inner.api_active.store(active, Ordering::Release);
         }
+    }
+
+    /// The Telemetry API config in force, if any: one relaxed load when there is none.
+    fn api(&self) -> Option<Arc<api::Applied>> {
+        if !self.inner.api_active.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.inner.api.load_full()
+    }
+
+    /// The request headers the Telemetry API's expressions read, for
+    /// [`RequestRecord::headers`]: `None` (one load) when no config is in force or none reads
+    /// a header the record does not keep.
+    pub fn capture_headers(&self, headers: &http::HeaderMap) -> Option<Box<CapturedHeaders>> {
+        self.api()?.headers.capture(headers)
     }
 
     /// Records a finished HTTP request: metrics now, access-log line in the background.
     ///
-    /// Never blocks; allocates nothing for a label set seen before.
+    /// Never blocks; allocates nothing for a label set seen before (unless a Telemetry API
+    /// config changes its labels).
     pub fn request(&self, mut record: RequestRecord) {
-        self.inner.metrics.record_request(&record);
+        let api = self.api();
+        let reporter = record.labels.reporter;
+        let rules = api
+            .as_deref()
+            .and_then(|a| a.side(reporter).metrics.as_ref());
+        self.inner.metrics.record_request_with(&record, rules);
         if let Some(span) = record.span.take() {
             let sink = span.sink.0.clone();
             sink.push(*span, record.clone());
         }
-        if let Some(log) = &self.inner.log {
-            log.push(Entry::Http(record));
+        self.log(api.as_deref(), reporter, Entry::Http(record));
+    }
+
+    /// Queues `entry` for its side's Telemetry API logs, or for MeshConfig's when the config
+    /// says nothing of that side.
+    fn log(&self, api: Option<&api::Applied>, reporter: Reporter, entry: Entry) {
+        match api.and_then(|a| Some((a, a.side(reporter).logs.as_ref()?))) {
+            Some((a, logs)) => {
+                if let (false, Some(writer)) = (logs.0.is_empty(), &a.logger) {
+                    writer.push(entry, Some(logs.clone()));
+                }
+            }
+            None => {
+                if let Some(log) = &self.inner.log {
+                    log.push(entry, None);
+                }
+            }
         }
     }
 
@@ -218,12 +303,22 @@ impl Telemetry {
     }
 
     /// Counts a new opaque TCP connection and returns the handle that counts its bytes and close.
-    pub fn tcp_open(&self, labels: &Arc<MetricLabels>) -> TcpConnection {
-        let counters = self.inner.metrics.tcp_open(labels);
+    /// `accepted` is the connection as known when it opens (addresses, cluster, upstream host):
+    /// what the Telemetry API's tag expressions read.
+    pub fn tcp_open(&self, labels: &Arc<MetricLabels>, accepted: &TcpRecord) -> TcpConnection {
+        let api = self.api();
+        let rules = api
+            .as_deref()
+            .and_then(|a| a.side(labels.reporter).metrics.as_ref());
+        let counters =
+            self.inner
+                .metrics
+                .tcp_open_with(labels, rules, expr::Subject::Tcp(accepted));
         TcpConnection {
             telemetry: self.clone(),
             labels: labels.clone(),
             counters,
+            api,
             closed: false,
         }
     }
@@ -231,9 +326,8 @@ impl Telemetry {
     /// Logs a connection-level event that has no metrics, such as a listener's `NR` (no filter
     /// chain) or a connection refused before it was counted.
     pub fn tcp_log(&self, record: TcpRecord) {
-        if let Some(log) = &self.inner.log {
-            log.push(Entry::Tcp(record));
-        }
+        let api = self.api();
+        self.log(api.as_deref(), record.reporter, Entry::Tcp(record));
     }
 
     /// The metrics registry.
@@ -261,6 +355,15 @@ impl Telemetry {
     /// Spans queued before the call are sent to the collector (or given up on) too.
     pub async fn flush(&self, timeout: Duration) -> bool {
         let log = self.inner.log.as_ref().map(AccessLogger::request_flush);
+        // The Telemetry API's writer, when it is not MeshConfig's: lines queued under a config
+        // since replaced are waited for too.
+        let api_log = self
+            .inner
+            .configurator
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .own_writer()
+            .map(AccessLogger::request_flush);
         let spans = self
             .inner
             .tracer
@@ -268,10 +371,10 @@ impl Telemetry {
             .map(spans::Tracers::request_flush)
             .unwrap_or_default();
         let both = async {
-            let log_ok = match log {
-                Some(rx) => rx.await.is_ok(),
-                None => true,
-            };
+            let mut log_ok = true;
+            for rx in log.into_iter().chain(api_log) {
+                log_ok &= rx.await.is_ok();
+            }
             let mut spans_ok = true;
             for rx in spans {
                 spans_ok &= rx.await.is_ok();
@@ -287,6 +390,10 @@ impl std::fmt::Debug for Telemetry {
         f.debug_struct("Telemetry")
             .field("access_log", &self.inner.log.is_some())
             .field("tracing", &self.inner.tracer.is_some())
+            .field(
+                "telemetry_api",
+                &self.inner.api_active.load(Ordering::Relaxed),
+            )
             .finish()
     }
 }
@@ -300,6 +407,8 @@ pub struct TcpConnection {
     telemetry: Telemetry,
     labels: Arc<MetricLabels>,
     counters: metrics::TcpCounters,
+    /// The Telemetry API config the connection opened under; it closes under it too.
+    api: Option<Arc<api::Applied>>,
     closed: bool,
 }
 
@@ -319,21 +428,42 @@ impl TcpConnection {
     /// Counts the close with the connection's final response flags and logs `record`.
     pub fn close(mut self, record: TcpRecord) {
         self.closed = true;
+        self.telemetry.inner.metrics.tcp_closed_with(
+            &self.labels,
+            record.response_flags,
+            self.rules(),
+            expr::Subject::Tcp(&record),
+        );
+        let reporter = self.labels.reporter;
         self.telemetry
-            .inner
-            .metrics
-            .tcp_closed(&self.labels, record.response_flags);
-        self.telemetry.tcp_log(record);
+            .log(self.api.as_deref(), reporter, Entry::Tcp(record));
+    }
+
+    fn rules(&self) -> Option<&metrics::MetricRules> {
+        self.api
+            .as_deref()
+            .and_then(|a| a.side(self.labels.reporter).metrics.as_ref())
     }
 }
 
 impl Drop for TcpConnection {
     fn drop(&mut self) {
-        if !self.closed {
-            self.telemetry
-                .inner
-                .metrics
-                .tcp_closed(&self.labels, ResponseFlags::NONE);
+        if self.closed {
+            return;
+        }
+        let metrics = &self.telemetry.inner.metrics;
+        match self.rules() {
+            None => metrics.tcp_closed(&self.labels, ResponseFlags::NONE),
+            Some(rules) => {
+                // Closed without a record: the expressions see a connection that knows nothing.
+                let record = TcpRecord::new(SystemTime::now(), self.labels.reporter);
+                metrics.tcp_closed_with(
+                    &self.labels,
+                    ResponseFlags::NONE,
+                    Some(rules),
+                    expr::Subject::Tcp(&record),
+                );
+            }
         }
     }
 }

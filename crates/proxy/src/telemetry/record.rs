@@ -262,6 +262,9 @@ pub struct RequestRecord {
     /// The request's trace span, when it is sampled and a tracer is configured
     /// ([`crate::telemetry::Telemetry::start_span`]); `None` costs nothing.
     pub span: Option<Box<super::spans::SpanStart>>,
+    /// Request headers the Telemetry API's expressions read that the fields above do not keep
+    /// ([`super::Telemetry::capture_headers`]); `None` costs nothing.
+    pub headers: Option<Box<super::expr::CapturedHeaders>>,
 }
 
 impl RequestRecord {
@@ -296,6 +299,7 @@ impl RequestRecord {
             request_protocol: RequestProtocol::Http,
             grpc_status: None,
             span: None,
+            headers: None,
         }
     }
 }
@@ -306,6 +310,9 @@ impl RequestRecord {
 /// `-`/`null`, `protocol` as `-` and `response_code` as `0`, as Envoy's tcp_proxy does.
 #[derive(Debug, Clone)]
 pub struct TcpRecord {
+    /// The side of the proxy that handled the connection: outbound and gateways `Source`
+    /// (the Telemetry API's CLIENT), inbound `Destination` (SERVER).
+    pub reporter: Reporter,
     /// `start_time`: when the downstream connection was accepted.
     pub start_time: SystemTime,
     /// `duration`: the connection's lifetime.
@@ -340,9 +347,11 @@ pub struct TcpRecord {
 }
 
 impl TcpRecord {
-    /// A record for a connection accepted at `start_time`, everything else empty.
-    pub fn new(start_time: SystemTime) -> TcpRecord {
+    /// A record for a connection accepted at `start_time` by the `reporter` side, everything
+    /// else empty.
+    pub fn new(start_time: SystemTime, reporter: Reporter) -> TcpRecord {
         TcpRecord {
+            reporter,
             start_time,
             duration: Duration::ZERO,
             bytes_received: 0,
@@ -361,10 +370,15 @@ impl TcpRecord {
         }
     }
 
-    /// A record for a connection accepted at `start_time` by `local` (its original
-    /// destination) from `remote`, everything else empty.
-    pub fn accepted(start_time: SystemTime, local: SocketAddr, remote: SocketAddr) -> TcpRecord {
-        let mut rec = TcpRecord::new(start_time);
+    /// A record for a connection accepted at `start_time` by the `reporter` side, addressed to
+    /// `local` (its original destination) from `remote`, everything else empty.
+    pub fn accepted(
+        start_time: SystemTime,
+        reporter: Reporter,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> TcpRecord {
+        let mut rec = TcpRecord::new(start_time, reporter);
         rec.downstream_local_address = Some(local);
         rec.downstream_remote_address = Some(remote);
         rec

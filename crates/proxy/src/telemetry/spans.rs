@@ -234,9 +234,13 @@ impl Tracer {
     pub(crate) fn start(
         opts: TracingOptions,
         dropped: Counter,
-        sent: Counter,
+        sent: &SentCounters,
     ) -> Result<Tracer, TracerError> {
         let collector = opts.collector.clone().ok_or(TracerError::NoCollector)?;
+        let sent = match collector {
+            Collector::Zipkin { .. } => sent.zipkin.clone(),
+            Collector::Otlp { .. } => sent.opentelemetry.clone(),
+        };
         let address = collector.address();
         if address
             .rsplit_once(':')
@@ -325,7 +329,15 @@ pub(crate) struct Tracers {
     fixed: Option<Arc<Tracer>>,
     dynamic: arc_swap::ArcSwapOption<(xds::Tracing, Option<Arc<Tracer>>)>,
     dropped: Counter,
-    sent: Counter,
+    sent: SentCounters,
+}
+
+/// The spans sent, per tracer as Envoy counts them: `tracing.zipkin.spans_sent` and
+/// `tracing.opentelemetry.spans_sent`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SentCounters {
+    pub(crate) zipkin: Counter,
+    pub(crate) opentelemetry: Counter,
 }
 
 impl Tracers {
@@ -333,13 +345,13 @@ impl Tracers {
     pub(crate) fn start(
         base: TracingOptions,
         dropped: Counter,
-        sent: Counter,
+        sent: SentCounters,
     ) -> Result<Tracers, TracerError> {
         let fixed = match base.collector {
             Some(_) => Some(Arc::new(Tracer::start(
                 base.clone(),
                 dropped.clone(),
-                sent.clone(),
+                &sent,
             )?)),
             None => None,
         };
@@ -385,7 +397,7 @@ impl Tracers {
             return cur.1.clone();
         }
         let tracer = self.options_for(x, resolve).and_then(|o| {
-            Tracer::start(o, self.dropped.clone(), self.sent.clone())
+            Tracer::start(o, self.dropped.clone(), &self.sent)
                 .map_err(|e| tracing::warn!("tracing from discovery: {e}"))
                 .ok()
                 .map(Arc::new)
@@ -968,7 +980,7 @@ mod tests {
 
     fn start(headers: &HeaderMap, tags: &[Option<HeaderName>]) -> SpanStart {
         let o = TracingOptions::new(Collector::zipkin("127.0.0.1:9"), "default");
-        let tracer = Tracer::start(o, Counter::default(), Counter::default()).expect("tracer");
+        let tracer = Tracer::start(o, Counter::default(), &SentCounters::default()).expect("tracer");
         SpanStart {
             sink: Sink(Arc::new(tracer)),
             ctx: TraceContext {
@@ -1090,7 +1102,7 @@ mod tests {
     #[test]
     fn a_bad_collector_address_is_refused() {
         let o = TracingOptions::new(Collector::zipkin("zipkin"), "default");
-        let err = Tracer::start(o, Counter::default(), Counter::default())
+        let err = Tracer::start(o, Counter::default(), &SentCounters::default())
             .err()
             .map(|e| e.to_string());
         assert_eq!(

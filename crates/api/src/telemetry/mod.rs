@@ -6,7 +6,10 @@
 //! whose selector matches the workload, each overriding the fields it sets).
 //!
 //! Pure: the caller (the control plane) hands in the objects and the workload. Access logging
-//! and metrics of the Telemetry API are not read here.
+//! is resolved in [`logging`], metrics in [`metrics`], with the same levels ([`applicable`]).
+
+pub mod logging;
+pub mod metrics;
 
 use std::collections::BTreeMap;
 
@@ -133,10 +136,10 @@ pub struct TelemetrySpec {
     pub selector: Option<WorkloadSelector>,
     /// `tracing`: Istio reads its first entry.
     pub tracing: Vec<TracingSpec>,
-    /// `accessLogging`: not implemented by Ama (reported, not applied).
-    pub access_logging: Option<Value>,
-    /// `metrics`: not implemented by Ama (reported, not applied).
-    pub metrics: Option<Value>,
+    /// `accessLogging`: see [`logging`].
+    pub access_logging: Vec<logging::AccessLoggingSpec>,
+    /// `metrics`: see [`metrics`].
+    pub metrics: Vec<metrics::MetricsSpec>,
     /// `targetRefs` / `targetRef`: not implemented by Ama (reported, not applied).
     pub target_refs: Option<Value>,
     /// See `target_refs`.
@@ -175,8 +178,19 @@ pub struct ProviderRef {
 impl TelemetrySpec {
     /// Parses a Telemetry's `spec`, checking what is read (`spec.tracing[0].<field>` errors).
     pub fn from_value(spec: &Value) -> Result<TelemetrySpec, ConfigError> {
-        let s: TelemetrySpec = serde_json::from_value(spec.clone())
-            .map_err(|e| ConfigError::field("spec", format!("is not valid: {e}")))?;
+        let s: TelemetrySpec = serde_path_to_error::deserialize(spec.clone()).map_err(|e| {
+            let path = e.path().to_string();
+            let at = if path == "." {
+                "spec".to_string()
+            } else {
+                format!("spec.{path}")
+            };
+            ConfigError::field(at, format!("is not valid: {}", e.into_inner()))
+        })?;
+        for (i, m) in s.metrics.iter().enumerate() {
+            m.check()
+                .map_err(|e| e.nested(&format!("spec.metrics[{i}]")))?;
+        }
         if let Some(p) = s.tracing.first().and_then(|t| t.random_sampling_percentage)
             && !(0.0..=100.0).contains(&p)
         {
@@ -186,31 +200,6 @@ impl TelemetrySpec {
             ));
         }
         Ok(s)
-    }
-
-    /// What of this spec Ama does not apply, as `spec.<field>` findings.
-    pub fn unsupported(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if self.access_logging.is_some() {
-            out.push("spec.accessLogging: not implemented by Ama; ignored".to_string());
-        }
-        if self.metrics.is_some() {
-            out.push("spec.metrics: not implemented by Ama; ignored".to_string());
-        }
-        if self.target_refs.is_some() || self.target_ref.is_some() {
-            out.push("spec.targetRefs: not implemented by Ama; ignored".to_string());
-        }
-        if self.tracing.len() > 1 {
-            out.push("spec.tracing[1..]: Istio reads only the first entry; ignored".to_string());
-        }
-        if self.tracing.first().is_some_and(|t| t.match_.is_some()) {
-            out.push(
-                "spec.tracing[0].match: client/server modes not implemented by Ama; the entry \
-                 applies to both"
-                    .to_string(),
-            );
-        }
-        out
     }
 }
 
@@ -238,11 +227,67 @@ pub struct EffectiveTracing {
     pub custom_tags: BTreeMap<String, TracingCustomTag>,
 }
 
+/// The Telemetry objects that apply to a workload in `namespace` with `labels`, in Istio's order
+/// (`applicableTelemetries`), later ones overriding earlier ones: the root namespace's without
+/// selector, the workload namespace's without selector (the oldest of each), then every one of
+/// its namespace whose selector matches, oldest first.
+pub fn applicable<'a>(
+    root_namespace: &str,
+    telemetries: &'a [TelemetryObject],
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> Vec<&'a TelemetryObject> {
+    let by_age = |a: &&TelemetryObject, b: &&TelemetryObject| {
+        (&a.created, &a.name).cmp(&(&b.created, &b.name))
+    };
+    let oldest = |pick: &dyn Fn(&TelemetryObject) -> bool| {
+        telemetries.iter().filter(|t| pick(t)).min_by(by_age)
+    };
+    let root = oldest(&|t| t.namespace == root_namespace && t.spec.selector.is_none());
+    let ns = (namespace != root_namespace)
+        .then(|| oldest(&|t| t.namespace == namespace && t.spec.selector.is_none()))
+        .flatten();
+    let mut workloads: Vec<&TelemetryObject> = telemetries
+        .iter()
+        .filter(|t| {
+            t.namespace == namespace
+                && t.spec.selector.as_ref().is_some_and(|s| {
+                    !s.match_labels.is_empty()
+                        && s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+                })
+        })
+        .collect();
+    workloads.sort_by(by_age);
+    [root, ns].into_iter().flatten().chain(workloads).collect()
+}
+
+/// Which side of a proxy a Telemetry entry applies to (`match.mode`): the outbound listeners
+/// and gateways are the CLIENT side, the inbound listener the SERVER side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum WorkloadMode {
+    /// Both (unset).
+    #[default]
+    ClientAndServer,
+    /// Requests the proxy makes.
+    Client,
+    /// Requests the proxy serves.
+    Server,
+}
+
+impl WorkloadMode {
+    /// Whether an entry with this mode applies to `side` (CLIENT or SERVER).
+    pub fn covers(self, side: WorkloadMode) -> bool {
+        self == WorkloadMode::ClientAndServer || self == side
+    }
+}
+
 /// The tracing of a workload in `namespace` with `labels`, as istiod computes it: the Telemetry
 /// objects of `root_namespace` without selector, then of the workload's namespace without
 /// selector, then those of its namespace whose selector matches, each level overriding the
 /// fields it sets (custom tags merge by name); at each level the oldest object wins. With no
-/// Telemetry at all, `None`: the caller keeps the ProxyConfig (`defaultConfig.tracing`) form.
+/// Telemetry `tracing` and no `defaultProviders.tracing`, `None`: the caller keeps the
+/// ProxyConfig (`defaultConfig.tracing`) form.
 ///
 /// The provider is the most specific level's `providers[0]`, else MeshConfig
 /// `defaultProviders.tracing[0]`; `disableSpanReporting: true` at the most specific level that
@@ -258,25 +303,13 @@ pub fn effective_tracing(
     default_providers: &[String],
     proxy_tracing: Option<&ProxyTracing>,
 ) -> Result<Option<EffectiveTracing>, ConfigError> {
-    let oldest = |pick: &dyn Fn(&TelemetryObject) -> bool| {
-        telemetries
-            .iter()
-            .filter(|t| pick(t))
-            .min_by(|a, b| (&a.created, &a.name).cmp(&(&b.created, &b.name)))
-    };
-    let root = oldest(&|t| t.namespace == root_namespace && t.spec.selector.is_none());
-    let ns = (namespace != root_namespace)
-        .then(|| oldest(&|t| t.namespace == namespace && t.spec.selector.is_none()))
-        .flatten();
-    let workload = oldest(&|t| {
-        t.namespace == namespace
-            && t.spec
-                .selector
-                .as_ref()
-                .is_some_and(|s| s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v)))
-    });
-    let levels: Vec<&TelemetryObject> = [root, ns, workload].into_iter().flatten().collect();
-    if levels.is_empty() {
+    // Only the levels that say something of tracing count: a Telemetry of access logs alone
+    // leaves the proxy's tracing to its ProxyConfig, as pilot's `Tracing` returns nil then.
+    let levels: Vec<&TelemetryObject> = applicable(root_namespace, telemetries, namespace, labels)
+        .into_iter()
+        .filter(|t| !t.spec.tracing.is_empty())
+        .collect();
+    if levels.is_empty() && default_providers.is_empty() {
         return Ok(None);
     }
     let mut provider_name = default_providers.first().cloned();
@@ -450,6 +483,27 @@ mod tests {
         assert_eq!(other.provider.map(|p| p.name), Some("otel".into()));
         assert_eq!(other.sampling, 100.0);
 
+        // A Telemetry of access logs only says nothing of tracing.
+        let logs_only = vec![telemetry(
+            "istio-system",
+            "logs",
+            "",
+            serde_json::json!({"accessLogging": [{"providers": [{"name": "envoy"}]}]}),
+        )];
+        assert_eq!(
+            effective_tracing(
+                "istio-system",
+                &logs_only,
+                "default",
+                &labels("x"),
+                &providers,
+                &[],
+                None
+            )
+            .expect("resolves"),
+            None
+        );
+
         // No Telemetry at all: the ProxyConfig form stays in force.
         assert_eq!(
             effective_tracing(
@@ -520,18 +574,26 @@ mod tests {
         .expect_err("out of range")
         .to_string();
         assert!(err.contains("randomSamplingPercentage"), "{err}");
-        let s = TelemetrySpec::from_value(&serde_json::json!({
+        TelemetrySpec::from_value(&serde_json::json!({
             "accessLogging": [{"providers": [{"name": "envoy"}]}],
-            "metrics": [{"overrides": []}],
+            "metrics": [{"overrides": [{"match": {"customMetric": "my_total"}}], "reportingInterval": "5s"}],
             "tracing": [{"providers": [{"name": "otel"}]}]
         }))
         .expect("valid");
-        assert_eq!(
-            s.unsupported(),
-            vec![
-                "spec.accessLogging: not implemented by Ama; ignored",
-                "spec.metrics: not implemented by Ama; ignored"
-            ]
+        let err = TelemetrySpec::from_value(&serde_json::json!({
+            "accessLogging": [{"providers": [{"name": "envoy"}], "filter": {"expresion": "x"}}]
+        }))
+        .expect_err("typo")
+        .to_string();
+        assert!(err.contains("spec.accessLogging[0].filter"), "{err}");
+        let err = TelemetrySpec::from_value(&serde_json::json!({
+            "metrics": [{"overrides": [{"match": {"metric": "REQUEST_COUNTS"}}]}]
+        }))
+        .expect_err("unknown metric")
+        .to_string();
+        assert!(
+            err.contains("spec.metrics[0].overrides[0].match.metric"),
+            "{err}"
         );
     }
 }
