@@ -43,11 +43,12 @@ use std::path::{Path, PathBuf};
 /// were still in the binary (44 fewer than before it, 1.8 %), and the idle sidecar held 12.0 MB
 /// instead of 9.8-10.0 MB (bench/PROFILE.md), since every function the sidecar runs outside the
 /// ordered block can keep a whole page-cache folio of cold code resident. The tracked functions
-/// lose their names less often than the rest, which are mostly generic instances (8241f5e's
-/// order at 37d0d01: 36 % of the tracked gone, 51 % of all), so 1.8 % of all is about 1.3 % of the
-/// tracked: 99 % fails there, while a change to a handful of hot functions passes until the next
-/// refresh.
-const MIN_PRESENT: f64 = 0.99;
+/// lose their names less often than the rest, which are mostly generic instances: 36 % of the
+/// tracked against 51 % of all for 8241f5e's order at 37d0d01, 18 % against 36 % for 37d0d01's
+/// order at 1b0b57e. At those ratios 1.8 % of all is 0.9-1.3 % of the tracked, so the test fails
+/// below 99.5 %, about 9 of the 1781 tracked functions gone; a fresh order has all of them, or
+/// all but the one or two that only one of the four builds maps.
+const MIN_PRESENT: f64 = 0.995;
 
 /// What to run when the order has gone stale.
 const REFRESH: &str = "regenerate the order: `bench/layout/refresh` (as root; a release build and \
@@ -255,7 +256,7 @@ fn link_order_names_functions_the_debug_build_still_has() {
     let share = present as f64 / twin.len() as f64;
     eprintln!(
         "sidecar.order: {} functions, {} tracked in the debug build ({}), {present} of them \
-         present ({:.1} %, at least {:.0} % needed)",
+         present ({:.1} %, at least {:.1} % needed)",
         order.len(),
         twin.len(),
         debug_binary().display(),
@@ -275,7 +276,7 @@ fn link_order_names_functions_the_debug_build_still_has() {
     assert!(
         share >= MIN_PRESENT,
         "crates/cli/sidecar.order is stale: {} of the {} functions it tracks are gone from the \
-         debug build ({:.1} % left, {:.0} % needed), e.g.\n  {}\n{REFRESH}{hint}",
+         debug build ({:.1} % left, {:.1} % needed), e.g.\n  {}\n{REFRESH}{hint}",
         missing.len(),
         twin.len(),
         share * 100.0,
