@@ -155,10 +155,10 @@ const TWIN_HEADER: &str = "\
 # The debug build's names of the functions of sidecar.order that map one to one (the same name
 # without its hash, once in each), as `LINE NAME...`: LINE is the function's line in
 # sidecar.order, then its name in each debug build recorded: `cargo test --workspace` and
-# `cargo test -p cli`, each with and without CARGO_INCREMENTAL, build ama with different features
-# or metadata, so with different names. Written by bench/layout/refresh (AMA_SIDECAR_ORDER=record
-# cargo test ... --test sidecar_order), read by crates/cli/tests/sidecar_order.rs to tell that
-# the order went stale.
+# `cargo test -p cli`, each incremental and with CARGO_INCREMENTAL=0, build ama with different
+# features or metadata, so with different names. Written by bench/layout/refresh
+# (AMA_SIDECAR_ORDER=record cargo test ... --test sidecar_order), read by
+# crates/cli/tests/sidecar_order.rs to tell that the order went stale.
 ";
 
 /// `sidecar.order.debug`: for each line of the order it tracks, the debug names recorded.
