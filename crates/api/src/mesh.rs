@@ -220,6 +220,9 @@ pub struct MeshConfig {
     pub tracing_providers: Vec<crate::telemetry::TracingProvider>,
     /// `defaultProviders.tracing`: the providers of a Telemetry that names none.
     pub default_tracing_providers: Vec<String>,
+    /// `enableTracing` (default true): false turns tracing off where no Telemetry `tracing`
+    /// applies.
+    pub enable_tracing: bool,
     /// `extensionProviders` that write access logs to a file (`envoyFileAccessLog`), with
     /// Istio's built-in `envoy`.
     pub log_providers: Vec<crate::telemetry::logging::LogProvider>,
@@ -257,6 +260,7 @@ impl Default for MeshConfig {
             otel_semantic_conventions: false,
             tracing_providers: Vec::new(),
             default_tracing_providers: Vec::new(),
+            enable_tracing: true,
             log_providers: crate::telemetry::logging::log_providers(&Value::Null)
                 .map(|(p, _)| p)
                 .unwrap_or_default(),
@@ -348,6 +352,7 @@ impl MeshConfig {
                 }),
             tracing_providers,
             default_tracing_providers: default_providers.tracing,
+            enable_tracing: typed_field(&map, "enableTracing")?.unwrap_or(defaults.enable_tracing),
             log_providers,
             default_log_providers: default_providers.access_logging,
             prometheus_providers,

@@ -610,12 +610,28 @@ fn parse_object(value: &Value) -> Result<Object, Failure> {
             })
         }
         _ => match crate::kinds::check(group, &kind) {
-            Ok(()) => Some(Object::Other(OtherObject {
-                api_version: api_version.clone(),
-                kind: kind.clone(),
-                metadata,
-                spec: value.get("spec").cloned().unwrap_or(Value::Null),
-            })),
+            Ok(()) => {
+                // Istio's validation of a Telemetry (known metrics, UPSERT with a value...),
+                // as its webhook refuses the object.
+                let spec = value.get("spec").cloned().unwrap_or(Value::Null);
+                if kind == "Telemetry"
+                    && group == "telemetry.istio.io"
+                    && let Err(e) = crate::telemetry::TelemetrySpec::from_value(&spec)
+                {
+                    match e {
+                        crate::error::ConfigError::Field { field, message } => {
+                            problems.add(&field, message)
+                        }
+                        other => problems.add("spec", other.to_string()),
+                    }
+                }
+                Some(Object::Other(OtherObject {
+                    api_version: api_version.clone(),
+                    kind: kind.clone(),
+                    metadata,
+                    spec,
+                }))
+            }
             Err(message) => {
                 problems.add("kind", message);
                 None

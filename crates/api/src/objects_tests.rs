@@ -1325,3 +1325,35 @@ stringData: {tls.key: newkey}
         ["t.yaml:doc 1: Secret default/bad: data.k: not base64: Invalid symbol 33, offset 0."]
     );
 }
+
+/// Istio's validation of a Telemetry refuses the object, naming the field; a good one passes.
+#[test]
+fn a_telemetry_istio_would_refuse_is_an_error() {
+    let (objects, errors) = parse_stream(
+        "apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: bad, namespace: default}
+spec:
+  metrics:
+  - overrides:
+    - tagOverrides: {request_host: {operation: UPSERT}}
+---
+apiVersion: telemetry.istio.io/v1alpha1
+kind: Telemetry
+metadata: {name: good, namespace: default}
+spec:
+  accessLogging:
+  - providers: [{name: envoy}]
+    filter: {expression: response.code >= 400}
+",
+        "t.yaml",
+    );
+    assert_eq!(objects.len(), 1, "the good one is kept");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let e = errors[0].to_string();
+    assert!(
+        e.contains("Telemetry default/bad")
+            && e.contains("spec.metrics[0].overrides[0].tagOverrides.request_host.value"),
+        "{e}"
+    );
+}

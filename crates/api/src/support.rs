@@ -337,7 +337,7 @@ static MESH_CONFIG: Node = Fields(
         ("enableAutoMtls", Node::Value(auto_mtls)),
         ("outboundTrafficPolicy", Fields(&[("mode", Done)], IGNORED)),
         ("inboundTrafficPolicy", Fields(&[("mode", Done)], IGNORED)),
-        ("enableTracing", Node::Value(enable_tracing)),
+        ("enableTracing", Done),
         (
             "defaultProviders",
             Fields(
@@ -487,12 +487,6 @@ static TELEMETRY: Node = Fields(
     ],
     IGNORED,
 );
-
-/// MeshConfig `enableTracing: false`: the proxies still trace as their config says.
-fn enable_tracing(v: &Value) -> Option<String> {
-    (v == &Value::Bool(false))
-        .then(|| "false: not implemented by Ama; proxies still trace as configured".to_string())
-}
 
 static SERVICE_ENTRY: Node = Fields(
     &[
@@ -1434,7 +1428,6 @@ data:
             [
                 "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.defaultConfig.terminationDrainDuration: not implemented by Ama; ignored",
                 "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.defaultConfig.tracing.tlsSettings: not implemented by Ama; ignored",
-                "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.enableTracing: false: not implemented by Ama; proxies still trace as configured",
                 "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.extensionProviders[1].opentelemetry.http.timeout: not implemented by Ama; ignored",
                 "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.extensionProviders[2].envoyFileAccessLog.omitEmptyValues: not implemented by Ama; ignored",
                 "x.yaml:doc 1: ConfigMap istio-system/istio: data.mesh.extensionProviders[3].envoyOtelAls: not implemented by Ama; ignored",

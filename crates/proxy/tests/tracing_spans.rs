@@ -629,3 +629,63 @@ async fn tracing_from_discovery_on_the_node() {
     assert_eq!(tag(&s, "from.telemetry"), "yes");
     drop(server);
 }
+
+/// MeshConfig `enableTracing: false` (discovery's tracing `disabled` on both proxies' nodes):
+/// no tracer, as Envoy without one. No trace is started, a caller's trace headers reach the app
+/// as sent (no new span id, the decision untouched), and no span is reported even for a
+/// request the caller sampled.
+#[tokio::test]
+async fn tracing_disabled_on_the_node_passes_trace_headers_through() {
+    let mut zipkin = Zipkin::start().await;
+    let off = "tracing: {samplingBasisPoints: 0, disabled: true}";
+    let app = App::start("httpbin").await;
+    let server = Sidecar::builder(&server_yaml().replacen(
+        "self: {uid: httpbin-uid}",
+        &format!("self: {{uid: httpbin-uid, {off}}}"),
+        1,
+    ))
+    .inbound_to(app.addr)
+    .tracing(tracing(&zipkin))
+    .start()
+    .await;
+    let client_yaml = httpbin_yaml(&[server.inbound], "ROUND_ROBIN", "").replacen(
+        "self: {name: ubuntu-deployment-cc86cc647-vsvbh, namespace: default}",
+        &format!("self: {{name: ubuntu-deployment-cc86cc647-vsvbh, namespace: default, {off}}}"),
+        1,
+    );
+    // The ProxyConfig would sample everything: discovery's `disabled` wins.
+    let client = Sidecar::builder(&client_yaml)
+        .tracing(tracing(&zipkin))
+        .start()
+        .await;
+
+    let (resp, body) = go(&client, get_req("httpbin-service", "/headers")).await;
+    assert_eq!(resp.status(), 200);
+    let seen = json(&body);
+    for h in ["x-b3-traceid", "x-b3-spanid", "x-b3-sampled", "traceparent"] {
+        assert!(seen["headers"].get(h).is_none(), "{h} added: {seen}");
+    }
+    assert!(
+        seen["headers"].get("x-request-id").is_some(),
+        "x-request-id is still made: {seen}"
+    );
+
+    let mut req = get_req("httpbin-service", "/headers");
+    let h = req.headers_mut();
+    h.insert(
+        "x-b3-traceid",
+        "463ac35c9f6413ad48485a3953bb6124".parse().unwrap(),
+    );
+    h.insert("x-b3-spanid", "a2fb4a1d1a96d312".parse().unwrap());
+    h.insert("x-b3-sampled", "1".parse().unwrap());
+    let (_, body) = go(&client, req).await;
+    let seen = json(&body);
+    assert_eq!(
+        seen["headers"]["x-b3-traceid"],
+        "463ac35c9f6413ad48485a3953bb6124"
+    );
+    assert_eq!(seen["headers"]["x-b3-spanid"], "a2fb4a1d1a96d312");
+    assert!(seen["headers"].get("x-b3-parentspanid").is_none(), "{seen}");
+    flush(&client, &server).await;
+    assert!(zipkin.received().is_empty(), "no span is reported");
+}

@@ -22,6 +22,11 @@ pub struct Tracing {
     /// Bytes of the path kept in `http.url` (none: Envoy's 256).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_path_tag_length: Option<u32>,
+    /// No tracing at all (MeshConfig `enableTracing: false` and no Telemetry `tracing`): the
+    /// proxy neither starts nor continues traces, so trace headers pass through untouched and
+    /// no span is made, as Envoy without a tracer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
 }
 
 impl Tracing {

@@ -30,6 +30,8 @@ pub struct TelemetryModel {
     pub default_providers: Vec<String>,
     /// MeshConfig `defaultConfig.tracing` (sampling and tags when a Telemetry sets none).
     pub proxy_tracing: Option<api::mesh::ProxyTracing>,
+    /// MeshConfig `enableTracing`.
+    pub enable_tracing: bool,
     /// MeshConfig's file access-log providers (with Istio's built-in `envoy`).
     pub log_providers: Vec<LogProvider>,
     /// MeshConfig `defaultProviders.accessLogging`.
@@ -46,6 +48,7 @@ pub(crate) fn build(objects: &[&Object], mesh: &MeshConfig, w: &mut Warnings) ->
         providers: mesh.tracing_providers.clone(),
         default_providers: mesh.default_tracing_providers.clone(),
         proxy_tracing: mesh.default_config.tracing.clone(),
+        enable_tracing: mesh.enable_tracing,
         log_providers: mesh.log_providers.clone(),
         default_log_providers: mesh.default_log_providers.clone(),
         prometheus_providers: mesh.prometheus_providers.clone(),
@@ -82,8 +85,14 @@ impl TelemetryModel {
     /// The tracing of a proxy in `namespace` whose workload has `labels`; `None` when no
     /// Telemetry applies (or one names a provider MeshConfig lacks: discovery logs it).
     pub fn tracing_for(&self, namespace: &str, labels: &Labels) -> Option<xds::Tracing> {
-        if self.objects.is_empty() {
-            return None;
+        // MeshConfig `enableTracing: false` turns tracing off where no Telemetry `tracing`
+        // applies, as pilot configures no tracer then.
+        let off = (!self.enable_tracing).then(|| xds::Tracing {
+            disabled: true,
+            ..xds::Tracing::default()
+        });
+        if self.objects.is_empty() && self.default_providers.is_empty() {
+            return off;
         }
         let resolved = api::telemetry::effective_tracing(
             ROOT_NAMESPACE,
@@ -95,10 +104,11 @@ impl TelemetryModel {
             self.proxy_tracing.as_ref(),
         );
         match resolved {
-            Ok(t) => t.map(|t| to_xds(&t)),
+            Ok(Some(t)) => Some(to_xds(&t)),
+            Ok(None) => off,
             Err(e) => {
                 tracing::warn!("tracing of proxies in {namespace}: {e}");
-                None
+                off
             }
         }
     }
@@ -289,5 +299,6 @@ fn to_xds(t: &EffectiveTracing) -> xds::Tracing {
             .as_ref()
             .map(|p| p.max_tag_length)
             .filter(|n| *n > 0),
+        disabled: false,
     }
 }

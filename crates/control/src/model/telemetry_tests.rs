@@ -126,6 +126,7 @@ spec:
                 default_value: String::new(),
             }],
             max_path_tag_length: None,
+            disabled: false,
         })
     );
     let httpbin = tracing_of(&m, "httpbin", "10.244.0.6").expect("tracing");
@@ -268,4 +269,38 @@ spec:
             }),
         })
     );
+}
+
+/// MeshConfig `enableTracing: false`: no tracing where no Telemetry `tracing` applies; a
+/// Telemetry that names a provider still traces its workloads, as pilot.
+#[test]
+fn enable_tracing_false_turns_tracing_off_unless_a_telemetry_traces() {
+    let mesh = MESH.replace(
+        "    extensionProviders:",
+        "    enableTracing: false\n    extensionProviders:",
+    );
+    let m = model(&format!(
+        "{mesh}{}{}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: httpbin-zipkin, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: httpbin}}}}
+  tracing:
+  - providers: [{{name: zipkin}}]
+",
+        pod("sleep", "sleep", "10.244.0.5"),
+        pod("httpbin", "httpbin", "10.244.0.6"),
+    ));
+    assert_eq!(m.warnings, []);
+    let sleep = tracing_of(&m, "sleep", "10.244.0.5").expect("tracing off is sent");
+    assert!(sleep.disabled && sleep.collector.is_none(), "{sleep:?}");
+    let httpbin = tracing_of(&m, "httpbin", "10.244.0.6").expect("the Telemetry's");
+    assert!(!httpbin.disabled);
+    assert_eq!(httpbin.collector.map(|c| c.port), Some(9411));
+
+    // enableTracing unset: nothing on the node, the ProxyConfig's tracing stays.
+    let m = model(&format!("{MESH}{}", pod("sleep", "sleep", "10.244.0.5")));
+    assert_eq!(tracing_of(&m, "sleep", "10.244.0.5"), None);
 }

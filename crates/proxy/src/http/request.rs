@@ -89,16 +89,19 @@ pub(super) async fn handle(
         .filter(|n| n.access_logging.is_some() || n.metrics.is_some())
         .and_then(|_| ctx.pi.telemetry.capture_headers(h));
     let sampling = xds_tracing.map_or(ctx.pi.cfg.trace_sampling, xds::Tracing::sampling_percent);
-    let trace = headers::continue_trace(h, sampling);
+    // MeshConfig `enableTracing: false`: no tracer, so trace headers pass through untouched.
+    let tracing_off = xds_tracing.is_some_and(|t| t.disabled);
+    let trace = (!tracing_off).then(|| headers::continue_trace(h, sampling));
     let tls_here = ctx.peer.is_some() || ctx.gateway.is_some_and(|g| g.tls);
     headers::set_forwarded_proto(h, if tls_here { "https" } else { "http" });
-    let span = ctx
-        .pi
-        .telemetry
-        .start_span(&trace, h, xds_tracing, &|host, port| {
-            let e = snap.service_by_host(host)?;
-            Some(e.cluster(port, None)?.endpoints.first()?.addr)
-        });
+    let span = trace.and_then(|trace| {
+        ctx.pi
+            .telemetry
+            .start_span(&trace, h, xds_tracing, &|host, port| {
+                let e = snap.service_by_host(host)?;
+                Some(e.cluster(port, None)?.endpoints.first()?.addr)
+            })
+    });
 
     let mut log = Log {
         direction: ctx.direction,

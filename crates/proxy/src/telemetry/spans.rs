@@ -15,6 +15,7 @@
 //! tags (`istio.canonical_service`, `istio.canonical_revision`, `istio.mesh_id`,
 //! `istio.namespace`) and the ProxyConfig `tracing.custom_tags`.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,7 +29,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use prometheus_client::metrics::counter::Counter;
 use prost::Message as _;
-use serde_json::{Map, Value};
 
 use super::record::{MetricLabels, Reporter, RequestRecord};
 use crate::headers::TraceContext;
@@ -514,8 +514,8 @@ struct SpanData {
     duration_us: u64,
     /// Zipkin's `localEndpoint.serviceName`, OpenTelemetry's `service.name`.
     service_name: String,
-    /// Tag name and value, in the order they were set.
-    tags: Vec<(String, String)>,
+    /// Tag name and value, in the order they were set (names are mostly static).
+    tags: Vec<(Cow<'static, str>, String)>,
 }
 
 impl Exporter {
@@ -626,13 +626,7 @@ impl Exporter {
     async fn export(&self, transport: &Transport, spans: Vec<SpanData>) -> Result<(), String> {
         match (&self.collector, transport) {
             (Collector::Zipkin { address, path }, Transport::Http(client)) => {
-                let body = Value::Array(
-                    spans
-                        .iter()
-                        .map(|s| zipkin_json(s, self.opts.local_ip))
-                        .collect(),
-                )
-                .to_string();
+                let body = zipkin_batch(&spans, self.opts.local_ip);
                 self.post(client, address, path, "application/json", body.into())
                     .await
             }
@@ -643,14 +637,14 @@ impl Exporter {
                 },
                 Transport::Http(client),
             ) => {
-                let body = otlp_request(&spans).encode_to_vec();
+                let body = otlp_request(spans).encode_to_vec();
                 self.post(client, address, path, "application/x-protobuf", body.into())
                     .await
             }
             (Collector::Otlp { address, .. }, Transport::Grpc(client)) => {
                 let mut client = client.clone();
                 client
-                    .export(otlp_request(&spans))
+                    .export(otlp_request(spans))
                     .await
                     .map(|_| ())
                     .map_err(|s| format!("collector {address}: {}: {}", s.code(), s.message()))
@@ -695,48 +689,70 @@ impl Exporter {
         let ctx = &start.ctx;
         let l = &rec.labels;
         let (kind, canonical_service, canonical_revision) = local_workload(l);
-        let mut tags: Vec<(String, String)> = Vec::with_capacity(24 + self.opts.custom_tags.len());
-        let mut tag = |k: &str, v: String| tags.push((k.to_string(), v));
+        let mut tags: Vec<(Cow<'static, str>, String)> =
+            Vec::with_capacity(24 + self.opts.custom_tags.len());
+        let mut tag = |k: Cow<'static, str>, v: String| tags.push((k, v));
         let header = |v: &Option<HeaderValue>| {
             v.as_ref()
                 .and_then(|v| v.to_str().ok())
                 .map_or_else(|| "-".to_string(), str::to_string)
         };
-        tag("component", "proxy".into());
-        tag("node_id", self.opts.node_id.clone());
-        tag("zone", self.opts.zone.clone());
-        tag("guid:x-request-id", header(&rec.request_id));
-        tag("http.url", self.url(start, rec));
+        tag(Cow::Borrowed("component"), "proxy".into());
+        tag(Cow::Borrowed("node_id"), self.opts.node_id.clone());
+        tag(Cow::Borrowed("zone"), self.opts.zone.clone());
+        tag(Cow::Borrowed("guid:x-request-id"), header(&rec.request_id));
+        tag(Cow::Borrowed("http.url"), self.url(start, rec));
         tag(
-            "http.method",
+            Cow::Borrowed("http.method"),
             rec.method.as_ref().map_or("-", |m| m.as_str()).to_string(),
         );
-        tag("downstream_cluster", header(&start.downstream_cluster));
-        tag("user_agent", header(&rec.user_agent));
         tag(
-            "http.protocol",
+            Cow::Borrowed("downstream_cluster"),
+            header(&start.downstream_cluster),
+        );
+        tag(Cow::Borrowed("user_agent"), header(&rec.user_agent));
+        tag(
+            Cow::Borrowed("http.protocol"),
             rec.protocol
                 .map_or("-", super::access_log::protocol_name)
                 .to_string(),
         );
         if let Some(peer) = rec.downstream_remote_address {
-            tag("peer.address", peer.ip().to_string());
+            tag(Cow::Borrowed("peer.address"), peer.ip().to_string());
         }
-        tag("request_size", rec.bytes_received.to_string());
-        tag("response_size", rec.bytes_sent.to_string());
-        tag("response_flags", rec.response_flags.to_string());
-        tag("http.status_code", rec.response_code.to_string());
+        tag(
+            Cow::Borrowed("request_size"),
+            rec.bytes_received.to_string(),
+        );
+        tag(Cow::Borrowed("response_size"), rec.bytes_sent.to_string());
+        tag(
+            Cow::Borrowed("response_flags"),
+            rec.response_flags.to_string(),
+        );
+        tag(
+            Cow::Borrowed("http.status_code"),
+            rec.response_code.to_string(),
+        );
         if let Some(c) = &rec.upstream_cluster {
-            tag("upstream_cluster", c.to_string());
-            tag("upstream_cluster.name", c.to_string());
+            tag(Cow::Borrowed("upstream_cluster"), c.to_string());
+            tag(Cow::Borrowed("upstream_cluster.name"), c.to_string());
         }
         if rec.response_code == 0 || rec.response_code >= 500 {
-            tag("error", "true".into());
+            tag(Cow::Borrowed("error"), "true".into());
         }
-        tag("istio.canonical_service", canonical_service.to_string());
-        tag("istio.canonical_revision", canonical_revision.to_string());
-        tag("istio.mesh_id", self.opts.mesh_id.clone());
-        tag("istio.namespace", self.opts.namespace.clone());
+        tag(
+            Cow::Borrowed("istio.canonical_service"),
+            canonical_service.to_string(),
+        );
+        tag(
+            Cow::Borrowed("istio.canonical_revision"),
+            canonical_revision.to_string(),
+        );
+        tag(Cow::Borrowed("istio.mesh_id"), self.opts.mesh_id.clone());
+        tag(
+            Cow::Borrowed("istio.namespace"),
+            self.opts.namespace.clone(),
+        );
         for (i, t) in self.opts.custom_tags.iter().enumerate() {
             let value = match (&t.value, self.fixed_tags.get(i)) {
                 (_, Some(Some(v))) => Some(v.clone()),
@@ -750,7 +766,7 @@ impl Exporter {
                 _ => None,
             };
             if let Some(v) = value {
-                tag(&t.tag, v);
+                tag(Cow::Owned(t.tag.clone()), v);
             }
         }
         let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
@@ -798,63 +814,99 @@ impl Exporter {
     }
 }
 
-/// A span in Zipkin's v2 JSON, as Envoy's Zipkin tracer writes it (`SpanBuffer`, `HTTP_JSON`).
-fn zipkin_json(s: &SpanData, local_ip: Option<IpAddr>) -> Value {
-    let mut local = Map::new();
-    local.insert("serviceName".into(), Value::String(s.service_name.clone()));
+/// Appends a span in Zipkin's v2 JSON, as Envoy's Zipkin tracer writes it (`SpanBuffer`,
+/// `HTTP_JSON`), straight into `out`: strings go through serde_json's escaping and nothing else
+/// is built, since a batch is written for every five sampled requests. Tags come sorted by
+/// name, and a custom tag named as a standard one replaces it (the last set wins).
+fn write_zipkin_json(out: &mut Vec<u8>, s: &SpanData, local_ip: Option<IpAddr>) {
+    use std::io::Write as _;
+    // Writing into a Vec cannot fail.
+    let string = |out: &mut Vec<u8>, v: &str| {
+        let _ = serde_json::to_writer(&mut *out, v);
+    };
+    let _ = write!(out, "{{\"traceId\":\"{:032x}\",", s.trace_id);
+    if let Some(p) = s.parent_id {
+        let _ = write!(out, "\"parentId\":\"{p:016x}\",");
+    }
+    let _ = write!(
+        out,
+        "\"id\":\"{:016x}\",\"kind\":\"{}\",\"name\":",
+        s.id, s.kind
+    );
+    string(out, &s.name);
+    let _ = write!(
+        out,
+        ",\"timestamp\":{},\"duration\":{},\"localEndpoint\":{{\"serviceName\":",
+        s.start_us, s.duration_us
+    );
+    string(out, &s.service_name);
     match local_ip {
         Some(IpAddr::V4(ip)) => {
-            local.insert("ipv4".into(), Value::String(ip.to_string()));
+            let _ = write!(out, ",\"ipv4\":\"{ip}\"");
         }
         Some(IpAddr::V6(ip)) => {
-            local.insert("ipv6".into(), Value::String(ip.to_string()));
+            let _ = write!(out, ",\"ipv6\":\"{ip}\"");
         }
         None => {}
     }
-    let mut span = Map::new();
-    span.insert(
-        "traceId".into(),
-        Value::String(format!("{:032x}", s.trace_id)),
-    );
-    if let Some(p) = s.parent_id {
-        span.insert("parentId".into(), Value::String(format!("{p:016x}")));
+    out.extend_from_slice(b"},\"tags\":{");
+    let mut order: Vec<usize> = (0..s.tags.len()).collect();
+    order.sort_by(|a, b| s.tags[*a].0.cmp(&s.tags[*b].0));
+    let mut first = true;
+    for (n, &i) in order.iter().enumerate() {
+        let (k, v) = &s.tags[i];
+        // The stable sort keeps equal names in the order they were set: write the last.
+        if order.get(n + 1).is_some_and(|&j| s.tags[j].0 == *k) {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        string(out, k);
+        out.push(b':');
+        string(out, v);
     }
-    span.insert("id".into(), Value::String(format!("{:016x}", s.id)));
-    span.insert("kind".into(), Value::String(s.kind.into()));
-    span.insert("name".into(), Value::String(s.name.clone()));
-    span.insert("timestamp".into(), Value::from(s.start_us));
-    span.insert("duration".into(), Value::from(s.duration_us));
-    span.insert("localEndpoint".into(), Value::Object(local));
-    let tags = s
-        .tags
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    span.insert("tags".into(), Value::Object(tags));
-    Value::Object(span)
+    out.extend_from_slice(b"}}");
+}
+
+/// A batch of spans as the JSON array Zipkin's `/api/v2/spans` takes.
+fn zipkin_batch(spans: &[SpanData], local_ip: Option<IpAddr>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1024 * spans.len() + 2);
+    out.push(b'[');
+    for (i, s) in spans.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_zipkin_json(&mut out, s, local_ip);
+    }
+    out.push(b']');
+    out
 }
 
 /// A batch as OTLP's `ExportTraceServiceRequest`: one resource (`service.name`) per local
 /// service, the tags as string attributes, as Envoy's OpenTelemetry tracer sends them.
-fn otlp_request(spans: &[SpanData]) -> ExportTraceServiceRequest {
+fn otlp_request(spans: Vec<SpanData>) -> ExportTraceServiceRequest {
     use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
     use opentelemetry_proto::tonic::resource::v1::Resource;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span};
-    let kv = |k: &str, v: &str| KeyValue {
-        key: k.to_string(),
+    // The batch is consumed: names and values move into the request instead of being copied.
+    let kv = |k: String, v: String| KeyValue {
+        key: k,
         value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.to_string())),
+            value: Some(any_value::Value::StringValue(v)),
         }),
     };
-    let mut by_service: Vec<ResourceSpans> = Vec::new();
+    let mut by_service: Vec<(String, ResourceSpans)> = Vec::new();
     for s in spans {
+        let error = s.tags.iter().any(|(k, _)| k == "error");
         let otlp = Span {
             trace_id: s.trace_id.to_be_bytes().to_vec(),
             span_id: s.id.to_be_bytes().to_vec(),
             parent_span_id: s
                 .parent_id
                 .map_or_else(Vec::new, |p| p.to_be_bytes().to_vec()),
-            name: s.name.clone(),
+            name: s.name,
             kind: if s.kind == "SERVER" {
                 span::SpanKind::Server
             } else {
@@ -865,38 +917,40 @@ fn otlp_request(spans: &[SpanData]) -> ExportTraceServiceRequest {
                 .start_us
                 .saturating_add(s.duration_us)
                 .saturating_mul(1000),
-            attributes: s.tags.iter().map(|(k, v)| kv(k, v)).collect(),
-            status: s.tags.iter().any(|(k, _)| k == "error").then(|| Status {
+            attributes: s
+                .tags
+                .into_iter()
+                .map(|(k, v)| kv(k.into_owned(), v))
+                .collect(),
+            status: error.then(|| Status {
                 code: opentelemetry_proto::tonic::trace::v1::status::StatusCode::Error as i32,
                 ..Status::default()
             }),
             ..Span::default()
         };
-        let resource_of = |r: &ResourceSpans| {
-            r.resource.as_ref().is_some_and(|res| {
-                res.attributes.first().is_some_and(|a| {
-                    a.value.as_ref().and_then(|v| v.value.as_ref())
-                        == Some(&any_value::Value::StringValue(s.service_name.clone()))
-                })
-            })
-        };
-        match by_service.iter_mut().find(|r| resource_of(r)) {
-            Some(r) => r.scope_spans[0].spans.push(otlp),
-            None => by_service.push(ResourceSpans {
-                resource: Some(Resource {
-                    attributes: vec![kv("service.name", &s.service_name)],
-                    ..Resource::default()
-                }),
-                scope_spans: vec![ScopeSpans {
-                    spans: vec![otlp],
-                    ..ScopeSpans::default()
-                }],
-                ..ResourceSpans::default()
-            }),
+        match by_service
+            .iter_mut()
+            .find(|(name, _)| *name == s.service_name)
+        {
+            Some((_, r)) => r.scope_spans[0].spans.push(otlp),
+            None => by_service.push((
+                s.service_name.clone(),
+                ResourceSpans {
+                    resource: Some(Resource {
+                        attributes: vec![kv("service.name".into(), s.service_name)],
+                        ..Resource::default()
+                    }),
+                    scope_spans: vec![ScopeSpans {
+                        spans: vec![otlp],
+                        ..ScopeSpans::default()
+                    }],
+                    ..ResourceSpans::default()
+                },
+            )),
         }
     }
     ExportTraceServiceRequest {
-        resource_spans: by_service,
+        resource_spans: by_service.into_iter().map(|(_, r)| r).collect(),
     }
 }
 
@@ -947,7 +1001,53 @@ fn span_name(start: &SpanStart, rec: &RequestRecord) -> String {
 mod tests {
     use std::time::SystemTime;
 
+    use serde_json::Value;
+
     use super::*;
+
+    /// One span as the collector parses it.
+    fn zipkin_json(s: &SpanData, local_ip: Option<IpAddr>) -> Value {
+        let batch = zipkin_batch(std::slice::from_ref(s), local_ip);
+        let mut spans: Vec<Value> = serde_json::from_slice(&batch).expect("valid JSON");
+        assert_eq!(spans.len(), 1);
+        spans.remove(0)
+    }
+
+    #[test]
+    fn zipkin_batches_are_json_with_escaped_strings_and_one_value_per_tag() {
+        let mut s = SpanData {
+            trace_id: 0x463ac35c9f6413ad48485a3953bb6124,
+            id: 0xa2fb4a1d1a96d312,
+            parent_id: None,
+            kind: "CLIENT",
+            name: "a \"quoted\" name\n".into(),
+            start_us: 1,
+            duration_us: 2,
+            service_name: "sleep.default".into(),
+            tags: vec![
+                (Cow::Borrowed("zone"), "standard".into()),
+                (Cow::Borrowed("b"), "\u{1}ctl".into()),
+                (Cow::Owned("zone".into()), "custom".into()),
+            ],
+        };
+        let one = zipkin_json(&s, Some("10.0.0.1".parse().expect("ip")));
+        assert_eq!(one["name"], "a \"quoted\" name\n");
+        assert_eq!(one["tags"]["zone"], "custom", "the last set wins");
+        assert_eq!(one["tags"]["b"], "\u{1}ctl");
+        assert_eq!(one["localEndpoint"]["ipv4"], "10.0.0.1");
+        assert!(one.get("parentId").is_none());
+        s.parent_id = Some(7);
+        let batch = zipkin_batch(&[s.clone(), s], None);
+        let text = String::from_utf8(batch).expect("utf-8");
+        let parsed: Vec<Value> = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed[1]["parentId"], "0000000000000007");
+        assert_eq!(
+            text.matches("\"zone\"").count(),
+            2,
+            "one zone per span: {text}"
+        );
+    }
 
     fn record(reporter: Reporter) -> RequestRecord {
         let mut l = MetricLabels::unknown(reporter);
@@ -980,7 +1080,8 @@ mod tests {
 
     fn start(headers: &HeaderMap, tags: &[Option<HeaderName>]) -> SpanStart {
         let o = TracingOptions::new(Collector::zipkin("127.0.0.1:9"), "default");
-        let tracer = Tracer::start(o, Counter::default(), &SentCounters::default()).expect("tracer");
+        let tracer =
+            Tracer::start(o, Counter::default(), &SentCounters::default()).expect("tracer");
         SpanStart {
             sink: Sink(Arc::new(tracer)),
             ctx: TraceContext {

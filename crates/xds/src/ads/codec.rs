@@ -432,6 +432,7 @@ gatewayListeners:
                 default_value: String::new(),
             }],
             max_path_tag_length: Some(64),
+            disabled: false,
         };
         res.node.as_mut().expect("a node").tracing = Some(tracing.clone());
         let node = split(&res)
