@@ -277,15 +277,9 @@ pub fn effective_access_logging(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::TelemetrySpec;
 
     fn telemetry(ns: &str, name: &str, spec: Value) -> TelemetryObject {
-        TelemetryObject {
-            namespace: ns.into(),
-            name: name.into(),
-            created: String::new(),
-            spec: TelemetrySpec::from_value(&spec).expect("valid spec"),
-        }
+        crate::telemetry::tests::telemetry(ns, name, "", spec)
     }
 
     fn labels(app: &str) -> BTreeMap<String, String> {

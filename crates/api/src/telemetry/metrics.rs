@@ -266,15 +266,9 @@ pub fn effective_metrics(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::TelemetrySpec;
 
     fn telemetry(ns: &str, name: &str, spec: Value) -> TelemetryObject {
-        TelemetryObject {
-            namespace: ns.into(),
-            name: name.into(),
-            created: String::new(),
-            spec: TelemetrySpec::from_value(&spec).expect("valid spec"),
-        }
+        crate::telemetry::tests::telemetry(ns, name, "", spec)
     }
 
     fn of(ts: &[TelemetryObject], ns: &str, side: WorkloadMode) -> Option<EffectiveMetrics> {
@@ -366,7 +360,7 @@ mod tests {
     #[test]
     fn checks_of_istios_validation() {
         let bad = |spec: Value| {
-            TelemetrySpec::from_value(&spec)
+            crate::telemetry::TelemetrySpec::from_value(&spec)
                 .expect_err("invalid")
                 .to_string()
         };

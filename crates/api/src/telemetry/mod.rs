@@ -362,7 +362,7 @@ pub fn effective_tracing(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Istio's distributed-tracing task: an OpenTelemetry and a Zipkin provider in MeshConfig.
@@ -378,7 +378,9 @@ mod tests {
         })
     }
 
-    fn telemetry(ns: &str, name: &str, created: &str, spec: Value) -> TelemetryObject {
+    /// A Telemetry object of `spec` (which must be valid), for the tests of this module's
+    /// resolvers.
+    pub(crate) fn telemetry(ns: &str, name: &str, created: &str, spec: Value) -> TelemetryObject {
         TelemetryObject {
             namespace: ns.into(),
             name: name.into(),
