@@ -158,6 +158,124 @@ pub struct Expr {
     /// the record without a CEL context (Istio's tasks' `request.host`,
     /// `string(destination.port)`), at a fraction of the cost, with the same result.
     attr: Option<Attr>,
+    /// The expression is comparisons of such attributes with literals, joined by `||`, `&&`
+    /// and `!` (Istio's docs' access-log filters): [`Expr::matches`] decides it on the record
+    /// without a CEL context, with the same result.
+    cond: Option<Cond>,
+}
+
+/// A filter [`Expr::matches`] decides on the record, with CEL's semantics: reading an
+/// attribute the record does not have is an error, and `||` / `&&` absorb an error when their
+/// other side decides (`error || true` is true).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Cond {
+    Cmp(Attr, Cmp, Lit),
+    Or(Box<Cond>, Box<Cond>),
+    And(Box<Cond>, Box<Cond>),
+    Not(Box<Cond>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cmp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Lit {
+    Int(i64),
+    Str(String),
+}
+
+impl Cond {
+    /// The condition `e` is, when it is one [`Cond`] can decide; `None` leaves it to CEL.
+    fn of(e: &IdedExpr) -> Option<Cond> {
+        let Ast::Call(c) = &e.expr else {
+            return None;
+        };
+        if c.target.is_some() {
+            return None;
+        }
+        let cmp = match c.func_name.as_str() {
+            "_||_" | "_&&_" => {
+                let [a, b] = c.args.as_slice() else {
+                    return None;
+                };
+                let (a, b) = (Box::new(Cond::of(a)?), Box::new(Cond::of(b)?));
+                return Some(if c.func_name == "_||_" {
+                    Cond::Or(a, b)
+                } else {
+                    Cond::And(a, b)
+                });
+            }
+            "!_" => {
+                let [a] = c.args.as_slice() else {
+                    return None;
+                };
+                return Some(Cond::Not(Box::new(Cond::of(a)?)));
+            }
+            "_==_" => Cmp::Eq,
+            "_!=_" => Cmp::Ne,
+            "_<_" => Cmp::Lt,
+            "_<=_" => Cmp::Le,
+            "_>_" => Cmp::Gt,
+            "_>=_" => Cmp::Ge,
+            _ => return None,
+        };
+        let [left, right] = c.args.as_slice() else {
+            return None;
+        };
+        let Ast::Select(_) = &left.expr else {
+            return None;
+        };
+        let attr = Attr::of(left)?;
+        let lit = match &right.expr {
+            Ast::Literal(LiteralValue::Int(n)) if attr.is_int() => Lit::Int(*n.inner()),
+            // Strings are compared for equality only here; CEL orders them too.
+            Ast::Literal(LiteralValue::String(v))
+                if !attr.is_int() && matches!(cmp, Cmp::Eq | Cmp::Ne) =>
+            {
+                Lit::Str(v.inner().to_owned())
+            }
+            _ => return None,
+        };
+        Some(Cond::Cmp(attr, cmp, lit))
+    }
+
+    /// `Some(verdict)`, or `None` for CEL's error.
+    fn eval(&self, subject: Subject<'_>) -> Option<bool> {
+        match self {
+            Cond::Cmp(attr, cmp, lit) => {
+                let ord = match lit {
+                    Lit::Int(n) => attr.int(subject)?.cmp(n),
+                    Lit::Str(v) => attr.read(subject)?.as_str().cmp(v.as_str()),
+                };
+                Some(match cmp {
+                    Cmp::Eq => ord.is_eq(),
+                    Cmp::Ne => ord.is_ne(),
+                    Cmp::Lt => ord.is_lt(),
+                    Cmp::Le => ord.is_le(),
+                    Cmp::Gt => ord.is_gt(),
+                    Cmp::Ge => ord.is_ge(),
+                })
+            }
+            Cond::Or(a, b) => match (a.eval(subject), b.eval(subject)) {
+                (Some(true), _) | (_, Some(true)) => Some(true),
+                (Some(false), Some(false)) => Some(false),
+                _ => None,
+            },
+            Cond::And(a, b) => match (a.eval(subject), b.eval(subject)) {
+                (Some(false), _) | (_, Some(false)) => Some(false),
+                (Some(true), Some(true)) => Some(true),
+                _ => None,
+            },
+            Cond::Not(a) => a.eval(subject).map(|v| !v),
+        }
+    }
 }
 
 /// An attribute [`Expr::label_value`] reads straight from a record.
@@ -180,6 +298,25 @@ enum Attr {
 }
 
 impl Attr {
+    /// An integer attribute (CEL `int`): `response.code` and the ports.
+    fn is_int(self) -> bool {
+        matches!(
+            self,
+            Attr::ResponseCode | Attr::SourcePort | Attr::DestinationPort
+        )
+    }
+
+    /// An integer attribute's value ([`Attr::is_int`]).
+    fn int(self, subject: Subject<'_>) -> Option<i64> {
+        let (remote, local) = downstream(subject);
+        match (self, subject) {
+            (Attr::ResponseCode, Subject::Http(r)) => Some(i64::from(r.response_code)),
+            (Attr::SourcePort, _) => remote.map(|a| i64::from(a.port())),
+            (Attr::DestinationPort, _) => local.map(|a| i64::from(a.port())),
+            _ => None,
+        }
+    }
+
     /// `root.field`, or `string(root.field)`.
     fn of(e: &IdedExpr) -> Option<Attr> {
         match &e.expr {
@@ -274,12 +411,14 @@ impl Expr {
         walk.expr(program.expression());
         headers.extend(&walk.headers);
         let attr = Attr::of(program.expression());
+        let cond = Cond::of(program.expression());
         Ok(Expr {
             source: source.to_owned(),
             program,
             roots: walk.roots,
             reads_headers: walk.reads_headers,
             attr,
+            cond,
         })
     }
 
@@ -302,6 +441,9 @@ impl Expr {
     /// An access-log filter's verdict: true only when the expression evaluates to `true` (an
     /// error or a value that is not a bool: false, as Envoy's CEL filter).
     pub(crate) fn matches(&self, subject: Subject<'_>) -> bool {
+        if let Some(cond) = &self.cond {
+            return cond.eval(subject) == Some(true);
+        }
         matches!(self.eval(subject), Ok(Value::Bool(true)))
     }
 
@@ -761,6 +903,7 @@ mod tests {
             assert!(e.attr.is_some(), "{src} is read directly");
             let cel = Expr {
                 attr: None,
+                cond: None,
                 ..compile(src).0
             };
             for subject in [Subject::Http(&r), Subject::Tcp(&t)] {
@@ -774,6 +917,60 @@ mod tests {
         }
         assert!(compile("request.host + 'x'").0.attr.is_none());
         assert!(compile("upstream_peer.app").0.attr.is_none());
+    }
+
+    #[test]
+    fn filters_decided_directly_match_cel() {
+        let mut r = record(503, "outbound|8000||httpbin.default.svc.cluster.local");
+        r.route_name = Some("default".into());
+        let ok = record(200, "PassthroughCluster");
+        let other = record(200, "outbound|80||a");
+        let mut t = TcpRecord::new(UNIX_EPOCH, Reporter::Source);
+        t.upstream_cluster = Some("BlackHoleCluster".into());
+        let t2 = TcpRecord::new(UNIX_EPOCH, Reporter::Source);
+        for src in [
+            "response.code >= 400",
+            "response.code >= 500",
+            "response.code < 400",
+            "response.code == 503 && xds.route_name == 'default'",
+            "!(response.code >= 400)",
+            "response.code >= 400 || xds.cluster_name == 'BlackHoleCluster' ||  xds.cluster_name == 'PassthroughCluster' ",
+            "xds.cluster_name != 'BlackHoleCluster' && response.code > 100",
+            "destination.port == 8000",
+            "request.method == 'GET'",
+        ] {
+            let (e, _) = compile(src);
+            assert!(e.cond.is_some(), "{src} is decided directly");
+            let cel = Expr {
+                attr: None,
+                cond: None,
+                ..compile(src).0
+            };
+            for (i, subject) in [
+                Subject::Http(&r),
+                Subject::Http(&ok),
+                Subject::Http(&other),
+                Subject::Tcp(&t),
+                Subject::Tcp(&t2),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                assert_eq!(
+                    e.matches(subject),
+                    cel.matches(subject),
+                    "{src} on subject {i}"
+                );
+            }
+        }
+        for src in [
+            "response.code >= 400u",
+            "request.headers['x-debug'] == 'true'",
+            "xds.cluster_name < 'b'",
+            "response.code == '500'",
+        ] {
+            assert!(compile(src).0.cond.is_none(), "{src} is left to CEL");
+        }
     }
 
     #[test]
