@@ -22,6 +22,7 @@ whose pid is gone.
 from __future__ import annotations
 
 import argparse
+import base64
 import collections
 import datetime
 import json
@@ -61,8 +62,13 @@ BODY_SIZE = 1024
 # they relay bytes inside mTLS without parsing HTTP: what the two extra hops cost by themselves
 # (kernel TCP over veth and loopback, the capture rules, TLS records, wake-ups), a floor for any
 # pair of user-space sidecars on this machine.
-ARMS = ("direct", "ama", "ama-l4", "envoy")
+# `envoy-baseline`: Envoy as the earlier runs configured it (bench/envoy/baseline/, from
+# shared/reference/envoy-baseline), without what Istio adds to a sidecar; not measured by default,
+# `--arms direct,envoy,envoy-baseline` measures what those additions cost, interleaved.
+ARMS = ("direct", "ama", "ama-l4", "envoy", "envoy-baseline")
+DEFAULT_ARMS = ("direct", "ama", "ama-l4", "envoy")
 MESH_AMAS = ("ama", "ama-l4")
+ENVOYS = ("envoy", "envoy-baseline")
 # --tls: the identities of the two pods and the SNI the client sidecar sends for the Service's
 # port 80 (Istio's outbound cluster name with `|` → `_`); the server sidecar of each mesh arm must
 # log it as requested_server_name.
@@ -436,24 +442,104 @@ def proxy_cert_dir(world: World, certs: Path, proxy: str, role: str) -> Path:
     return d
 
 
+# The pods' workload metadata as Istio's metadata exchange sends it (the peer_metadata filter's
+# istio_headers propagation): node id, and the node metadata fields the stats labels come from.
+POD_METADATA = {
+    role: {"NAME": f"{app}-bench", "NAMESPACE": "default", "CLUSTER_ID": "Kubernetes",
+           "MESH_ID": "cluster.local", "WORKLOAD_NAME": f"{app}-bench",
+           "OWNER": f"kubernetes://apis/apps/v1/namespaces/default/deployments/{app}-bench",
+           "SERVICE_ACCOUNT": app,
+           "LABELS": {"app": app, "version": "v1", "service.istio.io/canonical-name": app,
+                      "service.istio.io/canonical-revision": "v1"}}
+    for role, app in (("client", "sleep"), ("server", "httpbin"))}
+
+
+def pb_value(v: str | dict) -> bytes:
+    """`v` as a serialized google.protobuf.Value (string_value, field 3, or struct_value, field 5,
+    whose Struct is `map<string, Value> fields = 1`): the few lines of protobuf wire format the
+    x-envoy-peer-metadata header needs, with no protobuf package in the harness (stdlib only)."""
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            out.append(n & 0x7F | (0x80 if n > 0x7F else 0))
+            n >>= 7
+            if not n:
+                return bytes(out)
+
+    def field(number: int, payload: bytes) -> bytes:  # a length-delimited field
+        return varint(number << 3 | 2) + varint(len(payload)) + payload
+    if isinstance(v, str):
+        return field(3, v.encode())
+    return field(5, b"".join(field(1, field(1, k.encode()) + field(2, pb_value(x))) for k, x in v.items()))
+
+
+def peer_metadata(role: str, ip: str) -> tuple[str, str]:
+    """The x-envoy-peer-metadata-id and x-envoy-peer-metadata headers a pod's sidecar sends: its
+    node id, and its metadata in base64. Istio's header holds the Struct itself; this one wraps it
+    in a Value (3 bytes more) so that Envoy's header_to_metadata can decode and parse it (its
+    PROTOBUF_VALUE type), which stands in for the peer_metadata filter's discovery."""
+    md = POD_METADATA[role]
+    node_id = f"sidecar~{ip}~{md['NAME']}.default~default.svc.cluster.local"
+    return node_id, base64.b64encode(pb_value(md)).decode()
+
+
 def start_envoys(world: World, arm: Arm, envoy: Path, base_id: int, certs: Path | None,
                  concurrency: int) -> None:
+    configs = BENCH / "envoy" / ("baseline" if arm.name == "envoy-baseline" else "")
     for i, role in enumerate(("client", "server")):
-        cfg = world.run_dir / f"envoy-{role}.yaml"
-        access = world.run_dir / f"envoy-{role}.access.log"
+        cfg = world.run_dir / f"{arm.name}-{role}.yaml"
+        access = world.run_dir / f"{arm.name}-{role}.access.log"
         template = f"{role}-tls.yaml" if certs else f"{role}.yaml"
-        cert_dir = proxy_cert_dir(world, certs, f"envoy-{role}", role) if certs else ""
-        cfg.write_text(string.Template((BENCH / "envoy" / template).read_text()).substitute(
-            CLIENT_IP=arm.client.ip, SERVER_IP=arm.server.ip, VIP=VIP, ACCESS_LOG="/dev/stdout",
-            CERT_DIR=cert_dir))
-        cfg.chmod(0o644)
+        cert_dir = proxy_cert_dir(world, certs, f"{arm.name}-{role}", role) if certs else ""
         pod = arm.client if role == "client" else arm.server
+        md_id, md = peer_metadata(role, pod.ip)
+        cfg.write_text(string.Template((configs / template).read_text()).substitute(
+            CLIENT_IP=arm.client.ip, SERVER_IP=arm.server.ip, VIP=VIP, ACCESS_LOG="/dev/stdout",
+            CERT_DIR=cert_dir, PEER_METADATA_ID=md_id, PEER_METADATA=md))
+        cfg.chmod(0o644)
         arm.proxies[role] = world.spawn(
-            f"envoy-{role}", pod.ns,
+            f"{arm.name}-{role}", pod.ns,
             [str(envoy), "-c", str(cfg), "--concurrency", str(concurrency), "--base-id", str(base_id + i),
              *ENVOY_ISTIO_FLAGS],
             as_proxy=True, stdout=access)
         arm.access_logs[role] = access
+
+
+def check_istio_stats(world: World, arm: Arm, tls: bool) -> dict:
+    """Fails unless each sidecar of the `envoy` arm counted the readiness check's requests in
+    istio_requests_total (the stats access logger standing in for istio.stats) with its reporter
+    label and the peer's workload name, which only the metadata exchange's decoded headers carry
+    (and, with tls, the peer's SPIFFE id): the Istio-shaped filters ran, not just the router."""
+    found = {}
+    for role, pod in (("client", arm.client), ("server", arm.server)):
+        peer = "server" if role == "client" else "client"
+        want = [f"reporter.{'source' if role == 'client' else 'destination'}",
+                POD_METADATA[peer]["WORKLOAD_NAME"], "response_code.200"]
+        if tls:
+            want.append(SPIFFE[peer].replace("spiffe://", ""))
+        out = world.sh(pod.ns, "curl -s --max-time 5 'http://127.0.0.1:15000/stats?filter=^istiocustom'",
+                       check=False).stdout
+        counted = sum(int(line.rpartition(": ")[2]) for line in out.splitlines()
+                      if "istio_requests_total" in line and all(w in line for w in want)
+                      and line.rpartition(": ")[2].isdigit())
+        if counted < 200:
+            raise BenchError(f"arm {arm.name}: the {role} sidecar counted {counted} requests in "
+                             f"istio_requests_total with {want}; its stats:\n{out or '(none)'}\n{arm.logs()}")
+        # Histograms show their values once merged, at the next stats flush (every 5 s as in
+        # Istio's bootstrap): wait for the response-size one, which every request records.
+        deadline = time.time() + 15
+        while not any("istio_response_bytes" in line and all(w in line for w in want) and "P50(" in line
+                      for line in out.splitlines()):
+            if time.time() > deadline:
+                raise BenchError(f"arm {arm.name}: the {role} sidecar recorded no istio_response_bytes "
+                                 f"with {want} within 15 s; its stats:\n{out}\n{arm.logs()}")
+            time.sleep(1)
+            out = world.sh(pod.ns, "curl -s --max-time 5 'http://127.0.0.1:15000/stats?filter=^istiocustom'",
+                           check=False).stdout
+        found[role] = {"counted": counted, "stats": out.splitlines()}
+    log(f"  {arm.name}: istio_requests_total with the peer's labels: client {found['client']['counted']}, "
+        f"server {found['server']['counted']}")
+    return found
 
 
 def ama_resources(arm: Arm, me: str, tls: bool) -> dict:
@@ -1241,9 +1327,11 @@ def parse_args() -> argparse.Namespace:
                     help="worker threads of every proxy of both meshes (`--concurrency` of ama and "
                          "Envoy); Istio's sidecar default is 2")
     ap.add_argument("--no-max", action="store_true", help="skip the max-rate runs")
-    ap.add_argument("--arms", default=",".join(ARMS),
-                    help="comma-separated subset of direct,ama,ama-l4,envoy (ama-l4: the ama sidecars "
-                         "with the ports declared TCP, an mTLS relay that parses no HTTP)")
+    ap.add_argument("--arms", default=",".join(DEFAULT_ARMS),
+                    help="comma-separated subset of direct,ama,ama-l4,envoy,envoy-baseline (default: "
+                         "all but envoy-baseline; ama-l4: the ama sidecars with the ports declared TCP, "
+                         "an mTLS relay that parses no HTTP; envoy-baseline: Envoy without what Istio "
+                         "adds to a sidecar, bench/envoy/baseline/)")
     ap.add_argument("--plain", dest="tls", action="store_false",
                     help="plain HTTP between the sidecars; by default both mesh arms speak Istio mTLS "
                          "(same test certificates, made with openssl into the run's out dir)")
@@ -1332,10 +1420,10 @@ def main() -> int:
         log("building ama (release, CARGO_TARGET_DIR=target/bench)")
         subprocess.run(["cargo", "build", "--release", "-p", "cli", "-p", "bench-app"], cwd=ROOT, check=True,
                        env=dict(os.environ, CARGO_TARGET_DIR=str(ROOT / "target" / "bench")))
-    needs_ama = any(a in args.arms for a in ("envoy", *MESH_AMAS))  # ama iptables serves all
+    needs_ama = any(a in args.arms for a in (*ENVOYS, *MESH_AMAS))  # ama iptables serves all
     for tool, path in [("oha", args.oha), ("envoy", args.envoy), ("ama", args.ama),
                        ("ama-bench-app", args.grpc_app)]:
-        if tool == "envoy" and "envoy" not in args.arms or tool == "ama" and not needs_ama \
+        if tool == "envoy" and not any(a in args.arms for a in ENVOYS) or tool == "ama" and not needs_ama \
                 or tool == "ama-bench-app" and "grpc" not in args.protocols:
             continue
         if not path.exists():
@@ -1381,7 +1469,7 @@ def main() -> int:
                 continue
             install_capture(world, args.ama, arm.client)
             install_capture(world, args.ama, arm.server)
-            if arm.name == "envoy":
+            if arm.name in ENVOYS:
                 start_envoys(world, arm, args.envoy, base_id=(os.getpid() % 10000) * 10 + 2 * i,
                              certs=certs, concurrency=args.proxy_concurrency)
             else:
@@ -1392,6 +1480,8 @@ def main() -> int:
         log("checking every arm")
         checks = {f"{name}-{proto}": check_arm(world, arm, args.oha, args.tls, proto, request)
                   for name, arm in arms.items() for proto in args.protocols}
+        if "envoy" in arms:
+            checks["envoy-istio-stats"] = check_istio_stats(world, arms["envoy"], args.tls)
         time.sleep(1)
         startup_mem = {f"{a.name}.{r}_proxy": proc_status(p.pid) for a in arms.values()
                        for r, p in a.proxies.items()}
