@@ -510,6 +510,9 @@ def check_istio_stats(world: World, arm: Arm, tls: bool) -> dict:
     istio_requests_total (the stats access logger standing in for istio.stats) with its reporter
     label and the peer's workload name, which only the metadata exchange's decoded headers carry
     (and, with tls, the peer's SPIFFE id): the Istio-shaped filters ran, not just the router."""
+    def istio_stats(pod: Pod) -> str:
+        return world.sh(pod.ns, "curl -s --max-time 5 'http://127.0.0.1:15000/stats?filter=^istiocustom'",
+                        check=False).stdout
     found = {}
     for role, pod in (("client", arm.client), ("server", arm.server)):
         peer = "server" if role == "client" else "client"
@@ -517,8 +520,7 @@ def check_istio_stats(world: World, arm: Arm, tls: bool) -> dict:
                 POD_METADATA[peer]["WORKLOAD_NAME"], "response_code.200"]
         if tls:
             want.append(SPIFFE[peer].replace("spiffe://", ""))
-        out = world.sh(pod.ns, "curl -s --max-time 5 'http://127.0.0.1:15000/stats?filter=^istiocustom'",
-                       check=False).stdout
+        out = istio_stats(pod)
         counted = sum(int(line.rpartition(": ")[2]) for line in out.splitlines()
                       if "istio_requests_total" in line and all(w in line for w in want)
                       and line.rpartition(": ")[2].isdigit())
@@ -534,8 +536,7 @@ def check_istio_stats(world: World, arm: Arm, tls: bool) -> dict:
                 raise BenchError(f"arm {arm.name}: the {role} sidecar recorded no istio_response_bytes "
                                  f"with {want} within 15 s; its stats:\n{out}\n{arm.logs()}")
             time.sleep(1)
-            out = world.sh(pod.ns, "curl -s --max-time 5 'http://127.0.0.1:15000/stats?filter=^istiocustom'",
-                           check=False).stdout
+            out = istio_stats(pod)
         found[role] = {"counted": counted, "stats": out.splitlines()}
     log(f"  {arm.name}: istio_requests_total with the peer's labels: client {found['client']['counted']}, "
         f"server {found['server']['counted']}")
