@@ -146,18 +146,41 @@ spec:
 
 #[test]
 fn a_telemetry_that_cannot_be_read_is_left_out_with_a_warning() {
-    let m = model(&format!(
-        "{MESH}{}
+    // The parser refuses what Istio's validation refuses, naming object and field...
+    let bad = "
 ---
 apiVersion: telemetry.istio.io/v1
 kind: Telemetry
-metadata: {{name: bad, namespace: default}}
+metadata: {name: bad, namespace: default}
 spec:
   tracing:
   - randomSamplingPercentage: 200
-",
-        pod("sleep", "sleep", "10.244.0.5"),
-    ));
+";
+    let (_, errors) = parse_stream(bad, "test.yaml");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let e = errors[0].to_string();
+    assert!(
+        e.contains("Telemetry default/bad") && e.contains("randomSamplingPercentage"),
+        "{e}"
+    );
+    // ...and one that reaches the model anyway (it is built from objects of any source) is
+    // left out with a warning.
+    let (mut objects, errors) = parse_stream(
+        &format!("{MESH}{}", pod("sleep", "sleep", "10.244.0.5")),
+        "test.yaml",
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    objects.push(Object::Other(api::objects::OtherObject {
+        api_version: "telemetry.istio.io/v1".into(),
+        kind: "Telemetry".into(),
+        metadata: api::objects::Metadata {
+            name: "bad".into(),
+            namespace: "default".into(),
+            ..api::objects::Metadata::default()
+        },
+        spec: serde_json::json!({"tracing": [{"randomSamplingPercentage": 200}]}),
+    }));
+    let m = Model::build(&objects, &mut VipAllocator::new());
     assert_eq!(tracing_of(&m, "sleep", "10.244.0.5"), None);
     assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
     assert!(
