@@ -267,11 +267,11 @@ impl Encoder {
         {
             return Ok((Arc::clone(&e.name), Arc::clone(&e.encoded)));
         }
-        let found = self
-            .previous
-            .get(&key)
-            .and_then(|v| v.iter().find(|e| e.value == r))
-            .cloned();
+        // Moved, not cloned: a later request for the same value finds it in `current`.
+        let found = self.previous.get_mut(&key).and_then(|v| {
+            let i = v.iter().position(|e| e.value == r)?;
+            Some(v.swap_remove(i))
+        });
         let e = match found {
             Some(e) => e,
             None => Encoded {
@@ -281,7 +281,12 @@ impl Encoder {
             },
         };
         let out = (Arc::clone(&e.name), Arc::clone(&e.encoded));
-        self.current.entry(key).or_default().push(e);
+        // A name has one value almost always: room for exactly one, where a first `push` would
+        // make room for four `Encoded`s (each holds a whole resource), which at 5k services
+        // was most of the encoder's memory.
+        let values = self.current.entry(key).or_default();
+        values.reserve_exact(1);
+        values.push(e);
         Ok(out)
     }
 
@@ -350,6 +355,31 @@ mod tests {
             c.get(name).expect("a"),
             a.get(name).expect("a")
         ));
+    }
+
+    #[test]
+    fn a_kept_encoding_moves_to_the_next_push_and_a_name_holds_no_spare_values() {
+        let mut enc = Encoder::default();
+        let (a, _) = enc.view([service("a", 80), service("b", 80)], None);
+        enc.begin_push();
+        let (b, _) = enc.view([service("a", 80), service("b", 81)], Some(&a));
+        let name = "default/a.default.svc.cluster.local";
+        assert!(Arc::ptr_eq(
+            a.get(name).expect("a"),
+            b.get(name).expect("a")
+        ));
+        let key = (ResourceType::Service, name.to_string());
+        assert!(enc.previous[&key].is_empty(), "moved from the last push");
+        for values in enc.current.values() {
+            assert_eq!((values.len(), values.capacity()), (1, 1));
+        }
+        // The same name with another value (another group of proxies) is a second entry.
+        let (c, _) = enc.view([service("a", 81)], None);
+        assert!(!Arc::ptr_eq(
+            c.get(name).expect("a"),
+            a.get(name).expect("a")
+        ));
+        assert_eq!(enc.current[&key].len(), 2);
     }
 
     #[test]
