@@ -5,13 +5,16 @@
 mod ads_common;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use ads_common::{RawStream, ServerProcess, Source, mesh, names, node, versions};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
-use xds::ads::ResourceType;
+use tokio::sync::watch;
+use xds::ProxyResources;
 use xds::ads::codec::{AnyResource, version_of};
+use xds::ads::{Node, ResourceType, Snapshot, SnapshotSource};
 
 const ALL: [ResourceType; 7] = ResourceType::ALL;
 
@@ -401,10 +404,33 @@ async fn a_proxy_that_stops_reading_does_not_hold_up_the_others() {
     assert!(st.types.values().all(|t| t.pushes == 1), "{st:#?}");
 }
 
+/// Encoded views shared by every proxy, as the control plane serves them.
+struct SharedSource(watch::Sender<Snapshot>);
+
+impl SharedSource {
+    fn new(res: &ProxyResources) -> Arc<SharedSource> {
+        Arc::new(SharedSource(watch::Sender::new(Snapshot::encode(res).0)))
+    }
+
+    fn set(&self, res: &ProxyResources) {
+        self.0.send_replace(Snapshot::encode(res).0);
+    }
+}
+
+impl SnapshotSource for SharedSource {
+    fn watch_snapshots(
+        &self,
+        _node: &Node,
+    ) -> Result<Option<watch::Receiver<Snapshot>>, tonic::Status> {
+        Ok(Some(self.0.subscribe()))
+    }
+}
+
 #[tokio::test]
 async fn a_large_first_sync_is_the_whole_view_for_every_proxy_and_deltas_follow_from_it() {
-    // 40 workloads: a view large enough to be sent as its shared encoding.
-    let source = Source::fixed(mesh(40));
+    // 40 workloads: a view large enough to be sent as its shared encoding, shared as the
+    // control plane shares it.
+    let source = SharedSource::new(&mesh(40));
     let server = ServerProcess::start(source.clone());
     let mut expected: Vec<String> = (1..=40).map(|i| format!("w{i}")).collect();
     expected.sort();
@@ -441,7 +467,7 @@ async fn a_large_first_sync_is_the_whole_view_for_every_proxy_and_deltas_follow_
     next.workloads[1]
         .labels
         .insert("version".into(), "v2".into());
-    source.set(None, next);
+    source.set(&next);
     // The proxy that holds the view gets the one change; the one that rejected it all of it.
     let r2 = s2.next().await;
     assert_eq!(r2.type_url, ResourceType::Workload.type_url());

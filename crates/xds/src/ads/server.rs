@@ -582,6 +582,7 @@ async fn accept(
         types: ByType::default(),
         nonces: 0,
         sync: None,
+        shared_views: matches!(snapshots, Feed::Shared(_)),
     };
     Ok((stream, Box::new(first), inbound, snapshots))
 }
@@ -769,6 +770,10 @@ struct ProxyStream {
     /// The turn of a first sync (see [`ServerOptions::max_concurrent_syncs`]), until every type
     /// is ACKed once or the deadline passes.
     sync: Option<(OwnedSemaphorePermit, tokio::time::Instant)>,
+    /// The views come from [`SnapshotSource::watch_snapshots`], shared with other proxies; a
+    /// stream that encodes its own ([`SnapshotSource::watch`]) lists its first sync, since the
+    /// shared bytes of [`Resources::Whole`] would be a second copy of its views for it alone.
+    shared_views: bool,
 }
 
 impl ProxyStream {
@@ -991,7 +996,7 @@ impl ProxyStream {
             }
             st.dirty = false;
             let want = self.snapshot.get(ty);
-            let (resources, removed) = if st.wants_whole(want) {
+            let (resources, removed) = if self.shared_views && st.wants_whole(want) {
                 (Resources::Whole(Arc::clone(want)), Vec::new())
             } else {
                 let (changed, removed) = st.diff(want);
