@@ -10,6 +10,8 @@
 //! message larger than [`CHUNK`] goes in pieces of that size, whose buffers come back to a
 //! small pool once HTTP/2 has written them, so a sync burst reuses a few MB of buffers instead
 //! of mapping a new one per proxy. A smaller message (a push) is one buffer of its exact size.
+//! A first sync of a whole shared view ([`Resources::Whole`]) copies nothing: its resources go
+//! as slices of the view's own encoding of them ([`TypeView::wire`]), made once for every proxy.
 //! The bytes are prost's, field for field (a unit test compares them).
 
 use std::sync::{Arc, Mutex, PoisonError};

@@ -92,7 +92,7 @@ impl TypeView {
     /// Every entry, in name order, as the `resources` fields of a Delta ADS response: encoded
     /// once, by the first response that sends the whole view, and then shared by every proxy
     /// that syncs it (the bytes live as long as the view). A first sync of 5k services is a few
-    /// MB per type; without this, each proxy's copy of it was encoded and held while sent.
+    /// MB per type, which was otherwise encoded again for each proxy.
     pub(crate) fn wire(&self) -> &Bytes {
         self.wire
             .get_or_init(|| Bytes::from(resources_wire(self.entries.iter())))
