@@ -5,13 +5,16 @@
 mod ads_common;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use ads_common::{RawStream, ServerProcess, Source, mesh, names, node, versions};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
-use xds::ads::ResourceType;
+use tokio::sync::watch;
+use xds::ProxyResources;
 use xds::ads::codec::{AnyResource, version_of};
+use xds::ads::{Node, ResourceType, Snapshot, SnapshotSource};
 
 const ALL: [ResourceType; 7] = ResourceType::ALL;
 
@@ -399,4 +402,91 @@ async fn a_proxy_that_stops_reading_does_not_hold_up_the_others() {
         .await;
     assert!(st.types.values().all(|t| t.pending && t.acked.is_none()));
     assert!(st.types.values().all(|t| t.pushes == 1), "{st:#?}");
+}
+
+/// Encoded views shared by every proxy, as the control plane serves them.
+struct SharedSource(watch::Sender<Snapshot>);
+
+impl SharedSource {
+    fn new(res: &ProxyResources) -> Arc<SharedSource> {
+        Arc::new(SharedSource(watch::Sender::new(Snapshot::encode(res).0)))
+    }
+
+    fn set(&self, res: &ProxyResources) {
+        self.0.send_replace(Snapshot::encode(res).0);
+    }
+}
+
+impl SnapshotSource for SharedSource {
+    fn watch_snapshots(
+        &self,
+        _node: &Node,
+    ) -> Result<Option<watch::Receiver<Snapshot>>, tonic::Status> {
+        Ok(Some(self.0.subscribe()))
+    }
+}
+
+#[tokio::test]
+async fn a_large_first_sync_is_the_whole_view_for_every_proxy_and_deltas_follow_from_it() {
+    // 40 workloads: a view large enough to be sent as its shared encoding, shared as the
+    // control plane shares it.
+    let source = SharedSource::new(&mesh(40));
+    let server = ServerProcess::start(source.clone());
+    let mut expected: Vec<String> = (1..=40).map(|i| format!("w{i}")).collect();
+    expected.sort();
+    let (n1, n2) = (node("pod-1", 1), node("pod-2", 2));
+    let mut s1 = RawStream::open(server.addr, n1.clone(), &ALL, &BTreeMap::new()).await;
+    let mut s2 = RawStream::open(server.addr, n2.clone(), &ALL, &BTreeMap::new()).await;
+    let rs1 = one_each(&mut s1, &ALL).await;
+    let rs2 = one_each(&mut s2, &ALL).await;
+    let (w1, w2) = (&rs1[&ResourceType::Workload], &rs2[&ResourceType::Workload]);
+    // In name order, as a listed response has them, each body's version its hash.
+    let order: Vec<String> = w1.resources.iter().map(|r| r.name.clone()).collect();
+    assert_eq!(order, expected);
+    assert_eq!(w1.resources, w2.resources);
+    assert_eq!(w1.system_version_info, w2.system_version_info);
+    assert_ne!(w1.nonce, w2.nonce);
+    for r in &w1.resources {
+        let body = r.resource.as_ref().expect("body");
+        assert_eq!(r.version, version_of(&body.value), "{}", r.name);
+    }
+    assert!(w1.removed_resources.is_empty());
+    ack_all(&s2, &rs2).await;
+
+    // The first proxy rejects its first sync; the second ACKs it.
+    s1.nack(w1, "rejected").await;
+    for r in rs1.values().filter(|r| r.type_url != w1.type_url) {
+        s1.ack(r).await;
+    }
+    server
+        .wait_status(&n1.id, |p| {
+            p.types[&ResourceType::Workload].nacked.is_some()
+        })
+        .await;
+    let mut next = mesh(40);
+    next.workloads[1]
+        .labels
+        .insert("version".into(), "v2".into());
+    source.set(&next);
+    // The proxy that holds the view gets the one change; the one that rejected it all of it.
+    let r2 = s2.next().await;
+    assert_eq!(r2.type_url, ResourceType::Workload.type_url());
+    assert_eq!(names(&r2), [w1.resources[1].name.clone()]);
+    let r1 = s1.next().await;
+    assert_eq!(r1.type_url, ResourceType::Workload.type_url());
+    assert_eq!(names(&r1), expected);
+    assert_eq!(r1.system_version_info, r2.system_version_info);
+    s1.ack(&r1).await;
+    s2.ack(&r2).await;
+    let st = server
+        .wait_status(&n2.id, |p| !p.types[&ResourceType::Workload].pending)
+        .await;
+    assert_eq!(st.types[&ResourceType::Workload].resources, 40);
+    assert_eq!(st.types[&ResourceType::Workload].resources_sent, 41);
+    let st = server
+        .wait_status(&n1.id, |p| !p.types[&ResourceType::Workload].pending)
+        .await;
+    assert_eq!(st.types[&ResourceType::Workload].resources_sent, 80);
+    s1.quiet().await;
+    s2.quiet().await;
 }

@@ -54,7 +54,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::codec::{EncodedResource, ResourceType, set_version};
 use super::identity::{PeerIdentity, check_node};
-use super::response::Outgoing;
+use super::response::{Outgoing, Resources};
 use super::transport::AdsService;
 use super::view::{Snapshot, TypeView};
 use crate::ProxyResources;
@@ -582,9 +582,15 @@ async fn accept(
         types: ByType::default(),
         nonces: 0,
         sync: None,
+        shared_views: matches!(snapshots, Feed::Shared(_)),
     };
     Ok((stream, Box::new(first), inbound, snapshots))
 }
+
+/// The fewest resources a view sent whole must have to be sent as its shared encoding
+/// ([`TypeState::wants_whole`]); a smaller one (a proxy's node, a namespace's few policies) is
+/// listed, so that no per-proxy view keeps a second copy of its bytes.
+const WHOLE_MIN: usize = 16;
 
 /// A resource of a view: its shared name and encoding.
 type Entry<'a> = (Arc<str>, &'a Arc<EncodedResource>);
@@ -678,6 +684,17 @@ impl TypeState {
         }
     }
 
+    /// Whether the proxy should get all of `want` as the view's shared encoding
+    /// ([`Resources::Whole`]): it wants every resource and holds none (a first sync, or a
+    /// reconnect that kept nothing), and the view is large enough for its shared bytes to pay
+    /// (a proxy's own small views are sent as a list). It is then what [`TypeState::diff`]
+    /// would list, in the same order, with nothing to remove.
+    fn wants_whole(&self, want: &TypeView) -> bool {
+        self.wildcard
+            && matches!(&self.held, Held::Versions(had) if had.is_empty())
+            && want.len() >= WHOLE_MIN
+    }
+
     /// The resources to send (changed or added, in name order) and the names to remove, to
     /// bring the proxy from what it holds to `want`.
     fn diff<'a>(&self, want: &'a TypeView) -> (Vec<Entry<'a>>, Vec<String>) {
@@ -753,6 +770,10 @@ struct ProxyStream {
     /// The turn of a first sync (see [`ServerOptions::max_concurrent_syncs`]), until every type
     /// is ACKed once or the deadline passes.
     sync: Option<(OwnedSemaphorePermit, tokio::time::Instant)>,
+    /// The views come from [`SnapshotSource::watch_snapshots`], shared with other proxies; a
+    /// stream that encodes its own ([`SnapshotSource::watch`]) lists its first sync, since the
+    /// shared bytes of [`Resources::Whole`] would be a second copy of its views for it alone.
+    shared_views: bool,
 }
 
 impl ProxyStream {
@@ -975,18 +996,23 @@ impl ProxyStream {
             }
             st.dirty = false;
             let want = self.snapshot.get(ty);
-            let (changed, removed) = st.diff(want);
-            if changed.is_empty() && removed.is_empty() && !st.initial && !st.rejected {
-                // Nothing to send: the proxy holds what the new view says.
-                st.held = Held::View(Arc::clone(want));
-                continue;
-            }
+            let (resources, removed) = if self.shared_views && st.wants_whole(want) {
+                (Resources::Whole(Arc::clone(want)), Vec::new())
+            } else {
+                let (changed, removed) = st.diff(want);
+                if changed.is_empty() && removed.is_empty() && !st.initial && !st.rejected {
+                    // Nothing to send: the proxy holds what the new view says.
+                    st.held = Held::View(Arc::clone(want));
+                    continue;
+                }
+                let changed = changed
+                    .into_iter()
+                    .map(|(n, e)| (n, Arc::clone(e)))
+                    .collect();
+                (Resources::Listed(changed), removed)
+            };
             st.initial = false;
             st.rejected = false;
-            let resources: Vec<(Arc<str>, Arc<EncodedResource>)> = changed
-                .into_iter()
-                .map(|(n, e)| (n, Arc::clone(e)))
-                .collect();
             let previous = std::mem::replace(&mut st.held, Held::View(Arc::clone(want)));
             let version = st.version_of(want);
             self.nonces += 1;

@@ -13,9 +13,12 @@
 //! earlier view sends the change without comparing every entry itself.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
+
+use tonic::codegen::Bytes;
 
 use super::codec::{AnyResource, EncodedResource, ResourceType, set_version, split};
+use super::response::resources_wire;
 use crate::ProxyResources;
 
 /// The names that differ between two views of one type.
@@ -42,6 +45,9 @@ pub struct TypeView {
     version: Arc<str>,
     /// The view this one replaced for the same proxies, and what changed since.
     base: Option<(Weak<TypeView>, Arc<ViewDelta>)>,
+    /// Every entry as a Delta ADS response's `resources` fields, made by the first response that
+    /// sends the whole view ([`TypeView::wire`]).
+    wire: OnceLock<Bytes>,
 }
 
 impl TypeView {
@@ -54,6 +60,7 @@ impl TypeView {
             entries,
             version,
             base: None,
+            wire: OnceLock::new(),
         }
     }
 
@@ -80,6 +87,15 @@ impl TypeView {
         let delta = previous.diff(&view);
         view.base = Some((Arc::downgrade(previous), Arc::new(delta)));
         Arc::new(view)
+    }
+
+    /// Every entry, in name order, as the `resources` fields of a Delta ADS response: encoded
+    /// once, by the first response that sends the whole view, and then shared by every proxy
+    /// that syncs it (the bytes live as long as the view). A first sync of 5k services is a few
+    /// MB per type, which was otherwise encoded again for each proxy.
+    pub(crate) fn wire(&self) -> &Bytes {
+        self.wire
+            .get_or_init(|| Bytes::from(resources_wire(self.entries.iter())))
     }
 
     /// The resource named `name`.
@@ -251,11 +267,11 @@ impl Encoder {
         {
             return Ok((Arc::clone(&e.name), Arc::clone(&e.encoded)));
         }
-        let found = self
-            .previous
-            .get(&key)
-            .and_then(|v| v.iter().find(|e| e.value == r))
-            .cloned();
+        // Moved, not cloned: a later request for the same value finds it in `current`.
+        let found = self.previous.get_mut(&key).and_then(|v| {
+            let i = v.iter().position(|e| e.value == r)?;
+            Some(v.swap_remove(i))
+        });
         let e = match found {
             Some(e) => e,
             None => Encoded {
@@ -265,7 +281,12 @@ impl Encoder {
             },
         };
         let out = (Arc::clone(&e.name), Arc::clone(&e.encoded));
-        self.current.entry(key).or_default().push(e);
+        // A name has one value almost always: room for exactly one, where a first `push` would
+        // make room for four `Encoded`s (each holds a whole resource), which at 5k services
+        // was most of the encoder's memory.
+        let values = self.current.entry(key).or_default();
+        values.reserve_exact(1);
+        values.push(e);
         Ok(out)
     }
 
@@ -334,6 +355,31 @@ mod tests {
             c.get(name).expect("a"),
             a.get(name).expect("a")
         ));
+    }
+
+    #[test]
+    fn a_kept_encoding_moves_to_the_next_push_and_a_name_holds_no_spare_values() {
+        let mut enc = Encoder::default();
+        let (a, _) = enc.view([service("a", 80), service("b", 80)], None);
+        enc.begin_push();
+        let (b, _) = enc.view([service("a", 80), service("b", 81)], Some(&a));
+        let name = "default/a.default.svc.cluster.local";
+        assert!(Arc::ptr_eq(
+            a.get(name).expect("a"),
+            b.get(name).expect("a")
+        ));
+        let key = (ResourceType::Service, name.to_string());
+        assert!(enc.previous[&key].is_empty(), "moved from the last push");
+        for values in enc.current.values() {
+            assert_eq!((values.len(), values.capacity()), (1, 1));
+        }
+        // The same name with another value (another group of proxies) is a second entry.
+        let (c, _) = enc.view([service("a", 81)], None);
+        assert!(!Arc::ptr_eq(
+            c.get(name).expect("a"),
+            a.get(name).expect("a")
+        ));
+        assert_eq!(enc.current[&key].len(), 2);
     }
 
     #[test]
