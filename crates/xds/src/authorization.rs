@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::validate::ValidationErrors;
 
 /// PeerAuthentication mTLS mode.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum MtlsMode {
     /// Inherit from the parent: port → workload → namespace → mesh; PERMISSIVE when nothing
@@ -29,7 +29,7 @@ pub enum MtlsMode {
 }
 
 /// PeerAuthentication: which mTLS mode the selected workloads accept.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PeerAuthentication {
     /// Workload-wide mode; `UNSET` inherits the namespace's (then the mesh's).
@@ -46,7 +46,7 @@ pub struct PeerAuthentication {
 /// policy (no selector), then the mesh policy (no selector, in the root namespace); PERMISSIVE
 /// when none sets a mode. Never `UNSET`. The proxy resolves its own inbound mode with it, and
 /// discovery the mode of each endpoint it sends (auto mTLS sends plaintext to DISABLE).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EffectiveMtls {
     /// Workload-wide mode.
     pub mode: MtlsMode,
@@ -114,7 +114,7 @@ impl EffectiveMtls {
 }
 
 /// What an AuthorizationPolicy does with the requests its rules match.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Action {
     /// Allow matching requests; once any ALLOW policy selects a workload, a request that none
@@ -135,7 +135,7 @@ pub enum Action {
 /// Evaluation, per request and in this order (Istio's): a CUSTOM policy that matches denies; a
 /// DENY policy that matches denies; if any ALLOW policy selects the workload, the request must
 /// match one of them; AUDIT policies only log. A policy matches when any of its rules does.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthorizationPolicy {
     /// What a match does.
@@ -159,7 +159,7 @@ pub struct AuthorizationPolicy {
 
 /// One rule: any of `from`, and any of `to`, and every one of `when` (an empty list is no
 /// condition).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rule {
     /// Sources.
@@ -182,7 +182,7 @@ pub struct Rule {
 
 /// A source: every set field must match. Values match as Istio's do: exact, `prefix*`,
 /// `*suffix`, or `*` (present).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Source {
     /// Peer identities from mTLS, without `spiffe://` (`cluster.local/ns/default/sa/sleep`).
@@ -225,7 +225,7 @@ pub struct Source {
 }
 
 /// An operation: every set field must match.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Operation {
     /// Hosts (the request's authority, case-insensitive; `prefix*`, `*suffix`, `*`).
@@ -257,7 +257,7 @@ pub struct Operation {
 
 /// A condition on one attribute (Istio's "Authorization Policy Conditions"): the attribute
 /// must match one of `values` (when set) and none of `not_values`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Condition {
     /// One of [`CONDITION_KEYS`], or `request.headers[NAME]`, or `request.auth.claims[NAME]`
@@ -291,7 +291,7 @@ pub const CONDITION_KEYS: [&str; 11] = [
 /// accepts. A request with no token passes (an AuthorizationPolicy can require one with
 /// `requestPrincipals`); a request with a token that none of the rules verifies is answered
 /// `401`, as Envoy's `jwt_authn` filter answers under Istio.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RequestAuthentication {
     /// Accepted issuers.
@@ -300,7 +300,7 @@ pub struct RequestAuthentication {
 }
 
 /// One accepted issuer and how its tokens are found and verified.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JwtRule {
     /// `iss` of the tokens.
@@ -339,7 +339,7 @@ pub struct JwtRule {
 }
 
 /// A header that carries a token.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JwtHeader {
     /// The header's name.
@@ -350,7 +350,7 @@ pub struct JwtHeader {
 }
 
 /// A claim copied into a request header.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClaimToHeader {
     /// The header.
@@ -362,7 +362,7 @@ pub struct ClaimToHeader {
 /// The security policies of the workloads a selector picks in a namespace (the root
 /// namespace's apply mesh-wide): exactly one of a PeerAuthentication, an AuthorizationPolicy
 /// or a RequestAuthentication.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Authorization {
     /// Name: the AuthorizationPolicy's own (it names denials:

@@ -21,7 +21,7 @@ use crate::routes::HttpRoutes;
 use crate::validate::{ValidationErrors, check_port};
 
 /// What a gateway serves on one port.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GatewayListener {
     /// The port the gateway binds on every address (`0.0.0.0:<port>`).
@@ -36,7 +36,7 @@ pub struct GatewayListener {
 }
 
 /// A Gateway server's port protocol (Istio's `Port.protocol` for Gateways).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum GatewayProtocol {
     /// HTTP/1.1 (and HTTP/2 prior knowledge).
@@ -61,7 +61,7 @@ impl GatewayProtocol {
 }
 
 /// One server of one Gateway.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GatewayServer {
     /// The Gateway (`namespace/name`).
@@ -86,7 +86,7 @@ pub struct GatewayServer {
 }
 
 /// How a server takes TLS (Istio's `ServerTLSSettings.TLSmode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ServerTlsMode {
     /// Forward the TLS connection as it is, routed by SNI.
@@ -102,7 +102,7 @@ pub enum ServerTlsMode {
 }
 
 /// A server's TLS settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServerTls {
     /// The mode.
@@ -124,7 +124,7 @@ pub struct ServerTls {
 }
 
 /// A TLS version a gateway server can be limited to (the proxy serves TLS 1.2 and 1.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum TlsVersion {
     /// TLS 1.2.
     #[serde(rename = "TLSV1_2")]
@@ -135,7 +135,7 @@ pub enum TlsVersion {
 }
 
 /// A server's certificate chain, key and client CA, as PEM.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServerCredential {
     /// Where it came from (`Secret istio-system/httpbin-credential`, or a file), for messages.
@@ -207,7 +207,7 @@ impl GatewayListener {
 }
 
 /// How a port's connections are taken: every server of a port must agree.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ListenerFamily {
     /// Plain HTTP.
     Http,

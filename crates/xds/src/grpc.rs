@@ -16,7 +16,7 @@ pub fn header(len: usize) -> [u8; HEADER_LEN] {
 }
 
 /// A message header as read: whether the body is compressed, and its length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Header {
     /// The compressed flag (byte 0) was set.
     pub compressed: bool,

@@ -15,7 +15,7 @@ use crate::service::LbPolicy;
 use crate::validate::{ValidationErrors, check_port};
 
 /// TCP keepalive probes on upstream connections.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpKeepalive {
     /// Probes without answer before the connection is dead.
@@ -30,7 +30,7 @@ pub struct TcpKeepalive {
 }
 
 /// TCP connection limits.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpPool {
     /// Most connections to all endpoints of the host (`maxConnections`); beyond it, requests
@@ -52,7 +52,7 @@ pub struct TcpPool {
 }
 
 /// HTTP request limits.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpPool {
     /// Most requests waiting for a connection (`http1MaxPendingRequests`); beyond it, 503 `UO`.
@@ -79,7 +79,7 @@ pub struct HttpPool {
 }
 
 /// Connection pool settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConnectionPool {
     /// TCP settings.
@@ -93,7 +93,7 @@ pub struct ConnectionPool {
 /// Outlier detection: endpoints that fail are ejected from balancing for a while. Unset fields
 /// take Envoy's defaults as Istio leaves them (5 consecutive 5xx, 10 s interval, 30 s base
 /// ejection, 10 % most ejected).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutlierDetection {
     /// Consecutive 5xx (and local failures, unless split) before ejection; 0 disables.
@@ -125,7 +125,7 @@ pub struct OutlierDetection {
 }
 
 /// What a consistent hash is taken over.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum HashKey {
     /// A request header's value.
@@ -148,7 +148,7 @@ pub enum HashKey {
 }
 
 /// How hashes map to endpoints.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum HashAlgorithm {
     /// Ketama ring (Istio's default) with at least this many entries (1024 when 0).
@@ -166,7 +166,7 @@ pub enum HashAlgorithm {
 }
 
 /// Consistent hashing (`loadBalancer.consistentHash`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConsistentHash {
     /// What is hashed.
@@ -176,7 +176,7 @@ pub struct ConsistentHash {
 }
 
 /// Load balancing.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoadBalancer {
     /// A simple policy.
@@ -188,7 +188,7 @@ pub struct LoadBalancer {
 }
 
 /// TLS toward the destination (`trafficPolicy.tls.mode`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ClientTlsMode {
     /// Plaintext.
@@ -203,7 +203,7 @@ pub enum ClientTlsMode {
 }
 
 /// TLS settings toward the destination.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClientTls {
     /// Mode.
@@ -241,7 +241,7 @@ pub struct ClientTls {
 
 /// A DestinationRule's client certificate, key and CA, as PEM, read by the control plane from
 /// the Secret `credentialName` names. `Debug` prints no key.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClientCredential {
     /// Where it came from (`Secret default/client-credential`), for messages.
@@ -273,7 +273,7 @@ impl std::fmt::Debug for ClientCredential {
 }
 
 /// The four settings a policy level carries.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Settings {
     /// Load balancing.
@@ -291,7 +291,7 @@ pub struct Settings {
 }
 
 /// Settings for one port, replacing the level's own.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PortSettings {
     /// The service port.
@@ -302,7 +302,7 @@ pub struct PortSettings {
 }
 
 /// One level of policy: settings and their per-port overrides.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Policy {
     /// Settings for every port.
@@ -323,7 +323,7 @@ impl Policy {
 }
 
 /// A named set of a service's endpoints, selected by labels.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Subset {
     /// Name (`v1`), the `cluster` part after `outbound|80|`.
@@ -337,7 +337,7 @@ pub struct Subset {
 }
 
 /// Client policy for one host.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficPolicy {
     /// Name (`default/httpbin`).

@@ -16,7 +16,7 @@ use crate::workload::Workload;
 
 /// Which workload the proxy is. Any field may be empty; the proxy fills the gaps from its
 /// environment (`POD_NAME`, `POD_NAMESPACE`, `INSTANCE_IP`) like Istio's agent.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeRef {
     /// The workload's uid in `workloads`.
@@ -49,7 +49,7 @@ pub struct NodeRef {
 
 /// Everything a proxy needs: its own identity, and the workloads, services, routes, policies and
 /// authorizations of the mesh that concern it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProxyResources {
     /// The proxy's own workload (`self:`, also accepted as `node:`).

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::validate::{ValidationErrors, check_port};
 
 /// A string matcher, as in VirtualService `StringMatch`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum StringMatch {
     /// Equal to.
@@ -43,7 +43,7 @@ impl StringMatch {
 }
 
 /// Conditions on a request; all that are set must hold (VirtualService `HTTPMatchRequest`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteMatch {
     /// The match's name, joined to the route's in the access log's `route_name`.
@@ -85,7 +85,7 @@ pub struct HttpRouteMatch {
 }
 
 /// Header edits (VirtualService `Headers.HeaderOperations`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeaderOps {
     /// Replace the header's values with this one.
@@ -107,7 +107,7 @@ impl HeaderOps {
 }
 
 /// Header edits of the request and of the response.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Headers {
     /// Applied to the request before it goes upstream.
@@ -126,7 +126,7 @@ impl Headers {
 }
 
 /// A weighted destination of a route.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteDestination {
     /// Service hostname.
@@ -150,7 +150,7 @@ fn default_weight() -> u32 {
 }
 
 /// Retry policy (VirtualService `retries`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Retries after the first attempt (0 turns retries off).
@@ -195,7 +195,7 @@ impl RetryPolicy {
 }
 
 /// A delay before the request goes upstream (VirtualService `fault.delay`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FaultDelay {
     /// How long, in milliseconds.
@@ -205,7 +205,7 @@ pub struct FaultDelay {
 }
 
 /// What an aborted request gets.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum AbortStatus {
     /// An HTTP status.
@@ -215,7 +215,7 @@ pub enum AbortStatus {
 }
 
 /// A local reply instead of the upstream's (VirtualService `fault.abort`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FaultAbort {
     /// The status.
@@ -225,7 +225,7 @@ pub struct FaultAbort {
 }
 
 /// Fault injection.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Fault {
     /// Delay.
@@ -237,7 +237,7 @@ pub struct Fault {
 }
 
 /// A copy of the request sent elsewhere, its response discarded.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Mirror {
     /// Service hostname.
@@ -253,7 +253,7 @@ pub struct Mirror {
 }
 
 /// A rewrite of the request before it goes upstream.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rewrite {
     /// Replaces the part of the path the `uri` match matched (the whole path for an exact or
@@ -269,7 +269,7 @@ pub struct Rewrite {
 }
 
 /// `uriRegexRewrite`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegexRewrite {
     /// RE2 regular expression.
@@ -279,7 +279,7 @@ pub struct RegexRewrite {
 }
 
 /// Where a redirect's port comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum RedirectPort {
     /// This port.
@@ -289,7 +289,7 @@ pub enum RedirectPort {
 }
 
 /// A redirect answered by the proxy.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Redirect {
     /// Replaces the path.
@@ -310,7 +310,7 @@ pub struct Redirect {
 }
 
 /// A fixed response answered by the proxy.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DirectResponse {
     /// Status.
@@ -321,7 +321,7 @@ pub struct DirectResponse {
 }
 
 /// What a preflight request that matches no allowed origin gets.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum UnmatchedPreflights {
     /// Forwarded upstream (Envoy's default).
@@ -332,7 +332,7 @@ pub enum UnmatchedPreflights {
 }
 
 /// CORS (VirtualService `corsPolicy`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Cors {
     /// Origins allowed.
@@ -359,7 +359,7 @@ pub struct Cors {
 }
 
 /// One route.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRoute {
     /// Route name (the access log's `route_name`); `default` when absent.
@@ -402,7 +402,7 @@ pub struct HttpRoute {
 
 /// Conditions on an opaque connection (VirtualService `L4MatchAttributes` and
 /// `TLSMatchAttributes`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct L4Match {
     /// The service port the connection was sent to.
@@ -423,7 +423,7 @@ pub struct L4Match {
 }
 
 /// A route for opaque TCP or TLS connections.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct L4Route {
     /// Any of these selects the route; empty matches every connection.
@@ -435,7 +435,7 @@ pub struct L4Route {
 }
 
 /// Routing for one or more hosts.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRoutes {
     /// Name (`default/reviews`).

@@ -51,7 +51,7 @@ impl Resolution {
 }
 
 /// A port of a service.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServicePort {
     /// Port name (`http`); its prefix gives the protocol when none is declared.
@@ -82,7 +82,7 @@ impl ServicePort {
 }
 
 /// One backend of a service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Endpoint {
     /// The endpoint's address.
@@ -113,7 +113,7 @@ pub struct Endpoint {
 
 /// An endpoint given by host name (ServiceEntry `resolution: DNS` or `DNS_ROUND_ROBIN`): the
 /// proxy resolves it off the request path, refreshes it, and keeps the last good answer.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DnsEndpoint {
     /// The name to resolve (`httpbin.org`, `localhost`).
@@ -127,7 +127,7 @@ pub struct DnsEndpoint {
 }
 
 /// A service: hostname, VIPs, ports and endpoints.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Service {
     /// Fully qualified hostname (`httpbin-service.default.svc.cluster.local`).

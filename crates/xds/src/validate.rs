@@ -4,7 +4,7 @@ use std::fmt;
 
 /// One problem found in a resource, with the path of the field that has it
 /// (`services[2].ports[0].port`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ValidationError {
     /// Dotted path from the bundle root, with `[i]` for list items.
     pub path: String,
@@ -19,7 +19,7 @@ impl fmt::Display for ValidationError {
 }
 
 /// Every problem found in a bundle; a bundle with any is rejected whole.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ValidationErrors(pub Vec<ValidationError>);
 
 impl ValidationErrors {

@@ -112,7 +112,7 @@ impl Protocol {
 }
 
 /// A port a workload listens on.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadPort {
     /// Port name (`http-web`); its prefix gives the protocol when none is declared.
@@ -140,7 +140,7 @@ impl WorkloadPort {
 }
 
 /// One pod (or VM) of the mesh.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Workload {
     /// Stable unique id (`Kubernetes//Pod/default/httpbin-xyz` in Istio's style).

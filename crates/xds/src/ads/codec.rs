@@ -144,7 +144,7 @@ pub enum DecodeError {
 // Decoded one at a time and moved straight into a bundle: boxing the larger variants would only
 // add an allocation per resource.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum AnyResource {
     /// A workload.
     Workload(crate::Workload),
@@ -257,7 +257,7 @@ impl AnyResource {
 }
 
 /// A resource ready to send: its version and `Any` body.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EncodedResource {
     /// Hash of the JSON body.
     pub version: String,
