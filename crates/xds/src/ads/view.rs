@@ -240,7 +240,7 @@ pub struct Encoder {
     previous: HashMap<(ResourceType, String), Vec<Encoded>>,
     current: HashMap<(ResourceType, String), Vec<Encoded>>,
     /// The keys of [`Encoder::fingerprint`], random per encoder.
-    keys: (u64, u64),
+    keys: (std::hash::RandomState, std::hash::RandomState),
 }
 
 impl Default for Encoder {
@@ -248,7 +248,7 @@ impl Default for Encoder {
         Encoder {
             previous: HashMap::new(),
             current: HashMap::new(),
-            keys: (rand::random(), rand::random()),
+            keys: (std::hash::RandomState::new(), std::hash::RandomState::new()),
         }
     }
 }
@@ -306,15 +306,15 @@ impl Encoder {
         Ok(out)
     }
 
-    /// A 128-bit SipHash-1-3 of `r`'s value under this encoder's random keys. Values that hash
-    /// alike are taken as equal: by chance that happens once in 2^128 comparisons, and the
-    /// random keys keep anyone who writes config from choosing a collision.
+    /// Two 64-bit SipHash-1-3 hashes of `r`'s value under this encoder's two random keys, as one
+    /// 128-bit number. Values that hash alike are taken as equal: by chance that happens once
+    /// in 2^128 comparisons, and the random keys keep anyone who writes config from choosing a
+    /// collision.
     fn fingerprint(&self, r: &AnyResource) -> u128 {
-        use siphasher::sip128::{Hasher128, SipHasher13};
-        use std::hash::Hash;
-        let mut h = SipHasher13::new_with_keys(self.keys.0, self.keys.1);
-        r.hash(&mut h);
-        h.finish128().as_u128()
+        use std::hash::BuildHasher;
+        let high = u128::from(self.keys.0.hash_one(r));
+        let low = u128::from(self.keys.1.hash_one(r));
+        high << 64 | low
     }
 
     /// The view of `resources` (all of one type) for the proxies that had `previous` (see
