@@ -73,7 +73,7 @@ pub struct DiscoveryOptions {
     pub grpc_addr: SocketAddr,
     /// Where `/ready`, `/debug/syncz` and `/metrics` listen (`0.0.0.0:15014`).
     pub monitoring_addr: SocketAddr,
-    /// How often the directory is polled.
+    /// How often the directory is polled when it cannot be watched (see [`FileRegistry::run`]).
     pub poll_interval: Duration,
     /// Debounce of pushes.
     pub push: PushOptions,

@@ -336,3 +336,48 @@ async fn steady_changes_push_at_least_every_second() {
     );
     stop.cancel();
 }
+
+/// Waits (up to 10 s) until the store's objects are `want`.
+async fn wait_for_names(store: &ConfigStore, want: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = names(&store.snapshot());
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the store holds {got:?}, not {want:?}, 10 s after the change"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_directory_is_read_when_it_changes_not_when_polled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("a.yaml"), SERVICE_A).expect("write");
+    let (store, _changes) = ConfigStore::new();
+    let registry = Arc::new(FileRegistry::new(dir.path(), Arc::clone(&store)).expect("registry"));
+    let stop = CancellationToken::new();
+    // A poll interval far beyond the test: only the watch can bring the changes in.
+    tokio::spawn(Arc::clone(&registry).run(Duration::from_secs(3600), stop.clone()));
+    wait_for_names(&store, &["Service default/a"]).await;
+
+    // A file in a sub-directory made after the watch began (as `ama apply` makes `applied/`).
+    let sub = dir.path().join("team");
+    fs::create_dir(&sub).expect("mkdir");
+    fs::write(sub.join("b.yaml"), SERVICE_B).expect("write");
+    wait_for_names(&store, &["Service default/a", "Service default/b"]).await;
+
+    // An edit of that file, a rename over a file (an atomic write), and a delete.
+    fs::write(sub.join("b.yaml"), SERVICE_B.replace("name: b", "name: c")).expect("write");
+    wait_for_names(&store, &["Service default/a", "Service default/c"]).await;
+    let tmp = dir.path().join(".a.yaml.tmp");
+    fs::write(&tmp, SERVICE_A.replace("name: a", "name: d")).expect("write");
+    fs::rename(&tmp, dir.path().join("a.yaml")).expect("rename");
+    wait_for_names(&store, &["Service default/c", "Service default/d"]).await;
+    fs::remove_file(sub.join("b.yaml")).expect("remove");
+    wait_for_names(&store, &["Service default/d"]).await;
+    stop.cancel();
+}
