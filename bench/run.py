@@ -981,6 +981,55 @@ def goal_rows(proto: str, fixed: dict[str, list[dict]], maxr: dict[str, list[dic
     return rows
 
 
+def cpu_us_per_request(r: dict) -> float:
+    """Both proxies' CPU per request of one run, in µs."""
+    return 1e6 * (proxy_cpu(r, "client") + proxy_cpu(r, "server")) / max(1, r["requests"])
+
+
+def floor_goal_rows(protos: list[str], runs: list[dict], meta: dict) -> list[str]:
+    """Issue 19's goals: ama against the floor (`ama-l4`) and Envoy of the same run, medians."""
+    rows = []
+    yes = lambda ok: "yes" if ok else "no"  # noqa: E731
+    for proto in protos:
+        name = PROTO_NAMES[proto]
+        fixed = {a: accepted(runs, a, "fixed", proto) for a in ("direct", "ama", "ama-l4", "envoy")}
+        maxr = {a: accepted(runs, a, "max", proto) for a in ("ama", "ama-l4", "envoy")}
+        if fixed["direct"] and fixed["ama"] and fixed["ama-l4"]:
+            d = statistics.median(r["p99"] for r in fixed["direct"])
+            added = {a: statistics.median(r["p99"] for r in fixed[a]) - d
+                     for a in ("ama", "ama-l4", "envoy") if fixed[a]}
+            ratio = added["ama"] / added["ama-l4"] if added["ama-l4"] > 0 else float("inf")
+            envoy = (f"; Envoy {signed(added['envoy'])} ms" if "envoy" in added else "")
+            ahead = added["ama"] < added["envoy"] if "envoy" in added else True
+            rows.append(f"| {name} added p99 at the fixed rate ≤ 1.25 × the floor's, "
+                        f"and below Envoy's | ama {signed(added['ama'])} ms, floor {signed(added['ama-l4'])} ms: "
+                        f"{ratio:.2f} ×{envoy} | {yes(ratio <= 1.25 and ahead)} |")
+        if maxr["ama"] and maxr["ama-l4"]:
+            m = {a: statistics.median(r["rps"] for r in maxr[a]) for a in maxr if maxr[a]}
+            ratio = m["ama"] / m["ama-l4"]
+            envoy = f"; Envoy {m['envoy']:,.0f}" if "envoy" in m else ""
+            ahead = m["ama"] > m["envoy"] if "envoy" in m else True
+            rows.append(f"| {name} max rps ≥ 0.90 × the floor's, and above Envoy's | ama {m['ama']:,.0f}, "
+                        f"floor {m['ama-l4']:,.0f}: {ratio:.2f} ×{envoy} | {yes(ratio >= 0.9 and ahead)} |")
+        if proto == "http1" and maxr["ama"]:
+            cpu = {a: statistics.median(cpu_us_per_request(r) for r in maxr[a]) for a in maxr if maxr[a]}
+            others = "; ".join(f"{'floor' if a == 'ama-l4' else a} {cpu[a]:.0f}"
+                               for a in ("ama-l4", "envoy") if a in cpu)
+            rows.append(f"| CPU per request, both proxies, {name} at max ≤ 45 µs | ama {cpu['ama']:.0f} µs"
+                        f"{'; ' + others if others else ''} | {yes(cpu['ama'] <= 45)} |")
+    keys = [k for k in meta.get("startup_mem", {}) if k.startswith("ama.")]
+    ama_runs = [r for r in runs if r["arm"] == "ama" and not r.get("discarded")]
+    if keys and ama_runs:
+        first = min(ama_runs, key=lambda r: runs.index(r))
+        idle = max(max(meta["startup_mem"][k].get("VmRSS", 0),
+                       first["mem_before"].get(k, {}).get("VmRSS", 0)) for k in keys)
+        hwm = max((r["mem_after"].get(k, {}).get("VmHWM", 0) for r in ama_runs for k in keys), default=0)
+        rows.append(f"| RSS idle ≤ 10 MB / peak under load ≤ 14 MB, per sidecar | {idle / 1024:.1f} / "
+                    f"{hwm / 1024:.1f} MB (the larger proxy; idle: at start and before the first run, "
+                    f"peak: VmHWM) | {yes(idle <= 10 * 1024 and hwm <= 14 * 1024)} |")
+    return rows
+
+
 def memory_goal_rows(meta: dict, runs: list[dict]) -> list[str]:
     """RSS ≤ 12 MB idle (at start and before the first measured run) and ≤ 20 MB under load (1 s
     after each run, every protocol and rate), for each ama proxy."""
@@ -1178,8 +1227,16 @@ def report(meta: dict, runs: list[dict], arms: list[str], args) -> str:
               "(listed above); their tails (p99, p99.9, max) are not to be trusted.")
         w("")
     goals.extend(memory_goal_rows(meta, runs))
+    floor_goals = floor_goal_rows(protos, runs, meta)
+    if floor_goals:
+        w("## Against the goals of issue 19 (the floor: `ama-l4`)")
+        w("")
+        w("| goal | measured (medians of this run) | met |")
+        w("|---|---|---|")
+        L.extend(floor_goals)
+        w("")
     if goals:
-        w("## Against the goals of issue 6")
+        w("## Against the goals of issue 6 (Envoy)")
         w("")
         w("| goal | measured | met |")
         w("|---|---|---|")

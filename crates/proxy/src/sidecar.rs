@@ -211,7 +211,8 @@ pub async fn run(
         None => readiness.set_ready(true),
     }
 
-    // Gives back the memory of a flood of connections once they have closed.
+    // Gives back the memory of a flood of connections once they have closed, and the free
+    // pages of the worker threads' arenas once the proxy is idle again.
     tokio::spawn(memory::trim_after_fall(
         proxy.drain_watcher().counter(),
         quit.clone(),
