@@ -1037,6 +1037,23 @@ mod tests {
                 .0
                 .matches(Subject::Http(&r))
         );
+        // Time zones: UTC, the fixed `Etc/` zones and offsets; named zones are not built in
+        // (.cargo/config.toml), so a call with one fails and the filter does not match.
+        // r.start_time is 2023-11-14T22:13:20Z.
+        for (expr, matches) in [
+            ("request.time.getHours() == 22", true),
+            ("request.time.getHours('UTC') == 22", true),
+            ("request.time.getHours('Etc/GMT-2') == 0", true),
+            ("request.time.getHours('+01:00') == 23", true),
+            ("request.time.getHours('Europe/Paris') == 23", false),
+            ("!(request.time.getHours('Europe/Paris') == 23)", false),
+        ] {
+            assert_eq!(
+                compile(expr).0.matches(Subject::Http(&r)),
+                matches,
+                "{expr}"
+            );
+        }
     }
 
     #[test]
