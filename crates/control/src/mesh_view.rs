@@ -3,9 +3,9 @@
 //!
 //! What the page shows comes from two places:
 //!
-//! - the proxies' own metrics: while the page is open (`/mesh.json` read within [`VIEWED_FOR`]),
-//!   a task ([`MeshView::run`]) scrapes every workload the model knows whose proxy is connected
-//!   to this server (`http://<pod IP>:15090/stats/prometheus`, Envoy's stats port) every
+//! - the proxies' own metrics: a task ([`MeshView::run`]) scrapes every workload the model knows
+//!   whose proxy is connected to this server (`http://<pod IP>:15090/stats/prometheus`, Envoy's
+//!   stats port) every
 //!   [`SCRAPE_INTERVAL`], at most [`MAX_SCRAPES_AT_ONCE`] at a time, each bounded by
 //!   [`SCRAPE_TIMEOUT`] and [`MAX_BODY`]. It runs beside the push loop and shares nothing with it
 //!   but the model's `Arc`, so a slow or dead proxy never delays a push. Each round sums Istio's
@@ -42,9 +42,6 @@ pub const PAGE: &str = include_str!("mesh_page.html");
 pub const SCRAPE_INTERVAL: Duration = Duration::from_secs(5);
 /// The span rates and quantiles are taken over (the dashboards' `[1m]`).
 pub const WINDOW: Duration = Duration::from_secs(60);
-/// Scraping goes on this long after the last read of `/mesh.json`, then stops until the next
-/// one: a control plane of 10k proxies nobody is looking at does not scrape them.
-pub const VIEWED_FOR: Duration = Duration::from_secs(120);
 /// How long one scrape may take, connect to last byte.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Scrapes in flight at once.
@@ -133,11 +130,6 @@ pub struct MeshView {
     /// The graph built from the last round (edges and scrape state; sync state is added per
     /// request, it is cheap and always current).
     graph: ArcSwap<Value>,
-    /// When `/mesh.json` was last read, and the wake-up of an idle scraper.
-    viewed: std::sync::Mutex<Option<Instant>>,
-    wake: tokio::sync::Notify,
-    /// Scrape rounds since start (`scrapeRounds` in `/mesh.json`).
-    rounds: std::sync::atomic::AtomicU64,
 }
 
 impl MeshView {
@@ -147,38 +139,16 @@ impl MeshView {
         MeshView {
             pusher,
             ads,
-            graph: ArcSwap::from_pointee(empty_graph()),
-            viewed: std::sync::Mutex::new(None),
-            wake: tokio::sync::Notify::new(),
-            rounds: std::sync::atomic::AtomicU64::new(0),
+            graph: ArcSwap::from_pointee(json!({"nodes": [], "edges": [], "scraped": {}})),
         }
     }
 
-    /// Whether `/mesh.json` was read within [`VIEWED_FOR`].
-    fn viewed(&self) -> bool {
-        self.viewed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some_and(|at| at.elapsed() < VIEWED_FOR)
-    }
-
-    /// Scrapes every [`SCRAPE_INTERVAL`] while the page is viewed, until `stop`. When nobody has
-    /// read `/mesh.json` for [`VIEWED_FOR`], it forgets its rounds and waits for the next read,
-    /// which it answers with a first round at once.
+    /// Scrapes every [`SCRAPE_INTERVAL`] until `stop`.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut ticks = tokio::time::interval(SCRAPE_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut rounds = VecDeque::new();
         loop {
-            if !self.viewed() {
-                rounds.clear();
-                self.graph.store(Arc::new(empty_graph()));
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = self.wake.notified() => {}
-                }
-                ticks.reset_immediately();
-            }
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = ticks.tick() => {}
@@ -194,8 +164,6 @@ impl MeshView {
                 _ = stop.cancelled() => return,
                 round = scrape_round(&model, &connected) => round,
             };
-            self.rounds
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             rounds.push_back(round);
             // The oldest round kept is the last one at least WINDOW old: rates span the window.
             while rounds.len() > 2 && rounds[1].at.elapsed() >= WINDOW {
@@ -207,17 +175,8 @@ impl MeshView {
         }
     }
 
-    /// `/mesh.json`: the graph of the last round with each proxy's sync state now. Reading it
-    /// keeps the scraper going (and starts it when idle).
+    /// `/mesh.json`: the graph of the last round with each proxy's sync state now.
     pub fn json(&self) -> Value {
-        let was_viewed = self.viewed();
-        *self
-            .viewed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
-        if !was_viewed {
-            self.wake.notify_one();
-        }
         let mut value = Value::clone(&self.graph.load());
         let model = self.pusher.model();
         let proxies = proxies(&model, &self.ads.status(), &value["scraped"]);
@@ -230,14 +189,8 @@ impl MeshView {
         );
         value["windowSeconds"] = json!(WINDOW.as_secs());
         value["intervalSeconds"] = json!(SCRAPE_INTERVAL.as_secs());
-        value["scrapeRounds"] = json!(self.rounds.load(std::sync::atomic::Ordering::Relaxed));
         value
     }
-}
-
-/// The graph before any round: no nodes, no edges.
-fn empty_graph() -> Value {
-    json!({"nodes": [], "edges": [], "scraped": {}})
 }
 
 /// The workload's node: its Deployment name (as the metrics' `*_workload` labels carry it).
