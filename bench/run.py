@@ -986,6 +986,21 @@ def cpu_us_per_request(r: dict) -> float:
     return 1e6 * (proxy_cpu(r, "client") + proxy_cpu(r, "server")) / max(1, r["requests"])
 
 
+def ama_memory(meta: dict, runs: list[dict]) -> tuple[int, int, int] | None:
+    """The ama proxies' largest VmRSS idle (at start and before the first measured run), VmRSS
+    after the runs and VmHWM, in kB; None without ama proxies."""
+    keys = [k for k in meta.get("startup_mem", {}) if k.startswith("ama.")]
+    if not keys:
+        return None
+    ama_runs = [r for r in runs if r["arm"] == "ama" and not r.get("discarded")]
+    first = min(ama_runs, key=lambda r: runs.index(r)) if ama_runs else None
+    idle = max(max(meta["startup_mem"][k].get("VmRSS", 0),
+                   first["mem_before"].get(k, {}).get("VmRSS", 0) if first else 0) for k in keys)
+    load = max((r["mem_after"].get(k, {}).get("VmRSS", 0) for r in ama_runs for k in keys), default=0)
+    hwm = max((r["mem_after"].get(k, {}).get("VmHWM", 0) for r in ama_runs for k in keys), default=0)
+    return idle, load, hwm
+
+
 def floor_goal_rows(protos: list[str], runs: list[dict], meta: dict) -> list[str]:
     """Issue 19's goals: ama against the floor (`ama-l4`) and Envoy of the same run, medians."""
     rows = []
@@ -1017,13 +1032,9 @@ def floor_goal_rows(protos: list[str], runs: list[dict], meta: dict) -> list[str
                                for a in ("ama-l4", "envoy") if a in cpu)
             rows.append(f"| CPU per request, both proxies, {name} at max ≤ 45 µs | ama {cpu['ama']:.0f} µs"
                         f"{'; ' + others if others else ''} | {yes(cpu['ama'] <= 45)} |")
-    keys = [k for k in meta.get("startup_mem", {}) if k.startswith("ama.")]
-    ama_runs = [r for r in runs if r["arm"] == "ama" and not r.get("discarded")]
-    if keys and ama_runs:
-        first = min(ama_runs, key=lambda r: runs.index(r))
-        idle = max(max(meta["startup_mem"][k].get("VmRSS", 0),
-                       first["mem_before"].get(k, {}).get("VmRSS", 0)) for k in keys)
-        hwm = max((r["mem_after"].get(k, {}).get("VmHWM", 0) for r in ama_runs for k in keys), default=0)
+    mem = ama_memory(meta, runs)
+    if mem is not None and any(r["arm"] == "ama" and not r.get("discarded") for r in runs):
+        idle, _, hwm = mem
         rows.append(f"| RSS idle ≤ 10 MB / peak under load ≤ 14 MB, per sidecar | {idle / 1024:.1f} / "
                     f"{hwm / 1024:.1f} MB (the larger proxy; idle: at start and before the first run, "
                     f"peak: VmHWM) | {yes(idle <= 10 * 1024 and hwm <= 14 * 1024)} |")
@@ -1033,15 +1044,10 @@ def floor_goal_rows(protos: list[str], runs: list[dict], meta: dict) -> list[str
 def memory_goal_rows(meta: dict, runs: list[dict]) -> list[str]:
     """RSS ≤ 12 MB idle (at start and before the first measured run) and ≤ 20 MB under load (1 s
     after each run, every protocol and rate), for each ama proxy."""
-    keys = [k for k in meta.get("startup_mem", {}) if k.startswith("ama.")]
-    if not keys:
+    mem = ama_memory(meta, runs)
+    if mem is None:
         return []
-    ama_runs = [r for r in runs if r["arm"] == "ama" and not r.get("discarded")]
-    first = min(ama_runs, key=lambda r: runs.index(r)) if ama_runs else None
-    idle = max(max(meta["startup_mem"][k].get("VmRSS", 0),
-                   first["mem_before"].get(k, {}).get("VmRSS", 0) if first else 0) for k in keys)
-    load = max((r["mem_after"].get(k, {}).get("VmRSS", 0) for r in ama_runs for k in keys), default=0)
-    hwm = max((r["mem_after"].get(k, {}).get("VmHWM", 0) for r in ama_runs for k in keys), default=0)
+    idle, load, hwm = mem
     envoy = [k for k in meta.get("startup_mem", {}) if k.startswith("envoy.")]
     ctx = (f" (Envoy: {max(meta['startup_mem'][k].get('VmRSS', 0) for k in envoy) / 1024:.1f} MB at start)"
            if envoy else "")
@@ -1105,7 +1111,6 @@ def envoy_arm_section(runs: list[dict], arms: list[str]) -> list[str]:
     out += ["What Istio's additions cost in this run (medians; `envoy-baseline` = the earlier "
             "configs, `envoy` = with Istio's additions; CPU: both proxies):", "",
             "| metric | envoy-baseline | envoy | change |", "|---|---|---|---|"]
-    cpu_us = lambda r: 1e6 * (proxy_cpu(r, "client") + proxy_cpu(r, "server")) / max(1, r["requests"])  # noqa: E731
     for proto in PROTOCOLS:
         fixed = {a: accepted(runs, a, "fixed", proto) for a in ("direct", *ENVOYS)}
         maxr = {a: accepted(runs, a, "max", proto) for a in ENVOYS}
@@ -1116,11 +1121,11 @@ def envoy_arm_section(runs: list[dict], arms: list[str]) -> list[str]:
                          {a: statistics.median(r["p99"] for r in fixed[a]) - direct for a in ENVOYS}, "{:+.3f}"))
         if all(fixed[a] for a in ENVOYS):
             rows.append(("µs CPU per request at the fixed rate",
-                         {a: statistics.median(cpu_us(r) for r in fixed[a]) for a in ENVOYS}, "{:.0f}"))
+                         {a: statistics.median(cpu_us_per_request(r) for r in fixed[a]) for a in ENVOYS}, "{:.0f}"))
         if all(maxr.values()):
             rows.append(("max rps", {a: statistics.median(r["rps"] for r in maxr[a]) for a in ENVOYS}, "{:.0f}"))
             rows.append(("µs CPU per request at max rate",
-                         {a: statistics.median(cpu_us(r) for r in maxr[a]) for a in ENVOYS}, "{:.0f}"))
+                         {a: statistics.median(cpu_us_per_request(r) for r in maxr[a]) for a in ENVOYS}, "{:.0f}"))
         for name, v, fmt in rows:
             b, e = v["envoy-baseline"], v["envoy"]
             change = f"{100 * (e - b) / abs(b):+.0f} %" if b else "–"
@@ -1303,8 +1308,7 @@ def report(meta: dict, runs: list[dict], arms: list[str], args) -> str:
                 med([vcpu_per_krps(proxy_cpu(r, "client") + proxy_cpu(r, "server"), r) for r in fixed[a]])
                 for a in mesh) + " |")
             w("| both proxies µs CPU per request | " + " | ".join(
-                med([1e6 * (proxy_cpu(r, "client") + proxy_cpu(r, "server")) / max(1, r["requests"])
-                     for r in fixed[a]], "{:.0f}") for a in mesh) + " |")
+                med([cpu_us_per_request(r) for r in fixed[a]], "{:.0f}") for a in mesh) + " |")
             w("| app CPU s (nginx, gRPC app) | " + " | ".join(
                 med([r["cpu_s"].get(f"{a}.app", 0) for r in fixed[a]], "{:.2f}") for a in mesh) + " |")
             w("")
@@ -1357,8 +1361,7 @@ def report(meta: dict, runs: list[dict], arms: list[str], args) -> str:
                 w(f"| {key} (ms) | " + " | ".join(med([r[key] for r in maxr[a]]) for a in arms) + " |")
             w("| errors | " + " | ".join(", ".join(str(r["errors"]) for r in maxr[a]) for a in arms) + " |")
             w("| both proxies µs CPU per request | " + " | ".join(
-                "–" if a == "direct" else med([1e6 * (proxy_cpu(r, "client") + proxy_cpu(r, "server"))
-                                               / max(1, r["requests"]) for r in maxr[a]], "{:.0f}")
+                "–" if a == "direct" else med([cpu_us_per_request(r) for r in maxr[a]], "{:.0f}")
                 for a in arms) + " |")
             w("| machine busy % (of all cores) | " + " | ".join(
                 med([r["machine_busy_pct"] for r in maxr[a]], "{:.0f}") for a in arms) + " |")

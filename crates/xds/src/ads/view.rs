@@ -298,8 +298,8 @@ impl Encoder {
         };
         let out = (Arc::clone(&e.name), Arc::clone(&e.encoded));
         // A name has one value almost always: room for exactly one, where a first `push` would
-        // make room for four `Encoded`s (each holds a whole resource), which at 5k services
-        // was most of the encoder's memory.
+        // make room for four `Encoded`s (when each held a whole resource, that spare room was
+        // most of the encoder's memory at 5k services).
         let values = self.current.entry(key).or_default();
         values.reserve_exact(1);
         values.push(e);
